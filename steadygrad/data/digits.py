@@ -18,9 +18,7 @@ def load_digits(
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "load_digits needs scikit-learn: pip install 'steadygrad[data]'"
-        ) from exc
+        raise ImportError("load_digits needs scikit-learn: pip install 'steadygrad[data]'") from exc
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     bunch = sk_load_digits()

@@ -1,0 +1,6 @@
+"""One SQLite database per run: scalars in long form, findings, actions, and the run's status."""
+
+from steadygrad.store.run import Run, load
+from steadygrad.store.writer import RunStore
+
+__all__ = ["Run", "RunStore", "load"]

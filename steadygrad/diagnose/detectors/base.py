@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from steadygrad.diagnose.findings import Finding
-from steadygrad.monitor.record import Record
+
+if TYPE_CHECKING:
+    from steadygrad.monitor.record import Record
 
 
 class Detector:
@@ -25,3 +29,43 @@ class Detector:
 
     def update(self, record: Record) -> list[Finding]:
         raise NotImplementedError
+
+
+class RobustBaseline:
+    """Median and MAD of the last ``window`` values: a baseline that one outlier cannot move.
+
+    Memory is O(window), constant in the length of the run.
+
+    Example:
+        >>> base = RobustBaseline(window=8)
+        >>> for x in [1.0, 1.1, 0.9, 1.0, 1.05, 0.95]:
+        ...     base.add(x)
+        >>> round(base.score(2.0, rel_floor=0.0), 1) > 6
+        True
+    """
+
+    def __init__(self, window: int = 64) -> None:
+        from collections import deque
+
+        self.values: deque[float] = deque(maxlen=window)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    def median(self) -> float:
+        import statistics
+
+        return statistics.median(self.values)
+
+    def score(self, value: float, rel_floor: float = 0.0) -> float:
+        """Robust z-score of ``value``: (value - median) / (1.4826 MAD), with the scale floored
+        at ``rel_floor * |median|`` so a flat series does not make noise look like a spike."""
+        import statistics
+
+        med = statistics.median(self.values)
+        mad = statistics.median(abs(v - med) for v in self.values)
+        scale = max(1.4826 * mad, rel_floor * abs(med), 1e-12)
+        return (value - med) / scale

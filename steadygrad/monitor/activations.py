@@ -1,0 +1,112 @@
+"""Forward hooks that measure module outputs on chosen steps and find where a NaN/Inf was born.
+
+On a hooked step every module reports the norm of its floating-point inputs and outputs (as
+device tensors). Leaf modules give ``act_rms/<module>``. If a non-finite value appears, its
+producer is the first module, in the order modules finished, whose output is non-finite while
+its inputs were finite: modules that merely passed the value on had a non-finite input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+
+@dataclass
+class Call:
+    module: str
+    input_norm: torch.Tensor | None
+    output_norm: torch.Tensor | None
+    numel: int
+
+
+def _floats(tree: object) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    if not tensors:
+        return None
+    with torch.no_grad():
+        norms = [torch.linalg.vector_norm(t.detach()).float() for t in tensors]
+        return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+
+
+class ActivationHooks:
+    """Installs the hooks for one step, and reads them afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = [(name or "<root>", m) for name, m in model.named_modules()]
+        self.leaves = {name for name, m in self.modules if next(m.children(), None) is None}
+        self.calls: list[Call] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    def install(self) -> None:
+        if self._handles:
+            return
+        self.calls = []
+        for name, module in self.modules:
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _hook(self, name: str):
+        calls = self.calls
+
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            outs = _floats(output)
+            calls.append(
+                Call(name, _norm(_floats(args)), _norm(outs), sum(t.numel() for t in outs))
+            )
+
+        return hook
+
+    # -- after the host transfer ---------------------------------------------------------------
+    def tensor(self) -> torch.Tensor | None:
+        """Every norm measured this step as one vector (input, output per call), for the
+        Monitor's single transfer."""
+        norms = [n for c in self.calls for n in (c.input_norm, c.output_norm)]
+        present = [n for n in norms if n is not None]
+        if not present:
+            return None
+        nan = torch.full((), math.nan, device=present[0].device)
+        norms = [nan if n is None else n for n in norms]
+        if len({n.device for n in present}) > 1:
+            norms = [n.cpu() for n in norms]
+        return torch.stack(norms)
+
+    def read(self, values: list[float]) -> tuple[dict[str, float], dict | None]:
+        """Turn the transferred norms into ``act_rms/<leaf>`` values and the non-finite producer."""
+        sumsq: dict[str, float] = {}
+        numel: dict[str, int] = {}
+        producer = None
+        first_bad = None
+        for k, call in enumerate(self.calls):
+            in_norm, out_norm = values[2 * k], values[2 * k + 1]
+            if call.output_norm is None:
+                continue
+            if call.module in self.leaves and call.numel:
+                sumsq[call.module] = sumsq.get(call.module, 0.0) + out_norm * out_norm
+                numel[call.module] = numel.get(call.module, 0) + call.numel
+            if not math.isfinite(out_norm):
+                input_ok = call.input_norm is None or math.isfinite(in_norm)
+                if first_bad is None:
+                    first_bad = {"module": call.module, "input_finite": input_ok}
+                if producer is None and input_ok:
+                    producer = {"module": call.module, "output_norm": out_norm}
+        rms = {f"act_rms/{m}": math.sqrt(s / numel[m]) for m, s in sumsq.items()}
+        origin = None
+        if first_bad is not None:
+            origin = producer or {"module": "<input>", "note": "the model's input was non-finite"}
+        return rms, origin

@@ -1,0 +1,88 @@
+"""Per-parameter norms with multi-tensor ops: gradients, weights, and the size of an update.
+
+Everything here returns device tensors; the Monitor moves them to the host once per step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ParameterStats:
+    """Measures the trainable parameters of a model, in ``named_parameters()`` order."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not self.named:
+            raise ValueError("model has no trainable parameters to monitor")
+        self.names = [n for n, _ in self.named]
+        self.params = [p for _, p in self.named]
+        self._snapshot: list[torch.Tensor] | None = None
+        self.backward_order: list[int] | None = None
+
+    # -- gradients and weights ------------------------------------------------------------------
+    def grad_norms(self) -> tuple[list[int], torch.Tensor | None]:
+        """Indices of the parameters that have a gradient, and the L2 norm of each gradient."""
+        index = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not index:
+            return index, None
+        grads = [self.params[i].grad for i in index]
+        if any(g.is_sparse for g in grads):
+            raise TypeError("sparse gradients are not supported by the Monitor")
+        return index, _norms(grads)
+
+    def param_norms(self) -> torch.Tensor:
+        return _norms([p.detach() for p in self.params])
+
+    def nonfinite_counts(self, index: list[int]) -> list[int]:
+        """Number of NaN/Inf entries in the gradients of ``index`` (run on unhealthy steps only)."""
+        grads = [self.params[i].grad for i in index]
+        counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads])
+        return counts.tolist()
+
+    # -- updates ---------------------------------------------------------------------------------
+    def take_snapshot(self) -> None:
+        """Copy the weights now, to measure the next optimizer update against them."""
+        with torch.no_grad():
+            self._snapshot = torch._foreach_mul([p.detach() for p in self.params], 1.0)
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self._snapshot is not None
+
+    def update_ratios(self) -> torch.Tensor:
+        """||w_now - w_snapshot|| / ||w_snapshot|| per parameter; consumes the snapshot."""
+        assert self._snapshot is not None
+        before = self._snapshot
+        self._snapshot = None
+        with torch.no_grad():
+            before_norms = _norms(before)
+            torch._foreach_sub_(before, [p.detach() for p in self.params])
+            return _norms(before) / before_norms
+
+    # -- the order of the backward pass ---------------------------------------------------------
+    def trace_backward_order(self) -> list[torch.utils.hooks.RemovableHandle]:
+        """Hooks that note the order in which gradients arrive in one backward pass."""
+        order: list[int] = []
+        self.backward_order = order
+
+        def noter(i: int):
+            def hook(_: torch.Tensor) -> None:
+                order.append(i)
+
+            return hook
+
+        return [p.register_post_accumulate_grad_hook(noter(i)) for i, p in enumerate(self.params)]
+
+    def first_in_backward(self, candidates: list[int]) -> int:
+        """The candidate whose gradient the backward pass computed first."""
+        rank = {i: r for r, i in enumerate(self.backward_order or [])}
+        return min(candidates, key=lambda i: rank.get(i, len(rank) + i))
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norms of many tensors as one float32 vector, grouped by device and dtype."""
+    if len({(t.device, t.dtype) for t in tensors}) == 1:
+        return torch.stack(torch._foreach_norm(tensors)).float()
+    return torch.stack([torch.linalg.vector_norm(t).float().cpu() for t in tensors])

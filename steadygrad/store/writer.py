@@ -1,0 +1,195 @@
+"""RunStore: the crash-safe writer behind the Monitor.
+
+Rows are buffered in memory and written in one transaction per flush (every ``flush_every``
+steps or ``flush_seconds``). The database is in WAL mode, so a process killed at any moment
+leaves a database that opens and holds every step up to the last flush; its status stays
+"running" with a dead pid, which :func:`steadygrad.load` reports as "crashed".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from steadygrad._checks import finite_float, positive_int
+from steadygrad.diagnose.findings import Finding
+from steadygrad.store.schema import DB_NAME, SCHEMA, STATUSES
+
+
+def _json(value: Any) -> str:
+    # NaN/Inf survive as JSON's non-standard tokens, which Python's json reads back.
+    return json.dumps(value, default=str)
+
+
+def resolve_run_dir(run_dir: str | os.PathLike[str]) -> Path:
+    if not isinstance(run_dir, str | os.PathLike):
+        raise TypeError(f"run_dir must be a path, got {type(run_dir).__name__}")
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"run_dir must be a directory, but {str(path)!r} is a file")
+    return path
+
+
+class RunStore:
+    """Writes one run to ``run_dir/run.db``.
+
+    Example:
+        >>> import tempfile
+        >>> store = RunStore(tempfile.mkdtemp(), name="demo")
+        >>> store.add_scalars(0, {"loss": 2.5})
+        >>> store.close("finished")
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        flush_every: int = 100,
+        flush_seconds: float = 5.0,
+    ) -> None:
+        self.run_dir = resolve_run_dir(run_dir)
+        self.flush_every = positive_int("flush_every", flush_every)
+        self.flush_seconds = finite_float("flush_seconds", flush_seconds, low=0.0)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / DB_NAME
+        if self.path.exists():
+            raise FileExistsError(
+                f"{self.path} already holds a run; choose a new run_dir or delete the old one"
+            )
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes
+        self._db.executescript(SCHEMA)
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO run (id, name, config, started, heartbeat, status, pid, host, version)"
+            " VALUES (1, ?, ?, ?, ?, 'running', ?, ?, ?)",
+            (
+                name or self.run_dir.name,
+                _json(dict(config or {})),
+                now,
+                now,
+                os.getpid(),
+                socket.gethostname(),
+                _version(),
+            ),
+        )
+        self._db.commit()
+        self._name_ids: dict[str, int] = {}
+        self._rows: list[tuple[int, int, float | None, float]] = []
+        self._findings: list[tuple] = []
+        self._actions: list[tuple] = []
+        self._steps_since_flush = 0
+        self._last_flush = time.monotonic()
+        self.closed = False
+
+    def _name_id(self, name: str) -> int:
+        name_id = self._name_ids.get(name)
+        if name_id is None:
+            cur = self._db.execute("INSERT OR IGNORE INTO names (name) VALUES (?)", (name,))
+            if cur.lastrowid and cur.rowcount:
+                name_id = cur.lastrowid
+            else:
+                name_id = self._db.execute("SELECT id FROM names WHERE name=?", (name,)).fetchone()[
+                    0
+                ]
+            self._name_ids[name] = name_id
+        return name_id
+
+    def add_scalars(
+        self, step: int, values: Mapping[str, float], wall: float | None = None
+    ) -> None:
+        """Buffer one step's values; flushes when the step or time budget is reached."""
+        self._check_open()
+        wall = time.time() if wall is None else wall
+        name_id = self._name_id
+        self._rows.extend(
+            (step, name_id(name), None if math.isnan(v) else v, wall) for name, v in values.items()
+        )
+        self._steps_since_flush += 1
+        if (
+            self._steps_since_flush >= self.flush_every
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def add_findings(self, findings: Iterable[Finding]) -> None:
+        self._check_open()
+        for f in findings:
+            self._findings.append(
+                (
+                    f.step,
+                    f.kind,
+                    f.where,
+                    f.severity,
+                    _json(f.evidence),
+                    None if f.batch_ids is None else _json(f.batch_ids),
+                )
+            )
+
+    def add_action(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
+        """Record an action taken on the run (e.g. by the autopilot); written at once."""
+        self._check_open()
+        self._actions.append((step, kind, _json(dict(detail)), time.time()))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered row in one transaction."""
+        if self.closed:
+            return
+        with self._db:
+            if self._rows:
+                self._db.executemany(
+                    "INSERT INTO scalars (step, name_id, value, wall) VALUES (?, ?, ?, ?)",
+                    self._rows,
+                )
+            if self._findings:
+                self._db.executemany(
+                    "INSERT INTO findings (step, kind, location, severity, evidence, batch_ids)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    self._findings,
+                )
+            if self._actions:
+                self._db.executemany(
+                    "INSERT INTO actions (step, kind, detail, wall) VALUES (?, ?, ?, ?)",
+                    self._actions,
+                )
+            self._db.execute("UPDATE run SET heartbeat=? WHERE id=1", (time.time(),))
+        self._rows.clear()
+        self._findings.clear()
+        self._actions.clear()
+        self._steps_since_flush = 0
+        self._last_flush = time.monotonic()
+
+    def close(self, status: str = "finished") -> None:
+        """Flush, mark the run with ``status`` and close the database. Idempotent."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if self.closed:
+            return
+        self.flush()
+        with self._db:
+            self._db.execute(
+                "UPDATE run SET status=?, ended=?, heartbeat=? WHERE id=1",
+                (status, time.time(), time.time()),
+            )
+        self._db.close()
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"the run store at {self.path} is closed")
+
+
+def _version() -> str:
+    from steadygrad import __version__
+
+    return __version__
