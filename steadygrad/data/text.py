@@ -76,8 +76,10 @@ class TextData:
         block_size: int,
         split: str = "train",
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows ``x`` and their next-token targets ``y``."""
+        with_ids: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """Random windows ``x`` and their next-token targets ``y`` (and, with ``with_ids``, each
+        window's start offset, to trace a step back to its data)."""
         batch_size = positive_int("batch_size", batch_size)
         block_size = positive_int("block_size", block_size)
         if split not in ("train", "val"):
@@ -89,4 +91,4 @@ class TextData:
         offsets = torch.arange(block_size)
         x = tokens[starts[:, None] + offsets]
         y = tokens[starts[:, None] + offsets + 1]
-        return x, y
+        return (x, y, starts) if with_ids else (x, y)

@@ -1,0 +1,5 @@
+import sys
+
+from steadygrad.cli import main
+
+sys.exit(main())

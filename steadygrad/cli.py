@@ -1,0 +1,133 @@
+"""The command line: ``steadygrad report|demo|export ...``. Exit 0 on success, 1 when a run is
+missing or cannot be read, 2 for bad arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def register(fn: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steadygrad",
+        description="See training instabilities coming, name their cause, and fix them.",
+        epilog="Record a run with steadygrad.Monitor in your training loop, then "
+        "'steadygrad report RUN_DIR'.",
+    )
+    from steadygrad import __version__
+
+    parser.add_argument("--version", action="version", version=f"steadygrad {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("report", help="summarise recorded runs and write an HTML report",
+                       description="Print a summary of each run and write a self-contained "
+                       "HTML report (one run, or a comparison of several).")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory (holds run.db)")
+    p.add_argument("-o", "--out", type=Path, default=None,
+                   help="HTML file to write (default: RUN_DIR/report.html, or "
+                   "./comparison.html for several runs)")
+    p.add_argument("--no-html", action="store_true", help="only print the terminal summary")
+
+    p = sub.add_parser("demo", help="train TinyGPT sanely and unstably, and report both",
+                       description="Train the built-in TinyGPT twice on standard-library text "
+                       "(once at a sane learning rate, once warming up to an unstable one), "
+                       "record both, say where the unstable one went wrong, and write reports.")
+    p.add_argument("-o", "--out", type=Path, default=Path("steadygrad-demo"),
+                   help="output directory (default: ./steadygrad-demo)")
+    p.add_argument("--steps", type=_positive_int, default=300, help="steps per run (default 300)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+
+    p = sub.add_parser("export", help="export a run's scalars to CSV or Parquet",
+                       description="Write a run's scalars in long form (step, name, value, wall).")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output file")
+    p.add_argument("--format", choices=("csv", "parquet"), default=None,
+                   help="default: from the output file's suffix")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+@command("report")
+def _report(args: argparse.Namespace) -> int:
+    from steadygrad.report import print_summary, write_html
+    from steadygrad.store import load
+
+    console = Console()
+    runs = [load(r) for r in args.runs]
+    for run in runs:
+        print_summary(run, console)
+    if not args.no_html:
+        if args.out is not None:
+            out = args.out
+        elif len(runs) == 1:
+            out = runs[0].run_dir / "report.html"
+        else:
+            out = Path("comparison.html")
+        write_html(runs, out)
+        console.print(f"report written to {out}")
+    return 0
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from steadygrad.demo import run_demo
+
+    run_demo(args.out, steps=args.steps, progress=False if args.no_progress else None)
+    return 0
+
+
+@command("export")
+def _export(args: argparse.Namespace) -> int:
+    from steadygrad.store import load
+
+    fmt = args.format or args.out.suffix.lstrip(".").lower()
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"--format must be csv or parquet (or the file end in .csv/.parquet), "
+                         f"got {fmt!r}")
+    run = load(args.run)
+    path = run.to_csv(args.out) if fmt == "csv" else run.to_parquet(args.out)
+    Console().print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except FileNotFoundError as exc:
+        print(f"steadygrad {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, ImportError) as exc:
+        print(f"steadygrad {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
