@@ -33,30 +33,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"steadygrad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("report", help="summarise recorded runs and write an HTML report",
-                       description="Print a summary of each run and write a self-contained "
-                       "HTML report (one run, or a comparison of several).")
+    p = sub.add_parser(
+        "report",
+        help="summarise recorded runs and write an HTML report",
+        description="Print a summary of each run and write a self-contained "
+        "HTML report (one run, or a comparison of several).",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory (holds run.db)")
-    p.add_argument("-o", "--out", type=Path, default=None,
-                   help="HTML file to write (default: RUN_DIR/report.html, or "
-                   "./comparison.html for several runs)")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=None,
+        help="HTML file to write (default: RUN_DIR/report.html, or "
+        "./comparison.html for several runs)",
+    )
     p.add_argument("--no-html", action="store_true", help="only print the terminal summary")
 
-    p = sub.add_parser("demo", help="train TinyGPT sanely and unstably, and report both",
-                       description="Train the built-in TinyGPT twice on standard-library text "
-                       "(once at a sane learning rate, once warming up to an unstable one), "
-                       "record both, say where the unstable one went wrong, and write reports.")
-    p.add_argument("-o", "--out", type=Path, default=Path("steadygrad-demo"),
-                   help="output directory (default: ./steadygrad-demo)")
+    p = sub.add_parser(
+        "demo",
+        help="train TinyGPT sanely and unstably, and report both",
+        description="Train the built-in TinyGPT twice on standard-library text "
+        "(once at a sane learning rate, once warming up to an unstable one), "
+        "record both, say where the unstable one went wrong, and write reports.",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("steadygrad-demo"),
+        help="output directory (default: ./steadygrad-demo)",
+    )
     p.add_argument("--steps", type=_positive_int, default=300, help="steps per run (default 300)")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
 
-    p = sub.add_parser("export", help="export a run's scalars to CSV or Parquet",
-                       description="Write a run's scalars in long form (step, name, value, wall).")
+    p = sub.add_parser(
+        "export",
+        help="export a run's scalars to CSV or Parquet",
+        description="Write a run's scalars in long form (step, name, value, wall).",
+    )
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("-o", "--out", type=Path, required=True, help="output file")
-    p.add_argument("--format", choices=("csv", "parquet"), default=None,
-                   help="default: from the output file's suffix")
+    p.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        default=None,
+        help="default: from the output file's suffix",
+    )
     return parser
 
 
@@ -105,8 +128,9 @@ def _export(args: argparse.Namespace) -> int:
 
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     if fmt not in ("csv", "parquet"):
-        raise ValueError(f"--format must be csv or parquet (or the file end in .csv/.parquet), "
-                         f"got {fmt!r}")
+        raise ValueError(
+            f"--format must be csv or parquet (or the file end in .csv/.parquet), got {fmt!r}"
+        )
     run = load(args.run)
     path = run.to_csv(args.out) if fmt == "csv" else run.to_parquet(args.out)
     Console().print(f"wrote {path}")

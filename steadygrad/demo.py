@@ -19,7 +19,7 @@ from steadygrad.report import print_summary, write_html
 from steadygrad.store import DB_NAME_FILE, Run, load
 
 SANE_LR = 0.2
-UNSTABLE_LR = 1.0
+UNSTABLE_LR = 2.0
 
 
 @dataclass
@@ -32,7 +32,7 @@ def train_tiny_gpt(
     run_dir: str | Path,
     peak_lr: float,
     steps: int = 300,
-    warmup: int = 150,
+    warmup: int = 250,
     seed: int = 0,
     progress: bool | None = None,
     patience: int = 10,
@@ -46,7 +46,12 @@ def train_tiny_gpt(
     optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     gen = torch.Generator().manual_seed(seed)
-    config = {"peak_lr": peak_lr, "warmup": warmup, "steps": steps, "optimizer": "SGD(momentum=0.9)"}
+    config = {
+        "peak_lr": peak_lr,
+        "warmup": warmup,
+        "steps": steps,
+        "optimizer": "SGD(momentum=0.9)",
+    }
     bad = 0
     with Monitor(model, optimizer, run_dir, config=config, progress=progress) as mon:
         for _ in range(steps):
@@ -101,8 +106,9 @@ def explain(run: Run) -> str:
         lines.append(f"The loss or gradients became non-finite at step {f.step}.")
         origin = next((g for g in nonfinite if g.where), None)
         if origin:
-            lines.append(f"The first non-finite value was produced in: {origin.where} "
-                         f"(step {origin.step}).")
+            lines.append(
+                f"The first non-finite value was produced in: {origin.where} (step {origin.step})."
+            )
     lr_names = [n for n in run.names() if n.startswith("lr/")]
     if lr_names:
         steps, lrs = run.series(lr_names[0])

@@ -10,7 +10,9 @@ import steadygrad
 
 def tiny_mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
 
 
 def regression_batch(seed: int = 0, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,17 +18,27 @@ def test_grad_and_param_norms_equal_a_hand_computation(tmp_path):
         x, y = regression_batch(i)
         loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
-        expected_grads = {n: torch.linalg.vector_norm(p.grad).item() for n, p in model.named_parameters()}
-        total = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        expected_grads = {
+            n: torch.linalg.vector_norm(p.grad).item() for n, p in model.named_parameters()
+        }
+        total = torch.linalg.vector_norm(
+            torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        )
         opt.step()
-        expected_params = {n: torch.linalg.vector_norm(p).item() for n, p in model.named_parameters()}
+        expected_params = {
+            n: torch.linalg.vector_norm(p).item() for n, p in model.named_parameters()
+        }
         record = mon.step(loss)
         opt.zero_grad()
         assert record.values["loss"] == pytest.approx(loss.item(), rel=1e-6)
         assert record.values["grad_norm"] == pytest.approx(total.item(), rel=1e-5)
         for name in expected_grads:
-            assert record.values[f"grad_norm/{name}"] == pytest.approx(expected_grads[name], rel=1e-5)
-            assert record.values[f"param_norm/{name}"] == pytest.approx(expected_params[name], rel=1e-5)
+            assert record.values[f"grad_norm/{name}"] == pytest.approx(
+                expected_grads[name], rel=1e-5
+            )
+            assert record.values[f"param_norm/{name}"] == pytest.approx(
+                expected_params[name], rel=1e-5
+            )
         assert record.values["lr/0"] == 0.1
     mon.close()
 
@@ -50,7 +60,9 @@ def test_update_ratio_equals_the_measured_parameter_change(tmp_path):
             assert not ratios
             continue
         for n, p in model.named_parameters():
-            delta = torch.linalg.vector_norm(p.detach() - before[n]) / torch.linalg.vector_norm(before[n])
+            delta = torch.linalg.vector_norm(p.detach() - before[n]) / torch.linalg.vector_norm(
+                before[n]
+            )
             assert ratios[n] == pytest.approx(delta.item(), rel=1e-4)
     mon.close()
 

@@ -21,7 +21,9 @@ def _pyplot():
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("the HTML report needs matplotlib: pip install 'steadygrad[plots]'") from exc
+        raise ImportError(
+            "the HTML report needs matplotlib: pip install 'steadygrad[plots]'"
+        ) from exc
     return plt
 
 
@@ -44,11 +46,18 @@ def mark_findings(ax, findings: Sequence[Finding]) -> None:
     for f in findings:
         name = label(f.kind) if f.kind not in seen else None
         seen.add(f.kind)
-        ax.axvline(f.step, color=_SEVERITY_COLOR.get(f.severity, "grey"), alpha=0.5, lw=1, label=name)
+        ax.axvline(
+            f.step, color=_SEVERITY_COLOR.get(f.severity, "grey"), alpha=0.5, lw=1, label=name
+        )
 
 
 def series_plot(
-    runs: Sequence[Run], name: str, *, log: bool = False, findings: bool = True, title: str | None = None
+    runs: Sequence[Run],
+    name: str,
+    *,
+    log: bool = False,
+    findings: bool = True,
+    title: str | None = None,
 ) -> str | None:
     """One metric over steps for every run that has it; findings marked; non-finite steps shown."""
     plt = _pyplot()
@@ -59,10 +68,17 @@ def series_plot(
             continue
         steps, values = run.series(name)
         finite = np.isfinite(values)
-        ax.plot(steps[finite], values[finite], lw=1, label=label(run.name if len(runs) > 1 else name))
+        ax.plot(
+            steps[finite], values[finite], lw=1, label=label(run.name if len(runs) > 1 else name)
+        )
         if (~finite).any():
-            ax.plot(steps[~finite], np.full((~finite).sum(), np.nanmax(values[finite], initial=1.0)),
-                    "x", color="#d62728", label="non-finite")
+            ax.plot(
+                steps[~finite],
+                np.full((~finite).sum(), np.nanmax(values[finite], initial=1.0)),
+                "x",
+                color="#d62728",
+                label="non-finite",
+            )
         if findings and len(runs) == 1:
             mark_findings(ax, run.findings())
         drawn = True
@@ -99,8 +115,13 @@ def heatmap(run: Run, signal: str, max_rows: int = 60, max_cols: int = 400) -> s
     with np.errstate(divide="ignore", invalid="ignore"):
         shown = np.log10(np.where(np.isfinite(grid) & (grid > 0), grid, np.nan))
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.16 * len(names) + 1)))
-    image = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap="viridis",
-                      extent=(all_steps[0] - 0.5, all_steps[-1] + 0.5, len(names) - 0.5, -0.5))
+    image = ax.imshow(
+        shown,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="viridis",
+        extent=(all_steps[0] - 0.5, all_steps[-1] + 0.5, len(names) - 0.5, -0.5),
+    )
     bad = present & ~np.isfinite(grid)
     if bad.any():
         rows, cols = np.nonzero(bad)

@@ -12,7 +12,12 @@ from rich.text import Text
 from steadygrad.store.run import Run
 
 _SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
-_STATUS_STYLE = {"finished": "green", "running": "cyan", "crashed": "bold red", "interrupted": "yellow"}
+_STATUS_STYLE = {
+    "finished": "green",
+    "running": "cyan",
+    "crashed": "bold red",
+    "interrupted": "yellow",
+}
 
 
 def loss_summary(run: Run) -> dict[str, float]:

@@ -1,0 +1,138 @@
+"""Each training detector: a scenario that must trigger it and a healthy control that must not."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_mlp
+from torch import nn
+
+import steadygrad
+from steadygrad.diagnose.detectors.base import RobustBaseline
+from steadygrad.diagnose.detectors.training import (
+    GradNormSpikeDetector,
+    LossSpikeDetector,
+    NonFiniteDetector,
+)
+from steadygrad.monitor.record import Record
+
+
+def _stream(detector, values, name="loss"):
+    findings = []
+    for step, v in enumerate(values):
+        findings += detector.update(Record(step, {name: float(v)}))
+    return findings
+
+
+def _noisy_decay(n=300, seed=0, noise=0.03):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return (2.0 + 3.0 * np.exp(-t / 60)) * (1 + noise * rng.standard_normal(n))
+
+
+def test_robust_baseline_matches_numpy_median_and_mad():
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal(50)
+    base = RobustBaseline(window=32)
+    for x in xs:
+        base.add(float(x))
+    window = xs[-32:]
+    med = np.median(window)
+    mad = np.median(np.abs(window - med))
+    assert base.score(3.0) == pytest.approx((3.0 - med) / (1.4826 * mad))
+
+
+def test_loss_spike_triggers_once_on_a_planted_spike():
+    values = _noisy_decay()
+    values[200] *= 2.0
+    findings = _stream(LossSpikeDetector(), values)
+    assert [f.step for f in findings] == [200]
+    assert findings[0].evidence["ratio"] == pytest.approx(2.0, rel=0.1)
+
+
+def test_loss_spike_control_noisy_decreasing_loss():
+    for seed in range(5):
+        assert _stream(LossSpikeDetector(), _noisy_decay(seed=seed)) == []
+
+
+def test_loss_spike_one_finding_per_episode():
+    values = _noisy_decay()
+    values[150:160] *= 3.0
+    assert [f.step for f in _stream(LossSpikeDetector(), values)] == [150]
+
+
+def test_grad_norm_spike_trigger_and_control():
+    rng = np.random.default_rng(0)
+    norms = np.exp(rng.normal(0.0, 0.3, 300))  # heavy-ish tails, healthy
+    assert _stream(GradNormSpikeDetector(), norms, "grad_norm") == []
+    norms[222] *= 50
+    findings = _stream(GradNormSpikeDetector(), norms, "grad_norm")
+    assert [f.step for f in findings] == [222]
+    assert findings[0].evidence["ratio"] > 20
+
+
+def test_nonfinite_detector_trigger_and_control():
+    det = NonFiniteDetector()
+    assert det.update(Record(0, {"loss": 1.0, "nonfinite_grads": 0.0})) == []
+    (f,) = det.update(Record(1, {"loss": math.nan, "nonfinite_grads": 10.0}))
+    assert f.kind == "nonfinite" and f.severity == "critical"
+    assert det.update(Record(2, {"loss": math.nan, "nonfinite_grads": 10.0})) == []  # same episode
+
+
+def _train_mlp(tmp_path, name, spike_step=None, grad_spike_step=None, steps=160, batch_ids=False):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    x_all = torch.randn(2048, 6, generator=g)
+    w_true = torch.randn(6, 3, generator=g)
+    y_all = torch.tanh(x_all @ w_true)
+    mon = steadygrad.Monitor(model, opt, tmp_path / name, progress=False)
+    for step in range(steps):
+        idx = torch.randint(0, 2048, (64,), generator=g)
+        x, y = x_all[idx], y_all[idx]
+        if step == spike_step:
+            y = y + 8.0  # a corrupted batch: its loss jumps
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if step == grad_spike_step:
+            for p in model.parameters():
+                p.grad.mul_(1000.0)  # a planted 1000x gradient
+        opt.step()
+        mon.step(loss, batch_ids=idx if batch_ids else None)
+        opt.zero_grad()
+    mon.close()
+    return mon
+
+
+def test_real_training_loss_spike_with_batch_ids(tmp_path):
+    mon = _train_mlp(tmp_path, "spike", spike_step=120, batch_ids=True)
+    spikes = [f for f in mon.findings if f.kind == "loss_spike"]
+    assert [f.step for f in spikes] == [120]
+    assert len(spikes[0].batch_ids) == 64
+    stored = steadygrad.load(tmp_path / "spike").findings()
+    assert any(f.kind == "loss_spike" and f.batch_ids == spikes[0].batch_ids for f in stored)
+
+
+def test_real_training_grad_spike(tmp_path):
+    mon = _train_mlp(tmp_path, "grad", grad_spike_step=120)
+    assert [f.step for f in mon.findings if f.kind == "grad_norm_spike"] == [120]
+
+
+def test_real_training_healthy_control_has_no_findings(tmp_path):
+    mon = _train_mlp(tmp_path, "healthy")
+    assert mon.findings == []
+    assert steadygrad.load(tmp_path / "healthy").findings() == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"threshold": 0}, "threshold must be > 0"),
+        ({"window": 0}, "window must be an int >= 1"),
+        ({"warmup": 2.5}, "warmup must be an int"),
+    ],
+)
+def test_detector_arguments_are_checked(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        LossSpikeDetector(**kwargs)
