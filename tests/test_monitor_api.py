@@ -77,7 +77,7 @@ def test_context_manager_removes_hooks_even_after_an_error(tmp_path):
     opt = _opt(model)
     with pytest.raises(ZeroDivisionError), steadygrad.watch(model, opt, tmp_path / "run") as mon:
         train(model, opt, mon, 2)
-        1 / 0
+        raise ZeroDivisionError
     assert no_hooks_left(model, opt)
 
 
@@ -133,3 +133,17 @@ def test_custom_signal_values_reach_the_store(tmp_path):
     expected = max(p.abs().max().item() for p in model.parameters())
     assert values[-1] == pytest.approx(expected)
     assert run.series("host_value")[1].tolist() == [1.5, 1.5, 1.5]
+
+
+def test_progress_line_can_be_switched_on_and_off(tmp_path, capsys):
+    model = tiny_mlp()
+    opt = _opt(model)
+    with steadygrad.watch(model, opt, tmp_path / "on", progress=True) as mon:
+        train(model, opt, mon, 3, before_step=lambda i: i == 2 and model[0].weight.grad.fill_(1e30))
+        model[0].weight.data.fill_(float("nan"))
+        train(model, opt, mon, 1)
+    err = capsys.readouterr().err
+    assert "steadygrad critical" in err and "nonfinite" in err
+    with steadygrad.watch(model, opt, tmp_path / "off", progress=False) as mon:
+        train(model, opt, mon, 2)
+    assert capsys.readouterr().err == ""
