@@ -7,6 +7,7 @@ Example:
     >>> run = steadygrad.load("runs/exp1")                                # doctest: +SKIP
 """
 
+from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector
 from steadygrad.diagnose.detectors.training import (
     GradNormSpikeDetector,
@@ -21,6 +22,7 @@ from steadygrad.store import Run, RunStore, load
 __version__ = "0.1.0"
 
 __all__ = [
+    "Autopilot",
     "Detector",
     "Finding",
     "GradNormSpikeDetector",

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from steadygrad import _checks
+from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors.base import Detector
 from steadygrad.diagnose.detectors.training import default_detectors
 from steadygrad.diagnose.findings import Finding
@@ -57,6 +58,8 @@ class Monitor:
         detectors: the detectors to run; default :func:`default_detectors`.
         progress: show a live status line; default: when stderr is a terminal.
         scaler: a ``torch.amp.GradScaler``, to record its scale.
+        autopilot: recovery policies to apply (:class:`~steadygrad.Autopilot`); every action
+            is written to the run store.
 
     Example:
         >>> mon = steadygrad.Monitor(model, optimizer, run_dir="runs/exp1")   # doctest: +SKIP
@@ -87,6 +90,7 @@ class Monitor:
         progress: bool | None = None,
         scaler: Any = None,
         guard_steps: int = 3,
+        autopilot: Autopilot | None = None,
     ) -> None:
         self.model = _checks.module("model", model)
         self.optimizer = _checks.optimizer("optimizer", optimizer)
@@ -119,7 +123,11 @@ class Monitor:
             run_dir, name, run_config, flush_every=flush_every, flush_seconds=flush_seconds
         )
         self.run_dir = self.store.run_dir
+        if autopilot is not None and not isinstance(autopilot, Autopilot):
+            raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
+        self.autopilot = autopilot
         self.findings: list[Finding] = []
+        self.actions: list[tuple[int, str, dict]] = []
         self.last_record: Record | None = None
         self.step_count = 0
         self.closed = False
@@ -138,6 +146,8 @@ class Monitor:
         for s in self.signals:
             s.attach(self)
         self.progress = ProgressLine(self.store.path.parent.name, enabled=progress)
+        if self.autopilot is not None:
+            self.autopilot.attach(self)
         self._prepare(0)
         atexit.register(self._at_exit)
 
@@ -154,6 +164,8 @@ class Monitor:
             self._prepare(self.step_count)
             return None
         record = self._measure(step, _loss_tensor(loss), skipped=stepped == 0)
+        if self.autopilot is not None and self.autopilot.skipped_step == step:
+            record.meta["skipped_by"] = "autopilot"
         if batch_ids is not None:
             record.meta["batch_ids"] = batch_ids
         if self._backward_hooks and self.params.backward_order:
@@ -165,6 +177,8 @@ class Monitor:
         if findings:
             self.store.add_findings(findings)
         self.progress.update(record, findings)
+        if self.autopilot is not None:
+            self.autopilot.after_step(record, findings)
         self.last_record = record
         self.step_count += 1
         self._prepare(self.step_count)
@@ -293,6 +307,12 @@ class Monitor:
             if s.due(step):
                 s.begin(step)
 
+    def record_action(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
+        """Write an action taken on the run (by the autopilot, or by you) to the store."""
+        self.actions.append((step, kind, dict(detail)))
+        self.store.add_action(step, kind, detail)
+        self.progress.action(step, kind, detail)
+
     # -- optimizer hooks ------------------------------------------------------------------------
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         if self._optimizer_steps_total == 0 and self._unstepped_calls:
@@ -308,6 +328,8 @@ class Monitor:
         if self.closed:
             return
         self.closed = True
+        if self.autopilot is not None:
+            self.autopilot.detach()
         for h in self._handles + self._backward_hooks:
             h.remove()
         self._handles, self._backward_hooks = [], []

@@ -47,6 +47,10 @@ class ParameterStats:
         with torch.no_grad():
             self._snapshot = torch._foreach_mul([p.detach() for p in self.params], 1.0)
 
+    def discard_snapshot(self) -> None:
+        """Forget the snapshot (the weights were replaced, e.g. by a rollback)."""
+        self._snapshot = None
+
     @property
     def has_snapshot(self) -> bool:
         return self._snapshot is not None

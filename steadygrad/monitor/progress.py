@@ -47,6 +47,10 @@ class ProgressLine:
             f"grad_norm {grad:.3g}  findings {self._findings}"
         )
 
+    def action(self, step: int, kind: str, detail: dict) -> None:
+        if self.enabled:
+            self._console.print(f"[magenta]steadygrad autopilot[/] step {step}: {kind} {detail}")
+
     def close(self) -> None:
         if self._live is not None:
             self._live.stop()

@@ -128,7 +128,12 @@ class NonFiniteDetector(Detector):
             self._in_episode = False
             return []
         meta = record.meta
-        if meta.get("skipped") and not loss_bad and not bad_params:
+        if (
+            meta.get("skipped")
+            and meta.get("skipped_by") is None
+            and not loss_bad
+            and not bad_params
+        ):
             evidence = {"nonfinite_grads": bad_grads, "grad_norm": v.get("grad_norm")}
             if "amp_scale" in v:
                 evidence["amp_scale"] = v["amp_scale"]
