@@ -15,6 +15,7 @@ from steadygrad.diagnose.detectors.training import (
     NonFiniteDetector,
     default_detectors,
 )
+from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
 from steadygrad.diagnose.findings import Finding
 from steadygrad.monitor import Monitor, Record, Signal, watch
 from steadygrad.store import Run, RunStore, load
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Autopilot",
     "Detector",
+    "DiagnosisReport",
     "Finding",
     "GradNormSpikeDetector",
     "LossSpikeDetector",
@@ -35,6 +37,7 @@ __all__ = [
     "Signal",
     "__version__",
     "default_detectors",
+    "diagnose",
     "load",
     "watch",
 ]

@@ -122,6 +122,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("diagnose")
+def _diagnose(args: argparse.Namespace) -> int:
+    from steadygrad.diagnose import diagnose
+    from steadygrad.report.terminal import print_diagnosis
+
+    print_diagnosis(diagnose(args.run))
+    return 0
+
+
 @command("export")
 def _export(args: argparse.Namespace) -> int:
     from steadygrad.store import load

@@ -1,5 +1,17 @@
 """Detectors turn a stream of records into Findings; rules turn Findings into causes and fixes."""
 
+from steadygrad.diagnose.autopilot import Autopilot
+from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
 from steadygrad.diagnose.findings import Finding
+from steadygrad.diagnose.rules import RULES, Diagnosis, Fix, Rule
 
-__all__ = ["Finding"]
+__all__ = [
+    "RULES",
+    "Autopilot",
+    "Diagnosis",
+    "DiagnosisReport",
+    "Finding",
+    "Fix",
+    "Rule",
+    "diagnose",
+]

@@ -9,6 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from steadygrad.diagnose.diagnosis import DiagnosisReport
 from steadygrad.store.run import Run
 
 _SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
@@ -92,3 +93,38 @@ def _fmt(value: object) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def diagnosis_view(report: DiagnosisReport) -> Group:
+    """A rich renderable of a diagnosis: each cause with its evidence, fixes and reference."""
+    parts: list = []
+    if report.healthy:
+        parts.append(Text(f"{report.run_name}: healthy", style="bold green"))
+    else:
+        parts.append(
+            Text(
+                f"{report.run_name}: {len(report.diagnoses)} diagnosis(es), most likely first",
+                style="bold",
+            )
+        )
+    for i, d in enumerate(report.diagnoses, 1):
+        parts.append(
+            Text.assemble(
+                f"{i}. ", (d.severity, _SEVERITY_STYLE.get(d.severity, "")), f"  {d.summary}"
+            )
+        )
+        for fix in d.fixes:
+            parts.append(Text.assemble("   fix: ", (fix.action, "green"), "  ", (fix.code, "dim")))
+        parts.append(Text(f"   because: {d.reference}", style="italic"))
+    if report.margins:
+        table = Table(title="margins measured", title_justify="left")
+        table.add_column("signal")
+        table.add_column("value")
+        for key, value in report.margins.items():
+            table.add_row(key, _fmt(value))
+        parts.append(table)
+    return Group(*parts)
+
+
+def print_diagnosis(report: DiagnosisReport, console: Console | None = None) -> None:
+    (console or Console()).print(diagnosis_view(report))

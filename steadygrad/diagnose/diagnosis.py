@@ -1,0 +1,104 @@
+"""``steadygrad.diagnose(run)``: the ranked causes behind a run's findings, or a clean bill of
+health with the margins that were measured."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from steadygrad.diagnose.rules import RULES, Diagnosis, Rule, RunFacts
+from steadygrad.store.run import Run, load
+
+
+@dataclass
+class DiagnosisReport:
+    """The diagnoses of one run, most likely root cause first."""
+
+    run_name: str
+    diagnoses: list[Diagnosis]
+    margins: dict[str, float | str] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return all(d.severity == "info" for d in self.diagnoses)
+
+    @property
+    def top(self) -> Diagnosis | None:
+        return self.diagnoses[0] if self.diagnoses else None
+
+    def causes(self) -> list[str]:
+        return [d.cause for d in self.diagnoses]
+
+    def text(self) -> str:
+        """A plain-text rendering (the CLI prints a richer one)."""
+        if self.healthy and not self.diagnoses:
+            lines = [f"{self.run_name}: healthy, no instability found."]
+        else:
+            lines = [f"{self.run_name}: {len(self.diagnoses)} diagnosis(es), most likely first:"]
+        for i, d in enumerate(self.diagnoses, 1):
+            lines.append(f"{i}. [{d.severity}] {d.summary}")
+            for fix in d.fixes:
+                lines.append(f"   fix: {fix.action}: {fix.code}")
+            lines.append(f"   because: {d.reference}")
+        if self.margins:
+            lines.append(
+                "margins: " + "; ".join(f"{k} {_show(v)}" for k, v in self.margins.items())
+            )
+        return "\n".join(lines)
+
+
+def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES) -> DiagnosisReport:
+    """Read a run's findings and signals and return its diagnoses, ranked.
+
+    Example:
+        >>> report = steadygrad.diagnose("runs/demo/unstable")   # doctest: +SKIP
+        >>> print(report.text())                                  # doctest: +SKIP
+    """
+    if not isinstance(run, Run):
+        run = load(run)
+    facts = RunFacts(run)
+    found = [d for rule in rules if (d := rule.apply(facts)) is not None]
+    found.sort(key=lambda d: d.rank_key)
+    return DiagnosisReport(run.name, found, margins(facts))
+
+
+def margins(facts: RunFacts) -> dict[str, float | str]:
+    """How far the run stayed from trouble, from whatever signals it recorded."""
+    out: dict[str, float | str] = {}
+    loss = facts.series("loss")
+    if loss is not None and len(loss[1]):
+        values = loss[1]
+        finite = values[np.isfinite(values)]
+        if len(finite):
+            out["loss first -> last"] = f"{finite[0]:.4g} -> {finite[-1]:.4g}"
+        out["non-finite loss steps"] = int((~np.isfinite(values)).sum())
+    for value, limit, label in (
+        ("sharpness", "sharpness_limit", "sharpness / limit"),
+        (
+            "preconditioned_sharpness",
+            "preconditioned_sharpness_limit",
+            "preconditioned sharpness / limit",
+        ),
+    ):
+        s, lim = facts.series(value), facts.series(limit)
+        if s is not None and lim is not None and len(s[1]) and len(lim[1]):
+            out[label] = float(s[1][-1] / lim[1][-1])
+    grad = facts.series("grad_norm")
+    if grad is not None:
+        g = grad[1][np.isfinite(grad[1])]
+        if len(g) > 1 and np.median(g) > 0:
+            out["max / median grad norm"] = float(g.max() / np.median(g))
+    ratios = [facts.series(n)[1][-1] for n in sorted(facts.names) if n.startswith("update_ratio/")]
+    ratios = [r for r in ratios if np.isfinite(r)]
+    if ratios:
+        out["median update ratio (last)"] = float(np.median(ratios))
+    attn = [facts.series(n)[1] for n in sorted(facts.names) if n.startswith("attn_logit_max/")]
+    if attn:
+        out["max attention logit"] = float(max(np.nanmax(a) for a in attn if len(a)))
+    return out
+
+
+def _show(value: float | str) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,458 @@
+"""Rules: from a run's findings and signals to causes, evidence, fixes, and the result behind them.
+
+A rule is data (the cause, the published result it rests on, the fixes) plus one small function
+that looks at the run and returns what it found, or None. To add a cause, add a function and a
+:class:`Rule` to :data:`RULES`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from steadygrad.diagnose.findings import Finding
+from steadygrad.store.run import Run
+
+# How specific a cause is: a mechanism explains the symptoms that follow it, so it ranks first.
+MECHANISM, EVENT, SYMPTOM = 3, 2, 1
+SEVERITY_WEIGHT = {"info": 0, "warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One remedy: what to do, and the steadygrad call that does it."""
+
+    action: str
+    code: str
+
+
+@dataclass
+class Diagnosis:
+    """A cause found in a run, with its evidence, fixes, and the published result behind it."""
+
+    cause: str
+    summary: str
+    severity: str
+    first_step: int | None
+    where: list[str]
+    evidence: dict[str, Any]
+    fixes: list[Fix]
+    reference: str
+    tier: int = SYMPTOM
+
+    @property
+    def rank_key(self) -> tuple:
+        first = self.first_step if self.first_step is not None else math.inf
+        return (-self.tier, -SEVERITY_WEIGHT[self.severity], first)
+
+
+@dataclass
+class Found:
+    """What a rule's check returns: the rule supplies the rest."""
+
+    summary: str
+    first_step: int | None = None
+    where: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    severity: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    cause: str
+    tier: int
+    severity: str
+    reference: str
+    fixes: tuple[Fix, ...]
+    check: Callable[[RunFacts], Found | None]
+
+    def apply(self, facts: RunFacts) -> Diagnosis | None:
+        found = self.check(facts)
+        if found is None:
+            return None
+        return Diagnosis(
+            cause=self.cause,
+            summary=found.summary,
+            severity=found.severity or self.severity,
+            first_step=found.first_step,
+            where=found.where,
+            evidence=found.evidence,
+            fixes=list(self.fixes),
+            reference=self.reference,
+            tier=self.tier,
+        )
+
+
+class RunFacts:
+    """What the rules read: a run's findings by kind, and its series, each read once."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.findings = run.findings()
+        self._series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def of(self, *kinds: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind in kinds]
+
+    @cached_property
+    def names(self) -> set[str]:
+        return set(self.run.names())
+
+    def series(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        if name not in self.names:
+            return None
+        if name not in self._series:
+            self._series[name] = self.run.series(name)
+        return self._series[name]
+
+    @cached_property
+    def optimizer(self) -> str:
+        return str(self.run.config.get("optimizer", ""))
+
+    @cached_property
+    def adaptive(self) -> bool:
+        """Whether the optimizer keeps a second moment (Adam family)."""
+        name = self.optimizer.lower()
+        return any(k in name for k in ("adam", "spam", "belief", "diffgrad", "grams", "ademamix"))
+
+
+def layer_span(where: list[str]) -> str:
+    """'h.3.attn, h.4.attn, h.5.attn' -> 'h.3.attn .. h.5.attn (3 layers)'."""
+    where = sorted(set(where), key=_natural)
+    if len(where) <= 2:
+        return ", ".join(where)
+    return f"{where[0]} .. {where[-1]} ({len(where)} layers)"
+
+
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in name.replace(".", " . ").split()]
+
+
+def _first(findings: list[Finding]) -> int:
+    return min(f.step for f in findings)
+
+
+def _located(kinds: tuple[str, ...], what: str) -> Callable[[RunFacts], Found | None]:
+    """A check for a per-module finding family: where it happens and from which step."""
+
+    def check(facts: RunFacts) -> Found | None:
+        found = facts.of(*kinds)
+        if not found:
+            return None
+        where = [f.where for f in found if f.where]
+        first = _first(found)
+        strongest = max(found, key=lambda f: SEVERITY_WEIGHT[f.severity])
+        places = f" in {layer_span(where)}" if where else ""
+        return Found(
+            f"{what}{places} from step {first}",
+            first,
+            sorted(set(where), key=_natural),
+            {
+                "findings": len(found),
+                "first": found[0].evidence,
+                "steps": [f.step for f in found[:20]],
+            },
+            strongest.severity,
+        )
+
+    return check
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+def _nonfinite(facts: RunFacts) -> Found | None:
+    found = facts.of("nonfinite", "nonfinite_origin")
+    if not found:
+        return None
+    first = found[0]
+    origins = [f for f in found if f.where]
+    where = origins[0].where if origins else None
+    ev = dict(first.evidence)
+    skipped = facts.series("optimizer_skipped")
+    if skipped is not None:
+        ev["skipped_steps"] = int(np.nansum(skipped[1]))
+    place = f", born in {where}" if where else ""
+    return Found(f"NaN/Inf at step {first.step}{place}", first.step, [where] if where else [], ev)
+
+
+def _amp_overflow(facts: RunFacts) -> Found | None:
+    overflow = facts.of("amp_overflow")
+    if not overflow or facts.of("nonfinite"):
+        return None
+    steps = facts.series("loss")
+    total = len(steps[0]) if steps else 0
+    share = len(overflow) / total if total else 0.0
+    summary = (
+        f"benign mixed-precision overflow: the GradScaler skipped {len(overflow)} step(s) "
+        f"({share:.1%} of steps) and lowered its scale; the loss and weights stayed finite, "
+        "so this is not a divergence"
+    )
+    severity = "warning" if share > 0.05 else "info"
+    return Found(
+        summary, _first(overflow), [], {"skipped_steps": len(overflow), "share": share}, severity
+    )
+
+
+def _adam_poisoned(facts: RunFacts) -> Found | None:
+    """A gradient spike under an Adam-family optimizer, after which the updates shrank: the
+    spike's square inflated the second moment, which then damps updates for ~1/(1-beta2) steps."""
+    spikes = facts.of("grad_norm_spike", "gradient_spike")
+    if not spikes or not facts.adaptive:
+        return None
+    ratios = [n for n in facts.names if n.startswith("update_ratio/")]
+    for spike in spikes:
+        before, after = [], []
+        for name in ratios:
+            steps, values = facts.series(name)
+            b = values[(steps < spike.step) & (steps >= spike.step - 50)]
+            a = values[(steps > spike.step) & (steps <= spike.step + 50)]
+            if len(b) and len(a):
+                before.append(np.nanmedian(b))
+                after.append(np.nanmedian(a))
+        if not before:
+            continue
+        drop = float(np.nanmedian(after) / np.nanmedian(before))
+        if drop < 0.5:
+            where = [spike.where] if spike.where else []
+            return Found(
+                f"a gradient spike at step {spike.step} poisoned {facts.optimizer}'s second "
+                f"moment: the updates after it shrank to {drop:.0%} of their size before",
+                spike.step,
+                where,
+                {"spike": spike.evidence, "update_ratio_after_over_before": drop},
+            )
+    return None
+
+
+def _gradient_spike(facts: RunFacts) -> Found | None:
+    spikes = facts.of("grad_norm_spike", "gradient_spike")
+    if not spikes:
+        return None
+    first = spikes[0]
+    ev: dict[str, Any] = {"spikes": len(spikes), "first": first.evidence}
+    summary = f"{len(spikes)} gradient spike(s), the first at step {first.step}"
+    if first.where:
+        summary += f" in {first.where}"
+    clipped = facts.series("grad_norm_preclip")
+    if clipped is not None:
+        ev["hidden_by_clipping"] = True
+        summary += " (hidden by clipping: the clipped norm stayed flat)"
+    ids = [f.batch_ids for f in spikes if f.batch_ids]
+    if ids:
+        ev["batch_ids"] = ids[0][:32]
+        summary += f"; batch ids {ids[0][:8]}"
+    return Found(summary, first.step, [f.where for f in spikes if f.where], ev)
+
+
+def _loss_spike(facts: RunFacts) -> Found | None:
+    spikes = facts.of("loss_spike")
+    if not spikes:
+        return None
+    first = spikes[0]
+    ev: dict[str, Any] = {"spikes": len(spikes), "first": first.evidence}
+    summary = (
+        f"{len(spikes)} loss spike(s), the first at step {first.step} "
+        f"({first.evidence.get('ratio', math.nan):.3g}x its baseline)"
+    )
+    ids = [f.batch_ids for f in spikes if f.batch_ids]
+    if ids:
+        ev["batch_ids"] = ids[0][:32]
+        summary += f"; batch ids {ids[0][:8]}"
+    return Found(summary, first.step, [], ev)
+
+
+def _sharpness(facts: RunFacts) -> Found | None:
+    found = facts.of("sharpness_above_limit")
+    if not found:
+        return None
+    first = found[0]
+    ratio = first.evidence.get("ratio")
+    text = f"sharpness above its stability limit from step {first.step}"
+    if ratio is not None:
+        text += f" ({ratio:.2f}x the limit)"
+    return Found(text, first.step, [f.where for f in found if f.where], dict(first.evidence))
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "attention_logit_growth",
+        MECHANISM,
+        "warning",
+        "Dehghani et al. 2023 (ViT-22B) and Wortsman et al. 2023, 'Small-scale proxies for "
+        "large-scale Transformer training instabilities': attention logits that grow without "
+        "bound collapse the attention entropy and diverge the run; QK-LayerNorm prevents it.",
+        (
+            Fix(
+                "normalise queries and keys (QK-LayerNorm)",
+                "TinyGPT(..., qk_norm=True)  # or steadygrad.nn.apply_qk_norm(model)",
+            ),
+            Fix("lower the learning rate", "optimizer.param_groups[0]['lr'] *= 0.5"),
+        ),
+        _located(("attention_logit_growth",), "attention-logit growth"),
+    ),
+    Rule(
+        "output_logit_divergence",
+        MECHANISM,
+        "warning",
+        "Wortsman et al. 2023 (and Chowdhery et al. 2022, PaLM): the output logits drift to "
+        "large negative log-partition values; the auxiliary z-loss 1e-4 * logsumexp^2 keeps "
+        "the log-partition near zero.",
+        (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
+        _located(("output_logit_divergence",), "output-logit divergence"),
+    ),
+    Rule(
+        "softmax_collapse",
+        MECHANISM,
+        "warning",
+        "Prieto et al. 2025, 'Grokking at the edge of numerical stability': float32 softmax "
+        "rounds the correct class to exactly 1, its gradient to exactly 0, and learning stalls.",
+        (
+            Fix(
+                "use StableMax cross-entropy",
+                "steadygrad.nn.stablemax_cross_entropy(logits, targets)",
+            ),
+            Fix(
+                "project out the naive-loss-minimisation direction (⊥Grad)",
+                "optimizer = steadygrad.nn.OrthoGrad(optimizer)",
+            ),
+        ),
+        _located(("softmax_collapse",), "softmax collapse"),
+    ),
+    Rule(
+        "sharpness_above_limit",
+        MECHANISM,
+        "warning",
+        "Cohen et al. 2021, 'Gradient descent typically occurs at the edge of stability' "
+        "(sharpness above 2/lr is unstable for GD), and Cohen et al. 2022 for Adam's "
+        "preconditioned sharpness limit (2+2*beta1)/((1-beta1)*lr).",
+        (
+            Fix(
+                "lower the learning rate below 2/sharpness",
+                "optimizer.param_groups[0]['lr'] *= 0.5",
+            ),
+            Fix(
+                "warm the learning rate up for longer",
+                "steadygrad.optim.warmup_cosine(optimizer, warmup_steps=..., total_steps=...)",
+            ),
+        ),
+        _sharpness,
+    ),
+    Rule(
+        "loss_of_plasticity",
+        MECHANISM,
+        "warning",
+        "Dohare et al. 2024 (Nature), 'Loss of plasticity in deep continual learning': dead "
+        "units and collapsing feature rank stop a network from learning new data.",
+        (
+            Fix(
+                "reinitialise dead units (continual backprop) or add L2 towards the initialisation",
+                "# see docs/transformers.md",
+            ),
+        ),
+        _located(("loss_of_plasticity", "dead_units", "rank_collapse"), "loss of plasticity"),
+    ),
+    Rule(
+        "update_ratio_out_of_range",
+        MECHANISM,
+        "warning",
+        "Wortsman et al. 2023: instability follows updates that are large relative to the "
+        "weights; a ratio near zero marks a frozen layer.",
+        (
+            Fix(
+                "lower (or raise, for frozen layers) the learning rate of those layers",
+                "torch.optim.AdamW([{'params': ..., 'lr': ...}])",
+            ),
+        ),
+        _located(
+            ("update_ratio_out_of_range", "update_ratio_high", "update_ratio_low"),
+            "update-to-weight ratio out of range",
+        ),
+    ),
+    Rule(
+        "adam_second_moment_poisoned",
+        EVENT,
+        "warning",
+        "Huang et al. 2025, 'SPAM: spike-aware Adam with momentum reset': a gradient spike "
+        "inflates Adam's moments and damps or misdirects updates for thousands of steps.",
+        (
+            Fix("use spike-aware Adam", "steadygrad.optim.SPAM(model.parameters(), lr=...)"),
+            Fix(
+                "clip spikes automatically",
+                "Monitor(..., autopilot=steadygrad.Autopilot(spike_clipping=True))",
+            ),
+        ),
+        _adam_poisoned,
+    ),
+    Rule(
+        "gradient_spike",
+        EVENT,
+        "warning",
+        "Chowdhery et al. 2022 (PaLM) restart before a spike and skip its batches; Huang et "
+        "al. 2025 (SPAM) clip spikes against the gradient's running second moment.",
+        (
+            Fix(
+                "clip spikes automatically",
+                "Monitor(..., autopilot=steadygrad.Autopilot(spike_clipping=True))",
+            ),
+            Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
+        ),
+        _gradient_spike,
+    ),
+    Rule(
+        "nonfinite",
+        SYMPTOM,
+        "critical",
+        "IEEE 754 arithmetic: NaN and Inf propagate forward from the first operation that "
+        "produced them; the producer is the first module with finite inputs and a non-finite "
+        "output.",
+        (
+            Fix(
+                "never apply a non-finite update; roll back with a lower learning rate",
+                "Monitor(..., autopilot=steadygrad.Autopilot())",
+            ),
+            Fix(
+                "lower the learning rate or clip the gradient norm",
+                "torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)",
+            ),
+        ),
+        _nonfinite,
+    ),
+    Rule(
+        "loss_spike",
+        SYMPTOM,
+        "warning",
+        "Chowdhery et al. 2022 (PaLM): loss spikes at scale are tied to particular batches "
+        "meeting particular parameter states; rewinding and skipping those batches avoids them.",
+        (
+            Fix(
+                "roll back automatically with a lower learning rate",
+                "Monitor(..., autopilot=steadygrad.Autopilot())",
+            ),
+            Fix(
+                "lengthen the warm-up or lower the peak learning rate",
+                "steadygrad.optim.warmup_cosine(optimizer, ...)",
+            ),
+        ),
+        _loss_spike,
+    ),
+    Rule(
+        "amp_overflow",
+        SYMPTOM,
+        "info",
+        "Micikevicius et al. 2018, 'Mixed precision training': dynamic loss scaling skips a "
+        "step whose gradients overflow and lowers the scale; such a step is expected.",
+        (
+            Fix(
+                "nothing needed; if it is frequent, train in bfloat16",
+                "torch.autocast('cuda', dtype=torch.bfloat16)",
+            ),
+        ),
+        _amp_overflow,
+    ),
+)
