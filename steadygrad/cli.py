@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
 
     p = sub.add_parser(
+        "diagnose",
+        help="name the causes behind a run's findings, and the fixes",
+        description="Rank the likely causes of a run's instabilities, with the evidence, the "
+        "fixes as steadygrad calls, and the published result each rests on.",
+    )
+    p.add_argument("run", metavar="RUN_DIR")
+
+    p = sub.add_parser(
         "export",
         help="export a run's scalars to CSV or Parquet",
         description="Write a run's scalars in long form (step, name, value, wall).",
