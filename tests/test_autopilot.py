@@ -85,7 +85,9 @@ def _poisoned_loop(tmp_path, name, autopilot, poison_at=(5,), scale=float("nan")
         before = [p.detach().clone() for p in model.parameters()]
         opt.step()
         mon.step(loss)
-        moved.append(max((p - b).abs().max().item() for p, b in zip(model.parameters(), before, strict=True)))
+        moved.append(
+            max((p - b).abs().max().item() for p, b in zip(model.parameters(), before, strict=True))
+        )
         opt.zero_grad()
     mon.close()
     return model, mon, moved

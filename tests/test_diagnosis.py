@@ -1,0 +1,103 @@
+"""Diagnosis: each rule's scenario gets that diagnosis first; healthy controls do not."""
+
+import torch
+from helpers import regression_batch, tiny_mlp
+from torch import nn
+
+import steadygrad
+from steadygrad.cli import main
+
+
+def _run(tmp_path, name, opt_fn, steps=120, hook=None, scaler=None, ids=False, **mon_kwargs):
+    model = tiny_mlp()
+    opt = opt_fn(model.parameters())
+    mon = steadygrad.Monitor(
+        model, opt, tmp_path / name, progress=False, scaler=scaler, **mon_kwargs
+    )
+    for i in range(steps):
+        x, y = regression_batch(i % 16)
+        loss = nn.functional.mse_loss(model(x), y)
+        if scaler is None:
+            loss.backward()
+            if hook:
+                hook(i, model)
+            opt.step()
+        else:
+            scaler.scale(loss * (1e3 if i in (40, 80) else 1.0)).backward()
+            scaler.step(opt)
+            scaler.update()
+        mon.step(loss, batch_ids=[10 * i, 10 * i + 1] if ids else None)
+        opt.zero_grad()
+    mon.close()
+    return steadygrad.diagnose(tmp_path / name)
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.05)
+
+
+def _adam(params):
+    return torch.optim.Adam(params, lr=3e-3)
+
+
+def _spike_at(step, factor=1000.0):
+    def hook(i, model):
+        if i == step:
+            for p in model.parameters():
+                p.grad.mul_(factor)
+
+    return hook
+
+
+def test_healthy_run_says_so_with_margins(tmp_path):
+    report = _run(tmp_path, "healthy", _adam)
+    assert report.healthy and report.diagnoses == []
+    assert report.margins["non-finite loss steps"] == 0
+    assert "max / median grad norm" in report.margins
+    assert "healthy" in report.text()
+
+
+def test_nan_born_in_a_module_is_diagnosed_first(tmp_path):
+    def poison(i, model):
+        if i == 60:
+            with torch.no_grad():
+                model[2].weight[0, 0] = float("nan")
+
+    report = _run(tmp_path, "nan", _sgd, hook=poison)
+    top = report.top
+    assert top.cause == "nonfinite" and top.severity == "critical"
+    assert top.first_step == 60 and top.where == ["2"]  # weights at 60, producer seen at 61
+    assert "born in 2" in top.summary
+    assert any("Autopilot" in f.code for f in top.fixes)
+
+
+def test_adam_second_moment_poisoned_by_a_gradient_spike(tmp_path):
+    report = _run(tmp_path, "poisoned", _adam, hook=_spike_at(60), update_every=1)
+    assert report.top.cause == "adam_second_moment_poisoned"
+    assert report.top.first_step == 60
+    assert report.top.evidence["update_ratio_after_over_before"] < 0.5
+    assert "gradient_spike" in report.causes()
+    assert any("SPAM" in f.code for f in report.top.fixes)
+
+
+def test_sgd_spike_is_a_gradient_spike_not_adam_poisoning(tmp_path):
+    report = _run(tmp_path, "sgd_spike", _sgd, hook=_spike_at(60, 50.0), update_every=1, ids=True)
+    assert "adam_second_moment_poisoned" not in report.causes()
+    spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert spike.first_step == 60
+    assert spike.evidence["batch_ids"] == [600, 601]  # the batch behind the spike, by name
+
+
+def test_amp_overflow_is_benign_and_told_apart_from_divergence(tmp_path):
+    scaler = torch.amp.GradScaler("cpu", init_scale=1e38)
+    report = _run(tmp_path, "amp", _sgd, scaler=scaler)
+    assert report.causes() == ["amp_overflow"]
+    assert report.healthy  # info only
+    assert "not a divergence" in report.top.summary
+
+
+def test_cli_diagnose(tmp_path, capsys):
+    _run(tmp_path, "cli", _adam, steps=30)
+    assert main(["diagnose", str(tmp_path / "cli")]) == 0
+    assert "healthy" in capsys.readouterr().out
+    assert main(["diagnose", str(tmp_path / "missing")]) == 1
