@@ -171,14 +171,28 @@ def _nonfinite(facts: RunFacts) -> Found | None:
     if not found:
         return None
     first = found[0]
-    origins = [f for f in found if f.where]
-    where = origins[0].where if origins else None
     ev = dict(first.evidence)
+    forward = next(
+        (f.evidence["forward_origin"] for f in found if "forward_origin" in f.evidence), None
+    )
+    backward = first.evidence.get("backward_origin")
+    where: list[str] = []
+    summary = f"NaN/Inf from step {first.step}"
+    if backward:  # the forward pass was finite: the backward pass made the first bad value
+        where.append(backward["parameter"])
+        summary += (
+            f": the gradient of {backward['parameter']} went non-finite first "
+            f"(the loss was still finite, {first.evidence.get('loss', float('nan')):.4g})"
+        )
+    if forward:
+        where.append(forward["module"])
+        summary += f"; first non-finite forward output produced by {forward['module']}"
+        if not backward and first.evidence.get("nonfinite_params"):
+            summary += " (the weights were already non-finite)"
     skipped = facts.series("optimizer_skipped")
     if skipped is not None:
         ev["skipped_steps"] = int(np.nansum(skipped[1]))
-    place = f", born in {where}" if where else ""
-    return Found(f"NaN/Inf at step {first.step}{place}", first.step, [where] if where else [], ev)
+    return Found(summary, first.step, where, ev)
 
 
 def _amp_overflow(facts: RunFacts) -> Found | None:
