@@ -172,23 +172,27 @@ def _nonfinite(facts: RunFacts) -> Found | None:
         return None
     first = found[0]
     ev = dict(first.evidence)
-    forward = next(
-        (f.evidence["forward_origin"] for f in found if "forward_origin" in f.evidence), None
-    )
+    with_forward = next((f for f in found if "forward_origin" in f.evidence), None)
     backward = first.evidence.get("backward_origin")
     where: list[str] = []
     summary = f"NaN/Inf from step {first.step}"
     if backward:  # the forward pass was finite: the backward pass made the first bad value
         where.append(backward["parameter"])
+        loss = first.evidence.get("loss", math.nan)
         summary += (
-            f": the gradient of {backward['parameter']} went non-finite first "
-            f"(the loss was still finite, {first.evidence.get('loss', float('nan')):.4g})"
+            f": the gradient of {backward['parameter']} went non-finite first in the backward "
+            f"pass (the loss was still finite, {loss:.4g})"
         )
-    if forward:
-        where.append(forward["module"])
-        summary += f"; first non-finite forward output produced by {forward['module']}"
-        if not backward and first.evidence.get("nonfinite_params"):
-            summary += " (the weights were already non-finite)"
+    if with_forward is not None:
+        module = with_forward.evidence["forward_origin"]["module"]
+        where.append(module)
+        if with_forward.step > first.step and first.evidence.get("nonfinite_params"):
+            summary += (
+                f"; the non-finite update reached the weights, and at step {with_forward.step} "
+                f"the first non-finite forward output came from {module}"
+            )
+        else:
+            summary += f"; first non-finite forward output produced by {module}"
     skipped = facts.series("optimizer_skipped")
     if skipped is not None:
         ev["skipped_steps"] = int(np.nansum(skipped[1]))
