@@ -187,8 +187,9 @@ def _nonfinite(facts: RunFacts) -> Found | None:
         module = with_forward.evidence["forward_origin"]["module"]
         where.append(module)
         if with_forward.step > first.step and first.evidence.get("nonfinite_params"):
+            how = "a non-finite update reached" if backward else "non-finite values were in"
             summary += (
-                f"; the non-finite update reached the weights, and at step {with_forward.step} "
+                f"; {how} the weights, and at step {with_forward.step} "
                 f"the first non-finite forward output came from {module}"
             )
         else:
