@@ -1,6 +1,9 @@
 """The self-contained HTML report: plots inline as PNG data, no script, no network.
 
-Every name that comes from a run (run names, metric and module names, evidence) is escaped.
+One run: a summary card with its diagnosis, then training curves, curvature against its limits,
+attention and output logits, per-layer heatmaps, and the findings and autopilot actions. Several
+runs: the same curves overlaid, and a comparison table. Every name that comes from a run (run
+names, metric and module names, evidence) is escaped.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
 from steadygrad.report import plots
 from steadygrad.report.terminal import _fmt, loss_summary
 from steadygrad.store.run import Run
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:70rem;
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:72rem;
 color:#222;padding:0 1rem}
 h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
 .card{border:1px solid #ddd;border-radius:8px;padding:.8rem 1rem;margin:.6rem 0;background:#fafafa}
@@ -25,12 +29,34 @@ h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px soli
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
 .critical{color:#c62828;font-weight:600}.warning{color:#b26a00}.info{color:#1565c0}
+code{background:#eef;padding:0 .2rem;border-radius:3px;font-size:.8rem}
+ol{margin:.3rem 0 .3rem 1.2rem;padding:0} li{margin:.25rem 0}
+.ref{color:#666;font-size:.8rem}
 img{max-width:100%;display:block;margin:.5rem 0}
 """
 
-# Metrics drawn as line plots, with whether their axis is logarithmic.
-LINE_PLOTS = (("loss", False), ("grad_norm", True), ("param_norm", False))
-HEATMAPS = ("grad_norm", "update_ratio", "act_rms")
+# (section title, [(metric, log axis)]) drawn as line plots, overlaid across runs.
+CURVES = (
+    ("Loss and learning rate", (("loss", False),)),
+    ("Gradients and weights", (("grad_norm", True), ("param_norm", False))),
+)
+# (value, its limit, title) drawn against each other.
+LIMITS = (
+    ("sharpness", "sharpness_limit", "sharpness (top Hessian eigenvalue) against its limit"),
+    (
+        "preconditioned_sharpness",
+        "preconditioned_sharpness_limit",
+        "preconditioned sharpness against the adaptive edge-of-stability limit",
+    ),
+)
+# Per-module signals drawn one line per module.
+FAMILIES = (
+    ("attn_logit_max", "largest attention logit per layer"),
+    ("dead_units", "dead units per layer"),
+    ("effective_rank", "effective feature rank per layer"),
+)
+# Global signals of the output logits, drawn if present.
+OUTPUT_LOGITS = ("output_logit_lse", "output_logit_max", "output_logit_rms", "softmax_collapse")
 
 
 def write_html(runs: Run | Sequence[Run], path: str | os.PathLike[str]) -> Path:
@@ -44,21 +70,35 @@ def write_html(runs: Run | Sequence[Run], path: str | os.PathLike[str]) -> Path:
         raise ValueError("runs must hold at least one Run")
     esc = html.escape
     title = " vs ".join(r.name for r in runs)
+    diagnoses = {id(r): diagnose(r) for r in runs}
     body = [f"<h1>steadygrad report: {esc(title)}</h1>"]
+    body += [_summary_card(r, diagnoses[id(r)]) for r in runs]
+    if len(runs) > 1:
+        body.append(_comparison_table(runs, diagnoses))
+    for section, metrics in CURVES:
+        images = [plots.series_plot(runs, name, log=log) for name, log in metrics]
+        if section.startswith("Loss"):
+            lr = sorted({n for r in runs for n in r.names() if n.startswith("lr/")})
+            images += [plots.series_plot(runs, n, findings=False) for n in lr]
+        body.append(_section(section, images))
+    body.append(
+        _section(
+            "Curvature",
+            [plots.limit_plot(runs, *spec) for spec in LIMITS]
+            + [plots.series_plot(runs, "hessian_trace")],
+        )
+    )
     for run in runs:
-        body.append(_summary_card(run))
-    body.append("<h2>Training curves</h2>")
-    for name, log in LINE_PLOTS:
-        body.append(_img(plots.series_plot(runs, name, log=log), name))
-    lr_names = sorted({n for r in runs for n in r.names() if n.startswith("lr/")})
-    for name in lr_names:
-        body.append(_img(plots.series_plot(runs, name, findings=False), name))
-    for run in runs:
-        maps = [(s, plots.heatmap(run, s)) for s in HEATMAPS]
-        if any(uri for _, uri in maps):
-            body.append(f"<h2>Per-layer signals: {esc(run.name)}</h2>")
-            body.extend(_img(uri, f"{s} heatmap") for s, uri in maps if uri)
+        prefix = f": {esc(run.name)}" if len(runs) > 1 else ""
+        panels = [plots.family_plot(run, s, t) for s, t in FAMILIES]
+        panels += [plots.series_plot([run], n) for n in OUTPUT_LOGITS if n in run.names()]
+        body.append(_section(f"Attention, output logits and plasticity{prefix}", panels))
+        families = sorted({n.split("/", 1)[0] for n in run.names() if "/" in n} - {"lr"})
+        body.append(
+            _section(f"Per-layer heatmaps{prefix}", [plots.heatmap(run, f) for f in families])
+        )
         body.append(_findings_table(run))
+        body.append(_actions_table(run))
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
     page = (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
@@ -71,15 +111,15 @@ def write_html(runs: Run | Sequence[Run], path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _img(uri: str | None, alt: str) -> str:
-    return f'<img src="{uri}" alt="{html.escape(alt)}">' if uri else ""
+def _section(title: str, images: list[str | None]) -> str:
+    imgs = "".join(f'<img src="{uri}" alt="{html.escape(title)}">' for uri in images if uri)
+    return f"<h2>{html.escape(title)}</h2>{imgs}" if imgs else ""
 
 
-def _summary_card(run: Run) -> str:
+def _summary_card(run: Run, report: DiagnosisReport) -> str:
     esc = html.escape
     info = loss_summary(run)
     status = run.status
-    findings = run.findings()
     rows = [
         f"<b>{esc(run.name)}</b> &middot; status "
         f"<span class='status-{esc(status)}'>{esc(status)}</span> &middot; {run.num_steps} steps",
@@ -91,16 +131,51 @@ def _summary_card(run: Run) -> str:
         if "first_nonfinite_step" in info:
             text += f", non-finite from step {info['first_nonfinite_step']}"
         rows.append(esc(text))
-    critical = [f for f in findings if f.severity == "critical"]
-    first = (critical or findings or [None])[0]
-    if first is None:
-        rows.append("<span class=status-finished>no instability detected</span>")
+    if report.healthy:
+        rows.append("<span class=status-finished><b>Diagnosis: healthy.</b></span>")
     else:
-        rows.append(
-            f"<span class={esc(first.severity)}>first {esc(first.severity)} finding: "
-            f"{esc(first.describe())}</span>"
+        rows.append("<b>Diagnosis</b>, most likely cause first:")
+    items = []
+    for d in report.diagnoses[:4]:
+        fixes = "".join(f"<br>fix: {esc(f.action)}: <code>{esc(f.code)}</code>" for f in d.fixes)
+        items.append(
+            f"<li><span class={esc(d.severity)}>{esc(d.summary)}</span>{fixes}"
+            f"<br><span class=ref>{esc(d.reference)}</span></li>"
         )
+    if items:
+        rows.append("<ol>" + "".join(items) + "</ol>")
+    if report.margins:
+        margins = "; ".join(f"{esc(k)}: {esc(_fmt(v))}" for k, v in report.margins.items())
+        rows.append(f"<span class=ref>margins measured: {margins}</span>")
     return "<div class=card>" + "<br>".join(rows) + "</div>"
+
+
+def _comparison_table(runs: list[Run], diagnoses: dict[int, DiagnosisReport]) -> str:
+    esc = html.escape
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "run",
+            "status",
+            "steps",
+            "final loss",
+            "best loss",
+            "findings",
+            "actions",
+            "top diagnosis",
+        )
+    )
+    rows = []
+    for run in runs:
+        info = loss_summary(run)
+        top = diagnoses[id(run)].top
+        rows.append(
+            f"<tr><td>{esc(run.name)}</td><td>{esc(run.status)}</td><td>{run.num_steps}</td>"
+            f"<td>{esc(_fmt(info.get('final_loss', '-')))}</td>"
+            f"<td>{esc(_fmt(info.get('best_loss', '-')))}</td><td>{len(run.findings())}</td>"
+            f"<td>{len(run.actions())}</td><td>{esc(top.summary if top else 'healthy')}</td></tr>"
+        )
+    return f"<h2>Comparison</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def _findings_table(run: Run) -> str:
@@ -118,4 +193,19 @@ def _findings_table(run: Run) -> str:
     return (
         f"<h2>Findings: {esc(run.name)}</h2><table><tr><th>step</th><th>finding</th>"
         f"<th>where</th><th>severity</th><th>evidence</th><th>batch ids</th></tr>{rows}</table>"
+    )
+
+
+def _actions_table(run: Run) -> str:
+    esc = html.escape
+    actions = run.actions()
+    if not actions:
+        return ""
+    rows = "".join(
+        f"<tr><td>{a.step}</td><td>{esc(a.kind)}</td><td>{esc(_fmt(a.detail))}</td></tr>"
+        for a in actions
+    )
+    return (
+        f"<h2>Autopilot actions: {esc(run.name)}</h2>"
+        f"<table><tr><th>step</th><th>action</th><th>detail</th></tr>{rows}</table>"
     )

@@ -51,6 +51,15 @@ def mark_findings(ax, findings: Sequence[Finding]) -> None:
         )
 
 
+def mark_actions(ax, actions) -> None:
+    """Dashed lines at the steps where the autopilot (or the user) acted on the run."""
+    seen = set()
+    for a in actions:
+        name = label(f"action: {a.kind}") if a.kind not in seen else None
+        seen.add(a.kind)
+        ax.axvline(a.step, color="#9c27b0", ls="--", alpha=0.7, lw=1, label=name)
+
+
 def series_plot(
     runs: Sequence[Run],
     name: str,
@@ -81,16 +90,57 @@ def series_plot(
             )
         if findings and len(runs) == 1:
             mark_findings(ax, run.findings())
+            mark_actions(ax, run.actions())
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    if log:
+    if log or _spans_decades(runs, name):
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title(label(title or name))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    return to_data_uri(fig)
+
+
+def limit_plot(runs: Sequence[Run], value: str, limit: str, title: str) -> str | None:
+    """A measured value against its stability limit (e.g. sharpness against 2/lr)."""
+    plt = _pyplot()
+    have = [r for r in runs if value in r.names()]
+    if not have:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for run in have:
+        prefix = f"{run.name}: " if len(runs) > 1 else ""
+        steps, values = run.series(value)
+        ax.plot(steps, values, "o-", ms=3, lw=1, label=label(prefix + value))
+        if limit in run.names():
+            lsteps, lvalues = run.series(limit)
+            ax.plot(lsteps, lvalues, "--", lw=1.2, label=label(prefix + limit))
+    if len(runs) == 1:
+        mark_findings(ax, [f for f in runs[0].findings() if "sharpness" in f.kind])
+    ax.set_xlabel("step")
+    ax.set_title(label(title))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return to_data_uri(fig)
+
+
+def family_plot(run: Run, signal: str, title: str, max_lines: int = 24) -> str | None:
+    """One line per module of a per-module signal (e.g. the max attention logit per layer)."""
+    family = run.family(signal)
+    if not family:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for name, (steps, values) in list(family.items())[:max_lines]:
+        ax.plot(steps, values, lw=1, label=label(name))
+    mark_findings(ax, [f for f in run.findings() if f.where in family])
+    ax.set_xlabel("step")
+    ax.set_title(label(title))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best", ncol=2)
     return to_data_uri(fig)
 
 
@@ -115,13 +165,14 @@ def heatmap(run: Run, signal: str, max_rows: int = 60, max_cols: int = 400) -> s
     with np.errstate(divide="ignore", invalid="ignore"):
         shown = np.log10(np.where(np.isfinite(grid) & (grid > 0), grid, np.nan))
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.16 * len(names) + 1)))
-    image = ax.imshow(
-        shown,
-        aspect="auto",
-        interpolation="nearest",
-        cmap="viridis",
-        extent=(all_steps[0] - 0.5, all_steps[-1] + 0.5, len(names) - 0.5, -0.5),
+    # Column edges halfway between recorded steps: irregular cadences keep their true positions.
+    mids = (all_steps[1:] + all_steps[:-1]) / 2
+    gap = np.diff(all_steps).min() if len(all_steps) > 1 else 1
+    edges = np.concatenate([[all_steps[0] - gap / 2], mids, [all_steps[-1] + gap / 2]])
+    image = ax.pcolormesh(
+        edges, np.arange(len(names) + 1) - 0.5, shown, cmap="viridis", shading="flat"
     )
+    ax.set_ylim(len(names) - 0.5, -0.5)
     bad = present & ~np.isfinite(grid)
     if bad.any():
         rows, cols = np.nonzero(bad)
@@ -133,3 +184,12 @@ def heatmap(run: Run, signal: str, max_rows: int = 60, max_cols: int = 400) -> s
     ax.set_title(label(f"log10 {signal} per layer"))
     fig.colorbar(image, ax=ax, fraction=0.03)
     return to_data_uri(fig)
+
+
+def _spans_decades(runs: Sequence[Run], name: str, decades: float = 2.0) -> bool:
+    """Whether a positive series covers more than ``decades`` orders of magnitude."""
+    values = np.concatenate([r.series(name)[1] for r in runs if name in r.names()])
+    values = values[np.isfinite(values)]
+    return (
+        bool(len(values)) and values.min() > 0 and np.log10(values.max() / values.min()) > decades
+    )
