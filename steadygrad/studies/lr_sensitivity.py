@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad._checks import finite_float, non_negative_int, positive_int
 from steadygrad.studies.sweep import run_sweep
 
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
@@ -248,7 +248,7 @@ def run_lr_sensitivity(
         "weight_decay": finite_float("weight_decay", weight_decay, low=0.0),
         "min_lr": finite_float("min_lr", min_lr, low=0.0),
         "eval_batches": positive_int("eval_batches", eval_batches),
-        "seed": seed,
+        "seed": non_negative_int("seed", seed),
     }
     variants = [False, True] if mitigations else [False]
     configs = [

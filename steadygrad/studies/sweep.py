@@ -131,7 +131,7 @@ def run_sweep(
         else:
             failures[rid] = (config, value)
 
-    with _progress(progress, description, len(configs), len(configs) - len(todo)) as advance:
+    with _Progress(progress, description, len(configs), len(configs) - len(todo)) as advance:
         if workers == 1 or len(todo) <= 1:
             for rid, config in todo:
                 finish(rid, config, _call(fn, config))
@@ -158,7 +158,7 @@ def run_sweep(
     return [done[rid] for rid in ids]
 
 
-class _progress:
+class _Progress:
     """A rich progress bar (or nothing) yielding an ``advance()`` callable."""
 
     def __init__(self, enabled: bool, description: str, total: int, completed: int) -> None:
