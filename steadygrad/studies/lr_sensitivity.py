@@ -318,8 +318,11 @@ def _plot(result: LRSensitivityResult) -> Path | None:
     except ImportError:
         return None
     sizes = list(dict.fromkeys(label.split("/")[0] for label in result.curves))
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 3.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(sizes), figsize=(4.5 * len(sizes), 3.8), squeeze=False, sharey=True
+    )
     for ax, size in zip(axes[0], sizes, strict=True):
+        l0 = None
         for variant, style in ((BASELINE, "o-"), (MITIGATED, "s-")):
             label = f"{size}/{variant}"
             if label not in result.curves:
@@ -332,12 +335,12 @@ def _plot(result: LRSensitivityResult) -> Path | None:
                 style,
                 label=f"{variant} (sens. {result.sensitivity[label]:.3f})",
             )
-        ax.axhline(l0, color="gray", ls="--", lw=0.8, label="loss at init")
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate")
-        ax.set_title(f"TinyGPT {size}")
+        # The loss at init is far above the curves unless a run diverged: name it, don't draw it.
+        ax.set_title(f"TinyGPT {size} (loss at init {l0:.2f})")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("final validation loss (capped at init)")
+    axes[0][0].set_ylabel("final validation loss (diverged = init)")
     fig.tight_layout()
     path = result.out_dir / "lr_sensitivity.png"
     fig.savefig(path, dpi=120)
