@@ -18,3 +18,10 @@ def fail_on_three(config: dict) -> int:
     if config["x"] == 3:
         raise ValueError("three is not allowed")
     return config["x"] ** 2
+
+
+def die_on_two(config: dict) -> int:
+    """A worker killed outright (as by the OOM killer) rather than raising."""
+    if config["x"] == 2:
+        os._exit(1)
+    return config["x"] ** 2

@@ -124,3 +124,10 @@ def test_bad_arguments(tmp_path):
         run_sweep(_sweep_helpers.fail_on_three, [{"x": 1}, {"x": 1}], tmp_path)
     with pytest.raises(TypeError, match="fn"):
         run_sweep(3, [{"x": 1}], tmp_path)
+
+
+def test_a_worker_that_dies_is_reported_not_hung_on(tmp_path):
+    configs = [{"x": 2}, {"x": 5}]
+    with pytest.raises(SweepError, match="terminated abruptly|BrokenProcessPool") as info:
+        run_sweep(_sweep_helpers.die_on_two, configs, tmp_path, workers=2, progress=False)
+    assert '"x": 2' in str(info.value)

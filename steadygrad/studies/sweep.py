@@ -95,7 +95,9 @@ def run_sweep(
     is imported by name) and both configs and results must be JSON-serialisable. A record is
     ``{"id", "config", "result", "seconds"}``. ``workers`` defaults to the CPU count; with
     ``workers=1`` runs happen in this process, one after another. Raises :class:`SweepError`
-    after all other runs finished if any run raised.
+    after all other runs finished if any run raised. A worker that dies outright (killed, out of
+    memory) breaks the pool: the runs not yet finished are reported failed, and a re-run retries
+    them.
 
     Example:
         >>> import tempfile
