@@ -76,6 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_DIR")
 
     p = sub.add_parser(
+        "study",
+        help="run a reproducible experiment that checks steadygrad against a published result",
+        description="Reproducible experiments; each writes its results, a plot and a table to "
+        "its output directory (default: studies/NAME).",
+    )
+    studies = p.add_subparsers(dest="study", metavar="STUDY", required=True)
+    s = studies.add_parser(
+        "lr-sensitivity",
+        help="final loss against learning rate, with and without qk-norm and z-loss",
+        description="Wortsman et al. 2023: train TinyGPT at several sizes over a range of "
+        "learning rates, with and without the mitigations (qk-norm, z-loss); report the final "
+        "loss against the learning rate and the LR sensitivity of each configuration. Runs in "
+        "parallel worker processes and resumes an interrupted sweep.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/lr-sensitivity"))
+    s.add_argument("--sizes", nargs="+", default=None, help="model sizes (default: xs s m)")
+    s.add_argument("--lrs", nargs="+", type=float, default=None, help="learning rates")
+    s.add_argument("--steps", type=_positive_int, default=None, help="training steps per run")
+    s.add_argument("--workers", type=_positive_int, default=None, help="worker processes")
+    s.add_argument("--no-mitigations", action="store_true", help="baseline runs only")
+
+    p = sub.add_parser(
         "export",
         help="export a run's scalars to CSV or Parquet",
         description="Write a run's scalars in long form (step, name, value, wall).",
@@ -137,6 +159,27 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     print_diagnosis(diagnose(args.run))
     return 0
+
+
+@command("study")
+def _study(args: argparse.Namespace) -> int:
+    runner = STUDIES[args.study]
+    runner(args)
+    return 0
+
+
+def _lr_sensitivity(args: argparse.Namespace) -> None:
+    from steadygrad.studies.lr_sensitivity import run_lr_sensitivity
+
+    options = {k: getattr(args, k) for k in ("sizes", "lrs", "steps", "workers")}
+    run_lr_sensitivity(
+        args.out,
+        mitigations=not args.no_mitigations,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+
+
+STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {"lr-sensitivity": _lr_sensitivity}
 
 
 @command("export")
