@@ -102,3 +102,32 @@ def test_cli_diagnose(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path / "cli")]) == 0
     assert "healthy" in capsys.readouterr().out
     assert main(["diagnose", str(tmp_path / "missing")]) == 1
+
+
+def test_spike_hidden_by_clipping_is_told_apart(tmp_path):
+    def train_and_diagnose(name, clip):
+        model = tiny_mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        mon = steadygrad.Monitor(model, opt, tmp_path / name, progress=False)
+        for i in range(120):
+            x, y = regression_batch(i % 16)
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            if i == 70:
+                for p in model.parameters():
+                    p.grad.mul_(1000.0)
+            pre = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5) if clip else None
+            opt.step()
+            mon.step(loss, grad_norm_preclip=pre)
+            opt.zero_grad()
+        mon.close()
+        return steadygrad.diagnose(tmp_path / name), steadygrad.load(tmp_path / name)
+
+    hidden, run = train_and_diagnose("clipped", clip=True)
+    assert run.series("grad_norm")[1].max() <= 0.5 + 1e-4  # the logged norm looked normal
+    spike = next(d for d in hidden.diagnoses if d.cause == "gradient_spike")
+    assert spike.first_step == 70 and spike.evidence["hidden_by_clipping"] == 1
+    assert "hidden by clipping" in spike.summary
+    plain, _ = train_and_diagnose("unclipped", clip=False)
+    spike = next(d for d in plain.diagnoses if d.cause == "gradient_spike")
+    assert spike.first_step == 70 and "hidden" not in spike.summary

@@ -258,10 +258,15 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
     summary = f"{len(spikes)} gradient spike(s), the first at step {first.step}"
     if first.where:
         summary += f" in {first.where}"
-    clipped = facts.series("grad_norm_preclip")
-    if clipped is not None:
-        ev["hidden_by_clipping"] = True
-        summary += " (hidden by clipping: the clipped norm stayed flat)"
+    hidden = [f for f in spikes if f.evidence.get("hidden_by_clipping")]
+    if hidden:
+        ev["hidden_by_clipping"] = len(hidden)
+        h = hidden[0].evidence
+        summary += (
+            f" (hidden by clipping: {len(hidden)} spike(s) reached "
+            f"{h.get('grad_norm_preclip', math.nan):.3g} before clipping, "
+            f"{h.get('clipped_to', math.nan):.3g} after; the logged grad norm looked normal)"
+        )
     ids = [f.batch_ids for f in spikes if f.batch_ids]
     if ids:
         ev["batch_ids"] = ids[0][:32]

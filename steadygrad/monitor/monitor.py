@@ -152,9 +152,19 @@ class Monitor:
         atexit.register(self._at_exit)
 
     # -- the training loop's one call -----------------------------------------------------------
-    def step(self, loss: torch.Tensor | float, batch_ids: Any = None) -> Record | None:
+    def step(
+        self,
+        loss: torch.Tensor | float,
+        batch_ids: Any = None,
+        grad_norm_preclip: torch.Tensor | float | None = None,
+    ) -> Record | None:
         """Close the current step: measure, detect, record. Returns the Record (None on steps
-        that are not recorded because of ``every``)."""
+        that are not recorded because of ``every``).
+
+        ``batch_ids``: the ids of the step's samples, kept with any finding at this step.
+        ``grad_norm_preclip``: if you clip gradients, the norm before clipping (what
+        ``clip_grad_norm_`` returns), so a spike that clipping hid is still seen.
+        """
         self._check_open()
         step = self.step_count
         stepped = self._optimizer_steps
@@ -163,7 +173,7 @@ class Monitor:
             self.step_count += 1
             self._prepare(self.step_count)
             return None
-        record = self._measure(step, _loss_tensor(loss), skipped=stepped == 0)
+        record = self._measure(step, _loss_tensor(loss), stepped == 0, grad_norm_preclip)
         if self.autopilot is not None and self.autopilot.skipped_step == step:
             record.meta["skipped_by"] = "autopilot"
         if batch_ids is not None:
@@ -184,7 +194,9 @@ class Monitor:
         self._prepare(self.step_count)
         return record
 
-    def _measure(self, step: int, loss: torch.Tensor, skipped: bool) -> Record:
+    def _measure(
+        self, step: int, loss: torch.Tensor, skipped: bool, preclip: torch.Tensor | float | None
+    ) -> Record:
         ps = self.params
         hooked = self.activations.installed
         self.activations.remove()
@@ -209,6 +221,9 @@ class Monitor:
                         parts.append(value.detach().reshape(1).float())
                     else:
                         host_values[name] = float(value)
+        if preclip is not None:
+            extra_names.append("grad_norm_preclip")
+            parts.append(_loss_tensor(preclip).detach().reshape(1).float().to(parts[0].device))
         scale = getattr(self.scaler, "_scale", None)
         if isinstance(scale, torch.Tensor):
             extra_names.append("amp_scale")

@@ -88,10 +88,25 @@ class LossSpikeDetector(SpikeDetector):
 
 class GradNormSpikeDetector(SpikeDetector):
     """A global gradient norm far above its recent median, scored in log space (gradient norms
-    are heavy-tailed) and required to be at least ``min_ratio`` times the median."""
+    are heavy-tailed) and required to be at least ``min_ratio`` times the median.
+
+    When the run passes ``grad_norm_preclip`` (the norm before clipping), that is the norm
+    watched, so a spike that clipping hid is still caught; the finding says it was clipped.
+    """
 
     kind = "grad_norm_spike"
     signal = "grad_norm"
+
+    def update(self, record: Record) -> list[Finding]:
+        if "grad_norm_preclip" in record.values:
+            self.signal = "grad_norm_preclip"
+        findings = super().update(record)
+        if findings and self.signal == "grad_norm_preclip":
+            clipped = record.values.get("grad_norm", math.nan)
+            for f in findings:
+                f.evidence["clipped_to"] = clipped
+                f.evidence["hidden_by_clipping"] = clipped < 0.5 * record.values[self.signal]
+        return findings
 
     def __init__(self, threshold: float = 6.0, min_ratio: float = 3.0, **kwargs) -> None:
         kwargs.setdefault("rel_floor", 0.0)
