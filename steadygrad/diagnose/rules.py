@@ -249,6 +249,15 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     return None
 
 
+def _batches_behind(spikes: list[Finding], evidence: dict[str, Any]) -> str:
+    """Name the batch behind the first spike that has ids (adds them to ``evidence``)."""
+    ids = next((f.batch_ids for f in spikes if f.batch_ids), None)
+    if not ids:
+        return ""
+    evidence["batch_ids"] = ids[:32]
+    return f"; batch ids {ids[:8]}"
+
+
 def _gradient_spike(facts: RunFacts) -> Found | None:
     spikes = facts.of("grad_norm_spike", "gradient_spike")
     if not spikes:
@@ -267,10 +276,7 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"{h.get('grad_norm_preclip', math.nan):.3g} before clipping, "
             f"{h.get('clipped_to', math.nan):.3g} after; the logged grad norm looked normal)"
         )
-    ids = [f.batch_ids for f in spikes if f.batch_ids]
-    if ids:
-        ev["batch_ids"] = ids[0][:32]
-        summary += f"; batch ids {ids[0][:8]}"
+    summary += _batches_behind(spikes, ev)
     return Found(summary, first.step, [f.where for f in spikes if f.where], ev)
 
 
@@ -284,10 +290,7 @@ def _loss_spike(facts: RunFacts) -> Found | None:
         f"{len(spikes)} loss spike(s), the first at step {first.step} "
         f"({first.evidence.get('ratio', math.nan):.3g}x its baseline)"
     )
-    ids = [f.batch_ids for f in spikes if f.batch_ids]
-    if ids:
-        ev["batch_ids"] = ids[0][:32]
-        summary += f"; batch ids {ids[0][:8]}"
+    summary += _batches_behind(spikes, ev)
     return Found(summary, first.step, [], ev)
 
 
