@@ -317,7 +317,7 @@ RULES: tuple[Rule, ...] = (
         (
             Fix(
                 "normalise queries and keys (QK-LayerNorm)",
-                "TinyGPT(..., qk_norm=True)  # or steadygrad.nn.apply_qk_norm(model)",
+                "TinyGPT(..., qk_norm=True)  # or steadygrad.nn.add_qk_norm(model)",
             ),
             Fix("lower the learning rate", "optimizer.param_groups[0]['lr'] *= 0.5"),
         ),
@@ -365,7 +365,7 @@ RULES: tuple[Rule, ...] = (
             ),
             Fix(
                 "warm the learning rate up for longer",
-                "steadygrad.optim.warmup_cosine(optimizer, warmup_steps=..., total_steps=...)",
+                "steadygrad.optim.WarmupCosine(optimizer, warmup_steps=..., total_steps=...)",
             ),
         ),
         _sharpness,
@@ -463,7 +463,7 @@ RULES: tuple[Rule, ...] = (
             ),
             Fix(
                 "lengthen the warm-up or lower the peak learning rate",
-                "steadygrad.optim.warmup_cosine(optimizer, ...)",
+                "steadygrad.optim.WarmupCosine(optimizer, warmup_steps=..., total_steps=...)",
             ),
         ),
         _loss_spike,

@@ -64,7 +64,7 @@ def summary(run: Run, max_findings: int = 20) -> Group:
     for col in ("step", "finding", "where", "severity", "evidence"):
         table.add_column(col, overflow="fold")
     for f in findings[:max_findings]:
-        evidence = ", ".join(f"{k}={_fmt(v)}" for k, v in f.evidence.items() if k != "note")
+        evidence = brief(f.evidence)
         table.add_row(
             str(f.step),
             f.kind,
@@ -85,6 +85,16 @@ def print_summary(run: Run, console: Console | None = None) -> None:
         >>> print_summary(steadygrad.load("runs/demo"))   # doctest: +SKIP
     """
     (console or Console()).print(summary(run))
+
+
+def brief(evidence: dict, limit: int = 4) -> str:
+    """The first few evidence items, nested places shown by name only."""
+    items = []
+    for key, value in list(evidence.items())[:limit]:
+        if isinstance(value, dict):
+            value = value.get("module") or value.get("parameter") or _fmt(value)
+        items.append(f"{key}={_fmt(value)}")
+    return ", ".join(items)
 
 
 def _fmt(value: object) -> str:
