@@ -152,8 +152,10 @@ class OutputLogitDivergence(Detector):
 class SoftmaxCollapse(Detector):
     """Fires when the ``softmax_collapse`` fraction stays at or above ``fraction`` for
     ``patience`` records: that share of the rows gets exactly zero gradient on its correct class,
-    the float32 failure behind stalled grokking (Prieto et al. 2025). Fix: StableMax
-    cross-entropy, ⊥Grad, or a float64 softmax.
+    the float32 failure behind stalled grokking (Prieto et al. 2025). Once a tenth of the rows
+    have collapsed the run is deep in "naive loss minimisation" (logits growing along the
+    weights) and the share keeps rising. Fix: StableMax cross-entropy, ⊥Grad, weight decay, or a
+    float64 softmax.
 
     Example:
         >>> SoftmaxCollapse().update(Record(1, {"softmax_collapse": 0.0}))
@@ -162,7 +164,7 @@ class SoftmaxCollapse(Detector):
 
     kind = "softmax_collapse"
 
-    def __init__(self, fraction: float = 0.5, patience: int = 3) -> None:
+    def __init__(self, fraction: float = 0.1, patience: int = 3) -> None:
         self.fraction = finite_float("fraction", fraction, low=0.0, low_open=True, high=1.0)
         self.patience = positive_int("patience", patience)
         self._streak = _Streak()
