@@ -51,18 +51,14 @@ def test_softmax_collapses_and_stalls_while_orthograd_generalises(tmp_path):
     assert (tmp_path / "grokking.png").stat().st_size > 0
 
 
-def test_stablemax_variant_runs_and_reports_no_softmax_collapse(tmp_path):
+def test_stablemax_variants_run_and_report_no_softmax_collapse(tmp_path):
+    variants = ("stablemax", "stablemax_orthosgd")
     result = run_grokking(
-        tmp_path,
-        modulus=7,
-        steps=5,
-        eval_every=5,
-        variants=("stablemax",),
-        progress=False,
-        plot=False,
+        tmp_path, modulus=7, steps=5, eval_every=5, variants=variants, progress=False, plot=False
     )
-    assert math.isnan(result.max_softmax_collapse["stablemax"])
-    assert result.steps["stablemax"] == [0, 5]
+    for v in variants:
+        assert math.isnan(result.max_softmax_collapse[v])
+        assert result.steps[v] == [0, 5]
 
 
 def test_arguments_are_checked(tmp_path):

@@ -125,6 +125,7 @@ def test_attention_logit_signal_on_transformer_encoder_layer_in_eval():
     assert set(values) == {"attn_logit_max/self_attn"} and values["attn_logit_max/self_attn"] > 0
 
 
+@pytest.mark.slow  # importing transformers takes ~10 s
 def test_attention_logit_signal_on_hugging_face_gpt2():
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(
