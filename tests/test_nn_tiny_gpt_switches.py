@@ -44,3 +44,21 @@ def test_switch_arguments_are_checked():
         TinyGPT(**CONFIG, qk_norm=1)
     with pytest.raises(ValueError, match="z_loss"):
         TinyGPT(**CONFIG, z_loss=-1.0)
+
+
+def test_peri_ln_block_follows_input_and_output_norm_placement():
+    model = TinyGPT(**CONFIG, peri_ln=True)
+    block = model.h[0]
+    with torch.no_grad():
+        block.ln_1_out.weight.fill_(0.5)
+        block.ln_2_out.bias.fill_(0.25)
+    x = torch.randn(2, 8, 16)
+
+    def ln(z, weight, bias):  # LayerNorm written out
+        mean = z.mean(-1, keepdim=True)
+        var = z.var(-1, unbiased=False, keepdim=True)
+        return (z - mean) / torch.sqrt(var + 1e-5) * weight + bias
+
+    h = x + ln(block.attn(ln(x, 1.0, 0.0)), 0.5, 0.0)
+    expected = h + ln(block.mlp(ln(h, 1.0, 0.0)), 1.0, 0.25)
+    torch.testing.assert_close(block(x), expected)
