@@ -232,3 +232,25 @@ def test_plasticity_signal_counts_planted_dead_units():
     assert values["dead_units/1"] >= 0.3
     assert values["effective_rank/1"] == pytest.approx(float(effective_rank(hidden)), rel=1e-5)
     assert set(values) == {"dead_units/1", "effective_rank/1", "dead_units/3", "effective_rank/3"}
+
+
+def test_output_logit_signal_and_divergence_detector_on_a_drifting_model():
+    from steadygrad.diagnose.detectors.transformer import OutputLogitDivergence
+    from steadygrad.monitor.record import Record
+
+    torch.manual_seed(0)
+    model = MLP(4, [8], 6)
+    x = torch.randn(16, 4)
+    drifting, healthy = OutputLogitDivergence(), OutputLogitDivergence()
+    fired = []
+    for step in range(10):
+        with torch.no_grad():
+            model[2].bias.fill_(-5.0 * step)  # every logit shifts down: log Z drifts below 0
+        values = run_step(OutputLogitSignal(), model, x, step=step)
+        fired += drifting.update(Record(step, values))
+        with torch.no_grad():
+            model[2].bias.zero_()
+        assert not healthy.update(Record(step, run_step(OutputLogitSignal(), model, x, step=step)))
+    # log Z = log 6 + O(1) - 5 step reaches -20 around step 5; the third such record fires
+    assert len(fired) == 1 and 6 <= fired[0].step <= 8
+    assert fired[0].evidence["logit_lse_mean"] <= -20
