@@ -289,11 +289,12 @@ def _plot(result: GrokkingResult, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for v in result.steps:
-        top.plot(result.steps[v], result.test_accuracy[v], label=f"{v} test")
-        top.plot(result.steps[v], result.train_accuracy[v], ":", label=f"{v} train")
+    for i, v in enumerate(result.steps):
+        color = f"C{i}"  # one colour per variant: solid test, dotted train
+        top.plot(result.steps[v], result.test_accuracy[v], color=color, label=f"{v} test")
+        top.plot(result.steps[v], result.train_accuracy[v], ":", color=color, label=f"{v} train")
         if not v.startswith("stablemax"):
-            bottom.plot(result.steps[v], result.softmax_collapse[v], label=v)
+            bottom.plot(result.steps[v], result.softmax_collapse[v], color=color, label=v)
     top.set_ylabel("accuracy")
     top.legend(fontsize=7)
     bottom.set_ylabel("softmax collapse fraction")
