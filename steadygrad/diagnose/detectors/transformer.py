@@ -1,0 +1,332 @@
+"""Detectors for the instabilities large-scale transformer training reports.
+
+Each reads one family of per-module metrics from the Record stream, keeps O(1) state per module,
+and raises one Finding per episode (it re-arms once the condition has cleared):
+
+- :class:`AttentionLogitGrowth` (``attn_logit_max/*``): sustained growth of the largest
+  attention logit towards the values where attention entropy collapses (Wortsman et al. 2023:
+  loss degrades near 1e3, every run above ~1e4 diverged).
+- :class:`OutputLogitDivergence` (``logit_lse_mean``): the log-partition drifts away from 0.
+- :class:`SoftmaxCollapse` (``softmax_collapse``): many rows get exactly zero gradient.
+- :class:`GradientSpike` (``grad_norm/*``): a tensor's gradient norm against its running second
+  moment (the SPAM view), with the spike factor.
+- :class:`PlasticityLoss` (``dead_units/*``, ``effective_rank/*``): dead units, collapsing rank.
+- :class:`UpdateRatioOutOfRange` (``update_ratio/*``): ``||dw|| / ||w||`` too large or ~0.
+"""
+
+from __future__ import annotations
+
+import math
+
+from steadygrad._checks import finite_float, positive_int
+from steadygrad.diagnose.detectors.base import Detector
+from steadygrad.diagnose.findings import Finding
+from steadygrad.monitor.record import Record
+
+
+class _Streak:
+    """Counts consecutive records where a condition holds; fires once per episode."""
+
+    __slots__ = ("count", "fired")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.fired = False
+
+    def update(self, condition: bool, patience: int) -> bool:
+        if not condition:
+            self.count, self.fired = 0, False
+            return False
+        self.count += 1
+        if self.count >= patience and not self.fired:
+            self.fired = True
+            return True
+        return False
+
+
+class AttentionLogitGrowth(Detector):
+    """Fires when a layer's largest attention logit grows for ``patience`` records in a row, has
+    at least ``growth`` times its smallest value so far, and is above ``threshold``; fires
+    (critical) at once when it reaches ``critical`` or is not finite.
+
+    ``threshold=50``: ``exp(-50)`` is below float32 resolution next to 1, so one key can take
+    all the attention weight (entropy collapse). ``critical=1e3``: where Wortsman et al. saw the
+    loss degrade. "Grows" means above the series' running average (EMA, ``smoothing``).
+
+    Example:
+        >>> detector = AttentionLogitGrowth()
+        >>> detector.update(Record(0, {"attn_logit_max/h.0.attn": 2.0}))
+        []
+    """
+
+    kind = "attention_logit_growth"
+
+    def __init__(
+        self,
+        threshold: float = 50.0,
+        critical: float = 1e3,
+        growth: float = 2.0,
+        patience: int = 3,
+        smoothing: float = 0.5,
+        signal: str = "attn_logit_max",
+    ) -> None:
+        self.threshold = finite_float("threshold", threshold, low=0.0, low_open=True)
+        self.critical = finite_float("critical", critical, low=self.threshold)
+        self.growth = finite_float("growth", growth, low=1.0)
+        self.patience = positive_int("patience", patience)
+        self.smoothing = finite_float("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
+        self.signal = signal
+        self._state: dict[str, list[float]] = {}  # name -> [floor, ema, rising]
+        self._fired: dict[str, bool] = {}
+
+    def update(self, record: Record) -> list[Finding]:
+        findings = []
+        for name, value in record.family(self.signal).items():
+            state = self._state.get(name)
+            if not math.isfinite(value) or value >= self.critical:
+                if not self._fired.get(name):
+                    self._fired[name] = True
+                    findings.append(self._finding(record.step, name, value, state, "critical"))
+                continue
+            if state is None:
+                self._state[name] = [value, value, 0]
+                continue
+            floor, ema, rising = state
+            rising = rising + 1 if value > ema else 0
+            floor = min(floor, value)
+            state[:] = [floor, self.smoothing * ema + (1 - self.smoothing) * value, rising]
+            if value < self.threshold / 2:
+                self._fired[name] = False
+            hit = value >= self.threshold and value >= self.growth * floor
+            if hit and rising >= self.patience and not self._fired.get(name):
+                self._fired[name] = True
+                findings.append(self._finding(record.step, name, value, state, "warning"))
+        return findings
+
+    def _finding(self, step, name, value, state, severity) -> Finding:  # noqa: ANN001
+        evidence = {"attn_logit_max": value, "threshold": self.threshold}
+        if state is not None:
+            floor = state[0]
+            evidence.update(
+                floor=floor,
+                growth_factor=value / floor if floor > 0 else math.inf,
+                rising_records=int(state[2]),
+            )
+        return Finding(self.kind, step, where=name, evidence=evidence, severity=severity)
+
+
+class OutputLogitDivergence(Detector):
+    """Fires when ``|logit_lse_mean|`` (mean log-partition of the output logits) stays at or
+    above ``lse_limit`` for ``patience`` records (critical if not finite).
+
+    At initialisation ``log Z ~ log(vocabulary)`` (under 11 nats for 50k classes); z-loss keeps it
+    near 0; the divergence Wortsman et al. describe drives it far negative.
+
+    Example:
+        >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
+        []
+    """
+
+    kind = "output_logit_divergence"
+
+    def __init__(self, lse_limit: float = 20.0, patience: int = 3) -> None:
+        self.lse_limit = finite_float("lse_limit", lse_limit, low=0.0, low_open=True)
+        self.patience = positive_int("patience", patience)
+        self._streak = _Streak()
+
+    def update(self, record: Record) -> list[Finding]:
+        if "logit_lse_mean" not in record.values:
+            return []
+        lse = record.values["logit_lse_mean"]
+        bad = not math.isfinite(lse) or abs(lse) >= self.lse_limit
+        if not self._streak.update(bad, 1 if not math.isfinite(lse) else self.patience):
+            return []
+        evidence = {"logit_lse_mean": lse, "lse_limit": self.lse_limit}
+        for name in ("output_logit_max", "output_logit_rms"):
+            if name in record.values:
+                evidence[name] = record.values[name]
+        severity = "warning" if math.isfinite(lse) else "critical"
+        return [Finding(self.kind, record.step, where=None, evidence=evidence, severity=severity)]
+
+
+class SoftmaxCollapse(Detector):
+    """Fires when the ``softmax_collapse`` fraction stays at or above ``fraction`` for
+    ``patience`` records: that share of the rows gets exactly zero gradient on its correct class,
+    the float32 failure behind stalled grokking (Prieto et al. 2025). Once a tenth of the rows
+    have collapsed the run is deep in "naive loss minimisation" (logits growing along the
+    weights) and the share keeps rising. Fix: StableMax cross-entropy, ⊥Grad, weight decay, or a
+    float64 softmax.
+
+    Example:
+        >>> SoftmaxCollapse().update(Record(1, {"softmax_collapse": 0.0}))
+        []
+    """
+
+    kind = "softmax_collapse"
+
+    def __init__(self, fraction: float = 0.1, patience: int = 3) -> None:
+        self.fraction = finite_float("fraction", fraction, low=0.0, low_open=True, high=1.0)
+        self.patience = positive_int("patience", patience)
+        self._streak = _Streak()
+
+    def update(self, record: Record) -> list[Finding]:
+        if "softmax_collapse" not in record.values:
+            return []
+        value = record.values["softmax_collapse"]
+        if not self._streak.update(value >= self.fraction, self.patience):
+            return []
+        evidence = {"softmax_collapse": value, "fraction": self.fraction}
+        return [Finding(self.kind, record.step, evidence=evidence, severity="warning")]
+
+
+class GradientSpike(Detector):
+    """Per parameter tensor: fires when ``grad_norm^2 > theta * v``, ``v`` being the running
+    (bias-corrected, ``beta``) second moment of that tensor's gradient norm before this step.
+
+    SPAM's spike test, at the level of a tensor's norm (``theta=5000`` as in SPAM, i.e. a norm
+    about 71 times its running RMS). A spike enters ``v`` clipped to ``theta * v``, so one spike
+    does not mask the next. No finding in the first ``warmup`` records of a tensor.
+    Evidence: ``spike_factor = grad_norm / sqrt(v)``.
+
+    Example:
+        >>> detector = GradientSpike(warmup=1)
+        >>> detector.update(Record(0, {"grad_norm/fc.weight": 1.0}))
+        []
+        >>> detector.update(Record(1, {"grad_norm/fc.weight": 1000.0}))[0].evidence["spike_factor"]
+        1000.0
+    """
+
+    kind = "gradient_spike"
+
+    def __init__(
+        self,
+        theta: float = 5000.0,
+        beta: float = 0.999,
+        warmup: int = 10,
+        signal: str = "grad_norm",
+    ) -> None:
+        self.theta = finite_float("theta", theta, low=1.0, low_open=True)
+        self.beta = finite_float("beta", beta, low=0.0, high=1.0, high_open=True)
+        self.warmup = positive_int("warmup", warmup)
+        self.signal = signal
+        self._state: dict[str, list[float]] = {}  # name -> [v, count, in_spike]
+
+    def update(self, record: Record) -> list[Finding]:
+        findings = []
+        for name, norm in record.family(self.signal).items():
+            if not math.isfinite(norm):
+                continue  # non-finite gradients are the non-finite detector's business
+            square = norm * norm
+            state = self._state.setdefault(name, [0.0, 0, False])
+            v, count, in_spike = state
+            if count >= self.warmup:
+                v_hat = v / (1 - self.beta**count)
+                spike = square > self.theta * v_hat
+                if spike and not in_spike:
+                    factor = norm / math.sqrt(v_hat) if v_hat > 0 else math.inf
+                    evidence = {
+                        "grad_norm": norm,
+                        "running_rms": math.sqrt(v_hat),
+                        "spike_factor": factor,
+                        "theta": self.theta,
+                    }
+                    severity = "critical" if factor * factor > 100 * self.theta else "warning"
+                    findings.append(Finding(self.kind, record.step, name, evidence, severity))
+                in_spike = spike
+                square = min(square, self.theta * v_hat)
+            state[:] = [self.beta * v + (1 - self.beta) * square, count + 1, in_spike]
+        return findings
+
+
+class PlasticityLoss(Detector):
+    """Per layer: fires when ``dead_units`` stays at or above ``dead_fraction``, or when
+    ``effective_rank`` stays at or below ``rank_drop`` times its largest value so far, for
+    ``patience`` records (Dohare et al. 2024). Evidence names which of the two it was.
+
+    Example:
+        >>> PlasticityLoss().update(Record(0, {"dead_units/fc.act": 0.1}))
+        []
+    """
+
+    kind = "loss_of_plasticity"
+
+    def __init__(
+        self, dead_fraction: float = 0.5, rank_drop: float = 0.5, patience: int = 2
+    ) -> None:
+        self.dead_fraction = finite_float("dead_fraction", dead_fraction, low=0.0, high=1.0)
+        self.rank_drop = finite_float("rank_drop", rank_drop, low=0.0, high=1.0, high_open=True)
+        self.patience = positive_int("patience", patience)
+        self._dead: dict[str, _Streak] = {}
+        self._rank: dict[str, _Streak] = {}
+        self._best_rank: dict[str, float] = {}
+
+    def update(self, record: Record) -> list[Finding]:
+        findings = []
+        for name, dead in record.family("dead_units").items():
+            streak = self._dead.setdefault(name, _Streak())
+            if streak.update(dead >= self.dead_fraction, self.patience):
+                evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
+                findings.append(Finding(self.kind, record.step, name, evidence))
+        for name, rank in record.family("effective_rank").items():
+            if not math.isfinite(rank):
+                continue
+            best = max(self._best_rank.get(name, rank), rank)
+            self._best_rank[name] = best
+            streak = self._rank.setdefault(name, _Streak())
+            if streak.update(rank <= self.rank_drop * best, self.patience):
+                evidence = {
+                    "reason": "rank_collapse",
+                    "effective_rank": rank,
+                    "best_rank": best,
+                    "rank_drop": self.rank_drop,
+                }
+                findings.append(Finding(self.kind, record.step, name, evidence))
+        return findings
+
+
+class UpdateRatioOutOfRange(Detector):
+    """Per parameter tensor: ``update_ratio = ||dw|| / ||w||`` above ``high`` (divergence risk:
+    each step rewrites a large share of the weights) or below ``low`` (a frozen layer), for
+    ``patience`` records in a row. Non-finite ratios (e.g. a tensor that starts at 0) are skipped.
+
+    ``high=0.25``: Adam moves each weight by about ``lr`` per step, so a 0.02-scale layer sits near
+    ``lr / 0.02``, i.e. 0.05 at lr 1e-3; a ratio of a quarter per step is far outside that.
+
+    Example:
+        >>> UpdateRatioOutOfRange().update(Record(3, {"update_ratio/fc.weight": 1e-3}))
+        []
+    """
+
+    def __init__(self, high: float = 0.25, low: float = 1e-7, patience: int = 3) -> None:
+        self.high = finite_float("high", high, low=0.0, low_open=True)
+        self.low = finite_float("low", low, low=0.0, high=self.high, high_open=True)
+        self.patience = positive_int("patience", patience)
+        self._high: dict[str, _Streak] = {}
+        self._low: dict[str, _Streak] = {}
+
+    kind = "update_ratio_out_of_range"
+
+    def update(self, record: Record) -> list[Finding]:
+        findings = []
+        for name, ratio in record.family("update_ratio").items():
+            if not math.isfinite(ratio):
+                continue
+            too_large = self._high.setdefault(name, _Streak())
+            if too_large.update(ratio > self.high, self.patience):
+                evidence = {"direction": "too_large", "update_ratio": ratio, "high": self.high}
+                findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
+            frozen = self._low.setdefault(name, _Streak())
+            if frozen.update(ratio < self.low, self.patience):
+                evidence = {"direction": "frozen", "update_ratio": ratio, "low": self.low}
+                findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
+        return findings
+
+
+__all__ = [
+    "AttentionLogitGrowth",
+    "GradientSpike",
+    "OutputLogitDivergence",
+    "PlasticityLoss",
+    "SoftmaxCollapse",
+    "UpdateRatioOutOfRange",
+]

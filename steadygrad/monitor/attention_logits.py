@@ -1,0 +1,202 @@
+"""The largest attention logit ``max |q.k| * scale`` per attention module, model untouched.
+
+Attention-logit growth (Wortsman et al. 2023) is the first instability to appear at high learning
+rates: the logits grow with the square of the q/k weight scale until attention becomes one-hot
+and the loss diverges. :class:`AttentionLogitSignal` measures it on any model that computes
+attention with ``torch.nn.functional.scaled_dot_product_attention`` or ``nn.MultiheadAttention``
+(TinyGPT, Hugging Face GPT-2 with its SDPA attention, ``nn.TransformerEncoderLayer``): a
+``TorchFunctionMode`` sees each call, recomputes the logits from q and k, and credits them to the
+innermost module whose ``forward`` is running, found with forward hooks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from steadygrad.monitor.signals import Signal, Value
+
+if TYPE_CHECKING:
+    from steadygrad.monitor.monitor import Monitor
+
+
+def _sdpa_arguments(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+):  # noqa: ANN001, ANN202
+    """Mirror of F.scaled_dot_product_attention's signature, used to bind its arguments."""
+
+
+_SDPA = inspect.signature(_sdpa_arguments)
+_MHA = inspect.signature(F.multi_head_attention_forward)
+
+
+@torch.no_grad()
+def max_abs_logit(
+    q: torch.Tensor, k: torch.Tensor, scale: float, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``max |q k^T| * scale`` over the positions where ``allowed`` is True (all if None).
+
+    ``q`` is ``(..., L, E)``, ``k`` is ``(..., S, E)``; ``allowed`` broadcasts to ``(..., L, S)``.
+
+    Example:
+        >>> q = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+        >>> float(max_abs_logit(q, q, scale=1.0))
+        4.0
+    """
+    logits = (q.float() @ k.float().transpose(-1, -2)).abs() * scale
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, 0.0)
+    return logits.amax() if logits.numel() else torch.zeros((), device=q.device)
+
+
+def _sdpa_logit_max(args: tuple, kwargs: dict) -> torch.Tensor:
+    bound = _SDPA.bind(*args, **kwargs).arguments
+    q, k = bound["query"], bound["key"]
+    if q.dim() >= 3 and k.dim() >= 3 and q.shape[-3] != k.shape[-3]:  # grouped-query attention
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+    scale = bound.get("scale")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    mask = bound.get("attn_mask")
+    allowed = None
+    if mask is not None:
+        allowed = mask if mask.dtype == torch.bool else mask > float("-inf")
+    if bound.get("is_causal"):
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        allowed = causal if allowed is None else allowed & causal
+    return max_abs_logit(q, k, scale, allowed)
+
+
+def _mha_logit_max(args: tuple, kwargs: dict) -> torch.Tensor:
+    """Recompute q and k the way ``F.multi_head_attention_forward`` does (no bias_k support)."""
+    a = _MHA.bind(*args, **kwargs).arguments
+    query, key, heads = a["query"], a["key"], int(a["num_heads"])
+    if query.dim() == 2:  # unbatched (L, E)
+        query, key = query.unsqueeze(1), key.unsqueeze(1)
+    embed = query.shape[-1]
+    if a.get("use_separate_proj_weight"):
+        w_q, w_k = a["q_proj_weight"], a["k_proj_weight"]
+    else:
+        w_q, w_k = a["in_proj_weight"][:embed], a["in_proj_weight"][embed : 2 * embed]
+    bias = a.get("in_proj_bias")
+    b_q, b_k = (None, None) if bias is None else (bias[:embed], bias[embed : 2 * embed])
+    with torch.no_grad():
+        q = F.linear(query, w_q, b_q)  # (L, N, E)
+        k = F.linear(key, w_k, b_k)  # (S, N, E)
+    length, batch = q.shape[0], q.shape[1]
+    head_dim = embed // heads
+    q = q.reshape(length, batch, heads, head_dim).permute(1, 2, 0, 3)  # (N, h, L, d)
+    k = k.reshape(k.shape[0], batch, heads, head_dim).permute(1, 2, 0, 3)  # (N, h, S, d)
+    allowed = None
+    mask = a.get("attn_mask")
+    if mask is not None:  # MHA convention: True / -inf means "do not attend"
+        ok = ~mask if mask.dtype == torch.bool else mask > float("-inf")
+        allowed = ok.reshape(batch, heads, length, -1) if ok.dim() == 3 else ok
+    padding = a.get("key_padding_mask")
+    if padding is not None:
+        ok = ~padding if padding.dtype == torch.bool else padding > float("-inf")
+        ok = ok.reshape(batch, 1, 1, -1)
+        allowed = ok if allowed is None else allowed & ok
+    return max_abs_logit(q, k, 1.0 / math.sqrt(head_dim), allowed)
+
+
+class _AttentionMode(TorchFunctionMode):
+    def __init__(self, signal: AttentionLogitSignal) -> None:
+        super().__init__()
+        self.signal = signal
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            self.signal._observe(_sdpa_logit_max(args, kwargs))
+        elif func is F.multi_head_attention_forward:
+            self.signal._observe(_mha_logit_max(args, kwargs))
+        return func(*args, **kwargs)
+
+
+class AttentionLogitSignal(Signal):
+    """``attn_logit_max/<module>``: the largest ``|q.k| * scale`` seen in a step, per module.
+
+    The module is the innermost one whose ``forward`` was running when attention was computed
+    (TinyGPT: ``h.0.attn``; Hugging Face GPT-2: ``transformer.h.0.attn``;
+    ``nn.MultiheadAttention``: the MHA module). Masked positions (causal, boolean or ``-inf``
+    masks) are left out. ``modules`` restricts the metrics to the named modules. The logits are
+    recomputed, so a due step costs about one extra ``q @ k^T`` per attention call: use a cadence
+    (``every``).
+
+    Example:
+        >>> from steadygrad.models import TinyGPT
+        >>> signal = AttentionLogitSignal(every=10)
+        >>> # Monitor(model, optimizer, run_dir, signals=[signal])
+    """
+
+    def __init__(self, every: int = 10, modules: Sequence[str] | None = None) -> None:
+        super().__init__(every)
+        if isinstance(modules, str):
+            raise TypeError("modules must be a sequence of module names, not a single string")
+        self.modules = None if modules is None else list(modules)
+        self._names: dict[int, str] = {}
+        self._stack: list[str] = []
+        self._handles: list = []
+        self._mode: _AttentionMode | None = None
+        self._max: dict[str, torch.Tensor] = {}
+
+    def attach(self, monitor: Monitor) -> None:
+        super().attach(monitor)
+        model = monitor.model
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"monitor.model must be a torch.nn.Module, got {type(model).__name__}")
+        self._names = {id(m): name for name, m in model.named_modules()}
+        if self.modules is not None:
+            missing = sorted(set(self.modules) - set(self._names.values()))
+            if missing:
+                raise ValueError(f"modules not found in the model: {missing}")
+
+    def begin(self, step: int) -> None:
+        if self._mode is not None:  # a previous step never collected: start clean
+            self._exit()
+        self._stack.clear()
+        self._max = {}
+        for mod in self.monitor.model.modules():
+            self._handles.append(mod.register_forward_pre_hook(self._push))
+            self._handles.append(mod.register_forward_hook(self._pop, always_call=True))
+        self._mode = _AttentionMode(self)
+        self._mode.__enter__()
+
+    def collect(self, step: int) -> Mapping[str, Value]:
+        self._exit()
+        values = {f"attn_logit_max/{n}" if n else "attn_logit_max": v for n, v in self._max.items()}
+        self._max = {}
+        return values
+
+    def detach(self) -> None:
+        self._exit()
+
+    def _exit(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._stack.clear()
+
+    def _push(self, module: nn.Module, args: object) -> None:
+        self._stack.append(self._names.get(id(module), ""))
+
+    def _pop(self, module: nn.Module, args: object, output: object) -> None:
+        if self._stack:
+            self._stack.pop()
+
+    def _observe(self, value: torch.Tensor) -> None:
+        name = self._stack[-1] if self._stack else ""
+        if self.modules is not None and name not in self.modules:
+            return
+        previous = self._max.get(name)
+        self._max[name] = value if previous is None else torch.maximum(previous, value)

@@ -1,0 +1,217 @@
+"""Signals on the output logits: log-partition drift, logit scale, and softmax collapse.
+
+- Output-logit divergence (Wortsman et al. 2023): the log-partition ``log Z = logsumexp(y)``
+  drifts far from 0 (logits become very negative) late in training without weight decay; the
+  z-loss pulls it back.
+- Softmax collapse (Prieto et al. 2025): in float32 the softmax of a confidently right row
+  rounds the correct class to exactly 1, so its gradient is exactly 0 and learning stalls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from steadygrad.monitor.signals import Signal, Value
+
+if TYPE_CHECKING:
+    from steadygrad.monitor.monitor import Monitor
+
+
+def find_output_module(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """The module named ``name``, or the last ``nn.Linear`` of ``model`` when ``name`` is None.
+
+    Example:
+        >>> find_output_module(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4)))[0]
+        '2'
+    """
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            raise ValueError(f"output module {name!r} not found in the model")
+        return name, modules[name]
+    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("model has no nn.Linear; name the output module explicitly")
+    return linears[-1]
+
+
+def _first_tensor(output: object) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+@torch.no_grad()
+def softmax_collapse_mask(
+    logits: torch.Tensor, targets: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Per row: is the softmax (computed in ``dtype``) exactly one-hot on the target class?
+
+    A row is collapsed when ``sum_k exp(z_k - max z)`` evaluates to exactly 1 in ``dtype`` (the
+    authors' test) and the target holds the largest logit; with ``targets=None``, the largest
+    logit's class stands in for the target. ``logits`` is ``(..., C)``; the result is flattened.
+
+    Example:
+        >>> softmax_collapse_mask(torch.tensor([[30.0, 0.0], [10.0, 0.0]]))
+        tensor([ True, False])
+    """
+    z = logits.detach().reshape(-1, logits.shape[-1]).to(dtype)
+    top = z.amax(dim=-1, keepdim=True)
+    collapsed = torch.exp(z - top).sum(dim=-1) == 1
+    if targets is not None:
+        targets = targets.reshape(-1)
+        if targets.shape[0] != z.shape[0]:
+            raise ValueError(f"targets has {targets.shape[0]} entries for {z.shape[0]} logit rows")
+        collapsed &= z.gather(1, targets[:, None].to(z.device)).squeeze(1) == top.squeeze(1)
+    return collapsed
+
+
+def softmax_collapse_fraction(
+    logits: torch.Tensor, targets: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The fraction of rows in softmax collapse (see :func:`softmax_collapse_mask`), 0-d tensor.
+
+    Example:
+        >>> float(softmax_collapse_fraction(torch.tensor([[30.0, 0.0], [10.0, 0.0]])))
+        0.5
+    """
+    return softmax_collapse_mask(logits, targets, dtype).float().mean()
+
+
+class _OutputHook(Signal):
+    """Shared plumbing: a forward hook on the output module while the signal is due."""
+
+    def __init__(self, every: int, module: str | None) -> None:
+        super().__init__(every)
+        self.module_name = module
+        self._module: nn.Module | None = None
+        self._handle = None
+
+    def attach(self, monitor: Monitor) -> None:
+        super().attach(monitor)
+        self.module_name, self._module = find_output_module(monitor.model, self.module_name)
+
+    def begin(self, step: int) -> None:
+        self._remove()
+        self._reset()
+        self._handle = self._module.register_forward_hook(self._hook)
+
+    def detach(self) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _hook(self, module: nn.Module, args: object, output: object) -> None:
+        logits = _first_tensor(output)
+        if logits is not None and logits.dim() >= 1:
+            self._observe(logits.detach())
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _observe(self, logits: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class OutputLogitSignal(_OutputHook):
+    """``logit_lse_mean``, ``output_logit_max``, ``output_logit_rms`` of the output module.
+
+    ``logit_lse_mean`` is the mean over rows of ``logsumexp`` of the logits (the log-partition;
+    z-loss drives it to 0); ``output_logit_max`` the largest ``|logit|``; ``output_logit_rms``
+    the root mean square logit. ``module`` names the output module (default: the last
+    ``nn.Linear``). All forward calls of the module in a due step are pooled.
+
+    Example:
+        >>> signal = OutputLogitSignal(module="lm_head", every=10)
+    """
+
+    def __init__(self, module: str | None = None, every: int = 1) -> None:
+        super().__init__(every, module)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lse_sum = self._sq_sum = self._max = None
+        self._rows = self._count = 0
+
+    def _observe(self, logits: torch.Tensor) -> None:
+        z = logits.float().reshape(-1, logits.shape[-1])
+        lse_sum = torch.logsumexp(z, dim=-1).sum()
+        sq_sum, top = z.pow(2).sum(), z.abs().amax()
+        if self._lse_sum is None:
+            self._lse_sum, self._sq_sum, self._max = lse_sum, sq_sum, top
+        else:
+            self._lse_sum = self._lse_sum + lse_sum
+            self._sq_sum = self._sq_sum + sq_sum
+            self._max = torch.maximum(self._max, top)
+        self._rows += z.shape[0]
+        self._count += z.numel()
+
+    def collect(self, step: int) -> Mapping[str, Value]:
+        self._remove()
+        if self._lse_sum is None:
+            return {}
+        values = {
+            "logit_lse_mean": self._lse_sum / self._rows,
+            "output_logit_max": self._max,
+            "output_logit_rms": (self._sq_sum / self._count).sqrt(),
+        }
+        self._reset()
+        return values
+
+
+class SoftmaxCollapseSignal(_OutputHook):
+    """``softmax_collapse``: the fraction of output rows whose float32 softmax is one-hot on
+    the correct class (so the correct class gets exactly zero gradient).
+
+    Give the step's targets with :meth:`set_targets` (any time before the step's values are
+    collected; they are matched to the output rows in order and cleared after each collection).
+    Without targets the largest logit's class stands in for the correct one, which counts
+    confidently wrong rows too.
+
+    Example:
+        >>> signal = SoftmaxCollapseSignal(every=10)
+        >>> # in the loop, before or after the forward pass: signal.set_targets(y)
+    """
+
+    def __init__(
+        self, module: str | None = None, every: int = 1, dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__(every, module)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.dtype = dtype
+        self._targets: torch.Tensor | None = None
+        self._reset()
+
+    def set_targets(self, targets: torch.Tensor) -> None:
+        """The correct classes for this step's output rows (any shape; flattened)."""
+        if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point:
+            raise TypeError("targets must be an integer tensor of class indices")
+        self._targets = targets.detach().reshape(-1)
+
+    def _reset(self) -> None:
+        self._logits: list[torch.Tensor] = []
+
+    def _observe(self, logits: torch.Tensor) -> None:
+        self._logits.append(logits.reshape(-1, logits.shape[-1]))
+
+    def collect(self, step: int) -> Mapping[str, Value]:
+        self._remove()
+        targets, self._targets = self._targets, None
+        if not self._logits:
+            return {}
+        logits = torch.cat(self._logits)
+        self._reset()
+        if targets is not None and targets.shape[0] != logits.shape[0]:
+            # e.g. the output module also ran on an evaluation batch: keep the training rows
+            logits = logits[: targets.shape[0]]
+        return {"softmax_collapse": softmax_collapse_fraction(logits, targets, self.dtype)}

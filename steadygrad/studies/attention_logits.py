@@ -1,0 +1,257 @@
+"""Study: attention-logit growth at a high learning rate, and QK-norm as its fix (Wortsman et al.).
+
+TinyGPT on byte-level text from the Python standard library, trained with AdamW (betas 0.9/0.95,
+no weight decay, global-norm clipping at 1 as in the paper's setup) at a high learning rate,
+once plain and once with ``qk_norm=True``. The :class:`~steadygrad.monitor.attention_logits.
+AttentionLogitSignal` records the largest attention logit per layer every ``eval_every`` steps
+and the :class:`~steadygrad.diagnose.detectors.transformer.AttentionLogitGrowth` detector reads
+it. Expected: the plain model's logits grow into the hundreds or thousands and the detector fires;
+with QK-norm they stay near ``sqrt(head_dim)`` times the learned scales, the detector stays quiet,
+and the validation loss ends lower.
+
+Example:
+    >>> result = run_attention_logits("runs/attn", steps=100, progress=False)  # doctest: +SKIP
+    >>> result.detector_fired  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from steadygrad._checks import finite_float, positive_int
+from steadygrad.data import TextData
+from steadygrad.diagnose.detectors.transformer import AttentionLogitGrowth
+from steadygrad.diagnose.findings import Finding
+from steadygrad.models import TinyGPT
+from steadygrad.monitor.attention_logits import AttentionLogitSignal
+from steadygrad.monitor.record import Record
+from steadygrad.studies._threads import cpu_threads
+
+VARIANTS = ("plain", "qk_norm")
+
+
+@dataclass
+class AttentionLogitResult:
+    """Curves per variant and the headline comparison.
+
+    ``attn_logit_max[v][layer]`` is the recorded series for ``steps[v]``; ``val_loss[v]`` the
+    validation loss on the same evaluation steps; ``final_val_loss[v]`` the last one;
+    ``detector_fired[v]`` whether :class:`AttentionLogitGrowth` raised any finding.
+    """
+
+    config: dict
+    steps: dict[str, list[int]] = field(default_factory=dict)
+    train_loss: dict[str, list[float]] = field(default_factory=dict)
+    val_loss: dict[str, list[float]] = field(default_factory=dict)
+    attn_logit_max: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    final_val_loss: dict[str, float] = field(default_factory=dict)
+    peak_attn_logit: dict[str, float] = field(default_factory=dict)
+    detector_fired: dict[str, bool] = field(default_factory=dict)
+    findings: dict[str, list[Finding]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    plot_path: Path | None = None
+
+    def summary(self) -> str:
+        lines = [f"attention-logit study: {self.config}"]
+        for v in self.steps:
+            first = self.findings[v][0].describe() if self.findings[v] else "none"
+            lines.append(
+                f"  {v:8s} final val loss {self.final_val_loss[v]:.3f}, peak attention logit "
+                f"{self.peak_attn_logit[v]:.1f}, first finding: {first}, {self.seconds[v]:.0f} s"
+            )
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def _val_loss(model: TinyGPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    model.eval()
+    losses = [
+        float(
+            torch.nn.functional.cross_entropy(model(x).reshape(-1, model.vocab_size), y.reshape(-1))
+        )
+        for x, y in batches
+    ]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def run_attention_logits(
+    out_dir: str | Path,
+    lr: float = 3e-2,
+    steps: int = 300,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_embd: int = 64,
+    block_size: int = 64,
+    batch_size: int = 16,
+    eval_every: int = 20,
+    eval_batches: int = 4,
+    max_bytes: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    plot: bool = True,
+    num_threads: int | None = 1,
+) -> AttentionLogitResult:
+    """Train TinyGPT plain and with QK-norm at ``lr``; write ``attention_logits.json`` (+ png).
+
+    Example:
+        >>> result = run_attention_logits("out", steps=60, progress=False)  # doctest: +SKIP
+    """
+    with cpu_threads(num_threads):
+        return _run_attention_logits(
+            out_dir=out_dir,
+            lr=lr,
+            steps=steps,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            block_size=block_size,
+            batch_size=batch_size,
+            eval_every=eval_every,
+            eval_batches=eval_batches,
+            max_bytes=max_bytes,
+            seed=seed,
+            progress=progress,
+            plot=plot,
+        )
+
+
+def _run_attention_logits(
+    out_dir: str | Path,
+    lr: float = 3e-2,
+    steps: int = 300,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_embd: int = 64,
+    block_size: int = 64,
+    batch_size: int = 16,
+    eval_every: int = 20,
+    eval_batches: int = 4,
+    max_bytes: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    plot: bool = True,
+    num_threads: int | None = 1,
+) -> AttentionLogitResult:
+    lr = finite_float("lr", lr, low=0.0, low_open=True)
+    steps, eval_every = positive_int("steps", steps), positive_int("eval_every", eval_every)
+    eval_batches = positive_int("eval_batches", eval_batches)
+    batch_size, block_size = (
+        positive_int("batch_size", batch_size),
+        positive_int("block_size", block_size),
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = TextData.from_stdlib(max_bytes=max_bytes)
+    eval_gen = torch.Generator().manual_seed(seed + 1)
+    held = [data.batch(batch_size, block_size, "val", eval_gen) for _ in range(eval_batches)]
+    config = dict(
+        lr=lr,
+        steps=steps,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        block_size=block_size,
+        batch_size=batch_size,
+        optimizer="AdamW(0.9, 0.95), no weight decay, clip 1.0",
+        seed=seed,
+    )
+    result = AttentionLogitResult(config=config)
+    for variant in VARIANTS:
+        start = time.perf_counter()
+        model = TinyGPT(
+            vocab_size=data.vocab_size,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            block_size=block_size,
+            seed=seed,
+            qk_norm=variant == "qk_norm",
+        )
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0
+        )
+        signal = AttentionLogitSignal(every=eval_every)
+        signal.attach(SimpleNamespace(model=model, optimizer=optimizer))
+        detector = AttentionLogitGrowth()
+        gen = torch.Generator().manual_seed(seed)
+        record_steps, train_losses, val_losses, findings = [], [], [], []
+        logits: dict[str, list[float]] = {}
+        for step in range(steps + 1):
+            due = signal.due(step) or step == steps
+            if due:
+                signal.begin(step)
+            x, y = data.batch(batch_size, block_size, generator=gen)
+            loss = model.loss(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if not due:
+                continue
+            values = {k: float(v) for k, v in signal.collect(step).items()}
+            for name, value in values.items():
+                logits.setdefault(name.split("/", 1)[1], []).append(value)
+            record_steps.append(step)
+            train_losses.append(loss.item())
+            val_losses.append(_val_loss(model, held) if math.isfinite(loss.item()) else math.nan)
+            findings += detector.update(Record(step, values))
+            if progress:
+                peak = max(values.values()) if values else math.nan
+                print(
+                    f"[attention-logits:{variant}] step {step:4d} loss {loss.item():.3f} "
+                    f"val {val_losses[-1]:.3f} max attn logit {peak:.1f}",
+                    flush=True,
+                )
+        signal.detach()
+        result.steps[variant] = record_steps
+        result.train_loss[variant] = train_losses
+        result.val_loss[variant] = val_losses
+        result.attn_logit_max[variant] = logits
+        result.final_val_loss[variant] = val_losses[-1]
+        result.peak_attn_logit[variant] = max(max(v) for v in logits.values())
+        result.detector_fired[variant] = bool(findings)
+        result.findings[variant] = findings
+        result.seconds[variant] = time.perf_counter() - start
+
+    payload = asdict(result)
+    payload["findings"] = {v: [f.describe() for f in fs] for v, fs in result.findings.items()}
+    payload.pop("plot_path")
+    (out_dir / "attention_logits.json").write_text(json.dumps(payload, indent=2))
+    if plot:
+        result.plot_path = _plot(result, out_dir / "attention_logits.png")
+    if progress:
+        print(result.summary(), flush=True)
+    return result
+
+
+def _plot(result: AttentionLogitResult, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for v in result.steps:
+        for layer, series in result.attn_logit_max[v].items():
+            top.plot(result.steps[v], series, label=f"{v} {layer}")
+        bottom.plot(result.steps[v], result.val_loss[v], label=v)
+    top.axhline(AttentionLogitGrowth().threshold, color="grey", ls="--", lw=0.8)
+    top.set_yscale("log")
+    top.set_ylabel("max |q.k| / sqrt(d)")
+    top.legend(fontsize=7)
+    bottom.set_ylabel("validation loss")
+    bottom.set_xlabel("step")
+    bottom.legend(fontsize=7)
+    fig.suptitle(f"TinyGPT at lr {result.config['lr']}: plain vs QK-norm")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

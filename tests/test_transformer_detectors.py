@@ -1,0 +1,139 @@
+"""Each detector on synthetic Record streams: a scenario that must trigger it, a healthy control."""
+
+import math
+import random
+
+import pytest
+
+from steadygrad.diagnose.detectors.transformer import (
+    AttentionLogitGrowth,
+    GradientSpike,
+    OutputLogitDivergence,
+    PlasticityLoss,
+    SoftmaxCollapse,
+    UpdateRatioOutOfRange,
+)
+from steadygrad.monitor.record import Record
+
+
+def run(detector, series):
+    findings = []
+    for step, values in enumerate(series):
+        findings += detector.update(Record(step, values))
+    return findings
+
+
+def test_attention_logit_growth_fires_on_geometric_growth_not_on_noisy_plateau():
+    rng = random.Random(0)
+    growing = [
+        {"attn_logit_max/h.0.attn": 3.0 * 1.15**s, "attn_logit_max/h.1.attn": 3.0}
+        for s in range(40)
+    ]
+    findings = run(AttentionLogitGrowth(), growing)
+    assert [f.where for f in findings] == ["h.0.attn"]
+    first = findings[0]
+    crossing = next(s for s in range(40) if 3.0 * 1.15**s >= 50)
+    assert first.step == crossing and first.severity == "warning"
+    assert first.evidence["growth_factor"] == pytest.approx(1.15**crossing)
+    # Healthy: large but flat logits with noise (e.g. a QK-norm model) never fire.
+    plateau = [{"attn_logit_max/h.0.attn": 60 + rng.uniform(-5, 5)} for _ in range(200)]
+    assert run(AttentionLogitGrowth(), plateau) == []
+
+
+def test_attention_logit_growth_critical_value_and_rearm():
+    series = [{"attn_logit_max/a": v} for v in (5.0, 2000.0, 3000.0, 5.0, 6.0, float("nan"))]
+    findings = run(AttentionLogitGrowth(), series)
+    assert [(f.step, f.severity) for f in findings] == [(1, "critical"), (5, "critical")]
+
+
+def test_output_logit_divergence_fires_on_drifting_log_partition_only():
+    drifting = [{"logit_lse_mean": 5.5 - 1.0 * s, "output_logit_max": 3.0 * s} for s in range(40)]
+    findings = run(OutputLogitDivergence(lse_limit=20, patience=3), drifting)
+    # |5.5 - s| >= 20 from s = 26 on: the third such record is s = 28
+    assert len(findings) == 1 and findings[0].step == 28
+    assert findings[0].evidence["output_logit_max"] == 84.0
+    healthy = [{"logit_lse_mean": 5.5 * math.exp(-s / 10)} for s in range(100)]
+    assert run(OutputLogitDivergence(), healthy) == []
+
+
+def test_softmax_collapse_detector():
+    collapsing = [{"softmax_collapse": min(1.0, s / 20)} for s in range(40)]
+    findings = run(SoftmaxCollapse(fraction=0.5, patience=3), collapsing)
+    assert [f.step for f in findings] == [12]
+    assert run(SoftmaxCollapse(), [{"softmax_collapse": 0.01}] * 50) == []
+
+
+def noisy_grad_norms(steps, seed=0):
+    rng = random.Random(seed)
+    return [
+        {"grad_norm/fc.weight": rng.uniform(0.5, 1.5), "grad_norm/fc.bias": rng.uniform(0.1, 0.3)}
+        for _ in range(steps)
+    ]
+
+
+def test_gradient_spike_detects_planted_1000x_gradient_with_its_factor():
+    series = noisy_grad_norms(100)
+    baseline = series[60]["grad_norm/fc.weight"]
+    series[60]["grad_norm/fc.weight"] = 1000 * baseline
+    findings = run(GradientSpike(), series)
+    assert [(f.step, f.where) for f in findings] == [(60, "fc.weight")]
+    # spike factor against the running RMS of U(0.5, 1.5) norms (RMS = sqrt(13/12))
+    assert findings[0].evidence["spike_factor"] == pytest.approx(
+        1000 * baseline / math.sqrt(13 / 12), rel=0.15
+    )
+    assert findings[0].severity == "critical"
+
+
+def test_gradient_spike_quiet_on_noise_and_on_slow_growth():
+    assert run(GradientSpike(), noisy_grad_norms(500, seed=1)) == []
+    growing = [{"grad_norm/w": 1.02**s} for s in range(300)]  # 380x over the run, smoothly
+    assert run(GradientSpike(), growing) == []
+
+
+def test_plasticity_loss_on_dying_units_and_rank_collapse_with_healthy_control():
+    dying = [{"dead_units/mlp.act": s / 10, "effective_rank/mlp.act": 30 - s} for s in range(20)]
+    findings = run(PlasticityLoss(dead_fraction=0.5, rank_drop=0.5, patience=2), dying)
+    # dead >= 0.5 from s = 5 (fires at 6); rank <= 15 = half of 30 from s = 15 (fires at 16)
+    got = [(f.step, f.where, f.evidence["reason"]) for f in findings]
+    assert got == [(6, "mlp.act", "dead_units"), (16, "mlp.act", "rank_collapse")]
+    healthy = [
+        {"dead_units/mlp.act": 0.05, "effective_rank/mlp.act": 28 + (s % 3)} for s in range(50)
+    ]
+    assert run(PlasticityLoss(), healthy) == []
+
+
+def test_plasticity_rank_collapse_fires_at_half_of_best():
+    series = [{"effective_rank/f": r} for r in (40, 38, 30, 21, 19, 18, 17)]
+    findings = run(PlasticityLoss(rank_drop=0.5, patience=2), series)
+    assert [(f.step, f.evidence["reason"]) for f in findings] == [(5, "rank_collapse")]
+    assert findings[0].evidence["best_rank"] == 40
+
+
+def test_update_ratio_too_large_and_frozen_with_healthy_control():
+    series = [
+        {
+            "update_ratio/a.weight": 0.01 if s < 10 else 0.6,
+            "update_ratio/b.weight": 1e-3,
+            "update_ratio/c.weight": 0.0 if s >= 20 else 1e-3,
+            "update_ratio/d.bias": math.inf,
+        }
+        for s in range(30)
+    ]
+    findings = run(UpdateRatioOutOfRange(patience=3), series)
+    got = [(f.step, f.where, f.evidence["direction"]) for f in findings]
+    assert got == [(12, "a.weight", "too_large"), (22, "c.weight", "frozen")]
+    healthy = [
+        {"update_ratio/a.weight": 10 ** random.Random(s).uniform(-4, -1.5)} for s in range(200)
+    ]
+    assert run(UpdateRatioOutOfRange(), healthy) == []
+
+
+def test_detector_arguments_are_checked():
+    with pytest.raises(ValueError, match="threshold"):
+        AttentionLogitGrowth(threshold=-1)
+    with pytest.raises(ValueError, match="theta"):
+        GradientSpike(theta=0.5)
+    with pytest.raises(TypeError, match="patience"):
+        SoftmaxCollapse(patience=1.5)
+    with pytest.raises(ValueError, match="low"):
+        UpdateRatioOutOfRange(high=0.1, low=0.2)

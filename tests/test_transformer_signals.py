@@ -1,0 +1,256 @@
+"""Signals on real models, driven directly (attach / begin / forward / collect), no Monitor."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from steadygrad.models import MLP, TinyGPT
+from steadygrad.monitor.attention_logits import AttentionLogitSignal
+from steadygrad.monitor.output_logits import (
+    OutputLogitSignal,
+    SoftmaxCollapseSignal,
+    softmax_collapse_mask,
+)
+from steadygrad.monitor.plasticity import PlasticitySignal, effective_rank
+
+
+def run_step(signal, model, *inputs, step=0, loss_fn=None):
+    # Building a torch optimizer imports torch._dynamo once (seconds): only when a step is taken.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0) if loss_fn is not None else None
+    monitor = SimpleNamespace(model=model, optimizer=optimizer)
+    signal.attach(monitor)
+    signal.begin(step)
+    out = model(*inputs)
+    if loss_fn is not None:
+        loss_fn(out).backward()
+        monitor.optimizer.step()
+    values = signal.collect(step)
+    signal.detach()
+    return {k: float(v) for k, v in values.items()}
+
+
+def causal_max_by_hand(q, k):
+    """max over i >= j of |q_i . k_j| / sqrt(d), with explicit loops. q, k: (B, H, T, d)."""
+    b, h, t, d = q.shape
+    best = 0.0
+    for bi in range(b):
+        for hi in range(h):
+            for i in range(t):
+                for j in range(i + 1):
+                    best = max(best, abs(float(q[bi, hi, i] @ k[bi, hi, j])) / math.sqrt(d))
+    return best
+
+
+def capture_qk(module, heads):
+    """Forward hook capturing q and k (B, H, T, d) from a fused qkv projection's output."""
+    store = {}
+
+    def hook(mod, args, out):
+        b, t, three_c = out.shape
+        c = three_c // 3
+        q, k, _ = out.detach().split(c, dim=2)
+        store["q"] = q.reshape(b, t, heads, c // heads).transpose(1, 2)
+        store["k"] = k.reshape(b, t, heads, c // heads).transpose(1, 2)
+
+    return store, module.register_forward_hook(hook)
+
+
+def test_attention_logit_signal_equals_hand_logits_on_tinygpt_and_grows_with_query_scale():
+    model = TinyGPT(vocab_size=50, n_layer=2, n_head=2, n_embd=16, block_size=8)
+    idx = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    stores = [capture_qk(model.h[i].attn.qkv, 2) for i in range(2)]
+    values = run_step(AttentionLogitSignal(every=1), model, idx)
+    assert set(values) == {"attn_logit_max/h.0.attn", "attn_logit_max/h.1.attn"}
+    for i, (store, handle) in enumerate(stores):
+        handle.remove()
+        expected = causal_max_by_hand(store["q"], store["k"])
+        assert values[f"attn_logit_max/h.{i}.attn"] == pytest.approx(expected, rel=1e-5)
+    with torch.no_grad():
+        model.h[0].attn.qkv.weight[:16].mul_(10.0)  # inflate the query weights of block 0
+        model.h[0].attn.qkv.bias[:16].mul_(10.0)
+    inflated = run_step(AttentionLogitSignal(every=1), model, idx)
+    ratio = inflated["attn_logit_max/h.0.attn"] / values["attn_logit_max/h.0.attn"]
+    assert ratio == pytest.approx(10.0, rel=1e-3)
+
+
+def test_attention_logit_signal_is_bounded_with_qk_norm_and_removes_its_hooks():
+    model = TinyGPT(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8, qk_norm=True)
+    with torch.no_grad():
+        model.h[0].attn.qkv.weight.mul_(1000.0)
+    idx = torch.randint(0, 50, (2, 8))
+    values = run_step(AttentionLogitSignal(every=1), model, idx, loss_fn=lambda out: out.sum())
+    assert 0 < values["attn_logit_max/h.0.attn"] <= math.sqrt(8) + 1e-3
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_attention_logit_signal_on_multihead_attention_with_masks():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(embed_dim=8, num_heads=2, batch_first=True)
+    x = torch.randn(3, 5, 8)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[0, 3:] = True
+    causal = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1)
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = mha
+
+        def forward(self, x):
+            return self.attn(x, x, x, attn_mask=causal, key_padding_mask=padding)[0]
+
+    values = run_step(AttentionLogitSignal(every=1), Wrapper(), x)
+    w_q, w_k = mha.in_proj_weight[:8].detach(), mha.in_proj_weight[8:16].detach()
+    b_q, b_k = mha.in_proj_bias[:8].detach(), mha.in_proj_bias[8:16].detach()
+    best = 0.0
+    for b in range(3):
+        q, k = x[b] @ w_q.T + b_q, x[b] @ w_k.T + b_k
+        for h in range(2):
+            qh, kh = q[:, 4 * h : 4 * h + 4], k[:, 4 * h : 4 * h + 4]
+            for i in range(5):
+                for j in range(i + 1):
+                    if not padding[b, j]:
+                        best = max(best, abs(float(qh[i] @ kh[j])) / 2.0)
+    assert values == {"attn_logit_max/attn": pytest.approx(best, rel=1e-5)}
+
+
+def test_attention_logit_signal_on_transformer_encoder_layer_in_eval():
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+    layer.eval()  # would take the fused fast path without the signal's mode
+    with torch.no_grad():
+        values = run_step(AttentionLogitSignal(every=1), layer, torch.randn(2, 4, 8))
+    assert set(values) == {"attn_logit_max/self_attn"} and values["attn_logit_max/self_attn"] > 0
+
+
+@pytest.mark.slow  # importing transformers takes ~10 s
+def test_attention_logit_signal_on_hugging_face_gpt2():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        vocab_size=40, n_positions=8, n_embd=16, n_layer=2, n_head=2, attn_implementation="sdpa"
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    stores = []
+    for block in model.transformer.h:
+        store = {}
+
+        def hook(mod, args, out, store=store):  # Conv1D: (B, T, 3C)
+            q, k, _ = out.detach().split(16, dim=2)
+            store["q"] = q.reshape(2, 6, 2, 8).transpose(1, 2)
+            store["k"] = k.reshape(2, 6, 2, 8).transpose(1, 2)
+
+        stores.append((store, block.attn.c_attn.register_forward_hook(hook)))
+    idx = torch.randint(0, 40, (2, 6))
+    with torch.no_grad():
+        values = run_step(AttentionLogitSignal(every=1), model, idx)
+    assert set(values) == {
+        "attn_logit_max/transformer.h.0.attn",
+        "attn_logit_max/transformer.h.1.attn",
+    }
+    for i, (store, handle) in enumerate(stores):
+        handle.remove()
+        expected = causal_max_by_hand(store["q"], store["k"])
+        assert values[f"attn_logit_max/transformer.h.{i}.attn"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_attention_signal_rejects_unknown_modules():
+    with pytest.raises(ValueError, match="not found"):
+        AttentionLogitSignal(modules=["nope"]).attach(SimpleNamespace(model=nn.Linear(2, 2)))
+
+
+def test_output_logit_signal_against_hand_formulas():
+    model = MLP(4, [8], 5)
+    x = torch.randn(6, 4)
+    values = run_step(OutputLogitSignal(), model, x)
+    logits = model(x).detach().double().tolist()
+    lse = [math.log(sum(math.exp(v) for v in row)) for row in logits]
+    flat = [v for row in logits for v in row]
+    assert values["logit_lse_mean"] == pytest.approx(sum(lse) / 6, rel=1e-5)
+    assert values["output_logit_max"] == pytest.approx(max(abs(v) for v in flat), rel=1e-6)
+    assert values["output_logit_rms"] == pytest.approx(
+        math.sqrt(sum(v * v for v in flat) / len(flat)), rel=1e-5
+    )
+
+
+def test_output_logit_signal_default_is_last_linear_and_named_module_checked():
+    model = TinyGPT(vocab_size=30, n_layer=1, n_head=2, n_embd=8, block_size=4)
+    signal = OutputLogitSignal()
+    signal.attach(SimpleNamespace(model=model))
+    assert signal.module_name == "lm_head"
+    with pytest.raises(ValueError, match="not found"):
+        OutputLogitSignal(module="head").attach(SimpleNamespace(model=model))
+
+
+def test_softmax_collapse_mask_follows_float32_absorption():
+    gap30 = torch.tensor([[30.0] + [0.0] * 112])
+    gap10 = torch.tensor([[10.0] + [0.0] * 112])
+    assert softmax_collapse_mask(gap30).tolist() == [True]
+    assert softmax_collapse_mask(gap10).tolist() == [False]
+    assert softmax_collapse_mask(gap30, dtype=torch.float64).tolist() == [False]
+    # A collapsed row on the wrong class is not a zero-gradient row.
+    assert softmax_collapse_mask(gap30, torch.tensor([3])).tolist() == [False]
+    # Reference: float32 softmax is exactly 1.0 on the correct class.
+    assert torch.softmax(gap30, -1)[0, 0].item() == 1.0
+
+
+def test_softmax_collapse_signal_with_targets_on_a_model():
+    model = nn.Linear(3, 4, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[40.0, 0, 0], [0, 40.0, 0], [0, 0, 1.0], [0, 0, 0]]))
+    x = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 0, 0]])
+    targets = torch.tensor([0, 1, 2, 3])  # rows 0, 1 collapse on the right class; row 3 is wrong
+    signal = SoftmaxCollapseSignal()
+    signal.set_targets(targets)
+    assert run_step(signal, model, x) == {"softmax_collapse": 0.5}
+    assert run_step(SoftmaxCollapseSignal(), model, x) == {"softmax_collapse": 0.75}
+
+
+def test_effective_rank_reference_values():
+    assert float(effective_rank(torch.eye(5))) == pytest.approx(5.0, rel=1e-5)
+    assert float(effective_rank(torch.outer(torch.randn(6), torch.randn(4)))) == pytest.approx(
+        1.0, abs=1e-3
+    )
+    assert float(effective_rank(torch.diag(torch.tensor([1.0, 1.0, 0.0])))) == pytest.approx(2.0)
+    sigma = [3.0, 1.0]
+    p = [s / 4 for s in sigma]
+    expected = math.exp(-sum(v * math.log(v) for v in p))
+    assert float(effective_rank(torch.diag(torch.tensor(sigma)))) == pytest.approx(expected)
+
+
+def test_plasticity_signal_counts_planted_dead_units():
+    torch.manual_seed(0)
+    model = MLP(4, [10, 6], 2)
+    with torch.no_grad():
+        model[0].bias[:3] = -1e3  # 3 of 10 first-layer units can never fire
+    x = torch.randn(32, 4)
+    values = run_step(PlasticitySignal(every=1), model, x)
+    hidden = torch.relu(model[0](x)).detach()
+    assert values["dead_units/1"] == pytest.approx(float((hidden <= 0).all(0).float().mean()))
+    assert values["dead_units/1"] >= 0.3
+    assert values["effective_rank/1"] == pytest.approx(float(effective_rank(hidden)), rel=1e-5)
+    assert set(values) == {"dead_units/1", "effective_rank/1", "dead_units/3", "effective_rank/3"}
+
+
+def test_output_logit_signal_and_divergence_detector_on_a_drifting_model():
+    from steadygrad.diagnose.detectors.transformer import OutputLogitDivergence
+    from steadygrad.monitor.record import Record
+
+    torch.manual_seed(0)
+    model = MLP(4, [8], 6)
+    x = torch.randn(16, 4)
+    drifting, healthy = OutputLogitDivergence(), OutputLogitDivergence()
+    fired = []
+    for step in range(10):
+        with torch.no_grad():
+            model[2].bias.fill_(-5.0 * step)  # every logit shifts down: log Z drifts below 0
+        values = run_step(OutputLogitSignal(), model, x, step=step)
+        fired += drifting.update(Record(step, values))
+        with torch.no_grad():
+            model[2].bias.zero_()
+        assert not healthy.update(Record(step, run_step(OutputLogitSignal(), model, x, step=step)))
+    # log Z = log 6 + O(1) - 5 step reaches -20 around step 5; the third such record fires
+    assert len(fired) == 1 and 6 <= fired[0].step <= 8
+    assert fired[0].evidence["logit_lse_mean"] <= -20
