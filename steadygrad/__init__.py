@@ -5,36 +5,62 @@ Example:
     >>> with steadygrad.watch(model, optimizer, "runs/exp1") as mon:     # doctest: +SKIP
     ...     ...
     >>> run = steadygrad.load("runs/exp1")                                # doctest: +SKIP
+    >>> print(steadygrad.diagnose(run).text())                           # doctest: +SKIP
 """
 
 from steadygrad.diagnose.autopilot import Autopilot
-from steadygrad.diagnose.detectors import Detector
-from steadygrad.diagnose.detectors.training import (
+from steadygrad.diagnose.detectors import (
+    AttentionLogitGrowth,
+    Detector,
+    GradientSpike,
     GradNormSpikeDetector,
     LossSpikeDetector,
     NonFiniteDetector,
+    OutputLogitDivergence,
+    PlasticityLoss,
+    SoftmaxCollapse,
+    UpdateRatioOutOfRange,
     default_detectors,
 )
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
 from steadygrad.diagnose.findings import Finding
-from steadygrad.monitor import Monitor, Record, Signal, watch
+from steadygrad.monitor import (
+    AttentionLogitSignal,
+    Monitor,
+    OutputLogitSignal,
+    PlasticitySignal,
+    Record,
+    Signal,
+    SoftmaxCollapseSignal,
+    watch,
+)
 from steadygrad.store import Run, RunStore, load
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionLogitGrowth",
+    "AttentionLogitSignal",
     "Autopilot",
     "Detector",
     "DiagnosisReport",
     "Finding",
     "GradNormSpikeDetector",
+    "GradientSpike",
     "LossSpikeDetector",
     "Monitor",
     "NonFiniteDetector",
+    "OutputLogitDivergence",
+    "OutputLogitSignal",
+    "PlasticityLoss",
+    "PlasticitySignal",
     "Record",
     "Run",
     "RunStore",
     "Signal",
+    "SoftmaxCollapse",
+    "SoftmaxCollapseSignal",
+    "UpdateRatioOutOfRange",
     "__version__",
     "default_detectors",
     "diagnose",

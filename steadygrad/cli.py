@@ -97,6 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=_positive_int, default=None, help="worker processes")
     s.add_argument("--no-mitigations", action="store_true", help="baseline runs only")
 
+    s = studies.add_parser(
+        "grokking",
+        help="softmax collapse stalls grokking; StableMax and ⊥Grad fix it",
+        description="Prieto et al. 2025: modular addition with a small network. With float32 "
+        "softmax and no regularisation the run shows softmax collapse and stalls; with ⊥Grad "
+        "(or StableMax) it generalises. Reports the steps to generalise per variant.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/grokking"))
+    s.add_argument("--modulus", type=_positive_int, default=None)
+    s.add_argument("--train-fraction", type=float, default=None)
+    s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--variants", nargs="+", default=None)
+    s = studies.add_parser(
+        "attention-logits",
+        help="TinyGPT at a high learning rate with and without QK-norm",
+        description="Wortsman et al. 2023: at a high learning rate the attention logits of a "
+        "plain TinyGPT grow until the detector fires; with QK-norm they stay small and the "
+        "model reaches a lower loss.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/attention-logits"))
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--steps", type=_positive_int, default=None)
+
     p = sub.add_parser(
         "export",
         help="export a run's scalars to CSV or Parquet",
@@ -179,7 +202,32 @@ def _lr_sensitivity(args: argparse.Namespace) -> None:
     )
 
 
-STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {"lr-sensitivity": _lr_sensitivity}
+def _grokking(args: argparse.Namespace) -> None:
+    from steadygrad.studies.grokking import run_grokking
+
+    options = {
+        "modulus": args.modulus,
+        "train_fraction": args.train_fraction,
+        "steps": args.steps,
+        "variants": args.variants,
+    }
+    result = run_grokking(args.out, **{k: v for k, v in options.items() if v is not None})
+    Console().print(result.summary())
+
+
+def _attention_logits(args: argparse.Namespace) -> None:
+    from steadygrad.studies.attention_logits import run_attention_logits
+
+    options = {"lr": args.lr, "steps": args.steps}
+    result = run_attention_logits(args.out, **{k: v for k, v in options.items() if v is not None})
+    Console().print(result.summary())
+
+
+STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
+    "lr-sensitivity": _lr_sensitivity,
+    "grokking": _grokking,
+    "attention-logits": _attention_logits,
+}
 
 
 @command("export")

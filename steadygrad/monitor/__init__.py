@@ -1,7 +1,19 @@
-"""Observe: the Monitor, its Record, and the Signal extension point."""
+"""Observe: the Monitor, its Record, the Signal extension point, and the optional signals."""
 
+from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.monitor import Monitor, watch
+from steadygrad.monitor.output_logits import OutputLogitSignal, SoftmaxCollapseSignal
+from steadygrad.monitor.plasticity import PlasticitySignal
 from steadygrad.monitor.record import Record
 from steadygrad.monitor.signals import Signal
 
-__all__ = ["Monitor", "Record", "Signal", "watch"]
+__all__ = [
+    "AttentionLogitSignal",
+    "Monitor",
+    "OutputLogitSignal",
+    "PlasticitySignal",
+    "Record",
+    "Signal",
+    "SoftmaxCollapseSignal",
+    "watch",
+]

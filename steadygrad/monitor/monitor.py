@@ -17,13 +17,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from steadygrad import _checks
-from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors.base import Detector
 from steadygrad.diagnose.detectors.training import default_detectors
 from steadygrad.diagnose.findings import Finding
@@ -33,6 +32,9 @@ from steadygrad.monitor.progress import ProgressLine
 from steadygrad.monitor.record import Record
 from steadygrad.monitor.signals import Signal
 from steadygrad.store.writer import RunStore, resolve_run_dir
+
+if TYPE_CHECKING:
+    from steadygrad.diagnose.autopilot import Autopilot
 
 ORDER_ERROR = (
     "steadygrad.Monitor: call mon.step(loss) after optimizer.step() (or after scaler.step() "
@@ -123,6 +125,8 @@ class Monitor:
             run_dir, name, run_config, flush_every=flush_every, flush_seconds=flush_seconds
         )
         self.run_dir = self.store.run_dir
+        from steadygrad.diagnose.autopilot import Autopilot  # the autopilot imports monitor parts
+
         if autopilot is not None and not isinstance(autopilot, Autopilot):
             raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
         self.autopilot = autopilot

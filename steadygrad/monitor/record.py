@@ -21,11 +21,22 @@ class Record:
     values: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     wall_time: float = 0.0
+    _families: dict[str, dict[str, float]] | None = field(default=None, repr=False, compare=False)
 
     def get(self, name: str, default: float = math.nan) -> float:
         return self.values.get(name, default)
 
     def family(self, signal: str) -> dict[str, float]:
         """The per-module values of one signal: ``{module.path: value}``."""
-        prefix = signal + "/"
-        return {k[len(prefix) :]: v for k, v in self.values.items() if k.startswith(prefix)}
+        return self.families().get(signal, {})
+
+    def families(self) -> dict[str, dict[str, float]]:
+        """Every per-module signal, grouped once per record (detectors ask for several)."""
+        if self._families is None:
+            grouped: dict[str, dict[str, float]] = {}
+            for key, value in self.values.items():
+                signal, sep, module = key.partition("/")
+                if sep:
+                    grouped.setdefault(signal, {})[module] = value
+            self._families = grouped
+        return self._families

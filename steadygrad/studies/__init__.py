@@ -1,7 +1,16 @@
 """Studies: reproducible experiments that check steadygrad against published results, and
 double as demos."""
 
+from steadygrad.studies.attention_logits import run_attention_logits
+from steadygrad.studies.grokking import run_grokking
 from steadygrad.studies.lr_sensitivity import lr_sensitivity, run_lr_sensitivity
 from steadygrad.studies.sweep import SweepError, run_sweep
 
-__all__ = ["SweepError", "lr_sensitivity", "run_lr_sensitivity", "run_sweep"]
+__all__ = [
+    "SweepError",
+    "lr_sensitivity",
+    "run_attention_logits",
+    "run_grokking",
+    "run_lr_sensitivity",
+    "run_sweep",
+]

@@ -1,9 +1,36 @@
 """Streaming detectors: each reads Records one at a time and emits Findings.
 
 ``base.py`` holds the protocol and the robust running statistics detectors share; each other
-module holds the detectors of one family (training dynamics, curvature, transformers, ...).
+module holds the detectors of one family (training dynamics, transformers, curvature).
 """
 
-from steadygrad.diagnose.detectors.base import Detector
+from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
+from steadygrad.diagnose.detectors.training import (
+    GradNormSpikeDetector,
+    LossSpikeDetector,
+    NonFiniteDetector,
+    default_detectors,
+)
+from steadygrad.diagnose.detectors.transformer import (
+    AttentionLogitGrowth,
+    GradientSpike,
+    OutputLogitDivergence,
+    PlasticityLoss,
+    SoftmaxCollapse,
+    UpdateRatioOutOfRange,
+)
 
-__all__ = ["Detector"]
+__all__ = [
+    "AttentionLogitGrowth",
+    "Detector",
+    "GradNormSpikeDetector",
+    "GradientSpike",
+    "LossSpikeDetector",
+    "NonFiniteDetector",
+    "OutputLogitDivergence",
+    "PlasticityLoss",
+    "RobustBaseline",
+    "SoftmaxCollapse",
+    "UpdateRatioOutOfRange",
+    "default_detectors",
+]

@@ -186,5 +186,18 @@ class NonFiniteDetector(Detector):
 
 
 def default_detectors() -> list[Detector]:
-    """The detectors a Monitor runs when none are given."""
-    return [LossSpikeDetector(), GradNormSpikeDetector(), NonFiniteDetector()]
+    """The detectors a Monitor runs when none are given: those of the built-in signals, and
+    those of the optional signals (each stays silent while its signal is not recorded)."""
+    from steadygrad.diagnose.detectors import transformer
+
+    return [
+        LossSpikeDetector(),
+        GradNormSpikeDetector(),
+        NonFiniteDetector(),
+        transformer.GradientSpike(),
+        transformer.UpdateRatioOutOfRange(),
+        transformer.AttentionLogitGrowth(),
+        transformer.OutputLogitDivergence(),
+        transformer.SoftmaxCollapse(),
+        transformer.PlasticityLoss(),
+    ]
