@@ -287,7 +287,9 @@ class PlasticityLoss(Detector):
 class UpdateRatioOutOfRange(Detector):
     """Per parameter tensor: ``update_ratio = ||dw|| / ||w||`` above ``high`` (divergence risk:
     each step rewrites a large share of the weights) or below ``low`` (a frozen layer), for
-    ``patience`` records in a row. Non-finite ratios (e.g. a tensor that starts at 0) are skipped.
+    ``patience`` records in a row. Non-finite ratios (e.g. a tensor that starts at 0) are skipped,
+    and so are biases: they usually start at zero, so their ratio is large for a long time in
+    perfectly healthy runs.
 
     ``high=0.25``: Adam moves each weight by about ``lr`` per step, so a 0.02-scale layer sits near
     ``lr / 0.02``, i.e. 0.05 at lr 1e-3; a ratio of a quarter per step is far outside that.
@@ -309,7 +311,7 @@ class UpdateRatioOutOfRange(Detector):
     def update(self, record: Record) -> list[Finding]:
         findings = []
         for name, ratio in record.family("update_ratio").items():
-            if not math.isfinite(ratio):
+            if not math.isfinite(ratio) or name == "bias" or name.endswith(".bias"):
                 continue
             too_large = self._high.setdefault(name, _Streak())
             if too_large.update(ratio > self.high, self.patience):
