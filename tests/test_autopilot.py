@@ -137,3 +137,20 @@ def test_monitor_rejects_a_wrong_autopilot(tmp_path):
         steadygrad.Monitor(
             model, torch.optim.SGD(model.parameters(), lr=0.1), tmp_path / "r", autopilot="yes"
         )
+
+
+def test_autopilot_keeps_an_lr_scheduler_working(tmp_path, recwarn):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    pilot = steadygrad.Autopilot(scheduler=schedule)
+    with steadygrad.watch(model, opt, tmp_path / "run", autopilot=pilot, progress=False) as mon:
+        for i in range(4):
+            x, y = regression_batch(i)
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            mon.step(1.0)
+            opt.zero_grad()
+            schedule.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]

@@ -15,6 +15,7 @@ Snapshots are taken every ``snapshot_every`` healthy steps, in memory, or on dis
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 from pathlib import Path
@@ -81,6 +82,8 @@ class Autopilot:
         self._patched = {"step": optimizer.__dict__["step"]} if "step" in optimizer.__dict__ else {}
         original = optimizer.step
 
+        # wraps() keeps the marks an LR scheduler leaves on the step it wrapped.
+        @functools.wraps(original)
         def guarded_step(*args: Any, **kwargs: Any):
             if self._before_update():
                 return original(*args, **kwargs)
