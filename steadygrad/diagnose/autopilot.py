@@ -2,9 +2,10 @@
 
 Policies (each can be switched off):
   * ``skip_nonfinite``: an optimizer step whose gradients hold NaN/Inf is not taken.
-  * ``rollback``: after a divergence (non-finite loss or weights, or a loss spike of at least
-    ``divergence_ratio`` times its baseline), the model and optimizer are restored from the
-    last good snapshot and the learning rate is multiplied by ``lr_factor``.
+  * ``rollback``: after a divergence (non-finite loss or weights, or a loss above
+    ``divergence_ratio`` times the median of the recent healthy losses), the model and
+    optimizer are restored from the last good snapshot and the learning rate is multiplied by
+    ``lr_factor``.
   * ``spike_clipping``: after a gradient-norm spike, every later step clips the global gradient
     norm to ``clip_factor`` times its running median, before the optimizer sees it.
 
@@ -70,6 +71,7 @@ class Autopilot:
         self._snapshot: dict[str, Any] | None = None
         self._monitor: Monitor | None = None
         self._norm_median = RobustBaseline(window=64)
+        self._healthy_loss = RobustBaseline(window=64)
         self.skipped_step: int | None = None
         self._patched: dict[str, Any] = {}
 
@@ -152,14 +154,15 @@ class Autopilot:
             self._take_snapshot(step)
 
     def _diverged(self, record: Record, findings: list[Finding]) -> bool:
-        if not math.isfinite(record.values.get("loss", 0.0)) or record.values.get(
-            "nonfinite_params"
-        ):
+        loss = record.values.get("loss", 0.0)
+        if not math.isfinite(loss) or record.values.get("nonfinite_params"):
             return True
-        return any(
-            f.kind == "loss_spike" and f.evidence.get("ratio", 0.0) >= self.divergence_ratio
-            for f in findings
-        )
+        base = self._healthy_loss
+        if len(base) >= 8 and loss > self.divergence_ratio * abs(base.median()):
+            return True
+        if not findings:
+            base.add(loss)
+        return False
 
     # -- snapshots --------------------------------------------------------------------------------
     def _take_snapshot(self, step: int) -> None:
