@@ -1,0 +1,27 @@
+"""Stabilizing optimizers: drop-in ``torch.optim.Optimizer`` subclasses with a compiled fast path
+(``fused=None``/``True``) and a plain eager path (``fused=False``) that share one update function."""
+
+from steadygrad.optim._base import COMPILE_SECONDS, compile_available
+from steadygrad.optim.adabelief import AdaBelief
+from steadygrad.optim.ademamix import AdEMAMix, alpha_schedule, beta3_schedule
+from steadygrad.optim.diffgrad import DiffGrad
+from steadygrad.optim.grams import Grams
+from steadygrad.optim.lion import Lion
+from steadygrad.optim.spam import SPAM, spam_warmup_factor
+from steadygrad.optim.stable_spam import StableSPAM, stable_spam_scale
+
+__all__ = [
+    "COMPILE_SECONDS",
+    "SPAM",
+    "AdEMAMix",
+    "AdaBelief",
+    "DiffGrad",
+    "Grams",
+    "Lion",
+    "StableSPAM",
+    "alpha_schedule",
+    "beta3_schedule",
+    "compile_available",
+    "spam_warmup_factor",
+    "stable_spam_scale",
+]
