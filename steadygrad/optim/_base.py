@@ -14,6 +14,7 @@ shapes are dynamic, so one compiled variant serves every tensor size.
 from __future__ import annotations
 
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from steadygrad.optim import _quant8
 Kernel = Callable[..., None]
 
 # One compiled wrapper per kernel function, shared by all optimizer instances.
-_COMPILED: dict[Kernel, Kernel] = {}
+_COMPILED: dict[tuple[Kernel, int], Kernel] = {}
 # None: not probed yet; True/False: whether torch.compile works on this machine.
 _COMPILE_WORKS: bool | None = None
 # Wall-clock seconds spent in calls that compiled a new variant, by kernel name.
@@ -57,12 +58,66 @@ def compile_available() -> bool:
     return _COMPILE_WORKS
 
 
-def _compiled(kernel: Kernel) -> Kernel:
-    fn = _COMPILED.get(kernel)
+# Tensors per compiled call: a dynamo call costs tens of microseconds of Python, which would
+# dominate the update of a small tensor; a chunk of tensors shares one call. Larger chunks cut
+# that overhead further but compile for longer (16: ~5-20 s once per optimizer, then cached).
+CHUNK = 16
+
+
+def _compiled_chunk(kernel: Kernel, size: int) -> Kernel:
+    fn = _COMPILED.get((kernel, size))
     if fn is None:
-        fn = torch.compile(kernel, dynamic=True, fullgraph=True)
-        _COMPILED[kernel] = fn
+
+        def chunk(args: list[list[torch.Tensor]], hps: torch.Tensor, flags: tuple) -> None:
+            for i, tensors in enumerate(args):
+                kernel(*tensors, hps[i], *flags)
+
+        # A code object of its own per kernel: dynamo keeps its cache (and its recompile
+        # limit) per code object, so the kernels must not share the closure's.
+        code = chunk.__code__.replace(co_name=f"{kernel.__name__}_chunk{size}")
+        chunk = types.FunctionType(code, chunk.__globals__, code.co_name, None, chunk.__closure__)
+        fn = torch.compile(chunk, dynamic=True, fullgraph=True)
+        _COMPILED[(kernel, size)] = fn
     return fn
+
+
+class _NoDuckShapes:
+    """Tensors of a chunk that happen to have equal sizes must not share a symbolic size (that
+    would recompile whenever the coincidence breaks). Set and restored by hand: a config
+    ``patch()`` costs more than the rest of a call."""
+
+    def __enter__(self) -> None:
+        from torch.fx.experimental import _config
+
+        self.config, self.before = _config, _config.use_duck_shape
+        _config.use_duck_shape = False
+
+    def __exit__(self, *exc: object) -> None:
+        self.config.use_duck_shape = self.before
+
+
+_no_duck_shapes = _NoDuckShapes
+
+
+def _flat_alias(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor on the storage of contiguous ``t`` that is not a view (no ``_base``):
+    dynamo guards on a view's base, whose rank differs between parameters."""
+    flat = torch.empty(0, dtype=t.dtype, device=t.device)
+    return flat.set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
+
+
+_SCRATCH: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+
+
+def _scratch(like: list[torch.Tensor], slot: int) -> list[torch.Tensor]:
+    """Throw-away tensors that pad slot ``slot`` of a chunk: two entries each (one for
+    one-entry states); distinct per slot, since aliased inputs would change the graph."""
+    key = (slot, *((t.dtype, t.device, t.numel() > 1) for t in like))
+    pad = _SCRATCH.get(key)
+    if pad is None:
+        pad = [torch.zeros(2 if t.numel() > 1 else 1, dtype=t.dtype, device=t.device) for t in like]
+        _SCRATCH[key] = pad
+    return pad
 
 
 # ---------------------------------------------------------------- argument checks
@@ -159,8 +214,10 @@ class KernelOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._hp_cache: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._pending: dict[tuple[Any, ...], list[Any]] = {}
         for group in self.param_groups:
             self._step_group(group)
+            self._flush()
         return loss
 
     # -- helpers for subclasses
@@ -239,32 +296,75 @@ class KernelOptimizer(Optimizer):
         self,
         kernel: Kernel,
         p: torch.Tensor,
-        hp: torch.Tensor,
-        *flags: Any,
+        hp: tuple[float, ...],
+        *flags: bool,
         names: Sequence[str] | None = None,
+        after: Callable[[], None] | None = None,
     ) -> None:
-        """Apply ``kernel`` to ``p``, its gradient and its states (``names``, default all)."""
+        """Apply ``kernel`` to ``p``, its gradient and its states (``names``, default all) with
+        the scalars ``hp``; then call ``after``. On the fast path the call is queued and run in
+        chunks when the group is done (``_flush``)."""
         state = self.state[p]
         names = self._state_names if names is None else names
+        stored = [state[n] for n in names]
+        tensors = [p, p.grad, *stored]
+        fast = (
+            self._use_compiled()
+            and p.numel() > 0
+            and all(t.dtype != torch.uint8 and t.is_contiguous() for t in tensors)
+        )
+        if fast:
+            key = (kernel, flags, p.dtype, p.device, len(names))
+            self._pending.setdefault(key, []).append((self._aliases(p, tensors), hp, after))
+            return
         states = [self._load(state, n, p) for n in names]
-        g = p.grad
-        tensors = [p, g, *states]
-        if self._use_compiled() and all(t.is_contiguous() for t in tensors) and p.numel() > 0:
-            fn = _compiled(kernel)
-            flat = [t.view(-1) for t in tensors]
-            before = _COUNTERS["stats"]["unique_graphs"]
-            start = time.perf_counter()
-            fn(*flat, hp, *flags)
-            if _COUNTERS["stats"]["unique_graphs"] != before:
-                name = kernel.__name__
-                COMPILE_SECONDS[name] = COMPILE_SECONDS.get(name, 0.0) + (
-                    time.perf_counter() - start
-                )
-        else:
-            kernel(*tensors, hp, *flags)
+        kernel(p, p.grad, *states, self._hp(hp, p.device), *flags)
         for n, value in zip(names, states, strict=True):
             if state[n].dtype == torch.uint8:
                 self._store(state, n, value, p)
+        if after is not None:
+            after()
+
+    def _aliases(self, p: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Flat aliases of ``[p, grad, *states]``; those of ``p`` and the states are reused while
+        their storage does not change (the gradient's is not kept: it would keep a freed
+        gradient alive)."""
+        cache = self.__dict__.setdefault("_alias_cache", {})
+        kept = [tensors[0], *tensors[2:]]
+        ptrs = tuple((t.data_ptr(), t.numel()) for t in kept)
+        hit = cache.get(id(p))
+        if hit is None or hit[0] != ptrs:
+            hit = (ptrs, [_flat_alias(t) for t in kept])
+            cache[id(p)] = hit
+        aliases = hit[1]
+        return [aliases[0], _flat_alias(tensors[1]), *aliases[1:]]
+
+    def _flush(self) -> None:
+        """Run the queued fast-path calls, ``CHUNK`` tensors per compiled call."""
+        pending, self._pending = self._pending, {}
+        for (kernel, flags, _, device, _), items in pending.items():
+            size = CHUNK
+            fn = _compiled_chunk(kernel, size)
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                args = [tensors for tensors, _, _ in chunk]
+                rows = [hp for _, hp, _ in chunk]
+                padding = size - len(chunk)
+                if padding:
+                    args += [_scratch(args[0], slot) for slot in range(len(chunk), size)]
+                    rows += [rows[0]] * padding
+                hps = torch.tensor(rows, dtype=torch.float32, device=device)
+                before = _COUNTERS["stats"]["unique_graphs"]
+                began = time.perf_counter()
+                with _no_duck_shapes():
+                    fn(args, hps, flags)
+                if _COUNTERS["stats"]["unique_graphs"] != before:
+                    name = kernel.__name__
+                    spent = time.perf_counter() - began
+                    COMPILE_SECONDS[name] = COMPILE_SECONDS.get(name, 0.0) + spent
+                for _, _, after in chunk:
+                    if after is not None:
+                        after()
 
     # -- state_dict: keep state dtypes (torch casts floating state to the parameter's dtype,
     # which would turn float32 moments of bf16 parameters into bf16 and 8-bit codes into floats)

@@ -151,9 +151,7 @@ class AdaBelief(KernelOptimizer):
                     adaptive, sgd = 0.0, 1.0 / bc1 * lr
                 else:
                     adaptive = 0.0
-            hp = self._hp(
-                (decay, l2, b1, 1.0 - b1, b2, 1.0 - b2, eps, adaptive, bc2_sqrt, sgd), p.device
-            )
+            hp = (decay, l2, b1, 1.0 - b1, b2, 1.0 - b2, eps, adaptive, bc2_sqrt, sgd)
             if amsgrad:
                 if "max_exp_avg_var" not in state:
                     self._reset_states(p, ["max_exp_avg_var"])

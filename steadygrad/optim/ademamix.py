@@ -130,4 +130,4 @@ class AdEMAMix(KernelOptimizer):
             b3_t = beta3_schedule(t, b1, b3, group["beta3_warmup"])
             bc1, bc2_sqrt = 1.0 - b1**t, math.sqrt(1.0 - b2**t)
             hp = (lr, wd, b1, 1.0 - b1, b2, 1.0 - b2, b3_t, 1.0 - b3_t, alpha, bc1, bc2_sqrt, eps)
-            self._run(ademamix_kernel, p, self._hp(hp, p.device))
+            self._run(ademamix_kernel, p, hp)

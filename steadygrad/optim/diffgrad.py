@@ -91,4 +91,4 @@ class DiffGrad(KernelOptimizer):
             t = state["step"]
             step_size = lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
             hp = (decay, l2, b1, 1.0 - b1, b2, 1.0 - b2, eps, step_size)
-            self._run(diffgrad_kernel, p, self._hp(hp, p.device))
+            self._run(diffgrad_kernel, p, hp)

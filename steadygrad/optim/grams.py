@@ -72,4 +72,4 @@ class Grams(KernelOptimizer):
             t = state["step"]
             step_size = lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
             hp = (1.0 - lr * wd, b1, 1.0 - b1, b2, 1.0 - b2, eps, step_size)
-            self._run(grams_kernel, p, self._hp(hp, p.device))
+            self._run(grams_kernel, p, hp)

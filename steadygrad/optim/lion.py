@@ -56,5 +56,5 @@ class Lion(KernelOptimizer):
         for p in self._params_with_grad(group):
             state = self._init_state(p)
             state["step"] += 1
-            hp = self._hp((lr, 1.0 - lr * wd, b1, 1.0 - b1, b2, 1.0 - b2), p.device)
+            hp = (lr, 1.0 - lr * wd, b1, 1.0 - b1, b2, 1.0 - b2)
             self._run(lion_kernel, p, hp)

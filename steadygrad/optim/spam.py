@@ -144,4 +144,4 @@ class SPAM(KernelOptimizer):
             if group["correct_bias"]:
                 step_size *= math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
             hp = (b1, 1.0 - b1, b2, 1.0 - b2, group["threshold"], step_size * scale, eps, lr * wd)
-            self._run(spam_kernel, p, self._hp(hp, p.device), clip, group["guard_zero_variance"])
+            self._run(spam_kernel, p, hp, clip, group["guard_zero_variance"])

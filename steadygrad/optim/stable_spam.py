@@ -5,6 +5,7 @@ periodic momentum resets."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,7 +52,10 @@ def stable_spam_kernel(
     limit = max_ema_new / bc3
     g = torch.where(torch.abs(g) > limit, g / g_max * limit, g)
     # AdaGN: rescale the whole tensor to the ratio of EMAs of its norm and squared norm.
-    norm = torch.linalg.vector_norm(g)
+    # accumulated in float64: as precise as torch.norm, and inductor then needs no size guard
+    # (its float32 sum switches code path at 4096 entries, which would recompile per size class)
+    g64 = g.double()
+    norm = torch.sqrt(torch.sum(g64 * g64)).float()
     norm_ema_new = norm_ema * g1 + omg1 * norm
     norm_sq_ema_new = norm_sq_ema * g2 + omg2 * norm * norm
     ratio = (norm_ema_new / bc_g1) / (torch.sqrt(norm_sq_ema_new / bc_g2) + eps)
@@ -171,7 +175,8 @@ class StableSPAM(KernelOptimizer):
                 b1, 1.0 - b1, b2, 1.0 - b2,
                 math.sqrt(1.0 - b2**t), lr / (1.0 - b1**t),
             )  # fmt: skip
-            self._run(stable_spam_kernel, p, self._hp(hp, p.device))
-            if reset and not clean:
-                # Reference quirk: the old moments served this step; fresh ones start next step.
-                self._reset_states(p, self._moment_names)
+            # Reference quirk: the old moments serve the reset step; fresh ones start next step.
+            after = (
+                partial(self._reset_states, p, self._moment_names) if reset and not clean else None
+            )
+            self._run(stable_spam_kernel, p, hp, after=after)
