@@ -1,5 +1,5 @@
-"""Stabilizing optimizers: drop-in ``torch.optim.Optimizer`` subclasses with a compiled fast path
-(``fused=None``/``True``) and a plain eager path (``fused=False``) that share one update function."""
+"""Stabilizing optimizers: drop-in ``torch.optim.Optimizer`` subclasses with a compiled fast
+path (``fused=None``/``True``) and a plain eager path (``fused=False``) sharing one update."""
 
 from steadygrad.optim._base import COMPILE_SECONDS, compile_available
 from steadygrad.optim.adabelief import AdaBelief
