@@ -12,7 +12,9 @@ from steadygrad import optim as so
 
 # Small reset intervals so that round trips and groups cross SPAM/Stable-SPAM resets.
 FACTORIES = {
-    "SPAM": lambda ps, **kw: so.SPAM(ps, reset_interval=7, warmup_steps=3, accumulation_steps=2, **kw),
+    "SPAM": lambda ps, **kw: so.SPAM(
+        ps, reset_interval=7, warmup_steps=3, accumulation_steps=2, **kw
+    ),
     "StableSPAM": lambda ps, **kw: so.StableSPAM(ps, reset_interval=7, total_steps=20, **kw),
     "AdaBelief": lambda ps, **kw: so.AdaBelief(ps, **kw),
     "DiffGrad": lambda ps, **kw: so.DiffGrad(ps, **kw),
@@ -95,7 +97,9 @@ def test_param_groups_have_their_own_hyperparameters(name):
     _train(model, opt, 4)
     for p, q in zip(model[0].parameters(), frozen, strict=True):
         assert torch.equal(p.detach(), q)
-    assert any(not torch.equal(p.detach(), q) for p, q in zip(model[2].parameters(), moving))
+    assert any(
+        not torch.equal(p.detach(), q) for p, q in zip(model[2].parameters(), moving, strict=True)
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -45,7 +45,7 @@ def test_spam_resets_moments_on_schedule_with_warmup_and_unreset_counter():
     b1, b2, eps, lr, interval = 0.9, 0.999, 1e-6, 1e-2, 50
     p = torch.nn.Parameter(initial_param())
     opt = so.SPAM([p], lr=lr, reset_interval=interval, warmup_steps=10, fused=False)
-    for i, g in enumerate(gradients(interval), start=1):
+    for g in gradients(interval):
         before = p.detach().clone()
         p.grad = g
         opt.step()
