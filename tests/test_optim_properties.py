@@ -126,3 +126,19 @@ def test_stable_spam_scale_is_the_unclamped_cosine():
     assert so.stable_spam_scale(0, 100, 0.5) == 1.0
     assert so.stable_spam_scale(101, 100, 0.5) == pytest.approx(0.5)
     assert so.stable_spam_scale(202, 100, 0.5) == pytest.approx(1.0)  # periodic, as the reference
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_spam_zero_variance_coordinates_freeze_unless_guarded(guard):
+    # A coordinate with no gradient since the last reset has v == 0; the reference clips its
+    # first gradient to sqrt(theta * 0) = 0, so it never moves until the next reset.
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = so.SPAM([p], lr=1e-2, guard_zero_variance=guard, fused=False)
+    for step in range(1, 61):
+        p.grad = torch.tensor([0.1, 0.1 if step >= 31 else 0.0])
+        opt.step()
+    assert p[0].item() != 0.0
+    if guard:
+        assert p[1].item() < -1e-2
+    else:
+        assert p[1].item() == 0.0
