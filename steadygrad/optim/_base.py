@@ -276,7 +276,11 @@ class KernelOptimizer(Optimizer):
     def _reset_states(self, p: torch.Tensor, names: Iterable[str]) -> None:
         state = self.state[p]
         for name in names:
-            self._store(state, name, self._zeros(name, p), p)
+            current = state.get(name)
+            if current is not None and current.dtype != torch.uint8:
+                current.zero_()  # in place: no allocation, and the fast path's aliases stay valid
+            else:
+                self._store(state, name, self._zeros(name, p), p)
 
     def _hp(self, values: tuple[float, ...], device: torch.device) -> torch.Tensor:
         """The scalars of one kernel call as a float32 tensor (cached within a step)."""

@@ -5,8 +5,8 @@ periodic momentum resets."""
 from __future__ import annotations
 
 import math
-from functools import partial
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import torch
