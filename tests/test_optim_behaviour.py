@@ -176,3 +176,24 @@ def test_betas_outside_unit_interval_are_rejected(name, bad):
     betas[-1] = bad
     with pytest.raises(ValueError, match=rf"betas\[{n - 1}\]"):
         FACTORIES[name](_model().parameters(), betas=tuple(betas))
+
+
+def test_without_torch_compile_the_default_falls_back_to_eager(monkeypatch):
+    from steadygrad.optim import _base
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(_base, "_COMPILE_WORKS", None)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="fall back to the eager path"):
+        assert not _base.compile_available()
+    model = _model()
+    opt = so.AdEMAMix(model.parameters(), lr=1e-2)  # fused=None
+    ref_model = _model()
+    ref = so.AdEMAMix(ref_model.parameters(), lr=1e-2, fused=False)
+    _train(model, opt, 3)
+    _train(ref_model, ref, 3)
+    assert torch.equal(_flat(model), _flat(ref_model))
+    with pytest.raises(RuntimeError, match="fused=True"):
+        so.Lion(model.parameters(), fused=True)
