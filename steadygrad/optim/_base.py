@@ -109,15 +109,32 @@ def _flat_alias(t: torch.Tensor) -> torch.Tensor:
 _SCRATCH: dict[tuple[Any, ...], list[torch.Tensor]] = {}
 
 
-def _scratch(like: list[torch.Tensor], slot: int) -> list[torch.Tensor]:
-    """Throw-away tensors that pad slot ``slot`` of a chunk: two entries each (one for
+def _scratch(like: list[torch.Tensor], slot: int, numel: int = 2) -> list[torch.Tensor]:
+    """Throw-away tensors that pad slot ``slot`` of a chunk: ``numel`` entries each (one for
     one-entry states); distinct per slot, since aliased inputs would change the graph."""
-    key = (slot, *((t.dtype, t.device, t.numel() > 1) for t in like))
+    key = (slot, numel, *((t.dtype, t.device, t.numel() > 1) for t in like))
     pad = _SCRATCH.get(key)
     if pad is None:
-        pad = [torch.zeros(2 if t.numel() > 1 else 1, dtype=t.dtype, device=t.device) for t in like]
+        pad = [
+            torch.zeros(numel if t.numel() > 1 else 1, dtype=t.dtype, device=t.device) for t in like
+        ]
         _SCRATCH[key] = pad
     return pad
+
+
+# Inductor's CPU code for a float32 sum switches to a more precise accumulator above this many
+# entries and guards on it; kernels with such reductions (``kernel.float32_sum = True``) get
+# chunks of one size class only, so that a chunk's guard pattern is one of two.
+_SUM_SPLIT = 4096
+
+
+def _size_classes(kernel: Kernel, items: list[Any]) -> list[tuple[int, list[Any]]]:
+    """``(padding numel, items)`` per size class of ``items`` (one class unless needed)."""
+    if not getattr(kernel, "float32_sum", False):
+        return [(2, items)]
+    small = [it for it in items if it[0][0].numel() <= _SUM_SPLIT]
+    large = [it for it in items if it[0][0].numel() > _SUM_SPLIT]
+    return [(n, group) for n, group in ((2, small), (_SUM_SPLIT + 1, large)) if group]
 
 
 # ---------------------------------------------------------------- argument checks
@@ -346,29 +363,34 @@ class KernelOptimizer(Optimizer):
     def _flush(self) -> None:
         """Run the queued fast-path calls, ``CHUNK`` tensors per compiled call."""
         pending, self._pending = self._pending, {}
-        for (kernel, flags, _, device, _), items in pending.items():
+        for (kernel, flags, _, device, _), all_items in pending.items():
             size = CHUNK
             fn = _compiled_chunk(kernel, size)
-            for start in range(0, len(items), size):
-                chunk = items[start : start + size]
-                args = [tensors for tensors, _, _ in chunk]
-                rows = [hp for _, hp, _ in chunk]
-                padding = size - len(chunk)
-                if padding:
-                    args += [_scratch(args[0], slot) for slot in range(len(chunk), size)]
-                    rows += [rows[0]] * padding
-                hps = torch.tensor(rows, dtype=torch.float32, device=device)
-                before = _COUNTERS["stats"]["unique_graphs"]
-                began = time.perf_counter()
-                with _no_duck_shapes():
-                    fn(args, hps, flags)
-                if _COUNTERS["stats"]["unique_graphs"] != before:
-                    name = kernel.__name__
-                    spent = time.perf_counter() - began
-                    COMPILE_SECONDS[name] = COMPILE_SECONDS.get(name, 0.0) + spent
-                for _, _, after in chunk:
-                    if after is not None:
-                        after()
+            for pad_numel, items in _size_classes(kernel, all_items):
+                self._run_chunks(kernel, fn, size, pad_numel, items, flags, device)
+
+    def _run_chunks(self, kernel, fn, size, pad_numel, items, flags, device) -> None:
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            args = [tensors for tensors, _, _ in chunk]
+            rows = [hp for _, hp, _ in chunk]
+            padding = size - len(chunk)
+            if padding:
+                slots = range(len(chunk), size)
+                args += [_scratch(args[0], slot, pad_numel) for slot in slots]
+                rows += [rows[0]] * padding
+            hps = torch.tensor(rows, dtype=torch.float32, device=device)
+            before = _COUNTERS["stats"]["unique_graphs"]
+            began = time.perf_counter()
+            with _no_duck_shapes():
+                fn(args, hps, flags)
+            if _COUNTERS["stats"]["unique_graphs"] != before:
+                name = kernel.__name__
+                spent = time.perf_counter() - began
+                COMPILE_SECONDS[name] = COMPILE_SECONDS.get(name, 0.0) + spent
+            for _, _, after in chunk:
+                if after is not None:
+                    after()
 
     # -- state_dict: keep state dtypes (torch casts floating state to the parameter's dtype,
     # which would turn float32 moments of bf16 parameters into bf16 and 8-bit codes into floats)

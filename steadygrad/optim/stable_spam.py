@@ -52,10 +52,7 @@ def stable_spam_kernel(
     limit = max_ema_new / bc3
     g = torch.where(torch.abs(g) > limit, g / g_max * limit, g)
     # AdaGN: rescale the whole tensor to the ratio of EMAs of its norm and squared norm.
-    # accumulated in float64: as precise as torch.norm, and inductor then needs no size guard
-    # (its float32 sum switches code path at 4096 entries, which would recompile per size class)
-    g64 = g.double()
-    norm = torch.sqrt(torch.sum(g64 * g64)).float()
+    norm = torch.linalg.vector_norm(g)
     norm_ema_new = norm_ema * g1 + omg1 * norm
     norm_sq_ema_new = norm_sq_ema * g2 + omg2 * norm * norm
     ratio = (norm_ema_new / bc_g1) / (torch.sqrt(norm_sq_ema_new / bc_g2) + eps)
@@ -68,6 +65,10 @@ def stable_spam_kernel(
     max_ema.copy_(max_ema_new)
     norm_ema.copy_(norm_ema_new)
     norm_sq_ema.copy_(norm_sq_ema_new)
+
+
+# its float32 norm makes inductor's code depend on the size class (see _base._size_classes)
+stable_spam_kernel.float32_sum = True  # type: ignore[attr-defined]
 
 
 class StableSPAM(KernelOptimizer):
