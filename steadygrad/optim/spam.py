@@ -24,7 +24,7 @@ def spam_warmup_factor(step: int, reset_interval: int, warmup_steps: int) -> flo
     ``warmup_steps`` steps after each reset (``k = step mod reset_interval``), 1 before the first.
 
     Example:
-        >>> spam_warmup_factor(500, reset_interval=500, warmup_steps=150)  # a reset step
+        >>> round(spam_warmup_factor(500, reset_interval=500, warmup_steps=150), 6)  # reset
         0.01
         >>> spam_warmup_factor(499, reset_interval=500, warmup_steps=150)
         1.0
