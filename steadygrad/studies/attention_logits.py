@@ -16,10 +16,9 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +31,7 @@ from steadygrad.diagnose.findings import Finding
 from steadygrad.models import TinyGPT
 from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.record import Record
+from steadygrad.studies._results import save_result
 from steadygrad.studies._threads import cpu_threads
 
 VARIANTS = ("plain", "qk_norm")
@@ -221,15 +221,7 @@ def _run_attention_logits(
         result.findings[variant] = findings
         result.seconds[variant] = time.perf_counter() - start
 
-    payload = asdict(result)
-    payload["findings"] = {v: [f.describe() for f in fs] for v, fs in result.findings.items()}
-    payload.pop("plot_path")
-    (out_dir / "attention_logits.json").write_text(json.dumps(payload, indent=2))
-    if plot:
-        result.plot_path = _plot(result, out_dir / "attention_logits.png")
-    if progress:
-        print(result.summary(), flush=True)
-    return result
+    return save_result(result, out_dir, "attention_logits", _plot, plot, progress)
 
 
 def _plot(result: AttentionLogitResult, path: Path) -> Path:

@@ -24,10 +24,9 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from steadygrad.diagnose.findings import Finding
 from steadygrad.monitor.output_logits import softmax_collapse_fraction
 from steadygrad.monitor.record import Record
 from steadygrad.nn import OrthoGrad, stablemax_cross_entropy
+from steadygrad.studies._results import save_result
 from steadygrad.studies._threads import cpu_threads
 
 VARIANTS = ("softmax", "orthograd", "stablemax", "stablemax_orthosgd")
@@ -271,15 +271,7 @@ def _run_grokking(
         result.findings[variant] = findings
         result.seconds[variant] = time.perf_counter() - start
 
-    data = asdict(result)
-    data["findings"] = {v: [f.describe() for f in fs] for v, fs in result.findings.items()}
-    data.pop("plot_path")
-    (out_dir / "grokking.json").write_text(json.dumps(data, indent=2))
-    if plot:
-        result.plot_path = _plot(result, out_dir / "grokking.png")
-    if progress:
-        print(result.summary(), flush=True)
-    return result
+    return save_result(result, out_dir, "grokking", _plot, plot, progress)
 
 
 def _plot(result: GrokkingResult, path: Path) -> Path:
