@@ -109,7 +109,7 @@ class StabilityMargin:
 
     def as_metrics(self) -> dict[str, float]:
         """Metric names for the run store (only those that apply to this optimizer)."""
-        values = {
+        values: dict[str, float | None] = {
             "sharpness": self.sharpness,
             "sharpness_limit": self.limits.sharpness_limit,
             "sharpness_ratio": self.sharpness_ratio,
@@ -123,6 +123,9 @@ class StabilityMargin:
             "preconditioned_sharpness_ratio": self.preconditioned_ratio,
             "curvature_matvecs": float(self.matvecs),
         }
+        if self.sharpness_result is not None:
+            for i, ev in enumerate(self.sharpness_result.eigenvalues.tolist()[1:], start=2):
+                values[f"hessian_eigenvalue_{i}"] = ev
         return {k: float(v) for k, v in values.items() if v is not None}
 
 
@@ -141,8 +144,10 @@ def stability_margin(
     batch: Any,
     optimizer: torch.optim.Optimizer,
     *,
+    k: int = 1,
     trace: bool = False,
     trace_matvecs: int = 30,
+    preconditioned: bool = True,
     tol: float = 1e-3,
     max_matvecs: int | None = None,
     warm_start: SharpnessResult | None = None,
@@ -169,9 +174,9 @@ def stability_margin(
     names = optimizer_parameters(model, optimizer)
     objective = build_objective(model, loss_fn, batch, names, dropout)
     gen = as_generator(0 if seed is None else seed)
-    kw = dict(k=1, which="LA", method="lanczos", tol=tol, max_matvecs=max_matvecs, vectors=True)
+    kw = dict(which="LA", method="lanczos", tol=tol, max_matvecs=max_matvecs, vectors=True)
     with make_operator(objective, engine) as op:
-        sharp = run_eigensolver(op, warm_start=warm_start, seed=gen, **kw)
+        sharp = run_eigensolver(op, k=k, warm_start=warm_start, seed=gen, **kw)
         margin = StabilityMargin(
             limits, sharp.value, sharp.smallest, _ratio(sharp.value, limits.sharpness_limit)
         )
@@ -180,10 +185,10 @@ def stability_margin(
             est = trace_from_operator(op, "hutch++", trace_matvecs, gen)
             margin.hessian_trace, margin.hessian_trace_stderr = est.value, est.stderr
             margin.trace_ratio = _ratio(est.value, limits.trace_limit)
-        if limits.kind == "adam":
+        if limits.kind == "adam" and preconditioned:
             pre = PreconditionedOperator(op, adam_preconditioner(optimizer, objective.params))
             pres = run_eigensolver(
-                pre, warm_start=preconditioned_warm_start, seed=gen, matvec=pre.matvec, **kw
+                pre, k=1, warm_start=preconditioned_warm_start, seed=gen, matvec=pre.matvec, **kw
             )
             margin.preconditioned_sharpness = pres.value
             margin.preconditioned_ratio = _ratio(pres.value, limits.preconditioned_sharpness_limit)
