@@ -3,8 +3,12 @@
 Both work on any symmetric ``matvec`` over flat vectors and stop on an error estimate:
 for a Ritz pair (theta, y) with residual r = ||A y - theta y||, the eigenvalue error is at most r,
 and at most r^2 / gap when the Ritz value is separated from the rest of the spectrum by ``gap``
-(Kahan-Parlett-Jiang). The gap is taken from the other Ritz values (optionally capped by a gap
-known from a previous estimate), so the estimate is ``min(r, r^2 / gap)``.
+(Kahan-Parlett-Jiang). The gap is estimated from the nearest other Ritz value, shrunk by that
+Ritz value's own residual (early on it may still be far from the eigenvalue it approximates, and
+an optimistic gap would stop too soon), and optionally capped by a gap known from a previous
+estimate. The estimate is ``min(r, r^2 / gap)``, or ``r`` when no positive gap is known. As a
+second guard against an early, optimistic gap, Lanczos also requires the wanted Ritz values to
+have moved by at most ``tol`` (relative) in the last step.
 """
 
 from __future__ import annotations
@@ -57,8 +61,12 @@ def _error_estimates(
 ) -> tuple[np.ndarray, np.ndarray]:
     errors, gaps = [], []
     for i in idx:
-        others = np.delete(theta, i)
-        gap = float(np.min(np.abs(others - theta[i]))) if others.size else np.inf
+        gap = np.inf
+        if theta.size > 1:
+            dist = np.abs(theta - theta[i])
+            dist[i] = np.inf
+            j = int(np.argmin(dist))
+            gap = dist[j] - res[j]
         if gap_cap is not None:
             gap = min(gap, gap_cap)
         gaps.append(gap)
@@ -110,6 +118,7 @@ def lanczos(
     converged = False
     matvecs = 0
     theta = S = res = idx = errors = gaps = None
+    previous = None
     j = 0
     for j in range(limit):
         w = matvec(Q[j])
@@ -126,9 +135,14 @@ def lanczos(
         res = beta * np.abs(S[-1, :])
         idx = _order(theta, which)[: min(k, j + 1)]
         errors, gaps = _error_estimates(theta, res, idx, gap_hint)
-        rel = errors / np.maximum(np.abs(theta[idx]), np.finfo(np.float64).tiny)
+        size = np.maximum(np.abs(theta[idx]), np.finfo(np.float64).tiny)
+        rel = errors / size
+        settled = previous is not None and previous.size == idx.size
+        if settled:
+            settled = bool(np.all(np.abs(theta[idx] - previous) / size <= tol))
+        previous = theta[idx].copy()
         invariant = beta <= 1e-10 * max(scale, 1e-30)
-        if fixed_steps is None and j + 1 >= k and bool(np.all(rel <= tol)):
+        if fixed_steps is None and j + 1 >= k and settled and bool(np.all(rel <= tol)):
             converged = True
             break
         if j + 1 == limit:
