@@ -339,9 +339,8 @@ def main() -> None:
         f"MLP 64-480-480-10 ReLU, {n} parameters, batch {len(batch[0])}, torch {torch.__version__}"
     )
     lam = true_top(model, batch)
-    print(
-        f"ground truth lambda_max {lam:.8g} (SciPy eigsh cross-check {eigsh_check(model, batch):.8g})"
-    )
+    check = eigsh_check(model, batch)
+    print(f"ground truth lambda_max {lam:.8g} (SciPy eigsh cross-check {check:.8g})")
     low = sharpness(
         copy.deepcopy(model).double(), loss_fn, (batch[0].double(), batch[1]), k=2, tol=1e-8
     )

@@ -193,7 +193,7 @@ def test_stability_margin_for_gd_reports_ratio_to_two_over_lr():
     assert margin.limits.kind == "gd"
     assert rel(margin.sharpness, ev[-1].item()) < 1e-4
     assert margin.sharpness_ratio == pytest.approx(ev[-1].item() / 4.0, rel=1e-4)
-    assert rel(margin.hessian_trace, ev.sum().item()) < 1e-6  # sketch spans all 75 directions
+    assert abs(margin.hessian_trace - ev.sum().item()) < 4 * margin.hessian_trace_stderr
     assert margin.as_metrics()["sharpness_limit"] == pytest.approx(4.0)
     assert margin.matvecs > 225
 

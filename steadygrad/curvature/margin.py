@@ -182,7 +182,7 @@ def stability_margin(
         )
         margin.sharpness_result = sharp
         if trace:
-            est = trace_from_operator(op, "hutch++", trace_matvecs, gen)
+            est = trace_from_operator(op, "hutchinson", trace_matvecs, gen)
             margin.hessian_trace, margin.hessian_trace_stderr = est.value, est.stderr
             margin.trace_ratio = _ratio(est.value, limits.trace_limit)
         if limits.kind == "adam" and preconditioned:
