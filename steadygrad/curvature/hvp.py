@@ -158,15 +158,14 @@ class RetainedGraphHessian(CurvatureOperator):
         self.matvecs += 1
         sizes = [self.objective.sizes[i] for i in block]
         parts = torch.split(v, sizes)
-        outputs, inputs, grad_outputs, where = [], [], [], []
-        for j, i in enumerate(block):
-            if i in self._keep:
+        outputs, grad_outputs = [], []
+        for part, i in zip(parts, block, strict=True):
+            if i in self._keep:  # gradients of this block w.r.t. this block only
                 outputs.append(self._outputs[self._keep.index(i)])
-                grad_outputs.append(parts[j].reshape(self.objective.shapes[i]))
-        inputs = [self._inputs[i] for i in block]
-        where = sizes
+                grad_outputs.append(part.reshape(self.objective.shapes[i]))
         if not outputs:
             return torch.zeros_like(v)
+        inputs = [self._inputs[i] for i in block]
         with torch.enable_grad():
             hv = torch.autograd.grad(
                 outputs, inputs, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True
@@ -174,7 +173,7 @@ class RetainedGraphHessian(CurvatureOperator):
         return torch.cat(
             [
                 torch.zeros(n, dtype=self.dtype, device=self.device) if h is None else h.reshape(-1)
-                for h, n in zip(hv, where, strict=True)
+                for h, n in zip(hv, sizes, strict=True)
             ]
         )
 

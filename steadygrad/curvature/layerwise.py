@@ -38,11 +38,7 @@ class _BlockView:
         self.block = block
         self.numel = sum(op.objective.sizes[i] for i in block)
         self.dtype, self.device = op.dtype, op.device
-
-        class _Names:
-            names = tuple(op.objective.names[i] for i in block)
-
-        self.objective = _Names
+        self.names = tuple(op.objective.names[i] for i in block)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.op.block_matvec(self.block, v)
@@ -120,6 +116,7 @@ def layerwise_curvature(
                 seed=gen,
                 vectors=False,
                 matvec=view.matvec,
+                names=view.names,
             )
         if trace_matvecs:
             Z = rademacher((trace_matvecs, op.numel), op, gen)

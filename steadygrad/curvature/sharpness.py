@@ -91,6 +91,7 @@ def run_eigensolver(
     seed: int | torch.Generator | None,
     vectors: bool,
     matvec=None,
+    names: tuple[str, ...] | None = None,
 ) -> SharpnessResult:
     n = op.numel
     if k > n:
@@ -137,7 +138,7 @@ def run_eigensolver(
             RuntimeWarning,
             stacklevel=3,
         )
-    return _result(out, method, op.objective.names, vectors)
+    return _result(out, method, names if names is not None else op.objective.names, vectors)
 
 
 def sharpness(
