@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from curvature_helpers import (  # noqa: F401
+from test_curvature_helpers import (  # noqa: F401
     SmallCNN,
     cnn_problem,
     dense_for,

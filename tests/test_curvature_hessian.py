@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from curvature_helpers import (  # noqa: F401
+from test_curvature_helpers import (  # noqa: F401
     cnn_problem,
     dense_for,
     dense_hessian,

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from curvature_helpers import dense_for, mlp_problem, one_thread  # noqa: F401
+from test_curvature_helpers import dense_for, mlp_problem, one_thread  # noqa: F401
 
 from steadygrad.curvature.probe import SharpnessProbe
 from steadygrad.data import load_digits

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from curvature_helpers import one_thread  # noqa: F401
+from test_curvature_helpers import one_thread  # noqa: F401
 
 from steadygrad.studies.edge_of_stability import run_edge_of_stability
 
