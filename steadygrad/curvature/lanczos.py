@@ -99,7 +99,7 @@ def lanczos(
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    limit = n if max_matvecs is None else min(n, max_matvecs)
+    limit = min(n, 300 if max_matvecs is None else max_matvecs)
     if fixed_steps is not None:
         limit = min(n, fixed_steps)
     limit = max(limit, 1)
@@ -110,7 +110,8 @@ def lanczos(
     norm = torch.linalg.vector_norm(q)
     if not torch.isfinite(norm) or norm == 0:
         raise ValueError("the start vector must be finite and non-zero")
-    Q = torch.empty(limit + 1, n, dtype=dtype, device=device)
+    # The Krylov basis grows by doubling: memory follows the products actually made, not the cap.
+    Q = torch.empty(min(limit + 1, 8), n, dtype=dtype, device=device)
     Q[0] = q / norm
     alphas: list[float] = []
     betas: list[float] = []
@@ -158,9 +159,14 @@ def lanczos(
             for _ in range(2):
                 w = w - basis.T @ (basis @ w)
             beta = 0.0
-            Q[j + 1] = w / torch.linalg.vector_norm(w)
+            w = w / torch.linalg.vector_norm(w)
         else:
-            Q[j + 1] = w / beta
+            w = w / beta
+        if j + 1 >= Q.shape[0]:
+            grown = torch.empty(min(limit + 1, 2 * Q.shape[0]), n, dtype=dtype, device=device)
+            grown[: j + 1] = Q[: j + 1]
+            Q = grown
+        Q[j + 1] = w
         betas.append(beta)
     m = j + 1
     vectors = None

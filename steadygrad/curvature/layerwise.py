@@ -39,6 +39,8 @@ class _BlockView:
         self.numel = sum(op.objective.sizes[i] for i in block)
         self.dtype, self.device = op.dtype, op.device
         self.names = tuple(op.objective.names[i] for i in block)
+        slices = op.objective.block_slices({"b": list(self.names)})["b"]
+        self.gradient = torch.cat([op.gradient[s] for s in slices])
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.op.block_matvec(self.block, v)

@@ -77,6 +77,9 @@ class PreconditionedOperator:
         self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
         d = [preconditioner[n].reshape(-1) for n in op.objective.names]
         self.scale = torch.cat(d).to(op.dtype).rsqrt()
+        g = getattr(op, "gradient", None)
+        # start vector for the preconditioned problem: the preconditioned gradient
+        self.gradient = None if g is None else self.scale * g
 
     def matvec(self, v: Any) -> torch.Tensor:
         return self.scale * self.op.matvec(self.scale * v)

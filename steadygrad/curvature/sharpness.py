@@ -79,6 +79,23 @@ def _warm_vector(warm_start: Any, n: int) -> tuple[torch.Tensor | None, float | 
     return v0, gap
 
 
+def _gradient_start(op: Any, gen: torch.Generator) -> torch.Tensor | None:
+    """The loss gradient plus a little noise, as a Lanczos start vector.
+
+    Network gradients lie mostly in the top Hessian eigenspace (Gur-Ari et al. 2018), so this
+    start converges in fewer products than a random one and is less likely to settle on the
+    second eigenvalue; the noise keeps every direction represented.
+    """
+    g = getattr(op, "gradient", None)
+    if g is None:
+        return None
+    norm = torch.linalg.vector_norm(g)
+    if not torch.isfinite(norm) or norm == 0:
+        return None
+    noise = torch.randn(g.numel(), generator=gen, dtype=torch.float64).to(g)
+    return g / norm + 0.3 * noise / torch.linalg.vector_norm(noise)
+
+
 def run_eigensolver(
     op: CurvatureOperator,
     *,
@@ -92,12 +109,17 @@ def run_eigensolver(
     vectors: bool,
     matvec=None,
     names: tuple[str, ...] | None = None,
+    start: str = "gradient",
 ) -> SharpnessResult:
     n = op.numel
     if k > n:
         raise ValueError(f"k={k} is larger than the number of probed parameters ({n})")
     v0, gap_hint = _warm_vector(warm_start, n)
     gen = as_generator(0 if seed is None else seed)
+    if v0 is None and start == "gradient":
+        v0 = _gradient_start(op, gen)
+    elif start not in ("gradient", "random"):
+        raise ValueError(f"start must be 'gradient' or 'random', got {start!r}")
     mv = matvec if matvec is not None else op.matvec
     if method == "lanczos":
         out = lanczos(
@@ -152,6 +174,7 @@ def sharpness(
     tol: float = 1e-3,
     max_matvecs: int | None = None,
     warm_start: Any = None,
+    start: str = "gradient",
     params: Any = None,
     engine: str = "retained",
     curvature: str = "hessian",
@@ -164,8 +187,10 @@ def sharpness(
     Largest algebraic first by default (``which="LA"``; ``"SA"`` smallest, ``"LM"`` largest
     magnitude). Lanczos with full reorthogonalisation stops when each wanted eigenvalue's
     estimated relative error is ``<= tol``; ``warm_start`` (a previous result or vector) usually
-    cuts that to a few products. ``curvature="ggn"`` uses the Gauss-Newton matrix
-    (``loss_fn`` must be an :class:`OutputLoss`). Functional form:
+    cuts that to a few products. Without one, Lanczos starts from the loss gradient plus noise
+    (``start="gradient"``, when the engine has the gradient at hand: the default retained
+    engine) or from a random vector (``start="random"``). ``curvature="ggn"`` uses the
+    Gauss-Newton matrix (``loss_fn`` must be an :class:`OutputLoss`). Functional form:
     ``sharpness(f, params_dict, batch)`` with ``f(params, batch)`` a scalar loss.
 
     Example:
@@ -198,4 +223,5 @@ def sharpness(
             warm_start=warm_start,
             seed=seed,
             vectors=vectors,
+            start=start,
         )
