@@ -122,6 +122,16 @@ def test_warm_start_is_cheaper_and_accurate():
     assert warm.matvecs < again_cold.matvecs
 
 
+@pytest.mark.parametrize("start", ["gradient", "random"])
+def test_start_vectors_reach_the_same_eigenvalue(start):
+    model, loss_fn, batch = cnn_problem()
+    ev = torch.linalg.eigvalsh(dense_for("cnn"))
+    result = sharpness(model, loss_fn, batch, tol=1e-8, start=start)
+    assert rel(result.value, ev[-1].item()) < 1e-4
+    with pytest.raises(ValueError, match="start"):
+        sharpness(model, loss_fn, batch, start="ones")
+
+
 def test_parameter_subset_is_the_diagonal_block():
     model, loss_fn, batch = mlp_problem()
     names = ["2.weight", "2.bias"]
