@@ -1,6 +1,7 @@
 """Curvature probes: sharpness, Hessian trace and spectrum, and the stability margin vs 2/lr."""
 
 from steadygrad.curvature.density import SpectralDensity, spectral_density
+from steadygrad.curvature.eigensolver import SharpnessResult, sharpness
 from steadygrad.curvature.hvp import hessian_operator
 from steadygrad.curvature.layerwise import LayerwiseCurvature, layerwise_curvature
 from steadygrad.curvature.margin import (
@@ -12,7 +13,6 @@ from steadygrad.curvature.margin import (
 )
 from steadygrad.curvature.objective import OutputLoss
 from steadygrad.curvature.preconditioned import adam_limit, adam_preconditioner
-from steadygrad.curvature.sharpness import SharpnessResult, sharpness
 from steadygrad.curvature.trace import Estimate, hessian_frobenius_norm, hessian_trace
 
 __all__ = [

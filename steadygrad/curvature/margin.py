@@ -22,13 +22,13 @@ import torch
 
 from steadygrad._checks import module as check_module
 from steadygrad._checks import optimizer as check_optimizer
+from steadygrad.curvature.eigensolver import SharpnessResult, run_eigensolver
 from steadygrad.curvature.hvp import as_generator, build_objective, make_operator
 from steadygrad.curvature.preconditioned import (
     PreconditionedOperator,
     adam_limit,
     adam_preconditioner,
 )
-from steadygrad.curvature.sharpness import SharpnessResult, run_eigensolver
 from steadygrad.curvature.trace import trace_from_operator
 
 
