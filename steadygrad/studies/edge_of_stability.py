@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from steadygrad._checks import finite_float, positive_int
-from steadygrad.curvature.sharpness import sharpness
+from steadygrad.curvature.eigensolver import sharpness
 from steadygrad.data import load_digits
 from steadygrad.models import MLP
 
