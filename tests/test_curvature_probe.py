@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_curvature_helpers import dense_for, mlp_problem, one_thread  # noqa: F401
 
+from steadygrad.curvature import sharpness
 from steadygrad.curvature.probe import SharpnessProbe
 from steadygrad.data import load_digits
 from steadygrad.diagnose.detectors.curvature import SharpnessAboveLimit
@@ -161,3 +162,28 @@ def test_detector_fires_on_gd_at_the_edge_of_stability_and_not_below_it():
     findings = _gd_run(lr=0.4)  # sharpness reaches 2/lr = 5 within ~150 steps, then hovers
     assert len(findings) >= 1 and findings[0].evidence["signal"] == "sharpness"
     assert _gd_run(lr=0.05) == []  # sharpness stays far below 2/lr = 40
+
+
+def test_warm_started_probe_stays_accurate_along_an_edge_of_stability_run():
+    # At the edge of stability the top eigenvector keeps moving and the top two eigenvalues come
+    # close; every warm-started estimate must still match a cold, tight one.
+    x, y, _, _ = load_digits()
+    batch = (x[:500], torch.nn.functional.one_hot(y[:500], 10).float())
+
+    def loss_fn(m, b):
+        return 0.5 * ((m(b[0]) - b[1]) ** 2).sum(1).mean()
+
+    torch.manual_seed(0)
+    model = MLP(64, [64, 64], 10, activation=torch.nn.Tanh)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    probe = _attached(SharpnessProbe(loss_fn, batch, every=20), model, opt)
+    worst = 0.0
+    for step in range(1001):
+        if probe.due(step):
+            value = probe.collect(step)["sharpness"]
+            truth = sharpness(model, loss_fn, batch, tol=1e-9, start="random", vectors=False)
+            worst = max(worst, abs(value - truth.value) / truth.value)
+        opt.zero_grad()
+        loss_fn(model, batch).backward()
+        opt.step()
+    assert worst < 1e-3
