@@ -91,6 +91,15 @@ def _check_loss(loss: Any) -> torch.Tensor:
     return loss.reshape(())
 
 
+def _checked_gradient(objective: Objective) -> torch.Tensor:
+    """One plain gradient (no graph kept): validates the loss and seeds Lanczos' start vector."""
+    leaves = objective.leaves()
+    with torch.enable_grad():
+        loss = _check_loss(objective.fn(leaves))
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return objective.flatten(grads)
+
+
 class RetainedGraphHessian(CurvatureOperator):
     """H @ v by a backward pass through one retained gradient graph."""
 
@@ -183,8 +192,7 @@ class FuncHessian(CurvatureOperator):
 
     def _setup(self) -> None:
         primals = self.objective.primals()
-        with torch.enable_grad():
-            _check_loss(self.objective.fn(self.objective.leaves()))
+        self.gradient = _checked_gradient(self.objective)
         self._primals = primals
         gradient = grad(self.objective.fn)
 
@@ -209,8 +217,7 @@ class DoubleBackwardHessian(CurvatureOperator):
     """H @ v by autograd, rebuilding the gradient graph for every product."""
 
     def _setup(self) -> None:
-        with torch.enable_grad():
-            _check_loss(self.objective.fn(self.objective.leaves()))
+        self.gradient = _checked_gradient(self.objective)
 
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
         leaves = self.objective.leaves()
