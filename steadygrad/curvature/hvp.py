@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -341,11 +340,6 @@ def rademacher(shape: tuple[int, ...], like: CurvatureOperator, generator: torch
     return (bits * 2 - 1).to(dtype=like.dtype, device=like.device)
 
 
-def gaussian(shape: tuple[int, ...], like: CurvatureOperator, generator: torch.Generator):
-    x = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float64)
-    return x.to(dtype=like.dtype, device=like.device)
-
-
 def as_generator(seed: int | torch.Generator | None) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
@@ -355,7 +349,3 @@ def as_generator(seed: int | torch.Generator | None) -> torch.Generator:
     else:
         gen.manual_seed(int(seed))
     return gen
-
-
-def safe_sqrt(x: float) -> float:
-    return math.sqrt(max(x, 0.0))
