@@ -1,0 +1,86 @@
+"""Curvature detectors: read the probes' ``sharpness`` / ``*_limit`` values from the Records."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from steadygrad._checks import finite_float, positive_int
+from steadygrad.diagnose.detectors.base import Detector
+from steadygrad.diagnose.findings import Finding
+from steadygrad.monitor.record import Record
+
+# (value, limit) pairs written by SharpnessProbe / stability_margin
+PAIRS = (
+    ("sharpness", "sharpness_limit"),
+    ("preconditioned_sharpness", "preconditioned_sharpness_limit"),
+)
+
+
+@dataclass
+class _Episode:
+    above: int = 0
+    since: int | None = None
+    max_ratio: float = 0.0
+    reported: bool = False
+
+
+class SharpnessAboveLimit(Detector):
+    """Sharpness (or Adam's preconditioned sharpness) above its stability limit for
+    ``patience`` consecutive probes.
+
+    The limit is 2/lr for GD, (2 + 2 beta)/lr for heavy-ball momentum, (2 + 2 beta1)/((1 - beta1)
+    lr) for Adam (Cohen et al. 2021, 2022). Full-batch GD typically hovers at the limit (the edge
+    of stability) with a non-monotone loss; far above it the iterates diverge. One Finding per
+    episode; an episode ends when the ratio falls back to ``threshold`` or below. Records without
+    a probe value are skipped (probes run every N steps).
+
+    Example:
+        >>> det = SharpnessAboveLimit(patience=2)
+        >>> for step, s in enumerate([1.5, 2.1, 2.2]):
+        ...     found = det.update(Record(step, {"sharpness": s, "sharpness_limit": 2.0}))
+        >>> found[0].kind
+        'sharpness_above_limit'
+    """
+
+    kind = "sharpness_above_limit"
+
+    def __init__(self, patience: int = 3, threshold: float = 1.0) -> None:
+        self.patience = positive_int("patience", patience)
+        self.threshold = finite_float("threshold", threshold, low=0.0, low_open=True)
+        self._episodes = {value: _Episode() for value, _ in PAIRS}
+
+    def update(self, record: Record) -> list[Finding]:
+        findings = []
+        for value_name, limit_name in PAIRS:
+            value, limit = record.get(value_name), record.get(limit_name)
+            if not (math.isfinite(value) and math.isfinite(limit)) or limit <= 0:
+                continue
+            ratio = value / limit
+            episode = self._episodes[value_name]
+            if ratio <= self.threshold:
+                self._episodes[value_name] = _Episode()
+                continue
+            episode.above += 1
+            episode.since = record.step if episode.since is None else episode.since
+            episode.max_ratio = max(episode.max_ratio, ratio)
+            if episode.above >= self.patience and not episode.reported:
+                episode.reported = True
+                findings.append(
+                    Finding(
+                        self.kind,
+                        record.step,
+                        where=None,
+                        evidence={
+                            "signal": value_name,
+                            "value": value,
+                            "limit": limit,
+                            "ratio": ratio,
+                            "max_ratio": episode.max_ratio,
+                            "above_since_step": episode.since,
+                            "probes_above": episode.above,
+                        },
+                        severity="warning",
+                    )
+                )
+        return findings
