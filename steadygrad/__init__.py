@@ -8,6 +8,17 @@ Example:
     >>> print(steadygrad.diagnose(run).text())                           # doctest: +SKIP
 """
 
+from steadygrad.curvature import (
+    SharpnessProbe,
+    hessian_frobenius_norm,
+    hessian_trace,
+    layerwise_curvature,
+    preconditioned_sharpness,
+    sharpness,
+    spectral_density,
+    stability_limits,
+    stability_margin,
+)
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import (
     AttentionLogitGrowth,
@@ -18,6 +29,7 @@ from steadygrad.diagnose.detectors import (
     NonFiniteDetector,
     OutputLogitDivergence,
     PlasticityLoss,
+    SharpnessAboveLimit,
     SoftmaxCollapse,
     UpdateRatioOutOfRange,
     default_detectors,
@@ -39,6 +51,16 @@ from steadygrad.store import Run, RunStore, load
 __version__ = "0.1.0"
 
 __all__ = [
+    "stability_margin",
+    "stability_limits",
+    "spectral_density",
+    "sharpness",
+    "preconditioned_sharpness",
+    "layerwise_curvature",
+    "hessian_trace",
+    "hessian_frobenius_norm",
+    "SharpnessProbe",
+    "SharpnessAboveLimit",
     "AttentionLogitGrowth",
     "AttentionLogitSignal",
     "Autopilot",

@@ -98,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-mitigations", action="store_true", help="baseline runs only")
 
     s = studies.add_parser(
+        "edge-of-stability",
+        help="full-batch GD: sharpness rises to 2/lr and hovers there",
+        description="Cohen et al. 2021: full-batch gradient descent on a small network at "
+        "several step sizes; sharpness rises until it reaches 2/lr and then hovers there while "
+        "the loss keeps falling non-monotonically. Reports, per step size, the ratio of "
+        "sharpness to 2/lr over the last part of training.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/edge-of-stability"))
+    s.add_argument("--step-sizes", nargs="+", type=float, default=None)
+    s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--probe-every", type=_positive_int, default=None)
+    s = studies.add_parser(
         "grokking",
         help="softmax collapse stalls grokking; StableMax and ⊥Grad fix it",
         description="Prieto et al. 2025: modular addition with a small network. With float32 "
@@ -202,6 +214,14 @@ def _lr_sensitivity(args: argparse.Namespace) -> None:
     )
 
 
+def _edge_of_stability(args: argparse.Namespace) -> None:
+    from steadygrad.studies.edge_of_stability import run_edge_of_stability
+
+    options = {"step_sizes": args.step_sizes, "steps": args.steps, "probe_every": args.probe_every}
+    result = run_edge_of_stability(args.out, **{k: v for k, v in options.items() if v is not None})
+    Console().print(result.ratios())
+
+
 def _grokking(args: argparse.Namespace) -> None:
     from steadygrad.studies.grokking import run_grokking
 
@@ -225,6 +245,7 @@ def _attention_logits(args: argparse.Namespace) -> None:
 
 STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
     "lr-sensitivity": _lr_sensitivity,
+    "edge-of-stability": _edge_of_stability,
     "grokking": _grokking,
     "attention-logits": _attention_logits,
 }

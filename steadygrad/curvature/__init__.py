@@ -13,12 +13,14 @@ from steadygrad.curvature.margin import (
 )
 from steadygrad.curvature.objective import OutputLoss
 from steadygrad.curvature.preconditioned import adam_limit, adam_preconditioner
+from steadygrad.curvature.probe import SharpnessProbe
 from steadygrad.curvature.trace import Estimate, hessian_frobenius_norm, hessian_trace
 
 __all__ = [
     "Estimate",
     "LayerwiseCurvature",
     "OutputLoss",
+    "SharpnessProbe",
     "SharpnessResult",
     "SpectralDensity",
     "StabilityLimits",

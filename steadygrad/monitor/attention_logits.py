@@ -175,6 +175,9 @@ class AttentionLogitSignal(Signal):
         self._max = {}
         return values
 
+    def end(self, step: int) -> None:
+        self._exit()
+
     def detach(self) -> None:
         self._exit()
 

@@ -217,14 +217,16 @@ class Monitor:
             parts.append(act)
         extra_names: list[str] = []
         host_values: dict[str, float] = {}
-        for s in self.signals:
-            if s.due(step):
-                for name, value in s.collect(step).items():
-                    if isinstance(value, torch.Tensor):
-                        extra_names.append(name)
-                        parts.append(value.detach().reshape(1).float())
-                    else:
-                        host_values[name] = float(value)
+        due = [s for s in self.signals if s.due(step)]
+        for s in due:
+            s.end(step)
+        for s in due:
+            for name, value in s.collect(step).items():
+                if isinstance(value, torch.Tensor):
+                    extra_names.append(name)
+                    parts.append(value.detach().reshape(1).float())
+                else:
+                    host_values[name] = float(value)
         if preclip is not None:
             extra_names.append("grad_norm_preclip")
             parts.append(_loss_tensor(preclip).detach().reshape(1).float().to(parts[0].device))

@@ -102,6 +102,9 @@ class _OutputHook(Signal):
         self._reset()
         self._handle = self._module.register_forward_hook(self._hook)
 
+    def end(self, step: int) -> None:
+        self._remove()
+
     def detach(self) -> None:
         self._remove()
 

@@ -108,6 +108,9 @@ class PlasticitySignal(Signal):
         self._alive, self._rank = {}, {}
         return values
 
+    def end(self, step: int) -> None:
+        self._remove()
+
     def detach(self) -> None:
         self._remove()
 

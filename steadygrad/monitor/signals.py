@@ -7,9 +7,11 @@ passed as ``Monitor(..., signals=[...])``.
 
 Lifecycle, driven by the Monitor:
   ``attach(monitor)`` once; ``begin(step)`` before the forward pass of every step where
-  ``due(step)`` (install hooks here, remove them in ``collect``); ``collect(step)`` after the
-  step, returning ``{metric name: tensor or float}`` (tensors may stay on the device: the Monitor
-  moves all of a step's values to the host in one transfer); ``detach()`` at close.
+  ``due(step)`` (install hooks here); ``end(step)`` after the step, for every due signal before
+  any of them collects (remove hooks here, so a probe that runs its own forward passes in
+  ``collect`` is not captured by another signal); ``collect(step)`` then returns
+  ``{metric name: tensor or float}`` (tensors may stay on the device: the Monitor moves all of a
+  step's values to the host in one transfer); ``detach()`` at close.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Signal:
 
     def begin(self, step: int) -> None:
         """Called before the forward pass of a step on which the signal is due."""
+
+    def end(self, step: int) -> None:
+        """Called after the step, before any signal collects: stop capturing."""
 
     def collect(self, step: int) -> Mapping[str, Value]:
         """Called after the step; returns this step's values."""

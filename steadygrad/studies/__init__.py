@@ -2,6 +2,7 @@
 double as demos."""
 
 from steadygrad.studies.attention_logits import run_attention_logits
+from steadygrad.studies.edge_of_stability import run_edge_of_stability
 from steadygrad.studies.grokking import run_grokking
 from steadygrad.studies.lr_sensitivity import lr_sensitivity, run_lr_sensitivity
 from steadygrad.studies.sweep import SweepError, run_sweep
@@ -10,6 +11,7 @@ __all__ = [
     "SweepError",
     "lr_sensitivity",
     "run_attention_logits",
+    "run_edge_of_stability",
     "run_grokking",
     "run_lr_sensitivity",
     "run_sweep",
