@@ -1,5 +1,6 @@
 """Diagnosis: each rule's scenario gets that diagnosis first; healthy controls do not."""
 
+import pytest
 import torch
 from helpers import regression_batch, tiny_mlp
 from torch import nn
@@ -131,3 +132,30 @@ def test_spike_hidden_by_clipping_is_told_apart(tmp_path):
     plain, _ = train_and_diagnose("unclipped", clip=False)
     spike = next(d for d in plain.diagnoses if d.cause == "gradient_spike")
     assert spike.first_step == 70 and "hidden" not in spike.summary
+
+
+def _planted_run(tmp_path, name, ratio_before_break):
+    """A run whose last sharpness probe before a NaN stood at the given share of its limit."""
+    from steadygrad.store import RunStore
+
+    store = RunStore(tmp_path / name)
+    for step in range(0, 100):
+        values = {"loss": 2.0 if step < 90 else float("nan")}
+        if step % 20 == 0:
+            values["sharpness_limit"] = 10.0
+            values["sharpness"] = 10.0 * (ratio_before_break if step == 80 else 0.5)
+        store.add_scalars(step, values)
+    store.add_findings(
+        [steadygrad.Finding("nonfinite", 90, None, {"loss": float("nan")}, "critical")]
+    )
+    store.close()
+    return steadygrad.diagnose(tmp_path / name)
+
+
+def test_sharpness_at_limit_before_divergence_is_the_mechanism(tmp_path):
+    report = _planted_run(tmp_path, "near", 0.92)
+    assert report.top.cause == "sharpness_above_limit"
+    assert report.top.first_step == 80 and report.top.evidence["ratio"] == pytest.approx(0.92)
+    assert report.causes() == ["sharpness_above_limit", "nonfinite"]
+    far = _planted_run(tmp_path, "far", 0.5)
+    assert far.causes() == ["nonfinite"]

@@ -296,14 +296,45 @@ def _loss_spike(facts: RunFacts) -> Found | None:
 
 def _sharpness(facts: RunFacts) -> Found | None:
     found = facts.of("sharpness_above_limit")
-    if not found:
+    if found:
+        first = found[0]
+        ratio = first.evidence.get("ratio")
+        text = f"sharpness above its stability limit from step {first.step}"
+        if ratio is not None:
+            text += f" ({ratio:.2f}x the limit)"
+        return Found(text, first.step, [f.where for f in found if f.where], dict(first.evidence))
+    return _sharpness_at_limit_before_divergence(facts)
+
+
+def _sharpness_at_limit_before_divergence(facts: RunFacts, near: float = 0.85) -> Found | None:
+    """The last sharpness probe before a divergence already stood at the limit: the step size
+    had caught up with the curvature (a rising LR, a sharpening model) and the next steps left
+    the stable region."""
+    broke = facts.of("nonfinite", "loss_spike")
+    sharp, limit = facts.series("sharpness"), facts.series("sharpness_limit")
+    if not broke or sharp is None or limit is None:
         return None
-    first = found[0]
-    ratio = first.evidence.get("ratio")
-    text = f"sharpness above its stability limit from step {first.step}"
-    if ratio is not None:
-        text += f" ({ratio:.2f}x the limit)"
-    return Found(text, first.step, [f.where for f in found if f.where], dict(first.evidence))
+    when = broke[0].step
+    before = sharp[0] < when
+    if not before.any():
+        return None
+    i = int(np.flatnonzero(before)[-1])
+    ratio = float(sharp[1][i] / limit[1][i])
+    if not ratio >= near:
+        return None
+    return Found(
+        f"sharpness reached {ratio:.0%} of its stability limit at step {int(sharp[0][i])}, "
+        f"just before the run broke at step {when}: the step size had caught up with the "
+        "curvature",
+        int(sharp[0][i]),
+        [],
+        {
+            "sharpness": float(sharp[1][i]),
+            "limit": float(limit[1][i]),
+            "ratio": ratio,
+            "diverged_at": when,
+        },
+    )
 
 
 RULES: tuple[Rule, ...] = (
@@ -360,7 +391,8 @@ RULES: tuple[Rule, ...] = (
         "preconditioned sharpness limit (2+2*beta1)/((1-beta1)*lr).",
         (
             Fix(
-                "lower the learning rate below 2/sharpness",
+                "lower the learning rate until sharpness sits below its limit (2/lr for GD, "
+                "(2+2*momentum)/lr with heavy-ball momentum)",
                 "optimizer.param_groups[0]['lr'] *= 0.5",
             ),
             Fix(
