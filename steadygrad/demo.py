@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 
 from steadygrad._checks import finite_float, positive_int
+from steadygrad.curvature import SharpnessProbe
 from steadygrad.data import TextData
 from steadygrad.diagnose import Autopilot, DiagnosisReport, diagnose
 from steadygrad.models import TinyGPT
@@ -81,9 +82,19 @@ def train_tiny_gpt(
         "optimizer": "SGD(momentum=0.9)",
     }
     pilot = Autopilot(snapshot_every=25, scheduler=schedule) if autopilot else None
+    # Sharpness on a held batch every 25 steps, against (2+2*momentum)/lr.
+    held = data.batch(16, 64, generator=torch.Generator().manual_seed(seed + 1))
+    probe = SharpnessProbe(lambda m, b: m.loss(*b), held, every=25, preconditioned=False)
     bad = 0
     with Monitor(
-        model, optimizer, run_dir, name=name, config=config, progress=progress, autopilot=pilot
+        model,
+        optimizer,
+        run_dir,
+        name=name,
+        config=config,
+        progress=progress,
+        autopilot=pilot,
+        signals=[probe],
     ) as mon:
         for _ in range(steps):
             x, y, ids = data.batch(16, 64, generator=gen, with_ids=True)

@@ -306,26 +306,28 @@ def _sharpness(facts: RunFacts) -> Found | None:
     return _sharpness_at_limit_before_divergence(facts)
 
 
-def _sharpness_at_limit_before_divergence(facts: RunFacts, near: float = 0.85) -> Found | None:
-    """The last sharpness probe before a divergence already stood at the limit: the step size
-    had caught up with the curvature (a rising LR, a sharpening model) and the next steps left
-    the stable region."""
+def _sharpness_at_limit_before_divergence(
+    facts: RunFacts, near: float = 0.85, probes: int = 3
+) -> Found | None:
+    """One of the last ``probes`` sharpness probes before a divergence already stood at (or
+    above) the limit: the step size had caught up with the curvature (a rising LR, a sharpening
+    model) and the run then left the stable region."""
     broke = facts.of("nonfinite", "loss_spike")
     sharp, limit = facts.series("sharpness"), facts.series("sharpness_limit")
     if not broke or sharp is None or limit is None:
         return None
     when = broke[0].step
-    before = sharp[0] < when
-    if not before.any():
+    recent = np.flatnonzero(sharp[0] < when)[-probes:]
+    if not len(recent):
         return None
-    i = int(np.flatnonzero(before)[-1])
-    ratio = float(sharp[1][i] / limit[1][i])
-    if not ratio >= near:
+    ratios = sharp[1][recent] / limit[1][recent]
+    if not np.nanmax(ratios) >= near:
         return None
+    i = recent[int(np.nanargmax(ratios))]
+    ratio = float(np.nanmax(ratios))
     return Found(
-        f"sharpness reached {ratio:.0%} of its stability limit at step {int(sharp[0][i])}, "
-        f"just before the run broke at step {when}: the step size had caught up with the "
-        "curvature",
+        f"sharpness reached {ratio:.2g}x its stability limit at step {int(sharp[0][i])}, "
+        f"before the run broke at step {when}: the step size had caught up with the curvature",
         int(sharp[0][i]),
         [],
         {
