@@ -204,11 +204,8 @@ class Monitor:
         ps = self.params
         hooked = self.activations.installed
         self.activations.remove()
-        grad_index, grad_norms = ps.grad_norms()
-        parts: list[torch.Tensor] = [loss.detach().reshape(1).float()]
-        if grad_norms is not None:
-            parts.append(grad_norms)
-        parts.append(ps.param_norms())
+        grad_index, norms = ps.norms()
+        parts: list[torch.Tensor] = [loss.detach().reshape(1).float(), norms]
         measure_update = ps.has_snapshot
         if measure_update:
             parts.append(ps.update_ratios())
@@ -242,23 +239,21 @@ class Monitor:
         k = 1
         names = ps.names
         bad_grads = []
-        if grad_norms is not None:
+        if grad_index:
             gn = flat[k : k + len(grad_index)]
             k += len(grad_index)
             values["grad_norm"] = math.sqrt(math.fsum(x * x for x in gn))
             for i, x in zip(grad_index, gn, strict=True):
-                values[f"grad_norm/{names[i]}"] = x
+                values[ps.keys["grad_norm"][i]] = x
                 if not math.isfinite(x):
                     bad_grads.append(i)
         pn = flat[k : k + len(names)]
         k += len(names)
         values["param_norm"] = math.sqrt(math.fsum(x * x for x in pn))
         bad_params = [i for i, x in enumerate(pn) if not math.isfinite(x)]
-        for name, x in zip(names, pn, strict=True):
-            values[f"param_norm/{name}"] = x
+        values.update(zip(ps.keys["param_norm"], pn, strict=True))
         if measure_update:
-            for name, x in zip(names, flat[k : k + len(names)], strict=True):
-                values[f"update_ratio/{name}"] = x
+            values.update(zip(ps.keys["update_ratio"], flat[k : k + len(names)], strict=True))
             k += len(names)
         if act is not None:
             n_act = act.numel()

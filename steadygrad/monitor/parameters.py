@@ -18,22 +18,27 @@ class ParameterStats:
             raise ValueError("model has no trainable parameters to monitor")
         self.names = [n for n, _ in self.named]
         self.params = [p for _, p in self.named]
+        # Metric names built once: the per-step path only looks them up.
+        self.keys = {
+            signal: [f"{signal}/{n}" for n in self.names]
+            for signal in ("grad_norm", "param_norm", "update_ratio")
+        }
+        self._detached = [p.detach() for p in self.params]
         self._snapshot: list[torch.Tensor] | None = None
         self.backward_order: list[int] | None = None
 
     # -- gradients and weights ------------------------------------------------------------------
-    def grad_norms(self) -> tuple[list[int], torch.Tensor | None]:
-        """Indices of the parameters that have a gradient, and the L2 norm of each gradient."""
+    def norms(self) -> tuple[list[int], torch.Tensor]:
+        """Indices of the parameters that have a gradient, and one vector holding the L2 norm
+        of each of those gradients followed by the norm of every parameter (one kernel call)."""
         index = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not index:
-            return index, None
         grads = [self.params[i].grad for i in index]
         if any(g.is_sparse for g in grads):
             raise TypeError("sparse gradients are not supported by the Monitor")
-        return index, _norms(grads)
+        return index, _norms(grads + self._detached)
 
     def param_norms(self) -> torch.Tensor:
-        return _norms([p.detach() for p in self.params])
+        return _norms(self._detached)
 
     def nonfinite_counts(self, index: list[int]) -> list[int]:
         """Number of NaN/Inf entries in the gradients of ``index`` (run on unhealthy steps only)."""

@@ -9,7 +9,6 @@ leaves a database that opens and holds every step up to the last flush; its stat
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import sqlite3
@@ -110,10 +109,12 @@ class RunStore:
         """Buffer one step's values; flushes when the step or time budget is reached."""
         self._check_open()
         wall = time.time() if wall is None else wall
-        name_id = self._name_id
+        ids = self._name_ids
+        for name in values.keys() - ids.keys():
+            self._name_id(name)
         self._rows.extend(
-            (step, name_id(name), None if math.isnan(v) else v, wall) for name, v in values.items()
-        )
+            (step, ids[name], None if v != v else v, wall) for name, v in values.items()
+        )  # v != v: NaN, which SQLite would store as NULL anyway
         self._steps_since_flush += 1
         if (
             self._steps_since_flush >= self.flush_every
