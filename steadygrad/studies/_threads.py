@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
 from steadygrad._checks import positive_int
+
+F = TypeVar("F", bound=Callable)
 
 
 @contextmanager
@@ -32,3 +37,17 @@ def cpu_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def on_cpu_threads(fn: F) -> F:
+    """Run ``fn`` inside :func:`cpu_threads` with its own ``num_threads`` argument."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with cpu_threads(bound.arguments["num_threads"]):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

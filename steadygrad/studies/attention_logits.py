@@ -32,7 +32,7 @@ from steadygrad.models import TinyGPT
 from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.record import Record
 from steadygrad.studies._results import save_result
-from steadygrad.studies._threads import cpu_threads
+from steadygrad.studies._threads import on_cpu_threads
 
 VARIANTS = ("plain", "qk_norm")
 
@@ -82,6 +82,7 @@ def _val_loss(model: TinyGPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) 
     return sum(losses) / len(losses)
 
 
+@on_cpu_threads
 def run_attention_logits(
     out_dir: str | Path,
     lr: float = 3e-2,
@@ -104,42 +105,6 @@ def run_attention_logits(
     Example:
         >>> result = run_attention_logits("out", steps=60, progress=False)  # doctest: +SKIP
     """
-    with cpu_threads(num_threads):
-        return _run_attention_logits(
-            out_dir=out_dir,
-            lr=lr,
-            steps=steps,
-            n_layer=n_layer,
-            n_head=n_head,
-            n_embd=n_embd,
-            block_size=block_size,
-            batch_size=batch_size,
-            eval_every=eval_every,
-            eval_batches=eval_batches,
-            max_bytes=max_bytes,
-            seed=seed,
-            progress=progress,
-            plot=plot,
-        )
-
-
-def _run_attention_logits(
-    out_dir: str | Path,
-    lr: float = 3e-2,
-    steps: int = 300,
-    n_layer: int = 2,
-    n_head: int = 4,
-    n_embd: int = 64,
-    block_size: int = 64,
-    batch_size: int = 16,
-    eval_every: int = 20,
-    eval_batches: int = 4,
-    max_bytes: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    plot: bool = True,
-    num_threads: int | None = 1,
-) -> AttentionLogitResult:
     lr = finite_float("lr", lr, low=0.0, low_open=True)
     steps, eval_every = positive_int("steps", steps), positive_int("eval_every", eval_every)
     eval_batches = positive_int("eval_batches", eval_batches)

@@ -40,7 +40,7 @@ from steadygrad.monitor.output_logits import softmax_collapse_fraction
 from steadygrad.monitor.record import Record
 from steadygrad.nn import OrthoGrad, stablemax_cross_entropy
 from steadygrad.studies._results import save_result
-from steadygrad.studies._threads import cpu_threads
+from steadygrad.studies._threads import on_cpu_threads
 
 VARIANTS = ("softmax", "orthograd", "stablemax", "stablemax_orthosgd")
 
@@ -113,6 +113,7 @@ def modular_addition_split(
     return pairs[train], labels[train], pairs[test], labels[test]
 
 
+@on_cpu_threads
 def run_grokking(
     out_dir: str | Path,
     modulus: int = 31,
@@ -140,40 +141,6 @@ def run_grokking(
     Example:
         >>> result = run_grokking("out", modulus=23, steps=200, progress=False)  # doctest: +SKIP
     """
-    with cpu_threads(num_threads):
-        return _run_grokking(
-            out_dir=out_dir,
-            modulus=modulus,
-            train_fraction=train_fraction,
-            width=width,
-            steps=steps,
-            lr=lr,
-            eval_every=eval_every,
-            variants=variants,
-            target_accuracy=target_accuracy,
-            stop_when_generalised=stop_when_generalised,
-            seed=seed,
-            progress=progress,
-            plot=plot,
-        )
-
-
-def _run_grokking(
-    out_dir: str | Path,
-    modulus: int = 31,
-    train_fraction: float = 0.6,
-    width: int = 200,
-    steps: int = 3000,
-    lr: float = 0.01,
-    eval_every: int = 50,
-    variants: Sequence[str] = VARIANTS,
-    target_accuracy: float = 0.9,
-    stop_when_generalised: bool = True,
-    seed: int = 0,
-    progress: bool = True,
-    plot: bool = True,
-    num_threads: int | None = 1,
-) -> GrokkingResult:
     modulus = positive_int("modulus", modulus)
     if modulus < 3:
         raise ValueError(f"modulus must be >= 3, got {modulus}")
