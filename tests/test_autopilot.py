@@ -61,6 +61,9 @@ def test_with_autopilot_it_rolls_back_and_finishes(tmp_path):
     run = steadygrad.load(tmp_path / "pilot")
     assert math.isfinite(run.series("loss")[1][-1])
     assert [a.kind for a in run.actions()].count("rollback") == len(verified)
+    acted = next(d for d in steadygrad.diagnose(run).diagnoses if d.cause == "autopilot_actions")
+    assert [r["step"] for r in acted.evidence["rollbacks"]] == verified
+    assert "the run ended with loss" in acted.summary
     assert no_hooks_left(model, opt) and "step" not in opt.__dict__
 
 

@@ -339,6 +339,42 @@ def _sharpness_at_limit_before_divergence(
     )
 
 
+def _autopilot(facts: RunFacts) -> Found | None:
+    actions = facts.run.actions()
+    if not actions:
+        return None
+    counts: dict[str, int] = {}
+    for a in actions:
+        counts[a.kind] = counts.get(a.kind, 0) + 1
+    done = ", ".join(f"{kind} x{n}" for kind, n in counts.items())
+    loss = facts.series("loss")
+    ended = ""
+    if loss is not None and len(loss[1]):
+        last = loss[1][-1]
+        ended = (
+            f"; the run ended with loss {last:.4g}"
+            if np.isfinite(last)
+            else ("; the run still ended non-finite")
+        )
+    rollbacks = [a for a in actions if a.kind == "rollback"]
+    evidence: dict[str, Any] = {"actions": counts}
+    if rollbacks:
+        evidence["rollbacks"] = [
+            {
+                "step": a.step,
+                "to_step": a.detail.get("to_step"),
+                "lr_after": a.detail.get("lr_after"),
+            }
+            for a in rollbacks
+        ]
+    return Found(
+        f"the autopilot acted: {done} (first at step {actions[0].step}){ended}",
+        actions[0].step,
+        [],
+        evidence,
+    )
+
+
 RULES: tuple[Rule, ...] = (
     Rule(
         "attention_logit_growth",
@@ -515,5 +551,15 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _amp_overflow,
+    ),
+    Rule(
+        "autopilot_actions",
+        SYMPTOM,
+        "info",
+        "steadygrad's autopilot: skip non-finite updates, roll back to the last good snapshot "
+        "with a lower learning rate (as Chowdhery et al. 2022 restarted before spikes), and "
+        "clip after a gradient spike.",
+        (Fix("see what it did, step by step", "steadygrad.load(run_dir).actions()"),),
+        _autopilot,
     ),
 )

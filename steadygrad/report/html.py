@@ -2,7 +2,8 @@
 
 One run: a summary card with its diagnosis, then training curves, curvature against its limits,
 attention and output logits, per-layer heatmaps, and the findings and autopilot actions. Several
-runs: the same curves overlaid, and a comparison table. Every name that comes from a run (run
+runs: the same curves overlaid, a comparison table, and each run's findings and actions (the
+heatmaps stay in each run's own report). Every name that comes from a run (run
 names, metric and module names, evidence) is escaped.
 """
 
@@ -93,10 +94,10 @@ def write_html(runs: Run | Sequence[Run], path: str | os.PathLike[str]) -> Path:
         panels = [plots.family_plot(run, s, t) for s, t in FAMILIES]
         panels += [plots.series_plot([run], n) for n in OUTPUT_LOGITS if n in run.names()]
         body.append(_section(f"Attention, output logits and plasticity{prefix}", panels))
-        families = sorted({n.split("/", 1)[0] for n in run.names() if "/" in n} - {"lr"})
-        body.append(
-            _section(f"Per-layer heatmaps{prefix}", [plots.heatmap(run, f) for f in families])
-        )
+        if len(runs) == 1:  # a comparison leaves these to each run's own report
+            families = sorted({n.split("/", 1)[0] for n in run.names() if "/" in n} - {"lr"})
+            heatmaps = [plots.heatmap(run, f) for f in families]
+            body.append(_section("Per-layer heatmaps", heatmaps))
         body.append(_findings_table(run))
         body.append(_actions_table(run))
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
