@@ -7,11 +7,9 @@ modular arithmetic generalise without weight decay and without a long overfittin
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from steadygrad._checks import optimizer as check_optimizer
+from steadygrad.nn._wrapped import WrappedOptimizer
 
 _GUARD = 1e-30  # the authors' code guards both divisions with this constant
 
@@ -41,7 +39,7 @@ def orthogonal_gradient(
     return projected.reshape(grad.shape)
 
 
-class OrthoGrad(torch.optim.Optimizer):
+class OrthoGrad(WrappedOptimizer):
     """Wrap an optimizer so that each step sees ⊥Grad gradients (per parameter tensor).
 
     The wrapper shares ``param_groups`` and ``state`` with the wrapped optimizer, so learning-rate
@@ -57,15 +55,10 @@ class OrthoGrad(torch.optim.Optimizer):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, rescale: bool = True) -> None:
-        self.base = check_optimizer("optimizer", optimizer)
         if not isinstance(rescale, bool):
             raise TypeError(f"rescale must be a bool, got {type(rescale).__name__}")
         self.rescale = rescale
-        super().__init__([{"params": [torch.zeros(1)]}], {})
-        # Share, do not copy: schedulers and the user see one set of groups and one state.
-        self.param_groups = self.base.param_groups
-        self.state = self.base.state
-        self.defaults = self.base.defaults
+        super().__init__(optimizer)
 
     @torch.no_grad()
     def project_gradients(self) -> None:
@@ -75,25 +68,8 @@ class OrthoGrad(torch.optim.Optimizer):
                 if p.grad is not None:
                     p.grad.copy_(orthogonal_gradient(p, p.grad, self.rescale))
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def before_step(self) -> None:
         self.project_gradients()
-        self.base.step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        return self.base.state_dict()
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.base.load_state_dict(state_dict)
-        self.param_groups = self.base.param_groups
-        self.state = self.base.state
 
     def __repr__(self) -> str:
         return f"OrthoGrad({self.base!r}, rescale={self.rescale})"

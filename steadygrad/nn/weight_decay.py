@@ -8,12 +8,13 @@ Defaults from the paper: independent ``1e-4`` (vs coupled ``0.1``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 
-from steadygrad._checks import finite_float
+from steadygrad._checks import finite_float, non_negative_int
 from steadygrad._checks import optimizer as check_optimizer
+from steadygrad.nn._wrapped import WrappedOptimizer
 
 
 @torch.no_grad()
@@ -35,7 +36,7 @@ def decay_weights_(
         p.mul_(factor)
 
 
-class IndependentWeightDecay(torch.optim.Optimizer):
+class IndependentWeightDecay(WrappedOptimizer):
     """Wrap an optimizer (built with ``weight_decay=0``) and add lr-independent decay.
 
     Before each wrapped step every parameter is shrunk by ``s_t * weight_decay`` with
@@ -56,9 +57,9 @@ class IndependentWeightDecay(torch.optim.Optimizer):
         peak_lr: float | None = None,
         min_dim: int = 2,
     ) -> None:
-        self.base = check_optimizer("optimizer", optimizer)
+        check_optimizer("optimizer", optimizer)
         self.weight_decay = finite_float("weight_decay", weight_decay, low=0.0, high=1.0)
-        for group in self.base.param_groups:
+        for group in optimizer.param_groups:
             if group.get("weight_decay", 0.0):
                 raise ValueError(
                     "the wrapped optimizer must have weight_decay=0: its own decay is coupled to "
@@ -71,32 +72,12 @@ class IndependentWeightDecay(torch.optim.Optimizer):
                 low=0.0,
                 low_open=True,
             )
-            for g in self.base.param_groups
+            for g in optimizer.param_groups
         ]
-        self.min_dim = int(min_dim)
-        super().__init__([{"params": [torch.zeros(1)]}], {})
-        self.param_groups = self.base.param_groups
-        self.state = self.base.state
-        self.defaults = self.base.defaults
+        self.min_dim = non_negative_int("min_dim", min_dim)
+        super().__init__(optimizer)
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def before_step(self) -> None:
         for group, peak in zip(self.param_groups, self.peak_lrs, strict=True):
             params = [p for p in group["params"] if p.dim() >= self.min_dim]
             decay_weights_(params, self.weight_decay, schedule=float(group["lr"]) / peak)
-        self.base.step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        return self.base.state_dict()
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.base.load_state_dict(state_dict)
-        self.param_groups = self.base.param_groups
-        self.state = self.base.state
