@@ -157,3 +157,26 @@ def test_autopilot_keeps_an_lr_scheduler_working(tmp_path, recwarn):
             schedule.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
     assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]
+
+
+def test_recorded_norms_under_the_autopilot_are_those_of_the_applied_gradients(tmp_path):
+    # The autopilot measures gradient norms before the update and the Monitor reuses them:
+    # they must still equal the norms of the gradients the optimizer applied (after clipping).
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    pilot = steadygrad.Autopilot(rollback=False)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", autopilot=pilot, progress=False)
+    for i in range(45):
+        x, y = regression_batch(i)
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if i in (30, 40):
+            model[2].weight.grad.mul_(1000.0)
+        opt.step()
+        expected = {n: torch.linalg.vector_norm(p.grad).item() for n, p in model.named_parameters()}
+        record = mon.step(loss)
+        opt.zero_grad()
+        for name, value in expected.items():
+            assert record.values[f"grad_norm/{name}"] == pytest.approx(value, rel=1e-5), (i, name)
+    assert (40, "clip_gradient") in [(s, k) for s, k, _ in mon.actions]
+    mon.close()

@@ -111,11 +111,11 @@ class Autopilot:
         """Return False to skip this update."""
         if not (self.skip_nonfinite or self.clipping_on):
             return True
-        params = [p for p in self._monitor.params.params if p.grad is not None]
-        if not params:
+        stats = self._monitor.params
+        index, grad_norms = stats.grad_norms()  # the Monitor reuses these after the step
+        if not index:
             return True
-        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
-        norm = float(total)  # one host read: the decision must be made now
+        norm = float(torch.linalg.vector_norm(grad_norms))  # one host read: decide now
         step = self._monitor.step_count
         if not math.isfinite(norm):
             if self.skip_nonfinite:
@@ -130,7 +130,8 @@ class Autopilot:
                 else math.inf
             )
             if norm > limit:
-                torch._foreach_mul_([p.grad for p in params], limit / norm)
+                torch._foreach_mul_([stats.params[i].grad for i in index], limit / norm)
+                stats.scale_cached_grad_norms(limit / norm)
                 self._act(step, "clip_gradient", {"grad_norm": norm, "clipped_to": limit})
                 norm = limit
         self._norm_median.add(norm)

@@ -310,6 +310,7 @@ class Monitor:
 
     def _prepare(self, step: int) -> None:
         """Set up the measurements of ``step`` before its forward pass."""
+        self.params.forget_cached_grad_norms()  # a cache never outlives its step
         if step % self.every:
             return
         guard = self._guard_left > 0

@@ -25,17 +25,47 @@ class ParameterStats:
         }
         self._detached = [p.detach() for p in self.params]
         self._snapshot: list[torch.Tensor] | None = None
+        # Gradient norms measured earlier in this step (by the autopilot, before the update).
+        self._grad_cache: tuple[list[int], torch.Tensor] | None = None
         self.backward_order: list[int] | None = None
 
     # -- gradients and weights ------------------------------------------------------------------
+    def grad_norms(self) -> tuple[list[int], torch.Tensor]:
+        """Indices of the parameters that have a gradient, and the L2 norm of each gradient.
+
+        The result is kept for this step's :meth:`norms`, so a caller that needs the norms
+        before the update (the autopilot) does not make the Monitor read the gradients twice.
+        """
+        index, grads = self._grads()
+        empty = torch.zeros(0, device=self.params[0].device)
+        self._grad_cache = (index, _norms(grads) if grads else empty)
+        return self._grad_cache
+
+    def scale_cached_grad_norms(self, factor: float) -> None:
+        """The gradients were all multiplied by ``factor`` (clipping): so are their norms."""
+        if self._grad_cache is not None:
+            index, norms = self._grad_cache
+            self._grad_cache = (index, norms * factor)
+
+    def forget_cached_grad_norms(self) -> None:
+        self._grad_cache = None
+
     def norms(self) -> tuple[list[int], torch.Tensor]:
         """Indices of the parameters that have a gradient, and one vector holding the L2 norm
-        of each of those gradients followed by the norm of every parameter (one kernel call)."""
+        of each of those gradients followed by the norm of every parameter (one kernel call,
+        or only the weights' when this step's gradient norms were already measured)."""
+        if self._grad_cache is not None:
+            (index, grad_norms), self._grad_cache = self._grad_cache, None
+            return index, torch.cat([grad_norms, _norms(self._detached)])
+        index, grads = self._grads()
+        return index, _norms(grads + self._detached)
+
+    def _grads(self) -> tuple[list[int], list[torch.Tensor]]:
         index = [i for i, p in enumerate(self.params) if p.grad is not None]
         grads = [self.params[i].grad for i in index]
         if any(g.is_sparse for g in grads):
             raise TypeError("sparse gradients are not supported by the Monitor")
-        return index, _norms(grads + self._detached)
+        return index, grads
 
     def param_norms(self) -> torch.Tensor:
         return _norms(self._detached)
