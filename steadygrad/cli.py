@@ -203,44 +203,36 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The options the user set on the command line (the study's defaults apply to the rest)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def _lr_sensitivity(args: argparse.Namespace) -> None:
     from steadygrad.studies.lr_sensitivity import run_lr_sensitivity
 
-    options = {k: getattr(args, k) for k in ("sizes", "lrs", "steps", "workers")}
-    run_lr_sensitivity(
-        args.out,
-        mitigations=not args.no_mitigations,
-        **{k: v for k, v in options.items() if v is not None},
-    )
+    options = _given(args, "sizes", "lrs", "steps", "workers")
+    run_lr_sensitivity(args.out, mitigations=not args.no_mitigations, **options)
 
 
 def _edge_of_stability(args: argparse.Namespace) -> None:
     from steadygrad.studies.edge_of_stability import run_edge_of_stability
 
-    options = {"step_sizes": args.step_sizes, "steps": args.steps, "probe_every": args.probe_every}
-    result = run_edge_of_stability(args.out, **{k: v for k, v in options.items() if v is not None})
-    Console().print(result.ratios())
+    options = _given(args, "step_sizes", "steps", "probe_every")
+    Console().print(run_edge_of_stability(args.out, **options).ratios())
 
 
 def _grokking(args: argparse.Namespace) -> None:
     from steadygrad.studies.grokking import run_grokking
 
-    options = {
-        "modulus": args.modulus,
-        "train_fraction": args.train_fraction,
-        "steps": args.steps,
-        "variants": args.variants,
-    }
-    result = run_grokking(args.out, **{k: v for k, v in options.items() if v is not None})
-    Console().print(result.summary())
+    options = _given(args, "modulus", "train_fraction", "steps", "variants")
+    Console().print(run_grokking(args.out, **options).summary())
 
 
 def _attention_logits(args: argparse.Namespace) -> None:
     from steadygrad.studies.attention_logits import run_attention_logits
 
-    options = {"lr": args.lr, "steps": args.steps}
-    result = run_attention_logits(args.out, **{k: v for k, v in options.items() if v is not None})
-    Console().print(result.summary())
+    Console().print(run_attention_logits(args.out, **_given(args, "lr", "steps")).summary())
 
 
 STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {

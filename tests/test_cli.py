@@ -72,3 +72,12 @@ def test_help_as_a_real_process():
         [sys.executable, "-m", "steadygrad", "report"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 2 and "RUN_DIR" in result.stderr
+
+
+def test_study_through_the_cli_passes_only_the_options_given(tmp_path, capsys):
+    import json
+
+    assert main(["study", "attention-logits", "-o", str(tmp_path), "--steps", "20"]) == 0
+    result = json.loads((tmp_path / "attention_logits.json").read_text())
+    assert max(max(steps) for steps in result["steps"].values()) <= 20  # --steps reached it
+    assert result["config"]["lr"] == 0.03  # the study's own default, untouched
