@@ -35,7 +35,7 @@ from steadygrad.diagnose.detectors import (
     default_detectors,
 )
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.finding import Finding
 from steadygrad.monitor import (
     AttentionLogitSignal,
     Monitor,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.curvature import SharpnessProbe
 from steadygrad.data import TextData
 from steadygrad.diagnose import Autopilot, DiagnosisReport, diagnose

@@ -13,7 +13,7 @@ from steadygrad.curvature.probe import SharpnessProbe
 from steadygrad.data import load_digits
 from steadygrad.diagnose.detectors.curvature import SharpnessAboveLimit
 from steadygrad.models import MLP
-from steadygrad.monitor.record import Record
+from steadygrad.core.record import Record
 
 
 def rel(a, b):

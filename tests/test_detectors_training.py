@@ -15,7 +15,7 @@ from steadygrad.diagnose.detectors.training import (
     LossSpikeDetector,
     NonFiniteDetector,
 )
-from steadygrad.monitor.record import Record
+from steadygrad.core.record import Record
 
 
 def _stream(detector, values, name="loss"):

@@ -13,7 +13,7 @@ from steadygrad.diagnose.detectors.transformer import (
     SoftmaxCollapse,
     UpdateRatioOutOfRange,
 )
-from steadygrad.monitor.record import Record
+from steadygrad.core.record import Record
 
 
 def run(detector, series):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.curvature.hvp import CurvatureOperator, as_generator, build_objective, make_operator
 from steadygrad.curvature.lanczos import WHICH, LanczosOutput, lanczos, power_iteration
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from steadygrad._checks import non_negative_int, positive_int
+from steadygrad.core.checks import non_negative_int, positive_int
 from steadygrad.curvature.eigensolver import SharpnessResult, run_eigensolver
 from steadygrad.curvature.hvp import RetainedGraphHessian, as_generator, build_objective, rademacher
 from steadygrad.curvature.trace import Estimate

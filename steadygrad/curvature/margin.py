@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from steadygrad._checks import module as check_module
-from steadygrad._checks import optimizer as check_optimizer
+from steadygrad.core.checks import module as check_module
+from steadygrad.core.checks import optimizer as check_optimizer
 from steadygrad.curvature.eigensolver import SharpnessResult, run_eigensolver
 from steadygrad.curvature.hvp import as_generator, build_objective, make_operator
 from steadygrad.curvature.preconditioned import (

@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from steadygrad._checks import module as check_module
+from steadygrad.core.checks import module as check_module
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 FunctionalLoss = Callable[[dict[str, torch.Tensor], Any], torch.Tensor]

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.curvature.eigensolver import SharpnessResult, sharpness
 from steadygrad.curvature.layerwise import layerwise_curvature
 from steadygrad.curvature.margin import optimizer_parameters, stability_limits, stability_margin
-from steadygrad.monitor.signals import Signal
+from steadygrad.core.signal import Signal
 
 
 class SharpnessProbe(Signal):

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from steadygrad._checks import positive_int
+from steadygrad.core.checks import positive_int
 from steadygrad.curvature.hvp import (
     CurvatureOperator,
     as_generator,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from steadygrad._checks import positive_int
+from steadygrad.core.checks import positive_int
 
 # Fixed, long-lived standard-library modules, read in this order: the corpus is deterministic
 # for a given Python version and needs no download.

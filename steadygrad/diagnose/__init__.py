@@ -2,7 +2,7 @@
 
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.finding import Finding
 from steadygrad.diagnose.rules import RULES, Diagnosis, Fix, Rule
 
 __all__ = [

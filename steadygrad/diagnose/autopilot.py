@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from steadygrad._checks import finite_float, non_negative_int, positive_int
+from steadygrad.core.checks import finite_float, non_negative_int, positive_int
 from steadygrad.diagnose.detectors.base import RobustBaseline
 
 if TYPE_CHECKING:
-    from steadygrad.diagnose.findings import Finding
+    from steadygrad.core.finding import Finding
     from steadygrad.monitor.monitor import Monitor
-    from steadygrad.monitor.record import Record
+    from steadygrad.core.record import Record
 
 
 class Autopilot:

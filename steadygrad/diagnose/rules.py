@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.finding import Finding
 from steadygrad.store.run import Run
 
 # How specific a cause is: a mechanism explains the symptoms that follow it, so it ranks first.

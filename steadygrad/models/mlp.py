@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from steadygrad._checks import positive_int
+from steadygrad.core.checks import positive_int
 
 
 class MLP(nn.Sequential):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadygrad._checks import finite_float, non_negative_int, positive_int
+from steadygrad.core.checks import finite_float, non_negative_int, positive_int
 from steadygrad.nn.losses import z_loss as z_loss_fn
 from steadygrad.nn.qk_norm import QKNorm
 

@@ -4,8 +4,8 @@ from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.monitor import Monitor, watch
 from steadygrad.monitor.output_logits import OutputLogitSignal, SoftmaxCollapseSignal
 from steadygrad.monitor.plasticity import PlasticitySignal
-from steadygrad.monitor.record import Record
-from steadygrad.monitor.signals import Signal
+from steadygrad.core.record import Record
+from steadygrad.core.signal import Signal
 
 __all__ = [
     "AttentionLogitSignal",

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from steadygrad.monitor.signals import Signal, Value
+from steadygrad.core.signal import Signal, Value
 
 if TYPE_CHECKING:
     from steadygrad.monitor.monitor import Monitor

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from steadygrad import _checks
+from steadygrad.core import checks as _checks
 from steadygrad.diagnose.detectors.base import Detector
 from steadygrad.diagnose.detectors.training import default_detectors
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.finding import Finding
 from steadygrad.monitor.activations import ActivationHooks
 from steadygrad.monitor.parameters import ParameterStats
 from steadygrad.monitor.progress import ProgressLine
-from steadygrad.monitor.record import Record
-from steadygrad.monitor.signals import Signal
+from steadygrad.core.record import Record
+from steadygrad.core.signal import Signal
 from steadygrad.store.writer import RunStore, resolve_run_dir
 
 if TYPE_CHECKING:

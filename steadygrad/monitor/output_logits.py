@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from steadygrad.monitor.signals import Signal, Value
+from steadygrad.core.signal import Signal, Value
 
 if TYPE_CHECKING:
     from steadygrad.monitor.monitor import Monitor

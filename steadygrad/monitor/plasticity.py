@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from steadygrad._checks import positive_int
-from steadygrad.monitor.signals import Signal, Value
+from steadygrad.core.checks import positive_int
+from steadygrad.core.signal import Signal, Value
 
 if TYPE_CHECKING:
     from steadygrad.monitor.monitor import Monitor

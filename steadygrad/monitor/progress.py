@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from steadygrad.diagnose.findings import Finding
-from steadygrad.monitor.record import Record
+from steadygrad.core.finding import Finding
+from steadygrad.core.record import Record
 
 _STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 

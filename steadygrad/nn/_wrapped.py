@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from steadygrad._checks import optimizer as check_optimizer
+from steadygrad.core.checks import optimizer as check_optimizer
 
 
 class WrappedOptimizer(torch.optim.Optimizer):

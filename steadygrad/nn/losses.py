@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from steadygrad._checks import finite_float
+from steadygrad.core.checks import finite_float
 
 
 def z_loss(logits: torch.Tensor, coef: float = 1e-4) -> torch.Tensor:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from steadygrad._checks import module as check_module
-from steadygrad._checks import positive_int
+from steadygrad.core.checks import module as check_module
+from steadygrad.core.checks import positive_int
 
 
 class PeriLNResidual(nn.Module):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, positive_int
 
 
 class QKNorm(nn.Module):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadygrad._checks import finite_float
+from steadygrad.core.checks import finite_float
 
 
 def _check(o: float, threshold: float, near_zero: float) -> tuple[float, float, float]:

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
-from steadygrad._checks import finite_float, non_negative_int
-from steadygrad._checks import optimizer as check_optimizer
+from steadygrad.core.checks import finite_float, non_negative_int
+from steadygrad.core.checks import optimizer as check_optimizer
 from steadygrad.nn._wrapped import WrappedOptimizer
 
 

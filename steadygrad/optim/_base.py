@@ -23,7 +23,7 @@ import torch
 from torch._dynamo.utils import counters as _COUNTERS
 from torch.optim import Optimizer
 
-from steadygrad._checks import finite_float
+from steadygrad.core.checks import finite_float
 from steadygrad.optim import _quant8
 
 Kernel = Callable[..., None]

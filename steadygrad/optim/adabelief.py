@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from steadygrad._checks import finite_float
+from steadygrad.core.checks import finite_float
 from steadygrad.optim._base import (
     KernelOptimizer,
     check_betas,

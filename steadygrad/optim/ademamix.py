@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from steadygrad._checks import finite_float, non_negative_int
+from steadygrad.core.checks import finite_float, non_negative_int
 
 Params = torch.Tensor | Iterable[torch.Tensor]
 

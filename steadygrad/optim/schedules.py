@@ -12,8 +12,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from steadygrad._checks import finite_float, non_negative_int, positive_int
-from steadygrad._checks import optimizer as check_optimizer
+from steadygrad.core.checks import finite_float, non_negative_int, positive_int
+from steadygrad.core.checks import optimizer as check_optimizer
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "1-square")
 

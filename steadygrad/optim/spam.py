@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from steadygrad._checks import non_negative_int, positive_int
+from steadygrad.core.checks import non_negative_int, positive_int
 from steadygrad.optim._base import (
     KernelOptimizer,
     check_betas,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from steadygrad._checks import finite_float, non_negative_int, positive_int
+from steadygrad.core.checks import finite_float, non_negative_int, positive_int
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 RESET_MODES = ("reference", "clean")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.finding import Finding
 from steadygrad.store.run import Run
 
 _SEVERITY_COLOR = {"info": "#1f77b4", "warning": "#ff7f0e", "critical": "#d62728"}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.finding import Finding
 from steadygrad.store.schema import DB_NAME
 
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from steadygrad._checks import finite_float, positive_int
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.core.finding import Finding
 from steadygrad.store.schema import DB_NAME, SCHEMA, STATUSES
 
 

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import torch
 
-from steadygrad._checks import positive_int
+from steadygrad.core.checks import positive_int
 
 F = TypeVar("F", bound=Callable)
 

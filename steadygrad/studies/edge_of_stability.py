@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.curvature.eigensolver import sharpness
 from steadygrad.data import load_digits
 from steadygrad.models import MLP

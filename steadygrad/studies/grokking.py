@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.diagnose.detectors.transformer import SoftmaxCollapse
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.finding import Finding
 from steadygrad.monitor.output_logits import softmax_collapse_fraction
-from steadygrad.monitor.record import Record
+from steadygrad.core.record import Record
 from steadygrad.nn import OrthoGrad, stablemax_cross_entropy
 from steadygrad.studies._results import save_result
 from steadygrad.studies._threads import on_cpu_threads

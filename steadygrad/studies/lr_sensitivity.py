@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steadygrad._checks import finite_float, non_negative_int, positive_int
+from steadygrad.core.checks import finite_float, non_negative_int, positive_int
 from steadygrad.studies.sweep import run_sweep
 
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)

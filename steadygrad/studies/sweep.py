@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from steadygrad._checks import positive_int
+from steadygrad.core.checks import positive_int
 
 RESULTS_FILE = "results.jsonl"
 

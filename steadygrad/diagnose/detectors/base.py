@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.finding import Finding
 
 if TYPE_CHECKING:
-    from steadygrad.monitor.record import Record
+    from steadygrad.core.record import Record
 
 
 class Detector:

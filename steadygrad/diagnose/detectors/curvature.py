@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.diagnose.detectors.base import Detector
-from steadygrad.diagnose.findings import Finding
-from steadygrad.monitor.record import Record
+from steadygrad.core.finding import Finding
+from steadygrad.core.record import Record
 
 # (value, limit) pairs written by SharpnessProbe / stability_margin
 PAIRS = (

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from steadygrad._checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
-from steadygrad.diagnose.findings import Finding
+from steadygrad.core.finding import Finding
 
 if TYPE_CHECKING:
-    from steadygrad.monitor.record import Record
+    from steadygrad.core.record import Record
 
 
 class SpikeDetector(Detector):

@@ -1,0 +1,67 @@
+"""The unit of diagnosis: a Finding says what happened, when, where, and how bad it is.
+
+Every kind of finding is declared once, as a :class:`FindingKind`, next to the detector that
+emits it; rules and the report name kinds through those declarations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from steadygrad.core.severity import Severity
+
+
+@dataclass(frozen=True)
+class FindingKind:
+    """The declaration of one kind of finding.
+
+    ``str(kind)`` is its name, the ``kind`` a :class:`Finding` carries and the store keeps.
+
+    Example:
+        >>> LOSS_SPIKE = FindingKind("loss_spike", "the loss jumped far above its baseline")
+        >>> Finding(LOSS_SPIKE, step=3).kind == "loss_spike"
+        True
+    """
+
+    name: str
+    doc: str
+    severity: Severity = Severity.WARNING  # its usual severity; a finding may say otherwise
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One detected event in a run.
+
+    Example:
+        >>> Finding("loss_spike", step=120, where=None, evidence={"z": 9.1}, severity="warning")
+        Finding(kind='loss_spike', step=120, where=None, evidence={'z': 9.1}, severity='warning', batch_ids=None)
+    """
+
+    kind: str
+    step: int
+    where: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    severity: str = "warning"
+    batch_ids: list[Any] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kind, FindingKind):
+            object.__setattr__(self, "kind", self.kind.name)
+        Severity.rank(self.severity)  # a clear error for an unknown severity
+        object.__setattr__(self, "severity", Severity(self.severity).value)
+
+    def describe(self) -> str:
+        """A one-line human description, e.g. for the terminal report."""
+        where = f" in {self.where}" if self.where else ""
+        details = ", ".join(f"{k}={_short(v)}" for k, v in self.evidence.items())
+        return f"step {self.step}: {self.kind}{where}" + (f" ({details})" if details else "")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,147 @@
+"""Extension point for measurements: a Signal is anything the Monitor asks for values on a cadence.
+
+Every measurement is a Signal, the built-in ones too (loss, learning rates, parameter
+statistics, activations, ...). A signal declares the metrics it writes (:attr:`Signal.metrics`)
+so the store, the detectors and the report know them.
+
+Lifecycle, driven by the Monitor:
+  ``attach(monitor)`` once; ``begin(step)`` before the forward pass of every step where
+  ``due(step)`` (install hooks here); ``before_update()`` in the optimizer's pre-step path of
+  every step (read what the update is about to use); ``end(step)`` after the step, for every due
+  signal before any of them collects (remove hooks here, so a probe that runs its own forward
+  passes is not captured by another signal); ``measure(step, out)`` puts this step's values
+  (tensors may stay on the device: the Monitor moves all of a step's values to the host in one
+  transfer); ``finish(record)`` then derives values and facts on the host from the whole
+  Record; ``detach()`` at close.
+
+A simple signal only overrides :meth:`Signal.collect`, which returns ``{name: tensor or float}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from steadygrad.core.checks import positive_int
+from steadygrad.core.metric import Metric
+
+if TYPE_CHECKING:
+    from steadygrad.core.record import Record
+
+Value = torch.Tensor | float
+
+
+class Measurements:
+    """A step's values as the signals put them, moved to the host in one transfer.
+
+    Example:
+        >>> out = Measurements()
+        >>> out.put("loss", torch.tensor(2.5))
+        >>> out.put_many(["a", "b"], torch.tensor([1.0, 2.0]))
+        >>> out.put("lr/0", 0.1)
+        >>> out.to_host()
+        {'loss': 2.5, 'a': 1.0, 'b': 2.0, 'lr/0': 0.1}
+    """
+
+    def __init__(self) -> None:
+        self._keys: list[Sequence[str]] = []
+        self._tensors: list[torch.Tensor] = []
+        self._host: dict[str, float] = {}
+
+    def put(self, key: str, value: Value) -> None:
+        """One value: a one-element tensor (left on its device) or a host number."""
+        if isinstance(value, torch.Tensor):
+            self._keys.append((key,))
+            self._tensors.append(value.detach().reshape(1))
+        else:
+            self._host[key] = float(value)
+
+    def put_many(self, keys: Sequence[str], values: torch.Tensor) -> None:
+        """One value per key, as one 1-D tensor of ``len(keys)`` entries."""
+        if values.numel() != len(keys):
+            raise ValueError(f"put_many got {len(keys)} keys for {values.numel()} values")
+        if len(keys):
+            self._keys.append(keys)
+            self._tensors.append(values.detach().reshape(-1))
+
+    def to_host(self) -> dict[str, float]:
+        """Every value as a host float: one device-to-host transfer per device (one usually).
+
+        Values travel in float64, so a loss of 1e-300 or 1e300 arrives as it is.
+        """
+        values: dict[str, float] = {}
+        if self._tensors:
+            devices = {t.device for t in self._tensors}
+            parts = self._tensors if len(devices) == 1 else [t.cpu() for t in self._tensors]
+            flat = torch.cat([t.to(torch.float64) for t in parts]).tolist()
+            k = 0
+            for keys in self._keys:
+                values.update(zip(keys, flat[k : k + len(keys)], strict=True))
+                k += len(keys)
+        values.update(self._host)
+        return values
+
+
+class Signal:
+    """Base class for cadence-driven measurements.
+
+    Subclasses declare the metrics they write in ``metrics`` and return values from
+    :meth:`collect` (or, for many values at once, put them in :meth:`measure`).
+
+    Example:
+        >>> from steadygrad.core.metric import Metric
+        >>> class WeightMax(Signal):
+        ...     metrics = (Metric("weight_max", "largest absolute weight"),)
+        ...     def collect(self, step):
+        ...         return {"weight_max": max(p.abs().max() for p in self.monitor.model.parameters())}
+        >>> # Monitor(model, optimizer, signals=[WeightMax(every=50)])
+    """
+
+    metrics: tuple[Metric, ...] = ()
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = positive_int("every", every)
+        self.monitor: Any = None
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def applies(self) -> bool | str:
+        """True if the signal can measure the attached model; else a reason it stays off."""
+        return True
+
+    def attach(self, monitor: Any) -> None:
+        self.monitor = monitor
+
+    def begin(self, step: int) -> None:
+        """Called before the forward pass of a step on which the signal is due."""
+
+    def before_update(self) -> None:
+        """Called in the optimizer's pre-step path of every step, before the update."""
+
+    def end(self, step: int) -> None:
+        """Called after the step, before any signal collects: stop capturing."""
+
+    def collect(self, step: int) -> Mapping[str, Value]:
+        """Called after the step; returns this step's values."""
+        return {}
+
+    def measure(self, step: int, out: Measurements) -> None:
+        """Put this step's values into ``out`` (by default, those :meth:`collect` returns)."""
+        for name, value in self.collect(step).items():
+            out.put(name, value)
+
+    def finish(self, record: Record) -> None:
+        """After the transfer: derive host values and facts (``record.meta``) from the Record."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must carry to resume this signal."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def detach(self) -> None:
+        """Remove every hook this signal added."""
