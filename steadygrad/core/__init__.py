@@ -13,6 +13,7 @@ from steadygrad.core.optimizer import optimizer_family
 from steadygrad.core.record import Record
 from steadygrad.core.severity import SEVERITIES, Severity
 from steadygrad.core.signal import Measurements, Signal
+from steadygrad.core.sink import RunInfo, Sink
 
 __all__ = [
     "SEVERITIES",
@@ -22,7 +23,9 @@ __all__ = [
     "Metric",
     "Record",
     "Severity",
+    "RunInfo",
     "Signal",
+    "Sink",
     "declaration_of",
     "metrics",
     "optimizer_family",
