@@ -134,10 +134,16 @@ def run_one(name: str, mode: str, root: str) -> dict:
             row["error"] = (row["error"] or "") + traceback.format_exc(limit=2)
     row["seconds"] = round(time.perf_counter() - t0, 2)
     row["steps"] = len(ctx.losses)
+    n = len(ctx.losses)
+    row["loss_trace"] = [(t, round(ctx.losses[t], 4)) for t in range(0, n, max(1, n // 20))]
     diverges = sc.diverges
     if diverges == "auto":
         diverges = measured_divergence(ctx.losses)
     row["diverge_step"] = diverges
+    if sc.diverges == "auto":
+        ctx.check("diverged", diverges is not None)
+    row["checks"] = ctx.checks
+    row["induced"] = all(ctx.checks.values())
     if ctx.monitor is None:
         return row
 
@@ -331,6 +337,8 @@ def _progress(row: dict, verbose: bool) -> None:
         for d in row.get("diagnoses", []):
             print(f"      {d}", file=sys.stderr)
         print(f"      finding kinds: {row.get('finding_kinds')}", file=sys.stderr)
+        print(f"      checks: {row.get('checks')}", file=sys.stderr)
+        print(f"      loss: {row.get('loss_trace')}", file=sys.stderr)
         if row.get("error"):
             print(row["error"], file=sys.stderr)
 

@@ -111,8 +111,16 @@ class Context:
     mode: str
     run_dir: Path
     losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
     monitor: Any = None
+    checks: dict[str, bool] = field(default_factory=dict)
     _softmax: Any = None
+
+    def check(self, what: str, holds: bool) -> None:
+        """Record that the induced fault really happened (the table flags a scenario whose
+        checks fail: its truth would be wrong)."""
+        self.checks[what] = bool(holds)
 
     def attach(
         self,
@@ -417,10 +425,34 @@ def fit(
         total = extra_loss(step, loss) if extra_loss is not None else loss
         if scaler is not None:
             scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+            ctx.grad_norms.append(grad_norm(model))
             scaler.step(optimizer)
             scaler.update()
+            ctx.scales.append(float(scaler.get_scale()))
         else:
             total.backward()
+            ctx.grad_norms.append(grad_norm(model))
             optimizer.step()
         ctx.step(loss)
         optimizer.zero_grad(set_to_none=True)
+
+
+def grad_norm(model: nn.Module) -> float:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
+
+
+def dead_fraction(features: torch.Tensor) -> float:
+    """Share of units (last dim, or channels of a 4-d map) never positive on the batch."""
+    if features.dim() == 4:
+        features = features.transpose(0, 1).flatten(1).T
+    return float((features.reshape(-1, features.shape[-1]) <= 0).all(0).float().mean())
+
+
+def collapsed_fraction(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of rows whose float32 softmax gives the target exactly 1.0 (Prieto et al. 2025)."""
+    p = torch.softmax(logits.float(), dim=-1)
+    return float((p.gather(1, targets[:, None]) == 1.0).float().mean())
