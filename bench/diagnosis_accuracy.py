@@ -83,15 +83,15 @@ def same_place(a: str, b: str) -> bool:
 
 
 def measured_divergence(losses: list[float]) -> int | None:
-    """First non-finite loss, or the first step whose 5-step median loss is over 3x the best
-    5-step median so far."""
+    """First non-finite loss, or the first step whose 5-step median loss is over twice the best
+    5-step median so far and at least 1.0 above it (a relative rise that is also material)."""
     best = math.inf
     for t, value in enumerate(losses):
         if not math.isfinite(value):
             return t
         window = [v for v in losses[max(0, t - 4) : t + 1]]
         med = statistics.median(window)
-        if t >= 4 and med > 3 * best:
+        if t >= 4 and med > max(2 * best, best + 1.0):
             return t
         if t >= 4:
             best = min(best, med)
@@ -105,9 +105,10 @@ def run_one(name: str, mode: str, root: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    import steadygrad
     from scenarios import SCENARIOS
     from scenarios.common import Context
+
+    import steadygrad
 
     sc = SCENARIOS[name]
     run_dir = Path(root) / mode / name

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import steadygrad.optim as sgo
@@ -43,6 +42,22 @@ def attention_logit_max(model: Decoder, idx: torch.Tensor) -> float:
     return top
 
 
+def hf_gpt2_attention_logit_max(model: nn.Module, idx: torch.Tensor) -> float:
+    """The same for a Hugging Face GPT-2, from its hidden states and each block's c_attn."""
+    with torch.no_grad():
+        states = model(input_ids=idx, output_hidden_states=True).hidden_states
+        top, t = 0.0, idx.shape[1]
+        mask = torch.ones(t, t, dtype=torch.bool).tril()
+        for block, x in zip(model.transformer.h, states, strict=False):
+            b, _, d = x.shape
+            h = model.config.n_head
+            q, k, _ = block.attn.c_attn(block.ln_1(x)).split(d, dim=-1)
+            q, k = (z.reshape(b, t, h, -1).transpose(1, 2) for z in (q, k))
+            s = (q @ k.transpose(-1, -2)) / math.sqrt(d // h)
+            top = max(top, float(s.masked_fill(~mask, 0).abs().amax()))
+    return top
+
+
 def log_partition(logits: torch.Tensor) -> float:
     return float(torch.logsumexp(logits.float(), dim=-1).mean())
 
@@ -61,12 +76,12 @@ def _param_groups(model: nn.Module, special: str, lr: float, base: float, wd: fl
     "adamw",
     "attention_logit_growth",
     where=("blocks.0.attn", "blocks.1.attn"),
-    diverges="auto",
+    diverges=None,
 )
 def attn_growth_gpt_adamw(ctx: Context) -> None:
     """No QK-norm, no weight decay, and a learning rate 30x too high on the query/key/value
-    projection: the attention logits grow until attention entropy collapses and the loss
-    breaks (Wortsman et al. 2023)."""
+    projection: the attention logits grow ~100x and attention entropy collapses; the loss stalls
+    well above a healthy run's (Wortsman et al. 2023)."""
     gen = seeded(51)
     model = Decoder(dim=48, heads=2, layers=2)
     groups, _ = _param_groups(model, "attn.qkv", 6e-2, 2e-3)
@@ -83,7 +98,7 @@ def attn_growth_gpt_adamw(ctx: Context) -> None:
     "adamw",
     "attention_logit_growth",
     where=("transformer.h.0.attn", "transformer.h.1.attn"),
-    diverges="auto",
+    diverges=None,
     heldout=True,
 )
 def attn_growth_hf_gpt2(ctx: Context) -> None:
@@ -91,6 +106,8 @@ def attn_growth_hf_gpt2(ctx: Context) -> None:
     model = hf_gpt2(dim=48)
     groups, _ = _param_groups(model, "attn.c_attn", 5e-2, 2e-3)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    probe, _ = next(text_batches(seeded(1)))
+    start = hf_gpt2_attention_logit_max(model, probe)
     fit(
         ctx,
         model,
@@ -100,6 +117,7 @@ def attn_growth_hf_gpt2(ctx: Context) -> None:
         loss_fn=lm_loss,
         forward=lambda m, x: m(input_ids=x).logits,
     )
+    ctx.check("attention logits grew 50x", hf_gpt2_attention_logit_max(model, probe) > 50 * start)
 
 
 # -- output-logit divergence ----------------------------------------------------------------------
@@ -107,11 +125,12 @@ def attn_growth_hf_gpt2(ctx: Context) -> None:
 
 @scenario("gpt", "adam", "output_logit_divergence", where="lm_head", diverges="auto")
 def output_logits_gpt_adam(ctx: Context) -> None:
-    """The untied output head trains at 50x the learning rate without weight decay or z-loss:
-    the log-partition drifts far from 0 and the loss breaks."""
+    """The untied output head trains at a learning rate of 1.0 (a per-group override meant for
+    another run) without weight decay or z-loss: the log-partition drifts from ~5 to ~30 and the
+    loss jumps."""
     gen = seeded(53)
     model = Decoder(dim=32)
-    groups, _ = _param_groups(model, "lm_head", 8e-2, 1e-3)
+    groups, _ = _param_groups(model, "lm_head", 1.0, 1e-3)
     opt = torch.optim.Adam(groups)
     probe, _ = next(text_batches(seeded(1)))
     with torch.no_grad():
@@ -121,19 +140,22 @@ def output_logits_gpt_adam(ctx: Context) -> None:
         ctx.check("|log Z| drifted by 20", abs(log_partition(model(probe)) - start) > 20)
 
 
-@scenario("hf", "adamw", "output_logit_divergence", where="classifier", diverges=None)
-def output_logits_bert_classifier(ctx: Context) -> None:
-    """BERT's classification head at a learning rate of 0.2 with no weight decay: its logits
-    grow without bound while the encoder trains normally."""
+@scenario("hf", "adamw", "update_ratio_out_of_range", where="bert.encoder.layer.0", diverges=None)
+def frozen_lr0_bert_layer(ctx: Context) -> None:
+    """BERT's first encoder layer sits in a parameter group whose learning rate is 0 (a layer-wise
+    decay schedule with a factor of 0): it never moves while the rest trains."""
     gen = seeded(54)
     model = hf_bert()
-    groups, _ = _param_groups(model, "classifier", 0.2, 1e-3)
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    probe, _ = next(bert_batches(seeded(1), 64))
+    groups, _ = _param_groups(model, "encoder.layer.0.", 0.0, 1e-3)
+    groups.reverse()
+    opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.01)
+    layer = model.bert.encoder.layer[0]
+    before = [p.detach().clone() for p in layer.parameters()]
     fit(ctx, model, opt, bert_batches(gen), 160, forward=lambda m, x: m(input_ids=x).logits)
-    with torch.no_grad():
-        z = model(input_ids=probe).logits
-    ctx.check("logits above 100", float(z.abs().amax()) > 100)
+    ctx.check(
+        "layer 0 unchanged",
+        all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=False)),
+    )
 
 
 # -- a NaN from one module on one bad sample --------------------------------------------------------
@@ -210,7 +232,7 @@ def lr_fast_gpt_sgd(ctx: Context) -> None:
 
 @scenario("gpt", "adamw", "adam_second_moment_poisoned", diverges=None)
 def adam_poisoned_gpt(ctx: Context) -> None:
-    """A gradient-accumulation bug sums instead of averaging for one step (x1e4): AdamW's second
+    """A gradient-accumulation bug sums instead of averaging for one step (x1e3): AdamW's second
     moment absorbs it and the next few hundred updates are ~100x too small."""
     gen = seeded(58)
     model = Decoder(dim=32)
@@ -218,15 +240,15 @@ def adam_poisoned_gpt(ctx: Context) -> None:
     snaps = []
 
     def track(step: int) -> None:
-        if step in (20, 45, 90, 115):
+        if step in (15, 45, 110, 140):
             snaps.append(torch.cat([p.detach().flatten() for p in model.parameters()]).clone())
 
     def bug(step: int, loss: torch.Tensor) -> torch.Tensor:
-        return loss * 1e4 if step == 50 else loss
+        return loss * 1e3 if step == 50 else loss
 
     fit(ctx, model, opt, text_batches(gen), 170, loss_fn=lm_loss, before=track, extra_loss=bug)
     before, after = (snaps[1] - snaps[0]).norm(), (snaps[3] - snaps[2]).norm()
-    ctx.check("updates shrank 5x after the spike", after < before / 5)
+    ctx.check("updates shrank 3x after the spike", after < before / 3)
 
 
 # -- a frozen layer (a detached path) ------------------------------------------------------------------
@@ -281,7 +303,7 @@ def amp_overflow_gpt_fp16(ctx: Context) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24, growth_interval=40)
     fit(ctx, model, opt, text_batches(gen), 160, loss_fn=lm_loss, scaler=scaler, amp=True)
-    drops = sum(b < a for a, b in zip(ctx.scales, ctx.scales[1:]))
+    drops = sum(b < a for a, b in zip(ctx.scales, ctx.scales[1:], strict=False))
     ctx.check("scaler skipped steps", drops + (ctx.scales[0] < 2.0**24) >= 2)
     ctx.check("loss fell", ctx.losses[-1] < ctx.losses[0])
 

@@ -11,14 +11,14 @@ from scenarios.common import (
     MLP,
     BNConvNet,
     Context,
+    collapsed_fraction,
+    dead_fraction,
     digit_batches,
     digits,
     fit,
     modular_data,
     ramp,
     scenario,
-    collapsed_fraction,
-    dead_fraction,
     seeded,
 )
 
@@ -58,9 +58,9 @@ def lr_slow_mlp_momentum(ctx: Context) -> None:
 
 def _outlier(at: int, scale: float):
     def alter(step: int, x: torch.Tensor, y: torch.Tensor):
-        if step == at:
+        if step == at:  # four corrupted images (a decoding fault): loud noise
             x = x.clone()
-            x[:4] *= scale  # four corrupted images (a sensor / decoding fault)
+            x[:4] = scale * torch.rand(x[:4].shape, generator=torch.Generator().manual_seed(at))
         return x, y
 
     return alter
@@ -71,7 +71,7 @@ def outlier_mlp_adam(ctx: Context) -> None:
     gen = seeded(14)
     model = MLP([64, 128, 10])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    fit(ctx, model, opt, digit_batches(gen), 220, alter=_outlier(140, 300.0))
+    fit(ctx, model, opt, digit_batches(gen), 220, alter=_outlier(140, 50.0))
     ctx.check("loss spiked at 140", ctx.losses[140] > 5 * max(ctx.losses[130:140]))
 
 
@@ -80,7 +80,7 @@ def outlier_cnn_momentum(ctx: Context) -> None:
     gen = seeded(15)
     model = BNConvNet(width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    fit(ctx, model, opt, digit_batches(gen, 32), 170, alter=_outlier(95, 80.0))
+    fit(ctx, model, opt, digit_batches(gen, 32), 170, alter=_outlier(95, 20.0))
     ctx.check("loss spiked at 95", ctx.losses[95] > 5 * max(ctx.losses[85:95]))
 
 
@@ -144,7 +144,7 @@ def dead_relu_bias_shift_mlp(ctx: Context) -> None:
     ctx.check("layer 2 all dead", dead_fraction(h) == 1.0)
 
 
-@scenario("cnn", "adam", "loss_of_plasticity", where=("bn2", "conv2"), diverges="auto")
+@scenario("cnn", "adam", "loss_of_plasticity", where=("bn2", "conv2"), diverges=None)
 def dead_relu_creeping_cnn(ctx: Context) -> None:
     """From step 60 a hand-written "bias regulariser" with the wrong sign moves bn2's shift
     down a little every step: the channels of the functional ReLU after it die one by one (a
@@ -156,7 +156,7 @@ def dead_relu_creeping_cnn(ctx: Context) -> None:
     def bug(step: int) -> None:
         if step >= 60:
             with torch.no_grad():
-                model.bn2.bias.sub_(0.03)
+                model.bn2.bias.sub_(0.08)
 
     fit(ctx, model, opt, digit_batches(gen, 48), 260, before=bug)
     x, _ = next(digit_batches(gen, 256))
@@ -202,14 +202,14 @@ def frozen_lr0_conv_lion(ctx: Context) -> None:
 # -- slow divergence ------------------------------------------------------------------------------
 
 
-@scenario("mlp", "sgd_mom", "slow_divergence", diverges="auto", note="weight decay sign bug")
+@scenario("mlp", "adam", "slow_divergence", diverges="auto", note="weight decay sign bug")
 def slow_divergence_wd_sign_mlp(ctx: Context) -> None:
     """Hand-written decoupled weight decay with the sign flipped: the weights grow by a small
     factor every step and the loss creeps up over ~150 steps."""
     gen = seeded(22)
     model = MLP([64, 64, 10])
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    decay = 0.012
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    decay = 0.008
 
     def grow(step: int) -> None:
         if step >= 40:
@@ -225,24 +225,25 @@ def slow_divergence_wd_sign_mlp(ctx: Context) -> None:
 
 @scenario("mlp", "adam", "adam_second_moment_poisoned", diverges=None)
 def adam_poisoned_mlp(ctx: Context) -> None:
-    """One step's loss is multiplied by 1e4 (a loss-scale bug): v absorbs the squared spike and
-    the updates shrink ~100x for hundreds of steps; learning stalls."""
+    """One step's loss is multiplied by 1e3 (a loss-scale bug): once the spike's momentum has
+    decayed, v (which forgets over ~1000 steps) still holds the squared spike and the updates
+    are ~30x too small; learning stalls."""
     gen = seeded(23)
     model = MLP([64, 96, 10])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999))
 
     def bug(step: int, loss: torch.Tensor) -> torch.Tensor:
-        return loss * 1e4 if step == 60 else loss
+        return loss * 1e3 if step == 60 else loss
 
     moved = []
 
     def track(step: int) -> None:
-        if step in (20, 50, 110, 140):
+        if step in (20, 50, 120, 150):
             moved.append(torch.cat([p.detach().flatten() for p in model.parameters()]).clone())
 
     fit(ctx, model, opt, digit_batches(gen), 200, extra_loss=bug, before=track)
     before, after = (moved[1] - moved[0]).norm(), (moved[3] - moved[2]).norm()
-    ctx.check("updates shrank 5x after the spike", after < before / 5)
+    ctx.check("updates shrank 3x after the spike", after < before / 3)
 
 
 # -- softmax collapse -----------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def amp_overflow_mlp_fp16(ctx: Context) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**28, growth_interval=30)
     fit(ctx, model, opt, digit_batches(gen), 160, scaler=scaler, amp=True)
-    drops = sum(b < a for a, b in zip(ctx.scales, ctx.scales[1:]))
+    drops = sum(b < a for a, b in zip(ctx.scales, ctx.scales[1:], strict=False))
     ctx.check("scaler skipped steps", drops + (ctx.scales[0] < 2.0**28) >= 2)
     ctx.check("loss stayed finite and fell", ctx.losses[-1] < ctx.losses[0])
 

@@ -48,8 +48,8 @@ class Scenario:
 
     ``where``: the module(s) where the cause sits, as ``model.named_modules()`` spells them
     (any one of them counts as named), or ``()`` when it has no place. ``diverges``: the step
-    the run breaks at, ``"auto"`` to measure it from the loss (first non-finite loss, or the
-    5-step median above 3x its best so far), or None when the run does not diverge.
+    the run breaks at, ``"auto"`` to measure it from the loss (see ``measured_divergence`` in
+    ``bench/diagnosis_accuracy.py``), or None when the run does not diverge.
     """
 
     name: str
@@ -220,7 +220,7 @@ class MLP(nn.Sequential):
 
     def __init__(self, sizes: list[int], act: type[nn.Module] = nn.ReLU) -> None:
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(act())
