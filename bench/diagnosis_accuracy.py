@@ -18,6 +18,15 @@ Columns (per mode):
                           (its first_step) or finding (kinds mapped to the cause) at or before
                           the divergence step; the median lead in steps
     healthy w/ warning    healthy controls with any warning-or-worse finding or diagnosis
+    monitor raised        runs where mon.step() raised into the training loop (steadygrad must
+                          never harm the run; the bench then stops stepping the monitor)
+    fault not induced     runs whose own check says the induced fault did not happen (their
+                          truth is wrong: fix the scenario, do not count the row)
+
+Per-scenario rows: hit = 1st (right cause first), any (right cause ranked lower), no; for a
+healthy control ok / FA (false alarm); a trailing ! marks a fault not induced. loc = y / n / -
+(no place). lead = steps between the first right-cause warning and the divergence, no (none
+before it), - (the run does not diverge).
 """
 
 from __future__ import annotations
@@ -135,6 +144,7 @@ def run_one(name: str, mode: str, root: str) -> dict:
             row["error"] = (row["error"] or "") + traceback.format_exc(limit=2)
     row["seconds"] = round(time.perf_counter() - t0, 2)
     row["steps"] = len(ctx.losses)
+    row["monitor_raised"] = ctx.monitor_error
     n = len(ctx.losses)
     row["loss_trace"] = [(t, round(ctx.losses[t], 4)) for t in range(0, n, max(1, n // 20))]
     diverges = sc.diverges
@@ -211,6 +221,8 @@ def summarise(rows: list[dict], mode: str) -> dict:
         "  >= 50 steps ahead": (sum(lead >= 50 for lead in leads), len(diverging)),
         "  median lead (steps)": statistics.median(leads) if leads else None,
         "healthy w/ warning": (sum(r.get("warned", False) for r in healthy), len(healthy)),
+        "fault not induced": sum(not r.get("induced", True) for r in mine),
+        "monitor raised into loop": sum(bool(r.get("monitor_raised")) for r in mine),
         "errors": sum(r["mode"] == mode and r.get("error") is not None for r in rows),
     }
 
@@ -252,6 +264,8 @@ def print_tables(rows: list[dict], modes: list[str]) -> dict:
                 hit = "ok" if not r.get("warned") else "FA"
             else:
                 hit = "1st" if r.get("first") else ("any" if r.get("anywhere") else "no")
+            if not r.get("induced", True):
+                hit += "!"  # the scenario's own check says its fault did not happen
             loc = "-" if not r["true_where"] else ("y" if r.get("located") else "n")
             lead = r.get("lead")
             lead = "-" if r.get("diverge_step") is None else ("no" if lead is None else lead)
@@ -260,6 +274,12 @@ def print_tables(rows: list[dict], modes: list[str]) -> dict:
     errors = [r for r in rows if r.get("error")]
     for r in errors:
         print(f"\nERROR in {r['scenario']} ({r['mode']}):\n{r['error']}")
+    for r in rows:
+        if r.get("monitor_raised"):
+            print(f"mon.step raised in {r['scenario']} ({r['mode']}): {r['monitor_raised']}")
+        if not r.get("induced", True):
+            failed = [k for k, v in r["checks"].items() if not v]
+            print(f"fault not induced in {r['scenario']} ({r['mode']}): {failed}")
     return summary
 
 

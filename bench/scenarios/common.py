@@ -115,6 +115,7 @@ class Context:
     scales: list[float] = field(default_factory=list)
     monitor: Any = None
     checks: dict[str, bool] = field(default_factory=dict)
+    monitor_error: str | None = None
     _softmax: Any = None
 
     def check(self, what: str, holds: bool) -> None:
@@ -155,7 +156,12 @@ class Context:
 
     def step(self, loss: torch.Tensor) -> None:
         self.losses.append(float(loss.detach()))
-        self.monitor.step(loss)
+        if self.monitor_error is not None:
+            return
+        try:
+            self.monitor.step(loss)
+        except Exception as exc:  # steadygrad raised into the training loop: a result too
+            self.monitor_error = f"step {len(self.losses) - 1}: {type(exc).__name__}: {exc}"
 
     def close(self) -> None:
         if self.monitor is not None and not self.monitor.closed:
@@ -337,6 +343,8 @@ def hf_gpt2(vocab: int = 128, dim: int = 32, layers: int = 2, heads: int = 2, co
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     return GPT2LMHeadModel(config)
 
