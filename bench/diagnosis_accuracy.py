@@ -57,13 +57,18 @@ MODES = ("default", "optin")
 def kind_causes(run, kinds: set[str]) -> dict[str, set[str]]:
     """For each finding kind in the run, the causes whose rule fires on that kind alone.
 
-    Asked of the rules themselves (each rule applied to the run with only one kind's findings
-    left), so the mapping follows the rules as they change; a kind no rule takes maps to the
-    cause of the same name.
+    Asked of the rules themselves: the kinds a rule declares it reads, and each rule's check run
+    on the run with only one kind's findings left; so the mapping follows the rules as they
+    change. A kind no rule takes maps to the cause of the same name.
     """
     from steadygrad.diagnose import rules as R
 
     out: dict[str, set[str]] = {k: set() for k in kinds}
+    for rule in R.RULES:  # rules that declare the finding kinds they read
+        for declared in getattr(rule, "kinds", ()) or ():
+            name = getattr(declared, "name", declared)
+            if name in out:
+                out[name].add(rule.cause)
     try:
         facts = R.RunFacts(run)
         every = list(facts.findings)
