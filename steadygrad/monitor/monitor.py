@@ -39,6 +39,7 @@ from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
 from steadygrad.monitor.step import AmpScaleSignal, LearningRateSignal, StepInputs, StepSignal
+from steadygrad.monitor.update_curvature import UpdateCurvatureSignal
 from steadygrad.nn.qk_norm import qk_norm_targets
 from steadygrad.store.writer import RunStore, resolve_run_dir
 
@@ -121,6 +122,7 @@ class Monitor:
             LearningRateSignal(),
             self.parameters,
             ActivationSignal(activation_every, guard_steps),
+            UpdateCurvatureSignal(update_every),
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
@@ -291,6 +293,8 @@ class Monitor:
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_steps += 1
         self._optimizer_steps_total += 1
+        for s in self.signals:
+            s.after_update()
 
     # -- sinks -----------------------------------------------------------------------------------
     def _to_sinks(self, method: str, *args: Any) -> None:
