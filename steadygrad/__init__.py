@@ -8,6 +8,7 @@ Example:
     >>> print(steadygrad.diagnose(run).text())                           # doctest: +SKIP
 """
 
+from steadygrad.continual import ContinualEvaluation
 from steadygrad.curvature import (
     SharpnessProbe,
     hessian_frobenius_norm,
@@ -31,6 +32,7 @@ from steadygrad.diagnose.detectors import (
     PlasticityLoss,
     SharpnessAboveLimit,
     SoftmaxCollapse,
+    StabilityGap,
     UpdateRatioOutOfRange,
     default_detectors,
 )
@@ -60,6 +62,8 @@ __all__ = [
     "hessian_trace",
     "hessian_frobenius_norm",
     "SharpnessProbe",
+    "ContinualEvaluation",
+    "StabilityGap",
     "SharpnessAboveLimit",
     "AttentionLogitGrowth",
     "AttentionLogitSignal",

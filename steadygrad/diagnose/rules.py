@@ -563,3 +563,49 @@ RULES: tuple[Rule, ...] = (
         _autopilot,
     ),
 )
+
+
+# -- continual learning (kept self-contained: one check, one rule, appended) --------------------
+def _stability_gap(facts: RunFacts) -> Found | None:
+    from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
+
+    gaps = facts.of(STABILITY_GAP_FOUND.name)
+    if not gaps:
+        return None
+    worst = max(gaps, key=lambda f: f.evidence.get("size", 0.0))
+    ev = worst.evidence
+    tasks = sorted({f.where for f in gaps if f.where})
+    summary = (
+        f"stability gap: after the task switch at step {ev.get('switch_step')}, accuracy on "
+        f"earlier task {worst.where} fell by {ev.get('size', math.nan):.2f} within "
+        f"{ev.get('steps_to_minimum')} steps and won half of it back only after "
+        f"{ev.get('length')} steps ({len(gaps)} gap(s) in all)"
+    )
+    evidence = {"gaps": len(gaps), "worst": dict(ev)}
+    return Found(summary, min(f.step for f in gaps), tasks, evidence)
+
+
+STABILITY_GAP_RULE = Rule(
+    "stability_gap",
+    EVENT,
+    "warning",
+    "De Lange, van de Ven & Tuytelaars 2023 (ICLR), 'Continual evaluation for lifelong "
+    "learning: identifying the stability gap': evaluated every iteration, earlier tasks lose "
+    "much of their accuracy in the first steps on a new task and then partly recover, even with "
+    "experience replay (Chaudhry et al. 2019); more replay and smaller first steps on the new "
+    "task make the drop shallower.",
+    (
+        Fix(
+            "replay a buffer of earlier tasks' examples in every batch",
+            "idx = torch.randint(len(memory_x), (32,)); "
+            "x, y = torch.cat([x, memory_x[idx]]), torch.cat([y, memory_y[idx]])",
+        ),
+        Fix(
+            "lower the learning rate at each task switch and warm it up again",
+            "scheduler = steadygrad.optim.WarmupCosine(optimizer, warmup_steps=100, "
+            "total_steps=steps_per_task)  # a new one at each evaluator.start_task(...)",
+        ),
+    ),
+    _stability_gap,
+)
+RULES = (*RULES, STABILITY_GAP_RULE)

@@ -188,7 +188,7 @@ class NonFiniteDetector(Detector):
 def default_detectors() -> list[Detector]:
     """The detectors a Monitor runs when none are given: those of the built-in signals, and
     those of the optional signals (each stays silent while its signal is not recorded)."""
-    from steadygrad.diagnose.detectors import curvature, transformer
+    from steadygrad.diagnose.detectors import continual, curvature, transformer
 
     return [
         LossSpikeDetector(),
@@ -201,4 +201,5 @@ def default_detectors() -> list[Detector]:
         transformer.SoftmaxCollapse(),
         transformer.PlasticityLoss(),
         curvature.SharpnessAboveLimit(),
+        continual.StabilityGap(),
     ]
