@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from steadygrad.continual.metrics import (
     CONTINUAL_METRICS,
+    MIN_ACCURACY,
     STABILITY_GAP,
     TASK,
     TASK_ACCURACY,
     TASK_LOSS,
-    MIN_ACCURACY,
     WORST_CASE_ACCURACY,
     WorstCaseScores,
 )

@@ -84,7 +84,9 @@ class StabilityGapResult:
             "drop_partly_recovered": all(
                 self.mean_recovered[v] > 0.5 * self.mean_gap_size[v] for v in replayed
             ),
-            "more_replay_smaller_drop": all(a > b for a, b in zip(sizes, sizes[1:])),
+            "more_replay_smaller_drop": all(
+                a > b for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+            ),
             "diagnosed_as_stability_gap": all(
                 STABILITY_GAP_FOUND.name in self.diagnoses[v] for v in replayed
             ),
