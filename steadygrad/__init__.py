@@ -8,6 +8,7 @@ Example:
     >>> print(steadygrad.diagnose(run).text())                           # doctest: +SKIP
 """
 
+from steadygrad import estimators  # steadygrad.estimators.ForwardGradient, ...
 from steadygrad.continual import ContinualEvaluation
 from steadygrad.curvature import (
     SharpnessProbe,

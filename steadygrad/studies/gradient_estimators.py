@@ -103,6 +103,11 @@ class GradientEstimatorsResult:
             out["forward_forward_last_layer_exact"] = (
                 all(abs(c - 1) < 1e-4 for c in layers[-1]) and min(layers[0]) < 0.99
             )
+        if "reste" in self.layer_cosine:
+            binary = self.layer_cosine["reste"]["0.weight"]
+            out["reste_rescales_at_o_1_and_reweights_as_o_grows"] = (
+                binary[0] > 0.999 and binary[-1] < binary[0] - 0.01
+            )
         if "backprop" in self.cosine:
             out["backprop_exact"] = all(abs(c - 1) < 1e-5 for c in self.cosine["backprop"])
         out["every_estimator_learns"] = all(a > 0.3 for a in self.accuracy.values())
