@@ -234,3 +234,46 @@ def test_stability_gap_study_claim_on_a_reduced_run(tmp_path):
     for fix in gap.fixes:
         compile(fix.code, "<fix>", "exec")  # each fix is Python a user can paste
     assert (tmp_path / "stability_gap.json").exists()
+
+
+def test_cli_runs_both_new_studies(tmp_path, capsys):
+    from steadygrad.cli import main
+
+    out = tmp_path / "gap"
+    assert (
+        main(
+            [
+                "study",
+                "stability-gap",
+                "-o",
+                str(out),
+                "--steps-per-task",
+                "20",
+                "--replay-sizes",
+                "0",
+                "8",
+            ]
+        )
+        == 0
+    )
+    assert (out / "stability_gap.json").exists() and (out / "replay_8" / "run.db").exists()
+    out = tmp_path / "est"
+    assert (
+        main(
+            [
+                "study",
+                "gradient-estimators",
+                "-o",
+                str(out),
+                "--steps",
+                "20",
+                "--estimators",
+                "backprop",
+                "dfa",
+            ]
+        )
+        == 0
+    )
+    assert (out / "gradient_estimators.json").exists()
+    assert "claims" in capsys.readouterr().out
+    assert main(["study", "gradient-estimators", "--estimators", "nope"]) == 2
