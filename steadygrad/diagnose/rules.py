@@ -592,16 +592,17 @@ STABILITY_GAP_RULE = Rule(
     "De Lange, van de Ven & Tuytelaars 2023 (ICLR), 'Continual evaluation for lifelong "
     "learning: identifying the stability gap': evaluated every iteration, earlier tasks lose "
     "much of their accuracy in the first steps on a new task and then partly recover, even with "
-    "experience replay (Chaudhry et al. 2019); more replay and smaller first steps on the new "
-    "task make the drop shallower.",
+    "experience replay (Chaudhry et al. 2019); they trace it to the new task's large gradients "
+    "outweighing the replayed ones at the switch. More replay makes the drop shallower "
+    "(steadygrad study stability-gap).",
     (
         Fix(
-            "replay a buffer of earlier tasks' examples in every batch",
+            "replay (more of) a buffer of earlier tasks' examples in every batch",
             "idx = torch.randint(len(memory_x), (32,)); "
             "x, y = torch.cat([x, memory_x[idx]]), torch.cat([y, memory_y[idx]])",
         ),
         Fix(
-            "lower the learning rate at each task switch and warm it up again",
+            "start each new task gently: a lower learning rate, warmed up again at each switch",
             "scheduler = steadygrad.optim.WarmupCosine(optimizer, warmup_steps=100, "
             "total_steps=steps_per_task)  # a new one at each evaluator.start_task(...)",
         ),
