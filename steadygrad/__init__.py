@@ -8,8 +8,9 @@ Example:
     >>> print(steadygrad.diagnose(run).text())                           # doctest: +SKIP
 """
 
-from steadygrad import estimators  # steadygrad.estimators.ForwardGradient, ...
+from steadygrad import estimators, nn, optim
 from steadygrad.continual import ContinualEvaluation
+from steadygrad.core import Finding, FindingKind, Metric, Record, Severity, Signal, Sink
 from steadygrad.curvature import (
     SharpnessProbe,
     hessian_frobenius_norm,
@@ -38,14 +39,11 @@ from steadygrad.diagnose.detectors import (
     default_detectors,
 )
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
-from steadygrad.core.finding import Finding
 from steadygrad.monitor import (
     AttentionLogitSignal,
     Monitor,
     OutputLogitSignal,
     PlasticitySignal,
-    Record,
-    Signal,
     SoftmaxCollapseSignal,
     watch,
 )
@@ -72,6 +70,12 @@ __all__ = [
     "Detector",
     "DiagnosisReport",
     "Finding",
+    "FindingKind",
+    "Metric",
+    "Severity",
+    "Sink",
+    "nn",
+    "optim",
     "GradNormSpikeDetector",
     "GradientSpike",
     "LossSpikeDetector",
