@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import steadygrad
-from steadygrad.continual import ContinualEvaluation, GapTracker, WorstCaseScores
+from steadygrad.continual import ContinualEvaluation, GapTracker, ReplayBuffer, WorstCaseScores
 from steadygrad.continual.metrics import (
     CONTINUAL_METRICS,
     MIN_ACCURACY,
@@ -19,6 +19,7 @@ from steadygrad.continual.metrics import (
     TASK_LOSS,
     WORST_CASE_ACCURACY,
 )
+from steadygrad.core import declaration_of
 from steadygrad.core.record import Record
 from steadygrad.diagnose.detectors import StabilityGap, default_detectors
 from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
@@ -132,9 +133,11 @@ def test_continual_evaluation_matches_a_hand_loop_that_evaluates_every_step(tmp_
         else:
             assert MIN_ACCURACY.name not in record.values
     mon.close()
+    run = steadygrad.load(tmp_path / "run")
     recorded = {m.name for m in CONTINUAL_METRICS}
-    stored = {n.partition("/")[0] for n in steadygrad.load(tmp_path / "run").names()}
-    assert recorded <= stored
+    assert recorded <= {n.partition("/")[0] for n in run.names()}
+    undeclared = [n for n in run.names() if declaration_of(n, run.metrics()) is None]
+    assert not undeclared
 
 
 def test_continual_evaluation_cadence_schedule_and_bad_input(tmp_path):
@@ -231,8 +234,11 @@ def test_stability_gap_study_claim_on_a_reduced_run(tmp_path):
     report = steadygrad.diagnose(result.run_dirs["replay_4"])
     (gap,) = [d for d in report.diagnoses if d.cause == "stability_gap"]
     assert gap.evidence["worst"]["size"] >= 0.1
-    for fix in gap.fixes:
-        compile(fix.code, "<fix>", "exec")  # each fix is Python a user can paste
+    replay = next(f for f in gap.fixes if "ReplayBuffer" in f.code)
+    space = {"steadygrad": steadygrad, "x": torch.randn(8, 64), "y": torch.randint(10, (8,))}
+    once, each_step = replay.code.split("#")[0], replay.code.split("each step:")[1].strip()
+    exec(once + "\n" + each_step, space)
+    assert space["x"].shape == (40, 64)  # the fix as printed: 8 new + 32 replayed
     assert (tmp_path / "stability_gap.json").exists()
 
 
@@ -277,3 +283,25 @@ def test_cli_runs_both_new_studies(tmp_path, capsys):
     assert (out / "gradient_estimators.json").exists()
     assert "claims" in capsys.readouterr().out
     assert main(["study", "gradient-estimators", "--estimators", "nope"]) == 2
+
+
+def test_replay_buffer_is_a_uniform_reservoir():
+    """Every example of a stream is kept with probability capacity / seen (Vitter's reservoir),
+    checked by counting over many independent buffers."""
+    stream = torch.arange(60).float().unsqueeze(1)
+    kept = torch.zeros(60)
+    trials = 600
+    for seed in range(trials):
+        buffer = ReplayBuffer(capacity=12, seed=seed)
+        for start in range(0, 60, 7):  # uneven batches
+            buffer.add(stream[start : start + 7], stream[start : start + 7, 0].long())
+        assert len(buffer) == 12 and buffer.seen == 60
+        kept[buffer._x[:, 0].long()] += 1
+    p = 12 / 60
+    se = math.sqrt(p * (1 - p) / trials)
+    z = (kept / trials - p) / se
+    assert z.abs().max() < 4.5 and (z.abs() < 2).float().mean() > 0.85
+    x, y = ReplayBuffer(4).mix(torch.ones(3, 1), torch.ones(3).long(), k=2)
+    assert x.shape == (3, 1)  # empty buffer: the batch unchanged
+    with pytest.raises(ValueError, match="empty"):
+        ReplayBuffer(4).sample(2)

@@ -41,7 +41,7 @@ def test_forward_gradient_is_unbiased_within_its_standard_error():
     true = torch.cat([g.reshape(-1) for g in _true_grad(model, batch)]).double()
     est = ForwardGradient(model, seed=1)
     draws = torch.stack(
-        [torch.cat([u.reshape(-1) for u in est.estimate(batch)[1]]).double() for _ in range(3000)]
+        [torch.cat([u.reshape(-1) for u in est.estimate(batch)[1]]).double() for _ in range(1500)]
     )
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
     z = (mean - true) / se

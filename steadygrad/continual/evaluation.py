@@ -2,14 +2,15 @@
 
 It runs its own forward passes after the step (no grad, in eval mode, the model's mode restored),
 after the Monitor and the other signals have stopped capturing, so it never shows up in their
-measurements and never touches the gradients the optimizer uses.
+measurements and never touches the gradients the optimizer uses. Its values reach the host in
+the step's one transfer; min-ACC, WC-ACC and the gaps are derived there (:meth:`finish`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,10 @@ from steadygrad.continual.metrics import (
     WorstCaseScores,
 )
 from steadygrad.core.checks import positive_int
-from steadygrad.core.signal import Signal
+from steadygrad.core.signal import Measurements, Signal
+
+if TYPE_CHECKING:
+    from steadygrad.core.record import Record
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -125,55 +129,64 @@ class ContinualEvaluation(Signal):
         self._follow_schedule(step)
         return self._pending_switch or super().due(step)
 
-    def collect(self, step: int) -> Mapping[str, float]:
+    def measure(self, step: int, out: Measurements) -> None:
         if self.monitor is None:
-            raise RuntimeError("ContinualEvaluation.collect called before attach(monitor)")
+            raise RuntimeError("ContinualEvaluation.measure called before attach(monitor)")
         self._follow_schedule(step)
         if self.current is None:
-            return {}  # no task started yet: nothing to say
+            return  # no task started yet: nothing to say
         self._pending_switch = False
-        accuracy, loss = self.evaluate(self.monitor.model)
-        values: dict[str, Any] = {TASK.name: float(self.seen.index(self.current))}
+        accuracy, loss = self._evaluate(self.monitor.model)  # device tensors, no sync here
+        out.put(TASK.name, float(self.seen.index(self.current)))
+        out.put_many([TASK_ACCURACY.key(n) for n in self.seen], accuracy)
+        out.put_many([TASK_LOSS.key(n) for n in self.seen], loss)
+
+    def finish(self, record: Record, raw: Sequence[float] = ()) -> None:
+        """On the host, from this step's accuracies: the gaps, min-ACC and WC-ACC."""
+        if self.current is None or TASK.name not in record.values:
+            return
+        accuracy = {n: record.values[TASK_ACCURACY.key(n)] for n in self.seen}
         for name in self.seen:
-            values[TASK_ACCURACY.key(name)] = accuracy[name]
-            values[TASK_LOSS.key(name)] = loss[name]
             if name != self.current and name in self._at_switch:
-                values[STABILITY_GAP.key(name)] = self._at_switch[name] - accuracy[name]
+                record.values[STABILITY_GAP.key(name)] = self._at_switch[name] - accuracy[name]
         self.scores.update(self.current, accuracy)
         min_acc = self.scores.min_accuracy()
         if math.isfinite(min_acc):
-            values[MIN_ACCURACY.name] = min_acc
-        values[WORST_CASE_ACCURACY.name] = self.scores.worst_case_accuracy(
+            record.values[MIN_ACCURACY.name] = min_acc
+        record.values[WORST_CASE_ACCURACY.name] = self.scores.worst_case_accuracy(
             self.current, accuracy[self.current]
         )
-        self._last = dict(accuracy)
-        return values
+        self._last = accuracy
 
     def evaluate(self, model: torch.nn.Module) -> tuple[dict[str, float], dict[str, float]]:
-        """Accuracy and mean loss of ``model`` on the held-out subset of every task seen so far.
+        """Accuracy and mean loss of ``model`` on the held-out subset of every task seen so far,
+        as host numbers (one transfer); the model's train/eval mode is restored.
 
-        One host transfer for all of them; the model's train/eval mode is restored.
+        Example:
+            >>> accuracy, loss = evaluator.evaluate(model)  # doctest: +SKIP
         """
+        accuracy, loss = self._evaluate(model)
+        acc, los = accuracy.tolist(), loss.tolist()
+        return dict(zip(self.seen, acc, strict=True)), dict(zip(self.seen, los, strict=True))
+
+    def _evaluate(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(model.parameters()).device
         if self._placed != device:
             self.tasks = {n: (x.to(device), y.to(device)) for n, (x, y) in self.tasks.items()}
             self._placed = device
         was_training = model.training
         model.eval()
-        parts = []
+        accuracy, loss = [], []
         try:
             with torch.no_grad():
                 for name in self.seen:
                     x, y = self.tasks[name]
                     logits = model(x)
-                    correct = (logits.argmax(dim=-1) == y).float().mean()
-                    parts.append(torch.stack([correct, self.loss_fn(logits, y).float()]))
+                    accuracy.append((logits.argmax(dim=-1) == y).float().mean())
+                    loss.append(self.loss_fn(logits, y).float())
         finally:
             model.train(was_training)
-        flat = torch.stack(parts).tolist()
-        accuracy = {n: row[0] for n, row in zip(self.seen, flat, strict=True)}
-        loss = {n: row[1] for n, row in zip(self.seen, flat, strict=True)}
-        return accuracy, loss
+        return torch.stack(accuracy), torch.stack(loss)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -23,6 +23,7 @@ from steadygrad.core.metrics import (
     SHARPNESS_LIMIT,
     UPDATE_RATIO,
 )
+from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
 from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
 from steadygrad.diagnose.detectors.training import (
     AMP_OVERFLOW,
@@ -626,9 +627,7 @@ RULES: tuple[Rule, ...] = (
 
 # -- continual learning (kept self-contained: one check, one rule, appended) --------------------
 def _stability_gap(facts: RunFacts) -> Found | None:
-    from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
-
-    gaps = facts.of(STABILITY_GAP_FOUND.name)
+    gaps = facts.of(STABILITY_GAP_FOUND)
     if not gaps:
         return None
     worst = max(gaps, key=lambda f: f.evidence.get("size", 0.0))
@@ -657,15 +656,16 @@ STABILITY_GAP_RULE = Rule(
     (
         Fix(
             "replay (more of) a buffer of earlier tasks' examples in every batch",
-            "idx = torch.randint(len(memory_x), (32,)); "
-            "x, y = torch.cat([x, memory_x[idx]]), torch.cat([y, memory_y[idx]])",
+            "buffer = steadygrad.continual.ReplayBuffer(capacity=2000)  # once; then each step: "
+            "buffer.add(x, y); x, y = buffer.mix(x, y, k=32)",
         ),
         Fix(
             "start each new task gently: a lower learning rate, warmed up again at each switch",
             "scheduler = steadygrad.optim.WarmupCosine(optimizer, warmup_steps=100, "
-            "total_steps=steps_per_task)  # a new one at each evaluator.start_task(...)",
+            "total_steps=total_steps)  # a new one at each task switch, over that task's steps",
         ),
     ),
     _stability_gap,
+    (STABILITY_GAP_FOUND,),
 )
 RULES = (*RULES, STABILITY_GAP_RULE)

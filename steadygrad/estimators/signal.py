@@ -25,6 +25,8 @@ class EstimatorAlignment(Signal):
         >>> # Monitor(model, optimizer, signals=[signal]); loss = estimator.backward((x, y))
     """
 
+    metrics = (ESTIMATOR_COSINE, ESTIMATOR_NORM_RATIO)  # and, per instance, the estimator's
+
     def __init__(self, estimator: GradientEstimator, every: int = 10) -> None:
         super().__init__(every)
         if not isinstance(estimator, GradientEstimator):

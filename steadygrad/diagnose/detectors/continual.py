@@ -38,7 +38,7 @@ class StabilityGap(Detector):
         'stability_gap'
     """
 
-    kind = STABILITY_GAP_FOUND.name
+    kind = STABILITY_GAP_FOUND
     reads = (TASK, TASK_ACCURACY)
     emits = (STABILITY_GAP_FOUND,)
 
