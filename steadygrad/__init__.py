@@ -74,6 +74,7 @@ __all__ = [
     "Metric",
     "Severity",
     "Sink",
+    "estimators",
     "nn",
     "optim",
     "GradNormSpikeDetector",
