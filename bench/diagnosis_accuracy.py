@@ -21,7 +21,7 @@ Columns (per mode):
     monitor raised        runs where mon.step() raised into the training loop (steadygrad must
                           never harm the run; the bench then stops stepping the monitor)
     fault not induced     runs whose own check says the induced fault did not happen (their
-                          truth is wrong: fix the scenario, do not count the row)
+                          truth is wrong: they are left out of the rows above)
 
 Per-scenario rows: hit = 1st (right cause first), any (right cause ranked lower), no; for a
 healthy control ok / FA (false alarm); a trailing ! marks a fault not induced. loc = y / n / -
@@ -213,7 +213,7 @@ def _run_star(args: tuple[str, str, str]) -> dict:
 
 def summarise(rows: list[dict], mode: str) -> dict:
     mine = [r for r in rows if r["mode"] == mode and r.get("error") is None]
-    sick = [r for r in mine if r["true_cause"] != "healthy"]
+    sick = [r for r in mine if r["true_cause"] != "healthy" and r.get("induced", True)]
     placed = [r for r in sick if r["true_where"]]
     diverging = [r for r in sick if r.get("diverge_step") is not None]
     healthy = [r for r in mine if r["true_cause"] == "healthy"]
@@ -299,7 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", help="keep the run directories here (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true", help="print each run's diagnoses")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--from-json", help="reprint the tables of a saved results JSON")
     args = parser.parse_args(argv)
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())["rows"]
+        modes = [m for m in args.modes if any(r["mode"] == m for r in rows)]
+        if args.skip_heldout:
+            rows = [r for r in rows if not r.get("heldout")]
+        print_tables(rows, modes)
+        return 0
 
     from scenarios import SCENARIOS
 

@@ -207,7 +207,13 @@ def nan_padding_row_gpt(ctx: Context) -> None:
 # -- learning rate above the stability limit ----------------------------------------------------------
 
 
-@scenario("gpt", "adamw", "sharpness_above_limit", diverges="auto", note="warm-up to a peak of 3.0, far past the limit")
+@scenario(
+    "gpt",
+    "adamw",
+    "sharpness_above_limit",
+    diverges="auto",
+    note="warm-up to a peak of 3.0, far past the limit",
+)
 def lr_slow_gpt_adamw(ctx: Context) -> None:
     gen = seeded(56)
     model = Decoder(dim=32)
