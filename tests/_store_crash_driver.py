@@ -1,0 +1,84 @@
+"""Forks run writers and SIGKILLs each at a random moment; prints one JSON line per kill.
+
+Run by tests/test_store_crash.py as ``python _store_crash_driver.py BASE KILLS CREATION_KILLS
+SEED``. The first CREATION_KILLS kills land while the writer is creating its store (a delay drawn
+below the measured creation time); the others while it writes. Forking from this small,
+single-threaded process keeps each kill cheap (no interpreter start-up per kill).
+"""
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+from steadygrad.store import RunStore
+
+FLUSH_EVERY = 5
+NAMES = [f"m{i}" for i in range(40)]
+
+
+def value(step: int, i: int) -> float:
+    return step + i / 64  # exact in binary, so the test can compare exactly
+
+
+def writer(run_dir: Path, report: int) -> None:
+    os.write(report, b"start\n")
+    store = RunStore(run_dir, name="crash", flush_every=FLUSH_EVERY, flush_seconds=1e9)
+    os.write(report, b"created\n")
+    step = 0
+    while True:
+        store.add_scalars(step, {n: value(step, i) for i, n in enumerate(NAMES)})
+        if (step + 1) % FLUSH_EVERY == 0:  # this call handed steps step-4..step to the writer
+            os.write(report, f"{step}\n".encode())
+        step += 1
+        time.sleep(0.0005)
+
+
+def kill_one(run_dir: Path, delay: float) -> dict:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            writer(run_dir, write)
+        finally:
+            os._exit(1)
+    os.close(write)
+    seen = b""
+    while b"start\n" not in seen:
+        seen += os.read(read, 1)
+    time.sleep(delay)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    while chunk := os.read(read, 65536):
+        seen += chunk
+    os.close(read)
+    lines = seen.decode().split()
+    handed = [int(x) for x in lines if x.isdigit()]
+    return {
+        "dir": str(run_dir),
+        "delay": delay,
+        "created": "created" in lines,
+        "last_handed_off": handed[-1] if handed else None,
+    }
+
+
+def main() -> None:
+    base, kills, creation_kills, seed = Path(sys.argv[1]), *map(int, sys.argv[2:5])
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    RunStore(base / "calibration").close()
+    creation = time.perf_counter() - started
+    for i in range(kills):
+        if i < creation_kills:
+            delay = rng.uniform(0.0, creation)
+        else:
+            delay = rng.uniform(creation, creation + 0.25)
+        print(json.dumps(kill_one(base / f"kill{i:02d}", delay)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
