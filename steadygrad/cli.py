@@ -266,13 +266,13 @@ STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
 def _export(args: argparse.Namespace) -> int:
     from steadygrad.store import load
 
+    if args.out.is_dir():
+        raise UsageError(f"-o/--out: {args.out} is a directory; give the output file's name")
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     if fmt not in ("csv", "parquet"):
         raise UsageError(
             f"--format must be csv or parquet (or the file end in .csv/.parquet), got {fmt!r}"
         )
-    if args.out.is_dir():
-        raise UsageError(f"-o/--out: {args.out} is a directory; give the output file's name")
     run = load(args.run)
     path = run.to_csv(args.out) if fmt == "csv" else run.to_parquet(args.out)
     Console().print(f"wrote {path}")
