@@ -144,3 +144,18 @@ def test_sigkill_leaves_a_readable_database_marked_crashed(tmp_path):
     # Whole steps only: every step that has a loss has all of its per-parameter values too.
     for name in ("grad_norm/weight", "grad_norm/bias", "param_norm/weight", "lr/0"):
         assert run.series(name)[0].tolist() == steps.tolist()
+
+
+def test_metric_declarations_are_kept_with_the_run(tmp_path):
+    from steadygrad.core.metric import Metric
+    from steadygrad.core.metrics import LOSS
+
+    norm = Metric("grad_norm", "L2 norm of the gradient", per="parameter", scale="log", total=True)
+    store = RunStore(tmp_path / "run")
+    store.declare([LOSS, Metric("grad_norm", "a first draft", per="parameter")])
+    store.declare([norm])  # a later declaration of a name replaces the earlier one
+    with pytest.raises(TypeError, match="Metric objects"):
+        store.declare(["loss"])
+    store.close()
+    run = steadygrad.load(tmp_path / "run")
+    assert run.metrics() == {"loss": LOSS, "grad_norm": norm}

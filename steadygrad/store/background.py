@@ -25,15 +25,17 @@ from steadygrad.store.errors import StorageWarning, logger
 
 @dataclass
 class Batch:
-    """One flush window: scalars as ``(step, name, value, wall)``, findings and actions."""
+    """One flush window: scalars as ``(step, name, value, wall)``, findings, actions and metric
+    declarations ``(name, json)``."""
 
     rows: list[tuple] = field(default_factory=list)
     findings: list[tuple] = field(default_factory=list)
     actions: list[tuple] = field(default_factory=list)
+    metrics: list[tuple] = field(default_factory=list)
     seq: int = 0
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.findings) + len(self.actions)
+        return len(self.rows) + len(self.findings) + len(self.actions) + len(self.metrics)
 
     def steps(self) -> tuple[int, int] | None:
         steps = [r[0] for r in self.rows] + [f[0] for f in self.findings]
@@ -233,6 +235,11 @@ class BackgroundWriter(threading.Thread):
                 conn.executemany(
                     "INSERT INTO actions (step, kind, detail, wall) VALUES (?, ?, ?, ?)", actions
                 )
+            metrics = [m for b in batches for m in b.metrics]
+            if metrics:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO metrics (name, declaration) VALUES (?, ?)", metrics
+                )
             if self._unrecorded:
                 now = time.time()
                 conn.executemany(
@@ -305,14 +312,17 @@ class BackgroundWriter(threading.Thread):
             self._retry_at = time.monotonic() + self._retry_delay
 
     def _trim(self) -> None:
-        """Drop the oldest whole batches beyond the memory bound. Their actions are kept (they
-        are few and say what was done to the run): they move on to the next batch."""
+        """Drop the oldest whole batches beyond the memory bound. Their actions and metric
+        declarations are kept (they are few, and say what was done to the run and what it
+        records)."""
         while self._backlog_rows > self.max_buffered_rows:
             i = next((i for i, b in enumerate(self._backlog) if b.rows or b.findings), None)
             if i is None:
                 return
             dropped = self._backlog[i]
-            self._backlog[i] = Batch(actions=dropped.actions, seq=dropped.seq)
+            self._backlog[i] = Batch(
+                actions=dropped.actions, metrics=dropped.metrics, seq=dropped.seq
+            )
             self._backlog_rows -= len(dropped.rows) + len(dropped.findings)
             span = dropped.steps()
             if span is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from steadygrad.core.finding import Finding
+from steadygrad.core.metric import Metric
 from steadygrad.store.background import LostSteps
 from steadygrad.store.create import TEMP_SUFFIX
 from steadygrad.store.errors import UnreadableRunError
@@ -81,6 +82,7 @@ class Run:
                     + ", ".join(repr(t) for t in missing)
                 )
             self._has_lost = "data_lost" in tables
+            self._has_metrics = "metrics" in tables
             row = self._one("SELECT name, config, started FROM run")
             self.name: str = str(row[0])
             self.config: dict[str, Any] = self._json(row[1], "the run's config")
@@ -216,6 +218,24 @@ class Run:
             Action(step, kind, self._json(detail, "an action's detail"), wall)
             for step, kind, detail, wall in rows
         ]
+
+    def metrics(self) -> dict[str, Metric]:
+        """The declarations of the metrics this run recorded, by name (empty for a run made
+        before declarations were kept)."""
+        if not self._has_metrics:
+            return {}
+        rows = self._all("SELECT name, declaration FROM metrics ORDER BY name")
+        out = {}
+        for name, text in rows:
+            try:
+                out[name] = Metric.from_dict(self._json(text, f"the declaration of {name!r}"))
+            except (TypeError, ValueError) as exc:
+                if isinstance(exc, UnreadableRunError):
+                    raise
+                raise UnreadableRunError(
+                    f"{self.path}: the declaration of {name!r} is not a Metric ({exc})"
+                ) from None
+        return out
 
     def data_lost(self) -> list[LostSteps]:
         """The spans of steps whose records never reached the database (storage faults while

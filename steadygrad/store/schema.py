@@ -4,7 +4,8 @@ SQLite cannot hold NaN (it stores it as NULL), so a NULL ``value`` in ``scalars`
 nothing else is ever stored as NULL there. +/-Inf, subnormals and 1e300 are stored as they are;
 SQLite keeps no sign on zero, so -0.0 reads back as 0.0.
 
-``data_lost`` says which steps' values never reached the database (storage full, locked or deleted
+``metrics`` keeps the declaration of each metric the run recorded (``Metric.to_dict`` as JSON),
+so a reader draws what the run declared. ``data_lost`` says which steps' values never reached the database (storage full, locked or deleted
 while the run trained): the run went on, and these steps are the gap.
 """
 
@@ -50,6 +51,10 @@ CREATE TABLE IF NOT EXISTS actions (
     detail TEXT NOT NULL,
     wall REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS metrics (
+    name TEXT PRIMARY KEY,
+    declaration TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS data_lost (
     id INTEGER PRIMARY KEY,
     first_step INTEGER NOT NULL,
@@ -63,6 +68,6 @@ CREATE VIEW IF NOT EXISTS scalars_named AS
 """
 
 TABLES = ("run", "names", "scalars", "findings", "actions")
-"""The tables every run has (``data_lost`` is newer: a run without it lost nothing it knew of)."""
+"""The tables every run has (``metrics`` and ``data_lost`` are newer and may be missing)."""
 
 STATUSES = ("running", "finished", "crashed", "interrupted")

@@ -26,6 +26,7 @@ from typing import Any
 
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.finding import Finding
+from steadygrad.core.metric import Metric
 from steadygrad.store.background import BackgroundWriter, Batch, LostSteps
 from steadygrad.store.schema import DB_NAME, STATUSES
 
@@ -151,6 +152,21 @@ class RunStore:
                     None if f.batch_ids is None else _json(f.batch_ids),
                 )
             )
+
+    def declare(self, metrics: Iterable[Metric]) -> None:
+        """Keep the declarations of the metrics this run records with the run (a later
+        declaration of the same name replaces the earlier one); handed over at once.
+
+        Example:
+            >>> from steadygrad.core.metrics import LOSS                   # doctest: +SKIP
+            >>> store.declare([LOSS])                                      # doctest: +SKIP
+        """
+        self._check_open()
+        for metric in metrics:
+            if not isinstance(metric, Metric):
+                raise TypeError(f"metrics must hold Metric objects, got {type(metric).__name__}")
+            self._batch.metrics.append((_text("metric name", metric.name), _json(metric.to_dict())))
+        self._hand_off()
 
     def add_action(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
         """Record an action taken on the run (e.g. by the autopilot); handed over at once."""
