@@ -143,6 +143,14 @@ class BackgroundWriter(threading.Thread):
             logger.exception("the steadygrad writer thread for %s stopped", self.db_path)
             with self.cond:
                 self.fault = f"the writer thread stopped: {exc!r}"
+                self._trim()
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"steadygrad stopped writing {self.db_path}: {exc!r}; training goes on",
+                    StorageWarning,
+                    stacklevel=1,
+                )
         finally:
             with self.cond:
                 self.cond.notify_all()
@@ -214,11 +222,11 @@ class BackgroundWriter(threading.Thread):
         new_ids: dict[str, int] = {}
         conn.execute("BEGIN IMMEDIATE")
         try:
-            rows = [
-                (step, self._name_id(name, new_ids), v, wall)
-                for b in batches
-                for step, name, v, wall in b.rows
-            ]
+            ids = dict(self._name_ids)
+            for b in batches:
+                for name in {r[1] for r in b.rows}.difference(ids):
+                    ids[name] = new_ids[name] = self._name_id(name)
+            rows = [(step, ids[name], v, wall) for b in batches for step, name, v, wall in b.rows]
             if rows:
                 conn.executemany(
                     "INSERT INTO scalars (step, name_id, value, wall) VALUES (?, ?, ?, ?)", rows
@@ -261,14 +269,10 @@ class BackgroundWriter(threading.Thread):
                 old = self._committed or span
                 self._committed = (min(old[0], span[0]), max(old[1], span[1]))
 
-    def _name_id(self, name: str, new_ids: dict[str, int]) -> int:
-        name_id = self._name_ids.get(name) or new_ids.get(name)
-        if name_id is None:
-            conn = self._conn
-            conn.execute("INSERT OR IGNORE INTO names (name) VALUES (?)", (name,))
-            name_id = conn.execute("SELECT id FROM names WHERE name=?", (name,)).fetchone()[0]
-            new_ids[name] = name_id
-        return name_id
+    def _name_id(self, name: str) -> int:
+        conn = self._conn
+        conn.execute("INSERT OR IGNORE INTO names (name) VALUES (?)", (name,))
+        return conn.execute("SELECT id FROM names WHERE name=?", (name,)).fetchone()[0]
 
     def _open(self) -> None:
         self._conn = create_run_db(self.db_path, self.run_row, self.busy_timeout)

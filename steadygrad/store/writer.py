@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import operator
 import os
 import socket
 import time
@@ -58,7 +59,7 @@ class RunStore:
     busy_timeout = 5.0  # seconds a write waits for a lock held by another connection
     retry_seconds = 1.0  # first delay before retrying after a storage fault (then doubling)
     max_retry_seconds = 30.0
-    handoff_wait = 1.0  # at most this long, a flush waits for the previous one to be committed
+    handoff_wait = 0.25  # at most this long, a flush waits for the previous one to be committed
     close_timeout = 10.0  # at most this long, close() keeps retrying a failing storage
     max_buffered_rows = 2_000_000  # values kept in memory while the storage fails (~300 MB)
 
@@ -122,7 +123,8 @@ class RunStore:
         """Buffer one step's values; hands them to the writer when the step or time budget is
         reached."""
         self._check_open()
-        wall = time.time() if wall is None else wall
+        step = _step(step)  # checked here: a value SQLite cannot bind would fail every retry
+        wall = time.time() if wall is None else float(wall)
         for name in values.keys() - self._names:
             self._names.add(_text("metric name", name))
         try:
@@ -144,7 +146,7 @@ class RunStore:
         for f in findings:
             self._batch.findings.append(
                 (
-                    f.step,
+                    _step(f.step),
                     f.kind,
                     f.where,
                     f.severity,
@@ -171,7 +173,9 @@ class RunStore:
     def add_action(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
         """Record an action taken on the run (e.g. by the autopilot); handed over at once."""
         self._check_open()
-        self._batch.actions.append((step, kind, _json(dict(detail)), time.time()))
+        self._batch.actions.append(
+            (_step(step), _text("kind", kind), _json(dict(detail)), time.time())
+        )
         self._hand_off()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -224,6 +228,13 @@ def _text(what: str, value: str) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"{what} {value!r} is not valid Unicode text (a lone surrogate)") from None
     return value
+
+
+def _step(step: Any) -> int:
+    try:
+        return operator.index(step)
+    except TypeError:
+        raise TypeError(f"step must be an int, got {type(step).__name__} {step!r}") from None
 
 
 def _is_real(value: Any) -> bool:
