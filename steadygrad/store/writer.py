@@ -80,9 +80,10 @@ class RunStore:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         self.path = self.run_dir / DB_NAME
+        self.name = name or self.run_dir.name
         now = time.time()
         run_row = (
-            _text("name", name or self.run_dir.name),
+            _text("name", self.name),
             _text("config", _json(dict(config or {}))),
             now,
             now,
