@@ -408,7 +408,10 @@ def _scalar(name: str, value: Any) -> torch.Tensor:
             raise TypeError(f"{name} must be real, got a complex {value.dtype} tensor")
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return torch.tensor(float(value), dtype=torch.float64)
+        try:
+            return torch.tensor(float(value), dtype=torch.float64)
+        except OverflowError:
+            raise ValueError(f"{name} is too large for a float: {value!r}") from None
     raise TypeError(f"{name} must be a tensor or a number, got {type(value).__name__}")
 
 
