@@ -33,9 +33,13 @@ from steadygrad.core.optimizer import optimizer_family
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal
+from steadygrad.monitor.attention_logits import AttentionLogitSignal
+from steadygrad.monitor.dead_units import DeadUnitSignal
+from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
 from steadygrad.monitor.step import AmpScaleSignal, LearningRateSignal, StepInputs, StepSignal
+from steadygrad.monitor.update_curvature import UpdateCurvatureSignal
 from steadygrad.nn.qk_norm import qk_norm_targets
 from steadygrad.store.writer import RunStore, resolve_run_dir
 
@@ -61,8 +65,13 @@ class Monitor:
         every: record every ``every``-th step (1 = every step).
         update_every: measure update-to-weight ratios every this many steps.
         activation_every: measure leaf-module output RMS every this many steps.
-        signals: extra :class:`~steadygrad.core.Signal` objects (attention logits, curvature
-            probes, ...).
+        signals: extra :class:`~steadygrad.core.Signal` objects (curvature probes, ...).
+        mechanisms: also watch, every ``activation_every`` steps, what the diagnosis needs to
+            name a mechanism: the output logits and softmax collapse at the loss
+            (``F.cross_entropy``), attention logits (SDPA and ``nn.MultiheadAttention``) and dead
+            ReLU units per layer. Those that do not apply to the model stay off (the run's
+            config says which). A signal passed in ``signals`` that records the same metrics
+            replaces the default one.
         detectors: the detectors to run; default :func:`default_detectors`.
         sinks: extra :class:`~steadygrad.core.Sink` objects fed every record live (TensorBoard,
             W&B, MLflow, ...); the run store is always written.
@@ -94,6 +103,7 @@ class Monitor:
         update_every: int = 10,
         activation_every: int = 25,
         signals: Iterable[Signal] = (),
+        mechanisms: bool = True,
         detectors: Sequence[Detector] | None = None,
         sinks: Iterable[Sink] = (),
         flush_every: int = 100,
@@ -112,10 +122,13 @@ class Monitor:
             LearningRateSignal(),
             self.parameters,
             ActivationSignal(activation_every, guard_steps),
+            UpdateCurvatureSignal(update_every),
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
         extra = _all_of("signals", signals, Signal)
+        if mechanisms:
+            builtin += _mechanism_signals(activation_every, extra)
         self.detectors = (
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
@@ -303,6 +316,8 @@ class Monitor:
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_steps += 1
         self._optimizer_steps_total += 1
+        for s in self.signals:
+            s.after_update()
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -335,10 +350,20 @@ class Monitor:
         for s in self.signals:
             s.detach()
         self.progress.close()
+        self._note_signals()
         self.store.close(status)
         if self.sinks:
             self._to_sinks("close", status, self._diagnosis())
         atexit.unregister(self._at_exit)
+
+    def _note_signals(self) -> None:
+        """Say in the run's config which signals measured and which stayed off, and why."""
+        switched = {type(s).__name__: s.applies() for s in self.signals}
+        notes = {k: "on" if v is True else f"off: {v}" for k, v in switched.items()}
+        try:
+            self.store.update_config({"signals": notes})
+        except Exception as exc:  # the run's data matters more than this note
+            log.warning("steadygrad: could not note the signals in the run's config: %r", exc)
 
     def _diagnosis(self) -> dict[str, Any] | None:
         from steadygrad.diagnose.diagnosis import diagnose
@@ -387,6 +412,13 @@ def watch(
     monitor = Monitor(model, optimizer, run_dir, **kwargs)
     with monitor:
         yield monitor
+
+
+def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
+    """The default mechanism signals, less those whose metrics a given signal records."""
+    taken = {m.name for s in given for m in s.metrics}
+    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(every)]
+    return [s for s in defaults if not taken & {m.name for m in s.metrics}]
 
 
 def _all_of(name: str, items: Iterable[Any], kind: type) -> list[Any]:

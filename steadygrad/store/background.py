@@ -32,10 +32,12 @@ class Batch:
     findings: list[tuple] = field(default_factory=list)
     actions: list[tuple] = field(default_factory=list)
     metrics: list[tuple] = field(default_factory=list)
+    config: str | None = None  # the run's whole config as JSON, when it changed
     seq: int = 0
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.findings) + len(self.actions) + len(self.metrics)
+        n = len(self.rows) + len(self.findings) + len(self.actions) + len(self.metrics)
+        return n + (self.config is not None)
 
     def steps(self) -> tuple[int, int] | None:
         steps = [r[0] for r in self.rows] + [f[0] for f in self.findings]
@@ -243,6 +245,9 @@ class BackgroundWriter(threading.Thread):
                 conn.executemany(
                     "INSERT INTO actions (step, kind, detail, wall) VALUES (?, ?, ?, ?)", actions
                 )
+            configs = [b.config for b in batches if b.config is not None]
+            if configs:
+                conn.execute("UPDATE run SET config=? WHERE id=1", (configs[-1],))
             metrics = [m for b in batches for m in b.metrics]
             if metrics:
                 conn.executemany(
@@ -263,6 +268,8 @@ class BackgroundWriter(threading.Thread):
             raise
         self._name_ids.update(new_ids)
         self._unrecorded.clear()
+        if configs:  # a database made anew (after a deletion) starts from the latest config
+            self.run_row = (self.run_row[0], configs[-1], *self.run_row[2:])
         for b in batches:
             span = b.steps()
             if span is not None:
@@ -325,7 +332,10 @@ class BackgroundWriter(threading.Thread):
                 return
             dropped = self._backlog[i]
             self._backlog[i] = Batch(
-                actions=dropped.actions, metrics=dropped.metrics, seq=dropped.seq
+                actions=dropped.actions,
+                metrics=dropped.metrics,
+                config=dropped.config,
+                seq=dropped.seq,
             )
             self._backlog_rows -= len(dropped.rows) + len(dropped.findings)
             span = dropped.steps()

@@ -82,9 +82,10 @@ class RunStore:
         self.path = self.run_dir / DB_NAME
         self.name = name or self.run_dir.name
         now = time.time()
+        self._config = dict(config or {})
         run_row = (
             _text("name", self.name),
-            _text("config", _json(dict(config or {}))),
+            _text("config", _json(self._config)),
             now,
             now,
             os.getpid(),
@@ -117,6 +118,13 @@ class RunStore:
     def lost(self) -> list[LostSteps]:
         """Every span of steps whose records could not be written so far."""
         return list(self._writer.lost)
+
+    def update_config(self, changes: Mapping[str, Any]) -> None:
+        """Merge ``changes`` into the run's stored config (handed over at once)."""
+        self._check_open()
+        self._config = {**self._config, **dict(changes)}
+        self._batch.config = _text("config", _json(self._config))
+        self._hand_off()
 
     def add_scalars(
         self, step: int, values: Mapping[str, float], wall: float | None = None

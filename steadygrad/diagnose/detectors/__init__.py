@@ -20,11 +20,15 @@ from steadygrad.diagnose.detectors.transformer import (
     SoftmaxCollapse,
     UpdateRatioOutOfRange,
 )
+from steadygrad.diagnose.detectors.trends import GradientGrowth, LossDivergence, UnstableSteps
 
 __all__ = [
     "AttentionLogitGrowth",
     "Detector",
     "GradNormSpikeDetector",
+    "GradientGrowth",
+    "LossDivergence",
+    "UnstableSteps",
     "GradientSpike",
     "LossSpikeDetector",
     "NonFiniteDetector",
