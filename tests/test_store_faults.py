@@ -271,3 +271,33 @@ def test_half_made_databases_are_reused_and_foreign_files_refused(tmp_path, capl
     with pytest.raises(FileExistsError, match="not a readable steadygrad run"):
         RunStore(foreign)
     assert (foreign / "run.db").read_bytes().startswith(b"not a database")  # left untouched
+
+
+@pytest.mark.parametrize("with_shm", [True, False])
+def test_crashed_run_with_its_log_reads_from_a_directory_the_reader_cannot_write(with_shm):
+    base = shared_temp_dir()
+    store = RunStore(base / "src", flush_every=1000)
+    for step in range(5):
+        store.add_scalars(step, {"loss": float(step)})
+    assert store.flush()
+    shutil.copytree(base / "src", base / "run")  # as a kill leaves it: the log not yet merged
+    store.close()
+    if not with_shm:
+        os.unlink(base / "run" / "run.db-shm")
+    assert os.path.exists(base / "run" / "run.db-wal")
+    for name in os.listdir(base / "run"):
+        os.chmod(base / "run" / name, 0o444)
+    os.chmod(base / "run", 0o555)
+
+    def reader():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            steps = steadygrad.load(base / "run").num_steps
+        return f"{steps} {sum('write-ahead log' in str(w.message) for w in caught)}"
+
+    try:
+        # With its -shm file SQLite reads the log read-only: every step. Without it, only the
+        # database file can be read (nothing was merged into it yet), and the reader is told.
+        assert as_unprivileged_user(reader) == ("5 0" if with_shm else "0 1")
+    finally:
+        shutil.rmtree(base)

@@ -7,6 +7,7 @@ import math
 import os
 import socket
 import sqlite3
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from steadygrad.core.finding import Finding
 from steadygrad.core.metric import Metric
 from steadygrad.store.background import LostSteps
 from steadygrad.store.create import TEMP_SUFFIX
-from steadygrad.store.errors import UnreadableRunError
+from steadygrad.store.errors import UnreadableRunError, logger
 from steadygrad.store.schema import DB_NAME, TABLES
 
 
@@ -74,7 +75,7 @@ class Run:
             )
         self._db = self._connect()
         try:
-            tables = {r[0] for r in self._all("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = self._tables()
             missing = [t for t in TABLES if t not in tables]
             if missing:
                 raise UnreadableRunError(
@@ -91,15 +92,35 @@ class Run:
             self._db.close()
             raise
 
-    def _connect(self) -> sqlite3.Connection:
+    def _tables(self) -> set[str]:
+        query = "SELECT name FROM sqlite_master WHERE type='table'"
+        try:
+            return {r[0] for r in self._all(query)}
+        except UnreadableRunError:
+            if os.access(self.run_dir, os.W_OK):
+                raise
+        # A write-ahead log without its -shm file, in a directory we cannot write: read the
+        # database file alone (what was checkpointed into it), and say so.
+        self._db.close()
+        self._db = self._connect(mode="immutable=1")
+        message = (
+            f"{self.path}: its write-ahead log cannot be used from here (the directory is not "
+            "writable); reading the database without it, so the last steps may be missing"
+        )
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        return {r[0] for r in self._all(query)}
+
+    def _connect(self, mode: str | None = None) -> sqlite3.Connection:
         """Read-only. A WAL database normally needs its ``-shm`` file created next to it; where
         the directory cannot be written (another user's run, a read-only mount), a run without a
         write-ahead log (finished, or checkpointed) is opened as immutable instead."""
         uri = self.path.absolute().as_uri()
         wal = Path(f"{self.path}-wal")
-        mode = "mode=ro"
-        if not os.access(self.run_dir, os.W_OK) and not wal.exists():
-            mode = "immutable=1"
+        if mode is None:
+            mode = "mode=ro"
+            if not os.access(self.run_dir, os.W_OK) and not wal.exists():
+                mode = "immutable=1"
         try:
             return sqlite3.connect(
                 f"{uri}?{mode}", uri=True, timeout=self.busy_timeout, check_same_thread=False
