@@ -215,7 +215,13 @@ class RunStore:
         atexit.unregister(self._drain_at_exit)
         self._hand_off()
         self._writer.request_close(status, self.close_timeout)
-        self._writer.join(self.close_timeout + self.busy_timeout + 1.0)
+        # A healthy writer is waited for however long its backlog takes; a failing one gives up
+        # by itself after close_timeout (each attempt bounded by busy_timeout).
+        deadline = time.monotonic() + self.close_timeout + self.busy_timeout + 1.0
+        while self._writer.is_alive():
+            self._writer.join(0.5)
+            if self._writer.fault is not None and time.monotonic() > deadline:
+                break
 
     def _drain_at_exit(self) -> None:
         # The interpreter is exiting with the store open: write what was recorded (the writer
