@@ -140,6 +140,7 @@ class Monitor:
         self.autopilot = autopilot
         self.scaler = scaler
         self.signals: list[Signal] = []
+        self._core_signals = builtin[:3]  # the step, learning rates and parameter statistics
         for s in builtin + extra:
             s.attach(self)  # the parameter signal raises for a model without parameters
             self.signals.append(s)
@@ -257,13 +258,15 @@ class Monitor:
     def _measure(self, step: int) -> Record:
         due = [s for s in self.signals if s.due(step)]
         for s in due:
-            s.end(step)  # every capture stops before any signal runs passes of its own
+            self._safely(
+                s, "end", step
+            )  # every capture stops before any signal runs its own passes
         out = Measurements()
         for s in due:
-            s.measure(step, out)
+            self._safely(s, "measure", step, out)
         record = Record(step=step, values=out.to_host(), wall_time=time.time())  # one transfer
         for s in due:
-            s.finish(record, out.raw(s))
+            self._safely(s, "finish", record, out.raw(s))
         return record
 
     def _detect(self, record: Record, batch_ids: Any) -> list[Finding]:
@@ -283,7 +286,7 @@ class Monitor:
             return
         for s in self.signals:
             if s.due(step):
-                s.begin(step)
+                self._safely(s, "begin", step)
 
     # -- what the autopilot may use (its narrow interface) --------------------------------------
     def gradient_norms(self) -> tuple[list[int], torch.Tensor]:
@@ -311,13 +314,33 @@ class Monitor:
         if self._optimizer_steps_total == 0 and self._unstepped_calls:
             raise RuntimeError(ORDER_ERROR)
         for s in self.signals:
-            s.before_update()
+            self._safely(s, "before_update")
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_steps += 1
         self._optimizer_steps_total += 1
         for s in self.signals:
-            s.after_update()
+            self._safely(s, "after_update")
+
+    def _safely(self, signal: Signal, method: str, *args: Any) -> None:
+        """Run one signal's step; one that fails (a probe on NaN weights, a model it cannot
+        read) is switched off with a warning: a measurement never stops the training."""
+        try:
+            getattr(signal, method)(*args)
+        except Exception as exc:
+            if signal in self._core_signals:
+                raise  # the built-in measurements failing is a bug to see, not to hide
+            self.signals.remove(signal)
+            try:
+                signal.detach()
+            except Exception:  # noqa: BLE001 - it is being switched off anyway
+                pass
+            message = (
+                f"steadygrad: signal {type(signal).__name__} failed in {method} ({exc!r}); "
+                "it is switched off for the rest of the run"
+            )
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
