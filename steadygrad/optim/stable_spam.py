@@ -69,6 +69,8 @@ def stable_spam_kernel(
 
 # its float32 norm makes inductor's code depend on the size class (see _base._size_classes)
 stable_spam_kernel.float32_sum = True  # type: ignore[attr-defined]
+# its max and norm are over the whole tensor: the multi-tensor path must not cut it into blocks
+stable_spam_kernel.reduces = True  # type: ignore[attr-defined]
 
 
 class StableSPAM(KernelOptimizer):
@@ -116,6 +118,7 @@ class StableSPAM(KernelOptimizer):
         reset_interval: int = 1000,
         reset_mode: str = "reference",
         fused: bool | None = None,
+        foreach: bool | None = None,
         state_bits: int = 32,
     ) -> None:
         if reset_mode not in RESET_MODES:
@@ -133,7 +136,7 @@ class StableSPAM(KernelOptimizer):
             reset_interval=non_negative_int("reset_interval", reset_interval),
             reset_mode=reset_mode,
         )
-        super().__init__(params, defaults, fused=fused, state_bits=state_bits)
+        super().__init__(params, defaults, fused=fused, foreach=foreach, state_bits=state_bits)
         for group in self.param_groups:
             group.setdefault("total_steps_done", 0)
 
