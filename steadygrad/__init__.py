@@ -8,6 +8,9 @@ Example:
     >>> print(steadygrad.diagnose(run).text())                           # doctest: +SKIP
 """
 
+from steadygrad import estimators, nn, optim
+from steadygrad.continual import ContinualEvaluation
+from steadygrad.core import Finding, FindingKind, Metric, Record, Severity, Signal, Sink
 from steadygrad.curvature import (
     SharpnessProbe,
     hessian_frobenius_norm,
@@ -31,18 +34,16 @@ from steadygrad.diagnose.detectors import (
     PlasticityLoss,
     SharpnessAboveLimit,
     SoftmaxCollapse,
+    StabilityGap,
     UpdateRatioOutOfRange,
     default_detectors,
 )
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
-from steadygrad.core.finding import Finding
 from steadygrad.monitor import (
     AttentionLogitSignal,
     Monitor,
     OutputLogitSignal,
     PlasticitySignal,
-    Record,
-    Signal,
     SoftmaxCollapseSignal,
     watch,
 )
@@ -60,6 +61,8 @@ __all__ = [
     "hessian_trace",
     "hessian_frobenius_norm",
     "SharpnessProbe",
+    "ContinualEvaluation",
+    "StabilityGap",
     "SharpnessAboveLimit",
     "AttentionLogitGrowth",
     "AttentionLogitSignal",
@@ -67,6 +70,13 @@ __all__ = [
     "Detector",
     "DiagnosisReport",
     "Finding",
+    "FindingKind",
+    "Metric",
+    "Severity",
+    "Sink",
+    "estimators",
+    "nn",
+    "optim",
     "GradNormSpikeDetector",
     "GradientSpike",
     "LossSpikeDetector",
