@@ -65,11 +65,15 @@ def test_foreach_path_follows_per_tensor_path(name):
     lists, opt = _run(name, foreach=True)
     start, _ = _run(name, steps=0)
     assert (reference - start).abs().max() > 0.02  # the trajectory goes somewhere
-    torch.testing.assert_close(lists, reference, rtol=0, atol=2e-6)
+    # the in-place translations keep the kernel's order of operations: bit for bit the same;
+    # Stable-SPAM sums its gradient norm by blocks, which may round the last bit differently
+    exact = not name.startswith("StableSPAM")
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(lists, reference, **tol)
     for p_ref, p in zip(ref_opt.state, opt.state, strict=True):
         for key, value in ref_opt.state[p_ref].items():
             if torch.is_tensor(value):
-                torch.testing.assert_close(opt.state[p][key], value, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(opt.state[p][key], value, **tol)
 
 
 @pytest.mark.parametrize("name", ["AdEMAMix", "StableSPAM", "Lion"])

@@ -211,11 +211,15 @@ def run_blocked(kernel: Callable[..., None], rows: list[list[torch.Tensor]], hp,
     through its in-place translation ``kernel.foreach`` when it has one and every tensor of
     the rows has one dtype, else through :class:`TensorList`."""
     inplace = getattr(kernel, "foreach", None)
+    split = not getattr(kernel, "reduces", False)
     if inplace is not None and len({t.dtype for row in rows for t in row}) == 1:
-        run_inplace(inplace, rows, hp, flags)
+        if split:
+            run_inplace(inplace, rows, hp, flags)
+        else:  # whole tensors: the translation does its own blocking around the reductions
+            columns = [list(col) for col in zip(*rows, strict=True)]
+            inplace(*columns, tuple(float(v) for v in hp), *flags)
         return
     scalars = Scalars(hp)
-    split = not getattr(kernel, "reduces", False)
     for block in blocks(rows, split):
         columns = [TensorList(list(col)) for col in zip(*block, strict=True)]
         kernel(*columns, scalars, *flags)
