@@ -1,5 +1,5 @@
 """The command line: ``steadygrad report|demo|export ...``. Exit 0 on success, 1 when a run is
-missing or cannot be read, 2 for bad arguments."""
+missing or cannot be read (or a Ray cluster cannot be reached), 2 for bad arguments."""
 
 from __future__ import annotations
 
@@ -87,14 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="final loss against learning rate, with and without qk-norm and z-loss",
         description="Wortsman et al. 2023: train TinyGPT at several sizes over a range of "
         "learning rates, with and without the mitigations (qk-norm, z-loss); report the final "
-        "loss against the learning rate and the LR sensitivity of each configuration. Runs in "
-        "parallel worker processes and resumes an interrupted sweep.",
+        "loss against the learning rate and the LR sensitivity of each configuration. Runs its "
+        "grid on Ray Tune (local Ray unless --address names a cluster); each run is recorded "
+        "in OUT/runs/, and an interrupted sweep resumes where it stopped.",
     )
     s.add_argument("-o", "--out", type=Path, default=Path("studies/lr-sensitivity"))
     s.add_argument("--sizes", nargs="+", default=None, help="model sizes (default: xs s m)")
     s.add_argument("--lrs", nargs="+", type=float, default=None, help="learning rates")
     s.add_argument("--steps", type=_positive_int, default=None, help="training steps per run")
-    s.add_argument("--workers", type=_positive_int, default=None, help="worker processes")
+    s.add_argument("--workers", type=_positive_int, default=None, help="runs at once")
+    s.add_argument(
+        "--address",
+        default=None,
+        help="an existing Ray cluster (host:port, ray://host:port or auto); default: local Ray",
+    )
     s.add_argument("--no-mitigations", action="store_true", help="baseline runs only")
 
     s = studies.add_parser(
@@ -211,7 +217,7 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
 def _lr_sensitivity(args: argparse.Namespace) -> None:
     from steadygrad.studies.lr_sensitivity import run_lr_sensitivity
 
-    options = _given(args, "sizes", "lrs", "steps", "workers")
+    options = _given(args, "sizes", "lrs", "steps", "workers", "address")
     run_lr_sensitivity(args.out, mitigations=not args.no_mitigations, **options)
 
 
@@ -266,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ConnectionError) as exc:
         print(f"steadygrad {args.command}: {exc}", file=sys.stderr)
         return 1
     except (ValueError, TypeError, ImportError) as exc:
