@@ -10,7 +10,13 @@ from __future__ import annotations
 from steadygrad.core.metric import Metric
 
 # -- the training step -------------------------------------------------------------------------
-LOSS = Metric("loss", "the loss passed to mon.step (the global mean under DDP)", panel="loss")
+LOSS = Metric(
+    "loss",
+    "the loss passed to mon.step (bare name: the mean over ranks; loss/<rank>: each rank's)",
+    per="rank",
+    total=True,
+    panel="loss",
+)
 LEARNING_RATE = Metric(
     "lr",
     "each optimizer group's learning rate used at this step",
@@ -59,7 +65,9 @@ UPDATE_RATIO = Metric(
 )
 NONFINITE_GRADS = Metric(
     "nonfinite_grads",
-    "number of NaN/Inf gradient entries",
+    "number of NaN/Inf entries in the gradients applied (per rank: before the all-reduce)",
+    per="rank",
+    total=True,
     unit="count",
     events=True,
     panel="events",

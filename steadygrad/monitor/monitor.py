@@ -33,6 +33,7 @@ from steadygrad.core.optimizer import optimizer_family
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal
+from steadygrad.monitor.distributed import NullStore, Reducer
 from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
 from steadygrad.monitor.step import AmpScaleSignal, LearningRateSignal, StepInputs, StepSignal
@@ -115,11 +116,15 @@ class Monitor:
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
+        self.reducer = Reducer.for_process()  # None unless torch.distributed has >1 process
+        if self.reducer is not None:
+            builtin.append(self.reducer)
+        writes = self.reducer is None or self.reducer.writes  # one process writes the run
         extra = _all_of("signals", signals, Signal)
         self.detectors = (
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
-        self.sinks = _all_of("sinks", sinks, Sink)
+        self.sinks = _all_of("sinks", sinks, Sink) if writes else []
         if autopilot is not None and not isinstance(autopilot, Autopilot):
             raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
         self.autopilot = autopilot
@@ -141,7 +146,8 @@ class Monitor:
         }
         if run_dir is None:
             run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        self.store = RunStore(
+        store = RunStore if writes else NullStore
+        self.store = store(
             resolve_run_dir(run_dir),
             name,
             run_config,
@@ -166,7 +172,7 @@ class Monitor:
             optimizer.register_step_pre_hook(self._before_optimizer_step),
             optimizer.register_step_post_hook(self._after_optimizer_step),
         ]
-        self.progress = ProgressLine(self.run_dir.name, enabled=progress)
+        self.progress = ProgressLine(self.run_dir.name, enabled=progress if writes else False)
         if self.autopilot is not None:
             self.autopilot.attach(self)
         self._prepare(0)
@@ -225,7 +231,8 @@ class Monitor:
         out = Measurements()
         for s in due:
             s.measure(step, out)
-        record = Record(step=step, values=out.to_host(), wall_time=time.time())  # one transfer
+        reduce = None if self.reducer is None else self.reducer.reduce  # over ranks
+        record = Record(step=step, values=out.to_host(reduce), wall_time=time.time())
         for s in due:
             s.finish(record, out.raw(s))
         return record
