@@ -1,12 +1,13 @@
 """The Monitor under torch.distributed (DDP, FSDP2): values reduced over ranks, one writer.
 
 The :class:`Reducer` is a built-in signal the Monitor adds when a process group of more than one
-process is up. At the Monitor's one transfer it reduces the step's values in two collectives,
-one per operator (SUM, MAX), over one concatenated vector each:
+process is up. At the Monitor's one transfer it reduces the step's values in one collective: a SUM over
+one concatenated vector (a maximum, such as the slowest rank's step time, travels as one slot
+per rank and is taken on the host, so no second operator is needed):
 
-* ``loss`` is the mean over ranks; ``step_time`` the maximum (the slowest rank sets the pace);
-  activation RMS the root mean square over ranks; every other value is rank 0's, sent to all,
-  so every rank holds the same Record.
+* ``loss`` is the mean over ranks; ``step_time`` the slowest rank's; activation RMS the root mean
+  square over ranks; every other value is rank 0's, sent to all, so every rank holds the same
+  Record.
 * gradient and weight norms are of the tensors actually applied: after DDP's all-reduce every
   rank holds the same gradients, so they need nothing; under FSDP2 each rank holds shards, and
   :class:`~steadygrad.monitor.parameters.ParameterStats` asks :meth:`Reducer.norms` for the
@@ -23,6 +24,7 @@ decision on every rank without talking further. Only rank 0 writes the run store
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +44,7 @@ GRAD_NORM_LOCAL = Metric(
     panel="grad_norm",
 )
 
-ROOT, SUM, MEAN, MAX, RMS = range(5)  # how a value is reduced over ranks (ROOT: rank 0's)
+ROOT, SUM, MEAN, RMS = range(4)  # how a value is reduced over ranks (ROOT: rank 0's)
 
 
 class Reducer(Signal):
@@ -76,7 +78,8 @@ class Reducer(Signal):
         self._local_step = -1
         self._hooked = False
         self._plan_key: tuple | None = None
-        self._plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._last_wall = time.perf_counter()
 
     @classmethod
     def for_process(cls) -> Reducer | None:
@@ -111,6 +114,8 @@ class Reducer(Signal):
 
         # No annotations: DDP checks them, and this module's are strings (future import).
         def hook(process_group, bucket):  # noqa: ANN001, ANN202
+            if self.monitor is None:  # closed: DDP keeps the hook, which only passes on
+                return allreduce_hook(process_group, bucket)
             try:
                 if self._local_step != self.monitor.step_count:
                     self._local, self._local_step = [], self.monitor.step_count
@@ -134,6 +139,12 @@ class Reducer(Signal):
                 stacklevel=3,
             )
 
+    def detach(self) -> None:
+        stats = self.monitor.parameters.stats
+        if stats.shards is self:
+            stats.shards = None
+        self.monitor = None
+
     # -- FSDP2: norms of shards ----------------------------------------------------------------------
     def norms(self, norms: torch.Tensor, index: list[int]) -> torch.Tensor:
         """The norm of each whole tensor from each rank's norm of its shard: the root of the
@@ -154,8 +165,10 @@ class Reducer(Signal):
         """This rank's own values in its slot of each per-rank family (zeros elsewhere: the
         SUM fills in every rank's)."""
         loss = self.monitor.inputs.loss.detach().reshape(()).to(self.device, torch.float64)
-        local = torch.zeros(4, self.world, dtype=torch.float64, device=self.device)
+        local = torch.zeros(5, self.world, dtype=torch.float64, device=self.device)
         local[0, self.rank] = loss
+        now = time.perf_counter()
+        local[4, self.rank], self._last_wall = now - self._last_wall, now
         if self._hooked and self._local and self._local_step == self.monitor.step_count:
             norms = torch.cat([n.to(self.device) for _, n, _ in self._local])
             local[1, self.rank] = norms.square().sum().sqrt()
@@ -174,11 +187,14 @@ class Reducer(Signal):
         if self._hooked:
             out.put_many([GRAD_NORM_LOCAL.key(r) for r in ranks], local[1])
             out.put_many([NONFINITE_GRADS.key(r) for r in ranks], local[2])
-            out.stash(self, local[3])
+        out.stash(self, local[3:].reshape(-1))  # parameter of origin, step time
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
-        """Name the rank (and, under DDP, the parameter) where a non-finite value was born."""
+        """The step time of the slowest rank; name the rank (and, under DDP, the parameter)
+        where a non-finite value was born."""
         values, meta = record.values, record.meta
+        origin, step_times = raw[: self.world], raw[self.world :]
+        values[STEP_TIME.name] = max(step_times)  # the slowest rank sets the pace
         bad_ranks = [
             r
             for r in range(self.world)
@@ -188,7 +204,7 @@ class Reducer(Signal):
         if not bad_ranks:
             return
         meta["nonfinite_ranks"] = bad_ranks
-        origins = [(r, int(raw[r]) - 1) for r in bad_ranks if raw and raw[r] > 0]
+        origins = [(r, int(origin[r]) - 1) for r in bad_ranks if origin[r] > 0]
         if origins:
             rank, i = origins[0]
             name = self._names[i]
@@ -204,43 +220,27 @@ class Reducer(Signal):
 
     # -- the Monitor's one transfer ------------------------------------------------------------------
     def reduce(self, labels: list[Any], vector: torch.Tensor) -> torch.Tensor:
-        """The step's values reduced over ranks: one SUM and one MAX over concatenated vectors."""
+        """The step's values reduced over ranks: one SUM over the concatenated vector."""
         local = vector.to(self.device)
-        to_sum, to_max, squared, divide, root = self._plan_for(labels)
-        result = local.clone()
-        if to_sum.numel():
-            part = local[to_sum]
-            part = torch.where(squared, part.square(), part)
-            if self.rank != 0:
-                part = torch.where(root, torch.zeros_like(part), part)
-            self._all_reduce(part, dist.ReduceOp.SUM)
-            part = torch.where(divide, part / self.world, part)
-            result[to_sum] = torch.where(squared, part.sqrt(), part)
-        if to_max.numel():
-            part = local[to_max]
-            self._all_reduce(part, dist.ReduceOp.MAX)
-            result[to_max] = part
-        return result.to(vector.device)
+        squared, divide, root = self._plan_for(labels)
+        part = torch.where(squared, local.square(), local)
+        if self.rank != 0:
+            part = torch.where(root, torch.zeros_like(part), part)
+        self._all_reduce(part, dist.ReduceOp.SUM)
+        part = torch.where(divide, part / self.world, part)
+        return torch.where(squared, part.sqrt(), part).to(vector.device)
 
     def _plan_for(self, labels: list[Any]) -> tuple[torch.Tensor, ...]:
-        """Which entries go into which collective (kept while the labels stay the same)."""
+        """How each entry is reduced, as masks (kept while the labels stay the same)."""
         key = tuple(label if isinstance(label, str) else id(label) for label in labels)
         if key != self._plan_key:
             rules = [self._rule(label) for label in labels]
-            to_sum = [i for i, r in enumerate(rules) if r != MAX]
-            to_max = [i for i, r in enumerate(rules) if r == MAX]
 
-            def tensor(items: list, dtype: torch.dtype) -> torch.Tensor:
-                return torch.tensor(items, dtype=dtype, device=self.device)
+            def mask(kinds: tuple[int, ...]) -> torch.Tensor:
+                return torch.tensor([r in kinds for r in rules], device=self.device)
 
             self._plan_key = key
-            self._plan = (
-                tensor(to_sum, torch.long),
-                tensor(to_max, torch.long),
-                tensor([rules[i] == RMS for i in to_sum], torch.bool),
-                tensor([rules[i] in (MEAN, RMS) for i in to_sum], torch.bool),
-                tensor([rules[i] == ROOT for i in to_sum], torch.bool),
-            )
+            self._plan = (mask((RMS,)), mask((MEAN, RMS)), mask((ROOT,)))
         return self._plan
 
     def _rule(self, label: Any) -> int:
@@ -253,8 +253,6 @@ class Reducer(Signal):
         family, _, where = label.partition("/")
         if label == LOSS.name:
             return MEAN
-        if label == STEP_TIME.name:
-            return MAX
         if where and family in (LOSS.name, NONFINITE_GRADS.name, GRAD_NORM_LOCAL.name):
             return SUM  # per-rank slots
         # Norms of the applied gradients and weights are already global, learning rates the
