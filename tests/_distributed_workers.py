@@ -16,8 +16,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-STEPS = 6
+STEPS = 10
 NAN_STEP = 3  # rank 1 alone produces a non-finite value at this step
+SPIKE_STEP = 9  # rank 1 alone gets targets 30 times too large (the last step: no aftermath)
 
 
 def _model() -> nn.Module:
@@ -27,7 +28,16 @@ def _model() -> nn.Module:
 
 def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(100 * rank + step)  # each rank its own data
-    return torch.randn(16, 4, generator=g), torch.randn(16, 2, generator=g)
+    x, y = torch.randn(16, 4, generator=g), torch.randn(16, 2, generator=g)
+    return x, (30 * y if rank == 1 and step == SPIKE_STEP else y)
+
+
+def _detectors() -> list:
+    """The defaults, with a per-rank spike detector that warms up within this short run."""
+    from steadygrad.diagnose.detectors import RankSpikeDetector, default_detectors
+
+    defaults = [d for d in default_detectors() if not isinstance(d, RankSpikeDetector)]
+    return [*defaults, RankSpikeDetector(warmup=4)]
 
 
 def run(rank: int, world: int, port: int, out: str, kind: str) -> None:
@@ -47,7 +57,9 @@ def _ddp(rank: int, out: Path) -> None:
     model = nn.parallel.DistributedDataParallel(plain)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     pilot = steadygrad.Autopilot(rollback=False, spike_clipping=False)
-    mon = steadygrad.Monitor(model, optimizer, out / "run", autopilot=pilot, progress=False)
+    mon = steadygrad.Monitor(
+        model, optimizer, out / "run", autopilot=pilot, progress=False, detectors=_detectors()
+    )
     seen: dict = {"losses": [], "local_grads": [], "applied_norm": [], "skipped": [], "w": []}
     for step in range(STEPS):
         x, y = _batch(rank, step)
@@ -91,7 +103,13 @@ def _fsdp(rank: int, out: Path) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     pilot = steadygrad.Autopilot(rollback=False, spike_clipping=False)
     mon = steadygrad.Monitor(
-        model, optimizer, out / "run", autopilot=pilot, progress=False, activation_every=1
+        model,
+        optimizer,
+        out / "run",
+        autopilot=pilot,
+        progress=False,
+        activation_every=1,
+        detectors=_detectors(),
     )
     seen: dict = {"losses": [], "applied_norm": [], "param_norm": [], "skipped": [], "w": []}
     hook = None

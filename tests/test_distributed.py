@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import steadygrad
+from steadygrad.diagnose.detectors import RankSpikeDetector
 from steadygrad.monitor.distributed import Reducer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -72,6 +73,12 @@ def _check_common(run: steadygrad.Run, ranks: list[dict], tmp_path: Path) -> ste
     for a, b in zip(ranks[0]["w"][-1], ranks[1]["w"][-1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert [(a.step, a.kind) for a in run.actions()] == [(nan, "skip_update")]
+    # A spike in rank 1's own loss is found at its step and named with the rank; rank 0's
+    # series, which did not spike, raise nothing.
+    spikes = [f for f in run.findings() if f.kind == "rank_spike"]
+    assert spikes and {f.step for f in spikes} == {workers.SPIKE_STEP}
+    assert {f.evidence["rank"] for f in spikes} == {1}
+    assert "loss/1" in {f.evidence["series"] for f in spikes}
     # The finding names the step and rank 1.
     found = [f for f in run.findings() if f.kind == "nonfinite"]
     assert [f.step for f in found] == [nan]
@@ -104,6 +111,10 @@ def test_ddp_records_the_global_mean_loss_the_applied_norms_and_names_the_rank(t
     assert origin["rank"] == 1
     assert origin["parameter"] == "module.0.weight" and origin["module"] == "module.0"
     assert finding.where == "module.0.weight"
+    # The spike is named with the parameter holding rank 1's largest gradient at that step.
+    names = {"module.0.weight", "module.0.bias", "module.2.weight", "module.2.bias"}
+    spike = next(f for f in run.findings() if f.kind == "rank_spike")
+    assert spike.where in names
     # One collective per recorded step (a SUM over one vector) under DDP.
     assert ranks[0]["collectives"] == ranks[1]["collectives"] == workers.STEPS
 
@@ -122,7 +133,8 @@ def test_fsdp2_norms_come_from_the_shards_and_the_nan_is_named_by_rank_and_modul
     assert origin["rank"] == 1 and origin["module"] == "0"
     assert finding.where == "0"
     # Under FSDP2, each step: the transfer, the gradient norms (the autopilot asks before the
-    # update), the weight norms; the update ratio (step 0) and the non-finite counts (step 3).
+    # update), the weight norms; once more for the update ratios (step 0) and for the
+    # non-finite counts (the NaN step).
     assert ranks[0]["collectives"] == ranks[1]["collectives"] == 3 * workers.STEPS + 2
 
 
@@ -132,3 +144,27 @@ def test_without_a_process_group_there_is_no_reducer(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with steadygrad.watch(model, optimizer, tmp_path / "run", progress=False) as mon:
         assert mon.reducer is None
+
+
+def _record(step: int, **values: float) -> steadygrad.Record:
+    return steadygrad.Record(step=step, values=values)
+
+
+def test_rank_spike_detector_names_the_rank_that_spiked_and_stays_quiet_otherwise():
+    detector = RankSpikeDetector(warmup=5)
+    noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.0, 1.02]
+    healthy = [
+        _record(s, **{"loss": x, "loss/0": x, "loss/1": 2 - x, "grad_norm_local/1": 0.5 * x})
+        for s, x in enumerate(noise)
+    ]
+    assert [f for r in healthy for f in detector.update(r)] == []  # the healthy control
+    spike = _record(7, **{"loss": 3.0, "loss/0": 1.0, "loss/1": 5.0, "grad_norm_local/1": 4.0})
+    spike.meta["largest_local_grad"] = {1: "fc.weight"}
+    found = detector.update(spike)
+    assert {(f.evidence["rank"], f.evidence["series"]) for f in found} == {
+        (1, "loss/1"),
+        (1, "grad_norm_local/1"),
+    }
+    assert {f.where for f in found} == {"fc.weight"} and {f.step for f in found} == {7}
+    # A single-process run has no per-rank series: nothing to watch.
+    assert RankSpikeDetector(warmup=1).update(_record(0, loss=1e9)) == []

@@ -72,6 +72,13 @@ NONFINITE_GRADS = Metric(
     events=True,
     panel="events",
 )
+GRAD_NORM_LOCAL = Metric(
+    "grad_norm_local",
+    "L2 norm of one rank's own gradient, before DDP's all-reduce averaged it",
+    per="rank",
+    scale="log",
+    panel="grad_norm",
+)
 NONFINITE_PARAMS = Metric(
     "nonfinite_params",
     "number of NaN/Inf weight entries",

@@ -33,16 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from steadygrad.core import Measurements, Metric, Record, Signal
-from steadygrad.core.metrics import LOSS, NONFINITE_GRADS, STEP_TIME
-
-GRAD_NORM_LOCAL = Metric(
-    "grad_norm_local",
-    "L2 norm of this rank's own gradient, before DDP's all-reduce averaged it",
-    per="rank",
-    scale="log",
-    panel="grad_norm",
-)
+from steadygrad.core import Measurements, Record, Signal
+from steadygrad.core.metrics import GRAD_NORM_LOCAL, LOSS, NONFINITE_GRADS, STEP_TIME
 
 ROOT, SUM, MEAN, RMS = range(4)  # how a value is reduced over ranks (ROOT: rank 0's)
 
@@ -165,7 +157,7 @@ class Reducer(Signal):
         """This rank's own values in its slot of each per-rank family (zeros elsewhere: the
         SUM fills in every rank's)."""
         loss = self.monitor.inputs.loss.detach().reshape(()).to(self.device, torch.float64)
-        local = torch.zeros(5, self.world, dtype=torch.float64, device=self.device)
+        local = torch.zeros(6, self.world, dtype=torch.float64, device=self.device)
         local[0, self.rank] = loss
         now = time.perf_counter()
         local[4, self.rank], self._last_wall = now - self._last_wall, now
@@ -181,20 +173,28 @@ class Reducer(Signal):
             bad = ~torch.isfinite(norms)
             first = torch.argmax(bad.to(torch.int8))
             local[3, self.rank] = torch.where(bad.any(), params[first] + 1, 0.0)
+            # The parameter with the largest gradient here, to name where a spike is.
+            largest = torch.argmax(torch.where(bad, -1.0, norms))
+            local[5, self.rank] = params[largest] + 1
         self._local = []
         ranks = range(self.world)
         out.put_many([LOSS.key(r) for r in ranks], local[0])
         if self._hooked:
             out.put_many([GRAD_NORM_LOCAL.key(r) for r in ranks], local[1])
             out.put_many([NONFINITE_GRADS.key(r) for r in ranks], local[2])
-        out.stash(self, local[3:].reshape(-1))  # parameter of origin, step time
+        out.stash(self, local[3:].reshape(-1))  # origin, step time, largest gradient
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         """The step time of the slowest rank; name the rank (and, under DDP, the parameter)
         where a non-finite value was born."""
         values, meta = record.values, record.meta
-        origin, step_times = raw[: self.world], raw[self.world :]
+        w = self.world
+        origin, step_times, largest = raw[:w], raw[w : 2 * w], raw[2 * w :]
         values[STEP_TIME.name] = max(step_times)  # the slowest rank sets the pace
+        if any(largest):
+            meta["largest_local_grad"] = {
+                r: self._names[int(i) - 1] for r, i in enumerate(largest) if i > 0
+            }
         bad_ranks = [
             r
             for r in range(self.world)

@@ -6,6 +6,7 @@ module holds the detectors of one family (training dynamics, transformers, curva
 
 from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
 from steadygrad.diagnose.detectors.curvature import SharpnessAboveLimit
+from steadygrad.diagnose.detectors.distributed import RankSpikeDetector
 from steadygrad.diagnose.detectors.training import (
     GradNormSpikeDetector,
     LossSpikeDetector,
@@ -30,6 +31,7 @@ __all__ = [
     "NonFiniteDetector",
     "OutputLogitDivergence",
     "PlasticityLoss",
+    "RankSpikeDetector",
     "RobustBaseline",
     "SharpnessAboveLimit",
     "SoftmaxCollapse",

@@ -215,7 +215,7 @@ class NonFiniteDetector(Detector):
 def default_detectors() -> list[Detector]:
     """The detectors a Monitor runs when none are given: those of the built-in signals, and
     those of the optional signals (each stays silent while its signal is not recorded)."""
-    from steadygrad.diagnose.detectors import curvature, transformer
+    from steadygrad.diagnose.detectors import curvature, distributed, transformer
 
     return [
         LossSpikeDetector(),
@@ -228,4 +228,5 @@ def default_detectors() -> list[Detector]:
         transformer.SoftmaxCollapse(),
         transformer.PlasticityLoss(),
         curvature.SharpnessAboveLimit(),
+        distributed.RankSpikeDetector(),
     ]
