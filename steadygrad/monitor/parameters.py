@@ -40,7 +40,7 @@ class ParameterStats:
             metric.name: [metric.key(n) for n in self.names]
             for metric in (GRAD_NORM, PARAM_NORM, UPDATE_RATIO)
         }
-        self._detached = [_local(p.detach()) for p in self.params]
+        self._detached = [local_shard(p.detach()) for p in self.params]
         # Under FSDP2 each process holds shards; the distributed Reducer then sets this to
         # combine per-shard norms and counts over the processes (see Shards).
         self.shards: Shards | None = None
@@ -72,7 +72,7 @@ class ParameterStats:
 
     def scale_gradients(self, index: list[int], factor: float | torch.Tensor) -> None:
         """Multiply the gradients of ``index`` by ``factor`` (and their cached norms)."""
-        torch._foreach_mul_([_local(self.params[i].grad) for i in index], factor)
+        torch._foreach_mul_([local_shard(self.params[i].grad) for i in index], factor)
         self.scale_cached_grad_norms(factor)
 
     def norms(self) -> tuple[list[int], torch.Tensor]:
@@ -91,7 +91,7 @@ class ParameterStats:
 
     def _grads(self) -> tuple[list[int], list[torch.Tensor]]:
         index = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [_local(self.params[i].grad) for i in index]
+        grads = [local_shard(self.params[i].grad) for i in index]
         if any(g.is_sparse for g in grads):
             raise TypeError("sparse gradients are not supported by the Monitor")
         return index, grads
@@ -101,7 +101,7 @@ class ParameterStats:
 
     def nonfinite_counts(self, index: list[int]) -> list[int]:
         """Number of NaN/Inf entries in the gradients of ``index`` (run on unhealthy steps only)."""
-        return self._counts([_local(self.params[i].grad) for i in index], index)
+        return self._counts([local_shard(self.params[i].grad) for i in index], index)
 
     def nonfinite_param_counts(self, index: list[int]) -> list[int]:
         """Number of NaN/Inf entries in the weights of ``index`` (unhealthy steps only)."""
@@ -171,7 +171,7 @@ class Shards(Protocol):
         """Each parameter's count from the counts in its shards."""
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_shard(t: torch.Tensor) -> torch.Tensor:
     """This process's part of a tensor: the local shard of a DTensor (FSDP2), else itself."""
     to_local = getattr(t, "to_local", None)
     return to_local() if callable(to_local) else t
