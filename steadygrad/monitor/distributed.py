@@ -1,9 +1,9 @@
 """The Monitor under torch.distributed (DDP, FSDP2): values reduced over ranks, one writer.
 
-The :class:`Reducer` is a built-in signal the Monitor adds when a process group of more than one
-process is up. At the Monitor's one transfer it reduces the step's values in one collective: a SUM over
-one concatenated vector (a maximum, such as the slowest rank's step time, travels as one slot
-per rank and is taken on the host, so no second operator is needed):
+The :class:`Reducer` is a built-in signal the Monitor adds when a process group of more than
+one process is up. At the Monitor's one transfer it reduces the step's values in one collective,
+a SUM over one concatenated vector (a maximum, such as the slowest rank's step time, travels as
+one slot per rank and is taken on the host, so no second operator is needed):
 
 * ``loss`` is the mean over ranks; ``step_time`` the slowest rank's; activation RMS the root mean
   square over ranks; every other value is rank 0's, sent to all, so every rank holds the same
@@ -12,7 +12,8 @@ per rank and is taken on the host, so no second operator is needed):
   rank holds the same gradients, so they need nothing; under FSDP2 each rank holds shards, and
   :class:`~steadygrad.monitor.parameters.ParameterStats` asks :meth:`Reducer.norms` for the
   root of the sum of squares over ranks (one more collective, which also makes the autopilot's
-  skip decision the same on every rank; one more on update-ratio steps).
+  skip decision the same on every rank; the weight norms, update ratios and the update-curvature
+  slopes likewise, one small collective each).
 * per-rank families: ``loss/<rank>``, ``nonfinite_grads/<rank>`` and ``grad_norm_local/<rank>``,
   the last two read before the all-reduce by a DDP communication hook (FSDP2's reduce-scatter
   has no such hook: there the per-rank loss is what names the rank).
@@ -132,12 +133,14 @@ class Reducer(Signal):
             )
 
     def detach(self) -> None:
+        if self.monitor is None:
+            return
         stats = self.monitor.parameters.stats
         if stats.shards is self:
             stats.shards = None
         self.monitor = None
 
-    # -- FSDP2: norms of shards ----------------------------------------------------------------------
+    # -- FSDP2: norms of shards ---------------------------------------------------------------
     def norms(self, norms: torch.Tensor, index: list[int]) -> torch.Tensor:
         """The norm of each whole tensor from each rank's norm of its shard: the root of the
         sum of squares over ranks (replicated tensors keep their norm). One collective."""
@@ -218,7 +221,7 @@ class Reducer(Signal):
             if key in meta:
                 meta[key].setdefault("rank", bad_ranks[0])
 
-    # -- the Monitor's one transfer ------------------------------------------------------------------
+    # -- the Monitor's one transfer ------------------------------------------------------------
     def reduce(self, labels: list[Any], vector: torch.Tensor) -> torch.Tensor:
         """The step's values reduced over ranks: one SUM over the concatenated vector."""
         local = vector.to(self.device)
