@@ -47,7 +47,7 @@ from steadygrad.monitor import (
     SoftmaxCollapseSignal,
     watch,
 )
-from steadygrad.store import Run, RunStore, load
+from steadygrad.store import Run, RunStore, StorageWarning, UnreadableRunError, load
 
 __version__ = "0.1.0"
 
@@ -92,6 +92,8 @@ __all__ = [
     "Signal",
     "SoftmaxCollapse",
     "SoftmaxCollapseSignal",
+    "StorageWarning",
+    "UnreadableRunError",
     "UpdateRatioOutOfRange",
     "__version__",
     "default_detectors",

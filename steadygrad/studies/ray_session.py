@@ -87,7 +87,7 @@ def ray_session(address: str | None = None, workers: int = 1) -> Iterator[None]:
         import ray
     except ImportError:
         raise ImportError(
-            "sweeps run on Ray Tune, which is not installed: pip install 'ray[tune]'"
+            "sweeps run on Ray Tune, which is not installed: pip install 'steadygrad[ray]'"
         ) from None
 
     workers = positive_int("workers", workers)
