@@ -8,6 +8,7 @@ that rank 0 wrote.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -32,6 +33,12 @@ def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (30 * y if rank == 1 and step == SPIKE_STEP else y)
 
 
+class _Fail(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            raise AssertionError(f"steadygrad warned: {record.getMessage()}")
+
+
 def _detectors() -> list:
     """The defaults, with a per-rank spike detector that warms up within this short run."""
     from steadygrad.diagnose.detectors import RankSpikeDetector, default_detectors
@@ -43,6 +50,9 @@ def _detectors() -> list:
 def run(rank: int, world: int, port: int, out: str, kind: str) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
+    # Anything steadygrad logs as a warning is a failure here (e.g. a rank without a store
+    # tripping over a store method).
+    logging.getLogger("steadygrad").addHandler(_Fail())
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         (_ddp if kind == "ddp" else _fsdp)(rank, Path(out))

@@ -270,30 +270,22 @@ class Reducer(Signal):
 
 
 class NullStore:
-    """What a rank that does not write the run holds in place of the run store."""
+    """What a rank that does not write the run holds in place of the run store: every write
+    is accepted and dropped (any method the store has, so the two cannot drift apart)."""
 
     def __init__(self, run_dir: str | Path, name: str | None = None, *args: Any, **kw: Any):
         self.run_dir = Path(run_dir)
         self.name = name or self.run_dir.name
         self.path = self.run_dir / "run.db"
 
-    def declare(self, metrics: Any) -> None:
-        pass
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return _drop
 
-    def add_scalars(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
-    def add_findings(self, findings: Any) -> None:
-        pass
-
-    def add_action(self, *args: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, status: str = "finished") -> None:
-        pass
+def _drop(*args: Any, **kwargs: Any) -> None:
+    """A write on a rank that does not write."""
 
 
 def _is_sharded(p: torch.Tensor) -> bool:
