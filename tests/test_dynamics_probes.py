@@ -78,8 +78,9 @@ def test_per_example_gradients_refuse_batchnorm_in_training_mode():
     with pytest.raises(ValueError, match="BatchNorm"):
         per_example_gradients(model, lambda m, b: m(b).sum(), torch.randn(6, 3))
     with pytest.raises(ValueError, match="leading"):
-        per_example_gradients(model.eval(), lambda m, b: m(b[0]).sum(), (torch.randn(6, 3),
-                                                                         torch.randn(5)))
+        per_example_gradients(
+            model.eval(), lambda m, b: m(b[0]).sum(), (torch.randn(6, 3), torch.randn(5))
+        )
 
 
 def test_coherence_is_the_ratio_computed_from_looped_gradients():
@@ -186,13 +187,14 @@ def test_top_subspace_fraction_and_overlap_match_a_dense_hessian():
     # move the weights by one gradient step; the overlap with the earlier subspace follows the
     # dense eigenvectors at both points
     with torch.no_grad():
-        for p, part in zip(model.parameters(), torch.split(g, [p.numel() for p in
-                                                                model.parameters()])):
+        sizes = [p.numel() for p in model.parameters()]
+        for p, part in zip(model.parameters(), torch.split(g, sizes), strict=True):
             p -= 2.0 * part.reshape(p.shape)
     H2, _ = _dense_hessian_and_gradient(model, ce, batch)
     top2 = torch.linalg.eigh(H2)[1][:, -k:]
-    second = top_subspace_overlap(model, ce, batch, k, previous=first, tol=1e-8,
-                                  max_matvecs=H.shape[0])
+    second = top_subspace_overlap(
+        model, ce, batch, k, previous=first, tol=1e-8, max_matvecs=H.shape[0]
+    )
     want_overlap = float((top.T @ top2).pow(2).sum() / k)
     assert 0.05 < want_overlap < 0.999  # the subspace did move
     assert second.overlap == pytest.approx(want_overlap, abs=1e-5)
@@ -226,8 +228,8 @@ def test_slices_equal_the_loss_at_the_moved_weights():
 
 
 @pytest.mark.parametrize(
-    ("activation", "sigma_w2", "sigma_b2"), [("tanh", 1.5, 0.05), ("tanh", 3.0, 0.0),
-                                             ("relu", 2.0, 0.0)]
+    ("activation", "sigma_w2", "sigma_b2"),
+    [("tanh", 1.5, 0.05), ("tanh", 3.0, 0.0), ("relu", 2.0, 0.0)],
 )
 def test_wide_random_net_follows_the_mean_field_recursion(activation, sigma_w2, sigma_b2):
     width, depth = 800, 6
@@ -237,8 +239,9 @@ def test_wide_random_net_follows_the_mean_field_recursion(activation, sigma_w2, 
     init_mean_field(model, sigma_w2, sigma_b2, gen)
     x = torch.randn(48, width, generator=gen, dtype=torch.float64)
     measured = signal_propagation(model, x)
-    mf = mean_field_variances(sigma_w2, sigma_b2, [width] * (depth + 2),
-                              float(x.pow(2).mean()), activation)
+    mf = mean_field_variances(
+        sigma_w2, sigma_b2, [width] * (depth + 2), float(x.pow(2).mean()), activation
+    )
     assert len(measured.layers) == depth + 1
     np.testing.assert_allclose(measured.activation_variance, mf.q, rtol=0.08)
     np.testing.assert_allclose(measured.gradient_variance, mf.gradient, rtol=0.12)
@@ -291,9 +294,20 @@ def test_every_probe_records_its_declared_metrics_in_a_monitor(tmp_path):
     assert steps.tolist() == [0, 2, 4] and all(1e-3 < v <= 32 for v in coherence)
     assert "gradient_coherence/0" in names and "activation_variance/2" in names
     for name in names:  # nothing undeclared
-        assert any(m.owns(name) for p in probes for m in p.metrics) or "/" in name or (
-            name in {"loss", "grad_norm", "param_norm", "step_time", "nonfinite_grads",
-                     "nonfinite_params"}
+        assert (
+            any(m.owns(name) for p in probes for m in p.metrics)
+            or "/" in name
+            or (
+                name
+                in {
+                    "loss",
+                    "grad_norm",
+                    "param_norm",
+                    "step_time",
+                    "nonfinite_grads",
+                    "nonfinite_params",
+                }
+            )
         ), name
 
 
@@ -306,10 +320,13 @@ def test_a_probe_never_raises_into_the_training_loop(tmp_path):
         warnings.simplefilter("always")
         run, _ = _train_with(
             tmp_path,
-            [GradientCoherenceProbe(broken, batch, every=1),
-             GradientNoiseScaleProbe(_ce, batch, every=1),
-             SignalPropagationProbe(batch[0], every=1)],
-            steps=4, poison_at=2,
+            [
+                GradientCoherenceProbe(broken, batch, every=1),
+                GradientNoiseScaleProbe(_ce, batch, every=1),
+                SignalPropagationProbe(batch[0], every=1),
+            ],
+            steps=4,
+            poison_at=2,
         )
     text = [str(w.message) for w in caught]
     assert any("GradientCoherenceProbe: skipped at step 0: RuntimeError: boom" in t for t in text)

@@ -26,7 +26,8 @@ class SharpnessProbe(Signal):
     ``batch`` is the held batch (or a zero-argument callable returning it); ``loss_fn(model,
     batch)`` returns the scalar loss. Metrics: ``sharpness``, ``sharpness_limit``,
     ``sharpness_ratio``, ``hessian_min_eigenvalue``, ``curvature_matvecs``, and as applicable
-    ``hessian_trace`` (+ ``hessian_trace_limit``), ``preconditioned_sharpness``,
+    ``hessian_trace`` (+ ``hessian_trace_limit`` and ``hessian_trace_ratio``, SGD's criterion
+    tr(H) <= 2/lr), ``preconditioned_sharpness``,
     ``preconditioned_sharpness_limit``, ``preconditioned_sharpness_ratio``,
     ``hessian_eigenvalue_2..k`` and ``sharpness/<module>`` (``layerwise=True``).
 

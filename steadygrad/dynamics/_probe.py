@@ -52,7 +52,8 @@ class DynamicsProbe(Signal):
         name = type(self).__name__
         if not finite_weights(model):
             warnings.warn(
-                f"{name}: skipped at step {step}: the weights hold NaN or Inf", RuntimeWarning,
+                f"{name}: skipped at step {step}: the weights hold NaN or Inf",
+                RuntimeWarning,
                 stacklevel=2,
             )
             return {}
@@ -60,7 +61,8 @@ class DynamicsProbe(Signal):
             return dict(self.measure_model(model, self.held_batch()))
         except Exception as exc:  # a probe never raises into the training loop
             warnings.warn(
-                f"{name}: skipped at step {step}: {type(exc).__name__}: {exc}", RuntimeWarning,
+                f"{name}: skipped at step {step}: {type(exc).__name__}: {exc}",
+                RuntimeWarning,
                 stacklevel=2,
             )
             return {}

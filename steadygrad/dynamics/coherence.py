@@ -30,11 +30,16 @@ GRADIENT_COHERENCE = Metric(
     "gradient_coherence",
     "m-coherence ||sum g_i||^2 / sum ||g_i||^2 of per-example gradients (1 = orthogonal, "
     "m = identical; bare name: whole network, per module: its own parameters)",
-    per="module", total=True, scale="log", panel="gradient_coherence",
+    per="module",
+    total=True,
+    scale="log",
+    panel="gradient_coherence",
 )
 COHERENCE_EXAMPLES = Metric(
-    "coherence_examples", "examples m in the coherence sample (the m-coherence's maximum)",
-    unit="count", panel="gradient_coherence",
+    "coherence_examples",
+    "examples m in the coherence sample (the m-coherence's maximum)",
+    unit="count",
+    panel="gradient_coherence",
 )
 
 

@@ -22,8 +22,12 @@ from torch.func import functional_call
 
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.metric import Metric
-from steadygrad.curvature.objective import _LossModule, _probe_state, check_finite_batch
-from steadygrad.curvature.objective import select_parameters
+from steadygrad.curvature.objective import (
+    _LossModule,
+    _probe_state,
+    check_finite_batch,
+    select_parameters,
+)
 from steadygrad.dynamics._probe import DynamicsProbe
 
 LOSS_LANDSCAPE_RISE = Metric(
@@ -149,7 +153,9 @@ def loss_landscape(
             losses = np.array(
                 [
                     [
-                        _loss_at(wrapper, batch, {k: theta[k] + a * d1[k] + b * d2[k] for k in theta})
+                        _loss_at(
+                            wrapper, batch, {k: theta[k] + a * d1[k] + b * d2[k] for k in theta}
+                        )
                         for b in coords
                     ]
                     for a in coords
@@ -159,7 +165,12 @@ def loss_landscape(
 
 
 def landscape_rise(
-    model: nn.Module, loss_fn: Any, batch: Any, *, radius: float = 0.5, directions: int = 4,
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    *,
+    radius: float = 0.5,
+    directions: int = 4,
     seed: int = 0,
 ) -> float:
     """Mean of L(theta + r d) - L(theta) over ``directions`` filter-normalised directions and
@@ -231,8 +242,14 @@ class LossLandscapeProbe(DynamicsProbe):
     metrics = (LOSS_LANDSCAPE_RISE,)
 
     def __init__(
-        self, loss_fn: Any, batch: Any, every: int = 100, *, radius: float = 0.5,
-        directions: int = 4, seed: int = 0,
+        self,
+        loss_fn: Any,
+        batch: Any,
+        every: int = 100,
+        *,
+        radius: float = 0.5,
+        directions: int = 4,
+        seed: int = 0,
     ) -> None:
         super().__init__(loss_fn, batch, every)
         self.radius = finite_float("radius", radius, low=0.0, low_open=True)
@@ -241,7 +258,11 @@ class LossLandscapeProbe(DynamicsProbe):
 
     def measure_model(self, model: nn.Module, batch: Any) -> dict[str, float]:
         rise = landscape_rise(
-            model, self.loss_fn, batch, radius=self.radius, directions=self.directions,
+            model,
+            self.loss_fn,
+            batch,
+            radius=self.radius,
+            directions=self.directions,
             seed=self.seed,
         )
         return {LOSS_LANDSCAPE_RISE.key(): rise}

@@ -28,24 +28,35 @@ from torch.func import functional_call
 
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.metric import Metric
-from steadygrad.curvature.objective import _LossModule, _probe_state, check_finite_batch
-from steadygrad.curvature.objective import select_parameters
+from steadygrad.curvature.objective import (
+    _LossModule,
+    _probe_state,
+    check_finite_batch,
+    select_parameters,
+)
 from steadygrad.dynamics._probe import DynamicsProbe
 from steadygrad.dynamics.per_example import batch_size_of, per_example_gradients, subset
 
 METHODS = ("per_example", "two_batch")
 
 GRADIENT_NOISE_SCALE = Metric(
-    "gradient_noise_scale", "B_simple = tr(Sigma) / |G|^2: the critical batch size estimate",
-    unit="examples", scale="log", panel="gradient_noise_scale",
+    "gradient_noise_scale",
+    "B_simple = tr(Sigma) / |G|^2: the critical batch size estimate",
+    unit="examples",
+    scale="log",
+    panel="gradient_noise_scale",
 )
 GRADIENT_NOISE_TRACE = Metric(
-    "gradient_noise_trace", "tr(Sigma): total variance of the per-example gradients",
-    scale="log", panel="gradient_noise_scale",
+    "gradient_noise_trace",
+    "tr(Sigma): total variance of the per-example gradients",
+    scale="log",
+    panel="gradient_noise_scale",
 )
 GRADIENT_MEAN_SQ_NORM = Metric(
-    "gradient_mean_sq_norm", "|G|^2: squared norm of the expected gradient (unbiased estimate)",
-    scale="log", panel="gradient_noise_scale",
+    "gradient_mean_sq_norm",
+    "|G|^2: squared norm of the expected gradient (unbiased estimate)",
+    scale="log",
+    panel="gradient_noise_scale",
 )
 
 
@@ -140,11 +151,14 @@ def gradient_noise_scale(
         )
     selected = select_parameters(model, params)
     with _probe_state(model, dropout=False), torch.enable_grad():
-        big = _sq_norm_of_gradient(model, loss_fn, subset(batch, slice(0, chunks * small_batch)),
-                                   selected)
+        big = _sq_norm_of_gradient(
+            model, loss_fn, subset(batch, slice(0, chunks * small_batch)), selected
+        )
         small = [
             _sq_norm_of_gradient(
-                model, loss_fn, subset(batch, slice(i * small_batch, (i + 1) * small_batch)),
+                model,
+                loss_fn,
+                subset(batch, slice(i * small_batch, (i + 1) * small_batch)),
                 selected,
             )
             for i in range(chunks)
@@ -195,7 +209,11 @@ class GradientNoiseScaleProbe(DynamicsProbe):
 
     def measure_model(self, model: nn.Module, batch: Any) -> dict[str, float]:
         est = gradient_noise_scale(
-            model, self.loss_fn, batch, method=self.method, small_batch=self.small_batch,
+            model,
+            self.loss_fn,
+            batch,
+            method=self.method,
+            small_batch=self.small_batch,
             chunk_size=self.chunk_size,
         )
         self._trace = self._average(self._trace, est.trace)

@@ -20,8 +20,12 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from steadygrad.core.checks import module as check_module
 from steadygrad.core.checks import positive_int
-from steadygrad.curvature.objective import _LossModule, _probe_state, check_finite_batch
-from steadygrad.curvature.objective import select_parameters
+from steadygrad.curvature.objective import (
+    _LossModule,
+    _probe_state,
+    check_finite_batch,
+    select_parameters,
+)
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 

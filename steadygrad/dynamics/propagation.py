@@ -38,21 +38,30 @@ ACTIVATIONS = ("tanh", "relu", "linear")
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 ACTIVATION_VARIANCE = Metric(
-    "activation_variance", "mean square of a layer's output (pre-activation) on the held batch",
-    per="module", scale="log", panel="signal_propagation",
+    "activation_variance",
+    "mean square of a layer's output (pre-activation) on the held batch",
+    per="module",
+    scale="log",
+    panel="signal_propagation",
 )
 BACKPROP_VARIANCE = Metric(
     "backprop_variance",
     "mean square of the gradient at a layer's output, for a random Gaussian read-out",
-    per="module", scale="log", panel="signal_propagation",
+    per="module",
+    scale="log",
+    panel="signal_propagation",
 )
 JACOBIAN_SINGULAR_MAX = Metric(
-    "jacobian_singular_max", "largest singular value of the input-output Jacobian",
-    scale="log", panel="signal_propagation",
+    "jacobian_singular_max",
+    "largest singular value of the input-output Jacobian",
+    scale="log",
+    panel="signal_propagation",
 )
 JACOBIAN_SINGULAR_MEAN_SQ = Metric(
-    "jacobian_singular_mean_sq", "mean squared singular value of the input-output Jacobian",
-    scale="log", panel="signal_propagation",
+    "jacobian_singular_mean_sq",
+    "mean squared singular value of the input-output Jacobian",
+    scale="log",
+    panel="signal_propagation",
 )
 
 
@@ -310,11 +319,19 @@ class SignalPropagationProbe(Signal):
     """
 
     metrics = (
-        ACTIVATION_VARIANCE, BACKPROP_VARIANCE, JACOBIAN_SINGULAR_MAX, JACOBIAN_SINGULAR_MEAN_SQ
+        ACTIVATION_VARIANCE,
+        BACKPROP_VARIANCE,
+        JACOBIAN_SINGULAR_MAX,
+        JACOBIAN_SINGULAR_MEAN_SQ,
     )
 
     def __init__(
-        self, inputs: Any, every: int = 100, *, jacobian: bool = False, max_examples: int = 8,
+        self,
+        inputs: Any,
+        every: int = 100,
+        *,
+        jacobian: bool = False,
+        max_examples: int = 8,
         seed: int = 0,
     ) -> None:
         super().__init__(every)
@@ -332,18 +349,28 @@ class SignalPropagationProbe(Signal):
                 raise ValueError("the weights hold NaN or Inf")
             inputs = self.inputs() if callable(self.inputs) else self.inputs
             p = signal_propagation(
-                model, inputs, jacobian=self.jacobian, max_examples=self.max_examples,
+                model,
+                inputs,
+                jacobian=self.jacobian,
+                max_examples=self.max_examples,
                 seed=self.seed,
             )
         except Exception as exc:  # a probe never raises into the training loop
             warnings.warn(
                 f"SignalPropagationProbe: skipped at step {step}: {type(exc).__name__}: {exc}",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
             return {}
-        values = {ACTIVATION_VARIANCE.key(n): v for n, v in zip(p.layers, p.activation_variance)}
+        values = {
+            ACTIVATION_VARIANCE.key(n): v
+            for n, v in zip(p.layers, p.activation_variance, strict=True)
+        }
         values.update(
-            {BACKPROP_VARIANCE.key(n): v for n, v in zip(p.layers, p.gradient_variance)}
+            {
+                BACKPROP_VARIANCE.key(n): v
+                for n, v in zip(p.layers, p.gradient_variance, strict=True)
+            }
         )
         if p.jacobian_singular_values is not None:
             s = p.jacobian_singular_values

@@ -26,15 +26,19 @@ from steadygrad.dynamics._probe import DynamicsProbe
 GRADIENT_TOP_SUBSPACE_FRACTION = Metric(
     "gradient_top_subspace_fraction",
     "||P_k g||^2 / ||g||^2: share of the gradient in the top-k Hessian eigenspace",
-    unit="fraction", panel="top_subspace",
+    unit="fraction",
+    panel="top_subspace",
 )
 TOP_SUBSPACE_OVERLAP = Metric(
     "top_subspace_overlap",
     "tr(P_prev P) / k: overlap of the top-k Hessian eigenspace with the previous probe's",
-    unit="fraction", panel="top_subspace",
+    unit="fraction",
+    panel="top_subspace",
 )
 TOP_SUBSPACE_MATVECS = Metric(
-    "top_subspace_matvecs", "Hessian-vector products the top-subspace probe used", unit="count",
+    "top_subspace_matvecs",
+    "Hessian-vector products the top-subspace probe used",
+    unit="count",
     panel="cost",
 )
 
@@ -66,8 +70,9 @@ def subspace_overlap(a: torch.Tensor, b: torch.Tensor) -> float:
         0.5
     """
     if a.shape != b.shape:
-        raise ValueError(f"subspaces must have the same shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
+        raise ValueError(
+            f"subspaces must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     return float((a.double().T @ b.double()).pow(2).sum() / a.shape[1])
 
 
@@ -112,16 +117,25 @@ def top_subspace_overlap(
         raise TypeError("previous must be a TopSubspace or an (n, k) tensor")
     objective = build_objective(model, loss_fn, batch, params)
     if k > objective.numel:
-        raise ValueError(f"k={k} is larger than the number of probed parameters "
-                         f"({objective.numel})")
+        raise ValueError(
+            f"k={k} is larger than the number of probed parameters ({objective.numel})"
+        )
     if prev is not None and prev.shape != (objective.numel, k):
-        raise ValueError(f"previous holds a basis of shape {tuple(prev.shape)}, expected "
-                         f"({objective.numel}, {k})")
+        raise ValueError(
+            f"previous holds a basis of shape {tuple(prev.shape)}, expected "
+            f"({objective.numel}, {k})"
+        )
     with make_operator(objective, engine) as op:
         result = run_eigensolver(
-            op, k=k, which="LA", method="lanczos", tol=tol,
+            op,
+            k=k,
+            which="LA",
+            method="lanczos",
+            tol=tol,
             max_matvecs=max_matvecs if max_matvecs is not None else max(80, 12 * k),
-            warm_start=prev, seed=seed, vectors=True,
+            warm_start=prev,
+            seed=seed,
+            vectors=True,
         )
         gradient = op.gradient
         matvecs = op.matvecs
@@ -176,7 +190,12 @@ class TopSubspaceProbe(DynamicsProbe):
             # an unconverged trailing eigenvalue still gives a good subspace for this purpose
             warnings.simplefilter("ignore", RuntimeWarning)
             result = top_subspace_overlap(
-                model, self.loss_fn, batch, self.k, previous=self.previous, tol=self.tol,
+                model,
+                self.loss_fn,
+                batch,
+                self.k,
+                previous=self.previous,
+                tol=self.tol,
                 max_matvecs=self.max_matvecs,
             )
         self.previous = result
