@@ -322,6 +322,7 @@ def test_a_probe_never_raises_into_the_training_loop(tmp_path):
             tmp_path,
             [
                 GradientCoherenceProbe(broken, batch, every=1),
+                steadygrad.SharpnessProbe(_ce, batch, every=1),
                 GradientNoiseScaleProbe(_ce, batch, every=1),
                 SignalPropagationProbe(batch[0], every=1),
             ],
@@ -332,6 +333,7 @@ def test_a_probe_never_raises_into_the_training_loop(tmp_path):
     assert any("GradientCoherenceProbe: skipped at step 0: RuntimeError: boom" in t for t in text)
     assert any("GradientNoiseScaleProbe: skipped at step 2" in t and "NaN" in t for t in text)
     assert any("SignalPropagationProbe: skipped at step 3" in t for t in text)
+    assert any("SharpnessProbe: skipped at step 2: ValueError" in t for t in text)
     steps, _ = run.series("gradient_noise_scale")
     assert steps.tolist() == [0, 1]  # measured while the weights were finite, then skipped
     assert run.series("loss")[0].tolist() == [0, 1, 2, 3]  # training carried on

@@ -8,6 +8,7 @@ preconditioned sharpness against (2 + 2 beta1) / ((1 - beta1) lr).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -74,6 +75,17 @@ class SharpnessProbe(Signal):
     def collect(self, step: int) -> Mapping[str, float]:
         if self.monitor is None:
             raise RuntimeError("SharpnessProbe.collect called before attach(monitor)")
+        try:
+            return self._measure(step)
+        except Exception as exc:  # a probe never raises into the training loop
+            warnings.warn(
+                f"SharpnessProbe: skipped at step {step}: {type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return {}
+
+    def _measure(self, step: int) -> dict[str, float]:
         model = self.monitor.model
         optimizer = getattr(self.monitor, "optimizer", None)
         batch = self._batch()

@@ -56,7 +56,7 @@ class LandscapeStudyResult:
     plot_path: Path | None = None
 
     def summary(self) -> str:
-        r = self.config["radius"]
+        r = self.config["rise_radius"]
         lines = ["loss-landscape study (filter-normalised directions):"]
         for v in self.rise:
             lines.append(
@@ -111,6 +111,7 @@ def run_loss_landscape(
             points=points,
             grid=grid,
             directions=directions,
+            rise_radius=radius / 2,
             seed=seed,
             model=f"MLP 64-{hidden}-{hidden}-10 ReLU",
             optimizer="SGD",

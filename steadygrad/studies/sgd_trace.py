@@ -94,7 +94,7 @@ class SgdTraceResult:
 @on_cpu_threads
 def run_sgd_trace(
     out_dir: str | Path,
-    lr: float = 0.01,
+    lr: float = 0.008,
     steps: int = 3000,
     *,
     samples: int = 40,
