@@ -31,6 +31,7 @@ from steadygrad.dynamics.propagation import (
     critical_weight_variance,
     fixed_point,
     init_mean_field,
+    mean_field_variances,
     signal_propagation,
 )
 from steadygrad.models import MLP
@@ -43,13 +44,17 @@ DEFAULT_WEIGHT_VARIANCES = tuple(float(v) for v in np.round(np.linspace(0.8, 3.0
 @dataclass
 class PropagationStudyResult:
     """Per sigma_w^2: the measured per-layer gradient growth (geometric mean over the hidden
-    layers), the mean-field chi_1, the last hidden layer's activation second moment and q*;
+    layers), the same growth predicted by the mean-field recursion for this depth and input
+    (``predicted_growth``), chi_1 at the fixed point, the last hidden layer's activation second
+    moment and q*;
     ``gradient_profiles`` the per-layer gradient second moments (index: layer);
-    ``measured_critical`` where the measured growth crosses 1 (log-linear interpolation)."""
+    ``measured_critical`` / ``predicted_critical`` where the measured / predicted growth crosses
+    1 (log-linear interpolation); ``critical`` where chi_1 = 1 (infinite depth)."""
 
     config: dict
     weight_variances: list[float]
     measured_growth: list[float]
+    predicted_growth: list[float]
     mean_field_chi: list[float]
     last_activation: list[float]
     fixed_point: list[float]
@@ -57,6 +62,7 @@ class PropagationStudyResult:
     gradient_profiles: list[list[float]]
     critical: float
     measured_critical: float | None
+    predicted_critical: float | None
     seconds: float
     plot_path: Path | None = None
 
@@ -114,7 +120,8 @@ def run_signal_propagation(
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(positive_int("examples", examples), width, generator=gen)
     x_small = torch.randn(8, jacobian_width, generator=gen)
-    growth, chis, last, qstar, jac, profiles = [], [], [], [], [], []
+    growth, predicted, chis, last, qstar, jac, profiles = [], [], [], [], [], [], []
+    second_moment = float(x.double().pow(2).mean())
     for s2 in variances:
         model = init_mean_field(
             MLP(width, [width] * depth, width, activation=torch.nn.Tanh), s2, sigma_b2, gen
@@ -123,6 +130,8 @@ def run_signal_propagation(
         g = np.asarray(p.gradient_variance)
         # hidden layers only: the first sees the input's variance, the last the read-out's
         growth.append(float((g[1] / g[depth - 1]) ** (1 / (depth - 2))))
+        mf = mean_field_variances(s2, sigma_b2, [width] * (depth + 2), second_moment, "tanh")
+        predicted.append(float((mf.gradient[1] / mf.gradient[depth - 1]) ** (1 / (depth - 2))))
         chis.append(chi(s2, sigma_b2, "tanh"))
         last.append(p.activation_variance[depth - 1])
         qstar.append(fixed_point(s2, sigma_b2, "tanh"))
@@ -158,6 +167,7 @@ def run_signal_propagation(
         ),
         weight_variances=variances,
         measured_growth=growth,
+        predicted_growth=predicted,
         mean_field_chi=chis,
         last_activation=last,
         fixed_point=qstar,
@@ -165,6 +175,7 @@ def run_signal_propagation(
         gradient_profiles=profiles,
         critical=critical_weight_variance(sigma_b2, "tanh"),
         measured_critical=_crossing(variances, growth),
+        predicted_critical=_crossing(variances, predicted),
         seconds=time.perf_counter() - started,
     )
     return save_result(result, out, "signal_propagation", _plot, plot, progress)
@@ -179,7 +190,8 @@ def _plot(result: PropagationStudyResult, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     v = result.weight_variances
     left.plot(v, result.measured_growth, "o", label="measured gradient growth per layer")
-    left.plot(v, result.mean_field_chi, "-", label="mean-field chi_1")
+    left.plot(v, result.predicted_growth, "x", label="mean-field recursion, this depth")
+    left.plot(v, result.mean_field_chi, "-", label="mean-field chi_1 (fixed point)")
     depth = result.config["jacobian_depth"]
     left.plot(
         v,
