@@ -8,6 +8,9 @@ Example:
     >>> print(steadygrad.diagnose(run).text())                           # doctest: +SKIP
 """
 
+from steadygrad import estimators, nn, optim
+from steadygrad.continual import ContinualEvaluation
+from steadygrad.core import Finding, FindingKind, Metric, Record, Severity, Signal, Sink
 from steadygrad.curvature import (
     SharpnessProbe,
     hessian_frobenius_norm,
@@ -31,6 +34,7 @@ from steadygrad.diagnose.detectors import (
     PlasticityLoss,
     SharpnessAboveLimit,
     SoftmaxCollapse,
+    StabilityGap,
     UpdateRatioOutOfRange,
     default_detectors,
 )
@@ -47,18 +51,15 @@ from steadygrad.dynamics import (
     signal_propagation,
     top_subspace_overlap,
 )
-from steadygrad.core.finding import Finding
 from steadygrad.monitor import (
     AttentionLogitSignal,
     Monitor,
     OutputLogitSignal,
     PlasticitySignal,
-    Record,
-    Signal,
     SoftmaxCollapseSignal,
     watch,
 )
-from steadygrad.store import Run, RunStore, load
+from steadygrad.store import Run, RunStore, StorageWarning, UnreadableRunError, load
 
 __version__ = "0.1.0"
 
@@ -82,6 +83,8 @@ __all__ = [
     "hessian_trace",
     "hessian_frobenius_norm",
     "SharpnessProbe",
+    "ContinualEvaluation",
+    "StabilityGap",
     "SharpnessAboveLimit",
     "AttentionLogitGrowth",
     "AttentionLogitSignal",
@@ -89,6 +92,13 @@ __all__ = [
     "Detector",
     "DiagnosisReport",
     "Finding",
+    "FindingKind",
+    "Metric",
+    "Severity",
+    "Sink",
+    "estimators",
+    "nn",
+    "optim",
     "GradNormSpikeDetector",
     "GradientSpike",
     "LossSpikeDetector",
@@ -104,6 +114,8 @@ __all__ = [
     "Signal",
     "SoftmaxCollapse",
     "SoftmaxCollapseSignal",
+    "StorageWarning",
+    "UnreadableRunError",
     "UpdateRatioOutOfRange",
     "__version__",
     "default_detectors",

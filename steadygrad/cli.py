@@ -1,9 +1,16 @@
-"""The command line: ``steadygrad report|demo|export ...``. Exit 0 on success, 1 when a run is
-missing or cannot be read, 2 for bad arguments."""
+"""The command line: ``steadygrad report|demo|diagnose|study|export ...``.
+
+Every failure prints one or two lines naming the file and what is wrong, never a traceback
+(set ``STEADYGRAD_TRACEBACK=1`` to see one). Exit codes: 0 success, 1 a run that is missing or
+cannot be read (or an output that cannot be written), 2 bad arguments, 3 a missing optional
+dependency (the message gives the pip command), 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +18,16 @@ from pathlib import Path
 from rich.console import Console
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+EXIT_OK, EXIT_UNREADABLE, EXIT_BAD_ARGUMENTS, EXIT_MISSING_DEPENDENCY = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+
+# The extra that installs each optional dependency the CLI can need.
+EXTRAS = {"matplotlib": "plots", "pyarrow": "parquet", "pandas": "all", "sklearn": "data"}
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work (exit 2)."""
 
 
 def command(name: str):
@@ -194,6 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", type=Path, default=Path("studies/sgd-trace"))
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--steps", type=_positive_int, default=None)
+    s = studies.add_parser(
+        "stability-gap",
+        help="class-incremental digits: old tasks drop after each switch and partly recover",
+        description="De Lange et al. 2023: train an MLP on digits split into tasks of two "
+        "classes, evaluating every task at every step, with 0 to 32 replayed examples per batch. "
+        "Reports the drop of earlier tasks right after each task switch (the stability gap), "
+        "what evaluating only at task boundaries shows, min-ACC and WC-ACC.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/stability-gap"))
+    s.add_argument("--steps-per-task", type=_positive_int, default=None)
+    s.add_argument("--replay-sizes", nargs="+", type=int, default=None)
+    s.add_argument("--lr", type=float, default=None)
+    s = studies.add_parser(
+        "gradient-estimators",
+        help="forward gradient, DFA, Forward-Forward and ReSTE against backprop on digits",
+        description="Train an MLP on digits with each gradient estimator and with backprop; "
+        "report the cosine and norm ratio of each estimator's update against the true gradient "
+        "over training, the accuracy reached, the forward gradient's alignment against the "
+        "number of parameters, and Forward-Forward's layer-local goodness.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/gradient-estimators"))
+    s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--estimators", nargs="+", default=None)
 
     p = sub.add_parser(
         "export",
@@ -227,6 +267,8 @@ def _report(args: argparse.Namespace) -> int:
     from steadygrad.store import load
 
     console = Console()
+    if args.out is not None and args.out.is_dir():
+        raise UsageError(f"-o/--out: {args.out} is a directory; give the HTML file's name")
     runs = [load(r) for r in args.runs]
     for run in runs:
         print_summary(run, console)
@@ -334,6 +376,20 @@ def _sgd_trace(args: argparse.Namespace) -> None:
     run_sgd_trace(args.out, **_given(args, "lr", "steps"))
 
 
+def _stability_gap(args: argparse.Namespace) -> None:
+    from steadygrad.studies.stability_gap import run_stability_gap
+
+    options = _given(args, "steps_per_task", "replay_sizes", "lr")
+    Console().print(run_stability_gap(args.out, progress=False, **options).summary())
+
+
+def _gradient_estimators(args: argparse.Namespace) -> None:
+    from steadygrad.studies.gradient_estimators import run_gradient_estimators
+
+    options = _given(args, "steps", "estimators")
+    Console().print(run_gradient_estimators(args.out, progress=False, **options).summary())
+
+
 STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
     "lr-sensitivity": _lr_sensitivity,
     "edge-of-stability": _edge_of_stability,
@@ -345,6 +401,8 @@ STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
     "loss-landscape": _loss_landscape,
     "signal-propagation": _signal_propagation,
     "sgd-trace": _sgd_trace,
+    "stability-gap": _stability_gap,
+    "gradient-estimators": _gradient_estimators,
 }
 
 
@@ -352,9 +410,11 @@ STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
 def _export(args: argparse.Namespace) -> int:
     from steadygrad.store import load
 
+    if args.out.is_dir():
+        raise UsageError(f"-o/--out: {args.out} is a directory; give the output file's name")
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     if fmt not in ("csv", "parquet"):
-        raise ValueError(
+        raise UsageError(
             f"--format must be csv or parquet (or the file end in .csv/.parquet), got {fmt!r}"
         )
     run = load(args.run)
@@ -365,18 +425,49 @@ def _export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # exits 2 with argparse's own message on bad arguments
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_BAD_ARGUMENTS
     try:
         return COMMANDS[args.command](args)
-    except FileNotFoundError as exc:
-        print(f"steadygrad {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, ImportError) as exc:
-        print(f"steadygrad {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if os.environ.get("STEADYGRAD_TRACEBACK"):
+            raise
+        code, message = _explain(exc)
+        print(f"steadygrad {args.command}: {message}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print(f"steadygrad {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _explain(exc: Exception) -> tuple[int, str]:
+    """The exit code and a one- or two-line message for an error that ended a command."""
+    from steadygrad.store import UnreadableRunError
+
+    if isinstance(exc, ImportError):
+        module = (exc.name or "").partition(".")[0]
+        if "pip install" in str(exc):
+            return EXIT_MISSING_DEPENDENCY, str(exc)
+        extra = EXTRAS.get(module)
+        fix = f"pip install 'steadygrad[{extra}]'" if extra else f"pip install {module}"
+        return EXIT_MISSING_DEPENDENCY, f"this needs the optional package {module!r}: {fix}"
+    if isinstance(exc, FileNotFoundError | UnreadableRunError):
+        return EXIT_UNREADABLE, str(exc)
+    if isinstance(exc, UsageError):
+        return EXIT_BAD_ARGUMENTS, str(exc)
+    if isinstance(exc, OSError):  # reading a run or writing an output
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_UNREADABLE, f"{where}{exc.strerror or exc}"
+    if isinstance(exc, sqlite3.Error):
+        return EXIT_UNREADABLE, f"a run database cannot be read: {exc}"
+    if isinstance(exc, ValueError | TypeError):
+        return EXIT_BAD_ARGUMENTS, str(exc)
+    return EXIT_UNREADABLE, (
+        f"unexpected {type(exc).__name__}: {exc}\n"
+        "set STEADYGRAD_TRACEBACK=1 to see where, and please report it"
+    )
 
 
 if __name__ == "__main__":

@@ -15,20 +15,47 @@ from typing import Any
 
 import numpy as np
 
-from steadygrad.core.finding import Finding
+from steadygrad.core import Finding, FindingKind, Severity
+from steadygrad.core.metrics import (
+    LOSS,
+    OPTIMIZER_SKIPPED,
+    SHARPNESS,
+    SHARPNESS_LIMIT,
+    UPDATE_RATIO,
+)
+from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
+from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
+from steadygrad.diagnose.detectors.training import (
+    AMP_OVERFLOW,
+    GRAD_NORM_SPIKE,
+    LOSS_SPIKE,
+    NONFINITE,
+    NONFINITE_ORIGIN,
+)
+from steadygrad.diagnose.detectors.transformer import (
+    ATTENTION_LOGIT_GROWTH,
+    GRADIENT_SPIKE,
+    LOSS_OF_PLASTICITY,
+    OUTPUT_LOGIT_DIVERGENCE,
+    SOFTMAX_COLLAPSE_KIND,
+    UPDATE_RATIO_OUT_OF_RANGE,
+)
+from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE, UNSTABLE_STEPS
 from steadygrad.store.run import Run
 
 # How specific a cause is: a mechanism explains the symptoms that follow it, so it ranks first.
 MECHANISM, EVENT, SYMPTOM = 3, 2, 1
-SEVERITY_WEIGHT = {"info": 0, "warning": 1, "critical": 2}
 
 
 @dataclass(frozen=True)
 class Fix:
-    """One remedy: what to do, and the steadygrad call that does it."""
+    """One remedy: what to do, and the call that does it, runnable as printed after
+    ``import steadygrad`` (and ``import torch``) on the model in question. ``applies`` says
+    whether it fits the run (None: always)."""
 
     action: str
     code: str
+    applies: Callable[[RunFacts], bool] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -44,11 +71,14 @@ class Diagnosis:
     fixes: list[Fix]
     reference: str
     tier: int = SYMPTOM
+    score: float = 0.0
+    confidence: str = ""
+    why: str = ""
 
     @property
     def rank_key(self) -> tuple:
         first = self.first_step if self.first_step is not None else math.inf
-        return (-self.tier, -SEVERITY_WEIGHT[self.severity], first)
+        return (-self.tier, -Severity.rank(self.severity), first)
 
 
 @dataclass
@@ -64,15 +94,23 @@ class Found:
 
 @dataclass(frozen=True)
 class Rule:
+    """A cause: the finding kinds its check reads (each emitted by a detector), the published
+    result behind it, its fixes, and the check."""
+
     cause: str
     tier: int
     severity: str
     reference: str
     fixes: tuple[Fix, ...]
     check: Callable[[RunFacts], Found | None]
+    kinds: tuple[FindingKind, ...] = ()
 
     def apply(self, facts: RunFacts) -> Diagnosis | None:
-        found = self.check(facts)
+        facts.allowed = frozenset(self.kinds)
+        try:
+            found = self.check(facts)
+        finally:
+            facts.allowed = None
         if found is None:
             return None
         return Diagnosis(
@@ -82,7 +120,7 @@ class Rule:
             first_step=found.first_step,
             where=found.where,
             evidence=found.evidence,
-            fixes=list(self.fixes),
+            fixes=[f for f in self.fixes if f.applies is None or f.applies(facts)],
             reference=self.reference,
             tier=self.tier,
         )
@@ -95,8 +133,11 @@ class RunFacts:
         self.run = run
         self.findings = run.findings()
         self._series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.allowed: frozenset[str] | None = None  # the kinds the rule being applied declared
 
-    def of(self, *kinds: str) -> list[Finding]:
+    def of(self, *kinds: FindingKind) -> list[Finding]:
+        if self.allowed is not None and not self.allowed.issuperset(kinds):
+            raise LookupError(f"a rule read finding kinds it did not declare: {kinds}")
         return [f for f in self.findings if f.kind in kinds]
 
     @cached_property
@@ -116,9 +157,9 @@ class RunFacts:
 
     @cached_property
     def adaptive(self) -> bool:
-        """Whether the optimizer keeps a second moment (Adam family)."""
-        name = self.optimizer.lower()
-        return any(k in name for k in ("adam", "spam", "belief", "diffgrad", "grams", "ademamix"))
+        """Whether the optimizer keeps a second moment (its family, recorded by the Monitor
+        from :func:`steadygrad.core.optimizer_family`)."""
+        return self.run.config.get("optimizer_family") == "adam"
 
 
 def layer_span(where: list[str]) -> str:
@@ -137,7 +178,7 @@ def _first(findings: list[Finding]) -> int:
     return min(f.step for f in findings)
 
 
-def _located(kinds: tuple[str, ...], what: str) -> Callable[[RunFacts], Found | None]:
+def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], Found | None]:
     """A check for a per-module finding family: where it happens and from which step."""
 
     def check(facts: RunFacts) -> Found | None:
@@ -146,7 +187,7 @@ def _located(kinds: tuple[str, ...], what: str) -> Callable[[RunFacts], Found | 
             return None
         where = [f.where for f in found if f.where]
         first = _first(found)
-        strongest = max(found, key=lambda f: SEVERITY_WEIGHT[f.severity])
+        strongest = max(found, key=lambda f: Severity.rank(f.severity))
         places = f" in {layer_span(where)}" if where else ""
         return Found(
             f"{what}{places} from step {first}",
@@ -167,7 +208,7 @@ def _located(kinds: tuple[str, ...], what: str) -> Callable[[RunFacts], Found | 
 
 
 def _nonfinite(facts: RunFacts) -> Found | None:
-    found = facts.of("nonfinite", "nonfinite_origin")
+    found = facts.of(NONFINITE, NONFINITE_ORIGIN)
     if not found:
         return None
     first = found[0]
@@ -194,37 +235,53 @@ def _nonfinite(facts: RunFacts) -> Found | None:
             )
         else:
             summary += f"; first non-finite forward output produced by {module}"
-    skipped = facts.series("optimizer_skipped")
+    skipped = facts.series(OPTIMIZER_SKIPPED.name)
     if skipped is not None:
         ev["skipped_steps"] = int(np.nansum(skipped[1]))
     return Found(summary, first.step, where, ev)
 
 
+AMP_STALL_SHARE = 0.5  # skipping at least this share of steps is not benign
+AMP_STALL_STEPS = 20  # nor skipping every one of the last this many steps
+
+
 def _amp_overflow(facts: RunFacts) -> Found | None:
-    overflow = facts.of("amp_overflow")
-    if not overflow or facts.of("nonfinite"):
+    overflow = facts.of(AMP_OVERFLOW)  # one finding per episode of skipped steps
+    if not overflow or facts.of(NONFINITE):
         return None
-    steps = facts.series("loss")
+    steps = facts.series(LOSS.name)
     total = len(steps[0]) if steps else 0
-    share = len(overflow) / total if total else 0.0
+    skipped = facts.series(OPTIMIZER_SKIPPED.name)
+    count = int(np.nansum(skipped[1])) if skipped is not None else len(overflow)
+    share = count / total if total else 0.0
+    tail = skipped[1][-AMP_STALL_STEPS:] if skipped is not None else np.zeros(0)
+    stalled = len(tail) == AMP_STALL_STEPS and bool(np.all(tail == 1.0))
+    evidence = {"skipped_steps": count, "episodes": len(overflow), "share": share}
+    if stalled or share >= AMP_STALL_SHARE:
+        summary = (
+            f"mixed-precision overflow is stalling training: the GradScaler skipped {count} of "
+            f"{total} steps ({share:.0%})"
+            + (f", including the last {AMP_STALL_STEPS}" if stalled else "")
+            + "; the gradients overflow even at a lowered scale, so the weights barely move. "
+            "This is not benign"
+        )
+        return Found(summary, _first(overflow), [], evidence, "critical")
     summary = (
-        f"benign mixed-precision overflow: the GradScaler skipped {len(overflow)} step(s) "
-        f"({share:.1%} of steps) and lowered its scale; the loss and weights stayed finite, "
-        "so this is not a divergence"
+        f"benign mixed-precision overflow: the GradScaler skipped {count} step(s) in "
+        f"{len(overflow)} episode(s) ({share:.1%} of steps) and lowered its scale; the loss and "
+        "weights stayed finite, so this is not a divergence"
     )
     severity = "warning" if share > 0.05 else "info"
-    return Found(
-        summary, _first(overflow), [], {"skipped_steps": len(overflow), "share": share}, severity
-    )
+    return Found(summary, _first(overflow), [], evidence, severity)
 
 
 def _adam_poisoned(facts: RunFacts) -> Found | None:
     """A gradient spike under an Adam-family optimizer, after which the updates shrank: the
     spike's square inflated the second moment, which then damps updates for ~1/(1-beta2) steps."""
-    spikes = facts.of("grad_norm_spike", "gradient_spike")
+    spikes = facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
     if not spikes or not facts.adaptive:
         return None
-    ratios = [n for n in facts.names if n.startswith("update_ratio/")]
+    ratios = [n for n in facts.names if UPDATE_RATIO.owns(n)]
     for spike in spikes:
         before, after = [], []
         for name in ratios:
@@ -259,7 +316,7 @@ def _batches_behind(spikes: list[Finding], evidence: dict[str, Any]) -> str:
 
 
 def _gradient_spike(facts: RunFacts) -> Found | None:
-    spikes = facts.of("grad_norm_spike", "gradient_spike")
+    spikes = facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
     if not spikes:
         return None
     first = spikes[0]
@@ -281,7 +338,7 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
 
 
 def _loss_spike(facts: RunFacts) -> Found | None:
-    spikes = facts.of("loss_spike")
+    spikes = facts.of(LOSS_SPIKE)
     if not spikes:
         return None
     first = spikes[0]
@@ -295,7 +352,28 @@ def _loss_spike(facts: RunFacts) -> Found | None:
 
 
 def _sharpness(facts: RunFacts) -> Found | None:
-    found = facts.of("sharpness_above_limit")
+    return _measured_sharpness(facts) or _unstable_steps(facts)
+
+
+def _unstable_steps(facts: RunFacts) -> Found | None:
+    """No probe ran, but the steps overshot along their own direction (the directional
+    sharpness ratio, from two successive gradients, above the limit)."""
+    found = facts.of(UNSTABLE_STEPS)
+    if not found:
+        return None
+    first = found[0]
+    ratio = first.evidence.get("median_recent", math.nan)
+    return Found(
+        f"the optimizer's steps overshoot from step {first.step}: the curvature along each "
+        f"update is {ratio:.2g}x its stability limit (the learning rate is above 2/sharpness)",
+        first.step,
+        [],
+        dict(first.evidence),
+    )
+
+
+def _measured_sharpness(facts: RunFacts) -> Found | None:
+    found = facts.of(SHARPNESS_ABOVE_LIMIT)
     if found:
         first = found[0]
         ratio = first.evidence.get("ratio")
@@ -312,8 +390,8 @@ def _sharpness_at_limit_before_divergence(
     """One of the last ``probes`` sharpness probes before a divergence already stood at (or
     above) the limit: the step size had caught up with the curvature (a rising LR, a sharpening
     model) and the run then left the stable region."""
-    broke = facts.of("nonfinite", "loss_spike")
-    sharp, limit = facts.series("sharpness"), facts.series("sharpness_limit")
+    broke = facts.of(NONFINITE, LOSS_SPIKE)
+    sharp, limit = facts.series(SHARPNESS.name), facts.series(SHARPNESS_LIMIT.name)
     if not broke or sharp is None or limit is None:
         return None
     when = broke[0].step
@@ -339,6 +417,22 @@ def _sharpness_at_limit_before_divergence(
     )
 
 
+def _loss_divergence(facts: RunFacts) -> Found | None:
+    found = facts.of(LOSS_DIVERGENCE)
+    if not found:
+        return None
+    first = found[0]
+    ev = dict(first.evidence)
+    worst = max(found, key=lambda f: Severity.rank(f.severity))
+    summary = (
+        f"the loss climbed away from its best sustained level {ev.get('best_level', math.nan):.4g}"
+        f" (step {ev.get('best_level_step')}) from step {first.step}"
+    )
+    if worst.severity == "critical":
+        summary += f", to {worst.evidence.get('ratio', math.nan):.3g}x it by step {worst.step}"
+    return Found(summary, first.step, [], ev, worst.severity)
+
+
 def _autopilot(facts: RunFacts) -> Found | None:
     actions = facts.run.actions()
     if not actions:
@@ -347,7 +441,7 @@ def _autopilot(facts: RunFacts) -> Found | None:
     for a in actions:
         counts[a.kind] = counts.get(a.kind, 0) + 1
     done = ", ".join(f"{kind} x{n}" for kind, n in counts.items())
-    loss = facts.series("loss")
+    loss = facts.series(LOSS.name)
     ended = ""
     if loss is not None and len(loss[1]):
         last = loss[1][-1]
@@ -375,6 +469,24 @@ def _autopilot(facts: RunFacts) -> Found | None:
     )
 
 
+# Fixes several rules offer. Free names: model, optimizer, loss, logits, targets, q, k,
+# head_dim, total_steps, ids, run_dir (what the user's training loop has at hand).
+LOWER_LR = Fix("lower the learning rate", "for group in optimizer.param_groups: group['lr'] *= 0.5")
+WARMUP = Fix(
+    "warm the learning rate up for longer (or lower its peak)",
+    "scheduler = steadygrad.optim.WarmupCosine(optimizer, warmup_steps=total_steps // 10, "
+    "total_steps=total_steps)",
+)
+AUTOPILOT = Fix(
+    "never apply a non-finite update; roll back automatically with a lower learning rate",
+    "mon = steadygrad.Monitor(model, optimizer, autopilot=steadygrad.Autopilot())",
+)
+CLIP_SPIKES = Fix(
+    "clip spikes automatically",
+    "mon = steadygrad.Monitor(model, optimizer, "
+    "autopilot=steadygrad.Autopilot(spike_clipping=True))",
+)
+
 RULES: tuple[Rule, ...] = (
     Rule(
         "attention_logit_growth",
@@ -385,12 +497,19 @@ RULES: tuple[Rule, ...] = (
         "bound collapse the attention entropy and diverge the run; QK-LayerNorm prevents it.",
         (
             Fix(
-                "normalise queries and keys (QK-LayerNorm)",
-                "TinyGPT(..., qk_norm=True)  # or steadygrad.nn.add_qk_norm(model)",
+                "normalise queries and keys (QK-LayerNorm); build the optimizer again after",
+                "steadygrad.nn.add_qk_norm(model)",
+                applies=lambda facts: bool(facts.run.config.get("add_qk_norm_applies")),
             ),
-            Fix("lower the learning rate", "optimizer.param_groups[0]['lr'] *= 0.5"),
+            Fix(
+                "normalise queries and keys (QK-LayerNorm) inside your attention, before q @ k",
+                "q, k = steadygrad.nn.QKNorm(head_dim)(q, k)",
+                applies=lambda facts: not facts.run.config.get("add_qk_norm_applies"),
+            ),
+            LOWER_LR,
         ),
-        _located(("attention_logit_growth",), "attention-logit growth"),
+        _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth"),
+        (ATTENTION_LOGIT_GROWTH,),
     ),
     Rule(
         "output_logit_divergence",
@@ -400,7 +519,8 @@ RULES: tuple[Rule, ...] = (
         "large negative log-partition values; the auxiliary z-loss 1e-4 * logsumexp^2 keeps "
         "the log-partition near zero.",
         (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
-        _located(("output_logit_divergence",), "output-logit divergence"),
+        _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence"),
+        (OUTPUT_LOGIT_DIVERGENCE,),
     ),
     Rule(
         "softmax_collapse",
@@ -418,7 +538,8 @@ RULES: tuple[Rule, ...] = (
                 "optimizer = steadygrad.nn.OrthoGrad(optimizer)",
             ),
         ),
-        _located(("softmax_collapse",), "softmax collapse"),
+        _located((SOFTMAX_COLLAPSE_KIND,), "softmax collapse"),
+        (SOFTMAX_COLLAPSE_KIND,),
     ),
     Rule(
         "sharpness_above_limit",
@@ -431,14 +552,30 @@ RULES: tuple[Rule, ...] = (
             Fix(
                 "lower the learning rate until sharpness sits below its limit (2/lr for GD, "
                 "(2+2*momentum)/lr with heavy-ball momentum)",
-                "optimizer.param_groups[0]['lr'] *= 0.5",
+                LOWER_LR.code,
             ),
-            Fix(
-                "warm the learning rate up for longer",
-                "steadygrad.optim.WarmupCosine(optimizer, warmup_steps=..., total_steps=...)",
-            ),
+            WARMUP,
         ),
         _sharpness,
+        (SHARPNESS_ABOVE_LIMIT, UNSTABLE_STEPS, NONFINITE, LOSS_SPIKE),
+    ),
+    Rule(
+        "exploding_gradients",
+        MECHANISM,
+        "warning",
+        "Pascanu, Mikolov and Bengio 2013, 'On the difficulty of training recurrent neural "
+        "networks': gradients that grow geometrically (through depth or time) explode; clipping "
+        "the gradient norm bounds the step, and a smaller learning rate or a better-conditioned "
+        "initialisation removes the growth.",
+        (
+            Fix(
+                "clip the gradient norm",
+                "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)",
+            ),
+            LOWER_LR,
+        ),
+        _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting"),
+        (GRADIENT_GROWTH,),
     ),
     Rule(
         "loss_of_plasticity",
@@ -448,11 +585,15 @@ RULES: tuple[Rule, ...] = (
         "units and collapsing feature rank stop a network from learning new data.",
         (
             Fix(
-                "reinitialise dead units (continual backprop) or add L2 towards the initialisation",
-                "# see docs/transformers.md",
+                "shrink and perturb the weights (Ash and Adams 2020) to revive dead units",
+                "torch.nn.utils.vector_to_parameters(0.8 * torch.nn.utils.parameters_to_vector("
+                "model.parameters()) + 0.01 * torch.randn_like(torch.nn.utils.parameters_to_vector("
+                "model.parameters())), model.parameters())",
             ),
+            LOWER_LR,
         ),
-        _located(("loss_of_plasticity", "dead_units", "rank_collapse"), "loss of plasticity"),
+        _located((LOSS_OF_PLASTICITY,), "loss of plasticity"),
+        (LOSS_OF_PLASTICITY,),
     ),
     Rule(
         "update_ratio_out_of_range",
@@ -462,14 +603,13 @@ RULES: tuple[Rule, ...] = (
         "weights; a ratio near zero marks a frozen layer.",
         (
             Fix(
-                "lower (or raise, for frozen layers) the learning rate of those layers",
-                "torch.optim.AdamW([{'params': ..., 'lr': ...}])",
+                "give those layers a learning rate of their own (lower for large updates; for a "
+                "frozen layer check requires_grad and that its group's rate is not 0)",
+                "optimizer.add_param_group({'params': [], 'lr': optimizer.param_groups[0]['lr']})",
             ),
         ),
-        _located(
-            ("update_ratio_out_of_range", "update_ratio_high", "update_ratio_low"),
-            "update-to-weight ratio out of range",
-        ),
+        _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range"),
+        (UPDATE_RATIO_OUT_OF_RANGE,),
     ),
     Rule(
         "adam_second_moment_poisoned",
@@ -478,13 +618,15 @@ RULES: tuple[Rule, ...] = (
         "Huang et al. 2025, 'SPAM: spike-aware Adam with momentum reset': a gradient spike "
         "inflates Adam's moments and damps or misdirects updates for thousands of steps.",
         (
-            Fix("use spike-aware Adam", "steadygrad.optim.SPAM(model.parameters(), lr=...)"),
             Fix(
-                "clip spikes automatically",
-                "Monitor(..., autopilot=steadygrad.Autopilot(spike_clipping=True))",
+                "use spike-aware Adam",
+                "optimizer = steadygrad.optim.SPAM(model.parameters(), "
+                "lr=optimizer.param_groups[0]['lr'])",
             ),
+            CLIP_SPIKES,
         ),
         _adam_poisoned,
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
     ),
     Rule(
         "gradient_spike",
@@ -493,13 +635,11 @@ RULES: tuple[Rule, ...] = (
         "Chowdhery et al. 2022 (PaLM) restart before a spike and skip its batches; Huang et "
         "al. 2025 (SPAM) clip spikes against the gradient's running second moment.",
         (
-            Fix(
-                "clip spikes automatically",
-                "Monitor(..., autopilot=steadygrad.Autopilot(spike_clipping=True))",
-            ),
+            CLIP_SPIKES,
             Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
         ),
         _gradient_spike,
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
     ),
     Rule(
         "nonfinite",
@@ -509,16 +649,14 @@ RULES: tuple[Rule, ...] = (
         "produced them; the producer is the first module with finite inputs and a non-finite "
         "output.",
         (
-            Fix(
-                "never apply a non-finite update; roll back with a lower learning rate",
-                "Monitor(..., autopilot=steadygrad.Autopilot())",
-            ),
+            AUTOPILOT,
             Fix(
                 "lower the learning rate or clip the gradient norm",
                 "torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)",
             ),
         ),
         _nonfinite,
+        (NONFINITE, NONFINITE_ORIGIN),
     ),
     Rule(
         "loss_spike",
@@ -527,16 +665,22 @@ RULES: tuple[Rule, ...] = (
         "Chowdhery et al. 2022 (PaLM): loss spikes at scale are tied to particular batches "
         "meeting particular parameter states; rewinding and skipping those batches avoids them.",
         (
-            Fix(
-                "roll back automatically with a lower learning rate",
-                "Monitor(..., autopilot=steadygrad.Autopilot())",
-            ),
-            Fix(
-                "lengthen the warm-up or lower the peak learning rate",
-                "steadygrad.optim.WarmupCosine(optimizer, warmup_steps=..., total_steps=...)",
-            ),
+            AUTOPILOT,
+            WARMUP,
         ),
         _loss_spike,
+        (LOSS_SPIKE,),
+    ),
+    Rule(
+        "loss_divergence",
+        SYMPTOM,
+        "warning",
+        "Wortsman et al. 2023 and Chowdhery et al. 2022: a loss that leaves its best level and "
+        "keeps climbing is a divergence in progress; rolling back with a lower learning rate "
+        "recovers it.",
+        (AUTOPILOT, LOWER_LR, WARMUP),
+        _loss_divergence,
+        (LOSS_DIVERGENCE,),
     ),
     Rule(
         "amp_overflow",
@@ -551,6 +695,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _amp_overflow,
+        (AMP_OVERFLOW, NONFINITE),
     ),
     Rule(
         "autopilot_actions",
@@ -561,5 +706,52 @@ RULES: tuple[Rule, ...] = (
         "clip after a gradient spike.",
         (Fix("see what it did, step by step", "steadygrad.load(run_dir).actions()"),),
         _autopilot,
+        (),
     ),
 )
+
+
+# -- continual learning (kept self-contained: one check, one rule, appended) --------------------
+def _stability_gap(facts: RunFacts) -> Found | None:
+    gaps = facts.of(STABILITY_GAP_FOUND)
+    if not gaps:
+        return None
+    worst = max(gaps, key=lambda f: f.evidence.get("size", 0.0))
+    ev = worst.evidence
+    tasks = sorted({f.where for f in gaps if f.where})
+    summary = (
+        f"stability gap: after the task switch at step {ev.get('switch_step')}, accuracy on "
+        f"earlier task {worst.where} fell by {ev.get('size', math.nan):.2f} within "
+        f"{ev.get('steps_to_minimum')} steps and won half of it back only after "
+        f"{ev.get('length')} steps ({len(gaps)} gap(s) in all)"
+    )
+    evidence = {"gaps": len(gaps), "worst": dict(ev)}
+    return Found(summary, min(f.step for f in gaps), tasks, evidence)
+
+
+STABILITY_GAP_RULE = Rule(
+    "stability_gap",
+    EVENT,
+    "warning",
+    "De Lange, van de Ven & Tuytelaars 2023 (ICLR), 'Continual evaluation for lifelong "
+    "learning: identifying the stability gap': evaluated every iteration, earlier tasks lose "
+    "much of their accuracy in the first steps on a new task and then partly recover, even with "
+    "experience replay (Chaudhry et al. 2019); they trace it to the new task's large gradients "
+    "outweighing the replayed ones at the switch. More replay makes the drop shallower "
+    "(steadygrad study stability-gap).",
+    (
+        Fix(
+            "replay (more of) a buffer of earlier tasks' examples in every batch",
+            "buffer = steadygrad.continual.ReplayBuffer(capacity=2000)  # once; then each step: "
+            "buffer.add(x, y); x, y = buffer.mix(x, y, k=32)",
+        ),
+        Fix(
+            "start each new task gently: a lower learning rate, warmed up again at each switch",
+            "scheduler = steadygrad.optim.WarmupCosine(optimizer, warmup_steps=100, "
+            "total_steps=total_steps)  # a new one at each task switch, over that task's steps",
+        ),
+    ),
+    _stability_gap,
+    (STABILITY_GAP_FOUND,),
+)
+RULES = (*RULES, STABILITY_GAP_RULE)

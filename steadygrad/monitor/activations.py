@@ -1,5 +1,9 @@
 """Forward hooks that measure module outputs on chosen steps and find where a NaN/Inf was born.
 
+:class:`ActivationSignal` is the built-in signal that uses them: ``act_rms/<leaf module>`` on a
+cadence, and after a non-finite step that was not measured, a forward guard that measures the
+next few steps to find the producer.
+
 On a hooked step every module reports the norm of its floating-point inputs and outputs (as
 device tensors). Leaf modules give ``act_rms/<module>``. If a non-finite value appears, its
 producer is the first module, in the order modules finished, whose output is non-finite while
@@ -9,11 +13,17 @@ its inputs were finite: modules that merely passed the value on had a non-finite
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
+
+from steadygrad.core import Measurements, Record, Signal
+from steadygrad.core.checks import non_negative_int, positive_int
+from steadygrad.core.metrics import ACT_RMS, LOSS, NONFINITE_GRADS, NONFINITE_PARAMS
 
 
 @dataclass
@@ -105,8 +115,169 @@ class ActivationHooks:
                     first_bad = {"module": call.module, "input_finite": input_ok}
                 if producer is None and input_ok:
                     producer = {"module": call.module, "output_norm": out_norm}
-        rms = {f"act_rms/{m}": math.sqrt(s / numel[m]) for m, s in sumsq.items()}
+        rms = {ACT_RMS.key(m): math.sqrt(s / numel[m]) for m, s in sumsq.items()}
         origin = None
         if first_bad is not None:
             origin = producer or {"module": "<input>", "note": "the model's input was non-finite"}
         return rms, origin
+
+
+class ActivationSignal(Signal):
+    """The built-in activation statistics: every ``every`` steps the RMS of each leaf module's
+    output; when a non-finite value appears in the forward pass, the module that produced it.
+
+    Finding the producer of a one-off, data-dependent NaN, off the cadence: the inputs of each
+    forward call (references, and the random state, so dropout draws the same masks) are kept
+    until the step ends. When the gradients about to be applied are non-finite, the weights are
+    copied before the corrupt update lands; the step's forward is then re-run on the same inputs
+    with those weights under hooks (as large trainers re-run a suspicious step), and the model is
+    put back as training left it. When the update was skipped (the autopilot, a GradScaler) the
+    weights are still clean and are used as they are. Where neither is possible (the pre-step
+    check would cost a device synchronisation: on an accelerator without the autopilot), a guard
+    measures the next ``guard_steps`` steps, and a module whose own weights the NaN update
+    corrupted is never blamed: the origin is then reported as unknown.
+    """
+
+    metrics = (ACT_RMS,)
+
+    def __init__(self, every: int = 25, guard_steps: int = 3) -> None:
+        super().__init__(every=positive_int("activation_every", every))
+        self.guard_steps = non_negative_int("guard_steps", guard_steps)
+        self.hooks: ActivationHooks | None = None
+        self._guard_left = 0
+        self._hooked = False
+        self._calls: list[tuple[tuple, dict, torch.Tensor]] = []  # this step's forward calls
+        self._calls_step = -1
+        self._clean_state: dict[str, torch.Tensor] | None = None
+        self._input_hook: Any = None
+        self._replaying = False
+        self._corrupted: list[str] = []  # parameters non-finite before this step's forward
+
+    def attach(self, monitor: Any) -> None:
+        super().attach(monitor)
+        self.hooks = ActivationHooks(monitor.model)
+        self._input_hook = monitor.model.register_forward_pre_hook(self._keep, with_kwargs=True)
+
+    def due(self, step: int) -> bool:
+        return True  # every recorded step: an unhealthy one arms the guard
+
+    def begin(self, step: int) -> None:
+        guard = self._guard_left > 0
+        if guard:
+            self._guard_left -= 1
+        if guard or step % self.every == 0:
+            self.hooks.install()
+
+    def _keep(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._replaying:
+            return
+        step = self.monitor.step_count
+        if step != self._calls_step:  # a new step (also one that is not recorded)
+            self._calls, self._calls_step = [], step
+        self._calls.append((args, kwargs, torch.get_rng_state()))
+
+    def before_update(self) -> None:
+        """Copy the clean weights if the gradients about to be applied are not finite."""
+        if self._hooked or self.hooks.installed or not self._calls:
+            return  # hooked steps name the producer from their own forward pass
+        if _on_accelerator(self.monitor.model):
+            return  # the check would synchronise the device every step
+        _, norms = self.monitor.gradient_norms()  # reused by the step's record
+        if norms.numel() and not bool(torch.isfinite(norms).all()):
+            state = self.monitor.model.state_dict(keep_vars=False)
+            self._clean_state = {k: v.detach().clone() for k, v in state.items()}
+
+    def end(self, step: int) -> None:
+        self._hooked = self.hooks.installed
+        self.hooks.remove()
+
+    def measure(self, step: int, out: Measurements) -> None:
+        norms = self.hooks.tensor() if self._hooked else None
+        if norms is not None:
+            out.stash(self, norms)
+
+    def finish(self, record: Record, raw: Sequence[float]) -> None:
+        if raw:
+            rms, origin = self.hooks.read(raw)
+            record.values.update(rms)
+            if origin is not None:
+                record.meta["forward_origin"] = _unless_corrupted(origin, self._corrupted)
+        v = record.values
+        unhealthy = (
+            not math.isfinite(v.get(LOSS.name, 0.0))
+            or v.get(NONFINITE_GRADS.name)
+            or v.get(NONFINITE_PARAMS.name)
+        )
+        if unhealthy and not self._hooked:
+            origin = self._replay(record)
+            if origin is not None:
+                record.meta["forward_origin"] = origin
+            else:
+                self._guard_left = self.guard_steps  # localise the producer on the next steps
+        elif self._hooked and "forward_origin" in record.meta:
+            self._guard_left = 0
+        self._hooked = False
+        self._calls, self._clean_state = [], None
+        if v.get(NONFINITE_GRADS.name) and not record.meta.get("skipped"):
+            # a non-finite update was applied: the weights it made non-finite are its victims
+            self._corrupted += list(record.meta.get("nonfinite_parameters") or [])
+
+    def _replay(self, record: Record) -> dict | None:
+        """Re-run the step's forward calls on their inputs with the weights before the update,
+        under hooks; the first non-finite producer, or None when it cannot be done."""
+        stepped_clean = record.meta.get("skipped") or record.meta.get("skipped_by")
+        if not self._calls or (self._clean_state is None and not stepped_clean):
+            return None
+        model = self.monitor.model
+        now = None
+        rng = torch.get_rng_state()
+        try:
+            with torch.no_grad():
+                now = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if self._clean_state is not None:
+                    model.load_state_dict(self._clean_state)
+                self._replaying = True
+                for args, kwargs, state in self._calls:
+                    torch.set_rng_state(state)
+                    self.hooks.install()
+                    model(*args, **kwargs)
+                    self.hooks.remove()
+                    norms = self.hooks.tensor()
+                    if norms is None:
+                        continue
+                    _, origin = self.hooks.read(norms.tolist())
+                    if origin is not None:
+                        return {**origin, "replayed": True}
+            return None
+        except Exception:  # noqa: BLE001 - a replay never breaks training; the guard remains
+            return None
+        finally:
+            self._replaying = False
+            self.hooks.remove()
+            torch.set_rng_state(rng)
+            if now is not None:
+                model.load_state_dict(now)
+
+    def detach(self) -> None:
+        self.hooks.remove()
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
+
+
+def _on_accelerator(model: nn.Module) -> bool:
+    p = next(model.parameters(), None)
+    return p is not None and p.device.type != "cpu"
+
+
+def _unless_corrupted(origin: dict, corrupted: list[str]) -> dict:
+    """Never blame a module for a NaN its own weights, corrupted by an earlier update, made."""
+    module = origin.get("module", "")
+    if any(p == module or p.startswith(module + ".") for p in corrupted if module):
+        return {
+            "module": None,
+            "note": f"unknown: {module}'s own weights were already non-finite (corrupted by an "
+            "earlier non-finite update), so the first producer cannot be known from this step",
+            "corrupted_module": module,
+        }
+    return origin

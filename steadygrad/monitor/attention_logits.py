@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from steadygrad.core.metrics import ATTN_LOGIT_MAX
 from steadygrad.core.signal import Signal, Value
 
 if TYPE_CHECKING:
@@ -136,6 +137,8 @@ class AttentionLogitSignal(Signal):
         >>> # Monitor(model, optimizer, run_dir, signals=[signal])
     """
 
+    metrics = (ATTN_LOGIT_MAX,)
+
     def __init__(self, every: int = 10, modules: Sequence[str] | None = None) -> None:
         super().__init__(every)
         if isinstance(modules, str):
@@ -146,6 +149,10 @@ class AttentionLogitSignal(Signal):
         self._handles: list = []
         self._mode: _AttentionMode | None = None
         self._max: dict[str, torch.Tensor] = {}
+        self.seen = False
+
+    def applies(self) -> bool | str:
+        return True if self.seen else "no SDPA or nn.MultiheadAttention call seen"
 
     def attach(self, monitor: Monitor) -> None:
         super().attach(monitor)
@@ -171,7 +178,7 @@ class AttentionLogitSignal(Signal):
 
     def collect(self, step: int) -> Mapping[str, Value]:
         self._exit()
-        values = {f"attn_logit_max/{n}" if n else "attn_logit_max": v for n, v in self._max.items()}
+        values = {ATTN_LOGIT_MAX.key(n or None): v for n, v in self._max.items()}
         self._max = {}
         return values
 
@@ -198,6 +205,7 @@ class AttentionLogitSignal(Signal):
             self._stack.pop()
 
     def _observe(self, value: torch.Tensor) -> None:
+        self.seen = True
         name = self._stack[-1] if self._stack else ""
         if self.modules is not None and name not in self.modules:
             return

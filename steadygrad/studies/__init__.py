@@ -10,6 +10,7 @@ from steadygrad.studies.lr_sensitivity import lr_sensitivity, run_lr_sensitivity
 from steadygrad.studies.noise_scale import run_noise_scale
 from steadygrad.studies.sgd_trace import run_sgd_trace
 from steadygrad.studies.signal_propagation import run_signal_propagation
+from steadygrad.studies.stability_gap import run_stability_gap
 from steadygrad.studies.sweep import SweepError, run_sweep
 from steadygrad.studies.top_subspace import run_top_subspace
 
@@ -26,5 +27,6 @@ __all__ = [
     "run_signal_propagation",
     "run_top_subspace",
     "run_lr_sensitivity",
+    "run_stability_gap",
     "run_sweep",
 ]

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,11 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from steadygrad.core.checks import finite_float, positive_int
-from steadygrad.curvature.eigensolver import sharpness
-from steadygrad.curvature.margin import preconditioned_sharpness
+from steadygrad.core.metrics import CURVATURE_MATVECS, LOSS, PRECONDITIONED_SHARPNESS, SHARPNESS
 from steadygrad.curvature.preconditioned import adam_limit
+from steadygrad.curvature.probe import SharpnessProbe
 from steadygrad.data import load_digits
 from steadygrad.models import MLP
+from steadygrad.monitor import Monitor
+from steadygrad.store import load
 
 OPTIMIZERS = ("gd", "adam")
 GD_STEP_SIZES = (0.4, 0.27, 0.2)
@@ -92,6 +95,7 @@ def _train(
     hidden: int,
     seed: int,
     tail: float,
+    run_dir: Path,
     optimizer_name: str = "gd",
 ) -> EdgeOfStabilityRun:
     torch.manual_seed(seed)
@@ -103,29 +107,24 @@ def _train(
         else torch.optim.SGD(model.parameters(), lr=lr)
     )
     limit = adam_limit(optimizer) if adam else 2.0 / lr
-    probe_steps, sharp, losses = [], [], []
-    previous, matvecs = None, 0
-    for step in range(steps + 1):
-        # Adam's preconditioner exists from its first step on
-        due = (step % probe_every == 0 or step == steps) and not (adam and step == 0)
-        if due and adam:
-            previous = preconditioned_sharpness(
-                model, _square_loss, batch, optimizer, tol=1e-3, warm_start=previous
-            )
-        elif due:
-            previous = sharpness(model, _square_loss, batch, tol=1e-3, warm_start=previous)
-        if due:
-            probe_steps.append(step)
-            sharp.append(previous.value)
-            matvecs += previous.matvecs
-        optimizer.zero_grad(set_to_none=True)
-        loss = _square_loss(model, batch)
-        losses.append(float(loss.detach()))
-        if not torch.isfinite(loss):
-            break
-        if step < steps:
+    shutil.rmtree(run_dir, ignore_errors=True)  # a study re-run records afresh
+    # For Adam the probe also measures the preconditioned sharpness against 38/lr.
+    probe = SharpnessProbe(_square_loss, batch, every=probe_every, tol=1e-3)
+    with Monitor(model, optimizer, run_dir, signals=[probe], progress=False) as mon:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = _square_loss(model, batch)
             loss.backward()
             optimizer.step()
+            mon.step(loss)
+            if not torch.isfinite(loss):
+                break
+    # The measured curves, read back from the run as a user would.
+    run = load(run_dir)
+    measured = PRECONDITIONED_SHARPNESS if adam else SHARPNESS
+    probe_steps, sharp = (a.tolist() for a in run.series(measured.name))
+    loss_steps, losses = (a.tolist() for a in run.series(LOSS.name))
+    matvecs = int(run.series(CURVATURE_MATVECS.name)[1].sum())
     start = int(len(sharp) * (1 - tail))
     last = sharp[start:] or sharp[-1:]
     reached = [s for s, v in zip(probe_steps, sharp, strict=True) if v >= 0.95 * limit]
@@ -134,7 +133,7 @@ def _train(
         limit=limit,
         probe_steps=probe_steps,
         sharpness=sharp,
-        loss_steps=list(range(len(losses))),
+        loss_steps=loss_steps,
         loss=losses,
         initial_ratio=sharp[0] / limit,
         final_ratio=sum(last) / len(last) / limit,
@@ -210,9 +209,9 @@ def run_edge_of_stability(
     started = time.perf_counter()
     runs = {}
     for lr in lrs:
-        runs[lr] = _train(
-            lr, batch, steps, probe_every, positive_int("hidden", hidden), seed, tail, optimizer
-        )
+        hidden = positive_int("hidden", hidden)
+        run_dir = out / "runs" / (f"lr{lr:g}" if optimizer == "gd" else f"adam-lr{lr:g}")
+        runs[lr] = _train(lr, batch, steps, probe_every, hidden, seed, tail, run_dir, optimizer)
         if progress:
             run = runs[lr]
             print(
@@ -228,7 +227,11 @@ def run_edge_of_stability(
         plot,
         time.perf_counter() - started,
         settings=dict(
-            steps=steps, probe_every=probe_every, samples=samples, hidden=hidden, seed=seed,
+            steps=steps,
+            probe_every=probe_every,
+            samples=samples,
+            hidden=hidden,
+            seed=seed,
             optimizer=optimizer,
         ),
     )

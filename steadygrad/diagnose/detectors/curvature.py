@@ -5,15 +5,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.core import Finding, FindingKind, Record
+from steadygrad.core.checks import finite_float, non_negative_int, positive_int
+from steadygrad.core.metrics import (
+    PRECONDITIONED_SHARPNESS,
+    PRECONDITIONED_SHARPNESS_LIMIT,
+    SHARPNESS,
+    SHARPNESS_LIMIT,
+)
 from steadygrad.diagnose.detectors.base import Detector
-from steadygrad.core.finding import Finding
-from steadygrad.core.record import Record
+
+SHARPNESS_ABOVE_LIMIT = FindingKind(
+    "sharpness_above_limit", "sharpness (or Adam's preconditioned sharpness) above its limit"
+)
 
 # (value, limit) pairs written by SharpnessProbe / stability_margin
 PAIRS = (
-    ("sharpness", "sharpness_limit"),
-    ("preconditioned_sharpness", "preconditioned_sharpness_limit"),
+    (SHARPNESS.name, SHARPNESS_LIMIT.name),
+    (PRECONDITIONED_SHARPNESS.name, PRECONDITIONED_SHARPNESS_LIMIT.name),
 )
 
 
@@ -43,16 +52,23 @@ class SharpnessAboveLimit(Detector):
         'sharpness_above_limit'
     """
 
-    kind = "sharpness_above_limit"
+    kind = SHARPNESS_ABOVE_LIMIT
+    reads = (SHARPNESS, SHARPNESS_LIMIT, PRECONDITIONED_SHARPNESS, PRECONDITIONED_SHARPNESS_LIMIT)
+    emits = (SHARPNESS_ABOVE_LIMIT,)
 
-    def __init__(self, patience: int = 3, threshold: float = 1.0) -> None:
+    def __init__(self, patience: int = 3, threshold: float = 1.0, adam_warmup: int = 100) -> None:
         self.patience = positive_int("patience", patience)
+        self.adam_warmup = non_negative_int("adam_warmup", adam_warmup)
         self.threshold = finite_float("threshold", threshold, low=0.0, low_open=True)
         self._episodes = {value: _Episode() for value, _ in PAIRS}
 
     def update(self, record: Record) -> list[Finding]:
+        if record.nonfinite:
+            return []  # NaN-driven values are no evidence of this mechanism
         findings = []
         for value_name, limit_name in PAIRS:
+            if value_name == PRECONDITIONED_SHARPNESS.name and record.step < self.adam_warmup:
+                continue  # Adam's second moment is still a few squared gradients: P^-1 H is huge
             value, limit = record.get(value_name), record.get(limit_name)
             if not (math.isfinite(value) and math.isfinite(limit)) or limit <= 0:
                 continue

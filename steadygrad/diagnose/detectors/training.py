@@ -5,12 +5,37 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.core.metrics import (
+    AMP_SCALE,
+    GRAD_NORM,
+    GRAD_NORM_PRECLIP,
+    LOSS,
+    NONFINITE_GRADS,
+    NONFINITE_PARAMS,
+    OPTIMIZER_SKIPPED,
+)
 from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
-from steadygrad.core.finding import Finding
 
 if TYPE_CHECKING:
-    from steadygrad.core.record import Record
+    from steadygrad.core import Record
+
+LOSS_SPIKE = FindingKind("loss_spike", "the loss jumped far above its recent robust baseline")
+GRAD_NORM_SPIKE = FindingKind(
+    "grad_norm_spike", "the global gradient norm jumped far above its recent robust baseline"
+)
+NONFINITE = FindingKind(
+    "nonfinite", "NaN/Inf in the loss, the gradients or the weights", Severity.CRITICAL
+)
+NONFINITE_ORIGIN = FindingKind(
+    "nonfinite_origin",
+    "the forward guard found the module that produced a NaN/Inf",
+    Severity.CRITICAL,
+)
+AMP_OVERFLOW = FindingKind(
+    "amp_overflow", "the GradScaler skipped a step whose gradients overflowed", Severity.INFO
+)
 
 
 class SpikeDetector(Detector):
@@ -20,7 +45,7 @@ class SpikeDetector(Detector):
     steps in a row look normal again. Non-finite values are left to :class:`NonFiniteDetector`.
     """
 
-    signal = "loss"
+    signal = LOSS.name
 
     def __init__(
         self,
@@ -82,8 +107,9 @@ class LossSpikeDetector(SpikeDetector):
         >>> # Monitor(model, optimizer, detectors=[detector, ...])
     """
 
-    kind = "loss_spike"
-    signal = "loss"
+    kind = LOSS_SPIKE
+    reads, emits = (LOSS,), (LOSS_SPIKE,)
+    signal = LOSS.name
 
 
 class GradNormSpikeDetector(SpikeDetector):
@@ -94,21 +120,22 @@ class GradNormSpikeDetector(SpikeDetector):
     watched, so a spike that clipping hid is still caught; the finding says it was clipped.
     """
 
-    kind = "grad_norm_spike"
-    signal = "grad_norm"
+    kind = GRAD_NORM_SPIKE
+    reads, emits = (GRAD_NORM, GRAD_NORM_PRECLIP), (GRAD_NORM_SPIKE,)
+    signal = GRAD_NORM.name
 
     def update(self, record: Record) -> list[Finding]:
-        if "grad_norm_preclip" in record.values:
-            self.signal = "grad_norm_preclip"
+        if GRAD_NORM_PRECLIP.name in record.values:
+            self.signal = GRAD_NORM_PRECLIP.name
         findings = super().update(record)
-        if findings and self.signal == "grad_norm_preclip":
-            clipped = record.values.get("grad_norm", math.nan)
+        if findings and self.signal == GRAD_NORM_PRECLIP.name:
+            clipped = record.values.get(GRAD_NORM.name, math.nan)
             for f in findings:
                 f.evidence["clipped_to"] = clipped
                 f.evidence["hidden_by_clipping"] = clipped < 0.5 * record.values[self.signal]
         return findings
 
-    def __init__(self, threshold: float = 6.0, min_ratio: float = 3.0, **kwargs) -> None:
+    def __init__(self, threshold: float = 6.0, min_ratio: float = 8.0, **kwargs) -> None:
         kwargs.setdefault("rel_floor", 0.0)
         super().__init__(threshold=threshold, min_ratio=min_ratio, **kwargs)
 
@@ -123,24 +150,27 @@ class NonFiniteDetector(Detector):
     """NaN/Inf in the loss, the gradients or the weights, with where it was born.
 
     A step that a mixed-precision GradScaler skipped (the optimizer did not step, the loss and
-    the weights are finite) is reported as a benign ``amp_overflow`` (severity info), not as a
-    divergence.
+    the weights are finite) is reported as an ``amp_overflow`` (severity info), not as a
+    divergence: one finding per run of consecutive skipped steps, at its first step.
     """
 
-    kind = "nonfinite"
+    kind = NONFINITE
+    reads = (LOSS, NONFINITE_GRADS, NONFINITE_PARAMS, OPTIMIZER_SKIPPED, GRAD_NORM, AMP_SCALE)
+    emits = (NONFINITE, NONFINITE_ORIGIN, AMP_OVERFLOW)
 
     def __init__(self) -> None:
         self._in_episode = False
         self._origin_known = False
+        self._in_overflow = False
 
     def update(self, record: Record) -> list[Finding]:
         v = record.values
-        loss = v.get("loss", 0.0)
-        bad_grads = v.get("nonfinite_grads", 0.0)
-        bad_params = v.get("nonfinite_params", 0.0)
+        loss = v.get(LOSS.name, 0.0)
+        bad_grads = v.get(NONFINITE_GRADS.name, 0.0)
+        bad_params = v.get(NONFINITE_PARAMS.name, 0.0)
         loss_bad = not math.isfinite(loss)
         if not (loss_bad or bad_grads or bad_params):
-            self._in_episode = False
+            self._in_episode = self._in_overflow = False
             return []
         meta = record.meta
         if (
@@ -149,10 +179,13 @@ class NonFiniteDetector(Detector):
             and not loss_bad
             and not bad_params
         ):
-            evidence = {"nonfinite_grads": bad_grads, "grad_norm": v.get("grad_norm")}
-            if "amp_scale" in v:
-                evidence["amp_scale"] = v["amp_scale"]
-            return [Finding("amp_overflow", record.step, None, evidence, "info")]
+            if self._in_overflow:  # the same overflow episode: said at its first step
+                return []
+            self._in_overflow = True
+            evidence = {"nonfinite_grads": bad_grads, "grad_norm": v.get(GRAD_NORM.name)}
+            if AMP_SCALE.name in v:
+                evidence["amp_scale"] = v[AMP_SCALE.name]
+            return [Finding(AMP_OVERFLOW, record.step, None, evidence, "info")]
         forward = meta.get("forward_origin")
         backward = meta.get("backward_origin")
         if self._in_episode:
@@ -161,9 +194,7 @@ class NonFiniteDetector(Detector):
                 self._origin_known = True
                 evidence = {"forward_origin": forward, "loss": loss}
                 return [
-                    Finding(
-                        "nonfinite_origin", record.step, forward["module"], evidence, "critical"
-                    )
+                    Finding(NONFINITE_ORIGIN, record.step, forward["module"], evidence, "critical")
                 ]
             return []
         self._in_episode = True
@@ -188,10 +219,13 @@ class NonFiniteDetector(Detector):
 def default_detectors() -> list[Detector]:
     """The detectors a Monitor runs when none are given: those of the built-in signals, and
     those of the optional signals (each stays silent while its signal is not recorded)."""
-    from steadygrad.diagnose.detectors import curvature, transformer
+    from steadygrad.diagnose.detectors import continual, curvature, transformer, trends
 
     return [
         LossSpikeDetector(),
+        trends.LossDivergence(),
+        trends.GradientGrowth(),
+        trends.UnstableSteps(),
         GradNormSpikeDetector(),
         NonFiniteDetector(),
         transformer.GradientSpike(),
@@ -201,4 +235,5 @@ def default_detectors() -> list[Detector]:
         transformer.SoftmaxCollapse(),
         transformer.PlasticityLoss(),
         curvature.SharpnessAboveLimit(),
+        continual.StabilityGap(),
     ]
