@@ -57,25 +57,22 @@ class Coherence:
         return self.value / self.examples
 
 
-def m_coherence(sum_of_grads: torch.Tensor, sum_of_sq_norms: torch.Tensor) -> float:
-    """||sum g||^2 / sum ||g||^2 from the two running sums (0 when every gradient is zero)."""
-    denom = float(sum_of_sq_norms)
-    return float(sum_of_grads.double().pow(2).sum()) / denom if denom > 0 else 0.0
-
-
 def coherence_from_gradients(grads: Mapping[str, torch.Tensor], examples: int) -> Coherence:
     """Coherence of per-example gradients ``{name: (examples, *shape)}``, with per-module values."""
-    sums = {k: g.reshape(examples, -1).double().sum(0) for k, g in grads.items()}
-    squares = {k: g.reshape(examples, -1).double().pow(2).sum() for k, g in grads.items()}
+    # Reductions run in the gradients' own dtype (pairwise summation); only the per-parameter
+    # scalars are accumulated in float64, so no float64 copy of the (examples x n) block is made.
+    sum_sq = {k: float(g.sum(0).double().pow(2).sum()) for k, g in grads.items()}
+    squares = {k: float(g.pow(2).sum().double()) for k, g in grads.items()}
     modules: dict[str, list[str]] = {}
     for name in grads:
         modules.setdefault(name.rpartition(".")[0] or name, []).append(name)
-    per_module = {
-        mod: m_coherence(torch.cat([sums[n] for n in names]), sum(squares[n] for n in names))
-        for mod, names in modules.items()
-    }
-    total = m_coherence(torch.cat(list(sums.values())), sum(squares.values()))
-    return Coherence(total, examples, per_module)
+
+    def ratio(names: list[str]) -> float:
+        denom = sum(squares[n] for n in names)
+        return sum(sum_sq[n] for n in names) / denom if denom > 0 else 0.0
+
+    per_module = {mod: ratio(names) for mod, names in modules.items()}
+    return Coherence(ratio(list(grads)), examples, per_module)
 
 
 def gradient_coherence(

@@ -19,6 +19,7 @@ separately (exponential moving averages) and reports the ratio of the averages.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,15 +94,19 @@ def noise_scale_from_norms(
     return NoiseScale(_ratio(trace, g2), trace, g2, "two_batch", 0)
 
 
-def noise_scale_from_gradients(flat: torch.Tensor) -> NoiseScale:
-    """From per-example gradients as a ``(m, n)`` matrix (m >= 2), unbiased parts."""
-    m = flat.shape[0]
+def noise_scale_from_gradients(grads: torch.Tensor | Mapping[str, torch.Tensor]) -> NoiseScale:
+    """From per-example gradients: a ``(m, n)`` matrix or ``{name: (m, *shape)}`` (m >= 2),
+    with the unbiased tr(Sigma) and |G|^2."""
+    parts = [grads] if isinstance(grads, torch.Tensor) else list(grads.values())
+    m = parts[0].shape[0]
     if m < 2:
         raise ValueError(f"the noise scale needs at least 2 examples, got {m}")
-    flat = flat.double()
-    mean = flat.mean(0)
-    trace = float((flat - mean).pow(2).sum() / (m - 1))
-    g2 = float(mean.pow(2).sum()) - trace / m
+    trace = mean_sq = 0.0
+    for g in parts:
+        mean = g.mean(0)
+        trace += float((g - mean).pow(2).sum().double()) / (m - 1)
+        mean_sq += float(mean.double().pow(2).sum())
+    g2 = mean_sq - trace / m
     return NoiseScale(_ratio(trace, g2), trace, g2, "per_example", m)
 
 
@@ -140,7 +145,7 @@ def gradient_noise_scale(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "per_example":
         g = per_example_gradients(model, loss_fn, batch, params=params, chunk_size=chunk_size)
-        return noise_scale_from_gradients(g.flat())
+        return noise_scale_from_gradients(g.grads)
     small_batch = positive_int("small_batch", small_batch)
     check_finite_batch(batch)
     m = batch_size_of(batch)

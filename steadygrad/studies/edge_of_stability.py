@@ -123,6 +123,10 @@ def _train(
     run = load(run_dir)
     measured = PRECONDITIONED_SHARPNESS if adam else SHARPNESS
     probe_steps, sharp = (a.tolist() for a in run.series(measured.name))
+    if adam and len(sharp) > 1:
+        # After Adam's first update its preconditioner holds one gradient's square: P^-1 H is
+        # then meaningless (many times the limit); the series starts at the next probe.
+        probe_steps, sharp = probe_steps[1:], sharp[1:]
     loss_steps, losses = (a.tolist() for a in run.series(LOSS.name))
     matvecs = int(run.series(CURVATURE_MATVECS.name)[1].sum())
     start = int(len(sharp) * (1 - tail))
