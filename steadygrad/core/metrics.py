@@ -100,6 +100,11 @@ OUTPUT_LOGIT_MAX = Metric(
     "output_logit_max", "largest absolute output logit", panel="output_logits"
 )
 OUTPUT_LOGIT_RMS = Metric("output_logit_rms", "RMS of the output logits", panel="output_logits")
+OUTPUT_LOGIT_MEAN = Metric(
+    "output_logit_mean",
+    "mean output logit: the common shift softmax ignores and z-loss holds near 0",
+    panel="output_logits",
+)
 SOFTMAX_COLLAPSE = Metric(
     "softmax_collapse",
     "fraction of rows whose float32 softmax rounds the target to 1",
