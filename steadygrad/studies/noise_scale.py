@@ -170,6 +170,7 @@ def _plot(result: NoiseScaleStudyResult, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+
     def finite(values: list[float]) -> np.ndarray:
         return np.where(np.isfinite(values), values, np.nan)  # inf: beyond what the sample resolves
 
