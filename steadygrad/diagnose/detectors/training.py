@@ -114,7 +114,7 @@ class LossSpikeDetector(SpikeDetector):
     reads, emits = (LOSS,), (LOSS_SPIKE,)
     signal = LOSS.name
 
-    def __init__(self, *args, min_excess: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, min_excess: float = 0.75, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.min_excess = finite_float("min_excess", min_excess, low=0.0)
         self._start = math.nan

@@ -50,6 +50,7 @@ class SustainedLevel:
         self.recent: deque[float] = deque(maxlen=noise_window)
         self.floor = math.inf
         self.floor_step: int | None = None
+        self.floor_noise = 0.0
         self.start = math.nan
         self.current = math.nan
 
@@ -63,11 +64,20 @@ class SustainedLevel:
             self.start = self.current
         if self.current < self.floor:
             self.floor, self.floor_step = self.current, step
+            med = statistics.median(self.recent)
+            self.floor_noise = 1.4826 * statistics.median(abs(v - med) for v in self.recent)
 
     def noise(self) -> float:
-        """1.4826 x the MAD of the recent single values: how far one value strays."""
-        med = statistics.median(self.recent)
-        return 1.4826 * statistics.median(abs(v - med) for v in self.recent)
+        """How far one value strays (1.4826 x the MAD of the ``noise_window`` values up to the
+        best level): measured where the series was at its best, so a climb that follows does
+        not count as noise."""
+        return self.floor_noise
+
+    def lost_progress(self, fraction: float = 0.5) -> bool:
+        """The running median has given back ``fraction`` of the progress made (or, before
+        any progress, climbed ``fraction`` of its level)."""
+        gained = max(abs(self.floor), self.start - self.floor)
+        return self.current - self.floor >= fraction * gained
 
     def scale(self) -> float:
         """The series' natural size: its best level, or a quarter of the progress it made from
@@ -126,7 +136,8 @@ class LossDivergence(Detector):
         if self._calm >= 2 * self.patience:
             self._fired.clear()  # back near its best for a while: a new episode can start
         severity = None
-        critical = now - floor > max((self.critical_ratio - 1) * scale, margin)
+        jump = loss - floor > (self.critical_ratio**2 - 1) * scale  # one step far out: at once
+        critical = jump or now - floor > max((self.critical_ratio - 1) * scale, margin)
         if critical and "critical" not in self._fired:
             severity = Severity.CRITICAL
         elif self._above >= self.patience and not self._fired:
@@ -153,9 +164,10 @@ class GradientGrowth(Detector):
       norm left its best level first, by ``local_growth``: where the growth starts.
     - at initialisation: on the first record the gradient norm is ``init_ratio`` times the
       norm of the weights it updates (critical), naming the tensor with the largest ratio.
-    - one explosion: a gradient norm, the largest so far, ``collapse`` times the next one (its
-      update wrecked the weights, whose gradients then vanish): critical, found one step later
-      and dated to the explosion, naming the tensor with the largest gradient then.
+    - one explosion: a gradient norm, the largest so far, ``collapse`` times the next one, with
+      the loss no longer improving (its update wrecked the weights, whose gradients then
+      vanish): critical, found one step later and dated to the explosion, naming the tensor
+      with the largest gradient then.
 
     Example:
         >>> det = GradientGrowth()
@@ -206,19 +218,20 @@ class GradientGrowth(Detector):
             exploded = self._at_init(record, norm)
             if exploded:
                 return exploded
-        exploded = self._exploded_then_collapsed(record, norm)
-        if exploded:
-            return exploded
         loss = record.values.get(LOSS.name)
         if loss is not None and math.isfinite(loss):
             self.loss.add(loss, record.step)
+        exploded = self._exploded_then_collapsed(record, norm)
+        if exploded:
+            return exploded
         self._track_tensors(record)
         level = self.level
         level.add(math.log(norm), record.step)
         if not math.isfinite(level.floor):
             return []
         rise = level.current - level.floor
-        self._above = self._above + 1 if rise > self.growth and self._loss_stalled() else 0
+        worse = self._loss_worse()
+        self._above = self._above + 1 if rise > self.growth and worse else 0
         if rise < self.growth / 2:
             self._fired.clear()
         severity = None
@@ -247,8 +260,8 @@ class GradientGrowth(Detector):
         if previous is None or "critical" in self._fired:
             return []
         step, before, family = previous
-        if before < largest or before < self.collapse * norm:
-            return []
+        if before < largest or before < self.collapse * norm or not self._loss_stalled():
+            return []  # a spike the run shrugged off is a gradient spike, not an explosion
         self._fired.add("critical")
         where = max(family, key=family.get) if family else None
         evidence = {"grad_norm": before, "next_grad_norm": norm, "ratio": before / norm}
@@ -256,6 +269,11 @@ class GradientGrowth(Detector):
 
     def _loss_stalled(self) -> bool:
         return _stalled(self.loss)
+
+    def _loss_worse(self) -> bool:
+        """The loss gave back half its progress: growing gradients that hurt (under Adam, a
+        gradient norm often grows while a loss near zero stays there)."""
+        return not math.isfinite(self.loss.current) or self.loss.lost_progress(0.5)
 
     def _at_init(self, record: Record, norm: float) -> list[Finding]:
         weights = record.values.get(PARAM_NORM.name)
