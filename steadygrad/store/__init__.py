@@ -1,7 +1,8 @@
 """One SQLite database per run: scalars in long form, findings, actions, and the run's status."""
 
+from steadygrad.store.discover import find_runs, load_runs
 from steadygrad.store.run import Run, load
 from steadygrad.store.schema import DB_NAME as DB_NAME_FILE
 from steadygrad.store.writer import RunStore
 
-__all__ = ["DB_NAME_FILE", "Run", "RunStore", "load"]
+__all__ = ["DB_NAME_FILE", "Run", "RunStore", "find_runs", "load", "load_runs"]

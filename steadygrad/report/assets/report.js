@@ -418,6 +418,7 @@
     D.runs.forEach((r, i) => r.families.forEach((f) => drawFamily(fams, r, f, i)));
     drawMarkTable(document.getElementById("sg-marks"));
     if (charts.length) restoreZoom(charts[0]);
+    window.steadygradCharts = charts; // for the browser test and the curious reader
     document.body.dataset.ready = "1";
     if (D.refresh) setTimeout(() => location.reload(), D.refresh * 1000);
   }
