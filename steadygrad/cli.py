@@ -144,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "runs", nargs="+", metavar="RUN_DIR", help="run directory (holds run.db) or a folder of runs"
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directory (holds run.db) or a folder of runs",
     )
     p.add_argument(
         "-o",

@@ -1,8 +1,8 @@
 """The command line on a real recorded run."""
 
 import html
-import re
 import math
+import re
 import subprocess
 import sys
 

@@ -154,23 +154,31 @@ def marks(run: Run, decls: dict[str, Metric], index: int) -> list[dict[str, Any]
         )
     for a in run.actions():
         text = ", ".join(f"{k}={_brief(v)}" for k, v in a.detail.items())
-        out.append(
-            {"run": index, "step": a.step, "type": "action", "kind": a.kind, "text": text}
-        )
+        out.append({"run": index, "step": a.step, "type": "action", "kind": a.kind, "text": text})
     present = set(run.names())
     for name in sorted(present):
         decl = declaration_of(name, decls)
         if decl is not None and decl.events:
             for step, value in query.positive_steps(run, name, limit=500):
                 out.append(
-                    {"run": index, "step": step, "type": "event", "kind": name,
-                     "text": f"{name}={_brief(value)}"}
+                    {
+                        "run": index,
+                        "step": step,
+                        "type": "event",
+                        "kind": name,
+                        "text": f"{name}={_brief(value)}",
+                    }
                 )
     if builtin.LOSS.name in present:
         for step, value in query.nonfinite_steps(run, builtin.LOSS.name, limit=500):
             out.append(
-                {"run": index, "step": step, "type": "event", "kind": "nonfinite loss",
-                 "text": f"loss={value}"}
+                {
+                    "run": index,
+                    "step": step,
+                    "type": "event",
+                    "kind": "nonfinite loss",
+                    "text": f"loss={value}",
+                }
             )
     out.sort(key=lambda m: m["step"])
     return out

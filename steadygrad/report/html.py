@@ -125,9 +125,7 @@ def _interactive_page(runs: list[Run], refresh: float | None) -> str:
     body += [_summary_card(r, diagnoses[id(r)]) for r in runs]
     if len(runs) > 1:
         body.append(_comparison_table(runs, diagnoses))
-    live = (
-        f"<p class=ref>live view: this page reloads every {refresh:g} s</p>" if refresh else ""
-    )
+    live = f"<p class=ref>live view: this page reloads every {refresh:g} s</p>" if refresh else ""
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
     return (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"

@@ -110,7 +110,9 @@ def family_grid(
         " WHERE n.name >= ? AND n.name < ? AND s.value IS NOT NULL AND s.value < ? AND s.value > ?"
         " GROUP BY s.name_id, 2"
     )
-    for name_id, col, mn, mx in run._db.execute(query, (first, width, lo_name, hi_name, _INF, -_INF)):
+    for name_id, col, mn, mx in run._db.execute(
+        query, (first, width, lo_name, hi_name, _INF, -_INF)
+    ):
         if 0 <= col < bins and name_id in row_of:
             low[row_of[name_id], col], high[row_of[name_id], col] = mn, mx
     for name_id, col, count in run._db.execute(
