@@ -91,7 +91,7 @@ def diagnose_runs(args: argparse.Namespace) -> int:
     for run in load_runs(args.runs):
         found = diagnose(run)
         if args.json:
-            data = {"run_dir": str(run.run_dir), **found.to_dict()}
+            data = {"run_dir": str(run.run_dir), **found.as_dict()}
             print(json.dumps(data, allow_nan=False), flush=True)
         elif _tty():
             print_diagnosis(found)

@@ -33,14 +33,14 @@ class DiagnosisReport:
     def causes(self) -> list[str]:
         return [d.cause for d in self.diagnoses]
 
-    def to_dict(self) -> dict:
+    def as_dict(self) -> dict:
         """The report as plain JSON-ready data (``steadygrad diagnose RUN --json`` prints it).
 
         Non-finite numbers in evidence and margins become the strings ``"nan"``, ``"inf"`` and
         ``"-inf"``, so the output is strict JSON.
 
         Example:
-            >>> DiagnosisReport("a", []).to_dict()["healthy"]
+            >>> DiagnosisReport("a", []).as_dict()["healthy"]
             True
         """
         worst = max((d.severity for d in self.diagnoses), key=Severity.rank, default=None)

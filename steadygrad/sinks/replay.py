@@ -40,7 +40,7 @@ def replay(run: Run, sinks: Sequence[Sink], *, diagnose: bool = True) -> None:
     if diagnose:
         from steadygrad.diagnose.diagnosis import diagnose as run_diagnosis
 
-        report = run_diagnosis(run).to_dict()
+        report = run_diagnosis(run).as_dict()
     for sink in sinks:
         sink.close(run.status, report)
 
