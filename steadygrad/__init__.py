@@ -45,7 +45,8 @@ from steadygrad.monitor import (
     SoftmaxCollapseSignal,
     watch,
 )
-from steadygrad.store import Run, RunStore, load
+from steadygrad.sinks import MLflowSink, TensorBoardSink, WandbSink
+from steadygrad.store import Run, RunStore, find_runs, load, load_runs
 
 __version__ = "0.1.0"
 
@@ -92,5 +93,10 @@ __all__ = [
     "default_detectors",
     "diagnose",
     "load",
+    "find_runs",
+    "load_runs",
+    "TensorBoardSink",
+    "WandbSink",
+    "MLflowSink",
     "watch",
 ]
