@@ -56,9 +56,11 @@ def _classify(names: Sequence[str], decls: dict[str, Metric]) -> list[_Name]:
 def run_data(run: Run, index: int) -> dict[str, Any]:
     """One run's panels, layer families, markers and facts, as plain data."""
     decls = declarations(run)
-    counts = query.name_counts(run)
-    names = _classify(list(counts), decls)
-    span = query.step_range(run) or (0, 0)
+    stats = query.name_stats(run)
+    names = _classify(list(stats), decls)
+    span = (
+        (min(v[1] for v in stats.values()), max(v[2] for v in stats.values())) if stats else (0, 0)
+    )
     members: dict[str, list[_Name]] = {}
     for n in names:
         if "/" in n.key:
@@ -76,7 +78,7 @@ def run_data(run: Run, index: int) -> dict[str, Any]:
         )
         if is_layer:
             continue
-        steps, values = query.envelope(run, n.key, SERIES_BINS)
+        steps, values = query.envelope(run, n.key, SERIES_BINS, stats[n.key])
         series.append(
             {
                 "run": index,
@@ -97,23 +99,19 @@ def run_data(run: Run, index: int) -> dict[str, Any]:
         if (decl is not None and decl.per in LAYER_PER) or (
             decl is None and len(group) > LINE_FAMILY_MAX
         ):
-            layer_families.append(_layer_family(run, family, decl, span))
+            layer_families.append(_layer_family(run, family, decl, span, len(group)))
     return {
         "name": run.name,
         "status": run.status,
-        "steps": run.num_steps,
         "first": span[0],
         "last": span[1],
         "series": series,
         "families": layer_families,
-        "marks": marks(run, decls, index),
+        "marks": marks(run, decls, index, set(stats)),
     }
 
 
-def _layer_family(run: Run, family: str, decl: Metric | None, span: tuple[int, int]):
-    count = run._db.execute(
-        "SELECT COUNT(*) FROM names WHERE name >= ? AND name < ?", (family + "/", family + "0")
-    ).fetchone()[0]
+def _layer_family(run: Run, family: str, decl: Metric | None, span: tuple[int, int], count: int):
     first, last = span
     bins = int(np.clip(FAMILY_CELLS // max(count, 1), *FAMILY_BINS))
     bins = min(bins, last - first + 1)
@@ -134,7 +132,9 @@ def _layer_family(run: Run, family: str, decl: Metric | None, span: tuple[int, i
     }
 
 
-def marks(run: Run, decls: dict[str, Metric], index: int) -> list[dict[str, Any]]:
+def marks(
+    run: Run, decls: dict[str, Metric], index: int, names: set[str] | None = None
+) -> list[dict[str, Any]]:
     """Real events only, for the time axis: findings, actions, non-zero event counts (declared
     ``events=True``: non-finite gradients or weights, skipped steps) and a non-finite loss.
     A NaN elsewhere (an update ratio of 0/0 for a zero-initialised bias) is not an event."""
@@ -155,7 +155,7 @@ def marks(run: Run, decls: dict[str, Metric], index: int) -> list[dict[str, Any]
     for a in run.actions():
         text = ", ".join(f"{k}={_brief(v)}" for k, v in a.detail.items())
         out.append({"run": index, "step": a.step, "type": "action", "kind": a.kind, "text": text})
-    present = set(run.names())
+    present = set(query.name_stats(run)) if names is None else names
     for name in sorted(present):
         decl = declaration_of(name, decls)
         if decl is not None and decl.events:

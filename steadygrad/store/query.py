@@ -15,32 +15,37 @@ from steadygrad.store.run import Run
 _INF = 1e308 * 10  # SQLite compares IEEE infinities like any other REAL
 
 
-def name_counts(run: Run) -> dict[str, int]:
-    """How many rows each metric has: ``{name: count}``."""
+def name_stats(run: Run) -> dict[str, tuple[int, int, int]]:
+    """Each metric's ``(rows, first step, last step)``, from one pass over the name index."""
     rows = run._db.execute(
-        "SELECT n.name, c.k FROM (SELECT name_id, COUNT(*) AS k FROM scalars GROUP BY name_id) c"
+        "SELECT n.name, c.k, c.first, c.last FROM (SELECT name_id, COUNT(*) AS k,"
+        " MIN(step) AS first, MAX(step) AS last FROM scalars GROUP BY name_id) c"
         " JOIN names n ON n.id = c.name_id ORDER BY n.name"
     )
-    return dict(rows.fetchall())
+    return {name: (k, first, last) for name, k, first, last in rows}
 
 
-def step_range(run: Run) -> tuple[int, int] | None:
-    first, last = run._db.execute("SELECT MIN(step), MAX(step) FROM scalars").fetchone()
-    return None if first is None else (int(first), int(last))
+def name_counts(run: Run) -> dict[str, int]:
+    """How many rows each metric has: ``{name: count}``."""
+    return {name: k for name, (k, _, _) in name_stats(run).items()}
 
 
-def envelope(run: Run, name: str, bins: int) -> tuple[np.ndarray, np.ndarray]:
+def envelope(
+    run: Run, name: str, bins: int, stats: tuple[int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(steps, values)`` of one metric with at most about ``2 * bins`` points: each of
     ``bins`` equal step ranges keeps its lowest and its highest value at their own steps, so a
     spike is never averaged away. A series short enough is returned whole. NaN/Inf are left out
-    (see :func:`nonfinite_steps`)."""
+    (see :func:`nonfinite_steps`). ``stats``: the name's entry of :func:`name_stats`, if known."""
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
-    (count, first, last) = run._db.execute(
-        "SELECT COUNT(*), MIN(step), MAX(step) FROM scalars s JOIN names n ON n.id = s.name_id"
-        " WHERE n.name = ?",
-        (name,),
-    ).fetchone()
+    if stats is None:
+        stats = run._db.execute(
+            "SELECT COUNT(*), MIN(step), MAX(step) FROM scalars s JOIN names n ON n.id = s.name_id"
+            " WHERE n.name = ?",
+            (name,),
+        ).fetchone()
+    count, first, last = stats
     if count == 0:
         return np.zeros(0, np.int64), np.zeros(0)
     finite = "s.value IS NOT NULL AND s.value < ? AND s.value > ?"
@@ -103,24 +108,19 @@ def family_grid(
     low = np.full((len(ids), bins), np.nan)
     high = np.full((len(ids), bins), np.nan)
     bad = np.zeros((len(ids), bins), np.int32)
-    if not ids:
-        return members, low, high, bad
-    query = (
-        "SELECT s.name_id, (s.step - ?) / ?, MIN(s.value), MAX(s.value) FROM scalars s JOIN names n ON n.id = s.name_id"
-        " WHERE n.name >= ? AND n.name < ? AND s.value IS NOT NULL AND s.value < ? AND s.value > ?"
-        " GROUP BY s.name_id, 2"
-    )
-    for name_id, col, mn, mx in run._db.execute(
-        query, (first, width, lo_name, hi_name, _INF, -_INF)
-    ):
-        if 0 <= col < bins and name_id in row_of:
-            low[row_of[name_id], col], high[row_of[name_id], col] = mn, mx
-    for name_id, col, count in run._db.execute(
-        "SELECT s.name_id, (s.step - ?) / ?, COUNT(*) FROM scalars s"
-        " JOIN names n ON n.id = s.name_id WHERE n.name >= ? AND n.name < ?"
-        " AND (s.value IS NULL OR s.value >= ? OR s.value <= ?) GROUP BY s.name_id, 2",
-        (first, width, lo_name, hi_name, _INF, -_INF),
-    ):
-        if 0 <= col < bins and name_id in row_of:
-            bad[row_of[name_id], col] = count
+    finite = "s.value IS NOT NULL AND s.value < ? AND s.value > ?"
+    for start in range(0, len(ids), 500):  # by id, through the (name_id, step) index
+        chunk = [i for i, _ in ids[start : start + 500]]
+        marks = ",".join("?" * len(chunk))
+        for name_id, col, mn, mx, nonfinite in run._db.execute(
+            "SELECT s.name_id, (s.step - ?) / ?, MIN(CASE WHEN " + finite + " THEN s.value END),"
+            " MAX(CASE WHEN " + finite + " THEN s.value END), SUM(NOT (" + finite + "))"
+            f" FROM scalars s WHERE s.name_id IN ({marks}) GROUP BY s.name_id, 2",
+            (first, width, _INF, -_INF, _INF, -_INF, _INF, -_INF, *chunk),
+        ):
+            if 0 <= col < bins:
+                r = row_of[name_id]
+                low[r, col] = np.nan if mn is None else mn
+                high[r, col] = np.nan if mx is None else mx
+                bad[r, col] = nonfinite or 0
     return members, low, high, bad
