@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from steadygrad.core.checks import finite_float, non_negative_int, positive_int
+from steadygrad.core.metrics import LOSS, NONFINITE_PARAMS
 from steadygrad.diagnose.detectors.base import RobustBaseline
+from steadygrad.diagnose.detectors.trends import SustainedLevel
 
 if TYPE_CHECKING:
     from steadygrad.core import Finding, Record
@@ -90,7 +92,7 @@ class Autopilot:
         self._snapshot: dict[str, Any] | None = None
         self._monitor: MonitorLink | None = None
         self._norm_median = RobustBaseline(window=64)
-        self._healthy_loss = RobustBaseline(window=64)
+        self._loss_level = SustainedLevel(window=3)
         self.skipped_step: int | None = None
         self._patched: dict[str, Any] = {}
 
@@ -173,15 +175,16 @@ class Autopilot:
             self._take_snapshot(step)
 
     def _diverged(self, record: Record, findings: list[Finding]) -> bool:
-        loss = record.values.get("loss", 0.0)
-        if not math.isfinite(loss) or record.values.get("nonfinite_params"):
+        """Non-finite, or the loss's short running median ``divergence_ratio`` times above the
+        best level it sustained (a slow climb counts: the level does not follow it)."""
+        loss = record.values.get(LOSS.name, 0.0)
+        if not math.isfinite(loss) or record.values.get(NONFINITE_PARAMS.name):
             return True
-        base = self._healthy_loss
-        if len(base) >= 8 and loss > self.divergence_ratio * abs(base.median()):
-            return True
-        if not findings:
-            base.add(loss)
-        return False
+        level = self._loss_level
+        level.add(loss, record.step)
+        floor = abs(level.floor)
+        ratio = self.divergence_ratio
+        return math.isfinite(floor) and (level.current > ratio * floor or loss > ratio**2 * floor)
 
     # -- snapshots --------------------------------------------------------------------------------
     def _take_snapshot(self, step: int) -> None:
@@ -221,6 +224,7 @@ class Autopilot:
         if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
             self.scheduler.base_lrs = [lr * self.lr_factor for lr in self.scheduler.base_lrs]
         self.rollbacks += 1
+        self._loss_level.values.clear()  # the diverged losses are behind us
         mon.weights_replaced()
         self._act(
             step,

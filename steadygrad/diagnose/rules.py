@@ -23,6 +23,7 @@ from steadygrad.core.metrics import (
     SHARPNESS_LIMIT,
     UPDATE_RATIO,
 )
+from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
 from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
 from steadygrad.diagnose.detectors.training import (
     AMP_OVERFLOW,
@@ -39,6 +40,7 @@ from steadygrad.diagnose.detectors.transformer import (
     SOFTMAX_COLLAPSE_KIND,
     UPDATE_RATIO_OUT_OF_RANGE,
 )
+from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE, UNSTABLE_STEPS
 from steadygrad.store.run import Run
 
 # How specific a cause is: a mechanism explains the symptoms that follow it, so it ranks first.
@@ -69,6 +71,9 @@ class Diagnosis:
     fixes: list[Fix]
     reference: str
     tier: int = SYMPTOM
+    score: float = 0.0
+    confidence: str = ""
+    why: str = ""
 
     @property
     def rank_key(self) -> tuple:
@@ -89,15 +94,23 @@ class Found:
 
 @dataclass(frozen=True)
 class Rule:
+    """A cause: the finding kinds its check reads (each emitted by a detector), the published
+    result behind it, its fixes, and the check."""
+
     cause: str
     tier: int
     severity: str
     reference: str
     fixes: tuple[Fix, ...]
     check: Callable[[RunFacts], Found | None]
+    kinds: tuple[FindingKind, ...] = ()
 
     def apply(self, facts: RunFacts) -> Diagnosis | None:
-        found = self.check(facts)
+        facts.allowed = frozenset(self.kinds)
+        try:
+            found = self.check(facts)
+        finally:
+            facts.allowed = None
         if found is None:
             return None
         return Diagnosis(
@@ -120,8 +133,11 @@ class RunFacts:
         self.run = run
         self.findings = run.findings()
         self._series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.allowed: frozenset[str] | None = None  # the kinds the rule being applied declared
 
     def of(self, *kinds: FindingKind) -> list[Finding]:
+        if self.allowed is not None and not self.allowed.issuperset(kinds):
+            raise LookupError(f"a rule read finding kinds it did not declare: {kinds}")
         return [f for f in self.findings if f.kind in kinds]
 
     @cached_property
@@ -320,6 +336,27 @@ def _loss_spike(facts: RunFacts) -> Found | None:
 
 
 def _sharpness(facts: RunFacts) -> Found | None:
+    return _measured_sharpness(facts) or _unstable_steps(facts)
+
+
+def _unstable_steps(facts: RunFacts) -> Found | None:
+    """No probe ran, but the steps overshot along their own direction (the directional
+    sharpness ratio, from two successive gradients, above the limit)."""
+    found = facts.of(UNSTABLE_STEPS)
+    if not found:
+        return None
+    first = found[0]
+    ratio = first.evidence.get("median_recent", math.nan)
+    return Found(
+        f"the optimizer's steps overshoot from step {first.step}: the curvature along each "
+        f"update is {ratio:.2g}x its stability limit (the learning rate is above 2/sharpness)",
+        first.step,
+        [],
+        dict(first.evidence),
+    )
+
+
+def _measured_sharpness(facts: RunFacts) -> Found | None:
     found = facts.of(SHARPNESS_ABOVE_LIMIT)
     if found:
         first = found[0]
@@ -362,6 +399,22 @@ def _sharpness_at_limit_before_divergence(
             "diverged_at": when,
         },
     )
+
+
+def _loss_divergence(facts: RunFacts) -> Found | None:
+    found = facts.of(LOSS_DIVERGENCE)
+    if not found:
+        return None
+    first = found[0]
+    ev = dict(first.evidence)
+    worst = max(found, key=lambda f: Severity.rank(f.severity))
+    summary = (
+        f"the loss climbed away from its best sustained level {ev.get('best_level', math.nan):.4g}"
+        f" (step {ev.get('best_level_step')}) from step {first.step}"
+    )
+    if worst.severity == "critical":
+        summary += f", to {worst.evidence.get('ratio', math.nan):.3g}x it by step {worst.step}"
+    return Found(summary, first.step, [], ev, worst.severity)
 
 
 def _autopilot(facts: RunFacts) -> Found | None:
@@ -440,6 +493,7 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth"),
+        (ATTENTION_LOGIT_GROWTH,),
     ),
     Rule(
         "output_logit_divergence",
@@ -450,6 +504,7 @@ RULES: tuple[Rule, ...] = (
         "the log-partition near zero.",
         (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
         _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence"),
+        (OUTPUT_LOGIT_DIVERGENCE,),
     ),
     Rule(
         "softmax_collapse",
@@ -468,6 +523,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _located((SOFTMAX_COLLAPSE_KIND,), "softmax collapse"),
+        (SOFTMAX_COLLAPSE_KIND,),
     ),
     Rule(
         "sharpness_above_limit",
@@ -485,6 +541,25 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _sharpness,
+        (SHARPNESS_ABOVE_LIMIT, UNSTABLE_STEPS, NONFINITE, LOSS_SPIKE),
+    ),
+    Rule(
+        "exploding_gradients",
+        MECHANISM,
+        "warning",
+        "Pascanu, Mikolov and Bengio 2013, 'On the difficulty of training recurrent neural "
+        "networks': gradients that grow geometrically (through depth or time) explode; clipping "
+        "the gradient norm bounds the step, and a smaller learning rate or a better-conditioned "
+        "initialisation removes the growth.",
+        (
+            Fix(
+                "clip the gradient norm",
+                "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)",
+            ),
+            LOWER_LR,
+        ),
+        _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting"),
+        (GRADIENT_GROWTH,),
     ),
     Rule(
         "loss_of_plasticity",
@@ -502,6 +577,7 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _located((LOSS_OF_PLASTICITY,), "loss of plasticity"),
+        (LOSS_OF_PLASTICITY,),
     ),
     Rule(
         "update_ratio_out_of_range",
@@ -517,6 +593,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range"),
+        (UPDATE_RATIO_OUT_OF_RANGE,),
     ),
     Rule(
         "adam_second_moment_poisoned",
@@ -533,6 +610,7 @@ RULES: tuple[Rule, ...] = (
             CLIP_SPIKES,
         ),
         _adam_poisoned,
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
     ),
     Rule(
         "gradient_spike",
@@ -545,6 +623,7 @@ RULES: tuple[Rule, ...] = (
             Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
         ),
         _gradient_spike,
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
     ),
     Rule(
         "nonfinite",
@@ -561,6 +640,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _nonfinite,
+        (NONFINITE, NONFINITE_ORIGIN),
     ),
     Rule(
         "loss_spike",
@@ -573,6 +653,18 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _loss_spike,
+        (LOSS_SPIKE,),
+    ),
+    Rule(
+        "loss_divergence",
+        SYMPTOM,
+        "warning",
+        "Wortsman et al. 2023 and Chowdhery et al. 2022: a loss that leaves its best level and "
+        "keeps climbing is a divergence in progress; rolling back with a lower learning rate "
+        "recovers it.",
+        (AUTOPILOT, LOWER_LR, WARMUP),
+        _loss_divergence,
+        (LOSS_DIVERGENCE,),
     ),
     Rule(
         "amp_overflow",
@@ -587,6 +679,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _amp_overflow,
+        (AMP_OVERFLOW, NONFINITE),
     ),
     Rule(
         "autopilot_actions",
@@ -597,5 +690,52 @@ RULES: tuple[Rule, ...] = (
         "clip after a gradient spike.",
         (Fix("see what it did, step by step", "steadygrad.load(run_dir).actions()"),),
         _autopilot,
+        (),
     ),
 )
+
+
+# -- continual learning (kept self-contained: one check, one rule, appended) --------------------
+def _stability_gap(facts: RunFacts) -> Found | None:
+    gaps = facts.of(STABILITY_GAP_FOUND)
+    if not gaps:
+        return None
+    worst = max(gaps, key=lambda f: f.evidence.get("size", 0.0))
+    ev = worst.evidence
+    tasks = sorted({f.where for f in gaps if f.where})
+    summary = (
+        f"stability gap: after the task switch at step {ev.get('switch_step')}, accuracy on "
+        f"earlier task {worst.where} fell by {ev.get('size', math.nan):.2f} within "
+        f"{ev.get('steps_to_minimum')} steps and won half of it back only after "
+        f"{ev.get('length')} steps ({len(gaps)} gap(s) in all)"
+    )
+    evidence = {"gaps": len(gaps), "worst": dict(ev)}
+    return Found(summary, min(f.step for f in gaps), tasks, evidence)
+
+
+STABILITY_GAP_RULE = Rule(
+    "stability_gap",
+    EVENT,
+    "warning",
+    "De Lange, van de Ven & Tuytelaars 2023 (ICLR), 'Continual evaluation for lifelong "
+    "learning: identifying the stability gap': evaluated every iteration, earlier tasks lose "
+    "much of their accuracy in the first steps on a new task and then partly recover, even with "
+    "experience replay (Chaudhry et al. 2019); they trace it to the new task's large gradients "
+    "outweighing the replayed ones at the switch. More replay makes the drop shallower "
+    "(steadygrad study stability-gap).",
+    (
+        Fix(
+            "replay (more of) a buffer of earlier tasks' examples in every batch",
+            "buffer = steadygrad.continual.ReplayBuffer(capacity=2000)  # once; then each step: "
+            "buffer.add(x, y); x, y = buffer.mix(x, y, k=32)",
+        ),
+        Fix(
+            "start each new task gently: a lower learning rate, warmed up again at each switch",
+            "scheduler = steadygrad.optim.WarmupCosine(optimizer, warmup_steps=100, "
+            "total_steps=total_steps)  # a new one at each task switch, over that task's steps",
+        ),
+    ),
+    _stability_gap,
+    (STABILITY_GAP_FOUND,),
+)
+RULES = (*RULES, STABILITY_GAP_RULE)

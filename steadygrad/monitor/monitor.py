@@ -33,9 +33,13 @@ from steadygrad.core.optimizer import optimizer_family
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal
+from steadygrad.monitor.attention_logits import AttentionLogitSignal
+from steadygrad.monitor.dead_units import DeadUnitSignal
+from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
 from steadygrad.monitor.step import AmpScaleSignal, LearningRateSignal, StepInputs, StepSignal
+from steadygrad.monitor.update_curvature import UpdateCurvatureSignal
 from steadygrad.nn.qk_norm import qk_norm_targets
 from steadygrad.store.writer import RunStore, resolve_run_dir
 
@@ -61,8 +65,13 @@ class Monitor:
         every: record every ``every``-th step (1 = every step).
         update_every: measure update-to-weight ratios every this many steps.
         activation_every: measure leaf-module output RMS every this many steps.
-        signals: extra :class:`~steadygrad.core.Signal` objects (attention logits, curvature
-            probes, ...).
+        signals: extra :class:`~steadygrad.core.Signal` objects (curvature probes, ...).
+        mechanisms: also watch, every ``activation_every`` steps, what the diagnosis needs to
+            name a mechanism: the output logits and softmax collapse at the loss
+            (``F.cross_entropy``), attention logits (SDPA and ``nn.MultiheadAttention``) and dead
+            ReLU units per layer. Those that do not apply to the model stay off (the run's
+            config says which). A signal passed in ``signals`` that records the same metrics
+            replaces the default one.
         detectors: the detectors to run; default :func:`default_detectors`.
         sinks: extra :class:`~steadygrad.core.Sink` objects fed every record live (TensorBoard,
             W&B, MLflow, ...); the run store is always written.
@@ -94,6 +103,7 @@ class Monitor:
         update_every: int = 10,
         activation_every: int = 25,
         signals: Iterable[Signal] = (),
+        mechanisms: bool = True,
         detectors: Sequence[Detector] | None = None,
         sinks: Iterable[Sink] = (),
         flush_every: int = 100,
@@ -112,10 +122,13 @@ class Monitor:
             LearningRateSignal(),
             self.parameters,
             ActivationSignal(activation_every, guard_steps),
+            UpdateCurvatureSignal(update_every),
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
         extra = _all_of("signals", signals, Signal)
+        if mechanisms:
+            builtin += _mechanism_signals(activation_every, extra)
         self.detectors = (
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
@@ -125,6 +138,7 @@ class Monitor:
         self.autopilot = autopilot
         self.scaler = scaler
         self.signals: list[Signal] = []
+        self._core_signals = builtin[:3]  # the step, learning rates and parameter statistics
         for s in builtin + extra:
             s.attach(self)  # the parameter signal raises for a model without parameters
             self.signals.append(s)
@@ -221,13 +235,15 @@ class Monitor:
     def _measure(self, step: int) -> Record:
         due = [s for s in self.signals if s.due(step)]
         for s in due:
-            s.end(step)  # every capture stops before any signal runs passes of its own
+            self._safely(
+                s, "end", step
+            )  # every capture stops before any signal runs its own passes
         out = Measurements()
         for s in due:
-            s.measure(step, out)
+            self._safely(s, "measure", step, out)
         record = Record(step=step, values=out.to_host(), wall_time=time.time())  # one transfer
         for s in due:
-            s.finish(record, out.raw(s))
+            self._safely(s, "finish", record, out.raw(s))
         return record
 
     def _detect(self, record: Record, batch_ids: Any) -> list[Finding]:
@@ -247,7 +263,7 @@ class Monitor:
             return
         for s in self.signals:
             if s.due(step):
-                s.begin(step)
+                self._safely(s, "begin", step)
 
     # -- what the autopilot may use (its narrow interface) --------------------------------------
     def gradient_norms(self) -> tuple[list[int], torch.Tensor]:
@@ -275,11 +291,33 @@ class Monitor:
         if self._optimizer_steps_total == 0 and self._unstepped_calls:
             raise RuntimeError(ORDER_ERROR)
         for s in self.signals:
-            s.before_update()
+            self._safely(s, "before_update")
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_steps += 1
         self._optimizer_steps_total += 1
+        for s in self.signals:
+            self._safely(s, "after_update")
+
+    def _safely(self, signal: Signal, method: str, *args: Any) -> None:
+        """Run one signal's step; one that fails (a probe on NaN weights, a model it cannot
+        read) is switched off with a warning: a measurement never stops the training."""
+        try:
+            getattr(signal, method)(*args)
+        except Exception as exc:
+            if signal in self._core_signals:
+                raise  # the built-in measurements failing is a bug to see, not to hide
+            self.signals.remove(signal)
+            try:
+                signal.detach()
+            except Exception:  # noqa: BLE001 - it is being switched off anyway
+                pass
+            message = (
+                f"steadygrad: signal {type(signal).__name__} failed in {method} ({exc!r}); "
+                "it is switched off for the rest of the run"
+            )
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     # -- sinks -----------------------------------------------------------------------------------
     def _to_sinks(self, method: str, *args: Any) -> None:
@@ -306,10 +344,20 @@ class Monitor:
         for s in self.signals:
             s.detach()
         self.progress.close()
+        self._note_signals()
         self.store.close(status)
         if self.sinks:
             self._to_sinks("close", status, self._diagnosis())
         atexit.unregister(self._at_exit)
+
+    def _note_signals(self) -> None:
+        """Say in the run's config which signals measured and which stayed off, and why."""
+        switched = {type(s).__name__: s.applies() for s in self.signals}
+        notes = {k: "on" if v is True else f"off: {v}" for k, v in switched.items()}
+        try:
+            self.store.update_config({"signals": notes})
+        except Exception as exc:  # the run's data matters more than this note
+            log.warning("steadygrad: could not note the signals in the run's config: %r", exc)
 
     def _diagnosis(self) -> dict[str, Any] | None:
         from steadygrad.diagnose.diagnosis import diagnose
@@ -358,6 +406,13 @@ def watch(
     monitor = Monitor(model, optimizer, run_dir, **kwargs)
     with monitor:
         yield monitor
+
+
+def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
+    """The default mechanism signals, less those whose metrics a given signal records."""
+    taken = {m.name for s in given for m in s.metrics}
+    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(every)]
+    return [s for s in defaults if not taken & {m.name for m in s.metrics}]
 
 
 def _all_of(name: str, items: Iterable[Any], kind: type) -> list[Any]:
