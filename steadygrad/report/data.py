@@ -28,7 +28,9 @@ FAMILY_CELLS = 150_000  # per per-module family: members x step ranges
 FAMILY_BINS = (16, 300)  # step ranges per family: at least, at most
 LINE_FAMILY_MAX = 8  # a small family (lr per group, eigenvalue k) is drawn as lines
 LAYER_PER = ("parameter", "module")
+LOSS = builtin.LOSS
 NONFINITE_EVENT_METRICS = (builtin.NONFINITE_GRADS.name, builtin.NONFINITE_PARAMS.name)
+READS = (LOSS, builtin.NONFINITE_GRADS, builtin.NONFINITE_PARAMS)  # by name, beyond declarations
 
 
 def builtin_declarations() -> dict[str, Metric]:
@@ -169,8 +171,8 @@ def marks(
                         "text": f"{name}={_brief(value)}",
                     }
                 )
-    if builtin.LOSS.name in present:
-        for step, value in query.nonfinite_steps(run, builtin.LOSS.name, limit=500):
+    if LOSS.name in present:
+        for step, value in query.nonfinite_steps(run, LOSS.name, limit=500):
             out.append(
                 {
                     "run": index,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from steadygrad.core import metrics as M
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
+from steadygrad.report import data as report_data
 from steadygrad.report import plots
 from steadygrad.report.terminal import _fmt, loss_summary
 from steadygrad.store.run import Run
@@ -88,6 +89,7 @@ READS = (
     *OUTPUT_LOGITS,
     M.LEARNING_RATE,
     M.HESSIAN_TRACE,
+    *report_data.READS,
 )
 
 
@@ -125,12 +127,10 @@ def write_html(
 
 
 def _interactive_page(runs: list[Run], refresh: float | None) -> str:
-    from steadygrad.report.data import run_data
-
     esc = html.escape
     title = " vs ".join(r.name for r in runs)
     diagnoses = {id(r): diagnose(r) for r in runs}
-    data = {"runs": [run_data(r, i) for i, r in enumerate(runs)], "refresh": refresh}
+    data = {"runs": [report_data.run_data(r, i) for i, r in enumerate(runs)], "refresh": refresh}
     body = [f"<h1>steadygrad report: {esc(title)}</h1>"]
     body += [_summary_card(r, diagnoses[id(r)]) for r in runs]
     if len(runs) > 1:

@@ -191,13 +191,13 @@ def heatmap(run: Run, signal: str, max_rows: int = 60, max_cols: int = 400) -> s
 def real_event_steps(run: Run) -> np.ndarray:
     """Steps with a real non-finite event: non-finite gradients or weights counted, or a
     non-finite loss."""
-    from steadygrad.report.data import NONFINITE_EVENT_METRICS
+    from steadygrad.report.data import LOSS, NONFINITE_EVENT_METRICS
     from steadygrad.store.query import nonfinite_steps, positive_steps
 
     names = set(run.names())
     steps = [s for n in NONFINITE_EVENT_METRICS if n in names for s, _ in positive_steps(run, n)]
-    if "loss" in names:
-        steps += [s for s, _ in nonfinite_steps(run, "loss")]
+    if LOSS.name in names:
+        steps += [s for s, _ in nonfinite_steps(run, LOSS.name)]
     return np.array(sorted(set(steps)), dtype=np.int64)
 
 
