@@ -56,7 +56,7 @@ class DiagnosisReport:
                     "summary": d.summary,
                     "severity": d.severity,
                     "first_step": d.first_step,
-                    "where": list(d.where),
+                    "where": [w for w in d.where if w is not None],  # a global finding has none
                     "evidence": _plain(d.evidence),
                     "fixes": [{"action": f.action, "code": f.code} for f in d.fixes],
                     "reference": d.reference,
