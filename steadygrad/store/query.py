@@ -103,24 +103,31 @@ def family_grid(
         "SELECT id, name FROM names WHERE name >= ? AND name < ? ORDER BY name",
         (lo_name, hi_name),
     ).fetchall()
-    row_of = {i: r for r, (i, _) in enumerate(ids)}
     members = [name[len(lo_name) :] for _, name in ids]
     low = np.full((len(ids), bins), np.nan)
     high = np.full((len(ids), bins), np.nan)
     bad = np.zeros((len(ids), bins), np.int32)
+    if not ids:
+        return members, low, high, bad
+    row_of = np.full(max(i for i, _ in ids) + 1, -1)
+    row_of[[i for i, _ in ids]] = np.arange(len(ids))
     finite = "s.value IS NOT NULL AND s.value < ? AND s.value > ?"
     for start in range(0, len(ids), 500):  # by id, through the (name_id, step) index
         chunk = [i for i, _ in ids[start : start + 500]]
         marks = ",".join("?" * len(chunk))
-        for name_id, col, mn, mx, nonfinite in run._db.execute(
+        rows = run._db.execute(
             "SELECT s.name_id, (s.step - ?) / ?, MIN(CASE WHEN " + finite + " THEN s.value END),"
             " MAX(CASE WHEN " + finite + " THEN s.value END), SUM(NOT (" + finite + "))"
             f" FROM scalars s WHERE s.name_id IN ({marks}) GROUP BY s.name_id, 2",
             (first, width, _INF, -_INF, _INF, -_INF, _INF, -_INF, *chunk),
-        ):
-            if 0 <= col < bins:
-                r = row_of[name_id]
-                low[r, col] = np.nan if mn is None else mn
-                high[r, col] = np.nan if mx is None else mx
-                bad[r, col] = nonfinite or 0
+        ).fetchall()
+        if not rows:
+            continue
+        r = row_of[np.fromiter((x[0] for x in rows), np.int64, len(rows))]
+        c = np.fromiter((x[1] for x in rows), np.int64, len(rows))
+        keep = (c >= 0) & (c < bins)
+        r, c = r[keep], c[keep]
+        low[r, c] = np.array([x[2] for x in rows], dtype=float)[keep]  # None (no finite): NaN
+        high[r, c] = np.array([x[3] for x in rows], dtype=float)[keep]
+        bad[r, c] = np.array([x[4] or 0 for x in rows], dtype=np.int32)[keep]
     return members, low, high, bad
