@@ -192,3 +192,17 @@ def test_missing_package_names_the_extra():
         WandbSink(mode="cloudy")
     with pytest.raises(TypeError, match="log_dir"):
         TensorBoardSink(3)
+
+
+def test_a_trainers_own_tensorboard_writer_is_written_to_and_left_open(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer=writer)
+    sink.open(RunInfo("trainer", tmp_path))
+    sink.write(Record(3, {"loss": 0.25}), [])
+    sink.close("finished", None)
+    writer.add_scalar("trainer/own", 1.0, 4)  # still open: the trainer closes it
+    writer.close()
+    tags = _tensorboard(tmp_path).Tags()["tensors"] + _tensorboard(tmp_path).Tags()["scalars"]
+    assert "loss" in tags and "trainer/own" in tags
