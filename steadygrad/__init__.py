@@ -48,7 +48,15 @@ from steadygrad.monitor import (
     watch,
 )
 from steadygrad.sinks import MLflowSink, TensorBoardSink, WandbSink
-from steadygrad.store import Run, RunStore, find_runs, load, load_runs
+from steadygrad.store import (
+    Run,
+    RunStore,
+    StorageWarning,
+    UnreadableRunError,
+    find_runs,
+    load,
+    load_runs,
+)
 
 __version__ = "0.1.0"
 
@@ -75,6 +83,7 @@ __all__ = [
     "Metric",
     "Severity",
     "Sink",
+    "estimators",
     "nn",
     "optim",
     "GradNormSpikeDetector",
@@ -92,6 +101,8 @@ __all__ = [
     "Signal",
     "SoftmaxCollapse",
     "SoftmaxCollapseSignal",
+    "StorageWarning",
+    "UnreadableRunError",
     "UpdateRatioOutOfRange",
     "__version__",
     "default_detectors",

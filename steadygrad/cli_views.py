@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from steadygrad.cli import EXIT_DIAGNOSIS_FAILED, UsageError
 from steadygrad.core.severity import Severity
 
-FAIL_STATUS = 3  # diagnose --fail-on LEVEL found a diagnosis at LEVEL or above
 EXPORT_KINDS = ("tensorboard", "wandb", "mlflow")
 
 
@@ -25,6 +25,8 @@ def report(args: argparse.Namespace) -> int:
     from steadygrad.report import write_html
     from steadygrad.store import load_runs
 
+    if args.out is not None and args.out.is_dir():
+        raise UsageError(f"-o/--out: {args.out} is a directory; give the HTML file's name")
     runs = load_runs(args.runs)
     _print_summaries(runs)
     if args.no_html:
@@ -35,7 +37,7 @@ def report(args: argparse.Namespace) -> int:
         print(f"report written to {out}")
         return 0
     if args.static:
-        raise ValueError("--watch draws the interactive page: drop --static")
+        raise UsageError("--watch draws the interactive page: drop --static")
     return _watch(args.runs, out, args.watch)
 
 
@@ -82,7 +84,7 @@ def _print_summaries(runs) -> None:
 
 
 def diagnose_runs(args: argparse.Namespace) -> int:
-    """Print each run's diagnosis; with ``--fail-on``, exit 3 when one reaches that severity."""
+    """Print each run's diagnosis; with ``--fail-on``, exit 4 when one reaches that severity."""
     from steadygrad.diagnose import diagnose
     from steadygrad.report.terminal import print_diagnosis
     from steadygrad.store import load_runs
@@ -100,7 +102,7 @@ def diagnose_runs(args: argparse.Namespace) -> int:
         if args.fail_on is not None:
             level = Severity.rank(args.fail_on)
             failed |= any(Severity.rank(d.severity) >= level for d in found.diagnoses)
-    return FAIL_STATUS if failed else 0
+    return EXIT_DIAGNOSIS_FAILED if failed else 0
 
 
 def export(args: argparse.Namespace) -> int:
@@ -108,24 +110,26 @@ def export(args: argparse.Namespace) -> int:
 
     if args.to is None:
         if args.out is None:
-            raise ValueError("export needs -o FILE (CSV or Parquet) or --to KIND DIR")
+            raise UsageError("export needs -o FILE (CSV or Parquet) or --to KIND DIR")
+        if args.out.is_dir():
+            raise UsageError(f"-o/--out: {args.out} is a directory; give the output file's name")
         fmt = args.format or args.out.suffix.lstrip(".").lower()
         if fmt not in ("csv", "parquet"):
-            raise ValueError(
+            raise UsageError(
                 f"--format must be csv or parquet (or the file end in .csv/.parquet), got {fmt!r}"
             )
         run_dirs = find_runs(args.run)
         if len(run_dirs) > 1:
-            raise ValueError(f"-o writes one run; {args.run} holds {len(run_dirs)}: use --to")
+            raise UsageError(f"-o writes one run; {args.run} holds {len(run_dirs)}: use --to")
         run = load(run_dirs[0])
         path = run.to_csv(args.out) if fmt == "csv" else run.to_parquet(args.out)
         print(f"wrote {path}")
         return 0
     if args.out is not None or args.format is not None:
-        raise ValueError("--to replays the run into DIR: -o/--format are for CSV or Parquet")
+        raise UsageError("--to replays the run into DIR: -o/--format are for CSV or Parquet")
     kind, dest = args.to[0], Path(args.to[1])
     if kind not in EXPORT_KINDS:
-        raise ValueError(f"--to KIND must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
+        raise UsageError(f"--to KIND must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
     from steadygrad.sinks import replay
 
     root = Path(args.run)

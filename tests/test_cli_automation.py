@@ -77,9 +77,9 @@ def test_diagnose_json_is_valid_against_its_schema(runs, capsys):
     [
         ("healthy", "warning", 0),
         ("healthy", "critical", 0),
-        ("nested/unstable", "warning", 3),
-        ("nested/unstable", "critical", 3),
-        ("", "critical", 3),  # the folder: one unstable run is enough
+        ("nested/unstable", "warning", 4),
+        ("nested/unstable", "critical", 4),
+        ("", "critical", 4),  # the folder: one unstable run is enough
     ],
 )
 def test_fail_on_exits_as_documented(runs, capsys, which, level, status):

@@ -23,12 +23,11 @@ def find_runs(path: str | os.PathLike[str]) -> list[Path]:
     root = Path(path)
     if root.is_file() and root.name == DB_NAME:
         return [root.parent]
-    if (root / DB_NAME).is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"no steadygrad run at {str(root)!r} (expected {root / DB_NAME})")
+    if (root / DB_NAME).exists() or not root.is_dir():
+        return [root]  # one run; load() says what is wrong with it, if anything
     found = sorted(p.parent for p in root.rglob(DB_NAME) if p.is_file())
     if not found:
+        load(root)  # its own message (e.g. a run whose creation is under way)
         raise FileNotFoundError(f"no steadygrad run in {str(root)!r} or any folder below it")
     return found
 
