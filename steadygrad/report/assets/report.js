@@ -175,7 +175,7 @@
         stroke: COLORS[i % COLORS.length],
         width: 1.25,
         dash: s.limit ? [6, 4] : undefined,
-        spanGaps: false,
+        spanGaps: true, // a metric recorded every N steps is one line; NaN steps are marked
         points: { show: s.x.length < 80 },
       }));
       series.forEach((s) => { s._stroke = s.stroke; });
@@ -247,8 +247,10 @@
           }
           data.push(y);
         }
-        series.push({ label: fam.members[r] + " (max)", stroke: color, width: 1.25, _stroke: color });
-        series.push({ label: fam.members[r] + " (min)", stroke: color, width: 0.5, _stroke: color });
+        series.push({ label: fam.members[r] + " (max)", stroke: color, width: 1.25, _stroke: color,
+          spanGaps: true });
+        series.push({ label: fam.members[r] + " (min)", stroke: color, width: 0.5, _stroke: color,
+          spanGaps: true });
         bands.push({ series: [1 + 2 * k, 2 + 2 * k], fill: color + "22" });
       });
       const marks = run.marks.filter((m) => !m.where || rows.some((r) => fam.members[r] === m.where));
