@@ -35,6 +35,7 @@ from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal
 from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.dead_units import DeadUnitSignal
+from steadygrad.monitor.distributed import NullStore, Reducer
 from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
@@ -126,13 +127,17 @@ class Monitor:
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
+        self.reducer = Reducer.for_process()  # None unless torch.distributed has >1 process
+        if self.reducer is not None:
+            builtin.append(self.reducer)
+        writes = self.reducer is None or self.reducer.writes  # one process writes the run
         extra = _all_of("signals", signals, Signal)
         if mechanisms:
             builtin += _mechanism_signals(activation_every, extra)
         self.detectors = (
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
-        self.sinks = _all_of("sinks", sinks, Sink)
+        self.sinks = _all_of("sinks", sinks, Sink) if writes else []
         if autopilot is not None and not isinstance(autopilot, Autopilot):
             raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
         if autopilot is not None and autopilot.attached:
@@ -141,6 +146,8 @@ class Monitor:
         self.scaler = scaler
         self.signals: list[Signal] = []
         self._core_signals = builtin[:3]  # the step, learning rates and parameter statistics
+        if self.reducer is not None:  # switched off on one rank, the others would hang
+            self._core_signals.append(self.reducer)
         for s in builtin + extra:
             s.attach(self)  # the parameter signal raises for a model without parameters
             self.signals.append(s)
@@ -158,7 +165,8 @@ class Monitor:
         if run_dir is None:
             run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         try:
-            self.store = RunStore(
+            store = RunStore if writes else NullStore  # one process writes the run
+            self.store = store(
                 resolve_run_dir(run_dir),
                 name,
                 run_config,
@@ -188,7 +196,7 @@ class Monitor:
             optimizer.register_step_pre_hook(self._before_optimizer_step),
             optimizer.register_step_post_hook(self._after_optimizer_step),
         ]
-        self.progress = ProgressLine(self.run_dir.name, enabled=progress)
+        self.progress = ProgressLine(self.run_dir.name, enabled=progress if writes else False)
         if self.autopilot is not None:
             self.autopilot.attach(self)
         self._prepare(0)
@@ -264,7 +272,8 @@ class Monitor:
         out = Measurements()
         for s in due:
             self._safely(s, "measure", step, out)
-        record = Record(step=step, values=out.to_host(), wall_time=time.time())  # one transfer
+        reduce = None if self.reducer is None else self.reducer.reduce  # over ranks
+        record = Record(step=step, values=out.to_host(reduce), wall_time=time.time())
         for s in due:
             self._safely(s, "finish", record, out.raw(s))
         return record
@@ -440,7 +449,9 @@ def watch(
 def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
     """The default mechanism signals, less those whose metrics a given signal records."""
     taken = {m.name for s in given for m in s.metrics}
-    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(every)]
+    # Dead units are cheap to count (one comparison per ReLU input): watch them more often.
+    often = max(1, every // 2)
+    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(often)]
     return [s for s in defaults if not taken & {m.name for m in s.metrics}]
 
 
