@@ -75,7 +75,6 @@ class MLflowSink(Sink):
 
     def open(self, run: RunInfo) -> None:
         tracking = require("mlflow.tracking", "MLflowSink", "mlflow")
-        self._families = {m.name for m in run.metrics if m.per is not None}
         uri = _tracking_uri(self.tracking_uri or Path(run.run_dir) / "mlruns")
         self.tracking_uri = uri
         self._client = tracking.MlflowClient(tracking_uri=uri)
@@ -126,7 +125,8 @@ class MLflowSink(Sink):
         return key
 
     def _learn_families(self, values: Mapping[str, float]) -> None:
-        """Undeclared families, from the keys: learnt before any bare name is given a key."""
+        """The families present, from the keys, learnt before any bare name is given a key (a
+        declared family with no member here keeps its bare name: ``loss``, not ``loss/total``)."""
         if len(self._keys) < len(values):
             for name in values:
                 family, sep, _ = name.partition("/")
