@@ -60,7 +60,16 @@ from steadygrad.monitor import (
     SoftmaxCollapseSignal,
     watch,
 )
-from steadygrad.store import Run, RunStore, StorageWarning, UnreadableRunError, load
+from steadygrad.sinks import MLflowSink, TensorBoardSink, WandbSink
+from steadygrad.store import (
+    Run,
+    RunStore,
+    StorageWarning,
+    UnreadableRunError,
+    find_runs,
+    load,
+    load_runs,
+)
 
 __version__ = "0.1.0"
 
@@ -123,5 +132,10 @@ __all__ = [
     "default_detectors",
     "diagnose",
     "load",
+    "find_runs",
+    "load_runs",
+    "TensorBoardSink",
+    "WandbSink",
+    "MLflowSink",
     "watch",
 ]

@@ -3,8 +3,13 @@
 Every failure prints one or two lines naming the file and what is wrong, never a traceback
 (set ``STEADYGRAD_TRACEBACK=1`` to see one). Exit codes: 0 success, 1 a run that is missing or
 cannot be read (or an output that cannot be written, or a Ray cluster that does not answer),
-2 bad arguments, 3 a missing optional dependency (the message gives the pip command), 130
-interrupted.
+2 bad arguments, 3 a missing optional dependency (the message gives the pip command), 4
+``diagnose --fail-on LEVEL`` found a diagnosis at LEVEL or above, 130 interrupted.
+
+Every command that takes a run also takes a folder of runs: each run found below it (a folder
+holding ``run.db``) is used, like TensorBoard's ``--logdir``. When stdout is not a terminal,
+tables are printed as plain tab-separated columns (``diagnose --json``: one JSON object per run
+per line), so logs and pipes are never wrapped.
 """
 
 from __future__ import annotations
@@ -21,10 +26,19 @@ from rich.console import Console
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 EXIT_OK, EXIT_UNREADABLE, EXIT_BAD_ARGUMENTS, EXIT_MISSING_DEPENDENCY = 0, 1, 2, 3
+EXIT_DIAGNOSIS_FAILED = 4  # diagnose --fail-on LEVEL found a diagnosis at LEVEL or above
 EXIT_INTERRUPTED = 130
 
 # The extra that installs each optional dependency the CLI can need.
-EXTRAS = {"matplotlib": "plots", "pyarrow": "parquet", "pandas": "all", "sklearn": "data"}
+EXTRAS = {
+    "matplotlib": "plots",
+    "pyarrow": "parquet",
+    "pandas": "all",
+    "sklearn": "data",
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+}
 
 
 class UsageError(ValueError):
@@ -57,16 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a summary of each run and write a self-contained "
         "HTML report (one run, or a comparison of several).",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory (holds run.db)")
-    p.add_argument(
-        "-o",
-        "--out",
-        type=Path,
-        default=None,
-        help="HTML file to write (default: RUN_DIR/report.html, or "
-        "./comparison.html for several runs)",
-    )
-    p.add_argument("--no-html", action="store_true", help="only print the terminal summary")
+    _add_report_arguments(p)
 
     p = sub.add_parser(
         "demo",
@@ -91,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rank the likely causes of a run's instabilities, with the evidence, the "
         "fixes as steadygrad calls, and the published result each rests on.",
     )
-    p.add_argument("run", metavar="RUN_DIR")
+    _add_diagnose_arguments(p)
 
     p = sub.add_parser(
         "study",
@@ -244,18 +249,89 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="export a run's scalars to CSV or Parquet",
-        description="Write a run's scalars in long form (step, name, value, wall).",
+        help="export a run's scalars to CSV or Parquet, or replay it to TensorBoard, W&B, MLflow",
+        description="Write a run's scalars in long form (step, name, value, wall) with -o, or "
+        "replay the run (values, findings, actions, diagnosis) into TensorBoard event files, an "
+        "offline W&B run or an MLflow file store with --to.",
     )
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("-o", "--out", type=Path, required=True, help="output file")
+    _add_export_arguments(p)
+    return parser
+
+
+def _add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directory (holds run.db) or a folder of runs",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=None,
+        help="HTML file to write (default: RUN_DIR/report.html for one run, FOLDER/report.html "
+        "for a folder of runs, else ./comparison.html)",
+    )
+    p.add_argument("--no-html", action="store_true", help="only print the terminal summary")
+    p.add_argument(
+        "--static", action="store_true", help="a page of PNG plots, no JavaScript (matplotlib)"
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=_positive_float,
+        const=5.0,
+        default=None,
+        metavar="SECONDS",
+        help="live view: rewrite the report every SECONDS (default 5) while a run is being "
+        "written; the page reloads itself. Stops when no run is running, or on Ctrl-C",
+    )
+
+
+def _add_diagnose_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory or a folder of runs")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print each run's diagnoses, evidence, fixes and margins as one JSON object per line",
+    )
+    p.add_argument(
+        "--fail-on",
+        choices=("warning", "critical"),
+        default=None,
+        help="exit with status 4 when any run has a diagnosis at this severity or above",
+    )
+
+
+def _add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="run directory or a folder of runs")
+    p.add_argument("-o", "--out", type=Path, default=None, help="output file (CSV or Parquet)")
     p.add_argument(
         "--format",
         choices=("csv", "parquet"),
         default=None,
         help="default: from the output file's suffix",
     )
-    return parser
+    p.add_argument(
+        "--to",
+        nargs=2,
+        default=None,
+        metavar=("KIND", "DIR"),
+        help="replay the run into DIR as KIND: tensorboard (event files), wandb (an offline "
+        "run) or mlflow (a file store); a folder of runs gives one TensorBoard folder or one "
+        "W&B/MLflow run each",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -270,25 +346,9 @@ def _positive_int(text: str) -> int:
 
 @command("report")
 def _report(args: argparse.Namespace) -> int:
-    from steadygrad.report import print_summary, write_html
-    from steadygrad.store import load
+    from steadygrad.cli_views import report
 
-    console = Console()
-    if args.out is not None and args.out.is_dir():
-        raise UsageError(f"-o/--out: {args.out} is a directory; give the HTML file's name")
-    runs = [load(r) for r in args.runs]
-    for run in runs:
-        print_summary(run, console)
-    if not args.no_html:
-        if args.out is not None:
-            out = args.out
-        elif len(runs) == 1:
-            out = runs[0].run_dir / "report.html"
-        else:
-            out = Path("comparison.html")
-        write_html(runs, out)
-        console.print(f"report written to {out}")
-    return 0
+    return report(args)
 
 
 @command("demo")
@@ -301,11 +361,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 @command("diagnose")
 def _diagnose(args: argparse.Namespace) -> int:
-    from steadygrad.diagnose import diagnose
-    from steadygrad.report.terminal import print_diagnosis
+    from steadygrad.cli_views import diagnose_runs
 
-    print_diagnosis(diagnose(args.run))
-    return 0
+    return diagnose_runs(args)
 
 
 @command("study")
@@ -415,19 +473,9 @@ STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
 
 @command("export")
 def _export(args: argparse.Namespace) -> int:
-    from steadygrad.store import load
+    from steadygrad.cli_views import export
 
-    if args.out.is_dir():
-        raise UsageError(f"-o/--out: {args.out} is a directory; give the output file's name")
-    fmt = args.format or args.out.suffix.lstrip(".").lower()
-    if fmt not in ("csv", "parquet"):
-        raise UsageError(
-            f"--format must be csv or parquet (or the file end in .csv/.parquet), got {fmt!r}"
-        )
-    run = load(args.run)
-    path = run.to_csv(args.out) if fmt == "csv" else run.to_parquet(args.out)
-    Console().print(f"wrote {path}")
-    return 0
+    return export(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

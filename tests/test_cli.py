@@ -2,6 +2,7 @@
 
 import html
 import math
+import re
 import subprocess
 import sys
 
@@ -33,8 +34,12 @@ def test_report_prints_summary_and_writes_escaped_html(recorded_run, capsys):
     page = (recorded_run / "report.html").read_text()
     assert "<script>alert(1)</script>" not in page
     assert html.escape("<script>alert(1)</script>") in page
+    assert "id=sg-data" in page and "uPlot" in page  # the interactive page, uPlot inlined
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched
+    assert main(["report", str(recorded_run), "--static", "-o", str(recorded_run / "s.html")]) == 0
+    page = (recorded_run / "s.html").read_text()
     assert page.count("data:image/png;base64,") >= 3  # loss, grad norm, heatmaps
-    assert "http://" not in page and "https://" not in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
 
 
 def test_report_comparison_of_two_runs(recorded_run, tmp_path):

@@ -46,7 +46,9 @@ def test_full_batch_gd_reaches_2_over_lr_and_is_diagnosed(tmp_path):
     report = steadygrad.diagnose(run)
     assert report.top.cause == "sharpness_above_limit", report.text()
     page = write_html(run, tmp_path / "eos.html").read_text()
-    assert "Curvature" in page
+    # the report draws sharpness and its limit (dashed) in one panel, as the run declares
+    assert '"key":"sharpness","panel":"sharpness"' in page
+    assert '"key":"sharpness_limit","panel":"sharpness","scale":"linear","limit":true' in page
 
 
 def test_small_step_stays_below_the_limit_with_its_margin(tmp_path):

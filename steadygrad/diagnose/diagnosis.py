@@ -3,6 +3,7 @@ health with the margins that were measured."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -33,18 +34,28 @@ class DiagnosisReport:
         return [d.cause for d in self.diagnoses]
 
     def as_dict(self) -> dict:
-        """The report as plain data (JSON-ready): run, healthy, diagnoses, margins."""
+        """The report as plain JSON-ready data (``steadygrad diagnose RUN --json`` prints it).
+
+        Non-finite numbers in evidence and margins become the strings ``"nan"``, ``"inf"`` and
+        ``"-inf"``, so the output is strict JSON.
+
+        Example:
+            >>> DiagnosisReport("a", []).as_dict()["healthy"]
+            True
+        """
+        worst = max((d.severity for d in self.diagnoses), key=Severity.rank, default=None)
         return {
             "run": self.run_name,
             "healthy": self.healthy,
+            "severity": worst,
             "diagnoses": [
                 {
                     "cause": d.cause,
-                    "severity": d.severity,
                     "summary": d.summary,
+                    "severity": d.severity,
                     "first_step": d.first_step,
-                    "where": list(d.where),
-                    "evidence": d.evidence,
+                    "where": [w for w in d.where if w is not None],  # a global finding has none
+                    "evidence": _plain(d.evidence),
                     "fixes": [{"action": f.action, "code": f.code} for f in d.fixes],
                     "reference": d.reference,
                     "confidence": d.confidence,
@@ -53,7 +64,7 @@ class DiagnosisReport:
                 }
                 for d in self.diagnoses
             ],
-            "margins": dict(self.margins),
+            "margins": _plain(self.margins),
         }
 
     def text(self) -> str:
@@ -160,6 +171,21 @@ def margins(facts: RunFacts) -> dict[str, float | str]:
     if attn:
         out["max attention logit"] = float(max(np.nanmax(a) for a in attn if len(a)))
     return out
+
+
+def _plain(value):
+    """JSON-ready: numpy scalars to Python, non-finite floats to strings, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def _show(value: float | str) -> str:

@@ -1,15 +1,21 @@
-"""The self-contained HTML report: plots inline as PNG data, no script, no network.
+"""The self-contained HTML report: one file, no network request.
 
-One run: a summary card with its diagnosis, then training curves, curvature against its limits,
-attention and output logits, per-layer heatmaps, and the findings and autopilot actions. Several
-runs: the same curves overlaid, a comparison table, and each run's findings and actions (the
-heatmaps stay in each run's own report). Every name that comes from a run (run
-names, metric and module names, evidence) is escaped.
+The default page is interactive: the run's data (downsampled, see :mod:`steadygrad.report.data`)
+is embedded as JSON and drawn by uPlot (shipped in ``steadygrad/report/assets``, MIT) and a small
+script: zoom (drag; double-click or "reset zoom" to undo, every chart follows), a hover tooltip
+with step and value, a layer picker and a heatmap per per-layer family, findings and actions
+marked on the time axis (click one to read it; click a table row to zoom to it), and several
+runs overlaid for comparison. ``static=True`` writes the older page of matplotlib PNGs for a
+reader without JavaScript.
+
+Every name that comes from a run (run names, metric and module names, evidence) is escaped in
+HTML and set as text by the script.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,6 +23,7 @@ from pathlib import Path
 
 from steadygrad.core import metrics as M
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
+from steadygrad.report import data as report_data
 from steadygrad.report import plots
 from steadygrad.report.terminal import _fmt, loss_summary
 from steadygrad.store.run import Run
@@ -35,6 +42,21 @@ code{background:#eef;padding:0 .2rem;border-radius:3px;font-size:.8rem}
 ol{margin:.3rem 0 .3rem 1.2rem;padding:0} li{margin:.25rem 0}
 .ref{color:#666;font-size:.8rem}
 img{max-width:100%;display:block;margin:.5rem 0}
+"""
+_INTERACTIVE_CSS = """
+h3{font-size:1rem;margin:1.2rem 0 .2rem} .sg-doc{color:#666;font-size:.8rem;margin:.1rem 0}
+.sg-chart,.sg-heat{position:relative;margin:.3rem 0}
+.sg-tip{position:absolute;display:none;z-index:10;pointer-events:none;background:#fff;
+border:1px solid #bbb;border-radius:4px;padding:.3rem .5rem;font-size:.75rem;max-width:26rem;
+box-shadow:0 1px 4px rgba(0,0,0,.2);white-space:nowrap;overflow:hidden}
+.sg-tip-step{font-weight:600} .sg-tip-mark{color:#9c27b0;white-space:normal}
+.sg-picker{display:flex;gap:.6rem;align-items:flex-start;flex-wrap:wrap;font-size:.8rem}
+.sg-layers{min-width:18rem;font-size:.8rem} .sg-hint{color:#666}
+#sg-detail{display:none;border-left:4px solid #999;background:#fafafa;padding:.4rem .6rem;
+margin:.4rem 0;font-size:.85rem}
+table.sg-marks tr{cursor:pointer} table.sg-marks tr:hover{background:#f3f0ff}
+tr.sg-selected{background:#ede7f6}
+.u-legend{font-size:.75rem}
 """
 
 # (section title, [(metric, log axis)]) drawn as line plots, overlaid across runs.
@@ -67,11 +89,24 @@ READS = (
     *OUTPUT_LOGITS,
     M.LEARNING_RATE,
     M.HESSIAN_TRACE,
+    *report_data.READS,
 )
 
 
-def write_html(runs: Run | Sequence[Run], path: str | os.PathLike[str]) -> Path:
+def write_html(
+    runs: Run | Sequence[Run],
+    path: str | os.PathLike[str],
+    *,
+    static: bool = False,
+    refresh: float | None = None,
+) -> Path:
     """Write the report of one run, or a comparison of several, to ``path``.
+
+    Args:
+        runs: one run or several (compared: their curves overlaid).
+        path: the HTML file to write (replaced atomically: a browser never reads half a page).
+        static: the page of PNG plots (needs matplotlib) instead of the interactive one.
+        refresh: seconds after which the interactive page reloads itself (a live view).
 
     Example:
         >>> write_html(steadygrad.load("runs/demo"), "runs/demo/report.html")   # doctest: +SKIP
@@ -79,6 +114,63 @@ def write_html(runs: Run | Sequence[Run], path: str | os.PathLike[str]) -> Path:
     runs = [runs] if isinstance(runs, Run) else list(runs)
     if not runs:
         raise ValueError("runs must hold at least one Run")
+    if not all(isinstance(r, Run) for r in runs):
+        raise TypeError("runs must be steadygrad Runs (steadygrad.load(...))")
+    if refresh is not None and not (isinstance(refresh, int | float) and refresh > 0):
+        raise ValueError(f"refresh must be a positive number of seconds, got {refresh!r}")
+    page = _static_page(runs) if static else _interactive_page(runs, refresh)
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(page, encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def _interactive_page(runs: list[Run], refresh: float | None) -> str:
+    esc = html.escape
+    title = " vs ".join(r.name for r in runs)
+    diagnoses = {id(r): diagnose(r) for r in runs}
+    data = {"runs": [report_data.run_data(r, i) for i, r in enumerate(runs)], "refresh": refresh}
+    body = [f"<h1>steadygrad report: {esc(title)}</h1>"]
+    body += [_summary_card(r, diagnoses[id(r)]) for r in runs]
+    if len(runs) > 1:
+        body.append(_comparison_table(runs, diagnoses))
+    live = f"<p class=ref>live view: this page reloads every {refresh:g} s</p>" if refresh else ""
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{esc(title)}: steadygrad</title>"
+        f"<style>{_asset('uPlot.min.css')}</style><style>{_CSS}{_INTERACTIVE_CSS}</style></head>"
+        "<body>"
+        + "\n".join(b for b in body if b)
+        + live
+        + "<h2>Curves</h2><p class=ref>Drag across a chart to zoom (every chart follows); "
+        "double-click a chart or <button id=sg-reset type=button>reset zoom</button>. "
+        "Hover to read a step and its values. Marks: findings (coloured by severity), "
+        "actions (dashed purple), non-finite events (red).</p>"
+        "<div id=sg-detail role=status></div><div id=sg-charts></div>"
+        "<h2>Per-layer families</h2><div id=sg-families></div><div id=sg-marks></div>"
+        f"<p style='color:#888;font-size:.8rem'>made by steadygrad on {stamp}; charts drawn with "
+        "uPlot (MIT, Leon Sorokin), shipped inside the page</p>"
+        f"<script type=application/json id=sg-data>{_json_for_script(data)}</script>"
+        f"<script>{_asset('uPlot.iife.min.js')}</script><script>{_asset('report.js')}</script>"
+        "</body></html>"
+    )
+
+
+def _asset(name: str) -> str:
+    from importlib.resources import files
+
+    return files("steadygrad.report").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _json_for_script(data: object) -> str:
+    """JSON safe inside <script>: no '<' (so no '</script>'), no NaN tokens."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _static_page(runs: list[Run]) -> str:
     esc = html.escape
     title = " vs ".join(r.name for r in runs)
     diagnoses = {id(r): diagnose(r) for r in runs}
@@ -113,15 +205,12 @@ def write_html(runs: Run | Sequence[Run], path: str | os.PathLike[str]) -> Path:
         body.append(_findings_table(run))
         body.append(_actions_table(run))
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
-    page = (
+    return (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>{esc(title)}: steadygrad</title><style>{_CSS}</style></head><body>"
         + "\n".join(b for b in body if b)
         + f"<p style='color:#888;font-size:.8rem'>made by steadygrad on {stamp}</p></body></html>"
     )
-    path = Path(path)
-    path.write_text(page, encoding="utf-8")
-    return path
 
 
 def _section(title: str, images: list[str | None]) -> str:

@@ -173,7 +173,9 @@ def heatmap(run: Run, signal: str, max_rows: int = 60, max_cols: int = 400) -> s
         edges, np.arange(len(names) + 1) - 0.5, shown, cmap="viridis", shading="flat"
     )
     ax.set_ylim(len(names) - 0.5, -0.5)
-    bad = present & ~np.isfinite(grid)
+    # Red only where the run had a real non-finite event at that step: a NaN ratio of a
+    # zero-initialised bias (0/0) is undefined, not a fault.
+    bad = present & ~np.isfinite(grid) & np.isin(all_steps, real_event_steps(run))[None, :]
     if bad.any():
         rows, cols = np.nonzero(bad)
         ax.scatter(all_steps[cols], rows, marker="s", s=4, color="#d62728", label="non-finite")
@@ -184,6 +186,19 @@ def heatmap(run: Run, signal: str, max_rows: int = 60, max_cols: int = 400) -> s
     ax.set_title(label(f"log10 {signal} per layer"))
     fig.colorbar(image, ax=ax, fraction=0.03)
     return to_data_uri(fig)
+
+
+def real_event_steps(run: Run) -> np.ndarray:
+    """Steps with a real non-finite event: non-finite gradients or weights counted, or a
+    non-finite loss."""
+    from steadygrad.report.data import LOSS, NONFINITE_EVENT_METRICS
+    from steadygrad.store.query import nonfinite_steps, positive_steps
+
+    names = set(run.names())
+    steps = [s for n in NONFINITE_EVENT_METRICS if n in names for s, _ in positive_steps(run, n)]
+    if LOSS.name in names:
+        steps += [s for s, _ in nonfinite_steps(run, LOSS.name)]
+    return np.array(sorted(set(steps)), dtype=np.int64)
 
 
 def _spans_decades(runs: Sequence[Run], name: str, decades: float = 2.0) -> bool:

@@ -138,3 +138,31 @@ def diagnosis_view(report: DiagnosisReport) -> Group:
 
 def print_diagnosis(report: DiagnosisReport, console: Console | None = None) -> None:
     (console or Console()).print(diagnosis_view(report))
+
+
+def plain_summary(run: Run) -> str:
+    """The summary as plain lines and tab-separated columns: for logs and pipes, never wrapped."""
+    info = loss_summary(run)
+    lines = [f"run {_cell(run.name)}\tstatus {run.status}\tsteps {run.num_steps}"]
+    if info:
+        parts = [f"final loss {_fmt(info['final_loss'])} (step {info['last_step']})"]
+        if "best_loss" in info:
+            parts.append(f"best loss {_fmt(info['best_loss'])} (step {info['best_step']})")
+        if "first_nonfinite_step" in info:
+            parts.append(f"loss non-finite from step {info['first_nonfinite_step']}")
+        lines.append("\t".join(parts))
+    findings = run.findings()
+    if not findings:
+        lines.append("no findings: nothing unstable was detected")
+        return "\n".join(lines)
+    lines.append("step\tfinding\twhere\tseverity\tevidence")
+    lines += [
+        "\t".join(map(_cell, (f.step, f.kind, f.where or "-", f.severity, brief(f.evidence))))
+        for f in findings
+    ]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    """One column's text: a tab or newline inside a name must not shift the columns."""
+    return " ".join(str(value).split()) if isinstance(value, str) else str(value)

@@ -1,6 +1,7 @@
 """One SQLite database per run: scalars in long form, findings, actions, and the run's status."""
 
 from steadygrad.store.background import LostSteps
+from steadygrad.store.discover import find_runs, load_runs
 from steadygrad.store.errors import StorageWarning, UnreadableRunError
 from steadygrad.store.run import Run, load
 from steadygrad.store.schema import DB_NAME as DB_NAME_FILE
@@ -13,5 +14,7 @@ __all__ = [
     "RunStore",
     "StorageWarning",
     "UnreadableRunError",
+    "find_runs",
     "load",
+    "load_runs",
 ]
