@@ -101,7 +101,13 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
     broke = facts.broke_at
     for d in found:
         judge(d, broke)
-    found.sort(key=lambda d: (-d.score, d.first_step if d.first_step is not None else np.inf))
+    found.sort(
+        key=lambda d: (
+            -d.score,
+            d.first_step if d.first_step is not None else np.inf,
+            -Severity.rank(d.severity),
+        )
+    )
     return DiagnosisReport(run.name, found, margins(facts))
 
 
@@ -112,7 +118,8 @@ def judge(d: Diagnosis, broke: int | None) -> None:
     """Score a diagnosis, say how confident it is and why. A mechanism outranks the symptoms
     only when its evidence came before the run broke (it can explain them); one first seen
     after the break is more likely a consequence and drops below them."""
-    d.score = TIER_SCORE[d.tier] + 2.0 * Severity.rank(d.severity)
+    # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
+    d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     first = d.first_step
     if d.tier == SYMPTOM:
         d.confidence = "high" if d.severity != "info" else "medium"

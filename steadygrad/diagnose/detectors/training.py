@@ -101,7 +101,7 @@ class SpikeDetector(Detector):
 
 class LossSpikeDetector(SpikeDetector):
     """A loss far above its recent median (robust z-score over the last 64 recorded steps),
-    by at least ``min_excess`` times the loss's scale: its level, or a quarter of the progress
+    by at least ``min_excess`` times the loss's scale: its level, or half the progress
     made since the start (a classifier trained to a loss of 0.05 sees batches of 0.4 that are
     many z-scores out and of no consequence).
 
@@ -129,7 +129,7 @@ class LossSpikeDetector(SpikeDetector):
         if math.isnan(self._start):
             self._start = median
         self._floor = min(self._floor, median)
-        scale = max(abs(median), 0.25 * (self._start - self._floor))
+        scale = max(abs(median), 0.5 * (self._start - self._floor))
         return [f for f in findings if value - median >= self.min_excess * scale]
 
 
