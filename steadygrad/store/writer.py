@@ -53,21 +53,47 @@ class RunStore:
         config: Mapping[str, Any] | None = None,
         flush_every: int = 100,
         flush_seconds: float = 5.0,
+        resume: bool = False,
     ) -> None:
         self.run_dir = resolve_run_dir(run_dir)
         self.flush_every = positive_int("flush_every", flush_every)
         self.flush_seconds = finite_float("flush_seconds", flush_seconds, low=0.0)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / DB_NAME
-        if self.path.exists():
+        self.resumed = self.path.exists()
+        if self.resumed and not resume:
             raise FileExistsError(
-                f"{self.path} already holds a run; choose a new run_dir or delete the old one"
+                f"{self.path} already holds a run; pass resume=True to continue it, "
+                "overwrite=True to replace it, or choose a new run_dir"
             )
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes
         self._db.executescript(SCHEMA)
         now = time.time()
+        has_run = self._db.execute("SELECT COUNT(*) FROM run").fetchone()[0]
+        if has_run:
+            self._reopen(now)
+        else:  # a new run (or a database that died before its run was written)
+            self._create(name, config, now)
+        self._name_ids: dict[str, int] = {}
+        self._rows: list[tuple[int, int, float | None, float]] = []
+        self._findings: list[tuple] = []
+        self._actions: list[tuple] = []
+        self._steps_since_flush = 0
+        self._last_flush = time.monotonic()
+        self.closed = False
+
+    def _reopen(self, now: float) -> None:
+        """Continue the run already stored here: running again, under this process."""
+        with self._db:
+            self._db.execute(
+                "UPDATE run SET status='running', ended=NULL, heartbeat=?, pid=?, host=?"
+                " WHERE id=1",
+                (now, os.getpid(), socket.gethostname()),
+            )
+
+    def _create(self, name: str | None, config: Mapping[str, Any] | None, now: float) -> None:
         self._db.execute(
             "INSERT INTO run (id, name, config, started, heartbeat, status, pid, host, version)"
             " VALUES (1, ?, ?, ?, ?, 'running', ?, ?, ?)",
@@ -82,13 +108,6 @@ class RunStore:
             ),
         )
         self._db.commit()
-        self._name_ids: dict[str, int] = {}
-        self._rows: list[tuple[int, int, float | None, float]] = []
-        self._findings: list[tuple] = []
-        self._actions: list[tuple] = []
-        self._steps_since_flush = 0
-        self._last_flush = time.monotonic()
-        self.closed = False
 
     def _name_id(self, name: str) -> int:
         name_id = self._name_ids.get(name)
@@ -170,6 +189,20 @@ class RunStore:
         self._steps_since_flush = 0
         self._last_flush = time.monotonic()
 
+    def last_step(self) -> int | None:
+        """The last step stored (flushed or buffered), or None for an empty run."""
+        if self._rows:
+            return max(row[0] for row in self._rows)
+        return self._db.execute("SELECT MAX(step) FROM scalars").fetchone()[0]
+
+    def discard_from(self, step: int) -> None:
+        """Forget every value, finding and action from ``step`` on: a run resumed from a
+        checkpoint records those steps again."""
+        self.flush()
+        with self._db:
+            for table in ("scalars", "findings", "actions"):
+                self._db.execute(f"DELETE FROM {table} WHERE step >= ?", (int(step),))
+
     def close(self, status: str = "finished") -> None:
         """Flush, mark the run with ``status`` and close the database. Idempotent."""
         if status not in STATUSES:
@@ -188,6 +221,13 @@ class RunStore:
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError(f"the run store at {self.path} is closed")
+
+
+def remove_run(run_dir: str | os.PathLike[str]) -> None:
+    """Delete the run stored in ``run_dir`` (its database and SQLite's side files), if any."""
+    path = resolve_run_dir(run_dir) / DB_NAME
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _version() -> str:
