@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 lightning = pytest.importorskip("lightning")
 
 import steadygrad  # noqa: E402
+from steadygrad.diagnose.detectors.training import LOSS_SPIKE  # noqa: E402
 from steadygrad.integrations.lightning import SteadygradCallback  # noqa: E402
 from steadygrad.monitor.findings_log import SteadygradWarning  # noqa: E402
 
@@ -65,7 +67,9 @@ class WeightsAtWindowStart(lightning.Callback):
             self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def fit(tmp_path, module, callbacks, steps=STEPS, **trainer_options):
+def fit(
+    tmp_path, module, callbacks, steps=STEPS, ckpt_path=None, data_steps=None, **trainer_options
+):
     options = dict(
         accelerator="cpu",
         devices=1,
@@ -80,8 +84,9 @@ def fit(tmp_path, module, callbacks, steps=STEPS, **trainer_options):
         callbacks=callbacks,
     )
     trainer = lightning.Trainer(**{**options, **trainer_options})
-    data = regression_data(steps * MICRO * ACCUM)
-    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=MICRO, shuffle=False))
+    data = regression_data((data_steps or steps) * MICRO * ACCUM)
+    loader = torch.utils.data.DataLoader(data, batch_size=MICRO, shuffle=False)
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
     return trainer, data
 
 
@@ -122,6 +127,51 @@ def test_lightning_records_step_loss_and_grad_norms_with_accumulation_and_clippi
         assert applied[k] == pytest.approx(want_applied, rel=1e-5)
         clipped += want_norm > CLIP
     assert clipped >= 3, "the test must exercise clipping"
+    # the rate each update used (the scheduler steps after the update, before the batch ends)
+    _, lr = run.series("lr/0")
+    assert list(lr) == pytest.approx(witness.lrs, rel=1e-12)
+    assert witness.lrs[0] > witness.lrs[1]
+
+
+def test_lightning_autopilot_skips_a_nan_batch_and_training_goes_on(tmp_path):
+    """The bad batch is seen only inside Lightning's closure (forward and backward run inside
+    optimizer.step): the autopilot must decide after it and skip without raising."""
+    witness = WeightsAtWindowStart()
+    pilot = steadygrad.Autopilot()
+    trainer, _ = fit(
+        tmp_path, Regressor(poison_step=4), [witness, SteadygradCallback(autopilot=pilot)]
+    )
+    assert trainer.global_step == STEPS
+    run = steadygrad.load(tmp_path / "steadygrad")
+    assert [(a.step, a.kind) for a in run.actions()] == [(4, "skip_update")]
+    for name, value in witness.states[4].items():  # the skipped update left no trace
+        assert torch.equal(value, witness.states[5][name]), name
+    assert not torch.equal(witness.states[3]["0.weight"], witness.states[4]["0.weight"])
+    _, loss = run.series("loss")
+    assert math.isnan(loss[4]) and all(math.isfinite(x) for k, x in enumerate(loss) if k != 4)
+
+
+def test_lightning_resume_from_a_checkpoint_continues_the_run(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    fit(
+        tmp_path,
+        Regressor(),
+        [SteadygradCallback(), saver],
+        steps=6,
+        data_steps=8,
+        enable_checkpointing=True,
+    )
+    at_3 = next((tmp_path / "ckpt").glob("*step=3.ckpt"))
+    cb = SteadygradCallback()
+    fit(tmp_path, Regressor(), [cb], steps=8, ckpt_path=at_3, data_steps=8)
+    run = steadygrad.load(tmp_path / "steadygrad")
+    steps, loss = run.series("loss")
+    assert list(steps) == list(range(8)) and run.status == "finished"
+    # the detectors went on from the checkpoint: the loss-spike baseline holds every step
+    spike = next(d for d in cb.monitor.detectors if d.kind == LOSS_SPIKE)
+    assert list(spike.baseline.values) == pytest.approx(list(loss), rel=1e-12)
 
 
 def test_lightning_findings_reach_logging_and_warnings(tmp_path, caplog):

@@ -18,7 +18,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import steadygrad  # noqa: E402
-from steadygrad.integrations.transformers import SteadygradCallback  # noqa: E402
+from steadygrad.diagnose.detectors.training import LOSS_SPIKE  # noqa: E402
+from steadygrad.integrations.transformers import STATE_NAME, SteadygradCallback  # noqa: E402
 from steadygrad.monitor.findings_log import SteadygradWarning  # noqa: E402
 
 VOCAB, SEQ, MICRO, ACCUM, STEPS = 48, 12, 4, 2, 10
@@ -193,6 +194,74 @@ def test_trainer_findings_reach_logging_once_and_critical_ones_warn(tmp_path, ca
         assert "What to do" in message and str(tmp_path / "run") in message
     first = next(r for r in caplog.records if r.name == "steadygrad")
     assert first.levelno == logging.ERROR  # critical
+
+
+def embedding_data(n: int, nan_in_step: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Inputs given as embeddings, so a batch can hold a NaN: the first example of one step."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        embeds = torch.randn(SEQ, 16, generator=g)
+        if i == nan_in_step * MICRO * ACCUM:
+            embeds[0, 0] = float("nan")
+        out.append(
+            {"inputs_embeds": embeds, "labels": torch.randint(0, VOCAB, (SEQ,), generator=g)}
+        )
+    return out
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_fused"])
+def test_trainer_autopilot_skips_a_nan_batch_and_training_goes_on(tmp_path, optim):
+    """adamw_torch: skipped on the host (one read, the update undone); adamw_torch_fused: on the
+    device, through the optimizer's found_inf flag, with no host read."""
+    steps = 6
+    witness = WeightsAtStepStart()
+    pilot = steadygrad.Autopilot()
+    cb = SteadygradCallback(tmp_path / "run", autopilot=pilot)
+    args = training_args(tmp_path, max_steps=steps, optim=optim)
+    trainer = transformers.Trainer(
+        model=tiny_gpt2(),
+        args=args,
+        train_dataset=embedding_data(steps * MICRO * ACCUM, 3),
+        callbacks=[witness, cb],
+    )
+    trainer.train()
+    assert trainer.state.global_step == steps
+    assert pilot._skipper.device_side == (optim == "adamw_torch_fused")
+    run = steadygrad.load(tmp_path / "run")
+    assert [(a.step, a.kind) for a in run.actions()] == [(3, "skip_update")]
+    for name, value in witness.states[3].items():  # the skipped update left no trace
+        assert torch.equal(value, witness.states[4][name]), name
+    assert not torch.equal(
+        witness.states[2]["transformer.h.0.mlp.c_fc.weight"],
+        witness.states[3]["transformer.h.0.mlp.c_fc.weight"],
+    )
+    _, loss = run.series("loss")
+    assert math.isnan(loss[3]) and all(math.isfinite(x) for k, x in enumerate(loss) if k != 3)
+
+
+def test_trainer_resume_from_checkpoint_continues_the_run(tmp_path):
+    data = token_data(8 * MICRO * ACCUM)
+    first = training_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=3)
+    transformers.Trainer(
+        model=tiny_gpt2(), args=first, train_dataset=data, callbacks=[SteadygradCallback()]
+    ).train()
+    checkpoint = tmp_path / "out" / "checkpoint-3"
+    assert (checkpoint / STATE_NAME).exists()
+    cb = SteadygradCallback()
+    trainer = transformers.Trainer(
+        model=tiny_gpt2(),
+        args=training_args(tmp_path, max_steps=8),
+        train_dataset=data,
+        callbacks=[cb],
+    )
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    run = steadygrad.load(tmp_path / "out" / "steadygrad")
+    steps, loss = run.series("loss")
+    assert list(steps) == list(range(8)) and run.status == "finished"
+    # the detectors went on from the checkpoint: the loss-spike baseline holds every step
+    spike = next(d for d in cb.monitor.detectors if d.kind == LOSS_SPIKE)
+    assert list(spike.baseline.values) == pytest.approx(list(loss), rel=1e-12)
 
 
 def test_callback_rejects_unknown_options_and_bad_values():

@@ -36,7 +36,6 @@ from lightning.pytorch import Callback
 
 from steadygrad.core.finding import Finding
 from steadygrad.core.signal import Signal
-from steadygrad.core.sink import RunInfo
 from steadygrad.integrations._common import (
     StepLoss,
     global_grad_norm,
@@ -44,7 +43,6 @@ from steadygrad.integrations._common import (
     run_dir_or_default,
     watched_optimizer,
 )
-from steadygrad.monitor.findings_log import LoggingSink
 from steadygrad.monitor.monitor import Monitor
 
 _NAME = "steadygrad.integrations.lightning.SteadygradCallback"
@@ -90,7 +88,7 @@ class SteadygradCallback(Callback):
         if run_dir is not None:
             run_dir_or_default(run_dir, None)  # a clear error now for a bad path type
         self.monitor: Monitor | None = None
-        self._sink = LoggingSink()
+        self._resume_state: dict[str, Any] | None = None
         self._loss = StepLoss()
         self._stepping = False
         self._preclip: torch.Tensor | None = None
@@ -109,15 +107,41 @@ class SteadygradCallback(Callback):
                 f"{len(trainer.optimizers)}"
             )
         optimizer = watched_optimizer(_NAME, trainer.optimizers[0])
+        options = dict(self.options)
+        autopilot = options.get("autopilot")
+        if autopilot is not None and trainer.world_size > 1:
+            raise ValueError(
+                f"{_NAME}: autopilot= under {trainer.world_size} processes is not supported yet "
+                "(every process must take the same decision, and only global zero records)"
+            )
         if not trainer.is_global_zero:
             return
-        options = dict(self.options)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and options.get("scaler") is None:
             options["scaler"] = scaler
+        if autopilot is not None and autopilot.scheduler is None:
+            # so a back-off outlives the next scheduler step
+            autopilot.scheduler = [c.scheduler for c in trainer.lr_scheduler_configs]
+        if self._resume_state is not None or trainer.ckpt_path is not None:
+            options.update(resume=True, overwrite=False)  # the Trainer resumes: so does the run
         run_dir = run_dir_or_default(self.run_dir, trainer.default_root_dir)
         self.monitor = Monitor(pl_module, optimizer, run_dir, **options)
-        self._sink.open(RunInfo(name=self.monitor.run_dir.name, run_dir=self.monitor.run_dir))
+        if self._resume_state is not None:
+            self.monitor.load_state_dict(self._resume_state)
+            self._resume_state = None
+
+    # -- checkpoints: Lightning saves and restores a callback's state_dict ----------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.monitor is None else {"monitor": self.monitor.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("monitor")
+        if saved is None:
+            return
+        if self.monitor is not None:  # a strategy that restores after on_fit_start
+            self.monitor.load_state_dict(saved)
+        else:
+            self._resume_state = saved
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._close("finished")
@@ -145,16 +169,11 @@ class SteadygradCallback(Callback):
         preclip, self._preclip = self._preclip, None
         if loss is None:
             return  # training_step returned None: Lightning skipped the backward
-        mon = self.monitor
-        seen = len(mon.findings)
-        record = mon.step(loss, grad_norm_preclip=preclip)
-        if record is not None:
-            self._sink.write(record, mon.findings[seen:])
+        self.monitor.step(loss, grad_norm_preclip=preclip)
 
     def _close(self, status: str) -> None:
         if self.monitor is not None and not self.monitor.closed:
             self.monitor.close(status)
-            self._sink.close(status)
 
     @property
     def findings(self) -> list[Finding]:

@@ -28,9 +28,12 @@ import math
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from steadygrad.core.finding import Finding
 from steadygrad.core.signal import Signal
@@ -40,10 +43,10 @@ from steadygrad.integrations._common import (
     run_dir_or_default,
     watched_optimizer,
 )
-from steadygrad.monitor.findings_log import LoggingSink
 from steadygrad.monitor.monitor import Monitor
 
 _NAME = "steadygrad.integrations.transformers.SteadygradCallback"
+STATE_NAME = "steadygrad_monitor.pt"  # the Monitor's state, inside each Trainer checkpoint
 
 
 class SteadygradCallback(TrainerCallback):
@@ -86,7 +89,6 @@ class SteadygradCallback(TrainerCallback):
         if run_dir is not None:
             run_dir_or_default(run_dir, None)  # a clear error now for a bad path type
         self.monitor: Monitor | None = None
-        self._sink = LoggingSink()
         self._trainer: Trainer | None = None
         self._loss = StepLoss()
         self._preclip: Any = None
@@ -94,21 +96,47 @@ class SteadygradCallback(TrainerCallback):
 
     # -- start and end ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        trainer = _calling_trainer()
+        trainer, trainer_locals = _calling_trainer()
+        options = dict(self.options)
+        autopilot = options.get("autopilot")
+        if autopilot is not None and args.world_size > 1:
+            raise ValueError(
+                f"{_NAME}: autopilot= under {args.world_size} processes is not supported yet "
+                "(every process must take the same decision, and only the main one records)"
+            )
         if not state.is_world_process_zero:
             return
         optimizer = watched_optimizer(_NAME, trainer.optimizer or optimizer)
         run_dir = run_dir_or_default(self.run_dir, args.output_dir)
-        options = dict(self.options)
         scaler = getattr(trainer.accelerator, "scaler", None)
         if scaler is not None and options.get("scaler") is None:
             options["scaler"] = scaler
+        if autopilot is not None and autopilot.scheduler is None:
+            autopilot.scheduler = trainer.lr_scheduler  # so a back-off outlives its next step
+        saved = None
+        if state.global_step > 0:  # the Trainer resumed from a checkpoint: so does the run
+            options.update(resume=True, overwrite=False)
+            checkpoint = trainer_locals.get("resume_from_checkpoint")
+            path = Path(checkpoint) / STATE_NAME if isinstance(checkpoint, str | Path) else None
+            if path is not None and path.exists():
+                saved = torch.load(path, weights_only=True)
         self.monitor = Monitor(
             trainer.model if model is None else model, optimizer, run_dir, **options
         )
-        self._sink.open(_run_info(self.monitor))
+        if saved is not None:
+            self.monitor.load_state_dict(saved)
+        elif state.global_step > 0:
+            self.monitor.load_state_dict({"step": state.global_step})
         self._trainer = trainer
         self._patch(trainer, args)
+
+    def on_save(self, args, state, control, **kwargs):
+        # The Trainer has just written checkpoint-<global_step>: the run's state goes with it.
+        if self.monitor is None:
+            return
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if checkpoint.is_dir():
+            torch.save(self.monitor.state_dict(), checkpoint / STATE_NAME)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._close("finished")
@@ -123,10 +151,7 @@ class SteadygradCallback(TrainerCallback):
         preclip, self._preclip = self._preclip, None
         if loss is None:
             return  # no micro-batch returned a loss (a custom training_step)
-        seen = len(mon.findings)
-        record = mon.step(loss, grad_norm_preclip=preclip)
-        if record is not None:
-            self._sink.write(record, mon.findings[seen:])
+        mon.step(loss, grad_norm_preclip=preclip)
 
     # -- reading the Trainer ------------------------------------------------------------------
     def _patch(self, trainer: Trainer, args: Any) -> None:
@@ -163,7 +188,6 @@ class SteadygradCallback(TrainerCallback):
         self._unpatch = []
         if self.monitor is not None:
             self.monitor.close(status)
-            self._sink.close(status)
         self._trainer = None
 
     @property
@@ -172,23 +196,17 @@ class SteadygradCallback(TrainerCallback):
         return [] if self.monitor is None else list(self.monitor.findings)
 
 
-def _calling_trainer() -> Trainer:
-    """The Trainer whose callback handler is calling us: callbacks are not handed the Trainer,
-    but it is on the stack, a few frames up."""
+def _calling_trainer() -> tuple[Trainer, dict[str, Any]]:
+    """The Trainer whose callback handler is calling us, and the local variables of its training
+    loop: callbacks are not handed the Trainer, but it is on the stack, a few frames up."""
     frame = sys._getframe(1)
     for _ in range(32):
         if frame is None:
             break
         owner = frame.f_locals.get("self")
         if isinstance(owner, Trainer):
-            return owner
+            return owner, dict(frame.f_locals)
         frame = frame.f_back
     raise TypeError(
         f"{_NAME} must be run by a transformers.Trainer (pass it in Trainer(callbacks=[...]))"
     )
-
-
-def _run_info(mon: Monitor):
-    from steadygrad.core.sink import RunInfo
-
-    return RunInfo(name=mon.run_dir.name, run_dir=mon.run_dir)
