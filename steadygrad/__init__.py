@@ -8,6 +8,8 @@ Example:
     >>> print(steadygrad.diagnose(run).text())                           # doctest: +SKIP
 """
 
+from steadygrad import nn, optim
+from steadygrad.core import Finding, FindingKind, Metric, Record, Severity, Signal, Sink
 from steadygrad.curvature import (
     SharpnessProbe,
     hessian_frobenius_norm,
@@ -35,14 +37,11 @@ from steadygrad.diagnose.detectors import (
     default_detectors,
 )
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
-from steadygrad.core.finding import Finding
 from steadygrad.monitor import (
     AttentionLogitSignal,
     Monitor,
     OutputLogitSignal,
     PlasticitySignal,
-    Record,
-    Signal,
     SoftmaxCollapseSignal,
     watch,
 )
@@ -67,6 +66,12 @@ __all__ = [
     "Detector",
     "DiagnosisReport",
     "Finding",
+    "FindingKind",
+    "Metric",
+    "Severity",
+    "Sink",
+    "nn",
+    "optim",
     "GradNormSpikeDetector",
     "GradientSpike",
     "LossSpikeDetector",

@@ -9,13 +9,13 @@ from helpers import tiny_mlp
 from torch import nn
 
 import steadygrad
+from steadygrad.core.record import Record
 from steadygrad.diagnose.detectors.base import RobustBaseline
 from steadygrad.diagnose.detectors.training import (
     GradNormSpikeDetector,
     LossSpikeDetector,
     NonFiniteDetector,
 )
-from steadygrad.core.record import Record
 
 
 def _stream(detector, values, name="loss"):

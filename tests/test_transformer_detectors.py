@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from steadygrad.core.record import Record
 from steadygrad.diagnose.detectors.transformer import (
     AttentionLogitGrowth,
     GradientSpike,
@@ -13,7 +14,6 @@ from steadygrad.diagnose.detectors.transformer import (
     SoftmaxCollapse,
     UpdateRatioOutOfRange,
 )
-from steadygrad.core.record import Record
 
 
 def run(detector, series):

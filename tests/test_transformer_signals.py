@@ -235,8 +235,8 @@ def test_plasticity_signal_counts_planted_dead_units():
 
 
 def test_output_logit_signal_and_divergence_detector_on_a_drifting_model():
-    from steadygrad.diagnose.detectors.transformer import OutputLogitDivergence
     from steadygrad.core.record import Record
+    from steadygrad.diagnose.detectors.transformer import OutputLogitDivergence
 
     torch.manual_seed(0)
     model = MLP(4, [8], 6)

@@ -12,24 +12,33 @@ from typing import Any
 from steadygrad.core.severity import Severity
 
 
-@dataclass(frozen=True)
-class FindingKind:
-    """The declaration of one kind of finding.
-
-    ``str(kind)`` is its name, the ``kind`` a :class:`Finding` carries and the store keeps.
+class FindingKind(str):
+    """The declaration of one kind of finding: a ``str`` (its name, what a :class:`Finding`
+    carries and the store keeps) with a one-line ``doc`` and its usual ``severity``.
 
     Example:
         >>> LOSS_SPIKE = FindingKind("loss_spike", "the loss jumped far above its baseline")
-        >>> Finding(LOSS_SPIKE, step=3).kind == "loss_spike"
-        True
+        >>> LOSS_SPIKE == "loss_spike", LOSS_SPIKE.doc
+        (True, 'the loss jumped far above its baseline')
     """
 
-    name: str
     doc: str
-    severity: Severity = Severity.WARNING  # its usual severity; a finding may say otherwise
+    severity: Severity
 
-    def __str__(self) -> str:
-        return self.name
+    def __new__(cls, name: str, doc: str, severity: str = "warning") -> FindingKind:
+        if not name or not doc:
+            raise ValueError("a finding kind needs a name and a one-line doc")
+        kind = super().__new__(cls, name)
+        kind.doc = doc
+        kind.severity = Severity(severity)
+        return kind
+
+    @property
+    def name(self) -> str:
+        return str.__str__(self)
+
+    def __reduce__(self):  # pickles (and deep-copies) as a declaration, not a bare str
+        return (FindingKind, (self.name, self.doc, self.severity.value))
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class Finding:
 
     def __post_init__(self) -> None:
         if isinstance(self.kind, FindingKind):
-            object.__setattr__(self, "kind", self.kind.name)
+            object.__setattr__(self, "kind", self.kind.name)  # the store keeps plain names
         Severity.rank(self.severity)  # a clear error for an unknown severity
         object.__setattr__(self, "severity", Severity(self.severity).value)
 

@@ -12,55 +12,88 @@ from steadygrad.core.metric import Metric
 # -- the training step -------------------------------------------------------------------------
 LOSS = Metric("loss", "the loss passed to mon.step (the global mean under DDP)", panel="loss")
 LEARNING_RATE = Metric(
-    "lr", "each optimizer group's learning rate used at this step", per="group", scale="log",
+    "lr",
+    "each optimizer group's learning rate used at this step",
+    per="group",
+    scale="log",
     panel="lr",
 )
 STEP_TIME = Metric("step_time", "seconds since the previous mon.step", unit="s", panel="time")
 OPTIMIZER_SKIPPED = Metric(
-    "optimizer_skipped", "1 when the optimizer did not take this step", events=True,
+    "optimizer_skipped",
+    "1 when the optimizer did not take this step",
+    events=True,
     panel="events",
 )
 AMP_SCALE = Metric("amp_scale", "the GradScaler's loss scale", scale="log", panel="amp")
 
 # -- parameters --------------------------------------------------------------------------------
 GRAD_NORM = Metric(
-    "grad_norm", "L2 norm of the gradient applied (bare name: over every parameter)",
-    per="parameter", total=True, scale="log", panel="grad_norm",
+    "grad_norm",
+    "L2 norm of the gradient applied (bare name: over every parameter)",
+    per="parameter",
+    total=True,
+    scale="log",
+    panel="grad_norm",
 )
 GRAD_NORM_PRECLIP = Metric(
-    "grad_norm_preclip", "the global gradient norm before clipping (as the user passed it)",
-    scale="log", panel="grad_norm",
+    "grad_norm_preclip",
+    "the global gradient norm before clipping (as the user passed it)",
+    scale="log",
+    panel="grad_norm",
 )
 PARAM_NORM = Metric(
-    "param_norm", "L2 norm of the weights (bare name: over every parameter)",
-    per="parameter", total=True, scale="log", panel="param_norm",
+    "param_norm",
+    "L2 norm of the weights (bare name: over every parameter)",
+    per="parameter",
+    total=True,
+    scale="log",
+    panel="param_norm",
 )
 UPDATE_RATIO = Metric(
-    "update_ratio", "||w_after - w_before|| / ||w_before|| of one optimizer step",
-    per="parameter", scale="log", panel="update_ratio",
+    "update_ratio",
+    "||w_after - w_before|| / ||w_before|| of one optimizer step",
+    per="parameter",
+    scale="log",
+    panel="update_ratio",
 )
 NONFINITE_GRADS = Metric(
-    "nonfinite_grads", "number of NaN/Inf gradient entries", unit="count", events=True,
+    "nonfinite_grads",
+    "number of NaN/Inf gradient entries",
+    unit="count",
+    events=True,
     panel="events",
 )
 NONFINITE_PARAMS = Metric(
-    "nonfinite_params", "number of NaN/Inf weight entries", unit="count", events=True,
+    "nonfinite_params",
+    "number of NaN/Inf weight entries",
+    unit="count",
+    events=True,
     panel="events",
 )
 
 # -- activations -------------------------------------------------------------------------------
 ACT_RMS = Metric(
-    "act_rms", "root mean square of a leaf module's output", per="module", scale="log",
+    "act_rms",
+    "root mean square of a leaf module's output",
+    per="module",
+    scale="log",
     panel="act_rms",
 )
 
 # -- transformers ------------------------------------------------------------------------------
 ATTN_LOGIT_MAX = Metric(
-    "attn_logit_max", "largest attention logit q.k*scale (bare name: over every layer)",
-    per="module", total=True, scale="log", panel="attention",
+    "attn_logit_max",
+    "largest attention logit q.k*scale (bare name: over every layer)",
+    per="module",
+    total=True,
+    scale="log",
+    panel="attention",
 )
 LOGIT_LSE_MEAN = Metric(
-    "logit_lse_mean", "mean log-partition log(sum exp(logits)) of the output", unit="nats",
+    "logit_lse_mean",
+    "mean log-partition log(sum exp(logits)) of the output",
+    unit="nats",
     panel="output_logits",
 )
 OUTPUT_LOGIT_MAX = Metric(
@@ -68,27 +101,39 @@ OUTPUT_LOGIT_MAX = Metric(
 )
 OUTPUT_LOGIT_RMS = Metric("output_logit_rms", "RMS of the output logits", panel="output_logits")
 SOFTMAX_COLLAPSE = Metric(
-    "softmax_collapse", "fraction of rows whose float32 softmax rounds the target to 1",
-    unit="fraction", panel="output_logits",
+    "softmax_collapse",
+    "fraction of rows whose float32 softmax rounds the target to 1",
+    unit="fraction",
+    panel="output_logits",
 )
 
 # -- plasticity --------------------------------------------------------------------------------
 DEAD_UNITS = Metric(
-    "dead_units", "fraction of a layer's units that were zero on every sampled row",
-    unit="fraction", per="module", panel="plasticity",
+    "dead_units",
+    "fraction of a layer's units that were zero on every sampled row",
+    unit="fraction",
+    per="module",
+    panel="plasticity",
 )
 EFFECTIVE_RANK = Metric(
-    "effective_rank", "effective rank of a layer's features (exp of the spectral entropy)",
-    per="module", panel="plasticity",
+    "effective_rank",
+    "effective rank of a layer's features (exp of the spectral entropy)",
+    per="module",
+    panel="plasticity",
 )
 
 # -- curvature ---------------------------------------------------------------------------------
 SHARPNESS = Metric(
-    "sharpness", "top Hessian eigenvalue on the held batch (per block: of that block)",
-    per="module", total=True, panel="sharpness", limit="sharpness_limit",
+    "sharpness",
+    "top Hessian eigenvalue on the held batch (per block: of that block)",
+    per="module",
+    total=True,
+    panel="sharpness",
+    limit="sharpness_limit",
 )
 SHARPNESS_LIMIT = Metric(
-    "sharpness_limit", "the optimizer's stability limit for sharpness (2/lr for GD)",
+    "sharpness_limit",
+    "the optimizer's stability limit for sharpness (2/lr for GD)",
     panel="sharpness",
 )
 SHARPNESS_RATIO = Metric("sharpness_ratio", "sharpness / sharpness_limit", panel="sharpness")
@@ -96,30 +141,41 @@ HESSIAN_MIN_EIGENVALUE = Metric(
     "hessian_min_eigenvalue", "smallest Hessian eigenvalue Lanczos found", panel="sharpness"
 )
 HESSIAN_EIGENVALUE = Metric(
-    "hessian_eigenvalue", "the k-th largest Hessian eigenvalue (k >= 2)", per="index",
+    "hessian_eigenvalue",
+    "the k-th largest Hessian eigenvalue (k >= 2)",
+    per="index",
     panel="sharpness",
 )
 HESSIAN_TRACE = Metric(
-    "hessian_trace", "trace of the Hessian (Hutchinson estimate)", panel="hessian_trace",
+    "hessian_trace",
+    "trace of the Hessian (Hutchinson estimate)",
+    panel="hessian_trace",
     limit="hessian_trace_limit",
 )
 HESSIAN_TRACE_LIMIT = Metric(
-    "hessian_trace_limit", "SGD's linear-stability bound on the trace (2/lr)",
+    "hessian_trace_limit",
+    "SGD's linear-stability bound on the trace (2/lr)",
     panel="hessian_trace",
 )
 PRECONDITIONED_SHARPNESS = Metric(
-    "preconditioned_sharpness", "top eigenvalue of Adam's preconditioned Hessian P^-1 H",
-    panel="preconditioned_sharpness", limit="preconditioned_sharpness_limit",
+    "preconditioned_sharpness",
+    "top eigenvalue of Adam's preconditioned Hessian P^-1 H",
+    panel="preconditioned_sharpness",
+    limit="preconditioned_sharpness_limit",
 )
 PRECONDITIONED_SHARPNESS_LIMIT = Metric(
-    "preconditioned_sharpness_limit", "Adam's limit (2+2 beta1)/((1-beta1) lr)",
+    "preconditioned_sharpness_limit",
+    "Adam's limit (2+2 beta1)/((1-beta1) lr)",
     panel="preconditioned_sharpness",
 )
 PRECONDITIONED_SHARPNESS_RATIO = Metric(
-    "preconditioned_sharpness_ratio", "preconditioned sharpness / its limit",
+    "preconditioned_sharpness_ratio",
+    "preconditioned sharpness / its limit",
     panel="preconditioned_sharpness",
 )
 CURVATURE_MATVECS = Metric(
-    "curvature_matvecs", "Hessian-vector products the probe used", unit="count",
+    "curvature_matvecs",
+    "Hessian-vector products the probe used",
+    unit="count",
     panel="cost",
 )

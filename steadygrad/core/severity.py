@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     """A finding's severity. A ``str`` (``Severity.WARNING == "warning"``) with an order.
 
     Example:
@@ -40,9 +40,6 @@ class Severity(str, Enum):
 
     def __ge__(self, other: object) -> bool:
         return Severity.rank(self) >= Severity.rank(other)  # type: ignore[arg-type]
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _ORDER = (Severity.INFO, Severity.WARNING, Severity.CRITICAL)

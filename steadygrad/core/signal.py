@@ -11,7 +11,7 @@ Lifecycle, driven by the Monitor:
   signal before any of them collects (remove hooks here, so a probe that runs its own forward
   passes is not captured by another signal); ``measure(step, out)`` puts this step's values
   (tensors may stay on the device: the Monitor moves all of a step's values to the host in one
-  transfer); ``finish(record)`` then derives values and facts on the host from the whole
+  transfer); ``finish(record, raw)`` then derives values and facts on the host from the whole
   Record; ``detach()`` at close.
 
 A simple signal only overrides :meth:`Signal.collect`, which returns ``{name: tensor or float}``.
@@ -49,6 +49,8 @@ class Measurements:
         self._keys: list[Sequence[str]] = []
         self._tensors: list[torch.Tensor] = []
         self._host: dict[str, float] = {}
+        self._raw: dict[int, torch.Tensor] = {}
+        self._raw_host: dict[int, list[float]] = {}
 
     def put(self, key: str, value: Value) -> None:
         """One value: a one-element tensor (left on its device) or a host number."""
@@ -66,20 +68,32 @@ class Measurements:
             self._keys.append(keys)
             self._tensors.append(values.detach().reshape(-1))
 
+    def stash(self, owner: object, values: torch.Tensor) -> None:
+        """Values for ``owner``'s own use after the transfer (not recorded): see :meth:`raw`."""
+        self._raw[id(owner)] = values.detach().reshape(-1)
+
+    def raw(self, owner: object) -> list[float]:
+        """What ``owner`` stashed, as host floats, once :meth:`to_host` has run."""
+        return self._raw_host.get(id(owner), [])
+
     def to_host(self) -> dict[str, float]:
         """Every value as a host float: one device-to-host transfer per device (one usually).
 
         Values travel in float64, so a loss of 1e-300 or 1e300 arrives as it is.
         """
         values: dict[str, float] = {}
-        if self._tensors:
-            devices = {t.device for t in self._tensors}
-            parts = self._tensors if len(devices) == 1 else [t.cpu() for t in self._tensors]
-            flat = torch.cat([t.to(torch.float64) for t in parts]).tolist()
+        tensors = self._tensors + list(self._raw.values())
+        if tensors:
+            if len({t.device for t in tensors}) > 1:
+                tensors = [t.cpu() for t in tensors]
+            flat = torch.cat([t.to(torch.float64) for t in tensors]).tolist()
             k = 0
             for keys in self._keys:
                 values.update(zip(keys, flat[k : k + len(keys)], strict=True))
                 k += len(keys)
+            for owner, t in self._raw.items():
+                self._raw_host[owner] = flat[k : k + t.numel()]
+                k += t.numel()
         values.update(self._host)
         return values
 
@@ -133,8 +147,9 @@ class Signal:
         for name, value in self.collect(step).items():
             out.put(name, value)
 
-    def finish(self, record: Record) -> None:
-        """After the transfer: derive host values and facts (``record.meta``) from the Record."""
+    def finish(self, record: Record, raw: Sequence[float]) -> None:
+        """After the transfer: derive host values and facts (``record.meta``) from the Record;
+        ``raw`` holds what :meth:`measure` stashed (``out.stash(self, tensor)``) as floats."""
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must carry to resume this signal."""

@@ -22,6 +22,8 @@ import torch
 
 from steadygrad.core.checks import module as check_module
 from steadygrad.core.checks import optimizer as check_optimizer
+from steadygrad.core.metrics import HESSIAN_EIGENVALUE
+from steadygrad.core.optimizer import optimizer_family
 from steadygrad.curvature.eigensolver import SharpnessResult, run_eigensolver
 from steadygrad.curvature.hvp import as_generator, build_objective, make_operator
 from steadygrad.curvature.preconditioned import (
@@ -62,10 +64,10 @@ def stability_limits(optimizer: torch.optim.Optimizer) -> StabilityLimits:
     lr = float(_shared(optimizer, "lr"))
     if lr <= 0:
         raise ValueError(f"optimizer lr must be > 0 for a stability limit, got {lr}")
-    group = optimizer.param_groups[0]
-    if "betas" in group and "eps" in group:
+    family = optimizer_family(optimizer)
+    if family == "adam":
         return StabilityLimits("adam", lr, None, None, adam_limit(optimizer))
-    if "momentum" not in group:
+    if family not in ("sgd", "momentum", "nesterov"):
         raise TypeError(
             f"no stability limit known for {type(optimizer).__name__}; "
             "supported: SGD (with or without momentum) and Adam-family optimizers"
@@ -125,7 +127,7 @@ class StabilityMargin:
         }
         if self.sharpness_result is not None:
             for i, ev in enumerate(self.sharpness_result.eigenvalues.tolist()[1:], start=2):
-                values[f"hessian_eigenvalue_{i}"] = ev
+                values[HESSIAN_EIGENVALUE.key(i)] = ev
         return {k: float(v) for k, v in values.items() if v is not None}
 
 

@@ -14,10 +14,23 @@ from typing import Any
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.core.metrics import (
+    CURVATURE_MATVECS,
+    HESSIAN_EIGENVALUE,
+    HESSIAN_MIN_EIGENVALUE,
+    HESSIAN_TRACE,
+    HESSIAN_TRACE_LIMIT,
+    PRECONDITIONED_SHARPNESS,
+    PRECONDITIONED_SHARPNESS_LIMIT,
+    PRECONDITIONED_SHARPNESS_RATIO,
+    SHARPNESS,
+    SHARPNESS_LIMIT,
+    SHARPNESS_RATIO,
+)
+from steadygrad.core.signal import Signal
 from steadygrad.curvature.eigensolver import SharpnessResult, sharpness
 from steadygrad.curvature.layerwise import layerwise_curvature
 from steadygrad.curvature.margin import optimizer_parameters, stability_limits, stability_margin
-from steadygrad.core.signal import Signal
 
 
 class SharpnessProbe(Signal):
@@ -28,13 +41,27 @@ class SharpnessProbe(Signal):
     ``sharpness_ratio``, ``hessian_min_eigenvalue``, ``curvature_matvecs``, and as applicable
     ``hessian_trace`` (+ ``hessian_trace_limit``), ``preconditioned_sharpness``,
     ``preconditioned_sharpness_limit``, ``preconditioned_sharpness_ratio``,
-    ``hessian_eigenvalue_2..k`` and ``sharpness/<module>`` (``layerwise=True``).
+    ``hessian_eigenvalue/2..k`` and ``sharpness/<module>`` (``layerwise=True``).
 
     Example:
         >>> loss_fn = lambda m, b: m(b[0]).pow(2).mean()
         >>> probe = SharpnessProbe(loss_fn, (torch.randn(8, 3),), every=50)
         >>> # Monitor(model, optimizer, run_dir, signals=[probe])
     """
+
+    metrics = (
+        SHARPNESS,
+        SHARPNESS_LIMIT,
+        SHARPNESS_RATIO,
+        HESSIAN_MIN_EIGENVALUE,
+        HESSIAN_EIGENVALUE,
+        HESSIAN_TRACE,
+        HESSIAN_TRACE_LIMIT,
+        PRECONDITIONED_SHARPNESS,
+        PRECONDITIONED_SHARPNESS_LIMIT,
+        PRECONDITIONED_SHARPNESS_RATIO,
+        CURVATURE_MATVECS,
+    )
 
     def __init__(
         self,
@@ -121,15 +148,15 @@ class SharpnessProbe(Signal):
             )
             self.previous = result
             metrics = {
-                "sharpness": result.value,
-                "hessian_min_eigenvalue": result.smallest,
-                "curvature_matvecs": float(result.matvecs),
+                SHARPNESS.name: result.value,
+                HESSIAN_MIN_EIGENVALUE.name: result.smallest,
+                CURVATURE_MATVECS.name: float(result.matvecs),
             }
             for i, ev in enumerate(result.eigenvalues.tolist()[1:], start=2):
-                metrics[f"hessian_eigenvalue_{i}"] = ev
+                metrics[HESSIAN_EIGENVALUE.key(i)] = ev
         if self.layerwise:
             per = layerwise_curvature(model, self.loss_fn, batch, tol=self.tol, trace_matvecs=0)
             for block, value in per.sharpness.items():
-                metrics[f"sharpness/{block}"] = value
-            metrics["curvature_matvecs"] += per.matvecs
+                metrics[SHARPNESS.key(block)] = value
+            metrics[CURVATURE_MATVECS.name] += per.matvecs
         return metrics

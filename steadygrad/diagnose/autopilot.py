@@ -19,8 +19,9 @@ import copy
 import functools
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -28,9 +29,27 @@ from steadygrad.core.checks import finite_float, non_negative_int, positive_int
 from steadygrad.diagnose.detectors.base import RobustBaseline
 
 if TYPE_CHECKING:
-    from steadygrad.core.finding import Finding
-    from steadygrad.monitor.monitor import Monitor
-    from steadygrad.core.record import Record
+    from steadygrad.core import Finding, Record
+
+
+class MonitorLink(Protocol):
+    """What the autopilot needs of the Monitor it is attached to, and nothing more."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step_count: int
+
+    def gradient_norms(self) -> tuple[list[int], torch.Tensor]:
+        """Before the update: which parameters have a gradient, and each one's norm."""
+
+    def scale_gradients(self, index: list[int], factor: float | torch.Tensor) -> None:
+        """Multiply those gradients by ``factor`` before the update."""
+
+    def weights_replaced(self) -> None:
+        """Tell the Monitor the weights were replaced (a rollback)."""
+
+    def record_action(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
+        """Write an action to the run."""
 
 
 class Autopilot:
@@ -69,14 +88,14 @@ class Autopilot:
         self.clipping_on = False
         self.snapshot_step: int | None = None
         self._snapshot: dict[str, Any] | None = None
-        self._monitor: Monitor | None = None
+        self._monitor: MonitorLink | None = None
         self._norm_median = RobustBaseline(window=64)
         self._healthy_loss = RobustBaseline(window=64)
         self.skipped_step: int | None = None
         self._patched: dict[str, Any] = {}
 
     # -- wiring ----------------------------------------------------------------------------------
-    def attach(self, monitor: Monitor) -> None:
+    def attach(self, monitor: MonitorLink) -> None:
         """Wrap ``optimizer.step`` so an update can be skipped or clipped before it is applied."""
         self._monitor = monitor
         optimizer = monitor.optimizer
@@ -111,12 +130,12 @@ class Autopilot:
         """Return False to skip this update."""
         if not (self.skip_nonfinite or self.clipping_on):
             return True
-        stats = self._monitor.params
-        index, grad_norms = stats.grad_norms()  # the Monitor reuses these after the step
+        mon = self._monitor
+        index, grad_norms = mon.gradient_norms()  # the Monitor reuses these after the step
         if not index:
             return True
         norm = float(torch.linalg.vector_norm(grad_norms))  # one host read: decide now
-        step = self._monitor.step_count
+        step = mon.step_count
         if not math.isfinite(norm):
             if self.skip_nonfinite:
                 self.skipped_step = step
@@ -130,8 +149,7 @@ class Autopilot:
                 else math.inf
             )
             if norm > limit:
-                torch._foreach_mul_([stats.params[i].grad for i in index], limit / norm)
-                stats.scale_cached_grad_norms(limit / norm)
+                mon.scale_gradients(index, limit / norm)
                 self._act(step, "clip_gradient", {"grad_norm": norm, "clipped_to": limit})
                 norm = limit
         self._norm_median.add(norm)
@@ -203,7 +221,7 @@ class Autopilot:
         if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
             self.scheduler.base_lrs = [lr * self.lr_factor for lr in self.scheduler.base_lrs]
         self.rollbacks += 1
-        mon.params.discard_snapshot()
+        mon.weights_replaced()
         self._act(
             step,
             "rollback",

@@ -31,6 +31,27 @@ class DiagnosisReport:
     def causes(self) -> list[str]:
         return [d.cause for d in self.diagnoses]
 
+    def as_dict(self) -> dict:
+        """The report as plain data (JSON-ready): run, healthy, diagnoses, margins."""
+        return {
+            "run": self.run_name,
+            "healthy": self.healthy,
+            "diagnoses": [
+                {
+                    "cause": d.cause,
+                    "severity": d.severity,
+                    "summary": d.summary,
+                    "first_step": d.first_step,
+                    "where": list(d.where),
+                    "evidence": d.evidence,
+                    "fixes": [{"action": f.action, "code": f.code} for f in d.fixes],
+                    "reference": d.reference,
+                }
+                for d in self.diagnoses
+            ],
+            "margins": dict(self.margins),
+        }
+
     def text(self) -> str:
         """A plain-text rendering (the CLI prints a richer one)."""
         if self.healthy and not self.diagnoses:

@@ -15,20 +15,45 @@ from typing import Any
 
 import numpy as np
 
-from steadygrad.core.finding import Finding
+from steadygrad.core import Finding, FindingKind, Severity
+from steadygrad.core.metrics import (
+    LOSS,
+    OPTIMIZER_SKIPPED,
+    SHARPNESS,
+    SHARPNESS_LIMIT,
+    UPDATE_RATIO,
+)
+from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
+from steadygrad.diagnose.detectors.training import (
+    AMP_OVERFLOW,
+    GRAD_NORM_SPIKE,
+    LOSS_SPIKE,
+    NONFINITE,
+    NONFINITE_ORIGIN,
+)
+from steadygrad.diagnose.detectors.transformer import (
+    ATTENTION_LOGIT_GROWTH,
+    GRADIENT_SPIKE,
+    LOSS_OF_PLASTICITY,
+    OUTPUT_LOGIT_DIVERGENCE,
+    SOFTMAX_COLLAPSE_KIND,
+    UPDATE_RATIO_OUT_OF_RANGE,
+)
 from steadygrad.store.run import Run
 
 # How specific a cause is: a mechanism explains the symptoms that follow it, so it ranks first.
 MECHANISM, EVENT, SYMPTOM = 3, 2, 1
-SEVERITY_WEIGHT = {"info": 0, "warning": 1, "critical": 2}
 
 
 @dataclass(frozen=True)
 class Fix:
-    """One remedy: what to do, and the steadygrad call that does it."""
+    """One remedy: what to do, and the call that does it, runnable as printed after
+    ``import steadygrad`` (and ``import torch``) on the model in question. ``applies`` says
+    whether it fits the run (None: always)."""
 
     action: str
     code: str
+    applies: Callable[[RunFacts], bool] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -48,7 +73,7 @@ class Diagnosis:
     @property
     def rank_key(self) -> tuple:
         first = self.first_step if self.first_step is not None else math.inf
-        return (-self.tier, -SEVERITY_WEIGHT[self.severity], first)
+        return (-self.tier, -Severity.rank(self.severity), first)
 
 
 @dataclass
@@ -82,7 +107,7 @@ class Rule:
             first_step=found.first_step,
             where=found.where,
             evidence=found.evidence,
-            fixes=list(self.fixes),
+            fixes=[f for f in self.fixes if f.applies is None or f.applies(facts)],
             reference=self.reference,
             tier=self.tier,
         )
@@ -96,7 +121,7 @@ class RunFacts:
         self.findings = run.findings()
         self._series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def of(self, *kinds: str) -> list[Finding]:
+    def of(self, *kinds: FindingKind) -> list[Finding]:
         return [f for f in self.findings if f.kind in kinds]
 
     @cached_property
@@ -116,9 +141,9 @@ class RunFacts:
 
     @cached_property
     def adaptive(self) -> bool:
-        """Whether the optimizer keeps a second moment (Adam family)."""
-        name = self.optimizer.lower()
-        return any(k in name for k in ("adam", "spam", "belief", "diffgrad", "grams", "ademamix"))
+        """Whether the optimizer keeps a second moment (its family, recorded by the Monitor
+        from :func:`steadygrad.core.optimizer_family`)."""
+        return self.run.config.get("optimizer_family") == "adam"
 
 
 def layer_span(where: list[str]) -> str:
@@ -137,7 +162,7 @@ def _first(findings: list[Finding]) -> int:
     return min(f.step for f in findings)
 
 
-def _located(kinds: tuple[str, ...], what: str) -> Callable[[RunFacts], Found | None]:
+def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], Found | None]:
     """A check for a per-module finding family: where it happens and from which step."""
 
     def check(facts: RunFacts) -> Found | None:
@@ -146,7 +171,7 @@ def _located(kinds: tuple[str, ...], what: str) -> Callable[[RunFacts], Found | 
             return None
         where = [f.where for f in found if f.where]
         first = _first(found)
-        strongest = max(found, key=lambda f: SEVERITY_WEIGHT[f.severity])
+        strongest = max(found, key=lambda f: Severity.rank(f.severity))
         places = f" in {layer_span(where)}" if where else ""
         return Found(
             f"{what}{places} from step {first}",
@@ -167,7 +192,7 @@ def _located(kinds: tuple[str, ...], what: str) -> Callable[[RunFacts], Found | 
 
 
 def _nonfinite(facts: RunFacts) -> Found | None:
-    found = facts.of("nonfinite", "nonfinite_origin")
+    found = facts.of(NONFINITE, NONFINITE_ORIGIN)
     if not found:
         return None
     first = found[0]
@@ -194,17 +219,17 @@ def _nonfinite(facts: RunFacts) -> Found | None:
             )
         else:
             summary += f"; first non-finite forward output produced by {module}"
-    skipped = facts.series("optimizer_skipped")
+    skipped = facts.series(OPTIMIZER_SKIPPED.name)
     if skipped is not None:
         ev["skipped_steps"] = int(np.nansum(skipped[1]))
     return Found(summary, first.step, where, ev)
 
 
 def _amp_overflow(facts: RunFacts) -> Found | None:
-    overflow = facts.of("amp_overflow")
-    if not overflow or facts.of("nonfinite"):
+    overflow = facts.of(AMP_OVERFLOW)
+    if not overflow or facts.of(NONFINITE):
         return None
-    steps = facts.series("loss")
+    steps = facts.series(LOSS.name)
     total = len(steps[0]) if steps else 0
     share = len(overflow) / total if total else 0.0
     summary = (
@@ -221,10 +246,10 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
 def _adam_poisoned(facts: RunFacts) -> Found | None:
     """A gradient spike under an Adam-family optimizer, after which the updates shrank: the
     spike's square inflated the second moment, which then damps updates for ~1/(1-beta2) steps."""
-    spikes = facts.of("grad_norm_spike", "gradient_spike")
+    spikes = facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
     if not spikes or not facts.adaptive:
         return None
-    ratios = [n for n in facts.names if n.startswith("update_ratio/")]
+    ratios = [n for n in facts.names if UPDATE_RATIO.owns(n)]
     for spike in spikes:
         before, after = [], []
         for name in ratios:
@@ -259,7 +284,7 @@ def _batches_behind(spikes: list[Finding], evidence: dict[str, Any]) -> str:
 
 
 def _gradient_spike(facts: RunFacts) -> Found | None:
-    spikes = facts.of("grad_norm_spike", "gradient_spike")
+    spikes = facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
     if not spikes:
         return None
     first = spikes[0]
@@ -281,7 +306,7 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
 
 
 def _loss_spike(facts: RunFacts) -> Found | None:
-    spikes = facts.of("loss_spike")
+    spikes = facts.of(LOSS_SPIKE)
     if not spikes:
         return None
     first = spikes[0]
@@ -295,7 +320,7 @@ def _loss_spike(facts: RunFacts) -> Found | None:
 
 
 def _sharpness(facts: RunFacts) -> Found | None:
-    found = facts.of("sharpness_above_limit")
+    found = facts.of(SHARPNESS_ABOVE_LIMIT)
     if found:
         first = found[0]
         ratio = first.evidence.get("ratio")
@@ -312,8 +337,8 @@ def _sharpness_at_limit_before_divergence(
     """One of the last ``probes`` sharpness probes before a divergence already stood at (or
     above) the limit: the step size had caught up with the curvature (a rising LR, a sharpening
     model) and the run then left the stable region."""
-    broke = facts.of("nonfinite", "loss_spike")
-    sharp, limit = facts.series("sharpness"), facts.series("sharpness_limit")
+    broke = facts.of(NONFINITE, LOSS_SPIKE)
+    sharp, limit = facts.series(SHARPNESS.name), facts.series(SHARPNESS_LIMIT.name)
     if not broke or sharp is None or limit is None:
         return None
     when = broke[0].step
@@ -347,7 +372,7 @@ def _autopilot(facts: RunFacts) -> Found | None:
     for a in actions:
         counts[a.kind] = counts.get(a.kind, 0) + 1
     done = ", ".join(f"{kind} x{n}" for kind, n in counts.items())
-    loss = facts.series("loss")
+    loss = facts.series(LOSS.name)
     ended = ""
     if loss is not None and len(loss[1]):
         last = loss[1][-1]
@@ -375,6 +400,24 @@ def _autopilot(facts: RunFacts) -> Found | None:
     )
 
 
+# Fixes several rules offer. Free names: model, optimizer, loss, logits, targets, q, k,
+# head_dim, total_steps, ids, run_dir (what the user's training loop has at hand).
+LOWER_LR = Fix("lower the learning rate", "for group in optimizer.param_groups: group['lr'] *= 0.5")
+WARMUP = Fix(
+    "warm the learning rate up for longer (or lower its peak)",
+    "scheduler = steadygrad.optim.WarmupCosine(optimizer, warmup_steps=total_steps // 10, "
+    "total_steps=total_steps)",
+)
+AUTOPILOT = Fix(
+    "never apply a non-finite update; roll back automatically with a lower learning rate",
+    "mon = steadygrad.Monitor(model, optimizer, autopilot=steadygrad.Autopilot())",
+)
+CLIP_SPIKES = Fix(
+    "clip spikes automatically",
+    "mon = steadygrad.Monitor(model, optimizer, "
+    "autopilot=steadygrad.Autopilot(spike_clipping=True))",
+)
+
 RULES: tuple[Rule, ...] = (
     Rule(
         "attention_logit_growth",
@@ -385,12 +428,18 @@ RULES: tuple[Rule, ...] = (
         "bound collapse the attention entropy and diverge the run; QK-LayerNorm prevents it.",
         (
             Fix(
-                "normalise queries and keys (QK-LayerNorm)",
-                "TinyGPT(..., qk_norm=True)  # or steadygrad.nn.add_qk_norm(model)",
+                "normalise queries and keys (QK-LayerNorm); build the optimizer again after",
+                "steadygrad.nn.add_qk_norm(model)",
+                applies=lambda facts: bool(facts.run.config.get("add_qk_norm_applies")),
             ),
-            Fix("lower the learning rate", "optimizer.param_groups[0]['lr'] *= 0.5"),
+            Fix(
+                "normalise queries and keys (QK-LayerNorm) inside your attention, before q @ k",
+                "q, k = steadygrad.nn.QKNorm(head_dim)(q, k)",
+                applies=lambda facts: not facts.run.config.get("add_qk_norm_applies"),
+            ),
+            LOWER_LR,
         ),
-        _located(("attention_logit_growth",), "attention-logit growth"),
+        _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth"),
     ),
     Rule(
         "output_logit_divergence",
@@ -400,7 +449,7 @@ RULES: tuple[Rule, ...] = (
         "large negative log-partition values; the auxiliary z-loss 1e-4 * logsumexp^2 keeps "
         "the log-partition near zero.",
         (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
-        _located(("output_logit_divergence",), "output-logit divergence"),
+        _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence"),
     ),
     Rule(
         "softmax_collapse",
@@ -418,7 +467,7 @@ RULES: tuple[Rule, ...] = (
                 "optimizer = steadygrad.nn.OrthoGrad(optimizer)",
             ),
         ),
-        _located(("softmax_collapse",), "softmax collapse"),
+        _located((SOFTMAX_COLLAPSE_KIND,), "softmax collapse"),
     ),
     Rule(
         "sharpness_above_limit",
@@ -431,12 +480,9 @@ RULES: tuple[Rule, ...] = (
             Fix(
                 "lower the learning rate until sharpness sits below its limit (2/lr for GD, "
                 "(2+2*momentum)/lr with heavy-ball momentum)",
-                "optimizer.param_groups[0]['lr'] *= 0.5",
+                LOWER_LR.code,
             ),
-            Fix(
-                "warm the learning rate up for longer",
-                "steadygrad.optim.WarmupCosine(optimizer, warmup_steps=..., total_steps=...)",
-            ),
+            WARMUP,
         ),
         _sharpness,
     ),
@@ -448,11 +494,14 @@ RULES: tuple[Rule, ...] = (
         "units and collapsing feature rank stop a network from learning new data.",
         (
             Fix(
-                "reinitialise dead units (continual backprop) or add L2 towards the initialisation",
-                "# see docs/transformers.md",
+                "shrink and perturb the weights (Ash and Adams 2020) to revive dead units",
+                "torch.nn.utils.vector_to_parameters(0.8 * torch.nn.utils.parameters_to_vector("
+                "model.parameters()) + 0.01 * torch.randn_like(torch.nn.utils.parameters_to_vector("
+                "model.parameters())), model.parameters())",
             ),
+            LOWER_LR,
         ),
-        _located(("loss_of_plasticity", "dead_units", "rank_collapse"), "loss of plasticity"),
+        _located((LOSS_OF_PLASTICITY,), "loss of plasticity"),
     ),
     Rule(
         "update_ratio_out_of_range",
@@ -462,14 +511,12 @@ RULES: tuple[Rule, ...] = (
         "weights; a ratio near zero marks a frozen layer.",
         (
             Fix(
-                "lower (or raise, for frozen layers) the learning rate of those layers",
-                "torch.optim.AdamW([{'params': ..., 'lr': ...}])",
+                "give those layers a learning rate of their own (lower for large updates; for a "
+                "frozen layer check requires_grad and that its group's rate is not 0)",
+                "optimizer.add_param_group({'params': [], 'lr': optimizer.param_groups[0]['lr']})",
             ),
         ),
-        _located(
-            ("update_ratio_out_of_range", "update_ratio_high", "update_ratio_low"),
-            "update-to-weight ratio out of range",
-        ),
+        _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range"),
     ),
     Rule(
         "adam_second_moment_poisoned",
@@ -478,11 +525,12 @@ RULES: tuple[Rule, ...] = (
         "Huang et al. 2025, 'SPAM: spike-aware Adam with momentum reset': a gradient spike "
         "inflates Adam's moments and damps or misdirects updates for thousands of steps.",
         (
-            Fix("use spike-aware Adam", "steadygrad.optim.SPAM(model.parameters(), lr=...)"),
             Fix(
-                "clip spikes automatically",
-                "Monitor(..., autopilot=steadygrad.Autopilot(spike_clipping=True))",
+                "use spike-aware Adam",
+                "optimizer = steadygrad.optim.SPAM(model.parameters(), "
+                "lr=optimizer.param_groups[0]['lr'])",
             ),
+            CLIP_SPIKES,
         ),
         _adam_poisoned,
     ),
@@ -493,10 +541,7 @@ RULES: tuple[Rule, ...] = (
         "Chowdhery et al. 2022 (PaLM) restart before a spike and skip its batches; Huang et "
         "al. 2025 (SPAM) clip spikes against the gradient's running second moment.",
         (
-            Fix(
-                "clip spikes automatically",
-                "Monitor(..., autopilot=steadygrad.Autopilot(spike_clipping=True))",
-            ),
+            CLIP_SPIKES,
             Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
         ),
         _gradient_spike,
@@ -509,10 +554,7 @@ RULES: tuple[Rule, ...] = (
         "produced them; the producer is the first module with finite inputs and a non-finite "
         "output.",
         (
-            Fix(
-                "never apply a non-finite update; roll back with a lower learning rate",
-                "Monitor(..., autopilot=steadygrad.Autopilot())",
-            ),
+            AUTOPILOT,
             Fix(
                 "lower the learning rate or clip the gradient norm",
                 "torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)",
@@ -527,14 +569,8 @@ RULES: tuple[Rule, ...] = (
         "Chowdhery et al. 2022 (PaLM): loss spikes at scale are tied to particular batches "
         "meeting particular parameter states; rewinding and skipping those batches avoids them.",
         (
-            Fix(
-                "roll back automatically with a lower learning rate",
-                "Monitor(..., autopilot=steadygrad.Autopilot())",
-            ),
-            Fix(
-                "lengthen the warm-up or lower the peak learning rate",
-                "steadygrad.optim.WarmupCosine(optimizer, warmup_steps=..., total_steps=...)",
-            ),
+            AUTOPILOT,
+            WARMUP,
         ),
         _loss_spike,
     ),

@@ -1,5 +1,9 @@
 """Forward hooks that measure module outputs on chosen steps and find where a NaN/Inf was born.
 
+:class:`ActivationSignal` is the built-in signal that uses them: ``act_rms/<leaf module>`` on a
+cadence, and after a non-finite step that was not measured, a forward guard that measures the
+next few steps to find the producer.
+
 On a hooked step every module reports the norm of its floating-point inputs and outputs (as
 device tensors). Leaf modules give ``act_rms/<module>``. If a non-finite value appears, its
 producer is the first module, in the order modules finished, whose output is non-finite while
@@ -9,11 +13,17 @@ its inputs were finite: modules that merely passed the value on had a non-finite
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
+
+from steadygrad.core import Measurements, Record, Signal
+from steadygrad.core.checks import non_negative_int, positive_int
+from steadygrad.core.metrics import ACT_RMS, LOSS, NONFINITE_GRADS, NONFINITE_PARAMS
 
 
 @dataclass
@@ -105,8 +115,70 @@ class ActivationHooks:
                     first_bad = {"module": call.module, "input_finite": input_ok}
                 if producer is None and input_ok:
                     producer = {"module": call.module, "output_norm": out_norm}
-        rms = {f"act_rms/{m}": math.sqrt(s / numel[m]) for m, s in sumsq.items()}
+        rms = {ACT_RMS.key(m): math.sqrt(s / numel[m]) for m, s in sumsq.items()}
         origin = None
         if first_bad is not None:
             origin = producer or {"module": "<input>", "note": "the model's input was non-finite"}
         return rms, origin
+
+
+class ActivationSignal(Signal):
+    """The built-in activation statistics: every ``every`` steps the RMS of each leaf module's
+    output; when a non-finite value appears in the forward pass, the module that produced it.
+
+    A non-finite step that was not measured arms a guard: the next ``guard_steps`` steps are
+    measured to find the producer. Healthy steps off the cadence cost nothing.
+    """
+
+    metrics = (ACT_RMS,)
+
+    def __init__(self, every: int = 25, guard_steps: int = 3) -> None:
+        super().__init__(every=positive_int("activation_every", every))
+        self.guard_steps = non_negative_int("guard_steps", guard_steps)
+        self.hooks: ActivationHooks | None = None
+        self._guard_left = 0
+        self._hooked = False
+
+    def attach(self, monitor: Any) -> None:
+        super().attach(monitor)
+        self.hooks = ActivationHooks(monitor.model)
+
+    def due(self, step: int) -> bool:
+        return True  # every recorded step: an unhealthy one arms the guard
+
+    def begin(self, step: int) -> None:
+        guard = self._guard_left > 0
+        if guard:
+            self._guard_left -= 1
+        if guard or step % self.every == 0:
+            self.hooks.install()
+
+    def end(self, step: int) -> None:
+        self._hooked = self.hooks.installed
+        self.hooks.remove()
+
+    def measure(self, step: int, out: Measurements) -> None:
+        norms = self.hooks.tensor() if self._hooked else None
+        if norms is not None:
+            out.stash(self, norms)
+
+    def finish(self, record: Record, raw: Sequence[float]) -> None:
+        if raw:
+            rms, origin = self.hooks.read(raw)
+            record.values.update(rms)
+            if origin is not None:
+                record.meta["forward_origin"] = origin
+        v = record.values
+        unhealthy = (
+            not math.isfinite(v.get(LOSS.name, 0.0))
+            or v.get(NONFINITE_GRADS.name)
+            or v.get(NONFINITE_PARAMS.name)
+        )
+        if unhealthy and not self._hooked:
+            self._guard_left = self.guard_steps  # localise the producer on the next steps
+        elif self._hooked and "forward_origin" in record.meta:
+            self._guard_left = 0
+        self._hooked = False
+
+    def detach(self) -> None:
+        self.hooks.remove()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from steadygrad.core.metrics import ATTN_LOGIT_MAX
 from steadygrad.core.signal import Signal, Value
 
 if TYPE_CHECKING:
@@ -136,6 +137,8 @@ class AttentionLogitSignal(Signal):
         >>> # Monitor(model, optimizer, run_dir, signals=[signal])
     """
 
+    metrics = (ATTN_LOGIT_MAX,)
+
     def __init__(self, every: int = 10, modules: Sequence[str] | None = None) -> None:
         super().__init__(every)
         if isinstance(modules, str):
@@ -171,7 +174,7 @@ class AttentionLogitSignal(Signal):
 
     def collect(self, step: int) -> Mapping[str, Value]:
         self._exit()
-        values = {f"attn_logit_max/{n}" if n else "attn_logit_max": v for n, v in self._max.items()}
+        values = {ATTN_LOGIT_MAX.key(n or None): v for n, v in self._max.items()}
         self._max = {}
         return values
 

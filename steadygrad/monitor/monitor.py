@@ -1,40 +1,45 @@
 """The Monitor: one line in a training loop, a flight recorder for the run.
 
-Per recorded step it measures the loss, the learning rates, the gradient and weight norm of every
-parameter, on a cadence the update-to-weight ratios and every leaf module's output RMS, plus
-whatever extra :class:`~steadygrad.monitor.signals.Signal` objects it was given; all of a step's
-values reach the host in one transfer. It hands one :class:`Record` per step to the detectors and
-to the run store.
+It is the loop that asks the due signals for their values, moves all of a step's values to the
+host in one transfer, and hands the resulting :class:`~steadygrad.core.Record` to the detectors,
+the run store and any sinks. Everything it measures is a :class:`~steadygrad.core.Signal`: the
+built-in ones (loss, learning rates, parameter statistics, activations, AMP scale) come first,
+then the ones the user passes.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink
 from steadygrad.core import checks as _checks
-from steadygrad.diagnose.detectors.base import Detector
-from steadygrad.diagnose.detectors.training import default_detectors
-from steadygrad.core.finding import Finding
-from steadygrad.monitor.activations import ActivationHooks
-from steadygrad.monitor.parameters import ParameterStats
+from steadygrad.core.metrics import LOSS, NONFINITE_GRADS, NONFINITE_PARAMS
+from steadygrad.core.optimizer import optimizer_family
+from steadygrad.diagnose.autopilot import Autopilot
+from steadygrad.diagnose.detectors import Detector, default_detectors
+from steadygrad.monitor.activations import ActivationSignal
+from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
-from steadygrad.core.record import Record
-from steadygrad.core.signal import Signal
+from steadygrad.monitor.step import AmpScaleSignal, LearningRateSignal, StepInputs, StepSignal
+from steadygrad.nn.qk_norm import qk_norm_targets
 from steadygrad.store.writer import RunStore, resolve_run_dir
 
-if TYPE_CHECKING:
-    from steadygrad.diagnose.autopilot import Autopilot
+log = logging.getLogger("steadygrad")
 
 ORDER_ERROR = (
     "steadygrad.Monitor: call mon.step(loss) after optimizer.step() (or after scaler.step() "
@@ -56,8 +61,11 @@ class Monitor:
         every: record every ``every``-th step (1 = every step).
         update_every: measure update-to-weight ratios every this many steps.
         activation_every: measure leaf-module output RMS every this many steps.
-        signals: extra :class:`Signal` objects (attention logits, curvature probes, ...).
+        signals: extra :class:`~steadygrad.core.Signal` objects (attention logits, curvature
+            probes, ...).
         detectors: the detectors to run; default :func:`default_detectors`.
+        sinks: extra :class:`~steadygrad.core.Sink` objects fed every record live (TensorBoard,
+            W&B, MLflow, ...); the run store is always written.
         progress: show a live status line; default: when stderr is a terminal.
         scaler: a ``torch.amp.GradScaler``, to record its scale.
         autopilot: recovery policies to apply (:class:`~steadygrad.Autopilot`); every action
@@ -87,6 +95,7 @@ class Monitor:
         activation_every: int = 25,
         signals: Iterable[Signal] = (),
         detectors: Sequence[Detector] | None = None,
+        sinks: Iterable[Sink] = (),
         flush_every: int = 100,
         flush_seconds: float = 5.0,
         progress: bool | None = None,
@@ -97,59 +106,67 @@ class Monitor:
         self.model = _checks.module("model", model)
         self.optimizer = _checks.optimizer("optimizer", optimizer)
         self.every = _checks.positive_int("every", every)
-        self.update_every = _checks.positive_int("update_every", update_every)
-        self.activation_every = _checks.positive_int("activation_every", activation_every)
-        self.guard_steps = _checks.non_negative_int("guard_steps", guard_steps)
-        self.signals = list(signals)
-        for s in self.signals:
-            if not isinstance(s, Signal):
-                raise TypeError(f"signals must hold Signal objects, got {type(s).__name__}")
-        self.detectors = default_detectors() if detectors is None else list(detectors)
-        for d in self.detectors:
-            if not isinstance(d, Detector):
-                raise TypeError(f"detectors must hold Detector objects, got {type(d).__name__}")
-        self.params = ParameterStats(model)  # raises for a model without trainable parameters
-        if run_dir is None:
-            run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        run_dir = resolve_run_dir(run_dir)
-        self.scaler = scaler
-        self.activations = ActivationHooks(model)
-        run_config = {
-            "model": type(model).__name__,
-            "optimizer": type(optimizer).__name__,
-            "parameters": sum(p.numel() for p in self.params.params),
-            "every": self.every,
-            **dict(config or {}),
-        }
-        self.store = RunStore(
-            run_dir, name, run_config, flush_every=flush_every, flush_seconds=flush_seconds
+        self.parameters = ParameterSignal(update_every)
+        builtin = [
+            StepSignal(),
+            LearningRateSignal(),
+            self.parameters,
+            ActivationSignal(activation_every, guard_steps),
+        ]
+        if scaler is not None:
+            builtin.append(AmpScaleSignal(scaler))
+        extra = _all_of("signals", signals, Signal)
+        self.detectors = (
+            default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
-        self.run_dir = self.store.run_dir
-        from steadygrad.diagnose.autopilot import Autopilot  # the autopilot imports monitor parts
-
+        self.sinks = _all_of("sinks", sinks, Sink)
         if autopilot is not None and not isinstance(autopilot, Autopilot):
             raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
         self.autopilot = autopilot
+        self.scaler = scaler
+        self.signals: list[Signal] = []
+        for s in builtin + extra:
+            s.attach(self)  # the parameter signal raises for a model without parameters
+            self.signals.append(s)
+        switched = {type(s).__name__: s.applies() for s in self.signals}
+        run_config = {
+            "model": type(model).__name__,
+            "optimizer": type(optimizer).__name__,
+            "optimizer_family": optimizer_family(optimizer),
+            "add_qk_norm_applies": bool(qk_norm_targets(model)),
+            "parameters": sum(p.numel() for p in self.parameters.stats.params),
+            "every": self.every,
+            "signals": {k: "on" if v is True else f"off: {v}" for k, v in switched.items()},
+            **dict(config or {}),
+        }
+        if run_dir is None:
+            run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        self.store = RunStore(
+            resolve_run_dir(run_dir),
+            name,
+            run_config,
+            flush_every=flush_every,
+            flush_seconds=flush_seconds,
+        )
+        self.run_dir = self.store.run_dir
+        self.metrics = {m.name: m for s in self.signals for m in s.metrics}
+        self.store.declare(self.metrics.values())
+        info = RunInfo(self.store.name, self.run_dir, run_config, list(self.metrics.values()))
+        self._to_sinks("open", info)
         self.findings: list[Finding] = []
         self.actions: list[tuple[int, str, dict]] = []
         self.last_record: Record | None = None
+        self.inputs: StepInputs | None = None
         self.step_count = 0
         self.closed = False
         self._optimizer_steps = 0  # optimizer steps since the last mon.step()
         self._optimizer_steps_total = 0
-        self._unstepped_calls = (
-            0  # mon.step() calls with finite gradients before any optimizer step
-        )
-        self._guard_left = 0
-        self._last_wall = time.perf_counter()
+        self._unstepped_calls = 0  # mon.step() calls with finite gradients before any step
         self._handles = [
             optimizer.register_step_pre_hook(self._before_optimizer_step),
             optimizer.register_step_post_hook(self._after_optimizer_step),
         ]
-        self._backward_hooks = self.params.trace_backward_order()
-        for s in self.signals:
-            s.attach(self)
-        self.progress = ProgressLine(self.store.path.parent.name, enabled=progress)
+        self.progress = ProgressLine(self.run_dir.name, enabled=progress)
         if self.autopilot is not None:
             self.autopilot.attach(self)
         self._prepare(0)
@@ -171,25 +188,28 @@ class Monitor:
         """
         self._check_open()
         step = self.step_count
-        stepped = self._optimizer_steps
+        stepped = self._optimizer_steps > 0
         self._optimizer_steps = 0
         if step % self.every:
             self.step_count += 1
             self._prepare(self.step_count)
             return None
-        record = self._measure(step, _loss_tensor(loss), stepped == 0, grad_norm_preclip)
+        preclip = (
+            None if grad_norm_preclip is None else _scalar("grad_norm_preclip", grad_norm_preclip)
+        )
+        self.inputs = StepInputs(_scalar("loss", loss), preclip, stepped)
+        record = self._measure(step)
+        if not stepped and self._optimizer_steps_total == 0 and _healthy(record):
+            self._unstepped_calls += 1
         if self.autopilot is not None and self.autopilot.skipped_step == step:
             record.meta["skipped_by"] = "autopilot"
         if batch_ids is not None:
             record.meta["batch_ids"] = batch_ids
-        if self._backward_hooks and self.params.backward_order:
-            for h in self._backward_hooks:
-                h.remove()
-            self._backward_hooks = []
         findings = self._detect(record, batch_ids)
         self.store.add_scalars(step, record.values, record.wall_time)
         if findings:
             self.store.add_findings(findings)
+        self._to_sinks("write", record, findings)
         self.progress.update(record, findings)
         if self.autopilot is not None:
             self.autopilot.after_step(record, findings)
@@ -198,105 +218,17 @@ class Monitor:
         self._prepare(self.step_count)
         return record
 
-    def _measure(
-        self, step: int, loss: torch.Tensor, skipped: bool, preclip: torch.Tensor | float | None
-    ) -> Record:
-        ps = self.params
-        hooked = self.activations.installed
-        self.activations.remove()
-        grad_index, norms = ps.norms()
-        parts: list[torch.Tensor] = [loss.detach().reshape(1).float(), norms]
-        measure_update = ps.has_snapshot
-        if measure_update:
-            parts.append(ps.update_ratios())
-        act = self.activations.tensor() if hooked else None
-        if act is not None:
-            parts.append(act)
-        extra_names: list[str] = []
-        host_values: dict[str, float] = {}
+    def _measure(self, step: int) -> Record:
         due = [s for s in self.signals if s.due(step)]
         for s in due:
-            s.end(step)
+            s.end(step)  # every capture stops before any signal runs passes of its own
+        out = Measurements()
         for s in due:
-            for name, value in s.collect(step).items():
-                if isinstance(value, torch.Tensor):
-                    extra_names.append(name)
-                    parts.append(value.detach().reshape(1).float())
-                else:
-                    host_values[name] = float(value)
-        if preclip is not None:
-            extra_names.append("grad_norm_preclip")
-            parts.append(_loss_tensor(preclip).detach().reshape(1).float().to(parts[0].device))
-        scale = getattr(self.scaler, "_scale", None)
-        if isinstance(scale, torch.Tensor):
-            extra_names.append("amp_scale")
-            parts.append(scale.detach().reshape(1).float())
-
-        flat = _to_host(parts)  # the step's one transfer
-
-        values: dict[str, float] = {"loss": flat[0]}
-        meta: dict[str, Any] = {}
-        k = 1
-        names = ps.names
-        bad_grads = []
-        if grad_index:
-            gn = flat[k : k + len(grad_index)]
-            k += len(grad_index)
-            values["grad_norm"] = math.sqrt(math.fsum(x * x for x in gn))
-            for i, x in zip(grad_index, gn, strict=True):
-                values[ps.keys["grad_norm"][i]] = x
-                if not math.isfinite(x):
-                    bad_grads.append(i)
-        pn = flat[k : k + len(names)]
-        k += len(names)
-        values["param_norm"] = math.sqrt(math.fsum(x * x for x in pn))
-        bad_params = [i for i, x in enumerate(pn) if not math.isfinite(x)]
-        values.update(zip(ps.keys["param_norm"], pn, strict=True))
-        if measure_update:
-            values.update(zip(ps.keys["update_ratio"], flat[k : k + len(names)], strict=True))
-            k += len(names)
-        if act is not None:
-            n_act = act.numel()
-            rms, origin = self.activations.read(flat[k : k + n_act])
-            k += n_act
-            values.update(rms)
-            if origin is not None:
-                meta["forward_origin"] = origin
-        for name, x in zip(extra_names, flat[k:], strict=True):
-            values[name] = x
-        values.update(host_values)
-        for i, group in enumerate(self.optimizer.param_groups):
-            values[f"lr/{group.get('name', i)}"] = float(group["lr"])
-
-        # Unhealthy steps only: count the bad values and find where they were born.
-        loss_bad = not math.isfinite(values["loss"])
-        values["nonfinite_grads"] = float(sum(ps.nonfinite_counts(bad_grads))) if bad_grads else 0.0
-        values["nonfinite_params"] = (
-            float(sum(_count_nonfinite(ps.params[i]) for i in bad_params)) if bad_params else 0.0
-        )
-        if bad_grads and not loss_bad:
-            first = ps.first_in_backward(bad_grads)
-            meta["backward_origin"] = {
-                "parameter": names[first],
-                "grad_norm": values[f"grad_norm/{names[first]}"],
-            }
-        if bad_params:
-            meta["nonfinite_parameters"] = [names[i] for i in bad_params]
-        unhealthy = loss_bad or bad_grads or bad_params
-        if unhealthy and not hooked:
-            self._guard_left = self.guard_steps  # localise the producer on the next steps
-        elif hooked and "forward_origin" in meta:
-            self._guard_left = 0
-
-        if skipped:
-            if self._optimizer_steps_total == 0 and not unhealthy:
-                self._unstepped_calls += 1
-            values["optimizer_skipped"] = 1.0
-            meta["skipped"] = True
-        now = time.perf_counter()
-        values["step_time"] = now - self._last_wall
-        self._last_wall = now
-        return Record(step=step, values=values, meta=meta, wall_time=time.time())
+            s.measure(step, out)
+        record = Record(step=step, values=out.to_host(), wall_time=time.time())  # one transfer
+        for s in due:
+            s.finish(record, out.raw(s))
+        return record
 
     def _detect(self, record: Record, batch_ids: Any) -> list[Finding]:
         findings: list[Finding] = []
@@ -304,40 +236,61 @@ class Monitor:
             findings.extend(detector.update(record))
         if findings and batch_ids is not None:
             ids = _plain_ids(batch_ids)
-            findings = [_with_ids(f, ids) for f in findings]
+            findings = [replace(f, batch_ids=ids) for f in findings]
         self.findings.extend(findings)
         return findings
 
     def _prepare(self, step: int) -> None:
         """Set up the measurements of ``step`` before its forward pass."""
-        self.params.forget_cached_grad_norms()  # a cache never outlives its step
+        self.parameters.stats.forget_cached_grad_norms()  # a cache never outlives its step
         if step % self.every:
             return
-        guard = self._guard_left > 0
-        if guard:
-            self._guard_left -= 1
-        if guard or step % self.activation_every == 0:
-            self.activations.install()
-        if step % self.update_every == 0:
-            self.params.take_snapshot()
         for s in self.signals:
             if s.due(step):
                 s.begin(step)
+
+    # -- what the autopilot may use (its narrow interface) --------------------------------------
+    def gradient_norms(self) -> tuple[list[int], torch.Tensor]:
+        """Before the update: indices of the parameters with a gradient, and each gradient's
+        L2 norm (device tensor); the step's record reuses them."""
+        return self.parameters.stats.grad_norms()
+
+    def scale_gradients(self, index: list[int], factor: float | torch.Tensor) -> None:
+        """Multiply the gradients of ``index`` by ``factor`` before the update (clipping)."""
+        self.parameters.stats.scale_gradients(index, factor)
+
+    def weights_replaced(self) -> None:
+        """The weights were replaced (a rollback): the pending update measurement is void."""
+        self.parameters.stats.discard_snapshot()
 
     def record_action(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
         """Write an action taken on the run (by the autopilot, or by you) to the store."""
         self.actions.append((step, kind, dict(detail)))
         self.store.add_action(step, kind, detail)
+        self._to_sinks("action", step, kind, detail)
         self.progress.action(step, kind, detail)
 
     # -- optimizer hooks ------------------------------------------------------------------------
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         if self._optimizer_steps_total == 0 and self._unstepped_calls:
             raise RuntimeError(ORDER_ERROR)
+        for s in self.signals:
+            s.before_update()
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_steps += 1
         self._optimizer_steps_total += 1
+
+    # -- sinks -----------------------------------------------------------------------------------
+    def _to_sinks(self, method: str, *args: Any) -> None:
+        for sink in list(self.sinks):
+            try:
+                getattr(sink, method)(*args)
+            except Exception as exc:  # a sink never stops the training it watches
+                self.sinks.remove(sink)
+                message = f"steadygrad: sink {type(sink).__name__} failed in {method} ({exc!r}); it is switched off"
+                log.warning(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     # -- life cycle -------------------------------------------------------------------------------
     def close(self, status: str = "finished") -> None:
@@ -347,15 +300,25 @@ class Monitor:
         self.closed = True
         if self.autopilot is not None:
             self.autopilot.detach()
-        for h in self._handles + self._backward_hooks:
+        for h in self._handles:
             h.remove()
-        self._handles, self._backward_hooks = [], []
-        self.activations.remove()
+        self._handles = []
         for s in self.signals:
             s.detach()
         self.progress.close()
         self.store.close(status)
+        if self.sinks:
+            self._to_sinks("close", status, self._diagnosis())
         atexit.unregister(self._at_exit)
+
+    def _diagnosis(self) -> dict[str, Any] | None:
+        from steadygrad.diagnose.diagnosis import diagnose
+
+        try:
+            return diagnose(self.run_dir).as_dict()
+        except Exception as exc:  # the run is already stored; the sinks go without
+            log.warning("steadygrad: could not diagnose %s for the sinks: %r", self.run_dir, exc)
+            return None
 
     def _at_exit(self) -> None:
         # The interpreter is exiting with the monitor still open: keep what was measured.
@@ -397,26 +360,36 @@ def watch(
         yield monitor
 
 
-def _loss_tensor(loss: torch.Tensor | float) -> torch.Tensor:
-    if isinstance(loss, torch.Tensor):
-        if loss.numel() != 1:
-            raise ValueError(f"loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
-        return loss
-    if isinstance(loss, int | float) and not isinstance(loss, bool):
-        return torch.tensor(float(loss))
-    raise TypeError(f"loss must be a tensor or a number, got {type(loss).__name__}")
+def _all_of(name: str, items: Iterable[Any], kind: type) -> list[Any]:
+    items = list(items)
+    for item in items:
+        if not isinstance(item, kind):
+            raise TypeError(f"{name} must hold {kind.__name__} objects, got {type(item).__name__}")
+    return items
 
 
-def _to_host(parts: list[torch.Tensor]) -> list[float]:
-    """Concatenate and move to the host: one transfer per device (one in the usual case)."""
-    devices = {p.device for p in parts}
-    if len(devices) == 1:
-        return torch.cat(parts).tolist()
-    return torch.cat([p.cpu() for p in parts]).tolist()
+def _scalar(name: str, value: Any) -> torch.Tensor:
+    """A one-element real tensor from a tensor, a number, or a NumPy scalar."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = torch.from_numpy(np.asarray(value))
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        if value.is_complex():
+            raise TypeError(f"{name} must be real, got a complex {value.dtype} tensor")
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return torch.tensor(float(value), dtype=torch.float64)
+    raise TypeError(f"{name} must be a tensor or a number, got {type(value).__name__}")
 
 
-def _count_nonfinite(t: torch.Tensor) -> int:
-    return int((~torch.isfinite(t.detach())).sum())
+def _healthy(record: Record) -> bool:
+    v = record.values
+    return (
+        math.isfinite(v.get(LOSS.name, math.nan))
+        and not v.get(NONFINITE_GRADS.name)
+        and not v.get(NONFINITE_PARAMS.name)
+    )
 
 
 def _plain_ids(batch_ids: Any) -> list[Any]:
@@ -428,9 +401,3 @@ def _plain_ids(batch_ids: Any) -> list[Any]:
         return [x.item() if isinstance(x, torch.Tensor) else x for x in batch_ids]
     except TypeError:
         return [batch_ids]
-
-
-def _with_ids(finding: Finding, ids: list[Any]) -> Finding:
-    from dataclasses import replace
-
-    return replace(finding, batch_ids=ids)

@@ -15,6 +15,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from steadygrad.core.metrics import (
+    LOGIT_LSE_MEAN,
+    OUTPUT_LOGIT_MAX,
+    OUTPUT_LOGIT_RMS,
+    SOFTMAX_COLLAPSE,
+)
 from steadygrad.core.signal import Signal, Value
 
 if TYPE_CHECKING:
@@ -137,6 +143,8 @@ class OutputLogitSignal(_OutputHook):
         >>> signal = OutputLogitSignal(module="lm_head", every=10)
     """
 
+    metrics = (LOGIT_LSE_MEAN, OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS)
+
     def __init__(self, module: str | None = None, every: int = 1) -> None:
         super().__init__(every, module)
         self._reset()
@@ -163,9 +171,9 @@ class OutputLogitSignal(_OutputHook):
         if self._lse_sum is None:
             return {}
         values = {
-            "logit_lse_mean": self._lse_sum / self._rows,
-            "output_logit_max": self._max,
-            "output_logit_rms": (self._sq_sum / self._count).sqrt(),
+            LOGIT_LSE_MEAN.name: self._lse_sum / self._rows,
+            OUTPUT_LOGIT_MAX.name: self._max,
+            OUTPUT_LOGIT_RMS.name: (self._sq_sum / self._count).sqrt(),
         }
         self._reset()
         return values
@@ -184,6 +192,8 @@ class SoftmaxCollapseSignal(_OutputHook):
         >>> signal = SoftmaxCollapseSignal(every=10)
         >>> # in the loop, before or after the forward pass: signal.set_targets(y)
     """
+
+    metrics = (SOFTMAX_COLLAPSE,)
 
     def __init__(
         self, module: str | None = None, every: int = 1, dtype: torch.dtype = torch.float32
@@ -217,4 +227,4 @@ class SoftmaxCollapseSignal(_OutputHook):
         if targets is not None and targets.shape[0] != logits.shape[0]:
             # e.g. the output module also ran on an evaluation batch: keep the training rows
             logits = logits[: targets.shape[0]]
-        return {"softmax_collapse": softmax_collapse_fraction(logits, targets, self.dtype)}
+        return {SOFTMAX_COLLAPSE.name: softmax_collapse_fraction(logits, targets, self.dtype)}

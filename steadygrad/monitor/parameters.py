@@ -1,12 +1,29 @@
 """Per-parameter norms with multi-tensor ops: gradients, weights, and the size of an update.
 
-Everything here returns device tensors; the Monitor moves them to the host once per step.
+:class:`ParameterStats` measures (device tensors only); :class:`ParameterSignal` is the built-in
+signal that records them, counts non-finite entries, and names the parameter whose gradient went
+non-finite first in the backward pass.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
+
+from steadygrad.core import Measurements, Record, Signal
+from steadygrad.core.checks import positive_int
+from steadygrad.core.metrics import (
+    GRAD_NORM,
+    LOSS,
+    NONFINITE_GRADS,
+    NONFINITE_PARAMS,
+    PARAM_NORM,
+    UPDATE_RATIO,
+)
 
 
 class ParameterStats:
@@ -20,8 +37,8 @@ class ParameterStats:
         self.params = [p for _, p in self.named]
         # Metric names built once: the per-step path only looks them up.
         self.keys = {
-            signal: [f"{signal}/{n}" for n in self.names]
-            for signal in ("grad_norm", "param_norm", "update_ratio")
+            metric.name: [metric.key(n) for n in self.names]
+            for metric in (GRAD_NORM, PARAM_NORM, UPDATE_RATIO)
         }
         self._detached = [p.detach() for p in self.params]
         self._snapshot: list[torch.Tensor] | None = None
@@ -41,7 +58,7 @@ class ParameterStats:
         self._grad_cache = (index, _norms(grads) if grads else empty)
         return self._grad_cache
 
-    def scale_cached_grad_norms(self, factor: float) -> None:
+    def scale_cached_grad_norms(self, factor: float | torch.Tensor) -> None:
         """The gradients were all multiplied by ``factor`` (clipping): so are their norms."""
         if self._grad_cache is not None:
             index, norms = self._grad_cache
@@ -49,6 +66,11 @@ class ParameterStats:
 
     def forget_cached_grad_norms(self) -> None:
         self._grad_cache = None
+
+    def scale_gradients(self, index: list[int], factor: float | torch.Tensor) -> None:
+        """Multiply the gradients of ``index`` by ``factor`` (and their cached norms)."""
+        torch._foreach_mul_([self.params[i].grad for i in index], factor)
+        self.scale_cached_grad_norms(factor)
 
     def norms(self) -> tuple[list[int], torch.Tensor]:
         """Indices of the parameters that have a gradient, and one vector holding the L2 norm
@@ -125,3 +147,82 @@ def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     if len({(t.device, t.dtype) for t in tensors}) == 1:
         return torch.stack(torch._foreach_norm(tensors)).float()
     return torch.stack([torch.linalg.vector_norm(t).float().cpu() for t in tensors])
+
+
+class ParameterSignal(Signal):
+    """The built-in parameter statistics: every recorded step, the gradient and weight norm of
+    each trainable parameter (and globally); every ``update_every`` steps the update-to-weight
+    ratio of the optimizer step; on unhealthy steps only, the number of non-finite entries and
+    the parameter whose gradient the backward pass made non-finite first.
+
+    Example:
+        >>> # built in: Monitor(model, optimizer, update_every=10) records these
+    """
+
+    metrics = (GRAD_NORM, PARAM_NORM, UPDATE_RATIO, NONFINITE_GRADS, NONFINITE_PARAMS)
+
+    def __init__(self, update_every: int = 10) -> None:
+        super().__init__(every=1)
+        self.update_every = positive_int("update_every", update_every)
+        self.stats: ParameterStats | None = None
+        self._index: list[int] = []
+        self._hooks: list[Any] = []
+
+    def attach(self, monitor: Any) -> None:
+        super().attach(monitor)
+        self.stats = ParameterStats(monitor.model)  # raises for a model without parameters
+        self._hooks = self.stats.trace_backward_order()
+
+    def begin(self, step: int) -> None:
+        if step % self.update_every == 0:
+            self.stats.take_snapshot()
+
+    def measure(self, step: int, out: Measurements) -> None:
+        stats = self.stats
+        index, norms = stats.norms()
+        self._index = index
+        grad_keys = stats.keys[GRAD_NORM.name]
+        if len(index) != len(grad_keys):
+            grad_keys = [grad_keys[i] for i in index]
+        out.put_many(grad_keys + stats.keys[PARAM_NORM.name], norms)
+        if stats.has_snapshot:
+            out.put_many(stats.keys[UPDATE_RATIO.name], stats.update_ratios())
+
+    def finish(self, record: Record, raw: Sequence[float]) -> None:
+        stats, values, meta = self.stats, record.values, record.meta
+        grad_keys, param_keys = stats.keys[GRAD_NORM.name], stats.keys[PARAM_NORM.name]
+        index = self._index
+        bad_grads = []
+        if index:
+            grads = [values[grad_keys[i]] for i in index]
+            values[GRAD_NORM.name] = math.sqrt(math.fsum(x * x for x in grads))
+            bad_grads = [i for i, x in zip(index, grads, strict=True) if not math.isfinite(x)]
+        weights = [values[k] for k in param_keys]
+        values[PARAM_NORM.name] = math.sqrt(math.fsum(x * x for x in weights))
+        bad_params = [i for i, x in enumerate(weights) if not math.isfinite(x)]
+        # Unhealthy steps only: count the bad values and find where they were born.
+        values[NONFINITE_GRADS.name] = (
+            float(sum(stats.nonfinite_counts(bad_grads))) if bad_grads else 0.0
+        )
+        values[NONFINITE_PARAMS.name] = (
+            float(sum(_count_nonfinite(stats.params[i]) for i in bad_params)) if bad_params else 0.0
+        )
+        if bad_grads and math.isfinite(values.get(LOSS.name, 0.0)):
+            first = stats.first_in_backward(bad_grads)
+            meta["backward_origin"] = {
+                "parameter": stats.names[first],
+                "grad_norm": values[grad_keys[first]],
+            }
+        if bad_params:
+            meta["nonfinite_parameters"] = [stats.names[i] for i in bad_params]
+        if self._hooks and stats.backward_order:
+            self.detach()  # the order of one backward pass is all it needs
+
+    def detach(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+
+def _count_nonfinite(t: torch.Tensor) -> int:
+    return int((~torch.isfinite(t.detach())).sum())

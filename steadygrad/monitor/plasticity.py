@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from steadygrad.core.checks import positive_int
+from steadygrad.core.metrics import DEAD_UNITS, EFFECTIVE_RANK
 from steadygrad.core.signal import Signal, Value
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ class PlasticitySignal(Signal):
     Example:
         >>> signal = PlasticitySignal(every=100)
     """
+
+    metrics = (DEAD_UNITS, EFFECTIVE_RANK)
 
     def __init__(
         self, every: int = 100, modules: Sequence[str] | None = None, max_rows: int = 1024
@@ -103,8 +106,8 @@ class PlasticitySignal(Signal):
         self._remove()
         values: dict[str, Value] = {}
         for name, alive in self._alive.items():
-            values[f"dead_units/{name}"] = 1.0 - alive.float().mean()
-            values[f"effective_rank/{name}"] = self._rank[name]
+            values[DEAD_UNITS.key(name)] = 1.0 - alive.float().mean()
+            values[EFFECTIVE_RANK.key(name)] = self._rank[name]
         self._alive, self._rank = {}, {}
         return values
 

@@ -9,7 +9,7 @@ from steadygrad.nn.losses import (
 )
 from steadygrad.nn.orthograd import OrthoGrad, orthogonal_gradient
 from steadygrad.nn.peri_ln import PeriLNBlock, PeriLNResidual
-from steadygrad.nn.qk_norm import QKNorm, QKNormAttention, add_qk_norm
+from steadygrad.nn.qk_norm import QKNorm, QKNormAttention, add_qk_norm, qk_norm_targets
 from steadygrad.nn.reste import BinaryLinear, reste_derivative, reste_power_schedule, reste_sign
 from steadygrad.nn.weight_decay import IndependentWeightDecay, decay_weights_
 
@@ -25,6 +25,7 @@ __all__ = [
     "decay_weights_",
     "log_stablemax",
     "orthogonal_gradient",
+    "qk_norm_targets",
     "reste_derivative",
     "reste_power_schedule",
     "reste_sign",

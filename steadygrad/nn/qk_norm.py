@@ -92,16 +92,30 @@ def add_qk_norm(model: nn.Module, eps: float = 1e-6) -> list[str]:
         ['h.0.attn', 'h.1.attn']
     """
     changed = []
-    for name, mod in model.named_modules():
-        qkv = getattr(mod, "qkv", None)
-        if isinstance(qkv, nn.Linear) and hasattr(mod, "n_head") and hasattr(mod, "qk_norm"):
-            if mod.qk_norm is not None:
-                continue
-            head_dim = qkv.in_features // mod.n_head
-            mod.qk_norm = QKNorm(head_dim, eps=eps).to(qkv.weight.device, qkv.weight.dtype)
-            changed.append(name)
+    for name in qk_norm_targets(model):
+        mod = model.get_submodule(name)
+        head_dim = mod.qkv.in_features // mod.n_head
+        mod.qk_norm = QKNorm(head_dim, eps=eps).to(mod.qkv.weight.device, mod.qkv.weight.dtype)
+        changed.append(name)
     if not changed and not any(isinstance(m, QKNorm) for m in model.modules()):
         raise ValueError(
             "model has no TinyGPT-style attention (a module with qkv, n_head and a qk_norm slot)"
         )
     return changed
+
+
+def qk_norm_targets(model: nn.Module) -> list[str]:
+    """The attention modules :func:`add_qk_norm` would change (TinyGPT-style, QK-norm off).
+
+    Example:
+        >>> from steadygrad.models import TinyGPT
+        >>> qk_norm_targets(TinyGPT(n_layer=1, n_embd=32, n_head=4, qk_norm=True))
+        []
+    """
+    return [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(getattr(mod, "qkv", None), nn.Linear)
+        and hasattr(mod, "n_head")
+        and getattr(mod, "qk_norm", False) is None
+    ]

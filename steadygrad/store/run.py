@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from steadygrad.core.finding import Finding
+from steadygrad.core.metric import Metric
 from steadygrad.store.schema import DB_NAME
 
 
@@ -94,6 +95,16 @@ class Run:
             "SELECT name FROM names WHERE id IN (SELECT DISTINCT name_id FROM scalars) ORDER BY name"
         )
         return [r[0] for r in rows]
+
+    def metrics(self) -> dict[str, Metric]:
+        """The run's metric declarations, ``{name: Metric}`` (empty for a run recorded before
+        runs kept them)."""
+        try:
+            rows = self._db.execute("SELECT declaration FROM metrics").fetchall()
+        except sqlite3.OperationalError:  # an older run: no such table
+            return {}
+        found = (Metric.from_dict(json.loads(r[0])) for r in rows)
+        return {m.name: m for m in found}
 
     def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of one metric as numpy arrays (NaN and Inf kept)."""

@@ -1,7 +1,9 @@
 """The run database's layout, shared by the writer and the reader.
 
 SQLite cannot hold NaN (it stores it as NULL), so a NULL ``value`` in ``scalars`` means NaN;
-nothing else is ever stored as NULL there. +/-Inf are stored as they are.
+nothing else is ever stored as NULL there. +/-Inf are stored as they are. ``metrics`` keeps the
+run's metric declarations (:class:`steadygrad.core.Metric` as JSON), so a reader draws what the
+run declares.
 """
 
 DB_NAME = "run.db"
@@ -45,6 +47,10 @@ CREATE TABLE IF NOT EXISTS actions (
     kind TEXT NOT NULL,
     detail TEXT NOT NULL,
     wall REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    name TEXT PRIMARY KEY,
+    declaration TEXT NOT NULL
 );
 CREATE VIEW IF NOT EXISTS scalars_named AS
     SELECT s.step AS step, n.name AS name, s.value AS value, s.wall AS wall

@@ -19,6 +19,7 @@ from typing import Any
 
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.finding import Finding
+from steadygrad.core.metric import Metric
 from steadygrad.store.schema import DB_NAME, SCHEMA, STATUSES
 
 
@@ -71,11 +72,13 @@ class RunStore:
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes
         self._db.executescript(SCHEMA)
         now = time.time()
-        has_run = self._db.execute("SELECT COUNT(*) FROM run").fetchone()[0]
-        if has_run:
+        stored = self._db.execute("SELECT name FROM run WHERE id=1").fetchone()
+        if stored:
             self._reopen(now)
+            self.name = stored[0]
         else:  # a new run (or a database that died before its run was written)
             self._create(name, config, now)
+            self.name = name or self.run_dir.name
         self._name_ids: dict[str, int] = {}
         self._rows: list[tuple[int, int, float | None, float]] = []
         self._findings: list[tuple] = []
@@ -121,6 +124,15 @@ class RunStore:
                 ]
             self._name_ids[name] = name_id
         return name_id
+
+    def declare(self, metrics: Iterable[Metric]) -> None:
+        """Keep the declarations of the run's metrics with the run (written at once)."""
+        self._check_open()
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO metrics (name, declaration) VALUES (?, ?)",
+                [(m.name, _json(m.to_dict())) for m in metrics],
+            )
 
     def add_scalars(
         self, step: int, values: Mapping[str, float], wall: float | None = None

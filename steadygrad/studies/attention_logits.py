@@ -25,12 +25,12 @@ from types import SimpleNamespace
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.core.finding import Finding
+from steadygrad.core.record import Record
 from steadygrad.data import TextData
 from steadygrad.diagnose.detectors.transformer import AttentionLogitGrowth
-from steadygrad.core.finding import Finding
 from steadygrad.models import TinyGPT
 from steadygrad.monitor.attention_logits import AttentionLogitSignal
-from steadygrad.core.record import Record
 from steadygrad.studies._results import save_result
 from steadygrad.studies._threads import on_cpu_threads
 

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from steadygrad.core.checks import finite_float, positive_int
-from steadygrad.diagnose.detectors.transformer import SoftmaxCollapse
 from steadygrad.core.finding import Finding
-from steadygrad.monitor.output_logits import softmax_collapse_fraction
 from steadygrad.core.record import Record
+from steadygrad.diagnose.detectors.transformer import SoftmaxCollapse
+from steadygrad.monitor.output_logits import softmax_collapse_fraction
 from steadygrad.nn import OrthoGrad, stablemax_cross_entropy
 from steadygrad.studies._results import save_result
 from steadygrad.studies._threads import on_cpu_threads

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from steadygrad.core.finding import Finding
+from steadygrad.core import Finding, FindingKind, Metric
 
 if TYPE_CHECKING:
-    from steadygrad.core.record import Record
+    from steadygrad.core import Record
 
 
 class Detector:
@@ -15,10 +15,14 @@ class Detector:
 
     Detectors are streaming: memory per tracked series is O(1) in the length of the run.
     A detector raises one Finding per episode (not one per step while a condition lasts).
+    It declares the metrics it ``reads`` and the finding kinds it ``emits`` (declared once, as
+    :class:`~steadygrad.core.FindingKind`, next to it); ``kind`` is its main one.
 
     Example:
+        >>> from steadygrad.core.metrics import LOSS
+        >>> LOSS_ABOVE = FindingKind("loss_above", "the loss is above 10")
         >>> class LossAbove(Detector):
-        ...     kind = "loss_above"
+        ...     kind, reads, emits = LOSS_ABOVE, (LOSS,), (LOSS_ABOVE,)
         ...     def update(self, record):
         ...         if record.get("loss") > 10:
         ...             return [Finding(self.kind, record.step, evidence={"loss": record.get("loss")})]
@@ -26,6 +30,8 @@ class Detector:
     """
 
     kind: str = "finding"
+    reads: tuple[Metric, ...] = ()
+    emits: tuple[FindingKind, ...] = ()
 
     def update(self, record: Record) -> list[Finding]:
         raise NotImplementedError

@@ -5,15 +5,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from steadygrad.core import Finding, FindingKind, Record
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.core.metrics import (
+    PRECONDITIONED_SHARPNESS,
+    PRECONDITIONED_SHARPNESS_LIMIT,
+    SHARPNESS,
+    SHARPNESS_LIMIT,
+)
 from steadygrad.diagnose.detectors.base import Detector
-from steadygrad.core.finding import Finding
-from steadygrad.core.record import Record
+
+SHARPNESS_ABOVE_LIMIT = FindingKind(
+    "sharpness_above_limit", "sharpness (or Adam's preconditioned sharpness) above its limit"
+)
 
 # (value, limit) pairs written by SharpnessProbe / stability_margin
 PAIRS = (
-    ("sharpness", "sharpness_limit"),
-    ("preconditioned_sharpness", "preconditioned_sharpness_limit"),
+    (SHARPNESS.name, SHARPNESS_LIMIT.name),
+    (PRECONDITIONED_SHARPNESS.name, PRECONDITIONED_SHARPNESS_LIMIT.name),
 )
 
 
@@ -43,7 +52,9 @@ class SharpnessAboveLimit(Detector):
         'sharpness_above_limit'
     """
 
-    kind = "sharpness_above_limit"
+    kind = SHARPNESS_ABOVE_LIMIT
+    reads = (SHARPNESS, SHARPNESS_LIMIT, PRECONDITIONED_SHARPNESS, PRECONDITIONED_SHARPNESS_LIMIT)
+    emits = (SHARPNESS_ABOVE_LIMIT,)
 
     def __init__(self, patience: int = 3, threshold: float = 1.0) -> None:
         self.patience = positive_int("patience", patience)

@@ -5,12 +5,37 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.core.metrics import (
+    AMP_SCALE,
+    GRAD_NORM,
+    GRAD_NORM_PRECLIP,
+    LOSS,
+    NONFINITE_GRADS,
+    NONFINITE_PARAMS,
+    OPTIMIZER_SKIPPED,
+)
 from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
-from steadygrad.core.finding import Finding
 
 if TYPE_CHECKING:
-    from steadygrad.core.record import Record
+    from steadygrad.core import Record
+
+LOSS_SPIKE = FindingKind("loss_spike", "the loss jumped far above its recent robust baseline")
+GRAD_NORM_SPIKE = FindingKind(
+    "grad_norm_spike", "the global gradient norm jumped far above its recent robust baseline"
+)
+NONFINITE = FindingKind(
+    "nonfinite", "NaN/Inf in the loss, the gradients or the weights", Severity.CRITICAL
+)
+NONFINITE_ORIGIN = FindingKind(
+    "nonfinite_origin",
+    "the forward guard found the module that produced a NaN/Inf",
+    Severity.CRITICAL,
+)
+AMP_OVERFLOW = FindingKind(
+    "amp_overflow", "the GradScaler skipped a step whose gradients overflowed", Severity.INFO
+)
 
 
 class SpikeDetector(Detector):
@@ -20,7 +45,7 @@ class SpikeDetector(Detector):
     steps in a row look normal again. Non-finite values are left to :class:`NonFiniteDetector`.
     """
 
-    signal = "loss"
+    signal = LOSS.name
 
     def __init__(
         self,
@@ -82,8 +107,9 @@ class LossSpikeDetector(SpikeDetector):
         >>> # Monitor(model, optimizer, detectors=[detector, ...])
     """
 
-    kind = "loss_spike"
-    signal = "loss"
+    kind = LOSS_SPIKE
+    reads, emits = (LOSS,), (LOSS_SPIKE,)
+    signal = LOSS.name
 
 
 class GradNormSpikeDetector(SpikeDetector):
@@ -94,15 +120,16 @@ class GradNormSpikeDetector(SpikeDetector):
     watched, so a spike that clipping hid is still caught; the finding says it was clipped.
     """
 
-    kind = "grad_norm_spike"
-    signal = "grad_norm"
+    kind = GRAD_NORM_SPIKE
+    reads, emits = (GRAD_NORM, GRAD_NORM_PRECLIP), (GRAD_NORM_SPIKE,)
+    signal = GRAD_NORM.name
 
     def update(self, record: Record) -> list[Finding]:
-        if "grad_norm_preclip" in record.values:
-            self.signal = "grad_norm_preclip"
+        if GRAD_NORM_PRECLIP.name in record.values:
+            self.signal = GRAD_NORM_PRECLIP.name
         findings = super().update(record)
-        if findings and self.signal == "grad_norm_preclip":
-            clipped = record.values.get("grad_norm", math.nan)
+        if findings and self.signal == GRAD_NORM_PRECLIP.name:
+            clipped = record.values.get(GRAD_NORM.name, math.nan)
             for f in findings:
                 f.evidence["clipped_to"] = clipped
                 f.evidence["hidden_by_clipping"] = clipped < 0.5 * record.values[self.signal]
@@ -127,7 +154,9 @@ class NonFiniteDetector(Detector):
     divergence.
     """
 
-    kind = "nonfinite"
+    kind = NONFINITE
+    reads = (LOSS, NONFINITE_GRADS, NONFINITE_PARAMS, OPTIMIZER_SKIPPED, GRAD_NORM, AMP_SCALE)
+    emits = (NONFINITE, NONFINITE_ORIGIN, AMP_OVERFLOW)
 
     def __init__(self) -> None:
         self._in_episode = False
@@ -135,9 +164,9 @@ class NonFiniteDetector(Detector):
 
     def update(self, record: Record) -> list[Finding]:
         v = record.values
-        loss = v.get("loss", 0.0)
-        bad_grads = v.get("nonfinite_grads", 0.0)
-        bad_params = v.get("nonfinite_params", 0.0)
+        loss = v.get(LOSS.name, 0.0)
+        bad_grads = v.get(NONFINITE_GRADS.name, 0.0)
+        bad_params = v.get(NONFINITE_PARAMS.name, 0.0)
         loss_bad = not math.isfinite(loss)
         if not (loss_bad or bad_grads or bad_params):
             self._in_episode = False
@@ -149,10 +178,10 @@ class NonFiniteDetector(Detector):
             and not loss_bad
             and not bad_params
         ):
-            evidence = {"nonfinite_grads": bad_grads, "grad_norm": v.get("grad_norm")}
-            if "amp_scale" in v:
-                evidence["amp_scale"] = v["amp_scale"]
-            return [Finding("amp_overflow", record.step, None, evidence, "info")]
+            evidence = {"nonfinite_grads": bad_grads, "grad_norm": v.get(GRAD_NORM.name)}
+            if AMP_SCALE.name in v:
+                evidence["amp_scale"] = v[AMP_SCALE.name]
+            return [Finding(AMP_OVERFLOW, record.step, None, evidence, "info")]
         forward = meta.get("forward_origin")
         backward = meta.get("backward_origin")
         if self._in_episode:
@@ -161,9 +190,7 @@ class NonFiniteDetector(Detector):
                 self._origin_known = True
                 evidence = {"forward_origin": forward, "loss": loss}
                 return [
-                    Finding(
-                        "nonfinite_origin", record.step, forward["module"], evidence, "critical"
-                    )
+                    Finding(NONFINITE_ORIGIN, record.step, forward["module"], evidence, "critical")
                 ]
             return []
         self._in_episode = True

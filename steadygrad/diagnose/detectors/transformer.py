@@ -18,10 +18,39 @@ from __future__ import annotations
 
 import math
 
+from steadygrad.core import Finding, FindingKind, Record
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.core.metrics import (
+    ATTN_LOGIT_MAX,
+    DEAD_UNITS,
+    EFFECTIVE_RANK,
+    GRAD_NORM,
+    LOGIT_LSE_MEAN,
+    OUTPUT_LOGIT_MAX,
+    OUTPUT_LOGIT_RMS,
+    SOFTMAX_COLLAPSE,
+    UPDATE_RATIO,
+)
 from steadygrad.diagnose.detectors.base import Detector
-from steadygrad.core.finding import Finding
-from steadygrad.core.record import Record
+
+ATTENTION_LOGIT_GROWTH = FindingKind(
+    "attention_logit_growth", "a layer's largest attention logit grows towards entropy collapse"
+)
+OUTPUT_LOGIT_DIVERGENCE = FindingKind(
+    "output_logit_divergence", "the output log-partition drifts far from zero"
+)
+SOFTMAX_COLLAPSE_KIND = FindingKind(
+    "softmax_collapse", "many rows' float32 softmax rounds the target to 1: zero gradient"
+)
+GRADIENT_SPIKE = FindingKind(
+    "gradient_spike", "a tensor's gradient norm far above its running RMS (SPAM's test)"
+)
+LOSS_OF_PLASTICITY = FindingKind(
+    "loss_of_plasticity", "a layer's units died or its feature rank collapsed"
+)
+UPDATE_RATIO_OUT_OF_RANGE = FindingKind(
+    "update_ratio_out_of_range", "a tensor's update-to-weight ratio is too large, or ~0 (frozen)"
+)
 
 
 class _Streak:
@@ -59,7 +88,8 @@ class AttentionLogitGrowth(Detector):
         []
     """
 
-    kind = "attention_logit_growth"
+    kind = ATTENTION_LOGIT_GROWTH
+    reads, emits = (ATTN_LOGIT_MAX,), (ATTENTION_LOGIT_GROWTH,)
 
     def __init__(
         self,
@@ -68,7 +98,7 @@ class AttentionLogitGrowth(Detector):
         growth: float = 2.0,
         patience: int = 3,
         smoothing: float = 0.5,
-        signal: str = "attn_logit_max",
+        signal: str = ATTN_LOGIT_MAX.name,
     ) -> None:
         self.threshold = finite_float("threshold", threshold, low=0.0, low_open=True)
         self.critical = finite_float("critical", critical, low=self.threshold)
@@ -104,7 +134,7 @@ class AttentionLogitGrowth(Detector):
         return findings
 
     def _finding(self, step, name, value, state, severity) -> Finding:  # noqa: ANN001
-        evidence = {"attn_logit_max": value, "threshold": self.threshold}
+        evidence = {ATTN_LOGIT_MAX.name: value, "threshold": self.threshold}
         if state is not None:
             floor = state[0]
             evidence.update(
@@ -127,7 +157,9 @@ class OutputLogitDivergence(Detector):
         []
     """
 
-    kind = "output_logit_divergence"
+    kind = OUTPUT_LOGIT_DIVERGENCE
+    reads = (LOGIT_LSE_MEAN, OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS)
+    emits = (OUTPUT_LOGIT_DIVERGENCE,)
 
     def __init__(self, lse_limit: float = 20.0, patience: int = 3) -> None:
         self.lse_limit = finite_float("lse_limit", lse_limit, low=0.0, low_open=True)
@@ -135,14 +167,14 @@ class OutputLogitDivergence(Detector):
         self._streak = _Streak()
 
     def update(self, record: Record) -> list[Finding]:
-        if "logit_lse_mean" not in record.values:
+        if LOGIT_LSE_MEAN.name not in record.values:
             return []
-        lse = record.values["logit_lse_mean"]
+        lse = record.values[LOGIT_LSE_MEAN.name]
         bad = not math.isfinite(lse) or abs(lse) >= self.lse_limit
         if not self._streak.update(bad, 1 if not math.isfinite(lse) else self.patience):
             return []
-        evidence = {"logit_lse_mean": lse, "lse_limit": self.lse_limit}
-        for name in ("output_logit_max", "output_logit_rms"):
+        evidence = {LOGIT_LSE_MEAN.name: lse, "lse_limit": self.lse_limit}
+        for name in (OUTPUT_LOGIT_MAX.name, OUTPUT_LOGIT_RMS.name):
             if name in record.values:
                 evidence[name] = record.values[name]
         severity = "warning" if math.isfinite(lse) else "critical"
@@ -162,7 +194,8 @@ class SoftmaxCollapse(Detector):
         []
     """
 
-    kind = "softmax_collapse"
+    kind = SOFTMAX_COLLAPSE_KIND
+    reads, emits = (SOFTMAX_COLLAPSE,), (SOFTMAX_COLLAPSE_KIND,)
 
     def __init__(self, fraction: float = 0.1, patience: int = 3) -> None:
         self.fraction = finite_float("fraction", fraction, low=0.0, low_open=True, high=1.0)
@@ -170,12 +203,12 @@ class SoftmaxCollapse(Detector):
         self._streak = _Streak()
 
     def update(self, record: Record) -> list[Finding]:
-        if "softmax_collapse" not in record.values:
+        if SOFTMAX_COLLAPSE.name not in record.values:
             return []
-        value = record.values["softmax_collapse"]
+        value = record.values[SOFTMAX_COLLAPSE.name]
         if not self._streak.update(value >= self.fraction, self.patience):
             return []
-        evidence = {"softmax_collapse": value, "fraction": self.fraction}
+        evidence = {SOFTMAX_COLLAPSE.name: value, "fraction": self.fraction}
         return [Finding(self.kind, record.step, evidence=evidence, severity="warning")]
 
 
@@ -196,14 +229,15 @@ class GradientSpike(Detector):
         1000.0
     """
 
-    kind = "gradient_spike"
+    kind = GRADIENT_SPIKE
+    reads, emits = (GRAD_NORM,), (GRADIENT_SPIKE,)
 
     def __init__(
         self,
         theta: float = 5000.0,
         beta: float = 0.999,
         warmup: int = 10,
-        signal: str = "grad_norm",
+        signal: str = GRAD_NORM.name,
     ) -> None:
         self.theta = finite_float("theta", theta, low=1.0, low_open=True)
         self.beta = finite_float("beta", beta, low=0.0, high=1.0, high_open=True)
@@ -248,7 +282,8 @@ class PlasticityLoss(Detector):
         []
     """
 
-    kind = "loss_of_plasticity"
+    kind = LOSS_OF_PLASTICITY
+    reads, emits = (DEAD_UNITS, EFFECTIVE_RANK), (LOSS_OF_PLASTICITY,)
 
     def __init__(
         self, dead_fraction: float = 0.5, rank_drop: float = 0.5, patience: int = 2
@@ -262,12 +297,12 @@ class PlasticityLoss(Detector):
 
     def update(self, record: Record) -> list[Finding]:
         findings = []
-        for name, dead in record.family("dead_units").items():
+        for name, dead in record.family(DEAD_UNITS.name).items():
             streak = self._dead.setdefault(name, _Streak())
             if streak.update(dead >= self.dead_fraction, self.patience):
                 evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
                 findings.append(Finding(self.kind, record.step, name, evidence))
-        for name, rank in record.family("effective_rank").items():
+        for name, rank in record.family(EFFECTIVE_RANK.name).items():
             if not math.isfinite(rank):
                 continue
             best = max(self._best_rank.get(name, rank), rank)
@@ -306,11 +341,12 @@ class UpdateRatioOutOfRange(Detector):
         self._high: dict[str, _Streak] = {}
         self._low: dict[str, _Streak] = {}
 
-    kind = "update_ratio_out_of_range"
+    kind = UPDATE_RATIO_OUT_OF_RANGE
+    reads, emits = (UPDATE_RATIO,), (UPDATE_RATIO_OUT_OF_RANGE,)
 
     def update(self, record: Record) -> list[Finding]:
         findings = []
-        for name, ratio in record.family("update_ratio").items():
+        for name, ratio in record.family(UPDATE_RATIO.name).items():
             if not math.isfinite(ratio) or name == "bias" or name.endswith(".bias"):
                 continue
             too_large = self._high.setdefault(name, _Streak())

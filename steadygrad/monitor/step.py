@@ -1,0 +1,110 @@
+"""The built-in signals of the step itself: the loss, the learning rates, the GradScaler's scale.
+
+What the training loop passes to ``mon.step`` reaches these signals as :class:`StepInputs`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from steadygrad.core import Measurements, Record, Signal
+from steadygrad.core.metrics import (
+    AMP_SCALE,
+    GRAD_NORM_PRECLIP,
+    LEARNING_RATE,
+    LOSS,
+    OPTIMIZER_SKIPPED,
+    STEP_TIME,
+)
+
+
+@dataclass
+class StepInputs:
+    """What ``mon.step`` was given, and whether the optimizer stepped since the last call."""
+
+    loss: torch.Tensor
+    grad_norm_preclip: torch.Tensor | None = None
+    stepped: bool = True
+
+
+class StepSignal(Signal):
+    """The loss, the pre-clip gradient norm (when the user passes it), the time since the
+    previous ``mon.step``, and whether the optimizer skipped the step."""
+
+    metrics = (LOSS, GRAD_NORM_PRECLIP, STEP_TIME, OPTIMIZER_SKIPPED)
+
+    def __init__(self) -> None:
+        super().__init__(every=1)
+        self._last_wall = time.perf_counter()
+
+    def measure(self, step: int, out: Measurements) -> None:
+        inputs: StepInputs = self.monitor.inputs
+        out.put(LOSS.name, inputs.loss)
+        if inputs.grad_norm_preclip is not None:
+            out.put(GRAD_NORM_PRECLIP.name, inputs.grad_norm_preclip)
+        if not inputs.stepped:
+            out.put(OPTIMIZER_SKIPPED.name, 1.0)
+        now = time.perf_counter()
+        out.put(STEP_TIME.name, now - self._last_wall)
+        self._last_wall = now
+
+    def finish(self, record: Record, raw: Sequence[float]) -> None:
+        if not self.monitor.inputs.stepped:
+            record.meta["skipped"] = True
+
+
+class LearningRateSignal(Signal):
+    """Each optimizer group's learning rate, as the update used it: read in the optimizer's
+    pre-step path, so a scheduler stepped before ``mon.step`` does not shift it by a step."""
+
+    metrics = (LEARNING_RATE,)
+
+    def __init__(self) -> None:
+        super().__init__(every=1)
+        self._used: list[float] | None = None
+        self._keys: list[str] = []
+
+    def attach(self, monitor: Any) -> None:
+        super().attach(monitor)
+        groups = monitor.optimizer.param_groups
+        self._keys = [LEARNING_RATE.key(g.get("name", i)) for i, g in enumerate(groups)]
+
+    def before_update(self) -> None:
+        self._used = self._rates()
+
+    def _rates(self) -> list[float]:
+        # float() of a tensor LR synchronises; only users who keep the LR on the device pay it.
+        return [float(g["lr"]) for g in self.monitor.optimizer.param_groups]
+
+    def measure(self, step: int, out: Measurements) -> None:
+        rates, self._used = self._used or self._rates(), None
+        if len(rates) != len(self._keys):  # a group was added since: name them again
+            self.attach(self.monitor)
+        for key, lr in zip(self._keys, rates, strict=True):
+            out.put(key, lr)
+
+
+class AmpScaleSignal(Signal):
+    """The GradScaler's loss scale (mixed precision)."""
+
+    metrics = (AMP_SCALE,)
+
+    def __init__(self, scaler: Any) -> None:
+        super().__init__(every=1)
+        self.scaler = scaler
+
+    def applies(self) -> bool | str:
+        return True if hasattr(self.scaler, "get_scale") else "no torch.amp.GradScaler given"
+
+    def measure(self, step: int, out: Measurements) -> None:
+        scale = getattr(self.scaler, "_scale", None)
+        if isinstance(scale, torch.Tensor):
+            out.put(AMP_SCALE.name, scale)
+        elif isinstance(scale, int | float) and math.isfinite(scale):
+            out.put(AMP_SCALE.name, scale)
