@@ -32,9 +32,10 @@ class SteadygradWarning(UserWarning):
 def _advice() -> dict[str, str]:
     """What to do about each built-in kind of finding (the diagnosis gives the full picture)."""
     from steadygrad.diagnose.detectors.training import (
-        GradNormSpikeDetector,
-        LossSpikeDetector,
-        NonFiniteDetector,
+        GRAD_NORM_SPIKE,
+        LOSS_SPIKE,
+        NONFINITE,
+        NONFINITE_ORIGIN,
     )
 
     nonfinite = (
@@ -42,13 +43,13 @@ def _advice() -> dict[str, str]:
         "(Monitor(..., autopilot=steadygrad.Autopilot()))"
     )
     return {
-        NonFiniteDetector.kind: nonfinite,
-        "nonfinite_origin": "look at that module's inputs and scale first; then " + nonfinite,
-        LossSpikeDetector.kind: (
+        NONFINITE: nonfinite,
+        NONFINITE_ORIGIN: "look at that module's inputs and scale first; then " + nonfinite,
+        LOSS_SPIKE: (
             "if it recurs, lower the peak learning rate or lengthen the warm-up; look at the "
             "step's batch (mon.step(loss, batch_ids=ids))"
         ),
-        GradNormSpikeDetector.kind: (
+        GRAD_NORM_SPIKE: (
             "clip the gradient norm (torch.nn.utils.clip_grad_norm_) or use a spike-aware "
             "optimizer (steadygrad.optim.StableSPAM)"
         ),
@@ -100,7 +101,7 @@ class LoggingSink(Sink):
             critical = severity >= Severity.CRITICAL
             logger.log(logging.ERROR if critical else logging.WARNING, message)
             if critical and self.warn_critical:
-                warnings.warn(message, SteadygradWarning, stacklevel=2)
+                warnings.warn(message, SteadygradWarning, stacklevel=4)  # at mon.step()
 
     def action(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
         shown = ", ".join(f"{k}={v}" for k, v in detail.items())
