@@ -45,6 +45,7 @@ from steadygrad.monitor import (
     SoftmaxCollapseSignal,
     watch,
 )
+from steadygrad.monitor.findings_log import SteadygradWarning
 from steadygrad.store import Run, RunStore, load
 
 __version__ = "0.1.0"
@@ -87,6 +88,7 @@ __all__ = [
     "Signal",
     "SoftmaxCollapse",
     "SoftmaxCollapseSignal",
+    "SteadygradWarning",
     "UpdateRatioOutOfRange",
     "__version__",
     "default_detectors",

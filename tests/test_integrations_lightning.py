@@ -214,3 +214,5 @@ def test_lightning_manual_optimization_gets_a_clear_error(tmp_path):
 def test_lightning_callback_rejects_unknown_options():
     with pytest.raises(TypeError, match="unknown Monitor option.*detector"):
         SteadygradCallback(detector=[])
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        SteadygradCallback(every=0)

@@ -269,6 +269,8 @@ def test_callback_rejects_unknown_options_and_bad_values():
         SteadygradCallback(evry=2)
     with pytest.raises(TypeError, match="run_dir"):
         SteadygradCallback(run_dir=3)
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        SteadygradCallback(every=0)
 
 
 class NotATorchOptimizer:

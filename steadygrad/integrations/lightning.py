@@ -20,6 +20,12 @@ Lightning shows it complete instead:
   optimizer's pre-step path, before Lightning steps a per-step scheduler.
 - mixed precision: bf16 needs nothing; with fp16 the precision plugin's GradScaler is watched.
 - one writer: only the global-zero process records.
+- the autopilot decides once the closure has returned (the Monitor wraps the closure in the
+  optimizer's pre-step hook), before the update; a skipped update runs as a no-op, so
+  Lightning's closure always runs and nothing raises. A learning-rate back-off lowers the
+  configured schedulers too.
+- checkpoints carry the run (the callback's ``state_dict``); ``fit(ckpt_path=...)`` continues
+  it from that step.
 
 Automatic optimization only: with ``automatic_optimization = False`` build a
 :class:`steadygrad.Monitor` in your module and call ``mon.step(loss)`` after ``opt.step()``.
@@ -34,6 +40,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
+from steadygrad.core.checks import positive_int
 from steadygrad.core.finding import Finding
 from steadygrad.core.signal import Signal
 from steadygrad.integrations._common import (
@@ -74,6 +81,7 @@ class SteadygradCallback(Callback):
         **options: Any,
     ) -> None:
         self.run_dir = run_dir
+        positive_int("every", every)  # a clear error now, not when training starts
         self.options = monitor_options(
             _NAME,
             dict(

@@ -20,6 +20,11 @@ What the callback gets right, reading the Trainer as it runs:
 - **mixed precision**: bf16 needs nothing; with fp16 the Trainer's GradScaler is watched (its
   scale is recorded, and a step it skipped is an ``amp_overflow``, not a divergence).
 - **one writer**: only the main process (``state.is_world_process_zero``) records.
+- **the autopilot** (``autopilot=steadygrad.Autopilot()``) decides in the optimizer's pre-step
+  path, after the Trainer's clipping; a skipped update never raises into the Trainer, and a
+  learning-rate back-off lowers the Trainer's scheduler too, so its next step keeps it.
+- **checkpoints**: each Trainer checkpoint gets the run's state (``steadygrad_monitor.pt``);
+  ``trainer.train(resume_from_checkpoint=...)`` continues the run from that step.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from steadygrad.core.checks import positive_int
 from steadygrad.core.finding import Finding
 from steadygrad.core.signal import Signal
 from steadygrad.integrations._common import (
@@ -75,6 +81,7 @@ class SteadygradCallback(TrainerCallback):
         **options: Any,
     ) -> None:
         self.run_dir = run_dir
+        positive_int("every", every)  # a clear error now, not when training starts
         self.options = monitor_options(
             _NAME,
             dict(

@@ -143,7 +143,8 @@ class Monitor:
         self.detectors = (
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
-        self.sinks = [LoggingSink(), *_all_of("sinks", sinks, Sink)]
+        self.sinks = _all_of("sinks", sinks, Sink)
+        self.findings_log = LoggingSink()  # always on: findings reach logging and warnings
         if autopilot is not None and not isinstance(autopilot, Autopilot):
             raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
         self.autopilot = autopilot
@@ -390,6 +391,11 @@ class Monitor:
 
     # -- sinks -----------------------------------------------------------------------------------
     def _to_sinks(self, method: str, *args: Any) -> None:
+        if method != "close":  # the log needs no diagnosis: it is not worth one at close
+            try:
+                getattr(self.findings_log, method)(*args)
+            except Exception as exc:  # e.g. warnings turned into errors: logged already
+                log.debug("steadygrad: the findings log raised %r", exc)
         for sink in list(self.sinks):
             try:
                 getattr(sink, method)(*args)
