@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,12 @@ def _advice() -> dict[str, str]:
         NONFINITE,
         NONFINITE_ORIGIN,
     )
+    from steadygrad.diagnose.detectors.transformer import GRADIENT_SPIKE
 
+    spike = (
+        "clip the gradient norm (torch.nn.utils.clip_grad_norm_) or use a spike-aware "
+        "optimizer (steadygrad.optim.StableSPAM)"
+    )
     nonfinite = (
         "lower the learning rate, add gradient clipping, or let the autopilot skip such steps "
         "(Monitor(..., autopilot=steadygrad.Autopilot()))"
@@ -49,25 +54,26 @@ def _advice() -> dict[str, str]:
             "if it recurs, lower the peak learning rate or lengthen the warm-up; look at the "
             "step's batch (mon.step(loss, batch_ids=ids))"
         ),
-        GRAD_NORM_SPIKE: (
-            "clip the gradient norm (torch.nn.utils.clip_grad_norm_) or use a spike-aware "
-            "optimizer (steadygrad.optim.StableSPAM)"
-        ),
+        GRAD_NORM_SPIKE: spike,
+        GRADIENT_SPIKE: spike,
     }
 
 
-def describe_finding(finding: Finding, run_dir: str | Path | None = None) -> str:
-    """One log line: what, when, where, the evidence, and what to do.
+def describe_finding(
+    finding: Finding, run_dir: str | Path | None = None, meaning: str | None = None
+) -> str:
+    """One log line: what, when, where, the evidence, what it means, and what to do.
 
     Example:
         >>> print(describe_finding(Finding("loss_spike", step=7, evidence={"z": 9.0})))
         ... # doctest: +ELLIPSIS
-        steadygrad warning: step 7: loss_spike (z=9) What to do: if it recurs, ...
+        steadygrad warning: step 7: loss_spike (z=9). What to do: if it recurs, ...
     """
     advice = _advice().get(finding.kind)
     report = f"`steadygrad report {run_dir}`" if run_dir is not None else "`steadygrad report`"
     todo = f"{advice}; {report} names the cause" if advice else f"see {report} for the cause"
-    return f"steadygrad {finding.severity}: {finding.describe()} What to do: {todo}."
+    means = f" ({meaning})" if meaning else ""
+    return f"steadygrad {finding.severity}: {finding.describe()}{means}. What to do: {todo}."
 
 
 class LoggingSink(Sink):
@@ -80,10 +86,14 @@ class LoggingSink(Sink):
         ... # doctest: +SKIP
     """
 
-    def __init__(self, level: str = "warning", warn_critical: bool = True) -> None:
+    def __init__(
+        self, level: str = "warning", warn_critical: bool = True, kinds: Iterable[Any] = ()
+    ) -> None:
         Severity.rank(level)  # a clear error for an unknown level
         self.level = Severity(level)
         self.warn_critical = bool(warn_critical)
+        # the FindingKind declarations the detectors emit: their one-line doc says what it means
+        self.meanings = {str(k): k.doc for k in kinds if getattr(k, "doc", None)}
         self.run_dir: Path | None = None
         self._seen: set[tuple[str, int, str | None]] = set()
 
@@ -97,7 +107,7 @@ class LoggingSink(Sink):
             if severity < self.level or key in self._seen:
                 continue
             self._seen.add(key)
-            message = describe_finding(finding, self.run_dir)
+            message = describe_finding(finding, self.run_dir, self.meanings.get(finding.kind))
             critical = severity >= Severity.CRITICAL
             logger.log(logging.ERROR if critical else logging.WARNING, message)
             if critical and self.warn_critical:

@@ -144,7 +144,8 @@ class Monitor:
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
         self.sinks = _all_of("sinks", sinks, Sink)
-        self.findings_log = LoggingSink()  # always on: findings reach logging and warnings
+        # always on: findings reach logging and warnings, each with what its kind means
+        self.findings_log = LoggingSink(kinds=[k for d in self.detectors for k in d.emits])
         if autopilot is not None and not isinstance(autopilot, Autopilot):
             raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
         self.autopilot = autopilot
