@@ -21,6 +21,13 @@ def test_gd_sharpness_rises_to_two_over_lr_and_hovers(tmp_path):
     assert run.first_step_at_limit is not None and run.first_step_at_limit < 400
     assert run.loss[-1] < 0.3 * run.loss[0]  # the loss keeps falling ...
     assert run.loss_increases > 0  # ... non-monotonically
+    # As a user reads the run: the probe's limit is 2/lr, and the run is not called unstable
+    # for hovering at the edge (GD at the edge of stability keeps converging).
+    import steadygrad
+
+    stored = steadygrad.load(tmp_path / "runs" / "lr0.4")
+    assert stored.series("sharpness_limit")[1][0] == pytest.approx(5.0)
+    assert "nonfinite" not in steadygrad.diagnose(stored).causes()
     assert (tmp_path / "edge_of_stability.png").exists()
     saved = json.loads((tmp_path / "edge_of_stability.json").read_text())
     assert saved["ratios"]["0.4"] == pytest.approx(result.ratios()[0.4])

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 FIRST = [
-    "steadygrad.monitor.record",
+    "steadygrad.core",
+    "steadygrad.monitor",
     "steadygrad.diagnose.detectors.transformer",
     "steadygrad.diagnose.autopilot",
     "steadygrad.store",

@@ -23,6 +23,9 @@ def test_qk_norm_stops_attention_logit_growth_and_reaches_lower_loss(tmp_path):
     assert result.final_val_loss["qk_norm"] < result.final_val_loss["plain"]
     first = result.findings["plain"][0]
     assert first.kind == "attention_logit_growth" and first.where in ("h.0.attn", "h.1.attn")
+    # As a user reads it: the plain run is diagnosed with attention-logit growth first.
+    assert result.diagnosis["plain"][0] == "attention_logit_growth"
+    assert "attention_logit_growth" not in result.diagnosis["qk_norm"]
     assert (tmp_path / "attention_logits.png").stat().st_size > 0
     assert (tmp_path / "attention_logits.json").exists()
 

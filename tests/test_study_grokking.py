@@ -48,6 +48,9 @@ def test_softmax_collapses_and_stalls_while_orthograd_generalises(tmp_path):
     assert result.steps_to_generalise["orthograd"] <= 500
     assert result.final_test_accuracy["orthograd"] > 0.9
     assert result.max_softmax_collapse["orthograd"] < 0.05 and not result.findings["orthograd"]
+    # As a user reads the runs: the float32 softmax run is diagnosed with softmax collapse.
+    assert "softmax_collapse" in result.diagnosis["softmax"]
+    assert "softmax_collapse" not in result.diagnosis["orthograd"]
     assert (tmp_path / "grokking.png").stat().st_size > 0
 
 

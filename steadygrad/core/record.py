@@ -23,6 +23,12 @@ class Record:
     wall_time: float = 0.0
     _families: dict[str, dict[str, float]] | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def nonfinite(self) -> bool:
+        """Whether NaN/Inf reached the loss, the gradients or the weights at this step: the
+        step's other values are then NaN-driven and no evidence of any other mechanism."""
+        return bool(self.meta.get("nonfinite"))
+
     def get(self, name: str, default: float = math.nan) -> float:
         return self.values.get(name, default)
 

@@ -89,15 +89,23 @@ class Found:
 
 @dataclass(frozen=True)
 class Rule:
+    """A cause: the finding kinds its check reads (each emitted by a detector), the published
+    result behind it, its fixes, and the check."""
+
     cause: str
     tier: int
     severity: str
     reference: str
     fixes: tuple[Fix, ...]
     check: Callable[[RunFacts], Found | None]
+    kinds: tuple[FindingKind, ...] = ()
 
     def apply(self, facts: RunFacts) -> Diagnosis | None:
-        found = self.check(facts)
+        facts.allowed = frozenset(self.kinds)
+        try:
+            found = self.check(facts)
+        finally:
+            facts.allowed = None
         if found is None:
             return None
         return Diagnosis(
@@ -120,8 +128,11 @@ class RunFacts:
         self.run = run
         self.findings = run.findings()
         self._series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.allowed: frozenset[str] | None = None  # the kinds the rule being applied declared
 
     def of(self, *kinds: FindingKind) -> list[Finding]:
+        if self.allowed is not None and not self.allowed.issuperset(kinds):
+            raise LookupError(f"a rule read finding kinds it did not declare: {kinds}")
         return [f for f in self.findings if f.kind in kinds]
 
     @cached_property
@@ -440,6 +451,7 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth"),
+        (ATTENTION_LOGIT_GROWTH,),
     ),
     Rule(
         "output_logit_divergence",
@@ -450,6 +462,7 @@ RULES: tuple[Rule, ...] = (
         "the log-partition near zero.",
         (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
         _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence"),
+        (OUTPUT_LOGIT_DIVERGENCE,),
     ),
     Rule(
         "softmax_collapse",
@@ -468,6 +481,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _located((SOFTMAX_COLLAPSE_KIND,), "softmax collapse"),
+        (SOFTMAX_COLLAPSE_KIND,),
     ),
     Rule(
         "sharpness_above_limit",
@@ -485,6 +499,7 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _sharpness,
+        (SHARPNESS_ABOVE_LIMIT, NONFINITE, LOSS_SPIKE),
     ),
     Rule(
         "loss_of_plasticity",
@@ -502,6 +517,7 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _located((LOSS_OF_PLASTICITY,), "loss of plasticity"),
+        (LOSS_OF_PLASTICITY,),
     ),
     Rule(
         "update_ratio_out_of_range",
@@ -517,6 +533,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range"),
+        (UPDATE_RATIO_OUT_OF_RANGE,),
     ),
     Rule(
         "adam_second_moment_poisoned",
@@ -533,6 +550,7 @@ RULES: tuple[Rule, ...] = (
             CLIP_SPIKES,
         ),
         _adam_poisoned,
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
     ),
     Rule(
         "gradient_spike",
@@ -545,6 +563,7 @@ RULES: tuple[Rule, ...] = (
             Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
         ),
         _gradient_spike,
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
     ),
     Rule(
         "nonfinite",
@@ -561,6 +580,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _nonfinite,
+        (NONFINITE, NONFINITE_ORIGIN),
     ),
     Rule(
         "loss_spike",
@@ -573,6 +593,7 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _loss_spike,
+        (LOSS_SPIKE,),
     ),
     Rule(
         "amp_overflow",
@@ -587,6 +608,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _amp_overflow,
+        (AMP_OVERFLOW, NONFINITE),
     ),
     Rule(
         "autopilot_actions",
@@ -597,5 +619,6 @@ RULES: tuple[Rule, ...] = (
         "clip after a gradient spike.",
         (Fix("see what it did, step by step", "steadygrad.load(run_dir).actions()"),),
         _autopilot,
+        (),
     ),
 )

@@ -149,6 +149,10 @@ class AttentionLogitSignal(Signal):
         self._handles: list = []
         self._mode: _AttentionMode | None = None
         self._max: dict[str, torch.Tensor] = {}
+        self.seen = False
+
+    def applies(self) -> bool | str:
+        return True if self.seen else "no SDPA or nn.MultiheadAttention call seen"
 
     def attach(self, monitor: Monitor) -> None:
         super().attach(monitor)
@@ -201,6 +205,7 @@ class AttentionLogitSignal(Signal):
             self._stack.pop()
 
     def _observe(self, value: torch.Tensor) -> None:
+        self.seen = True
         name = self._stack[-1] if self._stack else ""
         if self.modules is not None and name not in self.modules:
             return

@@ -33,7 +33,10 @@ from steadygrad.core.optimizer import optimizer_family, unwrap_optimizer
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal
+from steadygrad.monitor.attention_logits import AttentionLogitSignal
+from steadygrad.monitor.dead_units import DeadUnitSignal
 from steadygrad.monitor.findings_log import LoggingSink
+from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
 from steadygrad.monitor.state import (
@@ -70,8 +73,13 @@ class Monitor:
         every: record every ``every``-th step (1 = every step).
         update_every: measure update-to-weight ratios every this many steps.
         activation_every: measure leaf-module output RMS every this many steps.
-        signals: extra :class:`~steadygrad.core.Signal` objects (attention logits, curvature
-            probes, ...).
+        signals: extra :class:`~steadygrad.core.Signal` objects (curvature probes, ...).
+        mechanisms: also watch, every ``activation_every`` steps, what the diagnosis needs to
+            name a mechanism: the output logits and softmax collapse at the loss
+            (``F.cross_entropy``), attention logits (SDPA and ``nn.MultiheadAttention``) and dead
+            ReLU units per layer. Those that do not apply to the model stay off (the run's
+            config says which). A signal passed in ``signals`` that records the same metrics
+            replaces the default one.
         detectors: the detectors to run; default :func:`default_detectors`.
         sinks: extra :class:`~steadygrad.core.Sink` objects fed every record live (TensorBoard,
             W&B, MLflow, ...); the run store is always written.
@@ -111,6 +119,7 @@ class Monitor:
         update_every: int = 10,
         activation_every: int = 25,
         signals: Iterable[Signal] = (),
+        mechanisms: bool = True,
         detectors: Sequence[Detector] | None = None,
         sinks: Iterable[Sink] = (),
         flush_every: int = 100,
@@ -140,6 +149,8 @@ class Monitor:
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
         extra = _all_of("signals", signals, Signal)
+        if mechanisms:
+            builtin += _mechanism_signals(activation_every, extra)
         self.detectors = (
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
@@ -424,10 +435,20 @@ class Monitor:
             save_state(self.run_dir, self.state_dict())  # what resume=True continues from
         except Exception as exc:  # the run itself is stored: resuming starts detectors afresh
             log.warning("steadygrad: could not save the monitor state in %s: %r", self.run_dir, exc)
+        self._note_signals()
         self.store.close(status)
         if self.sinks:
             self._to_sinks("close", status, self._diagnosis())
         atexit.unregister(self._at_exit)
+
+    def _note_signals(self) -> None:
+        """Say in the run's config which signals measured and which stayed off, and why."""
+        switched = {type(s).__name__: s.applies() for s in self.signals}
+        notes = {k: "on" if v is True else f"off: {v}" for k, v in switched.items()}
+        try:
+            self.store.update_config({"signals": notes})
+        except Exception as exc:  # the run's data matters more than this note
+            log.warning("steadygrad: could not note the signals in the run's config: %r", exc)
 
     def _diagnosis(self) -> dict[str, Any] | None:
         from steadygrad.diagnose.diagnosis import diagnose
@@ -476,6 +497,13 @@ def watch(
     monitor = Monitor(model, optimizer, run_dir, **kwargs)
     with monitor:
         yield monitor
+
+
+def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
+    """The default mechanism signals, less those whose metrics a given signal records."""
+    taken = {m.name for s in given for m in s.metrics}
+    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(every)]
+    return [s for s in defaults if not taken & {m.name for m in s.metrics}]
 
 
 def _all_of(name: str, items: Iterable[Any], kind: type) -> list[Any]:

@@ -215,6 +215,8 @@ class ParameterSignal(Signal):
             }
         if bad_params:
             meta["nonfinite_parameters"] = [stats.names[i] for i in bad_params]
+        if bad_grads or bad_params or not math.isfinite(values.get(LOSS.name, 0.0)):
+            meta["nonfinite"] = True  # what else this step measured is NaN-driven
         if self._hooks and stats.backward_order:
             self.detach()  # the order of one backward pass is all it needs
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from steadygrad.core import metrics as M
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
 from steadygrad.report import plots
 from steadygrad.report.terminal import _fmt, loss_summary
@@ -38,26 +39,35 @@ img{max-width:100%;display:block;margin:.5rem 0}
 
 # (section title, [(metric, log axis)]) drawn as line plots, overlaid across runs.
 CURVES = (
-    ("Loss and learning rate", (("loss", False),)),
-    ("Gradients and weights", (("grad_norm", True), ("param_norm", False))),
+    ("Loss and learning rate", ((M.LOSS, False),)),
+    ("Gradients and weights", ((M.GRAD_NORM, True), (M.PARAM_NORM, False))),
 )
 # (value, its limit, title) drawn against each other.
 LIMITS = (
-    ("sharpness", "sharpness_limit", "sharpness (top Hessian eigenvalue) against its limit"),
+    (M.SHARPNESS, M.SHARPNESS_LIMIT, "sharpness (top Hessian eigenvalue) against its limit"),
     (
-        "preconditioned_sharpness",
-        "preconditioned_sharpness_limit",
+        M.PRECONDITIONED_SHARPNESS,
+        M.PRECONDITIONED_SHARPNESS_LIMIT,
         "preconditioned sharpness against the adaptive edge-of-stability limit",
     ),
 )
 # Per-module signals drawn one line per module.
 FAMILIES = (
-    ("attn_logit_max", "largest attention logit per layer"),
-    ("dead_units", "dead units per layer"),
-    ("effective_rank", "effective feature rank per layer"),
+    (M.ATTN_LOGIT_MAX, "largest attention logit per layer"),
+    (M.DEAD_UNITS, "dead units per layer"),
+    (M.EFFECTIVE_RANK, "effective feature rank per layer"),
 )
 # Global signals of the output logits, drawn if present.
-OUTPUT_LOGITS = ("output_logit_lse", "output_logit_max", "output_logit_rms", "softmax_collapse")
+OUTPUT_LOGITS = (M.LOGIT_LSE_MEAN, M.OUTPUT_LOGIT_MAX, M.OUTPUT_LOGIT_RMS, M.SOFTMAX_COLLAPSE)
+# Every metric this page reads (the vocabulary test checks each one is declared).
+READS = (
+    *(m for _, pairs in CURVES for m, _ in pairs),
+    *(m for spec in LIMITS for m in spec[:2]),
+    *(m for m, _ in FAMILIES),
+    *OUTPUT_LOGITS,
+    M.LEARNING_RATE,
+    M.HESSIAN_TRACE,
+)
 
 
 def write_html(runs: Run | Sequence[Run], path: str | os.PathLike[str]) -> Path:
@@ -77,25 +87,27 @@ def write_html(runs: Run | Sequence[Run], path: str | os.PathLike[str]) -> Path:
     if len(runs) > 1:
         body.append(_comparison_table(runs, diagnoses))
     for section, metrics in CURVES:
-        images = [plots.series_plot(runs, name, log=log) for name, log in metrics]
+        images = [plots.series_plot(runs, m.name, log=log) for m, log in metrics]
         if section.startswith("Loss"):
-            lr = sorted({n for r in runs for n in r.names() if n.startswith("lr/")})
+            lr = sorted({n for r in runs for n in r.names() if M.LEARNING_RATE.owns(n)})
             images += [plots.series_plot(runs, n, findings=False) for n in lr]
         body.append(_section(section, images))
     body.append(
         _section(
             "Curvature",
-            [plots.limit_plot(runs, *spec) for spec in LIMITS]
-            + [plots.series_plot(runs, "hessian_trace")],
+            [plots.limit_plot(runs, v.name, lim.name, t) for v, lim, t in LIMITS]
+            + [plots.series_plot(runs, M.HESSIAN_TRACE.name)],
         )
     )
     for run in runs:
         prefix = f": {esc(run.name)}" if len(runs) > 1 else ""
-        panels = [plots.family_plot(run, s, t) for s, t in FAMILIES]
-        panels += [plots.series_plot([run], n) for n in OUTPUT_LOGITS if n in run.names()]
+        names = run.names()
+        panels = [plots.family_plot(run, m.name, t) for m, t in FAMILIES]
+        panels += [plots.series_plot([run], m.name) for m in OUTPUT_LOGITS if m.name in names]
         body.append(_section(f"Attention, output logits and plasticity{prefix}", panels))
         if len(runs) == 1:  # a comparison leaves these to each run's own report
-            families = sorted({n.split("/", 1)[0] for n in run.names() if "/" in n} - {"lr"})
+            families = sorted({n.split("/", 1)[0] for n in names if "/" in n})
+            families = [f for f in families if f != M.LEARNING_RATE.name]
             heatmaps = [plots.heatmap(run, f) for f in families]
             body.append(_section("Per-layer heatmaps", heatmaps))
         body.append(_findings_table(run))

@@ -125,6 +125,14 @@ class RunStore:
             self._name_ids[name] = name_id
         return name_id
 
+    def update_config(self, changes: Mapping[str, Any]) -> None:
+        """Merge ``changes`` into the run's stored config (written at once)."""
+        self._check_open()
+        with self._db:
+            row = self._db.execute("SELECT config FROM run WHERE id=1").fetchone()
+            config = {**json.loads(row[0]), **dict(changes)}
+            self._db.execute("UPDATE run SET config=? WHERE id=1", (_json(config),))
+
     def declare(self, metrics: Iterable[Metric]) -> None:
         """Keep the declarations of the run's metrics with the run (written at once)."""
         self._check_open()

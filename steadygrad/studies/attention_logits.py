@@ -17,20 +17,22 @@ Example:
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.finding import Finding
-from steadygrad.core.record import Record
+from steadygrad.core.metrics import ATTN_LOGIT_MAX
 from steadygrad.data import TextData
-from steadygrad.diagnose.detectors.transformer import AttentionLogitGrowth
+from steadygrad.diagnose.detectors.transformer import ATTENTION_LOGIT_GROWTH, AttentionLogitGrowth
+from steadygrad.diagnose.diagnosis import diagnose
 from steadygrad.models import TinyGPT
-from steadygrad.monitor.attention_logits import AttentionLogitSignal
+from steadygrad.monitor import AttentionLogitSignal, Monitor
+from steadygrad.store import load
 from steadygrad.studies._results import save_result
 from steadygrad.studies._threads import on_cpu_threads
 
@@ -41,8 +43,8 @@ VARIANTS = ("plain", "qk_norm")
 class AttentionLogitResult:
     """Curves per variant and the headline comparison.
 
-    ``attn_logit_max[v][layer]`` is the recorded series for ``steps[v]``; ``val_loss[v]`` the
-    validation loss on the same evaluation steps; ``final_val_loss[v]`` the last one;
+    ``attn_logit_max[v][layer]`` is the series the run recorded at ``logit_steps[v]``;
+    ``val_loss[v]`` the validation loss at ``steps[v]``; ``final_val_loss[v]`` the last one;
     ``detector_fired[v]`` whether :class:`AttentionLogitGrowth` raised any finding.
     """
 
@@ -51,6 +53,9 @@ class AttentionLogitResult:
     train_loss: dict[str, list[float]] = field(default_factory=dict)
     val_loss: dict[str, list[float]] = field(default_factory=dict)
     attn_logit_max: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    logit_steps: dict[str, list[int]] = field(default_factory=dict)
+    diagnosis: dict[str, list[str]] = field(default_factory=dict)
+    run_dirs: dict[str, str] = field(default_factory=dict)
     final_val_loss: dict[str, float] = field(default_factory=dict)
     peak_attn_logit: dict[str, float] = field(default_factory=dict)
     detector_fired: dict[str, bool] = field(default_factory=dict)
@@ -143,45 +148,48 @@ def run_attention_logits(
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0
         )
-        signal = AttentionLogitSignal(every=eval_every)
-        signal.attach(SimpleNamespace(model=model, optimizer=optimizer))
-        detector = AttentionLogitGrowth()
         gen = torch.Generator().manual_seed(seed)
-        record_steps, train_losses, val_losses, findings = [], [], [], []
-        logits: dict[str, list[float]] = {}
-        for step in range(steps + 1):
-            due = signal.due(step) or step == steps
-            if due:
-                signal.begin(step)
-            x, y = data.batch(batch_size, block_size, generator=gen)
-            loss = model.loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            if not due:
-                continue
-            values = {k: float(v) for k, v in signal.collect(step).items()}
-            for name, value in values.items():
-                logits.setdefault(name.split("/", 1)[1], []).append(value)
-            record_steps.append(step)
-            train_losses.append(loss.item())
-            val_losses.append(_val_loss(model, held) if math.isfinite(loss.item()) else math.nan)
-            findings += detector.update(Record(step, values))
-            if progress:
-                peak = max(values.values()) if values else math.nan
-                print(
-                    f"[attention-logits:{variant}] step {step:4d} loss {loss.item():.3f} "
-                    f"val {val_losses[-1]:.3f} max attn logit {peak:.1f}",
-                    flush=True,
-                )
-        signal.detach()
+        run_dir = out_dir / "runs" / variant
+        shutil.rmtree(run_dir, ignore_errors=True)  # a study re-run records afresh
+        record_steps, train_losses, val_losses = [], [], []
+        signals = [AttentionLogitSignal(every=eval_every)]
+        with Monitor(
+            model, optimizer, run_dir, signals=signals, progress=False, config=config
+        ) as mon:
+            for step in range(steps + 1):
+                x, y = data.batch(batch_size, block_size, generator=gen)
+                loss = model.loss(x, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                mon.step(loss, grad_norm_preclip=norm)
+                if step % eval_every and step != steps:
+                    continue
+                record_steps.append(step)
+                train_losses.append(loss.item())
+                finite = math.isfinite(loss.item())
+                val_losses.append(_val_loss(model, held) if finite else math.nan)
+                if progress:
+                    print(
+                        f"[attention-logits:{variant}] step {step:4d} loss {loss.item():.3f} "
+                        f"val {val_losses[-1]:.3f}",
+                        flush=True,
+                    )
+        # What the study claims, read back from the run as a user would.
+        run = load(run_dir)
+        family = run.family(ATTN_LOGIT_MAX.name)
+        logits = {m: v.tolist() for m, (_, v) in family.items()}
+        result.logit_steps[variant] = next(iter(family.values()))[0].tolist()
+        findings = [f for f in run.findings() if f.kind == ATTENTION_LOGIT_GROWTH]
+        result.diagnosis[variant] = [d.cause for d in diagnose(run).diagnoses]
         result.steps[variant] = record_steps
         result.train_loss[variant] = train_losses
         result.val_loss[variant] = val_losses
         result.attn_logit_max[variant] = logits
         result.final_val_loss[variant] = val_losses[-1]
         result.peak_attn_logit[variant] = max(max(v) for v in logits.values())
+        result.run_dirs[variant] = str(run_dir)
         result.detector_fired[variant] = bool(findings)
         result.findings[variant] = findings
         result.seconds[variant] = time.perf_counter() - start
@@ -198,7 +206,7 @@ def _plot(result: AttentionLogitResult, path: Path) -> Path:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     for v in result.steps:
         for layer, series in result.attn_logit_max[v].items():
-            top.plot(result.steps[v], series, label=f"{v} {layer}")
+            top.plot(result.logit_steps[v], series, label=f"{v} {layer}")
         bottom.plot(result.steps[v], result.val_loss[v], label=v)
     top.axhline(AttentionLogitGrowth().threshold, color="grey", ls="--", lw=0.8)
     top.set_yscale("log")

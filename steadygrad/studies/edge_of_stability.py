@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,9 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from steadygrad.core.checks import finite_float, positive_int
-from steadygrad.curvature.eigensolver import sharpness
+from steadygrad.core.metrics import CURVATURE_MATVECS, LOSS, SHARPNESS
+from steadygrad.curvature.probe import SharpnessProbe
 from steadygrad.data import load_digits
 from steadygrad.models import MLP
+from steadygrad.monitor import Monitor
+from steadygrad.store import load
 
 
 @dataclass
@@ -79,27 +83,28 @@ def _train(
     hidden: int,
     seed: int,
     tail: float,
+    run_dir: Path,
 ) -> EdgeOfStabilityRun:
     torch.manual_seed(seed)
     model = MLP(64, [hidden, hidden], 10, activation=torch.nn.Tanh)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     limit = 2.0 / lr
-    probe_steps, sharp, losses = [], [], []
-    previous, matvecs = None, 0
-    for step in range(steps + 1):
-        if step % probe_every == 0 or step == steps:
-            previous = sharpness(model, _square_loss, batch, tol=1e-3, warm_start=previous)
-            probe_steps.append(step)
-            sharp.append(previous.value)
-            matvecs += previous.matvecs
-        optimizer.zero_grad(set_to_none=True)
-        loss = _square_loss(model, batch)
-        losses.append(float(loss.detach()))
-        if not torch.isfinite(loss):
-            break
-        if step < steps:
+    shutil.rmtree(run_dir, ignore_errors=True)  # a study re-run records afresh
+    probe = SharpnessProbe(_square_loss, batch, every=probe_every, tol=1e-3)
+    with Monitor(model, optimizer, run_dir, signals=[probe], progress=False) as mon:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = _square_loss(model, batch)
             loss.backward()
             optimizer.step()
+            mon.step(loss)
+            if not torch.isfinite(loss):
+                break
+    # The measured curves, read back from the run as a user would.
+    run = load(run_dir)
+    probe_steps, sharp = (a.tolist() for a in run.series(SHARPNESS.name))
+    loss_steps, losses = (a.tolist() for a in run.series(LOSS.name))
+    matvecs = int(run.series(CURVATURE_MATVECS.name)[1].sum())
     start = int(len(sharp) * (1 - tail))
     last = sharp[start:] or sharp[-1:]
     reached = [s for s, v in zip(probe_steps, sharp, strict=True) if v >= 0.95 * limit]
@@ -108,7 +113,7 @@ def _train(
         limit=limit,
         probe_steps=probe_steps,
         sharpness=sharp,
-        loss_steps=list(range(len(losses))),
+        loss_steps=loss_steps,
         loss=losses,
         initial_ratio=sharp[0] / limit,
         final_ratio=sum(last) / len(last) / limit,
@@ -170,7 +175,9 @@ def run_edge_of_stability(
     started = time.perf_counter()
     runs = {}
     for lr in lrs:
-        runs[lr] = _train(lr, batch, steps, probe_every, positive_int("hidden", hidden), seed, tail)
+        hidden = positive_int("hidden", hidden)
+        run_dir = out / "runs" / f"lr{lr:g}"
+        runs[lr] = _train(lr, batch, steps, probe_every, hidden, seed, tail, run_dir)
         if progress:
             run = runs[lr]
             print(

@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,10 +37,12 @@ from torch import nn
 
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.finding import Finding
-from steadygrad.core.record import Record
-from steadygrad.diagnose.detectors.transformer import SoftmaxCollapse
-from steadygrad.monitor.output_logits import softmax_collapse_fraction
+from steadygrad.core.metrics import SOFTMAX_COLLAPSE
+from steadygrad.diagnose.detectors.transformer import SOFTMAX_COLLAPSE_KIND
+from steadygrad.diagnose.diagnosis import diagnose
+from steadygrad.monitor import Monitor, SoftmaxCollapseSignal
 from steadygrad.nn import OrthoGrad, stablemax_cross_entropy
+from steadygrad.store import load
 from steadygrad.studies._results import save_result
 from steadygrad.studies._threads import on_cpu_threads
 
@@ -85,6 +89,8 @@ class GrokkingResult:
     max_softmax_collapse: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     findings: dict[str, list[Finding]] = field(default_factory=dict)
+    diagnosis: dict[str, list[str]] = field(default_factory=dict)
+    run_dirs: dict[str, str] = field(default_factory=dict)
     plot_path: Path | None = None
 
     def summary(self) -> str:
@@ -185,41 +191,53 @@ def run_grokking(
         if variant == "orthograd":
             optimizer = OrthoGrad(optimizer)
         uses_softmax = not variant.startswith("stablemax")
-        detector = SoftmaxCollapse()
-        curves: dict[str, list] = {"step": [], "train": [], "test": [], "sc": []}
-        findings: list[Finding] = []
-        for step in range(steps + 1):
-            logits = model(x_train)
-            if step % eval_every == 0 or step == steps:
-                with torch.no_grad():
-                    train_acc = (logits.argmax(1) == y_train).float().mean().item()
-                    test_acc = (model(x_test).argmax(1) == y_test).float().mean().item()
-                    collapse = (
-                        softmax_collapse_fraction(logits, y_train).item()
-                        if uses_softmax
-                        else float("nan")
-                    )
-                for key, value in zip(curves, (step, train_acc, test_acc, collapse), strict=True):
-                    curves[key].append(value)
-                if uses_softmax:
-                    findings += detector.update(Record(step, {"softmax_collapse": collapse}))
-                if progress:
-                    print(
-                        f"[grokking:{variant}] step {step:5d} train {train_acc:.3f} "
-                        f"test {test_acc:.3f} softmax_collapse {collapse:.3f}",
-                        flush=True,
-                    )
-                if stop_when_generalised and test_acc >= 0.99:
+        signal = SoftmaxCollapseSignal(module="out", every=eval_every) if uses_softmax else None
+        run_dir = out_dir / "runs" / variant
+        shutil.rmtree(run_dir, ignore_errors=True)  # a study re-run records afresh
+        curves: dict[str, list] = {"step": [], "train": [], "test": []}
+        signals = [signal] if signal else []
+        with Monitor(
+            model, optimizer, run_dir, signals=signals, progress=False, config=config
+        ) as mon:
+            for step in range(steps + 1):
+                logits = model(x_train)
+                if step % eval_every == 0 or step == steps:
+                    with torch.no_grad():
+                        train_acc = (logits.argmax(1) == y_train).float().mean().item()
+                        test_acc = (model(x_test).argmax(1) == y_test).float().mean().item()
+                    for key, value in zip(curves, (step, train_acc, test_acc), strict=True):
+                        curves[key].append(value)
+                    if progress:
+                        print(
+                            f"[grokking:{variant}] step {step:5d} train {train_acc:.3f} "
+                            f"test {test_acc:.3f}",
+                            flush=True,
+                        )
+                    if stop_when_generalised and test_acc >= 0.99:
+                        break
+                if step == steps:
                     break
-            if step == steps:
-                break
-            if not uses_softmax:
-                loss = stablemax_cross_entropy(logits, y_train)
-            else:
-                loss = F.cross_entropy(logits, y_train)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+                if not uses_softmax:
+                    loss = stablemax_cross_entropy(logits, y_train)
+                else:
+                    loss = F.cross_entropy(logits, y_train)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if signal is not None:
+                    signal.set_targets(y_train)
+                mon.step(loss)
+        # The collapse and its finding, read back from the run as a user would.
+        run = load(run_dir)
+        recorded = (
+            dict(zip(*run.series(SOFTMAX_COLLAPSE.name), strict=True))
+            if SOFTMAX_COLLAPSE.name in run.names()
+            else {}
+        )
+        curves["sc"] = [float(recorded.get(s, math.nan)) for s in curves["step"]]
+        findings = [f for f in run.findings() if f.kind == SOFTMAX_COLLAPSE_KIND]
+        result.diagnosis[variant] = [d.cause for d in diagnose(run).diagnoses]
+        result.run_dirs[variant] = str(run_dir)
         result.steps[variant] = curves["step"]
         result.train_accuracy[variant] = curves["train"]
         result.test_accuracy[variant] = curves["test"]

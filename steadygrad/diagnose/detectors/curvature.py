@@ -62,6 +62,8 @@ class SharpnessAboveLimit(Detector):
         self._episodes = {value: _Episode() for value, _ in PAIRS}
 
     def update(self, record: Record) -> list[Finding]:
+        if record.nonfinite:
+            return []  # NaN-driven values are no evidence of this mechanism
         findings = []
         for value_name, limit_name in PAIRS:
             value, limit = record.get(value_name), record.get(limit_name)

@@ -110,6 +110,8 @@ class AttentionLogitGrowth(Detector):
         self._fired: dict[str, bool] = {}
 
     def update(self, record: Record) -> list[Finding]:
+        if record.nonfinite:
+            return []  # NaN-driven values are no evidence of this mechanism
         findings = []
         for name, value in record.family(self.signal).items():
             state = self._state.get(name)
@@ -167,6 +169,8 @@ class OutputLogitDivergence(Detector):
         self._streak = _Streak()
 
     def update(self, record: Record) -> list[Finding]:
+        if record.nonfinite:
+            return []  # NaN-driven values are no evidence of this mechanism
         if LOGIT_LSE_MEAN.name not in record.values:
             return []
         lse = record.values[LOGIT_LSE_MEAN.name]
@@ -203,6 +207,8 @@ class SoftmaxCollapse(Detector):
         self._streak = _Streak()
 
     def update(self, record: Record) -> list[Finding]:
+        if record.nonfinite:
+            return []  # NaN-driven values are no evidence of this mechanism
         if SOFTMAX_COLLAPSE.name not in record.values:
             return []
         value = record.values[SOFTMAX_COLLAPSE.name]
@@ -246,6 +252,8 @@ class GradientSpike(Detector):
         self._state: dict[str, list[float]] = {}  # name -> [v, count, in_spike]
 
     def update(self, record: Record) -> list[Finding]:
+        if record.nonfinite:
+            return []  # NaN-driven values are no evidence of this mechanism
         findings = []
         for name, norm in record.family(self.signal).items():
             if not math.isfinite(norm):
@@ -296,6 +304,8 @@ class PlasticityLoss(Detector):
         self._best_rank: dict[str, float] = {}
 
     def update(self, record: Record) -> list[Finding]:
+        if record.nonfinite:
+            return []  # NaN-driven values are no evidence of this mechanism
         findings = []
         for name, dead in record.family(DEAD_UNITS.name).items():
             streak = self._dead.setdefault(name, _Streak())
@@ -345,6 +355,8 @@ class UpdateRatioOutOfRange(Detector):
     reads, emits = (UPDATE_RATIO,), (UPDATE_RATIO_OUT_OF_RANGE,)
 
     def update(self, record: Record) -> list[Finding]:
+        if record.nonfinite:
+            return []  # NaN-driven values are no evidence of this mechanism
         findings = []
         for name, ratio in record.family(UPDATE_RATIO.name).items():
             if not math.isfinite(ratio) or name == "bias" or name.endswith(".bias"):

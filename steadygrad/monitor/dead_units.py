@@ -1,0 +1,79 @@
+"""Dead units per layer, in any model: on due steps every ReLU call (``nn.ReLU``, ``F.relu``,
+``torch.relu``) is intercepted, and a unit of the layer that fed it is dead when the ReLU never
+passes a positive value for it on the step's batch (Lu et al. 2019, "Dying ReLU"; Dohare et al.
+2024 count such units as lost plasticity).
+
+The layer is named as ``model.named_modules()`` spells it: the leaf module whose output the ReLU
+received (``fc1``, ``bn2``), or the module whose forward was running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from steadygrad.core import Measurements
+from steadygrad.core.metrics import DEAD_UNITS
+from steadygrad.monitor.intercept import InterceptingSignal
+
+_CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+
+
+class DeadUnitSignal(InterceptingSignal):
+    """``dead_units/<layer>``: the fraction of a layer's units whose ReLU output was zero for
+    every example of the step (units: channels after a convolution or batch norm, else the last
+    dimension).
+
+    Example:
+        >>> signal = DeadUnitSignal(every=25)   # on by default in the Monitor
+    """
+
+    metrics = (DEAD_UNITS,)
+
+    def __init__(self, every: int = 25) -> None:
+        super().__init__(every)
+        self._alive: dict[str, torch.Tensor] = {}
+        self._channel_first: set[str] = set()
+        self.seen = False
+
+    def attach(self, monitor: Any) -> None:
+        super().attach(monitor)
+        self._channel_first = {
+            n for n, m in monitor.model.named_modules() if isinstance(m, _CHANNEL_FIRST)
+        }
+
+    def applies(self) -> bool | str:
+        return True if self.seen else "no ReLU call seen"
+
+    def watched(self) -> dict[Callable, Callable]:
+        return {F.relu: self._observe, torch.relu: self._observe, F.relu_: self._observe}
+
+    def begin(self, step: int) -> None:
+        self._alive = {}
+        super().begin(step)
+
+    def _observe(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        x = args[0] if args else kwargs["input"]
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
+            return
+        layer = self.producer(x) or self.running() or "<root>"
+        dim = 1 if layer in self._channel_first else x.dim() - 1
+        x = x.detach()
+        alive = ((x > 0) | x.isnan()).movedim(dim, 0).reshape(x.shape[dim], -1).any(dim=1)
+        previous = self._alive.get(layer)
+        if previous is not None and previous.shape != alive.shape:
+            return  # the same layer fed ReLUs of another width: keep the first
+        self._alive[layer] = alive if previous is None else previous | alive
+        self.seen = True
+
+    def measure(self, step: int, out: Measurements) -> None:
+        if not self._alive:
+            return
+        names = sorted(self._alive)
+        fractions = torch.stack([1.0 - self._alive[n].float().mean() for n in names])
+        out.put_many([DEAD_UNITS.key(n) for n in names], fractions)
+        self._alive = {}

@@ -1,0 +1,115 @@
+"""Seeing inside a model you did not write: on due steps, a ``TorchFunctionMode`` intercepts
+chosen ``torch.nn.functional`` calls (the loss, the activations), and forward hooks tell which
+module is running and which module produced a tensor.
+
+Nothing is installed between due steps, so healthy steps off the cadence cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from steadygrad.core import Signal
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, watch: dict[Callable, Callable]) -> None:
+        super().__init__()
+        self.watch = watch
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        seen = self.watch.get(func)
+        if seen is not None:
+            with torch.no_grad():
+                try:
+                    seen(args, kwargs)
+                except Exception:  # noqa: BLE001 - a measurement never breaks the forward pass
+                    pass
+        return func(*args, **kwargs)
+
+
+class InterceptingSignal(Signal):
+    """Base for signals that watch functional calls on due steps.
+
+    Subclasses set :meth:`watched` (``{function: observer(args, kwargs)}``); inside an
+    observer, :meth:`running` names the innermost module whose ``forward`` is running and
+    :meth:`producer` the leaf module whose output a tensor is (``None`` when it is not one).
+    """
+
+    def __init__(self, every: int) -> None:
+        super().__init__(every)
+        self._names: dict[int, str] = {}
+        self._leaves: set[int] = set()
+        self._stack: list[str] = []
+        self._made_by: dict[int, str] = {}
+        self._widths: dict[int, str] = {}  # last dim of a leaf's output -> the latest such leaf
+        self._handles: list[Any] = []
+        self._mode: _Mode | None = None
+
+    def watched(self) -> dict[Callable, Callable]:
+        raise NotImplementedError
+
+    def attach(self, monitor: Any) -> None:
+        super().attach(monitor)
+        self._names = {id(m): name for name, m in monitor.model.named_modules()}
+        self._leaves = {id(m) for m in monitor.model.modules() if next(m.children(), None) is None}
+
+    def begin(self, step: int) -> None:
+        self._stop()
+        for module in self.monitor.model.modules():
+            self._handles.append(module.register_forward_pre_hook(self._push))
+            self._handles.append(module.register_forward_hook(self._pop, always_call=True))
+        self._mode = _Mode(self.watched())
+        self._mode.__enter__()
+
+    def end(self, step: int) -> None:
+        self._stop()
+
+    def detach(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._stack.clear()
+        self._made_by.clear()
+        self._widths.clear()
+
+    def _push(self, module: nn.Module, args: object) -> None:
+        self._stack.append(self._names.get(id(module), ""))
+
+    def _pop(self, module: nn.Module, args: object, output: object) -> None:
+        if self._stack:
+            self._stack.pop()
+        if id(module) in self._leaves and isinstance(output, torch.Tensor) and output.dim():
+            name = self._names.get(id(module), "")
+            self._made_by[_key(output)] = name
+            self._widths[output.shape[-1]] = name
+
+    def running(self) -> str:
+        """The innermost module whose forward is running ('' at the top level)."""
+        return self._stack[-1] if self._stack else ""
+
+    def producer(self, tensor: torch.Tensor, last_dim: int | None = None) -> str | None:
+        """The leaf module whose output ``tensor`` is (or a view of it); failing that, with
+        ``last_dim``, the latest leaf whose output's last dimension is ``last_dim`` (a copy,
+        e.g. logits upcast to float32 before the loss)."""
+        found = self._made_by.get(_key(tensor))
+        return found if found is not None or last_dim is None else self._widths.get(last_dim)
+
+
+def _key(tensor: torch.Tensor) -> int:
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # e.g. a tensor subclass without storage
+        return id(tensor)

@@ -1,0 +1,109 @@
+"""The model's real output, found where the loss is computed: on due steps, every
+``F.cross_entropy`` call hands over the logits AND the targets, with no user code.
+
+Recorded: the mean log-partition ``log sum exp(z)`` (what z-loss holds near 0), the largest
+absolute logit and the logits' RMS, and the softmax-collapse fraction with the true targets. A
+model trained without cross-entropy (a regression head, say) records none of them: the signal
+says it is off in the run's config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from steadygrad.core import Measurements, Record
+from steadygrad.core.metrics import (
+    LOGIT_LSE_MEAN,
+    OUTPUT_LOGIT_MAX,
+    OUTPUT_LOGIT_RMS,
+    SOFTMAX_COLLAPSE,
+)
+from steadygrad.monitor.intercept import InterceptingSignal
+from steadygrad.monitor.output_logits import softmax_collapse_mask
+
+
+class CrossEntropyOutputSignal(InterceptingSignal):
+    """Output-logit statistics and softmax collapse from every ``F.cross_entropy`` call
+    (``nn.CrossEntropyLoss`` and Hugging Face losses call it) on due steps.
+
+    Rows whose target is ``ignore_index`` are left out; soft (probability) targets count for the
+    logit statistics but not for softmax collapse. ``record.meta["output_module"]`` names the
+    module that produced the logits (the head), when a leaf module did.
+
+    Example:
+        >>> signal = CrossEntropyOutputSignal(every=25)   # on by default in the Monitor
+    """
+
+    metrics = (LOGIT_LSE_MEAN, OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS, SOFTMAX_COLLAPSE)
+
+    def __init__(self, every: int = 25) -> None:
+        super().__init__(every)
+        self._sums: dict[str, torch.Tensor] = {}
+        self._head: str | None = None
+        self.seen = False
+
+    def watched(self) -> dict[Callable, Callable]:
+        return {F.cross_entropy: self._observe}
+
+    def applies(self) -> bool | str:
+        return True if self.seen else "no F.cross_entropy call seen (not a softmax classifier)"
+
+    def begin(self, step: int) -> None:
+        self._sums, self._head = {}, None
+        super().begin(step)
+
+    def _observe(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        logits = args[0] if args else kwargs["input"]
+        target = args[1] if len(args) > 1 else kwargs["target"]
+        if not isinstance(logits, torch.Tensor) or logits.dim() < 1:
+            return
+        z = logits.detach()
+        if z.dim() > 1:
+            z = z.movedim(1, -1)  # classes last: (N, C, d1, ...) -> (N, d1, ..., C)
+        self._head = self._head or self.producer(logits, z.shape[-1])
+        z = z.reshape(-1, z.shape[-1])
+        hard = not target.is_floating_point()
+        if hard:
+            target = target.detach().reshape(-1)
+            ignore = kwargs.get("ignore_index", args[3] if len(args) > 3 else -100)
+            keep = target != ignore
+            z, target = z[keep], target[keep]
+        if not z.numel():
+            return
+        self.seen = True
+        z32 = z.float()
+        parts = {
+            "lse": torch.logsumexp(z32, dim=-1).sum(),
+            "rows": torch.tensor(float(z.shape[0]), device=z.device),
+            "max": z32.abs().max(),
+            "sq": (z32 * z32).sum(),
+            "count": torch.tensor(float(z.numel()), device=z.device),
+        }
+        if hard:
+            parts["collapsed"] = softmax_collapse_mask(z, target).float().sum()
+            parts["hard_rows"] = parts["rows"]
+        for key, value in parts.items():
+            previous = self._sums.get(key)
+            if key == "max":
+                self._sums[key] = value if previous is None else torch.maximum(previous, value)
+            else:
+                self._sums[key] = value if previous is None else previous + value
+
+    def measure(self, step: int, out: Measurements) -> None:
+        s = self._sums
+        if not s:
+            return
+        out.put(LOGIT_LSE_MEAN.name, s["lse"] / s["rows"])
+        out.put(OUTPUT_LOGIT_MAX.name, s["max"])
+        out.put(OUTPUT_LOGIT_RMS.name, (s["sq"] / s["count"]).sqrt())
+        if "collapsed" in s:
+            out.put(SOFTMAX_COLLAPSE.name, s["collapsed"] / s["hard_rows"])
+        self._sums = {}
+
+    def finish(self, record: Record, raw: Sequence[float]) -> None:
+        if self._head:
+            record.meta["output_module"] = self._head

@@ -1,0 +1,137 @@
+"""The one-line attach watches mechanisms: the loss's logits and targets, dead ReLU units per
+layer (functional ReLUs too), attention logits; signals that do not apply stay off.
+
+Oracles: the same quantities computed by hand from the step's own tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import steadygrad
+
+
+class FunctionalNet(nn.Module):
+    """ReLUs called as functions, and a head whose logits are upcast before the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.conv = nn.Conv1d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm1d(3)
+        self.head = nn.Linear(8 * 3, 5)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))  # (N, 8)
+        c = torch.relu(self.bn(self.conv(h[:, None, :])))  # (N, 3, 8): channels are units
+        return self.head(c.flatten(1))
+
+
+def _run(tmp_path, model, loss_fn, steps=3, **kwargs):
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 6), torch.randint(0, 5, (16,))
+    records, hand = [], []
+    with steadygrad.watch(
+        model, opt, tmp_path / "run", progress=False, activation_every=1, **kwargs
+    ) as mon:
+        for _ in range(steps):
+            out = model(x)
+            loss = loss_fn(out, y)
+            with torch.no_grad():
+                hand.append(out.detach().clone())
+            loss.backward()
+            opt.step()
+            records.append(mon.step(loss))
+            opt.zero_grad()
+    return records, hand, x, y
+
+
+def test_output_statistics_come_from_the_loss_call(tmp_path):
+    model = FunctionalNet()
+    records, hand, _, y = _run(tmp_path, model, lambda z, t: F.cross_entropy(z.float(), t))
+    for record, logits in zip(records, hand, strict=True):
+        assert record.values["logit_lse_mean"] == pytest.approx(
+            torch.logsumexp(logits, 1).mean().item(), rel=1e-5
+        )
+        assert record.values["output_logit_max"] == pytest.approx(logits.abs().max().item())
+        assert record.values["output_logit_rms"] == pytest.approx(
+            logits.pow(2).mean().sqrt().item(), rel=1e-5
+        )
+        assert record.values["softmax_collapse"] == 0.0
+        assert record.meta["output_module"] == "head"
+
+
+def test_ignored_targets_are_left_out_and_collapse_uses_the_true_targets(tmp_path):
+    model = nn.Linear(6, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([40.0, 0.0, 0.0]))  # every row one-hot on class 0
+    targets = torch.tensor([0, 0, 1, -100] * 4)
+
+    records, hand, _, _ = _run(tmp_path, model, lambda z, t: F.cross_entropy(z, targets), steps=1)
+    # rows with target 0 are collapsed, target 1 is not, ignored rows do not count: 8/12
+    assert records[0].values["softmax_collapse"] == pytest.approx(8 / 12)
+    keep = targets != -100
+    assert records[0].values["logit_lse_mean"] == pytest.approx(
+        torch.logsumexp(hand[0][keep], 1).mean().item()
+    )
+
+
+def test_dead_units_per_layer_with_functional_relus(tmp_path):
+    model = FunctionalNet()
+    with torch.no_grad():
+        model.fc1.bias[:3] = -100.0  # three of fc1's eight units never pass the ReLU
+    records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
+    values = records[0].values
+    with torch.no_grad():
+        pre = model.fc1(x)  # weights moved by one SGD step; the -100 biases keep them dead
+    assert values["dead_units/fc1"] == pytest.approx(3 / 8)
+    assert (pre[:, :3] <= 0).all()
+    assert "dead_units/bn" in values and 0.0 <= values["dead_units/bn"] <= 1.0
+
+
+def test_a_regression_head_gets_no_output_logit_or_softmax_signal(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+    records, _, _, _ = _run(
+        tmp_path, model, lambda z, t: F.mse_loss(z.squeeze(1), t.float()), steps=2
+    )
+    assert not any(k.startswith(("logit_lse", "softmax_collapse")) for k in records[-1].values)
+    signals = steadygrad.load(tmp_path / "run").config["signals"]
+    assert signals["CrossEntropyOutputSignal"].startswith("off")
+    assert signals["DeadUnitSignal"].startswith("off")
+    assert signals["AttentionLogitSignal"].startswith("off")
+    report = steadygrad.diagnose(tmp_path / "run")
+    assert "softmax_collapse" not in report.causes()
+    assert "output_logit_divergence" not in report.causes()
+
+
+def test_nan_activations_do_not_count_as_dead_units(tmp_path):
+    model = FunctionalNet()
+    x = torch.randn(16, 6)
+    x[0, 0] = math.nan
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with steadygrad.watch(model, opt, tmp_path / "nan", progress=False, activation_every=1) as mon:
+        loss = F.cross_entropy(model(x), torch.randint(0, 5, (16,)))
+        loss.backward()
+        record = mon.step(loss)
+    assert record.nonfinite
+    assert record.values["dead_units/fc1"] == 0.0
+
+
+def test_mechanisms_can_be_switched_off_and_a_given_signal_replaces_its_default(tmp_path):
+    model = FunctionalNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "a", mechanisms=False, progress=False)
+    names = {type(s).__name__ for s in mon.signals}
+    mon.close()
+    assert not names & {"CrossEntropyOutputSignal", "DeadUnitSignal", "AttentionLogitSignal"}
+    given = steadygrad.OutputLogitSignal(module="head")
+    mon = steadygrad.Monitor(model, opt, tmp_path / "b", signals=[given], progress=False)
+    names = [type(s).__name__ for s in mon.signals]
+    mon.close()
+    assert "CrossEntropyOutputSignal" not in names and "OutputLogitSignal" in names
