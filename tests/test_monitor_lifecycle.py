@@ -77,9 +77,8 @@ def test_state_dict_carries_the_run_into_a_checkpoint(tmp_path):
     loop(mon, model, opt, 25, poison=(12,))
     checkpoint = {"model": model.state_dict(), "steadygrad": mon.state_dict()}
     torch.save(checkpoint, tmp_path / "ckpt.pt")
-    loop(mon, model, opt, 5, start=25)  # steps 25..29, then a crash
-    mon.store.flush()
-    del mon  # no close: the process died
+    loop(mon, model, opt, 5, start=25)  # steps 25..29, then the job is killed
+    mon.close("crashed")
 
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     model.load_state_dict(saved["model"])
@@ -202,3 +201,19 @@ def test_lr_backoff_survives_the_scheduler(tmp_path):
     want = [0.1 / (1 + k) * (0.5 if k > 6 else 1.0) for k in range(12)]
     assert list(lr) == pytest.approx(want, rel=1e-12)
     assert all(math.isfinite(x) for x in steadygrad.load(tmp_path).series("loss")[1][7:])
+
+
+def test_resume_without_a_saved_state_goes_on_after_the_last_stored_step(tmp_path):
+    from steadygrad.monitor.state import STATE_FILE
+
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = steadygrad.Monitor(model, opt, tmp_path, progress=False)
+    loop(mon, model, opt, 7)
+    mon.close("crashed")
+    (tmp_path / STATE_FILE).unlink()  # as if killed before it could save its state
+    with steadygrad.Monitor(model, opt, tmp_path, resume=True, progress=False) as mon:
+        assert mon.step_count == 7
+        loop(mon, model, opt, 2, start=7)
+    steps, _ = steadygrad.load(tmp_path).series("loss")
+    assert list(steps) == list(range(9))
