@@ -217,3 +217,22 @@ def test_resume_without_a_saved_state_goes_on_after_the_last_stored_step(tmp_pat
         loop(mon, model, opt, 2, start=7)
     steps, _ = steadygrad.load(tmp_path).series("loss")
     assert list(steps) == list(range(9))
+
+
+@pytest.mark.parametrize("sync", [None, True])
+def test_fused_optimizer_skips_on_the_device_unless_sync_is_asked(tmp_path, sync):
+    model = tiny_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    pilot = steadygrad.Autopilot(rollback=False, sync=sync)
+    with steadygrad.Monitor(model, opt, tmp_path, autopilot=pilot, progress=False) as mon:
+        loop(mon, model, opt, 4)
+        before = [p.detach().clone() for p in model.parameters()]
+        step_before = opt.state[model[0].weight]["step"].clone()
+        loop(mon, model, opt, 1, start=4, poison=(4,))
+        assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+        assert torch.equal(opt.state[model[0].weight]["step"], step_before)
+        loop(mon, model, opt, 2, start=5)
+    assert pilot._skipper.device_side == (sync is None)
+    assert [(s, k) for s, k, _ in mon.actions] == [(4, "skip_update")]
+    with pytest.raises(TypeError, match="sync must be None, True or False"):
+        steadygrad.Autopilot(sync="yes")
