@@ -8,7 +8,8 @@ Example:
     >>> print(steadygrad.diagnose(run).text())                           # doctest: +SKIP
 """
 
-from steadygrad import nn, optim
+from steadygrad import estimators, nn, optim
+from steadygrad.continual import ContinualEvaluation
 from steadygrad.core import Finding, FindingKind, Metric, Record, Severity, Signal, Sink
 from steadygrad.curvature import (
     SharpnessProbe,
@@ -33,6 +34,7 @@ from steadygrad.diagnose.detectors import (
     PlasticityLoss,
     SharpnessAboveLimit,
     SoftmaxCollapse,
+    StabilityGap,
     UpdateRatioOutOfRange,
     default_detectors,
 )
@@ -60,6 +62,8 @@ __all__ = [
     "hessian_trace",
     "hessian_frobenius_norm",
     "SharpnessProbe",
+    "ContinualEvaluation",
+    "StabilityGap",
     "SharpnessAboveLimit",
     "AttentionLogitGrowth",
     "AttentionLogitSignal",
@@ -71,6 +75,7 @@ __all__ = [
     "Metric",
     "Severity",
     "Sink",
+    "estimators",
     "nn",
     "optim",
     "GradNormSpikeDetector",

@@ -132,6 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--steps", type=_positive_int, default=None)
 
+    s = studies.add_parser(
+        "stability-gap",
+        help="class-incremental digits: old tasks drop after each switch and partly recover",
+        description="De Lange et al. 2023: train an MLP on digits split into tasks of two "
+        "classes, evaluating every task at every step, with 0 to 32 replayed examples per batch. "
+        "Reports the drop of earlier tasks right after each task switch (the stability gap), "
+        "what evaluating only at task boundaries shows, min-ACC and WC-ACC.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/stability-gap"))
+    s.add_argument("--steps-per-task", type=_positive_int, default=None)
+    s.add_argument("--replay-sizes", nargs="+", type=int, default=None)
+    s.add_argument("--lr", type=float, default=None)
+    s = studies.add_parser(
+        "gradient-estimators",
+        help="forward gradient, DFA, Forward-Forward and ReSTE against backprop on digits",
+        description="Train an MLP on digits with each gradient estimator and with backprop; "
+        "report the cosine and norm ratio of each estimator's update against the true gradient "
+        "over training, the accuracy reached, the forward gradient's alignment against the "
+        "number of parameters, and Forward-Forward's layer-local goodness.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/gradient-estimators"))
+    s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--estimators", nargs="+", default=None)
+
     p = sub.add_parser(
         "export",
         help="export a run's scalars to CSV or Parquet",
@@ -235,11 +259,27 @@ def _attention_logits(args: argparse.Namespace) -> None:
     Console().print(run_attention_logits(args.out, **_given(args, "lr", "steps")).summary())
 
 
+def _stability_gap(args: argparse.Namespace) -> None:
+    from steadygrad.studies.stability_gap import run_stability_gap
+
+    options = _given(args, "steps_per_task", "replay_sizes", "lr")
+    Console().print(run_stability_gap(args.out, progress=False, **options).summary())
+
+
+def _gradient_estimators(args: argparse.Namespace) -> None:
+    from steadygrad.studies.gradient_estimators import run_gradient_estimators
+
+    options = _given(args, "steps", "estimators")
+    Console().print(run_gradient_estimators(args.out, progress=False, **options).summary())
+
+
 STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
     "lr-sensitivity": _lr_sensitivity,
     "edge-of-stability": _edge_of_stability,
     "grokking": _grokking,
     "attention-logits": _attention_logits,
+    "stability-gap": _stability_gap,
+    "gradient-estimators": _gradient_estimators,
 }
 
 

@@ -135,3 +135,36 @@ def test_mechanisms_can_be_switched_off_and_a_given_signal_replaces_its_default(
     names = [type(s).__name__ for s in mon.signals]
     mon.close()
     assert "CrossEntropyOutputSignal" not in names and "OutputLogitSignal" in names
+
+
+def test_a_failing_probe_is_switched_off_with_a_warning_and_training_goes_on(tmp_path):
+    """A sharpness probe on NaN weights, or any signal that raises, never stops training."""
+
+    class Broken(steadygrad.Signal):
+        metrics = ()
+
+        def collect(self, step):
+            raise RuntimeError("boom")
+
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    probe = steadygrad.SharpnessProbe(
+        lambda m, b: F.mse_loss(m(b[0]), b[1]), (x, y), every=1, max_matvecs=5
+    )
+    with pytest.warns(RuntimeWarning, match="switched off"):
+        with steadygrad.watch(
+            model, opt, tmp_path / "run", signals=[probe, Broken()], progress=False
+        ) as mon:
+            for step in range(4):
+                if step == 2:
+                    with torch.no_grad():
+                        model.weight.fill_(float("nan"))
+                loss = F.mse_loss(model(x), y)
+                loss.backward()
+                opt.step()
+                mon.step(loss)
+                opt.zero_grad()
+    run = steadygrad.load(tmp_path / "run")
+    assert run.status == "finished" and run.num_steps == 4
+    assert "nonfinite" in steadygrad.diagnose(run).causes()

@@ -127,7 +127,11 @@ def test_backward_origin_is_the_first_poisoned_gradient(tmp_path):
     mon.close()
 
 
-def test_guard_finds_the_producer_after_an_unhooked_nan_step(tmp_path):
+def test_guard_finds_the_producer_after_an_unhooked_nan_step(tmp_path, monkeypatch):
+    """Where the step cannot be replayed, the guard measures the next steps."""
+    from steadygrad.monitor.activations import ActivationSignal
+
+    monkeypatch.setattr(ActivationSignal, "_replay", lambda self, record: None)
     model = tiny_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     mon = steadygrad.Monitor(model, opt, tmp_path / "run", activation_every=1000, progress=False)
@@ -208,3 +212,26 @@ def test_gradscaler_control_without_overflow_has_no_findings(tmp_path):
 def test_real_divergence_under_gradscaler_is_still_critical(tmp_path):
     mon, records, _, _ = _amp_loop(tmp_path, init_scale=2.0**8, poison_loss=True)
     assert [f.kind for f in mon.findings if f.severity == "critical"] == ["nonfinite"]
+
+
+def test_a_skipped_nan_step_is_replayed_and_its_producer_named_at_once(tmp_path):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", activation_every=1000, progress=False)
+    broken = {"on": False}
+    model[2].register_forward_hook(lambda m, a, out: out * 1e39 if broken["on"] else out)
+    records = []
+    for i in range(4):
+        broken["on"] = i >= 2
+        x, y = regression_batch(i)
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if torch.isfinite(loss):  # the user's guard: the weights stay clean
+            opt.step()
+        records.append(mon.step(loss))
+        opt.zero_grad()
+    assert records[2].meta["forward_origin"]["module"] == "2"
+    assert records[2].meta["forward_origin"]["replayed"] is True
+    first = _findings(mon, "nonfinite")
+    assert len(first) == 1 and first[0].step == 2 and first[0].where == "2"
+    mon.close()

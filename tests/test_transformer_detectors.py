@@ -49,11 +49,16 @@ def test_attention_logit_growth_critical_value_and_rearm():
 def test_output_logit_divergence_fires_on_drifting_log_partition_only():
     drifting = [{"logit_lse_mean": 5.5 - 1.0 * s, "output_logit_max": 3.0 * s} for s in range(40)]
     findings = run(OutputLogitDivergence(lse_limit=20, patience=3), drifting)
-    # |5.5 - s| >= 20 from s = 26 on: the third such record is s = 28
-    assert len(findings) == 1 and findings[0].step == 28
-    assert findings[0].evidence["output_logit_max"] == 84.0
+    # early warning: 10 nats (lse_limit / 2) below the start, and falling, at s = 10; one
+    # finding for the whole episode (the sustained test at -20 from s = 26 does not repeat it)
+    assert len(findings) == 1 and findings[0].step == 10
+    assert findings[0].evidence["drift"] == -10.0
+    assert findings[0].evidence["output_logit_max"] == 30.0
     healthy = [{"logit_lse_mean": 5.5 * math.exp(-s / 10)} for s in range(100)]
     assert run(OutputLogitDivergence(), healthy) == []
+    # a confident, healthy classifier: log Z climbs towards its largest logit (30 nats)
+    confident = [{"logit_lse_mean": 2.3 + 28 * (1 - math.exp(-s / 30))} for s in range(200)]
+    assert run(OutputLogitDivergence(), confident) == []
 
 
 def test_softmax_collapse_detector():

@@ -179,3 +179,11 @@ CURVATURE_MATVECS = Metric(
     unit="count",
     panel="cost",
 )
+
+# -- the update's own stability ----------------------------------------------------------------
+DIRECTIONAL_SHARPNESS_RATIO = Metric(
+    "directional_sharpness_ratio",
+    "curvature along the last update against its stability limit (1 = at the limit): "
+    "(1 - r)/2 with r = slope after / slope before the step along the update",
+    panel="sharpness",
+)

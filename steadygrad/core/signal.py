@@ -7,7 +7,8 @@ so the store, the detectors and the report know them.
 Lifecycle, driven by the Monitor:
   ``attach(monitor)`` once; ``begin(step)`` before the forward pass of every step where
   ``due(step)`` (install hooks here); ``before_update()`` in the optimizer's pre-step path of
-  every step (read what the update is about to use); ``end(step)`` after the step, for every due
+  every step (read what the update is about to use); ``after_update()`` right after it;
+  ``end(step)`` after the step, for every due
   signal before any of them collects (remove hooks here, so a probe that runs its own forward
   passes is not captured by another signal); ``measure(step, out)`` puts this step's values
   (tensors may stay on the device: the Monitor moves all of a step's values to the host in one
@@ -134,6 +135,9 @@ class Signal:
 
     def before_update(self) -> None:
         """Called in the optimizer's pre-step path of every step, before the update."""
+
+    def after_update(self) -> None:
+        """Called in the optimizer's post-step path of every step, right after the update."""
 
     def end(self, step: int) -> None:
         """Called after the step, before any signal collects: stop capturing."""

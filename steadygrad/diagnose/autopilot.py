@@ -43,6 +43,7 @@ from steadygrad.core.checks import finite_float, non_negative_int, positive_int
 from steadygrad.core.metrics import LOSS, NONFINITE_PARAMS
 from steadygrad.diagnose.detectors.base import RobustBaseline
 from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE
+from steadygrad.diagnose.detectors.trends import SustainedLevel
 from steadygrad.diagnose.lr_backoff import back_off_learning_rate
 from steadygrad.diagnose.skip_update import UpdateSkipper
 
@@ -128,7 +129,7 @@ class Autopilot:
         self._monitor: MonitorLink | None = None
         self._skipper: UpdateSkipper | None = None
         self._norm_median = RobustBaseline(window=64)
-        self._healthy_loss = RobustBaseline(window=64)
+        self._loss_level = SustainedLevel(window=3)
         # decisions made before updates, settled when a step is recorded: (step, norm, limit)
         self._pending: list[tuple[int, torch.Tensor | float, float | None]] = []
 
@@ -234,15 +235,16 @@ class Autopilot:
             self._take_snapshot(step)
 
     def _diverged(self, record: Record, findings: list[Finding]) -> bool:
+        """Non-finite, or the loss's short running median ``divergence_ratio`` times above the
+        best level it sustained (a slow climb counts: the level does not follow it)."""
         loss = record.values.get(LOSS.name, 0.0)
         if not math.isfinite(loss) or record.values.get(NONFINITE_PARAMS.name):
             return True
-        base = self._healthy_loss
-        if len(base) >= 8 and loss > self.divergence_ratio * abs(base.median()):
-            return True
-        if not findings:
-            base.add(loss)
-        return False
+        level = self._loss_level
+        level.add(loss, record.step)
+        floor = abs(level.floor)
+        ratio = self.divergence_ratio
+        return math.isfinite(floor) and (level.current > ratio * floor or loss > ratio**2 * floor)
 
     # -- snapshots --------------------------------------------------------------------------------
     def _take_snapshot(self, step: int) -> None:
@@ -311,6 +313,7 @@ class Autopilot:
         self.lr_scale *= self.lr_factor
         self.rollbacks += 1
         self.rollback_steps.append(step)
+        self._loss_level.values.clear()  # the diverged losses are behind us
         mon.weights_replaced()
         self._act(step, "rollback", {"to_step": state["step"], "lr_before": old, "lr_after": new})
 
@@ -325,7 +328,7 @@ class Autopilot:
             "lr_scale": self.lr_scale,
             "clipping_on": self.clipping_on,
             "skipped_step": self.skipped_step,
-            "baselines": pickle.dumps((self._norm_median, self._healthy_loss)),
+            "baselines": pickle.dumps((self._norm_median, self._loss_level)),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -335,7 +338,7 @@ class Autopilot:
         self.lr_scale = float(state["lr_scale"])
         self.clipping_on = bool(state["clipping_on"])
         self.skipped_step = state["skipped_step"]
-        self._norm_median, self._healthy_loss = pickle.loads(state["baselines"])
+        self._norm_median, self._loss_level = pickle.loads(state["baselines"])
         self._snapshot, self.snapshot_step, self._pending = None, None, []
 
     def _act(self, step: int, kind: str, detail: dict[str, Any]) -> None:

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from steadygrad.diagnose.rules import RULES, Diagnosis, Rule, RunFacts
+from steadygrad.core import Severity
+from steadygrad.diagnose.detectors.training import NONFINITE
+from steadygrad.diagnose.detectors.trends import LOSS_DIVERGENCE
+from steadygrad.diagnose.rules import EVENT, MECHANISM, RULES, SYMPTOM, Diagnosis, Rule, RunFacts
 from steadygrad.store.run import Run, load
 
 
@@ -46,6 +49,9 @@ class DiagnosisReport:
                     "evidence": d.evidence,
                     "fixes": [{"action": f.action, "code": f.code} for f in d.fixes],
                     "reference": d.reference,
+                    "confidence": d.confidence,
+                    "why": d.why,
+                    "score": d.score,
                 }
                 for d in self.diagnoses
             ],
@@ -60,6 +66,8 @@ class DiagnosisReport:
             lines = [f"{self.run_name}: {len(self.diagnoses)} diagnosis(es), most likely first:"]
         for i, d in enumerate(self.diagnoses, 1):
             lines.append(f"{i}. [{d.severity}] {d.summary}")
+            if d.why:
+                lines.append(f"   confidence {d.confidence}: {d.why}")
             for fix in d.fixes:
                 lines.append(f"   fix: {fix.action}: {fix.code}")
             lines.append(f"   because: {d.reference}")
@@ -81,8 +89,52 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
         run = load(run)
     facts = RunFacts(run)
     found = [d for rule in rules if (d := rule.apply(facts)) is not None]
-    found.sort(key=lambda d: d.rank_key)
+    broke = _break_step(facts)
+    for d in found:
+        judge(d, broke)
+    found.sort(key=lambda d: (-d.score, d.first_step if d.first_step is not None else np.inf))
     return DiagnosisReport(run.name, found, margins(facts))
+
+
+def _break_step(facts: RunFacts) -> int | None:
+    """Where the run broke: its first non-finite step or critical divergence, if any."""
+    broke = [f.step for f in facts.findings if f.kind == NONFINITE]
+    broke += [
+        f.step for f in facts.findings if f.kind == LOSS_DIVERGENCE and f.severity == "critical"
+    ]
+    return min(broke) if broke else None
+
+
+TIER_SCORE = {MECHANISM: 30.0, EVENT: 20.0, SYMPTOM: 10.0}
+
+
+def judge(d: Diagnosis, broke: int | None) -> None:
+    """Score a diagnosis, say how confident it is and why. A mechanism outranks the symptoms
+    only when its evidence came before the run broke (it can explain them); one first seen
+    after the break is more likely a consequence and drops below them."""
+    d.score = TIER_SCORE[d.tier] + 5.0 * Severity.rank(d.severity)
+    first = d.first_step
+    if d.tier == SYMPTOM:
+        d.confidence = "high" if d.severity != "info" else "medium"
+        d.why = "a symptom: what happened, not why; a cause ranked above it explains it"
+    elif broke is None:
+        d.confidence = "medium"
+        d.why = f"seen from step {first}; the run did not break, so nothing confirms it yet"
+    elif first is not None and first <= broke:
+        d.score += 10.0
+        lead = broke - first
+        d.confidence = "high" if lead > 0 else "medium"
+        d.why = (
+            f"seen at step {first}, {lead} step(s) before the run broke at step {broke}: "
+            "it came first and explains what followed"
+        )
+    else:
+        d.score -= 25.0
+        d.confidence = "low"
+        d.why = (
+            f"first seen at step {first}, after the run broke at step {broke}: more likely a "
+            "consequence than the cause"
+        )
 
 
 def margins(facts: RunFacts) -> dict[str, float | str]:

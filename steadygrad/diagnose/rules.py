@@ -23,6 +23,7 @@ from steadygrad.core.metrics import (
     SHARPNESS_LIMIT,
     UPDATE_RATIO,
 )
+from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
 from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
 from steadygrad.diagnose.detectors.training import (
     AMP_OVERFLOW,
@@ -39,6 +40,7 @@ from steadygrad.diagnose.detectors.transformer import (
     SOFTMAX_COLLAPSE_KIND,
     UPDATE_RATIO_OUT_OF_RANGE,
 )
+from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE, UNSTABLE_STEPS
 from steadygrad.store.run import Run
 
 # How specific a cause is: a mechanism explains the symptoms that follow it, so it ranks first.
@@ -69,6 +71,9 @@ class Diagnosis:
     fixes: list[Fix]
     reference: str
     tier: int = SYMPTOM
+    score: float = 0.0
+    confidence: str = ""
+    why: str = ""
 
     @property
     def rank_key(self) -> tuple:
@@ -331,6 +336,27 @@ def _loss_spike(facts: RunFacts) -> Found | None:
 
 
 def _sharpness(facts: RunFacts) -> Found | None:
+    return _measured_sharpness(facts) or _unstable_steps(facts)
+
+
+def _unstable_steps(facts: RunFacts) -> Found | None:
+    """No probe ran, but the steps overshot along their own direction (the directional
+    sharpness ratio, from two successive gradients, above the limit)."""
+    found = facts.of(UNSTABLE_STEPS)
+    if not found:
+        return None
+    first = found[0]
+    ratio = first.evidence.get("median_recent", math.nan)
+    return Found(
+        f"the optimizer's steps overshoot from step {first.step}: the curvature along each "
+        f"update is {ratio:.2g}x its stability limit (the learning rate is above 2/sharpness)",
+        first.step,
+        [],
+        dict(first.evidence),
+    )
+
+
+def _measured_sharpness(facts: RunFacts) -> Found | None:
     found = facts.of(SHARPNESS_ABOVE_LIMIT)
     if found:
         first = found[0]
@@ -373,6 +399,22 @@ def _sharpness_at_limit_before_divergence(
             "diverged_at": when,
         },
     )
+
+
+def _loss_divergence(facts: RunFacts) -> Found | None:
+    found = facts.of(LOSS_DIVERGENCE)
+    if not found:
+        return None
+    first = found[0]
+    ev = dict(first.evidence)
+    worst = max(found, key=lambda f: Severity.rank(f.severity))
+    summary = (
+        f"the loss climbed away from its best sustained level {ev.get('best_level', math.nan):.4g}"
+        f" (step {ev.get('best_level_step')}) from step {first.step}"
+    )
+    if worst.severity == "critical":
+        summary += f", to {worst.evidence.get('ratio', math.nan):.3g}x it by step {worst.step}"
+    return Found(summary, first.step, [], ev, worst.severity)
 
 
 def _autopilot(facts: RunFacts) -> Found | None:
@@ -499,7 +541,25 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _sharpness,
-        (SHARPNESS_ABOVE_LIMIT, NONFINITE, LOSS_SPIKE),
+        (SHARPNESS_ABOVE_LIMIT, UNSTABLE_STEPS, NONFINITE, LOSS_SPIKE),
+    ),
+    Rule(
+        "exploding_gradients",
+        MECHANISM,
+        "warning",
+        "Pascanu, Mikolov and Bengio 2013, 'On the difficulty of training recurrent neural "
+        "networks': gradients that grow geometrically (through depth or time) explode; clipping "
+        "the gradient norm bounds the step, and a smaller learning rate or a better-conditioned "
+        "initialisation removes the growth.",
+        (
+            Fix(
+                "clip the gradient norm",
+                "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)",
+            ),
+            LOWER_LR,
+        ),
+        _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting"),
+        (GRADIENT_GROWTH,),
     ),
     Rule(
         "loss_of_plasticity",
@@ -596,6 +656,17 @@ RULES: tuple[Rule, ...] = (
         (LOSS_SPIKE,),
     ),
     Rule(
+        "loss_divergence",
+        SYMPTOM,
+        "warning",
+        "Wortsman et al. 2023 and Chowdhery et al. 2022: a loss that leaves its best level and "
+        "keeps climbing is a divergence in progress; rolling back with a lower learning rate "
+        "recovers it.",
+        (AUTOPILOT, LOWER_LR, WARMUP),
+        _loss_divergence,
+        (LOSS_DIVERGENCE,),
+    ),
+    Rule(
         "amp_overflow",
         SYMPTOM,
         "info",
@@ -622,3 +693,49 @@ RULES: tuple[Rule, ...] = (
         (),
     ),
 )
+
+
+# -- continual learning (kept self-contained: one check, one rule, appended) --------------------
+def _stability_gap(facts: RunFacts) -> Found | None:
+    gaps = facts.of(STABILITY_GAP_FOUND)
+    if not gaps:
+        return None
+    worst = max(gaps, key=lambda f: f.evidence.get("size", 0.0))
+    ev = worst.evidence
+    tasks = sorted({f.where for f in gaps if f.where})
+    summary = (
+        f"stability gap: after the task switch at step {ev.get('switch_step')}, accuracy on "
+        f"earlier task {worst.where} fell by {ev.get('size', math.nan):.2f} within "
+        f"{ev.get('steps_to_minimum')} steps and won half of it back only after "
+        f"{ev.get('length')} steps ({len(gaps)} gap(s) in all)"
+    )
+    evidence = {"gaps": len(gaps), "worst": dict(ev)}
+    return Found(summary, min(f.step for f in gaps), tasks, evidence)
+
+
+STABILITY_GAP_RULE = Rule(
+    "stability_gap",
+    EVENT,
+    "warning",
+    "De Lange, van de Ven & Tuytelaars 2023 (ICLR), 'Continual evaluation for lifelong "
+    "learning: identifying the stability gap': evaluated every iteration, earlier tasks lose "
+    "much of their accuracy in the first steps on a new task and then partly recover, even with "
+    "experience replay (Chaudhry et al. 2019); they trace it to the new task's large gradients "
+    "outweighing the replayed ones at the switch. More replay makes the drop shallower "
+    "(steadygrad study stability-gap).",
+    (
+        Fix(
+            "replay (more of) a buffer of earlier tasks' examples in every batch",
+            "buffer = steadygrad.continual.ReplayBuffer(capacity=2000)  # once; then each step: "
+            "buffer.add(x, y); x, y = buffer.mix(x, y, k=32)",
+        ),
+        Fix(
+            "start each new task gently: a lower learning rate, warmed up again at each switch",
+            "scheduler = steadygrad.optim.WarmupCosine(optimizer, warmup_steps=100, "
+            "total_steps=total_steps)  # a new one at each task switch, over that task's steps",
+        ),
+    ),
+    _stability_gap,
+    (STABILITY_GAP_FOUND,),
+)
+RULES = (*RULES, STABILITY_GAP_RULE)

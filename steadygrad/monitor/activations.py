@@ -126,8 +126,16 @@ class ActivationSignal(Signal):
     """The built-in activation statistics: every ``every`` steps the RMS of each leaf module's
     output; when a non-finite value appears in the forward pass, the module that produced it.
 
-    A non-finite step that was not measured arms a guard: the next ``guard_steps`` steps are
-    measured to find the producer. Healthy steps off the cadence cost nothing.
+    Finding the producer of a one-off, data-dependent NaN, off the cadence: the inputs of each
+    forward call (references, and the random state, so dropout draws the same masks) are kept
+    until the step ends. When the gradients about to be applied are non-finite, the weights are
+    copied before the corrupt update lands; the step's forward is then re-run on the same inputs
+    with those weights under hooks (as large trainers re-run a suspicious step), and the model is
+    put back as training left it. When the update was skipped (the autopilot, a GradScaler) the
+    weights are still clean and are used as they are. Where neither is possible (the pre-step
+    check would cost a device synchronisation: on an accelerator without the autopilot), a guard
+    measures the next ``guard_steps`` steps, and a module whose own weights the NaN update
+    corrupted is never blamed: the origin is then reported as unknown.
     """
 
     metrics = (ACT_RMS,)
@@ -138,10 +146,17 @@ class ActivationSignal(Signal):
         self.hooks: ActivationHooks | None = None
         self._guard_left = 0
         self._hooked = False
+        self._calls: list[tuple[tuple, dict, torch.Tensor]] = []  # this step's forward calls
+        self._calls_step = -1
+        self._clean_state: dict[str, torch.Tensor] | None = None
+        self._input_hook: Any = None
+        self._replaying = False
+        self._corrupted: list[str] = []  # parameters non-finite before this step's forward
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
         self.hooks = ActivationHooks(monitor.model)
+        self._input_hook = monitor.model.register_forward_pre_hook(self._keep, with_kwargs=True)
 
     def due(self, step: int) -> bool:
         return True  # every recorded step: an unhealthy one arms the guard
@@ -152,6 +167,25 @@ class ActivationSignal(Signal):
             self._guard_left -= 1
         if guard or step % self.every == 0:
             self.hooks.install()
+
+    def _keep(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._replaying:
+            return
+        step = self.monitor.step_count
+        if step != self._calls_step:  # a new step (also one that is not recorded)
+            self._calls, self._calls_step = [], step
+        self._calls.append((args, kwargs, torch.get_rng_state()))
+
+    def before_update(self) -> None:
+        """Copy the clean weights if the gradients about to be applied are not finite."""
+        if self._hooked or self.hooks.installed or not self._calls:
+            return  # hooked steps name the producer from their own forward pass
+        if _on_accelerator(self.monitor.model):
+            return  # the check would synchronise the device every step
+        _, norms = self.monitor.gradient_norms()  # reused by the step's record
+        if norms.numel() and not bool(torch.isfinite(norms).all()):
+            state = self.monitor.model.state_dict(keep_vars=False)
+            self._clean_state = {k: v.detach().clone() for k, v in state.items()}
 
     def end(self, step: int) -> None:
         self._hooked = self.hooks.installed
@@ -167,7 +201,7 @@ class ActivationSignal(Signal):
             rms, origin = self.hooks.read(raw)
             record.values.update(rms)
             if origin is not None:
-                record.meta["forward_origin"] = origin
+                record.meta["forward_origin"] = _unless_corrupted(origin, self._corrupted)
         v = record.values
         unhealthy = (
             not math.isfinite(v.get(LOSS.name, 0.0))
@@ -175,10 +209,75 @@ class ActivationSignal(Signal):
             or v.get(NONFINITE_PARAMS.name)
         )
         if unhealthy and not self._hooked:
-            self._guard_left = self.guard_steps  # localise the producer on the next steps
+            origin = self._replay(record)
+            if origin is not None:
+                record.meta["forward_origin"] = origin
+            else:
+                self._guard_left = self.guard_steps  # localise the producer on the next steps
         elif self._hooked and "forward_origin" in record.meta:
             self._guard_left = 0
         self._hooked = False
+        self._calls, self._clean_state = [], None
+        if v.get(NONFINITE_GRADS.name) and not record.meta.get("skipped"):
+            # a non-finite update was applied: the weights it made non-finite are its victims
+            self._corrupted += list(record.meta.get("nonfinite_parameters") or [])
+
+    def _replay(self, record: Record) -> dict | None:
+        """Re-run the step's forward calls on their inputs with the weights before the update,
+        under hooks; the first non-finite producer, or None when it cannot be done."""
+        stepped_clean = record.meta.get("skipped") or record.meta.get("skipped_by")
+        if not self._calls or (self._clean_state is None and not stepped_clean):
+            return None
+        model = self.monitor.model
+        now = None
+        rng = torch.get_rng_state()
+        try:
+            with torch.no_grad():
+                now = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if self._clean_state is not None:
+                    model.load_state_dict(self._clean_state)
+                self._replaying = True
+                for args, kwargs, state in self._calls:
+                    torch.set_rng_state(state)
+                    self.hooks.install()
+                    model(*args, **kwargs)
+                    self.hooks.remove()
+                    norms = self.hooks.tensor()
+                    if norms is None:
+                        continue
+                    _, origin = self.hooks.read(norms.tolist())
+                    if origin is not None:
+                        return {**origin, "replayed": True}
+            return None
+        except Exception:  # noqa: BLE001 - a replay never breaks training; the guard remains
+            return None
+        finally:
+            self._replaying = False
+            self.hooks.remove()
+            torch.set_rng_state(rng)
+            if now is not None:
+                model.load_state_dict(now)
 
     def detach(self) -> None:
         self.hooks.remove()
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
+
+
+def _on_accelerator(model: nn.Module) -> bool:
+    p = next(model.parameters(), None)
+    return p is not None and p.device.type != "cpu"
+
+
+def _unless_corrupted(origin: dict, corrupted: list[str]) -> dict:
+    """Never blame a module for a NaN its own weights, corrupted by an earlier update, made."""
+    module = origin.get("module", "")
+    if any(p == module or p.startswith(module + ".") for p in corrupted if module):
+        return {
+            "module": None,
+            "note": f"unknown: {module}'s own weights were already non-finite (corrupted by an "
+            "earlier non-finite update), so the first producer cannot be known from this step",
+            "corrupted_module": module,
+        }
+    return origin

@@ -48,6 +48,7 @@ from steadygrad.monitor.state import (
     save_state,
 )
 from steadygrad.monitor.step import AmpScaleSignal, LearningRateSignal, StepInputs, StepSignal
+from steadygrad.monitor.update_curvature import UpdateCurvatureSignal
 from steadygrad.nn.qk_norm import qk_norm_targets
 from steadygrad.store.writer import RunStore, remove_run, resolve_run_dir
 
@@ -145,6 +146,7 @@ class Monitor:
             LearningRateSignal(),
             self.parameters,
             ActivationSignal(activation_every, guard_steps),
+            UpdateCurvatureSignal(update_every),
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
@@ -162,6 +164,7 @@ class Monitor:
         self.autopilot = autopilot
         self.scaler = scaler
         self.signals: list[Signal] = []
+        self._core_signals = builtin[:3]  # the step, learning rates and parameter statistics
         for s in builtin + extra:
             s.attach(self)  # the parameter signal raises for a model without parameters
             self.signals.append(s)
@@ -271,13 +274,15 @@ class Monitor:
     def _measure(self, step: int) -> Record:
         due = [s for s in self.signals if s.due(step)]
         for s in due:
-            s.end(step)  # every capture stops before any signal runs passes of its own
+            self._safely(
+                s, "end", step
+            )  # every capture stops before any signal runs its own passes
         out = Measurements()
         for s in due:
-            s.measure(step, out)
+            self._safely(s, "measure", step, out)
         record = Record(step=step, values=out.to_host(), wall_time=time.time())  # one transfer
         for s in due:
-            s.finish(record, out.raw(s))
+            self._safely(s, "finish", record, out.raw(s))
         return record
 
     def _detect(self, record: Record, batch_ids: Any) -> list[Finding]:
@@ -297,7 +302,7 @@ class Monitor:
             return
         for s in self.signals:
             if s.due(step):
-                s.begin(step)
+                self._safely(s, "begin", step)
 
     # -- what the autopilot may use (its narrow interface) --------------------------------------
     def gradient_norms(self) -> tuple[list[int], torch.Tensor]:
@@ -326,8 +331,8 @@ class Monitor:
         update is about to use, and the autopilot decides (clip, or skip). The optimizer's
         pre-step hook calls this; with ``optimizer.step(closure)`` it runs once the closure has
         returned (Lightning runs forward and backward there), before the update."""
-        for s in self.signals:
-            s.before_update()
+        for s in list(self.signals):
+            self._safely(s, "before_update")
         if self.autopilot is not None:
             self.autopilot.before_update()
 
@@ -360,6 +365,28 @@ class Monitor:
         self._optimizer_steps_total += 1
         if self.autopilot is not None:
             self.autopilot.after_update()  # a skipped update is undone here
+        for s in list(self.signals):  # after the autopilot: a skipped update is no update
+            self._safely(s, "after_update")
+
+    def _safely(self, signal: Signal, method: str, *args: Any) -> None:
+        """Run one signal's step; one that fails (a probe on NaN weights, a model it cannot
+        read) is switched off with a warning: a measurement never stops the training."""
+        try:
+            getattr(signal, method)(*args)
+        except Exception as exc:
+            if signal in self._core_signals:
+                raise  # the built-in measurements failing is a bug to see, not to hide
+            self.signals.remove(signal)
+            try:
+                signal.detach()
+            except Exception:  # noqa: BLE001 - it is being switched off anyway
+                pass
+            message = (
+                f"steadygrad: signal {type(signal).__name__} failed in {method} ({exc!r}); "
+                "it is switched off for the rest of the run"
+            )
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -393,9 +420,9 @@ class Monitor:
         self._restart_at(step)
 
     def _restart_at(self, step: int) -> None:
-        for s in self.signals:
+        for s in list(self.signals):
             if s.due(self.step_count):
-                s.end(self.step_count)  # stop what was set up for the step we leave
+                self._safely(s, "end", self.step_count)  # stop what was set up for that step
         self.store.discard_from(step)
         self.findings = [f for f in self.findings if f.step < step]
         self.step_count = step

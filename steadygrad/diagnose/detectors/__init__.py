@@ -5,6 +5,7 @@ module holds the detectors of one family (training dynamics, transformers, curva
 """
 
 from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
+from steadygrad.diagnose.detectors.continual import StabilityGap
 from steadygrad.diagnose.detectors.curvature import SharpnessAboveLimit
 from steadygrad.diagnose.detectors.training import (
     GradNormSpikeDetector,
@@ -20,11 +21,15 @@ from steadygrad.diagnose.detectors.transformer import (
     SoftmaxCollapse,
     UpdateRatioOutOfRange,
 )
+from steadygrad.diagnose.detectors.trends import GradientGrowth, LossDivergence, UnstableSteps
 
 __all__ = [
     "AttentionLogitGrowth",
     "Detector",
     "GradNormSpikeDetector",
+    "GradientGrowth",
+    "LossDivergence",
+    "UnstableSteps",
     "GradientSpike",
     "LossSpikeDetector",
     "NonFiniteDetector",
@@ -33,6 +38,7 @@ __all__ = [
     "RobustBaseline",
     "SharpnessAboveLimit",
     "SoftmaxCollapse",
+    "StabilityGap",
     "UpdateRatioOutOfRange",
     "default_detectors",
 ]

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from steadygrad.core import Finding, FindingKind, Record
-from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.core.checks import finite_float, non_negative_int, positive_int
 from steadygrad.core.metrics import (
     PRECONDITIONED_SHARPNESS,
     PRECONDITIONED_SHARPNESS_LIMIT,
@@ -56,8 +56,9 @@ class SharpnessAboveLimit(Detector):
     reads = (SHARPNESS, SHARPNESS_LIMIT, PRECONDITIONED_SHARPNESS, PRECONDITIONED_SHARPNESS_LIMIT)
     emits = (SHARPNESS_ABOVE_LIMIT,)
 
-    def __init__(self, patience: int = 3, threshold: float = 1.0) -> None:
+    def __init__(self, patience: int = 3, threshold: float = 1.0, adam_warmup: int = 100) -> None:
         self.patience = positive_int("patience", patience)
+        self.adam_warmup = non_negative_int("adam_warmup", adam_warmup)
         self.threshold = finite_float("threshold", threshold, low=0.0, low_open=True)
         self._episodes = {value: _Episode() for value, _ in PAIRS}
 
@@ -66,6 +67,8 @@ class SharpnessAboveLimit(Detector):
             return []  # NaN-driven values are no evidence of this mechanism
         findings = []
         for value_name, limit_name in PAIRS:
+            if value_name == PRECONDITIONED_SHARPNESS.name and record.step < self.adam_warmup:
+                continue  # Adam's second moment is still a few squared gradients: P^-1 H is huge
             value, limit = record.get(value_name), record.get(limit_name)
             if not (math.isfinite(value) and math.isfinite(limit)) or limit <= 0:
                 continue

@@ -135,7 +135,7 @@ class GradNormSpikeDetector(SpikeDetector):
                 f.evidence["hidden_by_clipping"] = clipped < 0.5 * record.values[self.signal]
         return findings
 
-    def __init__(self, threshold: float = 6.0, min_ratio: float = 3.0, **kwargs) -> None:
+    def __init__(self, threshold: float = 6.0, min_ratio: float = 8.0, **kwargs) -> None:
         kwargs.setdefault("rel_floor", 0.0)
         super().__init__(threshold=threshold, min_ratio=min_ratio, **kwargs)
 
@@ -215,10 +215,13 @@ class NonFiniteDetector(Detector):
 def default_detectors() -> list[Detector]:
     """The detectors a Monitor runs when none are given: those of the built-in signals, and
     those of the optional signals (each stays silent while its signal is not recorded)."""
-    from steadygrad.diagnose.detectors import curvature, transformer
+    from steadygrad.diagnose.detectors import continual, curvature, transformer, trends
 
     return [
         LossSpikeDetector(),
+        trends.LossDivergence(),
+        trends.GradientGrowth(),
+        trends.UnstableSteps(),
         GradNormSpikeDetector(),
         NonFiniteDetector(),
         transformer.GradientSpike(),
@@ -228,4 +231,5 @@ def default_detectors() -> list[Detector]:
         transformer.SoftmaxCollapse(),
         transformer.PlasticityLoss(),
         curvature.SharpnessAboveLimit(),
+        continual.StabilityGap(),
     ]

@@ -148,11 +148,16 @@ class AttentionLogitGrowth(Detector):
 
 
 class OutputLogitDivergence(Detector):
-    """Fires when ``|logit_lse_mean|`` (mean log-partition of the output logits) stays at or
-    above ``lse_limit`` for ``patience`` records (critical if not finite).
+    """The output log-partition ``log Z = logsumexp(logits)`` (mean over rows) drifting away
+    from zero, as in the divergence Wortsman et al. 2023 describe (all logits driven far
+    negative; z-loss holds ``log Z`` near 0).
 
-    At initialisation ``log Z ~ log(vocabulary)`` (under 11 nats for 50k classes); z-loss keeps it
-    near 0; the divergence Wortsman et al. describe drives it far negative.
+    At initialisation ``log Z ~ log(classes)``. A confident classifier has a large positive
+    ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
+    below ``-lse_limit`` for ``patience`` records; early, when it has fallen ``lse_limit / 2``
+    below its first value and kept falling for ``patience`` records; and when it drifts
+    ``5 * lse_limit`` from its first value either way. ``where`` is the module that produced
+    the logits (``record.meta["output_module"]``) when known. NaN-driven records are skipped.
 
     Example:
         >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
@@ -167,22 +172,37 @@ class OutputLogitDivergence(Detector):
         self.lse_limit = finite_float("lse_limit", lse_limit, low=0.0, low_open=True)
         self.patience = positive_int("patience", patience)
         self._streak = _Streak()
+        self._first: float | None = None
+        self._previous = math.nan
+        self._falling = 0
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
-        if LOGIT_LSE_MEAN.name not in record.values:
+        lse = record.values.get(LOGIT_LSE_MEAN.name)
+        if lse is None or not math.isfinite(lse):
             return []
-        lse = record.values[LOGIT_LSE_MEAN.name]
-        bad = not math.isfinite(lse) or abs(lse) >= self.lse_limit
-        if not self._streak.update(bad, 1 if not math.isfinite(lse) else self.patience):
+        if self._first is None:
+            self._first = lse
+        drift = lse - self._first
+        self._falling = self._falling + 1 if lse < self._previous else 0
+        self._previous = lse
+        limit = self.lse_limit
+        early = drift <= -limit / 2 and self._falling >= self.patience
+        far = lse <= -limit or abs(drift) >= 5 * limit
+        if not self._streak.update(early or far, 1 if early else self.patience):
             return []
-        evidence = {LOGIT_LSE_MEAN.name: lse, "lse_limit": self.lse_limit}
+        evidence = {
+            LOGIT_LSE_MEAN.name: lse,
+            "initial": self._first,
+            "drift": drift,
+            "lse_limit": limit,
+        }
         for name in (OUTPUT_LOGIT_MAX.name, OUTPUT_LOGIT_RMS.name):
             if name in record.values:
                 evidence[name] = record.values[name]
-        severity = "warning" if math.isfinite(lse) else "critical"
-        return [Finding(self.kind, record.step, where=None, evidence=evidence, severity=severity)]
+        where = record.meta.get("output_module")
+        return [Finding(self.kind, record.step, where, evidence, "warning")]
 
 
 class SoftmaxCollapse(Detector):

@@ -1,0 +1,97 @@
+"""Is the step size above the stability limit? A measurement that needs no probe, no loss
+function and no held batch: the loss's slope along the update, after the step against before it.
+
+With ``u = w_{t+1} - w_t`` and the gradients ``g_t``, ``g_{t+1}`` of the two steps,
+``r = (g_{t+1} . u) / (g_t . u)``. On a quadratic, ``g_{t+1} = g_t + H u``, so
+``r = 1 + u^T H u / (g_t . u)``; for gradient descent (``u = -lr g``) that is ``1 - lr λ_u`` with
+``λ_u = u^T H u / |u|^2`` the curvature along the step, and the step is stable along its own
+direction while ``lr λ_u < 2``, i.e. ``r > -1``. The recorded ratio ``(1 - r) / 2`` is therefore
+``λ_u / (2/lr)`` for GD: 1 at the edge of stability, above 1 beyond it (Cohen et al. 2021). For
+any other optimizer it is the same test along the update it actually made (Adam's step is judged
+against the curvature it meets, as its preconditioned sharpness would be).
+
+The two gradients come from two batches, so one reading is noisy; the detector looks at several.
+Measured on the first ``early`` steps (a learning rate far above the limit blows up in the first
+few dozen) and then at every ``every``-th pair of steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from steadygrad.core import Measurements, Record, Signal
+from steadygrad.core.checks import non_negative_int, positive_int
+from steadygrad.core.metrics import DIRECTIONAL_SHARPNESS_RATIO
+
+
+class UpdateCurvatureSignal(Signal):
+    """``directional_sharpness_ratio``: the curvature along the last update against its
+    stability limit, from two successive gradients (see the module docstring).
+
+    Example:
+        >>> signal = UpdateCurvatureSignal(every=10)   # built into the Monitor
+    """
+
+    metrics = (DIRECTIONAL_SHARPNESS_RATIO,)
+
+    def __init__(self, every: int = 10, early: int = 30) -> None:
+        super().__init__(every=positive_int("every", every))
+        self.early = non_negative_int("early", early)
+        self._start: tuple[list[int], list[torch.Tensor]] | None = None  # w_t, before step t
+        self._step: tuple[list[int], list[torch.Tensor], torch.Tensor] | None = None  # u, g_t . u
+        self._ratio: torch.Tensor | None = None
+
+    def due(self, step: int) -> bool:
+        return True  # cheap: it only hands on what the optimizer hooks measured
+
+    def _grads(self) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
+        params = self.monitor.parameters.stats.params
+        index = [i for i, p in enumerate(params) if p.grad is not None]
+        return index, [params[i].detach() for i in index], [params[i].grad for i in index]
+
+    def before_update(self) -> None:
+        index, weights, grads = self._grads()
+        with torch.no_grad():
+            if self._step is not None and self._step[0] == index:
+                _, update, slope_then = self._step
+                slope_now = _dot(grads, update)
+                self._ratio = (1 - slope_now / slope_then) / 2
+            self._step = None
+            step = self.monitor.step_count
+            if index and (step < self.early or step % self.every == 0):
+                self._start = (index, torch._foreach_mul(weights, 1.0))  # a copy of w_t
+
+    def after_update(self) -> None:
+        start, self._start = self._start, None
+        if start is None:
+            return
+        index, weights, grads = self._grads()  # w_{t+1}, and still g_t
+        if index != start[0]:
+            return
+        with torch.no_grad():
+            update = start[1]
+            torch._foreach_sub_(update, weights)
+            torch._foreach_neg_(update)  # u = w_{t+1} - w_t, in the copy's memory
+            self._step = (index, update, _dot(grads, update))
+
+    def measure(self, step: int, out: Measurements) -> None:
+        if self._ratio is not None:
+            out.put(DIRECTIONAL_SHARPNESS_RATIO.name, self._ratio)
+            self._ratio = None
+
+    def finish(self, record: Record, raw: Sequence[float]) -> None:
+        """Nothing to derive."""
+
+
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """sum_i <a_i, b_i>, half-precision tensors accumulated in float32, on their device."""
+    return torch.stack(
+        [torch.vdot(_wide(x), _wide(y)).double() for x, y in zip(a, b, strict=True)]
+    ).sum()
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    t = t.reshape(-1)
+    return t.float() if t.element_size() < 4 else t

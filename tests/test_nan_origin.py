@@ -1,0 +1,116 @@
+"""The module that produced a one-off, data-dependent NaN is named, even off the activation
+cadence, with or without the autopilot; a module whose weights an earlier NaN update corrupted
+is never blamed.
+
+Oracle: the scenario plants the producer (a module that takes the log of one feature, which one
+bad sample makes negative), so the true answer is known by construction."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import steadygrad
+from steadygrad.monitor import activations
+
+
+class LogFeature(nn.Module):
+    """log of the first input feature (positive in the data): NaN for one bad sample."""
+
+    def forward(self, x):
+        return torch.cat([torch.log(x[:, :1]), x[:, 1:]], dim=1)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        LogFeature(),
+        nn.Linear(4, 8),
+        nn.Dropout(0.1),
+        nn.Sequential(nn.Linear(8, 8), nn.Tanh()),
+        nn.Linear(8, 3),
+    )
+
+
+def _batch(gen, bad=False):
+    x = torch.rand(16, 4, generator=gen) + 0.1
+    if bad:
+        x[3, 0] = -1.0  # one sample: log of a negative number
+    return x
+
+
+def _train(tmp_path, name, bad_step=7, **kwargs):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(
+        model, opt, tmp_path / name, progress=False, activation_every=50, **kwargs
+    ) as mon:
+        for step in range(12):
+            x = _batch(gen, bad=step == bad_step)
+            loss = nn.functional.cross_entropy(model(x), torch.randint(0, 3, (16,), generator=gen))
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.load(tmp_path / name)
+
+
+def _first_nonfinite(run):
+    return next(f for f in run.findings() if f.kind == "nonfinite")
+
+
+def test_a_one_off_nan_off_the_cadence_is_traced_to_its_producer(tmp_path):
+    run = _train(tmp_path, "plain")
+    first = _first_nonfinite(run)
+    assert first.step == 7
+    assert first.where == "0"  # LogFeature, by construction
+    assert first.evidence["forward_origin"]["replayed"] is True
+    report = steadygrad.diagnose(run)
+    assert report.top.cause == "nonfinite" and "0" in report.top.where
+
+
+def test_with_the_autopilot_skipping_the_step_the_producer_is_still_named(tmp_path):
+    run = _train(tmp_path, "pilot", autopilot=steadygrad.Autopilot(rollback=False))
+    first = _first_nonfinite(run)
+    assert first.where == "0"
+    assert any(a.kind == "skip_update" for a in run.actions())
+
+
+def test_the_replay_leaves_the_model_and_random_state_as_training_left_them(tmp_path):
+    """The same run with the producer search on and off ends with identical weights."""
+    weights = {}
+    for name, replay in (("on", True), ("off", False)):
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(1)
+        torch.manual_seed(5)
+        mon = steadygrad.Monitor(model, opt, tmp_path / name, progress=False, activation_every=50)
+        if not replay:
+            mon.signals[3]._replay = lambda record: None
+        for step in range(4):
+            x = _batch(gen, bad=step == 2)
+            loss = nn.functional.cross_entropy(model(x), torch.randint(0, 3, (16,), generator=gen))
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+        mon.close()
+        weights[name] = [p.detach().clone() for p in model.parameters()]
+        weights[name + "_rng"] = torch.rand(3)
+    for a, b in zip(weights["on"], weights["off"], strict=True):
+        assert torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+    assert torch.equal(weights["on_rng"], weights["off_rng"])
+
+
+def test_a_module_with_corrupted_weights_is_never_blamed(tmp_path, monkeypatch):
+    """Where the pre-update check is off (on an accelerator without the autopilot), the guard
+    runs on the next steps, after the NaN update corrupted every weight: no module is blamed."""
+    monkeypatch.setattr(activations, "_on_accelerator", lambda model: True)
+    run = _train(tmp_path, "guard")
+    nonfinite = [f for f in run.findings() if f.kind in ("nonfinite", "nonfinite_origin")]
+    origins = [
+        f.evidence.get("forward_origin") for f in nonfinite if "forward_origin" in f.evidence
+    ]
+    assert origins and all(o["module"] is None for o in origins)
+    assert "cannot be known" in origins[0]["note"]

@@ -1,0 +1,114 @@
+"""Detectors of build-ups: each has a scenario that must trigger it and a healthy control that
+must not (streams made by hand here, and real monitored runs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import steadygrad
+from steadygrad.core import Record
+from steadygrad.diagnose.detectors import GradientGrowth, LossDivergence, UnstableSteps
+
+
+def _stream(detector, rows):
+    return [f for step, values in enumerate(rows) for f in detector.update(Record(step, values))]
+
+
+def _noisy_decay(n=300, seed=0, noise=0.05):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return (2.0 + 3.0 * np.exp(-t / 60)) * (1 + noise * rng.standard_normal(n))
+
+
+def test_a_slow_climb_from_2_5_to_11_is_seen_early():
+    rng = np.random.default_rng(0)
+    falling = np.linspace(3.0, 2.5, 50)
+    climbing = np.linspace(2.5, 11.0, 150)
+    losses = np.concatenate([falling, climbing]) * (1 + 0.02 * rng.standard_normal(200))
+    found = _stream(LossDivergence(), [{"loss": float(x)} for x in losses])
+    warning = next(f for f in found if f.severity == "warning")
+    critical = next(f for f in found if f.severity == "critical")
+    # warned once the level was 50% up (about 3.75, i.e. ~step 72), long before 3x (~step 140)
+    assert 55 <= warning.step <= 90 and critical.step > warning.step + 40
+    assert warning.evidence["best_level"] == pytest.approx(2.5, rel=0.05)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_loss_divergence_control_noisy_decreasing_and_plateau(seed):
+    rows = [{"loss": float(x)} for x in _noisy_decay(seed=seed, noise=0.1)]
+    assert _stream(LossDivergence(), rows) == []
+    plateau = 2.0 * (1 + 0.15 * np.random.default_rng(seed).standard_normal(300))
+    assert _stream(LossDivergence(), [{"loss": float(x)} for x in plateau]) == []
+
+
+def test_gradient_growth_names_the_tensor_where_it_starts():
+    rows = []
+    for t in range(60):
+        deep = 1.0 if t < 20 else 1.25 ** (t - 20)  # grows first
+        shallow = 1.0 if t < 30 else 1.25 ** (t - 30)  # follows ten steps later
+        rows.append(
+            {
+                "grad_norm/head.weight": 0.5,
+                "grad_norm/rnn.weight_hh": deep,
+                "grad_norm/embed.weight": shallow,
+                "grad_norm": float(np.sqrt(0.25 + deep**2 + shallow**2)),
+            }
+        )
+    found = _stream(GradientGrowth(), rows)
+    assert found and found[0].where == "rnn.weight_hh"
+    assert found[0].evidence["started_at_step"] < 30
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gradient_growth_control_bursty_healthy_norms(seed):
+    """Healthy transformer-like gradient norms: lognormal noise with 3-5x bursts."""
+    rng = np.random.default_rng(seed)
+    norms = np.exp(0.3 * rng.standard_normal(400))
+    bursts = rng.choice(400, 20, replace=False)
+    norms[bursts] *= rng.uniform(3, 5, 20)
+    rows = [{"grad_norm": float(g), "grad_norm/w": float(g)} for g in norms]
+    assert _stream(GradientGrowth(), rows) == []
+    spikes = steadygrad.GradNormSpikeDetector()
+    assert _stream(spikes, rows) == []
+
+
+def _quadratic_run(tmp_path, factor, steps=40):
+    torch.manual_seed(1)
+    x = torch.randn(128, 4, dtype=torch.float64) * torch.tensor([3.0, 1.0, 1.0, 0.5]).double()
+    y = torch.randn(128, 1, dtype=torch.float64)
+    top = float(torch.linalg.eigvalsh(2 * x.T @ x / 128).max())
+    model = torch.nn.Linear(4, 1, bias=False).double()
+    opt = torch.optim.SGD(model.parameters(), lr=factor * 2 / top)
+    run_dir = tmp_path / f"lr{factor}"
+    with steadygrad.watch(model, opt, run_dir, progress=False) as mon:
+        for _ in range(steps):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.load(run_dir)
+
+
+def test_steps_above_the_limit_are_named_before_the_loss_blows_up(tmp_path):
+    run = _quadratic_run(tmp_path, factor=1.6)
+    unstable = [f for f in run.findings() if f.kind == "unstable_steps"]
+    assert unstable and unstable[0].step < 10
+    report = steadygrad.diagnose(run)
+    assert report.top.cause == "sharpness_above_limit"
+    assert report.top.confidence in ("high", "medium")
+
+
+def test_unstable_steps_control_below_and_at_the_limit(tmp_path):
+    for factor in (0.5, 0.95):
+        run = _quadratic_run(tmp_path, factor=factor)
+        assert not [f for f in run.findings() if f.severity != "info"], factor
+        assert steadygrad.diagnose(run).healthy
+
+
+def test_unstable_steps_fires_once_per_episode():
+    rows = [{"directional_sharpness_ratio": r} for r in [0.5, 2, 2, 2, 2, 0.5] * 3]
+    found = _stream(UnstableSteps(window=5), rows)
+    assert len(found) == 1
