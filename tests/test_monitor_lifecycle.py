@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers import regression_batch, tiny_mlp
+from helpers import no_hooks_left, regression_batch, tiny_mlp
 from torch import nn
 
 import steadygrad
@@ -38,6 +38,7 @@ def test_an_existing_run_needs_resume_or_overwrite(tmp_path):
         loop(mon, model, opt, 5)
     with pytest.raises(FileExistsError, match="resume=True.*overwrite=True"):
         steadygrad.Monitor(model, opt, tmp_path, progress=False)
+    assert no_hooks_left(model, opt)  # the failed Monitor left the model as it was
     with pytest.raises(ValueError, match="resume and overwrite"):
         steadygrad.Monitor(model, opt, tmp_path, resume=True, overwrite=True)
     with steadygrad.Monitor(model, opt, tmp_path, overwrite=True, progress=False) as mon:

@@ -185,14 +185,19 @@ class Monitor:
         if overwrite:
             remove_run(run_dir)
             (run_dir / STATE_FILE).unlink(missing_ok=True)
-        self.store = RunStore(
-            run_dir,
-            name,
-            run_config,
-            flush_every=flush_every,
-            flush_seconds=flush_seconds,
-            resume=bool(resume),
-        )
+        try:
+            self.store = RunStore(
+                run_dir,
+                name,
+                run_config,
+                flush_every=flush_every,
+                flush_seconds=flush_seconds,
+                resume=bool(resume),
+            )
+        except BaseException:  # e.g. an existing run: leave the model as it was given
+            for s in self.signals:
+                s.detach()
+            raise
         self.run_dir = self.store.run_dir
         self.metrics = {m.name: m for s in self.signals for m in s.metrics}
         self.store.declare(self.metrics.values())
