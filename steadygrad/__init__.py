@@ -48,7 +48,7 @@ from steadygrad.monitor import (
     watch,
 )
 from steadygrad.monitor.findings_log import SteadygradWarning
-from steadygrad.store import Run, RunStore, load
+from steadygrad.store import Run, RunStore, StorageWarning, UnreadableRunError, load
 
 __version__ = "0.1.0"
 
@@ -94,6 +94,8 @@ __all__ = [
     "SoftmaxCollapse",
     "SoftmaxCollapseSignal",
     "SteadygradWarning",
+    "StorageWarning",
+    "UnreadableRunError",
     "UpdateRatioOutOfRange",
     "__version__",
     "default_detectors",

@@ -1,9 +1,16 @@
-"""The command line: ``steadygrad report|demo|export ...``. Exit 0 on success, 1 when a run is
-missing or cannot be read, 2 for bad arguments."""
+"""The command line: ``steadygrad report|demo|diagnose|study|export ...``.
+
+Every failure prints one or two lines naming the file and what is wrong, never a traceback
+(set ``STEADYGRAD_TRACEBACK=1`` to see one). Exit codes: 0 success, 1 a run that is missing or
+cannot be read (or an output that cannot be written), 2 bad arguments, 3 a missing optional
+dependency (the message gives the pip command), 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +18,16 @@ from pathlib import Path
 from rich.console import Console
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+EXIT_OK, EXIT_UNREADABLE, EXIT_BAD_ARGUMENTS, EXIT_MISSING_DEPENDENCY = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+
+# The extra that installs each optional dependency the CLI can need.
+EXTRAS = {"matplotlib": "plots", "pyarrow": "parquet", "pandas": "all", "sklearn": "data"}
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work (exit 2)."""
 
 
 def command(name: str):
@@ -188,6 +205,8 @@ def _report(args: argparse.Namespace) -> int:
     from steadygrad.store import load
 
     console = Console()
+    if args.out is not None and args.out.is_dir():
+        raise UsageError(f"-o/--out: {args.out} is a directory; give the HTML file's name")
     runs = [load(r) for r in args.runs]
     for run in runs:
         print_summary(run, console)
@@ -287,9 +306,11 @@ STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
 def _export(args: argparse.Namespace) -> int:
     from steadygrad.store import load
 
+    if args.out.is_dir():
+        raise UsageError(f"-o/--out: {args.out} is a directory; give the output file's name")
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     if fmt not in ("csv", "parquet"):
-        raise ValueError(
+        raise UsageError(
             f"--format must be csv or parquet (or the file end in .csv/.parquet), got {fmt!r}"
         )
     run = load(args.run)
@@ -300,18 +321,49 @@ def _export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # exits 2 with argparse's own message on bad arguments
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_BAD_ARGUMENTS
     try:
         return COMMANDS[args.command](args)
-    except FileNotFoundError as exc:
-        print(f"steadygrad {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, ImportError) as exc:
-        print(f"steadygrad {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if os.environ.get("STEADYGRAD_TRACEBACK"):
+            raise
+        code, message = _explain(exc)
+        print(f"steadygrad {args.command}: {message}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print(f"steadygrad {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _explain(exc: Exception) -> tuple[int, str]:
+    """The exit code and a one- or two-line message for an error that ended a command."""
+    from steadygrad.store import UnreadableRunError
+
+    if isinstance(exc, ImportError):
+        module = (exc.name or "").partition(".")[0]
+        if "pip install" in str(exc):
+            return EXIT_MISSING_DEPENDENCY, str(exc)
+        extra = EXTRAS.get(module)
+        fix = f"pip install 'steadygrad[{extra}]'" if extra else f"pip install {module}"
+        return EXIT_MISSING_DEPENDENCY, f"this needs the optional package {module!r}: {fix}"
+    if isinstance(exc, FileNotFoundError | UnreadableRunError):
+        return EXIT_UNREADABLE, str(exc)
+    if isinstance(exc, UsageError):
+        return EXIT_BAD_ARGUMENTS, str(exc)
+    if isinstance(exc, OSError):  # reading a run or writing an output
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_UNREADABLE, f"{where}{exc.strerror or exc}"
+    if isinstance(exc, sqlite3.Error):
+        return EXIT_UNREADABLE, f"a run database cannot be read: {exc}"
+    if isinstance(exc, ValueError | TypeError):
+        return EXIT_BAD_ARGUMENTS, str(exc)
+    return EXIT_UNREADABLE, (
+        f"unexpected {type(exc).__name__}: {exc}\n"
+        "set STEADYGRAD_TRACEBACK=1 to see where, and please report it"
+    )
 
 
 if __name__ == "__main__":

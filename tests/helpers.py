@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import traceback
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -45,4 +50,54 @@ def no_hooks_left(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     return not (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks)
 
 
-__all__ = ["no_hooks_left", "regression_batch", "steadygrad", "tiny_mlp", "train"]
+NOBODY = 65534  # the unprivileged user and group of Debian-like systems
+
+
+def as_unprivileged_user(fn) -> str:
+    """Run ``fn()`` in a forked child that is not root (root can write anything, so a test of
+    what happens where one cannot write must drop the privilege). Returns what ``fn`` returns (a
+    str); an exception in the child is raised here as an AssertionError with its traceback."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only modules imported before the fork are used
+        code = 0
+        try:
+            os.close(read)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            out = "ok:" + str(fn())
+        except BaseException:
+            out, code = "error:" + traceback.format_exc(), 1
+        os.write(write, out.encode())
+        os._exit(code)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 65536):
+        chunks.append(chunk)
+    os.close(read)
+    os.waitpid(pid, 0)
+    out = b"".join(chunks).decode()
+    if not out.startswith("ok:"):
+        raise AssertionError(f"in the unprivileged child:\n{out}")
+    return out[3:]
+
+
+def shared_temp_dir() -> Path:
+    """A fresh directory every user can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="steadygrad-"))
+    os.chmod(path, 0o755)
+    return path
+
+
+__all__ = [
+    "NOBODY",
+    "as_unprivileged_user",
+    "no_hooks_left",
+    "regression_batch",
+    "shared_temp_dir",
+    "steadygrad",
+    "tiny_mlp",
+    "train",
+]

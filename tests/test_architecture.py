@@ -91,3 +91,21 @@ def test_no_import_cycles_between_packages():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_old_import_paths_work_for_one_release_with_a_deprecation_warning():
+    import importlib
+
+    import pytest
+
+    import steadygrad.core as core
+
+    moved = [
+        ("steadygrad.monitor.record", "Record", core.Record),
+        ("steadygrad.monitor.signals", "Signal", core.Signal),
+        ("steadygrad.monitor", "Signal", core.Signal),
+        ("steadygrad.diagnose.findings", "Finding", core.Finding),
+    ]
+    for module, name, new in moved:
+        with pytest.warns(DeprecationWarning, match=f"{name} moved to steadygrad.core"):
+            assert getattr(importlib.import_module(module), name) is new

@@ -112,8 +112,10 @@ def test_detector_one_finding_per_episode_and_new_episode_after_recovery():
 
 def test_detector_preconditioned_pair():
     recs = _records([1.5, 1.6, 1.7], limit=3800.0, name="preconditioned_sharpness")
-    findings = _run(SharpnessAboveLimit(patience=2), recs)
+    findings = _run(SharpnessAboveLimit(patience=2, adam_warmup=0), recs)
     assert len(findings) == 1 and findings[0].evidence["signal"] == "preconditioned_sharpness"
+    # the same readings during Adam's warm-up (the default 100 steps) are not judged
+    assert _run(SharpnessAboveLimit(patience=2), recs) == []
 
 
 def test_detector_control_brief_crossings_and_below_limit():

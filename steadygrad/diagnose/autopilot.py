@@ -3,12 +3,11 @@
 Policies (each can be switched off):
   * ``skip_nonfinite``: an optimizer step whose gradients hold NaN/Inf is not taken.
   * ``rollback``: after a divergence (non-finite loss or weights, or a loss above
-    ``divergence_ratio`` times the median of the recent healthy losses), the model and
-    optimizer are restored from the last good snapshot and the learning rate is multiplied by
-    ``lr_factor``, in the scheduler's future too. At most ``max_rollbacks`` within
-    ``rollback_window`` steps: a run that keeps diverging after that is not rolled back again
-    (a logged message says so). A step the autopilot skipped is not rolled back: its update
-    never reached the weights.
+    ``divergence_ratio`` times the best level it sustained), the model and optimizer are
+    restored from the last good snapshot and the learning rate is multiplied by ``lr_factor``,
+    in the scheduler's future too. At most ``max_rollbacks`` within ``rollback_window`` steps:
+    a run that keeps diverging after that is not rolled back again (a logged message says so).
+    A step the autopilot skipped is not rolled back: its update never reached the weights.
   * ``spike_clipping``: after a gradient-norm spike, every later step clips the global gradient
     norm to ``clip_factor`` times its running median, before the optimizer sees it.
 
@@ -23,16 +22,28 @@ Clipping multiplies the gradients by a device factor. Actions are written when t
 recorded, from values that reach the host with the step's one transfer.
 
 Snapshots are taken every ``snapshot_every`` healthy steps, in memory, or on disk under
-``snapshot_dir`` (``torch.save``; they load with ``torch.load(..., weights_only=True)``).
+``snapshot_dir`` (``torch.save``; they load with ``torch.load(..., weights_only=True)``). A
+snapshot holds the model, the optimizer, and the LR scheduler's and the GradScaler's state when
+they are given; a rollback restores them all. On disk the last two are kept (``last_good.pt``,
+``previous_good.pt``), each written under a temporary name and renamed, so a kill never leaves
+half a snapshot. Snapshot faults never stop training: a failed write keeps the previous
+snapshots; a missing or unreadable snapshot at rollback time falls back to the previous one,
+or the rollback is skipped; each is said (a warning and an action in the run).
+
+An Autopilot serves one run at a time: attaching it to a second Monitor while the first is open
+raises; attached again after that run closed, it starts afresh (no state carries over).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import pickle
+import socket
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,13 +55,16 @@ from steadygrad.core.metrics import LOSS, NONFINITE_PARAMS
 from steadygrad.diagnose.detectors.base import RobustBaseline
 from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE
 from steadygrad.diagnose.detectors.trends import SustainedLevel
-from steadygrad.diagnose.lr_backoff import back_off_learning_rate
+from steadygrad.diagnose.lr_backoff import back_off_learning_rate, keep_rates
 from steadygrad.diagnose.skip_update import UpdateSkipper
 
 if TYPE_CHECKING:
     from steadygrad.core import Finding, Record
 
-logger = logging.getLogger("steadygrad")
+log = logging.getLogger("steadygrad")
+
+SNAPSHOT_FILES = ("last_good.pt", "previous_good.pt")  # newest first
+TEMP_SUFFIX = ".tmp"
 
 
 class MonitorLink(Protocol):
@@ -59,6 +73,7 @@ class MonitorLink(Protocol):
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     step_count: int
+    scaler: Any  # a torch.amp.GradScaler, or None
 
     def gradient_norms(self) -> tuple[list[int], torch.Tensor]:
         """Before the update: which parameters have a gradient, and each one's norm."""
@@ -77,8 +92,9 @@ class Autopilot:
     """Recovery policies for :class:`~steadygrad.Monitor` (``Monitor(..., autopilot=...)``).
 
     Args:
-        scheduler: the LR scheduler (or a list of them) whose future rates a back-off must
-            lower too; the trainer callbacks fill in the trainer's own.
+        scheduler: the LR scheduler (or a list of them) that snapshots keep and a back-off
+            lowers too; the trainer callbacks fill in the trainer's own.
+        rollback_window, max_rollbacks: at most this many rollbacks within this many steps.
         sync: how a skip is decided. ``None`` (default): on the device when the optimizer
             takes a ``found_inf`` flag (fused torch optimizers), else with one host read per
             step; ``True``: always with the host read.
@@ -118,18 +134,26 @@ class Autopilot:
             raise TypeError(f"sync must be None, True or False, got {sync!r}")
         self.sync = sync
         self.scheduler = scheduler
+        self._monitor: MonitorLink | None = None
+        self._skipper: UpdateSkipper | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state of one run: nothing of a previous run carries over."""
         self.rollbacks = 0
+        self.clipping_on = False
+        self.snapshot_step: int | None = None
+        self._snapshot_tried = 0
+        self._snapshot: dict[str, Any] | None = None
+        self._norm_median = RobustBaseline(window=64)
+        self._loss_level = SustainedLevel(window=3)
+        self.skipped_step: int | None = None
+        self._warned: set[str] = set()
+        self._written = 0  # snapshots this run wrote to disk (older files are another run's)
         self.rollback_steps: list[int] = []
         self.rollback_stopped = False
         self.lr_scale = 1.0  # the product of every back-off so far
-        self.clipping_on = False
-        self.snapshot_step: int | None = None
-        self.skipped_step: int | None = None
-        self._snapshot: dict[str, Any] | None = None
-        self._monitor: MonitorLink | None = None
-        self._skipper: UpdateSkipper | None = None
-        self._norm_median = RobustBaseline(window=64)
-        self._loss_level = SustainedLevel(window=3)
+        self._fresh_snapshot_due = False
         # decisions made before updates, settled when a step is recorded: (step, norm, limit)
         self._pending: list[tuple[int, torch.Tensor | float, float | None]] = []
 
@@ -141,15 +165,35 @@ class Autopilot:
             return list(self.scheduler)
         return [self.scheduler]
 
+    @property
+    def attached(self) -> bool:
+        """Whether this Autopilot is serving a run now (attached to an open Monitor)."""
+        return self._monitor is not None
+
     # -- wiring ----------------------------------------------------------------------------------
     def attach(self, monitor: MonitorLink) -> None:
-        """Get ready to act on ``monitor``'s optimizer (nothing is patched)."""
+        """Get ready to act on ``monitor``'s optimizer (nothing is patched: the Monitor calls
+        :meth:`before_update` and :meth:`after_update` from the optimizer's step hooks).
+
+        Raises ``RuntimeError`` if this Autopilot already serves another run: give each run its
+        own Autopilot (its rollbacks, clipping and snapshots belong to that run)."""
+        if self._monitor is not None:
+            raise RuntimeError(
+                "this Autopilot is already attached to a Monitor that is still open; give each "
+                "run its own Autopilot (or close the first Monitor before reusing it)"
+            )
+        self._reset()
         self._monitor = monitor
         self._skipper = UpdateSkipper(monitor.optimizer)
         if self.sync:
             self._skipper.device_side = False
         if self.snapshot_dir is not None:
-            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+                _remove_stale_temps(self.snapshot_dir)
+            except OSError as exc:
+                self._warn("snapshot", f"cannot use the snapshot directory: {exc}")
+        self._take_snapshot(step=monitor.step_count)
 
     def detach(self) -> None:
         if self._skipper is not None:
@@ -162,8 +206,9 @@ class Autopilot:
         mon, skipper = self._monitor, self._skipper
         skipper.reset()  # what an update that never ran (a GradScaler overflow) left armed
         step = mon.step_count
-        if self.rollback and self._snapshot is None:
-            self._take_snapshot(step)  # the state before the first update we watch
+        if self._fresh_snapshot_due:  # resumed: the state a trainer restored is in place now
+            self._fresh_snapshot_due = False
+            self._take_snapshot(step)
         if not (self.skip_nonfinite or self.spike_clipping):
             return
         index, grad_norms = mon.gradient_norms()  # the Monitor reuses these after the step
@@ -218,6 +263,7 @@ class Autopilot:
             self._norm_median.add(value)
         return skipped_now
 
+    # -- after each recorded step -----------------------------------------------------------------
     def after_step(self, record: Record, findings: list[Finding]) -> None:
         step = record.step
         kinds = {f.kind for f in findings}
@@ -231,7 +277,7 @@ class Autopilot:
             self._roll_back_if_allowed(step)
             return
         healthy = math.isfinite(record.values.get(LOSS.name, math.nan)) and not findings
-        if self.rollback and healthy and step - (self.snapshot_step or 0) >= self.snapshot_every:
+        if healthy and step - self._snapshot_tried >= self.snapshot_every:
             self._take_snapshot(step)
 
     def _diverged(self, record: Record, findings: list[Finding]) -> bool:
@@ -248,29 +294,65 @@ class Autopilot:
 
     # -- snapshots --------------------------------------------------------------------------------
     def _take_snapshot(self, step: int) -> None:
+        """Keep the state of this healthy step; a fault keeps the previous snapshots."""
         mon = self._monitor
-        state = {
-            "step": step,
-            "model": copy.deepcopy(mon.model.state_dict()),
-            "optimizer": copy.deepcopy(mon.optimizer.state_dict()),
-        }
-        if self.snapshot_dir is not None:
-            path = self.snapshot_dir / "last_good.pt"
-            tmp = path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(path)  # atomic: a crash never leaves half a snapshot
-            self._snapshot = {"path": str(path), "step": step}
-        else:
-            self._snapshot = state
+        self._snapshot_tried = step  # a failed one is tried again snapshot_every steps later
+        try:
+            state = {
+                "step": step,
+                "model": copy.deepcopy(mon.model.state_dict()),
+                "optimizer": copy.deepcopy(mon.optimizer.state_dict()),
+            }
+            schedulers = [s.state_dict() for s in self.schedulers if hasattr(s, "state_dict")]
+            if schedulers:
+                state["scheduler"] = copy.deepcopy(schedulers)
+            scaler = getattr(mon, "scaler", None)
+            if scaler is not None and hasattr(scaler, "state_dict"):
+                state["scaler"] = copy.deepcopy(scaler.state_dict())
+            if self.snapshot_dir is not None:
+                self._write_snapshot(state)
+                self._written += 1
+                self._snapshot = {"path": str(self.snapshot_dir / SNAPSHOT_FILES[0]), "step": step}
+            else:
+                self._snapshot = state
+        except Exception as exc:  # disk full, out of memory, unpicklable state: never fatal
+            kept = "the previous snapshot is kept" if self._snapshot else "no snapshot yet"
+            self._warn("snapshot", f"could not take a snapshot at step {step} ({exc}); {kept}")
+            return
         self.snapshot_step = step
 
+    def _write_snapshot(self, state: dict[str, Any]) -> None:
+        last, previous = (self.snapshot_dir / f for f in SNAPSHOT_FILES)
+        temp = self.snapshot_dir / f".{last.name}.{socket.gethostname()}.{os.getpid()}{TEMP_SUFFIX}"
+        try:
+            torch.save(state, temp)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        if last.exists():
+            os.replace(last, previous)  # the one before stays as a fallback
+        os.replace(temp, last)  # atomic: a kill never leaves half a snapshot
+
     def load_snapshot(self) -> dict[str, Any]:
-        """The last good state: ``{"step", "model", "optimizer"}``."""
+        """The last good state that can be read: ``{"step", "model", "optimizer"}`` (and
+        ``"scheduler"``, ``"scaler"`` when given). On disk, an unreadable last snapshot falls
+        back to the one before it; ``RuntimeError`` if none can be read."""
         if self._snapshot is None:
             raise RuntimeError("no snapshot has been taken yet")
-        if "path" in self._snapshot:
-            return torch.load(self._snapshot["path"], weights_only=True)
-        return self._snapshot
+        if "path" not in self._snapshot:
+            return self._snapshot
+        problems = []
+        for name in SNAPSHOT_FILES[: self._written]:
+            path = self.snapshot_dir / name
+            try:
+                state = torch.load(path, weights_only=True)
+                if not {"step", "model", "optimizer"} <= set(state):
+                    raise ValueError("it is not a steadygrad snapshot")
+                return state
+            except Exception as exc:  # missing, truncated, corrupt: try the one before
+                problems.append(f"{path}: {exc}")
+        raise RuntimeError("no readable snapshot: " + "; ".join(problems))
 
     def _roll_back_if_allowed(self, step: int) -> None:
         if self.rollback_stopped or self._snapshot is None:
@@ -284,7 +366,7 @@ class Autopilot:
                 "switched off for the rest of the run (a cause that rolling back and a lower "
                 "learning rate do not remove: see the diagnosis)"
             )
-            logger.warning(message)
+            log.warning(message)
             self._act(
                 step,
                 "rollback_stopped",
@@ -295,21 +377,36 @@ class Autopilot:
 
     def _roll_back(self, step: int) -> None:
         mon = self._monitor
-        optimizer = mon.optimizer
-        state = self.load_snapshot()
-        old = [float(g["lr"]) for g in optimizer.param_groups]
-        # The schedule goes on from where it is: only weights and optimizer moments go back.
-        rates = [
-            {k: v for k, v in g.items() if k == "lr" or k.endswith("_lr")}
-            for g in optimizer.param_groups
-        ]
-        mon.model.load_state_dict(state["model"])
-        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        for group, kept in zip(optimizer.param_groups, rates, strict=True):
-            group.update(kept)
-        # Lower from the rate that diverged, so repeated rollbacks compound, and in the
-        # schedulers' future too, so the next scheduler step does not undo it.
-        new = back_off_learning_rate(optimizer, self.schedulers, self.lr_factor)
+        try:
+            state = self.load_snapshot()
+        except RuntimeError as exc:
+            self._warn("rollback", f"could not roll back at step {step}: {exc}")
+            self._act(step, "rollback_failed", {"reason": str(exc)})
+            return
+        if self.snapshot_dir is not None and state["step"] != self._snapshot["step"]:
+            self._warn(
+                "fallback",
+                f"the last snapshot could not be read; rolled back to step {state['step']}",
+            )
+        old = [float(g["lr"]) for g in mon.optimizer.param_groups]
+        schedulers = [s for s in self.schedulers if hasattr(s, "state_dict")]
+        scaler = getattr(mon, "scaler", None)
+        restore_rates = keep_rates(mon.optimizer, self.schedulers)
+        try:
+            mon.model.load_state_dict(state["model"])
+            mon.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+            for scheduler, saved in zip(schedulers, state.get("scheduler") or (), strict=False):
+                scheduler.load_state_dict(copy.deepcopy(saved))  # back where the snapshot was
+            if scaler is not None and state.get("scaler"):  # {} from a disabled scaler
+                scaler.load_state_dict(copy.deepcopy(state["scaler"]))
+        except Exception as exc:  # a snapshot that reads but does not fit this run
+            self._warn("rollback", f"could not restore the snapshot at step {step}: {exc!r}")
+            self._act(step, "rollback_failed", {"reason": repr(exc)})
+            return
+        # Lower from the rates that diverged (not the snapshot's), so repeated rollbacks
+        # compound, and in the schedulers' future too, so their next step does not undo it.
+        restore_rates()
+        new = back_off_learning_rate(mon.optimizer, self.schedulers, self.lr_factor)
         self.lr_scale *= self.lr_factor
         self.rollbacks += 1
         self.rollback_steps.append(step)
@@ -340,6 +437,28 @@ class Autopilot:
         self.skipped_step = state["skipped_step"]
         self._norm_median, self._loss_level = pickle.loads(state["baselines"])
         self._snapshot, self.snapshot_step, self._pending = None, None, []
+        self._fresh_snapshot_due = True  # before the next update, from the restored state
+
+    def _warn(self, what: str, message: str) -> None:
+        """Log every time; a Python warning once per kind of trouble and run."""
+        message = f"steadygrad autopilot: {message}; training goes on"
+        log.warning(message)
+        if what not in self._warned:
+            self._warned.add(what)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _act(self, step: int, kind: str, detail: dict[str, Any]) -> None:
         self._monitor.record_action(step, kind, detail)
+
+
+def _remove_stale_temps(snapshot_dir: Path) -> None:
+    """Remove temporary snapshot files whose writer (on this host) is gone."""
+    from steadygrad.store.run import _writer_alive
+
+    host = socket.gethostname()
+    for temp in snapshot_dir.glob(f".*{TEMP_SUFFIX}"):
+        owner_host, _, pid = temp.name[: -len(TEMP_SUFFIX)].rpartition(".")
+        owner_host = owner_host.partition(".pt.")[2]
+        if owner_host == host and pid.isdigit() and not _writer_alive(int(pid), host):
+            with contextlib.suppress(OSError):
+                temp.unlink()

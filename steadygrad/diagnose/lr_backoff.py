@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -43,6 +43,46 @@ def back_off_learning_rate(
     for scheduler in schedulers:
         _scale_scheduler(scheduler, factor, seen)
     return [float(g["lr"]) for g in optimizer.param_groups]
+
+
+def keep_rates(optimizer: torch.optim.Optimizer, schedulers: Iterable[Any]) -> Callable[[], None]:
+    """Remember every rate :func:`back_off_learning_rate` touches; the returned function puts
+    them back (a rollback restores older optimizer and scheduler state, but lowers the rate
+    from the one that diverged)."""
+    kept: list[tuple[Any, Any, Any]] = []
+    for group in optimizer.param_groups:
+        for key in ("lr", *_GROUP_RATE_KEYS):
+            if key in group:
+                kept.append((group, key, _copied(group[key])))
+    for scheduler in _all_schedulers(schedulers):
+        for attr in ("base_lrs", "min_lrs"):
+            if isinstance(getattr(scheduler, attr, None), list):
+                kept.append((scheduler, attr, [_copied(v) for v in getattr(scheduler, attr)]))
+
+    def restore() -> None:
+        for owner, key, value in kept:
+            if isinstance(owner, dict):
+                owner[key] = value
+            else:
+                setattr(owner, key, value)
+
+    return restore
+
+
+def _all_schedulers(schedulers: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = [s for s in schedulers if s is not None]
+    while stack:
+        s = stack.pop(0)
+        if any(s is o for o in out):
+            continue
+        out.append(s)
+        stack.extend(getattr(s, "_schedulers", None) or ())
+    return out
+
+
+def _copied(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def _scale_scheduler(scheduler: Any, factor: float, seen: set[int]) -> None:

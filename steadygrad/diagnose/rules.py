@@ -241,22 +241,38 @@ def _nonfinite(facts: RunFacts) -> Found | None:
     return Found(summary, first.step, where, ev)
 
 
+AMP_STALL_SHARE = 0.5  # skipping at least this share of steps is not benign
+AMP_STALL_STEPS = 20  # nor skipping every one of the last this many steps
+
+
 def _amp_overflow(facts: RunFacts) -> Found | None:
-    overflow = facts.of(AMP_OVERFLOW)
+    overflow = facts.of(AMP_OVERFLOW)  # one finding per episode of skipped steps
     if not overflow or facts.of(NONFINITE):
         return None
     steps = facts.series(LOSS.name)
     total = len(steps[0]) if steps else 0
-    share = len(overflow) / total if total else 0.0
+    skipped = facts.series(OPTIMIZER_SKIPPED.name)
+    count = int(np.nansum(skipped[1])) if skipped is not None else len(overflow)
+    share = count / total if total else 0.0
+    tail = skipped[1][-AMP_STALL_STEPS:] if skipped is not None else np.zeros(0)
+    stalled = len(tail) == AMP_STALL_STEPS and bool(np.all(tail == 1.0))
+    evidence = {"skipped_steps": count, "episodes": len(overflow), "share": share}
+    if stalled or share >= AMP_STALL_SHARE:
+        summary = (
+            f"mixed-precision overflow is stalling training: the GradScaler skipped {count} of "
+            f"{total} steps ({share:.0%})"
+            + (f", including the last {AMP_STALL_STEPS}" if stalled else "")
+            + "; the gradients overflow even at a lowered scale, so the weights barely move. "
+            "This is not benign"
+        )
+        return Found(summary, _first(overflow), [], evidence, "critical")
     summary = (
-        f"benign mixed-precision overflow: the GradScaler skipped {len(overflow)} step(s) "
-        f"({share:.1%} of steps) and lowered its scale; the loss and weights stayed finite, "
-        "so this is not a divergence"
+        f"benign mixed-precision overflow: the GradScaler skipped {count} step(s) in "
+        f"{len(overflow)} episode(s) ({share:.1%} of steps) and lowered its scale; the loss and "
+        "weights stayed finite, so this is not a divergence"
     )
     severity = "warning" if share > 0.05 else "info"
-    return Found(
-        summary, _first(overflow), [], {"skipped_steps": len(overflow), "share": share}, severity
-    )
+    return Found(summary, _first(overflow), [], evidence, severity)
 
 
 def _adam_poisoned(facts: RunFacts) -> Found | None:

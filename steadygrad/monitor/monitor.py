@@ -161,6 +161,8 @@ class Monitor:
         self.findings_log = LoggingSink(kinds=[k for d in self.detectors for k in d.emits])
         if autopilot is not None and not isinstance(autopilot, Autopilot):
             raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
+        if autopilot is not None and autopilot.attached:
+            autopilot.attach(self)  # raises the clear error before anything is hooked
         self.autopilot = autopilot
         self.scaler = scaler
         self.signals: list[Signal] = []
@@ -212,6 +214,7 @@ class Monitor:
         self._optimizer_steps = 0  # optimizer steps since the last mon.step()
         self._optimizer_steps_total = 0
         self._unstepped_calls = 0  # mon.step() calls with finite gradients before any step
+        self._warned: set[str] = set()
         self._handles = [
             optimizer.register_step_pre_hook(self._before_optimizer_step),
             optimizer.register_step_post_hook(self._after_optimizer_step),
@@ -248,6 +251,21 @@ class Monitor:
         step = self.step_count
         stepped = self._optimizer_steps > 0
         self._optimizer_steps = 0
+        fresh = self.parameters.stats.gradients_since_last_look()
+        if not stepped and fresh is False and step > 0:
+            self._warn_once(
+                "twice",
+                "mon.step was called again with no backward pass and no optimizer step since "
+                "the last call; this call is ignored (call mon.step once per training step)",
+            )
+            return None
+        if stepped and fresh is None and self.parameters.stats.has_no_gradients():
+            self._warn_once(
+                "zero_grad",
+                "mon.step found no gradients although the optimizer stepped: call "
+                "optimizer.zero_grad() after mon.step(loss), not before it, or the gradient "
+                "metrics are missing from the record",
+            )
         if step % self.every:
             self.step_count += 1
             self._prepare(self.step_count)
@@ -433,6 +451,12 @@ class Monitor:
         self.step_count = step
         self._prepare(step)
 
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("steadygrad: %s", message)
+            warnings.warn(f"steadygrad: {message}", RuntimeWarning, stacklevel=3)
+
     # -- sinks -----------------------------------------------------------------------------------
     def _to_sinks(self, method: str, *args: Any) -> None:
         if method != "close":  # the log needs no diagnosis: it is not worth one at close
@@ -557,7 +581,10 @@ def _scalar(name: str, value: Any) -> torch.Tensor:
             raise TypeError(f"{name} must be real, got a complex {value.dtype} tensor")
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return torch.tensor(float(value), dtype=torch.float64)
+        try:
+            return torch.tensor(float(value), dtype=torch.float64)
+        except OverflowError:
+            raise ValueError(f"{name} is too large for a float: {value!r}") from None
     raise TypeError(f"{name} must be a tensor or a number, got {type(value).__name__}")
 
 

@@ -8,6 +8,7 @@ non-finite first in the backward pass.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,10 @@ class ParameterStats:
         # Gradient norms measured earlier in this step (by the autopilot, before the update).
         self._grad_cache: tuple[list[int], torch.Tensor] | None = None
         self.backward_order: list[int] | None = None
+        # One small parameter whose gradient tells whether a backward pass ran since last time
+        # (chosen among those that have a gradient, the first time any has one).
+        self._probe: int | None = None
+        self._probe_seen: tuple[Any, int] | None = None
 
     # -- gradients and weights ------------------------------------------------------------------
     def grad_norms(self) -> tuple[list[int], torch.Tensor]:
@@ -57,6 +62,28 @@ class ParameterStats:
         empty = torch.zeros(0, device=self.params[0].device)
         self._grad_cache = (index, _norms(grads) if grads else empty)
         return self._grad_cache
+
+    def gradients_since_last_look(self) -> bool | None:
+        """Whether the gradients changed since the previous call (a backward pass ran, or they
+        were cleared); None when there is no gradient to tell by. Cheap: it looks at one small
+        parameter's gradient object and its version counter."""
+        if self._probe is None:
+            with_grad = [i for i, p in enumerate(self.params) if p.grad is not None]
+            if not with_grad:
+                return None
+            self._probe = min(with_grad, key=lambda i: self.params[i].numel())
+        grad = self.params[self._probe].grad
+        seen, self._probe_seen = (
+            self._probe_seen,
+            None if grad is None else (weakref.ref(grad), grad._version),
+        )
+        if grad is None:
+            return None
+        return seen is None or seen[0]() is not grad or seen[1] != grad._version
+
+    def has_no_gradients(self) -> bool:
+        """No parameter has a gradient, and none was measured earlier in this step."""
+        return self._grad_cache is None and all(p.grad is None for p in self.params)
 
     def scale_cached_grad_norms(self, factor: float | torch.Tensor) -> None:
         """The gradients were all multiplied by ``factor`` (clipping): so are their norms."""
@@ -142,11 +169,26 @@ class ParameterStats:
         return min(candidates, key=lambda i: rank.get(i, len(rank) + i))
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norms of many tensors as one float32 vector, grouped by device and dtype."""
+    """L2 norms of many tensors as one float32 vector, grouped by device and dtype.
+
+    fp16/bf16 tensors are reduced into float32: a finite fp16 gradient whose norm is above
+    65504 must not read as inf (the autopilot would then skip every update)."""
     if len({(t.device, t.dtype) for t in tensors}) == 1:
-        return torch.stack(torch._foreach_norm(tensors)).float()
-    return torch.stack([torch.linalg.vector_norm(t).float().cpu() for t in tensors])
+        low = tensors[0].dtype in LOW_PRECISION
+        norms = torch._foreach_norm(tensors, dtype=torch.float32) if low else None
+        return torch.stack(norms or torch._foreach_norm(tensors)).float()
+    return torch.stack(
+        [
+            torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype in LOW_PRECISION else None)
+            .float()
+            .cpu()
+            for t in tensors
+        ]
+    )
 
 
 class ParameterSignal(Signal):

@@ -150,8 +150,8 @@ class NonFiniteDetector(Detector):
     """NaN/Inf in the loss, the gradients or the weights, with where it was born.
 
     A step that a mixed-precision GradScaler skipped (the optimizer did not step, the loss and
-    the weights are finite) is reported as a benign ``amp_overflow`` (severity info), not as a
-    divergence.
+    the weights are finite) is reported as an ``amp_overflow`` (severity info), not as a
+    divergence: one finding per run of consecutive skipped steps, at its first step.
     """
 
     kind = NONFINITE
@@ -161,6 +161,7 @@ class NonFiniteDetector(Detector):
     def __init__(self) -> None:
         self._in_episode = False
         self._origin_known = False
+        self._in_overflow = False
 
     def update(self, record: Record) -> list[Finding]:
         v = record.values
@@ -169,7 +170,7 @@ class NonFiniteDetector(Detector):
         bad_params = v.get(NONFINITE_PARAMS.name, 0.0)
         loss_bad = not math.isfinite(loss)
         if not (loss_bad or bad_grads or bad_params):
-            self._in_episode = False
+            self._in_episode = self._in_overflow = False
             return []
         meta = record.meta
         if (
@@ -178,6 +179,9 @@ class NonFiniteDetector(Detector):
             and not loss_bad
             and not bad_params
         ):
+            if self._in_overflow:  # the same overflow episode: said at its first step
+                return []
+            self._in_overflow = True
             evidence = {"nonfinite_grads": bad_grads, "grad_norm": v.get(GRAD_NORM.name)}
             if AMP_SCALE.name in v:
                 evidence["amp_scale"] = v[AMP_SCALE.name]

@@ -1,0 +1,11 @@
+"""Induced training instabilities and healthy controls, each with its true cause and place.
+
+An independent yardstick for steadygrad's diagnosis (``bench/diagnosis_accuracy.py``): plain
+PyTorch runs that attach steadygrad only through its public one-line attach. Scenarios flagged
+``heldout`` are kept out of detector tuning.
+"""
+
+from scenarios import cases_gpt, cases_mlp, cases_other  # noqa: F401  (registers the scenarios)
+from scenarios.common import CAUSES, SCENARIOS, Scenario
+
+__all__ = ["CAUSES", "SCENARIOS", "Scenario"]

@@ -1,0 +1,69 @@
+"""The diagnosis yardstick (bench/scenarios, bench/diagnosis_accuracy.py) is itself sound:
+its truth uses the rules' cause names, its matching and divergence rules do what they say, and
+one scenario runs end to end."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import diagnosis_accuracy as bench  # noqa: E402
+from scenarios import CAUSES, SCENARIOS  # noqa: E402
+
+from steadygrad.diagnose.rules import RULES  # noqa: E402
+
+NEW_CAUSES = {"exploding_gradients", "slow_divergence", "data_outlier", "healthy"}
+
+
+def test_truth_uses_the_rules_cause_names_or_a_declared_new_one():
+    rule_causes = {r.cause for r in RULES}
+    assert set(CAUSES) - NEW_CAUSES <= rule_causes
+    for sc in SCENARIOS.values():
+        assert sc.cause in rule_causes | NEW_CAUSES, sc.name
+
+
+def test_the_collection_covers_what_issue_10_asks():
+    sick = [s for s in SCENARIOS.values() if not s.healthy]
+    healthy = [s for s in SCENARIOS.values() if s.healthy]
+    assert len(sick) >= 24 and len(healthy) >= 8
+    assert {s.family for s in SCENARIOS.values()} >= {"mlp", "cnn", "rnn", "gpt", "hf", "modular"}
+    assert sum(s.heldout for s in SCENARIOS.values()) >= 3
+    optimizers = {s.optimizer for s in SCENARIOS.values()}
+    assert {"sgd", "sgd_mom"} <= optimizers and optimizers & {"adam", "adamw"}
+    assert any(o.startswith("sg_") for o in optimizers)  # one of steadygrad's optimizers
+
+
+def test_same_place_matches_parents_and_children_only_on_dot_boundaries():
+    assert bench.same_place("h.0.attn", "h.0.attn.c_attn")
+    assert bench.same_place("2.weight", "2")
+    assert not bench.same_place("h.1", "h.10")
+    assert not bench.same_place("", "h.1")
+
+
+def test_measured_divergence():
+    assert bench.measured_divergence([2.0, 1.0, math.nan]) == 2
+    steady = [1.0] * 20
+    assert bench.measured_divergence(steady) is None
+    # median of 5 must pass max(2 x best, best + 1): best 1.0 -> above 2.0 from index 9
+    rising = [1.0] * 5 + [1.5, 2.5, 2.5, 2.5, 2.5, 2.5]
+    assert bench.measured_divergence(rising) == 8
+
+
+def test_one_scenario_end_to_end(tmp_path):
+    row = bench.run_one("nan_log_one_sample_mlp", "default", str(tmp_path))
+    assert row["error"] is None and row["induced"]
+    assert row["diverge_step"] == 137 and row["steps"] == 170
+    assert "nonfinite" in [d["cause"] for d in row["diagnoses"]]
+    assert row["lead"] is not None and row["lead"] >= 0
+
+
+@pytest.mark.parametrize("name", ["healthy_mlp_sgd"])
+def test_a_healthy_control_has_no_truth_to_locate(tmp_path, name):
+    row = bench.run_one(name, "default", str(tmp_path))
+    assert row["error"] is None and "warned" in row and "first" not in row

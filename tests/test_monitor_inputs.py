@@ -1,0 +1,266 @@
+"""What the training loop hands the Monitor, right and wrong: low-precision gradients, repeated
+or misordered calls, racing Monitors, GradScaler overflow episodes, and fuzzed arguments and
+losses (each either recorded exactly or refused with an error naming the argument)."""
+
+import math
+import re
+import tempfile
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from helpers import no_hooks_left, regression_batch, tiny_mlp
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import steadygrad
+
+
+def _step(model, opt, mon, i=0):
+    x, y = regression_batch(i)
+    loss = nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_norms_accumulate_in_float32(tmp_path, dtype):
+    model = nn.Linear(64, 64).to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay as they are
+    pilot = steadygrad.Autopilot(rollback=False)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", autopilot=pilot, progress=False)
+    # Finite gradients whose norm is far above fp16's largest value (65504), and values that
+    # bf16 cannot sum precisely (a bf16 result would be off by ~1e-4, relative).
+    model.weight.grad = torch.full_like(model.weight, 30000.0 if dtype == torch.float16 else 1.0)
+    model.bias.grad = torch.linspace(-3, 3, 64).to(dtype)
+    expected = {n: p.grad.double().norm().item() for n, p in model.named_parameters()}
+    weights = {n: p.detach().double().norm().item() for n, p in model.named_parameters()}
+    opt.step()
+    record = mon.step(1.0)
+    mon.close()
+    for name, value in expected.items():
+        assert record.values[f"grad_norm/{name}"] == pytest.approx(value, rel=1e-5)
+        assert record.values[f"param_norm/{name}"] == pytest.approx(weights[name], rel=1e-5)
+    assert record.values["nonfinite_grads"] == 0.0
+    assert [a for a in mon.actions if a[1] == "skip_update"] == []  # the update was applied
+
+
+def test_calling_step_twice_records_no_phantom_skipped_step(tmp_path):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", progress=False)
+    with pytest.warns(RuntimeWarning, match="called again with no backward pass") as caught:
+        for i in range(5):
+            loss = _step(model, opt, mon, i)
+            assert mon.step(loss) is not None
+            assert mon.step(loss) is None  # the same step again: ignored
+            opt.zero_grad()
+    assert len([w for w in caught if "called again" in str(w.message)]) == 1
+    mon.close()
+    run = steadygrad.load(tmp_path / "run")
+    assert run.num_steps == 5 and "optimizer_skipped" not in run.names()
+
+
+def test_a_real_gradscaler_skip_is_still_a_skip(tmp_path):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1e38)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", scaler=scaler, progress=False)
+    x, y = regression_batch(0)
+    loss = nn.functional.mse_loss(model(x), y) * 1e3
+    scaler.scale(loss).backward()
+    scaler.step(opt)  # overflows: the optimizer is not called
+    scaler.update()
+    record = mon.step(loss)
+    mon.close()
+    assert record.values["optimizer_skipped"] == 1.0
+
+
+def test_zero_grad_before_step_warns_once(tmp_path):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(4):
+            loss = _step(model, opt, mon, i)
+            opt.zero_grad()  # too early: the Monitor finds no gradients
+            record = mon.step(loss)
+            if i == 0:  # nothing measured the gradients before the update: none recorded
+                assert "grad_norm" not in record.values
+    mon.close()
+    assert len([w for w in caught if "zero_grad" in str(w.message)]) == 1
+
+
+def test_two_monitors_racing_for_one_directory_get_a_clear_error(tmp_path):
+    model, other = tiny_mlp(), tiny_mlp(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.05)
+    first = steadygrad.Monitor(model, opt, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match=re.escape(str(tmp_path / "run")) + ".*already"):
+        steadygrad.Monitor(other, other_opt, tmp_path / "run", progress=False)
+    assert no_hooks_left(other, other_opt)  # the loser leaves its model as it was
+    first.step(_step(model, opt, first))
+    first.close()
+    assert steadygrad.load(tmp_path / "run").num_steps == 1
+
+
+def _amp_run(tmp_path, name, overflow_steps, steps):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=10**6)
+    mon = steadygrad.Monitor(model, opt, tmp_path / name, scaler=scaler, progress=False)
+    for i in range(steps):
+        x, y = regression_batch(i)
+        loss = nn.functional.mse_loss(model(x), y)
+        boost = math.inf if i in overflow_steps else 1.0  # the scaled gradients overflow
+        scaler.scale(loss * boost).backward()
+        scaler.step(opt)
+        scaler.update()
+        mon.step(loss)
+        opt.zero_grad()
+    mon.close()
+    return mon, steadygrad.diagnose(tmp_path / name)
+
+
+def test_gradscaler_overflow_is_one_finding_per_episode(tmp_path):
+    episodes = set(range(10, 14)) | {30} | set(range(40, 43))  # 3 episodes, 8 skipped steps
+    mon, report = _amp_run(tmp_path, "amp", episodes, 60)
+    assert [f.step for f in mon.findings if f.kind == "amp_overflow"] == [10, 30, 40]
+    (amp,) = [d for d in report.diagnoses if d.cause == "amp_overflow"]
+    assert amp.evidence["skipped_steps"] == 8 and amp.evidence["episodes"] == 3
+    assert "benign" in amp.summary
+
+
+def test_a_run_where_every_step_overflows_is_not_called_benign(tmp_path):
+    mon, report = _amp_run(tmp_path, "stalled", set(range(40)), 40)
+    assert [f.step for f in mon.findings if f.kind == "amp_overflow"] == [0]
+    (amp,) = [d for d in report.diagnoses if d.cause == "amp_overflow"]
+    assert amp.severity == "critical" and "not benign" in amp.summary
+    assert amp.evidence["skipped_steps"] == 40 and not report.healthy
+
+
+# -- fuzzing --------------------------------------------------------------------------------------
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+ANY = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=3)
+    | st.complex_numbers()
+    | st.lists(st.integers(), max_size=2)
+)
+
+
+def _refused_clearly(exc: Exception, argument: str) -> bool:
+    return isinstance(exc, TypeError | ValueError) and argument in str(exc)
+
+
+@pytest.fixture(scope="module")
+def fuzz_monitor(tmp_path_factory):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = steadygrad.Monitor(
+        model, opt, tmp_path_factory.mktemp("fuzz") / "run", progress=False, detectors=[]
+    )
+    yield mon
+    mon.close()
+
+
+LOSSES = (
+    ANY
+    | st.floats(width=32).map(np.float32)
+    | st.floats().map(np.array)
+    | st.floats().map(lambda v: torch.tensor(v, dtype=torch.float64))
+    | st.floats(width=16).map(lambda v: torch.tensor(v, dtype=torch.float16))
+    | st.complex_numbers().map(torch.tensor)
+    | st.lists(st.floats(), min_size=2, max_size=3).map(torch.tensor)
+)
+
+
+@FUZZ
+@given(loss=LOSSES, preclip=st.none() | LOSSES)
+@example(loss=10**400, preclip=None)
+@example(loss=1e300, preclip=None)
+@example(loss=np.float64(1e-300), preclip=None)
+@example(loss=np.float32(2.5), preclip=np.array(3.0))
+def test_step_records_any_real_scalar_exactly_and_refuses_the_rest(fuzz_monitor, loss, preclip):
+    try:
+        record = fuzz_monitor.step(loss, grad_norm_preclip=preclip)
+    except Exception as exc:
+        bad = [n for n, v in (("loss", loss), ("grad_norm_preclip", preclip)) if v is not None]
+        bad = [n for n in bad if not _is_real_scalar(loss if n == "loss" else preclip)]
+        if loss is None:
+            bad.append("loss")
+        assert any(_refused_clearly(exc, name) for name in bad), repr(exc)
+        return
+    assert _is_real_scalar(loss) and (preclip is None or _is_real_scalar(preclip))
+    expected = float(np.float64(np.asarray(loss.double() if torch.is_tensor(loss) else loss)))
+    got = record.values["loss"]
+    assert got == expected or (math.isnan(got) and math.isnan(expected))  # float64, not float32
+
+
+def _is_real_scalar(value) -> bool:
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**1024 - 2**970  # beyond, no float holds it
+    if isinstance(value, float | np.floating):
+        return True
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return (
+            value.size == 1
+            if isinstance(value, np.ndarray)
+            else (value.numel() == 1 and not value.is_complex())
+        )
+    return False
+
+
+MONITOR_ARGUMENTS = ("every", "update_every", "activation_every", "flush_every", "guard_steps")
+
+
+@settings(FUZZ, max_examples=25)
+@given(argument=st.sampled_from((*MONITOR_ARGUMENTS, "flush_seconds")), value=ANY)
+def test_monitor_arguments_are_accepted_or_refused_by_name(argument, value):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            mon = steadygrad.Monitor(model, opt, f"{tmp}/run", progress=False, **{argument: value})
+        except Exception as exc:
+            assert _refused_clearly(exc, argument), repr(exc)
+            assert no_hooks_left(model, opt)
+            return
+        mon.close()
+    if argument == "flush_seconds":
+        assert isinstance(value, int | float) and not isinstance(value, bool)
+        assert math.isfinite(value) and value >= 0
+    elif argument == "guard_steps":
+        assert isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    else:
+        assert isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+AUTOPILOT_ARGUMENTS = (
+    "snapshot_every",
+    "lr_factor",
+    "divergence_ratio",
+    "max_rollbacks",
+    "clip_factor",
+)
+
+
+@settings(FUZZ, max_examples=100)
+@given(argument=st.sampled_from(AUTOPILOT_ARGUMENTS), value=ANY)
+def test_autopilot_arguments_are_accepted_or_refused_by_name(argument, value):
+    try:
+        steadygrad.Autopilot(**{argument: value})
+    except Exception as exc:
+        assert _refused_clearly(exc, argument), repr(exc)
+        return
+    assert isinstance(value, int | float) and not isinstance(value, bool)
+    assert math.isfinite(value)
