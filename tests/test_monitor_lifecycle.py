@@ -180,6 +180,9 @@ def test_rollback_is_bounded_and_then_stops_with_a_message(tmp_path, caplog):
 
 
 def test_lr_backoff_survives_the_scheduler(tmp_path):
+    """A rollback at step 6 to the snapshot of step 4 puts the schedule back where it was then
+    (two scheduler steps back) and halves the rate: every later rate is half the scheduler's
+    own closed form at its position, so the scheduler's next steps do not undo the back-off."""
     model = tiny_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
@@ -197,9 +200,13 @@ def test_lr_backoff_survives_the_scheduler(tmp_path):
         mon.step(loss)
         opt.zero_grad()
     mon.close()
-    assert [(s, k) for s, k, _ in mon.actions] == [(6, "rollback")]
+    [(step, kind, detail)] = mon.actions
+    assert (step, kind, detail["to_step"]) == (6, "rollback", 4)
+    assert detail["lr_after"] == pytest.approx([0.5 * lr for lr in detail["lr_before"]])
     _, lr = steadygrad.load(tmp_path).series("lr/0")
-    want = [0.1 / (1 + k) * (0.5 if k > 6 else 1.0) for k in range(12)]
+    want = [0.1 / (1 + k) for k in range(7)]  # as scheduled
+    want.append(0.5 * 0.1 / 8)  # step 7: the rate that diverged, halved
+    want += [0.5 * 0.1 / (1 + k - 2) for k in range(8, 12)]  # the schedule, two steps back
     assert list(lr) == pytest.approx(want, rel=1e-12)
     assert all(math.isfinite(x) for x in steadygrad.load(tmp_path).series("loss")[1][7:])
 

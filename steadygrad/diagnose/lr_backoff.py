@@ -49,22 +49,22 @@ def keep_rates(optimizer: torch.optim.Optimizer, schedulers: Iterable[Any]) -> C
     """Remember every rate :func:`back_off_learning_rate` touches; the returned function puts
     them back (a rollback restores older optimizer and scheduler state, but lowers the rate
     from the one that diverged)."""
-    kept: list[tuple[Any, Any, Any]] = []
-    for group in optimizer.param_groups:
-        for key in ("lr", *_GROUP_RATE_KEYS):
-            if key in group:
-                kept.append((group, key, _copied(group[key])))
+    # Groups by position: optimizer.load_state_dict replaces the group dicts themselves.
+    groups = [
+        {k: _copied(g[k]) for k in ("lr", *_GROUP_RATE_KEYS) if k in g}
+        for g in optimizer.param_groups
+    ]
+    kept: list[tuple[Any, str, Any]] = []
     for scheduler in _all_schedulers(schedulers):
         for attr in ("base_lrs", "min_lrs"):
             if isinstance(getattr(scheduler, attr, None), list):
                 kept.append((scheduler, attr, [_copied(v) for v in getattr(scheduler, attr)]))
 
     def restore() -> None:
-        for owner, key, value in kept:
-            if isinstance(owner, dict):
-                owner[key] = value
-            else:
-                setattr(owner, key, value)
+        for group, rates in zip(optimizer.param_groups, groups, strict=False):
+            group.update(rates)
+        for owner, attr, value in kept:
+            setattr(owner, attr, value)
 
     return restore
 
