@@ -2,7 +2,9 @@
 (fused and default) and pytorch-optimizer's implementation of the same algorithm, on a stack of
 many small tensors and on a few large tensors, with the memory-traffic lower bound.
 
-Run: ``PYTHONPATH=. python bench/optimizers.py [--quick]`` (single thread, CPU).
+Run: ``PYTHONPATH=. python bench/optimizers.py [--quick]`` (single thread, CPU). Implementations
+of one optimizer are timed in interleaved rounds (medians), so machine load hits them alike.
+``STEADYGRAD_NO_COMPILE=1`` times the fallback a machine without torch.compile gets.
 Each time is also shown as a fraction of the physical limit: the bytes an update must read and
 write (parameter, gradient, states) over the copy bandwidth measured in the same run.
 """
@@ -33,13 +35,13 @@ BYTES_PER_PARAM = {
 }
 
 OURS = {
-    "SPAM": lambda ps, f: so.SPAM(ps, lr=1e-3, fused=f),
-    "StableSPAM": lambda ps, f: so.StableSPAM(ps, lr=1e-3, fused=f),
-    "AdaBelief": lambda ps, f: so.AdaBelief(ps, lr=1e-3, fused=f),
-    "DiffGrad": lambda ps, f: so.DiffGrad(ps, lr=1e-3, fused=f),
-    "Lion": lambda ps, f: so.Lion(ps, lr=1e-4, fused=f),
-    "AdEMAMix": lambda ps, f: so.AdEMAMix(ps, lr=1e-3, fused=f),
-    "Grams": lambda ps, f: so.Grams(ps, lr=1e-3, fused=f),
+    "SPAM": lambda ps, f, **kw: so.SPAM(ps, lr=1e-3, fused=f, **kw),
+    "StableSPAM": lambda ps, f, **kw: so.StableSPAM(ps, lr=1e-3, fused=f, **kw),
+    "AdaBelief": lambda ps, f, **kw: so.AdaBelief(ps, lr=1e-3, fused=f, **kw),
+    "DiffGrad": lambda ps, f, **kw: so.DiffGrad(ps, lr=1e-3, fused=f, **kw),
+    "Lion": lambda ps, f, **kw: so.Lion(ps, lr=1e-4, fused=f, **kw),
+    "AdEMAMix": lambda ps, f, **kw: so.AdEMAMix(ps, lr=1e-3, fused=f, **kw),
+    "Grams": lambda ps, f, **kw: so.Grams(ps, lr=1e-3, fused=f, **kw),
 }
 
 
@@ -95,6 +97,21 @@ def copy_bandwidth(numel: int = 32 * 2**20, repeats: int = 7) -> float:
         dst.copy_(src)
         times.append(time.perf_counter() - start)
     return 2 * 4 * numel / min(times)  # the best run: the physical limit, not the contention
+
+
+def interleaved(opts: dict[str, torch.optim.Optimizer], warmup: int, rounds: int):
+    """Median seconds of ``step()`` per optimizer: ``warmup`` steps each (compilation), then
+    ``rounds`` rounds of one step of each, in turn."""
+    for opt in opts.values():
+        for _ in range(warmup):
+            opt.step()
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    for _ in range(rounds):
+        for label, opt in opts.items():
+            start = time.perf_counter()
+            opt.step()
+            times[label].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def time_steps(opt: torch.optim.Optimizer, warmup: int, repeats: int) -> tuple[float, float]:
@@ -173,6 +190,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="optimizer names to run")
     parser.add_argument("--no-peer", action="store_true", help="skip pytorch-optimizer")
     parser.add_argument("--eight-bit-only", action="store_true", help="only the 8-bit report")
+    parser.add_argument("--no-eight-bit", action="store_true", help="skip the 8-bit report")
+    parser.add_argument(
+        "--per-tensor", action="store_true", help="also time the per-tensor eager loop (slow)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -192,68 +213,61 @@ def main() -> None:
     print()
 
     header = (
-        f"{'model':6} {'optimizer':10} {'impl':22} {'ms/step':>9} {'bound ms':>9} "
-        f"{'of limit':>8} {'po/ours':>8} {'ours/(fusedAdamW*B/28)':>23} {'first ms':>9}"
+        f"{'model':6} {'optimizer':10} {'impl':26} {'ms/step':>9} {'bound ms':>9} "
+        f"{'of limit':>8} {'po/ours':>8} {'ours/(fusedAdamW*B/28)':>23}"
     )
     print(header)
     print("-" * len(header))
     names = args.only or list(OURS)
+    compiled = so.compile_available()
     for model_name, shapes in models.items():
         n = sum(s.numel() for s in shapes)
         params = make_params(shapes)
-
-        def run(make, params=params):
-            for p in params:
-                p.data.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
-            opt = make(params)
-            result = time_steps(opt, warmup, repeats)
-            del opt
-            gc.collect()
-            return result
-
-        _, fused_adamw = run(lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True))
-        _, loop_adamw = run(lambda ps: torch.optim.AdamW(ps, lr=1e-3))
-        bound28 = n * 28 / bw
-        for label, t in (("torch AdamW fused", fused_adamw), ("torch AdamW default", loop_adamw)):
-            print(
-                f"{model_name:6} {'AdamW':10} {label:22} {t * 1e3:9.2f} {bound28 * 1e3:9.2f} "
-                f"{bound28 / t:8.2f} {'':>8} {t / fused_adamw:23.2f} {'':>9}"
-            )
         for name in names:
             b = BYTES_PER_PARAM[name]
             bound = n * b / bw
-            # the machine is shared: re-measure the baseline next to each optimizer, so each
-            # ratio compares times taken in the same few seconds
-            _, fused_now = run(lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True))
-            scaled_fused = fused_now * b / 28
-            first, ours = run(lambda ps, name=name: OURS[name](ps, None))
-            _, eager = run(lambda ps, name=name: OURS[name](ps, False))
+            # every implementation steps once per round, rounds interleaved, medians kept: the
+            # machine is shared, and load then hits all implementations alike
+            makers = {"torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)}
+            if compiled:
+                makers["steadygrad compiled"] = lambda ps, name=name: OURS[name](ps, None)
+            makers["steadygrad foreach (eager)"] = lambda ps, name=name: OURS[name](ps, False)
+            if args.per_tensor:
+                makers["steadygrad per-tensor loop"] = lambda ps, name=name: OURS[name](
+                    ps, False, foreach=False
+                )
             peer_make = None if args.no_peer else peer(name)
-            peer_t = run(peer_make)[1] if peer_make is not None else float("nan")
-            rows = [
-                ("steadygrad (compiled)", ours, first),
-                ("steadygrad eager", eager, None),
-                ("pytorch-optimizer", peer_t, None),
-            ]
-            for label, t, first_t in rows:
-                vs_peer = f"{peer_t / t:8.2f}" if label != "pytorch-optimizer" else f"{'':>8}"
-                first_s = f"{first_t * 1e3:9.0f}" if first_t is not None else f"{'':>9}"
+            if peer_make is not None:
+                makers["pytorch-optimizer"] = peer_make
+            times = interleaved({k: make(params) for k, make in makers.items()}, warmup, repeats)
+            gc.collect()
+            fused, po = times["torch AdamW fused"], times.get("pytorch-optimizer", float("nan"))
+            for label, t in times.items():
+                if label == "torch AdamW fused":
+                    vs_peer, vs_fused = "", f"{'x B/28 = ' + f'{t * b / 28 * 1e3:.2f} ms':>23}"
+                else:
+                    vs_peer = f"{po / t:8.2f}" if label != "pytorch-optimizer" else ""
+                    vs_fused = f"{t / (fused * b / 28):23.2f}"
                 print(
-                    f"{model_name:6} {name:10} {label:22} {t * 1e3:9.2f} {bound * 1e3:9.2f} "
-                    f"{bound / t:8.2f} {vs_peer} {t / scaled_fused:23.2f} {first_s}"
+                    f"{model_name:6} {name:10} {label:26} {t * 1e3:9.2f} {bound * 1e3:9.2f} "
+                    f"{bound / t:8.2f} {vs_peer:>8} {vs_fused}"
                 )
         del params
         gc.collect()
     print()
     print("of limit: memory-traffic lower bound / time (1.0 = streaming at copy bandwidth)")
-    print("po/ours: pytorch-optimizer's time / ours (goal >= 2)")
     print(
-        "ours/(fusedAdamW*B/28): time over fused AdamW's time (re-measured just before each"
-        " optimizer) scaled by bytes (goal <= 1.5)"
+        "po/ours: pytorch-optimizer's time / ours (goal >= 2 for the foreach path, the fallback"
+        " without torch.compile)"
     )
-    print("first ms: first step, including compilation when the kernel is not cached yet")
+    print(
+        "ours/(fusedAdamW*B/28): time over fused AdamW's time (same rounds) scaled by bytes"
+        " (goal <= 1.5 for the compiled path)"
+    )
+    print(f"times: medians of {repeats} interleaved rounds after {warmup} warm-up steps")
     print("compile seconds by kernel:", {k: round(v, 1) for k, v in _base.COMPILE_SECONDS.items()})
-    eight_bit_report()
+    if not args.no_eight_bit:
+        eight_bit_report()
 
 
 if __name__ == "__main__":

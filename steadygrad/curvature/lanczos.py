@@ -8,11 +8,19 @@ Ritz value's own residual (early on it may still be far from the eigenvalue it a
 an optimistic gap would stop too soon), and optionally capped by a gap known from a previous
 estimate. The estimate is ``min(r, r^2 / gap)``, or ``r`` when no positive gap is known. As a
 second guard against an early, optimistic gap, Lanczos also requires the wanted Ritz values to
-have moved by at most ``tol`` (relative) in the last step.
+have *settled*: moved by at most ``tol`` (relative) in the last step, or (one wanted eigenvalue
+only) moved by a step less than a tenth of the step before whose geometric continuation (the
+rest of the move, were it to shrink at that rate) is at most ``tol``. The second form estimates
+the remaining error independently of the gap; it saves the one product the first form costs
+once Lanczos converges fast (the benchmark MLP: 4 products instead of 5, true error 1e-4 at tol
+1e-3). With several wanted eigenvalues a newly found one reorders them, which fools a rate;
+there only the first form applies (tests/test_curvature_stopping.py compares both on dense
+spectra).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,6 +83,31 @@ def _error_estimates(
     return np.asarray(errors), np.asarray(gaps)
 
 
+def _settled(
+    now: np.ndarray,
+    previous: np.ndarray | None,
+    older: np.ndarray | None,
+    size: np.ndarray,
+    tol: float,
+    rate_rule: bool = True,
+) -> bool:
+    """Whether the wanted Ritz values have stopped moving (see the module docstring)."""
+    if previous is None or previous.size != now.size:
+        return False
+    move = np.abs(now - previous) / size
+    if bool(np.all(move <= tol)):
+        return True
+    if not rate_rule or now.size != 1 or older is None or older.size != 1:
+        return False
+    before = np.abs(previous - older) / size
+    # A converging Ritz value moves by ever smaller steps; at a contraction rate below 1/10 the
+    # rest of the way is at most move * rate / (1 - rate) < move / 9.
+    if not before[0] > 0:
+        return False
+    rate = float(move[0] / before[0])
+    return rate < 0.1 and move[0] * rate / (1.0 - rate) <= tol
+
+
 def lanczos(
     matvec: Callable[[torch.Tensor], torch.Tensor],
     n: int,
@@ -119,18 +152,23 @@ def lanczos(
     converged = False
     matvecs = 0
     theta = S = res = idx = errors = gaps = None
-    previous = None
+    previous = older = None
     j = 0
     for j in range(limit):
         w = matvec(Q[j])
         matvecs += 1
-        if not bool(torch.isfinite(w).all()):
+        # A non-finite entry makes the dot product (or the norm below) non-finite: checking
+        # these two numbers spares a pass over the vector.
+        alpha = float(torch.dot(Q[j], w))
+        if not math.isfinite(alpha):
             raise ValueError("a matrix-vector product returned non-finite values")
-        alphas.append(float(torch.dot(Q[j], w)))
+        alphas.append(alpha)
         basis = Q[: j + 1]
         for _ in range(2):  # classical Gram-Schmidt twice: full reorthogonalisation
             w = w - basis.T @ (basis @ w)
         beta = float(torch.linalg.vector_norm(w))
+        if not math.isfinite(beta):
+            raise ValueError("a matrix-vector product returned non-finite values")
         theta, S = np.linalg.eigh(_tridiagonal(alphas, betas))
         scale = max(scale, float(np.max(np.abs(theta))))
         res = beta * np.abs(S[-1, :])
@@ -138,10 +176,8 @@ def lanczos(
         errors, gaps = _error_estimates(theta, res, idx, gap_hint)
         size = np.maximum(np.abs(theta[idx]), np.finfo(np.float64).tiny)
         rel = errors / size
-        settled = previous is not None and previous.size == idx.size
-        if settled:
-            settled = bool(np.all(np.abs(theta[idx] - previous) / size <= tol))
-        previous = theta[idx].copy()
+        settled = _settled(theta[idx], previous, older, size, tol)
+        previous, older = theta[idx].copy(), previous
         invariant = beta <= 1e-10 * max(scale, 1e-30)
         if fixed_steps is None and j + 1 >= k and settled and bool(np.all(rel <= tol)):
             converged = True

@@ -5,7 +5,8 @@ Each optimizer writes its math once, as a *kernel*: a function of one parameter 
 gradient, its state tensors and a small float32 tensor ``hp`` of step-dependent scalars. The kernel
 never mutates its inputs except through a final ``copy_`` into the parameter and the states, and
 it never touches ``p.grad``. The eager path calls the kernel as is (a chain of torch ops, the
-reference). The fast path calls ``torch.compile`` of the same kernel on flat views: inductor fuses
+reference). The multi-tensor eager path (``_foreach``) calls the same kernel on lists of
+tensors, through torch's ``_foreach_`` ops, block by block. The fast path calls ``torch.compile`` of the same kernel on flat views: inductor fuses
 the chain into a single pass over memory, which is what makes an optimizer step memory-bound.
 Scalars travel in ``hp`` (a tensor), so changing the learning rate or the step never recompiles;
 shapes are dynamic, so one compiled variant serves every tensor size.
@@ -13,6 +14,7 @@ shapes are dynamic, so one compiled variant serves every tensor size.
 
 from __future__ import annotations
 
+import os
 import time
 import types
 import warnings
@@ -24,7 +26,7 @@ from torch._dynamo.utils import counters as _COUNTERS
 from torch.optim import Optimizer
 
 from steadygrad.core.checks import finite_float
-from steadygrad.optim import _quant8
+from steadygrad.optim import _foreach, _quant8
 
 Kernel = Callable[..., None]
 
@@ -36,9 +38,19 @@ _COMPILE_WORKS: bool | None = None
 COMPILE_SECONDS: dict[str, float] = {}
 
 
+# Set to "1" to run as if torch.compile were unavailable (tests, benchmarks, or a machine whose
+# compiler misbehaves): ``fused=None`` then takes the multi-tensor eager path.
+NO_COMPILE_ENV = "STEADYGRAD_NO_COMPILE"
+
+
 def compile_available() -> bool:
-    """Whether ``torch.compile`` (inductor) can build and run a kernel here; probed once."""
+    """Whether ``torch.compile`` (inductor) can build and run a kernel here; probed once.
+
+    False while the environment variable ``STEADYGRAD_NO_COMPILE`` is ``1``.
+    """
     global _COMPILE_WORKS
+    if os.environ.get(NO_COMPILE_ENV) == "1":
+        return False
     if _COMPILE_WORKS is None:
         try:
 
@@ -169,6 +181,12 @@ def check_fused(value: object) -> bool | None:
     return value
 
 
+def check_foreach(value: object) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"foreach must be True, False or None, got {value!r}")
+    return value
+
+
 def check_state_bits(value: object) -> int:
     if isinstance(value, bool) or value not in (8, 32):
         raise ValueError(f"state_bits must be 8 or 32, got {value!r}")
@@ -183,7 +201,9 @@ class KernelOptimizer(Optimizer):
 
     ``fused=None`` (default) uses the compiled kernel when ``torch.compile`` works and falls back
     to the eager kernel otherwise; ``fused=False`` always runs eagerly; ``fused=True`` asks for the
-    compiled kernel and raises if it is unavailable.
+    compiled kernel and raises if it is unavailable. The eager kernel runs on lists of tensors
+    (torch's ``_foreach_`` ops, cache-blocked; ``foreach=None`` or ``True``) or tensor by tensor
+    (``foreach=False``: the reference loop). Both run the same kernel code.
     ``state_bits=8`` keeps moment states of tensors with >= ``_quant8.MIN_NUMEL`` entries in 8 bits.
     """
 
@@ -202,8 +222,10 @@ class KernelOptimizer(Optimizer):
         *,
         fused: bool | None,
         state_bits: int = 32,
+        foreach: bool | None = None,
     ) -> None:
         self.fused = check_fused(fused)
+        self.foreach = check_foreach(foreach)
         self.state_bits = check_state_bits(state_bits)
         if self.state_bits == 8 and not self._supports_8bit:
             raise ValueError(f"state_bits=8 is not supported by {type(self).__name__}")
@@ -232,6 +254,7 @@ class KernelOptimizer(Optimizer):
                 loss = closure()
         self._hp_cache: dict[tuple[Any, ...], torch.Tensor] = {}
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
+        self._pending_lists: dict[tuple[Any, ...], list[Any]] = {}
         for group in self.param_groups:
             self._step_group(group)
             self._flush()
@@ -329,14 +352,18 @@ class KernelOptimizer(Optimizer):
         names = self._state_names if names is None else names
         stored = [state[n] for n in names]
         tensors = [p, p.grad, *stored]
-        fast = (
-            self._use_compiled()
-            and p.numel() > 0
-            and all(t.dtype != torch.uint8 and t.is_contiguous() for t in tensors)
+        batchable = p.numel() > 0 and all(
+            t.dtype != torch.uint8 and t.is_contiguous() for t in tensors
         )
-        if fast:
+        if batchable and self._use_compiled():
             key = (kernel, flags, p.dtype, p.device, len(names))
             self._pending.setdefault(key, []).append((self._aliases(p, tensors), hp, after))
+            return
+        if batchable and self.foreach is not False:
+            # one list per kernel, scalars and dtypes: the foreach ops need one dtype per list
+            dtypes = tuple(t.dtype for t in tensors)
+            key = (kernel, flags, dtypes, p.device, len(names), tuple(hp))
+            self._pending_lists.setdefault(key, []).append((tensors, after))
             return
         states = [self._load(state, n, p) for n in names]
         kernel(p, p.grad, *states, self._hp(hp, p.device), *flags)
@@ -361,7 +388,14 @@ class KernelOptimizer(Optimizer):
         return [aliases[0], _flat_alias(tensors[1]), *aliases[1:]]
 
     def _flush(self) -> None:
-        """Run the queued fast-path calls, ``CHUNK`` tensors per compiled call."""
+        """Run the queued calls: multi-tensor eager ones, and compiled ones ``CHUNK`` tensors per
+        compiled call."""
+        lists, self._pending_lists = self._pending_lists, {}
+        for (kernel, flags, _, _, _, hp), items in lists.items():
+            _foreach.run_blocked(kernel, [tensors for tensors, _ in items], hp, flags)
+            for _, after in items:
+                if after is not None:
+                    after()
         pending, self._pending = self._pending, {}
         for (kernel, flags, _, device, _), all_items in pending.items():
             size = CHUNK

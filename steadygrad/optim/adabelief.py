@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from steadygrad.core.checks import finite_float
+from steadygrad.optim import _foreach
 from steadygrad.optim._base import (
     KernelOptimizer,
     check_betas,
@@ -65,6 +66,38 @@ def adabelief_amsgrad_kernel(
     _adabelief_update(p, g, m, s, s_max, hp)
 
 
+def _adabelief_foreach(p, g, m, s, s_max, hp) -> None:
+    decay, l2, b1, omb1, b2, omb2, eps, adaptive_size, bc2_sqrt, sgd_size = hp
+    g = _foreach.with_l2(p, g, l2)
+    _foreach.ema_(m, b1, g, omb1)
+    _foreach.ema_sq_(s, b2, torch._foreach_sub(g, m), omb2)
+    torch._foreach_add_(s, eps)
+    if s_max is not None:
+        torch._foreach_maximum_(s_max, s)
+    denom = torch._foreach_sqrt(s if s_max is None else s_max)
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(m, denom)
+    torch._foreach_mul_(update, adaptive_size)
+    torch._foreach_mul_(p, decay)
+    torch._foreach_sub_(p, update)
+    torch._foreach_sub_(p, torch._foreach_mul(m, sgd_size))
+
+
+def adabelief_foreach(p, g, m, s, hp) -> None:
+    """:func:`adabelief_kernel` on lists of tensors, in place (same order of operations)."""
+    _adabelief_foreach(p, g, m, s, None, hp)
+
+
+def adabelief_amsgrad_foreach(p, g, m, s, s_max, hp) -> None:
+    """:func:`adabelief_amsgrad_kernel` on lists of tensors, in place."""
+    _adabelief_foreach(p, g, m, s, s_max, hp)
+
+
+adabelief_kernel.foreach = adabelief_foreach  # type: ignore[attr-defined]
+adabelief_amsgrad_kernel.foreach = adabelief_amsgrad_foreach  # type: ignore[attr-defined]
+
+
 class AdaBelief(KernelOptimizer):
     """AdaBelief with the defaults of the authors' package (adabelief-pytorch 0.2).
 
@@ -103,6 +136,7 @@ class AdaBelief(KernelOptimizer):
         degenerated_to_sgd: bool = True,
         amsgrad: bool = False,
         fused: bool | None = None,
+        foreach: bool | None = None,
         state_bits: int = 32,
     ) -> None:
         defaults = dict(
@@ -116,7 +150,7 @@ class AdaBelief(KernelOptimizer):
             degenerated_to_sgd=check_bool("degenerated_to_sgd", degenerated_to_sgd),
             amsgrad=check_bool("amsgrad", amsgrad),
         )
-        super().__init__(params, defaults, fused=fused, state_bits=state_bits)
+        super().__init__(params, defaults, fused=fused, foreach=foreach, state_bits=state_bits)
 
     def _step_group(self, group: dict[str, Any]) -> None:
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]

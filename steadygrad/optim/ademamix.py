@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -69,6 +70,26 @@ def ademamix_kernel(
     nu.copy_(nu_new)
 
 
+def ademamix_foreach(p, g, m1, m2, nu, hp) -> None:
+    """:func:`ademamix_kernel` on lists of tensors, in place (same order of operations)."""
+    lr, wd, b1, omb1, b2, omb2, b3, omb3, alpha, bc1, bc2_sqrt, eps = hp
+    _foreach.ema_(m1, b1, g, omb1)
+    _foreach.ema_(m2, b3, g, omb3)
+    _foreach.ema_sq_(nu, b2, g, omb2)
+    denom = torch._foreach_sqrt(nu)
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(m1, bc1)
+    torch._foreach_add_(update, torch._foreach_mul(m2, alpha))
+    torch._foreach_div_(update, denom)
+    torch._foreach_add_(update, torch._foreach_mul(p, wd))
+    torch._foreach_mul_(update, lr)
+    torch._foreach_sub_(p, update)
+
+
+ademamix_kernel.foreach = ademamix_foreach  # type: ignore[attr-defined]
+
+
 class AdEMAMix(KernelOptimizer):
     """AdEMAMix with the defaults of Apple's PyTorch reference (alpha 2; no warm-ups).
 
@@ -102,6 +123,7 @@ class AdEMAMix(KernelOptimizer):
         weight_decay: float = 0.0,
         *,
         fused: bool | None = None,
+        foreach: bool | None = None,
         state_bits: int = 32,
     ) -> None:
         defaults = dict(
@@ -117,7 +139,7 @@ class AdEMAMix(KernelOptimizer):
             eps=check_non_negative("eps", eps),
             weight_decay=check_non_negative("weight_decay", weight_decay),
         )
-        super().__init__(params, defaults, fused=fused, state_bits=state_bits)
+        super().__init__(params, defaults, fused=fused, foreach=foreach, state_bits=state_bits)
 
     def _step_group(self, group: dict[str, Any]) -> None:
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from steadygrad.optim import _foreach
 from steadygrad.optim._base import (
     KernelOptimizer,
     check_betas,
@@ -38,6 +39,28 @@ def diffgrad_kernel(
     m.copy_(m_new)
     v.copy_(v_new)
     g_prev.copy_(g)  # a copy: the paper's code kept a reference, making xi == 0.5 forever
+
+
+def diffgrad_foreach(p, g, m, v, g_prev, hp) -> None:
+    """:func:`diffgrad_kernel` on lists of tensors, in place (same order of operations)."""
+    decay, l2, b1, omb1, b2, omb2, eps, step_size = hp
+    g = _foreach.with_l2(p, g, l2)
+    _foreach.ema_(m, b1, g, omb1)
+    _foreach.ema_sq_(v, b2, g, omb2)
+    update = torch._foreach_sub(g_prev, g)
+    torch._foreach_abs_(update)
+    torch._foreach_sigmoid_(update)
+    torch._foreach_mul_(update, m)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_div_(update, denom)
+    torch._foreach_mul_(update, step_size)
+    torch._foreach_mul_(p, decay)
+    torch._foreach_sub_(p, update)
+    torch._foreach_copy_(g_prev, g)
+
+
+diffgrad_kernel.foreach = diffgrad_foreach  # type: ignore[attr-defined]
 
 
 class DiffGrad(KernelOptimizer):
@@ -70,6 +93,7 @@ class DiffGrad(KernelOptimizer):
         *,
         decoupled_weight_decay: bool = False,
         fused: bool | None = None,
+        foreach: bool | None = None,
         state_bits: int = 32,
     ) -> None:
         defaults = dict(
@@ -79,7 +103,7 @@ class DiffGrad(KernelOptimizer):
             weight_decay=check_non_negative("weight_decay", weight_decay),
             decoupled_weight_decay=check_bool("decoupled_weight_decay", decoupled_weight_decay),
         )
-        super().__init__(params, defaults, fused=fused, state_bits=state_bits)
+        super().__init__(params, defaults, fused=fused, foreach=foreach, state_bits=state_bits)
 
     def _step_group(self, group: dict[str, Any]) -> None:
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -24,6 +25,24 @@ def grams_kernel(
     p.copy_(pf - step_size * update)
     m.copy_(m_new)
     v.copy_(v_new)
+
+
+def grams_foreach(p, g, m, v, hp) -> None:
+    """:func:`grams_kernel` on lists of tensors, in place (same order of operations)."""
+    decay, b1, omb1, b2, omb2, eps, step_size = hp
+    _foreach.ema_(m, b1, g, omb1)
+    _foreach.ema_sq_(v, b2, g, omb2)
+    update = torch._foreach_sign(g)
+    torch._foreach_mul_(update, torch._foreach_abs(m))
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_div_(update, denom)
+    torch._foreach_mul_(update, step_size)
+    torch._foreach_mul_(p, decay)
+    torch._foreach_sub_(p, update)
+
+
+grams_kernel.foreach = grams_foreach  # type: ignore[attr-defined]
 
 
 class Grams(KernelOptimizer):
@@ -53,6 +72,7 @@ class Grams(KernelOptimizer):
         weight_decay: float = 0.0,
         *,
         fused: bool | None = None,
+        foreach: bool | None = None,
         state_bits: int = 32,
     ) -> None:
         defaults = dict(
@@ -61,7 +81,7 @@ class Grams(KernelOptimizer):
             eps=check_non_negative("eps", eps),
             weight_decay=check_non_negative("weight_decay", weight_decay),
         )
-        super().__init__(params, defaults, fused=fused, state_bits=state_bits)
+        super().__init__(params, defaults, fused=fused, foreach=foreach, state_bits=state_bits)
 
     def _step_group(self, group: dict[str, Any]) -> None:
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -17,6 +18,21 @@ def lion_kernel(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, hp: torch.Ten
     direction = torch.sign(m * b1 + g * one_minus_b1)
     p.copy_(p.float() * decay - lr * direction)
     m.copy_(m * b2 + g * one_minus_b2)
+
+
+def lion_foreach(p, g, m, hp, *flags) -> None:
+    """:func:`lion_kernel` on lists of tensors, in place (same order of operations)."""
+    lr, decay, b1, one_minus_b1, b2, one_minus_b2 = hp
+    direction = torch._foreach_mul(m, b1)
+    torch._foreach_add_(direction, torch._foreach_mul(g, one_minus_b1))
+    torch._foreach_sign_(direction)
+    torch._foreach_mul_(direction, lr)
+    torch._foreach_mul_(p, decay)
+    torch._foreach_sub_(p, direction)
+    _foreach.ema_(m, b2, g, one_minus_b2)
+
+
+lion_kernel.foreach = lion_foreach  # type: ignore[attr-defined]
 
 
 class Lion(KernelOptimizer):
@@ -42,13 +58,14 @@ class Lion(KernelOptimizer):
         weight_decay: float = 0.0,
         *,
         fused: bool | None = None,
+        foreach: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=check_lr(lr),
             betas=check_betas(betas, 2),
             weight_decay=check_non_negative("weight_decay", weight_decay),
         )
-        super().__init__(params, defaults, fused=fused)
+        super().__init__(params, defaults, fused=fused, foreach=foreach)
 
     def _step_group(self, group: dict[str, Any]) -> None:
         lr, wd = group["lr"], group["weight_decay"]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from steadygrad.core.checks import non_negative_int, positive_int
+from steadygrad.optim import _foreach
 from steadygrad.optim._base import (
     KernelOptimizer,
     check_betas,
@@ -64,6 +65,30 @@ def spam_kernel(
     v.copy_(v_new)
 
 
+def spam_foreach(p, g, m, v, hp, clip: bool, guard_zero_variance: bool) -> None:
+    """:func:`spam_kernel` on lists of tensors, in place (same order of operations)."""
+    b1, omb1, b2, omb2, threshold, step_size, eps, lr_wd = hp
+    if clip:
+        limit = torch._foreach_mul(v, threshold)
+        spike = [a > b for a, b in zip(torch._foreach_mul(g, g), limit, strict=True)]
+        if guard_zero_variance:
+            spike = [s & (x > 0) for s, x in zip(spike, v, strict=True)]
+        capped = torch._foreach_sign(g)
+        torch._foreach_mul_(capped, torch._foreach_sqrt(limit))
+        g = [torch.where(s, c, x) for s, c, x in zip(spike, capped, g, strict=True)]
+    _foreach.ema_(m, b1, g, omb1)
+    _foreach.ema_sq_(v, b2, g, omb2)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(m, denom)
+    torch._foreach_mul_(update, step_size)
+    torch._foreach_sub_(p, update)
+    torch._foreach_sub_(p, torch._foreach_mul(p, lr_wd))
+
+
+spam_kernel.foreach = spam_foreach  # type: ignore[attr-defined]
+
+
 class SPAM(KernelOptimizer):
     """SPAM as in the authors' reference code (dense momentum; sparse masks are not implemented).
 
@@ -103,6 +128,7 @@ class SPAM(KernelOptimizer):
         correct_bias: bool = True,
         guard_zero_variance: bool = False,
         fused: bool | None = None,
+        foreach: bool | None = None,
         state_bits: int = 32,
     ) -> None:
         defaults = dict(
@@ -117,7 +143,7 @@ class SPAM(KernelOptimizer):
             correct_bias=check_bool("correct_bias", correct_bias),
             guard_zero_variance=check_bool("guard_zero_variance", guard_zero_variance),
         )
-        super().__init__(params, defaults, fused=fused, state_bits=state_bits)
+        super().__init__(params, defaults, fused=fused, foreach=foreach, state_bits=state_bits)
         for group in self.param_groups:
             group.setdefault("total_steps", 0)
 

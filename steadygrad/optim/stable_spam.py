@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from steadygrad.core.checks import finite_float, non_negative_int, positive_int
+from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 RESET_MODES = ("reference", "clean")
@@ -69,6 +70,59 @@ def stable_spam_kernel(
 
 # its float32 norm makes inductor's code depend on the size class (see _base._size_classes)
 stable_spam_kernel.float32_sum = True  # type: ignore[attr-defined]
+# its max and norm are over the whole tensor: the multi-tensor path must not cut it into blocks
+stable_spam_kernel.reduces = True  # type: ignore[attr-defined]
+
+
+def _pieces(t: torch.Tensor) -> list[torch.Tensor]:
+    flat = t.view(-1)
+    return [
+        flat[i : i + _foreach.BLOCK_NUMEL] for i in range(0, flat.numel(), _foreach.BLOCK_NUMEL)
+    ]
+
+
+def stable_spam_foreach(p, g, m, v, max_ema, norm_ema, norm_sq_ema, hp) -> None:
+    """:func:`stable_spam_kernel` on lists of whole tensors, in two passes: the per-tensor max
+    and the norm of the clipped gradient first (block by block, no full-size temporaries),
+    then the update block by block. The norm is summed by blocks, so it may round differently
+    from the kernel's in its last bit."""
+    (decay, g3, omg3, bc3, g1, omg1, bc_g1, g2, omg2, bc_g2, eps, b1, omb1, b2, omb2, bc2_sqrt,
+     step_size) = hp  # fmt: skip
+    g_max = torch._foreach_norm(g, float("inf"))  # max |g|, exactly
+    max_ema_new = torch._foreach_mul(max_ema, g3)
+    torch._foreach_add_(max_ema_new, torch._foreach_mul(g_max, omg3))
+    limit = torch._foreach_div(max_ema_new, bc3)
+
+    def clipped(piece, gm, lim):
+        return torch.where(torch.abs(piece) > lim, piece / gm * lim, piece)
+
+    norm = []
+    for gi, gm, lim in zip(g, g_max, limit, strict=True):
+        squares = [torch.linalg.vector_norm(clipped(x, gm, lim)) ** 2 for x in _pieces(gi)]
+        norm.append(torch.sqrt(torch.stack(squares).sum()))
+    norm_ema_new = torch._foreach_mul(norm_ema, g1)
+    torch._foreach_add_(norm_ema_new, torch._foreach_mul(norm, omg1))
+    norm_sq_ema_new = torch._foreach_mul(norm_sq_ema, g2)
+    torch._foreach_add_(norm_sq_ema_new, torch._foreach_mul(torch._foreach_mul(norm, norm), omg2))
+    for i in range(len(p)):
+        ratio = (norm_ema_new[i] / bc_g1) / (torch.sqrt(norm_sq_ema_new[i] / bc_g2) + eps)
+        rows = zip(_pieces(p[i]), _pieces(g[i]), _pieces(m[i]), _pieces(v[i]), strict=True)
+        for pp, gp, mp, vp in rows:
+            gc = clipped(gp, g_max[i], limit[i])
+            gc = torch.where(norm[i] > 0, gc / norm[i] * ratio, gc)
+            _foreach.ema_([mp], b1, [gc], omb1)
+            _foreach.ema_sq_([vp], b2, [gc], omb2)
+            denom = torch.sqrt(vp)
+            denom.div_(bc2_sqrt).add_(eps)
+            update = mp / denom
+            update.mul_(step_size)
+            pp.mul_(decay).sub_(update)
+    torch._foreach_copy_(max_ema, max_ema_new)
+    torch._foreach_copy_(norm_ema, norm_ema_new)
+    torch._foreach_copy_(norm_sq_ema, norm_sq_ema_new)
+
+
+stable_spam_kernel.foreach = stable_spam_foreach  # type: ignore[attr-defined]
 
 
 class StableSPAM(KernelOptimizer):
@@ -116,6 +170,7 @@ class StableSPAM(KernelOptimizer):
         reset_interval: int = 1000,
         reset_mode: str = "reference",
         fused: bool | None = None,
+        foreach: bool | None = None,
         state_bits: int = 32,
     ) -> None:
         if reset_mode not in RESET_MODES:
@@ -133,7 +188,7 @@ class StableSPAM(KernelOptimizer):
             reset_interval=non_negative_int("reset_interval", reset_interval),
             reset_mode=reset_mode,
         )
-        super().__init__(params, defaults, fused=fused, state_bits=state_bits)
+        super().__init__(params, defaults, fused=fused, foreach=foreach, state_bits=state_bits)
         for group in self.param_groups:
             group.setdefault("total_steps_done", 0)
 
