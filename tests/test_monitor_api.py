@@ -149,5 +149,3 @@ def test_progress_line_can_be_switched_on_and_off(tmp_path, capsys):
     with steadygrad.watch(model, opt, tmp_path / "off", progress=False) as mon:
         train(model, opt, mon, 2)
     assert capsys.readouterr().err == ""
-
-
