@@ -89,3 +89,28 @@ def test_accelerate_loop_records_loss_and_norms_with_the_prepared_optimizer(tmp_
         assert applied[k] == pytest.approx(want_norm * min(1, CLIP / (want_norm + 1e-6)), rel=1e-5)
         clipped += want_norm > CLIP
     assert clipped >= 2, "the test must exercise clipping"
+
+
+def test_accelerate_loop_autopilot_skips_a_nan_batch(tmp_path, accelerator):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    loader = torch.utils.data.DataLoader(data(8 * MICRO), batch_size=MICRO, shuffle=False)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    model, optimizer, loader = accelerator.prepare(net, optimizer, loader)
+    pilot = steadygrad.Autopilot()
+    weights = []
+    with steadygrad.watch(model, optimizer, tmp_path / "run", autopilot=pilot) as mon:
+        for i, (x, y) in enumerate(loader):
+            if i == 3:
+                x = x * float("nan")
+            weights.append(copy.deepcopy(net.state_dict()))
+            loss = nn.functional.mse_loss(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()  # the AcceleratedOptimizer: a skipped update never raises
+            mon.step(loss)
+            optimizer.zero_grad()
+    assert [(s, k) for s, k, _ in mon.actions] == [(3, "skip_update")]
+    for name, value in weights[3].items():  # the update of step 3 left no trace
+        assert torch.equal(value, weights[4][name]), name
+    assert not torch.equal(weights[2]["0.weight"], weights[3]["0.weight"])
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values())
