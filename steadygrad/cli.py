@@ -2,8 +2,9 @@
 
 Every failure prints one or two lines naming the file and what is wrong, never a traceback
 (set ``STEADYGRAD_TRACEBACK=1`` to see one). Exit codes: 0 success, 1 a run that is missing or
-cannot be read (or an output that cannot be written), 2 bad arguments, 3 a missing optional
-dependency (the message gives the pip command), 130 interrupted.
+cannot be read (or an output that cannot be written, or a Ray cluster that does not answer),
+2 bad arguments, 3 a missing optional dependency (the message gives the pip command), 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -104,14 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="final loss against learning rate, with and without qk-norm and z-loss",
         description="Wortsman et al. 2023: train TinyGPT at several sizes over a range of "
         "learning rates, with and without the mitigations (qk-norm, z-loss); report the final "
-        "loss against the learning rate and the LR sensitivity of each configuration. Runs in "
-        "parallel worker processes and resumes an interrupted sweep.",
+        "loss against the learning rate and the LR sensitivity of each configuration. Runs its "
+        "grid on Ray Tune (local Ray unless --address names a cluster); each run is recorded "
+        "in OUT/runs/, and an interrupted sweep resumes where it stopped.",
     )
     s.add_argument("-o", "--out", type=Path, default=Path("studies/lr-sensitivity"))
     s.add_argument("--sizes", nargs="+", default=None, help="model sizes (default: xs s m)")
     s.add_argument("--lrs", nargs="+", type=float, default=None, help="learning rates")
     s.add_argument("--steps", type=_positive_int, default=None, help="training steps per run")
-    s.add_argument("--workers", type=_positive_int, default=None, help="worker processes")
+    s.add_argument("--workers", type=_positive_int, default=None, help="runs at once")
+    s.add_argument(
+        "--address",
+        default=None,
+        help="an existing Ray cluster (host:port, ray://host:port or auto); default: local Ray",
+    )
     s.add_argument("--no-mitigations", action="store_true", help="baseline runs only")
 
     s = studies.add_parser(
@@ -254,7 +261,7 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
 def _lr_sensitivity(args: argparse.Namespace) -> None:
     from steadygrad.studies.lr_sensitivity import run_lr_sensitivity
 
-    options = _given(args, "sizes", "lrs", "steps", "workers")
+    options = _given(args, "sizes", "lrs", "steps", "workers", "address")
     run_lr_sensitivity(args.out, mitigations=not args.no_mitigations, **options)
 
 

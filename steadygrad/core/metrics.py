@@ -10,7 +10,13 @@ from __future__ import annotations
 from steadygrad.core.metric import Metric
 
 # -- the training step -------------------------------------------------------------------------
-LOSS = Metric("loss", "the loss passed to mon.step (the global mean under DDP)", panel="loss")
+LOSS = Metric(
+    "loss",
+    "the loss passed to mon.step (bare name: the mean over ranks; loss/<rank>: each rank's)",
+    per="rank",
+    total=True,
+    panel="loss",
+)
 LEARNING_RATE = Metric(
     "lr",
     "each optimizer group's learning rate used at this step",
@@ -59,10 +65,19 @@ UPDATE_RATIO = Metric(
 )
 NONFINITE_GRADS = Metric(
     "nonfinite_grads",
-    "number of NaN/Inf gradient entries",
+    "number of NaN/Inf entries in the gradients applied (per rank: before the all-reduce)",
+    per="rank",
+    total=True,
     unit="count",
     events=True,
     panel="events",
+)
+GRAD_NORM_LOCAL = Metric(
+    "grad_norm_local",
+    "L2 norm of one rank's own gradient, before DDP's all-reduce averaged it",
+    per="rank",
+    scale="log",
+    panel="grad_norm",
 )
 NONFINITE_PARAMS = Metric(
     "nonfinite_params",
@@ -100,6 +115,11 @@ OUTPUT_LOGIT_MAX = Metric(
     "output_logit_max", "largest absolute output logit", panel="output_logits"
 )
 OUTPUT_LOGIT_RMS = Metric("output_logit_rms", "RMS of the output logits", panel="output_logits")
+OUTPUT_LOGIT_MEAN = Metric(
+    "output_logit_mean",
+    "mean output logit: the common shift softmax ignores and z-loss holds near 0",
+    panel="output_logits",
+)
 SOFTMAX_COLLAPSE = Metric(
     "softmax_collapse",
     "fraction of rows whose float32 softmax rounds the target to 1",

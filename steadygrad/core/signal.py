@@ -20,7 +20,7 @@ A simple signal only overrides :meth:`Signal.collect`, which returns ``{name: te
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from steadygrad.core.record import Record
 
 Value = torch.Tensor | float
+# (labels, float64 vector) -> the vector reduced over processes; see Measurements.to_host.
+Reduce = Callable[[list[Any], torch.Tensor], torch.Tensor]
 
 
 class Measurements:
@@ -52,6 +54,7 @@ class Measurements:
         self._host: dict[str, float] = {}
         self._raw: dict[int, torch.Tensor] = {}
         self._raw_host: dict[int, list[float]] = {}
+        self._owners: dict[int, object] = {}
 
     def put(self, key: str, value: Value) -> None:
         """One value: a one-element tensor (left on its device) or a host number."""
@@ -72,22 +75,36 @@ class Measurements:
     def stash(self, owner: object, values: torch.Tensor) -> None:
         """Values for ``owner``'s own use after the transfer (not recorded): see :meth:`raw`."""
         self._raw[id(owner)] = values.detach().reshape(-1)
+        self._owners[id(owner)] = owner
 
     def raw(self, owner: object) -> list[float]:
         """What ``owner`` stashed, as host floats, once :meth:`to_host` has run."""
         return self._raw_host.get(id(owner), [])
 
-    def to_host(self) -> dict[str, float]:
+    def to_host(self, reduce: Reduce | None = None) -> dict[str, float]:
         """Every value as a host float: one device-to-host transfer per device (one usually).
 
-        Values travel in float64, so a loss of 1e-300 or 1e300 arrives as it is.
+        Values travel in float64, so a loss of 1e-300 or 1e300 arrives as it is. Under
+        torch.distributed the Monitor passes ``reduce(labels, vector)``: it gets every value
+        (host numbers too) as one float64 vector with one label per entry (the key, or the
+        owner of stashed values) and returns the vector reduced over the processes.
         """
         values: dict[str, float] = {}
         tensors = self._tensors + list(self._raw.values())
+        host = list(self._host.items())
+        if reduce is not None and host:
+            tensors = tensors + [torch.tensor([v for _, v in host], dtype=torch.float64)]
         if tensors:
             if len({t.device for t in tensors}) > 1:
                 tensors = [t.cpu() for t in tensors]
-            flat = torch.cat([t.to(torch.float64) for t in tensors]).tolist()
+            flat_tensor = torch.cat([t.to(torch.float64) for t in tensors])
+            if reduce is not None:
+                labels: list[Any] = [key for keys in self._keys for key in keys]
+                for owner, t in self._raw.items():
+                    labels += [self._owners[owner]] * t.numel()
+                labels += [key for key, _ in host]
+                flat_tensor = reduce(labels, flat_tensor)
+            flat = flat_tensor.tolist()
             k = 0
             for keys in self._keys:
                 values.update(zip(keys, flat[k : k + len(keys)], strict=True))
@@ -95,6 +112,9 @@ class Measurements:
             for owner, t in self._raw.items():
                 self._raw_host[owner] = flat[k : k + t.numel()]
                 k += t.numel()
+            if reduce is not None:
+                values.update(zip([key for key, _ in host], flat[k:], strict=True))
+                return values
         values.update(self._host)
         return values
 

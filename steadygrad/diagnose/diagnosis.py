@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from steadygrad.core import Severity
-from steadygrad.diagnose.detectors.training import NONFINITE
-from steadygrad.diagnose.detectors.trends import LOSS_DIVERGENCE
 from steadygrad.diagnose.rules import EVENT, MECHANISM, RULES, SYMPTOM, Diagnosis, Rule, RunFacts
 from steadygrad.store.run import Run, load
 
@@ -89,20 +87,11 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
         run = load(run)
     facts = RunFacts(run)
     found = [d for rule in rules if (d := rule.apply(facts)) is not None]
-    broke = _break_step(facts)
+    broke = facts.broke_at
     for d in found:
         judge(d, broke)
     found.sort(key=lambda d: (-d.score, d.first_step if d.first_step is not None else np.inf))
     return DiagnosisReport(run.name, found, margins(facts))
-
-
-def _break_step(facts: RunFacts) -> int | None:
-    """Where the run broke: its first non-finite step or critical divergence, if any."""
-    broke = [f.step for f in facts.findings if f.kind == NONFINITE]
-    broke += [
-        f.step for f in facts.findings if f.kind == LOSS_DIVERGENCE and f.severity == "critical"
-    ]
-    return min(broke) if broke else None
 
 
 TIER_SCORE = {MECHANISM: 30.0, EVENT: 20.0, SYMPTOM: 10.0}

@@ -17,6 +17,7 @@ import numpy as np
 
 from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
+    DIRECTIONAL_SHARPNESS_RATIO,
     LOSS,
     OPTIMIZER_SKIPPED,
     SHARPNESS,
@@ -150,6 +151,16 @@ class RunFacts:
         if name not in self._series:
             self._series[name] = self.run.series(name)
         return self._series[name]
+
+    @cached_property
+    def broke_at(self) -> int | None:
+        """Where the run broke: its first non-finite step or critical divergence, if any."""
+        broke = [
+            f.step
+            for f in self.findings
+            if f.kind == NONFINITE or (f.kind == LOSS_DIVERGENCE and f.severity == "critical")
+        ]
+        return min(broke) if broke else None
 
     @cached_property
     def optimizer(self) -> str:
@@ -337,6 +348,30 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
     return Found(summary, first.step, [f.where for f in spikes if f.where], ev)
 
 
+def _data_outlier(facts: RunFacts, within: int = 5) -> Found | None:
+    """A loss spike on one step that the run got over within a few steps: one batch unlike the
+    others (with the gradient spike it caused, when there was one)."""
+    loss = facts.series(LOSS.name)
+    if loss is None:
+        return None
+    steps, values = loss
+    grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
+    for spike in facts.of(LOSS_SPIKE):
+        baseline = spike.evidence.get("baseline")
+        after = values[(steps > spike.step) & (steps <= spike.step + within)]
+        if not baseline or not len(after) or not np.nanmedian(after) < 1.5 * baseline:
+            continue
+        ev: dict[str, Any] = {"spike": spike.evidence, "gradient_spike": spike.step in grads}
+        summary = (
+            f"one batch at step {spike.step}: the loss jumped "
+            f"{spike.evidence.get('ratio', math.nan):.3g}x its baseline and was back to normal "
+            f"within {within} steps, an outlier in the data"
+        )
+        summary += _batches_behind([spike], ev)
+        return Found(summary, spike.step, [], ev)
+    return None
+
+
 def _loss_spike(facts: RunFacts) -> Found | None:
     spikes = facts.of(LOSS_SPIKE)
     if not spikes:
@@ -352,7 +387,30 @@ def _loss_spike(facts: RunFacts) -> Found | None:
 
 
 def _sharpness(facts: RunFacts) -> Found | None:
-    return _measured_sharpness(facts) or _unstable_steps(facts)
+    return _measured_sharpness(facts) or _unstable_steps(facts) or _overshoot_before_break(facts)
+
+
+def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
+    """A step just before the run broke overshot along its own direction (the directional
+    sharpness ratio at or above 1: the step size had passed 2/curvature)."""
+    broke = facts.broke_at
+    series = facts.series(DIRECTIONAL_SHARPNESS_RATIO.name)
+    if broke is None or series is None:
+        return None
+    steps, ratios = series
+    near = (steps <= broke) & (steps >= broke - within) & np.isfinite(ratios)
+    if not near.any() or ratios[near].max() < 1.0:
+        return None
+    i = np.flatnonzero(near)[int(np.argmax(ratios[near]))]
+    ratio, step = float(ratios[i]), int(steps[i])
+    return Found(
+        f"the update before step {step} overshot along its own direction ({ratio:.2g}x its "
+        f"stability limit), just before the run broke at step {broke}: the learning rate was "
+        "above 2/curvature",
+        step,
+        [],
+        {"directional_sharpness_ratio": ratio, "broke_at": broke},
+    )
 
 
 def _unstable_steps(facts: RunFacts) -> Found | None:
@@ -627,6 +685,20 @@ RULES: tuple[Rule, ...] = (
         ),
         _adam_poisoned,
         (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
+    ),
+    Rule(
+        "data_outlier",
+        EVENT,
+        "warning",
+        "Chowdhery et al. 2022 (PaLM): spikes come from particular batches meeting particular "
+        "parameter states; skipping those batches avoids them. Huang et al. 2025 (SPAM) damp "
+        "the spike's gradient so it does not poison Adam's moments.",
+        (
+            Fix("find the batch behind it, and drop or fix it", "mon.step(loss, batch_ids=ids)"),
+            CLIP_SPIKES,
+        ),
+        _data_outlier,
+        (LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE),
     ),
     Rule(
         "gradient_spike",

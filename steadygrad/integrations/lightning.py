@@ -19,7 +19,8 @@ Lightning shows it complete instead:
 - the learning rate recorded is the one the update used: the Monitor reads it in the
   optimizer's pre-step path, before Lightning steps a per-step scheduler.
 - mixed precision: bf16 needs nothing; with fp16 the precision plugin's GradScaler is watched.
-- one writer: only the global-zero process records.
+- one writer: every process runs the Monitor (under torch.distributed it reduces what it
+  records over the processes), and one process writes the run.
 - the autopilot decides once the closure has returned (the Monitor wraps the closure in the
   optimizer's pre-step hook), before the update; a skipped update runs as a no-op, so
   Lightning's closure always runs and nothing raises. A learning-rate back-off lowers the
@@ -122,8 +123,6 @@ class SteadygradCallback(Callback):
                 f"{_NAME}: autopilot= under {trainer.world_size} processes is not supported yet "
                 "(every process must take the same decision, and only global zero records)"
             )
-        if not trainer.is_global_zero:
-            return
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and options.get("scaler") is None:
             options["scaler"] = scaler
@@ -185,7 +184,7 @@ class SteadygradCallback(Callback):
 
     @property
     def findings(self) -> list[Finding]:
-        """The findings so far (empty on processes other than global zero)."""
+        """The findings so far."""
         return [] if self.monitor is None else list(self.monitor.findings)
 
 

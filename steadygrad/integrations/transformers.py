@@ -19,7 +19,8 @@ What the callback gets right, reading the Trainer as it runs:
   and before the scheduler steps and the gradients are zeroed.
 - **mixed precision**: bf16 needs nothing; with fp16 the Trainer's GradScaler is watched (its
   scale is recorded, and a step it skipped is an ``amp_overflow``, not a divergence).
-- **one writer**: only the main process (``state.is_world_process_zero``) records.
+- **one writer**: every process runs the Monitor (under torch.distributed it reduces what it
+  records over the processes), and one process writes the run.
 - **the autopilot** (``autopilot=steadygrad.Autopilot()``) decides in the optimizer's pre-step
   path, after the Trainer's clipping; a skipped update never raises into the Trainer, and a
   learning-rate back-off lowers the Trainer's scheduler too, so its next step keeps it.
@@ -111,8 +112,6 @@ class SteadygradCallback(TrainerCallback):
                 f"{_NAME}: autopilot= under {args.world_size} processes is not supported yet "
                 "(every process must take the same decision, and only the main one records)"
             )
-        if not state.is_world_process_zero:
-            return
         optimizer = watched_optimizer(_NAME, trainer.optimizer or optimizer)
         run_dir = run_dir_or_default(self.run_dir, args.output_dir)
         scaler = getattr(trainer.accelerator, "scaler", None)
@@ -139,7 +138,7 @@ class SteadygradCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         # The Trainer has just written checkpoint-<global_step>: the run's state goes with it.
-        if self.monitor is None:
+        if self.monitor is None or not state.is_world_process_zero:
             return
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if checkpoint.is_dir():
@@ -199,7 +198,7 @@ class SteadygradCallback(TrainerCallback):
 
     @property
     def findings(self) -> list[Finding]:
-        """The findings so far (empty on processes other than the main one)."""
+        """The findings so far."""
         return [] if self.monitor is None else list(self.monitor.findings)
 
 

@@ -35,6 +35,7 @@ from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal
 from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.dead_units import DeadUnitSignal
+from steadygrad.monitor.distributed import NullStore, Reducer
 from steadygrad.monitor.findings_log import LoggingSink
 from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
@@ -150,15 +151,20 @@ class Monitor:
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
+        self.reducer = Reducer.for_process()  # None unless torch.distributed has >1 process
+        if self.reducer is not None:
+            builtin.append(self.reducer)
+        writes = self.reducer is None or self.reducer.writes  # one process writes the run
         extra = _all_of("signals", signals, Signal)
         if mechanisms:
             builtin += _mechanism_signals(activation_every, extra)
         self.detectors = (
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
-        self.sinks = _all_of("sinks", sinks, Sink)
+        self.sinks = _all_of("sinks", sinks, Sink) if writes else []
         # always on: findings reach logging and warnings, each with what its kind means
-        self.findings_log = LoggingSink(kinds=[k for d in self.detectors for k in d.emits])
+        kinds = [k for d in self.detectors for k in d.emits]
+        self.findings_log = LoggingSink(kinds=kinds) if writes else Sink()  # one process logs
         if autopilot is not None and not isinstance(autopilot, Autopilot):
             raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
         if autopilot is not None and autopilot.attached:
@@ -167,6 +173,8 @@ class Monitor:
         self.scaler = scaler
         self.signals: list[Signal] = []
         self._core_signals = builtin[:3]  # the step, learning rates and parameter statistics
+        if self.reducer is not None:  # switched off on one rank, the others would hang
+            self._core_signals.append(self.reducer)
         for s in builtin + extra:
             s.attach(self)  # the parameter signal raises for a model without parameters
             self.signals.append(s)
@@ -184,11 +192,12 @@ class Monitor:
         if run_dir is None:
             run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         run_dir = resolve_run_dir(run_dir)
-        if overwrite:
+        if overwrite and writes:
             remove_run(run_dir)
             (run_dir / STATE_FILE).unlink(missing_ok=True)
         try:
-            self.store = RunStore(
+            store = RunStore if writes else NullStore  # one process writes the run
+            self.store = store(
                 run_dir,
                 name,
                 run_config,
@@ -219,15 +228,15 @@ class Monitor:
             optimizer.register_step_pre_hook(self._before_optimizer_step),
             optimizer.register_step_post_hook(self._after_optimizer_step),
         ]
-        self.progress = ProgressLine(self.run_dir.name, enabled=progress)
+        self.progress = ProgressLine(self.run_dir.name, enabled=progress if writes else False)
         if self.autopilot is not None:
             self.autopilot.attach(self)
         self._prepare(0)
-        if self.store.resumed:
-            saved = load_state(self.run_dir)
+        if self.store.resumed is True or (resume and not writes):
+            saved = load_state(self.run_dir)  # the other processes read what the writer left
             if saved is not None:
                 self.load_state_dict(saved)
-            else:  # it died before saving its state: go on after its last stored step
+            elif writes:  # it died before saving its state: go on after its last stored step
                 last = self.store.last_step()
                 self._restart_at(0 if last is None else last + 1)
                 log.info("steadygrad: %s resumed at step %d", self.run_dir, self.step_count)
@@ -303,7 +312,8 @@ class Monitor:
         out = Measurements()
         for s in due:
             self._safely(s, "measure", step, out)
-        record = Record(step=step, values=out.to_host(), wall_time=time.time())  # one transfer
+        reduce = None if self.reducer is None else self.reducer.reduce  # over ranks
+        record = Record(step=step, values=out.to_host(reduce), wall_time=time.time())
         for s in due:
             self._safely(s, "finish", record, out.raw(s))
         return record
@@ -488,7 +498,8 @@ class Monitor:
             s.detach()
         self.progress.close()
         try:
-            save_state(self.run_dir, self.state_dict())  # what resume=True continues from
+            if writes_run(self.store):
+                save_state(self.run_dir, self.state_dict())  # what resume=True continues from
         except Exception as exc:  # the run itself is stored: resuming starts detectors afresh
             log.warning("steadygrad: could not save the monitor state in %s: %r", self.run_dir, exc)
         self._note_signals()
@@ -558,8 +569,15 @@ def watch(
 def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
     """The default mechanism signals, less those whose metrics a given signal records."""
     taken = {m.name for s in given for m in s.metrics}
-    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(every)]
+    # Dead units are cheap to count (one comparison per ReLU input): watch them more often.
+    often = max(1, every // 2)
+    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(often)]
     return [s for s in defaults if not taken & {m.name for m in s.metrics}]
+
+
+def writes_run(store: Any) -> bool:
+    """Whether this process writes the run (not a NullStore of another rank)."""
+    return not isinstance(store, NullStore)
 
 
 def _all_of(name: str, items: Iterable[Any], kind: type) -> list[Any]:

@@ -19,6 +19,7 @@ from steadygrad.core import Measurements, Record
 from steadygrad.core.metrics import (
     LOGIT_LSE_MEAN,
     OUTPUT_LOGIT_MAX,
+    OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
     SOFTMAX_COLLAPSE,
 )
@@ -38,7 +39,13 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         >>> signal = CrossEntropyOutputSignal(every=25)   # on by default in the Monitor
     """
 
-    metrics = (LOGIT_LSE_MEAN, OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS, SOFTMAX_COLLAPSE)
+    metrics = (
+        LOGIT_LSE_MEAN,
+        OUTPUT_LOGIT_MAX,
+        OUTPUT_LOGIT_RMS,
+        OUTPUT_LOGIT_MEAN,
+        SOFTMAX_COLLAPSE,
+    )
 
     def __init__(self, every: int = 25) -> None:
         super().__init__(every)
@@ -81,6 +88,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             "rows": torch.tensor(float(z.shape[0]), device=z.device),
             "max": z32.abs().max(),
             "sq": (z32 * z32).sum(),
+            "sum": z32.sum(),
             "count": torch.tensor(float(z.numel()), device=z.device),
         }
         if hard:
@@ -100,6 +108,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         out.put(LOGIT_LSE_MEAN.name, s["lse"] / s["rows"])
         out.put(OUTPUT_LOGIT_MAX.name, s["max"])
         out.put(OUTPUT_LOGIT_RMS.name, (s["sq"] / s["count"]).sqrt())
+        out.put(OUTPUT_LOGIT_MEAN.name, s["sum"] / s["count"])
         if "collapsed" in s:
             out.put(SOFTMAX_COLLAPSE.name, s["collapsed"] / s["hard_rows"])
         self._sums = {}

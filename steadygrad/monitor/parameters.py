@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -41,7 +41,10 @@ class ParameterStats:
             metric.name: [metric.key(n) for n in self.names]
             for metric in (GRAD_NORM, PARAM_NORM, UPDATE_RATIO)
         }
-        self._detached = [p.detach() for p in self.params]
+        self._detached = [local_shard(p.detach()) for p in self.params]
+        # Under FSDP2 each process holds shards; the distributed Reducer then sets this to
+        # combine per-shard norms and counts over the processes (see Shards).
+        self.shards: Shards | None = None
         self._snapshot: list[torch.Tensor] | None = None
         # Gradient norms measured earlier in this step (by the autopilot, before the update).
         self._grad_cache: tuple[list[int], torch.Tensor] | None = None
@@ -59,8 +62,8 @@ class ParameterStats:
         before the update (the autopilot) does not make the Monitor read the gradients twice.
         """
         index, grads = self._grads()
-        empty = torch.zeros(0, device=self.params[0].device)
-        self._grad_cache = (index, _norms(grads) if grads else empty)
+        empty = torch.zeros(0, device=self._detached[0].device)
+        self._grad_cache = (index, self._global(_norms(grads), index) if grads else empty)
         return self._grad_cache
 
     def gradients_since_last_look(self) -> bool | None:
@@ -96,22 +99,26 @@ class ParameterStats:
 
     def scale_gradients(self, index: list[int], factor: float | torch.Tensor) -> None:
         """Multiply the gradients of ``index`` by ``factor`` (and their cached norms)."""
-        torch._foreach_mul_([self.params[i].grad for i in index], factor)
+        torch._foreach_mul_([local_shard(self.params[i].grad) for i in index], factor)
         self.scale_cached_grad_norms(factor)
 
     def norms(self) -> tuple[list[int], torch.Tensor]:
         """Indices of the parameters that have a gradient, and one vector holding the L2 norm
         of each of those gradients followed by the norm of every parameter (one kernel call,
         or only the weights' when this step's gradient norms were already measured)."""
+        every = list(range(len(self.params)))
         if self._grad_cache is not None:
             (index, grad_norms), self._grad_cache = self._grad_cache, None
-            return index, torch.cat([grad_norms, _norms(self._detached)])
+            return index, torch.cat([grad_norms, self._global(_norms(self._detached), every)])
         index, grads = self._grads()
-        return index, _norms(grads + self._detached)
+        return index, self._global(_norms(grads + self._detached), index + every)
+
+    def _global(self, norms: torch.Tensor, index: list[int]) -> torch.Tensor:
+        return norms if self.shards is None else self.shards.norms(norms, index)
 
     def _grads(self) -> tuple[list[int], list[torch.Tensor]]:
         index = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [self.params[i].grad for i in index]
+        grads = [local_shard(self.params[i].grad) for i in index]
         if any(g.is_sparse for g in grads):
             raise TypeError("sparse gradients are not supported by the Monitor")
         return index, grads
@@ -121,15 +128,25 @@ class ParameterStats:
 
     def nonfinite_counts(self, index: list[int]) -> list[int]:
         """Number of NaN/Inf entries in the gradients of ``index`` (run on unhealthy steps only)."""
-        grads = [self.params[i].grad for i in index]
-        counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads])
-        return counts.tolist()
+        return self._counts([local_shard(self.params[i].grad) for i in index], index)
+
+    def nonfinite_param_counts(self, index: list[int]) -> list[int]:
+        """Number of NaN/Inf entries in the weights of ``index`` (unhealthy steps only)."""
+        return self._counts(self._detached, index, pick=True)
+
+    def _counts(self, tensors: list[torch.Tensor], index: list[int], pick: bool = False):
+        if pick:
+            tensors = [tensors[i] for i in index]
+        counts = torch.stack([(~torch.isfinite(t)).sum() for t in tensors]).double()
+        if self.shards is not None:
+            counts = self.shards.counts(counts, index)
+        return [int(c) for c in counts.tolist()]
 
     # -- updates ---------------------------------------------------------------------------------
     def take_snapshot(self) -> None:
         """Copy the weights now, to measure the next optimizer update against them."""
         with torch.no_grad():
-            self._snapshot = torch._foreach_mul([p.detach() for p in self.params], 1.0)
+            self._snapshot = torch._foreach_mul(self._detached, 1.0)
 
     def discard_snapshot(self) -> None:
         """Forget the snapshot (the weights were replaced, e.g. by a rollback)."""
@@ -146,8 +163,10 @@ class ParameterStats:
         self._snapshot = None
         with torch.no_grad():
             before_norms = _norms(before)
-            torch._foreach_sub_(before, [p.detach() for p in self.params])
-            return _norms(before) / before_norms
+            torch._foreach_sub_(before, self._detached)
+            every = list(range(len(self.params)))
+            both = self._global(torch.cat([_norms(before), before_norms]), every + every)
+            return both[: len(every)] / both[len(every) :]
 
     # -- the order of the backward pass ---------------------------------------------------------
     def trace_backward_order(self) -> list[torch.utils.hooks.RemovableHandle]:
@@ -167,6 +186,22 @@ class ParameterStats:
         """The candidate whose gradient the backward pass computed first."""
         rank = {i: r for r, i in enumerate(self.backward_order or [])}
         return min(candidates, key=lambda i: rank.get(i, len(rank) + i))
+
+
+class Shards(Protocol):
+    """Combines per-shard values over the processes of an FSDP2 job (the Reducer does)."""
+
+    def norms(self, norms: torch.Tensor, index: list[int]) -> torch.Tensor:
+        """Each parameter's norm from the norms of its shards (``index``: which parameter)."""
+
+    def counts(self, counts: torch.Tensor, index: list[int]) -> torch.Tensor:
+        """Each parameter's count from the counts in its shards."""
+
+
+def local_shard(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: the local shard of a DTensor (FSDP2), else itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
 
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -247,7 +282,7 @@ class ParameterSignal(Signal):
             float(sum(stats.nonfinite_counts(bad_grads))) if bad_grads else 0.0
         )
         values[NONFINITE_PARAMS.name] = (
-            float(sum(_count_nonfinite(stats.params[i]) for i in bad_params)) if bad_params else 0.0
+            float(sum(stats.nonfinite_param_counts(bad_params))) if bad_params else 0.0
         )
         if bad_grads and math.isfinite(values.get(LOSS.name, 0.0)):
             first = stats.first_in_backward(bad_grads)
@@ -266,7 +301,3 @@ class ParameterSignal(Signal):
         for h in self._hooks:
             h.remove()
         self._hooks = []
-
-
-def _count_nonfinite(t: torch.Tensor) -> int:
-    return int((~torch.isfinite(t.detach())).sum())

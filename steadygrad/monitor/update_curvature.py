@@ -24,6 +24,7 @@ import torch
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
 from steadygrad.core.metrics import DIRECTIONAL_SHARPNESS_RATIO
+from steadygrad.monitor.parameters import local_shard
 
 
 class UpdateCurvatureSignal(Signal):
@@ -49,14 +50,21 @@ class UpdateCurvatureSignal(Signal):
     def _grads(self) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
         params = self.monitor.parameters.stats.params
         index = [i for i, p in enumerate(params) if p.grad is not None]
-        return index, [params[i].detach() for i in index], [params[i].grad for i in index]
+        weights = [local_shard(params[i].detach()) for i in index]  # FSDP2: this rank's shard
+        return index, weights, [local_shard(params[i].grad) for i in index]
+
+    def _dot(self, index: list[int], a: list[torch.Tensor], b: list[torch.Tensor]):
+        """sum_i <a_i, b_i> over whole tensors (under FSDP2, summed over the ranks' shards)."""
+        dots = _dots(a, b)
+        shards = self.monitor.parameters.stats.shards
+        return (dots if shards is None else shards.counts(dots, index)).sum()
 
     def before_update(self) -> None:
         index, weights, grads = self._grads()
         with torch.no_grad():
             if self._step is not None and self._step[0] == index:
                 _, update, slope_then = self._step
-                slope_now = _dot(grads, update)
+                slope_now = self._dot(index, grads, update)
                 self._ratio = (1 - slope_now / slope_then) / 2
             self._step = None
             step = self.monitor.step_count
@@ -74,7 +82,7 @@ class UpdateCurvatureSignal(Signal):
             update = start[1]
             torch._foreach_sub_(update, weights)
             torch._foreach_neg_(update)  # u = w_{t+1} - w_t, in the copy's memory
-            self._step = (index, update, _dot(grads, update))
+            self._step = (index, update, self._dot(index, grads, update))
 
     def measure(self, step: int, out: Measurements) -> None:
         if self._ratio is not None:
@@ -85,11 +93,9 @@ class UpdateCurvatureSignal(Signal):
         """Nothing to derive."""
 
 
-def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """sum_i <a_i, b_i>, half-precision tensors accumulated in float32, on their device."""
-    return torch.stack(
-        [torch.vdot(_wide(x), _wide(y)).double() for x, y in zip(a, b, strict=True)]
-    ).sum()
+def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """<a_i, b_i> for each i, half-precision tensors accumulated in float32, on their device."""
+    return torch.stack([torch.vdot(_wide(x), _wide(y)).double() for x, y in zip(a, b, strict=True)])
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:

@@ -62,17 +62,19 @@ def lr_sensitivity(final_losses: Sequence[float | None], initial_loss: float) ->
     return sum(loss - best for loss in capped) / len(capped)  # exactly 0 for a flat curve
 
 
-def _train_one(config: dict[str, Any]) -> dict[str, Any]:
-    """Train one model at one LR; return its initial and final validation loss (a sweep run)."""
+def _train_one(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train one model at one LR, recorded by a Monitor into ``run_dir``; return its initial and
+    final validation loss (a sweep run)."""
     import torch
     import torch.nn.functional as F
 
     from steadygrad.data import TextData
     from steadygrad.models import TinyGPT
+    from steadygrad.monitor import Monitor
     from steadygrad.optim.clipping import clip_grad_norm
     from steadygrad.optim.schedules import WarmupCosine
 
-    torch.set_num_threads(1)  # one core per worker; the sweep runs workers side by side
+    torch.set_num_threads(1)  # one core per trial; the sweep runs trials side by side
     data = TextData.from_stdlib()
     n_layer, n_head, n_embd = config["shape"]
     block, batch, lr = config["block_size"], config["batch_size"], config["lr"]
@@ -111,19 +113,30 @@ def _train_one(config: dict[str, Any]) -> dict[str, Any]:
     train_gen = torch.Generator().manual_seed(config["seed"])
     diverged_at = None
     train_losses = []
-    for step in range(steps):
-        x, y = data.batch(batch, block, "train", generator=train_gen)
-        loss = model.loss(x, y)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            diverged_at = step
-            break
-        train_losses.append(value)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad_norm(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+    monitor = Monitor(
+        model,
+        optimizer,
+        run_dir,
+        name=f"{_label(config)} lr={lr:.0e}",
+        config=config,
+        progress=False,
+    )
+    with monitor:
+        for step in range(steps):
+            x, y = data.batch(batch, block, "train", generator=train_gen)
+            loss = model.loss(x, y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                diverged_at = step
+                monitor.step(loss)  # the run records where it diverged
+                break
+            train_losses.append(value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            preclip = clip_grad_norm(model.parameters(), 1.0)
+            optimizer.step()
+            monitor.step(loss, grad_norm_preclip=preclip)
+            schedule.step()
     final = validation_loss() if diverged_at is None else float("nan")
     return {
         "initial_loss": initial,
@@ -206,6 +219,7 @@ def run_lr_sensitivity(
     eval_batches: int = 8,
     seed: int = 0,
     workers: int | None = None,
+    address: str | None = None,
     progress: bool = True,
 ) -> LRSensitivityResult:
     """Run the LR-sensitivity study; write results, a plot and a table to ``out_dir``.
@@ -213,9 +227,11 @@ def run_lr_sensitivity(
     Trains TinyGPT at each size in ``sizes`` (names from :data:`SIZES` or a mapping
     ``name -> (n_layer, n_head, n_embd)``) at every peak LR in ``lrs``, as the baseline and,
     if ``mitigations``, with qk-layernorm and z-loss (coefficient ``z_loss``). Runs go through
-    :func:`~steadygrad.studies.sweep.run_sweep`: in parallel (``workers``, default: CPU count)
-    and resumable (re-run with the same ``out_dir`` and arguments to finish an interrupted
-    study). Writes ``results.jsonl``, ``summary.json``, ``table.txt`` and (with matplotlib)
+    :func:`~steadygrad.studies.sweep.run_sweep` as Ray Tune trials: ``workers`` at once
+    (default: CPU count) on local Ray, or on the cluster at ``address``; resumable (re-run with
+    the same ``out_dir`` and arguments to finish an interrupted study). Each run is recorded by
+    a :class:`~steadygrad.Monitor` in ``out_dir/runs/<run id>`` (``steadygrad report`` reads
+    it). Writes ``results.jsonl``, ``summary.json``, ``table.txt`` and (with matplotlib)
     ``lr_sensitivity.png``; prints the table when ``progress`` is true.
 
     Example:
@@ -260,7 +276,13 @@ def run_lr_sensitivity(
     out = Path(out_dir)
     start = time.perf_counter()
     records = run_sweep(
-        _train_one, configs, out, workers=workers, progress=progress, description="LR sensitivity"
+        _train_one,
+        configs,
+        out,
+        workers=workers,
+        address=address,
+        progress=progress,
+        description="LR sensitivity",
     )
     result = _summarise(records, lrs, out)
     (out / "table.txt").write_text(result.table() + "\n")
@@ -286,7 +308,15 @@ def _summarise(records: list[dict[str, Any]], lrs: list[float], out: Path) -> LR
         label = _label(config)
         curves.setdefault(label, [None] * len(lrs))[lrs.index(config["lr"])] = outcome["final_loss"]
         initial.setdefault(label, []).append(outcome["initial_loss"])
-        runs.append({"label": label, "lr": config["lr"], **outcome, "seconds": record["seconds"]})
+        runs.append(
+            {
+                "label": label,
+                "lr": config["lr"],
+                **outcome,
+                "seconds": record["seconds"],
+                "run_dir": record.get("run_dir"),
+            }
+        )
     # Every run of one curve starts from the same seeded initialisation; average the (equal)
     # initial losses anyway so a different seed per LR would still be handled.
     initial_loss = {label: sum(v) / len(v) for label, v in initial.items()}

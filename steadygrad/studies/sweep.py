@@ -1,27 +1,27 @@
-"""Run a grid of configurations in worker processes, resumably.
+"""Run a grid of configurations as Ray Tune trials, resumably.
 
-Each finished run is appended as one JSON line to ``<out_dir>/results.jsonl`` (flushed and
-synced) by the parent process as soon as it completes. On a re-run, configurations already in
-that file are skipped, so an interrupted sweep (Ctrl-C, a killed job, a crash) resumes where it
-stopped. A run that raises is not written: it is reported at the end and retried next time.
+Each trial runs ``fn(config)`` on Ray: local Ray by default (started for the sweep, no cluster
+needed), or an existing cluster given by ``address``. As each trial reports, this process
+appends one JSON line to ``<out_dir>/results.jsonl`` (flushed and synced). On a re-run,
+configurations already in that file are skipped, so an interrupted sweep (Ctrl-C, a killed job,
+a crash) resumes where it stopped, whatever state Ray Tune had saved. A trial that raises is not
+written: it is reported at the end and retried next time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
-import time
-import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from steadygrad.core.checks import positive_int
+from steadygrad.studies.ray_session import ray_session
 
 RESULTS_FILE = "results.jsonl"
+RUNS_DIR = "runs"  # <out_dir>/runs/<run id>: a run's own directory
 
 
 class SweepError(RuntimeError):
@@ -33,6 +33,10 @@ class SweepError(RuntimeError):
         for run_id, (config, trace) in failures.items():
             parts.append(f"\n--- run {run_id} config {json.dumps(config, sort_keys=True)}\n{trace}")
         super().__init__("".join(parts))
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep stopped before every run finished (Ctrl-C); run it again to resume."""
 
 
 def run_id(config: dict[str, Any]) -> str:
@@ -63,48 +67,52 @@ def load_results(out_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _call(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> tuple[bool, Any, float]:
-    """Run one configuration in a worker; never raises, so every failure reaches the parent
-    with its traceback."""
-    start = time.perf_counter()
-    try:
-        return True, fn(config), time.perf_counter() - start
-    except BaseException:  # noqa: BLE001 - reported to the parent with its traceback
-        return False, traceback.format_exc(), time.perf_counter() - start
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+def append_result(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as a JSON line, synced to disk; a torn line left by a kill mid-write
+    is closed first, so it cannot swallow this record."""
+    with path.open("a+b") as f:
+        f.seek(0, os.SEEK_END)
+        torn = False
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        f.write((("\n" if torn else "") + json.dumps(record, sort_keys=True) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
 
 
 def run_sweep(
-    fn: Callable[[dict[str, Any]], Any],
+    fn: Callable[..., Any],
     configs: Sequence[dict[str, Any]],
     out_dir: str | os.PathLike[str],
     *,
     workers: int | None = None,
+    address: str | None = None,
     progress: bool = True,
     description: str = "sweep",
 ) -> list[dict[str, Any]]:
-    """Run ``fn(config)`` for every configuration; return one record per configuration, in order.
+    """Run ``fn(config)`` for every configuration on Ray Tune; return one record per
+    configuration, in order.
 
-    ``fn`` must be a module-level function (workers are started with the ``spawn`` method, so it
-    is imported by name) and both configs and results must be JSON-serialisable. A record is
-    ``{"id", "config", "result", "seconds"}``. ``workers`` defaults to the CPU count; with
-    ``workers=1`` runs happen in this process, one after another. Raises :class:`SweepError`
-    after all other runs finished if any run raised. A worker that dies outright (killed, out of
-    memory) breaks the pool: the runs not yet finished are reported failed, and a re-run retries
-    them.
+    Configs and results must be JSON-serialisable; ``fn`` must be importable by Ray's workers
+    (a module-level function; on local Ray this process's ``sys.path`` is passed on). If ``fn``
+    takes a ``run_dir`` argument, each run gets its own directory ``<out_dir>/runs/<run id>``
+    for its run store (emptied first when an interrupted run is retried). A record is
+    ``{"id", "config", "result", "seconds"}`` (plus ``"run_dir"`` when given).
+
+    ``workers``: trials at once (default: the CPU count); local Ray is started with that many
+    CPUs. ``address``: an existing Ray cluster (``host:port``, ``ray://host:port`` or
+    ``"auto"``) instead of local Ray; :class:`~steadygrad.studies.ray_session.
+    RayClusterUnreachable` within seconds when nothing answers there. A Ray session this
+    process already holds is used as it is. Raises :class:`SweepError` after all other runs
+    finished if any run raised (or its worker died), :class:`SweepInterrupted` if the sweep was
+    stopped first. Ray starts only when some configuration is still to run.
 
     Example:
-        >>> import tempfile
-        >>> configs = [{"x": 2}, {"x": 3}]
-        >>> records = run_sweep(lambda c: c["x"] ** 2, configs, tempfile.mkdtemp(), workers=1,
-        ...                     progress=False)
-        >>> [r["result"] for r in records]
+        >>> def square(config):  # at module level, so Ray's workers can import it
+        ...     return config["x"] ** 2
+        >>> records = run_sweep(square, [{"x": 2}, {"x": 3}], "runs/squares")  # doctest: +SKIP
+        >>> [r["result"] for r in records]  # doctest: +SKIP
         [4, 9]
     """
     if not callable(fn):
@@ -117,46 +125,24 @@ def run_sweep(
     ids = [run_id(config) for config in configs]
     if len(set(ids)) != len(ids):
         raise ValueError("configs must not contain duplicates")
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / RESULTS_FILE
     done = load_results(out)
-    todo = [(i, c) for i, c in zip(ids, configs, strict=True) if i not in done]
-    failures: dict[str, tuple[dict[str, Any], str]] = {}
+    todo = {rid: c for rid, c in zip(ids, configs, strict=True) if rid not in done}
+    if todo:
+        with _Progress(progress, description, len(configs), len(configs) - len(todo)) as advance:
+            with ray_session(address, min(workers, len(todo))):
+                from steadygrad.studies._tune import run_trials  # Ray is imported only here
 
-    def finish(rid: str, config: dict[str, Any], outcome: tuple[bool, Any, float]) -> None:
-        ok, value, seconds = outcome
-        if ok:
-            record = {"id": rid, "config": config, "result": value, "seconds": seconds}
-            _append(path, record)
-            done[rid] = record
-        else:
-            failures[rid] = (config, value)
-
-    with _Progress(progress, description, len(configs), len(configs) - len(todo)) as advance:
-        if workers == 1 or len(todo) <= 1:
-            for rid, config in todo:
-                finish(rid, config, _call(fn, config))
-                advance()
-        else:
-            context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context)
-            try:
-                pending = {pool.submit(_call, fn, c): (rid, c) for rid, c in todo}
-                while pending:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        rid, config = pending.pop(future)
-                        try:
-                            outcome = future.result()
-                        except BaseException:  # noqa: BLE001 - e.g. a worker killed by the OS
-                            outcome = (False, traceback.format_exc(), 0.0)
-                        finish(rid, config, outcome)
-                        advance()
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-    if failures:
-        raise SweepError(failures)
+                failures = run_trials(fn, todo, out, workers, done, advance)
+        if failures:
+            raise SweepError(failures)
+        missing = [rid for rid in todo if rid not in done]
+        if missing:
+            raise SweepInterrupted(
+                f"{description} stopped with {len(missing)} of {len(configs)} run(s) unfinished; "
+                f"run it again with the same out_dir to finish them"
+            )
     return [done[rid] for rid in ids]
 
 

@@ -7,6 +7,7 @@ module holds the detectors of one family (training dynamics, transformers, curva
 from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
 from steadygrad.diagnose.detectors.continual import StabilityGap
 from steadygrad.diagnose.detectors.curvature import SharpnessAboveLimit
+from steadygrad.diagnose.detectors.distributed import RankSpikeDetector
 from steadygrad.diagnose.detectors.training import (
     GradNormSpikeDetector,
     LossSpikeDetector,
@@ -35,6 +36,7 @@ __all__ = [
     "NonFiniteDetector",
     "OutputLogitDivergence",
     "PlasticityLoss",
+    "RankSpikeDetector",
     "RobustBaseline",
     "SharpnessAboveLimit",
     "SoftmaxCollapse",

@@ -219,7 +219,7 @@ class NonFiniteDetector(Detector):
 def default_detectors() -> list[Detector]:
     """The detectors a Monitor runs when none are given: those of the built-in signals, and
     those of the optional signals (each stays silent while its signal is not recorded)."""
-    from steadygrad.diagnose.detectors import continual, curvature, transformer, trends
+    from steadygrad.diagnose.detectors import continual, curvature, distributed, transformer, trends
 
     return [
         LossSpikeDetector(),
@@ -236,4 +236,5 @@ def default_detectors() -> list[Detector]:
         transformer.PlasticityLoss(),
         curvature.SharpnessAboveLimit(),
         continual.StabilityGap(),
+        distributed.RankSpikeDetector(),
     ]

@@ -26,7 +26,9 @@ from steadygrad.core.metrics import (
     EFFECTIVE_RANK,
     GRAD_NORM,
     LOGIT_LSE_MEAN,
+    LOSS,
     OUTPUT_LOGIT_MAX,
+    OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
     SOFTMAX_COLLAPSE,
     UPDATE_RATIO,
@@ -156,7 +158,12 @@ class OutputLogitDivergence(Detector):
     ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
     below ``-lse_limit`` for ``patience`` records; early, when it has fallen ``lse_limit / 2``
     below its first value and kept falling for ``patience`` records; and when it drifts
-    ``5 * lse_limit`` from its first value either way. ``where`` is the module that produced
+    ``5 * lse_limit`` from its first value either way; and when the mean logit (the common shift
+    softmax ignores, recorded by the default cross-entropy signal) has moved ``lse_limit`` from
+    its first value for ``patience`` records; and when ``log Z`` rose ``lse_limit`` while the
+    loss has not even halved (logits growing without the confidence that would justify them; a
+    classifier growing confident raises ``log Z`` as its loss falls). ``where`` is the module
+    that produced
     the logits (``record.meta["output_module"]``) when known. NaN-driven records are skipped.
 
     Example:
@@ -165,7 +172,7 @@ class OutputLogitDivergence(Detector):
     """
 
     kind = OUTPUT_LOGIT_DIVERGENCE
-    reads = (LOGIT_LSE_MEAN, OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS)
+    reads = (LOGIT_LSE_MEAN, OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS, OUTPUT_LOGIT_MEAN, LOSS)
     emits = (OUTPUT_LOGIT_DIVERGENCE,)
 
     def __init__(self, lse_limit: float = 20.0, patience: int = 3) -> None:
@@ -175,6 +182,8 @@ class OutputLogitDivergence(Detector):
         self._first: float | None = None
         self._previous = math.nan
         self._falling = 0
+        self._first_mean: float | None = None
+        self._first_loss: float | None = None
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -190,6 +199,16 @@ class OutputLogitDivergence(Detector):
         limit = self.lse_limit
         early = drift <= -limit / 2 and self._falling >= self.patience
         far = lse <= -limit or abs(drift) >= 5 * limit
+        mean = record.values.get(OUTPUT_LOGIT_MEAN.name)
+        if mean is not None and math.isfinite(mean):
+            if self._first_mean is None:
+                self._first_mean = mean
+            far = far or abs(mean - self._first_mean) >= limit
+        loss = record.values.get(LOSS.name)
+        if loss is not None and math.isfinite(loss):
+            if self._first_loss is None:
+                self._first_loss = loss
+            far = far or (drift >= limit and loss >= 0.5 * self._first_loss)
         if not self._streak.update(early or far, 1 if early else self.patience):
             return []
         evidence = {
@@ -198,7 +217,7 @@ class OutputLogitDivergence(Detector):
             "drift": drift,
             "lse_limit": limit,
         }
-        for name in (OUTPUT_LOGIT_MAX.name, OUTPUT_LOGIT_RMS.name):
+        for name in (OUTPUT_LOGIT_MAX.name, OUTPUT_LOGIT_RMS.name, OUTPUT_LOGIT_MEAN.name):
             if name in record.values:
                 evidence[name] = record.values[name]
         where = record.meta.get("output_module")

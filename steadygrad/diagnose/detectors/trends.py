@@ -18,7 +18,7 @@ import numpy as np
 
 from steadygrad.core import Finding, FindingKind, Record, Severity
 from steadygrad.core.checks import finite_float, positive_int
-from steadygrad.core.metrics import DIRECTIONAL_SHARPNESS_RATIO, GRAD_NORM, LOSS
+from steadygrad.core.metrics import DIRECTIONAL_SHARPNESS_RATIO, GRAD_NORM, LOSS, PARAM_NORM
 from steadygrad.diagnose.detectors.base import Detector
 
 LOSS_DIVERGENCE = FindingKind(
@@ -33,40 +33,55 @@ UNSTABLE_STEPS = FindingKind(
 
 
 class SustainedLevel:
-    """The running median of the last ``window`` values and the lowest such median so far.
+    """The running median of the last ``window`` values, the lowest such median so far (the
+    best sustained level), the first one (where the series started), and the spread of the last
+    ``noise_window`` single values around their median.
 
     Example:
         >>> level = SustainedLevel(window=3)
         >>> for x in [5.0, 4.0, 3.0, 9.0, 3.5, 3.2]:
         ...     level.add(x)
-        >>> level.floor, level.current
-        (3.5, 3.5)
+        >>> level.floor, level.current, level.start
+        (3.5, 3.5, 4.0)
     """
 
-    def __init__(self, window: int = 5) -> None:
+    def __init__(self, window: int = 5, noise_window: int = 64) -> None:
         self.values: deque[float] = deque(maxlen=window)
+        self.recent: deque[float] = deque(maxlen=noise_window)
         self.floor = math.inf
         self.floor_step: int | None = None
+        self.start = math.nan
         self.current = math.nan
 
     def add(self, value: float, step: int | None = None) -> None:
         self.values.append(value)
+        self.recent.append(value)
         if len(self.values) < min(3, self.values.maxlen or 3):
             return
         self.current = statistics.median(self.values)
+        if math.isnan(self.start):
+            self.start = self.current
         if self.current < self.floor:
             self.floor, self.floor_step = self.current, step
 
     def noise(self) -> float:
-        """1.4826 x the MAD of the window: the spread of single values around the median."""
-        med = statistics.median(self.values)
-        return 1.4826 * statistics.median(abs(v - med) for v in self.values)
+        """1.4826 x the MAD of the recent single values: how far one value strays."""
+        med = statistics.median(self.recent)
+        return 1.4826 * statistics.median(abs(v - med) for v in self.recent)
+
+    def scale(self) -> float:
+        """The series' natural size: its best level, or a quarter of the progress it made from
+        where it started (a loss trained near 0 has a tiny level but a large scale)."""
+        return max(abs(self.floor), 0.25 * (self.start - self.floor), 1e-12)
 
 
 class LossDivergence(Detector):
-    """The loss's running median rises ``rise`` (relative) above its best sustained level, by
-    more than ``noise_z`` times its own noise, for ``patience`` records in a row: warning; at
-    ``critical_ratio`` times that level: critical. Once per episode.
+    """The loss's running median climbs above its best sustained level by more than ``rise``
+    times the loss's scale (its best level, or a quarter of the progress made) and more than
+    ``noise_z`` times its noise, for ``patience`` records in a row: warning; by
+    ``critical_ratio - 1`` times the scale: critical. One finding of each severity per episode;
+    an episode ends once the median has been back near the best level for ``2 * patience``
+    records.
 
     Example:
         >>> det = LossDivergence()
@@ -93,6 +108,7 @@ class LossDivergence(Detector):
         self.noise_z = finite_float("noise_z", noise_z, low=0.0)
         self.level = SustainedLevel(positive_int("window", window))
         self._above = 0
+        self._calm = 0
         self._fired: set[str] = set()
 
     def update(self, record: Record) -> list[Finding]:
@@ -101,17 +117,17 @@ class LossDivergence(Detector):
             return []
         level = self.level
         level.add(loss, record.step)
-        if not math.isfinite(level.current) or not math.isfinite(level.floor):
+        if not (math.isfinite(level.current) and math.isfinite(level.floor)):
             return []
-        floor, now = level.floor, level.current
-        scale = max(abs(floor), 1e-12)
+        floor, now, scale = level.floor, level.current, level.scale()
         margin = max(self.rise * scale, self.noise_z * level.noise())
-        above = now - floor > margin
-        self._above = self._above + 1 if above else 0
-        if now - floor < margin / 2:
-            self._fired.clear()  # back near its best: a new episode can start
+        self._above = self._above + 1 if now - floor > margin else 0
+        self._calm = self._calm + 1 if now - floor < margin / 2 else 0
+        if self._calm >= 2 * self.patience:
+            self._fired.clear()  # back near its best for a while: a new episode can start
         severity = None
-        if now - floor > (self.critical_ratio - 1) * scale and "critical" not in self._fired:
+        critical = now - floor > max((self.critical_ratio - 1) * scale, margin)
+        if critical and "critical" not in self._fired:
             severity = Severity.CRITICAL
         elif self._above >= self.patience and not self._fired:
             severity = Severity.WARNING
@@ -128,10 +144,15 @@ class LossDivergence(Detector):
 
 
 class GradientGrowth(Detector):
-    """The global gradient norm's running median ``growth`` times above its best sustained
-    level and not falling, for ``patience`` records: warning (critical at ``critical`` times).
-    ``where`` is the parameter whose own gradient norm left its best level first, by a factor
-    of ``local_growth``: where the growth starts.
+    """Exploding gradients (Pascanu et al. 2013), two ways:
+
+    - growth: the global gradient norm's running median ``growth`` times above its best
+      sustained level for ``patience`` records while the loss is not improving (healthy
+      training often raises the gradient norm from a small start while the loss falls):
+      warning, critical at ``critical`` times. ``where`` is the parameter whose own gradient
+      norm left its best level first, by ``local_growth``: where the growth starts.
+    - at initialisation: on the first record the gradient norm is ``init_ratio`` times the
+      norm of the weights it updates (critical), naming the tensor with the largest ratio.
 
     Example:
         >>> det = GradientGrowth()
@@ -143,7 +164,7 @@ class GradientGrowth(Detector):
     """
 
     kind = GRADIENT_GROWTH
-    reads, emits = (GRAD_NORM,), (GRADIENT_GROWTH,)
+    reads, emits = (GRAD_NORM, PARAM_NORM, LOSS), (GRADIENT_GROWTH,)
 
     def __init__(
         self,
@@ -152,7 +173,11 @@ class GradientGrowth(Detector):
         patience: int = 3,
         local_growth: float = 3.0,
         window: int = 5,
+        init_ratio: float = 100.0,
     ) -> None:
+        self.init_ratio = finite_float("init_ratio", init_ratio, low=1.0)
+        self.loss = SustainedLevel(window)
+        self._first_record = True
         self.growth = math.log(finite_float("growth", growth, low=1.0, low_open=True))
         self.critical = math.log(finite_float("critical", critical, low=growth))
         self.patience = positive_int("patience", patience)
@@ -169,13 +194,21 @@ class GradientGrowth(Detector):
         norm = record.values.get(GRAD_NORM.name)
         if norm is None or not (math.isfinite(norm) and norm > 0) or record.nonfinite:
             return []
+        if self._first_record:
+            self._first_record = False
+            exploded = self._at_init(record, norm)
+            if exploded:
+                return exploded
+        loss = record.values.get(LOSS.name)
+        if loss is not None and math.isfinite(loss):
+            self.loss.add(loss, record.step)
         self._track_tensors(record)
         level = self.level
         level.add(math.log(norm), record.step)
         if not math.isfinite(level.floor):
             return []
         rise = level.current - level.floor
-        self._above = self._above + 1 if rise > self.growth else 0
+        self._above = self._above + 1 if rise > self.growth and self._loss_stalled() else 0
         if rise < self.growth / 2:
             self._fired.clear()
         severity = None
@@ -196,6 +229,26 @@ class GradientGrowth(Detector):
         if where is not None:
             evidence["started_at_step"] = started
         return [Finding(self.kind, record.step, where, evidence, severity)]
+
+    def _loss_stalled(self) -> bool:
+        """The loss is not at its best: it stopped improving, or is climbing."""
+        loss = self.loss
+        if not math.isfinite(loss.current):
+            return True  # no loss to judge by: go by the gradients alone
+        return loss.current - loss.floor > max(0.1 * loss.scale(), 2 * loss.noise())
+
+    def _at_init(self, record: Record, norm: float) -> list[Finding]:
+        weights = record.values.get(PARAM_NORM.name)
+        if not weights or norm < self.init_ratio * weights:
+            return []
+        grads, params = record.family(GRAD_NORM.name), record.family(PARAM_NORM.name)
+        ratios = {n: g / params[n] for n, g in grads.items() if params.get(n, 0.0) > 0}
+        where = max(ratios, key=ratios.get) if ratios else None
+        evidence = {"grad_norm": norm, "param_norm": weights, "ratio": norm / weights}
+        if where is not None:
+            evidence["tensor_ratio"] = ratios[where]
+        evidence["at_initialisation"] = True
+        return [Finding(self.kind, record.step, where, evidence, Severity.CRITICAL)]
 
     def _track_tensors(self, record: Record) -> None:
         family = record.family(GRAD_NORM.name)
