@@ -121,7 +121,7 @@ class SteadygradCallback(Callback):
         if autopilot is not None and trainer.world_size > 1:
             raise ValueError(
                 f"{_NAME}: autopilot= under {trainer.world_size} processes is not supported yet "
-                "(every process must take the same decision, and only global zero records)"
+                "(every process must take the same decisions and keep the same snapshots)"
             )
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and options.get("scaler") is None:

@@ -110,7 +110,7 @@ class SteadygradCallback(TrainerCallback):
         if autopilot is not None and args.world_size > 1:
             raise ValueError(
                 f"{_NAME}: autopilot= under {args.world_size} processes is not supported yet "
-                "(every process must take the same decision, and only the main one records)"
+                "(every process must take the same decisions and keep the same snapshots)"
             )
         optimizer = watched_optimizer(_NAME, trainer.optimizer or optimizer)
         run_dir = run_dir_or_default(self.run_dir, args.output_dir)
