@@ -40,6 +40,18 @@ from steadygrad.diagnose.detectors import (
     default_detectors,
 )
 from steadygrad.diagnose.diagnosis import DiagnosisReport, diagnose
+from steadygrad.dynamics import (
+    GradientCoherenceProbe,
+    GradientNoiseScaleProbe,
+    LossLandscapeProbe,
+    SignalPropagationProbe,
+    TopSubspaceProbe,
+    gradient_coherence,
+    gradient_noise_scale,
+    loss_landscape,
+    signal_propagation,
+    top_subspace_overlap,
+)
 from steadygrad.monitor import (
     AttentionLogitSignal,
     Monitor,
@@ -54,6 +66,16 @@ from steadygrad.store import Run, RunStore, StorageWarning, UnreadableRunError, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GradientCoherenceProbe",
+    "GradientNoiseScaleProbe",
+    "LossLandscapeProbe",
+    "SignalPropagationProbe",
+    "TopSubspaceProbe",
+    "gradient_coherence",
+    "gradient_noise_scale",
+    "loss_landscape",
+    "signal_propagation",
+    "top_subspace_overlap",
     "stability_margin",
     "stability_limits",
     "spectral_density",

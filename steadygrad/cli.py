@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--step-sizes", nargs="+", type=float, default=None)
     s.add_argument("--steps", type=_positive_int, default=None)
     s.add_argument("--probe-every", type=_positive_int, default=None)
+    s.add_argument(
+        "--optimizer",
+        choices=("gd", "adam"),
+        default=None,
+        help="gd (sharpness vs 2/lr) or adam (preconditioned sharpness vs 38/lr, Cohen et al. "
+        "2022); default gd",
+    )
     s = studies.add_parser(
         "grokking",
         help="softmax collapse stalls grokking; StableMax and ⊥Grad fix it",
@@ -156,6 +163,61 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--steps", type=_positive_int, default=None)
 
+    s = studies.add_parser(
+        "gradient-coherence",
+        help="per-example gradients agree with real labels, not with random ones",
+        description="Chatterjee 2020: an MLP on digits with real and with random labels; the "
+        "m-coherence of per-example gradients is high with real labels while the loss falls, "
+        "near 1 (orthogonal) with random labels, and falls as the network memorises.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/gradient-coherence"))
+    s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--samples", type=_positive_int, default=None)
+    s = studies.add_parser(
+        "noise-scale",
+        help="the gradient noise scale grows as the loss falls",
+        description="McCandlish et al. 2018: B_simple = tr(Sigma)/|G|^2 measured along SGD "
+        "training of a digits MLP, from per-example gradients and from two batch sizes.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/noise-scale"))
+    s.add_argument("--steps", type=_positive_int, default=None)
+    s = studies.add_parser(
+        "top-subspace",
+        help="the gradient lies in the top-10 Hessian eigenspace after a transient",
+        description="Gur-Ari et al. 2018: the share of the gradient in the span of the top-k "
+        "Hessian eigenvectors (k = 10 classes) of a digits classifier, and the overlap of that "
+        "span between probes.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/top-subspace"))
+    s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--k", type=_positive_int, default=None)
+    s = studies.add_parser(
+        "loss-landscape",
+        help="1-D and 2-D loss slices of a small-batch (flat) and a full-batch (sharp) solution",
+        description="Li et al. 2018: filter-normalised slices of the training loss around the "
+        "solutions SGD finds with a small and with the full batch.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/loss-landscape"))
+    s.add_argument("--steps", type=_positive_int, default=None)
+    s = studies.add_parser(
+        "signal-propagation",
+        help="the order-to-chaos transition of deep tanh networks at initialisation",
+        description="Poole et al. 2016, Schoenholz et al. 2017: per-layer gradient growth of "
+        "deep random tanh MLPs against sigma_w^2, crossing 1 at the mean-field critical value.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/signal-propagation"))
+    s.add_argument("--weight-variances", nargs="+", type=float, default=None)
+    s.add_argument("--depth", type=_positive_int, default=None)
+    s.add_argument("--width", type=_positive_int, default=None)
+    s = studies.add_parser(
+        "sgd-trace",
+        help="SGD's Hessian trace settles at or below 2/lr; GD bounds only the top eigenvalue",
+        description="Wu et al. 2018, Wu and Su 2023: small-batch SGD and full-batch GD at the "
+        "same learning rate, with the Hessian trace and sharpness against 2/lr in the Monitor.",
+    )
+    s.add_argument("-o", "--out", type=Path, default=Path("studies/sgd-trace"))
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--steps", type=_positive_int, default=None)
     s = studies.add_parser(
         "stability-gap",
         help="class-incremental digits: old tasks drop after each switch and partly recover",
@@ -268,7 +330,7 @@ def _lr_sensitivity(args: argparse.Namespace) -> None:
 def _edge_of_stability(args: argparse.Namespace) -> None:
     from steadygrad.studies.edge_of_stability import run_edge_of_stability
 
-    options = _given(args, "step_sizes", "steps", "probe_every")
+    options = _given(args, "step_sizes", "steps", "probe_every", "optimizer")
     Console().print(run_edge_of_stability(args.out, **options).ratios())
 
 
@@ -283,6 +345,42 @@ def _attention_logits(args: argparse.Namespace) -> None:
     from steadygrad.studies.attention_logits import run_attention_logits
 
     Console().print(run_attention_logits(args.out, **_given(args, "lr", "steps")).summary())
+
+
+def _gradient_coherence(args: argparse.Namespace) -> None:
+    from steadygrad.studies.gradient_coherence import run_gradient_coherence
+
+    run_gradient_coherence(args.out, **_given(args, "steps", "samples"))
+
+
+def _noise_scale(args: argparse.Namespace) -> None:
+    from steadygrad.studies.noise_scale import run_noise_scale
+
+    run_noise_scale(args.out, **_given(args, "steps"))
+
+
+def _top_subspace(args: argparse.Namespace) -> None:
+    from steadygrad.studies.top_subspace import run_top_subspace
+
+    run_top_subspace(args.out, **_given(args, "steps", "k"))
+
+
+def _loss_landscape(args: argparse.Namespace) -> None:
+    from steadygrad.studies.loss_landscape import run_loss_landscape
+
+    run_loss_landscape(args.out, **_given(args, "steps"))
+
+
+def _signal_propagation(args: argparse.Namespace) -> None:
+    from steadygrad.studies.signal_propagation import run_signal_propagation
+
+    run_signal_propagation(args.out, **_given(args, "weight_variances", "depth", "width"))
+
+
+def _sgd_trace(args: argparse.Namespace) -> None:
+    from steadygrad.studies.sgd_trace import run_sgd_trace
+
+    run_sgd_trace(args.out, **_given(args, "lr", "steps"))
 
 
 def _stability_gap(args: argparse.Namespace) -> None:
@@ -304,6 +402,12 @@ STUDIES: dict[str, Callable[[argparse.Namespace], None]] = {
     "edge-of-stability": _edge_of_stability,
     "grokking": _grokking,
     "attention-logits": _attention_logits,
+    "gradient-coherence": _gradient_coherence,
+    "noise-scale": _noise_scale,
+    "top-subspace": _top_subspace,
+    "loss-landscape": _loss_landscape,
+    "signal-propagation": _signal_propagation,
+    "sgd-trace": _sgd_trace,
     "stability-gap": _stability_gap,
     "gradient-estimators": _gradient_estimators,
 }

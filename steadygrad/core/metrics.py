@@ -177,6 +177,11 @@ HESSIAN_TRACE_LIMIT = Metric(
     "SGD's linear-stability bound on the trace (2/lr)",
     panel="hessian_trace",
 )
+HESSIAN_TRACE_RATIO = Metric(
+    "hessian_trace_ratio",
+    "hessian_trace / hessian_trace_limit (SGD's criterion, 1 = edge)",
+    panel="hessian_trace",
+)
 PRECONDITIONED_SHARPNESS = Metric(
     "preconditioned_sharpness",
     "top eigenvalue of Adam's preconditioned Hessian P^-1 H",

@@ -8,8 +8,11 @@ Limits for the top Hessian eigenvalue (linear stability of a quadratic, PyTorch 
 * coupled L2 weight decay wd adds wd to every Hessian eigenvalue, so the limit on H drops by wd;
 * Adam family: the preconditioned sharpness against (2 + 2 beta1) / ((1 - beta1) lr).
 
-For SGD (no momentum) the trace limit 2 / lr is also reported (Wu & Su 2023: a minimum that is
-linearly stable for SGD has tr(H) <= 2 / lr).
+For SGD (no momentum) the trace limit 2 / lr is also reported next to the GD one, with
+``trace=True``: a minimum that is linearly stable for SGD's noise (not only for its mean step)
+has tr(H) <= 2 / lr (Wu, Ma, E 2018, "How SGD selects the global minima"; Wu and Su 2023, "The
+implicit regularization of dynamical stability in SGD"), a bound on every eigenvalue together,
+where GD bounds only the largest.
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class StabilityMargin:
             "hessian_trace_limit": self.limits.trace_limit
             if self.hessian_trace is not None
             else None,
+            "hessian_trace_ratio": self.trace_ratio,
             "preconditioned_sharpness": self.preconditioned_sharpness,
             "preconditioned_sharpness_limit": self.limits.preconditioned_sharpness_limit,
             "preconditioned_sharpness_ratio": self.preconditioned_ratio,

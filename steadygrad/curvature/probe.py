@@ -8,6 +8,7 @@ preconditioned sharpness against (2 + 2 beta1) / ((1 - beta1) lr).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from steadygrad.core.metrics import (
     HESSIAN_MIN_EIGENVALUE,
     HESSIAN_TRACE,
     HESSIAN_TRACE_LIMIT,
+    HESSIAN_TRACE_RATIO,
     PRECONDITIONED_SHARPNESS,
     PRECONDITIONED_SHARPNESS_LIMIT,
     PRECONDITIONED_SHARPNESS_RATIO,
@@ -39,7 +41,8 @@ class SharpnessProbe(Signal):
     ``batch`` is the held batch (or a zero-argument callable returning it); ``loss_fn(model,
     batch)`` returns the scalar loss. Metrics: ``sharpness``, ``sharpness_limit``,
     ``sharpness_ratio``, ``hessian_min_eigenvalue``, ``curvature_matvecs``, and as applicable
-    ``hessian_trace`` (+ ``hessian_trace_limit``), ``preconditioned_sharpness``,
+    ``hessian_trace`` (+ ``hessian_trace_limit`` and ``hessian_trace_ratio``, SGD's criterion
+    tr(H) <= 2/lr), ``preconditioned_sharpness``,
     ``preconditioned_sharpness_limit``, ``preconditioned_sharpness_ratio``,
     ``hessian_eigenvalue/2..k`` and ``sharpness/<module>`` (``layerwise=True``).
 
@@ -57,6 +60,7 @@ class SharpnessProbe(Signal):
         HESSIAN_EIGENVALUE,
         HESSIAN_TRACE,
         HESSIAN_TRACE_LIMIT,
+        HESSIAN_TRACE_RATIO,
         PRECONDITIONED_SHARPNESS,
         PRECONDITIONED_SHARPNESS_LIMIT,
         PRECONDITIONED_SHARPNESS_RATIO,
@@ -100,6 +104,17 @@ class SharpnessProbe(Signal):
     def collect(self, step: int) -> Mapping[str, float]:
         if self.monitor is None:
             raise RuntimeError("SharpnessProbe.collect called before attach(monitor)")
+        try:
+            return self._measure(step)
+        except Exception as exc:  # a probe never raises into the training loop
+            warnings.warn(
+                f"SharpnessProbe: skipped at step {step}: {type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return {}
+
+    def _measure(self, step: int) -> dict[str, float]:
         model = self.monitor.model
         optimizer = getattr(self.monitor, "optimizer", None)
         batch = self._batch()

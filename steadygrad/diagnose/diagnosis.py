@@ -101,7 +101,7 @@ def judge(d: Diagnosis, broke: int | None) -> None:
     """Score a diagnosis, say how confident it is and why. A mechanism outranks the symptoms
     only when its evidence came before the run broke (it can explain them); one first seen
     after the break is more likely a consequence and drops below them."""
-    d.score = TIER_SCORE[d.tier] + 5.0 * Severity.rank(d.severity)
+    d.score = TIER_SCORE[d.tier] + 2.0 * Severity.rank(d.severity)
     first = d.first_step
     if d.tier == SYMPTOM:
         d.confidence = "high" if d.severity != "info" else "medium"
@@ -110,8 +110,8 @@ def judge(d: Diagnosis, broke: int | None) -> None:
         d.confidence = "medium"
         d.why = f"seen from step {first}; the run did not break, so nothing confirms it yet"
     elif first is not None and first <= broke:
-        d.score += 10.0
         lead = broke - first
+        d.score += 10.0 + min(lead, 10)  # of the causes that came first, the earliest
         d.confidence = "high" if lead > 0 else "medium"
         d.why = (
             f"seen at step {first}, {lead} step(s) before the run broke at step {broke}: "

@@ -395,8 +395,9 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
     sharpness ratio at or above 1: the step size had passed 2/curvature)."""
     broke = facts.broke_at
     series = facts.series(DIRECTIONAL_SHARPNESS_RATIO.name)
-    if broke is None or series is None:
-        return None
+    climbed = [f.step for f in facts.of(LOSS_DIVERGENCE)]
+    if broke is None or series is None or not climbed or min(climbed) > broke:
+        return None  # a NaN out of the blue (bad data, say) is not a step-size problem
     steps, ratios = series
     near = (steps <= broke) & (steps >= broke - within) & np.isfinite(ratios)
     if not near.any() or ratios[near].max() < 1.0:
@@ -615,7 +616,7 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _sharpness,
-        (SHARPNESS_ABOVE_LIMIT, UNSTABLE_STEPS, NONFINITE, LOSS_SPIKE),
+        (SHARPNESS_ABOVE_LIMIT, UNSTABLE_STEPS, NONFINITE, LOSS_SPIKE, LOSS_DIVERGENCE),
     ),
     Rule(
         "exploding_gradients",

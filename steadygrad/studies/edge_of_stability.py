@@ -7,6 +7,11 @@ measured every few steps by warm-started Lanczos. The published result: sharpnes
 non-monotonically. The study reports, per step size, the mean ratio sharpness / (2/lr) over the
 last part of training.
 
+``optimizer="adam"`` runs the adaptive version (Cohen et al. 2022, "Adaptive gradient methods at
+the edge of stability"): full-batch Adam (beta1 = 0.9, beta2 = 0.999), probing the preconditioned
+sharpness lambda_max(P^-1 H) (P Adam's diagonal preconditioner, from its state) against
+(2 + 2 beta1) / ((1 - beta1) lr) = 38/lr; it rises to that limit and hovers there.
+
 Example:
     >>> result = run_edge_of_stability("eos-out", step_sizes=(0.4,), steps=300)  # doctest: +SKIP
     >>> result.runs[0.4].final_ratio  # doctest: +SKIP
@@ -26,12 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from steadygrad.core.checks import finite_float, positive_int
-from steadygrad.core.metrics import CURVATURE_MATVECS, LOSS, SHARPNESS
+from steadygrad.core.metrics import CURVATURE_MATVECS, LOSS, PRECONDITIONED_SHARPNESS, SHARPNESS
+from steadygrad.curvature.preconditioned import adam_limit
 from steadygrad.curvature.probe import SharpnessProbe
 from steadygrad.data import load_digits
 from steadygrad.models import MLP
 from steadygrad.monitor import Monitor
 from steadygrad.store import load
+
+OPTIMIZERS = ("gd", "adam")
+GD_STEP_SIZES = (0.4, 0.27, 0.2)
+ADAM_STEP_SIZES = (2e-3, 1e-3)
 
 
 @dataclass
@@ -39,7 +49,7 @@ class EdgeOfStabilityRun:
     """One step size: the measured series and the summary."""
 
     lr: float
-    limit: float  # 2 / lr
+    limit: float  # 2 / lr (GD) or 38 / lr (Adam, for the preconditioned sharpness)
     probe_steps: list[int]
     sharpness: list[float]
     loss_steps: list[int]
@@ -49,6 +59,7 @@ class EdgeOfStabilityRun:
     first_step_at_limit: int | None  # first probe with sharpness >= 0.95 * limit
     loss_increases: int  # steps where the loss went up (non-monotone descent)
     matvecs: int
+    optimizer: str = "gd"
 
 
 @dataclass
@@ -60,7 +71,8 @@ class EdgeOfStabilityResult:
     settings: dict = field(default_factory=dict)
 
     def ratios(self) -> dict[float, float]:
-        """``{lr: mean sharpness / (2/lr) over the last part of training}``."""
+        """``{lr: mean sharpness / limit over the last part of training}`` (limit 2/lr for GD;
+        preconditioned sharpness / (38/lr) for Adam)."""
         return {lr: run.final_ratio for lr, run in self.runs.items()}
 
 
@@ -84,12 +96,19 @@ def _train(
     seed: int,
     tail: float,
     run_dir: Path,
+    optimizer_name: str = "gd",
 ) -> EdgeOfStabilityRun:
     torch.manual_seed(seed)
     model = MLP(64, [hidden, hidden], 10, activation=torch.nn.Tanh)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    limit = 2.0 / lr
+    adam = optimizer_name == "adam"
+    optimizer = (
+        torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
+        if adam
+        else torch.optim.SGD(model.parameters(), lr=lr)
+    )
+    limit = adam_limit(optimizer) if adam else 2.0 / lr
     shutil.rmtree(run_dir, ignore_errors=True)  # a study re-run records afresh
+    # For Adam the probe also measures the preconditioned sharpness against 38/lr.
     probe = SharpnessProbe(_square_loss, batch, every=probe_every, tol=1e-3)
     with Monitor(model, optimizer, run_dir, signals=[probe], progress=False) as mon:
         for _ in range(steps):
@@ -102,7 +121,12 @@ def _train(
                 break
     # The measured curves, read back from the run as a user would.
     run = load(run_dir)
-    probe_steps, sharp = (a.tolist() for a in run.series(SHARPNESS.name))
+    measured = PRECONDITIONED_SHARPNESS if adam else SHARPNESS
+    probe_steps, sharp = (a.tolist() for a in run.series(measured.name))
+    if adam and len(sharp) > 1:
+        # After Adam's first update its preconditioner holds one gradient's square: P^-1 H is
+        # then meaningless (many times the limit); the series starts at the next probe.
+        probe_steps, sharp = probe_steps[1:], sharp[1:]
     loss_steps, losses = (a.tolist() for a in run.series(LOSS.name))
     matvecs = int(run.series(CURVATURE_MATVECS.name)[1].sum())
     start = int(len(sharp) * (1 - tail))
@@ -120,6 +144,7 @@ def _train(
         first_step_at_limit=reached[0] if reached else None,
         loss_increases=sum(b > a for a, b in zip(losses[:-1], losses[1:], strict=True)),
         matvecs=matvecs,
+        optimizer=optimizer_name,
     )
 
 
@@ -131,14 +156,19 @@ def _plot(runs: dict[float, EdgeOfStabilityRun], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - plots are an extra
         return None
+    adam = any(run.optimizer == "adam" for run in runs.values())
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     for i, (lr, run) in enumerate(runs.items()):
         color = f"C{i}"
         top.plot(run.probe_steps, run.sharpness, color=color, label=f"lr = {lr:g}")
         top.axhline(run.limit, color=color, linestyle="--", linewidth=1)
         bottom.plot(run.loss_steps, run.loss, color=color, linewidth=1)
-    top.set_ylabel("sharpness (top Hessian eigenvalue)")
-    top.set_title("Full-batch GD: sharpness rises to 2/lr (dashed) and hovers there")
+    if adam:
+        top.set_ylabel("preconditioned sharpness (top eigenvalue of P^-1 H)")
+        top.set_title("Full-batch Adam: preconditioned sharpness rises to 38/lr (dashed)")
+    else:
+        top.set_ylabel("sharpness (top Hessian eigenvalue)")
+        top.set_title("Full-batch GD: sharpness rises to 2/lr (dashed) and hovers there")
     top.legend()
     bottom.set_yscale("log")
     bottom.set_ylabel("training loss")
@@ -151,9 +181,10 @@ def _plot(runs: dict[float, EdgeOfStabilityRun], path: Path) -> Path | None:
 
 def run_edge_of_stability(
     out_dir: str | Path,
-    step_sizes: Sequence[float] = (0.4, 0.27, 0.2),
+    step_sizes: Sequence[float] | None = None,
     steps: int = 2000,
     *,
+    optimizer: str = "gd",
     probe_every: int = 20,
     samples: int = 500,
     hidden: int = 64,
@@ -162,7 +193,14 @@ def run_edge_of_stability(
     progress: bool = True,
 ) -> EdgeOfStabilityResult:
     """Run the study, write ``edge_of_stability.png`` and ``edge_of_stability.json`` to
-    ``out_dir``, and return the per-step-size ratios of sharpness to 2/lr."""
+    ``out_dir``, and return the per-step-size ratios of sharpness to 2/lr.
+
+    ``optimizer="adam"``: full-batch Adam, preconditioned sharpness against 38/lr (default step
+    sizes ADAM_STEP_SIZES)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if step_sizes is None:
+        step_sizes = ADAM_STEP_SIZES if optimizer == "adam" else GD_STEP_SIZES
     if not step_sizes:
         raise ValueError("step_sizes must hold at least one learning rate")
     lrs = [finite_float("step_sizes", lr, low=0.0, low_open=True) for lr in step_sizes]
@@ -176,13 +214,13 @@ def run_edge_of_stability(
     runs = {}
     for lr in lrs:
         hidden = positive_int("hidden", hidden)
-        run_dir = out / "runs" / f"lr{lr:g}"
-        runs[lr] = _train(lr, batch, steps, probe_every, hidden, seed, tail, run_dir)
+        run_dir = out / "runs" / (f"lr{lr:g}" if optimizer == "gd" else f"adam-lr{lr:g}")
+        runs[lr] = _train(lr, batch, steps, probe_every, hidden, seed, tail, run_dir, optimizer)
         if progress:
             run = runs[lr]
             print(
-                f"lr={lr:g}: 2/lr={run.limit:.3g}, "
-                f"sharpness/(2/lr) at start {run.initial_ratio:.2f}, "
+                f"{optimizer} lr={lr:g}: limit={run.limit:.3g}, "
+                f"sharpness/limit at start {run.initial_ratio:.2f}, "
                 f"over the last {tail:.0%} {run.final_ratio:.3f}; final loss {run.loss[-1]:.4g}, "
                 f"{run.loss_increases} loss increases"
             )
@@ -193,7 +231,12 @@ def run_edge_of_stability(
         plot,
         time.perf_counter() - started,
         settings=dict(
-            steps=steps, probe_every=probe_every, samples=samples, hidden=hidden, seed=seed
+            steps=steps,
+            probe_every=probe_every,
+            samples=samples,
+            hidden=hidden,
+            seed=seed,
+            optimizer=optimizer,
         ),
     )
     summary = {

@@ -100,7 +100,10 @@ class SpikeDetector(Detector):
 
 
 class LossSpikeDetector(SpikeDetector):
-    """A loss far above its recent median (robust z-score over the last 64 recorded steps).
+    """A loss far above its recent median (robust z-score over the last 64 recorded steps),
+    by at least ``min_excess`` times the loss's scale: its level, or a quarter of the progress
+    made since the start (a classifier trained to a loss of 0.05 sees batches of 0.4 that are
+    many z-scores out and of no consequence).
 
     Example:
         >>> detector = LossSpikeDetector()
@@ -110,6 +113,24 @@ class LossSpikeDetector(SpikeDetector):
     kind = LOSS_SPIKE
     reads, emits = (LOSS,), (LOSS_SPIKE,)
     signal = LOSS.name
+
+    def __init__(self, *args, min_excess: float = 0.75, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_excess = finite_float("min_excess", min_excess, low=0.0)
+        self._start = math.nan
+        self._floor = math.inf
+
+    def update(self, record: Record) -> list[Finding]:
+        value = record.values.get(self.signal)
+        findings = super().update(record)
+        if value is None or not math.isfinite(value) or len(self.baseline) < 3:
+            return findings
+        median = self.baseline.median()
+        if math.isnan(self._start):
+            self._start = median
+        self._floor = min(self._floor, median)
+        scale = max(abs(median), 0.25 * (self._start - self._floor))
+        return [f for f in findings if value - median >= self.min_excess * scale]
 
 
 class GradNormSpikeDetector(SpikeDetector):

@@ -50,6 +50,7 @@ class SustainedLevel:
         self.recent: deque[float] = deque(maxlen=noise_window)
         self.floor = math.inf
         self.floor_step: int | None = None
+        self.floor_noise = 0.0
         self.start = math.nan
         self.current = math.nan
 
@@ -63,11 +64,20 @@ class SustainedLevel:
             self.start = self.current
         if self.current < self.floor:
             self.floor, self.floor_step = self.current, step
+            med = statistics.median(self.recent)
+            self.floor_noise = 1.4826 * statistics.median(abs(v - med) for v in self.recent)
 
     def noise(self) -> float:
-        """1.4826 x the MAD of the recent single values: how far one value strays."""
-        med = statistics.median(self.recent)
-        return 1.4826 * statistics.median(abs(v - med) for v in self.recent)
+        """How far one value strays (1.4826 x the MAD of the ``noise_window`` values up to the
+        best level): measured where the series was at its best, so a climb that follows does
+        not count as noise."""
+        return self.floor_noise
+
+    def lost_progress(self, fraction: float = 0.5) -> bool:
+        """The running median has given back ``fraction`` of the progress made (or, before
+        any progress, climbed ``fraction`` of its level)."""
+        gained = max(abs(self.floor), self.start - self.floor)
+        return self.current - self.floor >= fraction * gained
 
     def scale(self) -> float:
         """The series' natural size: its best level, or a quarter of the progress it made from
@@ -126,7 +136,8 @@ class LossDivergence(Detector):
         if self._calm >= 2 * self.patience:
             self._fired.clear()  # back near its best for a while: a new episode can start
         severity = None
-        critical = now - floor > max((self.critical_ratio - 1) * scale, margin)
+        jump = loss - floor > (self.critical_ratio**2 - 1) * scale  # one step far out: at once
+        critical = jump or now - floor > max((self.critical_ratio - 1) * scale, margin)
         if critical and "critical" not in self._fired:
             severity = Severity.CRITICAL
         elif self._above >= self.patience and not self._fired:
@@ -153,6 +164,10 @@ class GradientGrowth(Detector):
       norm left its best level first, by ``local_growth``: where the growth starts.
     - at initialisation: on the first record the gradient norm is ``init_ratio`` times the
       norm of the weights it updates (critical), naming the tensor with the largest ratio.
+    - one explosion: a gradient norm, the largest so far, ``collapse`` times the next one, with
+      the loss no longer improving (its update wrecked the weights, whose gradients then
+      vanish): critical, found one step later and dated to the explosion, naming the tensor
+      with the largest gradient then.
 
     Example:
         >>> det = GradientGrowth()
@@ -174,8 +189,12 @@ class GradientGrowth(Detector):
         local_growth: float = 3.0,
         window: int = 5,
         init_ratio: float = 100.0,
+        collapse: float = 100.0,
     ) -> None:
         self.init_ratio = finite_float("init_ratio", init_ratio, low=1.0)
+        self.collapse = finite_float("collapse", collapse, low=1.0, low_open=True)
+        self._previous: tuple[int, float, dict[str, float]] | None = None
+        self._largest = 0.0
         self.loss = SustainedLevel(window)
         self._first_record = True
         self.growth = math.log(finite_float("growth", growth, low=1.0, low_open=True))
@@ -202,13 +221,17 @@ class GradientGrowth(Detector):
         loss = record.values.get(LOSS.name)
         if loss is not None and math.isfinite(loss):
             self.loss.add(loss, record.step)
+        exploded = self._exploded_then_collapsed(record, norm)
+        if exploded:
+            return exploded
         self._track_tensors(record)
         level = self.level
         level.add(math.log(norm), record.step)
         if not math.isfinite(level.floor):
             return []
         rise = level.current - level.floor
-        self._above = self._above + 1 if rise > self.growth and self._loss_stalled() else 0
+        worse = self._loss_worse()
+        self._above = self._above + 1 if rise > self.growth and worse else 0
         if rise < self.growth / 2:
             self._fired.clear()
         severity = None
@@ -230,12 +253,27 @@ class GradientGrowth(Detector):
             evidence["started_at_step"] = started
         return [Finding(self.kind, record.step, where, evidence, severity)]
 
+    def _exploded_then_collapsed(self, record: Record, norm: float) -> list[Finding]:
+        previous = self._previous
+        self._previous = (record.step, norm, record.family(GRAD_NORM.name))
+        largest, self._largest = self._largest, max(self._largest, norm)
+        if previous is None or "critical" in self._fired:
+            return []
+        step, before, family = previous
+        if before < largest or before < self.collapse * norm or not self._loss_stalled():
+            return []  # a spike the run shrugged off is a gradient spike, not an explosion
+        self._fired.add("critical")
+        where = max(family, key=family.get) if family else None
+        evidence = {"grad_norm": before, "next_grad_norm": norm, "ratio": before / norm}
+        return [Finding(self.kind, step, where, evidence, Severity.CRITICAL)]
+
     def _loss_stalled(self) -> bool:
-        """The loss is not at its best: it stopped improving, or is climbing."""
-        loss = self.loss
-        if not math.isfinite(loss.current):
-            return True  # no loss to judge by: go by the gradients alone
-        return loss.current - loss.floor > max(0.1 * loss.scale(), 2 * loss.noise())
+        return _stalled(self.loss)
+
+    def _loss_worse(self) -> bool:
+        """The loss gave back half its progress: growing gradients that hurt (under Adam, a
+        gradient norm often grows while a loss near zero stays there)."""
+        return not math.isfinite(self.loss.current) or self.loss.lost_progress(0.5)
 
     def _at_init(self, record: Record, norm: float) -> list[Finding]:
         weights = record.values.get(PARAM_NORM.name)
@@ -288,8 +326,10 @@ class UnstableSteps(Detector):
     """The directional sharpness ratio (curvature along the update against 2/lr; see
     :mod:`steadygrad.monitor.update_curvature`) above ``limit`` in ``hits`` of the last
     ``window`` readings: the optimizer's steps overshoot along their own direction, the
-    signature of a learning rate above the stability limit. Gradient descent at the edge of
-    stability hovers at 1 (Cohen et al. 2021), so the default asks for a clear excess.
+    signature of a learning rate above the stability limit, while the loss is not improving.
+    Gradient descent at the edge of stability hovers at 1 (Cohen et al. 2021), and adaptive
+    or momentum methods can read above 1 while training well, so the default asks for a clear
+    excess and a stalled loss.
 
     Example:
         >>> det = UnstableSteps()
@@ -300,15 +340,19 @@ class UnstableSteps(Detector):
     """
 
     kind = UNSTABLE_STEPS
-    reads, emits = (DIRECTIONAL_SHARPNESS_RATIO,), (UNSTABLE_STEPS,)
+    reads, emits = (DIRECTIONAL_SHARPNESS_RATIO, LOSS), (UNSTABLE_STEPS,)
 
     def __init__(self, limit: float = 1.5, hits: int = 3, window: int = 5) -> None:
+        self.loss = SustainedLevel()
         self.limit = finite_float("limit", limit, low=0.0, low_open=True)
         self.hits = positive_int("hits", hits)
         self.recent: deque[float] = deque(maxlen=positive_int("window", window))
         self._fired = False
 
     def update(self, record: Record) -> list[Finding]:
+        loss = record.values.get(LOSS.name)
+        if loss is not None and math.isfinite(loss):
+            self.loss.add(loss, record.step)
         ratio = record.values.get(DIRECTIONAL_SHARPNESS_RATIO.name)
         if ratio is None or record.nonfinite or not math.isfinite(ratio):
             return []
@@ -316,7 +360,7 @@ class UnstableSteps(Detector):
         above = sum(r > self.limit for r in self.recent)
         if above == 0:
             self._fired = False
-        if above < self.hits or self._fired:
+        if above < self.hits or self._fired or not _stalled(self.loss):
             return []
         self._fired = True
         evidence = {
@@ -325,3 +369,11 @@ class UnstableSteps(Detector):
             "limit": self.limit,
         }
         return [Finding(self.kind, record.step, None, evidence, Severity.WARNING)]
+
+
+def _stalled(loss: SustainedLevel) -> bool:
+    """The loss is not at its best: it stopped improving, or is climbing (with no loss to judge
+    by, go by the other evidence alone)."""
+    if not math.isfinite(loss.current):
+        return True
+    return loss.current - loss.floor > max(0.1 * loss.scale(), 2 * loss.noise())

@@ -1,0 +1,151 @@
+"""Each dynamics study's published claim, asserted on a reduced run (seconds, not minutes)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from steadygrad.cli import main
+from steadygrad.studies.edge_of_stability import run_edge_of_stability
+from steadygrad.studies.gradient_coherence import run_gradient_coherence
+from steadygrad.studies.loss_landscape import run_loss_landscape
+from steadygrad.studies.noise_scale import run_noise_scale
+from steadygrad.studies.sgd_trace import run_sgd_trace
+from steadygrad.studies.signal_propagation import run_signal_propagation
+from steadygrad.studies.top_subspace import run_top_subspace
+
+QUIET = dict(progress=False, plot=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_lanczos_chatter():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def test_coherence_is_high_with_real_labels_and_falls_as_the_net_memorises(tmp_path):
+    r = run_gradient_coherence(
+        tmp_path,
+        steps=300,
+        samples=256,
+        probe_examples=128,
+        hidden=128,
+        lr=0.1,
+        probe_every=30,
+        **QUIET,
+    )
+    assert r.peak_coherence["real"] > 2.5 * r.peak_coherence["random"]
+    assert r.peak_coherence["random"] < 2.0  # random labels: nearly orthogonal gradients
+    # real labels: once the training sample is fitted, coherence has fallen far below its peak
+    assert r.memorisation_step["real"] is not None
+    assert r.final_coherence["real"] < 0.5 * r.peak_coherence["real"]
+    assert r.test_accuracy["real"] > 0.8 > 0.3 > r.test_accuracy["random"]
+    saved = json.loads((tmp_path / "gradient_coherence.json").read_text())
+    assert saved["peak_coherence"]["real"] == pytest.approx(r.peak_coherence["real"])
+    assert (tmp_path / "runs" / "real" / "run.db").exists()
+
+
+def test_noise_scale_grows_as_the_loss_falls(tmp_path):
+    r = run_noise_scale(tmp_path, steps=600, probe_examples=256, probe_every=50, **QUIET)
+    assert r.loss[-1] < 0.2 * r.loss[0]
+    assert r.growth > 3.0
+    assert r.rank_correlation < -0.7
+    # the two-batch-size estimator agrees in trend
+    assert r.two_batch_noise_scale[-1] > 2 * r.two_batch_noise_scale[0]
+
+
+def test_gradient_lies_in_the_top_hessian_subspace_after_the_transient(tmp_path):
+    r = run_top_subspace(tmp_path, steps=200, probe_every=25, **QUIET)
+    n = 64 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
+    assert r.mean_fraction_after_transient > 0.75  # a random 10-dim subspace: 10/n = 0.007
+    assert r.mean_fraction_after_transient > 50 * 10 / n
+    assert r.mean_overlap_after_transient > 0.9  # and the subspace changes slowly
+
+
+def test_full_batch_solution_is_sharper_along_filter_normalised_slices(tmp_path):
+    r = run_loss_landscape(
+        tmp_path,
+        steps=800,
+        small_batch=16,
+        points=9,
+        grid=3,
+        directions=3,
+        probe_every=400,
+        **QUIET,
+    )
+    # both fit the training set to the same loss; the full-batch basin is the sharper one
+    assert r.train_accuracy["small"] > 0.99 and r.train_accuracy["large"] > 0.99
+    assert r.train_loss["large"] == pytest.approx(r.train_loss["small"], rel=0.3)
+    assert r.rise["large"] > 1.08 * r.rise["small"] > 0
+    assert len(r.rise_during["small"]) == 2  # the probe ran in the Monitor
+
+
+def test_tanh_order_to_chaos_transition_is_at_the_mean_field_critical_value(tmp_path):
+    r = run_signal_propagation(
+        tmp_path,
+        weight_variances=(1.0, 1.5, 1.7, 1.9, 2.1, 2.6),
+        width=256,
+        depth=16,
+        examples=32,
+        jacobian_width=24,
+        jacobian_depth=6,
+        **QUIET,
+    )
+    assert r.critical == pytest.approx(1.76, abs=0.01)  # Schoenholz et al. 2017, Fig. 1
+    # the measured per-layer growth follows the mean-field recursion for this depth and input
+    for measured, predicted in zip(r.measured_growth, r.predicted_growth, strict=True):
+        assert measured == pytest.approx(predicted, rel=0.04)
+    assert r.measured_critical == pytest.approx(r.predicted_critical, rel=0.05)
+    # and crosses 1 near the infinite-depth critical value
+    assert r.measured_critical == pytest.approx(r.critical, rel=0.15)
+    # the Jacobian's mean squared singular value grows with chi_1 as well
+    assert r.jacobian_mean_sq[0] < 1 < r.jacobian_mean_sq[-1]
+
+
+def test_sgd_trace_settles_at_or_below_two_over_lr(tmp_path):
+    r = run_sgd_trace(tmp_path, steps=750, probe_every=250, trace_matvecs=30, **QUIET)
+    assert r.trace_ratio["sgd"] <= 1.1
+    assert r.trace_ratio["gd"] > 1.5 * r.trace_ratio["sgd"]
+
+
+def test_adam_preconditioned_sharpness_hovers_at_38_over_lr(tmp_path):
+    result = run_edge_of_stability(
+        tmp_path,
+        step_sizes=(2e-3,),
+        steps=500,
+        probe_every=25,
+        samples=300,
+        optimizer="adam",
+        progress=False,
+    )
+    run = result.runs[2e-3]
+    assert run.limit == pytest.approx(38 / 2e-3)
+    assert run.initial_ratio < 0.5
+    assert 0.85 <= result.ratios()[2e-3] <= 1.15
+    with pytest.raises(ValueError, match="optimizer"):
+        run_edge_of_stability(tmp_path, optimizer="rmsprop")
+
+
+def test_studies_run_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "prop"
+    code = main(
+        [
+            "study",
+            "signal-propagation",
+            "-o",
+            str(out),
+            "--weight-variances",
+            "1.0",
+            "2.5",
+            "--depth",
+            "5",
+            "--width",
+            "32",
+        ]
+    )
+    assert code == 0
+    assert (out / "signal_propagation.json").exists() and (out / "signal_propagation.png").exists()
+    assert "critical value" in capsys.readouterr().out
