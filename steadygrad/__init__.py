@@ -60,6 +60,7 @@ from steadygrad.monitor import (
     SoftmaxCollapseSignal,
     watch,
 )
+from steadygrad.monitor.findings_log import SteadygradWarning
 from steadygrad.sinks import MLflowSink, TensorBoardSink, WandbSink
 from steadygrad.store import (
     Run,
@@ -125,6 +126,7 @@ __all__ = [
     "Signal",
     "SoftmaxCollapse",
     "SoftmaxCollapseSignal",
+    "SteadygradWarning",
     "StorageWarning",
     "UnreadableRunError",
     "UpdateRatioOutOfRange",

@@ -146,6 +146,35 @@ def test_sigkill_leaves_a_readable_database_marked_crashed(tmp_path):
         assert run.series(name)[0].tolist() == steps.tolist()
 
 
+def test_a_stored_run_resumes_and_discards_the_steps_it_records_again(tmp_path):
+    import sqlite3
+
+    from steadygrad.store.writer import RunStore, remove_run
+
+    store = RunStore(tmp_path, name="r")
+    for step in range(5):
+        store.add_scalars(step, {"loss": float(step)})
+    store.add_action(3, "rollback", {})
+    store.close("crashed")
+    with pytest.raises(FileExistsError, match="resume=True"):
+        RunStore(tmp_path)
+    again = RunStore(tmp_path, resume=True)
+    assert again.resumed and again.last_step() == 4
+    again.discard_from(3)  # resumed from a checkpoint taken before step 3
+    for step in range(3, 6):
+        again.add_scalars(step, {"loss": 10.0 + step})
+    again.close("finished")
+    db = sqlite3.connect(tmp_path / "run.db")
+    rows = db.execute("SELECT step, value FROM scalars ORDER BY step").fetchall()
+    assert rows == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0), (5, 15.0)]
+    assert db.execute("SELECT COUNT(*) FROM actions").fetchone()[0] == 0
+    assert db.execute("SELECT status, name FROM run").fetchone() == ("finished", "r")
+    db.close()
+    remove_run(tmp_path)
+    assert not (tmp_path / "run.db").exists()
+    RunStore(tmp_path).close()  # a fresh run in the same place
+
+
 def test_metric_declarations_are_kept_with_the_run(tmp_path):
     from steadygrad.core.metric import Metric
     from steadygrad.core.metrics import LOSS

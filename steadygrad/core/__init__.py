@@ -9,7 +9,7 @@ metric declarations in :mod:`steadygrad.core.metrics`.
 from steadygrad.core import metrics
 from steadygrad.core.finding import Finding, FindingKind
 from steadygrad.core.metric import Metric, declaration_of
-from steadygrad.core.optimizer import optimizer_family
+from steadygrad.core.optimizer import optimizer_family, unwrap_optimizer
 from steadygrad.core.record import Record
 from steadygrad.core.severity import SEVERITIES, Severity
 from steadygrad.core.signal import Measurements, Signal
@@ -29,4 +29,5 @@ __all__ = [
     "declaration_of",
     "metrics",
     "optimizer_family",
+    "unwrap_optimizer",
 ]

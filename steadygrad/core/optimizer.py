@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 FAMILIES = ("adam", "sign", "sgd", "momentum", "nesterov", "unknown")
@@ -34,3 +35,36 @@ def optimizer_family(optimizer: Any) -> str:
             return "sgd"
         return "nesterov" if group.get("nesterov") else "momentum"
     return "unknown"
+
+
+# The wrappers training stacks hand out instead of the optimizer: (module, class, inner attribute).
+# They are not optimizers with step hooks of their own; the Monitor hooks what they wrap.
+_WRAPPERS = (
+    ("accelerate.optimizer", "AcceleratedOptimizer", "optimizer"),
+    ("lightning.pytorch.core.optimizer", "LightningOptimizer", "_optimizer"),
+    ("pytorch_lightning.core.optimizer", "LightningOptimizer", "_optimizer"),
+)
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The optimizer inside accelerate's ``AcceleratedOptimizer`` and Lightning's
+    ``LightningOptimizer`` (nested wrappers too); any other object is returned as it is.
+
+    A wrapper's class is only looked up when its package is already imported: an object of that
+    class cannot exist otherwise, so this never imports accelerate or Lightning.
+
+    Example:
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> unwrap_optimizer(opt) is opt
+        True
+    """
+    for _ in range(8):  # wrappers nest a few levels at most
+        for module, name, inner in _WRAPPERS:
+            cls = getattr(sys.modules.get(module), name, None)
+            if cls is not None and isinstance(optimizer, cls):
+                optimizer = getattr(optimizer, inner)
+                break
+        else:
+            return optimizer
+    return optimizer

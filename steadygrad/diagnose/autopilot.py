@@ -3,11 +3,23 @@
 Policies (each can be switched off):
   * ``skip_nonfinite``: an optimizer step whose gradients hold NaN/Inf is not taken.
   * ``rollback``: after a divergence (non-finite loss or weights, or a loss above
-    ``divergence_ratio`` times the median of the recent healthy losses), the model and
-    optimizer are restored from the last good snapshot and the learning rate is multiplied by
-    ``lr_factor``.
+    ``divergence_ratio`` times the best level it sustained), the model and optimizer are
+    restored from the last good snapshot and the learning rate is multiplied by ``lr_factor``,
+    in the scheduler's future too. At most ``max_rollbacks`` within ``rollback_window`` steps:
+    a run that keeps diverging after that is not rolled back again (a logged message says so).
+    A step the autopilot skipped is not rolled back: its update never reached the weights.
   * ``spike_clipping``: after a gradient-norm spike, every later step clips the global gradient
     norm to ``clip_factor`` times its running median, before the optimizer sees it.
+
+**Acting before the update, inside any trainer.** The Monitor calls :meth:`Autopilot.before_update`
+in the optimizer's pre-step path once the step's gradients are final (after a trainer's closure
+has run its forward and backward, see :class:`~steadygrad.Monitor`). Nothing is patched and
+nothing raises into the caller: the update always runs, and a skipped one is made a no-op
+(:mod:`steadygrad.diagnose.skip_update`): on the device, without a host synchronisation, for
+optimizers that take a ``found_inf`` flag (the fused torch optimizers); otherwise by restoring
+the parameters and optimizer state after it, decided with one host read of the gradient norm.
+Clipping multiplies the gradients by a device factor. Actions are written when the step is
+recorded, from values that reach the host with the step's one transfer.
 
 Snapshots are taken every ``snapshot_every`` healthy steps, in memory, or on disk under
 ``snapshot_dir`` (``torch.save``; they load with ``torch.load(..., weights_only=True)``). A
@@ -26,10 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
 import math
 import os
+import pickle
 import socket
 import warnings
 from collections.abc import Mapping
@@ -41,7 +53,10 @@ import torch
 from steadygrad.core.checks import finite_float, non_negative_int, positive_int
 from steadygrad.core.metrics import LOSS, NONFINITE_PARAMS
 from steadygrad.diagnose.detectors.base import RobustBaseline
+from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE
 from steadygrad.diagnose.detectors.trends import SustainedLevel
+from steadygrad.diagnose.lr_backoff import back_off_learning_rate, keep_rates
+from steadygrad.diagnose.skip_update import UpdateSkipper
 
 if TYPE_CHECKING:
     from steadygrad.core import Finding, Record
@@ -76,6 +91,14 @@ class MonitorLink(Protocol):
 class Autopilot:
     """Recovery policies for :class:`~steadygrad.Monitor` (``Monitor(..., autopilot=...)``).
 
+    Args:
+        scheduler: the LR scheduler (or a list of them) that snapshots keep and a back-off
+            lowers too; the trainer callbacks fill in the trainer's own.
+        rollback_window, max_rollbacks: at most this many rollbacks within this many steps.
+        sync: how a skip is decided. ``None`` (default): on the device when the optimizer
+            takes a ``found_inf`` flag (fused torch optimizers), else with one host read per
+            step; ``True``: always with the host read.
+
     Example:
         >>> pilot = Autopilot(rollback=True, lr_factor=0.5, snapshot_every=50)
         >>> # mon = steadygrad.Monitor(model, optimizer, "runs/x", autopilot=pilot)
@@ -92,8 +115,10 @@ class Autopilot:
         lr_factor: float = 0.5,
         divergence_ratio: float = 3.0,
         max_rollbacks: int = 5,
+        rollback_window: int = 500,
         clip_factor: float = 2.0,
         scheduler: Any = None,
+        sync: bool | None = None,
     ) -> None:
         self.skip_nonfinite = bool(skip_nonfinite)
         self.rollback = bool(rollback)
@@ -103,10 +128,14 @@ class Autopilot:
         self.lr_factor = finite_float("lr_factor", lr_factor, low=0.0, high=1.0, low_open=True)
         self.divergence_ratio = finite_float("divergence_ratio", divergence_ratio, low=1.0)
         self.max_rollbacks = non_negative_int("max_rollbacks", max_rollbacks)
+        self.rollback_window = positive_int("rollback_window", rollback_window)
         self.clip_factor = finite_float("clip_factor", clip_factor, low=0.0, low_open=True)
+        if sync is not None and not isinstance(sync, bool):
+            raise TypeError(f"sync must be None, True or False, got {sync!r}")
+        self.sync = sync
         self.scheduler = scheduler
         self._monitor: MonitorLink | None = None
-        self._patched: dict[str, Any] = {}
+        self._skipper: UpdateSkipper | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -121,6 +150,20 @@ class Autopilot:
         self.skipped_step: int | None = None
         self._warned: set[str] = set()
         self._written = 0  # snapshots this run wrote to disk (older files are another run's)
+        self.rollback_steps: list[int] = []
+        self.rollback_stopped = False
+        self.lr_scale = 1.0  # the product of every back-off so far
+        self._fresh_snapshot_due = False
+        # decisions made before updates, settled when a step is recorded: (step, norm, limit)
+        self._pending: list[tuple[int, torch.Tensor | float, float | None]] = []
+
+    @property
+    def schedulers(self) -> list[Any]:
+        if self.scheduler is None:
+            return []
+        if isinstance(self.scheduler, list | tuple):
+            return list(self.scheduler)
+        return [self.scheduler]
 
     @property
     def attached(self) -> bool:
@@ -129,7 +172,8 @@ class Autopilot:
 
     # -- wiring ----------------------------------------------------------------------------------
     def attach(self, monitor: MonitorLink) -> None:
-        """Wrap ``optimizer.step`` so an update can be skipped or clipped before it is applied.
+        """Get ready to act on ``monitor``'s optimizer (nothing is patched: the Monitor calls
+        :meth:`before_update` and :meth:`after_update` from the optimizer's step hooks).
 
         Raises ``RuntimeError`` if this Autopilot already serves another run: give each run its
         own Autopilot (its rollbacks, clipping and snapshots belong to that run)."""
@@ -140,81 +184,99 @@ class Autopilot:
             )
         self._reset()
         self._monitor = monitor
-        optimizer = monitor.optimizer
-        # An LR scheduler may already have wrapped optimizer.step on the instance: keep it.
-        self._patched = {"step": optimizer.__dict__["step"]} if "step" in optimizer.__dict__ else {}
-        original = optimizer.step
-
-        # wraps() keeps the marks an LR scheduler leaves on the step it wrapped.
-        @functools.wraps(original)
-        def guarded_step(*args: Any, **kwargs: Any):
-            if self._before_update():
-                return original(*args, **kwargs)
-            return None
-
-        optimizer.step = guarded_step
+        self._skipper = UpdateSkipper(monitor.optimizer)
+        if self.sync:
+            self._skipper.device_side = False
         if self.snapshot_dir is not None:
             try:
                 self.snapshot_dir.mkdir(parents=True, exist_ok=True)
                 _remove_stale_temps(self.snapshot_dir)
             except OSError as exc:
                 self._warn("snapshot", f"cannot use the snapshot directory: {exc}")
-        self._take_snapshot(step=0)
+        self._take_snapshot(step=monitor.step_count)
 
     def detach(self) -> None:
-        if self._monitor is None:
-            return
-        optimizer = self._monitor.optimizer
-        if self._patched:
-            optimizer.step = self._patched["step"]
-        else:
-            del optimizer.step  # the class's step is visible again
+        if self._skipper is not None:
+            self._skipper.reset()
         self._monitor = None
 
-    # -- before each optimizer step ---------------------------------------------------------------
-    def _before_update(self) -> bool:
-        """Return False to skip this update."""
-        if not (self.skip_nonfinite or self.clipping_on):
-            return True
-        mon = self._monitor
+    # -- before each optimizer update ---------------------------------------------------------
+    def before_update(self) -> None:
+        """Decide on the gradients about to be applied: clip them, or make the update a no-op."""
+        mon, skipper = self._monitor, self._skipper
+        skipper.reset()  # what an update that never ran (a GradScaler overflow) left armed
+        step = mon.step_count
+        if self._fresh_snapshot_due:  # resumed: the state a trainer restored is in place now
+            self._fresh_snapshot_due = False
+            self._take_snapshot(step)
+        if not (self.skip_nonfinite or self.spike_clipping):
+            return
         index, grad_norms = mon.gradient_norms()  # the Monitor reuses these after the step
         if not index:
-            return True
-        norm = float(torch.linalg.vector_norm(grad_norms))  # one host read: decide now
-        step = mon.step_count
-        if not math.isfinite(norm):
-            if self.skip_nonfinite:
-                self.skipped_step = step
-                self._act(step, "skip_update", {"grad_norm": norm})
-                return False
-            return True
-        if self.clipping_on:
-            limit = (
-                self.clip_factor * self._norm_median.median()
-                if len(self._norm_median)
-                else math.inf
-            )
-            if norm > limit:
-                mon.scale_gradients(index, limit / norm)
-                self._act(step, "clip_gradient", {"grad_norm": norm, "clipped_to": limit})
-                norm = limit
-        self._norm_median.add(norm)
-        return True
+            return
+        norm = torch.linalg.vector_norm(grad_norms)
+        limit = None
+        if self.clipping_on and len(self._norm_median):
+            limit = self.clip_factor * self._norm_median.median()
+            factor = torch.clamp(limit / norm, max=1.0)
+            factor = torch.where(torch.isfinite(norm), factor, torch.ones_like(factor))
+            mon.scale_gradients(index, factor)  # a device factor: no host read
+        decided: torch.Tensor | float = norm
+        if self.skip_nonfinite:
+            if skipper.device_side:
+                skipper.arm_device(~torch.isfinite(norm))
+            else:
+                decided = float(norm)  # the one host read of this path
+                if not math.isfinite(decided):
+                    skipper.arm_host()
+        self._pending.append((step, decided, limit))
+
+    def after_update(self) -> None:
+        """From the optimizer's post-step hook: undo a skipped update / withdraw the flag."""
+        if self._skipper is not None:
+            self._skipper.after_update()
+
+    # -- when a step is recorded ----------------------------------------------------------------
+    def settle(self, step: int, stepped: bool = True) -> bool:
+        """Write the actions decided before the updates since the last recorded step (their
+        norms reach the host now, after the step's transfer). Returns whether the autopilot
+        skipped the update of ``step``."""
+        self._skipper.reset()
+        pending, self._pending = self._pending, []
+        if not pending:
+            return False
+        tensors = [n for _, n, _ in pending if isinstance(n, torch.Tensor)]
+        host = iter(torch.stack([t.float() for t in tensors]).tolist()) if tensors else iter(())
+        skipped_now = False
+        for at, norm, limit in pending:
+            value = next(host) if isinstance(norm, torch.Tensor) else norm
+            if not math.isfinite(value):
+                # An update the optimizer did not run (a GradScaler overflow) was not ours.
+                if self.skip_nonfinite and (stepped or at != step):
+                    self.skipped_step = at
+                    skipped_now = skipped_now or at == step
+                    self._act(at, "skip_update", {"grad_norm": value})
+                continue
+            if limit is not None and value > limit:
+                self._act(at, "clip_gradient", {"grad_norm": value, "clipped_to": limit})
+                value = limit
+            self._norm_median.add(value)
+        return skipped_now
 
     # -- after each recorded step -----------------------------------------------------------------
     def after_step(self, record: Record, findings: list[Finding]) -> None:
         step = record.step
         kinds = {f.kind for f in findings}
-        if self.spike_clipping and not self.clipping_on and "grad_norm_spike" in kinds:
+        if self.spike_clipping and not self.clipping_on and GRAD_NORM_SPIKE in kinds:
             self.clipping_on = True
             self._act(step, "enable_spike_clipping", {"clip_factor": self.clip_factor})
-        if not self.clipping_on and math.isfinite(record.values.get("grad_norm", math.nan)):
-            self._norm_median.add(record.values["grad_norm"])
         if self.rollback and self._diverged(record, findings):
-            if self.rollbacks < self.max_rollbacks and self._snapshot is not None:
-                self._roll_back(step)
+            weights_ok = not record.values.get(NONFINITE_PARAMS.name)
+            if self.skipped_step == step and weights_ok:
+                return  # the update never reached the weights: nothing to roll back
+            self._roll_back_if_allowed(step)
             return
-        healthy = math.isfinite(record.values.get("loss", math.nan)) and not findings
+        healthy = math.isfinite(record.values.get(LOSS.name, math.nan)) and not findings
         if healthy and step - self._snapshot_tried >= self.snapshot_every:
             self._take_snapshot(step)
 
@@ -241,8 +303,9 @@ class Autopilot:
                 "model": copy.deepcopy(mon.model.state_dict()),
                 "optimizer": copy.deepcopy(mon.optimizer.state_dict()),
             }
-            if self.scheduler is not None and hasattr(self.scheduler, "state_dict"):
-                state["scheduler"] = copy.deepcopy(self.scheduler.state_dict())
+            schedulers = [s.state_dict() for s in self.schedulers if hasattr(s, "state_dict")]
+            if schedulers:
+                state["scheduler"] = copy.deepcopy(schedulers)
             scaler = getattr(mon, "scaler", None)
             if scaler is not None and hasattr(scaler, "state_dict"):
                 state["scaler"] = copy.deepcopy(scaler.state_dict())
@@ -291,6 +354,27 @@ class Autopilot:
                 problems.append(f"{path}: {exc}")
         raise RuntimeError("no readable snapshot: " + "; ".join(problems))
 
+    def _roll_back_if_allowed(self, step: int) -> None:
+        if self.rollback_stopped or self._snapshot is None:
+            return
+        recent = [s for s in self.rollback_steps if step - s < self.rollback_window]
+        if len(recent) >= self.max_rollbacks:
+            self.rollback_stopped = True
+            message = (
+                f"steadygrad autopilot: the run diverged again at step {step} after "
+                f"{len(recent)} rollbacks within {self.rollback_window} steps; rollback is "
+                "switched off for the rest of the run (a cause that rolling back and a lower "
+                "learning rate do not remove: see the diagnosis)"
+            )
+            log.warning(message)
+            self._act(
+                step,
+                "rollback_stopped",
+                {"rollbacks": len(recent), "window": self.rollback_window},
+            )
+            return
+        self._roll_back(step)
+
     def _roll_back(self, step: int) -> None:
         mon = self._monitor
         try:
@@ -304,37 +388,56 @@ class Autopilot:
                 "fallback",
                 f"the last snapshot could not be read; rolled back to step {state['step']}",
             )
-        old = [g["lr"] for g in mon.optimizer.param_groups]
-        scheduler, scaler = self.scheduler, getattr(mon, "scaler", None)
-        old_base = list(getattr(scheduler, "base_lrs", []))
+        old = [float(g["lr"]) for g in mon.optimizer.param_groups]
+        schedulers = [s for s in self.schedulers if hasattr(s, "state_dict")]
+        scaler = getattr(mon, "scaler", None)
+        restore_rates = keep_rates(mon.optimizer, self.schedulers)
         try:
             mon.model.load_state_dict(state["model"])
             mon.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-            if scheduler is not None and "scheduler" in state:
-                scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+            for scheduler, saved in zip(schedulers, state.get("scheduler") or (), strict=False):
+                scheduler.load_state_dict(copy.deepcopy(saved))  # back where the snapshot was
             if scaler is not None and state.get("scaler"):  # {} from a disabled scaler
                 scaler.load_state_dict(copy.deepcopy(state["scaler"]))
         except Exception as exc:  # a snapshot that reads but does not fit this run
             self._warn("rollback", f"could not restore the snapshot at step {step}: {exc!r}")
             self._act(step, "rollback_failed", {"reason": repr(exc)})
             return
-        # Lower from the rate that diverged (not the snapshot's), so repeated rollbacks compound.
-        for group, lr in zip(mon.optimizer.param_groups, old, strict=True):
-            group["lr"] = lr * self.lr_factor
-        if old_base:
-            scheduler.base_lrs = [lr * self.lr_factor for lr in old_base]
+        # Lower from the rates that diverged (not the snapshot's), so repeated rollbacks
+        # compound, and in the schedulers' future too, so their next step does not undo it.
+        restore_rates()
+        new = back_off_learning_rate(mon.optimizer, self.schedulers, self.lr_factor)
+        self.lr_scale *= self.lr_factor
         self.rollbacks += 1
+        self.rollback_steps.append(step)
         self._loss_level.values.clear()  # the diverged losses are behind us
         mon.weights_replaced()
-        self._act(
-            step,
-            "rollback",
-            {
-                "to_step": state["step"],
-                "lr_before": old,
-                "lr_after": [g["lr"] for g in mon.optimizer.param_groups],
-            },
-        )
+        self._act(step, "rollback", {"to_step": state["step"], "lr_before": old, "lr_after": new})
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint carries: counters, switches and baselines (plain data). The
+        snapshot is not carried: after a resume the checkpoint's weights are the good state."""
+        return {
+            "rollbacks": self.rollbacks,
+            "rollback_steps": list(self.rollback_steps),
+            "rollback_stopped": self.rollback_stopped,
+            "lr_scale": self.lr_scale,
+            "clipping_on": self.clipping_on,
+            "skipped_step": self.skipped_step,
+            "baselines": pickle.dumps((self._norm_median, self._loss_level)),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rollbacks = int(state["rollbacks"])
+        self.rollback_steps = [int(s) for s in state["rollback_steps"]]
+        self.rollback_stopped = bool(state["rollback_stopped"])
+        self.lr_scale = float(state["lr_scale"])
+        self.clipping_on = bool(state["clipping_on"])
+        self.skipped_step = state["skipped_step"]
+        self._norm_median, self._loss_level = pickle.loads(state["baselines"])
+        self._snapshot, self.snapshot_step, self._pending = None, None, []
+        self._fresh_snapshot_due = True  # before the next update, from the restored state
 
     def _warn(self, what: str, message: str) -> None:
         """Log every time; a Python warning once per kind of trouble and run."""

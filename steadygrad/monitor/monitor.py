@@ -29,20 +29,29 @@ from torch import nn
 from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink
 from steadygrad.core import checks as _checks
 from steadygrad.core.metrics import LOSS, NONFINITE_GRADS, NONFINITE_PARAMS
-from steadygrad.core.optimizer import optimizer_family
+from steadygrad.core.optimizer import optimizer_family, unwrap_optimizer
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal
 from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.dead_units import DeadUnitSignal
 from steadygrad.monitor.distributed import NullStore, Reducer
+from steadygrad.monitor.findings_log import LoggingSink
 from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
+from steadygrad.monitor.state import (
+    FORMAT,
+    STATE_FILE,
+    load_objects_state,
+    load_state,
+    objects_state,
+    save_state,
+)
 from steadygrad.monitor.step import AmpScaleSignal, LearningRateSignal, StepInputs, StepSignal
 from steadygrad.monitor.update_curvature import UpdateCurvatureSignal
 from steadygrad.nn.qk_norm import qk_norm_targets
-from steadygrad.store.writer import RunStore, resolve_run_dir
+from steadygrad.store.writer import RunStore, remove_run, resolve_run_dir
 
 log = logging.getLogger("steadygrad")
 
@@ -80,6 +89,14 @@ class Monitor:
         scaler: a ``torch.amp.GradScaler``, to record its scale.
         autopilot: recovery policies to apply (:class:`~steadygrad.Autopilot`); every action
             is written to the run store.
+        resume: continue the run already in ``run_dir`` (its steps go on from where it
+            stopped, its detectors keep their history); a new run if there is none.
+        overwrite: replace the run already in ``run_dir``. Without ``resume`` or
+            ``overwrite``, an existing run is an error.
+
+    The optimizer may be wrapped by accelerate (``AcceleratedOptimizer``) or Lightning
+    (``LightningOptimizer``): the Monitor watches the optimizer inside. Findings of warning
+    level and above are logged (logger ``steadygrad``), critical ones also warned.
 
     Example:
         >>> mon = steadygrad.Monitor(model, optimizer, run_dir="runs/exp1")   # doctest: +SKIP
@@ -113,9 +130,16 @@ class Monitor:
         scaler: Any = None,
         guard_steps: int = 3,
         autopilot: Autopilot | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
     ) -> None:
         self.model = _checks.module("model", model)
+        optimizer = unwrap_optimizer(optimizer)  # accelerate's and Lightning's wrappers
         self.optimizer = _checks.optimizer("optimizer", optimizer)
+        if resume and overwrite:
+            raise ValueError(
+                "resume and overwrite exclude each other: continue the run, or replace it"
+            )
         self.every = _checks.positive_int("every", every)
         self.parameters = ParameterSignal(update_every)
         builtin = [
@@ -138,6 +162,9 @@ class Monitor:
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
         self.sinks = _all_of("sinks", sinks, Sink) if writes else []
+        # always on: findings reach logging and warnings, each with what its kind means
+        kinds = [k for d in self.detectors for k in d.emits]
+        self.findings_log = LoggingSink(kinds=kinds) if writes else Sink()  # one process logs
         if autopilot is not None and not isinstance(autopilot, Autopilot):
             raise TypeError(f"autopilot must be an Autopilot, got {type(autopilot).__name__}")
         if autopilot is not None and autopilot.attached:
@@ -164,16 +191,21 @@ class Monitor:
         }
         if run_dir is None:
             run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        run_dir = resolve_run_dir(run_dir)
+        if overwrite and writes:
+            remove_run(run_dir)
+            (run_dir / STATE_FILE).unlink(missing_ok=True)
         try:
             store = RunStore if writes else NullStore  # one process writes the run
             self.store = store(
-                resolve_run_dir(run_dir),
+                run_dir,
                 name,
                 run_config,
                 flush_every=flush_every,
                 flush_seconds=flush_seconds,
+                resume=bool(resume),
             )
-        except BaseException:  # e.g. another run holds run_dir: leave the model as it was
+        except BaseException:  # e.g. an existing run: leave the model as it was given
             for s in self.signals:
                 s.detach()
             raise
@@ -200,6 +232,14 @@ class Monitor:
         if self.autopilot is not None:
             self.autopilot.attach(self)
         self._prepare(0)
+        if self.store.resumed is True or (resume and not writes):
+            saved = load_state(self.run_dir)  # the other processes read what the writer left
+            if saved is not None:
+                self.load_state_dict(saved)
+            elif writes:  # it died before saving its state: go on after its last stored step
+                last = self.store.last_step()
+                self._restart_at(0 if last is None else last + 1)
+                log.info("steadygrad: %s resumed at step %d", self.run_dir, self.step_count)
         atexit.register(self._at_exit)
 
     # -- the training loop's one call -----------------------------------------------------------
@@ -246,7 +286,7 @@ class Monitor:
         record = self._measure(step)
         if not stepped and self._optimizer_steps_total == 0 and _healthy(record):
             self._unstepped_calls += 1
-        if self.autopilot is not None and self.autopilot.skipped_step == step:
+        if self.autopilot is not None and self.autopilot.settle(step, stepped):
             record.meta["skipped_by"] = "autopilot"
         if batch_ids is not None:
             record.meta["batch_ids"] = batch_ids
@@ -318,17 +358,47 @@ class Monitor:
         self._to_sinks("action", step, kind, detail)
         self.progress.action(step, kind, detail)
 
+    # -- before the update ----------------------------------------------------------------------
+    def before_update(self) -> None:
+        """The step's gradients are final and the update is next: every signal reads what the
+        update is about to use, and the autopilot decides (clip, or skip). The optimizer's
+        pre-step hook calls this; with ``optimizer.step(closure)`` it runs once the closure has
+        returned (Lightning runs forward and backward there), before the update."""
+        for s in list(self.signals):
+            self._safely(s, "before_update")
+        if self.autopilot is not None:
+            self.autopilot.before_update()
+
     # -- optimizer hooks ------------------------------------------------------------------------
-    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+    def _before_optimizer_step(self, optimizer, args, kwargs):
         if self._optimizer_steps_total == 0 and self._unstepped_calls:
             raise RuntimeError(ORDER_ERROR)
-        for s in self.signals:
-            self._safely(s, "before_update")
+        # args holds the optimizer first, then step's own arguments
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self.before_update()
+            return None
+        # The closure computes this step's gradients inside optimizer.step: decide after it.
+        done = False
+
+        def closure_then_decide(*a: Any, **kw: Any):
+            nonlocal done
+            result = closure(*a, **kw)
+            if not done:  # optimizers that call the closure again (LBFGS) decide once
+                done = True
+                self.before_update()
+            return result
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_decide}
+        return (args[0], closure_then_decide, *args[2:]), kwargs
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_steps += 1
         self._optimizer_steps_total += 1
-        for s in self.signals:
+        if self.autopilot is not None:
+            self.autopilot.after_update()  # a skipped update is undone here
+        for s in list(self.signals):  # after the autopilot: a skipped update is no update
             self._safely(s, "after_update")
 
     def _safely(self, signal: Signal, method: str, *args: Any) -> None:
@@ -351,6 +421,46 @@ class Monitor:
             log.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must carry to continue this run: the step, the detectors' and
+        signals' state, the autopilot's. Plain data (``torch.load(..., weights_only=True)``).
+
+        Example:
+            >>> torch.save({"model": model.state_dict(), "steadygrad": mon.state_dict()}, f)
+            ... # doctest: +SKIP
+        """
+        return {
+            "format": FORMAT,
+            "step": self.step_count,
+            "detectors": objects_state(self.detectors),
+            "signals": [{"type": type(s).__name__, "state": s.state_dict()} for s in self.signals],
+            "autopilot": None if self.autopilot is None else self.autopilot.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`state_dict`: the next step is the checkpoint's,
+        and whatever the run recorded from that step on (after the checkpoint) is dropped."""
+        self._check_open()
+        step = _checks.non_negative_int("state['step']", state["step"])
+        if state.get("detectors") is not None:
+            load_objects_state(self.detectors, state["detectors"])
+        for signal, saved in zip(self.signals, state.get("signals") or (), strict=False):
+            if saved["type"] == type(signal).__name__ and saved["state"]:
+                signal.load_state_dict(saved["state"])
+        if self.autopilot is not None and state.get("autopilot"):
+            self.autopilot.load_state_dict(state["autopilot"])
+        self._restart_at(step)
+
+    def _restart_at(self, step: int) -> None:
+        for s in list(self.signals):
+            if s.due(self.step_count):
+                self._safely(s, "end", self.step_count)  # stop what was set up for that step
+        self.store.discard_from(step)
+        self.findings = [f for f in self.findings if f.step < step]
+        self.step_count = step
+        self._prepare(step)
+
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -359,6 +469,11 @@ class Monitor:
 
     # -- sinks -----------------------------------------------------------------------------------
     def _to_sinks(self, method: str, *args: Any) -> None:
+        if method != "close":  # the log needs no diagnosis: it is not worth one at close
+            try:
+                getattr(self.findings_log, method)(*args)
+            except Exception as exc:  # e.g. warnings turned into errors: logged already
+                log.debug("steadygrad: the findings log raised %r", exc)
         for sink in list(self.sinks):
             try:
                 getattr(sink, method)(*args)
@@ -382,6 +497,11 @@ class Monitor:
         for s in self.signals:
             s.detach()
         self.progress.close()
+        try:
+            if writes_run(self.store):
+                save_state(self.run_dir, self.state_dict())  # what resume=True continues from
+        except Exception as exc:  # the run itself is stored: resuming starts detectors afresh
+            log.warning("steadygrad: could not save the monitor state in %s: %r", self.run_dir, exc)
         self._note_signals()
         self.store.close(status)
         if self.sinks:
@@ -453,6 +573,11 @@ def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
     often = max(1, every // 2)
     defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(often)]
     return [s for s in defaults if not taken & {m.name for m in s.metrics}]
+
+
+def writes_run(store: Any) -> bool:
+    """Whether this process writes the run (not a NullStore of another rank)."""
+    return not isinstance(store, NullStore)
 
 
 def _all_of(name: str, items: Iterable[Any], kind: type) -> list[Any]:

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steadygrad.store.create import create_run_db
+from steadygrad.store.create import create_run_db, read_run, reopen_run_db
 from steadygrad.store.errors import StorageWarning, logger
 
 
@@ -33,11 +33,12 @@ class Batch:
     actions: list[tuple] = field(default_factory=list)
     metrics: list[tuple] = field(default_factory=list)
     config: str | None = None  # the run's whole config as JSON, when it changed
+    discard_from: int | None = None  # forget what is stored from this step on (a resume)
     seq: int = 0
 
     def __len__(self) -> int:
         n = len(self.rows) + len(self.findings) + len(self.actions) + len(self.metrics)
-        return n + (self.config is not None)
+        return n + (self.config is not None) + (self.discard_from is not None)
 
     def steps(self) -> tuple[int, int] | None:
         steps = [r[0] for r in self.rows] + [f[0] for f in self.findings]
@@ -65,6 +66,7 @@ class BackgroundWriter(threading.Thread):
         max_buffered_rows: int,
         retry_seconds: float,
         max_retry_seconds: float,
+        resume: bool = False,
     ) -> None:
         super().__init__(name=f"steadygrad-writer:{db.parent.name}", daemon=True)
         self.db_path = db
@@ -73,6 +75,7 @@ class BackgroundWriter(threading.Thread):
         self.max_buffered_rows = max_buffered_rows
         self.retry_seconds = retry_seconds
         self.max_retry_seconds = max_retry_seconds
+        self.resume = resume  # continue the run in db (made anew if the file goes away)
         self.cond = threading.Condition()
         self.fault: str | None = None  # the storage error now in effect, if any
         self.lost: list[LostSteps] = []  # every loss so far (also written, once possible)
@@ -224,6 +227,7 @@ class BackgroundWriter(threading.Thread):
         new_ids: dict[str, int] = {}
         conn.execute("BEGIN IMMEDIATE")
         try:
+            batches = self._discard(batches)
             ids = dict(self._name_ids)
             for b in batches:
                 for name in {r[1] for r in b.rows}.difference(ids):
@@ -276,13 +280,41 @@ class BackgroundWriter(threading.Thread):
                 old = self._committed or span
                 self._committed = (min(old[0], span[0]), max(old[1], span[1]))
 
+    def _discard(self, batches: list[Batch]) -> list[Batch]:
+        """Run the discards some batches carry (in the open transaction); what batches before a
+        discard hold from its step on is void too."""
+        marks = [(i, b.discard_from) for i, b in enumerate(batches) if b.discard_from is not None]
+        if not marks:
+            return batches
+        for _, step in marks:
+            for table in ("scalars", "findings", "actions"):
+                self._conn.execute(f"DELETE FROM {table} WHERE step >= ?", (step,))
+
+        def kept(i: int, step: int) -> bool:
+            return all(i >= j or step < d for j, d in marks)
+
+        return [
+            Batch(
+                rows=[r for r in b.rows if kept(i, r[0])],
+                findings=[f for f in b.findings if kept(i, f[0])],
+                actions=[a for a in b.actions if kept(i, a[0])],
+                metrics=b.metrics,
+                config=b.config,
+                seq=b.seq,
+            )
+            for i, b in enumerate(batches)
+        ]
+
     def _name_id(self, name: str) -> int:
         conn = self._conn
         conn.execute("INSERT OR IGNORE INTO names (name) VALUES (?)", (name,))
         return conn.execute("SELECT id FROM names WHERE name=?", (name,)).fetchone()[0]
 
     def _open(self) -> None:
-        self._conn = create_run_db(self.db_path, self.run_row, self.busy_timeout)
+        if self.resume and read_run(self.db_path) is not None:
+            self._conn = reopen_run_db(self.db_path, self.busy_timeout)
+        else:
+            self._conn = create_run_db(self.db_path, self.run_row, self.busy_timeout)
         stat = os.stat(self.db_path)
         self._file_id = (stat.st_dev, stat.st_ino)
         self._name_ids.clear()

@@ -9,9 +9,11 @@ racing for it get one run and one clear ``FileExistsError``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +75,42 @@ def connect_writer(db: Path, busy_timeout: float) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes
     return conn
+
+
+def reopen_run_db(db: Path, busy_timeout: float) -> sqlite3.Connection:
+    """Open the run stored in ``db`` for writing again (a resumed run): running, under this
+    process."""
+    conn = connect_writer(db, busy_timeout)
+    now = time.time()
+    conn.execute(
+        "UPDATE run SET status='running', ended=NULL, heartbeat=?, pid=?, host=? WHERE id=1",
+        (now, os.getpid(), socket.gethostname()),
+    )
+    return conn
+
+
+def read_run(db: Path) -> tuple[str, dict] | None:
+    """The name and config of the run stored in ``db``, or None when it holds none."""
+    if not db.is_file() or db.stat().st_size == 0:
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = conn.execute("SELECT name, config FROM run WHERE id=1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # not a run: creating one there raises the clear error
+    return None if row is None else (row[0], json.loads(row[1]))
+
+
+def last_stored_step(db: Path) -> int | None:
+    """The last step with a stored value in ``db``."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+    try:
+        return conn.execute("SELECT MAX(step) FROM scalars").fetchone()[0]
+    finally:
+        conn.close()
 
 
 def _half_made(db: Path) -> bool:

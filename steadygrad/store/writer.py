@@ -29,6 +29,7 @@ from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.finding import Finding
 from steadygrad.core.metric import Metric
 from steadygrad.store.background import BackgroundWriter, Batch, LostSteps
+from steadygrad.store.create import last_stored_step, read_run
 from steadygrad.store.schema import DB_NAME, STATUSES
 
 
@@ -71,6 +72,7 @@ class RunStore:
         flush_every: int = 100,
         flush_seconds: float = 5.0,
         max_buffered_rows: int | None = None,
+        resume: bool = False,
     ) -> None:
         self.run_dir = resolve_run_dir(run_dir)
         self.flush_every = positive_int("flush_every", flush_every)
@@ -80,9 +82,11 @@ class RunStore:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         self.path = self.run_dir / DB_NAME
-        self.name = name or self.run_dir.name
+        stored = read_run(self.path) if resume else None
+        self.resumed = stored is not None  # continuing the run stored here
+        self.name = stored[0] if stored else name or self.run_dir.name
         now = time.time()
-        self._config = dict(config or {})
+        self._config = stored[1] if stored else dict(config or {})
         run_row = (
             _text("name", self.name),
             _text("config", _json(self._config)),
@@ -99,8 +103,14 @@ class RunStore:
             max_buffered_rows=self.max_buffered_rows,
             retry_seconds=self.retry_seconds,
             max_retry_seconds=self.max_retry_seconds,
+            resume=self.resumed,
         )
-        self._writer.create()  # an existing run raises here; a storage fault only warns
+        try:
+            self._writer.create()  # an existing run raises here; a storage fault only warns
+        except FileExistsError as exc:
+            raise FileExistsError(
+                f"{exc} (Monitor(..., resume=True) continues it, overwrite=True replaces it)"
+            ) from None
         self._writer.start()
         self._names: set[str] = set()
         self._batch = Batch()
@@ -203,6 +213,26 @@ class RunStore:
         if len(batch):
             self._writer.submit(batch, wait_previous)
 
+    def last_step(self) -> int | None:
+        """The last step stored, or None for an empty run (what is buffered is written first)."""
+        self.flush()
+        steps = [r[0] for r in self._batch.rows]
+        stored = last_stored_step(self.path)
+        return max([*steps, *([] if stored is None else [stored])], default=None)
+
+    def discard_from(self, step: int) -> None:
+        """Forget every value, finding and action from ``step`` on: a run resumed from a
+        checkpoint records those steps again."""
+        self._check_open()
+        step = _step(step)
+        batch = self._batch
+        batch.rows = [r for r in batch.rows if r[0] < step]
+        batch.findings = [f for f in batch.findings if f[0] < step]
+        batch.actions = [a for a in batch.actions if a[0] < step]
+        batch.discard_from = step
+        self._hand_off()
+        self.flush()
+
     def close(self, status: str = "finished") -> None:
         """Write what is left, mark the run with ``status`` and close the database. Idempotent.
         A failing storage is retried for up to ``close_timeout`` seconds, then given up with a
@@ -232,6 +262,13 @@ class RunStore:
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError(f"the run store at {self.path} is closed")
+
+
+def remove_run(run_dir: str | os.PathLike[str]) -> None:
+    """Delete the run stored in ``run_dir`` (its database and SQLite's side files), if any."""
+    path = resolve_run_dir(run_dir) / DB_NAME
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _text(what: str, value: str) -> str:

@@ -1,0 +1,194 @@
+"""steadygrad for ``lightning.Trainer``: one callback, no other code.
+
+Example:
+    >>> from steadygrad.integrations.lightning import SteadygradCallback    # doctest: +SKIP
+    >>> trainer = lightning.Trainer(max_steps=1000, callbacks=[SteadygradCallback()])  # doctest: +SKIP
+    >>> trainer.fit(module, loader)   # the run is in <default_root_dir>/steadygrad   # doctest: +SKIP
+
+Lightning runs forward and backward inside ``optimizer.step(closure)``, so what the optimizer's
+own pre-step hook sees is the previous step's gradients. The callback reads the step where
+Lightning shows it complete instead:
+
+- ``on_before_optimizer_step`` runs after the closure (forward and backward of the last
+  micro-batch), after AMP unscaling and before gradient clipping: the gradient of the step
+  about to be applied. The pre-clip norm is taken there (on the device) when the Trainer clips.
+- ``on_train_batch_end`` gets each micro-batch's loss as Lightning accumulates it
+  (``training_step``'s loss divided by ``accumulate_grad_batches``); their sum over the
+  accumulation window is the step's loss. The step is recorded there, once per optimizer step
+  (the gradients are zeroed only when the next window starts).
+- the learning rate recorded is the one the update used: the Monitor reads it in the
+  optimizer's pre-step path, before Lightning steps a per-step scheduler.
+- mixed precision: bf16 needs nothing; with fp16 the precision plugin's GradScaler is watched.
+- one writer: every process runs the Monitor (under torch.distributed it reduces what it
+  records over the processes), and one process writes the run.
+- the autopilot decides once the closure has returned (the Monitor wraps the closure in the
+  optimizer's pre-step hook), before the update; a skipped update runs as a no-op, so
+  Lightning's closure always runs and nothing raises. A learning-rate back-off lowers the
+  configured schedulers too.
+- checkpoints carry the run (the callback's ``state_dict``); ``fit(ckpt_path=...)`` continues
+  it from that step.
+
+Automatic optimization only: with ``automatic_optimization = False`` build a
+:class:`steadygrad.Monitor` in your module and call ``mon.step(loss)`` after ``opt.step()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+
+from steadygrad.core.checks import positive_int
+from steadygrad.core.finding import Finding
+from steadygrad.core.signal import Signal
+from steadygrad.integrations._common import (
+    StepLoss,
+    global_grad_norm,
+    monitor_options,
+    run_dir_or_default,
+    watched_optimizer,
+)
+from steadygrad.monitor.monitor import Monitor
+
+_NAME = "steadygrad.integrations.lightning.SteadygradCallback"
+
+
+class SteadygradCallback(Callback):
+    """Records a ``lightning.Trainer`` run with :class:`steadygrad.Monitor`.
+
+    Args:
+        run_dir: where the run goes; default ``<trainer.default_root_dir>/steadygrad``.
+        every, signals, detectors, autopilot, and any other keyword: the Monitor's options
+            (:class:`steadygrad.Monitor`), checked when the callback is built.
+
+    Example:
+        >>> cb = SteadygradCallback("runs/lit", every=1)     # doctest: +SKIP
+        >>> lightning.Trainer(callbacks=[cb], accumulate_grad_batches=2).fit(module, loader)
+        ... # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str] | None = None,
+        *,
+        every: int = 1,
+        signals: Iterable[Signal] = (),
+        detectors: Any = None,
+        autopilot: Any = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> None:
+        self.run_dir = run_dir
+        positive_int("every", every)  # a clear error now, not when training starts
+        self.options = monitor_options(
+            _NAME,
+            dict(
+                every=every,
+                signals=tuple(signals),
+                detectors=detectors,
+                autopilot=autopilot,
+                progress=progress,  # Lightning shows its own progress bar
+                **options,
+            ),
+        )
+        if run_dir is not None:
+            run_dir_or_default(run_dir, None)  # a clear error now for a bad path type
+        self.monitor: Monitor | None = None
+        self._resume_state: dict[str, Any] | None = None
+        self._loss = StepLoss()
+        self._stepping = False
+        self._preclip: torch.Tensor | None = None
+
+    # -- start and end ------------------------------------------------------------------------
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not pl_module.automatic_optimization:
+            raise ValueError(
+                f"{_NAME} needs automatic optimization; with manual optimization build a "
+                "steadygrad.Monitor in your LightningModule and call mon.step(loss) after "
+                "opt.step()"
+            )
+        if len(trainer.optimizers) != 1:
+            raise ValueError(
+                f"{_NAME} watches one optimizer; configure_optimizers returned "
+                f"{len(trainer.optimizers)}"
+            )
+        optimizer = watched_optimizer(_NAME, trainer.optimizers[0])
+        options = dict(self.options)
+        autopilot = options.get("autopilot")
+        if autopilot is not None and trainer.world_size > 1:
+            raise ValueError(
+                f"{_NAME}: autopilot= under {trainer.world_size} processes is not supported yet "
+                "(every process must take the same decisions and keep the same snapshots)"
+            )
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and options.get("scaler") is None:
+            options["scaler"] = scaler
+        if autopilot is not None and autopilot.scheduler is None:
+            # so a back-off outlives the next scheduler step
+            autopilot.scheduler = [c.scheduler for c in trainer.lr_scheduler_configs]
+        if self._resume_state is not None or trainer.ckpt_path is not None:
+            options.update(resume=True, overwrite=False)  # the Trainer resumes: so does the run
+        run_dir = run_dir_or_default(self.run_dir, trainer.default_root_dir)
+        self.monitor = Monitor(pl_module, optimizer, run_dir, **options)
+        if self._resume_state is not None:
+            self.monitor.load_state_dict(self._resume_state)
+            self._resume_state = None
+
+    # -- checkpoints: Lightning saves and restores a callback's state_dict ----------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.monitor is None else {"monitor": self.monitor.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("monitor")
+        if saved is None:
+            return
+        if self.monitor is not None:  # a strategy that restores after on_fit_start
+            self.monitor.load_state_dict(saved)
+        else:
+            self._resume_state = saved
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._close("finished")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._close("interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed")
+
+    # -- each optimizer step ------------------------------------------------------------------
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # After the closure's backward (and AMP unscaling), before clipping and the update.
+        if self.monitor is None:
+            return
+        self._stepping = True
+        if trainer.gradient_clip_val:
+            self._preclip = global_grad_norm(self.monitor.model.parameters())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.monitor is None:
+            return
+        self._loss.add(_loss_of(outputs))
+        if not self._stepping:
+            return  # a micro-batch inside the accumulation window
+        self._stepping = False
+        loss = self._loss.take()
+        preclip, self._preclip = self._preclip, None
+        if loss is None:
+            return  # training_step returned None: Lightning skipped the backward
+        self.monitor.step(loss, grad_norm_preclip=preclip)
+
+    def _close(self, status: str) -> None:
+        if self.monitor is not None and not self.monitor.closed:
+            self.monitor.close(status)
+
+    @property
+    def findings(self) -> list[Finding]:
+        """The findings so far."""
+        return [] if self.monitor is None else list(self.monitor.findings)
+
+
+def _loss_of(outputs: Any) -> Any:
+    if isinstance(outputs, Mapping):
+        return outputs.get("loss")
+    return outputs

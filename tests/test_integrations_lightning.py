@@ -1,0 +1,218 @@
+"""SteadygradCallback under a real lightning.Trainer, CPU, a few dozen micro-batches.
+
+The oracle: the weights are copied at the start of every accumulation window; after training,
+each step's loss (the mean of its micro-batch losses, as Lightning accumulates them) and its
+gradient norm before and after clipping are recomputed by hand and compared with the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+lightning = pytest.importorskip("lightning")
+
+import steadygrad  # noqa: E402
+from steadygrad.diagnose.detectors.training import LOSS_SPIKE  # noqa: E402
+from steadygrad.integrations.lightning import SteadygradCallback  # noqa: E402
+from steadygrad.monitor.findings_log import SteadygradWarning  # noqa: E402
+
+MICRO, ACCUM, STEPS, CLIP = 4, 2, 8, 0.3
+
+
+def regression_data(n: int, seed: int = 0) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    return torch.utils.data.TensorDataset(x, 3.0 * x[:, :3] + torch.randn(n, 3, generator=g))
+
+
+class Regressor(lightning.LightningModule):
+    def __init__(self, lr: float = 0.05, poison_step: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.lr = lr
+        self.poison_step = poison_step
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_step == self.poison_step:
+            x = x * float("nan")  # a bad batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1 + s))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+class WeightsAtWindowStart(lightning.Callback):
+    def __init__(self):
+        self.states, self.lrs = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx % ACCUM == 0:
+            self.states.append(copy.deepcopy(pl_module.net.state_dict()))
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def fit(
+    tmp_path, module, callbacks, steps=STEPS, ckpt_path=None, data_steps=None, **trainer_options
+):
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        accumulate_grad_batches=ACCUM,
+        gradient_clip_val=CLIP,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
+    trainer = lightning.Trainer(**{**options, **trainer_options})
+    data = regression_data((data_steps or steps) * MICRO * ACCUM)
+    loader = torch.utils.data.DataLoader(data, batch_size=MICRO, shuffle=False)
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return trainer, data
+
+
+def by_hand(net, state, x, y):
+    """The window's loss (mean of its micro-batch means) and its gradient norm, in float64."""
+    net = copy.deepcopy(net).double()
+    net.load_state_dict(state)
+    losses = [
+        nn.functional.mse_loss(net(x[i : i + MICRO].double()), y[i : i + MICRO].double())
+        for i in range(0, len(x), MICRO)
+    ]
+    loss = sum(losses) / len(losses)
+    loss.backward()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.parameters()]))
+    return loss.item(), norm.item()
+
+
+def test_lightning_records_step_loss_and_grad_norms_with_accumulation_and_clipping(tmp_path):
+    module = Regressor()
+    witness = WeightsAtWindowStart()
+    fit(tmp_path, module, [witness, SteadygradCallback()])
+
+    run = steadygrad.load(tmp_path / "steadygrad")
+    assert run.status == "finished"
+    steps, loss = run.series("loss")
+    assert list(steps) == list(range(STEPS)) and len(witness.states) == STEPS
+    _, preclip = run.series("grad_norm_preclip")
+    _, applied = run.series("grad_norm")
+    x, y = regression_data(STEPS * MICRO * ACCUM).tensors
+    window = MICRO * ACCUM
+    clipped = 0
+    for k in range(STEPS):
+        part = slice(k * window, (k + 1) * window)
+        want_loss, want_norm = by_hand(module.net, witness.states[k], x[part], y[part])
+        assert loss[k] == pytest.approx(want_loss, rel=1e-5)
+        assert preclip[k] == pytest.approx(want_norm, rel=1e-5)
+        want_applied = want_norm * min(1.0, CLIP / (want_norm + 1e-6))
+        assert applied[k] == pytest.approx(want_applied, rel=1e-5)
+        clipped += want_norm > CLIP
+    assert clipped >= 3, "the test must exercise clipping"
+    # the rate each update used (the scheduler steps after the update, before the batch ends)
+    _, lr = run.series("lr/0")
+    assert list(lr) == pytest.approx(witness.lrs, rel=1e-12)
+    assert witness.lrs[0] > witness.lrs[1]
+
+
+def test_lightning_autopilot_skips_a_nan_batch_and_training_goes_on(tmp_path):
+    """The bad batch is seen only inside Lightning's closure (forward and backward run inside
+    optimizer.step): the autopilot must decide after it and skip without raising."""
+    witness = WeightsAtWindowStart()
+    pilot = steadygrad.Autopilot()
+    trainer, _ = fit(
+        tmp_path, Regressor(poison_step=4), [witness, SteadygradCallback(autopilot=pilot)]
+    )
+    assert trainer.global_step == STEPS
+    run = steadygrad.load(tmp_path / "steadygrad")
+    assert [(a.step, a.kind) for a in run.actions()] == [(4, "skip_update")]
+    for name, value in witness.states[4].items():  # the skipped update left no trace
+        assert torch.equal(value, witness.states[5][name]), name
+    assert not torch.equal(witness.states[3]["0.weight"], witness.states[4]["0.weight"])
+    _, loss = run.series("loss")
+    assert math.isnan(loss[4]) and all(math.isfinite(x) for k, x in enumerate(loss) if k != 4)
+
+
+def test_lightning_resume_from_a_checkpoint_continues_the_run(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    fit(
+        tmp_path,
+        Regressor(),
+        [SteadygradCallback(), saver],
+        steps=6,
+        data_steps=8,
+        enable_checkpointing=True,
+    )
+    at_3 = next((tmp_path / "ckpt").glob("*step=3.ckpt"))
+    cb = SteadygradCallback()
+    fit(tmp_path, Regressor(), [cb], steps=8, ckpt_path=at_3, data_steps=8)
+    run = steadygrad.load(tmp_path / "steadygrad")
+    steps, loss = run.series("loss")
+    assert list(steps) == list(range(8)) and run.status == "finished"
+    # the detectors went on from the checkpoint: the loss-spike baseline holds every step
+    spike = next(d for d in cb.monitor.detectors if d.kind == LOSS_SPIKE)
+    assert list(spike.baseline.values) == pytest.approx(list(loss), rel=1e-12)
+
+
+def test_lightning_findings_reach_logging_and_warnings(tmp_path, caplog):
+    cb = SteadygradCallback(tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="steadygrad"), pytest.warns(SteadygradWarning):
+        fit(tmp_path, Regressor(poison_step=4), [cb], steps=6)
+    found = [f for f in steadygrad.load(tmp_path / "run").findings() if f.severity != "info"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "steadygrad"]
+    assert found and found[0].kind == "nonfinite" and found[0].step == 4
+    assert len(ours) == len(found)
+    for f, message in zip(found, ours, strict=True):
+        assert f"step {f.step}: {f.kind}" in message and "What to do" in message
+
+
+class ManualModule(Regressor):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        self.manual_backward(loss)
+        opt.step()
+        opt.zero_grad()
+
+
+def test_lightning_manual_optimization_gets_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="needs automatic optimization"):
+        fit(
+            tmp_path,
+            ManualModule(),
+            [SteadygradCallback(tmp_path / "run")],
+            steps=2,
+            accumulate_grad_batches=1,
+            gradient_clip_val=None,
+        )
+
+
+def test_lightning_callback_rejects_unknown_options():
+    with pytest.raises(TypeError, match="unknown Monitor option.*detector"):
+        SteadygradCallback(detector=[])
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        SteadygradCallback(every=0)
