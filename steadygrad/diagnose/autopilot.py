@@ -156,6 +156,7 @@ class Autopilot:
         self._fresh_snapshot_due = False
         # decisions made before updates, settled when a step is recorded: (step, norm, limit)
         self._pending: list[tuple[int, torch.Tensor | float, float | None]] = []
+        self._pending_host: list[float] | None = None  # their norms, from the step's transfer
 
     @property
     def schedulers(self) -> list[Any]:
@@ -237,6 +238,18 @@ class Autopilot:
             self._skipper.after_update()
 
     # -- when a step is recorded ----------------------------------------------------------------
+    def measure(self, out: Any) -> None:
+        """Put the device norms of the pending decisions into the step's transfer
+        (a :class:`~steadygrad.core.Measurements`), so settling them reads nothing more."""
+        self._pending_host = None
+        tensors = [n for _, n, _ in self._pending if isinstance(n, torch.Tensor)]
+        if tensors:
+            out.stash(self, torch.stack([t.detach().float().reshape(()) for t in tensors]))
+
+    def received(self, norms: list[float]) -> None:
+        """The stashed norms as host floats, after the step's transfer."""
+        self._pending_host = list(norms)
+
     def settle(self, step: int, stepped: bool = True) -> bool:
         """Write the actions decided before the updates since the last recorded step (their
         norms reach the host now, after the step's transfer). Returns whether the autopilot
@@ -246,7 +259,11 @@ class Autopilot:
         if not pending:
             return False
         tensors = [n for _, n, _ in pending if isinstance(n, torch.Tensor)]
-        host = iter(torch.stack([t.float() for t in tensors]).tolist()) if tensors else iter(())
+        received, self._pending_host = self._pending_host, None
+        if received is not None and len(received) == len(tensors):
+            host = iter(received)  # they came with the step's one transfer
+        else:
+            host = iter(torch.stack([t.float() for t in tensors]).tolist() if tensors else ())
         skipped_now = False
         for at, norm, limit in pending:
             value = next(host) if isinstance(norm, torch.Tensor) else norm
@@ -437,6 +454,7 @@ class Autopilot:
         self.skipped_step = state["skipped_step"]
         self._norm_median, self._loss_level = pickle.loads(state["baselines"])
         self._snapshot, self.snapshot_step, self._pending = None, None, []
+        self._pending_host = None
         self._fresh_snapshot_due = True  # before the next update, from the restored state
 
     def _warn(self, what: str, message: str) -> None:

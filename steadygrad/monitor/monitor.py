@@ -312,8 +312,12 @@ class Monitor:
         out = Measurements()
         for s in due:
             self._safely(s, "measure", step, out)
+        if self.autopilot is not None:  # its pending norms travel in the same transfer
+            self.autopilot.measure(out)
         reduce = None if self.reducer is None else self.reducer.reduce  # over ranks
         record = Record(step=step, values=out.to_host(reduce), wall_time=time.time())
+        if self.autopilot is not None:
+            self.autopilot.received(out.raw(self.autopilot))
         for s in due:
             self._safely(s, "finish", record, out.raw(s))
         return record
