@@ -1,21 +1,181 @@
-"""Overhead of the Monitor at its default settings on TinyGPT training steps (CPU).
+"""Overhead of the Monitor at its default settings, on TinyGPT and on a 5,000-tensor model (CPU).
 
-Alternates blocks of bare steps and monitored steps in one process and compares the median
-step time. Usage: python bench/monitor_overhead.py [--steps 60] [--rounds 6]
+For each model it alternates blocks of bare steps and monitored steps in one process and
+compares the median (and mean) step time; it splits the Monitor's time per step into its parts
+(signals, detectors, store, the rest); and, for the many-tensor model, it measures the run
+store's size per recorded step at several step counts (linear growth) and the time of one
+``Run.series`` read on that run.
+
+Usage: python bench/monitor_overhead.py [--steps 50] [--rounds 6] [--store-seconds 90]
+Goals (issue 15): <= 1.03x on TinyGPT, <= 1.10x on 5,000 tensors, <= 50 KB per recorded step.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from torch import nn
 
 import steadygrad
 from steadygrad.data import TextData
 from steadygrad.models import TinyGPT
+
+Step = Callable[[], torch.Tensor]  # forward and backward of one batch; returns the loss
+
+
+class ManyTensors(nn.Module):
+    """``branches`` tiny Linear layers side by side (weight + bias: 2 tensors each), averaged:
+    a healthy model whose every tensor gets a gradient, with little compute per tensor."""
+
+    def __init__(self, branches: int = 2500, width: int = 8) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Linear(width, width) for _ in range(branches))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.tanh(b(x)) for b in self.branches]).mean(0)
+
+
+def tinygpt() -> tuple[str, nn.Module, Step]:
+    data = TextData.from_stdlib()
+    model = TinyGPT(n_layer=4, n_head=4, n_embd=128, block_size=64)
+    gen = torch.Generator().manual_seed(0)
+    batches = [data.batch(16, 64, generator=gen) for _ in range(32)]
+    it = iter(range(10**12))
+
+    def step() -> torch.Tensor:
+        x, y = batches[next(it) % len(batches)]
+        loss = model.loss(x, y)
+        loss.backward()
+        return loss
+
+    n = sum(p.numel() for p in model.parameters())
+    return f"TinyGPT {n / 1e6:.2f}M parameters", model, step
+
+
+def many_tensors() -> tuple[str, nn.Module, Step]:
+    model = ManyTensors()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 8, generator=gen)
+
+    def step() -> torch.Tensor:
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    n = sum(1 for _ in model.parameters())
+    return f"ManyTensors {n} parameter tensors", model, step
+
+
+class Split:
+    """Wall time of the Monitor's parts, by wrapping the bound methods of one Monitor."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+
+    def wrap(self, obj: object, method: str, part: str) -> None:
+        inner = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - t0
+
+        setattr(obj, method, timed)
+
+    def attach(self, mon: steadygrad.Monitor) -> None:
+        self.wrap(mon, "before_update", "signals (before the update)")
+        self.wrap(mon, "_measure", "signals (measure, transfer, finish)")
+        self.wrap(mon, "_detect", "detectors")
+        self.wrap(mon.store, "add_scalars", "store")
+        self.wrap(mon.store, "add_findings", "store")
+        self.wrap(mon, "step", "mon.step in all")
+
+
+def train(
+    model: nn.Module, opt: torch.optim.Optimizer, fwd_bwd: Step, steps: int, mon=None
+) -> list[float]:
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = fwd_bwd()
+        opt.step()
+        if mon is not None:
+            mon.step(loss)
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def overhead(build, steps: int, rounds: int, goal: float, tmp: str) -> None:
+    torch.manual_seed(0)
+    title, model, fwd_bwd = build()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train(model, opt, fwd_bwd, 5)  # warm-up
+    bare: list[float] = []
+    monitored: list[float] = []
+    split = Split()
+    for r in range(rounds):
+        bare += train(model, opt, fwd_bwd, steps)
+        # A Monitor per block, closed after it, so bare blocks run with no hook attached.
+        mon = steadygrad.Monitor(model, opt, f"{tmp}/{id(model)}-{r}", progress=False)
+        split.attach(mon)
+        monitored += train(model, opt, fwd_bwd, steps, mon)
+        t0 = time.perf_counter()
+        mon.close()
+        split.seconds["close (flush, not per step)"] += time.perf_counter() - t0
+    b, m = statistics.median(bare), statistics.median(monitored)
+    bm, mm = statistics.mean(bare), statistics.mean(monitored)
+    print(f"\n{title}, {torch.get_num_threads()} thread(s), {len(bare)} steps each")
+    print(f"{'':12}{'median ms':>12}{'mean ms':>12}")
+    print(f"{'bare':12}{b * 1e3:12.2f}{bm * 1e3:12.2f}")
+    print(f"{'monitored':12}{m * 1e3:12.2f}{mm * 1e3:12.2f}")
+    print(f"overhead ratio: median {m / b:.3f}x, mean {mm / bm:.3f}x (goal <= {goal:.2f}x)")
+    print("Monitor time per monitored step (mean over all monitored steps):")
+    for part, seconds in split.seconds.items():
+        print(f"  {part:40}{seconds / len(monitored) * 1e3:9.2f} ms")
+
+
+def store_growth(build, seconds: float, tmp: str) -> None:
+    """Size of run.db (+ its WAL) per recorded step, at the step counts reached in time."""
+    torch.manual_seed(0)
+    title, model, fwd_bwd = build()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    run_dir = Path(tmp) / "growth"
+    mon = steadygrad.Monitor(model, opt, run_dir, progress=False)
+    print(f"\nStore growth, {title}, default Monitor, ~{seconds:.0f} s of training")
+    print(f"{'steps':>8}{'bytes':>14}{'KB/step':>10}{'KB/step since last':>20}")
+    deadline = time.perf_counter() + seconds
+    done, last = 0, (0, 0)
+    checkpoint = 50
+    while True:
+        train(model, opt, fwd_bwd, checkpoint - done, mon)
+        done = checkpoint
+        mon.store.flush(timeout=60)
+        size = sum(f.stat().st_size for f in run_dir.glob("run.db*") if f.is_file())
+        since = (size - last[1]) / (done - last[0]) / 1e3
+        print(f"{done:8d}{size:14d}{size / done / 1e3:10.1f}{since:20.1f}")
+        last = (done, size)
+        if time.perf_counter() > deadline:
+            break
+        checkpoint *= 2
+    mon.close()
+    size = sum(f.stat().st_size for f in run_dir.glob("run.db*") if f.is_file())
+    print(f"closed: {size} bytes, {size / done / 1e3:.1f} KB per recorded step")
+    run = steadygrad.load(run_dir)
+    for metric in ("loss", "grad_norm", "grad_norm/branches.1000.weight"):
+        t0 = time.perf_counter()
+        steps, _ = run.series(metric)
+        ms = (time.perf_counter() - t0) * 1e3
+        print(f"Run.series({metric!r}): {len(steps)} points in {ms:.1f} ms")
 
 
 def main() -> None:
@@ -23,50 +183,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps per block")
     parser.add_argument("--rounds", type=int, default=6, help="blocks of each kind")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--store-seconds", type=float, default=90.0)
+    parser.add_argument("--only", choices=("tinygpt", "many"), default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    data = TextData.from_stdlib()
-    model = TinyGPT(n_layer=4, n_head=4, n_embd=128, block_size=64)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    batches = [data.batch(16, 64, generator=gen) for _ in range(32)]
-
-    def train(steps: int, monitor: steadygrad.Monitor | None) -> list[float]:
-        times = []
-        for i in range(steps):
-            x, y = batches[i % len(batches)]
-            t0 = time.perf_counter()
-            loss = model.loss(x, y)
-            loss.backward()
-            optimizer.step()
-            if monitor is not None:
-                monitor.step(loss)
-            optimizer.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - t0)
-        return times
-
-    train(10, None)  # warm-up
-    bare: list[float] = []
-    monitored: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            bare += train(args.steps, None)
-            # A Monitor per block, closed after it, so bare blocks run with no hook attached.
-            monitor = steadygrad.Monitor(model, optimizer, f"{tmp}/run{r}", progress=False)
-            monitored += train(args.steps, monitor)
-            monitor.close()
-    n_params = sum(p.numel() for p in model.parameters())
-    b, m = statistics.median(bare), statistics.median(monitored)
-    bm, mm = statistics.mean(bare), statistics.mean(monitored)
-    print(
-        f"TinyGPT {n_params / 1e6:.2f}M parameters, {args.threads} thread(s), {len(bare)} steps each"
-    )
-    print(f"{'':12}{'median ms':>12}{'mean ms':>12}")
-    print(f"{'bare':12}{b * 1e3:12.2f}{bm * 1e3:12.2f}")
-    print(f"{'monitored':12}{m * 1e3:12.2f}{mm * 1e3:12.2f}")
-    print(f"overhead ratio: median {m / b:.3f}x, mean {mm / bm:.3f}x (target <= 1.03x)")
+        if args.only in (None, "tinygpt"):
+            overhead(tinygpt, args.steps, args.rounds, 1.03, tmp)
+        if args.only in (None, "many"):
+            overhead(many_tensors, args.steps, args.rounds, 1.10, tmp)
+            if args.store_seconds > 0:
+                store_growth(many_tensors, args.store_seconds, tmp)
 
 
 if __name__ == "__main__":
