@@ -55,6 +55,13 @@ from steadygrad.store.writer import RunStore, remove_run, resolve_run_dir
 
 log = logging.getLogger("steadygrad")
 
+# Models with more parameter tensors than this store their per-tensor series (gradient and
+# weight norms, update ratios per tensor) every PER_TENSOR_STORE_EVERY recorded steps, and on
+# steps with a finding or a non-finite value; global values are stored every step. Detectors and
+# sinks still see every step's per-tensor values. (5,000 tensors write ~440 KB per step else.)
+MANY_TENSORS = 1000
+PER_TENSOR_STORE_EVERY = 50
+
 ORDER_ERROR = (
     "steadygrad.Monitor: call mon.step(loss) after optimizer.step() (or after scaler.step() "
     "and scaler.update() with mixed precision), not before it. The update of a step can only "
@@ -212,6 +219,10 @@ class Monitor:
         self.run_dir = self.store.run_dir
         self.metrics = {m.name: m for s in self.signals for m in s.metrics}
         self.store.declare(self.metrics.values())
+        many = len(self.parameters.stats.params) > MANY_TENSORS
+        self._sparse_families = (
+            {m.name for m in self.metrics.values() if m.per == "parameter"} if many else set()
+        )
         info = RunInfo(self.store.name, self.run_dir, run_config, list(self.metrics.values()))
         self._to_sinks("open", info)
         self.findings: list[Finding] = []
@@ -291,7 +302,7 @@ class Monitor:
         if batch_ids is not None:
             record.meta["batch_ids"] = batch_ids
         findings = self._detect(record, batch_ids)
-        self.store.add_scalars(step, record.values, record.wall_time)
+        self.store.add_scalars(step, self._to_store(record, findings), record.wall_time)
         if findings:
             self.store.add_findings(findings)
         self._to_sinks("write", record, findings)
@@ -321,6 +332,19 @@ class Monitor:
         for s in due:
             self._safely(s, "finish", record, out.raw(s))
         return record
+
+    def _to_store(self, record: Record, findings: list[Finding]) -> Mapping[str, float]:
+        """The values stored for this step: all of them, but per-tensor series of a model with
+        many tensors only on a cadence (see MANY_TENSORS) and where something happened."""
+        families = self._sparse_families
+        every = PER_TENSOR_STORE_EVERY * self.every
+        if not families or record.step % every == 0 or findings or record.meta.get("nonfinite"):
+            return record.values
+        return {
+            k: v
+            for k, v in record.values.items()
+            if "/" not in k or k.split("/")[0] not in families
+        }
 
     def _detect(self, record: Record, batch_ids: Any) -> list[Finding]:
         findings: list[Finding] = []
