@@ -122,7 +122,9 @@ def test_8bit_state_dict_round_trip_continues_exactly():
     assert torch.equal(p, q) and math.isfinite(p.sum().item())
 
 
-@pytest.mark.parametrize("bits", [16, 4, True])
-def test_state_bits_other_than_8_or_32_are_rejected(bits):
-    with pytest.raises(ValueError, match="state_bits"):
+@pytest.mark.parametrize(
+    ("bits", "error"), [(16, ValueError), (4, ValueError), (True, TypeError), (8.0, TypeError)]
+)
+def test_state_bits_other_than_8_or_32_are_rejected(bits, error):
+    with pytest.raises(error, match="state_bits"):
         so.AdEMAMix([torch.nn.Parameter(torch.zeros(3))], state_bits=bits)

@@ -19,6 +19,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -157,7 +158,11 @@ def check_lr(value: object) -> float:
 
 
 def check_betas(value: object, count: int, name: str = "betas") -> tuple[float, ...]:
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != count:
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, (str, bytes, bytearray))
+        or len(value) != count
+    ):
         raise TypeError(f"{name} must be a sequence of {count} floats, got {value!r}")
     return tuple(
         finite_float(f"{name}[{i}]", b, low=0.0, high=1.0, high_open=True)
@@ -188,7 +193,9 @@ def check_foreach(value: object) -> bool | None:
 
 
 def check_state_bits(value: object) -> int:
-    if isinstance(value, bool) or value not in (8, 32):
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"state_bits must be the int 8 or 32, got {type(value).__name__} {value!r}")
+    if value not in (8, 32):
         raise ValueError(f"state_bits must be 8 or 32, got {value!r}")
     return int(value)
 

@@ -109,7 +109,9 @@ def adaptive_clip_grad(parameters: Params, clipping: float = 0.01, eps: float = 
             raise TypeError(f"parameters must hold tensors, got {type(p).__name__}")
         if p.grad is None:
             continue
-        max_norm = _unit_norm(p.detach()).clamp_min(eps) * clipping
+        norm = _unit_norm(p.detach())
+        # eps as a tensor: a float beyond the dtype's range becomes inf instead of raising
+        max_norm = torch.clamp(norm, min=norm.new_tensor(eps)) * clipping
         grad_norm = _unit_norm(p.grad)
         scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-6), 1.0)
         p.grad.mul_(scale.to(p.grad.dtype))
