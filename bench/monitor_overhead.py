@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -165,6 +167,8 @@ def store_growth(build, seconds: float, tmp: str) -> None:
         train(model, opt, fwd_bwd, checkpoint - done, mon)
         done = checkpoint
         mon.store.flush(timeout=60)
+        with contextlib.closing(sqlite3.connect(run_dir / "run.db")) as db:  # WAL into run.db
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = sum(f.stat().st_size for f in run_dir.glob("run.db*") if f.is_file())
         since = (size - last[1]) / (done - last[0]) / 1e3
         print(f"{done:8d}{size:14d}{size / done / 1e3:10.1f}{since:20.1f}")
@@ -196,7 +200,7 @@ def main() -> None:
         "more (activation guard steps, the update-curvature signal's early window of 30)",
     )
     parser.add_argument("--store-seconds", type=float, default=90.0)
-    parser.add_argument("--only", choices=("tinygpt", "many"), default=None)
+    parser.add_argument("--only", choices=("tinygpt", "many", "store"), default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,8 +208,8 @@ def main() -> None:
             overhead(tinygpt, args.steps, args.rounds, args.settle, 1.03, tmp)
         if args.only in (None, "many"):
             overhead(many_tensors, args.steps, args.rounds, args.settle, 1.10, tmp)
-            if args.store_seconds > 0:
-                store_growth(many_tensors, args.store_seconds, tmp)
+        if args.only in (None, "store") and args.store_seconds > 0:
+            store_growth(many_tensors, args.store_seconds, tmp)
 
 
 if __name__ == "__main__":
