@@ -75,7 +75,8 @@ def test_above_the_limit_the_ratio_exceeds_one_and_below_it_does_not(tmp_path):
         model = torch.nn.Linear(4, 1, bias=False).double()
         opt = torch.optim.SGD(model.parameters(), lr=factor * 2 / top)
         ratios = []
-        with steadygrad.watch(model, opt, tmp_path / f"f{factor}", progress=False) as mon:
+        run_dir = tmp_path / f"f{factor}"
+        with steadygrad.watch(model, opt, run_dir, progress=False, activation_every=1) as mon:
             for _ in range(25):
                 loss = _loss_of(model, x, y)()
                 loss.backward()

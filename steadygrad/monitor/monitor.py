@@ -154,7 +154,7 @@ class Monitor:
             LearningRateSignal(),
             self.parameters,
             ActivationSignal(activation_every, guard_steps),
-            UpdateCurvatureSignal(update_every),
+            UpdateCurvatureSignal(every=activation_every),
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
@@ -597,9 +597,7 @@ def watch(
 def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
     """The default mechanism signals, less those whose metrics a given signal records."""
     taken = {m.name for s in given for m in s.metrics}
-    # Dead units are cheap to count (one comparison per ReLU input): watch them more often.
-    often = max(1, every // 2)
-    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(often)]
+    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(every)]
     return [s for s in defaults if not taken & {m.name for m in s.metrics}]
 
 

@@ -32,12 +32,12 @@ class UpdateCurvatureSignal(Signal):
     stability limit, from two successive gradients (see the module docstring).
 
     Example:
-        >>> signal = UpdateCurvatureSignal(every=10)   # built into the Monitor
+        >>> signal = UpdateCurvatureSignal(every=25)   # built into the Monitor
     """
 
     metrics = (DIRECTIONAL_SHARPNESS_RATIO,)
 
-    def __init__(self, every: int = 10, early: int = 30) -> None:
+    def __init__(self, every: int = 25, early: int = 12) -> None:
         super().__init__(every=positive_int("every", every))
         self.early = non_negative_int("early", early)
         self._start: tuple[list[int], list[torch.Tensor]] | None = None  # w_t, before step t
