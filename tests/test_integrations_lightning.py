@@ -216,3 +216,89 @@ def test_lightning_callback_rejects_unknown_options():
         SteadygradCallback(detector=[])
     with pytest.raises(ValueError, match="every must be an int >= 1"):
         SteadygradCallback(every=0)
+
+
+def tensorboard_events(log_dir):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(str(log_dir), size_guidance={ea.TENSORS: 0, ea.SCALARS: 0})
+    acc.Reload()
+    return acc
+
+
+def tensorboard_series(acc, tag):
+    from tensorboard.util import tensor_util
+
+    return [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors(tag)]
+
+
+def tensorboard_text(acc, tag):
+    from tensorboard.util import tensor_util
+
+    return {
+        e.step: tensor_util.make_ndarray(e.tensor_proto).item().decode()
+        for e in acc.Tensors(f"{tag}/text_summary")
+    }
+
+
+def test_lightning_writes_into_the_trainers_tensorboard_logger(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path / "tb", name="lit", version=0)
+    witness = WeightsAtWindowStart()
+    cb = SteadygradCallback(tmp_path / "run")
+    with pytest.warns(SteadygradWarning):
+        fit(tmp_path, Regressor(poison_step=4), [witness, cb], steps=6, logger=logger)
+
+    acc = tensorboard_events(logger.log_dir)  # the logger's own folder: no folder of ours
+    assert list((tmp_path / "run").glob("tensorboard")) == []
+    loss = tensorboard_series(acc, "loss")
+    assert [s for s, _ in loss] == list(range(6))
+    x, y = regression_data(6 * MICRO * ACCUM).tensors
+    window = MICRO * ACCUM
+    for k in range(4):  # the loss by hand, from the weights at the window's start
+        want, _ = by_hand(
+            Regressor().net, witness.states[k], x[k * window :][:window], y[k * window :][:window]
+        )
+        assert loss[k][1] == pytest.approx(want, rel=1e-5)
+    assert math.isnan(loss[4][1])
+    run = steadygrad.load(tmp_path / "run")
+    assert [v for _, v in tensorboard_series(acc, "grad_norm")] == pytest.approx(
+        list(run.series("grad_norm")[1]), rel=0, abs=0, nan_ok=True
+    )
+    findings = tensorboard_text(acc, "steadygrad/findings")
+    assert "nonfinite" in findings[4] and all(s >= 4 for s in findings)
+    diagnosis = tensorboard_text(acc, "steadygrad/diagnosis")[5]
+    assert "status: finished" in diagnosis and "NaN/Inf from step 4" in diagnosis
+
+
+def test_lightning_trainer_logger_false_or_a_given_sink_leaves_the_logger_alone(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from steadygrad.sinks import TensorBoardSink
+
+    off = TensorBoardLogger(tmp_path / "tb", name="off", version=0)
+    fit(
+        tmp_path,
+        Regressor(),
+        [SteadygradCallback(tmp_path / "a", trainer_logger=False)],
+        steps=2,
+        logger=off,
+    )
+    given = TensorBoardLogger(tmp_path / "tb", name="given", version=0)
+    own = TensorBoardSink(tmp_path / "own")
+    fit(
+        tmp_path,
+        Regressor(),
+        [SteadygradCallback(tmp_path / "b", sinks=[own])],
+        steps=2,
+        logger=given,
+    )
+    for logger in (off, given):
+        assert "loss" not in tensorboard_events(logger.log_dir).Tags()["tensors"]
+    assert [s for s, _ in tensorboard_series(tensorboard_events(tmp_path / "own"), "loss")] == [
+        0,
+        1,
+    ]
+    with pytest.raises(TypeError, match="trainer_logger must be a bool"):
+        SteadygradCallback(trainer_logger="yes")

@@ -27,6 +27,9 @@ Lightning shows it complete instead:
   configured schedulers too.
 - checkpoints carry the run (the callback's ``state_dict``); ``fit(ckpt_path=...)`` continues
   it from that step.
+- the Trainer's own loggers get the run too: with a ``TensorBoardLogger``, ``WandbLogger`` or
+  ``MLFlowLogger`` the steadygrad scalars, findings and diagnosis go into that logger's run
+  (unless ``sinks=`` already holds a sink of that kind, or ``trainer_logger=False``).
 
 Automatic optimization only: with ``automatic_optimization = False`` build a
 :class:`steadygrad.Monitor` in your module and call ``mon.step(loss)`` after ``opt.step()``.
@@ -44,12 +47,20 @@ from lightning.pytorch import Callback
 from steadygrad.core.checks import positive_int
 from steadygrad.core.finding import Finding
 from steadygrad.core.signal import Signal
+from steadygrad.core.sink import Sink
 from steadygrad.integrations._common import (
     StepLoss,
     global_grad_norm,
     monitor_options,
     run_dir_or_default,
     watched_optimizer,
+)
+from steadygrad.integrations._logger_sinks import (
+    add_logger_sinks,
+    guarded,
+    mlflow_sink,
+    tensorboard_sink,
+    wandb_sink,
 )
 from steadygrad.monitor.monitor import Monitor
 
@@ -61,8 +72,10 @@ class SteadygradCallback(Callback):
 
     Args:
         run_dir: where the run goes; default ``<trainer.default_root_dir>/steadygrad``.
-        every, signals, detectors, autopilot, and any other keyword: the Monitor's options
-            (:class:`steadygrad.Monitor`), checked when the callback is built.
+        trainer_logger: also write into the Trainer's ``TensorBoardLogger``, ``WandbLogger``
+            or ``MLFlowLogger`` (default ``True``), on the process that writes the run.
+        every, signals, detectors, autopilot, sinks and any other keyword: the Monitor's
+            options (:class:`steadygrad.Monitor`), checked when the callback is built.
 
     Example:
         >>> cb = SteadygradCallback("runs/lit", every=1)     # doctest: +SKIP
@@ -79,9 +92,13 @@ class SteadygradCallback(Callback):
         detectors: Any = None,
         autopilot: Any = None,
         progress: bool = False,
+        trainer_logger: bool = True,
         **options: Any,
     ) -> None:
+        if not isinstance(trainer_logger, bool):
+            raise TypeError(f"trainer_logger must be a bool, got {type(trainer_logger).__name__}")
         self.run_dir = run_dir
+        self.trainer_logger = trainer_logger
         positive_int("every", every)  # a clear error now, not when training starts
         self.options = monitor_options(
             _NAME,
@@ -131,6 +148,8 @@ class SteadygradCallback(Callback):
             autopilot.scheduler = [c.scheduler for c in trainer.lr_scheduler_configs]
         if self._resume_state is not None or trainer.ckpt_path is not None:
             options.update(resume=True, overwrite=False)  # the Trainer resumes: so does the run
+        if self.trainer_logger and trainer.is_global_zero:
+            add_logger_sinks(options, _logger_sinks(trainer.loggers))
         run_dir = run_dir_or_default(self.run_dir, trainer.default_root_dir)
         self.monitor = Monitor(pl_module, optimizer, run_dir, **options)
         if self._resume_state is not None:
@@ -186,6 +205,21 @@ class SteadygradCallback(Callback):
     def findings(self) -> list[Finding]:
         """The findings so far."""
         return [] if self.monitor is None else list(self.monitor.findings)
+
+
+def _logger_sinks(loggers: Iterable[Any]) -> list[Sink]:
+    """A sink into each of the Trainer's loggers that steadygrad can write to."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    sinks: list[Sink] = []
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            sinks += guarded("TensorBoardLogger", lambda lg=logger: tensorboard_sink(lg.experiment))
+        elif isinstance(logger, WandbLogger):
+            sinks += guarded("WandbLogger", lambda lg=logger: wandb_sink(lg.experiment))
+        elif isinstance(logger, MLFlowLogger):
+            sinks += guarded("MLFlowLogger", lambda lg=logger: mlflow_sink(lg.run_id))
+    return sinks
 
 
 def _loss_of(outputs: Any) -> Any:

@@ -26,6 +26,10 @@ What the callback gets right, reading the Trainer as it runs:
   learning-rate back-off lowers the Trainer's scheduler too, so its next step keeps it.
 - **checkpoints**: each Trainer checkpoint gets the run's state (``steadygrad_monitor.pt``);
   ``trainer.train(resume_from_checkpoint=...)`` continues the run from that step.
+- **the Trainer's own loggers**: with ``report_to`` naming ``tensorboard``, ``wandb`` or
+  ``mlflow``, the steadygrad scalars, findings and diagnosis go into the same TensorBoard
+  writer, W&B run or MLflow run (unless ``sinks=`` already holds a sink of that kind, or
+  ``trainer_logger=False``).
 """
 
 from __future__ import annotations
@@ -44,11 +48,19 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from steadygrad.core.checks import positive_int
 from steadygrad.core.finding import Finding
 from steadygrad.core.signal import Signal
+from steadygrad.core.sink import Sink
 from steadygrad.integrations._common import (
     StepLoss,
     monitor_options,
     run_dir_or_default,
     watched_optimizer,
+)
+from steadygrad.integrations._logger_sinks import (
+    add_logger_sinks,
+    guarded,
+    mlflow_sink,
+    tensorboard_sink,
+    wandb_sink,
 )
 from steadygrad.monitor.monitor import Monitor
 
@@ -61,8 +73,11 @@ class SteadygradCallback(TrainerCallback):
 
     Args:
         run_dir: where the run goes; default ``<args.output_dir>/steadygrad``.
-        every, signals, detectors, autopilot, and any other keyword: the Monitor's options
-            (:class:`steadygrad.Monitor`), checked when the callback is built.
+        trainer_logger: also write into the Trainer's ``TensorBoardCallback``,
+            ``WandbCallback`` or ``MLflowCallback`` (``report_to``; default ``True``), on the
+            process that writes the run.
+        every, signals, detectors, autopilot, sinks and any other keyword: the Monitor's
+            options (:class:`steadygrad.Monitor`), checked when the callback is built.
 
     Example:
         >>> cb = SteadygradCallback("runs/gpt2", every=1)   # doctest: +SKIP
@@ -79,9 +94,13 @@ class SteadygradCallback(TrainerCallback):
         detectors: Any = None,
         autopilot: Any = None,
         progress: bool = False,
+        trainer_logger: bool = True,
         **options: Any,
     ) -> None:
+        if not isinstance(trainer_logger, bool):
+            raise TypeError(f"trainer_logger must be a bool, got {type(trainer_logger).__name__}")
         self.run_dir = run_dir
+        self.trainer_logger = trainer_logger
         positive_int("every", every)  # a clear error now, not when training starts
         self.options = monitor_options(
             _NAME,
@@ -101,6 +120,7 @@ class SteadygradCallback(TrainerCallback):
         self._loss = StepLoss()
         self._preclip: Any = None
         self._unpatch: list[tuple[object, str]] = []
+        self._tensorboard: tuple[Any, Any] | None = None  # (TensorBoardCallback, its writer)
 
     # -- start and end ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -119,6 +139,9 @@ class SteadygradCallback(TrainerCallback):
             options["scaler"] = scaler
         if autopilot is not None and autopilot.scheduler is None:
             autopilot.scheduler = trainer.lr_scheduler  # so a back-off outlives its next step
+        if self.trainer_logger and state.is_world_process_zero:
+            # the reporting callbacks come first in the list: their on_train_begin has run
+            add_logger_sinks(options, self._logger_sinks(trainer.callback_handler.callbacks))
         saved = None
         if state.global_step > 0:  # the Trainer resumed from a checkpoint: so does the run
             options.update(resume=True, overwrite=False)
@@ -184,6 +207,21 @@ class SteadygradCallback(TrainerCallback):
 
         self._set(accelerator, "clip_grad_norm_", recorded_clip)
 
+    def _logger_sinks(self, callbacks: Iterable[Any]) -> list[Sink]:
+        """A sink into each reporting callback's writer or run that steadygrad can write to."""
+        from transformers.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
+
+        sinks: list[Sink] = []
+        for cb in callbacks:
+            if isinstance(cb, TensorBoardCallback) and cb.tb_writer is not None:
+                sinks += guarded("TensorBoardCallback", lambda w=cb.tb_writer: tensorboard_sink(w))
+                self._tensorboard = (cb, cb.tb_writer)
+            elif isinstance(cb, WandbCallback) and getattr(cb, "_initialized", False):
+                sinks += guarded("WandbCallback", lambda c=cb: wandb_sink(c._wandb.run))
+            elif isinstance(cb, MLflowCallback) and getattr(cb, "_initialized", False):
+                sinks += guarded("MLflowCallback", lambda c=cb: _mlflow_run_sink(c))
+        return sinks
+
     def _set(self, owner: object, name: str, value: Any) -> None:
         self._unpatch.append((owner, name))
         setattr(owner, name, value)
@@ -194,12 +232,24 @@ class SteadygradCallback(TrainerCallback):
         self._unpatch = []
         if self.monitor is not None:
             self.monitor.close(status)
+        if self._tensorboard is not None:
+            callback, writer = self._tensorboard
+            if callback.tb_writer is not writer:
+                # its callback closed it first (it comes earlier in the list); the diagnosis
+                # written since reopened it
+                writer.close()
+            self._tensorboard = None
         self._trainer = None
 
     @property
     def findings(self) -> list[Finding]:
         """The findings so far."""
         return [] if self.monitor is None else list(self.monitor.findings)
+
+
+def _mlflow_run_sink(callback: Any) -> Sink | None:
+    run = callback._ml_flow.active_run()
+    return None if run is None else mlflow_sink(run.info.run_id)
 
 
 def _calling_trainer() -> tuple[Trainer, dict[str, Any]]:
