@@ -307,3 +307,47 @@ def test_trainer_with_an_optimizer_the_monitor_cannot_hook_fails_clearly(tmp_pat
     )
     with pytest.raises(TypeError, match="SteadygradCallback can only watch a torch.optim"):
         trainer.train()
+
+
+def test_trainer_writes_into_its_own_tensorboard_writer(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.util import tensor_util
+
+    data = token_data(6 * MICRO * ACCUM)
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))  # TensorBoardCallback's
+    args = training_args(
+        tmp_path,
+        max_steps=6,
+        report_to=["tensorboard"],
+        logging_nan_inf_filter=False,
+    )
+    cb = SteadygradCallback(tmp_path / "run")
+    trainer = transformers.Trainer(
+        model=tiny_gpt2(), args=args, train_dataset=data, callbacks=[PoisonWeights(3), cb]
+    )
+    with pytest.warns(SteadygradWarning):
+        trainer.train()
+
+    acc = ea.EventAccumulator(str(tmp_path / "tb"), size_guidance={ea.TENSORS: 0, ea.SCALARS: 0})
+    acc.Reload()  # every event file in the Trainer's logging_dir
+    assert list((tmp_path / "run").glob("tensorboard")) == []
+
+    def series(tag):
+        return [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors(tag)]
+
+    def text(tag):
+        return {s: v.decode() for s, v in series(f"{tag}/text_summary")}
+
+    # the Trainer's own loss curve (logging_steps=1, its step counted from 1) in the same files
+    theirs = {e.step - 1: e.value for e in acc.Scalars("train/loss")}
+    ours = dict(series("loss"))
+    assert sorted(ours) == list(range(6))
+    for step in range(3):
+        assert ours[step] == pytest.approx(theirs[step], abs=1e-3)
+    assert math.isnan(ours[3]) and math.isnan(theirs[3])
+    run = steadygrad.load(tmp_path / "run")
+    assert [v for _, v in series("grad_norm")] == pytest.approx(
+        list(run.series("grad_norm")[1]), rel=0, abs=0, nan_ok=True
+    )
+    assert "nonfinite" in text("steadygrad/findings")[3]
+    assert "status: finished" in text("steadygrad/diagnosis")[5]
