@@ -302,3 +302,35 @@ def test_lightning_trainer_logger_false_or_a_given_sink_leaves_the_logger_alone(
     ]
     with pytest.raises(TypeError, match="trainer_logger must be a bool"):
         SteadygradCallback(trainer_logger="yes")
+
+
+def test_lightning_writes_into_the_trainers_mlflow_and_wandb_loggers(tmp_path, monkeypatch):
+    from _wandb_log import history, summary, wait_until_written
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow_logger = MLFlowLogger(tracking_uri=(tmp_path / "mlruns").as_uri())
+    wandb_logger = WandbLogger(project="lit", save_dir=str(tmp_path / "wb"), offline=True)
+    fit(
+        tmp_path,
+        Regressor(),
+        [SteadygradCallback(tmp_path / "run")],
+        steps=3,
+        logger=[mlflow_logger, wandb_logger],
+    )
+    run = steadygrad.load(tmp_path / "run")
+    steps, loss = run.series("loss")
+    assert list(steps) == [0, 1, 2]
+
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    got = sorted((m.step, m.value) for m in client.get_metric_history(mlflow_logger.run_id, "loss"))
+    assert got == list(zip(steps.tolist(), loss.tolist(), strict=True))
+    assert client.get_run(mlflow_logger.run_id).data.tags["steadygrad.status"] == "finished"
+
+    (log,) = (tmp_path / "wb").glob("wandb/offline-run-*/run-*.wandb")
+    wandb_logger.experiment.finish()  # the logger's run: Lightning leaves it open
+    wait_until_written(log, 2)
+    by_step = {row["_step"]: row["loss"] for row in history(log) if "loss" in row}
+    assert by_step == dict(zip(steps.tolist(), loss.tolist(), strict=True))
+    assert summary(log)["steadygrad/status"] == "finished"
