@@ -351,3 +351,29 @@ def test_trainer_writes_into_its_own_tensorboard_writer(tmp_path, monkeypatch):
     )
     assert "nonfinite" in text("steadygrad/findings")[3]
     assert "status: finished" in text("steadygrad/diagnosis")[5]
+
+
+def test_trainer_writes_into_its_own_mlflow_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    data = token_data(3 * MICRO * ACCUM)
+    args = training_args(tmp_path, max_steps=3, report_to=["mlflow"])
+    trainer = transformers.Trainer(
+        model=tiny_gpt2(), args=args, train_dataset=data, callbacks=[SteadygradCallback()]
+    )
+    trainer.train()
+    steps, loss = steadygrad.load(tmp_path / "out" / "steadygrad").series("loss")
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
+    ours = list(zip(steps.tolist(), loss.tolist(), strict=True))
+    assert set(ours) <= set(got)  # exactly, at steps 0..2
+    # the Trainer's own "loss" in the same run (logged at steps 1..3, rounded) agrees
+    theirs = [(s, v) for s, v in got if (s, v) not in set(ours)]
+    assert [s for s, _ in theirs] == [1, 2, 3]
+    for (_, mine), (_, trainer_loss) in zip(ours, theirs, strict=True):
+        assert mine == pytest.approx(trainer_loss, abs=1e-3)
+    assert run.data.tags["steadygrad.status"] == "finished"
