@@ -304,12 +304,17 @@ def test_lightning_trainer_logger_false_or_a_given_sink_leaves_the_logger_alone(
         SteadygradCallback(trainer_logger="yes")
 
 
-def test_lightning_writes_into_the_trainers_mlflow_and_wandb_loggers(tmp_path, monkeypatch):
+def test_lightning_writes_into_the_trainers_mlflow_and_wandb_loggers(
+    tmp_path, monkeypatch, request
+):
+    import mlflow
     from _wandb_log import history, summary, wait_until_written
     from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    # MLFlowLogger sets the process-wide tracking URI: unset it for the tests that follow
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(None))
     mlflow_logger = MLFlowLogger(tracking_uri=(tmp_path / "mlruns").as_uri())
     wandb_logger = WandbLogger(project="lit", save_dir=str(tmp_path / "wb"), offline=True)
     fit(

@@ -353,11 +353,13 @@ def test_trainer_writes_into_its_own_tensorboard_writer(tmp_path, monkeypatch):
     assert "status: finished" in text("steadygrad/diagnosis")[5]
 
 
-def test_trainer_writes_into_its_own_mlflow_run(tmp_path, monkeypatch):
+def test_trainer_writes_into_its_own_mlflow_run(tmp_path, monkeypatch, request):
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = (tmp_path / "mlruns").as_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # process-wide (MLflowCallback keeps it): unset at the end
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(None))
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     data = token_data(3 * MICRO * ACCUM)
     args = training_args(tmp_path, max_steps=3, report_to=["mlflow"])
