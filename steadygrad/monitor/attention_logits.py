@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from steadygrad.core.metrics import ATTN_LOGIT_MAX
-from steadygrad.core.signal import Signal, Value
+from steadygrad.core.signal import Value
+from steadygrad.monitor.intercept import InterceptingSignal
 
 if TYPE_CHECKING:
     from steadygrad.monitor.monitor import Monitor
@@ -107,21 +107,7 @@ def _mha_logit_max(args: tuple, kwargs: dict) -> torch.Tensor:
     return max_abs_logit(q, k, 1.0 / math.sqrt(head_dim), allowed)
 
 
-class _AttentionMode(TorchFunctionMode):
-    def __init__(self, signal: AttentionLogitSignal) -> None:
-        super().__init__()
-        self.signal = signal
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            self.signal._observe(_sdpa_logit_max(args, kwargs))
-        elif func is F.multi_head_attention_forward:
-            self.signal._observe(_mha_logit_max(args, kwargs))
-        return func(*args, **kwargs)
-
-
-class AttentionLogitSignal(Signal):
+class AttentionLogitSignal(InterceptingSignal):
     """``attn_logit_max/<module>``: the largest ``|q.k| * scale`` seen in a step, per module.
 
     The module is the innermost one whose ``forward`` was running when attention was computed
@@ -144,69 +130,42 @@ class AttentionLogitSignal(Signal):
         if isinstance(modules, str):
             raise TypeError("modules must be a sequence of module names, not a single string")
         self.modules = None if modules is None else list(modules)
-        self._names: dict[int, str] = {}
-        self._stack: list[str] = []
-        self._handles: list = []
-        self._mode: _AttentionMode | None = None
         self._max: dict[str, torch.Tensor] = {}
         self.seen = False
 
     def applies(self) -> bool | str:
         return True if self.seen else "no SDPA or nn.MultiheadAttention call seen"
 
+    def watched(self) -> dict[Callable, Callable]:
+        return {
+            F.scaled_dot_product_attention: lambda a, k: self._observe(_sdpa_logit_max(a, k)),
+            F.multi_head_attention_forward: lambda a, k: self._observe(_mha_logit_max(a, k)),
+        }
+
     def attach(self, monitor: Monitor) -> None:
+        if not isinstance(monitor.model, nn.Module):
+            raise TypeError(
+                f"monitor.model must be a torch.nn.Module, got {type(monitor.model).__name__}"
+            )
         super().attach(monitor)
-        model = monitor.model
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"monitor.model must be a torch.nn.Module, got {type(model).__name__}")
-        self._names = {id(m): name for name, m in model.named_modules()}
         if self.modules is not None:
             missing = sorted(set(self.modules) - set(self._names.values()))
             if missing:
                 raise ValueError(f"modules not found in the model: {missing}")
 
     def begin(self, step: int) -> None:
-        if self._mode is not None:  # a previous step never collected: start clean
-            self._exit()
-        self._stack.clear()
         self._max = {}
-        for mod in self.monitor.model.modules():
-            self._handles.append(mod.register_forward_pre_hook(self._push))
-            self._handles.append(mod.register_forward_hook(self._pop, always_call=True))
-        self._mode = _AttentionMode(self)
-        self._mode.__enter__()
+        super().begin(step)
 
     def collect(self, step: int) -> Mapping[str, Value]:
-        self._exit()
+        self._stop()
         values = {ATTN_LOGIT_MAX.key(n or None): v for n, v in self._max.items()}
         self._max = {}
         return values
 
-    def end(self, step: int) -> None:
-        self._exit()
-
-    def detach(self) -> None:
-        self._exit()
-
-    def _exit(self) -> None:
-        if self._mode is not None:
-            self._mode.__exit__(None, None, None)
-            self._mode = None
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._stack.clear()
-
-    def _push(self, module: nn.Module, args: object) -> None:
-        self._stack.append(self._names.get(id(module), ""))
-
-    def _pop(self, module: nn.Module, args: object, output: object) -> None:
-        if self._stack:
-            self._stack.pop()
-
     def _observe(self, value: torch.Tensor) -> None:
         self.seen = True
-        name = self._stack[-1] if self._stack else ""
+        name = self.running()
         if self.modules is not None and name not in self.modules:
             return
         previous = self._max.get(name)
