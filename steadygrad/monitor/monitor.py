@@ -597,7 +597,9 @@ def watch(
 def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
     """The default mechanism signals, less those whose metrics a given signal records."""
     taken = {m.name for s in given for m in s.metrics}
-    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(every)]
+    # A dead layer stops learning at once: count dead units (a comparison per ReLU) twice as often.
+    often = max(1, every // 2)
+    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(often)]
     return [s for s in defaults if not taken & {m.name for m in s.metrics}]
 
 
