@@ -48,7 +48,13 @@ def _storage_warnings(caught):
 
 
 def test_disk_full_degrades_and_records_the_lost_steps(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(RunStore, "max_buffered_rows", 150)  # about 10 steps of this model
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with steadygrad.watch(model, opt, tmp_path / "count", progress=False) as counter:
+        _train(counter, model, opt, 2, [])
+        per_step = max(len(counter.last_record.values), 1)
+    # room for about 12 steps of this model's values (what the Monitor records per step may grow)
+    monkeypatch.setattr(RunStore, "max_buffered_rows", 12 * per_step)
     model = tiny_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     mon = steadygrad.Monitor(model, opt, tmp_path / "run", flush_every=5, progress=False)

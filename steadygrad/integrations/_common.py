@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from steadygrad.core.checks import positive_int
 from steadygrad.core.optimizer import unwrap_optimizer
 
 # The Monitor arguments a callback fills in itself; every other one is the user's to pass.
@@ -89,3 +90,24 @@ class StepLoss:
     def take(self) -> torch.Tensor | None:
         total, self.total, self.parts = self.total, None, 0
         return total
+
+
+class CallbackSettings:
+    """What both trainer callbacks take, checked when the callback is built (a bad option is a
+    clear error at once, not when training starts)."""
+
+    def _settle(
+        self,
+        callback: str,
+        run_dir: str | os.PathLike[str] | None,
+        trainer_logger: bool,
+        options: dict[str, Any],
+    ) -> None:
+        if not isinstance(trainer_logger, bool):
+            raise TypeError(f"trainer_logger must be a bool, got {type(trainer_logger).__name__}")
+        positive_int("every", options["every"])
+        self.run_dir = run_dir
+        self.trainer_logger = trainer_logger
+        self.options = monitor_options(callback, options)
+        if run_dir is not None:
+            run_dir_or_default(run_dir, None)  # a clear error now for a bad path type

@@ -44,14 +44,13 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
-from steadygrad.core.checks import positive_int
 from steadygrad.core.finding import Finding
 from steadygrad.core.signal import Signal
 from steadygrad.core.sink import Sink
 from steadygrad.integrations._common import (
+    CallbackSettings,
     StepLoss,
     global_grad_norm,
-    monitor_options,
     run_dir_or_default,
     watched_optimizer,
 )
@@ -67,7 +66,7 @@ from steadygrad.monitor.monitor import Monitor
 _NAME = "steadygrad.integrations.lightning.SteadygradCallback"
 
 
-class SteadygradCallback(Callback):
+class SteadygradCallback(CallbackSettings, Callback):
     """Records a ``lightning.Trainer`` run with :class:`steadygrad.Monitor`.
 
     Args:
@@ -95,24 +94,15 @@ class SteadygradCallback(Callback):
         trainer_logger: bool = True,
         **options: Any,
     ) -> None:
-        if not isinstance(trainer_logger, bool):
-            raise TypeError(f"trainer_logger must be a bool, got {type(trainer_logger).__name__}")
-        self.run_dir = run_dir
-        self.trainer_logger = trainer_logger
-        positive_int("every", every)  # a clear error now, not when training starts
-        self.options = monitor_options(
-            _NAME,
-            dict(
-                every=every,
-                signals=tuple(signals),
-                detectors=detectors,
-                autopilot=autopilot,
-                progress=progress,  # Lightning shows its own progress bar
-                **options,
-            ),
+        options = dict(
+            every=every,
+            signals=tuple(signals),
+            detectors=detectors,
+            autopilot=autopilot,
+            progress=progress,  # Lightning shows its own progress bar
+            **options,
         )
-        if run_dir is not None:
-            run_dir_or_default(run_dir, None)  # a clear error now for a bad path type
+        self._settle(_NAME, run_dir, trainer_logger, options)
         self.monitor: Monitor | None = None
         self._resume_state: dict[str, Any] | None = None
         self._loss = StepLoss()

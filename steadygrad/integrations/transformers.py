@@ -45,13 +45,12 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from steadygrad.core.checks import positive_int
 from steadygrad.core.finding import Finding
 from steadygrad.core.signal import Signal
 from steadygrad.core.sink import Sink
 from steadygrad.integrations._common import (
+    CallbackSettings,
     StepLoss,
-    monitor_options,
     run_dir_or_default,
     watched_optimizer,
 )
@@ -68,7 +67,7 @@ _NAME = "steadygrad.integrations.transformers.SteadygradCallback"
 STATE_NAME = "steadygrad_monitor.pt"  # the Monitor's state, inside each Trainer checkpoint
 
 
-class SteadygradCallback(TrainerCallback):
+class SteadygradCallback(CallbackSettings, TrainerCallback):
     """Records a Hugging Face ``Trainer`` run with :class:`steadygrad.Monitor`.
 
     Args:
@@ -97,24 +96,15 @@ class SteadygradCallback(TrainerCallback):
         trainer_logger: bool = True,
         **options: Any,
     ) -> None:
-        if not isinstance(trainer_logger, bool):
-            raise TypeError(f"trainer_logger must be a bool, got {type(trainer_logger).__name__}")
-        self.run_dir = run_dir
-        self.trainer_logger = trainer_logger
-        positive_int("every", every)  # a clear error now, not when training starts
-        self.options = monitor_options(
-            _NAME,
-            dict(
-                every=every,
-                signals=tuple(signals),
-                detectors=detectors,
-                autopilot=autopilot,
-                progress=progress,  # the Trainer shows its own tqdm bar
-                **options,
-            ),
+        options = dict(
+            every=every,
+            signals=tuple(signals),
+            detectors=detectors,
+            autopilot=autopilot,
+            progress=progress,  # the Trainer shows its own tqdm bar
+            **options,
         )
-        if run_dir is not None:
-            run_dir_or_default(run_dir, None)  # a clear error now for a bad path type
+        self._settle(_NAME, run_dir, trainer_logger, options)
         self.monitor: Monitor | None = None
         self._trainer: Trainer | None = None
         self._loss = StepLoss()
