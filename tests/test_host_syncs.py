@@ -126,7 +126,7 @@ def test_counter_sees_every_kind_of_host_read(reads):
 # What a healthy recorded step reads on the host today, each with its reason. The goal (issue 15)
 # is the Monitor's one transfer alone; the other is known and documented here, so any new
 # read in the per-step path (an ``.item()``, a ``.tolist()``) makes these tests fail.
-MONITOR_TRANSFER = {"Tensor.tolist": 1}  # Measurements.to_host: all of the step's values
+MONITOR_TRANSFER = {"Tensor.numpy": 1}  # Measurements.to_host: all of the step's values
 # ActivationSignal.before_update, on CPU models only (``_on_accelerator``): ``bool(isfinite(...))``
 # on the gradient norms, to keep clean weights for a replay; on CPU the values are in host memory
 # already, and on an accelerator the check is not made, so it stalls no device queue.

@@ -10,7 +10,7 @@ from steadygrad.core import metrics
 from steadygrad.core.finding import Finding, FindingKind
 from steadygrad.core.metric import Metric, declaration_of
 from steadygrad.core.optimizer import optimizer_family, unwrap_optimizer
-from steadygrad.core.record import Record
+from steadygrad.core.record import Family, Members, Record, Values
 from steadygrad.core.severity import SEVERITIES, Severity
 from steadygrad.core.signal import Measurements, Signal
 from steadygrad.core.sink import RunInfo, Sink
@@ -19,13 +19,16 @@ __all__ = [
     "SEVERITIES",
     "Finding",
     "FindingKind",
+    "Family",
     "Measurements",
+    "Members",
     "Metric",
     "Record",
     "Severity",
     "RunInfo",
     "Signal",
     "Sink",
+    "Values",
     "declaration_of",
     "metrics",
     "optimizer_family",

@@ -27,6 +27,7 @@ import torch
 
 from steadygrad.core.checks import positive_int
 from steadygrad.core.metric import Metric
+from steadygrad.core.record import Family, Members, Values
 
 if TYPE_CHECKING:
     from steadygrad.core.record import Record
@@ -44,12 +45,13 @@ class Measurements:
         >>> out.put("loss", torch.tensor(2.5))
         >>> out.put_many(["a", "b"], torch.tensor([1.0, 2.0]))
         >>> out.put("lr/0", 0.1)
+        >>> out.put_family(Members("grad_norm", ["fc.weight"]), torch.tensor([3.0]))
         >>> out.to_host()
-        {'loss': 2.5, 'a': 1.0, 'b': 2.0, 'lr/0': 0.1}
+        {'loss': 2.5, 'a': 1.0, 'b': 2.0, 'lr/0': 0.1, 'grad_norm/fc.weight': 3.0}
     """
 
     def __init__(self) -> None:
-        self._keys: list[Sequence[str]] = []
+        self._keys: list[Sequence[str] | Members] = []
         self._tensors: list[torch.Tensor] = []
         self._host: dict[str, float] = {}
         self._raw: dict[int, torch.Tensor] = {}
@@ -72,6 +74,15 @@ class Measurements:
             self._keys.append(keys)
             self._tensors.append(values.detach().reshape(-1))
 
+    def put_family(self, members: Members, values: torch.Tensor) -> None:
+        """A per-module family, one value per member as one 1-D tensor: it reaches the Record
+        as one array (:class:`~steadygrad.core.record.Values`), with no key built per step."""
+        if values.numel() != len(members):
+            raise ValueError(f"put_family got {len(members)} members for {values.numel()} values")
+        if len(members):
+            self._keys.append(members)
+            self._tensors.append(values.detach().reshape(-1))
+
     def stash(self, owner: object, values: torch.Tensor) -> None:
         """Values for ``owner``'s own use after the transfer (not recorded): see :meth:`raw`."""
         self._raw[id(owner)] = values.detach().reshape(-1)
@@ -81,15 +92,17 @@ class Measurements:
         """What ``owner`` stashed, as host floats, once :meth:`to_host` has run."""
         return self._raw_host.get(id(owner), [])
 
-    def to_host(self, reduce: Reduce | None = None) -> dict[str, float]:
-        """Every value as a host float: one device-to-host transfer per device (one usually).
+    def to_host(self, reduce: Reduce | None = None) -> Values:
+        """Every value on the host: one device-to-host transfer per device (one usually).
 
-        Values travel in float64, so a loss of 1e-300 or 1e300 arrives as it is. Under
-        torch.distributed the Monitor passes ``reduce(labels, vector)``: it gets every value
-        (host numbers too) as one float64 vector with one label per entry (the key, or the
-        owner of stashed values) and returns the vector reduced over the processes.
+        Values travel in float64, so a loss of 1e-300 or 1e300 arrives as it is; families put
+        with :meth:`put_family` arrive as float64 arrays. Under torch.distributed the Monitor
+        passes ``reduce(labels, vector)``: it gets every value (host numbers too) as one float64
+        vector with one label per entry (the key, or the owner of stashed values) and returns
+        the vector reduced over the processes.
         """
-        values: dict[str, float] = {}
+        values = Values()
+        scalars = values.scalars
         tensors = self._tensors + list(self._raw.values())
         host = list(self._host.items())
         if reduce is not None and host:
@@ -99,24 +112,32 @@ class Measurements:
                 tensors = [t.cpu() for t in tensors]
             flat_tensor = torch.cat([t.to(torch.float64) for t in tensors])
             if reduce is not None:
-                labels: list[Any] = [key for keys in self._keys for key in keys]
+                labels: list[Any] = [key for keys in self._keys for key in _keys(keys)]
                 for owner, t in self._raw.items():
                     labels += [self._owners[owner]] * t.numel()
                 labels += [key for key, _ in host]
                 flat_tensor = reduce(labels, flat_tensor)
-            flat = flat_tensor.tolist()
+            flat = flat_tensor.cpu().numpy()  # the transfer
             k = 0
             for keys in self._keys:
-                values.update(zip(keys, flat[k : k + len(keys)], strict=True))
-                k += len(keys)
+                n = len(keys)
+                if isinstance(keys, Members) and keys.signal not in values.families:
+                    values.families[keys.signal] = Family(keys, flat[k : k + n])
+                else:
+                    scalars.update(zip(_keys(keys), flat[k : k + n].tolist(), strict=True))
+                k += n
             for owner, t in self._raw.items():
-                self._raw_host[owner] = flat[k : k + t.numel()]
+                self._raw_host[owner] = flat[k : k + t.numel()].tolist()
                 k += t.numel()
             if reduce is not None:
-                values.update(zip([key for key, _ in host], flat[k:], strict=True))
+                scalars.update(zip([key for key, _ in host], flat[k:].tolist(), strict=True))
                 return values
-        values.update(self._host)
+        scalars.update(self._host)
         return values
+
+
+def _keys(keys: Sequence[str] | Members) -> Sequence[str]:
+    return keys.keys if isinstance(keys, Members) else keys
 
 
 class Signal:

@@ -2,7 +2,9 @@
 chosen ``torch.nn.functional`` calls (the loss, the activations), and forward hooks tell which
 module is running and which module produced a tensor.
 
-Nothing is installed between due steps, so healthy steps off the cadence cost nothing.
+Nothing is installed between due steps, so healthy steps off the cadence cost nothing; on a due
+step the mode and hooks come off once the gradients are final (the optimizer's pre-step path),
+so the optimizer's many per-tensor calls do not pass through Python.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class InterceptingSignal(Signal):
         self._mode = _Mode(self.watched())
         self._mode.__enter__()
 
+    def before_update(self) -> None:
+        self._stop()  # forward, loss and backward are done: nothing left to watch this step
+
     def end(self, step: int) -> None:
         self._stop()
 
@@ -76,7 +81,7 @@ class InterceptingSignal(Signal):
 
     def _stop(self) -> None:
         if self._mode is not None:
-            self._mode.__exit__(None, None, None)
+            _leave(self._mode)
             self._mode = None
         for handle in self._handles:
             handle.remove()
@@ -106,6 +111,21 @@ class InterceptingSignal(Signal):
         e.g. logits upcast to float32 before the loss)."""
         found = self._made_by.get(_key(tensor))
         return found if found is not None or last_dim is None else self._widths.get(last_dim)
+
+
+def _leave(mode: TorchFunctionMode) -> None:
+    """Take ``mode`` off the torch-function mode stack wherever it sits: the modes entered after
+    it (another signal's, the user's) stay on, in their order. ``__exit__`` would pop the top."""
+    above = []
+    try:
+        while torch._C._len_torch_function_stack():
+            top = torch._C._pop_torch_function_stack()
+            if top is mode:
+                return
+            above.append(top)
+    finally:
+        for other in reversed(above):
+            torch._C._push_on_torch_function_stack(other)
 
 
 def _key(tensor: torch.Tensor) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink
+from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink, Values
 from steadygrad.core import checks as _checks
 from steadygrad.core.metrics import LOSS, NONFINITE_GRADS, NONFINITE_PARAMS
 from steadygrad.core.optimizer import optimizer_family, unwrap_optimizer
@@ -37,6 +37,7 @@ from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.dead_units import DeadUnitSignal
 from steadygrad.monitor.distributed import NullStore, Reducer
 from steadygrad.monitor.findings_log import LoggingSink
+from steadygrad.monitor.intercept import InterceptingSignal
 from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
@@ -340,6 +341,8 @@ class Monitor:
         every = PER_TENSOR_STORE_EVERY * self.every
         if not families or record.step % every == 0 or findings or record.meta.get("nonfinite"):
             return record.values
+        if isinstance(record.values, Values):
+            return record.values.without(families)  # no per-member work
         return {
             k: v
             for k, v in record.values.items()
@@ -392,7 +395,9 @@ class Monitor:
         update is about to use, and the autopilot decides (clip, or skip). The optimizer's
         pre-step hook calls this; with ``optimizer.step(closure)`` it runs once the closure has
         returned (Lightning runs forward and backward there), before the update."""
-        for s in list(self.signals):
+        # Those watching the forward pass stop first: the others then read the gradients with
+        # no torch-function mode routing each of their calls through Python.
+        for s in sorted(self.signals, key=lambda s: not isinstance(s, InterceptingSignal)):
             self._safely(s, "before_update")
         if self.autopilot is not None:
             self.autopilot.before_update()

@@ -12,10 +12,11 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
-from steadygrad.core import Measurements, Record, Signal
+from steadygrad.core import Measurements, Members, Record, Signal
 from steadygrad.core.checks import positive_int
 from steadygrad.core.metrics import (
     GRAD_NORM,
@@ -25,6 +26,7 @@ from steadygrad.core.metrics import (
     PARAM_NORM,
     UPDATE_RATIO,
 )
+from steadygrad.monitor.tensor_groups import Parts, TensorGroups
 
 
 class ParameterStats:
@@ -36,16 +38,22 @@ class ParameterStats:
             raise ValueError("model has no trainable parameters to monitor")
         self.names = [n for n, _ in self.named]
         self.params = [p for _, p in self.named]
-        # Metric names built once: the per-step path only looks them up.
-        self.keys = {
-            metric.name: [metric.key(n) for n in self.names]
+        # The per-tensor families' members, named once: a step's values travel as arrays.
+        self.members = {
+            metric.name: Members(metric.name, self.names)
             for metric in (GRAD_NORM, PARAM_NORM, UPDATE_RATIO)
         }
         self._detached = [local_shard(p.detach()) for p in self.params]
+        self._every = list(range(len(self.params)))
+        # The norms, snapshots and dot products of many small tensors in a few kernels; built
+        # once for all the parameters, and again only when some have no gradient.
+        self.groups = TensorGroups(self._detached)
+        self._subset: tuple[list[int], TensorGroups] | None = None
+        self._sharded = any(callable(getattr(p, "to_local", None)) for p in self.params)
         # Under FSDP2 each process holds shards; the distributed Reducer then sets this to
         # combine per-shard norms and counts over the processes (see Shards).
         self.shards: Shards | None = None
-        self._snapshot: list[torch.Tensor] | None = None
+        self._snapshot: Parts | None = None
         # Gradient norms measured earlier in this step (by the autopilot, before the update).
         self._grad_cache: tuple[list[int], torch.Tensor] | None = None
         self.backward_order: list[int] | None = None
@@ -61,10 +69,24 @@ class ParameterStats:
         The result is kept for this step's :meth:`norms`, so a caller that needs the norms
         before the update (the autopilot) does not make the Monitor read the gradients twice.
         """
-        index, grads = self._grads()
-        empty = torch.zeros(0, device=self._detached[0].device)
-        self._grad_cache = (index, self._global(_norms(grads), index) if grads else empty)
+        index, grads = self.gradients()
+        self._grad_cache = (index, self._global(self.groups_for(index).norms(grads), index))
         return self._grad_cache
+
+    def groups_for(self, index: list[int]) -> TensorGroups:
+        """The groups of the parameters ``index`` (all of them: built once)."""
+        if len(index) == len(self.params):
+            return self.groups
+        if self._subset is None or self._subset[0] != index:
+            subset = [self._detached[i] for i in index]
+            self._subset = (index, TensorGroups(subset, self._detached[0].device))
+        return self._subset[1]
+
+    def weights(self, index: list[int]) -> list[torch.Tensor]:
+        """The weights of the parameters ``index`` (this process's shards under FSDP2)."""
+        return (
+            self._detached if len(index) == len(self.params) else [self._detached[i] for i in index]
+        )
 
     def gradients_since_last_look(self) -> bool | None:
         """Whether the gradients changed since the previous call (a backward pass ran, or they
@@ -106,25 +128,34 @@ class ParameterStats:
         """Indices of the parameters that have a gradient, and one vector holding the L2 norm
         of each of those gradients followed by the norm of every parameter (one kernel call,
         or only the weights' when this step's gradient norms were already measured)."""
-        every = list(range(len(self.params)))
+        every = self._every
+        weights = self.groups.norms(self._detached)
         if self._grad_cache is not None:
             (index, grad_norms), self._grad_cache = self._grad_cache, None
-            return index, torch.cat([grad_norms, self._global(_norms(self._detached), every)])
-        index, grads = self._grads()
-        return index, self._global(_norms(grads + self._detached), index + every)
+            return index, torch.cat([grad_norms, self._global(weights, every)])
+        index, grads = self.gradients()
+        both = torch.cat([self.groups_for(index).norms(grads), weights])
+        return index, self._global(both, index + every)
 
     def _global(self, norms: torch.Tensor, index: list[int]) -> torch.Tensor:
         return norms if self.shards is None else self.shards.norms(norms, index)
 
-    def _grads(self) -> tuple[list[int], list[torch.Tensor]]:
-        index = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [local_shard(self.params[i].grad) for i in index]
+    def gradients(self) -> tuple[list[int], list[torch.Tensor]]:
+        """Indices of the parameters that have a gradient, and those gradients."""
+        grads = [p.grad for p in self.params]
+        index = [i for i, g in enumerate(grads) if g is not None]
+        if len(index) == len(grads):
+            index = self._every
+        else:
+            grads = [grads[i] for i in index]
+        if self._sharded:
+            grads = [local_shard(g) for g in grads]
         if any(g.is_sparse for g in grads):
             raise TypeError("sparse gradients are not supported by the Monitor")
         return index, grads
 
     def param_norms(self) -> torch.Tensor:
-        return _norms(self._detached)
+        return self.groups.norms(self._detached)
 
     def nonfinite_counts(self, index: list[int]) -> list[int]:
         """Number of NaN/Inf entries in the gradients of ``index`` (run on unhealthy steps only)."""
@@ -146,7 +177,7 @@ class ParameterStats:
     def take_snapshot(self) -> None:
         """Copy the weights now, to measure the next optimizer update against them."""
         with torch.no_grad():
-            self._snapshot = torch._foreach_mul(self._detached, 1.0)
+            self._snapshot = self.groups.copy(self._detached)
 
     def discard_snapshot(self) -> None:
         """Forget the snapshot (the weights were replaced, e.g. by a rollback)."""
@@ -162,10 +193,11 @@ class ParameterStats:
         before = self._snapshot
         self._snapshot = None
         with torch.no_grad():
-            before_norms = _norms(before)
-            torch._foreach_sub_(before, self._detached)
-            every = list(range(len(self.params)))
-            both = self._global(torch.cat([_norms(before), before_norms]), every + every)
+            groups = self.groups
+            before_norms = groups.norms_of(before)
+            groups.subtract_(before, self._detached)
+            every = self._every
+            both = self._global(torch.cat([groups.norms_of(before), before_norms]), every + every)
             return both[: len(every)] / both[len(every) :]
 
     # -- the order of the backward pass ---------------------------------------------------------
@@ -198,32 +230,15 @@ class Shards(Protocol):
         """Each parameter's count from the counts in its shards."""
 
 
+def _root_sum_of_squares(values: np.ndarray) -> float:
+    """The global norm from per-tensor norms (NaN or inf when one of them is)."""
+    return math.sqrt(float(np.dot(values, values)))
+
+
 def local_shard(t: torch.Tensor) -> torch.Tensor:
     """This process's part of a tensor: the local shard of a DTensor (FSDP2), else itself."""
     to_local = getattr(t, "to_local", None)
     return to_local() if callable(to_local) else t
-
-
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norms of many tensors as one float32 vector, grouped by device and dtype.
-
-    fp16/bf16 tensors are reduced into float32: a finite fp16 gradient whose norm is above
-    65504 must not read as inf (the autopilot would then skip every update)."""
-    if len({(t.device, t.dtype) for t in tensors}) == 1:
-        low = tensors[0].dtype in LOW_PRECISION
-        norms = torch._foreach_norm(tensors, dtype=torch.float32) if low else None
-        return torch.stack(norms or torch._foreach_norm(tensors)).float()
-    return torch.stack(
-        [
-            torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype in LOW_PRECISION else None)
-            .float()
-            .cpu()
-            for t in tensors
-        ]
-    )
 
 
 class ParameterSignal(Signal):
@@ -243,6 +258,7 @@ class ParameterSignal(Signal):
         self.update_every = positive_int("update_every", update_every)
         self.stats: ParameterStats | None = None
         self._index: list[int] = []
+        self._grad_members: tuple[list[int], Members] | None = None
         self._hooks: list[Any] = []
 
     def attach(self, monitor: Any) -> None:
@@ -258,25 +274,28 @@ class ParameterSignal(Signal):
         stats = self.stats
         index, norms = stats.norms()
         self._index = index
-        grad_keys = stats.keys[GRAD_NORM.name]
-        if len(index) != len(grad_keys):
-            grad_keys = [grad_keys[i] for i in index]
-        out.put_many(grad_keys + stats.keys[PARAM_NORM.name], norms)
+        grads = stats.members[GRAD_NORM.name]
+        if len(index) != len(grads):
+            if self._grad_members is None or self._grad_members[0] != index:
+                self._grad_members = (index, grads.subset(index))
+            grads = self._grad_members[1]
+        out.put_family(grads, norms[: len(index)])
+        out.put_family(stats.members[PARAM_NORM.name], norms[len(index) :])
         if stats.has_snapshot:
-            out.put_many(stats.keys[UPDATE_RATIO.name], stats.update_ratios())
+            out.put_family(stats.members[UPDATE_RATIO.name], stats.update_ratios())
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         stats, values, meta = self.stats, record.values, record.meta
-        grad_keys, param_keys = stats.keys[GRAD_NORM.name], stats.keys[PARAM_NORM.name]
         index = self._index
-        bad_grads = []
+        bad_grads: list[int] = []
+        grads = None
         if index:
-            grads = [values[grad_keys[i]] for i in index]
-            values[GRAD_NORM.name] = math.sqrt(math.fsum(x * x for x in grads))
-            bad_grads = [i for i, x in zip(index, grads, strict=True) if not math.isfinite(x)]
-        weights = [values[k] for k in param_keys]
-        values[PARAM_NORM.name] = math.sqrt(math.fsum(x * x for x in weights))
-        bad_params = [i for i, x in enumerate(weights) if not math.isfinite(x)]
+            _, grads = record.family_array(GRAD_NORM.name)
+            values[GRAD_NORM.name] = _root_sum_of_squares(grads)
+            bad_grads = [index[k] for k in np.flatnonzero(~np.isfinite(grads)).tolist()]
+        _, weights = record.family_array(PARAM_NORM.name)
+        values[PARAM_NORM.name] = _root_sum_of_squares(weights)
+        bad_params = np.flatnonzero(~np.isfinite(weights)).tolist()
         # Unhealthy steps only: count the bad values and find where they were born.
         values[NONFINITE_GRADS.name] = (
             float(sum(stats.nonfinite_counts(bad_grads))) if bad_grads else 0.0
@@ -288,7 +307,7 @@ class ParameterSignal(Signal):
             first = stats.first_in_backward(bad_grads)
             meta["backward_origin"] = {
                 "parameter": stats.names[first],
-                "grad_norm": values[grad_keys[first]],
+                "grad_norm": float(grads[index.index(first)]),
             }
         if bad_params:
             meta["nonfinite_parameters"] = [stats.names[i] for i in bad_params]

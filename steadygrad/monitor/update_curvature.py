@@ -24,7 +24,7 @@ import torch
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
 from steadygrad.core.metrics import DIRECTIONAL_SHARPNESS_RATIO
-from steadygrad.monitor.parameters import local_shard
+from steadygrad.monitor.tensor_groups import Parts
 
 
 class UpdateCurvatureSignal(Signal):
@@ -40,26 +40,29 @@ class UpdateCurvatureSignal(Signal):
     def __init__(self, every: int = 25, early: int = 12) -> None:
         super().__init__(every=positive_int("every", every))
         self.early = non_negative_int("early", early)
-        self._start: tuple[list[int], list[torch.Tensor]] | None = None  # w_t, before step t
-        self._step: tuple[list[int], list[torch.Tensor], torch.Tensor] | None = None  # u, g_t . u
+        self._start: tuple[list[int], Parts] | None = None  # w_t, before step t
+        self._step: tuple[list[int], Parts, torch.Tensor] | None = None  # u, g_t . u
         self._ratio: torch.Tensor | None = None
 
     def due(self, step: int) -> bool:
         return True  # cheap: it only hands on what the optimizer hooks measured
 
     def _grads(self) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
-        params = self.monitor.parameters.stats.params
-        index = [i for i, p in enumerate(params) if p.grad is not None]
-        weights = [local_shard(params[i].detach()) for i in index]  # FSDP2: this rank's shard
-        return index, weights, [local_shard(params[i].grad) for i in index]
+        stats = self.monitor.parameters.stats
+        index, grads = stats.gradients()  # FSDP2: this rank's shards
+        return index, stats.weights(index), grads
 
-    def _dot(self, index: list[int], a: list[torch.Tensor], b: list[torch.Tensor]):
+    def _dot(self, index: list[int], a: list[torch.Tensor], b: Parts) -> torch.Tensor:
         """sum_i <a_i, b_i> over whole tensors (under FSDP2, summed over the ranks' shards)."""
-        dots = _dots(a, b)
-        shards = self.monitor.parameters.stats.shards
-        return (dots if shards is None else shards.counts(dots, index)).sum()
+        stats = self.monitor.parameters.stats
+        dots = stats.groups_for(index).dots(a, b)
+        return (dots if stats.shards is None else stats.shards.counts(dots, index)).sum()
 
     def before_update(self) -> None:
+        step = self.monitor.step_count
+        starting = step < self.early or step % self.every == 0
+        if self._step is None and not starting:
+            return  # most steps: nothing to read
         index, weights, grads = self._grads()
         with torch.no_grad():
             if self._step is not None and self._step[0] == index:
@@ -67,9 +70,9 @@ class UpdateCurvatureSignal(Signal):
                 slope_now = self._dot(index, grads, update)
                 self._ratio = (1 - slope_now / slope_then) / 2
             self._step = None
-            step = self.monitor.step_count
-            if index and (step < self.early or step % self.every == 0):
-                self._start = (index, torch._foreach_mul(weights, 1.0))  # a copy of w_t
+            if index and starting:
+                groups = self.monitor.parameters.stats.groups_for(index)
+                self._start = (index, groups.copy(weights))  # a copy of w_t
 
     def after_update(self) -> None:
         start, self._start = self._start, None
@@ -79,9 +82,9 @@ class UpdateCurvatureSignal(Signal):
         if index != start[0]:
             return
         with torch.no_grad():
-            update = start[1]
-            torch._foreach_sub_(update, weights)
-            torch._foreach_neg_(update)  # u = w_{t+1} - w_t, in the copy's memory
+            groups, update = self.monitor.parameters.stats.groups_for(index), start[1]
+            groups.subtract_(update, weights)
+            groups.negate_(update)  # u = w_{t+1} - w_t, in the copy's memory
             self._step = (index, update, self._dot(index, grads, update))
 
     def measure(self, step: int, out: Measurements) -> None:
@@ -91,13 +94,3 @@ class UpdateCurvatureSignal(Signal):
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         """Nothing to derive."""
-
-
-def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """<a_i, b_i> for each i, half-precision tensors accumulated in float32, on their device."""
-    return torch.stack([torch.vdot(_wide(x), _wide(y)).double() for x, y in zip(a, b, strict=True)])
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    t = t.reshape(-1)
-    return t.float() if t.element_size() < 4 else t

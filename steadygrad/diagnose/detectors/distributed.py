@@ -72,10 +72,13 @@ class RankSpikeDetector(Detector):
 
     def update(self, record: Record) -> list[Finding]:
         findings = []
-        for key in record.values:
-            family, _, rank = key.partition("/")
-            if not rank or family not in (LOSS.name, GRAD_NORM_LOCAL.name):
-                continue
+        per_rank = [
+            (family.name, rank)
+            for family in (LOSS, GRAD_NORM_LOCAL)
+            for rank in record.family(family.name)  # no walk over every per-tensor key
+        ]
+        for family, rank in per_rank:
+            key = f"{family}/{rank}"
             detector = self._series.get(key)
             if detector is None:
                 kind = _RankLoss if family == LOSS.name else _RankGradNorm

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from steadygrad.core import Finding, FindingKind, Record
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.metrics import (
@@ -288,35 +290,64 @@ class GradientSpike(Detector):
         self.beta = finite_float("beta", beta, low=0.0, high=1.0, high_open=True)
         self.warmup = positive_int("warmup", warmup)
         self.signal = signal
-        self._state: dict[str, list[float]] = {}  # name -> [v, count, in_spike]
+        # Per tensor, as arrays in the order of the family's names: the running second moment,
+        # the records seen, whether it is in a spike. Tensors absent from the current layout
+        # keep theirs in ``_parked`` (name -> (v, count, in_spike)).
+        self._names: tuple[str, ...] = ()
+        self._v = np.zeros(0)
+        self._count = np.zeros(0, dtype=np.int64)
+        self._in_spike = np.zeros(0, dtype=bool)
+        self._parked: dict[str, tuple[float, int, bool]] = {}
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
+        names, norms = record.family_array(self.signal)
+        if not len(names):
+            return []
+        self._align(names)
+        v, count, in_spike = self._v, self._count, self._in_spike
+        finite = np.isfinite(norms)  # non-finite ones are the non-finite detector's business
+        square = np.where(finite, norms * norms, 0.0)
+        warm = finite & (count >= self.warmup)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v_hat = np.where(warm, v / (1 - self.beta**count), 0.0)
+        spike = warm & (square > self.theta * v_hat)
         findings = []
-        for name, norm in record.family(self.signal).items():
-            if not math.isfinite(norm):
-                continue  # non-finite gradients are the non-finite detector's business
-            square = norm * norm
-            state = self._state.setdefault(name, [0.0, 0, False])
-            v, count, in_spike = state
-            if count >= self.warmup:
-                v_hat = v / (1 - self.beta**count)
-                spike = square > self.theta * v_hat
-                if spike and not in_spike:
-                    factor = norm / math.sqrt(v_hat) if v_hat > 0 else math.inf
-                    evidence = {
-                        "grad_norm": norm,
-                        "running_rms": math.sqrt(v_hat),
-                        "spike_factor": factor,
-                        "theta": self.theta,
-                    }
-                    severity = "critical" if factor * factor > 100 * self.theta else "warning"
-                    findings.append(Finding(self.kind, record.step, name, evidence, severity))
-                in_spike = spike
-                square = min(square, self.theta * v_hat)
-            state[:] = [self.beta * v + (1 - self.beta) * square, count + 1, in_spike]
+        for i in np.flatnonzero(spike & ~in_spike).tolist():
+            norm, moment = float(norms[i]), float(v_hat[i])
+            factor = norm / math.sqrt(moment) if moment > 0 else math.inf
+            evidence = {
+                "grad_norm": norm,
+                "running_rms": math.sqrt(moment),
+                "spike_factor": factor,
+                "theta": self.theta,
+            }
+            severity = "critical" if factor * factor > 100 * self.theta else "warning"
+            findings.append(Finding(self.kind, record.step, names[i], evidence, severity))
+        self._in_spike = np.where(warm, spike, in_spike)
+        square = np.where(warm, np.minimum(square, self.theta * v_hat), square)
+        self._v = np.where(finite, self.beta * v + (1 - self.beta) * square, v)
+        self._count = count + finite
         return findings
+
+    def _align(self, names: tuple[str, ...]) -> None:
+        """Order the state as ``names`` (a new layout happens once, or when tensors come and go)."""
+        if names is self._names or names == self._names:
+            self._names = names
+            return
+        self._parked.update(
+            zip(
+                self._names,
+                zip(self._v.tolist(), self._count.tolist(), self._in_spike.tolist(), strict=True),
+                strict=True,
+            )
+        )
+        state = [self._parked.pop(n, (0.0, 0, False)) for n in names]
+        self._names = names
+        self._v = np.array([s[0] for s in state], dtype=float)
+        self._count = np.array([s[1] for s in state], dtype=np.int64)
+        self._in_spike = np.array([s[2] for s in state], dtype=bool)
 
 
 class PlasticityLoss(Detector):

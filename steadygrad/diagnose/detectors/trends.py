@@ -193,7 +193,7 @@ class GradientGrowth(Detector):
     ) -> None:
         self.init_ratio = finite_float("init_ratio", init_ratio, low=1.0)
         self.collapse = finite_float("collapse", collapse, low=1.0, low_open=True)
-        self._previous: tuple[int, float, dict[str, float]] | None = None
+        self._previous: tuple[int, float, tuple[tuple[str, ...], np.ndarray]] | None = None
         self._largest = 0.0
         self.loss = SustainedLevel(window)
         self._first_record = True
@@ -204,7 +204,7 @@ class GradientGrowth(Detector):
         self.level = SustainedLevel(positive_int("window", window))
         self._above = 0
         self._fired: set[str] = set()
-        self._names: list[str] = []
+        self._names: tuple[str, ...] = ()
         self._ema: np.ndarray | None = None
         self._floor: np.ndarray | None = None
         self._first: np.ndarray | None = None  # step at which each tensor left its floor
@@ -255,15 +255,15 @@ class GradientGrowth(Detector):
 
     def _exploded_then_collapsed(self, record: Record, norm: float) -> list[Finding]:
         previous = self._previous
-        self._previous = (record.step, norm, record.family(GRAD_NORM.name))
+        self._previous = (record.step, norm, record.family_array(GRAD_NORM.name))
         largest, self._largest = self._largest, max(self._largest, norm)
         if previous is None or "critical" in self._fired:
             return []
-        step, before, family = previous
+        step, before, (names, norms) = previous
         if before < largest or before < self.collapse * norm or not self._loss_stalled():
             return []  # a spike the run shrugged off is a gradient spike, not an explosion
         self._fired.add("critical")
-        where = max(family, key=family.get) if family else None
+        where = names[int(np.argmax(norms))] if len(names) else None  # the largest (first)
         evidence = {"grad_norm": before, "next_grad_norm": norm, "ratio": before / norm}
         return [Finding(self.kind, step, where, evidence, Severity.CRITICAL)]
 
@@ -289,14 +289,14 @@ class GradientGrowth(Detector):
         return [Finding(self.kind, record.step, where, evidence, Severity.CRITICAL)]
 
     def _track_tensors(self, record: Record) -> None:
-        family = record.family(GRAD_NORM.name)
-        if not family:
+        names, norms = record.family_array(GRAD_NORM.name)
+        if not len(names):
             return
-        if list(family) != self._names:  # first record, or the set of tensors changed
-            self._names = list(family)
+        if names is not self._names and names != self._names:  # first record, or a new set
             self._ema = self._floor = self._first = None
+        self._names = names
         with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.log(np.fromiter(family.values(), float, len(family)))
+            logs = np.log(norms)
         logs[~np.isfinite(logs)] = np.nan
         if self._ema is None:
             self._ema, self._floor = logs.copy(), logs.copy()
