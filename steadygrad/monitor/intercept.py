@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
 from steadygrad.core import Signal
@@ -64,9 +65,11 @@ class InterceptingSignal(Signal):
 
     def begin(self, step: int) -> None:
         self._stop()
-        for module in self.monitor.model.modules():
-            self._handles.append(module.register_forward_pre_hook(self._push))
-            self._handles.append(module.register_forward_hook(self._pop, always_call=True))
+        # Two process-wide module hooks that look the module up, not two hooks per module: a
+        # model with thousands of modules would make (and the garbage collector then walk)
+        # thousands of handles on every due step.
+        self._handles.append(register_module_forward_pre_hook(self._push))
+        self._handles.append(register_module_forward_hook(self._pop, always_call=True))
         self._mode = _Mode(self.watched())
         self._mode.__enter__()
 
@@ -91,13 +94,17 @@ class InterceptingSignal(Signal):
         self._widths.clear()
 
     def _push(self, module: nn.Module, args: object) -> None:
-        self._stack.append(self._names.get(id(module), ""))
+        name = self._names.get(id(module))
+        if name is not None:  # a module of the watched model
+            self._stack.append(name)
 
     def _pop(self, module: nn.Module, args: object, output: object) -> None:
+        name = self._names.get(id(module))
+        if name is None:
+            return
         if self._stack:
             self._stack.pop()
         if id(module) in self._leaves and isinstance(output, torch.Tensor) and output.dim():
-            name = self._names.get(id(module), "")
             self._made_by[_key(output)] = name
             self._widths[output.shape[-1]] = name
 
