@@ -75,6 +75,7 @@ class Diagnosis:
     score: float = 0.0
     confidence: str = ""
     why: str = ""
+    explained_by: tuple[str, ...] = ()
 
     @property
     def rank_key(self) -> tuple:
@@ -96,7 +97,9 @@ class Found:
 @dataclass(frozen=True)
 class Rule:
     """A cause: the finding kinds its check reads (each emitted by a detector), the published
-    result behind it, its fixes, and the check."""
+    result behind it, its fixes, and the check. ``explained_by``: causes that, seen at or
+    before this one, produce its evidence themselves (a step that overshoots makes the next
+    gradient large), so this one is then their consequence."""
 
     cause: str
     tier: int
@@ -105,6 +108,7 @@ class Rule:
     fixes: tuple[Fix, ...]
     check: Callable[[RunFacts], Found | None]
     kinds: tuple[FindingKind, ...] = ()
+    explained_by: tuple[str, ...] = ()
 
     def apply(self, facts: RunFacts) -> Diagnosis | None:
         facts.allowed = frozenset(self.kinds)
@@ -124,6 +128,7 @@ class Rule:
             fixes=[f for f in self.fixes if f.applies is None or f.applies(facts)],
             reference=self.reference,
             tier=self.tier,
+            explained_by=self.explained_by,
         )
 
 
@@ -635,6 +640,9 @@ RULES: tuple[Rule, ...] = (
         ),
         _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting"),
         (GRADIENT_GROWTH,),
+        # Overshooting steps raise the next gradients: growth across steps then follows from
+        # the step size, not from growth through depth or time at fixed weights.
+        explained_by=("sharpness_above_limit",),
     ),
     Rule(
         "loss_of_plasticity",
