@@ -58,11 +58,14 @@ def test_noise_scale_grows_as_the_loss_falls(tmp_path):
 
 
 def test_gradient_lies_in_the_top_hessian_subspace_after_the_transient(tmp_path):
-    r = run_top_subspace(tmp_path, steps=200, probe_every=25, **QUIET)
-    n = 64 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
-    assert r.mean_fraction_after_transient > 0.75  # a random 10-dim subspace: 10/n = 0.007
-    assert r.mean_fraction_after_transient > 50 * 10 / n
+    # Gur-Ari et al. 2018: above 0.9 after the transient, k = 10 classes; here the gradient and
+    # Hessian of the whole training set, SGD (batch 256) at lr 1.0, near its stability edge
+    r = run_top_subspace(tmp_path, steps=300, probe_every=25, **QUIET)
+    n = 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+    assert r.mean_fraction_after_transient > 0.9  # a random 10-dim subspace: 10/n = 0.003
+    assert min(r.fraction[2:]) > 0.8
     assert r.mean_overlap_after_transient > 0.9  # and the subspace changes slowly
+    assert r.mean_fraction_after_transient > 200 * 10 / n
 
 
 def test_full_batch_solution_is_sharper_along_filter_normalised_slices(tmp_path):

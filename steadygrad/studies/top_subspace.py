@@ -72,13 +72,13 @@ class TopSubspaceStudyResult:
 @on_cpu_threads
 def run_top_subspace(
     out_dir: str | Path,
-    steps: int = 400,
+    steps: int = 1000,
     *,
     k: int = 10,
     probe_examples: int = 1437,
-    hidden: int = 16,
-    lr: float = 0.5,
-    batch_size: int = 64,
+    hidden: int = 32,
+    lr: float = 1.0,
+    batch_size: int = 256,
     probe_every: int = 20,
     transient: float = 0.125,
     loss: str = "square",
