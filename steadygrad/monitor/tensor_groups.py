@@ -38,9 +38,7 @@ class TensorGroups:
         tensor([2.0000, 4.0000, 1.7321])
     """
 
-    def __init__(
-        self, tensors: Sequence[torch.Tensor], device: torch.device | None = None
-    ) -> None:
+    def __init__(self, tensors: Sequence[torch.Tensor], device: torch.device | None = None) -> None:
         kinds: dict[tuple, list[int]] = {}
         singles: list[int] = []
         for i, t in enumerate(tensors):
