@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
-# Tensors of at most this many elements are stacked with the others of their shape.
-STACK_MAX_NUMEL = 1 << 16
+# Tensors of at most this many elements are stacked with the others of their shape: below it a
+# kernel per tensor costs more than the copy (TinyGPT's 16k-65k-element matrices run faster alone).
+STACK_MAX_NUMEL = 1 << 12
 # Elements per stacked chunk: bounds the temporary memory of a pass (a few such chunks).
 CHUNK_NUMEL = 1 << 22
 LOW_PRECISION = (torch.float16, torch.bfloat16)
