@@ -4,10 +4,11 @@ For each model it alternates blocks of bare steps and monitored steps in one pro
 compares the median (and mean) step time; it splits the Monitor's time per step into its parts
 (signals, detectors, store, the rest); and, for the many-tensor model, it measures the run
 store's size per recorded step at several step counts (linear growth) and the time of one
-``Run.series`` read on that run.
+``Run.series`` read on that run; and (``--only scaling``) the Monitor's time per step at 1,250 to
+5,000 tensors next to one ``_foreach_norm`` pass over every gradient and weight.
 
 Usage: python bench/monitor_overhead.py [--steps 50] [--rounds 6] [--settle 30]
-       [--store-seconds 90] [--only tinygpt|many]
+       [--store-seconds 90] [--only tinygpt|many|store|scaling]
 Goals (issue 15): <= 1.03x on TinyGPT, <= 1.10x on 5,000 tensors, <= 50 KB per recorded step.
 """
 
@@ -187,6 +188,46 @@ def store_growth(build, seconds: float, tmp: str) -> None:
         print(f"Run.series({metric!r}): {len(steps)} points in {ms:.1f} ms")
 
 
+def scaling(steps: int, rounds: int, settle: int, tmp: str) -> None:
+    """The Monitor's time per step against the tensor count, next to the time of one
+    ``torch._foreach_norm`` pass over every gradient and weight (the memory-bound floor): the
+    Monitor's cost should grow no faster than that pass."""
+    print("\nScaling with the tensor count (medians; Monitor = monitored - bare step)")
+    print(f"{'tensors':>8}{'bare ms':>10}{'Monitor ms':>12}{'norm pass ms':>14}{'ratio':>8}")
+    for branches in (625, 1250, 2500):
+        torch.manual_seed(0)
+        model = ManyTensors(branches)
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 8, generator=gen)
+
+        def fwd_bwd(model=model, x=x, y=y) -> torch.Tensor:
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        train(model, opt, fwd_bwd, 3)
+        bare: list[float] = []
+        monitored: list[float] = []
+        for r in range(rounds):
+            bare += train(model, opt, fwd_bwd, steps)
+            mon = steadygrad.Monitor(model, opt, f"{tmp}/s{branches}-{r}", progress=False)
+            train(model, opt, fwd_bwd, settle, mon)
+            monitored += train(model, opt, fwd_bwd, steps, mon)
+            mon.close()
+        fwd_bwd()
+        tensors = [p.grad for p in model.parameters()] + [p.detach() for p in model.parameters()]
+        passes = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            torch.stack(torch._foreach_norm(tensors))
+            passes.append(time.perf_counter() - t0)
+        opt.zero_grad(set_to_none=True)
+        b, m, n = statistics.median(bare), statistics.median(monitored), statistics.median(passes)
+        extra = m - b
+        print(f"{2 * branches:8d}{b * 1e3:10.1f}{extra * 1e3:12.2f}{n * 1e3:14.2f}{extra / n:8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=50, help="steps per block")
@@ -200,7 +241,7 @@ def main() -> None:
         "more (activation guard steps, the update-curvature signal's early window of 30)",
     )
     parser.add_argument("--store-seconds", type=float, default=90.0)
-    parser.add_argument("--only", choices=("tinygpt", "many", "store"), default=None)
+    parser.add_argument("--only", choices=("tinygpt", "many", "store", "scaling"), default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,6 +251,8 @@ def main() -> None:
             overhead(many_tensors, args.steps, args.rounds, args.settle, 1.10, tmp)
         if args.only in (None, "store") and args.store_seconds > 0:
             store_growth(many_tensors, args.store_seconds, tmp)
+        if args.only in (None, "scaling"):
+            scaling(max(10, args.steps // 2), max(2, args.rounds // 2), args.settle, tmp)
 
 
 if __name__ == "__main__":
