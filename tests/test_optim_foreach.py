@@ -65,9 +65,10 @@ def test_foreach_path_follows_per_tensor_path(name):
     lists, opt = _run(name, foreach=True)
     start, _ = _run(name, steps=0)
     assert (reference - start).abs().max() > 0.02  # the trajectory goes somewhere
-    # the in-place translations keep the kernel's order of operations: bit for bit the same;
-    # Stable-SPAM sums its gradient norm by blocks, which may round the last bit differently
-    exact = not name.startswith("StableSPAM")
+    # SPAM's in-place translation keeps the kernel's order of operations: bit for bit the same;
+    # the others use fused ops (lerp, addcmul, addcdiv, a blocked norm) that round the last
+    # bits differently: 30 steps stay within float32 tolerance of the reference
+    exact = name.startswith("SPAM")
     tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-5, atol=2e-6)
     torch.testing.assert_close(lists, reference, **tol)
     for p_ref, p in zip(ref_opt.state, opt.state, strict=True):
