@@ -31,6 +31,19 @@ def stable_spam_scale(step: int, total_steps: int | None, eta_min: float) -> flo
     return eta_min + (1.0 - eta_min) * (1.0 + math.cos(math.pi * step / (total_steps + 1))) / 2.0
 
 
+def _once(scalar: Any) -> Any:
+    """``scalar`` (a per-tensor factor), computed once per tensor when compiled.
+
+    Inductor inlines a scalar expression into the loop over entries that uses it and, unsure
+    whether the loop's stores alias its inputs, evaluates it again for every vector of entries;
+    a chain of divisions and square roots there cost more than the memory traffic (the AdaGN
+    factor alone: 2x the whole update on CPU). A reduction is always computed first, once: the
+    max of the value with itself is the value, exactly."""
+    if isinstance(scalar, torch.Tensor):
+        return torch.stack((scalar, scalar)).amax()
+    return scalar  # a TensorList of the multi-tensor path: nothing to hoist
+
+
 def stable_spam_kernel(
     p: torch.Tensor,
     g: torch.Tensor,
@@ -48,19 +61,21 @@ def stable_spam_kernel(
     g = g.float()
     pf = p.float() * decay
     # AdaClip: entries above the bias-corrected EMA of max|g| are rescaled by that/max|g|.
-    g_max = torch.amax(torch.abs(g))
+    g_abs = torch.abs(g)
+    g_max = torch.amax(g_abs)
     max_ema_new = max_ema * g3 + omg3 * g_max
     limit = max_ema_new / bc3
-    g = torch.where(torch.abs(g) > limit, g / g_max * limit, g)
+    g = torch.where(g_abs > limit, g * _once(limit / g_max), g)
     # AdaGN: rescale the whole tensor to the ratio of EMAs of its norm and squared norm.
     norm = torch.linalg.vector_norm(g)
     norm_ema_new = norm_ema * g1 + omg1 * norm
     norm_sq_ema_new = norm_sq_ema * g2 + omg2 * norm * norm
     ratio = (norm_ema_new / bc_g1) / (torch.sqrt(norm_sq_ema_new / bc_g2) + eps)
-    g = torch.where(norm > 0, g / norm * ratio, g)
+    g = g * _once(torch.where(norm > 0, ratio / norm, 1.0))
     m_new = m * b1 + g * omb1
     v_new = v * b2 + g * g * omb2
-    p.copy_(pf - step_size * (m_new / (torch.sqrt(v_new) / bc2_sqrt + eps)))
+    # step_size * m / (sqrt(v)/bc2_sqrt + eps), with bc2_sqrt moved out of the per-entry work
+    p.copy_(pf - (step_size * bc2_sqrt) * (m_new / (torch.sqrt(v_new) + eps * bc2_sqrt)))
     m.copy_(m_new)
     v.copy_(v_new)
     max_ema.copy_(max_ema_new)
@@ -159,7 +174,7 @@ def _pieces_of(p, g, m, v) -> tuple[list[list[list[torch.Tensor]]], list[int]]:
         flat = [t.view(-1) for t in row]
         numel = flat[0].numel()
         for start in range(0, numel, size):
-            piece = [t[start : start + size] for t in flat]
+            piece = flat if numel <= size else [t[start : start + size] for t in flat]
             if current and filled + piece[0].numel() > size:
                 blocks.append(current)
                 current, filled = [], 0
