@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
-from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 

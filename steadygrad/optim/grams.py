@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
