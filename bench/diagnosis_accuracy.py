@@ -16,7 +16,9 @@ Columns (per mode):
                           top one) lists the module, or a parent / child of it
     warned before         of diverging scenarios: a warning-or-worse right-cause diagnosis
                           (its first_step) or finding (kinds mapped to the cause) at or before
-                          the divergence step; the median lead in steps
+                          the divergence step; the median lead in steps; and how many of those
+                          whose fault starts >= 50 steps before the divergence (the scenario's
+                          ``onset``) were warned >= 50 steps ahead
     healthy w/ warning    healthy controls with any warning-or-worse finding or diagnosis
     monitor raised        runs where mon.step() raised into the training loop (steadygrad must
                           never harm the run; the bench then stops stepping the monitor)
@@ -156,6 +158,7 @@ def run_one(name: str, mode: str, root: str) -> dict:
     if diverges == "auto":
         diverges = measured_divergence(ctx.losses)
     row["diverge_step"] = diverges
+    row["room"] = None if diverges is None else diverges - sc.onset
     if sc.diverges == "auto":
         ctx.check("diverged", diverges is not None)
     row["checks"] = ctx.checks
@@ -218,12 +221,16 @@ def summarise(rows: list[dict], mode: str) -> dict:
     diverging = [r for r in sick if r.get("diverge_step") is not None]
     healthy = [r for r in mine if r["true_cause"] == "healthy"]
     leads = [r["lead"] for r in diverging if r.get("lead") is not None]
+    roomy = [r for r in diverging if (r.get("room") or 0) >= 50]  # a warning has 50 steps
     return {
         "right cause first": (sum(r.get("first", False) for r in sick), len(sick)),
         "right cause anywhere": (sum(r.get("anywhere", False) for r in sick), len(sick)),
         "location named": (sum(r.get("located", False) for r in placed), len(placed)),
         "warned before divergence": (len(leads), len(diverging)),
-        "  >= 50 steps ahead": (sum(lead >= 50 for lead in leads), len(diverging)),
+        "  >= 50 ahead, of those with room": (
+            sum((r.get("lead") or 0) >= 50 for r in roomy),
+            len(roomy),
+        ),
         "  median lead (steps)": statistics.median(leads) if leads else None,
         "healthy w/ warning": (sum(r.get("warned", False) for r in healthy), len(healthy)),
         "fault not induced": sum(not r.get("induced", True) for r in mine),

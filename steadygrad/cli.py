@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", type=Path, default=Path("studies/top-subspace"))
     s.add_argument("--steps", type=_positive_int, default=None)
     s.add_argument("--k", type=_positive_int, default=None)
+    s.add_argument("--loss", choices=("square", "cross_entropy"), default=None)
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--hidden", type=_positive_int, default=None)
+    s.add_argument("--batch-size", type=_positive_int, default=None)
+    s.add_argument("--probe-examples", type=_positive_int, default=None)
     s = studies.add_parser(
         "loss-landscape",
         help="1-D and 2-D loss slices of a small-batch (flat) and a full-batch (sharp) solution",
@@ -204,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("-o", "--out", type=Path, default=Path("studies/loss-landscape"))
     s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--loss", choices=("square", "cross_entropy"), default=None)
     s = studies.add_parser(
         "signal-propagation",
         help="the order-to-chaos transition of deep tanh networks at initialisation",
@@ -223,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", type=Path, default=Path("studies/sgd-trace"))
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--steps", type=_positive_int, default=None)
+    s.add_argument("--model", choices=("diagonal", "mlp"), default=None)
     s = studies.add_parser(
         "stability-gap",
         help="class-incremental digits: old tasks drop after each switch and partly recover",
@@ -420,13 +428,14 @@ def _noise_scale(args: argparse.Namespace) -> None:
 def _top_subspace(args: argparse.Namespace) -> None:
     from steadygrad.studies.top_subspace import run_top_subspace
 
-    run_top_subspace(args.out, **_given(args, "steps", "k"))
+    options = _given(args, "steps", "k", "loss", "lr", "hidden", "batch_size", "probe_examples")
+    run_top_subspace(args.out, **options)
 
 
 def _loss_landscape(args: argparse.Namespace) -> None:
     from steadygrad.studies.loss_landscape import run_loss_landscape
 
-    run_loss_landscape(args.out, **_given(args, "steps"))
+    run_loss_landscape(args.out, **_given(args, "steps", "lr", "loss"))
 
 
 def _signal_propagation(args: argparse.Namespace) -> None:
@@ -438,7 +447,7 @@ def _signal_propagation(args: argparse.Namespace) -> None:
 def _sgd_trace(args: argparse.Namespace) -> None:
     from steadygrad.studies.sgd_trace import run_sgd_trace
 
-    run_sgd_trace(args.out, **_given(args, "lr", "steps"))
+    run_sgd_trace(args.out, **_given(args, "lr", "steps", "model"))
 
 
 def _stability_gap(args: argparse.Namespace) -> None:

@@ -137,6 +137,37 @@ def test_mechanisms_can_be_switched_off_and_a_given_signal_replaces_its_default(
     assert "CrossEntropyOutputSignal" not in names and "OutputLogitSignal" in names
 
 
+def test_an_output_signal_that_guesses_its_module_defers_to_the_loss_call(tmp_path):
+    # The last Linear of this model is not its output: the logits are scaled after it. The
+    # guessing OutputLogitSignal() reads the unscaled Linear; the loss call sees the real logits.
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(6, 5)
+
+        def forward(self, x):
+            return 30.0 * self.head(x)
+
+    model = Scaled()
+    guess = steadygrad.OutputLogitSignal()
+    records, hand, _, _ = _run(tmp_path, model, F.cross_entropy, steps=3, signals=[guess])
+    assert steadygrad.load(tmp_path / "run").config["signals"]["CrossEntropyOutputSignal"] == "on"
+    for record, logits in zip(records[1:], hand[1:], strict=True):
+        assert record.values["logit_lse_mean"] == pytest.approx(
+            torch.logsumexp(logits, 1).mean().item(), rel=1e-5
+        )
+        assert record.meta["output_module"] == "head"
+
+
+def test_a_one_wide_output_is_no_softmax_even_for_an_explicit_signal(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+    signals = [steadygrad.SoftmaxCollapseSignal(), steadygrad.OutputLogitSignal()]
+    records, _, _, _ = _run(
+        tmp_path, model, lambda z, t: F.mse_loss(z.squeeze(1), t.float()), signals=signals
+    )
+    assert not any(k.startswith(("logit_lse", "softmax_collapse")) for k in records[-1].values)
+
+
 def test_a_failing_probe_is_switched_off_with_a_warning_and_training_goes_on(tmp_path):
     """A sharpness probe on NaN weights, or any signal that raises, never stops training."""
 

@@ -56,6 +56,37 @@ def test_loss_spike_control_noisy_decreasing_loss():
         assert _stream(LossSpikeDetector(), _noisy_decay(seed=seed)) == []
 
 
+def _classifier_losses(seed, plant=None, n=300, batch=32):
+    """Batch losses of a binary classifier growing confident, with rare confidently wrong rows
+    (heavy-tailed near zero, like the healthy BERT run); ``plant`` puts four corrupt rows
+    (loss 12 each) into one batch."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(n):
+        confident = min(t / 150, 1)
+        margin = rng.normal(5 * confident, 1.0, size=batch)
+        margin[rng.random(batch) < 0.004 * confident] = -8.0
+        losses = np.log1p(np.exp(-margin))
+        if plant == t:
+            losses[:4] = 12.0
+        out.append(losses.mean())
+    return out
+
+
+def test_loss_spike_heavy_tailed_near_zero_loss_trigger_and_control():
+    # Control: one wrong row in a batch of 32 lifts a 0.02 loss to 0.27 (z > 6); it recurs in
+    # ~10% of batches, so it is the run's normal tail, not a spike. Trigger: a corrupt batch
+    # far above that tail, even while such rows keep the spike test's cooldown busy.
+    false_alarms = [s for s in range(20) if _stream(LossSpikeDetector(), _classifier_losses(s))]
+    caught = [
+        s
+        for s in range(20)
+        if 250 in [f.step for f in _stream(LossSpikeDetector(), _classifier_losses(s, 250))]
+    ]
+    assert false_alarms == []
+    assert len(caught) >= 18
+
+
 def test_loss_spike_one_finding_per_episode():
     values = _noisy_decay()
     values[150:160] *= 3.0

@@ -159,3 +159,32 @@ def test_sharpness_at_limit_before_divergence_is_the_mechanism(tmp_path):
     assert report.causes() == ["sharpness_above_limit", "nonfinite"]
     far = _planted_run(tmp_path, "far", 0.5)
     assert far.causes() == ["nonfinite"]
+
+
+def _overshoot_and_growth(tmp_path, name, overshoot_at, growth_at):
+    """A run with unstable-step and gradient-growth findings at the given steps, then a NaN."""
+    from steadygrad.store import RunStore
+
+    store = RunStore(tmp_path / name)
+    for step in range(0, 40):
+        store.add_scalars(step, {"loss": 2.0 if step < 30 else float("nan")})
+    store.add_findings(
+        [
+            steadygrad.Finding("unstable_steps", overshoot_at, None, {"ratio": 9.0}, "warning"),
+            steadygrad.Finding("gradient_growth", growth_at, "0.weight", {}, "critical"),
+            steadygrad.Finding("nonfinite", 30, None, {"loss": float("nan")}, "critical"),
+        ]
+    )
+    store.close()
+    return steadygrad.diagnose(tmp_path / name)
+
+
+def test_gradient_growth_that_overshooting_steps_explain_ranks_below_them(tmp_path):
+    # Same step: the overshoot (a step-size property) produces the large next gradient.
+    same = _overshoot_and_growth(tmp_path, "same", overshoot_at=5, growth_at=5)
+    assert same.causes()[0] == "sharpness_above_limit"
+    growth = next(d for d in same.diagnoses if d.cause == "exploding_gradients")
+    assert growth.confidence == "low" and "sharpness_above_limit" in growth.why
+    # Growth first: it is not explained by a later overshoot, and stays the cause.
+    first = _overshoot_and_growth(tmp_path, "first", overshoot_at=12, growth_at=5)
+    assert first.causes()[0] == "exploding_gradients"

@@ -58,11 +58,14 @@ def test_noise_scale_grows_as_the_loss_falls(tmp_path):
 
 
 def test_gradient_lies_in_the_top_hessian_subspace_after_the_transient(tmp_path):
-    r = run_top_subspace(tmp_path, steps=200, probe_every=25, **QUIET)
-    n = 64 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
-    assert r.mean_fraction_after_transient > 0.75  # a random 10-dim subspace: 10/n = 0.007
-    assert r.mean_fraction_after_transient > 50 * 10 / n
+    # Gur-Ari et al. 2018: above 0.9 after the transient, k = 10 classes; here the gradient and
+    # Hessian of the whole training set, SGD (batch 256) at lr 1.0, near its stability edge
+    r = run_top_subspace(tmp_path, steps=300, probe_every=25, **QUIET)
+    n = 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+    assert r.mean_fraction_after_transient > 0.9  # a random 10-dim subspace: 10/n = 0.003
+    assert min(r.fraction[2:]) > 0.8
     assert r.mean_overlap_after_transient > 0.9  # and the subspace changes slowly
+    assert r.mean_fraction_after_transient > 200 * 10 / n
 
 
 def test_full_batch_solution_is_sharper_along_filter_normalised_slices(tmp_path):
@@ -76,10 +79,14 @@ def test_full_batch_solution_is_sharper_along_filter_normalised_slices(tmp_path)
         probe_every=400,
         **QUIET,
     )
-    # both fit the training set to the same loss; the full-batch basin is the sharper one
+    # both fit the training set to the same (square) loss; the full-batch basin is the sharper
+    # one, along filter-normalised slices and by its top Hessian eigenvalue
     assert r.train_accuracy["small"] > 0.99 and r.train_accuracy["large"] > 0.99
     assert r.train_loss["large"] == pytest.approx(r.train_loss["small"], rel=0.3)
-    assert r.rise["large"] > 1.08 * r.rise["small"] > 0
+    assert r.rise["large"] > 1.6 * r.rise["small"] > 0
+    assert r.sharpness["large"] > 1.8 * r.sharpness["small"]
+    # full-batch GD at lr 0.25 sits at the edge of stability, 2/lr = 8
+    assert r.sharpness["large"] == pytest.approx(2 / 0.25, rel=0.2)
     assert len(r.rise_during["small"]) == 2  # the probe ran in the Monitor
 
 
@@ -149,3 +156,39 @@ def test_studies_run_from_the_command_line(tmp_path, capsys):
     assert code == 0
     assert (out / "signal_propagation.json").exists() and (out / "signal_propagation.png").exists()
     assert "critical value" in capsys.readouterr().out
+
+
+def test_sgd_trace_on_a_nonlinear_mlp(tmp_path):
+    # Wu and Su 2023: at batch size 1 a linearly stable minimum has tr(H) <= 2/lr; GD needs only
+    # lambda_max <= 2/lr and, on this tanh MLP, settles with the trace well above 2/lr
+    r = run_sgd_trace(tmp_path, model="mlp", steps=1500, probe_every=250, trace_matvecs=30, **QUIET)
+    assert r.limit == pytest.approx(2 / 0.2)
+    assert r.final_loss["sgd"] < 0.05 and r.final_loss["gd"] < 1e-3  # both near a minimum
+    assert r.trace_ratio["sgd"] <= 1.0
+    assert r.trace_ratio["gd"] > 1.2
+    assert r.sharpness_ratio["gd"] < 1.1  # GD's own criterion holds
+    with pytest.raises(ValueError, match="model"):
+        run_sgd_trace(tmp_path, model="resnet")
+
+
+def test_cross_entropy_gradient_lies_in_its_batch_top_subspace(tmp_path):
+    # Gur-Ari et al.'s setup: cross-entropy, SGD lr 0.1, batch 64, two hidden layers of 32, k = 10;
+    # gradient and Hessian of the same 64 training images
+    r = run_top_subspace(
+        tmp_path,
+        steps=800,
+        probe_every=50,
+        loss="cross_entropy",
+        lr=0.1,
+        hidden=32,
+        probe_examples=64,
+        transient=0.5,
+        **QUIET,
+    )
+    # the gradient of 64 examples lies in the span of their 64 x 10 logit gradients: a random
+    # 10-dim subspace of that span would hold 10/640 of it
+    assert r.mean_fraction_after_transient > 0.85
+    assert min(r.fraction[-4:]) > 0.8
+    assert r.mean_overlap_after_transient > 0.9
+    with pytest.raises(ValueError, match="loss"):
+        run_top_subspace(tmp_path, loss="hinge")

@@ -86,3 +86,36 @@ def test_above_the_limit_the_ratio_exceeds_one_and_below_it_does_not(tmp_path):
         late = [r for r in ratios[15:] if r is not None]
         assert late
         assert all(r > 1 for r in late) if above else all(r < 1 for r in late)
+
+
+def test_readings_every_step_once_the_loss_climbs_and_only_on_cadence_before(tmp_path):
+    """GD on a quadratic at half its stability limit, then (step 60) at 1.5x: the smoothed loss
+    climbs, and the ratio is read at every step from then on, each reading above 1 (the step
+    size is why); before, only on the cadence."""
+    torch.manual_seed(1)
+    x = torch.randn(128, 4, dtype=torch.float64) * torch.tensor([3.0, 1.0, 1.0, 0.5]).double()
+    y = torch.randn(128, 1, dtype=torch.float64)
+    top = float(torch.linalg.eigvalsh(2 * x.T @ x / 128).max())
+    model = torch.nn.Linear(4, 1, bias=False).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5 * 2 / top)
+    read, losses = [], []
+    with steadygrad.watch(model, opt, tmp_path / "r", progress=False, activation_every=25) as mon:
+        for step in range(90):
+            if step == 60:  # the rate jumps past the limit; a small kick seeds the top direction
+                opt.param_groups[0]["lr"] = 1.5 * 2 / top
+                with torch.no_grad():
+                    model.weight.add_(1e-3 * torch.randn_like(model.weight))
+            loss = _loss_of(model, x, y)()
+            loss.backward()
+            opt.step()
+            record = mon.step(loss)
+            losses.append(float(loss))
+            if "directional_sharpness_ratio" in record.values:
+                read.append((step, record.values["directional_sharpness_ratio"]))
+            opt.zero_grad()
+    steps = [s for s, _ in read]
+    assert [s for s in steps if 12 < s < 60] == [26, 51]  # the cadence while the loss falls
+    rising = next(s for s in range(61, 90) if losses[s] > 1.5 * min(losses[:60]))
+    late = [(s, r) for s, r in read if s > rising + 3]
+    assert [s for s, _ in late] == list(range(rising + 4, 90))
+    assert all(r > 1 for _, r in late)

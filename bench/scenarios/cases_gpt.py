@@ -184,7 +184,7 @@ class NormedDecoder(Decoder):
         return self.ln_f(x)
 
 
-@scenario("gpt", "adamw", "nonfinite", where="emb_norm", diverges=77)
+@scenario("gpt", "adamw", "nonfinite", where="emb_norm", diverges=77, onset=77)
 def nan_padding_row_gpt(ctx: Context) -> None:
     """One sequence at step 77 holds a padding token (id 0, a zero embedding): the RMS norm
     without epsilon divides 0 by 0 on that one row."""
@@ -281,7 +281,7 @@ def frozen_detached_embedding_gpt(ctx: Context) -> None:
 # -- a data outlier -----------------------------------------------------------------------------------
 
 
-@scenario("gpt", "sg_spam", "data_outlier", diverges=120)
+@scenario("gpt", "sg_spam", "data_outlier", diverges=120, onset=120)
 def outlier_random_tokens_gpt(ctx: Context) -> None:
     """At step 120 a batch of uniformly random bytes (a corrupt shard) reaches the model."""
     gen = seeded(60)

@@ -66,7 +66,7 @@ def _outlier(at: int, scale: float):
     return alter
 
 
-@scenario("mlp", "adam", "data_outlier", diverges=140)
+@scenario("mlp", "adam", "data_outlier", diverges=140, onset=140)
 def outlier_mlp_adam(ctx: Context) -> None:
     gen = seeded(14)
     model = MLP([64, 128, 10])
@@ -75,7 +75,7 @@ def outlier_mlp_adam(ctx: Context) -> None:
     ctx.check("loss spiked at 140", ctx.losses[140] > 5 * max(ctx.losses[130:140]))
 
 
-@scenario("cnn", "sgd_mom", "data_outlier", diverges=95)
+@scenario("cnn", "sgd_mom", "data_outlier", diverges=95, onset=95)
 def outlier_cnn_momentum(ctx: Context) -> None:
     gen = seeded(15)
     model = BNConvNet(width=8)
@@ -104,7 +104,7 @@ class LogMLP(nn.Module):
         return self.body(self.logfeat(x + 0.5))
 
 
-@scenario("mlp", "sgd_mom", "nonfinite", where="logfeat", diverges=137)
+@scenario("mlp", "sgd_mom", "nonfinite", where="logfeat", diverges=137, onset=137)
 def nan_log_one_sample_mlp(ctx: Context) -> None:
     gen = seeded(16)
     model = LogMLP()
@@ -144,7 +144,7 @@ def dead_relu_bias_shift_mlp(ctx: Context) -> None:
     ctx.check("layer 2 all dead", dead_fraction(h) == 1.0)
 
 
-@scenario("cnn", "adam", "loss_of_plasticity", where=("bn2", "conv2"), diverges="auto")
+@scenario("cnn", "adam", "loss_of_plasticity", where=("bn2", "conv2"), diverges="auto", onset=60)
 def dead_relu_creeping_cnn(ctx: Context) -> None:
     """From step 60 a hand-written "bias regulariser" with the wrong sign moves bn2's shift
     down a little every step: the channels of the functional ReLU after it die one by one (a
@@ -201,22 +201,41 @@ def frozen_lr0_conv_lion(ctx: Context) -> None:
 # -- slow divergence ------------------------------------------------------------------------------
 
 
-@scenario("mlp", "adam", "slow_divergence", diverges="auto", note="weight decay sign bug")
+@scenario("mlp", "adam", "loss_divergence", diverges="auto", note="weight decay sign bug", onset=60)
 def slow_divergence_wd_sign_mlp(ctx: Context) -> None:
-    """Hand-written decoupled weight decay with the sign flipped: the weights grow by a small
-    factor every step and the loss creeps up over ~150 steps."""
+    """A regression MLP (MSE) with hand-written decoupled weight decay whose sign is flipped:
+    from step 60 the weights grow by 2% a step, faster than Adam can pull them back, and the
+    loss creeps up over ~100 steps (no softmax to collapse: the climb is all there is)."""
     gen = seeded(22)
-    model = MLP([64, 64, 10], act=nn.Tanh)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    decay = 0.015
+    x, y = _diabetes()
+
+    def batches():
+        while True:
+            order = torch.randperm(len(y), generator=gen)
+            for i in range(0, len(y) - 32, 32):
+                yield x[order[i : i + 32]], y[order[i : i + 32]]
+
+    model = MLP([10, 64, 64, 1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    decay = 0.02
 
     def grow(step: int) -> None:
-        if step >= 30:
+        if step >= 60:
             with torch.no_grad():
                 for p in model.parameters():
                     p.mul_(1 + decay)  # meant: 1 - lr * decay
 
-    fit(ctx, model, opt, digit_batches(gen), 240, before=grow)
+    fit(ctx, model, opt, batches(), 240, loss_fn=F.mse_loss, classifier=False, before=grow)
+
+
+def _diabetes() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled diabetes regression set, standardised."""
+    from sklearn.datasets import load_diabetes
+
+    d = load_diabetes()
+    x = torch.tensor(d.data, dtype=torch.float32)
+    y = torch.tensor(d.target, dtype=torch.float32)[:, None]
+    return (x - x.mean(0)) / x.std(0), (y - y.mean()) / y.std()
 
 
 # -- Adam's second moment poisoned by one huge gradient -------------------------------------------
@@ -340,14 +359,8 @@ def healthy_cnn_momentum(ctx: Context) -> None:
 
 @scenario("mlp", "adamw", "healthy", note="regression head (MSE), not a classifier")
 def healthy_regression_mlp(ctx: Context) -> None:
-    from sklearn.datasets import load_diabetes
-
     gen = seeded(34)
-    d = load_diabetes()
-    x = torch.tensor(d.data, dtype=torch.float32)
-    x = (x - x.mean(0)) / x.std(0)
-    y = torch.tensor(d.target, dtype=torch.float32)[:, None]
-    y = (y - y.mean()) / y.std()
+    x, y = _diabetes()
 
     def batches():
         while True:

@@ -63,7 +63,7 @@ class PooledGRU(nn.Module):
         return self.head(self.pool(self.rnn(rows)[0], mask))
 
 
-@scenario("rnn", "adam", "nonfinite", where="pool", diverges=63, heldout=True)
+@scenario("rnn", "adam", "nonfinite", where="pool", diverges=63, heldout=True, onset=63)
 def nan_empty_sequence_gru(ctx: Context) -> None:
     gen = seeded(42)
     model = PooledGRU()
@@ -88,7 +88,7 @@ def lr_fast_gru_momentum(ctx: Context) -> None:
     fit(ctx, model, opt, digit_batches(gen), 60)
 
 
-@scenario("rnn", "adam", "slow_divergence", diverges="auto", heldout=True)
+@scenario("rnn", "adam", "loss_divergence", diverges="auto", heldout=True)
 def slow_divergence_lstm_wd_sign(ctx: Context) -> None:
     """Decoupled weight decay applied with the wrong sign from step 30 on an LSTM classifier."""
     gen = seeded(44)

@@ -26,17 +26,16 @@ CAUSES = (
     "output_logit_divergence",
     "softmax_collapse",
     "sharpness_above_limit",
+    "exploding_gradients",
     "loss_of_plasticity",
     "update_ratio_out_of_range",
+    "adam_second_moment_poisoned",
+    "data_outlier",
     "gradient_spike",
     "nonfinite",
     "loss_spike",
+    "loss_divergence",  # a slow divergence: no mechanism to name, the climb itself is the cause
     "amp_overflow",
-    "adam_second_moment_poisoned",
-    # causes no rule names yet
-    "exploding_gradients",
-    "slow_divergence",
-    "data_outlier",
     # a healthy control
     "healthy",
 )
@@ -49,7 +48,9 @@ class Scenario:
     ``where``: the module(s) where the cause sits, as ``model.named_modules()`` spells them
     (any one of them counts as named), or ``()`` when it has no place. ``diverges``: the step
     the run breaks at, ``"auto"`` to measure it from the loss (see ``measured_divergence`` in
-    ``bench/diagnosis_accuracy.py``), or None when the run does not diverge.
+    ``bench/diagnosis_accuracy.py``), or None when the run does not diverge. ``onset``: the step
+    the fault starts (an injected batch, a bug switched on); the room a warning has is the
+    steps from the onset to the divergence.
     """
 
     name: str
@@ -61,6 +62,7 @@ class Scenario:
     run: Callable[[Context], None]
     heldout: bool = False
     note: str = ""
+    onset: int = 0
 
     @property
     def healthy(self) -> bool:
@@ -78,6 +80,7 @@ def scenario(
     diverges: int | str | None = None,
     heldout: bool = False,
     note: str = "",
+    onset: int = 0,
 ) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
     """Register ``run(ctx)`` under its function name."""
     if cause not in CAUSES:
@@ -89,7 +92,7 @@ def scenario(
         if fn.__name__ in SCENARIOS:
             raise ValueError(f"scenario {fn.__name__} registered twice")
         SCENARIOS[fn.__name__] = Scenario(
-            fn.__name__, family, optimizer, cause, tuple(where), diverges, fn, heldout, note
+            fn.__name__, family, optimizer, cause, tuple(where), diverges, fn, heldout, note, onset
         )
         return fn
 

@@ -12,7 +12,10 @@ For SGD (no momentum) the trace limit 2 / lr is also reported next to the GD one
 ``trace=True``: a minimum that is linearly stable for SGD's noise (not only for its mean step)
 has tr(H) <= 2 / lr (Wu, Ma, E 2018, "How SGD selects the global minima"; Wu and Su 2023, "The
 implicit regularization of dynamical stability in SGD"), a bound on every eigenvalue together,
-where GD bounds only the largest.
+where GD bounds only the largest. That is the batch-size-1 form, at an interpolating minimum of
+a square loss; with batch size B of n examples the noise term carries p = (n - B) / (B (n - 1))
+(Mulayoff and Michaeli 2023) and the condition is about (1 - p) lambda_max + p tr(H) <= 2 / lr,
+so compare ``hessian_trace_ratio`` with about B for small batches.
 """
 
 from __future__ import annotations

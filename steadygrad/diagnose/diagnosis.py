@@ -101,6 +101,8 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
     broke = facts.broke_at
     for d in found:
         judge(d, broke)
+    for d in found:
+        explained(d, found)
     found.sort(
         key=lambda d: (
             -d.score,
@@ -142,6 +144,26 @@ def judge(d: Diagnosis, broke: int | None) -> None:
             f"first seen at step {first}, after the run broke at step {broke}: more likely a "
             "consequence than the cause"
         )
+
+
+def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
+    """Drop a cause below the symptoms when another cause, seen at or before it, produces its
+    evidence (its rule's ``explained_by``)."""
+    if d.first_step is None:
+        return
+    for other in found:
+        if (
+            other.cause in d.explained_by
+            and other.first_step is not None
+            and other.first_step <= d.first_step
+        ):
+            d.score = min(d.score, TIER_SCORE[SYMPTOM] - 5.0)
+            d.confidence = "low"
+            d.why = (
+                f"{other.cause} was seen at step {other.first_step}, at or before this (step "
+                f"{d.first_step}), and produces the same evidence: more likely its consequence"
+            )
+            return
 
 
 def margins(facts: RunFacts) -> dict[str, float | str]:

@@ -26,6 +26,7 @@ from steadygrad.core.metrics import (
 )
 from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
 from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
+from steadygrad.diagnose.detectors.dynamics import MEMORISING
 from steadygrad.diagnose.detectors.training import (
     AMP_OVERFLOW,
     GRAD_NORM_SPIKE,
@@ -75,6 +76,7 @@ class Diagnosis:
     score: float = 0.0
     confidence: str = ""
     why: str = ""
+    explained_by: tuple[str, ...] = ()
 
     @property
     def rank_key(self) -> tuple:
@@ -96,7 +98,9 @@ class Found:
 @dataclass(frozen=True)
 class Rule:
     """A cause: the finding kinds its check reads (each emitted by a detector), the published
-    result behind it, its fixes, and the check."""
+    result behind it, its fixes, and the check. ``explained_by``: causes that, seen at or
+    before this one, produce its evidence themselves (a step that overshoots makes the next
+    gradient large), so this one is then their consequence."""
 
     cause: str
     tier: int
@@ -105,6 +109,7 @@ class Rule:
     fixes: tuple[Fix, ...]
     check: Callable[[RunFacts], Found | None]
     kinds: tuple[FindingKind, ...] = ()
+    explained_by: tuple[str, ...] = ()
 
     def apply(self, facts: RunFacts) -> Diagnosis | None:
         facts.allowed = frozenset(self.kinds)
@@ -124,6 +129,7 @@ class Rule:
             fixes=[f for f in self.fixes if f.applies is None or f.applies(facts)],
             reference=self.reference,
             tier=self.tier,
+            explained_by=self.explained_by,
         )
 
 
@@ -635,6 +641,9 @@ RULES: tuple[Rule, ...] = (
         ),
         _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting"),
         (GRADIENT_GROWTH,),
+        # Overshooting steps raise the next gradients: growth across steps then follows from
+        # the step size, not from growth through depth or time at fixed weights.
+        explained_by=("sharpness_above_limit",),
     ),
     Rule(
         "loss_of_plasticity",
@@ -828,3 +837,46 @@ STABILITY_GAP_RULE = Rule(
     (STABILITY_GAP_FOUND,),
 )
 RULES = (*RULES, STABILITY_GAP_RULE)
+
+
+# -- memorising, from the opt-in gradient-coherence probe (self-contained: one check, one rule) --
+def _memorising(facts: RunFacts) -> Found | None:
+    found = facts.of(MEMORISING)
+    if not found:
+        return None
+    first = min(found, key=lambda f: f.step)
+    ev = first.evidence
+    summary = (
+        f"memorising: from step {ev.get('probe_steps', [first.step])[0]} the training loss fell "
+        f"({ev.get('loss_then', math.nan):.3g} -> {ev.get('loss_now', math.nan):.3g}, from "
+        f"{ev.get('loss_start', math.nan):.3g} at the start) while the per-example gradients "
+        f"stayed near orthogonal (m-coherence {ev.get('coherence')}, below {ev.get('low')}): "
+        "the network is fitting examples one by one rather than a pattern they share"
+    )
+    return Found(summary, first.step, [], {"episodes": len(found), "first": dict(ev)})
+
+
+MEMORISING_RULE = Rule(
+    "memorising",
+    EVENT,
+    "warning",
+    "Chatterjee 2020 (ICLR), 'Coherent gradients'; Chatterjee & Zielinski 2022, 'On the "
+    "generalization mystery in deep learning': per-example gradients of learnable data agree "
+    "and reinforce each other, those of randomly labelled data are near orthogonal, and each "
+    "example is then fitted on its own; coherence falls as a network starts to memorise "
+    "(steadygrad study gradient-coherence: real vs random labels on digits).",
+    (
+        Fix(
+            "check the labels and the input pipeline (shuffled or misaligned labels look like "
+            "this); compare with a run on a small subset whose labels you have checked",
+            "steadygrad.load(run_dir).series('gradient_coherence')",
+        ),
+        Fix(
+            "regularise or stop early: memorised examples do not carry over to held-out data",
+            "for group in optimizer.param_groups: group['weight_decay'] = 5e-4",
+        ),
+    ),
+    _memorising,
+    (MEMORISING,),
+)
+RULES = (*RULES, MEMORISING_RULE)

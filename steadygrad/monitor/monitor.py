@@ -37,6 +37,7 @@ from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.dead_units import DeadUnitSignal
 from steadygrad.monitor.distributed import NullStore, Reducer
 from steadygrad.monitor.findings_log import LoggingSink
+from steadygrad.monitor.output_logits import OutputHook
 from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
 from steadygrad.monitor.progress import ProgressLine
@@ -595,11 +596,20 @@ def watch(
 
 
 def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
-    """The default mechanism signals, less those whose metrics a given signal records."""
-    taken = {m.name for s in given for m in s.metrics}
+    """The default mechanism signals, less those whose metrics a given signal records.
+
+    An output signal given without a ``module`` would only guess the head (the last Linear):
+    the cross-entropy signal, which reads the logits where the loss takes them, stays on and the
+    guess stands in only for a model that never calls ``F.cross_entropy``.
+    """
+    cross_entropy = CrossEntropyOutputSignal(every)
+    guessing = [s for s in given if isinstance(s, OutputHook) and s.guesses_module]
+    for s in guessing:
+        s.defer_to(cross_entropy)
+    taken = {m.name for s in given if s not in guessing for m in s.metrics}
     # A dead layer stops learning at once: count dead units (a comparison per ReLU) twice as often.
     often = max(1, every // 2)
-    defaults = [CrossEntropyOutputSignal(every), AttentionLogitSignal(every), DeadUnitSignal(often)]
+    defaults = [cross_entropy, AttentionLogitSignal(every), DeadUnitSignal(often)]
     return [s for s in defaults if not taken & {m.name for m in s.metrics}]
 
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -90,14 +90,32 @@ def softmax_collapse_fraction(
     return softmax_collapse_mask(logits, targets, dtype).float().mean()
 
 
-class _OutputHook(Signal):
-    """Shared plumbing: a forward hook on the output module while the signal is due."""
+class OutputHook(Signal):
+    """Shared plumbing: a forward hook on the output module while the signal is due.
+
+    Without a ``module`` the head is a guess (the last ``nn.Linear``); the Monitor then lets its
+    cross-entropy signal, which sees the logits the loss takes, speak for the model once it has
+    seen a call (:meth:`defer_to`). An output one unit wide is a regression head, not logits.
+    """
 
     def __init__(self, every: int, module: str | None) -> None:
         super().__init__(every)
         self.module_name = module
+        self.guesses_module = module is None
         self._module: nn.Module | None = None
         self._handle = None
+        self._better: Any = None
+        self._aside = False
+
+    def defer_to(self, signal: Any) -> None:
+        """Stand aside once ``signal`` (anything with a ``seen`` flag) has seen the output."""
+        self._better = signal
+
+    def due(self, step: int) -> bool:
+        return not self._aside and super().due(step)
+
+    def finish(self, record: Any, raw: Any) -> None:
+        record.meta.setdefault("output_module", self.module_name)
 
     def attach(self, monitor: Monitor) -> None:
         super().attach(monitor)
@@ -110,6 +128,8 @@ class _OutputHook(Signal):
 
     def end(self, step: int) -> None:
         self._remove()
+        if self._better is not None and self._better.seen:
+            self._aside = True  # decided between steps, so a begun step is always ended
 
     def detach(self) -> None:
         self._remove()
@@ -121,7 +141,7 @@ class _OutputHook(Signal):
 
     def _hook(self, module: nn.Module, args: object, output: object) -> None:
         logits = _first_tensor(output)
-        if logits is not None and logits.dim() >= 1:
+        if logits is not None and logits.dim() >= 1 and logits.shape[-1] > 1:
             self._observe(logits.detach())
 
     def _reset(self) -> None:
@@ -131,7 +151,7 @@ class _OutputHook(Signal):
         raise NotImplementedError
 
 
-class OutputLogitSignal(_OutputHook):
+class OutputLogitSignal(OutputHook):
     """``logit_lse_mean``, ``output_logit_max``, ``output_logit_rms`` of the output module.
 
     ``logit_lse_mean`` is the mean over rows of ``logsumexp`` of the logits (the log-partition;
@@ -179,7 +199,7 @@ class OutputLogitSignal(_OutputHook):
         return values
 
 
-class SoftmaxCollapseSignal(_OutputHook):
+class SoftmaxCollapseSignal(OutputHook):
     """``softmax_collapse``: the fraction of output rows whose float32 softmax is one-hot on
     the correct class (so the correct class gets exactly zero gradient).
 

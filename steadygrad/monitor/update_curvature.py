@@ -12,18 +12,21 @@ against the curvature it meets, as its preconditioned sharpness would be).
 
 The two gradients come from two batches, so one reading is noisy; the detector looks at several.
 Measured on the first ``early`` steps (a learning rate far above the limit blows up in the first
-few dozen) and then at every ``every``-th pair of steps.
+few dozen), at every ``every``-th pair of steps, and at every step for ``every`` steps once the
+smoothed loss climbs a fifth above its best (a run leaving its stable regime: the readings that
+say whether the step size is why are needed then, not 25 steps later).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
-from steadygrad.core.metrics import DIRECTIONAL_SHARPNESS_RATIO
+from steadygrad.core.metrics import DIRECTIONAL_SHARPNESS_RATIO, LOSS
 from steadygrad.monitor.parameters import local_shard
 
 
@@ -43,6 +46,9 @@ class UpdateCurvatureSignal(Signal):
         self._start: tuple[list[int], list[torch.Tensor]] | None = None  # w_t, before step t
         self._step: tuple[list[int], list[torch.Tensor], torch.Tensor] | None = None  # u, g_t . u
         self._ratio: torch.Tensor | None = None
+        self._smooth = math.nan  # the loss, smoothed over ~10 recorded steps
+        self._best = math.inf
+        self._alert_until = -1
 
     def due(self, step: int) -> bool:
         return True  # cheap: it only hands on what the optimizer hooks measured
@@ -68,7 +74,8 @@ class UpdateCurvatureSignal(Signal):
                 self._ratio = (1 - slope_now / slope_then) / 2
             self._step = None
             step = self.monitor.step_count
-            if index and (step < self.early or step % self.every == 0):
+            wanted = step < self.early or step % self.every == 0 or step < self._alert_until
+            if index and wanted:
                 self._start = (index, torch._foreach_mul(weights, 1.0))  # a copy of w_t
 
     def after_update(self) -> None:
@@ -90,7 +97,14 @@ class UpdateCurvatureSignal(Signal):
             self._ratio = None
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
-        """Nothing to derive."""
+        """Watch the loss: measure every step for a while once it climbs above its best."""
+        loss = record.values.get(LOSS.name)
+        if loss is None or not math.isfinite(loss):
+            return
+        self._smooth = loss if math.isnan(self._smooth) else 0.9 * self._smooth + 0.1 * loss
+        self._best = min(self._best, self._smooth)
+        if self._smooth - self._best > 0.2 * abs(self._best):
+            self._alert_until = record.step + 1 + self.every
 
 
 def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from steadygrad.core.signal import Signal
 from steadygrad.data import load_digits
+from steadygrad.diagnose.detectors import Detector
 from steadygrad.monitor.monitor import watch
 from steadygrad.store import Run, load
 
@@ -53,9 +54,11 @@ def train_monitored(
     loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] = cross_entropy,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    detectors: Sequence[Detector] | None = None,
 ) -> Run:
     """Minibatch training (sampled without replacement, reshuffled each epoch) with ``signals``
-    in a Monitor writing to ``run_dir``; returns the loaded run."""
+    (and ``detectors``, default: the Monitor's) in a Monitor writing to ``run_dir``; returns the
+    loaded run."""
     if (run_dir / "run.db").exists():  # a study re-run replaces its own earlier runs
         shutil.rmtree(run_dir)
     x, y = train
@@ -63,7 +66,9 @@ def train_monitored(
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=gen)
     cursor = 0
-    with watch(model, optimizer, run_dir, signals=list(signals), progress=False) as mon:
+    with watch(
+        model, optimizer, run_dir, signals=list(signals), detectors=detectors, progress=False
+    ) as mon:
         for step in range(steps):
             if cursor + batch_size > n:
                 order, cursor = torch.randperm(n, generator=gen), 0

@@ -31,9 +31,16 @@ from steadygrad.dynamics.subspace import (
     TopSubspaceProbe,
 )
 from steadygrad.models import MLP
-from steadygrad.studies._monitored import digits_subset, square_loss, train_monitored
+from steadygrad.studies._monitored import (
+    cross_entropy,
+    digits_subset,
+    square_loss,
+    train_monitored,
+)
 from steadygrad.studies._results import save_result
 from steadygrad.studies._threads import on_cpu_threads
+
+_LOSSES = {"square": square_loss, "cross_entropy": cross_entropy}
 
 
 @dataclass
@@ -65,22 +72,28 @@ class TopSubspaceStudyResult:
 @on_cpu_threads
 def run_top_subspace(
     out_dir: str | Path,
-    steps: int = 400,
+    steps: int = 1000,
     *,
     k: int = 10,
     probe_examples: int = 1437,
-    hidden: int = 16,
-    lr: float = 0.5,
-    batch_size: int = 64,
+    hidden: int = 32,
+    lr: float = 1.0,
+    batch_size: int = 256,
     probe_every: int = 20,
     transient: float = 0.125,
+    loss: str = "square",
     seed: int = 0,
     progress: bool = True,
     plot: bool = True,
     num_threads: int | None = 1,
 ) -> TopSubspaceStudyResult:
     """Train with a top-subspace probe; write ``top_subspace.json`` (+ png) and the run store
-    under ``out_dir/runs/sgd``."""
+    under ``out_dir/runs/sgd``. The Hessian and the gradient are both those of the first
+    ``probe_examples`` training images (all 1437 by default); ``loss``: ``"square"`` or
+    ``"cross_entropy"``."""
+    if loss not in _LOSSES:
+        raise ValueError(f"loss must be one of {tuple(_LOSSES)}, got {loss!r}")
+    loss_fn = _LOSSES[loss]
     steps, k = positive_int("steps", steps), positive_int("k", k)
     transient = finite_float("transient", transient, low=0.0, high=1.0, high_open=True)
     out = Path(out_dir)
@@ -93,7 +106,7 @@ def run_top_subspace(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=finite_float("lr", lr, low=0.0, low_open=True)
     )
-    probe = TopSubspaceProbe(square_loss, probe_batch, every=probe_every, k=k)
+    probe = TopSubspaceProbe(loss_fn, probe_batch, every=probe_every, k=k)
 
     def on_step(step: int, loss: float) -> None:
         if progress and step % (10 * probe_every) == 0:
@@ -109,7 +122,7 @@ def run_top_subspace(
         signals=[probe],
         seed=seed,
         on_step=on_step,
-        loss_fn=square_loss,
+        loss_fn=loss_fn,
     )
     probed, fraction = run.series(GRADIENT_TOP_SUBSPACE_FRACTION.key())
     overlap_steps, overlap = run.series(TOP_SUBSPACE_OVERLAP.key())
@@ -127,7 +140,7 @@ def run_top_subspace(
             transient=transient,
             seed=seed,
             model=f"MLP 64-{hidden}-{hidden}-10 ReLU",
-            loss="square",
+            loss=loss,
             optimizer="SGD",
         ),
         steps=probed.astype(int).tolist(),

@@ -8,6 +8,7 @@ from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
 from steadygrad.diagnose.detectors.continual import StabilityGap
 from steadygrad.diagnose.detectors.curvature import SharpnessAboveLimit
 from steadygrad.diagnose.detectors.distributed import RankSpikeDetector
+from steadygrad.diagnose.detectors.dynamics import Memorising
 from steadygrad.diagnose.detectors.training import (
     GradNormSpikeDetector,
     LossSpikeDetector,
@@ -33,6 +34,7 @@ __all__ = [
     "UnstableSteps",
     "GradientSpike",
     "LossSpikeDetector",
+    "Memorising",
     "NonFiniteDetector",
     "OutputLogitDivergence",
     "PlasticityLoss",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import TYPE_CHECKING
 
 from steadygrad.core import Finding, FindingKind, Severity
@@ -78,7 +79,11 @@ class SpikeDetector(Detector):
             median = self.baseline.median()
             z = self.baseline.score(x, self.rel_floor)
             ratio = value / self.untransform(median) if self.untransform(median) else math.inf
-            spiking = z > self.threshold and ratio >= self.min_ratio
+            spiking = (
+                z > self.threshold
+                and ratio >= self.min_ratio
+                and self.material(value, self.untransform(median))
+            )
             if spiking and self._quiet_needed == 0:
                 evidence = {
                     self.signal: value,
@@ -98,12 +103,19 @@ class SpikeDetector(Detector):
     def untransform(self, x: float) -> float:
         return x
 
+    def material(self, value: float, median: float) -> bool:
+        """Whether a value many z-scores out also matters (a subclass's test; here: always)."""
+        return True
+
 
 class LossSpikeDetector(SpikeDetector):
     """A loss far above its recent median (robust z-score over the last 64 recorded steps),
     by at least ``min_excess`` times the loss's scale: its level, or half the progress
     made since the start (a classifier trained to a loss of 0.05 sees batches of 0.4 that are
-    many z-scores out and of no consequence).
+    many z-scores out and of no consequence); and by at least ``tail_factor`` times how far the
+    window's 95th percentile sits above its median. The MAD sees only the bulk; near zero loss a
+    batch's loss is heavy-tailed (one hard example moves it 5-10x), and a spike worth naming
+    stands far above the worst batches the run has been seeing, not just above the typical one.
 
     Example:
         >>> detector = LossSpikeDetector()
@@ -114,23 +126,32 @@ class LossSpikeDetector(SpikeDetector):
     reads, emits = (LOSS,), (LOSS_SPIKE,)
     signal = LOSS.name
 
-    def __init__(self, *args, min_excess: float = 0.75, **kwargs) -> None:
+    def __init__(self, *args, min_excess: float = 0.75, tail_factor: float = 4.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.min_excess = finite_float("min_excess", min_excess, low=0.0)
+        self.tail_factor = finite_float("tail_factor", tail_factor, low=0.0)
         self._start = math.nan
         self._floor = math.inf
 
     def update(self, record: Record) -> list[Finding]:
         value = record.values.get(self.signal)
-        findings = super().update(record)
-        if value is None or not math.isfinite(value) or len(self.baseline) < 3:
-            return findings
-        median = self.baseline.median()
-        if math.isnan(self._start):
-            self._start = median
-        self._floor = min(self._floor, median)
+        if value is not None and math.isfinite(value) and len(self.baseline) >= 3:
+            median = self.baseline.median()
+            if math.isnan(self._start):
+                self._start = median
+            self._floor = min(self._floor, median)
+        return super().update(record)
+
+    def material(self, value: float, median: float) -> bool:
         scale = max(abs(median), 0.5 * (self._start - self._floor))
-        return [f for f in findings if value - median >= self.min_excess * scale]
+        return value - median >= max(self.min_excess * scale, self.tail_factor * self._tail())
+
+    def _tail(self) -> float:
+        """How far the window's 95th percentile sits above its median (0 before 20 values)."""
+        values = self.baseline.values
+        if len(values) < 20:
+            return 0.0
+        return max(statistics.quantiles(values, n=20)[-1] - statistics.median(values), 0.0)
 
 
 class GradNormSpikeDetector(SpikeDetector):

@@ -254,7 +254,8 @@ class SoftmaxCollapse(Detector):
         if not self._streak.update(value >= self.fraction, self.patience):
             return []
         evidence = {SOFTMAX_COLLAPSE.name: value, "fraction": self.fraction}
-        return [Finding(self.kind, record.step, evidence=evidence, severity="warning")]
+        where = record.meta.get("output_module")  # the head that produced the logits, if known
+        return [Finding(self.kind, record.step, where, evidence, "warning")]
 
 
 class GradientSpike(Detector):
