@@ -54,6 +54,7 @@ class SustainedLevel:
         self.floor = math.inf
         self.floor_step: int | None = None
         self.floor_noise = 0.0
+        self.floor_tail = 0.0
         self.start = math.nan
         self.current = math.nan
         self._seen = 0
@@ -69,13 +70,14 @@ class SustainedLevel:
             self.start = self.current
         if self.current < self.floor:
             self.floor, self.floor_step = self.current, step
-            self.floor_noise = self.spread()
+            self.floor_noise, self.floor_tail = self.spread(), self.tail()
         elif self._seen <= (self.recent.maxlen or 0) and self.current <= self.start:
             # A floor set in the first steps rests on a handful of values (a batch of one
             # example can give a median of three near 0): how noisy the series is, is learnt
             # over the first window, while it stays below where it started (a run that climbs
             # from the start is diverging, and its climb is no noise).
             self.floor_noise = max(self.floor_noise, self.spread())
+            self.floor_tail = max(self.floor_tail, self.tail())
 
     def spread(self) -> float:
         """How far one value strays: 1.4826 x the MAD of the last ``noise_window`` values."""
@@ -86,8 +88,8 @@ class SustainedLevel:
 
     def tail(self) -> float:
         """How far the 95th percentile of the last ``noise_window`` values sits above their
-        median (0 before 20 values): the scatter of a heavy-tailed series that the step-to-step
-        spread misses (a batch of one example near zero loss)."""
+        median (0 before 20 values): the scatter of a heavy-tailed series that the MAD misses
+        (a batch of one example near zero loss)."""
         if len(self.recent) < 20:
             return 0.0
         q95 = statistics.quantiles(self.recent, n=20)[-1]
@@ -155,12 +157,16 @@ class LossDivergence(Detector):
         if not (math.isfinite(level.current) and math.isfinite(level.floor)):
             return []
         floor, now, scale = level.floor, level.current, level.scale()
-        margin = max(self.rise * scale, self.noise_z * level.noise())
-        # one value far out is critical at once, if it is also far beyond the run's own scatter
-        # (known once there are 20 values: a run can blow up in its first three steps)
+        margin = max(self.rise * scale, self.noise_z * level.noise(), level.floor_tail)
+        # One value far out is critical at once, if it is also far beyond the run's own scatter;
+        # before that is known (20 values: a run can blow up in its first three steps), far
+        # above every value seen so far.
         far = (self.critical_ratio**2 - 1) * scale
-        if len(level.recent) >= 20:
+        earlier = list(level.recent)[:-1]
+        if len(earlier) >= 19:
             far = max(far, 2 * self.noise_z * level.noise(), self.noise_z * level.tail())
+        elif earlier:
+            far = max(far, self.critical_ratio**2 * max(earlier) - floor)
         self._above = self._above + 1 if now - floor > margin else 0
         self._calm = self._calm + 1 if now - floor < margin / 2 else 0
         if self._calm >= 2 * self.patience:
@@ -297,7 +303,12 @@ class GradientGrowth(Detector):
             return []  # a spike the run shrugged off is a gradient spike, not an explosion
         self._fired.add("critical")
         where = max(family, key=family.get) if family else None
-        evidence = {"grad_norm": before, "next_grad_norm": norm, "ratio": before / norm}
+        evidence = {
+            "grad_norm": before,
+            "next_grad_norm": norm,
+            "ratio": before / norm,
+            "wrecked_weights": True,  # the run broke here, whatever the loss did next
+        }
         return [Finding(self.kind, step, where, evidence, Severity.CRITICAL)]
 
     def _loss_stalled(self) -> bool:
