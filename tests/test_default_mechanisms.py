@@ -5,6 +5,7 @@ Oracles: the same quantities computed by hand from the step's own tensors."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -86,12 +87,16 @@ def test_dead_units_per_layer_with_functional_relus(tmp_path):
     model = FunctionalNet()
     with torch.no_grad():
         model.fc1.bias[:3] = -100.0  # three of fc1's eight units never pass the ReLU
+    fc1 = copy.deepcopy(model.fc1)  # as the step's forward pass used it
     records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
     values = records[0].values
     with torch.no_grad():
         pre = model.fc1(x)  # weights moved by one SGD step; the -100 biases keep them dead
     assert values["dead_units/fc1"] == pytest.approx(3 / 8)
     assert (pre[:, :3] <= 0).all()
+    with torch.no_grad():  # the share the ReLU passed, from the step's own activations
+        share = (fc1(x) > 0).float().mean().item()
+    assert values["relu_active/fc1"] == pytest.approx(share)
     assert "dead_units/bn" in values and 0.0 <= values["dead_units/bn"] <= 1.0
 
 

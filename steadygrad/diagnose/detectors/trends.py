@@ -312,7 +312,7 @@ class GradientGrowth(Detector):
         return [Finding(self.kind, step, where, evidence, Severity.CRITICAL)]
 
     def _loss_stalled(self) -> bool:
-        return _stalled(self.loss)
+        return loss_stalled(self.loss)
 
     def _loss_worse(self) -> bool:
         """The loss gave back half its progress: growing gradients that hurt (under Adam, a
@@ -407,7 +407,7 @@ class UnstableSteps(Detector):
         above = sum(r > self.limit for r in self.recent)
         if above == 0:
             self._fired = False
-        if above < self.hits or self._fired or not _stalled(self.loss):
+        if above < self.hits or self._fired or not loss_stalled(self.loss):
             return []
         self._fired = True
         evidence = {
@@ -418,9 +418,10 @@ class UnstableSteps(Detector):
         return [Finding(self.kind, record.step, None, evidence, Severity.WARNING)]
 
 
-def _stalled(loss: SustainedLevel) -> bool:
+def loss_stalled(loss: SustainedLevel, noise_z: float = 2.0) -> bool:
     """The loss is not at its best: it stopped improving, or is climbing (with no loss to judge
-    by, go by the other evidence alone)."""
+    by, go by the other evidence alone). Its level must sit a tenth of its scale above its best,
+    and ``noise_z`` times its noise."""
     if not math.isfinite(loss.current):
         return True
-    return loss.current - loss.floor > max(0.1 * loss.scale(), 2 * loss.noise())
+    return loss.current - loss.floor > max(0.1 * loss.scale(), noise_z * loss.noise())
