@@ -173,6 +173,22 @@ def test_a_one_wide_output_is_no_softmax_even_for_an_explicit_signal(tmp_path):
     assert not any(k.startswith(("logit_lse", "softmax_collapse")) for k in records[-1].values)
 
 
+def test_a_plasticity_signal_on_every_activation_leaves_relus_to_the_dead_unit_signal(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+    with torch.no_grad():
+        model[0].bias[:2] = -100.0  # two of the first layer's units never pass the ReLU
+    records, _, _, _ = _run(
+        tmp_path, model, F.cross_entropy, steps=1, signals=[steadygrad.PlasticitySignal(every=1)]
+    )
+    values = records[0].values
+    assert values["dead_units/0"] == pytest.approx(2 / 8)  # named by the layer that fed it
+    assert "dead_units/1" not in values and "effective_rank/1" in values
+    named = steadygrad.PlasticitySignal(every=1, modules=["1"])  # asked for: it counts them
+    records, _, _, _ = _run(tmp_path / "named", model, F.cross_entropy, steps=1, signals=[named])
+    assert records[0].values["dead_units/1"] == pytest.approx(2 / 8)
+    assert "dead_units/0" not in records[0].values
+
+
 def test_a_failing_probe_is_switched_off_with_a_warning_and_training_goes_on(tmp_path):
     """A sharpness probe on NaN weights, or any signal that raises, never stops training."""
 
