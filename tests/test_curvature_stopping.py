@@ -81,3 +81,21 @@ def test_settled_rule():
     assert not _settled(np.array([1.0]), np.array([0.998]), np.array([0.9965]), size, 1e-3)
     # shrinking by only 0.6 per step: the geometric rest 1.5 * move is not trusted
     assert not _settled(np.array([1.0]), np.array([0.9988]), np.array([0.9968]), size, 1e-3)
+
+
+def test_lanczos_orthogonalisation_removes_the_basis_components():
+    # w lies almost entirely in the span of the basis (the hard case for Gram-Schmidt): what is
+    # left must be orthogonal to every basis row to float32 precision, and the removed part
+    # must be the projection computed in float64
+    from steadygrad.curvature.lanczos import _orthogonalise
+
+    gen = torch.Generator().manual_seed(0)
+    basis64, _ = torch.linalg.qr(torch.randn(5000, 6, generator=gen, dtype=torch.float64))
+    basis64 = basis64.T.contiguous()
+    noise = torch.randn(5000, generator=gen, dtype=torch.float64)
+    w64 = basis64.T @ torch.tensor([3.0, -2.0, 1.0, 0.5, 4.0, -1.0], dtype=torch.float64)
+    w64 = w64 + 1e-4 * noise
+    out = _orthogonalise(w64.float(), basis64.float()).double()
+    expected = w64 - basis64.T @ (basis64 @ w64)
+    assert float((basis64 @ out).abs().max()) < 1e-6 * float(out.norm())
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)

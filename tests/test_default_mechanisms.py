@@ -5,6 +5,7 @@ Oracles: the same quantities computed by hand from the step's own tensors."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -86,12 +87,16 @@ def test_dead_units_per_layer_with_functional_relus(tmp_path):
     model = FunctionalNet()
     with torch.no_grad():
         model.fc1.bias[:3] = -100.0  # three of fc1's eight units never pass the ReLU
+    fc1 = copy.deepcopy(model.fc1)  # as the step's forward pass used it
     records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
     values = records[0].values
     with torch.no_grad():
         pre = model.fc1(x)  # weights moved by one SGD step; the -100 biases keep them dead
     assert values["dead_units/fc1"] == pytest.approx(3 / 8)
     assert (pre[:, :3] <= 0).all()
+    with torch.no_grad():  # the share the ReLU passed, from the step's own activations
+        share = (fc1(x) > 0).float().mean().item()
+    assert values["relu_active/fc1"] == pytest.approx(share)
     assert "dead_units/bn" in values and 0.0 <= values["dead_units/bn"] <= 1.0
 
 
@@ -166,6 +171,22 @@ def test_a_one_wide_output_is_no_softmax_even_for_an_explicit_signal(tmp_path):
         tmp_path, model, lambda z, t: F.mse_loss(z.squeeze(1), t.float()), signals=signals
     )
     assert not any(k.startswith(("logit_lse", "softmax_collapse")) for k in records[-1].values)
+
+
+def test_a_plasticity_signal_on_every_activation_leaves_relus_to_the_dead_unit_signal(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+    with torch.no_grad():
+        model[0].bias[:2] = -100.0  # two of the first layer's units never pass the ReLU
+    records, _, _, _ = _run(
+        tmp_path, model, F.cross_entropy, steps=1, signals=[steadygrad.PlasticitySignal(every=1)]
+    )
+    values = records[0].values
+    assert values["dead_units/0"] == pytest.approx(2 / 8)  # named by the layer that fed it
+    assert "dead_units/1" not in values and "effective_rank/1" in values
+    named = steadygrad.PlasticitySignal(every=1, modules=["1"])  # asked for: it counts them
+    records, _, _, _ = _run(tmp_path / "named", model, F.cross_entropy, steps=1, signals=[named])
+    assert records[0].values["dead_units/1"] == pytest.approx(2 / 8)
+    assert "dead_units/0" not in records[0].values
 
 
 def test_a_failing_probe_is_switched_off_with_a_warning_and_training_goes_on(tmp_path):

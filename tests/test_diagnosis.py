@@ -188,3 +188,26 @@ def test_gradient_growth_that_overshooting_steps_explain_ranks_below_them(tmp_pa
     # Growth first: it is not explained by a later overshoot, and stays the cause.
     first = _overshoot_and_growth(tmp_path, "first", overshoot_at=12, growth_at=5)
     assert first.causes()[0] == "exploding_gradients"
+
+
+def test_an_explosion_that_wrecked_the_weights_is_a_break_an_overshoot_explains(tmp_path):
+    """A run that blows up in its first steps and then sits at chance (no NaN, no lasting
+    climb): the gradient explosion is where it broke, and the overshooting step at that step
+    is why."""
+    from steadygrad.store import RunStore
+
+    def run(name, ratio):
+        store = RunStore(tmp_path / name)
+        for step in range(30):
+            store.add_scalars(step, {"loss": 2.3, "directional_sharpness_ratio": 0.5})
+        store.add_scalars(5, {"loss": 900.0, "directional_sharpness_ratio": ratio})
+        explosion = {"grad_norm": 1e4, "next_grad_norm": 1.0, "wrecked_weights": True}
+        store.add_findings([steadygrad.Finding("gradient_growth", 5, "w", explosion, "critical")])
+        store.close()
+        return steadygrad.diagnose(tmp_path / name)
+
+    overshot = run("overshot", 105.0)
+    assert overshot.causes()[0] == "sharpness_above_limit"
+    assert overshot.top.evidence["broke_at"] == 5
+    calm = run("calm", 0.5)  # no overshoot: the explosion is the cause it names
+    assert calm.causes()[0] == "exploding_gradients"

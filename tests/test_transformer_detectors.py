@@ -107,6 +107,29 @@ def test_plasticity_loss_on_dying_units_and_rank_collapse_with_healthy_control()
     assert run(PlasticityLoss(), healthy) == []
 
 
+def test_plasticity_sees_units_dying_while_the_loss_climbs_not_a_net_growing_sparse():
+    # Trigger: bn2 passes 50% of its outputs, then fewer and fewer (its shift drifts down) while
+    # the loss climbs back: found once the share is a quarter of its start, long before any unit
+    # is zero on every example (dead_units stays 0).
+    steps = range(0, 240, 12)
+    share = [0.5 if t < 60 else 0.5 * 0.7 ** ((t - 60) / 12) for t in steps]
+    loss = [2.0 * 0.97**t if t < 60 else 0.35 + 0.01 * (t - 60) for t in steps]
+    rows = [
+        {"loss": lo, "relu_active/bn2": a, "dead_units/bn2": 0.0}
+        for lo, a in zip(loss, share, strict=True)
+    ]
+    found = run(PlasticityLoss(), rows)
+    first_below = next(i for i, a in enumerate(share) if a <= 0.25 * 0.5)
+    assert [(f.where, f.evidence["reason"]) for f in found] == [("bn2", "dying_units")]
+    assert found[0].step == first_below + 1  # two records in a row (patience 2)
+    # Control: the same four-fold fall in the share while the loss keeps falling (networks grow
+    # sparse as they train: Li et al. 2023's "lazy neurons").
+    falling = [
+        {"loss": 2.0 * 0.99**t, "relu_active/fc": a} for t, a in zip(steps, share, strict=True)
+    ]
+    assert run(PlasticityLoss(), falling) == []
+
+
 def test_plasticity_rank_collapse_fires_at_half_of_best():
     series = [{"effective_rank/f": r} for r in (40, 38, 30, 21, 19, 18, 17)]
     findings = run(PlasticityLoss(rank_drop=0.5, patience=2), series)

@@ -207,13 +207,6 @@ def slow_divergence_wd_sign_mlp(ctx: Context) -> None:
     from step 60 the weights grow by 2% a step, faster than Adam can pull them back, and the
     loss creeps up over ~100 steps (no softmax to collapse: the climb is all there is)."""
     gen = seeded(22)
-    x, y = _diabetes()
-
-    def batches():
-        while True:
-            order = torch.randperm(len(y), generator=gen)
-            for i in range(0, len(y) - 32, 32):
-                yield x[order[i : i + 32]], y[order[i : i + 32]]
 
     model = MLP([10, 64, 64, 1])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -225,17 +218,30 @@ def slow_divergence_wd_sign_mlp(ctx: Context) -> None:
                 for p in model.parameters():
                     p.mul_(1 + decay)  # meant: 1 - lr * decay
 
-    fit(ctx, model, opt, batches(), 240, loss_fn=F.mse_loss, classifier=False, before=grow)
+    fit(
+        ctx,
+        model,
+        opt,
+        _diabetes_batches(gen),
+        240,
+        loss_fn=F.mse_loss,
+        classifier=False,
+        before=grow,
+    )
 
 
-def _diabetes() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled diabetes regression set, standardised."""
+def _diabetes_batches(gen: torch.Generator, batch: int = 32):
+    """Endless shuffled batches of scikit-learn's bundled diabetes regression set, standardised."""
     from sklearn.datasets import load_diabetes
 
     d = load_diabetes()
     x = torch.tensor(d.data, dtype=torch.float32)
     y = torch.tensor(d.target, dtype=torch.float32)[:, None]
-    return (x - x.mean(0)) / x.std(0), (y - y.mean()) / y.std()
+    x, y = (x - x.mean(0)) / x.std(0), (y - y.mean()) / y.std()
+    while True:
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y) - batch, batch):
+            yield x[order[i : i + batch]], y[order[i : i + batch]]
 
 
 # -- Adam's second moment poisoned by one huge gradient -------------------------------------------
@@ -360,17 +366,10 @@ def healthy_cnn_momentum(ctx: Context) -> None:
 @scenario("mlp", "adamw", "healthy", note="regression head (MSE), not a classifier")
 def healthy_regression_mlp(ctx: Context) -> None:
     gen = seeded(34)
-    x, y = _diabetes()
-
-    def batches():
-        while True:
-            order = torch.randperm(len(y), generator=gen)
-            for i in range(0, len(y) - 32, 32):
-                yield x[order[i : i + 32]], y[order[i : i + 32]]
 
     model = MLP([10, 64, 64, 1])
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    fit(ctx, model, opt, batches(), 200, loss_fn=F.mse_loss, classifier=False)
+    fit(ctx, model, opt, _diabetes_batches(gen), 200, loss_fn=F.mse_loss, classifier=False)
 
 
 @scenario("modular", "adamw", "healthy", note="weight decay 1.0 keeps the logits in range")

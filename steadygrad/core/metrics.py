@@ -135,6 +135,13 @@ DEAD_UNITS = Metric(
     per="module",
     panel="plasticity",
 )
+RELU_ACTIVE = Metric(
+    "relu_active",
+    "fraction of a layer's ReLU outputs that were positive (units x sampled rows)",
+    unit="fraction",
+    per="module",
+    panel="plasticity",
+)
 EFFECTIVE_RANK = Metric(
     "effective_rank",
     "effective rank of a layer's features (exp of the spectral entropy)",

@@ -160,12 +160,9 @@ class RunFacts:
 
     @cached_property
     def broke_at(self) -> int | None:
-        """Where the run broke: its first non-finite step or critical divergence, if any."""
-        broke = [
-            f.step
-            for f in self.findings
-            if f.kind == NONFINITE or (f.kind == LOSS_DIVERGENCE and f.severity == "critical")
-        ]
+        """Where the run broke: its first non-finite step, critical divergence, or gradient
+        explosion that wrecked the weights (their gradients then collapse), if any."""
+        broke = [f.step for f in self.findings if _breaks(f)]
         return min(broke) if broke else None
 
     @cached_property
@@ -177,6 +174,14 @@ class RunFacts:
         """Whether the optimizer keeps a second moment (its family, recorded by the Monitor
         from :func:`steadygrad.core.optimizer_family`)."""
         return self.run.config.get("optimizer_family") == "adam"
+
+
+def _breaks(f: Finding) -> bool:
+    return (
+        f.kind == NONFINITE
+        or (f.kind == LOSS_DIVERGENCE and f.severity == "critical")
+        or (f.kind == GRADIENT_GROWTH and bool(f.evidence.get("wrecked_weights")))
+    )
 
 
 def layer_span(where: list[str]) -> str:
@@ -401,7 +406,7 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
     sharpness ratio at or above 1: the step size had passed 2/curvature)."""
     broke = facts.broke_at
     series = facts.series(DIRECTIONAL_SHARPNESS_RATIO.name)
-    climbed = [f.step for f in facts.of(LOSS_DIVERGENCE)]
+    climbed = [f.step for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH) if f.severity != "info"]
     if broke is None or series is None or not climbed or min(climbed) > broke:
         return None  # a NaN out of the blue (bad data, say) is not a step-size problem
     steps, ratios = series
@@ -622,7 +627,14 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _sharpness,
-        (SHARPNESS_ABOVE_LIMIT, UNSTABLE_STEPS, NONFINITE, LOSS_SPIKE, LOSS_DIVERGENCE),
+        (
+            SHARPNESS_ABOVE_LIMIT,
+            UNSTABLE_STEPS,
+            NONFINITE,
+            LOSS_SPIKE,
+            LOSS_DIVERGENCE,
+            GRADIENT_GROWTH,
+        ),
     ),
     Rule(
         "exploding_gradients",

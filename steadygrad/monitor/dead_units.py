@@ -1,7 +1,8 @@
 """Dead units per layer, in any model: on due steps every ReLU call (``nn.ReLU``, ``F.relu``,
 ``torch.relu``) is intercepted, and a unit of the layer that fed it is dead when the ReLU never
 passes a positive value for it on the step's batch (Lu et al. 2019, "Dying ReLU"; Dohare et al.
-2024 count such units as lost plasticity).
+2024 count such units as lost plasticity), and the share of its outputs the ReLU passes: a layer
+whose units are dying passes less and less of them long before a unit is zero on every example.
 
 The layer is named as ``model.named_modules()`` spells it: the leaf module whose output the ReLU
 received (``fc1``, ``bn2``), or the module whose forward was running.
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from steadygrad.core import Measurements
-from steadygrad.core.metrics import DEAD_UNITS
+from steadygrad.core.metrics import DEAD_UNITS, RELU_ACTIVE
 from steadygrad.monitor.intercept import InterceptingSignal
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
@@ -26,17 +27,18 @@ _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.G
 class DeadUnitSignal(InterceptingSignal):
     """``dead_units/<layer>``: the fraction of a layer's units whose ReLU output was zero for
     every example of the step (units: channels after a convolution or batch norm, else the last
-    dimension).
+    dimension); ``relu_active/<layer>``: the fraction of its ReLU outputs that were positive.
 
     Example:
         >>> signal = DeadUnitSignal(every=25)   # on by default in the Monitor
     """
 
-    metrics = (DEAD_UNITS,)
+    metrics = (DEAD_UNITS, RELU_ACTIVE)
 
     def __init__(self, every: int = 25) -> None:
         super().__init__(every)
         self._alive: dict[str, torch.Tensor] = {}
+        self._active: dict[str, list[torch.Tensor]] = {}  # positive count, element count
         self._channel_first: set[str] = set()
         self.seen = False
 
@@ -53,7 +55,7 @@ class DeadUnitSignal(InterceptingSignal):
         return {F.relu: self._observe, torch.relu: self._observe, F.relu_: self._observe}
 
     def begin(self, step: int) -> None:
-        self._alive = {}
+        self._alive, self._active = {}, {}
         super().begin(step)
 
     def _observe(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -63,11 +65,15 @@ class DeadUnitSignal(InterceptingSignal):
         layer = self.producer(x) or self.running() or "<root>"
         dim = 1 if layer in self._channel_first else x.dim() - 1
         x = x.detach()
-        alive = ((x > 0) | x.isnan()).movedim(dim, 0).reshape(x.shape[dim], -1).any(dim=1)
+        positive = (x > 0) | x.isnan()
+        alive = positive.movedim(dim, 0).reshape(x.shape[dim], -1).any(dim=1)
         previous = self._alive.get(layer)
         if previous is not None and previous.shape != alive.shape:
             return  # the same layer fed ReLUs of another width: keep the first
         self._alive[layer] = alive if previous is None else previous | alive
+        count = positive.sum(dtype=torch.float32)
+        total = self._active.setdefault(layer, [count.new_zeros(()), 0.0])
+        total[0], total[1] = total[0] + count, total[1] + positive.numel()
         self.seen = True
 
     def measure(self, step: int, out: Measurements) -> None:
@@ -76,4 +82,6 @@ class DeadUnitSignal(InterceptingSignal):
         names = sorted(self._alive)
         fractions = torch.stack([1.0 - self._alive[n].float().mean() for n in names])
         out.put_many([DEAD_UNITS.key(n) for n in names], fractions)
-        self._alive = {}
+        active = torch.stack([self._active[n][0] / self._active[n][1] for n in names])
+        out.put_many([RELU_ACTIVE.key(n) for n in names], active)
+        self._alive, self._active = {}, {}

@@ -28,7 +28,7 @@ from torch import nn
 
 from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink, Values
 from steadygrad.core import checks as _checks
-from steadygrad.core.metrics import LOSS, NONFINITE_GRADS, NONFINITE_PARAMS
+from steadygrad.core.metrics import DEAD_UNITS, LOSS, NONFINITE_GRADS, NONFINITE_PARAMS
 from steadygrad.core.optimizer import optimizer_family, unwrap_optimizer
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
@@ -41,6 +41,7 @@ from steadygrad.monitor.intercept import InterceptingSignal
 from steadygrad.monitor.output_logits import OutputHook
 from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
+from steadygrad.monitor.plasticity import PlasticitySignal
 from steadygrad.monitor.progress import ProgressLine
 from steadygrad.monitor.state import (
     FORMAT,
@@ -605,13 +606,18 @@ def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
 
     An output signal given without a ``module`` would only guess the head (the last Linear):
     the cross-entropy signal, which reads the logits where the loss takes them, stays on and the
-    guess stands in only for a model that never calls ``F.cross_entropy``.
+    guess stands in only for a model that never calls ``F.cross_entropy``. Likewise a
+    plasticity signal on every activation module leaves the ReLUs to the dead-unit signal.
     """
     cross_entropy = CrossEntropyOutputSignal(every)
     guessing = [s for s in given if isinstance(s, OutputHook) and s.guesses_module]
     for s in guessing:
         s.defer_to(cross_entropy)
     taken = {m.name for s in given if s not in guessing for m in s.metrics}
+    for s in given:
+        if isinstance(s, PlasticitySignal) and s.modules is None:  # every activation module
+            s.leave_relus_to_the_default()
+            taken.discard(DEAD_UNITS.name)
     # A dead layer stops learning at once: count dead units (a comparison per ReLU) twice as often.
     often = max(1, every // 2)
     defaults = [cross_entropy, AttentionLogitSignal(every), DeadUnitSignal(often)]

@@ -70,6 +70,13 @@ class PlasticitySignal(Signal):
         self._handles: list = []
         self._alive: dict[str, torch.Tensor] = {}
         self._rank: dict[str, torch.Tensor] = {}
+        self._relus_counted_elsewhere = False
+
+    def leave_relus_to_the_default(self) -> None:
+        """Count no dead units at ``nn.ReLU`` modules: the Monitor's default dead-unit signal
+        counts them at every ReLU call (functional ones too) and names the layer that fed them.
+        Effective ranks, and dead units at other activations, stay here."""
+        self._relus_counted_elsewhere = True
 
     def attach(self, monitor: Monitor) -> None:
         super().attach(monitor)
@@ -106,7 +113,8 @@ class PlasticitySignal(Signal):
         self._remove()
         values: dict[str, Value] = {}
         for name, alive in self._alive.items():
-            values[DEAD_UNITS.key(name)] = 1.0 - alive.float().mean()
+            if not (self._relus_counted_elsewhere and isinstance(self._targets[name], nn.ReLU)):
+                values[DEAD_UNITS.key(name)] = 1.0 - alive.float().mean()
             values[EFFECTIVE_RANK.key(name)] = self._rank[name]
         self._alive, self._rank = {}, {}
         return values

@@ -226,9 +226,11 @@ def run_blocked(kernel: Callable[..., None], rows: list[list[torch.Tensor]], hp,
 
 
 # ---------------------------------------------------------------- in-place building blocks
-# Hand-translations of a kernel into in-place multi-tensor ops (``kernel.foreach``) keep the
-# kernel's order of operations, so they round exactly as the kernel does, and they allocate one
-# or two temporaries per block instead of one per op.
+# Hand-translations of a kernel into in-place multi-tensor ops (``kernel.foreach``) allocate one
+# or two temporaries per block instead of one per op. SPAM's keeps the kernel's order of
+# operations (it rounds exactly as the kernel does); the others use fused ops (``lerp``,
+# ``addcmul``, ``addcdiv``, scalars folded together): fewer passes over each block, equal to the
+# kernel up to float32 rounding (tests/test_optim_foreach.py holds them to that).
 
 
 def ema_(state: list[torch.Tensor], decay: float, x: list[torch.Tensor], weight: float) -> None:

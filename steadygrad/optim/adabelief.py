@@ -67,21 +67,25 @@ def adabelief_amsgrad_kernel(
 
 
 def _adabelief_foreach(p, g, m, s, s_max, hp) -> None:
+    """The kernel on lists of tensors, in place, with fused ops (``lerp``, ``addcmul``,
+    ``addcdiv``; ``sqrt(s)/c + eps`` as ``(sqrt(s) + eps*c)/c``): equal up to rounding."""
     decay, l2, b1, omb1, b2, omb2, eps, adaptive_size, bc2_sqrt, sgd_size = hp
     g = _foreach.with_l2(p, g, l2)
-    _foreach.ema_(m, b1, g, omb1)
-    _foreach.ema_sq_(s, b2, torch._foreach_sub(g, m), omb2)
+    torch._foreach_lerp_(m, g, omb1)
+    residual = torch._foreach_sub(g, m)
+    torch._foreach_mul_(s, b2)
+    torch._foreach_addcmul_(s, residual, residual, value=omb2)
     torch._foreach_add_(s, eps)
     if s_max is not None:
         torch._foreach_maximum_(s_max, s)
-    denom = torch._foreach_sqrt(s if s_max is None else s_max)
-    torch._foreach_div_(denom, bc2_sqrt)
-    torch._foreach_add_(denom, eps)
-    update = torch._foreach_div(m, denom)
-    torch._foreach_mul_(update, adaptive_size)
-    torch._foreach_mul_(p, decay)
-    torch._foreach_sub_(p, update)
-    torch._foreach_sub_(p, torch._foreach_mul(m, sgd_size))
+    if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
+        torch._foreach_mul_(p, decay)
+    if adaptive_size != 0.0:
+        denom = torch._foreach_sqrt(s if s_max is None else s_max)
+        torch._foreach_add_(denom, eps * bc2_sqrt)
+        torch._foreach_addcdiv_(p, m, denom, value=-adaptive_size * bc2_sqrt)
+    if sgd_size != 0.0:
+        torch._foreach_add_(p, m, alpha=-sgd_size)
 
 
 def adabelief_foreach(p, g, m, s, hp) -> None:

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
-from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -71,20 +70,22 @@ def ademamix_kernel(
 
 
 def ademamix_foreach(p, g, m1, m2, nu, hp) -> None:
-    """:func:`ademamix_kernel` on lists of tensors, in place (same order of operations)."""
+    """:func:`ademamix_kernel` on lists of tensors, in place, with fused ops (``lerp``,
+    ``addcmul``, ``addcdiv``; the bias corrections moved into the scalars): equal up to
+    rounding."""
     lr, wd, b1, omb1, b2, omb2, b3, omb3, alpha, bc1, bc2_sqrt, eps = hp
-    _foreach.ema_(m1, b1, g, omb1)
-    _foreach.ema_(m2, b3, g, omb3)
-    _foreach.ema_sq_(nu, b2, g, omb2)
+    torch._foreach_lerp_(m1, g, omb1)
+    torch._foreach_lerp_(m2, g, omb3)
+    torch._foreach_mul_(nu, b2)
+    torch._foreach_addcmul_(nu, g, g, value=omb2)
+    # (m1/bc1 + alpha*m2) / (sqrt(nu)/bc2_sqrt + eps)
+    #   = (m1 + alpha*bc1*m2) / (sqrt(nu) + eps*bc2_sqrt) * bc2_sqrt/bc1
     denom = torch._foreach_sqrt(nu)
-    torch._foreach_div_(denom, bc2_sqrt)
-    torch._foreach_add_(denom, eps)
-    update = torch._foreach_div(m1, bc1)
-    torch._foreach_add_(update, torch._foreach_mul(m2, alpha))
-    torch._foreach_div_(update, denom)
-    torch._foreach_add_(update, torch._foreach_mul(p, wd))
-    torch._foreach_mul_(update, lr)
-    torch._foreach_sub_(p, update)
+    torch._foreach_add_(denom, eps * bc2_sqrt)
+    mix = torch._foreach_add(m1, m2, alpha=alpha * bc1)
+    if wd != 0.0:  # p - lr*(u + wd*p) = p*(1 - lr*wd) - lr*u
+        torch._foreach_mul_(p, 1.0 - lr * wd)
+    torch._foreach_addcdiv_(p, mix, denom, value=-lr * bc2_sqrt / bc1)
 
 
 ademamix_kernel.foreach = ademamix_foreach  # type: ignore[attr-defined]

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -28,18 +27,19 @@ def grams_kernel(
 
 
 def grams_foreach(p, g, m, v, hp) -> None:
-    """:func:`grams_kernel` on lists of tensors, in place (same order of operations)."""
+    """:func:`grams_kernel` on lists of tensors, in place, with fused ops (``lerp``,
+    ``addcmul``, ``addcdiv``): equal to the kernel up to rounding."""
     decay, b1, omb1, b2, omb2, eps, step_size = hp
-    _foreach.ema_(m, b1, g, omb1)
-    _foreach.ema_sq_(v, b2, g, omb2)
+    torch._foreach_lerp_(m, g, omb1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, g, g, value=omb2)
     update = torch._foreach_sign(g)
     torch._foreach_mul_(update, torch._foreach_abs(m))
     denom = torch._foreach_sqrt(v)
     torch._foreach_add_(denom, eps)
-    torch._foreach_div_(update, denom)
-    torch._foreach_mul_(update, step_size)
-    torch._foreach_mul_(p, decay)
-    torch._foreach_sub_(p, update)
+    if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
+        torch._foreach_mul_(p, decay)
+    torch._foreach_addcdiv_(p, update, denom, value=-step_size)
 
 
 grams_kernel.foreach = grams_foreach  # type: ignore[attr-defined]

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -21,15 +20,15 @@ def lion_kernel(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, hp: torch.Ten
 
 
 def lion_foreach(p, g, m, hp, *flags) -> None:
-    """:func:`lion_kernel` on lists of tensors, in place (same order of operations)."""
+    """:func:`lion_kernel` on lists of tensors, in place, in five passes: the interpolations
+    ``m*b + g*(1-b)`` as ``lerp`` (equal up to rounding)."""
     lr, decay, b1, one_minus_b1, b2, one_minus_b2 = hp
-    direction = torch._foreach_mul(m, b1)
-    torch._foreach_add_(direction, torch._foreach_mul(g, one_minus_b1))
+    direction = torch._foreach_lerp(m, g, one_minus_b1)
     torch._foreach_sign_(direction)
-    torch._foreach_mul_(direction, lr)
-    torch._foreach_mul_(p, decay)
-    torch._foreach_sub_(p, direction)
-    _foreach.ema_(m, b2, g, one_minus_b2)
+    if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
+        torch._foreach_mul_(p, decay)
+    torch._foreach_add_(p, direction, alpha=-lr)
+    torch._foreach_lerp_(m, g, one_minus_b2)
 
 
 lion_kernel.foreach = lion_foreach  # type: ignore[attr-defined]

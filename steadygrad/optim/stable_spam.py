@@ -31,6 +31,19 @@ def stable_spam_scale(step: int, total_steps: int | None, eta_min: float) -> flo
     return eta_min + (1.0 - eta_min) * (1.0 + math.cos(math.pi * step / (total_steps + 1))) / 2.0
 
 
+def _once(scalar: Any) -> Any:
+    """``scalar`` (a per-tensor factor), computed once per tensor when compiled.
+
+    Inductor inlines a scalar expression into the loop over entries that uses it and, unsure
+    whether the loop's stores alias its inputs, evaluates it again for every vector of entries;
+    a chain of divisions and square roots there cost more than the memory traffic (the AdaGN
+    factor alone: 2x the whole update on CPU). A reduction is always computed first, once: the
+    max of the value with itself is the value, exactly."""
+    if isinstance(scalar, torch.Tensor):
+        return torch.stack((scalar, scalar)).amax()
+    return scalar  # a TensorList of the multi-tensor path: nothing to hoist
+
+
 def stable_spam_kernel(
     p: torch.Tensor,
     g: torch.Tensor,
@@ -48,19 +61,21 @@ def stable_spam_kernel(
     g = g.float()
     pf = p.float() * decay
     # AdaClip: entries above the bias-corrected EMA of max|g| are rescaled by that/max|g|.
-    g_max = torch.amax(torch.abs(g))
+    g_abs = torch.abs(g)
+    g_max = torch.amax(g_abs)
     max_ema_new = max_ema * g3 + omg3 * g_max
     limit = max_ema_new / bc3
-    g = torch.where(torch.abs(g) > limit, g / g_max * limit, g)
+    g = torch.where(g_abs > limit, g * _once(limit / g_max), g)
     # AdaGN: rescale the whole tensor to the ratio of EMAs of its norm and squared norm.
     norm = torch.linalg.vector_norm(g)
     norm_ema_new = norm_ema * g1 + omg1 * norm
     norm_sq_ema_new = norm_sq_ema * g2 + omg2 * norm * norm
     ratio = (norm_ema_new / bc_g1) / (torch.sqrt(norm_sq_ema_new / bc_g2) + eps)
-    g = torch.where(norm > 0, g / norm * ratio, g)
+    g = g * _once(torch.where(norm > 0, ratio / norm, 1.0))
     m_new = m * b1 + g * omb1
     v_new = v * b2 + g * g * omb2
-    p.copy_(pf - step_size * (m_new / (torch.sqrt(v_new) / bc2_sqrt + eps)))
+    # step_size * m / (sqrt(v)/bc2_sqrt + eps), with bc2_sqrt moved out of the per-entry work
+    p.copy_(pf - (step_size * bc2_sqrt) * (m_new / (torch.sqrt(v_new) + eps * bc2_sqrt)))
     m.copy_(m_new)
     v.copy_(v_new)
     max_ema.copy_(max_ema_new)
@@ -74,52 +89,101 @@ stable_spam_kernel.float32_sum = True  # type: ignore[attr-defined]
 stable_spam_kernel.reduces = True  # type: ignore[attr-defined]
 
 
-def _pieces(t: torch.Tensor) -> list[torch.Tensor]:
-    flat = t.view(-1)
-    return [
-        flat[i : i + _foreach.BLOCK_NUMEL] for i in range(0, flat.numel(), _foreach.BLOCK_NUMEL)
-    ]
-
-
 def stable_spam_foreach(p, g, m, v, max_ema, norm_ema, norm_sq_ema, hp) -> None:
-    """:func:`stable_spam_kernel` on lists of whole tensors, in two passes: the per-tensor max
-    and the norm of the clipped gradient first (block by block, no full-size temporaries),
-    then the update block by block. The norm is summed by blocks, so it may round differently
-    from the kernel's in its last bit."""
+    """:func:`stable_spam_kernel` on lists of whole tensors.
+
+    The per-tensor scalars (max, norm, the three EMAs) are computed for all tensors at once in
+    small vectors; the element-wise work runs block by block in two passes (the norm of the
+    clipped gradient, then the update), each entry's clip and rescale folded into one multiply.
+    On the CPU (where reading a scalar costs no device synchronisation) a tensor whose max
+    ``|g|`` is within its limit skips the clipping ops: nothing of it is clipped. Rounding
+    differs from the kernel's in the last bits (``g * (limit / max)`` for ``g / max * limit``,
+    a blocked norm, fused multiply-adds), never in what is computed."""
     (decay, g3, omg3, bc3, g1, omg1, bc_g1, g2, omg2, bc_g2, eps, b1, omb1, b2, omb2, bc2_sqrt,
      step_size) = hp  # fmt: skip
-    g_max = torch._foreach_norm(g, float("inf"))  # max |g|, exactly
-    max_ema_new = torch._foreach_mul(max_ema, g3)
-    torch._foreach_add_(max_ema_new, torch._foreach_mul(g_max, omg3))
-    limit = torch._foreach_div(max_ema_new, bc3)
+    n = len(p)
+    cpu = g[0].device.type == "cpu"
+    # max |g| exactly, as max(max g, -min g): an infinity norm costs ~30x a min/max pass on CPU
+    bounds = torch.stack([torch.stack(torch.aminmax(t)) for t in g]).float()
+    g_max = torch.maximum(bounds[:, 1], -bounds[:, 0])
+    max_ema_new = torch.stack(max_ema) * g3 + omg3 * g_max
+    limit = max_ema_new / bc3
+    clip_factor = limit / g_max  # only used where |g| > limit, hence g_max > 0
+    blocks, owners = _pieces_of(p, g, m, v)
+    index = torch.tensor(owners, dtype=torch.long, device=g_max.device)
 
-    def clipped(piece, gm, lim):
-        return torch.where(torch.abs(piece) > lim, piece / gm * lim, piece)
+    def per_piece(values: torch.Tensor) -> list:
+        # Python floats on the CPU (the foreach ops' fast scalar lists), 0-d tensors elsewhere
+        values = values[index]
+        return values.tolist() if cpu else list(values.unbind(0))
 
-    norm = []
-    for gi, gm, lim in zip(g, g_max, limit, strict=True):
-        squares = [torch.linalg.vector_norm(clipped(x, gm, lim)) ** 2 for x in _pieces(gi)]
-        norm.append(torch.sqrt(torch.stack(squares).sum()))
-    norm_ema_new = torch._foreach_mul(norm_ema, g1)
-    torch._foreach_add_(norm_ema_new, torch._foreach_mul(norm, omg1))
-    norm_sq_ema_new = torch._foreach_mul(norm_sq_ema, g2)
-    torch._foreach_add_(norm_sq_ema_new, torch._foreach_mul(torch._foreach_mul(norm, norm), omg2))
-    for i in range(len(p)):
-        ratio = (norm_ema_new[i] / bc_g1) / (torch.sqrt(norm_sq_ema_new[i] / bc_g2) + eps)
-        rows = zip(_pieces(p[i]), _pieces(g[i]), _pieces(m[i]), _pieces(v[i]), strict=True)
-        for pp, gp, mp, vp in rows:
-            gc = clipped(gp, g_max[i], limit[i])
-            gc = torch.where(norm[i] > 0, gc / norm[i] * ratio, gc)
-            _foreach.ema_([mp], b1, [gc], omb1)
-            _foreach.ema_sq_([vp], b2, [gc], omb2)
-            denom = torch.sqrt(vp)
-            denom.div_(bc2_sqrt).add_(eps)
-            update = mp / denom
-            update.mul_(step_size)
-            pp.mul_(decay).sub_(update)
-    torch._foreach_copy_(max_ema, max_ema_new)
-    torch._foreach_copy_(norm_ema, norm_ema_new)
-    torch._foreach_copy_(norm_sq_ema, norm_sq_ema_new)
+    limits, factors = per_piece(limit), per_piece(clip_factor)
+    clips = per_piece(g_max > limit) if cpu else [True] * len(owners)
+    masks, squares, k = [], [], 0
+    for block in blocks:
+        gp = [row[1] for row in block]
+        mask, clipped = [], []
+        for x, lim, fac, clip in zip(gp, limits[k:], factors[k:], clips[k:], strict=False):
+            if clip:
+                above = torch.abs(x) > lim
+                mask.append(above)
+                clipped.append(torch.where(above, x * fac, x))
+            else:
+                mask.append(None)
+                clipped.append(x)
+        squares += torch._foreach_norm(clipped)
+        masks.append(mask)
+        k += len(gp)
+    piece_sq = torch.stack(squares).float() ** 2
+    norm_sq = torch.zeros(n, dtype=torch.float32, device=g_max.device)
+    norm = torch.sqrt(norm_sq.index_add_(0, index, piece_sq))
+    norm_ema_new = torch.stack(norm_ema) * g1 + omg1 * norm
+    norm_sq_ema_new = torch.stack(norm_sq_ema) * g2 + omg2 * norm * norm
+    ratio = (norm_ema_new / bc_g1) / (torch.sqrt(norm_sq_ema_new / bc_g2) + eps)
+    rescale = torch.where(norm > 0, ratio / norm, torch.ones_like(norm))
+    # entries above the limit: g * clip_factor * rescale; the others: g * rescale
+    above, below = per_piece(clip_factor * rescale), per_piece(rescale)
+    k = 0
+    for block, mask in zip(blocks, masks, strict=True):
+        pp, gp, mp, vp = ([row[j] for row in block] for j in range(4))
+        gc = list(torch._foreach_mul(gp, below[k : k + len(gp)]))
+        for j, (x, hi) in enumerate(zip(gp, above[k:], strict=False)):
+            if mask[j] is not None:
+                gc[j] = torch.where(mask[j], x * hi, gc[j])
+        k += len(gp)
+        torch._foreach_lerp_(mp, gc, omb1)  # m*b1 + g*(1-b1) in one pass
+        torch._foreach_mul_(vp, b2)
+        torch._foreach_addcmul_(vp, gc, gc, value=omb2)
+        # p*decay - step_size * m / (sqrt(v)/bc2_sqrt + eps), with bc2_sqrt moved out
+        denom = torch._foreach_sqrt(vp)
+        torch._foreach_add_(denom, eps * bc2_sqrt)
+        if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
+            torch._foreach_mul_(pp, decay)
+        torch._foreach_addcdiv_(pp, mp, denom, value=-step_size * bc2_sqrt)
+    torch._foreach_copy_(max_ema, max_ema_new.unbind(0))
+    torch._foreach_copy_(norm_ema, norm_ema_new.unbind(0))
+    torch._foreach_copy_(norm_sq_ema, norm_sq_ema_new.unbind(0))
+
+
+def _pieces_of(p, g, m, v) -> tuple[list[list[list[torch.Tensor]]], list[int]]:
+    """Flat pieces of at most ``BLOCK_NUMEL`` entries of every tensor, packed into blocks of
+    about that many entries (rows ``[p, g, m, v]``), and the tensor index of every piece."""
+    size = _foreach.BLOCK_NUMEL
+    blocks, current, filled, owners = [], [], 0, []
+    for i, row in enumerate(zip(p, g, m, v, strict=True)):
+        flat = [t.view(-1) for t in row]
+        numel = flat[0].numel()
+        for start in range(0, numel, size):
+            piece = flat if numel <= size else [t[start : start + size] for t in flat]
+            if current and filled + piece[0].numel() > size:
+                blocks.append(current)
+                current, filled = [], 0
+            current.append(piece)
+            filled += piece[0].numel()
+            owners.append(i)
+    if current:
+        blocks.append(current)
+    return blocks, owners
 
 
 stable_spam_kernel.foreach = stable_spam_foreach  # type: ignore[attr-defined]

@@ -32,10 +32,12 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
+    RELU_ACTIVE,
     SOFTMAX_COLLAPSE,
     UPDATE_RATIO,
 )
 from steadygrad.diagnose.detectors.base import Detector
+from steadygrad.diagnose.detectors.trends import SustainedLevel, loss_stalled
 
 ATTENTION_LOGIT_GROWTH = FindingKind(
     "attention_logit_growth", "a layer's largest attention logit grows towards entropy collapse"
@@ -356,28 +358,53 @@ class PlasticityLoss(Detector):
     ``effective_rank`` stays at or below ``rank_drop`` times its largest value so far, for
     ``patience`` records (Dohare et al. 2024). Evidence names which of the two it was.
 
+    Early, while the units are still dying: when the share of a layer's outputs its ReLU passes
+    (``relu_active``) has fallen to ``dying`` times its first value while the loss is not
+    improving. The share alone is no evidence: trained networks grow sparse on their own (the
+    "lazy neuron" phenomenon, Li et al. 2023) while their loss falls.
+
     Example:
         >>> PlasticityLoss().update(Record(0, {"dead_units/fc.act": 0.1}))
         []
     """
 
     kind = LOSS_OF_PLASTICITY
-    reads, emits = (DEAD_UNITS, EFFECTIVE_RANK), (LOSS_OF_PLASTICITY,)
+    reads, emits = (DEAD_UNITS, RELU_ACTIVE, EFFECTIVE_RANK, LOSS), (LOSS_OF_PLASTICITY,)
 
     def __init__(
-        self, dead_fraction: float = 0.5, rank_drop: float = 0.5, patience: int = 2
+        self,
+        dead_fraction: float = 0.5,
+        rank_drop: float = 0.5,
+        patience: int = 2,
+        dying: float = 0.25,
     ) -> None:
         self.dead_fraction = finite_float("dead_fraction", dead_fraction, low=0.0, high=1.0)
         self.rank_drop = finite_float("rank_drop", rank_drop, low=0.0, high=1.0, high_open=True)
         self.patience = positive_int("patience", patience)
+        self.dying = finite_float("dying", dying, low=0.0, high=1.0, high_open=True)
         self._dead: dict[str, _Streak] = {}
         self._rank: dict[str, _Streak] = {}
         self._best_rank: dict[str, float] = {}
+        self._dying: dict[str, _Streak] = {}
+        self._first_active: dict[str, float] = {}
+        self.loss = SustainedLevel()
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
+        loss = record.values.get(LOSS.name)
+        if loss is not None and math.isfinite(loss):
+            self.loss.add(loss, record.step)
         findings = []
+        # Other evidence (the units' share falling four-fold) stands beside it: a loss a tenth
+        # of its scale off its best is enough, however noisy.
+        stalled = math.isfinite(self.loss.current) and loss_stalled(self.loss, noise_z=0.0)
+        for name, active in record.family(RELU_ACTIVE.name).items():
+            first = self._first_active.setdefault(name, active)
+            streak = self._dying.setdefault(name, _Streak())
+            if streak.update(stalled and active <= self.dying * first, self.patience):
+                evidence = {"reason": "dying_units", "relu_active": active, "first": first}
+                findings.append(Finding(self.kind, record.step, name, evidence))
         for name, dead in record.family(DEAD_UNITS.name).items():
             streak = self._dead.setdefault(name, _Streak())
             if streak.update(dead >= self.dead_fraction, self.patience):

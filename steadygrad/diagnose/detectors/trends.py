@@ -32,6 +32,9 @@ UNSTABLE_STEPS = FindingKind(
 )
 
 
+NOISE_Z = 4.0  # how many times its own noise a level must move before it counts as moved
+
+
 class SustainedLevel:
     """The running median of the last ``window`` values, the lowest such median so far (the
     best sustained level), the first one (where the series started), and the spread of the last
@@ -51,12 +54,15 @@ class SustainedLevel:
         self.floor = math.inf
         self.floor_step: int | None = None
         self.floor_noise = 0.0
+        self.floor_tail = 0.0
         self.start = math.nan
         self.current = math.nan
+        self._seen = 0
 
     def add(self, value: float, step: int | None = None) -> None:
         self.values.append(value)
         self.recent.append(value)
+        self._seen += 1
         if len(self.values) < min(3, self.values.maxlen or 3):
             return
         self.current = statistics.median(self.values)
@@ -64,13 +70,34 @@ class SustainedLevel:
             self.start = self.current
         if self.current < self.floor:
             self.floor, self.floor_step = self.current, step
-            med = statistics.median(self.recent)
-            self.floor_noise = 1.4826 * statistics.median(abs(v - med) for v in self.recent)
+            self.floor_noise, self.floor_tail = self.spread(), self.tail()
+        elif self._seen <= (self.recent.maxlen or 0) and self.current <= self.start:
+            # A floor set in the first steps rests on a handful of values (a batch of one
+            # example can give a median of three near 0): how noisy the series is, is learnt
+            # over the first window, while it stays below where it started (a run that climbs
+            # from the start is diverging, and its climb is no noise).
+            self.floor_noise = max(self.floor_noise, self.spread())
+            self.floor_tail = max(self.floor_tail, self.tail())
+
+    def spread(self) -> float:
+        """How far one value strays: 1.4826 x the MAD of the last ``noise_window`` values."""
+        if len(self.recent) < 3:
+            return 0.0
+        med = statistics.median(self.recent)
+        return 1.4826 * statistics.median(abs(v - med) for v in self.recent)
+
+    def tail(self) -> float:
+        """How far the 95th percentile of the last ``noise_window`` values sits above their
+        median (0 before 20 values): the scatter of a heavy-tailed series that the MAD misses
+        (a batch of one example near zero loss)."""
+        if len(self.recent) < 20:
+            return 0.0
+        q95 = statistics.quantiles(self.recent, n=20)[-1]
+        return max(q95 - statistics.median(self.recent), 0.0)
 
     def noise(self) -> float:
-        """How far one value strays (1.4826 x the MAD of the ``noise_window`` values up to the
-        best level): measured where the series was at its best, so a climb that follows does
-        not count as noise."""
+        """How far one value strays (see :meth:`spread`), measured where the series was at its
+        best, so a climb that follows does not count as noise."""
         return self.floor_noise
 
     def lost_progress(self, fraction: float = 0.5) -> bool:
@@ -130,14 +157,25 @@ class LossDivergence(Detector):
         if not (math.isfinite(level.current) and math.isfinite(level.floor)):
             return []
         floor, now, scale = level.floor, level.current, level.scale()
-        margin = max(self.rise * scale, self.noise_z * level.noise())
+        margin = max(self.rise * scale, self.noise_z * level.noise(), level.floor_tail)
+        # One value far out is critical at once, if it is also far beyond the run's own scatter;
+        # before that is known (20 values: a run can blow up in its first three steps), far
+        # above every value seen so far.
+        far = (self.critical_ratio**2 - 1) * scale
+        earlier = list(level.recent)[:-1]
+        if len(earlier) >= 19:
+            far = max(far, 2 * self.noise_z * level.noise(), self.noise_z * level.tail())
+        elif earlier:
+            far = max(far, self.critical_ratio**2 * max(earlier) - floor)
         self._above = self._above + 1 if now - floor > margin else 0
         self._calm = self._calm + 1 if now - floor < margin / 2 else 0
         if self._calm >= 2 * self.patience:
             self._fired.clear()  # back near its best for a while: a new episode can start
         severity = None
-        jump = loss - floor > (self.critical_ratio**2 - 1) * scale  # one step far out: at once
-        critical = jump or now - floor > max((self.critical_ratio - 1) * scale, margin)
+        jump = loss - floor > far
+        critical = jump or (
+            self._above >= self.patience and now - floor > (self.critical_ratio - 1) * scale
+        )
         if critical and "critical" not in self._fired:
             severity = Severity.CRITICAL
         elif self._above >= self.patience and not self._fired:
@@ -231,7 +269,8 @@ class GradientGrowth(Detector):
             return []
         rise = level.current - level.floor
         worse = self._loss_worse()
-        self._above = self._above + 1 if rise > self.growth and worse else 0
+        growing = rise > max(self.growth, NOISE_Z * level.noise())  # beyond its own scatter
+        self._above = self._above + 1 if growing and worse else 0
         if rise < self.growth / 2:
             self._fired.clear()
         severity = None
@@ -264,16 +303,24 @@ class GradientGrowth(Detector):
             return []  # a spike the run shrugged off is a gradient spike, not an explosion
         self._fired.add("critical")
         where = names[int(np.argmax(norms))] if len(names) else None  # the largest (first)
-        evidence = {"grad_norm": before, "next_grad_norm": norm, "ratio": before / norm}
+        evidence = {
+            "grad_norm": before,
+            "next_grad_norm": norm,
+            "ratio": before / norm,
+            "wrecked_weights": True,  # the run broke here, whatever the loss did next
+        }
         return [Finding(self.kind, step, where, evidence, Severity.CRITICAL)]
 
     def _loss_stalled(self) -> bool:
-        return _stalled(self.loss)
+        return loss_stalled(self.loss)
 
     def _loss_worse(self) -> bool:
         """The loss gave back half its progress: growing gradients that hurt (under Adam, a
         gradient norm often grows while a loss near zero stays there)."""
-        return not math.isfinite(self.loss.current) or self.loss.lost_progress(0.5)
+        loss = self.loss
+        if not math.isfinite(loss.current):
+            return True
+        return loss.lost_progress(0.5) and loss.current - loss.floor > NOISE_Z * loss.noise()
 
     def _at_init(self, record: Record, norm: float) -> list[Finding]:
         weights = record.values.get(PARAM_NORM.name)
@@ -360,7 +407,7 @@ class UnstableSteps(Detector):
         above = sum(r > self.limit for r in self.recent)
         if above == 0:
             self._fired = False
-        if above < self.hits or self._fired or not _stalled(self.loss):
+        if above < self.hits or self._fired or not loss_stalled(self.loss):
             return []
         self._fired = True
         evidence = {
@@ -371,9 +418,10 @@ class UnstableSteps(Detector):
         return [Finding(self.kind, record.step, None, evidence, Severity.WARNING)]
 
 
-def _stalled(loss: SustainedLevel) -> bool:
+def loss_stalled(loss: SustainedLevel, noise_z: float = 2.0) -> bool:
     """The loss is not at its best: it stopped improving, or is climbing (with no loss to judge
-    by, go by the other evidence alone)."""
+    by, go by the other evidence alone). Its level must sit a tenth of its scale above its best,
+    and ``noise_z`` times its noise."""
     if not math.isfinite(loss.current):
         return True
-    return loss.current - loss.floor > max(0.1 * loss.scale(), 2 * loss.noise())
+    return loss.current - loss.floor > max(0.1 * loss.scale(), noise_z * loss.noise())
