@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.finding import Finding, FindingKind
 from steadygrad.core.metrics import LOSS
 from steadygrad.core.severity import Severity
@@ -61,18 +62,15 @@ class Memorising(Detector):
         loss_share: float = 0.5,
         smoothing: float = 0.9,
     ) -> None:
-        if not low > 0:
-            raise ValueError(f"low must be > 0, got {low}")
-        if not (isinstance(patience, int) and patience >= 2):
-            raise ValueError(f"patience must be an int >= 2, got {patience!r}")
-        if not 0 < min_fall < 1:
-            raise ValueError(f"min_fall must be in (0, 1), got {min_fall}")
-        if not 0 <= loss_share < 1:
-            raise ValueError(f"loss_share must be in [0, 1), got {loss_share}")
-        if not 0 <= smoothing < 1:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-        self.low, self.patience, self.min_fall = float(low), patience, float(min_fall)
-        self.loss_share, self.smoothing = float(loss_share), float(smoothing)
+        self.low = finite_float("low", low, low=0.0, low_open=True)
+        self.patience = positive_int("patience", patience)
+        if self.patience < 2:
+            raise ValueError(f"patience must be an int >= 2 (a trend), got {patience!r}")
+        self.min_fall = finite_float(
+            "min_fall", min_fall, low=0.0, high=1.0, low_open=True, high_open=True
+        )
+        self.loss_share = finite_float("loss_share", loss_share, low=0.0, high=1.0, high_open=True)
+        self.smoothing = finite_float("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
         self.loss_ema: float | None = None
         self.start_loss: float | None = None
         self.probes: list[tuple[int, float, float]] = []  # (step, coherence, smoothed loss)
