@@ -42,7 +42,12 @@ from steadygrad.diagnose.detectors.transformer import (
     SOFTMAX_COLLAPSE_KIND,
     UPDATE_RATIO_OUT_OF_RANGE,
 )
-from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE, UNSTABLE_STEPS
+from steadygrad.diagnose.detectors.trends import (
+    GRADIENT_GROWTH,
+    LOSS_DIVERGENCE,
+    UNSTABLE_STEPS,
+    WRECKED_WEIGHTS,
+)
 from steadygrad.store.run import Run
 
 # How specific a cause is: a mechanism explains the symptoms that follow it, so it ranks first.
@@ -180,7 +185,7 @@ def _breaks(f: Finding) -> bool:
     return (
         f.kind == NONFINITE
         or (f.kind == LOSS_DIVERGENCE and f.severity == "critical")
-        or (f.kind == GRADIENT_GROWTH and bool(f.evidence.get("wrecked_weights")))
+        or (f.kind == GRADIENT_GROWTH and bool(f.evidence.get(WRECKED_WEIGHTS)))
     )
 
 

@@ -32,6 +32,7 @@ UNSTABLE_STEPS = FindingKind(
 )
 
 
+WRECKED_WEIGHTS = "wrecked_weights"  # evidence of a gradient explosion: where the run broke
 NOISE_Z = 4.0  # how many times its own noise a level must move before it counts as moved
 
 
@@ -158,22 +159,12 @@ class LossDivergence(Detector):
             return []
         floor, now, scale = level.floor, level.current, level.scale()
         margin = max(self.rise * scale, self.noise_z * level.noise(), level.floor_tail)
-        # One value far out is critical at once, if it is also far beyond the run's own scatter;
-        # before that is known (20 values: a run can blow up in its first three steps), far
-        # above every value seen so far.
-        far = (self.critical_ratio**2 - 1) * scale
-        earlier = list(level.recent)[:-1]
-        if len(earlier) >= 19:
-            far = max(far, 2 * self.noise_z * level.noise(), self.noise_z * level.tail())
-        elif earlier:
-            far = max(far, self.critical_ratio**2 * max(earlier) - floor)
         self._above = self._above + 1 if now - floor > margin else 0
         self._calm = self._calm + 1 if now - floor < margin / 2 else 0
         if self._calm >= 2 * self.patience:
             self._fired.clear()  # back near its best for a while: a new episode can start
         severity = None
-        jump = loss - floor > far
-        critical = jump or (
+        critical = self._far_out(loss, floor, scale) or (
             self._above >= self.patience and now - floor > (self.critical_ratio - 1) * scale
         )
         if critical and "critical" not in self._fired:
@@ -190,6 +181,20 @@ class LossDivergence(Detector):
             "ratio": now / floor if floor > 0 else math.inf,
         }
         return [Finding(self.kind, record.step, None, evidence, severity)]
+
+    def _far_out(self, loss: float, floor: float, scale: float) -> bool:
+        """One value far out is critical at once, if it is also far beyond the run's own
+        scatter; before that is known (20 values: a run can blow up in its first three steps),
+        far above every value seen so far. The scatter is only read for a candidate."""
+        if loss - floor <= (self.critical_ratio**2 - 1) * scale:
+            return False
+        level = self.level
+        earlier = len(level.recent) - 1
+        if earlier >= 19:
+            return loss - floor > max(2 * self.noise_z * level.noise(), self.noise_z * level.tail())
+        if earlier:
+            return loss > self.critical_ratio**2 * max(list(level.recent)[:-1])
+        return True
 
 
 class GradientGrowth(Detector):
@@ -307,7 +312,7 @@ class GradientGrowth(Detector):
             "grad_norm": before,
             "next_grad_norm": norm,
             "ratio": before / norm,
-            "wrecked_weights": True,  # the run broke here, whatever the loss did next
+            WRECKED_WEIGHTS: True,  # the run broke here, whatever the loss did next
         }
         return [Finding(self.kind, step, where, evidence, Severity.CRITICAL)]
 
