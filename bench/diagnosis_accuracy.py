@@ -8,6 +8,7 @@ the sharpness probe where the scenario has a loss function at hand).
     python bench/diagnosis_accuracy.py                       # everything, 2 processes
     python bench/diagnosis_accuracy.py --only lr_fast_mlp_sgd --verbose
     python bench/diagnosis_accuracy.py --modes default --jobs 1 --skip-heldout
+    python bench/diagnosis_accuracy.py --file cases_heldout --jobs 1   # one case file
 
 Columns (per mode):
     right cause first     the top diagnosis is the true cause (unhealthy scenarios)
@@ -302,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--skip-heldout", action="store_true", help="leave the held-out ones out")
     parser.add_argument("--heldout-only", action="store_true")
+    parser.add_argument(
+        "--file", help="only the scenarios of one case file, e.g. cases_heldout (bench/scenarios/)"
+    )
     parser.add_argument("--json", default="runs/diagnosis_accuracy/results.json")
     parser.add_argument("--keep", help="keep the run directories here (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true", help="print each run's diagnoses")
@@ -329,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in names if not SCENARIOS[n].heldout]
     if args.heldout_only:
         names = [n for n in names if SCENARIOS[n].heldout]
+    if args.file:
+        names = [n for n in names if SCENARIOS[n].run.__module__.rsplit(".", 1)[-1] == args.file]
+        if not names:
+            parser.error(f"no scenario is defined in bench/scenarios/{args.file}.py")
     if args.list:
         for n in names:
             s = SCENARIOS[n]

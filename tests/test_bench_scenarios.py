@@ -37,6 +37,10 @@ def test_the_collection_covers_what_issue_10_asks():
     optimizers = {s.optimizer for s in SCENARIOS.values()}
     assert {"sgd", "sgd_mom"} <= optimizers and optimizers & {"adam", "adamw"}
     assert any(o.startswith("sg_") for o in optimizers)  # one of steadygrad's optimizers
+    # the second held-out set (cases_heldout.py) is registered, and every one of it held out
+    second = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout")]
+    assert len(second) >= 12 and all(s.heldout for s in second)
+    assert sum(s.healthy for s in second) >= 4
 
 
 def test_same_place_matches_parents_and_children_only_on_dot_boundaries():
