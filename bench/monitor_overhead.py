@@ -8,7 +8,7 @@ store's size per recorded step at several step counts (linear growth) and the ti
 5,000 tensors next to one ``_foreach_norm`` pass over every gradient and weight.
 
 Usage: python bench/monitor_overhead.py [--steps 50] [--rounds 6] [--settle 30]
-       [--store-seconds 90] [--only tinygpt|many|store|scaling]
+       [--store-seconds 90 | --store-steps 10000] [--only tinygpt|many|store|scaling]
 Goals (issue 15): <= 1.03x on TinyGPT, <= 1.10x on 5,000 tensors, <= 50 KB per recorded step.
 """
 
@@ -152,14 +152,16 @@ def overhead(build, steps: int, rounds: int, settle: int, goal: float, tmp: str)
         print(f"  {part:40}{seconds / len(monitored) * 1e3:9.2f} ms")
 
 
-def store_growth(build, seconds: float, tmp: str) -> None:
-    """Size of run.db (+ its WAL) per recorded step, at the step counts reached in time."""
+def store_growth(build, seconds: float, tmp: str, steps: int = 0) -> None:
+    """Size of run.db (+ its WAL) per recorded step at doubling step counts: up to ``steps``
+    when it is given (the last checkpoint is ``steps`` itself), else as far as ``seconds`` go."""
     torch.manual_seed(0)
     title, model, fwd_bwd = build()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     run_dir = Path(tmp) / "growth"
     mon = steadygrad.Monitor(model, opt, run_dir, progress=False)
-    print(f"\nStore growth, {title}, default Monitor, ~{seconds:.0f} s of training")
+    budget = f"{steps} steps" if steps else f"~{seconds:.0f} s of training"
+    print(f"\nStore growth, {title}, default Monitor, {budget}")
     print(f"{'steps':>8}{'bytes':>14}{'KB/step':>10}{'KB/step since last':>20}")
     deadline = time.perf_counter() + seconds
     done, last = 0, (0, 0)
@@ -174,9 +176,9 @@ def store_growth(build, seconds: float, tmp: str) -> None:
         since = (size - last[1]) / (done - last[0]) / 1e3
         print(f"{done:8d}{size:14d}{size / done / 1e3:10.1f}{since:20.1f}")
         last = (done, size)
-        if time.perf_counter() > deadline:
+        if (steps and done >= steps) or (not steps and time.perf_counter() > deadline):
             break
-        checkpoint *= 2
+        checkpoint = min(checkpoint * 2, steps) if steps else checkpoint * 2
     mon.close()
     size = sum(f.stat().st_size for f in run_dir.glob("run.db*") if f.is_file())
     print(f"closed: {size} bytes, {size / done / 1e3:.1f} KB per recorded step")
@@ -241,16 +243,24 @@ def main() -> None:
         "more (activation guard steps, the update-curvature signal's early window of 30)",
     )
     parser.add_argument("--store-seconds", type=float, default=90.0)
+    parser.add_argument(
+        "--store-steps",
+        type=int,
+        default=0,
+        help="measure store growth to this many steps (e.g. 10000) instead of for --store-seconds",
+    )
     parser.add_argument("--only", choices=("tinygpt", "many", "store", "scaling"), default=None)
     args = parser.parse_args()
+    if args.store_steps < 0:
+        parser.error(f"--store-steps must be >= 0, got {args.store_steps}")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "tinygpt"):
             overhead(tinygpt, args.steps, args.rounds, args.settle, 1.03, tmp)
         if args.only in (None, "many"):
             overhead(many_tensors, args.steps, args.rounds, args.settle, 1.10, tmp)
-        if args.only in (None, "store") and args.store_seconds > 0:
-            store_growth(many_tensors, args.store_seconds, tmp)
+        if args.only in (None, "store") and (args.store_seconds > 0 or args.store_steps > 0):
+            store_growth(many_tensors, args.store_seconds, tmp, args.store_steps)
         if args.only in (None, "scaling"):
             scaling(max(10, args.steps // 2), max(2, args.rounds // 2), args.settle, tmp)
 
