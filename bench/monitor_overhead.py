@@ -7,7 +7,7 @@ store's size per recorded step at several step counts (linear growth) and the ti
 ``Run.series`` read on that run; and (``--only scaling``) the Monitor's time per step at 1,250 to
 5,000 tensors next to one ``_foreach_norm`` pass over every gradient and weight.
 
-Usage: python bench/monitor_overhead.py [--steps 50] [--rounds 6] [--settle 30]
+Usage: python bench/monitor_overhead.py [--steps 50] [--rounds 6] [--settle 30] [--pin-malloc]
        [--store-seconds 90 | --store-steps 10000] [--only tinygpt|many|store|scaling]
 Goals (issue 15): <= 1.03x on TinyGPT, <= 1.10x on 5,000 tensors, <= 50 KB per recorded step.
 """
@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import os
+import resource
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +35,11 @@ from steadygrad.data import TextData
 from steadygrad.models import TinyGPT
 
 Step = Callable[[], torch.Tensor]  # forward and backward of one batch; returns the loss
+# glibc's heap trimming returns freed memory to the OS at moments that depend on the order of
+# allocations: the next forward pass then page-faults it back in (1-3 ms per step on TinyGPT,
+# in either arm, at random). Fixed thresholds keep the heap, so the arms differ only by the
+# Monitor's own work (--pin-malloc); the printed page faults per step show the difference.
+PINNED_MALLOC = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
 
 class ManyTensors(nn.Module):
@@ -126,14 +134,19 @@ def overhead(build, steps: int, rounds: int, settle: int, goal: float, tmp: str)
     train(model, opt, fwd_bwd, 5)  # warm-up
     bare: list[float] = []
     monitored: list[float] = []
+    faults = collections.Counter()
     split = Split()
     for r in range(rounds):
+        before = _page_faults()
         bare += train(model, opt, fwd_bwd, steps)
+        faults["bare"] += _page_faults() - before
         # A Monitor per block, closed after it, so bare blocks run with no hook attached.
         mon = steadygrad.Monitor(model, opt, f"{tmp}/{id(model)}-{r}", progress=False)
         train(model, opt, fwd_bwd, settle, mon)  # untimed: past a new run's start-up cadences
         split.attach(mon)
+        before = _page_faults()
         monitored += train(model, opt, fwd_bwd, steps, mon)
+        faults["monitored"] += _page_faults() - before
         t0 = time.perf_counter()
         mon.close()
         split.seconds["close (flush, not per step)"] += time.perf_counter() - t0
@@ -147,9 +160,17 @@ def overhead(build, steps: int, rounds: int, settle: int, goal: float, tmp: str)
     print(f"{'bare':12}{b * 1e3:12.2f}{bm * 1e3:12.2f}")
     print(f"{'monitored':12}{m * 1e3:12.2f}{mm * 1e3:12.2f}")
     print(f"overhead ratio: median {m / b:.3f}x, mean {mm / bm:.3f}x (goal <= {goal:.2f}x)")
+    print(
+        "page faults per step: "
+        + ", ".join(f"{arm} {n / len(bare):.0f}" for arm, n in sorted(faults.items()))
+    )
     print("Monitor time per monitored step (mean over all monitored steps):")
     for part, seconds in split.seconds.items():
         print(f"  {part:40}{seconds / len(monitored) * 1e3:9.2f} ms")
+
+
+def _page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def store_growth(build, seconds: float, tmp: str, steps: int = 0) -> None:
@@ -250,7 +271,18 @@ def main() -> None:
         help="measure store growth to this many steps (e.g. 10000) instead of for --store-seconds",
     )
     parser.add_argument("--only", choices=("tinygpt", "many", "store", "scaling"), default=None)
+    parser.add_argument(
+        "--pin-malloc",
+        action="store_true",
+        help="re-run with glibc malloc's trim and mmap thresholds fixed, so heap trimming does "
+        "not add page faults at random to one arm or the other (both arms run the same way)",
+    )
     args = parser.parse_args()
+    if args.pin_malloc and PINNED_MALLOC[0] not in os.environ:
+        os.environ.update(dict.fromkeys(PINNED_MALLOC, str(1 << 30)))
+        os.execv(sys.executable, [sys.executable, *sys.argv])  # glibc reads them at start-up
+    if args.pin_malloc:
+        print(f"glibc malloc pinned: {', '.join(PINNED_MALLOC)} = 1 GiB")
     if args.store_steps < 0:
         parser.error(f"--store-steps must be >= 0, got {args.store_steps}")
     torch.set_num_threads(args.threads)

@@ -219,3 +219,7 @@ DIRECTIONAL_SHARPNESS_RATIO = Metric(
     "(1 - r)/2 with r = slope after / slope before the step along the update",
     panel="sharpness",
 )
+# Record meta flag next to a directional sharpness ratio: the update was scaled per coordinate
+# (Adam, RMSprop, Adagrad, ...). Such a step reads above 1 while training well (a healthy BERT
+# under AdamW: 90th percentile 2.4), so the ratio is evidence only next to a break there.
+ADAPTIVE_UPDATE = "adaptive_update"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from steadygrad.core import Severity
+from steadygrad.diagnose.detectors.base import PREVIOUS_READING
 from steadygrad.diagnose.rules import EVENT, MECHANISM, RULES, SYMPTOM, Diagnosis, Rule, RunFacts
 from steadygrad.store.run import Run, load
 
@@ -137,6 +138,15 @@ def judge(d: Diagnosis, broke: int | None) -> None:
             f"seen at step {first}, {lead} step(s) before the run broke at step {broke}: "
             "it came first and explains what followed"
         )
+    elif _previous_reading(d) is not None and _previous_reading(d) < broke:
+        # Measured on a cadence, and not read between the break and this finding: the cause
+        # may have started anywhere since the reading before, the break's own step included.
+        d.score += 10.0
+        d.confidence = "medium"
+        d.why = (
+            f"found at step {first}, the first reading after the run broke at step {broke} "
+            f"(the reading before was at step {_previous_reading(d)}): it may have come first"
+        )
     else:
         d.score -= 25.0
         d.confidence = "low"
@@ -144,6 +154,15 @@ def judge(d: Diagnosis, broke: int | None) -> None:
             f"first seen at step {first}, after the run broke at step {broke}: more likely a "
             "consequence than the cause"
         )
+
+
+def _previous_reading(d: Diagnosis) -> int | None:
+    """The step of the reading before the one that found a cadenced cause (see
+    :data:`~steadygrad.diagnose.detectors.base.PREVIOUS_READING`), if its finding says."""
+    first = d.evidence.get("first")
+    evidence = first if isinstance(first, dict) else d.evidence
+    step = evidence.get(PREVIOUS_READING)
+    return step if isinstance(step, int) else None
 
 
 def explained(d: Diagnosis, found: list[Diagnosis]) -> None:

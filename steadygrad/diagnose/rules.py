@@ -18,6 +18,7 @@ import numpy as np
 from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
     DIRECTIONAL_SHARPNESS_RATIO,
+    LEARNING_RATE,
     LOSS,
     OPTIMIZER_SKIPPED,
     SHARPNESS,
@@ -364,24 +365,38 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
     return Found(summary, first.step, [f.where for f in spikes if f.where], ev)
 
 
-def _data_outlier(facts: RunFacts, within: int = 5) -> Found | None:
-    """A loss spike on one step that the run got over within a few steps: one batch unlike the
-    others (with the gradient spike it caused, when there was one)."""
+def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found | None:
+    """A loss spike on one step that the run got over: within ``within`` steps the loss's
+    running median (of ``window``) is back under 1.5x its baseline, with nothing non-finite on
+    the way. One batch unlike the others (with the gradient spike it caused, when there was
+    one); an adaptive optimizer can take tens of steps to settle after the step it took."""
     loss = facts.series(LOSS.name)
     if loss is None:
         return None
     steps, values = loss
     grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
+    breaks = [f.step for f in facts.of(NONFINITE, LOSS_DIVERGENCE, GRADIENT_GROWTH) if _breaks(f)]
     for spike in facts.of(LOSS_SPIKE):
         baseline = spike.evidence.get("baseline")
         after = values[(steps > spike.step) & (steps <= spike.step + within)]
-        if not baseline or not len(after) or not np.nanmedian(after) < 1.5 * baseline:
+        if not baseline or len(after) < window or not np.isfinite(after).all():
             continue
-        ev: dict[str, Any] = {"spike": spike.evidence, "gradient_spike": spike.step in grads}
+        medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
+        back = np.flatnonzero(medians < 1.5 * baseline)
+        if not len(back):
+            continue
+        settled = int(back[0]) + window  # steps after the spike until it was back
+        if any(spike.step <= b <= spike.step + settled for b in breaks):
+            continue  # it broke the run on the way: a blow-up that calmed down, no bad batch
+        ev: dict[str, Any] = {
+            "spike": spike.evidence,
+            "gradient_spike": spike.step in grads,
+            "back_within_steps": settled,
+        }
         summary = (
             f"one batch at step {spike.step}: the loss jumped "
             f"{spike.evidence.get('ratio', math.nan):.3g}x its baseline and was back to normal "
-            f"within {within} steps, an outlier in the data"
+            f"within {settled} steps, an outlier in the data"
         )
         summary += _batches_behind([spike], ev)
         return Found(summary, spike.step, [], ev)
@@ -403,7 +418,20 @@ def _loss_spike(facts: RunFacts) -> Found | None:
 
 
 def _sharpness(facts: RunFacts) -> Found | None:
-    return _measured_sharpness(facts) or _unstable_steps(facts) or _overshoot_before_break(facts)
+    """The earliest evidence of steps beyond the stability limit: a probe, steps that kept
+    overshooting, an overshoot just before the run broke, a run broken by its first updates,
+    or a learning rate still rising when the loss blew up."""
+    checks = (
+        _measured_sharpness,
+        _unstable_steps,
+        _overshoot_before_break,
+        _broke_at_once,
+        _lr_rising_into_break,
+    )
+    found = [f for check in checks if (f := check(facts)) is not None]
+    return min(
+        found, key=lambda f: math.inf if f.first_step is None else f.first_step, default=None
+    )
 
 
 def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
@@ -428,6 +456,50 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
         [],
         {"directional_sharpness_ratio": ratio, "broke_at": broke},
     )
+
+
+def _broke_at_once(facts: RunFacts) -> Found | None:
+    """The first updates sent the loss far above where it started and it never came back
+    (gradients that exploded before any update are the initialisation's doing instead)."""
+    found = [f for f in facts.of(LOSS_DIVERGENCE) if f.evidence.get("broke_at_once")]
+    if not found or any(f.step == 0 for f in facts.of(GRADIENT_GROWTH)):
+        return None
+    f = found[0]
+    return Found(
+        f"the first updates broke the run: from step {f.step} the loss sat at "
+        f"{f.evidence.get('ratio', math.nan):.3g}x where it started and never came back (the "
+        "step size is far above the stability limit)",
+        0,
+        [],
+        dict(f.evidence),
+    )
+
+
+def _lr_rising_into_break(facts: RunFacts, window: int = 50, rise: float = 1.5) -> Found | None:
+    """The loss blew up (a climb or an explosion, not a NaN out of the blue) while the
+    learning rate was still rising: ``rise`` times or more over the ``window`` steps before.
+    A schedule that keeps raising the step size crosses 2/sharpness at some point."""
+    broke = [f for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH) if _breaks(f)]
+    prefix = LEARNING_RATE.name + "/"
+    rates = [facts.series(n) for n in sorted(facts.names) if n.startswith(prefix)]
+    if not broke or not rates:
+        return None
+    when = min(f.step for f in broke)
+    if any(f.step < when for f in facts.of(NONFINITE)):
+        return None
+    for steps, values in (r for r in rates if r is not None):
+        before = values[(steps <= when) & (steps >= when - window) & np.isfinite(values)]
+        if len(before) < 2 or not before[0] > 0 or before[-1] < rise * before[0]:
+            continue
+        return Found(
+            f"the learning rate was still rising when the run broke at step {when} "
+            f"({before[0]:.3g} -> {before[-1]:.3g} over the {window} steps before): the step "
+            "size outgrew the curvature",
+            when,
+            [],
+            {"lr_before": float(before[0]), "lr_at_break": float(before[-1]), "broke_at": when},
+        )
+    return None
 
 
 def _unstable_steps(facts: RunFacts) -> Found | None:
@@ -660,7 +732,8 @@ RULES: tuple[Rule, ...] = (
         (GRADIENT_GROWTH,),
         # Overshooting steps raise the next gradients: growth across steps then follows from
         # the step size, not from growth through depth or time at fixed weights.
-        explained_by=("sharpness_above_limit",),
+        # overshooting steps make the next gradients large; so does the knock an outlier gave
+        explained_by=("sharpness_above_limit", "data_outlier"),
     ),
     Rule(
         "loss_of_plasticity",
@@ -725,7 +798,7 @@ RULES: tuple[Rule, ...] = (
             CLIP_SPIKES,
         ),
         _data_outlier,
-        (LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE),
+        (LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE, NONFINITE, LOSS_DIVERGENCE, GRADIENT_GROWTH),
     ),
     Rule(
         "gradient_spike",
@@ -739,6 +812,7 @@ RULES: tuple[Rule, ...] = (
         ),
         _gradient_spike,
         (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
+        explained_by=("data_outlier",),  # an outlier batch makes a gradient spike of its own
     ),
     Rule(
         "nonfinite",

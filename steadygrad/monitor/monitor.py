@@ -238,6 +238,8 @@ class Monitor:
         self._optimizer_steps_total = 0
         self._unstepped_calls = 0  # mon.step() calls with finite gradients before any step
         self._warned: set[str] = set()
+        self._alarmed = False  # this step found something: look closer at the next
+        self._closer: list[Signal] = []  # signals due at this step for that reason
         self._handles = [
             optimizer.register_step_pre_hook(self._before_optimizer_step),
             optimizer.register_step_post_hook(self._after_optimizer_step),
@@ -305,6 +307,7 @@ class Monitor:
         if batch_ids is not None:
             record.meta["batch_ids"] = batch_ids
         findings = self._detect(record, batch_ids)
+        self._alarmed = any(f.severity != "info" for f in findings)
         self.store.add_scalars(step, self._to_store(record, findings), record.wall_time)
         if findings:
             self.store.add_findings(findings)
@@ -318,7 +321,7 @@ class Monitor:
         return record
 
     def _measure(self, step: int) -> Record:
-        due = [s for s in self.signals if s.due(step)]
+        due = [s for s in self.signals if s.due(step) or s in self._closer]
         for s in due:
             self._safely(
                 s, "end", step
@@ -364,10 +367,18 @@ class Monitor:
     def _prepare(self, step: int) -> None:
         """Set up the measurements of ``step`` before its forward pass."""
         self.parameters.stats.forget_cached_grad_norms()  # a cache never outlives its step
+        self._closer = []
         if step % self.every:
             return
+        if self.last_record is not None and self._alarmed:
+            # Something was found: the mechanism signals look at the very next step, not at
+            # their next cadence, so the cause is measured as it starts, not a cadence late.
+            self._closer = [
+                s for s in self.signals if isinstance(s, InterceptingSignal) and not s.due(step)
+            ]
+        self._alarmed = False
         for s in self.signals:
-            if s.due(step):
+            if s.due(step) or s in self._closer:
                 self._safely(s, "begin", step)
 
     # -- what the autopilot may use (its narrow interface) --------------------------------------

@@ -30,10 +30,20 @@ from steadygrad.monitor.tensor_groups import Parts, TensorGroups
 
 
 class ParameterStats:
-    """Measures the trainable parameters of a model, in ``named_parameters()`` order."""
+    """Measures the trainable parameters of a model, in ``named_parameters()`` order: those
+    that require a gradient, and those the optimizer ``held`` holds (a layer frozen with
+    ``requires_grad_(False)`` while the optimizer still holds it: its update ratio of 0 is how
+    the mistake shows)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    def __init__(self, model: nn.Module, held: torch.optim.Optimizer | None = None) -> None:
+        optimized = (
+            set()
+            if held is None
+            else {id(p) for group in held.param_groups for p in group["params"]}
+        )
+        self.named = [
+            (n, p) for n, p in model.named_parameters() if p.requires_grad or id(p) in optimized
+        ]
         if not self.named:
             raise ValueError("model has no trainable parameters to monitor")
         self.names = [n for n, _ in self.named]
@@ -212,7 +222,11 @@ class ParameterStats:
 
             return hook
 
-        return [p.register_post_accumulate_grad_hook(noter(i)) for i, p in enumerate(self.params)]
+        return [
+            p.register_post_accumulate_grad_hook(noter(i))
+            for i, p in enumerate(self.params)
+            if p.requires_grad
+        ]
 
     def first_in_backward(self, candidates: list[int]) -> int:
         """The candidate whose gradient the backward pass computed first."""
@@ -263,7 +277,8 @@ class ParameterSignal(Signal):
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
-        self.stats = ParameterStats(monitor.model)  # raises for a model without parameters
+        # raises for a model without parameters
+        self.stats = ParameterStats(monitor.model, getattr(monitor, "optimizer", None))
         self._hooks = self.stats.trace_backward_order()
 
     def begin(self, step: int) -> None:

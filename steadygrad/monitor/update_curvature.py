@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
-from steadygrad.core.metrics import DIRECTIONAL_SHARPNESS_RATIO, LOSS
+from steadygrad.core.metrics import ADAPTIVE_UPDATE, DIRECTIONAL_SHARPNESS_RATIO, LOSS
 from steadygrad.monitor.tensor_groups import Parts
 
 
@@ -49,6 +50,7 @@ class UpdateCurvatureSignal(Signal):
         self._smooth = math.nan  # the loss, smoothed over ~10 recorded steps
         self._best = math.inf
         self._alert_until = -1
+        self._adaptive = False
 
     def due(self, step: int) -> bool:
         return True  # cheap: it only hands on what the optimizer hooks measured
@@ -98,8 +100,15 @@ class UpdateCurvatureSignal(Signal):
             out.put(DIRECTIONAL_SHARPNESS_RATIO.name, self._ratio)
             self._ratio = None
 
+    def attach(self, monitor: Any) -> None:
+        super().attach(monitor)
+        groups = getattr(monitor.optimizer, "param_groups", None) or []
+        self._adaptive = any("eps" in group for group in groups)  # a per-coordinate step size
+
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         """Watch the loss: measure every step for a while once it climbs above its best."""
+        if self._adaptive and DIRECTIONAL_SHARPNESS_RATIO.name in record.values:
+            record.meta[ADAPTIVE_UPDATE] = True
         loss = record.values.get(LOSS.name)
         if loss is None or not math.isfinite(loss):
             return

@@ -10,6 +10,11 @@ if TYPE_CHECKING:
     from steadygrad.core import Record
 
 
+# Evidence key of a finding on a series measured on a cadence: the step of the reading before
+# the one that found it (the cause may have started anywhere in between).
+PREVIOUS_READING = "previous_reading"
+
+
 class Detector:
     """Reads one Record per recorded step and returns the Findings it raises at that step.
 

@@ -177,12 +177,22 @@ class GradNormSpikeDetector(SpikeDetector):
                 f.evidence["hidden_by_clipping"] = clipped < 0.5 * record.values[self.signal]
         return findings
 
-    def __init__(self, threshold: float = 6.0, min_ratio: float = 8.0, **kwargs) -> None:
+    def __init__(
+        self, threshold: float = 6.0, min_ratio: float = 8.0, recent: int = 5, **kwargs
+    ) -> None:
         kwargs.setdefault("rel_floor", 0.0)
         super().__init__(threshold=threshold, min_ratio=min_ratio, **kwargs)
+        self.recent = positive_int("recent", recent)
 
     def transform(self, value: float) -> float:
         return math.log(value) if value > 0 else -math.inf
+
+    def material(self, value: float, median: float) -> bool:
+        """A spike also stands ``min_ratio`` times above the median of the last ``recent``
+        norms: a norm that climbed there over several steps (a model leaving a plateau, whose
+        loss then falls) has moved its level, which the 64-step baseline has yet to follow."""
+        recent = list(self.baseline.values)[-self.recent :]
+        return value >= self.min_ratio * math.exp(statistics.median(recent))
 
     def untransform(self, x: float) -> float:
         return math.exp(x)

@@ -36,7 +36,7 @@ from steadygrad.core.metrics import (
     SOFTMAX_COLLAPSE,
     UPDATE_RATIO,
 )
-from steadygrad.diagnose.detectors.base import Detector
+from steadygrad.diagnose.detectors.base import PREVIOUS_READING, Detector
 from steadygrad.diagnose.detectors.trends import SustainedLevel, loss_stalled
 
 ATTENTION_LOGIT_GROWTH = FindingKind(
@@ -113,13 +113,17 @@ class AttentionLogitGrowth(Detector):
         self.smoothing = finite_float("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
         self.signal = signal
         self._state: dict[str, list[float]] = {}  # name -> [floor, ema, rising]
+        self._read: tuple[int | None, int | None] = (None, None)  # steps of the last two readings
         self._fired: dict[str, bool] = {}
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
         findings = []
-        for name, value in record.family(self.signal).items():
+        family = record.family(self.signal)
+        if family:
+            self._read = (self._read[1], record.step)
+        for name, value in family.items():
             state = self._state.get(name)
             if not math.isfinite(value) or value >= self.critical:
                 if not self._fired.get(name):
@@ -143,6 +147,7 @@ class AttentionLogitGrowth(Detector):
 
     def _finding(self, step, name, value, state, severity) -> Finding:  # noqa: ANN001
         evidence = {ATTN_LOGIT_MAX.name: value, "threshold": self.threshold}
+        evidence[PREVIOUS_READING] = self._read[0]
         if state is not None:
             floor = state[0]
             evidence.update(
@@ -183,6 +188,7 @@ class OutputLogitDivergence(Detector):
         self.lse_limit = finite_float("lse_limit", lse_limit, low=0.0, low_open=True)
         self.patience = positive_int("patience", patience)
         self._streak = _Streak()
+        self._read: tuple[int | None, int | None] = (None, None)  # steps of the last two readings
         self._first: float | None = None
         self._previous = math.nan
         self._falling = 0
@@ -195,6 +201,7 @@ class OutputLogitDivergence(Detector):
         lse = record.values.get(LOGIT_LSE_MEAN.name)
         if lse is None or not math.isfinite(lse):
             return []
+        self._read = (self._read[1], record.step)
         if self._first is None:
             self._first = lse
         drift = lse - self._first
@@ -220,6 +227,7 @@ class OutputLogitDivergence(Detector):
             "initial": self._first,
             "drift": drift,
             "lse_limit": limit,
+            PREVIOUS_READING: self._read[0],
         }
         for name in (OUTPUT_LOGIT_MAX.name, OUTPUT_LOGIT_RMS.name, OUTPUT_LOGIT_MEAN.name):
             if name in record.values:
@@ -248,6 +256,7 @@ class SoftmaxCollapse(Detector):
         self.fraction = finite_float("fraction", fraction, low=0.0, low_open=True, high=1.0)
         self.patience = positive_int("patience", patience)
         self._streak = _Streak()
+        self._read: tuple[int | None, int | None] = (None, None)  # steps of the last two readings
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -255,9 +264,14 @@ class SoftmaxCollapse(Detector):
         if SOFTMAX_COLLAPSE.name not in record.values:
             return []
         value = record.values[SOFTMAX_COLLAPSE.name]
+        self._read = (self._read[1], record.step)
         if not self._streak.update(value >= self.fraction, self.patience):
             return []
-        evidence = {SOFTMAX_COLLAPSE.name: value, "fraction": self.fraction}
+        evidence = {
+            SOFTMAX_COLLAPSE.name: value,
+            "fraction": self.fraction,
+            PREVIOUS_READING: self._read[0],
+        }
         where = record.meta.get("output_module")  # the head that produced the logits, if known
         return [Finding(self.kind, record.step, where, evidence, "warning")]
 
@@ -388,6 +402,7 @@ class PlasticityLoss(Detector):
         self._dying: dict[str, _Streak] = {}
         self._first_active: dict[str, float] = {}
         self.loss = SustainedLevel()
+        self._read: tuple[int | None, int | None] = (None, None)  # steps of the last two readings
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -399,18 +414,22 @@ class PlasticityLoss(Detector):
         # Other evidence (the units' share falling four-fold) stands beside it: a loss a tenth
         # of its scale off its best is enough, however noisy.
         stalled = math.isfinite(self.loss.current) and loss_stalled(self.loss, noise_z=0.0)
-        for name, active in record.family(RELU_ACTIVE.name).items():
+        active_share, dead_share = record.family(RELU_ACTIVE.name), record.family(DEAD_UNITS.name)
+        ranks = record.family(EFFECTIVE_RANK.name)
+        if active_share or dead_share or ranks:
+            self._read = (self._read[1], record.step)
+        for name, active in active_share.items():
             first = self._first_active.setdefault(name, active)
             streak = self._dying.setdefault(name, _Streak())
             if streak.update(stalled and active <= self.dying * first, self.patience):
                 evidence = {"reason": "dying_units", "relu_active": active, "first": first}
                 findings.append(Finding(self.kind, record.step, name, evidence))
-        for name, dead in record.family(DEAD_UNITS.name).items():
+        for name, dead in dead_share.items():
             streak = self._dead.setdefault(name, _Streak())
             if streak.update(dead >= self.dead_fraction, self.patience):
                 evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
                 findings.append(Finding(self.kind, record.step, name, evidence))
-        for name, rank in record.family(EFFECTIVE_RANK.name).items():
+        for name, rank in ranks.items():
             if not math.isfinite(rank):
                 continue
             best = max(self._best_rank.get(name, rank), rank)
@@ -424,6 +443,8 @@ class PlasticityLoss(Detector):
                     "rank_drop": self.rank_drop,
                 }
                 findings.append(Finding(self.kind, record.step, name, evidence))
+        for f in findings:
+            f.evidence[PREVIOUS_READING] = self._read[0]
         return findings
 
 

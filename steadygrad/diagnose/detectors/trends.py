@@ -18,7 +18,13 @@ import numpy as np
 
 from steadygrad.core import Finding, FindingKind, Record, Severity
 from steadygrad.core.checks import finite_float, positive_int
-from steadygrad.core.metrics import DIRECTIONAL_SHARPNESS_RATIO, GRAD_NORM, LOSS, PARAM_NORM
+from steadygrad.core.metrics import (
+    ADAPTIVE_UPDATE,
+    DIRECTIONAL_SHARPNESS_RATIO,
+    GRAD_NORM,
+    LOSS,
+    PARAM_NORM,
+)
 from steadygrad.diagnose.detectors.base import Detector
 
 LOSS_DIVERGENCE = FindingKind(
@@ -38,8 +44,8 @@ NOISE_Z = 4.0  # how many times its own noise a level must move before it counts
 
 class SustainedLevel:
     """The running median of the last ``window`` values, the lowest such median so far (the
-    best sustained level), the first one (where the series started), and the spread of the last
-    ``noise_window`` single values around their median.
+    best sustained level), the first one (where the series started), and how far single values
+    stray from one to the next over the last ``noise_window``.
 
     Example:
         >>> level = SustainedLevel(window=3)
@@ -57,6 +63,7 @@ class SustainedLevel:
         self.floor_noise = 0.0
         self.floor_tail = 0.0
         self.start = math.nan
+        self.first = math.nan  # the first single value (of a loss: before any update)
         self.current = math.nan
         self._seen = 0
 
@@ -64,6 +71,8 @@ class SustainedLevel:
         self.values.append(value)
         self.recent.append(value)
         self._seen += 1
+        if self._seen == 1:
+            self.first = value
         if len(self.values) < min(3, self.values.maxlen or 3):
             return
         self.current = statistics.median(self.values)
@@ -81,20 +90,28 @@ class SustainedLevel:
             self.floor_tail = max(self.floor_tail, self.tail())
 
     def spread(self) -> float:
-        """How far one value strays: 1.4826 x the MAD of the last ``noise_window`` values."""
-        if len(self.recent) < 3:
+        """How far one value strays from the next: 1.4826 x the MAD of the steps between the
+        last ``noise_window`` values, over sqrt(2). Steps, not values: the trend of a loss that
+        is still falling is no noise (its spread would be the whole descent)."""
+        steps = self._steps()
+        if steps is None:
             return 0.0
-        med = statistics.median(self.recent)
-        return 1.4826 * statistics.median(abs(v - med) for v in self.recent)
+        centred = np.abs(steps - np.median(steps))
+        return float(1.4826 * np.median(centred) / math.sqrt(2.0))
 
     def tail(self) -> float:
-        """How far the 95th percentile of the last ``noise_window`` values sits above their
-        median (0 before 20 values): the scatter of a heavy-tailed series that the MAD misses
-        (a batch of one example near zero loss)."""
-        if len(self.recent) < 20:
+        """How far the 95th percentile of the steps between the last ``noise_window`` values
+        sits above their median (0 before 20 values): the jumps of a heavy-tailed series that
+        the MAD misses (a batch of one example near zero loss)."""
+        steps = self._steps() if len(self.recent) >= 20 else None
+        if steps is None:
             return 0.0
-        q95 = statistics.quantiles(self.recent, n=20)[-1]
-        return max(q95 - statistics.median(self.recent), 0.0)
+        return max(float(np.quantile(steps, 0.95) - np.median(steps)), 0.0)
+
+    def _steps(self) -> np.ndarray | None:
+        if len(self.recent) < 3:
+            return None
+        return np.diff(np.fromiter(self.recent, dtype=np.float64, count=len(self.recent)))
 
     def noise(self) -> float:
         """How far one value strays (see :meth:`spread`), measured where the series was at its
@@ -117,9 +134,13 @@ class LossDivergence(Detector):
     """The loss's running median climbs above its best sustained level by more than ``rise``
     times the loss's scale (its best level, or a quarter of the progress made) and more than
     ``noise_z`` times its noise, for ``patience`` records in a row: warning; by
-    ``critical_ratio - 1`` times the scale: critical. One finding of each severity per episode;
-    an episode ends once the median has been back near the best level for ``2 * patience``
-    records.
+    ``critical_ratio - 1`` times the scale: critical. A loss that is falling back (its last
+    three values each lower than the one before) is recovering from a knock, not diverging: its
+    records do not count. One value far out is critical once the next one is higher still (or
+    not finite): a run that blew up, not one bad batch; the finding is dated to the first. A
+    run whose first updates sent the loss far above its first value, and kept it there, broke
+    at once (critical, dated to the first update; evidence ``broke_at_once``). One finding of each severity per episode; an episode ends once the loss has
+    been back near the best level for ``2 * patience`` records.
 
     Example:
         >>> det = LossDivergence()
@@ -148,44 +169,91 @@ class LossDivergence(Detector):
         self._above = 0
         self._calm = 0
         self._fired: set[str] = set()
+        self._far: tuple[int, float] | None = None  # a far-out value waiting for the next one
+        self._opening: list[tuple[int, float]] | None = []  # the first values, while judged
 
     def update(self, record: Record) -> list[Finding]:
         loss = record.values.get(LOSS.name)
-        if loss is None or not math.isfinite(loss) or record.meta.get("skipped"):
+        if loss is None or record.meta.get("skipped"):
             return []
+        far, self._far = self._far, None
         level = self.level
+        if not math.isfinite(loss):  # a far-out value, then a non-finite one: it blew up
+            return self._emit(Severity.CRITICAL, *far, "loss") if far else []
         level.add(loss, record.step)
+        broke = self._broke_at_once(record.step, loss)
+        if broke:
+            return broke
         if not (math.isfinite(level.current) and math.isfinite(level.floor)):
             return []
         floor, now, scale = level.floor, level.current, level.scale()
         margin = max(self.rise * scale, self.noise_z * level.noise(), level.floor_tail)
-        self._above = self._above + 1 if now - floor > margin else 0
-        self._calm = self._calm + 1 if now - floor < margin / 2 else 0
+        if now - floor <= margin:
+            self._above = 0
+        elif not self._recovering():
+            self._above += 1
+        calm = now - floor < margin / 2 and loss - floor < margin
+        self._calm = self._calm + 1 if calm else 0
         if self._calm >= 2 * self.patience:
             self._fired.clear()  # back near its best for a while: a new episode can start
-        severity = None
-        critical = self._far_out(loss, floor, scale) or (
-            self._above >= self.patience and now - floor > (self.critical_ratio - 1) * scale
-        )
-        if critical and "critical" not in self._fired:
-            severity = Severity.CRITICAL
-        elif self._above >= self.patience and not self._fired:
-            severity = Severity.WARNING
-        if severity is None:
+        if far and loss >= far[1] and "critical" not in self._fired:
+            return self._emit(Severity.CRITICAL, *far, "loss")
+        if (far is None or loss > far[1]) and self._far_out(loss, floor, scale):
+            self._far = (record.step, loss)
+        sustained = self._above >= self.patience
+        if sustained and now - floor > (self.critical_ratio - 1) * scale:
+            if "critical" not in self._fired:
+                return self._emit(Severity.CRITICAL, record.step, now, "loss_median")
+        elif sustained and not self._fired:
+            return self._emit(Severity.WARNING, record.step, now, "loss_median")
+        return []
+
+    def _broke_at_once(self, step: int, loss: float) -> list[Finding]:
+        """The first updates broke the run: each of the ``window + patience`` values after the
+        first one (the loss before any update) is ``critical_ratio`` times that first value or
+        more. Its best level is then the level it had before it was trained, which the floor of
+        a running median never sees."""
+        opening = self._opening
+        if opening is None:
             return []
-        self._fired.add(severity.value)
+        opening.append((step, loss))
+        if len(opening) < 1 + (self.level.values.maxlen or 5) + self.patience:
+            return []
+        self._opening = None
+        first, after = opening[0][1], np.array([x for _, x in opening[1:]])
+        if not (first > 0 and after.min() >= self.critical_ratio * first):
+            return []
+        median = float(np.median(after))
+        self._fired.add(Severity.CRITICAL.value)
         evidence = {
-            "loss_median": now,
-            "best_level": floor,
-            "best_level_step": level.floor_step,
-            "ratio": now / floor if floor > 0 else math.inf,
+            "loss_median": median,
+            "best_level": first,
+            "best_level_step": opening[0][0],
+            "ratio": median / first,
+            "broke_at_once": True,
         }
-        return [Finding(self.kind, record.step, None, evidence, severity)]
+        return [Finding(self.kind, opening[1][0], None, evidence, Severity.CRITICAL)]
+
+    def _recovering(self) -> bool:
+        last = list(self.level.values)[-3:]
+        return len(last) == 3 and last[0] > last[1] > last[2]
+
+    def _emit(self, severity: Severity, step: int, loss: float, what: str) -> list[Finding]:
+        """``what``: "loss" for one far-out value, "loss_median" for the running median."""
+        self._fired.add(severity.value)
+        floor = self.level.floor
+        evidence = {
+            what: loss,
+            "best_level": floor,
+            "best_level_step": self.level.floor_step,
+            "ratio": loss / floor if floor > 0 else math.inf,
+        }
+        return [Finding(self.kind, step, None, evidence, severity)]
 
     def _far_out(self, loss: float, floor: float, scale: float) -> bool:
-        """One value far out is critical at once, if it is also far beyond the run's own
-        scatter; before that is known (20 values: a run can blow up in its first three steps),
-        far above every value seen so far. The scatter is only read for a candidate."""
+        """One value far out: far beyond the run's own scatter; before that is known (20
+        values: a run can blow up in its first three steps), far above every value seen so far.
+        The scatter is only read for a candidate."""
         if loss - floor <= (self.critical_ratio**2 - 1) * scale:
             return False
         level = self.level
@@ -207,10 +275,12 @@ class GradientGrowth(Detector):
       norm left its best level first, by ``local_growth``: where the growth starts.
     - at initialisation: on the first record the gradient norm is ``init_ratio`` times the
       norm of the weights it updates (critical), naming the tensor with the largest ratio.
-    - one explosion: a gradient norm, the largest so far, ``collapse`` times the next one, with
-      the loss no longer improving (its update wrecked the weights, whose gradients then
-      vanish): critical, found one step later and dated to the explosion, naming the tensor
-      with the largest gradient then.
+    - one explosion: a gradient norm, the largest so far, ``collapse`` times the next one, whose
+      update changed the weights' norm by ``moved`` (a tenth) or more, with the loss no longer
+      improving within ``window`` records (the update wrecked the weights, whose gradients
+      then vanish; under Adam one giant gradient moves the weights by about the learning rate
+      and poisons the second moment instead): critical, dated to the explosion, naming the
+      tensor whose gradient then stood furthest above its own recent level.
 
     Example:
         >>> det = GradientGrowth()
@@ -233,11 +303,16 @@ class GradientGrowth(Detector):
         window: int = 5,
         init_ratio: float = 100.0,
         collapse: float = 100.0,
+        moved: float = 0.1,
     ) -> None:
         self.init_ratio = finite_float("init_ratio", init_ratio, low=1.0)
         self.collapse = finite_float("collapse", collapse, low=1.0, low_open=True)
         self._previous: tuple[int, float, tuple[tuple[str, ...], np.ndarray]] | None = None
         self._largest = 0.0
+        self._explosion: tuple[int, float, float, str | None] | None = None
+        self._explosion_wait = 0
+        self._weights = math.nan  # the weight norm at the previous record
+        self.moved = finite_float("moved", moved, low=0.0)
         self.loss = SustainedLevel(window)
         self._first_record = True
         self.growth = math.log(finite_float("growth", growth, low=1.0, low_open=True))
@@ -299,22 +374,52 @@ class GradientGrowth(Detector):
 
     def _exploded_then_collapsed(self, record: Record, norm: float) -> list[Finding]:
         previous = self._previous
-        self._previous = (record.step, norm, record.family_array(GRAD_NORM.name))
+        weights = record.values.get(PARAM_NORM.name, math.nan)
+        moved = abs(weights / self._weights - 1.0) if self._weights > 0 else math.nan
+        self._weights = weights
+        self._previous = (record.step, norm, record.family_array(GRAD_NORM.name), moved)
         largest, self._largest = self._largest, max(self._largest, norm)
-        if previous is None or "critical" in self._fired:
+        if "critical" in self._fired:
             return []
-        step, before, (names, norms) = previous
-        if before < largest or before < self.collapse * norm or not self._loss_stalled():
-            return []  # a spike the run shrugged off is a gradient spike, not an explosion
+        if (
+            previous is not None
+            and previous[1] >= largest
+            and previous[1] >= self.collapse * norm
+            and not previous[3] < self.moved  # its update moved the weights (NaN: not known)
+        ):
+            # A candidate: the loss has a few records to show whether the run shrugged it off.
+            self._explosion = (previous[0], previous[1], norm, self._grew_most(previous[2]))
+            self._explosion_wait = self.level.values.maxlen or 5
+        if self._explosion is None:
+            return []
+        if not self._loss_stalled():
+            self._explosion_wait -= 1
+            if self._explosion_wait <= 0:
+                self._explosion = None  # shrugged off: a gradient spike, not an explosion
+            return []
+        (step, before, after, where), self._explosion = self._explosion, None
         self._fired.add("critical")
-        where = names[int(np.argmax(norms))] if len(names) else None  # the largest (first)
         evidence = {
             "grad_norm": before,
-            "next_grad_norm": norm,
-            "ratio": before / norm,
+            "next_grad_norm": after,
+            "ratio": before / after,
             WRECKED_WEIGHTS: True,  # the run broke here, whatever the loss did next
         }
         return [Finding(self.kind, step, where, evidence, Severity.CRITICAL)]
+
+    def _grew_most(self, family: tuple[tuple[str, ...], np.ndarray]) -> str | None:
+        """The tensor whose gradient stood furthest above its own recent level: where the
+        explosion came through (an RNN's recurrent weights, say), not the largest gradient it
+        left downstream (the embedding's)."""
+        names, norms = family
+        if not len(names):
+            return None
+        if self._ema is None or len(self._ema) != len(norms) or names != self._names:
+            return names[int(np.argmax(norms))]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            growth = np.log(norms) - self._ema  # the level already holds half of this spike
+        growth[~np.isfinite(growth)] = -np.inf
+        return names[int(np.argmax(growth))]
 
     def _loss_stalled(self) -> bool:
         return loss_stalled(self.loss)
@@ -379,9 +484,11 @@ class UnstableSteps(Detector):
     :mod:`steadygrad.monitor.update_curvature`) above ``limit`` in ``hits`` of the last
     ``window`` readings: the optimizer's steps overshoot along their own direction, the
     signature of a learning rate above the stability limit, while the loss is not improving.
-    Gradient descent at the edge of stability hovers at 1 (Cohen et al. 2021), and adaptive
-    or momentum methods can read above 1 while training well, so the default asks for a clear
-    excess and a stalled loss.
+    Gradient descent at the edge of stability hovers at 1 (Cohen et al. 2021), and momentum
+    methods can read above 1 while training well, so the default asks for a clear excess and a
+    stalled loss. Readings of an adaptive step (Adam, RMSprop, Adagrad: the record's meta says
+    ``ADAPTIVE_UPDATE``) are left to the rules, as evidence next to a break only: such steps read
+    well above 1 in healthy runs.
 
     Example:
         >>> det = UnstableSteps()
@@ -408,6 +515,8 @@ class UnstableSteps(Detector):
         ratio = record.values.get(DIRECTIONAL_SHARPNESS_RATIO.name)
         if ratio is None or record.nonfinite or not math.isfinite(ratio):
             return []
+        if record.meta.get(ADAPTIVE_UPDATE):
+            return []  # an adaptive step reads above 1 while training well (see ADAPTIVE_UPDATE)
         self.recent.append(ratio)
         above = sum(r > self.limit for r in self.recent)
         if above == 0:
@@ -426,7 +535,10 @@ class UnstableSteps(Detector):
 def loss_stalled(loss: SustainedLevel, noise_z: float = 2.0) -> bool:
     """The loss is not at its best: it stopped improving, or is climbing (with no loss to judge
     by, go by the other evidence alone). Its level must sit a tenth of its scale above its best,
-    and ``noise_z`` times its noise."""
-    if not math.isfinite(loss.current):
-        return True
-    return loss.current - loss.floor > max(0.1 * loss.scale(), noise_z * loss.noise())
+    ``noise_z`` times its noise, and (with ``noise_z``) beyond the upper tail of its single
+    values (a heavy-tailed loss near zero); or a tenth above the first value (the loss before any
+    update: a run that broke at once has no best level to speak of)."""
+    if not math.isfinite(loss.current) or loss.current - loss.first > 0.1 * abs(loss.first):
+        return True  # clearly worse than before the first update: a run that broke at once
+    margin = max(0.1 * loss.scale(), noise_z * loss.noise(), loss.floor_tail if noise_z else 0.0)
+    return loss.current - loss.floor > margin

@@ -1,0 +1,234 @@
+"""Run shapes the first detectors got wrong on scenarios they were not built around (the second
+held-out set of bench/scenarios): each has a trigger that must be found and a control that must
+not. Streams are made by hand here; where the Monitor itself matters, the runs are real."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import steadygrad
+from steadygrad.core import Record
+from steadygrad.core.metrics import ADAPTIVE_UPDATE
+from steadygrad.diagnose.detectors import (
+    GradientGrowth,
+    GradNormSpikeDetector,
+    LossDivergence,
+    UnstableSteps,
+)
+from steadygrad.diagnose.detectors.base import PREVIOUS_READING
+from steadygrad.diagnose.detectors.trends import SustainedLevel
+from steadygrad.diagnose.diagnosis import judge
+from steadygrad.diagnose.rules import MECHANISM, Diagnosis
+
+
+def _stream(detector, rows, meta=None):
+    return [
+        f
+        for step, values in enumerate(rows)
+        for f in detector.update(Record(step, values, meta=dict(meta or {})))
+    ]
+
+
+def _losses(values):
+    return [{"loss": float(x)} for x in values]
+
+
+# -- the noise of a loss is how far it strays from one step to the next ---------------------------
+
+
+def test_a_clean_descent_is_no_noise_and_the_climb_back_to_chance_is_found():
+    # Label noise growing from step 60: a loss that fell cleanly from 1.4 to 0.2 climbs back
+    # to chance. The MAD of the values (the whole descent) was 0.5 and hid the climb.
+    rng = np.random.default_rng(0)
+    t = np.arange(240)
+    falling = 0.2 + 1.2 * np.exp(-t[:60] / 20)
+    climbing = 0.2 + 1.2 * (1 - np.exp(-(t[60:] - 60) / 40))
+    losses = np.concatenate([falling, climbing]) + 0.02 * rng.standard_normal(240)
+    level = SustainedLevel()
+    for x in losses[:60]:
+        level.add(float(x))
+    values = np.asarray(level.recent)
+    assert level.spread() < 0.2 * 1.4826 * np.median(np.abs(values - np.median(values)))
+    found = _stream(LossDivergence(), _losses(losses))
+    assert found and 60 < found[0].step < 110
+
+
+# -- one bad batch is not a divergence ------------------------------------------------------------
+
+
+def test_one_far_out_loss_that_comes_back_is_no_divergence():
+    # An unscaled batch: 300x the loss for one step, then an adaptive optimizer's knock that
+    # decays back over a dozen steps.
+    base = 0.03 + 0.001 * np.sin(np.arange(200))
+    losses = base.copy()
+    losses[120] = 10.7
+    losses[121:135] += 0.6 * 0.75 ** np.arange(14)
+    assert _stream(LossDivergence(), _losses(losses)) == []
+
+
+def test_a_far_out_loss_followed_by_a_higher_one_is_critical_at_the_first():
+    losses = [2.3, 2.2, 2.1, 2.0, 1.9] * 6 + [40.0, 4000.0, 4e6, 4e9]
+    found = _stream(LossDivergence(), _losses(losses))
+    assert [(f.step, f.severity) for f in found][:1] == [(30, "critical")]
+
+
+def test_a_far_out_loss_followed_by_nan_is_critical_at_the_first():
+    losses = [2.3, 2.2, 2.1, 2.0, 1.9] * 6 + [40.0, math.nan]
+    found = _stream(LossDivergence(), _losses(losses))
+    assert [(f.step, f.severity) for f in found] == [(30, "critical")]
+
+
+# -- a run the first updates broke -----------------------------------------------------------------
+
+
+def test_a_loss_that_jumps_10x_at_the_first_update_and_stays_is_critical():
+    rng = np.random.default_rng(1)
+    losses = [2.34] + list(15 + 4 * rng.standard_normal(59).clip(-1.5, 1.5))
+    found = _stream(LossDivergence(), _losses(losses))
+    assert found[0].step == 1 and found[0].severity == "critical"
+    assert found[0].evidence["broke_at_once"] and found[0].evidence["best_level"] == 2.34
+
+
+def test_an_early_bump_that_training_gets_over_is_not_a_broken_run():
+    # Adam without warm-up: the loss doubles for a few steps, then falls.
+    losses = [2.3, 3.5, 4.6, 4.0, 3.1, 2.4, 2.2, 2.0] + list(np.linspace(1.9, 0.5, 50))
+    assert _stream(LossDivergence(), _losses(losses)) == []
+
+
+# -- a gradient norm leaving a plateau is no spike ----------------------------------------------
+
+
+def test_a_gradient_norm_climbing_over_several_steps_is_no_spike():
+    rng = np.random.default_rng(0)
+    norms = list(np.exp(0.15 * rng.standard_normal(80)))  # around 1
+    norms += [2.3, 1.4, 4.8, 2.9, 6.2, 5.0, 6.6, 7.7, 6.9, 6.9, 11.9, 11.1, 2.8, 5.5, 5.5]
+    assert _stream(GradNormSpikeDetector(), [{"grad_norm": g} for g in norms]) == []
+    norms[85] = 60.0  # a real spike stands far above the steps just before it too
+    found = _stream(GradNormSpikeDetector(), [{"grad_norm": g} for g in norms])
+    assert [f.step for f in found] == [85]
+
+
+# -- an explosion that wrecked the weights ---------------------------------------------------------
+
+
+def _explosion(weights_after: float, losses_after: list[float]):
+    rows = []
+    for t in range(60):
+        rows.append({"grad_norm": 1.0 + 0.1 * math.sin(t), "param_norm": 940.0, "loss": 2.7})
+    rows.append({"grad_norm": 19000.0, "param_norm": weights_after, "loss": 2.69})
+    for x in losses_after:
+        rows.append({"grad_norm": 1.5, "param_norm": weights_after, "loss": x})
+    return _stream(GradientGrowth(), rows)
+
+
+def test_an_explosion_is_confirmed_when_the_loss_stalls_within_a_few_steps():
+    found = _explosion(9678.0, [2.69, 3.7, 3.6, 3.5, 3.5, 3.4, 3.4])
+    assert [(f.step, f.severity) for f in found] == [(60, "critical")]
+    assert found[0].evidence["wrecked_weights"]
+
+
+def test_an_explosion_whose_update_left_the_weights_alone_is_not_one():
+    # Adam: one giant gradient moves each weight by about the learning rate and poisons the
+    # second moment; the weights' norm barely moves.
+    assert _explosion(940.1, [2.69, 3.7, 3.6, 3.5, 3.5, 3.4, 3.4]) == []
+
+
+def test_an_explosion_the_run_shrugs_off_is_not_one():
+    assert _explosion(9678.0, [2.6, 2.5, 2.45, 2.4, 2.35, 2.3, 2.25]) == []
+
+
+# -- an adaptive step's directional ratio -------------------------------------------------------
+
+
+def test_adaptive_steps_reading_above_the_limit_are_left_to_the_rules():
+    rows = [{"loss": 1.0 + 0.01 * t, "directional_sharpness_ratio": 2.5} for t in range(20)]
+    assert _stream(UnstableSteps(), rows, meta={ADAPTIVE_UPDATE: True}) == []
+    assert _stream(UnstableSteps(), rows) != []
+
+
+# -- a cause measured on a cadence, found at its first reading after the break -------------------
+
+
+def _judged(previous: int | None) -> Diagnosis:
+    evidence = {"first": {PREVIOUS_READING: previous}} if previous is not None else {}
+    d = Diagnosis(
+        "loss_of_plasticity", "dead units", "warning", 98, [], evidence, [], "", MECHANISM
+    )
+    judge(d, broke=97)
+    return d
+
+
+def test_a_cadenced_cause_read_first_after_the_break_may_have_come_first():
+    assert _judged(previous=96).confidence == "medium" and _judged(previous=96).score == 40.0
+    assert _judged(previous=97).confidence == "low"  # it was read after the break, and healthy
+    assert _judged(previous=None).confidence == "low"
+
+
+# -- real runs ---------------------------------------------------------------------------------
+
+
+def _fit(tmp_path, name, model, opt, steps=40):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = torch.randint(0, 4, (64,), generator=g)
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False, update_every=5) as mon:
+        for _ in range(steps):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return mon
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
+    )
+
+
+def test_a_layer_frozen_by_mistake_while_the_optimizer_holds_it_is_found(tmp_path):
+    model = _mlp()
+    model[2].requires_grad_(False)  # the optimizer below still holds it
+    mon = _fit(tmp_path, "frozen", model, torch.optim.Adam(model.parameters(), lr=1e-2))
+    frozen = {f.where for f in mon.findings if f.kind == "update_ratio_out_of_range"}
+    assert frozen == {"2.weight"}  # biases are never judged frozen
+    report = steadygrad.diagnose(tmp_path / "frozen")
+    assert report.top.cause == "update_ratio_out_of_range" and "2.weight" in report.top.where
+
+
+def test_a_layer_frozen_and_left_out_of_the_optimizer_is_no_finding(tmp_path):
+    model = _mlp()
+    model[2].requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    mon = _fit(tmp_path, "left_out", model, torch.optim.Adam(trainable, lr=1e-2))
+    assert mon.findings == []
+    assert not any(
+        n.startswith("grad_norm/2.") for n in steadygrad.load(tmp_path / "left_out").names()
+    )
+
+
+@pytest.mark.parametrize("alarm", [True, False])
+def test_the_mechanism_signals_look_at_the_step_after_a_finding(tmp_path, alarm):
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 4, (64,), generator=g)
+    with steadygrad.watch(model, opt, tmp_path / str(alarm), progress=False) as mon:
+        for step in range(32):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            record = mon.step(loss * 1000 if alarm and step == 28 else loss)
+            opt.zero_grad()
+            if step == 29:
+                seen = any(k.startswith("relu_active/") for k in record.values)
+    assert any(f.step == 28 for f in mon.findings) is alarm
+    # dead units are read every 12 steps (24, 36): step 29 only after the finding at 28
+    assert seen is alarm
