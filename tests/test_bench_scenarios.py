@@ -43,6 +43,29 @@ def test_the_collection_covers_what_issue_10_asks():
     assert sum(s.healthy for s in second) >= 4
 
 
+def test_the_third_held_out_set_is_registered_and_selectable(capsys):
+    third = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout3")]
+    assert all(s.heldout and s.name.startswith("h3_") for s in third)
+    assert sum(not s.healthy for s in third) == 12 and sum(s.healthy for s in third) == 4
+    # every cause of the collection but AMP overflow, gradient and loss spikes
+    assert {s.cause for s in third} == set(CAUSES) - {
+        "amp_overflow",
+        "gradient_spike",
+        "loss_spike",
+    }
+    assert len({s.optimizer for s in third}) >= 10 and len({s.family for s in third}) >= 9
+    # a family of the other case files is not reused
+    others = {s.family for s in SCENARIOS.values() if s not in third}
+    assert not {s.family for s in third} & others
+    for s in third:
+        if s.healthy or s.cause in ("data_outlier", "loss_divergence"):
+            assert s.where == (), s.name
+        assert s.diverges in (None, "auto") or s.diverges >= s.onset, s.name
+    assert bench.main(["--file", "cases_heldout3", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(listed) == sorted(s.name for s in third)
+
+
 def test_same_place_matches_parents_and_children_only_on_dot_boundaries():
     assert bench.same_place("h.0.attn", "h.0.attn.c_attn")
     assert bench.same_place("2.weight", "2")

@@ -5,7 +5,13 @@ PyTorch runs that attach steadygrad only through its public one-line attach. Sce
 ``heldout`` are kept out of detector tuning.
 """
 
-from scenarios import cases_gpt, cases_heldout, cases_mlp, cases_other  # noqa: F401  (registers the scenarios)
+from scenarios import (  # noqa: F401  (registers the scenarios)
+    cases_gpt,
+    cases_heldout,
+    cases_heldout3,
+    cases_mlp,
+    cases_other,
+)
 from scenarios.common import CAUSES, SCENARIOS, Scenario
 
 __all__ = ["CAUSES", "SCENARIOS", "Scenario"]
