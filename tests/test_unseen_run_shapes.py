@@ -16,6 +16,7 @@ from steadygrad.core import Record
 from steadygrad.core.metrics import ADAPTIVE_UPDATE
 from steadygrad.diagnose.detectors import (
     GradientGrowth,
+    GradientSpike,
     GradNormSpikeDetector,
     LossDivergence,
     UnstableSteps,
@@ -232,3 +233,85 @@ def test_the_mechanism_signals_look_at_the_step_after_a_finding(tmp_path, alarm)
     assert any(f.step == 28 for f in mon.findings) is alarm
     # dead units are read every 12 steps (24, 36): step 29 only after the finding at 28
     assert seen is alarm
+
+
+# -- rules on stored runs ----------------------------------------------------------------------
+
+
+def _stored(tmp_path, name, rows, findings):
+    from steadygrad.core import Finding
+    from steadygrad.store import RunStore
+
+    store = RunStore(tmp_path / name)
+    for step, values in enumerate(rows):
+        store.add_scalars(step, values)
+    store.add_findings(
+        Finding(kind, step, where, ev, sev) for kind, step, where, ev, sev in findings
+    )
+    store.close()
+    return steadygrad.diagnose(tmp_path / name)
+
+
+def test_a_learning_rate_rising_into_the_break_names_the_step_size_from_where_it_rose(tmp_path):
+    rows = [{"loss": 1.0 - 0.004 * t, "lr/0": 0.01 * (1 + t)} for t in range(100)]
+    grew = ("gradient_growth", 80, "fc.weight", {}, "warning")
+    broke = ("loss_divergence", 90, None, {"ratio": 4.0}, "critical")
+    report = _stored(tmp_path, "ramp", rows, [grew, broke])
+    assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 0
+    # the same break under a constant learning rate: the growth, not the step size
+    flat = [{**r, "lr/0": 0.05} for r in rows]
+    report = _stored(tmp_path, "flat", flat, [grew, broke])
+    assert "sharpness_above_limit" not in report.causes()
+
+
+def test_one_reading_above_one_before_the_break_is_no_overshoot(tmp_path):
+    rows = [{"loss": 1.0} for _ in range(100)]
+    for t in range(80, 91):
+        rows[t]["directional_sharpness_ratio"] = 1.4 if t == 86 else 0.4
+    climb = [("loss_divergence", 85, None, {}, "warning")]
+    climb.append(("loss_divergence", 90, None, {"ratio": 4.0}, "critical"))
+    assert "sharpness_above_limit" not in _stored(tmp_path, "one", rows, climb).causes()
+    for t in range(82, 91):
+        rows[t]["directional_sharpness_ratio"] = 1.4
+    assert _stored(tmp_path, "most", rows, climb).top.cause == "sharpness_above_limit"
+
+
+def test_a_run_broken_by_its_first_updates_names_the_step_size(tmp_path):
+    rows = [{"loss": 2.3}] + [{"loss": 15.0} for _ in range(40)]
+    broke = ("loss_divergence", 1, None, {"ratio": 6.5, "broke_at_once": True}, "critical")
+    dead = ("loss_of_plasticity", 24, "layer2", {"reason": "dead_units"}, "warning")
+    report = _stored(tmp_path, "at_once", rows, [broke, dead])
+    assert report.top.cause == "sharpness_above_limit", report.text()
+    # gradients exploding before any update: the initialisation, not the step size
+    init = ("gradient_growth", 0, "rnn.weight_hh_l0", {"wrecked_weights": True}, "critical")
+    report = _stored(tmp_path, "init", rows, [broke, dead, init])
+    assert "sharpness_above_limit" not in report.causes()
+
+
+def test_a_tensor_spiking_with_a_small_share_of_the_gradient_is_info():
+    det = GradientSpike(warmup=2)
+    rows = [{"grad_norm": 1.0, "grad_norm/ln.weight": 0.001, "grad_norm/fc.weight": 1.0}] * 5
+    rows = rows + [{"grad_norm": 1.0, "grad_norm/ln.weight": 0.08, "grad_norm/fc.weight": 1.0}]
+    assert [(f.where, f.severity) for f in _stream(det, rows)] == [("ln.weight", "info")]
+    det = GradientSpike(warmup=2)
+    rows[-1] = {"grad_norm": 80.0, "grad_norm/ln.weight": 0.001, "grad_norm/fc.weight": 80.0}
+    assert [(f.where, f.severity) for f in _stream(det, rows)] == [("fc.weight", "warning")]
+
+
+def test_an_output_signal_with_no_head_to_guess_stays_off_and_says_so(tmp_path):
+    model = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    signals = [steadygrad.OutputLogitSignal(), steadygrad.SoftmaxCollapseSignal()]
+    with steadygrad.watch(model, opt, tmp_path / "conv", signals=signals, progress=False) as mon:
+        for _ in range(3):
+            loss = model(torch.randn(8, 1, 10)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    said = steadygrad.load(tmp_path / "conv").config["signals"]
+    assert "no nn.Linear" in said["OutputLogitSignal"]
+    with pytest.raises(ValueError, match="not found"):
+        steadygrad.Monitor(
+            model, opt, tmp_path / "named", signals=[steadygrad.OutputLogitSignal(module="head")]
+        )

@@ -362,7 +362,10 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"{h.get('clipped_to', math.nan):.3g} after; the logged grad norm looked normal)"
         )
     summary += _batches_behind(spikes, ev)
-    return Found(summary, first.step, [f.where for f in spikes if f.where], ev)
+    minor = all(f.severity == "info" for f in spikes)  # each a small share of its step
+    return Found(
+        summary, first.step, [f.where for f in spikes if f.where], ev, "info" if minor else None
+    )
 
 
 def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found | None:
@@ -435,8 +438,9 @@ def _sharpness(facts: RunFacts) -> Found | None:
 
 
 def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
-    """A step just before the run broke overshot along its own direction (the directional
-    sharpness ratio at or above 1: the step size had passed 2/curvature)."""
+    """The steps just before the run broke overshot along their own direction (a directional
+    sharpness ratio at or above 1 before the climb began, or most of those read near the break:
+    the step size had passed 2/curvature)."""
     broke = facts.broke_at
     series = facts.series(DIRECTIONAL_SHARPNESS_RATIO.name)
     climbed = [f.step for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH) if f.severity != "info"]
@@ -444,10 +448,15 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
         return None  # a NaN out of the blue (bad data, say) is not a step-size problem
     steps, ratios = series
     near = (steps <= broke) & (steps >= broke - within) & np.isfinite(ratios)
-    if not near.any() or ratios[near].max() < 1.0:
+    if not near.any():
         return None
     i = np.flatnonzero(near)[int(np.argmax(ratios[near]))]
     ratio, step = float(ratios[i]), int(steps[i])
+    # One reading above 1 counts when it came by the climb's start (once the run is wrecked,
+    # readings mean little); after it, most readings must be: a noisy pair of batches can read
+    # above 1 on its own.
+    if ratio < 1.0 or (step > min(climbed) and np.median(ratios[near]) < 1.0):
+        return None
     return Found(
         f"the update before step {step} overshot along its own direction ({ratio:.2g}x its "
         f"stability limit), just before the run broke at step {broke}: the learning rate was "
@@ -478,7 +487,8 @@ def _broke_at_once(facts: RunFacts) -> Found | None:
 def _lr_rising_into_break(facts: RunFacts, window: int = 50, rise: float = 1.5) -> Found | None:
     """The loss blew up (a climb or an explosion, not a NaN out of the blue) while the
     learning rate was still rising: ``rise`` times or more over the ``window`` steps before.
-    A schedule that keeps raising the step size crosses 2/sharpness at some point."""
+    A schedule that keeps raising the step size crosses 2/sharpness at some point; the cause
+    is dated to where that rise began."""
     broke = [f for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH) if _breaks(f)]
     prefix = LEARNING_RATE.name + "/"
     rates = [facts.series(n) for n in sorted(facts.names) if n.startswith(prefix)]
@@ -491,11 +501,16 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 50, rise: float = 1.5) 
         before = values[(steps <= when) & (steps >= when - window) & np.isfinite(values)]
         if len(before) < 2 or not before[0] > 0 or before[-1] < rise * before[0]:
             continue
+        # the cause is there from where the ramp into the break began
+        upto = np.flatnonzero(steps <= when)
+        start = upto[-1]
+        while start > upto[0] and values[start - 1] <= values[start]:
+            start -= 1
         return Found(
             f"the learning rate was still rising when the run broke at step {when} "
             f"({before[0]:.3g} -> {before[-1]:.3g} over the {window} steps before): the step "
-            "size outgrew the curvature",
-            when,
+            f"size outgrew the curvature (rising since step {int(steps[start])})",
+            int(steps[start]),
             [],
             {"lr_before": float(before[0]), "lr_at_break": float(before[-1]), "broke_at": when},
         )

@@ -119,12 +119,23 @@ class OutputHook(Signal):
 
     def attach(self, monitor: Monitor) -> None:
         super().attach(monitor)
-        self.module_name, self._module = find_output_module(monitor.model, self.module_name)
+        try:
+            self.module_name, self._module = find_output_module(monitor.model, self.module_name)
+        except ValueError:
+            if not self.guesses_module:
+                raise  # a module the user named and the model lacks: their mistake to hear of
+            self._aside = True  # nothing to guess the head from (no nn.Linear): stays off
+
+    def applies(self) -> bool | str:
+        if self._module is None:
+            return "no nn.Linear to take for the head: pass module='<the head>'"
+        return True
 
     def begin(self, step: int) -> None:
         self._remove()
         self._reset()
-        self._handle = self._module.register_forward_hook(self._hook)
+        if self._module is not None:
+            self._handle = self._module.register_forward_hook(self._hook)
 
     def end(self, step: int) -> None:
         self._remove()

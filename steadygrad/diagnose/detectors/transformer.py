@@ -282,8 +282,10 @@ class GradientSpike(Detector):
 
     SPAM's spike test, at the level of a tensor's norm (``theta=5000`` as in SPAM, i.e. a norm
     about 71 times its running RMS). A spike enters ``v`` clipped to ``theta * v``, so one spike
-    does not mask the next. No finding in the first ``warmup`` records of a tensor.
-    Evidence: ``spike_factor = grad_norm / sqrt(v)``.
+    does not mask the next. No finding in the first ``warmup`` records of a tensor. A spiking
+    tensor that carries less than ``share`` of the step's global gradient norm (a LayerNorm
+    weight in a healthy transformer) is reported at severity info: it moves its own optimizer
+    moment, not the step. Evidence: ``spike_factor = grad_norm / sqrt(v)``.
 
     Example:
         >>> detector = GradientSpike(warmup=1)
@@ -302,8 +304,10 @@ class GradientSpike(Detector):
         beta: float = 0.999,
         warmup: int = 10,
         signal: str = GRAD_NORM.name,
+        share: float = 0.1,
     ) -> None:
         self.theta = finite_float("theta", theta, low=1.0, low_open=True)
+        self.share = finite_float("share", share, low=0.0, high=1.0)
         self.beta = finite_float("beta", beta, low=0.0, high=1.0, high_open=True)
         self.warmup = positive_int("warmup", warmup)
         self.signal = signal
@@ -331,6 +335,8 @@ class GradientSpike(Detector):
             v_hat = np.where(warm, v / (1 - self.beta**count), 0.0)
         spike = warm & (square > self.theta * v_hat)
         findings = []
+        total = record.values.get(GRAD_NORM.name, math.nan)
+        total = total if math.isfinite(total) else 0.0
         for i in np.flatnonzero(spike & ~in_spike).tolist():
             norm, moment = float(norms[i]), float(v_hat[i])
             factor = norm / math.sqrt(moment) if moment > 0 else math.inf
@@ -341,6 +347,8 @@ class GradientSpike(Detector):
                 "theta": self.theta,
             }
             severity = "critical" if factor * factor > 100 * self.theta else "warning"
+            if severity == "warning" and norm < self.share * total:
+                severity = "info"  # a small share of the step's gradient: its own moment only
             findings.append(Finding(self.kind, record.step, names[i], evidence, severity))
         self._in_spike = np.where(warm, spike, in_spike)
         square = np.where(warm, np.minimum(square, self.theta * v_hat), square)
