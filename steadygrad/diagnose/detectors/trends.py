@@ -40,6 +40,7 @@ UNSTABLE_STEPS = FindingKind(
 
 WRECKED_WEIGHTS = "wrecked_weights"  # evidence of a gradient explosion: where the run broke
 NOISE_Z = 4.0  # how many times its own noise a level must move before it counts as moved
+MEASURE_EVERY = 8  # values between two measurements of a sustained level's scatter
 
 
 class SustainedLevel:
@@ -66,6 +67,7 @@ class SustainedLevel:
         self.first = math.nan  # the first single value (of a loss: before any update)
         self.current = math.nan
         self._seen = 0
+        self._measured = 0  # values seen when the scatter was last measured
 
     def add(self, value: float, step: int | None = None) -> None:
         self.values.append(value)
@@ -78,16 +80,22 @@ class SustainedLevel:
         self.current = statistics.median(self.values)
         if math.isnan(self.start):
             self.start = self.current
+        # The scatter is measured afresh every few values, not on every step of a descent
+        # (each new floor): it changes slowly, and the detectors read it on every record.
+        fresh = not self._measured or self._seen - self._measured >= MEASURE_EVERY
         if self.current < self.floor:
             self.floor, self.floor_step = self.current, step
-            self.floor_noise, self.floor_tail = self.spread(), self.tail()
-        elif self._seen <= (self.recent.maxlen or 0) and self.current <= self.start:
+            if fresh:
+                self.floor_noise, self.floor_tail = self.spread(), self.tail()
+                self._measured = self._seen
+        elif fresh and self._seen <= (self.recent.maxlen or 0) and self.current <= self.start:
             # A floor set in the first steps rests on a handful of values (a batch of one
             # example can give a median of three near 0): how noisy the series is, is learnt
             # over the first window, while it stays below where it started (a run that climbs
             # from the start is diverging, and its climb is no noise).
             self.floor_noise = max(self.floor_noise, self.spread())
             self.floor_tail = max(self.floor_tail, self.tail())
+            self._measured = self._seen
 
     def spread(self) -> float:
         """How far one value strays from the next: 1.4826 x the MAD of the steps between the
