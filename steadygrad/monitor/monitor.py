@@ -64,6 +64,9 @@ log = logging.getLogger("steadygrad")
 # sinks still see every step's per-tensor values. (5,000 tensors write ~440 KB per step else.)
 MANY_TENSORS = 1000
 PER_TENSOR_STORE_EVERY = 50
+# Steps after a finding at which the mechanism signals read, whatever their cadence: enough for
+# a detector's patience of 3 readings.
+CLOSER_LOOK = 3
 
 ORDER_ERROR = (
     "steadygrad.Monitor: call mon.step(loss) after optimizer.step() (or after scaler.step() "
@@ -238,7 +241,7 @@ class Monitor:
         self._optimizer_steps_total = 0
         self._unstepped_calls = 0  # mon.step() calls with finite gradients before any step
         self._warned: set[str] = set()
-        self._alarmed = False  # this step found something: look closer at the next
+        self._closer_until = -1  # after a finding, the mechanism signals read every step to here
         self._closer: list[Signal] = []  # signals due at this step for that reason
         self._handles = [
             optimizer.register_step_pre_hook(self._before_optimizer_step),
@@ -307,7 +310,8 @@ class Monitor:
         if batch_ids is not None:
             record.meta["batch_ids"] = batch_ids
         findings = self._detect(record, batch_ids)
-        self._alarmed = any(f.severity != "info" for f in findings)
+        if any(f.severity != "info" for f in findings):
+            self._closer_until = step + CLOSER_LOOK
         self.store.add_scalars(step, self._to_store(record, findings), record.wall_time)
         if findings:
             self.store.add_findings(findings)
@@ -370,13 +374,12 @@ class Monitor:
         self._closer = []
         if step % self.every:
             return
-        if self.last_record is not None and self._alarmed:
-            # Something was found: the mechanism signals look at the very next step, not at
-            # their next cadence, so the cause is measured as it starts, not a cadence late.
+        if step <= self._closer_until:
+            # Something was found: the mechanism signals read the next steps, not only at their
+            # cadence, so a cause is measured (and confirmed) as it starts, not cadences late.
             self._closer = [
                 s for s in self.signals if isinstance(s, InterceptingSignal) and not s.due(step)
             ]
-        self._alarmed = False
         for s in self.signals:
             if s.due(step) or s in self._closer:
                 self._safely(s, "begin", step)
