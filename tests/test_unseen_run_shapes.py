@@ -221,18 +221,19 @@ def test_the_mechanism_signals_look_at_the_step_after_a_finding(tmp_path, alarm)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 8, generator=g), torch.randint(0, 4, (64,), generator=g)
+    seen = []
     with steadygrad.watch(model, opt, tmp_path / str(alarm), progress=False) as mon:
-        for step in range(32):
+        for step in range(34):
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
             record = mon.step(loss * 1000 if alarm and step == 28 else loss)
             opt.zero_grad()
-            if step == 29:
-                seen = any(k.startswith("relu_active/") for k in record.values)
+            if any(k.startswith("relu_active/") for k in record.values):
+                seen.append(step)
     assert any(f.step == 28 for f in mon.findings) is alarm
-    # dead units are read every 12 steps (24, 36): step 29 only after the finding at 28
-    assert seen is alarm
+    # dead units are read every 12 steps (0, 12, 24): after the finding at 28, the next 3 too
+    assert seen == ([0, 12, 24, 29, 30, 31] if alarm else [0, 12, 24])
 
 
 # -- rules on stored runs ----------------------------------------------------------------------
