@@ -138,14 +138,14 @@ def judge(d: Diagnosis, broke: int | None) -> None:
             f"seen at step {first}, {lead} step(s) before the run broke at step {broke}: "
             "it came first and explains what followed"
         )
-    elif _previous_reading(d) is not None and _previous_reading(d) < broke:
+    elif (previous := _previous_reading(d)) is not None and previous < broke:
         # Measured on a cadence, and not read between the break and this finding: the cause
         # may have started anywhere since the reading before, the break's own step included.
         d.score += 10.0
         d.confidence = "medium"
         d.why = (
             f"found at step {first}, the first reading after the run broke at step {broke} "
-            f"(the reading before was at step {_previous_reading(d)}): it may have come first"
+            f"(the reading before was at step {previous}): it may have come first"
         )
     else:
         d.score -= 25.0

@@ -44,6 +44,7 @@ from steadygrad.diagnose.detectors.transformer import (
     UPDATE_RATIO_OUT_OF_RANGE,
 )
 from steadygrad.diagnose.detectors.trends import (
+    BROKE_AT_ONCE,
     GRADIENT_GROWTH,
     LOSS_DIVERGENCE,
     UNSTABLE_STEPS,
@@ -470,7 +471,7 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
 def _broke_at_once(facts: RunFacts) -> Found | None:
     """The first updates sent the loss far above where it started and it never came back
     (gradients that exploded before any update are the initialisation's doing instead)."""
-    found = [f for f in facts.of(LOSS_DIVERGENCE) if f.evidence.get("broke_at_once")]
+    found = [f for f in facts.of(LOSS_DIVERGENCE) if f.evidence.get(BROKE_AT_ONCE)]
     if not found or any(f.step == 0 for f in facts.of(GRADIENT_GROWTH)):
         return None
     f = found[0]

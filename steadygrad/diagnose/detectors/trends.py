@@ -39,6 +39,7 @@ UNSTABLE_STEPS = FindingKind(
 
 
 WRECKED_WEIGHTS = "wrecked_weights"  # evidence of a gradient explosion: where the run broke
+BROKE_AT_ONCE = "broke_at_once"  # evidence of a divergence: the first updates broke the run
 NOISE_Z = 4.0  # how many times its own noise a level must move before it counts as moved
 MEASURE_EVERY = 8  # values between two measurements of a sustained level's scatter
 
@@ -147,8 +148,9 @@ class LossDivergence(Detector):
     records do not count. One value far out is critical once the next one is higher still (or
     not finite): a run that blew up, not one bad batch; the finding is dated to the first. A
     run whose first updates sent the loss far above its first value, and kept it there, broke
-    at once (critical, dated to the first update; evidence ``broke_at_once``). One finding of each severity per episode; an episode ends once the loss has
-    been back near the best level for ``2 * patience`` records.
+    at once (critical, dated to the first update; evidence ``broke_at_once``). One finding of
+    each severity per episode; an episode ends once the loss has been back near the best level
+    for ``2 * patience`` records.
 
     Example:
         >>> det = LossDivergence()
@@ -238,7 +240,7 @@ class LossDivergence(Detector):
             "best_level": first,
             "best_level_step": opening[0][0],
             "ratio": median / first,
-            "broke_at_once": True,
+            BROKE_AT_ONCE: True,
         }
         return [Finding(self.kind, opening[1][0], None, evidence, Severity.CRITICAL)]
 
@@ -315,7 +317,9 @@ class GradientGrowth(Detector):
     ) -> None:
         self.init_ratio = finite_float("init_ratio", init_ratio, low=1.0)
         self.collapse = finite_float("collapse", collapse, low=1.0, low_open=True)
-        self._previous: tuple[int, float, tuple[tuple[str, ...], np.ndarray]] | None = None
+        # the previous record: step, gradient norm, per-tensor norms, how far its update moved
+        # the weights' norm (relative)
+        self._previous: tuple[int, float, tuple[tuple[str, ...], np.ndarray], float] | None = None
         self._largest = 0.0
         self._explosion: tuple[int, float, float, str | None] | None = None
         self._explosion_wait = 0
