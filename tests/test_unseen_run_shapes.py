@@ -316,3 +316,34 @@ def test_an_output_signal_with_no_head_to_guess_stays_off_and_says_so(tmp_path):
         steadygrad.Monitor(
             model, opt, tmp_path / "named", signals=[steadygrad.OutputLogitSignal(module="head")]
         )
+
+
+# -- gradients exploding through depth at initialisation ------------------------------------------
+
+
+def _deep_tanh(std: float | None) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Linear(8, 16)] + [nn.Linear(16, 16) for _ in range(19)]
+    if std is not None:  # the bug: weights drawn with normal_(0, std), no fan-in scaling
+        for layer in layers:
+            nn.init.normal_(layer.weight, 0.0, std)
+    return nn.Sequential(*[m for layer in layers for m in (layer, nn.Tanh())], nn.Linear(16, 4))
+
+
+@pytest.mark.parametrize("std", [1.0, None])
+def test_gradients_growing_through_depth_at_initialisation(tmp_path, std):
+    model = _deep_tanh(std)
+    # the oracle: the first layer's gradient against the last's at initialisation, on the
+    # batch the run starts with, measured here directly
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 4, (64,), generator=g)
+    nn.functional.cross_entropy(model(x), y).backward()
+    ratio = (model[0].weight.grad.norm() / model[-1].weight.grad.norm()).item()
+    model.zero_grad(set_to_none=True)
+    mon = _fit(tmp_path, str(std), model, torch.optim.SGD(model.parameters(), lr=0.01), steps=5)
+    found = [f for f in mon.findings if f.evidence.get("through_depth")]
+    if std is None:  # the default (fan-in) init: the gradient does not grow back to the input
+        assert ratio < 10 and found == []
+    else:
+        assert ratio > 100
+        assert [(f.step, f.where, f.severity) for f in found] == [(0, "0.weight", "warning")]

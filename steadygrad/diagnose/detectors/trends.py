@@ -284,7 +284,9 @@ class GradientGrowth(Detector):
       warning, critical at ``critical`` times. ``where`` is the parameter whose own gradient
       norm left its best level first, by ``local_growth``: where the growth starts.
     - at initialisation: on the first record the gradient norm is ``init_ratio`` times the
-      norm of the weights it updates (critical), naming the tensor with the largest ratio.
+      norm of the weights it updates (critical), naming the tensor with the largest ratio; or
+      the gradients grow ``init_ratio`` times from the last layer back to the first, almost
+      monotonically (warning, naming the first layer; see :meth:`_through_depth`).
     - one explosion: a gradient norm, the largest so far, ``collapse`` times the next one, whose
       update changed the weights' norm by ``moved`` (a tenth) or more, with the loss no longer
       improving within ``window`` records (the update wrecked the weights, whose gradients
@@ -447,7 +449,7 @@ class GradientGrowth(Detector):
     def _at_init(self, record: Record, norm: float) -> list[Finding]:
         weights = record.values.get(PARAM_NORM.name)
         if not weights or norm < self.init_ratio * weights:
-            return []
+            return self._through_depth(record)
         grads, params = record.family(GRAD_NORM.name), record.family(PARAM_NORM.name)
         ratios = {n: g / params[n] for n, g in grads.items() if params.get(n, 0.0) > 0}
         where = max(ratios, key=ratios.get) if ratios else None
@@ -456,6 +458,33 @@ class GradientGrowth(Detector):
             evidence["tensor_ratio"] = ratios[where]
         evidence["at_initialisation"] = True
         return [Finding(self.kind, record.step, where, evidence, Severity.CRITICAL)]
+
+    def _through_depth(self, record: Record, layers: int = 6) -> list[Finding]:
+        """Gradients that grow geometrically from the output back to the input (Pascanu et
+        al. 2013, through depth): over the weight tensors in the model's order (at least
+        ``layers``), the gradient norm falls with depth almost monotonically (rank correlation
+        -0.9 or below) by ``init_ratio`` or more from the first to the last. A warning at
+        initialisation, naming the first tensor."""
+        names, norms = record.family_array(GRAD_NORM.name)
+        keep = [i for i, n in enumerate(names) if n.endswith("weight") and norms[i] > 0]
+        if len(keep) < layers:
+            return []
+        logs = np.log(norms[keep])
+        if not np.isfinite(logs).all() or logs[0] - logs[-1] < math.log(self.init_ratio):
+            return []
+        ranks = np.argsort(np.argsort(logs))
+        depth = np.arange(len(keep))
+        if np.corrcoef(ranks, depth)[0, 1] > -0.9:
+            return []
+        evidence = {
+            "first_layer_grad_norm": float(norms[keep[0]]),
+            "last_layer_grad_norm": float(norms[keep[-1]]),
+            "ratio": float(math.exp(logs[0] - logs[-1])),
+            "layers": len(keep),
+            "at_initialisation": True,
+            "through_depth": True,
+        }
+        return [Finding(self.kind, record.step, names[keep[0]], evidence, Severity.WARNING)]
 
     def _track_tensors(self, record: Record) -> None:
         names, norms = record.family_array(GRAD_NORM.name)
