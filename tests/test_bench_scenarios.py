@@ -66,6 +66,26 @@ def test_the_third_held_out_set_is_registered_and_selectable(capsys):
     assert sorted(listed) == sorted(s.name for s in third)
 
 
+def test_the_fourth_held_out_file_is_registered_and_selectable(capsys):
+    fourth = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout4")]
+    assert all(s.heldout and s.name.startswith("h4_") for s in fourth)
+    assert sum(not s.healthy for s in fourth) == 10 and sum(s.healthy for s in fourth) == 4
+    assert len({s.cause for s in fourth} - {"healthy"}) >= 8 and "amp_overflow" not in {
+        s.cause for s in fourth
+    }
+    assert len({s.optimizer for s in fourth}) >= 10 and len({s.family for s in fourth}) >= 10
+    # a family of the other case files is not reused
+    others = {s.family for s in SCENARIOS.values() if s not in fourth}
+    assert not {s.family for s in fourth} & others
+    for s in fourth:
+        if s.healthy or s.cause in ("data_outlier", "loss_divergence", "sharpness_above_limit"):
+            assert s.where == (), s.name
+        assert s.diverges in (None, "auto") or s.diverges >= s.onset, s.name
+    assert bench.main(["--file", "cases_heldout4", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(listed) == sorted(s.name for s in fourth)
+
+
 def test_same_place_matches_parents_and_children_only_on_dot_boundaries():
     assert bench.same_place("h.0.attn", "h.0.attn.c_attn")
     assert bench.same_place("2.weight", "2")
