@@ -255,3 +255,46 @@ def test_output_logit_signal_and_divergence_detector_on_a_drifting_model():
     # records at step 3, the early warning, long before -20 (step 5) is held for three records
     assert len(fired) == 1 and fired[0].step == 3
     assert fired[0].evidence["drift"] <= -10
+
+
+class _ByHandAttention(nn.Module):
+    """Causal attention written by hand: softmax(q k^T / sqrt(d) + mask), the mask either -inf
+    or the dtype's minimum (Hugging Face's eager attention), and a classifier head whose own
+    softmax is not attention."""
+
+    def __init__(self, mask_value: float, call: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(16, 48)
+        self.head = nn.Linear(16, 5)
+        self.mask_value, self.call = mask_value, call
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(8)
+        future = torch.ones(t, t, dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(future, self.mask_value)
+        weights = {
+            "torch": lambda s: torch.softmax(s, -1),
+            "functional": lambda s: nn.functional.softmax(s, dim=-1),
+            "method": lambda s: s.softmax(dim=-1),
+        }[self.call](scores)
+        out = (weights @ v).transpose(1, 2).reshape(b, t, 16)
+        return self.head(out).mean(1).softmax(-1)  # (batch, classes): not attention
+
+
+@pytest.mark.parametrize(
+    "mask_value, call",
+    [(float("-inf"), "torch"), (torch.finfo(torch.float32).min, "functional"), (-1e9, "method")],
+)
+def test_attention_written_by_hand_is_read_from_the_scores_of_its_softmax(mask_value, call):
+    model = _ByHandAttention(mask_value, call)
+    x = torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1))
+    store, handle = capture_qk(model.qkv, 2)
+    values = run_step(AttentionLogitSignal(every=1), model, x)
+    handle.remove()
+    assert set(values) == {"attn_logit_max"}  # the model itself runs it: no submodule
+    assert values["attn_logit_max"] == pytest.approx(
+        causal_max_by_hand(store["q"], store["k"]), rel=1e-5
+    )

@@ -4,9 +4,11 @@ Attention-logit growth (Wortsman et al. 2023) is the first instability to appear
 rates: the logits grow with the square of the q/k weight scale until attention becomes one-hot
 and the loss diverges. :class:`AttentionLogitSignal` measures it on any model that computes
 attention with ``torch.nn.functional.scaled_dot_product_attention`` or ``nn.MultiheadAttention``
-(TinyGPT, Hugging Face GPT-2 with its SDPA attention, ``nn.TransformerEncoderLayer``): a
-``TorchFunctionMode`` sees each call, recomputes the logits from q and k, and credits them to the
-innermost module whose ``forward`` is running, found with forward hooks.
+(TinyGPT, Hugging Face GPT-2 with its SDPA attention, ``nn.TransformerEncoderLayer``), or by
+hand, as a softmax over the last dimension of ``(..., L, L)`` scores (nanoGPT's slow path,
+Hugging Face's eager attention): a ``TorchFunctionMode`` sees each call, recomputes the logits
+from q and k (or reads the scores), and credits them to the innermost module whose ``forward``
+is running, found with forward hooks.
 """
 
 from __future__ import annotations
@@ -107,6 +109,27 @@ def _mha_logit_max(args: tuple, kwargs: dict) -> torch.Tensor:
     return max_abs_logit(q, k, 1.0 / math.sqrt(head_dim), allowed)
 
 
+# A mask written as a large finite negative number (Hugging Face's eager attention adds the
+# dtype's minimum) is no logit: scores at or below this are left out.
+MASKED = -1e4
+
+
+def _softmax_logit_max(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Attention computed by hand (``softmax(q @ k^T * scale + mask, -1)``): the largest
+    ``|score|`` fed to a softmax over the last dimension of a ``(..., L, L)`` tensor (3 or more
+    dimensions: a classifier's ``(batch, classes)`` logits are not attention), leaving out
+    masked scores (``-inf``, or at or below ``MASKED``). None for any other softmax."""
+    scores = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 3 or dim is None:
+        return None
+    if dim not in (-1, scores.dim() - 1) or scores.shape[-1] != scores.shape[-2]:
+        return None
+    scores = scores.detach().float()
+    kept = torch.isfinite(scores) & (scores > MASKED)
+    return scores.abs().masked_fill(~kept, 0.0).amax() if scores.numel() else None
+
+
 class AttentionLogitSignal(InterceptingSignal):
     """``attn_logit_max/<module>``: the largest ``|q.k| * scale`` seen in a step, per module.
 
@@ -134,12 +157,20 @@ class AttentionLogitSignal(InterceptingSignal):
         self.seen = False
 
     def applies(self) -> bool | str:
-        return True if self.seen else "no SDPA or nn.MultiheadAttention call seen"
+        return (
+            True
+            if self.seen
+            else "no attention seen (SDPA, nn.MultiheadAttention, or a softmax over (L, L) scores)"
+        )
 
     def watched(self) -> dict[Callable, Callable]:
+        by_hand = lambda a, k: self._observe(_softmax_logit_max(a, k))  # noqa: E731
         return {
             F.scaled_dot_product_attention: lambda a, k: self._observe(_sdpa_logit_max(a, k)),
             F.multi_head_attention_forward: lambda a, k: self._observe(_mha_logit_max(a, k)),
+            F.softmax: by_hand,
+            torch.softmax: by_hand,
+            torch.Tensor.softmax: by_hand,
         }
 
     def attach(self, monitor: Monitor) -> None:
@@ -163,7 +194,9 @@ class AttentionLogitSignal(InterceptingSignal):
         self._max = {}
         return values
 
-    def _observe(self, value: torch.Tensor) -> None:
+    def _observe(self, value: torch.Tensor | None) -> None:
+        if value is None:
+            return  # a softmax that is not attention
         self.seen = True
         name = self.running()
         if self.modules is not None and name not in self.modules:
