@@ -298,3 +298,18 @@ def test_attention_written_by_hand_is_read_from_the_scores_of_its_softmax(mask_v
     assert values["attn_logit_max"] == pytest.approx(
         causal_max_by_hand(store["q"], store["k"]), rel=1e-5
     )
+
+
+def test_hugging_face_eager_attention_reads_as_its_sdpa_attention():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=16)
+    idx = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    read = {}
+    for implementation in ("sdpa", "eager"):  # eager: matmul, finfo.min mask, F.softmax
+        torch.manual_seed(0)
+        config._attn_implementation = implementation
+        model = transformers.GPT2LMHeadModel(config).eval()
+        read[implementation] = run_step(AttentionLogitSignal(every=1), model, idx)
+    assert set(read["eager"]) == {f"attn_logit_max/transformer.h.{i}.attn" for i in range(2)}
+    for name, value in read["sdpa"].items():
+        assert read["eager"][name] == pytest.approx(value, rel=1e-5)
