@@ -15,6 +15,20 @@ if TYPE_CHECKING:
 PREVIOUS_READING = "previous_reading"
 
 
+class Readings:
+    """The steps at which a detector last read its (cadenced) series: ``previous`` is the one
+    before the latest, what a finding at the latest reports as ``PREVIOUS_READING``."""
+
+    __slots__ = ("previous", "latest")
+
+    def __init__(self) -> None:
+        self.previous: int | None = None
+        self.latest: int | None = None
+
+    def read(self, step: int) -> None:
+        self.previous, self.latest = self.latest, step
+
+
 class Detector:
     """Reads one Record per recorded step and returns the Findings it raises at that step.
 

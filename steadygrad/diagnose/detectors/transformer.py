@@ -36,7 +36,7 @@ from steadygrad.core.metrics import (
     SOFTMAX_COLLAPSE,
     UPDATE_RATIO,
 )
-from steadygrad.diagnose.detectors.base import PREVIOUS_READING, Detector
+from steadygrad.diagnose.detectors.base import PREVIOUS_READING, Detector, Readings
 from steadygrad.diagnose.detectors.trends import SustainedLevel, loss_stalled
 
 ATTENTION_LOGIT_GROWTH = FindingKind(
@@ -113,7 +113,7 @@ class AttentionLogitGrowth(Detector):
         self.smoothing = finite_float("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
         self.signal = signal
         self._state: dict[str, list[float]] = {}  # name -> [floor, ema, rising]
-        self._read: tuple[int | None, int | None] = (None, None)  # steps of the last two readings
+        self._readings = Readings()
         self._fired: dict[str, bool] = {}
 
     def update(self, record: Record) -> list[Finding]:
@@ -122,7 +122,7 @@ class AttentionLogitGrowth(Detector):
         findings = []
         family = record.family(self.signal)
         if family:
-            self._read = (self._read[1], record.step)
+            self._readings.read(record.step)
         for name, value in family.items():
             state = self._state.get(name)
             if not math.isfinite(value) or value >= self.critical:
@@ -147,7 +147,7 @@ class AttentionLogitGrowth(Detector):
 
     def _finding(self, step, name, value, state, severity) -> Finding:  # noqa: ANN001
         evidence = {ATTN_LOGIT_MAX.name: value, "threshold": self.threshold}
-        evidence[PREVIOUS_READING] = self._read[0]
+        evidence[PREVIOUS_READING] = self._readings.previous
         if state is not None:
             floor = state[0]
             evidence.update(
@@ -188,7 +188,7 @@ class OutputLogitDivergence(Detector):
         self.lse_limit = finite_float("lse_limit", lse_limit, low=0.0, low_open=True)
         self.patience = positive_int("patience", patience)
         self._streak = _Streak()
-        self._read: tuple[int | None, int | None] = (None, None)  # steps of the last two readings
+        self._readings = Readings()
         self._first: float | None = None
         self._previous = math.nan
         self._falling = 0
@@ -201,7 +201,7 @@ class OutputLogitDivergence(Detector):
         lse = record.values.get(LOGIT_LSE_MEAN.name)
         if lse is None or not math.isfinite(lse):
             return []
-        self._read = (self._read[1], record.step)
+        self._readings.read(record.step)
         if self._first is None:
             self._first = lse
         drift = lse - self._first
@@ -227,7 +227,7 @@ class OutputLogitDivergence(Detector):
             "initial": self._first,
             "drift": drift,
             "lse_limit": limit,
-            PREVIOUS_READING: self._read[0],
+            PREVIOUS_READING: self._readings.previous,
         }
         for name in (OUTPUT_LOGIT_MAX.name, OUTPUT_LOGIT_RMS.name, OUTPUT_LOGIT_MEAN.name):
             if name in record.values:
@@ -256,7 +256,7 @@ class SoftmaxCollapse(Detector):
         self.fraction = finite_float("fraction", fraction, low=0.0, low_open=True, high=1.0)
         self.patience = positive_int("patience", patience)
         self._streak = _Streak()
-        self._read: tuple[int | None, int | None] = (None, None)  # steps of the last two readings
+        self._readings = Readings()
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -264,13 +264,13 @@ class SoftmaxCollapse(Detector):
         if SOFTMAX_COLLAPSE.name not in record.values:
             return []
         value = record.values[SOFTMAX_COLLAPSE.name]
-        self._read = (self._read[1], record.step)
+        self._readings.read(record.step)
         if not self._streak.update(value >= self.fraction, self.patience):
             return []
         evidence = {
             SOFTMAX_COLLAPSE.name: value,
             "fraction": self.fraction,
-            PREVIOUS_READING: self._read[0],
+            PREVIOUS_READING: self._readings.previous,
         }
         where = record.meta.get("output_module")  # the head that produced the logits, if known
         return [Finding(self.kind, record.step, where, evidence, "warning")]
@@ -410,7 +410,7 @@ class PlasticityLoss(Detector):
         self._dying: dict[str, _Streak] = {}
         self._first_active: dict[str, float] = {}
         self.loss = SustainedLevel()
-        self._read: tuple[int | None, int | None] = (None, None)  # steps of the last two readings
+        self._readings = Readings()
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -425,7 +425,7 @@ class PlasticityLoss(Detector):
         active_share, dead_share = record.family(RELU_ACTIVE.name), record.family(DEAD_UNITS.name)
         ranks = record.family(EFFECTIVE_RANK.name)
         if active_share or dead_share or ranks:
-            self._read = (self._read[1], record.step)
+            self._readings.read(record.step)
         for name, active in active_share.items():
             first = self._first_active.setdefault(name, active)
             streak = self._dying.setdefault(name, _Streak())
@@ -452,7 +452,7 @@ class PlasticityLoss(Detector):
                 }
                 findings.append(Finding(self.kind, record.step, name, evidence))
         for f in findings:
-            f.evidence[PREVIOUS_READING] = self._read[0]
+            f.evidence[PREVIOUS_READING] = self._readings.previous
         return findings
 
 
