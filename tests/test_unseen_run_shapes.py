@@ -347,3 +347,54 @@ def test_gradients_growing_through_depth_at_initialisation(tmp_path, std):
     else:
         assert ratio > 100
         assert [(f.step, f.where, f.severity) for f in found] == [(0, "0.weight", "warning")]
+
+
+# -- a gradient too large for float32's norm, under RMSprop ---------------------------------------
+
+
+def test_rmsprop_adagrad_and_adadelta_are_per_coordinate_not_sgd():
+    from steadygrad.core import optimizer_family
+    from steadygrad.curvature import stability_limits
+
+    p = nn.Parameter(torch.zeros(1))
+    for opt in (torch.optim.RMSprop([p]), torch.optim.Adagrad([p]), torch.optim.Adadelta([p])):
+        assert optimizer_family(opt) == "adaptive"
+        with pytest.raises(TypeError, match="no stability limit"):
+            stability_limits(opt)  # GD's 2/lr does not apply to a per-coordinate step
+    assert optimizer_family(torch.optim.RMSprop([p], momentum=0.9)) == "adaptive"
+
+
+@pytest.mark.parametrize("scale", [1e20, 1.0])
+def test_an_unnormalised_batch_that_poisons_rmsprop_is_a_spike_not_a_nan(tmp_path, scale):
+    # One batch fed unscaled (x1e20): every gradient entry is finite, but the norm overflows
+    # float32 and RMSprop's square average becomes inf, so the weights stop moving.
+    model = _mlp()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 4, (64,), generator=g)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False, update_every=5) as mon:
+        for step in range(70):
+            loss = nn.functional.cross_entropy(model(x * (scale if step == 40 else 1.0)), y)
+            loss.backward()
+            if step == 40:
+                entries_finite = all(bool(p.grad.isfinite().all()) for p in model.parameters())
+                norm = float(torch.linalg.vector_norm(model[0].weight.grad))
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+            if step == 45:
+                before = model[0].weight.detach().clone()
+    moved = float((model[0].weight.detach() - before).abs().max())  # the layer fed 1e20 inputs
+    spikes = [f.step for f in mon.findings if f.kind == "grad_norm_spike"]
+    assert not [f for f in mon.findings if f.kind == "nonfinite"]
+    if scale == 1.0:
+        assert spikes == [] and moved > 0
+        return
+    assert entries_finite and norm == math.inf and moved == 0.0  # the fault, checked by hand
+    assert spikes == [40]
+    causes = [d.cause for d in steadygrad.diagnose(tmp_path / "run").diagnoses]
+    assert "adam_second_moment_poisoned" in causes
+    if "update_ratio_out_of_range" in causes:  # the frozen look is the poisoning's consequence
+        assert causes.index("adam_second_moment_poisoned") < causes.index(
+            "update_ratio_out_of_range"
+        )

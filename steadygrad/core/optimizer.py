@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-FAMILIES = ("adam", "sign", "sgd", "momentum", "nesterov", "unknown")
+FAMILIES = ("adam", "adaptive", "sign", "sgd", "momentum", "nesterov", "unknown")
+# The families whose step is scaled per coordinate by a running square of the gradient.
+PER_COORDINATE = ("adam", "adaptive")
 
 
 def optimizer_family(optimizer: Any) -> str:
@@ -13,6 +15,9 @@ def optimizer_family(optimizer: Any) -> str:
 
     - ``"adam"``: keeps a second moment (``betas`` and ``eps``): Adam, AdamW, SPAM, Stable-SPAM,
       AdaBelief, diffGrad, AdEMAMix, Grams, ...
+    - ``"adaptive"``: ``eps`` without ``betas``: a per-coordinate step from an accumulated
+      square of the gradient with no Adam momentum, such as RMSprop, Adagrad, Adadelta. (RMSprop
+      has a ``momentum`` of its own; its step is still not SGD's.)
     - ``"sign"``: ``betas`` without ``eps``: a sign update such as Lion.
     - ``"sgd"``, ``"momentum"``, ``"nesterov"``: SGD without momentum, heavy-ball, Nesterov.
     - ``"unknown"`` otherwise.
@@ -25,11 +30,15 @@ def optimizer_family(optimizer: Any) -> str:
         >>> p = torch.nn.Parameter(torch.zeros(1))
         >>> optimizer_family(torch.optim.AdamW([p])), optimizer_family(torch.optim.SGD([p], lr=0.1))
         ('adam', 'sgd')
+        >>> optimizer_family(torch.optim.RMSprop([p]))
+        'adaptive'
     """
     groups = getattr(optimizer, "param_groups", None) or [{}]
     group = groups[0]
     if "betas" in group:
         return "adam" if "eps" in group else "sign"
+    if "eps" in group:
+        return "adaptive"
     if "momentum" in group:
         if not group.get("momentum"):
             return "sgd"

@@ -25,6 +25,7 @@ from steadygrad.core.metrics import (
     SHARPNESS_LIMIT,
     UPDATE_RATIO,
 )
+from steadygrad.core.optimizer import PER_COORDINATE
 from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
 from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
 from steadygrad.diagnose.detectors.dynamics import MEMORISING
@@ -178,9 +179,10 @@ class RunFacts:
 
     @cached_property
     def adaptive(self) -> bool:
-        """Whether the optimizer keeps a second moment (its family, recorded by the Monitor
-        from :func:`steadygrad.core.optimizer_family`)."""
-        return self.run.config.get("optimizer_family") == "adam"
+        """Whether the optimizer scales its step by a running square of the gradient (Adam,
+        RMSprop, Adagrad: its family, recorded by the Monitor from
+        :func:`steadygrad.core.optimizer_family`)."""
+        return self.run.config.get("optimizer_family") in PER_COORDINATE
 
 
 def _breaks(f: Finding) -> bool:
@@ -784,6 +786,8 @@ RULES: tuple[Rule, ...] = (
         ),
         _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range"),
         (UPDATE_RATIO_OUT_OF_RANGE,),
+        # a second moment inflated by one huge gradient damps the updates to ~0: frozen-looking
+        explained_by=("adam_second_moment_poisoned",),
     ),
     Rule(
         "adam_second_moment_poisoned",
@@ -801,6 +805,7 @@ RULES: tuple[Rule, ...] = (
         ),
         _adam_poisoned,
         (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
+        explained_by=("data_outlier",),  # an outlier batch's gradient is the spike that poisons
     ),
     Rule(
         "data_outlier",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -302,24 +302,24 @@ class ParameterSignal(Signal):
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         stats, values, meta = self.stats, record.values, record.meta
         index = self._index
-        bad_grads: list[int] = []
+        infinite_grads: list[int] = []
         grads = None
         if index:
             _, grads = record.family_array(GRAD_NORM.name)
             values[GRAD_NORM.name] = _root_sum_of_squares(grads)
-            bad_grads = [index[k] for k in np.flatnonzero(~np.isfinite(grads)).tolist()]
+            infinite_grads = [index[k] for k in np.flatnonzero(~np.isfinite(grads)).tolist()]
         _, weights = record.family_array(PARAM_NORM.name)
         values[PARAM_NORM.name] = _root_sum_of_squares(weights)
-        bad_params = np.flatnonzero(~np.isfinite(weights)).tolist()
-        # Unhealthy steps only: count the bad values and find where they were born.
-        values[NONFINITE_GRADS.name] = (
-            float(sum(stats.nonfinite_counts(bad_grads))) if bad_grads else 0.0
-        )
-        values[NONFINITE_PARAMS.name] = (
-            float(sum(stats.nonfinite_param_counts(bad_params))) if bad_params else 0.0
-        )
+        infinite_params = np.flatnonzero(~np.isfinite(weights)).tolist()
+        # Unhealthy steps only: count the bad values and find where they were born. A norm can
+        # overflow float32 while every entry is finite (entries of 1e20): that tensor is huge,
+        # not non-finite, and its infinite norm stands as the spike it is.
+        bad_grads = _with_bad_entries(infinite_grads, stats.nonfinite_counts)
+        bad_params = _with_bad_entries(infinite_params, stats.nonfinite_param_counts)
+        values[NONFINITE_GRADS.name] = float(sum(bad_grads.values()))
+        values[NONFINITE_PARAMS.name] = float(sum(bad_params.values()))
         if bad_grads and math.isfinite(values.get(LOSS.name, 0.0)):
-            first = stats.first_in_backward(bad_grads)
+            first = stats.first_in_backward(list(bad_grads))
             meta["backward_origin"] = {
                 "parameter": stats.names[first],
                 "grad_norm": float(grads[index.index(first)]),
@@ -335,3 +335,11 @@ class ParameterSignal(Signal):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+
+def _with_bad_entries(index: list[int], count: Callable[[list[int]], list[int]]) -> dict[int, int]:
+    """Of the tensors ``index`` whose norm is not finite, those with NaN/Inf entries, and how
+    many each has (counted only when some norm is not finite: unhealthy steps)."""
+    if not index:
+        return {}
+    return {i: n for i, n in zip(index, count(index), strict=True) if n}

@@ -28,6 +28,7 @@ import torch
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
 from steadygrad.core.metrics import ADAPTIVE_UPDATE, DIRECTIONAL_SHARPNESS_RATIO, LOSS
+from steadygrad.core.optimizer import PER_COORDINATE, optimizer_family
 from steadygrad.monitor.tensor_groups import Parts
 
 
@@ -102,8 +103,7 @@ class UpdateCurvatureSignal(Signal):
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
-        groups = getattr(monitor.optimizer, "param_groups", None) or []
-        self._adaptive = any("eps" in group for group in groups)  # a per-coordinate step size
+        self._adaptive = optimizer_family(monitor.optimizer) in PER_COORDINATE
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         """Watch the loss: measure every step for a while once it climbs above its best."""

@@ -169,6 +169,8 @@ class GradNormSpikeDetector(SpikeDetector):
     def update(self, record: Record) -> list[Finding]:
         if GRAD_NORM_PRECLIP.name in record.values:
             self.signal = GRAD_NORM_PRECLIP.name
+        if record.values.get(self.signal) == math.inf and not record.nonfinite:
+            return self._overflowed(record)
         findings = super().update(record)
         if findings and self.signal == GRAD_NORM_PRECLIP.name:
             clipped = record.values.get(GRAD_NORM.name, math.nan)
@@ -183,6 +185,17 @@ class GradNormSpikeDetector(SpikeDetector):
         kwargs.setdefault("rel_floor", 0.0)
         super().__init__(threshold=threshold, min_ratio=min_ratio, **kwargs)
         self.recent = positive_int("recent", recent)
+
+    def _overflowed(self, record: Record) -> list[Finding]:
+        """A norm past float32's range while every entry is finite: the largest spike there
+        is (entries of 1e20 and more), once it has a baseline to stand above."""
+        if len(self.baseline) < self.warmup or self._quiet_needed:
+            self._quiet_needed = self.cooldown
+            return []
+        self._quiet_needed = self.cooldown
+        baseline = self.untransform(self.baseline.median())
+        evidence = {self.signal: math.inf, "baseline": baseline, "ratio": math.inf, "z": math.inf}
+        return [Finding(self.kind, record.step, None, evidence, "warning")]
 
     def transform(self, value: float) -> float:
         return math.log(value) if value > 0 else -math.inf
