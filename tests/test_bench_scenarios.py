@@ -114,3 +114,20 @@ def test_one_scenario_end_to_end(tmp_path):
 def test_a_healthy_control_has_no_truth_to_locate(tmp_path, name):
     row = bench.run_one(name, "default", str(tmp_path))
     assert row["error"] is None and "warned" in row and "first" not in row
+
+
+def test_the_fifth_held_out_file_is_registered_and_selectable(capsys):
+    fifth = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout5")]
+    assert all(s.heldout and s.name.startswith("h5_") for s in fifth)
+    assert sum(not s.healthy for s in fifth) == 13 and sum(s.healthy for s in fifth) == 4
+    assert len({s.cause for s in fifth} - {"healthy"}) >= 12
+    assert len({s.optimizer for s in fifth}) >= 10 and len({s.family for s in fifth}) >= 8
+    others = {s.family for s in SCENARIOS.values() if s not in fifth}
+    assert not {s.family for s in fifth} & others
+    for s in fifth:
+        if s.healthy or s.cause in ("data_outlier", "loss_divergence", "sharpness_above_limit"):
+            assert s.where == (), s.name
+        assert s.diverges in (None, "auto") or s.diverges >= s.onset, s.name
+    assert bench.main(["--file", "cases_heldout5", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(listed) == sorted(s.name for s in fifth)
