@@ -100,6 +100,36 @@ def test_dead_units_per_layer_with_functional_relus(tmp_path):
     assert "dead_units/bn" in values and 0.0 <= values["dead_units/bn"] <= 1.0
 
 
+class ClippedNet(nn.Module):
+    """ReLU6 as a module and a function, and a hardtanh that is not a ReLU (floor -1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.act = nn.ReLU6()
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = F.relu6(self.fc2(self.act(self.fc1(x))))
+        return self.head(F.hardtanh(self.fc3(h)))  # floor -1: a unit below 0 still learns
+
+
+def test_relu6_and_a_hardtanh_clipped_at_zero_count_as_relus(tmp_path):
+    model = ClippedNet()
+    with torch.no_grad():
+        model.fc1.bias[:2] = -100.0  # two of fc1's units never pass ReLU6
+        model.fc2.bias[:5] = -100.0  # five of fc2's never pass F.relu6
+        model.fc3.bias[:] = -100.0  # all below hardtanh's floor of 0: yet not ReLU units
+    records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
+    values = records[0].values
+    with torch.no_grad():  # by hand, from the pre-activations
+        pre1 = model.fc1(x)
+    assert (pre1[:, :2] <= 0).all() and (pre1[:, 2:] > 0).any(0).all()
+    assert values["dead_units/fc1"] == pytest.approx(2 / 8)
+    assert values["dead_units/fc2"] >= 5 / 8
+    assert not any(k.startswith(("dead_units/", "relu_active/")) and "fc3" in k for k in values)
+
+
 def test_a_regression_head_gets_no_output_logit_or_softmax_signal(tmp_path):
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
     records, _, _, _ = _run(

@@ -398,3 +398,59 @@ def test_an_unnormalised_batch_that_poisons_rmsprop_is_a_spike_not_a_nan(tmp_pat
         assert causes.index("adam_second_moment_poisoned") < causes.index(
             "update_ratio_out_of_range"
         )
+
+
+# -- causes judged by what followed them (the fifth held-out set) ---------------------------------
+
+
+def test_a_rate_raised_on_a_resume_explains_the_climb_after_it(tmp_path):
+    # 1e-2 for 200 steps, then 0.3: the loss jumps to chance (a warning-level climb), and the
+    # attention logits the giant steps blew up are found after it.
+    rows = [{"loss": 3.0, "lr/0": 0.01 if t < 200 else 0.3} for t in range(240)]
+    climb = ("loss_divergence", 206, None, {"ratio": 1.6}, "warning")
+    attn = ("attention_logit_growth", 207, "enc.attn", {}, "warning")
+    report = _stored(tmp_path, "raised", rows, [climb, attn])
+    assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 199
+    flat = [{**r, "lr/0": 0.01} for r in rows]  # the same climb at a constant rate
+    report = _stored(tmp_path, "flat", flat, [climb, attn])
+    assert report.top.cause == "attention_logit_growth"
+    assert "sharpness_above_limit" not in report.causes()
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_dead_units_the_loss_kept_improving_past_do_not_explain_a_climb(tmp_path, progress):
+    rows = [{"loss": 3.0} for _ in range(220)]
+    dead = ("loss_of_plasticity", 24 if progress else 150, "fc1", {"dead_units": 0.6}, "warning")
+    best = 142  # the best level the loss reached, after the dead units were seen (or not)
+    climb = ("loss_divergence", 209, None, {"ratio": 3.0, "best_level_step": best}, "critical")
+    logits = ("output_logit_divergence", 183, "lm_head", {}, "warning")
+    report = _stored(tmp_path, str(progress), rows, [dead, climb, logits])
+    assert report.top.cause == ("output_logit_divergence" if progress else "loss_of_plasticity")
+    plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert (plasticity.confidence == "low") is progress
+
+
+def test_a_spike_poisons_the_second_moment_once_its_momentum_has_passed(tmp_path):
+    # Adam at a constant rate: the update ratio measured every 10 steps. After the spike at 80
+    # the first moment still carries it (large updates to step ~100), then v damps them 10x.
+    rows = [{"loss": 2.0} for _ in range(200)]
+    for t in range(0, 200, 10):
+        ratio = 0.01 if t < 80 else 0.03 if t <= 100 else 0.001
+        rows[t]["update_ratio/fc.weight"] = ratio
+        rows[t]["update_ratio/head.weight"] = 2 * ratio
+    spike = ("grad_norm_spike", 80, None, {"ratio": 300.0}, "warning")
+    small = ("gradient_spike", 80, "ln.weight", {"spike_factor": 500.0}, "info")
+
+    def report(name, optimizer, findings):
+        from steadygrad.store import load
+
+        _stored(tmp_path, name, rows, findings)
+        run = load(tmp_path / name)
+        run.config["optimizer_family"] = optimizer  # as the Monitor records it
+        return steadygrad.diagnose(run)
+
+    assert report("adam", "adam", [spike]).top.cause == "adam_second_moment_poisoned"
+    assert report("rmsprop", "adaptive", [spike]).top.cause == "adam_second_moment_poisoned"
+    assert "adam_second_moment_poisoned" not in report("sgd", "sgd", [spike]).causes()
+    # a spike on a tensor carrying a small share of the gradient (info) poisons nothing
+    assert "adam_second_moment_poisoned" not in report("info", "adam", [small]).causes()

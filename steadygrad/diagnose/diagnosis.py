@@ -101,7 +101,7 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
     found = [d for rule in rules if (d := rule.apply(facts)) is not None]
     broke = facts.broke_at
     for d in found:
-        judge(d, broke)
+        judge(d, broke, facts.progress_until)
     for d in found:
         explained(d, found)
     found.sort(
@@ -117,12 +117,24 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
 TIER_SCORE = {MECHANISM: 30.0, EVENT: 20.0, SYMPTOM: 10.0}
 
 
-def judge(d: Diagnosis, broke: int | None) -> None:
+# Steps of progress (a new best loss) after a stalling cause was seen that show it did not stop
+# learning.
+PROGRESS_AFTER = 20
+
+
+def judge(d: Diagnosis, broke: int | None, progress_until: int | None = None) -> None:
     """Score a diagnosis, say how confident it is and why. A mechanism outranks the symptoms
     only when its evidence came before the run broke (it can explain them); one first seen
-    after the break is more likely a consequence and drops below them."""
+    after the break is more likely a consequence and drops below them. ``progress_until``: the
+    step of the best loss before the break; a cause that only stalls learning, seen well before
+    it, did not stop the progress and does not explain the climb that followed."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
+    if d.severity == "info":  # its own evidence was judged harmless: below any warning
+        d.score = min(d.score, TIER_SCORE[SYMPTOM] - 5.0)
+        d.confidence = "medium"
+        d.why = "every finding behind it was judged harmless (info)"
+        return
     first = d.first_step
     if d.tier == SYMPTOM:
         d.confidence = "high" if d.severity != "info" else "medium"
@@ -130,6 +142,19 @@ def judge(d: Diagnosis, broke: int | None) -> None:
     elif broke is None:
         d.confidence = "medium"
         d.why = f"seen from step {first}; the run did not break, so nothing confirms it yet"
+    elif (
+        d.stalls
+        and first is not None
+        and progress_until is not None
+        and progress_until - first >= PROGRESS_AFTER
+    ):
+        d.score -= 25.0
+        d.confidence = "low"
+        d.why = (
+            f"seen from step {first}, yet the loss kept improving until step {progress_until}: "
+            f"it did not stop learning, and does not explain the climb that broke the run at "
+            f"step {broke}"
+        )
     elif first is not None and first <= broke:
         lead = broke - first
         d.score += 10.0 + min(lead, 10)  # of the causes that came first, the earliest

@@ -85,6 +85,7 @@ class Diagnosis:
     confidence: str = ""
     why: str = ""
     explained_by: tuple[str, ...] = ()
+    stalls: bool = False
 
     @property
     def rank_key(self) -> tuple:
@@ -108,7 +109,9 @@ class Rule:
     """A cause: the finding kinds its check reads (each emitted by a detector), the published
     result behind it, its fixes, and the check. ``explained_by``: causes that, seen at or
     before this one, produce its evidence themselves (a step that overshoots makes the next
-    gradient large), so this one is then their consequence."""
+    gradient large), so this one is then their consequence. ``stalls``: the cause slows or
+    stops learning but does not by itself make a loss climb (dead units), so it explains a
+    break only if the loss made no progress after it was seen."""
 
     cause: str
     tier: int
@@ -118,6 +121,7 @@ class Rule:
     check: Callable[[RunFacts], Found | None]
     kinds: tuple[FindingKind, ...] = ()
     explained_by: tuple[str, ...] = ()
+    stalls: bool = False
 
     def apply(self, facts: RunFacts) -> Diagnosis | None:
         facts.allowed = frozenset(self.kinds)
@@ -138,6 +142,7 @@ class Rule:
             reference=self.reference,
             tier=self.tier,
             explained_by=self.explained_by,
+            stalls=self.stalls,
         )
 
 
@@ -172,6 +177,15 @@ class RunFacts:
         explosion that wrecked the weights (their gradients then collapse), if any."""
         broke = [f.step for f in self.findings if _breaks(f)]
         return min(broke) if broke else None
+
+    @cached_property
+    def progress_until(self) -> int | None:
+        """The step of the best sustained loss before the run broke (the loss divergence that
+        broke it says), if a climb broke it."""
+        broke = self.broke_at
+        climbs = [f for f in self.of(LOSS_DIVERGENCE) if f.step == broke]
+        step = climbs[0].evidence.get("best_level_step") if climbs else None
+        return int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None
 
     @cached_property
     def optimizer(self) -> str:
@@ -306,25 +320,34 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
     return Found(summary, _first(overflow), [], evidence, severity)
 
 
+# Steps after a spike during which its first moment still drives large updates (beta1 = 0.9
+# keeps 0.9**20 = 12% of it); the second moment's damping is judged after them.
+MOMENTUM_MEMORY = 20
+
+
 def _adam_poisoned(facts: RunFacts) -> Found | None:
-    """A gradient spike under an Adam-family optimizer, after which the updates shrank: the
-    spike's square inflated the second moment, which then damps updates for ~1/(1-beta2) steps."""
-    spikes = facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
+    """A gradient spike under an optimizer that divides by a running square of the gradient,
+    after which the updates shrank: the spike's square inflated the second moment, which then
+    damps updates for ~1/(1-beta2) steps. Each tensor's median update ratio over the 50 steps
+    before the spike is compared with the 50 after its momentum has passed (the median of the
+    per-tensor drops)."""
+    # a spike on a tensor that carries a small share of the gradient (info) poisons nothing
+    spikes = [f for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE) if f.severity != "info"]
     if not spikes or not facts.adaptive:
         return None
     ratios = [n for n in facts.names if UPDATE_RATIO.owns(n)]
     for spike in spikes:
-        before, after = [], []
+        drops = []
+        start = spike.step + MOMENTUM_MEMORY
         for name in ratios:
             steps, values = facts.series(name)
-            b = values[(steps < spike.step) & (steps >= spike.step - 50)]
-            a = values[(steps > spike.step) & (steps <= spike.step + 50)]
-            if len(b) and len(a):
-                before.append(np.nanmedian(b))
-                after.append(np.nanmedian(a))
-        if not before:
+            b = np.nanmedian(values[(steps < spike.step) & (steps >= spike.step - 50)])
+            a = values[(steps > start) & (steps <= start + 50)]
+            if b > 0 and len(a):
+                drops.append(np.nanmedian(a) / b)
+        if not drops:
             continue
-        drop = float(np.nanmedian(after) / np.nanmedian(before))
+        drop = float(np.nanmedian(drops))
         if drop < 0.5:
             where = [spike.where] if spike.where else []
             return Found(
@@ -488,11 +511,15 @@ def _broke_at_once(facts: RunFacts) -> Found | None:
 
 
 def _lr_rising_into_break(facts: RunFacts, window: int = 50, rise: float = 1.5) -> Found | None:
-    """The loss blew up (a climb or an explosion, not a NaN out of the blue) while the
-    learning rate was still rising: ``rise`` times or more over the ``window`` steps before.
-    A schedule that keeps raising the step size crosses 2/sharpness at some point; the cause
-    is dated to where that rise began."""
-    broke = [f for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH) if _breaks(f)]
+    """The loss climbed or blew up (not a NaN out of the blue) after the learning rate rose
+    ``rise`` times or more over the ``window`` steps before: a warm-up still climbing, or a
+    rate raised by hand on a resume. A step size raised far enough crosses 2/sharpness; the
+    cause is dated to where that rise began."""
+    broke = [
+        f
+        for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH)
+        if _breaks(f) or f.kind == LOSS_DIVERGENCE
+    ]
     prefix = LEARNING_RATE.name + "/"
     rates = [facts.series(n) for n in sorted(facts.names) if n.startswith(prefix)]
     if not broke or not rates:
@@ -504,10 +531,11 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 50, rise: float = 1.5) 
         before = values[(steps <= when) & (steps >= when - window) & np.isfinite(values)]
         if len(before) < 2 or not before[0] > 0 or before[-1] < rise * before[0]:
             continue
-        # the cause is there from where the ramp into the break began
-        upto = np.flatnonzero(steps <= when)
-        start = upto[-1]
-        while start > upto[0] and values[start - 1] <= values[start]:
+        # the cause is there from where the rise into the break began: the last step at the
+        # window's lowest rate, and back from there while the rate was still rising
+        upto = np.flatnonzero((steps <= when) & (steps >= when - window))
+        start = upto[np.flatnonzero(values[upto] == np.nanmin(values[upto]))[-1]]
+        while start > 0 and values[start - 1] < values[start]:
             start -= 1
         return Found(
             f"the learning rate was still rising when the run broke at step {when} "
@@ -686,6 +714,7 @@ RULES: tuple[Rule, ...] = (
         (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
         _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence"),
         (OUTPUT_LOGIT_DIVERGENCE,),
+        explained_by=("data_outlier",),  # an outlier batch's own logits, or the jolt it gave
     ),
     Rule(
         "softmax_collapse",
@@ -705,6 +734,7 @@ RULES: tuple[Rule, ...] = (
         ),
         _located((SOFTMAX_COLLAPSE_KIND,), "softmax collapse"),
         (SOFTMAX_COLLAPSE_KIND,),
+        explained_by=("data_outlier",),  # an outlier batch's own logits, or the jolt it gave
     ),
     Rule(
         "sharpness_above_limit",
@@ -770,6 +800,7 @@ RULES: tuple[Rule, ...] = (
         ),
         _located((LOSS_OF_PLASTICITY,), "loss of plasticity"),
         (LOSS_OF_PLASTICITY,),
+        stalls=True,
     ),
     Rule(
         "update_ratio_out_of_range",
@@ -833,7 +864,9 @@ RULES: tuple[Rule, ...] = (
         ),
         _gradient_spike,
         (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
-        explained_by=("data_outlier",),  # an outlier batch makes a gradient spike of its own
+        # an outlier batch makes a gradient spike of its own; a spike that poisoned the second
+        # moment is named by what it did
+        explained_by=("data_outlier", "adam_second_moment_poisoned"),
     ),
     Rule(
         "nonfinite",

@@ -1,5 +1,5 @@
 """Dead units per layer, in any model: on due steps every ReLU call (``nn.ReLU``, ``F.relu``,
-``torch.relu``) is intercepted, and a unit of the layer that fed it is dead when the ReLU never
+``torch.relu``; ``nn.ReLU6`` / ``F.relu6`` and any ``hardtanh`` clipped at 0 below) is intercepted, and a unit of the layer that fed it is dead when the ReLU never
 passes a positive value for it on the step's batch (Lu et al. 2019, "Dying ReLU"; Dohare et al.
 2024 count such units as lost plasticity), and the share of its outputs the ReLU passes: a layer
 whose units are dying passes less and less of them long before a unit is zero on every example.
@@ -49,10 +49,22 @@ class DeadUnitSignal(InterceptingSignal):
         }
 
     def applies(self) -> bool | str:
-        return True if self.seen else "no ReLU call seen"
+        return True if self.seen else "no ReLU call seen (relu, relu6, hardtanh from 0)"
 
     def watched(self) -> dict[Callable, Callable]:
-        return {F.relu: self._observe, torch.relu: self._observe, F.relu_: self._observe}
+        return {
+            F.relu: self._observe,
+            torch.relu: self._observe,
+            F.relu_: self._observe,
+            F.relu6: self._observe,
+            F.hardtanh: self._observe_hardtanh,  # nn.ReLU6 is hardtanh(x, 0, 6)
+        }
+
+    def _observe_hardtanh(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """A hardtanh whose floor is 0 is a clipped ReLU: a unit below it gets no gradient."""
+        floor = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        if floor == 0:
+            self._observe(args[:1], kwargs)
 
     def begin(self, step: int) -> None:
         self._alive, self._active = {}, {}

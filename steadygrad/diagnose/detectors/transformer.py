@@ -166,7 +166,8 @@ class OutputLogitDivergence(Detector):
     At initialisation ``log Z ~ log(classes)``. A confident classifier has a large positive
     ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
     below ``-lse_limit`` for ``patience`` records; early, when it has fallen ``lse_limit / 2``
-    below its first value and kept falling for ``patience`` records; and when it drifts
+    below its first value and kept falling for ``patience`` records (or risen ``lse_limit / 2``
+    and kept rising, while the loss has not even halved); and when it drifts
     ``5 * lse_limit`` from its first value either way; and when the mean logit (the common shift
     softmax ignores, recorded by the default cross-entropy signal) has moved ``lse_limit`` from
     its first value for ``patience`` records; and when ``log Z`` rose ``lse_limit`` while the
@@ -192,6 +193,7 @@ class OutputLogitDivergence(Detector):
         self._first: float | None = None
         self._previous = math.nan
         self._falling = 0
+        self._rising = 0
         self._first_mean: float | None = None
         self._first_loss: float | None = None
 
@@ -206,6 +208,7 @@ class OutputLogitDivergence(Detector):
             self._first = lse
         drift = lse - self._first
         self._falling = self._falling + 1 if lse < self._previous else 0
+        self._rising = self._rising + 1 if lse > self._previous else 0
         self._previous = lse
         limit = self.lse_limit
         early = drift <= -limit / 2 and self._falling >= self.patience
@@ -219,7 +222,9 @@ class OutputLogitDivergence(Detector):
         if loss is not None and math.isfinite(loss):
             if self._first_loss is None:
                 self._first_loss = loss
-            far = far or (drift >= limit and loss >= 0.5 * self._first_loss)
+            unearned = loss >= 0.5 * self._first_loss  # the loss has not even halved
+            far = far or (drift >= limit and unearned)
+            early = early or (drift >= limit / 2 and unearned and self._rising >= self.patience)
         if not self._streak.update(early or far, 1 if early else self.patience):
             return []
         evidence = {
