@@ -83,6 +83,38 @@ def test_ignored_targets_are_left_out_and_collapse_uses_the_true_targets(tmp_pat
     )
 
 
+@pytest.mark.parametrize("log_target", [False, True])
+def test_distillation_with_one_hot_teacher_rows_reads_softmax_collapse(tmp_path, log_target):
+    model = nn.Linear(6, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([40.0, 0.0, 0.0]))  # every row one-hot on class 0
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    teacher = teacher.repeat(4, 1)  # one-hot on 0 (collapsed), on 1 (not), soft (not counted)
+    target = teacher.clamp_min(1e-30).log() if log_target else teacher
+
+    def kl(z, _):
+        return F.kl_div(F.log_softmax(z, -1), target, reduction="batchmean", log_target=log_target)
+
+    records, hand, _, _ = _run(tmp_path, model, kl, steps=1)
+    one_hot = teacher.amax(1) == 1
+    by_hand = (
+        torch.softmax(hand[0], -1)[one_hot].gather(1, teacher[one_hot].argmax(1)[:, None]) == 1
+    )
+    assert records[0].values["softmax_collapse"] == pytest.approx(by_hand.float().mean().item())
+    assert records[0].values["softmax_collapse"] == pytest.approx(8 / 12)
+    assert "logit_lse_mean" not in records[0].values  # log-probabilities carry no logit scale
+
+
+def test_distillation_on_soft_targets_reads_nothing(tmp_path):
+    model = nn.Linear(6, 3)
+    soft = torch.softmax(torch.randn(16, 3), -1)
+    records, _, _, _ = _run(
+        tmp_path, model, lambda z, _: F.kl_div(F.log_softmax(z, -1), soft, reduction="batchmean")
+    )
+    assert not any("softmax_collapse" in r.values for r in records)
+
+
 def test_dead_units_per_layer_with_functional_relus(tmp_path):
     model = FunctionalNet()
     with torch.no_grad():

@@ -29,7 +29,8 @@ from steadygrad.monitor.output_logits import softmax_collapse_mask
 
 class CrossEntropyOutputSignal(InterceptingSignal):
     """Output-logit statistics and softmax collapse from every ``F.cross_entropy`` call
-    (``nn.CrossEntropyLoss`` and Hugging Face losses call it) on due steps.
+    (``nn.CrossEntropyLoss`` and Hugging Face losses call it) on due steps; softmax collapse
+    also from ``F.kl_div`` (distillation) on the rows whose target is one-hot.
 
     Rows whose target is ``ignore_index`` are left out; soft (probability) targets count for the
     logit statistics but not for softmax collapse. ``record.meta["output_module"]`` names the
@@ -54,7 +55,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self.seen = False
 
     def watched(self) -> dict[Callable, Callable]:
-        return {F.cross_entropy: self._observe}
+        return {F.cross_entropy: self._observe, F.kl_div: self._observe_kl}
 
     def applies(self) -> bool | str:
         return True if self.seen else "no F.cross_entropy call seen (not a softmax classifier)"
@@ -94,6 +95,29 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if hard:
             parts["collapsed"] = softmax_collapse_mask(z, target).float().sum()
             parts["hard_rows"] = parts["rows"]
+        self._add(parts)
+
+    def _observe_kl(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Distillation: ``F.kl_div(log_softmax(logits), teacher_probs)``. Its input is the
+        logits shifted per row, so it tells softmax collapse (not the logits' scale) on the rows
+        whose target is one-hot."""
+        logp = args[0] if args else kwargs["input"]
+        target = args[1] if len(args) > 1 else kwargs["target"]
+        log_target = args[5] if len(args) > 5 else kwargs.get("log_target", False)
+        if not isinstance(logp, torch.Tensor) or logp.dim() < 1 or logp.shape != target.shape:
+            return
+        z = logp.detach().reshape(-1, logp.shape[-1])
+        p = target.detach().reshape(-1, logp.shape[-1])
+        p = p.exp() if log_target else p
+        one_hot = p.amax(dim=-1) == 1
+        if not bool(one_hot.any()):
+            return  # soft targets throughout: no class for a row to collapse on
+        self._head = self._head or self.producer(logp, z.shape[-1])
+        self.seen = True
+        hard = softmax_collapse_mask(z[one_hot], p[one_hot].argmax(dim=-1)).float().sum()
+        self._add({"collapsed": hard, "hard_rows": one_hot.float().sum()})
+
+    def _add(self, parts: dict[str, torch.Tensor]) -> None:
         for key, value in parts.items():
             previous = self._sums.get(key)
             if key == "max":
@@ -105,10 +129,11 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         s = self._sums
         if not s:
             return
-        out.put(LOGIT_LSE_MEAN.name, s["lse"] / s["rows"])
-        out.put(OUTPUT_LOGIT_MAX.name, s["max"])
-        out.put(OUTPUT_LOGIT_RMS.name, (s["sq"] / s["count"]).sqrt())
-        out.put(OUTPUT_LOGIT_MEAN.name, s["sum"] / s["count"])
+        if "lse" in s:
+            out.put(LOGIT_LSE_MEAN.name, s["lse"] / s["rows"])
+            out.put(OUTPUT_LOGIT_MAX.name, s["max"])
+            out.put(OUTPUT_LOGIT_RMS.name, (s["sq"] / s["count"]).sqrt())
+            out.put(OUTPUT_LOGIT_MEAN.name, s["sum"] / s["count"])
         if "collapsed" in s:
             out.put(SOFTMAX_COLLAPSE.name, s["collapsed"] / s["hard_rows"])
         self._sums = {}
