@@ -7,7 +7,7 @@ Perceiver-style model (learned latents cross-attending to the input through
 generated signal, a pre-norm residual MLP, a convolutional autoencoder with transposed
 convolutions, an InstanceNorm CNN, a highway network, a neural ODE (fixed-step Euler) and a
 time-series ``nn.Transformer`` forecasting generated series. Optimizers: SGD (plain, momentum,
-Nesterov), Adam, AdamW, RMSprop, Adamax, RAdam, NAdam, Adagrad, and steadygrad.optim's AdaBelief
+Nesterov), Adam, AdamW, RMSprop, RAdam, NAdam, Adagrad, and steadygrad.optim's AdaBelief
 and Lion.
 
 Written without reading ``steadygrad/diagnose/detectors/``, ``steadygrad/diagnose/diagnosis.py``,
