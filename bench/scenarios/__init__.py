@@ -12,6 +12,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout4,
     cases_heldout5,
     cases_heldout6,
+    cases_heldout7,
     cases_mlp,
     cases_other,
 )
