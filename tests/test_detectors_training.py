@@ -103,6 +103,26 @@ def test_grad_norm_spike_trigger_and_control():
     assert findings[0].evidence["ratio"] > 20
 
 
+@pytest.mark.parametrize("felt", [True, False])
+def test_a_grad_norm_spike_is_judged_by_the_loss_after_it(felt):
+    # A healthy transformer's burst (16x) that the loss shrugs off is info; the same burst
+    # followed by a loss above everything of the 20 steps before is a warning.
+    rng = np.random.default_rng(1)
+    norms = np.exp(rng.normal(np.log(0.25), 0.1, 200))
+    losses = 0.5 - 0.001 * np.arange(200) + 0.01 * rng.standard_normal(200)
+    norms[159] = 16 * 0.25
+    if felt:
+        losses[160] = 1.5 * losses[139:159].max()
+    det = GradNormSpikeDetector()
+    found = [
+        f
+        for t in range(200)
+        for f in det.update(Record(t, {"grad_norm": float(norms[t]), "loss": float(losses[t])}))
+    ]
+    assert [(f.step, f.severity) for f in found] == [(159, "warning" if felt else "info")]
+    assert found[0].evidence["loss_band"] == pytest.approx(losses[139:159].max())
+
+
 def test_nonfinite_detector_trigger_and_control():
     det = NonFiniteDetector()
     assert det.update(Record(0, {"loss": 1.0, "nonfinite_grads": 0.0})) == []

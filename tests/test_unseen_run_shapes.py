@@ -454,3 +454,17 @@ def test_a_spike_poisons_the_second_moment_once_its_momentum_has_passed(tmp_path
     assert "adam_second_moment_poisoned" not in report("sgd", "sgd", [spike]).causes()
     # a spike on a tensor carrying a small share of the gradient (info) poisons nothing
     assert "adam_second_moment_poisoned" not in report("info", "adam", [small]).causes()
+
+
+@pytest.mark.parametrize("aftermath", [0.1, 40.0])
+def test_one_batch_that_knocks_a_fit_off_is_an_outlier_even_if_the_loss_stays_up(
+    tmp_path, aftermath
+):
+    # A SIREN fitted to 2e-4 meets one batch with corrupt targets (loss 170); Adam's kick
+    # leaves it at ~0.1, far below the spike, and the run goes on. Staying near the spike's
+    # level (40) is a run that blew up, not one bad batch.
+    rows = [{"loss": 2e-4} for _ in range(180)] + [{"loss": 170.0}]
+    rows += [{"loss": aftermath * (1 + 0.1 * np.sin(t))} for t in range(60)]
+    spike = ("loss_spike", 180, None, {"loss": 170.0, "baseline": 2e-4, "ratio": 8.5e5}, "warning")
+    causes = _stored(tmp_path, str(aftermath), rows, [spike]).causes()
+    assert ("data_outlier" in causes) is (aftermath < 1)

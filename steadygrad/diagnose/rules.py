@@ -331,8 +331,13 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     damps updates for ~1/(1-beta2) steps. Each tensor's median update ratio over the 50 steps
     before the spike is compared with the 50 after its momentum has passed (the median of the
     per-tensor drops)."""
-    # a spike on a tensor that carries a small share of the gradient (info) poisons nothing
-    spikes = [f for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE) if f.severity != "info"]
+    # a spike on a tensor that carries a small share of the gradient (info) poisons nothing;
+    # a global spike the loss did not feel (info) still can
+    spikes = [
+        f
+        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
+        if f.kind == GRAD_NORM_SPIKE or f.severity != "info"
+    ]
     if not spikes or not facts.adaptive:
         return None
     ratios = [n for n in facts.names if UPDATE_RATIO.owns(n)]
@@ -394,10 +399,14 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
     )
 
 
+# A loss spike this many times above every loss of the steps after it was a one-off event.
+ONE_OFF = 10.0
+
+
 def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found | None:
     """A loss spike on one step that the run got over: within ``within`` steps the loss's
-    running median (of ``window``) is back under 1.5x its baseline, with nothing non-finite on
-    the way. One batch unlike the others (with the gradient spike it caused, when there was
+    running median (of ``window``) is back under 1.5x its baseline, or every loss of those
+    steps stays ``ONE_OFF`` times below the spike; with nothing that broke the run on the way. One batch unlike the others (with the gradient spike it caused, when there was
     one); an adaptive optimizer can take tens of steps to settle after the step it took."""
     loss = facts.series(LOSS.name)
     if loss is None:
@@ -412,20 +421,28 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue
         medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
         back = np.flatnonzero(medians < 1.5 * baseline)
-        if not len(back):
+        peak = spike.evidence.get(LOSS.name, math.nan)
+        if len(back):
+            settled = int(back[0]) + window  # steps after the spike until it was back
+            outcome = f"was back to normal within {settled} steps"
+        elif peak >= ONE_OFF * after.max():
+            # Not back, but nothing after came near it: one batch knocked the model off its
+            # fit (an adaptive step carries the kick for a while), and the run went on.
+            settled = within
+            outcome = "left the run knocked off its fit, yet never near that peak again"
+        else:
             continue
-        settled = int(back[0]) + window  # steps after the spike until it was back
         if any(spike.step <= b <= spike.step + settled for b in breaks):
             continue  # it broke the run on the way: a blow-up that calmed down, no bad batch
         ev: dict[str, Any] = {
             "spike": spike.evidence,
             "gradient_spike": spike.step in grads,
-            "back_within_steps": settled,
+            "back_within_steps": settled if len(back) else None,
         }
         summary = (
             f"one batch at step {spike.step}: the loss jumped "
-            f"{spike.evidence.get('ratio', math.nan):.3g}x its baseline and was back to normal "
-            f"within {settled} steps, an outlier in the data"
+            f"{spike.evidence.get('ratio', math.nan):.3g}x its baseline and {outcome}, an "
+            "outlier in the data"
         )
         summary += _batches_behind([spike], ev)
         return Found(summary, spike.step, [], ev)

@@ -232,6 +232,7 @@ class Monitor:
         info = RunInfo(self.store.name, self.run_dir, run_config, list(self.metrics.values()))
         self._to_sinks("open", info)
         self.findings: list[Finding] = []
+        self._previous_ids: tuple[int | None, list[Any] | None] = (None, None)
         self.actions: list[tuple[int, str, dict]] = []
         self.last_record: Record | None = None
         self.inputs: StepInputs | None = None
@@ -362,9 +363,15 @@ class Monitor:
         findings: list[Finding] = []
         for detector in self.detectors:
             findings.extend(detector.update(record))
-        if findings and batch_ids is not None:
-            ids = _plain_ids(batch_ids)
-            findings = [replace(f, batch_ids=ids) for f in findings]
+        ids = _plain_ids(batch_ids) if batch_ids is not None else None
+        previous, self._previous_ids = self._previous_ids, (record.step, ids)
+        if findings and (ids is not None or previous[1] is not None):
+            # a finding judged one record late (a gradient spike, by the loss after it) keeps
+            # the ids of the batch behind it
+            findings = [
+                replace(f, batch_ids=previous[1] if f.step == previous[0] else ids)
+                for f in findings
+            ]
         self.findings.extend(findings)
         return findings
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import statistics
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from steadygrad.core import Finding, FindingKind, Severity
@@ -160,31 +162,72 @@ class GradNormSpikeDetector(SpikeDetector):
 
     When the run passes ``grad_norm_preclip`` (the norm before clipping), that is the norm
     watched, so a spike that clipping hid is still caught; the finding says it was clipped.
+
+    A spike is judged by the loss it leaves: its finding comes with the next record and is a
+    warning if the loss at the spike or just after it stood above the highest of the
+    ``loss_band`` losses before; info if the loss did not feel it (healthy transformers have
+    bursts of 10x and more that training shrugs off). A spike on a run's last record is not
+    reported.
     """
 
     kind = GRAD_NORM_SPIKE
-    reads, emits = (GRAD_NORM, GRAD_NORM_PRECLIP), (GRAD_NORM_SPIKE,)
+    reads, emits = (GRAD_NORM, GRAD_NORM_PRECLIP, LOSS), (GRAD_NORM_SPIKE,)
     signal = GRAD_NORM.name
 
     def update(self, record: Record) -> list[Finding]:
+        findings = self._judge_pending(record)
         if GRAD_NORM_PRECLIP.name in record.values:
             self.signal = GRAD_NORM_PRECLIP.name
         if record.values.get(self.signal) == math.inf and not record.nonfinite:
-            return self._overflowed(record)
-        findings = super().update(record)
-        if findings and self.signal == GRAD_NORM_PRECLIP.name:
-            clipped = record.values.get(GRAD_NORM.name, math.nan)
-            for f in findings:
-                f.evidence["clipped_to"] = clipped
-                f.evidence["hidden_by_clipping"] = clipped < 0.5 * record.values[self.signal]
+            findings += self._overflowed(record)
+        else:
+            spikes = super().update(record)
+            if spikes and self.signal == GRAD_NORM_PRECLIP.name:
+                clipped = record.values.get(GRAD_NORM.name, math.nan)
+                for f in spikes:
+                    f.evidence["clipped_to"] = clipped
+                    f.evidence["hidden_by_clipping"] = clipped < 0.5 * record.values[self.signal]
+            if spikes:
+                self._pending = (spikes[0], max(self._losses, default=math.inf))
+        loss = record.values.get(LOSS.name)
+        if self._pending is not None and self._pending[0].step == record.step:
+            findings += self._judge_pending(record)  # the loss at the spike already rose
+        if loss is not None and math.isfinite(loss):
+            self._losses.append(loss)
         return findings
 
+    def _judge_pending(self, record: Record) -> list[Finding]:
+        """The spike waiting for the loss: a warning once a loss after it leaves the band
+        (or is not finite), info if the next record's loss stayed inside."""
+        if self._pending is None:
+            return []
+        spike, band = self._pending
+        loss = record.values.get(LOSS.name)
+        if loss is None:
+            self._pending = None
+            return [spike]  # no loss to judge by: as found
+        felt = not math.isfinite(loss) or loss > band
+        if not felt and record.step == spike.step:
+            return []  # wait for the loss after the update
+        self._pending = None
+        evidence = {**spike.evidence, "loss_after": loss, "loss_band": band}
+        return [replace(spike, evidence=evidence, severity="warning" if felt else "info")]
+
     def __init__(
-        self, threshold: float = 6.0, min_ratio: float = 8.0, recent: int = 5, **kwargs
+        self,
+        threshold: float = 6.0,
+        min_ratio: float = 8.0,
+        recent: int = 5,
+        loss_band: int = 20,
+        **kwargs,
     ) -> None:
         kwargs.setdefault("rel_floor", 0.0)
         super().__init__(threshold=threshold, min_ratio=min_ratio, **kwargs)
         self.recent = positive_int("recent", recent)
+        self._losses: collections.deque[float] = collections.deque(
+            maxlen=positive_int("loss_band", loss_band)
+        )
+        self._pending: tuple[Finding, float] | None = None
 
     def _overflowed(self, record: Record) -> list[Finding]:
         """A norm past float32's range while every entry is finite: the largest spike there
