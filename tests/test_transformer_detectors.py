@@ -61,6 +61,27 @@ def test_output_logit_divergence_fires_on_drifting_log_partition_only():
     assert run(OutputLogitDivergence(), confident) == []
 
 
+def test_a_compounding_rise_of_log_z_with_no_better_loss_is_an_early_warning():
+    # A z-loss with its sign flipped from reading 4 (as in an LM read every 25 steps): log Z's
+    # rises double at each reading while the loss stays where it was. Found at the third
+    # compounding rise, with the drift still 4.4 nats (4.5 over the last three rises).
+    lse = [4.86, 4.52, 4.61, 4.77, 4.93, 6.35, 9.29, 14.88, 24.9]
+    rows = [{"logit_lse_mean": v, "loss": 4.87 if t == 0 else 2.7} for t, v in enumerate(lse)]
+    (found, *_) = run(OutputLogitDivergence(), rows)
+    assert found.step == 6 and found.evidence["drift"] == pytest.approx(9.29 - 4.86)
+    # the same log Z with a loss that fell below half: confidence earned, no finding
+    earned = [{**r, "loss": 4.87 if t == 0 else 1.2} for t, r in enumerate(rows)]
+    assert run(OutputLogitDivergence(), earned[:7]) == []
+    # a healthy LM: log Z dips, then creeps up by steady steps (not compounding)
+    creep = [{"logit_lse_mean": 4.5 + 0.4 * t, "loss": 2.7} for t in range(12)]
+    assert run(OutputLogitDivergence(), creep[:11]) == []
+    # a 4-class classifier growing confident (log Z +2.4, compounding) whose loss then climbs
+    # back under label noise: too small a rise to be a runaway
+    confident = [(1.45, 1.40), (1.61, 0.91), (2.42, 0.41), (3.85, 0.81)]
+    rows = [{"logit_lse_mean": z, "loss": loss} for z, loss in confident]
+    assert run(OutputLogitDivergence(), rows) == []
+
+
 def test_softmax_collapse_detector():
     collapsing = [{"softmax_collapse": min(1.0, s / 20)} for s in range(40)]
     findings = run(SoftmaxCollapse(fraction=0.5, patience=3), collapsing)

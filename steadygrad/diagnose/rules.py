@@ -21,6 +21,7 @@ from steadygrad.core.metrics import (
     LEARNING_RATE,
     LOSS,
     OPTIMIZER_SKIPPED,
+    PARAM_NORM,
     SHARPNESS,
     SHARPNESS_LIMIT,
     UPDATE_RATIO,
@@ -250,6 +251,57 @@ def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], 
 
 
 # -- the checks ---------------------------------------------------------------------------------
+
+
+# Weights that grew this many times over, and this many times more than any other weights did,
+# amplify the gradients of the layers before them: they are where an explosion sits.
+AMPLIFIER_GROWTH, AMPLIFIER_LEAD = 10.0, 3.0
+
+
+def _exploding(facts: RunFacts) -> Found | None:
+    """Gradient growth, placed where it starts. The gradient grows most in the layers *before*
+    weights that grow (backpropagation multiplies by them), so when one weight tensor grew far
+    more than all others up to the growth finding, its module is named first."""
+    found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
+    if found is None or found.first_step is None:
+        return found
+    grown = _grown_weights(facts, until=max(found.first_step, facts.broke_at or 0))
+    if grown is not None:
+        name, factor = grown
+        module = name.rpartition(".")[0] or name
+        found.where = [module] + [w for w in found.where if w != module]
+        found.summary += (
+            f"; the weights of {module} grew {factor:.3g}x, far more than any other, and "
+            "multiply the gradients of every layer before them"
+        )
+        found.evidence["grown_weights"] = {"parameter": name, "factor": factor}
+    return found
+
+
+def _grown_weights(facts: RunFacts, until: int) -> tuple[str, float] | None:
+    """The weight tensor (biases left out: they start near 0) whose norm grew the most from
+    its lowest in the first half of the run to its last finite value by ``until``, if it grew
+    ``AMPLIFIER_GROWTH`` times and ``AMPLIFIER_LEAD`` times more than any other."""
+    growth = []
+    for name in facts.names:
+        if "/" not in name or not PARAM_NORM.owns(name) or name.endswith("bias"):
+            continue
+        steps, values = facts.series(name)
+        keep = np.isfinite(values) & (steps <= until)
+        values = values[keep]
+        if len(values) < 10:
+            continue
+        low = values[: len(values) // 2].min()
+        if low > 0:
+            growth.append((float(values[-1] / low), name.split("/", 1)[1]))
+    if not growth:
+        return None
+    growth.sort(reverse=True)
+    top, name = growth[0]
+    runner_up = growth[1][0] if len(growth) > 1 else 1.0
+    if top >= AMPLIFIER_GROWTH and top >= AMPLIFIER_LEAD * runner_up:
+        return name, top
+    return None
 
 
 def _nonfinite(facts: RunFacts) -> Found | None:
@@ -793,7 +845,7 @@ RULES: tuple[Rule, ...] = (
             ),
             LOWER_LR,
         ),
-        _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting"),
+        _exploding,
         (GRADIENT_GROWTH,),
         # Overshooting steps raise the next gradients: growth across steps then follows from
         # the step size, not from growth through depth or time at fixed weights.

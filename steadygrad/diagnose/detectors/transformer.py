@@ -16,6 +16,7 @@ and raises one Finding per episode (it re-arms once the condition has cleared):
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
@@ -167,7 +168,8 @@ class OutputLogitDivergence(Detector):
     ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
     below ``-lse_limit`` for ``patience`` records; early, when it has fallen ``lse_limit / 2``
     below its first value and kept falling for ``patience`` records (or risen ``lse_limit / 2``
-    and kept rising, while the loss has not even halved); and when it drifts
+    and kept rising, or risen at each of ``patience`` readings by more each time, while the
+    loss has not even halved); and when it drifts
     ``5 * lse_limit`` from its first value either way; and when the mean logit (the common shift
     softmax ignores, recorded by the default cross-entropy signal) has moved ``lse_limit`` from
     its first value for ``patience`` records; and when ``log Z`` rose ``lse_limit`` while the
@@ -194,8 +196,20 @@ class OutputLogitDivergence(Detector):
         self._previous = math.nan
         self._falling = 0
         self._rising = 0
+        self._last: collections.deque[float] = collections.deque(maxlen=patience + 1)
         self._first_mean: float | None = None
         self._first_loss: float | None = None
+
+    def _accelerating(self) -> bool:
+        """``log Z`` rose at every one of the last ``patience`` readings, each rise larger than
+        the one before, by ``lse_limit / 5`` in all: growth that compounds (a z-loss with its
+        sign flipped), long before it is large."""
+        last = list(self._last)
+        if len(last) <= self.patience:
+            return False
+        rises = [b - a for a, b in zip(last, last[1:], strict=False)]
+        compounding = rises[0] > 0 and all(b > a for a, b in zip(rises, rises[1:], strict=False))
+        return compounding and last[-1] - last[0] >= self.lse_limit / 5
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -207,6 +221,7 @@ class OutputLogitDivergence(Detector):
         if self._first is None:
             self._first = lse
         drift = lse - self._first
+        self._last.append(lse)
         self._falling = self._falling + 1 if lse < self._previous else 0
         self._rising = self._rising + 1 if lse > self._previous else 0
         self._previous = lse
@@ -224,7 +239,8 @@ class OutputLogitDivergence(Detector):
                 self._first_loss = loss
             unearned = loss >= 0.5 * self._first_loss  # the loss has not even halved
             far = far or (drift >= limit and unearned)
-            early = early or (drift >= limit / 2 and unearned and self._rising >= self.patience)
+            early = early or (unearned and (drift >= limit / 2 and self._rising >= self.patience))
+            early = early or (unearned and self._accelerating())
         if not self._streak.update(early or far, 1 if early else self.patience):
             return []
         evidence = {
