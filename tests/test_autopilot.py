@@ -114,7 +114,9 @@ def test_spike_clipping_switches_on_after_a_gradient_spike(tmp_path):
         tmp_path, "spikes", pilot, poison_at=(30, 40), scale=1000.0, steps=45
     )
     kinds = [(s, k) for s, k, _ in mon.actions]
-    assert (30, "enable_spike_clipping") in kinds
+    # the spike at 30 is reported with the next record (judged by the loss after it)
+    assert (31, "enable_spike_clipping") in kinds
+    assert [f.step for f in mon.findings if f.kind == "grad_norm_spike"][0] == 30
     assert (40, "clip_gradient") in kinds
     clipped = [d for s, k, d in mon.actions if k == "clip_gradient" and s == 40][0]
     assert clipped["clipped_to"] < clipped["grad_norm"] / 100
