@@ -8,7 +8,7 @@ equilibrium-style fixed-point layer unrolled k steps, a mixture density network 
 mixture NLL), a tabular ResNet with ``BatchNorm1d`` on scikit-learn's bundled breast-cancer
 data, and a masked autoencoder (ViT encoder, random patch masking, MSE on the masked patches).
 Optimizers: SGD with Nesterov momentum, SGD with momentum, Adam, AdamW, Adamax, Adagrad,
-NAdam, RAdam, and steadygrad's Lion and AdaBelief.
+RMSprop, NAdam, RAdam, and steadygrad's Lion and AdaBelief.
 
 Written without reading ``steadygrad/diagnose/`` (beyond the causes' docstrings),
 ``steadygrad/monitor/`` or the other held-out sets, and never run on steadygrad while it was
@@ -351,27 +351,30 @@ def regime_batches(gen: torch.Generator, batch: int = 32, length: int = 64):
 
 
 class FixedPoint(nn.Module):
-    """z <- tanh(W z + U x + b), iterated ``k`` times from z = 0 (backprop through the unroll)."""
+    """z <- act(W z + U x + b), iterated ``k`` times from z = 0 (backprop through the unroll).
 
-    def __init__(self, inp: int, dim: int, k: int, gain: float = 0.5) -> None:
+    ``linear=True`` iterates z <- W z + U x (a linear equilibrium layer, solved by the same
+    unroll) and applies tanh once to the result."""
+
+    def __init__(self, inp: int, dim: int, k: int, gain: float = 0.5, linear: bool = False):
         super().__init__()
         self.inject = nn.Linear(inp, dim)
         self.mix = nn.Linear(dim, dim, bias=False)
         nn.init.orthogonal_(self.mix.weight, gain=gain)
-        self.k = k
+        self.k, self.linear = k, linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.inject(x)
         z = torch.zeros_like(u)
         for _ in range(self.k):
-            z = torch.tanh(self.mix(z) + u)
-        return z
+            z = self.mix(z) + u if self.linear else torch.tanh(self.mix(z) + u)
+        return torch.tanh(z) if self.linear else z
 
 
 class DEQClassifier(nn.Module):
-    def __init__(self, dim: int = 48, k: int = 20, gain: float = 0.5) -> None:
+    def __init__(self, dim: int = 48, k: int = 20, gain: float = 0.5, linear: bool = False):
         super().__init__()
-        self.cell = FixedPoint(64, dim, k, gain)
+        self.cell = FixedPoint(64, dim, k, gain, linear)
         self.head = nn.Linear(dim, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -602,6 +605,42 @@ def h8_warmup_overshoot_useg(ctx: Context) -> None:
     fit(ctx, model, opt, regime_batches(gen), 220, before=warmup, classifier=False)
     ctx.check(
         "trained first (loss at 60 under 0.8x the start)", ctx.losses[60] < 0.8 * ctx.losses[0]
+    )
+
+
+@scenario(
+    "deq_fixed_point",
+    "rmsprop",
+    "exploding_gradients",
+    where=("cell.mix", "cell.inject", "cell"),
+    diverges="auto",
+    heldout=True,
+    note="hand-written decay on the mixing matrix with its sign flipped: its gain creeps past 1",
+)
+def h8_exploding_deq(ctx: Context) -> None:
+    """A linear fixed-point layer (z <- W z + U x, unrolled 20 steps) is contractive at the start
+    (W orthogonal with gain 0.5). The mixing matrix gets hand-written decoupled weight decay
+    with its sign flipped (``W *= 1 + lr * wd``, lr 1e-3, wd 4): its gain creeps towards 1, the
+    gradient through the unroll (a sum of powers of W) grows step after step, and once the
+    gain passes 1 the fixed point runs away and the loss breaks."""
+    gen = seeded(805)
+    model = DEQClassifier(k=20, linear=True)
+    lr, wd = 1e-3, 4.0
+    opt = torch.optim.RMSprop(model.parameters(), lr=lr)
+
+    def decay(step: int) -> None:
+        with torch.no_grad():
+            model.cell.mix.weight.mul_(1 + lr * wd)  # meant: 1 - lr * wd
+
+    fit(ctx, model, opt, digit_batches(gen), 260, before=decay)
+    g = ctx.grad_norms
+    early = sorted(g[10:40])[15]
+    ctx.check(
+        f"gradient norm grew 10x from {early:.2g} before the break", max(g[40:170]) > 10 * early
+    )
+    ctx.check(
+        "it was learning (loss at 80 under a third of the start)",
+        ctx.losses[80] < ctx.losses[0] / 3,
     )
 
 
