@@ -28,6 +28,7 @@ from torch import nn
 import steadygrad.optim as sgo
 from scenarios.common import (
     Context,
+    collapsed_fraction,
     dead_fraction,
     digit_batches,
     fit,
@@ -677,6 +678,41 @@ def h8_dead_units_tabresnet(ctx: Context) -> None:
         pre = F.relu(model.blocks[1].bn(model.blocks[1].lin1(h)))
     frac = dead_fraction(pre)
     ctx.check(f"{frac:.2f} of block 1's units dead (>= 0.5)", frac >= 0.5)
+
+
+@scenario(
+    "tabular_resnet",
+    "adamw",
+    "softmax_collapse",
+    where="head",
+    diverges=None,
+    heldout=True,
+    note="a calibration temperature (0.05) applied during training instead of after it",
+)
+def h8_softmax_collapse_tabresnet(ctx: Context) -> None:
+    """Full-batch training on 256 breast-cancer rows (nearly separable) with the logits divided
+    by a calibration temperature of 0.05 that was meant to be fitted on held-out data after
+    training, and weight decay off: within ~50 steps most rows' float32 softmax rounds to an
+    exact one-hot and their gradient to exactly zero."""
+    seeded(814)
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    x = ((x - x.mean(0)) / x.std(0))[:256]
+    y = torch.tensor(data.target)[:256]
+    model = TabResNet(30, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+
+    def batches():
+        while True:
+            yield x, y
+
+    fit(ctx, model, opt, batches(), 250, forward=lambda m, b: m(b) / 0.05)
+    model.eval()
+    with torch.no_grad():
+        frac = collapsed_fraction(model(x) / 0.05, y)
+    ctx.check(f"{frac:.2f} of the rows collapsed (> 0.5)", frac > 0.5)
 
 
 @scenario(
