@@ -19,7 +19,9 @@ Columns (per mode):
                           (its first_step) or finding (kinds mapped to the cause) at or before
                           the divergence step; the median lead in steps; and how many of those
                           whose fault starts >= 50 steps before the divergence (the scenario's
-                          ``onset``) were warned >= 50 steps ahead
+                          ``onset``) were warned >= 50 steps ahead; "at the time" counts only
+                          findings (what the run printed as it went), not a diagnosis's
+                          first_step, which can date a cause back after the fact
     healthy w/ warning    healthy controls with any warning-or-worse finding or diagnosis
     monitor raised        runs where mon.step() raised into the training loop (steadygrad must
                           never harm the run; the bench then stops stepping the monitor)
@@ -202,9 +204,11 @@ def run_one(name: str, mode: str, root: str) -> dict:
         if right is not None and right["first_step"] is not None and SEVERITY[right["severity"]]:
             steps.append(right["first_step"])
         mapping = kind_causes(run, {f.kind for f in warn})
-        steps += [f.step for f in warn if sc.cause in mapping[f.kind]]
-        steps = [s for s in steps if s <= diverges]
+        found = [f.step for f in warn if sc.cause in mapping[f.kind] and f.step <= diverges]
+        steps = [s for s in steps + found if s <= diverges]
         row["lead"] = diverges - min(steps) if steps else None
+        # what the run printed while it ran, not a diagnosis dated back after the fact
+        row["live_lead"] = diverges - min(found) if found else None
     return row
 
 
@@ -230,6 +234,10 @@ def summarise(rows: list[dict], mode: str) -> dict:
         "warned before divergence": (len(leads), len(diverging)),
         "  >= 50 ahead, of those with room": (
             sum((r.get("lead") or 0) >= 50 for r in roomy),
+            len(roomy),
+        ),
+        "  >= 50 ahead, warned at the time": (
+            sum((r.get("live_lead") or 0) >= 50 for r in roomy),
             len(roomy),
         ),
         "  median lead (steps)": statistics.median(leads) if leads else None,
