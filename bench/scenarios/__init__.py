@@ -13,6 +13,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout5,
     cases_heldout6,
     cases_heldout7,
+    cases_heldout8,
     cases_mlp,
     cases_other,
 )
