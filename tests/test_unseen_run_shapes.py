@@ -468,3 +468,56 @@ def test_one_batch_that_knocks_a_fit_off_is_an_outlier_even_if_the_loss_stays_up
     spike = ("loss_spike", 180, None, {"loss": 170.0, "baseline": 2e-4, "ratio": 8.5e5}, "warning")
     causes = _stored(tmp_path, str(aftermath), rows, [spike]).causes()
     assert ("data_outlier" in causes) is (aftermath < 1)
+
+
+# -- explosions: where the weights grew, and whether they grew everywhere (eighth set) ----------
+
+
+def _weights(tmp_path, name, growth, findings, steps=120):
+    # per-tensor weight norms, each growing geometrically by its own factor over the run
+    rows = []
+    for t in range(steps):
+        row = {"loss": 1.0 if t < 100 else 1.0 + 0.2 * (t - 100)}
+        for tensor, factor in growth.items():
+            row[f"param_norm/{tensor}"] = factor ** (t / (steps - 1))
+        rows.append(row)
+    return _stored(tmp_path, name, rows, findings)
+
+
+def test_an_explosion_is_placed_at_the_weights_that_grew_and_demoted_if_all_grew(tmp_path):
+    grew = ("gradient_growth", 110, "stem.weight", {"started_at_step": 20}, "critical")
+    climb = ("loss_divergence", 105, None, {"ratio": 3.0, "best_level_step": 99}, "critical")
+    grew = [grew, climb]
+    one = {"stem.weight": 1.2, "trans1.weight": 20.0, "head.weight": 1.5, "trans1.bias": 90.0}
+    report = _weights(tmp_path, "one", one, grew)
+    explosion = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert explosion.where[0] == "trans1" and "stem.weight" in explosion.where  # bias ignored
+    assert report.top.cause == "exploding_gradients"
+    # every weight grew 4x (a weight decay of the wrong sign): the growth follows the weights
+    everywhere = {"stem.weight": 4.0, "trans1.weight": 4.2, "head.weight": 3.9}
+    report = _weights(tmp_path, "all", everywhere, grew)
+    explosion = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert explosion.confidence == "low" and "everywhere" in explosion.why
+    assert report.top.cause == "loss_divergence"
+
+
+@pytest.mark.parametrize("began, confirmed", [(20, 104), (105, 106), (20, 180)])
+def test_growth_confirmed_just_after_the_break_that_began_before_it_may_have_come_first(
+    tmp_path, began, confirmed
+):
+    rows = [{"loss": 1.0 if t < 100 else 3.0} for t in range(200)]
+    climb = ("loss_divergence", 100, None, {"ratio": 3.0, "best_level_step": 60}, "critical")
+    grew = ("gradient_growth", confirmed, "w", {"started_at_step": began}, "critical")
+    report = _stored(tmp_path, f"{began}-{confirmed}", rows, [climb, grew])
+    credited = began < 100 and confirmed <= 110  # began before, and confirmed soon after
+    assert (report.top.cause == "exploding_gradients") is credited
+
+
+def test_dead_units_before_a_nan_that_the_loss_improved_past_do_not_explain_it(tmp_path):
+    rows = [{"loss": 2.0 * math.exp(-t / 40)} for t in range(170)] + [{"loss": math.nan}]
+    dead = ("loss_of_plasticity", 24, "body.2", {"dead_units": 0.52}, "warning")
+    nan = ("nonfinite", 170, "features", {}, "critical")
+    report = _stored(tmp_path, "nan", rows, [dead, nan])
+    assert report.top.cause == "nonfinite"
+    plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert plasticity.confidence == "low" and "kept improving" in plasticity.why

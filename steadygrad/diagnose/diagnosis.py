@@ -117,6 +117,9 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
 TIER_SCORE = {MECHANISM: 30.0, EVENT: 20.0, SYMPTOM: 10.0}
 
 
+# Steps after the break within which a growth confirmed late, but begun before, may be first.
+CONFIRMED_SOON = 10
+
 # Steps of progress (a new best loss) after a stalling cause was seen that show it did not stop
 # learning.
 PROGRESS_AFTER = 20
@@ -163,6 +166,20 @@ def judge(d: Diagnosis, broke: int | None, progress_until: int | None = None) ->
             f"seen at step {first}, {lead} step(s) before the run broke at step {broke}: "
             "it came first and explains what followed"
         )
+    elif (
+        (began := _growth_began(d)) is not None
+        and began < broke
+        and first is not None
+        and first - broke <= CONFIRMED_SOON
+    ):
+        # Confirmed just after the break, but the finding says its growth began before it;
+        # weaker than a cadenced reading that could not look sooner: this one was watching.
+        d.score += 5.0
+        d.confidence = "medium"
+        d.why = (
+            f"confirmed at step {first}, after the run broke at step {broke}, but growing since "
+            f"step {began}: it may have come first"
+        )
     elif (previous := _previous_reading(d)) is not None and previous < broke:
         # Measured on a cadence, and not read between the break and this finding: the cause
         # may have started anywhere since the reading before, the break's own step included.
@@ -181,6 +198,14 @@ def judge(d: Diagnosis, broke: int | None, progress_until: int | None = None) ->
         )
 
 
+def _growth_began(d: Diagnosis) -> int | None:
+    """The step a growth cause's finding says the growth began (gradient growth's
+    ``started_at_step``), if it says."""
+    first = d.evidence.get("first")
+    step = (first if isinstance(first, dict) else d.evidence).get("started_at_step")
+    return step if isinstance(step, int) else None
+
+
 def _previous_reading(d: Diagnosis) -> int | None:
     """The step of the reading before the one that found a cadenced cause (see
     :data:`~steadygrad.diagnose.detectors.base.PREVIOUS_READING`), if its finding says."""
@@ -192,7 +217,13 @@ def _previous_reading(d: Diagnosis) -> int | None:
 
 def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
     """Drop a cause below the symptoms when another cause, seen at or before it, produces its
-    evidence (its rule's ``explained_by``)."""
+    evidence (its rule's ``explained_by``), or when its own check saw what produces it
+    (``consequence_of``)."""
+    if d.consequence_of:
+        d.score = min(d.score, TIER_SCORE[SYMPTOM] - 5.0)
+        d.confidence = "low"
+        d.why = d.consequence_of + ": more likely a consequence than the cause"
+        return
     if d.first_step is None:
         return
     for other in found:

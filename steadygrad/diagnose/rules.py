@@ -87,6 +87,7 @@ class Diagnosis:
     why: str = ""
     explained_by: tuple[str, ...] = ()
     stalls: bool = False
+    consequence_of: str = ""
 
     @property
     def rank_key(self) -> tuple:
@@ -103,6 +104,7 @@ class Found:
     where: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
     severity: str | None = None
+    consequence_of: str = ""  # what the check saw that produces this evidence by itself
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class Rule:
             tier=self.tier,
             explained_by=self.explained_by,
             stalls=self.stalls,
+            consequence_of=found.consequence_of,
         )
 
 
@@ -181,12 +184,26 @@ class RunFacts:
 
     @cached_property
     def progress_until(self) -> int | None:
-        """The step of the best sustained loss before the run broke (the loss divergence that
-        broke it says), if a climb broke it."""
+        """The step of the best sustained loss before the run broke: what the loss divergence
+        that broke it says, else the lowest 5-step running median of the loss before the break
+        (a NaN, an explosion)."""
         broke = self.broke_at
-        climbs = [f for f in self.of(LOSS_DIVERGENCE) if f.step == broke]
+        if broke is None:
+            return None
+        climbs = [f for f in self.findings if f.kind == LOSS_DIVERGENCE and f.step == broke]
         step = climbs[0].evidence.get("best_level_step") if climbs else None
-        return int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None
+        if isinstance(step, (int, float)) and math.isfinite(step):
+            return int(step)
+        loss = self.series(LOSS.name)
+        if loss is None:
+            return None
+        steps, values = loss
+        keep = (steps < broke) & np.isfinite(values)
+        steps, values = steps[keep], values[keep]
+        if len(values) < 5:
+            return None
+        medians = np.median(np.lib.stride_tricks.sliding_window_view(values, 5), axis=1)
+        return int(steps[4 + int(np.argmin(medians))])
 
     @cached_property
     def optimizer(self) -> str:
@@ -256,6 +273,8 @@ def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], 
 # Weights that grew this many times over, and this many times more than any other weights did,
 # amplify the gradients of the layers before them: they are where an explosion sits.
 AMPLIFIER_GROWTH, AMPLIFIER_LEAD = 10.0, 3.0
+# The median weight tensor grew this many times over: the weights grew everywhere.
+EVERYWHERE_GROWTH = 2.5
 
 
 def _exploding(facts: RunFacts) -> Found | None:
@@ -265,7 +284,18 @@ def _exploding(facts: RunFacts) -> Found | None:
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None or found.first_step is None:
         return found
-    grown = _grown_weights(facts, until=max(found.first_step, facts.broke_at or 0))
+    until = max(found.first_step, facts.broke_at or 0)
+    everywhere = _median_weight_growth(facts, until)
+    if everywhere >= EVERYWHERE_GROWTH:
+        # Every weight grew (a weight decay with its sign flipped, a regulariser rewarding
+        # size): gradients grow with the weights they flow through, in every layer at once.
+        found.consequence_of = (
+            f"the weights grew {everywhere:.3g}x everywhere (the median tensor): the gradients "
+            "grew with them; look for what scales every weight (a weight decay of the wrong sign)"
+        )
+        found.evidence["median_weight_growth"] = everywhere
+        return found
+    grown = _grown_weights(facts, until)
     if grown is not None:
         name, factor = grown
         module = name.rpartition(".")[0] or name
@@ -279,9 +309,27 @@ def _exploding(facts: RunFacts) -> Found | None:
 
 
 def _grown_weights(facts: RunFacts, until: int) -> tuple[str, float] | None:
-    """The weight tensor (biases left out: they start near 0) whose norm grew the most from
-    its lowest in the first half of the run to its last finite value by ``until``, if it grew
+    """The weight tensor whose norm grew the most (see :func:`_weight_growth`), if it grew
     ``AMPLIFIER_GROWTH`` times and ``AMPLIFIER_LEAD`` times more than any other."""
+    growth = _weight_growth(facts, until)
+    if not growth:
+        return None
+    growth.sort(reverse=True)
+    top, name = growth[0]
+    runner_up = growth[1][0] if len(growth) > 1 else 1.0
+    if top >= AMPLIFIER_GROWTH and top >= AMPLIFIER_LEAD * runner_up:
+        return name, top
+    return None
+
+
+def _median_weight_growth(facts: RunFacts, until: int) -> float:
+    growth = _weight_growth(facts, until)
+    return float(np.median([g for g, _ in growth])) if len(growth) >= 3 else 1.0
+
+
+def _weight_growth(facts: RunFacts, until: int) -> list[tuple[float, str]]:
+    """(growth, parameter) of each weight tensor (biases left out: they start near 0): its norm's
+    last finite value by ``until`` over its lowest in the first half of that span."""
     growth = []
     for name in facts.names:
         if "/" not in name or not PARAM_NORM.owns(name) or name.endswith("bias"):
@@ -294,14 +342,7 @@ def _grown_weights(facts: RunFacts, until: int) -> tuple[str, float] | None:
         low = values[: len(values) // 2].min()
         if low > 0:
             growth.append((float(values[-1] / low), name.split("/", 1)[1]))
-    if not growth:
-        return None
-    growth.sort(reverse=True)
-    top, name = growth[0]
-    runner_up = growth[1][0] if len(growth) > 1 else 1.0
-    if top >= AMPLIFIER_GROWTH and top >= AMPLIFIER_LEAD * runner_up:
-        return name, top
-    return None
+    return growth
 
 
 def _nonfinite(facts: RunFacts) -> Found | None:
