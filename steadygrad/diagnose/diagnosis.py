@@ -11,6 +11,7 @@ import numpy as np
 
 from steadygrad.core import Severity
 from steadygrad.diagnose.detectors.base import PREVIOUS_READING
+from steadygrad.diagnose.detectors.trends import GROWTH_BEGAN
 from steadygrad.diagnose.rules import EVENT, MECHANISM, RULES, SYMPTOM, Diagnosis, Rule, RunFacts
 from steadygrad.store.run import Run, load
 
@@ -155,8 +156,7 @@ def judge(d: Diagnosis, broke: int | None, progress_until: int | None = None) ->
         d.confidence = "low"
         d.why = (
             f"seen from step {first}, yet the loss kept improving until step {progress_until}: "
-            f"it did not stop learning, and does not explain the climb that broke the run at "
-            f"step {broke}"
+            f"it did not stop learning, and does not explain the break at step {broke}"
         )
     elif first is not None and first <= broke:
         lead = broke - first
@@ -201,17 +201,19 @@ def judge(d: Diagnosis, broke: int | None, progress_until: int | None = None) ->
 def _growth_began(d: Diagnosis) -> int | None:
     """The step a growth cause's finding says the growth began (gradient growth's
     ``started_at_step``), if it says."""
-    first = d.evidence.get("first")
-    step = (first if isinstance(first, dict) else d.evidence).get("started_at_step")
-    return step if isinstance(step, int) else None
+    return _first_finding_step(d, GROWTH_BEGAN)
 
 
 def _previous_reading(d: Diagnosis) -> int | None:
     """The step of the reading before the one that found a cadenced cause (see
     :data:`~steadygrad.diagnose.detectors.base.PREVIOUS_READING`), if its finding says."""
+    return _first_finding_step(d, PREVIOUS_READING)
+
+
+def _first_finding_step(d: Diagnosis, key: str) -> int | None:
+    """A step the diagnosis's first finding records under ``key`` (in its evidence)."""
     first = d.evidence.get("first")
-    evidence = first if isinstance(first, dict) else d.evidence
-    step = evidence.get(PREVIOUS_READING)
+    step = (first if isinstance(first, dict) else d.evidence).get(key)
     return step if isinstance(step, int) else None
 
 

@@ -284,8 +284,8 @@ def _exploding(facts: RunFacts) -> Found | None:
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None or found.first_step is None:
         return found
-    until = max(found.first_step, facts.broke_at or 0)
-    everywhere = _median_weight_growth(facts, until)
+    growth = _weight_growth(facts, until=max(found.first_step, facts.broke_at or 0))
+    everywhere = float(np.median([g for g, _ in growth])) if len(growth) >= 3 else 1.0
     if everywhere >= EVERYWHERE_GROWTH:
         # Every weight grew (a weight decay with its sign flipped, a regulariser rewarding
         # size): gradients grow with the weights they flow through, in every layer at once.
@@ -295,7 +295,7 @@ def _exploding(facts: RunFacts) -> Found | None:
         )
         found.evidence["median_weight_growth"] = everywhere
         return found
-    grown = _grown_weights(facts, until)
+    grown = _amplifier(growth)
     if grown is not None:
         name, factor = grown
         module = name.rpartition(".")[0] or name
@@ -308,23 +308,16 @@ def _exploding(facts: RunFacts) -> Found | None:
     return found
 
 
-def _grown_weights(facts: RunFacts, until: int) -> tuple[str, float] | None:
-    """The weight tensor whose norm grew the most (see :func:`_weight_growth`), if it grew
+def _amplifier(growth: list[tuple[float, str]]) -> tuple[str, float] | None:
+    """Of (growth, parameter) pairs, the weight tensor that grew the most, if it grew
     ``AMPLIFIER_GROWTH`` times and ``AMPLIFIER_LEAD`` times more than any other."""
-    growth = _weight_growth(facts, until)
     if not growth:
         return None
-    growth.sort(reverse=True)
-    top, name = growth[0]
-    runner_up = growth[1][0] if len(growth) > 1 else 1.0
+    (top, name), *rest = sorted(growth, reverse=True)
+    runner_up = rest[0][0] if rest else 1.0
     if top >= AMPLIFIER_GROWTH and top >= AMPLIFIER_LEAD * runner_up:
         return name, top
     return None
-
-
-def _median_weight_growth(facts: RunFacts, until: int) -> float:
-    growth = _weight_growth(facts, until)
-    return float(np.median([g for g, _ in growth])) if len(growth) >= 3 else 1.0
 
 
 def _weight_growth(facts: RunFacts, until: int) -> list[tuple[float, str]]:

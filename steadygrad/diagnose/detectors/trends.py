@@ -40,6 +40,7 @@ UNSTABLE_STEPS = FindingKind(
 
 WRECKED_WEIGHTS = "wrecked_weights"  # evidence of a gradient explosion: where the run broke
 BROKE_AT_ONCE = "broke_at_once"  # evidence of a divergence: the first updates broke the run
+GROWTH_BEGAN = "started_at_step"  # evidence of gradient growth: where the growth began
 NOISE_Z = 4.0  # how many times its own noise a level must move before it counts as moved
 MEASURE_EVERY = 8  # values between two measurements of a sustained level's scatter
 
@@ -383,7 +384,7 @@ class GradientGrowth(Detector):
             "best_level_step": level.floor_step,
         }
         if where is not None:
-            evidence["started_at_step"] = started
+            evidence[GROWTH_BEGAN] = started
         return [Finding(self.kind, record.step, where, evidence, severity)]
 
     def _exploded_then_collapsed(self, record: Record, norm: float) -> list[Finding]:
