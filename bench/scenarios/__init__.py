@@ -15,6 +15,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout7,
     cases_heldout8,
     cases_heldout9,
+    cases_heldout10,
     cases_mlp,
     cases_other,
 )
