@@ -118,6 +118,10 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
 TIER_SCORE = {MECHANISM: 30.0, EVENT: 20.0, SYMPTOM: 10.0}
 
 
+# Steps into a climb after which a stalling cause first seen is no longer where it began (units
+# dying as a penalty bites make the loss climb, and are read within a few readings of it).
+LONG_AFTER = 50
+
 # Steps after the break within which a growth confirmed late, but begun before, may be first.
 CONFIRMED_SOON = 10
 
@@ -137,7 +141,7 @@ def judge(
     after the break is more likely a consequence and drops below them. ``progress_until``: the
     step of the best loss before the break; a cause that only stalls learning, seen well before
     it, did not stop the progress and does not explain the climb that followed; nor one first
-    seen after the loss began to climb (``climbing_from``)."""
+    seen long after the loss began to climb (``climbing_from``)."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     if d.severity == "info":  # its own evidence was judged harmless: below any warning
@@ -151,14 +155,14 @@ def judge(
         d.stalls
         and first is not None
         and climbing_from is not None
-        and first > climbing_from
+        and first - climbing_from >= LONG_AFTER
         and (previous is None or previous >= climbing_from)
     ):
         d.score = TIER_SCORE[SYMPTOM] - 5.0
         d.confidence = "low"
         d.why = (
-            f"first seen at step {first}, after the loss had begun to climb (step "
-            f"{climbing_from}): a stall does not make a loss climb; more likely its consequence"
+            f"first seen at step {first}, long after the loss had begun to climb (step "
+            f"{climbing_from}): more likely a consequence of what made it climb"
         )
         return
     if d.tier == SYMPTOM:
