@@ -521,3 +521,31 @@ def test_dead_units_before_a_nan_that_the_loss_improved_past_do_not_explain_it(t
     assert report.top.cause == "nonfinite"
     plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
     assert plasticity.confidence == "low" and "kept improving" in plasticity.why
+
+
+# -- the ninth held-out set ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dead_at", [396, 150, 275])
+def test_dead_units_first_seen_long_into_a_climb_are_its_consequence(tmp_path, dead_at):
+    # 396: 127 steps into the climb (data drift, then units die); 150: before it; 275: just
+    # after it began (units dying as a penalty bites make the loss climb)
+    rows = [{"loss": 2.2 if t < 200 else 2.2 + 0.01 * (t - 200)} for t in range(400)]
+    climb = ("loss_divergence", 269, None, {"ratio": 1.56, "best_level_step": 178}, "warning")
+    dead = ("loss_of_plasticity", dead_at, "mlp.fc", {"previous_reading": dead_at - 12}, "warning")
+    report = _stored(tmp_path, str(dead_at), rows, [climb, dead])
+    assert report.top.cause == ("loss_divergence" if dead_at >= 319 else "loss_of_plasticity")
+
+
+def test_a_rate_raised_60_steps_before_the_climb_explains_it_and_the_large_updates(tmp_path):
+    # SGD resumed at 6x the rate at step 150: one tensor's updates outgrow its weights from
+    # 190, and the loss climbs from 210
+    rows = [{"loss": 0.5, "lr/0": 0.1 if t < 150 else 0.6} for t in range(300)]
+    large = ("update_ratio_out_of_range", 190, "log_width", {"direction": "too_large"}, "warning")
+    climb = ("loss_divergence", 210, None, {"ratio": 2.2}, "warning")
+    report = _stored(tmp_path, "resume", rows, [large, climb])
+    assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 149
+    ratio = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
+    assert ratio.confidence == "low"
+    flat = [{**r, "lr/0": 0.1} for r in rows]  # the same run at a constant rate
+    assert _stored(tmp_path, "flat", flat, [large, climb]).top.cause == "update_ratio_out_of_range"

@@ -102,7 +102,7 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
     found = [d for rule in rules if (d := rule.apply(facts)) is not None]
     broke = facts.broke_at
     for d in found:
-        judge(d, broke, facts.progress_until)
+        judge(d, broke, facts.progress_until, facts.climbing_from)
     for d in found:
         explained(d, found)
     found.sort(
@@ -118,6 +118,10 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
 TIER_SCORE = {MECHANISM: 30.0, EVENT: 20.0, SYMPTOM: 10.0}
 
 
+# Steps into a climb after which a stalling cause first seen is no longer where it began (units
+# dying as a penalty bites make the loss climb, and are read within a few readings of it).
+LONG_AFTER = 50
+
 # Steps after the break within which a growth confirmed late, but begun before, may be first.
 CONFIRMED_SOON = 10
 
@@ -126,12 +130,18 @@ CONFIRMED_SOON = 10
 PROGRESS_AFTER = 20
 
 
-def judge(d: Diagnosis, broke: int | None, progress_until: int | None = None) -> None:
+def judge(
+    d: Diagnosis,
+    broke: int | None,
+    progress_until: int | None = None,
+    climbing_from: int | None = None,
+) -> None:
     """Score a diagnosis, say how confident it is and why. A mechanism outranks the symptoms
     only when its evidence came before the run broke (it can explain them); one first seen
     after the break is more likely a consequence and drops below them. ``progress_until``: the
     step of the best loss before the break; a cause that only stalls learning, seen well before
-    it, did not stop the progress and does not explain the climb that followed."""
+    it, did not stop the progress and does not explain the climb that followed; nor one first
+    seen long after the loss began to climb (``climbing_from``)."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     if d.severity == "info":  # its own evidence was judged harmless: below any warning
@@ -140,6 +150,21 @@ def judge(d: Diagnosis, broke: int | None, progress_until: int | None = None) ->
         d.why = "every finding behind it was judged harmless (info)"
         return
     first = d.first_step
+    previous = _previous_reading(d)
+    if (
+        d.stalls
+        and first is not None
+        and climbing_from is not None
+        and first - climbing_from >= LONG_AFTER
+        and (previous is None or previous >= climbing_from)
+    ):
+        d.score = TIER_SCORE[SYMPTOM] - 5.0
+        d.confidence = "low"
+        d.why = (
+            f"first seen at step {first}, long after the loss had begun to climb (step "
+            f"{climbing_from}): more likely a consequence of what made it climb"
+        )
+        return
     if d.tier == SYMPTOM:
         d.confidence = "high" if d.severity != "info" else "medium"
         d.why = "a symptom: what happened, not why; a cause ranked above it explains it"
@@ -180,7 +205,7 @@ def judge(d: Diagnosis, broke: int | None, progress_until: int | None = None) ->
             f"confirmed at step {first}, after the run broke at step {broke}, but growing since "
             f"step {began}: it may have come first"
         )
-    elif (previous := _previous_reading(d)) is not None and previous < broke:
+    elif previous is not None and previous < broke:
         # Measured on a cadence, and not read between the break and this finding: the cause
         # may have started anywhere since the reading before, the break's own step included.
         d.score += 10.0

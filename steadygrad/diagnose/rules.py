@@ -183,6 +183,12 @@ class RunFacts:
         return min(broke) if broke else None
 
     @cached_property
+    def climbing_from(self) -> int | None:
+        """The step of the first finding that the loss is climbing (any loss divergence)."""
+        climbs = [f.step for f in self.findings if f.kind == LOSS_DIVERGENCE]
+        return min(climbs) if climbs else None
+
+    @cached_property
     def progress_until(self) -> int | None:
         """The step of the best sustained loss before the run broke: what the loss divergence
         that broke it says, else the lowest 5-step running median of the loss before the break
@@ -613,7 +619,7 @@ def _broke_at_once(facts: RunFacts) -> Found | None:
     )
 
 
-def _lr_rising_into_break(facts: RunFacts, window: int = 50, rise: float = 1.5) -> Found | None:
+def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5) -> Found | None:
     """The loss climbed or blew up (not a NaN out of the blue) after the learning rate rose
     ``rise`` times or more over the ``window`` steps before: a warm-up still climbing, or a
     rate raised by hand on a resume. A step size raised far enough crosses 2/sharpness; the
@@ -920,8 +926,9 @@ RULES: tuple[Rule, ...] = (
         ),
         _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range"),
         (UPDATE_RATIO_OUT_OF_RANGE,),
-        # a second moment inflated by one huge gradient damps the updates to ~0: frozen-looking
-        explained_by=("adam_second_moment_poisoned",),
+        # a second moment inflated by one huge gradient damps the updates to ~0: frozen-looking;
+        # a step size above the limit makes updates large relative to the weights
+        explained_by=("adam_second_moment_poisoned", "sharpness_above_limit"),
     ),
     Rule(
         "adam_second_moment_poisoned",
