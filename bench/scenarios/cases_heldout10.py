@@ -198,7 +198,7 @@ def h10_granitemoe_attention_multiplier(ctx: Context) -> None:
 def h10_gemma3_healthy(ctx: Context) -> None:
     gen = seeded(1003)
     model = _gemma3()
-    opt = sgo.AdaBelief(model.parameters(), lr=3e-3)
+    opt = sgo.AdaBelief(model.parameters(), lr=1.5e-3)
     fit(
         ctx,
         model,
