@@ -232,7 +232,7 @@ class Monitor:
         info = RunInfo(self.store.name, self.run_dir, run_config, list(self.metrics.values()))
         self._to_sinks("open", info)
         self.findings: list[Finding] = []
-        self._previous_ids: tuple[int | None, list[Any] | None] = (None, None)
+        self._previous_ids: tuple[int | None, Any] = (None, None)  # the last step's batch ids
         self.actions: list[tuple[int, str, dict]] = []
         self.last_record: Record | None = None
         self.inputs: StepInputs | None = None
@@ -363,13 +363,14 @@ class Monitor:
         findings: list[Finding] = []
         for detector in self.detectors:
             findings.extend(detector.update(record))
-        ids = _plain_ids(batch_ids) if batch_ids is not None else None
-        previous, self._previous_ids = self._previous_ids, (record.step, ids)
-        if findings and (ids is not None or previous[1] is not None):
+        previous, self._previous_ids = self._previous_ids, (record.step, batch_ids)
+        if findings and (batch_ids is not None or previous[1] is not None):
             # a finding judged one record late (a gradient spike, by the loss after it) keeps
-            # the ids of the batch behind it
+            # the ids of the batch behind it; ids are read off the device only for a finding
             findings = [
-                replace(f, batch_ids=previous[1] if f.step == previous[0] else ids)
+                replace(
+                    f, batch_ids=_plain_ids(previous[1] if f.step == previous[0] else batch_ids)
+                )
                 for f in findings
             ]
         self.findings.extend(findings)
@@ -685,7 +686,9 @@ def _healthy(record: Record) -> bool:
     )
 
 
-def _plain_ids(batch_ids: Any) -> list[Any]:
+def _plain_ids(batch_ids: Any) -> list[Any] | None:
+    if batch_ids is None:
+        return None
     if isinstance(batch_ids, torch.Tensor):
         return batch_ids.detach().cpu().reshape(-1).tolist()
     if isinstance(batch_ids, str | bytes):

@@ -9,6 +9,7 @@ says it is off in the run's config.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -109,13 +110,10 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         z = logp.detach().reshape(-1, logp.shape[-1])
         p = target.detach().reshape(-1, logp.shape[-1])
         p = p.exp() if log_target else p
-        one_hot = p.amax(dim=-1) == 1
-        if not bool(one_hot.any()):
-            return  # soft targets throughout: no class for a row to collapse on
+        one_hot = p.amax(dim=-1) == 1  # no host read here: rows are counted on the device
         self._head = self._head or self.producer(logp, z.shape[-1])
-        self.seen = True
-        hard = softmax_collapse_mask(z[one_hot], p[one_hot].argmax(dim=-1)).float().sum()
-        self._add({"collapsed": hard, "hard_rows": one_hot.float().sum()})
+        collapsed = softmax_collapse_mask(z, p.argmax(dim=-1)) & one_hot
+        self._add({"collapsed": collapsed.float().sum(), "hard_rows": one_hot.float().sum()})
 
     def _add(self, parts: dict[str, torch.Tensor]) -> None:
         for key, value in parts.items():
@@ -141,3 +139,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         if self._head:
             record.meta["output_module"] = self._head
+        collapse = record.values.get(SOFTMAX_COLLAPSE.name)
+        if collapse is not None and math.isnan(collapse):
+            del record.values[SOFTMAX_COLLAPSE.name]  # soft targets only: no row to collapse
+        elif collapse is not None:
+            self.seen = True  # a distillation loss with one-hot rows counts once it is read
