@@ -549,3 +549,140 @@ def test_a_rate_raised_60_steps_before_the_climb_explains_it_and_the_large_updat
     assert ratio.confidence == "low"
     flat = [{**r, "lr/0": 0.1} for r in rows]  # the same run at a constant rate
     assert _stored(tmp_path, "flat", flat, [large, climb]).top.cause == "update_ratio_out_of_range"
+
+
+# -- the fifth session: recurrences, NaNs no gradient reached, dead code --------------------------
+
+
+def _recurrent_run(tmp_path, name, rnn_grows: bool, recurrent: list[str]):
+    from steadygrad.core import Finding
+    from steadygrad.store import RunStore
+
+    store = RunStore(tmp_path / name, config={"recurrent_modules": recurrent})
+    for t in range(120):
+        burst = 1000.0 if t == 100 else 1.0
+        store.add_scalars(
+            t,
+            {
+                "loss": 2.0 if t <= 100 else 4.0,
+                "grad_norm/embed.weight": burst * 20.0,  # the largest: every time step adds
+                "grad_norm/rnn.weight_hh_l0": burst * 0.1 if rnn_grows else 0.1,
+                "grad_norm/head.weight": 0.5,
+            },
+        )
+    wrecked = {"grad_norm": 2e4, "ratio": 1e3, "wrecked_weights": True}
+    store.add_findings([Finding("gradient_growth", 100, "embed.weight", wrecked, "critical")])
+    store.close()
+    report = steadygrad.diagnose(tmp_path / name)
+    return next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+
+
+def test_an_explosion_through_a_recurrence_is_placed_at_it_not_at_the_embedding_before_it(
+    tmp_path,
+):
+    # The embedding before an RNN gets the largest gradient (every time step adds to it) while
+    # the explosion goes through the recurrence, whose own gradient grew 1000x.
+    explosion = _recurrent_run(tmp_path, "rnn", rnn_grows=True, recurrent=["rnn"])
+    assert explosion.where[0] == "rnn" and "embed.weight" in explosion.where
+    assert explosion.evidence["through_time"] == {"module": "rnn", "factor": 1000.0}
+    # controls: the recurrence's gradient did not grow; or the model has no recurrence
+    flat = _recurrent_run(tmp_path, "flat", rnn_grows=False, recurrent=["rnn"])
+    assert flat.where[0] == "embed.weight"
+    plain = _recurrent_run(tmp_path, "plain", rnn_grows=True, recurrent=[])
+    assert plain.where[0] == "embed.weight"
+
+
+def test_the_monitor_lists_the_recurrent_modules_in_the_run_config(tmp_path):
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.rnn = nn.GRU(4, 8, batch_first=True)
+            self.cell = nn.LSTMCell(8, 8)
+            self.head = nn.Linear(8, 3)
+
+    model = Tagger()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with steadygrad.watch(model, opt, tmp_path / "tagger", progress=False):
+        pass
+    assert steadygrad.load(tmp_path / "tagger").config["recurrent_modules"] == ["rnn", "cell"]
+
+
+class _Pointer(nn.Module):
+    """Scores positions and masks the padded ones with -inf: a row with nothing left is NaN in
+    the log-softmax, and masked_fill passes no gradient to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.score = nn.Linear(4, 1)
+        self.pointer = _Masked()
+
+    def forward(self, x):
+        return self.pointer(self.score(x).squeeze(-1), x[..., 0] != 0)
+
+
+class _Masked(nn.Module):
+    def forward(self, scores, mask):
+        return torch.log_softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+@pytest.mark.parametrize("empty_at", [13, None])
+def test_a_nan_loss_no_gradient_reached_is_traced_to_its_module_by_a_replay(tmp_path, empty_at):
+    torch.manual_seed(0)
+    model = _Pointer()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    with steadygrad.watch(model, opt, tmp_path / "p", progress=False) as mon:
+        for step in range(20):  # step 13 is off the activation cadence (every 25, from 0)
+            x = torch.randn(8, 6, 4, generator=g)
+            x[:, :2, 0] = 0.0  # two padded positions in every row
+            if step == empty_at:
+                x[3, :, 0] = 0.0  # a row whose items were all filtered out upstream
+            target = x[..., 1].argmax(-1).clamp(min=2)
+            loss = nn.functional.nll_loss(model(x), target)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+            if step == empty_at:
+                assert not math.isfinite(loss.item())
+                assert all(p.grad is None or p.isfinite().all() for p in model.parameters())
+    nan = [f for f in mon.findings if f.kind == "nonfinite"]
+    if empty_at is None:
+        assert nan == []
+        return
+    assert [(f.step, f.where) for f in nan] == [(13, "pointer")]
+    origin = nan[0].evidence["forward_origin"]
+    assert origin["replayed"] and origin["weights"] == "after a finite update"
+
+
+class _Branchy(nn.Module):
+    """A trunk and a side branch; ``side`` says what becomes of the branch's output."""
+
+    def __init__(self, side: str):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.LayerNorm(32))
+        self.branch = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 4)
+        self.side = side
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        b = self.branch(h)  # computed every step
+        if self.side == "detached":
+            h = h + b.detach()  # used, but no gradient reaches it: a frozen layer
+        return self.head(self.drop(h))  # "unused": b goes nowhere (dead code)
+
+
+@pytest.mark.parametrize("side", ["unused", "detached"])
+def test_a_module_whose_output_goes_nowhere_is_dead_code_not_a_frozen_layer(tmp_path, side):
+    model = _Branchy(side)
+    mon = _fit(tmp_path, side, model, torch.optim.Adam(model.parameters(), lr=1e-2))
+    branch = [f for f in mon.findings if f.where and f.where.startswith("branch")]
+    severities = {f.severity for f in branch}
+    assert severities == ({"info"} if side == "unused" else {"warning"})
+    if side == "unused":
+        assert [f.evidence["direction"] for f in branch] == ["unused"]
+    report = steadygrad.diagnose(tmp_path / side)
+    assert (report.top.severity == "warning") == (side == "detached")

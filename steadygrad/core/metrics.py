@@ -223,3 +223,6 @@ DIRECTIONAL_SHARPNESS_RATIO = Metric(
 # (Adam, RMSprop, Adagrad, ...). Such a step reads above 1 while training well (a healthy BERT
 # under AdamW: 90th percentile 2.4), so the ratio is evidence only next to a break there.
 ADAPTIVE_UPDATE = "adaptive_update"
+# Record meta key: the modules whose parameters got no gradient and whose output, nudged, left
+# the model's output unchanged (dead code, not a frozen layer); listed once, at the step checked.
+UNUSED_MODULES = "unused_modules"

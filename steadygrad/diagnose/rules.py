@@ -18,6 +18,7 @@ import numpy as np
 from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
     DIRECTIONAL_SHARPNESS_RATIO,
+    GRAD_NORM,
     LEARNING_RATE,
     LOSS,
     OPTIMIZER_SKIPPED,
@@ -281,6 +282,9 @@ def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], 
 AMPLIFIER_GROWTH, AMPLIFIER_LEAD = 10.0, 3.0
 # The median weight tensor grew this many times over: the weights grew everywhere.
 EVERYWHERE_GROWTH = 2.5
+# A recurrent module's gradient grew this many times over (the detector's own per-tensor test,
+# ``GradientGrowth.local_growth``): the explosion goes through it.
+RECURRENT_GROWTH = 3.0
 
 
 def _exploding(facts: RunFacts) -> Found | None:
@@ -290,7 +294,10 @@ def _exploding(facts: RunFacts) -> Found | None:
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None or found.first_step is None:
         return found
-    growth = _weight_growth(facts, until=max(found.first_step, facts.broke_at or 0))
+    until = max(found.first_step, facts.broke_at or 0)
+    if any(f.evidence.get(WRECKED_WEIGHTS) for f in facts.of(GRADIENT_GROWTH)):
+        until = found.first_step - 1  # the explosion's own update grew the weights it wrecked
+    growth = _weight_growth(facts, until=until)
     everywhere = float(np.median([g for g, _ in growth])) if len(growth) >= 3 else 1.0
     if everywhere >= EVERYWHERE_GROWTH:
         # Every weight grew (a weight decay with its sign flipped, a regulariser rewarding
@@ -311,7 +318,56 @@ def _exploding(facts: RunFacts) -> Found | None:
             "multiply the gradients of every layer before them"
         )
         found.evidence["grown_weights"] = {"parameter": name, "factor": factor}
+        return found
+    through_time = _recurrent_origin(facts, found)
+    if through_time is not None:
+        module, factor = through_time
+        found.where = [module] + [w for w in found.where if w != module]
+        found.summary += (
+            f"; the gradient of the recurrent {module} grew {factor:.3g}x with it: gradients "
+            "explode through time there, and the layers before it inherit the growth"
+        )
+        found.evidence["through_time"] = {"module": module, "factor": factor}
     return found
+
+
+def _recurrent_origin(facts: RunFacts, found: Found) -> tuple[str, float] | None:
+    """The recurrent module (``nn.RNN``/``LSTM``/``GRU`` or a cell, listed by the Monitor in the
+    run's config) whose own gradient grew ``RECURRENT_GROWTH`` times by the growth finding,
+    when the finding named a tensor outside every recurrent module. Gradients explode through
+    time inside a recurrence (Pascanu et al. 2013); the embedding or convolution before it gets
+    the largest gradient only because every step of the recurrence adds to it."""
+    modules = facts.run.config.get("recurrent_modules") or []
+    named = found.where[0] if found.where else ""
+    if not modules or any(_inside(named, m) for m in modules):
+        return None
+    best = None
+    for module in modules:
+        prefix = GRAD_NORM.key(module + ".")
+        factors = [
+            _grew_by(facts, name, found.first_step)
+            for name in facts.names
+            if name.startswith(prefix)
+        ]
+        factor = max(factors, default=0.0)
+        if factor >= RECURRENT_GROWTH and (best is None or factor > best[1]):
+            best = (module, factor)
+    return best
+
+
+def _inside(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
+
+
+def _grew_by(facts: RunFacts, name: str, until: int) -> float:
+    """How many times a series' largest value over the last 3 readings up to ``until`` stands
+    above its median over the first half of the span (0 when there is too little to say)."""
+    steps, values = facts.series(name)
+    values = values[np.isfinite(values) & (steps <= until)]
+    if len(values) < 6:
+        return 0.0
+    early = float(np.median(values[: len(values) // 2]))
+    return float(values[-3:].max() / early) if early > 0 else 0.0
 
 
 def _amplifier(growth: list[tuple[float, str]]) -> tuple[str, float] | None:

@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
-from steadygrad.core.metrics import ACT_RMS, LOSS, NONFINITE_GRADS, NONFINITE_PARAMS
+from steadygrad.core.metrics import (
+    ACT_RMS,
+    LOSS,
+    NONFINITE_GRADS,
+    NONFINITE_PARAMS,
+    UNUSED_MODULES,
+)
 
 
 @dataclass
@@ -132,7 +139,8 @@ class ActivationSignal(Signal):
     copied before the corrupt update lands; the step's forward is then re-run on the same inputs
     with those weights under hooks (as large trainers re-run a suspicious step), and the model is
     put back as training left it. When the update was skipped (the autopilot, a GradScaler) the
-    weights are still clean and are used as they are. Where neither is possible (the pre-step
+    weights are still clean and are used as they are; when it was finite (a NaN in the loss that
+    no gradient reached) the weights it left are. Where neither is possible (the pre-step
     check would cost a device synchronisation: on an accelerator without the autopilot), a guard
     measures the next ``guard_steps`` steps, and a module whose own weights the NaN update
     corrupted is never blamed: the origin is then reported as unknown.
@@ -152,6 +160,7 @@ class ActivationSignal(Signal):
         self._input_hook: Any = None
         self._replaying = False
         self._corrupted: list[str] = []  # parameters non-finite before this step's forward
+        self._unused_checked = False
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
@@ -217,6 +226,8 @@ class ActivationSignal(Signal):
         elif self._hooked and "forward_origin" in record.meta:
             self._guard_left = 0
         self._hooked = False
+        if not self._unused_checked and not unhealthy and self._calls:
+            self._check_unused(record)
         self._calls, self._clean_state = [], None
         if v.get(NONFINITE_GRADS.name) and not record.meta.get("skipped"):
             # a non-finite update was applied: the weights it made non-finite are its victims
@@ -226,31 +237,103 @@ class ActivationSignal(Signal):
         """Re-run the step's forward calls on their inputs with the weights before the update,
         under hooks; the first non-finite producer, or None when it cannot be done."""
         stepped_clean = record.meta.get("skipped") or record.meta.get("skipped_by")
-        if not self._calls or (self._clean_state is None and not stepped_clean):
+        # A finite update (a NaN the loss's gradient never reached: a masked score, a detached
+        # term) left finite weights one ordinary step on: a data-borne NaN comes back with them.
+        finite_update = not record.values.get(NONFINITE_GRADS.name) and not record.values.get(
+            NONFINITE_PARAMS.name
+        )
+        if not self._calls or (
+            self._clean_state is None and not stepped_clean and not finite_update
+        ):
             return None
-        model = self.monitor.model
-        now = None
-        rng = torch.get_rng_state()
+        weights = (
+            "before the update"
+            if self._clean_state is not None or stepped_clean
+            else "after a finite update"
+        )
         try:
-            with torch.no_grad():
-                now = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if self._clean_state is not None:
-                    model.load_state_dict(self._clean_state)
-                self._replaying = True
+            with self._rerunning(self._clean_state):
                 for args, kwargs, state in self._calls:
                     torch.set_rng_state(state)
                     self.hooks.install()
-                    model(*args, **kwargs)
+                    self.monitor.model(*args, **kwargs)
                     self.hooks.remove()
                     norms = self.hooks.tensor()
                     if norms is None:
                         continue
                     _, origin = self.hooks.read(norms.tolist())
                     if origin is not None:
-                        return {**origin, "replayed": True}
+                        return {**origin, "replayed": True, "weights": weights}
             return None
         except Exception:  # noqa: BLE001 - a replay never breaks training; the guard remains
             return None
+
+    def detach(self) -> None:
+        self.hooks.remove()
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
+
+    def _check_unused(self, record: Record, most: int = 8) -> None:
+        """Once, on the first healthy step with gradients: modules whose parameters all got no
+        gradient are re-run with their output nudged; those that leave the model's output as it
+        was are dead code (an unused branch), not frozen layers: listed in
+        ``record.meta[UNUSED_MODULES]``. A module whose output is used but detached, or that
+        runs on only some steps, changes the output and is left to the frozen-layer test."""
+        model = self.monitor.model
+        gradless: dict[str, bool] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                owner = name.rpartition(".")[0]
+                gradless[owner] = gradless.get(owner, True) and p.grad is None
+        suspects = [m for m, none in gradless.items() if none and m]
+        if len(suspects) == len(gradless):
+            return  # no gradient anywhere: zero_grad ran before mon.step, nothing to tell
+        self._unused_checked = True
+        if not suspects or len(suspects) > most:
+            return
+        modules = dict(model.named_modules())
+        try:
+            with self._rerunning(None):
+                baseline = self._outputs()
+                unused = []
+                for name in suspects:
+                    # a module that never ran, or gave no floating-point output, changes nothing
+                    handle = modules[name].register_forward_hook(_nudge)
+                    try:
+                        nudged = self._outputs()
+                    finally:
+                        handle.remove()
+                    if len(nudged) == len(baseline) and all(
+                        torch.equal(a, b) for a, b in zip(baseline, nudged, strict=True)
+                    ):
+                        unused.append(name)
+        except Exception:  # noqa: BLE001 - a check never breaks training; nothing is claimed
+            return
+        if unused:
+            record.meta[UNUSED_MODULES] = unused
+
+    def _outputs(self) -> list[torch.Tensor]:
+        outs = []
+        for args, kwargs, state in self._calls:
+            torch.set_rng_state(state)
+            outs += _floats(self.monitor.model(*args, **kwargs))
+        return outs
+
+    @contextmanager
+    def _rerunning(self, weights: dict[str, torch.Tensor] | None):
+        """Re-run forward calls with ``weights`` (None: as they are) under no_grad; the model's
+        state (BatchNorm statistics included) and the random state are put back afterwards."""
+        model = self.monitor.model
+        now = None
+        rng = torch.get_rng_state()
+        try:
+            with torch.no_grad():
+                now = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if weights is not None:
+                    model.load_state_dict(weights)
+                self._replaying = True
+                yield
         finally:
             self._replaying = False
             self.hooks.remove()
@@ -258,11 +341,20 @@ class ActivationSignal(Signal):
             if now is not None:
                 model.load_state_dict(now)
 
-    def detach(self) -> None:
-        self.hooks.remove()
-        if self._input_hook is not None:
-            self._input_hook.remove()
-            self._input_hook = None
+
+def _nudge(module: nn.Module, args: tuple, output: object) -> object:
+    """A forward hook that adds noise of a tenth of its own scale to every floating-point tensor
+    of the output (random, so a normalisation after it cannot take it out; from its own
+    generator, so the dropout masks drawn after it stay those of the baseline)."""
+
+    def nudged(t: object) -> object:
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()):
+            return t
+        noise = torch.Generator(device=t.device).manual_seed(0)
+        draw = torch.randn(t.shape, generator=noise, device=t.device, dtype=t.dtype)
+        return t + 0.1 * (t.abs().mean() + 1e-3) * draw
+
+    return tree_map(nudged, output)
 
 
 def _on_accelerator(model: nn.Module) -> bool:

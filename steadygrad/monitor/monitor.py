@@ -197,6 +197,9 @@ class Monitor:
             "optimizer": type(optimizer).__name__,
             "optimizer_family": optimizer_family(optimizer),
             "add_qk_norm_applies": bool(qk_norm_targets(model)),
+            "recurrent_modules": [
+                n for n, m in model.named_modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))
+            ],
             "parameters": sum(p.numel() for p in self.parameters.stats.params),
             "every": self.every,
             "signals": {k: "on" if v is True else f"off: {v}" for k, v in switched.items()},

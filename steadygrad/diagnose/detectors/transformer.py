@@ -35,6 +35,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_RMS,
     RELU_ACTIVE,
     SOFTMAX_COLLAPSE,
+    UNUSED_MODULES,
     UPDATE_RATIO,
 )
 from steadygrad.diagnose.detectors.base import PREVIOUS_READING, Detector, Readings
@@ -498,6 +499,7 @@ class UpdateRatioOutOfRange(Detector):
         self.patience = positive_int("patience", patience)
         self._high: dict[str, _Streak] = {}
         self._low: dict[str, _Streak] = {}
+        self._unused: tuple[str, ...] = ()  # modules found to be dead code (UNUSED_MODULES)
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
     reads, emits = (UPDATE_RATIO,), (UPDATE_RATIO_OUT_OF_RANGE,)
@@ -506,8 +508,15 @@ class UpdateRatioOutOfRange(Detector):
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
         findings = []
+        for module in record.meta.get(UNUSED_MODULES, ()):
+            # Dead code, not a frozen layer: its output never reaches the model's output.
+            self._unused += (module + ".",)
+            evidence = {"direction": "unused", "note": "no gradient, and its output is unused"}
+            findings.append(Finding(self.kind, record.step, module, evidence, "info"))
         for name, ratio in record.family(UPDATE_RATIO.name).items():
             if not math.isfinite(ratio) or name == "bias" or name.endswith(".bias"):
+                continue
+            if name.startswith(self._unused):
                 continue
             too_large = self._high.setdefault(name, _Streak())
             if too_large.update(ratio > self.high, self.patience):
