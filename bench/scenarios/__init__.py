@@ -16,6 +16,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout8,
     cases_heldout9,
     cases_heldout10,
+    cases_heldout12,
     cases_mlp,
     cases_other,
 )
