@@ -962,7 +962,6 @@ def _jamba():
         mamba_d_conv=4,
         mamba_expand=2,
         mamba_dt_rank=4,
-        use_mamba_kernels=False,
         max_position_embeddings=64,
         pad_token_id=0,
         bos_token_id=0,
