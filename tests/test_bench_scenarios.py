@@ -131,3 +131,20 @@ def test_the_fifth_held_out_file_is_registered_and_selectable(capsys):
     assert bench.main(["--file", "cases_heldout5", "--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert sorted(listed) == sorted(s.name for s in fifth)
+
+
+def test_the_twelfth_held_out_file_is_registered_and_selectable(capsys):
+    twelfth = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout12")]
+    assert all(s.heldout and s.name.startswith("h12_") for s in twelfth)
+    assert sum(not s.healthy for s in twelfth) == 12 and sum(s.healthy for s in twelfth) == 4
+    assert len({s.cause for s in twelfth} - {"healthy"}) >= 11
+    assert len({s.optimizer for s in twelfth}) >= 10 and len({s.family for s in twelfth}) >= 12
+    others = {s.family for s in SCENARIOS.values() if s not in twelfth}
+    assert not {s.family for s in twelfth} & others
+    for s in twelfth:
+        if s.healthy or s.cause in ("data_outlier", "loss_divergence", "sharpness_above_limit"):
+            assert s.where == (), s.name
+        assert s.diverges in (None, "auto") or s.diverges >= s.onset, s.name
+    assert bench.main(["--file", "cases_heldout12", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(listed) == sorted(s.name for s in twelfth)
