@@ -672,17 +672,197 @@ class _Branchy(nn.Module):
         b = self.branch(h)  # computed every step
         if self.side == "detached":
             h = h + b.detach()  # used, but no gradient reaches it: a frozen layer
+        if self.side == "zero_input":  # a weight whose input is always zero (TabNet's first
+            h = h + self.branch(torch.zeros_like(h))  # attentive step): its gradient is 0
         return self.head(self.drop(h))  # "unused": b goes nowhere (dead code)
 
 
-@pytest.mark.parametrize("side", ["unused", "detached"])
-def test_a_module_whose_output_goes_nowhere_is_dead_code_not_a_frozen_layer(tmp_path, side):
+@pytest.mark.parametrize("side", ["unused", "zero_input", "detached"])
+def test_a_weight_whose_value_changes_nothing_is_dead_code_not_a_frozen_layer(tmp_path, side):
     model = _Branchy(side)
     mon = _fit(tmp_path, side, model, torch.optim.Adam(model.parameters(), lr=1e-2))
-    branch = [f for f in mon.findings if f.where and f.where.startswith("branch")]
-    severities = {f.severity for f in branch}
-    assert severities == ({"info"} if side == "unused" else {"warning"})
-    if side == "unused":
-        assert [f.evidence["direction"] for f in branch] == ["unused"]
+    branch = {(f.where, f.severity, f.evidence["direction"]) for f in mon.findings}
+    dead = {"unused": ["branch.weight", "branch.bias"], "zero_input": ["branch.weight"]}
+    if side == "detached":
+        assert branch == {("branch.weight", "warning", "frozen")}
+    else:
+        assert branch == {(name, "info", "unused") for name in dead[side]}
     report = steadygrad.diagnose(tmp_path / side)
     assert (report.top.severity == "warning") == (side == "detached")
+
+
+# -- the eleventh held-out set: what a run trained through, units idle from the start -------------
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_gradient_100x_the_weights_at_init_is_an_explosion_only_if_the_run_is_hurt(
+    tmp_path, optimizer
+):
+    # Inputs 1000x too large at initialisation: the first gradient dwarfs the weights. SGD's
+    # first step scales with it and wrecks the fit; Adam's does not, and the run trains on.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    g = torch.Generator().manual_seed(0)
+    x = 1000.0 * torch.randn(64, 8, generator=g)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    opt = (
+        torch.optim.Adam(model.parameters(), lr=1e-2)
+        if optimizer == "adam"
+        else torch.optim.SGD(model.parameters(), lr=0.1)
+    )
+    losses = []
+    with steadygrad.watch(model, opt, tmp_path / optimizer, progress=False) as mon:
+        for _ in range(30):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            losses.append(loss.item())
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    growth = [(f.step, f.severity) for f in mon.findings if f.kind == "gradient_growth"]
+    if optimizer == "adam":
+        assert min(losses[-5:]) < 0.01 * losses[0]  # the oracle: it trained through it
+        assert growth == []
+    else:  # the oracle: the first steps hurt (the wrecked weights hide the ratio at step 0)
+        assert min(losses[1:6]) > 100 * losses[0]
+        assert growth[0][1] == "critical" and growth[0][0] <= 5
+
+
+def test_units_idle_from_the_first_reading_are_no_lost_plasticity():
+    from steadygrad.diagnose.detectors import PlasticityLoss
+
+    def found(shares, zeroed=0.0):
+        rows = [
+            {"loss": 1.0 - 0.01 * t, "dead_units/fc": s, "zeroed_units/fc": zeroed}
+            for t, s in enumerate(shares)
+        ]
+        return [f.step for f in _stream(PlasticityLoss(), rows)]
+
+    assert found([0.56] * 20) == []  # half idle from the start (non-negative, pooled inputs)
+    assert found([0.56] * 5 + [0.8] * 15) == [6]  # half of those alive then died
+    assert found([0.0] * 5 + [0.6] * 15) == [6]  # most died
+    assert found([1.0] * 20) == [1]  # all dead from the start
+    assert found([0.5] * 20, zeroed=0.5) == [1]  # half fed exactly 0: a gain zeroed by mistake
+
+
+@pytest.mark.parametrize("zero_gamma", [True, False])
+def test_units_fed_exactly_zero_are_measured_as_zeroed(tmp_path, zero_gamma):
+    # a BatchNorm whose gain was zero-initialised on half its channels (meant for the last
+    # norm of a residual branch): those channels give exactly 0 to the ReLU, and stay dead
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4)
+    )
+    if zero_gamma:
+        with torch.no_grad():
+            model[1].weight[:4] = 0.0
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+    with steadygrad.watch(model, opt, tmp_path / "bn", progress=False) as mon:
+        for _ in range(30):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    steps, zeroed = steadygrad.load(tmp_path / "bn").series("zeroed_units/1")
+    assert list(zeroed) == [0.5 if zero_gamma else 0.0] * len(steps)  # the oracle: 4 of 8
+    dead = [f.where for f in mon.findings if f.kind == "loss_of_plasticity"]
+    assert dead == (["1"] if zero_gamma else [])
+
+
+def _frozen_then(tmp_path, name, later):
+    rows = [{"loss": 2.0 - 0.01 * min(t, 150)} for t in range(300)]
+    frozen = ("update_ratio_out_of_range", 20, "pos.weight", {"direction": "frozen"}, "warning")
+    return _stored(tmp_path, name, rows, [frozen, *later])
+
+
+def test_a_frozen_tensor_the_loss_improved_past_ranks_below_what_stopped_it(tmp_path):
+    # A frozen positional table from step 20 (the loss kept improving until 150), then
+    # attention logits growing from 150 stalled it: the run never broke.
+    poisoned = ("attention_logit_growth", 150, "h.0.attn", {"attn_logit_max": 60.0}, "warning")
+    report = _frozen_then(tmp_path, "poisoned", [poisoned])
+    assert report.top.cause == "attention_logit_growth"
+    frozen = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
+    assert frozen.confidence == "low" and "kept improving until step 15" in frozen.why
+    # controls: frozen alone is still the answer; updates too large are not demoted
+    assert _frozen_then(tmp_path, "alone", []).top.cause == "update_ratio_out_of_range"
+    large = ("update_ratio_out_of_range", 10, "fc.weight", {"direction": "too_large"}, "warning")
+    report = _frozen_then(tmp_path, "large", [poisoned, large])
+    assert report.top.cause == "update_ratio_out_of_range"
+
+
+def _knocked(tmp_path, name, before, after, broke):
+    # a calm run (loss 0.9) meets one batch at step 130; ``before``: the loss at step 129;
+    # ``after``: the losses that follow; ``broke``: a critical divergence found at step 132
+    rows = [{"loss": 0.9} for _ in range(129)] + [{"loss": before}, {"loss": 521.0}]
+    rows += [{"loss": x} for x in after]
+    spike = ("loss_spike", 130, None, {"loss": 521.0, "baseline": 0.93, "ratio": 560.0}, "warning")
+    findings = [spike]
+    if broke:
+        findings.append(("loss_divergence", 132, None, {"ratio": 70.0}, "critical"))
+    return _stored(tmp_path, name, rows, findings)
+
+
+def test_one_batch_whose_knock_broke_the_run_is_an_outlier_if_it_was_the_peak(tmp_path):
+    # A point cloud in millimetres: 560x the loss at once out of a calm run; SGD's momentum
+    # carries the knock for a few steps (the run breaks) and the fit is left at chance.
+    knock = [11.0, 57.0, 105.0, 2.1, 1.1] + [1.15] * 60
+    report = _knocked(tmp_path, "knock", 0.92, knock, broke=True)
+    assert report.top.cause == "data_outlier" and report.top.first_step == 130
+    # controls: what followed came within 4x of the spike (growth, not a knock); the loss was
+    # already climbing into the spike (a swing of an unstable run)
+    growing = [11.0, 57.0, 300.0, 2.1, 1.1] + [1.15] * 60
+    assert "data_outlier" not in _knocked(tmp_path, "growing", 0.92, growing, True).causes()
+    back = [0.95] * 65
+    assert _knocked(tmp_path, "calm", 0.92, back, broke=False).top.cause == "data_outlier"
+    assert "data_outlier" not in _knocked(tmp_path, "swing", 100.0, back, broke=False).causes()
+
+
+def test_weights_that_grew_from_nothing_are_no_amplifier(tmp_path):
+    # A GIN's learnt epsilon starts at 0: its "growth" dwarfs the weight that really grew
+    grew = ("gradient_growth", 110, "convs.0.eps", {"started_at_step": 20}, "critical")
+    climb = ("loss_divergence", 105, None, {"ratio": 3.0, "best_level_step": 99}, "critical")
+    norms = {"convs.0.eps": 1e4, "convs.1.mlp.0.weight": 30.0, "head.weight": 1.3}
+    rows = []
+    for t in range(120):
+        row = {"loss": 1.0 if t < 100 else 1.0 + 0.2 * (t - 100)}
+        row["param_norm/convs.0.eps"] = 1e-5 * norms["convs.0.eps"] ** (t / 119)
+        row["param_norm/convs.1.mlp.0.weight"] = 3.0 * 30.0 ** (t / 119)
+        row["param_norm/head.weight"] = 2.0 * 1.3 ** (t / 119)
+        row["param_norm/convs.0.mlp.0.weight"] = 2.5
+        rows.append(row)
+    report = _stored(tmp_path, "gin", rows, [grew, climb])
+    explosion = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert explosion.where[0] == "convs.1.mlp.0"
+
+
+@pytest.mark.parametrize("everywhere", [True, False])
+def test_output_logits_that_grew_with_every_weight_are_their_consequence(tmp_path, everywhere):
+    # A weight decay of the wrong sign grows every tensor 12x; the head's logits follow
+    growth = {"blocks.0.weight": 12.0, "blocks.1.weight": 11.0, "head.weight": 13.0}
+    if not everywhere:  # a z-loss of the wrong sign: the head alone grows
+        growth = {"blocks.0.weight": 1.1, "blocks.1.weight": 1.2, "head.weight": 13.0}
+    logits = ("output_logit_divergence", 105, "head", {"drift": 12.0}, "warning")
+    climb = ("loss_divergence", 108, None, {"ratio": 2.0, "best_level_step": 99}, "warning")
+    report = _weights(tmp_path, str(everywhere), growth, [logits, climb])
+    assert report.top.cause == ("loss_divergence" if everywhere else "output_logit_divergence")
+
+
+@pytest.mark.parametrize("at", [0, 10])
+def test_the_first_gradient_is_no_explosion_of_the_steps_after_it(at):
+    # A ViT from its config: the first gradient is 1600x the next (the class token starts at
+    # 0), Adam's first step moves the tiny weights by a tenth, and the loss does not improve
+    # for a while. Nothing came before the first gradient: it is the test at initialisation's.
+    rows = [{"grad_norm": 3.3, "param_norm": 15.0, "loss": 2.3} for _ in range(at)]
+    first = {"grad_norm": 5442.0, "param_norm": 17.0, "loss": 2.29}  # after its update
+    rows.append({**first, "update_ratio/blocks.0.weight": 0.13})
+    rows += [{"grad_norm": 3.3, "param_norm": 17.0, "loss": 3.0} for t in range(12)]
+    found = [(f.step, f.severity) for f in _stream(GradientGrowth(init_ratio=1e6), rows)]
+    assert found == ([] if at == 0 else [(10, "critical")])
+    # SGD's first step on a gradient 10^4 times too large: the weights grew 150-fold
+    rows[at]["update_ratio/blocks.0.weight"] = 150.0
+    found = [(f.step, f.severity) for f in _stream(GradientGrowth(init_ratio=1e6), rows)]
+    assert found == [(at, "critical")]
+

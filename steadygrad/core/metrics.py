@@ -135,6 +135,14 @@ DEAD_UNITS = Metric(
     per="module",
     panel="plasticity",
 )
+ZEROED_UNITS = Metric(
+    "zeroed_units",
+    "fraction of a layer's units whose ReLU input was exactly 0 on every sampled row (a gain "
+    "or weight set to zero: no signal and no gradient passes)",
+    unit="fraction",
+    per="module",
+    panel="plasticity",
+)
 RELU_ACTIVE = Metric(
     "relu_active",
     "fraction of a layer's ReLU outputs that were positive (units x sampled rows)",
@@ -223,6 +231,6 @@ DIRECTIONAL_SHARPNESS_RATIO = Metric(
 # (Adam, RMSprop, Adagrad, ...). Such a step reads above 1 while training well (a healthy BERT
 # under AdamW: 90th percentile 2.4), so the ratio is evidence only next to a break there.
 ADAPTIVE_UPDATE = "adaptive_update"
-# Record meta key: the modules whose parameters got no gradient and whose output, nudged, left
-# the model's output unchanged (dead code, not a frozen layer); listed once, at the step checked.
-UNUSED_MODULES = "unused_modules"
+# Record meta key: the parameter tensors that got no gradient and, nudged, left the model's
+# output unchanged (dead code, not a frozen layer); listed once, at the step checked.
+UNUSED_PARAMETERS = "unused_parameters"

@@ -20,7 +20,8 @@ A simple signal only overrides :meth:`Signal.collect`, which returns ``{name: te
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -134,6 +135,22 @@ class Measurements:
                 return values
         scalars.update(self._host)
         return values
+
+
+@contextmanager
+def random_state_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Run a block that may draw random numbers (dropout in a re-run forward, a probe's loss)
+    and put the global random state back afterwards, on the CPU and the model's GPUs: the
+    watched run then draws what it would have drawn unwatched.
+
+    Example:
+        >>> model = torch.nn.Dropout(0.5)
+        >>> with random_state_kept(model):
+        ...     _ = model(torch.ones(4))
+    """
+    gpus = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=gpus):
+        yield
 
 
 def _keys(keys: Sequence[str] | Members) -> Sequence[str]:

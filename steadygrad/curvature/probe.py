@@ -29,7 +29,7 @@ from steadygrad.core.metrics import (
     SHARPNESS_LIMIT,
     SHARPNESS_RATIO,
 )
-from steadygrad.core.signal import Signal
+from steadygrad.core.signal import Signal, random_state_kept
 from steadygrad.curvature.eigensolver import SharpnessResult, sharpness
 from steadygrad.curvature.layerwise import layerwise_curvature
 from steadygrad.curvature.margin import optimizer_parameters, stability_limits, stability_margin
@@ -105,7 +105,8 @@ class SharpnessProbe(Signal):
         if self.monitor is None:
             raise RuntimeError("SharpnessProbe.collect called before attach(monitor)")
         try:
-            return self._measure(step)
+            with random_state_kept(self.monitor.model):  # the loss may draw (dropout)
+                return self._measure(step)
         except Exception as exc:  # a probe never raises into the training loop
             warnings.warn(
                 f"SharpnessProbe: skipped at step {step}: {type(exc).__name__}: {exc}",

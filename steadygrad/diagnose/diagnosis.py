@@ -102,7 +102,8 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
     found = [d for rule in rules if (d := rule.apply(facts)) is not None]
     broke = facts.broke_at
     for d in found:
-        judge(d, broke, facts.progress_until, facts.climbing_from)
+        progress = facts.progress_until if broke is not None else facts.best_loss_step
+        judge(d, broke, progress, facts.climbing_from)
     for d in found:
         explained(d, found)
     found.sort(
@@ -139,9 +140,10 @@ def judge(
     """Score a diagnosis, say how confident it is and why. A mechanism outranks the symptoms
     only when its evidence came before the run broke (it can explain them); one first seen
     after the break is more likely a consequence and drops below them. ``progress_until``: the
-    step of the best loss before the break; a cause that only stalls learning, seen well before
-    it, did not stop the progress and does not explain the climb that followed; nor one first
-    seen long after the loss began to climb (``climbing_from``)."""
+    step of the best loss before the break (of the whole run when it did not break); a cause
+    that only stalls learning, seen well before it, did not stop the progress and does not
+    explain the climb that followed; nor one first seen long after the loss began to climb
+    (``climbing_from``)."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     if d.severity == "info":  # its own evidence was judged harmless: below any warning
@@ -168,6 +170,20 @@ def judge(
     if d.tier == SYMPTOM:
         d.confidence = "high" if d.severity != "info" else "medium"
         d.why = "a symptom: what happened, not why; a cause ranked above it explains it"
+    elif (
+        broke is None
+        and d.stalls
+        and first is not None
+        and progress_until is not None
+        and progress_until - first >= PROGRESS_AFTER
+    ):
+        # below the causes that may have stopped it, still above the symptoms
+        d.score = TIER_SCORE[SYMPTOM] + 5.0
+        d.confidence = "low"
+        d.why = (
+            f"seen from step {first}, yet the loss kept improving until step {progress_until}: "
+            "it did not stop learning"
+        )
     elif broke is None:
         d.confidence = "medium"
         d.why = f"seen from step {first}; the run did not break, so nothing confirms it yet"

@@ -106,6 +106,7 @@ class Found:
     evidence: dict[str, Any] = field(default_factory=dict)
     severity: str | None = None
     consequence_of: str = ""  # what the check saw that produces this evidence by itself
+    stalls: bool = False  # this instance only stalls learning (see Rule.stalls)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class Rule:
             reference=self.reference,
             tier=self.tier,
             explained_by=self.explained_by,
-            stalls=self.stalls,
+            stalls=self.stalls or found.stalls,
             consequence_of=found.consequence_of,
         )
 
@@ -206,11 +207,16 @@ class RunFacts:
             return None
         steps, values = loss
         keep = (steps < broke) & np.isfinite(values)
-        steps, values = steps[keep], values[keep]
-        if len(values) < 5:
+        return _lowest_median(steps[keep], values[keep])
+
+    @cached_property
+    def best_loss_step(self) -> int | None:
+        """The step of the run's best sustained loss (its lowest 5-step running median)."""
+        loss = self.series(LOSS.name)
+        if loss is None:
             return None
-        medians = np.median(np.lib.stride_tricks.sliding_window_view(values, 5), axis=1)
-        return int(steps[4 + int(np.argmin(medians))])
+        steps, values = loss
+        return _lowest_median(steps[np.isfinite(values)], values[np.isfinite(values)])
 
     @cached_property
     def optimizer(self) -> str:
@@ -222,6 +228,14 @@ class RunFacts:
         RMSprop, Adagrad: its family, recorded by the Monitor from
         :func:`steadygrad.core.optimizer_family`)."""
         return self.run.config.get("optimizer_family") in PER_COORDINATE
+
+
+def _lowest_median(steps: np.ndarray, values: np.ndarray, width: int = 5) -> int | None:
+    """The step ending the ``width``-value window with the lowest median, if there is one."""
+    if len(values) < width:
+        return None
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(values, width), axis=1)
+    return int(steps[width - 1 + int(np.argmin(medians))])
 
 
 def _breaks(f: Finding) -> bool:
@@ -277,6 +291,16 @@ def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], 
 # -- the checks ---------------------------------------------------------------------------------
 
 
+def _update_ratio(facts: RunFacts) -> Found | None:
+    """Updates out of range; a layer that is only frozen stalls learning, it does not make a
+    loss climb."""
+    found = _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range")(facts)
+    if found is not None:
+        directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
+        found.stalls = "too_large" not in directions
+    return found
+
+
 # Weights that grew this many times over, and this many times more than any other weights did,
 # amplify the gradients of the layers before them: they are where an explosion sits.
 AMPLIFIER_GROWTH, AMPLIFIER_LEAD = 10.0, 3.0
@@ -298,15 +322,9 @@ def _exploding(facts: RunFacts) -> Found | None:
     if any(f.evidence.get(WRECKED_WEIGHTS) for f in facts.of(GRADIENT_GROWTH)):
         until = found.first_step - 1  # the explosion's own update grew the weights it wrecked
     growth = _weight_growth(facts, until=until)
-    everywhere = float(np.median([g for g, _ in growth])) if len(growth) >= 3 else 1.0
-    if everywhere >= EVERYWHERE_GROWTH:
+    if _grown_everywhere(found, growth, "the gradients"):
         # Every weight grew (a weight decay with its sign flipped, a regulariser rewarding
         # size): gradients grow with the weights they flow through, in every layer at once.
-        found.consequence_of = (
-            f"the weights grew {everywhere:.3g}x everywhere (the median tensor): the gradients "
-            "grew with them; look for what scales every weight (a weight decay of the wrong sign)"
-        )
-        found.evidence["median_weight_growth"] = everywhere
         return found
     grown = _amplifier(growth)
     if grown is not None:
@@ -370,6 +388,29 @@ def _grew_by(facts: RunFacts, name: str, until: int) -> float:
     return float(values[-3:].max() / early) if early > 0 else 0.0
 
 
+def _grown_everywhere(found: Found, growth: list[tuple[float, str]], what: str) -> bool:
+    """Mark ``found`` a consequence when the median weight tensor grew ``EVERYWHERE_GROWTH``
+    times (a weight decay of the wrong sign scales every weight, and ``what`` grew with them)."""
+    everywhere = float(np.median([g for g, _ in growth])) if len(growth) >= 3 else 1.0
+    if everywhere < EVERYWHERE_GROWTH:
+        return False
+    found.consequence_of = (
+        f"the weights grew {everywhere:.3g}x everywhere (the median tensor): {what} grew with "
+        "them; look for what scales every weight (a weight decay of the wrong sign)"
+    )
+    found.evidence["median_weight_growth"] = everywhere
+    return True
+
+
+def _output_logits(facts: RunFacts) -> Found | None:
+    """Output-logit divergence, unless every weight had grown by then (the logits then grow
+    because the weights do)."""
+    found = _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence")(facts)
+    if found is not None and found.first_step is not None:
+        _grown_everywhere(found, _weight_growth(facts, found.first_step), "the logits")
+    return found
+
+
 def _amplifier(growth: list[tuple[float, str]]) -> tuple[str, float] | None:
     """Of (growth, parameter) pairs, the weight tensor that grew the most, if it grew
     ``AMPLIFIER_GROWTH`` times and ``AMPLIFIER_LEAD`` times more than any other."""
@@ -383,21 +424,22 @@ def _amplifier(growth: list[tuple[float, str]]) -> tuple[str, float] | None:
 
 
 def _weight_growth(facts: RunFacts, until: int) -> list[tuple[float, str]]:
-    """(growth, parameter) of each weight tensor (biases left out: they start near 0): its norm's
-    last finite value by ``until`` over its lowest in the first half of that span."""
-    growth = []
+    """(growth, parameter) of each weight tensor: its norm's last finite value by ``until`` over
+    its lowest in the first half of that span. Biases are left out, and so is any tensor that
+    started near 0 (a hundredth of the median tensor's norm: a GIN's learnt epsilon): growth
+    from nothing says nothing."""
+    spans = []
     for name in facts.names:
         if "/" not in name or not PARAM_NORM.owns(name) or name.endswith("bias"):
             continue
         steps, values = facts.series(name)
-        keep = np.isfinite(values) & (steps <= until)
-        values = values[keep]
-        if len(values) < 10:
-            continue
-        low = values[: len(values) // 2].min()
-        if low > 0:
-            growth.append((float(values[-1] / low), name.split("/", 1)[1]))
-    return growth
+        values = values[np.isfinite(values) & (steps <= until)]
+        if len(values) >= 10:
+            spans.append((float(values[: len(values) // 2].min()), float(values[-1]), name))
+    if not spans:
+        return []
+    floor = 0.01 * float(np.median([low for low, _, _ in spans]))
+    return [(last / low, name.split("/", 1)[1]) for low, last, name in spans if low > floor]
 
 
 def _nonfinite(facts: RunFacts) -> Found | None:
@@ -549,13 +591,21 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
 
 # A loss spike this many times above every loss of the steps after it was a one-off event.
 ONE_OFF = 10.0
+# A loss spike this many times above every loss after it was the peak of what followed: the
+# batch knocked the weights, and a break that followed was the knock's doing, not growth.
+PEAK_FIRST = 4.0
 
 
 def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found | None:
-    """A loss spike on one step that the run got over: within ``within`` steps the loss's
-    running median (of ``window``) is back under 1.5x its baseline, or every loss of those
-    steps stays ``ONE_OFF`` times below the spike; with nothing that broke the run on the way. One batch unlike the others (with the gradient spike it caused, when there was
-    one); an adaptive optimizer can take tens of steps to settle after the step it took."""
+    """A loss spike in one step (the step before rose less than a ``ONE_OFF``-th of the way:
+    the weights that batch met were those of a calm run, so the batch made it) that the run got
+    over: within ``within`` steps the loss's running median (of
+    ``window``) is back under 1.5x its baseline, or every loss of those steps stays
+    ``ONE_OFF`` times below the spike; with nothing that broke the run on the way, unless the
+    spike, ``ONE_OFF`` times its baseline, stayed ``PEAK_FIRST`` times above all that followed
+    (the knock broke the run). One batch unlike the others (with the gradient spike it caused,
+    when there was one); an adaptive optimizer can take tens of steps to settle after the step
+    it took."""
     loss = facts.series(LOSS.name)
     if loss is None:
         return None
@@ -565,11 +615,15 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
     for spike in facts.of(LOSS_SPIKE):
         baseline = spike.evidence.get("baseline")
         after = values[(steps > spike.step) & (steps <= spike.step + within)]
+        before = values[steps == spike.step - 1]
         if not baseline or len(after) < window or not np.isfinite(after).all():
             continue
+        peak = spike.evidence.get(LOSS.name, math.nan)
+        if len(before) and not before[0] - baseline <= (peak - baseline) / ONE_OFF:
+            continue  # the loss was already climbing into it: a swing, not one batch
         medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
         back = np.flatnonzero(medians < 1.5 * baseline)
-        peak = spike.evidence.get(LOSS.name, math.nan)
+        knocked = peak >= PEAK_FIRST * after.max() and peak >= ONE_OFF * baseline
         if len(back):
             settled = int(back[0]) + window  # steps after the spike until it was back
             outcome = f"was back to normal within {settled} steps"
@@ -578,9 +632,12 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             # fit (an adaptive step carries the kick for a while), and the run went on.
             settled = within
             outcome = "left the run knocked off its fit, yet never near that peak again"
+        elif knocked:
+            settled = within
+            outcome = f"knocked the run off its fit; nothing after came within {PEAK_FIRST:g}x"
         else:
             continue
-        if any(spike.step <= b <= spike.step + settled for b in breaks):
+        if not knocked and any(spike.step <= b <= spike.step + settled for b in breaks):
             continue  # it broke the run on the way: a blow-up that calmed down, no bad batch
         ev: dict[str, Any] = {
             "spike": spike.evidence,
@@ -877,7 +934,7 @@ RULES: tuple[Rule, ...] = (
         "large negative log-partition values; the auxiliary z-loss 1e-4 * logsumexp^2 keeps "
         "the log-partition near zero.",
         (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
-        _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence"),
+        _output_logits,
         (OUTPUT_LOGIT_DIVERGENCE,),
         explained_by=("data_outlier",),  # an outlier batch's own logits, or the jolt it gave
     ),
@@ -980,7 +1037,7 @@ RULES: tuple[Rule, ...] = (
                 "optimizer.add_param_group({'params': [], 'lr': optimizer.param_groups[0]['lr']})",
             ),
         ),
-        _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range"),
+        _update_ratio,
         (UPDATE_RATIO_OUT_OF_RANGE,),
         # a second moment inflated by one huge gradient damps the updates to ~0: frozen-looking;
         # a step size above the limit makes updates large relative to the weights

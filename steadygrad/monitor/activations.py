@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_leaves
 
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
@@ -29,8 +29,9 @@ from steadygrad.core.metrics import (
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
-    UNUSED_MODULES,
+    UNUSED_PARAMETERS,
 )
+from steadygrad.core.signal import random_state_kept
 
 
 @dataclass
@@ -274,36 +275,34 @@ class ActivationSignal(Signal):
             self._input_hook.remove()
             self._input_hook = None
 
-    def _check_unused(self, record: Record, most: int = 8) -> None:
-        """Once, on the first healthy step with gradients: modules whose parameters all got no
-        gradient are re-run with their output nudged; those that leave the model's output as it
-        was are dead code (an unused branch), not frozen layers: listed in
-        ``record.meta[UNUSED_MODULES]``. A module whose output is used but detached, or that
-        runs on only some steps, changes the output and is left to the frozen-layer test."""
-        model = self.monitor.model
-        gradless: dict[str, bool] = {}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                owner = name.rpartition(".")[0]
-                gradless[owner] = gradless.get(owner, True) and p.grad is None
-        suspects = [m for m, none in gradless.items() if none and m]
-        if len(suspects) == len(gradless):
-            return  # no gradient anywhere: zero_grad ran before mon.step, nothing to tell
+    def _check_unused(self, record: Record, most: int = 16) -> None:
+        """Once, on the first healthy step with gradients: each trainable tensor whose gradient
+        is missing or exactly zero is nudged, and the step's forward re-run; one that leaves the
+        model's output as it was does nothing (an unused branch, a weight whose input is always
+        zero): listed in ``record.meta[UNUSED_PARAMETERS]``, it is dead code, not a frozen
+        layer. A tensor used but detached, or frozen with ``requires_grad=False``, is left to the
+        frozen-layer test."""
+        params = [(n, p) for n, p in self.monitor.model.named_parameters() if p.requires_grad]
+        grads = [p.grad for _, p in params if p.grad is not None]
+        if not grads:
+            return  # zero_grad ran before mon.step: nothing to tell yet
         self._unused_checked = True
-        if not suspects or len(suspects) > most:
-            return
-        modules = dict(model.named_modules())
+        if _distributed() or any(type(g) is not torch.Tensor for g in grads):
+            return  # a re-run forward would be one rank's collective, or a sharded tensor's
         try:
-            with self._rerunning(None):
+            with torch.no_grad():
+                largest = iter(torch.stack([g.abs().amax().float() for g in grads]).tolist())
+            suspects = [(n, p) for n, p in params if p.grad is None or next(largest) == 0.0]
+            if not suspects or len(suspects) > most or len(suspects) == len(params):
+                return
+            with self._rerunning(None), torch.no_grad():
                 baseline = self._outputs()
                 unused = []
-                for name in suspects:
-                    # a module that never ran, or gave no floating-point output, changes nothing
-                    handle = modules[name].register_forward_hook(_nudge)
-                    try:
-                        nudged = self._outputs()
-                    finally:
-                        handle.remove()
+                for name, p in suspects:
+                    kept = p.detach().clone()
+                    p.add_(_noise(p))
+                    nudged = self._outputs()
+                    p.copy_(kept)
                     if len(nudged) == len(baseline) and all(
                         torch.equal(a, b) for a, b in zip(baseline, nudged, strict=True)
                     ):
@@ -311,7 +310,7 @@ class ActivationSignal(Signal):
         except Exception:  # noqa: BLE001 - a check never breaks training; nothing is claimed
             return
         if unused:
-            record.meta[UNUSED_MODULES] = unused
+            record.meta[UNUSED_PARAMETERS] = unused
 
     def _outputs(self) -> list[torch.Tensor]:
         outs = []
@@ -326,9 +325,8 @@ class ActivationSignal(Signal):
         state (BatchNorm statistics included) and the random state are put back afterwards."""
         model = self.monitor.model
         now = None
-        rng = torch.get_rng_state()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), random_state_kept(model):
                 now = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if weights is not None:
                     model.load_state_dict(weights)
@@ -337,24 +335,21 @@ class ActivationSignal(Signal):
         finally:
             self._replaying = False
             self.hooks.remove()
-            torch.set_rng_state(rng)
             if now is not None:
                 model.load_state_dict(now)
 
 
-def _nudge(module: nn.Module, args: tuple, output: object) -> object:
-    """A forward hook that adds noise of a tenth of its own scale to every floating-point tensor
-    of the output (random, so a normalisation after it cannot take it out; from its own
-    generator, so the dropout masks drawn after it stay those of the baseline)."""
+def _noise(t: torch.Tensor) -> torch.Tensor:
+    """Noise of a tenth of the tensor's own scale, random (a normalisation after it cannot take
+    it out) and from its own generator (the dropout masks drawn after it stay the baseline's)."""
+    draw = torch.Generator(device=t.device).manual_seed(0)
+    noise = torch.randn(t.shape, generator=draw, device=t.device, dtype=t.dtype)
+    return 0.1 * (t.detach().abs().mean() + 1e-3) * noise
 
-    def nudged(t: object) -> object:
-        if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()):
-            return t
-        noise = torch.Generator(device=t.device).manual_seed(0)
-        draw = torch.randn(t.shape, generator=noise, device=t.device, dtype=t.dtype)
-        return t + 0.1 * (t.abs().mean() + 1e-3) * draw
 
-    return tree_map(nudged, output)
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _on_accelerator(model: nn.Module) -> bool:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from steadygrad.core import Measurements
-from steadygrad.core.metrics import DEAD_UNITS, RELU_ACTIVE
+from steadygrad.core.metrics import DEAD_UNITS, RELU_ACTIVE, ZEROED_UNITS
 from steadygrad.monitor.intercept import InterceptingSignal
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
@@ -27,17 +27,19 @@ _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.G
 class DeadUnitSignal(InterceptingSignal):
     """``dead_units/<layer>``: the fraction of a layer's units whose ReLU output was zero for
     every example of the step (units: channels after a convolution or batch norm, else the last
-    dimension); ``relu_active/<layer>``: the fraction of its ReLU outputs that were positive.
+    dimension); ``relu_active/<layer>``: the fraction of its ReLU outputs that were positive;
+    ``zeroed_units/<layer>``: the fraction whose ReLU input was exactly zero throughout.
 
     Example:
         >>> signal = DeadUnitSignal(every=25)   # on by default in the Monitor
     """
 
-    metrics = (DEAD_UNITS, RELU_ACTIVE)
+    metrics = (DEAD_UNITS, RELU_ACTIVE, ZEROED_UNITS)
 
     def __init__(self, every: int = 25) -> None:
         super().__init__(every)
         self._alive: dict[str, torch.Tensor] = {}
+        self._signal: dict[str, torch.Tensor] = {}  # units whose input was not all zero
         self._active: dict[str, list[torch.Tensor]] = {}  # positive count, element count
         self._channel_first: set[str] = set()
         self.seen = False
@@ -67,7 +69,7 @@ class DeadUnitSignal(InterceptingSignal):
             self._observe(args[:1], kwargs)
 
     def begin(self, step: int) -> None:
-        self._alive, self._active = {}, {}
+        self._alive, self._signal, self._active = {}, {}, {}
         super().begin(step)
 
     def _observe(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -79,10 +81,12 @@ class DeadUnitSignal(InterceptingSignal):
         x = x.detach()
         positive = (x > 0) | x.isnan()
         alive = positive.movedim(dim, 0).reshape(x.shape[dim], -1).any(dim=1)
+        signal = x.movedim(dim, 0).reshape(x.shape[dim], -1).ne(0).any(dim=1)
         previous = self._alive.get(layer)
         if previous is not None and previous.shape != alive.shape:
             return  # the same layer fed ReLUs of another width: keep the first
         self._alive[layer] = alive if previous is None else previous | alive
+        self._signal[layer] = signal if previous is None else self._signal[layer] | signal
         count = positive.sum(dtype=torch.float32)
         total = self._active.setdefault(layer, [count.new_zeros(()), 0.0])
         total[0], total[1] = total[0] + count, total[1] + positive.numel()
@@ -96,4 +100,6 @@ class DeadUnitSignal(InterceptingSignal):
         out.put_many([DEAD_UNITS.key(n) for n in names], fractions)
         active = torch.stack([self._active[n][0] / self._active[n][1] for n in names])
         out.put_many([RELU_ACTIVE.key(n) for n in names], active)
-        self._alive, self._active = {}, {}
+        zeroed = torch.stack([1.0 - self._signal[n].float().mean() for n in names])
+        out.put_many([ZEROED_UNITS.key(n) for n in names], zeroed)
+        self._alive, self._signal, self._active = {}, {}, {}

@@ -35,8 +35,9 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_RMS,
     RELU_ACTIVE,
     SOFTMAX_COLLAPSE,
-    UNUSED_MODULES,
+    UNUSED_PARAMETERS,
     UPDATE_RATIO,
+    ZEROED_UNITS,
 )
 from steadygrad.diagnose.detectors.base import PREVIOUS_READING, Detector, Readings
 from steadygrad.diagnose.detectors.trends import SustainedLevel, loss_stalled
@@ -397,8 +398,14 @@ class GradientSpike(Detector):
         self._in_spike = np.array([s[2] for s in state], dtype=bool)
 
 
+# A layer with this share of its units dead is lost whatever its first reading said.
+NEARLY_ALL = 0.9
+
+
 class PlasticityLoss(Detector):
-    """Per layer: fires when ``dead_units`` stays at or above ``dead_fraction``, or when
+    """Per layer: fires when ``dead_units`` stays at or above ``dead_fraction`` (and half the
+    units alive at the first reading have died, or ``NEARLY_ALL`` of them are dead, or
+    ``dead_fraction`` of them are fed exactly zero: ``zeroed_units``), or when
     ``effective_rank`` stays at or below ``rank_drop`` times its largest value so far, for
     ``patience`` records (Dohare et al. 2024). Evidence names which of the two it was.
 
@@ -413,7 +420,8 @@ class PlasticityLoss(Detector):
     """
 
     kind = LOSS_OF_PLASTICITY
-    reads, emits = (DEAD_UNITS, RELU_ACTIVE, EFFECTIVE_RANK, LOSS), (LOSS_OF_PLASTICITY,)
+    reads = (DEAD_UNITS, ZEROED_UNITS, RELU_ACTIVE, EFFECTIVE_RANK, LOSS)
+    emits = (LOSS_OF_PLASTICITY,)
 
     def __init__(
         self,
@@ -431,6 +439,7 @@ class PlasticityLoss(Detector):
         self._best_rank: dict[str, float] = {}
         self._dying: dict[str, _Streak] = {}
         self._first_active: dict[str, float] = {}
+        self._first_dead: dict[str, float] = {}
         self.loss = SustainedLevel()
         self._readings = Readings()
 
@@ -454,9 +463,20 @@ class PlasticityLoss(Detector):
             if streak.update(stalled and active <= self.dying * first, self.patience):
                 evidence = {"reason": "dying_units", "relu_active": active, "first": first}
                 findings.append(Finding(self.kind, record.step, name, evidence))
+        zeroed = record.family(ZEROED_UNITS.name)
         for name, dead in dead_share.items():
+            first = self._first_dead.setdefault(name, dead)
+            # Units idle on the whole batch from the start are the inputs' doing (non-negative,
+            # correlated features: point clouds, graph sums, pooled maps), not units dying:
+            # half of those alive at the first reading must have died, or nearly all of them.
+            # Units fed exactly zero (a gain set to 0) are dead whenever they were zeroed.
+            died = (
+                dead >= first + (1.0 - first) / 2
+                or dead >= NEARLY_ALL
+                or zeroed.get(name, 0.0) >= self.dead_fraction
+            )
             streak = self._dead.setdefault(name, _Streak())
-            if streak.update(dead >= self.dead_fraction, self.patience):
+            if streak.update(dead >= self.dead_fraction and died, self.patience):
                 evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
                 findings.append(Finding(self.kind, record.step, name, evidence))
         for name, rank in ranks.items():
@@ -499,7 +519,7 @@ class UpdateRatioOutOfRange(Detector):
         self.patience = positive_int("patience", patience)
         self._high: dict[str, _Streak] = {}
         self._low: dict[str, _Streak] = {}
-        self._unused: tuple[str, ...] = ()  # modules found to be dead code (UNUSED_MODULES)
+        self._unused: set[str] = set()  # tensors found to be dead code (UNUSED_PARAMETERS)
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
     reads, emits = (UPDATE_RATIO,), (UPDATE_RATIO_OUT_OF_RANGE,)
@@ -508,15 +528,15 @@ class UpdateRatioOutOfRange(Detector):
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
         findings = []
-        for module in record.meta.get(UNUSED_MODULES, ()):
-            # Dead code, not a frozen layer: its output never reaches the model's output.
-            self._unused += (module + ".",)
-            evidence = {"direction": "unused", "note": "no gradient, and its output is unused"}
-            findings.append(Finding(self.kind, record.step, module, evidence, "info"))
+        for name in record.meta.get(UNUSED_PARAMETERS, ()):
+            # Dead code, not a frozen layer: its value never reaches the model's output.
+            self._unused.add(name)
+            evidence = {"direction": "unused", "note": "no gradient, and its value changes nothing"}
+            findings.append(Finding(self.kind, record.step, name, evidence, "info"))
         for name, ratio in record.family(UPDATE_RATIO.name).items():
             if not math.isfinite(ratio) or name == "bias" or name.endswith(".bias"):
                 continue
-            if name.startswith(self._unused):
+            if name in self._unused:
                 continue
             too_large = self._high.setdefault(name, _Streak())
             if too_large.update(ratio > self.high, self.patience):

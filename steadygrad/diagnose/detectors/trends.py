@@ -24,6 +24,7 @@ from steadygrad.core.metrics import (
     GRAD_NORM,
     LOSS,
     PARAM_NORM,
+    UPDATE_RATIO,
 )
 from steadygrad.diagnose.detectors.base import Detector
 
@@ -287,7 +288,10 @@ class GradientGrowth(Detector):
     - at initialisation: on the first record the gradient norm is ``init_ratio`` times the
       norm of the weights it updates (critical), naming the tensor with the largest ratio; or
       the gradients grow ``init_ratio`` times from the last layer back to the first, almost
-      monotonically (warning, naming the first layer; see :meth:`_through_depth`).
+      monotonically (warning, naming the first layer; see :meth:`_through_depth`). The first
+      is reported, dated to the first record, once the loss stalls within ``window`` records:
+      a run that trains through it (Adam's step does not scale with the gradient) was not
+      harmed.
     - one explosion: a gradient norm, the largest so far, ``collapse`` times the next one, whose
       update changed the weights' norm by ``moved`` (a tenth) or more, with the loss no longer
       improving within ``window`` records (the update wrecked the weights, whose gradients
@@ -305,7 +309,7 @@ class GradientGrowth(Detector):
     """
 
     kind = GRADIENT_GROWTH
-    reads, emits = (GRAD_NORM, PARAM_NORM, LOSS), (GRADIENT_GROWTH,)
+    reads, emits = (GRAD_NORM, PARAM_NORM, UPDATE_RATIO, LOSS), (GRADIENT_GROWTH,)
 
     def __init__(
         self,
@@ -324,12 +328,15 @@ class GradientGrowth(Detector):
         # the weights' norm (relative)
         self._previous: tuple[int, float, tuple[tuple[str, ...], np.ndarray], float] | None = None
         self._largest = 0.0
+        self._before_previous = False  # a record came before the previous one
         self._explosion: tuple[int, float, float, str | None] | None = None
         self._explosion_wait = 0
         self._weights = math.nan  # the weight norm at the previous record
         self.moved = finite_float("moved", moved, low=0.0)
         self.loss = SustainedLevel(window)
         self._first_record = True
+        self._at_start: list[Finding] = []  # a finding at initialisation, awaiting the loss
+        self._at_start_wait = 0
         self.growth = math.log(finite_float("growth", growth, low=1.0, low_open=True))
         self.critical = math.log(finite_float("critical", critical, low=growth))
         self.patience = positive_int("patience", patience)
@@ -345,15 +352,21 @@ class GradientGrowth(Detector):
     def update(self, record: Record) -> list[Finding]:
         norm = record.values.get(GRAD_NORM.name)
         if norm is None or not (math.isfinite(norm) and norm > 0) or record.nonfinite:
-            return []
+            return self._at_start_confirmed(broken=record.nonfinite)
         if self._first_record:
             self._first_record = False
-            exploded = self._at_init(record, norm)
-            if exploded:
-                return exploded
+            self._at_start = self._at_init(record, norm)
+            self._at_start_wait = self.level.values.maxlen or 5
+            if not self._at_start:
+                through_depth = self._through_depth(record)
+                if through_depth:
+                    return through_depth
         loss = record.values.get(LOSS.name)
         if loss is not None and math.isfinite(loss):
             self.loss.add(loss, record.step)
+        at_start = self._at_start_confirmed(broken=False)
+        if at_start:
+            return at_start
         exploded = self._exploded_then_collapsed(record, norm)
         if exploded:
             return exploded
@@ -387,20 +400,45 @@ class GradientGrowth(Detector):
             evidence[GROWTH_BEGAN] = started
         return [Finding(self.kind, record.step, where, evidence, severity)]
 
+    def _at_start_confirmed(self, broken: bool) -> list[Finding]:
+        """The finding at initialisation, once the loss shows its updates hurt (it stalls or
+        goes non-finite within ``window`` records); dropped if training went on unharmed (an
+        adaptive optimizer's step does not scale with the gradient)."""
+        if not self._at_start:
+            return []
+        judged = math.isfinite(self.loss.current)
+        if not judged and self.loss.recent:
+            return []  # a loss, not yet a level to judge by: wait for it
+        if broken or not judged or loss_stalled(self.loss):  # no loss at all: as it stands
+            found, self._at_start = self._at_start, []
+            return found
+        self._at_start_wait -= 1
+        if self._at_start_wait <= 0:
+            self._at_start = []
+        return []
+
     def _exploded_then_collapsed(self, record: Record, norm: float) -> list[Finding]:
         previous = self._previous
         weights = record.values.get(PARAM_NORM.name, math.nan)
-        moved = abs(weights / self._weights - 1.0) if self._weights > 0 else math.nan
+        if self._weights > 0:
+            moved = abs(weights / self._weights - 1.0)
+        else:  # the first record: no norm before it, but each tensor's update against itself
+            ratios = record.family_array(UPDATE_RATIO.name)[1]
+            ratios = ratios[np.isfinite(ratios)]
+            moved = float(ratios.max()) if len(ratios) else math.nan
         self._weights = weights
         self._previous = (record.step, norm, record.family_array(GRAD_NORM.name), moved)
         largest, self._largest = self._largest, max(self._largest, norm)
+        before_previous, self._before_previous = self._before_previous, previous is not None
         if "critical" in self._fired:
             return []
         if (
             previous is not None
             and previous[1] >= largest
             and previous[1] >= self.collapse * norm
-            and not previous[3] < self.moved  # its update moved the weights (NaN: not known)
+            # its update moved the weights (NaN: not known); the first gradient has nothing
+            # before it to stand above, so its update must have been as large as the weights
+            and not previous[3] < (self.moved if before_previous else 1.0)
         ):
             # A candidate: the loss has a few records to show whether the run shrugged it off.
             self._explosion = (previous[0], previous[1], norm, self._grew_most(previous[2]))
@@ -450,7 +488,7 @@ class GradientGrowth(Detector):
     def _at_init(self, record: Record, norm: float) -> list[Finding]:
         weights = record.values.get(PARAM_NORM.name)
         if not weights or norm < self.init_ratio * weights:
-            return self._through_depth(record)
+            return []
         grads, params = record.family(GRAD_NORM.name), record.family(PARAM_NORM.name)
         ratios = {n: g / params[n] for n, g in grads.items() if params.get(n, 0.0) > 0}
         where = max(ratios, key=ratios.get) if ratios else None
