@@ -866,3 +866,30 @@ def test_the_first_gradient_is_no_explosion_of_the_steps_after_it(at):
     found = [(f.step, f.severity) for f in _stream(GradientGrowth(init_ratio=1e6), rows)]
     assert found == [(at, "critical")]
 
+
+
+# -- the twelfth held-out set -------------------------------------------------------------------
+
+
+def test_harmless_spikes_before_the_one_that_mattered_do_not_date_it(tmp_path):
+    # info: a spike on a tensor with a tiny share of the gradient; the real one comes later
+    rows = [{"loss": 0.3} for _ in range(200)]
+    small = ("gradient_spike", 107, "ln.weight", {"spike_factor": 75.0}, "info")
+    big = ("gradient_spike", 120, "embed.weight", {"spike_factor": 1.6e5}, "critical")
+    report = _stored(tmp_path, "spikes", rows, [small, big])
+    spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert spike.first_step == 120 and spike.where[0] == "embed.weight"
+    only_small = _stored(tmp_path, "small", rows, [small])
+    assert only_small.diagnoses[0].first_step == 107 and only_small.top.severity == "info"
+
+
+@pytest.mark.parametrize("tensors", [1, 2])
+def test_a_model_with_one_or_two_weights_that_all_grew_grew_everywhere(tmp_path, tensors):
+    # an echo-state net trains its readout alone: a weight decay of the wrong sign grows it
+    growth = {"readout.weight": 8.0} if tensors == 1 else {"a.weight": 8.0, "b.weight": 1.1}
+    grew = ("gradient_growth", 110, "readout.weight", {"started_at_step": 20}, "critical")
+    climb = ("loss_divergence", 105, None, {"ratio": 3.0, "best_level_step": 99}, "critical")
+    report = _weights(tmp_path, str(tensors), growth, [grew, climb])
+    explosion = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    # two tensors of which one grew: that one is the amplifier, not growth everywhere
+    assert ("everywhere" in explosion.why) is (tensors == 1)

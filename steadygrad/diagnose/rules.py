@@ -269,6 +269,8 @@ def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], 
         found = facts.of(*kinds)
         if not found:
             return None
+        # findings judged harmless (info) neither date nor place a cause that has others
+        found = [f for f in found if f.severity != Severity.INFO] or found
         where = [f.where for f in found if f.where]
         first = _first(found)
         strongest = max(found, key=lambda f: Severity.rank(f.severity))
@@ -391,7 +393,10 @@ def _grew_by(facts: RunFacts, name: str, until: int) -> float:
 def _grown_everywhere(found: Found, growth: list[tuple[float, str]], what: str) -> bool:
     """Mark ``found`` a consequence when the median weight tensor grew ``EVERYWHERE_GROWTH``
     times (a weight decay of the wrong sign scales every weight, and ``what`` grew with them)."""
-    everywhere = float(np.median([g for g, _ in growth])) if len(growth) >= 3 else 1.0
+    grown = [g for g, _ in growth]
+    # the median tensor; of one or two, the one that grew least (a model with a single
+    # trained layer: an echo-state net's readout)
+    everywhere = float(np.median(grown) if len(grown) >= 3 else min(grown, default=1.0))
     if everywhere < EVERYWHERE_GROWTH:
         return False
     found.consequence_of = (
@@ -568,6 +573,9 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
     spikes = facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
     if not spikes:
         return None
+    minor = all(f.severity == "info" for f in spikes)  # each a small share of its step
+    # spikes judged harmless (info) neither date nor place it when others were not
+    spikes = spikes if minor else [f for f in spikes if f.severity != "info"]
     first = spikes[0]
     ev: dict[str, Any] = {"spikes": len(spikes), "first": first.evidence}
     summary = f"{len(spikes)} gradient spike(s), the first at step {first.step}"
@@ -583,7 +591,6 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"{h.get('clipped_to', math.nan):.3g} after; the logged grad norm looked normal)"
         )
     summary += _batches_behind(spikes, ev)
-    minor = all(f.severity == "info" for f in spikes)  # each a small share of its step
     return Found(
         summary, first.step, [f.where for f in spikes if f.where], ev, "info" if minor else None
     )
@@ -1001,9 +1008,9 @@ RULES: tuple[Rule, ...] = (
         _exploding,
         (GRADIENT_GROWTH,),
         # Overshooting steps raise the next gradients: growth across steps then follows from
-        # the step size, not from growth through depth or time at fixed weights.
-        # overshooting steps make the next gradients large; so does the knock an outlier gave
-        explained_by=("sharpness_above_limit", "data_outlier"),
+        # the step size, not from growth through depth or time at fixed weights. So does the
+        # knock an outlier gave, or the spike that poisoned Adam's moments: gradients stay up.
+        explained_by=("sharpness_above_limit", "data_outlier", "adam_second_moment_poisoned"),
     ),
     Rule(
         "loss_of_plasticity",
