@@ -893,3 +893,26 @@ def test_a_model_with_one_or_two_weights_that_all_grew_grew_everywhere(tmp_path,
     explosion = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
     # two tensors of which one grew: that one is the amplifier, not growth everywhere
     assert ("everywhere" in explosion.why) is (tensors == 1)
+
+
+def test_the_rank_of_non_finite_features_never_raises_into_the_forward(tmp_path):
+    # a GAN whose losses blew up: the opt-in plasticity signal's forward hook met NaN features
+    # (SVD cannot converge on them) inside the user's own forward
+    from steadygrad.monitor.plasticity import PlasticitySignal
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    signal = PlasticitySignal(every=1)
+    with steadygrad.watch(model, opt, tmp_path / "nan", progress=False, signals=[signal]) as mon:
+        for step in range(4):
+            x = torch.randn(8, 4)
+            if step == 2:
+                x[0, 0] = float("nan")
+            loss = model(x).pow(2).mean()  # the hook runs here
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    ranks = steadygrad.load(tmp_path / "nan").series("effective_rank/1")[1]
+    assert math.isnan(ranks[2]) and np.isfinite(ranks[:2]).all()

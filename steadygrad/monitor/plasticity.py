@@ -9,6 +9,7 @@ number of features for a flat spectrum.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -105,7 +106,10 @@ class PlasticitySignal(Signal):
                 previous = self._alive.get(name)
                 self._alive[name] = alive if previous is None else previous | alive
                 if name not in self._rank:
-                    self._rank[name] = effective_rank(feats[: self.max_rows])
+                    try:
+                        self._rank[name] = effective_rank(feats[: self.max_rows])
+                    except RuntimeError:  # non-finite features: no rank, and never an error
+                        self._rank[name] = torch.full((), math.nan)  # in the user's forward
 
         return hook
 

@@ -297,7 +297,10 @@ class GradientGrowth(Detector):
       improving within ``window`` records (the update wrecked the weights, whose gradients
       then vanish; under Adam one giant gradient moves the weights by about the learning rate
       and poisons the second moment instead): critical, dated to the explosion, naming the
-      tensor whose gradient then stood furthest above its own recent level.
+      tensor whose gradient then stood furthest above its own recent level. The first
+      gradient has nothing before it to stand above: its update must have been as large as
+      the weights it changed (an update ratio of 1; Adam's first step on a small
+      initialisation moves them by a tenth and is no explosion).
 
     Example:
         >>> det = GradientGrowth()
