@@ -399,9 +399,10 @@ def _grown_everywhere(found: Found, growth: list[tuple[float, str]], what: str) 
     everywhere = float(np.median(grown) if len(grown) >= 3 else min(grown, default=1.0))
     if everywhere < EVERYWHERE_GROWTH:
         return False
+    which = "the median tensor" if len(grown) >= 3 else "every trained weight"
     found.consequence_of = (
-        f"the weights grew {everywhere:.3g}x everywhere (the median tensor): {what} grew with "
-        "them; look for what scales every weight (a weight decay of the wrong sign)"
+        f"the weights grew {everywhere:.3g}x everywhere ({which}): {what} grew with them; "
+        "look for what scales every weight (a weight decay of the wrong sign)"
     )
     found.evidence["median_weight_growth"] = everywhere
     return True
