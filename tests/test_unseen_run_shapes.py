@@ -916,3 +916,42 @@ def test_the_rank_of_non_finite_features_never_raises_into_the_forward(tmp_path)
             opt.zero_grad()
     ranks = steadygrad.load(tmp_path / "nan").series("effective_rank/1")[1]
     assert math.isnan(ranks[2]) and np.isfinite(ranks[:2]).all()
+
+
+class _Clip(nn.Module):
+    """Two towers and a learnt logit scale (CLIP): the logits of in-batch InfoNCE come from no
+    module, only from ``logit_scale.exp() * a @ b.T``."""
+
+    def __init__(self, scaled: bool):
+        super().__init__()
+        self.image, self.text = nn.Linear(8, 16), nn.Linear(8, 16)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.scaled = scaled
+
+    def forward(self, x):
+        a = nn.functional.normalize(self.image(x), dim=-1)
+        b = nn.functional.normalize(self.text(x + 0.1), dim=-1)
+        return (self.logit_scale.exp() if self.scaled else 10.0) * a @ b.T
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_logits_scaled_by_a_bare_parameter_are_placed_at_it(tmp_path, scaled):
+    # the scale grows every step (a clamp forgotten): the logits' log-partition drifts up
+    torch.manual_seed(0)
+    model = _Clip(scaled)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 8), torch.arange(16)
+    with steadygrad.watch(model, opt, tmp_path / str(scaled), progress=False) as mon:
+        for step in range(120):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+            with torch.no_grad():
+                model.logit_scale += 0.05
+    logits = [f.where for f in mon.findings if f.kind == "output_logit_divergence"]
+    if scaled:  # the oracle: the scale itself reached exp(2.3 + 6) ~ 4000
+        assert model.logit_scale.exp().item() > 1000 and logits[0] == "logit_scale"
+    else:  # a constant scale: nothing drifts, and no parameter is named for it
+        assert logits == []

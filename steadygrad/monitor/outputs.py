@@ -53,7 +53,12 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         super().__init__(every)
         self._sums: dict[str, torch.Tensor] = {}
         self._head: str | None = None
+        self._scalars: dict[int, str] = {}  # the model's one-element parameters, by id
         self.seen = False
+
+    def attach(self, monitor: Any) -> None:
+        super().attach(monitor)
+        self._scalars = {id(p): n for n, p in monitor.model.named_parameters() if p.numel() == 1}
 
     def watched(self) -> dict[Callable, Callable]:
         return {F.cross_entropy: self._observe, F.kl_div: self._observe_kl}
@@ -73,7 +78,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         z = logits.detach()
         if z.dim() > 1:
             z = z.movedim(1, -1)  # classes last: (N, C, d1, ...) -> (N, d1, ..., C)
-        self._head = self._head or self.producer(logits, z.shape[-1])
+        self._head = self._head or self._head_of(logits, z.shape[-1])
         z = z.reshape(-1, z.shape[-1])
         hard = not target.is_floating_point()
         if hard:
@@ -111,9 +116,19 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         p = target.detach().reshape(-1, logp.shape[-1])
         p = p.exp() if log_target else p
         one_hot = p.amax(dim=-1) == 1  # no host read here: rows are counted on the device
-        self._head = self._head or self.producer(logp, z.shape[-1])
+        self._head = self._head or self._head_of(logp, z.shape[-1])
         collapsed = softmax_collapse_mask(z, p.argmax(dim=-1)) & one_hot
         self._add({"collapsed": collapsed.float().sum(), "hard_rows": one_hot.float().sum()})
+
+    def _head_of(self, logits: torch.Tensor, width: int) -> str | None:
+        """Where the logits come from: the leaf module that output them; else a one-element
+        parameter that scales them within a few autograd steps (a contrastive temperature,
+        CLIP's ``logit_scale``); else the latest leaf of their width."""
+        return (
+            self.producer(logits)
+            or _scale_parameter(logits, self._scalars)
+            or self.producer(logits, width)
+        )
 
     def _add(self, parts: dict[str, torch.Tensor]) -> None:
         for key, value in parts.items():
@@ -144,3 +159,23 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             del record.values[SOFTMAX_COLLAPSE.name]  # soft targets only: no row to collapse
         elif collapse is not None:
             self.seen = True  # a distillation loss with one-hot rows counts once it is read
+
+
+def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:
+    """The name of a one-element parameter within ``depth`` autograd steps of ``logits``: a
+    scale set on logits that no module produced (``sim / temperature``)."""
+    frontier, seen = [logits.grad_fn], set()
+    for _ in range(depth):
+        following = []
+        for node in frontier:
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            variable = getattr(node, "variable", None)  # a leaf: AccumulateGrad
+            if variable is not None:
+                if id(variable) in scalars:
+                    return scalars[id(variable)]
+                continue
+            following += [n for n, _ in node.next_functions]
+        frontier = following
+    return None
