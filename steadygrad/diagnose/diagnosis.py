@@ -171,34 +171,24 @@ def judge(
         d.confidence = "high" if d.severity != "info" else "medium"
         d.why = "a symptom: what happened, not why; a cause ranked above it explains it"
     elif (
-        broke is None
-        and d.stalls
-        and first is not None
-        and progress_until is not None
-        and progress_until - first >= PROGRESS_AFTER
-    ):
-        # below the causes that may have stopped it, still above the symptoms
-        d.score = TIER_SCORE[SYMPTOM] + 5.0
-        d.confidence = "low"
-        d.why = (
-            f"seen from step {first}, yet the loss kept improving until step {progress_until}: "
-            "it did not stop learning"
-        )
-    elif broke is None:
-        d.confidence = "medium"
-        d.why = f"seen from step {first}; the run did not break, so nothing confirms it yet"
-    elif (
         d.stalls
         and first is not None
         and progress_until is not None
         and progress_until - first >= PROGRESS_AFTER
     ):
-        d.score -= 25.0
         d.confidence = "low"
         d.why = (
             f"seen from step {first}, yet the loss kept improving until step {progress_until}: "
-            f"it did not stop learning, and does not explain the break at step {broke}"
+            "it did not stop learning"
         )
+        if broke is None:  # below the causes that may have stopped it, above the symptoms
+            d.score = TIER_SCORE[SYMPTOM] + 5.0
+        else:
+            d.score -= 25.0
+            d.why += f", and does not explain the break at step {broke}"
+    elif broke is None:
+        d.confidence = "medium"
+        d.why = f"seen from step {first}; the run did not break, so nothing confirms it yet"
     elif first is not None and first <= broke:
         lead = broke - first
         d.score += 10.0 + min(lead, 10)  # of the causes that came first, the earliest

@@ -258,6 +258,12 @@ def _natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in name.replace(".", " . ").split()]
 
 
+def _serious(findings: list[Finding]) -> list[Finding]:
+    """The findings not judged harmless (info), or all of them when every one was: harmless
+    findings neither date nor place a cause that has serious ones."""
+    return [f for f in findings if f.severity != Severity.INFO] or findings
+
+
 def _first(findings: list[Finding]) -> int:
     return min(f.step for f in findings)
 
@@ -266,11 +272,9 @@ def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], 
     """A check for a per-module finding family: where it happens and from which step."""
 
     def check(facts: RunFacts) -> Found | None:
-        found = facts.of(*kinds)
+        found = _serious(facts.of(*kinds))
         if not found:
             return None
-        # findings judged harmless (info) neither date nor place a cause that has others
-        found = [f for f in found if f.severity != Severity.INFO] or found
         where = [f.where for f in found if f.where]
         first = _first(found)
         strongest = max(found, key=lambda f: Severity.rank(f.severity))
@@ -574,9 +578,8 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
     spikes = facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
     if not spikes:
         return None
-    minor = all(f.severity == "info" for f in spikes)  # each a small share of its step
-    # spikes judged harmless (info) neither date nor place it when others were not
-    spikes = spikes if minor else [f for f in spikes if f.severity != "info"]
+    minor = all(f.severity == Severity.INFO for f in spikes)  # each a small share of its step
+    spikes = _serious(spikes)
     first = spikes[0]
     ev: dict[str, Any] = {"spikes": len(spikes), "first": first.evidence}
     summary = f"{len(spikes)} gradient spike(s), the first at step {first.step}"

@@ -291,8 +291,9 @@ class ActivationSignal(Signal):
             return  # a re-run forward would be one rank's collective, or a sharded tensor's
         try:
             with torch.no_grad():
-                largest = iter(torch.stack([g.abs().amax().float() for g in grads]).tolist())
-            suspects = [(n, p) for n, p in params if p.grad is None or next(largest) == 0.0]
+                largest = torch.stack([g.abs().amax().float() for g in grads]).tolist()
+            touched = dict(zip([n for n, p in params if p.grad is not None], largest, strict=True))
+            suspects = [(n, p) for n, p in params if touched.get(n, 0.0) == 0.0]
             if not suspects or len(suspects) > most or len(suspects) == len(params):
                 return
             with self._rerunning(None), torch.no_grad():

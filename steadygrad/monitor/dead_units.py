@@ -39,7 +39,7 @@ class DeadUnitSignal(InterceptingSignal):
     def __init__(self, every: int = 25) -> None:
         super().__init__(every)
         self._alive: dict[str, torch.Tensor] = {}
-        self._signal: dict[str, torch.Tensor] = {}  # units whose input was not all zero
+        self._fed: dict[str, torch.Tensor] = {}  # units whose input was not all zero
         self._active: dict[str, list[torch.Tensor]] = {}  # positive count, element count
         self._channel_first: set[str] = set()
         self.seen = False
@@ -69,7 +69,7 @@ class DeadUnitSignal(InterceptingSignal):
             self._observe(args[:1], kwargs)
 
     def begin(self, step: int) -> None:
-        self._alive, self._signal, self._active = {}, {}, {}
+        self._alive, self._fed, self._active = {}, {}, {}
         super().begin(step)
 
     def _observe(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -78,15 +78,15 @@ class DeadUnitSignal(InterceptingSignal):
             return
         layer = self.producer(x) or self.running() or "<root>"
         dim = 1 if layer in self._channel_first else x.dim() - 1
-        x = x.detach()
-        positive = (x > 0) | x.isnan()
-        alive = positive.movedim(dim, 0).reshape(x.shape[dim], -1).any(dim=1)
-        signal = x.movedim(dim, 0).reshape(x.shape[dim], -1).ne(0).any(dim=1)
+        units = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1)  # one row per unit
+        positive = (units > 0) | units.isnan()
+        alive = positive.any(dim=1)
+        fed = units.ne(0).any(dim=1)
         previous = self._alive.get(layer)
         if previous is not None and previous.shape != alive.shape:
             return  # the same layer fed ReLUs of another width: keep the first
         self._alive[layer] = alive if previous is None else previous | alive
-        self._signal[layer] = signal if previous is None else self._signal[layer] | signal
+        self._fed[layer] = fed if previous is None else self._fed[layer] | fed
         count = positive.sum(dtype=torch.float32)
         total = self._active.setdefault(layer, [count.new_zeros(()), 0.0])
         total[0], total[1] = total[0] + count, total[1] + positive.numel()
@@ -100,6 +100,6 @@ class DeadUnitSignal(InterceptingSignal):
         out.put_many([DEAD_UNITS.key(n) for n in names], fractions)
         active = torch.stack([self._active[n][0] / self._active[n][1] for n in names])
         out.put_many([RELU_ACTIVE.key(n) for n in names], active)
-        zeroed = torch.stack([1.0 - self._signal[n].float().mean() for n in names])
+        zeroed = torch.stack([1.0 - self._fed[n].float().mean() for n in names])
         out.put_many([ZEROED_UNITS.key(n) for n in names], zeroed)
-        self._alive, self._signal, self._active = {}, {}, {}
+        self._alive, self._fed, self._active = {}, {}, {}
