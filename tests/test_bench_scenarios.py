@@ -148,3 +148,22 @@ def test_the_twelfth_held_out_file_is_registered_and_selectable(capsys):
     assert bench.main(["--file", "cases_heldout12", "--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert sorted(listed) == sorted(s.name for s in twelfth)
+
+
+def test_the_thirteenth_held_out_file_is_registered_and_selectable(capsys):
+    thirteenth = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout13")]
+    assert all(s.heldout and s.name.startswith("h13_") for s in thirteenth)
+    assert sum(not s.healthy for s in thirteenth) == 12 and sum(s.healthy for s in thirteenth) == 4
+    assert len({s.cause for s in thirteenth} - {"healthy"}) >= 11
+    assert (
+        len({s.optimizer for s in thirteenth}) >= 10 and len({s.family for s in thirteenth}) >= 12
+    )
+    others = {s.family for s in SCENARIOS.values() if s not in thirteenth}
+    assert not {s.family for s in thirteenth} & others
+    for s in thirteenth:
+        if s.healthy or s.cause in ("data_outlier", "loss_divergence", "sharpness_above_limit"):
+            assert s.where == (), s.name
+        assert s.diverges in (None, "auto") or s.diverges >= s.onset, s.name
+    assert bench.main(["--file", "cases_heldout13", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(listed) == sorted(s.name for s in thirteenth)
