@@ -148,3 +148,20 @@ def test_the_twelfth_held_out_file_is_registered_and_selectable(capsys):
     assert bench.main(["--file", "cases_heldout12", "--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert sorted(listed) == sorted(s.name for s in twelfth)
+
+
+def test_the_fourteenth_held_out_file_is_registered_and_selectable(capsys):
+    mine = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout14")]
+    assert all(s.heldout and s.name.startswith("h14_") for s in mine)
+    assert sum(not s.healthy for s in mine) == 12 and sum(s.healthy for s in mine) == 4
+    assert len({s.cause for s in mine} - {"healthy"}) == 12
+    assert len({s.optimizer for s in mine}) >= 10 and len({s.family for s in mine}) == 16
+    others = {s.family for s in SCENARIOS.values() if s not in mine}
+    assert not {s.family for s in mine} & others
+    for s in mine:
+        if s.healthy or s.cause in ("data_outlier", "loss_divergence", "sharpness_above_limit"):
+            assert s.where == (), s.name
+        assert s.diverges in (None, "auto") or s.diverges >= s.onset, s.name
+    assert bench.main(["--file", "cases_heldout14", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(listed) == sorted(s.name for s in mine)
