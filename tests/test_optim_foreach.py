@@ -77,6 +77,37 @@ def test_foreach_path_follows_per_tensor_path(name):
                 torch.testing.assert_close(opt.state[p][key], value, **tol)
 
 
+@pytest.mark.parametrize("name", ["Grams", "DiffGrad", "StableSPAM"])
+def test_adam_building_block_without_the_fused_kernel(name, monkeypatch):
+    # where torch has no fused Adam kernel for a device or dtype, the same step as an op chain
+    monkeypatch.setattr(_foreach, "_FUSED_ADAM", {("cpu", torch.float32): False})
+    reference, _ = _run(name, foreach=False)
+    lists, _ = _run(name, foreach=True)
+    torch.testing.assert_close(lists, reference, rtol=1e-5, atol=2e-6)
+
+
+def test_grams_lists_leave_coordinates_with_zero_gradient_in_place():
+    p = torch.nn.Parameter(torch.ones(300))
+    opt = so.Grams([p], lr=0.1, fused=False)
+    p.grad = torch.ones(300)
+    opt.step()  # momentum everywhere
+    p.grad = torch.zeros(300)
+    p.grad[::3] = 1.0
+    before = p.detach().clone()
+    opt.step()
+    moved = p.detach() != before
+    assert moved[::3].all() and not moved[1::3].any() and not moved[2::3].any()
+
+
+def test_scratch_views_are_reused_and_sized_per_slot():
+    like = [torch.ones(3, 2), torch.ones(5)]
+    a, b = _foreach.scratch(like, 0), _foreach.scratch(like, 1)
+    assert [t.shape for t in a] == [torch.Size([3, 2]), torch.Size([5])]
+    assert _foreach.scratch(like, 0)[0].data_ptr() == a[0].data_ptr()  # kept between calls
+    assert a[0].data_ptr() != b[0].data_ptr()  # slots never alias
+    assert a[1].data_ptr() == a[0].data_ptr() + 6 * 4  # packed one after the other
+
+
 @pytest.mark.parametrize("name", ["AdEMAMix", "StableSPAM", "Lion"])
 def test_bfloat16_parameters_keep_float32_states(name):
     reference, _ = _run(name, steps=20, dtype=torch.bfloat16, foreach=False)

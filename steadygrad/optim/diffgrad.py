@@ -42,22 +42,21 @@ def diffgrad_kernel(
 
 
 def diffgrad_foreach(p, g, m, v, g_prev, hp) -> None:
-    """:func:`diffgrad_kernel` on lists of tensors, in place, with fused ops (``lerp``,
-    ``addcmul``, ``addcdiv``): equal to the kernel up to rounding."""
+    """:func:`diffgrad_kernel` on lists of tensors, in place: Adam's step ``u`` by the fused
+    Adam pass into zeroed scratch, then ``p -= sigmoid(|g_prev - g|) * u``; equal to the kernel
+    up to rounding."""
     decay, l2, b1, omb1, b2, omb2, eps, step_size = hp
-    g = _foreach.with_l2(p, g, l2)
-    torch._foreach_lerp_(m, g, omb1)
-    torch._foreach_mul_(v, b2)
-    torch._foreach_addcmul_(v, g, g, value=omb2)
-    update = torch._foreach_sub(g_prev, g)
-    torch._foreach_abs_(update)
-    torch._foreach_sigmoid_(update)
-    torch._foreach_mul_(update, m)
-    denom = torch._foreach_sqrt(v)
-    torch._foreach_add_(denom, eps)
+    g = _foreach.with_l2(p, g, l2)  # scratch slot 0
+    step = _foreach.scratch(g, 1)
+    torch._foreach_zero_(step)
+    _foreach.adam_step_(step, g, m, v, step_size, b1, b2, eps)  # step = -u
+    friction = _foreach.copy_to_scratch(g_prev, 2)
+    torch._foreach_sub_(friction, g)
+    torch._foreach_abs_(friction)
+    torch._foreach_sigmoid_(friction)
     if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
         torch._foreach_mul_(p, decay)
-    torch._foreach_addcdiv_(p, update, denom, value=-step_size)
+    torch._foreach_addcmul_(p, step, friction)
     torch._foreach_copy_(g_prev, g)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -27,19 +28,18 @@ def grams_kernel(
 
 
 def grams_foreach(p, g, m, v, hp) -> None:
-    """:func:`grams_kernel` on lists of tensors, in place, with fused ops (``lerp``,
-    ``addcmul``, ``addcdiv``): equal to the kernel up to rounding."""
+    """:func:`grams_kernel` on lists of tensors, in place: Adam's step ``u`` computed by the
+    fused Adam pass into zeroed scratch, then ``p -= |u| * sign(g)``; equal up to rounding."""
     decay, b1, omb1, b2, omb2, eps, step_size = hp
-    torch._foreach_lerp_(m, g, omb1)
-    torch._foreach_mul_(v, b2)
-    torch._foreach_addcmul_(v, g, g, value=omb2)
-    update = torch._foreach_sign(g)
-    torch._foreach_mul_(update, torch._foreach_abs(m))
-    denom = torch._foreach_sqrt(v)
-    torch._foreach_add_(denom, eps)
+    step = _foreach.scratch(g, 0)
+    torch._foreach_zero_(step)
+    _foreach.adam_step_(step, g, m, v, step_size, b1, b2, eps)  # step = -u
+    torch._foreach_abs_(step)
+    sign = _foreach.copy_to_scratch(g, 1)
+    torch._foreach_sign_(sign)
     if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
         torch._foreach_mul_(p, decay)
-    torch._foreach_addcdiv_(p, update, denom, value=-step_size)
+    torch._foreach_addcmul_(p, step, sign, value=-1.0)
 
 
 grams_kernel.foreach = grams_foreach  # type: ignore[attr-defined]

@@ -146,20 +146,16 @@ def stable_spam_foreach(p, g, m, v, max_ema, norm_ema, norm_sq_ema, hp) -> None:
     k = 0
     for block, mask in zip(blocks, masks, strict=True):
         pp, gp, mp, vp = ([row[j] for row in block] for j in range(4))
-        gc = list(torch._foreach_mul(gp, below[k : k + len(gp)]))
+        gc = list(_foreach.copy_to_scratch(gp, 0))  # a list of our own: entries get replaced
+        torch._foreach_mul_(gc, below[k : k + len(gp)])
         for j, (x, hi) in enumerate(zip(gp, above[k:], strict=False)):
             if mask[j] is not None:
                 gc[j] = torch.where(mask[j], x * hi, gc[j])
         k += len(gp)
-        torch._foreach_lerp_(mp, gc, omb1)  # m*b1 + g*(1-b1) in one pass
-        torch._foreach_mul_(vp, b2)
-        torch._foreach_addcmul_(vp, gc, gc, value=omb2)
-        # p*decay - step_size * m / (sqrt(v)/bc2_sqrt + eps), with bc2_sqrt moved out
-        denom = torch._foreach_sqrt(vp)
-        torch._foreach_add_(denom, eps * bc2_sqrt)
         if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
             torch._foreach_mul_(pp, decay)
-        torch._foreach_addcdiv_(pp, mp, denom, value=-step_size * bc2_sqrt)
+        # p*decay - step_size * m / (sqrt(v)/bc2_sqrt + eps), with bc2_sqrt moved out
+        _foreach.adam_step_(pp, gc, mp, vp, step_size * bc2_sqrt, b1, b2, eps * bc2_sqrt)
     torch._foreach_copy_(max_ema, max_ema_new.unbind(0))
     torch._foreach_copy_(norm_ema, norm_ema_new.unbind(0))
     torch._foreach_copy_(norm_sq_ema, norm_sq_ema_new.unbind(0))
