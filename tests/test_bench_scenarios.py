@@ -116,54 +116,31 @@ def test_a_healthy_control_has_no_truth_to_locate(tmp_path, name):
     assert row["error"] is None and "warned" in row and "first" not in row
 
 
-def test_the_fifth_held_out_file_is_registered_and_selectable(capsys):
-    fifth = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout5")]
-    assert all(s.heldout and s.name.startswith("h5_") for s in fifth)
-    assert sum(not s.healthy for s in fifth) == 13 and sum(s.healthy for s in fifth) == 4
-    assert len({s.cause for s in fifth} - {"healthy"}) >= 12
-    assert len({s.optimizer for s in fifth}) >= 10 and len({s.family for s in fifth}) >= 8
-    others = {s.family for s in SCENARIOS.values() if s not in fifth}
-    assert not {s.family for s in fifth} & others
-    for s in fifth:
+# (case file, name prefix, faults, distinct causes at least, families at least)
+HELD_OUT_FILES = [
+    ("cases_heldout5", "h5_", 13, 12, 8),
+    ("cases_heldout12", "h12_", 12, 11, 12),
+    ("cases_heldout13", "h13_", 12, 11, 12),
+    ("cases_heldout14", "h14_", 12, 12, 16),
+]
+
+
+@pytest.mark.parametrize("module, prefix, faults, causes, families", HELD_OUT_FILES)
+def test_a_held_out_file_is_registered_and_selectable(
+    capsys, module, prefix, faults, causes, families
+):
+    mine = [s for s in SCENARIOS.values() if s.run.__module__.endswith("." + module)]
+    assert all(s.heldout and s.name.startswith(prefix) for s in mine)
+    assert sum(not s.healthy for s in mine) == faults and sum(s.healthy for s in mine) == 4
+    assert len({s.cause for s in mine} - {"healthy"}) >= causes
+    assert len({s.optimizer for s in mine}) >= 10 and len({s.family for s in mine}) >= families
+    # a family of the other case files is not reused
+    others = {s.family for s in SCENARIOS.values() if s not in mine}
+    assert not {s.family for s in mine} & others
+    for s in mine:
         if s.healthy or s.cause in ("data_outlier", "loss_divergence", "sharpness_above_limit"):
             assert s.where == (), s.name
         assert s.diverges in (None, "auto") or s.diverges >= s.onset, s.name
-    assert bench.main(["--file", "cases_heldout5", "--list"]) == 0
+    assert bench.main(["--file", module, "--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert sorted(listed) == sorted(s.name for s in fifth)
-
-
-def test_the_twelfth_held_out_file_is_registered_and_selectable(capsys):
-    twelfth = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout12")]
-    assert all(s.heldout and s.name.startswith("h12_") for s in twelfth)
-    assert sum(not s.healthy for s in twelfth) == 12 and sum(s.healthy for s in twelfth) == 4
-    assert len({s.cause for s in twelfth} - {"healthy"}) >= 11
-    assert len({s.optimizer for s in twelfth}) >= 10 and len({s.family for s in twelfth}) >= 12
-    others = {s.family for s in SCENARIOS.values() if s not in twelfth}
-    assert not {s.family for s in twelfth} & others
-    for s in twelfth:
-        if s.healthy or s.cause in ("data_outlier", "loss_divergence", "sharpness_above_limit"):
-            assert s.where == (), s.name
-        assert s.diverges in (None, "auto") or s.diverges >= s.onset, s.name
-    assert bench.main(["--file", "cases_heldout12", "--list"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert sorted(listed) == sorted(s.name for s in twelfth)
-
-
-def test_the_thirteenth_held_out_file_is_registered_and_selectable(capsys):
-    thirteenth = [s for s in SCENARIOS.values() if s.run.__module__.endswith(".cases_heldout13")]
-    assert all(s.heldout and s.name.startswith("h13_") for s in thirteenth)
-    assert sum(not s.healthy for s in thirteenth) == 12 and sum(s.healthy for s in thirteenth) == 4
-    assert len({s.cause for s in thirteenth} - {"healthy"}) >= 11
-    assert (
-        len({s.optimizer for s in thirteenth}) >= 10 and len({s.family for s in thirteenth}) >= 12
-    )
-    others = {s.family for s in SCENARIOS.values() if s not in thirteenth}
-    assert not {s.family for s in thirteenth} & others
-    for s in thirteenth:
-        if s.healthy or s.cause in ("data_outlier", "loss_divergence", "sharpness_above_limit"):
-            assert s.where == (), s.name
-        assert s.diverges in (None, "auto") or s.diverges >= s.onset, s.name
-    assert bench.main(["--file", "cases_heldout13", "--list"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert sorted(listed) == sorted(s.name for s in thirteenth)
+    assert sorted(listed) == sorted(s.name for s in mine)
