@@ -32,12 +32,19 @@ def test_attention_logit_growth_fires_on_geometric_growth_not_on_noisy_plateau()
     findings = run(AttentionLogitGrowth(), growing)
     assert [f.where for f in findings] == ["h.0.attn"]
     first = findings[0]
-    crossing = next(s for s in range(40) if 3.0 * 1.15**s >= 50)
+    # the warning level is 100, where Megatron's qk-clip and MuonClip cap the logits
+    assert AttentionLogitGrowth().threshold == 100
+    crossing = next(s for s in range(40) if 3.0 * 1.15**s >= 100)
     assert first.step == crossing and first.severity == "warning"
     assert first.evidence["growth_factor"] == pytest.approx(1.15**crossing)
     # Healthy: large but flat logits with noise (e.g. a QK-norm model) never fire.
     plateau = [{"attn_logit_max/h.0.attn": 60 + rng.uniform(-5, 5)} for _ in range(200)]
     assert run(AttentionLogitGrowth(), plateau) == []
+    # Healthy: one-hot attention learnt slowly, the largest logit climbing noisily from 20 to
+    # 70 (a PatchTST on a periodic series): below where production trainers intervene
+    learnt = [{"attn_logit_max/h.0.attn": (20 + s / 4) * rng.uniform(0.8, 1.2)} for s in range(200)]
+    assert run(AttentionLogitGrowth(), learnt) == []
+    assert run(AttentionLogitGrowth(threshold=50), learnt)  # what the old level of 50 said
 
 
 def test_attention_logit_growth_critical_value_and_rearm():

@@ -942,7 +942,7 @@ def test_logits_scaled_by_a_bare_parameter_are_placed_at_it(tmp_path, scaled):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(16, 8), torch.arange(16)
     with steadygrad.watch(model, opt, tmp_path / str(scaled), progress=False) as mon:
-        for step in range(120):
+        for _ in range(120):
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()

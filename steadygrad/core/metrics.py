@@ -234,3 +234,10 @@ ADAPTIVE_UPDATE = "adaptive_update"
 # Record meta key: the parameter tensors that got no gradient and, nudged, left the model's
 # output unchanged (dead code, not a frozen layer); listed once, at the step checked.
 UNUSED_PARAMETERS = "unused_parameters"
+# Record meta key: the parameter tensors the optimizer holds that had ``requires_grad=False``
+# when the Monitor attached (a fixed sinusoidal table, a fine-tuning recipe's frozen block):
+# frozen by the code's own statement; listed once, on the first record.
+FROZEN_AT_ATTACH = "frozen_at_attach"
+# Record meta key: the optimizer's family (:func:`steadygrad.core.optimizer_family`), on the
+# first record: whether a step scales with the gradient is part of reading one.
+OPTIMIZER_FAMILY = "optimizer_family"

@@ -276,9 +276,10 @@ class ActivationSignal(Signal):
             self._input_hook = None
 
     def _check_unused(self, record: Record, most: int = 16) -> None:
-        """Once, on the first healthy step with gradients: each trainable tensor whose gradient
-        is missing or exactly zero is nudged, and the step's forward re-run; one that leaves the
-        model's output as it was does nothing (an unused branch, a weight whose input is always
+        """Once, on the first healthy step with gradients: the trainable tensors whose gradient
+        is missing or exactly zero are nudged (all together, then, if that changed the output
+        and there are at most ``most``, one by one), and the step's forward re-run; one that
+        leaves the model's output as it was does nothing (an unused branch, a weight whose input is always
         zero): listed in ``record.meta[UNUSED_PARAMETERS]``, it is dead code, not a frozen
         layer. A tensor used but detached, or frozen with ``requires_grad=False``, is left to the
         frozen-layer test."""
@@ -294,24 +295,36 @@ class ActivationSignal(Signal):
                 largest = torch.stack([g.abs().amax().float() for g in grads]).tolist()
             touched = dict(zip([n for n, p in params if p.grad is not None], largest, strict=True))
             suspects = [(n, p) for n, p in params if touched.get(n, 0.0) == 0.0]
-            if not suspects or len(suspects) > most or len(suspects) == len(params):
+            if not suspects or len(suspects) == len(params):
                 return
             with self._rerunning(None), torch.no_grad():
                 baseline = self._outputs()
-                unused = []
-                for name, p in suspects:
-                    kept = p.detach().clone()
-                    p.add_(_noise(p))
-                    nudged = self._outputs()
-                    p.copy_(kept)
-                    if len(nudged) == len(baseline) and all(
-                        torch.equal(a, b) for a, b in zip(baseline, nudged, strict=True)
-                    ):
-                        unused.append(name)
+                # all at once first: when none of them changes the output (attention over one
+                # token, a whole unused branch), that is one forward however many there are
+                if self._unchanged(baseline, suspects):
+                    unused = [n for n, _ in suspects]
+                elif len(suspects) > most:
+                    return  # one forward each would cost too much: nothing is claimed
+                else:
+                    unused = [n for n, p in suspects if self._unchanged(baseline, [(n, p)])]
         except Exception:  # noqa: BLE001 - a check never breaks training; nothing is claimed
             return
         if unused:
             record.meta[UNUSED_PARAMETERS] = unused
+
+    def _unchanged(self, baseline: list[torch.Tensor], nudge: list[tuple[str, Any]]) -> bool:
+        """Whether the outputs stay ``baseline`` with every tensor of ``nudge`` nudged."""
+        kept = [p.detach().clone() for _, p in nudge]
+        for _, p in nudge:
+            p.add_(_noise(p))
+        try:
+            nudged = self._outputs()
+        finally:
+            for (_, p), value in zip(nudge, kept, strict=True):
+                p.copy_(value)
+        return len(nudged) == len(baseline) and all(
+            torch.equal(a, b) for a, b in zip(baseline, nudged, strict=True)
+        )
 
     def _outputs(self) -> list[torch.Tensor]:
         outs = []

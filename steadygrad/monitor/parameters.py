@@ -19,13 +19,16 @@ from torch import nn
 from steadygrad.core import Measurements, Members, Record, Signal
 from steadygrad.core.checks import positive_int
 from steadygrad.core.metrics import (
+    FROZEN_AT_ATTACH,
     GRAD_NORM,
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
+    OPTIMIZER_FAMILY,
     PARAM_NORM,
     UPDATE_RATIO,
 )
+from steadygrad.core.optimizer import optimizer_family
 from steadygrad.monitor.tensor_groups import Parts, TensorGroups
 
 
@@ -274,12 +277,21 @@ class ParameterSignal(Signal):
         self._index: list[int] = []
         self._grad_members: tuple[list[int], Members] | None = None
         self._hooks: list[Any] = []
+        self._first_meta: dict[str, Any] = {}
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
         # raises for a model without parameters
         self.stats = ParameterStats(monitor.model, getattr(monitor, "optimizer", None))
         self._hooks = self.stats.trace_backward_order()
+        # said once, on the first record
+        optimizer = getattr(monitor, "optimizer", None)
+        self._first_meta: dict[str, Any] = {
+            OPTIMIZER_FAMILY: "unknown" if optimizer is None else optimizer_family(optimizer)
+        }
+        frozen = [n for n, p in self.stats.named if not p.requires_grad]
+        if frozen:
+            self._first_meta[FROZEN_AT_ATTACH] = frozen
 
     def begin(self, step: int) -> None:
         if step % self.update_every == 0:
@@ -328,6 +340,9 @@ class ParameterSignal(Signal):
             meta["nonfinite_parameters"] = [stats.names[i] for i in bad_params]
         if bad_grads or bad_params or not math.isfinite(values.get(LOSS.name, 0.0)):
             meta["nonfinite"] = True  # what else this step measured is NaN-driven
+        if self._first_meta:
+            meta.update(self._first_meta)
+            self._first_meta = {}
         if self._hooks and stats.backward_order:
             self.detach()  # the order of one backward pass is all it needs
 

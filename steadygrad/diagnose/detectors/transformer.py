@@ -27,6 +27,7 @@ from steadygrad.core.metrics import (
     ATTN_LOGIT_MAX,
     DEAD_UNITS,
     EFFECTIVE_RANK,
+    FROZEN_AT_ATTACH,
     GRAD_NORM,
     LOGIT_LSE_MEAN,
     LOSS,
@@ -87,9 +88,10 @@ class AttentionLogitGrowth(Detector):
     at least ``growth`` times its smallest value so far, and is above ``threshold``; fires
     (critical) at once when it reaches ``critical`` or is not finite.
 
-    ``threshold=50``: ``exp(-50)`` is below float32 resolution next to 1, so one key can take
-    all the attention weight (entropy collapse). ``critical=1e3``: where Wortsman et al. saw the
-    loss degrade. "Grows" means above the series' running average (EMA, ``smoothing``).
+    ``threshold=100``: the level production trainers cap the logits at (Megatron's ``--qk-clip``
+    and Kimi K2's MuonClip rescale q and k to a largest logit of 100); a healthy model can learn
+    one-hot attention with logits of 50-60 and train on. ``critical=1e3``: where Wortsman et al.
+    saw the loss degrade. "Grows" means above the series' running average (EMA, ``smoothing``).
 
     Example:
         >>> detector = AttentionLogitGrowth()
@@ -102,7 +104,7 @@ class AttentionLogitGrowth(Detector):
 
     def __init__(
         self,
-        threshold: float = 50.0,
+        threshold: float = 100.0,
         critical: float = 1e3,
         growth: float = 2.0,
         patience: int = 3,
@@ -520,6 +522,7 @@ class UpdateRatioOutOfRange(Detector):
         self._high: dict[str, _Streak] = {}
         self._low: dict[str, _Streak] = {}
         self._unused: set[str] = set()  # tensors found to be dead code (UNUSED_PARAMETERS)
+        self._on_purpose: set[str] = set()  # requires_grad=False at attach (FROZEN_AT_ATTACH)
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
     reads, emits = (UPDATE_RATIO,), (UPDATE_RATIO_OUT_OF_RANGE,)
@@ -533,6 +536,7 @@ class UpdateRatioOutOfRange(Detector):
             self._unused.add(name)
             evidence = {"direction": "unused", "note": "no gradient, and its value changes nothing"}
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
+        self._on_purpose.update(record.meta.get(FROZEN_AT_ATTACH, ()))
         for name, ratio in record.family(UPDATE_RATIO.name).items():
             if not math.isfinite(ratio) or name == "bias" or name.endswith(".bias"):
                 continue
@@ -545,7 +549,12 @@ class UpdateRatioOutOfRange(Detector):
             frozen = self._low.setdefault(name, _Streak())
             if frozen.update(ratio < self.low, self.patience):
                 evidence = {"direction": "frozen", "update_ratio": ratio, "low": self.low}
-                findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
+                severity = "warning"
+                if name in self._on_purpose:
+                    # the code said so: a fixed table, a fine-tuning recipe's frozen block
+                    evidence["note"] = "requires_grad=False since the start: frozen on purpose?"
+                    severity = "info"
+                findings.append(Finding(self.kind, record.step, name, evidence, severity))
         return findings
 
 

@@ -23,9 +23,11 @@ from steadygrad.core.metrics import (
     DIRECTIONAL_SHARPNESS_RATIO,
     GRAD_NORM,
     LOSS,
+    OPTIMIZER_FAMILY,
     PARAM_NORM,
     UPDATE_RATIO,
 )
+from steadygrad.core.optimizer import PER_COORDINATE
 from steadygrad.diagnose.detectors.base import Detector
 
 LOSS_DIVERGENCE = FindingKind(
@@ -338,6 +340,7 @@ class GradientGrowth(Detector):
         self.moved = finite_float("moved", moved, low=0.0)
         self.loss = SustainedLevel(window)
         self._first_record = True
+        self._per_coordinate = False  # the optimizer scales its step per coordinate
         self._at_start: list[Finding] = []  # a finding at initialisation, awaiting the loss
         self._at_start_wait = 0
         self.growth = math.log(finite_float("growth", growth, low=1.0, low_open=True))
@@ -358,6 +361,8 @@ class GradientGrowth(Detector):
             return self._at_start_confirmed(broken=record.nonfinite)
         if self._first_record:
             self._first_record = False
+            family = record.meta.get(OPTIMIZER_FAMILY)
+            self._per_coordinate = family in PER_COORDINATE
             self._at_start = self._at_init(record, norm)
             self._at_start_wait = self.level.values.maxlen or 5
             if not self._at_start:
@@ -440,8 +445,11 @@ class GradientGrowth(Detector):
             and previous[1] >= largest
             and previous[1] >= self.collapse * norm
             # its update moved the weights (NaN: not known); the first gradient has nothing
-            # before it to stand above, so its update must have been as large as the weights
+            # before it to stand above, so its update must have been as large as the weights,
+            # and made so by the gradient: a per-coordinate step (Adam, Adagrad) moves each
+            # weight by about the learning rate whatever the gradient's size
             and not previous[3] < (self.moved if before_previous else 1.0)
+            and (before_previous or not self._per_coordinate)
         ):
             # A candidate: the loss has a few records to show whether the run shrugged it off.
             self._explosion = (previous[0], previous[1], norm, self._grew_most(previous[2]))
