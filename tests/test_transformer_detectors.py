@@ -193,3 +193,32 @@ def test_detector_arguments_are_checked():
         SoftmaxCollapse(patience=1.5)
     with pytest.raises(ValueError, match="low"):
         UpdateRatioOutOfRange(high=0.1, low=0.2)
+
+
+def test_attention_logit_growth_warns_early_on_compounding_growth_not_on_learning():
+    # Readings every 25 steps (and extra ones after a finding). Compounding: q/k weights grow by
+    # a factor each step, so the logit doubles every reading; it is warned at 15.9, three
+    # readings before it reaches 100, where the level test alone would first see it.
+    def readings(values, extra_after=None):
+        out = []
+        for i, v in enumerate(values):
+            out.append((25 * i, v))
+            if extra_after == i:
+                out += [(25 * i + 1, v * 0.8), (25 * i + 2, v * 1.1)]
+        return [Record(s, {"attn_logit_max/l.1.attn": v}) for s, v in out]
+
+    compounding = [0.05, 0.12, 0.7, 1.0, 1.86, 3.5, 8.2, 15.9, 33.4, 70.0, 140.0]
+    detector = AttentionLogitGrowth()
+    found = [f for r in readings(compounding, extra_after=5) for f in detector.update(r)]
+    assert [(f.step, f.severity) for f in found] == [(175, "warning")]
+    assert found[0].evidence["early"] and found[0].evidence["doubling_steps"] == pytest.approx(
+        25 * math.log(2) / math.log(15.9 / 8.2)
+    )
+    # the level test alone: first at 100 (step 250)
+    level_only = AttentionLogitGrowth()
+    level_only.EARLY_RATIO = math.inf
+    late = [f for r in readings(compounding) for f in level_only.update(r)]
+    assert [f.step for f in late] == [250]
+    # Learning from a small initialisation: fast at first, slowing (a PatchTST's layer 1)
+    learning = [0.04, 0.38, 2.1, 7.3, 16.6, 15.8, 26.3, 28.2, 25.2, 27.7, 48.4, 58.7]
+    assert [f for r in readings(learning) for f in AttentionLogitGrowth().update(r)] == []

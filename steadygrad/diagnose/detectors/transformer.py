@@ -93,6 +93,13 @@ class AttentionLogitGrowth(Detector):
     one-hot attention with logits of 50-60 and train on. ``critical=1e3``: where Wortsman et al.
     saw the loss degrade. "Grows" means above the series' running average (EMA, ``smoothing``).
 
+    Early warning: growth that compounds, as when the q/k weights themselves grow by a factor
+    each step (Wortsman et al.: the logits grow with the square of their scale). Over the last
+    four readings on the signal's cadence the logit rose by at least ``EARLY_RATIO`` each time,
+    at a per-step rate that is not slowing (the last at least ``STEADY`` of the first: learning
+    from a small initialisation slows as it goes), it stands at a tenth of ``threshold`` or
+    more, and at that rate it crosses ``threshold`` within three more readings: a warning then.
+
     Example:
         >>> detector = AttentionLogitGrowth()
         >>> detector.update(Record(0, {"attn_logit_max/h.0.attn": 2.0}))
@@ -101,6 +108,9 @@ class AttentionLogitGrowth(Detector):
 
     kind = ATTENTION_LOGIT_GROWTH
     reads, emits = (ATTN_LOGIT_MAX,), (ATTENTION_LOGIT_GROWTH,)
+
+    EARLY_RATIO = 1.3
+    STEADY = 0.7
 
     def __init__(
         self,
@@ -119,7 +129,11 @@ class AttentionLogitGrowth(Detector):
         self.signal = signal
         self._state: dict[str, list[float]] = {}  # name -> [floor, ema, rising]
         self._readings = Readings()
-        self._fired: dict[str, bool] = {}
+        self._fired: dict[str, float] = {}  # name -> the value it fired at (re-armed below half)
+        # name -> the last four readings on the cadence (step, value); readings closer than half
+        # the cadence (the extra ones taken after a finding) are left out
+        self._cadenced: dict[str, collections.deque[tuple[int, float]]] = {}
+        self._gap: int | None = None
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -131,10 +145,11 @@ class AttentionLogitGrowth(Detector):
         for name, value in family.items():
             state = self._state.get(name)
             if not math.isfinite(value) or value >= self.critical:
-                if not self._fired.get(name):
-                    self._fired[name] = True
+                if name not in self._fired:
+                    self._fired[name] = math.inf
                     findings.append(self._finding(record.step, name, value, state, "critical"))
                 continue
+            early = self._compounding(name, record.step, value)
             if state is None:
                 self._state[name] = [value, value, 0]
                 continue
@@ -142,13 +157,48 @@ class AttentionLogitGrowth(Detector):
             rising = rising + 1 if value > ema else 0
             floor = min(floor, value)
             state[:] = [floor, self.smoothing * ema + (1 - self.smoothing) * value, rising]
-            if value < self.threshold / 2:
-                self._fired[name] = False
+            if value < min(self._fired.get(name, math.inf), self.threshold) / 2:
+                self._fired.pop(name, None)
+            if name in self._fired:
+                continue
             hit = value >= self.threshold and value >= self.growth * floor
-            if hit and rising >= self.patience and not self._fired.get(name):
-                self._fired[name] = True
-                findings.append(self._finding(record.step, name, value, state, "warning"))
+            if (hit and rising >= self.patience) or early is not None:
+                self._fired[name] = value
+                finding = self._finding(record.step, name, value, state, "warning")
+                if early is not None and not hit:
+                    finding.evidence.update(early)
+                findings.append(finding)
         return findings
+
+    def _compounding(self, name: str, step: int, value: float) -> dict[str, float] | None:
+        """The early-warning test (see the class docstring) on this layer's cadenced readings;
+        its evidence when it holds."""
+        kept = self._cadenced.setdefault(name, collections.deque(maxlen=4))
+        if kept:
+            gap = step - kept[-1][0]
+            if self._gap is None:
+                self._gap = gap
+            if gap < self._gap / 2:
+                return None  # an extra reading, off the cadence
+        kept.append((step, value))
+        if len(kept) < 4 or value < self.threshold / 10:
+            return None
+        rates = []
+        for (s0, v0), (s1, v1) in zip(list(kept)[:-1], list(kept)[1:], strict=True):
+            if not (v0 > 0 and v1 >= self.EARLY_RATIO * v0 and s1 > s0):
+                return None
+            rates.append(math.log(v1 / v0) / (s1 - s0))
+        if rates[-1] < self.STEADY * rates[0]:
+            return None  # slowing down: learning, not compounding
+        last_gap = kept[-1][0] - kept[-2][0]
+        to_threshold = math.log(self.threshold / value) / rates[-1]
+        if to_threshold > 3 * last_gap:
+            return None
+        return {
+            "early": True,
+            "doubling_steps": math.log(2) / rates[-1],
+            "steps_to_threshold": to_threshold,
+        }
 
     def _finding(self, step, name, value, state, severity) -> Finding:  # noqa: ANN001
         evidence = {ATTN_LOGIT_MAX.name: value, "threshold": self.threshold}
