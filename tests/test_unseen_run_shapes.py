@@ -867,7 +867,6 @@ def test_the_first_gradient_is_no_explosion_of_the_steps_after_it(at):
     assert found == [(at, "critical")]
 
 
-
 # -- the twelfth held-out set -------------------------------------------------------------------
 
 
