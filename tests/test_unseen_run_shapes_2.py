@@ -1,6 +1,7 @@
-"""Run shapes the thirteenth and fourteenth held-out sets showed (each a trigger and a control):
+"""Run shapes the thirteenth to sixteenth held-out sets showed (each a trigger and a control):
 tensors frozen by the code's own ``requires_grad=False``, a per-coordinate optimizer's giant first
-gradient, many tensors of dead code, and attention that a healthy model learns one-hot."""
+gradient, many tensors of dead code, a path whose gradient vanishes, and spikes that come with a
+divergence already under way."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from torch import nn
 import steadygrad
 from steadygrad.core import Record
 from steadygrad.core.metrics import FROZEN_AT_ATTACH, OPTIMIZER_FAMILY
-from steadygrad.diagnose.detectors import Detector, GradientGrowth, UpdateRatioOutOfRange
+from steadygrad.diagnose.detectors import (
+    Detector,
+    GradientGrowth,
+    LossDivergence,
+    UpdateRatioOutOfRange,
+)
 
 
 def _data():
@@ -161,3 +167,105 @@ def test_many_tensors_of_dead_code_are_found_with_one_forward(tmp_path):
     side = {n for n, _ in model.side.named_parameters(prefix="side")}
     assert len(side) == 40 and unused == side  # more than the 16 tested one by one
     assert not [f for f in mon.findings if f.severity != "info"]
+
+
+class _Quiet(nn.Module):
+    """A trunk, and a side path whose contribution is scaled by 1e-6 (a layer-scale left at its
+    tiny initial value): the path's gradient is a millionth of the trunk's."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Linear(8, 16)
+        self.quiet = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+        self.scale = scale
+
+    def forward(self, x):
+        h = torch.relu(self.trunk(x))
+        return self.head(h + self.scale * self.quiet(h))
+
+
+@pytest.mark.parametrize("case", ["vanishing", "lr_zero"])
+def test_a_tensor_still_because_its_gradient_vanishes_is_not_frozen(tmp_path, case):
+    # the control: an ordinary gradient, and a learning rate of 0 for the path
+    model = _Quiet(1e-6 if case == "vanishing" else 1.0)
+    quiet = list(model.quiet.parameters())
+    rest = [p for n, p in model.named_parameters() if not n.startswith("quiet")]
+    lr_quiet = 0.05 if case == "vanishing" else 0.0  # lr 0: frozen by the recipe
+    opt = torch.optim.SGD([{"params": rest}, {"params": quiet, "lr": lr_quiet}], lr=0.05)
+    x, y = _data()
+    with steadygrad.watch(model, opt, tmp_path / case, progress=False, update_every=5) as mon:
+        for _ in range(40):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    found = {(f.where, f.severity, f.evidence["direction"]) for f in mon.findings}
+    run = steadygrad.load(tmp_path / case)
+    g = run.series("grad_norm/quiet.weight")[1][0] / run.series("param_norm/quiet.weight")[1][0]
+    h = run.series("grad_norm/head.weight")[1][0] / run.series("param_norm/head.weight")[1][0]
+    if case == "vanishing":
+        assert g < 1e-3 * h  # the oracle: the path's gradient is under a thousandth
+        assert found == {("quiet.weight", "info", "vanishing")}
+    else:
+        assert found == {("quiet.weight", "warning", "frozen")}
+
+
+def _drifting_regression(tmp_path, name, spike_at, drift=True):
+    """Adam on a regression whose labels get noisier from step 60 (the loss climbs, and no
+    mechanism is behind it), with one batch of inputs 300x too large at ``spike_at``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 1, generator=g)
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False) as mon:
+        for step in range(260):
+            x = torch.randn(32, 8, generator=g)
+            noise = 0.02 * (step - 60) if drift and step >= 60 else 0.0  # ever noisier labels
+            y = x @ w + noise * torch.randn(32, 1, generator=g)
+            if step == spike_at:
+                x = 300.0 * x
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.diagnose(tmp_path / name)
+
+
+def test_a_spike_in_a_loss_already_climbing_is_part_of_the_divergence(tmp_path):
+    report = _drifting_regression(tmp_path, "late", spike_at=200)
+    causes = [d.cause for d in report.diagnoses]
+    assert report.top.cause == "loss_divergence"
+    spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert "already climbing" in spike.why and spike.confidence == "low"
+    assert "adam_second_moment_poisoned" not in causes
+    # control: the same batch in a run whose labels stay clean is an event of its own
+    clean = _drifting_regression(tmp_path, "clean", spike_at=200, drift=False)
+    assert clean.top.cause in ("data_outlier", "adam_second_moment_poisoned", "gradient_spike")
+    assert "already climbing" not in clean.top.why
+
+
+def test_a_loss_below_zero_diverges_only_once_clear_above_where_it_started():
+    # A contrastive-divergence loss (energy of data minus energy of negatives): it starts near
+    # 0, dips to -0.05 while the model learns, then hovers near 0 again by design.
+    rng = torch.Generator().manual_seed(0)
+    noise = (0.01 * torch.randn(300, generator=rng)).tolist()
+    shape = [0.01 - 0.057 * min(t, 15) / 15 if t < 30 else -0.047 + 0.05 * min(t - 30, 15) / 15
+             for t in range(300)]  # fmt: skip
+    hovering = [a + b for a, b in zip(shape, noise, strict=True)]
+    assert min(hovering) < -0.04 and abs(sum(hovering[-50:]) / 50) < 0.01  # the oracle
+    assert run_loss(LossDivergence(), hovering) == []
+    # the same start, then a climb far above it (a critic whose loss runs away upwards)
+    climbing = hovering[:60] + [v + 0.02 * (t - 60) for t, v in enumerate(hovering) if t >= 60]
+    assert run_loss(LossDivergence(), climbing)
+    # a loss that stays positive keeps its level as the scale: the same dip and return above 0,
+    # from a level of 1, climbs by 5% of it and is no divergence either
+    assert run_loss(LossDivergence(), [1.0 + v for v in hovering]) == []
+
+
+def run_loss(detector, losses):
+    return [f for t, x in enumerate(losses) for f in detector.update(Record(t, {"loss": x}))]

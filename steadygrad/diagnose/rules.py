@@ -530,7 +530,8 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     after which the updates shrank: the spike's square inflated the second moment, which then
     damps updates for ~1/(1-beta2) steps. Each tensor's median update ratio over the 50 steps
     before the spike is compared with the 50 after its momentum has passed (the median of the
-    per-tensor drops)."""
+    per-tensor drops). A spike that came once the loss was already climbing is part of that
+    divergence, not what set it off."""
     # a spike on a tensor that carries a small share of the gradient (info) poisons nothing;
     # a global spike the loss did not feel (info) still can
     spikes = [
@@ -541,7 +542,10 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     if not spikes or not facts.adaptive:
         return None
     ratios = [n for n in facts.names if UPDATE_RATIO.owns(n)]
+    climbing = facts.climbing_from
     for spike in spikes:
+        if climbing is not None and spike.step > climbing:
+            continue  # the loss was already climbing: a spike of the divergence, not its cause
         drops = []
         start = spike.step + MOMENTUM_MEMORY
         for name in ratios:
@@ -595,9 +599,16 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"{h.get('clipped_to', math.nan):.3g} after; the logged grad norm looked normal)"
         )
     summary += _batches_behind(spikes, ev)
-    return Found(
+    found = Found(
         summary, first.step, [f.where for f in spikes if f.where], ev, "info" if minor else None
     )
+    climbing = facts.climbing_from
+    if climbing is not None and first.step > climbing:
+        found.consequence_of = (
+            f"the loss was already climbing from step {climbing}: the spikes came with the "
+            "divergence, not before it"
+        )
+    return found
 
 
 # A loss spike this many times above every loss of the steps after it was a one-off event.

@@ -34,6 +34,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
+    PARAM_NORM,
     RELU_ACTIVE,
     SOFTMAX_COLLAPSE,
     UNUSED_PARAMETERS,
@@ -575,7 +576,9 @@ class UpdateRatioOutOfRange(Detector):
         self._on_purpose: set[str] = set()  # requires_grad=False at attach (FROZEN_AT_ATTACH)
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
-    reads, emits = (UPDATE_RATIO,), (UPDATE_RATIO_OUT_OF_RANGE,)
+    reads, emits = (UPDATE_RATIO, GRAD_NORM, PARAM_NORM), (UPDATE_RATIO_OUT_OF_RANGE,)
+    # A gradient under this share of the median tensor's (each against its weights) vanishes.
+    VANISHING = 1e-3
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -600,12 +603,30 @@ class UpdateRatioOutOfRange(Detector):
             if frozen.update(ratio < self.low, self.patience):
                 evidence = {"direction": "frozen", "update_ratio": ratio, "low": self.low}
                 severity = "warning"
-                if name in self._on_purpose:
+                vanishing = self._vanishing(record, name)
+                if vanishing is not None:
+                    # the optimizer steps it, by what its gradient asks: nearly nothing
+                    evidence.update(direction="vanishing", gradient_share=vanishing)
+                    severity = "info"
+                elif name in self._on_purpose:
                     # the code said so: a fixed table, a fine-tuning recipe's frozen block
                     evidence["note"] = "requires_grad=False since the start: frozen on purpose?"
                     severity = "info"
                 findings.append(Finding(self.kind, record.step, name, evidence, severity))
         return findings
+
+    def _vanishing(self, record: Record, name: str) -> float | None:
+        """``|g|/|w|`` of tensor ``name`` over the median tensor's, when its gradient is there
+        but under ``VANISHING`` of that: a tensor that moves by nothing because its gradient
+        is nothing is not frozen (an architecture's quiet path); None otherwise."""
+        grads, weights = record.family(GRAD_NORM.name), record.family(PARAM_NORM.name)
+        g, w = grads.get(name), weights.get(name)
+        if not g or not w or not (math.isfinite(g) and math.isfinite(w)):
+            return None
+        ratios = [grads[n] / weights[n] for n in grads if weights.get(n)]
+        typical = float(np.median(ratios)) if ratios else 0.0
+        share = (g / w) / typical if typical > 0 else math.inf
+        return share if share < self.VANISHING else None
 
 
 __all__ = [

@@ -154,7 +154,8 @@ class LossDivergence(Detector):
     run whose first updates sent the loss far above its first value, and kept it there, broke
     at once (critical, dated to the first update; evidence ``broke_at_once``). One finding of
     each severity per episode; an episode ends once the loss has been back near the best level
-    for ``2 * patience`` records.
+    for ``2 * patience`` records. A loss that has been below zero climbs to a divergence only
+    once clear above where it started.
 
     Example:
         >>> det = LossDivergence()
@@ -202,7 +203,10 @@ class LossDivergence(Detector):
             return []
         floor, now, scale = level.floor, level.current, level.scale()
         margin = max(self.rise * scale, self.noise_z * level.noise(), level.floor_tail)
-        if now - floor <= margin:
+        # A loss that went below zero (a policy-gradient surrogate, an energy, a critic) has no
+        # zero to measure its level from: it diverges only once clear above where it started.
+        unanchored = floor < 0 and now <= level.start + margin
+        if now - floor <= margin or unanchored:
             self._above = 0
         elif not self._recovering():
             self._above += 1
