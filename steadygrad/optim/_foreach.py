@@ -14,9 +14,9 @@ Three things make it fast without a compiler:
   intermediate results stay in the CPU cache instead of streaming through memory (an eager
   chain of a dozen ops on a 10 MB tensor otherwise reads and writes memory a dozen times).
   Kernels with a whole-tensor reduction (``kernel.reduces = True``) get whole tensors;
-* *no allocation per step*: the hand translations (``kernel.foreach``) keep temporaries in
-  scratch buffers reused from step to step, and the Adam-like ones run their moment updates and
-  step in one pass of torch's fused Adam kernel (:func:`adam_step_`).
+* *one pass for Adam's part*: the translations of Adam-like kernels (Grams, DiffGrad,
+  Stable-SPAM) run their moment updates and step in one pass of torch's fused Adam kernel
+  (:func:`adam_step_`), with their temporaries in scratch buffers kept from step to step.
 
 Example:
     >>> a = TensorList([torch.ones(3), torch.ones(2)])
@@ -230,11 +230,10 @@ def run_blocked(kernel: Callable[..., None], rows: list[list[torch.Tensor]], hp,
 
 
 # ---------------------------------------------------------------- scratch
-# Scratch space for the translations' temporaries, kept between steps. A fresh tensor per
-# temporary costs more than the op that fills it: on the CPU an allocation of a block's size is
-# handed back to the OS when freed, so every step would fault its pages in again (a temporary in
-# scratch made the Grams step 1.5-1.8x faster). Blocks repeat from step to step, so their views
-# are cached by layout; a cache that grows past this many layouts is dropped and rebuilt.
+# Scratch space for the translations' temporaries, allocated once and kept between steps
+# (a fresh block-sized tensor per temporary is paid for again at every step). Blocks repeat
+# from step to step, so their views are cached by layout; a cache that grows past this many
+# layouts is dropped and rebuilt.
 _SCRATCH_LAYOUTS = 256
 _scratch_flat: dict[tuple[Any, ...], torch.Tensor] = {}
 _scratch_views: dict[tuple[Any, ...], list[torch.Tensor]] = {}
@@ -320,11 +319,12 @@ _ADAM_SLOT = 7  # scratch slot of adam_step_'s fallback, apart from its callers'
 
 
 # ---------------------------------------------------------------- in-place building blocks
-# Hand-translations of a kernel into in-place multi-tensor ops (``kernel.foreach``) keep their
-# temporaries in scratch (above) instead of allocating one per op. SPAM's keeps the kernel's order of
-# operations (it rounds exactly as the kernel does); the others use fused ops (``lerp``,
-# ``addcmul``, ``addcdiv``, scalars folded together): fewer passes over each block, equal to the
-# kernel up to float32 rounding (tests/test_optim_foreach.py holds them to that).
+# Hand-translations of a kernel into in-place multi-tensor ops (``kernel.foreach``) allocate one
+# or two temporaries per block instead of one per op (the Adam-like ones keep theirs in
+# scratch). SPAM's keeps the kernel's order of operations (it rounds exactly as the kernel
+# does); the others use fused ops (``lerp``, ``addcmul``, ``addcdiv``, scalars folded
+# together): fewer passes over each block, equal to the kernel up to float32 rounding
+# (tests/test_optim_foreach.py holds them to that).
 
 
 def ema_(state: list[torch.Tensor], decay: float, x: list[torch.Tensor], weight: float) -> None:

@@ -70,10 +70,9 @@ def _adabelief_foreach(p, g, m, s, s_max, hp) -> None:
     """The kernel on lists of tensors, in place, with fused ops (``lerp``, ``addcmul``,
     ``addcdiv``; ``sqrt(s)/c + eps`` as ``(sqrt(s) + eps*c)/c``): equal up to rounding."""
     decay, l2, b1, omb1, b2, omb2, eps, adaptive_size, bc2_sqrt, sgd_size = hp
-    g = _foreach.with_l2(p, g, l2)  # scratch slot 0
+    g = _foreach.with_l2(p, g, l2)
     torch._foreach_lerp_(m, g, omb1)
-    residual = _foreach.copy_to_scratch(g, 1)
-    torch._foreach_sub_(residual, m)
+    residual = torch._foreach_sub(g, m)
     torch._foreach_mul_(s, b2)
     torch._foreach_addcmul_(s, residual, residual, value=omb2)
     torch._foreach_add_(s, eps)
@@ -82,8 +81,7 @@ def _adabelief_foreach(p, g, m, s, s_max, hp) -> None:
     if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
         torch._foreach_mul_(p, decay)
     if adaptive_size != 0.0:
-        denom = _foreach.copy_to_scratch(s if s_max is None else s_max, 1)
-        torch._foreach_sqrt_(denom)
+        denom = torch._foreach_sqrt(s if s_max is None else s_max)
         torch._foreach_add_(denom, eps * bc2_sqrt)
         torch._foreach_addcdiv_(p, m, denom, value=-adaptive_size * bc2_sqrt)
     if sgd_size != 0.0:

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
-from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -81,11 +80,9 @@ def ademamix_foreach(p, g, m1, m2, nu, hp) -> None:
     torch._foreach_addcmul_(nu, g, g, value=omb2)
     # (m1/bc1 + alpha*m2) / (sqrt(nu)/bc2_sqrt + eps)
     #   = (m1 + alpha*bc1*m2) / (sqrt(nu) + eps*bc2_sqrt) * bc2_sqrt/bc1
-    denom = _foreach.copy_to_scratch(nu, 0)
-    torch._foreach_sqrt_(denom)
+    denom = torch._foreach_sqrt(nu)
     torch._foreach_add_(denom, eps * bc2_sqrt)
-    mix = _foreach.copy_to_scratch(m1, 1)
-    torch._foreach_add_(mix, m2, alpha=alpha * bc1)
+    mix = torch._foreach_add(m1, m2, alpha=alpha * bc1)
     if wd != 0.0:  # p - lr*(u + wd*p) = p*(1 - lr*wd) - lr*u
         torch._foreach_mul_(p, 1.0 - lr * wd)
     torch._foreach_addcdiv_(p, mix, denom, value=-lr * bc2_sqrt / bc1)

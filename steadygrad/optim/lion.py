@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -24,8 +23,7 @@ def lion_foreach(p, g, m, hp, *flags) -> None:
     """:func:`lion_kernel` on lists of tensors, in place, in five passes: the interpolations
     ``m*b + g*(1-b)`` as ``lerp`` (equal up to rounding)."""
     lr, decay, b1, one_minus_b1, b2, one_minus_b2 = hp
-    direction = _foreach.copy_to_scratch(m, 0)
-    torch._foreach_lerp_(direction, g, one_minus_b1)
+    direction = torch._foreach_lerp(m, g, one_minus_b1)
     torch._foreach_sign_(direction)
     if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
         torch._foreach_mul_(p, decay)
