@@ -25,6 +25,20 @@ def _data():
     return torch.randn(64, 8, generator=g), torch.randint(0, 4, (64,), generator=g)
 
 
+def _train(attach, model, opt, steps):
+    """``steps`` full-batch steps of a 4-class fit under ``attach`` (a Monitor, or ``watch``);
+    returns the Monitor."""
+    x, y = _data()
+    with attach as mon:
+        for _ in range(steps):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad(set_to_none=True)
+    return mon
+
+
 class _Positional(nn.Module):
     """An MLP with a fixed sinusoidal table added to its hidden layer, as Hugging Face's
     PatchTST, Whisper and Marian build theirs: a Parameter with ``requires_grad=False``."""
@@ -83,15 +97,8 @@ class _MetaSpy(Detector):
 def test_the_first_record_carries_the_frozen_tensors_and_the_optimizer_family(tmp_path):
     model = _Positional()
     opt = torch.optim.Adagrad(model.parameters(), lr=1e-2)
-    x, y = _data()
     spy = _MetaSpy()
-    with steadygrad.Monitor(model, opt, tmp_path / "meta", detectors=[spy]) as mon:
-        for _ in range(3):
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            mon.step(loss)
-            opt.zero_grad()
+    _train(steadygrad.Monitor(model, opt, tmp_path / "meta", detectors=[spy]), model, opt, 3)
     metas = spy.metas
     assert metas[0][FROZEN_AT_ATTACH] == ["table"] and metas[0][OPTIMIZER_FAMILY] == "adaptive"
     assert all(FROZEN_AT_ATTACH not in m and OPTIMIZER_FAMILY not in m for m in metas[1:])
@@ -155,14 +162,8 @@ class _WideBranch(nn.Module):
 def test_many_tensors_of_dead_code_are_found_with_one_forward(tmp_path):
     model = _WideBranch()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = _data()
-    with steadygrad.watch(model, opt, tmp_path / "wide", progress=False, update_every=5) as mon:
-        for _ in range(30):
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            mon.step(loss)
-            opt.zero_grad(set_to_none=True)
+    attach = steadygrad.watch(model, opt, tmp_path / "wide", progress=False, update_every=5)
+    mon = _train(attach, model, opt, 30)
     unused = {f.where for f in mon.findings if f.evidence.get("direction") == "unused"}
     side = {n for n, _ in model.side.named_parameters(prefix="side")}
     assert len(side) == 40 and unused == side  # more than the 16 tested one by one
@@ -194,14 +195,8 @@ def test_a_tensor_still_because_its_gradient_vanishes_is_not_frozen(tmp_path, ca
     rest = [p for n, p in model.named_parameters() if not n.startswith("quiet")]
     lr_quiet = 0.05 if case == "vanishing" else 0.0  # lr 0: frozen by the recipe
     opt = torch.optim.SGD([{"params": rest}, {"params": quiet, "lr": lr_quiet}], lr=0.05)
-    x, y = _data()
-    with steadygrad.watch(model, opt, tmp_path / case, progress=False, update_every=5) as mon:
-        for _ in range(40):
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            mon.step(loss)
-            opt.zero_grad()
+    attach = steadygrad.watch(model, opt, tmp_path / case, progress=False, update_every=5)
+    mon = _train(attach, model, opt, 40)
     found = {(f.where, f.severity, f.evidence["direction"]) for f in mon.findings}
     run = steadygrad.load(tmp_path / case)
     g = run.series("grad_norm/quiet.weight")[1][0] / run.series("param_norm/quiet.weight")[1][0]
