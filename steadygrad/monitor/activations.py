@@ -279,10 +279,10 @@ class ActivationSignal(Signal):
         """Once, on the first healthy step with gradients: the trainable tensors whose gradient
         is missing or exactly zero are nudged (all together, then, if that changed the output
         and there are at most ``most``, one by one), and the step's forward re-run; one that
-        leaves the model's output as it was does nothing (an unused branch, a weight whose input is always
-        zero): listed in ``record.meta[UNUSED_PARAMETERS]``, it is dead code, not a frozen
-        layer. A tensor used but detached, or frozen with ``requires_grad=False``, is left to the
-        frozen-layer test."""
+        leaves the model's output as it was does nothing (an unused branch, a weight whose
+        input is always zero): listed in ``record.meta[UNUSED_PARAMETERS]``, it is dead code,
+        not a frozen layer. A tensor used but detached, or frozen with ``requires_grad=False``,
+        is left to the frozen-layer test."""
         params = [(n, p) for n, p in self.monitor.model.named_parameters() if p.requires_grad]
         grads = [p.grad for _, p in params if p.grad is not None]
         if not grads:

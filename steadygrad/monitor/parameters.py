@@ -286,7 +286,7 @@ class ParameterSignal(Signal):
         self._hooks = self.stats.trace_backward_order()
         # said once, on the first record
         optimizer = getattr(monitor, "optimizer", None)
-        self._first_meta: dict[str, Any] = {
+        self._first_meta = {
             OPTIMIZER_FAMILY: "unknown" if optimizer is None else optimizer_family(optimizer)
         }
         frozen = [n for n, p in self.stats.named if not p.requires_grad]

@@ -305,8 +305,9 @@ class GradientGrowth(Detector):
       and poisons the second moment instead): critical, dated to the explosion, naming the
       tensor whose gradient then stood furthest above its own recent level. The first
       gradient has nothing before it to stand above: its update must have been as large as
-      the weights it changed (an update ratio of 1; Adam's first step on a small
-      initialisation moves them by a tenth and is no explosion).
+      the weights it changed (an update ratio of 1), and made so by the gradient: under a
+      per-coordinate optimizer (Adam, Adagrad, RMSprop: the first record's meta says which)
+      the first step is the learning rate's size whatever the gradient, and is never judged so.
 
     Example:
         >>> det = GradientGrowth()
