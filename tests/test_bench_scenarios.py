@@ -124,6 +124,7 @@ HELD_OUT_FILES = [
     ("cases_heldout14", "h14_", 12, 12, 16),
     ("cases_heldout15", "h15_", 12, 11, 13),
     ("cases_heldout16", "h16_", 12, 11, 15),
+    ("cases_heldout18", "h18_", 12, 11, 12),
 ]
 
 
