@@ -125,6 +125,7 @@ HELD_OUT_FILES = [
     ("cases_heldout15", "h15_", 12, 11, 13),
     ("cases_heldout16", "h16_", 12, 11, 15),
     ("cases_heldout17", "h17_", 12, 11, 12),
+    ("cases_heldout18", "h18_", 12, 11, 12),
 ]
 
 
