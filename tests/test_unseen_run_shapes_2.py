@@ -264,3 +264,31 @@ def test_a_loss_below_zero_diverges_only_once_clear_above_where_it_started():
 
 def run_loss(detector, losses):
     return [f for t, x in enumerate(losses) for f in detector.update(Record(t, {"loss": x}))]
+
+
+def test_probes_without_a_stability_limit_at_their_step_are_left_out(tmp_path):
+    # A schedule that runs past its end gives a negative learning rate (the seventeenth set's
+    # skip-gram): the sharpness probe then has no 2/lr limit, and the two series differ in
+    # length. Diagnosing the run must pair them by step, not by position.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = _data()
+
+    def loss_fn(m, batch):
+        return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    probe = steadygrad.SharpnessProbe(loss_fn, (x, y), every=5)
+    with steadygrad.Monitor(model, opt, tmp_path / "neg", signals=[probe]) as mon:
+        for step in range(80):
+            opt.param_groups[0]["lr"] = 0.5 if step < 40 else -0.5 * (step - 39)
+            loss = loss_fn(model, (x, y))
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path / "neg")
+    sharp, limit = run.series("sharpness"), run.series("sharpness_limit")
+    assert len(sharp[0]) > len(limit[0])  # the oracle: probes after step 40 have no limit
+    report = steadygrad.diagnose(tmp_path / "neg")  # raised IndexError before
+    assert report.top.cause != "sharpness_above_limit" or report.top.first_step < 40

@@ -832,14 +832,21 @@ def _sharpness_at_limit_before_divergence(
     if not broke or sharp is None or limit is None:
         return None
     when = broke[0].step
-    recent = np.flatnonzero(sharp[0] < when)[-probes:]
+    # the probes with a limit at their step (a limit is left out where there is none: a
+    # learning rate of 0 or below)
+    limits = dict(zip(limit[0].tolist(), limit[1].tolist(), strict=True))
+    paired = [
+        i for i in np.flatnonzero(sharp[0] < when).tolist() if limits.get(int(sharp[0][i]), 0) > 0
+    ]
+    recent = np.asarray(paired[-probes:], dtype=int)
     if not len(recent):
         return None
-    ratios = sharp[1][recent] / limit[1][recent]
+    bounds = np.asarray([limits[int(sharp[0][i])] for i in recent])
+    ratios = sharp[1][recent] / bounds
     if not np.nanmax(ratios) >= near:
         return None
-    i = recent[int(np.nanargmax(ratios))]
-    ratio = float(np.nanmax(ratios))
+    k = int(np.nanargmax(ratios))
+    i, ratio = recent[k], float(ratios[k])
     return Found(
         f"sharpness reached {ratio:.2g}x its stability limit at step {int(sharp[0][i])}, "
         f"before the run broke at step {when}: the step size had caught up with the curvature",
@@ -847,7 +854,7 @@ def _sharpness_at_limit_before_divergence(
         [],
         {
             "sharpness": float(sharp[1][i]),
-            "limit": float(limit[1][i]),
+            "limit": float(bounds[k]),
             "ratio": ratio,
             "diverged_at": when,
         },
