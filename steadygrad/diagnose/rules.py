@@ -542,9 +542,8 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     if not spikes or not facts.adaptive:
         return None
     ratios = [n for n in facts.names if UPDATE_RATIO.owns(n)]
-    climbing = facts.climbing_from
     for spike in spikes:
-        if climbing is not None and spike.step > climbing:
+        if _in_a_climb(facts, spike.step):
             continue  # the loss was already climbing: a spike of the divergence, not its cause
         drops = []
         start = spike.step + MOMENTUM_MEMORY
@@ -602,13 +601,17 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
     found = Found(
         summary, first.step, [f.where for f in spikes if f.where], ev, "info" if minor else None
     )
-    climbing = facts.climbing_from
-    if climbing is not None and first.step > climbing:
+    if _in_a_climb(facts, first.step):
         found.consequence_of = (
-            f"the loss was already climbing from step {climbing}: the spikes came with the "
-            "divergence, not before it"
+            f"the loss was already climbing from step {facts.climbing_from}: the spikes came "
+            "with the divergence, not before it"
         )
     return found
+
+
+def _in_a_climb(facts: RunFacts, step: int) -> bool:
+    """Whether the loss was already climbing (a loss divergence found) before ``step``."""
+    return facts.climbing_from is not None and step > facts.climbing_from
 
 
 # A loss spike this many times above every loss of the steps after it was a one-off event.
@@ -832,21 +835,17 @@ def _sharpness_at_limit_before_divergence(
     if not broke or sharp is None or limit is None:
         return None
     when = broke[0].step
-    # the probes with a limit at their step (a limit is left out where there is none: a
-    # learning rate of 0 or below)
+    # each probe's limit at its own step (there is none at a learning rate of 0 or below)
     limits = dict(zip(limit[0].tolist(), limit[1].tolist(), strict=True))
-    paired = [
-        i for i in np.flatnonzero(sharp[0] < when).tolist() if limits.get(int(sharp[0][i]), 0) > 0
-    ]
-    recent = np.asarray(paired[-probes:], dtype=int)
+    bounds = np.array([limits.get(int(step), np.nan) for step in sharp[0]])
+    recent = np.flatnonzero((sharp[0] < when) & (bounds > 0))[-probes:]
     if not len(recent):
         return None
-    bounds = np.asarray([limits[int(sharp[0][i])] for i in recent])
-    ratios = sharp[1][recent] / bounds
+    ratios = sharp[1][recent] / bounds[recent]
     if not np.nanmax(ratios) >= near:
         return None
-    k = int(np.nanargmax(ratios))
-    i, ratio = recent[k], float(ratios[k])
+    i = recent[int(np.nanargmax(ratios))]
+    ratio = float(np.nanmax(ratios))
     return Found(
         f"sharpness reached {ratio:.2g}x its stability limit at step {int(sharp[0][i])}, "
         f"before the run broke at step {when}: the step size had caught up with the curvature",
@@ -854,7 +853,7 @@ def _sharpness_at_limit_before_divergence(
         [],
         {
             "sharpness": float(sharp[1][i]),
-            "limit": float(bounds[k]),
+            "limit": float(bounds[i]),
             "ratio": ratio,
             "diverged_at": when,
         },

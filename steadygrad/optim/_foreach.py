@@ -276,6 +276,9 @@ def copy_to_scratch(x: list[torch.Tensor], slot: int) -> list[torch.Tensor]:
 # the two moment updates and the step in one pass. Its bias corrections are ``1 - beta**step``;
 # at step = inf they are 1, so the caller's scalars carry their own corrections.
 _UNCORRECTED_STEP: dict[torch.device, torch.Tensor] = {}
+# (device type, dtype) -> whether torch's fused kernel ran there (absent: not tried yet)
+_FUSED_ADAM: dict[tuple[str, torch.dtype], bool] = {}
+_ADAM_SLOT = 7  # scratch slot of adam_step_'s fallback, apart from its callers' slots
 
 
 def adam_step_(
@@ -312,10 +315,6 @@ def adam_step_(
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(target, m, denom, value=-lr)
-
-
-_FUSED_ADAM: dict[tuple[str, torch.dtype], bool] = {}
-_ADAM_SLOT = 7  # scratch slot of adam_step_'s fallback, apart from its callers' slots
 
 
 # ---------------------------------------------------------------- in-place building blocks

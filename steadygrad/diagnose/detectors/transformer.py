@@ -184,8 +184,8 @@ class AttentionLogitGrowth(Detector):
         kept.append((step, value))
         if len(kept) < 4 or value < self.threshold / 10:
             return None
-        rates = []
-        for (s0, v0), (s1, v1) in zip(list(kept)[:-1], list(kept)[1:], strict=True):
+        rates, readings = [], list(kept)
+        for (s0, v0), (s1, v1) in zip(readings, readings[1:], strict=False):
             if not (v0 > 0 and v1 >= self.EARLY_RATIO * v0 and s1 > s0):
                 return None
             rates.append(math.log(v1 / v0) / (s1 - s0))
