@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from steadygrad.core import Severity
-from steadygrad.diagnose.detectors.base import PREVIOUS_READING
+from steadygrad.diagnose.detectors.base import PREVIOUS_READING, STREAK_BEGAN
 from steadygrad.diagnose.detectors.trends import GROWTH_BEGAN
 from steadygrad.diagnose.rules import EVENT, MECHANISM, RULES, SYMPTOM, Diagnosis, Rule, RunFacts
 from steadygrad.store.run import Run, load
@@ -167,6 +167,10 @@ def judge(
             f"{climbing_from}): more likely a consequence of what made it climb"
         )
         return
+    if d.stalls and first is not None and progress_until is not None:
+        later = _stalled_from(d, progress_until)
+        if later != first:  # judged from a later finding, whose previous reading is not kept
+            first, previous = later, None
     if d.tier == SYMPTOM:
         d.confidence = "high" if d.severity != "info" else "medium"
         d.why = "a symptom: what happened, not why; a cause ranked above it explains it"
@@ -229,6 +233,27 @@ def judge(
         )
 
 
+def _stalled_from(d: Diagnosis, progress_until: int) -> int:
+    """The first of a stalling cause's findings after which the loss made no further progress
+    (no new best ``PROGRESS_AFTER`` steps on), or its first finding when there is none: a
+    layer that lost half its units while learning went on, then died as learning stopped, is
+    judged from the second."""
+    steps = d.evidence.get("steps")
+    first = d.first_step
+    if not isinstance(steps, list) or first is None:
+        return first
+    late = [s for s in steps if isinstance(s, int) and progress_until - s < PROGRESS_AFTER]
+    return min(late) if late and progress_until - first >= PROGRESS_AFTER else first
+
+
+def _seen_from(d: Diagnosis) -> float:
+    """The step from which a cause's evidence was there: its first finding, or the first
+    reading of the streak of readings that confirmed it."""
+    began = _first_finding_step(d, STREAK_BEGAN)
+    first = d.first_step if d.first_step is not None else math.inf
+    return min(first, began) if began is not None else first
+
+
 def _growth_began(d: Diagnosis) -> int | None:
     """The step a growth cause's finding says the growth began (gradient growth's
     ``started_at_step``), if it says."""
@@ -260,15 +285,11 @@ def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
     if d.first_step is None:
         return
     for other in found:
-        if (
-            other.cause in d.explained_by
-            and other.first_step is not None
-            and other.first_step <= d.first_step
-        ):
+        if other.cause in d.explained_by and (seen := _seen_from(other)) <= d.first_step:
             d.score = min(d.score, TIER_SCORE[SYMPTOM] - 5.0)
             d.confidence = "low"
             d.why = (
-                f"{other.cause} was seen at step {other.first_step}, at or before this (step "
+                f"{other.cause} was seen from step {seen}, at or before this (step "
                 f"{d.first_step}), and produces the same evidence: more likely its consequence"
             )
             return

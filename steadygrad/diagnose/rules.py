@@ -964,7 +964,9 @@ RULES: tuple[Rule, ...] = (
         (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
         _output_logits,
         (OUTPUT_LOGIT_DIVERGENCE,),
-        explained_by=("data_outlier",),  # an outlier batch's own logits, or the jolt it gave
+        # an outlier batch's own logits, or the jolt it gave; logits spread so far apart that
+        # the softmax rounds to exactly 0 and 1 (a temperature) are that collapse's logits
+        explained_by=("data_outlier", "softmax_collapse"),
     ),
     Rule(
         "softmax_collapse",

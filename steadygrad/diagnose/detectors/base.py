@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from steadygrad.core import Finding, FindingKind, Metric
@@ -11,22 +12,53 @@ if TYPE_CHECKING:
 
 
 # Evidence key of a finding on a series measured on a cadence: the step of the reading before
-# the one that found it (the cause may have started anywhere in between).
+# the one that found it, or before the streak of readings that confirmed it (the cause may have
+# started anywhere since).
 PREVIOUS_READING = "previous_reading"
+
+
+# Evidence key of a finding confirmed over a streak of cadenced readings: the step of the
+# streak's first reading, where the evidence was first there.
+STREAK_BEGAN = "streak_began"
 
 
 class Readings:
     """The steps at which a detector last read its (cadenced) series: ``previous`` is the one
-    before the latest, what a finding at the latest reports as ``PREVIOUS_READING``."""
+    before the latest, what a finding at the latest reports as ``PREVIOUS_READING``; a finding
+    confirmed over a streak of readings reports the one before the streak began
+    (:meth:`before`): the cause may have started anywhere after it.
 
-    __slots__ = ("previous", "latest")
+    Example:
+        >>> readings = Readings()
+        >>> for step in (0, 12, 24, 30, 31):
+        ...     readings.read(step)
+        >>> readings.previous, readings.before(2), readings.began(2)
+        (30, 24, 30)
+    """
 
-    def __init__(self) -> None:
-        self.previous: int | None = None
-        self.latest: int | None = None
+    __slots__ = ("_steps",)
+
+    def __init__(self, keep: int = 16) -> None:
+        self._steps: deque[int] = deque(maxlen=keep)
 
     def read(self, step: int) -> None:
-        self.previous, self.latest = self.latest, step
+        self._steps.append(step)
+
+    @property
+    def latest(self) -> int | None:
+        return self._steps[-1] if self._steps else None
+
+    @property
+    def previous(self) -> int | None:
+        return self.before(1)
+
+    def began(self, streak: int) -> int | None:
+        """The first of the last ``streak`` readings (None if not kept)."""
+        return self._steps[-streak] if 0 < streak <= len(self._steps) else None
+
+    def before(self, streak: int) -> int | None:
+        """The reading before the last ``streak`` readings (None if not kept)."""
+        return self._steps[-streak - 1] if 0 < streak < len(self._steps) else None
 
 
 class Detector:

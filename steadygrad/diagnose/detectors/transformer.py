@@ -41,7 +41,12 @@ from steadygrad.core.metrics import (
     UPDATE_RATIO,
     ZEROED_UNITS,
 )
-from steadygrad.diagnose.detectors.base import PREVIOUS_READING, Detector, Readings
+from steadygrad.diagnose.detectors.base import (
+    PREVIOUS_READING,
+    STREAK_BEGAN,
+    Detector,
+    Readings,
+)
 from steadygrad.diagnose.detectors.trends import SustainedLevel, loss_stalled
 
 ATTENTION_LOGIT_GROWTH = FindingKind(
@@ -303,7 +308,7 @@ class OutputLogitDivergence(Detector):
             "initial": self._first,
             "drift": drift,
             "lse_limit": limit,
-            PREVIOUS_READING: self._readings.previous,
+            PREVIOUS_READING: self._readings.before(self._streak.count),
         }
         for name in (OUTPUT_LOGIT_MAX.name, OUTPUT_LOGIT_RMS.name, OUTPUT_LOGIT_MEAN.name):
             if name in record.values:
@@ -346,7 +351,8 @@ class SoftmaxCollapse(Detector):
         evidence = {
             SOFTMAX_COLLAPSE.name: value,
             "fraction": self.fraction,
-            PREVIOUS_READING: self._readings.previous,
+            PREVIOUS_READING: self._readings.before(self._streak.count),
+            STREAK_BEGAN: self._readings.began(self._streak.count),
         }
         where = record.meta.get("output_module")  # the head that produced the logits, if known
         return [Finding(self.kind, record.step, where, evidence, "warning")]
@@ -515,7 +521,7 @@ class PlasticityLoss(Detector):
             streak = self._dying.setdefault(name, _Streak())
             if streak.update(stalled and active <= self.dying * first, self.patience):
                 evidence = {"reason": "dying_units", "relu_active": active, "first": first}
-                findings.append(Finding(self.kind, record.step, name, evidence))
+                findings.append(self._finding(record.step, name, evidence, streak))
         zeroed = record.family(ZEROED_UNITS.name)
         for name, dead in dead_share.items():
             first = self._first_dead.setdefault(name, dead)
@@ -531,7 +537,7 @@ class PlasticityLoss(Detector):
             streak = self._dead.setdefault(name, _Streak())
             if streak.update(dead >= self.dead_fraction and died, self.patience):
                 evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
-                findings.append(Finding(self.kind, record.step, name, evidence))
+                findings.append(self._finding(record.step, name, evidence, streak))
         for name, rank in ranks.items():
             if not math.isfinite(rank):
                 continue
@@ -545,10 +551,12 @@ class PlasticityLoss(Detector):
                     "best_rank": best,
                     "rank_drop": self.rank_drop,
                 }
-                findings.append(Finding(self.kind, record.step, name, evidence))
-        for f in findings:
-            f.evidence[PREVIOUS_READING] = self._readings.previous
+                findings.append(self._finding(record.step, name, evidence, streak))
         return findings
+
+    def _finding(self, step: int, name: str, evidence: dict, streak: _Streak) -> Finding:
+        evidence[PREVIOUS_READING] = self._readings.before(streak.count)
+        return Finding(self.kind, step, name, evidence)
 
 
 class UpdateRatioOutOfRange(Detector):

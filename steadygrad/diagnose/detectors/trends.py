@@ -45,6 +45,7 @@ WRECKED_WEIGHTS = "wrecked_weights"  # evidence of a gradient explosion: where t
 BROKE_AT_ONCE = "broke_at_once"  # evidence of a divergence: the first updates broke the run
 GROWTH_BEGAN = "started_at_step"  # evidence of gradient growth: where the growth began
 NOISE_Z = 4.0  # how many times its own noise a level must move before it counts as moved
+LOCAL_NOISE = 16  # the last values whose scatter is also read where a level sets a new floor
 MEASURE_EVERY = 8  # values between two measurements of a sustained level's scatter
 
 
@@ -91,7 +92,11 @@ class SustainedLevel:
         if self.current < self.floor:
             self.floor, self.floor_step = self.current, step
             if fresh:
-                self.floor_noise, self.floor_tail = self.spread(), self.tail()
+                # The scatter at the floor is read over the whole window and over its last
+                # values alone, the larger: a classifier that has just learnt scatters far
+                # more than on the flat plateau before it learnt, which fills most of the window.
+                self.floor_noise = max(self.spread(), self.spread(LOCAL_NOISE))
+                self.floor_tail = self.tail()
                 self._measured = self._seen
         elif fresh and self._seen <= (self.recent.maxlen or 0) and self.current <= self.start:
             # A floor set in the first steps rests on a handful of values (a batch of one
@@ -102,11 +107,14 @@ class SustainedLevel:
             self.floor_tail = max(self.floor_tail, self.tail())
             self._measured = self._seen
 
-    def spread(self) -> float:
+    def spread(self, last: int | None = None) -> float:
         """How far one value strays from the next: 1.4826 x the MAD of the steps between the
-        last ``noise_window`` values, over sqrt(2). Steps, not values: the trend of a loss that
-        is still falling is no noise (its spread would be the whole descent)."""
+        last ``noise_window`` values (or the ``last`` few), over sqrt(2). Steps, not values: the
+        trend of a loss that is still falling is no noise (its spread would be the whole
+        descent)."""
         steps = self._steps()
+        if steps is not None and last is not None:
+            steps = steps[-last:]
         if steps is None:
             return 0.0
         centred = np.abs(steps - np.median(steps))
