@@ -208,6 +208,45 @@ def test_softmax_collapse_signal_with_targets_on_a_model():
     assert run_step(SoftmaxCollapseSignal(), model, x) == {"softmax_collapse": 0.75}
 
 
+def test_softmax_collapse_signal_reads_soft_labels_as_their_largest_class():
+    model = nn.Linear(3, 4, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[40.0, 0, 0], [0, 40.0, 0], [0, 0, 1.0], [0, 0, 0]]))
+    x = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 0, 0]])
+    hard = torch.tensor([0, 1, 2, 3])
+    soft = 0.7 * nn.functional.one_hot(hard, 4).float() + 0.3 / 4  # label smoothing
+    signal = SoftmaxCollapseSignal()
+    signal.set_targets(soft)
+    # the same rows as with the class indices (oracle: the mask on the indices, by hand)
+    expected = softmax_collapse_mask(model(x).detach(), hard).float().mean().item()
+    assert run_step(signal, model, x) == {"softmax_collapse": expected} == {"softmax_collapse": 0.5}
+
+
+def test_softmax_collapse_signal_on_a_regression_warns_once_and_stays_off(tmp_path):
+    import steadygrad
+
+    torch.manual_seed(0)
+    model = MLP(3, [8], 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    signal = SoftmaxCollapseSignal(every=1)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", signals=[signal], progress=False)
+    with pytest.warns(RuntimeWarning, match="regression has no softmax") as caught:
+        for _ in range(4):
+            x, y = torch.randn(16, 3), torch.randn(16, 2)
+            signal.set_targets(y)  # a user's loop hands the float targets it has
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+        signal.set_targets([0, 1])  # not a tensor: warned about and ignored, not raised
+    mon.close()
+    ours = [w for w in caught if "SoftmaxCollapseSignal" in str(w.message)]
+    assert len(ours) == 1  # once, not every step
+    assert mon.step_count == 4 and not signal.due(4)
+    assert "softmax_collapse" not in steadygrad.load(tmp_path / "run").names()
+
+
 def test_effective_rank_reference_values():
     assert float(effective_rank(torch.eye(5))) == pytest.approx(5.0, rel=1e-5)
     assert float(effective_rank(torch.outer(torch.randn(6), torch.randn(4)))) == pytest.approx(

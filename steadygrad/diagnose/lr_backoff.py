@@ -12,6 +12,7 @@ Example:
     >>> opt = torch.optim.SGD([p], lr=1.0)
     >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
     >>> back_off_learning_rate(opt, [sched], 0.5)
+    [0.5]
     >>> opt.step(); sched.step()
     >>> opt.param_groups[0]["lr"]   # 1/(1+1), halved
     0.25

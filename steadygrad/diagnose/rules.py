@@ -1052,6 +1052,8 @@ RULES: tuple[Rule, ...] = (
         ),
         _located((LOSS_OF_PLASTICITY,), "loss of plasticity"),
         (LOSS_OF_PLASTICITY,),
+        # one batch's giant step can push a layer's pre-activations below zero for good
+        explained_by=("data_outlier",),
         stalls=True,
     ),
     Rule(

@@ -18,6 +18,7 @@ class EstimatorAlignment(Signal):
     of the comparison is paid only on the signal's cadence.
 
     Example:
+        >>> import torch
         >>> model = torch.nn.Sequential(
         ...     torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
         >>> estimator = steadygrad.estimators.DirectFeedbackAlignment(model)  # doctest: +SKIP

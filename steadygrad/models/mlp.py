@@ -13,6 +13,7 @@ class MLP(nn.Sequential):
     """Linear layers with an activation between them.
 
     Example:
+        >>> import torch
         >>> model = MLP(64, [128, 128], 10)
         >>> model(torch.zeros(5, 64)).shape
         torch.Size([5, 10])

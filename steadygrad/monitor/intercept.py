@@ -52,6 +52,7 @@ class InterceptingSignal(Signal):
         self._stack: list[str] = []
         self._made_by: dict[int, str] = {}
         self._widths: dict[int, str] = {}  # last dim of a leaf's output -> the latest such leaf
+        self._nodes: dict[object, str] = {}  # autograd node that made a leaf's output -> leaf
         self._handles: list[Any] = []
         self._mode: _Mode | None = None
 
@@ -92,6 +93,7 @@ class InterceptingSignal(Signal):
         self._stack.clear()
         self._made_by.clear()
         self._widths.clear()
+        self._nodes.clear()
 
     def _push(self, module: nn.Module, args: object) -> None:
         name = self._names.get(id(module))
@@ -107,6 +109,8 @@ class InterceptingSignal(Signal):
         if id(module) in self._leaves and isinstance(output, torch.Tensor) and output.dim():
             self._made_by[_key(output)] = name
             self._widths[output.shape[-1]] = name
+            if output.grad_fn is not None:
+                self._nodes[output.grad_fn] = name
 
     def running(self) -> str:
         """The innermost module whose forward is running ('' at the top level)."""
@@ -118,6 +122,20 @@ class InterceptingSignal(Signal):
         e.g. logits upcast to float32 before the loss)."""
         found = self._made_by.get(_key(tensor))
         return found if found is not None or last_dim is None else self._widths.get(last_dim)
+
+    def upstream(self, tensor: torch.Tensor, depth: int = 6) -> str | None:
+        """The leaf module whose output ``tensor`` was computed from, within ``depth`` autograd
+        steps along first inputs (logits scaled, upsampled, moved channels-last for the loss)."""
+        node = tensor.grad_fn
+        for _ in range(depth):
+            if node is None:
+                return None
+            name = self._nodes.get(node)
+            if name is not None:
+                return name
+            following = [n for n, _ in node.next_functions if n is not None]
+            node = following[0] if following else None
+        return None
 
 
 def _leave(mode: TorchFunctionMode) -> None:

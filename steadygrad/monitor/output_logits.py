@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -234,13 +235,47 @@ class SoftmaxCollapseSignal(OutputHook):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.dtype = dtype
         self._targets: torch.Tensor | None = None
+        self._warned = False
+        self._soft: bool | None = None  # float targets are class probabilities (soft labels)
         self._reset()
 
     def set_targets(self, targets: torch.Tensor) -> None:
-        """The correct classes for this step's output rows (any shape; flattened)."""
-        if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point:
-            raise TypeError("targets must be an integer tensor of class indices")
-        self._targets = targets.detach().reshape(-1)
+        """The correct classes for this step's output rows: class indices (any shape;
+        flattened), or class probabilities (soft labels, mixup: ``(..., classes)``, whose
+        largest entry is taken). Called in the training loop, so a wrong argument warns once
+        and is ignored rather than stopping the run; float targets that are not class
+        probabilities (a regression) turn the signal off: there is no softmax to collapse."""
+        if not isinstance(targets, torch.Tensor):
+            self._warn(f"set_targets takes a tensor, got {type(targets).__name__}: ignored")
+            return
+        self._targets = targets.detach()
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"steadygrad: SoftmaxCollapseSignal: {message}", RuntimeWarning, 2)
+
+    def _classes(self, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """Class indices, one per logit row, from what :meth:`set_targets` was given; None
+        (and the signal turned off) for float targets that are not distributions over the
+        classes: a regression's."""
+        if not targets.dtype.is_floating_point:
+            return targets.reshape(-1)
+        classes = logits.shape[-1]
+        if self._soft is None:  # decided once, on the first float targets (one host read)
+            rows = targets.reshape(-1, classes) if targets.shape[-1:] == (classes,) else None
+            self._soft = rows is not None and bool(
+                (rows >= 0).all() and torch.allclose(rows.sum(-1), rows.new_ones(()), atol=1e-3)
+            )
+        if self._soft:
+            return targets.reshape(-1, classes).argmax(-1)
+        self._aside = True
+        self._warn(
+            f"targets of shape {tuple(targets.shape)} are floats, not class indices or "
+            f"probabilities over {classes} classes: a regression has no softmax to collapse, "
+            "so this signal stays off"
+        )
+        return None
 
     def _reset(self) -> None:
         self._logits: list[torch.Tensor] = []
@@ -255,6 +290,8 @@ class SoftmaxCollapseSignal(OutputHook):
             return {}
         logits = torch.cat(self._logits)
         self._reset()
+        if targets is not None and (targets := self._classes(targets, logits)) is None:
+            return {}
         if targets is not None and targets.shape[0] != logits.shape[0]:
             # e.g. the output module also ran on an evaluation batch: keep the training rows
             logits = logits[: targets.shape[0]]

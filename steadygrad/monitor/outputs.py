@@ -123,10 +123,12 @@ class CrossEntropyOutputSignal(InterceptingSignal):
     def _head_of(self, logits: torch.Tensor, width: int) -> str | None:
         """Where the logits come from: the leaf module that output them; else a one-element
         parameter that scales them within a few autograd steps (a contrastive temperature,
-        CLIP's ``logit_scale``); else the latest leaf of their width."""
+        CLIP's ``logit_scale``); else the leaf they were computed from (a segmentation head's
+        map, upsampled and moved channels-last); else the latest leaf of their width."""
         return (
             self.producer(logits)
             or _scale_parameter(logits, self._scalars)
+            or self.upstream(logits)
             or self.producer(logits, width)
         )
 

@@ -43,7 +43,7 @@ class Memorising(Detector):
         >>> from steadygrad.core.record import Record
         >>> det = Memorising(patience=2)
         >>> found = []
-        >>> for step, loss in enumerate([2.3, 2.2, 2.1, 2.0, 1.9, 1.8]):
+        >>> for step, loss in enumerate([2.3, 2.0, 1.7, 1.4, 1.2, 1.1]):
         ...     values = {"loss": loss, "gradient_coherence": 1.0} if step % 2 else {"loss": loss}
         ...     found += det.update(Record(step, values))
         >>> [f.kind for f in found]

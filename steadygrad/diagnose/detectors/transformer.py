@@ -219,6 +219,10 @@ class AttentionLogitGrowth(Detector):
         return Finding(self.kind, step, where=name, evidence=evidence, severity=severity)
 
 
+# The largest logit of a head settled at its bound moves less than this share between readings.
+SETTLED = 0.01
+
+
 class OutputLogitDivergence(Detector):
     """The output log-partition ``log Z = logsumexp(logits)`` (mean over rows) drifting away
     from zero, as in the divergence Wortsman et al. 2023 describe (all logits driven far
@@ -226,13 +230,15 @@ class OutputLogitDivergence(Detector):
 
     At initialisation ``log Z ~ log(classes)``. A confident classifier has a large positive
     ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
-    below ``-lse_limit`` for ``patience`` records; early, when it has fallen ``lse_limit / 2``
+    below ``-lse_limit`` for ``patience`` records, unless it drifted there and stopped: the
+    largest logit moved less than ``SETTLED`` of itself since the reading before (a cosine head
+    settled at its bound); early, when it has fallen ``lse_limit / 2``
     below its first value and kept falling for ``patience`` records (or risen ``lse_limit / 2``
     and kept rising, or risen at each of ``patience`` readings by more each time, while the
     loss has not even halved); and when it drifts
     ``5 * lse_limit`` from its first value either way; and when the mean logit (the common shift
     softmax ignores, recorded by the default cross-entropy signal) has moved ``lse_limit`` from
-    its first value for ``patience`` records; and when ``log Z`` rose ``lse_limit`` while the
+    its first value for ``patience`` records (unless settled so); and when ``log Z`` rose ``lse_limit`` while the
     loss has not even halved (logits growing without the confidence that would justify them; a
     classifier growing confident raises ``log Z`` as its loss falls). ``where`` is the module
     that produced
@@ -257,6 +263,7 @@ class OutputLogitDivergence(Detector):
         self._falling = 0
         self._rising = 0
         self._last: collections.deque[float] = collections.deque(maxlen=patience + 1)
+        self._tops: collections.deque[float] = collections.deque(maxlen=2)
         self._first_mean: float | None = None
         self._first_loss: float | None = None
 
@@ -287,12 +294,22 @@ class OutputLogitDivergence(Detector):
         self._previous = lse
         limit = self.lse_limit
         early = drift <= -limit / 2 and self._falling >= self.patience
-        far = lse <= -limit or abs(drift) >= 5 * limit
+        # A head bounded by construction (a cosine classifier's logits are a scale times a
+        # cosine) settles at its bound, far from where it started: its largest logit then
+        # holds still from one reading to the next, where a drift moves it. (A slow, steady
+        # drift is the early warning's, which does not ask this.)
+        top = record.values.get(OUTPUT_LOGIT_MAX.name)
+        if top is not None and math.isfinite(top):
+            self._tops.append(top)
+        tops = self._tops
+        still = len(tops) == 2 and abs(tops[1] - tops[0]) <= SETTLED * abs(tops[0])
+        settled = still and abs(drift) >= limit / 2  # moved there, and stopped
+        far = (lse <= -limit and not settled) or abs(drift) >= 5 * limit
         mean = record.values.get(OUTPUT_LOGIT_MEAN.name)
         if mean is not None and math.isfinite(mean):
             if self._first_mean is None:
                 self._first_mean = mean
-            far = far or abs(mean - self._first_mean) >= limit
+            far = far or (abs(mean - self._first_mean) >= limit and not settled)
         loss = record.values.get(LOSS.name)
         if loss is not None and math.isfinite(loss):
             if self._first_loss is None:
@@ -315,6 +332,12 @@ class OutputLogitDivergence(Detector):
                 evidence[name] = record.values[name]
         where = record.meta.get("output_module")
         return [Finding(self.kind, record.step, where, evidence, "warning")]
+
+
+def _falling(values: collections.deque[float]) -> bool:
+    """Each value of a full deque lower than the one before."""
+    v = list(values)
+    return len(v) == values.maxlen and all(b < a for a, b in zip(v, v[1:], strict=False))
 
 
 class SoftmaxCollapse(Detector):
@@ -564,7 +587,8 @@ class UpdateRatioOutOfRange(Detector):
     each step rewrites a large share of the weights) or below ``low`` (a frozen layer), for
     ``patience`` records in a row. Non-finite ratios (e.g. a tensor that starts at 0) are skipped,
     and so are biases: they usually start at zero, so their ratio is large for a long time in
-    perfectly healthy runs.
+    perfectly healthy runs; so is a large ratio that fell at each of those records (a tensor
+    growing out of a small start, as a learnt attention query vector does).
 
     ``high=0.25``: Adam moves each weight by about ``lr`` per step, so a 0.02-scale layer sits near
     ``lr / 0.02``, i.e. 0.05 at lr 1e-3; a ratio of a quarter per step is far outside that.
@@ -579,6 +603,7 @@ class UpdateRatioOutOfRange(Detector):
         self.low = finite_float("low", low, low=0.0, high=self.high, high_open=True)
         self.patience = positive_int("patience", patience)
         self._high: dict[str, _Streak] = {}
+        self._recent: dict[str, collections.deque[float]] = {}  # the last ratios of each tensor
         self._low: dict[str, _Streak] = {}
         self._unused: set[str] = set()  # tensors found to be dead code (UNUSED_PARAMETERS)
         self._on_purpose: set[str] = set()  # requires_grad=False at attach (FROZEN_AT_ATTACH)
@@ -604,9 +629,16 @@ class UpdateRatioOutOfRange(Detector):
             if name in self._unused:
                 continue
             too_large = self._high.setdefault(name, _Streak())
+            recent = self._recent.setdefault(name, collections.deque(maxlen=self.patience))
+            recent.append(ratio)
             if too_large.update(ratio > self.high, self.patience):
-                evidence = {"direction": "too_large", "update_ratio": ratio, "high": self.high}
-                findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
+                if _falling(recent):
+                    # a tensor growing out of a small start: its steps stay the size the
+                    # optimizer takes while its norm grows, so the ratio falls as it grows
+                    too_large.fired = False
+                else:
+                    evidence = {"direction": "too_large", "update_ratio": ratio, "high": self.high}
+                    findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
             frozen = self._low.setdefault(name, _Streak())
             if frozen.update(ratio < self.low, self.patience):
                 evidence = {"direction": "frozen", "update_ratio": ratio, "low": self.low}

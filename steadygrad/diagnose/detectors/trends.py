@@ -52,7 +52,8 @@ MEASURE_EVERY = 8  # values between two measurements of a sustained level's scat
 class SustainedLevel:
     """The running median of the last ``window`` values, the lowest such median so far (the
     best sustained level), the first one (where the series started), and how far single values
-    stray from one to the next over the last ``noise_window``.
+    stray from one to the next over the last ``noise_window`` (and, with ``local``, over the
+    last ``local`` values where the level sets a new floor, if they stray further).
 
     Example:
         >>> level = SustainedLevel(window=3)
@@ -62,8 +63,9 @@ class SustainedLevel:
         (3.5, 3.5, 4.0)
     """
 
-    def __init__(self, window: int = 5, noise_window: int = 64) -> None:
+    def __init__(self, window: int = 5, noise_window: int = 64, local: int | None = None) -> None:
         self.values: deque[float] = deque(maxlen=window)
+        self.local = local
         self.recent: deque[float] = deque(maxlen=noise_window)
         self.floor = math.inf
         self.floor_step: int | None = None
@@ -92,10 +94,11 @@ class SustainedLevel:
         if self.current < self.floor:
             self.floor, self.floor_step = self.current, step
             if fresh:
-                # The scatter at the floor is read over the whole window and over its last
-                # values alone, the larger: a classifier that has just learnt scatters far
-                # more than on the flat plateau before it learnt, which fills most of the window.
-                self.floor_noise = max(self.spread(), self.spread(LOCAL_NOISE))
+                # With ``local``, the scatter at the floor is read over the whole window and
+                # over its last values alone, the larger: a classifier that has just learnt
+                # scatters far more than on the flat plateau before it, which fills the window.
+                local = self.spread(self.local) if self.local else 0.0
+                self.floor_noise = max(self.spread(), local)
                 self.floor_tail = self.tail()
                 self._measured = self._seen
         elif fresh and self._seen <= (self.recent.maxlen or 0) and self.current <= self.start:
@@ -188,7 +191,10 @@ class LossDivergence(Detector):
         self.critical_ratio = finite_float("critical_ratio", critical_ratio, low=1.0)
         self.patience = positive_int("patience", patience)
         self.noise_z = finite_float("noise_z", noise_z, low=0.0)
-        self.level = SustainedLevel(positive_int("window", window))
+        # The alarm reads the loss's scatter where it set its best level (LOCAL_NOISE): a
+        # divergence must stand out of it. The gates of the other detectors ("is the loss off
+        # its best?") keep the whole window's, and so lean towards yes.
+        self.level = SustainedLevel(positive_int("window", window), local=LOCAL_NOISE)
         self._above = 0
         self._calm = 0
         self._fired: set[str] = set()
