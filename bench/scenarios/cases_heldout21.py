@@ -156,6 +156,9 @@ def hf_vitmae():
         decoder_intermediate_size=32,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
+        # blank 8x8 patches embed to constant tokens: the default eps 1e-12 turns them into
+        # gradients of 1e5 at step 0; PyTorch's default keeps the start ordinary
+        layer_norm_eps=1e-5,
     )
     return ViTMAEForPreTraining(config)
 
