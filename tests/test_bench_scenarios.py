@@ -128,6 +128,7 @@ HELD_OUT_FILES = [
     ("cases_heldout18", "h18_", 12, 11, 12),
     ("cases_heldout19", "h19_", 12, 11, 12),
     ("cases_heldout20", "h20_", 12, 11, 12),
+    ("cases_heldout21", "h21_", 12, 11, 12),
 ]
 
 

@@ -26,6 +26,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout18,
     cases_heldout19,
     cases_heldout20,
+    cases_heldout21,
     cases_mlp,
     cases_other,
 )
