@@ -126,6 +126,7 @@ HELD_OUT_FILES = [
     ("cases_heldout16", "h16_", 12, 11, 15),
     ("cases_heldout17", "h17_", 12, 11, 12),
     ("cases_heldout18", "h18_", 12, 11, 12),
+    ("cases_heldout22", "h22_", 12, 11, 12),
 ]
 
 

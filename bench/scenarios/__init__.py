@@ -24,6 +24,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout16,
     cases_heldout17,
     cases_heldout18,
+    cases_heldout22,
     cases_mlp,
     cases_other,
 )
