@@ -5,8 +5,8 @@ convolutions, affine coupling), neural cellular automaton on generated images, x
 recommender on generated clicks, ESIM-style inference model on generated token pairs, relation
 network on generated object sets.
 
-Optimizers: SGD, SGD with momentum, Nesterov, Adam, AdamW, RAdam, NAdam, Adamax, Adagrad,
-RMSprop, and steadygrad.optim's Lion and AdaBelief.
+Optimizers: SGD, SGD with momentum, Nesterov, Adam, AdamW, RAdam, NAdam, Adamax, RMSprop,
+and steadygrad.optim's Lion and AdaBelief.
 
 Written without reading steadygrad/diagnose/detectors, diagnosis.py, steadygrad/monitor or the
 other held-out files, and never run on steadygrad while it was written: each scenario was tuned
@@ -828,10 +828,10 @@ def h22_nan_glow_preprocess(ctx: Context) -> None:
     "rmsprop",
     "exploding_gradients",
     where=("rule",),
-    diverges="auto",
+    diverges=None,
     onset=100,
     heldout=True,
-    note="a rollout curriculum 8 -> 96 iterations without clipping the state or the gradient",
+    note="rollout curriculum 8 -> 96 iterations, no state or gradient clipping; RMSprop survives it",
 )
 def h22_exploding_nca(ctx: Context) -> None:
     seeded(2208)
