@@ -27,6 +27,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout19,
     cases_heldout20,
     cases_heldout21,
+    cases_heldout22,
     cases_mlp,
     cases_other,
 )
