@@ -204,3 +204,26 @@ def test_units_killed_by_an_outlier_batchs_knock_are_its_consequence(tmp_path, o
         findings.append(("loss_spike", 130, None, spike, "warning"))
     report = _stored(tmp_path, str(outlier), rows, findings)
     assert report.top.cause == ("data_outlier" if outlier else "loss_of_plasticity")
+
+
+@pytest.mark.parametrize(
+    "readings, fires",
+    [
+        # few-shot episodes of 25 queries: the share swings, but most readings are collapsed
+        ([0.0, 0.0, 0.12, 0.28, 0.08, 0.28, 0.0, 0.2], True),
+        # a collapsed reading now and then, on a healthy run: never most of them
+        ([0.0, 0.12, 0.0, 0.0, 0.15, 0.0, 0.02, 0.11, 0.0], False),
+    ],
+)
+def test_a_softmax_collapse_read_on_small_batches_counts_most_readings(readings, fires):
+    from steadygrad.diagnose.detectors import SoftmaxCollapse
+
+    det = SoftmaxCollapse()
+    found = [
+        f
+        for k, share in enumerate(readings)
+        for f in det.update(Record(25 * k, {"softmax_collapse": share}))
+    ]
+    assert bool(found) is fires
+    if fires:  # the third collapsed reading of five, dated from the first of them
+        assert [(f.step, f.evidence["streak_began"]) for f in found] == [(125, 50)]

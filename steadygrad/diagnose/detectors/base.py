@@ -32,8 +32,8 @@ class Readings:
         >>> readings = Readings()
         >>> for step in (0, 12, 24, 30, 31):
         ...     readings.read(step)
-        >>> readings.previous, readings.before(2), readings.began(2)
-        (30, 24, 30)
+        >>> readings.previous, readings.before(2), readings.began(2), readings.preceding(24)
+        (30, 24, 30, 12)
     """
 
     __slots__ = ("_steps",)
@@ -55,6 +55,10 @@ class Readings:
     def began(self, streak: int) -> int | None:
         """The first of the last ``streak`` readings (None if not kept)."""
         return self._steps[-streak] if 0 < streak <= len(self._steps) else None
+
+    def preceding(self, step: int) -> int | None:
+        """The last kept reading before ``step`` (None if not kept)."""
+        return next((s for s in reversed(self._steps) if s < step), None)
 
     def before(self, streak: int) -> int | None:
         """The reading before the last ``streak`` readings (None if not kept)."""

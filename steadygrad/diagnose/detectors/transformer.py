@@ -341,16 +341,20 @@ def _falling(values: collections.deque[float]) -> bool:
 
 
 class SoftmaxCollapse(Detector):
-    """Fires when the ``softmax_collapse`` fraction stays at or above ``fraction`` for
-    ``patience`` records: that share of the rows gets exactly zero gradient on its correct class,
-    the float32 failure behind stalled grokking (Prieto et al. 2025). Once a tenth of the rows
-    have collapsed the run is deep in "naive loss minimisation" (logits growing along the
-    weights) and the share keeps rising. Fix: StableMax cross-entropy, ⊥Grad, weight decay, or a
-    float64 softmax.
+    """Fires when the ``softmax_collapse`` fraction is at or above ``fraction`` at the latest
+    reading and at ``patience`` of the last ``2 * patience - 1`` (most of them: a fraction read
+    on one small batch, a few-shot episode's queries, swings from one reading to the next): that
+    share of the rows gets exactly zero gradient on its correct class, the float32 failure
+    behind stalled grokking (Prieto et al. 2025). Once a tenth of the rows have collapsed the
+    run is deep in "naive loss minimisation" (logits growing along the weights) and the share
+    keeps rising. Fix: StableMax cross-entropy, ⊥Grad, weight decay, or a float64 softmax.
 
     Example:
-        >>> SoftmaxCollapse().update(Record(1, {"softmax_collapse": 0.0}))
-        []
+        >>> det = SoftmaxCollapse()
+        >>> found = [f for t, x in enumerate([0.0, 0.2, 0.05, 0.3, 0.25])
+        ...          for f in det.update(Record(t, {"softmax_collapse": x}))]
+        >>> [(f.step, f.evidence["streak_began"]) for f in found]
+        [(4, 1)]
     """
 
     kind = SOFTMAX_COLLAPSE_KIND
@@ -359,7 +363,10 @@ class SoftmaxCollapse(Detector):
     def __init__(self, fraction: float = 0.1, patience: int = 3) -> None:
         self.fraction = finite_float("fraction", fraction, low=0.0, low_open=True, high=1.0)
         self.patience = positive_int("patience", patience)
-        self._streak = _Streak()
+        self._recent: collections.deque[tuple[int, float]] = collections.deque(
+            maxlen=2 * self.patience - 1
+        )
+        self._fired = False
         self._readings = Readings()
 
     def update(self, record: Record) -> list[Finding]:
@@ -369,13 +376,19 @@ class SoftmaxCollapse(Detector):
             return []
         value = record.values[SOFTMAX_COLLAPSE.name]
         self._readings.read(record.step)
-        if not self._streak.update(value >= self.fraction, self.patience):
+        self._recent.append((record.step, value))
+        high = [step for step, v in self._recent if v >= self.fraction]
+        if len(high) < self.patience:
+            self._fired = False  # most readings are clear again: a new episode can start
             return []
+        if self._fired or value < self.fraction:
+            return []
+        self._fired = True
         evidence = {
             SOFTMAX_COLLAPSE.name: value,
             "fraction": self.fraction,
-            PREVIOUS_READING: self._readings.before(self._streak.count),
-            STREAK_BEGAN: self._readings.began(self._streak.count),
+            PREVIOUS_READING: self._readings.preceding(high[0]),
+            STREAK_BEGAN: high[0],
         }
         where = record.meta.get("output_module")  # the head that produced the logits, if known
         return [Finding(self.kind, record.step, where, evidence, "warning")]
