@@ -1,4 +1,5 @@
-"""Sharpness: the top eigenvalues of the loss Hessian (or GGN), by Lanczos or power iteration."""
+"""Sharpness: the top eigenvalues of the loss Hessian (or GGN), by Lanczos, block Lanczos or power
+iteration."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import numpy as np
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.curvature.block_krylov import block_lanczos
 from steadygrad.curvature.hvp import CurvatureOperator, as_generator, build_objective, make_operator
 from steadygrad.curvature.lanczos import WHICH, LanczosOutput, lanczos, power_iteration
+
+METHODS = ("lanczos", "block", "power")
 
 
 @dataclass
@@ -114,6 +118,7 @@ def run_eigensolver(
     matvec=None,
     names: tuple[str, ...] | None = None,
     start: str = "gradient",
+    block_size: int | None = None,
 ) -> SharpnessResult:
     n = op.numel
     if k > n:
@@ -139,6 +144,28 @@ def run_eigensolver(
             device=op.device,
             generator=gen,
         )
+    elif method == "block":
+        if matvec is None:
+            mm = op.matmat
+        else:  # a custom product has no batched form: one product per row
+            mm = lambda V: torch.stack([mv(v) for v in V])  # noqa: E731
+        if block_size is not None:
+            block_size = positive_int("block_size", block_size)
+        out = block_lanczos(
+            mm,
+            n,
+            k=k,
+            block_size=block_size,
+            which=which,
+            tol=tol,
+            max_matvecs=max_matvecs if max_matvecs is not None else max(60, 10 * k),
+            v0=v0,
+            gap_hint=gap_hint,
+            dtype=op.dtype,
+            device=op.device,
+            generator=gen,
+            want_vectors=vectors,
+        )
     elif method == "power":
         if which != "LM":
             # power iteration finds the largest magnitude; say so instead of pretending
@@ -155,7 +182,7 @@ def run_eigensolver(
             generator=gen,
         )
     else:
-        raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not out.converged:
         rel = float(out.errors[0] / max(abs(out.eigenvalues[0]), 1e-300))
         warnings.warn(
@@ -185,6 +212,7 @@ def sharpness(
     vectors: bool = True,
     dropout: bool = False,
     seed: int | torch.Generator | None = 0,
+    block_size: int | None = None,
 ) -> SharpnessResult:
     """Top-``k`` eigenvalues of the Hessian of ``loss_fn(model, batch)``.
 
@@ -194,7 +222,11 @@ def sharpness(
     cuts that to a few products. Without one, Lanczos starts from the loss gradient plus noise
     (``start="gradient"``, when the engine has the gradient at hand: the default retained
     engine) or from a random vector (``start="random"``). ``curvature="ggn"`` uses the
-    Gauss-Newton matrix (``loss_fn`` must be an :class:`OutputLoss`). Functional form:
+    Gauss-Newton matrix (``loss_fn`` must be an :class:`OutputLoss`). ``method="block"`` is
+    block Lanczos: ``block_size`` (default ``k + 1``) vectors per batched product, each counted in
+    ``matvecs``; it pays only where a batched product costs less than that many single ones (on
+    one CPU thread it does not: ``bench/curvature.py``). ``method="power"`` is power iteration
+    (largest magnitude), for comparison. Functional form:
     ``sharpness(f, params_dict, batch)`` with ``f(params, batch)`` a scalar loss.
 
     Example:
@@ -211,6 +243,8 @@ def sharpness(
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if max_matvecs is not None:
         max_matvecs = positive_int("max_matvecs", max_matvecs)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     objective = build_objective(model, loss_fn, batch, params, dropout)
     if k > objective.numel:
         raise ValueError(
@@ -228,4 +262,5 @@ def sharpness(
             seed=seed,
             vectors=vectors,
             start=start,
+            block_size=block_size,
         )
