@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import importlib
 import importlib.util
 import math
@@ -44,9 +45,11 @@ def row(*cells: object) -> None:
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     """Best CPU time of this process over ``repeats`` runs. One thread on a shared machine:
     process CPU time is far less disturbed by other processes than wall time, and the minimum
-    is the signal."""
+    is the signal. The garbage of earlier runs is collected first, outside the clock: a peer's
+    reference cycles otherwise cost the next configuration a collection (+50 ms measured)."""
     best, out = float("inf"), None
     for _ in range(repeats):
+        gc.collect()
         start = time.process_time()
         out = fn()
         best = min(best, time.process_time() - start)
