@@ -46,6 +46,18 @@ def test_top_k_matches_dense_hessian(mlp_dense, k, engine):
         assert torch.allclose(res, result.residuals, rtol=1e-3, atol=1e-9)
 
 
+def test_warm_start_from_the_previous_block(mlp_dense):
+    """Every previous eigenvector seeds a row of the first block: the re-estimate on the same
+    batch stops after two blocks and stays within tol."""
+    (model, loss_fn, batch), _, want = mlp_dense
+    cold = sharpness(model, loss_fn, batch, k=3, tol=1e-3, method="block")
+    warm = sharpness(model, loss_fn, batch, k=3, tol=1e-3, method="block", warm_start=cold)
+    # converged eigenvectors as the first block: two blocks of k + 1 (the fewest the settled
+    # check allows); their sum as one start vector, as Lanczos takes it, needed 20 products here
+    assert warm.converged and warm.matvecs <= 2 * 4 < cold.matvecs
+    assert float(((warm.eigenvalues - want[:3]).abs() / want[:3].abs()).max()) <= 1e-3
+
+
 def test_products_are_counted_per_vector(mlp_dense):
     (model, loss_fn, batch), _, _ = mlp_dense
     with hessian_operator(model, loss_fn, batch) as op:

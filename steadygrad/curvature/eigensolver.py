@@ -63,7 +63,11 @@ def _result(out: LanczosOutput, method: str, names: tuple[str, ...], vectors: bo
     )
 
 
-def _warm_vector(warm_start: Any, n: int) -> tuple[torch.Tensor | None, float | None]:
+def _warm_vector(
+    warm_start: Any, n: int, block: bool = False
+) -> tuple[torch.Tensor | None, float | None]:
+    """Start vector (or, for block Lanczos, the ``(n, j)`` block of previous vectors) and gap cap
+    from a previous result or tensor."""
     if warm_start is None:
         return None, None
     if isinstance(warm_start, SharpnessResult):
@@ -81,7 +85,7 @@ def _warm_vector(warm_start: Any, n: int) -> tuple[torch.Tensor | None, float | 
     if vecs is None:
         raise ValueError(f"warm_start vectors do not match the {n} probed parameters")
     # Several previous vectors: start from their sum, which has weight on each of them.
-    v0 = vecs.sum(dim=1)
+    v0 = vecs if block else vecs.sum(dim=1)
     gap = gap if gap is not None and np.isfinite(gap) and gap > 0 else None
     return v0, gap
 
@@ -123,7 +127,7 @@ def run_eigensolver(
     n = op.numel
     if k > n:
         raise ValueError(f"k={k} is larger than the number of probed parameters ({n})")
-    v0, gap_hint = _warm_vector(warm_start, n)
+    v0, gap_hint = _warm_vector(warm_start, n, block=method == "block")
     gen = as_generator(0 if seed is None else seed)
     if start not in ("gradient", "random"):
         raise ValueError(f"start must be 'gradient' or 'random', got {start!r}")
