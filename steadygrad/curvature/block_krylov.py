@@ -11,7 +11,7 @@ estimate ``min(r, r^2 / gap)`` and the wanted Ritz values settled between steps.
 
 Example:
     >>> a = torch.diag(torch.arange(1.0, 51.0, dtype=torch.float64))
-    >>> out = block_lanczos(lambda V: V @ a, 50, k=2, block_size=2, dtype=torch.float64)
+    >>> out = block_lanczos(lambda V: V @ a, 50, k=2, tol=1e-10, dtype=torch.float64)
     >>> [round(float(v), 6) for v in out.eigenvalues], out.converged
     ([50.0, 49.0], True)
 """
