@@ -89,7 +89,8 @@ def block_lanczos(
     being mistaken for a cluster's edge). ``v0`` (a vector or ``(n, j)`` block) seeds the first
     rows; the rest are random. Stops when every wanted Ritz value has an estimated relative
     error ``<= tol`` and has settled, or when the next block would pass ``max_matvecs``
-    products; ``matvecs`` counts every vector multiplied.
+    products or the dimension ``n`` (then ``converged`` says whether tol was reached);
+    ``matvecs`` counts every vector multiplied.
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
