@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import importlib
 import importlib.util
 import math
@@ -44,9 +45,11 @@ def row(*cells: object) -> None:
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     """Best CPU time of this process over ``repeats`` runs. One thread on a shared machine:
     process CPU time is far less disturbed by other processes than wall time, and the minimum
-    is the signal."""
+    is the signal. The garbage of earlier runs is collected first, outside the clock: a peer's
+    reference cycles otherwise cost the next configuration a collection (+50 ms measured)."""
     best, out = float("inf"), None
     for _ in range(repeats):
+        gc.collect()
         start = time.process_time()
         out = fn()
         best = min(best, time.process_time() - start)
@@ -156,6 +159,11 @@ def bench_top(model, batch, lams, rounds):
         tol=1e-3, engine="double_backward"
     )
     configs["steadygrad lanczos tol=1e-5"] = ours(tol=1e-5)
+    # block Lanczos: k + 1 vectors per batched product (each counted in the products column)
+    configs["steadygrad block tol=1e-3 (retained graph, batched)"] = ours(tol=1e-3, method="block")
+    configs["steadygrad block tol=1e-3 (torch.func vmap)"] = ours(
+        tol=1e-3, method="block", engine="func"
+    )
     if k == 1:
         configs["steadygrad power tol=1e-3 (residual)"] = ours(
             method="power", tol=1e-3, max_matvecs=300
@@ -238,21 +246,40 @@ def bench_top(model, batch, lams, rounds):
     return results
 
 
-def summarise_top(name: str, top: dict) -> None:
+def summarise_top(
+    name: str, top: dict, ours_label: str = "steadygrad lanczos tol=1e-3 (retained graph)"
+) -> None:
     """Ours against the fastest peer configuration that reaches 1e-3, best and median times."""
-    ours = top["steadygrad lanczos tol=1e-3 (retained graph)"]
+    if ours_label not in top:
+        return
+    ours = top[ours_label]
+    short = ours_label.removeprefix("steadygrad ")
     peers = {k: v for k, v in top.items() if not k.startswith("steadygrad") and v[2] <= 1e-3}
     if not peers:
-        print(f"  {name}: steadygrad {ours[1]} products {ours[0]:.3f}s; no peer reached 1e-3")
+        print(f"  {name} ({short}): {ours[1]} products {ours[0]:.3f}s; no peer reached 1e-3")
         return
     best = min(peers, key=lambda k: peers[k][0])
     b = peers[best]
     print(
-        f"  {name}: steadygrad {ours[1]} products {ours[0]:.3f}s (median {ours[3]:.3f}s) "
+        f"  {name} ({short}): {ours[1]} products {ours[0]:.3f}s (median {ours[3]:.3f}s) "
         f"err {ours[2]:.1e}; fastest peer reaching 1e-3: {best}: {b[1]} products {b[0]:.3f}s "
         f"(median {b[3]:.3f}s) -> {b[0] / ours[0]:.2f}x less time (medians: "
         f"{b[3] / ours[3]:.2f}x; goal >= 3x)"
     )
+
+
+BLOCK = "steadygrad block tol=1e-3 (retained graph, batched)"
+
+
+def summarise_methods(name: str, top: dict) -> None:
+    """Block Lanczos against single-vector Lanczos, same run, same engine."""
+    old, new = top.get("steadygrad lanczos tol=1e-3 (retained graph)"), top.get(BLOCK)
+    if old and new:
+        print(
+            f"  {name}: block Lanczos {new[1]} products {new[0]:.3f}s vs Lanczos {old[1]} "
+            f"products {old[0]:.3f}s -> block takes {new[0] / old[0]:.2f}x the time "
+            f"(medians {new[3] / old[3]:.2f}x)"
+        )
 
 
 # ---------------------------------------------------------------------------- per product
@@ -269,7 +296,7 @@ def bench_products(model, batch, rounds, n=20):
         op = stack.enter_context(hessian_operator(model, loss_fn, batch, engine=engine))
         runs[f"steadygrad {engine}"] = (lambda op=op: [op.matvec(v) for v in vs], n)
         if engine in ("retained", "func"):
-            runs[f"steadygrad {engine}, 10 vectors batched"] = (
+            runs[f"steadygrad {engine}, 10 vectors batched (per vector)"] = (
                 lambda op=op: op.matmat(vs[:10]),
                 10,
             )
@@ -480,6 +507,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    # NumPy's BLAS (SciPy's eigsh, curvlinops) to one thread too: its idle workers spin for a while
+    # after a call, and that CPU time landed on whichever configuration ran next (+40 ms measured)
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
     repeats = 1 if args.quick else 3
     model, batch, data = setup()
     n = sum(p.numel() for p in model.parameters())
@@ -506,8 +539,10 @@ def main() -> None:
     top5 = bench_top(model, batch, lams, rounds=max(2, rounds // 2))
     if args.top_only:
         print("\nSummary")
-        summarise_top("top eigenvalue", top)
-        summarise_top("top-5 eigenvalues", top5)
+        for label, table in (("top eigenvalue", top), ("top-5 eigenvalues", top5)):
+            summarise_top(label, table)
+            summarise_top(label, table, BLOCK)
+            summarise_methods(label, table)
         return
     prods = bench_products(model, batch, rounds=3 if args.quick else 7)
     gone = missing("backpack")
@@ -522,13 +557,23 @@ def main() -> None:
     warm = bench_warm(model, batch, data, windows=3 if args.quick else 5, repeats=repeats)
 
     print("\nSummary")
-    summarise_top("top eigenvalue", top)
-    summarise_top("top-5 eigenvalues", top5)
+    for label, table in (("top eigenvalue", top), ("top-5 eigenvalues", top5)):
+        summarise_top(label, table)
+        summarise_top(label, table, BLOCK)
+        summarise_methods(label, table)
     ph = prods.get("PyHessian (retained graph)")
     if ph:
         print(
             f"  per product: steadygrad retained {prods['steadygrad retained']:.2f} ms vs "
             f"PyHessian {ph:.2f} ms (ratio {prods['steadygrad retained'] / ph:.2f})"
+        )
+    for engine in ("retained", "func"):
+        one = prods[f"steadygrad {engine}"]
+        batched = prods[f"steadygrad {engine}, 10 vectors batched (per vector)"]
+        print(
+            f"  batched products ({engine}): 10 vectors at once cost {batched:.2f} ms per vector, "
+            f"{batched / one:.2f}x one single product ({one:.2f} ms): batching "
+            + ("saves time" if batched < 0.9 * one else "saves nothing here (compute-bound)")
         )
     summarise_warm(warm)
     for name, found in traces.items():

@@ -1,4 +1,5 @@
-"""Sharpness: the top eigenvalues of the loss Hessian (or GGN), by Lanczos or power iteration."""
+"""Sharpness: the top eigenvalues of the loss Hessian (or GGN), by Lanczos, block Lanczos or power
+iteration."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import numpy as np
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.curvature.block_krylov import block_lanczos
 from steadygrad.curvature.hvp import CurvatureOperator, as_generator, build_objective, make_operator
 from steadygrad.curvature.lanczos import WHICH, LanczosOutput, lanczos, power_iteration
+
+METHODS = ("lanczos", "block", "power")
 
 
 @dataclass
@@ -59,7 +63,11 @@ def _result(out: LanczosOutput, method: str, names: tuple[str, ...], vectors: bo
     )
 
 
-def _warm_vector(warm_start: Any, n: int) -> tuple[torch.Tensor | None, float | None]:
+def _warm_vector(
+    warm_start: Any, n: int, block: bool = False
+) -> tuple[torch.Tensor | None, float | None]:
+    """Start vector (or, for block Lanczos, the ``(n, j)`` block of previous vectors) and gap cap
+    from a previous result or tensor."""
     if warm_start is None:
         return None, None
     if isinstance(warm_start, SharpnessResult):
@@ -77,7 +85,7 @@ def _warm_vector(warm_start: Any, n: int) -> tuple[torch.Tensor | None, float | 
     if vecs is None:
         raise ValueError(f"warm_start vectors do not match the {n} probed parameters")
     # Several previous vectors: start from their sum, which has weight on each of them.
-    v0 = vecs.sum(dim=1)
+    v0 = vecs if block else vecs.sum(dim=1)
     gap = gap if gap is not None and np.isfinite(gap) and gap > 0 else None
     return v0, gap
 
@@ -114,11 +122,12 @@ def run_eigensolver(
     matvec=None,
     names: tuple[str, ...] | None = None,
     start: str = "gradient",
+    block_size: int | None = None,
 ) -> SharpnessResult:
     n = op.numel
     if k > n:
         raise ValueError(f"k={k} is larger than the number of probed parameters ({n})")
-    v0, gap_hint = _warm_vector(warm_start, n)
+    v0, gap_hint = _warm_vector(warm_start, n, block=method == "block")
     gen = as_generator(0 if seed is None else seed)
     if start not in ("gradient", "random"):
         raise ValueError(f"start must be 'gradient' or 'random', got {start!r}")
@@ -139,6 +148,28 @@ def run_eigensolver(
             device=op.device,
             generator=gen,
         )
+    elif method == "block":
+        if matvec is None:
+            mm = op.matmat
+        else:  # a custom product has no batched form: one product per row
+            mm = lambda V: torch.stack([mv(v) for v in V])  # noqa: E731
+        if block_size is not None:
+            block_size = positive_int("block_size", block_size)
+        out = block_lanczos(
+            mm,
+            n,
+            k=k,
+            block_size=block_size,
+            which=which,
+            tol=tol,
+            max_matvecs=max_matvecs if max_matvecs is not None else max(60, 10 * k),
+            v0=v0,
+            gap_hint=gap_hint,
+            dtype=op.dtype,
+            device=op.device,
+            generator=gen,
+            want_vectors=vectors,
+        )
     elif method == "power":
         if which != "LM":
             # power iteration finds the largest magnitude; say so instead of pretending
@@ -155,7 +186,7 @@ def run_eigensolver(
             generator=gen,
         )
     else:
-        raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not out.converged:
         rel = float(out.errors[0] / max(abs(out.eigenvalues[0]), 1e-300))
         warnings.warn(
@@ -185,6 +216,7 @@ def sharpness(
     vectors: bool = True,
     dropout: bool = False,
     seed: int | torch.Generator | None = 0,
+    block_size: int | None = None,
 ) -> SharpnessResult:
     """Top-``k`` eigenvalues of the Hessian of ``loss_fn(model, batch)``.
 
@@ -194,7 +226,11 @@ def sharpness(
     cuts that to a few products. Without one, Lanczos starts from the loss gradient plus noise
     (``start="gradient"``, when the engine has the gradient at hand: the default retained
     engine) or from a random vector (``start="random"``). ``curvature="ggn"`` uses the
-    Gauss-Newton matrix (``loss_fn`` must be an :class:`OutputLoss`). Functional form:
+    Gauss-Newton matrix (``loss_fn`` must be an :class:`OutputLoss`). ``method="block"`` is
+    block Lanczos: ``block_size`` (default ``k + 1``) vectors per batched product, each counted in
+    ``matvecs``; it pays only where a batched product costs less than that many single ones (on
+    one CPU thread it does not: ``bench/curvature.py``). ``method="power"`` is power iteration
+    (largest magnitude), for comparison. Functional form:
     ``sharpness(f, params_dict, batch)`` with ``f(params, batch)`` a scalar loss.
 
     Example:
@@ -211,6 +247,8 @@ def sharpness(
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if max_matvecs is not None:
         max_matvecs = positive_int("max_matvecs", max_matvecs)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     objective = build_objective(model, loss_fn, batch, params, dropout)
     if k > objective.numel:
         raise ValueError(
@@ -228,4 +266,5 @@ def sharpness(
             seed=seed,
             vectors=vectors,
             start=start,
+            block_size=block_size,
         )
