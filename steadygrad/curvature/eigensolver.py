@@ -134,20 +134,19 @@ def run_eigensolver(
     if v0 is None and start == "gradient":
         v0 = _gradient_start(op, gen)
     mv = matvec if matvec is not None else op.matvec
+    krylov = {  # what the two Krylov methods share
+        "k": k,
+        "which": which,
+        "tol": tol,
+        "max_matvecs": max_matvecs if max_matvecs is not None else max(60, 10 * k),
+        "v0": v0,
+        "gap_hint": gap_hint,
+        "dtype": op.dtype,
+        "device": op.device,
+        "generator": gen,
+    }
     if method == "lanczos":
-        out = lanczos(
-            mv,
-            n,
-            k=k,
-            which=which,
-            tol=tol,
-            max_matvecs=max_matvecs if max_matvecs is not None else max(60, 10 * k),
-            v0=v0,
-            gap_hint=gap_hint,
-            dtype=op.dtype,
-            device=op.device,
-            generator=gen,
-        )
+        out = lanczos(mv, n, **krylov)
     elif method == "block":
         if matvec is None:
             mm = op.matmat
@@ -155,21 +154,7 @@ def run_eigensolver(
             mm = lambda V: torch.stack([mv(v) for v in V])  # noqa: E731
         if block_size is not None:
             block_size = positive_int("block_size", block_size)
-        out = block_lanczos(
-            mm,
-            n,
-            k=k,
-            block_size=block_size,
-            which=which,
-            tol=tol,
-            max_matvecs=max_matvecs if max_matvecs is not None else max(60, 10 * k),
-            v0=v0,
-            gap_hint=gap_hint,
-            dtype=op.dtype,
-            device=op.device,
-            generator=gen,
-            want_vectors=vectors,
-        )
+        out = block_lanczos(mm, n, block_size=block_size, want_vectors=vectors, **krylov)
     elif method == "power":
         if which != "LM":
             # power iteration finds the largest magnitude; say so instead of pretending

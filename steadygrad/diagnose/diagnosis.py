@@ -142,8 +142,9 @@ def judge(
     after the break is more likely a consequence and drops below them. ``progress_until``: the
     step of the best loss before the break (of the whole run when it did not break); a cause
     that only stalls learning, seen well before it, did not stop the progress and does not
-    explain the climb that followed; nor one first seen long after the loss began to climb
-    (``climbing_from``)."""
+    explain the climb that followed (it is judged from its finding after which the loss made
+    no more progress, if one came later); nor one first seen long after the loss began to
+    climb (``climbing_from``)."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     if d.severity == "info":  # its own evidence was judged harmless: below any warning
@@ -233,7 +234,7 @@ def judge(
         )
 
 
-def _stalled_from(d: Diagnosis, progress_until: int) -> int:
+def _stalled_from(d: Diagnosis, progress_until: int) -> int | None:
     """The first of a stalling cause's findings after which the loss made no further progress
     (no new best ``PROGRESS_AFTER`` steps on), or its first finding when there is none: a
     layer that lost half its units while learning went on, then died as learning stopped, is

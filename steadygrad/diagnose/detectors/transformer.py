@@ -230,19 +230,17 @@ class OutputLogitDivergence(Detector):
 
     At initialisation ``log Z ~ log(classes)``. A confident classifier has a large positive
     ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
-    below ``-lse_limit`` for ``patience`` records, unless it drifted there and stopped: the
-    largest logit moved less than ``SETTLED`` of itself since the reading before (a cosine head
-    settled at its bound); early, when it has fallen ``lse_limit / 2``
-    below its first value and kept falling for ``patience`` records (or risen ``lse_limit / 2``
-    and kept rising, or risen at each of ``patience`` readings by more each time, while the
-    loss has not even halved); and when it drifts
-    ``5 * lse_limit`` from its first value either way; and when the mean logit (the common shift
-    softmax ignores, recorded by the default cross-entropy signal) has moved ``lse_limit`` from
-    its first value for ``patience`` records (unless settled so); and when ``log Z`` rose ``lse_limit`` while the
-    loss has not even halved (logits growing without the confidence that would justify them; a
-    classifier growing confident raises ``log Z`` as its loss falls). ``where`` is the module
-    that produced
-    the logits (``record.meta["output_module"]``) when known. NaN-driven records are skipped.
+    below ``-lse_limit`` for ``patience`` records, unless it drifted there and stopped (the
+    largest logit moved less than ``SETTLED`` of itself since the reading before: a cosine head
+    settled at its bound); early, when it has fallen ``lse_limit / 2`` below its first value
+    and kept falling for ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or
+    risen at each of ``patience`` readings by more each time, while the loss has not even
+    halved); and when it drifts ``5 * lse_limit`` from its first value either way; and when the
+    mean logit (the common shift softmax ignores, recorded by the default cross-entropy signal)
+    has moved ``lse_limit`` from its first value for ``patience`` records (unless settled so);
+    and when ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing
+    without the confidence that would justify them; a classifier growing confident raises
+    ``log Z`` as its loss falls). ``where`` is the module that produced the logits (``record.meta["output_module"]``) when known. NaN-driven records are skipped.
 
     Example:
         >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
