@@ -91,9 +91,25 @@ def shared_temp_dir() -> Path:
     return path
 
 
+def diagnose_stored(tmp_path, name, rows, findings):
+    """Store ``rows`` (one dict of scalars per step) and ``findings`` (tuples of kind, step,
+    where, evidence, severity) as a run, and diagnose it: the rules on a run shape written by
+    hand."""
+    from steadygrad.core import Finding
+    from steadygrad.store import RunStore
+
+    store = RunStore(tmp_path / name)
+    for step, values in enumerate(rows):
+        store.add_scalars(step, values)
+    store.add_findings(Finding(k, s, w, ev, sev) for k, s, w, ev, sev in findings)
+    store.close()
+    return steadygrad.diagnose(tmp_path / name)
+
+
 __all__ = [
     "NOBODY",
     "as_unprivileged_user",
+    "diagnose_stored",
     "no_hooks_left",
     "regression_batch",
     "shared_temp_dir",

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import diagnose_stored
 from torch import nn
 
 import steadygrad
@@ -239,29 +240,15 @@ def test_the_mechanism_signals_look_at_the_step_after_a_finding(tmp_path, alarm)
 # -- rules on stored runs ----------------------------------------------------------------------
 
 
-def _stored(tmp_path, name, rows, findings):
-    from steadygrad.core import Finding
-    from steadygrad.store import RunStore
-
-    store = RunStore(tmp_path / name)
-    for step, values in enumerate(rows):
-        store.add_scalars(step, values)
-    store.add_findings(
-        Finding(kind, step, where, ev, sev) for kind, step, where, ev, sev in findings
-    )
-    store.close()
-    return steadygrad.diagnose(tmp_path / name)
-
-
 def test_a_learning_rate_rising_into_the_break_names_the_step_size_from_where_it_rose(tmp_path):
     rows = [{"loss": 1.0 - 0.004 * t, "lr/0": 0.01 * (1 + t)} for t in range(100)]
     grew = ("gradient_growth", 80, "fc.weight", {}, "warning")
     broke = ("loss_divergence", 90, None, {"ratio": 4.0}, "critical")
-    report = _stored(tmp_path, "ramp", rows, [grew, broke])
+    report = diagnose_stored(tmp_path, "ramp", rows, [grew, broke])
     assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 0
     # the same break under a constant learning rate: the growth, not the step size
     flat = [{**r, "lr/0": 0.05} for r in rows]
-    report = _stored(tmp_path, "flat", flat, [grew, broke])
+    report = diagnose_stored(tmp_path, "flat", flat, [grew, broke])
     assert "sharpness_above_limit" not in report.causes()
 
 
@@ -271,21 +258,21 @@ def test_one_reading_above_one_before_the_break_is_no_overshoot(tmp_path):
         rows[t]["directional_sharpness_ratio"] = 1.4 if t == 86 else 0.4
     climb = [("loss_divergence", 85, None, {}, "warning")]
     climb.append(("loss_divergence", 90, None, {"ratio": 4.0}, "critical"))
-    assert "sharpness_above_limit" not in _stored(tmp_path, "one", rows, climb).causes()
+    assert "sharpness_above_limit" not in diagnose_stored(tmp_path, "one", rows, climb).causes()
     for t in range(82, 91):
         rows[t]["directional_sharpness_ratio"] = 1.4
-    assert _stored(tmp_path, "most", rows, climb).top.cause == "sharpness_above_limit"
+    assert diagnose_stored(tmp_path, "most", rows, climb).top.cause == "sharpness_above_limit"
 
 
 def test_a_run_broken_by_its_first_updates_names_the_step_size(tmp_path):
     rows = [{"loss": 2.3}] + [{"loss": 15.0} for _ in range(40)]
     broke = ("loss_divergence", 1, None, {"ratio": 6.5, "broke_at_once": True}, "critical")
     dead = ("loss_of_plasticity", 24, "layer2", {"reason": "dead_units"}, "warning")
-    report = _stored(tmp_path, "at_once", rows, [broke, dead])
+    report = diagnose_stored(tmp_path, "at_once", rows, [broke, dead])
     assert report.top.cause == "sharpness_above_limit", report.text()
     # gradients exploding before any update: the initialisation, not the step size
     init = ("gradient_growth", 0, "rnn.weight_hh_l0", {"wrecked_weights": True}, "critical")
-    report = _stored(tmp_path, "init", rows, [broke, dead, init])
+    report = diagnose_stored(tmp_path, "init", rows, [broke, dead, init])
     assert "sharpness_above_limit" not in report.causes()
 
 
@@ -409,10 +396,10 @@ def test_a_rate_raised_on_a_resume_explains_the_climb_after_it(tmp_path):
     rows = [{"loss": 3.0, "lr/0": 0.01 if t < 200 else 0.3} for t in range(240)]
     climb = ("loss_divergence", 206, None, {"ratio": 1.6}, "warning")
     attn = ("attention_logit_growth", 207, "enc.attn", {}, "warning")
-    report = _stored(tmp_path, "raised", rows, [climb, attn])
+    report = diagnose_stored(tmp_path, "raised", rows, [climb, attn])
     assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 199
     flat = [{**r, "lr/0": 0.01} for r in rows]  # the same climb at a constant rate
-    report = _stored(tmp_path, "flat", flat, [climb, attn])
+    report = diagnose_stored(tmp_path, "flat", flat, [climb, attn])
     assert report.top.cause == "attention_logit_growth"
     assert "sharpness_above_limit" not in report.causes()
 
@@ -424,7 +411,7 @@ def test_dead_units_the_loss_kept_improving_past_do_not_explain_a_climb(tmp_path
     best = 142  # the best level the loss reached, after the dead units were seen (or not)
     climb = ("loss_divergence", 209, None, {"ratio": 3.0, "best_level_step": best}, "critical")
     logits = ("output_logit_divergence", 183, "lm_head", {}, "warning")
-    report = _stored(tmp_path, str(progress), rows, [dead, climb, logits])
+    report = diagnose_stored(tmp_path, str(progress), rows, [dead, climb, logits])
     assert report.top.cause == ("output_logit_divergence" if progress else "loss_of_plasticity")
     plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
     assert (plasticity.confidence == "low") is progress
@@ -444,7 +431,7 @@ def test_a_spike_poisons_the_second_moment_once_its_momentum_has_passed(tmp_path
     def report(name, optimizer, findings):
         from steadygrad.store import load
 
-        _stored(tmp_path, name, rows, findings)
+        diagnose_stored(tmp_path, name, rows, findings)
         run = load(tmp_path / name)
         run.config["optimizer_family"] = optimizer  # as the Monitor records it
         return steadygrad.diagnose(run)
@@ -466,7 +453,7 @@ def test_one_batch_that_knocks_a_fit_off_is_an_outlier_even_if_the_loss_stays_up
     rows = [{"loss": 2e-4} for _ in range(180)] + [{"loss": 170.0}]
     rows += [{"loss": aftermath * (1 + 0.1 * np.sin(t))} for t in range(60)]
     spike = ("loss_spike", 180, None, {"loss": 170.0, "baseline": 2e-4, "ratio": 8.5e5}, "warning")
-    causes = _stored(tmp_path, str(aftermath), rows, [spike]).causes()
+    causes = diagnose_stored(tmp_path, str(aftermath), rows, [spike]).causes()
     assert ("data_outlier" in causes) is (aftermath < 1)
 
 
@@ -481,7 +468,7 @@ def _weights(tmp_path, name, growth, findings, steps=120):
         for tensor, factor in growth.items():
             row[f"param_norm/{tensor}"] = factor ** (t / (steps - 1))
         rows.append(row)
-    return _stored(tmp_path, name, rows, findings)
+    return diagnose_stored(tmp_path, name, rows, findings)
 
 
 def test_an_explosion_is_placed_at_the_weights_that_grew_and_demoted_if_all_grew(tmp_path):
@@ -508,7 +495,7 @@ def test_growth_confirmed_just_after_the_break_that_began_before_it_may_have_com
     rows = [{"loss": 1.0 if t < 100 else 3.0} for t in range(200)]
     climb = ("loss_divergence", 100, None, {"ratio": 3.0, "best_level_step": 60}, "critical")
     grew = ("gradient_growth", confirmed, "w", {"started_at_step": began}, "critical")
-    report = _stored(tmp_path, f"{began}-{confirmed}", rows, [climb, grew])
+    report = diagnose_stored(tmp_path, f"{began}-{confirmed}", rows, [climb, grew])
     credited = began < 100 and confirmed <= 110  # began before, and confirmed soon after
     assert (report.top.cause == "exploding_gradients") is credited
 
@@ -517,7 +504,7 @@ def test_dead_units_before_a_nan_that_the_loss_improved_past_do_not_explain_it(t
     rows = [{"loss": 2.0 * math.exp(-t / 40)} for t in range(170)] + [{"loss": math.nan}]
     dead = ("loss_of_plasticity", 24, "body.2", {"dead_units": 0.52}, "warning")
     nan = ("nonfinite", 170, "features", {}, "critical")
-    report = _stored(tmp_path, "nan", rows, [dead, nan])
+    report = diagnose_stored(tmp_path, "nan", rows, [dead, nan])
     assert report.top.cause == "nonfinite"
     plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
     assert plasticity.confidence == "low" and "kept improving" in plasticity.why
@@ -533,7 +520,7 @@ def test_dead_units_first_seen_long_into_a_climb_are_its_consequence(tmp_path, d
     rows = [{"loss": 2.2 if t < 200 else 2.2 + 0.01 * (t - 200)} for t in range(400)]
     climb = ("loss_divergence", 269, None, {"ratio": 1.56, "best_level_step": 178}, "warning")
     dead = ("loss_of_plasticity", dead_at, "mlp.fc", {"previous_reading": dead_at - 12}, "warning")
-    report = _stored(tmp_path, str(dead_at), rows, [climb, dead])
+    report = diagnose_stored(tmp_path, str(dead_at), rows, [climb, dead])
     assert report.top.cause == ("loss_divergence" if dead_at >= 319 else "loss_of_plasticity")
 
 
@@ -543,12 +530,15 @@ def test_a_rate_raised_60_steps_before_the_climb_explains_it_and_the_large_updat
     rows = [{"loss": 0.5, "lr/0": 0.1 if t < 150 else 0.6} for t in range(300)]
     large = ("update_ratio_out_of_range", 190, "log_width", {"direction": "too_large"}, "warning")
     climb = ("loss_divergence", 210, None, {"ratio": 2.2}, "warning")
-    report = _stored(tmp_path, "resume", rows, [large, climb])
+    report = diagnose_stored(tmp_path, "resume", rows, [large, climb])
     assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 149
     ratio = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
     assert ratio.confidence == "low"
     flat = [{**r, "lr/0": 0.1} for r in rows]  # the same run at a constant rate
-    assert _stored(tmp_path, "flat", flat, [large, climb]).top.cause == "update_ratio_out_of_range"
+    assert (
+        diagnose_stored(tmp_path, "flat", flat, [large, climb]).top.cause
+        == "update_ratio_out_of_range"
+    )
 
 
 # -- the fifth session: recurrences, NaNs no gradient reached, dead code --------------------------
@@ -775,7 +765,7 @@ def test_units_fed_exactly_zero_are_measured_as_zeroed(tmp_path, zero_gamma):
 def _frozen_then(tmp_path, name, later):
     rows = [{"loss": 2.0 - 0.01 * min(t, 150)} for t in range(300)]
     frozen = ("update_ratio_out_of_range", 20, "pos.weight", {"direction": "frozen"}, "warning")
-    return _stored(tmp_path, name, rows, [frozen, *later])
+    return diagnose_stored(tmp_path, name, rows, [frozen, *later])
 
 
 def test_a_frozen_tensor_the_loss_improved_past_ranks_below_what_stopped_it(tmp_path):
@@ -802,7 +792,7 @@ def _knocked(tmp_path, name, before, after, broke):
     findings = [spike]
     if broke:
         findings.append(("loss_divergence", 132, None, {"ratio": 70.0}, "critical"))
-    return _stored(tmp_path, name, rows, findings)
+    return diagnose_stored(tmp_path, name, rows, findings)
 
 
 def test_one_batch_whose_knock_broke_the_run_is_an_outlier_if_it_was_the_peak(tmp_path):
@@ -833,7 +823,7 @@ def test_weights_that_grew_from_nothing_are_no_amplifier(tmp_path):
         row["param_norm/head.weight"] = 2.0 * 1.3 ** (t / 119)
         row["param_norm/convs.0.mlp.0.weight"] = 2.5
         rows.append(row)
-    report = _stored(tmp_path, "gin", rows, [grew, climb])
+    report = diagnose_stored(tmp_path, "gin", rows, [grew, climb])
     explosion = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
     assert explosion.where[0] == "convs.1.mlp.0"
 
@@ -875,10 +865,10 @@ def test_harmless_spikes_before_the_one_that_mattered_do_not_date_it(tmp_path):
     rows = [{"loss": 0.3} for _ in range(200)]
     small = ("gradient_spike", 107, "ln.weight", {"spike_factor": 75.0}, "info")
     big = ("gradient_spike", 120, "embed.weight", {"spike_factor": 1.6e5}, "critical")
-    report = _stored(tmp_path, "spikes", rows, [small, big])
+    report = diagnose_stored(tmp_path, "spikes", rows, [small, big])
     spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
     assert spike.first_step == 120 and spike.where[0] == "embed.weight"
-    only_small = _stored(tmp_path, "small", rows, [small])
+    only_small = diagnose_stored(tmp_path, "small", rows, [small])
     assert only_small.diagnoses[0].first_step == 107 and only_small.top.severity == "info"
 
 

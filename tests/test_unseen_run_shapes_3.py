@@ -9,26 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import diagnose_stored
 from torch import nn
 
 import steadygrad
-from steadygrad.core import Finding, Record
+from steadygrad.core import Record
 from steadygrad.diagnose.detectors import (
     OutputLogitDivergence,
     PlasticityLoss,
     UpdateRatioOutOfRange,
 )
 from steadygrad.diagnose.detectors.trends import SustainedLevel
-from steadygrad.store import RunStore
-
-
-def _stored(tmp_path, name, rows, findings):
-    store = RunStore(tmp_path / name)
-    for step, values in enumerate(rows):
-        store.add_scalars(step, values)
-    store.add_findings(Finding(k, s, w, ev, sev) for k, s, w, ev, sev in findings)
-    store.close()
-    return steadygrad.diagnose(tmp_path / name)
 
 
 @pytest.mark.parametrize("plateau_noise", [0.005, 0.05])
@@ -75,7 +66,7 @@ def test_a_finding_confirmed_over_a_streak_reports_the_reading_before_the_streak
     rows = [{"loss": 0.4 if t < 52 else 2.3} for t in range(80)]
     broke = ("loss_divergence", 57, None, {"ratio": 5.0}, "critical")
     died = ("loss_of_plasticity", 59, "stage1.act", found[0].evidence, "warning")
-    report = _stored(tmp_path, "dead", rows, [broke, died])
+    report = diagnose_stored(tmp_path, "dead", rows, [broke, died])
     assert report.top.cause == "loss_of_plasticity"
 
 
@@ -89,7 +80,7 @@ def test_a_layer_that_died_again_as_learning_stopped_is_judged_from_then(tmp_pat
     climb = ("loss_divergence", 191, None, {"ratio": 1.8}, "warning")
     grew = ("gradient_growth", 297, "trunk.0.weight", {"growth": 26.0}, "critical")
     findings = [half, rest, climb, grew] if died_again else [half, climb, grew]
-    report = _stored(tmp_path, str(died_again), rows, findings)
+    report = diagnose_stored(tmp_path, str(died_again), rows, findings)
     assert report.top.cause == ("loss_of_plasticity" if died_again else "exploding_gradients")
 
 
@@ -108,7 +99,7 @@ def test_a_softmax_collapse_under_way_explains_the_logits_it_spread(tmp_path, co
         {"softmax_collapse": 0.2, "streak_began": collapse_from, "previous_reading": 25},
         "warning",
     )
-    report = _stored(tmp_path, str(collapse_from), rows, [logits, collapse])
+    report = diagnose_stored(tmp_path, str(collapse_from), rows, [logits, collapse])
     top = "softmax_collapse" if collapse_from < 75 else "output_logit_divergence"
     assert report.top.cause == top
 
@@ -202,7 +193,7 @@ def test_units_killed_by_an_outlier_batchs_knock_are_its_consequence(tmp_path, o
     if outlier:
         spike = {"loss": 521.0, "baseline": 0.93, "ratio": 560.0}
         findings.append(("loss_spike", 130, None, spike, "warning"))
-    report = _stored(tmp_path, str(outlier), rows, findings)
+    report = diagnose_stored(tmp_path, str(outlier), rows, findings)
     assert report.top.cause == ("data_outlier" if outlier else "loss_of_plasticity")
 
 
