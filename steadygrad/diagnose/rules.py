@@ -219,6 +219,12 @@ class RunFacts:
         return _lowest_median(steps[np.isfinite(values)], values[np.isfinite(values)])
 
     @cached_property
+    def learning_rates(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each optimizer group's learning-rate series, in the groups' order."""
+        prefix = LEARNING_RATE.name + "/"
+        return [self.series(n) for n in sorted(self.names) if n.startswith(prefix)]
+
+    @cached_property
     def optimizer(self) -> str:
         return str(self.run.config.get("optimizer", ""))
 
@@ -315,6 +321,10 @@ EVERYWHERE_GROWTH = 2.5
 # A recurrent module's gradient grew this many times over (the detector's own per-tensor test,
 # ``GradientGrowth.local_growth``): the explosion goes through it.
 RECURRENT_GROWTH = 3.0
+# Weights that grew geometrically for this many steps, by this many times, while the loss set no
+# new best level, before the run's trouble began: a multiplicative feedback on them (a decay or
+# penalty of the wrong sign), which raises every gradient that flows through them.
+RUNAWAY_SPAN, RUNAWAY_GROWTH = 80, 2.0
 
 
 def _exploding(facts: RunFacts) -> Found | None:
@@ -323,6 +333,22 @@ def _exploding(facts: RunFacts) -> Found | None:
     more than all others up to the growth finding, its module is named first."""
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None or found.first_step is None:
+        return found
+    runaway = _runaway_weights(facts)
+    if runaway is not None and runaway[1] < found.first_step:
+        name, began, factor, until = runaway
+        if _grown_everywhere(found, _weight_growth(facts, until), "the gradients"):
+            return found
+        module = name.rpartition(".")[0] or name
+        found.first_step = began
+        found.where = [module] + [w for w in found.where if w != module]
+        found.summary += (
+            f"; before it, the weights of {module} grew geometrically from step {began} "
+            f"({factor:.3g}x over the last {RUNAWAY_SPAN} steps before the trouble) while the "
+            "loss made no progress: something multiplies them (a decay or penalty of the wrong "
+            "sign), and every gradient through them grows with them"
+        )
+        found.evidence["runaway_weights"] = {"parameter": name, "began": began, "factor": factor}
         return found
     until = max(found.first_step, facts.broke_at or 0)
     if any(f.evidence.get(WRECKED_WEIGHTS) for f in facts.of(GRADIENT_GROWTH)):
@@ -353,6 +379,82 @@ def _exploding(facts: RunFacts) -> Found | None:
         )
         found.evidence["through_time"] = {"module": module, "factor": factor}
     return found
+
+
+def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, int] | None:
+    """The weight tensor whose norm grew geometrically (a steady rate in log space over each
+    third of the ``RUNAWAY_SPAN`` steps before the loss began to climb or the run broke, not
+    slowing: growth out of a small start, or a learnt direction, slows as it goes) by
+    ``RUNAWAY_GROWTH`` times or more, while the loss set no new best level late in that span
+    and the learning rate did not rise: (parameter, the step its growth began, the growth,
+    the step the trouble began), the fastest such."""
+    trouble = [s for s in (facts.climbing_from, facts.broke_at) if s is not None]
+    if not trouble or _improving(facts, min(trouble)) or _lr_rose(facts, min(trouble)):
+        return None
+    until = min(trouble)
+    # weights that drive logits found diverging grow as those logits do: that mechanism has
+    # its own name (a head tied to the embedding grows under the embedding's name, so logits
+    # found diverging before the trouble rule the growth out wherever it is)
+    logits = [
+        f for f in facts.of(OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH) if f.severity != "info"
+    ]
+    if any(f.step <= until for f in logits):
+        return None
+    driving = [f.where for f in logits]
+    best: tuple[float, str, int, float] | None = None
+    for name in facts.names:
+        if "/" not in name or not PARAM_NORM.owns(name) or name.endswith("bias"):
+            continue
+        if any(m and _inside(name.split("/", 1)[1], m) for m in driving):
+            continue
+        steps, values = facts.series(name)
+        keep = np.isfinite(values) & (values > 0) & (steps <= until)
+        steps, logs = steps[keep], np.log(values[keep])
+        window = steps >= until - RUNAWAY_SPAN
+        if window.sum() < 9 or steps[window][-1] - steps[window][0] < 0.8 * RUNAWAY_SPAN:
+            continue
+        s, v = steps[window], logs[window]
+        if v[-1] - v[0] < math.log(RUNAWAY_GROWTH):
+            continue
+        thirds = np.array_split(np.arange(len(s)), 3)
+        rates = [(v[i[-1]] - v[i[0]]) / (s[i[-1]] - s[i[0]]) for i in thirds]
+        if min(rates) <= 0 or min(rates[1:]) < 0.7 * rates[0]:
+            continue
+        rate = (v[-1] - v[0]) / (s[-1] - s[0])
+        if best is None or rate > best[0]:
+            began = _growing_since(steps, logs, int(s[0]), rate)
+            best = (rate, name.split("/", 1)[1], began, float(math.exp(v[-1] - v[0])))
+    return None if best is None else (*best[1:], until)
+
+
+def _growing_since(steps: np.ndarray, logs: np.ndarray, start: int, rate: float) -> int:
+    """Back from ``start``, a quarter span at a time, while a log norm still grew at half
+    ``rate`` or more: the step its growth began."""
+    chunk = RUNAWAY_SPAN // 4
+    while start - chunk >= steps[0]:
+        a, b = np.searchsorted(steps, start - chunk), np.searchsorted(steps, start)
+        b = min(b, len(steps) - 1)
+        if b <= a or (logs[b] - logs[a]) / (steps[b] - steps[a]) < rate / 2:
+            break
+        start = int(steps[a])
+    return start
+
+
+def _improving(facts: RunFacts, until: int) -> bool:
+    """The loss set its best sustained level within the last third of the ``RUNAWAY_SPAN``
+    steps before ``until`` (or there is no loss to say): still learning."""
+    best = facts.progress_until if facts.broke_at is not None else facts.best_loss_step
+    return best is None or best > until - RUNAWAY_SPAN // 3
+
+
+def _lr_rose(facts: RunFacts, until: int, rise: float = 1.2) -> bool:
+    """Some group's learning rate rose ``rise`` times or more over the ``RUNAWAY_SPAN`` steps
+    before ``until`` (weights then grow with the step size)."""
+    for steps, values in facts.learning_rates:
+        span = values[(steps <= until) & (steps >= until - RUNAWAY_SPAN) & np.isfinite(values)]
+        if len(span) >= 2 and span[0] > 0 and span.max() >= rise * span[0]:
+            return True
+    return False
 
 
 def _recurrent_origin(facts: RunFacts, found: Found) -> tuple[str, float] | None:
@@ -767,14 +869,13 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
         for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH)
         if _breaks(f) or f.kind == LOSS_DIVERGENCE
     ]
-    prefix = LEARNING_RATE.name + "/"
-    rates = [facts.series(n) for n in sorted(facts.names) if n.startswith(prefix)]
+    rates = facts.learning_rates
     if not broke or not rates:
         return None
     when = min(f.step for f in broke)
     if any(f.step < when for f in facts.of(NONFINITE)):
         return None
-    for steps, values in (r for r in rates if r is not None):
+    for steps, values in rates:
         before = values[(steps <= when) & (steps >= when - window) & np.isfinite(values)]
         if len(before) < 2 or not before[0] > 0 or before[-1] < rise * before[0]:
             continue
@@ -1029,7 +1130,7 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _exploding,
-        (GRADIENT_GROWTH,),
+        (GRADIENT_GROWTH, OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH),
         # Overshooting steps raise the next gradients: growth across steps then follows from
         # the step size, not from growth through depth or time at fixed weights. So does the
         # knock an outlier gave, or the spike that poisoned Adam's moments: gradients stay up.

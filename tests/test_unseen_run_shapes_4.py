@@ -1,0 +1,100 @@
+"""Run shapes the held-out sets showed in the eighth wave, each a trigger and a control: weights
+that one bug multiplies step after step (a hand-written decay with its sign flipped), growing
+geometrically long before the run breaks on the steps they made too large."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import diagnose_stored
+from torch import nn
+
+import steadygrad
+
+
+def _regression_run(run_dir, fault: str) -> steadygrad.DiagnosisReport:
+    """A ReLU MLP fitting a smooth target under RMSprop. ``runaway``: from step 40 the middle
+    layer's weights are multiplied by 1.015 after each update (``p.mul_(1 + lr * wd)`` written
+    for ``1 - lr * wd``); ``everywhere``: every weight is; ``lr``: the learning rate is raised
+    50x at step 150."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
+    )
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 8, generator=gen)
+    y = torch.sin(2 * x[:, :1]) + 0.3 * x[:, 1:2] ** 2
+    grown = {"runaway": list(model[2].parameters()), "everywhere": list(model.parameters())}
+    with steadygrad.Monitor(model, opt, run_dir) as mon:
+        for step in range(400):
+            rows = torch.randint(0, 512, (64,), generator=gen)
+            loss = nn.functional.mse_loss(model(x[rows]), y[rows])
+            loss.backward()
+            opt.step()
+            if step >= 40:
+                with torch.no_grad():
+                    for p in grown.get(fault, []):
+                        p.mul_(1.015)
+            if fault == "lr" and step == 150:
+                opt.param_groups[0]["lr"] = 0.05
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.diagnose(run_dir)
+
+
+@pytest.mark.parametrize("fault", ["runaway", "everywhere", "lr"])
+def test_weights_multiplied_step_after_step_are_where_the_gradients_explode(tmp_path, fault):
+    report = _regression_run(tmp_path / fault, fault)
+    top = report.top
+    exploding = [d for d in report.diagnoses if d.cause == "exploding_gradients"]
+    if fault == "runaway":
+        # the middle layer's weights grew 1.015x a step from step 40 while the loss went on
+        # as before; the run broke some 200 steps later on the steps they made too large
+        assert top.cause == "exploding_gradients" and top.where[0] == "2"
+        runaway = top.evidence["runaway_weights"]
+        assert runaway["parameter"] == "2.weight"
+        assert 20 <= runaway["began"] <= 60
+        # over the 80 steps before the trouble: 1.015 per step, less what RMSprop took back
+        assert 1.5 < runaway["factor"] < 1.015**80
+    elif fault == "everywhere":
+        # every weight multiplied: no one layer to blame, the gradients grew with all of them
+        assert top.cause != "exploding_gradients"
+        assert all("runaway_weights" not in d.evidence for d in exploding)
+    else:
+        # a step size raised past the curvature's limit: the weights did not run away before
+        assert top.cause == "sharpness_above_limit"
+        assert all("runaway_weights" not in d.evidence for d in exploding)
+
+
+@pytest.mark.parametrize("shape", ["runaway", "still_learning", "lr_rising"])
+def test_geometric_weight_growth_counts_only_without_progress_or_a_rising_step(tmp_path, shape):
+    # a layer's norm grows 1.2% a step from step 60; gradients are found growing at 190, after
+    # the loss began climbing at 180. Controls: the loss set its best level at 175 (it was
+    # still learning: weights grow geometrically out of a small start in deep nets, Saxe et
+    # al. 2014), or the learning rate rose 2x over the span (the weights grew with the step)
+    def row(t):
+        values = {
+            "loss": 1.0 - 0.004 * min(t, 100) if t < 180 else 0.6 * 1.02 ** (t - 180),
+            "param_norm/body.weight": 3.0 * math.exp(0.012 * max(t - 60, 0)),
+            "param_norm/head.weight": 2.0,
+            "lr/0": 1e-3 * (1 + max(t - 100, 0) / 80 if shape == "lr_rising" else 1),
+        }
+        if shape == "still_learning":
+            values["loss"] = 1.0 - 0.002 * min(t, 175) if t < 180 else 0.65 * 1.02 ** (t - 180)
+        return values
+
+    rows = [row(t) for t in range(240)]
+    climb = ("loss_divergence", 180, None, {"ratio": 2.0}, "critical")
+    growth = ("gradient_growth", 190, "head.weight", {"growth": 12.0}, "warning")
+    report = diagnose_stored(tmp_path, shape, rows, [climb, growth])
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    if shape == "runaway":
+        assert exploding.where[0] == "body"
+        assert exploding.evidence["runaway_weights"]["began"] == 60
+        assert exploding.first_step == 60 and report.top is exploding
+    else:
+        assert "runaway_weights" not in exploding.evidence
+        assert exploding.first_step == 190
