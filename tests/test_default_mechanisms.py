@@ -65,6 +65,7 @@ def test_output_statistics_come_from_the_loss_call(tmp_path):
         )
         assert record.values["softmax_collapse"] == 0.0
         assert record.meta["output_module"] == "head"
+        assert record.meta["output_classes"] == logits.shape[-1]
 
 
 def test_ignored_targets_are_left_out_and_collapse_uses_the_true_targets(tmp_path):

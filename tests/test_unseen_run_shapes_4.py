@@ -98,3 +98,28 @@ def test_geometric_weight_growth_counts_only_without_progress_or_a_rising_step(t
     else:
         assert "runaway_weights" not in exploding.evidence
         assert exploding.first_step == 190
+
+
+@pytest.mark.parametrize("classes", [None, 400])
+def test_logits_inflated_at_initialisation_fall_towards_log_classes_unwarned(classes):
+    # a T5-style head without its output scaling starts with log Z = 17.7 over 400 classes; as
+    # the loss falls the logits shrink and log Z settles near log(400) = 6: towards the level
+    # of a softmax with every logit at 0, not away from it. Control: a fall from log(400) to
+    # 6 below zero, the divergence Wortsman et al. 2023 describe, warns either way
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors import OutputLogitDivergence
+
+    def findings(lses, losses):
+        det = OutputLogitDivergence()
+        meta = {"output_classes": classes} if classes else {}
+        return [
+            f
+            for t, (lse, loss) in enumerate(zip(lses, losses, strict=True))
+            for f in det.update(Record(25 * t, {"logit_lse_mean": lse, "loss": loss}, meta=meta))
+        ]
+
+    shrinking = [17.7, 6.92, 6.4, 6.05, 6.0, 6.05, 6.0, 6.0, 6.09, 6.17]
+    losses = [17.4, 5.6, 4.9, 4.5, 4.2, 4.1, 4.0, 3.9, 3.9, 3.8]
+    assert bool(findings(shrinking, losses)) == (classes is None)  # unknown classes: as before
+    diverging = [6.0, 5.0, 3.5, 1.5, -1.0, -4.0, -6.5, -9.0, -12.0, -15.0]
+    assert findings(diverging, losses)

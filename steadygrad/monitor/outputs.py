@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from steadygrad.core import Measurements, Record
 from steadygrad.core.metrics import (
     LOGIT_LSE_MEAN,
+    OUTPUT_CLASSES,
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
@@ -35,7 +36,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
 
     Rows whose target is ``ignore_index`` are left out; soft (probability) targets count for the
     logit statistics but not for softmax collapse. ``record.meta["output_module"]`` names the
-    module that produced the logits (the head), when a leaf module did.
+    module that produced the logits (the head), when a leaf module did, and
+    ``record.meta[OUTPUT_CLASSES]`` how many classes they score.
 
     Example:
         >>> signal = CrossEntropyOutputSignal(every=25)   # on by default in the Monitor
@@ -53,6 +55,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         super().__init__(every)
         self._sums: dict[str, torch.Tensor] = {}
         self._head: str | None = None
+        self._classes = 0
         self._scalars: dict[int, str] = {}  # the model's one-element parameters, by id
         self.seen = False
 
@@ -67,7 +70,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         return True if self.seen else "no F.cross_entropy call seen (not a softmax classifier)"
 
     def begin(self, step: int) -> None:
-        self._sums, self._head = {}, None
+        self._sums, self._head, self._classes = {}, None, 0
         super().begin(step)
 
     def _observe(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -79,6 +82,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if z.dim() > 1:
             z = z.movedim(1, -1)  # classes last: (N, C, d1, ...) -> (N, d1, ..., C)
         self._head = self._head or self._head_of(logits, z.shape[-1])
+        self._classes = self._classes or z.shape[-1]
         z = z.reshape(-1, z.shape[-1])
         hard = not target.is_floating_point()
         if hard:
@@ -156,6 +160,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         if self._head:
             record.meta["output_module"] = self._head
+        if self._classes and LOGIT_LSE_MEAN.name in record.values:
+            record.meta[OUTPUT_CLASSES] = self._classes
         collapse = record.values.get(SOFTMAX_COLLAPSE.name)
         if collapse is not None and math.isnan(collapse):
             del record.values[SOFTMAX_COLLAPSE.name]  # soft targets only: no row to collapse

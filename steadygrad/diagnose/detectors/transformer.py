@@ -31,6 +31,7 @@ from steadygrad.core.metrics import (
     GRAD_NORM,
     LOGIT_LSE_MEAN,
     LOSS,
+    OUTPUT_CLASSES,
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
@@ -233,14 +234,15 @@ class OutputLogitDivergence(Detector):
     below ``-lse_limit`` for ``patience`` records, unless it drifted there and stopped (the
     largest logit moved less than ``SETTLED`` of itself since the reading before: a cosine head
     settled at its bound); early, when it has fallen ``lse_limit / 2`` below its first value
-    and kept falling for ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or
+    (or below ``log(classes)``, where the first value stood above it) and kept falling for ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or
     risen at each of ``patience`` readings by more each time, while the loss has not even
     halved); and when it drifts ``5 * lse_limit`` from its first value either way; and when the
     mean logit (the common shift softmax ignores, recorded by the default cross-entropy signal)
     has moved ``lse_limit`` from its first value for ``patience`` records (unless settled so);
     and when ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing
     without the confidence that would justify them; a classifier growing confident raises
-    ``log Z`` as its loss falls). ``where`` is the module that produced the logits (``record.meta["output_module"]``) when known. NaN-driven records are skipped.
+    ``log Z`` as its loss falls). ``where`` is the module that produced the logits
+    (``record.meta["output_module"]``) when known. NaN-driven records are skipped.
 
     Example:
         >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
@@ -291,7 +293,12 @@ class OutputLogitDivergence(Detector):
         self._rising = self._rising + 1 if lse > self._previous else 0
         self._previous = lse
         limit = self.lse_limit
-        early = drift <= -limit / 2 and self._falling >= self.patience
+        # A fall counts from where a softmax over these classes sits with every logit at 0
+        # (log classes), when it started above that: logits inflated at initialisation (a head
+        # without its scaling) shrink as training goes, towards it, not away from it.
+        classes = record.meta.get(OUTPUT_CLASSES)
+        start = min(self._first, math.log(classes)) if classes else self._first
+        early = lse - start <= -limit / 2 and self._falling >= self.patience
         # A head bounded by construction (a cosine classifier's logits are a scale times a
         # cosine) settles at its bound, far from where it started: its largest logit then
         # holds still from one reading to the next, where a drift moves it. (A slow, steady
