@@ -6,7 +6,7 @@ SchNet-style continuous-filter convolution on generated molecules, BERT4Rec mask
 recommender on generated sessions, Conformer speech encoder on generated log-mel-like features,
 FixMatch semi-supervised digit classifier, CycleGAN-style pair of generators on digits, inverse
 autoregressive flow (IAF) on generated 2-D points, ConvMixer digit classifier (fp16 autocast).
-Optimizers: SGD, momentum, Nesterov, Adam, AdamW, NAdam, RAdam, Adamax, RMSprop, Adagrad,
+Optimizers: SGD, Nesterov momentum, Adam, AdamW, NAdam, RAdam, Adamax, RMSprop, Adagrad,
 Adafactor, steadygrad's Lion and AdaBelief.
 
 Written without reading ``steadygrad/diagnose/detectors/``, ``steadygrad/diagnose/diagnosis.py``,
