@@ -877,7 +877,7 @@ def h24_fixmatch_unnormalised_unlabeled(ctx: Context) -> None:
     "cyclegan_generators",
     "sg_lion",
     "loss_of_plasticity",
-    where=("g_ab.res1", "g_ab.enc"),
+    where="g_ab.res1",
     diverges=None,
     onset=100,
     heldout=True,
