@@ -226,15 +226,6 @@ def h25_attn_growth_megatron_adamw(ctx: Context) -> None:
     ctx.check("attention logits grew 20x", logits[299] > 20 * logits[39])
 
 
-@scenario("hf_megatron_bert", "adam", "healthy", heldout=True)
-def h25_healthy_megatron_adam(ctx: Context) -> None:
-    gen = seeded(2502)
-    model = _megatron_bert()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    fit(ctx, model, opt, bert_batches(gen), 250, forward=lambda m, x: m(x).logits)
-    ctx.check("loss fell", sum(ctx.losses[-20:]) < 0.8 * sum(ctx.losses[:20]))
-
-
 # -- Data2VecVision: layers frozen by an integer layer-wise LR decay -------------------------------
 
 
@@ -372,6 +363,24 @@ def h25_lr_resume_umt5_nadam(ctx: Context) -> None:
     ctx.check("learnt before 150", before < 0.8 * sum(ctx.losses[:10]) / 10)
     after = [v if math.isfinite(v) else math.inf for v in ctx.losses[150:]]
     ctx.check("loss over 2x after the resume", max(after) > 2 * before)
+
+
+@scenario("hf_umt5", "adamw", "healthy", heldout=True)
+def h25_healthy_umt5_adamw(ctx: Context) -> None:
+    gen = seeded(2502)
+    model = _umt5()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    fit(
+        ctx,
+        model,
+        opt,
+        _reversal_batches(gen),
+        200,
+        forward=lambda m, x: m(input_ids=x, labels=x.flip(1)).logits,
+        loss_fn=lm_loss,
+        classifier=False,
+    )
+    ctx.check("loss fell", sum(ctx.losses[-20:]) < 0.5 * sum(ctx.losses[:20]))
 
 
 # -- LFM2: a z-loss with the wrong sign -----------------------------------------------------------
