@@ -132,6 +132,7 @@ HELD_OUT_FILES = [
     ("cases_heldout22", "h22_", 12, 11, 12),
     ("cases_heldout23", "h23_", 12, 11, 12),
     ("cases_heldout24", "h24_", 12, 11, 12),
+    ("cases_heldout25", "h25_", 12, 11, 12),
 ]
 
 
