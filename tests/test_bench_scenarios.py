@@ -130,6 +130,10 @@ HELD_OUT_FILES = [
     ("cases_heldout20", "h20_", 12, 11, 12),
     ("cases_heldout21", "h21_", 12, 11, 12),
     ("cases_heldout22", "h22_", 12, 11, 12),
+    ("cases_heldout23", "h23_", 12, 11, 12),
+    ("cases_heldout24", "h24_", 12, 11, 12),
+    ("cases_heldout25", "h25_", 12, 11, 12),
+    ("cases_heldout26", "h26_", 12, 11, 12),
 ]
 
 

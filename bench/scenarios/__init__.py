@@ -28,6 +28,10 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout20,
     cases_heldout21,
     cases_heldout22,
+    cases_heldout23,
+    cases_heldout24,
+    cases_heldout25,
+    cases_heldout26,
     cases_mlp,
     cases_other,
 )
