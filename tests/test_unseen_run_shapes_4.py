@@ -123,3 +123,48 @@ def test_logits_inflated_at_initialisation_fall_towards_log_classes_unwarned(cla
     assert bool(findings(shrinking, losses)) == (classes is None)  # unknown classes: as before
     diverging = [6.0, 5.0, 3.5, 1.5, -1.0, -4.0, -6.5, -9.0, -12.0, -15.0]
     assert findings(diverging, losses)
+
+
+@pytest.mark.parametrize("family", ["adam", "sgd"])
+def test_the_optimizer_family_is_read_from_a_first_record_that_overflowed(family):
+    # mixed precision with a GradScaler started high: the first steps overflow and are skipped,
+    # and the first record (the one that carries the optimizer's family) is non-finite. The
+    # first gradient applied is 150x the next, its update as large as the weights: under Adam
+    # that is the first step's size whatever the gradient, under SGD the gradient made it
+    from steadygrad.core import Record
+    from steadygrad.core.metrics import OPTIMIZER_FAMILY
+    from steadygrad.diagnose.detectors import GradientGrowth
+
+    detector, found = GradientGrowth(), []
+    for step in range(14):
+        grad = math.inf if step < 2 else 300.0 if step == 2 else 2.0
+        values = {
+            "grad_norm": grad,
+            "grad_norm/w": grad,
+            "param_norm": 1.0,
+            "param_norm/w": 1.0,
+            "update_ratio/w": 2.0 if step == 2 else 0.01,
+            "loss": 2.3,
+        }
+        meta = {OPTIMIZER_FAMILY: family} if step == 0 else {}
+        if step < 2:
+            meta["nonfinite"] = True
+        found += detector.update(Record(step, values, meta=meta))
+    assert [(f.step, f.severity) for f in found] == ([(2, "critical")] if family == "sgd" else [])
+
+
+def test_layers_frozen_at_attach_are_read_from_a_first_record_that_overflowed():
+    from steadygrad.core import Record
+    from steadygrad.core.metrics import FROZEN_AT_ATTACH
+    from steadygrad.diagnose.detectors import UpdateRatioOutOfRange
+
+    detector, found = UpdateRatioOutOfRange(patience=2), []
+    for step in range(5):
+        meta = {FROZEN_AT_ATTACH: ["pos.weight"], "nonfinite": True} if step == 0 else {}
+        values = {"update_ratio/pos.weight": 0.0, "update_ratio/fc.weight": 0.0}
+        found += detector.update(Record(step, values, meta=meta))
+    # the fixed table is frozen on purpose (info); the layer that stopped is not
+    assert sorted((f.where, f.severity) for f in found) == [
+        ("fc.weight", "warning"),
+        ("pos.weight", "info"),
+    ]

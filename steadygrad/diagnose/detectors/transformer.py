@@ -632,6 +632,8 @@ class UpdateRatioOutOfRange(Detector):
     VANISHING = 1e-3
 
     def update(self, record: Record) -> list[Finding]:
+        # read before anything is skipped: the first record says it, and may be an overflow
+        self._on_purpose.update(record.meta.get(FROZEN_AT_ATTACH, ()))
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
         findings = []
@@ -640,7 +642,6 @@ class UpdateRatioOutOfRange(Detector):
             self._unused.add(name)
             evidence = {"direction": "unused", "note": "no gradient, and its value changes nothing"}
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
-        self._on_purpose.update(record.meta.get(FROZEN_AT_ATTACH, ()))
         for name, ratio in record.family(UPDATE_RATIO.name).items():
             if not math.isfinite(ratio) or name == "bias" or name.endswith(".bias"):
                 continue

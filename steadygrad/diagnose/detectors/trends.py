@@ -375,13 +375,14 @@ class GradientGrowth(Detector):
         self._first: np.ndarray | None = None  # step at which each tensor left its floor
 
     def update(self, record: Record) -> list[Finding]:
+        # the first record says the optimizer's family, and may be an overflow skipped below
+        if OPTIMIZER_FAMILY in record.meta:
+            self._per_coordinate = record.meta[OPTIMIZER_FAMILY] in PER_COORDINATE
         norm = record.values.get(GRAD_NORM.name)
         if norm is None or not (math.isfinite(norm) and norm > 0) or record.nonfinite:
             return self._at_start_confirmed(broken=record.nonfinite)
         if self._first_record:
             self._first_record = False
-            family = record.meta.get(OPTIMIZER_FAMILY)
-            self._per_coordinate = family in PER_COORDINATE
             self._at_start = self._at_init(record, norm)
             self._at_start_wait = self.level.values.maxlen or 5
             if not self._at_start:
