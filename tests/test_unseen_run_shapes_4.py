@@ -168,3 +168,32 @@ def test_layers_frozen_at_attach_are_read_from_a_first_record_that_overflowed():
         ("fc.weight", "warning"),
         ("pos.weight", "info"),
     ]
+
+
+@pytest.mark.parametrize(("raised", "jolted"), [(40.0, 151), (40.0, 200), (2.0, 151)])
+def test_a_learning_rate_raised_at_a_stroke_just_before_a_jolt_is_the_cause(
+    tmp_path, raised, jolted
+):
+    # a resume sets the rate 40x what the run had (2e-3 -> 8e-2) at step 150; the loss jumps
+    # at 151, comes back within a few steps, and the attention logits of the first layers jump
+    # at 153. Controls: the jolt came 50 steps after the raise, or the rate only doubled (a
+    # schedule's own step up: not past the limit by itself)
+    rows = [
+        {"loss": 3.6 if t != jolted else 13.0, "lr/0": 2e-3 * (raised if t >= 150 else 1.0)}
+        for t in range(220)
+    ]
+    spike = ("loss_spike", jolted, None, {"ratio": 3.5}, "warning")
+    attention = (
+        "attention_logit_growth",
+        jolted + 2,
+        "enc.0.attn",
+        {"growth_factor": 60.0},
+        "warning",
+    )
+    report = diagnose_stored(tmp_path, f"{raised}-{jolted}", rows, [spike, attention])
+    sharpness = [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
+    if (raised, jolted) == (40.0, 151):
+        assert report.top is sharpness[0] and report.top.first_step == 150
+        assert report.top.evidence["jolted_at"] == 151
+    else:
+        assert not sharpness and report.top.cause == "attention_logit_growth"

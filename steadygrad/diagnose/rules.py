@@ -798,13 +798,15 @@ def _loss_spike(facts: RunFacts) -> Found | None:
 def _sharpness(facts: RunFacts) -> Found | None:
     """The earliest evidence of steps beyond the stability limit: a probe, steps that kept
     overshooting, an overshoot just before the run broke, a run broken by its first updates,
-    or a learning rate still rising when the loss blew up."""
+    a learning rate still rising when the loss blew up, or one raised at a stroke just before
+    the run was jolted."""
     checks = (
         _measured_sharpness,
         _unstable_steps,
         _overshoot_before_break,
         _broke_at_once,
         _lr_rising_into_break,
+        _lr_raised_into_a_jolt,
     )
     found = [f for check in checks if (f := check(facts)) is not None]
     return min(
@@ -893,6 +895,35 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
             [],
             {"lr_before": float(before[0]), "lr_at_break": float(before[-1]), "broke_at": when},
         )
+    return None
+
+
+def _lr_raised_into_a_jolt(facts: RunFacts, jump: float = 4.0, within: int = 10) -> Found | None:
+    """Some group's learning rate raised ``jump`` times or more from one reading to the next
+    (a resume with the wrong rate, a rate set by hand: no warm-up ramps that fast), and within
+    ``within`` steps the run was jolted (a loss or gradient-norm spike, a climb, a NaN): a step
+    raised that far crosses 2/sharpness at once."""
+    jolts = sorted(
+        f.step
+        for f in facts.of(LOSS_SPIKE, GRAD_NORM_SPIKE, LOSS_DIVERGENCE, NONFINITE)
+        if f.severity != "info"
+    )
+    for steps, values in facts.learning_rates if jolts else ():
+        keep = np.isfinite(values) & (values > 0)
+        steps, values = steps[keep], values[keep]
+        for i in np.flatnonzero(values[1:] >= jump * values[:-1]) + 1:
+            at = int(steps[i])
+            hit = next((j for j in jolts if at <= j <= at + within), None)
+            if hit is not None:
+                before, after = float(values[i - 1]), float(values[i])
+                return Found(
+                    f"the learning rate was raised {after / before:.3g}x at step {at} "
+                    f"({before:.3g} -> {after:.3g}) and the run was jolted at step {hit}: a step "
+                    "raised that far crosses 2/sharpness at once",
+                    at,
+                    [],
+                    {"lr_before": before, "lr_after": after, "jolted_at": hit},
+                )
     return None
 
 
@@ -1110,6 +1141,7 @@ RULES: tuple[Rule, ...] = (
             UNSTABLE_STEPS,
             NONFINITE,
             LOSS_SPIKE,
+            GRAD_NORM_SPIKE,
             LOSS_DIVERGENCE,
             GRADIENT_GROWTH,
         ),
