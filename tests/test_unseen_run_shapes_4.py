@@ -197,3 +197,31 @@ def test_a_learning_rate_raised_at_a_stroke_just_before_a_jolt_is_the_cause(
         assert report.top.evidence["jolted_at"] == 151
     else:
         assert not sharpness and report.top.cause == "attention_logit_growth"
+
+
+@pytest.mark.parametrize("grows", ["body", "head"])
+def test_logits_that_diverge_while_their_head_holds_still_grow_from_upstream(tmp_path, grows):
+    # a memory network's hop map is penalised with the wrong sign and grows 1.2% a step from
+    # step 60; the answer projection (the head) holds still, yet its logits are found drifting
+    # at 100: the drift comes from upstream. Control: the head's own weights grow (a z-loss
+    # with its sign flipped): the logits' divergence is the mechanism
+    def row(t):
+        grown = 3.0 * math.exp(0.012 * max(t - 60, 0))
+        return {
+            "loss": 1.0 - 0.004 * min(t, 100) if t < 180 else 0.6 * 1.02 ** (t - 180),
+            "param_norm/body.weight": grown if grows == "body" else 3.0,
+            "param_norm/head.weight": grown if grows == "head" else 2.0,
+        }
+
+    rows = [row(t) for t in range(240)]
+    logits = ("output_logit_divergence", 100, "head", {"drift": 12.0}, "warning")
+    climb = ("loss_divergence", 180, None, {"ratio": 2.0}, "critical")
+    growth = ("gradient_growth", 190, "body.weight", {"growth": 12.0}, "warning")
+    report = diagnose_stored(tmp_path, grows, rows, [logits, climb, growth])
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    if grows == "body":
+        assert report.top is exploding and exploding.where[0] == "body"
+        assert exploding.first_step == 60
+    else:
+        assert "runaway_weights" not in exploding.evidence
+        assert report.top.cause == "output_logit_divergence"

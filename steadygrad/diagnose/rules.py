@@ -392,39 +392,53 @@ def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, int] | None:
     if not trouble or _improving(facts, min(trouble)) or _lr_rose(facts, min(trouble)):
         return None
     until = min(trouble)
-    # weights that drive logits found diverging grow as those logits do: that mechanism has
-    # its own name (a head tied to the embedding grows under the embedding's name, so logits
-    # found diverging before the trouble rule the growth out wherever it is)
-    logits = [
-        f for f in facts.of(OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH) if f.severity != "info"
-    ]
-    if any(f.step <= until for f in logits):
-        return None
-    driving = [f.where for f in logits]
-    best: tuple[float, str, int, float] | None = None
+    runaway = {}  # parameter -> (rate, began, growth) of each weight tensor growing so
     for name in facts.names:
-        if "/" not in name or not PARAM_NORM.owns(name) or name.endswith("bias"):
+        if "/" in name and PARAM_NORM.owns(name) and not name.endswith("bias"):
+            grown = _geometric(*facts.series(name), until)
+            if grown is not None:
+                runaway[name.split("/", 1)[1]] = grown
+    # Logits found diverging grow with the weights of the module that computes them: that
+    # mechanism has its own name (before the trouble, it is the cause), unless that module's
+    # weights held still while another's ran away upstream. A module with no weight of its
+    # own is a head tied to the embedding: whose growth is whose cannot be told.
+    weights = {n.split("/", 1)[1] for n in facts.names if PARAM_NORM.owns(n) and "/" in n}
+    for f in facts.of(OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH):
+        module = f.where or ""
+        own = [n for n in weights if _inside(n, module) and not n.endswith("bias")]
+        if f.severity == "info" or (own and not any(n in runaway for n in own)):
             continue
-        if any(m and _inside(name.split("/", 1)[1], m) for m in driving):
-            continue
-        steps, values = facts.series(name)
-        keep = np.isfinite(values) & (values > 0) & (steps <= until)
-        steps, logs = steps[keep], np.log(values[keep])
-        window = steps >= until - RUNAWAY_SPAN
-        if window.sum() < 9 or steps[window][-1] - steps[window][0] < 0.8 * RUNAWAY_SPAN:
-            continue
-        s, v = steps[window], logs[window]
-        if v[-1] - v[0] < math.log(RUNAWAY_GROWTH):
-            continue
-        thirds = np.array_split(np.arange(len(s)), 3)
-        rates = [(v[i[-1]] - v[i[0]]) / (s[i[-1]] - s[i[0]]) for i in thirds]
-        if min(rates) <= 0 or min(rates[1:]) < 0.7 * rates[0]:
-            continue
-        rate = (v[-1] - v[0]) / (s[-1] - s[0])
-        if best is None or rate > best[0]:
-            began = _growing_since(steps, logs, int(s[0]), rate)
-            best = (rate, name.split("/", 1)[1], began, float(math.exp(v[-1] - v[0])))
-    return None if best is None else (*best[1:], until)
+        if f.step <= until:
+            return None
+        for n in own:
+            runaway.pop(n, None)
+    if not runaway:
+        return None
+    name = max(runaway, key=lambda n: runaway[n][0])
+    _, began, growth = runaway[name]
+    return name, began, growth, until
+
+
+def _geometric(
+    steps: np.ndarray, values: np.ndarray, until: int
+) -> tuple[float, int, float] | None:
+    """(log rate per step, the step the growth began, the growth) of a norm that grew
+    ``RUNAWAY_GROWTH`` times or more over the ``RUNAWAY_SPAN`` steps up to ``until`` at a
+    steady rate in log space (each third at least 0.7 of the first's)."""
+    keep = np.isfinite(values) & (values > 0) & (steps <= until)
+    steps, logs = steps[keep], np.log(values[keep])
+    window = steps >= until - RUNAWAY_SPAN
+    if window.sum() < 9 or steps[window][-1] - steps[window][0] < 0.8 * RUNAWAY_SPAN:
+        return None
+    s, v = steps[window], logs[window]
+    if v[-1] - v[0] < math.log(RUNAWAY_GROWTH):
+        return None
+    thirds = np.array_split(np.arange(len(s)), 3)
+    rates = [(v[i[-1]] - v[i[0]]) / (s[i[-1]] - s[i[0]]) for i in thirds]
+    if min(rates) <= 0 or min(rates[1:]) < 0.7 * rates[0]:
+        return None
+    rate = float((v[-1] - v[0]) / (s[-1] - s[0]))
+    return rate, _growing_since(steps, logs, int(s[0]), rate), float(math.exp(v[-1] - v[0]))
 
 
 def _growing_since(steps: np.ndarray, logs: np.ndarray, start: int, rate: float) -> int:
