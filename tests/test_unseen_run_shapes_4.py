@@ -225,3 +225,29 @@ def test_logits_that_diverge_while_their_head_holds_still_grow_from_upstream(tmp
     else:
         assert "runaway_weights" not in exploding.evidence
         assert report.top.cause == "output_logit_divergence"
+
+
+@pytest.mark.parametrize("damped", ["hit", "others"])
+def test_a_spike_is_judged_by_the_updates_of_the_tensors_it_hit(tmp_path, damped):
+    # an unnormalised unlabelled batch spikes the gradients of the three weight tensors at 120;
+    # Adam's second moment then damps their updates 20x, while the four tensors the spike
+    # missed move as before. Control: the spiked tensors move as before and only the
+    # others slowed down (something else, not this spike)
+    from steadygrad.store import load
+
+    hit = ["conv1.weight", "conv2.weight", "head.weight"]
+    missed = ["conv1.bias", "conv2.bias", "head.bias", "norm.weight"]
+    rows = [{"loss": 0.7} for _ in range(260)]
+    for t in range(0, 260, 2):
+        for name in hit + missed:
+            slowed = (name in hit) == (damped == "hit")
+            rows[t][f"update_ratio/{name}"] = 0.01 if t < 120 or not slowed else 0.0005
+    spikes = [("gradient_spike", 120, n, {"spike_factor": 2000.0}, "critical") for n in hit]
+    diagnose_stored(tmp_path, damped, rows, spikes)
+    run = load(tmp_path / damped)
+    run.config["optimizer_family"] = "adam"  # as the Monitor records it
+    report = steadygrad.diagnose(run)
+    poisoned = "adam_second_moment_poisoned" in report.causes()
+    assert poisoned == (damped == "hit")
+    if poisoned:
+        assert report.top.cause == "adam_second_moment_poisoned"

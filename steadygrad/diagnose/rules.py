@@ -646,7 +646,7 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     after which the updates shrank: the spike's square inflated the second moment, which then
     damps updates for ~1/(1-beta2) steps. Each tensor's median update ratio over the 50 steps
     before the spike is compared with the 50 after its momentum has passed (the median of the
-    per-tensor drops). A spike that came once the loss was already climbing is part of that
+    drops of the tensors found spiking at that step, else of every tensor). A spike that came once the loss was already climbing is part of that
     divergence, not what set it off."""
     # a spike on a tensor that carries a small share of the gradient (info) poisons nothing;
     # a global spike the loss did not feel (info) still can
@@ -663,7 +663,11 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
             continue  # the loss was already climbing: a spike of the divergence, not its cause
         drops = []
         start = spike.step + MOMENTUM_MEMORY
-        for name in ratios:
+        # a spike poisons the moments of the tensors it hit: those found spiking at its step
+        # (a global spike, or one whose tensors have no updates recorded: every tensor)
+        hit = {f.where for f in spikes if f.step == spike.step and f.kind == GRADIENT_SPIKE}
+        mine = [n for n in ratios if n.split("/", 1)[1] in hit]
+        for name in mine or ratios:
             steps, values = facts.series(name)
             b = np.nanmedian(values[(steps < spike.step) & (steps >= spike.step - 50)])
             a = values[(steps > start) & (steps <= start + 50)]
