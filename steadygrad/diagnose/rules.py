@@ -677,7 +677,7 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
             continue
         drop = float(np.nanmedian(drops))
         if drop < 0.5:
-            where = [spike.where] if spike.where else []
+            where = [spike.where] if spike.where else sorted(hit)  # the tensors it hit
             return Found(
                 f"a gradient spike at step {spike.step} poisoned {facts.optimizer}'s second "
                 f"moment: the updates after it shrank to {drop:.0%} of their size before",
