@@ -394,7 +394,9 @@ def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, int] | None:
     until = min(trouble)
     runaway = {}  # parameter -> (rate, began, growth) of each weight tensor growing so
     for name in facts.names:
-        if "/" in name and PARAM_NORM.owns(name) and not name.endswith("bias"):
+        # weights multiply what flows through them (a shift, a learnt log-scale or a
+        # temperature can track drifting data geometrically without amplifying anything)
+        if "/" in name and PARAM_NORM.owns(name) and name.endswith("weight"):
             grown = _geometric(*facts.series(name), until)
             if grown is not None:
                 runaway[name.split("/", 1)[1]] = grown
