@@ -345,7 +345,7 @@ def _exploding(facts: RunFacts) -> Found | None:
         found.summary += (
             f"; before it, the weights of {module} grew geometrically from step {began} "
             f"({factor:.3g}x over the last {RUNAWAY_SPAN} steps before the trouble) while the "
-            "loss made no progress: something multiplies them (a decay or penalty of the wrong "
+            "loss set no new best: something multiplies them (a decay or penalty of the wrong "
             "sign), and every gradient through them grows with them"
         )
         found.evidence["runaway_weights"] = {"parameter": name, "began": began, "factor": factor}
@@ -404,10 +404,10 @@ def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, int] | None:
     # mechanism has its own name (before the trouble, it is the cause), unless that module's
     # weights held still while another's ran away upstream. A module with no weight of its
     # own is a head tied to the embedding: whose growth is whose cannot be told.
-    weights = {n.split("/", 1)[1] for n in facts.names if PARAM_NORM.owns(n) and "/" in n}
+    weights = [n.split("/", 1)[1] for n in facts.names if PARAM_NORM.owns(n) and "/" in n]
     for f in facts.of(OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH):
         module = f.where or ""
-        own = [n for n in weights if _inside(n, module) and not n.endswith("bias")]
+        own = [n for n in weights if _inside(n, module) and n.endswith("weight")]
         if f.severity == "info" or (own and not any(n in runaway for n in own)):
             continue
         if f.step <= until:
@@ -648,8 +648,8 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     after which the updates shrank: the spike's square inflated the second moment, which then
     damps updates for ~1/(1-beta2) steps. Each tensor's median update ratio over the 50 steps
     before the spike is compared with the 50 after its momentum has passed (the median of the
-    drops of the tensors found spiking at that step, else of every tensor). A spike that came once the loss was already climbing is part of that
-    divergence, not what set it off."""
+    drops of the tensors found spiking at that step, else of every tensor). A spike that came
+    once the loss was already climbing is part of that divergence, not what set it off."""
     # a spike on a tensor that carries a small share of the gradient (info) poisons nothing;
     # a global spike the loss did not feel (info) still can
     spikes = [
