@@ -251,3 +251,23 @@ def test_a_spike_is_judged_by_the_updates_of_the_tensors_it_hit(tmp_path, damped
     assert poisoned == (damped == "hit")
     if poisoned:
         assert report.top.cause == "adam_second_moment_poisoned"
+
+
+@pytest.mark.parametrize("alive", [True, False])
+def test_a_freed_leaf_output_does_not_name_the_tensor_put_at_its_address(monkeypatch, alive):
+    # a leaf's output is known by its storage address; once that output is freed the
+    # allocator may put any tensor there (in a long test session a segmentation model's
+    # upsampled logits landed on a freed conv output's address and were blamed on the conv).
+    # The address is simulated shared here: both tensors map to one key
+    from steadygrad.monitor import intercept
+
+    signal = intercept.InterceptingSignal(every=1)
+    body = nn.Conv2d(3, 3, 1)
+    signal._names, signal._leaves = {id(body): "body.0"}, {id(body)}
+    monkeypatch.setattr(intercept, "_key", lambda tensor: 1234)  # one address for all
+    output = body(torch.randn(1, 3, 4, 4))
+    signal._pop(body, (), output)
+    if not alive:
+        del output  # freed: its address is free for the next tensor
+    logits = torch.randn(1, 3, 4, 4)
+    assert signal.producer(logits) == ("body.0" if alive else None)

@@ -9,6 +9,7 @@ so the optimizer's many per-tensor calls do not pass through Python.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +51,9 @@ class InterceptingSignal(Signal):
         self._names: dict[int, str] = {}
         self._leaves: set[int] = set()
         self._stack: list[str] = []
-        self._made_by: dict[int, str] = {}
+        # storage address -> (leaf, its output): an address is that output's only while the
+        # output lives (views keep it alive); once freed, another tensor may be put there
+        self._made_by: dict[int, tuple[str, weakref.ref]] = {}
         self._widths: dict[int, str] = {}  # last dim of a leaf's output -> the latest such leaf
         self._nodes: dict[object, str] = {}  # autograd node that made a leaf's output -> leaf
         self._handles: list[Any] = []
@@ -107,7 +110,7 @@ class InterceptingSignal(Signal):
         if self._stack:
             self._stack.pop()
         if id(module) in self._leaves and isinstance(output, torch.Tensor) and output.dim():
-            self._made_by[_key(output)] = name
+            self._made_by[_key(output)] = (name, weakref.ref(output))
             self._widths[output.shape[-1]] = name
             if output.grad_fn is not None:
                 self._nodes[output.grad_fn] = name
@@ -120,7 +123,8 @@ class InterceptingSignal(Signal):
         """The leaf module whose output ``tensor`` is (or a view of it); failing that, with
         ``last_dim``, the latest leaf whose output's last dimension is ``last_dim`` (a copy,
         e.g. logits upcast to float32 before the loss)."""
-        found = self._made_by.get(_key(tensor))
+        made = self._made_by.get(_key(tensor))
+        found = made[0] if made is not None and made[1]() is not None else None
         return found if found is not None or last_dim is None else self._widths.get(last_dim)
 
     def upstream(self, tensor: torch.Tensor, depth: int = 6) -> str | None:
