@@ -1,6 +1,8 @@
-"""Run shapes the held-out sets showed in the eighth wave, each a trigger and a control: weights
-that one bug multiplies step after step (a hand-written decay with its sign flipped), growing
-geometrically long before the run breaks on the steps they made too large."""
+"""Run shapes the eighth wave's held-out sets showed, each a trigger and a control: weights
+that one bug multiplies step after step (a decay with its sign flipped), growing geometrically
+long before the run breaks; logits inflated at initialisation that shrink towards log(classes);
+a first record that overflowed; a learning rate raised at a stroke just before a jolt; a spike
+judged by the tensors it hit; and a freed output's address reused by the logits."""
 
 from __future__ import annotations
 
