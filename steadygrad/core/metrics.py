@@ -241,6 +241,9 @@ FROZEN_AT_ATTACH = "frozen_at_attach"
 # Record meta key: the optimizer's family (:func:`steadygrad.core.optimizer_family`), on the
 # first record: whether a step scales with the gradient is part of reading one.
 OPTIMIZER_FAMILY = "optimizer_family"
+# Record meta key next to the output-logit statistics: the module that produced the logits (the
+# head), when one did.
+OUTPUT_MODULE = "output_module"
 # Record meta key next to the output-logit statistics: how many classes the logits score (their
 # last dimension). A softmax over them sits at log Z = log(classes) when every logit is 0.
 OUTPUT_CLASSES = "output_classes"

@@ -392,22 +392,25 @@ def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, int] | None:
     if not trouble or _improving(facts, min(trouble)) or _lr_rose(facts, min(trouble)):
         return None
     until = min(trouble)
+    # weights multiply what flows through them (a shift, a learnt log-scale or a temperature
+    # can track drifting data geometrically without amplifying anything)
+    weights = [
+        n.split("/", 1)[1]
+        for n in facts.names
+        if "/" in n and PARAM_NORM.owns(n) and n.endswith("weight")
+    ]
     runaway = {}  # parameter -> (rate, began, growth) of each weight tensor growing so
-    for name in facts.names:
-        # weights multiply what flows through them (a shift, a learnt log-scale or a
-        # temperature can track drifting data geometrically without amplifying anything)
-        if "/" in name and PARAM_NORM.owns(name) and name.endswith("weight"):
-            grown = _geometric(*facts.series(name), until)
-            if grown is not None:
-                runaway[name.split("/", 1)[1]] = grown
+    for name in weights:
+        grown = _geometric(*facts.series(f"{PARAM_NORM.name}/{name}"), until)
+        if grown is not None:
+            runaway[name] = grown
     # Logits found diverging grow with the weights of the module that computes them: that
     # mechanism has its own name (before the trouble, it is the cause), unless that module's
     # weights held still while another's ran away upstream. A module with no weight of its
     # own is a head tied to the embedding: whose growth is whose cannot be told.
-    weights = [n.split("/", 1)[1] for n in facts.names if PARAM_NORM.owns(n) and "/" in n]
     for f in facts.of(OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH):
         module = f.where or ""
-        own = [n for n in weights if _inside(n, module) and n.endswith("weight")]
+        own = [n for n in weights if _inside(n, module)]
         if f.severity == "info" or (own and not any(n in runaway for n in own)):
             continue
         if f.step <= until:

@@ -20,6 +20,7 @@ from steadygrad.core.metrics import (
     LOGIT_LSE_MEAN,
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_RMS,
+    OUTPUT_MODULE,
     SOFTMAX_COLLAPSE,
 )
 from steadygrad.core.signal import Signal, Value
@@ -116,7 +117,7 @@ class OutputHook(Signal):
         return not self._aside and super().due(step)
 
     def finish(self, record: Any, raw: Any) -> None:
-        record.meta.setdefault("output_module", self.module_name)
+        record.meta.setdefault(OUTPUT_MODULE, self.module_name)
 
     def attach(self, monitor: Monitor) -> None:
         super().attach(monitor)

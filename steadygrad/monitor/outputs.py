@@ -23,6 +23,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
+    OUTPUT_MODULE,
     SOFTMAX_COLLAPSE,
 )
 from steadygrad.monitor.intercept import InterceptingSignal
@@ -35,7 +36,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
     also from ``F.kl_div`` (distillation) on the rows whose target is one-hot.
 
     Rows whose target is ``ignore_index`` are left out; soft (probability) targets count for the
-    logit statistics but not for softmax collapse. ``record.meta["output_module"]`` names the
+    logit statistics but not for softmax collapse. ``record.meta[OUTPUT_MODULE]`` names the
     module that produced the logits (the head), when a leaf module did, and
     ``record.meta[OUTPUT_CLASSES]`` how many classes they score.
 
@@ -159,7 +160,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         if self._head:
-            record.meta["output_module"] = self._head
+            record.meta[OUTPUT_MODULE] = self._head
         if self._classes and LOGIT_LSE_MEAN.name in record.values:
             record.meta[OUTPUT_CLASSES] = self._classes
         collapse = record.values.get(SOFTMAX_COLLAPSE.name)

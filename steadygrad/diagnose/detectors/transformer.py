@@ -35,6 +35,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
+    OUTPUT_MODULE,
     PARAM_NORM,
     RELU_ACTIVE,
     SOFTMAX_COLLAPSE,
@@ -233,16 +234,17 @@ class OutputLogitDivergence(Detector):
     ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
     below ``-lse_limit`` for ``patience`` records, unless it drifted there and stopped (the
     largest logit moved less than ``SETTLED`` of itself since the reading before: a cosine head
-    settled at its bound); early, when it has fallen ``lse_limit / 2`` below its first value
-    (or below ``log(classes)``, where the first value stood above it) and kept falling for ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or
-    risen at each of ``patience`` readings by more each time, while the loss has not even
-    halved); and when it drifts ``5 * lse_limit`` from its first value either way; and when the
-    mean logit (the common shift softmax ignores, recorded by the default cross-entropy signal)
-    has moved ``lse_limit`` from its first value for ``patience`` records (unless settled so);
-    and when ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing
-    without the confidence that would justify them; a classifier growing confident raises
-    ``log Z`` as its loss falls). ``where`` is the module that produced the logits
-    (``record.meta["output_module"]``) when known. NaN-driven records are skipped.
+    settled at its bound); early, when it has fallen ``lse_limit / 2`` below its first value (or
+    below ``log(classes)``, where the first value stood above it) and kept falling for
+    ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or risen at each of
+    ``patience`` readings by more each time, while the loss has not even halved); and when it
+    drifts ``5 * lse_limit`` from its first value either way; and when the mean logit (the
+    common shift softmax ignores, recorded by the default cross-entropy signal) has moved
+    ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
+    ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
+    confidence that would justify them; a classifier growing confident raises ``log Z`` as its
+    loss falls). ``where`` is the module that produced the logits
+    (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped.
 
     Example:
         >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
@@ -335,7 +337,7 @@ class OutputLogitDivergence(Detector):
         for name in (OUTPUT_LOGIT_MAX.name, OUTPUT_LOGIT_RMS.name, OUTPUT_LOGIT_MEAN.name):
             if name in record.values:
                 evidence[name] = record.values[name]
-        where = record.meta.get("output_module")
+        where = record.meta.get(OUTPUT_MODULE)
         return [Finding(self.kind, record.step, where, evidence, "warning")]
 
 
@@ -395,7 +397,7 @@ class SoftmaxCollapse(Detector):
             PREVIOUS_READING: self._readings.preceding(high[0]),
             STREAK_BEGAN: high[0],
         }
-        where = record.meta.get("output_module")  # the head that produced the logits, if known
+        where = record.meta.get(OUTPUT_MODULE)  # the head that produced the logits, if known
         return [Finding(self.kind, record.step, where, evidence, "warning")]
 
 
