@@ -229,12 +229,17 @@ def test_logits_that_diverge_while_their_head_holds_still_grow_from_upstream(tmp
         assert report.top.cause == "output_logit_divergence"
 
 
-@pytest.mark.parametrize("damped", ["hit", "others"])
-def test_a_spike_is_judged_by_the_updates_of_the_tensors_it_hit(tmp_path, damped):
+@pytest.mark.parametrize(
+    ("damped", "global_spike"),
+    [("hit", False), ("others", False), ("all", False), ("all", True)],
+)
+def test_a_spike_is_judged_by_the_updates_of_the_tensors_it_hit(tmp_path, damped, global_spike):
     # an unnormalised unlabelled batch spikes the gradients of the three weight tensors at 120;
     # Adam's second moment then damps their updates 20x, while the four tensors the spike
-    # missed move as before. Control: the spiked tensors move as before and only the
-    # others slowed down (something else, not this spike)
+    # missed move as before. Controls: the spiked tensors move as before and only the others
+    # slowed down (something else, not this spike); every tensor slowed alike (Adam's steps
+    # shrinking as training goes on, as a healthy Zamba's did after one q_proj spiked). A
+    # global spike hit every tensor: there is no control, and the drop is its doing
     from steadygrad.store import load
 
     hit = ["conv1.weight", "conv2.weight", "head.weight"]
@@ -242,15 +247,18 @@ def test_a_spike_is_judged_by_the_updates_of_the_tensors_it_hit(tmp_path, damped
     rows = [{"loss": 0.7} for _ in range(260)]
     for t in range(0, 260, 2):
         for name in hit + missed:
-            slowed = (name in hit) == (damped == "hit")
+            slowed = damped == "all" or (name in hit) == (damped == "hit")
             rows[t][f"update_ratio/{name}"] = 0.01 if t < 120 or not slowed else 0.0005
     spikes = [("gradient_spike", 120, n, {"spike_factor": 2000.0}, "critical") for n in hit]
-    diagnose_stored(tmp_path, damped, rows, spikes)
-    run = load(tmp_path / damped)
+    if global_spike:
+        spikes.append(("grad_norm_spike", 120, None, {"ratio": 300.0}, "warning"))
+    name = f"{damped}-{global_spike}"
+    diagnose_stored(tmp_path, name, rows, spikes)
+    run = load(tmp_path / name)
     run.config["optimizer_family"] = "adam"  # as the Monitor records it
     report = steadygrad.diagnose(run)
     poisoned = "adam_second_moment_poisoned" in report.causes()
-    assert poisoned == (damped == "hit")
+    assert poisoned == (damped == "hit" or global_spike)
     if poisoned:
         assert report.top.cause == "adam_second_moment_poisoned"
 

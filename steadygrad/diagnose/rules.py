@@ -644,6 +644,20 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
 # Steps after a spike during which its first moment still drives large updates (beta1 = 0.9
 # keeps 0.9**20 = 12% of it); the second moment's damping is judged after them.
 MOMENTUM_MEMORY = 20
+POISON_BEYOND_CONTROL = 0.5  # a per-tensor spike's tensors slowed twice as much as the rest
+
+
+def _update_drop(facts: RunFacts, names: list[str], step: int) -> float:
+    """Median over ``names`` of each tensor's update ratio over the 50 steps after a spike's
+    momentum has passed, against the 50 steps before it (NaN when none has both)."""
+    start, drops = step + MOMENTUM_MEMORY, []
+    for name in names:
+        steps, values = facts.series(name)
+        before = np.nanmedian(values[(steps < step) & (steps >= step - 50)])
+        after = values[(steps > start) & (steps <= start + 50)]
+        if before > 0 and len(after):
+            drops.append(np.nanmedian(after) / before)
+    return float(np.nanmedian(drops)) if drops else math.nan
 
 
 def _adam_poisoned(facts: RunFacts) -> Found | None:
@@ -651,7 +665,8 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     after which the updates shrank: the spike's square inflated the second moment, which then
     damps updates for ~1/(1-beta2) steps. Each tensor's median update ratio over the 50 steps
     before the spike is compared with the 50 after its momentum has passed (the median of the
-    drops of the tensors found spiking at that step, else of every tensor). A spike that came
+    drops of the tensors found spiking at that step, else of every tensor). When a spike hit
+    some tensors only, they must have slowed beyond the tensors it missed. A spike that came
     once the loss was already climbing is part of that divergence, not what set it off."""
     # a spike on a tensor that carries a small share of the gradient (info) poisons nothing;
     # a global spike the loss did not feel (info) still can
@@ -666,30 +681,29 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     for spike in spikes:
         if _in_a_climb(facts, spike.step):
             continue  # the loss was already climbing: a spike of the divergence, not its cause
-        drops = []
-        start = spike.step + MOMENTUM_MEMORY
         # a spike poisons the moments of the tensors it hit: those found spiking at its step
         # (a global spike, or one whose tensors have no updates recorded: every tensor)
-        hit = {f.where for f in spikes if f.step == spike.step and f.kind == GRADIENT_SPIKE}
+        at_step = [f for f in spikes if f.step == spike.step]
+        hit = {f.where for f in at_step if f.kind == GRADIENT_SPIKE}
         mine = [n for n in ratios if n.split("/", 1)[1] in hit]
-        for name in mine or ratios:
-            steps, values = facts.series(name)
-            b = np.nanmedian(values[(steps < spike.step) & (steps >= spike.step - 50)])
-            a = values[(steps > start) & (steps <= start + 50)]
-            if b > 0 and len(a):
-                drops.append(np.nanmedian(a) / b)
-        if not drops:
+        drop = _update_drop(facts, mine or ratios, spike.step)
+        if not drop < 0.5:
             continue
-        drop = float(np.nanmedian(drops))
-        if drop < 0.5:
-            where = [spike.where] if spike.where else sorted(hit)  # the tensors it hit
-            return Found(
-                f"a gradient spike at step {spike.step} poisoned {facts.optimizer}'s second "
-                f"moment: the updates after it shrank to {drop:.0%} of their size before",
-                spike.step,
-                where,
-                {"spike": spike.evidence, "update_ratio_after_over_before": drop},
-            )
+        if mine and not any(f.kind == GRAD_NORM_SPIKE for f in at_step):
+            # the spike hit some tensors only: those it missed are the control. Adam's steps
+            # also shrink on their own early in training (the gradient's noise grows against
+            # its mean); the spike's poisoning is the part beyond what the others show
+            missed = _update_drop(facts, [n for n in ratios if n not in mine], spike.step)
+            if drop >= POISON_BEYOND_CONTROL * missed:  # NaN: no control to compare with
+                continue
+        where = [spike.where] if spike.where else sorted(hit)  # the tensors it hit
+        return Found(
+            f"a gradient spike at step {spike.step} poisoned {facts.optimizer}'s second "
+            f"moment: the updates after it shrank to {drop:.0%} of their size before",
+            spike.step,
+            where,
+            {"spike": spike.evidence, "update_ratio_after_over_before": drop},
+        )
     return None
 
 
