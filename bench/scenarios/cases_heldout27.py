@@ -483,7 +483,7 @@ def h27_ctrl_qk_lr_multiplier(ctx: Context) -> None:
     "sg_lion",
     "output_logit_divergence",
     where="classifier",
-    diverges="auto",
+    diverges=None,
     heldout=True,
 )
 def h27_deberta_head_lr_lion(ctx: Context) -> None:
