@@ -34,6 +34,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout26,
     cases_heldout27,
     cases_heldout28,
+    cases_heldout29,
     cases_mlp,
     cases_other,
 )
