@@ -134,6 +134,7 @@ HELD_OUT_FILES = [
     ("cases_heldout24", "h24_", 12, 11, 12),
     ("cases_heldout25", "h25_", 12, 11, 12),
     ("cases_heldout26", "h26_", 12, 11, 12),
+    ("cases_heldout30", "h30_", 12, 11, 12),
 ]
 
 

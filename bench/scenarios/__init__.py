@@ -32,6 +32,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout24,
     cases_heldout25,
     cases_heldout26,
+    cases_heldout30,
     cases_mlp,
     cases_other,
 )
