@@ -35,6 +35,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout27,
     cases_heldout28,
     cases_heldout29,
+    cases_heldout30,
     cases_mlp,
     cases_other,
 )
