@@ -12,7 +12,16 @@ import numpy as np
 from steadygrad.core import Severity
 from steadygrad.diagnose.detectors.base import PREVIOUS_READING, STREAK_BEGAN
 from steadygrad.diagnose.detectors.trends import GROWTH_BEGAN
-from steadygrad.diagnose.rules import EVENT, MECHANISM, RULES, SYMPTOM, Diagnosis, Rule, RunFacts
+from steadygrad.diagnose.rules import (
+    BACK_WITHIN,
+    EVENT,
+    MECHANISM,
+    RULES,
+    SYMPTOM,
+    Diagnosis,
+    Rule,
+    RunFacts,
+)
 from steadygrad.store.run import Run, load
 
 
@@ -130,6 +139,10 @@ CONFIRMED_SOON = 10
 # learning.
 PROGRESS_AFTER = 20
 
+# Steps after the run got over a one-off event (its loss back to normal) within which what
+# begins may still be its aftermath (an adaptive step carries the kick for a while).
+AFTERMATH = 50
+
 
 def judge(
     d: Diagnosis,
@@ -194,6 +207,13 @@ def judge(
     elif broke is None:
         d.confidence = "medium"
         d.why = f"seen from step {first}; the run did not break, so nothing confirms it yet"
+    elif (over := _over_by(d)) is not None and over < broke:
+        d.score -= 25.0
+        d.confidence = "low"
+        d.why = (
+            f"seen at step {first}, but the run was back to normal soon after and broke only at "
+            f"step {broke}: it does not explain the break"
+        )
     elif first is not None and first <= broke:
         lead = broke - first
         d.score += 10.0 + min(lead, 10)  # of the causes that came first, the earliest
@@ -247,6 +267,15 @@ def _stalled_from(d: Diagnosis, progress_until: int) -> int | None:
     return min(late) if late and progress_until - first >= PROGRESS_AFTER else first
 
 
+def _over_by(d: Diagnosis) -> int | None:
+    """For a one-off event the run got over (its loss back to normal, ``BACK_WITHIN``), the
+    step its aftermath ended; None for anything else."""
+    back = d.evidence.get(BACK_WITHIN)
+    if not isinstance(back, int) or d.first_step is None:
+        return None
+    return d.first_step + back + AFTERMATH
+
+
 def _seen_from(d: Diagnosis) -> float:
     """The step from which a cause's evidence was there: its first finding, or the first
     reading of the streak of readings that confirmed it."""
@@ -286,6 +315,9 @@ def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
     if d.first_step is None:
         return
     for other in found:
+        over = _over_by(other)
+        if over is not None and d.first_step > over:
+            continue  # the run had got over that one-off event before this began
         if other.cause in d.explained_by and (seen := _seen_from(other)) <= d.first_step:
             d.score = min(d.score, TIER_SCORE[SYMPTOM] - 5.0)
             d.confidence = "low"

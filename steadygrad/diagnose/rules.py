@@ -325,6 +325,7 @@ RECURRENT_GROWTH = 3.0
 # new best level, before the run's trouble began: a multiplicative feedback on them (a decay or
 # penalty of the wrong sign), which raises every gradient that flows through them.
 RUNAWAY_SPAN, RUNAWAY_GROWTH = 80, 2.0
+EXPLOSION_LEAD = 10  # steps a gradient explosion's spikes come before the break they make
 
 
 def _exploding(facts: RunFacts) -> Found | None:
@@ -332,12 +333,21 @@ def _exploding(facts: RunFacts) -> Found | None:
     weights that grow (backpropagation multiplies by them), so when one weight tensor grew far
     more than all others up to the growth finding, its module is named first."""
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
-    if found is None or found.first_step is None:
+    if found is None:
+        return _runaway_into_explosion(facts)
+    if found.first_step is None:
         return found
     runaway = _runaway_weights(facts)
     if runaway is not None and runaway[1] < found.first_step:
-        name, began, factor, until = runaway
-        if _grown_everywhere(found, _weight_growth(facts, until), "the gradients"):
+        name, began, factor, share = runaway
+        if share > 0.5:
+            # most weight tensors ran away together: what multiplies them multiplies all
+            found.consequence_of = (
+                f"{share:.0%} of the weight tensors grew geometrically together: the gradients "
+                "grew with them; look for what scales every weight (a weight decay of the "
+                "wrong sign)"
+            )
+            found.evidence["runaway_share"] = share
             return found
         module = name.rpartition(".")[0] or name
         found.first_step = began
@@ -353,6 +363,7 @@ def _exploding(facts: RunFacts) -> Found | None:
     until = max(found.first_step, facts.broke_at or 0)
     if any(f.evidence.get(WRECKED_WEIGHTS) for f in facts.of(GRADIENT_GROWTH)):
         until = found.first_step - 1  # the explosion's own update grew the weights it wrecked
+    until = _before_explosion(facts, until)
     growth = _weight_growth(facts, until=until)
     if _grown_everywhere(found, growth, "the gradients"):
         # Every weight grew (a weight decay with its sign flipped, a regulariser rewarding
@@ -381,17 +392,55 @@ def _exploding(facts: RunFacts) -> Found | None:
     return found
 
 
-def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, int] | None:
+def _runaway_into_explosion(facts: RunFacts) -> Found | None:
+    """No gradient grew for long before the break, but the break was a gradient explosion (a
+    spike of the gradient norm just before it) and one weight tensor had run away before it
+    (see :func:`_runaway_weights`): what multiplied it compounded until the gradients through
+    it exploded at once (a recurrence's feedback weight passing 1)."""
+    broke, runaway = facts.broke_at, _runaway_weights(facts)
+    if broke is None or runaway is None or runaway[3] > 0.5:
+        return None
+    spikes = [f.step for f in facts.of(GRAD_NORM_SPIKE) if f.severity != "info"]
+    if not any(broke - EXPLOSION_LEAD <= step <= broke for step in spikes):
+        return None
+    name, began, factor, _ = runaway
+    module = name.rpartition(".")[0] or name
+    return Found(
+        f"the gradients exploded at step {broke}, after the weights of {module} grew "
+        f"geometrically from step {began} ({factor:.3g}x over the last {RUNAWAY_SPAN} steps) "
+        "while the loss set no new best: something multiplies them (a decay or penalty of the "
+        "wrong sign, a feedback gain), and every gradient through them grew with them until "
+        "they exploded",
+        began,
+        [module],
+        {"runaway_weights": {"parameter": name, "began": began, "factor": factor}},
+        "critical",
+    )
+
+
+def _before_explosion(facts: RunFacts, until: int) -> int:
+    """``until``, or the step before the spikes that led into it: those are the explosion
+    itself, and the weights it moved (recorded after the update of their step) say nothing of
+    what came before."""
+    leading = [
+        f.step
+        for f in facts.of(LOSS_SPIKE, GRAD_NORM_SPIKE)
+        if f.severity != "info" and until - EXPLOSION_LEAD <= f.step <= until
+    ]
+    return min(leading, default=until + 1) - 1
+
+
+def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, float] | None:
     """The weight tensor whose norm grew geometrically (a steady rate in log space over each
     third of the ``RUNAWAY_SPAN`` steps before the loss began to climb or the run broke, not
     slowing: growth out of a small start, or a learnt direction, slows as it goes) by
     ``RUNAWAY_GROWTH`` times or more, while the loss set no new best level late in that span
     and the learning rate did not rise: (parameter, the step its growth began, the growth,
-    the step the trouble began), the fastest such."""
+    the share of the weight tensors that grew so), the fastest such."""
     trouble = [s for s in (facts.climbing_from, facts.broke_at) if s is not None]
     if not trouble or _improving(facts, min(trouble)) or _lr_rose(facts, min(trouble)):
         return None
-    until = min(trouble)
+    until = _before_explosion(facts, min(trouble))
     # weights multiply what flows through them (a shift, a learnt log-scale or a temperature
     # can track drifting data geometrically without amplifying anything)
     weights = [
@@ -404,6 +453,7 @@ def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, int] | None:
         grown = _geometric(*facts.series(f"{PARAM_NORM.name}/{name}"), until)
         if grown is not None:
             runaway[name] = grown
+    share = len(runaway) / len(weights) if weights else 0.0
     # Logits found diverging grow with the weights of the module that computes them: that
     # mechanism has its own name (before the trouble, it is the cause), unless that module's
     # weights held still while another's ran away upstream. A module with no weight of its
@@ -421,7 +471,7 @@ def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, int] | None:
         return None
     name = max(runaway, key=lambda n: runaway[n][0])
     _, began, growth = runaway[name]
-    return name, began, growth, until
+    return name, began, growth, share
 
 
 def _geometric(
@@ -649,15 +699,28 @@ POISON_BEYOND_CONTROL = 0.5  # a per-tensor spike's tensors slowed twice as much
 
 def _update_drop(facts: RunFacts, names: list[str], step: int) -> float:
     """Median over ``names`` of each tensor's update ratio over the 50 steps after a spike's
-    momentum has passed, against the 50 steps before it (NaN when none has both)."""
-    start, drops = step + MOMENTUM_MEMORY, []
-    for name in names:
-        steps, values = facts.series(name)
-        before = np.nanmedian(values[(steps < step) & (steps >= step - 50)])
-        after = values[(steps > start) & (steps <= start + 50)]
-        if before > 0 and len(after):
-            drops.append(np.nanmedian(after) / before)
-    return float(np.nanmedian(drops)) if drops else math.nan
+    momentum has passed, against the 50 steps before it (NaN when none has both), over the
+    learning rate's own change between those spans (a schedule decaying it shrinks every
+    update alike)."""
+    drops = [_after_over_before(*facts.series(name), step) for name in names]
+    drops = [d for d in drops if math.isfinite(d)]
+    if not drops:
+        return math.nan
+    rates = [_after_over_before(steps, values, step) for steps, values in facts.learning_rates]
+    rates = [r for r in rates if math.isfinite(r) and r > 0]
+    return float(np.median(drops) / (np.median(rates) if rates else 1.0))
+
+
+def _after_over_before(steps: np.ndarray, values: np.ndarray, step: int) -> float:
+    """A series' median over the 50 steps after ``step + MOMENTUM_MEMORY`` over its median in
+    the 50 steps before ``step`` (NaN when either span is empty or the one before is not
+    positive)."""
+    start = step + MOMENTUM_MEMORY
+    before = values[(steps < step) & (steps >= step - 50) & np.isfinite(values)]
+    after = values[(steps > start) & (steps <= start + 50) & np.isfinite(values)]
+    if not len(before) or not len(after) or not np.median(before) > 0:
+        return math.nan
+    return float(np.median(after) / np.median(before))
 
 
 def _adam_poisoned(facts: RunFacts) -> Found | None:
@@ -760,6 +823,11 @@ ONE_OFF = 10.0
 PEAK_FIRST = 4.0
 
 
+# Evidence of a one-off event: the steps after it until the loss was back to normal (None when
+# it never came back).
+BACK_WITHIN = "back_within_steps"
+
+
 def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found | None:
     """A loss spike in one step (the step before rose less than a ``ONE_OFF``-th of the way:
     the weights that batch met were those of a calm run, so the batch made it) that the run got
@@ -806,7 +874,7 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
         ev: dict[str, Any] = {
             "spike": spike.evidence,
             "gradient_spike": spike.step in grads,
-            "back_within_steps": settled if len(back) else None,
+            BACK_WITHIN: settled if len(back) else None,
         }
         summary = (
             f"one batch at step {spike.step}: the loss jumped "
@@ -1199,7 +1267,13 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _exploding,
-        (GRADIENT_GROWTH, OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH),
+        (
+            GRADIENT_GROWTH,
+            OUTPUT_LOGIT_DIVERGENCE,
+            ATTENTION_LOGIT_GROWTH,
+            LOSS_SPIKE,
+            GRAD_NORM_SPIKE,
+        ),
         # Overshooting steps raise the next gradients: growth across steps then follows from
         # the step size, not from growth through depth or time at fixed weights. So does the
         # knock an outlier gave, or the spike that poisoned Adam's moments: gradients stay up.

@@ -243,7 +243,9 @@ class OutputLogitDivergence(Detector):
     ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
     ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
     confidence that would justify them; a classifier growing confident raises ``log Z`` as its
-    loss falls). ``where`` is the module that produced the logits
+    loss falls). Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at
+    initialisation), rises count from ``log(classes)`` too, and the first loss, inflated with
+    them, from a uniform guess's. ``where`` is the module that produced the logits
     (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped.
 
     Example:
@@ -297,9 +299,11 @@ class OutputLogitDivergence(Detector):
         limit = self.lse_limit
         # A fall counts from where a softmax over these classes sits with every logit at 0
         # (log classes), when it started above that: logits inflated at initialisation (a head
-        # without its scaling) shrink as training goes, towards it, not away from it.
+        # without its scaling) shrink as training goes, towards it, not away from it, and a
+        # rise from there is hidden under that start.
         classes = record.meta.get(OUTPUT_CLASSES)
-        start = min(self._first, math.log(classes)) if classes else self._first
+        inflated = bool(classes) and self._first > math.log(classes)
+        start = math.log(classes) if inflated else self._first
         early = lse - start <= -limit / 2 and self._falling >= self.patience
         # A head bounded by construction (a cosine classifier's logits are a scale times a
         # cosine) settles at its bound, far from where it started: its largest logit then
@@ -321,9 +325,13 @@ class OutputLogitDivergence(Detector):
         if loss is not None and math.isfinite(loss):
             if self._first_loss is None:
                 self._first_loss = loss
-            unearned = loss >= 0.5 * self._first_loss  # the loss has not even halved
-            far = far or (drift >= limit and unearned)
-            early = early or (unearned and (drift >= limit / 2 and self._rising >= self.patience))
+            # A rise counts from there too; and the first loss, inflated with those logits,
+            # from a uniform guess's, log(classes)
+            first_loss = min(self._first_loss, start) if inflated else self._first_loss
+            unearned = loss >= 0.5 * first_loss  # the loss has not even halved
+            rise = lse - start
+            far = far or (rise >= limit and unearned)
+            early = early or (unearned and (rise >= limit / 2 and self._rising >= self.patience))
             early = early or (unearned and self._accelerating())
         if not self._streak.update(early or far, 1 if early else self.patience):
             return []
