@@ -2,8 +2,8 @@
 weight multiplied step after step until the gradients through it explode at once, with no long
 gradient growth before; weights the explosion itself moved; one tensor running away while a
 few others merely grew; a one-off outlier the run got over long before it broke; logits
-inflated at initialisation that hide a rise; and updates that shrink with a decaying learning
-rate, not with a poisoned second moment."""
+inflated at initialisation that hide a rise; updates that shrink with a decaying learning
+rate, not with a poisoned second moment; and tensors no gradient reaches past dead units."""
 
 from __future__ import annotations
 
@@ -180,3 +180,26 @@ def test_updates_that_shrink_with_a_decaying_learning_rate_are_not_poisoned(tmp_
     run.config["optimizer_family"] = "adam"  # as the Monitor records it
     poisoned = "adam_second_moment_poisoned" in steadygrad.diagnose(run).causes()
     assert poisoned == (lr == "constant")
+
+
+@pytest.mark.parametrize("gradient", ["zero", "flowing"])
+def test_tensors_no_gradient_reaches_stand_still_because_of_the_dead_units(tmp_path, gradient):
+    # an Inception branch whose ReLU units a restored bias of -6 killed at step 120: from then
+    # on no gradient reaches the branch's two convolutions, and at 240 their updates read as
+    # frozen. The dead units are the cause. Control: the same two tensors frozen with their
+    # gradients still flowing (their group's learning rate set to 0): a frozen layer
+    branch = ["inc2.b3a.weight", "inc2.b3b.weight"]
+    rows = []
+    for t in range(260):
+        row = {"loss": 2.3 - 2.0 * min(t, 220) / 220}
+        for name in branch:
+            row[f"grad_norm/{name}"] = 0.0 if gradient == "zero" and t >= 120 else 0.1
+        rows.append(row)
+    dead = ("loss_of_plasticity", 132, "inc2.b3b", {"dead_units": 1.0}, "warning")
+    frozen = [
+        ("update_ratio_out_of_range", 240, name, {"direction": "frozen"}, "warning")
+        for name in branch
+    ]
+    report = diagnose_stored(tmp_path, gradient, rows, [dead, *frozen])
+    expected = "loss_of_plasticity" if gradient == "zero" else "update_ratio_out_of_range"
+    assert report.top.cause == expected

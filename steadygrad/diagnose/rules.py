@@ -307,10 +307,33 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     """Updates out of range; a layer that is only frozen stalls learning, it does not make a
     loss climb."""
     found = _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range")(facts)
-    if found is not None:
-        directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
-        found.stalls = "too_large" not in directions
+    if found is None:
+        return None
+    directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
+    found.stalls = "too_large" not in directions
+    ratios = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.severity != "info"]
+    # A tensor no gradient reaches stands still whatever its learning rate: when dead units
+    # were found before and every frozen tensor's gradient was exactly 0, they cut it off
+    dead = [f for f in facts.of(LOSS_OF_PLASTICITY) if f.severity != "info" and f.where]
+    dead = [f for f in dead if found.first_step is not None and f.step <= found.first_step]
+    if dead and found.stalls and all(_no_gradient(facts, f.where, f.step) for f in ratios):
+        found.consequence_of = (
+            f"no gradient reached {layer_span([f.where for f in ratios if f.where])} (exactly 0 "
+            f"before step {found.first_step}): the dead units of {dead[0].where}, found at step "
+            f"{dead[0].step}, cut it off"
+        )
     return found
+
+
+def _no_gradient(facts: RunFacts, parameter: str | None, step: int, records: int = 5) -> bool:
+    """The last ``records`` recorded gradient norms of ``parameter`` up to ``step`` were all
+    exactly 0 (no gradient reached it; a rate of 0 leaves the gradient as it was)."""
+    series = facts.series(f"{GRAD_NORM.name}/{parameter}") if parameter else None
+    if series is None:
+        return False
+    steps, values = series
+    last = values[steps <= step][-records:]
+    return len(last) == records and bool(np.all(last == 0.0))
 
 
 # Weights that grew this many times over, and this many times more than any other weights did,
@@ -1314,7 +1337,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _update_ratio,
-        (UPDATE_RATIO_OUT_OF_RANGE,),
+        (UPDATE_RATIO_OUT_OF_RANGE, LOSS_OF_PLASTICITY),
         # a second moment inflated by one huge gradient damps the updates to ~0: frozen-looking;
         # a step size above the limit makes updates large relative to the weights
         explained_by=("adam_second_moment_poisoned", "sharpness_above_limit"),
