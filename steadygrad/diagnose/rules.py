@@ -305,7 +305,8 @@ def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], 
 
 def _update_ratio(facts: RunFacts) -> Found | None:
     """Updates out of range; a layer that is only frozen stalls learning, it does not make a
-    loss climb."""
+    loss climb. Frozen tensors whose gradient was exactly 0, after dead units were found, are
+    the dead units' doing (no gradient reaches them), not a frozen layer's."""
     found = _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range")(facts)
     if found is None:
         return None
@@ -354,7 +355,8 @@ EXPLOSION_LEAD = 10  # steps a gradient explosion's spikes come before the break
 def _exploding(facts: RunFacts) -> Found | None:
     """Gradient growth, placed where it starts. The gradient grows most in the layers *before*
     weights that grow (backpropagation multiplies by them), so when one weight tensor grew far
-    more than all others up to the growth finding, its module is named first."""
+    more than all others up to the growth finding, its module is named first. With no growth
+    finding, a break that was a gradient explosion after a weight ran away is one too."""
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None:
         return _runaway_into_explosion(facts)
