@@ -246,10 +246,7 @@ def main() -> None:
                 if label == "torch AdamW fused":
                     vs_peer, vs_fused = "", f"{'x B/28 = ' + f'{t * b / 28 * 1e3:.2f} ms':>23}"
                 else:
-                    # the peer's row: the most any implementation could reach, streaming at
-                    # copy bandwidth (the memory-traffic bound)
-                    peer_row = label == "pytorch-optimizer"
-                    vs_peer = f"max {po / bound:4.2f}" if peer_row else f"{po / t:8.2f}"
+                    vs_peer = f"{po / t:8.2f}" if label != "pytorch-optimizer" else ""
                     vs_fused = f"{t / (fused * b / 28):23.2f}"
                 print(
                     f"{model_name:6} {name:10} {label:26} {t * 1e3:9.2f} {bound * 1e3:9.2f} "
@@ -261,8 +258,7 @@ def main() -> None:
     print("of limit: memory-traffic lower bound / time (1.0 = streaming at copy bandwidth)")
     print(
         "po/ours: pytorch-optimizer's time / ours (goal >= 2 for the foreach path, the fallback"
-        " without torch.compile); on the peer's row, 'max' is the most any implementation"
-        " could reach: the peer's time over the memory-traffic bound"
+        " without torch.compile)"
     )
     print(
         "ours/(fusedAdamW*B/28): time over fused AdamW's time (same rounds) scaled by bytes"
