@@ -3,7 +3,8 @@ weight multiplied step after step until the gradients through it explode at once
 gradient growth before; weights the explosion itself moved; one tensor running away while a
 few others merely grew; a one-off outlier the run got over long before it broke; logits
 inflated at initialisation that hide a rise; updates that shrink with a decaying learning
-rate, not with a poisoned second moment; and tensors no gradient reaches past dead units."""
+rate, not with a poisoned second moment; tensors no gradient reaches past dead units; and
+units that die as the gradients explode."""
 
 from __future__ import annotations
 
@@ -203,3 +204,23 @@ def test_tensors_no_gradient_reaches_stand_still_because_of_the_dead_units(tmp_p
     report = diagnose_stored(tmp_path, gradient, rows, [dead, *frozen])
     expected = "loss_of_plasticity" if gradient == "zero" else "update_ratio_out_of_range"
     assert report.top.cause == expected
+
+
+@pytest.mark.parametrize("dead_at", [204, 150])
+def test_units_that_die_as_the_gradients_explode_are_its_casualties(tmp_path, dead_at):
+    # an IndRNN whose recurrent weights a bug nudges up: its gradients grew from step 170, and
+    # four steps before the explosion at 208 half of rnn2's units read dead, driven out of
+    # range by what was exploding. Control: the units died 58 steps before, on their own
+    rows = [{"loss": 2.0} for _ in range(208)] + [{"loss": 2.0 * 3.0**k} for k in range(1, 10)]
+    growth = {"growth": 900.0, GROWTH_BEGAN: 170}
+    findings = [
+        ("loss_of_plasticity", dead_at, "rnn2", {"dead_units": 0.72}, "warning"),
+        ("grad_norm_spike", 207, None, {"ratio": 187.0}, "warning"),
+        ("loss_divergence", 208, None, {"ratio": 17.0}, "critical"),
+        ("gradient_growth", 209, "rnn1.u", growth, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, str(dead_at), rows, findings)
+    plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert bool(plasticity.consequence_of) == (dead_at == 204)
+    if dead_at == 204:
+        assert report.top.cause == "exploding_gradients"

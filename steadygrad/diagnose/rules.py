@@ -326,6 +326,25 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     return found
 
 
+def _plasticity(facts: RunFacts) -> Found | None:
+    """Dead units or a collapsing rank; units first found dead in the ``EXPLOSION_LEAD`` steps
+    before a break that was a gradient explosion (a spike of the gradient norm leading into
+    it) are its first casualties, driven out of range by what exploded, not its cause."""
+    found = _located((LOSS_OF_PLASTICITY,), "loss of plasticity")(facts)
+    broke = facts.broke_at
+    if found is None or found.first_step is None or broke is None:
+        return found
+    spikes = [f.step for f in facts.of(GRAD_NORM_SPIKE) if f.severity != "info"]
+    if broke - EXPLOSION_LEAD <= found.first_step <= broke and any(
+        found.first_step <= step <= broke for step in spikes
+    ):
+        found.consequence_of = (
+            f"first found at step {found.first_step}, as the gradients exploded into the break "
+            f"at step {broke}: units driven out of range by the explosion"
+        )
+    return found
+
+
 def _no_gradient(facts: RunFacts, parameter: str | None, step: int, records: int = 5) -> bool:
     """The last ``records`` recorded gradient norms of ``parameter`` up to ``step`` were all
     exactly 0 (no gradient reached it; a rate of 0 leaves the gradient as it was)."""
@@ -1319,8 +1338,8 @@ RULES: tuple[Rule, ...] = (
             ),
             LOWER_LR,
         ),
-        _located((LOSS_OF_PLASTICITY,), "loss of plasticity"),
-        (LOSS_OF_PLASTICITY,),
+        _plasticity,
+        (LOSS_OF_PLASTICITY, GRAD_NORM_SPIKE),
         # one batch's giant step can push a layer's pre-activations below zero for good
         explained_by=("data_outlier",),
         stalls=True,
