@@ -237,6 +237,13 @@ def test_valid_hyperparameters_give_finite_moving_parameters(cls, data):
         # on weights of size 1 (hypothesis found beta2 = 1 - 2**-53, eps = 2**-7, lr = 2**-6).
         beta2 = kwargs["betas"][1]
         idle = idle or kwargs["lr"] * math.sqrt((1 - beta2) / kwargs["eps"]) < 1e-6
+    if cls is SPAM and kwargs["correct_bias"]:
+        # SPAM corrects the bias in the step size and adds eps to the uncorrected sqrt(v), as
+        # HF's AdamW and the authors' code do: with beta2 within 1e-16 of 1 a step is about
+        # lr * sqrt(t * (1 - beta2)) / eps of the gradient, under what float32 resolves on
+        # weights of size 1 (hypothesis found beta2 = 1 - 2**-52, eps = 2**-7, lr = 1e-3)
+        beta2 = kwargs["betas"][1]
+        idle = idle or kwargs["lr"] * math.sqrt(STEPS * (1 - beta2)) / kwargs["eps"] < 1e-6
     if kwargs["lr"] > 0 and not idle:
         assert any(not torch.equal(p, b) for p, b in zip(params, before, strict=True)), kwargs
 
