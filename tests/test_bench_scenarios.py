@@ -139,6 +139,7 @@ HELD_OUT_FILES = [
     ("cases_heldout29", "h29_", 12, 11, 12),
     ("cases_heldout30", "h30_", 12, 11, 12),
     ("cases_heldout31", "h31_", 12, 11, 12),
+    ("cases_heldout32", "h32_", 12, 11, 12),
 ]
 
 

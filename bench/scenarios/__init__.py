@@ -37,6 +37,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout29,
     cases_heldout30,
     cases_heldout31,
+    cases_heldout32,
     cases_mlp,
     cases_other,
 )
