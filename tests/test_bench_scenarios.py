@@ -138,6 +138,7 @@ HELD_OUT_FILES = [
     ("cases_heldout28", "h28_", 12, 11, 12),
     ("cases_heldout29", "h29_", 12, 11, 12),
     ("cases_heldout30", "h30_", 12, 11, 12),
+    ("cases_heldout34", "h34_", 12, 11, 12),
 ]
 
 

@@ -36,6 +36,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout28,
     cases_heldout29,
     cases_heldout30,
+    cases_heldout34,
     cases_mlp,
     cases_other,
 )
