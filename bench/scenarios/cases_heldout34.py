@@ -465,9 +465,8 @@ def _rnnt_fit(ctx: Context, model: Transducer, opt, gen, steps: int, corrupt_at:
     ctx.attach(model, opt)
     for step in range(steps):
         frames, y = next(batches)
-        if step == corrupt_at:  # four utterances decoded with the wrong sample format: loud noise
-            frames = frames.clone()
-            frames[:4] = 60.0 * torch.randn(4, 12, 8, generator=torch.Generator().manual_seed(1))
+        if step == corrupt_at:  # a shard whose transcripts were paired with the wrong audio
+            y = y.roll(1, 0)
         loss = rnnt_loss(model(frames, y), y)
         loss.backward()
         ctx.grad_norms.append(
@@ -846,12 +845,12 @@ def h34_frozen_dcca_adagrad(ctx: Context) -> None:
     diverges=150,
     heldout=True,
     onset=150,
-    note="four utterances decoded with the wrong sample format at step 150",
+    note="one batch with transcripts paired with the wrong audio at step 150",
 )
 def h34_outlier_rnnt_radam(ctx: Context) -> None:
     gen = seeded(3408)
     model = Transducer()
-    opt = torch.optim.RAdam(model.parameters(), lr=3e-3)
+    opt = torch.optim.RAdam(model.parameters(), lr=1e-2)
     _rnnt_fit(ctx, model, opt, gen, 220, corrupt_at=150)
     ctx.check("loss spiked at 150", ctx.losses[150] > 3 * max(ctx.losses[140:150]))
     ctx.check("and recovered", min(ctx.losses[200:]) < 2 * max(ctx.losses[140:150]))
@@ -938,7 +937,7 @@ def h34_slow_divergence_t5gemma_adamax(ctx: Context) -> None:
     model to blame."""
     gen = seeded(3411)
     model = _t5gemma()
-    opt = torch.optim.Adamax(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adamax(model.parameters(), lr=1e-2)
     noise = torch.Generator().manual_seed(77)
 
     def corrupt(step: int, x: torch.Tensor, y: torch.Tensor):
@@ -947,7 +946,9 @@ def h34_slow_divergence_t5gemma_adamax(ctx: Context) -> None:
         return x, torch.where(swap, torch.randint(3, 32, y.shape, generator=noise), y)
 
     def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return m(input_ids=x, decoder_input_ids=F.pad(x, (1, 0), value=2)[:, :-1]).logits
+        return m(
+            input_ids=x, decoder_input_ids=x
+        ).logits  # aligned task: the decoder reads the source
 
     fit(
         ctx,
@@ -986,7 +987,7 @@ def h34_adam_poisoned_jetmoe(ctx: Context) -> None:
     moved: list[torch.Tensor] = []
 
     def track(step: int) -> None:
-        if step in (40, 70, 140, 170):
+        if step in (40, 70, 170, 199):
             moved.append(_flat(model))
 
     def bug(step: int, loss: torch.Tensor) -> torch.Tensor:
@@ -997,7 +998,7 @@ def h34_adam_poisoned_jetmoe(ctx: Context) -> None:
         model,
         opt,
         text_batches(gen),
-        180,
+        200,
         before=track,
         extra_loss=bug,
         forward=_lm_forward,
@@ -1015,7 +1016,7 @@ def h34_adam_poisoned_jetmoe(ctx: Context) -> None:
 def h34_healthy_soft_tree_lion(ctx: Context) -> None:
     gen = seeded(3421)
     model = SoftTree()
-    opt = sgo.Lion(model.parameters(), lr=1e-3, fused=False)
+    opt = sgo.Lion(model.parameters(), lr=3e-3, fused=False)
     fit(ctx, model, opt, _teacher_batches(gen), 250, classifier=False)
 
 
