@@ -9,7 +9,7 @@ generated 2-D moons; soft binary decision tree distilled from an MLP teacher (di
 PointNet++-style set abstraction (farthest-point sampling + kNN grouping) on generated point
 clouds; deep CCA on two generated views; an RNN-T-style transducer with a hand-written loss on
 generated sequences; a B-spline Kolmogorov-Arnold network; a differentiable neural dictionary
-(episodic controller). Optimizers: SGD, momentum, Nesterov, Adam, AdamW, NAdam, RAdam, Adamax,
+(episodic controller). Optimizers: SGD, momentum, Nesterov, Adam, AdamW, RAdam, Adamax,
 RMSprop, Adagrad, steadygrad's Lion and AdaBelief.
 """
 
