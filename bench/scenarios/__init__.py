@@ -39,6 +39,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout31,
     cases_heldout32,
     cases_heldout33,
+    cases_heldout34,
     cases_mlp,
     cases_other,
 )
