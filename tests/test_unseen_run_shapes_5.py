@@ -3,8 +3,8 @@ weight multiplied step after step until the gradients through it explode at once
 gradient growth before; weights the explosion itself moved; one tensor running away while a
 few others merely grew; a one-off outlier the run got over long before it broke; logits
 inflated at initialisation that hide a rise; updates that shrink with a decaying learning
-rate, not with a poisoned second moment; tensors no gradient reaches past dead units; and
-units that die as the gradients explode."""
+rate, not with a poisoned second moment; tensors no gradient reaches past dead units; units
+that die as the gradients explode; and a frozen layer against a spike nothing confirmed."""
 
 from __future__ import annotations
 
@@ -224,3 +224,20 @@ def test_units_that_die_as_the_gradients_explode_are_its_casualties(tmp_path, de
     assert bool(plasticity.consequence_of) == (dead_at == 204)
     if dead_at == 204:
         assert report.top.cause == "exploding_gradients"
+
+
+@pytest.mark.parametrize("stall", ["frozen", "dead"])
+def test_a_frozen_layer_outranks_a_spike_nothing_confirmed(tmp_path, stall):
+    # NLLB-MoE's experts of layer 1 sit in a group whose learning rate is 0: their updates are
+    # 0 from step 20, while the rest of the model learns around them to step 199; at 113 a
+    # gradient spike the run did not feel. The frozen layer is the fault. Control: half of a
+    # layer's ReLU units read dead as the model learns on (a normal sight): the spike ranks first
+    rows = [{"loss": 3.0 - 0.01 * t} for t in range(200)]
+    if stall == "frozen":
+        found = ("update_ratio_out_of_range", 20, "experts.0.fc1.weight", {"direction": "frozen"})
+    else:
+        found = ("loss_of_plasticity", 20, "ffn.fc1", {"dead_units": 0.55})
+    spike = ("gradient_spike", 113, "encoder.v_proj.weight", {"spike_factor": 400.0}, "warning")
+    report = diagnose_stored(tmp_path, stall, rows, [(*found, "warning"), spike])
+    expected = "update_ratio_out_of_range" if stall == "frozen" else "gradient_spike"
+    assert report.top.cause == expected
