@@ -139,12 +139,6 @@ CONFIRMED_SOON = 10
 # learning.
 PROGRESS_AFTER = 20
 
-# Stalling causes that are a fault even while the rest of the model learns around them: a layer
-# whose updates are ~0 does not train at all (a rate of 0, a typo in a layer-wise schedule).
-# In a run that did not break they rank above an event nothing confirmed (a spike it did not
-# feel); dead units, a normal sight in a ReLU network that goes on learning, do not.
-FAULTS_IN_THEMSELVES = ("update_ratio_out_of_range",)
-
 # Steps after the run got over a one-off event (its loss back to normal) within which what
 # begins may still be its aftermath (an adaptive step carries the kick for a while).
 AFTERMATH = 50
@@ -207,7 +201,7 @@ def judge(
         )
         if broke is None:  # below the causes that may have stopped it, above the symptoms
             d.score = TIER_SCORE[SYMPTOM] + 5.0
-            if d.cause in FAULTS_IN_THEMSELVES:  # above an event nothing confirmed, too
+            if d.fault_alone:  # above an event nothing confirmed, too (see Rule)
                 d.score = TIER_SCORE[EVENT] + 1.0
         else:
             d.score -= 25.0

@@ -89,6 +89,7 @@ class Diagnosis:
     explained_by: tuple[str, ...] = ()
     stalls: bool = False
     consequence_of: str = ""
+    fault_alone: bool = False
 
     @property
     def rank_key(self) -> tuple:
@@ -116,7 +117,11 @@ class Rule:
     before this one, produce its evidence themselves (a step that overshoots makes the next
     gradient large), so this one is then their consequence. ``stalls``: the cause slows or
     stops learning but does not by itself make a loss climb (dead units), so it explains a
-    break only if the loss made no progress after it was seen."""
+    break only if the loss made no progress after it was seen. ``fault_alone``: a stalling
+    cause that is a fault even while the rest of the model learns around it (a layer whose
+    updates are ~0 does not train at all; dead units, a normal sight in a ReLU network that
+    goes on learning, are not), so in a run that did not break it ranks above an event
+    nothing confirmed."""
 
     cause: str
     tier: int
@@ -127,6 +132,7 @@ class Rule:
     kinds: tuple[FindingKind, ...] = ()
     explained_by: tuple[str, ...] = ()
     stalls: bool = False
+    fault_alone: bool = False
 
     def apply(self, facts: RunFacts) -> Diagnosis | None:
         facts.allowed = frozenset(self.kinds)
@@ -149,6 +155,7 @@ class Rule:
             explained_by=self.explained_by,
             stalls=self.stalls or found.stalls,
             consequence_of=found.consequence_of,
+            fault_alone=self.fault_alone,
         )
 
 
@@ -334,9 +341,9 @@ def _plasticity(facts: RunFacts) -> Found | None:
     broke = facts.broke_at
     if found is None or found.first_step is None or broke is None:
         return found
-    spikes = [f.step for f in facts.of(GRAD_NORM_SPIKE) if f.severity != "info"]
-    if broke - EXPLOSION_LEAD <= found.first_step <= broke and any(
-        found.first_step <= step <= broke for step in spikes
+    first = found.first_step
+    if first >= broke - EXPLOSION_LEAD and any(
+        step >= first for step in _leading_into(facts, broke, GRAD_NORM_SPIKE)
     ):
         found.consequence_of = (
             f"first found at step {found.first_step}, as the gradients exploded into the break "
@@ -444,8 +451,7 @@ def _runaway_into_explosion(facts: RunFacts) -> Found | None:
     broke, runaway = facts.broke_at, _runaway_weights(facts)
     if broke is None or runaway is None or runaway[3] > 0.5:
         return None
-    spikes = [f.step for f in facts.of(GRAD_NORM_SPIKE) if f.severity != "info"]
-    if not any(broke - EXPLOSION_LEAD <= step <= broke for step in spikes):
+    if not _leading_into(facts, broke, GRAD_NORM_SPIKE):
         return None
     name, began, factor, _ = runaway
     module = name.rpartition(".")[0] or name
@@ -462,15 +468,22 @@ def _runaway_into_explosion(facts: RunFacts) -> Found | None:
     )
 
 
+def _leading_into(facts: RunFacts, until: int, *kinds: FindingKind) -> list[int]:
+    """Steps of the spikes of ``kinds`` (not info) in the ``EXPLOSION_LEAD`` steps up to
+    ``until``: those that led into it (a gradient-norm spike there: the break was an
+    explosion)."""
+    return [
+        f.step
+        for f in facts.of(*kinds)
+        if f.severity != "info" and until - EXPLOSION_LEAD <= f.step <= until
+    ]
+
+
 def _before_explosion(facts: RunFacts, until: int) -> int:
     """``until``, or the step before the spikes that led into it: those are the explosion
     itself, and the weights it moved (recorded after the update of their step) say nothing of
     what came before."""
-    leading = [
-        f.step
-        for f in facts.of(LOSS_SPIKE, GRAD_NORM_SPIKE)
-        if f.severity != "info" and until - EXPLOSION_LEAD <= f.step <= until
-    ]
+    leading = _leading_into(facts, until, LOSS_SPIKE, GRAD_NORM_SPIKE)
     return min(leading, default=until + 1) - 1
 
 
@@ -1362,6 +1375,7 @@ RULES: tuple[Rule, ...] = (
         # a second moment inflated by one huge gradient damps the updates to ~0: frozen-looking;
         # a step size above the limit makes updates large relative to the weights
         explained_by=("adam_second_moment_poisoned", "sharpness_above_limit"),
+        fault_alone=True,  # a rate of 0, a typo in a layer-wise schedule
     ),
     Rule(
         "adam_second_moment_poisoned",
