@@ -142,7 +142,10 @@ HELD_OUT_FILES = [
     ("cases_heldout32", "h32_", 12, 11, 12),
     ("cases_heldout33", "h33_", 12, 11, 12),
     ("cases_heldout34", "h34_", 12, 11, 12),
+    ("cases_heldout35", "h35_", 12, 11, 12),
+    ("cases_heldout36", "h36_", 12, 11, 12),
     ("cases_heldout37", "h37_", 12, 11, 12),
+    ("cases_heldout38", "h38_", 12, 11, 12),
 ]
 
 

@@ -40,7 +40,10 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout32,
     cases_heldout33,
     cases_heldout34,
+    cases_heldout35,
+    cases_heldout36,
     cases_heldout37,
+    cases_heldout38,
     cases_mlp,
     cases_other,
 )
