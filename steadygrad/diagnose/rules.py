@@ -714,13 +714,41 @@ def _nonfinite(facts: RunFacts) -> Found | None:
     return Found(summary, first.step, where, ev)
 
 
+def _producer(f: Finding) -> str | None:
+    """The module whose forward output was the first non-finite value, if found."""
+    return (f.evidence.get("forward_origin") or {}).get("module")
+
+
+def _caught_by_scaler(facts: RunFacts) -> bool:
+    """Every non-finite step (if any) was one the optimizer skipped, not by the autopilot, and
+    left the weights finite: an fp16 overflow a GradScaler caught (a forward pass overflowing
+    float16 makes the loss itself non-finite, step after step), not a NaN that reached the
+    model."""
+    nonfinite = facts.of(NONFINITE)
+    if not nonfinite:
+        return True
+    skipped = facts.series(OPTIMIZER_SKIPPED.name)
+    if skipped is None:
+        return False
+    by_optimizer = set(skipped[0][skipped[1] > 0].tolist())
+    by_autopilot = {a.step for a in facts.run.actions()}
+    return all(
+        f.evidence.get("nonfinite_params") == 0
+        and f.step in by_optimizer
+        and f.step not in by_autopilot
+        for f in nonfinite
+    )
+
+
 AMP_STALL_SHARE = 0.5  # skipping at least this share of steps is not benign
 AMP_STALL_STEPS = 20  # nor skipping every one of the last this many steps
 
 
 def _amp_overflow(facts: RunFacts) -> Found | None:
-    overflow = facts.of(AMP_OVERFLOW)  # one finding per episode of skipped steps
-    if not overflow or facts.of(NONFINITE):
+    # one finding per episode of skipped steps with a finite loss; a loss overflowing too is
+    # a non-finite episode the scaler caught
+    overflow = facts.of(AMP_OVERFLOW) or facts.of(NONFINITE)
+    if not overflow or not _caught_by_scaler(facts):
         return None
     steps = facts.series(LOSS.name)
     total = len(steps[0]) if steps else 0
@@ -730,15 +758,28 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
     tail = skipped[1][-AMP_STALL_STEPS:] if skipped is not None else np.zeros(0)
     stalled = len(tail) == AMP_STALL_STEPS and bool(np.all(tail == 1.0))
     evidence = {"skipped_steps": count, "episodes": len(overflow), "share": share}
+    forward = bool(facts.of(NONFINITE))  # the forward pass itself overflowed float16
+    where = sorted({m for f in facts.of(NONFINITE, NONFINITE_ORIGIN) if (m := _producer(f))})
+    first = _first(facts.of(NONFINITE) if forward else overflow)
     if stalled or share >= AMP_STALL_SHARE:
         summary = (
             f"mixed-precision overflow is stalling training: the GradScaler skipped {count} of "
             f"{total} steps ({share:.0%})"
             + (f", including the last {AMP_STALL_STEPS}" if stalled else "")
-            + "; the gradients overflow even at a lowered scale, so the weights barely move. "
-            "This is not benign"
+            + f"; the {'loss overflows' if forward else 'gradients overflow'} even at a lowered "
+            "scale, "
+            "so the weights barely move. This is not benign"
+            + (f" (first non-finite output: {', '.join(where)})" if where else "")
         )
-        return Found(summary, _first(overflow), [], evidence, "critical")
+        return Found(summary, first, where, evidence, "critical")
+    if forward:  # activations beyond float16's range: not benign
+        summary = (
+            f"mixed-precision overflow in the forward pass: the loss went non-finite and the "
+            f"GradScaler skipped {count} step(s) ({share:.1%} of steps); the weights stayed "
+            "finite, but activations exceed float16's range"
+            + (f", first in {', '.join(where)}" if where else "")
+        )
+        return Found(summary, first, where, evidence, "warning")
     summary = (
         f"benign mixed-precision overflow: the GradScaler skipped {count} step(s) in "
         f"{len(overflow)} episode(s) ({share:.1%} of steps) and lowered its scale; the loss and "
@@ -1441,6 +1482,8 @@ RULES: tuple[Rule, ...] = (
         ),
         _nonfinite,
         (NONFINITE, NONFINITE_ORIGIN),
+        # an fp16 overflow the GradScaler caught makes the loss non-finite without harm
+        explained_by=("amp_overflow",),
     ),
     Rule(
         "loss_spike",
@@ -1479,7 +1522,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _amp_overflow,
-        (AMP_OVERFLOW, NONFINITE),
+        (AMP_OVERFLOW, NONFINITE, NONFINITE_ORIGIN),
     ),
     Rule(
         "autopilot_actions",

@@ -1,0 +1,76 @@
+"""Run shapes the tenth wave's held-out sets showed, each a trigger and a control: a forward
+pass overflowing float16 under a GradScaler (the loss itself non-finite, the steps skipped, the
+weights finite) against a NaN that reached the weights and one the autopilot skipped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import steadygrad
+
+
+def _amp_run(tmp_path, name: str, overflow_from: int | None, scaler: bool, pilot=None):
+    """A regression MLP trained under float16 autocast (with ``scaler``, else in float32);
+    from ``overflow_from`` its inputs come in raw units (x 1e5), so the first Linear's output
+    exceeds float16's range (65504); in float32 they carry a NaN instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    amp = torch.amp.GradScaler("cpu", init_scale=2.0**10) if scaler else None
+    mon = steadygrad.Monitor(
+        model, opt, tmp_path / name, progress=False, scaler=amp, autopilot=pilot
+    )
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 1, generator=g)
+    for step in range(160):
+        x = torch.randn(32, 8, generator=g)
+        y = x @ w
+        if overflow_from is not None and step >= overflow_from:
+            x = x * 1e5 if scaler else x.index_fill(0, torch.tensor([0]), float("nan"))
+        with torch.autocast("cpu", dtype=torch.float16, enabled=scaler):
+            loss = nn.functional.mse_loss(model(x).float(), y)
+        if amp is not None:
+            amp.scale(loss).backward()
+            amp.step(opt)
+            amp.update()
+        else:
+            loss.backward()
+            opt.step()
+        mon.step(loss)
+        opt.zero_grad()
+    mon.close()
+    finite = all(torch.isfinite(p).all() for p in model.parameters())
+    return steadygrad.diagnose(tmp_path / name), finite
+
+
+def test_a_forward_pass_overflowing_float16_is_named_as_mixed_precision_overflow(tmp_path):
+    report, finite = _amp_run(tmp_path, "fp16", overflow_from=100, scaler=True)
+    assert finite  # the GradScaler skipped every overflowing step
+    top = report.top
+    assert top.cause == "amp_overflow" and top.severity == "critical"  # it stalls training
+    assert top.first_step == 100 and top.where == ["0"]  # the Linear that overflowed
+    assert "loss overflows" in top.summary
+    # the non-finite loss is told as its consequence, with its producer
+    nonfinite = next(d for d in report.diagnoses if d.cause == "nonfinite")
+    assert nonfinite.where == ["0"]
+
+
+def test_a_nan_that_reached_the_weights_stays_a_non_finite_divergence(tmp_path):
+    # a NaN input in float32 with no scaler: the update carries it into the weights, and
+    # nothing about mixed precision explains it
+    report, finite = _amp_run(tmp_path, "fp32", overflow_from=100, scaler=False)
+    assert not finite
+    assert "amp_overflow" not in report.causes()
+
+
+@pytest.mark.parametrize("overflow_from", [None, 100])
+def test_steps_the_autopilot_skipped_are_no_mixed_precision_overflow(tmp_path, overflow_from):
+    # no GradScaler: the autopilot's skip keeps the weights finite, as a scaler would, but
+    # the run has no float16 to overflow
+    pilot = steadygrad.Autopilot(snapshot_every=10, snapshot_dir=tmp_path / "snap")
+    report, _ = _amp_run(tmp_path, f"pilot{overflow_from}", overflow_from, False, pilot)
+    assert "amp_overflow" not in report.causes()
+    if overflow_from is not None:
+        assert report.causes()[0] == "nonfinite"
