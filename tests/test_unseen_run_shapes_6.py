@@ -4,6 +4,8 @@ weights finite) against a NaN that reached the weights and one the autopilot ski
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -74,3 +76,39 @@ def test_steps_the_autopilot_skipped_are_no_mixed_precision_overflow(tmp_path, o
     assert "amp_overflow" not in report.causes()
     if overflow_from is not None:
         assert report.causes()[0] == "nonfinite"
+
+
+def _scaler_run(tmp_path, name: str, overflowing) -> steadygrad.Report:
+    """A regression MLP under a GradScaler whose gradients overflow at ``overflowing(step)``
+    (the scaled loss times inf: no scale the scaler reaches brings them back)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    mon = steadygrad.Monitor(model, opt, tmp_path / name, progress=False, scaler=scaler)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 1, generator=g)
+    for step in range(120):
+        x = torch.randn(32, 8, generator=g)
+        loss = nn.functional.mse_loss(model(x), x @ w)
+        scaler.scale(loss * (math.inf if overflowing(step) else 1.0)).backward()
+        scaler.step(opt)
+        scaler.update()
+        mon.step(loss)
+        opt.zero_grad()
+    mon.close()
+    return steadygrad.diagnose(tmp_path / name)
+
+
+def test_a_scaler_skipping_every_late_step_stalls_training(tmp_path):
+    report = _scaler_run(tmp_path, "late", lambda step: step >= 90)
+    assert report.top.cause == "amp_overflow" and report.top.severity == "critical"
+    assert "including the last 20" in report.top.summary
+
+
+def test_skipped_steps_early_in_a_run_that_then_trained_do_not_stall_it(tmp_path):
+    # 30 skipped steps at the start, none in the last 90: the skipped series holds an entry per
+    # skipped step, so its last 20 entries are not the run's last 20 steps
+    report = _scaler_run(tmp_path, "early", lambda step: step < 30)
+    amp = next(d for d in report.diagnoses if d.cause == "amp_overflow")
+    assert amp.severity != "critical" and "stalling" not in amp.summary

@@ -755,8 +755,11 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
     skipped = facts.series(OPTIMIZER_SKIPPED.name)
     count = int(np.nansum(skipped[1])) if skipped is not None else len(overflow)
     share = count / total if total else 0.0
-    tail = skipped[1][-AMP_STALL_STEPS:] if skipped is not None else np.zeros(0)
-    stalled = len(tail) == AMP_STALL_STEPS and bool(np.all(tail == 1.0))
+    # the skipped series has an entry at each skipped step only: the last steps of the run
+    # must each be one of them
+    last = steps[0][-AMP_STALL_STEPS:] if steps else np.zeros(0)
+    by_scaler = set(skipped[0][skipped[1] > 0].tolist()) if skipped is not None else set()
+    stalled = len(last) == AMP_STALL_STEPS and all(int(t) in by_scaler for t in last)
     evidence = {"skipped_steps": count, "episodes": len(overflow), "share": share}
     forward = bool(facts.of(NONFINITE))  # the forward pass itself overflowed float16
     where = sorted({m for f in facts.of(NONFINITE, NONFINITE_ORIGIN) if (m := _producer(f))})
