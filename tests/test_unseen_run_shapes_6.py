@@ -1,6 +1,8 @@
 """Run shapes the tenth wave's held-out sets showed, each a trigger and a control: a forward
 pass overflowing float16 under a GradScaler (the loss itself non-finite, the steps skipped, the
-weights finite) against a NaN that reached the weights and one the autopilot skipped."""
+weights finite) against a NaN that reached the weights and one the autopilot skipped; a scaler
+that skipped many steps early but none at the end; and gradients that grew while the loss kept
+improving in a run that never broke."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers import diagnose_stored
 from torch import nn
 
 import steadygrad
@@ -112,3 +115,23 @@ def test_skipped_steps_early_in_a_run_that_then_trained_do_not_stall_it(tmp_path
     report = _scaler_run(tmp_path, "early", lambda step: step < 30)
     amp = next(d for d in report.diagnoses if d.cause == "amp_overflow")
     assert amp.severity != "critical" and "stalling" not in amp.summary
+
+
+@pytest.mark.parametrize("loss_after", ["kept_improving", "flat"])
+def test_gradients_that_grew_as_the_loss_kept_improving_are_no_explosion(tmp_path, loss_after):
+    # a classifier fine-tuned to a near-zero loss: its gradient norm grows 25x from step 60 as
+    # its logits sharpen, and the loss keeps falling for 100 steps; nothing breaks. Control: the
+    # same growth while the loss stays where it was (a deep tanh net whose gradients explode
+    # and learn nothing): that is exploding gradients, stalling the run
+    rows = []
+    for t in range(200):
+        fall = 0.7 * math.exp(-t / 40) if loss_after == "kept_improving" else 0.7
+        rows.append({"loss": 0.02 + fall + 0.01 * math.sin(t), "grad_norm": 0.1 * (1 + t / 8)})
+    growth = ("gradient_growth", 60, "encoder.norm.bias", {"growth": 25.0}, "warning")
+    report = diagnose_stored(tmp_path, loss_after, rows, [growth])
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    if loss_after == "kept_improving":
+        assert exploding.severity == "info" and report.healthy
+        assert "grew as the model learned" in exploding.summary
+    else:
+        assert exploding.severity == "warning" and report.top is exploding

@@ -16,6 +16,7 @@ from steadygrad.diagnose.rules import (
     BACK_WITHIN,
     EVENT,
     MECHANISM,
+    PROGRESS_AFTER,
     RULES,
     SYMPTOM,
     Diagnosis,
@@ -134,10 +135,6 @@ LONG_AFTER = 50
 
 # Steps after the break within which a growth confirmed late, but begun before, may be first.
 CONFIRMED_SOON = 10
-
-# Steps of progress (a new best loss) after a stalling cause was seen that show it did not stop
-# learning.
-PROGRESS_AFTER = 20
 
 # Steps after the run got over a one-off event (its loss back to normal) within which what
 # begins may still be its aftermath (an adaptive step carries the kick for a while).

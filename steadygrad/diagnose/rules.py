@@ -251,6 +251,23 @@ def _lowest_median(steps: np.ndarray, values: np.ndarray, width: int = 5) -> int
     return int(steps[width - 1 + int(np.argmin(medians))])
 
 
+def _learnt_after(facts: RunFacts, step: int | None) -> int | None:
+    """The step of the run's best sustained loss, when it came ``PROGRESS_AFTER`` steps or more
+    after ``step`` and a tenth or more below the loss then (a flat loss sets a new lowest
+    median now and then by its noise alone); else None."""
+    best, loss = facts.best_loss_step, facts.series(LOSS.name)
+    if step is None or best is None or loss is None or best - step < PROGRESS_AFTER:
+        return None
+    steps, values = loss
+    ok = np.isfinite(values)
+    then = values[ok & (np.abs(steps - step) <= 5)]
+    after = values[ok & (steps <= best) & (steps > best - 5)]
+    if not len(then) or not len(after):
+        return None
+    level = float(np.median(then))
+    return best if level - float(np.median(after)) >= 0.1 * abs(level) else None
+
+
 def _breaks(f: Finding) -> bool:
     return (
         f.kind == NONFINITE
@@ -386,6 +403,17 @@ def _exploding(facts: RunFacts) -> Found | None:
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None:
         return _runaway_into_explosion(facts)
+    if facts.broke_at is None:
+        # a run that did not break, whose loss kept improving long after: the gradients grew
+        # as the model learned (a classifier sharpening its logits), harmless so far
+        best = _learnt_after(facts, found.first_step)
+        if best is not None:
+            found.severity = "info"
+            found.summary += (
+                f"; the loss kept improving until step {best} and the run did not break: the "
+                "gradients grew as the model learned"
+            )
+            return found
     if found.first_step is None:
         return found
     runaway = _runaway_weights(facts)
@@ -739,6 +767,9 @@ def _caught_by_scaler(facts: RunFacts) -> bool:
         for f in nonfinite
     )
 
+
+# Steps of progress (a new best loss) after a cause was seen that show it did not stop learning.
+PROGRESS_AFTER = 20
 
 AMP_STALL_SHARE = 0.5  # skipping at least this share of steps is not benign
 AMP_STALL_STEPS = 20  # nor skipping every one of the last this many steps
