@@ -135,3 +135,23 @@ def test_gradients_that_grew_as_the_loss_kept_improving_are_no_explosion(tmp_pat
         assert "grew as the model learned" in exploding.summary
     else:
         assert exploding.severity == "warning" and report.top is exploding
+
+
+@pytest.mark.parametrize("loss_to", [-6.0, 0.05])
+def test_logits_rewarded_by_a_loss_below_zero_are_not_earned(loss_to):
+    # label smoothing written with the wrong sign: the loss rewards spreading the logits and
+    # falls below zero while log Z climbs 2.3 -> 18 (TextNet). Control: a classifier growing
+    # confident, whose cross-entropy falls to 0.05 as log Z climbs the same way
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors.transformer import OutputLogitDivergence
+
+    detector, found = OutputLogitDivergence(), []
+    for i in range(11):
+        step = 25 * i
+        lse = 2.3 + 15.7 * (i / 10) ** 2
+        loss = 2.3 + (loss_to - 2.3) * i / 10
+        found += detector.update(Record(step, {"logit_lse_mean": lse, "loss": loss}))
+    if loss_to < 0:
+        assert found and found[0].severity == "warning"
+    else:
+        assert not found

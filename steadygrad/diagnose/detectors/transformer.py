@@ -243,7 +243,7 @@ class OutputLogitDivergence(Detector):
     ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
     ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
     confidence that would justify them; a classifier growing confident raises ``log Z`` as its
-    loss falls). Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at
+    loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits'). Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at
     initialisation), rises count from ``log(classes)`` too, and the first loss, inflated with
     them, from a uniform guess's. ``where`` is the module that produced the logits
     (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped.
@@ -328,7 +328,10 @@ class OutputLogitDivergence(Detector):
             # A rise counts from there too; and the first loss, inflated with those logits,
             # from a uniform guess's, log(classes)
             first_loss = min(self._first_loss, start) if inflated else self._first_loss
-            unearned = loss >= 0.5 * first_loss  # the loss has not even halved
+            # the loss has not even halved; or it is negative, which a softmax's cross-entropy
+            # never is: a term of the wrong sign rewards the logits, and the loss cannot vouch
+            # for their growth
+            unearned = loss >= 0.5 * first_loss or loss < 0
             rise = lse - start
             far = far or (rise >= limit and unearned)
             early = early or (unearned and (rise >= limit / 2 and self._rising >= self.patience))
