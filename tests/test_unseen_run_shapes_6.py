@@ -155,3 +155,22 @@ def test_logits_rewarded_by_a_loss_below_zero_are_not_earned(loss_to):
         assert found and found[0].severity == "warning"
     else:
         assert not found
+
+
+@pytest.mark.parametrize("loss_to", [3.3, 0.3])
+def test_logits_climbing_steadily_without_progress_are_warned_early(loss_to):
+    # a z-loss subtracted instead of added (Doge): log Z climbs from log(128) = 4.85 by about
+    # 0.9 nats a reading, never accelerating and never reaching half the limit, while the loss
+    # stalls at 3.3. Control: the same climb in a language model whose loss falls to 0.3
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors.transformer import OutputLogitDivergence
+
+    detector, found = OutputLogitDivergence(), []
+    for i in range(12):
+        loss = 4.86 + (loss_to - 4.86) * min(i / 3, 1.0)
+        values = {"logit_lse_mean": 4.86 + 0.82 * i, "loss": loss}
+        found += detector.update(Record(25 * i, values))
+    if loss_to > 1.0:
+        assert [f.step for f in found][:1] == [25 * 7]  # 5.7 nats up, the 7th rise in a row
+    else:
+        assert not found

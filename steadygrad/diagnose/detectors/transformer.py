@@ -237,15 +237,17 @@ class OutputLogitDivergence(Detector):
     settled at its bound); early, when it has fallen ``lse_limit / 2`` below its first value (or
     below ``log(classes)``, where the first value stood above it) and kept falling for
     ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or risen at each of
-    ``patience`` readings by more each time, while the loss has not even halved); and when it
+    ``patience`` readings by more each time, or risen ``lse_limit / 4`` and at each of twice
+    ``patience`` readings, while the loss has not even halved); and when it
     drifts ``5 * lse_limit`` from its first value either way; and when the mean logit (the
     common shift softmax ignores, recorded by the default cross-entropy signal) has moved
     ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
     ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
     confidence that would justify them; a classifier growing confident raises ``log Z`` as its
-    loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits'). Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at
-    initialisation), rises count from ``log(classes)`` too, and the first loss, inflated with
-    them, from a uniform guess's. ``where`` is the module that produced the logits
+    loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits').
+    Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
+    rises count from ``log(classes)`` too, and the first loss, inflated with them, from a
+    uniform guess's. ``where`` is the module that produced the logits
     (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped.
 
     Example:
@@ -336,6 +338,8 @@ class OutputLogitDivergence(Detector):
             far = far or (rise >= limit and unearned)
             early = early or (unearned and (rise >= limit / 2 and self._rising >= self.patience))
             early = early or (unearned and self._accelerating())
+            # a steady climb: risen at each of twice ``patience`` readings, a quarter of the limit
+            early = early or (unearned and rise >= limit / 4 and self._rising >= 2 * self.patience)
         if not self._streak.update(early or far, 1 if early else self.patience):
             return []
         evidence = {
