@@ -174,3 +174,34 @@ def test_logits_climbing_steadily_without_progress_are_warned_early(loss_to):
         assert [f.step for f in found][:1] == [25 * 7]  # 5.7 nats up, the 7th rise in a row
     else:
         assert not found
+
+
+@pytest.mark.parametrize("after_spike", ["compounds", "absorbed"])
+def test_a_gradient_spike_that_compounds_into_nan_is_an_explosion(tmp_path, after_spike):
+    # an ODE-RNN whose solver meets gaps 10x longer from step 100: the gradient norm spikes
+    # 1456x, the loss climbs at every step (3.9, 8.9e8) and is NaN at 103. Control: the same
+    # spike, after which the loss came back down before a NaN from elsewhere
+    rows = []
+    for t in range(110):
+        loss = 0.05
+        if t >= 100:
+            rising = {100: 3.9, 101: 4.0e4, 102: 8.9e8}
+            loss = rising.get(t, math.nan) if after_spike == "compounds" else 0.06
+            if after_spike == "absorbed" and t == 100:
+                loss = 3.9
+            if after_spike == "absorbed" and t >= 103:
+                loss = math.nan
+        rows.append({"loss": loss})
+    findings = [
+        ("grad_norm_spike", 100, None, {"ratio": 1456.0}, "warning"),
+        ("gradient_spike", 100, "odefunc.net.2.weight", {"spike_factor": 3935.0}, "critical"),
+        ("gradient_spike", 100, "odefunc.net.0.weight", {"spike_factor": 5090.0}, "critical"),
+        ("loss_divergence", 100, None, {"ratio": 116.0}, "critical"),
+        ("nonfinite", 103, "odefunc.net.0", {"loss": math.nan}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, after_spike, rows, findings)
+    if after_spike == "compounds":
+        assert report.top.cause == "exploding_gradients"
+        assert report.top.where[:2] == ["odefunc.net.0.weight", "odefunc.net.2.weight"]
+    else:
+        assert "exploding_gradients" not in report.causes()

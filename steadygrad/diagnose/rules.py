@@ -402,7 +402,7 @@ def _exploding(facts: RunFacts) -> Found | None:
     finding, a break that was a gradient explosion after a weight ran away is one too."""
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None:
-        return _runaway_into_explosion(facts)
+        return _runaway_into_explosion(facts) or _spike_into_explosion(facts)
     if facts.broke_at is None:
         # a run that did not break, whose loss kept improving long after: the gradients grew
         # as the model learned (a classifier sharpening its logits), harmless so far
@@ -492,6 +492,40 @@ def _runaway_into_explosion(facts: RunFacts) -> Found | None:
         began,
         [module],
         {"runaway_weights": {"parameter": name, "began": began, "factor": factor}},
+        "critical",
+    )
+
+
+def _spike_into_explosion(facts: RunFacts) -> Found | None:
+    """No gradient grew for long before the break, but the gradient norm spiked and the run
+    never came back: the loss rose at every step after the spike, ``ONE_OFF`` times or more,
+    until it went non-finite within ``EXPLOSION_LEAD`` steps. One step's gradient that compounds into NaN is an
+    explosion, not a spike the run absorbed; it starts in the tensors that spiked most."""
+    nonfinite = facts.of(NONFINITE)
+    loss = facts.series(LOSS.name)
+    if not nonfinite or loss is None:
+        return None
+    nan_at = nonfinite[0].step
+    spikes = [s for s in _leading_into(facts, nan_at, GRAD_NORM_SPIKE) if s < nan_at]
+    if not spikes:
+        return None
+    start = min(spikes)
+    steps, values = loss
+    between = values[(steps >= start) & (steps < nan_at)]
+    if len(between) < 2 or not np.all(np.diff(between) > 0):
+        return None  # the loss came down after the spike: the run absorbed it
+    if not between[-1] >= ONE_OFF * between[0]:
+        return None  # a loss creeping up as before: nothing compounded
+    tensors = [f for f in facts.of(GRADIENT_SPIKE) if f.step == start and f.severity != "info"]
+    tensors.sort(key=lambda f: -f.evidence.get("spike_factor", 0.0))
+    where = [f.where for f in tensors if f.where][:3]
+    return Found(
+        f"the gradients exploded at step {start}: the gradient norm spiked and the loss rose at "
+        f"every step after it until it went non-finite at step {nan_at}"
+        + (f", starting in {', '.join(where)}" if where else ""),
+        start,
+        where,
+        {"spike_step": start, "nonfinite_step": nan_at},
         "critical",
     )
 
@@ -1405,6 +1439,8 @@ RULES: tuple[Rule, ...] = (
             ATTENTION_LOGIT_GROWTH,
             LOSS_SPIKE,
             GRAD_NORM_SPIKE,
+            GRADIENT_SPIKE,
+            NONFINITE,
         ),
         # Overshooting steps raise the next gradients: growth across steps then follows from
         # the step size, not from growth through depth or time at fixed weights. So does the
