@@ -209,7 +209,7 @@ def h39_attn_qknorm_gain_apertus_adamw(ctx: Context) -> None:
         if step >= 60:
             with torch.no_grad():
                 for g in gains:
-                    g.mul_(1.0 + 0.012)
+                    g.mul_(1.0 + 0.015)
         if captured:
             seen.append(max_logit())
 
@@ -700,8 +700,8 @@ def h39_dead_units_sparsity_pna_adagrad(ctx: Context) -> None:
 def h39_healthy_pna_momentum(ctx: Context) -> None:
     gen = seeded(3913)
     model = PNA()
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    fit(ctx, model, opt, _graph_batches(gen), 240)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    fit(ctx, model, opt, _graph_batches(gen), 300)
     ctx.check("learnt", sum(ctx.losses[-20:]) < 0.7 * sum(ctx.losses[:20]))
 
 
