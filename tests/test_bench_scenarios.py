@@ -147,6 +147,7 @@ HELD_OUT_FILES = [
     ("cases_heldout37", "h37_", 12, 11, 12),
     ("cases_heldout38", "h38_", 12, 11, 12),
     ("cases_heldout39", "h39_", 12, 11, 12),
+    ("cases_heldout40", "h40_", 12, 11, 12),
 ]
 
 

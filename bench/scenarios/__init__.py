@@ -45,6 +45,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout37,
     cases_heldout38,
     cases_heldout39,
+    cases_heldout40,
     cases_mlp,
     cases_other,
 )
