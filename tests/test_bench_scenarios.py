@@ -148,6 +148,7 @@ HELD_OUT_FILES = [
     ("cases_heldout38", "h38_", 12, 11, 12),
     ("cases_heldout39", "h39_", 12, 11, 12),
     ("cases_heldout40", "h40_", 12, 11, 12),
+    ("cases_heldout41", "h41_", 12, 11, 12),
 ]
 
 

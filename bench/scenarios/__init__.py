@@ -46,6 +46,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout38,
     cases_heldout39,
     cases_heldout40,
+    cases_heldout41,
     cases_mlp,
     cases_other,
 )
