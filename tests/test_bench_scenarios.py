@@ -146,6 +146,7 @@ HELD_OUT_FILES = [
     ("cases_heldout36", "h36_", 12, 11, 12),
     ("cases_heldout37", "h37_", 12, 11, 12),
     ("cases_heldout38", "h38_", 12, 11, 12),
+    ("cases_heldout42", "h42_", 12, 11, 12),
 ]
 
 

@@ -44,6 +44,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout36,
     cases_heldout37,
     cases_heldout38,
+    cases_heldout42,
     cases_mlp,
     cases_other,
 )
