@@ -149,6 +149,7 @@ HELD_OUT_FILES = [
     ("cases_heldout39", "h39_", 12, 11, 12),
     ("cases_heldout40", "h40_", 12, 11, 12),
     ("cases_heldout41", "h41_", 12, 11, 12),
+    ("cases_heldout42", "h42_", 12, 11, 12),
 ]
 
 

@@ -47,6 +47,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout39,
     cases_heldout40,
     cases_heldout41,
+    cases_heldout42,
     cases_mlp,
     cases_other,
 )
