@@ -205,3 +205,27 @@ def test_a_gradient_spike_that_compounds_into_nan_is_an_explosion(tmp_path, afte
         assert report.top.where[:2] == ["odefunc.net.0.weight", "odefunc.net.2.weight"]
     else:
         assert "exploding_gradients" not in report.causes()
+
+
+@pytest.mark.parametrize("producer", [None, "time_enc"])
+def test_a_producer_that_cannot_be_known_is_said_so_not_named_none(tmp_path, producer):
+    # a temporal graph net's log of a zero time gap: the NaN update reached the weights before
+    # the forward guard looked, so the replay cannot name the first producer. Control: a guard
+    # that found it names it
+    origin = {"module": producer}
+    if producer is None:
+        origin.update(
+            note="unknown: time_enc.freq's own weights were already non-finite",
+            corrupted_module="time_enc.freq",
+        )
+    rows = [{"loss": 0.5 if t < 170 else math.nan} for t in range(180)]
+    findings = [
+        ("nonfinite", 170, None, {"loss": math.nan, "nonfinite_params": 1009.0}, "critical"),
+        ("nonfinite_origin", 171, producer, {"forward_origin": origin}, "critical"),
+    ]
+    nonfinite = diagnose_stored(tmp_path, str(producer), rows, findings).top
+    assert nonfinite.cause == "nonfinite"
+    if producer is None:
+        assert nonfinite.where == [] and "already non-finite" in nonfinite.summary
+    else:
+        assert nonfinite.where == ["time_enc"]

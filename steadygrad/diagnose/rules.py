@@ -759,8 +759,12 @@ def _nonfinite(facts: RunFacts) -> Found | None:
             f": the gradient of {backward['parameter']} went non-finite first in the backward "
             f"pass (the loss was still finite, {loss:.4g})"
         )
-    if with_forward is not None:
-        module = with_forward.evidence["forward_origin"]["module"]
+    origin = with_forward.evidence["forward_origin"] if with_forward is not None else {}
+    if with_forward is not None and origin.get("module") is None:
+        # the weights were already corrupted when the guard looked: no producer can be named
+        summary += "; " + origin.get("note", "the first non-finite producer cannot be known")
+    elif with_forward is not None:
+        module = origin["module"]
         where.append(module)
         if with_forward.step > first.step and first.evidence.get("nonfinite_params"):
             how = "a non-finite update reached" if backward else "non-finite values were in"
