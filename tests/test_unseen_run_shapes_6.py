@@ -229,3 +229,30 @@ def test_a_producer_that_cannot_be_known_is_said_so_not_named_none(tmp_path, pro
         assert nonfinite.where == [] and "already non-finite" in nonfinite.summary
     else:
         assert nonfinite.where == ["time_enc"]
+
+
+@pytest.mark.parametrize("rate", ["served_long", "just_raised"])
+def test_an_overshoot_at_a_rate_the_run_trained_at_for_long_is_not_the_rate(tmp_path, rate):
+    # a MuZero-style dynamics model trained 130 steps at lr 0.05; its unroll grows from step
+    # 100 and the run breaks at 131, an update just before overshooting 5x along its direction:
+    # explosions end so, and the rate had served for 125 steps. Control: the
+    # same break 10 steps after the rate was raised 10x (a resume with the wrong rate)
+    rows = []
+    for t in range(140):
+        lr = 0.05 if rate == "served_long" or t < 121 else 0.5
+        loss = 0.08 if t < 125 else 0.08 * 3 ** (t - 124)
+        row = {"loss": loss if t < 135 else math.nan, "lr/group0": lr}
+        if t % 4 == 1:
+            row["directional_sharpness_ratio"] = 5.0 if t == 125 else 0.6
+        rows.append(row)
+    findings = [
+        ("loss_divergence", 127, None, {"ratio": 5.0}, "warning"),
+        ("loss_divergence", 131, None, {"ratio": 80.0}, "critical"),
+        ("nonfinite", 135, None, {"loss": math.nan}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, rate, rows, findings)
+    sharpness = [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
+    if rate == "served_long":
+        assert not sharpness
+    else:
+        assert report.top is sharpness[0]

@@ -1089,15 +1089,45 @@ def _sharpness(facts: RunFacts) -> Found | None:
     )
 
 
+# Steps a run trained at a learning rate (or a larger one) before it broke that prove that
+# rate was within the stability limit of the model as it was.
+RATE_PROVEN = 50
+
+
+def _trained_at_that_rate(facts: RunFacts, step: int) -> int:
+    """Steps the run had trained, up to ``step``, at a learning rate at least 0.95 of every
+    group's rate at ``step``: since its start, or since the last step any group's rate was
+    lower (a warm-up, a raise on resume). 0 without learning rates."""
+    rates = facts.learning_rates
+    if not rates:
+        return 0
+    since = 0
+    for steps, values in rates:
+        keep = (steps <= step) & np.isfinite(values)
+        steps, values = steps[keep], values[keep]
+        if not len(values):
+            return 0
+        lower = np.flatnonzero(np.abs(values[:-1]) < 0.95 * abs(values[-1]))
+        began = int(steps[lower[-1] + 1]) if len(lower) else int(steps[0])
+        since = max(since, began)
+    return step - since
+
+
 def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
     """The steps just before the run broke overshot along their own direction (a directional
     sharpness ratio at or above 1 before the climb began, or most of those read near the break:
-    the step size had passed 2/curvature)."""
+    the step size had passed 2/curvature), at a learning rate the run had not trained at for
+    ``RATE_PROVEN`` steps before."""
     broke = facts.broke_at
     series = facts.series(DIRECTIONAL_SHARPNESS_RATIO.name)
     climbed = [f.step for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH) if f.severity != "info"]
     if broke is None or series is None or not climbed or min(climbed) > broke:
         return None  # a NaN out of the blue (bad data, say) is not a step-size problem
+    if _trained_at_that_rate(facts, broke) >= RATE_PROVEN:
+        # the same step size served the run long before it broke: what crossed 2/curvature
+        # was the curvature, grown by something else (a decay of the wrong sign, a poisoned
+        # step, a longer unroll), and every explosion's last update overshoots
+        return None
     steps, ratios = series
     near = (steps <= broke) & (steps >= broke - within) & np.isfinite(ratios)
     if not near.any():
