@@ -251,6 +251,10 @@ def _lowest_median(steps: np.ndarray, values: np.ndarray, width: int = 5) -> int
     return int(steps[width - 1 + int(np.argmin(medians))])
 
 
+# Steps of progress (a new best loss) after a cause was seen that show it did not stop learning.
+PROGRESS_AFTER = 20
+
+
 def _learnt_after(facts: RunFacts, step: int | None) -> int | None:
     """The step of the run's best sustained loss, when it came ``PROGRESS_AFTER`` steps or more
     after ``step`` and a tenth or more below the loss then (a flat loss sets a new lowest
@@ -499,8 +503,9 @@ def _runaway_into_explosion(facts: RunFacts) -> Found | None:
 def _spike_into_explosion(facts: RunFacts) -> Found | None:
     """No gradient grew for long before the break, but the gradient norm spiked and the run
     never came back: the loss rose at every step after the spike, ``ONE_OFF`` times or more,
-    until it went non-finite within ``EXPLOSION_LEAD`` steps. One step's gradient that compounds into NaN is an
-    explosion, not a spike the run absorbed; it starts in the tensors that spiked most."""
+    until it went non-finite within ``EXPLOSION_LEAD`` steps. One step's gradient that
+    compounds into NaN is an explosion, not a spike the run absorbed; it starts in the tensors
+    that spiked most."""
     nonfinite = facts.of(NONFINITE)
     loss = facts.series(LOSS.name)
     if not nonfinite or loss is None:
@@ -785,6 +790,12 @@ def _producer(f: Finding) -> str | None:
     return (f.evidence.get("forward_origin") or {}).get("module")
 
 
+def _skipped_steps(facts: RunFacts) -> set[int]:
+    """The steps the optimizer did not take (the series has an entry at those steps only)."""
+    skipped = facts.series(OPTIMIZER_SKIPPED.name)
+    return set() if skipped is None else set(skipped[0][skipped[1] > 0].tolist())
+
+
 def _caught_by_scaler(facts: RunFacts) -> bool:
     """Every non-finite step (if any) was one the optimizer skipped, not by the autopilot, and
     left the weights finite: an fp16 overflow a GradScaler caught (a forward pass overflowing
@@ -793,10 +804,7 @@ def _caught_by_scaler(facts: RunFacts) -> bool:
     nonfinite = facts.of(NONFINITE)
     if not nonfinite:
         return True
-    skipped = facts.series(OPTIMIZER_SKIPPED.name)
-    if skipped is None:
-        return False
-    by_optimizer = set(skipped[0][skipped[1] > 0].tolist())
+    by_optimizer = _skipped_steps(facts)
     by_autopilot = {a.step for a in facts.run.actions()}
     return all(
         f.evidence.get("nonfinite_params") == 0
@@ -805,9 +813,6 @@ def _caught_by_scaler(facts: RunFacts) -> bool:
         for f in nonfinite
     )
 
-
-# Steps of progress (a new best loss) after a cause was seen that show it did not stop learning.
-PROGRESS_AFTER = 20
 
 AMP_STALL_SHARE = 0.5  # skipping at least this share of steps is not benign
 AMP_STALL_STEPS = 20  # nor skipping every one of the last this many steps
@@ -824,10 +829,9 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
     skipped = facts.series(OPTIMIZER_SKIPPED.name)
     count = int(np.nansum(skipped[1])) if skipped is not None else len(overflow)
     share = count / total if total else 0.0
-    # the skipped series has an entry at each skipped step only: the last steps of the run
-    # must each be one of them
+    # each of the run's last steps skipped (not the last entries of the skipped series)
     last = steps[0][-AMP_STALL_STEPS:] if steps else np.zeros(0)
-    by_scaler = set(skipped[0][skipped[1] > 0].tolist()) if skipped is not None else set()
+    by_scaler = _skipped_steps(facts)
     stalled = len(last) == AMP_STALL_STEPS and all(int(t) in by_scaler for t in last)
     evidence = {"skipped_steps": count, "episodes": len(overflow), "share": share}
     forward = bool(facts.of(NONFINITE))  # the forward pass itself overflowed float16
@@ -839,8 +843,7 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
             f"{total} steps ({share:.0%})"
             + (f", including the last {AMP_STALL_STEPS}" if stalled else "")
             + f"; the {'loss overflows' if forward else 'gradients overflow'} even at a lowered "
-            "scale, "
-            "so the weights barely move. This is not benign"
+            "scale, so the weights barely move. This is not benign"
             + (f" (first non-finite output: {', '.join(where)})" if where else "")
         )
         return Found(summary, first, where, evidence, "critical")
@@ -1586,7 +1589,8 @@ RULES: tuple[Rule, ...] = (
         ),
         _nonfinite,
         (NONFINITE, NONFINITE_ORIGIN),
-        # an fp16 overflow the GradScaler caught makes the loss non-finite without harm
+        # a forward pass overflowing float16 makes the loss non-finite; the GradScaler skips
+        # the step and the weights stay finite: the overflow is what to fix
         explained_by=("amp_overflow",),
     ),
     Rule(
