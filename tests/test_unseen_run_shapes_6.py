@@ -256,3 +256,36 @@ def test_an_overshoot_at_a_rate_the_run_trained_at_for_long_is_not_the_rate(tmp_
         assert not sharpness
     else:
         assert report.top is sharpness[0]
+
+
+@pytest.mark.parametrize("rate", [0.06, 0.012])
+def test_a_weight_compounding_tenfold_runs_away_while_the_loss_improves(tmp_path, rate):
+    # a ByteNet block whose max-norm constraint is written upside down: its conv weight grows
+    # 6% a step from step 80 (1e5x by the break at 266) while the loss still creeps down, and
+    # its units die on the way (180). Control: 1.2% a step (2.6x over the last 80 steps), a
+    # growth a learnt direction can make while the loss improves: no runaway is read
+    rows = []
+    for t in range(270):
+        loss = 2.9 - 0.003 * t if t < 262 else (30.0 if t < 266 else math.nan)
+        grown = 2.8 * math.exp(rate * max(min(t, 261) - 80, 0))
+        rows.append(
+            {
+                "loss": loss,
+                "param_norm/blocks.2.conv.weight": grown,
+                "param_norm/blocks.1.conv.weight": 2.8,
+                "param_norm/out.weight": 3.0,
+            }
+        )
+    findings = [
+        ("loss_of_plasticity", 180, "blocks.2.reduce", {"reason": "dead_units"}, "warning"),
+        ("gradient_growth", 264, "blocks.2.reduce.bias", {"growth": 141.0}, "critical"),
+        ("loss_divergence", 266, None, {"ratio": 3.7}, "critical"),
+        ("nonfinite", 268, "blocks.2.conv", {"loss": math.nan}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, str(rate), rows, findings)
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    if rate > 0.05:
+        assert report.top is exploding and exploding.where[0] == "blocks.2.conv"
+        assert exploding.first_step < 180  # dated to where the runaway began
+    else:
+        assert "runaway_weights" not in exploding.evidence

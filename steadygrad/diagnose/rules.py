@@ -396,6 +396,10 @@ RECURRENT_GROWTH = 3.0
 # new best level, before the run's trouble began: a multiplicative feedback on them (a decay or
 # penalty of the wrong sign), which raises every gradient that flows through them.
 RUNAWAY_SPAN, RUNAWAY_GROWTH = 80, 2.0
+# Growth over the span that runs away even while the loss still improves (3% compounding a
+# step: a learnt direction slows long before it is ten times larger; 4x would call a
+# MobileBERT's weights, grown 4x after a poisoned step, a runaway).
+RUNAWAY_ANYWAY = 10.0
 EXPLOSION_LEAD = 10  # steps a gradient explosion's spikes come before the break they make
 
 
@@ -559,11 +563,13 @@ def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, float] | None:
     third of the ``RUNAWAY_SPAN`` steps before the loss began to climb or the run broke, not
     slowing: growth out of a small start, or a learnt direction, slows as it goes) by
     ``RUNAWAY_GROWTH`` times or more, while the loss set no new best level late in that span
-    and the learning rate did not rise: (parameter, the step its growth began, the growth,
-    the share of the weight tensors that grew so), the fastest such."""
+    (or by ``RUNAWAY_ANYWAY`` times, whatever the loss did) and the learning rate did not rise:
+    (parameter, the step its growth began, the growth, the share of the weight tensors that
+    grew so), the fastest such."""
     trouble = [s for s in (facts.climbing_from, facts.broke_at) if s is not None]
-    if not trouble or _improving(facts, min(trouble)) or _lr_rose(facts, min(trouble)):
+    if not trouble or _lr_rose(facts, min(trouble)):
         return None
+    improving = _improving(facts, min(trouble))
     until = _before_explosion(facts, min(trouble))
     # weights multiply what flows through them (a shift, a learnt log-scale or a temperature
     # can track drifting data geometrically without amplifying anything)
@@ -591,6 +597,9 @@ def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, float] | None:
             return None
         for n in own:
             runaway.pop(n, None)
+    if improving:
+        # a loss still improving: only growth no learnt direction reaches runs away
+        runaway = {n: g for n, g in runaway.items() if g[2] >= RUNAWAY_ANYWAY}
     if not runaway:
         return None
     name = max(runaway, key=lambda n: runaway[n][0])
