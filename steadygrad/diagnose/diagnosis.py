@@ -305,13 +305,14 @@ def _first_finding_step(d: Diagnosis, key: str) -> int | None:
 def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
     """Drop a cause below the symptoms when another cause, seen at or before it, produces its
     evidence (its rule's ``explained_by``), or when its own check saw what produces it
-    (``consequence_of``)."""
+    (``consequence_of``); not when its harm outlived the event that set it off (``outlived``:
+    that event explains its start, and the harm that stayed is what to fix)."""
     if d.consequence_of:
         d.score = min(d.score, TIER_SCORE[SYMPTOM] - 5.0)
         d.confidence = "low"
         d.why = d.consequence_of + ": more likely a consequence than the cause"
         return
-    if d.first_step is None:
+    if d.first_step is None or d.outlived:
         return
     for other in found:
         over = _over_by(other)

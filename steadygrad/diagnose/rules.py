@@ -90,6 +90,7 @@ class Diagnosis:
     stalls: bool = False
     consequence_of: str = ""
     fault_alone: bool = False
+    outlived: str = ""
 
     @property
     def rank_key(self) -> tuple:
@@ -107,6 +108,9 @@ class Found:
     evidence: dict[str, Any] = field(default_factory=dict)
     severity: str | None = None
     consequence_of: str = ""  # what the check saw that produces this evidence by itself
+    # how this instance's harm outlived the event that set it off (which then explains its
+    # start, not the harm that stayed): another cause does not explain it away
+    outlived: str = ""
     stalls: bool = False  # this instance only stalls learning (see Rule.stalls)
 
 
@@ -156,6 +160,7 @@ class Rule:
             stalls=self.stalls or found.stalls,
             consequence_of=found.consequence_of,
             fault_alone=self.fault_alone,
+            outlived=found.outlived,
         )
 
 
@@ -877,27 +882,32 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
 # keeps 0.9**20 = 12% of it); the second moment's damping is judged after them.
 MOMENTUM_MEMORY = 20
 POISON_BEYOND_CONTROL = 0.5  # a per-tensor spike's tensors slowed twice as much as the rest
+# Steps after a spike at which updates still damped say its harm outlived it: the batch that
+# made the spike is long gone, the second moment it inflated still holds the run back (Adam's
+# beta2 = 0.999 remembers ~1000 steps; a beta2 of 0.95 or RMSprop's 0.99 has forgotten by then
+# all but a gradient thousands of times the usual).
+OUTLIVED_AFTER = 100
 
 
-def _update_drop(facts: RunFacts, names: list[str], step: int) -> float:
+def _update_drop(facts: RunFacts, names: list[str], step: int, lag: int = 0) -> float:
     """Median over ``names`` of each tensor's update ratio over the 50 steps after a spike's
-    momentum has passed, against the 50 steps before it (NaN when none has both), over the
-    learning rate's own change between those spans (a schedule decaying it shrinks every
-    update alike)."""
-    drops = [_after_over_before(*facts.series(name), step) for name in names]
+    momentum has passed (and ``lag`` more), against the 50 steps before it (NaN when none has
+    both), over the learning rate's own change between those spans (a schedule decaying it
+    shrinks every update alike)."""
+    drops = [_after_over_before(*facts.series(name), step, lag) for name in names]
     drops = [d for d in drops if math.isfinite(d)]
     if not drops:
         return math.nan
-    rates = [_after_over_before(steps, values, step) for steps, values in facts.learning_rates]
+    rates = [_after_over_before(steps, values, step, lag) for steps, values in facts.learning_rates]
     rates = [r for r in rates if math.isfinite(r) and r > 0]
     return float(np.median(drops) / (np.median(rates) if rates else 1.0))
 
 
-def _after_over_before(steps: np.ndarray, values: np.ndarray, step: int) -> float:
-    """A series' median over the 50 steps after ``step + MOMENTUM_MEMORY`` over its median in
-    the 50 steps before ``step`` (NaN when either span is empty or the one before is not
-    positive)."""
-    start = step + MOMENTUM_MEMORY
+def _after_over_before(steps: np.ndarray, values: np.ndarray, step: int, lag: int = 0) -> float:
+    """A series' median over the 50 steps after ``step + MOMENTUM_MEMORY + lag`` over its
+    median in the 50 steps before ``step`` (NaN when either span is empty or the one before is
+    not positive)."""
+    start = step + MOMENTUM_MEMORY + lag
     before = values[(steps < step) & (steps >= step - 50) & np.isfinite(values)]
     after = values[(steps > start) & (steps <= start + 50) & np.isfinite(values)]
     if not len(before) or not len(after) or not np.median(before) > 0:
@@ -942,13 +952,22 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
             if drop >= POISON_BEYOND_CONTROL * missed:  # NaN: no control to compare with
                 continue
         where = [spike.where] if spike.where else sorted(hit)  # the tensors it hit
-        return Found(
+        found = Found(
             f"a gradient spike at step {spike.step} poisoned {facts.optimizer}'s second "
             f"moment: the updates after it shrank to {drop:.0%} of their size before",
             spike.step,
             where,
             {"spike": spike.evidence, "update_ratio_after_over_before": drop},
         )
+        lasting = _update_drop(facts, mine or ratios, spike.step, OUTLIVED_AFTER)
+        if lasting < 0.5:
+            found.evidence["update_ratio_later_over_before"] = lasting
+            found.outlived = (
+                f"{OUTLIVED_AFTER} steps on they were still at {lasting:.0%}: the spike's "
+                "harm outlived it"
+            )
+            found.summary += f"; {found.outlived}"
+        return found
     return None
 
 
