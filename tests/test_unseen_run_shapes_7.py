@@ -1,11 +1,12 @@
 """Run shapes the eleventh wave's runs showed, each a trigger and a control: one outlier batch
-whose gradient inflated Adam's second moment for far longer than the batch itself mattered."""
+whose gradient inflated Adam's second moment for far longer than the batch itself mattered;
+gradients first seen growing once the loss had been climbing for a while."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import regression_batch, tiny_mlp
+from helpers import diagnose_stored, regression_batch, tiny_mlp
 from torch import nn
 
 import steadygrad
@@ -52,3 +53,43 @@ def test_an_outlier_whose_harm_outlives_it_in_adams_moments_names_the_poisoning(
     else:
         assert report.top.cause == "data_outlier" and later is None
         assert causes.index("adam_second_moment_poisoned") > causes.index("loss_spike")
+
+
+@pytest.mark.parametrize("came_back", [False, True])
+def test_gradients_first_seen_growing_in_a_climb_already_under_way_grew_with_the_loss(
+    tmp_path, came_back
+):
+    # Trigger (a SEW-D fine-tune whose target normaliser drifts from step 150): the loss
+    # leaves its best level at 156 and is found climbing at 169; the gradients, growing with
+    # its error, are found growing at the break (186): a consequence of the climb. Control
+    # (a CfC cell whose recurrent weight compounds): an early climb the loss came back from,
+    # to a new best at 113, is over; the gradients found growing at 128 begin the new one
+    rows = []
+    for t in range(260):
+        if came_back:
+            loss = 0.8 if 90 <= t < 105 else (0.75 if t < 120 else 0.75 * 1.02 ** (t - 120))
+        else:
+            loss = max(1.0 - t / 150, 0.01) if t < 156 else 0.01 * 1.3 ** min(t - 156, 16)
+        grad = 0.3 if t < 120 else 0.3 * 1.03 ** (t - 120)
+        rows.append({"loss": loss, "grad_norm": grad})
+    best = 113 if came_back else 156
+
+    def climb(step, severity):
+        return ("loss_divergence", step, None, {"best_level_step": best, "ratio": 3.0}, severity)
+
+    growth = ("gradient_growth", 128 if came_back else 186, "cell.ff1.weight")
+    findings = [
+        ("loss_divergence", 90, None, {"best_level_step": 85, "ratio": 1.8}, "warning"),
+        climb(128 if came_back else 169, "warning"),
+        (*growth, {"growth": 25.0, "started_at_step": 54, "best_level_step": 16}, "warning"),
+        climb(186, "critical"),
+    ]
+    if not came_back:
+        findings.pop(0)
+    report = diagnose_stored(tmp_path, str(came_back), rows, findings)
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    if came_back:
+        assert report.top is exploding and not exploding.consequence_of
+    else:
+        assert report.top.cause == "loss_divergence"
+        assert "already climbing from step 169" in exploding.consequence_of

@@ -202,6 +202,16 @@ class RunFacts:
         climbs = [f.step for f in self.findings if f.kind == LOSS_DIVERGENCE]
         return min(climbs) if climbs else None
 
+    def climbing_at(self, step: int) -> int | None:
+        """The step the climb the loss was in at ``step`` was first found: the first loss
+        divergence measured from the same best level as the last one at or before ``step`` (a
+        climb the loss came back from, to a new best, is over); None when there was none."""
+        climbs = [f for f in self.findings if f.kind == LOSS_DIVERGENCE and f.step <= step]
+        if not climbs:
+            return None
+        level = climbs[-1].evidence.get("best_level_step")
+        return min(f.step for f in climbs if f.evidence.get("best_level_step") == level)
+
     @cached_property
     def progress_until(self) -> int | None:
         """The step of the best sustained loss before the run broke: what the loss divergence
@@ -451,6 +461,15 @@ def _exploding(facts: RunFacts) -> Found | None:
             "sign), and every gradient through them grows with them"
         )
         found.evidence["runaway_weights"] = {"parameter": name, "began": began, "factor": factor}
+        return found
+    climbing = facts.climbing_at(found.first_step)
+    if climbing is not None and climbing < found.first_step:
+        # nothing grew before the loss did: a loss climbing for its own reasons (a drifting
+        # target, a schedule of the wrong sign) makes every gradient grow with its error
+        found.consequence_of = (
+            f"the loss was already climbing from step {climbing}, before the gradients were "
+            "seen to grow: they grew with the loss"
+        )
         return found
     until = max(found.first_step, facts.broke_at or 0)
     if any(f.evidence.get(WRECKED_WEIGHTS) for f in facts.of(GRADIENT_GROWTH)):
