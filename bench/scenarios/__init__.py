@@ -49,6 +49,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout41,
     cases_heldout42,
     cases_heldout43,
+    cases_heldout44,
     cases_mlp,
     cases_other,
 )
