@@ -150,6 +150,7 @@ HELD_OUT_FILES = [
     ("cases_heldout40", "h40_", 12, 11, 12),
     ("cases_heldout41", "h41_", 12, 11, 12),
     ("cases_heldout42", "h42_", 12, 11, 12),
+    ("cases_heldout45", "h45_", 12, 11, 12),
 ]
 
 

@@ -48,6 +48,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout40,
     cases_heldout41,
     cases_heldout42,
+    cases_heldout45,
     cases_mlp,
     cases_other,
 )
