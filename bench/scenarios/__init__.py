@@ -50,6 +50,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout42,
     cases_heldout43,
     cases_heldout44,
+    cases_heldout45,
     cases_mlp,
     cases_other,
 )
