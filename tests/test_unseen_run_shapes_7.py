@@ -1,6 +1,7 @@
 """Run shapes the eleventh wave's runs showed, each a trigger and a control: one outlier batch
 whose gradient inflated Adam's second moment for far longer than the batch itself mattered;
-gradients first seen growing once the loss had been climbing for a while."""
+gradients first seen growing once the loss had been climbing for a while; a softmax whose
+first rows collapsed between two readings on the cadence."""
 
 from __future__ import annotations
 
@@ -93,3 +94,39 @@ def test_gradients_first_seen_growing_in_a_climb_already_under_way_grew_with_the
     else:
         assert report.top.cause == "loss_divergence"
         assert "already climbing from step 169" in exploding.consequence_of
+
+
+@pytest.mark.parametrize("heating", [1.03, 1.0])
+def test_a_first_collapsed_row_makes_the_monitor_look_closer(tmp_path, heating):
+    # Trigger: a calibration temperature that compounds the wrong way from step 60 (logits x
+    # 1.03 a step) on a head that already separates its classes: at the readings on the
+    # cadence (150, 175) rows are collapsed; the monitor reads the softmax at the steps after
+    # each, and the collapse is found at 177, not three cadences (75 steps) on, past the end of
+    # this run. Control: the same head at a steady temperature is read on the cadence alone
+    torch.manual_seed(0)
+    model = nn.Linear(16, 4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", progress=False)
+    for step in range(190):
+        loss = nn.functional.cross_entropy(model(x) * heating ** max(step - 60, 0), y)
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+        opt.zero_grad()
+    mon.close()
+    run = steadygrad.load(tmp_path / "run")
+    steps, collapsed = run.series("softmax_collapse")
+    found = [f for f in run.findings() if f.kind == "softmax_collapse"]
+    if heating == 1.0:
+        assert list(steps) == list(range(0, 190, 25)) and max(collapsed) == 0
+        assert not found
+    else:
+        assert 0 < collapsed[list(steps).index(150)] < 0.1  # a few rows: not yet a finding
+        assert {151, 152, 153, 176, 177, 178} <= set(steps)  # closer, after each
+        assert not [s for s in steps if 155 < s < 175]  # on the cadence in between
+        assert [f.step for f in found] == [177]
+        assert steadygrad.diagnose(tmp_path / "run").top.cause == "softmax_collapse"

@@ -247,3 +247,7 @@ OUTPUT_MODULE = "output_module"
 # Record meta key next to the output-logit statistics: how many classes the logits score (their
 # last dimension). A softmax over them sits at log Z = log(classes) when every logit is 0.
 OUTPUT_CLASSES = "output_classes"
+# Record meta key a signal sets when its reading hints that a mechanism is starting (a first
+# row of the softmax collapsed): the Monitor then reads the mechanism signals at the next few
+# steps, as after a finding, so a detector's patience is met in steps, not cadences.
+LOOK_CLOSER = "look_closer"

@@ -28,7 +28,13 @@ from torch import nn
 
 from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink, Values
 from steadygrad.core import checks as _checks
-from steadygrad.core.metrics import DEAD_UNITS, LOSS, NONFINITE_GRADS, NONFINITE_PARAMS
+from steadygrad.core.metrics import (
+    DEAD_UNITS,
+    LOOK_CLOSER,
+    LOSS,
+    NONFINITE_GRADS,
+    NONFINITE_PARAMS,
+)
 from steadygrad.core.optimizer import optimizer_family, unwrap_optimizer
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
@@ -64,8 +70,8 @@ log = logging.getLogger("steadygrad")
 # sinks still see every step's per-tensor values. (5,000 tensors write ~440 KB per step else.)
 MANY_TENSORS = 1000
 PER_TENSOR_STORE_EVERY = 50
-# Steps after a finding at which the mechanism signals read, whatever their cadence: enough for
-# a detector's patience of 3 readings.
+# Steps after a finding (or a reading a signal flags with ``LOOK_CLOSER``) at which the
+# mechanism signals read, whatever their cadence: enough for a detector's patience of 3 readings.
 CLOSER_LOOK = 3
 
 ORDER_ERROR = (
@@ -314,7 +320,7 @@ class Monitor:
         if batch_ids is not None:
             record.meta["batch_ids"] = batch_ids
         findings = self._detect(record, batch_ids)
-        if any(f.severity != "info" for f in findings):
+        if any(f.severity != "info" for f in findings) or record.meta.get(LOOK_CLOSER):
             self._closer_until = step + CLOSER_LOOK
         self.store.add_scalars(step, self._to_store(record, findings), record.wall_time)
         if findings:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from steadygrad.core import Measurements, Record
 from steadygrad.core.metrics import (
     LOGIT_LSE_MEAN,
+    LOOK_CLOSER,
     OUTPUT_CLASSES,
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
@@ -168,6 +169,10 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             del record.values[SOFTMAX_COLLAPSE.name]  # soft targets only: no row to collapse
         elif collapse is not None:
             self.seen = True  # a distillation loss with one-hot rows counts once it is read
+            if collapse > 0 and self.due(record.step):
+                # a row's logit gap is past float32's reach: collapse may be beginning (asked
+                # on the cadence's readings only, so a collapsed run is not read every step)
+                record.meta[LOOK_CLOSER] = True
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:
