@@ -1,7 +1,8 @@
 """Run shapes the eleventh wave's runs showed, each a trigger and a control: one outlier batch
 whose gradient inflated Adam's second moment for far longer than the batch itself mattered;
 gradients first seen growing once the loss had been climbing for a while; a softmax whose
-first rows collapsed between two readings on the cadence."""
+first rows collapsed between two readings on the cadence; nn.MultiheadAttention's biases,
+which the update-ratio check did not know for biases."""
 
 from __future__ import annotations
 
@@ -130,3 +131,30 @@ def test_a_first_collapsed_row_makes_the_monitor_look_closer(tmp_path, heating):
         assert not [s for s in steps if 155 < s < 175]  # on the cadence in between
         assert [f.step for f in found] == [177]
         assert steadygrad.diagnose(tmp_path / "run").top.cause == "softmax_collapse"
+
+
+@pytest.mark.parametrize(
+    "name, found",
+    [
+        ("layers.0.self_attn.in_proj_bias", False),  # nn.MultiheadAttention's, zero at init
+        ("layers.0.self_attn.bias_k", False),
+        ("layers.0.self_attn.in_proj_weight", True),  # a weight rewritten by half each step
+    ],
+)
+def test_an_attention_bias_starting_at_zero_is_a_bias_to_the_update_ratio(name, found):
+    # A TabPFN-style encoder (nn.TransformerEncoderLayer) under Adadelta: the attention's
+    # in_proj_bias starts at zero and hovers near it, so its steps stay half its size for
+    # good in a healthy run; like any bias it says nothing about the rate. Control: the same
+    # ratio on the attention's weight is a step rewriting half of it
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors import UpdateRatioOutOfRange
+
+    detector = UpdateRatioOutOfRange()
+    findings = [
+        f
+        for step in range(10, 60, 10)
+        for f in detector.update(Record(step, {f"update_ratio/{name}": 0.5 + step / 1e3}))
+    ]
+    assert bool(findings) is found
+    if found:
+        assert findings[0].where == name and findings[0].evidence["direction"] == "too_large"

@@ -617,12 +617,19 @@ class PlasticityLoss(Detector):
         return Finding(self.kind, step, name, evidence)
 
 
+def _is_bias(name: str) -> bool:
+    """A bias by PyTorch's naming: ``fc.bias``, and ``nn.MultiheadAttention``'s ``in_proj_bias``,
+    ``bias_k`` and ``bias_v`` (``in_proj_bias`` starts at zero too)."""
+    last = name.rpartition(".")[2]
+    return last == "bias" or last.endswith("_bias") or last.startswith("bias_")
+
+
 class UpdateRatioOutOfRange(Detector):
     """Per parameter tensor: ``update_ratio = ||dw|| / ||w||`` above ``high`` (divergence risk:
     each step rewrites a large share of the weights) or below ``low`` (a frozen layer), for
     ``patience`` records in a row. Non-finite ratios (e.g. a tensor that starts at 0) are skipped,
     and so are biases: they usually start at zero, so their ratio is large for a long time in
-    perfectly healthy runs; so is a large ratio that fell at each of those records (a tensor
+    perfectly healthy runs (``nn.MultiheadAttention``'s ``in_proj_bias`` too); so is a large ratio that fell at each of those records (a tensor
     growing out of a small start, as a learnt attention query vector does).
 
     ``high=0.25``: Adam moves each weight by about ``lr`` per step, so a 0.02-scale layer sits near
@@ -660,7 +667,7 @@ class UpdateRatioOutOfRange(Detector):
             evidence = {"direction": "unused", "note": "no gradient, and its value changes nothing"}
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
         for name, ratio in record.family(UPDATE_RATIO.name).items():
-            if not math.isfinite(ratio) or name == "bias" or name.endswith(".bias"):
+            if not math.isfinite(ratio) or _is_bias(name):
                 continue
             if name in self._unused:
                 continue
