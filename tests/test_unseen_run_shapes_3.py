@@ -73,12 +73,20 @@ def test_a_finding_confirmed_over_a_streak_reports_the_reading_before_the_streak
 @pytest.mark.parametrize("died_again", [True, False])
 def test_a_layer_that_died_again_as_learning_stopped_is_judged_from_then(tmp_path, died_again):
     # half a layer died at 48 and the loss kept improving to 115; at 156 the rest died, the
-    # loss climbed from 191, and the gradients grew from 297: the second death explains it
+    # loss climbed from 191, and the gradients grew from 297: the second death explains it.
+    # Without it, the gradients found growing as the climb began (197) do: the loss learnt
+    # past the first death (gradients found growing long into a climb grew with it instead)
     rows = [{"loss": 2.0 - 0.008 * t if t <= 115 else 1.08 + 0.004 * (t - 115)} for t in range(400)]
     half = ("loss_of_plasticity", 48, "trunk.2", {"reason": "dead_units"}, "warning")
     rest = ("loss_of_plasticity", 156, "trunk.2", {"reason": "dying_units"}, "warning")
     climb = ("loss_divergence", 191, None, {"ratio": 1.8}, "warning")
-    grew = ("gradient_growth", 297, "trunk.0.weight", {"growth": 26.0}, "critical")
+    grew = (
+        "gradient_growth",
+        297 if died_again else 197,
+        "trunk.0.weight",
+        {"growth": 26.0},
+        "critical",
+    )
     findings = [half, rest, climb, grew] if died_again else [half, climb, grew]
     report = diagnose_stored(tmp_path, str(died_again), rows, findings)
     assert report.top.cause == ("loss_of_plasticity" if died_again else "exploding_gradients")

@@ -14,6 +14,7 @@ from steadygrad.diagnose.detectors.base import PREVIOUS_READING, STREAK_BEGAN
 from steadygrad.diagnose.detectors.trends import GROWTH_BEGAN
 from steadygrad.diagnose.rules import (
     BACK_WITHIN,
+    CONFIRMED_SOON,
     EVENT,
     MECHANISM,
     PROGRESS_AFTER,
@@ -132,9 +133,6 @@ TIER_SCORE = {MECHANISM: 30.0, EVENT: 20.0, SYMPTOM: 10.0}
 # Steps into a climb after which a stalling cause first seen is no longer where it began (units
 # dying as a penalty bites make the loss climb, and are read within a few readings of it).
 LONG_AFTER = 50
-
-# Steps after the break within which a growth confirmed late, but begun before, may be first.
-CONFIRMED_SOON = 10
 
 # Steps after the run got over a one-off event (its loss back to normal) within which what
 # begins may still be its aftermath (an adaptive step carries the kick for a while).

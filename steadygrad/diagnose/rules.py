@@ -268,6 +268,9 @@ def _lowest_median(steps: np.ndarray, values: np.ndarray, width: int = 5) -> int
 
 # Steps of progress (a new best loss) after a cause was seen that show it did not stop learning.
 PROGRESS_AFTER = 20
+# Steps after the break (or a climb found) within which a growth confirmed late, but begun
+# before, may be first: gradients found growing later than that grew with the climb.
+CONFIRMED_SOON = 10
 
 
 def _learnt_after(facts: RunFacts, step: int | None) -> int | None:
@@ -463,7 +466,7 @@ def _exploding(facts: RunFacts) -> Found | None:
         found.evidence["runaway_weights"] = {"parameter": name, "began": began, "factor": factor}
         return found
     climbing = facts.climbing_at(found.first_step)
-    if climbing is not None and climbing < found.first_step:
+    if climbing is not None and found.first_step - climbing > CONFIRMED_SOON:
         # nothing grew before the loss did: a loss climbing for its own reasons (a drifting
         # target, a schedule of the wrong sign) makes every gradient grow with its error
         found.consequence_of = (
