@@ -2,7 +2,7 @@
 whose gradient inflated Adam's second moment for far longer than the batch itself mattered;
 gradients first seen growing once the loss had been climbing for a while; a softmax whose
 first rows collapsed between two readings on the cadence; nn.MultiheadAttention's biases,
-which the update-ratio check did not know for biases."""
+which the update-ratio check did not know for biases; rows collapsed from the first reading."""
 
 from __future__ import annotations
 
@@ -158,3 +158,36 @@ def test_an_attention_bias_starting_at_zero_is_a_bias_to_the_update_ratio(name, 
     assert bool(findings) is found
     if found:
         assert findings[0].where == name and findings[0].evidence["direction"] == "too_large"
+
+
+@pytest.mark.parametrize("from_init", [True, False])
+def test_rows_collapsed_from_the_first_reading_date_the_collapse_before_the_drift(
+    tmp_path, from_init
+):
+    # A LeNet whose temperature divides the wrong way: its logits start inflated (log Z 252),
+    # a tenth of the rows collapsed at the first readings; the log-partition, falling from
+    # there, is found drifting at step 2, the collapse confirmed on the readings from 25: it
+    # was there from step 0, and the drift is its doing. Control: no row collapsed before 25
+    # (a z-loss sign drifting the logits first): the drift came first
+    rows = []
+    for t in range(120):
+        row = {"loss": 2.0 - 0.005 * t}
+        if t <= 5 or t % 25 == 0 or 25 < t < 30:
+            early = 0.08 if from_init else 0.0
+            row["softmax_collapse"] = early if t <= 5 else 0.4
+        rows.append(row)
+    drift = ("output_logit_divergence", 2, "fc3", {"drift": -120.0}, "warning")
+    collapse = (
+        "softmax_collapse",
+        27,
+        "fc3",
+        {"softmax_collapse": 0.39, "streak_began": 25, "previous_reading": 5},
+        "warning",
+    )
+    report = diagnose_stored(tmp_path, str(from_init), rows, [drift, collapse])
+    softmax = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
+    if from_init:
+        assert report.top is softmax and softmax.first_step == 0
+        assert softmax.evidence["rows_collapsed_since"] == 0
+    else:
+        assert report.top.cause == "output_logit_divergence" and softmax.first_step == 25

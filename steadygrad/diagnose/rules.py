@@ -25,6 +25,7 @@ from steadygrad.core.metrics import (
     PARAM_NORM,
     SHARPNESS,
     SHARPNESS_LIMIT,
+    SOFTMAX_COLLAPSE,
     UPDATE_RATIO,
 )
 from steadygrad.core.optimizer import PER_COORDINATE
@@ -347,6 +348,25 @@ def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], 
 
 
 # -- the checks ---------------------------------------------------------------------------------
+
+
+def _softmax_collapse(facts: RunFacts) -> Found | None:
+    """Collapsed rows, found on a streak of readings, dated from the first of an unbroken run of
+    readings with rows collapsed that led into it: logits inflated at initialisation (a
+    temperature applied the wrong way) collapse rows from the first step, a few at first, and
+    the log-partition drift they make is then the collapse's, not a cause of its own."""
+    found = _located((SOFTMAX_COLLAPSE_KIND,), "softmax collapse")(facts)
+    series = facts.series(SOFTMAX_COLLAPSE.name)
+    if found is None or series is None or found.first_step is None:
+        return found
+    steps, values = series
+    clear = steps[(steps <= found.first_step) & ~(values > 0)]  # readings with none collapsed
+    since = steps[steps > clear.max()] if len(clear) else steps
+    if len(since) and since[0] < found.first_step:
+        found.evidence["rows_collapsed_since"] = int(since[0])
+        found.first_step = int(since[0])
+        found.summary += f" (rows collapsed at every reading since step {since[0]})"
+    return found
 
 
 def _update_ratio(facts: RunFacts) -> Found | None:
@@ -1474,7 +1494,7 @@ RULES: tuple[Rule, ...] = (
                 "optimizer = steadygrad.nn.OrthoGrad(optimizer)",
             ),
         ),
-        _located((SOFTMAX_COLLAPSE_KIND,), "softmax collapse"),
+        _softmax_collapse,
         (SOFTMAX_COLLAPSE_KIND,),
         explained_by=("data_outlier",),  # an outlier batch's own logits, or the jolt it gave
     ),
