@@ -628,9 +628,10 @@ class UpdateRatioOutOfRange(Detector):
     """Per parameter tensor: ``update_ratio = ||dw|| / ||w||`` above ``high`` (divergence risk:
     each step rewrites a large share of the weights) or below ``low`` (a frozen layer), for
     ``patience`` records in a row. Non-finite ratios (e.g. a tensor that starts at 0) are skipped,
-    and so are biases: they usually start at zero, so their ratio is large for a long time in
-    perfectly healthy runs (``nn.MultiheadAttention``'s ``in_proj_bias`` too); so is a large ratio that fell at each of those records (a tensor
-    growing out of a small start, as a learnt attention query vector does).
+    and so are biases (``nn.MultiheadAttention``'s ``in_proj_bias`` too): they usually start at
+    zero, so their ratio is large for a long time in perfectly healthy runs; so is a large ratio
+    that fell at each of those records (a tensor growing out of a small start, as a learnt
+    attention query vector does).
 
     ``high=0.25``: Adam moves each weight by about ``lr`` per step, so a 0.02-scale layer sits near
     ``lr / 0.02``, i.e. 0.05 at lr 1e-3; a ratio of a quarter per step is far outside that.
