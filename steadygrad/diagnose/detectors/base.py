@@ -65,6 +65,36 @@ class Readings:
         return self._steps[-streak - 1] if 0 < streak < len(self._steps) else None
 
 
+class Cadence:
+    """Tells the readings on a series' cadence from the extra ones the monitor takes for a few
+    steps after a finding (a closer look): a reading less than half the first gap after the
+    last one on the cadence is extra. Trends are judged on the cadence: from one step to the
+    next, a series moves with its batch more than with its drift.
+
+    Example:
+        >>> cadence = Cadence()
+        >>> [cadence.on(step) for step in (0, 25, 26, 27, 50)]
+        [True, True, False, False, True]
+    """
+
+    __slots__ = ("_gap", "_last")
+
+    def __init__(self) -> None:
+        self._gap: int | None = None
+        self._last: int | None = None
+
+    def on(self, step: int) -> bool:
+        """Whether the reading at ``step`` is on the cadence (call once per reading)."""
+        if self._last is not None:
+            gap = step - self._last
+            if self._gap is None:
+                self._gap = gap
+            if gap < self._gap / 2:
+                return False
+        self._last = step
+        return True
+
+
 class Detector:
     """Reads one Record per recorded step and returns the Findings it raises at that step.
 

@@ -46,6 +46,7 @@ from steadygrad.core.metrics import (
 from steadygrad.diagnose.detectors.base import (
     PREVIOUS_READING,
     STREAK_BEGAN,
+    Cadence,
     Detector,
     Readings,
 )
@@ -138,18 +139,19 @@ class AttentionLogitGrowth(Detector):
         self._state: dict[str, list[float]] = {}  # name -> [floor, ema, rising]
         self._readings = Readings()
         self._fired: dict[str, float] = {}  # name -> the value it fired at (re-armed below half)
-        # name -> the last four readings on the cadence (step, value); readings closer than half
-        # the cadence (the extra ones taken after a finding) are left out
+        # name -> the last four readings on the cadence (step, value)
         self._cadenced: dict[str, collections.deque[tuple[int, float]]] = {}
-        self._gap: int | None = None
+        self._cadence = Cadence()
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
         findings = []
         family = record.family(self.signal)
+        on_cadence = False
         if family:
             self._readings.read(record.step)
+            on_cadence = self._cadence.on(record.step)
         for name, value in family.items():
             state = self._state.get(name)
             if not math.isfinite(value) or value >= self.critical:
@@ -157,7 +159,7 @@ class AttentionLogitGrowth(Detector):
                     self._fired[name] = math.inf
                     findings.append(self._finding(record.step, name, value, state, "critical"))
                 continue
-            early = self._compounding(name, record.step, value)
+            early = self._compounding(name, record.step, value) if on_cadence else None
             if state is None:
                 self._state[name] = [value, value, 0]
                 continue
@@ -182,12 +184,6 @@ class AttentionLogitGrowth(Detector):
         """The early-warning test (see the class docstring) on this layer's cadenced readings;
         its evidence when it holds."""
         kept = self._cadenced.setdefault(name, collections.deque(maxlen=4))
-        if kept:
-            gap = step - kept[-1][0]
-            if self._gap is None:
-                self._gap = gap
-            if gap < self._gap / 2:
-                return None  # an extra reading, off the cadence
         kept.append((step, value))
         if len(kept) < 4 or value < self.threshold / 10:
             return None
@@ -227,32 +223,34 @@ SETTLED = 0.01
 
 class OutputLogitDivergence(Detector):
     """The output log-partition ``log Z = logsumexp(logits)`` (mean over rows) drifting away
-    from zero, as in the divergence Wortsman et al. 2023 describe (all logits driven far
-    negative; z-loss holds ``log Z`` near 0).
+        from zero, as in the divergence Wortsman et al. 2023 describe (all logits driven far
+        negative; z-loss holds ``log Z`` near 0).
 
-    At initialisation ``log Z ~ log(classes)``. A confident classifier has a large positive
-    ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
-    below ``-lse_limit`` for ``patience`` records, unless it drifted there and stopped (the
-    largest logit moved less than ``SETTLED`` of itself since the reading before: a cosine head
-    settled at its bound); early, when it has fallen ``lse_limit / 2`` below its first value (or
-    below ``log(classes)``, where the first value stood above it) and kept falling for
-    ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or risen at each of
-    ``patience`` readings by more each time, or risen ``lse_limit / 4`` and at each of twice
-    ``patience`` readings, while the loss has not even halved); and when it
-    drifts ``5 * lse_limit`` from its first value either way; and when the mean logit (the
-    common shift softmax ignores, recorded by the default cross-entropy signal) has moved
-    ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
-    ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
-    confidence that would justify them; a classifier growing confident raises ``log Z`` as its
-    loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits').
-    Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
-    rises count from ``log(classes)`` too, and the first loss, inflated with them, from a
-    uniform guess's. ``where`` is the module that produced the logits
-    (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped.
+        At initialisation ``log Z ~ log(classes)``. A confident classifier has a large positive
+        ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
+        below ``-lse_limit`` for ``patience`` records, unless it drifted there and stopped (the
+        largest logit moved less than ``SETTLED`` of itself since the reading before: a cosine head
+        settled at its bound); early, when it has fallen ``lse_limit / 2`` below its first value (or
+        below ``log(classes)``, where the first value stood above it) and kept falling for
+        ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or risen at each of
+        ``patience`` readings by more each time, or risen ``lse_limit / 4`` and at each of twice
+        ``patience`` readings, while the loss has not even halved); and when it
+        drifts ``5 * lse_limit`` from its first value either way; and when the mean logit (the
+        common shift softmax ignores, recorded by the default cross-entropy signal) has moved
+        ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
+        ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
+        confidence that would justify them; a classifier growing confident raises ``log Z`` as its
+        loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits').
+        Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
+        rises count from ``log(classes)`` too, and the first loss, inflated with them, from a
+        uniform guess's. ``where`` is the module that produced the logits
+        (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped. Rises and falls
+    are counted between readings on the signal's cadence (:class:`Cadence`): the extra readings
+    taken after a finding read the next steps' batches, whose scatter is not the drift.
 
-    Example:
-        >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
-        []
+        Example:
+            >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
+            []
     """
 
     kind = OUTPUT_LOGIT_DIVERGENCE
@@ -270,6 +268,7 @@ class OutputLogitDivergence(Detector):
         self._rising = 0
         self._last: collections.deque[float] = collections.deque(maxlen=patience + 1)
         self._tops: collections.deque[float] = collections.deque(maxlen=2)
+        self._cadence = Cadence()
         self._first_mean: float | None = None
         self._first_loss: float | None = None
 
@@ -294,10 +293,12 @@ class OutputLogitDivergence(Detector):
         if self._first is None:
             self._first = lse
         drift = lse - self._first
-        self._last.append(lse)
-        self._falling = self._falling + 1 if lse < self._previous else 0
-        self._rising = self._rising + 1 if lse > self._previous else 0
-        self._previous = lse
+        on_cadence = self._cadence.on(record.step)  # rises and falls are counted on it
+        if on_cadence:
+            self._last.append(lse)
+            self._falling = self._falling + 1 if lse < self._previous else 0
+            self._rising = self._rising + 1 if lse > self._previous else 0
+            self._previous = lse
         limit = self.lse_limit
         # A fall counts from where a softmax over these classes sits with every logit at 0
         # (log classes), when it started above that: logits inflated at initialisation (a head
@@ -312,7 +313,7 @@ class OutputLogitDivergence(Detector):
         # holds still from one reading to the next, where a drift moves it. (A slow, steady
         # drift is the early warning's, which does not ask this.)
         top = record.values.get(OUTPUT_LOGIT_MAX.name)
-        if top is not None and math.isfinite(top):
+        if top is not None and math.isfinite(top) and on_cadence:
             self._tops.append(top)
         tops = self._tops
         still = len(tops) == 2 and abs(tops[1] - tops[0]) <= SETTLED * abs(tops[0])
