@@ -304,12 +304,21 @@ def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
     """Drop a cause below the symptoms when another cause, seen at or before it, produces its
     evidence (its rule's ``explained_by``), or when its own check saw what produces it
     (``consequence_of``); not when its harm outlived the event that set it off (``outlived``:
-    that event explains its start, and the harm that stayed is what to fix)."""
+    that event explains its start, and the harm that stayed is what to fix), which then drops
+    just below it (``set_off_by``)."""
     if d.consequence_of:
         d.score = min(d.score, TIER_SCORE[SYMPTOM] - 5.0)
         d.confidence = "low"
         d.why = d.consequence_of + ": more likely a consequence than the cause"
         return
+    if d.outlived:
+        for other in found:  # the event it outlived ranks below the harm that stayed
+            if other.cause == d.set_off_by and other.score >= d.score:
+                other.score = d.score - 1.0
+                other.why = (
+                    f"{d.cause} outlived it (from step {d.first_step}): the harm that stayed "
+                    "is what to fix"
+                )
     if d.first_step is None or d.outlived:
         return
     for other in found:

@@ -17,6 +17,7 @@ import numpy as np
 
 from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
+    DEAD_UNITS,
     DIRECTIONAL_SHARPNESS_RATIO,
     GRAD_NORM,
     LEARNING_RATE,
@@ -92,6 +93,7 @@ class Diagnosis:
     consequence_of: str = ""
     fault_alone: bool = False
     outlived: str = ""
+    set_off_by: str = ""
 
     @property
     def rank_key(self) -> tuple:
@@ -110,8 +112,10 @@ class Found:
     severity: str | None = None
     consequence_of: str = ""  # what the check saw that produces this evidence by itself
     # how this instance's harm outlived the event that set it off (which then explains its
-    # start, not the harm that stayed): another cause does not explain it away
+    # start, not the harm that stayed): another cause does not explain it away, and the
+    # event's cause (``set_off_by``), when named, ranks below it
     outlived: str = ""
+    set_off_by: str = ""
     stalls: bool = False  # this instance only stalls learning (see Rule.stalls)
 
 
@@ -162,6 +166,7 @@ class Rule:
             consequence_of=found.consequence_of,
             fault_alone=self.fault_alone,
             outlived=found.outlived,
+            set_off_by=found.set_off_by,
         )
 
 
@@ -397,8 +402,10 @@ def _plasticity(facts: RunFacts) -> Found | None:
     before a break that was a gradient explosion (a spike of the gradient norm leading into
     it) are its first casualties, driven out of range by what exploded, not its cause."""
     found = _located((LOSS_OF_PLASTICITY,), "loss of plasticity")(facts)
+    if found is not None:
+        found = _killed_in_a_burst(facts, found)
     broke = facts.broke_at
-    if found is None or found.first_step is None or broke is None:
+    if found is None or found.first_step is None or broke is None or found.outlived:
         return found
     first = found.first_step
     if first >= broke - EXPLOSION_LEAD and any(
@@ -409,6 +416,60 @@ def _plasticity(facts: RunFacts) -> Found | None:
             f"at step {broke}: units driven out of range by the explosion"
         )
     return found
+
+
+def _killed_in_a_burst(facts: RunFacts, found: Found) -> Found:
+    """Units first found dead during a burst of the learning rate that was over soon after (a
+    restart without warm-up, a rate set by hand for a few steps): the burst is what killed
+    them, and they stayed dead after it: the harm that stayed is what to fix, dated to the
+    burst."""
+    burst = _rate_burst(facts)
+    first = found.first_step
+    if burst is None or first is None or not burst[0] <= first <= burst[1] + BURST_READ:
+        return found
+    if not any(_stayed_dead(facts, layer, first) for layer in found.where):
+        return found  # they came back: the burst was the harm
+    start, end, jump = burst
+    found.first_step = start
+    found.outlived = (
+        f"killed in a burst of the learning rate ({jump:.3g}x at step {start}, back at step "
+        f"{end}): the burst is over, the dead units stayed"
+    )
+    found.set_off_by = "sharpness_above_limit"
+    found.summary += f"; {found.outlived}"
+    return found
+
+
+def _stayed_dead(facts: RunFacts, layer: str, since: int) -> bool:
+    """The layer's dead fraction at its last reading is still at least half its largest since
+    ``since``."""
+    series = facts.series(f"{DEAD_UNITS.name}/{layer}")
+    if series is None:
+        return False
+    steps, values = series
+    after = values[(steps >= since) & np.isfinite(values)]
+    return len(after) > 0 and after.max() > 0 and after[-1] >= 0.5 * after.max()
+
+
+# How many steps a burst of the learning rate may last and still be a burst (back within 2x of
+# its level before), and how long after it units first read dead may have died in it (the
+# dead-unit signal reads on a cadence).
+BURST_STEPS, BURST_READ = 30, 25
+
+
+def _rate_burst(facts: RunFacts, jump: float = 4.0) -> tuple[int, int, float] | None:
+    """The first time some group's learning rate rose ``jump`` times or more from one reading
+    to the next and came back within 2x of its level before within ``BURST_STEPS`` steps:
+    (the step it rose, the step it was back, the factor)."""
+    for steps, values in facts.learning_rates:
+        keep = np.isfinite(values) & (values > 0)
+        steps, values = steps[keep], values[keep]
+        for i in np.flatnonzero(values[1:] >= jump * values[:-1]) + 1:
+            start, before = int(steps[i]), float(values[i - 1])
+            back = (steps > start) & (steps <= start + BURST_STEPS) & (values <= 2 * before)
+            if back.any():
+                return start, int(steps[np.argmax(back)]), float(values[i]) / before
+    return None
 
 
 def _no_gradient(facts: RunFacts, parameter: str | None, step: int, records: int = 5) -> bool:
@@ -1008,6 +1069,7 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
                 f"{OUTLIVED_AFTER} steps on they were still at {lasting:.0%}: the spike's "
                 "harm outlived it"
             )
+            found.set_off_by = "data_outlier"  # the batch behind the spike, when there was one
             found.summary += f"; {found.outlived}"
         return found
     return None
