@@ -52,6 +52,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout44,
     cases_heldout45,
     cases_heldout47,
+    cases_heldout48,
     cases_mlp,
     cases_other,
 )
