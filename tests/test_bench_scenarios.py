@@ -153,6 +153,7 @@ HELD_OUT_FILES = [
     ("cases_heldout43", "h43_", 12, 11, 12),
     ("cases_heldout44", "h44_", 12, 11, 12),
     ("cases_heldout45", "h45_", 12, 11, 12),
+    ("cases_heldout46", "h46_", 12, 11, 12),
     ("cases_heldout47", "h47_", 12, 11, 12),
     ("cases_heldout48", "h48_", 12, 11, 12),
 ]

@@ -51,6 +51,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout43,
     cases_heldout44,
     cases_heldout45,
+    cases_heldout46,
     cases_heldout47,
     cases_heldout48,
     cases_mlp,
