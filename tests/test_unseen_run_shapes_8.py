@@ -1,6 +1,8 @@
 """Run shapes the twelfth wave's runs showed, each a trigger and a control: a steady climb of
 the output log-partition read on its cadence, with the extra readings the monitor takes after
-a finding in between; units killed by a burst of the learning rate that was over at once."""
+a finding in between; units killed by a burst of the learning rate that was over at once, read
+as dead or as dying; a layer written as a module with a child router, whose ReLU is called in
+its parent's forward."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from helpers import diagnose_stored
 from torch import nn
 
 import steadygrad
@@ -91,3 +95,84 @@ def test_units_killed_by_a_burst_of_the_rate_are_the_harm_that_stayed(tmp_path, 
     else:
         assert report.top.cause == "sharpness_above_limit"
         assert "burst" not in plasticity.summary
+
+
+@pytest.mark.parametrize("stayed", [True, False])
+def test_units_left_dying_by_a_burst_stayed_so(tmp_path, stayed):
+    # A CondConv net's ReLUs, called in its parent's forward, pass 46% of its outputs before a
+    # 40x burst of the rate at step 120 (back at 125) and 4% after it, with no unit dead on
+    # every example: the units were found dying at 124. Trigger: they pass 4% to the end: the
+    # harm that stayed. Control: they pass 45% again by the end: they came back, and the burst
+    # (the overshoot) is what happened
+    rows = []
+    for t in range(250):
+        row = {"loss": 0.05 if t < 121 else 2.3, "lr/0": 0.8 if 120 <= t < 125 else 0.02}
+        if t % 12 == 0 or 121 <= t <= 124:
+            late = 0.04 if stayed or t < 200 else 0.45
+            row["relu_active/features"] = 0.46 if t < 121 else late
+            row["dead_units/features"] = 0.0
+        rows.append(row)
+    findings = [
+        ("loss_spike", 121, None, {"ratio": 140.0}, "warning"),
+        ("loss_divergence", 127, None, {"ratio": 66.0}, "critical"),
+        ("loss_of_plasticity", 124, "features", {"reason": "dying_units"}, "warning"),
+    ]
+    report = diagnose_stored(tmp_path, str(stayed), rows, findings)
+    plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    if stayed:
+        assert report.top is plasticity and plasticity.first_step == 120
+        assert "(40x at step 120, back at step 125)" in plasticity.summary
+    else:
+        assert report.top.cause == "sharpness_above_limit"
+        assert plasticity.first_step == 124
+
+
+class _RoutedConv(nn.Module):
+    """A layer that computes its own output around a child router (as CondConv does): not a
+    leaf module, and its output is no leaf's."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) / 3.0)
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.route = nn.Linear(cin, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.route(x.mean((2, 3))))[:, :, None, None]
+        return gate * F.conv2d(x, self.weight, self.bias, padding=1)
+
+
+class _RoutedNet(nn.Module):
+    def __init__(self, routed: bool) -> None:
+        super().__init__()
+        self.cond = _RoutedConv(1, 8) if routed else nn.Conv2d(1, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.cond(x)).flatten(1))
+
+
+@pytest.mark.parametrize("routed", [True, False])
+def test_dead_units_are_credited_to_a_layer_with_a_child_router(tmp_path, routed):
+    # Trigger: the layer's own module has a child (its router), so it is no leaf and its
+    # output no leaf's: its units were credited to the model's root, over the width of the
+    # last dimension. Control: a plain nn.Conv2d, a leaf, as before. In both, 3 of its 8
+    # channels are dead (a bias of -100) and are counted per channel, as by hand
+    torch.manual_seed(0)
+    model = _RoutedNet(routed)
+    with torch.no_grad():
+        model.cond.bias[:3] = -100.0
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "r", progress=False)
+    x, y = torch.randn(16, 1, 4, 4), torch.randint(0, 3, (16,))
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    mon.step(loss)
+    mon.close()
+    run = steadygrad.load(tmp_path / "r")
+    with torch.no_grad():
+        by_hand = float(((F.relu(model.cond(x)) > 0).sum((0, 2, 3)) == 0).float().mean())
+    assert by_hand == 3 / 8
+    assert [n for n in run.names() if n.startswith("dead_units/")] == ["dead_units/cond"]
+    assert run.series("dead_units/cond")[1][0] == pytest.approx(by_hand)

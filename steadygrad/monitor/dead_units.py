@@ -5,7 +5,9 @@ passes a positive value for it on the step's batch (Lu et al. 2019, "Dying ReLU"
 whose units are dying passes less and less of them long before a unit is zero on every example.
 
 The layer is named as ``model.named_modules()`` spells it: the leaf module whose output the ReLU
-received (``fc1``, ``bn2``), or the module whose forward was running.
+received (``fc1``, ``bn2``), else the innermost module with children whose output it was (a
+layer that computes its output itself around a child router), or the module whose forward was
+running.
 """
 
 from __future__ import annotations
@@ -76,8 +78,12 @@ class DeadUnitSignal(InterceptingSignal):
         x = args[0] if args else kwargs["input"]
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
             return
-        layer = self.producer(x) or self.running() or "<root>"
-        dim = 1 if layer in self._channel_first else x.dim() - 1
+        layer = self.producer(x)
+        channel_first = layer in self._channel_first
+        if layer is None and (layer := self.composer(x)) is not None:
+            channel_first = x.dim() == 4  # a layer of its own making: NCHW, torch's convention
+        layer = layer or self.running() or "<root>"
+        dim = 1 if channel_first else x.dim() - 1
         units = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1)  # one row per unit
         positive = (units > 0) | units.isnan()
         alive = positive.any(dim=1)

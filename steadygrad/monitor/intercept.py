@@ -54,6 +54,7 @@ class InterceptingSignal(Signal):
         # storage address -> (leaf, its output): an address is that output's only while the
         # output lives (views keep it alive); once freed, another tensor may be put there
         self._made_by: dict[int, tuple[str, weakref.ref]] = {}
+        self._composed_by: dict[int, tuple[str, weakref.ref]] = {}  # the same, non-leaf modules
         self._widths: dict[int, str] = {}  # last dim of a leaf's output -> the latest such leaf
         self._nodes: dict[object, str] = {}  # autograd node that made a leaf's output -> leaf
         self._handles: list[Any] = []
@@ -95,6 +96,7 @@ class InterceptingSignal(Signal):
         self._handles.clear()
         self._stack.clear()
         self._made_by.clear()
+        self._composed_by.clear()
         self._widths.clear()
         self._nodes.clear()
 
@@ -109,11 +111,18 @@ class InterceptingSignal(Signal):
             return
         if self._stack:
             self._stack.pop()
-        if id(module) in self._leaves and isinstance(output, torch.Tensor) and output.dim():
-            self._made_by[_key(output)] = (name, weakref.ref(output))
-            self._widths[output.shape[-1]] = name
-            if output.grad_fn is not None:
-                self._nodes[output.grad_fn] = name
+        if not (isinstance(output, torch.Tensor) and output.dim()):
+            return
+        if id(module) not in self._leaves:
+            # the innermost module that returned it keeps it (outer ones pop later)
+            kept = self._composed_by.get(_key(output))
+            if kept is None or kept[1]() is not output:
+                self._composed_by[_key(output)] = (name, weakref.ref(output))
+            return
+        self._made_by[_key(output)] = (name, weakref.ref(output))
+        self._widths[output.shape[-1]] = name
+        if output.grad_fn is not None:
+            self._nodes[output.grad_fn] = name
 
     def running(self) -> str:
         """The innermost module whose forward is running ('' at the top level)."""
@@ -126,6 +135,13 @@ class InterceptingSignal(Signal):
         made = self._made_by.get(_key(tensor))
         found = made[0] if made is not None and made[1]() is not None else None
         return found if found is not None or last_dim is None else self._widths.get(last_dim)
+
+    def composer(self, tensor: torch.Tensor) -> str | None:
+        """The innermost non-leaf module whose output ``tensor`` is (a layer written as a module
+        with children that computes its output itself: a conditionally parameterised conv
+        whose router is a child ``nn.Linear``)."""
+        made = self._composed_by.get(_key(tensor))
+        return made[0] if made is not None and made[1]() is not None else None
 
     def upstream(self, tensor: torch.Tensor, depth: int = 6) -> str | None:
         """The leaf module whose output ``tensor`` was computed from, within ``depth`` autograd
