@@ -2,7 +2,7 @@
 the output log-partition read on its cadence, with the extra readings the monitor takes after
 a finding in between; units killed by a burst of the learning rate that was over at once, read
 as dead or as dying; a layer written as a module with a child router, whose ReLU is called in
-its parent's forward."""
+its parent's forward; a warm-up that never stopped."""
 
 from __future__ import annotations
 
@@ -176,3 +176,30 @@ def test_dead_units_are_credited_to_a_layer_with_a_child_router(tmp_path, routed
     assert by_hand == 3 / 8
     assert [n for n in run.names() if n.startswith("dead_units/")] == ["dead_units/cond"]
     assert run.series("dead_units/cond")[1][0] == pytest.approx(by_hand)
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_a_warm_up_that_never_stopped_rises_into_the_break(tmp_path, capped):
+    # A Hamiltonian net's linear warm-up with no cap: the rate rises 0.0025 a step for good,
+    # and the run breaks at step 322, where the last 100 steps raised it only 1.45x (a ramp
+    # rises less and less over a window) but every step was one the run had never taken.
+    # Trigger: the rate still rising into the break: the step size, from the ramp's start.
+    # Control: the same warm-up capped at step 100: a rate trained at for 220 steps did not
+    # break the run; the gradients grew first
+    rows = []
+    for t in range(360):
+        lr = 0.0025 * (min(t, 100) if capped else t)
+        loss = 0.003 if t < 322 else 0.003 * 1.5 ** (t - 321)
+        rows.append({"loss": loss, "lr/0": lr, "grad_norm": 0.02 * 1.03 ** max(t - 141, 0)})
+    findings = [
+        ("loss_divergence", 322, None, {"ratio": 59.0}, "warning"),
+        ("loss_divergence", 330, None, {"ratio": 356.0}, "critical"),
+        ("gradient_growth", 332, "h.4.weight", {"started_at_step": 141}, "warning"),
+    ]
+    report = diagnose_stored(tmp_path, str(capped), rows, findings)
+    if capped:
+        assert report.top.cause == "exploding_gradients"
+        assert "sharpness_above_limit" not in report.causes()
+    else:
+        assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 0
+        assert "rising since step 0" in report.top.summary

@@ -1312,9 +1312,10 @@ def _broke_at_once(facts: RunFacts) -> Found | None:
 
 def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5) -> Found | None:
     """The loss climbed or blew up (not a NaN out of the blue) after the learning rate rose
-    ``rise`` times or more over the ``window`` steps before: a warm-up still climbing, or a
-    rate raised by hand on a resume. A step size raised far enough crosses 2/sharpness; the
-    cause is dated to where that rise began."""
+    ``rise`` times or more over the ``window`` steps before, or rose at every step of them
+    and ``rise`` times or more since it began to: a warm-up still climbing (one that never
+    stopped), or a rate raised by hand on a resume. A step size raised far enough crosses
+    2/sharpness; the cause is dated to where that rise began."""
     broke = [
         f
         for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH)
@@ -1328,7 +1329,7 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
         return None
     for steps, values in rates:
         before = values[(steps <= when) & (steps >= when - window) & np.isfinite(values)]
-        if len(before) < 2 or not before[0] > 0 or before[-1] < rise * before[0]:
+        if len(before) < 2 or not before[0] > 0 or not before[-1] > before[0]:
             continue
         # the cause is there from where the rise into the break began: the last step at the
         # window's lowest rate, and back from there while the rate was still rising
@@ -1336,6 +1337,11 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
         start = upto[np.flatnonzero(values[upto] == np.nanmin(values[upto]))[-1]]
         while start > 0 and values[start - 1] < values[start]:
             start -= 1
+        # a warm-up that never stopped rises less and less over a window, yet every step is
+        # one the run had never taken: it rose through the whole window, far from its start
+        ramped = bool(np.all(np.diff(before) >= 0)) and before[-1] >= rise * values[start]
+        if before[-1] < rise * before[0] and not ramped:
+            continue
         return Found(
             f"the learning rate was still rising when the run broke at step {when} "
             f"({before[0]:.3g} -> {before[-1]:.3g} over the {window} steps before): the step "
