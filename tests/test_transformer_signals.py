@@ -17,7 +17,9 @@ from steadygrad.monitor.output_logits import (
 from steadygrad.monitor.plasticity import PlasticitySignal, effective_rank
 
 
-def run_step(signal, model, *inputs, step=0, loss_fn=None):
+def run_step(signal, model, *inputs, step=0, loss_fn=None, saturation=False):
+    """One due step of ``signal`` on ``model``; the attention signal's saturation shares are
+    left out unless ``saturation`` (the tests of the largest logit compare key sets)."""
     # Building a torch optimizer imports torch._dynamo once (seconds): only when a step is taken.
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0) if loss_fn is not None else None
     monitor = SimpleNamespace(model=model, optimizer=optimizer)
@@ -29,7 +31,8 @@ def run_step(signal, model, *inputs, step=0, loss_fn=None):
         monitor.optimizer.step()
     values = signal.collect(step)
     signal.detach()
-    return {k: float(v) for k, v in values.items()}
+    keep = lambda k: saturation or not k.startswith("attn_saturated")  # noqa: E731
+    return {k: float(v) for k, v in values.items() if keep(k)}
 
 
 def causal_max_by_hand(q, k):
@@ -352,3 +355,55 @@ def test_hugging_face_eager_attention_reads_as_its_sdpa_attention():
     assert set(read["eager"]) == {f"attn_logit_max/transformer.h.{i}.attn" for i in range(2)}
     for name, value in read["sdpa"].items():
         assert read["eager"][name] == pytest.approx(value, rel=1e-5)
+
+
+def causal_saturated_by_hand(q, k):
+    """The share of rows with two or more keys (i >= 1) whose causal softmax puts more than
+    0.99 on one key, with explicit loops. q, k: (B, H, T, d)."""
+    b, h, t, d = q.shape
+    saturated = rows = 0
+    for bi in range(b):
+        for hi in range(h):
+            for i in range(1, t):
+                logits = [float(q[bi, hi, i] @ k[bi, hi, j]) / math.sqrt(d) for j in range(i + 1)]
+                top = max(logits)
+                weight = 1.0 / sum(math.exp(x - top) for x in logits)
+                saturated += weight > 0.99
+                rows += 1
+    return saturated / rows
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_attention_saturation_is_the_share_of_one_hot_rows_by_hand(scale):
+    # TinyGPT (SDPA, causal): at initialisation no row is one-hot; with the query and key
+    # weights x30 (logits x900) a third are. Row 0 has one key only and is no evidence either way
+    model = TinyGPT(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8)
+    with torch.no_grad():
+        model.h[0].attn.qkv.weight[:32].mul_(scale)
+        model.h[0].attn.qkv.bias[:32].mul_(scale)
+    idx = torch.randint(0, 50, (4, 8), generator=torch.Generator().manual_seed(0))
+    store, handle = capture_qk(model.h[0].attn.qkv, 2)
+    values = run_step(AttentionLogitSignal(every=1), model, idx, saturation=True)
+    handle.remove()
+    expected = causal_saturated_by_hand(store["q"], store["k"])
+    assert values["attn_saturated/h.0.attn"] == pytest.approx(expected, abs=1e-6)
+    assert (expected == 0.0) if scale == 1.0 else (expected > 0.25)
+
+
+def test_attention_saturation_reads_the_same_from_eager_and_sdpa_attention():
+    # Hugging Face GPT-2: SDPA takes the causal mask as is_causal; eager adds the dtype's
+    # minimum to the scores and calls F.softmax: the same rows, the same share
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=16)
+    idx = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    read = {}
+    for implementation in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        config._attn_implementation = implementation
+        model = transformers.GPT2LMHeadModel(config).eval()
+        with torch.no_grad():
+            model.transformer.h[0].attn.c_attn.weight[:, :32].mul_(40.0)  # queries, keys x40
+        read[implementation] = run_step(AttentionLogitSignal(every=1), model, idx, saturation=True)
+    name = "attn_saturated/transformer.h.0.attn"
+    assert read["sdpa"][name] > 0.3
+    assert read["eager"][name] == pytest.approx(read["sdpa"][name], abs=1e-6)

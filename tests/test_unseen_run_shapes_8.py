@@ -2,7 +2,7 @@
 the output log-partition read on its cadence, with the extra readings the monitor takes after
 a finding in between; units killed by a burst of the learning rate that was over at once, read
 as dead or as dying; a layer written as a module with a child router, whose ReLU is called in
-its parent's forward; a warm-up that never stopped."""
+its parent's forward; a warm-up that never stopped; attention saturated below the logit cap."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from torch import nn
 import steadygrad
 from steadygrad.core import Record
 from steadygrad.diagnose.detectors.base import Cadence
-from steadygrad.diagnose.detectors.transformer import OutputLogitDivergence
+from steadygrad.diagnose.detectors.transformer import (
+    AttentionLogitGrowth,
+    OutputLogitDivergence,
+)
 
 
 def _climb(closer_looks: bool) -> list[int]:
@@ -203,3 +206,28 @@ def test_a_warm_up_that_never_stopped_rises_into_the_break(tmp_path, capped):
     else:
         assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 0
         assert "rising since step 0" in report.top.summary
+
+
+# (step, share of rows one-hot, largest logit) of a DeepSeek-V3 layer whose softmax scale was
+# ported as sqrt(d) instead of 1/sqrt(d), read every 25 steps: 16x too large, the logits grow
+# to 85 and most rows go one-hot, below the cap of 100
+DEEPSEEK = [(0, 0.0, 1), (25, 0.0, 10), (50, 0.06, 27), (75, 0.30, 52), (100, 0.44, 62),
+            (125, 0.50, 68), (150, 0.54, 75), (175, 0.57, 79), (200, 0.57, 85)]  # fmt: skip
+
+
+@pytest.mark.parametrize("logits", [1.0, 0.33])
+def test_attention_one_hot_at_large_logits_is_entropy_collapse(logits):
+    # Trigger: most rows one-hot while the largest logit stands at 68-79, at three readings on
+    # the cadence: a warning at the third, with the share in its evidence. Control: the same
+    # shares at a third of the logits (22-28, as a copy task's cross-attention learns its
+    # alignment, and trains on): nothing
+    detector, found = AttentionLogitGrowth(), []
+    for step, share, largest in DEEPSEEK:
+        values = {"attn_logit_max/layers.0.attn": largest * logits}
+        values["attn_saturated/layers.0.attn"] = share
+        found += detector.update(Record(step, values))
+    if logits == 1.0:
+        assert [(f.step, f.where) for f in found] == [(175, "layers.0.attn")]
+        assert found[0].evidence["attn_saturated"] == pytest.approx(0.57)
+    else:
+        assert found == []

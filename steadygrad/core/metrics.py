@@ -105,6 +105,14 @@ ATTN_LOGIT_MAX = Metric(
     scale="log",
     panel="attention",
 )
+ATTN_SATURATED = Metric(
+    "attn_saturated",
+    "share of a layer's attention rows (queries with two or more keys) whose largest weight "
+    "is above 0.99: one-hot attention",
+    per="module",
+    unit="fraction",
+    panel="attention",
+)
 LOGIT_LSE_MEAN = Metric(
     "logit_lse_mean",
     "mean log-partition log(sum exp(logits)) of the output",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadygrad.core.metrics import ATTN_LOGIT_MAX
+from steadygrad.core.metrics import ATTN_LOGIT_MAX, ATTN_SATURATED
 from steadygrad.core.signal import Value
 from steadygrad.monitor.intercept import InterceptingSignal
 
@@ -59,7 +59,47 @@ def max_abs_logit(
     return logits.amax() if logits.numel() else torch.zeros((), device=q.device)
 
 
-def _sdpa_logit_max(args: tuple, kwargs: dict) -> torch.Tensor:
+# A mask written as a large finite negative number (Hugging Face's eager attention adds the
+# dtype's minimum) is no logit: scores at or below this are left out.
+MASKED = -1e4
+
+
+# A row whose largest attention weight is above this is one-hot: its softmax passes almost no
+# gradient to the other keys (the attention entropy collapse of Zhai et al. 2023).
+SATURATED = 0.99
+
+# What one attention call shows: its largest |logit|, its saturated rows, its rows.
+Reading = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@torch.no_grad()
+def _reading(
+    logits: torch.Tensor, allowed: torch.Tensor | None, added: torch.Tensor | None = None
+) -> Reading:
+    """The largest ``|logit|`` where ``allowed``, and how many rows (queries with two or more
+    keys allowed) put more than ``SATURATED`` of their weight on one key, of how many; ``added``
+    is a float mask the softmax adds to the logits."""
+    logits = logits.float()
+    if allowed is not None:
+        allowed = allowed.expand(logits.shape)
+    largest = logits.abs() if allowed is None else logits.abs().masked_fill(~allowed, 0.0)
+    largest = largest.amax() if logits.numel() else torch.zeros((), device=logits.device)
+    scores = logits if added is None else logits + added
+    if added is not None:  # keys a large negative shuts out are no keys to attend to
+        opened = (added > MASKED).expand(logits.shape)
+        allowed = opened if allowed is None else allowed & opened
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        rows = allowed.sum(-1) >= 2
+    else:
+        rows = torch.full(logits.shape[:-1], logits.shape[-1] >= 2, device=logits.device)
+    # -log of a row's largest weight: below -log(SATURATED), the row is one-hot
+    gap = torch.logsumexp(scores, -1) - scores.amax(-1)
+    saturated = rows & (gap < -math.log(SATURATED))
+    return largest, saturated.sum(), rows.sum()
+
+
+def _sdpa_logit_max(args: tuple, kwargs: dict) -> Reading:
     bound = _SDPA.bind(*args, **kwargs).arguments
     q, k = bound["query"], bound["key"]
     if q.dim() >= 3 and k.dim() >= 3 and q.shape[-3] != k.shape[-3]:  # grouped-query attention
@@ -67,16 +107,20 @@ def _sdpa_logit_max(args: tuple, kwargs: dict) -> torch.Tensor:
     scale = bound.get("scale")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     mask = bound.get("attn_mask")
-    allowed = None
+    allowed, added = None, None
     if mask is not None:
         allowed = mask if mask.dtype == torch.bool else mask > float("-inf")
+        if mask.dtype != torch.bool:  # an additive mask (a bias, or large negatives)
+            added = mask.float().masked_fill(~allowed, 0.0)
     if bound.get("is_causal"):
         causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         allowed = causal if allowed is None else allowed & causal
-    return max_abs_logit(q, k, scale, allowed)
+    with torch.no_grad():
+        logits = (q.float() @ k.float().transpose(-1, -2)) * scale
+    return _reading(logits, allowed, added)
 
 
-def _mha_logit_max(args: tuple, kwargs: dict) -> torch.Tensor:
+def _mha_logit_max(args: tuple, kwargs: dict) -> Reading:
     """Recompute q and k the way ``F.multi_head_attention_forward`` does (no bias_k support)."""
     a = _MHA.bind(*args, **kwargs).arguments
     query, key, heads = a["query"], a["key"], int(a["num_heads"])
@@ -106,15 +150,12 @@ def _mha_logit_max(args: tuple, kwargs: dict) -> torch.Tensor:
         ok = ~padding if padding.dtype == torch.bool else padding > float("-inf")
         ok = ok.reshape(batch, 1, 1, -1)
         allowed = ok if allowed is None else allowed & ok
-    return max_abs_logit(q, k, 1.0 / math.sqrt(head_dim), allowed)
+    with torch.no_grad():
+        logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(head_dim)
+    return _reading(logits, allowed)
 
 
-# A mask written as a large finite negative number (Hugging Face's eager attention adds the
-# dtype's minimum) is no logit: scores at or below this are left out.
-MASKED = -1e4
-
-
-def _softmax_logit_max(args: tuple, kwargs: dict) -> torch.Tensor | None:
+def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:
     """Attention computed by hand (``softmax(q @ k^T * scale + mask, -1)``): the largest
     ``|score|`` fed to a softmax over the last dimension of a ``(..., L, L)`` tensor (3 or more
     dimensions: a classifier's ``(batch, classes)`` logits are not attention), leaving out
@@ -127,11 +168,13 @@ def _softmax_logit_max(args: tuple, kwargs: dict) -> torch.Tensor | None:
         return None
     scores = scores.detach().float()
     kept = torch.isfinite(scores) & (scores > MASKED)
-    return scores.abs().masked_fill(~kept, 0.0).amax() if scores.numel() else None
+    return _reading(scores, kept) if scores.numel() else None
 
 
 class AttentionLogitSignal(InterceptingSignal):
-    """``attn_logit_max/<module>``: the largest ``|q.k| * scale`` seen in a step, per module.
+    """``attn_logit_max/<module>``: the largest ``|q.k| * scale`` seen in a step, per module;
+    ``attn_saturated/<module>``: the share of its attention rows that were one-hot (largest
+    weight above ``SATURATED``).
 
     The module is the innermost one whose ``forward`` was running when attention was computed
     (TinyGPT: ``h.0.attn``; Hugging Face GPT-2: ``transformer.h.0.attn``;
@@ -146,7 +189,7 @@ class AttentionLogitSignal(InterceptingSignal):
         >>> # Monitor(model, optimizer, run_dir, signals=[signal])
     """
 
-    metrics = (ATTN_LOGIT_MAX,)
+    metrics = (ATTN_LOGIT_MAX, ATTN_SATURATED)
 
     def __init__(self, every: int = 10, modules: Sequence[str] | None = None) -> None:
         super().__init__(every)
@@ -154,6 +197,7 @@ class AttentionLogitSignal(InterceptingSignal):
             raise TypeError("modules must be a sequence of module names, not a single string")
         self.modules = None if modules is None else list(modules)
         self._max: dict[str, torch.Tensor] = {}
+        self._rows: dict[str, list[torch.Tensor]] = {}  # saturated rows, rows
         self.seen = False
 
     def applies(self) -> bool | str:
@@ -185,21 +229,33 @@ class AttentionLogitSignal(InterceptingSignal):
                 raise ValueError(f"modules not found in the model: {missing}")
 
     def begin(self, step: int) -> None:
-        self._max = {}
+        self._max, self._rows = {}, {}
         super().begin(step)
 
     def collect(self, step: int) -> Mapping[str, Value]:
         self._stop()
         values = {ATTN_LOGIT_MAX.key(n or None): v for n, v in self._max.items()}
-        self._max = {}
+        for name, (saturated, rows) in self._rows.items():
+            values[ATTN_SATURATED.key(name or "<root>")] = saturated / rows.clamp(min=1)
+        self._max, self._rows = {}, {}
         return values
 
-    def _observe(self, value: torch.Tensor | None) -> None:
-        if value is None:
+    def _observe(self, reading: Reading | None) -> None:
+        if reading is None:
             return  # a softmax that is not attention
         self.seen = True
         name = self.running()
         if self.modules is not None and name not in self.modules:
             return
+        value, saturated, rows = reading
         previous = self._max.get(name)
         self._max[name] = value if previous is None else torch.maximum(previous, value)
+        counts = self._rows.get(name)
+        self._rows[name] = (
+            [saturated, rows]
+            if counts is None
+            else [
+                counts[0] + saturated,
+                counts[1] + rows,
+            ]
+        )

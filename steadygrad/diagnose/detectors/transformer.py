@@ -25,6 +25,7 @@ from steadygrad.core import Finding, FindingKind, Record
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.metrics import (
     ATTN_LOGIT_MAX,
+    ATTN_SATURATED,
     DEAD_UNITS,
     EFFECTIVE_RANK,
     FROZEN_AT_ATTACH,
@@ -109,6 +110,12 @@ class AttentionLogitGrowth(Detector):
     from a small initialisation slows as it goes), it stands at a tenth of ``threshold`` or
     more, and at that rate it crosses ``threshold`` within three more readings: a warning then.
 
+    Saturated: at ``patience`` readings on the cadence in a row, ``ONE_HOT`` or more of the
+    layer's attention rows were one-hot (``attn_saturated``) while its largest logit stood at
+    half ``threshold`` or more: attention entropy collapse (Zhai et al. 2023) from logits far
+    beyond what a learnt alignment needs (a one-hot row over a few dozen keys needs a gap of
+    about 10; a copy task's cross-attention saturates with logits near 30, and trains on).
+
     Example:
         >>> detector = AttentionLogitGrowth()
         >>> detector.update(Record(0, {"attn_logit_max/h.0.attn": 2.0}))
@@ -116,10 +123,11 @@ class AttentionLogitGrowth(Detector):
     """
 
     kind = ATTENTION_LOGIT_GROWTH
-    reads, emits = (ATTN_LOGIT_MAX,), (ATTENTION_LOGIT_GROWTH,)
+    reads, emits = (ATTN_LOGIT_MAX, ATTN_SATURATED), (ATTENTION_LOGIT_GROWTH,)
 
     EARLY_RATIO = 1.3
     STEADY = 0.7
+    ONE_HOT = 0.5
 
     def __init__(
         self,
@@ -142,6 +150,7 @@ class AttentionLogitGrowth(Detector):
         # name -> the last four readings on the cadence (step, value)
         self._cadenced: dict[str, collections.deque[tuple[int, float]]] = {}
         self._cadence = Cadence()
+        self._one_hot: dict[str, _Streak] = {}  # name -> readings saturated at large logits
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -178,7 +187,30 @@ class AttentionLogitGrowth(Detector):
                 if early is not None and not hit:
                     finding.evidence.update(early)
                 findings.append(finding)
+        if on_cadence:
+            findings += self._saturated(record, family)
         return findings
+
+    def _saturated(self, record: Record, logits: dict[str, float]) -> list[Finding]:
+        """The saturation test (see the class docstring) on this reading's layers."""
+        found = []
+        for name, share in record.family(ATTN_SATURATED.name).items():
+            logit = logits.get(name)
+            held = (
+                logit is not None
+                and math.isfinite(share)
+                and share >= self.ONE_HOT
+                and logit >= self.threshold / 2
+            )
+            streak = self._one_hot.setdefault(name, _Streak())
+            if not streak.update(held, self.patience) or name in self._fired:
+                continue
+            self._fired[name] = logit
+            finding = self._finding(record.step, name, logit, self._state.get(name), "warning")
+            finding.evidence[ATTN_SATURATED.name] = share
+            finding.evidence[PREVIOUS_READING] = self._readings.before(streak.count)
+            found.append(finding)
+        return found
 
     def _compounding(self, name: str, step: int, value: float) -> dict[str, float] | None:
         """The early-warning test (see the class docstring) on this layer's cadenced readings;
