@@ -80,22 +80,17 @@ def _reading(
     keys allowed) put more than ``SATURATED`` of their weight on one key, of how many; ``added``
     is a float mask the softmax adds to the logits."""
     logits = logits.float()
-    if allowed is not None:
-        allowed = allowed.expand(logits.shape)
     largest = logits.abs() if allowed is None else logits.abs().masked_fill(~allowed, 0.0)
     largest = largest.amax() if logits.numel() else torch.zeros((), device=logits.device)
     scores = logits if added is None else logits + added
     if added is not None:  # keys a large negative shuts out are no keys to attend to
-        opened = (added > MASKED).expand(logits.shape)
-        allowed = opened if allowed is None else allowed & opened
-    if allowed is not None:
+        allowed = added > MASKED if allowed is None else allowed & (added > MASKED)
+    if allowed is not None:  # masks stay as small as they came: they broadcast
         scores = scores.masked_fill(~allowed, float("-inf"))
-        rows = allowed.sum(-1) >= 2
+        rows = (allowed.sum(-1) >= 2).expand(logits.shape[:-1])
     else:
         rows = torch.full(logits.shape[:-1], logits.shape[-1] >= 2, device=logits.device)
-    # -log of a row's largest weight: below -log(SATURATED), the row is one-hot
-    gap = torch.logsumexp(scores, -1) - scores.amax(-1)
-    saturated = rows & (gap < -math.log(SATURATED))
+    saturated = rows & (torch.softmax(scores, -1).amax(-1) > SATURATED)
     return largest, saturated.sum(), rows.sum()
 
 
