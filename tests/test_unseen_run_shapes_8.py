@@ -2,7 +2,7 @@
 the output log-partition read on its cadence, with the extra readings the monitor takes after
 a finding in between; units killed by a burst of the learning rate that was over at once, read
 as dead or as dying; a layer written as a module with a child router, whose ReLU is called in
-its parent's forward; a warm-up that never stopped; attention saturated below the logit cap."""
+its parent's forward; a warm-up that never stopped; attention saturated below the logit cap; an explosion whose first spike was one tensor's."""
 
 from __future__ import annotations
 
@@ -231,3 +231,31 @@ def test_attention_one_hot_at_large_logits_is_entropy_collapse(logits):
         assert found[0].evidence["attn_saturated"] == pytest.approx(0.57)
     else:
         assert found == []
+
+
+@pytest.mark.parametrize("compounded", [True, False])
+def test_an_explosion_may_start_with_one_tensors_spike(tmp_path, compounded):
+    # A recurrent conv net with a recurrent gain above one and no clipping: the gradient norm
+    # doubles every two steps from step 12, the head's gradient spikes at step 21, the whole
+    # gradient (whose baseline already holds the climb) only at 22, and the loss is NaN at 23.
+    # Trigger: the loss rose at every step from the tensor's spike into the NaN: the
+    # explosion began there. Control: the loss came down the step after the spike (the run
+    # absorbed it) before a NaN from elsewhere: no explosion
+    grads = [6.5, 11.9, 13.3, 16.5, 18.2, 21.6, 34.8, 18.9, 82.7, 1.5e3, 7e13]
+    losses = [1.4, 1.4, 1.55, 1.8, 1.67, 1.55, 3.0, 2.3, 4.9, 70.0, 8.7e13 if compounded else 3.0]
+    rows = [{"loss": 2.0, "grad_norm": 8.0} for _ in range(12)]
+    rows += [{"loss": lo, "grad_norm": g} for lo, g in zip(losses, grads, strict=True)]
+    rows += [{"loss": float("nan"), "grad_norm": float("nan")} for _ in range(10)]
+    findings = [
+        ("gradient_spike", 21, "head.weight", {"spike_factor": 900.0}, "warning"),
+        ("gradient_spike", 22, "rcl.rec.weight", {"spike_factor": 1e20}, "critical"),
+        ("grad_norm_spike", 22, None, {"ratio": 4e12}, "warning"),
+        ("nonfinite", 23, "rcl.ff", {}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, str(compounded), rows, findings)
+    exploding = [d for d in report.diagnoses if d.cause == "exploding_gradients"]
+    if compounded:
+        assert report.top is exploding[0] and exploding[0].first_step == 21
+        assert exploding[0].where[0] == "head.weight"
+    else:
+        assert exploding == []

@@ -622,17 +622,21 @@ def _runaway_into_explosion(facts: RunFacts) -> Found | None:
 
 
 def _spike_into_explosion(facts: RunFacts) -> Found | None:
-    """No gradient grew for long before the break, but the gradient norm spiked and the run
-    never came back: the loss rose at every step after the spike, ``ONE_OFF`` times or more,
-    until it went non-finite within ``EXPLOSION_LEAD`` steps. One step's gradient that
-    compounds into NaN is an explosion, not a spike the run absorbed; it starts in the tensors
-    that spiked most."""
+    """No gradient grew for long before the break, but the gradient norm (or one tensor's
+    gradient first) spiked and the run never came back: the loss rose at every step after the
+    spike, ``ONE_OFF`` times or more, until it went non-finite within ``EXPLOSION_LEAD``
+    steps. One step's gradient that compounds into NaN is an explosion, not a spike the run
+    absorbed; it starts in the tensors that spiked most."""
     nonfinite = facts.of(NONFINITE)
     loss = facts.series(LOSS.name)
     if not nonfinite or loss is None:
         return None
     nan_at = nonfinite[0].step
-    spikes = [s for s in _leading_into(facts, nan_at, GRAD_NORM_SPIKE) if s < nan_at]
+    # the whole gradient's spike, or one tensor's first (the global norm's baseline may
+    # already hold the start of the climb)
+    spikes = [
+        s for s in _leading_into(facts, nan_at, GRAD_NORM_SPIKE, GRADIENT_SPIKE) if s < nan_at
+    ]
     if not spikes:
         return None
     start = min(spikes)
