@@ -8,7 +8,7 @@ that looks at the run and returns what it found, or None. To add a cause, add a 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -470,15 +470,24 @@ def _rate_burst(facts: RunFacts, jump: float = 4.0) -> tuple[int, int, float] | 
     """The first time some group's learning rate rose ``jump`` times or more from one reading
     to the next and came back within 2x of its level before within ``BURST_STEPS`` steps:
     (the step it rose, the step it was back, the factor)."""
+    for steps, values, i in _raised_at_a_stroke(facts, jump):
+        start, before = int(steps[i]), float(values[i - 1])
+        back = (steps > start) & (steps <= start + BURST_STEPS) & (values <= 2 * before)
+        if back.any():
+            return start, int(steps[np.argmax(back)]), float(values[i]) / before
+    return None
+
+
+def _raised_at_a_stroke(
+    facts: RunFacts, jump: float
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Each reading ``i`` at which some group's learning rate was ``jump`` times or more the
+    reading before, with that group's (steps, rates), positive and finite."""
     for steps, values in facts.learning_rates:
         keep = np.isfinite(values) & (values > 0)
         steps, values = steps[keep], values[keep]
         for i in np.flatnonzero(values[1:] >= jump * values[:-1]) + 1:
-            start, before = int(steps[i]), float(values[i - 1])
-            back = (steps > start) & (steps <= start + BURST_STEPS) & (values <= 2 * before)
-            if back.any():
-                return start, int(steps[np.argmax(back)]), float(values[i]) / before
-    return None
+            yield steps, values, int(i)
 
 
 def _no_gradient(facts: RunFacts, parameter: str | None, step: int, records: int = 5) -> bool:
@@ -1367,22 +1376,19 @@ def _lr_raised_into_a_jolt(facts: RunFacts, jump: float = 4.0, within: int = 10)
         for f in facts.of(LOSS_SPIKE, GRAD_NORM_SPIKE, LOSS_DIVERGENCE, NONFINITE)
         if f.severity != "info"
     )
-    for steps, values in facts.learning_rates if jolts else ():
-        keep = np.isfinite(values) & (values > 0)
-        steps, values = steps[keep], values[keep]
-        for i in np.flatnonzero(values[1:] >= jump * values[:-1]) + 1:
-            at = int(steps[i])
-            hit = next((j for j in jolts if at <= j <= at + within), None)
-            if hit is not None:
-                before, after = float(values[i - 1]), float(values[i])
-                return Found(
-                    f"the learning rate was raised {after / before:.3g}x at step {at} "
-                    f"({before:.3g} -> {after:.3g}) and the run was jolted at step {hit}: a step "
-                    "raised that far crosses 2/sharpness at once",
-                    at,
-                    [],
-                    {"lr_before": before, "lr_after": after, "jolted_at": hit},
-                )
+    for steps, values, i in _raised_at_a_stroke(facts, jump) if jolts else ():
+        at = int(steps[i])
+        hit = next((j for j in jolts if at <= j <= at + within), None)
+        if hit is not None:
+            before, after = float(values[i - 1]), float(values[i])
+            return Found(
+                f"the learning rate was raised {after / before:.3g}x at step {at} "
+                f"({before:.3g} -> {after:.3g}) and the run was jolted at step {hit}: a step "
+                "raised that far crosses 2/sharpness at once",
+                at,
+                [],
+                {"lr_before": before, "lr_after": after, "jolted_at": hit},
+            )
     return None
 
 

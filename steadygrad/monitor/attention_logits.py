@@ -53,10 +53,19 @@ def max_abs_logit(
         >>> float(max_abs_logit(q, q, scale=1.0))
         4.0
     """
-    logits = (q.float() @ k.float().transpose(-1, -2)).abs() * scale
-    if allowed is not None:
-        logits = logits.masked_fill(~allowed, 0.0)
-    return logits.amax() if logits.numel() else torch.zeros((), device=q.device)
+    return _largest(_logits(q, k, scale), allowed)
+
+
+@torch.no_grad()
+def _logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``q k^T * scale`` in float32."""
+    return (q.float() @ k.float().transpose(-1, -2)) * scale
+
+
+def _largest(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """The largest ``|logit|`` where ``allowed`` (0 for no logits)."""
+    largest = logits.abs() if allowed is None else logits.abs().masked_fill(~allowed, 0.0)
+    return largest.amax() if logits.numel() else torch.zeros((), device=logits.device)
 
 
 # A mask written as a large finite negative number (Hugging Face's eager attention adds the
@@ -80,8 +89,7 @@ def _reading(
     keys allowed) put more than ``SATURATED`` of their weight on one key, of how many; ``added``
     is a float mask the softmax adds to the logits."""
     logits = logits.float()
-    largest = logits.abs() if allowed is None else logits.abs().masked_fill(~allowed, 0.0)
-    largest = largest.amax() if logits.numel() else torch.zeros((), device=logits.device)
+    largest = _largest(logits, allowed)
     scores = logits if added is None else logits + added
     if added is not None:  # keys a large negative shuts out are no keys to attend to
         allowed = added > MASKED if allowed is None else allowed & (added > MASKED)
@@ -110,9 +118,7 @@ def _sdpa_logit_max(args: tuple, kwargs: dict) -> Reading:
     if bound.get("is_causal"):
         causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         allowed = causal if allowed is None else allowed & causal
-    with torch.no_grad():
-        logits = (q.float() @ k.float().transpose(-1, -2)) * scale
-    return _reading(logits, allowed, added)
+    return _reading(_logits(q, k, scale), allowed, added)
 
 
 def _mha_logit_max(args: tuple, kwargs: dict) -> Reading:
@@ -145,9 +151,7 @@ def _mha_logit_max(args: tuple, kwargs: dict) -> Reading:
         ok = ~padding if padding.dtype == torch.bool else padding > float("-inf")
         ok = ok.reshape(batch, 1, 1, -1)
         allowed = ok if allowed is None else allowed & ok
-    with torch.no_grad():
-        logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(head_dim)
-    return _reading(logits, allowed)
+    return _reading(_logits(q, k, 1.0 / math.sqrt(head_dim)), allowed)
 
 
 def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:

@@ -132,16 +132,14 @@ class InterceptingSignal(Signal):
         """The leaf module whose output ``tensor`` is (or a view of it); failing that, with
         ``last_dim``, the latest leaf whose output's last dimension is ``last_dim`` (a copy,
         e.g. logits upcast to float32 before the loss)."""
-        made = self._made_by.get(_key(tensor))
-        found = made[0] if made is not None and made[1]() is not None else None
+        found = _live(self._made_by, tensor)
         return found if found is not None or last_dim is None else self._widths.get(last_dim)
 
     def composer(self, tensor: torch.Tensor) -> str | None:
         """The innermost non-leaf module whose output ``tensor`` is (a layer written as a module
         with children that computes its output itself: a conditionally parameterised conv
         whose router is a child ``nn.Linear``)."""
-        made = self._composed_by.get(_key(tensor))
-        return made[0] if made is not None and made[1]() is not None else None
+        return _live(self._composed_by, tensor)
 
     def upstream(self, tensor: torch.Tensor, depth: int = 6) -> str | None:
         """The leaf module whose output ``tensor`` was computed from, within ``depth`` autograd
@@ -156,6 +154,12 @@ class InterceptingSignal(Signal):
             following = [n for n, _ in node.next_functions if n is not None]
             node = following[0] if following else None
         return None
+
+
+def _live(table: dict[int, tuple[str, weakref.ref]], tensor: torch.Tensor) -> str | None:
+    """The module ``table`` holds for ``tensor``'s storage, if the output it saw there lives."""
+    made = table.get(_key(tensor))
+    return made[0] if made is not None and made[1]() is not None else None
 
 
 def _leave(mode: TorchFunctionMode) -> None:

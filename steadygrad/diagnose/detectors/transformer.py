@@ -255,34 +255,34 @@ SETTLED = 0.01
 
 class OutputLogitDivergence(Detector):
     """The output log-partition ``log Z = logsumexp(logits)`` (mean over rows) drifting away
-        from zero, as in the divergence Wortsman et al. 2023 describe (all logits driven far
-        negative; z-loss holds ``log Z`` near 0).
+    from zero, as in the divergence Wortsman et al. 2023 describe (all logits driven far
+    negative; z-loss holds ``log Z`` near 0).
 
-        At initialisation ``log Z ~ log(classes)``. A confident classifier has a large positive
-        ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
-        below ``-lse_limit`` for ``patience`` records, unless it drifted there and stopped (the
-        largest logit moved less than ``SETTLED`` of itself since the reading before: a cosine head
-        settled at its bound); early, when it has fallen ``lse_limit / 2`` below its first value (or
-        below ``log(classes)``, where the first value stood above it) and kept falling for
-        ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or risen at each of
-        ``patience`` readings by more each time, or risen ``lse_limit / 4`` and at each of twice
-        ``patience`` readings, while the loss has not even halved); and when it
-        drifts ``5 * lse_limit`` from its first value either way; and when the mean logit (the
-        common shift softmax ignores, recorded by the default cross-entropy signal) has moved
-        ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
-        ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
-        confidence that would justify them; a classifier growing confident raises ``log Z`` as its
-        loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits').
-        Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
-        rises count from ``log(classes)`` too, and the first loss, inflated with them, from a
-        uniform guess's. ``where`` is the module that produced the logits
-        (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped. Rises and falls
+    At initialisation ``log Z ~ log(classes)``. A confident classifier has a large positive
+    ``log Z`` (about its largest logit): healthy. Fires (warning) when ``log Z`` stays at or
+    below ``-lse_limit`` for ``patience`` records, unless it drifted there and stopped (the
+    largest logit moved less than ``SETTLED`` of itself since the reading before: a cosine head
+    settled at its bound); early, when it has fallen ``lse_limit / 2`` below its first value (or
+    below ``log(classes)``, where the first value stood above it) and kept falling for
+    ``patience`` records (or risen ``lse_limit / 2`` and kept rising, or risen at each of
+    ``patience`` readings by more each time, or risen ``lse_limit / 4`` and at each of twice
+    ``patience`` readings, while the loss has not even halved); and when it
+    drifts ``5 * lse_limit`` from its first value either way; and when the mean logit (the
+    common shift softmax ignores, recorded by the default cross-entropy signal) has moved
+    ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
+    ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
+    confidence that would justify them; a classifier growing confident raises ``log Z`` as its
+    loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits').
+    Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
+    rises count from ``log(classes)`` too, and the first loss, inflated with them, from a
+    uniform guess's. ``where`` is the module that produced the logits
+    (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped. Rises and falls
     are counted between readings on the signal's cadence (:class:`Cadence`): the extra readings
     taken after a finding read the next steps' batches, whose scatter is not the drift.
 
-        Example:
-            >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
-            []
+    Example:
+        >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
+        []
     """
 
     kind = OUTPUT_LOGIT_DIVERGENCE
