@@ -34,7 +34,10 @@ def data(n: int):
     return torch.utils.data.TensorDataset(x, 2.0 * x[:, :3] + torch.randn(n, 3, generator=g))
 
 
-def test_accelerate_loop_records_loss_and_norms_with_the_prepared_optimizer(tmp_path, accelerator):
+@pytest.mark.parametrize("passed", [True, False], ids=["norm_passed", "norm_read_from_the_clip"])
+def test_accelerate_loop_records_loss_and_norms_with_the_prepared_optimizer(
+    tmp_path, accelerator, passed
+):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     dataset = data(STEPS * MICRO * ACCUM)
@@ -57,7 +60,7 @@ def test_accelerate_loop_records_loss_and_norms_with_the_prepared_optimizer(tmp_
                 norm = accelerator.clip_grad_norm_(model.parameters(), CLIP)
             optimizer.step()
             if accelerator.sync_gradients:
-                mon.step(step_loss, grad_norm_preclip=norm)
+                mon.step(step_loss, grad_norm_preclip=norm if passed else None)
                 step_loss = 0.0
             optimizer.zero_grad()
     mon.close()

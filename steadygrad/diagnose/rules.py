@@ -1111,13 +1111,14 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
     if not spikes:
         return None
     minor = all(f.severity == Severity.INFO for f in spikes)  # each a small share of its step
+    # the global norm's spikes say whether clipping hid them, whatever the tensors' severity
+    hidden = [f for f in spikes if f.evidence.get("hidden_by_clipping")]
     spikes = _serious(spikes)
     first = spikes[0]
     ev: dict[str, Any] = {"spikes": len(spikes), "first": first.evidence}
     summary = f"{len(spikes)} gradient spike(s), the first at step {first.step}"
     if first.where:
         summary += f" in {first.where}"
-    hidden = [f for f in spikes if f.evidence.get("hidden_by_clipping")]
     if hidden:
         ev["hidden_by_clipping"] = len(hidden)
         h = hidden[0].evidence

@@ -40,6 +40,7 @@ from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal
 from steadygrad.monitor.attention_logits import AttentionLogitSignal
+from steadygrad.monitor.clipping import ClipWatch
 from steadygrad.monitor.dead_units import DeadUnitSignal
 from steadygrad.monitor.distributed import NullStore, Reducer
 from steadygrad.monitor.findings_log import LoggingSink
@@ -257,6 +258,8 @@ class Monitor:
             optimizer.register_step_pre_hook(self._before_optimizer_step),
             optimizer.register_step_post_hook(self._after_optimizer_step),
         ]
+        # the norm the loop's clip_grad_norm_ saw before clipping, if it clips
+        self._clips = ClipWatch(self.parameters.stats.params)
         self.progress = ProgressLine(self.run_dir.name, enabled=progress if writes else False)
         if self.autopilot is not None:
             self.autopilot.attach(self)
@@ -283,9 +286,14 @@ class Monitor:
 
         ``batch_ids``: the ids of the step's samples, kept with any finding at this step.
         ``grad_norm_preclip``: if you clip gradients, the norm before clipping (what
-        ``clip_grad_norm_`` returns), so a spike that clipping hid is still seen.
+        ``clip_grad_norm_`` returns), so a spike that clipping hid is still seen. A call of
+        ``torch.nn.utils.clip_grad_norm_`` on the model's parameters since the last
+        ``mon.step`` gives it with no argument (see :mod:`steadygrad.monitor.clipping`).
         """
         self._check_open()
+        clipped = self._clips.take()
+        if grad_norm_preclip is None:
+            grad_norm_preclip = clipped
         step = self.step_count
         stepped = self._optimizer_steps > 0
         self._optimizer_steps = 0
@@ -560,6 +568,7 @@ class Monitor:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._clips.close()
         for s in self.signals:
             s.detach()
         self.progress.close()

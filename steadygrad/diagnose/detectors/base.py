@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
 from steadygrad.core import Finding, FindingKind, Metric
+from steadygrad.core.metrics import GRAD_NORM_PRECLIP
 
 if TYPE_CHECKING:
     from steadygrad.core import Record
@@ -160,3 +162,11 @@ class RobustBaseline:
         mad = statistics.median(abs(v - med) for v in self.values)
         scale = max(1.4826 * mad, rel_floor * abs(med), 1e-12)
         return (value - med) / scale
+
+
+def shrunk_by_clipping(record: Record, norm: float) -> float:
+    """How many times the gradient was shrunk by clipping (1 when not clipped, or not known):
+    the norm before clipping over the one after. ``clip_grad_norm_`` scales every tensor by the
+    same factor, so each tensor's own norm before clipping is its recorded one times this."""
+    before = record.values.get(GRAD_NORM_PRECLIP.name, math.nan)
+    return before / norm if math.isfinite(before) and before > norm > 0 else 1.0

@@ -30,6 +30,7 @@ from steadygrad.core.metrics import (
     EFFECTIVE_RANK,
     FROZEN_AT_ATTACH,
     GRAD_NORM,
+    GRAD_NORM_PRECLIP,
     LOGIT_LSE_MEAN,
     LOSS,
     OUTPUT_CLASSES,
@@ -50,6 +51,7 @@ from steadygrad.diagnose.detectors.base import (
     Cadence,
     Detector,
     Readings,
+    shrunk_by_clipping,
 )
 from steadygrad.diagnose.detectors.trends import SustainedLevel, loss_stalled
 
@@ -469,7 +471,7 @@ class GradientSpike(Detector):
     """
 
     kind = GRADIENT_SPIKE
-    reads, emits = (GRAD_NORM,), (GRADIENT_SPIKE,)
+    reads, emits = (GRAD_NORM, GRAD_NORM_PRECLIP), (GRADIENT_SPIKE,)
 
     def __init__(
         self,
@@ -499,6 +501,11 @@ class GradientSpike(Detector):
         names, norms = record.family_array(self.signal)
         if not len(names):
             return []
+        total = record.values.get(GRAD_NORM.name, math.nan)
+        total = total if math.isfinite(total) else 0.0
+        if self.signal == GRAD_NORM.name:  # each tensor's norm before the loop's clipping
+            shrunk = shrunk_by_clipping(record, total)
+            norms, total = norms * shrunk, total * shrunk
         self._align(names)
         v, count, in_spike = self._v, self._count, self._in_spike
         finite = np.isfinite(norms)  # non-finite ones are the non-finite detector's business
@@ -508,8 +515,6 @@ class GradientSpike(Detector):
             v_hat = np.where(warm, v / (1 - self.beta**count), 0.0)
         spike = warm & (square > self.theta * v_hat)
         findings = []
-        total = record.values.get(GRAD_NORM.name, math.nan)
-        total = total if math.isfinite(total) else 0.0
         for i in np.flatnonzero(spike & ~in_spike).tolist():
             norm, moment = float(norms[i]), float(v_hat[i])
             factor = norm / math.sqrt(moment) if moment > 0 else math.inf

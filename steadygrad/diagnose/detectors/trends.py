@@ -22,13 +22,14 @@ from steadygrad.core.metrics import (
     ADAPTIVE_UPDATE,
     DIRECTIONAL_SHARPNESS_RATIO,
     GRAD_NORM,
+    GRAD_NORM_PRECLIP,
     LOSS,
     OPTIMIZER_FAMILY,
     PARAM_NORM,
     UPDATE_RATIO,
 )
 from steadygrad.core.optimizer import PER_COORDINATE
-from steadygrad.diagnose.detectors.base import Detector
+from steadygrad.diagnose.detectors.base import Detector, shrunk_by_clipping
 
 LOSS_DIVERGENCE = FindingKind(
     "loss_divergence", "the loss climbed well above the best level it had sustained"
@@ -333,7 +334,8 @@ class GradientGrowth(Detector):
     """
 
     kind = GRADIENT_GROWTH
-    reads, emits = (GRAD_NORM, PARAM_NORM, UPDATE_RATIO, LOSS), (GRADIENT_GROWTH,)
+    reads = (GRAD_NORM, GRAD_NORM_PRECLIP, PARAM_NORM, UPDATE_RATIO, LOSS)
+    emits = (GRADIENT_GROWTH,)
 
     def __init__(
         self,
@@ -381,6 +383,9 @@ class GradientGrowth(Detector):
         norm = record.values.get(GRAD_NORM.name)
         if norm is None or not (math.isfinite(norm) and norm > 0) or record.nonfinite:
             return self._at_start_confirmed(broken=record.nonfinite)
+        norm *= shrunk_by_clipping(
+            record, norm
+        )  # the gradient the model made, not what clipping left
         if self._first_record:
             self._first_record = False
             self._at_start = self._at_init(record, norm)
@@ -560,6 +565,7 @@ class GradientGrowth(Detector):
         names, norms = record.family_array(GRAD_NORM.name)
         if not len(names):
             return
+        norms = norms * shrunk_by_clipping(record, record.values[GRAD_NORM.name])
         if names is not self._names and names != self._names:  # first record, or a new set
             self._ema = self._floor = self._first = None
         self._names = names
