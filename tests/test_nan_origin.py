@@ -114,3 +114,47 @@ def test_a_module_with_corrupted_weights_is_never_blamed(tmp_path, monkeypatch):
     ]
     assert origins and all(o["module"] is None for o in origins)
     assert "cannot be known" in origins[0]["note"]
+
+
+class TaggerWithScorer(nn.Module):
+    """An encoder the loop calls as the model, and a scorer the loss calls itself (as a CRF
+    layer is): the scorer takes the log of its first input column, NaN for one bad sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+        self.scorer = nn.Sequential(LogFeature(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.encoder(x)
+
+
+def _train_parts(tmp_path, name, through_forward):
+    torch.manual_seed(0)
+    model = TaggerWithScorer()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False, activation_every=50) as mon:
+        for step in range(12):
+            x = torch.rand(16, 4, generator=gen) + 0.1
+            # the encoder's output for one sample made negative in its first column on step 7
+            features = (model(x) if through_forward else model.encoder(x)) + 1.5  # positive
+            if step == 7:
+                features = features - 3.0 * (torch.arange(16) == 3).float()[:, None]
+            logits = model.scorer(features)
+            y = torch.randint(0, 3, (16,), generator=gen)
+            loss = nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.load(tmp_path / name)
+
+
+def test_a_nan_born_in_a_part_the_loss_calls_is_traced_to_that_part(tmp_path):
+    for through_forward in (True, False):  # model(x) then its scorer, or only its parts
+        run = _train_parts(tmp_path, f"parts-{through_forward}", through_forward)
+        first = _first_nonfinite(run)
+        assert first.step == 7
+        assert first.where == "scorer.0", first.evidence  # LogFeature inside the scorer
+        assert first.evidence["forward_origin"]["replayed"] is True

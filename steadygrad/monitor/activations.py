@@ -135,8 +135,10 @@ class ActivationSignal(Signal):
     output; when a non-finite value appears in the forward pass, the module that produced it.
 
     Finding the producer of a one-off, data-dependent NaN, off the cadence: the inputs of each
-    forward call (references, and the random state, so dropout draws the same masks) are kept
-    until the step ends. When the gradients about to be applied are non-finite, the weights are
+    top-level forward call (references, and the random state, so dropout draws the same masks)
+    are kept until the step ends. Top-level calls are the model's own and those of its direct
+    children made outside any other (a CRF layer the loss calls, a model used through methods
+    that call its parts). When the gradients about to be applied are non-finite, the weights are
     copied before the corrupt update lands; the step's forward is then re-run on the same inputs
     with those weights under hooks (as large trainers re-run a suspicious step), and the model is
     put back as training left it. When the update was skipped (the autopilot, a GradScaler) the
@@ -155,10 +157,12 @@ class ActivationSignal(Signal):
         self.hooks: ActivationHooks | None = None
         self._guard_left = 0
         self._hooked = False
-        self._calls: list[tuple[tuple, dict, torch.Tensor]] = []  # this step's forward calls
+        # this step's top-level forward calls: module, args, kwargs, random state
+        self._calls: list[tuple[nn.Module, tuple, dict, torch.Tensor]] = []
         self._calls_step = -1
+        self._depth = 0  # top-level calls running (one calling another is not top-level)
         self._clean_state: dict[str, torch.Tensor] | None = None
-        self._input_hook: Any = None
+        self._input_hooks: list[Any] = []
         self._replaying = False
         self._corrupted: list[str] = []  # parameters non-finite before this step's forward
         self._unused_checked = False
@@ -166,7 +170,11 @@ class ActivationSignal(Signal):
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
         self.hooks = ActivationHooks(monitor.model)
-        self._input_hook = monitor.model.register_forward_pre_hook(self._keep, with_kwargs=True)
+        for module in (monitor.model, *monitor.model.children()):
+            self._input_hooks += [
+                module.register_forward_pre_hook(self._keep, with_kwargs=True),
+                module.register_forward_hook(self._left, always_call=True),
+            ]
 
     def due(self, step: int) -> bool:
         return True  # every recorded step: an unhealthy one arms the guard
@@ -179,12 +187,19 @@ class ActivationSignal(Signal):
             self.hooks.install()
 
     def _keep(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._replaying:
+        if self._replaying or torch.compiler.is_compiling():
             return
+        self._depth += 1
+        if self._depth > 1:
+            return  # inside another top-level call: re-running that one runs this one
         step = self.monitor.step_count
         if step != self._calls_step:  # a new step (also one that is not recorded)
             self._calls, self._calls_step = [], step
-        self._calls.append((args, kwargs, torch.get_rng_state()))
+        self._calls.append((module, args, kwargs, torch.get_rng_state()))
+
+    def _left(self, module: nn.Module, args: tuple, output: object) -> None:
+        if not (self._replaying or torch.compiler.is_compiling()):
+            self._depth = max(self._depth - 1, 0)
 
     def before_update(self) -> None:
         """Copy the clean weights if the gradients about to be applied are not finite."""
@@ -254,10 +269,10 @@ class ActivationSignal(Signal):
         )
         try:
             with self._rerunning(self._clean_state):
-                for args, kwargs, state in self._calls:
+                for module, args, kwargs, state in self._calls:
                     torch.set_rng_state(state)
                     self.hooks.install()
-                    self.monitor.model(*args, **kwargs)
+                    module(*args, **kwargs)
                     self.hooks.remove()
                     norms = self.hooks.tensor()
                     if norms is None:
@@ -271,9 +286,9 @@ class ActivationSignal(Signal):
 
     def detach(self) -> None:
         self.hooks.remove()
-        if self._input_hook is not None:
-            self._input_hook.remove()
-            self._input_hook = None
+        for handle in self._input_hooks:
+            handle.remove()
+        self._input_hooks = []
 
     def _check_unused(self, record: Record, most: int = 16) -> None:
         """Once, on the first healthy step with gradients: the trainable tensors whose gradient
@@ -328,9 +343,9 @@ class ActivationSignal(Signal):
 
     def _outputs(self) -> list[torch.Tensor]:
         outs = []
-        for args, kwargs, state in self._calls:
+        for module, args, kwargs, state in self._calls:
             torch.set_rng_state(state)
-            outs += _floats(self.monitor.model(*args, **kwargs))
+            outs += _floats(module(*args, **kwargs))
         return outs
 
     @contextmanager
