@@ -156,6 +156,7 @@ HELD_OUT_FILES = [
     ("cases_heldout46", "h46_", 12, 11, 12),
     ("cases_heldout47", "h47_", 12, 11, 12),
     ("cases_heldout48", "h48_", 12, 11, 12),
+    ("cases_heldout50", "h50_", 12, 11, 12),
 ]
 
 

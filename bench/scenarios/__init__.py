@@ -54,6 +54,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout46,
     cases_heldout47,
     cases_heldout48,
+    cases_heldout50,
     cases_mlp,
     cases_other,
 )
