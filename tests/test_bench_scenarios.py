@@ -157,6 +157,7 @@ HELD_OUT_FILES = [
     ("cases_heldout47", "h47_", 12, 11, 12),
     ("cases_heldout48", "h48_", 12, 11, 12),
     ("cases_heldout49", "h49_", 12, 11, 12),
+    ("cases_heldout50", "h50_", 12, 11, 12),
     ("cases_heldout51", "h51_", 12, 11, 12),
 ]
 

@@ -55,6 +55,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout47,
     cases_heldout48,
     cases_heldout49,
+    cases_heldout50,
     cases_heldout51,
     cases_mlp,
     cases_other,
