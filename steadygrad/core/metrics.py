@@ -246,6 +246,10 @@ UNUSED_PARAMETERS = "unused_parameters"
 # when the Monitor attached (a fixed sinusoidal table, a fine-tuning recipe's frozen block):
 # frozen by the code's own statement; listed once, on the first record.
 FROZEN_AT_ATTACH = "frozen_at_attach"
+# Record meta key: parameters that were frozen and outside the optimizer at attach, and have
+# since received gradients at every record for a while with their values never changed: the
+# layer was unfrozen after the optimizer was built without it.
+GRADIENTS_NOT_APPLIED = "gradients_not_applied"
 # Record meta key: the optimizer's family (:func:`steadygrad.core.optimizer_family`), on the
 # first record: whether a step scales with the gradient is part of reading one.
 OPTIMIZER_FAMILY = "optimizer_family"

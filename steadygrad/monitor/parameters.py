@@ -21,6 +21,7 @@ from steadygrad.core.checks import positive_int
 from steadygrad.core.metrics import (
     FROZEN_AT_ATTACH,
     GRAD_NORM,
+    GRADIENTS_NOT_APPLIED,
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
@@ -278,6 +279,7 @@ class ParameterSignal(Signal):
         self._grad_members: tuple[list[int], Members] | None = None
         self._hooks: list[Any] = []
         self._first_meta: dict[str, Any] = {}
+        self.strays: StrayGradients | None = None
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
@@ -292,6 +294,7 @@ class ParameterSignal(Signal):
         frozen = [n for n, p in self.stats.named if not p.requires_grad]
         if frozen:
             self._first_meta[FROZEN_AT_ATTACH] = frozen
+        self.strays = StrayGradients(monitor.model, self.stats.params)
 
     def begin(self, step: int) -> None:
         if step % self.update_every == 0:
@@ -343,6 +346,9 @@ class ParameterSignal(Signal):
         if self._first_meta:
             meta.update(self._first_meta)
             self._first_meta = {}
+        stray = self.strays.check() if self.strays is not None else []
+        if stray:
+            meta[GRADIENTS_NOT_APPLIED] = stray
         if self._hooks and stats.backward_order:
             self.detach()  # the order of one backward pass is all it needs
 
@@ -350,6 +356,52 @@ class ParameterSignal(Signal):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+
+class StrayGradients:
+    """Parameters frozen and outside the optimizer at attach (not measured) that later receive
+    gradients while nothing ever changes them: a layer unfrozen (``requires_grad_(True)``)
+    after the optimizer was built without it, so it gets gradients and is never trained.
+
+    Read without touching the tensors' values: whether a gradient is there, and the tensor's
+    version counter, which every in-place update (an optimizer's step) advances. A parameter
+    another optimizer trains (a GAN's discriminator, frozen at attach) moves, and is left out.
+
+    Example:
+        >>> model = nn.Linear(2, 1)
+        >>> _ = model.bias.requires_grad_(False)
+        >>> strays = StrayGradients(model, [model.weight], records=2)
+        >>> _ = model.bias.requires_grad_(True)
+        >>> found = []
+        >>> for _ in range(3):
+        ...     model(torch.ones(1, 2)).sum().backward()
+        ...     found += strays.check()
+        >>> found
+        ['bias']
+    """
+
+    def __init__(self, model: nn.Module, measured: list[torch.Tensor], records: int = 5) -> None:
+        tracked = {id(p) for p in measured}
+        self._watched = [(n, p) for n, p in model.named_parameters() if id(p) not in tracked]
+        self.records = records
+        self._seen: dict[str, tuple[int, int]] = {}  # name -> (version at first gradient, records)
+        self._told: set[str] = set()
+
+    def check(self) -> list[str]:
+        """The parameters newly found to get gradients that are never applied."""
+        found = []
+        for name, p in self._watched:
+            if p.grad is None or name in self._told:
+                continue
+            version, records = self._seen.get(name, (p._version, 0))
+            if p._version != version:  # something updates it: not a stray
+                self._told.add(name)
+                continue
+            self._seen[name] = (version, records + 1)
+            if records + 1 >= self.records:
+                self._told.add(name)
+                found.append(name)
+        return found
 
 
 def _with_bad_entries(index: list[int], count: Callable[[list[int]], list[int]]) -> dict[int, int]:

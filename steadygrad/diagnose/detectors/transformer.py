@@ -31,6 +31,7 @@ from steadygrad.core.metrics import (
     FROZEN_AT_ATTACH,
     GRAD_NORM,
     GRAD_NORM_PRECLIP,
+    GRADIENTS_NOT_APPLIED,
     LOGIT_LSE_MEAN,
     LOSS,
     OUTPUT_CLASSES,
@@ -671,6 +672,10 @@ class UpdateRatioOutOfRange(Detector):
     that fell at each of those records (a tensor growing out of a small start, as a learnt
     attention query vector does).
 
+    A parameter frozen and outside the optimizer at attach that later gets gradients no step
+    applies (the record's ``gradients_not_applied``) is a warning too: a layer unfrozen after
+    the optimizer was built without it.
+
     ``high=0.25``: Adam moves each weight by about ``lr`` per step, so a 0.02-scale layer sits near
     ``lr / 0.02``, i.e. 0.05 at lr 1e-3; a ratio of a quarter per step is far outside that.
 
@@ -700,6 +705,14 @@ class UpdateRatioOutOfRange(Detector):
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
         findings = []
+        for name in record.meta.get(GRADIENTS_NOT_APPLIED, ()):
+            # unfrozen after the optimizer was built without it: trained by nothing
+            evidence = {
+                "direction": "not_in_optimizer",
+                "note": "it gets gradients, and nothing ever updates it: unfrozen after the "
+                "optimizer was built without it? add it to the optimizer",
+            }
+            findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
         for name in record.meta.get(UNUSED_PARAMETERS, ()):
             # Dead code, not a frozen layer: its value never reaches the model's output.
             self._unused.add(name)

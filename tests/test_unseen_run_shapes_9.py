@@ -1,0 +1,88 @@
+"""Run shapes the thirteenth wave's runs showed, each a trigger and a control: a layer unfrozen
+after the optimizer was built without it (gradients that nothing applies), next to a layer kept
+frozen, a layer unfrozen and added to the optimizer, and a discriminator frozen at attach that
+its own optimizer trains."""
+
+from __future__ import annotations
+
+import torch
+from helpers import regression_batch
+from torch import nn
+
+import steadygrad
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _train(tmp_path, name, unfreeze_at=None, add_to_optimizer=False, steps=60):
+    """The first layer frozen, the optimizer built over what requires a gradient; at
+    ``unfreeze_at`` the layer is unfrozen (and, with ``add_to_optimizer``, given its own group).
+    Returns the run's diagnosis and the first layer's weight change over the run."""
+    model = _net()
+    model[0].requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    start = model[0].weight.detach().clone()
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False) as mon:
+        for step in range(steps):
+            if step == unfreeze_at:
+                model[0].requires_grad_(True)
+                if add_to_optimizer:
+                    opt.add_param_group({"params": list(model[0].parameters())})
+            x, y = regression_batch(step)
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    moved = (model[0].weight.detach() - start).norm().item()
+    return steadygrad.diagnose(tmp_path / name), moved
+
+
+def test_a_layer_unfrozen_after_the_optimizer_was_built_is_named(tmp_path):
+    report, moved = _train(tmp_path, "stray", unfreeze_at=20)
+    assert moved == 0.0  # by construction: nothing trains it
+    assert report.top.cause == "update_ratio_out_of_range", report.causes()
+    assert set(report.top.where) == {"0.weight", "0.bias"}
+    assert report.top.first_step >= 20
+    finding = next(f for f in steadygrad.load(tmp_path / "stray").findings() if f.where)
+    assert finding.evidence["direction"] == "not_in_optimizer"
+
+
+def test_a_layer_kept_frozen_or_unfrozen_into_the_optimizer_is_not(tmp_path):
+    kept, _ = _train(tmp_path, "kept")
+    assert "update_ratio_out_of_range" not in kept.causes()
+    added, moved = _train(tmp_path, "added", unfreeze_at=20, add_to_optimizer=True)
+    assert moved > 0.0  # trained once it joined the optimizer
+    assert "update_ratio_out_of_range" not in added.causes()
+
+
+def test_a_discriminator_its_own_optimizer_trains_is_not_a_stray(tmp_path):
+    torch.manual_seed(0)
+    gen, disc = nn.Linear(4, 6), nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+    both = nn.ModuleDict({"gen": gen, "disc": disc})
+    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    disc.requires_grad_(False)  # frozen for the generator's step, as GAN loops toggle it
+    data = torch.Generator().manual_seed(1)
+    with steadygrad.watch(both, opt_g, tmp_path / "gan", progress=False) as mon:
+        for _ in range(40):
+            real = torch.randn(16, 6, generator=data) + 2.0
+            fake = gen(torch.randn(16, 4, generator=data))
+            disc.requires_grad_(True)
+            d_loss = nn.functional.softplus(-disc(real)).mean()
+            d_loss = d_loss + nn.functional.softplus(disc(fake.detach())).mean()
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()  # its gradients stay until its next step: seen at mon.step
+            disc.requires_grad_(False)
+            g_loss = nn.functional.softplus(-disc(fake)).mean()
+            g_loss.backward()
+            opt_g.step()
+            mon.step(g_loss)
+            opt_g.zero_grad()
+    assert all(p.grad is not None for p in disc.parameters())
+    found = steadygrad.load(tmp_path / "gan").findings()
+    assert not [f for f in found if f.evidence.get("direction") == "not_in_optimizer"]
