@@ -72,7 +72,8 @@ class ActivationHooks:
             return
         self.calls = []
         for name, module in self.modules:
-            self._handles.append(module.register_forward_hook(self._hook(name)))
+            hook = torch.compiler.disable(self._hook(name))  # see monitor.intercept
+            self._handles.append(module.register_forward_hook(hook))
 
     def remove(self) -> None:
         for handle in self._handles:

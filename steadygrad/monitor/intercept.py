@@ -5,6 +5,10 @@ module is running and which module produced a tensor.
 Nothing is installed between due steps, so healthy steps off the cadence cost nothing; on a due
 step the mode and hooks come off once the gradients are final (the optimizer's pre-step path),
 so the optimizer's many per-tensor calls do not pass through Python.
+
+Under ``torch.compile`` the observers and hooks run eagerly (``torch.compiler.disable``): traced,
+their changing state would become guards, each due step would recompile the model's frames, and
+frames past the recompile limit would run eagerly from then on, off the cadence too.
 """
 
 from __future__ import annotations
@@ -26,16 +30,22 @@ class _Mode(TorchFunctionMode):
         super().__init__()
         self.watch = watch
 
+    @torch.compiler.disable
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         seen = self.watch.get(func)
         if seen is not None:
-            with torch.no_grad():
-                try:
-                    seen(args, kwargs)
-                except Exception:  # noqa: BLE001 - a measurement never breaks the forward pass
-                    pass
+            _observe(seen, args, kwargs)
         return func(*args, **kwargs)
+
+
+@torch.compiler.disable
+def _observe(seen: Callable, args: tuple, kwargs: dict) -> None:
+    with torch.no_grad():
+        try:
+            seen(args, kwargs)
+        except Exception:  # noqa: BLE001 - a measurement never breaks the forward pass
+            pass
 
 
 class InterceptingSignal(Signal):
@@ -73,8 +83,9 @@ class InterceptingSignal(Signal):
         # Two process-wide module hooks that look the module up, not two hooks per module: a
         # model with thousands of modules would make (and the garbage collector then walk)
         # thousands of handles on every due step.
-        self._handles.append(register_module_forward_pre_hook(self._push))
-        self._handles.append(register_module_forward_hook(self._pop, always_call=True))
+        push, pop = torch.compiler.disable(self._push), torch.compiler.disable(self._pop)
+        self._handles.append(register_module_forward_pre_hook(push))
+        self._handles.append(register_module_forward_hook(pop, always_call=True))
         self._mode = _Mode(self.watched())
         self._mode.__enter__()
 

@@ -137,7 +137,8 @@ class OutputHook(Signal):
         self._remove()
         self._reset()
         if self._module is not None:
-            self._handle = self._module.register_forward_hook(self._hook)
+            hook = torch.compiler.disable(self._hook)  # see monitor.intercept
+            self._handle = self._module.register_forward_hook(hook)
 
     def end(self, step: int) -> None:
         self._remove()

@@ -94,7 +94,8 @@ class PlasticitySignal(Signal):
         self._remove()
         self._alive, self._rank = {}, {}
         for name, mod in self._targets.items():
-            self._handles.append(mod.register_forward_hook(self._hook_for(name)))
+            hook = torch.compiler.disable(self._hook_for(name))  # see monitor.intercept
+            self._handles.append(mod.register_forward_hook(hook))
 
     def _hook_for(self, name: str):  # noqa: ANN202
         def hook(module: nn.Module, args: object, output: object) -> None:
