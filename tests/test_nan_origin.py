@@ -158,3 +158,32 @@ def test_a_nan_born_in_a_part_the_loss_calls_is_traced_to_that_part(tmp_path):
         assert first.step == 7
         assert first.where == "scorer.0", first.evidence  # LogFeature inside the scorer
         assert first.evidence["forward_origin"]["replayed"] is True
+
+
+def test_an_fp16_overflow_under_autocast_is_replayed_under_autocast(tmp_path):
+    # one sample 1e4 times too large: the first layer's fp16 output overflows (above 65504);
+    # in float32 the same forward is finite, so a replay must autocast as the step did
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].weight.abs_().add_(0.5)  # a large positive input overflows in fp16
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(model, opt, tmp_path / "amp", progress=False) as mon:
+        for step in range(12):
+            x = torch.rand(16, 4, generator=gen)
+            if step == 7:
+                x[3] = (
+                    6e4  # representable in fp16 (up to 65504); times 4 weights above 0.5 it is not
+                )
+            with torch.autocast("cpu", dtype=torch.float16):
+                logits = model(x)
+            y = torch.randint(0, 3, (16,), generator=gen)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    first = _first_nonfinite(steadygrad.load(tmp_path / "amp"))
+    assert first.step == 7 and first.where == "0"
+    assert first.evidence["forward_origin"]["replayed"] is True

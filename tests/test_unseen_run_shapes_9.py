@@ -86,3 +86,95 @@ def test_a_discriminator_its_own_optimizer_trains_is_not_a_stray(tmp_path):
     assert all(p.grad is not None for p in disc.parameters())
     found = steadygrad.load(tmp_path / "gan").findings()
     assert not [f for f in found if f.evidence.get("direction") == "not_in_optimizer"]
+
+
+def test_units_dead_long_before_a_sudden_nan_do_not_explain_it(tmp_path):
+    # a ReLU layer found dead at 24 and read again (unchanged) up to 168, the loss improving
+    # all along; one bad sample makes a NaN at 170, its producer named on a replay: the run
+    # was still learning when it broke, so the dead layer explains nothing of the break
+    from helpers import diagnose_stored
+
+    rows = [{"loss": 2.0 - 0.01 * t if t < 170 else float("nan")} for t in range(180)]
+    dead = [
+        ("loss_of_plasticity", s, "body.2", {"reason": "dying_units"}, "warning")
+        for s in (24, 60, 120, 168)
+    ]
+    origin = {"module": "sigma_head", "replayed": True}
+    nan = ("nonfinite", 170, "sigma_head", {"forward_origin": origin}, "critical")
+    report = diagnose_stored(tmp_path, "sudden", rows, [*dead, nan])
+    assert report.top.cause == "nonfinite" and report.top.where == ["sigma_head"]
+    plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert "kept improving" in plasticity.why
+
+
+class ScaleHead(nn.Module):
+    """A positive scale as exp of a read-out (a mixture density net's sigma head, here the
+    precision's parametrisation: exp(-a))."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 1)
+
+    def forward(self, h):
+        return torch.exp(-self.lin(h))
+
+
+class GaussianRegressor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 8), nn.ReLU())
+        self.mean = nn.Linear(8, 1)
+        self.scale = ScaleHead()
+        with torch.no_grad():  # a large feature shrinks the scale
+            self.scale.lin.weight.uniform_(0.1, 0.5)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.mean(h), self.scale(h)
+
+
+def _underflowing_input(model):
+    """An input far out along the direction on which the scale falls fastest (to exactly 0 in
+    float32): one sample logged in the wrong unit."""
+    angles = torch.linspace(0, 2 * torch.pi, 17)[:-1]
+    rays = 1e5 * torch.stack([angles.cos(), angles.sin()], 1)
+    with torch.no_grad():
+        far = rays[model.scale(model.body(rays)).argmin()]
+        assert model.scale(model.body(far[None])).item() == 0.0
+    return far
+
+
+def _nll_run(tmp_path, name, bad):
+    """A Gaussian negative log-likelihood ``log(sigma) + (y - mu)^2 / (2 sigma^2)``; at step 30,
+    ``bad == "scale"``: one sample far out, on which the scale's read-out is far negative, so
+    its exp underflows to exactly 0 and the loss divides by it; ``bad == "target"``: one target NaN."""
+    torch.manual_seed(0)
+    model = GaussianRegressor()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False) as mon:
+        for step in range(40):
+            x = torch.randn(16, 2, generator=gen)
+            y = x.sum(1, keepdim=True)
+            if step == 30 and bad == "scale":
+                x[3] = _underflowing_input(model)
+            if step == 30 and bad == "target":
+                y[3] = float("nan")
+            mu, sigma = model(x)
+            loss = (torch.log(sigma) + (y - mu) ** 2 / (2 * sigma**2)).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return next(f for f in steadygrad.load(tmp_path / name).findings() if f.kind == "nonfinite")
+
+
+def test_a_nan_made_in_the_loss_from_an_underflowed_output_names_that_output(tmp_path):
+    found = _nll_run(tmp_path, "scale", bad="scale")
+    assert found.step == 30 and found.where == "scale"
+    origin = found.evidence["forward_origin"]
+    assert origin["replayed"] and "exact zero" in origin["in_the_loss"]
+    # a NaN target: the forward is finite and no output is at an edge: no module is blamed
+    found = _nll_run(tmp_path, "target", bad="target")
+    assert found.step == 30 and found.where is None
+    assert "after the model's output" in found.evidence["forward_origin"]["note"]

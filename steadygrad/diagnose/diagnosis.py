@@ -176,7 +176,12 @@ def judge(
             f"{climbing_from}): more likely a consequence of what made it climb"
         )
         return
-    if d.stalls and first is not None and progress_until is not None:
+    # A run still learning when it broke (its best loss within PROGRESS_AFTER of the break: a
+    # sudden NaN, a jump) never stalled: a stalling cause is judged from its first finding.
+    learning_to_the_break = (
+        broke is not None and progress_until is not None and broke - progress_until < PROGRESS_AFTER
+    )
+    if d.stalls and first is not None and progress_until is not None and not learning_to_the_break:
         later = _stalled_from(d, progress_until)
         if later != first:  # judged from a later finding, whose previous reading is not kept
             first, previous = later, None

@@ -13,8 +13,9 @@ its inputs were finite: modules that merely passed the value on had a non-finite
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,36 @@ class Call:
     numel: int
 
 
+@dataclass
+class TopCall:
+    """A top-level forward call, kept until its step ends to be re-run on the same inputs."""
+
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    rng: torch.Tensor  # the random state it began with (dropout draws the same masks)
+    grad: bool  # made with gradients enabled (its output may feed the loss's gradient)
+    autocast: list[tuple[str, torch.dtype]]  # the devices autocast was on for, and the dtype
+
+
+def _autocast() -> list[tuple[str, torch.dtype]]:
+    """The autocast state now: (device type, dtype) of each device it is enabled for."""
+    on = []
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            on.append((device, torch.get_autocast_dtype(device)))
+    return on
+
+
+@contextmanager
+def _autocast_as(state: list[tuple[str, torch.dtype]]):
+    """Autocast as ``state`` (from :func:`_autocast`) recorded it."""
+    with ExitStack() as stack:
+        for device, dtype in state:
+            stack.enter_context(torch.autocast(device, dtype=dtype))
+        yield
+
+
 def _floats(tree: object) -> list[torch.Tensor]:
     return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
@@ -62,6 +93,10 @@ class ActivationHooks:
         self.leaves = {name for name, m in self.modules if next(m.children(), None) is None}
         self.calls: list[Call] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        # with ``tracing`` (a replay): id of an output tensor -> the innermost module that
+        # returned it, and the tensor (weakly: an id is the tensor's only while it lives)
+        self.tracing = False
+        self.made_by: dict[int, tuple[str, weakref.ref]] = {}
 
     @property
     def installed(self) -> bool:
@@ -88,6 +123,11 @@ class ActivationHooks:
             calls.append(
                 Call(name, _norm(_floats(args)), _norm(outs), sum(t.numel() for t in outs))
             )
+            if self.tracing:
+                for t in outs:
+                    kept = self.made_by.get(id(t))
+                    if kept is None or kept[1]() is not t:  # inner modules return first
+                        self.made_by[id(t)] = (name, weakref.ref(t))
 
         return hook
 
@@ -158,8 +198,7 @@ class ActivationSignal(Signal):
         self.hooks: ActivationHooks | None = None
         self._guard_left = 0
         self._hooked = False
-        # this step's top-level forward calls: module, args, kwargs, random state
-        self._calls: list[tuple[nn.Module, tuple, dict, torch.Tensor]] = []
+        self._calls: list[TopCall] = []  # this step's top-level forward calls
         self._calls_step = -1
         self._depth = 0  # top-level calls running (one calling another is not top-level)
         self._clean_state: dict[str, torch.Tensor] | None = None
@@ -196,7 +235,11 @@ class ActivationSignal(Signal):
         step = self.monitor.step_count
         if step != self._calls_step:  # a new step (also one that is not recorded)
             self._calls, self._calls_step = [], step
-        self._calls.append((module, args, kwargs, torch.get_rng_state()))
+        self._calls.append(
+            TopCall(
+                module, args, kwargs, torch.get_rng_state(), torch.is_grad_enabled(), _autocast()
+            )
+        )
 
     def _left(self, module: nn.Module, args: tuple, output: object) -> None:
         if not (self._replaying or torch.compiler.is_compiling()):
@@ -270,10 +313,15 @@ class ActivationSignal(Signal):
         )
         try:
             with self._rerunning(self._clean_state):
-                for module, args, kwargs, state in self._calls:
-                    torch.set_rng_state(state)
+                outputs = []  # what the loss may have been computed from
+                self.hooks.tracing = True
+                for call in self._calls:
+                    torch.set_rng_state(call.rng)
                     self.hooks.install()
-                    module(*args, **kwargs)
+                    with _autocast_as(call.autocast):  # an fp16 overflow overflows again
+                        out = _floats(call.module(*call.args, **call.kwargs))
+                    if call.grad:  # a call under no_grad made nothing the gradient came through
+                        outputs += out
                     self.hooks.remove()
                     norms = self.hooks.tensor()
                     if norms is None:
@@ -281,9 +329,35 @@ class ActivationSignal(Signal):
                     _, origin = self.hooks.read(norms.tolist())
                     if origin is not None:
                         return {**origin, "replayed": True, "weights": weights}
-            return None
+                if math.isfinite(record.values.get(LOSS.name, 0.0)):
+                    return None
+                return {**self._in_the_loss(outputs), "replayed": True, "weights": weights}
         except Exception:  # noqa: BLE001 - a replay never breaks training; the guard remains
             return None
+        finally:
+            self.hooks.tracing = False
+            self.hooks.made_by.clear()
+
+    def _in_the_loss(self, outputs: list[torch.Tensor]) -> dict:
+        """The forward was finite on replay, the loss was not: the NaN was made after the
+        model's output, in the loss (or its targets). The output it came from, when one output
+        holds values a loss cannot take: exact zeros in an output otherwise positive (a scale
+        or a probability that underflowed: a log or a division of it is infinite), or values
+        whose square overflows."""
+        suspects = []
+        for t in outputs:
+            edge = _edge_values(t)
+            made = self.hooks.made_by.get(id(t))
+            if edge and made is not None and made[1]() is t:
+                suspects.append((made[0], edge))
+        if len(suspects) == 1:
+            module, edge = suspects[0]
+            return {"module": module, "in_the_loss": f"its output held {edge}"}
+        return {
+            "module": None,
+            "note": "the forward pass was finite on a replay of the step: the NaN was made "
+            "after the model's output, in the loss or its targets",
+        }
 
     def detach(self) -> None:
         self.hooks.remove()
@@ -344,9 +418,9 @@ class ActivationSignal(Signal):
 
     def _outputs(self) -> list[torch.Tensor]:
         outs = []
-        for module, args, kwargs, state in self._calls:
-            torch.set_rng_state(state)
-            outs += _floats(module(*args, **kwargs))
+        for call in self._calls:
+            torch.set_rng_state(call.rng)
+            outs += _floats(call.module(*call.args, **call.kwargs))
         return outs
 
     @contextmanager
@@ -367,6 +441,20 @@ class ActivationSignal(Signal):
             self.hooks.remove()
             if now is not None:
                 model.load_state_dict(now)
+
+
+def _edge_values(t: torch.Tensor) -> str | None:
+    """What in ``t`` a loss cannot take, if anything: a few exact zeros (a tenth of the entries
+    at most: a ReLU's output has many) in a tensor otherwise positive, or values whose square
+    overflows its dtype."""
+    t = t.detach()
+    zeros = int((t == 0).sum())
+    if zeros and zeros <= 0.1 * t.numel() and bool((t >= 0).all()):
+        return f"{zeros} exact zero(s) among positive values (an underflow)"
+    huge = math.sqrt(torch.finfo(t.dtype).max)
+    if bool((t.abs() > huge).any()):
+        return f"values above {huge:.3g}, whose square overflows {t.dtype}"
+    return None
 
 
 def _noise(t: torch.Tensor) -> torch.Tensor:
