@@ -1,10 +1,12 @@
 """Run shapes the thirteenth wave's runs showed, each a trigger and a control: a layer unfrozen
 after the optimizer was built without it (gradients that nothing applies), next to a layer kept
 frozen, a layer unfrozen and added to the optimizer, and a discriminator frozen at attach that
-its own optimizer trains."""
+its own optimizer trains; units dead long before a sudden NaN; a NaN made in the loss from an
+output that underflowed, next to a NaN target; a gradient norm that never came back."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import regression_batch
 from torch import nn
@@ -178,3 +180,28 @@ def test_a_nan_made_in_the_loss_from_an_underflowed_output_names_that_output(tmp
     found = _nll_run(tmp_path, "target", bad="target")
     assert found.step == 30 and found.where is None
     assert "after the model's output" in found.evidence["forward_origin"]["note"]
+
+
+@pytest.mark.parametrize("came_back", [True, False])
+def test_a_gradient_norm_that_never_came_back_was_no_spike(tmp_path, came_back):
+    # the gradient norm jumps 8x at step 50; it comes back at once (a spike), or rises on by
+    # 5x a step with the loss until the run breaks (the first step of a runaway)
+    from helpers import diagnose_stored
+
+    def grad(t):
+        if t < 50 or (came_back and t > 50):
+            return 1.0
+        return 8.0 * 5.0 ** (t - 50)
+
+    rows = [
+        {"loss": 1.0 if t < 50 or came_back else 1.0 * 3.0 ** (t - 49), "grad_norm": grad(t)}
+        for t in range(60 if came_back else 57)
+    ]
+    spike = ("grad_norm_spike", 50, None, {"grad_norm": 8.0, "baseline": 1.0}, "warning")
+    findings = [spike]
+    if not came_back:
+        findings.append(("loss_divergence", 52, None, {"ratio": 9.0}, "critical"))
+    report = diagnose_stored(tmp_path, str(came_back), rows, findings)
+    spiked = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert ("never came back" in spiked.why) is not came_back
+    assert (report.top.cause == "gradient_spike") is came_back

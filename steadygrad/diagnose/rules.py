@@ -1136,7 +1136,35 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"the loss was already climbing from step {facts.climbing_from}: the spikes came "
             "with the divergence, not before it"
         )
+    elif _never_came_back(facts, first.step):
+        found.consequence_of = (
+            f"the gradient norm never came back after step {first.step}: it rose on with the "
+            "loss, the first step of a runaway, not a spike"
+        )
     return found
+
+
+def _never_came_back(facts: RunFacts, step: int, readings: int = 3) -> bool:
+    """Whether the gradient norm at ``step`` was the first of a runaway: at each of the next
+    ``readings`` records (or up to the first non-finite one, when it comes sooner, at least one
+    before it) the gradient norm stood above it and the loss at or above its own. A spike is a
+    step the norm comes back from."""
+    grads, loss = facts.series(GRAD_NORM.name), facts.series(LOSS.name)
+    if grads is None or loss is None:
+        return False
+    steps, norms = grads
+    at = np.flatnonzero(steps == step)
+    l_at = np.flatnonzero(loss[0] == step)
+    if not len(at) or not len(l_at):
+        return False
+    after = norms[at[0] + 1 : at[0] + 1 + readings]
+    later_loss = loss[1][l_at[0] + 1 : l_at[0] + 1 + readings]
+    finite = np.isfinite(after) & np.isfinite(later_loss[: len(after)])
+    cut = int(np.argmin(finite)) if not finite.all() else len(after)
+    after, later_loss = after[:cut], later_loss[:cut]
+    if not len(after) or (cut == len(finite) and len(after) < readings):
+        return False  # the run ended first: nothing to tell
+    return bool((after > norms[at[0]]).all() and (later_loss >= loss[1][l_at[0]]).all())
 
 
 def _in_a_climb(facts: RunFacts, step: int) -> bool:
