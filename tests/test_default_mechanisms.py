@@ -163,6 +163,36 @@ def test_relu6_and_a_hardtanh_clipped_at_zero_count_as_relus(tmp_path):
     assert not any(k.startswith(("dead_units/", "relu_active/")) and "fc3" in k for k in values)
 
 
+class SquashingNet(nn.Module):
+    """nn.Tanh after fc1, Tensor.sigmoid after fc2, torch.tanh inside a leaf without children."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 5)
+        self.act = nn.Tanh()
+
+    def forward(self, x):
+        return self.head(self.fc2(self.act(self.fc1(x))).sigmoid())
+
+
+def test_tanh_and_sigmoid_saturation_per_layer_by_hand(tmp_path):
+    model = SquashingNet()
+    with torch.no_grad():
+        model.fc1.weight.mul_(40.0)  # most of fc1's tanh inputs far out in the tails
+    fc1, fc2 = copy.deepcopy(model.fc1), copy.deepcopy(model.fc2)
+    records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
+    values = records[0].values
+    with torch.no_grad():  # from the step's own pre-activations: slope under 2% of its peak
+        pre1 = fc1(x)
+        pre2 = fc2(torch.tanh(pre1))
+        tanh_share = ((1 - torch.tanh(pre1) ** 2) < 0.02).float().mean().item()
+        s = torch.sigmoid(pre2)
+        sigmoid_share = (s * (1 - s) < 0.02 * 0.25).float().mean().item()
+    assert tanh_share > 0.5  # the case is the one built
+    assert values["saturated/fc1"] == pytest.approx(tanh_share)
+    assert values["saturated/fc2"] == pytest.approx(sigmoid_share)
+
+
 def test_a_regression_head_gets_no_output_logit_or_softmax_signal(tmp_path):
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
     records, _, _, _ = _run(
@@ -171,7 +201,7 @@ def test_a_regression_head_gets_no_output_logit_or_softmax_signal(tmp_path):
     assert not any(k.startswith(("logit_lse", "softmax_collapse")) for k in records[-1].values)
     signals = steadygrad.load(tmp_path / "run").config["signals"]
     assert signals["CrossEntropyOutputSignal"].startswith("off")
-    assert signals["DeadUnitSignal"].startswith("off")
+    assert signals["DeadUnitSignal"] == "on"  # the tanh's saturation: it applies
     assert signals["AttentionLogitSignal"].startswith("off")
     report = steadygrad.diagnose(tmp_path / "run")
     assert "softmax_collapse" not in report.causes()

@@ -158,6 +158,14 @@ RELU_ACTIVE = Metric(
     per="module",
     panel="plasticity",
 )
+SATURATED = Metric(
+    "saturated",
+    "fraction of a layer's tanh or sigmoid outputs in the flat tails, where the slope is under "
+    "2% of its peak (|tanh| > 0.99; sigmoid below 0.005 or above 0.995): units x sampled rows",
+    unit="fraction",
+    per="module",
+    panel="plasticity",
+)
 EFFECTIVE_RANK = Metric(
     "effective_rank",
     "effective rank of a layer's features (exp of the spectral entropy)",

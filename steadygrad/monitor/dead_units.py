@@ -20,8 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from steadygrad.core import Measurements
-from steadygrad.core.metrics import DEAD_UNITS, RELU_ACTIVE, ZEROED_UNITS
+from steadygrad.core.metrics import DEAD_UNITS, RELU_ACTIVE, SATURATED, ZEROED_UNITS
 from steadygrad.monitor.intercept import InterceptingSignal
+
+# Inputs beyond which tanh and sigmoid have under 2% of their peak slope: |tanh x| > 0.99 and
+# sigmoid outside [0.005, 0.995].
+TANH_TAIL = 2.647
+SIGMOID_TAIL = 5.293
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
@@ -30,19 +35,22 @@ class DeadUnitSignal(InterceptingSignal):
     """``dead_units/<layer>``: the fraction of a layer's units whose ReLU output was zero for
     every example of the step (units: channels after a convolution or batch norm, else the last
     dimension); ``relu_active/<layer>``: the fraction of its ReLU outputs that were positive;
-    ``zeroed_units/<layer>``: the fraction whose ReLU input was exactly zero throughout.
+    ``zeroed_units/<layer>``: the fraction whose ReLU input was exactly zero throughout;
+    ``saturated/<layer>``: the fraction of its tanh or sigmoid outputs in the flat tails (a
+    saturated unit passes almost no gradient: an unscaled input, a weight grown too large).
 
     Example:
         >>> signal = DeadUnitSignal(every=25)   # on by default in the Monitor
     """
 
-    metrics = (DEAD_UNITS, RELU_ACTIVE, ZEROED_UNITS)
+    metrics = (DEAD_UNITS, RELU_ACTIVE, ZEROED_UNITS, SATURATED)
 
     def __init__(self, every: int = 25) -> None:
         super().__init__(every)
         self._alive: dict[str, torch.Tensor] = {}
         self._fed: dict[str, torch.Tensor] = {}  # units whose input was not all zero
         self._active: dict[str, list[torch.Tensor]] = {}  # positive count, element count
+        self._saturated: dict[str, list[Any]] = {}  # in-the-tails count, element count
         self._channel_first: set[str] = set()
         self.seen = False
 
@@ -53,7 +61,7 @@ class DeadUnitSignal(InterceptingSignal):
         }
 
     def applies(self) -> bool | str:
-        return True if self.seen else "no ReLU call seen (relu, relu6, hardtanh from 0)"
+        return True if self.seen else "no ReLU, tanh or sigmoid call seen"
 
     def watched(self) -> dict[Callable, Callable]:
         return {
@@ -62,7 +70,31 @@ class DeadUnitSignal(InterceptingSignal):
             F.relu_: self._observe,
             F.relu6: self._observe,
             F.hardtanh: self._observe_hardtanh,  # nn.ReLU6 is hardtanh(x, 0, 6)
+            torch.tanh: self._observe_tanh,  # nn.Tanh
+            F.tanh: self._observe_tanh,
+            torch.Tensor.tanh: self._observe_tanh,
+            torch.sigmoid: self._observe_sigmoid,  # nn.Sigmoid
+            F.sigmoid: self._observe_sigmoid,
+            torch.Tensor.sigmoid: self._observe_sigmoid,
         }
+
+    def _observe_tanh(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        self._observe_tails(args, kwargs, TANH_TAIL)
+
+    def _observe_sigmoid(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        self._observe_tails(args, kwargs, SIGMOID_TAIL)
+
+    def _observe_tails(self, args: tuple, kwargs: dict[str, Any], tail: float) -> None:
+        """The share of a squashing function's inputs beyond ``tail`` either way, where its
+        slope is under 2% of its peak."""
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
+            return
+        layer = self.producer(x) or self.composer(x) or self.running() or "<root>"
+        count = (x.detach().abs() > tail).sum(dtype=torch.float32)
+        total = self._saturated.setdefault(layer, [count.new_zeros(()), 0])
+        total[0], total[1] = total[0] + count, total[1] + x.numel()
+        self.seen = True
 
     def _observe_hardtanh(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """A hardtanh whose floor is 0 is a clipped ReLU: a unit below it gets no gradient."""
@@ -71,7 +103,7 @@ class DeadUnitSignal(InterceptingSignal):
             self._observe(args[:1], kwargs)
 
     def begin(self, step: int) -> None:
-        self._alive, self._fed, self._active = {}, {}, {}
+        self._alive, self._fed, self._active, self._saturated = {}, {}, {}, {}
         super().begin(step)
 
     def _observe(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -99,6 +131,11 @@ class DeadUnitSignal(InterceptingSignal):
         self.seen = True
 
     def measure(self, step: int, out: Measurements) -> None:
+        if self._saturated:
+            names = sorted(self._saturated)
+            shares = torch.stack([self._saturated[n][0] / self._saturated[n][1] for n in names])
+            out.put_many([SATURATED.key(n) for n in names], shares)
+            self._saturated = {}
         if not self._alive:
             return
         names = sorted(self._alive)
