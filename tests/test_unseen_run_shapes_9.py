@@ -2,7 +2,8 @@
 after the optimizer was built without it (gradients that nothing applies), next to a layer kept
 frozen, a layer unfrozen and added to the optimizer, and a discriminator frozen at attach that
 its own optimizer trains; units dead long before a sudden NaN; a NaN made in the loss from an
-output that underflowed, next to a NaN target; a gradient norm that never came back."""
+output that underflowed, next to a NaN target; a gradient norm that never came back; tanh units
+saturated by an input column in the wrong unit, next to the same column in the right one."""
 
 from __future__ import annotations
 
@@ -205,3 +206,34 @@ def test_a_gradient_norm_that_never_came_back_was_no_spike(tmp_path, came_back):
     spiked = next(d for d in report.diagnoses if d.cause == "gradient_spike")
     assert ("never came back" in spiked.why) is not came_back
     assert (report.top.cause == "gradient_spike") is came_back
+
+
+def _tanh_regressor_run(tmp_path, name, scale):
+    """A tanh MLP regressing sin of an angle; ``scale`` multiplies the angle column (in degrees,
+    57x: the hidden tanh units sit in their flat tails and pass almost no gradient)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False) as mon:
+        for _ in range(150):
+            angle = torch.rand(64, 1, generator=gen) * 6.28 - 3.14
+            x = torch.cat([angle * scale, torch.ones_like(angle)], 1)
+            loss = nn.functional.mse_loss(model(x), torch.sin(angle))
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.diagnose(tmp_path / name), steadygrad.load(tmp_path / name)
+
+
+def test_tanh_units_saturated_by_an_unscaled_input_are_lost_plasticity(tmp_path):
+    report, run = _tanh_regressor_run(tmp_path, "degrees", scale=57.3)
+    _, share = run.series("saturated/0")
+    assert (share >= 0.9).mean() >= 0.5  # the case is the one built: mostly in the tails
+    assert report.top.cause == "loss_of_plasticity" and report.top.where == ["0"]
+    found = next(f for f in run.findings() if f.kind == "loss_of_plasticity")
+    assert found.evidence["reason"] == "saturated_units"
+    report, run = _tanh_regressor_run(tmp_path, "radians", scale=1.0)
+    assert run.series("saturated/0")[1].max() < 0.5
+    assert not [d for d in report.diagnoses if d.severity != "info"]

@@ -25,6 +25,7 @@ from steadygrad.core.metrics import (
     OPTIMIZER_SKIPPED,
     PARAM_NORM,
     RELU_ACTIVE,
+    SATURATED,
     SHARPNESS,
     SHARPNESS_LIMIT,
     SOFTMAX_COLLAPSE,
@@ -442,15 +443,16 @@ def _killed_in_a_burst(facts: RunFacts, found: Found) -> Found:
 
 
 def _stayed_dead(facts: RunFacts, layer: str, since: int) -> bool:
-    """The layer's dead fraction at its last reading is still at least half its largest since
-    ``since``; or, with no unit dead on every example, the share of its outputs its ReLU passes
-    is still at most half its first reading (dying units that stayed so)."""
-    series = facts.series(f"{DEAD_UNITS.name}/{layer}")
-    if series is not None:
-        steps, values = series
-        after = values[(steps >= since) & np.isfinite(values)]
-        if len(after) and after.max() > 0:
-            return bool(after[-1] >= 0.5 * after.max())
+    """The layer's dead (or saturated) fraction at its last reading is still at least half its
+    largest since ``since``; or, with no unit dead on every example, the share of its outputs
+    its ReLU passes is still at most half its first reading (dying units that stayed so)."""
+    for family in (DEAD_UNITS, SATURATED):
+        series = facts.series(f"{family.name}/{layer}")
+        if series is not None:
+            steps, values = series
+            after = values[(steps >= since) & np.isfinite(values)]
+            if len(after) and after.max() > 0:
+                return bool(after[-1] >= 0.5 * after.max())
     series = facts.series(f"{RELU_ACTIVE.name}/{layer}")
     if series is None:
         return False

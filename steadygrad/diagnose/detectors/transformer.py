@@ -41,6 +41,7 @@ from steadygrad.core.metrics import (
     OUTPUT_MODULE,
     PARAM_NORM,
     RELU_ACTIVE,
+    SATURATED,
     SOFTMAX_COLLAPSE,
     UNUSED_PARAMETERS,
     UPDATE_RATIO,
@@ -565,6 +566,10 @@ class PlasticityLoss(Detector):
     ``effective_rank`` stays at or below ``rank_drop`` times its largest value so far, for
     ``patience`` records (Dohare et al. 2024). Evidence names which of the two it was.
 
+    Saturated: ``NEARLY_ALL`` of a layer's tanh or sigmoid outputs in their flat tails
+    (``saturated``) for ``patience`` records, the model's output module left out (a confident
+    classifier's sigmoid is saturated, and learns): units that pass almost no gradient.
+
     Early, while the units are still dying: when the share of a layer's outputs its ReLU passes
     (``relu_active``) has fallen to ``dying`` times its first value while the loss is not
     improving. The share alone is no evidence: trained networks grow sparse on their own (the
@@ -576,7 +581,7 @@ class PlasticityLoss(Detector):
     """
 
     kind = LOSS_OF_PLASTICITY
-    reads = (DEAD_UNITS, ZEROED_UNITS, RELU_ACTIVE, EFFECTIVE_RANK, LOSS)
+    reads = (DEAD_UNITS, ZEROED_UNITS, RELU_ACTIVE, SATURATED, EFFECTIVE_RANK, LOSS)
     emits = (LOSS_OF_PLASTICITY,)
 
     def __init__(
@@ -596,6 +601,8 @@ class PlasticityLoss(Detector):
         self._dying: dict[str, _Streak] = {}
         self._first_active: dict[str, float] = {}
         self._first_dead: dict[str, float] = {}
+        self._saturated: dict[str, _Streak] = {}
+        self._output: str | None = None  # the model's output module, once a record names it
         self.loss = SustainedLevel()
         self._readings = Readings()
 
@@ -634,6 +641,14 @@ class PlasticityLoss(Detector):
             streak = self._dead.setdefault(name, _Streak())
             if streak.update(dead >= self.dead_fraction and died, self.patience):
                 evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
+                findings.append(self._finding(record.step, name, evidence, streak))
+        self._output = record.meta.get(OUTPUT_MODULE, self._output)
+        for name, share in record.family(SATURATED.name).items():
+            # tanh/sigmoid units in their flat tails pass (almost) no gradient: dead by another
+            # name. The model's own output is left out: a confident classifier's is saturated.
+            streak = self._saturated.setdefault(name, _Streak())
+            if streak.update(share >= NEARLY_ALL and name != self._output, self.patience):
+                evidence = {"reason": "saturated_units", "saturated": share, "limit": NEARLY_ALL}
                 findings.append(self._finding(record.step, name, evidence, streak))
         for name, rank in ranks.items():
             if not math.isfinite(rank):
