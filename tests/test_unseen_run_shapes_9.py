@@ -3,7 +3,8 @@ after the optimizer was built without it (gradients that nothing applies), next 
 frozen, a layer unfrozen and added to the optimizer, and a discriminator frozen at attach that
 its own optimizer trains; units dead long before a sudden NaN; a NaN made in the loss from an
 output that underflowed, next to a NaN target; a gradient norm that never came back; tanh units
-saturated by an input column in the wrong unit, next to the same column in the right one."""
+saturated by an input column in the wrong unit, next to the same column in the right one; a
+spike SPAM clipped, next to the same spike under Adam."""
 
 from __future__ import annotations
 
@@ -237,3 +238,30 @@ def test_tanh_units_saturated_by_an_unscaled_input_are_lost_plasticity(tmp_path)
     report, run = _tanh_regressor_run(tmp_path, "radians", scale=1.0)
     assert run.series("saturated/0")[1].max() < 0.5
     assert not [d for d in report.diagnoses if d.severity != "info"]
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "SPAM"])
+def test_a_spike_that_spam_clipped_did_not_poison_its_moments(tmp_path, optimizer):
+    # one step's gradients 1000x: Adam's second moment takes the spike's square and damps the
+    # updates for hundreds of steps; SPAM clips the spike to sqrt(theta * v) first, so its v
+    # rises at most 1 + theta * (1 - beta2) = 6x and the updates shrink to about 0.4 at most
+    from steadygrad import optim as sgo
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 3))
+    make = {"Adam": torch.optim.Adam, "SPAM": sgo.SPAM}[optimizer]
+    opt = make(model.parameters(), lr=1e-3)
+    with steadygrad.watch(model, opt, tmp_path / optimizer, progress=False) as mon:
+        for step in range(260):
+            x, y = regression_batch(step % 32)
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            if step == 120:
+                for p in model.parameters():
+                    p.grad.mul_(1000.0)
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    report = steadygrad.diagnose(tmp_path / optimizer)
+    expected = "adam_second_moment_poisoned" if optimizer == "Adam" else "gradient_spike"
+    assert report.top.cause == expected, report.causes()

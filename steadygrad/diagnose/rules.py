@@ -1009,6 +1009,12 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
 # keeps 0.9**20 = 12% of it); the second moment's damping is judged after them.
 MOMENTUM_MEMORY = 20
 POISON_BEYOND_CONTROL = 0.5  # a per-tensor spike's tensors slowed twice as much as the rest
+# Optimizers that clip a spike before it reaches their moments (SPAM: entries above
+# theta * v become sqrt(theta * v); Stable-SPAM clips and renormalises too). One spike can then
+# raise v at most 1 + theta * (1 - beta2) times: 6x at SPAM's defaults (theta 5000, beta2
+# 0.999), updates shrinking to 1/sqrt(6) = 0.41 and back as v decays. A shrink that stays
+# within three quarters of that is the clipping working as designed, not a poisoned moment.
+SPIKE_CLIPPING = {"SPAM": 0.3, "StableSPAM": 0.3}
 # Steps after a spike at which updates still damped say its harm outlived it: the batch that
 # made the spike is long gone, the second moment it inflated still holds the run back (Adam's
 # beta2 = 0.999 remembers ~1000 steps; a beta2 of 0.95 or RMSprop's 0.99 has forgotten by then
@@ -1069,7 +1075,7 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
         hit = {f.where for f in at_step if f.kind == GRADIENT_SPIKE}
         mine = [n for n in ratios if n.split("/", 1)[1] in hit]
         drop = _update_drop(facts, mine or ratios, spike.step)
-        if not drop < 0.5:
+        if not drop < SPIKE_CLIPPING.get(facts.optimizer, 0.5):
             continue
         if mine and not any(f.kind == GRAD_NORM_SPIKE for f in at_step):
             # the spike hit some tensors only: those it missed are the control. Adam's steps
