@@ -4,7 +4,8 @@ frozen, a layer unfrozen and added to the optimizer, and a discriminator frozen 
 its own optimizer trains; units dead long before a sudden NaN; a NaN made in the loss from an
 output that underflowed, next to a NaN target; a gradient norm that never came back; tanh units
 saturated by an input column in the wrong unit, next to the same column in the right one; a
-spike SPAM clipped, next to the same spike under Adam."""
+spike SPAM clipped, next to the same spike under Adam; gradients growing out of a flat start
+while the loss fell, next to the same growth with the loss climbing."""
 
 from __future__ import annotations
 
@@ -265,3 +266,22 @@ def test_a_spike_that_spam_clipped_did_not_poison_its_moments(tmp_path, optimize
     report = steadygrad.diagnose(tmp_path / optimizer)
     expected = "adam_second_moment_poisoned" if optimizer == "Adam" else "gradient_spike"
     assert report.top.cause == expected, report.causes()
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_gradients_growing_out_of_a_flat_start_while_the_loss_fell_are_not_exploding(learned):
+    # the gradient norm sits at 0.1 for the first records (a flat start) and grows 20x by
+    # step 100; the loss falls from 1.4 to 0.5, then bounces back to 0.95 (half its progress
+    # given back): a model that left its flat start; the control's loss climbs above 1.4
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors.trends import GradientGrowth
+
+    detector, found = GradientGrowth(), []
+    for t in range(140):
+        grad = 0.1 if t < 8 else 0.1 * 20.0 ** min(1.0, (t - 8) / 92)
+        if learned:
+            loss = 1.4 - 0.9 * min(t, 60) / 60 + (0.45 if t >= 80 else 0.0)
+        else:
+            loss = 1.4 + 0.01 * t
+        found += detector.update(Record(t, {"grad_norm": grad, "loss": loss}))
+    assert bool(found) is not learned

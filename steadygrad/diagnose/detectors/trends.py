@@ -298,6 +298,11 @@ class LossDivergence(Detector):
         return True
 
 
+# A gradient floor set within this many records of the start, with the loss this share below
+# where it stood then, is a flat start the model left (see GradientGrowth._left_a_flat_start).
+START_RECORDS, START_LEFT = 10, 0.25
+
+
 class GradientGrowth(Detector):
     """Exploding gradients (Pascanu et al. 2013), two ways:
 
@@ -375,6 +380,9 @@ class GradientGrowth(Detector):
         self._ema: np.ndarray | None = None
         self._floor: np.ndarray | None = None
         self._first: np.ndarray | None = None  # step at which each tensor left its floor
+        self._records = 0
+        self._floor_record = 0  # the record (count from the first) the floor was set at
+        self._loss_at_floor = math.nan  # the loss's level when the gradient stood at its floor
 
     def update(self, record: Record) -> list[Finding]:
         # the first record says the optimizer's family, and may be an overflow skipped below
@@ -405,11 +413,15 @@ class GradientGrowth(Detector):
             return exploded
         self._track_tensors(record)
         level = self.level
+        floor_before = level.floor_step
         level.add(math.log(norm), record.step)
+        self._records += 1
+        if level.floor_step != floor_before:
+            self._floor_record, self._loss_at_floor = self._records, self.loss.current
         if not math.isfinite(level.floor):
             return []
         rise = level.current - level.floor
-        worse = self._loss_worse()
+        worse = self._loss_worse() and not self._left_a_flat_start()
         growing = rise > max(self.growth, NOISE_Z * level.noise())  # beyond its own scatter
         self._above = self._above + 1 if growing and worse else 0
         if rise < self.growth / 2:
@@ -512,6 +524,16 @@ class GradientGrowth(Detector):
 
     def _loss_stalled(self) -> bool:
         return loss_stalled(self.loss)
+
+    def _left_a_flat_start(self) -> bool:
+        """The gradient's floor is its level over the first records, and the loss stands well
+        below where it stood then (``START_LEFT``): a model leaving a flat initial region
+        (small initial gradients under batch norm, a residual branch scaled to zero) whose
+        gradients grow as it learns, not gradients exploding."""
+        return (
+            self._floor_record <= START_RECORDS
+            and self.loss.current < self._loss_at_floor - START_LEFT * abs(self._loss_at_floor)
+        )
 
     def _loss_worse(self) -> bool:
         """The loss gave back half its progress: growing gradients that hurt (under Adam, a
