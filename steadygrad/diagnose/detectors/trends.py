@@ -300,7 +300,7 @@ class LossDivergence(Detector):
 
 # A gradient floor set within this many records of the start, with the loss this share below
 # where it stood then, is a flat start the model left (see GradientGrowth._left_a_flat_start).
-START_RECORDS, START_LEFT = 10, 0.25
+START_RECORDS, START_LEFT = 10, 0.2
 
 
 class GradientGrowth(Detector):
