@@ -114,7 +114,7 @@ def _watched_clip(original: Callable) -> Callable:
     def clip_grad_norm_(parameters: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         if parameters is None and "parameters" in kwargs:
             parameters = kwargs.pop("parameters")
-        params = _as_list(parameters) if _watches and not _compiling() else None
+        params = _as_list(parameters) if _watches and not torch.compiler.is_compiling() else None
         if params is None:  # nothing watches, or an argument torch itself will reject
             return original(parameters, *args, **kwargs)
         norm = original(
@@ -130,7 +130,7 @@ def _watched_total(original: Callable) -> Callable:
     def get_total_norm(tensors: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         if tensors is None and "tensors" in kwargs:
             tensors = kwargs.pop("tensors")
-        grads = _as_list(tensors) if _watches and not _compiling() else None
+        grads = _as_list(tensors) if _watches and not torch.compiler.is_compiling() else None
         if grads is None:
             return original(tensors, *args, **kwargs)
         norm = original(grads, *args, **kwargs)
@@ -183,10 +183,3 @@ def _norm_type(args: tuple, kwargs: dict, at: int) -> float:
     tensors, norm_type)``: 0); 2 by default."""
     value = kwargs.get("norm_type", args[at] if len(args) > at else 2.0)
     return float(value)
-
-
-def _compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except Exception:  # noqa: BLE001
-        return False

@@ -12,6 +12,7 @@ running.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -64,25 +65,17 @@ class DeadUnitSignal(InterceptingSignal):
         return True if self.seen else "no ReLU, tanh or sigmoid call seen"
 
     def watched(self) -> dict[Callable, Callable]:
+        tanh = functools.partial(self._observe_tails, tail=TANH_TAIL)
+        sigmoid = functools.partial(self._observe_tails, tail=SIGMOID_TAIL)
         return {
             F.relu: self._observe,
             torch.relu: self._observe,
             F.relu_: self._observe,
             F.relu6: self._observe,
             F.hardtanh: self._observe_hardtanh,  # nn.ReLU6 is hardtanh(x, 0, 6)
-            torch.tanh: self._observe_tanh,  # nn.Tanh
-            F.tanh: self._observe_tanh,
-            torch.Tensor.tanh: self._observe_tanh,
-            torch.sigmoid: self._observe_sigmoid,  # nn.Sigmoid
-            F.sigmoid: self._observe_sigmoid,
-            torch.Tensor.sigmoid: self._observe_sigmoid,
+            **dict.fromkeys((torch.tanh, F.tanh, torch.Tensor.tanh), tanh),  # nn.Tanh
+            **dict.fromkeys((torch.sigmoid, F.sigmoid, torch.Tensor.sigmoid), sigmoid),
         }
-
-    def _observe_tanh(self, args: tuple, kwargs: dict[str, Any]) -> None:
-        self._observe_tails(args, kwargs, TANH_TAIL)
-
-    def _observe_sigmoid(self, args: tuple, kwargs: dict[str, Any]) -> None:
-        self._observe_tails(args, kwargs, SIGMOID_TAIL)
 
     def _observe_tails(self, args: tuple, kwargs: dict[str, Any], tail: float) -> None:
         """The share of a squashing function's inputs beyond ``tail`` either way, where its

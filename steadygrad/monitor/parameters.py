@@ -279,7 +279,7 @@ class ParameterSignal(Signal):
         self._grad_members: tuple[list[int], Members] | None = None
         self._hooks: list[Any] = []
         self._first_meta: dict[str, Any] = {}
-        self.strays: StrayGradients | None = None
+        self.strays: StrayGradients | None = None  # set on attach, as ``stats`` is
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
@@ -346,7 +346,7 @@ class ParameterSignal(Signal):
         if self._first_meta:
             meta.update(self._first_meta)
             self._first_meta = {}
-        stray = self.strays.check() if self.strays is not None else []
+        stray = self.strays.check()
         if stray:
             meta[GRADIENTS_NOT_APPLIED] = stray
         if self._hooks and stats.backward_order:

@@ -391,9 +391,8 @@ class GradientGrowth(Detector):
         norm = record.values.get(GRAD_NORM.name)
         if norm is None or not (math.isfinite(norm) and norm > 0) or record.nonfinite:
             return self._at_start_confirmed(broken=record.nonfinite)
-        norm *= shrunk_by_clipping(
-            record, norm
-        )  # the gradient the model made, not what clipping left
+        shrunk = shrunk_by_clipping(record, norm)
+        norm *= shrunk  # the gradient the model made, not what clipping left
         if self._first_record:
             self._first_record = False
             self._at_start = self._at_init(record, norm)
@@ -411,7 +410,7 @@ class GradientGrowth(Detector):
         exploded = self._exploded_then_collapsed(record, norm)
         if exploded:
             return exploded
-        self._track_tensors(record)
+        self._track_tensors(record, shrunk)
         level = self.level
         floor_before = level.floor_step
         level.add(math.log(norm), record.step)
@@ -583,11 +582,12 @@ class GradientGrowth(Detector):
         }
         return [Finding(self.kind, record.step, names[keep[0]], evidence, Severity.WARNING)]
 
-    def _track_tensors(self, record: Record) -> None:
+    def _track_tensors(self, record: Record, shrunk: float) -> None:
+        """Each tensor's gradient level and floor (its norm before clipping: times ``shrunk``)."""
         names, norms = record.family_array(GRAD_NORM.name)
         if not len(names):
             return
-        norms = norms * shrunk_by_clipping(record, record.values[GRAD_NORM.name])
+        norms = norms * shrunk
         if names is not self._names and names != self._names:  # first record, or a new set
             self._ema = self._floor = self._first = None
         self._names = names
