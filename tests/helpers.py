@@ -91,14 +91,14 @@ def shared_temp_dir() -> Path:
     return path
 
 
-def diagnose_stored(tmp_path, name, rows, findings):
+def diagnose_stored(tmp_path, name, rows, findings, config=None):
     """Store ``rows`` (one dict of scalars per step) and ``findings`` (tuples of kind, step,
-    where, evidence, severity) as a run, and diagnose it: the rules on a run shape written by
-    hand."""
+    where, evidence, severity) as a run with ``config``, and diagnose it: the rules on a run
+    shape written by hand."""
     from steadygrad.core import Finding
     from steadygrad.store import RunStore
 
-    store = RunStore(tmp_path / name)
+    store = RunStore(tmp_path / name, config=config)
     for step, values in enumerate(rows):
         store.add_scalars(step, values)
     store.add_findings(Finding(k, s, w, ev, sev) for k, s, w, ev, sev in findings)

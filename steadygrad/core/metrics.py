@@ -264,6 +264,11 @@ OPTIMIZER_FAMILY = "optimizer_family"
 # Record meta key next to the output-logit statistics: the module that produced the logits (the
 # head), when one did.
 OUTPUT_MODULE = "output_module"
+# Record meta key on records whose forward was hooked, and run config key (the union over the
+# run): the modules applied in a recurrence (one call's input made from an earlier call's output
+# of the same module) and the built-in recurrent layers, whose repeated Jacobian product is where
+# gradients explode.
+RECURRENT_MODULES = "recurrent_modules"
 # Record meta key next to the output-logit statistics: how many classes the logits score (their
 # last dimension). A softmax over them sits at log Z = log(classes) when every logit is 0.
 OUTPUT_CLASSES = "output_classes"

@@ -24,6 +24,7 @@ from steadygrad.core.metrics import (
     LOSS,
     OPTIMIZER_SKIPPED,
     PARAM_NORM,
+    RECURRENT_MODULES,
     RELU_ACTIVE,
     SATURATED,
     SHARPNESS,
@@ -637,7 +638,7 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
     gradient first) spiked and the run never came back: the loss rose at every step after the
     spike, ``ONE_OFF`` times or more, until it went non-finite within ``EXPLOSION_LEAD``
     steps. One step's gradient that compounds into NaN is an explosion, not a spike the run
-    absorbed; it starts in the tensors that spiked most."""
+    absorbed; it starts in the tensors that spiked most, a recurrence's first."""
     nonfinite = facts.of(NONFINITE)
     loss = facts.series(LOSS.name)
     if not nonfinite or loss is None:
@@ -657,8 +658,20 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
         return None  # the loss came down after the spike: the run absorbed it
     if not between[-1] >= ONE_OFF * between[0]:
         return None  # a loss creeping up as before: nothing compounded
-    tensors = [f for f in facts.of(GRADIENT_SPIKE) if f.step == start and f.severity != "info"]
-    tensors.sort(key=lambda f: -f.evidence.get("spike_factor", 0.0))
+    # the tensors that spiked first, most first; before them, a recurrence's tensors that
+    # spiked on the way to the NaN: the repeated product there is what compounds
+    recurrent = facts.run.config.get(RECURRENT_MODULES) or []
+
+    def in_recurrence(f: Finding) -> bool:
+        return any(_inside(f.where or "", m) for m in recurrent)
+
+    tensors = [
+        f
+        for f in facts.of(GRADIENT_SPIKE)
+        if f.severity != "info"
+        and (f.step == start or start < f.step < nan_at and in_recurrence(f))
+    ]
+    tensors.sort(key=lambda f: (not in_recurrence(f), -f.evidence.get("spike_factor", 0.0)))
     where = [f.where for f in tensors if f.where][:3]
     return Found(
         f"the gradients exploded at step {start}: the gradient norm spiked and the loss rose at "
@@ -792,12 +805,12 @@ def _lr_rose(facts: RunFacts, until: int, rise: float = 1.2) -> bool:
 
 
 def _recurrent_origin(facts: RunFacts, found: Found) -> tuple[str, float] | None:
-    """The recurrent module (``nn.RNN``/``LSTM``/``GRU`` or a cell, listed by the Monitor in the
-    run's config) whose own gradient grew ``RECURRENT_GROWTH`` times by the growth finding,
+    """The recurrent module (``nn.RNN``/``LSTM``/``GRU``, a cell, or a module the forward applied
+    in a recurrence, listed by the Monitor in the run's config) whose own gradient grew ``RECURRENT_GROWTH`` times by the growth finding,
     when the finding named a tensor outside every recurrent module. Gradients explode through
     time inside a recurrence (Pascanu et al. 2013); the embedding or convolution before it gets
     the largest gradient only because every step of the recurrence adds to it."""
-    modules = facts.run.config.get("recurrent_modules") or []
+    modules = facts.run.config.get(RECURRENT_MODULES) or []
     named = found.where[0] if found.where else ""
     if not modules or any(_inside(named, m) for m in modules):
         return None

@@ -12,8 +12,10 @@ its inputs were finite: modules that merely passed the value on had a non-finite
 
 from __future__ import annotations
 
+import logging
 import math
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -30,9 +32,15 @@ from steadygrad.core.metrics import (
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
+    RECURRENT_MODULES,
     UNUSED_PARAMETERS,
 )
 from steadygrad.core.signal import random_state_kept
+
+log = logging.getLogger("steadygrad")
+
+# graph nodes searched back from a repeated call's inputs for the module's earlier outputs
+RECURRENCE_SEARCH = 64
 
 
 @dataclass
@@ -91,12 +99,20 @@ class ActivationHooks:
     def __init__(self, model: nn.Module) -> None:
         self.modules = [(name or "<root>", m) for name, m in model.named_modules()]
         self.leaves = {name for name, m in self.modules if next(m.children(), None) is None}
+        self.recurrent_layers = builtin_recurrent(model)
+        # a recurrence matters where weights sit (a shared dropout or activation module is none)
+        self._weighted = {
+            name for name, m in self.modules if next(m.parameters(), None) is not None
+        }
         self.calls: list[Call] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         # with ``tracing`` (a replay): id of an output tensor -> the innermost module that
         # returned it, and the tensor (weakly: an id is the tensor's only while it lives)
         self.tracing = False
         self.made_by: dict[int, tuple[str, weakref.ref]] = {}
+        # this step's outputs' autograd nodes per module, and the modules found in a recurrence
+        self._made: dict[str, set] = {}
+        self._recurrent: list[str] = []
 
     @property
     def installed(self) -> bool:
@@ -105,7 +121,7 @@ class ActivationHooks:
     def install(self) -> None:
         if self._handles:
             return
-        self.calls = []
+        self.calls, self._recurrent = [], []
         for name, module in self.modules:
             hook = torch.compiler.disable(self._hook(name))  # see monitor.intercept
             self._handles.append(module.register_forward_hook(hook))
@@ -114,6 +130,7 @@ class ActivationHooks:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._made = {}  # let the step's graph go
 
     def _hook(self, name: str):
         calls = self.calls
@@ -123,6 +140,8 @@ class ActivationHooks:
             calls.append(
                 Call(name, _norm(_floats(args)), _norm(outs), sum(t.numel() for t in outs))
             )
+            if name in self._weighted and torch.is_grad_enabled() and not self.tracing:
+                self._recurrence(name, args, outs)
             if self.tracing:
                 for t in outs:
                     kept = self.made_by.get(id(t))
@@ -130,6 +149,14 @@ class ActivationHooks:
                         self.made_by[id(t)] = (name, weakref.ref(t))
 
         return hook
+
+    def _recurrence(self, name: str, args: tuple, outs: list[torch.Tensor]) -> None:
+        made = self._made.get(name)
+        if made is not None and name not in self._recurrent and _depends_on(args, made):
+            self._recurrent.append(name)
+        nodes = {t.grad_fn for t in outs if t.grad_fn is not None}
+        if nodes:
+            self._made.setdefault(name, set()).update(nodes)
 
     # -- after the host transfer ---------------------------------------------------------------
     def tensor(self) -> torch.Tensor | None:
@@ -170,6 +197,37 @@ class ActivationHooks:
             origin = producer or {"module": "<input>", "note": "the model's input was non-finite"}
         return rms, origin
 
+    def recurrent(self) -> list[str]:
+        """The modules this step's forward applied in a recurrence (one call's input made from
+        an earlier call's output of the same module: a cell a loop steps through, an unrolled
+        dynamics model, a layer shared across depth), and the built-in recurrent layers. A
+        module merely called repeatedly (an input projection applied to each time step, an
+        encoder a siamese net calls on both inputs) is no recurrence."""
+        found = [n for n in self._recurrent if n not in self.recurrent_layers]
+        return self.recurrent_layers + found
+
+
+def builtin_recurrent(model: nn.Module) -> list[str]:
+    """The model's built-in recurrent layers and cells (``nn.RNN``, ``LSTM``, ``GRU``, cells)."""
+    cells = (nn.RNNBase, nn.RNNCellBase)
+    return [name for name, m in model.named_modules() if isinstance(m, cells)]
+
+
+def _depends_on(args: tuple, nodes: set, budget: int = RECURRENCE_SEARCH) -> bool:
+    """Whether the autograd graph behind ``args`` reaches one of ``nodes`` within ``budget``
+    graph nodes of them (a recurrence feeds its output back within a few operations)."""
+    frontier = deque(t.grad_fn for t in _floats(args) if t.grad_fn is not None)
+    seen: set = set()
+    while frontier and len(seen) < budget:
+        node = frontier.popleft()
+        if node in nodes:
+            return True
+        if node in seen:
+            continue
+        seen.add(node)
+        frontier += [n for n, _ in node.next_functions if n is not None]
+    return False
+
 
 class ActivationSignal(Signal):
     """The built-in activation statistics: every ``every`` steps the RMS of each leaf module's
@@ -206,10 +264,12 @@ class ActivationSignal(Signal):
         self._replaying = False
         self._corrupted: list[str] = []  # parameters non-finite before this step's forward
         self._unused_checked = False
+        self._recurrent_noted: list[str] = []  # recurrent modules listed in the run's config
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
         self.hooks = ActivationHooks(monitor.model)
+        self._recurrent_noted = list(self.hooks.recurrent_layers)  # the Monitor lists these
         for module in (monitor.model, *monitor.model.children()):
             self._input_hooks += [
                 module.register_forward_pre_hook(self._keep, with_kwargs=True),
@@ -269,6 +329,7 @@ class ActivationSignal(Signal):
         if raw:
             rms, origin = self.hooks.read(raw)
             record.values.update(rms)
+            self._note_recurrent(record)
             if origin is not None:
                 record.meta["forward_origin"] = _unless_corrupted(origin, self._corrupted)
         v = record.values
@@ -292,6 +353,21 @@ class ActivationSignal(Signal):
         if v.get(NONFINITE_GRADS.name) and not record.meta.get("skipped"):
             # a non-finite update was applied: the weights it made non-finite are its victims
             self._corrupted += list(record.meta.get("nonfinite_parameters") or [])
+
+    def _note_recurrent(self, record: Record) -> None:
+        """Hand the step's recurrent modules to the detectors (``record.meta``), and add those
+        found for the first time to the run's config, where the diagnosis reads them."""
+        recurrent = self.hooks.recurrent()
+        if not recurrent:
+            return
+        record.meta[RECURRENT_MODULES] = recurrent
+        new = [m for m in recurrent if m not in self._recurrent_noted]
+        if new:
+            self._recurrent_noted += new
+            try:
+                self.monitor.store.update_config({RECURRENT_MODULES: self._recurrent_noted})
+            except Exception as exc:  # a note for the diagnosis, never worth the run
+                log.warning("steadygrad: could not note the recurrent modules: %r", exc)
 
     def _replay(self, record: Record) -> dict | None:
         """Re-run the step's forward calls on their inputs with the weights before the update,

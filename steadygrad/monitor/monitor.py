@@ -34,11 +34,12 @@ from steadygrad.core.metrics import (
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
+    RECURRENT_MODULES,
 )
 from steadygrad.core.optimizer import optimizer_family, unwrap_optimizer
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
-from steadygrad.monitor.activations import ActivationSignal
+from steadygrad.monitor.activations import ActivationSignal, builtin_recurrent
 from steadygrad.monitor.attention_logits import AttentionLogitSignal
 from steadygrad.monitor.clipping import ClipWatch
 from steadygrad.monitor.dead_units import DeadUnitSignal
@@ -204,9 +205,7 @@ class Monitor:
             "optimizer": type(optimizer).__name__,
             "optimizer_family": optimizer_family(optimizer),
             "add_qk_norm_applies": bool(qk_norm_targets(model)),
-            "recurrent_modules": [
-                n for n, m in model.named_modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))
-            ],
+            RECURRENT_MODULES: builtin_recurrent(model),
             "parameters": sum(p.numel() for p in self.parameters.stats.params),
             "every": self.every,
             "signals": {k: "on" if v is True else f"off: {v}" for k, v in switched.items()},

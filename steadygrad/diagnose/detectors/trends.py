@@ -26,6 +26,7 @@ from steadygrad.core.metrics import (
     LOSS,
     OPTIMIZER_FAMILY,
     PARAM_NORM,
+    RECURRENT_MODULES,
     UPDATE_RATIO,
 )
 from steadygrad.core.optimizer import PER_COORDINATE
@@ -310,7 +311,10 @@ class GradientGrowth(Detector):
       sustained level for ``patience`` records while the loss is not improving (healthy
       training often raises the gradient norm from a small start while the loss falls):
       warning, critical at ``critical`` times. ``where`` is the parameter whose own gradient
-      norm left its best level first, by ``local_growth``: where the growth starts.
+      norm left its best level first, by ``local_growth``: where the growth starts. Where a
+      module applied repeatedly in the forward (``record.meta[RECURRENT_MODULES]``: a cell a loop
+      steps through) is among those that grew, the growth is its own: a repeated Jacobian product
+      is what makes gradients explode, and every tensor upstream of it only inherits the growth.
     - at initialisation: on the first record the gradient norm is ``init_ratio`` times the
       norm of the weights it updates (critical), naming the tensor with the largest ratio; or
       the gradients grow ``init_ratio`` times from the last layer back to the first, almost
@@ -383,11 +387,14 @@ class GradientGrowth(Detector):
         self._records = 0
         self._floor_record = 0  # the record (count from the first) the floor was set at
         self._loss_at_floor = math.nan  # the loss's level when the gradient stood at its floor
+        self._recurrent: tuple[str, ...] = ()  # modules applied repeatedly in the forward
 
     def update(self, record: Record) -> list[Finding]:
         # the first record says the optimizer's family, and may be an overflow skipped below
         if OPTIMIZER_FAMILY in record.meta:
             self._per_coordinate = record.meta[OPTIMIZER_FAMILY] in PER_COORDINATE
+        if RECURRENT_MODULES in record.meta:
+            self._recurrent = tuple(record.meta[RECURRENT_MODULES])
         norm = record.values.get(GRAD_NORM.name)
         if norm is None or not (math.isfinite(norm) and norm > 0) or record.nonfinite:
             return self._at_start_confirmed(broken=record.nonfinite)
@@ -488,7 +495,8 @@ class GradientGrowth(Detector):
             and (before_previous or not self._per_coordinate)
         ):
             # A candidate: the loss has a few records to show whether the run shrugged it off.
-            self._explosion = (previous[0], previous[1], norm, self._grew_most(previous[2]))
+            where = self._grew_most(previous[2], first=not before_previous)
+            self._explosion = (previous[0], previous[1], norm, where)
             self._explosion_wait = self.level.values.maxlen or 5
         if self._explosion is None:
             return []
@@ -507,19 +515,35 @@ class GradientGrowth(Detector):
         }
         return [Finding(self.kind, step, where, evidence, Severity.CRITICAL)]
 
-    def _grew_most(self, family: tuple[tuple[str, ...], np.ndarray]) -> str | None:
+    def _grew_most(self, family: tuple[tuple[str, ...], np.ndarray], first: bool) -> str | None:
         """The tensor whose gradient stood furthest above its own recent level: where the
         explosion came through (an RNN's recurrent weights, say), not the largest gradient it
-        left downstream (the embedding's)."""
+        left downstream (the embedding's); within a recurrence where one grew ``local_growth``
+        times. The ``first`` gradient has no level to stand above: the largest, within a
+        recurrence if the model has one."""
         names, norms = family
         if not len(names):
             return None
-        if self._ema is None or len(self._ema) != len(norms) or names != self._names:
-            return names[int(np.argmax(norms))]
         with np.errstate(divide="ignore", invalid="ignore"):
-            growth = np.log(norms) - self._ema  # the level already holds half of this spike
+            logs = np.log(norms)
+            level = self._ema is not None and len(self._ema) == len(norms) and names == self._names
+            if first or not level:
+                growth = logs
+                grew = self._in_recurrence(names, np.isfinite(logs))
+            else:
+                growth = logs - self._ema  # the level already holds half of this spike
+                grew = self._in_recurrence(names, growth > self.local)
         growth[~np.isfinite(growth)] = -np.inf
+        if grew.any():
+            growth[~grew] = -np.inf
         return names[int(np.argmax(growth))]
+
+    def _in_recurrence(self, names: tuple[str, ...], candidates: np.ndarray) -> np.ndarray:
+        """Which of the ``candidates`` (a mask over the tensors ``names``) belong to a module
+        applied in a recurrence."""
+        prefixes = tuple(m + "." for m in self._recurrent)
+        inside = np.array([n.startswith(prefixes) for n in names], dtype=bool)
+        return candidates & inside if prefixes else np.zeros_like(candidates)
 
     def _loss_stalled(self) -> bool:
         return loss_stalled(self.loss)
@@ -608,9 +632,11 @@ class GradientGrowth(Detector):
     def _origin(self) -> tuple[str | None, int | None]:
         if self._first is None:
             return None, None
-        left = np.flatnonzero(self._first >= 0)
-        if not len(left):
+        left = self._first >= 0
+        if not left.any():
             return None, None
+        recurrent = self._in_recurrence(self._names, left)
+        left = np.flatnonzero(recurrent if recurrent.any() else left)
         rise = (self._ema - self._floor)[left]
         # the earliest to leave its floor; among those, the one that rose most
         order = np.lexsort((-rise, self._first[left]))

@@ -1,0 +1,153 @@
+"""Run shapes the fourteenth wave's held-out sets showed, each a trigger and a control: a
+recurrence written as a loop over a cell, where the gradients explode, told apart from the
+modules a loop merely calls at every step (an input projection, a decoder reading each state)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import diagnose_stored
+from torch import nn
+
+import steadygrad
+from steadygrad.core import Record
+from steadygrad.core.metrics import RECURRENT_MODULES
+from steadygrad.diagnose.detectors import GradientGrowth
+from steadygrad.monitor.activations import ActivationHooks
+
+
+class LoopedRNN(nn.Module):
+    """h_t = tanh(inp(x_t) + cell(h_{t-1})), a decoder reading each state, and an encoder a
+    siamese branch calls on two inputs: only ``cell`` is fed its own output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.cell, self.decoder = nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        self.enc = nn.Linear(3, 8)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(x.shape[0], 8)
+        outs = []
+        for t in range(x.shape[1]):
+            h = torch.tanh(self.inp(x[:, t]) + self.cell(h))
+            outs.append(self.decoder(h))
+        pair = self.enc(x[:, 0]) - self.enc(x[:, 1])
+        seq, _ = self.gru(torch.stack([h, pair], 1))
+        return torch.stack(outs, 1).sum() + seq.sum()
+
+
+def test_a_recurrence_is_read_from_the_graph_not_from_how_often_a_module_is_called():
+    model, x = LoopedRNN(), torch.randn(4, 6, 3)
+    hooks = ActivationHooks(model)
+    hooks.install()
+    model(x)
+    counts = {m: sum(c.module == m for c in hooks.calls) for m in ("inp", "cell", "decoder")}
+    assert counts == {"inp": 6, "cell": 6, "decoder": 6}  # all three called at every step
+    assert hooks.recurrent() == ["gru", "cell"]  # the built-in layer, and the fed-back cell
+    hooks.remove()
+    # control: without a graph (no_grad) nothing tells a recurrence apart; only built-ins stay
+    hooks.install()
+    with torch.no_grad():
+        model(x)
+    assert hooks.recurrent() == ["gru"]
+    hooks.remove()
+
+
+def test_the_run_config_lists_the_recurrence_the_forward_made(tmp_path):
+    torch.manual_seed(0)
+    model = LoopedRNN()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(3):
+            loss = 1e-4 * model(torch.randn(4, 6, 3)) ** 2
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    assert steadygrad.load(tmp_path / "run").config[RECURRENT_MODULES] == ["gru", "cell"]
+    # control: a feed-forward model lists none
+    mlp = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(mlp.parameters(), lr=1e-3)
+    with steadygrad.watch(mlp, opt, tmp_path / "mlp", progress=False) as mon:
+        loss = mlp(torch.randn(4, 3)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+    assert steadygrad.load(tmp_path / "mlp").config[RECURRENT_MODULES] == []
+
+
+def _growth_rows() -> list[dict[str, float]]:
+    """The input projection's small gradient leaves its level a few records before the cell's
+    (its floor is noisier), then both grow 1.3x a record through the recurrence while the loss
+    climbs."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for t in range(60):
+        cell = 1.0 if t < 25 else 1.3 ** (t - 25)
+        inp = 0.05 * (1.0 if t < 20 else 1.3 ** (t - 20)) * math.exp(0.1 * rng.standard_normal())
+        loss = 1.0 if t < 25 else 1.0 + 0.2 * (t - 25)
+        rows.append(
+            {
+                "loss": loss,
+                "grad_norm": math.hypot(cell, inp),
+                "grad_norm/inp.weight": inp,
+                "grad_norm/cell.weight": cell,
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize("recurrent", [["cell"], []])
+def test_growth_through_a_recurrence_is_placed_there(recurrent):
+    detector, found = GradientGrowth(), []
+    for step, values in enumerate(_growth_rows()):
+        meta = {RECURRENT_MODULES: recurrent} if step % 25 == 0 else {}
+        found += detector.update(Record(step, values, meta=meta))
+    assert found
+    # with the recurrence known, it is where the gradients explode; without it (a feed-forward
+    # net), the tensor that left its level first is where the growth starts, as before
+    assert found[0].where == ("cell.weight" if recurrent else "inp.weight")
+
+
+@pytest.mark.parametrize("recurrent", [["rnn"], []])
+def test_a_first_gradient_explosion_is_placed_in_the_recurrence(recurrent):
+    # a first gradient 1000x the next under SGD, whose update moved every weight by its size:
+    # with nothing before it to stand above, the largest gradient was the embedding's
+    norms = [(2000.0, 300.0), (2.0, 0.3)]
+    detector, found = GradientGrowth(), []
+    for step, (embed, rnn) in enumerate(norms + [(2.0, 0.3)] * 8):
+        values = {
+            "loss": 5.0 if step < 2 else 9.0,
+            "grad_norm": math.hypot(embed, rnn),
+            "grad_norm/embed.weight": embed,
+            "grad_norm/rnn.weight_hh_l0": rnn,
+            "param_norm": 10.0 * (1 + step),
+            "update_ratio/embed.weight": 1.5 if step == 0 else 0.01,
+        }
+        meta = {"optimizer_family": "sgd", RECURRENT_MODULES: recurrent} if step == 0 else {}
+        found += detector.update(Record(step, values, meta=meta))
+    assert found and found[0].step == 0
+    assert found[0].where == ("rnn.weight_hh_l0" if recurrent else "embed.weight")
+
+
+@pytest.mark.parametrize("recurrent", [["rcl.rec"], []])
+def test_a_spike_that_compounds_into_nan_starts_in_the_recurrence(tmp_path, recurrent):
+    # a looped convolution's recurrent gain above 1: the loss and the head's gradient spike
+    # first, every gradient explodes through the recurrence a step later, then the loss is NaN
+    rows = [{"loss": 1.0 - 0.001 * t} for t in range(20)]
+    rows += [{"loss": 2.0}, {"loss": 40.0}, {"loss": float("nan")}]
+    spikes = [
+        ("grad_norm_spike", 20, None, {"ratio": 500.0}, "warning"),
+        ("gradient_spike", 20, "head.weight", {"spike_factor": 900.0}, "critical"),
+        # the recurrence's weight spikes on the next step, as the forward's blow-up compounds
+        ("gradient_spike", 21, "rcl.rec.weight", {"spike_factor": 3e11}, "critical"),
+        ("nonfinite", 22, None, {"loss": float("nan")}, "critical"),
+    ]
+    config = {RECURRENT_MODULES: recurrent}
+    report = diagnose_stored(tmp_path, "run", rows, spikes, config=config)
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert exploding.where[0] == ("rcl.rec.weight" if recurrent else "head.weight")
