@@ -160,6 +160,7 @@ HELD_OUT_FILES = [
     ("cases_heldout50", "h50_", 12, 11, 12),
     ("cases_heldout51", "h51_", 12, 11, 12),
     ("cases_heldout52", "h52_", 12, 11, 12),
+    ("cases_heldout53", "h53_", 12, 11, 12),
 ]
 
 
