@@ -159,6 +159,7 @@ HELD_OUT_FILES = [
     ("cases_heldout49", "h49_", 12, 11, 12),
     ("cases_heldout50", "h50_", 12, 11, 12),
     ("cases_heldout51", "h51_", 12, 11, 12),
+    ("cases_heldout54", "h54_", 12, 11, 12),
 ]
 
 

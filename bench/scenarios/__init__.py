@@ -57,6 +57,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout49,
     cases_heldout50,
     cases_heldout51,
+    cases_heldout54,
     cases_mlp,
     cases_other,
 )
