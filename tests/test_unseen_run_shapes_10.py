@@ -151,3 +151,45 @@ def test_a_spike_that_compounds_into_nan_starts_in_the_recurrence(tmp_path, recu
     report = diagnose_stored(tmp_path, "run", rows, spikes, config=config)
     exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
     assert exploding.where[0] == ("rcl.rec.weight" if recurrent else "head.weight")
+
+
+def _lm_losses(spike: float | None, seed: int = 0) -> list[float]:
+    """A byte-level LM's batch losses falling from 7.3 to about 5.0 nats (noise 0.1), with one
+    batch of ``spike`` nats at step 150."""
+    rng = np.random.default_rng(seed)
+    losses = [5.0 + 2.3 * math.exp(-t / 40) + 0.1 * rng.standard_normal() for t in range(220)]
+    if spike is not None:
+        losses[150] = spike
+    return losses
+
+
+def _near_zero_losses(spike: float | None, seed: int = 0) -> list[float]:
+    """A preference loss from log 2 to about zero within ten steps, with rare hard batches (a
+    few of 0.002-0.07) and one of ``spike`` at step 127."""
+    rng = np.random.default_rng(seed)
+    losses = [0.693 * math.exp(-t / 1.5) for t in range(200)]
+    for t in rng.choice(np.arange(20, 200), 12, replace=False):
+        losses[t] += float(rng.choice([0.002, 0.0005, 0.07, 0.09]))
+    if spike is not None:
+        losses[127] = spike
+    return losses
+
+
+@pytest.mark.parametrize(
+    ("losses", "spiked"),
+    [
+        # one batch of random bytes sends the LM above where it started: more than all it
+        # learnt, a spike (a loss spike of 0.75x its level of 5 nats was asked before)
+        (_lm_losses(8.8), True),
+        (_lm_losses(None), False),  # control: the same run without the batch
+        # control: a loss trained to ~0 from log 2 sees a batch of 0.24, a third of its
+        # progress: one of the hard batches such a loss has, of no consequence (the median of
+        # its first three losses, 0.35, used to stand for its start)
+        (_near_zero_losses(0.24), False),
+        (_near_zero_losses(1.5), True),  # a batch twice the loss it started from is one
+    ],
+)
+def test_a_loss_spike_is_judged_against_the_progress_made(losses, spiked):
+    detector = steadygrad.LossSpikeDetector()
+    found = [f for t, loss in enumerate(losses) for f in detector.update(Record(t, {"loss": loss}))]
+    assert bool(found) is spiked

@@ -112,10 +112,12 @@ class SpikeDetector(Detector):
 
 class LossSpikeDetector(SpikeDetector):
     """A loss far above its recent median (robust z-score over the last 64 recorded steps),
-    by at least ``min_excess`` times the loss's scale: its level, or half the progress
-    made since the start (a classifier trained to a loss of 0.05 sees batches of 0.4 that are
-    many z-scores out and of no consequence); and by at least ``tail_factor`` times how far the
-    window's 95th percentile sits above its median. The MAD sees only the bulk; near zero loss a
+    by at least ``min_excess`` times the loss's scale: half the progress made since the first
+    loss (a classifier trained to a loss of 0.05 sees batches of 0.4 that are many z-scores out
+    and of no consequence; a language model trained from 7.3 to 5.0 nats that jumps to 8.8 on
+    one batch lost more than all it had learnt), or a quarter of its level where it made little
+    progress; and by at least ``tail_factor`` times how far the window's 95th percentile sits
+    above its median. The MAD sees only the bulk; near zero loss a
     batch's loss is heavy-tailed (one hard example moves it 5-10x), and a spike worth naming
     stands far above the worst batches the run has been seeing, not just above the typical one.
 
@@ -137,15 +139,15 @@ class LossSpikeDetector(SpikeDetector):
 
     def update(self, record: Record) -> list[Finding]:
         value = record.values.get(self.signal)
-        if value is not None and math.isfinite(value) and len(self.baseline) >= 3:
-            median = self.baseline.median()
+        if value is not None and math.isfinite(value):
             if math.isnan(self._start):
-                self._start = median
-            self._floor = min(self._floor, median)
+                self._start = value  # the loss before any update: where progress is counted from
+            if len(self.baseline) >= 3:
+                self._floor = min(self._floor, self.baseline.median())
         return super().update(record)
 
     def material(self, value: float, median: float) -> bool:
-        scale = max(abs(median), 0.5 * (self._start - self._floor))
+        scale = max(0.5 * (self._start - self._floor), 0.25 * abs(median))
         return value - median >= max(self.min_excess * scale, self.tail_factor * self._tail())
 
     def _tail(self) -> float:
