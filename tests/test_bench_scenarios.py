@@ -162,6 +162,7 @@ HELD_OUT_FILES = [
     ("cases_heldout52", "h52_", 12, 11, 12),
     ("cases_heldout53", "h53_", 12, 11, 12),
     ("cases_heldout54", "h54_", 12, 11, 12),
+    ("cases_heldout57", "h57_", 12, 11, 12),
 ]
 
 

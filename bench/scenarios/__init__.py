@@ -60,6 +60,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout52,
     cases_heldout53,
     cases_heldout54,
+    cases_heldout57,
     cases_mlp,
     cases_other,
 )
