@@ -193,3 +193,34 @@ def test_a_loss_spike_is_judged_against_the_progress_made(losses, spiked):
     detector = steadygrad.LossSpikeDetector()
     found = [f for t, loss in enumerate(losses) for f in detector.update(Record(t, {"loss": loss}))]
     assert bool(found) is spiked
+
+
+class Codec(nn.Module):
+    """An encoder and a decoder the loop calls one after the other, and a quantiser it skips
+    (trained as a continuous autoencoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.quantizer = nn.Linear(16, 16)
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_a_part_never_called_is_dead_code_also_under_autocast(tmp_path, autocast):
+    # the decoder is fed the encoder's bfloat16 output: re-running it without the step's
+    # autocast failed, and the quantiser's zero gradients were then called a frozen layer
+    torch.manual_seed(0)
+    model, x = Codec(), torch.randn(32, 8)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(30):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = (model.decoder(model.encoder(x)).float() - x).pow(2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    found = steadygrad.load(tmp_path / "run").findings()
+    ratios = [f for f in found if f.kind == "update_ratio_out_of_range"]
+    assert {f.where for f in ratios} == {"quantizer.weight", "quantizer.bias"}
+    assert all(f.evidence["direction"] == "unused" and f.severity == "info" for f in ratios)

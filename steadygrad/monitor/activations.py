@@ -496,7 +496,8 @@ class ActivationSignal(Signal):
         outs = []
         for call in self._calls:
             torch.set_rng_state(call.rng)
-            outs += _floats(call.module(*call.args, **call.kwargs))
+            with _autocast_as(call.autocast):  # a call fed another's fp16 output runs as it did
+                outs += _floats(call.module(*call.args, **call.kwargs))
         return outs
 
     @contextmanager
