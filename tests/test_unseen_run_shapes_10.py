@@ -224,3 +224,27 @@ def test_a_part_never_called_is_dead_code_also_under_autocast(tmp_path, autocast
     ratios = [f for f in found if f.kind == "update_ratio_out_of_range"]
     assert {f.where for f in ratios} == {"quantizer.weight", "quantizer.bias"}
     assert all(f.evidence["direction"] == "unused" and f.severity == "info" for f in ratios)
+
+
+@pytest.mark.parametrize("gradient", ["flickers", "flows"])
+def test_layers_the_dead_units_cut_off_are_not_frozen_layers(tmp_path, gradient):
+    # ReLU units dead from initialisation (a bias set to -2 for -0.2): no gradient reaches the
+    # layer at the readings of its update ratio, though a unit flickers alive between them
+    rows = []
+    for t in range(120):
+        values = {"loss": 3.0 - 0.004 * t}
+        flicker = 1e-3 if t % 10 in (3, 7) else 0.0
+        values["grad_norm/mlp.fc1.weight"] = flicker if gradient == "flickers" else 0.02
+        if t % 10 == 0:
+            values["update_ratio/mlp.fc1.weight"] = 0.0
+            values["dead_units/mlp.fc1"] = 1.0
+        rows.append(values)
+    dead = ("loss_of_plasticity", 10, "mlp.fc1", {"reason": "dead_units"}, "warning")
+    frozen = ("update_ratio_out_of_range", 30, "mlp.fc1.weight", {"direction": "frozen"}, "warning")
+    report = diagnose_stored(tmp_path, gradient, rows, [dead, frozen])
+    ratio = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
+    if gradient == "flickers":
+        assert report.top.cause == "loss_of_plasticity"
+        assert "cut it off" in ratio.why
+    else:  # a gradient that reaches a layer its optimizer does not move: frozen
+        assert "cut it off" not in (ratio.why or "")

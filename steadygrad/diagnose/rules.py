@@ -493,15 +493,19 @@ def _raised_at_a_stroke(
             yield steps, values, int(i)
 
 
-def _no_gradient(facts: RunFacts, parameter: str | None, step: int, records: int = 5) -> bool:
-    """The last ``records`` recorded gradient norms of ``parameter`` up to ``step`` were all
-    exactly 0 (no gradient reached it; a rate of 0 leaves the gradient as it was)."""
-    series = facts.series(f"{GRAD_NORM.name}/{parameter}") if parameter else None
-    if series is None:
+def _no_gradient(facts: RunFacts, parameter: str | None, step: int, records: int = 3) -> bool:
+    """The gradient norm of ``parameter`` was exactly 0 at each of the last ``records`` readings
+    of its update ratio up to ``step`` (those its frozen finding was made of: ``patience``): no
+    gradient reached it (a rate of 0 leaves the gradient as it was); units flickering alive
+    between readings do not count against it."""
+    grads = facts.series(f"{GRAD_NORM.name}/{parameter}") if parameter else None
+    ratios = facts.series(f"{UPDATE_RATIO.name}/{parameter}") if parameter else None
+    if grads is None or ratios is None:
         return False
-    steps, values = series
-    last = values[steps <= step][-records:]
-    return len(last) == records and bool(np.all(last == 0.0))
+    read = ratios[0][ratios[0] <= step][-records:]
+    steps, values = grads
+    at = values[np.isin(steps, read)]
+    return len(read) == records and len(at) == records and bool(np.all(at == 0.0))
 
 
 # Weights that grew this many times over, and this many times more than any other weights did,
