@@ -248,3 +248,28 @@ def test_layers_the_dead_units_cut_off_are_not_frozen_layers(tmp_path, gradient)
         assert "cut it off" in ratio.why
     else:  # a gradient that reaches a layer its optimizer does not move: frozen
         assert "cut it off" not in (ratio.why or "")
+
+
+@pytest.mark.parametrize("shape", ["swapped", "batch", "batch_under_sgd"])
+def test_a_loss_spike_the_weights_made_is_no_bad_batch(tmp_path, shape):
+    # an LM's weights swapped for their moving average at step 150 and never swapped back: the
+    # loss jumps 1.5x and comes down slowly, and the weights' norm moved 100x its usual step.
+    # Controls: one bad batch (the weights' norm as usual); one bad batch under SGD, whose
+    # giant gradient moved the weights (a gradient spike at the same step)
+    rng = np.random.default_rng(0)
+    rows, norm = [], 16.0
+    for t in range(260):
+        norm += 0.008 if not (t == 150 and shape != "batch") else -0.9
+        loss = 3.0 + 0.05 * rng.standard_normal()
+        if t == 150:
+            loss = 4.75
+        elif shape == "swapped" and t > 150:
+            loss += 1.7 * math.exp(-(t - 150) / 15)
+        rows.append({"loss": loss, "param_norm": norm})
+    spikes = [("loss_spike", 150, None, {"loss": 4.75, "baseline": 3.0, "ratio": 1.58}, "warning")]
+    if shape == "batch_under_sgd":
+        spikes.append(("grad_norm_spike", 150, None, {"ratio": 60.0}, "warning"))
+    report = diagnose_stored(tmp_path, shape, rows, spikes)
+    assert report.top.cause == ("loss_spike" if shape == "swapped" else "data_outlier")
+    spike = next(d for d in report.diagnoses if d.cause == "loss_spike")
+    assert ("weights_replaced_at" in spike.evidence) is (shape == "swapped")

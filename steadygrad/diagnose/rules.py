@@ -1234,6 +1234,8 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
         peak = spike.evidence.get(LOSS.name, math.nan)
         if len(before) and not before[0] - baseline <= (peak - baseline) / ONE_OFF:
             continue  # the loss was already climbing into it: a swing, not one batch
+        if spike.step not in grads and _weights_replaced(facts, spike.step):
+            continue  # the weights changed under it, not the batch: an EMA swap, a reload
         medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
         back = np.flatnonzero(medians < 1.5 * baseline)
         knocked = peak >= PEAK_FIRST * after.max() and peak >= ONE_OFF * baseline
@@ -1267,6 +1269,29 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
     return None
 
 
+# The weights' norm moved this many times its typical step-to-step change in one step, with no
+# gradient spike to move it: something other than the optimizer replaced the weights.
+REPLACED = 30.0
+
+
+def _weights_replaced(facts: RunFacts, step: int, typical_of: int = 20) -> bool:
+    """The weights' norm changed at ``step`` (or the record before it) by ``REPLACED`` times its
+    median change over the ``typical_of`` records before: weights swapped for their moving
+    average, reloaded from a checkpoint or averaged with a replica's between steps. A batch
+    moves the weights only through its gradient (and an adaptive step not even then)."""
+    norms = facts.series(PARAM_NORM.name)
+    if norms is None:
+        return False
+    steps, values = norms
+    keep = np.isfinite(values) & (steps <= step)
+    steps, values = steps[keep], values[keep]
+    if len(values) < typical_of + 2 or steps[-1] != step:
+        return False
+    changes = np.abs(np.diff(values))
+    typical = float(np.median(changes[-typical_of - 2 : -2]))
+    return typical > 0 and float(changes[-2:].max()) >= REPLACED * typical
+
+
 def _loss_spike(facts: RunFacts) -> Found | None:
     spikes = facts.of(LOSS_SPIKE)
     if not spikes:
@@ -1278,6 +1303,15 @@ def _loss_spike(facts: RunFacts) -> Found | None:
         f"({first.evidence.get('ratio', math.nan):.3g}x its baseline)"
     )
     summary += _batches_behind(spikes, ev)
+    grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
+    replaced = [f.step for f in spikes if f.step not in grads and _weights_replaced(facts, f.step)]
+    if replaced:
+        ev["weights_replaced_at"] = replaced
+        summary += (
+            f"; at step {replaced[0]} the weights' norm moved {REPLACED:g}x or more its usual "
+            "step: they were replaced between steps (an EMA swap, a checkpoint reload, a "
+            "replica sync), not moved by a batch's gradient"
+        )
     return Found(summary, first.step, [], ev)
 
 
@@ -1815,7 +1849,7 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _loss_spike,
-        (LOSS_SPIKE,),
+        (LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE),
     ),
     Rule(
         "loss_divergence",
