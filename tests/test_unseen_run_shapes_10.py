@@ -55,6 +55,13 @@ def test_a_recurrence_is_read_from_the_graph_not_from_how_often_a_module_is_call
         model(x)
     assert hooks.recurrent() == ["gru"]
     hooks.remove()
+    # a rollout feeding the model its own output: the whole model is the loop, no part of it is
+    # singled out (the built-in layer stays)
+    hooks.install()
+    out = model(x)
+    model(x + out)
+    assert hooks.recurrent() == ["gru"]
+    hooks.remove()
 
 
 def test_the_run_config_lists_the_recurrence_the_forward_made(tmp_path):

@@ -202,7 +202,11 @@ class ActivationHooks:
         an earlier call's output of the same module: a cell a loop steps through, an unrolled
         dynamics model, a layer shared across depth), and the built-in recurrent layers. A
         module merely called repeatedly (an input projection applied to each time step, an
-        encoder a siamese net calls on both inputs) is no recurrence."""
+        encoder a siamese net calls on both inputs) is no recurrence. A model unrolled whole (a
+        simulator's rollout calling it on its own output) holds every module in the loop: none
+        is singled out."""
+        if "<root>" in self._recurrent:
+            return list(self.recurrent_layers)
         found = [n for n in self._recurrent if n not in self.recurrent_layers]
         return self.recurrent_layers + found
 
