@@ -39,8 +39,9 @@ from steadygrad.core.signal import random_state_kept
 
 log = logging.getLogger("steadygrad")
 
-# graph nodes searched back from a repeated call's inputs for the module's earlier outputs
-RECURRENCE_SEARCH = 64
+# graph nodes searched back from a repeated call's inputs for the module's earlier outputs, and
+# how many of a module's repeated calls are searched (a loop feeds a cell back from its second)
+RECURRENCE_SEARCH, RECURRENCE_TRIES = 64, 3
 
 
 @dataclass
@@ -112,6 +113,7 @@ class ActivationHooks:
         self.made_by: dict[int, tuple[str, weakref.ref]] = {}
         # this step's outputs' autograd nodes per module, and the modules found in a recurrence
         self._made: dict[str, set] = {}
+        self._tries: dict[str, int] = {}
         self._recurrent: list[str] = []
 
     @property
@@ -130,7 +132,7 @@ class ActivationHooks:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._made = {}  # let the step's graph go
+        self._made, self._tries = {}, {}  # let the step's graph go
 
     def _hook(self, name: str):
         calls = self.calls
@@ -152,8 +154,12 @@ class ActivationHooks:
 
     def _recurrence(self, name: str, args: tuple, outs: list[torch.Tensor]) -> None:
         made = self._made.get(name)
-        if made is not None and name not in self._recurrent and _depends_on(args, made):
-            self._recurrent.append(name)
+        if made is not None and name not in self._recurrent:
+            self._tries[name] = tries = self._tries.get(name, 0) + 1
+            if tries > RECURRENCE_TRIES:
+                return  # its first repeated calls were not fed its output: nor are the rest
+            if _depends_on(args, made):
+                self._recurrent.append(name)
         nodes = {t.grad_fn for t in outs if t.grad_fn is not None}
         if nodes:
             self._made.setdefault(name, set()).update(nodes)
