@@ -497,13 +497,14 @@ def _no_gradient(facts: RunFacts, parameter: str | None, step: int, records: int
     """The gradient norm of ``parameter`` was exactly 0 at each of the last ``records`` readings
     of its update ratio up to ``step`` (those its frozen finding was made of: ``patience``): no
     gradient reached it (a rate of 0 leaves the gradient as it was); units flickering alive
-    between readings do not count against it."""
+    between readings do not count against it. With no ratio stored, its last gradients."""
     grads = facts.series(f"{GRAD_NORM.name}/{parameter}") if parameter else None
-    ratios = facts.series(f"{UPDATE_RATIO.name}/{parameter}") if parameter else None
-    if grads is None or ratios is None:
+    if grads is None:
         return False
-    read = ratios[0][ratios[0] <= step][-records:]
     steps, values = grads
+    ratios = facts.series(f"{UPDATE_RATIO.name}/{parameter}")
+    readings = steps if ratios is None else ratios[0]  # with no ratio stored, the gradient's
+    read = readings[readings <= step][-records:]
     at = values[np.isin(steps, read)]
     return len(read) == records and len(at) == records and bool(np.all(at == 0.0))
 
