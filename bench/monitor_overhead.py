@@ -8,8 +8,9 @@ store's size per recorded step at several step counts (linear growth) and the ti
 5,000 tensors next to one ``_foreach_norm`` pass over every gradient and weight.
 
 Usage: python bench/monitor_overhead.py [--steps 50] [--rounds 6] [--settle 30] [--pin-malloc]
-       [--store-seconds 90 | --store-steps 10000] [--only tinygpt|many|store|scaling]
-Goals (issue 15): <= 1.03x on TinyGPT, <= 1.10x on 5,000 tensors, <= 50 KB per recorded step.
+       [--store-seconds 90 | --store-steps 10000] [--only tinygpt|rnn|many|store|scaling]
+Goals (issue 15): <= 1.03x on TinyGPT (and on a looped RNN, ``--only rnn``), <= 1.10x on
+5,000 tensors, <= 50 KB per recorded step.
 """
 
 from __future__ import annotations
@@ -69,6 +70,41 @@ def tinygpt() -> tuple[str, nn.Module, Step]:
 
     n = sum(p.numel() for p in model.parameters())
     return f"TinyGPT {n / 1e6:.2f}M parameters", model, step
+
+
+class LoopedRNN(nn.Module):
+    """A character-level tanh RNN written as a loop over a cell: the Monitor's hooked steps see
+    the cell called at every time step, and test each call for a recurrence."""
+
+    def __init__(self, vocab: int, width: int = 128) -> None:
+        super().__init__()
+        self.embed, self.inp = nn.Embedding(vocab, width), nn.Linear(width, width)
+        self.cell, self.head = nn.Linear(width, width), nn.Linear(width, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], self.cell.in_features, dtype=torch.float32)
+        outs = []
+        for e in self.embed(x).unbind(1):
+            h = torch.tanh(self.inp(e) + self.cell(h))
+            outs.append(self.head(h))
+        return torch.stack(outs, 1)
+
+
+def looped_rnn() -> tuple[str, nn.Module, Step]:
+    data = TextData.from_stdlib()
+    model = LoopedRNN(data.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+    batches = [data.batch(16, 64, generator=gen) for _ in range(32)]
+    it = iter(range(10**12))
+
+    def step() -> torch.Tensor:
+        x, y = batches[next(it) % len(batches)]
+        loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss.backward()
+        return loss
+
+    n = sum(p.numel() for p in model.parameters())
+    return f"looped RNN cell {n / 1e6:.2f}M parameters, 64 time steps", model, step
 
 
 def many_tensors() -> tuple[str, nn.Module, Step]:
@@ -270,7 +306,9 @@ def main() -> None:
         default=0,
         help="measure store growth to this many steps (e.g. 10000) instead of for --store-seconds",
     )
-    parser.add_argument("--only", choices=("tinygpt", "many", "store", "scaling"), default=None)
+    parser.add_argument(
+        "--only", choices=("tinygpt", "rnn", "many", "store", "scaling"), default=None
+    )
     parser.add_argument(
         "--pin-malloc",
         action="store_true",
@@ -289,6 +327,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "tinygpt"):
             overhead(tinygpt, args.steps, args.rounds, args.settle, 1.03, tmp)
+        if args.only in (None, "rnn"):
+            overhead(looped_rnn, args.steps, args.rounds, args.settle, 1.03, tmp)
         if args.only in (None, "many"):
             overhead(many_tensors, args.steps, args.rounds, args.settle, 1.10, tmp)
         if args.only in (None, "store") and (args.store_seconds > 0 or args.store_steps > 0):
