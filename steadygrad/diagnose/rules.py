@@ -811,10 +811,11 @@ def _lr_rose(facts: RunFacts, until: int, rise: float = 1.2) -> bool:
 
 def _recurrent_origin(facts: RunFacts, found: Found) -> tuple[str, float] | None:
     """The recurrent module (``nn.RNN``/``LSTM``/``GRU``, a cell, or a module the forward applied
-    in a recurrence, listed by the Monitor in the run's config) whose own gradient grew ``RECURRENT_GROWTH`` times by the growth finding,
-    when the finding named a tensor outside every recurrent module. Gradients explode through
-    time inside a recurrence (Pascanu et al. 2013); the embedding or convolution before it gets
-    the largest gradient only because every step of the recurrence adds to it."""
+    in a recurrence, listed by the Monitor in the run's config) whose own gradient grew
+    ``RECURRENT_GROWTH`` times by the growth finding, when the finding named a tensor outside
+    every recurrent module. Gradients explode through time inside a recurrence (Pascanu et al.
+    2013); the embedding or convolution before it gets the largest gradient only because every
+    step of the recurrence adds to it."""
     modules = facts.run.config.get(RECURRENT_MODULES) or []
     named = found.where[0] if found.where else ""
     if not modules or any(_inside(named, m) for m in modules):
