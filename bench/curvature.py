@@ -20,7 +20,6 @@ import contextlib
 import copy
 import gc
 import importlib
-import importlib.util
 import math
 import statistics
 import time
@@ -126,15 +125,18 @@ def true_top_k(model, batch, k: int) -> np.ndarray:
 
 
 def missing(*modules: str) -> str | None:
-    """The first of ``modules`` that is not installed, or None."""
+    """The first of ``modules`` that cannot be imported (not installed, or a dependency of it
+    missing: curvlinops without einops), or None."""
     for name in modules:
-        if importlib.util.find_spec(name) is None:
+        try:
+            importlib.import_module(name)
+        except ImportError:
             return name
     return None
 
 
 def skipped(peer: str, module: str) -> None:
-    row(f"{peer} skipped: package {module!r} is not installed", "-", "-", "-", "-")
+    row(f"{peer} skipped: package {module!r} cannot be imported", "-", "-", "-", "-")
 
 
 def bench_top(model, batch, lams, rounds):
