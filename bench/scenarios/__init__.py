@@ -63,6 +63,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout55,
     cases_heldout56,
     cases_heldout57,
+    cases_heldout59,
     cases_mlp,
     cases_other,
 )
