@@ -165,9 +165,9 @@ HELD_OUT_FILES = [
     ("cases_heldout55", "h55_", 12, 11, 12),
     ("cases_heldout56", "h56_", 12, 11, 12),
     ("cases_heldout57", "h57_", 12, 11, 12),
-    ("cases_heldout60", "h60_", 12, 11, 12),
     ("cases_heldout58", "h58_", 12, 11, 12),
     ("cases_heldout59", "h59_", 12, 11, 12),
+    ("cases_heldout60", "h60_", 12, 11, 12),
 ]
 
 

@@ -63,9 +63,9 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout55,
     cases_heldout56,
     cases_heldout57,
-    cases_heldout60,
     cases_heldout58,
     cases_heldout59,
+    cases_heldout60,
     cases_mlp,
     cases_other,
 )
