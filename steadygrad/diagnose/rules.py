@@ -387,6 +387,10 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
     found.stalls = "too_large" not in directions
     ratios = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.severity != "info"]
+    back = _back_in_range(facts, ratios)
+    if back is not None and found.first_step is not None:
+        # updates too large for a while, then in range for good: an episode the run got over
+        found.evidence[BACK_WITHIN] = back - found.first_step
     # A tensor no gradient reaches stands still whatever its learning rate: when dead units
     # were found before and every frozen tensor's gradient was exactly 0, they cut it off
     dead = [f for f in facts.of(LOSS_OF_PLASTICITY) if f.severity != "info" and f.where]
@@ -398,6 +402,27 @@ def _update_ratio(facts: RunFacts) -> Found | None:
             f"{dead[0].step}, cut it off"
         )
     return found
+
+
+def _back_in_range(facts: RunFacts, ratios: list[Finding], readings: int = 3) -> int | None:
+    """When every update-ratio finding was of updates too large: the step from which each of
+    those tensors stayed under its limit at every later reading (``readings`` of them at least),
+    or None."""
+    if not ratios or any(f.evidence.get("direction") != "too_large" for f in ratios):
+        return None
+    back = []
+    for f in ratios:
+        series = facts.series(f"{UPDATE_RATIO.name}/{f.where}")
+        high = f.evidence.get("high")
+        if series is None or not isinstance(high, float | int):
+            return None
+        steps, values = series
+        above = steps[~(values <= high)]  # a non-finite ratio is no sign of being back
+        after = steps[steps > above.max()] if len(above) else steps
+        if len(after) < readings:
+            return None
+        back.append(int(after[0]))
+    return max(back)
 
 
 def _plasticity(facts: RunFacts) -> Found | None:
@@ -956,6 +981,23 @@ def _skipped_steps(facts: RunFacts) -> set[int]:
     return set() if skipped is None else set(skipped[0][skipped[1] > 0].tolist())
 
 
+# A GradScaler starts at a scale set high on purpose (2**16) and halves it at each overflowing
+# step until the gradients fit: skips from the start are that search, up to 16 of them (past
+# that the scale is below 1: the gradients overflow float16 unscaled).
+SCALE_SEARCH_STEPS = 16
+
+
+def _scale_search(steps: np.ndarray, skipped: set[int]) -> int:
+    """How many of the run's first recorded steps in a row the optimizer skipped, if no more
+    than ``SCALE_SEARCH_STEPS`` (the scaler's start-up search for its scale); else 0."""
+    count = 0
+    for step in steps.tolist():
+        if int(step) not in skipped:
+            break
+        count += 1
+    return count if count <= SCALE_SEARCH_STEPS else 0
+
+
 def _caught_by_scaler(facts: RunFacts) -> bool:
     """Every non-finite step (if any) was one the optimizer skipped, not by the autopilot, and
     left the weights finite: an fp16 overflow a GradScaler caught (a forward pass overflowing
@@ -995,6 +1037,11 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
     stalled = len(last) == AMP_STALL_STEPS and all(int(t) in by_scaler for t in last)
     evidence = {"skipped_steps": count, "episodes": len(overflow), "share": share}
     forward = bool(facts.of(NONFINITE))  # the forward pass itself overflowed float16
+    search = _scale_search(steps[0] if steps else np.zeros(0), by_scaler)
+    if search and not forward:
+        # the scaler's start-up search for its scale is no overflow of the run's own
+        share = (count - search) / total if total else 0.0
+        evidence.update(scale_search_steps=search, share=share)
     where = sorted({m for f in facts.of(NONFINITE, NONFINITE_ORIGIN) if (m := _producer(f))})
     first = _first(facts.of(NONFINITE) if forward else overflow)
     if stalled or share >= AMP_STALL_SHARE:
@@ -1019,6 +1066,7 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
         f"benign mixed-precision overflow: the GradScaler skipped {count} step(s) in "
         f"{len(overflow)} episode(s) ({share:.1%} of steps) and lowered its scale; the loss and "
         "weights stayed finite, so this is not a divergence"
+        + (f" ({search} of them its start-up search for a scale)" if search else "")
     )
     severity = "warning" if share > 0.05 else "info"
     return Found(summary, _first(overflow), [], evidence, severity)

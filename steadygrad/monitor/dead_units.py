@@ -83,7 +83,10 @@ class DeadUnitSignal(InterceptingSignal):
         x = args[0] if args else kwargs.get("input")
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
             return
-        layer = self.producer(x) or self.composer(x) or self.running() or "<root>"
+        layer = self.producer(x) or self.composer(x)
+        if layer is None and not self.in_forward():
+            return  # the loss squashing the output (a Dice loss's sigmoid): no hidden units
+        layer = layer or self.running() or "<root>"
         count = (x.detach().abs() > tail).sum(dtype=torch.float32)
         total = self._saturated.setdefault(layer, [count.new_zeros(()), 0])
         total[0], total[1] = total[0] + count, total[1] + x.numel()
@@ -107,6 +110,8 @@ class DeadUnitSignal(InterceptingSignal):
         channel_first = layer in self._channel_first
         if layer is None and (layer := self.composer(x)) is not None:
             channel_first = x.dim() == 4  # a layer of its own making: NCHW, torch's convention
+        if layer is None and not self.in_forward():
+            return  # the loss's own ReLU (a hinge, a margin): no hidden units
         layer = layer or self.running() or "<root>"
         dim = 1 if channel_first else x.dim() - 1
         units = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1)  # one row per unit

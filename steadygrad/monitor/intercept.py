@@ -139,6 +139,11 @@ class InterceptingSignal(Signal):
         """The innermost module whose forward is running ('' at the top level)."""
         return self._stack[-1] if self._stack else ""
 
+    def in_forward(self) -> bool:
+        """Whether a forward of the watched model (the root's included) is running: a call made
+        outside every one is the loss's or the training loop's."""
+        return bool(self._stack)
+
     def producer(self, tensor: torch.Tensor, last_dim: int | None = None) -> str | None:
         """The leaf module whose output ``tensor`` is (or a view of it); failing that, with
         ``last_dim``, the latest leaf whose output's last dimension is ``last_dim`` (a copy,

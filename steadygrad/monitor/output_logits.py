@@ -55,6 +55,42 @@ def _first_tensor(output: object) -> torch.Tensor | None:
     return None
 
 
+# A logit at a constant this low, shared by several entries (-1e4, -1e9, finfo.min, -inf), is
+# a mask fill: a candidate ruled out by the code (padding, a causal or antecedent mask), not one
+# the model learnt to rule out.
+MASK_FILL_BELOW = -1e3
+
+
+@torch.no_grad()
+def live_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Which entries of ``logits`` are candidates: not a mask fill (the tensor's minimum, when
+    it is ``<= MASK_FILL_BELOW`` and held by several entries, or ``-inf``). On the device: no
+    host read.
+
+    Example:
+        >>> live_logits(torch.tensor([[2.0, -1e4], [3.0, -1e4]])).tolist()
+        [[True, False], [True, False]]
+    """
+    low = logits.amin()
+    at_low = logits == low
+    fill = at_low & (low <= MASK_FILL_BELOW) & (at_low.sum() >= 2)
+    return ~(fill | torch.isneginf(logits))
+
+
+@torch.no_grad()
+def choice_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Per row of ``logits`` (``(..., C)``, flattened): does it hold two candidates or more? A
+    row whose every other class is masked out (a first mention with no antecedent, left with
+    "none") is one-hot by construction: it cannot collapse.
+
+    Example:
+        >>> choice_rows(torch.tensor([[0.0, -1e4], [1.0, -1e4], [1.0, 2.0]])).tolist()
+        [False, False, True]
+    """
+    z = logits.detach().reshape(-1, logits.shape[-1])
+    return live_logits(z).sum(dim=-1) >= 2
+
+
 @torch.no_grad()
 def softmax_collapse_mask(
     logits: torch.Tensor, targets: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
@@ -62,8 +98,9 @@ def softmax_collapse_mask(
     """Per row: is the softmax (computed in ``dtype``) exactly one-hot on the target class?
 
     A row is collapsed when ``sum_k exp(z_k - max z)`` evaluates to exactly 1 in ``dtype`` (the
-    authors' test) and the target holds the largest logit; with ``targets=None``, the largest
-    logit's class stands in for the target. ``logits`` is ``(..., C)``; the result is flattened.
+    authors' test), the target holds the largest logit, and the row had a choice (see
+    :func:`choice_rows`); with ``targets=None``, the largest logit's class stands in for the
+    target. ``logits`` is ``(..., C)``; the result is flattened.
 
     Example:
         >>> softmax_collapse_mask(torch.tensor([[30.0, 0.0], [10.0, 0.0]]))
@@ -71,7 +108,7 @@ def softmax_collapse_mask(
     """
     z = logits.detach().reshape(-1, logits.shape[-1]).to(dtype)
     top = z.amax(dim=-1, keepdim=True)
-    collapsed = torch.exp(z - top).sum(dim=-1) == 1
+    collapsed = (torch.exp(z - top).sum(dim=-1) == 1) & choice_rows(z)
     if targets is not None:
         targets = targets.reshape(-1)
         if targets.shape[0] != z.shape[0]:
@@ -80,16 +117,19 @@ def softmax_collapse_mask(
     return collapsed
 
 
+@torch.no_grad()
 def softmax_collapse_fraction(
     logits: torch.Tensor, targets: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """The fraction of rows in softmax collapse (see :func:`softmax_collapse_mask`), 0-d tensor.
+    """The fraction of the rows with a choice (see :func:`choice_rows`) in softmax collapse
+    (see :func:`softmax_collapse_mask`), 0-d tensor; 0 when no row had a choice.
 
     Example:
         >>> float(softmax_collapse_fraction(torch.tensor([[30.0, 0.0], [10.0, 0.0]])))
         0.5
     """
-    return softmax_collapse_mask(logits, targets, dtype).float().mean()
+    collapsed = softmax_collapse_mask(logits, targets, dtype).float().sum()
+    return collapsed / choice_rows(logits).float().sum().clamp(min=1.0)
 
 
 class OutputHook(Signal):

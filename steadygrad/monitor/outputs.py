@@ -28,7 +28,7 @@ from steadygrad.core.metrics import (
     SOFTMAX_COLLAPSE,
 )
 from steadygrad.monitor.intercept import InterceptingSignal
-from steadygrad.monitor.output_logits import softmax_collapse_mask
+from steadygrad.monitor.output_logits import choice_rows, live_logits, softmax_collapse_mask
 
 
 class CrossEntropyOutputSignal(InterceptingSignal):
@@ -96,17 +96,20 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             return
         self.seen = True
         z32 = z.float()
+        # mask fills (padding, a causal mask) are no logits the model produced: left out
+        live = live_logits(z32)
+        learnt = torch.where(live, z32, 0.0)
         parts = {
             "lse": torch.logsumexp(z32, dim=-1).sum(),
             "rows": torch.tensor(float(z.shape[0]), device=z.device),
-            "max": z32.abs().max(),
-            "sq": (z32 * z32).sum(),
-            "sum": z32.sum(),
-            "count": torch.tensor(float(z.numel()), device=z.device),
+            "max": learnt.abs().max(),
+            "sq": (learnt * learnt).sum(),
+            "sum": learnt.sum(),
+            "count": live.float().sum(),
         }
         if hard:
             parts["collapsed"] = softmax_collapse_mask(z, target).float().sum()
-            parts["hard_rows"] = parts["rows"]
+            parts["hard_rows"] = (live.sum(dim=-1) >= 2).float().sum()  # rows with a choice
         self._add(parts)
 
     def _observe_kl(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -124,7 +127,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         one_hot = p.amax(dim=-1) == 1  # no host read here: rows are counted on the device
         self._head = self._head or self._head_of(logp, z.shape[-1])
         collapsed = softmax_collapse_mask(z, p.argmax(dim=-1)) & one_hot
-        self._add({"collapsed": collapsed.float().sum(), "hard_rows": one_hot.float().sum()})
+        rows = one_hot & choice_rows(z)
+        self._add({"collapsed": collapsed.float().sum(), "hard_rows": rows.float().sum()})
 
     def _head_of(self, logits: torch.Tensor, width: int) -> str | None:
         """Where the logits come from: the leaf module that output them; else a one-element
