@@ -183,3 +183,61 @@ def test_updates_too_large_for_a_while_long_before_a_break_do_not_explain_it(tmp
         assert late.evidence["back_within_steps"] == 20 and "back to normal" in late.why
     else:  # control: still too large when the loss climbed
         assert top == "update_ratio_out_of_range"
+
+
+class GlobalContext(nn.Module):
+    """Sums a feature map (no mean) into a context vector: the float16 sum passes 65504 on
+    pixels given as 0-255."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(h.sum((2, 3)))
+
+
+class Pooled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.context, self.head = (
+            nn.Conv2d(1, 4, 3, padding=1),
+            GlobalContext(),
+            nn.Linear(4, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.context(torch.relu(self.conv(x))))
+
+
+class LogScale(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+
+@pytest.mark.parametrize("fault", ["overflow", "log_zero"])
+def test_a_forward_pass_that_overflows_float16_is_mixed_precision_not_a_plain_nan(tmp_path, fault):
+    torch.manual_seed(0)
+    model = nn.Sequential(LogScale(), Pooled()) if fault == "log_zero" else Pooled()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mon = steadygrad.Monitor(model, opt, tmp_path / fault, progress=False)
+    for step in range(30):
+        x = torch.rand(8, 1, 32, 32) + 0.5
+        if step == 20:  # pixels as 0-255 (sum of 4096 of them: ~1e5), or a zero pixel
+            x = x * 255 if fault == "overflow" else x.index_fill(2, torch.tensor([3]), 0.0)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = model(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+        opt.zero_grad()
+    mon.close()
+    report = steadygrad.diagnose(tmp_path / fault)
+    if fault == "overflow":  # the pooled sum is finite in float32: float16's range was passed
+        assert report.top.cause == "amp_overflow" and report.top.first_step == 20
+        assert report.top.where == ["context"]
+        assert report.top.evidence["forward_origin"]["float16_overflow"] is True
+    else:  # control: log(0) is -inf in float32 too, no overflow of float16's range
+        assert report.top.cause == "nonfinite" and "amp_overflow" not in report.causes()
+        assert report.top.where[0] == "0"
+        assert "float16_overflow" not in report.top.evidence["forward_origin"]

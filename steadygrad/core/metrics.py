@@ -269,6 +269,10 @@ OUTPUT_MODULE = "output_module"
 # of the same module) and the built-in recurrent layers, whose repeated Jacobian product is where
 # gradients explode.
 RECURRENT_MODULES = "recurrent_modules"
+# Key in a record's ``forward_origin``: the module that made the first non-finite value did so in
+# float16 from finite inputs, and computed again in float32 its output is finite (it overflowed
+# float16's range, 65504).
+FLOAT16_OVERFLOW = "float16_overflow"
 # Record meta key next to the output-logit statistics: how many classes the logits score (their
 # last dimension). A softmax over them sits at log Z = log(classes) when every logit is 0.
 OUTPUT_CLASSES = "output_classes"

@@ -19,6 +19,7 @@ from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
     DEAD_UNITS,
     DIRECTIONAL_SHARPNESS_RATIO,
+    FLOAT16_OVERFLOW,
     GRAD_NORM,
     LEARNING_RATE,
     LOSS,
@@ -970,6 +971,22 @@ def _nonfinite(facts: RunFacts) -> Found | None:
     return Found(summary, first.step, where, ev)
 
 
+def _forward_overflow(facts: RunFacts) -> Found | None:
+    """A NaN that no scaler caught, whose first producer overflowed float16 (its output, from
+    finite inputs, is finite computed again in float32): mixed precision broke the run."""
+    for f in facts.of(NONFINITE, NONFINITE_ORIGIN):
+        origin = f.evidence.get("forward_origin") or {}
+        if origin.get(FLOAT16_OVERFLOW) and origin.get("module"):
+            module = origin["module"]
+            summary = (
+                f"float16 overflow in the forward pass at step {f.step}: {module}'s output went "
+                "non-finite from finite inputs, and is finite computed in float32 (activations "
+                "beyond float16's 65504); loss scaling cannot help a forward overflow"
+            )
+            return Found(summary, f.step, [module], {"forward_origin": origin}, "critical")
+    return None
+
+
 def _producer(f: Finding) -> str | None:
     """The module whose forward output was the first non-finite value, if found."""
     return (f.evidence.get("forward_origin") or {}).get("module")
@@ -1025,7 +1042,7 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
     # a non-finite episode the scaler caught
     overflow = facts.of(AMP_OVERFLOW) or facts.of(NONFINITE)
     if not overflow or not _caught_by_scaler(facts):
-        return None
+        return _forward_overflow(facts)
     steps = facts.series(LOSS.name)
     total = len(steps[0]) if steps else 0
     skipped = facts.series(OPTIMIZER_SKIPPED.name)

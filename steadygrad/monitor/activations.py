@@ -29,6 +29,7 @@ from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
 from steadygrad.core.metrics import (
     ACT_RMS,
+    FLOAT16_OVERFLOW,
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
@@ -111,6 +112,10 @@ class ActivationHooks:
         # returned it, and the tensor (weakly: an id is the tensor's only while it lives)
         self.tracing = False
         self.made_by: dict[int, tuple[str, weakref.ref]] = {}
+        # with ``tracing``: module -> whether its float16 output, not finite from finite inputs,
+        # is finite computed again in float32 (it overflowed float16's range)
+        self.float16_overflow: dict[str, bool] = {}
+        self._widening = False
         # this step's outputs' autograd nodes per module, and the modules found in a recurrence
         self._made: dict[str, set] = {}
         self._tries: dict[str, int] = {}
@@ -144,13 +149,40 @@ class ActivationHooks:
             )
             if name in self._weighted and torch.is_grad_enabled() and not self.tracing:
                 self._recurrence(name, args, outs)
-            if self.tracing:
+            if self.tracing and not self._widening:
                 for t in outs:
                     kept = self.made_by.get(id(t))
                     if kept is None or kept[1]() is not t:  # inner modules return first
                         self.made_by[id(t)] = (name, weakref.ref(t))
+                if name not in self.float16_overflow:
+                    self._check_float16(name, module, args, outs)
 
         return hook
+
+    def _check_float16(self, name: str, module: nn.Module, args: tuple, outs: list) -> None:
+        """On a replay, a float16 output that is not finite from finite inputs is computed
+        again in float32 with autocast off: finite there, it overflowed float16's range (65504),
+        which no loss scaling helps."""
+        if not any(t.dtype == torch.float16 for t in outs):
+            return
+        if all(bool(torch.isfinite(t).all()) for t in outs):
+            return
+        if not all(bool(torch.isfinite(t).all()) for t in _floats(args)):
+            return
+        wide = [
+            a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+        ]
+        self._widening = True
+        try:
+            with torch.autocast(outs[0].device.type, enabled=False):
+                again = _floats(module(*wide))
+            self.float16_overflow[name] = bool(again) and all(
+                bool(torch.isfinite(t).all()) for t in again
+            )
+        except Exception:  # noqa: BLE001 - a module that needs its keywords: nothing to say
+            pass
+        finally:
+            self._widening = False
 
     def _recurrence(self, name: str, args: tuple, outs: list[torch.Tensor]) -> None:
         made = self._made.get(name)
@@ -414,6 +446,8 @@ class ActivationSignal(Signal):
                         continue
                     _, origin = self.hooks.read(norms.tolist())
                     if origin is not None:
+                        if self.hooks.float16_overflow.get(origin["module"]):
+                            origin[FLOAT16_OVERFLOW] = True  # finite in float32
                         return {**origin, "replayed": True, "weights": weights}
                 if math.isfinite(record.values.get(LOSS.name, 0.0)):
                     return None
@@ -423,6 +457,7 @@ class ActivationSignal(Signal):
         finally:
             self.hooks.tracing = False
             self.hooks.made_by.clear()
+            self.hooks.float16_overflow.clear()
 
     def _in_the_loss(self, outputs: list[torch.Tensor]) -> dict:
         """The forward was finite on replay, the loss was not: the NaN was made after the
