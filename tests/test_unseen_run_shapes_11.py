@@ -241,3 +241,42 @@ def test_a_forward_pass_that_overflows_float16_is_mixed_precision_not_a_plain_na
         assert report.top.cause == "nonfinite" and "amp_overflow" not in report.causes()
         assert report.top.where[0] == "0"
         assert "float16_overflow" not in report.top.evidence["forward_origin"]
+
+
+@pytest.mark.parametrize("grown", ["in_the_explosion", "before_it"])
+def test_weights_the_explosion_itself_grew_are_no_growth_everywhere(tmp_path, grown):
+    # an IRNN whose gradients grow from step 183 and explode into a NaN at 251; the loss climbs
+    # from 243 and breaks at 249. The last updates, of exploding gradients, grew every weight 1e7x
+    tensors = ("emb.weight", "enc.weight_ih", "enc.weight_hh", "dec.weight", "out.weight")
+    rows = []
+    for t in range(252):
+        loss = 4.0 - 1.8 * min(t, 214) / 214 if t < 243 else 2.2 * 3.0 ** (t - 242)
+        grad = 1.0 if t < 183 else 1.0 * 1.05 ** (t - 183)
+        if grown == "before_it":  # control: a decay of the wrong sign grew them all 4x first
+            weight = 4.0 ** (t / 243)
+        else:
+            weight = 1.0 + 0.3 * t / 243 if t < 249 else 1e7
+        values = {"loss": loss if t < 251 else math.nan, "grad_norm": grad}
+        for name in tensors:
+            values[f"grad_norm/{name}"] = grad / 2
+            values[f"param_norm/{name}"] = weight
+        rows.append(values)
+    found = [
+        (
+            "gradient_growth",
+            241,
+            "dec.weight",
+            {"started_at_step": 183, "growth": 42.0},
+            "critical",
+        ),
+        ("loss_divergence", 243, None, {"best_level": 2.2, "best_level_step": 214}, "warning"),
+        ("loss_divergence", 249, None, {"best_level": 2.2, "best_level_step": 214}, "critical"),
+        ("nonfinite", 251, None, {"loss": math.nan}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, grown, rows, found)
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    if grown == "in_the_explosion":  # the weights as the loss began to climb: 1.3x
+        assert report.top.cause == "exploding_gradients"
+        assert "median_weight_growth" not in exploding.evidence
+    else:
+        assert "everywhere" in exploding.why and report.top.cause != "exploding_gradients"

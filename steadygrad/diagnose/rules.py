@@ -608,6 +608,10 @@ def _exploding(facts: RunFacts) -> Found | None:
         )
         return found
     until = max(found.first_step, facts.broke_at or 0)
+    if facts.climbing_from is not None:
+        # the weights as the loss began to climb: the updates of a climb's last steps, made of
+        # exploding gradients, grow every weight they touch
+        until = min(until, facts.climbing_from)
     if any(f.evidence.get(WRECKED_WEIGHTS) for f in facts.of(GRADIENT_GROWTH)):
         until = found.first_step - 1  # the explosion's own update grew the weights it wrecked
     until = _before_explosion(facts, until)
