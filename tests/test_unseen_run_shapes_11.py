@@ -280,3 +280,31 @@ def test_weights_the_explosion_itself_grew_are_no_growth_everywhere(tmp_path, gr
         assert "median_weight_growth" not in exploding.evidence
     else:
         assert "everywhere" in exploding.why and report.top.cause != "exploding_gradients"
+
+
+@pytest.mark.parametrize("unfrozen", [False, True])
+def test_a_gradient_left_over_from_pre_training_is_no_gradient_a_frozen_layer_gets(
+    tmp_path, unfrozen
+):
+    # pre-train a model, leave its gradients in place, freeze all but the biases (BitFit) and
+    # adapt those; control: the head is unfrozen after the optimizer was built without it
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    nn.functional.mse_loss(model(x), y).backward()  # .grad stays on every tensor
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith("bias"))
+    opt = torch.optim.Adam([p for n, p in model.named_parameters() if n.endswith("bias")], 1e-2)
+    mon = steadygrad.Monitor(model, opt, tmp_path / str(unfrozen), progress=False)
+    if unfrozen:
+        model[2].weight.requires_grad_(True)  # gets gradients, never trained
+    for _ in range(20):
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+        opt.zero_grad()
+    mon.close()
+    found = steadygrad.load(tmp_path / str(unfrozen)).findings()
+    strays = {f.where for f in found if f.evidence.get("direction") == "not_in_optimizer"}
+    assert strays == ({"2.weight"} if unfrozen else set())

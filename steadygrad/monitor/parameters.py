@@ -385,6 +385,8 @@ class StrayGradients:
         self._watched = [(n, p) for n, p in model.named_parameters() if id(p) not in tracked]
         self.records = records
         self._seen: dict[str, tuple[int, int]] = {}  # name -> (version at first gradient, records)
+        # name -> its gradient last looked at (weakly: a freed one was replaced) and version
+        self._grads: dict[str, tuple[weakref.ref, int]] = {}
         self._told: set[str] = set()
 
     def check(self) -> list[str]:
@@ -392,6 +394,12 @@ class StrayGradients:
         found = []
         for name, p in self._watched:
             if p.grad is None or name in self._told:
+                continue
+            last = self._grads.get(name)
+            self._grads[name] = (weakref.ref(p.grad), p.grad._version)
+            if last is None or (last[0]() is p.grad and last[1] == p.grad._version):
+                # no new gradient since the last look (or none seen before): a gradient left
+                # over from before the freeze (a pre-training loop's) is no gradient it gets
                 continue
             version, records = self._seen.get(name, (p._version, 0))
             if p._version != version:  # something updates it: not a stray
