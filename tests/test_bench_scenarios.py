@@ -169,6 +169,7 @@ HELD_OUT_FILES = [
     ("cases_heldout59", "h59_", 12, 11, 12),
     ("cases_heldout60", "h60_", 12, 11, 12),
     ("cases_heldout61", "h61_", 12, 11, 12),
+    ("cases_heldout62", "h62_", 12, 11, 12),
 ]
 
 

@@ -67,6 +67,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout59,
     cases_heldout60,
     cases_heldout61,
+    cases_heldout62,
     cases_mlp,
     cases_other,
 )
