@@ -168,6 +168,7 @@ HELD_OUT_FILES = [
     ("cases_heldout58", "h58_", 12, 11, 12),
     ("cases_heldout59", "h59_", 12, 11, 12),
     ("cases_heldout60", "h60_", 12, 11, 12),
+    ("cases_heldout63", "h63_", 12, 11, 12),
 ]
 
 

@@ -66,6 +66,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout58,
     cases_heldout59,
     cases_heldout60,
+    cases_heldout63,
     cases_mlp,
     cases_other,
 )
