@@ -46,6 +46,57 @@ def optimizer_family(optimizer: Any) -> str:
     return "unknown"
 
 
+# The run config's key for :func:`second_moment_decay`.
+SECOND_MOMENT_DECAY = "second_moment_decay"
+# Optimizers whose running square is a plain average (or sum) of the squared gradient: one
+# spike then damps their later steps only as much as that average still holds of it. Their
+# parameter groups cannot tell them apart from those that keep a running max (Adamax, AMSGrad),
+# a centred variance (AdaBelief, centred RMSprop: one spike is huge against a small variance)
+# or a factored square (Adafactor), which one spike can damp far more; so the class decides.
+PLAIN_SQUARE = (
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+    "SPAM",
+    "StableSPAM",
+    "DiffGrad",
+    "Grams",
+    "AdEMAMix",
+)
+
+
+def second_moment_decay(optimizer: Any) -> float | None:
+    """The share of its running square of the gradient an optimizer keeps at each step, from
+    its first parameter group: Adam's ``beta2``, RMSprop's ``alpha``, Adadelta's ``rho``; 1.0
+    for Adagrad, whose sum never forgets. None for an optimizer that keeps no plain average of
+    the squared gradient (SGD, Lion; Adamax, AMSGrad, AdaBelief: see ``PLAIN_SQUARE``). It
+    says how long one giant gradient can damp the steps after it.
+
+    Example:
+        >>> import torch
+        >>> p = torch.nn.Parameter(torch.zeros(1))
+        >>> second_moment_decay(torch.optim.Adam([p], betas=(0.9, 0.95)))
+        0.95
+        >>> second_moment_decay(torch.optim.Adagrad([p])), second_moment_decay(torch.optim.SGD([p]))
+        (1.0, None)
+    """
+    optimizer = unwrap_optimizer(optimizer)
+    group = (getattr(optimizer, "param_groups", None) or [{}])[0]
+    plain = type(optimizer).__name__ in PLAIN_SQUARE
+    if not plain or "eps" not in group or group.get("amsgrad") or group.get("centered"):
+        return None
+    if "betas" in group:
+        return float(group["betas"][1])
+    for key in ("alpha", "rho"):  # RMSprop, Adadelta
+        if key in group:
+            return float(group[key])
+    return 1.0  # a per-coordinate step from eps alone: Adagrad's sum
+
+
 # The wrappers training stacks hand out instead of the optimizer: (module, class, inner attribute).
 # They are not optimizers with step hooks of their own; the Monitor hooks what they wrap.
 _WRAPPERS = (

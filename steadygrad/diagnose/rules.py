@@ -33,7 +33,7 @@ from steadygrad.core.metrics import (
     SOFTMAX_COLLAPSE,
     UPDATE_RATIO,
 )
-from steadygrad.core.optimizer import PER_COORDINATE
+from steadygrad.core.optimizer import PER_COORDINATE, SECOND_MOMENT_DECAY
 from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
 from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
 from steadygrad.diagnose.detectors.dynamics import MEMORISING
@@ -266,6 +266,14 @@ class RunFacts:
         RMSprop, Adagrad: its family, recorded by the Monitor from
         :func:`steadygrad.core.optimizer_family`)."""
         return self.run.config.get("optimizer_family") in PER_COORDINATE
+
+    @cached_property
+    def second_moment_decay(self) -> float | None:
+        """What the optimizer keeps of its running square of the gradient per step (recorded
+        by the Monitor from :func:`steadygrad.core.optimizer.second_moment_decay`; None when
+        not known)."""
+        decay = self.run.config.get(SECOND_MOMENT_DECAY)
+        return float(decay) if isinstance(decay, (int, float)) and 0 < decay <= 1 else None
 
 
 def _lowest_median(steps: np.ndarray, values: np.ndarray, width: int = 5) -> int | None:
@@ -1136,6 +1144,28 @@ def _after_over_before(steps: np.ndarray, values: np.ndarray, step: int, lag: in
     return float(np.median(after) / np.median(before))
 
 
+def _strongest_damping(facts: RunFacts, spike: Finding) -> float:
+    """The smallest share of their size that updates can keep, in the middle of the span
+    :func:`_update_drop` reads, when a spike ``ratio`` times the usual gradient entered the
+    optimizer's running square at step ``t``: the square's weight ``w`` then holds
+    ``1 + w (ratio**2 - 1)`` times its usual value (``w = (1 - d) d**k / (1 - d**(t + k))``
+    for an average that keeps ``d`` per step, with or without Adam's bias correction, which
+    cancels; ``1 / (t + k)`` for Adagrad's sum), and steps shrink by its square root. Spread
+    evenly over the coordinates the spike damps most (the update's norm is convex in each
+    coordinate's inflation), so no spike of that size can damp more. 0 when not known."""
+    decay = facts.second_moment_decay
+    ev = spike.evidence
+    ratio = ev.get("ratio", ev.get("spike_factor"))
+    if decay is None or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        return 0.0
+    t, k = spike.step + 1, MOMENTUM_MEMORY + 25  # t: as if the optimizer began with the run
+    if decay == 1.0:
+        weight = 1.0 / (t + k)
+    else:
+        weight = (1 - decay) * decay**k / (1 - decay ** (t + k))
+    return 1.0 / math.sqrt(1.0 + weight * max(ratio * ratio - 1.0, 0.0))
+
+
 def _adam_poisoned(facts: RunFacts) -> Found | None:
     """A gradient spike under an optimizer that divides by a running square of the gradient,
     after which the updates shrank: the spike's square inflated the second moment, which then
@@ -1163,8 +1193,9 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
         hit = {f.where for f in at_step if f.kind == GRADIENT_SPIKE}
         mine = [n for n in ratios if n.split("/", 1)[1] in hit]
         drop = _update_drop(facts, mine or ratios, spike.step)
-        if not drop < SPIKE_CLIPPING.get(facts.optimizer, 0.5):
-            continue
+        limit = SPIKE_CLIPPING.get(facts.optimizer, 0.5)
+        if not drop < limit or _strongest_damping(facts, spike) >= limit:
+            continue  # no shrink, or one the spike is too small to have made
         if mine and not any(f.kind == GRAD_NORM_SPIKE for f in at_step):
             # the spike hit some tensors only: those it missed are the control. Adam's steps
             # also shrink on their own early in training (the gradient's noise grows against

@@ -36,7 +36,12 @@ from steadygrad.core.metrics import (
     NONFINITE_PARAMS,
     RECURRENT_MODULES,
 )
-from steadygrad.core.optimizer import optimizer_family, unwrap_optimizer
+from steadygrad.core.optimizer import (
+    SECOND_MOMENT_DECAY,
+    optimizer_family,
+    second_moment_decay,
+    unwrap_optimizer,
+)
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal, builtin_recurrent
@@ -204,6 +209,7 @@ class Monitor:
             "model": type(model).__name__,
             "optimizer": type(optimizer).__name__,
             "optimizer_family": optimizer_family(optimizer),
+            SECOND_MOMENT_DECAY: second_moment_decay(optimizer),
             "add_qk_norm_applies": bool(qk_norm_targets(model)),
             RECURRENT_MODULES: builtin_recurrent(model),
             "parameters": sum(p.numel() for p in self.parameters.stats.params),
