@@ -91,3 +91,103 @@ def test_a_spike_too_small_to_damp_rmsprop_that_much_did_not_poison_it(tmp_path,
     config = {"optimizer": "RMSprop", "optimizer_family": "adaptive", SECOND_MOMENT_DECAY: 0.99}
     report = diagnose_stored(tmp_path, str(ratio), rows, [spike], config=config)
     assert ("adam_second_moment_poisoned" in report.causes()) is (ratio > 100)
+
+
+# -- the output layer, found in the autograd graph --------------------------------------------
+
+
+def test_the_output_layer_is_the_weight_matrix_nearest_the_output():
+    from steadygrad.monitor.output_layer import nearest_weight, output_tensor
+
+    class Head(torch.nn.Module):  # a learnt temperature after the head, a tied embedding
+        def __init__(self, tied: bool) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 8)
+            self.body = torch.nn.Linear(8, 8)
+            self.head = torch.nn.Linear(8, 10)
+            self.scale = torch.nn.Parameter(torch.ones(()))
+            self.tied = tied
+
+        def forward(self, x):
+            h = torch.relu(self.body(self.emb(x)))
+            z = h @ self.emb.weight.t() if self.tied else self.head(h)
+            return {"loss": None, "logits": (z * self.scale).squeeze(0)}
+
+    for tied, name in [(False, "head.weight"), (True, "emb.weight")]:
+        model = Head(tied)
+        names = {id(p): n for n, p in model.named_parameters()}
+        out = output_tensor(model(torch.tensor([[1, 2, 3]])))
+        assert nearest_weight(out, names) == name
+    with torch.no_grad():  # no graph: nothing to tell
+        assert nearest_weight(output_tensor(model(torch.tensor([[1]]))), names) is None
+    # a hashing-trick classifier: the bag's table is as many nodes from the output as the
+    # head's weight is through its transpose, which is no step (set 63)
+    bag, head = torch.nn.EmbeddingBag(64, 8), torch.nn.Linear(8, 5)
+    names = {id(bag.weight): "bag.weight", id(head.weight): "head.weight"}
+    assert nearest_weight(head(bag(torch.randint(0, 64, (4, 6)))), names) == "head.weight"
+
+
+def _head_decay_run(tmp_path, decayed: str):
+    """An MLP classifier trained with a hand-written softmax loss (no F.cross_entropy to read
+    the logits from) and, from step 20, a weight decay of the wrong sign on ``decayed``."""
+    from steadygrad.core.metrics import OUTPUT_LAYER
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU()
+    )
+    model.add_module("head", torch.nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(256, 16)
+    y = (x[:, :4].argmax(1) + (torch.rand(256) < 0.2).long()) % 4  # 20% label noise
+    with steadygrad.watch(model, opt, tmp_path / decayed, progress=False) as mon:
+        for step in range(200):
+            idx = torch.randint(0, 256, (32,))
+            logp = torch.log_softmax(model(x[idx]), dim=-1)
+            loss = -logp.gather(1, y[idx, None]).mean()
+            loss.backward()
+            opt.step()
+            if step >= 20:
+                with torch.no_grad():
+                    dict(model.named_modules())[decayed].weight.mul_(1.03)
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path / decayed)
+    assert run.config[OUTPUT_LAYER] == "head"
+    return steadygrad.diagnose(run)
+
+
+@pytest.mark.parametrize("decayed", ["head", "2"])
+def test_an_output_layer_whose_weights_run_away_makes_the_logits_diverge(tmp_path, decayed):
+    # The head's weights grow 3% a step: the logits grow with them, the loss on the noisy
+    # labels climbs, and the gradients into the body grow too; the cause is the logits (set
+    # 63's hashing-trick head, set 59's distilled head, set 60's ListNet). Control: the same
+    # decay on a hidden layer is no output-logit divergence.
+    report = _head_decay_run(tmp_path, decayed)
+    if decayed == "head":
+        assert report.top.cause == "output_logit_divergence"
+        assert report.top.where[0] == "head" and report.top.first_step < 60
+    else:
+        assert "output_logit_divergence" not in report.causes()
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_an_output_layer_applied_in_a_recurrence_explodes_through_time(tmp_path, recurrent):
+    # The output layer's weights grow 4% a step from step 60 and the loss climbs from 140. A
+    # head applied once makes the logits run away; the last layer of an ODE function, applied
+    # at every Euler step (set 34's CNF), is no head of logits: its growth explodes through
+    # the steps, and it is not called an output-logit divergence.
+    from steadygrad.core.metrics import OUTPUT_LAYER, RECURRENT_MODULES
+
+    rows = []
+    for t in range(200):
+        loss = 1.0 - 0.002 * min(t, 140) + (0.05 * (t - 140) if t > 140 else 0.0)
+        grown = 1.04 ** max(t - 60, 0)
+        rows.append({"loss": loss, "param_norm/out.weight": grown, "param_norm/inp.weight": 1.0})
+    config = {OUTPUT_LAYER: "out", RECURRENT_MODULES: ["out"] if recurrent else []}
+    climb = ("loss_divergence", 150, None, {"ratio": 3.0, "best_level_step": 140}, "critical")
+    report = diagnose_stored(tmp_path, str(recurrent), rows, [climb], config=config)
+    if recurrent:
+        assert "output_logit_divergence" not in report.causes()
+    else:
+        assert report.top.cause == "output_logit_divergence" and report.top.where == ["out"]

@@ -264,6 +264,9 @@ OPTIMIZER_FAMILY = "optimizer_family"
 # Record meta key next to the output-logit statistics: the module that produced the logits (the
 # head), when one did.
 OUTPUT_MODULE = "output_module"
+# Run config key: the module whose weight matrix is nearest the model's output in the autograd
+# graph (see :mod:`steadygrad.monitor.output_layer`).
+OUTPUT_LAYER = "output_layer"
 # Record meta key on records whose forward was hooked, and run config key (the union over the
 # run): the modules applied in a recurrence (one call's input made from an earlier call's output
 # of the same module) and the built-in recurrent layers, whose repeated Jacobian product is where

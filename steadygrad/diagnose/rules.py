@@ -24,6 +24,7 @@ from steadygrad.core.metrics import (
     LEARNING_RATE,
     LOSS,
     OPTIMIZER_SKIPPED,
+    OUTPUT_LAYER,
     PARAM_NORM,
     RECURRENT_MODULES,
     RELU_ACTIVE,
@@ -266,6 +267,13 @@ class RunFacts:
         RMSprop, Adagrad: its family, recorded by the Monitor from
         :func:`steadygrad.core.optimizer_family`)."""
         return self.run.config.get("optimizer_family") in PER_COORDINATE
+
+    @cached_property
+    def output_layer(self) -> str | None:
+        """The module whose weight matrix is nearest the model's output (recorded by the
+        Monitor from the autograd graph: :mod:`steadygrad.monitor.output_layer`)."""
+        layer = self.run.config.get(OUTPUT_LAYER)
+        return layer if isinstance(layer, str) else None
 
     @cached_property
     def second_moment_decay(self) -> float | None:
@@ -583,6 +591,14 @@ def _exploding(facts: RunFacts) -> Found | None:
             return found
     if found.first_step is None:
         return found
+    head = _output_layer_ran_away(facts)
+    if head is not None:
+        layer, began, factor = head
+        found.consequence_of = (
+            f"the weights of the output layer {layer} grew {factor:.3g}x from step {began}, "
+            "far more than any other: the gradients grew with the logits they make"
+        )
+        return found
     runaway = _runaway_weights(facts)
     if runaway is not None and runaway[1] < found.first_step:
         name, began, factor, share = runaway
@@ -659,6 +675,8 @@ def _runaway_into_explosion(facts: RunFacts) -> Found | None:
     broke, runaway = facts.broke_at, _runaway_weights(facts)
     if broke is None or runaway is None or runaway[3] > 0.5:
         return None
+    if _output_layer_ran_away(facts) is not None:
+        return None  # the logits ran away with the output layer (see _output_logits)
     if not _leading_into(facts, broke, GRAD_NORM_SPIKE):
         return None
     name, began, factor, _ = runaway
@@ -907,11 +925,61 @@ def _grown_everywhere(found: Found, growth: list[tuple[float, str]], what: str) 
 
 def _output_logits(facts: RunFacts) -> Found | None:
     """Output-logit divergence, unless every weight had grown by then (the logits then grow
-    because the weights do)."""
+    because the weights do). The output layer's weights running away (a decay or penalty of
+    the wrong sign on the head) is one too, from when they began, logits read or not: the
+    logits are those weights times features that held still."""
     found = _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence")(facts)
+    head = _output_layer_ran_away(facts)
+    if head is not None:
+        layer, began, factor = head
+        ran_away = (
+            f"the weights of the output layer {layer} grew {factor:.3g}x from step {began}, far "
+            "more than any other, while the loss set no new best: the logits grow with them "
+            "(look for a decay or penalty of the wrong sign on the head)"
+        )
+        evidence = {"runaway_weights": {"module": layer, "began": began, "factor": factor}}
+        if found is None:
+            return Found(ran_away, began, [layer], evidence, "warning")
+        if found.first_step is None or began < found.first_step:
+            found.first_step = began
+            found.where = [layer] + [w for w in found.where if w != layer]
+            found.summary += f"; {ran_away}"
+            found.evidence.update(evidence)
+        return found
     if found is not None and found.first_step is not None:
         _grown_everywhere(found, _weight_growth(facts, found.first_step), "the logits")
     return found
+
+
+def _output_layer_ran_away(facts: RunFacts) -> tuple[str, int, float] | None:
+    """(the output layer, the step its weights began to grow, how much) when the weights
+    that ran away before the trouble (:func:`_runaway_weights`), or else those that grew far
+    more than any other by then (:func:`_amplifier`), are the output layer's, and it is not
+    applied in a recurrence."""
+    layer = facts.output_layer
+    trouble = [s for s in (facts.climbing_from, facts.broke_at) if s is not None]
+    if layer is None or not trouble:
+        return None
+    if layer in (facts.run.config.get(RECURRENT_MODULES) or []):
+        return None  # applied step after step (an ODE's last layer): it explodes through time
+    runaway = _runaway_weights(facts)
+    if runaway is not None:
+        name, began, factor, share = runaway
+        return (layer, began, factor) if share <= 0.5 and _inside(name, layer) else None
+    grown = _amplifier(_weight_growth(facts, _before_explosion(facts, min(trouble))))
+    if grown is None or not _inside(grown[0], layer):
+        return None
+    return layer, _doubled_at(facts, grown[0]), grown[1]
+
+
+def _doubled_at(facts: RunFacts, parameter: str) -> int:
+    """The first step at which a weight tensor's norm stood twice its lowest before."""
+    steps, values = facts.series(f"{PARAM_NORM.name}/{parameter}")
+    ok = np.isfinite(values)
+    steps, values = steps[ok], values[ok]
+    lowest = np.minimum.accumulate(values)
+    doubled = np.flatnonzero(values >= 2.0 * lowest)
+    return int(steps[doubled[0]] if len(doubled) else steps[-1])
 
 
 def _amplifier(growth: list[tuple[float, str]]) -> tuple[str, float] | None:
@@ -1750,7 +1818,8 @@ RULES: tuple[Rule, ...] = (
         "the log-partition near zero.",
         (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
         _output_logits,
-        (OUTPUT_LOGIT_DIVERGENCE,),
+        # the rest: to tell the output layer's weights ran away (see _runaway_weights)
+        (OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH, LOSS_SPIKE, GRAD_NORM_SPIKE),
         # an outlier batch's own logits, or the jolt it gave; logits spread so far apart that
         # the softmax rounds to exactly 0 and 1 (a temperature) are that collapse's logits
         explained_by=("data_outlier", "softmax_collapse"),

@@ -51,6 +51,7 @@ from steadygrad.monitor.dead_units import DeadUnitSignal
 from steadygrad.monitor.distributed import NullStore, Reducer
 from steadygrad.monitor.findings_log import LoggingSink
 from steadygrad.monitor.intercept import InterceptingSignal
+from steadygrad.monitor.output_layer import OutputLayerSignal
 from steadygrad.monitor.output_logits import OutputHook
 from steadygrad.monitor.outputs import CrossEntropyOutputSignal
 from steadygrad.monitor.parameters import ParameterSignal
@@ -174,6 +175,7 @@ class Monitor:
             self.parameters,
             ActivationSignal(activation_every, guard_steps),
             UpdateCurvatureSignal(every=activation_every),
+            OutputLayerSignal(),
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
