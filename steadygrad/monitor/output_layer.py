@@ -119,6 +119,8 @@ class OutputLayerSignal(Signal):
         return self._found is not None  # once found, written at the next record
 
     def _look(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return  # traced, the walk and the hook's removal would break the graph
         try:
             tensor = output_tensor(output)
             if tensor is None or tensor.grad_fn is None:
