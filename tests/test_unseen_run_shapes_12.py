@@ -127,6 +127,31 @@ def test_the_output_layer_is_the_weight_matrix_nearest_the_output():
     assert nearest_weight(head(bag(torch.randint(0, 64, (4, 6)))), names) == "head.weight"
 
 
+def test_the_output_layer_hook_waits_for_a_graph_and_leaves_with_the_monitor(tmp_path):
+    from helpers import no_hooks_left
+
+    from steadygrad.core.metrics import OUTPUT_LAYER
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with steadygrad.watch(model, opt, tmp_path / "eval", progress=False) as mon:
+        with torch.no_grad():
+            loss = model(torch.ones(2, 3)).pow(2).mean()  # an evaluation first: no graph
+        opt.step()
+        mon.step(loss)
+    assert no_hooks_left(model, opt)  # never found, still removed at close
+    assert OUTPUT_LAYER not in steadygrad.load(tmp_path / "eval").config
+    with steadygrad.watch(model, opt, tmp_path / "train", progress=False) as mon:
+        for _ in range(2):
+            loss = model(torch.ones(2, 3)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    assert steadygrad.load(tmp_path / "train").config[OUTPUT_LAYER] == "2"
+    assert no_hooks_left(model, opt)
+
+
 def _head_decay_run(tmp_path, decayed: str):
     """An MLP classifier trained with a hand-written softmax loss (no F.cross_entropy to read
     the logits from) and, from step 20, a weight decay of the wrong sign on ``decayed``."""
