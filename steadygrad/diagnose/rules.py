@@ -269,6 +269,17 @@ class RunFacts:
         return self.run.config.get("optimizer_family") in PER_COORDINATE
 
     @cached_property
+    def recurrent_modules(self) -> list[str]:
+        """The modules applied in a recurrence (listed by the Monitor in the run's config)."""
+        return list(self.run.config.get(RECURRENT_MODULES) or [])
+
+    @cached_property
+    def runaway_weights(self) -> tuple[str, int, float, float] | None:
+        """The weight tensor that ran away before the trouble (see :func:`_runaway_weights`),
+        read once: several rules ask."""
+        return _runaway_weights(self)
+
+    @cached_property
     def output_layer(self) -> str | None:
         """The module whose weight matrix is nearest the model's output (recorded by the
         Monitor from the autograd graph: :mod:`steadygrad.monitor.output_layer`)."""
@@ -595,11 +606,11 @@ def _exploding(facts: RunFacts) -> Found | None:
     if head is not None:
         layer, began, factor = head
         found.consequence_of = (
-            f"the weights of the output layer {layer} grew {factor:.3g}x from step {began}, "
-            "far more than any other: the gradients grew with the logits they make"
+            f"the weights of the output layer {layer} grew {factor:.3g}x from step {began}: "
+            "the gradients grew with the logits they make"
         )
         return found
-    runaway = _runaway_weights(facts)
+    runaway = facts.runaway_weights
     if runaway is not None and runaway[1] < found.first_step:
         name, began, factor, share = runaway
         if share > 0.5:
@@ -672,7 +683,7 @@ def _runaway_into_explosion(facts: RunFacts) -> Found | None:
     spike of the gradient norm just before it) and one weight tensor had run away before it
     (see :func:`_runaway_weights`): what multiplied it compounded until the gradients through
     it exploded at once (a recurrence's feedback weight passing 1)."""
-    broke, runaway = facts.broke_at, _runaway_weights(facts)
+    broke, runaway = facts.broke_at, facts.runaway_weights
     if broke is None or runaway is None or runaway[3] > 0.5:
         return None
     if _output_layer_ran_away(facts) is not None:
@@ -721,7 +732,7 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
         return None  # a loss creeping up as before: nothing compounded
     # the tensors that spiked first, most first; before them, a recurrence's tensors that
     # spiked on the way to the NaN: the repeated product there is what compounds
-    recurrent = facts.run.config.get(RECURRENT_MODULES) or []
+    recurrent = facts.recurrent_modules
 
     def in_recurrence(f: Finding) -> bool:
         return any(_inside(f.where or "", m) for m in recurrent)
@@ -872,7 +883,7 @@ def _recurrent_origin(facts: RunFacts, found: Found) -> tuple[str, float] | None
     every recurrent module. Gradients explode through time inside a recurrence (Pascanu et al.
     2013); the embedding or convolution before it gets the largest gradient only because every
     step of the recurrence adds to it."""
-    modules = facts.run.config.get(RECURRENT_MODULES) or []
+    modules = facts.recurrent_modules
     named = found.where[0] if found.where else ""
     if not modules or any(_inside(named, m) for m in modules):
         return None
@@ -960,9 +971,9 @@ def _output_layer_ran_away(facts: RunFacts) -> tuple[str, int, float] | None:
     trouble = [s for s in (facts.climbing_from, facts.broke_at) if s is not None]
     if layer is None or not trouble:
         return None
-    if layer in (facts.run.config.get(RECURRENT_MODULES) or []):
+    if layer in facts.recurrent_modules:
         return None  # applied step after step (an ODE's last layer): it explodes through time
-    runaway = _runaway_weights(facts)
+    runaway = facts.runaway_weights
     if runaway is not None:
         name, began, factor, share = runaway
         return (layer, began, factor) if share <= 0.5 and _inside(name, layer) else None
