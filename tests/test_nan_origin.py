@@ -7,10 +7,14 @@ bad sample makes negative), so the true answer is known by construction."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 import steadygrad
+from steadygrad.core.forward_hooks import computes, observers_silenced
 from steadygrad.monitor import activations
 
 
@@ -187,3 +191,118 @@ def test_an_fp16_overflow_under_autocast_is_replayed_under_autocast(tmp_path):
     first = _first_nonfinite(steadygrad.load(tmp_path / "amp"))
     assert first.step == 7 and first.where == "0"
     assert first.evidence["forward_origin"]["replayed"] is True
+
+
+def test_a_large_fp16_output_whose_norm_overflows_is_no_producer(tmp_path):
+    # the first layer's fp16 outputs are ~3e3: finite, but their sum of squares passes 65504;
+    # the head's outputs then pass 65504 themselves: the head made the inf, not the trunk
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.Linear(64, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1e3)
+        model[0].bias.zero_()
+        model[1].weight.fill_(0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-12)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(model, opt, tmp_path / "wide", progress=False) as mon:
+        for step in range(12):
+            x = torch.rand(16, 4, generator=gen) * (3.0 if step == 7 else 0.5)
+            with torch.autocast("cpu", dtype=torch.float16):
+                trunk = model[0](x)
+                out = model[1](trunk)
+            if step == 7:  # the oracle: what the scenario claims, in the same run
+                assert bool(torch.isfinite(trunk).all()) and not bool(torch.isfinite(out).all())
+                assert not torch.isfinite(torch.linalg.vector_norm(trunk))  # in fp16 itself
+            loss = out.float().mean() * 1e-6  # gradients far inside fp16
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    first = _first_nonfinite(steadygrad.load(tmp_path / "wide"))
+    assert first.step == 7 and first.where == "1", first.evidence
+    assert first.evidence["forward_origin"]["float16_overflow"] is True
+
+
+def test_the_replays_run_the_models_own_hooks_and_never_the_users(tmp_path, monkeypatch):
+    """The NaN replay and the unused-parameter check re-run the step's forward: a hook of the
+    user's that records each forward must see exactly the forwards training ran, while torch's
+    own pruning mask (a forward pre-hook) still shapes the replayed model."""
+    model = _model()
+    prune.l1_unstructured(model[1], "weight", amount=0.25)  # torch's pre-hook computes weight
+    model[0].spare = nn.Linear(4, 4)  # never called: the unused-parameter check re-runs a forward
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    model[3].register_forward_pre_hook(lambda module, args: seen.append("inner"))
+    rerun = []  # the unused-parameter check's forwards (a spy: they leave no other trace)
+    outputs = activations.ActivationSignal._outputs
+    monkeypatch.setattr(
+        activations.ActivationSignal, "_outputs", lambda s: rerun.append(1) or outputs(s)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(
+        model, opt, tmp_path / "hooks", progress=False, activation_every=50
+    ) as mon:
+        for step in range(12):
+            x = _batch(gen, bad=step == 7)
+            loss = nn.functional.cross_entropy(model(x), torch.randint(0, 3, (16,), generator=gen))
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    assert seen == [torch.Size([16, 3]) if i % 2 else "inner" for i in range(24)]
+    run = steadygrad.load(tmp_path / "hooks")
+    first = _first_nonfinite(run)
+    assert first.where == "0" and first.evidence["forward_origin"]["replayed"] is True
+    assert len(rerun) >= 2  # the check re-ran the forward, as it was and nudged
+
+
+def test_hooks_are_silenced_by_origin_and_put_back_in_order():
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    prune.random_unstructured(layer, "weight", amount=0.5)
+    seen = []
+    user = layer.register_forward_hook(lambda m, a, out: seen.append("user"))
+    layer.register_forward_pre_hook(lambda m, a: seen.append("pre"))
+    order = [list(layer._forward_pre_hooks), list(layer._forward_hooks)]
+    x = torch.ones(1, 3)
+    with observers_silenced(layer):
+        with torch.no_grad():
+            layer.weight_orig.mul_(2.0)
+        # the pruning pre-hook ran: the weight is rebuilt from the doubled one, masked
+        oracle = nn.functional.linear(x, layer.weight_orig * layer.weight_mask, layer.bias)
+        assert torch.equal(layer(x), oracle)
+        user.remove()  # a handle still reaches the hook it made
+    assert seen == []
+    assert [list(layer._forward_pre_hooks), list(layer._forward_hooks)] == [order[0], order[1][:0]]
+    layer(x)
+    assert seen == ["pre"]
+    lazy = nn.LazyLinear(2)
+    with observers_silenced(lazy):
+        lazy(x)  # the lazy module's one-off initialising hook removes itself inside
+    assert not lazy._forward_pre_hooks and lazy.weight.shape == (2, 3)
+    assert computes(prune.Identity()) and not computes(observers_silenced)
+
+
+class _Keeper:
+    def __call__(self, module, args, out):
+        self.out = out
+
+
+def _store(box, module, args, out):
+    box.append(out)
+
+
+def test_a_users_hook_runs_in_a_replay_only_if_it_can_return_a_value():
+    kept = {}
+    assert computes(lambda m, a, out: out * 2)  # rewrites the output
+    assert computes(lambda m, a, out: out.clamp_(-1, 1))  # a call that may return a tensor
+    assert not computes(lambda m, a, out: kept.update(last=out))
+    assert not computes(_Keeper()) and not computes(functools.partial(_store, []))
+
+    def guarded(module, args, out):
+        if out is None:
+            return
+        return out.relu()
+
+    assert computes(guarded)

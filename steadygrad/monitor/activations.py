@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_leaves
 
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
+from steadygrad.core.forward_hooks import observers_silenced
 from steadygrad.core.metrics import (
     ACT_RMS,
     FLOAT16_OVERFLOW,
@@ -37,6 +38,7 @@ from steadygrad.core.metrics import (
     UNUSED_PARAMETERS,
 )
 from steadygrad.core.signal import random_state_kept
+from steadygrad.monitor.tensor_groups import wide_dtype
 
 log = logging.getLogger("steadygrad")
 
@@ -91,7 +93,7 @@ def _norm(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     if not tensors:
         return None
     with torch.no_grad():
-        norms = [torch.linalg.vector_norm(t.detach()).float() for t in tensors]
+        norms = [torch.linalg.vector_norm(t.detach(), dtype=wide_dtype(t)).float() for t in tensors]
         return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
 
 
@@ -547,12 +549,14 @@ class ActivationSignal(Signal):
 
     @contextmanager
     def _rerunning(self, weights: dict[str, torch.Tensor] | None):
-        """Re-run forward calls with ``weights`` (None: as they are) under no_grad; the model's
-        state (BatchNorm statistics included) and the random state are put back afterwards."""
+        """Re-run forward calls with ``weights`` (None: as they are) under no_grad, with the
+        hooks that observe the model silenced (the user's never see a step training did not
+        take); the model's state (BatchNorm statistics included) and the random state are put
+        back afterwards."""
         model = self.monitor.model
         now = None
         try:
-            with torch.no_grad(), random_state_kept(model):
+            with torch.no_grad(), random_state_kept(model), observers_silenced(model):
                 now = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if weights is not None:
                     model.load_state_dict(weights)

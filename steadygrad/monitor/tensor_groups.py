@@ -75,7 +75,7 @@ class TensorGroups:
     def norms_of(self, parts: Parts) -> torch.Tensor:
         """The L2 norm of each tensor held in ``parts`` (from :meth:`gather` or :meth:`copy`)."""
         stacked, singles = parts
-        values = [torch.linalg.vector_norm(_rows(s), dim=1, dtype=_wide_dtype(s)) for s in stacked]
+        values = [torch.linalg.vector_norm(_rows(s), dim=1, dtype=wide_dtype(s)) for s in stacked]
         if singles:
             values.append(_single_norms(singles, self._uniform))
         return self._in_order(values, torch.float32)
@@ -154,7 +154,9 @@ def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (x.to(y.dtype) * y).sum(dim=1).double()
 
 
-def _wide_dtype(t: torch.Tensor) -> torch.dtype | None:
+def wide_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The dtype to reduce ``t`` in: float32 for half precision, whose sums of squares pass
+    float16's 65504 long before its values do; None (its own) otherwise."""
     return torch.float32 if t.dtype in LOW_PRECISION else None
 
 
