@@ -114,7 +114,7 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
     broke = facts.broke_at
     for d in found:
         progress = facts.progress_until if broke is not None else facts.best_loss_step
-        judge(d, broke, progress, facts.climbing_from)
+        judge(d, broke, progress, facts.climbing_from, facts.made_at_once)
     for d in found:
         explained(d, found)
     found.sort(
@@ -144,6 +144,7 @@ def judge(
     broke: int | None,
     progress_until: int | None = None,
     climbing_from: int | None = None,
+    made_at_once: str | None = None,
 ) -> None:
     """Score a diagnosis, say how confident it is and why. A mechanism outranks the symptoms
     only when its evidence came before the run broke (it can explain them); one first seen
@@ -152,7 +153,8 @@ def judge(
     that only stalls learning, seen well before it, did not stop the progress and does not
     explain the climb that followed (it is judged from its finding after which the loss made
     no more progress, if one came later); nor one first seen long after the loss began to
-    climb (``climbing_from``)."""
+    climb (``climbing_from``); nor a NaN a module's forward pass made from finite inputs in
+    the step the run broke (``made_at_once``): dead or frozen units make no non-finite value."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     if d.severity == "info":  # its own evidence was judged harmless: below any warning
@@ -174,6 +176,14 @@ def judge(
         d.why = (
             f"first seen at step {first}, long after the loss had begun to climb (step "
             f"{climbing_from}): more likely a consequence of what made it climb"
+        )
+        return
+    if d.stalls and broke is not None and made_at_once is not None:
+        d.score -= 25.0
+        d.confidence = "low"
+        d.why = (
+            f"seen from step {first}, but it only stalls learning: it does not explain the "
+            f"non-finite value {made_at_once} made from finite inputs at step {broke}"
         )
         return
     # A run still learning when it broke (its best loss within PROGRESS_AFTER of the break: a

@@ -208,6 +208,18 @@ class RunFacts:
         return min(broke) if broke else None
 
     @cached_property
+    def made_at_once(self) -> str | None:
+        """The module whose forward pass made the non-finite value the run broke on, from
+        finite inputs, when a replay of that step with its own clean weights found it: a value
+        made in one step (a bad sample, an overflow), not a loss that stalled into it."""
+        for f in self.findings:
+            if f.kind == NONFINITE and f.step == self.broke_at:
+                origin = f.evidence.get("forward_origin") or {}
+                if origin.get("replayed") and origin.get("module") and "in_the_loss" not in origin:
+                    return origin["module"]
+        return None
+
+    @cached_property
     def climbing_from(self) -> int | None:
         """The step of the first finding that the loss is climbing (any loss divergence)."""
         climbs = [f.step for f in self.findings if f.kind == LOSS_DIVERGENCE]

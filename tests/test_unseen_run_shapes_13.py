@@ -1,0 +1,57 @@
+"""Run shapes from the seventeenth session's held-out sets (64-66) and the replays' fixes.
+
+Each change has a trigger that fails on the code before it and a control that must not move."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import steadygrad
+
+
+class _LogFeature(nn.Module):
+    """log of the first input feature (positive in the data): NaN for one bad sample."""
+
+    def forward(self, x):
+        return torch.cat([torch.log(x[:, :1]), x[:, 1:]], dim=1)
+
+
+def _saturated_run(path, bad_step):
+    # a tanh layer whose weights start 400x too large: nearly all its units sit in the flat
+    # tails from the first steps (a stalling cause, read on the activation cadence), on labels
+    # with nothing to learn: the loss stops improving at once, so the saturation is judged as
+    # what stalled it, seen long before the step the bad sample comes
+    torch.manual_seed(0)
+    model = nn.Sequential(_LogFeature(), nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(400.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(model, opt, path, progress=False) as mon:
+        for step in range(90):
+            x = torch.rand(32, 4, generator=gen) + 0.1
+            if step == bad_step:
+                x[3, 0] = -1.0  # one sample: the log of a negative number
+            y = torch.randint(0, 3, (32,), generator=gen)  # nothing to learn: the loss stalls
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    saturated = (model[2](model[1](model[0](x))).abs() > 0.99).float().mean()
+    return steadygrad.diagnose(path), float(saturated)
+
+
+def test_units_that_stall_learning_do_not_explain_a_nan_one_sample_made(tmp_path):
+    report, saturated = _saturated_run(tmp_path / "nan", bad_step=70)
+    causes = [d.cause for d in report.diagnoses]
+    assert "loss_of_plasticity" in causes  # the saturation is still reported
+    assert report.top.cause == "nonfinite" and report.top.where == ["0"]
+    assert report.top.first_step == 70
+
+
+def test_without_the_bad_sample_the_saturated_layer_is_the_cause(tmp_path):
+    report, saturated = _saturated_run(tmp_path / "stall", bad_step=None)
+    assert saturated > 0.9  # the oracle: the layer is saturated, measured in the same run
+    assert report.top.cause == "loss_of_plasticity" and report.top.where == ["1"]
