@@ -149,7 +149,9 @@ def observers_silenced(model: torch.nn.Module) -> Iterator[None]:
         []
     """
     held = [getattr(m, name) for m in model.modules() for name in _HOOK_DICTS]
-    held += [getattr(torch_module, name) for name in _GLOBAL_HOOK_DICTS]
+    held += [
+        h for name in _GLOBAL_HOOK_DICTS if (h := getattr(torch_module, name, None)) is not None
+    ]
     # in place: a handle removes its hook from the very dict it was registered in
     silenced = [{k: h for k, h in hooks.items() if not computes(h)} for hooks in held]
     try:
