@@ -172,6 +172,7 @@ HELD_OUT_FILES = [
     ("cases_heldout62", "h62_", 12, 11, 12),
     ("cases_heldout63", "h63_", 12, 11, 12),
     ("cases_heldout64", "h64_", 12, 11, 12),
+    ("cases_heldout65", "h65_", 12, 11, 12),
 ]
 
 

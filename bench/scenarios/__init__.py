@@ -70,6 +70,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout62,
     cases_heldout63,
     cases_heldout64,
+    cases_heldout65,
     cases_mlp,
     cases_other,
 )
