@@ -171,6 +171,7 @@ HELD_OUT_FILES = [
     ("cases_heldout61", "h61_", 12, 11, 12),
     ("cases_heldout62", "h62_", 12, 11, 12),
     ("cases_heldout63", "h63_", 12, 11, 12),
+    ("cases_heldout66", "h66_", 12, 11, 12),
 ]
 
 

@@ -69,6 +69,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout61,
     cases_heldout62,
     cases_heldout63,
+    cases_heldout66,
     cases_mlp,
     cases_other,
 )
