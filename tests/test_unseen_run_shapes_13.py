@@ -55,3 +55,37 @@ def test_without_the_bad_sample_the_saturated_layer_is_the_cause(tmp_path):
     report, saturated = _saturated_run(tmp_path / "stall", bad_step=None)
     assert saturated > 0.9  # the oracle: the layer is saturated, measured in the same run
     assert report.top.cause == "loss_of_plasticity" and report.top.where == ["1"]
+
+
+def _scenario(tmp_path, name):
+    """Run one of the bench's held-out scenarios with the README's one-line attach."""
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from scenarios import SCENARIOS
+    from scenarios.common import Context
+
+    ctx = Context("default", tmp_path / name)
+    SCENARIOS[name].run(ctx)
+    ctx.monitor.close()
+    return ctx, steadygrad.diagnose(tmp_path / name)
+
+
+def test_gradient_bursts_in_a_recurrence_that_end_in_its_overflow_explode_through_time(tmp_path):
+    # set 64's IRNN, trained unclipped: the recurrent hh's gradient bursts (826, then 6127) and
+    # the loss comes back between them, then hh's forward overflows from finite inputs
+    ctx, report = _scenario(tmp_path, "h64_irnn_unclipped_explodes")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks  # the fault, as the file says
+    top = report.top
+    assert top.cause == "exploding_gradients" and top.where == ["hh"], top
+    assert top.first_step < 83  # dated from the bursts, before the NaN
+
+
+def test_bursts_that_never_break_the_run_are_no_explosion(tmp_path):
+    # the same IRNN under Adadelta trains normally: whatever bursts it has, nothing overflows
+    ctx, report = _scenario(tmp_path, "h64_irnn_adadelta_healthy")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert "exploding_gradients" not in [d.cause for d in report.diagnoses]

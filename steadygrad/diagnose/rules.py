@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
@@ -591,6 +592,7 @@ RUNAWAY_SPAN, RUNAWAY_GROWTH = 80, 2.0
 # MobileBERT's weights, grown 4x after a poisoned step, a runaway).
 RUNAWAY_ANYWAY = 10.0
 EXPLOSION_LEAD = 10  # steps a gradient explosion's spikes come before the break they make
+BURST = 100.0  # a gradient norm this many times its median so far: a burst, not drift
 
 
 def _exploding(facts: RunFacts) -> Found | None:
@@ -600,7 +602,11 @@ def _exploding(facts: RunFacts) -> Found | None:
     finding, a break that was a gradient explosion after a weight ran away is one too."""
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None:
-        return _runaway_into_explosion(facts) or _spike_into_explosion(facts)
+        return (
+            _runaway_into_explosion(facts)
+            or _spike_into_explosion(facts)
+            or _bursts_through_time(facts)
+        )
     if facts.broke_at is None:
         # a run that did not break, whose loss kept improving long after: the gradients grew
         # as the model learned (a classifier sharpening its logits), harmless so far
@@ -662,6 +668,9 @@ def _exploding(facts: RunFacts) -> Found | None:
     if any(f.evidence.get(WRECKED_WEIGHTS) for f in facts.of(GRADIENT_GROWTH)):
         until = found.first_step - 1  # the explosion's own update grew the weights it wrecked
     until = _before_explosion(facts, until)
+    burst = _first_burst(facts, until)
+    if burst is not None:
+        until = burst - 1  # what a gradient burst's update grew is the explosion's own doing
     growth = _weight_growth(facts, until=until)
     if _grown_everywhere(found, growth, "the gradients"):
         # Every weight grew (a weight decay with its sign flipped, a regulariser rewarding
@@ -768,6 +777,42 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
     )
 
 
+def _bursts_through_time(facts: RunFacts) -> Found | None:
+    """No gradient grew for long, and the loss came back between bursts, but the gradient
+    spikes in the ``EXPLOSION_LEAD`` steps before the first NaN were largest in a recurrence,
+    and a replay of the NaN's step found its forward pass made it there, from finite inputs:
+    the gradients explode through time in bursts (the "cliffs" of Pascanu et al. 2013) until
+    an update leaves the recurrent weights that overflow."""
+    nonfinite = facts.of(NONFINITE)
+    if not nonfinite:
+        return None
+    nan_at, origin = nonfinite[0].step, nonfinite[0].evidence.get("forward_origin") or {}
+    producer = origin.get("module") if origin.get("replayed") else None
+    around = [m for m in facts.recurrent_modules if producer and _inside(producer, m)]
+    spikes = [
+        f
+        for f in facts.of(GRADIENT_SPIKE)
+        if f.severity != "info" and f.where and nan_at - EXPLOSION_LEAD <= f.step < nan_at
+    ]
+    if not around or not spikes:
+        return None
+    largest = max(spikes, key=lambda f: f.evidence.get("grad_norm", 0.0))
+    module = around[0]
+    if not _inside(largest.where, module):
+        return None
+    start = min(f.step for f in spikes)
+    return Found(
+        f"the gradients exploded through time in the recurrent {module}: from step {start} "
+        f"its gradient spiked ({largest.where} up to {largest.evidence.get('grad_norm', 0):.3g}"
+        f"), more than any other, and at step {nan_at} its forward pass overflowed with the "
+        "weights those updates left",
+        start,
+        [module],
+        {"spike_step": start, "nonfinite_step": nan_at, "largest_spike": largest.where},
+        "critical",
+    )
+
+
 def _leading_into(facts: RunFacts, until: int, *kinds: FindingKind) -> list[int]:
     """Steps of the spikes of ``kinds`` (not info) in the ``EXPLOSION_LEAD`` steps up to
     ``until``: those that led into it (a gradient-norm spike there: the break was an
@@ -777,6 +822,27 @@ def _leading_into(facts: RunFacts, until: int, *kinds: FindingKind) -> list[int]
         for f in facts.of(*kinds)
         if f.severity != "info" and until - EXPLOSION_LEAD <= f.step <= until
     ]
+
+
+def _first_burst(facts: RunFacts, until: int) -> int | None:
+    """The first step up to ``until`` whose gradient norm stood ``BURST`` times above the median
+    of the (up to 64) before it, three at least: a burst no weight decay makes, so weights grown
+    from then on grew by its update (momentum spreads it over the next steps), not by
+    something that scales every weight."""
+    grad = facts.series(GRAD_NORM.name)
+    if grad is None:
+        return None
+    steps, values = grad
+    keep = np.isfinite(values) & (steps <= until)
+    steps, values = steps[keep], values[keep]
+    n, window = len(values), 64
+    if n < 4:
+        return None
+    baseline = [float(np.median(values[:k])) for k in range(3, min(n, window))]
+    if n > window:
+        baseline += list(np.median(sliding_window_view(values[:-1], window), axis=1))
+    hits = np.flatnonzero(values[3:] > BURST * np.asarray(baseline))
+    return int(steps[3 + hits[0]]) if hits.size else None
 
 
 def _before_explosion(facts: RunFacts, until: int) -> int:
