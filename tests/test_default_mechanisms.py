@@ -208,6 +208,27 @@ def test_a_regression_head_gets_no_output_logit_or_softmax_signal(tmp_path):
     assert "output_logit_divergence" not in report.causes()
 
 
+def test_a_hardswish_unit_is_dead_only_below_minus_three(tmp_path):
+    # hardswish's slope is exactly 0 below -3 (a dead unit) but not between -3 and 0, where its
+    # output is negative and its gradient is not: two units are pushed below -3 (dead), two
+    # only below 0 (alive), and the rest left as they are
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Hardswish(), nn.Linear(8, 5))
+    with torch.no_grad():
+        model[0].weight.mul_(0.1)
+        model[0].bias[:2] = -50.0
+        model[0].bias[2:4] = -1.5
+    first = copy.deepcopy(model[0])
+    records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
+    with torch.no_grad():
+        pre = first(x)  # the step's own pre-activations
+    dead_by_hand = (pre <= -3).all(0).float().mean().item()
+    assert (pre[:, 2:4] < 0).all() and (pre[:, 2:4] > -3).all()  # negative, yet alive
+    assert dead_by_hand == pytest.approx(2 / 8)
+    assert records[0].values["dead_units/0"] == pytest.approx(dead_by_hand)
+    assert records[0].values["relu_active/0"] == pytest.approx((pre > -3).float().mean().item())
+
+
 def test_nan_activations_do_not_count_as_dead_units(tmp_path):
     model = FunctionalNet()
     x = torch.randn(16, 6)

@@ -1,8 +1,10 @@
 """Dead units per layer, in any model: on due steps every ReLU call (``nn.ReLU``, ``F.relu``,
-``torch.relu``; ``nn.ReLU6`` / ``F.relu6`` and any ``hardtanh`` clipped at 0 below) is intercepted, and a unit of the layer that fed it is dead when the ReLU never
-passes a positive value for it on the step's batch (Lu et al. 2019, "Dying ReLU"; Dohare et al.
-2024 count such units as lost plasticity), and the share of its outputs the ReLU passes: a layer
-whose units are dying passes less and less of them long before a unit is zero on every example.
+``torch.relu``; ``nn.ReLU6`` / ``F.relu6`` and any ``hardtanh`` clipped at 0 below; a
+``hardswish``, whose slope is 0 below -3) is intercepted, and a unit of the layer that fed it
+is dead when the ReLU never passes a positive value for it on the step's batch (Lu et al. 2019,
+"Dying ReLU"; Dohare et al. 2024 count such units as lost plasticity), and the share of its
+outputs the ReLU passes: a layer whose units are dying passes less and less of them long before
+a unit is zero on every example.
 
 The layer is named as ``model.named_modules()`` spells it: the leaf module whose output the ReLU
 received (``fc1``, ``bn2``), else the innermost module with children whose output it was (a
@@ -28,6 +30,10 @@ from steadygrad.monitor.intercept import InterceptingSignal
 # sigmoid outside [0.005, 0.995].
 TANH_TAIL = 2.647
 SIGMOID_TAIL = 5.293
+# Where the hard variants' slopes are exactly 0: hardswish below -3 (a dead unit, as a ReLU's
+# below 0; above 3 it is the identity), hardsigmoid outside [-3, 3] (saturated).
+HARDSWISH_FLOOR = -3.0
+HARDSIGMOID_TAIL = 3.0
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
@@ -73,6 +79,8 @@ class DeadUnitSignal(InterceptingSignal):
             F.relu_: self._observe,
             F.relu6: self._observe,
             F.hardtanh: self._observe_hardtanh,  # nn.ReLU6 is hardtanh(x, 0, 6)
+            F.hardswish: functools.partial(self._observe, floor=HARDSWISH_FLOOR),
+            F.hardsigmoid: functools.partial(self._observe_tails, tail=HARDSIGMOID_TAIL),
             **dict.fromkeys((torch.tanh, F.tanh, torch.Tensor.tanh), tanh),  # nn.Tanh
             **dict.fromkeys((torch.sigmoid, F.sigmoid, torch.Tensor.sigmoid), sigmoid),
         }
@@ -102,7 +110,9 @@ class DeadUnitSignal(InterceptingSignal):
         self._alive, self._fed, self._active, self._saturated = {}, {}, {}, {}
         super().begin(step)
 
-    def _observe(self, args: tuple, kwargs: dict[str, Any]) -> None:
+    def _observe(self, args: tuple, kwargs: dict[str, Any], floor: float = 0.0) -> None:
+        """A unit is alive where its input passes ``floor``, below which the activation's
+        slope is exactly 0 (a ReLU's 0, a hardswish's -3)."""
         x = args[0] if args else kwargs["input"]
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
             return
@@ -115,7 +125,7 @@ class DeadUnitSignal(InterceptingSignal):
         layer = layer or self.running() or "<root>"
         dim = 1 if channel_first else x.dim() - 1
         units = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1)  # one row per unit
-        positive = (units > 0) | units.isnan()
+        positive = (units > floor) | units.isnan()
         alive = positive.any(dim=1)
         fed = units.ne(0).any(dim=1)
         previous = self._alive.get(layer)
