@@ -89,3 +89,47 @@ def test_bursts_that_never_break_the_run_are_no_explosion(tmp_path):
     ctx, report = _scenario(tmp_path, "h64_irnn_adadelta_healthy")
     assert ctx.checks and all(ctx.checks.values()), ctx.checks
     assert "exploding_gradients" not in [d.cause for d in report.diagnoses]
+
+
+def _swap_run(path, swap):
+    """A regressor trained 160 steps; at step 100 either its weights are swapped for a copy
+    kept at step 10 (an EMA swap for validation never undone) or its targets shift (a
+    change of data, no weights touched). Either way the loss jumps and then comes down."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(1)
+    true_w = torch.randn(8, 1, generator=gen)
+    losses, stale = [], None
+    with steadygrad.watch(model, opt, path, progress=False) as mon:
+        for step in range(160):
+            if step == 10:
+                stale = {k: v.clone() for k, v in model.state_dict().items()}
+            if step == 100 and swap:
+                model.load_state_dict(stale)
+            x = torch.randn(64, 8, generator=gen)
+            y = x @ true_w * (2.0 if step >= 100 and not swap else 1.0)
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+            losses.append(float(loss))
+    return losses, steadygrad.diagnose(path)
+
+
+def test_a_loss_that_climbs_from_weights_swapped_between_steps_is_their_jump(tmp_path):
+    losses, report = _swap_run(tmp_path / "swap", swap=True)
+    assert max(losses[100:105]) > 3 * min(losses[90:100])  # the jump the swap made
+    assert report.top.cause == "loss_spike" and report.top.first_step == 100
+    assert report.top.evidence["weights_replaced_at"] == [100]
+    divergence = [d for d in report.diagnoses if d.cause == "loss_divergence"]
+    assert not divergence or "replaced" in divergence[0].why
+
+
+def test_a_loss_that_climbs_with_the_data_is_no_weight_swap(tmp_path):
+    losses, report = _swap_run(tmp_path / "shift", swap=False)
+    assert max(losses[100:105]) > 3 * min(losses[90:100])  # the same jump, by the targets
+    assert all("weights_replaced_at" not in d.evidence for d in report.diagnoses)
+    divergence = [d for d in report.diagnoses if d.cause == "loss_divergence"]
+    assert all("replaced" not in d.why for d in divergence)

@@ -620,6 +620,13 @@ def _exploding(facts: RunFacts) -> Found | None:
             return found
     if found.first_step is None:
         return found
+    replaced = _replaced_just_before(facts, found.first_step)
+    if replaced is not None:
+        found.consequence_of = (
+            f"the weights were replaced between steps at step {replaced} (an EMA swap, a "
+            "checkpoint reload): the gradients grew with the loss of the weights put back"
+        )
+        return found
     head = _output_layer_ran_away(facts)
     if head is not None:
         layer, began, factor = head
@@ -1548,7 +1555,16 @@ def _weights_replaced(facts: RunFacts, step: int, typical_of: int = 20) -> bool:
         return False
     changes = np.abs(np.diff(values))
     typical = float(np.median(changes[-typical_of - 2 : -2]))
-    return typical > 0 and float(changes[-2:].max()) >= REPLACED * typical
+    if not (typical > 0 and float(changes[-2:].max()) >= REPLACED * typical):
+        return False
+    # and no large gradient moved them: an update from a gradient grown far above its usual
+    # size (an explosion the spike test, reading growth, did not flag) moves them as far
+    grad = facts.series(GRAD_NORM.name)
+    if grad is None:
+        return True
+    g_steps, g_values = grad
+    g = g_values[np.isfinite(g_values) & (g_steps <= step)][-typical_of - 2 :]
+    return len(g) < 3 or float(g[-2:].max()) < REPLACED * float(np.median(g[:-2]))
 
 
 def _loss_spike(facts: RunFacts) -> Found | None:
@@ -1817,7 +1833,35 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
     )
     if worst.severity == "critical":
         summary += f", to {worst.evidence.get('ratio', math.nan):.3g}x it by step {worst.step}"
-    return Found(summary, first.step, [], ev, worst.severity)
+    found = Found(summary, first.step, [], ev, worst.severity)
+    replaced = _replaced_just_before(facts, first.step)
+    if replaced is not None:  # the climb is the jump the swapped weights made
+        found.consequence_of = (
+            f"the weights were replaced between steps at step {replaced} (an EMA swap, a "
+            "checkpoint reload), and the loss climbed from there"
+        )
+    return found
+
+
+def _replaced_just_before(facts: RunFacts, step: int) -> int | None:
+    """The step of a loss spike within ``CONFIRMED_SOON`` steps before ``step`` at which the
+    weights were put back between steps (no gradient spike moved them there, and their norm
+    did not grow: an earlier or averaged state), if any: what the detectors read over the next
+    records (a loss above its best, the larger gradients of weights that fit worse) is that
+    replacement's doing. Weights made larger between steps are no such state (a constraint
+    scaling them the wrong way multiplies every gradient through them)."""
+    grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
+    norms = facts.series(PARAM_NORM.name)
+    for spike in facts.of(LOSS_SPIKE):
+        if not (spike.step <= step <= spike.step + CONFIRMED_SOON and spike.step not in grads):
+            continue
+        if norms is None or not _weights_replaced(facts, spike.step):
+            continue
+        steps, values = norms
+        before, after = values[steps == spike.step - 2], values[steps == spike.step]
+        if len(before) and len(after) and after[0] <= before[0]:
+            return spike.step
+    return None
 
 
 def _autopilot(facts: RunFacts) -> Found | None:
@@ -2120,7 +2164,7 @@ RULES: tuple[Rule, ...] = (
         "recovers it.",
         (AUTOPILOT, LOWER_LR, WARMUP),
         _loss_divergence,
-        (LOSS_DIVERGENCE,),
+        (LOSS_DIVERGENCE, LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE),
     ),
     Rule(
         "amp_overflow",
