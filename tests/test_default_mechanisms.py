@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import prune
 
 import steadygrad
 
@@ -227,6 +228,31 @@ def test_a_hardswish_unit_is_dead_only_below_minus_three(tmp_path):
     assert dead_by_hand == pytest.approx(2 / 8)
     assert records[0].values["dead_units/0"] == pytest.approx(dead_by_hand)
     assert records[0].values["relu_active/0"] == pytest.approx((pre > -3).float().mean().item())
+
+
+def test_units_whose_input_never_varies_are_dead_even_above_zero(tmp_path):
+    # torch's structured pruning masks half of the first layer's rows: those units' inputs are
+    # their bias alone, the same for every example, positive or not; they take no part
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+    with torch.no_grad():
+        model[0].bias.fill_(0.5)  # every unit passes the ReLU somewhere: none dead by sign
+    prune.ln_structured(model[0], "weight", amount=0.5, n=2, dim=0)
+    masked = (model[0].weight_mask.sum(1) == 0).float().mean().item()
+    records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
+    assert masked == pytest.approx(0.5)  # the oracle: the mask torch applied
+    assert records[0].values["dead_units/0"] == pytest.approx(masked)
+
+
+def test_without_the_mask_the_same_units_are_alive(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+    with torch.no_grad():
+        model[0].bias.fill_(0.5)
+    records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
+    with torch.no_grad():
+        by_hand = (F.relu(model[0](x)) > 0).any(0).logical_not().float().mean().item()
+    assert records[0].values["dead_units/0"] == pytest.approx(by_hand)
 
 
 def test_nan_activations_do_not_count_as_dead_units(tmp_path):

@@ -133,3 +133,21 @@ def test_a_loss_that_climbs_with_the_data_is_no_weight_swap(tmp_path):
     assert all("weights_replaced_at" not in d.evidence for d in report.diagnoses)
     divergence = [d for d in report.diagnoses if d.cause == "loss_divergence"]
     assert all("replaced" not in d.why for d in divergence)
+
+
+def test_units_pruned_away_after_an_early_climb_the_loss_came_back_from_are_the_cause(tmp_path):
+    # set 64's pruning schedule, called every 20 steps from step 100 so that it compounds: the
+    # masked units' inputs are their bias alone. An early wobble at step 47 (SGD at 0.5) that
+    # the loss came back from, to a new best, is over: the units dying from step 100 are not
+    # "long after the loss began to climb"
+    ctx, report = _scenario(tmp_path, "h64_prune_schedule_compounds")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    top = report.top
+    assert top.cause == "loss_of_plasticity" and top.where == ["fc2"], top
+    assert 100 <= top.first_step < 200
+
+
+def test_pruning_once_as_intended_kills_no_layer(tmp_path):
+    ctx, report = _scenario(tmp_path, "h64_prune_once_healthy")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert all(d.severity == "info" for d in report.diagnoses), report.diagnoses

@@ -114,7 +114,10 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
     broke = facts.broke_at
     for d in found:
         progress = facts.progress_until if broke is not None else facts.best_loss_step
-        judge(d, broke, progress, facts.climbing_from, facts.made_at_once)
+        # the climb the loss was in when the cause was first seen (one it came back from is
+        # over, and says nothing of a cause that begins after it)
+        climbing = facts.climbing_at(d.first_step) if d.first_step is not None else None
+        judge(d, broke, progress, climbing, facts.made_at_once)
     for d in found:
         explained(d, found)
     found.sort(

@@ -233,7 +233,17 @@ class RunFacts:
         climbs = [f for f in self.findings if f.kind == LOSS_DIVERGENCE and f.step <= step]
         if not climbs:
             return None
-        level = climbs[-1].evidence.get("best_level_step")
+        last = climbs[-1]
+        level = last.evidence.get("best_level_step")
+        best = last.evidence.get("best_level")
+        loss = self.series(LOSS.name)
+        if isinstance(best, (int, float)) and loss is not None:
+            steps, values = loss
+            after = values[(steps > last.step) & (steps <= step) & np.isfinite(values)]
+            if len(after) >= 5:
+                medians = np.median(sliding_window_view(after, 5), axis=1)
+                if float(medians.min()) < best:
+                    return None  # back below the best it climbed from: that climb is over
         return min(f.step for f in climbs if f.evidence.get("best_level_step") == level)
 
     @cached_property

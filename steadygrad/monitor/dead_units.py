@@ -126,7 +126,10 @@ class DeadUnitSignal(InterceptingSignal):
         dim = 1 if channel_first else x.dim() - 1
         units = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1)  # one row per unit
         positive = (units > floor) | units.isnan()
-        alive = positive.any(dim=1)
+        # a unit whose input is the same for every example takes no part either (a row pruned
+        # to zero behind a mask: its bias alone); one value per unit says nothing of that
+        varies = (units != units[:, :1]).any(dim=1) if units.shape[1] > 1 else True
+        alive = positive.any(dim=1) & varies
         fed = units.ne(0).any(dim=1)
         previous = self._alive.get(layer)
         if previous is not None and previous.shape != alive.shape:
