@@ -43,8 +43,8 @@ def _batch(gen, bad=False):
     return x
 
 
-def _train(tmp_path, name, bad_step=7, **kwargs):
-    model = _model()
+def _train(tmp_path, name, bad_step=7, model=None, **kwargs):
+    model = model if model is not None else _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(1)
     with steadygrad.watch(
@@ -238,20 +238,8 @@ def test_the_replays_run_the_models_own_hooks_and_never_the_users(tmp_path, monk
     monkeypatch.setattr(
         activations.ActivationSignal, "_outputs", lambda s: rerun.append(1) or outputs(s)
     )
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    gen = torch.Generator().manual_seed(1)
-    with steadygrad.watch(
-        model, opt, tmp_path / "hooks", progress=False, activation_every=50
-    ) as mon:
-        for step in range(12):
-            x = _batch(gen, bad=step == 7)
-            loss = nn.functional.cross_entropy(model(x), torch.randint(0, 3, (16,), generator=gen))
-            loss.backward()
-            opt.step()
-            mon.step(loss)
-            opt.zero_grad()
+    run = _train(tmp_path, "hooks", model=model)
     assert seen == [torch.Size([16, 3]) if i % 2 else "inner" for i in range(24)]
-    run = steadygrad.load(tmp_path / "hooks")
     first = _first_nonfinite(run)
     assert first.where == "0" and first.evidence["forward_origin"]["replayed"] is True
     assert len(rerun) >= 2  # the check re-ran the forward, as it was and nudged

@@ -841,17 +841,25 @@ def _leading_into(facts: RunFacts, until: int, *kinds: FindingKind) -> list[int]
     ]
 
 
+def _finite_until(facts: RunFacts, name: str, until: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A series' finite values up to step ``until`` (steps, values), or None without it."""
+    series = facts.series(name)
+    if series is None:
+        return None
+    steps, values = series
+    keep = np.isfinite(values) & (steps <= until)
+    return steps[keep], values[keep]
+
+
 def _first_burst(facts: RunFacts, until: int) -> int | None:
     """The first step up to ``until`` whose gradient norm stood ``BURST`` times above the median
     of the (up to 64) before it, three at least: a burst no weight decay makes, so weights grown
     from then on grew by its update (momentum spreads it over the next steps), not by
     something that scales every weight."""
-    grad = facts.series(GRAD_NORM.name)
+    grad = _finite_until(facts, GRAD_NORM.name, until)
     if grad is None:
         return None
     steps, values = grad
-    keep = np.isfinite(values) & (steps <= until)
-    steps, values = steps[keep], values[keep]
     n, window = len(values), 64
     if n < 4:
         return None
@@ -1555,12 +1563,10 @@ def _weights_replaced(facts: RunFacts, step: int, typical_of: int = 20) -> bool:
     median change over the ``typical_of`` records before: weights swapped for their moving
     average, reloaded from a checkpoint or averaged with a replica's between steps. A batch
     moves the weights only through its gradient (and an adaptive step not even then)."""
-    norms = facts.series(PARAM_NORM.name)
+    norms = _finite_until(facts, PARAM_NORM.name, step)
     if norms is None:
         return False
     steps, values = norms
-    keep = np.isfinite(values) & (steps <= step)
-    steps, values = steps[keep], values[keep]
     if len(values) < typical_of + 2 or steps[-1] != step:
         return False
     changes = np.abs(np.diff(values))
@@ -1569,11 +1575,10 @@ def _weights_replaced(facts: RunFacts, step: int, typical_of: int = 20) -> bool:
         return False
     # and no large gradient moved them: an update from a gradient grown far above its usual
     # size (an explosion the spike test, reading growth, did not flag) moves them as far
-    grad = facts.series(GRAD_NORM.name)
+    grad = _finite_until(facts, GRAD_NORM.name, step)
     if grad is None:
         return True
-    g_steps, g_values = grad
-    g = g_values[np.isfinite(g_values) & (g_steps <= step)][-typical_of - 2 :]
+    g = grad[1][-typical_of - 2 :]
     return len(g) < 3 or float(g[-2:].max()) < REPLACED * float(np.median(g[:-2]))
 
 
