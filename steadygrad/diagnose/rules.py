@@ -1870,7 +1870,7 @@ def _replaced_just_before(facts: RunFacts, step: int) -> int | None:
     for spike in facts.of(LOSS_SPIKE):
         if not (spike.step <= step <= spike.step + CONFIRMED_SOON and spike.step not in grads):
             continue
-        if norms is None or not _weights_replaced(facts, spike.step):
+        if not _weights_replaced(facts, spike.step):  # False without the norms
             continue
         steps, values = norms
         before, after = values[steps == spike.step - 2], values[steps == spike.step]
