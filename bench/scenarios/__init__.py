@@ -73,6 +73,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout65,
     cases_heldout66,
     cases_heldout68,
+    cases_heldout69,
     cases_mlp,
     cases_other,
 )
