@@ -681,11 +681,13 @@ def _is_bias(name: str) -> bool:
 class UpdateRatioOutOfRange(Detector):
     """Per parameter tensor: ``update_ratio = ||dw|| / ||w||`` above ``high`` (divergence risk:
     each step rewrites a large share of the weights) or below ``low`` (a frozen layer), for
-    ``patience`` records in a row. Non-finite ratios (e.g. a tensor that starts at 0) are skipped,
-    and so are biases (``nn.MultiheadAttention``'s ``in_proj_bias`` too): they usually start at
-    zero, so their ratio is large for a long time in perfectly healthy runs; so is a large ratio
-    that fell at each of those records (a tensor growing out of a small start, as a learnt
-    attention query vector does).
+    ``patience`` records in a row. Non-finite ratios are skipped, and a tensor that started at
+    exactly zero (its first ratio infinite: a learnt mask or class token, a zero-initialised
+    gate) and biases (``nn.MultiheadAttention``'s ``in_proj_bias`` too, which usually start at
+    zero) are never judged too large: their norm was not set by an initialiser's scale, so their
+    ratio can stay large for the whole of a healthy run; nor is a large ratio that fell at each of
+    those records (a tensor growing out of a small start, as a learnt attention query vector
+    does).
 
     A parameter frozen and outside the optimizer at attach that later gets gradients no step
     applies (the record's ``gradients_not_applied``) is a warning too: a layer unfrozen after
@@ -708,6 +710,7 @@ class UpdateRatioOutOfRange(Detector):
         self._low: dict[str, _Streak] = {}
         self._unused: set[str] = set()  # tensors found to be dead code (UNUSED_PARAMETERS)
         self._on_purpose: set[str] = set()  # requires_grad=False at attach (FROZEN_AT_ATTACH)
+        self._from_zero: set[str] = set()  # tensors whose first ratio was infinite: w = 0
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
     reads, emits = (UPDATE_RATIO, GRAD_NORM, PARAM_NORM), (UPDATE_RATIO_OUT_OF_RANGE,)
@@ -734,6 +737,8 @@ class UpdateRatioOutOfRange(Detector):
             evidence = {"direction": "unused", "note": "no gradient, and its value changes nothing"}
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
         for name, ratio in record.family(UPDATE_RATIO.name).items():
+            if name not in self._recent and ratio == math.inf:
+                self._from_zero.add(name)
             if not math.isfinite(ratio) or _is_bias(name):
                 continue
             if name in self._unused:
@@ -741,7 +746,7 @@ class UpdateRatioOutOfRange(Detector):
             too_large = self._high.setdefault(name, _Streak())
             recent = self._recent.setdefault(name, collections.deque(maxlen=self.patience))
             recent.append(ratio)
-            if too_large.update(ratio > self.high, self.patience):
+            if too_large.update(ratio > self.high and name not in self._from_zero, self.patience):
                 if _falling(recent):
                     # a tensor growing out of a small start: its steps stay the size the
                     # optimizer takes while its norm grows, so the ratio falls as it grows
