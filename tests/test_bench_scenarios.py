@@ -174,6 +174,7 @@ HELD_OUT_FILES = [
     ("cases_heldout64", "h64_", 12, 11, 12),
     ("cases_heldout65", "h65_", 12, 11, 12),
     ("cases_heldout66", "h66_", 12, 11, 12),
+    ("cases_heldout67", "h67_", 12, 11, 12),
 ]
 
 

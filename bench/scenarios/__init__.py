@@ -72,6 +72,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout64,
     cases_heldout65,
     cases_heldout66,
+    cases_heldout67,
     cases_mlp,
     cases_other,
 )
