@@ -176,6 +176,7 @@ HELD_OUT_FILES = [
     ("cases_heldout66", "h66_", 12, 11, 12),
     ("cases_heldout68", "h68_", 12, 11, 12),
     ("cases_heldout69", "h69_", 12, 11, 12),
+    ("cases_heldout67", "h67_", 12, 11, 12),
 ]
 
 
