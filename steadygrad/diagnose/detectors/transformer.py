@@ -278,8 +278,10 @@ class OutputLogitDivergence(Detector):
     confidence that would justify them; a classifier growing confident raises ``log Z`` as its
     loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits').
     Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
-    rises count from ``log(classes)`` too, and the first loss, inflated with them, from a
-    uniform guess's. ``where`` is the module that produced the logits
+    falls count from ``log(classes)``, rises from the lowest ``log Z`` read (inflated logits
+    shrink as training starts; their level before that is the initialisation's, a temperature
+    applied the wrong way, and only a climb from where they came down to is a drift), and the
+    first loss, inflated with them, from a uniform guess's. ``where`` is the module that produced the logits
     (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped. Rises and falls
     are counted between readings on the signal's cadence (:class:`Cadence`): the extra readings
     taken after a finding read the next steps' batches, whose scatter is not the drift.
@@ -307,6 +309,7 @@ class OutputLogitDivergence(Detector):
         self._cadence = Cadence()
         self._first_mean: float | None = None
         self._first_loss: float | None = None
+        self._lowest = math.inf  # the lowest log Z read
 
     def _accelerating(self) -> bool:
         """``log Z`` rose at every one of the last ``patience`` readings, each rise larger than
@@ -328,6 +331,7 @@ class OutputLogitDivergence(Detector):
         self._readings.read(record.step)
         if self._first is None:
             self._first = lse
+        self._lowest = min(self._lowest, lse)
         drift = lse - self._first
         on_cadence = self._cadence.on(record.step)  # rises and falls are counted on it
         if on_cadence:
@@ -338,8 +342,8 @@ class OutputLogitDivergence(Detector):
         limit = self.lse_limit
         # A fall counts from where a softmax over these classes sits with every logit at 0
         # (log classes), when it started above that: logits inflated at initialisation (a head
-        # without its scaling) shrink as training goes, towards it, not away from it, and a
-        # rise from there is hidden under that start.
+        # without its scaling) shrink as training goes, towards it, not away from it; a rise
+        # counts from the lowest they came down to, and is hidden under that start.
         classes = record.meta.get(OUTPUT_CLASSES)
         inflated = bool(classes) and self._first > math.log(classes)
         start = math.log(classes) if inflated else self._first
@@ -371,7 +375,7 @@ class OutputLogitDivergence(Detector):
             # never is: a term of the wrong sign rewards the logits, and the loss cannot vouch
             # for their growth
             unearned = loss >= 0.5 * first_loss or loss < 0
-            rise = lse - start
+            rise = lse - (self._lowest if inflated else start)
             far = far or (rise >= limit and unearned)
             early = early or (unearned and (rise >= limit / 2 and self._rising >= self.patience))
             early = early or (unearned and self._accelerating())
