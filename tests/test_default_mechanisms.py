@@ -105,7 +105,58 @@ def test_distillation_with_one_hot_teacher_rows_reads_softmax_collapse(tmp_path,
     )
     assert records[0].values["softmax_collapse"] == pytest.approx(by_hand.float().mean().item())
     assert records[0].values["softmax_collapse"] == pytest.approx(8 / 12)
-    assert "logit_lse_mean" not in records[0].values  # log-probabilities carry no logit scale
+    # the logit scale comes from the log_softmax the log-probabilities were made by
+    assert records[0].values["logit_lse_mean"] == pytest.approx(
+        torch.logsumexp(hand[0], -1).mean().item()
+    )
+
+
+@pytest.mark.parametrize(
+    "log_softmax",
+    [torch.log_softmax, F.log_softmax, lambda z, dim: z.log_softmax(dim)],
+    ids=["torch", "functional", "method"],
+)
+def test_nll_after_log_softmax_reads_like_cross_entropy(tmp_path, log_softmax):
+    model = nn.Linear(6, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([40.0, 0.0, 0.0]))  # every row one-hot on class 0
+    targets = torch.tensor([0, 0, 1, -100] * 4)
+
+    def nll(z, _):
+        return F.nll_loss(log_softmax(z, -1), targets)
+
+    records, hand, _, _ = _run(tmp_path, model, nll, steps=1)
+    ce, hand_ce, _, _ = _run(tmp_path / "ce", model, lambda z, _: F.cross_entropy(z, targets), 1)
+    # collapse with the true targets, ignored rows left out: 8/12, as cross-entropy reads it
+    assert records[0].values["softmax_collapse"] == pytest.approx(8 / 12)
+    assert ce[0].values["softmax_collapse"] == pytest.approx(8 / 12)
+    # the statistics are those of every row the log_softmax saw
+    assert records[0].values["logit_lse_mean"] == pytest.approx(
+        torch.logsumexp(hand[0], -1).mean().item()
+    )
+    assert records[0].values["output_logit_max"] == pytest.approx(hand[0].abs().max().item())
+    assert records[0].meta["output_classes"] == 3
+
+
+def test_a_loss_written_by_hand_on_log_softmax_reads_the_logits_not_collapse(tmp_path):
+    # A preference loss written by hand: log-probabilities gathered, no loss call names the
+    # targets. The logits' scale is read from the log_softmax; collapse is not (a row exactly
+    # one-hot at its largest logit may be a right answer held with certainty).
+    model = nn.Linear(6, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([40.0, 0.0, 0.0]))
+    picks = torch.tensor([0, 1] * 8)
+
+    def by_hand(z, _):
+        return -torch.log_softmax(z.float(), -1).gather(1, picks[:, None]).mean()
+
+    records, hand, _, _ = _run(tmp_path, model, by_hand, steps=1)
+    assert records[0].values["logit_lse_mean"] == pytest.approx(
+        torch.logsumexp(hand[0], -1).mean().item()
+    )
+    assert "softmax_collapse" not in records[0].values
 
 
 def test_distillation_on_soft_targets_reads_nothing(tmp_path):

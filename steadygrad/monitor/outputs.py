@@ -1,5 +1,7 @@
 """The model's real output, found where the loss is computed: on due steps, every
-``F.cross_entropy`` call hands over the logits AND the targets, with no user code.
+``F.cross_entropy`` call hands over the logits AND the targets, with no user code; so does
+``F.nll_loss`` after a ``log_softmax``, and every ``log_softmax`` hands over the logits (a
+distillation or preference loss written by hand, CTC).
 
 Recorded: the mean log-partition ``log sum exp(z)`` (what z-loss holds near 0), the largest
 absolute logit and the logits' RMS, and the softmax-collapse fraction with the true targets. A
@@ -34,7 +36,11 @@ from steadygrad.monitor.output_logits import choice_rows, live_logits, softmax_c
 class CrossEntropyOutputSignal(InterceptingSignal):
     """Output-logit statistics and softmax collapse from every ``F.cross_entropy`` call
     (``nn.CrossEntropyLoss`` and Hugging Face losses call it) on due steps; softmax collapse
-    also from ``F.kl_div`` (distillation) on the rows whose target is one-hot.
+    also from ``F.nll_loss`` and from ``F.kl_div`` (distillation, on the rows whose target is
+    one-hot), which take log-probabilities; the logit statistics also from every
+    ``log_softmax`` (``torch.``, ``F.`` or the tensor method: a preference or distillation loss
+    written by hand). Collapse needs the targets: a row exactly one-hot at its largest logit is
+    a confident right answer as often as a collapse (a policy on a deterministic sequence).
 
     Rows whose target is ``ignore_index`` are left out; soft (probability) targets count for the
     logit statistics but not for softmax collapse. ``record.meta[OUTPUT_MODULE]`` names the
@@ -66,7 +72,14 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._scalars = {id(p): n for n, p in monitor.model.named_parameters() if p.numel() == 1}
 
     def watched(self) -> dict[Callable, Callable]:
-        return {F.cross_entropy: self._observe, F.kl_div: self._observe_kl}
+        return {
+            F.cross_entropy: self._observe,
+            F.kl_div: self._observe_kl,
+            F.nll_loss: self._observe_nll,
+            torch.log_softmax: self._observe_log_softmax,
+            F.log_softmax: self._observe_log_softmax,
+            torch.Tensor.log_softmax: self._observe_log_softmax,
+        }
 
     def applies(self) -> bool | str:
         return True if self.seen else "no F.cross_entropy call seen (not a softmax classifier)"
@@ -89,28 +102,53 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         hard = not target.is_floating_point()
         if hard:
             target = target.detach().reshape(-1)
-            ignore = kwargs.get("ignore_index", args[3] if len(args) > 3 else -100)
+            ignore = kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
             keep = target != ignore
             z, target = z[keep], target[keep]
         if not z.numel():
             return
         self.seen = True
-        z32 = z.float()
-        # mask fills (padding, a causal mask) are no logits the model produced: left out
-        live = live_logits(z32)
-        learnt = torch.where(live, z32, 0.0)
-        parts = {
-            "lse": torch.logsumexp(z32, dim=-1).sum(),
-            "rows": torch.tensor(float(z.shape[0]), device=z.device),
-            "max": learnt.abs().max(),
-            "sq": (learnt * learnt).sum(),
-            "sum": learnt.sum(),
-            "count": live.float().sum(),
-        }
+        parts = _logit_parts(z)
         if hard:
             parts["collapsed"] = softmax_collapse_mask(z, target).float().sum()
-            parts["hard_rows"] = (live.sum(dim=-1) >= 2).float().sum()  # rows with a choice
+            parts["hard_rows"] = choice_rows(z.float()).float().sum()
         self._add(parts)
+
+    def _observe_log_softmax(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """``log_softmax(logits, dim)``: the logits' statistics."""
+        logits = args[0] if args else kwargs.get("input")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if not isinstance(logits, torch.Tensor) or not isinstance(dim, int) or logits.dim() < 1:
+            return  # no dim given (deprecated): torch guesses one; so would we
+        z = logits.detach().movedim(dim, -1)
+        if z.shape[-1] < 2 or not z.numel():
+            return
+        self._head = self._head or self._head_of(logits, z.shape[-1])
+        self._classes = self._classes or z.shape[-1]
+        z = z.reshape(-1, z.shape[-1])
+        self.seen = True
+        self._add(_logit_parts(z))
+
+    def _observe_nll(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """``F.nll_loss(log_probs, target)``: softmax collapse with the true targets (the
+        statistics come from the ``log_softmax`` that made the log-probabilities)."""
+        logp = args[0] if args else kwargs.get("input")
+        target = args[1] if len(args) > 1 else kwargs.get("target")
+        if not isinstance(logp, torch.Tensor) or not isinstance(target, torch.Tensor):
+            return
+        if logp.dim() < 2 or target.is_floating_point():
+            return
+        z = logp.detach().movedim(1, -1).reshape(-1, logp.shape[1])
+        target = target.detach().reshape(-1)
+        ignore = kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
+        keep = target != ignore
+        z, target = z[keep], target[keep]
+        if not z.numel():
+            return
+        self._head = self._head or self._head_of(logp, z.shape[-1])
+        self.seen = True
+        collapsed = softmax_collapse_mask(z, target).float().sum()
+        self._add({"collapsed": collapsed, "hard_rows": choice_rows(z.float()).float().sum()})
 
     def _observe_kl(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """Distillation: ``F.kl_div(log_softmax(logits), teacher_probs)``. Its input is the
@@ -177,6 +215,23 @@ class CrossEntropyOutputSignal(InterceptingSignal):
                 # a row's logit gap is past float32's reach: collapse may be beginning (asked
                 # on the cadence's readings only, so a collapsed run is not read every step)
                 record.meta[LOOK_CLOSER] = True
+
+
+def _logit_parts(z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums over the rows of ``z`` (``(N, C)``), on the device: of log Z, the rows, the squares
+    and values of the logits (mask fills, padding or a causal mask, are no logits the model
+    produced: left out) and how many there are; and their largest magnitude."""
+    z32 = z.float()
+    live = live_logits(z32)
+    learnt = torch.where(live, z32, 0.0)
+    return {
+        "lse": torch.logsumexp(z32, dim=-1).sum(),
+        "rows": torch.tensor(float(z.shape[0]), device=z.device),
+        "max": learnt.abs().max(),
+        "sq": (learnt * learnt).sum(),
+        "sum": learnt.sum(),
+        "count": live.float().sum(),
+    }
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:
