@@ -1585,7 +1585,7 @@ def _weights_replaced(facts: RunFacts, step: int, typical_of: int = 20) -> bool:
 def _loss_spike(facts: RunFacts) -> Found | None:
     spikes = facts.of(LOSS_SPIKE)
     if not spikes:
-        return None
+        return _put_back_into_a_climb(facts)
     first = spikes[0]
     ev: dict[str, Any] = {"spikes": len(spikes), "first": first.evidence}
     summary = (
@@ -1859,23 +1859,54 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
 
 
 def _replaced_just_before(facts: RunFacts, step: int) -> int | None:
-    """The step of a loss spike within ``CONFIRMED_SOON`` steps before ``step`` at which the
-    weights were put back between steps (no gradient spike moved them there, and their norm
-    did not grow: an earlier or averaged state), if any: what the detectors read over the next
-    records (a loss above its best, the larger gradients of weights that fit worse) is that
-    replacement's doing. Weights made larger between steps are no such state (a constraint
-    scaling them the wrong way multiplies every gradient through them)."""
+    """The step of a loss spike, or of a climb's start (see :func:`_put_back_into_a_climb`),
+    within ``CONFIRMED_SOON`` steps before ``step`` at which the weights were put back between
+    steps, if any: what the detectors read over the next records (a loss above its best, the
+    larger gradients of weights that fit worse) is that replacement's doing."""
     grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
-    norms = facts.series(PARAM_NORM.name)
     for spike in facts.of(LOSS_SPIKE):
-        if not (spike.step <= step <= spike.step + CONFIRMED_SOON and spike.step not in grads):
-            continue
-        if not _weights_replaced(facts, spike.step):  # False without the norms
-            continue
-        steps, values = norms
-        before, after = values[steps == spike.step - 2], values[steps == spike.step]
-        if len(before) and len(after) and after[0] <= before[0]:
+        if spike.step <= step <= spike.step + CONFIRMED_SOON and _put_back(
+            facts, spike.step, grads
+        ):
             return spike.step
+    climb = _put_back_into_a_climb(facts)
+    if climb is not None and climb.first_step <= step <= climb.first_step + CONFIRMED_SOON:
+        return climb.first_step
+    return None
+
+
+def _put_back(facts: RunFacts, step: int, grads: set[int]) -> bool:
+    """Whether the weights were put back between steps at ``step``: no gradient spike moved
+    them there, and their norm moved ``REPLACED`` times its usual step without growing (an
+    earlier or averaged state). Weights made larger between steps are no such state (a
+    constraint scaling them the wrong way multiplies every gradient through them)."""
+    if step in grads or not _weights_replaced(facts, step):  # False without the norms
+        return False
+    steps, values = facts.series(PARAM_NORM.name)
+    before, after = values[steps == step - 2], values[steps == step]
+    return bool(len(before) and len(after) and after[0] <= before[0])
+
+
+def _put_back_into_a_climb(facts: RunFacts) -> Found | None:
+    """The loss left its best level for good (a divergence found) from a step at which the
+    weights were put back between steps (a resume from the wrong snapshot, an EMA swap never
+    undone): on a loss too noisy for the jump to stand out as a spike, the replacement is what
+    the climb began with."""
+    grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
+    for climb in facts.of(LOSS_DIVERGENCE):
+        best = climb.evidence.get("best_level_step")
+        if climb.severity == "info" or not isinstance(best, int):
+            continue
+        for step in range(max(best + 1, climb.step - CONFIRMED_SOON), climb.step + 1):
+            if _put_back(facts, step, grads):
+                return Found(
+                    f"the loss climbed from step {step}, when the weights were replaced between "
+                    "steps (a resume from the wrong snapshot, an EMA swap never undone): their "
+                    f"norm moved {REPLACED:g}x or more its usual step, and no gradient moved it",
+                    step,
+                    [],
+                    {"weights_replaced_at": [step], "climb": climb.evidence},
+                )
     return None
 
 
@@ -2039,6 +2070,7 @@ RULES: tuple[Rule, ...] = (
             OUTPUT_LOGIT_DIVERGENCE,
             ATTENTION_LOGIT_GROWTH,
             LOSS_SPIKE,
+            LOSS_DIVERGENCE,
             GRAD_NORM_SPIKE,
             GRADIENT_SPIKE,
             NONFINITE,
@@ -2168,7 +2200,7 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _loss_spike,
-        (LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE),
+        (LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE, LOSS_DIVERGENCE),
     ),
     Rule(
         "loss_divergence",
