@@ -117,3 +117,20 @@ __all__ = [
     "tiny_mlp",
     "train",
 ]
+
+
+def held_out_run(tmp_path: Path, name: str):
+    """Run one of the bench's scenarios with the README's one-line attach; returns its context
+    (``checks``: whether the fault took effect, by the scenario's own test) and the report."""
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from scenarios import SCENARIOS
+    from scenarios.common import Context
+
+    ctx = Context("default", tmp_path / name)
+    SCENARIOS[name].run(ctx)
+    ctx.monitor.close()
+    return ctx, steadygrad.diagnose(tmp_path / name)

@@ -5,6 +5,7 @@ Each change has a trigger that fails on the code before it and a control that mu
 from __future__ import annotations
 
 import torch
+from helpers import held_out_run
 from torch import nn
 
 import steadygrad
@@ -57,27 +58,10 @@ def test_without_the_bad_sample_the_saturated_layer_is_the_cause(tmp_path):
     assert report.top.cause == "loss_of_plasticity" and report.top.where == ["1"]
 
 
-def _scenario(tmp_path, name):
-    """Run one of the bench's held-out scenarios with the README's one-line attach."""
-    import sys
-    from pathlib import Path
-
-    bench = str(Path(__file__).resolve().parents[1] / "bench")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
-    from scenarios import SCENARIOS
-    from scenarios.common import Context
-
-    ctx = Context("default", tmp_path / name)
-    SCENARIOS[name].run(ctx)
-    ctx.monitor.close()
-    return ctx, steadygrad.diagnose(tmp_path / name)
-
-
 def test_gradient_bursts_in_a_recurrence_that_end_in_its_overflow_explode_through_time(tmp_path):
     # set 64's IRNN, trained unclipped: the recurrent hh's gradient bursts (826, then 6127) and
     # the loss comes back between them, then hh's forward overflows from finite inputs
-    ctx, report = _scenario(tmp_path, "h64_irnn_unclipped_explodes")
+    ctx, report = held_out_run(tmp_path, "h64_irnn_unclipped_explodes")
     assert ctx.checks and all(ctx.checks.values()), ctx.checks  # the fault, as the file says
     top = report.top
     assert top.cause == "exploding_gradients" and top.where == ["hh"], top
@@ -86,7 +70,7 @@ def test_gradient_bursts_in_a_recurrence_that_end_in_its_overflow_explode_throug
 
 def test_bursts_that_never_break_the_run_are_no_explosion(tmp_path):
     # the same IRNN under Adadelta trains normally: whatever bursts it has, nothing overflows
-    ctx, report = _scenario(tmp_path, "h64_irnn_adadelta_healthy")
+    ctx, report = held_out_run(tmp_path, "h64_irnn_adadelta_healthy")
     assert ctx.checks and all(ctx.checks.values()), ctx.checks
     assert "exploding_gradients" not in [d.cause for d in report.diagnoses]
 
@@ -140,7 +124,7 @@ def test_units_pruned_away_after_an_early_climb_the_loss_came_back_from_are_the_
     # masked units' inputs are their bias alone. An early wobble at step 47 (SGD at 0.5) that
     # the loss came back from, to a new best, is over: the units dying from step 100 are not
     # "long after the loss began to climb"
-    ctx, report = _scenario(tmp_path, "h64_prune_schedule_compounds")
+    ctx, report = held_out_run(tmp_path, "h64_prune_schedule_compounds")
     assert ctx.checks and all(ctx.checks.values()), ctx.checks
     top = report.top
     assert top.cause == "loss_of_plasticity" and top.where == ["fc2"], top
@@ -148,6 +132,6 @@ def test_units_pruned_away_after_an_early_climb_the_loss_came_back_from_are_the_
 
 
 def test_pruning_once_as_intended_kills_no_layer(tmp_path):
-    ctx, report = _scenario(tmp_path, "h64_prune_once_healthy")
+    ctx, report = held_out_run(tmp_path, "h64_prune_once_healthy")
     assert ctx.checks and all(ctx.checks.values()), ctx.checks
     assert all(d.severity == "info" for d in report.diagnoses), report.diagnoses
