@@ -72,9 +72,9 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout64,
     cases_heldout65,
     cases_heldout66,
+    cases_heldout67,
     cases_heldout68,
     cases_heldout69,
-    cases_heldout67,
     cases_mlp,
     cases_other,
 )
