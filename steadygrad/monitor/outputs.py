@@ -101,10 +101,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         z = z.reshape(-1, z.shape[-1])
         hard = not target.is_floating_point()
         if hard:
-            target = target.detach().reshape(-1)
-            ignore = kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
-            keep = target != ignore
-            z, target = z[keep], target[keep]
+            z, target = _without_ignored(z, target, args, kwargs)
         if not z.numel():
             return
         self.seen = True
@@ -139,10 +136,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if logp.dim() < 2 or target.is_floating_point():
             return
         z = logp.detach().movedim(1, -1).reshape(-1, logp.shape[1])
-        target = target.detach().reshape(-1)
-        ignore = kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
-        keep = target != ignore
-        z, target = z[keep], target[keep]
+        z, target = _without_ignored(z, target, args, kwargs)
         if not z.numel():
             return
         self._head = self._head or self._head_of(logp, z.shape[-1])
@@ -215,6 +209,16 @@ class CrossEntropyOutputSignal(InterceptingSignal):
                 # a row's logit gap is past float32's reach: collapse may be beginning (asked
                 # on the cadence's readings only, so a collapsed run is not read every step)
                 record.meta[LOOK_CLOSER] = True
+
+
+def _without_ignored(
+    z: torch.Tensor, target: torch.Tensor, args: tuple, kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of ``z`` (``(N, C)``) and of the class ``target`` whose target is not the
+    loss's ``ignore_index`` (the 5th argument of ``F.cross_entropy`` and ``F.nll_loss``)."""
+    target = target.detach().reshape(-1)
+    keep = target != kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
+    return z[keep], target[keep]
 
 
 def _logit_parts(z: torch.Tensor) -> dict[str, torch.Tensor]:
