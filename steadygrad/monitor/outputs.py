@@ -133,8 +133,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         target = args[1] if len(args) > 1 else kwargs.get("target")
         if not isinstance(logp, torch.Tensor) or not isinstance(target, torch.Tensor):
             return
-        if logp.dim() < 2 or target.is_floating_point():
-            return
+        if logp.dim() < 2 or target.is_floating_point() or not _made_by_log_softmax(logp):
+            return  # other log-probabilities (StableMax's, say) have no softmax to collapse
         z = logp.detach().movedim(1, -1).reshape(-1, logp.shape[1])
         z, target = _without_ignored(z, target, args, kwargs)
         if not z.numel():
@@ -209,6 +209,19 @@ class CrossEntropyOutputSignal(InterceptingSignal):
                 # a row's logit gap is past float32's reach: collapse may be beginning (asked
                 # on the cadence's readings only, so a collapsed run is not read every step)
                 record.meta[LOOK_CLOSER] = True
+
+
+def _made_by_log_softmax(t: torch.Tensor, depth: int = 4) -> bool:
+    """Whether ``t`` is a ``log_softmax`` output, seen through up to ``depth`` views or casts
+    in its autograd graph (False without one: a tensor made under ``no_grad``)."""
+    node = t.grad_fn
+    for _ in range(depth):
+        if node is None:
+            return False
+        if type(node).__name__.startswith("LogSoftmaxBackward"):
+            return True
+        node = node.next_functions[0][0] if node.next_functions else None
+    return False
 
 
 def _without_ignored(
