@@ -82,7 +82,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         }
 
     def applies(self) -> bool | str:
-        return True if self.seen else "no F.cross_entropy call seen (not a softmax classifier)"
+        return True if self.seen else "no cross-entropy, nll_loss or log_softmax call seen"
 
     def begin(self, step: int) -> None:
         self._sums, self._head, self._classes = {}, None, 0
@@ -105,10 +105,10 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if not z.numel():
             return
         self.seen = True
-        parts = _logit_parts(z)
+        parts, live = _logit_parts(z)
         if hard:
             parts["collapsed"] = softmax_collapse_mask(z, target).float().sum()
-            parts["hard_rows"] = choice_rows(z.float()).float().sum()
+            parts["hard_rows"] = (live.sum(dim=-1) >= 2).float().sum()  # rows with a choice
         self._add(parts)
 
     def _observe_log_softmax(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -116,7 +116,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         logits = args[0] if args else kwargs.get("input")
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         if not isinstance(logits, torch.Tensor) or not isinstance(dim, int) or logits.dim() < 1:
-            return  # no dim given (deprecated): torch guesses one; so would we
+            return  # no dim given (deprecated): torch guesses one, and we do not
         z = logits.detach().movedim(dim, -1)
         if z.shape[-1] < 2 or not z.numel():
             return
@@ -124,7 +124,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._classes = self._classes or z.shape[-1]
         z = z.reshape(-1, z.shape[-1])
         self.seen = True
-        self._add(_logit_parts(z))
+        self._add(_logit_parts(z)[0])
 
     def _observe_nll(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """``F.nll_loss(log_probs, target)``: softmax collapse with the true targets (the
@@ -234,14 +234,15 @@ def _without_ignored(
     return z[keep], target[keep]
 
 
-def _logit_parts(z: torch.Tensor) -> dict[str, torch.Tensor]:
+def _logit_parts(z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sums over the rows of ``z`` (``(N, C)``), on the device: of log Z, the rows, the squares
     and values of the logits (mask fills, padding or a causal mask, are no logits the model
-    produced: left out) and how many there are; and their largest magnitude."""
+    produced: left out) and how many there are; and their largest magnitude. With them, which
+    entries are live logits (:func:`live_logits`)."""
     z32 = z.float()
     live = live_logits(z32)
     learnt = torch.where(live, z32, 0.0)
-    return {
+    parts = {
         "lse": torch.logsumexp(z32, dim=-1).sum(),
         "rows": torch.tensor(float(z.shape[0]), device=z.device),
         "max": learnt.abs().max(),
@@ -249,6 +250,7 @@ def _logit_parts(z: torch.Tensor) -> dict[str, torch.Tensor]:
         "sum": learnt.sum(),
         "count": live.float().sum(),
     }
+    return parts, live
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:

@@ -281,10 +281,11 @@ class OutputLogitDivergence(Detector):
     falls count from ``log(classes)``, rises from the lowest ``log Z`` read (inflated logits
     shrink as training starts; their level before that is the initialisation's, a temperature
     applied the wrong way, and only a climb from where they came down to is a drift), and the
-    first loss, inflated with them, from a uniform guess's. ``where`` is the module that produced the logits
-    (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are skipped. Rises and falls
-    are counted between readings on the signal's cadence (:class:`Cadence`): the extra readings
-    taken after a finding read the next steps' batches, whose scatter is not the drift.
+    first loss, inflated with them, from a uniform guess's. ``where`` is the module that
+    produced the logits (``record.meta[OUTPUT_MODULE]``) when known. NaN-driven records are
+    skipped. Rises and falls are counted between readings on the signal's cadence
+    (:class:`Cadence`): the extra readings taken after a finding read the next steps' batches,
+    whose scatter is not the drift.
 
     Example:
         >>> OutputLogitDivergence(lse_limit=20).update(Record(5, {"logit_lse_mean": -3.0}))
@@ -343,7 +344,7 @@ class OutputLogitDivergence(Detector):
         # A fall counts from where a softmax over these classes sits with every logit at 0
         # (log classes), when it started above that: logits inflated at initialisation (a head
         # without its scaling) shrink as training goes, towards it, not away from it; a rise
-        # counts from the lowest they came down to, and is hidden under that start.
+        # counts from the lowest log Z read, their level before that being the start's.
         classes = record.meta.get(OUTPUT_CLASSES)
         inflated = bool(classes) and self._first > math.log(classes)
         start = math.log(classes) if inflated else self._first
