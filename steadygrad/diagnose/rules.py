@@ -1658,13 +1658,15 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
     climbed = [f.step for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH) if f.severity != "info"]
     if broke is None or series is None or not climbed or min(climbed) > broke:
         return None  # a NaN out of the blue (bad data, say) is not a step-size problem
-    if _trained_at_that_rate(facts, broke) >= RATE_PROVEN:
+    scaled = _gradient_scaled_at_a_stroke(facts, broke, within)
+    if scaled is None and _trained_at_that_rate(facts, broke) >= RATE_PROVEN:
         # the same step size served the run long before it broke: what crossed 2/curvature
         # was the curvature, grown by something else (a decay of the wrong sign, a poisoned
         # step, a longer unroll), and every explosion's last update overshoots
         return None
     steps, ratios = series
-    near = (steps <= broke) & (steps >= broke - within) & np.isfinite(ratios)
+    since = broke - within if scaled is None else scaled[0]
+    near = (steps <= broke) & (steps >= since) & np.isfinite(ratios)
     if not near.any():
         return None
     i = np.flatnonzero(near)[int(np.argmax(ratios[near]))]
@@ -1674,14 +1676,58 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
     # above 1 on its own.
     if ratio < 1.0 or (step > min(climbed) and np.median(ratios[near]) < 1.0):
         return None
-    return Found(
+    summary = (
         f"the update before step {step} overshot along its own direction ({ratio:.2g}x its "
         f"stability limit), just before the run broke at step {broke}: the learning rate was "
-        "above 2/curvature",
-        step,
-        [],
-        {"directional_sharpness_ratio": ratio, "broke_at": broke},
+        "above 2/curvature"
     )
+    evidence = {"directional_sharpness_ratio": ratio, "broke_at": broke}
+    if scaled is not None:
+        step, factor = scaled
+        summary += (
+            f"; the gradient's scale rose {factor:.3g}x at step {step} with the loss unchanged "
+            "(a loss summed where it was averaged, a loss weight raised), and the step size "
+            "with it"
+        )
+        evidence["gradient_scaled_at"], evidence["gradient_scale_factor"] = step, factor
+    return Found(summary, step, [], evidence)
+
+
+# A gradient norm this many times its recent median, with the loss at its usual level, and held
+# at half that or more until the break: the loss itself was rescaled, not a batch gone bad.
+SCALED_AT_A_STROKE, SCALE_WINDOW = 4.0, 20
+
+
+def _gradient_scaled_at_a_stroke(
+    facts: RunFacts, broke: int, within: int
+) -> tuple[int, float] | None:
+    """The step, within ``within`` before the break, at which the gradient norm rose to
+    ``SCALED_AT_A_STROKE`` times its median over the readings before and stayed up while the
+    loss did not rise with it, and that factor: the gradient, and with it the step of an SGD-
+    like optimizer, was scaled at a stroke (accumulated micro-batch losses summed, a loss
+    weight raised), so the learning rate the run had trained at no longer set the step."""
+    grads, loss = facts.series(GRAD_NORM.name), facts.series(LOSS.name)
+    if grads is None or loss is None:
+        return None
+    steps, norms = grads
+    for i in np.flatnonzero((steps >= broke - within) & (steps <= broke)):
+        before = norms[max(0, i - SCALE_WINDOW) : i]
+        before = before[np.isfinite(before)]
+        if len(before) < SCALE_WINDOW // 2:
+            continue
+        usual = float(np.median(before))
+        up = SCALED_AT_A_STROKE / 2 * usual
+        held = norms[i : np.searchsorted(steps, broke, side="right")]
+        if not usual > 0 or not norms[i] >= SCALED_AT_A_STROKE * usual or not np.all(held >= up):
+            continue
+        if not norms[i - 1] < up:
+            continue  # already up the reading before: a growth, not a jump from the usual level
+        at = int(steps[i])
+        losses = loss[1][(loss[0] < at) & (loss[0] >= at - SCALE_WINDOW) & np.isfinite(loss[1])]
+        now = loss[1][loss[0] == at]
+        if len(losses) and len(now) and now[0] <= 1.5 * float(np.median(losses)):
+            return at, float(norms[i] / usual)
+    return None
 
 
 def _broke_at_once(facts: RunFacts) -> Found | None:
