@@ -54,3 +54,61 @@ def test_a_gradient_scaled_at_a_stroke_is_a_step_raised(tmp_path, stroke):
         assert sharp[0].evidence["gradient_scale_factor"] > 6
     else:
         assert not sharp
+
+
+def test_a_resume_that_lost_the_optimizer_state_is_a_spike_it_made(tmp_path):
+    # set 69's Hamiltonian net under RMSprop: resumed at step 300 with the model restored and
+    # the optimizer's square averages not, its next update is ~10x the usual size on an
+    # ordinary gradient. The loss, trained from 0.93 to 0.0013, is 0.3 at step 301 and back by
+    # 305: a spike far out of proportion to its level, made by the step, not by a batch.
+    ctx, report = held_out_run(tmp_path, "h69_resume_without_state_hnn_rmsprop")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    top = report.top
+    assert top.cause == "loss_spike" and top.first_step == 301, top
+    assert top.evidence["overstepped_before"] >= 10
+
+
+def _rmsprop_run(path, reset: bool):
+    """A regressor trained 160 steps with RMSprop; at step 100 either its optimizer state is
+    lost (a resume that restored only the model) or one batch has targets 30x too large (an
+    outlier). Either way the loss jumps and comes back."""
+    from collections import defaultdict
+
+    import torch
+    from torch import nn
+
+    import steadygrad
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    true_w = torch.randn(8, 1, generator=gen)
+    losses = []
+    with steadygrad.watch(model, opt, path, progress=False) as mon:
+        for step in range(160):
+            if step == 100 and reset:
+                opt.state = defaultdict(dict)
+            x = torch.randn(64, 8, generator=gen)
+            y = torch.tanh(x @ true_w) * (30.0 if step == 100 and not reset else 1.0)
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+            losses.append(loss.item())
+    return losses, steadygrad.diagnose(path)
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_spike_the_step_before_made_is_no_outlier_batch(tmp_path, reset):
+    losses, report = _rmsprop_run(tmp_path / str(reset), reset)
+    spike = 101 if reset else 100  # the reset's update lands at 100; the outlier is read there
+    assert losses[spike] > 10 * max(losses[80:100])
+    top = report.top
+    if reset:
+        assert top.cause == "loss_spike" and top.first_step == 101, report.diagnoses
+        assert top.evidence["overstepped_before"] >= 10
+    else:
+        assert top.cause == "data_outlier" and top.first_step == 100, report.diagnoses
+        assert all("overstepped_before" not in d.evidence for d in report.diagnoses)

@@ -1450,6 +1450,11 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"the gradient norm never came back after step {first.step}: it rose on with the "
             "loss, the first step of a runaway, not a spike"
         )
+    elif (moved := _overstepped_before(facts, first.step)) is not None:
+        found.consequence_of = (
+            f"the update before step {first.step} moved the weights {moved:.3g}x their usual "
+            "step on an ordinary gradient: the gradient is that of where they landed"
+        )
     return found
 
 
@@ -1520,6 +1525,8 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue  # the loss was already climbing into it: a swing, not one batch
         if spike.step not in grads and _weights_replaced(facts, spike.step):
             continue  # the weights changed under it, not the batch: an EMA swap, a reload
+        if _overstepped_before(facts, spike.step) is not None:
+            continue  # the step before threw the weights: the batch met them where they landed
         medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
         back = np.flatnonzero(medians < 1.5 * baseline)
         knocked = peak >= PEAK_FIRST * after.max() and peak >= ONE_OFF * baseline
@@ -1558,28 +1565,60 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
 REPLACED = 30.0
 
 
-def _weights_replaced(facts: RunFacts, step: int, typical_of: int = 20) -> bool:
-    """The weights' norm changed at ``step`` (or the record before it) by ``REPLACED`` times its
-    median change over the ``typical_of`` records before: weights swapped for their moving
-    average, reloaded from a checkpoint or averaged with a replica's between steps. A batch
-    moves the weights only through its gradient (and an adaptive step not even then)."""
+def _norm_moves(
+    facts: RunFacts, step: int, typical_of: int = 20
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """How far the weights' norm moved by the update of the record before ``step`` and by that
+    of ``step`` itself, each over the median move of the ``typical_of`` records before them;
+    and the gradient norm of those two records over its median before them (None without the
+    gradient norm). None without enough finite norms up to ``step``."""
     norms = _finite_until(facts, PARAM_NORM.name, step)
     if norms is None:
-        return False
+        return None
     steps, values = norms
     if len(values) < typical_of + 2 or steps[-1] != step:
-        return False
+        return None
     changes = np.abs(np.diff(values))
     typical = float(np.median(changes[-typical_of - 2 : -2]))
-    if not (typical > 0 and float(changes[-2:].max()) >= REPLACED * typical):
+    if not typical > 0:
+        return None
+    moved = changes[-2:] / typical
+    grad = _finite_until(facts, GRAD_NORM.name, step)
+    g = None if grad is None else grad[1][-typical_of - 2 :]
+    if g is None or len(g) < 3:
+        return moved, None
+    return moved, g[-2:] / float(np.median(g[:-2]))
+
+
+def _weights_replaced(facts: RunFacts, step: int) -> bool:
+    """The weights' norm changed at ``step`` (or the record before it) by ``REPLACED`` times its
+    median change over the records before, with no gradient that large to move it: weights
+    swapped for their moving average, reloaded from a checkpoint or averaged with a replica's
+    between steps. A batch moves the weights only through its gradient (and an adaptive step
+    not even then)."""
+    moves = _norm_moves(facts, step)
+    if moves is None or moves[0].max() < REPLACED:
         return False
     # and no large gradient moved them: an update from a gradient grown far above its usual
     # size (an explosion the spike test, reading growth, did not flag) moves them as far
-    grad = _finite_until(facts, GRAD_NORM.name, step)
-    if grad is None:
-        return True
-    g = grad[1][-typical_of - 2 :]
-    return len(g) < 3 or float(g[-2:].max()) < REPLACED * float(np.median(g[:-2]))
+    return moves[1] is None or float(moves[1].max()) < REPLACED
+
+
+# The update before a loss spike moved the weights' norm this many times its usual step, on a
+# gradient under ``ORDINARY`` times its usual size: the optimizer's step made the spike.
+OVERSTEPPED, ORDINARY = 10.0, 3.0
+
+
+def _overstepped_before(facts: RunFacts, step: int) -> float | None:
+    """How many times its usual step the update just before ``step`` moved the weights' norm,
+    when that was ``OVERSTEPPED`` times or more on an ordinary gradient (optimizer state lost on
+    a resume, a learning-rate glitch): the loss at ``step`` then met weights the optimizer had
+    thrown, whatever batch it read. None otherwise."""
+    moves = _norm_moves(facts, step)
+    if moves is None or moves[1] is None:
+        return None
+    moved, grad = float(moves[0][0]), float(moves[1][0])
+    return moved if moved >= OVERSTEPPED and grad < ORDINARY else None
 
 
 def _loss_spike(facts: RunFacts) -> Found | None:
@@ -1601,6 +1640,13 @@ def _loss_spike(facts: RunFacts) -> Found | None:
             f"; at step {replaced[0]} the weights' norm moved {REPLACED:g}x or more its usual "
             "step: they were replaced between steps (an EMA swap, a checkpoint reload, a "
             "replica sync), not moved by a batch's gradient"
+        )
+    elif (moved := _overstepped_before(facts, first.step)) is not None:
+        ev["overstepped_before"] = moved
+        summary += (
+            f"; the update just before it moved the weights {moved:.3g}x their usual step on an "
+            "ordinary gradient: the optimizer threw them (its state lost on a resume, a "
+            "learning-rate glitch), not the batch"
         )
     return Found(summary, first.step, [], ev)
 
