@@ -178,6 +178,7 @@ HELD_OUT_FILES = [
     ("cases_heldout69", "h69_", 12, 11, 12),
     ("cases_heldout67", "h67_", 12, 11, 12),
     ("cases_heldout70", "h70_", 12, 11, 12),
+    ("cases_heldout71", "h71_", 12, 11, 12),
 ]
 
 
