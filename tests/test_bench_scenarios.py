@@ -177,6 +177,7 @@ HELD_OUT_FILES = [
     ("cases_heldout68", "h68_", 12, 11, 12),
     ("cases_heldout69", "h69_", 12, 11, 12),
     ("cases_heldout67", "h67_", 12, 11, 12),
+    ("cases_heldout72", "h72_", 12, 11, 12),
 ]
 
 

@@ -75,6 +75,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout67,
     cases_heldout68,
     cases_heldout69,
+    cases_heldout72,
     cases_mlp,
     cases_other,
 )
