@@ -112,3 +112,65 @@ def test_a_spike_the_step_before_made_is_no_outlier_batch(tmp_path, reset):
     else:
         assert top.cause == "data_outlier" and top.first_step == 100, report.diagnoses
         assert all("overstepped_before" not in d.evidence for d in report.diagnoses)
+
+
+def test_a_spike_on_a_gradient_already_grown_is_a_burst_of_the_explosion(tmp_path):
+    # set 70's RNN with an orthogonality penalty of the wrong sign: its gradient grew 30x from
+    # step 52, spiked 143x at 155 on the way, and broke the run at 167
+    ctx, report = held_out_run(tmp_path, "h70_focal_rnn_orth_penalty_sign")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert report.top.cause == "exploding_gradients", report.diagnoses
+    spike = [d for d in report.diagnoses if d.cause == "gradient_spike"]
+    assert not spike or "already grown" in spike[0].consequence_of
+
+
+@pytest.mark.parametrize("grown", [True, False])
+def test_a_spike_is_a_burst_only_on_a_grown_gradient(tmp_path, grown):
+    # A 140x gradient spike at step 155, then a growth found at 167 (begun at 52) that breaks
+    # the run. Trigger: the norm before the spike stood 30x the growth's best level. Control:
+    # it stood at that level, calm: the spike was its own, and came first.
+    rows = []
+    for t in range(170):
+        calm = 0.4 * (1.0 + 0.1 * math.sin(t))
+        before = 0.4 * 30 if grown and t >= 140 else calm
+        rows.append({"loss": 1.5 if t < 167 else 1e4, "grad_norm": 230.0 if t == 155 else before})
+    spike = ("gradient_spike", 155, "rnn.weight_hh_l0", {"grad_norm": 230.0}, "warning")
+    growth = {"best_level": 0.4, "started_at_step": 52, "growth": 600.0}
+    findings = [
+        spike,
+        ("gradient_growth", 167, "rnn.weight_hh_l0", growth, "critical"),
+        ("loss_divergence", 167, None, {"ratio": 1e4, "best_level_step": 150}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, str(grown), rows, findings)
+    burst = [d for d in report.diagnoses if d.cause == "gradient_spike"][0]
+    assert ("already grown" in burst.consequence_of) is grown
+    assert (report.top.cause == "exploding_gradients") is grown, report.diagnoses
+
+
+def test_a_factorised_recurrence_explodes_through_the_factor_that_spiked(tmp_path):
+    # set 71's low-rank RNN, h = relu(inp(x) + u(v(h))): the gradient spikes most in v, and
+    # at the next step u's forward pass overflows
+    ctx, report = held_out_run(tmp_path, "h71_lowrank_rnn_factor_growth_sgd")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    top = report.top
+    assert top.cause == "exploding_gradients" and top.where == ["rnn.u"], report.diagnoses
+    assert top.evidence["largest_spike"] == "rnn.v.weight"
+
+
+@pytest.mark.parametrize("spiked", ["rnn.v.weight", "head.weight"])
+def test_bursts_explode_through_time_only_inside_the_recurrence(tmp_path, spiked):
+    # Control: the largest spike before the overflow in u was the head's, called once a
+    # sequence: no burst through time.
+    from steadygrad.core.metrics import RECURRENT_MODULES
+
+    rows = [{"loss": 2.0 if t < 114 else math.nan, "grad_norm": 1.0} for t in range(120)]
+    origin = {"module": "rnn.u", "replayed": True, "output_norm": math.inf}
+    findings = [
+        ("gradient_spike", 113, spiked, {"grad_norm": 258.0}, "warning"),
+        ("gradient_spike", 113, "rnn.inp.bias", {"grad_norm": 75.0}, "warning"),
+        ("nonfinite", 114, "rnn.u", {"loss": math.nan, "forward_origin": origin}, "critical"),
+    ]
+    config = {RECURRENT_MODULES: ["rnn.v", "rnn.u"]}
+    report = diagnose_stored(tmp_path, spiked, rows, findings, config=config)
+    causes = [d.cause for d in report.diagnoses]
+    assert ("exploding_gradients" in causes) is (spiked == "rnn.v.weight"), report.diagnoses

@@ -57,6 +57,7 @@ from steadygrad.diagnose.detectors.transformer import (
 from steadygrad.diagnose.detectors.trends import (
     BROKE_AT_ONCE,
     GRADIENT_GROWTH,
+    GROWTH_BEGAN,
     LOSS_DIVERGENCE,
     UNSTABLE_STEPS,
     WRECKED_WEIGHTS,
@@ -815,7 +816,9 @@ def _bursts_through_time(facts: RunFacts) -> Found | None:
         return None
     largest = max(spikes, key=lambda f: f.evidence.get("grad_norm", 0.0))
     module = around[0]
-    if not _inside(largest.where, module):
+    # the largest spike in that recurrence, or in another module it calls at every time step
+    # (a factorised recurrence u(v(h)): the spike in v, the overflow in u)
+    if not any(_inside(largest.where, m) for m in [module, *facts.recurrent_modules]):
         return None
     start = min(f.step for f in spikes)
     return Found(
@@ -1455,7 +1458,37 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"the update before step {first.step} moved the weights {moved:.3g}x their usual "
             "step on an ordinary gradient: the gradient is that of where they landed"
         )
+    elif (grown := _riding_a_growth(facts, first.step)) is not None:
+        found.consequence_of = (
+            f"the gradient norm had already grown {grown[1]:.3g}x since step {grown[0]} and "
+            "went on growing until the run broke: a burst of that explosion, not a spike of "
+            "its own"
+        )
     return found
+
+
+# A gradient norm this many times the best level of a growth that broke the run, just before a
+# spike, had already grown: the spike rode on the explosion.
+RODE_ON = 10.0
+
+
+def _riding_a_growth(facts: RunFacts, step: int, before: int = 5) -> tuple[int, float] | None:
+    """Where a gradient growth that broke the run began, and how many times its best level the
+    gradient norm stood (the median of the ``before`` readings) just before ``step``, when that
+    growth began before ``step`` and the norm was ``RODE_ON`` times that level or more."""
+    grad = _finite_until(facts, GRAD_NORM.name, step - 1)
+    if grad is None or len(grad[1]) < before:
+        return None
+    level = float(np.median(grad[1][-before:]))
+    for f in facts.of(GRADIENT_GROWTH):
+        began, best = f.evidence.get(GROWTH_BEGAN), f.evidence.get("best_level")
+        if f.severity != "critical" or facts.broke_at is None:
+            continue  # a growth that did not break the run
+        if not isinstance(began, (int, float)) or began >= step:
+            continue
+        if isinstance(best, (int, float)) and best > 0 and level >= RODE_ON * best:
+            return int(began), level / best
+    return None
 
 
 def _never_came_back(facts: RunFacts, step: int, readings: int = 3) -> bool:
@@ -2256,7 +2289,7 @@ RULES: tuple[Rule, ...] = (
             Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
         ),
         _gradient_spike,
-        (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, GRADIENT_GROWTH),
         # an outlier batch makes a gradient spike of its own; a spike that poisoned the second
         # moment is named by what it did
         explained_by=("data_outlier", "adam_second_moment_poisoned"),
