@@ -20,40 +20,49 @@ def test_losses_summed_over_micro_batches_raise_the_step_past_the_limit(tmp_path
     assert top.evidence["gradient_scaled_at"] == 150
 
 
-def _accumulation_run(tmp_path, stroke: bool):
-    """200 steps at one learning rate; the gradient norm (0.5, noisy) rises 8x from step 120,
-    at a stroke or over four steps, the loss unchanged until it climbs at 122 and breaks at
-    124; the directional sharpness ratio, read every 10 steps and at 121, is 1.7 there."""
+def _accumulation_run(tmp_path, shape: str):
+    """130 steps at one learning rate, the gradient norm 0.5 (noisy) and the loss 1.0, until
+    the gradient rises 8x from step 120 (at a ``"stroke"``, or over four steps: ``"growth"``)
+    with the loss unchanged until it climbs at 122 and breaks at 124; or (``"last step"``) it
+    jumps 300x at 123, the explosion's own last step, the loss unchanged until the break. The directional sharpness ratio, read
+    every 10 steps, reads 1.7 just after the rise."""
     rows = []
     for t in range(130):
         wobble = 1.0 + 0.2 * math.sin(1.7 * t)
         grad = 0.5 * wobble
-        if t >= 120 or (not stroke and t >= 116):
-            grad = 4.0 * wobble if stroke or t >= 120 else 0.5 * wobble * 1.7 ** (t - 115)
-        if t >= 122:
+        if shape == "stroke" and t >= 120:
+            grad = 4.0 * wobble
+        elif shape == "growth" and t >= 116:
+            grad = 4.0 * wobble if t >= 120 else 0.5 * wobble * 1.7 ** (t - 115)
+        elif shape == "last step" and t >= 123:
+            grad = 150.0
+        if t >= 122 and shape != "last step":
             grad *= 10.0 ** (t - 121)
-        loss = 1.0 * wobble if t < 122 else 1.0 * 3.0 ** (t - 121)
+        climbs = 124 if shape == "last step" else 122
+        loss = 1.0 * wobble if t < climbs else 1.0 * 3.0 ** (t - climbs + 1)
         row = {"loss": loss, "grad_norm": grad, "lr/0": 0.1}
-        if t % 10 == 1 or t == 121:
-            row["directional_sharpness_ratio"] = 1.7 if t == 121 else 0.3
+        read = 123 if shape == "last step" else 121
+        if t % 10 == 1 or t == read:
+            row["directional_sharpness_ratio"] = 1.7 if t == read else 0.3
         rows.append(row)
     climb = ("loss_divergence", 124, None, {"ratio": 27.0, "best_level_step": 119}, "critical")
-    return diagnose_stored(tmp_path, str(stroke), rows, [climb])
+    return diagnose_stored(tmp_path, shape, rows, [climb])
 
 
-@pytest.mark.parametrize("stroke", [True, False])
-def test_a_gradient_scaled_at_a_stroke_is_a_step_raised(tmp_path, stroke):
+@pytest.mark.parametrize("shape", ["stroke", "growth", "last step"])
+def test_a_gradient_scaled_at_a_stroke_is_a_step_raised(tmp_path, shape):
     # Trigger: the gradient jumps 8x from one step to the next and stays, the loss unchanged (a
-    # loss summed where it was averaged): the step grew with it, and it overshot. Control: the
+    # loss summed where it was averaged): the step grew with it, and it overshot. Controls: the
     # gradient grows over four steps into the same break (a curvature that grew under a step
-    # the run had trained at for 120 steps): no step-size cause.
-    report = _accumulation_run(tmp_path, stroke)
+    # the run had trained at for 120 steps), or jumps on the very step before the break (the
+    # explosion's last step, as set 72's delta-rule RNN): no step-size cause.
+    report = _accumulation_run(tmp_path, shape)
     sharp = [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
-    if stroke:
+    if shape == "stroke":
         assert sharp and sharp[0].first_step == 120
         assert sharp[0].evidence["gradient_scale_factor"] > 6
     else:
-        assert not sharp
+        assert not sharp, sharp
 
 
 def test_a_resume_that_lost_the_optimizer_state_is_a_spike_it_made(tmp_path):
@@ -174,3 +183,11 @@ def test_bursts_explode_through_time_only_inside_the_recurrence(tmp_path, spiked
     report = diagnose_stored(tmp_path, spiked, rows, findings, config=config)
     causes = [d.cause for d in report.diagnoses]
     assert ("exploding_gradients" in causes) is (spiked == "rnn.v.weight"), report.diagnoses
+
+
+def test_a_gradient_that_jumps_on_the_explosions_last_step_is_no_rescaled_loss(tmp_path):
+    # set 72's delta-rule RNN with unnormalised keys: the gradient jumps 330x at step 76 with
+    # the loss barely moved, and the run breaks at 77: the explosion, not a step raised
+    ctx, report = held_out_run(tmp_path, "h72_delta_rule_unnormalised_keys_sgd")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert report.top.cause == "exploding_gradients", report.diagnoses

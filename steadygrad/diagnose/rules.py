@@ -1789,7 +1789,9 @@ def _gradient_scaled_at_a_stroke(
     if grads is None or loss is None:
         return None
     steps, norms = grads
-    for i in np.flatnonzero((steps >= broke - within) & (steps <= broke)):
+    # a jump on the step before the break is the explosion's own last step: a rescaled loss
+    # shows at its first step, before the instability it starts has compounded
+    for i in np.flatnonzero((steps >= broke - within) & (steps < broke - 1)):
         before = norms[max(0, i - SCALE_WINDOW) : i]
         before = before[np.isfinite(before)]
         if len(before) < SCALE_WINDOW // 2:
