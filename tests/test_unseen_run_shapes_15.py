@@ -191,3 +191,67 @@ def test_a_gradient_that_jumps_on_the_explosions_last_step_is_no_rescaled_loss(t
     ctx, report = held_out_run(tmp_path, "h72_delta_rule_unnormalised_keys_sgd")
     assert ctx.checks and all(ctx.checks.values()), ctx.checks
     assert report.top.cause == "exploding_gradients", report.diagnoses
+
+
+def test_experts_no_token_is_routed_to_stopped_learning(tmp_path):
+    # set 71's mixture of experts: a load-balancing weight annealed past zero lets the router
+    # send every row to one expert from step ~120; the other three stand still, starved
+    ctx, report = held_out_run(tmp_path, "h71_moe_balance_weight_unclamped_rmsprop")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    top = report.top
+    assert top.cause == "loss_of_plasticity", report.diagnoses
+    assert {w.rsplit(".", 1)[0] for w in top.where} == {f"moe.experts.{i}" for i in range(3)}
+
+
+def _branch_run(path, starved: bool):
+    """A two-branch regressor, 160 steps under Adam: from step 40 either no input takes branch
+    ``b`` any more (a route that closed), or ``b`` still runs and is frozen by hand."""
+    import torch
+    from torch import nn
+
+    import steadygrad
+
+    class TwoBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 1)
+            self.use_b = True
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.out(h + torch.relu(self.b(x)) if self.use_b else h)
+
+    torch.manual_seed(0)
+    model = TwoBranch()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(2)
+    true_w = torch.randn(8, 1, generator=gen)
+    with steadygrad.watch(model, opt, path, progress=False) as mon:
+        for step in range(160):
+            if step == 40:
+                if starved:
+                    model.use_b = False
+                else:
+                    model.b.requires_grad_(False)
+            x = torch.randn(32, 8, generator=gen)
+            loss = nn.functional.mse_loss(model(x), torch.tanh(x @ true_w))
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.diagnose(path)
+
+
+@pytest.mark.parametrize("starved", [True, False])
+def test_a_module_no_input_reaches_is_starved_not_frozen(tmp_path, starved):
+    # Trigger: branch b is no longer called from step 40: plasticity lost in b. Control: b is
+    # frozen by hand but still runs forward: a frozen layer, named as one.
+    report = _branch_run(tmp_path / str(starved), starved)
+    causes = {d.cause: d for d in report.diagnoses}
+    assert "update_ratio_out_of_range" in causes, report.diagnoses
+    if starved:
+        assert report.top.cause == "loss_of_plasticity" and report.top.where == ["b"]
+        assert report.top.evidence["starved_since"] < 45
+    else:
+        assert report.top.cause == "update_ratio_out_of_range", report.diagnoses
+        assert "loss_of_plasticity" not in causes

@@ -18,6 +18,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
+    ACT_RMS,
     DEAD_UNITS,
     DIRECTIONAL_SHARPNESS_RATIO,
     FLOAT16_OVERFLOW,
@@ -34,6 +35,7 @@ from steadygrad.core.metrics import (
     SHARPNESS_LIMIT,
     SOFTMAX_COLLAPSE,
     UPDATE_RATIO,
+    ZEROED_UNITS,
 )
 from steadygrad.core.optimizer import PER_COORDINATE, SECOND_MOMENT_DECAY
 from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
@@ -453,6 +455,11 @@ def _update_ratio(facts: RunFacts) -> Found | None:
             f"before step {found.first_step}): the dead units of {dead[0].where}, found at step "
             f"{dead[0].step}, cut it off"
         )
+    elif found.stalls and not dead and (starved := _starved(facts)) is not None:
+        found.consequence_of = (
+            f"no input reached {layer_span(starved.where)} after step {starved.first_step}: "
+            "they stand still because nothing runs through them"
+        )
     return found
 
 
@@ -484,6 +491,8 @@ def _plasticity(facts: RunFacts) -> Found | None:
     found = _located((LOSS_OF_PLASTICITY,), "loss of plasticity")(facts)
     if found is not None:
         found = _killed_in_a_burst(facts, found)
+    else:
+        found = _starved(facts)
     broke = facts.broke_at
     if found is None or found.first_step is None or broke is None or found.outlived:
         return found
@@ -496,6 +505,61 @@ def _plasticity(facts: RunFacts) -> Found | None:
             f"at step {broke}: units driven out of range by the explosion"
         )
     return found
+
+
+# Steps before the run ended that a tensor's gradient, and every forward statistic of the module
+# around it, were last read while the run went on: no input reaches that module any more.
+STARVED_FOR = 50
+FORWARD = (ACT_RMS, DEAD_UNITS, ZEROED_UNITS, RELU_ACTIVE, SATURATED)
+
+
+def _starved_module(facts: RunFacts, parameter: str) -> tuple[str, int] | None:
+    """The module around ``parameter`` whose forward statistics, and the step after which the
+    parameter's gradient, stopped being read ``STARVED_FOR`` steps or more before the run ended
+    (both read before): an expert no token is routed to any more, a branch no input takes. Its
+    units learn nothing, whatever the optimizer does. None otherwise (a layer frozen by hand
+    still runs forward)."""
+    grads, last = facts.series(f"{GRAD_NORM.name}/{parameter}"), facts.run.last_step
+    if grads is None or len(grads[0]) < 10 or last is None:
+        return None
+    ended = int(grads[0][-1])
+    module = parameter
+    while last - ended >= STARVED_FOR and "." in module:
+        module = module.rsplit(".", 1)[0]
+        forward = [
+            series[0][-1]
+            for n in facts.names
+            if any(m.owns(n) for m in FORWARD)
+            and (n.split("/", 1)[1] + ".").startswith(module + ".")
+            and len((series := facts.series(n))[0])
+        ]
+        if forward:
+            return (module, ended) if last - max(forward) >= STARVED_FOR else None
+    return None
+
+
+def _starved(facts: RunFacts) -> Found | None:
+    """Tensors found frozen whose modules no input reached any more (see
+    :func:`_starved_module`): their units stopped learning, starved, not frozen by a setting."""
+    frozen = [
+        f
+        for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)
+        if f.severity != "info" and f.where and f.evidence.get("direction") == "frozen"
+    ]
+    starved = [m for f in frozen if (m := _starved_module(facts, f.where)) is not None]
+    if not starved or len(starved) < len(frozen):
+        return None
+    modules = sorted({m for m, _ in starved}, key=_natural)
+    since = min(step for _, step in starved)
+    return Found(
+        f"no input reached {layer_span(modules)} after step {since}: neither their gradients "
+        f"nor their forward passes were read again, though the run went on to step "
+        f"{facts.run.last_step} (an expert no token is routed to, a branch no input takes): "
+        "their units stopped learning",
+        since,
+        modules,
+        {"starved_since": since, "frozen_tensors": len(frozen)},
+    )
 
 
 def _killed_in_a_burst(facts: RunFacts, found: Found) -> Found:
@@ -2223,7 +2287,7 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _plasticity,
-        (LOSS_OF_PLASTICITY, GRAD_NORM_SPIKE),
+        (LOSS_OF_PLASTICITY, GRAD_NORM_SPIKE, UPDATE_RATIO_OUT_OF_RANGE),
         # one batch's giant step can push a layer's pre-activations below zero for good
         explained_by=("data_outlier",),
         stalls=True,
