@@ -255,3 +255,40 @@ def test_a_module_no_input_reaches_is_starved_not_frozen(tmp_path, starved):
     else:
         assert report.top.cause == "update_ratio_out_of_range", report.diagnoses
         assert "loss_of_plasticity" not in causes
+
+
+def _logit_run(loss_turns: bool):
+    """A head whose log Z climbs from 2 to 22 over 280 steps (read every 10), while the loss
+    falls from 2.2 to 0.46 by step 150 and then either turns back up to 0.74 or falls on."""
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors import OutputLogitDivergence
+
+    detector, found = OutputLogitDivergence(), []
+    for t in range(280):
+        lse = 2.0 + 20.0 * (t / 280) ** 2
+        if t <= 150 or not loss_turns:
+            loss = 0.46 + 1.74 * math.exp(-t / 40) - (0.0 if t <= 150 else 0.001 * (t - 150))
+        else:
+            loss = 0.46 + 0.0022 * (t - 150)
+        values = {"loss": loss, **({"logit_lse_mean": lse} if t % 10 == 0 else {})}
+        found += detector.update(Record(t, values))
+    return found
+
+
+@pytest.mark.parametrize("loss_turns", [True, False])
+def test_logits_that_grow_on_once_the_loss_turned_worse_diverge(loss_turns):
+    # Trigger (set 72's Voxtral with its z-loss sign flipped): the loss more than halved, so
+    # the rise of log Z looked earned, until the loss turned back up while log Z climbed on.
+    # Control: the same climb of log Z while the loss keeps falling: a classifier growing
+    # confident.
+    found = _logit_run(loss_turns)
+    if loss_turns:
+        assert found and 150 < found[0].step < 280, found
+    else:
+        assert found == []
+
+
+def test_the_voxtral_head_whose_z_loss_sign_flipped_is_named(tmp_path):
+    ctx, report = held_out_run(tmp_path, "h72_voxtral_zloss_sign_adamw")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
+import statistics
 
 import numpy as np
 
@@ -257,6 +258,11 @@ class AttentionLogitGrowth(Detector):
 SETTLED = 0.01
 
 
+# The loss's running median (over ``LOSS_WINDOW`` records) this many times its best: it turned
+# worse, and logits that grew meanwhile were not growing with the model's confidence.
+LOSS_WINDOW, WORSE = 5, 1.2
+
+
 class OutputLogitDivergence(Detector):
     """The output log-partition ``log Z = logsumexp(logits)`` (mean over rows) drifting away
     from zero, as in the divergence Wortsman et al. 2023 describe (all logits driven far
@@ -276,7 +282,10 @@ class OutputLogitDivergence(Detector):
     ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
     ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
     confidence that would justify them; a classifier growing confident raises ``log Z`` as its
-    loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits').
+    loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits');
+    and when it rose ``lse_limit / 2`` since the loss's best running median and kept rising for
+    ``patience`` readings while the loss turned ``WORSE`` than that best (growth no confidence
+    explains, in a run whose loss had halved long before).
     Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
     falls count from ``log(classes)``, rises from the lowest ``log Z`` read (inflated logits
     shrink as training starts; their level before that is the initialisation's, a temperature
@@ -311,6 +320,9 @@ class OutputLogitDivergence(Detector):
         self._first_mean: float | None = None
         self._first_loss: float | None = None
         self._lowest = math.inf  # the lowest log Z read
+        self._losses: collections.deque[float] = collections.deque(maxlen=LOSS_WINDOW)
+        self._best: tuple[float, float] | None = None  # best loss median, log Z read by then
+        self._lse = math.nan  # the latest log Z read
 
     def _accelerating(self) -> bool:
         """``log Z`` rose at every one of the last ``patience`` readings, each rise larger than
@@ -323,10 +335,29 @@ class OutputLogitDivergence(Detector):
         compounding = rises[0] > 0 and all(b > a for a, b in zip(rises, rises[1:], strict=False))
         return compounding and last[-1] - last[0] >= self.lse_limit / 5
 
+    def _worse_since_best(self, loss: float | None) -> float:
+        """How far ``log Z`` rose since the loss's best running median, when the loss is now
+        ``WORSE`` times that best (0 otherwise): logits still growing once the loss stopped
+        improving and turned back, which no growing confidence explains."""
+        if loss is None or not math.isfinite(loss):
+            return 0.0
+        self._losses.append(loss)
+        if len(self._losses) < LOSS_WINDOW or not math.isfinite(self._lse):
+            return 0.0
+        median = statistics.median(self._losses)
+        if self._best is None or median < self._best[0]:
+            self._best = (median, self._lse)
+            return 0.0
+        best, lse_then = self._best
+        return self._lse - lse_then if best > 0 and median >= WORSE * best else 0.0
+
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
         lse = record.values.get(LOGIT_LSE_MEAN.name)
+        if lse is not None and math.isfinite(lse):
+            self._lse = lse
+        since_best = self._worse_since_best(record.values.get(LOSS.name))
         if lse is None or not math.isfinite(lse):
             return []
         self._readings.read(record.step)
@@ -382,6 +413,8 @@ class OutputLogitDivergence(Detector):
             early = early or (unearned and self._accelerating())
             # a steady climb: risen at each of twice ``patience`` readings, a quarter of the limit
             early = early or (unearned and rise >= limit / 4 and self._rising >= 2 * self.patience)
+        # risen half the limit since the loss was at its best, the loss turned worse since
+        early = early or (since_best >= limit / 2 and self._rising >= self.patience)
         if not self._streak.update(early or far, 1 if early else self.patience):
             return []
         evidence = {
