@@ -4,6 +4,7 @@ Each change has a trigger that fails on the code before it and a control that mu
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -292,3 +293,83 @@ def test_the_voxtral_head_whose_z_loss_sign_flipped_is_named(tmp_path):
     ctx, report = held_out_run(tmp_path, "h72_voxtral_zloss_sign_adamw")
     assert ctx.checks and all(ctx.checks.values()), ctx.checks
     assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]
+
+
+def _resume_run(path, loads_optimizer: bool):
+    """A regressor trained 160 steps with RMSprop, resumed at step 100 from a checkpoint of
+    both the model and the optimizer: ``optimizer.load_state_dict`` called, or forgotten (the
+    state cleared, as a fresh optimizer holds it)."""
+    import torch
+    from torch import nn
+
+    import steadygrad
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    true_w = torch.randn(8, 1, generator=gen)
+    losses, saved = [], None
+    with steadygrad.watch(model, opt, path, progress=False) as mon:
+        for step in range(160):
+            if step == 99:
+                saved = copy.deepcopy(opt.state_dict())
+            if step == 100:
+                opt.state.clear()
+                if loads_optimizer:
+                    opt.load_state_dict(saved)
+            x = torch.randn(64, 8, generator=gen)
+            loss = nn.functional.mse_loss(model(x), torch.tanh(x @ true_w))
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+            losses.append(loss.item())
+    return losses, steadygrad.load(path), steadygrad.diagnose(path)
+
+
+@pytest.mark.parametrize("loads_optimizer", [False, True])
+def test_a_resume_that_forgot_the_optimizer_is_recorded_and_named(tmp_path, loads_optimizer):
+    # Trigger: the state cleared at step 100, RMSprop's first steps (no square average yet)
+    # throw the weights and the loss jumps; the step signal records where its count fell back
+    # to 1. Control: the state loaded back: its count goes on, nothing is recorded.
+    losses, run, report = _resume_run(tmp_path / str(loads_optimizer), loads_optimizer)
+    restarted = run.series("optimizer_restarted") if "optimizer_restarted" in run.names() else None
+    if loads_optimizer:
+        assert restarted is None
+        assert not [d for d in report.diagnoses if d.severity != "info"], report.diagnoses
+    else:
+        assert max(losses[100:104]) > 10 * sorted(losses[80:100])[10]
+        assert restarted[0].tolist() == [100] and restarted[1].tolist() == [100.0]
+        assert report.top.cause == "loss_spike", report.diagnoses
+        assert report.top.evidence["optimizer_restarted_at"] == 100
+
+
+def test_a_sam_encoder_resumed_without_its_optimizer_has_a_loss_spike(tmp_path):
+    # set 71's SAM vision tower: resumed at step 300 with Adam's state lost, its loss jumps 10x
+    # (0.08 -> 0.86) and settles back over 40 steps; too small a share of its progress to be a
+    # spike on its own, it is one the restart made
+    ctx, report = held_out_run(tmp_path, "h71_sam_resume_without_optimizer_state_adam")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert report.top.cause == "loss_spike", report.diagnoses
+    assert report.top.evidence["optimizer_restarted_at"] == 300
+
+
+def test_stable_spams_momentum_resets_are_no_restart(tmp_path):
+    # Stable-SPAM sets each tensor's step count back to 1 every reset_interval steps, by design
+    import torch
+
+    import steadygrad
+    from steadygrad.optim import StableSPAM
+
+    model = torch.nn.Linear(4, 1)
+    opt = StableSPAM(model.parameters(), lr=1e-2, reset_interval=10, fused=False)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(25):
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    assert opt.state[model.weight]["step"] < 10  # it did restart its count
+    assert "optimizer_restarted" not in steadygrad.load(tmp_path / "run").names()

@@ -31,6 +31,13 @@ OPTIMIZER_SKIPPED = Metric(
     events=True,
     panel="events",
 )
+OPTIMIZER_RESTARTED = Metric(
+    "optimizer_restarted",
+    "the optimizer's step count before its state started again from nothing (a resume that "
+    "loaded the model's weights but not the optimizer's state)",
+    events=True,
+    panel="events",
+)
 AMP_SCALE = Metric("amp_scale", "the GradScaler's loss scale", scale="log", panel="amp")
 
 # -- parameters --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from steadygrad.core.metrics import (
     GRAD_NORM,
     LEARNING_RATE,
     LOSS,
+    OPTIMIZER_RESTARTED,
     OPTIMIZER_SKIPPED,
     OUTPUT_LAYER,
     PARAM_NORM,
@@ -1522,6 +1523,11 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"the update before step {first.step} moved the weights {moved:.3g}x their usual "
             "step on an ordinary gradient: the gradient is that of where they landed"
         )
+    elif (restarted := _restarted_before(facts, first.step)) is not None:
+        found.consequence_of = (
+            f"the optimizer's state started again from nothing at step {restarted}: the "
+            "gradient is that of where its first steps threw the weights"
+        )
     elif (grown := _riding_a_growth(facts, first.step)) is not None:
         found.consequence_of = (
             f"the gradient norm had already grown {grown[1]:.3g}x since step {grown[0]} and "
@@ -1624,6 +1630,8 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue  # the weights changed under it, not the batch: an EMA swap, a reload
         if _overstepped_before(facts, spike.step) is not None:
             continue  # the step before threw the weights: the batch met them where they landed
+        if _restarted_before(facts, spike.step) is not None:
+            continue  # the optimizer started again from nothing: its first steps threw them
         medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
         back = np.flatnonzero(medians < 1.5 * baseline)
         knocked = peak >= PEAK_FIRST * after.max() and peak >= ONE_OFF * baseline
@@ -1718,16 +1726,66 @@ def _overstepped_before(facts: RunFacts, step: int) -> float | None:
     return moved if moved >= OVERSTEPPED and grad < ORDINARY else None
 
 
+# Steps after the optimizer's state started again within which a loss spike is its doing, and
+# how many times the median of the losses before it the loss must jump when no spike was found.
+RESTART_WITHIN, RESTART_JUMP = 3, 3.0
+
+
+def _restarted_before(facts: RunFacts, step: int) -> int | None:
+    """The step, ``RESTART_WITHIN`` or fewer before ``step``, at which the optimizer's state
+    started again from nothing (its step count back to 1: a resume that loaded the weights and
+    not the optimizer); None if it did not."""
+    restarts = facts.series(OPTIMIZER_RESTARTED.name)
+    if restarts is None:
+        return None
+    near = restarts[0][(restarts[0] <= step) & (restarts[0] >= step - RESTART_WITHIN)]
+    return int(near[-1]) if len(near) else None
+
+
+def _restart_jolt(facts: RunFacts, before: int = 20) -> Found | None:
+    """The loss jumped ``RESTART_JUMP`` times the median of the ``before`` losses before it,
+    within ``RESTART_WITHIN`` steps of the optimizer's state starting again from nothing: its
+    first steps, with no second moment to scale them, threw the weights."""
+    restarts, loss = facts.series(OPTIMIZER_RESTARTED.name), facts.series(LOSS.name)
+    if restarts is None or loss is None:
+        return None
+    steps, values = loss
+    for at, count in zip(*restarts, strict=True):
+        usual = values[(steps < at) & (steps >= at - before) & np.isfinite(values)]
+        after = (steps >= at) & (steps <= at + RESTART_WITHIN) & np.isfinite(values)
+        if len(usual) < before // 2 or not after.any() or not np.median(usual) > 0:
+            continue
+        i = np.flatnonzero(after)[int(np.argmax(values[after]))]
+        jump = float(values[i] / np.median(usual))
+        if jump >= RESTART_JUMP:
+            return Found(
+                f"the loss jumped {jump:.3g}x at step {int(steps[i])}, just after the optimizer's "
+                f"state started again from nothing at step {int(at)} (after {int(count)} steps): "
+                "a resume that loaded the model's weights but not the optimizer's state",
+                int(steps[i]),
+                [],
+                {"optimizer_restarted_at": int(at), "jump": jump},
+            )
+    return None
+
+
 def _loss_spike(facts: RunFacts) -> Found | None:
     spikes = facts.of(LOSS_SPIKE)
     if not spikes:
-        return _put_back_into_a_climb(facts)
+        return _put_back_into_a_climb(facts) or _restart_jolt(facts)
     first = spikes[0]
     ev: dict[str, Any] = {"spikes": len(spikes), "first": first.evidence}
     summary = (
         f"{len(spikes)} loss spike(s), the first at step {first.step} "
         f"({first.evidence.get('ratio', math.nan):.3g}x its baseline)"
     )
+    restarted = _restarted_before(facts, first.step)
+    if restarted is not None:
+        ev["optimizer_restarted_at"] = restarted
+        summary += (
+            f"; the optimizer's state started again from nothing at step {restarted}: a resume "
+            "that loaded the model's weights but not the optimizer's state"
+        )
     summary += _batches_behind(spikes, ev)
     grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
     replaced = [f.step for f in spikes if f.step not in grads and _weights_replaced(facts, f.step)]

@@ -19,6 +19,7 @@ from steadygrad.core.metrics import (
     GRAD_NORM_PRECLIP,
     LEARNING_RATE,
     LOSS,
+    OPTIMIZER_RESTARTED,
     OPTIMIZER_SKIPPED,
     STEP_TIME,
 )
@@ -33,15 +34,24 @@ class StepInputs:
     stepped: bool = True
 
 
+# Steps at whose end the step signal looks for a parameter with optimizer state.
+LOOKS = 3
+
+
 class StepSignal(Signal):
     """The loss, the pre-clip gradient norm (when the user passes it), the time since the
-    previous ``mon.step``, and whether the optimizer skipped the step."""
+    previous ``mon.step``, whether the optimizer skipped the step, and whether its state started
+    again from nothing (its step count fell: ``optimizer.state`` cleared or replaced, as by a
+    resume that never called ``optimizer.load_state_dict``)."""
 
-    metrics = (LOSS, GRAD_NORM_PRECLIP, STEP_TIME, OPTIMIZER_SKIPPED)
+    metrics = (LOSS, GRAD_NORM_PRECLIP, STEP_TIME, OPTIMIZER_SKIPPED, OPTIMIZER_RESTARTED)
 
     def __init__(self) -> None:
         super().__init__(every=1)
         self._last_wall = time.perf_counter()
+        self._sentinel: torch.Tensor | None = None  # the parameter whose step count is read
+        self._looks = 0
+        self._count = 0.0
 
     def measure(self, step: int, out: Measurements) -> None:
         inputs: StepInputs = self.monitor.inputs
@@ -53,6 +63,40 @@ class StepSignal(Signal):
         now = time.perf_counter()
         out.put(STEP_TIME.name, now - self._last_wall)
         self._last_wall = now
+        count = self._state_count()
+        if count is not None:
+            if count <= 1.0 < self._count:  # back to its first step: the state began again
+                out.put(OPTIMIZER_RESTARTED.name, self._count)
+            self._count = count
+
+    def _state_count(self) -> float | None:
+        """The step count the optimizer keeps for one parameter (``state["step"]``), None where
+        it keeps none, or keeps it on a device (reading it would synchronise), or where an
+        optimizer restarts its state on purpose (Stable-SPAM's momentum resets)."""
+        optimizer = self.monitor.optimizer
+        if getattr(optimizer, "restarts_state", False):
+            return None
+        try:
+            if self._sentinel is None and self._looks < LOOKS:
+                # the first parameter with state; an SGD without momentum keeps none: after a
+                # few looks, stop scanning every parameter at every step
+                self._looks += 1
+                self._sentinel = next(
+                    (
+                        p
+                        for g in optimizer.param_groups
+                        for p in g["params"]
+                        if optimizer.state.get(p)
+                    ),
+                    None,
+                )
+            state = optimizer.state.get(self._sentinel) if self._sentinel is not None else None
+        except (AttributeError, KeyError, TypeError):
+            return None  # a wrapper whose state is not torch.optim's: nothing to read
+        count = state.get("step") if state else None
+        if isinstance(count, torch.Tensor):
+            return float(count) if count.device.type == "cpu" and count.numel() == 1 else None
+        return float(count) if isinstance(count, int | float) else None
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         if not self.monitor.inputs.stepped:

@@ -209,6 +209,8 @@ class StableSPAM(KernelOptimizer):
         >>> opt.step()
     """
 
+    # its momentum resets set each tensor's step count back to 1: a restart by design
+    restarts_state = True
     _state_names = ("exp_avg", "exp_avg_sq", "grad_max_ema", "grad_norm_ema", "grad_norm_sq_ema")
     _moment_names = ("exp_avg", "exp_avg_sq")
     _signed_states = frozenset({"exp_avg"})
