@@ -6,7 +6,7 @@ and the loss diverges. :class:`AttentionLogitSignal` measures it on any model th
 attention with ``torch.nn.functional.scaled_dot_product_attention`` or ``nn.MultiheadAttention``
 (TinyGPT, Hugging Face GPT-2 with its SDPA attention, ``nn.TransformerEncoderLayer``), or by
 hand, as a softmax over the last dimension of ``(..., L, L)`` scores (nanoGPT's slow path,
-Hugging Face's eager attention) or of cross-attention's ``(..., L_q, L_k)`` scores: a ``TorchFunctionMode`` sees each call, recomputes the logits
+Hugging Face's eager attention): a ``TorchFunctionMode`` sees each call, recomputes the logits
 from q and k (or reads the scores), and credits them to the innermost module whose ``forward``
 is running, found with forward hooks.
 """
@@ -154,46 +154,16 @@ def _mha_logit_max(args: tuple, kwargs: dict) -> Reading:
     return _reading(_logits(q, k, 1.0 / math.sqrt(head_dim)), allowed)
 
 
-# Autograd nodes a score passes through between ``q @ k^T`` and the softmax: a scale, a
-# mask, a bias, a reshape. Any other node ends the search.
-_ON_THE_WAY = (
-    "Mul", "Div", "Add", "Sub", "MaskedFill", "Where", "View", "UnsafeView", "Reshape",
-    "Clone", "Expand", "Transpose", "Permute", "ToCopy",
-)  # fmt: skip
-
-
-def _product_of_activations(scores: torch.Tensor, hops: int = 8) -> bool:
-    """Whether ``scores`` were made by a batched product of two activations (``q @ k^T``,
-    ``einsum``, ``bmm``), through a scale, a mask or a bias at most: cross-attention's
-    ``(..., L_q, L_k)`` scores. A head's logits come from a product with a weight, which
-    autograd records as ``mm``/``addmm``, never ``bmm``. False without a graph (no grad)."""
-    node = scores.grad_fn
-    for _ in range(hops):
-        if node is None:
-            return False
-        name = type(node).__name__
-        if name.startswith("Bmm"):
-            return True
-        if not name.startswith(_ON_THE_WAY):
-            return False
-        # follow the first input that has a graph (a mask or a scalar has none)
-        node = next((n for n, _ in node.next_functions if n is not None), None)
-    return False
-
-
 def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:
     """Attention computed by hand (``softmax(q @ k^T * scale + mask, -1)``): the largest
-    ``|score|`` fed to a softmax over the last dimension of a ``(..., L, L)`` tensor, or of
-    ``(..., L_q, L_k)`` scores made by a product of two activations (cross-attention); 3 or
-    more dimensions (a classifier's ``(batch, classes)`` logits are not attention). Masked
-    scores (``-inf``, or at or below ``MASKED``) are left out. None for any other softmax."""
+    ``|score|`` fed to a softmax over the last dimension of a ``(..., L, L)`` tensor (3 or more
+    dimensions: a classifier's ``(batch, classes)`` logits are not attention), leaving out
+    masked scores (``-inf``, or at or below ``MASKED``). None for any other softmax."""
     scores = args[0] if args else kwargs.get("input", kwargs.get("self"))
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
     if not isinstance(scores, torch.Tensor) or scores.dim() < 3 or dim is None:
         return None
-    if dim not in (-1, scores.dim() - 1):
-        return None
-    if scores.shape[-1] != scores.shape[-2] and not _product_of_activations(scores):
+    if dim not in (-1, scores.dim() - 1) or scores.shape[-1] != scores.shape[-2]:
         return None
     scores = scores.detach().float()
     kept = torch.isfinite(scores) & (scores > MASKED)
