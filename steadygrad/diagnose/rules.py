@@ -1508,33 +1508,41 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
     found = Found(
         summary, first.step, [f.where for f in spikes if f.where], ev, "info" if minor else None
     )
-    if _in_a_climb(facts, first.step):
-        found.consequence_of = (
+    found.consequence_of = _spike_made_by(facts, first.step)
+    return found
+
+
+def _spike_made_by(facts: RunFacts, step: int) -> str:
+    """What made a gradient spike at ``step``, when something else did ('' when nothing):
+    a climb already under way, a runaway it began, weights thrown by the step before or by an
+    optimizer started again, an explosion it rode on."""
+    if _in_a_climb(facts, step):
+        return (
             f"the loss was already climbing from step {facts.climbing_from}: the spikes came "
             "with the divergence, not before it"
         )
-    elif _never_came_back(facts, first.step):
-        found.consequence_of = (
-            f"the gradient norm never came back after step {first.step}: it rose on with the "
-            "loss, the first step of a runaway, not a spike"
+    if _never_came_back(facts, step):
+        return (
+            f"the gradient norm never came back after step {step}: it rose on with the loss, "
+            "the first step of a runaway, not a spike"
         )
-    elif (moved := _overstepped_before(facts, first.step)) is not None:
-        found.consequence_of = (
-            f"the update before step {first.step} moved the weights {moved:.3g}x their usual "
-            "step on an ordinary gradient: the gradient is that of where they landed"
+    if (moved := _overstepped_before(facts, step)) is not None:
+        return (
+            f"the update before step {step} moved the weights {moved:.3g}x their usual step on "
+            "an ordinary gradient: the gradient is that of where they landed"
         )
-    elif (restarted := _restarted_before(facts, first.step)) is not None:
-        found.consequence_of = (
+    if (restarted := _restarted_before(facts, step)) is not None:
+        return (
             f"the optimizer's state started again from nothing at step {restarted}: the "
             "gradient is that of where its first steps threw the weights"
         )
-    elif (grown := _riding_a_growth(facts, first.step)) is not None:
-        found.consequence_of = (
+    if (grown := _riding_a_growth(facts, step)) is not None:
+        return (
             f"the gradient norm had already grown {grown[1]:.3g}x since step {grown[0]} and "
             "went on growing until the run broke: a burst of that explosion, not a spike of "
             "its own"
         )
-    return found
+    return ""
 
 
 # A gradient norm this many times the best level of a growth that broke the run, just before a
