@@ -51,7 +51,7 @@ class StepSignal(Signal):
         self._last_wall = time.perf_counter()
         self._sentinel: torch.Tensor | None = None  # the parameter whose step count is read
         self._looks = 0
-        self._count = 0.0
+        self._held: torch.Tensor | float | None = None  # the count object last seen
 
     def measure(self, step: int, out: Measurements) -> None:
         inputs: StepInputs = self.monitor.inputs
@@ -63,13 +63,28 @@ class StepSignal(Signal):
         now = time.perf_counter()
         out.put(STEP_TIME.name, now - self._last_wall)
         self._last_wall = now
-        count = self._state_count()
-        if count is not None:
-            if count <= 1.0 < self._count:  # back to its first step: the state began again
-                out.put(OPTIMIZER_RESTARTED.name, self._count)
-            self._count = count
+        restarted = self._restarted()
+        if restarted is not None:
+            out.put(OPTIMIZER_RESTARTED.name, restarted)
 
-    def _state_count(self) -> float | None:
+    def _restarted(self) -> float | None:
+        """The step count the state had, when the optimizer's state started again since the
+        last call (a new count object, at its first step); else None. A count held in a tensor
+        is updated in place: only a new object (a state cleared, or loaded) is read, so a
+        healthy step reads no value at all."""
+        count = self._state_count()
+        if count is None:
+            return None
+        before, self._held = self._held, count
+        if isinstance(count, torch.Tensor):
+            if count is before or not isinstance(before, torch.Tensor):
+                return None
+            old = float(before)
+            return old if float(count) <= 1.0 < old else None
+        old = float(before) if isinstance(before, int | float) else None
+        return old if old is not None and count <= 1 < old else None
+
+    def _state_count(self) -> torch.Tensor | float | None:
         """The step count the optimizer keeps for one parameter (``state["step"]``), None where
         it keeps none, or keeps it on a device (reading it would synchronise), or where an
         optimizer restarts its state on purpose (Stable-SPAM's momentum resets)."""
@@ -95,8 +110,8 @@ class StepSignal(Signal):
             return None  # a wrapper whose state is not torch.optim's: nothing to read
         count = state.get("step") if state else None
         if isinstance(count, torch.Tensor):
-            return float(count) if count.device.type == "cpu" and count.numel() == 1 else None
-        return float(count) if isinstance(count, int | float) else None
+            return count if count.device.type == "cpu" and count.numel() == 1 else None
+        return count if isinstance(count, int | float) else None
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         if not self.monitor.inputs.stepped:

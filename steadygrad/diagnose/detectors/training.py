@@ -110,11 +110,6 @@ class SpikeDetector(Detector):
         return True
 
 
-# A loss this many times its recent median, and its excess this many times how far the worst
-# batches sit above it, is a spike however small the loss has become.
-OUT_OF_PROPORTION = 20.0
-
-
 class LossSpikeDetector(SpikeDetector):
     """A loss far above its recent median (robust z-score over the last 64 recorded steps),
     by at least ``min_excess`` times the loss's scale: half the progress made since the first
@@ -153,15 +148,7 @@ class LossSpikeDetector(SpikeDetector):
 
     def material(self, value: float, median: float) -> bool:
         scale = max(0.5 * (self._start - self._floor), 0.25 * abs(median))
-        excess, tail = value - median, self._tail()
-        if excess >= max(self.min_excess * scale, self.tail_factor * tail):
-            return True
-        # Or out of all proportion: a loss trained close to zero that jumps to many times its
-        # level, far above its worst batches, lost a real share of its progress in one step
-        # (a regressor at 0.0013 back at 0.3, a third of where it started).
-        return value >= OUT_OF_PROPORTION * median and excess >= max(
-            OUT_OF_PROPORTION * tail, 0.1 * scale
-        )
+        return value - median >= max(self.min_excess * scale, self.tail_factor * self._tail())
 
     def _tail(self) -> float:
         """How far the window's 95th percentile sits above its median (0 before 20 values)."""
