@@ -514,12 +514,30 @@ STARVED_FOR = 50
 FORWARD = (ACT_RMS, DEAD_UNITS, ZEROED_UNITS, RELU_ACTIVE, SATURATED)
 
 
-def _starved_module(facts: RunFacts, parameter: str) -> tuple[str, int] | None:
-    """The module around ``parameter`` whose forward statistics, and the step after which the
-    parameter's gradient, stopped being read ``STARVED_FOR`` steps or more before the run ended
-    (both read before): an expert no token is routed to any more, a branch no input takes. Its
-    units learn nothing, whatever the optimizer does. None otherwise (a layer frozen by hand
-    still runs forward)."""
+def _forward_last_read(facts: RunFacts) -> dict[str, int]:
+    """For every module and every module around one, the last step any forward statistic of
+    it (or of a module inside it) was read."""
+    last: dict[str, int] = {}
+    for name in facts.names:
+        if not any(m.owns(name) for m in FORWARD) or not len(steps := facts.series(name)[0]):
+            continue
+        module = name.split("/", 1)[1]
+        while True:
+            last[module] = max(last.get(module, -1), int(steps[-1]))
+            if "." not in module:
+                break
+            module = module.rsplit(".", 1)[0]
+    return last
+
+
+def _starved_module(
+    facts: RunFacts, parameter: str, forward: dict[str, int]
+) -> tuple[str, int] | None:
+    """The module around ``parameter`` whose forward statistics (``forward``: the last step
+    each module's were read), and the step after which the parameter's gradient, stopped being
+    read ``STARVED_FOR`` steps or more before the run ended (both read before): an expert no
+    token is routed to any more, a branch no input takes. Its units learn nothing, whatever the
+    optimizer does. None otherwise (a layer frozen by hand still runs forward)."""
     grads, last = facts.series(f"{GRAD_NORM.name}/{parameter}"), facts.run.last_step
     if grads is None or len(grads[0]) < 10 or last is None:
         return None
@@ -527,15 +545,8 @@ def _starved_module(facts: RunFacts, parameter: str) -> tuple[str, int] | None:
     module = parameter
     while last - ended >= STARVED_FOR and "." in module:
         module = module.rsplit(".", 1)[0]
-        forward = [
-            series[0][-1]
-            for n in facts.names
-            if any(m.owns(n) for m in FORWARD)
-            and (n.split("/", 1)[1] + ".").startswith(module + ".")
-            and len((series := facts.series(n))[0])
-        ]
-        if forward:
-            return (module, ended) if last - max(forward) >= STARVED_FOR else None
+        if module in forward:
+            return (module, ended) if last - forward[module] >= STARVED_FOR else None
     return None
 
 
@@ -547,7 +558,8 @@ def _starved(facts: RunFacts) -> Found | None:
         for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)
         if f.severity != "info" and f.where and f.evidence.get("direction") == "frozen"
     ]
-    starved = [m for f in frozen if (m := _starved_module(facts, f.where)) is not None]
+    forward = _forward_last_read(facts) if frozen else {}
+    starved = [m for f in frozen if (m := _starved_module(facts, f.where, forward)) is not None]
     if not starved or len(starved) < len(frozen):
         return None
     modules = sorted({m for m, _ in starved}, key=_natural)
@@ -1554,14 +1566,13 @@ def _riding_a_growth(facts: RunFacts, step: int, before: int = 5) -> tuple[int, 
     """Where a gradient growth that broke the run began, and how many times its best level the
     gradient norm stood (the median of the ``before`` readings) just before ``step``, when that
     growth began before ``step`` and the norm was ``RODE_ON`` times that level or more."""
+    growths = [f for f in facts.of(GRADIENT_GROWTH) if f.severity == "critical"]
     grad = _finite_until(facts, GRAD_NORM.name, step - 1)
-    if grad is None or len(grad[1]) < before:
-        return None
+    if not growths or facts.broke_at is None or grad is None or len(grad[1]) < before:
+        return None  # no growth that broke the run
     level = float(np.median(grad[1][-before:]))
-    for f in facts.of(GRADIENT_GROWTH):
+    for f in growths:
         began, best = f.evidence.get(GROWTH_BEGAN), f.evidence.get("best_level")
-        if f.severity != "critical" or facts.broke_at is None:
-            continue  # a growth that did not break the run
         if not isinstance(began, (int, float)) or began >= step:
             continue
         if isinstance(best, (int, float)) and best > 0 and level >= RODE_ON * best:

@@ -76,13 +76,10 @@ class StepSignal(Signal):
         if count is None:
             return None
         before, self._held = self._held, count
-        if isinstance(count, torch.Tensor):
-            if count is before or not isinstance(before, torch.Tensor):
-                return None
-            old = float(before)
-            return old if float(count) <= 1.0 < old else None
-        old = float(before) if isinstance(before, int | float) else None
-        return old if old is not None and count <= 1 < old else None
+        if count is before or before is None:
+            return None
+        old = float(before)
+        return old if float(count) <= 1.0 < old else None
 
     def _state_count(self) -> torch.Tensor | float | None:
         """The step count the optimizer keeps for one parameter (``state["step"]``), None where
