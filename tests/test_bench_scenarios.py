@@ -180,6 +180,7 @@ HELD_OUT_FILES = [
     ("cases_heldout70", "h70_", 12, 11, 12),
     ("cases_heldout71", "h71_", 12, 11, 12),
     ("cases_heldout72", "h72_", 12, 11, 12),
+    ("cases_heldout75", "h75_", 12, 11, 12),
 ]
 
 

@@ -78,6 +78,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout70,
     cases_heldout71,
     cases_heldout72,
+    cases_heldout75,
     cases_mlp,
     cases_other,
 )
