@@ -182,6 +182,7 @@ HELD_OUT_FILES = [
     ("cases_heldout72", "h72_", 12, 11, 12),
     ("cases_heldout73", "h73_", 12, 11, 12),
     ("cases_heldout74", "h74_", 12, 11, 12),
+    ("cases_heldout75", "h75_", 12, 11, 12),
 ]
 
 
