@@ -264,3 +264,58 @@ def test_autopilot_arguments_are_accepted_or_refused_by_name(argument, value):
         return
     assert isinstance(value, int | float) and not isinstance(value, bool)
     assert math.isfinite(value)
+
+
+def test_zero_grad_before_step_on_a_nan_gradient_still_records_it(tmp_path):
+    """The gradients were measured before the update, then set to None before ``mon.step``:
+    counting their bad entries must not raise into the loop, and the NaN is still recorded."""
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(3):
+            x, y = regression_batch(i)
+            if i == 2:
+                x = x * float("nan")
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)  # too early: the gradients are gone
+            record = mon.step(loss)
+    mon.close()
+    assert record.values["nonfinite_grads"] >= 1
+    assert record.meta.get("nonfinite") is True
+
+
+def test_a_failure_inside_the_monitor_warns_and_the_run_carries_on(tmp_path, monkeypatch):
+    """Outside the test suite (no STEADYGRAD_STRICT), a bug in the Monitor's own measurements
+    (here: the parameter statistics fail at one step) costs that step's record, never the run."""
+    monkeypatch.delenv("STEADYGRAD_STRICT")
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", progress=False)
+    finish = mon.parameters.finish
+
+    def fails_once(record, raw):
+        if record.step == 2:
+            raise RuntimeError("injected")
+        return finish(record, raw)
+
+    monkeypatch.setattr(mon.parameters, "finish", fails_once)
+    detect = mon._detect
+
+    def detect_fails_at_4(record, ids):
+        if record.step == 4:
+            raise RuntimeError("injected in a detector")
+        return detect(record, ids)
+
+    monkeypatch.setattr(mon, "_detect", detect_fails_at_4)
+    with pytest.warns(RuntimeWarning, match="injected") as caught:
+        records = [mon.step(_step(model, opt, mon, i)) for i in range(6)]
+        opt.zero_grad()
+    mon.close()
+    assert len([w for w in caught if "injected" in str(w.message)]) == 2
+    assert records[4] is None and records[5] is not None and mon.step_count == 6
+    assert "grad_norm" not in records[2].values and "grad_norm" in records[3].values
+    assert steadygrad.load(tmp_path / "run").num_steps == 5  # every step but the failed one

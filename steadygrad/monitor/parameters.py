@@ -172,8 +172,12 @@ class ParameterStats:
         return self.groups.norms(self._detached)
 
     def nonfinite_counts(self, index: list[int]) -> list[int]:
-        """Number of NaN/Inf entries in the gradients of ``index`` (run on unhealthy steps only)."""
-        return self._counts([local_shard(self.params[i].grad) for i in index], index)
+        """Number of NaN/Inf entries in the gradients of ``index`` (run on unhealthy steps only).
+        A gradient set to None since it was measured (``zero_grad`` before ``mon.step``) has no
+        entries left to count: 0 here, and its norm tells the rest (see ``finish``)."""
+        grads = [self.params[i].grad for i in index]
+        gone = torch.zeros(0)
+        return self._counts([gone if g is None else local_shard(g) for g in grads], index)
 
     def nonfinite_param_counts(self, index: list[int]) -> list[int]:
         """Number of NaN/Inf entries in the weights of ``index`` (unhealthy steps only)."""
@@ -330,6 +334,9 @@ class ParameterSignal(Signal):
         # overflow float32 while every entry is finite (entries of 1e20): that tensor is huge,
         # not non-finite, and its infinite norm stands as the spike it is.
         bad_grads = _with_bad_entries(infinite_grads, stats.nonfinite_counts)
+        if index:  # a NaN norm has a NaN entry, counted or not (its gradient may be gone)
+            for k in np.flatnonzero(np.isnan(grads)).tolist():
+                bad_grads[index[k]] = bad_grads.get(index[k]) or 1
         bad_params = _with_bad_entries(infinite_params, stats.nonfinite_param_counts)
         values[NONFINITE_GRADS.name] = float(sum(bad_grads.values()))
         values[NONFINITE_PARAMS.name] = float(sum(bad_params.values()))
