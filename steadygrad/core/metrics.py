@@ -38,6 +38,9 @@ OPTIMIZER_RESTARTED = Metric(
     events=True,
     panel="events",
 )
+# Action kind the Monitor records itself (not the autopilot): a new optimizer stepped the
+# watched parameters after the one it was given stopped, and the Monitor follows it.
+OPTIMIZER_REPLACED = "optimizer_replaced"
 AMP_SCALE = Metric("amp_scale", "the GradScaler's loss scale", scale="log", panel="amp")
 
 # -- parameters --------------------------------------------------------------------------------

@@ -201,6 +201,13 @@ class Autopilot:
             self._skipper.reset()
         self._monitor = None
 
+    def optimizer_replaced(self) -> None:
+        """The Monitor follows a new optimizer: skip its updates from now on."""
+        self._skipper.reset()
+        self._skipper = UpdateSkipper(self._monitor.optimizer)
+        if self.sync:
+            self._skipper.device_side = False
+
     # -- before each optimizer update ---------------------------------------------------------
     def before_update(self) -> None:
         """Decide on the gradients about to be applied: clip them, or make the update a no-op."""

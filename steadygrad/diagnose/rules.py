@@ -25,6 +25,7 @@ from steadygrad.core.metrics import (
     GRAD_NORM,
     LEARNING_RATE,
     LOSS,
+    OPTIMIZER_REPLACED,
     OPTIMIZER_RESTARTED,
     OPTIMIZER_SKIPPED,
     OUTPUT_LAYER,
@@ -1298,7 +1299,7 @@ def _caught_by_scaler(facts: RunFacts) -> bool:
     if not nonfinite:
         return True
     by_optimizer = _skipped_steps(facts)
-    by_autopilot = {a.step for a in facts.run.actions()}
+    by_autopilot = {a.step for a in _autopilot_actions(facts)}
     return all(
         f.evidence.get("nonfinite_params") == 0
         and f.step in by_optimizer
@@ -2178,8 +2179,14 @@ def _put_back_into_a_climb(facts: RunFacts) -> Found | None:
     return None
 
 
+def _autopilot_actions(facts: RunFacts) -> list:
+    """The actions the autopilot (or the user) took; the Monitor's own record of following a
+    new optimizer is none."""
+    return [a for a in facts.run.actions() if a.kind != OPTIMIZER_REPLACED]
+
+
 def _autopilot(facts: RunFacts) -> Found | None:
-    actions = facts.run.actions()
+    actions = _autopilot_actions(facts)
     if not actions:
         return None
     counts: dict[str, int] = {}

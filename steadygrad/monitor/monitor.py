@@ -16,6 +16,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink, Values
 from steadygrad.core import checks as _checks
@@ -35,6 +37,7 @@ from steadygrad.core.metrics import (
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
+    OPTIMIZER_REPLACED,
     RECURRENT_MODULES,
 )
 from steadygrad.core.optimizer import (
@@ -266,10 +269,12 @@ class Monitor:
         self._warned: set[str] = set()
         self._closer_until = -1  # after a finding, the mechanism signals read every step to here
         self._closer: list[Signal] = []  # signals due at this step for that reason
-        self._handles = [
-            optimizer.register_step_pre_hook(self._before_optimizer_step),
-            optimizer.register_step_post_hook(self._after_optimizer_step),
-        ]
+        self._handles = self._hook_optimizer(optimizer)
+        # another optimizer that steps the watched one's parameters (one rebuilt on resume):
+        # seen by a process-wide hook, followed once the watched one stops stepping
+        self._others: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._stepping_instead: weakref.ref | None = None
+        self._global_hook = register_optimizer_step_pre_hook(self._any_optimizer_step)
         # the norm the loop's clip_grad_norm_ saw before clipping, if it clips
         self._clips = ClipWatch(self.parameters.stats.params)
         self.progress = ProgressLine(self.run_dir.name, enabled=progress if writes else False)
@@ -307,6 +312,8 @@ class Monitor:
         if grad_norm_preclip is None:
             grad_norm_preclip = clipped
         step = self.step_count
+        if not self._optimizer_steps and self._stepping_instead is not None:
+            self._follow(self._stepping_instead(), step)
         stepped = self._optimizer_steps > 0
         self._optimizer_steps = 0
         fresh = self.parameters.stats.gradients_since_last_look()
@@ -474,6 +481,55 @@ class Monitor:
             self.autopilot.before_update()
 
     # -- optimizer hooks ------------------------------------------------------------------------
+    def _hook_optimizer(self, optimizer: torch.optim.Optimizer) -> list[Any]:
+        return [
+            optimizer.register_step_pre_hook(self._before_optimizer_step),
+            optimizer.register_step_post_hook(self._after_optimizer_step),
+        ]
+
+    def _any_optimizer_step(self, optimizer, args, kwargs) -> None:
+        """Every optimizer's pre-step (a process-wide hook): note one that is not the watched
+        optimizer but steps its parameters. Nothing is followed while the watched one steps
+        too (an optimizer wrapped by SAM or Lookahead steps inside it)."""
+        if optimizer is self.optimizer:
+            return
+        overlaps = self._others.get(optimizer)
+        if overlaps is None:
+            watched = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+            overlaps = any(id(p) in watched for g in optimizer.param_groups for p in g["params"])
+            self._others[optimizer] = overlaps
+        if overlaps:
+            self._stepping_instead = weakref.ref(optimizer)
+
+    def _follow(self, optimizer: torch.optim.Optimizer | None, step: int) -> None:
+        """The watched optimizer stopped stepping and ``optimizer`` steps its parameters: a new
+        optimizer built mid-run (a resume that rebuilt it, a second stage). The Monitor watches
+        it from now on, and the run records the replacement (its state starts from nothing)."""
+        self._stepping_instead = None
+        if optimizer is None:
+            return
+        old = type(self.optimizer).__name__
+        for h in self._handles:
+            h.remove()
+        self.optimizer = optimizer
+        self._handles = self._hook_optimizer(optimizer)
+        self._others.pop(optimizer, None)
+        self._optimizer_steps = 1  # it stepped in this step (the watched one's hooks did not see)
+        for s in self.signals:
+            replaced = getattr(s, "optimizer_replaced", None)
+            if replaced is not None:
+                self._safely(s, "optimizer_replaced")
+        if self.autopilot is not None:
+            self.autopilot.optimizer_replaced()
+        self._warn_once(
+            OPTIMIZER_REPLACED,
+            f"a new {type(optimizer).__name__} steps the model's parameters since step {step} "
+            f"(the {old} passed to the Monitor stopped stepping): the Monitor follows it",
+        )
+        self.record_action(
+            step, OPTIMIZER_REPLACED, {"optimizer": type(optimizer).__name__, "was": old}
+        )
+
     def _before_optimizer_step(self, optimizer, args, kwargs):
         if self._optimizer_steps_total == 0 and self._unstepped_calls:
             raise RuntimeError(ORDER_ERROR)
@@ -605,6 +661,7 @@ class Monitor:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._global_hook.remove()
         self._clips.close()
         for s in self.signals:
             s.detach()

@@ -103,7 +103,10 @@ class UpdateCurvatureSignal(Signal):
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
-        self._adaptive = optimizer_family(monitor.optimizer) in PER_COORDINATE
+        self.optimizer_replaced()
+
+    def optimizer_replaced(self) -> None:
+        self._adaptive = optimizer_family(self.monitor.optimizer) in PER_COORDINATE
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         """Watch the loss: measure every step for a while once it climbs above its best."""

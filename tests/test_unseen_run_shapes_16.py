@@ -1,0 +1,82 @@
+"""Run shapes from the twentieth session's held-out sets (73-75) and what they showed.
+
+Each change has a trigger that fails on the code before it and a control that must not move."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import steadygrad
+
+
+class _Wrapper(torch.optim.Optimizer):
+    """A Lookahead-like wrapper: a torch optimizer whose step runs an inner optimizer on the
+    same parameters (so another optimizer steps them while the watched one steps too)."""
+
+    def __init__(self, params) -> None:
+        params = list(params)
+        super().__init__(params, {"lr": 0.0})
+        self.inner = torch.optim.RMSprop(params, lr=1e-2)
+
+    def step(self, closure=None):
+        return self.inner.step(closure)
+
+
+def _rebuilt_run(path, shape: str):
+    """A regressor trained 160 steps with RMSprop; ``rebuilt``: at step 100 the loop builds a
+    new RMSprop (a resume that restored the weights only) and steps it from then on;
+    ``gan``: a second model trained by its own optimizer in the same loop; ``wrapped``: the
+    watched optimizer steps an inner one on the same parameters at every step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    other = nn.Linear(8, 1)
+    opt = _Wrapper(model.parameters()) if shape == "wrapped" else None
+    opt = opt or torch.optim.RMSprop(model.parameters(), lr=1e-2)
+    other_opt = torch.optim.SGD(other.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    true_w = torch.randn(8, 1, generator=gen)
+    losses = []
+    with steadygrad.watch(model, opt, path, progress=False) as mon:
+        for step in range(160):
+            if step == 100 and shape == "rebuilt":
+                opt = torch.optim.RMSprop(model.parameters(), lr=1e-2)
+            x = torch.randn(64, 8, generator=gen)
+            loss = nn.functional.mse_loss(model(x), torch.tanh(x @ true_w))
+            loss.backward()
+            opt.step()
+            if shape == "gan":
+                nn.functional.mse_loss(other(x), x[:, :1]).backward()
+                other_opt.step()
+                other_opt.zero_grad()
+            mon.step(loss)
+            opt.zero_grad()
+            losses.append(loss.item())
+    return losses, mon, steadygrad.load(path), steadygrad.diagnose(path)
+
+
+@pytest.mark.parametrize("shape", ["rebuilt", "gan", "wrapped"])
+def test_an_optimizer_rebuilt_mid_run_is_followed(tmp_path, shape):
+    # Trigger: set 75's Qwen3-ASR resume built a new optimizer and never told the Monitor, which
+    # went on watching the old one (no gradients, rates or updates read from then on). The
+    # Monitor now sees the new one step the same parameters, follows it, and records it; the new
+    # optimizer's fresh state is the restart that makes the loss jump.
+    # Controls: a second optimizer on other parameters (a GAN's), and one stepped inside the
+    # watched optimizer (a Lookahead-like wrapper), are never followed.
+    losses, mon, run, report = _rebuilt_run(tmp_path / shape, shape)
+    replaced = [a for a in run.actions() if a.kind == "optimizer_replaced"]
+    if shape != "rebuilt":
+        assert not replaced and mon.optimizer is not None
+        assert "optimizer_restarted" not in run.names()
+        return
+    assert [a.step for a in replaced] == [100]
+    assert type(mon.optimizer).__name__ == "RMSprop" and not mon.optimizer.state == {}
+    restarted = run.series("optimizer_restarted")
+    assert restarted[0].tolist() == [100] and restarted[1].tolist() == [100.0]
+    steps, grads = run.series("grad_norm")
+    assert steps[-1] == 159  # the gradients are still read after the rebuild
+    assert max(losses[100:104]) > 10 * sorted(losses[80:100])[10]
+    assert report.top.cause == "loss_spike", report.diagnoses
+    assert report.top.evidence["optimizer_restarted_at"] == 100
+    assert "autopilot_actions" not in [d.cause for d in report.diagnoses]  # not the autopilot's
