@@ -80,3 +80,47 @@ def test_an_optimizer_rebuilt_mid_run_is_followed(tmp_path, shape):
     assert report.top.cause == "loss_spike", report.diagnoses
     assert report.top.evidence["optimizer_restarted_at"] == 100
     assert "autopilot_actions" not in [d.cause for d in report.diagnoses]  # not the autopilot's
+
+
+def _spike_then_overshoot(path, overshoots: list[int]):
+    """A run at loss ~0.1 with one loss spike at step 200 (back at once) and unstable-step
+    findings at ``overshoots``."""
+    from steadygrad.store import RunStore
+
+    gen = torch.Generator().manual_seed(0)
+    store = RunStore(path)
+    for step in range(300):
+        loss = 10.0 if step == 200 else 0.1 + 0.02 * float(torch.rand((), generator=gen))
+        store.add_scalars(step, {"loss": loss})
+    spike = {"loss": 10.0, "baseline": 0.11, "ratio": 90.0, "z": 200.0}
+    found = [steadygrad.Finding("loss_spike", 200, None, {"spikes": 1, "first": spike}, "warning")]
+    found += [
+        steadygrad.Finding("unstable_steps", s, None, {"median_recent": 2.7, "limit": 1.5})
+        for s in overshoots
+    ]
+    store.add_findings(found)
+    store.close()
+    return steadygrad.diagnose(path)
+
+
+@pytest.mark.parametrize("overshoots", [[206], [206, 240]])
+def test_one_burst_of_overshooting_after_a_loss_spike_is_its_aftermath(tmp_path, overshoots):
+    # Trigger: set 73's SAM run, one batch of shifted labels at step 260 (loss 150x), then the
+    # directional sharpness read above the limit for a few steps as the weights came back:
+    # named "sharpness above the limit", the spike's own update was what overshot.
+    # Control: overshooting that comes back later is the step size's own doing.
+    report = _spike_then_overshoot(tmp_path / str(len(overshoots)), overshoots)
+    sharp = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
+    if len(overshoots) == 1:
+        assert report.top.cause != "sharpness_above_limit", report.diagnoses
+        assert "loss spike at step 200" in sharp.why
+    else:
+        assert report.top.cause == "sharpness_above_limit", report.diagnoses
+
+
+def test_the_sam_run_with_a_shard_of_shifted_labels_is_a_data_outlier(tmp_path):
+    from helpers import held_out_run
+
+    ctx, report = held_out_run(tmp_path, "h73_sam_shifted_label_shard")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert report.top.cause == "data_outlier" and report.top.first_step == 260, report.diagnoses

@@ -2047,13 +2047,27 @@ def _unstable_steps(facts: RunFacts) -> Found | None:
         return None
     first = found[0]
     ratio = first.evidence.get("median_recent", math.nan)
-    return Found(
+    overshot = Found(
         f"the optimizer's steps overshoot from step {first.step}: the curvature along each "
         f"update is {ratio:.2g}x its stability limit (the learning rate is above 2/sharpness)",
         first.step,
         [],
         dict(first.evidence),
     )
+    spikes = [
+        f.step
+        for f in facts.of(LOSS_SPIKE)
+        if f.severity != "info" and first.step - EXPLOSION_LEAD <= f.step <= first.step
+    ]
+    if spikes and facts.broke_at is None and found[-1].step <= first.step + EXPLOSION_LEAD:
+        # One burst of overshooting right after a loss spike, never again, in a run that did
+        # not break: the spike's own update (a batch far off) threw the weights, and the steps
+        # that brought them back read the wreck; a step size above 2/curvature overshoots on.
+        overshot.consequence_of = (
+            f"the loss spike at step {spikes[0]}: its update threw the weights, and the steps "
+            "that followed overshot on the way back, once"
+        )
+    return overshot
 
 
 def _measured_sharpness(facts: RunFacts) -> Found | None:
