@@ -133,6 +133,9 @@ class ParameterStats:
     def forget_cached_grad_norms(self) -> None:
         self._grad_cache = None
 
+    def has_cached_grad_norms(self) -> bool:
+        return self._grad_cache is not None
+
     def scale_gradients(self, index: list[int], factor: float | torch.Tensor) -> None:
         """Multiply the gradients of ``index`` by ``factor`` (and their cached norms)."""
         torch._foreach_mul_([local_shard(self.params[i].grad) for i in index], factor)
@@ -303,6 +306,14 @@ class ParameterSignal(Signal):
     def begin(self, step: int) -> None:
         if step % self.update_every == 0:
             self.stats.take_snapshot()
+
+    def before_update(self) -> None:
+        """The gradients the update is about to apply, measured now (kept for this step's
+        record, so read once): a loop that calls ``zero_grad`` before ``mon.step`` loses none,
+        on any step (set 75's NODE net lost the one gradient that mattered)."""
+        monitor = self.monitor
+        if monitor.step_count % monitor.every == 0 and not self.stats.has_cached_grad_norms():
+            self.stats.grad_norms()
 
     def measure(self, step: int, out: Measurements) -> None:
         stats = self.stats
