@@ -124,3 +124,17 @@ def test_the_sam_run_with_a_shard_of_shifted_labels_is_a_data_outlier(tmp_path):
     ctx, report = held_out_run(tmp_path, "h73_sam_shifted_label_shard")
     assert ctx.checks and all(ctx.checks.values()), ctx.checks
     assert report.top.cause == "data_outlier" and report.top.first_step == 260, report.diagnoses
+
+
+def test_a_poisoning_gradient_on_a_step_that_zeroed_early_is_still_read(tmp_path):
+    # set 75's NODE net zeroes its gradients before mon.step; the one step whose loss scale
+    # was not divided back (65536x, step 150) fell on an activation-hook step where nothing had
+    # read the gradients before the update: it went unrecorded, and the Adamax it poisoned
+    # unnamed. The gradients of such a loop are now read as the update is about to use them.
+    from helpers import held_out_run
+
+    ctx, report = held_out_run(tmp_path, "h75_node_unscale_skipped_adamax")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    steps, norms = steadygrad.load(tmp_path / "h75_node_unscale_skipped_adamax").series("grad_norm")
+    assert 150 in steps.tolist() and norms[steps.tolist().index(150)] > 1000
+    assert report.top.cause == "adam_second_moment_poisoned", report.diagnoses

@@ -325,11 +325,12 @@ class Monitor:
             )
             return None
         if stepped and fresh is None and self.parameters.stats.has_no_gradients():
+            self.parameters.zeroed_early = True  # from now on, read them before the update
             self._warn_once(
                 "zero_grad",
                 "mon.step found no gradients although the optimizer stepped: call "
-                "optimizer.zero_grad() after mon.step(loss), not before it, or the gradient "
-                "metrics are missing from the record",
+                "optimizer.zero_grad() after mon.step(loss), not before it (this step's "
+                "gradient metrics are missing; the next steps' are read before the update)",
             )
         if step % self.every:
             self.step_count += 1

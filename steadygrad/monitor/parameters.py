@@ -287,6 +287,7 @@ class ParameterSignal(Signal):
         self._hooks: list[Any] = []
         self._first_meta: dict[str, Any] = {}
         self.strays: StrayGradients | None = None  # set on attach, as ``stats`` is
+        self.zeroed_early = False  # the loop zeroes the gradients before mon.step
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
@@ -308,11 +309,16 @@ class ParameterSignal(Signal):
             self.stats.take_snapshot()
 
     def before_update(self) -> None:
-        """The gradients the update is about to apply, measured now (kept for this step's
-        record, so read once): a loop that calls ``zero_grad`` before ``mon.step`` loses none,
-        on any step (set 75's NODE net lost the one gradient that mattered)."""
+        """In a loop found calling ``zero_grad`` before ``mon.step``: the gradients the update
+        is about to apply, measured now (kept for this step's record, so read once), as they
+        are gone by the record (set 75's NODE net lost the one gradient that mattered). Other
+        loops read them with the weights, in one pass, at the record."""
         monitor = self.monitor
-        if monitor.step_count % monitor.every == 0 and not self.stats.has_cached_grad_norms():
+        if (
+            self.zeroed_early
+            and monitor.step_count % monitor.every == 0
+            and not self.stats.has_cached_grad_norms()
+        ):
             self.stats.grad_norms()
 
     def measure(self, step: int, out: Measurements) -> None:
