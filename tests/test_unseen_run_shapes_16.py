@@ -138,3 +138,18 @@ def test_a_poisoning_gradient_on_a_step_that_zeroed_early_is_still_read(tmp_path
     steps, norms = steadygrad.load(tmp_path / "h75_node_unscale_skipped_adamax").series("grad_norm")
     assert 150 in steps.tolist() and norms[steps.tolist().index(150)] > 1000
     assert report.top.cause == "adam_second_moment_poisoned", report.diagnoses
+
+
+def test_what_a_restarts_jolt_set_off_is_its_consequence(tmp_path):
+    # set 74's hash-grid INR resumed at step 300 without Adagrad's state: the loss jumped
+    # 10,000x and its gradients grew 200x for a few steps, and the closer look read the ReLU
+    # layer's units as dying. Both were named before the restart that made them.
+    from helpers import held_out_run
+
+    ctx, report = held_out_run(tmp_path, "h74_hash_inr_adagrad_state_lost")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert report.top.cause == "loss_spike", report.diagnoses
+    assert report.top.evidence["optimizer_restarted_at"] == 300
+    for cause in ("exploding_gradients", "loss_of_plasticity"):
+        d = next((d for d in report.diagnoses if d.cause == cause), None)
+        assert d is None or "started again from nothing at step 300" in d.why, d

@@ -495,8 +495,18 @@ def _plasticity(facts: RunFacts) -> Found | None:
         found = _killed_in_a_burst(facts, found)
     else:
         found = _starved(facts)
+    if found is None or found.first_step is None or found.outlived:
+        return found
+    jolt = _restart_jolt(facts)
+    restarted = None if jolt is None else jolt.evidence["optimizer_restarted_at"]
+    if restarted is not None and 0 <= found.first_step - restarted <= EXPLOSION_LEAD:
+        found.consequence_of = (
+            f"first found at step {found.first_step}, in the jolt of the optimizer's state "
+            f"started again from nothing at step {restarted}"
+        )
+        return found
     broke = facts.broke_at
-    if found is None or found.first_step is None or broke is None or found.outlived:
+    if broke is None:
         return found
     first = found.first_step
     if first >= broke - EXPLOSION_LEAD and any(
@@ -714,6 +724,14 @@ def _exploding(facts: RunFacts) -> Found | None:
         found.consequence_of = (
             f"the weights were replaced between steps at step {replaced} (an EMA swap, a "
             "checkpoint reload): the gradients grew with the loss of the weights put back"
+        )
+        return found
+    jolt = _restart_jolt(facts)
+    restarted = None if jolt is None else jolt.evidence["optimizer_restarted_at"]
+    if restarted is not None and 0 <= found.first_step - restarted <= EXPLOSION_LEAD:
+        found.consequence_of = (
+            f"the optimizer's state started again from nothing at step {restarted}: its first "
+            "steps threw the weights, and the gradients grew with the loss they made"
         )
         return found
     head = _output_layer_ran_away(facts)
