@@ -153,3 +153,29 @@ def test_what_a_restarts_jolt_set_off_is_its_consequence(tmp_path):
     for cause in ("exploding_gradients", "loss_of_plasticity"):
         d = next((d for d in report.diagnoses if d.cause == cause), None)
         assert d is None or "started again from nothing at step 300" in d.why, d
+
+
+@pytest.mark.parametrize("first", [float("nan"), 0.01])
+def test_a_tensor_not_yet_moved_from_zero_is_not_judged_too_large(first):
+    # Trigger: Fixup's scalar biases start at zero behind zero-initialised layers: no gradient
+    # at the first step, a first ratio of 0/0, then ratios near 1 as they leave zero (set 74's
+    # Fixup ResNet). Control: a tensor whose first ratio was finite is judged as before.
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors import UpdateRatioOutOfRange
+
+    det = UpdateRatioOutOfRange()
+    found = []
+    for t, ratio in enumerate([first, 0.9, 0.95, 0.9, 0.97]):
+        found += det.update(Record(10 * t, {"update_ratio/blocks.0.scale1": ratio}))
+    assert bool(found) == (first == first), found
+
+
+def test_a_zero_initialised_head_that_grew_is_no_runaway(tmp_path):
+    # set 74's Fixup ResNet (last layer zero-initialised) with labels scrambled more and more
+    # from step 120: its head grew 584x out of nothing, read as weights running away and the
+    # logits diverging from step 1; the loss's slow climb is what happened.
+    from helpers import held_out_run
+
+    ctx, report = held_out_run(tmp_path, "h74_fixup_label_scramble_creep")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert report.top.cause == "loss_divergence", report.diagnoses

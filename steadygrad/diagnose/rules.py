@@ -1210,11 +1210,14 @@ def _amplifier(growth: list[tuple[float, str]]) -> tuple[str, float] | None:
 def _weight_growth(facts: RunFacts, until: int) -> list[tuple[float, str]]:
     """(growth, parameter) of each weight tensor: its norm's last finite value by ``until`` over
     its lowest in the first half of that span. Biases are left out, and so is any tensor that
-    started near 0 (a hundredth of the median tensor's norm: a GIN's learnt epsilon): growth
-    from nothing says nothing."""
+    started near 0 (a hundredth of the median tensor's norm: a GIN's learnt epsilon) or at
+    exactly 0 (a Fixup or zero-initialised head, its first update ratio infinite or 0/0):
+    growth from nothing says nothing."""
     spans = []
     for name in facts.names:
         if "/" not in name or not PARAM_NORM.owns(name) or name.endswith("bias"):
+            continue
+        if _started_at_zero(facts, name.split("/", 1)[1]):
             continue
         steps, values = facts.series(name)
         values = values[np.isfinite(values) & (steps <= until)]
@@ -1224,6 +1227,19 @@ def _weight_growth(facts: RunFacts, until: int) -> list[tuple[float, str]]:
         return []
     floor = 0.01 * float(np.median([low for low, _, _ in spans]))
     return [(last / low, name.split("/", 1)[1]) for low, last, name in spans if low > floor]
+
+
+def _started_at_zero(facts: RunFacts, parameter: str) -> bool:
+    """The tensor's first update ratio was infinite or 0/0: its weights were exactly zero before
+    the first update (a zero-initialised head, Fixup's last layers), with finite weights."""
+    ratios = facts.series(f"{UPDATE_RATIO.name}/{parameter}")
+    if ratios is None or not len(ratios[1]):
+        return False
+    first = float(ratios[1][0])
+    if first == math.inf:
+        return True
+    norms = facts.series(f"{PARAM_NORM.name}/{parameter}")
+    return math.isnan(first) and norms is not None and bool(np.isfinite(norms[1][:1]).all())
 
 
 def _nonfinite(facts: RunFacts) -> Found | None:

@@ -721,7 +721,7 @@ class UpdateRatioOutOfRange(Detector):
     each step rewrites a large share of the weights) or below ``low`` (a frozen layer), for
     ``patience`` records in a row. Non-finite ratios are skipped, and a tensor that started at
     exactly zero (its first ratio infinite: a learnt mask or class token, a zero-initialised
-    gate) and biases (``nn.MultiheadAttention``'s ``in_proj_bias`` too, which usually start at
+    gate; or 0/0, not yet moved) and biases (``nn.MultiheadAttention``'s ``in_proj_bias`` too, which usually start at
     zero) are never judged too large: their norm was not set by an initialiser's scale, so their
     ratio can stay large for the whole of a healthy run; nor is a large ratio that fell at each of
     those records (a tensor growing out of a small start, as a learnt attention query vector
@@ -775,7 +775,9 @@ class UpdateRatioOutOfRange(Detector):
             evidence = {"direction": "unused", "note": "no gradient, and its value changes nothing"}
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
         for name, ratio in record.family(UPDATE_RATIO.name).items():
-            if name not in self._recent and ratio == math.inf:
+            if name not in self._recent and (ratio == math.inf or math.isnan(ratio)):
+                # its first update moved weights of exactly zero (inf), or none yet (0/0: a
+                # zero-initialised scalar behind a zero-initialised layer, Fixup's biases)
                 self._from_zero.add(name)
             if not math.isfinite(ratio) or _is_bias(name):
                 continue
