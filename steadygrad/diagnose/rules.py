@@ -497,9 +497,8 @@ def _plasticity(facts: RunFacts) -> Found | None:
         found = _starved(facts)
     if found is None or found.first_step is None or found.outlived:
         return found
-    jolt = _restart_jolt(facts)
-    restarted = None if jolt is None else jolt.evidence["optimizer_restarted_at"]
-    if restarted is not None and 0 <= found.first_step - restarted <= EXPLOSION_LEAD:
+    restarted = _jolted_by_a_restart(facts, found.first_step)
+    if restarted is not None:
         found.consequence_of = (
             f"first found at step {found.first_step}, in the jolt of the optimizer's state "
             f"started again from nothing at step {restarted}"
@@ -726,9 +725,8 @@ def _exploding(facts: RunFacts) -> Found | None:
             "checkpoint reload): the gradients grew with the loss of the weights put back"
         )
         return found
-    jolt = _restart_jolt(facts)
-    restarted = None if jolt is None else jolt.evidence["optimizer_restarted_at"]
-    if restarted is not None and 0 <= found.first_step - restarted <= EXPLOSION_LEAD:
+    restarted = _jolted_by_a_restart(facts, found.first_step)
+    if restarted is not None:
         found.consequence_of = (
             f"the optimizer's state started again from nothing at step {restarted}: its first "
             "steps threw the weights, and the gradients grew with the loss they made"
@@ -1821,6 +1819,15 @@ def _restart_jolt(facts: RunFacts, before: int = 20) -> Found | None:
                 {"optimizer_restarted_at": int(at), "jump": jump},
             )
     return None
+
+
+def _jolted_by_a_restart(facts: RunFacts, step: int) -> int | None:
+    """The step the optimizer's state started again from nothing, when that restart jolted the
+    loss (:func:`_restart_jolt`) at most ``EXPLOSION_LEAD`` steps before ``step``: what was
+    first seen at ``step`` is the jolt's doing."""
+    jolt = _restart_jolt(facts)
+    restarted = None if jolt is None else jolt.evidence["optimizer_restarted_at"]
+    return restarted if restarted is not None and 0 <= step - restarted <= EXPLOSION_LEAD else None
 
 
 def _loss_spike(facts: RunFacts) -> Found | None:
