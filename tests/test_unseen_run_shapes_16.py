@@ -57,7 +57,7 @@ def _rebuilt_run(path, shape: str):
 
 
 @pytest.mark.parametrize("shape", ["rebuilt", "gan", "wrapped"])
-def test_an_optimizer_rebuilt_mid_run_is_followed(tmp_path, shape):
+def test_an_optimizer_rebuilt_mid_run_is_followed(tmp_path, shape, caplog):
     # Trigger: set 75's Qwen3-ASR resume built a new optimizer and never told the Monitor, which
     # went on watching the old one (no gradients, rates or updates read from then on). The
     # Monitor now sees the new one step the same parameters, follows it, and records it; the new
@@ -71,6 +71,8 @@ def test_an_optimizer_rebuilt_mid_run_is_followed(tmp_path, shape):
         assert "optimizer_restarted" not in run.names()
         return
     assert [a.step for a in replaced] == [100]
+    logged = [r.getMessage() for r in caplog.records if "optimizer_replaced" in r.getMessage()]
+    assert logged and not any("autopilot" in m for m in logged), logged  # the Monitor's doing
     assert type(mon.optimizer).__name__ == "RMSprop" and not mon.optimizer.state == {}
     restarted = run.series("optimizer_restarted")
     assert restarted[0].tolist() == [100] and restarted[1].tolist() == [100.0]

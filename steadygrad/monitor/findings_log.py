@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from steadygrad.core.finding import Finding
+from steadygrad.core.metrics import OPTIMIZER_REPLACED
 from steadygrad.core.record import Record
 from steadygrad.core.severity import Severity
 from steadygrad.core.sink import RunInfo, Sink
@@ -115,4 +116,5 @@ class LoggingSink(Sink):
 
     def action(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
         shown = ", ".join(f"{k}={v}" for k, v in detail.items())
-        logger.warning("steadygrad autopilot: step %d: %s (%s)", step, kind, shown)
+        who = "steadygrad" if kind == OPTIMIZER_REPLACED else "steadygrad autopilot"
+        logger.warning("%s: step %d: %s (%s)", who, step, kind, shown)
