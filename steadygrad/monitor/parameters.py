@@ -179,8 +179,12 @@ class ParameterStats:
         A gradient set to None since it was measured (``zero_grad`` before ``mon.step``) has no
         entries left to count: 0 here, and its norm tells the rest (see ``finish``)."""
         grads = [self.params[i].grad for i in index]
-        gone = torch.zeros(0)
-        return self._counts([gone if g is None else local_shard(g) for g in grads], index)
+        # an empty stand-in on the weights' device: the counts are stacked into one tensor
+        grads = [
+            self._detached[i].new_zeros(0) if g is None else local_shard(g)
+            for i, g in zip(index, grads, strict=True)
+        ]
+        return self._counts(grads, index)
 
     def nonfinite_param_counts(self, index: list[int]) -> list[int]:
         """Number of NaN/Inf entries in the weights of ``index`` (unhealthy steps only)."""
