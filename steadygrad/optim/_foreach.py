@@ -279,6 +279,14 @@ _UNCORRECTED_STEP: dict[torch.device, torch.Tensor] = {}
 # (device type, dtype) -> whether torch's fused kernel ran there (absent: not tried yet)
 _FUSED_ADAM: dict[tuple[str, torch.dtype], bool] = {}
 _ADAM_SLOT = 7  # scratch slot of adam_step_'s fallback, apart from its callers' slots
+# A moment held as it is (``b1`` or ``b2`` None in adam_step_): the fused kernel always updates
+# both, and beta = 1 would make its bias correction 1 - 1**step = 0. The double just below 1
+# weighs the new term (g, or g*g for v) by 2**-53, which moves no float32 entry unless the term
+# exceeds it by 2**29 (AdEMAMix holds a nu that already holds (1 - b2) * g*g), and its
+# correction 1 - beta**inf is 1. Checked once per device and dtype (_held_beta_works): a kernel
+# that rounds beta to float32 first would divide by zero, and takes the op chain instead.
+_HELD_BETA = 1.0 - 2.0**-53
+_HELD_BETA_WORKS: dict[tuple[str, torch.dtype], bool] = {}
 
 
 def adam_step_(
@@ -287,34 +295,61 @@ def adam_step_(
     m: list[torch.Tensor],
     v: list[torch.Tensor],
     lr: float,
-    b1: float,
-    b2: float,
+    b1: float | None,
+    b2: float | None,
     eps: float,
 ) -> None:
     """In place: ``m = b1*m + (1-b1)*g``, ``v = b2*v + (1-b2)*g*g``, then
     ``target -= lr * m / (sqrt(v) + eps)``, in one pass (torch's fused kernel) where torch has
-    it for these tensors, else in five multi-tensor ops."""
+    it for these tensors, else in five multi-tensor ops. A beta of None holds that moment as it
+    is (a caller that built it, or that updated it in an earlier call)."""
     device = g[0].device
+    key = (device.type, g[0].dtype)
     step = _UNCORRECTED_STEP.get(device)
     if step is None:
         step = _UNCORRECTED_STEP[device] = torch.tensor(float("inf"), device=device)
-    if _FUSED_ADAM.get((device.type, g[0].dtype), True):
+    held = b1 is None or b2 is None
+    if _FUSED_ADAM.get(key, True) and (not held or _held_beta_works(step, g[0])):
         try:
             torch._fused_adam_(
-                target, g, m, v, [], [step] * len(g), lr=lr, beta1=b1, beta2=b2,
+                target, g, m, v, [], [step] * len(g), lr=lr,
+                beta1=_HELD_BETA if b1 is None else b1, beta2=_HELD_BETA if b2 is None else b2,
                 weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
             )  # fmt: skip
             return
         except (AttributeError, RuntimeError, NotImplementedError):
             # no fused kernel for this device or dtype: remember, and take the op chain
-            _FUSED_ADAM[(device.type, g[0].dtype)] = False
-    torch._foreach_lerp_(m, g, 1.0 - b1)
-    torch._foreach_mul_(v, b2)
-    torch._foreach_addcmul_(v, g, g, value=1.0 - b2)
+            _FUSED_ADAM[key] = False
+    if b1 is not None:
+        torch._foreach_lerp_(m, g, 1.0 - b1)
+    if b2 is not None:
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, g, g, value=1.0 - b2)
     denom = copy_to_scratch(v, _ADAM_SLOT)
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(target, m, denom, value=-lr)
+
+
+def _held_beta_works(step: torch.Tensor, like: torch.Tensor) -> bool:
+    """Whether the fused kernel, on ``like``'s device and dtype, holds a moment whose beta is
+    _HELD_BETA (one step on one entry, checked against the hand result)."""
+    key = (like.device.type, like.dtype)
+    works = _HELD_BETA_WORKS.get(key)
+    if works is None:
+        p, g, m, v = (
+            torch.full((1,), x, dtype=like.dtype, device=like.device) for x in (1, 3, 2, 4)
+        )
+        try:
+            torch._fused_adam_(
+                [p], [g], [m], [v], [], [step], lr=0.5, beta1=_HELD_BETA, beta2=_HELD_BETA,
+                weight_decay=0.0, eps=0.0, amsgrad=False, maximize=False,
+            )  # fmt: skip
+            works = [x.item() for x in (p, m, v)] == [0.5, 2.0, 4.0]  # 1 - 0.5 * 2 / sqrt(4)
+        except (AttributeError, RuntimeError, NotImplementedError):
+            works = False
+        _HELD_BETA_WORKS[key] = works
+    return works
 
 
 # ---------------------------------------------------------------- in-place building blocks

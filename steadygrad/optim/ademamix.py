@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from steadygrad.core.checks import finite_float, positive_int
+from steadygrad.optim import _foreach
 from steadygrad.optim._base import KernelOptimizer, check_betas, check_lr, check_non_negative
 
 
@@ -70,22 +71,18 @@ def ademamix_kernel(
 
 
 def ademamix_foreach(p, g, m1, m2, nu, hp) -> None:
-    """:func:`ademamix_kernel` on lists of tensors, in place, with fused ops (``lerp``,
-    ``addcmul``, ``addcdiv``; the bias corrections moved into the scalars): equal up to
-    rounding."""
+    """:func:`ademamix_kernel` on lists of tensors, in place, in two passes of torch's fused Adam
+    kernel: the first updates ``m1`` and ``nu`` and takes Adam's step, the second updates ``m2``
+    and adds its term with ``nu`` held (the bias corrections moved into the scalars); equal up
+    to rounding."""
     lr, wd, b1, omb1, b2, omb2, b3, omb3, alpha, bc1, bc2_sqrt, eps = hp
-    torch._foreach_lerp_(m1, g, omb1)
-    torch._foreach_lerp_(m2, g, omb3)
-    torch._foreach_mul_(nu, b2)
-    torch._foreach_addcmul_(nu, g, g, value=omb2)
     # (m1/bc1 + alpha*m2) / (sqrt(nu)/bc2_sqrt + eps)
     #   = (m1 + alpha*bc1*m2) / (sqrt(nu) + eps*bc2_sqrt) * bc2_sqrt/bc1
-    denom = torch._foreach_sqrt(nu)
-    torch._foreach_add_(denom, eps * bc2_sqrt)
-    mix = torch._foreach_add(m1, m2, alpha=alpha * bc1)
     if wd != 0.0:  # p - lr*(u + wd*p) = p*(1 - lr*wd) - lr*u
         torch._foreach_mul_(p, 1.0 - lr * wd)
-    torch._foreach_addcdiv_(p, mix, denom, value=-lr * bc2_sqrt / bc1)
+    step = lr * bc2_sqrt / bc1
+    _foreach.adam_step_(p, g, m1, nu, step, b1, b2, eps * bc2_sqrt)
+    _foreach.adam_step_(p, g, m2, nu, step * alpha * bc1, b3, None, eps * bc2_sqrt)
 
 
 ademamix_kernel.foreach = ademamix_foreach  # type: ignore[attr-defined]

@@ -35,8 +35,7 @@ def grams_foreach(p, g, m, v, hp) -> None:
     torch._foreach_zero_(step)
     _foreach.adam_step_(step, g, m, v, step_size, b1, b2, eps)  # step = -u
     torch._foreach_abs_(step)
-    sign = _foreach.copy_to_scratch(g, 1)
-    torch._foreach_sign_(sign)
+    sign = torch._foreach_sign(g)  # one pass: beats a copy into scratch and sign_ in place
     if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
         torch._foreach_mul_(p, decay)
     torch._foreach_addcmul_(p, step, sign, value=-1.0)
