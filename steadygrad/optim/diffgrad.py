@@ -50,8 +50,7 @@ def diffgrad_foreach(p, g, m, v, g_prev, hp) -> None:
     step = _foreach.scratch(g, 1)
     torch._foreach_zero_(step)
     _foreach.adam_step_(step, g, m, v, step_size, b1, b2, eps)  # step = -u
-    friction = _foreach.copy_to_scratch(g_prev, 2)
-    torch._foreach_sub_(friction, g)
+    friction = torch._foreach_sub(g_prev, g)  # one pass: beats a copy into scratch and sub_
     torch._foreach_abs_(friction)
     torch._foreach_sigmoid_(friction)
     if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
