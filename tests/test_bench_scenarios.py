@@ -184,6 +184,7 @@ HELD_OUT_FILES = [
     ("cases_heldout74", "h74_", 12, 11, 12),
     ("cases_heldout75", "h75_", 12, 11, 12),
     ("cases_heldout76", "h76_", 12, 11, 12),
+    ("cases_heldout77", "h77_", 12, 11, 12),
 ]
 
 

@@ -82,6 +82,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout74,
     cases_heldout75,
     cases_heldout76,
+    cases_heldout77,
     cases_mlp,
     cases_other,
 )
