@@ -183,6 +183,7 @@ HELD_OUT_FILES = [
     ("cases_heldout73", "h73_", 12, 11, 12),
     ("cases_heldout74", "h74_", 12, 11, 12),
     ("cases_heldout75", "h75_", 12, 11, 12),
+    ("cases_heldout78", "h78_", 12, 11, 12),
 ]
 
 

@@ -81,6 +81,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout73,
     cases_heldout74,
     cases_heldout75,
+    cases_heldout78,
     cases_mlp,
     cases_other,
 )
