@@ -185,6 +185,7 @@ HELD_OUT_FILES = [
     ("cases_heldout75", "h75_", 12, 11, 12),
     ("cases_heldout76", "h76_", 12, 11, 12),
     ("cases_heldout77", "h77_", 12, 11, 12),
+    ("cases_heldout78", "h78_", 12, 11, 12),
 ]
 
 

@@ -83,6 +83,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout75,
     cases_heldout76,
     cases_heldout77,
+    cases_heldout78,
     cases_mlp,
     cases_other,
 )
