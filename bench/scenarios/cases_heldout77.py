@@ -226,10 +226,12 @@ class _TempHead(nn.Module):
 # -- 3. DINOv2 with registers: backbone unfrozen but never given to the optimizer ---------------
 
 
+# Labelled loss_of_plasticity as written (the set's brief filed a frozen layer there); the
+# collection files a layer left out of the optimizer under update_ratio_out_of_range.
 @scenario(
     "h77_hf_dinov2_registers_digits",
     "adam",
-    "loss_of_plasticity",
+    "update_ratio_out_of_range",
     where=("backbone", "backbone.encoder.layer.0", "backbone.embeddings.patch_embeddings"),
     diverges=None,
     heldout=True,
