@@ -8,6 +8,8 @@ from typing import Any
 FAMILIES = ("adam", "adaptive", "sign", "sgd", "momentum", "nesterov", "unknown")
 # The families whose step is scaled per coordinate by a running square of the gradient.
 PER_COORDINATE = ("adam", "adaptive")
+# Families whose step is the gradient times the learning rate (and a momentum's sum of them).
+GRADIENT_SCALED = ("sgd", "momentum", "nesterov")
 
 
 def optimizer_family(optimizer: Any) -> str:

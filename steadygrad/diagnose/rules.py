@@ -560,9 +560,51 @@ def _starved_module(
     return None
 
 
+def _never_routed(facts: RunFacts) -> Found | None:
+    """Members of a module list (``experts.0``) found unused at the start, none of whose
+    gradients was ever read while a sibling's were (``experts.2``), over ``STARVED_FOR`` steps
+    or more: an expert no token was ever routed to. Dead code is otherwise harmless (an unused
+    pooler); a list whose members learn while one of them never does is not."""
+    last = facts.run.last_step
+    unused = [
+        f
+        for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)
+        if f.where and f.evidence.get("direction") == "unused"
+    ]
+    if not unused or last is None or last - min(f.step for f in unused) < STARVED_FOR:
+        return None
+    graded = [n.split("/", 1)[1] for n in facts.names if GRAD_NORM.owns(n) and "/" in n]
+    members = set()
+    for f in unused:
+        if facts.series(f"{GRAD_NORM.name}/{f.where}") is not None:
+            continue  # a gradient reached it later
+        parts = f.where.split(".")
+        at = next((i for i in range(len(parts) - 2, 0, -1) if parts[i].isdigit()), None)
+        if at is None:
+            continue
+        siblings, own = ".".join(parts[:at]) + ".", ".".join(parts[: at + 1])
+        if any(n.startswith(own + ".") for n in graded):
+            continue  # the member learns, this tensor of it is unused (WaveNet's last residual)
+        if any(n.startswith(siblings) for n in graded):
+            members.add(own)
+    if not members:
+        return None
+    since = min(f.step for f in unused)
+    modules = sorted(members, key=_natural)
+    return Found(
+        f"no input ever reached {layer_span(modules)}: their gradients were never read, while "
+        f"the other members of their lists learnt, to step {last} (an expert no token is "
+        "routed to): their units never learnt",
+        since,
+        modules,
+        {"never_reached": len(modules)},
+    )
+
+
 def _starved(facts: RunFacts) -> Found | None:
     """Tensors found frozen whose modules no input reached any more (see
-    :func:`_starved_module`): their units stopped learning, starved, not frozen by a setting."""
+    :func:`_starved_module`), or list members no input ever reached (:func:`_never_routed`):
+    their units stopped learning, starved, not frozen by a setting."""
     frozen = [
         f
         for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)
@@ -570,7 +612,9 @@ def _starved(facts: RunFacts) -> Found | None:
     ]
     forward = _forward_last_read(facts) if frozen else {}
     starved = [m for f in frozen if (m := _starved_module(facts, f.where, forward)) is not None]
-    if not starved or len(starved) < len(frozen):
+    if not starved:
+        return None if frozen else _never_routed(facts)
+    if len(starved) < len(frozen):
         return None
     modules = sorted({m for m, _ in starved}, key=_natural)
     since = min(step for _, step in starved)

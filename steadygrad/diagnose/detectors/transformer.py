@@ -33,8 +33,10 @@ from steadygrad.core.metrics import (
     GRAD_NORM,
     GRAD_NORM_PRECLIP,
     GRADIENTS_NOT_APPLIED,
+    LEARNING_RATE,
     LOGIT_LSE_MEAN,
     LOSS,
+    OPTIMIZER_FAMILY,
     OUTPUT_CLASSES,
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
@@ -48,6 +50,7 @@ from steadygrad.core.metrics import (
     UPDATE_RATIO,
     ZEROED_UNITS,
 )
+from steadygrad.core.optimizer import GRADIENT_SCALED
 from steadygrad.diagnose.detectors.base import (
     PREVIOUS_READING,
     STREAK_BEGAN,
@@ -749,15 +752,24 @@ class UpdateRatioOutOfRange(Detector):
         self._unused: set[str] = set()  # tensors found to be dead code (UNUSED_PARAMETERS)
         self._on_purpose: set[str] = set()  # requires_grad=False at attach (FROZEN_AT_ATTACH)
         self._from_zero: set[str] = set()  # tensors whose first ratio was infinite: w = 0
+        # the most an SGD-like step makes of one gradient, in rates (None: not such a step)
+        self._gain: float | None = None
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
-    reads, emits = (UPDATE_RATIO, GRAD_NORM, PARAM_NORM), (UPDATE_RATIO_OUT_OF_RANGE,)
+    reads = (UPDATE_RATIO, GRAD_NORM, PARAM_NORM, LEARNING_RATE)
+    emits = (UPDATE_RATIO_OUT_OF_RANGE,)
     # A gradient under this share of the median tensor's (each against its weights) vanishes.
     VANISHING = 1e-3
+    # What a momentum can make of one gradient: 1/(1 - momentum), for momenta up to 0.99.
+    MOMENTUM_GAIN = 100.0
 
     def update(self, record: Record) -> list[Finding]:
-        # read before anything is skipped: the first record says it, and may be an overflow
+        # read before anything is skipped: the first record says them, and may be an overflow
         self._on_purpose.update(record.meta.get(FROZEN_AT_ATTACH, ()))
+        if OPTIMIZER_FAMILY in record.meta:
+            family = record.meta[OPTIMIZER_FAMILY]
+            scaled = family in GRADIENT_SCALED
+            self._gain = (1.0 if family == "sgd" else self.MOMENTUM_GAIN) if scaled else None
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
         findings = []
@@ -812,8 +824,11 @@ class UpdateRatioOutOfRange(Detector):
 
     def _vanishing(self, record: Record, name: str) -> float | None:
         """``|g|/|w|`` of tensor ``name`` over the median tensor's, when its gradient is there
-        but under ``VANISHING`` of that: a tensor that moves by nothing because its gradient
-        is nothing is not frozen (an architecture's quiet path); None otherwise."""
+        but under ``VANISHING`` of that, or when the optimizer's step is the gradient times the
+        rate and the largest rate (with a momentum's gain) makes of it a ratio under ``low``,
+        too small for float32 weights to register: a tensor that moves by nothing
+        because its gradient is nothing is not frozen (an architecture's quiet path, a gate
+        shut before it); None otherwise."""
         grads, weights = record.family(GRAD_NORM.name), record.family(PARAM_NORM.name)
         g, w = grads.get(name), weights.get(name)
         if not g or not w or not (math.isfinite(g) and math.isfinite(w)):
@@ -821,7 +836,13 @@ class UpdateRatioOutOfRange(Detector):
         ratios = [grads[n] / weights[n] for n in grads if weights.get(n)]
         typical = float(np.median(ratios)) if ratios else 0.0
         share = (g / w) / typical if typical > 0 else math.inf
-        return share if share < self.VANISHING else None
+        if share < self.VANISHING:
+            return share
+        if self._gain is None:
+            return None
+        rates = [r for r in record.family(LEARNING_RATE.name).values() if math.isfinite(r)]
+        asked = max(rates, default=math.inf) * self._gain * g / w
+        return share if asked < self.low else None
 
 
 __all__ = [
