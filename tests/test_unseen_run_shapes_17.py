@@ -123,3 +123,35 @@ def test_a_list_member_no_input_ever_reached_lost_its_plasticity(tmp_path, shape
     else:
         assert shape == "last_residual" or experts_used == {0, 1, 2, 3}
         assert not plastic, plastic
+
+
+@pytest.mark.parametrize("masked", [1, 0])
+def test_a_single_action_masked_with_minus_1e9_is_a_fill_not_a_logit(tmp_path, masked):
+    # Trigger: set 78's GFlowNet masks the moves off its grid with -1e9 before log_softmax; in
+    # a batch where one position sits at the edge that fill is held by one entry, and it was
+    # read as a learnt logit: the mean logit "moved" by millions and the output logits were
+    # called diverging in a run whose policy trained well. Control: no mask at all.
+    torch.manual_seed(0)
+    policy = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    off_grid = torch.zeros(16, 3, dtype=torch.bool)
+    off_grid[0, 2] = bool(masked)
+    with steadygrad.watch(policy, opt, tmp_path, progress=False) as mon:
+        for step in range(120):
+            x = torch.randn(16, 8, generator=gen)
+            target = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+            logits = policy(x)
+            if step >= 10:  # the first position of the batch may not take action 2
+                logits = logits.masked_fill(off_grid, -1e9)
+            loss = nn.functional.nll_loss(torch.log_softmax(logits, -1), target)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path)
+    steps, largest = run.series("output_logit_max")
+    assert len(steps) >= 4 and largest.max() < 100.0, largest  # the fill is no logit
+    kinds = {f.kind for f in run.findings() if f.severity != "info"}
+    assert "output_logit_divergence" not in kinds, kinds
+    assert loss.item() < 0.6

@@ -57,23 +57,29 @@ def _first_tensor(output: object) -> torch.Tensor | None:
 
 # A logit at a constant this low, shared by several entries (-1e4, -1e9, finfo.min, -inf), is
 # a mask fill: a candidate ruled out by the code (padding, a causal or antecedent mask), not one
-# the model learnt to rule out.
+# the model learnt to rule out. At or below FILL_ALONE_BELOW one entry alone is one too (a
+# batch where a single action is masked): no learnt logit sits 1e8 below the others.
 MASK_FILL_BELOW = -1e3
+FILL_ALONE_BELOW = -1e8
 
 
 @torch.no_grad()
 def live_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Which entries of ``logits`` are candidates: not a mask fill (the tensor's minimum, when
-    it is ``<= MASK_FILL_BELOW`` and held by several entries, or ``-inf``). On the device: no
-    host read.
+    """Which entries of ``logits`` are candidates: not a mask fill (entries within half of the
+    tensor's minimum, when it is ``<= MASK_FILL_BELOW`` and held by several entries or
+    ``<= FILL_ALONE_BELOW``: a fill that went through ``log_softmax`` differs by row in its
+    last bits; or ``-inf``). On the device: no host read.
 
     Example:
         >>> live_logits(torch.tensor([[2.0, -1e4], [3.0, -1e4]])).tolist()
         [[True, False], [True, False]]
+        >>> live_logits(torch.tensor([[2.0, -1e9], [3.0, 1.0]])).tolist()
+        [[True, False], [True, True]]
     """
     low = logits.amin()
-    at_low = logits == low
-    fill = at_low & (low <= MASK_FILL_BELOW) & (at_low.sum() >= 2)
+    near_low = logits <= low * 0.5
+    held = (near_low.sum() >= 2) | (low <= FILL_ALONE_BELOW)
+    fill = near_low & (low <= MASK_FILL_BELOW) & held
     return ~(fill | torch.isneginf(logits))
 
 
