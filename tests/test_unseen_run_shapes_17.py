@@ -4,6 +4,8 @@ Each change has a trigger that fails on the code before it and a control that mu
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -155,3 +157,38 @@ def test_a_single_action_masked_with_minus_1e9_is_a_fill_not_a_logit(tmp_path, m
     kinds = {f.kind for f in run.findings() if f.severity != "info"}
     assert "output_logit_divergence" not in kinds, kinds
     assert loss.item() < 0.6
+
+
+@pytest.mark.parametrize("shape", ["lone", "recurrent", "grew_into_it"])
+def test_a_lone_burst_that_wrecked_the_weights_is_a_spike(tmp_path, shape):
+    # Trigger: set 77's spatial transformer, whose localisation net's gradient normaliser was
+    # re-initialised on a resume at step 180: its gradient jumped 1500x at one step out of a
+    # steady level, the update wrecked the weights and the loss stalled, and it was named
+    # exploding gradients. Controls: the same burst in a model with a recurrence (an
+    # explosion through time, as in an RNN) and a gradient that grew into the burst.
+    from helpers import diagnose_stored
+
+    rows = []
+    for t in range(260):
+        grad = 1.5 + 0.2 * math.sin(t)
+        if shape == "grew_into_it" and 170 <= t < 180:
+            grad = 1.5 * 2.0 ** (t - 169)
+        rows.append({"loss": 2.3 - 1.5 * min(t, 180) / 180 if t <= 180 else 2.3, "grad_norm": grad})
+    rows[180]["grad_norm"] = 2300.0
+    for t in range(181, 260):
+        rows[t]["grad_norm"] = 0.3
+    findings = [
+        ("gradient_growth", 180, "loc.0.bias", {"grad_norm": 2300.0, "next_grad_norm": 0.3,
+                                                "ratio": 7667.0, "wrecked_weights": True},
+         "critical"),
+        ("gradient_spike", 180, "loc.0.weight", {"grad_norm": 12.2, "running_rms": 1.7e-4,
+                                                 "spike_factor": 7e4, "theta": 5000.0},
+         "warning"),
+        ("gradient_spike", 180, "loc.0.weight", {"grad_norm": 12.2, "running_rms": 1.7e-4,
+                                                 "spike_factor": 7e4, "theta": 5000.0},
+         "critical"),
+    ]  # fmt: skip
+    config = {"recurrent_modules": ["rnn"] if shape == "recurrent" else []}
+    report = diagnose_stored(tmp_path, shape, rows, findings, config)
+    expected = "gradient_spike" if shape == "lone" else "exploding_gradients"
+    assert report.top.cause == expected, report.text()

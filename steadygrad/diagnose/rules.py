@@ -784,6 +784,13 @@ def _exploding(facts: RunFacts) -> Found | None:
             "the gradients grew with the logits they make"
         )
         return found
+    if _lone_burst(facts, found.first_step):
+        found.consequence_of = (
+            f"the gradient burst out of a steady level at step {found.first_step}, in a model "
+            "with no recurrence to explode through: one spike, whose update wrecked the "
+            "weights, not gradients that grew"
+        )
+        return found
     runaway = facts.runaway_weights
     if runaway is not None and runaway[1] < found.first_step:
         name, began, factor, share = runaway
@@ -853,6 +860,29 @@ def _exploding(facts: RunFacts) -> Found | None:
         )
         found.evidence["through_time"] = {"module": module, "factor": factor}
     return found
+
+
+# Gradient norms read before a burst, each within this factor of their median: a steady level.
+STEADY_BEFORE, STEADY_WITHIN = 5, 3.0
+
+
+def _lone_burst(facts: RunFacts, step: int) -> bool:
+    """The growth finding at ``step`` is one burst that wrecked the weights (the detector's
+    explosion-then-collapse), in a model with no recurrent module, out of a gradient norm
+    that held steady over the ``STEADY_BEFORE`` readings before it: nothing grew into it, so
+    it is a spike (a module's gradient scaled at a stroke), not an explosion."""
+    burst = [f for f in facts.of(GRADIENT_GROWTH) if f.step == step]
+    if not burst or not burst[0].evidence.get(WRECKED_WEIGHTS) or facts.recurrent_modules:
+        return False
+    series = facts.series(GRAD_NORM.name)
+    if series is None:
+        return False
+    steps, values = series
+    before = values[steps < step][-STEADY_BEFORE:]
+    if len(before) < STEADY_BEFORE or not np.all(np.isfinite(before) & (before > 0)):
+        return False
+    level = float(np.median(before))
+    return bool(np.all(before <= STEADY_WITHIN * level) and np.all(before >= level / STEADY_WITHIN))
 
 
 def _runaway_into_explosion(facts: RunFacts) -> Found | None:
