@@ -826,9 +826,9 @@ class UpdateRatioOutOfRange(Detector):
         """``|g|/|w|`` of tensor ``name`` over the median tensor's, when its gradient is there
         but under ``VANISHING`` of that, or when the optimizer's step is the gradient times the
         rate and the largest rate (with a momentum's gain) makes of it a ratio under ``low``,
-        too small for float32 weights to register: a tensor that moves by nothing
-        because its gradient is nothing is not frozen (an architecture's quiet path, a gate
-        shut before it); None otherwise."""
+        too small for float32 weights to register: a tensor that moves by nothing because its
+        gradient is nothing is not frozen (an architecture's quiet path, a gate shut before
+        it); None otherwise."""
         grads, weights = record.family(GRAD_NORM.name), record.family(PARAM_NORM.name)
         g, w = grads.get(name), weights.get(name)
         if not g or not w or not (math.isfinite(g) and math.isfinite(w)):
