@@ -571,12 +571,13 @@ def _never_routed(facts: RunFacts) -> Found | None:
         for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)
         if f.where and f.evidence.get("direction") == "unused"
     ]
-    if not unused or last is None or last - min(f.step for f in unused) < STARVED_FOR:
+    since = min((f.step for f in unused), default=None)
+    if since is None or last is None or last - since < STARVED_FOR:
         return None
-    graded = [n.split("/", 1)[1] for n in facts.names if GRAD_NORM.owns(n) and "/" in n]
+    graded = {n.split("/", 1)[1] for n in facts.names if GRAD_NORM.owns(n) and "/" in n}
     members = set()
     for f in unused:
-        if facts.series(f"{GRAD_NORM.name}/{f.where}") is not None:
+        if f.where in graded:
             continue  # a gradient reached it later
         parts = f.where.split(".")
         at = next((i for i in range(len(parts) - 2, 0, -1) if parts[i].isdigit()), None)
@@ -589,7 +590,6 @@ def _never_routed(facts: RunFacts) -> Found | None:
             members.add(own)
     if not members:
         return None
-    since = min(f.step for f in unused)
     modules = sorted(members, key=_natural)
     return Found(
         f"no input ever reached {layer_span(modules)}: their gradients were never read, while "
