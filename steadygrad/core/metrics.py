@@ -138,6 +138,15 @@ OUTPUT_LOGIT_MEAN = Metric(
     "mean output logit: the common shift softmax ignores and z-loss holds near 0",
     panel="output_logits",
 )
+OUTPUT_SHIFT_GRADIENT = Metric(
+    "output_shift_gradient",
+    "the loss's gradient along the common shift of the output logits (summed over classes), "
+    "over its total size: 0 for any loss of the softmax alone (cross-entropy, label smoothing, "
+    "distillation); negative where a term rewards raising every logit (a z-loss of the wrong "
+    "sign), positive where one holds them down (z-loss)",
+    unit="fraction",
+    panel="output_logits",
+)
 SOFTMAX_COLLAPSE = Metric(
     "softmax_collapse",
     "fraction of rows whose float32 softmax rounds the target to 1",

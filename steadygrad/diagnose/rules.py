@@ -29,6 +29,7 @@ from steadygrad.core.metrics import (
     OPTIMIZER_RESTARTED,
     OPTIMIZER_SKIPPED,
     OUTPUT_LAYER,
+    OUTPUT_SHIFT_GRADIENT,
     PARAM_NORM,
     RECURRENT_MODULES,
     RELU_ACTIVE,
@@ -55,6 +56,9 @@ from steadygrad.diagnose.detectors.transformer import (
     GRADIENT_SPIKE,
     LOSS_OF_PLASTICITY,
     OUTPUT_LOGIT_DIVERGENCE,
+    SHIFT_DOMINANT,
+    SHIFT_REWARDED,
+    SHIFT_TRUSTED_LOSS,
     SOFTMAX_COLLAPSE_KIND,
     UPDATE_RATIO_OUT_OF_RANGE,
 )
@@ -1079,6 +1083,9 @@ def _runaway_weights(facts: RunFacts) -> tuple[str, int, float, float] | None:
     # mechanism has its own name (before the trouble, it is the cause), unless that module's
     # weights held still while another's ran away upstream. A module with no weight of its
     # own is a head tied to the embedding: whose growth is whose cannot be told.
+    pushed, _ = _pushes(facts)
+    if len(pushed) and pushed[0] <= until:
+        return None  # the loss asks for larger logits: weights grow to give them
     for f in facts.of(OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH):
         module = f.where or ""
         own = [n for n in weights if _inside(n, module)]
@@ -1231,9 +1238,50 @@ def _output_logits(facts: RunFacts) -> Found | None:
             found.summary += f"; {ran_away}"
             found.evidence.update(evidence)
         return found
-    if found is not None and found.first_step is not None:
-        _grown_everywhere(found, _weight_growth(facts, found.first_step), "the logits")
+    if found is None or found.first_step is None:
+        return found
+    steps, pushes = _pushes(facts)
+    if len(steps) and steps[0] <= found.first_step:
+        # the loss raises the logits itself, from its first such reading on (their drift
+        # confirms it later): the weights grew to serve it, not the other way round
+        began, push = int(steps[0]), float(pushes[steps <= found.first_step].min())
+        found.summary += (
+            f"; the loss's own gradient pushes every logit up from step {began} ({push:.2g} "
+            "of it along their common shift, which no loss of the softmax alone moves): a "
+            "term rewards larger logits (a z-loss or logit penalty of the wrong sign)"
+        )
+        found.evidence[OUTPUT_SHIFT_GRADIENT.name] = push
+        found.evidence["pushed_from"] = began
+        found.first_step = min(found.first_step, began)
+        return found
+    _grown_everywhere(found, _weight_growth(facts, found.first_step), "the logits")
     return found
+
+
+def _logits_pushed_up(facts: RunFacts, until: float) -> float | None:
+    """The strongest push by step ``until`` (see :func:`_pushes`), if there was one."""
+    steps, values = _pushes(facts)
+    values = values[steps <= until]
+    return float(values.min()) if len(values) else None
+
+
+def _pushes(facts: RunFacts) -> tuple[np.ndarray, np.ndarray]:
+    """The readings at which the loss's gradient in the output logits' common shift proved it
+    pushes every logit up, as the output-logit detector judges it: at or below
+    ``-SHIFT_REWARDED`` at two readings in a row (the second counts), or at or below
+    ``-SHIFT_DOMINANT`` at one, the loss then large enough for the reading to be trusted."""
+    series = facts.series(OUTPUT_SHIFT_GRADIENT.name)
+    if series is None:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    steps, values = series
+    pushed = values <= -SHIFT_REWARDED
+    losses = facts.series(LOSS.name)
+    if losses is not None and len(losses[0]):
+        at = np.clip(np.searchsorted(losses[0], steps), 0, len(losses[0]) - 1)
+        pushed &= ~(np.abs(losses[1][at]) < SHIFT_TRUSTED_LOSS)
+    proven = pushed & (values <= -SHIFT_DOMINANT)
+    proven[1:] |= pushed[1:] & pushed[:-1]
+    return steps[proven], values[proven]
 
 
 def _output_layer_ran_away(facts: RunFacts) -> tuple[str, int, float] | None:
@@ -2399,7 +2447,19 @@ RULES: tuple[Rule, ...] = (
         "Wortsman et al. 2023 (and Chowdhery et al. 2022, PaLM): the output logits drift to "
         "large negative log-partition values; the auxiliary z-loss 1e-4 * logsumexp^2 keeps "
         "the log-partition near zero.",
-        (Fix("add the z-loss", "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)"),),
+        (
+            Fix(
+                "remove the term that rewards larger logits, or flip its sign: a z-loss adds a "
+                "positive multiple of logsumexp^2",
+                "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)",
+                applies=lambda facts: _logits_pushed_up(facts, math.inf) is not None,
+            ),
+            Fix(
+                "add the z-loss",
+                "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)",
+                applies=lambda facts: _logits_pushed_up(facts, math.inf) is None,
+            ),
+        ),
         _output_logits,
         # the rest: to tell the output layer's weights ran away (see _runaway_weights)
         (OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH, LOSS_SPIKE, GRAD_NORM_SPIKE),

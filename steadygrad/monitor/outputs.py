@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
     OUTPUT_MODULE,
+    OUTPUT_SHIFT_GRADIENT,
     SOFTMAX_COLLAPSE,
 )
 from steadygrad.monitor.intercept import InterceptingSignal
@@ -56,6 +58,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         OUTPUT_LOGIT_MAX,
         OUTPUT_LOGIT_RMS,
         OUTPUT_LOGIT_MEAN,
+        OUTPUT_SHIFT_GRADIENT,
         SOFTMAX_COLLAPSE,
     )
 
@@ -65,6 +68,9 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._head: str | None = None
         self._classes = 0
         self._scalars: dict[int, str] = {}  # the model's one-element parameters, by id
+        # the autograd nodes (and output) whose gradient in the logits this step reads
+        self._watched: set[tuple[Any, int]] = set()
+        self._node_hooks: list[Any] = []
         self.seen = False
 
     def attach(self, monitor: Any) -> None:
@@ -86,6 +92,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
 
     def begin(self, step: int) -> None:
         self._sums, self._head, self._classes = {}, None, 0
+        self._watched = set()
+        self._drop_node_hooks()
         super().begin(step)
 
     def _observe(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -105,6 +113,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if not z.numel():
             return
         self.seen = True
+        self._watch_shift(logits)
         parts, live = _logit_parts(z)
         if hard:
             parts["collapsed"] = softmax_collapse_mask(z, target).float().sum()
@@ -124,6 +133,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._classes = self._classes or z.shape[-1]
         z = z.reshape(-1, z.shape[-1])
         self.seen = True
+        self._watch_shift(logits)
         self._add(_logit_parts(z)[0])
 
     def _observe_nll(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -162,6 +172,52 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         rows = one_hot & choice_rows(z)
         self._add({"collapsed": collapsed.float().sum(), "hard_rows": rows.float().sum()})
 
+    def _watch_shift(self, logits: torch.Tensor) -> None:
+        """Read, as the backward pass goes through them, the loss's gradient in the logits'
+        common shift (every class of a row raised alike), against its size.
+
+        A loss of the softmax alone cannot see that shift: cross-entropy's gradient in a row,
+        ``softmax - target``, sums to zero, and so does label smoothing's, focal loss's or a
+        distillation's. Only a term on the logits' level does: a z-loss holds them down
+        (positive), one with its sign flipped rewards raising them (negative), whatever the
+        model. The gradient is read at the operation that computed the logits' values (see
+        :func:`_values_made_at`), where every use's gradient has been summed: a term computed
+        beside the loss function (a z-loss on ``outputs.logits``) is in it too."""
+        made = _values_made_at(logits)
+        if made is None or made in self._watched:
+            return
+        node, index = made
+        self._watched.add(made)
+        self._node_hooks.append(node.register_prehook(partial(self._read_shift, index)))
+
+    @torch.compiler.disable
+    def _read_shift(self, index: int, grads: tuple) -> None:
+        grad = grads[index] if index < len(grads) else None
+        if grad is None:
+            return
+        try:
+            g = grad.detach().float()
+            self._add({"shift": g.sum(), "shift_size": g.abs().sum()})
+        except Exception:  # noqa: BLE001 - a measurement never breaks the backward pass
+            pass
+
+    def before_update(self) -> None:
+        super().before_update()
+        self._drop_node_hooks()  # the backward pass is over (a retained graph keeps them)
+
+    def end(self, step: int) -> None:
+        super().end(step)
+        self._drop_node_hooks()
+
+    def detach(self) -> None:
+        super().detach()
+        self._drop_node_hooks()
+
+    def _drop_node_hooks(self) -> None:
+        for handle in self._node_hooks:
+            handle.remove()
+        self._node_hooks.clear()
+
     def _head_of(self, logits: torch.Tensor, width: int) -> str | None:
         """Where the logits come from: the leaf module that output them; else a one-element
         parameter that scales them within a few autograd steps (a contrastive temperature,
@@ -191,6 +247,9 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             out.put(OUTPUT_LOGIT_MAX.name, s["max"])
             out.put(OUTPUT_LOGIT_RMS.name, (s["sq"] / s["count"]).sqrt())
             out.put(OUTPUT_LOGIT_MEAN.name, s["sum"] / s["count"])
+        if "shift" in s:  # no gradient at all reads as no shift
+            size = s["shift_size"].clamp_min(torch.finfo(torch.float32).tiny)
+            out.put(OUTPUT_SHIFT_GRADIENT.name, s["shift"] / size)
         if "collapsed" in s:
             out.put(SOFTMAX_COLLAPSE.name, s["collapsed"] / s["hard_rows"])
         self._sums = {}
@@ -209,6 +268,36 @@ class CrossEntropyOutputSignal(InterceptingSignal):
                 # a row's logit gap is past float32's reach: collapse may be beginning (asked
                 # on the cadence's readings only, so a collapsed run is not read every step)
                 record.meta[LOOK_CLOSER] = True
+
+
+# Autograd steps that carry the values of their input unchanged: reshapes, slices and casts.
+_SAME_VALUES = frozenset(
+    f"{name}Backward"
+    for name in (
+        "View", "UnsafeView", "Reshape", "ReshapeAlias", "ToCopy", "Slice", "Select", "Index",
+        "Transpose", "Permute", "Clone", "Squeeze", "Unsqueeze", "Expand", "AsStrided",
+        "Narrow", "T", "Alias",
+    )
+)  # fmt: skip
+
+
+def _values_made_at(logits: torch.Tensor, depth: int = 8) -> tuple[Any, int] | None:
+    """The autograd node (and which of its outputs) that computed the values ``logits``
+    holds: found through up to ``depth`` steps that only reshape, slice or cast them (the
+    logits upcast, shifted and flattened for the loss); None for a tensor with no graph. The
+    gradient that node receives is the whole loss's in those values, every use's, where the
+    loss function's input had only its own use."""
+    node, index = logits.grad_fn, logits.output_nr
+    for _ in range(depth):
+        if node is None:
+            return None
+        if type(node).__name__.rstrip("0123456789") not in _SAME_VALUES:
+            return node, index
+        following = [(n, i) for n, i in node.next_functions if n is not None]
+        if len(following) != 1:
+            return node, index
+        node, index = following[0]
+    return node, index
 
 
 def _made_by_log_softmax(t: torch.Tensor, depth: int = 4) -> bool:

@@ -42,6 +42,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
     OUTPUT_MODULE,
+    OUTPUT_SHIFT_GRADIENT,
     PARAM_NORM,
     RELU_ACTIVE,
     SATURATED,
@@ -265,6 +266,15 @@ SETTLED = 0.01
 # worse, and logits that grew meanwhile were not growing with the model's confidence.
 LOSS_WINDOW, WORSE = 5, 1.2
 
+# The loss's gradient in the logits' common shift, over its size, at or below minus this: a
+# term rewards raising every logit. A loss of the softmax alone reads 0 up to float32 rounding
+# of its probabilities (1e-8 to 1e-6 in the collection's healthy runs); that rounding is the
+# same size as a row's gradient only once the row's loss is below about 1e-4, so the reading
+# is trusted where the loss is at least SHIFT_TRUSTED_LOSS.
+SHIFT_REWARDED, SHIFT_TRUSTED_LOSS = 1e-3, 1e-3
+# A push this strong (a tenth of the whole gradient) is no rounding: one reading proves it.
+SHIFT_DOMINANT = 0.1
+
 
 class OutputLogitDivergence(Detector):
     """The output log-partition ``log Z = logsumexp(logits)`` (mean over rows) drifting away
@@ -288,7 +298,12 @@ class OutputLogitDivergence(Detector):
     loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits');
     and when it rose ``lse_limit / 2`` since the loss's best running median and kept rising for
     ``patience`` readings while the loss turned ``WORSE`` than that best (growth no confidence
-    explains, in a run whose loss had halved long before).
+    explains, in a run whose loss had halved long before). A loss whose gradient pushes
+    every logit up (``output_shift_gradient`` at or below ``-SHIFT_REWARDED`` at two readings
+    in a row, or ``-SHIFT_DOMINANT`` at one: a z-loss with its sign flipped; no loss of the
+    softmax alone can) vouches for no
+    growth however far it fell: the rises above count as if it had not halved, and a rise of
+    ``lse_limit / 8`` kept for ``patience`` readings is enough.
     Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
     falls count from ``log(classes)``, rises from the lowest ``log Z`` read (inflated logits
     shrink as training starts; their level before that is the initialisation's, a temperature
@@ -305,7 +320,14 @@ class OutputLogitDivergence(Detector):
     """
 
     kind = OUTPUT_LOGIT_DIVERGENCE
-    reads = (LOGIT_LSE_MEAN, OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS, OUTPUT_LOGIT_MEAN, LOSS)
+    reads = (
+        LOGIT_LSE_MEAN,
+        OUTPUT_LOGIT_MAX,
+        OUTPUT_LOGIT_RMS,
+        OUTPUT_LOGIT_MEAN,
+        OUTPUT_SHIFT_GRADIENT,
+        LOSS,
+    )
     emits = (OUTPUT_LOGIT_DIVERGENCE,)
 
     def __init__(self, lse_limit: float = 20.0, patience: int = 3) -> None:
@@ -326,6 +348,7 @@ class OutputLogitDivergence(Detector):
         self._losses: collections.deque[float] = collections.deque(maxlen=LOSS_WINDOW)
         self._best: tuple[float, float] | None = None  # best loss median, log Z read by then
         self._lse = math.nan  # the latest log Z read
+        self._rewarded = 0  # readings in a row whose loss rewards raising every logit
 
     def _accelerating(self) -> bool:
         """``log Z`` rose at every one of the last ``patience`` readings, each rise larger than
@@ -400,6 +423,16 @@ class OutputLogitDivergence(Detector):
                 self._first_mean = mean
             far = far or (abs(mean - self._first_mean) >= limit and not settled)
         loss = record.values.get(LOSS.name)
+        shift = record.values.get(OUTPUT_SHIFT_GRADIENT.name)
+        if shift is not None and math.isfinite(shift) and on_cadence:
+            trusted = loss is None or not math.isfinite(loss) or abs(loss) >= SHIFT_TRUSTED_LOSS
+            pushed = shift <= -SHIFT_REWARDED and trusted
+            # a dominant push counts as two readings: no rounding makes it
+            strength = 2 if shift <= -SHIFT_DOMINANT else 1
+            self._rewarded = self._rewarded + strength if pushed else 0
+        # the loss itself pushes every logit up: the growth is its doing, however well the
+        # rest of the loss goes
+        rewarded = self._rewarded >= 2
         if loss is not None and math.isfinite(loss):
             if self._first_loss is None:
                 self._first_loss = loss
@@ -409,13 +442,15 @@ class OutputLogitDivergence(Detector):
             # the loss has not even halved; or it is negative, which a softmax's cross-entropy
             # never is: a term of the wrong sign rewards the logits, and the loss cannot vouch
             # for their growth
-            unearned = loss >= 0.5 * first_loss or loss < 0
+            unearned = loss >= 0.5 * first_loss or loss < 0 or rewarded
             rise = lse - (self._lowest if inflated else start)
             far = far or (rise >= limit and unearned)
             early = early or (unearned and (rise >= limit / 2 and self._rising >= self.patience))
             early = early or (unearned and self._accelerating())
             # a steady climb: risen at each of twice ``patience`` readings, a quarter of the limit
             early = early or (unearned and rise >= limit / 4 and self._rising >= 2 * self.patience)
+            # rewarded: a rise of an eighth of the limit, still going, is the term's doing
+            early = early or (rewarded and rise >= limit / 8 and self._rising >= self.patience)
         # risen half the limit since the loss was at its best, the loss turned worse since
         early = early or (since_best >= limit / 2 and self._rising >= self.patience)
         if not self._streak.update(early or far, 1 if early else self.patience):
@@ -427,7 +462,8 @@ class OutputLogitDivergence(Detector):
             "lse_limit": limit,
             PREVIOUS_READING: self._readings.before(self._streak.count),
         }
-        for name in (OUTPUT_LOGIT_MAX.name, OUTPUT_LOGIT_RMS.name, OUTPUT_LOGIT_MEAN.name):
+        names = (OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS, OUTPUT_LOGIT_MEAN, OUTPUT_SHIFT_GRADIENT)
+        for name in (metric.name for metric in names):
             if name in record.values:
                 evidence[name] = record.values[name]
         where = record.meta.get(OUTPUT_MODULE)
