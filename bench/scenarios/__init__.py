@@ -85,6 +85,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout77,
     cases_heldout78,
     cases_heldout80,
+    cases_heldout81,
     cases_mlp,
     cases_other,
 )
