@@ -187,9 +187,9 @@ HELD_OUT_FILES = [
     # written over 11 causes; one frozen layer each relabelled to the collection's cause
     ("cases_heldout77", "h77_", 12, 10, 12),
     ("cases_heldout78", "h78_", 12, 10, 12),
+    ("cases_heldout79", "h79_", 12, 11, 12),
     ("cases_heldout80", "h80_", 12, 11, 12),
     ("cases_heldout81", "h81_", 12, 11, 12),
-    ("cases_heldout79", "h79_", 12, 11, 12),
 ]
 
 

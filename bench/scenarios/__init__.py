@@ -84,9 +84,9 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout76,
     cases_heldout77,
     cases_heldout78,
+    cases_heldout79,
     cases_heldout80,
     cases_heldout81,
-    cases_heldout79,
     cases_mlp,
     cases_other,
 )
