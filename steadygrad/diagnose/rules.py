@@ -795,6 +795,14 @@ def _exploding(facts: RunFacts) -> Found | None:
             "weights, not gradients that grew"
         )
         return found
+    shock = _shock_got_over(facts, found.first_step)
+    if shock is not None:
+        found.consequence_of = (
+            f"the gradients rose at once with the spike at step {shock} and fell back to their "
+            "level before it by the end of the run: one shock's aftermath, not gradients "
+            "growing without bound"
+        )
+        return found
     runaway = facts.runaway_weights
     if runaway is not None and runaway[1] < found.first_step:
         name, began, factor, share = runaway
@@ -868,6 +876,38 @@ def _exploding(facts: RunFacts) -> Found | None:
 
 # Gradient norms read before a burst, each within this factor of their median: a steady level.
 STEADY_BEFORE, STEADY_WITHIN = 5, 3.0
+
+
+# A growth found this soon after a spike, the run then going on this many steps, and its gradient
+# norm's median over them back within GOT_OVER times its median over as many steps before the
+# spike: the run got over that shock.
+SHOCK_SPAN, GOT_OVER = 50, 3.0
+
+
+def _shock_got_over(facts: RunFacts, step: int) -> int | None:
+    """The step of the spike (of the loss or the gradient) that the growth finding at ``step``
+    came within ``CONFIRMED_SOON`` steps of, when the run went on ``SHOCK_SPAN`` steps or more
+    and its gradient norm's median over its last ``SHOCK_SPAN`` steps stood within
+    ``GOT_OVER`` times that over the ``SHOCK_SPAN`` steps before the spike, either way (a
+    gradient collapsed far below is wrecked weights, not a recovery), all finite: the
+    gradients rose with the shock and fell back, where gradients that explode keep growing or
+    break the run. The growth detector measures against the lowest level a tensor's gradient
+    ever held (often its first steps'), so one shock can carry it over its bar."""
+    kinds = (LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE)
+    spikes = [f.step for f in facts.of(*kinds) if step - CONFIRMED_SOON <= f.step <= step]
+    series = facts.series(GRAD_NORM.name)
+    if not spikes or series is None or facts.broke_at is not None:
+        return None
+    steps, values = series
+    shock = min(spikes)
+    before = values[(steps < shock) & (steps >= shock - SHOCK_SPAN)]
+    last = values[steps > steps[-1] - SHOCK_SPAN]
+    if steps[-1] - step < SHOCK_SPAN or len(before) < SHOCK_SPAN // 2 or not len(last):
+        return None
+    if not (np.all(np.isfinite(before)) and np.all(np.isfinite(last))):
+        return None
+    ratio = float(np.median(last)) / max(float(np.median(before)), np.finfo(float).tiny)
+    return shock if 1.0 / GOT_OVER <= ratio <= GOT_OVER else None
 
 
 def _lone_burst(facts: RunFacts, step: int) -> bool:
