@@ -121,8 +121,16 @@ def h82_internlm3_inverted_attn_scale(ctx: Context) -> None:
         return entropy, float(att.max(-1).values.mean())
 
     e0, _ = attn_stats()
-    fit(ctx, model, opt, text_batches(gen), 300, loss_fn=lm_loss, forward=_lm_forward,
-        classifier=False)
+    fit(
+        ctx,
+        model,
+        opt,
+        text_batches(gen),
+        300,
+        loss_fn=lm_loss,
+        forward=_lm_forward,
+        classifier=False,
+    )
     e1, pmax = attn_stats()
     ctx.check("attention entropy fell below a third of its start", e1 < e0 / 3)
     ctx.check("attention rows nearly one-hot (mean max prob > 0.9)", pmax > 0.9)
@@ -160,8 +168,17 @@ def h82_exaone_negative_z_loss(ctx: Context) -> None:
         z = torch.logsumexp(state["logits"].float(), -1)
         return loss - 5e-2 * z.pow(2).mean()
 
-    fit(ctx, model, opt, text_batches(gen), 300, loss_fn=lm_loss, forward=forward,
-        extra_loss=extra, classifier=False)
+    fit(
+        ctx,
+        model,
+        opt,
+        text_batches(gen),
+        300,
+        loss_fn=lm_loss,
+        forward=forward,
+        extra_loss=extra,
+        classifier=False,
+    )
     with torch.no_grad():
         z1 = _log_z(_lm_forward(model, probe))
     ctx.check("log Z grew by more than 10", z1 > z0 + 10)
@@ -182,9 +199,7 @@ def h82_ernie_moe_unscaled_step(ctx: Context) -> None:
     iteration except the one after the checkpoint at step 150, where the early-return path skips
     the unscale: every second moment takes a 65536x gradient and later updates are tiny."""
     gen = seeded(8203)
-    model = _hf_lm(
-        "ernie4_5_moe", moe_intermediate_size=32, moe_num_experts=4, moe_k=2
-    )
+    model = _hf_lm("ernie4_5_moe", moe_intermediate_size=32, moe_num_experts=4, moe_k=2)
     opt = torch.optim.NAdam(model.parameters(), lr=2e-3)
     batches = text_batches(gen)
     ctx.attach(model, opt)
@@ -198,11 +213,23 @@ def h82_ernie_moe_unscaled_step(ctx: Context) -> None:
                 if p.grad is not None:
                     p.grad.div_(65536.0)
         ctx.grad_norms.append(
-            float(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]).norm())
+            float(
+                torch.stack(
+                    [p.grad.norm() for p in model.parameters() if p.grad is not None]
+                ).norm()
+            )
         )
         before = [p.detach().clone() for p in model.parameters()]
         opt.step()
-        moves.append(float(sum((p.detach() - b).norm() ** 2 for p, b in zip(model.parameters(), before)) ** 0.5))
+        moves.append(
+            float(
+                sum(
+                    (p.detach() - b).norm() ** 2
+                    for p, b in zip(model.parameters(), before, strict=True)
+                )
+                ** 0.5
+            )
+        )
         ctx.step(loss)
         opt.zero_grad(set_to_none=True)
     early = sum(moves[100:150]) / 50
@@ -239,8 +266,17 @@ def h82_exaone4_binary_blob_batch(ctx: Context) -> None:
             y = torch.full_like(y, 127)
         return x, y
 
-    fit(ctx, model, opt, text_batches(gen), 300, loss_fn=lm_loss, forward=_lm_forward,
-        classifier=False, alter=alter)
+    fit(
+        ctx,
+        model,
+        opt,
+        text_batches(gen),
+        300,
+        loss_fn=lm_loss,
+        forward=_lm_forward,
+        classifier=False,
+        alter=alter,
+    )
     L = ctx.losses
     ctx.check("loss at 180 over 2x the mean of 170-180", L[180] > 2 * sum(L[170:180]) / 10)
     ctx.check("finite throughout", all(math.isfinite(v) for v in L))
@@ -266,8 +302,17 @@ def h82_gemma3_text_healthy(ctx: Context) -> None:
         for g in opt.param_groups:
             g["lr"] = 3e-3 * min(1.0, (step + 1) / 30)
 
-    fit(ctx, model, opt, text_batches(gen), 300, loss_fn=lm_loss, forward=_lm_forward,
-        classifier=False, before=before)
+    fit(
+        ctx,
+        model,
+        opt,
+        text_batches(gen),
+        300,
+        loss_fn=lm_loss,
+        forward=_lm_forward,
+        classifier=False,
+        before=before,
+    )
     L = ctx.losses
     ctx.check("finite", all(math.isfinite(v) for v in L))
     ctx.check("loss fell by over 1.5 nats", sum(L[:10]) / 10 - sum(L[-10:]) / 10 > 1.5)
@@ -336,7 +381,9 @@ def h82_pinn_heat_warmup_overshoot(ctx: Context) -> None:
             g["lr"] = lr
         loss = _heat_loss(model, pts, 100.0)
         loss.backward()
-        ctx.grad_norms.append(float(torch.stack([p.grad.norm() for p in model.parameters()]).norm()))
+        ctx.grad_norms.append(
+            float(torch.stack([p.grad.norm() for p in model.parameters()]).norm())
+        )
         opt.step()
         ctx.step(loss)
         opt.zero_grad(set_to_none=True)
@@ -346,8 +393,8 @@ def h82_pinn_heat_warmup_overshoot(ctx: Context) -> None:
     low = min(L[:150])
     ctx.check("trained down first (min over 0-150 < a third of start)", low < L[0] / 3)
     ctx.check("then blew up (> 100x the low)", (not math.isfinite(L[-1])) or max(L) > 100 * low)
-    d = [b - a for a, b in zip(L, L[1:]) if math.isfinite(a) and math.isfinite(b)]
-    flips = sum(1 for a, b in zip(d, d[1:]) if a * b < 0)
+    d = [b - a for a, b in zip(L, L[1:], strict=False) if math.isfinite(a) and math.isfinite(b)]
+    flips = sum(1 for a, b in zip(d, d[1:], strict=False) if a * b < 0)
     ctx.check("loss oscillated on the way up", flips > 10)
 
 
@@ -434,7 +481,9 @@ def h82_graph_transformer_resume_restart(ctx: Context) -> None:
     L = ctx.losses
     before = sum(L[280:300]) / 20
     ctx.check("trained (loss 280-300 < 0.4)", before < 0.4)
-    ctx.check("spike after 300 (max 300-320 > 3x the mean of 280-300)", max(L[300:320]) > 3 * before)
+    ctx.check(
+        "spike after 300 (max 300-320 > 3x the mean of 280-300)", max(L[300:320]) > 3 * before
+    )
 
 
 # -- neural cellular automaton ------------------------------------------------------------------
@@ -510,12 +559,18 @@ def h82_nca_rollout_curriculum(ctx: Context) -> None:
         if not math.isfinite(float(loss)):
             break
     g = ctx.grad_norms
-    ctx.check("gradient norm grew over 1000x from the start (or overflowed)",
-              (not math.isfinite(g[-1])) or max(g) > 1000 * g[0])
+    ctx.check(
+        "gradient norm grew over 1000x from the start (or overflowed)",
+        (not math.isfinite(g[-1])) or max(g) > 1000 * g[0],
+    )
     first = {}
     for name, vals in per_layer.items():
-        first[name] = next((i for i, v in enumerate(vals) if not math.isfinite(v) or v > 100 * vals[0]), 10**9)
-    ctx.check("update.0's gradient crossed 100x its start first", first["update.0"] <= first["update.2"])
+        first[name] = next(
+            (i for i, v in enumerate(vals) if not math.isfinite(v) or v > 100 * vals[0]), 10**9
+        )
+    ctx.check(
+        "update.0's gradient crossed 100x its start first", first["update.0"] <= first["update.2"]
+    )
 
 
 # -- spiking network with surrogate gradients ---------------------------------------------------
@@ -681,8 +736,16 @@ def h82_spline_flow_no_tails(ctx: Context) -> None:
             x[5] = torch.tensor([0.3, 11.0])
         return x, y
 
-    fit(ctx, model, opt, _ring_batches(gen), 240, loss_fn=lambda nll, _y: nll, alter=alter,
-        classifier=False)
+    fit(
+        ctx,
+        model,
+        opt,
+        _ring_batches(gen),
+        240,
+        loss_fn=lambda nll, _y: nll,
+        alter=alter,
+        classifier=False,
+    )
     for h in handles:
         h.remove()
     finite = [math.isfinite(v) for v in ctx.losses]
@@ -711,3 +774,217 @@ def h82_spline_flow_healthy(ctx: Context) -> None:
     L = ctx.losses
     ctx.check("finite", all(math.isfinite(v) for v in L))
     ctx.check("NLL fell by over 0.5", sum(L[:10]) / 10 - sum(L[-10:]) / 10 > 0.5)
+
+
+# -- E(n)-equivariant graph network ------------------------------------------------------------
+
+
+class EGNNLayer(nn.Module):
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.edge_mlp = nn.Sequential(nn.Linear(2 * dim + 1, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.coord_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
+        self.node_mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor):
+        n = h.shape[1]
+        diff = x[:, :, None] - x[:, None, :]
+        d2 = (diff**2).sum(-1, keepdim=True)
+        hi = h[:, :, None].expand(-1, -1, n, -1)
+        hj = h[:, None, :].expand(-1, n, -1, -1)
+        m = self.edge_mlp(torch.cat([hi, hj, d2], -1))
+        x = x + (diff * self.coord_mlp(m)).sum(2) / (n - 1)
+        h = h + self.node_mlp(torch.cat([h, m.sum(2)], -1))
+        return h, x
+
+
+class EGNN(nn.Module):
+    def __init__(self, dim: int = 32, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Linear(1, dim)
+        self.layers = nn.ModuleList(EGNNLayer(dim) for _ in range(layers))
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(torch.ones(*x.shape[:2], 1))
+        for layer in self.layers:
+            h, x = layer(h, x)
+        return self.head(h.mean(1)).squeeze(-1)
+
+
+def _cloud_batches(gen: torch.Generator, batch: int = 32, n: int = 10):
+    """Generated 3-D point clouds (random anisotropic Gaussians, rotated); target: log radius of
+    gyration (rotation invariant)."""
+    while True:
+        scale = torch.rand(batch, 1, 3, generator=gen) * 1.5 + 0.2
+        pts = torch.randn(batch, n, 3, generator=gen) * scale
+        q, _ = torch.linalg.qr(torch.randn(batch, 3, 3, generator=gen))
+        pts = pts @ q
+        pts = pts - pts.mean(1, keepdim=True)
+        yield pts, (pts**2).sum(-1).mean(1).log()
+
+
+@scenario(
+    "h82_egnn_point_clouds",
+    "radam",
+    "update_ratio_out_of_range",
+    where=("layers.0.coord_mlp", "layers.1.coord_mlp"),
+    diverges=None,
+    heldout=True,
+    note="the coordinate-MLP param group got lr 1e-1 (typo for 1e-3)",
+    onset=0,
+)
+def h82_egnn_coord_group_lr_typo(ctx: Context) -> None:
+    """The coordinate MLPs get their own param group (a common EGNN recipe for a smaller LR);
+    its LR is written 1e-1 instead of 1e-3, so those weights move 100x faster than the rest."""
+    gen = seeded(8212)
+    model = EGNN()
+    coord = [p for n, p in model.named_parameters() if "coord_mlp" in n]
+    rest = [p for n, p in model.named_parameters() if "coord_mlp" not in n]
+    opt = torch.optim.RAdam([{"params": rest, "lr": 1e-3}, {"params": coord, "lr": 1e-1}])
+    ratios: dict[str, list[float]] = {"coord": [], "rest": []}
+    w = {n: p for n, p in model.named_parameters() if p.dim() == 2}
+
+    batches = _cloud_batches(gen)
+    ctx.attach(model, opt)
+    for step in range(300):
+        x, y = next(batches)
+        snap = {n: p.detach().clone() for n, p in w.items()}
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        if step >= 50:
+            for n, p in w.items():
+                r = float((p.detach() - snap[n]).norm() / snap[n].norm().clamp_min(1e-12))
+                ratios["coord" if "coord_mlp" in n else "rest"].append(r)
+        ctx.step(loss)
+        opt.zero_grad(set_to_none=True)
+    rc = sorted(ratios["coord"])[len(ratios["coord"]) // 2]
+    rr = sorted(ratios["rest"])[len(ratios["rest"]) // 2]
+    ctx.check("coord_mlp update/weight ratio over 4x the rest's (medians)", rc > 4 * rr)
+    ctx.check("finite", all(math.isfinite(v) for v in ctx.losses))
+
+
+# -- hypernetwork -----------------------------------------------------------------------------
+
+
+class HyperNet(nn.Module):
+    """Maps a sine task (amplitude, phase) to the weights of a 1-32-1 tanh target network."""
+
+    def __init__(self, hidden: int = 32, target: int = 32) -> None:
+        super().__init__()
+        self.target = target
+        self.encoder = nn.Sequential(
+            nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.head = nn.Linear(hidden, 3 * target + 1)
+        nn.init.normal_(self.head.weight, std=0.05)
+
+    def forward(self, task: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        p = self.head(self.encoder(task))
+        self.generated = p
+        t = self.target
+        w1, b1, w2, b2 = p[:, :t], p[:, t : 2 * t], p[:, 2 * t : 3 * t], p[:, 3 * t :]
+        hid = torch.tanh(x[:, :, None] * w1[:, None] + b1[:, None])
+        return (hid * w2[:, None]).sum(-1) + b2
+
+
+def _sine_tasks(gen: torch.Generator, tasks: int = 16, points: int = 20):
+    while True:
+        amp = torch.rand(tasks, generator=gen) * 4.5 + 0.5
+        phase = torch.rand(tasks, generator=gen) * math.pi
+        x = torch.rand(tasks, points, generator=gen) * 10 - 5
+        yield (torch.stack([amp, phase], 1), x), amp[:, None] * torch.sin(x + phase[:, None])
+
+
+@scenario(
+    "h82_hypernet_sine_weights",
+    "asgd",
+    "gradient_spike",
+    where="head",
+    diverges=None,
+    heldout=True,
+    note="a checkpoint-step regulariser on the generated weights with weight 30 (meant 3e-4)",
+    onset=250,
+)
+def h82_hypernet_checkpoint_regulariser(ctx: Context) -> None:
+    """A weight-norm penalty on the generated target weights is added only on checkpoint steps
+    (a leftover from a debug branch), with weight 30 for 3e-4: at step 250 it sends a one-off
+    gradient through the hypernetwork's head far above every other step's."""
+    gen = seeded(8213)
+    model = HyperNet()
+    opt = torch.optim.ASGD(model.parameters(), lr=2e-3)
+
+    def forward(m, inp):
+        return m(*inp)
+
+    def extra(step, loss):
+        if step == 250:
+            return loss + 30.0 * model.generated.pow(2).sum(-1).mean()
+        return loss
+
+    fit(
+        ctx,
+        model,
+        opt,
+        _sine_tasks(gen),
+        450,
+        loss_fn=F.mse_loss,
+        forward=forward,
+        extra_loss=extra,
+        classifier=False,
+    )
+    g = ctx.grad_norms
+    med = sorted(g)[len(g) // 2]
+    ctx.check("gradient norm at 250 over 30x the median", g[250] > 30 * med)
+    ctx.check("no other step over 10x the median", max(g[:250] + g[251:]) < 10 * med)
+    ctx.check("finite", all(math.isfinite(v) for v in ctx.losses))
+
+
+# -- MPC policy distilled into an MLP ---------------------------------------------------------
+
+
+def _mpc_gain(horizon: int = 20, dt: float = 0.1) -> torch.Tensor:
+    """First-step gain of a finite-horizon LQR for a double integrator (receding horizon)."""
+    A = torch.tensor([[1.0, dt], [0.0, 1.0]], dtype=torch.float64)
+    B = torch.tensor([[0.5 * dt * dt], [dt]], dtype=torch.float64)
+    Q = torch.diag(torch.tensor([1.0, 0.1], dtype=torch.float64))
+    R = torch.tensor([[0.05]], dtype=torch.float64)
+    P = Q.clone()
+    K = None
+    for _ in range(horizon):
+        K = torch.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+        P = Q + A.T @ P @ (A - B @ K)
+    return K.float()
+
+
+@scenario(
+    "h82_mpc_distilled_policy",
+    "rmsprop",
+    "healthy",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="healthy control",
+)
+def h82_mpc_distill_healthy(ctx: Context) -> None:
+    """An MLP policy imitates a receding-horizon controller with input saturation
+    (u = clip(-K s, -1, 1)) on states sampled from the operating region: MSE falls."""
+    gen = seeded(8214)
+    K = _mpc_gain()
+    model = nn.Sequential(
+        nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+    )
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+
+    def batches():
+        while True:
+            s = torch.rand(128, 2, generator=gen) * torch.tensor([4.0, 2.0]) - torch.tensor(
+                [2.0, 1.0]
+            )
+            yield s, (-(s @ K.T)).clamp(-1, 1)
+
+    fit(ctx, model, opt, batches(), 400, loss_fn=F.mse_loss, classifier=False)
+    L = ctx.losses
+    ctx.check("finite", all(math.isfinite(v) for v in L))
+    ctx.check("MSE fell over 5x", sum(L[-20:]) / 20 < sum(L[:10]) / 10 / 5)
