@@ -87,6 +87,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout79,
     cases_heldout80,
     cases_heldout81,
+    cases_heldout83,
     cases_mlp,
     cases_other,
 )
