@@ -191,6 +191,7 @@ HELD_OUT_FILES = [
     ("cases_heldout80", "h80_", 12, 11, 12),
     ("cases_heldout81", "h81_", 12, 11, 12),
     ("cases_heldout82", "h82_", 12, 11, 12),
+    ("cases_heldout83", "h83_", 12, 11, 12),
 ]
 
 

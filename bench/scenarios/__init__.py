@@ -88,6 +88,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout80,
     cases_heldout81,
     cases_heldout82,
+    cases_heldout83,
     cases_mlp,
     cases_other,
 )
