@@ -27,3 +27,23 @@ def test_gradients_that_grew_on_after_a_spike_exploded(tmp_path, name):
     ctx, report = held_out_run(tmp_path, name)
     induced_or_skip(ctx)
     assert report.top.cause == "exploding_gradients"
+
+
+def test_units_killed_by_a_resume_that_forgot_the_optimizer_are_its_harm(tmp_path):
+    # Trigger: set 83's set detector, resumed at step 200 with its Adagrad state built afresh.
+    # The loss spiked 2.9x (a loss spike, under the 3x a restart's jolt was asked for) and a
+    # backbone layer's units died two steps later: that death was named first, though the
+    # resume made it.
+    ctx, report = held_out_run(tmp_path, "h83_hungarian_resume_fresh_adagrad")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_spike"
+    assert "started again from nothing" in report.top.summary
+    dead = [d for d in report.diagnoses if d.cause == "loss_of_plasticity"]
+    assert dead and "jolt" in dead[0].why
+
+
+def test_units_killed_with_no_restart_lost_their_plasticity(tmp_path):
+    # Control: set 79's NeuMF tower, killed by a learning rate meant for sparse embeddings.
+    ctx, report = held_out_run(tmp_path, "h79_ncf_adagrad_dead_tower")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_of_plasticity"

@@ -1985,11 +1985,14 @@ def _restart_jolt(facts: RunFacts, before: int = 20) -> Found | None:
 
 def _jolted_by_a_restart(facts: RunFacts, step: int) -> int | None:
     """The step the optimizer's state started again from nothing, when that restart jolted the
-    loss (:func:`_restart_jolt`) at most ``EXPLOSION_LEAD`` steps before ``step``: what was
-    first seen at ``step`` is the jolt's doing."""
+    loss (:func:`_restart_jolt`, or a loss spike found within ``RESTART_WITHIN`` steps after
+    it) at most ``EXPLOSION_LEAD`` steps before ``step``: what was first seen at ``step`` is
+    the jolt's doing."""
     jolt = _restart_jolt(facts)
-    restarted = None if jolt is None else jolt.evidence["optimizer_restarted_at"]
-    return restarted if restarted is not None and 0 <= step - restarted <= EXPLOSION_LEAD else None
+    restarts = [] if jolt is None else [jolt.evidence["optimizer_restarted_at"]]
+    restarts += [r for f in facts.of(LOSS_SPIKE) if (r := _restarted_before(facts, f.step))]
+    near = [r for r in restarts if r is not None and 0 <= step - r <= EXPLOSION_LEAD]
+    return min(near) if near else None
 
 
 def _loss_spike(facts: RunFacts) -> Found | None:
@@ -2600,7 +2603,7 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _plasticity,
-        (LOSS_OF_PLASTICITY, GRAD_NORM_SPIKE, UPDATE_RATIO_OUT_OF_RANGE),
+        (LOSS_OF_PLASTICITY, GRAD_NORM_SPIKE, UPDATE_RATIO_OUT_OF_RANGE, LOSS_SPIKE),
         # one batch's giant step can push a layer's pre-activations below zero for good
         explained_by=("data_outlier",),
         stalls=True,
