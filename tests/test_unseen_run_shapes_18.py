@@ -5,7 +5,11 @@ Each change has a trigger that fails on the code before it and a control that mu
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import held_out_run, induced_or_skip
+from torch import nn
+
+import steadygrad
 
 
 def test_gradients_that_rose_with_one_shock_and_fell_back_did_not_explode(tmp_path):
@@ -47,3 +51,52 @@ def test_units_killed_with_no_restart_lost_their_plasticity(tmp_path):
     ctx, report = held_out_run(tmp_path, "h79_ncf_adagrad_dead_tower")
     induced_or_skip(ctx)
     assert report.top.cause == "loss_of_plasticity"
+
+
+class _Segmenter(nn.Module):
+    """Two conv layers and a 1x1 output conv; ``squash_inside``: a hidden sigmoid layer
+    inside the forward, driven into its tails by a large gain (the control)."""
+
+    def __init__(self, squash_inside: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.out = nn.Conv2d(8, 1, 1)
+        self.squash_inside = squash_inside
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        h = torch.sigmoid(40.0 * h) if self.squash_inside else torch.relu(h)
+        return self.out(h)
+
+
+def _segmentation_run(path, squash_inside: bool):
+    model = _Segmenter(squash_inside)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    g = torch.Generator().manual_seed(0)
+    with steadygrad.Monitor(model, opt, path) as mon:
+        for _ in range(120):
+            x = torch.rand(8, 1, 12, 12, generator=g)
+            mask = (x > 0.5).float()
+            p = torch.sigmoid(model(x))  # the loss squashes the output: a soft Dice
+            loss = 1 - (2 * (p * mask).sum() + 1) / (p.sum() + mask.sum() + 1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    return steadygrad.load(path)
+
+
+def test_the_losss_sigmoid_on_a_confident_output_is_no_saturated_layer(tmp_path):
+    # Trigger: set 83's U-Net trained with a Dice loss, which applies the sigmoid to the
+    # output conv's logits outside the model's forward: as the masks grew confident, that
+    # sigmoid sat in its tails and the output conv was named saturated (a healthy run).
+    run = _segmentation_run(tmp_path / "dice", squash_inside=False)
+    assert "saturated/out" not in run.names()
+    assert not [f for f in run.findings() if f.kind == "loss_of_plasticity" and f.where == "out"]
+
+
+def test_a_saturated_sigmoid_inside_the_forward_is_still_read(tmp_path):
+    run = _segmentation_run(tmp_path / "inside", squash_inside=True)
+    (name,) = [n for n in run.names() if n.startswith("saturated/") and n != "saturated/out"]
+    assert run.series(name)[1].max() > 0.5  # 40x gains put most inputs in the tails

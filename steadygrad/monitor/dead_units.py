@@ -91,14 +91,36 @@ class DeadUnitSignal(InterceptingSignal):
         x = args[0] if args else kwargs.get("input")
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
             return
-        layer = self.producer(x) or self.composer(x)
-        if layer is None and not self.in_forward():
-            return  # the loss squashing the output (a Dice loss's sigmoid): no hidden units
-        layer = layer or self.running() or "<root>"
+        layer = self.producer(x) or self.composer(x) or self.running() or "<root>"
         count = (x.detach().abs() > tail).sum(dtype=torch.float32)
-        total = self._saturated.setdefault(layer, [count.new_zeros(()), 0])
-        total[0], total[1] = total[0] + count, total[1] + x.numel()
-        self.seen = True
+
+        def add() -> None:
+            total = self._saturated.setdefault(layer, [count.new_zeros(()), 0])
+            total[0], total[1] = total[0] + count, total[1] + x.numel()
+            self.seen = True
+
+        self._if_hidden(x, add)
+
+    def _if_hidden(self, x: torch.Tensor, add: Callable[[], None]) -> None:
+        """``add()`` the reading of an activation applied to ``x``: at once inside the model's
+        forward; applied outside it (by the training loop), only once the backward pass reaches
+        ``x`` and only if a module of the model ran after the call, its output fed on into the
+        model (a loop that composes the model's layers itself). An activation nothing ran after
+        is the loss's own, on the model's output (a Dice loss's sigmoid, a hinge's ReLU): it
+        has no hidden units, and a confident output sits in its tails."""
+        if self.in_forward():
+            add()
+        elif x.requires_grad:
+            calls = self.calls
+
+            def reached(grad: torch.Tensor) -> None:
+                try:
+                    if self.calls > calls:
+                        add()
+                except Exception:  # noqa: BLE001 - a measurement never breaks the backward pass
+                    pass
+
+            x.register_hook(reached)
 
     def _observe_hardtanh(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """A hardtanh whose floor is 0 is a clipped ReLU: a unit below it gets no gradient."""
@@ -120,8 +142,6 @@ class DeadUnitSignal(InterceptingSignal):
         channel_first = layer in self._channel_first
         if layer is None and (layer := self.composer(x)) is not None:
             channel_first = x.dim() == 4  # a layer of its own making: NCHW, torch's convention
-        if layer is None and not self.in_forward():
-            return  # the loss's own ReLU (a hinge, a margin): no hidden units
         layer = layer or self.running() or "<root>"
         dim = 1 if channel_first else x.dim() - 1
         units = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1)  # one row per unit
@@ -131,15 +151,19 @@ class DeadUnitSignal(InterceptingSignal):
         varies = (units != units[:, :1]).any(dim=1) if units.shape[1] > 1 else True
         alive = positive.any(dim=1) & varies
         fed = units.ne(0).any(dim=1)
-        previous = self._alive.get(layer)
-        if previous is not None and previous.shape != alive.shape:
-            return  # the same layer fed ReLUs of another width: keep the first
-        self._alive[layer] = alive if previous is None else previous | alive
-        self._fed[layer] = fed if previous is None else self._fed[layer] | fed
         count = positive.sum(dtype=torch.float32)
-        total = self._active.setdefault(layer, [count.new_zeros(()), 0.0])
-        total[0], total[1] = total[0] + count, total[1] + positive.numel()
-        self.seen = True
+
+        def add() -> None:
+            previous = self._alive.get(layer)
+            if previous is not None and previous.shape != alive.shape:
+                return  # the same layer fed ReLUs of another width: keep the first
+            self._alive[layer] = alive if previous is None else previous | alive
+            self._fed[layer] = fed if previous is None else self._fed[layer] | fed
+            total = self._active.setdefault(layer, [count.new_zeros(()), 0.0])
+            total[0], total[1] = total[0] + count, total[1] + positive.numel()
+            self.seen = True
+
+        self._if_hidden(x, add)
 
     def measure(self, step: int, out: Measurements) -> None:
         if self._saturated:

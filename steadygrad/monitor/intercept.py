@@ -69,6 +69,7 @@ class InterceptingSignal(Signal):
         self._nodes: dict[object, str] = {}  # autograd node that made a leaf's output -> leaf
         self._handles: list[Any] = []
         self._mode: _Mode | None = None
+        self.calls = 0  # forward calls of the model's modules seen so far
 
     def watched(self) -> dict[Callable, Callable]:
         raise NotImplementedError
@@ -115,6 +116,7 @@ class InterceptingSignal(Signal):
         name = self._names.get(id(module))
         if name is not None:  # a module of the watched model
             self._stack.append(name)
+            self.calls += 1
 
     def _pop(self, module: nn.Module, args: object, output: object) -> None:
         name = self._names.get(id(module))
