@@ -1280,11 +1280,11 @@ def _output_logits(facts: RunFacts) -> Found | None:
         return found
     if found is None or found.first_step is None:
         return found
-    steps, pushes = _pushes(facts)
+    steps, _ = _pushes(facts)
     if len(steps) and steps[0] <= found.first_step:
         # the loss raises the logits itself, from its first such reading on (their drift
         # confirms it later): the weights grew to serve it, not the other way round
-        began, push = int(steps[0]), float(pushes[steps <= found.first_step].min())
+        began, push = int(steps[0]), _logits_pushed_up(facts, found.first_step)
         found.summary += (
             f"; the loss's own gradient pushes every logit up from step {began} ({push:.2g} "
             "of it along their common shift, which no loss of the softmax alone moves): a "
