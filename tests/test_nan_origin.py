@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -221,6 +222,50 @@ def test_a_large_fp16_output_whose_norm_overflows_is_no_producer(tmp_path):
     first = _first_nonfinite(steadygrad.load(tmp_path / "wide"))
     assert first.step == 7 and first.where == "1", first.evidence
     assert first.evidence["forward_origin"]["float16_overflow"] is True
+
+
+class _Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(x)
+
+
+@pytest.mark.parametrize("fits_float32", [True, False])
+def test_an_fp16_overflow_on_a_hooked_step_is_told_from_one_float32_cannot_hold(
+    tmp_path, fits_float32
+):
+    # the overflow falls on step 25, the activation cadence: the step's own hooks find the
+    # producer, and only computing it again in float32 tells float16's range (exp(20) = 4.9e8)
+    # from an exp no float holds (exp(200))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), _Exp(), nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    big = 20.0 if fits_float32 else 200.0
+    with steadygrad.watch(model, opt, tmp_path / "hooked", progress=False) as mon:
+        for step in range(30):
+            x = torch.rand(16, 4, generator=gen)
+            with torch.autocast("cpu", dtype=torch.float16):
+                h = model[0](x)
+                if step == 25:
+                    h = h + big
+                    # the oracle, in the same run: float16 overflows; float32 holds exp(20) only
+                    assert not bool(torch.isfinite(torch.exp(h)).all())
+                    wide = torch.exp(h.float())
+                    assert bool(torch.isfinite(wide).all()) is fits_float32
+                logits = model[2](model[1](h))
+            loss = nn.functional.cross_entropy(logits.float(), torch.zeros(16, dtype=torch.long))
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path / "hooked")
+    first = _first_nonfinite(run)
+    assert first.step == 25 and first.where == "1", first.evidence
+    origin = first.evidence["forward_origin"]
+    assert "replayed" not in origin  # the step's own hooks named it
+    assert origin.get("float16_overflow", False) is fits_float32
+    top = steadygrad.diagnose(run).diagnoses[0]
+    assert top.cause == ("amp_overflow" if fits_float32 else "nonfinite") and top.where == ["1"]
 
 
 def test_the_replays_run_the_models_own_hooks_and_never_the_users(tmp_path, monkeypatch):

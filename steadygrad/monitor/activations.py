@@ -53,6 +53,7 @@ class Call:
     input_norm: torch.Tensor | None
     output_norm: torch.Tensor | None
     numel: int
+    half: bool = False  # an output in float16 (autocast): a non-finite one may be its overflow
 
 
 @dataclass
@@ -146,8 +147,9 @@ class ActivationHooks:
 
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             outs = _floats(output)
+            half = any(t.dtype == torch.float16 for t in outs)
             calls.append(
-                Call(name, _norm(_floats(args)), _norm(outs), sum(t.numel() for t in outs))
+                Call(name, _norm(_floats(args)), _norm(outs), sum(t.numel() for t in outs), half)
             )
             if name in self._weighted and torch.is_grad_enabled() and not self.tracing:
                 self._recurrence(name, args, outs)
@@ -231,6 +233,8 @@ class ActivationHooks:
                     first_bad = {"module": call.module, "input_finite": input_ok}
                 if producer is None and input_ok:
                     producer = {"module": call.module, "output_norm": out_norm}
+                    if call.half:
+                        producer["float16_output"] = True
         rms = {ACT_RMS.key(m): math.sqrt(s / numel[m]) for m, s in sumsq.items()}
         origin = None
         if first_bad is not None:
@@ -351,8 +355,8 @@ class ActivationSignal(Signal):
 
     def before_update(self) -> None:
         """Copy the clean weights if the gradients about to be applied are not finite."""
-        if self._hooked or self.hooks.installed or not self._calls:
-            return  # hooked steps name the producer from their own forward pass
+        if not self._calls:
+            return
         if _on_accelerator(self.monitor.model):
             return  # the check would synchronise the device every step
         _, norms = self.monitor.gradient_norms()  # reused by the step's record
@@ -375,7 +379,9 @@ class ActivationSignal(Signal):
             record.values.update(rms)
             self._note_recurrent(record)
             if origin is not None:
-                record.meta["forward_origin"] = _unless_corrupted(origin, self._corrupted)
+                record.meta["forward_origin"] = _unless_corrupted(
+                    self._overflowed(origin, record), self._corrupted
+                )
         v = record.values
         unhealthy = (
             not math.isfinite(v.get(LOSS.name, 0.0))
@@ -412,6 +418,16 @@ class ActivationSignal(Signal):
                 self.monitor.store.update_config({RECURRENT_MODULES: self._recurrent_noted})
             except Exception as exc:  # a note for the diagnosis, never worth the run
                 log.warning("steadygrad: could not note the recurrent modules: %r", exc)
+
+    def _overflowed(self, origin: dict, record: Record) -> dict:
+        """A producer found by this step's hooks whose output was float16: replayed, to learn
+        whether it overflowed float16's range (finite in float32), which its norm cannot say."""
+        if not origin.pop("float16_output", False):
+            return origin
+        again = self._replay(record)
+        if again and again.get(FLOAT16_OVERFLOW) and again.get("module") == origin["module"]:
+            origin[FLOAT16_OVERFLOW] = True
+        return origin
 
     def _replay(self, record: Record) -> dict | None:
         """Re-run the step's forward calls on their inputs with the weights before the update,
