@@ -71,8 +71,10 @@ def _ddp(rank: int, out: Path) -> None:
         model, optimizer, out / "run", autopilot=pilot, progress=False, detectors=_detectors()
     )
     seen: dict = {"losses": [], "local_grads": [], "applied_norm": [], "skipped": [], "w": []}
+    seen["input_ms"] = []
     for step in range(STEPS):
         x, y = _batch(rank, step)
+        seen["input_ms"].append(float(x.double().square().mean()))
         # The oracle: this rank's own gradient, by autograd on the unwrapped module (no DDP).
         local = torch.autograd.grad(nn.functional.mse_loss(plain(x), y), list(plain.parameters()))
         seen["local_grads"].append([g.reshape(-1).tolist() for g in local])

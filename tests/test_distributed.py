@@ -104,6 +104,9 @@ def test_ddp_records_the_global_mean_loss_the_applied_norms_and_names_the_rank(t
                 assert math.isnan(value)
             else:
                 assert value == pytest.approx(own, rel=1e-5)
+    # The inputs' RMS is over both ranks' batches: the root of their mean squares' mean.
+    input_ms = np.array([r["input_ms"] for r in ranks])
+    np.testing.assert_allclose(_series(run, "input_rms"), np.sqrt(input_ms.mean(0)), rtol=1e-5)
     # The NaN came from rank 1 alone, in the first layer's weight gradient.
     assert _series(run, "nonfinite_grads/0")[nan] == 0
     assert _series(run, "nonfinite_grads/1")[nan] == 32  # every entry of the 8x4 weight

@@ -106,6 +106,14 @@ ACT_RMS = Metric(
     panel="act_rms",
 )
 
+INPUT_RMS = Metric(
+    "input_rms",
+    "root mean square of the floating-point inputs of the step's first call into the model (its "
+    "batch; none for token ids)",
+    scale="log",
+    panel="act_rms",
+)
+
 # -- transformers ------------------------------------------------------------------------------
 ATTN_LOGIT_MAX = Metric(
     "attn_logit_max",

@@ -23,6 +23,7 @@ from steadygrad.core.metrics import (
     DIRECTIONAL_SHARPNESS_RATIO,
     FLOAT16_OVERFLOW,
     GRAD_NORM,
+    INPUT_RMS,
     LEARNING_RATE,
     LOSS,
     OPTIMIZER_REPLACED,
@@ -1815,6 +1816,72 @@ PEAK_FIRST = 4.0
 BACK_WITHIN = "back_within_steps"
 
 
+# A batch whose inputs' RMS stood this many times the median of the batches before it is unlike
+# the data the run trained on (pixels left unnormalised, millivolts for volts, power for log
+# power): sampling moves a batch's RMS by tens of percent, not tenfold.
+INPUT_OUTLIER = 10.0
+INPUT_HISTORY = (10, 50)  # the fewest and the most batches before it that it is judged against
+
+
+def _input_outlier(facts: RunFacts, lag: int = 2, within: int = 50) -> Found | None:
+    """A loss or gradient spike at most ``lag`` steps after a batch whose floating-point
+    inputs' RMS stood ``INPUT_OUTLIER`` times the median of the batches before it, with the
+    loss at that batch still finite (a NaN it made is named by its producer): that batch made
+    the spike, whatever the run did after."""
+    inputs, loss = facts.series(INPUT_RMS.name), facts.series(LOSS.name)
+    if inputs is None or loss is None:
+        return None
+    steps, rms = inputs
+    fewest, most = INPUT_HISTORY
+    spikes = [
+        f for f in facts.of(LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE) if f.severity != "info"
+    ]
+    for spike in sorted(spikes, key=lambda f: f.step):
+        for k in np.flatnonzero((steps >= spike.step - lag) & (steps <= spike.step)):
+            before = rms[max(k - most, 0) : k]
+            before = before[np.isfinite(before)]
+            at = loss[1][loss[0] == steps[k]]
+            if len(before) < fewest or not len(at) or not np.isfinite(at[0]):
+                continue
+            usual = float(np.median(before))
+            if not usual > 0 or not rms[k] >= INPUT_OUTLIER * usual:
+                continue
+            step = int(steps[k])
+            ev: dict[str, Any] = {
+                "input_rms": float(rms[k]),
+                "usual_input_rms": usual,
+                "input_ratio": float(rms[k] / usual),
+                "spike": spike.evidence,
+                BACK_WITHIN: _loss_back_within(loss, step, within),
+            }
+            summary = (
+                f"one batch at step {step}: its inputs' RMS was {rms[k] / usual:.3g}x that of "
+                f"the batches before it, and the {_spike_of(spike)} spiked "
+                + ("at it" if spike.step == step else f"{spike.step - step} step(s) later")
+                + "; an outlier in the data (inputs mis-scaled or unnormalised)"
+            )
+            summary += _batches_behind([spike], ev)
+            return Found(summary, step, [], ev)
+    return None
+
+
+def _spike_of(f: Finding) -> str:
+    return "loss" if f.kind == LOSS_SPIKE.name else "gradient"
+
+
+def _loss_back_within(loss: tuple[np.ndarray, np.ndarray], step: int, within: int) -> int | None:
+    """Steps after ``step`` until the loss's running median of 5 was back under 1.5x its median
+    over the 50 steps before it (None when not within ``within``)."""
+    steps, values = loss
+    before = values[(steps < step) & (steps >= step - 50) & np.isfinite(values)]
+    after = values[(steps > step) & (steps <= step + within)]
+    if not len(before) or len(after) < 5 or not np.isfinite(after).all():
+        return None
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(after, 5), axis=1)
+    back = np.flatnonzero(medians < 1.5 * np.median(before))
+    return int(back[0]) + 5 if len(back) else None
+
+
 def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found | None:
     """A loss spike in one step (the step before rose less than a ``ONE_OFF``-th of the way:
     the weights that batch met were those of a calm run, so the batch made it) that the run got
@@ -1825,6 +1892,9 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
     (the knock broke the run). One batch unlike the others (with the gradient spike it caused,
     when there was one); an adaptive optimizer can take tens of steps to settle after the step
     it took."""
+    found = _input_outlier(facts, within=within)
+    if found is not None:
+        return found
     loss = facts.series(LOSS.name)
     if loss is None:
         return None

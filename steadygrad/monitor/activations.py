@@ -31,6 +31,7 @@ from steadygrad.core.forward_hooks import observers_silenced
 from steadygrad.core.metrics import (
     ACT_RMS,
     FLOAT16_OVERFLOW,
+    INPUT_RMS,
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
@@ -88,6 +89,14 @@ def _autocast_as(state: list[tuple[str, torch.dtype]]):
 
 def _floats(tree: object) -> list[torch.Tensor]:
     return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _input_rms(call: TopCall) -> torch.Tensor | None:
+    """The RMS of a call's floating-point inputs, on their device (no synchronisation)."""
+    inputs = _floats((call.args, call.kwargs))
+    numel = sum(t.numel() for t in inputs)
+    norm = _norm(inputs) if numel else None
+    return None if norm is None else norm / math.sqrt(numel)
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor | None:
@@ -296,7 +305,7 @@ class ActivationSignal(Signal):
     corrupted is never blamed: the origin is then reported as unknown.
     """
 
-    metrics = (ACT_RMS,)
+    metrics = (ACT_RMS, INPUT_RMS)
 
     def __init__(self, every: int = 25, guard_steps: int = 3) -> None:
         super().__init__(every=positive_int("activation_every", every))
@@ -372,6 +381,9 @@ class ActivationSignal(Signal):
         norms = self.hooks.tensor() if self._hooked else None
         if norms is not None:
             out.stash(self, norms)
+        rms = _input_rms(self._calls[0]) if self._calls else None
+        if rms is not None:  # every step: a bad batch comes once, off any cadence
+            out.put(INPUT_RMS.name, rms)
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         if raw:

@@ -5,9 +5,9 @@ one process is up. At the Monitor's one transfer it reduces the step's values in
 a SUM over one concatenated vector (a maximum, such as the slowest rank's step time, travels as
 one slot per rank and is taken on the host, so no second operator is needed):
 
-* ``loss`` is the mean over ranks; ``step_time`` the slowest rank's; activation RMS the root mean
-  square over ranks; every other value is rank 0's, sent to all, so every rank holds the same
-  Record.
+* ``loss`` is the mean over ranks; ``step_time`` the slowest rank's; activation and input RMS the
+  root mean square over ranks; every other value is rank 0's, sent to all, so every rank holds
+  the same Record.
 * gradient and weight norms are of the tensors actually applied: after DDP's all-reduce every
   rank holds the same gradients, so they need nothing; under FSDP2 each rank holds shards, and
   :class:`~steadygrad.monitor.parameters.ParameterStats` asks :meth:`Reducer.norms` for the
@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from steadygrad.core import Measurements, Record, Signal
-from steadygrad.core.metrics import GRAD_NORM_LOCAL, LOSS, NONFINITE_GRADS, STEP_TIME
+from steadygrad.core.metrics import GRAD_NORM_LOCAL, INPUT_RMS, LOSS, NONFINITE_GRADS, STEP_TIME
 
 ROOT, SUM, MEAN, RMS = range(4)  # how a value is reduced over ranks (ROOT: rank 0's)
 
@@ -256,6 +256,8 @@ class Reducer(Signal):
         family, _, where = label.partition("/")
         if label == LOSS.name:
             return MEAN
+        if label == INPUT_RMS.name:
+            return RMS  # each rank's own batch: one mis-scaled on any rank shows
         if where and family in (LOSS.name, NONFINITE_GRADS.name, GRAD_NORM_LOCAL.name):
             return SUM  # per-rank slots
         # Norms of the applied gradients and weights are already global, learning rates the
