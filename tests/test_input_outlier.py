@@ -41,8 +41,6 @@ def _train(tmp_path, name, *, scale_at=None, jolt_at=None, steps=200, vary=1.0):
     return steadygrad.load(tmp_path / name), by_hand
 
 
-
-
 def test_the_input_rms_is_each_steps_batch(tmp_path):
     run, by_hand = _train(tmp_path, "rms", steps=30)
     steps, values = run.series(INPUT_RMS.name)
