@@ -90,6 +90,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout82,
     cases_heldout83,
     cases_heldout84,
+    cases_heldout86,
     cases_mlp,
     cases_other,
 )
