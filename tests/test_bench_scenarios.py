@@ -192,6 +192,7 @@ HELD_OUT_FILES = [
     ("cases_heldout81", "h81_", 12, 11, 12),
     ("cases_heldout82", "h82_", 11, 11, 12),  # its writer ran out of time: 11 faults, 3 healthy
     ("cases_heldout83", "h83_", 12, 11, 12),
+    ("cases_heldout85", "h85_", 12, 11, 12),
 ]
 
 

@@ -89,6 +89,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout81,
     cases_heldout82,
     cases_heldout83,
+    cases_heldout85,
     cases_mlp,
     cases_other,
 )
