@@ -13,7 +13,7 @@ multi-scale discriminator, classifier-free-guidance diffusion on digits, an MLP-
 a MetaFormer with a pooling token mixer and a Gram-matrix texture network.
 
 Optimizers: AdamW, NAdam, Adamax, Adam, RAdam, SGD, SGD with momentum, RMSprop, ASGD, Adagrad,
-and steadygrad.optim's Lion, StableSPAM, AdEMAMix, Grams and AdaBelief.
+and steadygrad.optim's Lion, StableSPAM, AdEMAMix and AdaBelief.
 """
 
 from __future__ import annotations
