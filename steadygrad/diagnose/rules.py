@@ -448,6 +448,8 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
     found.stalls = "too_large" not in directions
     ratios = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.severity != "info"]
+    if ratios and all(_paused(facts, f) for f in ratios):
+        return None  # experts no token was routed to for a while, then learning again
     back = _back_in_range(facts, ratios)
     if back is not None and found.first_step is not None:
         # updates too large for a while, then in range for good: an episode the run got over
@@ -468,6 +470,27 @@ def _update_ratio(facts: RunFacts) -> Found | None:
             "they stand still because nothing runs through them"
         )
     return found
+
+
+def _paused(facts: RunFacts, f: Finding, readings: int = 3) -> bool:
+    """A tensor found frozen that no gradient reached at all while it stood still (no input
+    ran through it: an expert no token was routed to), and that moved at each of the
+    ``readings`` readings or more after the last it stood still: a pause in its routing, not
+    a frozen layer."""
+    ratio = facts.series(f"{UPDATE_RATIO.name}/{f.where}") if f.where else None
+    grads = facts.series(f"{GRAD_NORM.name}/{f.where}") if f.where else None
+    if f.evidence.get("direction") != "frozen" or ratio is None or grads is None:
+        return False
+    steps, values = ratio
+    moved = values > f.evidence.get("low", 0.0)
+    k = int(np.searchsorted(steps, f.step, side="right"))  # the readings up to the finding
+    began = k
+    while began > 0 and not moved[began - 1]:
+        began -= 1
+    if began == k or np.any((grads[0] >= steps[began]) & (grads[0] <= f.step)):
+        return False  # a gradient came and nothing applied it: frozen, not unreached
+    last_still = int(np.flatnonzero(~moved)[-1])
+    return len(steps) - 1 - last_still >= readings
 
 
 def _back_in_range(facts: RunFacts, ratios: list[Finding], readings: int = 3) -> int | None:
@@ -618,7 +641,7 @@ def _starved(facts: RunFacts) -> Found | None:
     forward = _forward_last_read(facts) if frozen else {}
     starved = [m for f in frozen if (m := _starved_module(facts, f.where, forward)) is not None]
     if not starved:
-        return None if frozen else _never_routed(facts)
+        return _cut_off(facts, frozen) if frozen else _never_routed(facts)
     if len(starved) < len(frozen):
         return None
     modules = sorted({m for m, _ in starved}, key=_natural)
@@ -631,6 +654,33 @@ def _starved(facts: RunFacts) -> Found | None:
         since,
         modules,
         {"starved_since": since, "frozen_tensors": len(frozen)},
+    )
+
+
+def _cut_off(facts: RunFacts, frozen: list[Finding]) -> Found | None:
+    """Tensors found frozen whose gradient was read, and was exactly 0, from their first
+    reading still to the end of the run, with no dead units found: no signal reaches them (an
+    input masked to zeros, a path the loss never sees). A setting that freezes a layer leaves
+    its gradient (a rate of 0, a tensor left out of the optimizer) or removes it
+    (``requires_grad=False``); it never makes it exactly 0."""
+    if not frozen or facts.of(LOSS_OF_PLASTICITY):
+        return None
+    for f in frozen:
+        grads = facts.series(f"{GRAD_NORM.name}/{f.where}")
+        if grads is None or not _no_gradient(facts, f.where, f.step):
+            return None
+        if np.any(grads[1][grads[0] >= f.step] != 0.0):
+            return None  # a gradient came back: it learns again
+    modules = sorted({f.where.rsplit(".", 1)[0] for f in frozen}, key=_natural)
+    since = min(f.step for f in frozen)
+    return Found(
+        f"no gradient reaches {layer_span(modules)}: from step {since} to step "
+        f"{facts.run.last_step} the gradient of {layer_span([f.where for f in frozen])} was "
+        "exactly 0 (its input masked to zeros, a path the loss never sees): its units never "
+        "learn",
+        since,
+        modules,
+        {"zero_gradient_since": since, "frozen_tensors": len(frozen)},
     )
 
 
@@ -1678,6 +1728,12 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
             )
             found.set_off_by = "data_outlier"  # the batch behind the spike, when there was one
             found.summary += f"; {found.outlived}"
+        restarted = _jolted_by_a_restart(facts, spike.step)
+        if restarted is not None and spike.step - restarted <= RESTART_WITHIN:
+            found.consequence_of = (
+                f"the optimizer's state started again from nothing at step {restarted}: its "
+                "moments began again from the gradients of the jolt that restart made"
+            )
         return found
     return None
 
@@ -1744,6 +1800,11 @@ def _spike_made_by(facts: RunFacts, step: int) -> str:
             f"the optimizer's state started again from nothing at step {restarted}: the "
             "gradient is that of where its first steps threw the weights"
         )
+    if (skipped := _overflowing_around(facts, step)) is not None:
+        return (
+            f"the GradScaler skipped step {skipped} for a float16 overflow: the gradients "
+            "around it were at float16's edge, this one just under it"
+        )
     if (grown := _riding_a_growth(facts, step)) is not None:
         return (
             f"the gradient norm had already grown {grown[1]:.3g}x since step {grown[0]} and "
@@ -1751,6 +1812,25 @@ def _spike_made_by(facts: RunFacts, step: int) -> str:
             "its own"
         )
     return ""
+
+
+# Steps either side of a gradient spike within which a step the optimizer skipped (a GradScaler's
+# overflow) makes the spike a reading of that overflow.
+OVERFLOW_AROUND = 5
+
+
+def _overflowing_around(facts: RunFacts, step: int) -> int | None:
+    """The nearest step, ``OVERFLOW_AROUND`` or fewer either side of ``step``, that the
+    optimizer skipped with a finite loss (not the autopilot: a GradScaler's overflow), if any."""
+    by_autopilot = {a.step for a in _autopilot_actions(facts)}
+    loss = facts.series(LOSS.name)
+    finite = set() if loss is None else set(loss[0][np.isfinite(loss[1])].tolist())
+    near = [
+        s
+        for s in _skipped_steps(facts)
+        if abs(s - step) <= OVERFLOW_AROUND and s not in by_autopilot and s in finite
+    ]
+    return min(near, key=lambda s: abs(s - step)) if near else None
 
 
 # A gradient norm this many times the best level of a growth that broke the run, just before a
@@ -1878,8 +1958,21 @@ def _loss_back_within(loss: tuple[np.ndarray, np.ndarray], step: int, within: in
     if not len(before) or len(after) < 5 or not np.isfinite(after).all():
         return None
     medians = np.median(np.lib.stride_tricks.sliding_window_view(after, 5), axis=1)
-    back = np.flatnonzero(medians < 1.5 * np.median(before))
+    back = np.flatnonzero(_within_half(medians, float(np.median(before))))
     return int(back[0]) + 5 if len(back) else None
+
+
+def _jump(spike: dict) -> str:
+    """How far a loss spike rose: times its baseline, or from it when it is not positive."""
+    if "ratio" in spike:
+        return f"{spike['ratio']:.3g}x its baseline"
+    return f"from a baseline of {spike.get('baseline', math.nan):.3g} to {spike.get('loss', math.nan):.3g}"
+
+
+def _within_half(losses: np.ndarray, baseline: float) -> np.ndarray:
+    """Which losses stand less than half their baseline's size above it (under 1.5x a positive
+    baseline; a negative log-likelihood's can be below zero)."""
+    return losses - baseline < 0.5 * abs(baseline)
 
 
 def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found | None:
@@ -1917,7 +2010,7 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
         if _restarted_before(facts, spike.step) is not None:
             continue  # the optimizer started again from nothing: its first steps threw them
         medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
-        back = np.flatnonzero(medians < 1.5 * baseline)
+        back = np.flatnonzero(_within_half(medians, baseline))
         knocked = peak >= PEAK_FIRST * after.max() and peak >= ONE_OFF * baseline
         if len(back):
             settled = int(back[0]) + window  # steps after the spike until it was back
@@ -1941,7 +2034,7 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
         }
         summary = (
             f"one batch at step {spike.step}: the loss jumped "
-            f"{spike.evidence.get('ratio', math.nan):.3g}x its baseline and {outcome}, an "
+            f"{_jump(spike.evidence)} and {outcome}, an "
             "outlier in the data"
         )
         summary += _batches_behind([spike], ev)
@@ -2072,8 +2165,7 @@ def _loss_spike(facts: RunFacts) -> Found | None:
     first = spikes[0]
     ev: dict[str, Any] = {"spikes": len(spikes), "first": first.evidence}
     summary = (
-        f"{len(spikes)} loss spike(s), the first at step {first.step} "
-        f"({first.evidence.get('ratio', math.nan):.3g}x its baseline)"
+        f"{len(spikes)} loss spike(s), the first at step {first.step} ({_jump(first.evidence)})"
     )
     restarted = _restarted_before(facts, first.step)
     if restarted is not None:
@@ -2116,9 +2208,25 @@ def _sharpness(facts: RunFacts) -> Found | None:
         _lr_raised_into_a_jolt,
     )
     found = [f for check in checks if (f := check(facts)) is not None]
-    return min(
+    first = min(
         found, key=lambda f: math.inf if f.first_step is None else f.first_step, default=None
     )
+    if first is not None and first.first_step is not None:
+        restarted = _restarted_with(facts, first.first_step)
+        if restarted is not None:
+            first.consequence_of = (
+                f"the optimizer's state started again from nothing at step {restarted}, its "
+                "learning rate with it: a resume that restored neither the optimizer nor its "
+                "schedule, whose first steps crossed 2/sharpness"
+            )
+    return first
+
+
+def _restarted_with(facts: RunFacts, step: int) -> int | None:
+    """The step the optimizer's state started again from nothing, ``RESTART_WITHIN`` steps or
+    fewer either side of ``step``, when that restart jolted the loss."""
+    restarted = _jolted_by_a_restart(facts, step + RESTART_WITHIN)
+    return restarted if restarted is not None and restarted >= step - RESTART_WITHIN else None
 
 
 # Steps a run trained at a learning rate (or a larger one) before it broke that prove that
@@ -2413,6 +2521,11 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
         found.consequence_of = (
             f"the weights were replaced between steps at step {replaced} (an EMA swap, a "
             "checkpoint reload), and the loss climbed from there"
+        )
+    elif (restarted := _jolted_by_a_restart(facts, first.step)) is not None:
+        found.consequence_of = (
+            f"the optimizer's state started again from nothing at step {restarted}: its first "
+            "steps threw the weights, and the loss climbed from there"
         )
     return found
 
@@ -2713,7 +2826,7 @@ RULES: tuple[Rule, ...] = (
             CLIP_SPIKES,
         ),
         _adam_poisoned,
-        (GRAD_NORM_SPIKE, GRADIENT_SPIKE),
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, LOSS_SPIKE),  # a loss spike: a restart's jolt
         explained_by=("data_outlier",),  # an outlier batch's gradient is the spike that poisons
     ),
     Rule(

@@ -80,19 +80,19 @@ class SpikeDetector(Detector):
         if len(self.baseline) >= self.warmup and math.isfinite(x):
             median = self.baseline.median()
             z = self.baseline.score(x, self.rel_floor)
-            ratio = value / self.untransform(median) if self.untransform(median) else math.inf
+            base = self.untransform(median)
+            # a ratio to a baseline below zero (a likelihood's negative log: a Gaussian NLL, a
+            # flow) says nothing: the z-score and the detector's own test judge alone
+            ratio = value / base if base > 0 else (math.inf if base == 0 else None)
             spiking = (
                 z > self.threshold
-                and ratio >= self.min_ratio
-                and self.material(value, self.untransform(median))
+                and (ratio is None or ratio >= self.min_ratio)
+                and self.material(value, base)
             )
             if spiking and self._quiet_needed == 0:
-                evidence = {
-                    self.signal: value,
-                    "baseline": self.untransform(median),
-                    "ratio": ratio,
-                    "z": z,
-                }
+                evidence = {self.signal: value, "baseline": base, "z": z}
+                if ratio is not None:
+                    evidence["ratio"] = ratio
                 findings.append(Finding(self.kind, record.step, None, evidence, "warning"))
         if spiking:
             self._quiet_needed = self.cooldown
