@@ -193,8 +193,8 @@ HELD_OUT_FILES = [
     ("cases_heldout82", "h82_", 11, 11, 12),  # its writer ran out of time: 11 faults, 3 healthy
     ("cases_heldout83", "h83_", 12, 11, 12),
     ("cases_heldout84", "h84_", 12, 11, 12),
-    ("cases_heldout86", "h86_", 9, 9, 13),  # its writer ran out of time: 9 faults, 4 healthy
     ("cases_heldout85", "h85_", 12, 11, 12),
+    ("cases_heldout86", "h86_", 9, 9, 13),  # its writer ran out of time: 9 faults, 4 healthy
     ("cases_heldout88", "h88_", 12, 11, 12),
 ]
 
