@@ -1083,7 +1083,7 @@ def _bursts_through_time(facts: RunFacts) -> Found | None:
     # (a factorised recurrence u(v(h)): the spike in v, the overflow in u)
     if not any(_inside(largest.where, m) for m in [module, *facts.recurrent_modules]):
         return None
-    start = min(f.step for f in spikes)
+    start = _first_cliff(facts, min(f.step for f in spikes))
     return Found(
         f"the gradients exploded through time in the recurrent {module}: from step {start} "
         f"its gradient spiked ({largest.where} up to {largest.evidence.get('grad_norm', 0):.3g}"
@@ -1094,6 +1094,22 @@ def _bursts_through_time(facts: RunFacts) -> Found | None:
         {"spike_step": start, "nonfinite_step": nan_at, "largest_spike": largest.where},
         "critical",
     )
+
+
+# Steps between a recurrence's bursts of the gradient that make them one series of cliffs.
+BURST_GAP = 5 * EXPLOSION_LEAD
+
+
+def _first_cliff(facts: RunFacts, step: int) -> int:
+    """The first of the gradient bursts (spikes of the gradient norm, or of a tensor's, not
+    info) before ``step`` that follow one another ``BURST_GAP`` steps apart or less: the
+    cliffs a recurrence fell from before the one that overflowed."""
+    bursts = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE) if f.severity != "info"}
+    for earlier in sorted((b for b in bursts if b < step), reverse=True):
+        if step - earlier > BURST_GAP:
+            break
+        step = earlier
+    return step
 
 
 def _leading_into(facts: RunFacts, until: int, *kinds: FindingKind) -> list[int]:
@@ -1799,6 +1815,13 @@ def _spike_made_by(facts: RunFacts, step: int) -> str:
         return (
             f"the optimizer's state started again from nothing at step {restarted}: the "
             "gradient is that of where its first steps threw the weights"
+        )
+    bursts = _bursts_through_time(facts)
+    if bursts is not None and step >= bursts.first_step:
+        return (
+            f"the gradients of the recurrent {bursts.where[0]} burst from step "
+            f"{bursts.first_step} until one burst overflowed at step "
+            f"{bursts.evidence['nonfinite_step']}: an explosion through time, in bursts"
         )
     if (skipped := _overflowing_around(facts, step)) is not None:
         return (
@@ -2854,7 +2877,7 @@ RULES: tuple[Rule, ...] = (
             Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
         ),
         _gradient_spike,
-        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, GRADIENT_GROWTH),
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, GRADIENT_GROWTH, NONFINITE),  # a NaN: bursts' end
         # an outlier batch makes a gradient spike of its own; a spike that poisoned the second
         # moment is named by what it did
         explained_by=("data_outlier", "adam_second_moment_poisoned"),
