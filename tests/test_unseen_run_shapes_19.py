@@ -16,6 +16,13 @@ from steadygrad.core import Record
 from steadygrad.diagnose.detectors import UpdateRatioOutOfRange
 
 
+def _run(tmp_path, name):
+    """A held-out scenario with the one-line attach (skipped where its fault did not take)."""
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    return report
+
+
 def _gaussian_nll_run(tmp_path, name, bad_at=None, steps=220):
     """A regressor of a mean and a log-scale trained by its Gaussian negative log-likelihood,
     which falls below zero as the fit tightens; at ``bad_at`` four targets come in other units
@@ -65,8 +72,7 @@ def test_a_resume_that_restarted_optimizer_and_schedule_is_its_jolt(tmp_path, na
     # Trigger: a job resumed with the weights but a fresh optimizer and its schedule back at
     # the peak. The rate rose 10-500x at the step the state was lost: the steps that crossed
     # 2/sharpness were the restart's, which the writers (and the fix: load both states) name.
-    ctx, report = held_out_run(tmp_path, name)
-    induced_or_skip(ctx)
+    report = _run(tmp_path, name)
     assert report.top.cause == "loss_spike"
     sharp = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
     assert "started again from nothing" in sharp.why
@@ -75,8 +81,7 @@ def test_a_resume_that_restarted_optimizer_and_schedule_is_its_jolt(tmp_path, na
 def test_a_rate_raised_with_no_restart_is_above_the_limit(tmp_path):
     # Control: set 81's DeepONet warm-up typo raises the rate by hand, the optimizer's state
     # intact: the rate is the cause.
-    ctx, report = held_out_run(tmp_path, "h81_sharpness_deeponet_warmup_typo")
-    induced_or_skip(ctx)
+    report = _run(tmp_path, "h81_sharpness_deeponet_warmup_typo")
     assert report.top.cause == "sharpness_above_limit"
 
 
@@ -91,8 +96,7 @@ def test_a_gradient_spike_among_the_scalers_skips_is_the_overflow(tmp_path, name
     # Trigger: set 84's DIEN, whose hand-written fp16 softmax overflows more and more often: a
     # bias's gradient spiked a step before the GradScaler skipped one, and was named before
     # the overflow that stalled the run. Control: set 85's Jasper, a spike with no skips.
-    ctx, report = held_out_run(tmp_path, name)
-    induced_or_skip(ctx)
+    report = _run(tmp_path, name)
     assert report.top.cause == cause
 
 
@@ -124,8 +128,7 @@ def test_a_tensor_no_gradient_reached_is_found_frozen_only_after_longer(grad_pre
 
 
 def test_a_healthy_mixture_with_a_pause_in_routing_gets_no_warning(tmp_path):
-    ctx, report = held_out_run(tmp_path, "h86_switch_reverse_healthy")
-    induced_or_skip(ctx)
+    report = _run(tmp_path, "h86_switch_reverse_healthy")
     run = steadygrad.load(tmp_path / "h86_switch_reverse_healthy")
     assert not [f for f in run.findings() if f.severity != "info"]
     assert report.top is None  # nothing to diagnose
@@ -135,16 +138,14 @@ def test_a_layer_whose_gradient_is_exactly_zero_for_good_cannot_learn(tmp_path):
     # Trigger: set 85's QuartzNet, whose residual conv gets frames masked to zeros: its batch
     # norm's scale has a gradient of exactly 0 from the start to the end. No setting does
     # that (a rate of 0 keeps the gradient, requires_grad=False removes it).
-    ctx, report = held_out_run(tmp_path, "h85_quartznet_silence_mask_units")
-    induced_or_skip(ctx)
+    report = _run(tmp_path, "h85_quartznet_silence_mask_units")
     assert report.top.cause == "loss_of_plasticity"
     assert report.top.where == ["blocks.2.res_bn"]
 
 
 def test_a_layer_frozen_by_a_rate_of_zero_is_out_of_range(tmp_path):
     # Control: a stage given a learning rate of 0 keeps its gradient: frozen by a setting.
-    ctx, report = held_out_run(tmp_path, "h14_cvt_stage_lr_zero")
-    induced_or_skip(ctx)
+    report = _run(tmp_path, "h14_cvt_stage_lr_zero")
     assert report.top.cause == "update_ratio_out_of_range"
     assert math.isfinite(report.top.first_step)
 
@@ -161,8 +162,7 @@ def test_bursts_of_a_recurrence_that_then_overflowed_are_its_explosion(tmp_path,
     # 229, came back each time, and at 278 a burst overflowed the recurrence: one series of
     # cliffs (Pascanu et al. 2013), the first of them a gradient spike named before the
     # explosion. Control: set 46's tree-LSTM, one spike the run got over.
-    ctx, report = held_out_run(tmp_path, name)
-    induced_or_skip(ctx)
+    report = _run(tmp_path, name)
     assert report.top.cause == cause
     if cause == "exploding_gradients":
         assert report.top.first_step < 230  # dated from the first of the bursts
