@@ -90,8 +90,9 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout82,
     cases_heldout83,
     cases_heldout84,
-    cases_heldout86,
     cases_heldout85,
+    cases_heldout86,
+    cases_heldout87,
     cases_mlp,
     cases_other,
 )
