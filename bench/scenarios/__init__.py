@@ -92,6 +92,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout84,
     cases_heldout85,
     cases_heldout86,
+    cases_heldout87,
     cases_heldout88,
     cases_mlp,
     cases_other,
