@@ -364,8 +364,8 @@ class ActivationSignal(Signal):
 
     def before_update(self) -> None:
         """Copy the clean weights if the gradients about to be applied are not finite."""
-        if not self._calls:
-            return
+        if not self._calls or self.hooks.installed and not any(c.half for c in self.hooks.calls):
+            return  # hooked steps name the producer from their own pass; a float16 one is replayed
         if _on_accelerator(self.monitor.model):
             return  # the check would synchronise the device every step
         _, norms = self.monitor.gradient_norms()  # reused by the step's record

@@ -788,7 +788,6 @@ class UpdateRatioOutOfRange(Detector):
         self._unused: set[str] = set()  # tensors found to be dead code (UNUSED_PARAMETERS)
         self._on_purpose: set[str] = set()  # requires_grad=False at attach (FROZEN_AT_ATTACH)
         self._from_zero: set[str] = set()  # tensors whose first ratio was infinite: w = 0
-        self._unreached: dict[str, int] = {}  # readings in a row still and with no gradient
         # the most an SGD-like step makes of one gradient, in rates (None: not such a step)
         self._gain: float | None = None
 
@@ -799,8 +798,6 @@ class UpdateRatioOutOfRange(Detector):
     VANISHING = 1e-3
     # What a momentum can make of one gradient: 1/(1 - momentum), for momenta up to 0.99.
     MOMENTUM_GAIN = 100.0
-    # Times the patience a tensor no gradient reached must stand still to be found frozen.
-    UNREACHED = 3
 
     def update(self, record: Record) -> list[Finding]:
         # read before anything is skipped: the first record says them, and may be an overflow
@@ -825,7 +822,6 @@ class UpdateRatioOutOfRange(Detector):
             self._unused.add(name)
             evidence = {"direction": "unused", "note": "no gradient, and its value changes nothing"}
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
-        grads = record.family(GRAD_NORM.name)
         for name, ratio in record.family(UPDATE_RATIO.name).items():
             if name not in self._recent and (ratio == math.inf or math.isnan(ratio)):
                 # its first update moved weights of exactly zero (inf), or none yet (0/0: a
@@ -847,15 +843,7 @@ class UpdateRatioOutOfRange(Detector):
                     evidence = {"direction": "too_large", "update_ratio": ratio, "high": self.high}
                     findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
             frozen = self._low.setdefault(name, _Streak())
-            # no gradient at all while it stood still (none in a record that has others'):
-            # no input reached it, as an expert no token was routed to, which many a healthy
-            # mixture has for a while; judged over UNREACHED times the readings
-            unreached = self._unreached.get(name, 0) + 1 if name not in grads and grads else 0
-            self._unreached[name] = unreached if ratio < self.low else 0
-            patience = self.patience
-            if ratio < self.low and unreached > frozen.count:  # every reading of the streak
-                patience *= self.UNREACHED
-            if frozen.update(ratio < self.low, patience):
+            if frozen.update(ratio < self.low, self.patience):
                 evidence = {"direction": "frozen", "update_ratio": ratio, "low": self.low}
                 severity = "warning"
                 vanishing = self._vanishing(record, name)
