@@ -1980,9 +1980,15 @@ def _loss_back_within(loss: tuple[np.ndarray, np.ndarray], step: int, within: in
     after = values[(steps > step) & (steps <= step + within)]
     if not len(before) or len(after) < 5 or not np.isfinite(after).all():
         return None
-    medians = np.median(np.lib.stride_tricks.sliding_window_view(after, 5), axis=1)
-    back = np.flatnonzero(_within_half(medians, float(np.median(before))))
-    return int(back[0]) + 5 if len(back) else None
+    return _settled(after, float(np.median(before)))
+
+
+def _settled(after: np.ndarray, baseline: float, window: int = 5) -> int | None:
+    """Steps until the running median (of ``window``) of the finite losses ``after`` a spike
+    stood within half its ``baseline``'s size of it; None when it never did."""
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
+    back = np.flatnonzero(_within_half(medians, baseline))
+    return int(back[0]) + window if len(back) else None
 
 
 def _jump(spike: dict) -> str:
@@ -2032,11 +2038,10 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue  # the step before threw the weights: the batch met them where they landed
         if _restarted_before(facts, spike.step) is not None:
             continue  # the optimizer started again from nothing: its first steps threw them
-        medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
-        back = np.flatnonzero(_within_half(medians, baseline))
+        back = _settled(after, baseline, window)  # steps after the spike until it was back
         knocked = peak >= PEAK_FIRST * after.max() and peak >= ONE_OFF * baseline
-        if len(back):
-            settled = int(back[0]) + window  # steps after the spike until it was back
+        if back is not None:
+            settled = back
             outcome = f"was back to normal within {settled} steps"
         elif peak >= ONE_OFF * after.max():
             # Not back, but nothing after came near it: one batch knocked the model off its
@@ -2053,7 +2058,7 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
         ev: dict[str, Any] = {
             "spike": spike.evidence,
             "gradient_spike": spike.step in grads,
-            BACK_WITHIN: settled if len(back) else None,
+            BACK_WITHIN: back,
         }
         summary = (
             f"one batch at step {spike.step}: the loss jumped "
