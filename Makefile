@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.steadygrad-installed
+# Test processes: the CI machine's 2 cores (each test runs torch on one thread, tests/conftest.py).
+WORKERS ?= 2
 
 .PHONY: demo test lint bench clean
 
@@ -17,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/steadygrad demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadscope
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check steadygrad tests bench
