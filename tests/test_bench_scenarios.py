@@ -198,6 +198,7 @@ HELD_OUT_FILES = [
     ("cases_heldout87", "h87_", 12, 11, 12),
     ("cases_heldout88", "h88_", 12, 11, 12),
     ("cases_heldout89", "h89_", 12, 11, 12),
+    ("cases_heldout90", "h90_", 12, 11, 12),
 ]
 
 

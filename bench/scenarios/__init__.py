@@ -95,6 +95,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout87,
     cases_heldout88,
     cases_heldout89,
+    cases_heldout90,
     cases_mlp,
     cases_other,
 )
