@@ -197,6 +197,7 @@ HELD_OUT_FILES = [
     ("cases_heldout86", "h86_", 9, 9, 13),  # its writer ran out of time: 9 faults, 4 healthy
     ("cases_heldout87", "h87_", 12, 11, 12),
     ("cases_heldout88", "h88_", 12, 11, 12),
+    ("cases_heldout91", "h91_", 10, 10, 12),  # its writer ran out of time: 10 faults, 4 healthy
 ]
 
 

@@ -94,6 +94,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout86,
     cases_heldout87,
     cases_heldout88,
+    cases_heldout91,
     cases_mlp,
     cases_other,
 )
