@@ -185,6 +185,52 @@ def test_dead_units_per_layer_with_functional_relus(tmp_path):
     assert "dead_units/bn" in values and 0.0 <= values["dead_units/bn"] <= 1.0
 
 
+class RecurrentNet(nn.Module):
+    """A cell stepped over 4 time steps by the model's own loop, then a layer over the sequence:
+    both apply their nonlinearity inside torch's kernel, where no functional call shows it."""
+
+    def __init__(self, nonlinearity: str) -> None:
+        super().__init__()
+        self.cell = nn.RNNCell(6, 8, nonlinearity=nonlinearity)
+        self.rnn = nn.RNN(8, 8, nonlinearity=nonlinearity, batch_first=True)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h, states = torch.zeros(x.shape[0], 8), []
+        for t in range(4):
+            h = self.cell(x * (t + 1) / 4, h)
+            states.append(h)
+        return self.head(self.rnn(torch.stack(states, 1))[0][:, -1])
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+def test_dead_units_of_recurrent_layers_whose_relu_runs_inside_torch(tmp_path, nonlinearity):
+    model = RecurrentNet(nonlinearity)
+    with torch.no_grad():
+        model.cell.bias_ih[:3] = -100.0  # three of the cell's eight units never fire
+        model.rnn.bias_ih_l0[:5] = -100.0  # five of the layer's
+    cell, rnn = copy.deepcopy(model.cell), copy.deepcopy(model.rnn)
+    records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
+    values = records[0].values
+    if nonlinearity == "tanh":  # no ReLU anywhere: no dead units to count
+        assert not any(k.startswith("dead_units/") for k in values)
+        return
+    with torch.no_grad():  # by hand, with the weights the step's forward used
+        h, states = torch.zeros(16, 8), []
+        for t in range(4):
+            h = cell(x * (t + 1) / 4, h)
+            states.append(h)
+        seq = torch.stack(states, 1)
+        out = rnn(seq)[0]
+    cell_dead = (seq <= 0).reshape(-1, 8).all(0).float().mean().item()
+    rnn_dead = (out <= 0).reshape(-1, 8).all(0).float().mean().item()
+    assert cell_dead == pytest.approx(3 / 8) and rnn_dead == pytest.approx(5 / 8)
+    assert values["dead_units/cell"] == pytest.approx(cell_dead)
+    assert values["dead_units/rnn"] == pytest.approx(rnn_dead)
+    assert values["relu_active/cell"] == pytest.approx((seq > 0).float().mean().item())
+    assert values["zeroed_units/cell"] == 0.0  # an output of 0 does not say its input was 0
+
+
 class ClippedNet(nn.Module):
     """ReLU6 as a module and a function, and a hardtanh that is not a ReLU (floor -1)."""
 

@@ -517,7 +517,8 @@ def _back_in_range(facts: RunFacts, ratios: list[Finding], readings: int = 3) ->
 def _plasticity(facts: RunFacts) -> Found | None:
     """Dead units or a collapsing rank; units first found dead in the ``EXPLOSION_LEAD`` steps
     before a break that was a gradient explosion (a spike of the gradient norm leading into
-    it) are its first casualties, driven out of range by what exploded, not its cause."""
+    it), or (in a recurrence) only after a break that gradient spikes led into, are its casualties, driven out of
+    range by what exploded, not its cause."""
     found = _located((LOSS_OF_PLASTICITY,), "loss of plasticity")(facts)
     if found is not None:
         found = _killed_in_a_burst(facts, found)
@@ -542,6 +543,20 @@ def _plasticity(facts: RunFacts) -> Found | None:
         found.consequence_of = (
             f"first found at step {found.first_step}, as the gradients exploded into the break "
             f"at step {broke}: units driven out of range by the explosion"
+        )
+    elif (
+        first > broke
+        and set(found.where) <= set(facts.recurrent_modules)
+        and any(
+            step >= broke - EXPLOSION_LEAD
+            for step in _leading_into(facts, first, GRAD_NORM_SPIKE, GRADIENT_SPIKE)
+        )
+    ):
+        # a recurrence's units first seen dead only after it broke, with gradients that spiked
+        # into the break or since: a hidden state blown up through time drives them out of range
+        found.consequence_of = (
+            f"first found at step {first} in a recurrence, after the run broke at step {broke} "
+            "and gradients spiked around it: units driven out of range by the blow-up"
         )
     return found
 
@@ -2814,7 +2829,13 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _plasticity,
-        (LOSS_OF_PLASTICITY, GRAD_NORM_SPIKE, UPDATE_RATIO_OUT_OF_RANGE, LOSS_SPIKE),
+        (
+            LOSS_OF_PLASTICITY,
+            GRAD_NORM_SPIKE,
+            GRADIENT_SPIKE,
+            UPDATE_RATIO_OUT_OF_RANGE,
+            LOSS_SPIKE,
+        ),
         # one batch's giant step can push a layer's pre-activations below zero for good
         explained_by=("data_outlier",),
         stalls=True,

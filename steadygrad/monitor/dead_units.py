@@ -4,7 +4,8 @@
 is dead when the ReLU never passes a positive value for it on the step's batch (Lu et al. 2019,
 "Dying ReLU"; Dohare et al. 2024 count such units as lost plasticity), and the share of its
 outputs the ReLU passes: a layer whose units are dying passes less and less of them long before
-a unit is zero on every example.
+a unit is zero on every example. ``nn.RNN`` and ``nn.RNNCell`` with ``nonlinearity="relu"`` run
+their ReLU inside torch's kernel: their output, the ReLU's, is read from a hook on the layer.
 
 The layer is named as ``model.named_modules()`` spells it: the leaf module whose output the ReLU
 received (``fc1``, ``bn2``), else the innermost module with children whose output it was (a
@@ -36,6 +37,10 @@ HARDSWISH_FLOOR = -3.0
 HARDSIGMOID_TAIL = 3.0
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+# Built-in recurrent layers whose ReLU runs inside torch's kernel, where no intercepted call
+# shows it (``nn.RNN`` and ``nn.RNNCell`` with ``nonlinearity="relu"``): their output is the
+# ReLU's, read from a hook on the layer.
+_RELU_INSIDE = (nn.RNN, nn.RNNCell)
 
 
 class DeadUnitSignal(InterceptingSignal):
@@ -59,6 +64,7 @@ class DeadUnitSignal(InterceptingSignal):
         self._active: dict[str, list[torch.Tensor]] = {}  # positive count, element count
         self._saturated: dict[str, list[Any]] = {}  # in-the-tails count, element count
         self._channel_first: set[str] = set()
+        self._relu_inside: list[tuple[str, nn.Module]] = []
         self.seen = False
 
     def attach(self, monitor: Any) -> None:
@@ -66,6 +72,11 @@ class DeadUnitSignal(InterceptingSignal):
         self._channel_first = {
             n for n, m in monitor.model.named_modules() if isinstance(m, _CHANNEL_FIRST)
         }
+        self._relu_inside = [
+            (n, m)
+            for n, m in monitor.model.named_modules()
+            if isinstance(m, _RELU_INSIDE) and getattr(m, "nonlinearity", None) == "relu"
+        ]
 
     def applies(self) -> bool | str:
         return True if self.seen else "no ReLU, tanh or sigmoid call seen"
@@ -131,14 +142,33 @@ class DeadUnitSignal(InterceptingSignal):
     def begin(self, step: int) -> None:
         self._alive, self._fed, self._active, self._saturated = {}, {}, {}, {}
         super().begin(step)
+        for name, module in self._relu_inside:  # taken off with the others' at _stop
+            hook = torch.compiler.disable(functools.partial(self._observe_output, name))
+            self._handles.append(module.register_forward_hook(hook))
 
-    def _observe(self, args: tuple, kwargs: dict[str, Any], floor: float = 0.0) -> None:
+    def _observe_output(self, layer: str, module: nn.Module, args: object, output: Any) -> None:
+        """A recurrent layer's output (its hidden states, after the ReLU): a unit is alive
+        where it is positive. Whether its ReLU's input was exactly zero is not seen here."""
+        out = output[0] if isinstance(output, tuple) else output
+        if isinstance(out, nn.utils.rnn.PackedSequence):
+            out = out.data
+        with torch.no_grad():
+            try:
+                self._observe((out,), {}, layer=layer)
+            except Exception:  # noqa: BLE001 - a measurement never breaks the forward pass
+                pass
+
+    def _observe(
+        self, args: tuple, kwargs: dict[str, Any], floor: float = 0.0, layer: str | None = None
+    ) -> None:
         """A unit is alive where its input passes ``floor``, below which the activation's
-        slope is exactly 0 (a ReLU's 0, a hardswish's -3)."""
+        slope is exactly 0 (a ReLU's 0, a hardswish's -3). ``layer``: the ReLU's output, of
+        that layer, is given instead of its input."""
         x = args[0] if args else kwargs["input"]
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
             return
-        layer = self.producer(x)
+        given = layer is not None
+        layer = layer or self.producer(x)
         channel_first = layer in self._channel_first
         if layer is None and (layer := self.composer(x)) is not None:
             channel_first = x.dim() == 4  # a layer of its own making: NCHW, torch's convention
@@ -150,7 +180,8 @@ class DeadUnitSignal(InterceptingSignal):
         # to zero behind a mask: its bias alone); one value per unit says nothing of that
         varies = (units != units[:, :1]).any(dim=1) if units.shape[1] > 1 else True
         alive = positive.any(dim=1) & varies
-        fed = units.ne(0).any(dim=1)
+        # an output of 0 may have had any input at or below 0: take every unit as fed
+        fed = torch.ones_like(alive) if given else units.ne(0).any(dim=1)
         count = positive.sum(dtype=torch.float32)
 
         def add() -> None:
