@@ -2570,7 +2570,31 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             f"the optimizer's state started again from nothing at step {restarted}: its first "
             "steps threw the weights, and the loss climbed from there"
         )
+    elif (ended := _ended_below(facts, ev.get("best_level"))) is not None:
+        # a climb the run came all the way back from on its own: a transient (a catapult, a
+        # critic's targets growing with its values), not a run that diverged
+        found.severity = "info"
+        found.summary += (
+            f"; the run came back below that level on its own, to {ended:.4g} over its last "
+            f"{ENDED_OVER} steps: a transient, not a divergence"
+        )
     return found
+
+
+ENDED_OVER = 10  # the last losses of a run that say where it ended
+
+
+def _ended_below(facts: RunFacts, level: object) -> float | None:
+    """The median of the run's last ``ENDED_OVER`` losses when each was finite and that median
+    under ``level``, with nothing the autopilot did on the way; None otherwise."""
+    loss = facts.series(LOSS.name)
+    if loss is None or not isinstance(level, int | float) or _autopilot_actions(facts):
+        return None
+    last = loss[1][-ENDED_OVER:]
+    if len(loss[1]) < 3 * ENDED_OVER or not np.isfinite(loss[1]).all():
+        return None
+    ended = float(np.median(last))
+    return ended if ended < level else None
 
 
 def _replaced_just_before(facts: RunFacts, step: int) -> int | None:
