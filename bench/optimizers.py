@@ -230,7 +230,7 @@ def main() -> None:
             # machine is shared, and load then hits all implementations alike
             makers = {"torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)}
             if compiled:
-                makers["steadygrad compiled"] = lambda ps, name=name: OURS[name](ps, None)
+                makers["steadygrad compiled"] = lambda ps, name=name: OURS[name](ps, True)
             makers["steadygrad foreach (eager)"] = lambda ps, name=name: OURS[name](ps, False)
             if args.per_tensor:
                 makers["steadygrad per-tensor loop"] = lambda ps, name=name: OURS[name](

@@ -197,3 +197,28 @@ def test_without_torch_compile_the_default_falls_back_to_eager(monkeypatch):
     assert torch.equal(_flat(model), _flat(ref_model))
     with pytest.raises(RuntimeError, match="fused=True"):
         so.Lion(model.parameters(), fused=True)
+
+
+def test_the_default_compiles_only_a_model_large_enough_to_pay_it_back(monkeypatch):
+    # Compiling costs seconds once; on a small model the fused pass saves a fraction of a
+    # millisecond per step: fused=None runs it eagerly there, and compiles from COMPILE_FROM
+    # entries (counted again when a group is added). fused=True always compiles.
+    from torch._dynamo.utils import counters
+
+    from steadygrad.optim import _base
+
+    monkeypatch.setattr(_base, "_COMPILE_WORKS", True)  # decided here, not by this machine
+    model = _model()
+    small = sum(p.numel() for p in model.parameters())
+    assert small < _base.COMPILE_FROM
+    opt = so.Lion(model.parameters(), lr=1e-3)  # fused=None
+    assert not opt._use_compiled()
+    assert so.Lion(model.parameters(), lr=1e-3, fused=True)._use_compiled()
+    frames = counters["stats"]["unique_graphs"]
+    _train(model, opt, 3)
+    assert counters["stats"]["unique_graphs"] == frames  # nothing was compiled
+    big = torch.nn.Parameter(torch.zeros(_base.COMPILE_FROM - small))
+    opt.add_param_group({"params": [big]})
+    assert opt._use_compiled()  # the model has grown past the bound
+    monkeypatch.setattr(_base, "COMPILE_FROM", small)
+    assert so.Lion(_model().parameters(), lr=1e-3)._use_compiled()

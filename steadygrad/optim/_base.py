@@ -71,6 +71,12 @@ def compile_available() -> bool:
     return _COMPILE_WORKS
 
 
+# Parameter entries (over every group) from which ``fused=None`` compiles. Compiling costs
+# 5-20 s once; the single pass over memory it buys saves a few passes per step, a fraction of a
+# millisecond below this size, which would take tens of thousands of steps to pay the
+# compilation back: a smaller model runs the multi-tensor eager path, as torch's own do.
+COMPILE_FROM = 2**20
+
 # Tensors per compiled call: a dynamo call costs tens of microseconds of Python, which would
 # dominate the update of a small tensor; a chunk of tensors shares one call. Larger chunks cut
 # that overhead further but compile for longer (16: ~5-20 s once per optimizer, then cached).
@@ -206,8 +212,8 @@ def check_state_bits(value: object) -> int:
 class KernelOptimizer(Optimizer):
     """Base class: subclasses define ``_state_names`` and ``_step_group``.
 
-    ``fused=None`` (default) uses the compiled kernel when ``torch.compile`` works and falls back
-    to the eager kernel otherwise; ``fused=False`` always runs eagerly; ``fused=True`` asks for the
+    ``fused=None`` (default) uses the compiled kernel when ``torch.compile`` works and the
+    parameters hold ``COMPILE_FROM`` (2**20) entries or more, and the eager kernel otherwise; ``fused=False`` always runs eagerly; ``fused=True`` asks for the
     compiled kernel and raises if it is unavailable. The eager kernel runs on lists of tensors
     (torch's ``_foreach_`` ops, cache-blocked; ``foreach=None`` or ``True``) or tensor by tensor
     (``foreach=False``: the reference loop). Both run the same kernel code.
@@ -339,9 +345,19 @@ class KernelOptimizer(Optimizer):
         return hp
 
     def _use_compiled(self) -> bool:
-        if self.fused is False:
+        if self.fused is False or (self.fused is None and not self._worth_compiling()):
             return False
         return compile_available()
+
+    def _worth_compiling(self) -> bool:
+        """Whether the parameters hold ``COMPILE_FROM`` entries or more (counted again when a
+        group is added)."""
+        groups = len(self.param_groups)
+        sized = self.__dict__.get("_sized")
+        if sized is None or sized[0] != groups:
+            total = sum(p.numel() for g in self.param_groups for p in g["params"])
+            sized = self._sized = (groups, total >= COMPILE_FROM)
+        return sized[1]
 
     def _run(
         self,
