@@ -91,3 +91,13 @@ def test_the_td3_critic_whose_loss_rose_then_fell_below_is_not_diagnosed(tmp_pat
     ctx, report = held_out_run(tmp_path, "h90_td3_pendulum_healthy")
     assert ctx.checks and all(ctx.checks.values()), ctx.checks
     assert [d.cause for d in report.diagnoses if d.severity != "info"] == []
+
+
+def test_a_spike_the_loss_did_not_feel_whose_damping_passed_poisons_nothing(tmp_path):
+    # Set 89's TFT control on Grams (eager since small models are no longer compiled): a 16x
+    # gradient-norm spike at step 31 that the loss did not feel (info), after which the
+    # updates shrank to 48% and were back by 100 steps on; early in training Adam's steps
+    # shrink as much on their own. It was named a poisoned second moment.
+    ctx, report = held_out_run(tmp_path, "h89_tft_healthy")
+    assert ctx.checks and all(ctx.checks.values()), ctx.checks
+    assert [d.cause for d in report.diagnoses if d.severity != "info"] == []

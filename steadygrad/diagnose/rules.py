@@ -1714,7 +1714,7 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     some tensors only, they must have slowed beyond the tensors it missed. A spike that came
     once the loss was already climbing is part of that divergence, not what set it off."""
     # a spike on a tensor that carries a small share of the gradient (info) poisons nothing;
-    # a global spike the loss did not feel (info) still can
+    # a global spike the loss did not feel (info) still can, when its damping lasted
     spikes = [
         f
         for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
@@ -1751,6 +1751,10 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
             {"spike": spike.evidence, "update_ratio_after_over_before": drop},
         )
         lasting = _update_drop(facts, mine or ratios, spike.step, OUTLIVED_AFTER)
+        if spike.severity == "info" and not lasting < 0.5:
+            # a spike the loss did not feel, whose damping had passed within OUTLIVED_AFTER
+            # steps: early in training Adam's steps shrink as much on their own
+            continue
         if lasting < 0.5:
             found.evidence["update_ratio_later_over_before"] = lasting
             found.outlived = (
