@@ -517,8 +517,8 @@ def _back_in_range(facts: RunFacts, ratios: list[Finding], readings: int = 3) ->
 def _plasticity(facts: RunFacts) -> Found | None:
     """Dead units or a collapsing rank; units first found dead in the ``EXPLOSION_LEAD`` steps
     before a break that was a gradient explosion (a spike of the gradient norm leading into
-    it), or (in a recurrence) only after a break that gradient spikes led into, are its casualties, driven out of
-    range by what exploded, not its cause."""
+    it), or (in a recurrence) only after a break that gradient spikes led into, are its
+    casualties, driven out of range by what exploded, not its cause."""
     found = _located((LOSS_OF_PLASTICITY,), "loss of plasticity")(facts)
     if found is not None:
         found = _killed_in_a_burst(facts, found)
@@ -2594,10 +2594,9 @@ def _ended_below(facts: RunFacts, level: object) -> float | None:
     loss = facts.series(LOSS.name)
     if loss is None or not isinstance(level, int | float) or _autopilot_actions(facts):
         return None
-    last = loss[1][-ENDED_OVER:]
     if len(loss[1]) < 3 * ENDED_OVER or not np.isfinite(loss[1]).all():
         return None
-    ended = float(np.median(last))
+    ended = float(np.median(loss[1][-ENDED_OVER:]))
     return ended if ended < level else None
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from steadygrad.core import Measurements
 from steadygrad.core.metrics import DEAD_UNITS, RELU_ACTIVE, SATURATED, ZEROED_UNITS
 from steadygrad.monitor.intercept import InterceptingSignal
+from steadygrad.monitor.intercept import _observe as observe_safely
 
 # Inputs beyond which tanh and sigmoid have under 2% of their peak slope: |tanh x| > 0.99 and
 # sigmoid outside [0.005, 0.995].
@@ -152,11 +153,7 @@ class DeadUnitSignal(InterceptingSignal):
         out = output[0] if isinstance(output, tuple) else output
         if isinstance(out, nn.utils.rnn.PackedSequence):
             out = out.data
-        with torch.no_grad():
-            try:
-                self._observe((out,), {}, layer=layer)
-            except Exception:  # noqa: BLE001 - a measurement never breaks the forward pass
-                pass
+        observe_safely(functools.partial(self._observe, layer=layer), (out,), {})
 
     def _observe(
         self, args: tuple, kwargs: dict[str, Any], floor: float = 0.0, layer: str | None = None

@@ -213,8 +213,9 @@ class KernelOptimizer(Optimizer):
     """Base class: subclasses define ``_state_names`` and ``_step_group``.
 
     ``fused=None`` (default) uses the compiled kernel when ``torch.compile`` works and the
-    parameters hold ``COMPILE_FROM`` (2**20) entries or more, and the eager kernel otherwise; ``fused=False`` always runs eagerly; ``fused=True`` asks for the
-    compiled kernel and raises if it is unavailable. The eager kernel runs on lists of tensors
+    parameters hold ``COMPILE_FROM`` (2**20) entries or more, and the eager kernel otherwise;
+    ``fused=False`` always runs eagerly; ``fused=True`` asks for the compiled kernel and raises
+    if it is unavailable. The eager kernel runs on lists of tensors
     (torch's ``_foreach_`` ops, cache-blocked; ``foreach=None`` or ``True``) or tensor by tensor
     (``foreach=False``: the reference loop). Both run the same kernel code.
     ``state_bits=8`` keeps moment states of tensors with >= ``_quant8.MIN_NUMEL`` entries in 8 bits.
