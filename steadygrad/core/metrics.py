@@ -299,6 +299,9 @@ OUTPUT_LAYER = "output_layer"
 # of the same module) and the built-in recurrent layers, whose repeated Jacobian product is where
 # gradients explode.
 RECURRENT_MODULES = "recurrent_modules"
+# Run config key: the monitored parameters' names in each optimizer group, keyed as the group's
+# learning rate is stored (``lr/<name or index>``), when the optimizer has two groups or more.
+PARAM_GROUPS = "param_groups"
 # Key in a record's ``forward_origin``: the module that made the first non-finite value did so in
 # float16 from finite inputs, and computed again in float32 its output is finite (it overflowed
 # float16's range, 65504).

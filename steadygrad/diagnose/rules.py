@@ -31,6 +31,7 @@ from steadygrad.core.metrics import (
     OPTIMIZER_SKIPPED,
     OUTPUT_LAYER,
     OUTPUT_SHIFT_GRADIENT,
+    PARAM_GROUPS,
     PARAM_NORM,
     RECURRENT_MODULES,
     RELU_ACTIVE,
@@ -444,7 +445,7 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     the dead units' doing (no gradient reaches them), not a frozen layer's."""
     found = _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range")(facts)
     if found is None:
-        return None
+        return _rate_set_apart(facts)
     directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
     found.stalls = "too_large" not in directions
     ratios = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.severity != "info"]
@@ -470,6 +471,83 @@ def _update_ratio(facts: RunFacts) -> Found | None:
             "they stand still because nothing runs through them"
         )
     return found
+
+
+# Learning rates of two optimizer groups this many times apart: further than a layer-wise decay
+# sets neighbouring groups (0.65-0.9 each) or LoRA+ sets its two (16x); an exponent typed one or
+# two places off, or a multiplier meant the other way round, sets them 100x or more apart.
+RATES_APART = 30.0
+
+
+def _rate_set_apart(facts: RunFacts) -> Found | None:
+    """An optimizer group whose learning rate (its median over the run; a rate of 0, frozen on
+    purpose, left out) stands ``RATES_APART`` times or more from every other group's, in a run
+    whose update ratios stayed in range: a rate typed with the wrong exponent, a multiplier
+    meant the other way. When every group stands alone (two groups), the odd one is not the
+    group holding most tensors (the model's body). Info: a new head meant to learn 100x faster
+    than a pretrained body reads the same, and nothing broke."""
+    members = facts.run.config.get(PARAM_GROUPS) or {}
+    rates: dict[str, float] = {}
+    for key, names in members.items():
+        series = facts.series(key)
+        if names and series is not None:
+            values = series[1][np.isfinite(series[1]) & (series[1] > 0)]
+            if len(values):
+                rates[key] = float(np.median(values))
+    if len(rates) < 2:
+        return None
+
+    def apart(key: str, other: str) -> float:
+        return max(rates[key] / rates[other], rates[other] / rates[key])
+
+    alone = [k for k in rates if min(apart(k, o) for o in rates if o != k) >= RATES_APART]
+    if len(alone) == len(rates):
+        alone.remove(max(rates, key=lambda k: len(members[k])))
+    if not alone:
+        return None
+    rest = [k for k in rates if k not in alone]
+    body = float(np.median([rates[k] for k in rest]))
+    key = max(alone, key=lambda k: abs(math.log(rates[k] / body)))  # the furthest from the rest
+    rate, names = rates[key], members[key]
+    where = list(dict.fromkeys(n.rpartition(".")[0] or n for n in names))
+    faster = rate > body
+    summary = (
+        f"the optimizer group {key} ({layer_span(where)}) trains at learning rate {rate:.3g}, "
+        f"{max(rate / body, body / rate):.3g}x {'above' if faster else 'below'} the {body:.3g} "
+        "of the rest"
+    )
+    moved = {
+        side: _median_update_ratio(facts, group)
+        for side, group in (("group", names), ("rest", _other_members(members, key)))
+    }
+    if moved["group"] is not None and moved["rest"] is not None:
+        summary += (
+            f"; its weights moved a median {moved['group']:.3g} of their norm per update, "
+            f"against {moved['rest']:.3g} for the rest"
+        )
+    summary += (
+        ": a rate typed with the wrong exponent, or a multiplier meant the other way round? If "
+        f"that group is meant to learn this much {'faster' if faster else 'slower'} (a new head "
+        "on a pretrained body), nothing is wrong"
+    )
+    steps = facts.series(key)[0]
+    evidence = {"group": key, "lr": rate, "rest_lr": body, "median_update_ratio": moved}
+    return Found(summary, int(steps[0]), where, evidence, "info")
+
+
+def _other_members(members: dict[str, list[str]], key: str) -> list[str]:
+    return [n for k, names in members.items() if k != key for n in names]
+
+
+def _median_update_ratio(facts: RunFacts, names: list[str]) -> float | None:
+    """The median of the finite update ratios recorded for these parameters, or None."""
+    values = []
+    for name in names:
+        series = facts.series(UPDATE_RATIO.key(name))
+        if series is not None:
+            values.append(series[1][np.isfinite(series[1])])
+    values = np.concatenate(values) if values else np.array([])
+    return float(np.median(values)) if len(values) else None
 
 
 def _paused(facts: RunFacts, f: Finding, readings: int = 3) -> bool:
@@ -2878,6 +2956,12 @@ RULES: tuple[Rule, ...] = (
                 "give those layers a learning rate of their own (lower for large updates; for a "
                 "frozen layer check requires_grad and that its group's rate is not 0)",
                 "optimizer.add_param_group({'params': [], 'lr': optimizer.param_groups[0]['lr']})",
+            ),
+            Fix(
+                "check each group's learning rate against the one meant",
+                "print([(g.get('name', i), g['lr']) for i, g in "
+                "enumerate(optimizer.param_groups)])",
+                applies=lambda facts: bool(facts.run.config.get(PARAM_GROUPS)),
             ),
         ),
         _update_ratio,

@@ -38,6 +38,7 @@ from steadygrad.core.metrics import (
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
     OPTIMIZER_REPLACED,
+    PARAM_GROUPS,
     RECURRENT_MODULES,
 )
 from steadygrad.core.optimizer import (
@@ -69,7 +70,13 @@ from steadygrad.monitor.state import (
     objects_state,
     save_state,
 )
-from steadygrad.monitor.step import AmpScaleSignal, LearningRateSignal, StepInputs, StepSignal
+from steadygrad.monitor.step import (
+    AmpScaleSignal,
+    LearningRateSignal,
+    StepInputs,
+    StepSignal,
+    group_members,
+)
 from steadygrad.monitor.update_curvature import UpdateCurvatureSignal
 from steadygrad.nn.qk_norm import qk_norm_targets
 from steadygrad.store.writer import RunStore, remove_run, resolve_run_dir
@@ -222,6 +229,7 @@ class Monitor:
             SECOND_MOMENT_DECAY: second_moment_decay(optimizer),
             "add_qk_norm_applies": bool(qk_norm_targets(model)),
             RECURRENT_MODULES: builtin_recurrent(model),
+            PARAM_GROUPS: group_members(self.optimizer, self.parameters.stats.named),
             "parameters": sum(p.numel() for p in self.parameters.stats.params),
             "every": self.every,
             "signals": {k: "on" if v is True else f"off: {v}" for k, v in switched.items()},

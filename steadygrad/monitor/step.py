@@ -129,7 +129,7 @@ class LearningRateSignal(Signal):
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
         groups = monitor.optimizer.param_groups
-        self._keys = [LEARNING_RATE.key(g.get("name", i)) for i, g in enumerate(groups)]
+        self._keys = [_rate_key(g, i) for i, g in enumerate(groups)]
 
     def before_update(self) -> None:
         self._used = self._rates()
@@ -144,6 +144,34 @@ class LearningRateSignal(Signal):
             self.attach(self.monitor)
         for key, lr in zip(self._keys, rates, strict=True):
             out.put(key, lr)
+
+
+def _rate_key(group: dict, index: int) -> str:
+    """The stored name of a parameter group's learning rate: ``lr/<its name or index>``."""
+    return LEARNING_RATE.key(group.get("name", index))
+
+
+def group_members(
+    optimizer: torch.optim.Optimizer, named: list[tuple[str, torch.Tensor]]
+) -> dict[str, list[str]] | None:
+    """The names of the monitored parameters (``named``) in each of the optimizer's groups,
+    keyed as the group's learning rate is stored, when it has two groups or more (None for one):
+    where each group's own rate acts.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD([{"params": [net.weight]}, {"params": [net.bias]}], lr=0.1)
+        >>> group_members(opt, list(net.named_parameters()))
+        {'lr/0': ['weight'], 'lr/1': ['bias']}
+    """
+    groups = optimizer.param_groups
+    if len(groups) < 2:
+        return None
+    name_of = {id(p): n for n, p in named}
+    return {
+        _rate_key(g, i): [name_of[id(p)] for p in g["params"] if id(p) in name_of]
+        for i, g in enumerate(groups)
+    }
 
 
 class AmpScaleSignal(Signal):
