@@ -62,7 +62,7 @@ def test_the_run_config_holds_each_groups_members(tmp_path):
 def test_a_head_group_at_100x_the_rest_is_named(tmp_path):
     # Trigger: the head's group typed 1e-1 for 1e-3. Adam moves each weight by about its rate,
     # so the head's updates are far larger relative to its weights than the body's. Two
-    # groups, each alone: the odd one is not the body, the group holding most tensors.
+    # groups, each alone: the odd one is the one whose updates stand further from 1e-3.
     run, report = _grouped_run(tmp_path, [1e-3, 1e-1], body=2)
     (found,) = _set_apart(report)
     assert found.severity == "info" and found.where == ["4"]
@@ -75,6 +75,15 @@ def test_a_head_group_at_100x_the_rest_is_named(tmp_path):
     assert moved["group"] == float(np.median(head[np.isfinite(head)]))
     assert moved["group"] > 10 * moved["rest"]
     assert report.diagnoses[0] is found  # nothing else: it is what the run shows first
+
+
+def test_the_odd_one_of_two_groups_is_told_by_its_updates_not_its_size(tmp_path):
+    # Trigger: the body's group (two layers) typed 1e-1, the head's (one layer) right at 1e-3,
+    # as a GAN's discriminator and generator each get a group: the group holding most tensors
+    # is the odd one here, and its updates, far above 1e-3 of its weights, say so.
+    _, report = _grouped_run(tmp_path, [1e-1, 1e-3], body=2)
+    (found,) = _set_apart(report)
+    assert found.where == ["0", "2"] and "100x above" in found.summary
 
 
 def test_a_group_100x_below_the_rest_is_named_too(tmp_path):

@@ -444,8 +444,8 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     loss climb. Frozen tensors whose gradient was exactly 0, after dead units were found, are
     the dead units' doing (no gradient reaches them), not a frozen layer's."""
     found = _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range")(facts)
-    if found is None:
-        return _rate_set_apart(facts)
+    if found is None or found.severity == "info":  # none, or dead code and the like
+        return _rate_set_apart(facts) or found
     directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
     found.stalls = "too_large" not in directions
     ratios = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.severity != "info"]
@@ -482,7 +482,7 @@ RATES_APART = 30.0
 def _rate_set_apart(facts: RunFacts) -> Found | None:
     """An optimizer group whose learning rate (its median over the run; a rate of 0, frozen on
     purpose, left out) stands ``RATES_APART`` times or more from every other group's, in a run
-    whose update ratios stayed in range: a rate typed with the wrong exponent, a multiplier
+    whose update ratios stayed in range (or were judged harmless): a rate typed with the wrong exponent, a multiplier
     meant the other way. When every group stands alone (two groups), the odd one is not the
     group holding most tensors (the model's body). Info: a new head meant to learn 100x faster
     than a pretrained body reads the same, and nothing broke."""
@@ -502,7 +502,7 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
 
     alone = [k for k in rates if min(apart(k, o) for o in rates if o != k) >= RATES_APART]
     if len(alone) == len(rates):
-        alone.remove(max(rates, key=lambda k: len(members[k])))
+        alone.remove(_the_body(facts, members, alone))
     if not alone:
         return None
     rest = [k for k in rates if k not in alone]
@@ -533,6 +533,22 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
     steps = facts.series(key)[0]
     evidence = {"group": key, "lr": rate, "rest_lr": body, "median_update_ratio": moved}
     return Found(summary, int(steps[0]), where, evidence, "info")
+
+
+# What a healthy update moves of a weight tensor, as a share of its norm: about 1e-3 (the rule of
+# thumb of CS231n's notes, "Neural Networks Part 3": ratios of updates to values near 1e-3).
+TYPICAL_UPDATE_RATIO = 1e-3
+
+
+def _the_body(facts: RunFacts, members: dict[str, list[str]], groups: list[str]) -> str:
+    """Of optimizer groups whose rates all stand apart (two groups), the one at the rate meant:
+    the group whose median update ratio is nearest ``TYPICAL_UPDATE_RATIO`` (a rate typed 100x
+    too high or too low moves its weights far more or far less than that); without update
+    ratios, the group holding most tensors."""
+    moved = {k: _median_update_ratio(facts, members[k]) for k in groups}
+    if all(v is not None and v > 0 for v in moved.values()):
+        return min(groups, key=lambda k: abs(math.log(moved[k] / TYPICAL_UPDATE_RATIO)))
+    return max(groups, key=lambda k: len(members[k]))
 
 
 def _other_members(members: dict[str, list[str]], key: str) -> list[str]:
