@@ -97,6 +97,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout89,
     cases_heldout90,
     cases_heldout91,
+    cases_heldout93,
     cases_mlp,
     cases_other,
 )
