@@ -98,6 +98,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout90,
     cases_heldout91,
     cases_heldout92,
+    cases_heldout93,
     cases_heldout94,
     cases_mlp,
     cases_other,
