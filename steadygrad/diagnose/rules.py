@@ -940,6 +940,12 @@ def _exploding(facts: RunFacts) -> Found | None:
             "steps threw the weights, and the gradients grew with the loss they made"
         )
         return found
+    if (skipped := _overflowing_around(facts, found.first_step)) is not None:
+        found.consequence_of = (
+            f"the GradScaler skipped step {skipped} for a float16 overflow: the gradients were "
+            "at float16's edge as they were seen to grow"
+        )
+        return found
     head = _output_layer_ran_away(facts)
     if head is not None:
         layer, began, factor = head
@@ -1707,6 +1713,9 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
     where = sorted({m for f in facts.of(NONFINITE, NONFINITE_ORIGIN) if (m := _producer(f))})
     first = _first(facts.of(NONFINITE) if forward else overflow)
     if stalled or share >= AMP_STALL_SHARE:
+        # the stall began at its first skipped step past the scaler's start-up search, which
+        # may come well before the first forward pass that overflowed
+        first = min([first, *(f.step for f in overflow if f.step >= search)])
         summary = (
             f"mixed-precision overflow is stalling training: the GradScaler skipped {count} of "
             f"{total} steps ({share:.0%})"
@@ -1755,14 +1764,25 @@ def _update_drop(facts: RunFacts, names: list[str], step: int, lag: int = 0) -> 
     """Median over ``names`` of each tensor's update ratio over the 50 steps after a spike's
     momentum has passed (and ``lag`` more), against the 50 steps before it (NaN when none has
     both), over the learning rate's own change between those spans (a schedule decaying it
-    shrinks every update alike)."""
-    drops = [_after_over_before(*facts.series(name), step, lag) for name in names]
+    shrinks every update alike). Steps the optimizer skipped (a GradScaler's overflow) are left
+    out: they moved nothing, whatever the second moment held."""
+    skipped = np.asarray(sorted(_skipped_steps(facts)), dtype=float)
+    drops = [_after_over_before(*_taken(facts.series(name), skipped), step, lag) for name in names]
     drops = [d for d in drops if math.isfinite(d)]
     if not drops:
         return math.nan
     rates = [_after_over_before(steps, values, step, lag) for steps, values in facts.learning_rates]
     rates = [r for r in rates if math.isfinite(r) and r > 0]
     return float(np.median(drops) / (np.median(rates) if rates else 1.0))
+
+
+def _taken(
+    series: tuple[np.ndarray, np.ndarray], skipped: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A series without its readings at the ``skipped`` steps."""
+    steps, values = series
+    keep = ~np.isin(steps, skipped)
+    return steps[keep], values[keep]
 
 
 def _after_over_before(steps: np.ndarray, values: np.ndarray, step: int, lag: int = 0) -> float:
@@ -2538,11 +2558,24 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
     return None
 
 
+# A rate raised at a stroke that stood above twice its level before for fewer than this many of
+# the ``3 * GLITCH_STEPS`` steps after was put back: a glitch of the schedule (a restart's peak
+# typed wrong, a one-step override), whose jolt is an event of its own (see ``_loss_spike``), not
+# a rate the run trains at above its stability limit.
+GLITCH_STEPS = 10
+
+
+def _put_back_soon(steps: np.ndarray, values: np.ndarray, i: int) -> bool:
+    """Whether the rate raised at reading ``i`` was put back soon (see ``GLITCH_STEPS``)."""
+    later = values[(steps > steps[i]) & (steps <= steps[i] + 3 * GLITCH_STEPS)]
+    return len(later) > 0 and int(np.sum(later > 2 * values[i - 1])) < GLITCH_STEPS
+
+
 def _lr_raised_into_a_jolt(facts: RunFacts, jump: float = 4.0, within: int = 10) -> Found | None:
     """Some group's learning rate raised ``jump`` times or more from one reading to the next
     (a resume with the wrong rate, a rate set by hand: no warm-up ramps that fast), and within
     ``within`` steps the run was jolted (a loss or gradient-norm spike, a climb, a NaN): a step
-    raised that far crosses 2/sharpness at once."""
+    raised that far crosses 2/sharpness at once. Not a rate put back soon after (a glitch)."""
     jolts = sorted(
         f.step
         for f in facts.of(LOSS_SPIKE, GRAD_NORM_SPIKE, LOSS_DIVERGENCE, NONFINITE)
@@ -2551,7 +2584,7 @@ def _lr_raised_into_a_jolt(facts: RunFacts, jump: float = 4.0, within: int = 10)
     for steps, values, i in _raised_at_a_stroke(facts, jump) if jolts else ():
         at = int(steps[i])
         hit = next((j for j in jolts if at <= j <= at + within), None)
-        if hit is not None:
+        if hit is not None and not _put_back_soon(steps, values, i):
             before, after = float(values[i - 1]), float(values[i])
             return Found(
                 f"the learning rate was raised {after / before:.3g}x at step {at} "
@@ -2668,6 +2701,13 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             f"the optimizer's state started again from nothing at step {restarted}: its first "
             "steps threw the weights, and the loss climbed from there"
         )
+    elif (thrown := _thrown_just_before(facts, first.step)) is not None:
+        step, moved = thrown
+        found.consequence_of = (
+            f"the update before step {step} moved the weights {moved:.3g}x their usual step on "
+            "an ordinary gradient (a learning-rate glitch, optimizer state lost): the loss "
+            "climbed from where the optimizer threw them"
+        )
     elif (ended := _ended_below(facts, ev.get("best_level"))) is not None:
         # a climb the run came all the way back from on its own: a transient (a catapult, a
         # critic's targets growing with its values), not a run that diverged
@@ -2677,6 +2717,17 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             f"{ENDED_OVER} steps: a transient, not a divergence"
         )
     return found
+
+
+def _thrown_just_before(facts: RunFacts, step: int) -> tuple[int, float] | None:
+    """The loss spike ``CONFIRMED_SOON`` steps or fewer before ``step`` (or at it) that met
+    weights the optimizer had thrown (see :func:`_overstepped_before`), and how far, if any."""
+    for spike in facts.of(LOSS_SPIKE):
+        if step - CONFIRMED_SOON <= spike.step <= step:
+            moved = _overstepped_before(facts, spike.step)
+            if moved is not None:
+                return spike.step, moved
+    return None
 
 
 ENDED_OVER = 10  # the last losses of a run that say where it ended
