@@ -482,10 +482,10 @@ RATES_APART = 30.0
 def _rate_set_apart(facts: RunFacts) -> Found | None:
     """An optimizer group whose learning rate (its median over the run; a rate of 0, frozen on
     purpose, left out) stands ``RATES_APART`` times or more from every other group's, in a run
-    whose update ratios stayed in range (or were judged harmless): a rate typed with the wrong exponent, a multiplier
-    meant the other way. When every group stands alone (two groups), the odd one is not the
-    group holding most tensors (the model's body). Info: a new head meant to learn 100x faster
-    than a pretrained body reads the same, and nothing broke."""
+    whose update ratios stayed in range (or were judged harmless): a rate typed with the wrong
+    exponent, a multiplier meant the other way. When every group stands alone (two groups),
+    :func:`_the_body` says which is at the rate meant. Info: a new head meant to learn 100x
+    faster than a pretrained body reads the same, and nothing broke."""
     members = facts.run.config.get(PARAM_GROUPS) or {}
     rates: dict[str, float] = {}
     for key, names in members.items():
