@@ -145,3 +145,11 @@ def held_out_run(tmp_path: Path, name: str):
     SCENARIOS[name].run(ctx)
     ctx.monitor.close()
     return ctx, steadygrad.diagnose(tmp_path / name)
+
+
+def induced_report(tmp_path: Path, name: str):
+    """A held-out scenario's report with the one-line attach, skipped where its fault did not
+    take (see :func:`induced_or_skip`)."""
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    return report

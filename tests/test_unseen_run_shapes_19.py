@@ -8,17 +8,10 @@ import math
 
 import pytest
 import torch
-from helpers import held_out_run, induced_or_skip
+from helpers import induced_report
 from torch import nn
 
 import steadygrad
-
-
-def _run(tmp_path, name):
-    """A held-out scenario with the one-line attach (skipped where its fault did not take)."""
-    ctx, report = held_out_run(tmp_path, name)
-    induced_or_skip(ctx)
-    return report
 
 
 def _gaussian_nll_run(tmp_path, name, bad_at=None, steps=220):
@@ -70,7 +63,7 @@ def test_a_resume_that_restarted_optimizer_and_schedule_is_its_jolt(tmp_path, na
     # Trigger: a job resumed with the weights but a fresh optimizer and its schedule back at
     # the peak. The rate rose 10-500x at the step the state was lost: the steps that crossed
     # 2/sharpness were the restart's, which the writers (and the fix: load both states) name.
-    report = _run(tmp_path, name)
+    report = induced_report(tmp_path, name)
     assert report.top.cause == "loss_spike"
     sharp = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
     assert "started again from nothing" in sharp.why
@@ -79,7 +72,7 @@ def test_a_resume_that_restarted_optimizer_and_schedule_is_its_jolt(tmp_path, na
 def test_a_rate_raised_with_no_restart_is_above_the_limit(tmp_path):
     # Control: set 81's DeepONet warm-up typo raises the rate by hand, the optimizer's state
     # intact: the rate is the cause.
-    report = _run(tmp_path, "h81_sharpness_deeponet_warmup_typo")
+    report = induced_report(tmp_path, "h81_sharpness_deeponet_warmup_typo")
     assert report.top.cause == "sharpness_above_limit"
 
 
@@ -94,7 +87,7 @@ def test_a_gradient_spike_among_the_scalers_skips_is_the_overflow(tmp_path, name
     # Trigger: set 84's DIEN, whose hand-written fp16 softmax overflows more and more often: a
     # bias's gradient spiked a step before the GradScaler skipped one, and was named before
     # the overflow that stalled the run. Control: set 85's Jasper, a spike with no skips.
-    report = _run(tmp_path, name)
+    report = induced_report(tmp_path, name)
     assert report.top.cause == cause
 
 
@@ -102,7 +95,7 @@ def test_a_pause_in_an_experts_routing_is_no_frozen_layer(tmp_path):
     # Trigger: set 86's Switch transformer. One expert got no token from step 10 to 60 (no
     # gradient at all, its update ratio 0: found frozen at its third reading), then learnt
     # again to the end: a pause in its routing, which many a healthy mixture has.
-    report = _run(tmp_path, "h86_switch_reverse_healthy")
+    report = induced_report(tmp_path, "h86_switch_reverse_healthy")
     run = steadygrad.load(tmp_path / "h86_switch_reverse_healthy")
     frozen = [f for f in run.findings() if f.evidence.get("direction") == "frozen"]
     assert frozen and all("experts" in f.where for f in frozen)
@@ -113,14 +106,14 @@ def test_a_layer_whose_gradient_is_exactly_zero_for_good_cannot_learn(tmp_path):
     # Trigger: set 85's QuartzNet, whose residual conv gets frames masked to zeros: its batch
     # norm's scale has a gradient of exactly 0 from the start to the end. No setting does
     # that (a rate of 0 keeps the gradient, requires_grad=False removes it).
-    report = _run(tmp_path, "h85_quartznet_silence_mask_units")
+    report = induced_report(tmp_path, "h85_quartznet_silence_mask_units")
     assert report.top.cause == "loss_of_plasticity"
     assert report.top.where == ["blocks.2.res_bn"]
 
 
 def test_a_layer_frozen_by_a_rate_of_zero_is_out_of_range(tmp_path):
     # Control: a stage given a learning rate of 0 keeps its gradient: frozen by a setting.
-    report = _run(tmp_path, "h14_cvt_stage_lr_zero")
+    report = induced_report(tmp_path, "h14_cvt_stage_lr_zero")
     assert report.top.cause == "update_ratio_out_of_range"
     assert math.isfinite(report.top.first_step)
 
@@ -137,7 +130,7 @@ def test_bursts_of_a_recurrence_that_then_overflowed_are_its_explosion(tmp_path,
     # 229, came back each time, and at 278 a burst overflowed the recurrence: one series of
     # cliffs (Pascanu et al. 2013), the first of them a gradient spike named before the
     # explosion. Control: set 46's tree-LSTM, one spike the run got over.
-    report = _run(tmp_path, name)
+    report = induced_report(tmp_path, name)
     assert report.top.cause == cause
     if cause == "exploding_gradients":
         assert report.top.first_step < 230  # dated from the first of the bursts

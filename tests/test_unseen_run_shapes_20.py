@@ -6,24 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import held_out_run, induced_or_skip
+from helpers import held_out_run, induced_report
 from torch import nn
 
 import steadygrad
-
-
-def _run(tmp_path, name):
-    """A held-out scenario with the one-line attach (skipped where its fault did not take)."""
-    ctx, report = held_out_run(tmp_path, name)
-    induced_or_skip(ctx)
-    return report
 
 
 def test_relu_units_of_a_recurrent_cell_that_died_are_its_lost_plasticity(tmp_path):
     # Trigger: set 91's temporal graph network, whose memory updater is an nn.RNNCell with
     # nonlinearity="relu". Its ReLU runs inside torch's kernel, where no functional call shows
     # it: its units died unseen and the run was called healthy. Its output is the ReLU's.
-    report = _run(tmp_path, "h91_tgn_relu_memory_dies_sgd")
+    report = induced_report(tmp_path, "h91_tgn_relu_memory_dies_sgd")
     first = report.diagnoses[0]
     assert first.cause == "loss_of_plasticity" and "memory_cell" in first.where
 
@@ -32,7 +25,7 @@ def test_relu_units_of_a_recurrence_first_seen_dead_after_it_blew_up_are_its_cas
     # Trigger: set 56's SampleRNN, an nn.RNN(nonlinearity="relu") whose recurrence grows until
     # it blows up at step ~30; its units, now seen, are first found dead two steps after the
     # break, as its gradients spiked. The explosion is the cause; the dead units follow it.
-    report = _run(tmp_path, "h56_samplernn_recurrent_growth_sgd")
+    report = induced_report(tmp_path, "h56_samplernn_recurrent_growth_sgd")
     assert report.diagnoses[0].cause == "exploding_gradients"
     dead = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
     assert dead.consequence_of and "after the run broke" in dead.consequence_of

@@ -5,18 +5,11 @@ Each change has a trigger that fails on the code before it and a control that mu
 from __future__ import annotations
 
 import torch
-from helpers import held_out_run, induced_or_skip
+from helpers import induced_report
 from torch import nn
 
 import steadygrad
 from steadygrad.diagnose import rules
-
-
-def _run(tmp_path, name):
-    """A held-out scenario with the one-line attach (skipped where its fault did not take)."""
-    ctx, report = held_out_run(tmp_path, name)
-    induced_or_skip(ctx)
-    return report
 
 
 def test_fp16_overflow_that_stalls_training_is_named_before_what_its_skips_look_like(tmp_path):
@@ -24,7 +17,7 @@ def test_fp16_overflow_that_stalls_training_is_named_before_what_its_skips_look_
     # GradScaler skips 60% of the steps. Skipped steps update nothing, which read as updates
     # damped to 0 (a "poisoned second moment"); the gradients were at float16's edge as they
     # grew. The stall is dated from its first skipped step, before the loss climbed.
-    report = _run(tmp_path, "h94_dlrm_history_bags_fp16")
+    report = induced_report(tmp_path, "h94_dlrm_history_bags_fp16")
     first = report.diagnoses[0]
     assert first.cause == "amp_overflow" and first.severity == "critical"
     assert "interact" in first.where
@@ -37,7 +30,7 @@ def test_a_learning_rate_glitch_put_back_at_once_is_a_loss_spike(tmp_path):
     # Trigger: set 93's Koopman autoencoder, whose schedule raised the rate 3000x for one step
     # at 150. The jolt is an event the optimizer made (it threw the weights), and the climb
     # after it is where they landed: not a rate the run trains at above its limit.
-    report = _run(tmp_path, "h93_koopman_lr_restart_glitch")
+    report = induced_report(tmp_path, "h93_koopman_lr_restart_glitch")
     assert report.diagnoses[0].cause == "loss_spike"
     assert "sharpness_above_limit" not in [d.cause for d in report.diagnoses]
     climb = next(d for d in report.diagnoses if d.cause == "loss_divergence")
