@@ -2558,24 +2558,11 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
     return None
 
 
-# A rate raised at a stroke that stood above twice its level before for fewer than this many of
-# the ``3 * GLITCH_STEPS`` steps after was put back: a glitch of the schedule (a restart's peak
-# typed wrong, a one-step override), whose jolt is an event of its own (see ``_loss_spike``), not
-# a rate the run trains at above its stability limit.
-GLITCH_STEPS = 10
-
-
-def _put_back_soon(steps: np.ndarray, values: np.ndarray, i: int) -> bool:
-    """Whether the rate raised at reading ``i`` was put back soon (see ``GLITCH_STEPS``)."""
-    later = values[(steps > steps[i]) & (steps <= steps[i] + 3 * GLITCH_STEPS)]
-    return len(later) > 0 and int(np.sum(later > 2 * values[i - 1])) < GLITCH_STEPS
-
-
 def _lr_raised_into_a_jolt(facts: RunFacts, jump: float = 4.0, within: int = 10) -> Found | None:
     """Some group's learning rate raised ``jump`` times or more from one reading to the next
     (a resume with the wrong rate, a rate set by hand: no warm-up ramps that fast), and within
     ``within`` steps the run was jolted (a loss or gradient-norm spike, a climb, a NaN): a step
-    raised that far crosses 2/sharpness at once. Not a rate put back soon after (a glitch)."""
+    raised that far crosses 2/sharpness at once."""
     jolts = sorted(
         f.step
         for f in facts.of(LOSS_SPIKE, GRAD_NORM_SPIKE, LOSS_DIVERGENCE, NONFINITE)
@@ -2584,7 +2571,7 @@ def _lr_raised_into_a_jolt(facts: RunFacts, jump: float = 4.0, within: int = 10)
     for steps, values, i in _raised_at_a_stroke(facts, jump) if jolts else ():
         at = int(steps[i])
         hit = next((j for j in jolts if at <= j <= at + within), None)
-        if hit is not None and not _put_back_soon(steps, values, i):
+        if hit is not None:
             before, after = float(values[i - 1]), float(values[i])
             return Found(
                 f"the learning rate was raised {after / before:.3g}x at step {at} "
