@@ -132,7 +132,10 @@ def test_a_spike_on_a_gradient_already_grown_is_a_burst_of_the_explosion(tmp_pat
     assert ctx.checks and all(ctx.checks.values()), ctx.checks
     assert report.top.cause == "exploding_gradients", report.diagnoses
     spike = [d for d in report.diagnoses if d.cause == "gradient_spike"]
-    assert not spike or "already grown" in spike[0].consequence_of
+    # read as a burst of the grown gradient, or (on CPUs whose kernels let the run break at
+    # the bursts) as one of the bursts through time that ended in the overflow
+    cause = spike[0].consequence_of if spike else ""
+    assert not spike or "already grown" in cause or "explosion through time" in cause, cause
 
 
 @pytest.mark.parametrize("grown", [True, False])

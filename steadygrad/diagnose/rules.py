@@ -908,11 +908,9 @@ def _exploding(facts: RunFacts) -> Found | None:
     finding, a break that was a gradient explosion after a weight ran away is one too."""
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None:
-        return (
-            _runaway_into_explosion(facts)
-            or _spike_into_explosion(facts)
-            or _bursts_through_time(facts)
-        )
+        # a recurrence's bursts that led to the same break date it from the first of them
+        late = [f for f in (_spike_into_explosion(facts), _bursts_through_time(facts)) if f]
+        return _runaway_into_explosion(facts) or min(late, key=lambda f: f.first_step, default=None)
     if facts.broke_at is None:
         # a run that did not break, whose loss kept improving long after: the gradients grew
         # as the model learned (a classifier sharpening its logits), harmless so far
@@ -1788,9 +1786,12 @@ def _taken(
 def _after_over_before(steps: np.ndarray, values: np.ndarray, step: int, lag: int = 0) -> float:
     """A series' median over the 50 steps after ``step + MOMENTUM_MEMORY + lag`` over its
     median in the 50 steps before ``step`` (NaN when either span is empty or the one before is
-    not positive)."""
+    not positive). The span before leaves out the optimizer's first MOMENTUM_MEMORY steps:
+    while its first moment has not yet averaged out the gradient's noise, Adam's steps are
+    larger (its first is the gradient's sign) and shrink on their own, spike or none."""
     start = step + MOMENTUM_MEMORY + lag
-    before = values[(steps < step) & (steps >= step - 50) & np.isfinite(values)]
+    since = max(step - 50, MOMENTUM_MEMORY)
+    before = values[(steps < step) & (steps >= since) & np.isfinite(values)]
     after = values[(steps > start) & (steps <= start + 50) & np.isfinite(values)]
     if not len(before) or not len(after) or not np.median(before) > 0:
         return math.nan
