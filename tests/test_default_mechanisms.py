@@ -231,6 +231,46 @@ def test_dead_units_of_recurrent_layers_whose_relu_runs_inside_torch(tmp_path, n
     assert values["zeroed_units/cell"] == 0.0  # an output of 0 does not say its input was 0
 
 
+class WrittenOutNet(nn.Module):
+    """A ReLU recurrence written out in the model's own forward (``relu(hh(h) + ih(x))``, as an
+    IRNN is), then a residual block whose ReLU takes ``x + fc(x)``: the units are ``hh``'s and
+    ``block.fc``'s, not the model's or the block's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ih, self.hh = nn.Linear(6, 8), nn.Linear(8, 8)
+        self.block = nn.ModuleDict({"fc": nn.Linear(8, 8)})
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], 8)
+        for t in range(3):
+            h = F.relu(self.hh(h) + self.ih(x * (t + 1) / 3))
+        return self.head(self.residual(h))
+
+    def residual(self, h):
+        return F.relu(h + self.block["fc"](h))
+
+
+def test_dead_units_of_a_recurrence_written_out_are_its_recurrent_layers(tmp_path):
+    model = WrittenOutNet()
+    with torch.no_grad():
+        model.hh.bias[:3] = -100.0  # three of hh's eight units never pass the ReLU
+    hh, ih = copy.deepcopy(model.hh), copy.deepcopy(model.ih)
+    records, _, x, _ = _run(tmp_path, model, F.cross_entropy, steps=1)
+    values = records[0].values
+    with torch.no_grad():  # by hand, with the weights the step's forward used
+        h, pre = torch.zeros(16, 8), []
+        for t in range(3):
+            pre.append(hh(h) + ih(x * (t + 1) / 3))
+            h = F.relu(pre[-1])
+    dead = (torch.cat(pre) <= 0).all(0).float().mean().item()
+    assert dead >= 3 / 8
+    assert values["dead_units/hh"] == pytest.approx(dead)
+    assert "dead_units/<root>" not in values
+    assert "dead_units/block.fc" in values  # the residual's ReLU: block.fc's units
+
+
 class ClippedNet(nn.Module):
     """ReLU6 as a module and a function, and a hardtanh that is not a ReLU (floor -1)."""
 

@@ -103,7 +103,9 @@ class DeadUnitSignal(InterceptingSignal):
         x = args[0] if args else kwargs.get("input")
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
             return
-        layer = self.producer(x) or self.composer(x) or self.running() or "<root>"
+        layer = (
+            self.producer(x) or self.composer(x) or self._fed_by(x) or self.running() or "<root>"
+        )
         count = (x.detach().abs() > tail).sum(dtype=torch.float32)
 
         def add() -> None:
@@ -112,6 +114,14 @@ class DeadUnitSignal(InterceptingSignal):
             self.seen = True
 
         self._if_hidden(x, add)
+
+    def _fed_by(self, x: torch.Tensor) -> str | None:
+        """The layer of the running module whose units an activation computed in its forward
+        from that layer's output holds (``relu(hh(h) + ih(x))``: ``hh``'s), when the units
+        are its output's last dimension."""
+        if not self.in_forward() or x.dim() > 3:
+            return None  # outside the model, or channels (whose layer a width cannot tell)
+        return self.feeding(x, self.running())
 
     def _if_hidden(self, x: torch.Tensor, add: Callable[[], None]) -> None:
         """``add()`` the reading of an activation applied to ``x``: at once inside the model's
@@ -169,7 +179,7 @@ class DeadUnitSignal(InterceptingSignal):
         channel_first = layer in self._channel_first
         if layer is None and (layer := self.composer(x)) is not None:
             channel_first = x.dim() == 4  # a layer of its own making: NCHW, torch's convention
-        layer = layer or self.running() or "<root>"
+        layer = layer or self._fed_by(x) or self.running() or "<root>"
         dim = 1 if channel_first else x.dim() - 1
         units = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1)  # one row per unit
         positive = (units > floor) | units.isnan()

@@ -67,6 +67,7 @@ class InterceptingSignal(Signal):
         self._composed_by: dict[int, tuple[str, weakref.ref]] = {}  # the same, non-leaf modules
         self._widths: dict[int, str] = {}  # last dim of a leaf's output -> the latest such leaf
         self._nodes: dict[object, str] = {}  # autograd node that made a leaf's output -> leaf
+        self._node_widths: dict[object, int] = {}  # that node -> its output's last dim
         self._handles: list[Any] = []
         self._mode: _Mode | None = None
         self.calls = 0  # forward calls of the model's modules seen so far
@@ -111,6 +112,7 @@ class InterceptingSignal(Signal):
         self._composed_by.clear()
         self._widths.clear()
         self._nodes.clear()
+        self._node_widths.clear()
 
     def _push(self, module: nn.Module, args: object) -> None:
         name = self._names.get(id(module))
@@ -136,6 +138,7 @@ class InterceptingSignal(Signal):
         self._widths[output.shape[-1]] = name
         if output.grad_fn is not None:
             self._nodes[output.grad_fn] = name
+            self._node_widths[output.grad_fn] = output.shape[-1]
 
     def running(self) -> str:
         """The innermost module whose forward is running ('' at the top level)."""
@@ -171,6 +174,26 @@ class InterceptingSignal(Signal):
                 return name
             following = [n for n, _ in node.next_functions if n is not None]
             node = following[0] if following else None
+        return None
+
+    def feeding(self, tensor: torch.Tensor, within: str, depth: int = 2) -> str | None:
+        """The first leaf module inside ``within`` ('' for the whole model) whose output, as
+        wide as ``tensor``'s last dimension, ``tensor`` was computed from within ``depth``
+        autograd steps, breadth first, first inputs first: the layer whose units an activation
+        applied to ``hh(h) + ih(x)`` (a recurrence written out in a forward) or to
+        ``x + fc(x)`` (a residual) holds."""
+        frontier = [tensor.grad_fn]
+        for _ in range(depth + 1):
+            following = []
+            for node in frontier:
+                if node is None:
+                    continue
+                name = self._nodes.get(node)
+                inside = name is not None and (not within or name.startswith(within + "."))
+                if inside and self._node_widths[node] == tensor.shape[-1]:
+                    return name
+                following += [n for n, _ in node.next_functions]
+            frontier = following
         return None
 
 
