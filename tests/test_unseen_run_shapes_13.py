@@ -81,10 +81,11 @@ def test_bursts_that_never_break_the_run_are_no_explosion(tmp_path):
     assert "exploding_gradients" not in [d.cause for d in report.diagnoses]
 
 
-def _swap_run(path, swap):
+def _swap_run(path, swap, part=""):
     """A regressor trained 160 steps; at step 100 either its weights are swapped for a copy
-    kept at step 10 (an EMA swap for validation never undone) or its targets shift (a
-    change of data, no weights touched). Either way the loss jumps and then comes down."""
+    kept at step 10 (an EMA swap for validation never undone; with ``part``, only that
+    layer's, a partial reload) or its targets shift (a change of data, no weights touched).
+    Either way the loss jumps and then comes down."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -96,7 +97,8 @@ def _swap_run(path, swap):
             if step == 10:
                 stale = {k: v.clone() for k, v in model.state_dict().items()}
             if step == 100 and swap:
-                model.load_state_dict(stale)
+                kept = {k: v for k, v in stale.items() if k.startswith(part)}
+                model.load_state_dict({**model.state_dict(), **kept})
             x = torch.randn(64, 8, generator=gen)
             y = x @ true_w * (2.0 if step >= 100 and not swap else 1.0)
             loss = nn.functional.mse_loss(model(x), y)
@@ -117,10 +119,21 @@ def test_a_loss_that_climbs_from_weights_swapped_between_steps_is_their_jump(tmp
     assert not divergence or "replaced" in divergence[0].why
 
 
+def test_a_loss_spike_from_one_layer_reloaded_names_that_layer(tmp_path):
+    losses, report = _swap_run(tmp_path / "part", swap=True, part="0.")
+    assert max(losses[100:105]) > 3 * min(losses[90:100])  # the jump the reload made
+    spike = next(d for d in report.diagnoses if d.cause == "loss_spike")
+    assert spike.evidence["weights_replaced_at"] == [100]
+    assert spike.where == ["0"]  # the layer reloaded (the oracle: the test chose it)
+    _, whole = _swap_run(tmp_path / "whole", swap=True)
+    assert sorted(whole.top.where) == ["0", "2"]  # every layer's weights were put back
+
+
 def test_a_loss_that_climbs_with_the_data_is_no_weight_swap(tmp_path):
     losses, report = _swap_run(tmp_path / "shift", swap=False)
     assert max(losses[100:105]) > 3 * min(losses[90:100])  # the same jump, by the targets
     assert all("weights_replaced_at" not in d.evidence for d in report.diagnoses)
+    assert all(d.where == [] for d in report.diagnoses if d.cause == "loss_spike")
     divergence = [d for d in report.diagnoses if d.cause == "loss_divergence"]
     assert all("replaced" not in d.why for d in divergence)
 

@@ -2248,6 +2248,26 @@ def _weights_replaced(facts: RunFacts, step: int) -> bool:
     return moves[1] is None or float(moves[1].max()) < REPLACED
 
 
+def _replaced_modules(facts: RunFacts, step: int) -> list[str]:
+    """The modules whose weights were replaced between steps at ``step`` (a checkpoint that
+    reloaded one part, a codebook reset): those of the tensors whose update-to-weight ratio
+    there, or at the record before, stood ``REPLACED`` times or more above its median over the
+    50 records before, the largest jump first. Empty where the ratios were not recorded then."""
+    jumps = []
+    for name in facts.names:
+        if not UPDATE_RATIO.owns(name):
+            continue
+        steps, values = facts.series(name)
+        now = values[(steps >= step - 1) & (steps <= step) & np.isfinite(values)]
+        before = values[(steps < step - 1) & (steps >= step - 51) & np.isfinite(values)]
+        if len(now) and len(before) >= 3 and np.median(before) > 0:
+            jump = float(now.max() / np.median(before))
+            if jump >= REPLACED:
+                tensor = name.split("/", 1)[1]
+                jumps.append((jump, tensor.rsplit(".", 1)[0] if "." in tensor else tensor))
+    return list(dict.fromkeys(module for _, module in sorted(jumps, reverse=True)))
+
+
 # The update before a loss spike moved the weights' norm this many times its usual step, on a
 # gradient under ``ORDINARY`` times its usual size: the optimizer's step made the spike.
 OVERSTEPPED, ORDINARY = 10.0, 3.0
@@ -2339,8 +2359,10 @@ def _loss_spike(facts: RunFacts) -> Found | None:
     summary += _batches_behind(spikes, ev)
     grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
     replaced = [f.step for f in spikes if f.step not in grads and _weights_replaced(facts, f.step)]
+    where: list[str] = []
     if replaced:
         ev["weights_replaced_at"] = replaced
+        where = _replaced_modules(facts, replaced[0])
         summary += (
             f"; at step {replaced[0]} the weights' norm moved {REPLACED:g}x or more its usual "
             "step: they were replaced between steps (an EMA swap, a checkpoint reload, a "
@@ -2353,7 +2375,7 @@ def _loss_spike(facts: RunFacts) -> Found | None:
             "ordinary gradient: the optimizer threw them (its state lost on a resume, a "
             "learning-rate glitch), not the batch"
         )
-    return Found(summary, first.step, [], ev)
+    return Found(summary, first.step, where, ev)
 
 
 def _sharpness(facts: RunFacts) -> Found | None:
@@ -2779,7 +2801,7 @@ def _put_back_into_a_climb(facts: RunFacts) -> Found | None:
                     "steps (a resume from the wrong snapshot, an EMA swap never undone): their "
                     f"norm moved {REPLACED:g}x or more its usual step, and no gradient moved it",
                     step,
-                    [],
+                    _replaced_modules(facts, step),
                     {"weights_replaced_at": [step], "climb": climb.evidence},
                 )
     return None
