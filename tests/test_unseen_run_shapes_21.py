@@ -5,7 +5,7 @@ Each change has a trigger that fails on the code before it and a control that mu
 from __future__ import annotations
 
 import torch
-from helpers import induced_report
+from helpers import diagnose_stored, induced_report
 from torch import nn
 
 import steadygrad
@@ -64,3 +64,34 @@ def test_a_rate_raised_and_kept_is_still_above_the_limit(tmp_path):
     jolted, found = _raised_rate_run(tmp_path, steps_raised=100)
     assert jolted and found is not None
     assert found.first_step == 100 and found.evidence["lr_after"] == 2.0
+
+
+def test_a_gradient_spike_names_the_tensors_most_above_their_level_first(tmp_path):
+    # Set 85's Jasper: block 2's gradient scaled 3000x for one step spiked every layer it
+    # flowed back through, block 2's most (2,000x its level against 400x upstream); the
+    # tensors were named in model order, the prologue first, and block 2 fell past the list's
+    # end. A bias before a norm has a gradient of rounding: its factor means nothing.
+    rows = [{"loss": 1.0, "grad_norm": 1.0} for _ in range(60)]
+    spike = ("gradient_spike", 50)
+    findings = [
+        (*spike, "prologue.weight", {"grad_norm": 460.0, "spike_factor": 437.0}, "warning"),
+        (*spike, "blocks.2.conv.bias", {"grad_norm": 1e-9, "spike_factor": 2890.0}, "critical"),
+        (*spike, "blocks.2.conv.weight", {"grad_norm": 1200.0, "spike_factor": 2275.0}, "critical"),
+        (*spike, "blocks.1.conv.weight", {"grad_norm": 750.0, "spike_factor": 720.0}, "critical"),
+        (
+            "gradient_spike",
+            55,
+            "prologue.weight",
+            {"grad_norm": 90.0, "spike_factor": 80.0},
+            "warning",
+        ),
+    ]
+    report = diagnose_stored(tmp_path, "jasper", rows, findings)
+    spikes = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    # by hand: step 50's material tensors by factor, then the rounding one; each named once
+    assert spikes.where == [
+        "blocks.2.conv.weight",
+        "blocks.1.conv.weight",
+        "prologue.weight",
+        "blocks.2.conv.bias",
+    ]

@@ -1919,11 +1919,25 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"{h.get('clipped_to', math.nan):.3g} after; the logged grad norm looked normal)"
         )
     summary += _batches_behind(spikes, ev)
-    found = Found(
-        summary, first.step, [f.where for f in spikes if f.where], ev, "info" if minor else None
-    )
+    found = Found(summary, first.step, _most_spiked(spikes), ev, "info" if minor else None)
     found.consequence_of = _spike_made_by(facts, first.step)
     return found
+
+
+def _most_spiked(spikes: list[Finding]) -> list[str]:
+    """The tensors of ``spikes``, step by step, each step's the most above its own running
+    level first (a block whose gradient was scaled up leads the layers it flowed back
+    through); a tensor whose gradient there was a thousandth of the step's largest or less
+    (a bias before a norm, whose gradient is rounding) last."""
+    largest: dict[int, float] = {}
+    for f in spikes:
+        largest[f.step] = max(largest.get(f.step, 0.0), f.evidence.get("grad_norm", 0.0))
+
+    def order(f: Finding) -> tuple:
+        material = f.evidence.get("grad_norm", 0.0) > 1e-3 * largest[f.step]
+        return (f.step, not material, -f.evidence.get("spike_factor", 0.0))
+
+    return list(dict.fromkeys(f.where for f in sorted(spikes, key=order) if f.where))
 
 
 def _spike_made_by(facts: RunFacts, step: int) -> str:
