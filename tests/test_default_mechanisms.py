@@ -159,6 +159,46 @@ def test_a_loss_written_by_hand_on_log_softmax_reads_the_logits_not_collapse(tmp
     assert "softmax_collapse" not in records[0].values
 
 
+class PointerScores(nn.Module):
+    """Dot-product scores of a query against keys: a module with children that computes its
+    output itself (no leaf outputs the scores)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False)
+
+    def forward(self, d, keys):
+        return (self.k(keys) @ self.q(d)[..., None]).squeeze(-1)
+
+
+class PointerNet(nn.Module):
+    """Scores over 5 inputs at each of 3 decoding steps, stacked: the logits a pointer network
+    hands the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 6)
+        self.pointer = PointerScores()
+
+    def forward(self, x):
+        keys = self.embed(x).reshape(-1, 1, 6).expand(-1, 5, 6) * torch.arange(1.0, 6.0)[:, None]
+        return torch.stack([self.pointer(keys[:, t], keys) for t in range(3)], 1)
+
+
+def test_logits_stacked_from_a_module_with_children_name_that_module(tmp_path):
+    model = PointerNet()
+
+    def loss(z, y):
+        return F.cross_entropy(z.reshape(-1, 5), y.repeat_interleave(3) % 5)
+
+    records, hand, _, _ = _run(tmp_path, model, loss)
+    for record, scores in zip(records, hand, strict=True):
+        assert record.meta["output_module"] == "pointer"
+        assert record.values["logit_lse_mean"] == pytest.approx(
+            torch.logsumexp(scores.reshape(-1, 5), 1).mean().item(), rel=1e-5
+        )
+
+
 def test_distillation_on_soft_targets_reads_nothing(tmp_path):
     model = nn.Linear(6, 3)
     soft = torch.softmax(torch.randn(16, 3), -1)

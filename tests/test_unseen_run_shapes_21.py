@@ -4,6 +4,9 @@ Each change has a trigger that fails on the code before it and a control that mu
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 from helpers import diagnose_stored, induced_report
 from torch import nn
@@ -95,3 +98,48 @@ def test_a_gradient_spike_names_the_tensors_most_above_their_level_first(tmp_pat
         "prologue.weight",
         "blocks.2.conv.bias",
     ]
+
+
+@pytest.mark.parametrize("within_limit", [True, False])
+def test_an_overshoot_read_once_the_gradients_had_exploded_is_not_the_cause(tmp_path, within_limit):
+    # Set 94's DCN-v2: its cross layers multiply the input by their own output, and the
+    # gradient norm grew 12 -> 258 over steps 5-9 while every update stayed within its
+    # stability limit along its own direction (ratios 0.55-0.69, one 1.09); only at step 10,
+    # once the gradients had exploded, did the update overshoot (144x). Read with ratios above
+    # 1 as it grew (the control), the same climb is a step size above the limit.
+    grads = [12.8, 8.5, 10.4, 11.3, 14.4, 12.2, 26.1, 34.8, 64.8, 258.4, 272044.0]
+    losses = [2.14, 1.40, 2.11, 2.04, 1.79, 2.06, 4.54, 3.64, 7.81, 21.4, 96584.0]
+    ratios = [0.47, 0.85, 0.58, 0.54, 0.59, 1.09, 0.55, 0.69, 0.60, 144.0]
+    if not within_limit:
+        ratios = [r if t < 5 else 3.0 + t for t, r in enumerate(ratios)]
+    rows = [
+        {
+            "loss": loss,
+            "grad_norm": g,
+            **({"directional_sharpness_ratio": ratios[t - 1]} if t else {}),
+        }
+        for t, (loss, g) in enumerate(zip(losses, grads, strict=True))
+    ]
+    rows += [{"loss": math.nan, "grad_norm": math.nan} for _ in range(3)]
+    findings = [
+        (
+            "loss_divergence",
+            10,
+            None,
+            {"loss": 96584.0, "best_level": 2.04, "ratio": 4.7e4},
+            "critical",
+        ),
+        ("nonfinite", 11, None, {"loss": math.nan}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, "dcn", rows, findings)
+    # the oracle, by hand: 258.4 / 8.5 = 30x growth; the readings while it grew
+    grew = grads[9] / min(grads[:10])
+    during = ratios[1:9]
+    assert grew > rules.GROWN_WITHIN_LIMIT
+    sharp = [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
+    if within_limit:
+        assert sorted(during)[len(during) // 2] < 1.0
+        assert not sharp, report.diagnoses
+    else:
+        assert min(during[4:]) > 1.0
+        assert sharp and report.top.cause == "sharpness_above_limit", report.diagnoses

@@ -2479,6 +2479,8 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
     # above 1 on its own.
     if ratio < 1.0 or (step > min(climbed) and np.median(ratios[near]) < 1.0):
         return None
+    if _grown_within_the_limit(facts, series, since, step):
+        return None  # the overshoot came once the gradients had exploded, not before
     summary = (
         f"the update before step {step} overshot along its own direction ({ratio:.2g}x its "
         f"stability limit), just before the run broke at step {broke}: the learning rate was "
@@ -2494,6 +2496,34 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
         )
         evidence["gradient_scaled_at"], evidence["gradient_scale_factor"] = step, factor
     return Found(summary, step, [], evidence)
+
+
+# The gradient norm grew this many times from its lowest in the span before an overshoot while
+# the updates stayed within their limit: the growth was not the step size's doing.
+GROWN_WITHIN_LIMIT = 8.0
+
+
+def _grown_within_the_limit(
+    facts: RunFacts, ratios: tuple[np.ndarray, np.ndarray], since: int, step: int
+) -> bool:
+    """Whether the gradient norm grew ``GROWN_WITHIN_LIMIT`` times from its lowest between
+    ``since`` and ``step`` while most of the directional sharpness readings taken as it grew (3
+    at least) stood below 1: updates within their stability limit descend along their own
+    direction, so what grew the gradient was something else (weights multiplying one another,
+    a recurrence), and the overshoot read at ``step`` is what the grown gradients did."""
+    grad = _finite_until(facts, GRAD_NORM.name, step - 1)
+    if grad is None:
+        return False
+    g_steps, g = grad
+    span = g_steps >= since
+    if span.sum() < 3:
+        return False
+    lowest = int(np.argmin(np.where(span, g, np.inf)))
+    if not g[-1] >= GROWN_WITHIN_LIMIT * g[lowest]:
+        return False
+    r_steps, r = ratios
+    while_growing = r[(r_steps > g_steps[lowest]) & (r_steps < step) & np.isfinite(r)]
+    return len(while_growing) >= 3 and float(np.median(while_growing)) < 1.0
 
 
 # A gradient norm this many times its recent median, with the loss at its usual level, and held

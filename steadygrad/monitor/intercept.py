@@ -68,6 +68,7 @@ class InterceptingSignal(Signal):
         self._widths: dict[int, str] = {}  # last dim of a leaf's output -> the latest such leaf
         self._nodes: dict[object, str] = {}  # autograd node that made a leaf's output -> leaf
         self._node_widths: dict[object, int] = {}  # that node -> its output's last dim
+        self._composed_nodes: dict[object, str] = {}  # the same, innermost non-leaf modules
         self._handles: list[Any] = []
         self._mode: _Mode | None = None
         self.calls = 0  # forward calls of the model's modules seen so far
@@ -113,6 +114,7 @@ class InterceptingSignal(Signal):
         self._widths.clear()
         self._nodes.clear()
         self._node_widths.clear()
+        self._composed_nodes.clear()
 
     def _push(self, module: nn.Module, args: object) -> None:
         name = self._names.get(id(module))
@@ -133,6 +135,8 @@ class InterceptingSignal(Signal):
             kept = self._composed_by.get(_key(output))
             if kept is None or kept[1]() is not output:
                 self._composed_by[_key(output)] = (name, weakref.ref(output))
+            if name and output.grad_fn is not None:  # the model itself makes everything
+                self._composed_nodes.setdefault(output.grad_fn, name)
             return
         self._made_by[_key(output)] = (name, weakref.ref(output))
         self._widths[output.shape[-1]] = name
@@ -163,13 +167,15 @@ class InterceptingSignal(Signal):
         return _live(self._composed_by, tensor)
 
     def upstream(self, tensor: torch.Tensor, depth: int = 6) -> str | None:
-        """The leaf module whose output ``tensor`` was computed from, within ``depth`` autograd
-        steps along first inputs (logits scaled, upsampled, moved channels-last for the loss)."""
+        """The module whose output ``tensor`` was computed from, within ``depth`` autograd
+        steps along first inputs (logits scaled, upsampled, moved channels-last for the loss;
+        a pointer module's scores stacked over decoding steps): a leaf, or the innermost
+        module with children that computed its output itself."""
         node = tensor.grad_fn
         for _ in range(depth):
             if node is None:
                 return None
-            name = self._nodes.get(node)
+            name = self._nodes.get(node) or self._composed_nodes.get(node)
             if name is not None:
                 return name
             following = [n for n, _ in node.next_functions if n is not None]
