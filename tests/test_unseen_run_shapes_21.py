@@ -143,3 +143,44 @@ def test_an_overshoot_read_once_the_gradients_had_exploded_is_not_the_cause(tmp_
     else:
         assert min(during[4:]) > 1.0
         assert sharp and report.top.cause == "sharpness_above_limit", report.diagnoses
+
+
+class ManyQuietParts(nn.Module):
+    """Set 90's DAB-DETR shape: a path the model computes but never uses (10 layers: 20 tensors
+    whose gradient is exactly zero) beside a layer whose ReLU inputs sit at exactly 0 (its
+    gradient is exactly zero too, yet nudging its weights changes the output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.unused = nn.ModuleList(nn.Linear(16, 16) for _ in range(10))
+        self.dead = nn.Linear(16, 16)
+        with torch.no_grad():
+            self.dead.weight.zero_()
+            self.dead.bias.zero_()
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        for layer in self.unused:  # computed, and multiplied away
+            h = h + 0 * layer(h)
+        return self.head(h + torch.relu(self.dead(h)))
+
+
+def test_a_path_many_tensors_long_that_changes_nothing_is_dead_code(tmp_path):
+    torch.manual_seed(0)
+    model, x, y = ManyQuietParts(), torch.randn(32, 8), torch.randint(0, 3, (32,))
+    nn.functional.cross_entropy(model(x), y).backward()  # the oracle, by hand
+    quiet = {n for n, p in model.named_parameters() if not p.grad.any()}
+    assert len(quiet) == 22 and {"dead.weight", "dead.bias"} <= quiet  # more than 16
+    model.zero_grad(set_to_none=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(30):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    found = steadygrad.load(tmp_path / "run").findings()
+    unused = {f.where for f in found if f.evidence.get("direction") == "unused"}
+    assert unused == {f"unused.{i}.{k}" for i in range(10) for k in ("weight", "bias")}

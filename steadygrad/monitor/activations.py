@@ -544,14 +544,31 @@ class ActivationSignal(Signal):
                 # token, a whole unused branch), that is one forward however many there are
                 if self._unchanged(baseline, suspects):
                     unused = [n for n, _ in suspects]
-                elif len(suspects) > most:
-                    return  # one forward each would cost too much: nothing is claimed
                 else:
-                    unused = [n for n, p in suspects if self._unchanged(baseline, [(n, p)])]
+                    unused = self._unused_among(baseline, suspects, most)
         except Exception:  # noqa: BLE001 - a check never breaks training; nothing is claimed
             return
         if unused:
             record.meta[UNUSED_PARAMETERS] = unused
+
+    def _unused_among(
+        self, baseline: list[torch.Tensor], suspects: list[tuple[str, Any]], most: int
+    ) -> list[str]:
+        """The names of ``suspects`` whose nudge leaves the outputs ``baseline``, found in at
+        most ``most`` forwards: one per tensor when there are that few, else per module that
+        holds them, a group that changed the output split in halves while forwards remain
+        (a module's unused weight beside its used bias)."""
+        pending = [[t] for t in suspects] if len(suspects) <= most else _by_module(suspects)
+        unused: list[str] = []
+        for _ in range(most):
+            if not pending:
+                break
+            group = pending.pop(0)
+            if self._unchanged(baseline, group):
+                unused += [n for n, _ in group]
+            elif len(group) > 1:
+                pending += [group[: len(group) // 2], group[len(group) // 2 :]]
+        return unused
 
     def _unchanged(self, baseline: list[torch.Tensor], nudge: list[tuple[str, Any]]) -> bool:
         """Whether the outputs stay ``baseline`` with every tensor of ``nudge`` nudged."""
@@ -609,6 +626,14 @@ def _edge_values(t: torch.Tensor) -> str | None:
     if bool((t.abs() > huge).any()):
         return f"values above {huge:.3g}, whose square overflows {t.dtype}"
     return None
+
+
+def _by_module(named: list[tuple[str, Any]]) -> list[list[tuple[str, Any]]]:
+    """``(name, tensor)`` pairs grouped by the module that holds them, in order."""
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for name, tensor in named:
+        groups.setdefault(name.rsplit(".", 1)[0], []).append((name, tensor))
+    return list(groups.values())
 
 
 def _noise(t: torch.Tensor) -> torch.Tensor:
