@@ -1820,6 +1820,48 @@ def _strongest_damping(facts: RunFacts, spike: Finding) -> float:
     return 1.0 / math.sqrt(1.0 + weight * max(ratio * ratio - 1.0, 0.0))
 
 
+# A spike whose square holds this many times the usual second moment dominates it: the
+# coordinates it hit then step by about (1 - beta1) / sqrt(1 - beta2) times the rate, whatever
+# the gradient says, until the first moment forgets it.
+DOMINATES_THE_MOMENT = 100.0
+
+
+def _thrown_by_the_moments(facts: RunFacts, spike: Finding) -> Found | None:
+    """A whole-gradient spike so large that its square dominated the optimizer's second moment,
+    on a batch whose loss was ordinary (no loss spike at its step: a loss scaled once, not bad
+    data), after which the loss climbed away within ``MOMENTUM_MEMORY`` steps, before any
+    damping could be read: the spike's moments stepped every coordinate it touched by about
+    ``(1 - beta1) / sqrt(1 - beta2)`` times the rate, in its direction, for the ~1/(1 - beta1)
+    steps the first moment takes to forget it (Adam's defaults: 3x the rate, 30x summed)."""
+    decay, ratio = facts.second_moment_decay, spike.evidence.get("ratio")
+    if spike.kind != GRAD_NORM_SPIKE or decay is None or decay >= 1.0:
+        return None  # a running sum (Adagrad) keeps a spike without stepping by it
+    if facts.optimizer in SPIKE_CLIPPING or not isinstance(ratio, (int, float)):
+        return None  # the optimizer clips a spike before its moments take it
+    if not (1.0 - decay) * ratio * ratio >= DOMINATES_THE_MOMENT:
+        return None
+    if any(spike.step - 1 <= f.step <= spike.step for f in facts.of(LOSS_SPIKE)):
+        return None  # the batch's own loss was out of line: bad data, judged elsewhere
+    climbs = [
+        f.step
+        for f in facts.of(LOSS_DIVERGENCE)
+        if f.severity != "info" and spike.step < f.step <= spike.step + MOMENTUM_MEMORY
+    ]
+    if not climbs:
+        return None
+    hit = sorted({f.where for f in facts.of(GRADIENT_SPIKE) if f.step == spike.step and f.where})
+    return Found(
+        f"a gradient {ratio:.3g}x its usual size at step {spike.step}, on a batch whose loss was "
+        f"ordinary (a loss scaled once, not bad data), dominated {facts.optimizer}'s moments: "
+        f"for the steps after it, its first moment stepped every weight it touched by about "
+        f"{(1 - 0.9) / math.sqrt(1.0 - decay):.2g}x the learning rate (at beta1 0.9) in one direction, and "
+        f"the loss climbed away from step {min(climbs)}",
+        spike.step,
+        [spike.where] if spike.where else hit,
+        {"spike": spike.evidence, "climbed_at": min(climbs), "thrown_by_the_moments": True},
+    )
+
+
 def _adam_poisoned(facts: RunFacts) -> Found | None:
     """A gradient spike under an optimizer that divides by a running square of the gradient,
     after which the updates shrank: the spike's square inflated the second moment, which then
@@ -1841,6 +1883,9 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
     for spike in spikes:
         if _in_a_climb(facts, spike.step):
             continue  # the loss was already climbing: a spike of the divergence, not its cause
+        thrown = _thrown_by_the_moments(facts, spike)
+        if thrown is not None:
+            return thrown
         # a spike poisons the moments of the tensors it hit: those found spiking at its step
         # (a global spike, or one whose tensors have no updates recorded: every tensor)
         at_step = [f for f in spikes if f.step == spike.step]
@@ -2470,6 +2515,7 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
     steps, ratios = series
     since = broke - within if scaled is None else scaled[0]
     near = (steps <= broke) & (steps >= since) & np.isfinite(ratios)
+    near &= ~np.isin(steps, _across_one_step_spikes(facts))
     if not near.any():
         return None
     i = np.flatnonzero(near)[int(np.argmax(ratios[near]))]
@@ -2496,6 +2542,23 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
         )
         evidence["gradient_scaled_at"], evidence["gradient_scale_factor"] = step, factor
     return Found(summary, step, [], evidence)
+
+
+def _across_one_step_spikes(facts: RunFacts) -> list[int]:
+    """The steps whose directional sharpness reading spans a gradient-norm spike that fell
+    back by 10x at the next record (a loss scaled once, one bad batch): the reading compares
+    the gradients on either side of an update, and across such a spike it measures the spike,
+    not the curvature."""
+    grad = facts.series(GRAD_NORM.name)
+    if grad is None:
+        return []
+    g_steps, g = grad
+    spanned = []
+    for spike in facts.of(GRAD_NORM_SPIKE):
+        after = g[(g_steps > spike.step) & np.isfinite(g)][:1]
+        if len(after) and after[0] * 10 < spike.evidence.get("grad_norm", 0.0):
+            spanned += [spike.step, spike.step + 1]
+    return spanned
 
 
 # The gradient norm grew this many times from its lowest in the span before an overshoot while
@@ -3107,7 +3170,8 @@ RULES: tuple[Rule, ...] = (
             CLIP_SPIKES,
         ),
         _adam_poisoned,
-        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, LOSS_SPIKE),  # a loss spike: a restart's jolt
+        # a loss spike: a restart's jolt; a climb: where the spike's moments threw the weights
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, LOSS_SPIKE, LOSS_DIVERGENCE),
         explained_by=("data_outlier",),  # an outlier batch's gradient is the spike that poisons
     ),
     Rule(
