@@ -13,6 +13,7 @@ from helpers import diagnose_stored
 from torch import nn
 
 import steadygrad
+from steadygrad.core import Record
 from steadygrad.diagnose import rules
 
 
@@ -182,3 +183,23 @@ def test_a_giant_gradient_on_an_ordinary_batch_throws_the_weights_through_adams_
     assert report.top.cause == "adam_second_moment_poisoned", report.diagnoses
     assert report.top.first_step == 110 and report.top.evidence["thrown_by_the_moments"]
     assert "sharpness_above_limit" not in [d.cause for d in report.diagnoses]
+
+
+def test_a_gradient_exactly_zero_until_now_has_no_level_to_spike_from():
+    # Set 97's SNGAN control: the critic's output bias gets the mean of its real and fake
+    # halves' gradients, which cancel exactly on most steps; the first that do not were read
+    # as spikes "inf times" a running level of 0, every few steps for the rest of the run.
+    detector = steadygrad.GradientSpike()
+    bias = [0.0] * 40 + [0.03, 0.0, 0.17, 0.0, 0.0, 0.22, 0.33, 0.0, 0.11] * 6
+    found = [
+        f
+        for t, g in enumerate(bias)
+        for f in detector.update(Record(t, {"grad_norm/fc3.bias": g, "grad_norm": 1.0}))
+    ]
+    assert found == []
+    # the control: once it has a level (the same values), one 1000x that level is a spike
+    t = len(bias)
+    spike = detector.update(Record(t, {"grad_norm/fc3.bias": 200.0, "grad_norm": 200.0}))
+    level = math.sqrt(sum(g * g for g in bias[40:]) / len(bias[40:]))  # its RMS, by hand
+    assert [f.where for f in spike] == ["fc3.bias"]
+    assert spike[0].evidence["spike_factor"] > 200.0 / level / 2  # a level near the RMS

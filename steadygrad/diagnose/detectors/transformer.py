@@ -592,7 +592,10 @@ class GradientSpike(Detector):
         warm = finite & (count >= self.warmup)
         with np.errstate(divide="ignore", invalid="ignore"):
             v_hat = np.where(warm, v / (1 - self.beta**count), 0.0)
-        spike = warm & (square > self.theta * v_hat)
+        # a tensor whose gradient has been exactly 0 has no level to stand out of (a GAN
+        # critic's output bias, its gradient's real and fake halves cancelling): its first
+        # gradient that is not starts one
+        spike = warm & (v_hat > 0) & (square > self.theta * v_hat)
         findings = []
         for i in np.flatnonzero(spike & ~in_spike).tolist():
             norm, moment = float(norms[i]), float(v_hat[i])
@@ -608,7 +611,7 @@ class GradientSpike(Detector):
                 severity = "info"  # a small share of the step's gradient: its own moment only
             findings.append(Finding(self.kind, record.step, names[i], evidence, severity))
         self._in_spike = np.where(warm, spike, in_spike)
-        square = np.where(warm, np.minimum(square, self.theta * v_hat), square)
+        square = np.where(warm & (v_hat > 0), np.minimum(square, self.theta * v_hat), square)
         self._v = np.where(finite, self.beta * v + (1 - self.beta) * square, v)
         self._count = count + finite
         return findings
