@@ -203,3 +203,81 @@ def test_a_gradient_exactly_zero_until_now_has_no_level_to_spike_from():
     level = math.sqrt(sum(g * g for g in bias[40:]) / len(bias[40:]))  # its RMS, by hand
     assert [f.where for f in spike] == ["fc3.bias"]
     assert spike[0].evidence["spike_factor"] > 200.0 / level / 2  # a level near the RMS
+
+
+class SinkAttention(nn.Module):
+    """Attention written out as GPT-OSS writes it: causal scores, one learnt sink logit per
+    head concatenated to each row, the row's largest subtracted (an overflow guard), softmax,
+    the sink's column dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(8, 24), nn.Linear(8, 8)
+        self.sinks = nn.Parameter(torch.zeros(2))
+        self.scores: list[torch.Tensor] = []
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (z.reshape(b, t, 2, 4).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        mask = torch.full((t, t), float("-inf")).triu(1)
+        logits = q @ k.transpose(-1, -2) * 2.0 + mask
+        rows = torch.cat([logits, self.sinks.reshape(1, 2, 1, 1).expand(b, 2, t, 1)], -1)
+        rows = rows - rows.max(-1, keepdim=True).values
+        self.scores.append(rows.detach())
+        probs = torch.softmax(rows, -1)[..., :-1]
+        return self.out((probs @ v).transpose(1, 2).reshape(b, t, 8))
+
+
+class SinkModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.head = SinkAttention(), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.attn(x))
+
+
+def test_attention_with_sink_logits_written_out_is_read(tmp_path):
+    # Set 97's GPT-OSS: its eager attention concatenates a sink logit to each row, so the
+    # softmax is over (L, L + 1) scores, and none of its attention logits was ever read.
+    torch.manual_seed(0)
+    model, x = SinkModel(), torch.randn(4, 6, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    signal = steadygrad.AttentionLogitSignal(every=1)
+    with steadygrad.watch(model, opt, tmp_path / "run", signals=[signal], progress=False) as mon:
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, 5), torch.arange(24) % 5)
+        loss.backward()
+        opt.step()
+        record = mon.step(loss)
+    rows = model.attn.scores[0]  # by hand: the largest |score| the softmax saw, masks left out
+    read = rows[torch.isfinite(rows)].abs().max().item()
+    assert record.values["attn_logit_max/attn"] == pytest.approx(read, rel=1e-5)
+
+
+def test_a_hugging_face_gpt_oss_attention_is_read():
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    torch.manual_seed(0)
+    config = GptOssConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        max_position_embeddings=32,
+    )
+    model = GptOssForCausalLM(config)
+    model.config._attn_implementation = "eager"
+    signal = steadygrad.AttentionLogitSignal(every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ids = torch.randint(0, 64, (2, 8))
+    with steadygrad.Monitor(model, opt, signals=[signal], progress=False) as mon:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        record = mon.step(loss)
+    assert record.values["attn_logit_max/model.layers.0.self_attn"] > 0

@@ -154,16 +154,25 @@ def _mha_logit_max(args: tuple, kwargs: dict) -> Reading:
     return _reading(_logits(q, k, 1.0 / math.sqrt(head_dim)), allowed)
 
 
+# Keys beyond the queries' own that attention computed by hand may hold: learnt "sink" logits
+# concatenated to each row (GPT-OSS: one per head), so its softmax is over (L, L + 1) scores.
+SINK_KEYS = 4
+
+
 def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:
     """Attention computed by hand (``softmax(q @ k^T * scale + mask, -1)``): the largest
-    ``|score|`` fed to a softmax over the last dimension of a ``(..., L, L)`` tensor (3 or more
-    dimensions: a classifier's ``(batch, classes)`` logits are not attention), leaving out
-    masked scores (``-inf``, or at or below ``MASKED``). None for any other softmax."""
+    ``|score|`` fed to a softmax over the last dimension of a ``(..., L, L)`` tensor, or
+    ``(..., L, L + s)`` with up to ``SINK_KEYS`` sink logits (3 or more dimensions: a
+    classifier's ``(batch, classes)`` logits are not attention), leaving out masked scores
+    (``-inf``, or at or below ``MASKED``). Scores shifted by their row's largest before the
+    softmax (as overflow guards do) read their spread, which is what the softmax sees. None
+    for any other softmax."""
     scores = args[0] if args else kwargs.get("input", kwargs.get("self"))
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
     if not isinstance(scores, torch.Tensor) or scores.dim() < 3 or dim is None:
         return None
-    if dim not in (-1, scores.dim() - 1) or scores.shape[-1] != scores.shape[-2]:
+    extra = scores.shape[-1] - scores.shape[-2]  # learnt sink logits, a key each (GPT-OSS)
+    if dim not in (-1, scores.dim() - 1) or not 0 <= extra <= SINK_KEYS:
         return None
     scores = scores.detach().float()
     kept = torch.isfinite(scores) & (scores > MASKED)
