@@ -281,3 +281,26 @@ def test_a_hugging_face_gpt_oss_attention_is_read():
         opt.step()
         record = mon.step(loss)
     assert record.values["attn_logit_max/model.layers.0.self_attn"] > 0
+
+
+def test_an_explosion_whose_tensors_spiked_a_step_after_the_whole_gradient_names_them(tmp_path):
+    # Set 96's heat-sink CNN: the whole gradient's spike was read at step 86, its tensors' own
+    # at 87 (their running levels lag), and the run was NaN at 88: the explosion named no layer.
+    rows = [{"loss": 9.0e4 - t, "grad_norm": 700.0} for t in range(86)]
+    rows += [{"loss": 9.0e4, "grad_norm": 1.7e5}, {"loss": 6.2e9, "grad_norm": 1.2e10}]
+    rows += [{"loss": math.nan, "grad_norm": math.nan}]
+    ev = {"grad_norm": 1.7e5, "baseline": 720.0, "ratio": 234.0}
+    findings = [("grad_norm_spike", 86, None, ev, "warning")]
+    for name, factor in [
+        ("convs.0.weight", 2.9e6),
+        ("convs.5.weight", 2.0e6),
+        ("out.weight", 2.5e6),
+    ]:
+        findings.append(
+            ("gradient_spike", 87, name, {"grad_norm": 1e10, "spike_factor": factor}, "critical")
+        )
+    findings.append(("nonfinite", 88, None, {"loss": math.nan}, "critical"))
+    report = diagnose_stored(tmp_path, "heatsink", rows, findings)
+    exploded = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert exploded.first_step == 86
+    assert exploded.where == ["convs.0.weight", "out.weight", "convs.5.weight"]  # by factor

@@ -1152,11 +1152,12 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
     def in_recurrence(f: Finding) -> bool:
         return any(_inside(f.where or "", m) for m in recurrent)
 
+    # the tensors spiking first: at the spike, else at the first step after it that any did
+    # (the whole gradient's baseline may see a spike a step before its tensors' own do)
+    serious = [f for f in facts.of(GRADIENT_SPIKE) if f.severity != "info"]
+    first = min((f.step for f in serious if start <= f.step < nan_at), default=start)
     tensors = [
-        f
-        for f in facts.of(GRADIENT_SPIKE)
-        if f.severity != "info"
-        and (f.step == start or start < f.step < nan_at and in_recurrence(f))
+        f for f in serious if f.step == first or start < f.step < nan_at and in_recurrence(f)
     ]
     tensors.sort(key=lambda f: (not in_recurrence(f), -f.evidence.get("spike_factor", 0.0)))
     where = [f.where for f in tensors if f.where][:3]
