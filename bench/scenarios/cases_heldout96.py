@@ -207,7 +207,7 @@ def h96_flava_text_zloss_wrong_sign(ctx: Context) -> None:
     where="head",
     diverges=None,
     heldout=True,
-    note="FLAVA image tower on 32 fixed digits, logits divided by a temperature of 0.05 "
+    note="FLAVA image tower on 32 fixed digits, logits divided by a temperature of 0.03 "
     "copied from a contrastive config, AdamW with a pre-training recipe's betas (0.9, 0.95) "
     "and no weight decay, trained far past fitting",
 )
@@ -221,13 +221,13 @@ def h96_flava_image_softmax_collapse(ctx: Context) -> None:
         while True:
             yield xs, ys
 
-    model = FlavaImageClassifier(temperature=0.05)
+    model = FlavaImageClassifier(temperature=0.03)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0)
     fit(ctx, model, opt, batches(), 600)
     with torch.no_grad():
         frac = collapsed_fraction(model(xs), ys)
     ctx.check("over 40% of the training rows exactly one-hot in float32", frac > 0.4)
-    ctx.check("training loss under 1e-3", ctx.losses[-1] < 1e-3)
+    ctx.check("training loss under 1e-3", _median(ctx.losses[-20:]) < 1e-3)
 
 
 # -- a transformer for crystal property regression -------------------------------------------
