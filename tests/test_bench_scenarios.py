@@ -203,6 +203,7 @@ HELD_OUT_FILES = [
     ("cases_heldout92", "h92_", 12, 11, 12),
     ("cases_heldout93", "h93_", 11, 10, 12),  # its writer ran out of time: 11 faults, 4 healthy
     ("cases_heldout94", "h94_", 12, 11, 12),
+    ("cases_heldout98", "h98_", 12, 12, 12),
 ]
 
 

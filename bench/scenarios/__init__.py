@@ -100,6 +100,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout92,
     cases_heldout93,
     cases_heldout94,
+    cases_heldout98,
     cases_mlp,
     cases_other,
 )
