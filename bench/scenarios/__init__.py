@@ -102,6 +102,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout94,
     cases_heldout96,
     cases_heldout97,
+    cases_heldout98,
     cases_mlp,
     cases_other,
 )
