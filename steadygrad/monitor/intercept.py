@@ -66,8 +66,8 @@ class InterceptingSignal(Signal):
         self._made_by: dict[int, tuple[str, weakref.ref]] = {}
         self._composed_by: dict[int, tuple[str, weakref.ref]] = {}  # the same, non-leaf modules
         self._widths: dict[int, str] = {}  # last dim of a leaf's output -> the latest such leaf
-        self._nodes: dict[object, str] = {}  # autograd node that made a leaf's output -> leaf
-        self._node_widths: dict[object, int] = {}  # that node -> its output's last dim
+        # autograd node that made a leaf's output -> (the leaf, that output's last dim)
+        self._nodes: dict[object, tuple[str, int]] = {}
         self._composed_nodes: dict[object, str] = {}  # the same, innermost non-leaf modules
         self._handles: list[Any] = []
         self._mode: _Mode | None = None
@@ -113,7 +113,6 @@ class InterceptingSignal(Signal):
         self._composed_by.clear()
         self._widths.clear()
         self._nodes.clear()
-        self._node_widths.clear()
         self._composed_nodes.clear()
 
     def _push(self, module: nn.Module, args: object) -> None:
@@ -141,8 +140,7 @@ class InterceptingSignal(Signal):
         self._made_by[_key(output)] = (name, weakref.ref(output))
         self._widths[output.shape[-1]] = name
         if output.grad_fn is not None:
-            self._nodes[output.grad_fn] = name
-            self._node_widths[output.grad_fn] = output.shape[-1]
+            self._nodes[output.grad_fn] = (name, output.shape[-1])
 
     def running(self) -> str:
         """The innermost module whose forward is running ('' at the top level)."""
@@ -175,7 +173,8 @@ class InterceptingSignal(Signal):
         for _ in range(depth):
             if node is None:
                 return None
-            name = self._nodes.get(node) or self._composed_nodes.get(node)
+            leaf = self._nodes.get(node)
+            name = leaf[0] if leaf else self._composed_nodes.get(node)
             if name is not None:
                 return name
             following = [n for n, _ in node.next_functions if n is not None]
@@ -194,9 +193,9 @@ class InterceptingSignal(Signal):
             for node in frontier:
                 if node is None:
                     continue
-                name = self._nodes.get(node)
-                inside = name is not None and (not within or name.startswith(within + "."))
-                if inside and self._node_widths[node] == tensor.shape[-1]:
+                name, width = self._nodes.get(node, ("", 0))
+                inside = bool(name) and (not within or name.startswith(within + "."))
+                if inside and width == tensor.shape[-1]:
                     return name
                 following += [n for n, _ in node.next_functions]
             frontier = following
