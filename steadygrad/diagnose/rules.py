@@ -612,7 +612,8 @@ def _plasticity(facts: RunFacts) -> Found | None:
     """Dead units or a collapsing rank; units first found dead in the ``EXPLOSION_LEAD`` steps
     before a break that was a gradient explosion (a spike of the gradient norm leading into
     it), or (in a recurrence) only after a break that gradient spikes led into, are its
-    casualties, driven out of range by what exploded, not its cause."""
+    casualties, driven out of range by what exploded, not its cause; so are units of a run
+    that went on to a non-finite value (not an fp16 overflow a GradScaler caught)."""
     found = _located((LOSS_OF_PLASTICITY,), "loss of plasticity")(facts)
     if found is not None:
         found = _killed_in_a_burst(facts, found)
@@ -631,7 +632,15 @@ def _plasticity(facts: RunFacts) -> Found | None:
     if broke is None:
         return found
     first = found.first_step
-    if first >= broke - EXPLOSION_LEAD and any(
+    went_nonfinite = [f.step for f in facts.of(NONFINITE) if f.step >= first]
+    if went_nonfinite and not _caught_by_scaler(facts):
+        # units that are dead output zeros, saturated ones +-1: neither makes a NaN or an Inf,
+        # nor lets the weights grow into one; what grew did
+        found.consequence_of = (
+            f"first found at step {first}, and the run went on to a non-finite value at step "
+            f"{min(went_nonfinite)}: dead or saturated units make none, what grew into it did"
+        )
+    elif first >= broke - EXPLOSION_LEAD and any(
         step >= first for step in _leading_into(facts, broke, GRAD_NORM_SPIKE)
     ):
         found.consequence_of = (
@@ -3125,6 +3134,7 @@ RULES: tuple[Rule, ...] = (
             GRADIENT_SPIKE,
             UPDATE_RATIO_OUT_OF_RANGE,
             LOSS_SPIKE,
+            NONFINITE,  # none is theirs to make
         ),
         # one batch's giant step can push a layer's pre-activations below zero for good
         explained_by=("data_outlier",),

@@ -1,0 +1,39 @@
+"""Run shapes from the twenty-seventh session's re-reading of stored runs (sets 5-98) and its
+held-out sets 99-101.
+
+Each change has a trigger that fails on the code before it and a control that must not move."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import diagnose_stored, induced_report
+
+
+def test_units_dead_before_a_run_went_non_finite_are_not_its_cause(tmp_path):
+    # Trigger: set 51's mixture-density network, whose sigma head's exp overflows at step ~170
+    # as its negative log-likelihood keeps falling; half of its body's ReLU units read dead from
+    # step 24. Dead units output zeros: they make no NaN, the overflow does.
+    report = induced_report(tmp_path, "h51_mdn_sigma_exp_overflow")
+    assert report.diagnoses[0].cause == "nonfinite"
+    dead = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert "non-finite value" in dead.consequence_of
+
+
+@pytest.mark.parametrize("ends", ["nan", "stuck"])
+def test_units_killed_by_a_burst_stay_its_harm_unless_the_run_went_non_finite(tmp_path, ends):
+    # a rate burst at step 120 kills a layer's ReLU units (read at 121) and throws the loss up;
+    # the control's loss stays up, the units dead (the harm that stayed); the trigger's weights
+    # then grow into a NaN at 170: dead units made none of it
+    rows = [{"loss": 2.0 - 0.01 * t} for t in range(120)]
+    rows += [{"loss": 3.0 + (0.2 * t if ends == "nan" else 0.0)} for t in range(50)]
+    findings = [
+        ("loss_of_plasticity", 121, "fc2", {"dead_units": 0.9}, "warning"),
+        ("loss_divergence", 122, None, {"ratio": 3.0}, "critical"),
+    ]
+    if ends == "nan":
+        rows.append({"loss": float("nan")})
+        findings.append(("nonfinite", 170, None, {"nonfinite_params": 12}, "critical"))
+    report = diagnose_stored(tmp_path, ends, rows, findings)
+    dead = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert bool(dead.consequence_of) == (ends == "nan")
+    assert (report.top.cause == "loss_of_plasticity") == (ends == "stuck")
