@@ -37,3 +37,29 @@ def test_units_killed_by_a_burst_stay_its_harm_unless_the_run_went_non_finite(tm
     dead = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
     assert bool(dead.consequence_of) == (ends == "nan")
     assert (report.top.cause == "loss_of_plasticity") == (ends == "stuck")
+
+
+@pytest.mark.parametrize("after", ["back", "high"])
+def test_updates_too_large_for_one_reading_long_before_a_break_do_not_explain_it(tmp_path, after):
+    # Trigger: set 55's looped transformer under SGD: its head's updates read 0.42 of its norm
+    # at step 40 (limit 0.25), then 0.03-0.2 to step 190; at 195 its gradients explode into a
+    # NaN, and every ratio read after is NaN. Those are the break's: the head was back in range
+    # 150 steps before it. Control: the head's updates stay too large up to the break.
+    rows = []
+    for t in range(250):
+        row = {"loss": 2.0 - 0.005 * t if t < 196 else float("nan")}
+        if t % 10 == 0:
+            back = 0.05 if after == "back" else 0.4
+            row["update_ratio/head.weight"] = (
+                0.002 if t < 40 else 0.42 if t == 40 else back if t < 196 else float("nan")
+            )
+        rows.append(row)
+    large = {"direction": "too_large", "update_ratio": 0.42, "high": 0.25}
+    findings = [
+        ("update_ratio_out_of_range", 40, "head.weight", large, "warning"),
+        ("gradient_growth", 195, "fc2.weight", {"growth": 500.0}, "critical"),
+        ("nonfinite", 196, None, {"nonfinite_params": 40}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, after, rows, findings)
+    expected = "exploding_gradients" if after == "back" else "update_ratio_out_of_range"
+    assert report.top.cause == expected

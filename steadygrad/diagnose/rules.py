@@ -589,8 +589,8 @@ def _paused(facts: RunFacts, f: Finding, readings: int = 3) -> bool:
 
 def _back_in_range(facts: RunFacts, ratios: list[Finding], readings: int = 3) -> int | None:
     """When every update-ratio finding was of updates too large: the step from which each of
-    those tensors stayed under its limit at every later reading (``readings`` of them at least),
-    or None."""
+    those tensors stayed under its limit at every later reading (``readings`` of them at least)
+    up to the break, if the run broke (what its ratios read after is the break's), or None."""
     if not ratios or any(f.evidence.get("direction") != "too_large" for f in ratios):
         return None
     back = []
@@ -600,6 +600,8 @@ def _back_in_range(facts: RunFacts, ratios: list[Finding], readings: int = 3) ->
         if series is None or not isinstance(high, float | int):
             return None
         steps, values = series
+        if facts.broke_at is not None:
+            steps, values = steps[steps < facts.broke_at], values[steps < facts.broke_at]
         above = steps[~(values <= high)]  # a non-finite ratio is no sign of being back
         after = steps[steps > above.max()] if len(above) else steps
         if len(after) < readings:
