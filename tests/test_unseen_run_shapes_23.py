@@ -6,7 +6,11 @@ Each change has a trigger that fails on the code before it and a control that mu
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import diagnose_stored, induced_report
+from torch import nn
+
+import steadygrad
 
 
 def test_units_dead_before_a_run_went_non_finite_are_not_its_cause(tmp_path):
@@ -63,3 +67,50 @@ def test_updates_too_large_for_one_reading_long_before_a_break_do_not_explain_it
     report = diagnose_stored(tmp_path, after, rows, findings)
     expected = "exploding_gradients" if after == "back" else "update_ratio_out_of_range"
     assert report.top.cause == expected
+
+
+class _CountNet(nn.Module):
+    """A log-rate regressor whose caller exponentiates its output (a Poisson log link)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(4, 16), nn.Tanh())
+        self.head = nn.Linear(16, 1)
+
+    def log_rate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x)).squeeze(-1)
+
+
+@pytest.mark.parametrize("bad", ["exp", "target"])
+def test_a_log_rate_whose_exp_overflows_float16_names_its_head(tmp_path, bad):
+    # Trigger: set 98's Poisson count net under fp16 autocast, the rate exp(log-rate) taken in
+    # the caller's code: once a log-rate passes log(65504) = 11.09 the rate is inf, the loss
+    # too, and every module's output is finite: the head whose output the exp overflowed is
+    # named. Control: a count of NaN in the targets makes the loss NaN; no output is to blame.
+    torch.manual_seed(0)
+    model = _CountNet()
+    with torch.no_grad():
+        model.head.bias.fill_(10.0 if bad == "exp" else 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    scaler = torch.amp.GradScaler("cpu")
+    gen = torch.Generator().manual_seed(1)
+    rates = []
+    with steadygrad.watch(model, opt, tmp_path / bad, scaler=scaler, progress=False) as mon:
+        for step in range(30):
+            x = torch.randn(32, 4, generator=gen)
+            y = torch.full((32,), 2e5)
+            if bad == "target" and step == 20:
+                y[3] = float("nan")
+            with torch.autocast("cpu", dtype=torch.float16):
+                rate = torch.exp(model.log_rate(x))
+            loss = (rate.float() - y * torch.log(rate.float())).mean()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            mon.step(loss)
+            opt.zero_grad()
+            rates.append(rate.dtype == torch.float16 and bool(torch.isinf(rate).any()))
+    assert any(rates) == (bad == "exp")  # the oracle: the fp16 exp overflowed, or never did
+    found = [f for f in steadygrad.load(tmp_path / bad).findings() if f.kind == "nonfinite"]
+    origin = found[0].evidence["forward_origin"]
+    assert origin["module"] == ("head" if bad == "exp" else None)

@@ -408,6 +408,11 @@ class ActivationSignal(Signal):
                 self._guard_left = self.guard_steps  # localise the producer on the next steps
         elif self._hooked and "forward_origin" in record.meta:
             self._guard_left = 0
+        elif self._hooked and not math.isfinite(v.get(LOSS.name, 0.0)):
+            # every output this step's hooks read was finite: the loss made it, on any step
+            origin = self._replay(record)
+            if origin is not None:
+                record.meta["forward_origin"] = origin
         self._hooked = False
         if not self._unused_checked and not unhealthy and self._calls:
             self._check_unused(record)
@@ -494,7 +499,7 @@ class ActivationSignal(Signal):
         model's output, in the loss (or its targets). The output it came from, when one output
         holds values a loss cannot take: exact zeros in an output otherwise positive (a scale
         or a probability that underflowed: a log or a division of it is infinite), or values
-        whose square overflows."""
+        whose square or exp overflows."""
         suspects = []
         for t in outputs:
             edge = _edge_values(t)
@@ -616,15 +621,18 @@ class ActivationSignal(Signal):
 
 def _edge_values(t: torch.Tensor) -> str | None:
     """What in ``t`` a loss cannot take, if anything: a few exact zeros (a tenth of the entries
-    at most: a ReLU's output has many) in a tensor otherwise positive, or values whose square
-    overflows its dtype."""
+    at most: a ReLU's output has many) in a tensor otherwise positive, values whose square
+    overflows its dtype, or values whose exp does (a log-rate or a log-variance the loss
+    exponentiates in that dtype)."""
     t = t.detach()
     zeros = int((t == 0).sum())
     if zeros and zeros <= 0.1 * t.numel() and bool((t >= 0).all()):
         return f"{zeros} exact zero(s) among positive values (an underflow)"
-    huge = math.sqrt(torch.finfo(t.dtype).max)
-    if bool((t.abs() > huge).any()):
-        return f"values above {huge:.3g}, whose square overflows {t.dtype}"
+    largest = torch.finfo(t.dtype).max
+    if bool((t.abs() > math.sqrt(largest)).any()):
+        return f"values above {math.sqrt(largest):.3g}, whose square overflows {t.dtype}"
+    if bool((t > math.log(largest)).any()):
+        return f"values above {math.log(largest):.4g}, whose exp overflows {t.dtype}"
     return None
 
 
