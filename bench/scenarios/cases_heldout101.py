@@ -2,19 +2,19 @@
 diagnosis or monitor, nor the other held-out files, and never run on steadygrad while written
 (tuned only with a stand-in context that attaches nothing and records the losses).
 
-Families: Hugging Face LLaVA-NeXT, VipLlava and Idefics2 (tiny CLIP / Idefics2 vision towers,
-tiny Llama / Mistral text models) answering which digit an upsampled 8x8 digit shows, SAM-HQ
-(mask decoding of a generated scene from a point prompt) and a DINOv2-with-registers classifier,
+Families: Hugging Face Idefics2 (tiny Idefics2 vision tower, perceiver resampler and Mistral
+text model) answering which digit an upsampled 8x8 digit shows, SAM-HQ (mask decoding of a
+generated scene from a point prompt; control) and a DINOv2-with-registers classifier (control),
 all from tiny configs; hand-written: U-ViT (a diffusion transformer with long skips) on digits,
-a VP score SDE on generated 2-D points, latent diffusion (a small autoencoder plus a transformer
-denoiser on its latents, fp16 autocast with a GradScaler), NICE (additive coupling flow) on
-digits, an energy-based model trained with contrastive divergence (short-run Langevin), an
-E-Branchformer ASR encoder (parallel attention / cgMLP branches) on generated speech-like
-frames, MixMatch semi-supervised on digits, a neural cellular automaton growing a generated
-pattern, a modern Hopfield layer retrieving stored patterns, a Gumbel-softmax categorical VAE.
+a VP score SDE on generated 2-D points (a fault and a control), latent diffusion (a small
+autoencoder plus a transformer denoiser on its latents, fp16 autocast with a GradScaler), NICE
+(additive coupling flow) on digits, an E-Branchformer ASR encoder (parallel attention / cgMLP
+branches) on generated speech-like frames, MixMatch semi-supervised on digits, a neural
+cellular automaton growing a generated emblem, a modern Hopfield layer retrieving stored
+patterns, a Gumbel-softmax categorical VAE.
 
-Optimizers: Adam, AdamW, SGD (plain, momentum, Nesterov), RMSprop, Adagrad, Adadelta, NAdam,
-RAdam, Adamax.
+Optimizers: Adam, AdamW, SGD (plain, momentum, Nesterov), RMSprop, Adagrad, NAdam, RAdam,
+Adamax.
 """
 
 from __future__ import annotations
@@ -63,35 +63,6 @@ def _vqa(x: torch.Tensor, y: torch.Tensor, image_tokens: int):
     labels = torch.full_like(ids, -100)
     labels[:, -1] = ids[:, -1]
     return ids, labels
-
-
-def _tiny_llama(vocab: int = 64):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-    )
-
-
-def _tiny_clip():
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=16,
-        patch_size=4,
-        projection_dim=32,
-    )
 
 
 # -- U-ViT: a diffusion transformer with long skips on digits -----------------------------------
@@ -985,61 +956,209 @@ def h101_latent_diffusion_fp16_exp_overflow(ctx):
     ctx.check("the same model is finite in float32", fp32_finite)
 
 
-# -- an energy-based model trained with contrastive divergence (short-run Langevin) --------------
+# -- a Hugging Face image-text model answering which digit an image shows ------------------------
 
 
-class EnergyNet(nn.Module):
-    def __init__(self, hidden: int = 64) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(2, hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, 1),
-        )
+def _idefics2():
+    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, MistralConfig
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+    config = Idefics2Config(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=4,
+        ),
+        perceiver_config=dict(
+            hidden_size=32,
+            resampler_n_latents=4,
+            resampler_depth=1,
+            resampler_n_heads=2,
+            resampler_head_dim=16,
+            num_key_value_heads=2,
+        ),
+        text_config=MistralConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            pad_token_id=0,
+        ),
+        image_token_id=IMAGE_TOKEN,
+    )
+    return Idefics2ForConditionalGeneration(config), 4  # the resampler's 4 latents
 
 
-def _langevin(model: EnergyNet, x: torch.Tensor, gen: torch.Generator, steps: int = 20):
-    x = x.clone().requires_grad_(True)
-    for _ in range(steps):
-        (g,) = torch.autograd.grad(model(x).sum(), x)
-        x = (x - 1.0 * g + 0.01 * torch.randn(x.shape, generator=gen)).detach().requires_grad_(True)
-    return x.detach()
+def _vlm_forward(kind: str, model, x: torch.Tensor, y: torch.Tensor, tokens: int):
+    ids, labels = _vqa(x, y, tokens)
+    pixels = _digit_images(x)
+    if kind == "idefics2":
+        return model(input_ids=ids, pixel_values=pixels[:, None], labels=labels).loss
+    return model(input_ids=ids, pixel_values=pixels, labels=labels).loss
 
 
-@scenario("h101_ebm_contrastive_divergence_points", "adadelta", "healthy", heldout=True)
-def h101_ebm_cd_healthy(ctx):
-    gen = seeded(10112)
-    model = EnergyNet()
-    opt = torch.optim.Adadelta(model.parameters(), lr=2.0)
+def _vlm_run(ctx, kind, model, tokens, opt, steps, gen, loss_scale=None, after_step=None):
     ctx.attach(model, opt)
-    buffer = 3 * torch.rand(256, 2, generator=gen) - 1.5
-    start_err = float((buffer.norm(dim=1) - 1.0).abs().mean())
-    gaps = []
-    for _ in range(200):
-        data = _ring(gen, 64) * 0.5
-        idx = torch.randint(0, len(buffer), (64,), generator=gen)
-        fresh = torch.rand(64, generator=gen) < 0.05
-        start = torch.where(fresh[:, None], 3 * torch.rand(64, 2, generator=gen) - 1.5, buffer[idx])
-        neg = _langevin(model, start, gen)
-        buffer[idx] = neg
-        e_pos, e_neg = model(data), model(neg)
-        loss = e_pos.mean() - e_neg.mean() + 0.1 * (e_pos**2 + e_neg**2).mean()
+    batches = digit_batches(gen, 32)
+    for step in range(steps):
+        x, y = next(batches)
+        ctx.targets(y)
+        loss = _vlm_forward(kind, model, x, y, tokens)
+        opt.zero_grad(set_to_none=True)
+        (loss * (loss_scale(step) if loss_scale is not None else 1.0)).backward()
+        opt.step()
+        ctx.step(loss)
+        if after_step is not None:
+            after_step(step)
+
+
+@scenario(
+    "h101_hf_idefics2_digit_vqa",
+    "adamw",
+    "adam_second_moment_poisoned",
+    diverges=None,
+    heldout=True,
+    onset=100,
+    note="at step 100 a leftover manual loss scale (x 65536, from an fp16 recipe whose unscale "
+    "was removed) multiplies one backward: the giant gradient fills AdamW's second moment in "
+    "every module and the updates stall for hundreds of steps",
+)
+def h101_idefics2_stray_loss_scale_poisons_adam(ctx):
+    gen = seeded(10114)
+    model, tokens = _idefics2()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    patch = model.model.vision_model.embeddings.patch_embedding.weight
+    moves, v_mean = [], []
+    prev = patch.detach().clone()
+
+    def loss_scale(step):
+        return 65536.0 if step == 100 else 1.0
+
+    def after_step(step):
+        nonlocal prev
+        moves.append(float((patch.detach() - prev).norm()))
+        prev = patch.detach().clone()
+        v_mean.append(float(opt.state[patch]["exp_avg_sq"].mean()))
+
+    _vlm_run(ctx, "idefics2", model, tokens, opt, 260, gen, loss_scale, after_step)
+    L = ctx.losses
+    _note(ctx, "v", (v_mean[99], v_mean[100], v_mean[-1]))
+    _note(ctx, "moves", (_med(moves[80:100]), _med(moves[110:130]), _med(moves[-20:])))
+    ctx.check("one giant gradient filled v", v_mean[100] > 1e4 * v_mean[99])
+    ctx.check(
+        "the patch embedding's updates stalled", _med(moves[-40:]) < 0.1 * _med(moves[80:100])
+    )
+    ctx.check("the loss did not blow up", _finite(L) and _med(L[-20:]) < 2 * _med(L[80:100]))
+    ctx.check("nor improve any more", _med(L[-20:]) > 0.95 * _med(L[80:100]))
+
+
+# -- SAM-HQ mask decoding and a DINOv2-with-registers classifier (controls) ---------------------
+
+
+def _scene_batches(gen: torch.Generator, batch: int = 8, size: int = 64):
+    """Generated scenes: a bright disc and a dim square on noise; the prompt is a point inside
+    the disc, the target its mask at the decoder's 32x32 resolution."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    while True:
+        imgs, masks, points = [], [], []
+        for _ in range(batch):
+            cx, cy = (float(v) for v in torch.randint(16, 48, (2,), generator=gen))
+            r = float(torch.randint(6, 12, (1,), generator=gen))
+            disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2).float()
+            sx, sy = (int(v) for v in torch.randint(0, 52, (2,), generator=gen))
+            square = torch.zeros(size, size)
+            square[sy : sy + 12, sx : sx + 12] = 0.5
+            img = torch.maximum(disc, square) + 0.1 * torch.randn(size, size, generator=gen)
+            imgs.append(img.expand(3, -1, -1))
+            masks.append(F.avg_pool2d(disc[None], 2)[0] > 0.5)
+            points.append(torch.tensor([cx, cy]))
+        yield torch.stack(imgs), torch.stack(masks).float(), torch.stack(points)
+
+
+@scenario("h101_hf_sam_hq_scenes", "sgd_mom", "healthy", heldout=True)
+def h101_sam_hq_point_prompt_healthy(ctx):
+    from transformers import SamHQConfig, SamHQModel
+
+    gen = seeded(10115)
+    config = SamHQConfig(
+        vision_config=dict(
+            hidden_size=32,
+            output_channels=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=8,
+            mlp_dim=64,
+            window_size=0,
+            global_attn_indexes=[1],
+            num_pos_feats=8,
+            mlp_ratio=2.0,
+        ),
+        prompt_encoder_config=dict(
+            hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4
+        ),
+        mask_decoder_config=dict(
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_dim=32,
+            iou_head_hidden_dim=16,
+            vit_dim=32,
+        ),
+    )
+    model = SamHQModel(config)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ctx.attach(model, opt)
+    batches = _scene_batches(gen)
+    for _ in range(150):
+        img, mask, pt = next(batches)
+        out = model(
+            pixel_values=img,
+            input_points=pt[:, None, None],
+            input_labels=torch.ones(len(pt), 1, 1, dtype=torch.long),
+            multimask_output=False,
+        )
+        logits = out.pred_masks[:, 0, 0]
+        loss = F.binary_cross_entropy_with_logits(logits, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ctx.step(loss)
-        gaps.append(float(e_neg.mean() - e_pos.mean()))
-    with torch.no_grad():
-        radius = buffer.norm(dim=1)
-    _note(ctx, "gaps", gaps[::20])
-    err = float((radius - 1.0).abs().mean())
-    _note(ctx, "radius_err", (start_err, err))
-    ctx.check(
-        "loss stayed finite and bounded", _finite(ctx.losses) and max(map(abs, ctx.losses)) < 10
+    ctx.check("loss stayed finite", _finite(ctx.losses))
+    ctx.check("mask loss fell", _med(ctx.losses[-20:]) < 0.7 * _med(ctx.losses[:10]))
+
+
+@scenario("h101_hf_dinov2_registers_digits", "adam", "healthy", heldout=True)
+def h101_dinov2_registers_healthy(ctx):
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification
+
+    gen = seeded(10116)
+    config = Dinov2WithRegistersConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=4,
+        num_register_tokens=2,
+        num_labels=10,
     )
-    ctx.check("the samples moved towards the ring", err < 0.6 * start_err)
+    model = Dinov2WithRegistersForImageClassification(config)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    ctx.attach(model, opt)
+    batches = digit_batches(gen, 64)
+    for _ in range(200):
+        x, y = next(batches)
+        ctx.targets(y)
+        loss = F.cross_entropy(model(pixel_values=_digit_images(x)).logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ctx.step(loss)
+    ctx.check("loss stayed finite", _finite(ctx.losses))
+    ctx.check("loss fell", _med(ctx.losses[-20:]) < 0.7 * _med(ctx.losses[:10]))
