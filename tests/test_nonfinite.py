@@ -165,6 +165,7 @@ def test_input_nan_is_blamed_on_the_input(tmp_path):
     x[0, 0] = float("nan")
     record = _one_step(model, opt, mon, x, y)
     assert record.meta["forward_origin"]["module"] == "<input>"
+    assert record.meta["forward_origin"]["taken_in_by"] == "0"  # the first Linear took it in
     mon.close()
 
 

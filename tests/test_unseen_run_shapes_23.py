@@ -114,3 +114,54 @@ def test_a_log_rate_whose_exp_overflows_float16_names_its_head(tmp_path, bad):
     found = [f for f in steadygrad.load(tmp_path / bad).findings() if f.kind == "nonfinite"]
     origin = found[0].evidence["forward_origin"]
     assert origin["module"] == ("head" if bad == "exp" else None)
+
+
+class _KeywordBlock(nn.Module):
+    """A layer called with keywords only, as Hugging Face's decoder layers are."""
+
+    def __init__(self, broken: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.broken = broken
+
+    def forward(self, *, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = self.fc(hidden_states)
+        return out.log() if self.broken else out  # log of negatives: NaN from finite values
+
+
+class _KeywordNet(nn.Module):
+    def __init__(self, broken: bool) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.block = _KeywordBlock(broken)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(hidden_states=self.embed(x)))
+
+
+@pytest.mark.parametrize("nan_in", ["input", "block"])
+def test_a_nan_in_the_batch_is_placed_where_it_came_in(tmp_path, nan_in):
+    # Trigger: set 98's Fuyu, whose NaN pixel went through its patch embedding into decoder
+    # layers called with keywords only (no input a hook sees): the first of them was named its
+    # producer. A NaN in the batch is placed at the module that took it in. Control: a layer
+    # called with keywords that makes the NaN itself from finite values is still named.
+    torch.manual_seed(0)
+    model = _KeywordNet(broken=nan_in == "block")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(model, opt, tmp_path / nan_in, progress=False) as mon:
+        for step in range(12):
+            x = torch.randn(16, 4, generator=gen)
+            if nan_in == "input" and step == 10:
+                x[2, 1] = float("nan")
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+            if not torch.isfinite(loss):
+                break
+    report = steadygrad.diagnose(tmp_path / nan_in)
+    nonfinite = next(d for d in report.diagnoses if d.cause == "nonfinite")
+    assert nonfinite.where == (["embed"] if nan_in == "input" else ["block"])

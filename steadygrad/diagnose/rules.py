@@ -1615,6 +1615,10 @@ def _nonfinite(facts: RunFacts) -> Found | None:
     if with_forward is not None and origin.get("module") is None:
         # the weights were already corrupted when the guard looked: no producer can be named
         summary += "; " + origin.get("note", "the first non-finite producer cannot be known")
+    elif with_forward is not None and origin.get("taken_in_by"):
+        # a NaN or Inf in the batch (or a value computed for it): placed where it came in
+        where.append(origin["taken_in_by"])
+        summary += f"; the model's input was non-finite, first taken in by {where[-1]}"
     elif with_forward is not None:
         module = origin["module"]
         where.append(module)

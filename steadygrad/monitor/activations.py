@@ -237,17 +237,24 @@ class ActivationHooks:
                 sumsq[call.module] = sumsq.get(call.module, 0.0) + out_norm * out_norm
                 numel[call.module] = numel.get(call.module, 0) + call.numel
             if not math.isfinite(out_norm):
-                input_ok = call.input_norm is None or math.isfinite(in_norm)
-                if first_bad is None:
-                    first_bad = {"module": call.module, "input_finite": input_ok}
-                if producer is None and input_ok:
+                seen = call.input_norm is not None
+                input_ok = not seen or math.isfinite(in_norm)
+                # a module called with keywords only (a Hugging Face layer's hidden_states) shows
+                # no input: after a non-finite output, it is presumed fed one, not its producer
+                if producer is None and input_ok and (seen or first_bad is None):
                     producer = {"module": call.module, "output_norm": out_norm}
                     if call.half:
                         producer["float16_output"] = True
+                if first_bad is None:
+                    first_bad = {"module": call.module, "input_finite": input_ok}
         rms = {ACT_RMS.key(m): math.sqrt(s / numel[m]) for m, s in sumsq.items()}
         origin = None
         if first_bad is not None:
-            origin = producer or {"module": "<input>", "note": "the model's input was non-finite"}
+            origin = producer or {
+                "module": "<input>",
+                "note": "the model's input was non-finite",
+                "taken_in_by": first_bad["module"],
+            }
         return rms, origin
 
     def recurrent(self) -> list[str]:
