@@ -206,6 +206,7 @@ HELD_OUT_FILES = [
     ("cases_heldout96", "h96_", 12, 12, 13),
     ("cases_heldout97", "h97_", 12, 12, 16),
     ("cases_heldout98", "h98_", 12, 12, 12),
+    ("cases_heldout99", "h99_", 12, 11, 14),
     ("cases_heldout100", "h100_", 12, 12, 12),
     # its writer ran out of time: 10 faults over 10 causes, 3 healthy
     ("cases_heldout101", "h101_", 10, 10, 12),

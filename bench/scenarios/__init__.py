@@ -103,6 +103,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout96,
     cases_heldout97,
     cases_heldout98,
+    cases_heldout99,
     cases_heldout100,
     cases_heldout101,
     cases_mlp,
