@@ -165,3 +165,78 @@ def test_a_nan_in_the_batch_is_placed_where_it_came_in(tmp_path, nan_in):
     report = steadygrad.diagnose(tmp_path / nan_in)
     nonfinite = next(d for d in report.diagnoses if d.cause == "nonfinite")
     assert nonfinite.where == (["embed"] if nan_in == "input" else ["block"])
+
+
+class _TwoHeads(nn.Module):
+    """A trunk with a head the loss reads and a second head whose output is returned too (a
+    score head, a duration predictor); with ``detached`` the second head's output is fed back,
+    detached, into what the first reads (a frozen layer)."""
+
+    def __init__(self, detached: bool) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(8, 32), nn.Tanh())
+        self.score_head = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 4)
+        self.detached = detached
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(x)
+        score = self.score_head(h)
+        if self.detached:
+            h = h + score.detach()
+        return self.head(h), score
+
+
+@pytest.mark.parametrize("detached", [False, True])
+def test_a_head_whose_output_the_loss_never_reads_is_dead_code_not_a_frozen_layer(
+    tmp_path, detached
+):
+    # Trigger: set 101's SAM-HQ and set 100's VITS controls return heads their losses never
+    # read (an IoU score head, a duration predictor): no gradient, and a nudge changes the
+    # model's output, so they read as frozen layers. A nudge that changes no output the loss
+    # was computed from is dead code. Control: the same head's output fed back detached.
+    torch.manual_seed(0)
+    model = _TwoHeads(detached)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(model, opt, tmp_path / str(detached), progress=False) as mon:
+        for _ in range(40):
+            x = torch.randn(32, 8, generator=gen)
+            logits, _ = model(x)
+            loss = nn.functional.cross_entropy(logits, (x[:, 0] > 0).long())
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    assert model.score_head.weight.grad is None  # the oracle: no gradient ever reached it
+    found = steadygrad.load(tmp_path / str(detached)).findings()
+    head = {(f.where, f.severity, f.evidence.get("direction")) for f in found if f.where}
+    if detached:
+        assert ("score_head.weight", "warning", "frozen") in head
+    else:
+        assert head >= {
+            ("score_head.weight", "info", "unused"),
+            ("score_head.bias", "info", "unused"),
+        }
+        assert not [f for f in found if f.severity != "info"]
+
+
+@pytest.mark.parametrize("level", [1e-16, 1e-3])
+def test_a_spike_of_a_gradient_below_float32s_resolution_of_the_step_is_rounding(level):
+    # Trigger: set 101's SAM-HQ control and set 99's ZoeDepth: a LayerNorm weight whose
+    # gradient cancels to ~1e-16 rose to ~1e-12, 10^4 times its level, while the step's
+    # gradient was ~1: read as critical spikes, the first things named. A share of the step's
+    # gradient under float32's epsilon (2^-23) is rounding residue. Control: a tensor at 1e-3
+    # of the step that rises 10^4 times carries a tenth of it: critical.
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors.transformer import GradientSpike
+
+    detector = GradientSpike()
+    found = []
+    for step in range(30):
+        norm = level * (1e4 if step == 25 else 1.0 + 0.1 * (step % 3))
+        record = Record(step, {"grad_norm": 1.0, "grad_norm/norm.weight": norm})
+        found += detector.update(record)
+    assert [f.step for f in found] == [25]  # the oracle: one spike, 10^4 times its level
+    assert found[0].evidence["spike_factor"] > 5e3
+    assert found[0].severity == ("info" if level == 1e-16 else "critical")

@@ -67,6 +67,7 @@ class TopCall:
     rng: torch.Tensor  # the random state it began with (dropout draws the same masks)
     grad: bool  # made with gradients enabled (its output may feed the loss's gradient)
     autocast: list[tuple[str, torch.dtype]]  # the devices autocast was on for, and the dtype
+    made: tuple = ()  # its outputs' autograd nodes, while the check for unused tensors waits
 
 
 def _autocast() -> list[tuple[str, torch.dtype]]:
@@ -328,6 +329,7 @@ class ActivationSignal(Signal):
         self._replaying = False
         self._corrupted: list[str] = []  # parameters non-finite before this step's forward
         self._unused_checked = False
+        self._fed: list[bool] | None = None  # which outputs the loss read, while checked
         self._recurrent_noted: list[str] = []  # recurrent modules listed in the run's config
 
     def attach(self, monitor: Any) -> None:
@@ -366,8 +368,12 @@ class ActivationSignal(Signal):
         )
 
     def _left(self, module: nn.Module, args: tuple, output: object) -> None:
-        if not (self._replaying or torch.compiler.is_compiling()):
-            self._depth = max(self._depth - 1, 0)
+        if self._replaying or torch.compiler.is_compiling():
+            return
+        self._depth = max(self._depth - 1, 0)
+        if not (self._depth or self._unused_checked) and self._calls:
+            if self._calls[-1].module is module:  # what the loss may be computed from
+                self._calls[-1].made = tuple(t.grad_fn for t in _floats(output))
 
     def before_update(self) -> None:
         """Copy the clean weights if the gradients about to be applied are not finite."""
@@ -532,10 +538,11 @@ class ActivationSignal(Signal):
         """Once, on the first healthy step with gradients: the trainable tensors whose gradient
         is missing or exactly zero are nudged (all together, then, if that changed the output
         and there are at most ``most``, one by one), and the step's forward re-run; one that
-        leaves the model's output as it was does nothing (an unused branch, a weight whose
-        input is always zero): listed in ``record.meta[UNUSED_PARAMETERS]``, it is dead code,
-        not a frozen layer. A tensor used but detached, or frozen with ``requires_grad=False``,
-        is left to the frozen-layer test."""
+        leaves the outputs the loss was computed from as they were does nothing (an unused
+        branch, a weight whose input is always zero, a head whose output the loss never reads):
+        listed in ``record.meta[UNUSED_PARAMETERS]``, it is dead code, not a frozen layer. A
+        tensor used but detached (its nudge reaches the loss's outputs), or frozen with
+        ``requires_grad=False``, is left to the frozen-layer test."""
         params = [(n, p) for n, p in self.monitor.model.named_parameters() if p.requires_grad]
         grads = [p.grad for _, p in params if p.grad is not None]
         if not grads:
@@ -550,6 +557,7 @@ class ActivationSignal(Signal):
             suspects = [(n, p) for n, p in params if touched.get(n, 0.0) == 0.0]
             if not suspects or len(suspects) == len(params):
                 return
+            self._fed = _fed_the_loss(self._calls, getattr(self.monitor.inputs, "loss", None))
             with self._rerunning(None), torch.no_grad():
                 baseline = self._outputs()
                 # all at once first: when none of them changes the output (attention over one
@@ -560,6 +568,8 @@ class ActivationSignal(Signal):
                     unused = self._unused_among(baseline, suspects, most)
         except Exception:  # noqa: BLE001 - a check never breaks training; nothing is claimed
             return
+        finally:
+            self._fed = None
         if unused:
             record.meta[UNUSED_PARAMETERS] = unused
 
@@ -602,6 +612,8 @@ class ActivationSignal(Signal):
             torch.set_rng_state(call.rng)
             with _autocast_as(call.autocast):  # a call fed another's fp16 output runs as it did
                 outs += _floats(call.module(*call.args, **call.kwargs))
+        if self._fed is not None and len(self._fed) == len(outs):
+            outs = [t for t, fed in zip(outs, self._fed, strict=True) if fed]
         return outs
 
     @contextmanager
@@ -624,6 +636,26 @@ class ActivationSignal(Signal):
             self.hooks.remove()
             if now is not None:
                 model.load_state_dict(now)
+
+
+def _fed_the_loss(calls: list[TopCall], loss: object) -> list[bool] | None:
+    """Which of the calls' outputs (in the order :meth:`ActivationSignal._outputs` lists them)
+    the loss was computed from: those whose autograd node the loss's graph reaches (the graph's
+    nodes outlive its backward pass). None when that cannot be told, or when it reaches none."""
+    root = getattr(loss, "grad_fn", None)
+    made = [node for call in calls for node in call.made]
+    if root is None or not made:
+        return None
+    seen: set = set()
+    frontier = [root]
+    while frontier:
+        node = frontier.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        frontier += [n for n, _ in node.next_functions]
+    fed = [node is not None and node in seen for node in made]
+    return fed if any(fed) else None
 
 
 def _edge_values(t: torch.Tensor) -> str | None:

@@ -530,6 +530,12 @@ class SoftmaxCollapse(Detector):
         return [Finding(self.kind, record.step, where, evidence, "warning")]
 
 
+# A tensor's gradient under this share of the step's whole gradient norm is below float32's
+# resolution of it (its machine epsilon): rounding residue (a LayerNorm weight whose gradient
+# cancels to 1e-16), whose spike, 10^4 times its level, is still nothing the optimizer feels.
+DUST = 2.0**-23
+
+
 class GradientSpike(Detector):
     """Per parameter tensor: fires when ``grad_norm^2 > theta * v``, ``v`` being the running
     (bias-corrected, ``beta``) second moment of that tensor's gradient norm before this step.
@@ -539,7 +545,8 @@ class GradientSpike(Detector):
     does not mask the next. No finding in the first ``warmup`` records of a tensor. A spiking
     tensor that carries less than ``share`` of the step's global gradient norm (a LayerNorm
     weight in a healthy transformer) is reported at severity info: it moves its own optimizer
-    moment, not the step. Evidence: ``spike_factor = grad_norm / sqrt(v)``.
+    moment, not the step; so is one carrying less than ``DUST`` of it, however far it rose.
+    Evidence: ``spike_factor = grad_norm / sqrt(v)``.
 
     Example:
         >>> detector = GradientSpike(warmup=1)
@@ -609,6 +616,8 @@ class GradientSpike(Detector):
             severity = "critical" if factor * factor > 100 * self.theta else "warning"
             if severity == "warning" and norm < self.share * total:
                 severity = "info"  # a small share of the step's gradient: its own moment only
+            elif norm < DUST * total:
+                severity = "info"  # however far above its level: rounding residue, not a gradient
             findings.append(Finding(self.kind, record.step, names[i], evidence, severity))
         self._in_spike = np.where(warm, spike, in_spike)
         square = np.where(warm & (v_hat > 0), np.minimum(square, self.theta * v_hat), square)
@@ -823,7 +832,10 @@ class UpdateRatioOutOfRange(Detector):
         for name in record.meta.get(UNUSED_PARAMETERS, ()):
             # Dead code, not a frozen layer: its value never reaches the model's output.
             self._unused.add(name)
-            evidence = {"direction": "unused", "note": "no gradient, and its value changes nothing"}
+            evidence = {
+                "direction": "unused",
+                "note": "no gradient, and its value changes nothing the loss reads",
+            }
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
         for name, ratio in record.family(UPDATE_RATIO.name).items():
             if name not in self._recent and (ratio == math.inf or math.isnan(ratio)):
