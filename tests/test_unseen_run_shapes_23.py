@@ -5,6 +5,9 @@ Each change has a trigger that fails on the code before it and a control that mu
 
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import pytest
 import torch
 from helpers import diagnose_stored, induced_report
@@ -240,3 +243,59 @@ def test_a_spike_of_a_gradient_below_float32s_resolution_of_the_step_is_rounding
     assert [f.step for f in found] == [25]  # the oracle: one spike, 10^4 times its level
     assert found[0].evidence["spike_factor"] > 5e3
     assert found[0].severity == ("info" if level == 1e-16 else "critical")
+
+
+class _LayerDropNet(nn.Module):
+    """Blocks skipped at random in training by NumPy's generator (Hugging Face's LayerDrop in
+    VITS), and a score head whose output the loss never reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(16, 16) for _ in range(4))
+        self.inp, self.head, self.score_head = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.tanh(self.inp(x))
+        for block in self.blocks:
+            if self.training and np.random.uniform(0, 1) < 0.3:
+                continue
+            h = h + torch.tanh(block(h))
+        return self.head(h), self.score_head(h)
+
+
+def _layer_drop_losses(tmp_path, watched: bool) -> list[float]:
+    torch.manual_seed(0)
+    np.random.seed(0)
+    model = _LayerDropNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    with contextlib.ExitStack() as stack:
+        mon = (
+            stack.enter_context(steadygrad.watch(model, opt, tmp_path, progress=False))
+            if watched
+            else None
+        )
+        for _ in range(30):
+            x = torch.randn(32, 8, generator=gen)
+            loss = nn.functional.cross_entropy(model(x)[0], (x[:, 0] > 0).long())
+            loss.backward()
+            opt.step()
+            if mon is not None:
+                mon.step(loss)
+            opt.zero_grad()
+            losses.append(float(loss))
+    return losses
+
+
+def test_a_watched_run_draws_what_it_would_unwatched_from_numpy_too(tmp_path):
+    # Trigger: set 100's VITS control, whose text encoder skips layers by np.random (LayerDrop):
+    # the check for unused tensors re-ran the forward, which drew from NumPy's generator; the
+    # re-runs skipped other layers than the step had (the score head it tested read as changing
+    # the output, a frozen layer), and the training after drew other numbers than unwatched.
+    # Oracle: the same run unwatched.
+    assert _layer_drop_losses(tmp_path / "watched", True) == _layer_drop_losses(tmp_path, False)
+    found = steadygrad.load(tmp_path / "watched").findings()
+    head = {(f.where, f.evidence.get("direction")) for f in found if f.where}
+    assert ("score_head.weight", "unused") in head
+    assert not [f for f in found if f.severity != "info"]

@@ -20,10 +20,12 @@ A simple signal only overrides :meth:`Signal.collect`, which returns ``{name: te
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from steadygrad.core.checks import positive_int
@@ -140,8 +142,9 @@ class Measurements:
 @contextmanager
 def random_state_kept(model: torch.nn.Module) -> Iterator[None]:
     """Run a block that may draw random numbers (dropout in a re-run forward, a probe's loss)
-    and put the global random state back afterwards, on the CPU and the model's GPUs: the
-    watched run then draws what it would have drawn unwatched.
+    and put the global random state back afterwards, on the CPU and the model's GPUs, and
+    NumPy's and Python's (a Hugging Face layer's LayerDrop draws from NumPy): the watched run
+    then draws what it would have drawn unwatched.
 
     Example:
         >>> model = torch.nn.Dropout(0.5)
@@ -149,8 +152,25 @@ def random_state_kept(model: torch.nn.Module) -> Iterator[None]:
         ...     _ = model(torch.ones(4))
     """
     gpus = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=gpus):
-        yield
+    host = host_random_state()
+    try:
+        with torch.random.fork_rng(devices=gpus):
+            yield
+    finally:
+        set_host_random_state(host)
+
+
+def host_random_state() -> tuple:
+    """The CPU's global random states: torch's, NumPy's and Python's."""
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def set_host_random_state(state: tuple) -> None:
+    """Put back states taken by :func:`host_random_state`."""
+    cpu, numpy_state, python_state = state
+    torch.set_rng_state(cpu)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
 
 
 def _keys(keys: Sequence[str] | Members) -> Sequence[str]:

@@ -38,7 +38,7 @@ from steadygrad.core.metrics import (
     RECURRENT_MODULES,
     UNUSED_PARAMETERS,
 )
-from steadygrad.core.signal import random_state_kept
+from steadygrad.core.signal import host_random_state, random_state_kept, set_host_random_state
 from steadygrad.monitor.tensor_groups import wide_dtype
 
 log = logging.getLogger("steadygrad")
@@ -64,7 +64,8 @@ class TopCall:
     module: nn.Module
     args: tuple
     kwargs: dict
-    rng: torch.Tensor  # the random state it began with (dropout draws the same masks)
+    rng: tuple  # the random states it began with (dropout draws the same masks, LayerDrop
+    # the same layers)
     grad: bool  # made with gradients enabled (its output may feed the loss's gradient)
     autocast: list[tuple[str, torch.dtype]]  # the devices autocast was on for, and the dtype
     made: tuple = ()  # its outputs' autograd nodes, while the check for unused tensors waits
@@ -362,9 +363,7 @@ class ActivationSignal(Signal):
         if step != self._calls_step:  # a new step (also one that is not recorded)
             self._calls, self._calls_step = [], step
         self._calls.append(
-            TopCall(
-                module, args, kwargs, torch.get_rng_state(), torch.is_grad_enabled(), _autocast()
-            )
+            TopCall(module, args, kwargs, host_random_state(), torch.is_grad_enabled(), _autocast())
         )
 
     def _left(self, module: nn.Module, args: tuple, output: object) -> None:
@@ -482,7 +481,7 @@ class ActivationSignal(Signal):
                 outputs = []  # what the loss may have been computed from
                 self.hooks.tracing = True
                 for call in self._calls:
-                    torch.set_rng_state(call.rng)
+                    set_host_random_state(call.rng)
                     self.hooks.install()
                     with _autocast_as(call.autocast):  # an fp16 overflow overflows again
                         out = _floats(call.module(*call.args, **call.kwargs))
@@ -609,7 +608,7 @@ class ActivationSignal(Signal):
     def _outputs(self) -> list[torch.Tensor]:
         outs = []
         for call in self._calls:
-            torch.set_rng_state(call.rng)
+            set_host_random_state(call.rng)
             with _autocast_as(call.autocast):  # a call fed another's fp16 output runs as it did
                 outs += _floats(call.module(*call.args, **call.kwargs))
         if self._fed is not None and len(self._fed) == len(outs):
