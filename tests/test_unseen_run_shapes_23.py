@@ -299,3 +299,28 @@ def test_a_watched_run_draws_what_it_would_unwatched_from_numpy_too(tmp_path):
     head = {(f.where, f.evidence.get("direction")) for f in found if f.where}
     assert ("score_head.weight", "unused") in head
     assert not [f for f in found if f.severity != "info"]
+
+
+@pytest.mark.parametrize("grew_in", ["head", "body"])
+def test_a_group_set_apart_whose_tensors_alone_grew_into_the_break_is_the_cause(tmp_path, grew_in):
+    # Trigger: set 100's SpanBERT, whose span-boundary head sits in an optimizer group at 100x
+    # the body's rate: its gradients grew from step 49 and the run broke at 206. The group's
+    # rate was named only as info (a head may be meant to learn faster), the growth first. When
+    # the run broke with gradients growing in that group alone, its rate is the cause.
+    # Control: the same groups, the growth in a body tensor: the explosion stays first.
+    head, body = ["head.0.weight", "head.0.bias"], ["body.0.weight", "body.0.bias"]
+    rows = [
+        {"loss": 2.0 - 0.002 * t if t < 200 else 2.0 * 1.5 ** (t - 199), "lr/0": 1e-3, "lr/1": 0.1}
+        for t in range(215)
+    ]
+    grown = "head.0.weight" if grew_in == "head" else "body.0.weight"
+    findings = [
+        ("gradient_growth", 205, grown, {"growth": 400.0, "started_at_step": 60}, "critical"),
+        ("loss_divergence", 206, None, {"ratio": 3.0}, "critical"),
+    ]
+    config = {"param_groups": {"lr/0": body, "lr/1": head}}
+    report = diagnose_stored(tmp_path, grew_in, rows, findings, config=config)
+    expected = "update_ratio_out_of_range" if grew_in == "head" else "exploding_gradients"
+    assert report.top.cause == expected
+    apart = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
+    assert apart.severity == ("warning" if grew_in == "head" else "info")

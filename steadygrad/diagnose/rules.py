@@ -485,7 +485,8 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
     whose update ratios stayed in range (or were judged harmless): a rate typed with the wrong
     exponent, a multiplier meant the other way. When every group stands alone (two groups),
     :func:`_the_body` says which is at the rate meant. Info: a new head meant to learn 100x
-    faster than a pretrained body reads the same, and nothing broke."""
+    faster than a pretrained body reads the same; a warning when the run broke with gradients
+    growing in that (faster) group's tensors alone."""
     members = facts.run.config.get(PARAM_GROUPS) or {}
     rates: dict[str, float] = {}
     for key, names in members.items():
@@ -525,13 +526,22 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
             f"; its weights moved a median {moved['group']:.3g} of their norm per update, "
             f"against {moved['rest']:.3g} for the rest"
         )
+    steps = facts.series(key)[0]
+    evidence = {"group": key, "lr": rate, "rest_lr": body, "median_update_ratio": moved}
+    grew = [f for f in _serious(facts.of(GRADIENT_GROWTH)) if f.severity != "info"]
+    if faster and facts.broke_at is not None and grew and all(f.where in names for f in grew):
+        # the run broke with gradients growing in that group's tensors alone: its rate did it
+        summary += (
+            f"; the run broke at step {facts.broke_at} with gradients growing in that group "
+            f"alone ({layer_span([f.where for f in grew])}): a rate typed with the wrong "
+            "exponent, or a multiplier meant the other way round?"
+        )
+        return Found(summary, int(steps[0]), where, evidence, "warning")
     summary += (
         ": a rate typed with the wrong exponent, or a multiplier meant the other way round? If "
         f"that group is meant to learn this much {'faster' if faster else 'slower'} (a new head "
         "on a pretrained body), nothing is wrong"
     )
-    steps = facts.series(key)[0]
-    evidence = {"group": key, "lr": rate, "rest_lr": body, "median_update_ratio": moved}
     return Found(summary, int(steps[0]), where, evidence, "info")
 
 
@@ -3166,7 +3176,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _update_ratio,
-        (UPDATE_RATIO_OUT_OF_RANGE, LOSS_OF_PLASTICITY),
+        (UPDATE_RATIO_OUT_OF_RANGE, LOSS_OF_PLASTICITY, GRADIENT_GROWTH),
         # a second moment inflated by one huge gradient damps the updates to ~0: frozen-looking;
         # a step size above the limit makes updates large relative to the weights
         explained_by=("adam_second_moment_poisoned", "sharpness_above_limit"),
