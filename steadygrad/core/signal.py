@@ -166,11 +166,13 @@ def host_random_state() -> tuple:
 
 
 def set_host_random_state(state: tuple) -> None:
-    """Put back states taken by :func:`host_random_state`."""
+    """Put back states taken by :func:`host_random_state` (one left None stays as it is)."""
     cpu, numpy_state, python_state = state
     torch.set_rng_state(cpu)
-    np.random.set_state(numpy_state)
-    random.setstate(python_state)
+    if numpy_state is not None:
+        np.random.set_state(numpy_state)
+    if python_state is not None:
+        random.setstate(python_state)
 
 
 def _keys(keys: Sequence[str] | Members) -> Sequence[str]:

@@ -65,7 +65,7 @@ class TopCall:
     args: tuple
     kwargs: dict
     rng: tuple  # the random states it began with (dropout draws the same masks, LayerDrop
-    # the same layers)
+    # the same layers; NumPy's and Python's for the step's first call only, else None)
     grad: bool  # made with gradients enabled (its output may feed the loss's gradient)
     autocast: list[tuple[str, torch.dtype]]  # the devices autocast was on for, and the dtype
     made: tuple = ()  # its outputs' autograd nodes, while the check for unused tensors waits
@@ -362,9 +362,10 @@ class ActivationSignal(Signal):
         step = self.monitor.step_count
         if step != self._calls_step:  # a new step (also one that is not recorded)
             self._calls, self._calls_step = [], step
-        self._calls.append(
-            TopCall(module, args, kwargs, host_random_state(), torch.is_grad_enabled(), _autocast())
-        )
+        # NumPy's and Python's states (~60 us to read) at the step's first call only: replays
+        # run the calls in order from there, as the step did
+        rng = host_random_state() if not self._calls else (torch.get_rng_state(), None, None)
+        self._calls.append(TopCall(module, args, kwargs, rng, torch.is_grad_enabled(), _autocast()))
 
     def _left(self, module: nn.Module, args: tuple, output: object) -> None:
         if self._replaying or torch.compiler.is_compiling():
