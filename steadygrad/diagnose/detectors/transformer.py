@@ -830,7 +830,7 @@ class UpdateRatioOutOfRange(Detector):
             }
             findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
         for name in record.meta.get(UNUSED_PARAMETERS, ()):
-            # Dead code, not a frozen layer: its value never reaches the model's output.
+            # Dead code, not a frozen layer: its value never reaches what the loss reads.
             self._unused.add(name)
             evidence = {
                 "direction": "unused",
