@@ -528,7 +528,7 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
         )
     steps = facts.series(key)[0]
     evidence = {"group": key, "lr": rate, "rest_lr": body, "median_update_ratio": moved}
-    grew = [f for f in _serious(facts.of(GRADIENT_GROWTH)) if f.severity != "info"]
+    grew = [f for f in facts.of(GRADIENT_GROWTH) if f.severity != "info"]
     if faster and facts.broke_at is not None and grew and all(f.where in names for f in grew):
         # the run broke with gradients growing in that group's tensors alone: its rate did it
         summary += (
