@@ -181,21 +181,25 @@ class InterceptingSignal(Signal):
             node = following[0] if following else None
         return None
 
-    def feeding(self, tensor: torch.Tensor, within: str, depth: int = 2) -> str | None:
+    def feeding(
+        self, tensor: torch.Tensor, within: str, depth: int = 2, width: int | None = None
+    ) -> str | None:
         """The first leaf module inside ``within`` ('' for the whole model) whose output, as
-        wide as ``tensor``'s last dimension, ``tensor`` was computed from within ``depth``
-        autograd steps, breadth first, first inputs first: the layer whose units an activation
-        applied to ``hh(h) + ih(x)`` (a recurrence written out in a forward) or to
+        wide as ``tensor``'s last dimension (or ``width``), ``tensor`` was computed from within
+        ``depth`` autograd steps, breadth first, first inputs first: the layer whose units an
+        activation applied to ``hh(h) + ih(x)`` (a recurrence written out in a forward) or to
         ``x + fc(x)`` (a residual) holds."""
-        frontier = [tensor.grad_fn]
+        width = tensor.shape[-1] if width is None else width
+        frontier, seen = [tensor.grad_fn], set()
         for _ in range(depth + 1):
             following = []
             for node in frontier:
-                if node is None:
+                if node is None or node in seen:
                     continue
-                name, width = self._nodes.get(node, ("", 0))
+                seen.add(node)
+                name, made = self._nodes.get(node, ("", 0))
                 inside = bool(name) and (not within or name.startswith(within + "."))
-                if inside and width == tensor.shape[-1]:
+                if inside and made == width:
                     return name
                 following += [n for n, _ in node.next_functions]
             frontier = following

@@ -222,12 +222,20 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         """Where the logits come from: the leaf module that output them; else a one-element
         parameter that scales them within a few autograd steps (a contrastive temperature,
         CLIP's ``logit_scale``); else the leaf they were computed from (a segmentation head's
-        map, upsampled and moved channels-last); else the latest leaf of their width."""
+        map, upsampled and moved channels-last); else a leaf of their width they were computed
+        from within a few steps, by any input; with no graph to follow, the latest such leaf."""
         return (
             self.producer(logits)
             or _scale_parameter(logits, self._scalars)
             or self.upstream(logits)
-            or self.producer(logits, width)
+            # a leaf as wide as the logits, in their graph within a few steps (a readout summed
+            # over time steps); with no graph to follow, the latest such leaf, a guess: a width
+            # that only matches names a module that may feed the logits nothing
+            or (
+                self.feeding(logits, "", depth=6, width=width)
+                if logits.grad_fn is not None
+                else self.producer(logits, width)
+            )
         )
 
     def _add(self, parts: dict[str, torch.Tensor]) -> None:
