@@ -92,3 +92,72 @@ def test_logits_summed_over_time_steps_name_the_readout(tmp_path):
             if "logit_lse_mean" in mon.last_record.values:
                 heads.add(mon.last_record.meta.get("output_module"))
     assert heads == {"readout"}
+
+
+def _matching_records(epsilon: float | None, halved: bool = True) -> list:
+    """Set 100's EfficientLoFTR control as it was read: its dual-softmax similarities' common
+    level rises from 8 to 247 (log Z from 13 to 277) in its first 50 steps as its features
+    grow, while its loss falls from 7 to 0.2 (or, ``halved`` False, only to 4)."""
+    from steadygrad.core import Record
+    from steadygrad.core.metrics import OUTPUT_CLASSES, OUTPUT_EPSILON
+
+    steps = [0, 25, 50, 75, 76, 77, 78, 100, 111, 112, 113, 121, 122, 123, 125, 131, 141]
+    lse = [13.0, 221.4, 270.2, 277.1, 277.2, 277.5, 277.4, 277.8, 278.4, 278.4, 278.5, 278.0]
+    lse += [278.3, 278.2, 278.1, 277.9, 277.9]
+    mean = [7.8, 205.3, 242.3, 247.1, 246.8, 246.8, 246.9, 246.4, 247.5, 247.2, 246.7, 246.4]
+    mean += [246.5, 246.4, 246.5, 246.5, 246.1]
+    loss = [7.0, 1.84, 0.40] + [0.19, 0.27, 0.18, 0.17, 0.2, 0.18, 0.15, 0.17] * 2
+    records = []
+    for step, z, m, value in zip(steps, lse, mean, loss, strict=False):
+        meta = {OUTPUT_CLASSES: 64}
+        if epsilon is not None:
+            meta[OUTPUT_EPSILON] = epsilon
+        values = {
+            "loss": value if halved else 4.0 + value,
+            "logit_lse_mean": z,
+            "output_logit_mean": m,
+            "output_logit_max": z + 11.0,
+            "output_shift_gradient": 1e-7,
+        }
+        records.append(Record(step, values, meta=meta))
+    return records
+
+
+@pytest.mark.parametrize(
+    "epsilon, halved, fires",
+    [
+        (2.0**-23, True, False),  # float32, the loss halved: the level costs nothing
+        (None, True, False),  # an opt-in signal's reading, no precision known: float32
+        (2.0**-7, True, True),  # bfloat16: a level of 250 is rounded to 2
+        (2.0**-23, False, True),  # the loss never halved: nothing vouches for the growth
+    ],
+)
+def test_a_common_level_the_loss_earned_at_float32_is_no_divergence(epsilon, halved, fires):
+    # Trigger: set 100's EfficientLoFTR control (the matching loss halved, most cells matched)
+    # was warned of output-logit divergence for log Z's drift of 264: nearly all of it the
+    # similarities' common level, which the softmax does not see and float32 resolves to 3e-5.
+    # Controls: the same drift in bfloat16 (Wortsman et al.'s divergence), or with a loss that
+    # did not halve, still fires.
+    from steadygrad.diagnose.detectors.transformer import OutputLogitDivergence
+
+    detector = OutputLogitDivergence()
+    found = [f for r in _matching_records(epsilon, halved) for f in detector.update(r)]
+    assert bool(found) == fires
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_logits_precision_is_recorded_with_their_statistics(tmp_path, autocast):
+    # Oracle: torch.finfo of the logits' dtype, or of autocast's where it is on (the logits
+    # upcast for the loss were computed in bfloat16)
+    torch.manual_seed(0)
+    model = nn.Linear(8, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 8), torch.randint(0, 5, (16,))
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+    expected = torch.finfo(torch.bfloat16 if autocast else torch.float32).eps
+    assert mon.last_record.meta["output_epsilon"] == expected

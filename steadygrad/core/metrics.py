@@ -309,6 +309,11 @@ FLOAT16_OVERFLOW = "float16_overflow"
 # Record meta key next to the output-logit statistics: how many classes the logits score (their
 # last dimension). A softmax over them sits at log Z = log(classes) when every logit is 0.
 OUTPUT_CLASSES = "output_classes"
+# Record meta key next to the output-logit statistics: the machine epsilon of the coarsest
+# precision the logits were computed in (their dtype's, or autocast's where it was on). Their
+# level costs resolution in half precision (a log Z of 300 in bfloat16 is rounded to 2), not in
+# float32 (to 3e-5).
+OUTPUT_EPSILON = "output_epsilon"
 # Record meta key a signal sets when its reading hints that a mechanism is starting (a first
 # row of the softmax collapsed): the Monitor then reads the mechanism signals at the next few
 # steps, as after a finding, so a detector's patience is met in steps, not cadences.

@@ -24,6 +24,7 @@ from steadygrad.core.metrics import (
     LOGIT_LSE_MEAN,
     LOOK_CLOSER,
     OUTPUT_CLASSES,
+    OUTPUT_EPSILON,
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
@@ -46,8 +47,9 @@ class CrossEntropyOutputSignal(InterceptingSignal):
 
     Rows whose target is ``ignore_index`` are left out; soft (probability) targets count for the
     logit statistics but not for softmax collapse. ``record.meta[OUTPUT_MODULE]`` names the
-    module that produced the logits (the head), when a leaf module did, and
-    ``record.meta[OUTPUT_CLASSES]`` how many classes they score.
+    module that produced the logits (the head), when a leaf module did,
+    ``record.meta[OUTPUT_CLASSES]`` how many classes they score, and
+    ``record.meta[OUTPUT_EPSILON]`` the resolution they were computed at.
 
     Example:
         >>> signal = CrossEntropyOutputSignal(every=25)   # on by default in the Monitor
@@ -67,6 +69,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._sums: dict[str, torch.Tensor] = {}
         self._head: str | None = None
         self._classes = 0
+        self._epsilon = 0.0  # the coarsest precision of the logits read this step
         self._scalars: dict[int, str] = {}  # the model's one-element parameters, by id
         # the autograd nodes (and output) whose gradient in the logits this step reads
         self._watched: set[tuple[Any, int]] = set()
@@ -91,7 +94,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         return True if self.seen else "no cross-entropy, nll_loss or log_softmax call seen"
 
     def begin(self, step: int) -> None:
-        self._sums, self._head, self._classes = {}, None, 0
+        self._sums, self._head, self._classes, self._epsilon = {}, None, 0, 0.0
         self._watched = set()
         self._drop_node_hooks()
         super().begin(step)
@@ -106,6 +109,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             z = z.movedim(1, -1)  # classes last: (N, C, d1, ...) -> (N, d1, ..., C)
         self._head = self._head or self._head_of(logits, z.shape[-1])
         self._classes = self._classes or z.shape[-1]
+        self._epsilon = max(self._epsilon, _epsilon_of(logits))
         z = z.reshape(-1, z.shape[-1])
         hard = not target.is_floating_point()
         if hard:
@@ -131,6 +135,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             return
         self._head = self._head or self._head_of(logits, z.shape[-1])
         self._classes = self._classes or z.shape[-1]
+        self._epsilon = max(self._epsilon, _epsilon_of(logits))
         z = z.reshape(-1, z.shape[-1])
         self.seen = True
         self._watch_shift(logits)
@@ -267,6 +272,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             record.meta[OUTPUT_MODULE] = self._head
         if self._classes and LOGIT_LSE_MEAN.name in record.values:
             record.meta[OUTPUT_CLASSES] = self._classes
+            record.meta[OUTPUT_EPSILON] = self._epsilon
         collapse = record.values.get(SOFTMAX_COLLAPSE.name)
         if collapse is not None and math.isnan(collapse):
             del record.values[SOFTMAX_COLLAPSE.name]  # soft targets only: no row to collapse
@@ -348,6 +354,16 @@ def _logit_parts(z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor
         "count": live.float().sum(),
     }
     return parts, live
+
+
+def _epsilon_of(logits: torch.Tensor) -> float:
+    """The machine epsilon of the coarsest precision ``logits`` were computed in: their dtype's,
+    or autocast's where it is on (a head run in bfloat16, its logits upcast for the loss)."""
+    epsilon = torch.finfo(logits.dtype).eps if logits.is_floating_point() else 0.0
+    device = logits.device.type
+    if torch.is_autocast_enabled(device):
+        epsilon = max(epsilon, torch.finfo(torch.get_autocast_dtype(device)).eps)
+    return epsilon
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:

@@ -38,6 +38,7 @@ from steadygrad.core.metrics import (
     LOSS,
     OPTIMIZER_FAMILY,
     OUTPUT_CLASSES,
+    OUTPUT_EPSILON,
     OUTPUT_LOGIT_MAX,
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
@@ -260,6 +261,8 @@ class AttentionLogitGrowth(Detector):
 
 # The largest logit of a head settled at its bound moves less than this share between readings.
 SETTLED = 0.01
+# float32's machine epsilon: its resolution relative to a value.
+FLOAT32_EPSILON = 2.0**-23
 
 
 # The loss's running median (over ``LOSS_WINDOW`` records) this many times its best: it turned
@@ -292,7 +295,13 @@ class OutputLogitDivergence(Detector):
     ``patience`` readings, while the loss has not even halved); and when it
     drifts ``5 * lse_limit`` from its first value either way; and when the mean logit (the
     common shift softmax ignores, recorded by the default cross-entropy signal) has moved
-    ``lse_limit`` from its first value for ``patience`` records (unless settled so); and when
+    ``lse_limit`` from its first value for ``patience`` records (unless settled so). Where the
+    loss earned the logits (halved, nothing rewarding their level) and they were computed at
+    float32's resolution or finer (``record.meta[OUTPUT_EPSILON]``; unknown reads as float32),
+    ``log Z`` at or below ``-lse_limit``, its drift of ``5 * lse_limit`` and the mean logit's
+    move give way to one reading: ``log Z`` above the mean logit drifted ``5 * lse_limit``; the
+    common level is a shift the softmax does not see, which costs resolution only in half
+    precision. And when
     ``log Z`` rose ``lse_limit`` while the loss has not even halved (logits growing without the
     confidence that would justify them; a classifier growing confident raises ``log Z`` as its
     loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits');
@@ -343,6 +352,7 @@ class OutputLogitDivergence(Detector):
         self._tops: collections.deque[float] = collections.deque(maxlen=2)
         self._cadence = Cadence()
         self._first_mean: float | None = None
+        self._first_spread = math.nan  # log Z above the mean logit, at the first reading
         self._first_loss: float | None = None
         self._lowest = math.inf  # the lowest log Z read
         self._losses: collections.deque[float] = collections.deque(maxlen=LOSS_WINDOW)
@@ -418,11 +428,14 @@ class OutputLogitDivergence(Detector):
         settled = still and abs(drift) >= limit / 2  # moved there, and stopped
         far = (lse <= -limit and not settled) or abs(drift) >= 5 * limit
         mean = record.values.get(OUTPUT_LOGIT_MEAN.name)
+        spread_drift = math.nan  # the drift of log Z above the mean logit: what a softmax sees
         if mean is not None and math.isfinite(mean):
             if self._first_mean is None:
-                self._first_mean = mean
+                self._first_mean, self._first_spread = mean, lse - mean
             far = far or (abs(mean - self._first_mean) >= limit and not settled)
+            spread_drift = (lse - mean) - self._first_spread
         loss = record.values.get(LOSS.name)
+        earned = False  # the loss vouches for the logits' growth
         shift = record.values.get(OUTPUT_SHIFT_GRADIENT.name)
         if shift is not None and math.isfinite(shift) and on_cadence:
             trusted = loss is None or not math.isfinite(loss) or abs(loss) >= SHIFT_TRUSTED_LOSS
@@ -443,6 +456,7 @@ class OutputLogitDivergence(Detector):
             # never is: a term of the wrong sign rewards the logits, and the loss cannot vouch
             # for their growth
             unearned = loss >= 0.5 * first_loss or loss < 0 or rewarded
+            earned = not unearned
             rise = lse - (self._lowest if inflated else start)
             far = far or (rise >= limit and unearned)
             early = early or (unearned and (rise >= limit / 2 and self._rising >= self.patience))
@@ -451,6 +465,13 @@ class OutputLogitDivergence(Detector):
             early = early or (unearned and rise >= limit / 4 and self._rising >= 2 * self.patience)
             # rewarded: a rise of an eighth of the limit, still going, is the term's doing
             early = early or (rewarded and rise >= limit / 8 and self._rising >= self.patience)
+        # A loss that earned the logits (halved, nothing rewarding their level) and logits held
+        # at float32's resolution or finer: their common level is a shift the softmax does not
+        # see, and costs nothing at this resolution (it does in half precision: Wortsman et
+        # al.); only log Z's drift above the mean logit counts (a learnt scale grown 400-fold)
+        precise = record.meta.get(OUTPUT_EPSILON, FLOAT32_EPSILON) <= FLOAT32_EPSILON
+        if earned and precise and math.isfinite(spread_drift):
+            far = abs(spread_drift) >= 5 * limit
         # risen half the limit since the loss was at its best, the loss turned worse since
         early = early or (since_best >= limit / 2 and self._rising >= self.patience)
         if not self._streak.update(early or far, 1 if early else self.patience):
@@ -533,7 +554,7 @@ class SoftmaxCollapse(Detector):
 # A tensor's gradient under this share of the step's whole gradient norm is below float32's
 # resolution of it (its machine epsilon): rounding residue (a LayerNorm weight whose gradient
 # cancels to 1e-16), whose spike, 10^4 times its level, is still nothing the optimizer feels.
-DUST = 2.0**-23
+DUST = FLOAT32_EPSILON
 
 
 class GradientSpike(Detector):
