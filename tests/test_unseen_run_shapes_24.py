@@ -161,3 +161,43 @@ def test_the_logits_precision_is_recorded_with_their_statistics(tmp_path, autoca
         mon.step(loss)
     expected = torch.finfo(torch.bfloat16 if autocast else torch.float32).eps
     assert mon.last_record.meta["output_epsilon"] == expected
+
+
+@pytest.mark.parametrize(
+    "family, moved, grad, rates, frozen",
+    [
+        ("momentum", 0.5, 4.5e-7, 1.0, False),  # stepped by half what SGD makes of it
+        ("momentum", 0.0, 4.5e-7, 1.0, True),  # nothing moved though its gradient asked
+        ("momentum", 0.01, 4.5e-7, 1.0, True),  # a hundredth: a rate of its own, far lower
+        ("adam", 0.5, 4.5e-7, 1.0, True),  # Adam's step does not shrink with the gradient
+        ("momentum", 0.5, 1.12e-4, 0.01, True),  # a typical gradient, rates too small for it
+    ],
+)
+def test_a_tensor_stepped_by_what_its_gradient_asks_as_the_rate_decays_is_not_frozen(
+    family, moved, grad, rates, frozen
+):
+    # Trigger: set 100's EfficientLoFTR control under SGD with momentum, its rate decaying by
+    # a cosine to 0.0005 at step 140: an attention query's gradient was 4e-6 of its weights
+    # (a few thousandths of the median tensor's), and its update ratio fell under 1e-7 from
+    # step 100, about half what plain SGD makes of that gradient: "frozen", warned. Controls:
+    # nothing moved, or far less than the gradient asks, or an optimizer whose step does not
+    # scale with the gradient.
+    from steadygrad.core import Record
+    from steadygrad.core.metrics import OPTIMIZER_FAMILY
+    from steadygrad.diagnose.detectors import UpdateRatioOutOfRange
+
+    det = UpdateRatioOutOfRange()
+    found = []
+    for t, rate in enumerate(rates * r for r in [0.0125, 0.00827, 0.00477, 0.00216, 0.00055]):
+        values = {"lr/0": rate, "grad_norm/q.weight": grad, "param_norm/q.weight": 0.112}
+        values["update_ratio/q.weight"] = moved * rate * grad / 0.112
+        for i in range(5):  # the other tensors: gradients a thousandth of their weights
+            values.update({f"update_ratio/fc{i}.weight": 1e-3, f"param_norm/fc{i}.weight": 1.0})
+            values[f"grad_norm/fc{i}.weight"] = 1e-3
+        meta = {OPTIMIZER_FAMILY: family} if t == 0 else {}
+        found += det.update(Record(100 + 10 * t, values, meta=meta))
+    (finding,) = found
+    assert finding.where == "q.weight"
+    assert (finding.severity, finding.evidence["direction"]) == (
+        ("warning", "frozen") if frozen else ("info", "vanishing")
+    )

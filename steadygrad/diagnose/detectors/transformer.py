@@ -831,6 +831,9 @@ class UpdateRatioOutOfRange(Detector):
     VANISHING = 1e-3
     # What a momentum can make of one gradient: 1/(1 - momentum), for momenta up to 0.99.
     MOMENTUM_GAIN = 100.0
+    # A step this share of plain SGD's at the largest rate or more was taken (a momentum's
+    # sum of gradients that change sign makes less than one of them; a frozen tensor, none).
+    STEPPED = 0.1
 
     def update(self, record: Record) -> list[Finding]:
         # read before anything is skipped: the first record says them, and may be an overflow
@@ -882,7 +885,7 @@ class UpdateRatioOutOfRange(Detector):
             if frozen.update(ratio < self.low, self.patience):
                 evidence = {"direction": "frozen", "update_ratio": ratio, "low": self.low}
                 severity = "warning"
-                vanishing = self._vanishing(record, name)
+                vanishing = self._vanishing(record, name, ratio)
                 if vanishing is not None:
                     # the optimizer steps it, by what its gradient asks: nearly nothing
                     evidence.update(direction="vanishing", gradient_share=vanishing)
@@ -894,11 +897,15 @@ class UpdateRatioOutOfRange(Detector):
                 findings.append(Finding(self.kind, record.step, name, evidence, severity))
         return findings
 
-    def _vanishing(self, record: Record, name: str) -> float | None:
+    def _vanishing(self, record: Record, name: str, ratio: float) -> float | None:
         """``|g|/|w|`` of tensor ``name`` over the median tensor's, when its gradient is there
         but under ``VANISHING`` of that, or when the optimizer's step is the gradient times the
         rate and the largest rate (with a momentum's gain) makes of it a ratio under ``low``,
-        too small for float32 weights to register: a tensor that moves by nothing because its
+        too small for float32 weights to register, or when its gradient is under the median
+        tensor's and its update ``ratio`` at least ``STEPPED`` of plain SGD's step at the
+        largest rate (stepped by what a quiet gradient asks, at a rate a schedule decayed; with
+        a typical gradient, a rate too small for the model is no quiet tensor's doing): a
+        tensor that moves by nothing because its
         gradient is nothing is not frozen (an architecture's quiet path, a gate shut before
         it); None otherwise."""
         grads, weights = record.family(GRAD_NORM.name), record.family(PARAM_NORM.name)
@@ -913,8 +920,10 @@ class UpdateRatioOutOfRange(Detector):
         if self._gain is None:
             return None
         rates = [r for r in record.family(LEARNING_RATE.name).values() if math.isfinite(r)]
-        asked = max(rates, default=math.inf) * self._gain * g / w
-        return share if asked < self.low else None
+        plain = max(rates, default=math.inf) * g / w  # plain SGD's step at the largest rate
+        # a gradient quieter than the median tensor's, stepped: slow because it asks little
+        stepped = share < 1.0 and ratio >= self.STEPPED * plain
+        return share if plain * self._gain < self.low or stepped else None
 
 
 __all__ = [
