@@ -201,3 +201,35 @@ def test_a_tensor_stepped_by_what_its_gradient_asks_as_the_rate_decays_is_not_fr
     assert (finding.severity, finding.evidence["direction"]) == (
         ("warning", "frozen") if frozen else ("info", "vanishing")
     )
+
+
+@pytest.mark.parametrize("loss", ["improving", "worse", "worse_later"])
+def test_units_dead_while_the_loss_improves_are_info_until_it_turns_worse(loss):
+    # Trigger: healthy controls (set 94's Parakeet encoder, set 97's MaskFormer, set 81's TDT,
+    # set 41's ladder VAE) had 50-78% of a small layer's ReLU units dead on a batch while
+    # their loss halved: warned. Trained networks grow sparse on their own; units that died
+    # cost the loss nothing while it improves. Controls: a loss that turned worse than its
+    # best as they died, and one that turns worse later with the units still dead: warned.
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors.transformer import PlasticityLoss
+
+    detector = PlasticityLoss()
+    found = []
+    for t in range(40):
+        if loss == "improving":
+            value = 4.0 * 0.97**t
+        elif loss == "worse":
+            value = 4.0 if t < 4 else 5.0
+        else:
+            value = 4.0 * 0.97**t if t < 16 else 4.0
+        values = {"loss": value}
+        if t % 4 == 0:
+            values["dead_units/fc.act"] = 0.1 if t == 0 else 0.62
+        found += detector.update(Record(t, values))
+    severities = [f.severity for f in found]
+    if loss == "improving":
+        assert severities == ["info"] and "still improves" in found[0].evidence["note"]
+    elif loss == "worse":
+        assert severities == ["warning"]
+    else:
+        assert severities == ["info", "warning"]

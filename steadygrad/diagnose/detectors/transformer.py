@@ -674,7 +674,10 @@ class PlasticityLoss(Detector):
     units alive at the first reading have died, or ``NEARLY_ALL`` of them are dead, or
     ``dead_fraction`` of them are fed exactly zero: ``zeroed_units``), or when
     ``effective_rank`` stays at or below ``rank_drop`` times its largest value so far, for
-    ``patience`` records (Dohare et al. 2024). Evidence names which of the two it was.
+    ``patience`` records (Dohare et al. 2024). Evidence names which of the two it was. Dead
+    units found while the loss still improves (not ``NEARLY_ALL`` of them, none fed zero) are
+    info: a trained network grows sparse on its own; the same layer is a warning once the loss
+    turns worse than its best with them still dead.
 
     Saturated: ``NEARLY_ALL`` of a layer's tanh or sigmoid outputs in their flat tails
     (``saturated``) for ``patience`` records, the model's output module left out (a confident
@@ -706,6 +709,7 @@ class PlasticityLoss(Detector):
         self.patience = positive_int("patience", patience)
         self.dying = finite_float("dying", dying, low=0.0, high=1.0, high_open=True)
         self._dead: dict[str, _Streak] = {}
+        self._idle: set[str] = set()  # layers found dead while the loss still improved
         self._rank: dict[str, _Streak] = {}
         self._best_rank: dict[str, float] = {}
         self._dying: dict[str, _Streak] = {}
@@ -748,10 +752,26 @@ class PlasticityLoss(Detector):
                 or dead >= NEARLY_ALL
                 or zeroed.get(name, 0.0) >= self.dead_fraction
             )
+            # Units dead while the loss still improves cost it nothing yet (trained networks
+            # grow sparse on their own): info, a warning once the loss turns worse, them dead.
+            # Nearly all dead, or fed zero, is harm in itself.
+            judged = math.isfinite(self.loss.current)  # no loss read: the units alone
+            harm = not judged or stalled or dead >= NEARLY_ALL
+            harm = harm or zeroed.get(name, 0.0) >= self.dead_fraction
+            holds = dead >= self.dead_fraction and died
             streak = self._dead.setdefault(name, _Streak())
-            if streak.update(dead >= self.dead_fraction and died, self.patience):
+            if streak.update(holds, self.patience) or (holds and harm and name in self._idle):
                 evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
-                findings.append(self._finding(record.step, name, evidence, streak))
+                if not harm:
+                    evidence["note"] = "the loss still improves: they cost it nothing yet"
+                severity = "warning" if harm else "info"
+                findings.append(self._finding(record.step, name, evidence, streak, severity))
+                if harm:
+                    self._idle.discard(name)
+                else:
+                    self._idle.add(name)
+            elif not holds:
+                self._idle.discard(name)
         self._output = record.meta.get(OUTPUT_MODULE, self._output)
         for name, share in record.family(SATURATED.name).items():
             # tanh/sigmoid units in their flat tails pass (almost) no gradient: dead by another
@@ -776,9 +796,11 @@ class PlasticityLoss(Detector):
                 findings.append(self._finding(record.step, name, evidence, streak))
         return findings
 
-    def _finding(self, step: int, name: str, evidence: dict, streak: _Streak) -> Finding:
+    def _finding(
+        self, step: int, name: str, evidence: dict, streak: _Streak, severity: str = "warning"
+    ) -> Finding:
         evidence[PREVIOUS_READING] = self._readings.before(streak.count)
-        return Finding(self.kind, step, name, evidence)
+        return Finding(self.kind, step, name, evidence, severity)
 
 
 def _is_bias(name: str) -> bool:
