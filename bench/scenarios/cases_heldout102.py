@@ -30,7 +30,7 @@ from scenarios.common import (
     text_batches,
 )
 
-# -- shared helpers --------------------------------------------------------------------------------
+# -- shared helpers -------------------------------------------------------------------------------
 
 
 def finite(xs: list[float]) -> bool:
@@ -62,7 +62,7 @@ def train_step(
     opt.zero_grad(set_to_none=True)
 
 
-# -- Set Transformer (Lee et al. 2019) ---------------------------------------------------------------
+# -- Set Transformer (Lee et al. 2019) ------------------------------------------------------------
 
 
 class SetAttention(nn.Module):
@@ -188,7 +188,7 @@ def h102_set_transformer_attn_growth(ctx: Context) -> None:
     ctx.check("losses finite", finite(ctx.losses))
 
 
-# -- Hugging Face FlexOlmo causal LM -------------------------------------------------------------------
+# -- Hugging Face FlexOlmo causal LM --------------------------------------------------------------
 
 
 def hf_flexolmo(vocab: int = 128, dim: int = 32, layers: int = 2):
@@ -289,7 +289,7 @@ def h102_flexolmo_healthy(ctx: Context) -> None:
     ctx.check("loss fell by 1.5 nats", mean(ctx.losses[-20:]) < mean(ctx.losses[:5]) - 1.5)
 
 
-# -- mixture of experts LM with a load-balancing loss (Switch Transformer style) -------------------
+# -- mixture of experts LM with a load-balancing loss (Switch Transformer style) ------------------
 
 
 class Top1MoE(nn.Module):
@@ -655,7 +655,7 @@ def h102_tabular_ddpm_healthy(ctx: Context) -> None:
     ctx.check("loss fell by 30%", mean(ctx.losses[-30:]) < 0.7 * mean(ctx.losses[:10]))
 
 
-# -- a learned optimiser (L2L, Andrychowicz et al. 2016) -------------------------------------------
+# -- a learned optimiser (L2L, Andrychowicz et al. 2016) ------------------------------------------
 
 
 class LearnedOptimiser(nn.Module):
@@ -727,7 +727,7 @@ def h102_l2l_unroll_explodes(ctx: Context) -> None:
     ctx.check("it learned first", mean(ctx.losses[140:150]) < 0.7 * mean(ctx.losses[:10]))
 
 
-# -- GRACE: graph contrastive representation learning (Zhu et al. 2020) ----------------------------
+# -- GRACE: graph contrastive representation learning (Zhu et al. 2020) ---------------------------
 
 
 def sbm_graph(gen: torch.Generator, nodes: int = 150, blocks: int = 3, feats: int = 24):
@@ -836,7 +836,7 @@ def h102_grace_dead_relu(ctx: Context) -> None:
     )
 
 
-# -- conformer TTS duration predictor ---------------------------------------------------------------
+# -- conformer TTS duration predictor -------------------------------------------------------------
 
 
 def phoneme_durations(gen: torch.Generator, batch: int = 32, length: int = 20, phones: int = 40):
@@ -955,7 +955,7 @@ def h102_conformer_duration_poisoned(ctx: Context) -> None:
     ctx.check("losses finite", finite(ctx.losses))
 
 
-# -- generated scenes (for Mask2Former and DepthPro) --------------------------------------------
+# -- generated scenes (for Mask2Former and DepthPro) ----------------------------------------------
 
 
 def scenes(gen: torch.Generator, batch: int, size: int):
@@ -1100,7 +1100,7 @@ def h102_mask2former_healthy(ctx: Context) -> None:
     ctx.check("loss fell by 30%", mean(ctx.losses[-20:]) < 0.7 * mean(ctx.losses[:5]))
 
 
-# -- neural additive model with ExU units (Agarwal et al. 2021) ------------------------------------
+# -- neural additive model with ExU units (Agarwal et al. 2021) -----------------------------------
 
 
 class ExU(nn.Module):
@@ -1194,7 +1194,7 @@ def h102_nam_exu_gradient_spike(ctx: Context) -> None:
     ctx.check("losses finite", finite(ctx.losses))
 
 
-# -- slot attention over generated blob scenes (Locatello et al. 2020) -----------------------------
+# -- slot attention over generated blob scenes (Locatello et al. 2020) ----------------------------
 
 
 def blob_scenes(gen: torch.Generator, batch: int = 16, size: int = 16) -> torch.Tensor:
@@ -1286,6 +1286,7 @@ class SlotAutoencoder(nn.Module):
     "h102_slot_attention_blobs",
     "adam",
     "amp_overflow",
+    where="pix1",
     diverges=None,
     heldout=True,
     onset=100,
@@ -1294,9 +1295,10 @@ class SlotAutoencoder(nn.Module):
 def h102_slot_attention_fp16_overflow(ctx: Context) -> None:
     """Slot attention autoencoder on generated blob scenes under float16 autocast with a
     GradScaler, Adam. From step 100 to 119 the loader reads a shard of 16-bit PNGs without
-    dividing by 65535: values up to ~6e4 overflow float16 in the per-pixel encoder, and every
-    one of those steps' gradients is non-finite, the scaler skips the step and halves its scale;
-    the weights are untouched and training goes on once the shard has passed."""
+    dividing by 65535: values up to ~6e4 overflow float16 in the per-pixel encoder's first
+    layer (pix1), every one of those steps' gradients is non-finite, the scaler skips the step
+    and halves its scale; the weights are untouched and training goes on once the shard has
+    passed."""
     gen = seeded(10216)
     model = SlotAutoencoder()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
