@@ -1,4 +1,4 @@
-"""Run shapes from the twenty-eighth session's held-out controls (sets 88-101).
+"""Run shapes from the twenty-eighth session's held-out controls (sets 88-101) and set 102.
 
 Each change has a trigger that fails on the code before it and a control that must not move."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import diagnose_stored
 from torch import nn
 from torch.nn import functional as F
 
@@ -233,3 +234,35 @@ def test_units_dead_while_the_loss_improves_are_info_until_it_turns_worse(loss):
         assert severities == ["warning"]
     else:
         assert severities == ["info", "warning"]
+
+
+@pytest.mark.parametrize(
+    "origin, attention_first",
+    [
+        ({"module": "cross_attn", "replayed": True}, False),  # made elsewhere, from finite inputs
+        ({"module": "process.self_attn", "replayed": True}, True),  # made in the attention
+        ({"module": "cross_attn"}, True),  # not replayed: not known to be made at once
+    ],
+)
+def test_attention_growth_does_not_explain_a_nan_another_module_made(
+    tmp_path, origin, attention_first
+):
+    # Trigger: set 102's Perceiver IO: its latent self-attention's largest logit grew 200-fold
+    # to 15 (an early warning at step 200); at 240 a blank scan masked every key of the input
+    # cross-attention, whose softmax made a NaN from finite inputs. Attention's output is a
+    # weighted mean of its values however large its logits: the growth was named the cause.
+    # Controls: the NaN made in the growing attention itself, or not known to be made at once.
+    rows = [{"loss": 2.4 - 0.002 * t} for t in range(240)] + [{"loss": float("nan")}]
+    findings = [
+        ("attention_logit_growth", 200, "process.self_attn", {"attn_logit_max": 15.3}, "warning"),
+        (
+            "nonfinite",
+            240,
+            "cross_attn",
+            {"loss": float("nan"), "forward_origin": origin},
+            "critical",
+        ),
+    ]
+    report = diagnose_stored(tmp_path, "perceiver", rows, findings)
+    assert (report.top.cause == "attention_logit_growth") == attention_first
+    assert report.top.cause in ("attention_logit_growth", "nonfinite")

@@ -157,7 +157,8 @@ def judge(
     explain the climb that followed (it is judged from its finding after which the loss made
     no more progress, if one came later); nor one first seen long after the loss began to
     climb (``climbing_from``); nor a NaN a module's forward pass made from finite inputs in
-    the step the run broke (``made_at_once``): dead or frozen units make no non-finite value."""
+    the step the run broke (``made_at_once``): dead or frozen units make no non-finite value,
+    nor does a contained mechanism (see ``Rule``) in another module."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     if d.severity == "info":  # its own evidence was judged harmless: below any warning
@@ -179,6 +180,20 @@ def judge(
         d.why = (
             f"first seen at step {first}, long after the loss had begun to climb (step "
             f"{climbing_from}): more likely a consequence of what made it climb"
+        )
+        return
+    if (
+        d.contained
+        and broke is not None
+        and made_at_once is not None
+        and d.where
+        and not any(_around(w, made_at_once) for w in d.where if w)
+    ):
+        d.score -= 25.0
+        d.confidence = "low"
+        d.why = (
+            f"seen from step {first}, but its harm stays in {', '.join(d.where)}: it does not "
+            f"explain the non-finite value {made_at_once} made from finite inputs at step {broke}"
         )
         return
     if d.stalls and broke is not None and made_at_once is not None:
@@ -406,3 +421,8 @@ def _plain(value):
 
 def _show(value: float | str) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _around(module: str, other: str) -> bool:
+    """Whether ``module`` is ``other``, inside it, or around it (by ``named_modules`` names)."""
+    return module == other or module.startswith(other + ".") or other.startswith(module + ".")

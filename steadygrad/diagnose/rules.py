@@ -111,6 +111,7 @@ class Diagnosis:
     fault_alone: bool = False
     outlived: str = ""
     set_off_by: str = ""
+    contained: bool = False
 
     @property
     def rank_key(self) -> tuple:
@@ -147,7 +148,9 @@ class Rule:
     cause that is a fault even while the rest of the model learns around it (a layer whose
     updates are ~0 does not train at all; dead units, a normal sight in a ReLU network that
     goes on learning, are not), so in a run that did not break it ranks above an event
-    nothing confirmed."""
+    nothing confirmed. ``contained``: the mechanism's harm stays in its own module (attention's
+    output is a weighted mean of its values, however large its logits): it does not explain a
+    non-finite value another module's forward made from finite inputs."""
 
     cause: str
     tier: int
@@ -159,6 +162,7 @@ class Rule:
     explained_by: tuple[str, ...] = ()
     stalls: bool = False
     fault_alone: bool = False
+    contained: bool = False
 
     def apply(self, facts: RunFacts) -> Diagnosis | None:
         facts.allowed = frozenset(self.kinds)
@@ -182,6 +186,7 @@ class Rule:
             stalls=self.stalls or found.stalls,
             consequence_of=found.consequence_of,
             fault_alone=self.fault_alone,
+            contained=self.contained,
             outlived=found.outlived,
             set_off_by=found.set_off_by,
         )
@@ -3023,6 +3028,7 @@ RULES: tuple[Rule, ...] = (
         ),
         _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth"),
         (ATTENTION_LOGIT_GROWTH,),
+        contained=True,
     ),
     Rule(
         "output_logit_divergence",
