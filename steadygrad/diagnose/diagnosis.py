@@ -23,6 +23,7 @@ from steadygrad.diagnose.rules import (
     Diagnosis,
     Rule,
     RunFacts,
+    _inside,
 )
 from steadygrad.store.run import Run, load
 
@@ -425,4 +426,4 @@ def _show(value: float | str) -> str:
 
 def _around(module: str, other: str) -> bool:
     """Whether ``module`` is ``other``, inside it, or around it (by ``named_modules`` names)."""
-    return module == other or module.startswith(other + ".") or other.startswith(module + ".")
+    return _inside(module, other) or _inside(other, module)

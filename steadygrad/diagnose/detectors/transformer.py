@@ -747,17 +747,12 @@ class PlasticityLoss(Detector):
             # correlated features: point clouds, graph sums, pooled maps), not units dying:
             # half of those alive at the first reading must have died, or nearly all of them.
             # Units fed exactly zero (a gain set to 0) are dead whenever they were zeroed.
-            died = (
-                dead >= first + (1.0 - first) / 2
-                or dead >= NEARLY_ALL
-                or zeroed.get(name, 0.0) >= self.dead_fraction
-            )
+            lost = dead >= NEARLY_ALL or zeroed.get(name, 0.0) >= self.dead_fraction
+            died = dead >= first + (1.0 - first) / 2 or lost
             # Units dead while the loss still improves cost it nothing yet (trained networks
             # grow sparse on their own): info, a warning once the loss turns worse, them dead.
-            # Nearly all dead, or fed zero, is harm in itself.
-            judged = math.isfinite(self.loss.current)  # no loss read: the units alone
-            harm = not judged or stalled or dead >= NEARLY_ALL
-            harm = harm or zeroed.get(name, 0.0) >= self.dead_fraction
+            # Nearly all dead, or fed zero, is harm in itself; with no loss read, the units alone.
+            harm = lost or stalled or not math.isfinite(self.loss.current)
             holds = dead >= self.dead_fraction and died
             streak = self._dead.setdefault(name, _Streak())
             if streak.update(holds, self.patience) or (holds and harm and name in self._idle):
