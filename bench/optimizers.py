@@ -101,13 +101,29 @@ def copy_bandwidth(numel: int = 32 * 2**20, repeats: int = 7) -> float:
 
 def interleaved(opts: dict[str, torch.optim.Optimizer], warmup: int, rounds: int):
     """Median seconds of ``step()`` per optimizer: ``warmup`` steps each (compilation), then
-    ``rounds`` rounds of one step of each, in turn."""
-    for opt in opts.values():
+    ``rounds`` rounds of one step of each, in turn.
+
+    Each optimizer should own its parameters (see :func:`make_params`): some implementations
+    rewrite ``p.grad`` in place (pytorch-optimizer's Stable-SPAM stores its clipped, rescaled
+    gradient there), so shared gradients would drift from step to step under all of them. The
+    gradients are put back before every step, outside the clock, as a fresh backward would."""
+    saved = {
+        label: [(p.grad, p.grad.clone()) for g in opt.param_groups for p in g["params"]]
+        for label, opt in opts.items()
+    }
+
+    def restore(label: str) -> None:
+        grads, copies = zip(*saved[label], strict=True)
+        torch._foreach_copy_(list(grads), list(copies))
+
+    for label, opt in opts.items():
         for _ in range(warmup):
+            restore(label)
             opt.step()
     times: dict[str, list[float]] = {k: [] for k in opts}
     for _ in range(rounds):
         for label, opt in opts.items():
+            restore(label)
             start = time.perf_counter()
             opt.step()
             times[label].append(time.perf_counter() - start)
@@ -253,7 +269,6 @@ def main() -> None:
     compiled = so.compile_available()
     for model_name, shapes in models.items():
         n = sum(s.numel() for s in shapes)
-        params = make_params(shapes)
         for name in names:
             b = BYTES_PER_PARAM[name]
             bound = n * b / bw
@@ -270,7 +285,10 @@ def main() -> None:
             peer_make = None if args.no_peer else peer(name)
             if peer_make is not None:
                 makers["pytorch-optimizer"] = peer_make
-            times = interleaved({k: make(params) for k, make in makers.items()}, warmup, repeats)
+            # each implementation owns its parameters and gradients (the same values)
+            opts = {k: make(make_params(shapes)) for k, make in makers.items()}
+            times = interleaved(opts, warmup, repeats)
+            del opts
             gc.collect()
             fused, po = times["torch AdamW fused"], times.get("pytorch-optimizer", float("nan"))
             for label, t in times.items():
@@ -283,7 +301,6 @@ def main() -> None:
                     f"{model_name:6} {name:10} {label:26} {t * 1e3:9.2f} {bound * 1e3:9.2f} "
                     f"{bound / t:8.2f} {vs_peer:>8} {vs_fused}"
                 )
-        del params
         gc.collect()
     print()
     print("of limit: memory-traffic lower bound / time (1.0 = streaming at copy bandwidth)")
