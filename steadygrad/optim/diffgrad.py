@@ -50,12 +50,14 @@ def diffgrad_foreach(p, g, m, v, g_prev, hp) -> None:
     step = _foreach.scratch(g, 1)
     torch._foreach_zero_(step)
     _foreach.adam_step_(step, g, m, v, step_size, b1, b2, eps)  # step = -u
-    friction = torch._foreach_sub(g_prev, g)  # one pass: beats a copy into scratch and sub_
-    torch._foreach_abs_(friction)
-    torch._foreach_sigmoid_(friction)
+    # the friction is made in g_prev's own memory (it is overwritten by g below anyway): no
+    # new tensors, no scratch to fill
+    torch._foreach_sub_(g_prev, g)
+    torch._foreach_abs_(g_prev)
+    torch._foreach_sigmoid_(g_prev)
     if decay != 1.0:  # multiplying by 1 changes nothing: skip the pass
         torch._foreach_mul_(p, decay)
-    torch._foreach_addcmul_(p, step, friction)
+    torch._foreach_addcmul_(p, step, g_prev)
     torch._foreach_copy_(g_prev, g)
 
 
