@@ -1829,7 +1829,7 @@ def _after_over_before(steps: np.ndarray, values: np.ndarray, step: int, lag: in
     return float(np.median(after) / np.median(before))
 
 
-def _strongest_damping(facts: RunFacts, spike: Finding) -> float:
+def _strongest_damping(facts: RunFacts, spike: Finding, lag: int = 0) -> float:
     """The smallest share of their size that updates can keep, in the middle of the span
     :func:`_update_drop` reads, when a spike ``ratio`` times the usual gradient entered the
     optimizer's running square at step ``t``: the square's weight ``w`` then holds
@@ -1843,7 +1843,7 @@ def _strongest_damping(facts: RunFacts, spike: Finding) -> float:
     ratio = ev.get("ratio", ev.get("spike_factor"))
     if decay is None or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         return 0.0
-    t, k = spike.step + 1, MOMENTUM_MEMORY + 25  # t: as if the optimizer began with the run
+    t, k = spike.step + 1, MOMENTUM_MEMORY + 25 + lag  # t: as if the optimizer began with the run
     if decay == 1.0:
         weight = 1.0 / (t + k)
     else:
@@ -1922,21 +1922,21 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
         at_step = [f for f in spikes if f.step == spike.step]
         hit = {f.where for f in at_step if f.kind == GRADIENT_SPIKE}
         mine = [n for n in ratios if n.split("/", 1)[1] in hit]
-        drop = _update_drop(facts, mine or ratios, spike.step)
         limit = SPIKE_CLIPPING.get(facts.optimizer, 0.5)
-        if not drop < limit or _strongest_damping(facts, spike) >= limit:
-            continue  # no shrink, or one the spike is too small to have made
-        if mine and not any(f.kind == GRAD_NORM_SPIKE for f in at_step):
-            # the spike hit some tensors only: those it missed are the control. Adam's steps
-            # also shrink on their own early in training (the gradient's noise grows against
-            # its mean); the spike's poisoning is the part beyond what the others show
-            missed = _update_drop(facts, [n for n in ratios if n not in mine], spike.step)
-            if drop >= POISON_BEYOND_CONTROL * missed:  # NaN: no control to compare with
-                continue
+        # Read once the spike's momentum has passed; where the loss climbed meanwhile, its
+        # grown gradients hide the damping until the loss is back down: read again
+        # OUTLIVED_AFTER steps on (what a spike that size can still damp there, and no more)
+        drop = _damping(facts, mine, ratios, spike, limit, at_step, 0)
+        when = "after it"
+        if not drop < limit and _loss_climbed_after(facts, spike.step):
+            drop = _damping(facts, mine, ratios, spike, limit, at_step, OUTLIVED_AFTER)
+            when = f"once the loss it threw up had come down ({OUTLIVED_AFTER} steps on)"
+        if not drop < limit or _kept_coming(facts, spike.step):
+            continue
         where = [spike.where] if spike.where else sorted(hit)  # the tensors it hit
         found = Found(
             f"a gradient spike at step {spike.step} poisoned {facts.optimizer}'s second "
-            f"moment: the updates after it shrank to {drop:.0%} of their size before",
+            f"moment: the updates {when} shrank to {drop:.0%} of their size before",
             spike.step,
             where,
             {"spike": spike.evidence, "update_ratio_after_over_before": drop},
@@ -1953,7 +1953,8 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
                 "harm outlived it"
             )
             found.set_off_by = "data_outlier"  # the batch behind the spike, when there was one
-            found.summary += f"; {found.outlived}"
+            if lasting != drop:  # not already read that late
+                found.summary += f"; {found.outlived}"
         restarted = _jolted_by_a_restart(facts, spike.step)
         if restarted is not None and spike.step - restarted <= RESTART_WITHIN:
             found.consequence_of = (
@@ -1962,6 +1963,61 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
             )
         return found
     return None
+
+
+def _damping(
+    facts: RunFacts,
+    mine: list[str],
+    ratios: list[str],
+    spike: Finding,
+    limit: float,
+    at_step: list[Finding],
+    lag: int,
+) -> float:
+    """How far the updates shrank after ``spike`` (``lag`` steps past its momentum), or NaN
+    where no shrink the spike could have made is seen: none, one beyond what a spike of its
+    size can damp, or (a spike on some tensors only) one no larger than those it missed show.
+    Adam's steps also shrink on their own early in training (the gradient's noise grows
+    against its mean); the spike's poisoning is the part beyond what the others show."""
+    drop = _update_drop(facts, mine or ratios, spike.step, lag)
+    if not drop < limit or _strongest_damping(facts, spike, lag) >= limit:
+        return math.nan
+    if mine and not any(f.kind == GRAD_NORM_SPIKE for f in at_step):
+        missed = _update_drop(facts, [n for n in ratios if n not in mine], spike.step, lag)
+        if drop >= POISON_BEYOND_CONTROL * missed:  # NaN: no control to compare with
+            return math.nan
+    return drop
+
+
+# A gradient this many times its usual norm stands out; one as large again after it says the
+# spike was no one-off.
+SPIKE_OF_THE_WHOLE = 10.0
+
+
+def _kept_coming(facts: RunFacts, step: int) -> bool:
+    """Whether a whole-gradient spike at ``step`` was followed, within MOMENTUM_MEMORY +
+    OUTLIVED_AFTER steps, by gradients of its own order (a tenth of it or more): the second
+    moment then tracks gradients that stay that large (an explosion, named by its own rule),
+    not the memory of one. False where the norm at ``step`` did not stand out."""
+    series = facts.series(GRAD_NORM.name)
+    if series is None:
+        return False
+    steps, norms = series
+    at = norms[steps == step]
+    before = norms[(steps < step) & (steps >= step - 50) & np.isfinite(norms)]
+    if not len(at) or not len(before) or not at[0] > SPIKE_OF_THE_WHOLE * np.median(before):
+        return False
+    after = norms[(steps > step) & (steps <= step + MOMENTUM_MEMORY + OUTLIVED_AFTER)]
+    return bool(len(after)) and bool(np.nanmax(after) >= at[0] / SPIKE_OF_THE_WHOLE)
+
+
+def _loss_climbed_after(facts: RunFacts, step: int) -> bool:
+    """Whether the loss climbed away (a loss divergence, not info) within MOMENTUM_MEMORY steps
+    after ``step``."""
+    return any(
+        f.severity != "info" and step < f.step <= step + MOMENTUM_MEMORY
+        for f in facts.of(LOSS_DIVERGENCE)
+    )
 
 
 def _batches_behind(spikes: list[Finding], evidence: dict[str, Any]) -> str:

@@ -110,6 +110,13 @@ class SpikeDetector(Detector):
         return True
 
 
+# A loss this many times its recent median, far above the window's worst batches, that left
+# the next loss above every one of the KNOCK_BAND before it, knocked the run: a spike, however
+# small against all the progress made since the first loss.
+KNOCK_RATIO = 4.0
+KNOCK_BAND = 20
+
+
 class LossSpikeDetector(SpikeDetector):
     """A loss far above its recent median (robust z-score over the last 64 recorded steps),
     by at least ``min_excess`` times the loss's scale: half the progress made since the first
@@ -120,6 +127,13 @@ class LossSpikeDetector(SpikeDetector):
     above its median. The MAD sees only the bulk; near zero loss a
     batch's loss is heavy-tailed (one hard example moves it 5-10x), and a spike worth naming
     stands far above the worst batches the run has been seeing, not just above the typical one.
+
+    A fresh model's first losses can stand far above the level it finds within a few steps (an
+    untrained regressor: 30, then 0.5 three steps on). The tail leaves out the first ``warmup``
+    losses once 20 later ones fill the window, and a jump ``KNOCK_RATIO`` times the median that
+    is short of half that progress is still a spike when it knocked the run: the next loss
+    stood above all of the ``KNOCK_BAND`` before it (found one record late, at its step). A hard
+    batch near zero loss leaves the next one where it was.
 
     Example:
         >>> detector = LossSpikeDetector()
@@ -136,23 +150,61 @@ class LossSpikeDetector(SpikeDetector):
         self.tail_factor = finite_float("tail_factor", tail_factor, low=0.0)
         self._start = math.nan
         self._floor = math.inf
+        self._added = 0  # values the baseline has taken in
+        self._knock: dict[str, float] | None = None  # the evidence of a jump judged just now
+        self._pending: Finding | None = None  # a jump waiting for the next loss
 
     def update(self, record: Record) -> list[Finding]:
         value = record.values.get(self.signal)
-        if value is not None and math.isfinite(value):
+        # what the baseline takes in (SpikeDetector.update): finite losses of steps not skipped
+        taken = value is not None and math.isfinite(value) and not record.meta.get("skipped")
+        findings = self._judge_pending(value) if value is not None else []
+        if taken:
             if math.isnan(self._start):
                 self._start = value  # the loss before any update: where progress is counted from
             if len(self.baseline) >= 3:
                 self._floor = min(self._floor, self.baseline.median())
-        return super().update(record)
+        self._knock = None
+        findings += super().update(record)
+        if self._knock is not None and not findings and not self._quiet_needed:
+            evidence = {self.signal: value, **self._knock}
+            self._pending = Finding(self.kind, record.step, None, evidence, "warning")
+        self._added += taken
+        return findings
+
+    def _judge_pending(self, value: float) -> list[Finding]:
+        """The jump waiting for this loss: a spike when it stands above the band before it (or
+        is not finite)."""
+        pending, self._pending = self._pending, None
+        if pending is None or value <= pending.evidence["knock_band"]:
+            return []
+        pending.evidence["loss_after"] = value
+        self._quiet_needed = self.cooldown
+        return [pending]
 
     def material(self, value: float, median: float) -> bool:
+        excess = value - median
+        if excess < self.tail_factor * self._tail():
+            return False
         scale = max(0.5 * (self._start - self._floor), 0.25 * abs(median))
-        return value - median >= max(self.min_excess * scale, self.tail_factor * self._tail())
+        if excess >= self.min_excess * scale:
+            return True
+        if median > 0 and value >= KNOCK_RATIO * median:  # judged by the next loss
+            self._knock = {
+                "baseline": median,
+                "z": self.baseline.score(value, self.rel_floor),
+                "ratio": value / median,
+                "knock_band": max(list(self.baseline.values)[-KNOCK_BAND:]),
+            }
+        return False
 
     def _tail(self) -> float:
-        """How far the window's 95th percentile sits above its median (0 before 20 values)."""
-        values = self.baseline.values
+        """How far the window's 95th percentile sits above its median (0 before 20 values),
+        without the run's first ``warmup`` losses once 20 later ones are in the window."""
+        values = list(self.baseline.values)
+        early = max(0, self.warmup - (self._added - len(values)))
+        if len(values) - early >= 20:
+            values = values[early:]
         if len(values) < 20:
             return 0.0
         return max(statistics.quantiles(values, n=20)[-1] - statistics.median(values), 0.0)
