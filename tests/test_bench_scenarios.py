@@ -211,7 +211,7 @@ HELD_OUT_FILES = [
     # its writer ran out of time: 10 faults over 10 causes, 3 healthy
     ("cases_heldout101", "h101_", 10, 10, 12),
     ("cases_heldout102", "h102_", 12, 12, 14),
-    ("cases_heldout103", "h103_", 12, 12, 12),
+    ("cases_heldout103", "h103_", 12, 12, 13),
 ]
 
 

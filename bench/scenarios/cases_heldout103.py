@@ -1,9 +1,9 @@
-"""Held-out set 103 (``h103_``): Hugging Face BLT (byte latent transformer) and a
-vision-encoder-decoder (Nougat-style page reader) from tiny configs; a Hyena long-convolution
-LM, a stochastic-depth ResNet, a differentiable soft rasteriser of 2-D shapes, a deep
-equilibrium model with implicit gradients, a kernel point convolution, a graph autoencoder for
-link prediction, prototypical networks, a BYOL pair, a collaborative-filtering autoencoder and
-a neural process, all written here."""
+"""Held-out set 103 (``h103_``): Hugging Face BLT (byte latent transformer), a vision
+encoder-decoder (a Nougat-style page reader) and Xcodec (audio codec) from tiny configs; a
+Hyena long-convolution LM, a stochastic-depth ResNet, a differentiable soft rasteriser of 2-D
+shapes, a deep equilibrium model with implicit gradients, a kernel point convolution, a graph
+autoencoder for link prediction, prototypical networks, a BYOL pair, a collaborative-filtering
+autoencoder and a neural process, all written here."""
 
 from __future__ import annotations
 
@@ -256,7 +256,7 @@ class HyenaLM(nn.Module):
     heldout=True,
     onset=0,
     note="Hyena LM with no final norm before its head, fine-tuned on a small fixed set of "
-    "byte windows with the head in a 40x learning-rate group: the output logits grow without "
+    "byte windows with the head in a 60x learning-rate group: the output logits grow without "
     "bound as it memorises",
 )
 def h103_hyena_head_logits(ctx: Context) -> None:
@@ -324,8 +324,8 @@ class StochasticDepthResNet(nn.Module):
     diverges=None,
     heldout=True,
     onset=0,
-    note="stochastic-depth ResNet trained long on a 256-digit subset with no weight decay and "
-    "a head at 10x the learning rate: once it fits, the logits keep scaling until the float32 "
+    note="stochastic-depth ResNet trained long on a 128-digit subset with no weight decay and "
+    "a head at 8x the learning rate: once it fits, the logits keep scaling until the float32 "
     "softmax gives the target exactly 1.0",
 )
 def h103_sd_resnet_collapse(ctx: Context) -> None:
@@ -690,7 +690,7 @@ def _gae_loss(z: torch.Tensor, a: torch.Tensor, gen: torch.Generator) -> torch.T
     heldout=True,
     onset=15,
     note="GCN graph autoencoder for link prediction; at step 15 one node's feature row arrives "
-    "in raw units (x 3e4, a unit mix-up in the feature pipeline): one giant gradient fills "
+    "in raw units (x 3e3, a unit mix-up in the feature pipeline): one giant gradient fills "
     "NAdam's second moment of the first layer, whose updates then stall for hundreds of steps",
 )
 def h103_gae_poisoned_moment(ctx: Context) -> None:
@@ -704,7 +704,7 @@ def h103_gae_poisoned_moment(ctx: Context) -> None:
         xs = x
         if step == 15:
             xs = x.clone()
-            xs[7] = xs[7] * 3e4
+            xs[7] = xs[7] * 3e3
         _train_step(ctx, opt, _gae_loss(model(xs, adj), a, gen))
         if step == 14:
             v_before = float(opt.state[model.enc1.weight]["exp_avg_sq"].max())
@@ -804,46 +804,50 @@ def _ved_loss(model: nn.Module, page: torch.Tensor, text: torch.Tensor) -> torch
     where=(),
     diverges=None,
     heldout=True,
-    onset=90,
+    onset=240,
     note="ViT-encoder / GPT-2-decoder page reader (VisionEncoderDecoder from tiny configs); at "
-    "step 90 one batch arrives with its transcripts encoded by another tokenizer (every id an "
+    "step 240 one batch arrives with its transcripts encoded by another tokenizer (every id an "
     "unused one), the loss jumps, the run recovers",
 )
 def h103_ved_misencoded_batch(ctx: Context) -> None:
     gen = seeded(1040)
     model = _hf_ved(1040)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     pages = _digit_pages(gen)
     ctx.attach(model, opt)
-    for step in range(160):
+    for step in range(320):
         page, text = next(pages)
-        if step == 90:
+        if step == 240:
             text = torch.full_like(text, 15)
         _train_step(ctx, opt, _ved_loss(model, page, text))
-    pre = _median(ctx.losses[70:90])
-    ctx.check("loss at the bad batch over 3x the median before it", ctx.losses[90] > 3 * pre)
+    pre = _median(ctx.losses[220:240])
+    ctx.check("it learned to read before (loss under 1.2)", pre < 1.2)
+    ctx.check("loss at the bad batch over 3x the median before it", ctx.losses[240] > 3 * pre)
     ctx.check("losses finite", _finite(ctx.losses))
     ctx.check("run recovered", _mean(ctx.losses[-10:]) < 1.5 * pre)
 
 
 @scenario(
     "h103_hf_ved_page_reader_control",
-    "asgd",
+    "adamw",
     "healthy",
     heldout=True,
-    note="the same ViT / GPT-2 page reader trained with averaged SGD",
+    note="the same ViT / GPT-2 page reader trained with AdamW, warmup and cosine decay",
 )
-def h103_ved_asgd_healthy(ctx: Context) -> None:
+def h103_ved_healthy(ctx: Context) -> None:
     gen = seeded(1041)
     model = _hf_ved(1041)
-    opt = torch.optim.ASGD(model.parameters(), lr=0.3, t0=50)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.5e-3, weight_decay=0.01)
     pages = _digit_pages(gen)
     ctx.attach(model, opt)
-    for _ in range(160):
+    steps = 320
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _cosine(step, steps, 1.5e-3, 20)
         page, text = next(pages)
         _train_step(ctx, opt, _ved_loss(model, page, text))
     ctx.check("losses finite", _finite(ctx.losses))
-    ctx.check("loss fell by a quarter", _mean(ctx.losses[-20:]) < 0.75 * _mean(ctx.losses[:5]))
+    ctx.check("loss fell by half", _mean(ctx.losses[-20:]) < 0.5 * _mean(ctx.losses[:5]))
 
 
 # -- prototypical networks (Siamese few-shot) ------------------------------------------------------------
@@ -1109,11 +1113,6 @@ class SumAggregate(nn.Module):
         return r.sum(1)
 
 
-class MeanAggregate(nn.Module):
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return r.mean(1)
-
-
 class ConditionalNP(nn.Module):
     def __init__(self, aggregate: nn.Module, dim: int = 64) -> None:
         super().__init__()
@@ -1174,22 +1173,78 @@ def h103_np_fp16_sum_overflow(ctx: Context) -> None:
     ctx.check("scale collapsed over 1000x", scales[-1] < scales[119] / 1000)
 
 
+# -- Hugging Face Xcodec (audio codec): fine-tuning its decoder on tones ---------------------------
+
+
+def _hf_xcodec(seed: int):
+    from transformers import XcodecConfig, XcodecModel
+
+    torch.manual_seed(seed)
+    config = XcodecConfig(
+        target_bandwidths=[0.5, 1.0],
+        codebook_size=64,
+        acoustic_model_config={
+            "encoder_hidden_size": 4,
+            "decoder_hidden_size": 16,
+            "hidden_size": 16,
+            "codebook_size": 64,
+            "codebook_dim": 8,
+            "n_codebooks": 2,
+        },
+        semantic_model_config={
+            "model_type": "hubert",
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "conv_dim": (8,) * 7,
+            "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 4,
+        },
+    )
+    return XcodecModel(config)
+
+
+def _tones(gen: torch.Generator, batch: int = 4, length: int = 3200, rate: int = 16000):
+    t = torch.arange(length) / rate
+    freq = 200 + 1800 * torch.rand(batch, 2, 1, generator=gen)
+    amp = 0.1 + 0.4 * torch.rand(batch, 2, 1, generator=gen)
+    env = torch.exp(-t * 20 * torch.rand(batch, 1, 1, generator=gen))
+    wave = (amp * torch.sin(2 * math.pi * freq * t)).sum(1, keepdim=True) * env
+    return wave + 0.005 * torch.randn(wave.shape, generator=gen)
+
+
+def _codec_loss(out: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
+    out = out[..., : wave.shape[-1]]
+    spec = [
+        torch.stft(w.squeeze(1), 256, 64, window=torch.hann_window(256), return_complex=True).abs()
+        for w in (out, wave)
+    ]
+    return F.l1_loss(out, wave) + F.l1_loss(torch.log1p(spec[0]), torch.log1p(spec[1]))
+
+
 @scenario(
-    "h103_neural_process_sines_control",
+    "h103_hf_xcodec_tones",
     "radam",
     "healthy",
     heldout=True,
-    note="the same conditional neural process (mean aggregation, float32) with RAdam and "
-    "context sets of random size, 4 to 64 points",
+    note="Xcodec (tiny config) with its tokenizer frozen, its acoustic decoder fine-tuned on "
+    "generated decaying two-tone clips with RAdam, an L1 plus log-spectrogram loss and warmup",
 )
-def h103_np_radam_healthy(ctx: Context) -> None:
+def h103_xcodec_decoder_finetune(ctx: Context) -> None:
     gen = seeded(1046)
-    model = ConditionalNP(MeanAggregate())
-    opt = torch.optim.RAdam(model.parameters(), lr=2e-3)
+    model = _hf_xcodec(1046)
+    train = [p for n, p in model.named_parameters() if n.startswith(("acoustic_decoder", "fc2"))]
+    ids = {id(p) for p in train}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    opt = torch.optim.RAdam(train, lr=6e-3)
     ctx.attach(model, opt)
-    for _ in range(600):
-        n = int(torch.randint(4, 65, (), generator=gen))
-        xc, yc, xt, yt = _sine_tasks(gen, 16, n)
-        _train_step(ctx, opt, _np_nll(model(xc, yc, xt), yt))
+    steps = 150
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _cosine(step, steps, 6e-3, 10)
+        wave = _tones(gen)
+        _train_step(ctx, opt, _codec_loss(model(wave).audio_values, wave))
     ctx.check("losses finite", _finite(ctx.losses))
-    ctx.check("NLL fell by 0.3 nats", _mean(ctx.losses[-20:]) < _mean(ctx.losses[:10]) - 0.3)
+    ctx.check("loss fell by a tenth", _mean(ctx.losses[-20:]) < 0.9 * _mean(ctx.losses[:10]))
