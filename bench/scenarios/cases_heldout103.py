@@ -901,10 +901,10 @@ def _proto_loss(model: nn.Module, sup: torch.Tensor, qry: torch.Tensor, target: 
     heldout=True,
     onset=120,
     note="prototypical network on 5-way 5-shot digit episodes; at step 120 one support image "
-    "comes from a saturated sensor (x 60): its pixels drive one huge gradient through the "
+    "comes from a sensor with its gain stuck high (x 12): its pixels drive one huge gradient through the "
     "first convolution, Adadelta's step stays bounded and the run carries on",
 )
-def h103_protonet_saturated_support(ctx: Context) -> None:
+def h103_protonet_high_gain_support(ctx: Context) -> None:
     gen = seeded(1042)
     model = ProtoEncoder()
     opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
@@ -915,7 +915,7 @@ def h103_protonet_saturated_support(ctx: Context) -> None:
         sup, qry, target = next(eps)
         if step == 120:
             sup = sup.clone()
-            sup[2, 0] = sup[2, 0] * 60.0
+            sup[2, 0] = sup[2, 0] * 12.0
         loss = _proto_loss(model, sup, qry, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
