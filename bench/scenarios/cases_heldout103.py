@@ -281,7 +281,7 @@ def h103_hyena_head_logits(ctx: Context) -> None:
     ctx.check("losses finite", _finite(ctx.losses))
 
 
-# -- stochastic-depth ResNet -------------------------------------------------------------------------
+# -- stochastic-depth ResNet -----------------------------------------------------------------------
 
 
 class SDBlock(nn.Module):
@@ -349,7 +349,7 @@ def h103_sd_resnet_collapse(ctx: Context) -> None:
     ctx.check("losses finite", _finite(ctx.losses))
 
 
-# -- differentiable soft rasteriser of 2-D shapes ------------------------------------------------------
+# -- differentiable soft rasteriser of 2-D shapes --------------------------------------------------
 
 
 class SoftRasteriser(nn.Module):
@@ -434,7 +434,7 @@ def h103_raster_lr_above_sharpness(ctx: Context) -> None:
     ctx.check("loss after the peak stays above 2.5x before it", _mean(later) > 2.5 * _mean(pre))
 
 
-# -- deep equilibrium model with implicit gradients ----------------------------------------------------
+# -- deep equilibrium model with implicit gradients ------------------------------------------------
 
 
 class DEQ(nn.Module):
@@ -517,7 +517,7 @@ def h103_deq_gain_past_one(ctx: Context) -> None:
     )
 
 
-# -- kernel point convolution on generated point clouds ---------------------------------------------
+# -- kernel point convolution on generated point clouds --------------------------------------------
 
 
 def _point_clouds(gen: torch.Generator, batch: int, n: int = 48):
@@ -638,7 +638,7 @@ def h103_kpconv_dead_after_burst(ctx: Context) -> None:
     )
 
 
-# -- graph autoencoder for link prediction ----------------------------------------------------------
+# -- graph autoencoder for link prediction ---------------------------------------------------------
 
 
 def _sbm_graph(gen: torch.Generator, n: int = 120, blocks: int = 4):
@@ -737,7 +737,7 @@ def h103_gae_rprop_healthy(ctx: Context) -> None:
     ctx.check("loss fell by a fifth", _mean(ctx.losses[-20:]) < 0.8 * _mean(ctx.losses[:5]))
 
 
-# -- Hugging Face vision encoder-decoder (a Nougat-style page reader) ---------------------------------
+# -- Hugging Face vision encoder-decoder (a Nougat-style page reader) ------------------------------
 
 
 def _hf_ved(seed: int):
@@ -850,7 +850,7 @@ def h103_ved_healthy(ctx: Context) -> None:
     ctx.check("loss fell by half", _mean(ctx.losses[-20:]) < 0.5 * _mean(ctx.losses[:5]))
 
 
-# -- prototypical networks (Siamese few-shot) ------------------------------------------------------------
+# -- prototypical networks (Siamese few-shot) ------------------------------------------------------
 
 
 class ProtoEncoder(nn.Module):
@@ -901,8 +901,9 @@ def _proto_loss(model: nn.Module, sup: torch.Tensor, qry: torch.Tensor, target: 
     heldout=True,
     onset=120,
     note="prototypical network on 5-way 5-shot digit episodes; at step 120 one support image "
-    "comes from a sensor with its gain stuck high (x 12): its pixels drive one huge gradient through the "
-    "first convolution, Adadelta's step stays bounded and the run carries on",
+    "comes from a sensor with its gain stuck high (x 12): its pixels drive one huge "
+    "gradient through the first convolution, Adadelta's step stays bounded and the run "
+    "carries on",
 )
 def h103_protonet_high_gain_support(ctx: Context) -> None:
     gen = seeded(1042)
@@ -931,7 +932,7 @@ def h103_protonet_high_gain_support(ctx: Context) -> None:
     )
 
 
-# -- BYOL self-supervised pair ---------------------------------------------------------------------------
+# -- BYOL self-supervised pair ---------------------------------------------------------------------
 
 
 class L2Normalise(nn.Module):
@@ -1019,7 +1020,7 @@ def h103_byol_blank_padding(ctx: Context) -> None:
     ctx.check("loss non-finite from the padded batch", not math.isfinite(ctx.losses[150]))
 
 
-# -- collaborative-filtering autoencoder (AutoRec) --------------------------------------------------------
+# -- collaborative-filtering autoencoder (AutoRec) -------------------------------------------------
 
 
 def _ratings(gen: torch.Generator, users: int = 400, items: int = 120, rank: int = 4):
@@ -1093,7 +1094,7 @@ def h103_autorec_encoder_rate_typo(ctx: Context) -> None:
     )
 
 
-# -- neural process --------------------------------------------------------------------------------------
+# -- neural process --------------------------------------------------------------------------------
 
 
 def _sine_tasks(gen: torch.Generator, batch: int, context: int, targets: int = 32):
