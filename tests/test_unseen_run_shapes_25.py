@@ -83,19 +83,22 @@ def test_a_jump_short_of_the_progress_bar_is_a_spike_when_it_knocked_the_run(aft
         assert found == {}
 
 
-def _poisoned_rows(kept_coming: bool) -> list[dict]:
+def _poisoned_rows(after: str) -> list[dict]:
     """Set 102's conformer duration predictor, by hand: Adam at a constant rate, the loss at 1.0
     until one batch at step 160 (durations in audio samples, its loss 3.7e6, its gradient 6,500x
     the usual); the loss climbs for twenty steps after (to 30), then settles at 3.4. Update
     ratios every 10 steps: 0.01 before, as large while the loss climbs (its gradients grew with
-    it), 0.0005 a hundred steps on. ``kept_coming``: gradients of the spike's order keep coming
-    after it (set 102's learned optimiser, whose meta-gradient exploded): the second moment
-    tracks them."""
+    it), 0.0005 a hundred steps on. The gradients ``after`` the climb: "back" near their usual
+    size (4x), "above" it (20x, yet 1/1700 of the spike: a score model's loss scale left on),
+    or "kept" of the spike's order (set 102's learned optimiser, whose meta-gradient
+    exploded): the second moment then tracks them."""
     rows = []
     for t in range(400):
         loss = 1.0 if t < 160 else 3.7e6 if t == 160 else 30.0 if t <= 180 else 3.4
         norm = 0.8 if t < 160 else 27000.0 if t == 160 else 80.0 if t <= 200 else 3.0
-        if kept_coming and t > 160:
+        if after == "above" and t > 200:
+            norm = 16.0
+        if after == "kept" and t > 160:
             norm = 27000.0 * (10.0 if t % 7 == 0 else 0.5)
         row = {"loss": loss, "grad_norm": norm, "lr/0": 3e-3}
         if t % 10 == 0:
@@ -105,14 +108,15 @@ def _poisoned_rows(kept_coming: bool) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("kept_coming", [False, True])
-def test_a_poisoned_moment_is_read_once_the_loss_it_threw_up_came_down(tmp_path, kept_coming):
+@pytest.mark.parametrize("after", ["back", "above", "kept"])
+def test_a_poisoned_moment_is_read_once_the_loss_it_threw_up_came_down(tmp_path, after):
     # Trigger: the damping a poisoned second moment makes is hidden while the loss the spike
     # threw up is high (the gradients grew with it: update ratios as before, 20-70 steps on);
     # a hundred steps on the updates were at 5% of their size. The batch set it off; the harm
     # that stayed is the moment's (set 102's conformer: named an outlier batch alone before).
-    # Control: the same shape with gradients of the spike's order coming after it is no
-    # poisoning (the moment tracks them): nothing names the moment.
+    # The same with gradients 20x their usual size after (a tiny share of the spike) still is.
+    # Control: gradients of the spike's order coming after it are no poisoning (the moment
+    # tracks them; the spike stands barely above them): nothing names the moment.
     from steadygrad.core.optimizer import SECOND_MOMENT_DECAY
 
     findings = [
@@ -121,10 +125,10 @@ def test_a_poisoned_moment_is_read_once_the_loss_it_threw_up_came_down(tmp_path,
         ("loss_divergence", 166, None, {"ratio": 20.0, "best_level_step": 155}, "warning"),
     ]
     config = {"optimizer": "Adam", "optimizer_family": "adam", SECOND_MOMENT_DECAY: 0.999}
-    rows = _poisoned_rows(kept_coming)
-    report = diagnose_stored(tmp_path, str(kept_coming), rows, findings, config=config)
+    rows = _poisoned_rows(after)
+    report = diagnose_stored(tmp_path, after, rows, findings, config=config)
     causes = report.causes()
-    if kept_coming:
+    if after == "kept":
         assert "adam_second_moment_poisoned" not in causes
     else:
         assert report.top.cause == "adam_second_moment_poisoned"

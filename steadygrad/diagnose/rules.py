@@ -1829,7 +1829,7 @@ def _after_over_before(steps: np.ndarray, values: np.ndarray, step: int, lag: in
     return float(np.median(after) / np.median(before))
 
 
-def _strongest_damping(facts: RunFacts, spike: Finding, lag: int = 0) -> float:
+def _strongest_damping(facts: RunFacts, spike: Finding, lag: int = 0, grown: float = 1.0) -> float:
     """The smallest share of their size that updates can keep, in the middle of the span
     :func:`_update_drop` reads, when a spike ``ratio`` times the usual gradient entered the
     optimizer's running square at step ``t``: the square's weight ``w`` then holds
@@ -1837,12 +1837,16 @@ def _strongest_damping(facts: RunFacts, spike: Finding, lag: int = 0) -> float:
     for an average that keeps ``d`` per step, with or without Adam's bias correction, which
     cancels; ``1 / (t + k)`` for Adagrad's sum), and steps shrink by its square root. Spread
     evenly over the coordinates the spike damps most (the update's norm is convex in each
-    coordinate's inflation), so no spike of that size can damp more. 0 when not known."""
+    coordinate's inflation), so no spike of that size can damp more. The spike is measured
+    against the gradients of that span: where they stood ``grown`` times their usual size (an
+    explosion's, which kept coming), it stands that much less above them, and the running
+    square holds them too. 0 when not known."""
     decay = facts.second_moment_decay
     ev = spike.evidence
     ratio = ev.get("ratio", ev.get("spike_factor"))
     if decay is None or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         return 0.0
+    ratio /= grown
     t, k = spike.step + 1, MOMENTUM_MEMORY + 25 + lag  # t: as if the optimizer began with the run
     if decay == 1.0:
         weight = 1.0 / (t + k)
@@ -1931,7 +1935,7 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
         if not drop < limit and _loss_climbed_after(facts, spike.step):
             drop = _damping(facts, mine, ratios, spike, limit, at_step, OUTLIVED_AFTER)
             when = f"once the loss it threw up had come down ({OUTLIVED_AFTER} steps on)"
-        if not drop < limit or _kept_coming(facts, spike.step):
+        if not drop < limit:
             continue
         where = [spike.where] if spike.where else sorted(hit)  # the tensors it hit
         found = Found(
@@ -1980,7 +1984,8 @@ def _damping(
     Adam's steps also shrink on their own early in training (the gradient's noise grows
     against its mean); the spike's poisoning is the part beyond what the others show."""
     drop = _update_drop(facts, mine or ratios, spike.step, lag)
-    if not drop < limit or _strongest_damping(facts, spike, lag) >= limit:
+    grown = _grown_since(facts, spike.step, lag)
+    if not drop < limit or _strongest_damping(facts, spike, lag, grown) >= limit:
         return math.nan
     if mine and not any(f.kind == GRAD_NORM_SPIKE for f in at_step):
         missed = _update_drop(facts, [n for n in ratios if n not in mine], spike.step, lag)
@@ -1989,26 +1994,20 @@ def _damping(
     return drop
 
 
-# A gradient this many times its usual norm stands out; one as large again after it says the
-# spike was no one-off.
-SPIKE_OF_THE_WHOLE = 10.0
-
-
-def _kept_coming(facts: RunFacts, step: int) -> bool:
-    """Whether a whole-gradient spike at ``step`` was followed, within MOMENTUM_MEMORY +
-    OUTLIVED_AFTER steps, by gradients of its own order (a tenth of it or more): the second
-    moment then tracks gradients that stay that large (an explosion, named by its own rule),
-    not the memory of one. False where the norm at ``step`` did not stand out."""
+def _grown_since(facts: RunFacts, step: int, lag: int) -> float:
+    """How many times the usual norm (the median of the 50 steps before ``step``) the whole
+    gradient's median stood over the span :func:`_update_drop` reads (``lag`` steps past the
+    spike's momentum); 1 where it did not stand above it or is not known."""
     series = facts.series(GRAD_NORM.name)
     if series is None:
-        return False
+        return 1.0
     steps, norms = series
-    at = norms[steps == step]
-    before = norms[(steps < step) & (steps >= step - 50) & np.isfinite(norms)]
-    if not len(at) or not len(before) or not at[0] > SPIKE_OF_THE_WHOLE * np.median(before):
-        return False
-    after = norms[(steps > step) & (steps <= step + MOMENTUM_MEMORY + OUTLIVED_AFTER)]
-    return bool(len(after)) and bool(np.nanmax(after) >= at[0] / SPIKE_OF_THE_WHOLE)
+    usual = norms[(steps < step) & (steps >= step - 50) & np.isfinite(norms)]
+    start = step + MOMENTUM_MEMORY + lag
+    after = norms[(steps > start) & (steps <= start + 50) & np.isfinite(norms)]
+    if not len(usual) or not len(after) or not np.median(usual) > 0:
+        return 1.0
+    return max(1.0, float(np.median(after) / np.median(usual)))
 
 
 def _loss_climbed_after(facts: RunFacts, step: int) -> bool:

@@ -111,8 +111,8 @@ class SpikeDetector(Detector):
 
 
 # A loss this many times its recent median, far above the window's worst batches, that left
-# the next loss above every one of the KNOCK_BAND before it, knocked the run: a spike, however
-# small against all the progress made since the first loss.
+# the next loss above every one of the KNOCK_BAND before it (and below itself) knocked the run:
+# a spike, however small against all the progress made since the first loss.
 KNOCK_RATIO = 4.0
 KNOCK_BAND = 20
 
@@ -132,8 +132,9 @@ class LossSpikeDetector(SpikeDetector):
     untrained regressor: 30, then 0.5 three steps on). The tail leaves out the first ``warmup``
     losses once 20 later ones fill the window, and a jump ``KNOCK_RATIO`` times the median that
     is short of half that progress is still a spike when it knocked the run: the next loss
-    stood above all of the ``KNOCK_BAND`` before it (found one record late, at its step). A hard
-    batch near zero loss leaves the next one where it was.
+    stood above all of the ``KNOCK_BAND`` before it, and below the jump (found one record late,
+    at its step). A hard batch near zero loss leaves the next one where it was; a loss that
+    went on rising is a climb's first step.
 
     Example:
         >>> detector = LossSpikeDetector()
@@ -173,11 +174,14 @@ class LossSpikeDetector(SpikeDetector):
         return findings
 
     def _judge_pending(self, value: float) -> list[Finding]:
-        """The jump waiting for this loss: a spike when it stands above the band before it (or
-        is not finite)."""
+        """The jump waiting for this loss: a spike when this loss stands above the band before
+        it (or is not finite) and below the jump (one batch's knock, not a climb's first
+        step)."""
         pending, self._pending = self._pending, None
         if pending is None or value <= pending.evidence["knock_band"]:
             return []
+        if value >= pending.evidence[self.signal]:
+            return []  # the loss went on rising: a climb, judged as such
         pending.evidence["loss_after"] = value
         self._quiet_needed = self.cooldown
         return [pending]
