@@ -183,28 +183,23 @@ def judge(
             f"{climbing_from}): more likely a consequence of what made it climb"
         )
         return
-    if (
-        d.contained
-        and broke is not None
-        and made_at_once is not None
-        and d.where
-        and not any(_around(w, made_at_once) for w in d.where if w)
-    ):
-        d.score -= 25.0
-        d.confidence = "low"
-        d.why = (
-            f"seen from step {first}, but its harm stays in {', '.join(d.where)}: it does not "
-            f"explain the non-finite value {made_at_once} made from finite inputs at step {broke}"
+    if broke is not None and made_at_once is not None:
+        elsewhere = (
+            d.contained and d.where and not any(_around(w, made_at_once) for w in d.where if w)
         )
-        return
-    if d.stalls and broke is not None and made_at_once is not None:
-        d.score -= 25.0
-        d.confidence = "low"
-        d.why = (
-            f"seen from step {first}, but it only stalls learning: it does not explain the "
-            f"non-finite value {made_at_once} made from finite inputs at step {broke}"
-        )
-        return
+        if elsewhere or d.stalls:
+            reason = (
+                f"its harm stays in {', '.join(d.where)}"
+                if elsewhere
+                else "it only stalls learning"
+            )
+            d.score -= 25.0
+            d.confidence = "low"
+            d.why = (
+                f"seen from step {first}, but {reason}: it does not explain the non-finite "
+                f"value {made_at_once} made from finite inputs at step {broke}"
+            )
+            return
     # A run still learning when it broke (its best loss within PROGRESS_AFTER of the break: a
     # sudden NaN, a jump) never stalled: a stalling cause is judged from its first finding.
     learning_to_the_break = (

@@ -1877,12 +1877,8 @@ def _thrown_by_the_moments(facts: RunFacts, spike: Finding) -> Found | None:
         return None
     if any(spike.step - 1 <= f.step <= spike.step for f in facts.of(LOSS_SPIKE)):
         return None  # the batch's own loss was out of line: bad data, judged elsewhere
-    climbs = [
-        f.step
-        for f in facts.of(LOSS_DIVERGENCE)
-        if f.severity != "info" and spike.step < f.step <= spike.step + MOMENTUM_MEMORY
-    ]
-    if not climbs:
+    climbed = _climb_after(facts, spike.step)
+    if climbed is None:
         return None
     hit = sorted({f.where for f in facts.of(GRADIENT_SPIKE) if f.step == spike.step and f.where})
     return Found(
@@ -1890,10 +1886,10 @@ def _thrown_by_the_moments(facts: RunFacts, spike: Finding) -> Found | None:
         f"ordinary (a loss scaled once, not bad data), dominated {facts.optimizer}'s moments: "
         f"for the steps after it, its first moment stepped every weight it touched by about "
         f"{(1 - 0.9) / math.sqrt(1.0 - decay):.2g}x the learning rate (at beta1 0.9) in one direction, and "
-        f"the loss climbed away from step {min(climbs)}",
+        f"the loss climbed away from step {climbed}",
         spike.step,
         [spike.where] if spike.where else hit,
-        {"spike": spike.evidence, "climbed_at": min(climbs), "thrown_by_the_moments": True},
+        {"spike": spike.evidence, "climbed_at": climbed, "thrown_by_the_moments": True},
     )
 
 
@@ -1932,7 +1928,7 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
         # OUTLIVED_AFTER steps on (what a spike that size can still damp there, and no more)
         drop = _damping(facts, mine, ratios, spike, limit, at_step, 0)
         when = "after it"
-        if not drop < limit and _loss_climbed_after(facts, spike.step):
+        if not drop < limit and _climb_after(facts, spike.step) is not None:
             drop = _damping(facts, mine, ratios, spike, limit, at_step, OUTLIVED_AFTER)
             when = f"once the loss it threw up had come down ({OUTLIVED_AFTER} steps on)"
         if not drop < limit:
@@ -2010,13 +2006,15 @@ def _grown_since(facts: RunFacts, step: int, lag: int) -> float:
     return max(1.0, float(np.median(after) / np.median(usual)))
 
 
-def _loss_climbed_after(facts: RunFacts, step: int) -> bool:
-    """Whether the loss climbed away (a loss divergence, not info) within MOMENTUM_MEMORY steps
-    after ``step``."""
-    return any(
-        f.severity != "info" and step < f.step <= step + MOMENTUM_MEMORY
+def _climb_after(facts: RunFacts, step: int) -> int | None:
+    """The first step within MOMENTUM_MEMORY steps after ``step`` at which the loss climbed
+    away (a loss divergence, not info), or None."""
+    climbs = [
+        f.step
         for f in facts.of(LOSS_DIVERGENCE)
-    )
+        if f.severity != "info" and step < f.step <= step + MOMENTUM_MEMORY
+    ]
+    return min(climbs, default=None)
 
 
 def _batches_behind(spikes: list[Finding], evidence: dict[str, Any]) -> str:
