@@ -328,3 +328,48 @@ def test_a_failure_inside_the_monitor_warns_and_the_run_carries_on(tmp_path, mon
     assert records[4] is None and records[5] is not None and mon.step_count == 6
     assert "grad_norm" not in records[2].values and "grad_norm" in records[3].values
     assert steadygrad.load(tmp_path / "run").num_steps == 5  # every step but the failed one
+
+
+def test_sparse_embedding_gradients_are_measured_like_dense_ones(tmp_path):
+    # A recommender's sparse embeddings (SparseAdam), one too large to stack and one small,
+    # and a dense head (Adam); indices repeat within a batch, so each sparse gradient holds a
+    # row twice until coalesced. Oracle: the dense gradient's and weight's norms in the same run.
+    torch.manual_seed(0)
+    users, items = nn.Embedding(3000, 8, sparse=True), nn.Embedding(40, 8, sparse=True)
+    head = nn.Linear(16, 1)
+    model = nn.ModuleDict({"users": users, "goods": items, "head": head})
+    sparse_opt = torch.optim.SparseAdam([users.weight, items.weight], lr=1e-2)
+    dense_opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no part of the Monitor may fail on them
+        mon = steadygrad.Monitor(model, dense_opt, tmp_path / "run", progress=False)
+        for step in range(30):
+            u, i = torch.randint(0, 30, (64,)), torch.randint(0, 40, (64,))
+            rating = torch.randn(64, 1)
+            pred = head(torch.cat([users(u), items(i)], 1))
+            loss = nn.functional.mse_loss(pred, rating)
+            loss.backward()
+            if step == 20:  # one NaN entry in a row the batch touched
+                users.weight.grad._values()[0, 3] = float("nan")
+            expected = {
+                n: p.grad.to_dense().double().norm().item() for n, p in model.named_parameters()
+            }
+            nan_entries = int(torch.isnan(users.weight.grad.coalesce().values()).sum())
+            assert users.weight.grad.is_sparse and nan_entries == (step == 20)
+            if step != 20:
+                sparse_opt.step()
+                dense_opt.step()
+            weights = {n: p.detach().double().norm().item() for n, p in model.named_parameters()}
+            record = mon.step(loss)
+            for name, value in expected.items():
+                got = record.values[f"grad_norm/{name}"]
+                assert got == pytest.approx(value, rel=1e-5) or (math.isnan(got) and step == 20)
+                assert record.values[f"param_norm/{name}"] == pytest.approx(weights[name])
+            assert record.values["nonfinite_grads"] == nan_entries
+            sparse_opt.zero_grad()
+            dense_opt.zero_grad()
+        mon.close()
+    ratios = steadygrad.Run(tmp_path / "run").series("update_ratio/users.weight")
+    # the sparse updates are measured too: none at the step the optimizer skipped
+    assert list(ratios[0]) == [0, 10, 20] and ratios[1][0] > 0 and ratios[1][1] > 0
+    assert ratios[1][2] == 0.0

@@ -30,7 +30,7 @@ from steadygrad.core.metrics import (
     UPDATE_RATIO,
 )
 from steadygrad.core.optimizer import optimizer_family
-from steadygrad.monitor.tensor_groups import Parts, TensorGroups
+from steadygrad.monitor.tensor_groups import STACK_MAX_NUMEL, Parts, TensorGroups
 
 
 class ParameterStats:
@@ -157,8 +157,10 @@ class ParameterStats:
     def _global(self, norms: torch.Tensor, index: list[int]) -> torch.Tensor:
         return norms if self.shards is None else self.shards.norms(norms, index)
 
-    def gradients(self) -> tuple[list[int], list[torch.Tensor]]:
-        """Indices of the parameters that have a gradient, and those gradients."""
+    def gradients(self, dense: bool = False) -> tuple[list[int], list[torch.Tensor]]:
+        """Indices of the parameters that have a gradient, and those gradients: a sparse one
+        (``nn.Embedding(sparse=True)``) as :func:`readable` makes it (``dense``: as a dense
+        tensor, for products with the weights' shape)."""
         grads = [p.grad for p in self.params]
         index = [i for i, g in enumerate(grads) if g is not None]
         if len(index) == len(grads):
@@ -168,7 +170,7 @@ class ParameterStats:
         if self._sharded:
             grads = [local_shard(g) for g in grads]
         if any(g.is_sparse for g in grads):
-            raise TypeError("sparse gradients are not supported by the Monitor")
+            grads = [readable(g, dense) for g in grads]
         return index, grads
 
     def param_norms(self) -> torch.Tensor:
@@ -181,7 +183,7 @@ class ParameterStats:
         grads = [self.params[i].grad for i in index]
         # an empty stand-in on the weights' device: the counts are stacked into one tensor
         grads = [
-            self._detached[i].new_zeros(0) if g is None else local_shard(g)
+            self._detached[i].new_zeros(0) if g is None else readable(local_shard(g))
             for i, g in zip(index, grads, strict=True)
         ]
         return self._counts(grads, index)
@@ -262,6 +264,19 @@ class Shards(Protocol):
 def _root_sum_of_squares(values: np.ndarray) -> float:
     """The global norm from per-tensor norms (NaN or inf when one of them is)."""
     return math.sqrt(float(np.dot(values, values)))
+
+
+def readable(grad: torch.Tensor, dense: bool = False) -> torch.Tensor:
+    """A sparse gradient as the reductions take it: the values of its coalesced form (the
+    same norm and the same non-finite entries as the dense tensor; coalescing sums the
+    entries a row got twice), or dense where it must line up with its weight (``dense``; and
+    a tensor small enough to be stacked with others of its shape, see ``TensorGroups``). A
+    dense gradient as it is."""
+    if not grad.is_sparse:
+        return grad
+    if dense or grad.numel() <= STACK_MAX_NUMEL:
+        return grad.to_dense()
+    return grad.coalesce().values()
 
 
 def local_shard(t: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,7 @@ class UpdateCurvatureSignal(Signal):
 
     def _grads(self) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
         stats = self.monitor.parameters.stats
-        index, grads = stats.gradients()  # FSDP2: this rank's shards
+        index, grads = stats.gradients(dense=True)  # FSDP2: this rank's shards
         return index, stats.weights(index), grads
 
     def _dot(self, index: list[int], a: list[torch.Tensor], b: Parts) -> torch.Tensor:
