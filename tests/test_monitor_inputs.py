@@ -373,3 +373,37 @@ def test_sparse_embedding_gradients_are_measured_like_dense_ones(tmp_path):
     # the sparse updates are measured too: none at the step the optimizer skipped
     assert list(ratios[0]) == [0, 10, 20] and ratios[1][0] > 0 and ratios[1][1] > 0
     assert ratios[1][2] == 0.0
+
+
+def test_a_layer_unfrozen_into_the_optimizer_mid_run_is_measured_from_then_on(tmp_path):
+    # Gradual unfreezing: the body is frozen and left out of the optimizer at attach, then
+    # unfrozen into a group of its own at step 30. Oracle: its norms, computed by hand in the
+    # same run, from that step on; nothing recorded for it before; its updates measured too.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    model[0].requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with steadygrad.watch(model, opt, tmp_path / "run") as mon:
+            for step in range(60):
+                if step == 30:
+                    model[0].requires_grad_(True)
+                    opt.add_param_group({"params": list(model[0].parameters()), "lr": 1e-3})
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                grad = model[0].weight.grad
+                expected = None if grad is None else grad.double().norm().item()
+                opt.step()
+                weight = model[0].weight.detach().double().norm().item()
+                record = mon.step(loss)
+                got = record.values.get("grad_norm/0.weight")
+                assert (got is None) == (step < 30)
+                if got is not None:
+                    assert got == pytest.approx(expected, rel=1e-5)
+                    assert record.values["param_norm/0.weight"] == pytest.approx(weight)
+                opt.zero_grad()
+    ratios = steadygrad.Run(tmp_path / "run").series("update_ratio/0.weight")
+    # the update ratio from the next snapshot on (step 30's was taken before the group came)
+    assert list(ratios[0]) == [40, 50] and np.all(ratios[1] > 0)

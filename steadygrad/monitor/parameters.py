@@ -8,6 +8,7 @@ non-finite first in the backward pass.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -306,6 +307,7 @@ class ParameterSignal(Signal):
         self._hooks: list[Any] = []
         self._first_meta: dict[str, Any] = {}
         self.strays: StrayGradients | None = None  # set on attach, as ``stats`` is
+        self._held = 0  # tensors the optimizer held when last looked (see begin)
         self.zeroed_early = False  # the loop zeroes the gradients before mon.step
 
     def attach(self, monitor: Any) -> None:
@@ -322,10 +324,42 @@ class ParameterSignal(Signal):
         if frozen:
             self._first_meta[FROZEN_AT_ATTACH] = frozen
         self.strays = StrayGradients(monitor.model, self.stats.params)
+        if optimizer is not None:
+            self._held = sum(len(group["params"]) for group in optimizer.param_groups)
 
     def begin(self, step: int) -> None:
         if step % self.update_every == 0:
             self.stats.take_snapshot()
+
+    def _follow_the_optimizer(self) -> None:
+        """Parameters the optimizer took on since attach (``add_param_group``: a layer unfrozen
+        at a later stage of fine-tuning) are measured from this step on. Looked for when the
+        number of tensors the optimizer holds changed: a sum over its groups, per step. Not
+        under torch.distributed, whose per-rank views map the parameters attach saw."""
+        optimizer = getattr(self.monitor, "optimizer", None)
+        if optimizer is None:
+            return
+        held = sum(len(group["params"]) for group in optimizer.param_groups)
+        if held == self._held:
+            return
+        self._held = held
+        measured = {id(p) for p in self.stats.params}
+        if all(id(p) in measured for g in optimizer.param_groups for p in g["params"]):
+            return
+        if getattr(self.monitor, "reducer", None) is not None:
+            warnings.warn(
+                "steadygrad: the optimizer took on parameters after the Monitor was attached; "
+                "under torch.distributed they are not measured (attach after the last "
+                "add_param_group)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        self.detach()  # the backward order is traced again over the new set
+        self.stats = ParameterStats(self.monitor.model, optimizer)
+        self._hooks = self.stats.trace_backward_order()
+        self._grad_members = None
+        self.strays = StrayGradients(self.monitor.model, self.stats.params)
 
     def before_update(self) -> None:
         """In a loop found calling ``zero_grad`` before ``mon.step``: the gradients the update
@@ -341,6 +375,7 @@ class ParameterSignal(Signal):
             self.stats.grad_norms()
 
     def measure(self, step: int, out: Measurements) -> None:
+        self._follow_the_optimizer()
         stats = self.stats
         index, norms = stats.norms()
         self._index = index
