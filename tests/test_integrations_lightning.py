@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 
 import pytest
 import torch
@@ -187,28 +188,109 @@ def test_lightning_findings_reach_logging_and_warnings(tmp_path, caplog):
 
 
 class ManualModule(Regressor):
+    """Manual optimization, the gradients zeroed right after the step, as Lightning's docs
+    write it; what the step applied is noted by hand (the oracle)."""
+
     def __init__(self):
         super().__init__()
         self.automatic_optimization = False
+        self.losses, self.norms = [], []
 
     def training_step(self, batch, batch_idx):
         opt = self.optimizers()
         loss = super().training_step(batch, batch_idx)
         self.manual_backward(loss)
+        self.losses.append(loss.item())
+        grads = [p.grad.double().norm() for p in self.parameters()]
+        self.norms.append(torch.linalg.vector_norm(torch.stack(grads)).item())
         opt.step()
         opt.zero_grad()
 
 
-def test_lightning_manual_optimization_gets_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="needs automatic optimization"):
+class TinyGan(lightning.LightningModule):
+    """Two optimizers stepped by hand, the discriminator first: each step's generator loss and
+    both learning rates are noted (the oracle)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.gen = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6))
+        self.disc = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+        self.g_losses = []
+
+    def training_step(self, batch, batch_idx):
+        real, _ = batch
+        g_opt, d_opt = self.optimizers()
+        fake = self.gen(torch.randn(len(real), 4))
+        bce = nn.functional.binary_cross_entropy_with_logits
+        d_loss = bce(self.disc(real), torch.ones(len(real), 1)) + bce(
+            self.disc(fake.detach()), torch.zeros(len(real), 1)
+        )
+        d_opt.zero_grad()
+        self.manual_backward(d_loss)
+        d_opt.step()
+        g_loss = bce(self.disc(fake), torch.ones(len(real), 1))
+        g_opt.zero_grad()
+        self.manual_backward(g_loss)
+        g_opt.step()
+        self.g_losses.append(g_loss.item())
+
+    def configure_optimizers(self):
+        return (
+            torch.optim.Adam(self.gen.parameters(), lr=2e-3, betas=(0.5, 0.999)),
+            torch.optim.SGD(self.disc.parameters(), lr=0.05),
+        )
+
+
+def test_lightning_manual_optimization_records_each_step_it_applied(tmp_path):
+    module = ManualModule()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         fit(
             tmp_path,
-            ManualModule(),
+            module,
             [SteadygradCallback(tmp_path / "run")],
-            steps=2,
+            steps=12,
             accumulate_grad_batches=1,
             gradient_clip_val=None,
         )
+    assert not [w for w in caught if "steadygrad" in str(w.message)]  # no lost step, no advice
+    run = steadygrad.Run(tmp_path / "run")
+    steps, losses = run.series("loss")
+    assert list(steps) == list(range(12))
+    assert losses == pytest.approx(module.losses, rel=1e-6)
+    # read before the update, though the module zeroed them right after it
+    assert run.series("grad_norm")[1] == pytest.approx(module.norms, rel=1e-5)
+
+
+def test_lightning_manual_gan_records_the_watched_optimizers_steps(tmp_path):
+    data = dict(steps=10, accumulate_grad_batches=1, gradient_clip_val=None)
+    with pytest.raises(ValueError, match="returned 2: pass optimizer=<index>"):
+        fit(tmp_path, TinyGan(), [SteadygradCallback(tmp_path / "no")], **data)
+    with pytest.raises(ValueError, match="optimizer=2, but configure_optimizers returned 2"):
+        fit(tmp_path, TinyGan(), [SteadygradCallback(tmp_path / "no", optimizer=2)], **data)
+    with pytest.raises(ValueError, match="optimizer"):
+        SteadygradCallback(optimizer=-1)
+    module = TinyGan()
+    fit(tmp_path, module, [SteadygradCallback(tmp_path / "run", optimizer=0)], **data)
+    run = steadygrad.Run(tmp_path / "run")
+    steps, losses = run.series("loss")
+    # the generator's loss, not the discriminator's backpropagated before it; its rate.
+    # (Lightning's max_steps counts both optimizers' steps: 5 batches.)
+    assert list(steps) == list(range(5)) and len(module.g_losses) == 5
+    assert losses == pytest.approx(module.g_losses, rel=1e-6)
+    assert set(run.series("lr/0")[1]) == {2e-3}
+    assert "update_ratio/gen.0.weight" in run.names()
+
+
+def test_a_gradscalers_scale_is_taken_off_the_loss_the_backward_hook_sees():
+    from steadygrad.integrations.lightning import _unscaled
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    loss = torch.tensor(0.731)
+    assert _unscaled(scaler.scale(loss), scaler).item() == pytest.approx(0.731)
+    assert _unscaled(loss, None) is loss
 
 
 def test_lightning_callback_rejects_unknown_options():

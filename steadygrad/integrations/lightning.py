@@ -31,8 +31,13 @@ Lightning shows it complete instead:
   ``MLFlowLogger`` the steadygrad scalars, findings and diagnosis go into that logger's run
   (unless ``sinks=`` already holds a sink of that kind, or ``trainer_logger=False``).
 
-Automatic optimization only: with ``automatic_optimization = False`` build a
-:class:`steadygrad.Monitor` in your module and call ``mon.step(loss)`` after ``opt.step()``.
+Manual optimization (``automatic_optimization = False``: a GAN's two optimizers, a step taken
+every few batches) works too. The Monitor watches one optimizer (``optimizer=``, its index in
+``configure_optimizers``; needed when there are several). A step is recorded at the end of each
+batch in which that optimizer stepped; its loss is what ``manual_backward`` propagated since the
+previous optimizer step of any optimizer (the discriminator's loss is not the generator's; the
+losses of a window accumulated by hand add up), and its gradients are read before the update,
+as a module zeroes them right after ``opt.step()``.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
+from steadygrad.core.checks import non_negative_int
 from steadygrad.core.finding import Finding
+from steadygrad.core.optimizer import unwrap_optimizer
 from steadygrad.core.signal import Signal
 from steadygrad.core.sink import Sink
 from steadygrad.integrations._common import (
@@ -73,6 +80,8 @@ class SteadygradCallback(CallbackSettings, Callback):
         run_dir: where the run goes; default ``<trainer.default_root_dir>/steadygrad``.
         trainer_logger: also write into the Trainer's ``TensorBoardLogger``, ``WandbLogger``
             or ``MLFlowLogger`` (default ``True``), on the process that writes the run.
+        optimizer: which of ``configure_optimizers``' optimizers the Monitor watches (its
+            index); needed when there are several (manual optimization).
         every, signals, detectors, autopilot, sinks and any other keyword: the Monitor's
             options (:class:`steadygrad.Monitor`), checked when the callback is built.
 
@@ -92,6 +101,7 @@ class SteadygradCallback(CallbackSettings, Callback):
         autopilot: Any = None,
         progress: bool = False,
         trainer_logger: bool = True,
+        optimizer: int | None = None,
         **options: Any,
     ) -> None:
         options = dict(
@@ -103,26 +113,22 @@ class SteadygradCallback(CallbackSettings, Callback):
             **options,
         )
         self._settle(_NAME, run_dir, trainer_logger, options)
+        if optimizer is not None:
+            non_negative_int("optimizer", optimizer)
+        self.optimizer_index = optimizer
         self.monitor: Monitor | None = None
         self._resume_state: dict[str, Any] | None = None
         self._loss = StepLoss()
         self._stepping = False
         self._preclip: torch.Tensor | None = None
+        self._manual = False
+        self._watched: torch.optim.Optimizer | None = None
+        self._step_loss: torch.Tensor | None = None  # manual: the loss of the watched step
 
     # -- start and end ------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
-        if not pl_module.automatic_optimization:
-            raise ValueError(
-                f"{_NAME} needs automatic optimization; with manual optimization build a "
-                "steadygrad.Monitor in your LightningModule and call mon.step(loss) after "
-                "opt.step()"
-            )
-        if len(trainer.optimizers) != 1:
-            raise ValueError(
-                f"{_NAME} watches one optimizer; configure_optimizers returned "
-                f"{len(trainer.optimizers)}"
-            )
-        optimizer = watched_optimizer(_NAME, trainer.optimizers[0])
+        self._manual = not pl_module.automatic_optimization
+        optimizer = self._watched = watched_optimizer(_NAME, self._choose(trainer.optimizers))
         options = dict(self.options)
         autopilot = options.get("autopilot")
         if autopilot is not None and trainer.world_size > 1:
@@ -142,9 +148,28 @@ class SteadygradCallback(CallbackSettings, Callback):
             add_logger_sinks(options, _logger_sinks(trainer.loggers))
         run_dir = run_dir_or_default(self.run_dir, trainer.default_root_dir)
         self.monitor = Monitor(pl_module, optimizer, run_dir, **options)
+        if self._manual:  # modules zero the gradients right after opt.step(): read them before
+            self.monitor.parameters.zeroed_early = True
         if self._resume_state is not None:
             self.monitor.load_state_dict(self._resume_state)
             self._resume_state = None
+
+    def _choose(self, optimizers: list[Any]) -> Any:
+        """The optimizer to watch: ``optimizer=``'s, or the only one."""
+        index = self.optimizer_index
+        if index is None:
+            if len(optimizers) != 1:
+                raise ValueError(
+                    f"{_NAME} watches one optimizer and configure_optimizers returned "
+                    f"{len(optimizers)}: pass optimizer=<index> to choose it"
+                )
+            index = 0
+        if index >= len(optimizers):
+            raise ValueError(
+                f"optimizer={index}, but configure_optimizers returned {len(optimizers)} "
+                "optimizer(s)"
+            )
+        return optimizers[index]
 
     # -- checkpoints: Lightning saves and restores a callback's state_dict ----------------------
     def state_dict(self) -> dict[str, Any]:
@@ -166,16 +191,33 @@ class SteadygradCallback(CallbackSettings, Callback):
         self._close("interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed")
 
     # -- each optimizer step ------------------------------------------------------------------
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self._manual:  # what manual_backward propagates: the loss of the coming step
+            self._loss.add(_unscaled(loss, getattr(trainer.precision_plugin, "scaler", None)))
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # After the closure's backward (and AMP unscaling), before clipping and the update.
         if self.monitor is None:
             return
+        if self._manual:
+            # the losses since the last step of any optimizer were this one's
+            loss = self._loss.take()
+            if unwrap_optimizer(optimizer) is not self._watched:
+                return
+            self._step_loss = loss
         self._stepping = True
         if trainer.gradient_clip_val:
             self._preclip = global_grad_norm(self.monitor.model.parameters())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.monitor is None:
+            return
+        if self._manual:
+            if self._stepping:
+                self._stepping = False
+                loss, self._step_loss = self._step_loss, None
+                if loss is not None:
+                    self.monitor.step(loss)
             return
         self._loss.add(_loss_of(outputs))
         if not self._stepping:
@@ -210,6 +252,15 @@ def _logger_sinks(loggers: Iterable[Any]) -> list[Sink]:
         elif isinstance(logger, MLFlowLogger):
             sinks += guarded("MLFlowLogger", lambda lg=logger: mlflow_sink(lg.run_id))
     return sinks
+
+
+def _unscaled(loss: Any, scaler: Any) -> Any:
+    """The loss as the module computed it: fp16's GradScaler has already multiplied what the
+    backward hooks see by its scale (divided on the device: no host synchronisation)."""
+    scale = getattr(scaler, "_scale", None)
+    if isinstance(loss, torch.Tensor) and isinstance(scale, torch.Tensor):
+        return loss.detach() / scale.to(loss.device)
+    return loss
 
 
 def _loss_of(outputs: Any) -> Any:
