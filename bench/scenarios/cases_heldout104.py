@@ -2,7 +2,7 @@
 and hand-written models of fields not yet covered: GloVe, CBOW word2vec, a WaveGrad-style
 diffusion vocoder, a MusicVAE-style hierarchical LSTM VAE, a generative query network, a 3-D
 U-Net on voxel grids, a PWC-Net-style flow net with a cost volume, self-supervised stereo depth,
-a DCGAN (fp16 autocast with a GradScaler), NADE and an FCN-8s segmenter.
+a DCGAN (fp16 autocast with a GradScaler), NADE and a spatial propagation network for lanes.
 
 Each scenario induces its fault the way it happens in practice and checks that it happened.
 """
@@ -926,3 +926,254 @@ def h104_nade_lr_creep(ctx: Context) -> None:
     best = min(ctx.losses)
     ctx.check("it learnt first", best < 0.6 * ctx.losses[0])
     ctx.check("then the loss climbed to 2x its best", _mean(ctx.losses[-20:]) > 2 * best)
+
+
+# -- self-supervised stereo depth (a control) ---------------------------------------------------
+
+
+def stereo_batch(gen: torch.Generator, b: int = 16, h: int = 12, w: int = 16):
+    """A textured background at disparity 1 px and a brighter box at 3 px; the right view is
+    the left one resampled by the true disparity."""
+    tex = F.avg_pool2d(torch.rand(b, 1, h, w + 6, generator=gen), 3, 1, 1)[..., 3:-3]
+    disp = torch.ones(b, 1, h, w)
+    img = 0.3 * tex + 0.1
+    for i in range(b):
+        y0, x0 = torch.randint(0, h - 5, (2,), generator=gen).tolist()
+        disp[i, :, y0 : y0 + 5, x0 : x0 + 6] = 3.0
+        img[i, :, y0 : y0 + 5, x0 : x0 + 6] += 0.5
+    right = warp(img, -disp)
+    return img, right
+
+
+def warp(img: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+    """Sample ``img`` at x - disp (disparity in pixels, horizontal only)."""
+    b, _, h, w = img.shape
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    gx = (xs[None] - disp[:, 0]) / (w - 1) * 2 - 1
+    gy = ys[None].expand(b, h, w) / (h - 1) * 2 - 1
+    return F.grid_sample(img, torch.stack([gx, gy], -1), align_corners=True, padding_mode="border")
+
+
+class DispNet(nn.Module):
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.ELU(),
+            nn.Conv2d(c, c, 3, padding=2, dilation=2),
+            nn.ELU(),
+        )
+        self.disp = nn.Conv2d(c, 1, 3, padding=1)
+
+    def forward(self, x):
+        return 4.0 * torch.sigmoid(self.disp(self.enc(x)))  # disparity in [0, 4] px
+
+
+@scenario("h104_monodepth_stereo_ssl", "adam", "healthy", heldout=True, note="photometric + smooth")
+def h104_monodepth_healthy(ctx: Context) -> None:
+    """Monodepth-style self-supervision: disparity predicted from the left view alone, the right
+    view warped into the left, L1 photometric loss plus an edge-aware smoothness term; Adam with
+    a step decay. A normal run: the reconstruction error falls and stays finite."""
+    gen = seeded(10414)
+    model = DispNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 150, 0.5)
+
+    def loss_at(step):
+        left, right = stereo_batch(gen)
+        d = model(left)
+        photo = (warp(right, d) - left).abs().mean()
+        dx = (d[..., 1:] - d[..., :-1]).abs() * torch.exp(
+            -(left[..., 1:] - left[..., :-1]).abs() * 10
+        )
+        return photo + 0.01 * dx.mean()
+
+    _loop(ctx, model, opt, 300, loss_at, sched=sched)
+    ctx.check("loss fell by 40%", _mean(ctx.losses[-20:]) < 0.6 * _mean(ctx.losses[:5]))
+    ctx.check("losses finite", _finite(ctx.losses))
+
+
+# -- DCGAN on digits under fp16 autocast with a GradScaler ----------------------------------------
+
+
+class DCGAN(nn.Module):
+    def __init__(self, z: int = 16) -> None:
+        super().__init__()
+        self.z = z
+        self.gen = nn.Sequential(
+            nn.Linear(z, 32 * 2 * 2),
+            nn.Unflatten(1, (32, 2, 2)),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 16, 4, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.ConvTranspose2d(16, 1, 4, 2, 1),
+            nn.Tanh(),
+        )
+        self.disc = nn.ModuleDict(
+            dict(
+                conv1=nn.Conv2d(1, 16, 3, 1, 1),
+                conv2=nn.Conv2d(16, 32, 4, 2, 1),
+                fc=nn.Linear(32 * 16, 1),
+            )
+        )
+
+    def discriminate(self, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        def run(name, h):
+            mod = self.disc[name]
+            if params is None:
+                return mod(h)
+            p = {k: v for k, v in params.items() if k.startswith(f"disc.{name}.")}
+            return torch.func.functional_call(
+                mod, {k.split(".", 2)[2]: v for k, v in p.items()}, (h,)
+            )
+
+        h = F.leaky_relu(run("conv1", x), 0.2)
+        h = F.leaky_relu(run("conv2", h), 0.2)
+        return run("fc", h.flatten(1))
+
+
+@scenario(
+    "h104_dcgan_digits_amp",
+    "adamw",
+    "amp_overflow",
+    where=("disc.conv1",),
+    diverges=None,
+    heldout=True,
+    note="a 16-bit PNG shard read without scaling (0..65535): conv1 overflows fp16",
+    onset=100,
+)
+def h104_dcgan_16bit_shard_overflow(ctx: Context) -> None:
+    """A DCGAN (one optimizer over generator and discriminator, generator loss through a frozen
+    copy of the discriminator's weights) under fp16 autocast with a GradScaler. From step 100
+    the real images come from a shard of 16-bit PNGs read without scaling (0..65535 instead of
+    [-1, 1]): the discriminator's first convolution overflows fp16, every step's gradients are
+    inf/NaN, the scaler skips each step and halves its scale, and nothing trains any more."""
+    gen = seeded(10415)
+    model = DCGAN()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.5, 0.999), weight_decay=0.0)
+    scaler = torch.amp.GradScaler("cpu")
+    onset = 100
+    batches = digit_batches(gen, 32)
+    skipped: list[bool] = []
+    ctx.attach(model, opt, scaler=scaler)
+    for step in range(170):
+        x, _ = next(batches)
+        real = x.reshape(-1, 1, 8, 8)
+        real = real * 65535.0 if step >= onset else real * 2 - 1
+        z = torch.randn(len(real), model.z, generator=gen)
+        with torch.autocast("cpu", dtype=torch.float16):
+            fake = model.gen(z)
+            d_real = model.discriminate(real)
+            d_fake = model.discriminate(fake.detach())
+            frozen = {n: p.detach() for n, p in model.named_parameters() if n.startswith("disc.")}
+            g_fake = model.discriminate(fake, frozen)
+        ones, zeros = torch.ones_like(d_real.float()), torch.zeros_like(d_real.float())
+        d_loss = F.binary_cross_entropy_with_logits(
+            d_real.float(), ones
+        ) + F.binary_cross_entropy_with_logits(d_fake.float(), zeros)
+        g_loss = F.binary_cross_entropy_with_logits(g_fake.float(), ones)
+        loss = d_loss + g_loss
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        skipped.append(not all(bool(torch.isfinite(g).all()) for g in grads))
+        ctx.grad_norms.append(grad_norm(model))
+        scaler.step(opt)
+        scaler.update()
+        ctx.scales.append(float(scaler.get_scale()))
+        ctx.step(loss)
+    ctx.check("few steps skipped before the shard", sum(skipped[:onset]) <= 20)
+    ctx.check("every step skipped after it", all(skipped[onset:]))
+    ctx.check("scale collapsed below 1e-10", ctx.scales[-1] < 1e-10)
+    ctx.check("loss finite before the shard", _finite(ctx.losses[:onset]))
+    ctx.check(
+        "weights stayed finite (steps skipped)",
+        all(bool(torch.isfinite(p).all()) for p in model.parameters()),
+    )
+
+
+# -- spatial propagation network (linear row-to-row propagation) for lanes ----------------------
+
+
+def lane_batch(gen: torch.Generator, b: int = 16, h: int = 24, w: int = 12):
+    """Dashed vertical lanes (visible only in some rows) on noise; the label is the whole lane."""
+    img = 0.2 * torch.randn(b, 1, h, w, generator=gen)
+    lab = torch.zeros(b, 1, h, w)
+    for i in range(b):
+        for col in torch.randperm(w - 2, generator=gen)[:2].tolist():
+            lab[i, 0, :, col + 1] = 1.0
+            seen = torch.rand(h, generator=gen) < 0.3
+            seen[:3] = True
+            img[i, 0, seen, col + 1] += 1.0
+    return img, lab
+
+
+class SpatialPropagation(nn.Module):
+    """Conv backbone, then linear row-to-row propagation (Liu et al. 2017's spatial propagation
+    network), top to bottom and back: row i receives conv(row i-1) with one shared 1-D kernel
+    per direction, then a 1x1 head. The paper keeps it stable by normalising the propagation
+    weights (their sum at most 1); this one leaves them free."""
+
+    def __init__(self, c: int = 16, k: int = 9) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU()
+        )
+        self.message = nn.Conv1d(c, c, k, padding=k // 2, bias=False)
+        self.message_up = nn.Conv1d(c, c, k, padding=k // 2, bias=False)
+        for m in (self.message, self.message_up):
+            nn.init.normal_(m.weight, std=0.01)
+        self.head = nn.Conv2d(c, 1, 1)
+
+    def forward(self, x):
+        f = self.backbone(x)
+        rows = [f[:, :, 0]]
+        for i in range(1, f.shape[2]):  # top to bottom
+            rows.append(f[:, :, i] + self.message(rows[-1]))
+        up = [rows[-1]]
+        for i in range(f.shape[2] - 2, -1, -1):  # bottom to top
+            up.append(rows[i] + self.message_up(up[-1]))
+        return self.head(torch.stack(up[::-1], 2))
+
+
+@scenario(
+    "h104_spn_lane_propagation",
+    "sgd_mom",
+    "exploding_gradients",
+    where=("message", "message_up"),
+    diverges="auto",
+    heldout=True,
+    note="propagation weights left unnormalised: their gain passes 1 over 24 rows; no clipping",
+)
+def h104_spn_unnormalised_propagation(ctx: Context) -> None:
+    """A lane segmenter with spatial propagation: 2 x 23 linear steps through rows with a
+    shared kernel per direction, whose weights are not normalised to keep the recurrence
+    contractive. Trained with SGD momentum and no clipping, the kernels grow to carry the
+    dashed lanes along the image; once their gain passes 1 the gradients through the
+    recurrence grow geometrically, step after step, until the run blows up."""
+    gen = seeded(10416)
+    model = SpatialPropagation()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    msg: list[float] = []
+
+    def loss_at(step):
+        x, lab = lane_batch(gen)
+        return F.binary_cross_entropy_with_logits(model(x), lab)
+
+    ctx.attach(model, opt)
+    for step in range(200):
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        msg.append(float(model.message.weight.grad.norm()))
+        ctx.grad_norms.append(grad_norm(model))
+        opt.step()
+        ctx.step(loss)
+    first_bad = next((i for i, v in enumerate(msg) if not math.isfinite(v)), len(msg))
+    early = sorted(msg[:30])[15]
+    ctx.check("it learnt first", min(ctx.losses[:first_bad]) < 0.3 * ctx.losses[0])
+    ctx.check("propagation gradient grew 20x before the break", max(msg[:first_bad]) > 20 * early)
+    ctx.check("the run blew up", first_bad < len(msg) or max(ctx.losses) > 10 * ctx.losses[0])
