@@ -1931,12 +1931,18 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
         if not drop < limit and _climb_after(facts, spike.step) is not None:
             drop = _damping(facts, mine, ratios, spike, limit, at_step, OUTLIVED_AFTER)
             when = f"once the loss it threw up had come down ({OUTLIVED_AFTER} steps on)"
-        if not drop < limit:
-            continue
         where = [spike.where] if spike.where else sorted(hit)  # the tensors it hit
+        if not drop < limit:
+            # most tensors it hit kept their pace; a few may still have been all but stopped
+            deep = _deeply_damped(facts, mine, ratios, spike.step, at_step)
+            if not deep:
+                continue
+            drop, where = min(deep.values()), sorted(deep)
+            mine = [f"{UPDATE_RATIO.name}/{name}" for name in where]
+            when = f"after it in {layer_span(where)} (the others it hit kept their pace)"
         found = Found(
             f"a gradient spike at step {spike.step} poisoned {facts.optimizer}'s second "
-            f"moment: the updates {when} shrank to {drop:.0%} of their size before",
+            f"moment: the updates {when} shrank to {_share(drop)} of their size before",
             spike.step,
             where,
             {"spike": spike.evidence, "update_ratio_after_over_before": drop},
@@ -1949,7 +1955,7 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
         if lasting < 0.5:
             found.evidence["update_ratio_later_over_before"] = lasting
             found.outlived = (
-                f"{OUTLIVED_AFTER} steps on they were still at {lasting:.0%}: the spike's "
+                f"{OUTLIVED_AFTER} steps on they were still at {_share(lasting)}: the spike's "
                 "harm outlived it"
             )
             found.set_off_by = "data_outlier"  # the batch behind the spike, when there was one
@@ -1963,6 +1969,11 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
             )
         return found
     return None
+
+
+def _share(x: float) -> str:
+    """A share as a percentage, two significant figures below 1% (0.01%, not 0%)."""
+    return f"{x:.0%}" if x >= 0.01 else f"{100 * x:.2g}%"
 
 
 def _damping(
@@ -1988,6 +1999,39 @@ def _damping(
         if drop >= POISON_BEYOND_CONTROL * missed:  # NaN: no control to compare with
             return math.nan
     return drop
+
+
+# A tensor whose updates fell to this share of their size after a spike hit it, and to
+# POISON_BEYOND_CONTROL of what the tensors it missed kept, was all but stopped by it: its
+# running square took the spike's square, whatever the other tensors it hit did (one whose own
+# gradient is tiny next to the spike's share of it: an embedding of a scalar input).
+DEEP_DAMPING = 0.1
+
+
+def _deeply_damped(
+    facts: RunFacts, mine: list[str], ratios: list[str], spike: int, at_step: list[Finding]
+) -> dict[str, float]:
+    """The tensors the spike at step ``spike`` hit (``mine``, their update-ratio series) whose updates it all but
+    stopped: ``DEEP_DAMPING`` of their size before or less, and ``POISON_BEYOND_CONTROL`` of the
+    drop of the tensors it missed, and within what a spike of their own size can damp; by
+    tensor name. Empty when the spike hit every tensor (no control) or none was."""
+    missed = [n for n in ratios if n not in mine]
+    if not mine or not missed:
+        return {}
+    control = _update_drop(facts, missed, spike)
+    if not math.isfinite(control):
+        return {}
+    own = {f.where: f for f in at_step if f.kind == GRADIENT_SPIKE}
+    deep = {}
+    for name in mine:
+        tensor = name.split("/", 1)[1]
+        drop = _update_drop(facts, [name], spike)
+        hit = own.get(tensor)
+        if hit is None or not drop < min(DEEP_DAMPING, POISON_BEYOND_CONTROL * control):
+            continue
+        if _strongest_damping(facts, hit, 0, _grown_since(facts, spike, 0)) < DEEP_DAMPING:
+            deep[tensor] = drop
+    return deep
 
 
 def _grown_since(facts: RunFacts, step: int, lag: int) -> float:
