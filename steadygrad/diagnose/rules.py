@@ -2787,9 +2787,12 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
     rates = facts.learning_rates
     if not broke or not rates:
         return None
-    when = min(f.step for f in broke)
+    first = min(broke, key=lambda f: (f.step, not _breaks(f)))
+    when = first.step
     if any(f.step < when for f in facts.of(NONFINITE)):
         return None
+    # a climb found before the run broke is named as what it was
+    what = "the run broke" if _breaks(first) else "the loss began to climb away"
     for steps, values in rates:
         before = values[(steps <= when) & (steps >= when - window) & np.isfinite(values)]
         if len(before) < 2 or not before[0] > 0 or not before[-1] > before[0]:
@@ -2806,7 +2809,7 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
         if before[-1] < rise * before[0] and not ramped:
             continue
         return Found(
-            f"the learning rate was still rising when the run broke at step {when} "
+            f"the learning rate was still rising when {what} at step {when} "
             f"({before[0]:.3g} -> {before[-1]:.3g} over the {window} steps before): the step "
             f"size outgrew the curvature (rising since step {int(steps[start])})",
             int(steps[start]),
