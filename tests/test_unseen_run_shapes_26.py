@@ -79,3 +79,24 @@ def test_the_real_wavegrad_run_names_the_poisoned_moment(tmp_path):
     assert report.top.cause == "adam_second_moment_poisoned"
     assert report.top.first_step == 120
     assert any(w.startswith("noise_embed.0") for w in report.top.where)
+
+
+@pytest.mark.parametrize("layer", ["lm_head.weight", "body.weight"])
+def test_logits_drifting_with_their_heads_updates_too_large_name_its_rate(tmp_path, layer):
+    # Trigger: set 104's LFM2 head trained at a rate of 1.0: its update ratio out of range
+    # from step 20, its logits drifting from step 23; the logit diagnosis told only of a
+    # z-loss. It now says the head's updates drive the drift. Control: the updates too large
+    # on another layer say nothing of the head's rate.
+    rows = [{"loss": 4.0 - 0.002 * t, "logit_lse_mean": 4.0 + 0.2 * t} for t in range(120)]
+    too_large = {"direction": "too_large", "update_ratio": 0.36, "high": 0.25}
+    drift = {"logit_lse_mean": 25.0, "initial": 4.2, "drift": 20.8, "lse_limit": 20.0}
+    findings = [
+        ("update_ratio_out_of_range", 20, layer, too_large, "warning"),
+        ("output_logit_divergence", 23, "lm_head", drift, "warning"),
+    ]
+    report = diagnose_stored(tmp_path, "run", rows, findings, config=ADAM)
+    logits = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    said = "its learning rate drives the drift" in logits.summary
+    assert said == (layer == "lm_head.weight")
+    if said:
+        assert "from step 20 (update ratio 0.36)" in logits.summary

@@ -1502,7 +1502,30 @@ def _output_logits(facts: RunFacts) -> Found | None:
         found.first_step = min(found.first_step, began)
         return found
     _grown_everywhere(found, _weight_growth(facts, found.first_step), "the logits")
+    rate = _output_updates_too_large(facts, found)
+    if rate is not None:
+        step, ratio = rate
+        found.summary += (
+            f"; the output layer's updates were too large for its weights from step {step} "
+            f"(update ratio {ratio:.3g}): its learning rate drives the drift"
+        )
+        found.evidence["output_update_ratio"] = ratio
     return found
+
+
+def _output_updates_too_large(facts: RunFacts, found: Found) -> tuple[int, float] | None:
+    """The first too-large update ratio (step, ratio) found on a parameter of the module the
+    logits come from, by the time they were found drifting: a learning rate set too high for
+    the head moves its weights, and with them the logits."""
+    heads = [w for w in found.where if w]
+    if found.first_step is None or not heads:
+        return None
+    for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE):
+        on_head = f.where and any(_inside(f.where, head) for head in heads)
+        too_large = f.evidence.get("direction") == "too_large" and f.severity != "info"
+        if on_head and too_large and f.step <= found.first_step:
+            return f.step, float(f.evidence.get("update_ratio", math.nan))
+    return None
 
 
 def _logits_pushed_up(facts: RunFacts, until: float) -> float | None:
@@ -3151,8 +3174,15 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _output_logits,
-        # the rest: to tell the output layer's weights ran away (see _runaway_weights)
-        (OUTPUT_LOGIT_DIVERGENCE, ATTENTION_LOGIT_GROWTH, LOSS_SPIKE, GRAD_NORM_SPIKE),
+        # the rest: to tell the output layer's weights ran away (see _runaway_weights), and
+        # whether its updates were too large for them
+        (
+            OUTPUT_LOGIT_DIVERGENCE,
+            ATTENTION_LOGIT_GROWTH,
+            LOSS_SPIKE,
+            GRAD_NORM_SPIKE,
+            UPDATE_RATIO_OUT_OF_RANGE,
+        ),
         # an outlier batch's own logits, or the jolt it gave; logits spread so far apart that
         # the softmax rounds to exactly 0 and 1 (a temperature) are that collapse's logits
         explained_by=("data_outlier", "softmax_collapse"),
