@@ -1,12 +1,12 @@
 """Held-out set 105 (``h105_``): Hugging Face ESM protein masked LM and Deformable DETR (its
-pure-PyTorch multi-scale deformable attention, a ResNet backbone from a config) from tiny configs,
-each a fault and a control; hand-written FT-Transformer on the wine table (a fault and a control),
-differentiable-plasticity (Hebbian plus backprop) recurrent net, mixture-density network for 2-D
-trajectories, conditional flow matching on 2-D densities (a fault and a control), neural radiance
-cache trained on its own bootstrapped targets, DeepLab-style ASPP segmenter (fp16 autocast with a
-GradScaler), MiDaS-style relative depth net with a scale-and-shift-invariant loss, VQ-diffusion-
-style absorbing discrete diffusion transformer, capsule network with dynamic routing, E(n)-
-equivariant point network.
+pure-PyTorch multi-scale deformable attention, a ResNet backbone from a config), each a fault and
+a control, and Mask2Former (tiny Swin backbone; a control) from tiny configs; hand-written
+FT-Transformer on the wine table, differentiable-plasticity (Hebbian plus backprop) recurrent
+net, mixture-density network for 2-D trajectories, conditional flow matching on 2-D densities (a
+fault and a control), neural radiance cache trained on its own bootstrapped targets, DeepLab-style
+ASPP segmenter (fp16 autocast with a GradScaler), MiDaS-style relative depth net with a
+scale-and-shift-invariant loss, VQ-diffusion-style absorbing discrete diffusion transformer,
+capsule network with dynamic routing, E(n)-equivariant point network.
 
 Written blind: nothing of steadygrad's diagnosis was read to write these.
 """
@@ -381,36 +381,6 @@ def h105_ft_wine_softmax_collapse(ctx: Context) -> None:
     ctx.check("the loss is nearly zero", _mean(ctx.losses[-20:]) < 1e-3)
 
 
-@scenario(
-    "h105_ft_transformer_wine",
-    "adagrad",
-    "healthy",
-    heldout=True,
-    note="control: the same FT-Transformer, Adagrad, label smoothing 0.1, minibatches of 32",
-)
-def h105_ft_wine_healthy(ctx: Context) -> None:
-    gen = seeded(10506)
-    torch.set_num_threads(1)
-    x, y = _wine()
-    model = FTTransformer(13, 3)
-    opt = torch.optim.Adagrad(model.parameters(), lr=2e-2)
-    ctx.attach(model, opt)
-    for _ in range(200):
-        idx = torch.randint(0, len(y), (32,), generator=gen)
-        ctx.targets(y[idx])
-        loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=0.1)
-        loss.backward()
-        opt.step()
-        ctx.step(loss)
-        opt.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        out = model(x)
-    ctx.check("finite", _finite(ctx.losses))
-    ctx.check("loss fell", _mean(ctx.losses[-20:]) < 0.6 * _mean(ctx.losses[:10]))
-    ctx.check("accurate", float((out.argmax(1) == y).float().mean()) > 0.9)
-    ctx.check("no collapse", collapsed_fraction(out, y) < 0.05)
-
-
 # -- differentiable plasticity (Hebbian + backprop) -----------------------------------------------
 
 
@@ -695,11 +665,11 @@ def _path_vertices(gen: torch.Generator, n: int = 256):
     diverges="auto",
     heldout=True,
     note="a new BRDF path drops Lambert's 1/pi: throughput > 1, the self-trained targets climb without end",
-    onset=100,
+    onset=150,
 )
 def h105_nrc_missing_inv_pi(ctx: Context) -> None:
     """A neural radiance cache trained, as NRC is, on targets that read the cache itself one bounce
-    further on (L = Le + throughput * cache(next)). From step 100 a new material path multiplies
+    further on (L = Le + throughput * cache(next)). From step 150 a new material path multiplies
     the diffuse albedo by pi where it should have divided the cosine-weighted pdf's pi out: the
     throughput is above 1 on average, the bootstrapped fixed point no longer exists, and the
     radiance the cache predicts -- and the loss against its own ever larger targets -- climbs step
@@ -707,12 +677,12 @@ def h105_nrc_missing_inv_pi(ctx: Context) -> None:
     gen = seeded(10511)
     torch.set_num_threads(1)
     model = RadianceCache()
-    opt = torch.optim.Adamax(model.parameters(), lr=4e-3)
+    opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
     ctx.attach(model, opt)
     means = []
-    for step in range(260):
+    for step in range(400):
         p, emitted, albedo, nxt = _path_vertices(gen)
-        throughput = albedo * math.pi if step >= 100 else albedo
+        throughput = albedo * math.pi if step >= 150 else albedo
         with torch.no_grad():
             target = emitted + throughput * model(nxt)
         pred = model(p)
@@ -723,10 +693,12 @@ def h105_nrc_missing_inv_pi(ctx: Context) -> None:
         ctx.step(loss)
         opt.zero_grad(set_to_none=True)
     ls = ctx.losses
-    ctx.check("trained normally before the bug", _mean(ls[80:100]) < 0.5 * _mean(ls[:10]))
+    ctx.check("trained normally before the bug", _mean(ls[130:150]) < 0.5 * _mean(ls[:10]))
     ctx.check("throughput above 1 on average", 0.7 * 0.8 * math.pi > 1.0)
-    ctx.check("predicted radiance grew 5x", means[-1] > 5 * means[99])
-    ctx.check("the loss climbed 10x", _mean(ls[-10:]) > 10 * _mean(ls[90:100]))
+    ctx.check("predicted radiance grew 5x", means[-1] > 5 * means[149])
+    ctx.check(
+        "the loss kept climbing, 10x past its first jump", _mean(ls[-10:]) > 10 * _mean(ls[150:160])
+    )
 
 
 # -- DeepLab-style ASPP segmenter under fp16 autocast ---------------------------------------------
@@ -835,6 +807,79 @@ def h105_aspp_raw16_fp16_overflow(ctx: Context) -> None:
     ctx.check("25+ steps skipped after", skipped_after >= 25)
     ctx.check("scale collapsed", ctx.scales[-1] < 1e-6 * ctx.scales[59])
     ctx.check("fp32 stem finite, fp16 stem overflows", fp32_ok and fp16_inf)
+
+
+def _mask2former():
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    backbone = SwinConfig(
+        image_size=32,
+        patch_size=2,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=4,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = Mask2FormerConfig(
+        backbone_config=backbone,
+        use_pretrained_backbone=False,
+        use_timm_backbone=False,
+        feature_size=32,
+        mask_feature_size=32,
+        hidden_dim=32,
+        encoder_feedforward_dim=64,
+        dim_feedforward=64,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_attention_heads=2,
+        num_queries=6,
+        num_labels=2,
+        train_num_points=256,
+        common_stride=4,
+        dropout=0.0,
+    )
+    return Mask2FormerForUniversalSegmentation(config)
+
+
+@scenario(
+    "h105_hf_mask2former_shapes",
+    "adamw",
+    "healthy",
+    heldout=True,
+    note="control: Mask2Former (tiny Swin backbone) on generated shapes, AdamW, warmup, clip 0.01",
+)
+def h105_mask2former_healthy(ctx: Context) -> None:
+    """Mask2Former's universal segmentation (masked-attention decoder, Hungarian-matched mask and
+    class losses on sampled points) from a tiny config, on the same generated disc-and-square
+    scenes as the ASPP segmenter, with its recipe's AdamW, linear warmup and gradient clipping at
+    0.01: a control."""
+    gen = seeded(10518)
+    torch.set_num_threads(1)
+    model = _mask2former()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    scenes = _shape_scenes(gen, batch=4, size=32)
+    ctx.attach(model, opt)
+    for _ in range(120):
+        x, y = next(scenes)
+        masks, classes = [], []
+        for lab in y:
+            present = [c for c in (1, 2) if bool((lab == c).any())]
+            masks.append(torch.stack([(lab == c).float() for c in present]))
+            classes.append(torch.tensor([c - 1 for c in present]))
+        loss = model(
+            pixel_values=x.expand(-1, 3, -1, -1), mask_labels=masks, class_labels=classes
+        ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+        opt.step()
+        sched.step()
+        ctx.step(loss)
+        opt.zero_grad(set_to_none=True)
+    ls = ctx.losses
+    ctx.check("finite", _finite(ls))
+    ctx.check("the segmentation loss fell", _mean(ls[-15:]) < 0.8 * _mean(ls[:10]))
 
 
 # -- MiDaS-style relative depth with a scale-and-shift-invariant loss -----------------------------
