@@ -65,7 +65,8 @@ def test_a_head_group_at_100x_the_rest_is_named(tmp_path):
     # groups, each alone: the odd one is the one whose updates stand further from 1e-3.
     run, report = _grouped_run(tmp_path, [1e-3, 1e-1], body=2)
     (found,) = _set_apart(report)
-    assert found.severity == "info" and found.where == ["4"]
+    # a layer's weights under Adam at 0.1, above any rate Adam trains layers at: a warning
+    assert found.severity == "warning" and found.where == ["4"]
     assert found.evidence["group"] == "lr/1"
     assert found.evidence["lr"] == 0.1 and found.evidence["rest_lr"] == 1e-3
     assert "100x above" in found.summary

@@ -100,3 +100,88 @@ def test_logits_drifting_with_their_heads_updates_too_large_name_its_rate(tmp_pa
     assert said == (layer == "lm_head.weight")
     if said:
         assert "from step 20 (update ratio 0.36)" in logits.summary
+
+
+def _two_groups(fast: list[str], rate: float, family: str = "adam", attention: bool = False):
+    """A run in two optimizer groups, the second (``fast``) at ``rate``, the first at 1e-3;
+    both move their weights about 0.7% per update (a fast group's weights grow to match)."""
+    slow = ["head.weight", "head.bias"]
+    rows = []
+    for t in range(200):
+        row = {"loss": 2.0 - 0.005 * t, "lr/0": 1e-3, "lr/1": rate}
+        if t % 10 == 0:
+            for name in slow + fast:
+                row[f"update_ratio/{name}"] = 0.007
+        rows.append(row)
+    config = {
+        "optimizer": "AdamW" if family == "adam" else "SGD",
+        "optimizer_family": family,
+        "param_groups": {"lr/0": slow, "lr/1": fast},
+    }
+    findings = []
+    if attention:
+        growth = {"attention_logit_max": 60.0, "initial": 3.0}
+        findings.append(("attention_logit_growth", 40, "blocks.0.attn", growth, "warning"))
+    return rows, findings, config
+
+
+BACKBONE = ["backbone.conv1.weight", "backbone.conv1.bias", "backbone.conv2.weight"]
+
+
+@pytest.mark.parametrize(
+    "shape", ["backbone", "sgd", "below", "free"], ids=["typo", "sgd", "below_ceiling", "log_z"]
+)
+def test_an_adam_group_run_far_above_any_rate_adam_trains_layers_at_is_a_typo(tmp_path, shape):
+    # Trigger: set 105's Deformable DETR, its backbone's AdamW rate typed 0.1 (meant 1e-4):
+    # 100x the rest, and its update ratios as ordinary as the head's (its weights grew): the
+    # head was taken for the odd group, and the note was "nothing is wrong if meant". Adam moves
+    # each weight by about its rate per step: no layer is trained with it at 0.1. Controls: the
+    # same rates under SGD (whose step scales with the gradient); a group 30x above the rest at
+    # 0.03; a free parameter (a GFlowNet's log Z, trained at 0.1 by its recipe).
+    fast = ["log_z"] if shape == "free" else BACKBONE
+    rate = 0.03 if shape == "below" else 0.1
+    family = "momentum" if shape == "sgd" else "adam"
+    rows, findings, config = _two_groups(fast, rate, family)
+    report = diagnose_stored(tmp_path, "run", rows, findings, config=config)
+    rate_found = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
+    if shape != "backbone":
+        assert rate_found.severity == "info"
+        return
+    assert report.top is rate_found and rate_found.severity == "warning"
+    assert rate_found.where == ["backbone.conv1", "backbone.conv2"]
+    assert "trains at learning rate 0.1, 100x above the 0.001 of the rest" in rate_found.summary
+
+
+@pytest.mark.parametrize("attention", [True, False], ids=["growth_found", "no_growth"])
+def test_a_rate_that_drives_its_own_attention_growth_ranks_below_it(tmp_path, attention):
+    # Trigger: query/key projections in a group at 0.3 under AdamW, and the attention logits
+    # of that layer growing from step 40: the growth is what threatens the run; the rate ranks
+    # right below it, said to drive it (set 104's RADIO and eight other qk-rate runs, whose
+    # rate was info before: raising it must not put it above the growth). Control: with no
+    # growth found, the rate is the top cause.
+    fast = ["blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias"]
+    rows, findings, config = _two_groups(fast, 0.3, attention=attention)
+    report = diagnose_stored(tmp_path, "run", rows, findings, config=config)
+    causes = report.causes()
+    if not attention:
+        assert report.top.cause == "update_ratio_out_of_range"
+        return
+    assert causes[:2] == ["attention_logit_growth", "update_ratio_out_of_range"]
+    rate = report.diagnoses[1]
+    assert "it drives the attention logit growth found in blocks.0.attn" in rate.why
+
+
+@pytest.mark.parametrize(
+    ("name", "cause"),
+    [
+        ("h105_ddetr_backbone_lr_typo", "update_ratio_out_of_range"),
+        ("h104_lfm2_vl_lm_head", "output_logit_divergence"),
+    ],
+)
+def test_the_real_rate_typos_are_named(tmp_path, name, cause):
+    # The real runs (sets 104 and 105, one-line attach): the backbone at AdamW 0.1 is named by
+    # its rate; the LFM2 head at NAdam 1.0 by its logits' drift, its rate right below.
+    report = induced_report(tmp_path, name)
+    assert report.top.cause == cause
+    if cause == "output_logit_divergence":
+        assert report.causes()[1] == "update_ratio_out_of_range"

@@ -121,6 +121,8 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
         judge(d, broke, progress, climbing, facts.made_at_once)
     for d in found:
         explained(d, found)
+    for d in found:
+        named_with(d, found)
     found.sort(
         key=lambda d: (
             -d.score,
@@ -360,6 +362,23 @@ def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
             d.why = (
                 f"{other.cause} was seen from step {seen}, at or before this (step "
                 f"{d.first_step}), and produces the same evidence: more likely its consequence"
+            )
+            return
+
+
+def named_with(d: Diagnosis, found: list[Diagnosis]) -> None:
+    """A cause that drives a mechanism found in its own module (``drives``: a learning rate too
+    high for the attention layer whose logits grow, or for the head whose logits drift) ranks
+    just below that mechanism: the growth is what threatens the run, and the rate how it got
+    going. Not below one judged a consequence (ranked with the symptoms)."""
+    if not d.drives:
+        return
+    for other in found:
+        if other.cause == d.drives and other.score > TIER_SCORE[SYMPTOM] and other.score <= d.score:
+            d.score = other.score - 1.0
+            d.why = (
+                f"it drives the {other.cause.replace('_', ' ')} found in {', '.join(other.where)} "
+                f"from step {other.first_step}: that growth is what threatens the run"
             )
             return
 

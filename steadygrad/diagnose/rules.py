@@ -112,6 +112,7 @@ class Diagnosis:
     outlived: str = ""
     set_off_by: str = ""
     contained: bool = False
+    drives: str = ""
 
     @property
     def rank_key(self) -> tuple:
@@ -135,6 +136,9 @@ class Found:
     outlived: str = ""
     set_off_by: str = ""
     stalls: bool = False  # this instance only stalls learning (see Rule.stalls)
+    # the mechanism this drives, found in the same module (a rate that makes the attention
+    # logits or the output logits grow): it ranks just below it, and is told there
+    drives: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,7 @@ class Rule:
             contained=self.contained,
             outlived=found.outlived,
             set_off_by=found.set_off_by,
+            drives=found.drives,
         )
 
 
@@ -454,6 +459,9 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
     found.stalls = "too_large" not in directions
     ratios = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.severity != "info"]
+    large = [f.where for f in ratios if f.where and f.evidence.get("direction") == "too_large"]
+    if large and len(large) == len(ratios):  # every one too large: their module's growth first
+        found.drives = _driven_mechanism(facts, large)
     if ratios and all(_paused(facts, f) for f in ratios):
         return None  # experts no token was routed to for a while, then learning again
     back = _back_in_range(facts, ratios)
@@ -508,7 +516,7 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
 
     alone = [k for k in rates if min(apart(k, o) for o in rates if o != k) >= RATES_APART]
     if len(alone) == len(rates):
-        alone.remove(_the_body(facts, members, alone))
+        alone.remove(_the_body(facts, members, alone, rates))
     if not alone:
         return None
     rest = [k for k in rates if k not in alone]
@@ -542,6 +550,18 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
             "exponent, or a multiplier meant the other way round?"
         )
         return Found(summary, int(steps[0]), where, evidence, "warning")
+    if faster and _beyond_step_sized_rates(facts, rate, names):
+        # however fast a new head is meant to learn, no Adam-like group is run at this rate
+        driven = _driven_mechanism(facts, names)
+        summary += (
+            f": a rate typed with the wrong exponent, or a multiplier meant the other way round? "
+            f"{facts.optimizer or 'The optimizer'} moves each weight by about its learning rate "
+            f"per step, whatever the gradient: at {rate:.3g} that group's weights are rewritten "
+            "within tens of steps"
+        )
+        found = Found(summary, int(steps[0]), where, evidence, "warning")
+        found.drives = driven
+        return found
     summary += (
         ": a rate typed with the wrong exponent, or a multiplier meant the other way round? If "
         f"that group is meant to learn this much {'faster' if faster else 'slower'} (a new head "
@@ -550,16 +570,56 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
     return Found(summary, int(steps[0]), where, evidence, "info")
 
 
+# Mechanisms whose growth a learning rate set too high for their own module's weights drives:
+# the growth is what threatens the run, and is named first.
+DRIVEN = (ATTENTION_LOGIT_GROWTH, OUTPUT_LOGIT_DIVERGENCE)
+
+
+def _driven_mechanism(facts: RunFacts, tensors: list[str]) -> str:
+    """The mechanism (see DRIVEN) found, at warning or above, in a module holding one of
+    ``tensors`` (those of a group or layer updated too fast): '' when none."""
+    for f in facts.of(*DRIVEN):
+        if f.severity != "info" and f.where and any(_inside(t, f.where) for t in tensors):
+            return f.kind
+    return ""
+
+
+# Adam's step (and a sign update's) moves each weight by about the learning rate, whatever the
+# gradient's size. The weights of a layer are ~1/sqrt(fan_in) (0.01-0.1): a group run above
+# this rate has them rewritten within a few steps. Adam trains layers at 1e-5 to 1e-2 (Kingma
+# and Ba's default 1e-3), Lion at a tenth of that. Free parameters are another matter: a
+# GFlowNet's log Z is trained at 0.1 (Malkin et al. 2022), a temperature or a codebook fast too.
+STEP_SIZED_CEILING = 0.05
+STEP_SIZED = ("adam", "sign")  # optimizer families whose step is sized by the rate alone
+
+
+def _beyond_step_sized_rates(facts: RunFacts, rate: float, names: list[str]) -> bool:
+    """Whether ``rate`` is above any an Adam-like optimizer (its step sized by the rate alone)
+    trains a layer at, for a group holding a layer's weight (``names`` ending in ``weight``;
+    not free parameters such as a log-partition or a codebook)."""
+    return (
+        facts.run.config.get("optimizer_family") in STEP_SIZED
+        and rate > STEP_SIZED_CEILING
+        and any(n.rpartition(".")[2] == "weight" for n in names)
+    )
+
+
 # What a healthy update moves of a weight tensor, as a share of its norm: about 1e-3 (the rule of
 # thumb of CS231n's notes, "Neural Networks Part 3": ratios of updates to values near 1e-3).
 TYPICAL_UPDATE_RATIO = 1e-3
 
 
-def _the_body(facts: RunFacts, members: dict[str, list[str]], groups: list[str]) -> str:
+def _the_body(
+    facts: RunFacts, members: dict[str, list[str]], groups: list[str], rates: dict[str, float]
+) -> str:
     """Of optimizer groups whose rates all stand apart (two groups), the one at the rate meant:
-    the group whose median update ratio is nearest ``TYPICAL_UPDATE_RATIO`` (a rate typed 100x
-    too high or too low moves its weights far more or far less than that); without update
-    ratios, the group holding most tensors."""
+    not one above any rate an Adam-like optimizer is run at (see STEP_SIZED_CEILING) while
+    another is not; else the group whose median update ratio is nearest
+    ``TYPICAL_UPDATE_RATIO`` (a rate typed 100x too high or too low moves its weights far more
+    or far less than that); without update ratios, the group holding most tensors."""
+    usual = [k for k in groups if not _beyond_step_sized_rates(facts, rates[k], members[k])]
+    if 0 < len(usual) < len(groups):
+        groups = usual
     moved = {k: _median_update_ratio(facts, members[k]) for k in groups}
     if all(v is not None and v > 0 for v in moved.values()):
         return min(groups, key=lambda k: abs(math.log(moved[k] / TYPICAL_UPDATE_RATIO)))
@@ -3312,7 +3372,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _update_ratio,
-        (UPDATE_RATIO_OUT_OF_RANGE, LOSS_OF_PLASTICITY, GRADIENT_GROWTH),
+        (UPDATE_RATIO_OUT_OF_RANGE, LOSS_OF_PLASTICITY, GRADIENT_GROWTH, *DRIVEN),
         # a second moment inflated by one huge gradient damps the updates to ~0: frozen-looking;
         # a step size above the limit makes updates large relative to the weights
         explained_by=("adam_second_moment_poisoned", "sharpness_above_limit"),
