@@ -185,3 +185,40 @@ def test_the_real_rate_typos_are_named(tmp_path, name, cause):
     assert report.top.cause == cause
     if cause == "output_logit_divergence":
         assert report.causes()[1] == "update_ratio_out_of_range"
+
+
+def _bursting_rows(bursts: list[float]) -> list[dict]:
+    """A loss near 0.08 and a gradient norm near 8 for 60 steps, then gradient bursts of the
+    given sizes every six steps (the loss jumping with each and coming back), the last
+    followed by a NaN two steps on (set 105's EGNN, its coordinates summed without a mean)."""
+    rows = [{"loss": 0.08 + 0.01 * (t % 3), "grad_norm": 8.0 + (t % 4)} for t in range(60)]
+    for size in bursts:
+        rows.append({"loss": 3.0, "grad_norm": size})
+        rows += [{"loss": 0.3, "grad_norm": 20.0} for _ in range(5)]
+    rows = rows[:-4]
+    rows += [{"loss": float("nan"), "grad_norm": float("nan")} for _ in range(3)]
+    return rows
+
+
+@pytest.mark.parametrize("sizes", ["growing", "shrinking"])
+def test_gradient_bursts_each_larger_than_the_last_into_a_nan_are_an_explosion(tmp_path, sizes):
+    # Trigger: three bursts of the gradient norm (1e3, 1.3e3, 3e5), each larger than the one
+    # before, the last two steps before a NaN: gradients exploding in bursts in a net with no
+    # recurrence; it was named "gradient spikes" (a one-off event) before. Control: the same
+    # bursts largest first do not grow, and say nothing of an explosion in bursts.
+    bursts = [1e3, 1.3e3, 3e5] if sizes == "growing" else [3e5, 1.3e3, 1e3]
+    rows = _bursting_rows(bursts)
+    nan_at = next(t for t, r in enumerate(rows) if r["loss"] != r["loss"])
+    findings = [("nonfinite", nan_at, None, {"loss": float("nan")}, "critical")]
+    for t, row in enumerate(rows):
+        if row["grad_norm"] >= 1e3:
+            evidence = {"grad_norm": row["grad_norm"], "spike_factor": row["grad_norm"] / 9}
+            findings.append(("gradient_spike", t, "coord.weight", evidence, "warning"))
+    report = diagnose_stored(tmp_path, sizes, rows, findings, config=ADAM)
+    explosion = [d for d in report.diagnoses if d.cause == "exploding_gradients"]
+    in_bursts = [d for d in explosion if "bursts, each larger than the last" in d.summary]
+    if sizes == "shrinking":
+        assert in_bursts == []
+        return
+    assert report.top is in_bursts[0]
+    assert report.top.first_step == 60 and report.top.where == ["coord.weight"]

@@ -995,7 +995,15 @@ def _exploding(facts: RunFacts) -> Found | None:
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None:
         # a recurrence's bursts that led to the same break date it from the first of them
-        late = [f for f in (_spike_into_explosion(facts), _bursts_through_time(facts)) if f]
+        late = [
+            f
+            for f in (
+                _spike_into_explosion(facts),
+                _bursts_through_time(facts),
+                _growing_bursts(facts),
+            )
+            if f
+        ]
         return _runaway_into_explosion(facts) or min(late, key=lambda f: f.first_step, default=None)
     if facts.broke_at is None:
         # a run that did not break, whose loss kept improving long after: the gradients grew
@@ -1298,6 +1306,51 @@ def _bursts_through_time(facts: RunFacts) -> Found | None:
 
 # Steps between a recurrence's bursts of the gradient that make them one series of cliffs.
 BURST_GAP = 5 * EXPLOSION_LEAD
+GROWING_BURSTS = 3  # bursts, each larger than the one before, that make a series
+
+
+def _growing_bursts(facts: RunFacts) -> Found | None:
+    """The gradient norm burst (``BURST`` times the median of the 20 readings before) at least
+    ``GROWING_BURSTS`` times, each burst larger than the one before and within ``BURST_GAP``
+    steps of it, the last leading into the first NaN (within ``EXPLOSION_LEAD`` steps), the loss
+    coming back between them: gradients exploding in bursts (a message-passing net summing
+    without a mean, a layer whose gain passed one), whatever the architecture. Dated to the
+    first burst of the series, placed at the tensors that spiked there, most first."""
+    nonfinite = facts.of(NONFINITE)
+    grad = facts.series(GRAD_NORM.name)
+    if not nonfinite or grad is None:
+        return None
+    nan_at = nonfinite[0].step
+    steps, norms = grad
+    keep = (steps < nan_at) & np.isfinite(norms)
+    steps, norms = steps[keep], norms[keep]
+    bursts: list[tuple[int, float]] = []
+    for i in range(20, len(norms)):
+        if norms[i] >= BURST * float(np.median(norms[i - 20 : i])):
+            bursts.append((int(steps[i]), float(norms[i])))
+    if not bursts or nan_at - bursts[-1][0] > EXPLOSION_LEAD:
+        return None
+    series = [bursts[-1]]  # back from the last, while each one before was smaller and near
+    for step, norm in reversed(bursts[:-1]):
+        if series[0][0] - step > BURST_GAP or not norm < series[0][1]:
+            break
+        series.insert(0, (step, norm))
+    if len(series) < GROWING_BURSTS:
+        return None
+    start = series[0][0]
+    spiked = [f for f in facts.of(GRADIENT_SPIKE) if f.step == start and f.where]
+    spiked.sort(key=lambda f: -f.evidence.get("spike_factor", 0.0))
+    where = [f.where for f in spiked][:3]
+    return Found(
+        f"the gradients exploded in {len(series)} bursts, each larger than the last (from "
+        f"{series[0][1]:.3g} at step {start} to {series[-1][1]:.3g} at step {series[-1][0]}), "
+        f"until they went non-finite at step {nan_at}"
+        + (f", starting in {', '.join(where)}" if where else ""),
+        start,
+        where,
+        {"bursts": [list(b) for b in series], "nonfinite_step": nan_at},
+        "critical",
+    )
 
 
 def _first_cliff(facts: RunFacts, step: int) -> int:
