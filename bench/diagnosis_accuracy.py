@@ -9,6 +9,8 @@ the sharpness probe where the scenario has a loss function at hand).
     python bench/diagnosis_accuracy.py --only lr_fast_mlp_sgd --verbose
     python bench/diagnosis_accuracy.py --modes default --jobs 1 --skip-heldout
     python bench/diagnosis_accuracy.py --file cases_heldout --jobs 1   # one case file
+    python bench/diagnosis_accuracy.py --keep runs/kept --json old.json   # then, rules changed:
+    python bench/diagnosis_accuracy.py --from-json old.json --rejudge runs/kept --json new.json
 
 Columns (per mode):
     right cause first     the top diagnosis is the true cause (unhealthy scenarios)
@@ -76,9 +78,11 @@ def kind_causes(run, kinds: set[str]) -> dict[str, set[str]]:
             if name in out:
                 out[name].add(rule.cause)
     try:
-        facts = R.RunFacts(run)
-        every = list(facts.findings)
-        for kind in kinds:
+        every = list(run.findings())
+        for kind in sorted(kinds):
+            # facts of their own for each kind: what they cache (where the run broke, where
+            # its loss began to climb) is then that kind's alone, whichever kind came first
+            facts = R.RunFacts(run)
             facts.findings = [f for f in every if f.kind == kind]
             for rule in R.RULES:
                 try:
@@ -129,8 +133,6 @@ def run_one(name: str, mode: str, root: str) -> dict:
     from scenarios import SCENARIOS
     from scenarios.common import Context
 
-    import steadygrad
-
     sc = SCENARIOS[name]
     run_dir = Path(root) / mode / name
     ctx = Context(mode, run_dir)
@@ -170,8 +172,16 @@ def run_one(name: str, mode: str, root: str) -> dict:
     row["induced"] = all(ctx.checks.values())
     if ctx.monitor is None:
         return row
+    return judged(row, sc, ctx.monitor.run_dir)
 
-    run = steadygrad.load(ctx.monitor.run_dir)
+
+def judged(row: dict, sc, run_dir: Path) -> dict:  # noqa: ANN001 - a scenarios.Scenario
+    """``row`` (what the run did: its checks, its divergence step) with what the diagnosis of
+    the stored run at ``run_dir`` says about it: the cause first and anywhere, the place, the
+    lead, the warnings."""
+    import steadygrad
+
+    run = steadygrad.load(run_dir)
     report = steadygrad.diagnose(run)
     findings = run.findings()
     diags = [
@@ -201,6 +211,7 @@ def run_one(name: str, mode: str, root: str) -> dict:
     if sc.where:
         named = (right or (diags[0] if diags else {"where": []}))["where"]
         row["located"] = any(same_place(w, t) for w in named for t in sc.where)
+    diverges = row.get("diverge_step")
     if diverges is not None:
         steps = []
         if right is not None and right["first_step"] is not None and SEVERITY[right["severity"]]:
@@ -321,7 +332,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print each run's diagnoses")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument("--from-json", help="reprint the tables of a saved results JSON")
+    parser.add_argument(
+        "--rejudge",
+        metavar="KEEP",
+        help="with --from-json: diagnose again the runs kept in KEEP (an earlier --keep) with "
+        "the diagnosis as it is now, without training them again (a change to the rules only)",
+    )
     args = parser.parse_args(argv)
+    if args.rejudge and not args.from_json:
+        parser.error("--rejudge needs --from-json: the rows of the runs it kept")
+    if args.from_json and args.rejudge:
+        return rejudge(Path(args.from_json), Path(args.rejudge), args.modes, Path(args.json))
     if args.from_json:
         rows = json.loads(Path(args.from_json).read_text())["rows"]
         modes = [m for m in args.modes if any(r["mode"] == m for r in rows)]
@@ -381,6 +402,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {out}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def rejudge(saved: Path, keep: Path, modes: list[str], out: Path) -> int:
+    """The rows of ``saved`` judged again from the runs kept under ``keep``: each run's own
+    facts (checks, divergence) as they were, its diagnosis as the rules are now. A row whose
+    run was not kept, or whose scenario is gone, is left as it was."""
+    from scenarios import SCENARIOS
+
+    rows = json.loads(saved.read_text())["rows"]
+    again = 0
+    for i, row in enumerate(rows):
+        run_dir = keep / row["mode"] / row["scenario"]
+        sc = SCENARIOS.get(row["scenario"])
+        if sc is None or not run_dir.is_dir() or row.get("error") or "diagnoses" not in row:
+            continue
+        rows[i] = judged(dict(row), sc, run_dir)
+        again += 1
+    modes = [m for m in modes if any(r["mode"] == m for r in rows)]
+    summary = print_tables(rows, modes)
+    print(f"\n{again} of {len(rows)} rows judged again from the runs kept in {keep}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))
+    print(f"results: {out}")
     return 0
 
 

@@ -4,6 +4,7 @@ one scenario runs end to end."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 import diagnosis_accuracy as bench  # noqa: E402
 from scenarios import CAUSES, SCENARIOS  # noqa: E402
 
+import steadygrad  # noqa: E402
 from steadygrad.diagnose.rules import RULES  # noqa: E402
 
 NEW_CAUSES = {"healthy"}
@@ -108,6 +110,24 @@ def test_one_scenario_end_to_end(tmp_path):
     assert row["diverge_step"] == 137 and row["steps"] == 170
     assert "nonfinite" in [d["cause"] for d in row["diagnoses"]]
     assert row["lead"] is not None and row["lead"] >= 0
+
+
+def test_kept_runs_judged_again_read_as_they_were_judged_when_run(tmp_path, capsys):
+    # A rules-only change is measured by judging the kept runs again: with the rules unchanged
+    # the rows must come back as the run itself judged them (and the finding kinds map to the
+    # same causes whichever order they are asked in: each kind is judged on its own).
+    row = bench.run_one("nan_log_one_sample_mlp", "default", str(tmp_path / "kept"))
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps({"rows": [row]}, default=str))
+    out = tmp_path / "again.json"
+    assert bench.rejudge(saved, tmp_path / "kept", ["default"], out) == 0
+    (again,) = json.loads(out.read_text())["rows"]
+    assert {k: again[k] for k in row} == json.loads(json.dumps(row, default=str))
+    assert "1 of 1 rows judged again" in capsys.readouterr().out
+    run = steadygrad.load(tmp_path / "kept" / "default" / "nan_log_one_sample_mlp")
+    kinds = {f.kind for f in run.findings()}
+    together = bench.kind_causes(run, kinds)
+    assert together == {k: bench.kind_causes(run, {k})[k] for k in kinds}
 
 
 @pytest.mark.parametrize("name", ["healthy_mlp_sgd"])
