@@ -110,6 +110,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout103,
     cases_heldout104,
     cases_heldout105,
+    cases_heldout106,
     cases_mlp,
     cases_other,
 )
