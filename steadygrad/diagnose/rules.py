@@ -459,7 +459,7 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
     found.stalls = "too_large" not in directions
     ratios = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.severity != "info"]
-    large = [f.where for f in ratios if f.where and f.evidence.get("direction") == "too_large"]
+    large = [f.where for f in ratios if f.where and _too_large(f)]
     if large and len(large) == len(ratios):  # every one too large: their module's growth first
         found.drives = _driven_mechanism(facts, large)
     if ratios and all(_paused(facts, f) for f in ratios):
@@ -490,6 +490,7 @@ def _update_ratio(facts: RunFacts) -> Found | None:
 # sets neighbouring groups (0.65-0.9 each) or LoRA+ sets its two (16x); an exponent typed one or
 # two places off, or a multiplier meant the other way round, sets them 100x or more apart.
 RATES_APART = 30.0
+TYPO = "a rate typed with the wrong exponent, or a multiplier meant the other way round?"
 
 
 def _rate_set_apart(facts: RunFacts) -> Found | None:
@@ -546,28 +547,28 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
         # the run broke with gradients growing in that group's tensors alone: its rate did it
         summary += (
             f"; the run broke at step {facts.broke_at} with gradients growing in that group "
-            f"alone ({layer_span([f.where for f in grew])}): a rate typed with the wrong "
-            "exponent, or a multiplier meant the other way round?"
+            f"alone ({layer_span([f.where for f in grew])}): {TYPO}"
         )
         return Found(summary, int(steps[0]), where, evidence, "warning")
     if faster and _beyond_step_sized_rates(facts, rate, names):
         # however fast a new head is meant to learn, no Adam-like group is run at this rate
-        driven = _driven_mechanism(facts, names)
         summary += (
-            f": a rate typed with the wrong exponent, or a multiplier meant the other way round? "
-            f"{facts.optimizer or 'The optimizer'} moves each weight by about its learning rate "
-            f"per step, whatever the gradient: at {rate:.3g} that group's weights are rewritten "
-            "within tens of steps"
+            f": {TYPO} {facts.optimizer or 'The optimizer'} moves each weight by about its "
+            f"learning rate per step, whatever the gradient: at {rate:.3g} that group's weights "
+            "are rewritten within tens of steps"
         )
-        found = Found(summary, int(steps[0]), where, evidence, "warning")
-        found.drives = driven
-        return found
+        drives = _driven_mechanism(facts, names)
+        return Found(summary, int(steps[0]), where, evidence, "warning", drives=drives)
     summary += (
-        ": a rate typed with the wrong exponent, or a multiplier meant the other way round? If "
-        f"that group is meant to learn this much {'faster' if faster else 'slower'} (a new head "
-        "on a pretrained body), nothing is wrong"
+        f": {TYPO} If that group is meant to learn this much "
+        f"{'faster' if faster else 'slower'} (a new head on a pretrained body), nothing is wrong"
     )
     return Found(summary, int(steps[0]), where, evidence, "info")
+
+
+def _too_large(f: Finding) -> bool:
+    """An update-ratio finding of updates too large for their weights (not too small)."""
+    return f.evidence.get("direction") == "too_large"
 
 
 # Mechanisms whose growth a learning rate set too high for their own module's weights drives:
@@ -1324,10 +1325,11 @@ def _growing_bursts(facts: RunFacts) -> Found | None:
     steps, norms = grad
     keep = (steps < nan_at) & np.isfinite(norms)
     steps, norms = steps[keep], norms[keep]
-    bursts: list[tuple[int, float]] = []
-    for i in range(20, len(norms)):
-        if norms[i] >= BURST * float(np.median(norms[i - 20 : i])):
-            bursts.append((int(steps[i]), float(norms[i])))
+    if len(norms) <= 20:
+        return None
+    before = np.median(sliding_window_view(norms[:-1], 20), axis=1)  # the 20 before each
+    at = np.flatnonzero(norms[20:] >= BURST * before) + 20
+    bursts = [(int(steps[i]), float(norms[i])) for i in at]
     if not bursts or nan_at - bursts[-1][0] > EXPLOSION_LEAD:
         return None
     series = [bursts[-1]]  # back from the last, while each one before was smaller and near
@@ -1635,8 +1637,7 @@ def _output_updates_too_large(facts: RunFacts, found: Found) -> tuple[int, float
         return None
     for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE):
         on_head = f.where and any(_inside(f.where, head) for head in heads)
-        too_large = f.evidence.get("direction") == "too_large" and f.severity != "info"
-        if on_head and too_large and f.step <= found.first_step:
+        if on_head and _too_large(f) and f.severity != "info" and f.step <= found.first_step:
             return f.step, float(f.evidence.get("update_ratio", math.nan))
     return None
 
@@ -2147,10 +2148,11 @@ DEEP_DAMPING = 0.1
 def _deeply_damped(
     facts: RunFacts, mine: list[str], ratios: list[str], spike: int, at_step: list[Finding]
 ) -> dict[str, float]:
-    """The tensors the spike at step ``spike`` hit (``mine``, their update-ratio series) whose updates it all but
-    stopped: ``DEEP_DAMPING`` of their size before or less, and ``POISON_BEYOND_CONTROL`` of the
-    drop of the tensors it missed, and within what a spike of their own size can damp; by
-    tensor name. Empty when the spike hit every tensor (no control) or none was."""
+    """The tensors the spike at step ``spike`` hit (``mine``, their update-ratio series) whose
+    updates it all but stopped: ``DEEP_DAMPING`` of their size before or less, and
+    ``POISON_BEYOND_CONTROL`` of the drop of the tensors it missed, and within what a spike of
+    their own size can damp; by tensor name. Empty when the spike hit every tensor (no
+    control) or none was."""
     missed = [n for n in ratios if n not in mine]
     if not mine or not missed:
         return {}
@@ -2158,6 +2160,7 @@ def _deeply_damped(
     if not math.isfinite(control):
         return {}
     own = {f.where: f for f in at_step if f.kind == GRADIENT_SPIKE}
+    grown = _grown_since(facts, spike, 0)
     deep = {}
     for name in mine:
         tensor = name.split("/", 1)[1]
@@ -2165,7 +2168,7 @@ def _deeply_damped(
         hit = own.get(tensor)
         if hit is None or not drop < min(DEEP_DAMPING, POISON_BEYOND_CONTROL * control):
             continue
-        if _strongest_damping(facts, hit, 0, _grown_since(facts, spike, 0)) < DEEP_DAMPING:
+        if _strongest_damping(facts, hit, 0, grown) < DEEP_DAMPING:
             deep[tensor] = drop
     return deep
 

@@ -267,6 +267,10 @@ def _root_sum_of_squares(values: np.ndarray) -> float:
     return math.sqrt(float(np.dot(values, values)))
 
 
+def _tensors_held(optimizer: torch.optim.Optimizer) -> int:
+    return sum(len(group["params"]) for group in optimizer.param_groups)
+
+
 def readable(grad: torch.Tensor, dense: bool = False) -> torch.Tensor:
     """A sparse gradient as the reductions take it: the values of its coalesced form (the
     same norm and the same non-finite entries as the dense tensor; coalescing sums the
@@ -307,7 +311,7 @@ class ParameterSignal(Signal):
         self._hooks: list[Any] = []
         self._first_meta: dict[str, Any] = {}
         self.strays: StrayGradients | None = None  # set on attach, as ``stats`` is
-        self._held = 0  # tensors the optimizer held when last looked (see begin)
+        self._held = 0  # tensors the optimizer held when last looked (see measure)
         self.zeroed_early = False  # the loop zeroes the gradients before mon.step
 
     def attach(self, monitor: Any) -> None:
@@ -325,7 +329,7 @@ class ParameterSignal(Signal):
             self._first_meta[FROZEN_AT_ATTACH] = frozen
         self.strays = StrayGradients(monitor.model, self.stats.params)
         if optimizer is not None:
-            self._held = sum(len(group["params"]) for group in optimizer.param_groups)
+            self._held = _tensors_held(optimizer)
 
     def begin(self, step: int) -> None:
         if step % self.update_every == 0:
@@ -339,7 +343,7 @@ class ParameterSignal(Signal):
         optimizer = getattr(self.monitor, "optimizer", None)
         if optimizer is None:
             return
-        held = sum(len(group["params"]) for group in optimizer.param_groups)
+        held = _tensors_held(optimizer)
         if held == self._held:
             return
         self._held = held
