@@ -98,6 +98,31 @@ def test_gradient_growth_control_bursty_healthy_norms(seed):
     assert _stream(spikes, rows) == []
 
 
+def _vanished_then_back(back_to: float, seed: int = 0) -> list[dict]:
+    """A policy-gradient-like run: the gradient norm sustained near 0.5, then vanished (the
+    policy collapsed: every sample the same, a centred reward of 0) to rounding level, then
+    a knock brings it back to ``back_to``; the loss stalls, and climbs if it explodes."""
+    rng = np.random.default_rng(seed)
+    norms = np.concatenate([np.full(50, 0.5), np.full(30, 1e-8), np.full(40, back_to)])
+    norms = norms * np.exp(0.2 * rng.standard_normal(len(norms)))
+    # a centred surrogate: falls below 0 as the policy learns, 0 once it collapsed
+    losses = 0.01 * rng.standard_normal(len(norms))
+    losses[:50] -= np.linspace(0.0, 0.4, 50)
+    losses[80:] += 0.01 * np.arange(40) * (back_to > 1)  # an explosion hurts the loss
+    return [{"grad_norm": float(g), "loss": float(x)} for g, x in zip(norms, losses, strict=True)]
+
+
+def test_a_gradient_that_vanished_and_came_back_is_no_explosion_but_one_past_its_old_level_is():
+    # Control: back to its usual size (0.5) after vanishing to 1e-8, a 5e7-fold "growth"
+    # from the best level, was read as exploding gradients (h106_disk_corrupted_reward).
+    assert _stream(GradientGrowth(), _vanished_then_back(0.5)) == []
+    # Trigger: back and 100x past the level it held before it vanished.
+    found = _stream(GradientGrowth(), _vanished_then_back(50.0))
+    assert found and found[0].step >= 80
+    assert found[0].evidence["best_level"] == pytest.approx(0.6, rel=0.3)
+    assert found[0].evidence["growth"] == pytest.approx(80, rel=0.4)
+
+
 def _quadratic_run(tmp_path, factor, steps=40):
     torch.manual_seed(1)
     x = torch.randn(128, 4, dtype=torch.float64) * torch.tensor([3.0, 1.0, 1.0, 0.5]).double()

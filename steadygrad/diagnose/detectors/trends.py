@@ -302,6 +302,9 @@ class LossDivergence(Detector):
 # A gradient floor set within this many records of the start, with the loss this share below
 # where it stood then, is a flat start the model left (see GradientGrowth._left_a_flat_start).
 START_RECORDS, START_LEFT = 10, 0.2
+# A best level this many times below the highest level sustained before it is a gradient that
+# vanished, not the level healthy training settled at (see GradientGrowth).
+VANISHED = 1e3
 
 
 class GradientGrowth(Detector):
@@ -310,7 +313,9 @@ class GradientGrowth(Detector):
     - growth: the global gradient norm's running median ``growth`` times above its best
       sustained level for ``patience`` records while the loss is not improving (healthy
       training often raises the gradient norm from a small start while the loss falls):
-      warning, critical at ``critical`` times. ``where`` is the parameter whose own gradient
+      warning, critical at ``critical`` times. A best level ``VANISHED`` times below the highest
+      level sustained before it is a gradient that vanished (a saturated softmax, a collapsed
+      policy): growth is then measured from that earlier level. ``where`` is the parameter whose own gradient
       norm left its best level first, by ``local_growth``: where the growth starts. Where a
       module applied repeatedly in the forward (``record.meta[RECURRENT_MODULES]``: a cell a loop
       steps through) is among those that grew, the growth is its own: a repeated Jacobian product
@@ -388,6 +393,10 @@ class GradientGrowth(Detector):
         self._floor_record = 0  # the record (count from the first) the floor was set at
         self._loss_at_floor = math.nan  # the loss's level when the gradient stood at its floor
         self._recurrent: tuple[str, ...] = ()  # modules applied repeatedly in the forward
+        # the highest level the gradient norm has sustained, and that highest when the best
+        # level was last set (log, step)
+        self._highest: tuple[float, int | None] = (-math.inf, None)
+        self._before_floor: tuple[float, int | None] = (-math.inf, None)
 
     def update(self, record: Record) -> list[Finding]:
         # the first record says the optimizer's family, and may be an overflow skipped below
@@ -424,9 +433,17 @@ class GradientGrowth(Detector):
         self._records += 1
         if level.floor_step != floor_before:
             self._floor_record, self._loss_at_floor = self._records, self.loss.current
+            self._before_floor = self._highest
         if not math.isfinite(level.floor):
             return []
-        rise = level.current - level.floor
+        if level.current > self._highest[0]:
+            self._highest = (level.current, record.step)
+        baseline, baseline_step = level.floor, level.floor_step
+        if self._before_floor[0] - level.floor > math.log(VANISHED):
+            # The gradient had vanished (a saturated softmax, a collapsed policy): coming back
+            # to its usual size is no explosion; growth is measured from where it stood before.
+            baseline, baseline_step = self._before_floor
+        rise = level.current - baseline
         worse = self._loss_worse() and not self._left_a_flat_start()
         growing = rise > max(self.growth, NOISE_Z * level.noise())  # beyond its own scatter
         self._above = self._above + 1 if growing and worse else 0
@@ -443,9 +460,9 @@ class GradientGrowth(Detector):
         where, started = self._origin()
         evidence = {
             "grad_norm_median": math.exp(level.current),
-            "best_level": math.exp(level.floor),
+            "best_level": math.exp(baseline),
             "growth": math.exp(rise),
-            "best_level_step": level.floor_step,
+            "best_level_step": baseline_step,
         }
         if where is not None:
             evidence[GROWTH_BEGAN] = started
