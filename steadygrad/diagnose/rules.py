@@ -2266,6 +2266,13 @@ def _spike_made_by(facts: RunFacts, step: int) -> str:
             f"the gradient norm never came back after step {step}: it rose on with the loss, "
             "the first step of a runaway, not a spike"
         )
+    if (jump := _shifted_with_the_loss(facts, step)) is not None:
+        return (
+            f"the loss had already jumped {jump:.3g}x at step {step}, before that step's "
+            "update, and neither it nor the gradient norm came back: what the model is asked "
+            "to fit changed there (the gradient follows the loss), the first step of a "
+            "runaway, not a spike"
+        )
     if (moved := _overstepped_before(facts, step)) is not None:
         return (
             f"the update before step {step} moved the weights {moved:.3g}x their usual step on "
@@ -2360,6 +2367,44 @@ def _never_came_back(facts: RunFacts, step: int, readings: int = 3) -> bool:
     if not len(after) or (cut == len(finite) and len(after) < readings):
         return False  # the run ended first: nothing to tell
     return bool((after > norms[at[0]]).all() and (later_loss >= loss[1][l_at[0]]).all())
+
+
+# A loss this many times its recent median, at the very step of a gradient spike, jumped before
+# the spike's update could move anything.
+JUMPED_FIRST = 4.0
+
+
+def _shifted_with_the_loss(facts: RunFacts, step: int, readings: int = 5) -> float | None:
+    """How many times its recent median the loss stood at ``step`` (before that step's update),
+    when it stood ``JUMPED_FIRST`` times or more and, over the next ``readings`` records, both
+    the loss and the gradient norm stayed above halfway (in log) from their recent medians to
+    their values at ``step``: a level the run moved to with its loss, not a spike of the
+    gradient. A spike's update cannot have made the loss of its own step."""
+    grads, loss = facts.series(GRAD_NORM.name), facts.series(LOSS.name)
+    if grads is None or loss is None:
+        return None
+    shifted = [_stayed_up(*series, step, readings) for series in (grads, loss)]
+    if None in shifted or shifted[1] < JUMPED_FIRST:
+        return None
+    return shifted[1]
+
+
+def _stayed_up(steps: np.ndarray, values: np.ndarray, step: int, readings: int) -> float | None:
+    """The value at ``step`` over the median of the 10 before it, when each of the next
+    ``readings`` values stayed above their geometric mean (None otherwise, or when not all
+    are finite and positive)."""
+    at = np.flatnonzero(steps == step)
+    if not len(at) or at[0] < 3:
+        return None
+    i = at[0]
+    before, now, after = values[max(i - 10, 0) : i], values[i], values[i + 1 : i + 1 + readings]
+    window = np.concatenate([before, [now], after])
+    if len(after) < readings or not (np.isfinite(window).all() and (window > 0).all()):
+        return None
+    base = float(np.median(before))
+    if now <= base or not (after > math.sqrt(now * base)).all():
+        return None
+    return float(now / base)
 
 
 def _in_a_climb(facts: RunFacts, step: int) -> bool:

@@ -1,0 +1,49 @@
+"""Run shapes from the thirty-first session (held-out sets 105 and 106's misses).
+
+Each change has a trigger that fails on the code before it and a control that must not move."""
+
+from __future__ import annotations
+
+import torch
+from helpers import train
+
+import steadygrad
+
+
+def _targets_shifted(tmp_path, lasting: bool):
+    """A regression MLP under SGD with momentum whose targets are multiplied by 30 from step 60
+    (``lasting``: a bug in a new target path, set 105's radiance cache, and they drift on
+    upwards) or at step 60 alone (one corrupted batch)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    weights = torch.randn(8, 1)
+    step = [0]
+
+    def batch(_seed=0):
+        t = step[0]
+        step[0] += 1
+        x = torch.randn(32, 8)
+        y = torch.tanh(x @ weights)
+        if (t >= 60 and lasting) or t == 60:
+            y = y * 30 * (1 + 0.03 * (t - 60))
+        return x, y
+
+    mon = steadygrad.Monitor(model, opt, tmp_path / ("shift" if lasting else "one"), progress=False)
+    train(model, opt, mon, 160, batch_fn=batch)
+    mon.close()
+    return steadygrad.diagnose(tmp_path / ("shift" if lasting else "one"))
+
+
+def test_a_gradient_that_stepped_up_with_its_loss_and_stayed_is_no_spike(tmp_path):
+    # Trigger: the loss of step 60 itself was 30x up (before that step's update moved
+    # anything), and neither it nor the gradient norm came back: the first step of a runaway
+    # the targets made, which was ranked first as a gradient spike that "came first".
+    report = _targets_shifted(tmp_path, lasting=True)
+    spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert "before that step's update" in spike.why
+    assert report.diagnoses[0].cause != "gradient_spike"
+    # Control: one corrupted batch, after which the loss and the gradient came back.
+    report = _targets_shifted(tmp_path, lasting=False)
+    spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert "before that step's update" not in spike.why
