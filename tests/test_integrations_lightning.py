@@ -134,6 +134,48 @@ def test_lightning_records_step_loss_and_grad_norms_with_accumulation_and_clippi
     assert witness.lrs[0] > witness.lrs[1]
 
 
+class LazyRegressor(Regressor):
+    """The regressor with a lazy first layer: its shapes come from the first batch, after the
+    Trainer has called configure_optimizers and the callbacks' on_fit_start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net[0] = nn.LazyLinear(16)
+
+
+class WeightsOnceInitialised(lightning.Callback):
+    """The weights at the start of every batch (no accumulation), once there are any."""
+
+    def __init__(self):
+        self.states = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        lazy = any(torch.nn.parameter.is_lazy(p) for p in pl_module.parameters())
+        self.states.append(None if lazy else copy.deepcopy(pl_module.net.state_dict()))
+
+
+def test_lightning_attaches_to_a_module_with_lazy_layers_once_the_first_batch_shaped_them(
+    tmp_path,
+):
+    # Before: the Monitor read the lazy layer's uninitialised weights at fit start and raised,
+    # stopping the user's training. Now the callback attaches after the first backward.
+    module = LazyRegressor()
+    witness = WeightsOnceInitialised()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SteadygradWarning)
+        fit(tmp_path, module, [witness, SteadygradCallback()], accumulate_grad_batches=1)
+    run = steadygrad.load(tmp_path / "steadygrad")
+    steps, loss = run.series("loss")
+    assert list(steps) == list(range(STEPS))  # the first batch's step too
+    _, norms = run.series("grad_norm/net.0.weight")
+    assert len(norms) == STEPS
+    x, y = regression_data(STEPS * MICRO * ACCUM).tensors  # the data fit() trained on
+    for k in range(1, STEPS):
+        part = slice(k * MICRO, (k + 1) * MICRO)
+        want_loss, _ = by_hand(module.net, witness.states[k], x[part], y[part])
+        assert loss[k] == pytest.approx(want_loss, rel=1e-5)
+
+
 def test_lightning_autopilot_skips_a_nan_batch_and_training_goes_on(tmp_path):
     """The bad batch is seen only inside Lightning's closure (forward and backward run inside
     optimizer.step): the autopilot must decide after it and skip without raising."""

@@ -42,6 +42,20 @@ def test_wrong_types_and_empty_model(tmp_path):
         steadygrad.Monitor(frozen, _opt(model), tmp_path / "c")
 
 
+def test_a_lazy_model_is_refused_until_its_dry_run_then_watched(tmp_path):
+    # Before: a LazyLinear's uninitialised weight raised PyTorch's own error deep in attach.
+    lazy = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(lazy.parameters(), lr=0.1)  # legal before the dry run
+    with pytest.raises(ValueError, match=r"model has parameters a lazy module .*0\.weight"):
+        steadygrad.Monitor(lazy, opt, tmp_path / "d", progress=False)
+    assert not list((tmp_path / "d").glob("*"))  # refused before anything was written
+    lazy(torch.randn(2, 3))  # the dry run shapes it
+    mon = steadygrad.Monitor(lazy, opt, tmp_path / "d", progress=False)
+    train(lazy, opt, mon, 3, batch_fn=lambda seed: (torch.randn(8, 3), torch.randn(8, 1)))
+    mon.close()
+    assert list(steadygrad.load(tmp_path / "d").series("grad_norm/0.weight")[0]) == [0, 1, 2]
+
+
 def test_run_dir_that_is_a_file(tmp_path):
     model = tiny_mlp()
     path = tmp_path / "file.txt"

@@ -59,6 +59,25 @@ def module(name: str, value: object) -> torch.nn.Module:
     return value
 
 
+def lazy_parameters(model: torch.nn.Module) -> list[str]:
+    """The names of ``model``'s parameters a lazy module has not initialised yet (``LazyLinear``
+    and its kind: their shapes come from the first forward pass)."""
+    return [n for n, p in model.named_parameters() if torch.nn.parameter.is_lazy(p)]
+
+
+def initialised(name: str, value: torch.nn.Module) -> torch.nn.Module:
+    """``value``, once every parameter of it has been initialised (see :func:`lazy_parameters`)."""
+    lazy = lazy_parameters(value)
+    if lazy:
+        listed = ", ".join(lazy[:3]) + (f" and {len(lazy) - 3} more" if len(lazy) > 3 else "")
+        raise ValueError(
+            f"{name} has parameters a lazy module has not initialised yet ({listed}): run one "
+            "forward pass with a real batch first (the dry run PyTorch asks of lazy modules), "
+            "then attach"
+        )
+    return value
+
+
 def optimizer(name: str, value: object) -> torch.optim.Optimizer:
     if not isinstance(value, torch.optim.Optimizer):
         raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(value).__name__}")

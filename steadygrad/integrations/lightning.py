@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
-from steadygrad.core.checks import non_negative_int
+from steadygrad.core.checks import lazy_parameters, non_negative_int
 from steadygrad.core.finding import Finding
 from steadygrad.core.optimizer import unwrap_optimizer
 from steadygrad.core.signal import Signal
@@ -124,11 +124,20 @@ class SteadygradCallback(CallbackSettings, Callback):
         self._manual = False
         self._watched: torch.optim.Optimizer | None = None
         self._step_loss: torch.Tensor | None = None  # manual: the loss of the watched step
+        self._lazy = False  # the module had lazy parameters at fit start: attach deferred
 
     # -- start and end ------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         self._manual = not pl_module.automatic_optimization
-        optimizer = self._watched = watched_optimizer(_NAME, self._choose(trainer.optimizers))
+        self._watched = watched_optimizer(_NAME, self._choose(trainer.optimizers))
+        self._lazy = bool(lazy_parameters(pl_module))
+        if not self._lazy:
+            self._attach(trainer, pl_module)
+        # else: lazy modules take their shapes from the first forward pass; attached once the
+        # first batch's backward is done (see on_before_optimizer_step)
+
+    def _attach(self, trainer, pl_module) -> None:
+        optimizer = self._watched
         options = dict(self.options)
         autopilot = options.get("autopilot")
         if autopilot is not None and trainer.world_size > 1:
@@ -197,6 +206,9 @@ class SteadygradCallback(CallbackSettings, Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # After the closure's backward (and AMP unscaling), before clipping and the update.
+        if self.monitor is None and self._lazy and not lazy_parameters(pl_module):
+            self._lazy = False
+            self._attach(trainer, pl_module)
         if self.monitor is None:
             return
         if self._manual:

@@ -175,7 +175,7 @@ class Monitor:
         resume: bool = False,
         overwrite: bool = False,
     ) -> None:
-        self.model = _checks.module("model", model)
+        self.model = _checks.initialised("model", _checks.module("model", model))
         optimizer = unwrap_optimizer(optimizer)  # accelerate's and Lightning's wrappers
         self.optimizer = _checks.optimizer("optimizer", optimizer)
         if resume and overwrite:
