@@ -158,6 +158,36 @@ def test_plasticity_sees_units_dying_while_the_loss_climbs_not_a_net_growing_spa
     assert run(PlasticityLoss(), falling) == []
 
 
+def _units_killed(jump_at: int, dead_after: float) -> list[dict]:
+    """Readings of a layer's dead share: none dead until reading ``jump_at``, ``dead_after``
+    from it on (set 105's MiDaS: a warm restart's peak 400x too high for four steps killed a
+    third of the decoder's units); the loss falls, then stalls above its best once they die."""
+    return [
+        {
+            "dead_units/dec": 0.0 if i < jump_at else dead_after,
+            "loss": 1.0 * 0.9**i if i < jump_at else 0.9**jump_at * 3,
+        }
+        for i in range(16)
+    ]
+
+
+def test_units_killed_at_a_stroke_are_lost_capacity_short_of_half_the_layer():
+    # Trigger: a third of the units dead from one reading to the next, and staying dead, with
+    # the loss stalled above its best: below the 50% that marks a layer grown sparse, so it
+    # went unseen and the learning-rate glitch was named alone.
+    found = run(PlasticityLoss(), _units_killed(7, 1 / 3))
+    # info as the units die (the loss not yet read as stalled), a warning the reading after
+    assert [(f.step, f.where, f.severity) for f in found] == [
+        (8, "dec", "info"),
+        (9, "dec", "warning"),
+    ]
+    assert found[0].evidence["dead_before"] == 0.0
+    # Controls: the same share dead from the first readings on (training settling, or inputs
+    # that leave units idle); a fifth killed at a stroke.
+    assert run(PlasticityLoss(), _units_killed(1, 1 / 3)) == []
+    assert run(PlasticityLoss(), _units_killed(7, 0.2)) == []
+
+
 def test_plasticity_rank_collapse_fires_at_half_of_best():
     series = [{"effective_rank/f": r} for r in (40, 38, 30, 21, 19, 18, 17)]
     findings = run(PlasticityLoss(rank_drop=0.5, patience=2), series)

@@ -667,6 +667,9 @@ class GradientSpike(Detector):
 
 # A layer with this share of its units dead is lost whatever its first reading said.
 NEARLY_ALL = 0.9
+# A share of a layer's units that died between two readings (after its first two, which see
+# training settle): killed at a stroke (a learning-rate glitch, a knock), not grown sparse.
+KILLED = 1 / 3
 
 
 class PlasticityLoss(Detector):
@@ -674,7 +677,9 @@ class PlasticityLoss(Detector):
     units alive at the first reading have died, or ``NEARLY_ALL`` of them are dead, or
     ``dead_fraction`` of them are fed exactly zero: ``zeroed_units``), or when
     ``effective_rank`` stays at or below ``rank_drop`` times its largest value so far, for
-    ``patience`` records (Dohare et al. 2024). Evidence names which of the two it was. Dead
+    ``patience`` records (Dohare et al. 2024). Units killed at a stroke (``KILLED`` of the
+    layer's units dead from one reading to the next, after its first two) count while they
+    stay dead, short of ``dead_fraction``. Evidence names which of the two it was. Dead
     units found while the loss still improves (not ``NEARLY_ALL`` of them, none fed zero) are
     info: a trained network grows sparse on its own; the same layer is a warning once the loss
     turns worse than its best with them still dead.
@@ -715,6 +720,8 @@ class PlasticityLoss(Detector):
         self._dying: dict[str, _Streak] = {}
         self._first_active: dict[str, float] = {}
         self._first_dead: dict[str, float] = {}
+        self._last_dead: dict[str, tuple[float, int]] = {}  # the last reading, readings so far
+        self._killed: dict[str, float] = {}  # the dead share before units were killed at once
         self._saturated: dict[str, _Streak] = {}
         self._output: str | None = None  # the model's output module, once a record names it
         self.loss = SustainedLevel()
@@ -743,6 +750,10 @@ class PlasticityLoss(Detector):
         zeroed = record.family(ZEROED_UNITS.name)
         for name, dead in dead_share.items():
             first = self._first_dead.setdefault(name, dead)
+            before, readings = self._last_dead.get(name, (dead, 0))
+            self._last_dead[name] = (dead, readings + 1)
+            if readings >= 2 and dead - before >= KILLED - 1e-6:
+                self._killed[name] = before
             # Units idle on the whole batch from the start are the inputs' doing (non-negative,
             # correlated features: point clouds, graph sums, pooled maps), not units dying:
             # half of those alive at the first reading must have died, or nearly all of them.
@@ -753,10 +764,15 @@ class PlasticityLoss(Detector):
             # grow sparse on their own): info, a warning once the loss turns worse, them dead.
             # Nearly all dead, or fed zero, is harm in itself; with no loss read, the units alone.
             harm = lost or stalled or not math.isfinite(self.loss.current)
-            holds = dead >= self.dead_fraction and died
+            # Units killed at a stroke and still dead are lost capacity even short of the
+            # share that marks a layer grown sparse.
+            killed = name in self._killed and dead >= self._killed[name] + KILLED - 1e-6
+            holds = dead >= self.dead_fraction and died or killed
             streak = self._dead.setdefault(name, _Streak())
             if streak.update(holds, self.patience) or (holds and harm and name in self._idle):
                 evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
+                if killed:
+                    evidence["dead_before"] = self._killed[name]  # then killed at a stroke
                 if not harm:
                     evidence["note"] = "the loss still improves: they cost it nothing yet"
                 severity = "warning" if harm else "info"
