@@ -4,6 +4,7 @@ Each change has a trigger that fails on the code before it and a control that mu
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import train
 
@@ -47,3 +48,36 @@ def test_a_gradient_that_stepped_up_with_its_loss_and_stayed_is_no_spike(tmp_pat
     report = _targets_shifted(tmp_path, lasting=False)
     spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
     assert "before that step's update" not in spike.why
+
+
+def test_a_schedule_free_optimizers_shrinking_steps_are_no_poisoned_moment(tmp_path):
+    # Control: a healthy schedule-free AdamW run (Defazio et al. 2024, the schedulefree
+    # package). The weights it trains with are an average of its iterates, whose steps shrink
+    # to about 1 - beta1 of the base step as the average grows: after an early gradient burst
+    # that shrinkage was read as a second moment poisoned by it (updates "at 11%").
+    schedulefree = pytest.importorskip("schedulefree")
+    torch.manual_seed(0)
+    teacher = torch.randn(4, 16)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=1e-2, warmup_steps=20)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "sf", progress=False)
+    for step in range(300):
+        model.train()
+        opt.train()
+        x = torch.randn(64, 16)
+        loss = torch.nn.functional.cross_entropy(model(x), (x @ teacher.t()).argmax(1))
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+        opt.zero_grad()
+        if step % 50 == 49:  # an evaluation, in the averaged weights
+            model.eval()
+            opt.eval()
+    mon.close()
+    assert loss.item() < 0.3  # it trained
+    run = steadygrad.load(tmp_path / "sf")
+    assert run.config["averages_iterates"] is True
+    _, ratios = run.series("update_ratio/0.weight")
+    assert ratios[-1] < 0.3 * ratios[1:4].max()  # the steps did shrink
+    causes = [d.cause for d in steadygrad.diagnose(tmp_path / "sf").diagnoses]
+    assert "adam_second_moment_poisoned" not in causes

@@ -99,6 +99,26 @@ def second_moment_decay(optimizer: Any) -> float | None:
     return 1.0  # a per-coordinate step from eps alone: Adagrad's sum
 
 
+# The run config's key for :func:`averages_iterates`.
+AVERAGES_ITERATES = "averages_iterates"
+
+
+def averages_iterates(optimizer: Any) -> bool:
+    """Whether the weights the model trains with are an average of the optimizer's iterates, as
+    schedule-free optimizers keep them (Defazio et al. 2024; schedulefree's and
+    pytorch-optimizer's, whose parameter groups carry the average's ``weight_sum``): those
+    weights' steps shrink as the average grows, to about ``1 - beta1`` of the base step,
+    whatever the gradient does.
+
+    Example:
+        >>> import torch
+        >>> averages_iterates(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]))
+        False
+    """
+    optimizer = unwrap_optimizer(optimizer)
+    return any("weight_sum" in g for g in getattr(optimizer, "param_groups", None) or [])
+
+
 # The wrappers training stacks hand out instead of the optimizer: (module, class, inner attribute).
 # They are not optimizers with step hooks of their own; the Monitor hooks what they wrap.
 _WRAPPERS = (

@@ -42,7 +42,7 @@ from steadygrad.core.metrics import (
     UPDATE_RATIO,
     ZEROED_UNITS,
 )
-from steadygrad.core.optimizer import PER_COORDINATE, SECOND_MOMENT_DECAY
+from steadygrad.core.optimizer import AVERAGES_ITERATES, PER_COORDINATE, SECOND_MOMENT_DECAY
 from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
 from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
 from steadygrad.diagnose.detectors.dynamics import MEMORISING
@@ -329,6 +329,13 @@ class RunFacts:
         Monitor from the autograd graph: :mod:`steadygrad.monitor.output_layer`)."""
         layer = self.run.config.get(OUTPUT_LAYER)
         return layer if isinstance(layer, str) else None
+
+    @cached_property
+    def averages_iterates(self) -> bool:
+        """Whether the weights the model trained with were an average of the optimizer's
+        iterates (a schedule-free optimizer; see
+        :func:`steadygrad.core.optimizer.averages_iterates`)."""
+        return bool(self.run.config.get(AVERAGES_ITERATES))
 
     @cached_property
     def second_moment_decay(self) -> float | None:
@@ -2054,6 +2061,10 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
         thrown = _thrown_by_the_moments(facts, spike)
         if thrown is not None:
             return thrown
+        if facts.averages_iterates:
+            # the weights are an average of the iterates (schedule-free): their steps shrink
+            # as the average grows, a drop no spike needs to have made
+            continue
         # a spike poisons the moments of the tensors it hit: those found spiking at its step
         # (a global spike, or one whose tensors have no updates recorded: every tensor)
         at_step = [f for f in spikes if f.step == spike.step]

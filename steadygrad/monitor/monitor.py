@@ -42,7 +42,9 @@ from steadygrad.core.metrics import (
     RECURRENT_MODULES,
 )
 from steadygrad.core.optimizer import (
+    AVERAGES_ITERATES,
     SECOND_MOMENT_DECAY,
+    averages_iterates,
     optimizer_family,
     second_moment_decay,
     unwrap_optimizer,
@@ -227,6 +229,7 @@ class Monitor:
             "optimizer": type(optimizer).__name__,
             "optimizer_family": optimizer_family(optimizer),
             SECOND_MOMENT_DECAY: second_moment_decay(optimizer),
+            AVERAGES_ITERATES: averages_iterates(optimizer),
             "add_qk_norm_applies": bool(qk_norm_targets(model)),
             RECURRENT_MODULES: builtin_recurrent(model),
             PARAM_GROUPS: group_members(self.optimizer, self.parameters.stats.named),
