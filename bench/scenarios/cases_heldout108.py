@@ -1023,7 +1023,7 @@ def h108_ns_pinn_coefficients_never_warm(ctx: Context) -> None:
         opt.zero_grad(set_to_none=True)
     ctx.check("the coefficients never moved", torch.equal(lam0, _flat(model.pde)))
     ctx.check("the network did", (net0 - _flat(model.net)).norm() > 0.1)
-    ctx.check("loss fell by 80%", _mean(ctx.losses[-10:]) < 0.2 * _mean(ctx.losses[:5]))
+    ctx.check("loss fell by half", _mean(ctx.losses[-10:]) < 0.5 * _mean(ctx.losses[:5]))
 
 
 # -- a document layout transformer with an unbounded cosine-classifier scale -----------------------
