@@ -236,6 +236,7 @@ HELD_OUT_FILES = [
     ("cases_heldout105", "h105_", 12, 12, 13),
     ("cases_heldout106", "h106_", 12, 12, 14),
     ("cases_heldout107", "h107_", 12, 12, 14),
+    ("cases_heldout108", "h108_", 12, 12, 15),
 ]
 
 
