@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import train
+from helpers import diagnose_stored, train
 
 import steadygrad
 
@@ -81,3 +81,36 @@ def test_a_schedule_free_optimizers_shrinking_steps_are_no_poisoned_moment(tmp_p
     assert ratios[-1] < 0.3 * ratios[1:4].max()  # the steps did shrink
     causes = [d.cause for d in steadygrad.diagnose(tmp_path / "sf").diagnoses]
     assert "adam_second_moment_poisoned" not in causes
+
+
+def _collapse_after_a_spike(tmp_path, name: str, spike_at: int, collapsed_before: float):
+    """Set 108's SegNet, by hand: one step's loss summed over pixels (a 60x gradient) at
+    ``spike_at``; the softmax-collapse share read every 25 steps (``collapsed_before`` at step
+    75), then every step from 91, when the Monitor looked closer."""
+    rows = []
+    for t in range(130):
+        row = {"loss": 0.08, "grad_norm": 60.0 if t == spike_at else 1.0, "lr/0": 0.01}
+        if t % 25 == 0 or 91 <= t <= 107:
+            row["softmax_collapse"] = 0.0 if t < 75 else collapsed_before if t == 75 else 0.2
+        rows.append(row)
+    findings = [
+        ("grad_norm_spike", spike_at, None, {"grad_norm": 60.0, "ratio": 60.0}, "warning"),
+        ("softmax_collapse", 93, "classifier", {"softmax_collapse": 0.2}, "warning"),
+    ]
+    return diagnose_stored(tmp_path, name, rows, findings)
+
+
+def test_rows_that_collapsed_the_step_after_a_gradient_spike_were_thrown_by_it(tmp_path):
+    # Trigger: none collapsed at step 75, the spike at 90, rows collapsed from 91: the spike's
+    # update threw the classifier's logits (ranked first, as a mechanism, before).
+    report = _collapse_after_a_spike(tmp_path, "thrown", 90, 0.0)
+    collapse = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
+    assert "threw the logits" in collapse.why
+    assert report.diagnoses[0].cause == "gradient_spike"
+    # Controls: the spike thirty steps before the rows collapsed; rows already collapsing at
+    # step 75, before the spike.
+    for name, spike_at, before in (("early", 60, 0.0), ("already", 90, 0.05)):
+        report = _collapse_after_a_spike(tmp_path, name, spike_at, before)
+        collapse = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
+        assert "threw the logits" not in collapse.why
+        assert report.diagnoses[0].cause == "softmax_collapse"

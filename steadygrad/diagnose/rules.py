@@ -453,7 +453,22 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
         found.evidence["rows_collapsed_since"] = int(since[0])
         found.first_step = int(since[0])
         found.summary += f" (rows collapsed at every reading since step {since[0]})"
+    began = found.first_step
+    spikes = [
+        f.step
+        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
+        if f.severity != "info" and began - THROWN_WITHIN <= f.step < began
+    ]
+    if spikes and (not len(clear) or clear.max() <= min(spikes)):
+        found.consequence_of = (
+            f"no row had collapsed until the gradient spike at step {min(spikes)}, and rows "
+            f"collapsed from the step after: its update threw the logits"
+        )
     return found
+
+
+# Steps after a gradient spike within which what first shows is what its update threw.
+THROWN_WITHIN = 2
 
 
 def _update_ratio(facts: RunFacts) -> Found | None:
@@ -3376,7 +3391,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _softmax_collapse,
-        (SOFTMAX_COLLAPSE_KIND,),
+        (SOFTMAX_COLLAPSE_KIND, GRAD_NORM_SPIKE, GRADIENT_SPIKE),  # a spike's throw
         explained_by=("data_outlier",),  # an outlier batch's own logits, or the jolt it gave
     ),
     Rule(
