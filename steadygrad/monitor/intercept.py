@@ -6,9 +6,12 @@ Nothing is installed between due steps, so healthy steps off the cadence cost no
 step the mode and hooks come off once the gradients are final (the optimizer's pre-step path),
 so the optimizer's many per-tensor calls do not pass through Python.
 
-Under ``torch.compile`` the observers and hooks run eagerly (``torch.compiler.disable``): traced,
-their changing state would become guards, each due step would recompile the model's frames, and
-frames past the recompile limit would run eagerly from then on, off the cadence too.
+Under ``torch.compile`` a due step's forward and backward run eagerly, the compiler's stance
+forced to eager until the mode comes off: traced, the mode would break the graph at every call
+it sees, each due step would compile the model's frames anew (a Hugging Face model's shared
+forward wrappers past Dynamo's recompile limit within two due steps), and frames past the limit
+would run eagerly from then on, off the cadence too. The observers and hooks are
+``torch.compiler.disable``'d besides, for a stance set by the user.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class InterceptingSignal(Signal):
         self._handles.append(register_module_forward_hook(pop, always_call=True))
         self._mode = _Mode(self.watched())
         self._mode.__enter__()
+        _eager.hold()
 
     def before_update(self) -> None:
         self._stop()  # forward, loss and backward are done: nothing left to watch this step
@@ -105,6 +109,7 @@ class InterceptingSignal(Signal):
         if self._mode is not None:
             _leave(self._mode)
             self._mode = None
+            _eager.release()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -210,6 +215,34 @@ def _live(table: dict[int, tuple[str, weakref.ref]], tensor: torch.Tensor) -> st
     """The module ``table`` holds for ``tensor``'s storage, if the output it saw there lives."""
     made = table.get(_key(tensor))
     return made[0] if made is not None and made[1]() is not None else None
+
+
+class _EagerStance:
+    """The compiler's stance forced to eager while any intercepting signal watches a step
+    (``torch.compiler.set_stance``, whose context restores the stance it found)."""
+
+    def __init__(self) -> None:
+        self._held = 0
+        self._stance: Any = None
+
+    def hold(self) -> None:
+        self._held += 1
+        if self._held == 1 and not torch.compiler.is_compiling():
+            try:
+                stance = torch.compiler.set_stance("force_eager")
+                stance.__enter__()
+                self._stance = stance
+            except Exception:  # noqa: BLE001 - a torch without stances: the signals still run
+                self._stance = None
+
+    def release(self) -> None:
+        self._held = max(self._held - 1, 0)
+        if not self._held and self._stance is not None and not torch.compiler.is_compiling():
+            stance, self._stance = self._stance, None
+            stance.__exit__(None, None, None)
+
+
+_eager = _EagerStance()
 
 
 def _leave(mode: TorchFunctionMode) -> None:
