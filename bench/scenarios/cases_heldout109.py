@@ -172,11 +172,11 @@ def _qk_logit_max(model: TextLM, idx: torch.Tensor) -> float:
     where=("lm_head",),
     diverges=None,
     heldout=True,
-    note="untied LM head on its own 40x learning rate, no z-loss, no weight decay",
+    note="untied LM head on its own 200x learning rate, no z-loss, no weight decay",
 )
 def h109_hf_paddleocr_text_lm_head_logits(ctx: Context) -> None:
     """The PaddleOCR-VL text decoder fine-tuned on bytes with a freshly added, untied LM head
-    put in its own parameter group at 40x the backbone's learning rate (a 'new head learns
+    put in its own parameter group at 200x the backbone's learning rate (a 'new head learns
     faster' recipe), no z-loss and no weight decay: the head's logits grow by an order of
     magnitude while the log-partition drifts up with them."""
     gen = seeded(10901)
@@ -262,12 +262,12 @@ def h109_hf_qwen2_5_omni_thinker_control(ctx: Context) -> None:
     diverges=None,
     heldout=True,
     onset=150,
-    note="a resumed run reloads the peak learning rate x30 for three steps",
+    note="a resumed run sets the learning rate 25x for two steps",
 )
 def h109_hf_granite_docling_resume_spike(ctx: Context) -> None:
     """The Granite-Docling text decoder trained with NAdam; at step 150 a resume from a
-    checkpoint restores the scheduler's state in the wrong units and the learning rate is 30x
-    for three steps before the next scheduler call sets it back: the loss jumps and then
+    checkpoint restores the scheduler's state in the wrong units and the learning rate is 25x
+    for two steps before the next scheduler call sets it back: the loss jumps and then
     recovers."""
     gen = seeded(10904)
     model = _granite_docling_text()
@@ -915,8 +915,9 @@ def h109_ecg_rr_units_poison(ctx: Context) -> None:
     """A multi-task ECG beat net (beat class + RR interval) under Adam (beta2 0.999); at step
     80 one batch's RR targets arrive in milliseconds instead of seconds: the squared error is
     ~10^6x, the RR head's gradient ~1000x, and its second-moment estimate jumps by ~10^3 and
-    decays over thousands of steps, so the head's steps shrink ~30x and the RR error stops
-    falling while the classification head trains on."""
+    decays over thousands of steps: after the one large step the event itself makes, the
+    head's steps shrink over 5x and the RR error stays far above its level before the event,
+    while the classification head trains on."""
     gen = seeded(10915)
     model = ECGBeatNet()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -998,11 +999,11 @@ class PitchNet(nn.Module):
     note="front-end conv's parameter group at lr 0.5 (meant 5e-4): steps ~ its weights",
 )
 def h109_crepe_front_end_lr_typo(ctx: Context) -> None:
-    """A CREPE-style pitch classifier (a wide strided conv front end, BatchNorm, 24 pitch
-    bins) under RMSprop with the front end in its own parameter group, its learning rate typed
+    """A CREPE-style pitch classifier (a wide strided conv front end, then a conv with
+    BatchNorm, 24 pitch bins) under RMSprop with the front end in its own parameter group, its learning rate typed
     as 0.5 instead of 5e-4: each step moves the front-end filters by a third of their size on
-    average, and their norm is pushed up ~90x. The ReLU + BatchNorm after them is
-    scale-invariant, so the loss stays finite and even falls: the ratio is the only sign."""
+    average, and their norm is pushed up ~90x. The ReLU, max-pool, conv and BatchNorm
+    after them are (nearly) scale-invariant in them, so the loss stays finite and even falls: the ratio is the only sign."""
     losses, ratios, grew = _crepe_run(ctx, 0.5)
     c1, c2 = _mean(ratios["conv1"]), _mean(ratios["conv2"])
     ctx.check("conv1's update/weight ratio over 0.1 per step", c1 > 0.1)
