@@ -237,6 +237,7 @@ HELD_OUT_FILES = [
     ("cases_heldout106", "h106_", 12, 12, 14),
     ("cases_heldout107", "h107_", 12, 12, 14),
     ("cases_heldout108", "h108_", 12, 12, 15),
+    ("cases_heldout109", "h109_", 12, 12, 12),
 ]
 
 

@@ -113,6 +113,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout106,
     cases_heldout107,
     cases_heldout108,
+    cases_heldout109,
     cases_mlp,
     cases_other,
 )
