@@ -114,3 +114,50 @@ def test_rows_that_collapsed_the_step_after_a_gradient_spike_were_thrown_by_it(t
         collapse = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
         assert "threw the logits" not in collapse.why
         assert report.diagnoses[0].cause == "softmax_collapse"
+
+
+def _after_a_summed_step(tmp_path, name: str, logits_read_at: int, after: list[float]):
+    """Set 109's SAM3 ViT, by hand: one step's loss summed over 12 micro-batches (a 40x
+    gradient at step 120), the gradient norm ``after`` it, the head's log-partition read at
+    ``logits_read_at`` and then at 122, high, and a growth finding at 125 against an early low;
+    the loss up for ten steps after the spike."""
+    norms = [1.0] * 120 + after + [6.0] * (30 - len(after))
+    losses = [1.5] * 121 + [14.6, 13.8, 10.8, 6.7, 5.1, 5.0, 5.0, 4.9, 3.7] + [3.0] * 20
+    rows = [{"loss": x, "grad_norm": g} for x, g in zip(losses, norms, strict=True)]
+    findings = [
+        ("grad_norm_spike", 120, None, {"grad_norm": 40.0, "ratio": 40.0}, "warning"),
+        ("loss_spike", 121, None, {"loss": 14.0, "baseline": 1.5, "ratio": 9.3}, "warning"),
+        (
+            "output_logit_divergence",
+            122,
+            "head",
+            {"logit_lse_mean": 13.2, "initial": 2.4, "previous_reading": logits_read_at},
+            "warning",
+        ),
+        (
+            "gradient_growth",
+            125,
+            "vit.layer_norm.weight",
+            {"grad_norm_median": 12.9, "best_level": 0.58, "growth": 22.3, "best_level_step": 21},
+            "warning",
+        ),
+    ]
+    return diagnose_stored(tmp_path, name, rows, findings)
+
+
+def test_what_a_spikes_update_threw_is_its_aftermath_not_a_cause(tmp_path):
+    # Trigger: the logits were in range at step 100, drifted at 122 (read two steps after the
+    # spike), and the gradient norm fell from the spike's 40 to 6 by the growth finding: the
+    # logits' drift and the "growth" ranked above the spike that made them.
+    report = _after_a_summed_step(tmp_path, "thrown", 100, [40.0, 18.0, 15.0, 12.9, 9.3, 6.0])
+    assert report.diagnoses[0].cause == "gradient_spike"
+    why = {d.cause: d.why for d in report.diagnoses}
+    assert "its update threw them" in why["output_logit_divergence"]
+    assert "the spike's aftermath" in why["exploding_gradients"]
+    # Control: the logits last read at step 121, already after the spike; the gradient norm
+    # growing on from the spike (40, 50, ... 120): neither is the spike's throw.
+    report = _after_a_summed_step(tmp_path, "grew", 121, [40.0, 50.0, 65.0, 80.0, 100.0, 120.0])
+    why = {d.cause: d.why for d in report.diagnoses}
+    assert "threw them" not in why["output_logit_divergence"]
+    assert "aftermath" not in why["exploding_gradients"]
+    assert report.diagnoses[0].cause != "gradient_spike"

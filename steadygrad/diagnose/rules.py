@@ -43,6 +43,7 @@ from steadygrad.core.metrics import (
     ZEROED_UNITS,
 )
 from steadygrad.core.optimizer import AVERAGES_ITERATES, PER_COORDINATE, SECOND_MOMENT_DECAY
+from steadygrad.diagnose.detectors.base import PREVIOUS_READING
 from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
 from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
 from steadygrad.diagnose.detectors.dynamics import MEMORISING
@@ -453,15 +454,10 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
         found.evidence["rows_collapsed_since"] = int(since[0])
         found.first_step = int(since[0])
         found.summary += f" (rows collapsed at every reading since step {since[0]})"
-    began = found.first_step
-    spikes = [
-        f.step
-        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
-        if f.severity != "info" and began - THROWN_WITHIN <= f.step < began
-    ]
-    if spikes and (not len(clear) or clear.max() <= min(spikes)):
+    spike = _thrown_by_a_spike(facts, found.first_step, clear.max() if len(clear) else None)
+    if spike is not None:
         found.consequence_of = (
-            f"no row had collapsed until the gradient spike at step {min(spikes)}, and rows "
+            f"no row had collapsed until the gradient spike at step {spike}, and rows "
             f"collapsed from the step after: its update threw the logits"
         )
     return found
@@ -469,6 +465,20 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
 
 # Steps after a gradient spike within which what first shows is what its update threw.
 THROWN_WITHIN = 2
+
+
+def _thrown_by_a_spike(facts: RunFacts, began: int, clear: int | None) -> int | None:
+    """The step of a gradient spike (not info) within ``THROWN_WITHIN`` steps before ``began``
+    (where a mechanism was first read), when the reading before (``clear``: none found there)
+    came before it: the spike's update made what was read next."""
+    spikes = [
+        f.step
+        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
+        if f.severity != "info" and began - THROWN_WITHIN <= f.step < began
+    ]
+    if spikes and (clear is None or clear <= min(spikes)):
+        return min(spikes)
+    return None
 
 
 def _update_ratio(facts: RunFacts) -> Found | None:
@@ -1076,6 +1086,15 @@ def _exploding(facts: RunFacts) -> Found | None:
             "weights, not gradients that grew"
         )
         return found
+    fading = _fading_since_a_spike(facts, found.first_step)
+    if fading is not None:
+        spike, peak, now = fading
+        found.consequence_of = (
+            f"the gradient norm had been falling since the spike at step {spike} ({peak:.3g} "
+            f"then, {now:.3g} when the growth was found): the spike's aftermath, read against an "
+            "earlier low, not gradients growing"
+        )
+        return found
     shock = _shock_got_over(facts, found.first_step)
     if shock is not None:
         found.consequence_of = (
@@ -1189,6 +1208,28 @@ def _shock_got_over(facts: RunFacts, step: int) -> int | None:
         return None
     ratio = float(np.median(last)) / max(float(np.median(before)), np.finfo(float).tiny)
     return shock if 1.0 / GOT_OVER <= ratio <= GOT_OVER else None
+
+
+def _fading_since_a_spike(facts: RunFacts, step: int) -> tuple[int, float, float] | None:
+    """(the spike's step, the gradient norm there, the norm at ``step``) when a gradient spike
+    (not info) came within ``CONFIRMED_SOON`` steps before the growth finding at ``step``, was
+    the largest norm since, and the norm at ``step`` had fallen to half of it or less."""
+    spikes = [
+        f.step
+        for f in facts.of(GRAD_NORM_SPIKE)
+        if f.severity != "info" and step - CONFIRMED_SOON <= f.step < step
+    ]
+    series = facts.series(GRAD_NORM.name)
+    if not spikes or series is None:
+        return None
+    steps, values = series
+    since = values[(steps >= min(spikes)) & (steps <= step)]
+    if len(since) < 2 or not np.isfinite(since).all():
+        return None
+    peak, now = float(since[0]), float(since[-1])
+    if since.max() > peak or not now <= 0.5 * peak:
+        return None
+    return min(spikes), peak, now
 
 
 def _lone_burst(facts: RunFacts, step: int) -> bool:
@@ -1623,6 +1664,15 @@ def _output_logits(facts: RunFacts) -> Found | None:
             found.evidence.update(evidence)
         return found
     if found is None or found.first_step is None:
+        return found
+    first = found.evidence.get("first")
+    clear = first.get(PREVIOUS_READING) if isinstance(first, dict) else None
+    spike = _thrown_by_a_spike(facts, found.first_step, clear if isinstance(clear, int) else None)
+    if spike is not None and clear is not None:
+        found.consequence_of = (
+            f"the logits were in range at step {clear}, before the gradient spike at step "
+            f"{spike}, and drifted from the step after: its update threw them"
+        )
         return found
     steps, _ = _pushes(facts)
     if len(steps) and steps[0] <= found.first_step:
@@ -3368,6 +3418,7 @@ RULES: tuple[Rule, ...] = (
             ATTENTION_LOGIT_GROWTH,
             LOSS_SPIKE,
             GRAD_NORM_SPIKE,
+            GRADIENT_SPIKE,  # a spike's throw (see _thrown_by_a_spike)
             UPDATE_RATIO_OUT_OF_RANGE,
         ),
         # an outlier batch's own logits, or the jolt it gave; logits spread so far apart that
