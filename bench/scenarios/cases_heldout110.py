@@ -1,12 +1,12 @@
 """Held-out set 110 (``h110_``): Hugging Face Molmo2 from tiny configs (the text decoder with an
-untied head, a fault and a control; the vision encoder on digit patches, a fault and a control);
+untied head, a fault and a control; the vision encoder on digit patches, a fault and a control)
+and a NeuCodec audio codec on generated tones (a control);
 hand-written: a graph-level molecule classifier with a gated attention readout, a mixture-of-experts
 regressor with a gating network (diabetes), a line OCR (identity-initialised ReLU RNN + CTC) on
 rendered digit lines, a bike-demand ReLU forecaster, TransH knowledge-graph embeddings with a
 margin loss, a denoising diffusion model on 1-D signals, a sound-event detector with weak-label
 (linear-softmax) pooling, a wind-turbine power curve from SCADA records, a micro-Doppler radar
-gesture CNN, a stereo disparity net with a correlation cost volume (a fault and a control) and a
-tiny vision transformer trained with mixup and label smoothing (a control).
+gesture CNN and a stereo disparity net with a correlation cost volume (a fault and a control).
 
 Every fault is induced the way it happens in practice and verified by ``ctx.check``; the controls
 are ordinary runs of the same kinds of models, with their noise, schedules and warm-ups.
@@ -629,20 +629,20 @@ def kg_triples(gen: torch.Generator, entities: int = 200, relations: int = 8, co
     where=("ent", "rel"),
     diverges=None,
     heldout=True,
-    note="TransH on a generated knowledge graph with a margin ranking loss and ASGD; a LambdaLR "
-    "whose post-warm-up branch returns the step count instead of 1.0: each update "
-    "soon moves the embeddings by more than their own size",
-    onset=100,
+    note="TransH (entities kept inside the unit ball) on a generated knowledge graph with a "
+    "margin ranking loss and ASGD; a LambdaLR whose post-warm-up branch returns the step count "
+    "instead of 1.0: from step 150 each update moves the entity table by about half its size",
+    onset=150,
 )
 def h110_transh_lambda_returns_step(ctx: Context) -> None:
     gen = seeded(11010)
     h, r, t = kg_triples(gen)
     model = TransH()
-    opt = torch.optim.ASGD(model.parameters(), lr=4.0, t0=1e9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 100 else float(s))
+    opt = torch.optim.ASGD(model.parameters(), lr=10.0, t0=1e9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 150 else float(s))
     ctx.attach(model, opt)
     ratio = []
-    for _step in range(200):
+    for _step in range(250):
         idx = torch.randint(0, len(h), (512,), generator=gen)
         corrupt = torch.randint(0, 200, (512,), generator=gen)
         pos = model.score(h[idx], r[idx], t[idx])
@@ -651,13 +651,18 @@ def h110_transh_lambda_returns_step(ctx: Context) -> None:
         loss.backward()
         before = model.ent.weight.detach().clone()
         opt.step()
+        with torch.no_grad():  # TransH's constraint |e| <= 1 on the entities
+            norms = model.ent.weight.norm(dim=-1, keepdim=True)
+            model.ent.weight.div_(norms.clamp(min=1.0))
         ratio.append(float((model.ent.weight.detach() - before).norm() / before.norm()))
         ctx.step(loss)
         opt.zero_grad(set_to_none=True)
         sched.step()
-    ctx.check("the loss fell before the bug", _median(ctx.losses[90:100]) < 0.9 * ctx.losses[0])
-    ctx.check("updates were under 5% of the weights before", max(ratio[10:100]) < 0.05)
-    ctx.check("updates passed 30% of the weights after", max(ratio[100:]) > 0.3)
+    before_bug = _median(ctx.losses[130:150])
+    ctx.check("the loss fell before the bug", before_bug < 0.75 * ctx.losses[0])
+    ctx.check("updates were under 6% of the weights before", max(ratio[20:150]) < 0.06)
+    ctx.check("updates passed 30% of the weights after", _median(ratio[150:200]) > 0.3)
+    ctx.check("the loss rose and stayed up", _median(ctx.losses[-50:]) > 1.1 * before_bug)
 
 
 # -- denoising diffusion on 1-D signals ------------------------------------------------------------
@@ -696,8 +701,8 @@ class SignalDenoiser(nn.Module):
     where=("out",),
     diverges=None,
     heldout=True,
-    note="DDPM on generated 1-D signals trained with an SNR-weighted x0 loss whose weight is "
-    "not clamped; one batch draws t=0 samples (weight 1/sigma^2 = 1e6): the single giant "
+    note="DDPM on generated 1-D signals trained with a 1/sigma^2-weighted noise loss whose weight "
+    "is not clamped; one batch draws t=0 samples (weight ~1e6): the single giant "
     "gradient fills Adam's second moment and the updates stay tiny for hundreds of steps",
     onset=150,
 )
@@ -720,8 +725,8 @@ def h110_diffusion_unclamped_snr_weight(ctx: Context) -> None:
         noise = torch.randn(x0.shape, generator=gen)
         s2 = sigma2[t][:, None]
         xt = (1 - s2).sqrt() * x0 + s2.sqrt() * noise
-        # the x0-space error |x0_hat - x0|^2 = sigma^2 / (1 - sigma^2) |eps_hat - eps|^2,
-        # weighted by the SNR (1 - sigma^2) / sigma^2 squared, no clamp: 1 / sigma^2 per sample
+        # the noise error weighted by 1 / sigma^2 (an SNR-style weight written without the
+        # usual min-SNR clamp), scaled by its mean over the timesteps the sampler should draw
         loss = ((model(xt, t) - noise) ** 2 / s2).mean() / norm
         loss.backward()
         w_prev = model.out.weight.detach().clone()
@@ -1083,70 +1088,92 @@ def h110_stereo_control(ctx: Context) -> None:
     ctx.check("the loss fell tenfold", _median(ctx.losses[-20:]) < 0.1 * ctx.losses[0])
 
 
-# -- a tiny vision transformer trained with mixup and label smoothing ------------------------------
+# -- Hugging Face NeuCodec (semantic + acoustic codec) on generated audio ----------------------
 
 
-class TinyViT(nn.Module):
-    """2x2-pixel patches of 8x8 digits, a class token, pre-LN encoder blocks."""
+def neucodec_model():
+    from transformers import Wav2Vec2BertConfig
+    from transformers.models.neucodec.configuration_neucodec import NeuCodecConfig
+    from transformers.models.neucodec.modeling_neucodec import NeuCodecModel
 
-    def __init__(self, dim: int = 32, heads: int = 2, depth: int = 2) -> None:
-        super().__init__()
-        self.patch = nn.Linear(4, dim)
-        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos = nn.Parameter(0.02 * torch.randn(1, 17, dim))
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True
-            )
-            for _ in range(depth)
+    semantic = Wav2Vec2BertConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        feature_projection_input_dim=160,
+        output_hidden_size=32,
+        mask_time_prob=0.0,  # no SpecAugment (it draws from numpy's global generator)
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+    )
+    config = NeuCodecConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        encoder_hidden_size=8,
+        downsampling_ratios=(2, 2, 4),
+        semantic_model_config=semantic,
+        quantization_dim=64,
+        quantization_levels=(4, 4, 4),
+        max_position_embeddings=256,
+        activation_dropout=0.0,
+    )
+    return NeuCodecModel(config)
+
+
+def codec_audio(gen: torch.Generator, batch: int = 4, length: int = 512):
+    """Generated 16 kHz clips (harmonic tones with vibrato, noise bursts) and the semantic
+    encoder's input: a 160-bin log-power spectrum, one frame per 16 samples (the codec's hop)."""
+    t = torch.arange(length) / 16000
+    while True:
+        f0 = 150 + 350 * torch.rand(batch, 1, generator=gen)
+        vib = 1 + 0.01 * torch.sin(2 * math.pi * 5 * t)
+        wave = sum(
+            (0.5 / k) * torch.sin(2 * math.pi * k * f0 * vib * t) for k in (1, 2, 3)
+        ) * torch.rand(batch, 1, generator=gen)
+        burst = (torch.rand(batch, 1, generator=gen) < 0.3).float()
+        wave = wave + 0.1 * burst * torch.randn(batch, length, generator=gen)
+        spec = torch.stft(
+            wave, n_fft=318, hop_length=16, window=torch.hann_window(318), return_complex=True
         )
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = x.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, 16, 4)
-        h = torch.cat([self.cls.expand(len(p), -1, -1), self.patch(p)], 1) + self.pos
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.norm(h[:, 0]))
+        feats = torch.log(spec.abs() ** 2 + 1e-6)[..., :32].transpose(1, 2)
+        yield wave[:, None], feats
 
 
 @scenario(
-    "vit_mixup_smoothing_digits",
-    "sgd_nesterov",
+    "hf_neucodec_tones",
+    "adamw",
     "healthy",
     heldout=True,
-    note="tiny ViT on digits with mixup (alpha 0.4) and label smoothing 0.1, Nesterov SGD with "
-    "warm-up, cosine decay and gradient clipping: noisy mixed batches, a normal run",
+    note="NeuCodec (frozen semantic encoder, acoustic encoder, FSQ quantiser, decoder) from a "
+    "tiny config, reconstructing generated tones; AdamW (0.8, 0.99) with exponential decay",
 )
-def h110_vit_mixup_control(ctx: Context) -> None:
-    gen = seeded(11017)
-    model = TinyViT()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    steps = 250
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 25) * 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
-    batches = digit_batches(gen, batch=64)
-    beta = torch.distributions.Beta(0.4, 0.4)
+def h110_neucodec_control(ctx: Context) -> None:
+    gen = seeded(11018)
+    model = neucodec_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.8, 0.99), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.995)
+    clips = codec_audio(gen)
     ctx.attach(model, opt)
-    for _step in range(steps):
-        x, y = next(batches)
-        lam = float(beta.sample())
-        perm = torch.randperm(len(y), generator=gen)
-        logits = model(lam * x + (1 - lam) * x[perm])
-        loss = lam * F.cross_entropy(logits, y, label_smoothing=0.1) + (1 - lam) * F.cross_entropy(
-            logits, y[perm], label_smoothing=0.1
-        )
+    for _step in range(200):
+        wave, feats = next(clips)
+        out = model(input_values=wave, input_features=feats).audio_values
+        target = F.interpolate(wave, size=out.shape[-1], mode="linear", align_corners=False)
+        loss = F.l1_loss(out, target) + F.mse_loss(out, target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ctx.step(loss)
         opt.zero_grad(set_to_none=True)
         sched.step()
-    with torch.no_grad():
-        xs, ys = digits()
-        accuracy = float((model(xs).argmax(-1) == ys).float().mean())
     ctx.check("finite", _finite(ctx.losses))
-    ctx.check("the loss fell", _median(ctx.losses[-20:]) < 0.7 * _median(ctx.losses[:5]))
-    ctx.check("digit accuracy above 80%", accuracy > 0.8)
+    ctx.check(
+        "the loss fell by a third", _median(ctx.losses[-20:]) < 0.67 * _median(ctx.losses[:5])
+    )
