@@ -238,6 +238,7 @@ HELD_OUT_FILES = [
     ("cases_heldout107", "h107_", 12, 12, 14),
     ("cases_heldout108", "h108_", 12, 12, 15),
     ("cases_heldout109", "h109_", 12, 12, 12),
+    ("cases_heldout110", "h110_", 12, 12, 13),
 ]
 
 

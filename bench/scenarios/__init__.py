@@ -114,6 +114,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout107,
     cases_heldout108,
     cases_heldout109,
+    cases_heldout110,
     cases_mlp,
     cases_other,
 )
