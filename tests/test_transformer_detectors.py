@@ -186,6 +186,12 @@ def test_units_killed_at_a_stroke_are_lost_capacity_short_of_half_the_layer():
     # that leave units idle); a fifth killed at a stroke.
     assert run(PlasticityLoss(), _units_killed(1, 1 / 3)) == []
     assert run(PlasticityLoss(), _units_killed(7, 0.2)) == []
+    # Control: a third read dead once, none at the next reading (a noisy reading, as set 110's
+    # NeuCodec adapter swings), then a slow rise to 40% later: no stroke kept them dead.
+    swinging = _units_killed(7, 1 / 3)
+    for i, dead in zip(range(8, 16), [0.0, 0.0, 0.0, 0.0, 0.1, 0.2, 0.35, 0.4], strict=True):
+        swinging[i]["dead_units/dec"] = dead
+    assert run(PlasticityLoss(), swinging) == []
 
 
 def test_plasticity_rank_collapse_fires_at_half_of_best():

@@ -767,6 +767,8 @@ class PlasticityLoss(Detector):
             # Units killed at a stroke and still dead are lost capacity even short of the
             # share that marks a layer grown sparse.
             killed = name in self._killed and dead >= self._killed[name] + KILLED - 1e-6
+            if name in self._killed and not killed:
+                del self._killed[name]  # they came back: a noisy reading, not a stroke
             holds = dead >= self.dead_fraction and died or killed
             streak = self._dead.setdefault(name, _Streak())
             if streak.update(holds, self.patience) or (holds and harm and name in self._idle):
