@@ -1,8 +1,11 @@
-"""Run shapes from the thirty-first session (held-out sets 105 and 106's misses).
+"""Run shapes from the thirty-first session (held-out sets 105-109's misses, and a schedule-free
+optimizer).
 
 Each change has a trigger that fails on the code before it and a control that must not move."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -161,3 +164,35 @@ def test_what_a_spikes_update_threw_is_its_aftermath_not_a_cause(tmp_path):
     assert "threw them" not in why["output_logit_divergence"]
     assert "aftermath" not in why["exploding_gradients"]
     assert report.diagnoses[0].cause != "gradient_spike"
+
+
+def _spike_then_a_nan(tmp_path, name: str, learnt_past: bool):
+    """Set 109's heteroscedastic regressor, by hand: a Gaussian NLL near zero, one gradient
+    spike at step 44 (a sample with sigma near 0) after which the loss came back, then the loss
+    made NaN at step 104 (log of a negative sigma). ``learnt_past``: the loss went on to a new
+    best (-0.6 at step 82) before the NaN; else it stayed above its best before the spike."""
+    rows = []
+    for t in range(104):
+        loss = -0.3 - 0.002 * t if t < 44 else (0.3 if t < 60 else -0.2)
+        if learnt_past and 75 <= t <= 90:
+            loss = -0.6
+        rows.append({"loss": loss, "grad_norm": 115.0 if t == 44 else 2.0})
+    rows.append({"loss": math.nan, "grad_norm": 2.0})
+    origin = {"module": None, "replayed": True, "note": "made after the model's output"}
+    findings = [
+        ("grad_norm_spike", 44, None, {"grad_norm": 115.0, "ratio": 78.0}, "warning"),
+        ("nonfinite", 104, None, {"loss": math.nan, "forward_origin": origin}, "critical"),
+    ]
+    return diagnose_stored(tmp_path, name, rows, findings)
+
+
+def test_a_spike_the_run_then_learnt_past_does_not_explain_a_later_break(tmp_path):
+    # Trigger: the loss reached a new best 38 steps after the spike, then the NaN: the spike
+    # ranked first as "came first and explains what followed", 60 steps before.
+    report = _spike_then_a_nan(tmp_path, "learnt", True)
+    assert report.diagnoses[0].cause == "nonfinite"
+    spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert "went on to its best at step" in spike.why
+    # Control: after the spike the loss never came back to its best before the NaN.
+    report = _spike_then_a_nan(tmp_path, "stuck", False)
+    assert report.diagnoses[0].cause == "gradient_spike"

@@ -161,7 +161,9 @@ def judge(
     no more progress, if one came later); nor one first seen long after the loss began to
     climb (``climbing_from``); nor a NaN a module's forward pass made from finite inputs in
     the step the run broke (``made_at_once``): dead or frozen units make no non-finite value,
-    nor does a contained mechanism (see ``Rule``) in another module."""
+    nor does a contained mechanism (see ``Rule``) in another module. A one-off event the loss
+    then learnt past (its best before the break ``PROGRESS_AFTER`` steps or more after the
+    event) does not explain the break either."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     if d.severity == "info":  # its own evidence was judged harmless: below any warning
@@ -241,6 +243,19 @@ def judge(
         d.why = (
             f"seen at step {first}, but the run was back to normal soon after and broke only at "
             f"step {broke}: it does not explain the break"
+        )
+    elif (
+        d.tier == EVENT
+        and first is not None
+        and progress_until is not None
+        and progress_until - first >= PROGRESS_AFTER
+    ):
+        # a one-off event the run then learnt past: what broke it came after
+        d.score -= 25.0
+        d.confidence = "low"
+        d.why = (
+            f"seen at step {first}, but the loss went on to its best at step {progress_until} "
+            f"before the run broke at step {broke}: it does not explain the break"
         )
     elif first is not None and first <= broke:
         lead = broke - first
