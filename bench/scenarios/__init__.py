@@ -115,6 +115,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout108,
     cases_heldout109,
     cases_heldout110,
+    cases_heldout111,
     cases_mlp,
     cases_other,
 )
