@@ -1,4 +1,4 @@
-"""Run shapes from the thirty-first session (held-out sets 105-109's misses, and a schedule-free
+"""Run shapes from the thirty-first session (held-out sets 105-111's misses, and a schedule-free
 optimizer).
 
 Each change has a trigger that fails on the code before it and a control that must not move."""
@@ -196,3 +196,46 @@ def test_a_spike_the_run_then_learnt_past_does_not_explain_a_later_break(tmp_pat
     # Control: after the spike the loss never came back to its best before the NaN.
     report = _spike_then_a_nan(tmp_path, "stuck", False)
     assert report.diagnoses[0].cause == "gradient_spike"
+
+
+def _two_climbs(tmp_path, name: str, second: bool):
+    """Set 111's liquid time-constant net, by hand: the loss climbed from 1.9 (step 2) to 3.1
+    early, came back and fell to 0.7 by step 240; with ``second``, it then climbed again from
+    step 300 to 2.2 by the end (an L2 penalty of the wrong sign)."""
+    rows = []
+    for t in range(390):
+        if t < 40:
+            loss = 1.9 + 1.2 * min(t, 20) / 20
+        elif t < 240:
+            loss = 3.1 - 2.4 * (t - 40) / 200
+        else:
+            loss = 0.7 + (1.5 * (t - 300) / 90 if second and t >= 300 else 0.0)
+        rows.append({"loss": loss})
+    findings = [
+        ("loss_divergence", 17, None, {"best_level": 1.9, "best_level_step": 2}, "warning"),
+    ]
+    if second:
+        findings += [
+            ("loss_divergence", 320, None, {"best_level": 0.7, "best_level_step": 242}, "warning"),
+            (
+                "loss_divergence",
+                387,
+                None,
+                {"best_level": 0.7, "best_level_step": 242, "ratio": 3.1},
+                "critical",
+            ),
+        ]
+    return diagnose_stored(tmp_path, name, rows, findings)
+
+
+def test_a_climb_the_loss_came_back_from_and_bettered_is_not_the_one_that_broke_the_run(tmp_path):
+    # Trigger: two climbs; the run broke on the second. The diagnosis was dated to the first
+    # (step 17, from 1.9) and, the loss ending below 1.9, called "a transient".
+    report = _two_climbs(tmp_path, "two", True)
+    climb = next(d for d in report.diagnoses if d.cause == "loss_divergence")
+    assert climb.first_step == 320 and climb.severity == "critical"
+    assert "0.7 (step 242)" in climb.summary and "transient" not in climb.summary
+    # Control: one climb the run came back from: still the first one, a transient.
+    report = _two_climbs(tmp_path, "one", False)
+    climb = next(d for d in report.diagnoses if d.cause == "loss_divergence")
+    assert climb.first_step == 17 and "transient" in climb.summary

@@ -3188,9 +3188,13 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
     found = facts.of(LOSS_DIVERGENCE)
     if not found:
         return None
-    first = found[0]
-    ev = dict(first.evidence)
     worst = max(found, key=lambda f: Severity.rank(f.severity))
+    # an episode the loss came back from and then bettered is over: the climb that counts is
+    # the one from the best level the worst finding climbed from
+    since = worst.evidence.get("best_level_step")
+    later = [f for f in found if isinstance(since, int) and f.step > since]
+    first = later[0] if later and found[0].step < since else found[0]
+    ev = dict(first.evidence)
     summary = (
         f"the loss climbed away from its best sustained level {ev.get('best_level', math.nan):.4g}"
         f" (step {ev.get('best_level_step')}) from step {first.step}"
