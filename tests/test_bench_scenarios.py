@@ -240,6 +240,7 @@ HELD_OUT_FILES = [
     ("cases_heldout109", "h109_", 12, 12, 12),
     ("cases_heldout110", "h110_", 12, 12, 13),
     ("cases_heldout111", "h111_", 12, 12, 14),
+    ("cases_heldout112", "h112_", 12, 12, 12),
 ]
 
 

@@ -116,6 +116,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout109,
     cases_heldout110,
     cases_heldout111,
+    cases_heldout112,
     cases_mlp,
     cases_other,
 )
