@@ -1,4 +1,4 @@
-"""Held-out set 112 (``h112_``): Hugging Face Idefics2 perceiver resampler and Aria
+"""Held-out set 112 (``h112_``): Hugging Face Idefics2 perceiver resampler, Aria
 cross-attention projector from tiny configs, and hand-written models of fields not yet covered
 (differentiable-stack RNN, memory-bank retrieval classifier, option-pricing surrogate, drug-target
 affinity CNN, chess value net, Hamming channel decoder, power-flow GNN, direction-of-arrival
@@ -104,7 +104,8 @@ def _max_attention_logit(model: PerceiverDigits, x: torch.Tensor) -> float:
 def h112_perceiver_qk_rescale_every_step(ctx: Context) -> None:
     """A port of a "scale q/k projections by a muP factor" fix-up is called inside the training
     loop instead of once after init: from step 60 the query and key weights of every resampler
-    layer grow 4% a step and the attention logits grow with their product."""
+    layer grow 6% a step, the attention logits grow with their product, the attention saturates
+    and the loss, which had been falling, climbs again."""
     gen = seeded(11201)
     model = PerceiverDigits()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
@@ -115,13 +116,15 @@ def h112_perceiver_qk_rescale_every_step(ctx: Context) -> None:
         if step >= 60:
             with torch.no_grad():
                 for layer in model.resampler.layers:
-                    layer.self_attn.q_proj.weight.mul_(1.04)
-                    layer.self_attn.k_proj.weight.mul_(1.04)
+                    layer.self_attn.q_proj.weight.mul_(1.06)
+                    layer.self_attn.k_proj.weight.mul_(1.06)
 
     fit(ctx, model, opt, digit_batches(gen, 64), 150, before=rescale)
     after_logit = _max_attention_logit(model, probe_x)
     ctx.check("attention logits grew over 20x", after_logit > 20 * max(before_logit, 1e-3))
     ctx.check("loss fell before the rescale began", _fell(ctx.losses[:60], 0.8))
+    means = [sum(ctx.losses[i : i + 10]) / 10 for i in range(0, 150, 10)]
+    ctx.check("loss rose again once attention saturated", means[-1] > 1.2 * min(means))
 
 
 @scenario(
