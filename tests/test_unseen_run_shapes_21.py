@@ -64,3 +64,20 @@ def test_a_rate_raised_and_kept_is_still_above_the_limit(tmp_path):
     jolted, found = _raised_rate_run(tmp_path, steps_raised=100)
     assert jolted and found is not None
     assert found.first_step == 100 and found.evidence["lr_after"] == 2.0
+
+
+def test_a_rate_raised_for_two_steps_then_put_back_is_a_glitch_not_a_rate_above_the_limit(
+    tmp_path,
+):
+    # Trigger (sets 93, 109 and 112: a rate typed wrong for a few steps, a one-step override):
+    # the raise jolted the run, and the rate was back two steps later. The run never trained at
+    # that rate: the jolt is a loss spike the glitch made, named with it; "lower the learning
+    # rate" would be the wrong fix.
+    jolted, found = _raised_rate_run(tmp_path, steps_raised=2)
+    assert jolted and 100 <= jolted[0] <= 110  # the raise jolted the run
+    assert found is None
+    report = steadygrad.diagnose(tmp_path / "run")
+    assert report.top.cause == "loss_spike"
+    assert "raised 4x or more at a stroke at step 100" in report.top.summary
+    assert "glitch of the schedule" in report.top.summary
+    assert "sharpness_above_limit" not in report.causes()

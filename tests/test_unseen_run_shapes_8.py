@@ -86,7 +86,6 @@ def test_units_killed_by_a_burst_of_the_rate_are_the_harm_that_stayed(tmp_path, 
     # is the cause, and the units it killed come after it
     report = _rate_burst(tmp_path, burst)
     causes = report.causes()
-    assert {"loss_of_plasticity", "sharpness_above_limit"} <= set(causes)
     plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
     assert plasticity.where[0] == "2"
     if burst < 30:
@@ -94,7 +93,8 @@ def test_units_killed_by_a_burst_of_the_rate_are_the_harm_that_stayed(tmp_path, 
         assert "killed in a burst of the learning rate (30x at step 80, back at step 83)" in (
             plasticity.summary
         )
-        assert causes.index("sharpness_above_limit") == 1
+        # the burst was over in three steps: no rate the run trains at is above the limit
+        assert "sharpness_above_limit" not in causes
     else:
         assert report.top.cause == "sharpness_above_limit"
         assert "burst" not in plasticity.summary
@@ -106,7 +106,7 @@ def test_units_left_dying_by_a_burst_stayed_so(tmp_path, stayed):
     # 40x burst of the rate at step 120 (back at 125) and 4% after it, with no unit dead on
     # every example: the units were found dying at 124. Trigger: they pass 4% to the end: the
     # harm that stayed. Control: they pass 45% again by the end: they came back, and the burst
-    # (the overshoot) is what happened
+    # (the jolt it made, a glitch of the schedule) is what happened
     rows = []
     for t in range(250):
         row = {"loss": 0.05 if t < 121 else 2.3, "lr/0": 0.8 if 120 <= t < 125 else 0.02}
@@ -126,7 +126,8 @@ def test_units_left_dying_by_a_burst_stayed_so(tmp_path, stayed):
         assert report.top is plasticity and plasticity.first_step == 120
         assert "(40x at step 120, back at step 125)" in plasticity.summary
     else:
-        assert report.top.cause == "sharpness_above_limit"
+        assert report.top.cause == "loss_spike"
+        assert "raised 4x or more at a stroke at step 120" in report.top.summary
         assert plasticity.first_step == 124
 
 

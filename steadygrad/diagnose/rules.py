@@ -921,9 +921,13 @@ def _killed_in_a_burst(facts: RunFacts, found: Found) -> Found:
     first = found.first_step
     if burst is None or first is None or not burst[0] <= first <= burst[1] + BURST_READ:
         return found
-    if not any(_stayed_dead(facts, layer, first) for layer in found.where):
-        return found  # they came back: the burst was the harm
     start, end, jump = burst
+    if not any(_stayed_dead(facts, layer, first) for layer in found.where):
+        found.consequence_of = (
+            f"first found in a burst of the learning rate ({jump:.3g}x at step {start}, back "
+            f"at step {end}), and they came back after it: the burst's jolt was the harm"
+        )
+        return found
     found.first_step = start
     found.outlived = (
         f"killed in a burst of the learning rate ({jump:.3g}x at step {start}, back at step "
@@ -960,16 +964,88 @@ def _stayed_dead(facts: RunFacts, layer: str, since: int) -> bool:
 BURST_STEPS, BURST_READ = 30, 25
 
 
-def _rate_burst(facts: RunFacts, jump: float = 4.0) -> tuple[int, int, float] | None:
-    """The first time some group's learning rate rose ``jump`` times or more from one reading
-    to the next and came back within 2x of its level before within ``BURST_STEPS`` steps:
-    (the step it rose, the step it was back, the factor)."""
+def _rate_bursts(facts: RunFacts, jump: float = 4.0) -> Iterator[tuple[int, int, float]]:
+    """Each time some group's learning rate rose ``jump`` times or more from one reading to the
+    next and came back within 2x of its level before within ``BURST_STEPS`` steps: (the step
+    it rose, the step it was back, the factor)."""
     for steps, values, i in _raised_at_a_stroke(facts, jump):
         start, before = int(steps[i]), float(values[i - 1])
         back = (steps > start) & (steps <= start + BURST_STEPS) & (values <= 2 * before)
         if back.any():
-            return start, int(steps[np.argmax(back)]), float(values[i]) / before
-    return None
+            yield start, int(steps[np.argmax(back)]), float(values[i]) / before
+
+
+def _rate_burst(facts: RunFacts, jump: float = 4.0) -> tuple[int, int, float] | None:
+    """The first burst of the learning rate (see :func:`_rate_bursts`), if any."""
+    return next(_rate_bursts(facts, jump), None)
+
+
+def _burst_before(facts: RunFacts, step: int) -> tuple[int, int, float] | None:
+    """The burst of the learning rate (see :func:`_rate_bursts`) that ``step`` falls in, or
+    ``CONFIRMED_SOON`` steps or fewer after, if any."""
+    return next((b for b in _rate_bursts(facts) if b[0] <= step <= b[1] + CONFIRMED_SOON), None)
+
+
+# What jolts a run: a spike of the loss or of the gradient norm, a climb, a NaN.
+JOLTS = (LOSS_SPIKE, GRAD_NORM_SPIKE, LOSS_DIVERGENCE, NONFINITE)
+# Losses before a raise of the learning rate that give the level the run stood at, and how
+# close to that level the running median (of 5) of the losses after it must come back.
+RAISE_LEVEL_OVER, BACK_AT_LEVEL = 20, 1.1
+
+
+def _raised_before(facts: RunFacts, step: int, within: int = CONFIRMED_SOON) -> int | None:
+    """The last step, ``within`` steps or fewer before ``step`` (or at it), at which some
+    group's learning rate was raised 4x or more at a stroke; None if none was."""
+    raised = [
+        int(steps[i])
+        for steps, _, i in _raised_at_a_stroke(facts, 4.0)
+        if step - within <= steps[i] <= step
+    ]
+    return max(raised) if raised else None
+
+
+def _a_passing_raise(facts: RunFacts, start: int, jolted: int) -> str:
+    """How a raise of the learning rate at a stroke (4x or more, from ``start`` to ``jolted``)
+    that jolted the run at ``jolted`` passed, when it did
+    ('' when it did not): the rate was back within 2x of its level before within
+    ``BURST_STEPS`` steps (a glitch, a rate set by hand for a few steps), or the loss came back
+    on its own to ``BACK_AT_LEVEL`` times the level it stood at before the raise, ended there,
+    finite, with no jolt after it came back, while the schedule carried the rate down to half
+    the raised one or less by the end (a warm restart's catapult). Either way the rate the run trains at is not one it
+    cannot train at: the jolt was an event of the raise, not a step size above 2/sharpness
+    for good."""
+    for rose, back, _ in _rate_bursts(facts):
+        if start <= rose <= jolted:
+            return (
+                f"the rate was back at step {back}: a glitch of the schedule, over before the "
+                "run could train at it"
+            )
+    for steps, values, i in _raised_at_a_stroke(facts, 4.0):
+        at = int(steps[i])
+        if not start <= at <= jolted:
+            continue
+        loss = facts.series(LOSS.name)
+        if loss is None or not values[-1] <= values[i] / 2:
+            return ""  # a rate raised and kept is one the run trains at from there on
+        lsteps, lvalues = loss
+        level = lvalues[(lsteps < at) & (lsteps >= at - RAISE_LEVEL_OVER)]
+        after = lvalues[lsteps > jolted]
+        if len(level) < RAISE_LEVEL_OVER // 2 or len(after) < 5 or not np.isfinite(after).all():
+            return ""
+        level = float(np.median(level[np.isfinite(level)])) if np.isfinite(level).any() else 0.0
+        medians = np.median(np.lib.stride_tricks.sliding_window_view(after, 5), axis=1)
+        back_at = np.flatnonzero(medians <= BACK_AT_LEVEL * level) if level > 0 else []
+        if not len(back_at) or np.median(after[-ENDED_OVER:]) > BACK_AT_LEVEL * level:
+            return ""
+        # back, and calm from there: a rate above 2/sharpness jolts the run again and again
+        back = int(lsteps[lsteps > jolted][back_at[0]])
+        if not any(f.step > back for f in facts.of(*JOLTS) if f.severity != "info"):
+            return (
+                f"the loss came back on its own to the level it stood at before the raise "
+                f"({level:.4g}) as the schedule carried the rate down: the jolt of a warm "
+                "restart, which the run trained through"
+            )
+    return ""
 
 
 def _raised_at_a_stroke(
@@ -1063,6 +1139,14 @@ def _exploding(facts: RunFacts) -> Found | None:
         found.consequence_of = (
             f"the optimizer's state started again from nothing at step {restarted}: its first "
             "steps threw the weights, and the gradients grew with the loss they made"
+        )
+        return found
+    burst = _burst_before(facts, found.first_step)
+    if burst is not None:
+        found.consequence_of = (
+            f"the learning rate was raised {burst[2]:.3g}x at step {burst[0]} and put back at "
+            f"step {burst[1]}: those steps threw the weights, and the gradients grew with the "
+            "loss they made"
         )
         return found
     if (skipped := _overflowing_around(facts, found.first_step)) is not None:
@@ -2359,6 +2443,11 @@ def _spike_made_by(facts: RunFacts, step: int) -> str:
             f"the optimizer's state started again from nothing at step {restarted}: the "
             "gradient is that of where its first steps threw the weights"
         )
+    if (raised := _raised_before(facts, step)) is not None:
+        return (
+            f"the learning rate was raised 4x or more at a stroke at step {raised}: the "
+            "gradient is that of where the raised steps threw the weights"
+        )
     bursts = _bursts_through_time(facts)
     if bursts is not None and step >= bursts.first_step:
         return (
@@ -2619,6 +2708,8 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue  # the step before threw the weights: the batch met them where they landed
         if _restarted_before(facts, spike.step) is not None:
             continue  # the optimizer started again from nothing: its first steps threw them
+        if _raised_before(facts, spike.step) is not None:
+            continue  # the learning rate was raised at a stroke: its steps threw them
         back = _settled(after, baseline, window)  # steps after the spike until it was back
         knocked = peak >= PEAK_FIRST * after.max() and peak >= ONE_OFF * baseline
         if back is not None:
@@ -2690,6 +2781,8 @@ def _weights_replaced(facts: RunFacts, step: int) -> bool:
     moves = _norm_moves(facts, step)
     if moves is None or moves[0].max() < REPLACED:
         return False
+    if _raised_before(facts, step, within=1) is not None or _burst_before(facts, step):
+        return False  # a learning rate raised at a stroke moves them that far on its own
     # and no large gradient moved them: an update from a gradient grown far above its usual
     # size (an explosion the spike test, reading growth, did not flag) moves them as far
     return moves[1] is None or float(moves[1].max()) < REPLACED
@@ -2802,6 +2895,13 @@ def _loss_spike(facts: RunFacts) -> Found | None:
         summary += (
             f"; the optimizer's state started again from nothing at step {restarted}: a resume "
             "that loaded the model's weights but not the optimizer's state"
+        )
+    raised = _raised_before(facts, first.step)
+    passed = "" if raised is None else _a_passing_raise(facts, raised, first.step)
+    if passed:
+        ev["learning_rate_raised_at"] = raised
+        summary += (
+            f"; the learning rate was raised 4x or more at a stroke at step {raised}, and {passed}"
         )
     summary += _batches_behind(spikes, ev)
     grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
@@ -3068,6 +3168,8 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
         ramped = bool(np.all(np.diff(before) >= 0)) and before[-1] >= rise * values[start]
         if before[-1] < rise * before[0] and not ramped:
             continue
+        if _a_passing_raise(facts, int(steps[start]), when):
+            continue
         return Found(
             f"the learning rate was still rising when {what} at step {when} "
             f"({before[0]:.3g} -> {before[-1]:.3g} over the {window} steps before): the step "
@@ -3084,15 +3186,11 @@ def _lr_raised_into_a_jolt(facts: RunFacts, jump: float = 4.0, within: int = 10)
     (a resume with the wrong rate, a rate set by hand: no warm-up ramps that fast), and within
     ``within`` steps the run was jolted (a loss or gradient-norm spike, a climb, a NaN): a step
     raised that far crosses 2/sharpness at once."""
-    jolts = sorted(
-        f.step
-        for f in facts.of(LOSS_SPIKE, GRAD_NORM_SPIKE, LOSS_DIVERGENCE, NONFINITE)
-        if f.severity != "info"
-    )
+    jolts = sorted(f.step for f in facts.of(*JOLTS) if f.severity != "info")
     for steps, values, i in _raised_at_a_stroke(facts, jump) if jolts else ():
         at = int(steps[i])
         hit = next((j for j in jolts if at <= j <= at + within), None)
-        if hit is not None:
+        if hit is not None and not _a_passing_raise(facts, at, hit):
             before, after = float(values[i - 1]), float(values[i])
             return Found(
                 f"the learning rate was raised {after / before:.3g}x at step {at} "
@@ -3203,7 +3301,12 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
         summary += f", to {worst.evidence.get('ratio', math.nan):.3g}x it by step {worst.step}"
     found = Found(summary, first.step, [], ev, worst.severity)
     replaced = _replaced_just_before(facts, first.step)
-    if replaced is not None:  # the climb is the jump the swapped weights made
+    if (burst := _burst_before(facts, first.step)) is not None:
+        found.consequence_of = (
+            f"the learning rate was raised {burst[2]:.3g}x at step {burst[0]} and put back at "
+            f"step {burst[1]}: the loss climbed from where those steps threw the weights"
+        )
+    elif replaced is not None:  # the climb is the jump the swapped weights made
         found.consequence_of = (
             f"the weights were replaced between steps at step {replaced} (an EMA swap, a "
             "checkpoint reload), and the loss climbed from there"
@@ -3640,7 +3743,7 @@ RULES: tuple[Rule, ...] = (
             WARMUP,
         ),
         _loss_spike,
-        (LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE, LOSS_DIVERGENCE),
+        (LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE, LOSS_DIVERGENCE, NONFINITE),
     ),
     Rule(
         "loss_divergence",

@@ -1,0 +1,47 @@
+"""Run shapes from the thirty-second session (held-out sets 107-113's misses).
+
+Each change has a trigger that fails on the code before it and a control that must not move."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from helpers import diagnose_stored
+
+
+def _warm_restart_rows(came_back: bool) -> list[dict]:
+    """Cosine cycles of 100 steps from 2e-3; at step 200 a warm restart sets the rate to 0.06,
+    30x the first cycles' peak, and the loss jumps from 2.8 to 8 at 201. ``came_back``: the
+    loss is back at 2.7 by step 215 and ends there while the cosine carries the rate down (set
+    107's Pix2Struct, set 111's SeamlessM4T); else it sits at 4.5 from there on."""
+    rows = []
+    for t in range(300):
+        peak, start = (2e-3, t // 100 * 100) if t < 200 else (0.06, 200)
+        rate = 0.5 * peak * (1 + math.cos(math.pi * (t - start) / 100))
+        if t < 201:
+            loss = 2.8 + 0.05 * math.sin(t)
+        elif t == 201:
+            loss = 8.0
+        else:
+            settled = 2.7 if came_back else 4.5
+            loss = settled + max(0.0, 5.0 - 0.4 * (t - 201)) + 0.05 * math.sin(t)
+        rows.append({"loss": loss, "lr/0": rate})
+    return rows
+
+
+@pytest.mark.parametrize("came_back", [True, False])
+def test_a_warm_restart_the_run_trained_through_is_its_jolt(tmp_path, came_back):
+    # Trigger: the loss came back on its own to where it stood before the raise, calm from
+    # there, as the schedule carried the rate down: the raised rate was one the model could
+    # train at (a catapult); the writers, and the fix (warm up after each restart), name the
+    # spike. Control: it never came back: the step size crossed 2/sharpness.
+    spike = ("loss_spike", 201, None, {"ratio": 2.9, "baseline": 2.8, "loss": 8.0}, "warning")
+    report = diagnose_stored(tmp_path, str(came_back), _warm_restart_rows(came_back), [spike])
+    if came_back:
+        assert report.top.cause == "loss_spike"
+        assert "warm restart" in report.top.summary
+        assert "sharpness_above_limit" not in report.causes()
+    else:
+        assert report.top.cause == "sharpness_above_limit"
+        assert report.top.evidence["jolted_at"] == 201
