@@ -161,3 +161,50 @@ def test_unstable_steps_fires_once_per_episode():
     rows = [{"directional_sharpness_ratio": r} for r in [0.5, 2, 2, 2, 2, 0.5] * 3]
     found = _stream(UnstableSteps(window=5), rows)
     assert len(found) == 1
+
+
+class _Picker(torch.nn.Module):
+    """A tanh RNN over 1-channel traces with a linear head (set 113's seismic picker)."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.rnn = torch.nn.RNN(1, 32, batch_first=True)
+        torch.nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=gain)
+        self.head = torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("gain", [1.6, 1.0])
+def test_one_explosion_that_multiplied_the_weights_is_found_though_the_loss_never_fell(
+    tmp_path, gain
+):
+    # Trigger: recurrent weights initialised with gain 1.6 under SGD with Nesterov momentum:
+    # the second gradient is ~1e6x the first, its update multiplies the weights' norm ~1e4-fold
+    # and saturates the recurrence (its gradients are exactly 0 from then on). The loss never
+    # learnt, so it never "stalled" below a better level, and the explosion went unreported.
+    # Control: gain 1.0, the same run otherwise: no explosion.
+    torch.manual_seed(1)
+    model = _Picker(gain)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(model, opt, tmp_path / str(gain), progress=False) as mon:
+        for _ in range(40):
+            x = torch.randn(16, 80, 1, generator=gen)
+            y = torch.randint(0, 8, (16,), generator=gen)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    run = steadygrad.load(tmp_path / str(gain))
+    growth = [f for f in run.findings() if f.kind == "gradient_growth"]
+    weights = run.series("param_norm")[1]
+    if gain > 1:
+        assert weights.max() > 1e3 * weights[0]  # the explosion happened
+        assert growth and growth[0].severity == "critical" and growth[0].step <= 2
+        assert growth[0].where == "rnn.weight_hh_l0"
+        assert steadygrad.diagnose(run).top.cause == "exploding_gradients"
+    else:
+        assert weights.max() < 2 * weights[0] and growth == []

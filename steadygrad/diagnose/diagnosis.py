@@ -368,6 +368,8 @@ def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
     if d.first_step is None or d.outlived:
         return
     for other in found:
+        if other.consequence_of:
+            continue  # itself judged a consequence: it explains nothing
         over = _over_by(other)
         if over is not None and d.first_step > over:
             continue  # the run had got over that one-off event before this began

@@ -1114,6 +1114,14 @@ def _exploding(facts: RunFacts) -> Found | None:
             if f
         ]
         return _runaway_into_explosion(facts) or min(late, key=lambda f: f.first_step, default=None)
+    first = facts.of(GRADIENT_GROWTH)[0]
+    if first.evidence.get(WRECKED_WEIGHTS) and first.step == found.first_step:
+        found.summary = (
+            f"one gradient explosion at step {first.step}, in {first.where}: the gradient norm "
+            f"reached {first.evidence.get('grad_norm', math.nan):.3g}, "
+            f"{first.evidence.get('ratio', math.nan):.3g}x the next one, and its update "
+            "wrecked the weights"
+        )
     if facts.broke_at is None:
         # a run that did not break, whose loss kept improving long after: the gradients grew
         # as the model learned (a classifier sharpening its logits), harmless so far
@@ -2938,19 +2946,44 @@ def _sharpness(facts: RunFacts) -> Found | None:
         _lr_rising_into_break,
         _lr_raised_into_a_jolt,
     )
-    found = [f for check in checks if (f := check(facts)) is not None]
-    first = min(
-        found, key=lambda f: math.inf if f.first_step is None else f.first_step, default=None
+    found = [(check, f) for check in checks if (f := check(facts)) is not None]
+    how, first = min(
+        found,
+        key=lambda found: math.inf if found[1].first_step is None else found[1].first_step,
+        default=(None, None),
     )
     if first is not None and first.first_step is not None:
         restarted = _restarted_with(facts, first.first_step)
+        exploded = _exploded_through_time(facts, first.first_step)
         if restarted is not None:
             first.consequence_of = (
                 f"the optimizer's state started again from nothing at step {restarted}, its "
                 "learning rate with it: a resume that restored neither the optimizer nor its "
                 "schedule, whose first steps crossed 2/sharpness"
             )
+        elif exploded is not None and how in (_unstable_steps, _overshoot_before_break):
+            first.consequence_of = (
+                f"the gradient of the recurrent {exploded.where} exploded at step "
+                f"{exploded.step}, {exploded.evidence.get('ratio', math.nan):.3g}x the next one, "
+                "and its update wrecked the weights: a product of Jacobians through time, which "
+                "overshoots along any direction, not a step size above 2/curvature"
+            )
     return first
+
+
+def _exploded_through_time(facts: RunFacts, step: int) -> Finding | None:
+    """The one gradient explosion (evidence ``WRECKED_WEIGHTS``) in a module a recurrence
+    applies, at ``step`` or the step before, if any."""
+    return next(
+        (
+            f
+            for f in facts.of(GRADIENT_GROWTH)
+            if f.evidence.get(WRECKED_WEIGHTS)
+            and step - 1 <= f.step <= step
+            and any(_inside(f.where or "", m) for m in facts.recurrent_modules)
+        ),
+        None,
+    )
 
 
 def _restarted_with(facts: RunFacts, step: int) -> int | None:

@@ -332,7 +332,9 @@ class GradientGrowth(Detector):
       improving within ``window`` records (the update wrecked the weights, whose gradients
       then vanish; under Adam one giant gradient moves the weights by about the learning rate
       and poisons the second moment instead): critical, dated to the explosion, naming the
-      tensor whose gradient then stood furthest above its own recent level. The first
+      tensor whose gradient then stood furthest above its own recent level; at once when that
+      tensor's gradient is exactly 0 after it (its units saturated: a model that never learnt
+      has no better loss to fall from). The first
       gradient has nothing before it to stand above: its update must have been as large as
       the weights it changed (an update ratio of 1), and made so by the gradient: under a
       per-coordinate optimizer (Adam, Adagrad, RMSprop: the first record's meta says which)
@@ -517,7 +519,10 @@ class GradientGrowth(Detector):
             self._explosion_wait = self.level.values.maxlen or 5
         if self._explosion is None:
             return []
-        if not self._loss_stalled():
+        # the tensor it came through gets no gradient at all since: its units saturated (a
+        # wreck, whatever the loss does next: a model that never learnt has no better level)
+        cut_off = record.family(GRAD_NORM.name).get(self._explosion[3] or "") == 0.0
+        if not cut_off and not self._loss_stalled():
             self._explosion_wait -= 1
             if self._explosion_wait <= 0:
                 self._explosion = None  # shrugged off: a gradient spike, not an explosion
