@@ -3356,6 +3356,15 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             "an ordinary gradient (a learning-rate glitch, optimizer state lost): the loss "
             "climbed from where the optimizer threw them"
         )
+    elif worst.severity != "critical" and (shift := _stepped_up_by_the_data(facts, first.step)):
+        step, jump, ended = shift
+        found.severity = "info"
+        found.summary += (
+            f"; the loss stepped up {jump:.3g}x at once at step {step}, after an ordinary "
+            f"update, and has not climbed since (it ended at {ended:.4g}): what the model is "
+            "asked to fit changed there (a curriculum's next stage, a new data source), not a "
+            "divergence"
+        )
     elif (ended := _ended_below(facts, ev.get("best_level"))) is not None:
         # a climb the run came all the way back from on its own: a transient (a catapult, a
         # critic's targets growing with its values), not a run that diverged
@@ -3365,6 +3374,43 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             f"{ENDED_OVER} steps: a transient, not a divergence"
         )
     return found
+
+
+# Steps before a climb was found within which the loss may have stepped up to its new level, and
+# how many times the median of the 20 losses before it the step must be.
+STEP_UP_WITHIN, STEPPED_UP = 15, 3.0
+
+
+def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, float] | None:
+    """The loss stood ``STEPPED_UP`` times the median of the 20 losses before it at one step
+    (``STEP_UP_WITHIN`` or fewer before ``step``), the loss just before that still at that
+    median's level (under 1.5x it): a step up made by the batches, not by the updates, since the
+    update before it was ordinary (no gradient spike, no step that threw the weights, no raised
+    rate, no restart); and the loss did not climb on from there (the median of its last
+    ``ENDED_OVER`` losses, all finite, at most that of its first ten at the new level). (the
+    step, how far, where the loss ended); None otherwise. An update that wrecks the weights
+    leaves its mark before the loss it makes, a harder stage of the data none."""
+    loss = facts.series(LOSS.name)
+    if loss is None or not np.isfinite(loss[1]).all():
+        return None
+    steps, values = loss
+    spiked = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE) if f.severity != "info"}
+    for i in np.flatnonzero((steps >= step - STEP_UP_WITHIN) & (steps <= step)):
+        if i < 20 or len(values) - i < 2 * ENDED_OVER:
+            continue
+        level = float(np.median(values[i - 20 : i]))
+        at = int(steps[i])
+        if not (level > 0 and values[i] >= STEPPED_UP * level and values[i - 1] < 1.5 * level):
+            continue
+        if spiked & set(range(at - 3, at)) or _overstepped_before(facts, at) is not None:
+            return None
+        if _raised_before(facts, at) is not None or _restarted_before(facts, at) is not None:
+            return None
+        ended = float(np.median(values[-ENDED_OVER:]))
+        if ended > float(np.median(values[i : i + 10])):
+            return None
+        return at, float(values[i] / level), ended
+    return None
 
 
 def _thrown_just_before(facts: RunFacts, step: int) -> tuple[int, float] | None:
