@@ -242,6 +242,7 @@ HELD_OUT_FILES = [
     ("cases_heldout111", "h111_", 12, 12, 14),
     ("cases_heldout112", "h112_", 12, 12, 12),
     ("cases_heldout113", "h113_", 12, 12, 12),
+    ("cases_heldout114", "h114_", 12, 12, 12),
 ]
 
 

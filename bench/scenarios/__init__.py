@@ -118,6 +118,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout111,
     cases_heldout112,
     cases_heldout113,
+    cases_heldout114,
     cases_mlp,
     cases_other,
 )
