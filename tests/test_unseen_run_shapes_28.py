@@ -75,3 +75,23 @@ def test_a_loss_stepped_up_by_the_data_that_climbs_no_further_is_no_divergence(t
     else:
         assert divergence.severity == "info" and "stepped up" in divergence.summary
         assert report.healthy
+
+
+@pytest.mark.parametrize("glitch", [True, False])
+def test_a_rate_glitch_is_named_when_its_jolt_made_no_loss_spike(tmp_path, glitch):
+    # Trigger: set 114's mLUKE: the rate 20x for two steps at 140, then put back; a loss near
+    # zero (0.02) climbs out of its floor over four steps, which no spike test flags, and the
+    # climb found after it is the glitch's consequence: the glitch itself must be named.
+    # Control: the same climb with no glitch: the climb is what there is to name.
+    rows = []
+    for t in range(240):
+        rise = 0.3 * math.exp(-abs(t - 145) / 4) if t >= 141 else 0.0
+        rate = 0.2 if glitch and 140 <= t < 142 else 0.01
+        rows.append({"loss": 0.02 * (1 + 0.1 * math.sin(t)) + rise, "lr/0": rate})
+    climb = ("loss_divergence", 147, None, {"ratio": 5.0, "best_level": 0.02}, "warning")
+    report = diagnose_stored(tmp_path, str(glitch), rows, [climb])
+    if glitch:
+        assert report.top.cause == "loss_spike" and report.top.first_step == 140
+        assert "raised 20x at step 140 and put back at step 142" in report.top.summary
+    else:
+        assert report.top.cause == "loss_divergence" and not report.top.consequence_of

@@ -2876,6 +2876,34 @@ def _restart_jolt(facts: RunFacts, before: int = 20) -> Found | None:
     return None
 
 
+def _burst_jolt(facts: RunFacts, before: int = 20) -> Found | None:
+    """The loss rose ``RESTART_JUMP`` times the median of the ``before`` losses before a burst
+    of the learning rate (see :func:`_rate_bursts`), during it or ``CONFIRMED_SOON`` steps
+    after: a jolt the glitch made, though no loss spike was found (a loss near zero climbs out
+    of its floor over a few steps rather than in one)."""
+    loss = facts.series(LOSS.name)
+    if loss is None:
+        return None
+    steps, values = loss
+    for rose, back, factor in _rate_bursts(facts):
+        usual = values[(steps < rose) & (steps >= rose - before) & np.isfinite(values)]
+        during = (steps >= rose) & (steps <= back + CONFIRMED_SOON) & np.isfinite(values)
+        if len(usual) < before // 2 or not during.any() or not np.median(usual) > 0:
+            continue
+        i = np.flatnonzero(during)[int(np.argmax(values[during]))]
+        jump = float(values[i] / np.median(usual))
+        if jump >= RESTART_JUMP:
+            return Found(
+                f"the loss rose {jump:.3g}x by step {int(steps[i])}, after the learning rate was "
+                f"raised {factor:.3g}x at step {rose} and put back at step {back}: a glitch of "
+                "the schedule, over before the run could train at it",
+                rose,
+                [],
+                {"learning_rate_raised_at": rose, "put_back_at": back, "jump": jump},
+            )
+    return None
+
+
 def _jolted_by_a_restart(facts: RunFacts, step: int) -> int | None:
     """The step the optimizer's state started again from nothing, when that restart jolted the
     loss (:func:`_restart_jolt`, or a loss spike found within ``RESTART_WITHIN`` steps after
@@ -2891,7 +2919,7 @@ def _jolted_by_a_restart(facts: RunFacts, step: int) -> int | None:
 def _loss_spike(facts: RunFacts) -> Found | None:
     spikes = facts.of(LOSS_SPIKE)
     if not spikes:
-        return _put_back_into_a_climb(facts) or _restart_jolt(facts)
+        return _put_back_into_a_climb(facts) or _restart_jolt(facts) or _burst_jolt(facts)
     first = spikes[0]
     ev: dict[str, Any] = {"spikes": len(spikes), "first": first.evidence}
     summary = (
