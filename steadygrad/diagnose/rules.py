@@ -3414,7 +3414,8 @@ def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, flo
     (``STEP_UP_WITHIN`` or fewer before ``step``), the loss just before that still at that
     median's level (under 1.5x it): a step up made by the batches, not by the updates, since the
     update before it was ordinary (no gradient spike, no step that threw the weights, no raised
-    rate, no restart); and the loss did not climb on from there (the median of its last
+    rate, no restart, no gradient ``ORDINARY`` times its usual size); and the loss did not climb
+    on from there (the median of its last
     ``ENDED_OVER`` losses, all finite, at most that of its first ten at the new level). (the
     step, how far, where the loss ended); None otherwise. An update that wrecks the weights
     leaves its mark before the loss it makes, a harder stage of the data none."""
@@ -3432,6 +3433,8 @@ def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, flo
             continue
         if spiked & set(range(at - 3, at)) or _overstepped_before(facts, at) is not None:
             return None
+        if _gradient_stood_out(facts, at):
+            return None
         if _raised_before(facts, at) is not None or _restarted_before(facts, at) is not None:
             return None
         ended = float(np.median(values[-ENDED_OVER:]))
@@ -3439,6 +3442,19 @@ def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, flo
             return None
         return at, float(values[i] / level), ended
     return None
+
+
+def _gradient_stood_out(facts: RunFacts, step: int, before: int = 20) -> bool:
+    """Whether the gradient norm of one of the 3 records before ``step`` stood ``ORDINARY``
+    times the median of the ``before`` records before them or more (a spike too small for the
+    spike test on a noisy norm, whose update still threw the weights)."""
+    grads = facts.series(GRAD_NORM.name)
+    if grads is None:
+        return False
+    steps, values = grads
+    usual = values[(steps < step - 3) & (steps >= step - 3 - before) & np.isfinite(values)]
+    near = values[(steps >= step - 3) & (steps < step)]
+    return len(usual) >= before // 2 and bool(np.any(near >= ORDINARY * np.median(usual)))
 
 
 def _thrown_just_before(facts: RunFacts, step: int) -> tuple[int, float] | None:
