@@ -100,3 +100,35 @@ def test_a_rate_glitch_is_named_when_its_jolt_made_no_loss_spike(tmp_path, glitc
         assert "raised 20x at step 140 and put back at step 142" in report.top.summary
     else:
         assert report.top.cause == "loss_divergence" and not report.top.consequence_of
+
+
+@pytest.mark.parametrize("came_back", [True, False])
+def test_first_updates_that_broke_a_run_it_then_trained_past_are_no_step_above_the_limit(
+    tmp_path, came_back
+):
+    # Trigger: set 112's Aria projector: its head in a group at lr 1.0 under NAdam (1000x the
+    # rest). The loss sat 11-19x where it started for the first ten steps, the head's logits
+    # drifted (first read at step 11, the reading before at 0), and the run then trained below
+    # where it started (0.009): the rates were ones the model could train at, and the head's
+    # logits are what broke. Control: the loss never came back: a step size far above the
+    # limit.
+    rows = []
+    for t in range(200):
+        if t == 0:
+            loss = 2.3
+        elif t < 10 or not came_back:
+            loss = 30.0 + math.sin(t)
+        else:
+            loss = 10.0 * math.exp(-(t - 10) / 15) + 0.01
+        rows.append({"loss": loss, "lr/0": 1e-3, "lr/1": 1.0})
+    broke = ("loss_divergence", 1, None, {"ratio": 13.0, "best_level": 2.3}, "critical")
+    broke[3]["broke_at_once"] = True
+    logits = ("output_logit_divergence", 11, "head", {"previous_reading": 0}, "warning")
+    report = diagnose_stored(tmp_path, str(came_back), rows, [broke, logits])
+    sharpness = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
+    if came_back:
+        assert report.top.cause == "output_logit_divergence"
+        assert "came back on its own" in sharpness.consequence_of
+        assert "never came back" not in sharpness.summary
+    else:
+        assert report.top is sharpness and "never came back" in sharpness.summary

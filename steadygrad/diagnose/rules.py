@@ -3179,19 +3179,32 @@ def _gradient_scaled_at_a_stroke(
 
 def _broke_at_once(facts: RunFacts) -> Found | None:
     """The first updates sent the loss far above where it started and it never came back
-    (gradients that exploded before any update are the initialisation's doing instead)."""
+    (gradients that exploded before any update are the initialisation's doing instead). A run
+    that came back on its own below where it started trained at those rates: its jolt is then
+    a consequence of what threw the first updates."""
     found = [f for f in facts.of(LOSS_DIVERGENCE) if f.evidence.get(BROKE_AT_ONCE)]
     if not found or any(f.step == 0 for f in facts.of(GRADIENT_GROWTH)):
         return None
     f = found[0]
-    return Found(
+    broke = Found(
         f"the first updates broke the run: from step {f.step} the loss sat at "
-        f"{f.evidence.get('ratio', math.nan):.3g}x where it started and never came back (the "
-        "step size is far above the stability limit)",
+        f"{f.evidence.get('ratio', math.nan):.3g}x where it started",
         0,
         [],
         dict(f.evidence),
     )
+    ended = _ended_below(facts, f.evidence.get("best_level"))
+    if ended is None:
+        broke.summary += " and never came back (the step size is far above the stability limit)"
+    else:
+        # back below where it started, at the same rates: they were within the limit of the
+        # model as it then was; what threw the first updates is named by its own rule
+        broke.consequence_of = (
+            f"the run came back on its own below where it started (to {ended:.4g} over its last "
+            f"{ENDED_OVER} steps): the first updates' jolt passed, not a step size the run "
+            "cannot train at"
+        )
+    return broke
 
 
 def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5) -> Found | None:
