@@ -132,3 +132,33 @@ def test_first_updates_that_broke_a_run_it_then_trained_past_are_no_step_above_t
         assert "never came back" not in sharpness.summary
     else:
         assert report.top is sharpness and "never came back" in sharpness.summary
+
+
+@pytest.mark.parametrize("rise", [14.0, 7.0])
+def test_logits_that_grew_with_their_heads_runaway_rate_are_named_first(tmp_path, rise):
+    # Trigger: set 114's ERNIE text tower (and set 103's Hyena, set 107's M2M-100): the head in
+    # a group at 33x the body's rate under Adam; the loss fell (4.8 to 0.05), so the output-logit
+    # detector read the log-partition's rise (4.9 to 19) as earned confidence, and only the
+    # head's rate was named. Logits that rise 14 nats with their head's rate grew with it: the
+    # drift is named first, in the head, its rate just below. Control: a rise of 7 nats, what
+    # a head at a high rate on purpose (a new head on a pretrained body) shows as it learns.
+    rows = []
+    for t in range(240):
+        row = {"loss": 4.8 * math.exp(-t / 30) + 0.05, "lr/0": 3e-3, "lr/1": 0.1}
+        if t % 25 == 0:
+            row["logit_lse_mean"] = 4.9 + rise * (1 - math.exp(-t / 60))
+        rows.append(row)
+    config = {
+        "optimizer_family": "adam",
+        "output_layer": "lm_head",
+        "param_groups": {"lr/0": ["body.weight"], "lr/1": ["lm_head.weight"]},
+    }
+    report = diagnose_stored(tmp_path, str(rise), rows, [], config=config)
+    causes = report.causes()
+    if rise > 10:
+        assert report.top.cause == "output_logit_divergence" and report.top.where == ["lm_head"]
+        assert "grew with its learning rate" in report.top.summary
+        assert causes.index("update_ratio_out_of_range") == 1
+    else:
+        assert report.top.cause == "update_ratio_out_of_range"
+        assert "output_logit_divergence" not in causes

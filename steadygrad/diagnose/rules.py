@@ -25,6 +25,7 @@ from steadygrad.core.metrics import (
     GRAD_NORM,
     INPUT_RMS,
     LEARNING_RATE,
+    LOGIT_LSE_MEAN,
     LOSS,
     OPTIMIZER_REPLACED,
     OPTIMIZER_RESTARTED,
@@ -581,7 +582,8 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
             f"; the run broke at step {facts.broke_at} with gradients growing in that group "
             f"alone ({layer_span([f.where for f in grew])}): {TYPO}"
         )
-        return Found(summary, int(steps[0]), where, evidence, "warning")
+        drives = _driven_mechanism(facts, names)
+        return Found(summary, int(steps[0]), where, evidence, "warning", drives=drives)
     if faster and _beyond_step_sized_rates(facts, rate, names):
         # however fast a new head is meant to learn, no Adam-like group is run at this rate
         summary += (
@@ -595,7 +597,8 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
         f": {TYPO} If that group is meant to learn this much "
         f"{'faster' if faster else 'slower'} (a new head on a pretrained body), nothing is wrong"
     )
-    return Found(summary, int(steps[0]), where, evidence, "info")
+    drives = _driven_mechanism(facts, names) if faster else ""
+    return Found(summary, int(steps[0]), where, evidence, "info", drives=drives)
 
 
 def _too_large(f: Finding) -> bool:
@@ -610,11 +613,58 @@ DRIVEN = (ATTENTION_LOGIT_GROWTH, OUTPUT_LOGIT_DIVERGENCE)
 
 def _driven_mechanism(facts: RunFacts, tensors: list[str]) -> str:
     """The mechanism (see DRIVEN) found, at warning or above, in a module holding one of
-    ``tensors`` (those of a group or layer updated too fast): '' when none."""
+    ``tensors`` (those of a group or layer updated too fast), or the output logits that grew
+    with their head's rate (see :func:`_logits_driven_by_the_head_rate`): '' when none."""
     for f in facts.of(*DRIVEN):
         if f.severity != "info" and f.where and any(_inside(t, f.where) for t in tensors):
             return f.kind
+    driven = _logits_driven_by_the_head_rate(facts)
+    if driven is not None and any(_inside(t, driven.where[0]) for t in tensors):
+        return OUTPUT_LOGIT_DIVERGENCE
     return ""
+
+
+# A log-partition this many nats above its first reading grew with its head's rate, where the
+# head trains RATES_APART times or more faster than the rest of the model (half the output-logit
+# detector's lse_limit: the rise it reads as a drift where no confidence explains it).
+DRIVEN_RISE = 10.0
+
+
+def _logits_driven_by_the_head_rate(facts: RunFacts) -> Found | None:
+    """The output logits grew with their head's learning rate: the optimizer group holding the
+    output layer trains ``RATES_APART`` times or more faster than every other group, and the
+    logits' log-partition rose ``DRIVEN_RISE`` nats or more above its first reading. A head run
+    at 30-1000x the body's rate has its weights, and the logits they make, rewritten faster than
+    any confidence the loss earns: a classifier's log-partition grows a few nats as it learns,
+    not tens. Dated to the first reading that far up."""
+    head, members = facts.output_layer, facts.run.config.get(PARAM_GROUPS) or {}
+    lse = facts.series(LOGIT_LSE_MEAN.name)
+    if head is None or lse is None or len(members) < 2:
+        return None
+    rates = {}
+    for key in members:
+        series = facts.series(key)
+        values = series[1][np.isfinite(series[1]) & (series[1] > 0)] if series else []
+        if len(values):
+            rates[key] = float(np.median(values))
+    holding = [k for k in rates if any(_inside(n, head) for n in members[k])]
+    if len(holding) != 1 or len(rates) < 2:
+        return None
+    key = holding[0]
+    times = min(rates[key] / rates[o] for o in rates if o != key)
+    steps, values = lse[0][np.isfinite(lse[1])], lse[1][np.isfinite(lse[1])]
+    up = np.flatnonzero(values >= values[0] + DRIVEN_RISE) if len(values) else []
+    if times < RATES_APART or not len(up):
+        return None
+    at = int(steps[up[0]])
+    return Found(
+        f"the logits of {head} grew with its learning rate: their log-partition rose from "
+        f"{values[0]:.3g} to {values.max():.3g} ({values[up[0]]:.3g} by step {at}) while "
+        f"{head} trained at {times:.3g}x the rate of the rest of the model",
+        at,
+        [head],
+        {"lse_first": float(values[0]), "lse_peak": float(values.max()), "rate_times": times},
+    )
 
 
 # Adam's step (and a sign update's) moves each weight by about the learning rate, whatever the
@@ -1755,7 +1805,9 @@ def _output_logits(facts: RunFacts) -> Found | None:
             found.summary += f"; {ran_away}"
             found.evidence.update(evidence)
         return found
-    if found is None or found.first_step is None:
+    if found is None:
+        return _logits_driven_by_the_head_rate(facts)
+    if found.first_step is None:
         return found
     first = found.evidence.get("first")
     clear = first.get(PREVIOUS_READING) if isinstance(first, dict) else None
