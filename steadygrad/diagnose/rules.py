@@ -1056,14 +1056,13 @@ def _raised_before(facts: RunFacts, step: int, within: int = CONFIRMED_SOON) -> 
 
 def _a_passing_raise(facts: RunFacts, start: int, jolted: int) -> str:
     """How a raise of the learning rate at a stroke (4x or more, from ``start`` to ``jolted``)
-    that jolted the run at ``jolted`` passed, when it did
-    ('' when it did not): the rate was back within 2x of its level before within
-    ``BURST_STEPS`` steps (a glitch, a rate set by hand for a few steps), or the loss came back
-    on its own to ``BACK_AT_LEVEL`` times the level it stood at before the raise, ended there,
-    finite, with no jolt after it came back, while the schedule carried the rate down to half
-    the raised one or less by the end (a warm restart's catapult). Either way the rate the run trains at is not one it
-    cannot train at: the jolt was an event of the raise, not a step size above 2/sharpness
-    for good."""
+    that jolted the run at ``jolted`` passed, when it did ('' when it did not): the rate was
+    back within 2x of its level before within ``BURST_STEPS`` steps (a glitch, a rate set by
+    hand for a few steps); or the loss came back on its own to ``BACK_AT_LEVEL`` times the
+    level it stood at before the raise, ended there, finite, with no jolt after it came back,
+    while the schedule carried the rate down to half the raised one or less by the end (a warm
+    restart's catapult). Either way the run never trained on at a rate it cannot train at: the
+    jolt was an event of the raise, not a step size above 2/sharpness for good."""
     for rose, back, _ in _rate_bursts(facts):
         if start <= rose <= jolted:
             return (
@@ -1083,7 +1082,7 @@ def _a_passing_raise(facts: RunFacts, start: int, jolted: int) -> str:
         if len(level) < RAISE_LEVEL_OVER // 2 or len(after) < 5 or not np.isfinite(after).all():
             return ""
         level = float(np.median(level[np.isfinite(level)])) if np.isfinite(level).any() else 0.0
-        medians = np.median(np.lib.stride_tricks.sliding_window_view(after, 5), axis=1)
+        medians = np.median(sliding_window_view(after, 5), axis=1)
         back_at = np.flatnonzero(medians <= BACK_AT_LEVEL * level) if level > 0 else []
         if not len(back_at) or np.median(after[-ENDED_OVER:]) > BACK_AT_LEVEL * level:
             return ""
