@@ -162,3 +162,27 @@ def test_logits_that_grew_with_their_heads_runaway_rate_are_named_first(tmp_path
     else:
         assert report.top.cause == "update_ratio_out_of_range"
         assert "output_logit_divergence" not in causes
+
+
+@pytest.mark.parametrize("family", ["sgd", "adam"])
+def test_a_run_that_trained_then_blew_up_under_sgd_stepped_past_the_limit(tmp_path, family):
+    # Trigger: set 114's diarisation embedder, SGD at lr 1.0: the loss fell from 2.1 to 0.78 in
+    # ten steps, then the gradient norm grew at every step (2.4, 7.5, 14, 130) into the break,
+    # NaN at step 19. The update's own direction never read an overshoot (0.3-0.87 of the
+    # limit): the sharpest direction grew from a small share of the gradient (the writer's
+    # power iteration saw 2/lr passed within 8 steps). Only the climb was named. Control: the
+    # same shape under Adam, whose step the gradient does not scale.
+    losses = [2.07, 2.03, 2.02, 1.94, 1.56, 1.61, 1.84, 1.59, 1.28, 1.08, 0.78, 2.5, 3.1, 106.0]
+    grads = [0.26, 0.28, 0.42, 0.67, 0.77, 1.45, 1.86, 1.37, 1.41, 1.13, 2.43, 7.5, 14.4, 130.0]
+    rows = [{"loss": x, "grad_norm": g, "lr/0": 1.0} for x, g in zip(losses, grads, strict=True)]
+    rows += [{"loss": math.nan, "grad_norm": math.nan, "lr/0": 1.0} for _ in range(6)]
+    climb = ("loss_divergence", 13, None, {"ratio": 82.0, "best_level": 1.28}, "critical")
+    nan = ("nonfinite", 14, None, {}, "critical")
+    config = {"optimizer_family": family}
+    report = diagnose_stored(tmp_path, family, rows, [climb, nan], config=config)
+    sharpness = [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
+    if family == "sgd":
+        assert report.top is sharpness[0] and report.top.first_step == 10
+        assert "overshooting further" in report.top.summary
+    else:
+        assert not sharpness

@@ -43,7 +43,12 @@ from steadygrad.core.metrics import (
     UPDATE_RATIO,
     ZEROED_UNITS,
 )
-from steadygrad.core.optimizer import AVERAGES_ITERATES, PER_COORDINATE, SECOND_MOMENT_DECAY
+from steadygrad.core.optimizer import (
+    AVERAGES_ITERATES,
+    GRADIENT_SCALED,
+    PER_COORDINATE,
+    SECOND_MOMENT_DECAY,
+)
 from steadygrad.diagnose.detectors.base import PREVIOUS_READING
 from steadygrad.diagnose.detectors.continual import STABILITY_GAP_FOUND
 from steadygrad.diagnose.detectors.curvature import SHARPNESS_ABOVE_LIMIT
@@ -3024,6 +3029,7 @@ def _sharpness(facts: RunFacts) -> Found | None:
         _broke_at_once,
         _lr_rising_into_break,
         _lr_raised_into_a_jolt,
+        _trained_into_a_blowup,
     )
     found = [(check, f) for check in checks if (f := check(facts)) is not None]
     how, first = min(
@@ -3226,6 +3232,51 @@ def _gradient_scaled_at_a_stroke(
         if len(losses) and len(now) and now[0] <= 1.5 * float(np.median(losses)):
             return at, float(norms[i] / usual)
     return None
+
+
+# Records before a break over which the gradient norm of a run that had trained grew at every
+# one, and how many times over, for a plain gradient step past 2/sharpness to be what broke it.
+BLOWUP_RECORDS, BLOWUP_GROWTH = 4, 10.0
+
+
+def _trained_into_a_blowup(facts: RunFacts) -> Found | None:
+    """Under a step the gradient scales (SGD, with or without momentum), in a model with no
+    recurrence: the loss had fallen to half its first value or less, then the gradient norm
+    grew at each of the last ``BLOWUP_RECORDS`` records into the break, ``BLOWUP_GROWTH``
+    times or more, with no gradient growth found to have begun ``EXPLOSION_LEAD`` steps or more
+    before. A plain gradient step past 2/sharpness overshoots further each step along the
+    sharpest direction: the gradient grows geometrically once that direction dominates, after
+    the loss has fallen (progressive sharpening), however little the update's own direction
+    read of it before (Cohen et al. 2021)."""
+    broke = facts.broke_at
+    if broke is None or facts.run.config.get("optimizer_family") not in GRADIENT_SCALED:
+        return None
+    grads, loss = facts.series(GRAD_NORM.name), facts.series(LOSS.name)
+    if facts.recurrent_modules or grads is None or loss is None:
+        return None
+    before = loss[1][(loss[0] <= broke) & np.isfinite(loss[1])]
+    steps = grads[0][(grads[0] <= broke) & np.isfinite(grads[1])][-BLOWUP_RECORDS:]
+    norms = grads[1][(grads[0] <= broke) & np.isfinite(grads[1])][-BLOWUP_RECORDS:]
+    if len(before) < 5 or not (before[0] > 0 and before.min() <= 0.5 * before[0]):
+        return None
+    if len(norms) < BLOWUP_RECORDS or not np.all(np.diff(norms) > 0):
+        return None
+    if norms[-1] < BLOWUP_GROWTH * norms[0]:
+        return None
+    if any(
+        f.evidence.get(GROWTH_BEGAN, f.step) < steps[0] - EXPLOSION_LEAD
+        for f in facts.of(GRADIENT_GROWTH)
+    ):
+        return None  # the gradients had been growing long before: no sudden overshoot
+    return Found(
+        f"the loss had fallen to {before.min():.3g}, then the gradient norm grew at every step "
+        f"into the break at step {broke} ({norms[0]:.3g} -> {norms[-1]:.3g} from step "
+        f"{int(steps[0])}): plain gradient steps past 2/sharpness, each overshooting further "
+        "along the sharpest direction",
+        int(steps[0]),
+        [],
+        {"grad_norm_from": float(norms[0]), "grad_norm_to": float(norms[-1]), "broke_at": broke},
+    )
 
 
 def _broke_at_once(facts: RunFacts) -> Found | None:
