@@ -18,7 +18,6 @@ from scenarios.common import (
     collapsed_fraction,
     dead_fraction,
     fit,
-    grad_norm,
     lm_loss,
     scenario,
     seeded,
@@ -775,42 +774,27 @@ class GalaxyCNN(nn.Module):
     "galaxy_morphology_cnn",
     "nesterov",
     "gradient_spike",
-    where=("conv1",),
+    where=("conv1", "conv2", "fc"),
     diverges=None,
     heldout=True,
-    note="one cutout of a batch holds an unmasked saturated foreground star (pixel value 3000): "
-    "the first conv's gradient spikes for that step; gradient clipping at 5 keeps the run alive",
+    note="the last (epoch-boundary) batch goes through a helper whose cross-entropy uses "
+    "reduction='sum': the backpropagated gradient is 32x for that one step while the logged "
+    "mean loss looks normal; training then carries on",
     onset=90,
 )
-def h115_galaxy_saturated_star(ctx: Context) -> None:
+def h115_galaxy_sum_reduction_step(ctx: Context) -> None:
     gen = seeded(11514)
     model = GalaxyCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True)
 
-    def alter(step, x, y):
-        if step == 90:
-            x = x.clone()
-            x[3, 0, 6:8, 9:11] = 3000.0
-        return x, y
+    def summed(step: int, loss: torch.Tensor) -> torch.Tensor:
+        return loss * 32 if step == 90 else loss  # == F.cross_entropy(..., reduction="sum")
 
-    c1: list[float] = []
-    batches = galaxy_batches(gen)
-    probe = next(batches)
-    ctx.attach(model, opt, probe=(lambda m, b: F.cross_entropy(m(b[0]), b[1]), probe))
-    for step in range(160):
-        x, y = alter(step, *next(batches))
-        ctx.targets(y)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        c1.append(float(model.conv1.weight.grad.norm()))
-        ctx.grad_norms.append(grad_norm(model))
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        ctx.step(loss)
-        opt.zero_grad(set_to_none=True)
-    ctx.check("conv1 gradient spiked > 10x at the bad cutout", c1[90] > 10 * _med(c1[80:90]))
-    ctx.check("the spike was a single step", _med(c1[91:100]) < 3 * _med(c1[80:90]))
-    ctx.check("training recovered", _med(ctx.losses[-10:]) < 1.2 * _med(ctx.losses[80:90]))
+    fit(ctx, model, opt, galaxy_batches(gen), 160, extra_loss=summed)
+    g, ls = ctx.grad_norms, ctx.losses
+    ctx.check("gradient norm spiked > 10x for one step", g[90] > 10 * _med(g[80:90]))
+    ctx.check("the logged loss did not spike", ls[90] < 2 * _med(ls[80:90]))
+    ctx.check("training carried on", _finite(ls) and _med(ls[-10:]) < 1.2 * _med(ls[80:90]))
 
 
 # -- air quality ----------------------------------------------------------------------------------
