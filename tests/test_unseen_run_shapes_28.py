@@ -186,3 +186,21 @@ def test_a_run_that_trained_then_blew_up_under_sgd_stepped_past_the_limit(tmp_pa
         assert "overshooting further" in report.top.summary
     else:
         assert not sharpness
+
+
+@pytest.mark.parametrize("felt_after", [7, 30])
+def test_a_gradient_spike_the_loss_felt_a_few_steps_later_is_the_cause(tmp_path, felt_after):
+    # Trigger: set 115's galaxy CNN, one step's loss summed instead of averaged (a 32x
+    # gradient) under Nesterov momentum: the loss at the next step stayed in its band, so the
+    # spike was judged harmless, and the loss spiked 7 steps later, as the momentum carried the
+    # kick: the spike was named only as a loss spike. Control: a loss spike 30 steps later is
+    # not that spike's.
+    rows = [{"loss": 1.0 + 0.02 * math.sin(t), "grad_norm": 0.3} for t in range(200)]
+    spike = ("grad_norm_spike", 90, None, {"grad_norm": 9.6, "ratio": 32.0}, "info")
+    jump = ("loss_spike", 90 + felt_after, None, {"ratio": 1.97, "baseline": 1.0}, "warning")
+    report = diagnose_stored(tmp_path, str(felt_after), rows, [spike, jump])
+    if felt_after <= 10:
+        assert report.top.cause == "gradient_spike" and report.top.severity == "warning"
+        assert f"the loss spiked {felt_after} step(s) after it" in report.top.summary
+    else:
+        assert report.top.cause == "loss_spike"

@@ -2455,6 +2455,17 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"{h.get('clipped_to', math.nan):.3g} after; the logged grad norm looked normal)"
         )
     summary += _batches_behind(spikes, ev)
+    felt = [
+        f.step
+        for f in facts.of(LOSS_SPIKE)
+        if f.severity != "info" and first.step < f.step <= first.step + CONFIRMED_SOON
+    ]
+    if minor and felt:
+        # the loss did not feel it at once, but spiked within a few steps of its update, with
+        # nothing between (an adaptive or momentum step carries a kick over several steps)
+        minor = False
+        ev["loss_spike_at"] = felt[0]
+        summary += f"; the loss spiked {felt[0] - first.step} step(s) after it"
     found = Found(summary, first.step, _most_spiked(spikes), ev, "info" if minor else None)
     found.consequence_of = _spike_made_by(facts, first.step)
     return found
@@ -3945,7 +3956,8 @@ RULES: tuple[Rule, ...] = (
             Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
         ),
         _gradient_spike,
-        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, GRADIENT_GROWTH, NONFINITE),  # a NaN: bursts' end
+        # a NaN: bursts' end; a loss spike: whether the loss felt the spike
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, GRADIENT_GROWTH, NONFINITE, LOSS_SPIKE),
         # an outlier batch makes a gradient spike of its own; a spike that poisoned the second
         # moment is named by what it did
         explained_by=("data_outlier", "adam_second_moment_poisoned"),
