@@ -243,6 +243,7 @@ HELD_OUT_FILES = [
     ("cases_heldout112", "h112_", 12, 12, 12),
     ("cases_heldout113", "h113_", 12, 12, 12),
     ("cases_heldout114", "h114_", 12, 12, 12),
+    ("cases_heldout116", "h116_", 12, 12, 14),
 ]
 
 

@@ -119,6 +119,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout112,
     cases_heldout113,
     cases_heldout114,
+    cases_heldout116,
     cases_mlp,
     cases_other,
 )
