@@ -244,6 +244,7 @@ HELD_OUT_FILES = [
     ("cases_heldout113", "h113_", 12, 12, 12),
     ("cases_heldout114", "h114_", 12, 12, 12),
     ("cases_heldout115", "h115_", 12, 12, 12),
+    ("cases_heldout116", "h116_", 12, 12, 14),
 ]
 
 

@@ -120,6 +120,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout113,
     cases_heldout114,
     cases_heldout115,
+    cases_heldout116,
     cases_mlp,
     cases_other,
 )
