@@ -204,3 +204,32 @@ def test_a_gradient_spike_the_loss_felt_a_few_steps_later_is_the_cause(tmp_path,
         assert f"the loss spiked {felt_after} step(s) after it" in report.top.summary
     else:
         assert report.top.cause == "loss_spike"
+
+
+@pytest.mark.parametrize("came_back", [True, False])
+def test_what_a_warm_restarts_jolt_set_off_is_its_own(tmp_path, came_back):
+    # Trigger: set 116's demand forecaster: a warm restart at 12x; in its jolt the steps read
+    # an overshoot (3.3x the limit), the loss climbed 6x, and most units of a layer died for
+    # good; the loss then came back to its level before the restart and ended there as the
+    # cosine carried the rate down. Each of those is the restart's jolt: the dead units cost
+    # the loss nothing. Control: the loss never came back: the step past the limit stands.
+    rows = _warm_restart_rows(came_back)
+    for t, row in enumerate(rows):
+        if t % 12 == 0 or 200 <= t <= 210:
+            row["dead_units/body.0"] = 0.08 if t < 203 else 0.98
+    findings = [
+        ("loss_spike", 201, None, {"ratio": 2.9, "baseline": 2.8, "loss": 8.0}, "warning"),
+        ("unstable_steps", 203, None, {"median_recent": 3.3}, "warning"),
+        ("loss_of_plasticity", 203, "body.0", {"reason": "dead_units"}, "warning"),
+        ("loss_divergence", 204, None, {"ratio": 2.5, "best_level": 2.8}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, str(came_back), rows, findings)
+    if came_back:
+        assert report.top.cause == "loss_spike" and "warm restart" in report.top.summary
+        for cause in ("sharpness_above_limit", "loss_of_plasticity", "loss_divergence"):
+            judged = next(d for d in report.diagnoses if d.cause == cause)
+            assert "raised 4x or more at a stroke at step 200" in judged.consequence_of
+    else:
+        assert report.top.cause in ("sharpness_above_limit", "loss_of_plasticity")
+        sharpness = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
+        assert not sharpness.consequence_of

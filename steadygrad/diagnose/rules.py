@@ -782,6 +782,21 @@ def _plasticity(facts: RunFacts) -> Found | None:
     found = _located((LOSS_OF_PLASTICITY,), "loss of plasticity")(facts)
     if found is not None:
         found = _killed_in_a_burst(facts, found)
+        first = found.first_step
+        if first is not None and not (found.consequence_of or found.outlived):
+            passed = _passed_just_before(facts, first)
+            came_back = not any(_stayed_dead(facts, layer, first) for layer in found.where)
+            if passed and (came_back or _ended_at_level_before(facts, first)):
+                found.consequence_of = (
+                    f"first found at step {first}, just after {passed}; "
+                    + (
+                        "the units came back after it"
+                        if came_back
+                        else "the loss ended back at its level before it, the units dead: they "
+                        "cost it nothing"
+                    )
+                    + ": the raise's jolt, not capacity lost"
+                )
     else:
         found = _starved(facts)
     if found is None or found.first_step is None or found.outlived:
@@ -1057,6 +1072,31 @@ def _raised_before(facts: RunFacts, step: int, within: int = CONFIRMED_SOON) -> 
         if step - within <= steps[i] <= step
     ]
     return max(raised) if raised else None
+
+
+def _ended_at_level_before(facts: RunFacts, step: int) -> bool:
+    """Whether the median of the run's last ``ENDED_OVER`` losses (all finite) is within
+    ``BACK_AT_LEVEL`` of the median of the ``RAISE_LEVEL_OVER`` losses before the raise of the
+    learning rate just before ``step``."""
+    raised, loss = _raised_before(facts, step), facts.series(LOSS.name)
+    if raised is None or loss is None or not np.isfinite(loss[1][-ENDED_OVER:]).all():
+        return False
+    steps, values = loss
+    level = values[(steps < raised) & (steps >= raised - RAISE_LEVEL_OVER) & np.isfinite(values)]
+    if len(level) < RAISE_LEVEL_OVER // 2 or not np.median(level) > 0:
+        return False
+    return bool(np.median(values[-ENDED_OVER:]) <= BACK_AT_LEVEL * np.median(level))
+
+
+def _passed_just_before(facts: RunFacts, step: int) -> str:
+    """What a raise of the learning rate at a stroke, ``CONFIRMED_SOON`` steps or fewer before
+    ``step`` (or at it), that passed (see :func:`_a_passing_raise`) was: '' when there was
+    none."""
+    raised = _raised_before(facts, step)
+    passed = "" if raised is None else _a_passing_raise(facts, raised, step)
+    if not passed:
+        return ""
+    return f"the learning rate was raised 4x or more at a stroke at step {raised}, and {passed}"
 
 
 def _a_passing_raise(facts: RunFacts, start: int, jolted: int) -> str:
@@ -2999,13 +3039,10 @@ def _loss_spike(facts: RunFacts) -> Found | None:
             f"; the optimizer's state started again from nothing at step {restarted}: a resume "
             "that loaded the model's weights but not the optimizer's state"
         )
-    raised = _raised_before(facts, first.step)
-    passed = "" if raised is None else _a_passing_raise(facts, raised, first.step)
+    passed = _passed_just_before(facts, first.step)
     if passed:
-        ev["learning_rate_raised_at"] = raised
-        summary += (
-            f"; the learning rate was raised 4x or more at a stroke at step {raised}, and {passed}"
-        )
+        ev["learning_rate_raised_at"] = _raised_before(facts, first.step)
+        summary += f"; {passed}"
     summary += _batches_behind(spikes, ev)
     grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
     replaced = [f.step for f in spikes if f.step not in grads and _weights_replaced(facts, f.step)]
@@ -3056,6 +3093,13 @@ def _sharpness(facts: RunFacts) -> Found | None:
                 f"the optimizer's state started again from nothing at step {restarted}, its "
                 "learning rate with it: a resume that restored neither the optimizer nor its "
                 "schedule, whose first steps crossed 2/sharpness"
+            )
+        elif how in (_unstable_steps, _overshoot_before_break) and (
+            passed := _passed_just_before(facts, first.first_step)
+        ):
+            first.consequence_of = (
+                f"{passed}: the steps that overshot were that raise's jolt, and the run "
+                "trained on at the rates that followed"
             )
         elif exploded is not None and how in (_unstable_steps, _overshoot_before_break):
             first.consequence_of = (
@@ -3503,6 +3547,8 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             f"the optimizer's state started again from nothing at step {restarted}: its first "
             "steps threw the weights, and the loss climbed from there"
         )
+    elif passed := _passed_just_before(facts, first.step):
+        found.consequence_of = f"{passed}: the climb was that raise's jolt"
     elif (thrown := _thrown_just_before(facts, first.step)) is not None:
         step, moved = thrown
         found.consequence_of = (
@@ -3881,6 +3927,7 @@ RULES: tuple[Rule, ...] = (
             UPDATE_RATIO_OUT_OF_RANGE,
             LOSS_SPIKE,
             NONFINITE,  # none is theirs to make
+            LOSS_DIVERGENCE,  # what jolted the run after a raise of the rate that passed
         ),
         # one batch's giant step can push a layer's pre-activations below zero for good
         explained_by=("data_outlier",),
@@ -4004,7 +4051,7 @@ RULES: tuple[Rule, ...] = (
         "recovers it.",
         (AUTOPILOT, LOWER_LR, WARMUP),
         _loss_divergence,
-        (LOSS_DIVERGENCE, LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE),
+        (LOSS_DIVERGENCE, LOSS_SPIKE, GRAD_NORM_SPIKE, GRADIENT_SPIKE, NONFINITE),
     ),
     Rule(
         "amp_overflow",
