@@ -351,6 +351,18 @@ def test_rmsprop_adagrad_and_adadelta_are_per_coordinate_not_sgd():
     assert optimizer_family(torch.optim.RMSprop([p], momentum=0.9)) == "adaptive"
 
 
+def test_rprop_is_a_sign_update():
+    # Rprop steps each weight by its gradient's sign times a step size of its own (set 116's
+    # sea-ice net): not an unknown optimizer, and no 2/lr limit applies
+    from steadygrad.core import optimizer_family
+    from steadygrad.curvature import stability_limits
+
+    rprop = torch.optim.Rprop([nn.Parameter(torch.zeros(1))])
+    assert optimizer_family(rprop) == "sign"
+    with pytest.raises(TypeError, match="no stability limit"):
+        stability_limits(rprop)
+
+
 @pytest.mark.parametrize("scale", [1e20, 1.0])
 def test_an_unnormalised_batch_that_poisons_rmsprop_is_a_spike_not_a_nan(tmp_path, scale):
     # One batch fed unscaled (x1e20): every gradient entry is finite, but the norm overflows

@@ -20,7 +20,8 @@ def optimizer_family(optimizer: Any) -> str:
     - ``"adaptive"``: ``eps`` without ``betas``: a per-coordinate step from an accumulated
       square of the gradient with no Adam momentum, such as RMSprop, Adagrad, Adadelta. (RMSprop
       has a ``momentum`` of its own; its step is still not SGD's.)
-    - ``"sign"``: ``betas`` without ``eps``: a sign update such as Lion.
+    - ``"sign"``: ``betas`` without ``eps``: a sign update such as Lion; and Rprop (``etas``
+      and ``step_sizes``), whose step is the gradient's sign times a step size of its own.
     - ``"sgd"``, ``"momentum"``, ``"nesterov"``: SGD without momentum, heavy-ball, Nesterov.
     - ``"unknown"`` otherwise.
 
@@ -39,6 +40,8 @@ def optimizer_family(optimizer: Any) -> str:
     group = groups[0]
     if "betas" in group:
         return "adam" if "eps" in group else "sign"
+    if "etas" in group and "step_sizes" in group:
+        return "sign"  # Rprop: the gradient's sign times a step size of each weight's own
     if "eps" in group:
         return "adaptive"
     if "momentum" in group:
