@@ -98,6 +98,13 @@ def test_beta3_schedule_interpolates_the_half_life_linearly():
     assert so.beta3_schedule(5, b1, b3, None) == b3
 
 
+def test_beta3_schedule_holds_beta3_past_its_warmup_whatever_the_betas():
+    # the map past its warm-up (t/T > 1) overflowed for betas near 0 (the optimizer fuzz test
+    # drew beta1 = 8e-32, beta3 = 9e-49, T = 1, and raised "math range error" at step 3)
+    assert so.beta3_schedule(3, 8.3e-32, 9.3e-49, 1) == 9.3e-49
+    assert so.beta3_schedule(2000, 0.9, 0.9999, 1000) == 0.9999
+
+
 def test_alpha_schedule_is_linear_then_flat():
     assert [so.alpha_schedule(t, 8.0, 4) for t in (0, 1, 2, 4, 9)] == [0.0, 2.0, 4.0, 8.0, 8.0]
     assert so.alpha_schedule(3, 8.0, None) == 8.0

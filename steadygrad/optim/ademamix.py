@@ -38,6 +38,8 @@ def beta3_schedule(step: int, beta1: float, beta3: float, warmup: int | None) ->
     """
     if warmup is None:
         return beta3
+    if step >= warmup:
+        return beta3  # the warm-up is over (past it, the map overflows for betas near 0)
     a = step / warmup
     if beta3 == 0.0:
         return 0.0
