@@ -233,3 +233,40 @@ def test_what_a_warm_restarts_jolt_set_off_is_its_own(tmp_path, came_back):
         assert report.top.cause in ("sharpness_above_limit", "loss_of_plasticity")
         sharpness = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
         assert not sharpness.consequence_of
+
+
+@pytest.mark.parametrize("got_over_it", [True, False])
+def test_a_break_the_run_got_over_is_not_where_it_broke(tmp_path, got_over_it):
+    # Trigger: set 116's handwriting RNN: a gradient spike and an overshoot broke it at step 29
+    # (loss 0.68 -> 2.5); it came back to a new best (0.62 by step 49), then broke for good at
+    # step 83 with its recurrent gradient growing (since step 17, found at 86). The break that
+    # ended the run is the second: the first was over, and the growth may have come before the
+    # second. Control: the loss never came back below 0.68 between the two.
+    def loss(t):
+        if t < 24:
+            return 2.9 * math.exp(-t / 15) + 0.6
+        if t < 29:
+            return 0.68
+        if t < 49:
+            return 2.5 - (2.5 - (0.55 if got_over_it else 0.9)) * (t - 29) / 20
+        if t < 83:
+            return 0.55 if got_over_it else 0.9
+        return 0.7 * 1.1 ** (t - 83)
+
+    rows = []
+    for t in range(150):
+        row = {"loss": loss(t) * (1 + 0.01 * math.sin(t)), "lr/0": 0.05}
+        row["directional_sharpness_ratio"] = 1.96 if 26 <= t <= 29 else 0.6
+        rows.append(row)
+    findings = [
+        ("grad_norm_spike", 25, None, {"ratio": 6.0}, "warning"),
+        ("loss_divergence", 29, None, {"ratio": 4.1, "best_level_step": 23}, "critical"),
+        ("loss_divergence", 83, None, {"ratio": 8.0, "best_level_step": 60}, "critical"),
+        ("gradient_growth", 86, "rnn.weight_hh_l0", {"started_at_step": 17}, "warning"),
+    ]
+    config = {"recurrent_modules": ["rnn"], "optimizer_family": "momentum"}
+    report = diagnose_stored(tmp_path, str(got_over_it), rows, findings, config=config)
+    if got_over_it:
+        assert report.top.cause == "exploding_gradients"
+    else:
+        assert report.top.cause == "sharpness_above_limit" and report.top.first_step <= 29

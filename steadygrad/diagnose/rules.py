@@ -232,9 +232,29 @@ class RunFacts:
     @cached_property
     def broke_at(self) -> int | None:
         """Where the run broke: its first non-finite step, critical divergence, or gradient
-        explosion that wrecked the weights (their gradients then collapse), if any."""
-        broke = [f.step for f in self.findings if _breaks(f)]
-        return min(broke) if broke else None
+        explosion that wrecked the weights (their gradients then collapse), if any; not one the
+        run came back from to a new best loss before it broke again (that break was over, and
+        the later one is what ended the run)."""
+        broke = sorted({f.step for f in self.findings if _breaks(f)})
+        for step, later in zip(broke, broke[1:], strict=False):
+            if not self._bettered_between(step, later):
+                return step
+        return broke[-1] if broke and len(broke) > 1 else (broke[0] if broke else None)
+
+    def _bettered_between(self, step: int, later: int, width: int = 5) -> bool:
+        """Whether the loss's running median (of ``width``) between ``step`` and ``later``
+        went below its lowest before ``step``: a new best, the break at ``step`` got over."""
+        loss = self.series(LOSS.name)
+        if loss is None:
+            return False
+        steps, values = loss
+        before = values[(steps < step) & np.isfinite(values)]
+        between = values[(steps > step) & (steps < later)]
+        if len(before) < width or len(between) < width or not np.isfinite(between).all():
+            return False
+        window = np.lib.stride_tricks.sliding_window_view
+        best = np.median(window(before, width), axis=1).min()
+        return bool(np.median(window(between, width), axis=1).min() < best)
 
     @cached_property
     def made_at_once(self) -> str | None:
