@@ -239,7 +239,7 @@ class RunFacts:
         for step, later in zip(broke, broke[1:], strict=False):
             if not self._bettered_between(step, later):
                 return step
-        return broke[-1] if broke and len(broke) > 1 else (broke[0] if broke else None)
+        return broke[-1] if broke else None
 
     def _bettered_between(self, step: int, later: int, width: int = 5) -> bool:
         """Whether the loss's running median (of ``width``) between ``step`` and ``later``
@@ -252,9 +252,7 @@ class RunFacts:
         between = values[(steps > step) & (steps < later)]
         if len(before) < width or len(between) < width or not np.isfinite(between).all():
             return False
-        window = np.lib.stride_tricks.sliding_window_view
-        best = np.median(window(before, width), axis=1).min()
-        return bool(np.median(window(between, width), axis=1).min() < best)
+        return bool(_running_medians(between, width).min() < _running_medians(before, width).min())
 
     @cached_property
     def made_at_once(self) -> str | None:
@@ -373,12 +371,16 @@ class RunFacts:
         return float(decay) if isinstance(decay, (int, float)) and 0 < decay <= 1 else None
 
 
+def _running_medians(values: np.ndarray, width: int = 5) -> np.ndarray:
+    """The median of each ``width`` values in a row (``len(values) >= width``)."""
+    return np.median(sliding_window_view(values, width), axis=1)
+
+
 def _lowest_median(steps: np.ndarray, values: np.ndarray, width: int = 5) -> int | None:
     """The step ending the ``width``-value window with the lowest median, if there is one."""
     if len(values) < width:
         return None
-    medians = np.median(np.lib.stride_tricks.sliding_window_view(values, width), axis=1)
-    return int(steps[width - 1 + int(np.argmin(medians))])
+    return int(steps[width - 1 + int(np.argmin(_running_medians(values, width)))])
 
 
 # Steps of progress (a new best loss) after a cause was seen that show it did not stop learning.
@@ -551,6 +553,19 @@ RATES_APART = 30.0
 TYPO = "a rate typed with the wrong exponent, or a multiplier meant the other way round?"
 
 
+def _group_rates(facts: RunFacts, members: dict[str, list[str]]) -> dict[str, float]:
+    """Each optimizer group's median learning rate over the run (its positive, finite readings),
+    by its series key, for the groups that hold parameters and were read."""
+    rates: dict[str, float] = {}
+    for key, names in members.items():
+        series = facts.series(key)
+        if names and series is not None:
+            values = series[1][np.isfinite(series[1]) & (series[1] > 0)]
+            if len(values):
+                rates[key] = float(np.median(values))
+    return rates
+
+
 def _rate_set_apart(facts: RunFacts) -> Found | None:
     """An optimizer group whose learning rate (its median over the run; a rate of 0, frozen on
     purpose, left out) stands ``RATES_APART`` times or more from every other group's, in a run
@@ -560,13 +575,7 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
     faster than a pretrained body reads the same; a warning when the run broke with gradients
     growing in that (faster) group's tensors alone."""
     members = facts.run.config.get(PARAM_GROUPS) or {}
-    rates: dict[str, float] = {}
-    for key, names in members.items():
-        series = facts.series(key)
-        if names and series is not None:
-            values = series[1][np.isfinite(series[1]) & (series[1] > 0)]
-            if len(values):
-                rates[key] = float(np.median(values))
+    rates = _group_rates(facts, members)
     if len(rates) < 2:
         return None
 
@@ -666,12 +675,7 @@ def _logits_driven_by_the_head_rate(facts: RunFacts) -> Found | None:
     lse = facts.series(LOGIT_LSE_MEAN.name)
     if head is None or lse is None or len(members) < 2:
         return None
-    rates = {}
-    for key in members:
-        series = facts.series(key)
-        values = series[1][np.isfinite(series[1]) & (series[1] > 0)] if series else []
-        if len(values):
-            rates[key] = float(np.median(values))
+    rates = _group_rates(facts, members)
     holding = [k for k in rates if any(_inside(n, head) for n in members[k])]
     if len(holding) != 1 or len(rates) < 2:
         return None
@@ -807,15 +811,15 @@ def _plasticity(facts: RunFacts) -> Found | None:
             passed = _passed_just_before(facts, first)
             came_back = not any(_stayed_dead(facts, layer, first) for layer in found.where)
             if passed and (came_back or _ended_at_level_before(facts, first)):
+                after = (
+                    "the units came back after it"
+                    if came_back
+                    else "the loss ended back at its level before it, the units dead: they cost "
+                    "it nothing"
+                )
                 found.consequence_of = (
-                    f"first found at step {first}, just after {passed}; "
-                    + (
-                        "the units came back after it"
-                        if came_back
-                        else "the loss ended back at its level before it, the units dead: they "
-                        "cost it nothing"
-                    )
-                    + ": the raise's jolt, not capacity lost"
+                    f"first found at step {first}, just after {passed}; {after}: the raise's "
+                    "jolt, not capacity lost"
                 )
     else:
         found = _starved(facts)
@@ -1070,6 +1074,12 @@ def _rate_burst(facts: RunFacts, jump: float = 4.0) -> tuple[int, int, float] | 
     return next(_rate_bursts(facts, jump), None)
 
 
+def _burst_said(burst: tuple[int, int, float]) -> str:
+    """A burst of the learning rate (see :func:`_rate_bursts`) in words."""
+    start, back, factor = burst
+    return f"the learning rate was raised {factor:.3g}x at step {start} and put back at step {back}"
+
+
 def _burst_before(facts: RunFacts, step: int) -> tuple[int, int, float] | None:
     """The burst of the learning rate (see :func:`_rate_bursts`) that ``step`` falls in, or
     ``CONFIRMED_SOON`` steps or fewer after, if any."""
@@ -1094,18 +1104,28 @@ def _raised_before(facts: RunFacts, step: int, within: int = CONFIRMED_SOON) -> 
     return max(raised) if raised else None
 
 
-def _ended_at_level_before(facts: RunFacts, step: int) -> bool:
-    """Whether the median of the run's last ``ENDED_OVER`` losses (all finite) is within
-    ``BACK_AT_LEVEL`` of the median of the ``RAISE_LEVEL_OVER`` losses before the raise of the
-    learning rate just before ``step``."""
-    raised, loss = _raised_before(facts, step), facts.series(LOSS.name)
-    if raised is None or loss is None or not np.isfinite(loss[1][-ENDED_OVER:]).all():
-        return False
+def _level_before_raise(facts: RunFacts, raised: int) -> float | None:
+    """The median of the ``RAISE_LEVEL_OVER`` finite losses before the learning rate was raised
+    at step ``raised``: the level the run stood at; None with too few of them or not positive."""
+    loss = facts.series(LOSS.name)
+    if loss is None:
+        return None
     steps, values = loss
     level = values[(steps < raised) & (steps >= raised - RAISE_LEVEL_OVER) & np.isfinite(values)]
     if len(level) < RAISE_LEVEL_OVER // 2 or not np.median(level) > 0:
+        return None
+    return float(np.median(level))
+
+
+def _ended_at_level_before(facts: RunFacts, step: int) -> bool:
+    """Whether the median of the run's last ``ENDED_OVER`` losses (all finite) is within
+    ``BACK_AT_LEVEL`` of the level the run stood at before the raise of the learning rate just
+    before ``step`` (see :func:`_level_before_raise`)."""
+    raised, loss = _raised_before(facts, step), facts.series(LOSS.name)
+    if raised is None or loss is None or not np.isfinite(loss[1][-ENDED_OVER:]).all():
         return False
-    return bool(np.median(values[-ENDED_OVER:]) <= BACK_AT_LEVEL * np.median(level))
+    level = _level_before_raise(facts, raised)
+    return level is not None and bool(np.median(loss[1][-ENDED_OVER:]) <= BACK_AT_LEVEL * level)
 
 
 def _passed_just_before(facts: RunFacts, step: int) -> str:
@@ -1138,17 +1158,14 @@ def _a_passing_raise(facts: RunFacts, start: int, jolted: int) -> str:
         at = int(steps[i])
         if not start <= at <= jolted:
             continue
-        loss = facts.series(LOSS.name)
+        loss, level = facts.series(LOSS.name), _level_before_raise(facts, at)
         if loss is None or not values[-1] <= values[i] / 2:
             return ""  # a rate raised and kept is one the run trains at from there on
         lsteps, lvalues = loss
-        level = lvalues[(lsteps < at) & (lsteps >= at - RAISE_LEVEL_OVER)]
         after = lvalues[lsteps > jolted]
-        if len(level) < RAISE_LEVEL_OVER // 2 or len(after) < 5 or not np.isfinite(after).all():
+        if level is None or len(after) < 5 or not np.isfinite(after).all():
             return ""
-        level = float(np.median(level[np.isfinite(level)])) if np.isfinite(level).any() else 0.0
-        medians = np.median(sliding_window_view(after, 5), axis=1)
-        back_at = np.flatnonzero(medians <= BACK_AT_LEVEL * level) if level > 0 else []
+        back_at = np.flatnonzero(_running_medians(after) <= BACK_AT_LEVEL * level)
         if not len(back_at) or np.median(after[-ENDED_OVER:]) > BACK_AT_LEVEL * level:
             return ""
         # back, and calm from there: a rate above 2/sharpness jolts the run again and again
@@ -1266,9 +1283,8 @@ def _exploding(facts: RunFacts) -> Found | None:
     burst = _burst_before(facts, found.first_step)
     if burst is not None:
         found.consequence_of = (
-            f"the learning rate was raised {burst[2]:.3g}x at step {burst[0]} and put back at "
-            f"step {burst[1]}: those steps threw the weights, and the gradients grew with the "
-            "loss they made"
+            f"{_burst_said(burst)}: those steps threw the weights, and the gradients grew with "
+            "the loss they made"
         )
         return found
     if (skipped := _overflowing_around(facts, found.first_step)) is not None:
@@ -2791,7 +2807,7 @@ def _loss_back_within(loss: tuple[np.ndarray, np.ndarray], step: int, within: in
 def _settled(after: np.ndarray, baseline: float, window: int = 5) -> int | None:
     """Steps until the running median (of ``window``) of the finite losses ``after`` a spike
     stood within half its ``baseline``'s size of it; None when it never did."""
-    medians = np.median(np.lib.stride_tricks.sliding_window_view(after, window), axis=1)
+    medians = _running_medians(after, window)
     back = np.flatnonzero(_within_half(medians, baseline))
     return int(back[0]) + window if len(back) else None
 
@@ -3021,9 +3037,9 @@ def _burst_jolt(facts: RunFacts, before: int = 20) -> Found | None:
         jump = float(values[i] / np.median(usual))
         if jump >= RESTART_JUMP:
             return Found(
-                f"the loss rose {jump:.3g}x by step {int(steps[i])}, after the learning rate was "
-                f"raised {factor:.3g}x at step {rose} and put back at step {back}: a glitch of "
-                "the schedule, over before the run could train at it",
+                f"the loss rose {jump:.3g}x by step {int(steps[i])}, after "
+                f"{_burst_said((rose, back, factor))}: a glitch of the schedule, over before the "
+                "run could train at it",
                 rose,
                 [],
                 {"learning_rate_raised_at": rose, "put_back_at": back, "jump": jump},
@@ -3330,8 +3346,8 @@ def _trained_into_a_blowup(facts: RunFacts) -> Found | None:
     if facts.recurrent_modules or grads is None or loss is None:
         return None
     before = loss[1][(loss[0] <= broke) & np.isfinite(loss[1])]
-    steps = grads[0][(grads[0] <= broke) & np.isfinite(grads[1])][-BLOWUP_RECORDS:]
-    norms = grads[1][(grads[0] <= broke) & np.isfinite(grads[1])][-BLOWUP_RECORDS:]
+    upto = (grads[0] <= broke) & np.isfinite(grads[1])
+    steps, norms = grads[0][upto][-BLOWUP_RECORDS:], grads[1][upto][-BLOWUP_RECORDS:]
     if len(before) < 5 or not (before[0] > 0 and before.min() <= 0.5 * before[0]):
         return None
     if len(norms) < BLOWUP_RECORDS or not np.all(np.diff(norms) > 0):
@@ -3554,8 +3570,7 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
     replaced = _replaced_just_before(facts, first.step)
     if (burst := _burst_before(facts, first.step)) is not None:
         found.consequence_of = (
-            f"the learning rate was raised {burst[2]:.3g}x at step {burst[0]} and put back at "
-            f"step {burst[1]}: the loss climbed from where those steps threw the weights"
+            f"{_burst_said(burst)}: the loss climbed from where those steps threw the weights"
         )
     elif replaced is not None:  # the climb is the jump the swapped weights made
         found.consequence_of = (
@@ -3607,10 +3622,10 @@ def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, flo
     median's level (under 1.5x it): a step up made by the batches, not by the updates, since the
     update before it was ordinary (no gradient spike, no step that threw the weights, no raised
     rate, no restart, no gradient ``ORDINARY`` times its usual size); and the loss did not climb
-    on from there (the median of its last
-    ``ENDED_OVER`` losses, all finite, at most that of its first ten at the new level). (the
-    step, how far, where the loss ended); None otherwise. An update that wrecks the weights
-    leaves its mark before the loss it makes, a harder stage of the data none."""
+    on from there (the median of its last ``ENDED_OVER`` losses, all finite, at most that of its
+    first ten at the new level). (the step, how far, where the loss ended); None otherwise. An
+    update that wrecks the weights leaves its mark before the loss it makes, a harder stage of
+    the data none."""
     loss = facts.series(LOSS.name)
     if loss is None or not np.isfinite(loss[1]).all():
         return None

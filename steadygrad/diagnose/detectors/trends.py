@@ -521,7 +521,8 @@ class GradientGrowth(Detector):
             return []
         # the tensor it came through gets no gradient at all since: its units saturated (a
         # wreck, whatever the loss does next: a model that never learnt has no better level)
-        cut_off = record.family(GRAD_NORM.name).get(self._explosion[3] or "") == 0.0
+        where = self._explosion[3]
+        cut_off = where is not None and record.values.get(GRAD_NORM.key(where)) == 0.0
         if not cut_off and not self._loss_stalled():
             self._explosion_wait -= 1
             if self._explosion_wait <= 0:
