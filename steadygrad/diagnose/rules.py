@@ -62,6 +62,7 @@ from steadygrad.diagnose.detectors.training import (
 )
 from steadygrad.diagnose.detectors.transformer import (
     ATTENTION_LOGIT_GROWTH,
+    COLLAPSED_SHARE,
     GRADIENT_SPIKE,
     LOSS_OF_PLASTICITY,
     OUTPUT_LOGIT_DIVERGENCE,
@@ -488,7 +489,42 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
             f"no row had collapsed until the gradient spike at step {spike}, and rows "
             f"collapsed from the step after: its update threw the logits"
         )
+    receded = _collapse_receded(facts, steps, values, found.first_step)
+    if receded is not None:
+        found.severity = "info"
+        found.evidence["receded_from"] = receded
+        found.summary += (
+            f"; it receded from step {receded} to the end with the logits no longer growing: "
+            "a fit that stopped pushing its margins, not a stall"
+        )
     return found
+
+
+# Readings at the end of a run that must all be under the detector's fraction for a collapse
+# to count as over: the detector's own patience.
+RECEDED_READINGS = 3
+
+
+def _collapse_receded(
+    facts: RunFacts, steps: np.ndarray, values: np.ndarray, began: int
+) -> int | None:
+    """The step from which a collapse stayed under its detector's fraction to the end of a run
+    that did not break, when its last ``RECEDED_READINGS`` readings were all under it and the
+    log-partition ended no higher than where the collapse began. Collapse stalls a run by
+    growing its logits without end (naive loss minimisation); a confident fit after a rate
+    drop, or a fixed token every caption shares, collapses rows for a while and lets go."""
+    bar = facts.of(SOFTMAX_COLLAPSE_KIND)[0].evidence.get("fraction", COLLAPSED_SHARE)
+    after = steps > began
+    tail = values[after][-RECEDED_READINGS:]
+    if facts.broke_at is not None or len(tail) < RECEDED_READINGS or not (tail < bar).all():
+        return None
+    lse = facts.series(LOGIT_LSE_MEAN.name)
+    if lse is not None:
+        at = lse[1][(lse[0] <= began) & np.isfinite(lse[1])]
+        if not len(at) or not np.isfinite(lse[1][-1]) or lse[1][-1] > at[-1]:
+            return None
+    above = steps[after & (values >= bar)]
+    return int(steps[steps > above.max()][0]) if len(above) else int(steps[after][0])
 
 
 # Steps after a gradient spike within which what first shows is what its update threw.

@@ -497,6 +497,10 @@ def _falling(values: collections.deque[float]) -> bool:
     return len(v) == values.maxlen and all(b < a for a, b in zip(v, v[1:], strict=False))
 
 
+# The share of rows collapsed at which the SoftmaxCollapse detector fires, by default.
+COLLAPSED_SHARE = 0.1
+
+
 class SoftmaxCollapse(Detector):
     """Fires when the ``softmax_collapse`` fraction is at or above ``fraction`` at the latest
     reading and at ``patience`` of the last ``2 * patience - 1`` (most of them: a fraction read
@@ -517,7 +521,7 @@ class SoftmaxCollapse(Detector):
     kind = SOFTMAX_COLLAPSE_KIND
     reads, emits = (SOFTMAX_COLLAPSE,), (SOFTMAX_COLLAPSE_KIND,)
 
-    def __init__(self, fraction: float = 0.1, patience: int = 3) -> None:
+    def __init__(self, fraction: float = COLLAPSED_SHARE, patience: int = 3) -> None:
         self.fraction = finite_float("fraction", fraction, low=0.0, low_open=True, high=1.0)
         self.patience = positive_int("patience", patience)
         self._recent: collections.deque[tuple[int, float]] = collections.deque(
