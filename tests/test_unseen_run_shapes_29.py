@@ -59,3 +59,19 @@ def test_a_real_fit_whose_collapse_receded_is_not_warned_at_the_end(tmp_path):
     assert report.healthy
     found = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
     assert found.evidence["receded_from"] > 100
+
+
+def test_gradients_piled_up_by_a_skipped_zero_grad_neither_replaced_weights_nor_met_a_batch(
+    tmp_path,
+):
+    # Set 116's learned index: zero_grad skipped for steps 100-114, so each step applies the sum
+    # of the gradients so far; momentum carries them, the weights' norm moves 50x its usual
+    # step and the loss spikes 46x at step 113. No gradient of one step was 30x its level, yet
+    # for the five records before it the gradient had stood 6-80x: the optimizer moved the
+    # weights there; neither something between steps nor one batch did. (The control is
+    # test_unseen_run_shapes_13's EMA swap, whose gradients stayed ordinary: still replaced.)
+    _, report = held_out_run(tmp_path, "h116_learned_index_stale_accumulation")
+    spike = next(d for d in report.diagnoses if d.cause == "loss_spike")
+    assert spike.first_step == 113
+    assert all("weights_replaced_at" not in d.evidence for d in report.diagnoses)
+    assert "data_outlier" not in report.causes()

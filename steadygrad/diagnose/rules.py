@@ -2893,6 +2893,8 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue  # the weights changed under it, not the batch: an EMA swap, a reload
         if _overstepped_before(facts, spike.step) is not None:
             continue  # the step before threw the weights: the batch met them where they landed
+        if _gradient_risen_before(facts, spike.step):
+            continue  # gradients grown for steps drove the weights there: no batch of its own
         if _restarted_before(facts, spike.step) is not None:
             continue  # the optimizer started again from nothing: its first steps threw them
         if _raised_before(facts, spike.step) is not None:
@@ -2970,9 +2972,29 @@ def _weights_replaced(facts: RunFacts, step: int) -> bool:
         return False
     if _raised_before(facts, step, within=1) is not None or _burst_before(facts, step):
         return False  # a learning rate raised at a stroke moves them that far on its own
+    if _gradient_risen_before(facts, step):
+        return False  # momentum carried the grown gradients of the steps before into this one
     # and no large gradient moved them: an update from a gradient grown far above its usual
     # size (an explosion the spike test, reading growth, did not flag) moves them as far
     return moves[1] is None or float(moves[1].max()) < REPLACED
+
+
+# Records before a step whose gradient, standing ``ORDINARY`` times its level before them,
+# moved the weights there: momentum sums a few steps' gradients into each update.
+RISEN_OVER = 5
+
+
+def _gradient_risen_before(facts: RunFacts, step: int, typical_of: int = 20) -> bool:
+    """Whether the median gradient norm of the ``RISEN_OVER`` records before ``step`` stood
+    ``ORDINARY`` times or more above the median of the ``typical_of`` before them: gradients
+    piling up (a ``zero_grad`` skipped, a loss scaled up step by step) move the weights further
+    each step, with no one step's gradient far out of line."""
+    grad = _finite_until(facts, GRAD_NORM.name, step - 1)
+    if grad is None or len(grad[1]) < RISEN_OVER + typical_of:
+        return False
+    recent, before = grad[1][-RISEN_OVER:], grad[1][-RISEN_OVER - typical_of : -RISEN_OVER]
+    typical = float(np.median(before))
+    return typical > 0 and float(np.median(recent)) >= ORDINARY * typical
 
 
 def _replaced_modules(facts: RunFacts, step: int) -> list[str]:
