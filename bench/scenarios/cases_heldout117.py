@@ -1,9 +1,9 @@
 """Held-out set 117 (``h117_``): induced instabilities and healthy controls written blind.
 
-Hugging Face MiniCPM5-MoE, Mistral Large 4 text tower and GLM-5 Next text tower as byte LMs
-from tiny configs (no download); hand-written stock-return direction MLP, drone-attitude
-imitation MLP, Braille cell CNN, sign-language keypoint RNN, beehive acoustic classifier,
-tide-gauge exceedance Poisson regressor, podcast two-tower recommender, protection-relay trip
+Hugging Face MiniCPM5-MoE, Mistral Large 4 text tower and GLM-5 Next text tower (a control) as
+byte LMs from tiny configs (no download); hand-written off-policy TD critic on Baird's star,
+stock-return direction MLP, drone-attitude imitation MLP, Braille cell CNN, sign-language
+keypoint RNN, beehive acoustic classifier, tide-gauge exceedance Poisson regressor, podcast two-tower recommender, protection-relay trip
 classifier, smart-meter load disaggregator (fp16 autocast with a GradScaler) and weather-station
 temperature GRU nowcaster, all on generated data.
 """
@@ -662,9 +662,6 @@ def h117_sign_rnn_gradients_explode(ctx: Context) -> None:
     model = SignRNN(gain=2.0)
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
     rnn_norms: list[float] = []
-
-    def extra(step: int, loss: torch.Tensor) -> torch.Tensor:
-        return loss
 
     batches = _sign_batches(gen)
     ctx.attach(model, opt)
