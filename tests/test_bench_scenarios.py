@@ -245,6 +245,7 @@ HELD_OUT_FILES = [
     ("cases_heldout114", "h114_", 12, 12, 12),
     ("cases_heldout115", "h115_", 12, 12, 12),
     ("cases_heldout116", "h116_", 12, 12, 14),
+    ("cases_heldout117", "h117_", 12, 12, 14),
 ]
 
 

@@ -121,6 +121,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout114,
     cases_heldout115,
     cases_heldout116,
+    cases_heldout117,
     cases_mlp,
     cases_other,
 )
