@@ -75,3 +75,55 @@ def test_gradients_piled_up_by_a_skipped_zero_grad_neither_replaced_weights_nor_
     assert spike.first_step == 113
     assert all("weights_replaced_at" not in d.evidence for d in report.diagnoses)
     assert "data_outlier" not in report.causes()
+
+
+def _cosine_head_rows(logits: str, collapse: str) -> list[dict]:
+    """A classifier whose logits rise from 200 at step 0 to about 560 by step 6. ``logits``:
+    "held": they then hold at 570 +- 8 to the end (a cosine head times a scale of 600: set
+    117's Braille reader); "grow": they go on climbing, to 5,000. ``collapse``: "stays": half
+    the rows collapsed from step 25 to the end; "receded": none collapsed from step 100 on."""
+    rows = []
+    for t in range(200):
+        row = {"loss": 170.0 * math.exp(-t / 6) + 1e-4}
+        if t <= 6 or t % 25 == 0 or t % 25 in (1, 2, 3):
+            top = 200 + 60 * t if t <= 6 else 570 + 8 * math.sin(t)
+            if logits == "grow" and t > 6:
+                top = 560 * (1 + (t - 6) / 20)
+            shared = 0.0 if t < 25 else 0.55 + 0.05 * math.sin(t)
+            if collapse == "receded" and t >= 100:
+                shared = 0.0
+            row |= {"output_logit_max": top, "logit_lse_mean": top - 10, "softmax_collapse": shared}
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("logits", "collapse"), [("held", "stays"), ("grow", "stays"), ("held", "receded")]
+)
+def test_logits_held_at_their_bound_while_rows_collapse_are_the_collapses(
+    tmp_path, logits, collapse
+):
+    # Trigger: the logits rose 300 nats in three steps (a drift on the detector's reading),
+    # then held within 3% to the end while half the rows stayed collapsed: bounded logits at
+    # their bound; the collapse is the harm, ranked first. Controls: logits that go on
+    # climbing drift without end; a collapse that receded explains no logits held to the end.
+    drift = ("output_logit_divergence", 3, "fc", {"logit_lse_mean": 483.0, "drift": 307.0})
+    collapse_found = ("softmax_collapse", 27, "fc", {"softmax_collapse": 0.55, "fraction": 0.1})
+    rows = _cosine_head_rows(logits, collapse)
+    findings = [(*drift, "warning"), (*collapse_found, "warning")]
+    report = diagnose_stored(tmp_path, f"{logits}-{collapse}", rows, findings)
+    divergence = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    if (logits, collapse) == ("held", "stays"):
+        assert report.top.cause == "softmax_collapse"
+        assert "at their bound" in divergence.why
+    else:
+        assert report.top.cause == "output_logit_divergence"
+        assert "at their bound" not in divergence.why
+
+
+def test_a_cosine_head_scaled_far_too_high_is_named_a_softmax_collapse(tmp_path):
+    # Set 117's Braille reader: its cosine head's scale is 600 (meant 16); the logits reach
+    # ~570 by step 6 and stay, while over half the rows collapse
+    _, report = held_out_run(tmp_path, "h117_braille_cosine_scale_collapse")
+    assert report.top.cause == "softmax_collapse"
+    assert report.top.where == ["fc"]

@@ -31,6 +31,7 @@ from steadygrad.core.metrics import (
     OPTIMIZER_RESTARTED,
     OPTIMIZER_SKIPPED,
     OUTPUT_LAYER,
+    OUTPUT_LOGIT_MAX,
     OUTPUT_SHIFT_GRADIENT,
     PARAM_GROUPS,
     PARAM_NORM,
@@ -1898,6 +1899,40 @@ def _grown_everywhere(found: Found, growth: list[tuple[float, str]], what: str) 
     return True
 
 
+# The largest logit, from a drift's first finding to the end, within this share of its median:
+# held at a level, not drifting on (a logit drifting for good grows by multiples of itself).
+PINNED = 0.5
+
+
+def _pinned_by_a_collapse(facts: RunFacts, began: int) -> str | None:
+    """Why a drift found at ``began`` is a softmax collapse's, when the logits rose to a level
+    they then held to the end of a run that did not break (the largest within ``PINNED`` of its
+    median at every reading from ``began``) while rows stayed collapsed: logits bounded by
+    construction (a cosine head times its scale, a clamped temperature) that reached their
+    bound, saturating the softmax. A divergence has no bound; the collapse is the harm here."""
+    series = facts.series(OUTPUT_LOGIT_MAX.name)
+    collapse = [f for f in facts.of(SOFTMAX_COLLAPSE_KIND) if f.severity != "info"]
+    if series is None or not collapse or facts.broke_at is not None:
+        return None
+    steps, values = series
+    held = values[steps >= began]
+    if len(held) < 2 * RECEDED_READINGS or not np.isfinite(held).all():
+        return None
+    level = float(np.median(held))
+    if not level > 0 or (held.max() - held.min()) > PINNED * level:
+        return None
+    shares = facts.series(SOFTMAX_COLLAPSE.name)
+    bar = collapse[0].evidence.get("fraction", COLLAPSED_SHARE)
+    if shares is None or not (shares[1][-RECEDED_READINGS:] >= bar).any():
+        return None  # the collapse receded: it does not explain logits held to the end
+    return (
+        f"the logits rose to a level they held to the end (the largest within "
+        f"{(held.max() - held.min()) / level:.0%} of {level:.3g} from step {began}) while rows "
+        f"stayed collapsed (softmax collapse from step {collapse[0].step}): logits at their "
+        "bound, saturating the softmax, not drifting without end"
+    )
+
+
 def _output_logits(facts: RunFacts) -> Found | None:
     """Output-logit divergence, unless every weight had grown by then (the logits then grow
     because the weights do). The output layer's weights running away (a decay or penalty of
@@ -1933,6 +1968,10 @@ def _output_logits(facts: RunFacts) -> Found | None:
             f"the logits were in range at step {clear}, before the gradient spike at step "
             f"{spike}, and drifted from the step after: its update threw them"
         )
+        return found
+    pinned = _pinned_by_a_collapse(facts, found.first_step)
+    if pinned is not None:
+        found.consequence_of = pinned
         return found
     steps, _ = _pushes(facts)
     if len(steps) and steps[0] <= found.first_step:
@@ -3915,6 +3954,7 @@ RULES: tuple[Rule, ...] = (
             GRAD_NORM_SPIKE,
             GRADIENT_SPIKE,  # a spike's throw (see _thrown_by_a_spike)
             UPDATE_RATIO_OUT_OF_RANGE,
+            SOFTMAX_COLLAPSE_KIND,  # logits held at their bound (see _pinned_by_a_collapse)
         ),
         # an outlier batch's own logits, or the jolt it gave; logits spread so far apart that
         # the softmax rounds to exactly 0 and 1 (a temperature) are that collapse's logits
