@@ -127,3 +127,58 @@ def test_a_cosine_head_scaled_far_too_high_is_named_a_softmax_collapse(tmp_path)
     _, report = held_out_run(tmp_path, "h117_braille_cosine_scale_collapse")
     assert report.top.cause == "softmax_collapse"
     assert report.top.where == ["fc"]
+
+
+def _first_gradient_rows(recurrent: float, head: float) -> list[dict]:
+    """An RNN classifier: its weights' norm 18.8 throughout; at step 0 the recurrent matrix's
+    gradient ``recurrent`` and the head's ``head``; ordinary gradients (0.5) after."""
+    rows = []
+    for t in range(60):
+        rec, out = (recurrent, head) if t == 0 else (0.4, 0.3)
+        rows.append(
+            {
+                "loss": 2.3 - 0.01 * t,
+                "grad_norm": math.hypot(rec, out),
+                "grad_norm/rnn.weight_hh_l0": rec,
+                "grad_norm/head.weight": out,
+                "param_norm": 18.8,
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("recurrent", "head", "exploded"), [(604.0, 29.6, True), (604.0, 700.0, False), (30, 2, False)]
+)
+def test_a_recurrent_gradient_born_exploded_is_named_from_the_first_step(
+    tmp_path, recurrent, head, exploded
+):
+    # Trigger: at the first step the recurrent matrix's gradient is 32x the norm of all the
+    # weights and nearly all the step's gradient (set 115's exoplanet IRNN, before its first
+    # update threw it to NaN). Controls: as large, but the head's larger still (a loss on a
+    # huge scale: every gradient large); or 1.6x the weights' norm (an ordinary start).
+    config = {"recurrent_modules": ["rnn"]}
+    rows = _first_gradient_rows(recurrent, head)
+    report = diagnose_stored(tmp_path, f"{recurrent}-{head}", rows, [], config=config)
+    if exploded:
+        assert report.top.cause == "exploding_gradients"
+        assert report.top.first_step == 0 and report.top.where == ["rnn"]
+    else:
+        assert "exploding_gradients" not in report.causes()
+
+
+@pytest.mark.parametrize(
+    ("name", "exploded"),
+    [
+        ("h117_sign_rnn_gradients_explode", True),  # 2x orthogonal recurrence: trains on
+        ("h115_exoplanet_irnn_explode", True),  # identity recurrence, 96 steps: NaN at step 1
+        ("h107_irnn_pianoroll_control", False),  # an IRNN that trains: its gradients small
+    ],
+)
+def test_real_recurrences_born_exploded_and_one_that_is_not(tmp_path, name, exploded):
+    _, report = held_out_run(tmp_path, name)
+    if exploded:
+        assert report.top.cause == "exploding_gradients"
+        assert report.top.first_step == 0
+    else:
+        assert "exploding_gradients" not in report.causes()

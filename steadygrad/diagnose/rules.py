@@ -1278,6 +1278,7 @@ def _exploding(facts: RunFacts) -> Found | None:
                 _spike_into_explosion(facts),
                 _bursts_through_time(facts),
                 _growing_bursts(facts),
+                _exploded_from_the_start(facts),
             )
             if f
         ]
@@ -1586,6 +1587,57 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
         where,
         {"spike_step": start, "nonfinite_step": nan_at},
         "critical",
+    )
+
+
+# A recurrent tensor whose first gradient stood this many times the norm of all the model's
+# weights: at initialisation a gradient is a small fraction of that norm (a loss of a few nats
+# spread over every weight); one larger than all the weights together, ten times over, came
+# from a recurrence that multiplies it at each time step.
+BORN_EXPLODED = 10.0
+
+
+def _exploded_from_the_start(facts: RunFacts) -> Found | None:
+    """At the run's first record, a tensor of a recurrent module whose gradient stood
+    ``BORN_EXPLODED`` times the norm of all the weights and carried most of the gradient (half
+    its squared norm or more): the recurrence amplified it from the start (a recurrent matrix
+    initialised with a gain above 1, an identity recurrence over a long sequence), with no
+    growth to see, since it never was small. Most of the gradient, not just a large one: a loss
+    on a huge scale makes every tensor's gradient large, the recurrent one among them."""
+    if not facts.recurrent_modules:
+        return None
+    total, weights = facts.series(GRAD_NORM.name), facts.series(PARAM_NORM.name)
+    if total is None or weights is None or not len(total[0]) or not len(weights[0]):
+        return None
+    first = int(total[0][0])
+    at = weights[1][weights[0] == first]
+    if not len(at) or not at[0] > 0:
+        return None
+    largest, tensor = 0.0, ""
+    for name in facts.names:
+        if not GRAD_NORM.owns(name) or "/" not in name:
+            continue  # a tensor's gradient norm, not the global one
+        key = name.split("/", 1)[1]
+        if not any(_inside(key, m) for m in facts.recurrent_modules):
+            continue
+        steps, values = facts.series(name)
+        value = values[steps == first]
+        if len(value) and np.isfinite(value[0]) and value[0] > largest:
+            largest, tensor = float(value[0]), key
+    ratio = largest / float(at[0])
+    share = (largest / float(total[1][0])) ** 2  # tensors' squared norms add up to the whole
+    if ratio < BORN_EXPLODED or not share >= 0.5:
+        return None
+    module = next(m for m in facts.recurrent_modules if _inside(tensor, m))
+    return Found(
+        f"the gradients exploded through time in the recurrent {module} from the first step: "
+        f"{tensor}'s gradient was {largest:.3g} at step {first}, {ratio:.3g}x the norm of all "
+        f"the weights and {share:.0%} of the step's squared gradient norm (a recurrent matrix "
+        "whose gain is above 1, an identity recurrence over a long sequence)",
+        first,
+        [module],
+        {"grad_norm": largest, "tensor": tensor, "of_weights": ratio},
+        "critical" if facts.broke_at is not None else "warning",
     )
 
 
