@@ -246,6 +246,7 @@ HELD_OUT_FILES = [
     ("cases_heldout115", "h115_", 12, 12, 12),
     ("cases_heldout116", "h116_", 12, 12, 14),
     ("cases_heldout117", "h117_", 12, 12, 14),
+    ("cases_heldout118", "h118_", 12, 12, 13),
 ]
 
 
