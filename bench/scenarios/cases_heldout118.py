@@ -341,9 +341,10 @@ def h118_muse_spark_healthy(ctx: Context) -> None:
     where=(),
     diverges="auto",
     heldout=True,
-    note="plain SGD warmed up linearly to a peak rate far past 2/sharpness: the loss first "
-    "falls, then oscillates and climbs once the rate passes the limit",
-    onset=40,
+    note="plain SGD warmed up linearly (over 120 steps) to a peak of 6.0, far past "
+    "2/sharpness: the loss falls, bounces from ~step 12 (rate ~0.65), and blows up from "
+    "step ~43 (rate ~2.2) to NaN",
+    onset=12,
 )
 def h118_muse_spark_sgd_peak_too_high(ctx: Context) -> None:
     gen = seeded(11805)
@@ -363,9 +364,9 @@ def h118_muse_spark_sgd_peak_too_high(ctx: Context) -> None:
         ctx.step(loss)
         opt.zero_grad(set_to_none=True)
     L = [v if math.isfinite(v) else 1e9 for v in ctx.losses]
-    best = min(L[:40])
+    best = min(L[:12])
     ctx.check("loss fell while the rate was small", best < L[0] - 0.3)
-    ctx.check("loss climbs above its start once the rate is too high", max(L[40:]) > L[0] + 0.5)
+    ctx.check("loss climbs above its start once the rate is too high", max(L[12:]) > L[0] + 0.5)
 
 
 SHARP_PEAK = 6.0
