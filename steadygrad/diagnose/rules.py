@@ -514,7 +514,7 @@ def _collapse_receded(
     log-partition ended no higher than where the collapse began. Collapse stalls a run by
     growing its logits without end (naive loss minimisation); a confident fit after a rate
     drop, or a fixed token every caption shares, collapses rows for a while and lets go."""
-    bar = facts.of(SOFTMAX_COLLAPSE_KIND)[0].evidence.get("fraction", COLLAPSED_SHARE)
+    bar = _collapse_bar(facts)
     after = steps > began
     tail = values[after][-RECEDED_READINGS:]
     if facts.broke_at is not None or len(tail) < RECEDED_READINGS or not (tail < bar).all():
@@ -526,6 +526,12 @@ def _collapse_receded(
             return None
     above = steps[after & (values >= bar)]
     return int(steps[steps > above.max()][0]) if len(above) else int(steps[after][0])
+
+
+def _collapse_bar(facts: RunFacts) -> float:
+    """The share of rows collapsed at which the run's collapse detector fired."""
+    found = facts.of(SOFTMAX_COLLAPSE_KIND)
+    return found[0].evidence.get("fraction", COLLAPSED_SHARE) if found else COLLAPSED_SHARE
 
 
 # Steps after a gradient spike within which what first shows is what its update threw.
@@ -1974,8 +1980,7 @@ def _pinned_by_a_collapse(facts: RunFacts, began: int) -> str | None:
     if not level > 0 or (held.max() - held.min()) > PINNED * level:
         return None
     shares = facts.series(SOFTMAX_COLLAPSE.name)
-    bar = collapse[0].evidence.get("fraction", COLLAPSED_SHARE)
-    if shares is None or not (shares[1][-RECEDED_READINGS:] >= bar).any():
+    if shares is None or not (shares[1][-RECEDED_READINGS:] >= _collapse_bar(facts)).any():
         return None  # the collapse receded: it does not explain logits held to the end
     return (
         f"the logits rose to a level they held to the end (the largest within "
