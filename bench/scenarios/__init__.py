@@ -123,6 +123,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout116,
     cases_heldout117,
     cases_heldout118,
+    cases_heldout119,
     cases_mlp,
     cases_other,
 )
