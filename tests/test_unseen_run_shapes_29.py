@@ -182,3 +182,54 @@ def test_real_recurrences_born_exploded_and_one_that_is_not(tmp_path, name, expl
         assert report.top.first_step == 0
     else:
         assert "exploding_gradients" not in report.causes()
+
+
+def _deep_start_rows(hidden: float, gradient: float) -> list[dict]:
+    """A 7-layer MLP on inputs of RMS 0.5: at step 0 its last hidden layer's output RMS
+    ``hidden`` and the gradient norm ``gradient``, the weights' norm 575 (set 119's EMG decoder,
+    its weights drawn at std 1); ordinary values after."""
+    rows = []
+    for t in range(40):
+        first = t == 0
+        rows.append(
+            {
+                "loss": 2.0 - 0.01 * t,
+                "input_rms": 0.5,
+                "act_rms/net.12": hidden if first else 1.0,
+                "act_rms/head": 5e4 if first else 2.0,
+                "grad_norm": gradient if first else 1.0,
+                "param_norm": 575.0,
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("hidden", "gradient", "exploded"),
+    [(1.28e5, 5.5e5, True), (40.0, 5.5e5, False), (1.28e5, 300.0, False)],
+)
+def test_a_signal_amplified_through_depth_at_the_start_is_exploding(
+    tmp_path, hidden, gradient, exploded
+):
+    # Trigger: the last hidden layer's output is 2.6e5x the input's RMS and the gradient 960x
+    # the weights' norm, at the first step: layers that each multiply the signal. Controls:
+    # the same gradient with an ordinary signal (set 54's healthy GroupViT started with a
+    # gradient 1,568x its weights' norm); the same signal with a gradient under the weights'. The output layer's
+    # large logits count for nothing (config: its name).
+    config = {"output_layer": "head"}
+    report = diagnose_stored(
+        tmp_path, f"{hidden}-{gradient}", _deep_start_rows(hidden, gradient), [], config
+    )
+    if exploded:
+        assert report.top.cause == "exploding_gradients"
+        assert report.top.first_step == 0 and report.top.where == ["net.12"]
+    else:
+        assert "exploding_gradients" not in report.causes()
+
+
+def test_a_deep_net_initialised_at_unit_std_explodes_from_the_first_step(tmp_path):
+    # Set 119's EMG decoder: a 7-layer ReLU MLP whose weights were drawn at std 1; the loss is
+    # 5e4 at step 0 and NaN from step 3
+    _, report = held_out_run(tmp_path, "h119_emg_unit_normal_init")
+    assert report.top.cause == "exploding_gradients"
+    assert report.top.first_step == 0

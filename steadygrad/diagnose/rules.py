@@ -1609,15 +1609,14 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
     its squared norm or more): the recurrence amplified it from the start (a recurrent matrix
     initialised with a gain above 1, an identity recurrence over a long sequence), with no
     growth to see, since it never was small. Most of the gradient, not just a large one: a loss
-    on a huge scale makes every tensor's gradient large, the recurrent one among them."""
-    if not facts.recurrent_modules:
-        return None
+    on a huge scale makes every tensor's gradient large, the recurrent one among them. Failing
+    that, the same through depth (:func:`_amplified_through_depth`)."""
     total, weights = facts.series(GRAD_NORM.name), facts.series(PARAM_NORM.name)
     if total is None or weights is None or not len(total[0]) or not len(weights[0]):
         return None
     first = int(total[0][0])
     at = weights[1][weights[0] == first]
-    if not len(at) or not at[0] > 0:
+    if not len(at) or not at[0] > 0 or not np.isfinite(total[1][0]):
         return None
     largest, tensor = 0.0, ""
     for name in facts.names:
@@ -1633,7 +1632,7 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
     ratio = largest / float(at[0])
     share = (largest / float(total[1][0])) ** 2  # tensors' squared norms add up to the whole
     if ratio < BORN_EXPLODED or not share >= 0.5:
-        return None
+        return _amplified_through_depth(facts, first, float(total[1][0]) / float(at[0]))
     module = next(m for m in facts.recurrent_modules if _inside(tensor, m))
     return Found(
         f"the gradients exploded through time in the recurrent {module} from the first step: "
@@ -1643,6 +1642,45 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
         first,
         [module],
         {"grad_norm": largest, "tensor": tensor, "of_weights": ratio},
+        "critical" if facts.broke_at is not None else "warning",
+    )
+
+
+# A hidden layer's output at the first step this many times the RMS of the model's input: the
+# standard initialisations keep a signal's scale through the layers (Glorot, He); four orders
+# of magnitude is layers each multiplying it, and backpropagation multiplies the gradient alike.
+AMPLIFIED = 1e4
+
+
+def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found | None:
+    """At the first record, the gradient ``BORN_EXPLODED`` times the norm of all the weights
+    (``ratio``) and a hidden layer's output ``AMPLIFIED`` times the input's RMS: weights
+    initialised with too large a gain, so that the signal, and the gradient with it, grows
+    layer by layer (the model's output layer, whose logits may be large by design, aside)."""
+    inputs = facts.series(INPUT_RMS.name)
+    if ratio < BORN_EXPLODED or inputs is None or not (inputs[0] == first).any():
+        return None
+    scale = float(inputs[1][inputs[0] == first][0])
+    layers = []
+    for name in facts.names:
+        module = name.split("/", 1)[1] if ACT_RMS.owns(name) and "/" in name else None
+        if module is None or (facts.output_layer and _inside(module, facts.output_layer)):
+            continue
+        steps, values = facts.series(name)
+        value = values[steps == first]
+        if len(value) and np.isfinite(value[0]):
+            layers.append((float(value[0]), module))
+    if not scale > 0 or not layers or max(layers)[0] < AMPLIFIED * scale:
+        return None
+    act, module = max(layers)
+    return Found(
+        f"the gradients exploded through depth from the first step: {module}'s output had RMS "
+        f"{act:.3g} at step {first}, {act / scale:.3g}x the input's, and the gradient was "
+        f"{ratio:.3g}x the norm of all the weights (weights initialised with too large a gain: "
+        "each layer multiplies the signal, and the gradient on its way back)",
+        first,
+        [module],
+        {"act_rms": act, "input_rms": scale, "of_weights": ratio},
         "critical" if facts.broke_at is not None else "warning",
     )
 
