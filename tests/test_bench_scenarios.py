@@ -249,6 +249,7 @@ HELD_OUT_FILES = [
     ("cases_heldout118", "h118_", 12, 12, 13),
     ("cases_heldout119", "h119_", 12, 12, 15),
     ("cases_heldout120", "h120_", 12, 12, 16),
+    ("cases_heldout121", "h121_", 12, 12, 14),
 ]
 
 

@@ -125,6 +125,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout118,
     cases_heldout119,
     cases_heldout120,
+    cases_heldout121,
     cases_mlp,
     cases_other,
 )
