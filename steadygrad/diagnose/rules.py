@@ -27,6 +27,7 @@ from steadygrad.core.metrics import (
     LEARNING_RATE,
     LOGIT_LSE_MEAN,
     LOSS,
+    OPTIMIZER_FAMILY,
     OPTIMIZER_REPLACED,
     OPTIMIZER_RESTARTED,
     OPTIMIZER_SKIPPED,
@@ -337,7 +338,7 @@ class RunFacts:
         """Whether the optimizer scales its step by a running square of the gradient (Adam,
         RMSprop, Adagrad: its family, recorded by the Monitor from
         :func:`steadygrad.core.optimizer_family`)."""
-        return self.run.config.get("optimizer_family") in PER_COORDINATE
+        return self.run.config.get(OPTIMIZER_FAMILY) in PER_COORDINATE
 
     @cached_property
     def recurrent_modules(self) -> list[str]:
@@ -753,7 +754,7 @@ def _beyond_step_sized_rates(facts: RunFacts, rate: float, names: list[str]) -> 
     trains a layer at, for a group holding a layer's weight (``names`` ending in ``weight``;
     not free parameters such as a log-partition or a codebook)."""
     return (
-        facts.run.config.get("optimizer_family") in STEP_SIZED
+        facts.run.config.get(OPTIMIZER_FAMILY) in STEP_SIZED
         and rate > STEP_SIZED_CEILING
         and any(n.rpartition(".")[2] == "weight" for n in names)
     )
@@ -1618,17 +1619,12 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
     at = weights[1][weights[0] == first]
     if not len(at) or not at[0] > 0 or not np.isfinite(total[1][0]):
         return None
-    largest, tensor = 0.0, ""
-    for name in facts.names:
-        if not GRAD_NORM.owns(name) or "/" not in name:
-            continue  # a tensor's gradient norm, not the global one
-        key = name.split("/", 1)[1]
-        if not any(_inside(key, m) for m in facts.recurrent_modules):
-            continue
-        steps, values = facts.series(name)
-        value = values[steps == first]
-        if len(value) and np.isfinite(value[0]) and value[0] > largest:
-            largest, tensor = float(value[0]), key
+    recurrent = {
+        tensor: norm
+        for tensor, norm in _family_at(facts, GRAD_NORM, first).items()
+        if any(_inside(tensor, m) for m in facts.recurrent_modules)
+    }
+    largest, tensor = max(((v, k) for k, v in recurrent.items()), default=(0.0, ""))
     ratio = largest / float(at[0])
     share = (largest / float(total[1][0])) ** 2  # tensors' squared norms add up to the whole
     if ratio < BORN_EXPLODED or not share >= 0.5:
@@ -1661,15 +1657,12 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
     if ratio < BORN_EXPLODED or inputs is None or not (inputs[0] == first).any():
         return None
     scale = float(inputs[1][inputs[0] == first][0])
-    layers = []
-    for name in facts.names:
-        module = name.split("/", 1)[1] if ACT_RMS.owns(name) and "/" in name else None
-        if module is None or (facts.output_layer and _inside(module, facts.output_layer)):
-            continue
-        steps, values = facts.series(name)
-        value = values[steps == first]
-        if len(value) and np.isfinite(value[0]):
-            layers.append((float(value[0]), module))
+    head = facts.output_layer
+    layers = [
+        (rms, module)
+        for module, rms in _family_at(facts, ACT_RMS, first).items()
+        if not (head and _inside(module, head))
+    ]
     if not scale > 0 or not layers or max(layers)[0] < AMPLIFIED * scale:
         return None
     act, module = max(layers)
@@ -1683,6 +1676,19 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
         {"act_rms": act, "input_rms": scale, "of_weights": ratio},
         "critical" if facts.broke_at is not None else "warning",
     )
+
+
+def _family_at(facts: RunFacts, metric: Any, step: int) -> dict[str, float]:
+    """Each member of a per-tensor or per-module family (``metric``: its members' series are
+    ``name/member``) with a finite reading at ``step``, by member."""
+    values: dict[str, float] = {}
+    for name in facts.names:
+        if metric.owns(name) and "/" in name:
+            steps, series = facts.series(name)
+            at = series[steps == step]
+            if len(at) and np.isfinite(at[0]):
+                values[name.split("/", 1)[1]] = float(at[0])
+    return values
 
 
 def _bursts_through_time(facts: RunFacts) -> Found | None:
@@ -3532,7 +3538,7 @@ def _trained_into_a_blowup(facts: RunFacts) -> Found | None:
     the loss has fallen (progressive sharpening), however little the update's own direction
     read of it before (Cohen et al. 2021)."""
     broke = facts.broke_at
-    if broke is None or facts.run.config.get("optimizer_family") not in GRADIENT_SCALED:
+    if broke is None or facts.run.config.get(OPTIMIZER_FAMILY) not in GRADIENT_SCALED:
         return None
     grads, loss = facts.series(GRAD_NORM.name), facts.series(LOSS.name)
     if facts.recurrent_modules or grads is None or loss is None:

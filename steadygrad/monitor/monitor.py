@@ -37,6 +37,7 @@ from steadygrad.core.metrics import (
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
+    OPTIMIZER_FAMILY,
     OPTIMIZER_REPLACED,
     PARAM_GROUPS,
     RECURRENT_MODULES,
@@ -227,7 +228,7 @@ class Monitor:
         run_config = {
             "model": type(model).__name__,
             "optimizer": type(optimizer).__name__,
-            "optimizer_family": optimizer_family(optimizer),
+            OPTIMIZER_FAMILY: optimizer_family(optimizer),
             SECOND_MOMENT_DECAY: second_moment_decay(optimizer),
             AVERAGES_ITERATES: averages_iterates(optimizer),
             "add_qk_norm_applies": bool(qk_norm_targets(model)),
