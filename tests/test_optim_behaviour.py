@@ -212,13 +212,33 @@ def test_the_default_compiles_only_a_model_large_enough_to_pay_it_back(monkeypat
     small = sum(p.numel() for p in model.parameters())
     assert small < _base.COMPILE_FROM
     opt = so.Lion(model.parameters(), lr=1e-3)  # fused=None
-    assert not opt._use_compiled()
-    assert so.Lion(model.parameters(), lr=1e-3, fused=True)._use_compiled()
+    cpu = torch.device("cpu")
+    assert not opt._use_compiled(cpu)
+    assert so.Lion(model.parameters(), lr=1e-3, fused=True)._use_compiled(cpu)
     frames = counters["stats"]["unique_graphs"]
     _train(model, opt, 3)
     assert counters["stats"]["unique_graphs"] == frames  # nothing was compiled
     big = torch.nn.Parameter(torch.zeros(_base.COMPILE_FROM - small))
     opt.add_param_group({"params": [big]})
-    assert opt._use_compiled()  # the model has grown past the bound
+    assert opt._use_compiled(cpu)  # the model has grown past the bound
     monkeypatch.setattr(_base, "COMPILE_FROM", small)
-    assert so.Lion(_model().parameters(), lr=1e-3)._use_compiled()
+    assert so.Lion(_model().parameters(), lr=1e-3)._use_compiled(cpu)
+
+
+def test_the_default_runs_the_multi_tensor_path_on_an_accelerator(monkeypatch):
+    """Off the CPU, ``fused=None`` takes the multi-tensor eager path at any size (faster than
+    the compiled one there: bench/gpu.py), uncut into cache blocks; ``fused=True`` compiles."""
+    from steadygrad.optim import _base, _foreach
+
+    monkeypatch.setattr(_base, "_COMPILE_WORKS", True)
+    monkeypatch.setattr(_base, "COMPILE_FROM", 1)
+    opt = so.Lion(_model().parameters(), lr=1e-3)
+    assert opt._use_compiled(torch.device("cpu"))
+    assert not opt._use_compiled(torch.device("meta"))
+    assert so.Lion(_model().parameters(), lr=1e-3, fused=True)._use_compiled(torch.device("meta"))
+    rows = [[torch.empty(n, device="meta")] * 3 for n in (5, 3 * _foreach.BLOCK_NUMEL, 7)]
+    (block,) = _foreach.blocks(rows, split=True)  # one block, nothing cut
+    assert [row[0].numel() for row in block] == [5, 3 * _foreach.BLOCK_NUMEL, 7]
+    cpu_rows = [[torch.empty(n)] * 3 for n in (5, 3 * _foreach.BLOCK_NUMEL, 7)]
+    sizes = [[row[0].numel() for row in b] for b in _foreach.blocks(cpu_rows, split=True)]
+    assert sizes == [[_foreach.BLOCK_NUMEL]] * 3 + [[5, 7]]  # cut into cache-sized pieces

@@ -334,7 +334,8 @@ def _without_ignored(
     loss's ``ignore_index`` (the 5th argument of ``F.cross_entropy`` and ``F.nll_loss``)."""
     target = target.detach().reshape(-1)
     keep = target != kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
-    return z[keep], target[keep]
+    rows = keep.nonzero().squeeze(1)  # the one read of the device (on the signal's cadence)
+    return z.index_select(0, rows), target.index_select(0, rows)
 
 
 def _logit_parts(z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -347,7 +348,7 @@ def _logit_parts(z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor
     learnt = torch.where(live, z32, 0.0)
     parts = {
         "lse": torch.logsumexp(z32, dim=-1).sum(),
-        "rows": torch.tensor(float(z.shape[0]), device=z.device),
+        "rows": torch.full((), float(z.shape[0]), device=z.device),  # a fill: no host copy
         "max": learnt.abs().max(),
         "sq": (learnt * learnt).sum(),
         "sum": learnt.sum(),

@@ -213,7 +213,8 @@ class KernelOptimizer(Optimizer):
     """Base class: subclasses define ``_state_names`` and ``_step_group``.
 
     ``fused=None`` (default) uses the compiled kernel when ``torch.compile`` works and the
-    parameters hold ``COMPILE_FROM`` (2**20) entries or more, and the eager kernel otherwise;
+    parameters, on the CPU, hold ``COMPILE_FROM`` (2**20) entries or more, and the eager kernel
+    otherwise (on an accelerator the multi-tensor eager path is the faster one);
     ``fused=False`` always runs eagerly; ``fused=True`` asks for the compiled kernel and raises
     if it is unavailable. The eager kernel runs on lists of tensors
     (torch's ``_foreach_`` ops, cache-blocked; ``foreach=None`` or ``True``) or tensor by tensor
@@ -345,8 +346,14 @@ class KernelOptimizer(Optimizer):
             self._hp_cache[key] = hp
         return hp
 
-    def _use_compiled(self) -> bool:
-        if self.fused is False or (self.fused is None and not self._worth_compiling()):
+    def _use_compiled(self, device: torch.device) -> bool:
+        if self.fused is False:
+            return False
+        if self.fused is None and (device.type != "cpu" or not self._worth_compiling()):
+            # On an accelerator the multi-tensor path launches a few kernels per op for all
+            # tensors at once, the compiled one at least one per tensor: on a GPT-2-small-sized
+            # model on an H200 the first was 1.5-2.9x fused AdamW, the second 3.9-5.7x and
+            # Stable-SPAM's 150x (bench/gpu.py)
             return False
         return compile_available()
 
@@ -379,7 +386,7 @@ class KernelOptimizer(Optimizer):
         batchable = p.numel() > 0 and all(
             t.dtype != torch.uint8 and t.is_contiguous() for t in tensors
         )
-        if batchable and self._use_compiled():
+        if batchable and self._use_compiled(p.device):
             key = (kernel, flags, p.dtype, p.device, len(names))
             self._pending.setdefault(key, []).append((self._aliases(p, tensors), hp, after))
             return

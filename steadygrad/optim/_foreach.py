@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import numbers
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +38,14 @@ import torch
 # float32 values) stay in the CPU caches, large enough that an op's dispatch cost is amortised
 # (on the benchmark's 2-core EPYC, 2^17 beat 2^15 by 1.2-1.8x).
 BLOCK_NUMEL = 1 << 17
+
+
+def block_numel(device: torch.device) -> int:
+    """Entries per block on ``device``. Cache blocking pays on the CPU only: on an accelerator
+    each block costs a dozen kernel launches (microseconds each), far more than streaming the
+    intermediates through device memory, so one block there holds every tensor (torch's own
+    ``foreach`` optimizers do the same)."""
+    return BLOCK_NUMEL if device.type == "cpu" else sys.maxsize
 
 
 class Scalars:
@@ -188,7 +197,8 @@ def blocks(
     entries; with ``split``, a row longer than that is cut into views of at most ``numel``
     entries (entries of one-entry states are shared by all pieces, so only element-wise
     kernels may be split)."""
-    numel = BLOCK_NUMEL if numel is None else numel
+    if numel is None:
+        numel = block_numel(items[0][0].device) if items else BLOCK_NUMEL
     out: list[list[list[torch.Tensor]]] = []
     current: list[list[torch.Tensor]] = []
     size = 0

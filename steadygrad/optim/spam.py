@@ -68,11 +68,16 @@ def spam_kernel(
 def spam_foreach(p, g, m, v, hp, clip: bool, guard_zero_variance: bool) -> None:
     """:func:`spam_kernel` on lists of tensors, in place (same order of operations)."""
     b1, omb1, b2, omb2, threshold, step_size, eps, lr_wd = hp
-    if clip:
+    if clip and not guard_zero_variance:
+        # g^2 > threshold * v exactly where |g| > sqrt(threshold * v), and sign(g) times that
+        # bound is the clamp to it: two multi-tensor ops instead of a where per tensor
+        bound = torch._foreach_sqrt(torch._foreach_mul(v, threshold))
+        g = torch._foreach_minimum(g, bound)
+        torch._foreach_maximum_(g, torch._foreach_neg(bound))
+    elif clip:
         limit = torch._foreach_mul(v, threshold)
         spike = [a > b for a, b in zip(torch._foreach_mul(g, g), limit, strict=True)]
-        if guard_zero_variance:
-            spike = [s & (x > 0) for s, x in zip(spike, v, strict=True)]
+        spike = [s & (x > 0) for s, x in zip(spike, v, strict=True)]
         capped = torch._foreach_sign(g)
         torch._foreach_mul_(capped, torch._foreach_sqrt(limit))
         g = [torch.where(s, c, x) for s, c, x in zip(spike, capped, g, strict=True)]

@@ -162,9 +162,10 @@ def stable_spam_foreach(p, g, m, v, max_ema, norm_ema, norm_sq_ema, hp) -> None:
 
 
 def _pieces_of(p, g, m, v) -> tuple[list[list[list[torch.Tensor]]], list[int]]:
-    """Flat pieces of at most ``BLOCK_NUMEL`` entries of every tensor, packed into blocks of
-    about that many entries (rows ``[p, g, m, v]``), and the tensor index of every piece."""
-    size = _foreach.BLOCK_NUMEL
+    """Flat pieces of at most ``block_numel`` entries of every tensor (whole tensors off the
+    CPU), packed into blocks of about that many entries (rows ``[p, g, m, v]``), and the tensor
+    index of every piece."""
+    size = _foreach.block_numel(p[0].device)
     blocks, current, filled, owners = [], [], 0, []
     for i, row in enumerate(zip(p, g, m, v, strict=True)):
         flat = [t.view(-1) for t in row]
