@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import cProfile
 import json
+import pstats
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -120,7 +123,7 @@ ARMS = {
 }
 
 
-def monitor_overhead(clock: Clock, quick: bool, tmp: str) -> None:
+def monitor_overhead(clock: Clock, quick: bool, tmp: str, profile: str | None = None) -> None:
     title, model, opt, step = gpt_step(clock, quick)
     steps, rounds, settle = (5, 2, 3) if quick else (20, 5, 30)
     clock.time(step, 5)  # warm-up: kernels chosen, allocator filled
@@ -133,7 +136,7 @@ def monitor_overhead(clock: Clock, quick: bool, tmp: str) -> None:
             times[arm].append(clock.time(lambda mon=mon: step(mon), steps))
             if r == rounds - 1 and arm == "defaults":
                 syncs, where = sync_count(clock, lambda mon=mon: step(mon), 60)
-                host = host_time(clock, model, opt, step, mon)
+                host = host_time(clock, model, opt, step, mon, profile)
             mon.close()
     b = statistics.median(times["bare"])
     print(f"\nMonitor on {clock.device.type}: {title}")
@@ -153,24 +156,35 @@ def monitor_overhead(clock: Clock, quick: bool, tmp: str) -> None:
     result |= dict(host_ms=host * 1e3, syncs=syncs, sync_sites=dict(where))
 
 
-def host_time(clock: Clock, model, opt, step, mon) -> float:
+def host_time(clock: Clock, model, opt, step, mon, profile: str | None = None) -> float:
     """Median host seconds of ``mon.step`` entered with the device idle: its own work (the
-    transfer, the detectors, the store), without the wait for the step's kernels."""
+    transfer, the detectors, the store), without the wait for the step's kernels. With
+    ``profile``, cProfile's statistics of those calls are written there and summarised."""
     seconds = []
     original = mon.step
+    profiler = cProfile.Profile() if profile else None
 
     def timed(loss):
         clock.sync()
         start = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         original(loss)
+        if profiler is not None:
+            profiler.disable()
         seconds.append(time.perf_counter() - start)
 
     mon.step = timed
     try:
-        for _ in range(10):
+        for _ in range(30 if profile else 10):
             step(mon)
     finally:
         mon.step = original
+    if profiler is not None:
+        profiler.dump_stats(profile)
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        stats.sort_stats("cumulative").print_stats("steadygrad", 30)
+        stats.sort_stats("tottime").print_stats(20)
     return statistics.median(seconds)
 
 
@@ -348,6 +362,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small models: checks the script")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for the script")
     parser.add_argument("--json", default=None, help="write the figures to this file")
+    parser.add_argument(
+        "--profile", default=None, help="cProfile mon.step's host work to this file"
+    )
     parser.add_argument("--only", choices=("monitor", "optimizers", "curvature"), default=None)
     args = parser.parse_args()
     if args.budget <= 0:
@@ -360,7 +377,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if args.only in (None, "monitor"):
-                monitor_overhead(clock, args.quick, tmp)
+                monitor_overhead(clock, args.quick, tmp, args.profile)
             if args.only in (None, "optimizers") and clock.left("optimizers"):
                 _, model, _, _ = gpt_step(clock, args.quick)
                 shapes = [p.shape for p in model.parameters()]
