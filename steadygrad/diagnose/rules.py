@@ -3001,6 +3001,46 @@ def _within_half(losses: np.ndarray, baseline: float) -> np.ndarray:
     return losses - baseline < 0.5 * abs(baseline)
 
 
+RECURS_EVERY = "recurs_every"  # evidence: the spacing of a recurring spike's batches
+# A loss spike whose kind of batch recurs: at this many earlier multiples of one spacing the
+# loss stood out of its neighbours alike, for one record each.
+RECURRED = 2
+# Spacings below this many records are the loss's own noise, not a stream's rhythm.
+SHORTEST_PERIOD = 5
+
+
+def _recurring(facts: RunFacts, spike: Finding) -> int | None:
+    """The spacing, in records, at which the loss stood out before ``spike`` as it did there:
+    at each of the ``RECURRED`` earlier multiples it rose above the three records before it
+    and the one after by the square root of the spike's ratio or more. A data stream that
+    mixes in a harder kind of batch at a fixed rate (a storm week, a code shard) makes the loss
+    jump at every one of them and the run absorbs each; a bad batch or an unstable step comes
+    once. None for a run that broke, or when no spacing fits."""
+    ratio = spike.evidence.get("ratio")
+    loss = facts.series(LOSS.name)
+    if facts.broke_at is not None or loss is None or not ratio or not ratio > 1:
+        return None
+    steps, values = loss
+    at = np.flatnonzero(steps == spike.step)
+    if not len(at):
+        return None
+    i, bar = int(at[0]), math.sqrt(ratio)
+
+    def stood_out(j: int) -> bool:
+        before, after = values[j - 3 : j], values[j + 1 : j + 2]
+        return (
+            j >= 3
+            and len(after) == 1
+            and bool(np.isfinite(values[j - 3 : j + 2]).all())
+            and values[j] >= bar * max(before.max(), after[0])
+        )
+
+    for period in range(SHORTEST_PERIOD, i // RECURRED + 1):
+        if all(stood_out(i - k * period) for k in range(1, RECURRED + 1)):
+            return period
+    return None
+
+
 def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found | None:
     """A loss spike in one step (the step before rose less than a ``ONE_OFF``-th of the way:
     the weights that batch met were those of a calm run, so the batch made it) that the run got
@@ -3066,8 +3106,16 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             f"{_jump(spike.evidence)} and {outcome}, an "
             "outlier in the data"
         )
+        period = _recurring(facts, spike)
+        if period is not None:
+            ev[RECURS_EVERY] = period
+            summary = (
+                f"a batch at step {spike.step} of a kind the stream mixes in every {period} "
+                f"records: the loss jumped {_jump(spike.evidence)} and {outcome}, as it had "
+                "at each before; absorbed each time, not an instability"
+            )
         summary += _batches_behind([spike], ev)
-        return Found(summary, spike.step, [], ev)
+        return Found(summary, spike.step, [], ev, severity="info" if period else None)
     return None
 
 
@@ -3296,6 +3344,14 @@ def _loss_spike(facts: RunFacts) -> Found | None:
             "ordinary gradient: the optimizer threw them (its state lost on a resume, a "
             "learning-rate glitch), not the batch"
         )
+    periods = [_recurring(facts, f) for f in spikes]
+    if all(periods):
+        ev[RECURS_EVERY] = periods[0]
+        summary += (
+            f"; the loss stood out alike every {periods[0]} records before each: a kind of "
+            "batch that recurs in the stream, absorbed each time"
+        )
+        return Found(summary, first.step, where, ev, severity="info")
     return Found(summary, first.step, where, ev)
 
 
