@@ -55,3 +55,37 @@ def test_real_streams_with_a_recurring_harder_batch_end_healthy(tmp_path, name):
     assert report.healthy
     found = next(d for d in report.diagnoses if d.cause == "data_outlier")
     assert found.severity == "info" and found.evidence["recurs_every"] in (25, 50, 60)
+
+
+def _glitch_rows(rise: float) -> list[dict]:
+    """A language model's loss easing from 5.5 to about 2.7 nats with a little noise; the
+    learning rate raised 40x for three steps at 170, the loss then ``rise`` nats higher for
+    a dozen steps."""
+    rows = []
+    for t in range(260):
+        loss = 2.6 + 2.9 * math.exp(-t / 40) + 0.08 * (((t * 37) % 11) / 11 - 0.5)
+        if 171 <= t <= 185:
+            loss += rise * (1.0 if t <= 175 else 0.5)
+        lr = 0.06 if 170 <= t < 173 else 1.5e-3
+        rows.append({"loss": loss, "lr/0": lr})
+    return rows
+
+
+@pytest.mark.parametrize("rise", [0.8, 0.05])
+def test_a_rate_glitch_that_lifted_a_loss_in_nats_is_its_jolt(tmp_path, rise):
+    # Trigger: the rate glitch lifts the loss from 2.7 to 3.5 nats, a 1.3x ratio (under the 3x
+    # a loss near zero must make) yet ten times the loss's spread before it. Control: a rise
+    # inside the noise is no jolt.
+    report = diagnose_stored(tmp_path, str(rise), _glitch_rows(rise), [])
+    found = [d for d in report.diagnoses if d.cause == "loss_spike"]
+    if rise > 0.5:
+        assert found and found[0].first_step == 170 and found[0].severity == "warning"
+    else:
+        assert not found
+
+
+def test_a_warm_restart_written_at_twenty_times_its_peak_is_a_loss_spike(tmp_path):
+    # Set 119's GLM-4.6V text tower: the restart's rate written as a multiplier of 20 for
+    # three steps; the loss rose 1.3x and took fifteen steps to come back. No detector fired.
+    _, report = held_out_run(tmp_path, "h119_glm46v_text_restart_spike")
+    assert report.top.cause == "loss_spike" and report.top.first_step == 170

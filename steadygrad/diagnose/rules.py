@@ -3281,7 +3281,7 @@ def _burst_jolt(facts: RunFacts, before: int = 20) -> Found | None:
             continue
         i = np.flatnonzero(during)[int(np.argmax(values[during]))]
         jump = float(values[i] / np.median(usual))
-        if jump >= RESTART_JUMP:
+        if jump >= RESTART_JUMP or _past_its_spread(float(values[i]), usual):
             return Found(
                 f"the loss rose {jump:.3g}x by step {int(steps[i])}, after "
                 f"{_burst_said((rose, back, factor))}: a glitch of the schedule, over before the "
@@ -3291,6 +3291,21 @@ def _burst_jolt(facts: RunFacts, before: int = 20) -> Found | None:
                 {"learning_rate_raised_at": rose, "put_back_at": back, "jump": jump},
             )
     return None
+
+
+# How many of its median absolute deviations a loss must rise above its median, and above every
+# loss before, for a rate burst's jolt: a ratio fits a loss near zero; a language model's
+# loss in nats has a floor far from zero, and a glitch that lifts it from 2.7 to 3.6 (set 119's
+# GLM restart at 40x the rate) is as plain as a 3x jump elsewhere.
+JOLT_SPREADS = 6.0
+
+
+def _past_its_spread(value: float, usual: np.ndarray) -> bool:
+    """Whether ``value`` stands above every loss of ``usual`` and ``JOLT_SPREADS`` of their
+    median absolute deviations above their median."""
+    middle = float(np.median(usual))
+    spread = float(np.median(np.abs(usual - middle)))
+    return value > float(usual.max()) and spread > 0 and value - middle >= JOLT_SPREADS * spread
 
 
 def _jolted_by_a_restart(facts: RunFacts, step: int) -> int | None:
