@@ -126,6 +126,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout119,
     cases_heldout120,
     cases_heldout121,
+    cases_heldout122,
     cases_mlp,
     cases_other,
 )
