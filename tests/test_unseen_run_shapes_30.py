@@ -89,3 +89,44 @@ def test_a_warm_restart_written_at_twenty_times_its_peak_is_a_loss_spike(tmp_pat
     # three steps; the loss rose 1.3x and took fifteen steps to come back. No detector fired.
     _, report = held_out_run(tmp_path, "h119_glm46v_text_restart_spike")
     assert report.top.cause == "loss_spike" and report.top.first_step == 170
+
+
+def _fast_head_rows(head_rate: float) -> list[dict]:
+    """A classifier whose head's log-partition climbs from 1.5 to 14 nats from step 20 on, its
+    rows collapsing more and more from step 25; the body trains at 0.05, the head at
+    ``head_rate`` (its own optimizer group)."""
+    rows = []
+    for t in range(200):
+        row = {"loss": 1.4 * math.exp(-t / 30) + 0.1, "lr/0": 0.05, "lr/1": head_rate}
+        if t % 5 == 0:
+            lse = 1.5 if t < 20 else min(14.0, 4.0 + 0.06 * t)
+            row |= {"logit_lse_mean": lse, "softmax_collapse": 0.0 if t < 25 else 0.02 + t / 800}
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("head_rate", [5.0, 0.05])
+def test_rows_collapsing_as_a_fast_heads_logits_grow_are_the_growths(tmp_path, head_rate):
+    # Trigger: the head's group trains 100x faster than the body and its logits climb with it:
+    # rows collapse as they grow, and the growth, dated from where it left its start, is named
+    # first. Control: one rate for the whole model: the collapse stands on its own.
+    config = {"param_groups": {"lr/0": ["body.weight"], "lr/1": ["head.weight"]}}
+    config["output_layer"] = "head"
+    collapse = ("softmax_collapse", 100, "head", {"softmax_collapse": 0.14, "fraction": 0.1})
+    report = diagnose_stored(
+        tmp_path, str(head_rate), _fast_head_rows(head_rate), [(*collapse, "warning")], config
+    )
+    if head_rate > 1:
+        assert report.top.cause == "output_logit_divergence" and report.top.first_step == 20
+        collapsed = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
+        assert "faster than the rest" in collapsed.why
+    else:
+        assert report.top.cause == "softmax_collapse"
+
+
+@pytest.mark.parametrize("name", ["h122_origami_head_lr", "h69_unclamped_scale_w2v_conformer_lion"])
+def test_real_heads_trained_far_faster_than_their_bodies(tmp_path, name):
+    # Set 122's origami classifier (its head at lr 5 beside a body at 0.05) and set 69's
+    # wav2vec2-conformer: the logits grow with the head's rate, and rows collapse as they do.
+    _, report = held_out_run(tmp_path, name)
+    assert report.top.cause == "output_logit_divergence"

@@ -491,6 +491,13 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
             f"no row had collapsed until the gradient spike at step {spike}, and rows "
             f"collapsed from the step after: its update threw the logits"
         )
+    driven = _logits_driven_by_the_head_rate(facts)
+    head = driven.where[0] if driven is not None else None
+    if head and not found.consequence_of and any(_inside(w, head) for w in found.where):
+        found.consequence_of = (
+            f"{head} trains {driven.evidence['rate_times']:.3g}x faster than the rest "
+            "of the model and its logits grew with that rate: rows collapse as they grow"
+        )
     receded = _collapse_receded(facts, steps, values, found.first_step)
     if receded is not None:
         found.severity = "info"
@@ -730,11 +737,13 @@ def _logits_driven_by_the_head_rate(facts: RunFacts) -> Found | None:
     if times < RATES_APART or not len(up):
         return None
     at = int(steps[up[0]])
+    # dated from where the climb left its start (a quarter of the way up), as a drift is
+    began = int(steps[np.flatnonzero(values >= values[0] + DRIVEN_RISE / 4)[0]])
     return Found(
         f"the logits of {head} grew with its learning rate: their log-partition rose from "
-        f"{values[0]:.3g} to {values.max():.3g} ({values[up[0]]:.3g} by step {at}) while "
-        f"{head} trained at {times:.3g}x the rate of the rest of the model",
-        at,
+        f"{values[0]:.3g} to {values.max():.3g} (from step {began}; {values[up[0]]:.3g} by step "
+        f"{at}) while {head} trained at {times:.3g}x the rate of the rest of the model",
+        began,
         [head],
         {"lse_first": float(values[0]), "lse_peak": float(values.max()), "rate_times": times},
     )
