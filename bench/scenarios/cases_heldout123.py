@@ -366,7 +366,6 @@ def h123_seismo_irnn_explode(ctx: Context) -> None:
         opt.zero_grad(set_to_none=True)
     g = [v for v in ctx.grad_norms if math.isfinite(v)]
     ctx.check("gradient norm above 1e3 (exploded)", max(g) > 1e3 or not finite(ctx.grad_norms))
-    ctx.check("recurrent gradient dominates", True)
 
 
 class MoistureNet(nn.Module):
