@@ -3011,17 +3011,18 @@ def _within_half(losses: np.ndarray, baseline: float) -> np.ndarray:
 
 
 RECURS_EVERY = "recurs_every"  # evidence: the spacing of a recurring spike's batches
-# A loss spike whose kind of batch recurs: at this many earlier multiples of one spacing the
-# loss stood out of its neighbours alike, for one record each.
+# A loss spike whose kind of batch recurs: at this many other multiples of one spacing the loss
+# stood out of its neighbours alike, for one record each.
 RECURRED = 2
 # Spacings below this many records are the loss's own noise, not a stream's rhythm.
 SHORTEST_PERIOD = 5
 
 
 def _recurring(facts: RunFacts, spike: Finding) -> int | None:
-    """The spacing, in records, at which the loss stood out before ``spike`` as it did there:
-    at each of the ``RECURRED`` earlier multiples it rose above the three records before it
-    and the one after by the square root of the spike's ratio or more. A data stream that
+    """The spacing, in records, at which the loss stood out around ``spike`` as it did there:
+    at the multiples next to it (before and after, those in the run) and at ``RECURRED`` or
+    more of those up to two away, it rose above the three records before it and the one after
+    by the square root of the spike's ratio or more. A data stream that
     mixes in a harder kind of batch at a fixed rate (a storm week, a code shard) makes the loss
     jump at every one of them and the run absorbs each; a bad batch or an unstable step comes
     once. None for a run that broke, or when no spacing fits."""
@@ -3044,8 +3045,10 @@ def _recurring(facts: RunFacts, spike: Finding) -> int | None:
             and values[j] >= bar * max(before.max(), after[0])
         )
 
-    for period in range(SHORTEST_PERIOD, i // RECURRED + 1):
-        if all(stood_out(i - k * period) for k in range(1, RECURRED + 1)):
+    for period in range(SHORTEST_PERIOD, len(values) // RECURRED + 1):
+        near = {k: j for k in (-2, -1, 1, 2) if 0 <= (j := i + k * period) < len(values) - 1}
+        out = {k for k, j in near.items() if stood_out(j)}
+        if len(out) >= RECURRED and all(k in out for k in (-1, 1) if k in near):
             return period
     return None
 
@@ -3372,7 +3375,7 @@ def _loss_spike(facts: RunFacts) -> Found | None:
     if all(periods):
         ev[RECURS_EVERY] = periods[0]
         summary += (
-            f"; the loss stood out alike every {periods[0]} records before each: a kind of "
+            f"; the loss stood out alike every {periods[0]} records around each: a kind of "
             "batch that recurs in the stream, absorbed each time"
         )
         return Found(summary, first.step, where, ev, severity="info")
