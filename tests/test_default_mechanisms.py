@@ -85,6 +85,18 @@ def test_ignored_targets_are_left_out_and_collapse_uses_the_true_targets(tmp_pat
     )
 
 
+def test_a_batch_whose_every_target_is_ignored_records_no_logit_statistics(tmp_path):
+    # Rows are masked on the device, not selected (no host read): with none left, the step
+    # records no logit statistics rather than 0/0.
+    model = nn.Linear(6, 3)
+    targets = torch.full((16,), -100)
+    loss_fn = lambda z, t: F.cross_entropy(z, targets) + 0.0 * z.sum()  # noqa: E731
+    records, _, _, _ = _run(tmp_path, model, loss_fn, steps=1)
+    names = ("logit_lse_mean", "output_logit_max", "output_logit_rms", "output_logit_mean")
+    assert not [n for n in names if n in records[0].values]
+    assert "softmax_collapse" not in records[0].values
+
+
 @pytest.mark.parametrize("log_target", [False, True])
 def test_distillation_with_one_hot_teacher_rows_reads_softmax_collapse(tmp_path, log_target):
     model = nn.Linear(6, 3)

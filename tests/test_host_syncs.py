@@ -23,7 +23,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import steadygrad
 
-READS = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal"}
+# nonzero (and the boolean indexing that calls it) sizes its result by the data: on an
+# accelerator it waits for the device as a read does
+READS = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal", "aten.nonzero"}
 
 
 class HostReads(TorchDispatchMode):
@@ -165,3 +167,40 @@ def test_host_skip_decision_costs_one_documented_read(tmp_path, reads):
     sgd = lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9)  # noqa: E731
     for counts in _count_per_step(tmp_path, reads, sgd):
         assert counts == expected, counts
+
+
+def test_a_classifier_step_with_ignored_targets_reads_only_the_transfer(tmp_path, reads):
+    """The output signal's steps (every 25th) read logits whose padding rows a loss ignores
+    (``ignore_index``): the rows are masked on the device, never counted on the host."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
+    optimizer = FUSED_ADAMW(model.parameters())
+    mon = steadygrad.Monitor(model, optimizer, tmp_path / "run", progress=False)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 8, generator=gen), torch.randint(5, (32,), generator=gen)
+    y[::4] = -100  # padding
+    per_step = []
+    for step in range(27):
+        reads.counts.clear()
+        reads.active = step >= 3
+        with reads:
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            mon.step(loss)
+            optimizer.zero_grad(set_to_none=True)
+        reads.active = False
+        per_step.append(dict(reads.counts))
+    mon.close()
+    run = steadygrad.load(tmp_path / "run")
+    steps, lse = run.series("logit_lse_mean")
+    assert 25 in steps.tolist()  # the output signal read step 25
+    # at most the transfer and the CPU-only check (the activation signal's own steps skip it)
+    allowed = _sum(MONITOR_TRANSFER, ACTIVATION_CPU_CHECK)
+    wrong = {
+        i: c
+        for i, c in enumerate(per_step[3:], start=3)
+        if any(n > allowed.get(op, 0) for op, n in c.items())
+    }
+    assert not wrong, wrong
+    assert per_step[25] == MONITOR_TRANSFER

@@ -111,16 +111,17 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._classes = self._classes or z.shape[-1]
         self._epsilon = max(self._epsilon, _epsilon_of(logits))
         z = z.reshape(-1, z.shape[-1])
-        hard = not target.is_floating_point()
-        if hard:
-            z, target = _without_ignored(z, target, args, kwargs)
         if not z.numel():
             return
+        hard = not target.is_floating_point()
+        keep = None
+        if hard:
+            z, target, keep = _without_ignored(z, target, args, kwargs)
         self.seen = True
         self._watch_shift(logits)
-        parts, live = _logit_parts(z)
+        parts, live = _logit_parts(z, keep)
         if hard:
-            parts["collapsed"] = softmax_collapse_mask(z, target).float().sum()
+            parts["collapsed"] = (softmax_collapse_mask(z, target) & keep).float().sum()
             parts["hard_rows"] = (live.sum(dim=-1) >= 2).float().sum()  # rows with a choice
         self._add(parts)
 
@@ -151,13 +152,14 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if logp.dim() < 2 or target.is_floating_point() or not _made_by_log_softmax(logp):
             return  # other log-probabilities (StableMax's, say) have no softmax to collapse
         z = logp.detach().movedim(1, -1).reshape(-1, logp.shape[1])
-        z, target = _without_ignored(z, target, args, kwargs)
         if not z.numel():
             return
+        z, target, keep = _without_ignored(z, target, args, kwargs)
         self._head = self._head or self._head_of(logp, z.shape[-1])
         self.seen = True
-        collapsed = softmax_collapse_mask(z, target).float().sum()
-        self._add({"collapsed": collapsed, "hard_rows": choice_rows(z.float()).float().sum()})
+        collapsed = (softmax_collapse_mask(z, target) & keep).float().sum()
+        hard_rows = (choice_rows(z.float()) & keep).float().sum()
+        self._add({"collapsed": collapsed, "hard_rows": hard_rows})
 
     def _observe_kl(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """Distillation: ``F.kl_div(log_softmax(logits), teacher_probs)``. Its input is the
@@ -256,6 +258,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if not s:
             return
         if "lse" in s:
+            out.stash(self, s["rows"])  # none (every target ignored): no logits were read
             out.put(LOGIT_LSE_MEAN.name, s["lse"] / s["rows"])
             out.put(OUTPUT_LOGIT_MAX.name, s["max"])
             out.put(OUTPUT_LOGIT_RMS.name, (s["sq"] / s["count"]).sqrt())
@@ -268,6 +271,10 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._sums = {}
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
+        if raw and raw[0] == 0:  # every row's target was ignore_index: nothing was read
+            for metric in (LOGIT_LSE_MEAN, OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS, OUTPUT_LOGIT_MEAN):
+                if metric.name in record.values:
+                    del record.values[metric.name]
         if self._head:
             record.meta[OUTPUT_MODULE] = self._head
         if self._classes and LOGIT_LSE_MEAN.name in record.values:
@@ -329,26 +336,36 @@ def _made_by_log_softmax(t: torch.Tensor, depth: int = 4) -> bool:
 
 def _without_ignored(
     z: torch.Tensor, target: torch.Tensor, args: tuple, kwargs: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows of ``z`` (``(N, C)``) and of the class ``target`` whose target is not the
-    loss's ``ignore_index`` (the 5th argument of ``F.cross_entropy`` and ``F.nll_loss``)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``z`` (``(N, C)``) with the rows whose class ``target`` is the loss's ``ignore_index``
+    (the 5th argument of ``F.cross_entropy`` and ``F.nll_loss``) set to ``+inf``, the targets
+    with those rows' set to class 0, and which rows are kept. Rows are masked, not selected:
+    selecting them would read how many there are on the host, a device synchronisation. An
+    ``+inf`` row lowers no minimum (:func:`live_logits`) and sums to no one-hot softmax."""
     target = target.detach().reshape(-1)
     keep = target != kwargs.get("ignore_index", args[4] if len(args) > 4 else -100)
-    rows = keep.nonzero().squeeze(1)  # the one read of the device (on the signal's cadence)
-    return z.index_select(0, rows), target.index_select(0, rows)
+    masked = torch.where(keep[:, None], z, torch.inf)
+    return masked, torch.where(keep, target, 0), keep
 
 
-def _logit_parts(z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Sums over the rows of ``z`` (``(N, C)``), on the device: of log Z, the rows, the squares
-    and values of the logits (mask fills, padding or a causal mask, are no logits the model
-    produced: left out) and how many there are; and their largest magnitude. With them, which
-    entries are live logits (:func:`live_logits`)."""
+def _logit_parts(
+    z: torch.Tensor, keep: torch.Tensor | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Sums over the rows of ``z`` (``(N, C)``; those of ``keep`` alone when given), on the
+    device: of log Z, the rows, the squares and values of the logits (mask fills, padding or a
+    causal mask, are no logits the model produced: left out) and how many there are; and their
+    largest magnitude. With them, which entries are live logits (:func:`live_logits`)."""
     z32 = z.float()
     live = live_logits(z32)
+    lse = torch.logsumexp(z32, dim=-1)
+    if keep is None:
+        rows = torch.full((), float(z.shape[0]), device=z.device)  # a fill: no host copy
+    else:
+        live, lse, rows = live & keep[:, None], torch.where(keep, lse, 0.0), keep.float().sum()
     learnt = torch.where(live, z32, 0.0)
     parts = {
-        "lse": torch.logsumexp(z32, dim=-1).sum(),
-        "rows": torch.full((), float(z.shape[0]), device=z.device),  # a fill: no host copy
+        "lse": lse.sum(),
+        "rows": rows,
         "max": learnt.abs().max(),
         "sq": (learnt * learnt).sum(),
         "sum": learnt.sum(),
