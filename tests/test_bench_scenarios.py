@@ -252,6 +252,7 @@ HELD_OUT_FILES = [
     ("cases_heldout121", "h121_", 12, 12, 14),
     ("cases_heldout122", "h122_", 12, 12, 14),
     ("cases_heldout123", "h123_", 12, 12, 16),
+    ("cases_heldout124", "h124_", 12, 12, 14),
 ]
 
 

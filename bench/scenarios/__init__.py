@@ -128,6 +128,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout121,
     cases_heldout122,
     cases_heldout123,
+    cases_heldout124,
     cases_mlp,
     cases_other,
 )
