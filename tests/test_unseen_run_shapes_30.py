@@ -143,3 +143,41 @@ def test_real_heads_trained_far_faster_than_their_bodies(tmp_path, name):
     # wav2vec2-conformer: the logits grow with the head's rate, and rows collapse as they do.
     _, report = held_out_run(tmp_path, name)
     assert report.top.cause == "output_logit_divergence"
+
+
+def _attention_rows(after: str) -> list[dict]:
+    """A layer's largest attention logit read every 25 steps: 0.07, 0.15, 4.8, 17.7 by step 75
+    (a burst out of a small start, which the early test reads as compounding); then "slowed":
+    37.5 and 41.8; "compounds": 45 and 110; "ended": the run ends at step 80."""
+    later = {"slowed": (37.5, 41.8), "compounds": (45.0, 110.0)}.get(after, ())
+    readings = dict(zip((0, 25, 50, 75, 100, 125), (0.07, 0.15, 4.8, 17.7, *later), strict=False))
+    rows = []
+    for t in range(80 if after == "ended" else 150):
+        row = {"loss": 3.0 + 2.0 * math.exp(-t / 20)}
+        if t in readings:
+            row["attn_logit_max/blk.attn"] = readings[t]
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("after", ["slowed", "compounds", "ended"])
+def test_an_early_attention_warning_whose_growth_stopped_short_is_info(tmp_path, after):
+    # Trigger: the early warning at step 75 (growth that looked compounding, at 17.7) was a
+    # burst of learning: the logits slowed to 1.1x a cadence and ended at 42, under the 100 of
+    # the threshold. Controls: they went on compounding past it; or the run ended before a
+    # cadence had passed, with nothing to tell.
+    early = {"attn_logit_max": 17.7, "threshold": 100.0, "previous_reading": 50, "early": True}
+    finding = ("attention_logit_growth", 75, "blk.attn", early, "warning")
+    report = diagnose_stored(tmp_path, after, _attention_rows(after), [finding])
+    found = next(d for d in report.diagnoses if d.cause == "attention_logit_growth")
+    if after == "slowed":
+        assert found.severity == "info" and found.evidence["stopped_short"] and report.healthy
+    else:
+        assert found.severity == "warning" and "stopped_short" not in found.evidence
+
+
+def test_a_healthy_text_tower_whose_attention_logits_grew_then_settled(tmp_path):
+    # Set 124's Video-LLaVA text tower under SGD momentum at 0.5: its first layer's logits
+    # burst from 0.15 to 17.7 by step 75 (the early warning), then settled at 42.
+    _, report = held_out_run(tmp_path, "h124_video_llava_healthy")
+    assert report.healthy

@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
     ACT_RMS,
+    ATTN_LOGIT_MAX,
     DEAD_UNITS,
     DIRECTIONAL_SHARPNESS_RATIO,
     FLOAT16_OVERFLOW,
@@ -73,6 +74,7 @@ from steadygrad.diagnose.detectors.transformer import (
     SHIFT_TRUSTED_LOSS,
     SOFTMAX_COLLAPSE_KIND,
     UPDATE_RATIO_OUT_OF_RANGE,
+    AttentionLogitGrowth,
 )
 from steadygrad.diagnose.detectors.trends import (
     BROKE_AT_ONCE,
@@ -467,6 +469,47 @@ def _located(kinds: tuple[FindingKind, ...], what: str) -> Callable[[RunFacts], 
 
 
 # -- the checks ---------------------------------------------------------------------------------
+
+
+def _attention_growth(facts: RunFacts) -> Found | None:
+    """Attention logits that grew (see :class:`AttentionLogitGrowth`). When every finding was
+    the detector's early warning (growth that looked compounding, still under the threshold)
+    and, in a run that did not break, each layer's logits stayed under the threshold to the
+    end and had stopped compounding there (the last reading under ``EARLY_RATIO`` times the
+    one a cadence before it, a cadence or more after the warning), it is info: a burst of
+    learning out of a small start that slowed, which the early test cannot yet tell from
+    growth that compounds."""
+    found = _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth")(facts)
+    if found is None or found.severity != "warning" or facts.broke_at is not None:
+        return found
+    warned = [f for f in facts.of(ATTENTION_LOGIT_GROWTH) if f.severity != "info"]
+    if not all(f.evidence.get("early") and f.where for f in warned):
+        return found
+    if all(_stopped_short(facts, f) for f in warned):
+        found.severity = "info"
+        found.summary += (
+            ": the growth slowed and stopped short of the threshold by the end, a burst of "
+            "learning rather than logits compounding"
+        )
+        found.evidence["stopped_short"] = True
+    return found
+
+
+def _stopped_short(facts: RunFacts, f: Finding) -> bool:
+    """Whether the layer of an early warning ``f`` kept its largest logit under the
+    detector's threshold to the end, with its last reading, a cadence or more after ``f``,
+    under ``EARLY_RATIO`` times the reading a cadence before it."""
+    series = facts.series(f"{ATTN_LOGIT_MAX.name}/{f.where}")
+    before, threshold = f.evidence.get(PREVIOUS_READING), f.evidence.get("threshold")
+    if series is None or not isinstance(before, int) or not threshold or before >= f.step:
+        return False
+    cadence = f.step - before
+    steps, values = series
+    after = (steps > f.step) & np.isfinite(values)
+    if not after.any() or values[after].max() >= threshold or steps[-1] < f.step + cadence:
+        return False
+    earlier = values[(steps <= steps[-1] - cadence) & np.isfinite(values)]
+    return bool(len(earlier)) and values[-1] < AttentionLogitGrowth.EARLY_RATIO * earlier[-1]
 
 
 def _softmax_collapse(facts: RunFacts) -> Found | None:
@@ -4104,7 +4147,7 @@ RULES: tuple[Rule, ...] = (
             ),
             LOWER_LR,
         ),
-        _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth"),
+        _attention_growth,
         (ATTENTION_LOGIT_GROWTH,),
         contained=True,
     ),
