@@ -181,3 +181,50 @@ def test_a_healthy_text_tower_whose_attention_logits_grew_then_settled(tmp_path)
     # burst from 0.15 to 17.7 by step 75 (the early warning), then settled at 42.
     _, report = held_out_run(tmp_path, "h124_video_llava_healthy")
     assert report.healthy
+
+
+def _opening_blowup_rows(shape: str) -> list[dict]:
+    """A run whose loss rose from 4.9 to 5e8 and went NaN at step 6. "thrown": the first update
+    threw the weights (norm 21 -> 168) from an ordinary gradient; "grew": the weights hardly
+    moved at first (14.3 -> 14.7) while the gradient grew on its own; "born": the gradient
+    stood 1,000 times the weights' norm before any update."""
+    loss = [4.87, 6.6, 96.2, 2262.0, 1.03e6, 5.08e8] + [math.nan] * 24
+    weights = {"thrown": [21.1, 167.7, 300.0, 800.0, 2e3, 5e4], "grew": [14.3, 14.7, 16.6, 48.0]}
+    weights["born"] = weights["thrown"]
+    grads = {"thrown": 1.39, "grew": 96.0, "born": 21.1e3}[shape]
+    rows = []
+    for t, value in enumerate(loss):
+        row = {"loss": value}
+        if t < len(weights[shape]):
+            row |= {"param_norm": weights[shape][t], "grad_norm": grads * 10.0**t}
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("shape", ["thrown", "grew", "born"])
+def test_a_run_blown_up_by_its_first_updates_before_the_detector_could_see(tmp_path, shape):
+    # Trigger: the loss went NaN at step 6, too soon for the divergence detector's opening
+    # window; the first update had thrown the weights 8x from an ordinary gradient: a step size
+    # far past the stability limit. Controls: the weights hardly moved at first (the gradient
+    # grew on its own); the gradient exploded before any update (the initialisation's doing).
+    climb = (
+        "loss_divergence",
+        2,
+        None,
+        {"loss": 96.2, "best_level": 6.6, "ratio": 14.6},
+        "critical",
+    )
+    nan = ("nonfinite", 6, None, {"loss": math.nan}, "critical")
+    report = diagnose_stored(tmp_path, shape, _opening_blowup_rows(shape), [climb, nan])
+    found = [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
+    if shape == "thrown":
+        assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 0
+    else:
+        assert not found
+
+
+def test_a_text_tower_at_a_rate_of_twelve_blows_up_in_six_steps(tmp_path):
+    # Set 124's Video-LLaVA text tower under plain SGD at 12: NaN at step 6; its attention
+    # logits, at their initial level at step 0, read 6e9 at step 4, after the run broke.
+    _, report = held_out_run(tmp_path, "h124_video_llava_lr_above_limit")
+    assert report.top.cause == "sharpness_above_limit"

@@ -3694,14 +3694,56 @@ def _trained_into_a_blowup(facts: RunFacts) -> Found | None:
     )
 
 
+# A run whose loss went non-finite within this many steps of its start, never back at or below
+# its first loss on the way and ONE_OFF times above it before it broke, was broken by its first
+# updates (too few finite losses for the divergence detector's opening window to fill), when
+# the first of them threw the weights (their norm THROWN times where it started) from a
+# gradient under BORN_EXPLODED times that norm.
+OPENING_STEPS, THROWN = 10, 2.0
+
+
+def _blew_up_from_the_start(facts: RunFacts) -> Found | None:
+    """The first updates blew the run up within ``OPENING_STEPS`` steps (see there)."""
+    loss = facts.series(LOSS.name)
+    if loss is None:
+        return None
+    steps, values = loss
+    bad = steps[~np.isfinite(values)]
+    if not len(bad) or bad[0] > OPENING_STEPS or steps[0] != 0 or not values[0] > 0:
+        return None
+    broke = int(bad[0])
+    grads, weights = facts.series(GRAD_NORM.name), facts.series(PARAM_NORM.name)
+    if grads is None or weights is None or not grads[0][0] == 0 == weights[0][0]:
+        return None
+    if not grads[1][0] < BORN_EXPLODED * weights[1][0]:
+        return None  # exploded before any update: the initialisation's doing
+    first_update = weights[1][weights[0] == 1]
+    if not (len(first_update) and first_update[0] >= THROWN * weights[1][0]):
+        return None  # not thrown at once: a gradient that grew on its own threw them later
+    opening = values[(steps > 0) & (steps < broke)]
+    opening = opening[np.isfinite(opening)]
+    if not len(opening) or opening.min() <= values[0] or opening.max() < ONE_OFF * values[0]:
+        return None
+    return Found(
+        f"the first updates blew the run up: the loss rose from {values[0]:.4g} to "
+        f"{opening.max():.4g} and was non-finite by step {broke}, never back where it "
+        "started (the step size is far above the stability limit)",
+        0,
+        [],
+        {"first_loss": float(values[0]), "peak": float(opening.max()), "broke_at": broke},
+    )
+
+
 def _broke_at_once(facts: RunFacts) -> Found | None:
     """The first updates sent the loss far above where it started and it never came back
     (gradients that exploded before any update are the initialisation's doing instead). A run
     that came back on its own below where it started trained at those rates: its jolt is then
     a consequence of what threw the first updates."""
     found = [f for f in facts.of(LOSS_DIVERGENCE) if f.evidence.get(BROKE_AT_ONCE)]
-    if not found or any(f.step == 0 for f in facts.of(GRADIENT_GROWTH)):
+    if any(f.step == 0 for f in facts.of(GRADIENT_GROWTH)):
         return None
+    if not found:
+        return _blew_up_from_the_start(facts)
     f = found[0]
     broke = Found(
         f"the first updates broke the run: from step {f.step} the loss sat at "
