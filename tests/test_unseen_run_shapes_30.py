@@ -228,3 +228,30 @@ def test_a_text_tower_at_a_rate_of_twelve_blows_up_in_six_steps(tmp_path):
     # logits, at their initial level at step 0, read 6e9 at step 4, after the run broke.
     _, report = held_out_run(tmp_path, "h124_video_llava_lr_above_limit")
     assert report.top.cause == "sharpness_above_limit"
+
+
+@pytest.mark.parametrize(("ratio", "falls"), [(1e-6, False), (1e-3, False), (1e-6, True)])
+def test_updates_too_small_to_learn_with_a_loss_that_never_fell(tmp_path, ratio, falls):
+    # Trigger: every tensor moved by a millionth of its norm per step and the loss stayed where
+    # it began: a rate typed in the wrong unit. Controls: ordinary steps on a flat loss (a task
+    # with nothing to learn); tiny steps that still bring the loss down (a careful fine-tune).
+    rows = []
+    for t in range(200):
+        loss = 0.6 + 0.02 * ((t * 13) % 7 - 3) / 3 - (0.3 * t / 200 if falls else 0.0)
+        row = {"loss": loss}
+        if t % 10 == 0:
+            row |= {"update_ratio/trunk.weight": ratio, "update_ratio/head.weight": 2 * ratio}
+        rows.append(row)
+    report = diagnose_stored(tmp_path, f"{ratio}-{falls}", rows, [])
+    found = [d for d in report.diagnoses if d.cause == "update_ratio_out_of_range"]
+    if ratio < 1e-5 and not falls:
+        assert found and found[0].severity == "warning" and found[0].first_step == 0
+    else:
+        assert not found and report.healthy
+
+
+def test_a_rate_in_the_wrong_unit_is_named_though_no_detector_fired(tmp_path):
+    # Set 124's subway-headway regressor under Adamax at 2e-7: updates a millionth of the
+    # weights, the loss flat at 0.6 for 200 steps; no finding fired (not frozen to float32).
+    _, report = held_out_run(tmp_path, "h124_subway_update_ratio")
+    assert report.top.cause == "update_ratio_out_of_range"

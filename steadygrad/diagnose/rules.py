@@ -609,7 +609,7 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     the dead units' doing (no gradient reaches them), not a frozen layer's."""
     found = _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range")(facts)
     if found is None or found.severity == "info":  # none, or dead code and the like
-        return _rate_set_apart(facts) or found
+        return _rate_set_apart(facts) or _too_small_to_learn(facts) or found
     directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
     found.stalls = "too_large" not in directions
     ratios = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.severity != "info"]
@@ -638,6 +638,42 @@ def _update_ratio(facts: RunFacts) -> Found | None:
             "they stand still because nothing runs through them"
         )
     return found
+
+
+# Updates under this share of every tensor's norm per step (its median over the run) move a
+# weight of 0.02 by 2e-7: too little to learn in any run's length (healthy steps are 1e-4 to
+# 1e-2 of the weights). NO_PROGRESS: the loss over the last fifth of the run at this share of
+# its level over the first tenth or more.
+TINY_STEPS, NO_PROGRESS = 1e-5, 0.95
+
+
+def _too_small_to_learn(facts: RunFacts) -> Found | None:
+    """Every tensor's update ratio stayed under ``TINY_STEPS`` (its median over the run) and
+    the loss did not fall (``NO_PROGRESS``), in a run that did not break: a learning rate
+    orders of magnitude too small (a unit or an exponent typed wrong), under what the
+    update-ratio detector's per-record test calls frozen only for float32's last bits."""
+    ratios = facts.run.family(UPDATE_RATIO.name)
+    loss = facts.series(LOSS.name)
+    if not ratios or loss is None or facts.broke_at is not None:
+        return None
+    medians = {n: float(np.nanmedian(v)) for n, (_, v) in ratios.items() if np.isfinite(v).any()}
+    values = loss[1][np.isfinite(loss[1])]
+    if not medians or len(values) < 20 or max(medians.values()) >= TINY_STEPS:
+        return None
+    first, last = values[: len(values) // 10].mean(), values[-(len(values) // 5) :].mean()
+    if not (first > 0 and last >= NO_PROGRESS * first):
+        return None
+    typical = float(np.median(list(medians.values())))
+    return Found(
+        f"every update moved its weights by under {TINY_STEPS:g} of their norm (a median "
+        f"{typical:.2g}) and the loss did not fall ({first:.4g} over the first tenth of the "
+        f"run, {last:.4g} over the last fifth): a learning rate too small to train at, "
+        "a unit or an exponent typed wrong?",
+        0,
+        sorted(medians, key=_natural),
+        {"median_update_ratio": typical, "loss_first": float(first), "loss_last": float(last)},
+        stalls=True,
+    )
 
 
 # Learning rates of two optimizer groups this many times apart: further than a layer-wise decay
