@@ -253,6 +253,7 @@ HELD_OUT_FILES = [
     ("cases_heldout122", "h122_", 12, 12, 14),
     ("cases_heldout123", "h123_", 12, 12, 16),
     ("cases_heldout124", "h124_", 12, 12, 14),
+    ("cases_heldout125", "h125_", 12, 12, 13),
 ]
 
 
