@@ -263,11 +263,12 @@ def h125_axk2_padding_batch_nan(ctx: Context) -> None:
 
     def loss_of(m, batch, step):
         x, y = batch
+        mask = torch.ones_like(y, dtype=torch.float32)
         if step == 80:
-            y = torch.full_like(y, -100)
+            mask = torch.zeros_like(mask)  # a padding-only batch
         logits = m(input_ids=x).logits
-        total = F.cross_entropy(logits.reshape(-1, 128), y.reshape(-1), reduction="sum")
-        loss = total / (y != -100).sum()  # token-averaged by hand
+        per_token = F.cross_entropy(logits.reshape(-1, 128), y.reshape(-1), reduction="none")
+        loss = (per_token * mask.reshape(-1)).sum() / mask.sum()  # token-averaged by hand
         return loss, loss
 
     _train(ctx, model, opt, text_batches(gen, batch=8, length=32), 110, loss_of)
@@ -565,11 +566,11 @@ def _hail(gen, batch):
     "softmax_collapse",
     where=("head",),
     heldout=True,
-    note="temperature read as 0.01 (percent given as a fraction): float32 softmax saturates",
+    note="temperature read as 0.002 (percent given as a fraction): float32 softmax saturates",
 )
 def h125_hail_temperature_units(ctx: Context) -> None:
     gen = seeded(12510)
-    model = HailCNN(temperature=0.01)
+    model = HailCNN(temperature=0.002)
     opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
     batches = _stream(gen, _hail, 64)
     probe = next(batches)
@@ -578,8 +579,8 @@ def h125_hail_temperature_units(ctx: Context) -> None:
     _train(ctx, model, opt, batches, 200, _ce_of, targets=lambda b: b[1])
     with torch.no_grad():
         end = collapsed_fraction(model(probe[0]), probe[1])
-    ctx.check("most rows collapse to p=1.0 exactly", end > 0.5)
-    ctx.check("collapse grew during training", end > start + 0.3)
+    ctx.check("many rows collapse to p=1.0 exactly", end > 0.3)
+    ctx.check("collapse grew during training", end > start + 0.15)
 
 
 def _drought(gen, batch):
@@ -601,19 +602,19 @@ def _drought(gen, batch):
 def h125_drought_negated_prior(ctx: Context) -> None:
     gen = seeded(12511)
     model = Net([24, 64, 64, 1], nn.Tanh)
-    opt = torch.optim.ASGD(model.parameters(), lr=0.02)
+    opt = torch.optim.ASGD(model.parameters(), lr=0.05)
     w0 = float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm())
 
     def loss_of(m, batch, step):
         x, y = batch
         loss = F.mse_loss(m(x), y)
         prior = sum((p * p).sum() for p in m.parameters())
-        return loss, loss - 2e-2 * prior
+        return loss, loss - 5e-2 * prior
 
     _train(ctx, model, opt, _stream(gen, _drought, 64), 300, loss_of)
     w1 = float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm())
     best = min(v for v in ctx.losses if math.isfinite(v))
-    ctx.check("weights grew more than 3x", w1 > 3 * w0)
+    ctx.check("weights grew more than 2x", w1 > 2 * w0)
     ctx.check(
         "loss climbed well above its best",
         not math.isfinite(ctx.losses[-1]) or _mean(ctx.losses[-20:]) > 3 * best,
