@@ -255,3 +255,34 @@ def test_a_rate_in_the_wrong_unit_is_named_though_no_detector_fired(tmp_path):
     # weights, the loss flat at 0.6 for 200 steps; no finding fired (not frozen to float32).
     _, report = held_out_run(tmp_path, "h124_subway_update_ratio")
     assert report.top.cause == "update_ratio_out_of_range"
+
+
+@pytest.mark.parametrize(("grad", "act"), [(math.inf, 3e9), (math.nan, 3e9), (math.inf, 2.0)])
+def test_a_recurrence_whose_first_gradient_overflowed_exploded_from_the_start(tmp_path, grad, act):
+    # Trigger: a ReLU RNN with gain 2.2 over 60 steps: its output RMS 3e9 at the first step
+    # from inputs of RMS 0.5, the gradient infinite at once, NaN from step 1. Controls: a NaN
+    # gradient (no size to read); an infinite one with the signal at the input's scale.
+    rows = [
+        {
+            "loss": 1.2e20,
+            "grad_norm": grad,
+            "param_norm": 1.3e19,
+            "input_rms": 0.5,
+            "act_rms/rnn": act,
+            "act_rms/head": 1e10,
+        }
+    ] + [{"loss": math.nan, "grad_norm": math.nan, "param_norm": math.nan}] * 20
+    nan = ("nonfinite", 1, "rnn", {"loss": math.nan}, "critical")
+    config = {"recurrent_modules": ["rnn"], "output_layer": "head"}
+    report = diagnose_stored(tmp_path, f"{grad}-{act}", rows, [nan], config)
+    if math.isinf(grad) and act > 1e4:
+        assert report.top.cause == "exploding_gradients" and report.top.first_step == 0
+        assert report.top.where == ["rnn"] and "through time" in report.top.summary
+    else:
+        assert "exploding_gradients" not in report.causes()
+
+
+def test_a_relu_recurrence_at_gain_two_overflows_at_its_first_step(tmp_path):
+    # Set 125's river-ice model: loss 1e20 at step 0, NaN from step 1; only the NaN was found.
+    _, report = held_out_run(tmp_path, "h125_river_ice_relu_gain")
+    assert report.top.cause == "exploding_gradients" and report.top.where == ["rnn"]

@@ -1705,8 +1705,10 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
         return None
     first = int(total[0][0])
     at = weights[1][weights[0] == first]
-    if not len(at) or not at[0] > 0 or not np.isfinite(total[1][0]):
+    if not len(at) or not at[0] > 0 or np.isnan(total[1][0]):
         return None
+    if np.isinf(total[1][0]):  # it overflowed at once: no tensor's share to read
+        return _amplified_through_depth(facts, first, math.inf)
     recurrent = {
         tensor: norm
         for tensor, norm in _family_at(facts, GRAD_NORM, first).items()
@@ -1754,11 +1756,21 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
     if not scale > 0 or not layers or max(layers)[0] < AMPLIFIED * scale:
         return None
     act, module = max(layers)
+    size = "overflowed" if math.isinf(ratio) else f"was {ratio:.3g}x the norm of all the weights"
+    recurrent = any(_inside(module, m) for m in facts.recurrent_modules)
+    how = (
+        f"through time in the recurrent {module}" if recurrent else "through depth"
+    ) + " from the first step"
+    why = (
+        "a recurrent matrix whose gain is above 1: each time step multiplies the signal, and "
+        "the gradient on its way back"
+        if recurrent
+        else "weights initialised with too large a gain: each layer multiplies the signal, and "
+        "the gradient on its way back"
+    )
     return Found(
-        f"the gradients exploded through depth from the first step: {module}'s output had RMS "
-        f"{act:.3g} at step {first}, {act / scale:.3g}x the input's, and the gradient was "
-        f"{ratio:.3g}x the norm of all the weights (weights initialised with too large a gain: "
-        "each layer multiplies the signal, and the gradient on its way back)",
+        f"the gradients exploded {how}: {module}'s output had RMS {act:.3g} at step {first}, "
+        f"{act / scale:.3g}x the input's, and the gradient {size} ({why})",
         first,
         [module],
         {"act_rms": act, "input_rms": scale, "of_weights": ratio},
