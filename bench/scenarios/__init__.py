@@ -130,6 +130,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout123,
     cases_heldout124,
     cases_heldout125,
+    cases_heldout126,
     cases_mlp,
     cases_other,
 )
