@@ -286,3 +286,21 @@ def test_a_relu_recurrence_at_gain_two_overflows_at_its_first_step(tmp_path):
     # Set 125's river-ice model: loss 1e20 at step 0, NaN from step 1; only the NaN was found.
     _, report = held_out_run(tmp_path, "h125_river_ice_relu_gain")
     assert report.top.cause == "exploding_gradients" and report.top.where == ["rnn"]
+
+
+@pytest.mark.parametrize("stays", [True, False])
+def test_inputs_that_changed_scale_and_stayed_are_not_called_one_batch(tmp_path, stays):
+    # Trigger: a sensor feed switched to watts at step 80 (inputs 1,700x their RMS before,
+    # every batch since); the loss spiked at step 98. The report said "one batch at step 96".
+    # Control: one batch at step 96 alone was that large.
+    rows = []
+    for t in range(140):
+        big = t >= 80 if stays else t == 96
+        rows.append({"loss": 8e5 if t == 98 else 0.015, "input_rms": 1700.0 if big else 1.0})
+    spike = ("loss_spike", 98, None, {"loss": 8e5, "baseline": 0.015, "ratio": 5e7}, "warning")
+    report = diagnose_stored(tmp_path, str(stays), rows, [spike])
+    found = next(d for d in report.diagnoses if d.cause == "data_outlier")
+    if stays:
+        assert found.evidence["scale_changed_at"] == 80 and "changed scale" in found.summary
+    else:
+        assert "scale_changed_at" not in found.evidence and "one batch" in found.summary

@@ -3060,9 +3060,33 @@ def _input_outlier(facts: RunFacts, lag: int = 2, within: int = 50) -> Found | N
                 + ("at it" if spike.step == step else f"{spike.step - step} step(s) later")
                 + "; an outlier in the data (inputs mis-scaled or unnormalised)"
             )
+            changed = _scale_changed_at(steps, rms, k, usual, fewest)
+            if changed is not None:  # not one batch: every batch since was as large
+                ev["scale_changed_at"] = changed
+                summary = (
+                    f"the data changed scale at step {changed}: its inputs' RMS rose "
+                    f"{rms[k] / usual:.3g}x the batches' before and stayed there (a unit changed "
+                    f"upstream, a normalisation dropped); the {_spike_of(spike)} spiked at step "
+                    f"{spike.step}"
+                )
             summary += _batches_behind([spike], ev)
             return Found(summary, step, [], ev)
     return None
+
+
+def _scale_changed_at(
+    steps: np.ndarray, rms: np.ndarray, k: int, usual: float, fewest: int
+) -> int | None:
+    """The step the inputs' RMS rose ``INPUT_OUTLIER`` times ``usual`` and stayed there up to
+    record ``k``, when the ``fewest`` records before ``k`` were all that high (the data changed
+    scale, not one batch); None otherwise."""
+    high = rms[: k + 1] >= INPUT_OUTLIER * usual
+    if k < fewest or not high[k - fewest : k].all():
+        return None
+    start = k
+    while start > 0 and high[start - 1]:
+        start -= 1
+    return int(steps[start])
 
 
 def _spike_of(f: Finding) -> str:
