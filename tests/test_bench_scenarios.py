@@ -230,6 +230,7 @@ HELD_OUT_FILES = [
     ("cases_heldout100", "h100_", 12, 12, 12),
     # its writer ran out of time: 10 faults over 10 causes, 3 healthy
     ("cases_heldout101", "h101_", 10, 10, 12),
+    ("cases_heldout127", "h127_", 12, 12, 16),
     ("cases_heldout102", "h102_", 12, 12, 14),
     ("cases_heldout103", "h103_", 12, 12, 13),
     ("cases_heldout104", "h104_", 12, 12, 14),

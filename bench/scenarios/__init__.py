@@ -106,6 +106,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout99,
     cases_heldout100,
     cases_heldout101,
+    cases_heldout127,
     cases_heldout102,
     cases_heldout103,
     cases_heldout104,
