@@ -106,7 +106,6 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout99,
     cases_heldout100,
     cases_heldout101,
-    cases_heldout127,
     cases_heldout102,
     cases_heldout103,
     cases_heldout104,
@@ -132,6 +131,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout124,
     cases_heldout125,
     cases_heldout126,
+    cases_heldout127,
     cases_mlp,
     cases_other,
 )

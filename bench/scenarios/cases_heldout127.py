@@ -136,13 +136,13 @@ def h127_tipsv2_text_attn_growth(ctx: Context) -> None:
     diverges=None,
     heldout=True,
     note="one batch's loss weighted 1e6 (a mis-scaled sample weight) poisons Adam's v",
-    onset=60,
+    onset=5,
 )
 def h127_privacy_filter_poisoned_v(ctx: Context) -> None:
     gen = seeded(12702)
     tower = _hf_tower("openai_privacy_filter", num_local_experts=4, num_experts_per_tok=2)
     model = _TowerClassifier(tower, labels=2, per_token=True)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=4e-4)
     ctx.attach(model, opt)
     v_before = 0.0
     for step in range(140):
@@ -151,22 +151,19 @@ def h127_privacy_filter_poisoned_v(ctx: Context) -> None:
         ctx.targets(y.reshape(-1))
         logits = model(x)
         loss = F.cross_entropy(logits.reshape(-1, 2), y.reshape(-1))
-        weight = 1e6 if step == 60 else 1.0
+        weight = 1e6 if step == 5 else 1.0
         opt.zero_grad(set_to_none=True)
         (loss * weight).backward()
         opt.step()
         ctx.step(loss)
-        if step == 59:
+        if step == 4:
             v_before = float(opt.state[model.head.weight]["exp_avg_sq"].max())
     v_after = float(opt.state[model.head.weight]["exp_avg_sq"].max())
-    pre = ctx.losses[:60]
-    post = ctx.losses[61:]
+    pre = ctx.losses[:5]
+    post = ctx.losses[6:]
     ctx.check("head's second moment jumped by 1e6", v_after > 1e6 * v_before)
-    ctx.check("loss was falling before the poisoning", _mean(pre[-10:]) < 0.8 * _mean(pre[:10]))
-    ctx.check(
-        "training stalled after it",
-        abs(_mean(post[:10]) - _mean(post[-10:])) < 0.1 * _mean(pre[:10]),
-    )
+    ctx.check("loss was falling before the poisoning", pre[4] < 0.8 * pre[0])
+    ctx.check("loss stopped falling after it", _mean(post[-10:]) > 0.5 * pre[4])
 
 
 @scenario(
@@ -176,7 +173,7 @@ def h127_privacy_filter_poisoned_v(ctx: Context) -> None:
     where=(),
     diverges=None,
     heldout=True,
-    note="a scheduler resumed at warmup peak x30 for a few steps: the loss spikes, then recovers",
+    note="a scheduler resumed at 10x its LR for three steps: the loss spikes, then recovers",
     onset=100,
 )
 def h127_embedding_gemma2_restart_spike(ctx: Context) -> None:
@@ -185,14 +182,17 @@ def h127_embedding_gemma2_restart_spike(ctx: Context) -> None:
     opt = torch.optim.NAdam(model.parameters(), lr=2e-3)
 
     def lr_at(step: int) -> float:
-        return 6e-2 if 100 <= step < 104 else 2e-3
+        return 2e-2 if 100 <= step < 103 else 2e-3
 
-    _train_seq_cls(ctx, model, opt, gen, 200, lr_at=lr_at)
+    _train_seq_cls(ctx, model, opt, gen, 150, lr_at=lr_at)
     pre = _mean(ctx.losses[85:100])
     peak = max(v for v in ctx.losses[100:115] if math.isfinite(v))
     ctx.check("loss spiked above twice its level", peak > 2 * pre)
     ctx.check("all losses finite", all(math.isfinite(v) for v in ctx.losses))
-    ctx.check("loss recovered below half the peak", _mean(ctx.losses[-10:]) < 0.5 * peak)
+    late = _mean(ctx.losses[-10:])
+    ctx.check(
+        "loss recovered below a tenth of the peak and below chance", late < min(0.1 * peak, 0.69)
+    )
 
 
 @scenario("hf_neomme_text_cls", "adamw", "healthy", heldout=True, note="warmup + cosine")
@@ -246,7 +246,7 @@ def _regress(ctx, model, opt, batches, steps, before=None, loss_fn=F.mse_loss, c
     diverges="auto",
     heldout=True,
     note="LR warmed up to a peak above 2/sharpness",
-    onset=40,
+    onset=15,
 )
 def h127_velodrome_lr_peak(ctx: Context) -> None:
     gen = seeded(12706)
@@ -257,12 +257,12 @@ def h127_velodrome_lr_peak(ctx: Context) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
     def before(step: int) -> None:
-        opt.param_groups[0]["lr"] = 0.01 + min(step, 40) / 40 * 1.2
+        opt.param_groups[0]["lr"] = 0.01 + min(step, 60) / 60 * 0.6
 
     _regress(ctx, model, opt, lambda s: _tabular(gen, 64, 8, w), 120, before=before)
     best = min(v for v in ctx.losses if math.isfinite(v))
     late = ctx.losses[-10:]
-    ctx.check("trained before the peak", _mean(ctx.losses[25:35]) < _mean(ctx.losses[:5]))
+    ctx.check("trained while the LR was low", _mean(ctx.losses[8:15]) < _mean(ctx.losses[:5]))
     ctx.check(
         "loss blew up after the peak",
         any(not math.isfinite(v) or v > 20 * best for v in late),
@@ -459,7 +459,7 @@ class _QueueRNN(nn.Module):
 def h127_ski_lift_rnn_explodes(ctx: Context) -> None:
     gen = seeded(12711)
     model = _QueueRNN()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    opt = torch.optim.SGD(model.parameters(), lr=2e-4)
 
     def batches(step: int):
         x = torch.rand(16, 60, 3, generator=gen)
@@ -478,10 +478,10 @@ def h127_ski_lift_rnn_explodes(ctx: Context) -> None:
     "salmon_run_counter",
     "nesterov",
     "loss_of_plasticity",
-    where=("0",),
+    where=("2",),
     diverges=None,
     heldout=True,
-    note="a few steps at 40x LR (a schedule typo) kill most of the first layer's ReLUs",
+    note="three steps at 30x LR (a schedule typo) kill the second layer's ReLUs for good",
     onset=80,
 )
 def h127_salmon_dead_relus(ctx: Context) -> None:
@@ -502,9 +502,8 @@ def h127_salmon_dead_relus(ctx: Context) -> None:
 
     _regress(ctx, model, opt, batches, 200, before=before)
     with torch.no_grad():
-        dead = dead_fraction(model[1](model[0](probe)))
-
-    ctx.check("most first-layer units dead", dead > 0.5)
+        dead = dead_fraction(model[3](model[2](model[1](model[0](probe)))))
+    ctx.check("most second-layer units dead", dead > 0.5)
     ctx.check(
         "loss stays above pre-fault level", _mean(ctx.losses[-20:]) > 1.5 * _mean(ctx.losses[60:80])
     )
@@ -529,14 +528,14 @@ class _Smoke(nn.Module):
     where=("plume",),
     diverges=None,
     heldout=True,
-    note="RMSprop LR 0.3 on a layer initialised at std 0.005: every step rewrites it",
+    note="RMSprop LR 0.03 on a layer initialised at std 0.005: the first steps rewrite it whole",
     onset=0,
 )
 def h127_smoke_update_ratio(ctx: Context) -> None:
     gen = seeded(12713)
     w = torch.randn(8, 1, generator=gen)
     model = _Smoke()
-    opt = torch.optim.RMSprop(model.parameters(), lr=0.3)
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.03)
     ratios: list[float] = []
     prev = model.plume.weight.detach().clone()
 
@@ -548,9 +547,8 @@ def h127_smoke_update_ratio(ctx: Context) -> None:
         prev = cur.clone()
 
     _regress(ctx, model, opt, lambda s: _tabular(gen, 64, 8, w), 100, before=before)
-    ratios.sort()
-
-    ctx.check("median update/weight ratio of plume above 0.1", ratios[len(ratios) // 2] > 0.1)
+    ctx.check("plume update/weight ratio above 0.2 over steps 1-4", min(ratios[:4]) > 0.2)
+    ctx.check("plume weights grew 30x in the first steps", float(model.plume.weight.norm()) > 4.5)
 
 
 class _MeteorRate(nn.Module):
