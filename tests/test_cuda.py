@@ -154,5 +154,4 @@ def test_sharpness_on_cuda_matches_the_dense_hessian(engine):
         return nn.functional.cross_entropy(m(b[0]), b[1])
 
     got = sharpness(cuda_model, loss_fn, batch, k=3, tol=1e-10, engine=engine)
-    assert got.eigenvalues.device.type in ("cpu", "cuda")
     torch.testing.assert_close(got.eigenvalues.cpu(), want, rtol=1e-6, atol=1e-9)

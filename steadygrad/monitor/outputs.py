@@ -116,7 +116,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         hard = not target.is_floating_point()
         keep = None
         if hard:
-            z, target, keep = _without_ignored(z, target, args, kwargs)
+            z, target, keep = _mask_ignored(z, target, args, kwargs)
         self.seen = True
         self._watch_shift(logits)
         parts, live = _logit_parts(z, keep)
@@ -154,7 +154,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         z = logp.detach().movedim(1, -1).reshape(-1, logp.shape[1])
         if not z.numel():
             return
-        z, target, keep = _without_ignored(z, target, args, kwargs)
+        z, target, keep = _mask_ignored(z, target, args, kwargs)
         self._head = self._head or self._head_of(logp, z.shape[-1])
         self.seen = True
         collapsed = (softmax_collapse_mask(z, target) & keep).float().sum()
@@ -334,7 +334,7 @@ def _made_by_log_softmax(t: torch.Tensor, depth: int = 4) -> bool:
     return False
 
 
-def _without_ignored(
+def _mask_ignored(
     z: torch.Tensor, target: torch.Tensor, args: tuple, kwargs: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``z`` (``(N, C)``) with the rows whose class ``target`` is the loss's ``ignore_index``
