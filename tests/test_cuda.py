@@ -23,12 +23,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 OPTIMIZERS = ("SPAM", "StableSPAM", "AdaBelief", "DiffGrad", "Lion", "AdEMAMix", "Grams")
 
 
-def _monitored_run(device: str, run_dir, steps: int = 12, every: int = 1, autocast=False):
+def _monitored_run(
+    device: str, run_dir, steps: int = 12, every: int = 1, autocast=False, defer=None
+):
     model = TinyGPT(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=16).to(device)
     if not autocast:  # float64: the two devices then agree to rounding
         model.double()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    mon = steadygrad.Monitor(model, opt, run_dir, every=every, progress=False)
+    mon = steadygrad.Monitor(model, opt, run_dir, every=every, progress=False, defer=defer)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(64, (steps, 8, 17), generator=gen).to(device)
     for chunk in tokens:
@@ -42,10 +44,13 @@ def _monitored_run(device: str, run_dir, steps: int = 12, every: int = 1, autoca
     return steadygrad.load(run_dir), mon
 
 
-def test_monitor_on_cuda_records_what_the_cpu_computes(tmp_path):
-    """float64 on both devices: every series the default Monitor stores agrees to 1e-6."""
+@pytest.mark.parametrize("defer", [None, False])
+def test_monitor_on_cuda_records_what_the_cpu_computes(tmp_path, defer):
+    """float64 on both devices: every series the default Monitor stores agrees to 1e-6, its
+    steps finished one call late through pinned memory (the default on a GPU) or at once."""
     cpu, _ = _monitored_run("cpu", tmp_path / "cpu")
-    gpu, _ = _monitored_run("cuda", tmp_path / "cuda")
+    gpu, mon = _monitored_run("cuda", tmp_path / "cuda", defer=defer)
+    assert mon.defer is (defer is None)
     names = [n for n in cpu.names() if n != "step_time"]
     assert "loss" in names and "grad_norm" in names and any("/" in n for n in names)
     assert set(gpu.names()) >= set(names)
@@ -80,13 +85,15 @@ def _syncs(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def test_a_monitored_cuda_step_synchronises_once_per_record(tmp_path):
+@pytest.mark.parametrize("defer", [None, False])
+def test_a_monitored_cuda_step_synchronises_once_per_record(tmp_path, defer):
     """CUDA's own sync debug mode, independent of the dispatch-mode count of
-    ``test_host_syncs.py``: one synchronisation per recorded step (the transfer), none between."""
+    ``test_host_syncs.py``: finished at once, one synchronisation per recorded step (the
+    transfer), none between; deferred (the default on a GPU), none at all."""
     torch.manual_seed(0)
     model = MLP(16, [64, 64], 4).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    mon = steadygrad.Monitor(model, opt, tmp_path / "run", every=4, progress=False)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", every=4, progress=False, defer=defer)
     x, y = torch.randn(64, 16, device="cuda"), torch.randint(4, (64,), device="cuda")
 
     def step() -> None:
@@ -100,6 +107,10 @@ def test_a_monitored_cuda_step_synchronises_once_per_record(tmp_path):
         step()
     counts = [_syncs(step) for _ in range(32)]
     mon.close()
+    if mon.defer:
+        assert counts == [0] * 32, counts
+        assert list(steadygrad.load(tmp_path / "run").series("loss")[0]) == list(range(0, 40, 4))
+        return
     recorded, between = counts[::4], [c for i, c in enumerate(counts) if i % 4]
     assert between == [0] * 24, counts
     # the transfer; on the output signal's cadence also the rows a loss ignores (ignore_index)

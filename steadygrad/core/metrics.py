@@ -318,3 +318,7 @@ OUTPUT_EPSILON = "output_epsilon"
 # row of the softmax collapsed): the Monitor then reads the mechanism signals at the next few
 # steps, as after a finding, so a detector's patience is met in steps, not cadences.
 LOOK_CLOSER = "look_closer"
+# Record meta key the Monitor sets on a step finished one call late (``Monitor(defer=...)``):
+# the next step has begun, so what a signal reads live now (gradients, weights) is the next
+# step's, not this one's.
+FINISHED_LATE = "finished_late"

@@ -60,6 +60,7 @@ class Measurements:
         self._raw: dict[int, torch.Tensor] = {}
         self._raw_host: dict[int, list[float]] = {}
         self._owners: dict[int, object] = {}
+        self._sent: tuple[torch.Tensor, Any] | None = None  # what send() started moving
 
     def put(self, key: str, value: Value) -> None:
         """One value: a one-element tensor (left on its device) or a host number."""
@@ -104,23 +105,48 @@ class Measurements:
         vector with one label per entry (the key, or the owner of stashed values) and returns
         the vector reduced over the processes.
         """
-        values = Values()
-        scalars = values.scalars
+        self.send(reduce)
+        return self.receive()
+
+    def send(self, reduce: Reduce | None = None) -> None:
+        """Start the transfer of :meth:`to_host` and return without waiting for it: from a GPU
+        the values are copied into pinned host memory behind the work queued before them, and
+        :meth:`receive` waits only for that copy (the host goes on queueing the next step)."""
         tensors = self._tensors + list(self._raw.values())
         host = list(self._host.items())
         if reduce is not None and host:
             tensors = tensors + [torch.tensor([v for _, v in host], dtype=torch.float64)]
-        if tensors:
-            if len({t.device for t in tensors}) > 1:
-                tensors = [t.cpu() for t in tensors]
-            flat_tensor = torch.cat([t.to(torch.float64) for t in tensors])
-            if reduce is not None:
-                labels: list[Any] = [key for keys in self._keys for key in _keys(keys)]
-                for owner, t in self._raw.items():
-                    labels += [self._owners[owner]] * t.numel()
-                labels += [key for key, _ in host]
-                flat_tensor = reduce(labels, flat_tensor)
-            flat = flat_tensor.cpu().numpy()  # the transfer
+        self._sent = None
+        if not tensors:
+            return
+        if len({t.device for t in tensors}) > 1:
+            tensors = [t.cpu() for t in tensors]
+        flat = torch.cat([t.to(torch.float64) for t in tensors])
+        if reduce is not None:
+            labels: list[Any] = [key for keys in self._keys for key in _keys(keys)]
+            for owner, t in self._raw.items():
+                labels += [self._owners[owner]] * t.numel()
+            labels += [key for key, _ in host]
+            flat = reduce(labels, flat)
+        if flat.device.type != "cuda":
+            self._sent = (flat, None)
+            return
+        pinned = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        pinned.copy_(flat, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self._sent = (pinned, done)
+
+    def receive(self) -> Values:
+        """The values :meth:`send` started moving, on the host (it waits for the copy)."""
+        values = Values()
+        scalars = values.scalars
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            flat_tensor, done = sent
+            if done is not None:
+                done.synchronize()
+            flat = flat_tensor.cpu().numpy()  # the transfer (from a GPU: already made)
             k = 0
             for keys in self._keys:
                 n = len(keys)
@@ -132,8 +158,8 @@ class Measurements:
             for owner, t in self._raw.items():
                 self._raw_host[owner] = flat[k : k + t.numel()].tolist()
                 k += t.numel()
-            if reduce is not None:
-                scalars.update(zip([key for key, _ in host], flat[k:].tolist(), strict=True))
+            if k < len(flat):  # the host numbers, reduced over the processes
+                scalars.update(zip(self._host, flat[k:].tolist(), strict=True))
                 return values
         scalars.update(self._host)
         return values
@@ -234,6 +260,15 @@ class Signal:
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         """After the transfer: derive host values and facts (``record.meta``) from the Record;
         ``raw`` holds what :meth:`measure` stashed (``out.stash(self, tensor)``) as floats."""
+
+    def finishes_late(self, step: int, begins_next: bool) -> bool:
+        """Whether :meth:`finish` of ``step`` may run at the next ``mon.step`` call, after the
+        next step's :meth:`begin` (when ``begins_next``), forward pass and update: the Monitor
+        defers a step (so a GPU is never made to wait) only when every due signal agrees.
+        Safe when ``finish`` reads only its record, its raw values and what :meth:`measure`
+        left: a signal that does not begin again next step, or one with no ``finish``. A
+        signal whose ``finish`` reads only those may return True always."""
+        return not begins_next or type(self).finish is Signal.finish
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must carry to resume this signal."""

@@ -30,6 +30,7 @@ from steadygrad.core.checks import non_negative_int, positive_int
 from steadygrad.core.forward_hooks import observers_silenced
 from steadygrad.core.metrics import (
     ACT_RMS,
+    FINISHED_LATE,
     FLOAT16_OVERFLOW,
     INPUT_RMS,
     LOSS,
@@ -326,6 +327,9 @@ class ActivationSignal(Signal):
         self._calls_step = -1
         self._depth = 0  # top-level calls running (one calling another is not top-level)
         self._clean_state: dict[str, torch.Tensor] | None = None
+        # the calls and clean weights of the step last ended: a finish one step late (see
+        # finishes_late) reads them, not the next step's
+        self._ended: tuple[list[TopCall], dict[str, torch.Tensor] | None] = ([], None)
         self._input_hooks: list[Any] = []
         self._replaying = False
         self._corrupted: list[str] = []  # parameters non-finite before this step's forward
@@ -389,6 +393,14 @@ class ActivationSignal(Signal):
     def end(self, step: int) -> None:
         self._hooked = self.hooks.installed
         self.hooks.remove()
+        self._ended = (self._calls, self._clean_state)
+
+    def finishes_late(self, step: int, begins_next: bool) -> bool:
+        """Late, unless the next step's hooks (on the next cadence step, or while the guard is
+        up) would meet this step's readings, or a re-run of its forward (the one-off check for
+        unused parameters): the step's calls are kept at ``end``."""
+        hooks_next = self._guard_left > 0 or (step + 1) % self.every == 0
+        return not (hooks_next and (self._hooked or not self._unused_checked))
 
     def measure(self, step: int, out: Measurements) -> None:
         norms = self.hooks.tensor() if self._hooked else None
@@ -399,6 +411,16 @@ class ActivationSignal(Signal):
             out.put(INPUT_RMS.name, rms)
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
+        late = bool(record.meta.get(FINISHED_LATE))
+        live = (self._calls, self._clean_state)  # the next step's, when late
+        self._calls, self._clean_state = self._ended
+        try:
+            self._finish(record, raw, late)
+        finally:
+            self._ended = ([], None)
+            self._calls, self._clean_state = live if late else ([], None)
+
+    def _finish(self, record: Record, raw: Sequence[float], late: bool) -> None:
         if raw:
             rms, origin = self.hooks.read(raw)
             record.values.update(rms)
@@ -414,7 +436,8 @@ class ActivationSignal(Signal):
             or v.get(NONFINITE_PARAMS.name)
         )
         if unhealthy and not self._hooked:
-            origin = self._replay(record)
+            # late, the weights moved on a step: the next steps, finished at once, trace it
+            origin = None if late else self._replay(record)
             if origin is not None:
                 record.meta["forward_origin"] = origin
             else:
@@ -423,13 +446,14 @@ class ActivationSignal(Signal):
             self._guard_left = 0
         elif self._hooked and not math.isfinite(v.get(LOSS.name, 0.0)):
             # every output this step's hooks read was finite: the loss made it, on any step
-            origin = self._replay(record)
+            origin = None if late else self._replay(record)
             if origin is not None:
                 record.meta["forward_origin"] = origin
+            elif late:
+                self._guard_left = self.guard_steps
         self._hooked = False
         if not self._unused_checked and not unhealthy and self._calls:
             self._check_unused(record)
-        self._calls, self._clean_state = [], None
         if v.get(NONFINITE_GRADS.name) and not record.meta.get("skipped"):
             # a non-finite update was applied: the weights it made non-finite are its victims
             self._corrupted += list(record.meta.get("nonfinite_parameters") or [])

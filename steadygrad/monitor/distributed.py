@@ -187,6 +187,9 @@ class Reducer(Signal):
             out.put_many([NONFINITE_GRADS.key(r) for r in ranks], local[2])
         out.stash(self, local[3:].reshape(-1))  # origin, step time, largest gradient
 
+    def finishes_late(self, step: int, begins_next: bool) -> bool:
+        return True  # finish reads the reduced values alone
+
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         """The step time of the slowest rank; name the rank (and, under DDP, the parameter)
         where a non-finite value was born."""

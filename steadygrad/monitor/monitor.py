@@ -19,7 +19,7 @@ import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink
 from steadygrad.core import checks as _checks
 from steadygrad.core.metrics import (
     DEAD_UNITS,
+    FINISHED_LATE,
     LOOK_CLOSER,
     LOSS,
     NONFINITE_GRADS,
@@ -95,6 +96,11 @@ PER_TENSOR_STORE_EVERY = 50
 # Steps after a finding (or a reading a signal flags with ``LOOK_CLOSER``) at which the
 # mechanism signals read, whatever their cadence: enough for a detector's patience of 3 readings.
 CLOSER_LOOK = 3
+# Recorded steps after a non-finite value that are finished at once, not deferred: the signals
+# trace its origin from the live model and gradients of the step they describe.
+SYNCHRONOUS_AFTER_NONFINITE = 10
+# Set to 0 or 1: the default of Monitor(defer=...) (see there).
+DEFER_ENV = "STEADYGRAD_DEFER"
 
 # Set (to anything) in the test suite and the scenario bench: a failure inside the Monitor's own
 # measurements raises there, as the bug it is; in a user's run it warns and the run carries on.
@@ -134,6 +140,13 @@ class Monitor:
         scaler: a ``torch.amp.GradScaler``, to record its scale.
         autopilot: recovery policies to apply (:class:`~steadygrad.Autopilot`); every action
             is written to the run store.
+        defer: finish each recorded step at the next ``mon.step`` call, while the device runs
+            that step: no synchronisation of a GPU at all (the step's values reach the host
+            through pinned memory, behind the work queued before them). Findings and the
+            Record then arrive one step late. Default: on when the model is on a GPU and no
+            autopilot acts (the autopilot's decisions need the step's values at once); the
+            environment variable ``STEADYGRAD_DEFER=0`` (or ``1``) changes the default.
+            Steps after a non-finite value are finished at once, so its origin is traced.
         resume: continue the run already in ``run_dir`` (its steps go on from where it
             stopped, its detectors keep their history); a new run if there is none.
         overwrite: replace the run already in ``run_dir``. Without ``resume`` or
@@ -175,6 +188,7 @@ class Monitor:
         scaler: Any = None,
         guard_steps: int = 3,
         autopilot: Autopilot | None = None,
+        defer: bool | None = None,
         resume: bool = False,
         overwrite: bool = False,
     ) -> None:
@@ -217,6 +231,9 @@ class Monitor:
             autopilot.attach(self)  # raises the clear error before anything is hooked
         self.autopilot = autopilot
         self.scaler = scaler
+        self.defer = _defers(defer, self.model, autopilot)
+        self._pending: _Pending | None = None  # a step measured, finished at the next call
+        self._in_step_until = -1  # after a non-finite value, steps are finished at once to here
         self.signals: list[Signal] = []
         self._core_signals = builtin[:3]  # the step, learning rates and parameter statistics
         if self.reducer is not None:  # switched off on one rank, the others would hang
@@ -310,8 +327,9 @@ class Monitor:
         batch_ids: Any = None,
         grad_norm_preclip: torch.Tensor | float | None = None,
     ) -> Record | None:
-        """Close the current step: measure, detect, record. Returns the Record (None on steps
-        that are not recorded because of ``every``).
+        """Close the current step: measure, detect, record. Returns the Record this call
+        finished: this step's, or with ``defer`` the previous recorded step's (None on a call
+        that finished none: the first, and steps not recorded because of ``every``).
 
         ``batch_ids``: the ids of the step's samples, kept with any finding at this step.
         ``grad_norm_preclip``: if you clip gradients, the norm before clipping (what
@@ -320,6 +338,7 @@ class Monitor:
         ``mon.step`` gives it with no argument (see :mod:`steadygrad.monitor.clipping`).
         """
         self._check_open()
+        landed = self._land()  # the step left pending: its copy is on the host by now
         clipped = self._clips.take()
         if grad_norm_preclip is None:
             grad_norm_preclip = clipped
@@ -335,7 +354,7 @@ class Monitor:
                 "mon.step was called again with no backward pass and no optimizer step since "
                 "the last call; this call is ignored (call mon.step once per training step)",
             )
-            return None
+            return landed
         if stepped and fresh is None and self.parameters.stats.has_no_gradients():
             self.parameters.zeroed_early = True  # from now on, read them before the update
             self._warn_once(
@@ -347,17 +366,19 @@ class Monitor:
         if step % self.every:
             self.step_count += 1
             self._prepare(self.step_count)
-            return None
+            return landed
         preclip = (
             None if grad_norm_preclip is None else _scalar("grad_norm_preclip", grad_norm_preclip)
         )
         self.inputs = StepInputs(_scalar("loss", loss), preclip, stepped)
         try:
-            return self._record(step, stepped, batch_ids)
+            record = self._record(step, stepped, batch_ids)
+            return landed if record is None else record
         except Exception as exc:
             if os.environ.get(STRICT_ENV):
                 raise
             # our own failure never stops the training: this step goes unrecorded
+            self._pending = None
             self._warn_once(
                 "internal",
                 f"the Monitor failed at step {step} ({exc!r}); that step is not recorded and "
@@ -366,33 +387,40 @@ class Monitor:
             self.step_count = step + 1
             with contextlib.suppress(Exception):
                 self._prepare(self.step_count)
-            return None
+            return landed
 
-    def _record(self, step: int, stepped: bool, batch_ids: Any) -> Record:
-        """Measure, judge and store the step ``step`` (a recorded one)."""
-        record = self._measure(step)
-        if not stepped and self._optimizer_steps_total == 0 and _healthy(record):
-            self._unstepped_calls += 1
-        if self.autopilot is not None and self.autopilot.settle(step, stepped):
-            record.meta["skipped_by"] = "autopilot"
-        if batch_ids is not None:
-            record.meta["batch_ids"] = batch_ids
-        findings = self._detect(record, batch_ids)
-        if any(f.severity != "info" for f in findings) or record.meta.get(LOOK_CLOSER):
-            self._closer_until = step + CLOSER_LOOK
-        self.store.add_scalars(step, self._to_store(record, findings), record.wall_time)
-        if findings:
-            self.store.add_findings(findings)
-        self._to_sinks("write", record, findings)
-        self.progress.update(record, findings)
-        if self.autopilot is not None:
-            self.autopilot.after_step(record, findings)
-        self.last_record = record
+    def _record(self, step: int, stepped: bool, batch_ids: Any) -> Record | None:
+        """Measure the step ``step`` (a recorded one); judge and store it now, or, deferred,
+        at the next call (None then)."""
+        pending = self._measure(step, stepped, batch_ids)
+        record = None
+        if self._finishes_late(pending):
+            self._pending = pending
+        else:
+            record = self._finish(pending)
         self.step_count += 1
         self._prepare(self.step_count)
         return record
 
-    def _measure(self, step: int) -> Record:
+    def _land(self) -> Record | None:
+        """Finish the step left pending by a deferred call, if any (its Record)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        try:
+            return self._finish(pending, late=True)
+        except Exception as exc:
+            if os.environ.get(STRICT_ENV):
+                raise
+            self._warn_once(
+                "internal",
+                f"the Monitor failed at step {pending.step} ({exc!r}); that step is not "
+                "recorded and the run carries on (please report this)",
+            )
+            return None
+
+    def _measure(self, step: int, stepped: bool, batch_ids: Any) -> _Pending:
+        """Ask the due signals for the step's values and start moving them to the host."""
         due = [s for s in self.signals if s.due(step) or s in self._closer]
         for s in due:
             self._safely(
@@ -404,11 +432,56 @@ class Monitor:
         if self.autopilot is not None:  # its pending norms travel in the same transfer
             self.autopilot.measure(out)
         reduce = None if self.reducer is None else self.reducer.reduce  # over ranks
-        record = Record(step=step, values=out.to_host(reduce), wall_time=time.time())
+        out.send(reduce)
+        return _Pending(step, stepped, batch_ids, out, due, time.time())
+
+    def _finishes_late(self, pending: _Pending) -> bool:
+        """Whether the step may be finished at the next call: deferring, no non-finite value
+        lately, and every due signal's ``finish`` unaffected by the next step's start."""
+        step = pending.step
+        if not self.defer or step <= self._in_step_until:
+            return False
+        after = step + 1
+        return all(s.finishes_late(step, self._begins_at(s, after)) for s in pending.due)
+
+    def _begins_at(self, signal: Signal, step: int) -> bool:
+        """Whether ``_prepare(step)`` will call ``signal.begin`` (as decided before then)."""
+        if step % self.every:
+            return False
+        closer = step <= self._closer_until and isinstance(signal, InterceptingSignal)
+        return signal.due(step) or closer
+
+    def _finish(self, pending: _Pending, late: bool = False) -> Record:
+        """The step's values on the host: signals finish them, detectors judge, the store,
+        the sinks and the progress line take the Record."""
+        step, out = pending.step, pending.out
+        record = Record(step=step, values=out.receive(), wall_time=pending.wall_time)
+        if late:
+            record.meta[FINISHED_LATE] = True
         if self.autopilot is not None:
             self.autopilot.received(out.raw(self.autopilot))
-        for s in due:
-            self._safely(s, "finish", record, out.raw(s))
+        for s in pending.due:
+            if s in self.signals:
+                self._safely(s, "finish", record, out.raw(s))
+        if not pending.stepped and self._optimizer_steps_total == 0 and _healthy(record):
+            self._unstepped_calls += 1
+        if not _healthy(record):  # the next steps are finished at once: their origin is traced
+            self._in_step_until = self.step_count + SYNCHRONOUS_AFTER_NONFINITE
+        if self.autopilot is not None and self.autopilot.settle(step, pending.stepped):
+            record.meta["skipped_by"] = "autopilot"
+        if pending.batch_ids is not None:
+            record.meta["batch_ids"] = pending.batch_ids
+        findings = self._detect(record, pending.batch_ids)
+        if any(f.severity != "info" for f in findings) or record.meta.get(LOOK_CLOSER):
+            self._closer_until = step + CLOSER_LOOK
+        self.store.add_scalars(step, self._to_store(record, findings), record.wall_time)
+        if findings:
+            self.store.add_findings(findings)
+        self._to_sinks("write", record, findings)
+        self.progress.update(record, findings)
+        if self.autopilot is not None:
+            self.autopilot.after_step(record, findings)
+        self.last_record = record
         return record
 
     def _to_store(self, record: Record, findings: list[Finding]) -> Mapping[str, float]:
@@ -610,6 +683,7 @@ class Monitor:
             >>> torch.save({"model": model.state_dict(), "steadygrad": mon.state_dict()}, f)
             ... # doctest: +SKIP
         """
+        self._land()  # a step left pending belongs to the checkpoint
         return {
             "format": FORMAT,
             "step": self.step_count,
@@ -623,6 +697,7 @@ class Monitor:
         and whatever the run recorded from that step on (after the checkpoint) is dropped."""
         self._check_open()
         step = _checks.non_negative_int("state['step']", state["step"])
+        self._land()
         if state.get("detectors") is not None:
             load_objects_state(self.detectors, state["detectors"])
         for signal, saved in zip(self.signals, state.get("signals") or (), strict=False):
@@ -668,6 +743,8 @@ class Monitor:
         """Remove every hook, flush, and mark the run ``status``. Idempotent."""
         if self.closed:
             return
+        with contextlib.suppress(Exception):  # strict mode raised it already, if it failed
+            self._land()
         self.closed = True
         if self.autopilot is not None:
             self.autopilot.detach()
@@ -769,6 +846,36 @@ def _mechanism_signals(every: int, given: list[Signal]) -> list[Signal]:
     often = max(1, every // 2)
     defaults = [cross_entropy, AttentionLogitSignal(every), DeadUnitSignal(often)]
     return [s for s in defaults if not taken & {m.name for m in s.metrics}]
+
+
+@dataclass
+class _Pending:
+    """A recorded step measured and on its way to the host, not yet finished."""
+
+    step: int
+    stepped: bool
+    batch_ids: Any
+    out: Measurements
+    due: list[Signal]
+    wall_time: float
+
+
+def _defers(defer: bool | None, model: nn.Module, autopilot: Autopilot | None) -> bool:
+    """Whether the Monitor finishes steps one call late (see ``Monitor(defer=...)``)."""
+    if defer is not None and not isinstance(defer, bool):
+        raise TypeError(f"defer must be True, False or None, got {defer!r}")
+    if defer is None:
+        env = os.environ.get(DEFER_ENV, "").strip()
+        if env not in ("", "0", "1"):
+            raise ValueError(f"{DEFER_ENV} must be 0 or 1, got {env!r}")
+        on_gpu = any(p.device.type == "cuda" for p in model.parameters())
+        return (bool(int(env)) if env else on_gpu) and autopilot is None
+    if defer and autopilot is not None:
+        raise ValueError(
+            "defer=True and an autopilot exclude each other: the autopilot acts on each "
+            "step's values before the next update (leave defer unset)"
+        )
+    return defer
 
 
 def writes_run(store: Any) -> bool:

@@ -165,6 +165,9 @@ class OutputHook(Signal):
     def finish(self, record: Any, raw: Any) -> None:
         record.meta.setdefault(OUTPUT_MODULE, self.module_name)
 
+    def finishes_late(self, step: int, begins_next: bool) -> bool:
+        return True  # the module's name alone
+
     def attach(self, monitor: Monitor) -> None:
         super().attach(monitor)
         try:

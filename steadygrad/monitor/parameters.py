@@ -20,6 +20,7 @@ from torch import nn
 from steadygrad.core import Measurements, Members, Record, Signal
 from steadygrad.core.checks import positive_int
 from steadygrad.core.metrics import (
+    FINISHED_LATE,
     FROZEN_AT_ATTACH,
     GRAD_NORM,
     GRADIENTS_NOT_APPLIED,
@@ -393,6 +394,9 @@ class ParameterSignal(Signal):
         if stats.has_snapshot:
             out.put_family(stats.members[UPDATE_RATIO.name], stats.update_ratios())
 
+    def finishes_late(self, step: int, begins_next: bool) -> bool:
+        return True  # the norms measure() put; live counts only where a norm is not finite
+
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         stats, values, meta = self.stats, record.values, record.meta
         index = self._index
@@ -408,11 +412,12 @@ class ParameterSignal(Signal):
         # Unhealthy steps only: count the bad values and find where they were born. A norm can
         # overflow float32 while every entry is finite (entries of 1e20): that tensor is huge,
         # not non-finite, and its infinite norm stands as the spike it is.
-        bad_grads = _with_bad_entries(infinite_grads, stats.nonfinite_counts)
+        late = bool(meta.get(FINISHED_LATE))  # the tensors hold the next step's values now
+        bad_grads = _with_bad_entries(infinite_grads, stats.nonfinite_counts, late)
         if index:  # a NaN norm has a NaN entry, counted or not (its gradient may be gone)
             for k in np.flatnonzero(np.isnan(grads)).tolist():
                 bad_grads[index[k]] = bad_grads.get(index[k]) or 1
-        bad_params = _with_bad_entries(infinite_params, stats.nonfinite_param_counts)
+        bad_params = _with_bad_entries(infinite_params, stats.nonfinite_param_counts, late)
         values[NONFINITE_GRADS.name] = float(sum(bad_grads.values()))
         values[NONFINITE_PARAMS.name] = float(sum(bad_params.values()))
         if bad_grads and math.isfinite(values.get(LOSS.name, 0.0)):
@@ -494,9 +499,16 @@ class StrayGradients:
         return found
 
 
-def _with_bad_entries(index: list[int], count: Callable[[list[int]], list[int]]) -> dict[int, int]:
+def _with_bad_entries(
+    index: list[int], count: Callable[[list[int]], list[int]], late: bool = False
+) -> dict[int, int]:
     """Of the tensors ``index`` whose norm is not finite, those with NaN/Inf entries, and how
-    many each has (counted only when some norm is not finite: unhealthy steps)."""
+    many each has (counted only when some norm is not finite: unhealthy steps). Counted
+    ``late`` (the tensors moved on a step), a tensor with none left is taken to have had one:
+    a norm past float32 with every entry finite is rare beside a NaN that was since zeroed."""
     if not index:
         return {}
-    return {i: n for i, n in zip(index, count(index), strict=True) if n}
+    counts = count(index)
+    if late:
+        counts = [max(n, 1) for n in counts]
+    return {i: n for i, n in zip(index, counts, strict=True) if n}

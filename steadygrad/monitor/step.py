@@ -111,8 +111,11 @@ class StepSignal(Signal):
         return count if isinstance(count, int | float) else None
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
-        if not self.monitor.inputs.stepped:
+        if not self.monitor.inputs.stepped:  # a late finish runs before the next inputs
             record.meta["skipped"] = True
+
+    def finishes_late(self, step: int, begins_next: bool) -> bool:
+        return True
 
 
 class LearningRateSignal(Signal):

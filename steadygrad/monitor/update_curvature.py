@@ -108,6 +108,9 @@ class UpdateCurvatureSignal(Signal):
     def optimizer_replaced(self) -> None:
         self._adaptive = optimizer_family(self.monitor.optimizer) in PER_COORDINATE
 
+    def finishes_late(self, step: int, begins_next: bool) -> bool:
+        return True  # finish reads the loss alone (an alert a step late starts a step late)
+
     def finish(self, record: Record, raw: Sequence[float]) -> None:
         """Watch the loss: measure every step for a while once it climbs above its best."""
         if self._adaptive and DIRECTIONAL_SHARPNESS_RATIO.name in record.values:
