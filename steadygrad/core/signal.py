@@ -108,10 +108,11 @@ class Measurements:
         self.send(reduce)
         return self.receive()
 
-    def send(self, reduce: Reduce | None = None) -> None:
+    def send(self, reduce: Reduce | None = None, staging: Staging | None = None) -> None:
         """Start the transfer of :meth:`to_host` and return without waiting for it: from a GPU
-        the values are copied into pinned host memory behind the work queued before them, and
-        :meth:`receive` waits only for that copy (the host goes on queueing the next step)."""
+        the values are copied into pinned host memory (``staging``'s, reused from step to step)
+        behind the work queued before them, and :meth:`receive` waits only for that copy (the
+        host goes on queueing the next step)."""
         tensors = self._tensors + list(self._raw.values())
         host = list(self._host.items())
         if reduce is not None and host:
@@ -131,7 +132,7 @@ class Measurements:
         if flat.device.type != "cuda":
             self._sent = (flat, None)
             return
-        pinned = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        pinned = (staging or Staging()).take(flat.numel())
         pinned.copy_(flat, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
@@ -147,6 +148,8 @@ class Measurements:
             if done is not None:
                 done.synchronize()
             flat = flat_tensor.cpu().numpy()  # the transfer (from a GPU: already made)
+            if done is not None:
+                flat = flat.copy()  # the staging memory takes the next step's values
             k = 0
             for keys in self._keys:
                 n = len(keys)
@@ -163,6 +166,23 @@ class Measurements:
                 return values
         scalars.update(self._host)
         return values
+
+
+class Staging:
+    """Pinned host memory for one Monitor's transfers from a GPU, reused from step to step:
+    allocating pinned memory synchronises the device, so it grows (doubling) only when a step
+    sends more values than any before. One transfer at a time uses it: a step's values are
+    received before the next step's are sent."""
+
+    def __init__(self) -> None:
+        self._memory: torch.Tensor | None = None
+
+    def take(self, n: int) -> torch.Tensor:
+        """``n`` float64 entries of pinned host memory."""
+        size = 0 if self._memory is None else self._memory.numel()
+        if n > size:
+            self._memory = torch.empty(max(n, 2 * size), dtype=torch.float64, pin_memory=True)
+        return self._memory[:n]
 
 
 @contextmanager

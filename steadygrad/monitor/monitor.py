@@ -31,6 +31,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink, Values
 from steadygrad.core import checks as _checks
+from steadygrad.core.signal import Staging
 from steadygrad.core.metrics import (
     DEAD_UNITS,
     FINISHED_LATE,
@@ -233,6 +234,7 @@ class Monitor:
         self.scaler = scaler
         self.defer = _defers(defer, self.model, autopilot)
         self._pending: _Pending | None = None  # a step measured, finished at the next call
+        self._staging = Staging()  # pinned memory the values of a GPU step are copied into
         self._in_step_until = -1  # after a non-finite value, steps are finished at once to here
         self.signals: list[Signal] = []
         self._core_signals = builtin[:3]  # the step, learning rates and parameter statistics
@@ -432,7 +434,7 @@ class Monitor:
         if self.autopilot is not None:  # its pending norms travel in the same transfer
             self.autopilot.measure(out)
         reduce = None if self.reducer is None else self.reducer.reduce  # over ranks
-        out.send(reduce)
+        out.send(reduce, self._staging)
         return _Pending(step, stepped, batch_ids, out, due, time.time())
 
     def _finishes_late(self, pending: _Pending) -> bool:
