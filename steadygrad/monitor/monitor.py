@@ -31,7 +31,6 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from steadygrad.core import Finding, Measurements, Record, RunInfo, Signal, Sink, Values
 from steadygrad.core import checks as _checks
-from steadygrad.core.signal import Staging
 from steadygrad.core.metrics import (
     DEAD_UNITS,
     FINISHED_LATE,
@@ -52,6 +51,7 @@ from steadygrad.core.optimizer import (
     second_moment_decay,
     unwrap_optimizer,
 )
+from steadygrad.core.signal import Staging
 from steadygrad.diagnose.autopilot import Autopilot
 from steadygrad.diagnose.detectors import Detector, default_detectors
 from steadygrad.monitor.activations import ActivationSignal, builtin_recurrent
