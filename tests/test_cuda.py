@@ -108,7 +108,9 @@ def test_a_monitored_cuda_step_never_synchronises_and_a_deferred_one_never_waits
     for _ in range(8):  # past the first-step bookkeeping
         step()
     counts = [_syncs(step) for _ in range(32)]
-    assert counts == [0] * 32, counts
+    # none of the Monitor's: the H200 saw one of torch's own (in torch/cuda/__init__.py) once
+    # in 60 steps, with or without a Monitor's transfer; 8 recorded steps here would be 8
+    assert sum(counts) <= 1, counts
     assert mon.step_count % 4 == 0  # the next step is recorded
     torch.cuda.synchronize()
     torch.cuda._sleep(int(2e8))
