@@ -109,7 +109,7 @@ def test_a_monitored_cuda_step_never_synchronises_and_a_deferred_one_never_waits
         step()
     counts = [_syncs(step) for _ in range(32)]
     # none of the Monitor's: the H200 saw one of torch's own (in torch/cuda/__init__.py) once
-    # in 60 steps, with or without a Monitor's transfer; 8 recorded steps here would be 8
+    # in 60 monitored steps, deferred or not; 8 recorded steps here would make 8
     assert sum(counts) <= 1, counts
     assert mon.step_count % 4 == 0  # the next step is recorded
     torch.cuda.synchronize()
