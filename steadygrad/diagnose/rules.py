@@ -480,9 +480,20 @@ def _attention_growth(facts: RunFacts) -> Found | None:
     learning out of a small start that slowed, which the early test cannot yet tell from
     growth that compounds."""
     found = _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth")(facts)
-    if found is None or found.severity != "warning" or facts.broke_at is not None:
+    if found is None or found.severity != "warning":
         return found
     warned = [f for f in facts.of(ATTENTION_LOGIT_GROWTH) if f.severity != "info"]
+    if facts.broke_at is not None:
+        held = [_held_level(facts, f) for f in warned]
+        if warned and all(h is not None for h in held):
+            found.severity = "info"
+            found.evidence["held_level_until"] = max(h for h in held if h is not None)
+            found.summary += (
+                f": the logits held level from the warning to the break at step "
+                f"{facts.broke_at}, while the loss kept improving (to step "
+                f"{facts.progress_until}): a level the model learnt at, not what broke the run"
+            )
+        return found
     if not all(f.evidence.get("early") and f.where for f in warned):
         return found
     if all(_stopped_short(facts, f) for f in warned):
@@ -493,6 +504,33 @@ def _attention_growth(facts: RunFacts) -> Found | None:
         )
         found.evidence["stopped_short"] = True
     return found
+
+
+# Readings, a cadence apart or more, over which attention logits held level before a break.
+HELD_READINGS = 3
+
+
+def _held_level(facts: RunFacts, f: Finding) -> int | None:
+    """The step of the last reading before the break when the layer of the warning ``f`` held
+    its largest logit level from ``f`` to the break (``HELD_READINGS`` readings or more over a
+    cadence or more, each within ``EARLY_RATIO`` of the others) while the loss set new bests
+    ``PROGRESS_AFTER`` steps or more after ``f``: growth that stopped, the model learning at
+    that level, does not explain a break that came later."""
+    series = facts.series(f"{ATTN_LOGIT_MAX.name}/{f.where}") if f.where else None
+    before, broke, best = f.evidence.get(PREVIOUS_READING), facts.broke_at, facts.progress_until
+    if series is None or broke is None or best is None or best - f.step < PROGRESS_AFTER:
+        return None
+    steps, values = series
+    span = (steps >= f.step) & (steps < broke)
+    level = values[span]
+    if len(level) < HELD_READINGS or not np.isfinite(level).all() or level.min() <= 0:
+        return None
+    cadence = f.step - before if isinstance(before, int) and before < f.step else 1
+    if steps[span][-1] - f.step < cadence:
+        return None
+    if level.max() > AttentionLogitGrowth.EARLY_RATIO * level.min():
+        return None
+    return int(steps[span][-1])
 
 
 def _stopped_short(facts: RunFacts, f: Finding) -> bool:
@@ -529,10 +567,16 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
         found.first_step = int(since[0])
         found.summary += f" (rows collapsed at every reading since step {since[0]})"
     spike = _thrown_by_a_spike(facts, found.first_step, clear.max() if len(clear) else None)
+    burst = _burst_before(facts, found.first_step)
     if spike is not None:
         found.consequence_of = (
             f"no row had collapsed until the gradient spike at step {spike}, and rows "
             f"collapsed from the step after: its update threw the logits"
+        )
+    elif burst is not None and len(clear) and clear.max() <= burst[0] < found.first_step:
+        found.consequence_of = (
+            f"no row had collapsed until {_burst_said(burst)}, and rows collapsed from step "
+            f"{found.first_step}: the burst's updates threw the logits"
         )
     driven = _logits_driven_by_the_head_rate(facts)
     head = driven.where[0] if driven is not None else None
@@ -2243,12 +2287,13 @@ def _pushes(facts: RunFacts) -> tuple[np.ndarray, np.ndarray]:
 def _output_layer_ran_away(facts: RunFacts) -> tuple[str, int, float] | None:
     """(the output layer, the step its weights began to grow, how much) when the weights
     that ran away before the trouble (:func:`_runaway_weights`), or else those that grew far
-    more than any other by then (:func:`_amplifier`), are the output layer's, and it is not
-    applied in a recurrence."""
+    more than any other by then (:func:`_amplifier`), are the output layer's, the loss set
+    no new best late before the trouble (see :func:`_improving`), and the layer is not applied
+    in a recurrence."""
     layer = facts.output_layer
     trouble = [s for s in (facts.climbing_from, facts.broke_at) if s is not None]
-    if layer is None or not trouble:
-        return None
+    if layer is None or not trouble or _improving(facts, min(trouble)):
+        return None  # a head that grows while the loss sets new bests fits the targets' scale
     if layer in facts.recurrent_modules:
         return None  # applied step after step (an ODE's last layer): it explodes through time
     runaway = facts.runaway_weights
@@ -4320,6 +4365,9 @@ RULES: tuple[Rule, ...] = (
         _softmax_collapse,
         (SOFTMAX_COLLAPSE_KIND, GRAD_NORM_SPIKE, GRADIENT_SPIKE),  # a spike's throw
         explained_by=("data_outlier",),  # an outlier batch's own logits, or the jolt it gave
+        # its harm is at the loss (a zero gradient) and in the head's logits: a NaN another
+        # module's forward makes from finite inputs is not a collapse's
+        contained=True,
     ),
     Rule(
         "sharpness_above_limit",

@@ -1,0 +1,64 @@
+"""Run shapes from the thirty-fifth session (held-out set 127's misses).
+
+Each change has a trigger (the held-out scenario it was found on, run here with the one-line
+attach: its fault is by construction) and a control that must not move."""
+
+from __future__ import annotations
+
+from helpers import held_out_run, induced_or_skip
+
+
+def _report(tmp_path, name):
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    return report
+
+
+def _of(report, cause):
+    return next(d for d in report.diagnoses if d.cause == cause)
+
+
+def test_a_head_that_grows_while_the_loss_improves_is_no_runaway(tmp_path):
+    # Trigger: a regressor with targets 3x+2 grows its output layer 11.5x while the loss falls
+    # from 5 to 0.42; three steps at 30x the rate then kill its second layer's ReLUs. The
+    # head's growth was the fit: the dead units, which stayed, are the cause.
+    report = _report(tmp_path, "h127_salmon_dead_relus")
+    assert report.top.cause == "loss_of_plasticity"
+    assert not any("set no new best" in d.summary for d in report.diagnoses)
+
+
+def test_a_collapse_does_not_explain_a_nan_made_upstream_of_the_head(tmp_path):
+    # Trigger: a flagger fit its data to float32's floor (rows collapsed, loss ~1e-8); from
+    # step 60 raw inputs 4000x larger overflow its first layer under fp16. The NaN is made in
+    # `embed` from finite inputs: a collapse (a zero gradient at the loss) makes none there.
+    report = _report(tmp_path, "h127_rfi_fp16_overflow")
+    assert report.top.cause == "amp_overflow"
+    collapse = _of(report, "softmax_collapse")
+    assert "does not explain the non-finite value" in collapse.why
+
+
+def test_a_collapse_in_the_head_that_broke_stays_the_cause(tmp_path):
+    # Control: logits divided by a temperature near zero collapse the rows and break the run
+    # in the head itself: nothing upstream made the NaN.
+    report = _report(tmp_path, "h126_pacemaker_temperature_unit")
+    assert report.top.cause == "softmax_collapse"
+
+
+def test_attention_logits_that_held_level_long_before_a_break_do_not_explain_it(tmp_path):
+    # Trigger: a tower's attention logits grew 4.6x in its first 25 steps, then held at ~400
+    # for 75 steps while the loss kept improving; a scheduler resumed at 10x its rate broke
+    # the run at step 101, and rows collapsed right after. The rate glitch is the cause: the
+    # attention held level, and the collapse came after the burst threw the logits.
+    report = _report(tmp_path, "h127_embedding_gemma2_restart_spike")
+    assert report.top.cause == "loss_spike"
+    attention = _of(report, "attention_logit_growth")
+    assert attention.severity == "info" and attention.evidence["held_level_until"] == 100
+    assert "the burst's updates threw the logits" in _of(report, "softmax_collapse").why
+
+
+def test_attention_logits_that_grew_into_the_break_stay_the_cause(tmp_path):
+    # Control: a GPT whose unscaled attention logits keep growing until the run breaks.
+    report = _report(tmp_path, "h67_hf_openai_gpt_unscaled_attention")
+    assert report.top.cause == "attention_logit_growth"
+    assert report.top.severity != "info"
+    assert "held_level_until" not in report.top.evidence
