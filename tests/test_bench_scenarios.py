@@ -256,6 +256,7 @@ HELD_OUT_FILES = [
     ("cases_heldout124", "h124_", 12, 12, 14),
     ("cases_heldout125", "h125_", 12, 12, 13),
     ("cases_heldout126", "h126_", 12, 12, 12),
+    ("cases_heldout128", "h128_", 12, 12, 16),
 ]
 
 
