@@ -62,3 +62,29 @@ def test_attention_logits_that_grew_into_the_break_stay_the_cause(tmp_path):
     assert report.top.cause == "attention_logit_growth"
     assert report.top.severity != "info"
     assert "held_level_until" not in report.top.evidence
+
+
+def test_attention_that_had_stood_as_high_before_its_warning_is_no_growth(tmp_path):
+    # Trigger: a Gemma4 LM's second layer rose from 92 to ~400 in its first 25 steps, dipped
+    # to 296 and came back to 374, where the detector fired; it rose past that level only when
+    # a 100x rate glitch jolted the run at step 90. The glitch is the cause.
+    report = _report(tmp_path, "h128_hf_gemma4_unified_loss_spike")
+    assert report.top.cause == "loss_spike"
+    attention = _of(report, "attention_logit_growth")
+    assert attention.severity == "info" and attention.evidence["earlier_peak"]["step"] == 25
+
+
+def test_attention_that_grew_past_every_earlier_reading_stays_a_warning(tmp_path):
+    # Control: query/key weights trained at an overridden rate grow the logits reading after
+    # reading, in a run that did not break.
+    report = _report(tmp_path, "h121_got_ocr2_qk_lr")
+    assert report.top.cause == "attention_logit_growth" and report.top.severity != "info"
+
+
+def test_a_gradient_the_recurrence_amplified_is_read_over_the_module(tmp_path):
+    # Trigger: a ReLU RNN at recurrent gain 1.8 over 40 steps: its first gradient was 47x the
+    # weights' norm, spread over its four tensors (none alone half the squared norm, the module
+    # all of it), and the run broke at step 5.
+    report = _report(tmp_path, "h128_violin_varnish_exploding")
+    assert report.top.cause == "exploding_gradients" and report.top.where == ["rnn"]
+    assert report.top.first_step == 0

@@ -483,6 +483,16 @@ def _attention_growth(facts: RunFacts) -> Found | None:
     if found is None or found.severity != "warning":
         return found
     warned = [f for f in facts.of(ATTENTION_LOGIT_GROWTH) if f.severity != "info"]
+    peaks = [_below_an_earlier_peak(facts, f) for f in warned]
+    if warned and all(p is not None for p in peaks):
+        found.severity = "info"
+        step, peak = min(p for p in peaks if p is not None)
+        found.evidence["earlier_peak"] = {"step": step, "attn_logit_max": peak}
+        found.summary += (
+            f": the logits had stood as high at step {step} ({peak:.3g}) and rose no further "
+            "until the run was jolted, a level held since, not growth"
+        )
+        return found
     if facts.broke_at is not None:
         held = [_held_level(facts, f) for f in warned]
         if warned and all(h is not None for h in held):
@@ -504,6 +514,32 @@ def _attention_growth(facts: RunFacts) -> Found | None:
         )
         found.evidence["stopped_short"] = True
     return found
+
+
+def _below_an_earlier_peak(facts: RunFacts, f: Finding) -> tuple[int, float] | None:
+    """(step, value) of an earlier reading of the layer of the warning ``f``, before the
+    reading ``f`` compared with, at least as high as the logit ``f`` fired at, when the layer
+    never rose past ``EARLY_RATIO`` times that peak from then until a burst of the learning
+    rate jolted the run (or to its end): the detector saw a rise within a level the layer
+    had reached and held (a dip and a recovery), not growth."""
+    series = facts.series(f"{ATTN_LOGIT_MAX.name}/{f.where}") if f.where else None
+    before, value = f.evidence.get(PREVIOUS_READING), f.evidence.get(ATTN_LOGIT_MAX.name)
+    if series is None or not isinstance(before, int) or not isinstance(value, (int, float)):
+        return None
+    steps, values = series
+    earlier = (steps < before) & np.isfinite(values)
+    if not earlier.any() or values[earlier].max() < value:
+        return None
+    k = int(np.argmax(np.where(earlier, values, -np.inf)))
+    peak = float(values[k])
+    jolts = [b[0] for b in _rate_bursts(facts) if b[0] > f.step]
+    until = min(jolts) if jolts else math.inf
+    after = (steps > steps[k]) & (steps < until)
+    if not np.isfinite(values[after]).all():
+        return None
+    if values[after].max(initial=0.0) > AttentionLogitGrowth.EARLY_RATIO * peak:
+        return None
+    return int(steps[k]), peak
 
 
 # Readings, a cadence apart or more, over which attention logits held level before a break.
@@ -1737,9 +1773,9 @@ BORN_EXPLODED = 10.0
 
 
 def _exploded_from_the_start(facts: RunFacts) -> Found | None:
-    """At the run's first record, a tensor of a recurrent module whose gradient stood
-    ``BORN_EXPLODED`` times the norm of all the weights and carried most of the gradient (half
-    its squared norm or more): the recurrence amplified it from the start (a recurrent matrix
+    """At the run's first record, a recurrent module whose gradient (its tensors' together)
+    stood ``BORN_EXPLODED`` times the norm of all the weights and carried most of the gradient
+    (half its squared norm or more): the recurrence amplified it from the start (a recurrent matrix
     initialised with a gain above 1, an identity recurrence over a long sequence), with no
     growth to see, since it never was small. Most of the gradient, not just a large one: a loss
     on a huge scale makes every tensor's gradient large, the recurrent one among them. Failing
@@ -1753,22 +1789,27 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
         return None
     if np.isinf(total[1][0]):  # it overflowed at once: no tensor's share to read
         return _amplified_through_depth(facts, first, math.inf)
-    recurrent = {
-        tensor: norm
-        for tensor, norm in _family_at(facts, GRAD_NORM, first).items()
-        if any(_inside(tensor, m) for m in facts.recurrent_modules)
-    }
-    largest, tensor = max(((v, k) for k, v in recurrent.items()), default=(0.0, ""))
+    # each recurrent module's gradient, its tensors' together (an RNN's input and recurrent
+    # weights and biases share what the recurrence amplified)
+    squares: dict[str, float] = {}
+    tensors: dict[str, tuple[float, str]] = {}
+    for tensor, norm in _family_at(facts, GRAD_NORM, first).items():
+        module = next((m for m in facts.recurrent_modules if _inside(tensor, m)), None)
+        if module is not None:
+            squares[module] = squares.get(module, 0.0) + norm * norm
+            tensors[module] = max(tensors.get(module, (0.0, "")), (norm, tensor))
+    largest, module = max(((math.sqrt(v), m) for m, v in squares.items()), default=(0.0, ""))
     ratio = largest / float(at[0])
     share = (largest / float(total[1][0])) ** 2  # tensors' squared norms add up to the whole
     if ratio < BORN_EXPLODED or not share >= 0.5:
         return _amplified_through_depth(facts, first, float(total[1][0]) / float(at[0]))
-    module = next(m for m in facts.recurrent_modules if _inside(tensor, m))
+    tensor = tensors[module][1]
     return Found(
         f"the gradients exploded through time in the recurrent {module} from the first step: "
-        f"{tensor}'s gradient was {largest:.3g} at step {first}, {ratio:.3g}x the norm of all "
-        f"the weights and {share:.0%} of the step's squared gradient norm (a recurrent matrix "
-        "whose gain is above 1, an identity recurrence over a long sequence)",
+        f"its gradient was {largest:.3g} at step {first} (the largest, {tensor}'s, "
+        f"{tensors[module][0]:.3g}), {ratio:.3g}x the norm of all the weights and {share:.0%} "
+        "of the step's squared gradient norm (a recurrent matrix whose gain is above 1, an "
+        "identity recurrence over a long sequence)",
         first,
         [module],
         {"grad_norm": largest, "tensor": tensor, "of_weights": ratio},
