@@ -156,3 +156,21 @@ def test_defer_is_on_by_default_only_on_a_gpu_and_never_with_an_autopilot(tmp_pa
     monkeypatch.setenv(DEFER_ENV, "maybe")
     with pytest.raises(ValueError, match=DEFER_ENV):
         monitor("bad_env")
+
+
+def test_with_every_the_step_left_pending_is_finished_by_the_next_call(tmp_path):
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", progress=False, defer=True, every=3)
+    returned = []
+    for _ in range(8):
+        model(torch.ones(2, 3)).sum().backward()
+        opt.step()
+        record = mon.step(model(torch.ones(2, 3)).sum())
+        returned.append(None if record is None else record.step)
+        opt.zero_grad()
+    mon.close()
+    # steps 0, 3 and 6 are recorded; each is finished by the call after it, recorded or not
+    assert [r for r in returned if r is not None] == [0, 3, 6]
+    assert returned.index(0) in (0, 1) and returned.index(3) == 4 and returned.index(6) == 7
+    assert list(steadygrad.load(tmp_path / "run").series("loss")[0]) == [0, 3, 6]
