@@ -18,10 +18,12 @@ def _of(report, cause):
     return next(d for d in report.diagnoses if d.cause == cause)
 
 
-def test_a_head_that_grows_while_the_loss_improves_is_no_runaway(tmp_path):
-    # Trigger: a regressor with targets 3x+2 grows its output layer 11.5x while the loss falls
-    # from 5 to 0.42; three steps at 30x the rate then kill its second layer's ReLUs. The
-    # head's growth was the fit: the dead units, which stayed, are the cause.
+def test_weights_a_rate_burst_threw_are_no_runaway_head(tmp_path):
+    # Trigger: a regressor's output layer grew 0.61 -> 1.65 while it learnt; three steps at 30x
+    # the rate from step 80 threw it (11.5x its start by step 81) and killed its second
+    # layer's ReLUs. The growth the burst made is the burst's: no runaway head (whose summary
+    # said "while the loss set no new best", false here); the dead units, which stayed, are
+    # the cause.
     report = _report(tmp_path, "h127_salmon_dead_relus")
     assert report.top.cause == "loss_of_plasticity"
     assert not any("set no new best" in d.summary for d in report.diagnoses)

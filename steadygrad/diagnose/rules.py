@@ -2328,20 +2328,24 @@ def _pushes(facts: RunFacts) -> tuple[np.ndarray, np.ndarray]:
 def _output_layer_ran_away(facts: RunFacts) -> tuple[str, int, float] | None:
     """(the output layer, the step its weights began to grow, how much) when the weights
     that ran away before the trouble (:func:`_runaway_weights`), or else those that grew far
-    more than any other by then (:func:`_amplifier`), are the output layer's, the loss set
-    no new best late before the trouble (see :func:`_improving`), and the layer is not applied
-    in a recurrence."""
+    more than any other by then (:func:`_amplifier`: up to a burst of the learning rate that
+    came first, whose steps throw every weight), are the output layer's, and it is not
+    applied in a recurrence."""
     layer = facts.output_layer
     trouble = [s for s in (facts.climbing_from, facts.broke_at) if s is not None]
-    if layer is None or not trouble or _improving(facts, min(trouble)):
-        return None  # a head that grows while the loss sets new bests fits the targets' scale
+    if layer is None or not trouble:
+        return None
     if layer in facts.recurrent_modules:
         return None  # applied step after step (an ODE's last layer): it explodes through time
     runaway = facts.runaway_weights
     if runaway is not None:
         name, began, factor, share = runaway
         return (layer, began, factor) if share <= 0.5 and _inside(name, layer) else None
-    grown = _amplifier(_weight_growth(facts, _before_explosion(facts, min(trouble))))
+    until = _before_explosion(facts, min(trouble))
+    burst = _burst_before(facts, until)
+    if burst is not None:
+        until = min(until, burst[0] - 1)  # what the burst's steps threw is the burst's doing
+    grown = _amplifier(_weight_growth(facts, until))
     if grown is None or not _inside(grown[0], layer):
         return None
     return layer, _doubled_at(facts, grown[0]), grown[1]
