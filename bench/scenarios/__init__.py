@@ -133,6 +133,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout126,
     cases_heldout127,
     cases_heldout128,
+    cases_heldout129,
     cases_mlp,
     cases_other,
 )
