@@ -90,3 +90,35 @@ def test_a_gradient_the_recurrence_amplified_is_read_over_the_module(tmp_path):
     report = _report(tmp_path, "h128_violin_varnish_exploding")
     assert report.top.cause == "exploding_gradients" and report.top.where == ["rnn"]
     assert report.top.first_step == 0
+
+
+def test_attention_logits_that_settled_at_their_level_in_the_first_steps_are_no_growth(tmp_path):
+    # Trigger: a healthy Diffusion-Gemma encoder whose second layer's logits stand at 89 before
+    # training and at 461 by the first reading after, then hold within 5% to the end while the
+    # loss falls: the tower's own scale, settled, not growth (the detector fires on 5x its floor).
+    report = _report(tmp_path, "h129_hf_dgemma_healthy")
+    assert report.healthy
+    attention = _of(report, "attention_logit_growth")
+    assert attention.severity == "info" and "held_level_until" in attention.evidence
+
+
+def test_attention_logits_that_grew_over_many_readings_and_slowed_stay_a_warning(tmp_path):
+    # Control: an inverted softmax scale grows the logits 0.8 -> 9.5 -> 27 -> 52 -> 62 -> 79,
+    # slowing by the end: growth over the whole run, however level its last readings.
+    report = _report(tmp_path, "h46_deepseek_v3_softmax_scale_inverted")
+    assert report.top.cause == "attention_logit_growth" and report.top.severity != "info"
+
+
+def test_a_sharpness_reading_across_a_burst_out_of_calm_updates_is_the_burst(tmp_path):
+    # Trigger: a ReLU RNN at gain 1.5 trains calmly (directional sharpness readings -0.1..0.18)
+    # until its recurrent gradient bursts 3,000x at step 8 and its forward overflows at 9. The
+    # reading of 384 at step 8 spans that burst: no step size past 2/curvature made it.
+    report = _report(tmp_path, "h129_kitesurf_exploding")
+    assert report.top.cause == "exploding_gradients" and report.top.where == ["rnn"]
+    assert "sharpness_above_limit" not in report.causes()
+
+
+def test_a_rate_that_ramps_past_the_limit_stays_the_cause(tmp_path):
+    # Control: SGD whose rate rises 400x by a geometric warm-up overshoots before it breaks.
+    report = _report(tmp_path, "h129_hf_kolibri_sgd_lr_ramp")
+    assert report.top.cause == "sharpness_above_limit"

@@ -493,16 +493,19 @@ def _attention_growth(facts: RunFacts) -> Found | None:
             "until the run was jolted, a level held since, not growth"
         )
         return found
+    held = [_held_level(facts, f) for f in warned]
+    if warned and all(h is not None for h in held):
+        found.severity = "info"
+        found.evidence["held_level_until"] = max(h for h in held if h is not None)
+        broke, best = facts.broke_at, _best_before_trouble(facts)
+        found.summary += (
+            ": the logits held level from the warning "
+            + (f"to the break at step {broke}" if broke is not None else "to the end")
+            + f", while the loss kept improving (to step {best}): a level the model learnt at, "
+            + ("not what broke the run" if broke is not None else "not growth")
+        )
+        return found
     if facts.broke_at is not None:
-        held = [_held_level(facts, f) for f in warned]
-        if warned and all(h is not None for h in held):
-            found.severity = "info"
-            found.evidence["held_level_until"] = max(h for h in held if h is not None)
-            found.summary += (
-                f": the logits held level from the warning to the break at step "
-                f"{facts.broke_at}, while the loss kept improving (to step "
-                f"{facts.progress_until}): a level the model learnt at, not what broke the run"
-            )
         return found
     if not all(f.evidence.get("early") and f.where for f in warned):
         return found
@@ -546,18 +549,26 @@ def _below_an_earlier_peak(facts: RunFacts, f: Finding) -> tuple[int, float] | N
 HELD_READINGS = 3
 
 
+def _best_before_trouble(facts: RunFacts) -> int | None:
+    """The step of the best sustained loss before the run broke, or of the whole run."""
+    return facts.progress_until if facts.broke_at is not None else facts.best_loss_step
+
+
 def _held_level(facts: RunFacts, f: Finding) -> int | None:
-    """The step of the last reading before the break when the layer of the warning ``f`` held
-    its largest logit level from ``f`` to the break (``HELD_READINGS`` readings or more over a
-    cadence or more, each within ``EARLY_RATIO`` of the others) while the loss set new bests
-    ``PROGRESS_AFTER`` steps or more after ``f``: growth that stopped, the model learning at
-    that level, does not explain a break that came later."""
+    """The step of the last reading before the break (or the run's end) when the layer of the
+    warning ``f`` reached its level by its second reading and held it from there on
+    (``HELD_READINGS`` readings or more, over a cadence or more past ``f``, each within
+    ``EARLY_RATIO`` of the others) while the loss set new bests ``PROGRESS_AFTER`` steps or
+    more after ``f``: the logits' scale settling in the first steps (an architecture's own),
+    then the model learning at that level, is no growth, and explains no break that came
+    later. Logits that grew over many readings and only slowed near the end do not hold."""
     series = facts.series(f"{ATTN_LOGIT_MAX.name}/{f.where}") if f.where else None
-    before, broke, best = f.evidence.get(PREVIOUS_READING), facts.broke_at, facts.progress_until
-    if series is None or broke is None or best is None or best - f.step < PROGRESS_AFTER:
+    before, best = f.evidence.get(PREVIOUS_READING), _best_before_trouble(facts)
+    if series is None or best is None or best - f.step < PROGRESS_AFTER:
         return None
     steps, values = series
-    span = (steps >= f.step) & (steps < broke)
+    end = facts.broke_at if facts.broke_at is not None else math.inf
+    span = (steps >= steps[min(1, len(steps) - 1)]) & (steps < end)
     level = values[span]
     if len(level) < HELD_READINGS or not np.isfinite(level).all() or level.min() <= 0:
         return None
@@ -1889,29 +1900,52 @@ def _bursts_through_time(facts: RunFacts) -> Found | None:
     producer = origin.get("module") if origin.get("replayed") else None
     around = [m for m in facts.recurrent_modules if producer and _inside(producer, m)]
     spikes = [
-        f
+        (f.step, f.where, f.evidence.get("grad_norm", 0.0))
         for f in facts.of(GRADIENT_SPIKE)
         if f.severity != "info" and f.where and nan_at - EXPLOSION_LEAD <= f.step < nan_at
     ]
-    if not around or not spikes:
+    if not around:
         return None
-    largest = max(spikes, key=lambda f: f.evidence.get("grad_norm", 0.0))
+    spikes = spikes or _bursts_in_the_series(facts, nan_at)
+    if not spikes:
+        return None
+    _, where, norm = max(spikes, key=lambda s: s[2])
     module = around[0]
     # the largest spike in that recurrence, or in another module it calls at every time step
     # (a factorised recurrence u(v(h)): the spike in v, the overflow in u)
-    if not any(_inside(largest.where, m) for m in [module, *facts.recurrent_modules]):
+    if not any(_inside(where, m) for m in [module, *facts.recurrent_modules]):
         return None
-    start = _first_cliff(facts, min(f.step for f in spikes))
+    start = _first_cliff(facts, min(step for step, _, _ in spikes))
     return Found(
         f"the gradients exploded through time in the recurrent {module}: from step {start} "
-        f"its gradient spiked ({largest.where} up to {largest.evidence.get('grad_norm', 0):.3g}"
-        f"), more than any other, and at step {nan_at} its forward pass overflowed with the "
-        "weights those updates left",
+        f"its gradient spiked ({where} up to {norm:.3g}), more than any other, and at step "
+        f"{nan_at} its forward pass overflowed with the weights those updates left",
         start,
         [module],
-        {"spike_step": start, "nonfinite_step": nan_at, "largest_spike": largest.where},
+        {"spike_step": start, "nonfinite_step": nan_at, "largest_spike": where},
         "critical",
     )
+
+
+def _bursts_in_the_series(facts: RunFacts, nan_at: int) -> list[tuple[int, str, float]]:
+    """(step, the tensor with the largest gradient, its norm) at each step of the
+    ``EXPLOSION_LEAD`` before the first NaN whose gradient norm stood ``BURST`` times the median
+    of the readings before it (three or more): what the spike detectors see once their warm-up
+    has passed, read from the series for a run that broke before that."""
+    total = facts.series(GRAD_NORM.name)
+    if total is None:
+        return []
+    steps, values = total
+    bursts = []
+    for k in np.flatnonzero((steps >= nan_at - EXPLOSION_LEAD) & (steps < nan_at)):
+        before = values[:k][np.isfinite(values[:k])]
+        if len(before) < 3 or not values[k] >= BURST * float(np.median(before)):
+            continue
+        tensors = _family_at(facts, GRAD_NORM, int(steps[k]))
+        if tensors:
+            where = max(tensors, key=lambda name: tensors[name])
+            bursts.append((int(steps[k]), where, tensors[where]))
+    return bursts
 
 
 # Steps between a recurrence's bursts of the gradient that make them one series of cliffs.
@@ -2114,7 +2148,7 @@ def _growing_since(steps: np.ndarray, logs: np.ndarray, start: int, rate: float)
 def _improving(facts: RunFacts, until: int) -> bool:
     """The loss set its best sustained level within the last third of the ``RUNAWAY_SPAN``
     steps before ``until`` (or there is no loss to say): still learning."""
-    best = facts.progress_until if facts.broke_at is not None else facts.best_loss_step
+    best = _best_before_trouble(facts)
     return best is None or best > until - RUNAWAY_SPAN // 3
 
 
@@ -3708,7 +3742,7 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
     # above 1 on its own.
     if ratio < 1.0 or (step > min(climbed) and np.median(ratios[near]) < 1.0):
         return None
-    if _grown_within_the_limit(facts, series, since, step):
+    if _grown_within_the_limit(facts, series, since, step) or _a_burst_read(facts, series, step):
         return None  # the overshoot came once the gradients had exploded, not before
     summary = (
         f"the update before step {step} overshot along its own direction ({ratio:.2g}x its "
@@ -3770,6 +3804,29 @@ def _grown_within_the_limit(
     r_steps, r = ratios
     while_growing = r[(r_steps > g_steps[lowest]) & (r_steps < step) & np.isfinite(r)]
     return len(while_growing) >= 3 and float(np.median(while_growing)) < 1.0
+
+
+# Directional sharpness readings all under this share of the limit: updates well within it.
+WELL_WITHIN = 0.5
+
+
+def _a_burst_read(facts: RunFacts, ratios: tuple[np.ndarray, np.ndarray], step: int) -> bool:
+    """Whether the reading at ``step`` spans a burst of the gradient (``BURST`` times the
+    median of the readings before it) that came after updates all well within their limit
+    (three readings or more, each under ``WELL_WITHIN``): the reading compares the gradients on
+    either side of the last update, so it measures the burst, which no step size past
+    2/curvature made (that overshoot shows in the readings before: a recurrence crossing into
+    explosion, weights multiplying one another)."""
+    grad = facts.series(GRAD_NORM.name)
+    if grad is None:
+        return False
+    g_steps, g = grad
+    at, before = g[g_steps == step], g[(g_steps < step) & np.isfinite(g)]
+    if not len(at) or len(before) < 3 or not at[0] >= BURST * float(np.median(before)):
+        return False
+    r_steps, r = ratios
+    earlier = r[(r_steps < step) & np.isfinite(r)]
+    return len(earlier) >= 3 and bool((earlier < WELL_WITHIN).all())
 
 
 # A gradient norm this many times its recent median, with the loss at its usual level, and held
