@@ -13,7 +13,8 @@ Lifecycle, driven by the Monitor:
   passes is not captured by another signal); ``measure(step, out)`` puts this step's values
   (tensors may stay on the device: the Monitor moves all of a step's values to the host in one
   transfer); ``finish(record, raw)`` then derives values and facts on the host from the whole
-  Record; ``detach()`` at close.
+  Record; ``detach()`` at close. On a GPU the Monitor runs ``finish`` at the next
+  ``mon.step`` call when every due signal's ``finishes_late(step, begins_next)`` agrees.
 
 A simple signal only overrides :meth:`Signal.collect`, which returns ``{name: tensor or float}``.
 """

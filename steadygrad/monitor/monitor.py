@@ -745,8 +745,7 @@ class Monitor:
         """Remove every hook, flush, and mark the run ``status``. Idempotent."""
         if self.closed:
             return
-        with contextlib.suppress(Exception):  # strict mode raised it already, if it failed
-            self._land()
+        self._land()  # warns if it fails (raises under STEADYGRAD_STRICT: a bug to see)
         self.closed = True
         if self.autopilot is not None:
             self.autopilot.detach()
