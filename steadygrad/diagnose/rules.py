@@ -1928,24 +1928,18 @@ def _bursts_through_time(facts: RunFacts) -> Found | None:
 
 
 def _bursts_in_the_series(facts: RunFacts, nan_at: int) -> list[tuple[int, str, float]]:
-    """(step, the tensor with the largest gradient, its norm) at each step of the
-    ``EXPLOSION_LEAD`` before the first NaN whose gradient norm stood ``BURST`` times the median
-    of the readings before it (three or more): what the spike detectors see once their warm-up
-    has passed, read from the series for a run that broke before that."""
-    total = facts.series(GRAD_NORM.name)
-    if total is None:
+    """The first burst of the gradient norm (see :func:`_first_burst`) within the
+    ``EXPLOSION_LEAD`` steps before the first NaN, as (step, the tensor with the largest
+    gradient there, its norm): what the spike detectors see once their warm-up has passed,
+    read from the series for a run that broke before that."""
+    step = _first_burst(facts, nan_at - 1)
+    if step is None or step < nan_at - EXPLOSION_LEAD:
         return []
-    steps, values = total
-    bursts = []
-    for k in np.flatnonzero((steps >= nan_at - EXPLOSION_LEAD) & (steps < nan_at)):
-        before = values[:k][np.isfinite(values[:k])]
-        if len(before) < 3 or not values[k] >= BURST * float(np.median(before)):
-            continue
-        tensors = _family_at(facts, GRAD_NORM, int(steps[k]))
-        if tensors:
-            where = max(tensors, key=lambda name: tensors[name])
-            bursts.append((int(steps[k]), where, tensors[where]))
-    return bursts
+    tensors = _family_at(facts, GRAD_NORM, step)
+    if not tensors:
+        return []
+    where = max(tensors, key=lambda name: tensors[name])
+    return [(step, where, tensors[where])]
 
 
 # Steps between a recurrence's bursts of the gradient that make them one series of cliffs.
@@ -3811,18 +3805,13 @@ WELL_WITHIN = 0.5
 
 
 def _a_burst_read(facts: RunFacts, ratios: tuple[np.ndarray, np.ndarray], step: int) -> bool:
-    """Whether the reading at ``step`` spans a burst of the gradient (``BURST`` times the
-    median of the readings before it) that came after updates all well within their limit
-    (three readings or more, each under ``WELL_WITHIN``): the reading compares the gradients on
-    either side of the last update, so it measures the burst, which no step size past
-    2/curvature made (that overshoot shows in the readings before: a recurrence crossing into
-    explosion, weights multiplying one another)."""
-    grad = facts.series(GRAD_NORM.name)
-    if grad is None:
-        return False
-    g_steps, g = grad
-    at, before = g[g_steps == step], g[(g_steps < step) & np.isfinite(g)]
-    if not len(at) or len(before) < 3 or not at[0] >= BURST * float(np.median(before)):
+    """Whether the reading at ``step`` spans the run's first burst of the gradient (see
+    :func:`_first_burst`), after updates all well within their limit (three readings or more,
+    each under ``WELL_WITHIN``): the reading compares the gradients on either side of the last
+    update, so it measures the burst, which no step size past 2/curvature made (that overshoot
+    shows in the readings before: a recurrence crossing into explosion, weights multiplying
+    one another)."""
+    if _first_burst(facts, step) != step:
         return False
     r_steps, r = ratios
     earlier = r[(r_steps < step) & np.isfinite(r)]
