@@ -5,7 +5,8 @@ attach: its fault is by construction) and a control that must not move."""
 
 from __future__ import annotations
 
-from helpers import held_out_run, induced_or_skip
+import pytest
+from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
 
 
 def _report(tmp_path, name):
@@ -122,3 +123,29 @@ def test_a_rate_that_ramps_past_the_limit_stays_the_cause(tmp_path):
     # Control: SGD whose rate rises 400x by a geometric warm-up overshoots before it breaks.
     report = _report(tmp_path, "h129_hf_kolibri_sgd_lr_ramp")
     assert report.top.cause == "sharpness_above_limit"
+
+
+def _climb_rows(end: float) -> list[dict]:
+    """A loss easing from 1.0 to 0.1 by step 100, climbing 50x over steps 100-110 (a catapult),
+    then easing to ``end`` by step 150 and staying there."""
+    rows = []
+    for t in range(200):
+        if t < 100:
+            loss = 1.0 - 0.009 * t
+        elif t < 110:
+            loss = 0.1 * 50 ** ((t - 100) / 10)
+        else:
+            loss = max(end, 5.0 * (end / 5.0) ** ((t - 110) / 40))
+        rows.append({"loss": loss})
+    return rows
+
+
+@pytest.mark.parametrize(("end", "broke"), [(0.05, None), (2.0, 102)])
+def test_a_climb_the_run_came_all_the_way_back_from_is_no_break(tmp_path, end, broke):
+    # Trigger: the run came back below the level it climbed from, on its own, and ended there:
+    # a transient (set 129's loom classifier, set 111's SGDR restart). Control: it stayed up.
+    from steadygrad.diagnose.rules import RunFacts
+
+    climb = ("loss_divergence", 102, None, {"best_level": 0.1, "best_level_step": 99}, "critical")
+    diagnose_stored(tmp_path, str(end), _climb_rows(end), [climb])
+    assert RunFacts(steadygrad.load(tmp_path / str(end))).broke_at == broke

@@ -239,12 +239,23 @@ class RunFacts:
         """Where the run broke: its first non-finite step, critical divergence, or gradient
         explosion that wrecked the weights (their gradients then collapse), if any; not one the
         run came back from to a new best loss before it broke again (that break was over, and
-        the later one is what ended the run)."""
+        the later one is what ended the run), nor a last climb it came all the way back from."""
         broke = sorted({f.step for f in self.findings if _breaks(f)})
         for step, later in zip(broke, broke[1:], strict=False):
             if not self._bettered_between(step, later):
                 return step
+        if broke and self._came_back_from(broke[-1]):
+            return None
         return broke[-1] if broke else None
+
+    def _came_back_from(self, step: int) -> bool:
+        """Whether the break at ``step`` was only a climb of the loss (no NaN, no wrecked
+        weights) that the run came all the way back from on its own, ending below the level
+        it climbed from (a catapult, a knock it got over): no break."""
+        at = [f for f in self.findings if f.step == step and _breaks(f)]
+        if not at or any(f.kind != LOSS_DIVERGENCE for f in at):
+            return False
+        return _ended_below(self, at[0].evidence.get("best_level")) is not None
 
     def _bettered_between(self, step: int, later: int, width: int = 5) -> bool:
         """Whether the loss's running median (of ``width``) between ``step`` and ``later``
