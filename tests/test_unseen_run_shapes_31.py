@@ -149,3 +149,19 @@ def test_a_climb_the_run_came_all_the_way_back_from_is_no_break(tmp_path, end, b
     climb = ("loss_divergence", 102, None, {"best_level": 0.1, "best_level_step": 99}, "critical")
     diagnose_stored(tmp_path, str(end), _climb_rows(end), [climb])
     assert RunFacts(steadygrad.load(tmp_path / str(end))).broke_at == broke
+
+
+def test_logits_read_during_a_climb_the_run_came_back_from_are_the_climbs(tmp_path):
+    # Trigger: a classifier memorising inputs x10 climbed 48x at steps 141-146 (its gradient
+    # too) and came all the way back; its log-partition, read in range at step 125, read high
+    # at 144 and fell back. The collapse that grew to the end is the cause.
+    report = _report(tmp_path, "h129_loom_softmax_collapse")
+    assert report.top.cause == "softmax_collapse"
+    drift = _of(report, "output_logit_divergence")
+    assert "the climb threw them" in drift.why
+
+
+def test_logits_that_drift_with_no_climb_stay_the_cause(tmp_path):
+    # Control: a head trained at an overridden rate drifts its logits; no climb came first.
+    report = _report(tmp_path, "h122_origami_head_lr")
+    assert report.top.cause == "output_logit_divergence"

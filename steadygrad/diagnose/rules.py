@@ -244,11 +244,11 @@ class RunFacts:
         for step, later in zip(broke, broke[1:], strict=False):
             if not self._bettered_between(step, later):
                 return step
-        if broke and self._came_back_from(broke[-1]):
+        if broke and self.came_back_from(broke[-1]):
             return None
         return broke[-1] if broke else None
 
-    def _came_back_from(self, step: int) -> bool:
+    def came_back_from(self, step: int) -> bool:
         """Whether the break at ``step`` was only a climb of the loss (no NaN, no wrecked
         weights) that the run came all the way back from on its own, ending below the level
         it climbed from (a catapult, a knock it got over): no break."""
@@ -689,6 +689,24 @@ def _collapse_bar(facts: RunFacts) -> float:
 
 # Steps after a gradient spike within which what first shows is what its update threw.
 THROWN_WITHIN = 2
+
+
+def _transient_around(facts: RunFacts, step: int) -> int | None:
+    """The step of a critical climb of the loss within ``THROWN_WITHIN`` steps of ``step``
+    that the run came all the way back from (see :meth:`RunFacts.came_back_from`), when every
+    output-logit warning came within ``CONFIRMED_SOON`` steps of it: what was read during a
+    transient is the transient's."""
+    climbs = [
+        f.step
+        for f in facts.of(LOSS_DIVERGENCE)
+        if f.severity == "critical" and abs(f.step - step) <= THROWN_WITHIN
+    ]
+    if not climbs or not facts.came_back_from(climbs[0]):
+        return None
+    warned = [f.step for f in facts.of(OUTPUT_LOGIT_DIVERGENCE) if f.severity != "info"]
+    if any(abs(s - climbs[0]) > CONFIRMED_SOON for s in warned):
+        return None
+    return climbs[0]
 
 
 def _thrown_by_a_spike(facts: RunFacts, began: int, clear: int | None) -> int | None:
@@ -2292,6 +2310,13 @@ def _output_logits(facts: RunFacts) -> Found | None:
         found.consequence_of = (
             f"the logits were in range at step {clear}, before the gradient spike at step "
             f"{spike}, and drifted from the step after: its update threw them"
+        )
+        return found
+    climb = _transient_around(facts, found.first_step)
+    if climb is not None and clear is not None:
+        found.consequence_of = (
+            f"the logits were in range at step {clear} and drifted only during the climb of "
+            f"step {climb}, which the run came all the way back from: the climb threw them"
         )
         return found
     pinned = _pinned_by_a_collapse(facts, found.first_step)
@@ -4443,6 +4468,7 @@ RULES: tuple[Rule, ...] = (
             GRADIENT_SPIKE,  # a spike's throw (see _thrown_by_a_spike)
             UPDATE_RATIO_OUT_OF_RANGE,
             SOFTMAX_COLLAPSE_KIND,  # logits held at their bound (see _pinned_by_a_collapse)
+            LOSS_DIVERGENCE,  # a climb the run came back from (see _transient_around)
         ),
         # an outlier batch's own logits, or the jolt it gave; logits spread so far apart that
         # the softmax rounds to exactly 0 and 1 (a temperature) are that collapse's logits
