@@ -134,6 +134,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout127,
     cases_heldout128,
     cases_heldout129,
+    cases_heldout130,
     cases_mlp,
     cases_other,
 )
