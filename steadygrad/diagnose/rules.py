@@ -530,13 +530,18 @@ def _attention_growth(facts: RunFacts) -> Found | None:
     return found
 
 
+def _layer_logits(facts: RunFacts, f: Finding) -> tuple[np.ndarray, np.ndarray] | None:
+    """The largest attention logit's series of the layer of the finding ``f``, if recorded."""
+    return facts.series(f"{ATTN_LOGIT_MAX.name}/{f.where}") if f.where else None
+
+
 def _below_an_earlier_peak(facts: RunFacts, f: Finding) -> tuple[int, float] | None:
     """(step, value) of an earlier reading of the layer of the warning ``f``, before the
     reading ``f`` compared with, at least as high as the logit ``f`` fired at, when the layer
     never rose past ``EARLY_RATIO`` times that peak from then until a burst of the learning
     rate jolted the run (or to its end): the detector saw a rise within a level the layer
     had reached and held (a dip and a recovery), not growth."""
-    series = facts.series(f"{ATTN_LOGIT_MAX.name}/{f.where}") if f.where else None
+    series = _layer_logits(facts, f)
     before, value = f.evidence.get(PREVIOUS_READING), f.evidence.get(ATTN_LOGIT_MAX.name)
     if series is None or not isinstance(before, int) or not isinstance(value, (int, float)):
         return None
@@ -573,7 +578,7 @@ def _held_level(facts: RunFacts, f: Finding) -> int | None:
     more after ``f``: the logits' scale settling in the first steps (an architecture's own),
     then the model learning at that level, is no growth, and explains no break that came
     later. Logits that grew over many readings and only slowed near the end do not hold."""
-    series = facts.series(f"{ATTN_LOGIT_MAX.name}/{f.where}") if f.where else None
+    series = _layer_logits(facts, f)
     before, best = f.evidence.get(PREVIOUS_READING), _best_before_trouble(facts)
     if series is None or best is None or best - f.step < PROGRESS_AFTER:
         return None
@@ -595,7 +600,7 @@ def _stopped_short(facts: RunFacts, f: Finding) -> bool:
     """Whether the layer of an early warning ``f`` kept its largest logit under the
     detector's threshold to the end, with its last reading, a cadence or more after ``f``,
     under ``EARLY_RATIO`` times the reading a cadence before it."""
-    series = facts.series(f"{ATTN_LOGIT_MAX.name}/{f.where}")
+    series = _layer_logits(facts, f)
     before, threshold = f.evidence.get(PREVIOUS_READING), f.evidence.get("threshold")
     if series is None or not isinstance(before, int) or not threshold or before >= f.step:
         return False

@@ -465,9 +465,10 @@ class Monitor:
         for s in pending.due:
             if s in self.signals:
                 self._safely(s, "finish", record, out.raw(s))
-        if not pending.stepped and self._optimizer_steps_total == 0 and _healthy(record):
+        healthy = _healthy(record)
+        if not pending.stepped and self._optimizer_steps_total == 0 and healthy:
             self._unstepped_calls += 1
-        if not _healthy(record):  # the next steps are finished at once: their origin is traced
+        if not healthy:  # the next steps are finished at once: their origin is traced
             self._in_step_until = self.step_count + SYNCHRONOUS_AFTER_NONFINITE
         if self.autopilot is not None and self.autopilot.settle(step, pending.stepped):
             record.meta["skipped_by"] = "autopilot"
