@@ -135,6 +135,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout128,
     cases_heldout129,
     cases_heldout130,
+    cases_heldout131,
     cases_mlp,
     cases_other,
 )
