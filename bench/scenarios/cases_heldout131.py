@@ -115,7 +115,7 @@ def _fell(ctx: Context, frac: float) -> bool:
     "adamw",
     "attention_logit_growth",
     where=("model.layers.1.self_attn", "model.layers.1.self_attn.q_norm"),
-    diverges="auto",
+    diverges=None,
     heldout=True,
     note="QK-norm gains of layer 1 put in a param group at 100x the rate, no decay: logits grow",
 )
@@ -271,7 +271,7 @@ class Sommelier(nn.Module):
     "sgd",
     "output_logit_divergence",
     where=("head",),
-    diverges="auto",
+    diverges=None,
     heldout=True,
     note="the grade head at 400x the trunk's rate, noisy labels: its logits run away",
 )
@@ -726,7 +726,7 @@ def _stitch_batches(gen, batch=64):
     "nadam",
     "amp_overflow",
     where=("stitch",),
-    diverges="auto",
+    diverges=None,
     heldout=True,
     note="fp16 autocast + GradScaler on raw stitch counts: the first layer's grads overflow",
 )

@@ -1866,6 +1866,11 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
 # standard initialisations keep a signal's scale through the layers (Glorot, He); four orders
 # of magnitude is layers each multiplying it, and backpropagation multiplies the gradient alike.
 AMPLIFIED = 1e4
+# Or layer after layer: this many layers in a row (in the order the model names them), each
+# output at least STEP_GAIN times the one before, the last CHAIN_AMPLIFIED times the input's
+# RMS. One large output can be a layer's design (a temperature, a logit scale); a chain of
+# them is each layer's gain above 1 (eight layers at 2.2x the He scale: about 2x a layer).
+CHAIN, STEP_GAIN, CHAIN_AMPLIFIED = 5, 1.5, 100.0
 
 
 def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found | None:
@@ -1883,9 +1888,16 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
         for module, rms in _family_at(facts, ACT_RMS, first).items()
         if not (head and _inside(module, head))
     ]
-    if not scale > 0 or not layers or max(layers)[0] < AMPLIFIED * scale:
+    if not scale > 0 or not layers:
         return None
     act, module = max(layers)
+    where = [module]
+    if act < AMPLIFIED * scale:
+        where = _amplified_layer_by_layer(layers, scale)
+        if not where:
+            return None
+        module = where[-1]
+        act = dict((m, a) for a, m in layers)[module]
     size = "overflowed" if math.isinf(ratio) else f"was {ratio:.3g}x the norm of all the weights"
     recurrent = any(_inside(module, m) for m in facts.recurrent_modules)
     how = (
@@ -1898,14 +1910,35 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
         else "weights initialised with too large a gain: each layer multiplies the signal, and "
         "the gradient on its way back"
     )
+    layer_by_layer = (
+        f", each of {layer_span(where)} at least {STEP_GAIN:g}x the output before it"
+        if len(where) > 1
+        else ""
+    )
     return Found(
         f"the gradients exploded {how}: {module}'s output had RMS {act:.3g} at step {first}, "
-        f"{act / scale:.3g}x the input's, and the gradient {size} ({why})",
+        f"{act / scale:.3g}x the input's{layer_by_layer}, and the gradient {size} ({why})",
         first,
-        [module],
+        where,
         {"act_rms": act, "input_rms": scale, "of_weights": ratio},
         "critical" if facts.broke_at is not None else "warning",
     )
+
+
+def _amplified_layer_by_layer(layers: list[tuple[float, str]], scale: float) -> list[str]:
+    """The first chain of ``CHAIN`` layers or more, in the order the model names them, each
+    output ``STEP_GAIN`` times the one before, whose last output is ``CHAIN_AMPLIFIED`` times
+    the input's RMS (``scale``): its modules, first to last (none when there is no chain)."""
+    ordered = sorted(layers, key=lambda layer: _natural(layer[1]))
+    chain: list[tuple[float, str]] = ordered[:1]
+    for act, module in ordered[1:] + [(0.0, "")]:  # a sentinel ends the last chain
+        if chain[-1][0] > 0 and act >= STEP_GAIN * chain[-1][0]:
+            chain.append((act, module))
+            continue
+        if len(chain) >= CHAIN and chain[-1][0] >= CHAIN_AMPLIFIED * scale:
+            return [m for _, m in chain]
+        chain = [(act, module)]
+    return []
 
 
 def _family_at(facts: RunFacts, metric: Any, step: int) -> dict[str, float]:
