@@ -1,5 +1,6 @@
 """TensorGroups: per-tensor norms, copies and dot products of many tensors in few kernels,
-checked against one torch reduction per tensor (the oracle), with chunks forced small."""
+checked against one torch reduction per tensor (the oracle), with chunks forced small and
+stacking forced on however few the tensors."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def _layout(seed: int = 0) -> list[torch.Tensor]:
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     monkeypatch.setattr(tensor_groups, "CHUNK_NUMEL", 30)  # (3, 4) tensors: 2 per chunk
+    monkeypatch.setattr(tensor_groups, "STACK_MIN_TENSORS", 0)
 
 
 def test_groups_stack_small_tensors_of_one_kind_and_leave_the_rest():
@@ -33,6 +35,17 @@ def test_groups_stack_small_tensors_of_one_kind_and_leave_the_rest():
     # lone shapes (the half tensor, (2, 3, 2)), the empty tensor and the large one stay single
     assert groups.singles == [3, 14, 15, 16]
     assert sorted(stacked + groups.singles) == list(range(17))
+
+
+def test_few_tensors_are_reduced_unstacked_in_their_own_order(monkeypatch):
+    monkeypatch.setattr(tensor_groups, "STACK_MIN_TENSORS", 128)
+    tensors = _layout()
+    groups = TensorGroups(tensors)
+    assert groups.chunks == [] and groups.singles == list(range(17))
+    expected = torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])
+    torch.testing.assert_close(groups.norms(tensors), expected, rtol=1e-6, atol=0.0)
+    same = [t.float() for t in tensors]  # one dtype: a single _foreach_norm, no reordering
+    torch.testing.assert_close(TensorGroups(same).norms(same), expected, rtol=1e-6, atol=0.0)
 
 
 def test_norms_match_one_norm_per_tensor():
