@@ -136,6 +136,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout129,
     cases_heldout130,
     cases_heldout131,
+    cases_heldout132,
     cases_mlp,
     cases_other,
 )
