@@ -64,3 +64,41 @@ def test_a_chain_is_layers_in_a_row_each_amplifying_the_one_before():
     assert _amplified_layer_by_layer(grow, 2.0) == []
     spike = [(1.0, "net.0"), (1.1, "net.1"), (900.0, "net.2"), (1.0, "net.3"), (1.2, "net.4")]
     assert _amplified_layer_by_layer(spike, 1.0) == []
+
+
+def _report(tmp_path, name):
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    return report
+
+
+def test_steps_past_the_limit_from_a_group_set_far_above_the_rest_are_that_groups(tmp_path):
+    # Trigger: a PP-OCRv5 recogniser whose head group runs AdamW at 0.3, 1,000x the body's
+    # 3e-4 (its weights moved 4.6x their norm per update); the loss jumped 28x at step 1 and
+    # stayed. "The first updates broke the run" was named first, with no place; those steps
+    # were the head group's, so the rate set apart (and the head's logits it drives) come
+    # first, and the step-size finding is their consequence.
+    report = _report(tmp_path, "h132_ppocr_v5_mobile_head_lr_typo")
+    assert report.top.where == ["head"]
+    assert report.top.cause in ("output_logit_divergence", "update_ratio_out_of_range")
+    sharpness = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
+    assert "its steps are the ones past the limit" in sharpness.why
+
+
+def test_an_overshoot_the_run_learnt_on_from_did_not_break_it(tmp_path):
+    # Trigger: a linear recurrence trained on short traces read one overshoot at step 12
+    # (29x the limit, between readings of -4.8 and 1.4), then went on to its best sustained
+    # loss at step 19; from step 20 the traces are 4x longer and the gradient through time
+    # explodes (1.7e7). The overshoot it survived is not what broke it: the recurrence is.
+    report = _report(tmp_path, "h132_glassblowing_furnace_long_traces")
+    assert report.top.cause == "exploding_gradients" and report.top.where == ["cell"]
+
+
+def test_a_run_broken_by_its_rate_and_recovered_later_keeps_its_overshoot(tmp_path):
+    # Control: SGD at a rate far above the limit throws the loss to 10^2-10^4 within eight
+    # steps; the run then settles (BatchNorm, weights rescaled) and reaches its best loss
+    # long after the break. The overshoot came before the break: still the cause.
+    for name in ("lr_fast_cnn_momentum", "lr_fast_mlp_sgd"):  # the collection's: no checks
+        ctx, report = held_out_run(tmp_path, name)
+        assert max(ctx.losses[:10]) > 100 * ctx.losses[0]  # thrown, as written
+        assert report.top.cause == "sharpness_above_limit", name

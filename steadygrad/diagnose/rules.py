@@ -3725,6 +3725,13 @@ def _sharpness(facts: RunFacts) -> Found | None:
                 f"{passed}: the steps that overshot were that raise's jolt, and the run "
                 "trained on at the rates that followed"
             )
+        elif (fast := _fast_group(facts)) is not None:
+            first.consequence_of = (
+                f"the optimizer group {fast.evidence['group']} ({layer_span(fast.where)}) trains "
+                f"at learning rate {fast.evidence['lr']:.3g}, "
+                f"{fast.evidence['lr'] / fast.evidence['rest_lr']:.3g}x the rest: its steps are "
+                "the ones past the limit, not the rate the rest trains at"
+            )
         elif exploded is not None and how in (_unstable_steps, _overshoot_before_break):
             first.consequence_of = (
                 f"the gradient of the recurrent {exploded.where} exploded at step "
@@ -3733,6 +3740,16 @@ def _sharpness(facts: RunFacts) -> Found | None:
                 "overshoots along any direction, not a step size above 2/curvature"
             )
     return first
+
+
+def _fast_group(facts: RunFacts) -> Found | None:
+    """An optimizer group set far above the rest (:func:`_rate_set_apart`) and judged to harm
+    the run (a rate no Adam-like group runs at, or the break's gradients growing in that group
+    alone): the group whose steps overshoot, when steps do."""
+    apart = _rate_set_apart(facts)
+    if apart is None or apart.severity == "info":
+        return None
+    return apart if apart.evidence["lr"] > apart.evidence["rest_lr"] else None
 
 
 def _exploded_through_time(facts: RunFacts, step: int) -> Finding | None:
@@ -3812,6 +3829,8 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
         return None
     if _grown_within_the_limit(facts, series, since, step) or _a_burst_read(facts, series, step):
         return None  # the overshoot came once the gradients had exploded, not before
+    if _learnt_on_from(facts, step, broke):
+        return None  # the run survived that overshoot
     summary = (
         f"the update before step {step} overshot along its own direction ({ratio:.2g}x its "
         f"stability limit), just before the run broke at step {broke}: the learning rate was "
@@ -3827,6 +3846,18 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
         )
         evidence["gradient_scaled_at"], evidence["gradient_scale_factor"] = step, factor
     return Found(summary, step, [], evidence)
+
+
+def _learnt_on_from(facts: RunFacts, step: int, broke: int) -> bool:
+    """Whether the run's best sustained loss before it broke (its lowest 5-step running median
+    before ``broke``) came wholly after ``step``: it learnt on past what happened there."""
+    loss = facts.series(LOSS.name)
+    if loss is None:
+        return False
+    steps, values = loss
+    before = np.isfinite(values) & (steps < broke)
+    best = _lowest_median(steps[before], values[before])
+    return best is not None and best - 4 > step
 
 
 def _across_one_step_spikes(facts: RunFacts) -> list[int]:
@@ -4559,6 +4590,7 @@ RULES: tuple[Rule, ...] = (
             GRAD_NORM_SPIKE,
             LOSS_DIVERGENCE,
             GRADIENT_GROWTH,
+            *DRIVEN,  # what a group set far above the rest drives (_fast_group)
         ),
     ),
     Rule(
