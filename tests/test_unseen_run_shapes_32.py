@@ -102,3 +102,24 @@ def test_a_run_broken_by_its_rate_and_recovered_later_keeps_its_overshoot(tmp_pa
         ctx, report = held_out_run(tmp_path, name)
         assert max(ctx.losses[:10]) > 100 * ctx.losses[0]  # thrown, as written
         assert report.top.cause == "sharpness_above_limit", name
+
+
+def test_a_spike_on_every_tensor_that_stopped_one_of_them_poisoned_its_moment(tmp_path):
+    # Trigger: one reading logged in micro-degrees gives every tensor a gradient spike at
+    # step 25 under Adam; the head's bias, whose own gradient the spike dwarfs, then moves at
+    # 8% of its pace before (its ratio falls 0.002 -> 9e-6), while the other tensors it hit
+    # keep theirs (55-160%). With no tensor missed there was no control, and the poisoning
+    # went unnamed; the other tensors hit are the control.
+    report = _report(tmp_path, "h132_sundial_microdegree_reading")
+    poisoned = next(d for d in report.diagnoses if d.cause == "adam_second_moment_poisoned")
+    assert poisoned.where == ["head.bias"] and "the others it hit kept their pace" in (
+        poisoned.summary
+    )
+    assert report.top.cause == "data_outlier"  # the batch behind it, as before
+
+
+def test_a_bad_batch_whose_spike_stopped_no_tensor_poisons_nothing(tmp_path):
+    # Control: a bad batch under Adam whose gradient spike every tensor rode out.
+    report = _report(tmp_path, "h128_hop_yield_data_outlier")
+    assert report.top.cause == "data_outlier"
+    assert not any(d.cause == "adam_second_moment_poisoned" for d in report.diagnoses)

@@ -2918,23 +2918,24 @@ def _deeply_damped(
 ) -> dict[str, float]:
     """The tensors the spike at step ``spike`` hit (``mine``, their update-ratio series) whose
     updates it all but stopped: ``DEEP_DAMPING`` of their size before or less, and
-    ``POISON_BEYOND_CONTROL`` of the drop of the tensors it missed, and within what a spike of
-    their own size can damp; by tensor name. Empty when the spike hit every tensor (no
-    control) or none was."""
+    ``POISON_BEYOND_CONTROL`` of the drop of the tensors it missed (when it hit every tensor,
+    of the others it hit: a spike fills the running square of the tensors whose own gradient
+    it dwarfs, and leaves the rest at their pace), and within what a spike of their own size
+    can damp; by tensor name. Empty when no tensor was."""
     missed = [n for n in ratios if n not in mine]
-    if not mine or not missed:
-        return {}
-    control = _update_drop(facts, missed, spike)
-    if not math.isfinite(control):
+    if not mine:
         return {}
     own = {f.where: f for f in at_step if f.kind == GRADIENT_SPIKE}
     grown = _grown_since(facts, spike, 0)
     deep = {}
     for name in mine:
         tensor = name.split("/", 1)[1]
+        control = _update_drop(facts, missed or [n for n in mine if n != name], spike)
         drop = _update_drop(facts, [name], spike)
         hit = own.get(tensor)
-        if hit is None or not drop < min(DEEP_DAMPING, POISON_BEYOND_CONTROL * control):
+        if not math.isfinite(control) or hit is None:
+            continue
+        if not drop < min(DEEP_DAMPING, POISON_BEYOND_CONTROL * control):
             continue
         if _strongest_damping(facts, hit, 0, grown) < DEEP_DAMPING:
             deep[tensor] = drop
