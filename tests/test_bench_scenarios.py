@@ -261,6 +261,7 @@ HELD_OUT_FILES = [
     ("cases_heldout130", "h130_", 12, 12, 12),
     ("cases_heldout131", "h131_", 12, 12, 12),
     ("cases_heldout132", "h132_", 12, 12, 12),
+    ("cases_heldout133", "h133_", 12, 12, 13),
 ]
 
 
