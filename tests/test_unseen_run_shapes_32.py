@@ -123,3 +123,21 @@ def test_a_bad_batch_whose_spike_stopped_no_tensor_poisons_nothing(tmp_path):
     report = _report(tmp_path, "h128_hop_yield_data_outlier")
     assert report.top.cause == "data_outlier"
     assert not any(d.cause == "adam_second_moment_poisoned" for d in report.diagnoses)
+
+
+def test_logits_a_burst_of_the_rate_threw_are_the_bursts(tmp_path):
+    # Trigger: a scheduler bug sets Adamax's rate 150x for two steps (150-151); the head's
+    # logits, in range at the reading before, drift from step 152 and the loss spikes and
+    # climbs. The drift was named first, as if it came before what broke the run; the burst
+    # threw the logits, as it throws collapsed rows.
+    report = _report(tmp_path, "h133_kayak_stroke_lr_blip")
+    assert report.top.cause == "loss_spike"
+    drift = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    assert "the burst's updates threw them" in drift.why
+
+
+def test_logits_driven_up_with_no_burst_stay_the_cause(tmp_path):
+    # Control: a head group at 100x the trunk's rate from the start (5.0 against 0.05, Nesterov)
+    # drives its logits up, with no burst of the rate: the drift stays the cause.
+    report = _report(tmp_path, "h122_origami_head_lr")
+    assert report.top.cause == "output_logit_divergence"

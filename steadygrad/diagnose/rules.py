@@ -2350,6 +2350,13 @@ def _output_logits(facts: RunFacts) -> Found | None:
             f"{spike}, and drifted from the step after: its update threw them"
         )
         return found
+    burst = _burst_before(facts, found.first_step)
+    if burst is not None and clear is not None and clear <= burst[0] < found.first_step:
+        found.consequence_of = (
+            f"the logits were in range at step {clear}, before {_burst_said(burst)}, and "
+            f"drifted from step {found.first_step}: the burst's updates threw them"
+        )
+        return found
     climb = _transient_around(facts, found.first_step)
     if climb is not None and clear is not None:
         found.consequence_of = (
