@@ -53,10 +53,10 @@ def test_a_chain_is_layers_in_a_row_each_amplifying_the_one_before():
     from steadygrad.diagnose.rules import _amplified_layer_by_layer
 
     grow = [(2.0**i * 3.2, f"net.{i}") for i in range(6)]  # 3.2 .. 102: x2 a layer
-    assert _amplified_layer_by_layer(grow, 1.0) == [f"net.{i}" for i in range(6)]
+    assert _amplified_layer_by_layer(grow, 1.0) == grow
     # read in the model's order (net.10 after net.9), not the names' string order
     many = [(1.5**i, f"net.{i}") for i in range(13)]  # 1.5^12 = 130
-    assert _amplified_layer_by_layer(many, 1.0) == [f"net.{i}" for i in range(13)]
+    assert [m for _, m in _amplified_layer_by_layer(many, 1.0)] == [f"net.{i}" for i in range(13)]
     # one layer at 1.4x breaks the chain into two of four
     broken = [(v, f"net.{i}") for i, v in enumerate([5, 10, 20, 40, 56, 112, 224, 448])]
     assert _amplified_layer_by_layer(broken, 1.0) == []

@@ -1890,14 +1890,13 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
     ]
     if not scale > 0 or not layers:
         return None
-    act, module = max(layers)
-    where = [module]
-    if act < AMPLIFIED * scale:
-        where = _amplified_layer_by_layer(layers, scale)
-        if not where:
+    chain = [max(layers)]
+    if chain[0][0] < AMPLIFIED * scale:
+        chain = _amplified_layer_by_layer(layers, scale)
+        if not chain:
             return None
-        module = where[-1]
-        act = dict((m, a) for a, m in layers)[module]
+    act, module = chain[-1]
+    where = [m for _, m in chain]
     size = "overflowed" if math.isinf(ratio) else f"was {ratio:.3g}x the norm of all the weights"
     recurrent = any(_inside(module, m) for m in facts.recurrent_modules)
     how = (
@@ -1925,10 +1924,13 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
     )
 
 
-def _amplified_layer_by_layer(layers: list[tuple[float, str]], scale: float) -> list[str]:
+def _amplified_layer_by_layer(
+    layers: list[tuple[float, str]], scale: float
+) -> list[tuple[float, str]]:
     """The first chain of ``CHAIN`` layers or more, in the order the model names them, each
     output ``STEP_GAIN`` times the one before, whose last output is ``CHAIN_AMPLIFIED`` times
-    the input's RMS (``scale``): its modules, first to last (none when there is no chain)."""
+    the input's RMS (``scale``): its (output RMS, module)s, first to last (none when there is
+    no chain)."""
     ordered = sorted(layers, key=lambda layer: _natural(layer[1]))
     chain: list[tuple[float, str]] = ordered[:1]
     for act, module in ordered[1:] + [(0.0, "")]:  # a sentinel ends the last chain
@@ -1936,7 +1938,7 @@ def _amplified_layer_by_layer(layers: list[tuple[float, str]], scale: float) -> 
             chain.append((act, module))
             continue
         if len(chain) >= CHAIN and chain[-1][0] >= CHAIN_AMPLIFIED * scale:
-            return [m for _, m in chain]
+            return chain
         chain = [(act, module)]
     return []
 
@@ -2930,19 +2932,21 @@ def _deeply_damped(
     it dwarfs, and leaves the rest at their pace), and within what a spike of their own size
     can damp; by tensor name. Empty when no tensor was."""
     missed = [n for n in ratios if n not in mine]
-    if not mine:
-        return {}
     own = {f.where: f for f in at_step if f.kind == GRADIENT_SPIKE}
+    drops = {name: _update_drop(facts, [name], spike) for name in mine}
+    kept = _update_drop(facts, missed, spike) if missed else math.nan
     grown = _grown_since(facts, spike, 0)
     deep = {}
-    for name in mine:
+    for name, drop in drops.items():
         tensor = name.split("/", 1)[1]
-        control = _update_drop(facts, missed or [n for n in mine if n != name], spike)
-        drop = _update_drop(facts, [name], spike)
         hit = own.get(tensor)
-        if not math.isfinite(control) or hit is None:
+        if hit is None or not drop < DEEP_DAMPING:
             continue
-        if not drop < min(DEEP_DAMPING, POISON_BEYOND_CONTROL * control):
+        control = kept
+        if not missed:  # the median of the others it hit (each drop over the same rate change)
+            others = [d for n, d in drops.items() if n != name and math.isfinite(d)]
+            control = float(np.median(others)) if others else math.nan
+        if not drop < POISON_BEYOND_CONTROL * control:
             continue
         if _strongest_damping(facts, hit, 0, grown) < DEEP_DAMPING:
             deep[tensor] = drop
