@@ -262,6 +262,7 @@ HELD_OUT_FILES = [
     ("cases_heldout131", "h131_", 12, 12, 12),
     ("cases_heldout132", "h132_", 12, 12, 12),
     ("cases_heldout133", "h133_", 12, 12, 13),
+    ("cases_heldout134", "h134_", 12, 12, 16),
 ]
 
 
