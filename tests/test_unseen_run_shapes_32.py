@@ -141,3 +141,21 @@ def test_logits_driven_up_with_no_burst_stay_the_cause(tmp_path):
     # drives its logits up, with no burst of the rate: the drift stays the cause.
     report = _report(tmp_path, "h122_origami_head_lr")
     assert report.top.cause == "output_logit_divergence"
+
+
+def test_a_spike_the_loss_climbed_from_within_a_few_steps_was_felt(tmp_path):
+    # Trigger: a MetaCLIP-2 text tower under SGD whose z-loss weight was 5 for one step: the
+    # gradient norm 30x its level at step 70, the next loss inside the band of the 20 before
+    # (a noisy run: one of them stood at 0.99), so the spike was judged harmless; from step
+    # 71 the loss left its level (0.3 -> 0.75-0.9) for 70 steps. A spike the loss climbed from
+    # within a few steps was felt, as one it spiked after already was.
+    report = _report(tmp_path, "h134_metaclip2_text_grad_spike")
+    assert report.top.cause == "gradient_spike" and report.top.severity == "warning"
+    assert "the loss climbed away from its level" in report.top.summary
+
+
+def test_a_loss_that_jumped_with_the_spike_made_it(tmp_path):
+    # Control: a checkpoint head that failed to load (re-initialised at step 80) makes the
+    # loss and the gradients jump at the same step; the loss spike stays the cause.
+    report = _report(tmp_path, "h134_chinese_clip_text_loss_spike")
+    assert report.top.cause == "loss_spike"

@@ -3016,12 +3016,27 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
         for f in facts.of(LOSS_SPIKE)
         if f.severity != "info" and first.step < f.step <= first.step + CONFIRMED_SOON
     ]
+    climbed = [
+        f.step
+        for f in facts.of(LOSS_DIVERGENCE)
+        if f.severity != "info" and first.step < f.step <= first.step + CONFIRMED_SOON
+    ]
+    # a loss that jumped at the spike's own step made it (a batch, weights replaced): the
+    # climb after is the jump's, not the spike's update's
+    jumped = any(f.step == first.step and f.severity != "info" for f in facts.of(LOSS_SPIKE))
     if minor and felt:
         # the loss did not feel it at once, but spiked within a few steps of its update, with
         # nothing between (an adaptive or momentum step carries a kick over several steps)
         minor = False
         ev["loss_spike_at"] = felt[0]
         summary += f"; the loss spiked {felt[0] - first.step} step(s) after it"
+    elif minor and climbed and not jumped:
+        # or left its level for good within a few steps: the spike's update threw the weights
+        minor = False
+        ev["loss_climbed_at"] = climbed[0]
+        summary += (
+            f"; the loss climbed away from its level {climbed[0] - first.step} step(s) after it"
+        )
     found = Found(summary, first.step, _most_spiked(spikes), ev, "info" if minor else None)
     found.consequence_of = _spike_made_by(facts, first.step)
     return found
@@ -4735,8 +4750,8 @@ RULES: tuple[Rule, ...] = (
             Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
         ),
         _gradient_spike,
-        # a NaN: bursts' end; a loss spike: whether the loss felt the spike
-        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, GRADIENT_GROWTH, NONFINITE, LOSS_SPIKE),
+        # a NaN: bursts' end; a loss spike or climb: whether the loss felt the spike
+        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, GRADIENT_GROWTH, NONFINITE, LOSS_SPIKE, LOSS_DIVERGENCE),
         # an outlier batch makes a gradient spike of its own; a spike that poisoned the second
         # moment is named by what it did
         explained_by=("data_outlier", "adam_second_moment_poisoned"),
