@@ -263,6 +263,7 @@ HELD_OUT_FILES = [
     ("cases_heldout132", "h132_", 12, 12, 12),
     ("cases_heldout133", "h133_", 12, 12, 13),
     ("cases_heldout134", "h134_", 12, 12, 16),
+    ("cases_heldout135", "h135_", 12, 12, 12),
 ]
 
 

@@ -139,6 +139,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout132,
     cases_heldout133,
     cases_heldout134,
+    cases_heldout135,
     cases_mlp,
     cases_other,
 )
