@@ -159,3 +159,33 @@ def test_a_loss_that_jumped_with_the_spike_made_it(tmp_path):
     # loss and the gradients jump at the same step; the loss spike stays the cause.
     report = _report(tmp_path, "h134_chinese_clip_text_loss_spike")
     assert report.top.cause == "loss_spike"
+
+
+def _head_apart(tmp_path, name, optimizer, head_lr):
+    from helpers import tiny_mlp, train
+
+    model = tiny_mlp()
+    body = [p for n, p in model.named_parameters() if not n.startswith("4.")]
+    head = list(model[4].parameters())
+    opt = optimizer([{"params": body, "lr": head_lr / 300}, {"params": head, "lr": head_lr}])
+    mon = steadygrad.Monitor(model, opt, tmp_path / name, progress=False)
+    train(model, opt, mon, 40)
+    mon.close()
+    report = steadygrad.diagnose(tmp_path / name)
+    return next(d for d in report.diagnoses if "trains at learning rate" in d.summary)
+
+
+def test_an_rmsprop_group_far_above_any_rate_it_trains_at_is_a_typo(tmp_path):
+    # Trigger (set 135's vision encoder-decoder: RMSprop's head group at 0.3, 600x the rest):
+    # RMSprop's step, like Adam's, is the rate times a gradient over its running RMS, ~the
+    # rate per weight, so a weight group at 0.3 is rewritten within tens of steps. It was said
+    # "if that group is meant to learn this much faster, nothing is wrong".
+    apart = _head_apart(tmp_path, "rmsprop", torch.optim.RMSprop, 0.3)
+    assert apart.severity == "warning" and "rewritten within tens of steps" in apart.summary
+
+
+def test_an_adadelta_group_at_its_default_rate_is_not(tmp_path):
+    # Control: the same run under Adadelta, whose rate (1.0 by default) scales a unit-free
+    # ratio of running updates to gradients: a group at 1.0, 300x the rest, is no typo of size.
+    apart = _head_apart(tmp_path, "adadelta", torch.optim.Adadelta, 1.0)
+    assert apart.severity == "info" and "nothing is wrong" in apart.summary

@@ -960,16 +960,20 @@ def _logits_driven_by_the_head_rate(facts: RunFacts) -> Found | None:
 # GFlowNet's log Z is trained at 0.1 (Malkin et al. 2022), a temperature or a codebook fast too.
 STEP_SIZED_CEILING = 0.05
 STEP_SIZED = ("adam", "sign")  # optimizer families whose step is sized by the rate alone
+# So is an adaptive one's (RMSprop, Adagrad: the rate times the gradient over its running
+# root-mean-square), but for Adadelta's: its rate scales a ratio of running updates to
+# gradients, unit-free, and is 1.0 by default.
+UNIT_FREE_RATE = ("Adadelta",)
 
 
 def _beyond_step_sized_rates(facts: RunFacts, rate: float, names: list[str]) -> bool:
     """Whether ``rate`` is above any an Adam-like optimizer (its step sized by the rate alone)
     trains a layer at, for a group holding a layer's weight (``names`` ending in ``weight``;
     not free parameters such as a log-partition or a codebook)."""
+    family = facts.run.config.get(OPTIMIZER_FAMILY)
+    sized = family in STEP_SIZED or (family == "adaptive" and facts.optimizer not in UNIT_FREE_RATE)
     return (
-        facts.run.config.get(OPTIMIZER_FAMILY) in STEP_SIZED
-        and rate > STEP_SIZED_CEILING
-        and any(n.rpartition(".")[2] == "weight" for n in names)
+        sized and rate > STEP_SIZED_CEILING and any(n.rpartition(".")[2] == "weight" for n in names)
     )
 
 
