@@ -140,6 +140,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout133,
     cases_heldout134,
     cases_heldout135,
+    cases_heldout136,
     cases_mlp,
     cases_other,
 )
