@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
-from helpers import held_out_run, induced_or_skip, steadygrad
+from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
 
 
 def test_activations_amplified_layer_after_layer_name_the_initialisation(tmp_path):
@@ -189,3 +189,35 @@ def test_an_adadelta_group_at_its_default_rate_is_not(tmp_path):
     # ratio of running updates to gradients: a group at 1.0, 300x the rest, is no typo of size.
     apart = _head_apart(tmp_path, "adadelta", torch.optim.Adadelta, 1.0)
     assert apart.severity == "info" and "nothing is wrong" in apart.summary
+
+
+def test_a_spike_of_the_whole_gradient_is_placed_where_it_rose_furthest(tmp_path):
+    # Trigger: a domain-adversarial net whose gradient-reversal weight jumps to 400 for one
+    # step: the whole gradient spikes 29x, no tensor's own 70x test fires, and the spike had
+    # no place. The tensors furthest above their usual level (the features the reversed
+    # gradient flows into) place it.
+    report = _report(tmp_path, "h136_ski_jump_grl_schedule")
+    spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert spike.where and all(w.startswith("features.") for w in spike.where)
+    assert "furthest above its usual level" in spike.summary
+
+
+def test_the_tensor_a_whole_gradient_spike_rose_in_hand_computed(tmp_path):
+    # Hand oracle: at step 30, a.weight's gradient is 2x its usual 1.0 and b.weight's 40x its
+    # usual 0.5 (20 against 0.5); c.weight's 30x a usual of 1e-6 is rounding beside them.
+    rows = []
+    for step in range(40):
+        a, b, c = (2.0, 20.0, 3e-5) if step == 30 else (1.0, 0.5, 1e-6)
+        rows.append(
+            {
+                "loss": 1.0,
+                "grad_norm": (a * a + b * b) ** 0.5,
+                "grad_norm/a.weight": a,
+                "grad_norm/b.weight": b,
+                "grad_norm/c.weight": c,
+            }
+        )
+    spike = ("grad_norm_spike", 30, None, {"grad_norm": 20.1, "ratio": 18.0}, "warning")
+    report = diagnose_stored(tmp_path, "hand", rows, [spike])
+    found = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert found.where == ["b.weight"]

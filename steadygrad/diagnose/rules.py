@@ -3041,9 +3041,38 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
         summary += (
             f"; the loss climbed away from its level {climbed[0] - first.step} step(s) after it"
         )
-    found = Found(summary, first.step, _most_spiked(spikes), ev, "info" if minor else None)
+    where = _most_spiked(spikes)
+    if not where and (where := _spiked_tensors(facts, first.step)):
+        summary += f" (furthest above its usual level: {layer_span(where)})"
+    found = Found(summary, first.step, where, ev, "info" if minor else None)
     found.consequence_of = _spike_made_by(facts, first.step)
     return found
+
+
+# Readings before a spike that give a tensor's usual gradient norm.
+USUAL_OVER = 20
+
+
+def _spiked_tensors(facts: RunFacts, step: int) -> list[str]:
+    """Where a spike of the whole gradient at ``step`` was, when no tensor's own spike was
+    found: the tensors whose gradient stood furthest above its usual level (the median of its
+    ``USUAL_OVER`` readings before), half the furthest or more, most first; a tensor whose
+    gradient there was a thousandth of the step's largest or less (rounding) left out."""
+    rises: dict[str, tuple[float, float]] = {}
+    for name in facts.names:
+        if not (GRAD_NORM.owns(name) and "/" in name):
+            continue
+        steps, values = facts.series(name)
+        at, before = values[steps == step], values[(steps < step) & (steps >= step - USUAL_OVER)]
+        before = before[np.isfinite(before)]
+        if len(at) and np.isfinite(at[0]) and len(before) and np.median(before) > 0:
+            rises[name.split("/", 1)[1]] = (float(at[0] / np.median(before)), float(at[0]))
+    if not rises:
+        return []
+    largest = max(norm for _, norm in rises.values())
+    rises = {k: r for k, (r, norm) in rises.items() if norm > 1e-3 * largest}
+    top = max(rises.values(), default=0.0)
+    return sorted((k for k, r in rises.items() if r >= top / 2), key=lambda k: -rises[k])
 
 
 def _most_spiked(spikes: list[Finding]) -> list[str]:
