@@ -265,6 +265,7 @@ HELD_OUT_FILES = [
     ("cases_heldout134", "h134_", 12, 12, 16),
     ("cases_heldout135", "h135_", 12, 12, 12),
     ("cases_heldout136", "h136_", 12, 12, 12),
+    ("cases_heldout137", "h137_", 12, 12, 13),
 ]
 
 

@@ -141,6 +141,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout134,
     cases_heldout135,
     cases_heldout136,
+    cases_heldout137,
     cases_mlp,
     cases_other,
 )
