@@ -266,6 +266,7 @@ HELD_OUT_FILES = [
     ("cases_heldout135", "h135_", 12, 12, 12),
     ("cases_heldout136", "h136_", 12, 12, 12),
     ("cases_heldout137", "h137_", 12, 12, 13),
+    ("cases_heldout138", "h138_", 12, 12, 14),
 ]
 
 

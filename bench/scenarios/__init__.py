@@ -142,6 +142,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout135,
     cases_heldout136,
     cases_heldout137,
+    cases_heldout138,
     cases_mlp,
     cases_other,
 )
