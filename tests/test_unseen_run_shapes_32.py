@@ -221,3 +221,20 @@ def test_the_tensor_a_whole_gradient_spike_rose_in_hand_computed(tmp_path):
     report = diagnose_stored(tmp_path, "hand", rows, [spike])
     found = next(d for d in report.diagnoses if d.cause == "gradient_spike")
     assert found.where == ["b.weight"]
+
+
+def test_gradients_grown_into_a_break_during_a_burst_of_the_rate_are_the_bursts(tmp_path):
+    # Trigger: a per-group warm restart sets the head's rate 40x for four steps (70-73); the
+    # gradient grows at every one of them and the loss jumps 13x, then comes back. "Plain
+    # gradient steps past 2/sharpness" was named first; those steps were the burst's, which
+    # passed: the loss spike it made is the cause, as for steps that overshot.
+    report = _report(tmp_path, "h138_harpoon_head_restart_spike")
+    assert report.top.cause == "loss_spike"
+    sharpness = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
+    assert "that raise's jolt" in sharpness.why
+
+
+def test_a_rate_ramped_past_the_limit_and_kept_stays_the_cause(tmp_path):
+    # Control: SGD whose rate ramps up past 2/sharpness and stays there blows up: no burst.
+    report = _report(tmp_path, "h138_lumberjack_lr_past_sharpness")
+    assert report.top.cause == "sharpness_above_limit"

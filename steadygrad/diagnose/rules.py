@@ -3778,7 +3778,7 @@ def _sharpness(facts: RunFacts) -> Found | None:
                 "learning rate with it: a resume that restored neither the optimizer nor its "
                 "schedule, whose first steps crossed 2/sharpness"
             )
-        elif how in (_unstable_steps, _overshoot_before_break) and (
+        elif how in (_unstable_steps, _overshoot_before_break, _trained_into_a_blowup) and (
             passed := _passed_just_before(facts, first.first_step)
         ):
             first.consequence_of = (
