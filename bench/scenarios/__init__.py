@@ -143,6 +143,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout136,
     cases_heldout137,
     cases_heldout138,
+    cases_heldout139,
     cases_mlp,
     cases_other,
 )
