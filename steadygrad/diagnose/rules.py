@@ -1819,6 +1819,10 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
 # spread over every weight); one larger than all the weights together, ten times over, came
 # from a recurrence that multiplies it at each time step.
 BORN_EXPLODED = 10.0
+# Or this many times, when the recurrent module's gradient also stood DOMINANT times every other
+# tensor's: a loss on a large scale makes every gradient large, the head's beside it; one that a
+# recurrence amplified leaves the rest behind (healthy recurrent runs start under 0.4x the weights).
+BORN_EXPLODED_ALONE, DOMINANT = 3.0, 3.0
 
 
 def _exploded_from_the_start(facts: RunFacts) -> Found | None:
@@ -1842,15 +1846,19 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
     # weights and biases share what the recurrence amplified)
     squares: dict[str, float] = {}
     tensors: dict[str, tuple[float, str]] = {}
+    others = 0.0  # the largest gradient outside every recurrence
     for tensor, norm in _family_at(facts, GRAD_NORM, first).items():
         module = next((m for m in facts.recurrent_modules if _inside(tensor, m)), None)
         if module is not None:
             squares[module] = squares.get(module, 0.0) + norm * norm
             tensors[module] = max(tensors.get(module, (0.0, "")), (norm, tensor))
+        else:
+            others = max(others, norm)
     largest, module = max(((math.sqrt(v), m) for m, v in squares.items()), default=(0.0, ""))
     ratio = largest / float(at[0])
     share = (largest / float(total[1][0])) ** 2  # tensors' squared norms add up to the whole
-    if ratio < BORN_EXPLODED or not share >= 0.5:
+    alone = ratio >= BORN_EXPLODED_ALONE and largest >= DOMINANT * others
+    if not (ratio >= BORN_EXPLODED or alone) or not share >= 0.5:
         return _amplified_through_depth(facts, first, float(total[1][0]) / float(at[0]))
     tensor = tensors[module][1]
     return Found(
