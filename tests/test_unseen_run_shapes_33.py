@@ -86,3 +86,63 @@ def test_the_same_recurrence_at_pytorchs_default_init_is_not_born_exploded(tmp_p
     assert sum(ctx.losses[-10:]) < sum(ctx.losses[:10])
     report = steadygrad.diagnose(tmp_path / "default_init")
     assert not any(d.cause == "exploding_gradients" for d in report.diagnoses)
+
+
+def test_gradients_growing_back_through_a_stack_from_the_first_step_name_the_init(tmp_path):
+    # Trigger: eight tanh layers initialised with std 1.0 (an absolute value read as a gain:
+    # the chaotic phase). At step 0 each layer's weight gradient stands about 1.8x the next
+    # one's, body.0's 111x body.14's, while the gradient as a whole is small (0.1x the weights)
+    # and SGD at 1e-3 trains: nothing broke, so nothing was said. The chain is the evidence.
+    top = _report(tmp_path, "h140_chainsaw_carving_init_std").top
+    assert top.cause == "exploding_gradients" and top.first_step == 0
+    assert top.where[0] == "body.0" and "body.0 .. body.14 (8 layers)" in top.summary
+
+
+def test_the_same_stack_at_pytorchs_default_init_grows_no_gradient_back(tmp_path):
+    # Control: the same eight tanh layers at PyTorch's default init (uniform, 1/sqrt(fan_in)):
+    # their gradients stay within a few times of each other; nothing is said to explode.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import torch.nn.functional as F
+    from scenarios.cases_heldout140 import DeepTanh, _tabular, _train
+    from scenarios.common import Context, seeded
+
+    torch.manual_seed(0)
+    ctx = Context("default", tmp_path / "default_init")
+    model = DeepTanh(10, 64, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    _train(ctx, model, opt, _tabular(seeded(14005), 10, 64), 60, F.huber_loss)
+    ctx.monitor.close()
+    assert all(math.isfinite(v) for v in ctx.losses)
+    report = steadygrad.diagnose(tmp_path / "default_init")
+    assert not any(d.cause == "exploding_gradients" for d in report.diagnoses)
+
+
+def _stack_run(tmp_path, name, grads):
+    rows = [
+        {"loss": 1.0, "grad_norm": 1.0, "param_norm": 10.0}
+        | {f"grad_norm/{tensor}": g for tensor, g in grads.items()}
+        for _ in range(30)
+    ]
+    report = diagnose_stored(tmp_path, name, rows, [])
+    return [d for d in report.diagnoses if d.cause == "exploding_gradients"]
+
+
+def test_a_gradient_chain_is_five_like_layers_each_1_5x_the_next_and_100x_in_all(tmp_path):
+    # Hand-computed: body.0 .. body.5 at 2x a layer back from body.5 (0.01 .. 0.32: 32x) is
+    # too short a rise; at 3x a layer (0.01 .. 2.43: 243x) it is a chain; one layer at 1.4x
+    # breaks it into two short ones; tensors of different stacks (blocks.N.q and blocks.N.v)
+    # do not chain with each other; a bias is no layer's weight.
+    twice = {f"body.{i}.weight": 0.01 * 2 ** (5 - i) for i in range(6)}
+    assert not _stack_run(tmp_path, "twice", twice)
+    thrice = {f"body.{i}.weight": 0.01 * 3 ** (5 - i) for i in range(6)}
+    found = _stack_run(tmp_path, "thrice", thrice)
+    assert found and found[0].where == [f"body.{i}" for i in range(6)]
+    broken = dict(thrice, **{"body.2.weight": 0.01 * 3**2 * 1.4})
+    assert not _stack_run(tmp_path, "broken", broken)
+    mixed = {f"blocks.{i}.{'q' if i % 2 else 'v'}.weight": 0.01 * 3 ** (5 - i) for i in range(6)}
+    assert not _stack_run(tmp_path, "mixed", mixed)
+    biases = {f"body.{i}.bias": 0.01 * 3 ** (5 - i) for i in range(6)}
+    assert not _stack_run(tmp_path, "biases", biases)

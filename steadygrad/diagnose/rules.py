@@ -8,6 +8,7 @@ that looks at the run and returns what it found, or None. To add a cause, add a 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -1493,6 +1494,9 @@ def _exploding(facts: RunFacts) -> Found | None:
     weights that grow (backpropagation multiplies by them), so when one weight tensor grew far
     more than all others up to the growth finding, its module is named first. With no growth
     finding, a break that was a gradient explosion after a weight ran away is one too."""
+    stacked = _grown_back_through_a_stack(facts)
+    if stacked is not None:
+        return stacked
     found = _located((GRADIENT_GROWTH,), "gradient norm growing without bound, starting")(facts)
     if found is None:
         # a recurrence's bursts that led to the same break date it from the first of them
@@ -1932,6 +1936,52 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
         first,
         where,
         {"act_rms": act, "input_rms": scale, "of_weights": ratio},
+        "critical" if facts.broke_at is not None else "warning",
+    )
+
+
+def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
+    """At the first record, the weights' gradients in a stack of like layers (``body.0`` ..
+    ``body.14``: one name but for its index) growing from the stack's last layer back to its
+    first, ``CHAIN`` layers or more in a row each ``STEP_GAIN`` times the one after it, the
+    first ``CHAIN_AMPLIFIED`` times the last: a backward pass that multiplies the gradient at
+    every layer (weights initialised past the edge of chaos, Poole et al. 2016), whatever the
+    gradient's overall size. Layers of one stack share a shape, so their gradients compare;
+    a healthy stack keeps them within a few times of each other."""
+    total = facts.series(GRAD_NORM.name)
+    if total is None or not len(total[0]):
+        return None
+    first = int(total[0][0])
+    stacks: dict[str, list[tuple[int, float, str]]] = {}
+    for tensor, norm in _family_at(facts, GRAD_NORM, first).items():
+        index = re.search(r"(?:^|\.)(\d+)\.", tensor)
+        if index is None or not tensor.endswith("weight") or not norm > 0:
+            continue
+        stack = tensor[: index.start(1)] + "#" + tensor[index.end(1) :]
+        stacks.setdefault(stack, []).append((int(index.group(1)), norm, tensor))
+    chains = []
+    for layers in stacks.values():
+        layers.sort(reverse=True)  # from the output back
+        chain = layers[:1]
+        for layer in layers[1:] + [(0, 0.0, "")]:  # a sentinel ends the last chain
+            if layer[1] >= STEP_GAIN * chain[-1][1]:
+                chain.append(layer)
+                continue
+            if len(chain) >= CHAIN and chain[-1][1] >= CHAIN_AMPLIFIED * chain[0][1]:
+                chains.append(chain)
+            chain = [layer]
+    if not chains:
+        return None
+    chain = max(chains, key=lambda c: c[-1][1] / c[0][1])
+    where = [tensor.rsplit(".", 1)[0] for _, _, tensor in reversed(chain)]
+    return Found(
+        f"the gradients exploded through depth from the first step: at step {first} each "
+        f"layer's weight gradient in {layer_span(where)} stood at least {STEP_GAIN:g}x the one "
+        f"after it, {where[0]}'s {chain[-1][1] / chain[0][1]:.3g}x {where[-1]}'s (weights "
+        "initialised with too large a gain: each layer multiplies the gradient on its way back)",
+        first,
+        where,
+        {"grad_norm": chain[-1][1], "last_layer_grad_norm": chain[0][1], "layers": len(chain)},
         "critical" if facts.broke_at is not None else "warning",
     )
 
