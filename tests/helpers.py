@@ -112,6 +112,7 @@ __all__ = [
     "diagnose_stored",
     "no_hooks_left",
     "regression_batch",
+    "shape_or_skip",
     "shared_temp_dir",
     "steadygrad",
     "tiny_mlp",
@@ -128,6 +129,16 @@ def induced_or_skip(ctx) -> None:
     failed = [what for what, held in ctx.checks.items() if not held]
     if not ctx.checks or failed:
         pytest.skip(f"the scenario's fault did not happen with this machine's numerics: {failed}")
+
+
+def shape_or_skip(holds: bool, shape: str) -> None:
+    """Skip a test about a run shape its scenario did not take on this machine: a Hugging Face
+    model's attention logits follow the CPU's kernels (one machine's level held within 1.3x,
+    another's crept 1.35x), and a verdict on a shape the run did not have tests nothing."""
+    import pytest
+
+    if not holds:
+        pytest.skip(f"on this machine's numerics the run did not take the shape: {shape}")
 
 
 def held_out_run(tmp_path: Path, name: str):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import diagnose_stored, held_out_run
+from helpers import diagnose_stored, held_out_run, shape_or_skip, steadygrad
 
 
 def _stream_rows(bumps: tuple[int, ...], steps: int) -> list[dict]:
@@ -180,6 +180,11 @@ def test_a_healthy_text_tower_whose_attention_logits_grew_then_settled(tmp_path)
     # Set 124's Video-LLaVA text tower under SGD momentum at 0.5: its first layer's logits
     # burst from 0.15 to 17.7 by step 75 (the early warning), then settled at 42.
     _, report = held_out_run(tmp_path, "h124_video_llava_healthy")
+    steps, logits = steadygrad.load(tmp_path / "h124_video_llava_healthy").series(
+        "attn_logit_max/model.layers.0.self_attn"
+    )
+    last, before = logits[-1], logits[steps <= steps[-1] - 25][-1]
+    shape_or_skip(last < 1.3 * before, "the first layer's logits settled by the end")
     assert report.healthy
 
 

@@ -6,7 +6,7 @@ attach: its fault is by construction) and a control that must not move."""
 from __future__ import annotations
 
 import pytest
-from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
+from helpers import diagnose_stored, held_out_run, induced_or_skip, shape_or_skip, steadygrad
 
 
 def _report(tmp_path, name):
@@ -53,6 +53,11 @@ def test_attention_logits_that_held_level_long_before_a_break_do_not_explain_it(
     # the run at step 101, and rows collapsed right after. The rate glitch is the cause: the
     # attention held level, and the collapse came after the burst threw the logits.
     report = _report(tmp_path, "h127_embedding_gemma2_restart_spike")
+    steps, logits = steadygrad.load(tmp_path / "h127_embedding_gemma2_restart_spike").series(
+        "attn_logit_max/tower.layers.1.self_attn"
+    )
+    level = logits[(steps >= 25) & (steps <= 100)]
+    shape_or_skip(level.max() <= 1.3 * level.min(), "the logits held within 1.3x from step 25")
     assert report.top.cause == "loss_spike"
     attention = _of(report, "attention_logit_growth")
     assert attention.severity == "info" and attention.evidence["held_level_until"] == 100

@@ -146,3 +146,44 @@ def test_a_gradient_chain_is_five_like_layers_each_1_5x_the_next_and_100x_in_all
     assert not _stack_run(tmp_path, "mixed", mixed)
     biases = {f"body.{i}.bias": 0.01 * 3 ** (5 - i) for i in range(6)}
     assert not _stack_run(tmp_path, "biases", biases)
+
+
+def _nonfinite(report):
+    return next(d for d in report.diagnoses if d.cause == "nonfinite")
+
+
+def test_a_nan_the_loss_made_from_a_rate_that_crossed_zero_is_placed_at_its_head(tmp_path):
+    # Trigger: a hand-written Poisson NLL, rate - y * log(rate), on the head's raw output (its
+    # softplus dropped): once a rate crosses zero the log is NaN. The forward pass was finite
+    # on the replay, so no module made the NaN; the head's output, the model's only one, is
+    # what the loss made it from.
+    found = _nonfinite(_report(tmp_path, "h140_firefly_rate_missing_softplus"))
+    assert found.where == ["head"]
+    assert "the loss made the NaN from head's output" in found.summary
+
+
+def test_an_output_the_models_own_code_made_is_placed_at_the_layer_it_came_from(tmp_path):
+    # Trigger: a duration predictor returns proj(h).squeeze(-1) and the loss takes its log:
+    # the squeezed output is the model's own (no module returned it); the walk back through
+    # its autograd graph meets proj's output first (not ln2's, which proj saved).
+    found = _nonfinite(_report(tmp_path, "h111_tts_duration_log_of_linear"))
+    assert found.where == ["proj"]
+
+
+def test_a_loss_of_two_outputs_that_cannot_be_told_apart_names_no_place(tmp_path):
+    # Control: a mean head and a raw sigma head under a Gaussian NLL; the forward pass was
+    # finite, and which output the loss made the NaN from cannot be told: no place is named.
+    found = _nonfinite(_report(tmp_path, "h109_heteroscedastic_raw_sigma"))
+    assert found.where == [] and "in the loss or its targets" in found.summary
+
+
+def test_a_few_negatives_among_positive_values_are_what_a_log_cannot_take():
+    # Hand-computed: one negative among twenty positive rates is an edge (its log is NaN); a
+    # regression output half below zero, or all of it, is an ordinary output.
+    from steadygrad.monitor.activations import _edge_values
+
+    rates = torch.linspace(0.5, 2.0, 20)
+    rates[3] = -0.01
+    assert "1 negative value(s)" in _edge_values(rates)
+    assert _edge_values(torch.linspace(-1.0, 1.0, 21).add(0.05)) is None
+    assert _edge_values(-rates.abs()) is None

@@ -538,7 +538,8 @@ def _layer_logits(facts: RunFacts, f: Finding) -> tuple[np.ndarray, np.ndarray] 
 
 def _below_an_earlier_peak(facts: RunFacts, f: Finding) -> tuple[int, float] | None:
     """(step, value) of an earlier reading of the layer of the warning ``f``, before the
-    reading ``f`` compared with, at least as high as the logit ``f`` fired at, when the layer
+    reading ``f`` compared with, as high as the logit ``f`` fired at (within ``EARLY_RATIO``,
+    the rise the detector itself counts as growth), when the layer
     never rose past ``EARLY_RATIO`` times that peak from then until a burst of the learning
     rate jolted the run (or to its end): the detector saw a rise within a level the layer
     had reached and held (a dip and a recovery), not growth."""
@@ -548,7 +549,8 @@ def _below_an_earlier_peak(facts: RunFacts, f: Finding) -> tuple[int, float] | N
         return None
     steps, values = series
     earlier = (steps < before) & np.isfinite(values)
-    if not earlier.any() or values[earlier].max() < value:
+    # as high by the detector's own measure: a rise under EARLY_RATIO is none
+    if not earlier.any() or values[earlier].max() * AttentionLogitGrowth.EARLY_RATIO < value:
         return None
     k = int(np.argmax(np.where(earlier, values, -np.inf)))
     peak = float(values[k])
@@ -2614,6 +2616,11 @@ def _nonfinite(facts: RunFacts) -> Found | None:
             summary += (
                 f"; {how} the weights, and at step {with_forward.step} "
                 f"the first non-finite forward output came from {module}"
+            )
+        elif origin.get("in_the_loss"):
+            summary += (
+                "; the forward pass was finite on a replay of the step: the loss made the NaN "
+                f"from {module}'s output ({origin['in_the_loss']})"
             )
         else:
             summary += f"; first non-finite forward output produced by {module}"

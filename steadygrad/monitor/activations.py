@@ -17,7 +17,7 @@ import math
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +127,8 @@ class ActivationHooks:
         # returned it, and the tensor (weakly: an id is the tensor's only while it lives)
         self.tracing = False
         self.made_by: dict[int, tuple[str, weakref.ref]] = {}
+        # and each output's autograd node -> that module (a node outlives its tensor)
+        self.node_made_by: dict[Any, str] = {}
         # with ``tracing``: module -> whether its float16 output, not finite from finite inputs,
         # is finite computed again in float32 (it overflowed float16's range)
         self.float16_overflow: dict[str, bool] = {}
@@ -170,6 +172,8 @@ class ActivationHooks:
                     kept = self.made_by.get(id(t))
                     if kept is None or kept[1]() is not t:  # inner modules return first
                         self.made_by[id(t)] = (name, weakref.ref(t))
+                    if t.grad_fn is not None:
+                        self.node_made_by.setdefault(t.grad_fn, name)
                 if name not in self.float16_overflow:
                     self._check_float16(name, module, args, outs)
 
@@ -508,7 +512,9 @@ class ActivationSignal(Signal):
                 for call in self._calls:
                     set_host_random_state(call.rng)
                     self.hooks.install()
-                    with _autocast_as(call.autocast):  # an fp16 overflow overflows again
+                    # with the graph the call had: it tells which module an output came from
+                    graph = torch.enable_grad() if call.grad else nullcontext()
+                    with graph, _autocast_as(call.autocast):  # an fp16 overflow overflows again
                         out = _floats(call.module(*call.args, **call.kwargs))
                     if call.grad:  # a call under no_grad made nothing the gradient came through
                         outputs += out
@@ -529,23 +535,38 @@ class ActivationSignal(Signal):
         finally:
             self.hooks.tracing = False
             self.hooks.made_by.clear()
+            self.hooks.node_made_by.clear()
             self.hooks.float16_overflow.clear()
 
     def _in_the_loss(self, outputs: list[torch.Tensor]) -> dict:
         """The forward was finite on replay, the loss was not: the NaN was made after the
         model's output, in the loss (or its targets). The output it came from, when one output
-        holds values a loss cannot take: exact zeros in an output otherwise positive (a scale
-        or a probability that underflowed: a log or a division of it is infinite), or values
-        whose square or exp overflows."""
-        suspects = []
+        holds values a loss cannot take: exact zeros or a few negatives in an output otherwise
+        positive (a scale or a probability that underflowed, a rate that crossed zero: its log,
+        square root or reciprocal is not finite), or values whose square or exp overflows.
+        Failing that, the model's only output, when it had one: the loss made the NaN from it
+        (or from its targets)."""
+        suspects, producers = [], set()
         for t in outputs:
-            edge = _edge_values(t)
             made = self.hooks.made_by.get(id(t))
-            if edge and made is not None and made[1]() is t:
-                suspects.append((made[0], edge))
+            if made is None or made[1]() is not t:
+                continue
+            # an output the model's own code made (a squeeze, a ReLU after its last layer) is
+            # placed at the module whose output it was computed from
+            module = made[0] if made[0] != "<root>" else _made_from(t, self.hooks.node_made_by)
+            producers.add(module or made[0])
+            edge = _edge_values(t)
+            if edge:
+                suspects.append((module or made[0], edge))
         if len(suspects) == 1:
             module, edge = suspects[0]
             return {"module": module, "in_the_loss": f"its output held {edge}"}
+        if not suspects and len(producers) == 1 and len(outputs) == 1:
+            # the model's one output: whatever the loss did to make the NaN, it did to this
+            return {
+                "module": producers.pop(),
+                "in_the_loss": "the model's only output; or its targets",
+            }
         return {
             "module": None,
             "note": "the forward pass was finite on a replay of the step: the NaN was made "
@@ -682,15 +703,35 @@ def _fed_the_loss(calls: list[TopCall], loss: object) -> list[bool] | None:
     return fed if any(fed) else None
 
 
+def _made_from(t: torch.Tensor, node_made_by: dict[Any, str]) -> str | None:
+    """The module (other than the model itself) whose output ``t`` was computed from, the
+    nearest first: a walk back through ``t``'s autograd graph to the first node that a
+    module's output carried."""
+    frontier, seen = deque([t.grad_fn]), set()
+    while frontier:
+        node = frontier.popleft()
+        if node is None or node in seen:
+            continue
+        if node_made_by.get(node, "<root>") != "<root>":
+            return node_made_by[node]
+        seen.add(node)
+        frontier.extend(n for n, _ in node.next_functions)
+    return None
+
+
 def _edge_values(t: torch.Tensor) -> str | None:
-    """What in ``t`` a loss cannot take, if anything: a few exact zeros (a tenth of the entries
-    at most: a ReLU's output has many) in a tensor otherwise positive, values whose square
-    overflows its dtype, or values whose exp does (a log-rate or a log-variance the loss
+    """What in ``t`` a loss cannot take, if anything: a few exact zeros or negatives (a tenth of
+    the entries at most: a ReLU's output has many zeros) in a tensor otherwise positive, values
+    whose square overflows its dtype, or values whose exp does (a log-rate or a log-variance the loss
     exponentiates in that dtype)."""
     t = t.detach()
     zeros = int((t == 0).sum())
     if zeros and zeros <= 0.1 * t.numel() and bool((t >= 0).all()):
         return f"{zeros} exact zero(s) among positive values (an underflow)"
+    negatives = int((t < 0).sum())
+    if negatives and negatives <= 0.1 * t.numel() and bool((t[t >= 0] > 0).all()):
+        # a rate, a scale or a variance that crossed zero: its log or square root is NaN
+        return f"{negatives} negative value(s) among positive ones (their log or root is NaN)"
     largest = torch.finfo(t.dtype).max
     if bool((t.abs() > math.sqrt(largest)).any()):
         return f"values above {math.sqrt(largest):.3g}, whose square overflows {t.dtype}"
