@@ -145,6 +145,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout138,
     cases_heldout139,
     cases_heldout140,
+    cases_heldout141,
     cases_mlp,
     cases_other,
 )
