@@ -207,4 +207,6 @@ def test_one_explosion_that_multiplied_the_weights_is_found_though_the_loss_neve
         assert growth[0].where == "rnn.weight_hh_l0"
         assert steadygrad.diagnose(run).top.cause == "exploding_gradients"
     else:
-        assert weights.max() < 2 * weights[0] and growth == []
+        # no explosion: the weights grow as SGD fits (2x to 2.3x, by the CPU's kernels), not
+        # a thousandfold
+        assert weights.max() < 10 * weights[0] and growth == []

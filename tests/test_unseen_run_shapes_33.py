@@ -187,3 +187,62 @@ def test_a_few_negatives_among_positive_values_are_what_a_log_cannot_take():
     assert "1 negative value(s)" in _edge_values(rates)
     assert _edge_values(torch.linspace(-1.0, 1.0, 21).add(0.05)) is None
     assert _edge_values(-rates.abs()) is None
+
+
+def test_a_chain_of_layers_is_read_over_the_layers_with_weights(tmp_path):
+    # Trigger: ten Linear layers with ReLU modules between them, at 1.8x the He gain. Each
+    # Linear's output stood ~1.8x the one before (2.5 -> 442 at step 0), each ReLU's about
+    # 0.7x its Linear's, which broke every chain read over all modules; the first SGD step
+    # threw the run to NaN at step 2, named only as the NaN. Read over the layers that hold
+    # weights, the chain is there, and the place is where the rise began.
+    top = _report(tmp_path, "h141_landslide_init_gain").top
+    assert top.cause == "exploding_gradients" and top.first_step == 0
+    assert top.where[0] == "body.0" and "rising layer by layer from body.0" in top.summary
+
+
+def test_the_same_relu_stack_at_the_he_gain_is_no_chain(tmp_path):
+    # Control: the same ten layers at the He gain keep the signal's RMS; the same SGD run is
+    # not said to explode.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from scenarios.common import Context, fit, seeded
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        *[m for i in range(10) for m in (nn.Linear(10 if i == 0 else 32, 32), nn.ReLU())],
+        nn.Linear(32, 1),
+    )
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    gen = seeded(14108)
+    w = torch.randn(10, 1, generator=gen)
+    batches = iter(lambda: (x := torch.randn(64, 10, generator=gen), x @ w), None)
+    ctx = Context("default", tmp_path / "he")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    fit(ctx, model, opt, batches, 40, loss_fn=torch.nn.functional.mse_loss, classifier=False)
+    ctx.monitor.close()
+    assert all(math.isfinite(v) for v in ctx.losses)
+    report = steadygrad.diagnose(tmp_path / "he")
+    assert not any(d.cause == "exploding_gradients" for d in report.diagnoses)
+
+
+def test_attention_logits_grown_with_every_weight_are_that_growths_consequence(tmp_path):
+    # Trigger: an XLM-RoBERTa LM under a hand-rolled weight decay of the wrong sign: every
+    # weight tensor grew (the median 5x by the warning, LayerNorm gains with them), and the
+    # attention logits with them. The logits are not where it starts: said so, with the fix.
+    report = _report(tmp_path, "h141_xlm_roberta_decay_sign")
+    attention = next(d for d in report.diagnoses if d.cause == "attention_logit_growth")
+    assert "x everywhere (the median tensor)" in attention.consequence_of
+
+
+def test_attention_logits_that_grew_alone_are_no_consequence_of_the_weights(tmp_path):
+    # Control: a GPT whose unscaled attention logits grow until the run breaks, its other
+    # weights as they were: its own cause.
+    report = _report(tmp_path, "h67_hf_openai_gpt_unscaled_attention")
+    attention = next(d for d in report.diagnoses if d.cause == "attention_logit_growth")
+    assert "everywhere" not in attention.consequence_of

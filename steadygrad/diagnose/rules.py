@@ -494,6 +494,8 @@ def _attention_growth(facts: RunFacts) -> Found | None:
     found = _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth")(facts)
     if found is None or found.severity != "warning":
         return found
+    if _grown_everywhere(found, _weight_growth(facts, found.first_step), "the attention logits"):
+        return found
     warned = [f for f in facts.of(ATTENTION_LOGIT_GROWTH) if f.severity != "info"]
     peaks = [_below_an_earlier_peak(facts, f) for f in warned]
     if warned and all(p is not None for p in peaks):
@@ -1910,11 +1912,22 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
         return None
     chain = [max(layers)]
     if chain[0][0] < AMPLIFIED * scale:
-        chain = _amplified_layer_by_layer(layers, scale)
+        # layers that hold weights: an activation between them (a ReLU module halving the
+        # RMS) is no layer with a gain, and would break every chain
+        weighted = [(act, m) for act, m in layers if f"{GRAD_NORM.name}/{m}.weight" in facts.names]
+        chain = _amplified_layer_by_layer(weighted, scale)
         if not chain:
             return None
     act, module = chain[-1]
     where = [m for _, m in chain]
+    if len(chain) > 1:
+        # placed where the rise began: the layers before the chain that led into it, each no
+        # larger than the next (one layer's gain under STEP_GAIN breaks a chain, not a rise)
+        ordered = sorted(weighted, key=lambda layer: _natural(layer[1]))
+        start = ordered.index(chain[0])
+        while start > 0 and 0 < ordered[start - 1][0] <= ordered[start][0]:
+            start -= 1
+        where = [m for _, m in ordered[start : ordered.index(chain[0])]] + where
     size = "overflowed" if math.isinf(ratio) else f"was {ratio:.3g}x the norm of all the weights"
     recurrent = any(_inside(module, m) for m in facts.recurrent_modules)
     how = (
@@ -1928,8 +1941,10 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
         "the gradient on its way back"
     )
     layer_by_layer = (
-        f", each of {layer_span(where)} at least {STEP_GAIN:g}x the output before it"
-        if len(where) > 1
+        f", each of {layer_span([m for _, m in chain])} at least {STEP_GAIN:g}x the output "
+        "before it"
+        + (f", rising layer by layer from {where[0]}" if where[0] != chain[0][1] else "")
+        if len(chain) > 1
         else ""
     )
     return Found(
