@@ -159,11 +159,43 @@ def _mha_logit_max(args: tuple, kwargs: dict) -> Reading:
 SINK_KEYS = 4
 
 
+# The autograd nodes of what attention does between ``q @ k^T`` and its softmax: a scale, a
+# mask, a shift by the row's largest, a reshape, a cast.
+BETWEEN_PRODUCT_AND_SOFTMAX = frozenset(
+    f"{op}Backward{n}"
+    for op in (
+        "Div Mul Add Sub View UnsafeView Reshape Expand Clone MaskedFill Where ToCopy Squeeze "
+        "Unsqueeze Permute Transpose"
+    ).split()
+    for n in (0, 1)
+)
+
+
+def _product_of_activations(scores: torch.Tensor) -> bool:
+    """Whether ``scores`` came from a batched product of two computed tensors (``q @ k^T``:
+    autograd's ``BmmBackward``) through scales, masks and reshapes only: attention whose
+    queries and keys differ in number (a learnt query pooling a sequence, cross-attention).
+    A layer's logits come from a product with a weight (``mm``/``addmm``), never ``bmm``."""
+    frontier, seen = [scores.grad_fn], set()
+    while frontier:
+        node = frontier.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        if name.startswith("BmmBackward"):
+            return True
+        if name in BETWEEN_PRODUCT_AND_SOFTMAX:
+            frontier += [n for n, _ in node.next_functions]
+    return False
+
+
 def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:
     """Attention computed by hand (``softmax(q @ k^T * scale + mask, -1)``): the largest
     ``|score|`` fed to a softmax over the last dimension of a ``(..., L, L)`` tensor, or
-    ``(..., L, L + s)`` with up to ``SINK_KEYS`` sink logits (3 or more dimensions: a
-    classifier's ``(batch, classes)`` logits are not attention), leaving out masked scores
+    ``(..., L, L + s)`` with up to ``SINK_KEYS`` sink logits, or ``(..., Lq, Lk)`` made by a
+    product of two activations (3 or more dimensions: a classifier's ``(batch, classes)``
+    logits are not attention), leaving out masked scores
     (``-inf``, or at or below ``MASKED``). Scores shifted by their row's largest before the
     softmax (as overflow guards do) read their spread, which is what the softmax sees. None
     for any other softmax."""
@@ -172,8 +204,10 @@ def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:
     if not isinstance(scores, torch.Tensor) or scores.dim() < 3 or dim is None:
         return None
     extra = scores.shape[-1] - scores.shape[-2]  # learnt sink logits, a key each (GPT-OSS)
-    if dim not in (-1, scores.dim() - 1) or not 0 <= extra <= SINK_KEYS:
+    if dim not in (-1, scores.dim() - 1):
         return None
+    if not 0 <= extra <= SINK_KEYS and not _product_of_activations(scores):
+        return None  # (..., Lq, Lk) scores are attention only as a product of two activations
     scores = scores.detach().float()
     kept = torch.isfinite(scores) & (scores > MASKED)
     return _reading(scores, kept) if scores.numel() else None
