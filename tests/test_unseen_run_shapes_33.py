@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
 
@@ -246,3 +247,52 @@ def test_attention_logits_that_grew_alone_are_no_consequence_of_the_weights(tmp_
     report = _report(tmp_path, "h67_hf_openai_gpt_unscaled_attention")
     attention = next(d for d in report.diagnoses if d.cause == "attention_logit_growth")
     assert "everywhere" not in attention.consequence_of
+
+
+class _Tagger(torch.nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(dim, 5)
+
+    def forward(self, x):
+        return torch.softmax(self.proj(x), -1)  # (batch, 12, 5): a layer's, no attention
+
+
+class _Pooling(torch.nn.Module):
+    """A learnt query attending over a sequence, by hand (one query, twelve keys), and an
+    output whose probabilities a softmax over its (batch, time, classes) logits makes."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.query = torch.nn.Parameter(torch.randn(1, 1, dim))
+        self.k = torch.nn.Linear(dim, dim)
+        self.v = torch.nn.Linear(dim, dim)
+        self.tagger = _Tagger(dim)
+        self.head = torch.nn.Linear(dim, 3)
+
+    def forward(self, x):
+        scores = self.query.expand(len(x), 1, -1) @ self.k(x).transpose(1, 2) / 8**0.5
+        pooled = (torch.softmax(scores, -1) @ self.v(x))[:, 0]
+        return self.head(pooled) + self.tagger(x).mean((1, 2))[:, None]
+
+
+def test_attention_by_hand_with_one_query_over_many_keys_is_read(tmp_path):
+    # Trigger: softmax(q @ k^T / sqrt(d)) over (batch, 1, 12) scores, a product of two
+    # activations, is attention: its largest logit is recorded, and it equals the one computed
+    # here from the same weights. Control: the same model's softmax over a layer's (batch, 12, 5)
+    # logits (a product with a weight) is not read as attention.
+    torch.manual_seed(0)
+    model = _Pooling()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 12, 8), torch.randint(0, 3, (4,))
+    with steadygrad.watch(model, opt, tmp_path / "pool", progress=False) as mon:
+        with torch.no_grad():
+            expected = (model.query @ model.k(x).transpose(1, 2) / 8**0.5).abs().max()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+    run = steadygrad.load(tmp_path / "pool")
+    attention = [n for n in run.names() if n.startswith("attn_logit_max")]
+    assert attention == ["attn_logit_max"]  # the model's own forward: no module's name
+    assert run.series(attention[0])[1][0] == pytest.approx(float(expected), rel=1e-5)
