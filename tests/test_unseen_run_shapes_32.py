@@ -64,6 +64,7 @@ def test_a_chain_is_layers_in_a_row_each_amplifying_the_one_before():
     assert _amplified_layer_by_layer(grow, 2.0) == []
     spike = [(1.0, "net.0"), (1.1, "net.1"), (900.0, "net.2"), (1.0, "net.3"), (1.2, "net.4")]
     assert _amplified_layer_by_layer(spike, 1.0) == []
+    assert _amplified_layer_by_layer([], 1.0) == []  # no layer with weights recorded
 
 
 def _report(tmp_path, name):

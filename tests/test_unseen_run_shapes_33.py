@@ -296,3 +296,22 @@ def test_attention_by_hand_with_one_query_over_many_keys_is_read(tmp_path):
     attention = [n for n in run.names() if n.startswith("attn_logit_max")]
     assert attention == ["attn_logit_max"]  # the model's own forward: no module's name
     assert run.series(attention[0])[1][0] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_rule_that_fails_on_a_run_costs_its_own_diagnosis_only(tmp_path):
+    # A rule that raises on a run's data (the chain rule once met a run with no layer holding
+    # weights) warns and is left out; the other rules' diagnoses stand. Control: the same run
+    # with the rules as they are gives the same diagnoses.
+    import dataclasses
+
+    from steadygrad.diagnose.rules import RULES
+
+    def boom(facts):
+        raise IndexError("list index out of range")
+
+    rows = [{"loss": 2.0 if t < 40 else 2.0 * 1.1 ** (t - 40)} for t in range(80)]
+    whole = diagnose_stored(tmp_path, "run", rows, [])
+    broken = (dataclasses.replace(RULES[0], check=boom),) + RULES[1:]
+    with pytest.warns(RuntimeWarning, match=f"the rule for {RULES[0].cause} failed"):
+        report = steadygrad.diagnose(tmp_path / "run", rules=broken)
+    assert report.causes() == [c for c in whole.causes() if c != RULES[0].cause]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +102,21 @@ class DiagnosisReport:
         return "\n".join(lines)
 
 
+def _applied(rule: Rule, facts: RunFacts) -> Diagnosis | None:
+    """``rule`` applied to a run, or None with a warning when it fails on the run's data: one
+    rule's bug costs its own diagnosis, not the whole report."""
+    try:
+        return rule.apply(facts)
+    except Exception as exc:  # noqa: BLE001 - the other rules' diagnoses still stand
+        warnings.warn(
+            f"steadygrad: the rule for {rule.cause} failed on this run ({exc!r}); its "
+            "diagnosis is left out",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
 def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES) -> DiagnosisReport:
     """Read a run's findings and signals and return its diagnoses, ranked.
 
@@ -111,7 +127,7 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
     if not isinstance(run, Run):
         run = load(run)
     facts = RunFacts(run)
-    found = [d for rule in rules if (d := rule.apply(facts)) is not None]
+    found = [d for rule in rules if (d := _applied(rule, facts)) is not None]
     broke = facts.broke_at
     for d in found:
         progress = facts.progress_until if broke is not None else facts.best_loss_step

@@ -2010,6 +2010,8 @@ def _amplified_layer_by_layer(
     output ``STEP_GAIN`` times the one before, whose last output is ``CHAIN_AMPLIFIED`` times
     the input's RMS (``scale``): its (output RMS, module)s, first to last (none when there is
     no chain)."""
+    if not layers:
+        return []
     ordered = sorted(layers, key=lambda layer: _natural(layer[1]))
     chain: list[tuple[float, str]] = ordered[:1]
     for act, module in ordered[1:] + [(0.0, "")]:  # a sentinel ends the last chain
