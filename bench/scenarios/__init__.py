@@ -146,6 +146,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout139,
     cases_heldout140,
     cases_heldout141,
+    cases_heldout142,
     cases_mlp,
     cases_other,
 )
