@@ -315,3 +315,12 @@ def test_a_rule_that_fails_on_a_run_costs_its_own_diagnosis_only(tmp_path):
     with pytest.warns(RuntimeWarning, match=f"the rule for {RULES[0].cause} failed"):
         report = steadygrad.diagnose(tmp_path / "run", rules=broken)
     assert report.causes() == [c for c in whole.causes() if c != RULES[0].cause]
+
+
+def test_an_output_concatenated_from_two_heads_names_neither(tmp_path):
+    # Control for the walk back through the replay's graph: a mean head and a raw variance head
+    # concatenated into the model's one output, a Gaussian NLL taking the log of the variance
+    # column. The nearest modules behind the output are both heads: which one the loss made its
+    # NaN from cannot be told from the graph, so no place is named (not the first one found).
+    found = _nonfinite(_report(tmp_path, "h142_fumarole_raw_variance"))
+    assert found.where == [] and "in the loss or its targets" in found.summary

@@ -554,14 +554,14 @@ class ActivationSignal(Signal):
             # an output the model's own code made (a squeeze, a ReLU after its last layer) is
             # placed at the module whose output it was computed from
             module = made[0] if made[0] != "<root>" else _made_from(t, self.hooks.node_made_by)
-            producers.add(module or made[0])
+            producers.add(module)  # None: made from several modules' outputs
             edge = _edge_values(t)
             if edge:
                 suspects.append((module or made[0], edge))
         if len(suspects) == 1:
             module, edge = suspects[0]
             return {"module": module, "in_the_loss": f"its output held {edge}"}
-        if not suspects and len(producers) == 1 and len(outputs) == 1:
+        if not suspects and len(outputs) == 1 and len(producers) == 1 and None not in producers:
             # the model's one output: whatever the loss did to make the NaN, it did to this
             return {
                 "module": producers.pop(),
@@ -704,18 +704,18 @@ def _fed_the_loss(calls: list[TopCall], loss: object) -> list[bool] | None:
 
 
 def _made_from(t: torch.Tensor, node_made_by: dict[Any, str]) -> str | None:
-    """The module (other than the model itself) whose output ``t`` was computed from, the
-    nearest first: a walk back through ``t``'s autograd graph to the first node that a
-    module's output carried."""
-    frontier, seen = deque([t.grad_fn]), set()
-    while frontier:
-        node = frontier.popleft()
-        if node is None or node in seen:
-            continue
-        if node_made_by.get(node, "<root>") != "<root>":
-            return node_made_by[node]
-        seen.add(node)
-        frontier.extend(n for n, _ in node.next_functions)
+    """The module (other than the model itself) whose output ``t`` was computed from: a walk
+    back through ``t``'s autograd graph, a level at a time, to the nearest nodes that modules'
+    outputs carried. None when that level holds more than one module's (a concatenation of two
+    heads' outputs: which of them the loss made its NaN from cannot be told)."""
+    level, seen = [t.grad_fn], set()
+    while level:
+        found = {node_made_by.get(node, "<root>") for node in level} - {"<root>"}
+        if found:
+            return found.pop() if len(found) == 1 else None
+        seen.update(level)
+        level = [n for node in level for n, _ in node.next_functions if n is not None]
+        level = [n for n in dict.fromkeys(level) if n not in seen]
     return None
 
 
