@@ -1910,11 +1910,14 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
     ]
     if not scale > 0 or not layers:
         return None
+    # layers that hold weights, in the model's order: an activation between them (a ReLU
+    # module halving the RMS) is no layer with a gain, and would break every chain
+    weighted = sorted(
+        ((act, m) for act, m in layers if f"{GRAD_NORM.name}/{m}.weight" in facts.names),
+        key=lambda layer: _natural(layer[1]),
+    )
     chain = [max(layers)]
     if chain[0][0] < AMPLIFIED * scale:
-        # layers that hold weights: an activation between them (a ReLU module halving the
-        # RMS) is no layer with a gain, and would break every chain
-        weighted = [(act, m) for act, m in layers if f"{GRAD_NORM.name}/{m}.weight" in facts.names]
         chain = _amplified_layer_by_layer(weighted, scale)
         if not chain:
             return None
@@ -1923,11 +1926,10 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
     if len(chain) > 1:
         # placed where the rise began: the layers before the chain that led into it, each no
         # larger than the next (one layer's gain under STEP_GAIN breaks a chain, not a rise)
-        ordered = sorted(weighted, key=lambda layer: _natural(layer[1]))
-        start = ordered.index(chain[0])
-        while start > 0 and 0 < ordered[start - 1][0] <= ordered[start][0]:
+        start = begins = weighted.index(chain[0])
+        while start > 0 and 0 < weighted[start - 1][0] <= weighted[start][0]:
             start -= 1
-        where = [m for _, m in ordered[start : ordered.index(chain[0])]] + where
+        where = [m for _, m in weighted[start:begins]] + where
     size = "overflowed" if math.isinf(ratio) else f"was {ratio:.3g}x the norm of all the weights"
     recurrent = any(_inside(module, m) for m in facts.recurrent_modules)
     how = (
@@ -1979,14 +1981,10 @@ def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
     chains = []
     for layers in stacks.values():
         layers.sort(reverse=True)  # from the output back
-        chain = layers[:1]
-        for layer in layers[1:] + [(0, 0.0, "")]:  # a sentinel ends the last chain
-            if layer[1] >= STEP_GAIN * chain[-1][1]:
-                chain.append(layer)
-                continue
-            if len(chain) >= CHAIN and chain[-1][1] >= CHAIN_AMPLIFIED * chain[0][1]:
-                chains.append(chain)
-            chain = [layer]
+        norms = [norm for _, norm, _ in layers]
+        chains += [
+            layers[i:j] for i, j in _chains(norms) if norms[j - 1] >= CHAIN_AMPLIFIED * norms[i]
+        ]
     if not chains:
         return None
     chain = max(chains, key=lambda c: c[-1][1] / c[0][1])
@@ -2010,18 +2008,23 @@ def _amplified_layer_by_layer(
     output ``STEP_GAIN`` times the one before, whose last output is ``CHAIN_AMPLIFIED`` times
     the input's RMS (``scale``): its (output RMS, module)s, first to last (none when there is
     no chain)."""
-    if not layers:
-        return []
     ordered = sorted(layers, key=lambda layer: _natural(layer[1]))
-    chain: list[tuple[float, str]] = ordered[:1]
-    for act, module in ordered[1:] + [(0.0, "")]:  # a sentinel ends the last chain
-        if chain[-1][0] > 0 and act >= STEP_GAIN * chain[-1][0]:
-            chain.append((act, module))
+    acts = [act for act, _ in ordered]
+    return next(
+        (ordered[i:j] for i, j in _chains(acts) if acts[j - 1] >= CHAIN_AMPLIFIED * scale), []
+    )
+
+
+def _chains(values: list[float]) -> Iterator[tuple[int, int]]:
+    """The spans ``[i, j)`` of ``CHAIN`` values or more in a row, each ``STEP_GAIN`` times the
+    one before it (a layer after layer multiplying what passes through it)."""
+    start = 0
+    for k in range(1, len(values) + 1):
+        if k < len(values) and values[k - 1] > 0 and values[k] >= STEP_GAIN * values[k - 1]:
             continue
-        if len(chain) >= CHAIN and chain[-1][0] >= CHAIN_AMPLIFIED * scale:
-            return chain
-        chain = [(act, module)]
-    return []
+        if k - start >= CHAIN:
+            yield start, k
+        start = k
 
 
 def _family_at(facts: RunFacts, metric: Any, step: int) -> dict[str, float]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from steadygrad.core.metrics import ATTN_LOGIT_MAX, ATTN_SATURATED
 from steadygrad.core.signal import Value
-from steadygrad.monitor.intercept import InterceptingSignal
+from steadygrad.monitor.intercept import SAME_VALUES, InterceptingSignal, autograd_step
 
 if TYPE_CHECKING:
     from steadygrad.monitor.monitor import Monitor
@@ -159,16 +159,11 @@ def _mha_logit_max(args: tuple, kwargs: dict) -> Reading:
 SINK_KEYS = 4
 
 
-# The autograd nodes of what attention does between ``q @ k^T`` and its softmax: a scale, a
-# mask, a shift by the row's largest, a reshape, a cast.
-BETWEEN_PRODUCT_AND_SOFTMAX = frozenset(
-    f"{op}Backward{n}"
-    for op in (
-        "Div Mul Add Sub View UnsafeView Reshape Expand Clone MaskedFill Where ToCopy Squeeze "
-        "Unsqueeze Permute Transpose"
-    ).split()
-    for n in (0, 1)
-)
+# The autograd steps between ``q @ k^T`` and its softmax: those that carry values unchanged (a
+# reshape, a cast), a scale, a mask, a shift by the row's largest.
+BETWEEN_PRODUCT_AND_SOFTMAX = SAME_VALUES | {
+    f"{op}Backward" for op in ("Div", "Mul", "Add", "Sub", "MaskedFill", "Where")
+}
 
 
 def _product_of_activations(scores: torch.Tensor) -> bool:
@@ -182,10 +177,10 @@ def _product_of_activations(scores: torch.Tensor) -> bool:
         if node is None or node in seen:
             continue
         seen.add(node)
-        name = type(node).__name__
-        if name.startswith("BmmBackward"):
+        step = autograd_step(node)
+        if step == "BmmBackward":
             return True
-        if name in BETWEEN_PRODUCT_AND_SOFTMAX:
+        if step in BETWEEN_PRODUCT_AND_SOFTMAX:
             frontier += [n for n, _ in node.next_functions]
     return False
 

@@ -211,6 +211,22 @@ class InterceptingSignal(Signal):
         return None
 
 
+# Autograd steps that carry the values of their input unchanged: reshapes, slices and casts.
+SAME_VALUES = frozenset(
+    f"{name}Backward"
+    for name in (
+        "View", "UnsafeView", "Reshape", "ReshapeAlias", "ToCopy", "Slice", "Select", "Index",
+        "Transpose", "Permute", "Clone", "Squeeze", "Unsqueeze", "Expand", "AsStrided",
+        "Narrow", "T", "Alias",
+    )
+)  # fmt: skip
+
+
+def autograd_step(node: Any) -> str:
+    """An autograd node's operation as the names above spell it: ``ViewBackward0`` -> ``ViewBackward``."""
+    return type(node).__name__.rstrip("0123456789")
+
+
 def _live(table: dict[int, tuple[str, weakref.ref]], tensor: torch.Tensor) -> str | None:
     """The module ``table`` holds for ``tensor``'s storage, if the output it saw there lives."""
     made = table.get(_key(tensor))

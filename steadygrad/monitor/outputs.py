@@ -32,7 +32,7 @@ from steadygrad.core.metrics import (
     OUTPUT_SHIFT_GRADIENT,
     SOFTMAX_COLLAPSE,
 )
-from steadygrad.monitor.intercept import InterceptingSignal
+from steadygrad.monitor.intercept import SAME_VALUES, InterceptingSignal, autograd_step
 from steadygrad.monitor.output_logits import choice_rows, live_logits, softmax_collapse_mask
 
 
@@ -291,17 +291,6 @@ class CrossEntropyOutputSignal(InterceptingSignal):
                 record.meta[LOOK_CLOSER] = True
 
 
-# Autograd steps that carry the values of their input unchanged: reshapes, slices and casts.
-_SAME_VALUES = frozenset(
-    f"{name}Backward"
-    for name in (
-        "View", "UnsafeView", "Reshape", "ReshapeAlias", "ToCopy", "Slice", "Select", "Index",
-        "Transpose", "Permute", "Clone", "Squeeze", "Unsqueeze", "Expand", "AsStrided",
-        "Narrow", "T", "Alias",
-    )
-)  # fmt: skip
-
-
 def _values_made_at(logits: torch.Tensor, depth: int = 8) -> tuple[Any, int] | None:
     """The autograd node (and which of its outputs) that computed the values ``logits``
     holds: found through up to ``depth`` steps that only reshape, slice or cast them (the
@@ -312,7 +301,7 @@ def _values_made_at(logits: torch.Tensor, depth: int = 8) -> tuple[Any, int] | N
     for _ in range(depth):
         if node is None:
             return None
-        if type(node).__name__.rstrip("0123456789") not in _SAME_VALUES:
+        if autograd_step(node) not in SAME_VALUES:
             return node, index
         following = [(n, i) for n, i in node.next_functions if n is not None]
         if len(following) != 1:
