@@ -110,7 +110,9 @@ __all__ = [
     "NOBODY",
     "as_unprivileged_user",
     "diagnose_stored",
+    "fitted",
     "no_hooks_left",
+    "on_bench_path",
     "regression_batch",
     "shape_or_skip",
     "shared_temp_dir",
@@ -141,14 +143,32 @@ def shape_or_skip(holds: bool, shape: str) -> None:
         pytest.skip(f"on this machine's numerics the run did not take the shape: {shape}")
 
 
-def held_out_run(tmp_path: Path, name: str):
-    """Run one of the bench's scenarios with the README's one-line attach; returns its context
-    (``checks``: whether the fault took effect, by the scenario's own test) and the report."""
+def on_bench_path() -> None:
+    """Make ``bench/`` importable: its scenarios' models, data and training loop."""
     import sys
 
     bench = str(Path(__file__).resolve().parents[1] / "bench")
     if bench not in sys.path:
         sys.path.insert(0, bench)
+
+
+def fitted(tmp_path: Path, model, optimizer, batches, steps: int, **fit_kwargs):
+    """``model`` trained ``steps`` steps by the bench's plain loop (``scenarios.common.fit``)
+    with the README's one-line attach: its context (``losses``) and its report. A scenario's
+    model run another way (a control at a standard init)."""
+    on_bench_path()
+    from scenarios.common import Context, fit
+
+    ctx = Context("default", tmp_path / "fitted")
+    fit(ctx, model, optimizer, batches, steps, **fit_kwargs)
+    ctx.monitor.close()
+    return ctx, steadygrad.diagnose(tmp_path / "fitted")
+
+
+def held_out_run(tmp_path: Path, name: str):
+    """Run one of the bench's scenarios with the README's one-line attach; returns its context
+    (``checks``: whether the fault took effect, by the scenario's own test) and the report."""
+    on_bench_path()
     from scenarios import SCENARIOS
     from scenarios.common import Context
 

@@ -9,7 +9,16 @@ import math
 
 import pytest
 import torch
-from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
+from helpers import (
+    diagnose_stored,
+    fitted,
+    held_out_run,
+    induced_or_skip,
+    on_bench_path,
+    steadygrad,
+)
+
+on_bench_path()  # the scenarios' models and data
 
 
 def _report(tmp_path, name):
@@ -58,35 +67,25 @@ def test_born_exploded_needs_the_recurrence_alone_above_three_times_the_weights(
     assert _born(tmp_path, "tenfold", rnn=120.0, head=50.0)
 
 
+def _exploded(report) -> bool:
+    return any(d.cause == "exploding_gradients" for d in report.diagnoses)
+
+
 def test_the_same_recurrence_at_pytorchs_default_init_is_not_born_exploded(tmp_path):
     # Control: the same ReLU RNN with PyTorch's default recurrent init and the same SGD
     # momentum run trains; nothing is said to explode.
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import torch.nn.functional as F
     from scenarios.cases_heldout139 import StrokeRNN, _stroke_batches
-    from scenarios.common import Context, seeded
+    from scenarios.common import seeded
 
     torch.manual_seed(0)
-    ctx = Context("default", tmp_path / "default_init")
     model = StrokeRNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    ctx.attach(model, opt)
     batches = _stroke_batches(seeded(13907))
-    for _ in range(60):
-        x, y = next(batches)
-        loss = F.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        ctx.step(loss)
-        opt.zero_grad(set_to_none=True)
-    ctx.monitor.close()
+    mse = torch.nn.functional.mse_loss
+    ctx, report = fitted(tmp_path, model, opt, batches, 60, loss_fn=mse, classifier=False)
     assert all(math.isfinite(v) for v in ctx.losses)
     assert sum(ctx.losses[-10:]) < sum(ctx.losses[:10])
-    report = steadygrad.diagnose(tmp_path / "default_init")
-    assert not any(d.cause == "exploding_gradients" for d in report.diagnoses)
+    assert not _exploded(report)
 
 
 def test_gradients_growing_back_through_a_stack_from_the_first_step_name_the_init(tmp_path):
@@ -102,23 +101,17 @@ def test_gradients_growing_back_through_a_stack_from_the_first_step_name_the_ini
 def test_the_same_stack_at_pytorchs_default_init_grows_no_gradient_back(tmp_path):
     # Control: the same eight tanh layers at PyTorch's default init (uniform, 1/sqrt(fan_in)):
     # their gradients stay within a few times of each other; nothing is said to explode.
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import torch.nn.functional as F
-    from scenarios.cases_heldout140 import DeepTanh, _tabular, _train
-    from scenarios.common import Context, seeded
+    from scenarios.cases_heldout140 import DeepTanh, _tabular
+    from scenarios.common import seeded
 
     torch.manual_seed(0)
-    ctx = Context("default", tmp_path / "default_init")
     model = DeepTanh(10, 64, 8)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    _train(ctx, model, opt, _tabular(seeded(14005), 10, 64), 60, F.huber_loss)
-    ctx.monitor.close()
+    batches = _tabular(seeded(14005), 10, 64)
+    huber = torch.nn.functional.huber_loss
+    ctx, report = fitted(tmp_path, model, opt, batches, 60, loss_fn=huber, classifier=False)
     assert all(math.isfinite(v) for v in ctx.losses)
-    report = steadygrad.diagnose(tmp_path / "default_init")
-    assert not any(d.cause == "exploding_gradients" for d in report.diagnoses)
+    assert not _exploded(report)
 
 
 def _stack_run(tmp_path, name, grads):
@@ -204,11 +197,7 @@ def test_a_chain_of_layers_is_read_over_the_layers_with_weights(tmp_path):
 def test_the_same_relu_stack_at_the_he_gain_is_no_chain(tmp_path):
     # Control: the same ten layers at the He gain keep the signal's RMS; the same SGD run is
     # not said to explode.
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from scenarios.common import Context, fit, seeded
+    from scenarios.common import seeded
     from torch import nn
 
     torch.manual_seed(0)
@@ -223,13 +212,11 @@ def test_the_same_relu_stack_at_the_he_gain_is_no_chain(tmp_path):
     gen = seeded(14108)
     w = torch.randn(10, 1, generator=gen)
     batches = iter(lambda: (x := torch.randn(64, 10, generator=gen), x @ w), None)
-    ctx = Context("default", tmp_path / "he")
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    fit(ctx, model, opt, batches, 40, loss_fn=torch.nn.functional.mse_loss, classifier=False)
-    ctx.monitor.close()
+    mse = torch.nn.functional.mse_loss
+    ctx, report = fitted(tmp_path, model, opt, batches, 40, loss_fn=mse, classifier=False)
     assert all(math.isfinite(v) for v in ctx.losses)
-    report = steadygrad.diagnose(tmp_path / "he")
-    assert not any(d.cause == "exploding_gradients" for d in report.diagnoses)
+    assert not _exploded(report)
 
 
 def test_attention_logits_grown_with_every_weight_are_that_growths_consequence(tmp_path):
