@@ -92,6 +92,46 @@ def test_activation_rms_of_every_leaf_module(tmp_path):
     mon.close()
 
 
+def test_activation_rms_after_an_in_place_relu_and_beside_another_model(tmp_path):
+    """Each tensor's norm is measured once while its values stay as they were: the output a
+    ReLU(inplace=True) changes is measured again, the input many modules read is not needed
+    twice; a module of another model called in the step is not recorded."""
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+    other = nn.Linear(2, 2)  # e.g. a target network run inside the step
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", activation_every=1, progress=False)
+    x, y = regression_batch(0)
+    x = x[:, :6]
+    with torch.no_grad():  # the hand computation, before the step changes anything
+        pre = model[0](x)
+        post = torch.relu(pre)
+        out = model[2](post)
+    loss = nn.functional.mse_loss(model(x) + 0 * other(x[:, :2]).sum(), y[:, :2])
+    loss.backward()
+    opt.step()
+    rms = mon.step(loss).family("act_rms")
+    assert set(rms) == {"0", "1", "2"}  # none of the other model's
+    assert rms["0"] == pytest.approx(pre.pow(2).mean().sqrt().item(), rel=1e-5)
+    assert rms["1"] == pytest.approx(post.pow(2).mean().sqrt().item(), rel=1e-5)
+    assert rms["1"] < rms["0"]  # the ReLU zeroed some: the cached norm was not reused
+    assert rms["2"] == pytest.approx(out.pow(2).mean().sqrt().item(), rel=1e-5)
+    mon.close()
+
+
+def test_activation_cadence_stretches_with_the_module_count(tmp_path):
+    """25 steps per 1,000 modules begun, unless given: a due step visits every module call."""
+    opt_for = lambda m: torch.optim.SGD(m.parameters(), lr=0.01)  # noqa: E731
+    small = tiny_mlp()
+    big = nn.Sequential(*[nn.Identity() for _ in range(2400)], nn.Linear(4, 1))  # 2,402 modules
+    cases = [(small, None, 25), (big, None, 75), (big, 10, 10)]
+    for k, (model, given, expected) in enumerate(cases):
+        kwargs = {} if given is None else {"activation_every": given}
+        with steadygrad.watch(model, opt_for(model), tmp_path / f"r{k}", progress=False, **kwargs):
+            pass
+        config = steadygrad.load(tmp_path / f"r{k}").config
+        assert config["activation_every"] == expected
+
+
 def test_every_records_only_every_nth_step(tmp_path):
     model = tiny_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

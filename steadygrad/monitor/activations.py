@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
 from torch.utils._pytree import tree_leaves
 
 from steadygrad.core import Measurements, Record, Signal
@@ -91,6 +92,10 @@ def _autocast_as(state: list[tuple[str, torch.dtype]]):
 
 
 def _floats(tree: object) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):  # most calls: one tensor, or a tuple of them
+        return [tree] if tree.is_floating_point() else []
+    if type(tree) is tuple and all(isinstance(t, torch.Tensor) for t in tree):
+        return [t for t in tree if t.is_floating_point()]
     return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
@@ -115,6 +120,7 @@ class ActivationHooks:
 
     def __init__(self, model: nn.Module) -> None:
         self.modules = [(name or "<root>", m) for name, m in model.named_modules()]
+        self._name_of = {id(m): name for name, m in self.modules}
         self.leaves = {name for name, m in self.modules if next(m.children(), None) is None}
         self.recurrent_layers = builtin_recurrent(model)
         # a recurrence matters where weights sit (a shared dropout or activation module is none)
@@ -135,6 +141,9 @@ class ActivationHooks:
         self._widening = False
         # this step's outputs' autograd nodes per module, and the modules found in a recurrence
         self._made: dict[str, set] = {}
+        # id of a tensor measured this step -> (the tensor, weakly; its version; its norm)
+        self._measured: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+        self._own_hooks: set[int] = set()  # modules with forward hooks of their own, by id
         self._tries: dict[str, int] = {}
         self._recurrent: list[str] = []
 
@@ -143,41 +152,81 @@ class ActivationHooks:
         return bool(self._handles)
 
     def install(self) -> None:
+        """One process-wide forward hook that looks the module up (see monitor.intercept): a
+        hook per module would make thousands of handles on a big model's due steps, and the
+        garbage collector's full passes over them cost more than the step's measurements. A
+        module with forward hooks of its own gets one after them instead: process-wide hooks
+        run first, and one of its own may replace the output (a user's, a library's)."""
         if self._handles:
             return
         self.calls, self._recurrent = [], []
-        for name, module in self.modules:
-            hook = torch.compiler.disable(self._hook(name))  # see monitor.intercept
-            self._handles.append(module.register_forward_hook(hook))
+        self._own_hooks = {id(m) for _, m in self.modules if m._forward_hooks}
+        self._handles.append(register_module_forward_hook(self._observe_any))
+        for _, module in self.modules:
+            if id(module) in self._own_hooks:
+                self._handles.append(module.register_forward_hook(self._observe))
+
+    @torch.compiler.disable  # see monitor.intercept
+    def _observe_any(self, module: nn.Module, args: tuple, output: object) -> None:
+        if id(module) not in self._own_hooks:
+            self._observe(module, args, output)
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
         self._made, self._tries = {}, {}  # let the step's graph go
+        self._measured = {}
 
-    def _hook(self, name: str):
-        calls = self.calls
+    @torch.compiler.disable  # see monitor.intercept
+    def _observe(self, module: nn.Module, args: tuple, output: object) -> None:
+        name = self._name_of.get(id(module))
+        if name is None:
+            return  # a module of another model, or the loss's
+        with torch._C.DisableTorchFunction():  # measuring is no call for a signal to intercept
+            self._measure_call(name, module, args, output)
 
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            outs = _floats(output)
-            half = any(t.dtype == torch.float16 for t in outs)
-            calls.append(
-                Call(name, _norm(_floats(args)), _norm(outs), sum(t.numel() for t in outs), half)
+    def _measure_call(self, name: str, module: nn.Module, args: tuple, output: object) -> None:
+        outs = _floats(output)
+        half = any(t.dtype == torch.float16 for t in outs)
+        self.calls.append(
+            Call(
+                name,
+                self._norm(_floats(args)),
+                self._norm(outs),
+                sum(t.numel() for t in outs),
+                half,
             )
-            if name in self._weighted and torch.is_grad_enabled() and not self.tracing:
-                self._recurrence(name, args, outs)
-            if self.tracing and not self._widening:
-                for t in outs:
-                    kept = self.made_by.get(id(t))
-                    if kept is None or kept[1]() is not t:  # inner modules return first
-                        self.made_by[id(t)] = (name, weakref.ref(t))
-                    if t.grad_fn is not None:
-                        self.node_made_by.setdefault(t.grad_fn, name)
-                if name not in self.float16_overflow:
-                    self._check_float16(name, module, args, outs)
+        )
+        if name in self._weighted and torch.is_grad_enabled() and not self.tracing:
+            self._recurrence(name, args, outs)
+        if self.tracing and not self._widening:
+            for t in outs:
+                kept = self.made_by.get(id(t))
+                if kept is None or kept[1]() is not t:  # inner modules return first
+                    self.made_by[id(t)] = (name, weakref.ref(t))
+                if t.grad_fn is not None:
+                    self.node_made_by.setdefault(t.grad_fn, name)
+            if name not in self.float16_overflow:
+                self._check_float16(name, module, args, outs)
 
-        return hook
+    def _norm(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        """``_norm``, each tensor measured once while its values stay as they were: a module's
+        input is most often the output the module before it returned, or one many modules read."""
+        if not tensors:
+            return None
+        norms = [self._norm_of(t) for t in tensors]
+        return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+
+    def _norm_of(self, t: torch.Tensor) -> torch.Tensor:
+        if t.is_inference():  # no version counter to tell an in-place change by
+            return _norm([t])
+        kept = self._measured.get(id(t))
+        if kept is not None and kept[0]() is t and kept[1] == t._version:
+            return kept[2]
+        norm = _norm([t])
+        self._measured[id(t)] = (weakref.ref(t), t._version, norm)
+        return norm
 
     def _check_float16(self, name: str, module: nn.Module, args: tuple, outs: list) -> None:
         """On a replay, a float16 output that is not finite from finite inputs is computed

@@ -109,8 +109,11 @@ class DeadUnitSignal(InterceptingSignal):
         count = (x.detach().abs() > tail).sum(dtype=torch.float32)
 
         def add() -> None:
-            total = self._saturated.setdefault(layer, [count.new_zeros(()), 0])
-            total[0], total[1] = total[0] + count, total[1] + x.numel()
+            total = self._saturated.get(layer)
+            if total is None:
+                self._saturated[layer] = [count, x.numel()]
+            else:
+                total[0], total[1] = total[0] + count, total[1] + x.numel()
             self.seen = True
 
         self._if_hidden(x, add)
@@ -197,8 +200,11 @@ class DeadUnitSignal(InterceptingSignal):
                 return  # the same layer fed ReLUs of another width: keep the first
             self._alive[layer] = alive if previous is None else previous | alive
             self._fed[layer] = fed if previous is None else self._fed[layer] | fed
-            total = self._active.setdefault(layer, [count.new_zeros(()), 0.0])
-            total[0], total[1] = total[0] + count, total[1] + positive.numel()
+            total = self._active.get(layer)
+            if total is None:
+                self._active[layer] = [count, float(positive.numel())]
+            else:
+                total[0], total[1] = total[0] + count, total[1] + positive.numel()
             self.seen = True
 
         self._if_hidden(x, add)

@@ -33,8 +33,9 @@ class _Mode(TorchFunctionMode):
         super().__init__()
         self.watch = watch
 
-    @torch.compiler.disable
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        # every torch call of a due step's forward passes here: the watched ones only are
+        # observed (in ``_observe``, compiler-disabled), the rest go straight on
         kwargs = kwargs or {}
         seen = self.watch.get(func)
         if seen is not None:
@@ -132,6 +133,10 @@ class InterceptingSignal(Signal):
             return
         if self._stack:
             self._stack.pop()
+        with torch._C.DisableTorchFunction():  # reading the output is no call to intercept
+            self._keep_output(module, name, output)
+
+    def _keep_output(self, module: nn.Module, name: str, output: object) -> None:
         if not (isinstance(output, torch.Tensor) and output.dim()):
             return
         if id(module) not in self._leaves:

@@ -94,6 +94,12 @@ log = logging.getLogger("steadygrad")
 # sinks still see every step's per-tensor values. (5,000 tensors write ~440 KB per step else.)
 MANY_TENSORS = 1000
 PER_TENSOR_STORE_EVERY = 50
+# The mechanism signals visit every module call of a due step (tens of microseconds of Python
+# each, whatever the module computes), so their default cadence stretches with the module
+# count: every ACTIVATION_EVERY steps per MANY_MODULES modules begun (a 2,500-module model
+# reads every 75 steps). Guard steps and closer looks after a finding still read at once.
+ACTIVATION_EVERY = 25
+MANY_MODULES = 1000
 # Steps after a finding (or a reading a signal flags with ``LOOK_CLOSER``) at which the
 # mechanism signals read, whatever their cadence: enough for a detector's patience of 3 readings.
 CLOSER_LOOK = 3
@@ -126,7 +132,8 @@ class Monitor:
         run_dir: directory for the run database; default ``runs/<date-time>``.
         every: record every ``every``-th step (1 = every step).
         update_every: measure update-to-weight ratios every this many steps.
-        activation_every: measure leaf-module output RMS every this many steps.
+        activation_every: measure leaf-module output RMS every this many steps; default 25,
+            and 25 per 1,000 modules begun on bigger models (see ``MANY_MODULES``).
         signals: extra :class:`~steadygrad.core.Signal` objects (curvature probes, ...).
         mechanisms: also watch, every ``activation_every`` steps, what the diagnosis needs to
             name a mechanism: the output logits and softmax collapse at the loss
@@ -178,7 +185,7 @@ class Monitor:
         name: str | None = None,
         config: Mapping[str, Any] | None = None,
         update_every: int = 10,
-        activation_every: int = 25,
+        activation_every: int | None = None,
         signals: Iterable[Signal] = (),
         mechanisms: bool = True,
         detectors: Sequence[Detector] | None = None,
@@ -202,6 +209,9 @@ class Monitor:
             )
         self.every = _checks.positive_int("every", every)
         self.parameters = ParameterSignal(update_every)
+        if activation_every is None:
+            modules = sum(1 for _ in self.model.modules())
+            activation_every = ACTIVATION_EVERY * math.ceil(modules / MANY_MODULES)
         builtin = [
             StepSignal(),
             LearningRateSignal(),
@@ -255,6 +265,7 @@ class Monitor:
             PARAM_GROUPS: group_members(self.optimizer, self.parameters.stats.named),
             "parameters": sum(p.numel() for p in self.parameters.stats.params),
             "every": self.every,
+            "activation_every": activation_every,
             "signals": {k: "on" if v is True else f"off: {v}" for k, v in switched.items()},
             **dict(config or {}),
         }
