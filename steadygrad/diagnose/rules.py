@@ -8,7 +8,6 @@ that looks at the run and returns what it found, or None. To add a cause, add a 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -79,11 +78,15 @@ from steadygrad.diagnose.detectors.transformer import (
 )
 from steadygrad.diagnose.detectors.trends import (
     BROKE_AT_ONCE,
+    CHAIN_AMPLIFIED,
     GRADIENT_GROWTH,
     GROWTH_BEGAN,
     LOSS_DIVERGENCE,
+    STEP_GAIN,
     UNSTABLE_STEPS,
     WRECKED_WEIGHTS,
+    gain_chains,
+    stack_chains,
 )
 from steadygrad.store.run import Run
 
@@ -1886,11 +1889,10 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
 # standard initialisations keep a signal's scale through the layers (Glorot, He); four orders
 # of magnitude is layers each multiplying it, and backpropagation multiplies the gradient alike.
 AMPLIFIED = 1e4
-# Or layer after layer: this many layers in a row (in the order the model names them), each
-# output at least STEP_GAIN times the one before, the last CHAIN_AMPLIFIED times the input's
-# RMS. One large output can be a layer's design (a temperature, a logit scale); a chain of
-# them is each layer's gain above 1 (eight layers at 2.2x the He scale: about 2x a layer).
-CHAIN, STEP_GAIN, CHAIN_AMPLIFIED = 5, 1.5, 100.0
+# Or layer after layer (``gain_chains``, in the order the model names them), the last output
+# CHAIN_AMPLIFIED times the input's RMS. One large output can be a layer's design (a
+# temperature, a logit scale); a chain of them is each layer's gain above 1 (eight layers at
+# 2.2x the He scale: about 2x a layer).
 
 
 def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found | None:
@@ -1960,35 +1962,19 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
 
 
 def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
-    """At the first record, the weights' gradients in a stack of like layers (``body.0`` ..
-    ``body.14``: one name but for its index) growing from the stack's last layer back to its
-    first, ``CHAIN`` layers or more in a row each ``STEP_GAIN`` times the one after it, the
-    first ``CHAIN_AMPLIFIED`` times the last: a backward pass that multiplies the gradient at
-    every layer (weights initialised past the edge of chaos, Poole et al. 2016), whatever the
-    gradient's overall size. Layers of one stack share a shape, so their gradients compare;
-    a healthy stack keeps them within a few times of each other."""
+    """At the first record, the weights' gradients in a stack of like layers growing from the
+    stack's last layer back to its first (:func:`stack_chains`): a backward pass that multiplies
+    the gradient at every layer (weights initialised past the edge of chaos, Poole et al.
+    2016), whatever the gradient's overall size."""
     total = facts.series(GRAD_NORM.name)
     if total is None or not len(total[0]):
         return None
     first = int(total[0][0])
-    stacks: dict[str, list[tuple[int, float, str]]] = {}
-    for tensor, norm in _family_at(facts, GRAD_NORM, first).items():
-        index = re.search(r"(?:^|\.)(\d+)\.", tensor)
-        if index is None or not tensor.endswith("weight") or not norm > 0:
-            continue
-        stack = tensor[: index.start(1)] + "#" + tensor[index.end(1) :]
-        stacks.setdefault(stack, []).append((int(index.group(1)), norm, tensor))
-    chains = []
-    for layers in stacks.values():
-        layers.sort(reverse=True)  # from the output back
-        norms = [norm for _, norm, _ in layers]
-        chains += [
-            layers[i:j] for i, j in _chains(norms) if norms[j - 1] >= CHAIN_AMPLIFIED * norms[i]
-        ]
+    chains = stack_chains(_family_at(facts, GRAD_NORM, first))
     if not chains:
         return None
     chain = max(chains, key=lambda c: c[-1][1] / c[0][1])
-    where = [tensor.rsplit(".", 1)[0] for _, _, tensor in reversed(chain)]
+    where = [tensor.rsplit(".", 1)[0] for tensor, _ in reversed(chain)]
     return Found(
         f"the gradients exploded through depth from the first step: at step {first} each "
         f"layer's weight gradient in {layer_span(where)} stood at least {STEP_GAIN:g}x the one "
@@ -2011,20 +1997,8 @@ def _amplified_layer_by_layer(
     ordered = sorted(layers, key=lambda layer: _natural(layer[1]))
     acts = [act for act, _ in ordered]
     return next(
-        (ordered[i:j] for i, j in _chains(acts) if acts[j - 1] >= CHAIN_AMPLIFIED * scale), []
+        (ordered[i:j] for i, j in gain_chains(acts) if acts[j - 1] >= CHAIN_AMPLIFIED * scale), []
     )
-
-
-def _chains(values: list[float]) -> Iterator[tuple[int, int]]:
-    """The spans ``[i, j)`` of ``CHAIN`` values or more in a row, each ``STEP_GAIN`` times the
-    one before it (a layer after layer multiplying what passes through it)."""
-    start = 0
-    for k in range(1, len(values) + 1):
-        if k < len(values) and values[k - 1] > 0 and values[k] >= STEP_GAIN * values[k - 1]:
-            continue
-        if k - start >= CHAIN:
-            yield start, k
-        start = k
 
 
 def _family_at(facts: RunFacts, metric: Any, step: int) -> dict[str, float]:

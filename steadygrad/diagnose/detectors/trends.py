@@ -11,8 +11,10 @@ steps.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -305,6 +307,59 @@ START_RECORDS, START_LEFT = 10, 0.2
 # A best level this many times below the highest level sustained before it is a gradient that
 # vanished, not the level healthy training settled at (see GradientGrowth).
 VANISHED = 1e3
+
+
+# Layer after layer multiplying what passes through it: CHAIN layers or more in a row, each
+# STEP_GAIN times the one before, the last CHAIN_AMPLIFIED times the first (a healthy stack
+# keeps its layers' gradients and outputs within a few times of each other).
+CHAIN, STEP_GAIN, CHAIN_AMPLIFIED = 5, 1.5, 100.0
+
+
+def gain_chains(values: Sequence[float]) -> Iterator[tuple[int, int]]:
+    """The spans ``[i, j)`` of ``CHAIN`` values or more in a row, each ``STEP_GAIN`` times the
+    one before it.
+
+    Example:
+        >>> list(gain_chains([1, 2, 4, 8, 16, 32, 1, 1]))
+        [(0, 6)]
+    """
+    start = 0
+    for k in range(1, len(values) + 1):
+        if k < len(values) and values[k - 1] > 0 and values[k] >= STEP_GAIN * values[k - 1]:
+            continue
+        if k - start >= CHAIN:
+            yield start, k
+        start = k
+
+
+def stack_chains(grad_norms: Mapping[str, float]) -> list[list[tuple[str, float]]]:
+    """The weight gradients of a stack of like layers (``body.0`` .. ``body.14``: one name but
+    for the index; like layers share a shape, so their gradients compare) that grow from the
+    stack's last layer back to its first in a chain (:func:`gain_chains`), the first
+    ``CHAIN_AMPLIFIED`` times the last: each chain's (tensor, gradient norm), from the output back.
+
+    Example:
+        >>> norms = {f"body.{i}.weight": 2.0 ** (8 - i) for i in range(8)}
+        >>> [len(chain) for chain in stack_chains({**norms, "head.weight": 500.0})]
+        [8]
+    """
+    stacks: dict[str, list[tuple[int, str, float]]] = {}
+    for tensor, norm in grad_norms.items():
+        index = re.search(r"(?:^|\.)(\d+)\.", tensor)
+        if index is None or not tensor.endswith("weight") or not norm > 0:
+            continue
+        stack = tensor[: index.start(1)] + "#" + tensor[index.end(1) :]
+        stacks.setdefault(stack, []).append((int(index.group(1)), tensor, float(norm)))
+    found = []
+    for layers in stacks.values():
+        layers.sort(reverse=True)  # from the output back
+        norms = [norm for _, _, norm in layers]
+        found += [
+            [(tensor, norm) for _, tensor, norm in layers[i:j]]
+            for i, j in gain_chains(norms)
+            if norms[j - 1] >= CHAIN_AMPLIFIED * norms[i]
+        ]
+    return found
 
 
 class GradientGrowth(Detector):
@@ -606,9 +661,25 @@ class GradientGrowth(Detector):
         """Gradients that grow geometrically from the output back to the input (Pascanu et
         al. 2013, through depth): over the weight tensors in the model's order (at least
         ``layers``), the gradient norm falls with depth almost monotonically (rank correlation
-        -0.9 or below) by ``init_ratio`` or more from the first to the last. A warning at
-        initialisation, naming the first tensor."""
+        -0.9 or below) by ``init_ratio`` or more from the first to the last; or, in a stack of
+        like layers, a chain of them each multiplying the gradient (:func:`stack_chains`: a
+        head whose gradient is larger than the last hidden layer's breaks the model-wide order,
+        not the stack's). A warning at initialisation, naming the first tensor."""
         names, norms = record.family_array(GRAD_NORM.name)
+        chains = stack_chains(dict(zip(names, norms.tolist(), strict=True)))
+        if chains:
+            chain = max(chains, key=lambda c: c[-1][1] / c[0][1])
+            (first, grown), (_, small) = chain[-1], chain[0]
+            evidence = {
+                "first_layer_grad_norm": grown,
+                "last_layer_grad_norm": small,
+                "ratio": grown / small,
+                "layers": len(chain),
+                "at_initialisation": True,
+                "through_depth": True,
+                "stack": True,
+            }
+            return [Finding(self.kind, record.step, first, evidence, Severity.WARNING)]
         keep = [i for i, n in enumerate(names) if n.endswith("weight") and norms[i] > 0]
         if len(keep) < layers:
             return []
