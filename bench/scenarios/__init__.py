@@ -147,6 +147,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout140,
     cases_heldout141,
     cases_heldout142,
+    cases_heldout143,
     cases_mlp,
     cases_other,
 )
