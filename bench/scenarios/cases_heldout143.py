@@ -3,8 +3,8 @@ from tiny configs, a GRU and an LSTM, and hand-written models of trades, crafts,
 natural phenomena not covered before.
 
 Each fault is induced the way it happens in practice and checked with ``ctx.check``; the
-controls are ordinary runs (warm-up with clipping, OneCycleLR with label smoothing, fp16
-autocast with a GradScaler, ReduceLROnPlateau on noisy batches).
+controls are ordinary runs (a warm-up cosine schedule with clipping, OneCycleLR with clipping).
+The writer finished 6 faults and 2 controls of the 12 and 4 asked for.
 """
 
 from __future__ import annotations

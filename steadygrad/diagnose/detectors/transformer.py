@@ -312,7 +312,8 @@ class OutputLogitDivergence(Detector):
     in a row, or ``-SHIFT_DOMINANT`` at one: a z-loss with its sign flipped; no loss of the
     softmax alone can) vouches for no
     growth however far it fell: the rises above count as if it had not halved, and a rise of
-    ``lse_limit / 8`` kept for ``patience`` readings is enough.
+    ``lse_limit / 8`` kept for ``patience`` readings is enough, or any rise at each of
+    ``patience`` readings with the push read at as many.
     Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
     falls count from ``log(classes)``, rises from the lowest ``log Z`` read (inflated logits
     shrink as training starts; their level before that is the initialisation's, a temperature
@@ -463,8 +464,12 @@ class OutputLogitDivergence(Detector):
             early = early or (unearned and self._accelerating())
             # a steady climb: risen at each of twice ``patience`` readings, a quarter of the limit
             early = early or (unearned and rise >= limit / 4 and self._rising >= 2 * self.patience)
-            # rewarded: a rise of an eighth of the limit, still going, is the term's doing
+            # rewarded: a rise of an eighth of the limit, still going, is the term's doing; and
+            # any rise at each of ``patience`` readings, with the push proven at as many
             early = early or (rewarded and rise >= limit / 8 and self._rising >= self.patience)
+            early = early or (
+                self._rewarded >= self.patience and rise > 0 and self._rising >= self.patience
+            )
         # A loss that earned the logits (halved, nothing rewarding their level) and logits held
         # at float32's resolution or finer: their common level is a shift the softmax does not
         # see, and costs nothing at this resolution (it does in half precision: Wortsman et

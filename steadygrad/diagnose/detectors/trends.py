@@ -109,8 +109,10 @@ class SustainedLevel:
             # A floor set in the first steps rests on a handful of values (a batch of one
             # example can give a median of three near 0): how noisy the series is, is learnt
             # over the first window, while it stays below where it started (a run that climbs
-            # from the start is diverging, and its climb is no noise).
-            self.floor_noise = max(self.floor_noise, self.spread())
+            # from the start is diverging, and its climb is no noise); with ``local``, over the
+            # last values too, as at a new floor (a classifier that has just learnt).
+            local = self.spread(self.local) if self.local else 0.0
+            self.floor_noise = max(self.floor_noise, self.spread(), local)
             self.floor_tail = max(self.floor_tail, self.tail())
             self._measured = self._seen
 
