@@ -248,6 +248,8 @@ def test_monitor_arguments_are_accepted_or_refused_by_name(argument, value):
     if argument == "flush_seconds":
         assert isinstance(value, int | float) and not isinstance(value, bool)
         assert math.isfinite(value) and value >= 0
+    elif argument == "activation_every" and value is None:
+        pass  # the default: 25 steps per 1,000 modules begun
     elif argument == "guard_steps":
         assert isinstance(value, int) and not isinstance(value, bool) and value >= 0
     else:

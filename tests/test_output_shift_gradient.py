@@ -100,13 +100,13 @@ def test_a_loss_of_the_softmax_alone_reads_no_shift(tmp_path, kind):
     assert abs(recorded) < 1e-6
 
 
-def _readings(shift: float, last_loss: float) -> list:
+def _readings(shift: float, last_loss: float, first_loss: float = 3.2) -> list:
     """Log Z rising 0.6 nats a reading (3.2 to 6.8 over seven readings) while the loss falls
-    from 3.2 to ``last_loss``: a drift the loss alone would vouch for."""
+    from ``first_loss`` to ``last_loss``: a drift the loss alone would vouch for."""
     det = OutputLogitDivergence()
     found = []
     for i in range(7):
-        loss = 3.2 * (last_loss / 3.2) ** (i / 6)
+        loss = first_loss * (last_loss / first_loss) ** (i / 6)
         values = {LOGIT_LSE_MEAN.name: 3.2 + 0.6 * i, LOSS.name: loss}
         values[OUTPUT_SHIFT_GRADIENT.name] = shift
         found += det.update(Record(25 * i, values))
@@ -114,18 +114,21 @@ def _readings(shift: float, last_loss: float) -> list:
 
 
 @pytest.mark.parametrize(
-    "shift, last_loss, fires",
+    "shift, last_loss, first_loss, fires",
     [
-        (-0.02, 0.5, True),  # the loss rewards larger logits: the rise is its doing
-        (-0.5, 0.5, True),
-        (0.0, 0.5, False),  # cross-entropy alone: a classifier growing confident
-        (-2e-4, 0.5, False),  # within what float32 rounding could read
-        (0.02, 0.5, False),  # a z-loss holding them down
-        (-0.02, 1e-5, False),  # a loss this small: rounding is as large as its gradient
+        (-0.02, 0.5, 3.2, True),  # the loss rewards larger logits: the rise is its doing
+        (-0.5, 0.5, 3.2, True),
+        (-0.02, 1e-5, 3.2, True),  # read while the loss was large enough, however far it fell
+        (0.0, 0.5, 3.2, False),  # cross-entropy alone: a classifier growing confident
+        (-2e-4, 0.5, 3.2, False),  # within what float32 rounding could read
+        (0.02, 0.5, 3.2, False),  # a z-loss holding them down
+        (-0.02, 1e-5, 5e-4, False),  # a loss this small: rounding is as large as its gradient
     ],
 )
-def test_logits_a_loss_term_pushes_up_diverge_however_the_loss_falls(shift, last_loss, fires):
-    found = _readings(shift, last_loss)
+def test_logits_a_loss_term_pushes_up_diverge_however_the_loss_falls(
+    shift, last_loss, first_loss, fires
+):
+    found = _readings(shift, last_loss, first_loss)
     assert bool(found) == fires
     if fires:
         assert found[0].evidence[OUTPUT_SHIFT_GRADIENT.name] == shift
