@@ -254,3 +254,112 @@ def h144_wheelwright_loss_weight_typo(ctx: Context) -> None:
     ctx.check("the data at onset is ordinary (its loss <3x the median before)",
               ctx.losses[onset] < 3 * _median(ctx.losses[onset - 20 : onset]))
     ctx.check("loss finite", _finite(ctx.losses))
+
+
+# -- sinkhole subsidence forecaster: a Gaussian NLL whose variance is clamped at 0, not eps ------
+
+
+class SubsidenceNet(nn.Module):
+    def __init__(self, n_in: int = 10, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, width), nn.Tanh(), nn.Linear(width, width))
+        self.act = nn.Tanh()
+        self.mean_head = nn.Linear(width, 1)
+        self.var_head = nn.Linear(width, 1)
+        nn.init.constant_(self.var_head.bias, 1.0)
+
+    def forward(self, x):
+        h = self.act(self.body(x))
+        # the bug: clamp(min=0.0) where the recipe says clamp(min=1e-6) (or a softplus)
+        return torch.cat([self.mean_head(h), self.var_head(h).clamp(min=0.0)], 1)
+
+
+def _gauss_nll(out, y):
+    mu, var = out[:, :1], out[:, 1:]
+    return (0.5 * torch.log(var) + 0.5 * (y - mu) ** 2 / var).mean()
+
+
+@scenario(
+    family="sinkhole_subsidence_forecaster",
+    optimizer="RMSprop",
+    cause="nonfinite",
+    where=("var_head",),
+    diverges=80,
+    heldout=True,
+    note="RMSprop, heteroscedastic Gaussian NLL on borehole features (water-table drop, "
+    "overburden, karst index). The variance head is clamped with min=0.0 instead of a small "
+    "eps: as the fit sharpens the predicted variance shrinks until one sample's variance is "
+    "exactly 0, and log(0) and (y-mu)^2/0 give a non-finite loss.",
+)
+def h144_sinkhole_variance_clamp_zero(ctx: Context) -> None:
+    gen = seeded(14403)
+    model = SubsidenceNet()
+    opt = torch.optim.RMSprop(model.parameters(), lr=2e-4, alpha=0.99)
+    min_var: list[float] = []
+    model.var_head.register_forward_hook(lambda _m, _i, o: min_var.append(float(o.detach().min())))
+    _train(ctx, model, opt, _tabular(gen, 10, 64, noise=0.02), 200, _gauss_nll)
+    bad = next((i for i, v in enumerate(ctx.losses) if not math.isfinite(v)), None)
+    ctx.check("loss non-finite first at step 80", bad == 80)
+    ctx.check("finite for the first 20 steps", _finite(ctx.losses[:20]))
+    ctx.check(
+        "the variance head's raw output reached <=0 at the non-finite step",
+        bad is not None and min_var[bad] <= 0.0,
+    )
+    ctx.check("the variance head started well above 0", min_var[0] > 0.3)
+
+
+# -- cranberry bog yield: plot yields in grams, sum-pooled under fp16 autocast ------------------
+
+
+class SumPool(nn.Module):
+    def forward(self, x):
+        return x.sum(1)
+
+
+class BogYieldNet(nn.Module):
+    def __init__(self, n_feat: int = 6, width: int = 32):
+        super().__init__()
+        self.plot_mlp = nn.Sequential(nn.Linear(n_feat, width), nn.ReLU(), nn.Linear(width, 1))
+        self.pool = SumPool()
+
+    def forward(self, x):
+        return self.pool(self.plot_mlp(x))
+
+
+def _bog_batches(gen, batch: int = 32, plots: int = 48, n_feat: int = 6):
+    w = torch.rand(n_feat, generator=gen)
+    while True:
+        x = torch.rand(batch, plots, n_feat, generator=gen)
+        grams = 1500.0 + 1500.0 * (x * w).sum(-1, keepdim=True) / w.sum()  # per plot
+        yield x, grams.sum(1)  # the bog's total harvest, in grams
+
+
+@scenario(
+    family="cranberry_bog_yield_pooler",
+    optimizer="AdamW",
+    cause="amp_overflow",
+    where=("pool",),
+    diverges=89,
+    heldout=True,
+    onset=89,
+    note="AdamW under fp16 autocast with a GradScaler: per-plot yields are predicted and "
+    "sum-pooled over 48 plots into the bog's harvest, with targets left in grams (the "
+    "kilogram conversion was dropped). As the predictions approach the targets the pooled "
+    "sum passes fp16's 65504 and the forward pass overflows to inf; the GradScaler cannot "
+    "help because the overflow is in the activations.",
+)
+def h144_cranberry_grams_fp16_sum(ctx: Context) -> None:
+    gen = seeded(14404)
+    model = BogYieldNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    pooled: list[float] = []
+    model.pool.register_forward_hook(lambda _m, _i, o: pooled.append(float(o.detach().float().abs().max())))
+    _train(ctx, model, opt, _bog_batches(gen), 300, F.mse_loss, scaler=scaler)
+    bad = next((i for i, v in enumerate(ctx.losses) if not math.isfinite(v)), None)
+    ctx.check("loss non-finite first at step 89", bad == 89)
+    ctx.check("finite for the first 30 steps", _finite(ctx.losses[:30]))
+    ctx.check(
+        "the pooled fp16 output is inf at that step, below 65504 at the start",
+        bad is not None and math.isinf(pooled[bad]) and pooled[0] < 65504,
+    )
