@@ -363,3 +363,81 @@ def h144_cranberry_grams_fp16_sum(ctx: Context) -> None:
         "the pooled fp16 output is inf at that step, below 65504 at the start",
         bad is not None and math.isinf(pooled[bad]) and pooled[0] < 65504,
     )
+
+
+# -- cheesemonger rind-age regressor: a hand-rolled decoupled weight decay with its sign flipped -
+
+
+@scenario(
+    family="cheesemonger_rind_age_regressor",
+    optimizer="Adagrad",
+    cause="loss_divergence",
+    diverges=None,
+    heldout=True,
+    note="Adagrad on rind features (colour, firmness, mould cover) with the team's hand-rolled "
+    "decoupled weight decay, p.mul_(1 + lr * wd) where it should be p.mul_(1 - lr * wd): "
+    "every step inflates the weights a little; once Adagrad's effective rate has decayed the "
+    "fit cannot keep up and the loss climbs slowly, with no spike and no single bad step.",
+)
+def h144_cheesemonger_decay_sign(ctx: Context) -> None:
+    gen = seeded(14405)
+    model = Regressor(9, 40, depth=2, act=nn.Tanh)
+    lr, wd = 0.05, 0.2
+    opt = torch.optim.Adagrad(model.parameters(), lr=lr)
+    norms: list[float] = []
+
+    def after(_step):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + lr * wd)  # the bug: should be 1 - lr * wd
+        norms.append(float(_flat_params(model).norm()))
+
+    _train(ctx, model, opt, _tabular(gen, 9, 64, noise=0.05), 260, F.mse_loss, after=after)
+    ls = ctx.losses
+    low = min(range(len(ls)), key=lambda i: _mean(ls[max(i - 5, 0) : i + 5]))
+    ctx.check("loss fell first (its minimum is past step 10)", low > 10)
+    ctx.check("loss at the end >3x its smoothed minimum", _mean(ls[-10:]) > 3 * _mean(ls[low - 5 : low + 5]))
+    ctx.check("weight norm grew >3x", norms[-1] > 3 * norms[0])
+    ctx.check("loss finite", _finite(ls))
+
+
+# -- sumo bout-duration regressor: raw-second targets and SGD kill the second ReLU layer --------
+
+
+@scenario(
+    family="sumo_bout_duration_regressor",
+    optimizer="SGD(momentum)",
+    cause="loss_of_plasticity",
+    where=("body.2", "body.3"),
+    diverges=None,
+    heldout=True,
+    note="SGD with momentum 0.9 at lr 0.01 on tachiai features (mass, reach, stance, charge "
+    "speed), the bout duration left in raw seconds (mean 30 s, the target standardisation "
+    "step skipped). The first large MSE gradients push the second ReLU layer's "
+    "pre-activations negative on every input; those units never fire again and the "
+    "regressor is stuck predicting the mean duration.",
+)
+def h144_sumo_dead_relus(ctx: Context) -> None:
+    gen = seeded(14406)
+    model = Regressor(16, 64, depth=2, act=nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    data = ((x, 30.0 + 20.0 * y) for x, y in _tabular(gen, 16, 64, noise=0.05))
+    feats: dict[str, torch.Tensor] = {}
+    model.body[3].register_forward_hook(lambda _m, _i, o: feats.__setitem__("h", o.detach()))
+    probe_x, probe_y = next(data)
+
+    def dead() -> float:
+        with torch.no_grad():
+            model(probe_x)
+        return dead_fraction(feats["h"])
+
+    dead0 = dead()
+    _train(ctx, model, opt, data, 200, F.mse_loss)
+    dead1 = dead()
+    ctx.check("second-layer ReLUs dead at the start <10%", dead0 < 0.1)
+    ctx.check("second-layer ReLUs dead at the end >90%", dead1 > 0.9)
+    ctx.check(
+        "stuck at the mean: last 20 losses >50% of the target variance",
+        _mean(ctx.losses[-20:]) > 0.5 * float(probe_y.var()),
+    )
+    ctx.check("loss finite", _finite(ctx.losses))
