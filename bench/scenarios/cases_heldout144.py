@@ -441,3 +441,87 @@ def h144_sumo_dead_relus(ctx: Context) -> None:
         _mean(ctx.losses[-20:]) > 0.5 * float(probe_y.var()),
     )
     ctx.check("loss finite", _finite(ctx.losses))
+
+
+# -- badminton shuttle-drop regressor: one shard of hawk-eye positions in millimetres ----------
+
+
+@scenario(
+    family="badminton_shuttle_drop_regressor",
+    optimizer="RAdam",
+    cause="data_outlier",
+    diverges=None,
+    heldout=True,
+    onset=70,
+    note="RAdam, MSE on hawk-eye features of a smash (contact height, racket speed, shuttle "
+    "position at 10 ms, ...) to the landing distance. One shard came from a second camera "
+    "rig that writes positions in millimetres instead of metres: the batch at step 70 has "
+    "inputs ~1000x too large; its loss and gradient jump, the run then goes on.",
+)
+def h144_badminton_mm_shard(ctx: Context) -> None:
+    gen = seeded(14407)
+    model = Regressor(14, 48, depth=2, act=nn.GELU)
+    opt = torch.optim.RAdam(model.parameters(), lr=3e-3)
+    onset = 70
+    x_max: list[float] = []
+
+    def alter(step, x, y):
+        if step == onset:
+            x = x.clone()
+            x[:, :6] = x[:, :6] * 1000.0  # the position columns, in mm
+        x_max.append(float(x.abs().max()))
+        return x, y
+
+    _train(ctx, model, opt, _tabular(gen, 14, 64, noise=0.05), 200, F.mse_loss, alter=alter)
+    ls, g = ctx.losses, ctx.grad_norms
+    ctx.check("the onset batch's inputs >100x the usual max", x_max[onset] > 100 * _median(x_max))
+    ctx.check("loss at onset >20x the median before", ls[onset] > 20 * _median(ls[onset - 20 : onset]))
+    ctx.check("gradient at onset >20x the median before", g[onset] > 20 * _median(g[:onset]))
+    ctx.check("loss finite", _finite(ls))
+
+
+# -- theremin pitch tracker: resumed from a checkpoint without the optimizer state --------------
+
+
+def _theremin_batches(gen, batch: int = 64, n: int = 24):
+    t = torch.linspace(0, 1, n)
+    while True:
+        y = torch.randint(0, 12, (batch,), generator=gen)
+        f = 2.0 * 2.0 ** (y.float() / 12.0)
+        phase = 6.2832 * torch.rand(batch, 1, generator=gen)
+        amp = 0.5 + torch.rand(batch, 1, generator=gen)
+        wave = amp * torch.sin(6.2832 * f[:, None] * t * 3.0 + phase)
+        yield wave + 0.3 * torch.randn(batch, n, generator=gen), y
+
+
+@scenario(
+    family="theremin_pitch_tracker",
+    optimizer="Adamax",
+    cause="loss_spike",
+    diverges=None,
+    heldout=True,
+    onset=100,
+    note="Adamax, cross-entropy over 12 semitones from a noisy antenna-voltage window. The job "
+    "is pre-empted and resumed at step 100; the resume code restores the model weights but "
+    "not the optimizer state, so Adamax starts over with empty moments and takes a few "
+    "sign-like steps at the full rate on every weight: the loss jumps, then the run recovers.",
+)
+def h144_theremin_resume_without_optimizer(ctx: Context) -> None:
+    gen = seeded(14408)
+    model = Regressor(24, 256, depth=2, act=nn.ReLU, n_out=12)
+    opt = torch.optim.Adamax(model.parameters(), lr=0.01)
+    onset = 100
+
+    def before(step):
+        if step == onset:
+            opt.state.clear()  # the optimizer's state_dict was never loaded
+
+    _train(
+        ctx, model, opt, _theremin_batches(gen), 220, F.cross_entropy, classifier=True, before=before
+    )
+    ls, g = ctx.losses, ctx.grad_norms
+    base = _median(ls[onset - 20 : onset])
+    ctx.check("loss jumps >2x within 5 steps of the resume", max(ls[onset : onset + 6]) > 2 * base)
+    ctx.check("the gradient at the resume is ordinary (<3x the median)", g[onset] < 3 * _median(g[onset - 20 : onset]))
+    ctx.check("recovered: last 20 steps within 1.2x the loss before", _mean(ls[-20:]) < 1.2 * base)
+    ctx.check("loss finite", _finite(ls))
