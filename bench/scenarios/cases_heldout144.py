@@ -525,3 +525,100 @@ def h144_theremin_resume_without_optimizer(ctx: Context) -> None:
     ctx.check("the gradient at the resume is ordinary (<3x the median)", g[onset] < 3 * _median(g[onset - 20 : onset]))
     ctx.check("recovered: last 20 steps within 1.2x the loss before", _mean(ls[-20:]) < 1.2 * base)
     ctx.check("loss finite", _finite(ls))
+
+
+# -- handbell choir note classifier: an ordinary fp16 autocast run of a GroupNorm conv net ------
+
+
+class HandbellNet(nn.Module):
+    def __init__(self, classes: int = 8, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, width, 7, padding=3)
+        self.gn1 = nn.GroupNorm(4, width)
+        self.conv2 = nn.Conv1d(width, 2 * width, 5, padding=2, stride=2)
+        self.gn2 = nn.GroupNorm(4, 2 * width)
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        h = F.gelu(self.gn1(self.conv1(x[:, None])))
+        h = F.gelu(self.gn2(self.conv2(h)))
+        return self.head(h.mean(-1))
+
+
+def _handbell_batches(gen, batch: int = 32, n: int = 64, classes: int = 8):
+    t = torch.linspace(0, 1, n)
+    while True:
+        y = torch.randint(0, classes, (batch,), generator=gen)
+        f = 3.0 + 1.5 * y.float()
+        decay = torch.exp(-t * (2.0 + 2.0 * torch.rand(batch, 1, generator=gen)))
+        wave = decay * torch.sin(6.2832 * f[:, None] * t + 6.2832 * torch.rand(batch, 1, generator=gen))
+        yield wave + 0.2 * torch.randn(batch, n, generator=gen), y
+
+
+@scenario(
+    family="handbell_choir_note_classifier",
+    optimizer="AdamW",
+    cause="healthy",
+    heldout=True,
+    note="A Conv1d + GroupNorm net on decaying bell strikes (8 notes), fp16 autocast with a "
+    "GradScaler, AdamW with OneCycleLR, label smoothing 0.1, clipping at 1.0 after unscale_.",
+)
+def h144_handbell_amp_onecycle_control(ctx: Context) -> None:
+    gen = seeded(14409)
+    model = HandbellNet()
+    steps = 160
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=steps)
+    scaler = torch.amp.GradScaler("cpu")
+    _train(
+        ctx,
+        model,
+        opt,
+        _handbell_batches(gen),
+        steps,
+        lambda o, y: F.cross_entropy(o, y, label_smoothing=0.1),
+        classifier=True,
+        clip=1.0,
+        sched=sched,
+        scaler=scaler,
+    )
+    ctx.check("loss fell below 60% of its start", _fell(ctx.losses, ratio=0.6))
+    ctx.check("the GradScaler scale stayed >=1", min(ctx.scales) >= 1.0)
+    ctx.check("loss finite", _finite(ctx.losses))
+
+
+# -- hammered-dulcimer strike-velocity regressor: an ordinary accumulated SGD run ---------------
+
+
+@scenario(
+    family="dulcimer_hammer_velocity_regressor",
+    optimizer="SGD",
+    cause="healthy",
+    heldout=True,
+    note="Plain SGD (no momentum) on noisy string-vibration features to the hammer velocity, "
+    "Huber loss, gradient accumulation over 4 micro-batches of 16, clipping at 2.0, "
+    "ReduceLROnPlateau on the loss, label noise on the targets.",
+)
+def h144_dulcimer_accum_plateau_control(ctx: Context) -> None:
+    gen = seeded(14410)
+    model = Regressor(20, 48, depth=2, act=nn.SiLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=15)
+    data = _tabular(gen, 20, 16, noise=0.2)
+    ctx.attach(model, opt)
+    accum = 4
+    for _step in range(150):
+        total = 0.0
+        for _ in range(accum):
+            x, y = next(data)
+            loss = F.huber_loss(model(x), y, delta=1.0)
+            (loss / accum).backward()
+            total += float(loss.detach()) / accum
+        ctx.grad_norms.append(grad_norm(model))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        opt.step()
+        sched.step(total)
+        ctx.step(torch.tensor(total))
+        opt.zero_grad(set_to_none=True)
+    ctx.check("loss fell below 70% of its start", _fell(ctx.losses, ratio=0.7))
+    ctx.check("loss finite", _finite(ctx.losses))
