@@ -251,8 +251,10 @@ def h144_wheelwright_loss_weight_typo(ctx: Context) -> None:
         "a single burst: 5 steps later the gradient is >20x below it",
         max(g[onset + 5 :]) < g[onset] / 20,
     )
-    ctx.check("the data at onset is ordinary (its loss <3x the median before)",
-              ctx.losses[onset] < 3 * _median(ctx.losses[onset - 20 : onset]))
+    ctx.check(
+        "the data at onset is ordinary (its loss <3x the median before)",
+        ctx.losses[onset] < 3 * _median(ctx.losses[onset - 20 : onset]),
+    )
     ctx.check("loss finite", _finite(ctx.losses))
 
 
@@ -354,7 +356,9 @@ def h144_cranberry_grams_fp16_sum(ctx: Context) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     pooled: list[float] = []
-    model.pool.register_forward_hook(lambda _m, _i, o: pooled.append(float(o.detach().float().abs().max())))
+    model.pool.register_forward_hook(
+        lambda _m, _i, o: pooled.append(float(o.detach().float().abs().max()))
+    )
     _train(ctx, model, opt, _bog_batches(gen), 300, F.mse_loss, scaler=scaler)
     bad = next((i for i, v in enumerate(ctx.losses) if not math.isfinite(v)), None)
     ctx.check("loss non-finite first at step 89", bad == 89)
@@ -396,7 +400,10 @@ def h144_cheesemonger_decay_sign(ctx: Context) -> None:
     ls = ctx.losses
     low = min(range(len(ls)), key=lambda i: _mean(ls[max(i - 5, 0) : i + 5]))
     ctx.check("loss fell first (its minimum is past step 10)", low > 10)
-    ctx.check("loss at the end >3x its smoothed minimum", _mean(ls[-10:]) > 3 * _mean(ls[low - 5 : low + 5]))
+    ctx.check(
+        "loss at the end >3x its smoothed minimum",
+        _mean(ls[-10:]) > 3 * _mean(ls[low - 5 : low + 5]),
+    )
     ctx.check("weight norm grew >3x", norms[-1] > 3 * norms[0])
     ctx.check("loss finite", _finite(ls))
 
@@ -475,7 +482,9 @@ def h144_badminton_mm_shard(ctx: Context) -> None:
     _train(ctx, model, opt, _tabular(gen, 14, 64, noise=0.05), 200, F.mse_loss, alter=alter)
     ls, g = ctx.losses, ctx.grad_norms
     ctx.check("the onset batch's inputs >100x the usual max", x_max[onset] > 100 * _median(x_max))
-    ctx.check("loss at onset >20x the median before", ls[onset] > 20 * _median(ls[onset - 20 : onset]))
+    ctx.check(
+        "loss at onset >20x the median before", ls[onset] > 20 * _median(ls[onset - 20 : onset])
+    )
     ctx.check("gradient at onset >20x the median before", g[onset] > 20 * _median(g[:onset]))
     ctx.check("loss finite", _finite(ls))
 
@@ -517,12 +526,22 @@ def h144_theremin_resume_without_optimizer(ctx: Context) -> None:
             opt.state.clear()  # the optimizer's state_dict was never loaded
 
     _train(
-        ctx, model, opt, _theremin_batches(gen), 220, F.cross_entropy, classifier=True, before=before
+        ctx,
+        model,
+        opt,
+        _theremin_batches(gen),
+        220,
+        F.cross_entropy,
+        classifier=True,
+        before=before,
     )
     ls, g = ctx.losses, ctx.grad_norms
     base = _median(ls[onset - 20 : onset])
     ctx.check("loss jumps >2x within 5 steps of the resume", max(ls[onset : onset + 6]) > 2 * base)
-    ctx.check("the gradient at the resume is ordinary (<3x the median)", g[onset] < 3 * _median(g[onset - 20 : onset]))
+    ctx.check(
+        "the gradient at the resume is ordinary (<3x the median)",
+        g[onset] < 3 * _median(g[onset - 20 : onset]),
+    )
     ctx.check("recovered: last 20 steps within 1.2x the loss before", _mean(ls[-20:]) < 1.2 * base)
     ctx.check("loss finite", _finite(ls))
 
@@ -551,7 +570,9 @@ def _handbell_batches(gen, batch: int = 32, n: int = 64, classes: int = 8):
         y = torch.randint(0, classes, (batch,), generator=gen)
         f = 3.0 + 1.5 * y.float()
         decay = torch.exp(-t * (2.0 + 2.0 * torch.rand(batch, 1, generator=gen)))
-        wave = decay * torch.sin(6.2832 * f[:, None] * t + 6.2832 * torch.rand(batch, 1, generator=gen))
+        wave = decay * torch.sin(
+            6.2832 * f[:, None] * t + 6.2832 * torch.rand(batch, 1, generator=gen)
+        )
         yield wave + 0.2 * torch.randn(batch, n, generator=gen), y
 
 
