@@ -148,6 +148,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout141,
     cases_heldout142,
     cases_heldout143,
+    cases_heldout144,
     cases_mlp,
     cases_other,
 )
