@@ -157,3 +157,50 @@ def test_the_same_z_loss_with_its_right_sign_pushes_nothing_up(tmp_path):
     _, shift = steadygrad.load(tmp_path / "fitted").series("output_shift_gradient")
     assert (shift > 0).all()
     assert not [d for d in report.diagnoses if d.cause == "output_logit_divergence"]
+
+
+def test_a_nan_the_loss_made_from_one_part_of_a_concatenated_output_is_placed_at_its_head(
+    tmp_path,
+):
+    # Trigger: set 144's mean and variance heads concatenated, the variance clamped at 0 (not
+    # at an epsilon): one sample's variance exactly 0 at step 80, log(0) in the loss. The walk
+    # back from the output met the mean head a step before the variance head (the clamp in
+    # between) and named it; the output is now read part by part, as the concatenation made it.
+    ctx, report = held_out_run(tmp_path, "h144_sinkhole_variance_clamp_zero")
+    induced_or_skip(ctx)
+    nan = next(d for d in report.diagnoses if d.cause == "nonfinite")
+    assert nan.where == ["var_head"] and "exact zero" in nan.summary
+
+
+def test_the_parts_of_a_concatenation_are_its_modules_outputs_or_none():
+    # Hand-built: the parts of cat([mean(h), clamp(var(h))]) are the two heads' outputs; a
+    # concatenation with a part no module made (a constant column) is not split.
+    from torch import nn
+
+    from steadygrad.monitor.activations import ActivationHooks, _concatenated
+
+    class Heads(nn.Module):
+        def __init__(self, constant: bool) -> None:
+            super().__init__()
+            self.trunk, self.mean, self.var = nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(8, 1)
+            self.constant = constant
+
+        def forward(self, x):
+            h = torch.tanh(self.trunk(x))
+            last = torch.ones(len(x), 1) if self.constant else self.var(h).clamp(min=0.0)
+            return torch.cat([self.mean(h), last], 1)
+
+    for constant in (False, True):
+        model = Heads(constant)
+        hooks = ActivationHooks(model)
+        hooks.tracing = True
+        hooks.install()
+        out = model(torch.randn(5, 4))
+        hooks.remove()
+        parts = _concatenated(out, hooks.node_made_by, hooks.node_shape)
+        if constant:
+            assert parts is None
+            continue
+        assert [m for m, _ in parts] == ["mean", "var"]
+        assert torch.equal(parts[0][1], out[:, :2].detach())
+        assert torch.equal(parts[1][1], out[:, 2:].detach())

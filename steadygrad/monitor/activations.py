@@ -41,6 +41,7 @@ from steadygrad.core.metrics import (
     UNUSED_PARAMETERS,
 )
 from steadygrad.core.signal import host_random_state, random_state_kept, set_host_random_state
+from steadygrad.monitor.intercept import autograd_step
 from steadygrad.monitor.tensor_groups import wide_dtype
 
 log = logging.getLogger("steadygrad")
@@ -135,6 +136,7 @@ class ActivationHooks:
         self.made_by: dict[int, tuple[str, weakref.ref]] = {}
         # and each output's autograd node -> that module (a node outlives its tensor)
         self.node_made_by: dict[Any, str] = {}
+        self.node_shape: dict[Any, tuple[int, ...]] = {}  # and the shape of that output
         # with ``tracing``: module -> whether its float16 output, not finite from finite inputs,
         # is finite computed again in float32 (it overflowed float16's range)
         self.float16_overflow: dict[str, bool] = {}
@@ -207,6 +209,7 @@ class ActivationHooks:
                     self.made_by[id(t)] = (name, weakref.ref(t))
                 if t.grad_fn is not None:
                     self.node_made_by.setdefault(t.grad_fn, name)
+                    self.node_shape.setdefault(t.grad_fn, tuple(t.shape))
             if name not in self.float16_overflow:
                 self._check_float16(name, module, args, outs)
 
@@ -585,6 +588,7 @@ class ActivationSignal(Signal):
             self.hooks.tracing = False
             self.hooks.made_by.clear()
             self.hooks.node_made_by.clear()
+            self.hooks.node_shape.clear()
             self.hooks.float16_overflow.clear()
 
     def _in_the_loss(self, outputs: list[torch.Tensor]) -> dict:
@@ -596,17 +600,23 @@ class ActivationSignal(Signal):
         Failing that, the model's only output, when it had one: the loss made the NaN from it
         (or from its targets)."""
         suspects, producers = [], set()
+        hooks = self.hooks
         for t in outputs:
-            made = self.hooks.made_by.get(id(t))
+            made = hooks.made_by.get(id(t))
             if made is None or made[1]() is not t:
                 continue
             # an output the model's own code made (a squeeze, a ReLU after its last layer) is
-            # placed at the module whose output it was computed from
-            module = made[0] if made[0] != "<root>" else _made_from(t, self.hooks.node_made_by)
+            # placed at the module whose output it was computed from; one it concatenated from
+            # several modules' outputs (a mean head and a variance head) is read part by part
+            module, parts = made[0], None
+            if module == "<root>":
+                parts = _concatenated(t, hooks.node_made_by, hooks.node_shape)
+                module = None if parts else _made_from(t, hooks.node_made_by)
             producers.add(module)  # None: made from several modules' outputs
-            edge = _edge_values(t)
-            if edge:
-                suspects.append((module or made[0], edge))
+            for part_module, part in parts or [(module or made[0], t)]:
+                edge = _edge_values(part)
+                if edge:
+                    suspects.append((part_module, edge))
         if len(suspects) == 1:
             module, edge = suspects[0]
             return {"module": module, "in_the_loss": f"its output held {edge}"}
@@ -766,6 +776,39 @@ def _made_from(t: torch.Tensor, node_made_by: dict[Any, str]) -> str | None:
         level = [n for node in level for n, _ in node.next_functions if n is not None]
         level = [n for n in dict.fromkeys(level) if n not in seen]
     return None
+
+
+def _concatenated(
+    t: torch.Tensor, node_made_by: dict[Any, str], node_shape: dict[Any, tuple[int, ...]]
+) -> list[tuple[str, torch.Tensor]] | None:
+    """``t`` split into the parts a ``torch.cat`` joined, each with the module whose output it
+    was computed from (the nearest along its branch, within a few autograd steps: a clamp or a
+    softplus after a variance head), when the parts' widths, those modules' outputs', add up to
+    ``t``'s; None otherwise."""
+    node = t.grad_fn
+    if node is None or autograd_step(node) != "CatBackward":
+        return None
+    dim = node._saved_dim % t.dim()
+    modules, widths = [], []
+    for branch, _ in node.next_functions:
+        found = _nearest_module(branch, node_made_by)
+        if found is None or len(node_shape.get(found, ())) != t.dim():
+            return None
+        modules.append(node_made_by[found])
+        widths.append(node_shape[found][dim])
+    if sum(widths) != t.shape[dim]:
+        return None
+    return list(zip(modules, torch.split(t.detach(), widths, dim), strict=True))
+
+
+def _nearest_module(node: Any, node_made_by: dict[Any, str], depth: int = 4) -> Any:
+    """The first autograd node a module's output carried, along first inputs from ``node``."""
+    for _ in range(depth):
+        if node is None or node in node_made_by:
+            return node
+        following = [n for n, _ in node.next_functions if n is not None]
+        node = following[0] if following else None
+    return node if node in node_made_by else None
 
 
 def _edge_values(t: torch.Tensor) -> str | None:
