@@ -112,6 +112,9 @@ def test_the_same_stack_at_pytorchs_default_init_grows_no_gradient_back(tmp_path
     ctx, report = fitted(tmp_path, model, opt, batches, 60, loss_fn=huber, classifier=False)
     assert all(math.isfinite(v) for v in ctx.losses)
     assert not _exploded(report)
+    # nor live (the gradient-growth detector's chain test, tests/test_unseen_run_shapes_34.py)
+    live = [f for f in ctx.monitor.findings if f.kind == "gradient_growth"]
+    assert not [f for f in live if f.evidence.get("through_depth")]
 
 
 def _stack_run(tmp_path, name, grads):

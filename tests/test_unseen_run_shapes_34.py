@@ -41,22 +41,6 @@ def test_gradients_growing_back_through_a_stack_are_warned_of_live_at_the_first_
     assert found[0].evidence["ratio"] >= 100
 
 
-def test_the_same_stack_at_pytorchs_default_init_is_warned_of_nothing_live(tmp_path):
-    # Control: the same layers at PyTorch's default init keep their gradients within a few
-    # times of each other.
-    from scenarios.cases_heldout140 import DeepTanh, _tabular
-    from scenarios.common import seeded
-
-    torch.manual_seed(0)
-    model = DeepTanh(10, 64, 8)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    batches = _tabular(seeded(14005), 10, 64)
-    huber = torch.nn.functional.huber_loss
-    ctx, _ = fitted(tmp_path, model, opt, batches, 30, loss_fn=huber, classifier=False)
-    assert all(math.isfinite(v) for v in ctx.losses)
-    assert not _through_depth(ctx.monitor.findings)
-
-
 def _first_record(grads: dict[str, float]) -> list:
     values = {"grad_norm": 1.0, "param_norm": 10.0, "loss": 1.0}
     values |= {f"grad_norm/{tensor}": g for tensor, g in grads.items()}
