@@ -258,3 +258,45 @@ def test_attention_logit_growth_warns_early_on_compounding_growth_not_on_learnin
     # Learning from a small initialisation: fast at first, slowing (a PatchTST's layer 1)
     learning = [0.04, 0.38, 2.1, 7.3, 16.6, 15.8, 26.3, 28.2, 25.2, 27.7, 48.4, 58.7]
     assert [f for r in readings(learning) for f in AttentionLogitGrowth().update(r)] == []
+
+
+def _cadenced(series: dict[str, list[float]], every: int = 25) -> list:
+    """One AttentionLogitGrowth's findings over readings ``every`` steps apart."""
+    detector, n = AttentionLogitGrowth(), len(next(iter(series.values())))
+    records = [Record(every * i, {k: v[i] for k, v in series.items()}) for i in range(n)]
+    return [f for r in records for f in detector.update(r)]
+
+
+def test_attention_logit_growth_counts_a_reading_as_growing_only_above_the_one_before():
+    # Trigger of the change: a Gemma layer jumps from 92 to 400 in its first steps, dips to 296
+    # and comes back to 374 (held-out set 128): above its lagging running average three times,
+    # but no growth past the level it had reached. Control: the same values rising each time.
+    key = "attn_logit_max/l.1.attn"
+    dip = _cadenced({key: [92.0, 400.0, 296.0, 374.0, 380.0]})
+    assert dip == []
+    found = _cadenced({key: [92.0, 296.0, 374.0, 400.0, 410.0]})
+    assert [(f.step, f.evidence["rising_records"]) for f in found] == [(75, 3)]
+
+
+def test_attention_logit_growth_early_warning_needs_a_rate_that_never_slows():
+    # Trigger: learning out of a tiny initialisation (a LLaVA text tower, set 124): x4.3, x1.4,
+    # x3.0 over the last four readings; the last rate is as fast as the first but the middle one
+    # slowed to a fifth of it: not compounding. Control: x3.0, x2.8, x3.0 at every reading.
+    key = "attn_logit_max/l.0.attn"
+    stalled = [0.07, 0.15, 2.0, 8.5, 11.6, 34.7]
+    assert _cadenced({key: stalled}) == []
+    steady = [0.07, 0.15, 1.3, 3.9, 10.9, 32.7]
+    found = _cadenced({key: steady})
+    assert [(f.step, f.evidence.get("early")) for f in found] == [(125, True)]
+
+
+def test_attention_collapse_needs_rows_that_became_one_hot():
+    # Trigger: a Diffusion-Gemma layer (unscaled q.k over normalised q and k) has 64% of its
+    # rows one-hot before training and 84-90% after, at logits of 430-500 that hold level: the
+    # architecture's attention, not a collapse. Control: rows one-hot from none at the start.
+    logits = [82.0, 429.0, 428.0, 425.0, 427.0, 426.0]
+    born = {"attn_logit_max/l.1.attn": logits, "attn_saturated/l.1.attn": [0.64] + [0.88] * 5}
+    assert _cadenced(born) == []
+    became = {"attn_logit_max/l.1.attn": logits, "attn_saturated/l.1.attn": [0.0] + [0.88] * 5}
+    found = _cadenced(became)
+    assert [(f.step, f.evidence["attn_saturated"]) for f in found] == [(75, 0.88)]

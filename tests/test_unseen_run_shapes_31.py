@@ -75,11 +75,13 @@ def test_attention_logits_that_grew_into_the_break_stay_the_cause(tmp_path):
 def test_attention_that_had_stood_as_high_before_its_warning_is_no_growth(tmp_path):
     # Trigger: a Gemma4 LM's second layer rose from 92 to ~400 in its first 25 steps, dipped
     # to 296 and came back to 374, where the detector fired; it rose past that level only when
-    # a 100x rate glitch jolted the run at step 90. The glitch is the cause.
+    # a 100x rate glitch jolted the run at step 90. The glitch is the cause. A dip and a
+    # recovery is no growth (the detector counts a reading as growing only above the one
+    # before), so nothing about attention is said before the glitch.
     report = _report(tmp_path, "h128_hf_gemma4_unified_loss_spike")
     assert report.top.cause == "loss_spike"
-    attention = _of(report, "attention_logit_growth")
-    assert attention.severity == "info" and attention.evidence["earlier_peak"]["step"] == 25
+    attention = [d for d in report.diagnoses if d.cause == "attention_logit_growth"]
+    assert all(d.first_step >= 90 for d in attention)
 
 
 def test_attention_that_grew_past_every_earlier_reading_stays_a_warning(tmp_path):
@@ -100,12 +102,18 @@ def test_a_gradient_the_recurrence_amplified_is_read_over_the_module(tmp_path):
 
 def test_attention_logits_that_settled_at_their_level_in_the_first_steps_are_no_growth(tmp_path):
     # Trigger: a healthy Diffusion-Gemma encoder whose second layer's logits stand at 89 before
-    # training and at 461 by the first reading after, then hold within 5% to the end while the
+    # training and at 461 by the first reading after, then hold within 10% to the end while the
     # loss falls: the tower's own scale, settled, not growth (the detector fires on 5x its floor).
-    report = _report(tmp_path, "h129_hf_dgemma_healthy")
+    # Its rows were already 70% one-hot before training (Gemma's unscaled q.k over normalised q
+    # and k): that is no entropy collapse, which is a change, and the collapse test stays quiet.
+    ctx, report = held_out_run(tmp_path, "h129_hf_dgemma_healthy")
+    induced_or_skip(ctx)
     assert report.healthy
     attention = _of(report, "attention_logit_growth")
-    assert attention.severity == "info" and "held_level_until" in attention.evidence
+    assert attention.severity == "info"
+    assert {"held_level_until", "earlier_peak"} & set(attention.evidence)
+    live = [f for f in ctx.monitor.findings if f.kind == "attention_logit_growth"]
+    assert not any("attn_saturated" in f.evidence for f in live)
 
 
 def test_attention_logits_that_grew_over_many_readings_and_slowed_stay_a_warning(tmp_path):

@@ -111,18 +111,21 @@ class AttentionLogitGrowth(Detector):
     ``threshold=100``: the level production trainers cap the logits at (Megatron's ``--qk-clip``
     and Kimi K2's MuonClip rescale q and k to a largest logit of 100); a healthy model can learn
     one-hot attention with logits of 50-60 and train on. ``critical=1e3``: where Wortsman et al.
-    saw the loss degrade. "Grows" means above the series' running average (EMA, ``smoothing``).
+    saw the loss degrade. "Grows" means above the series' running average (EMA, ``smoothing``)
+    and above the reading before (after a jump the lagging average stays below a level).
 
     Early warning: growth that compounds, as when the q/k weights themselves grow by a factor
     each step (Wortsman et al.: the logits grow with the square of their scale). Over the last
     four readings on the signal's cadence the logit rose by at least ``EARLY_RATIO`` each time,
-    at a per-step rate that is not slowing (the last at least ``STEADY`` of the first: learning
-    from a small initialisation slows as it goes), it stands at a tenth of ``threshold`` or
-    more, and at that rate it crosses ``threshold`` within three more readings: a warning then.
+    at a per-step rate that is not slowing (each at least ``STEADY`` of the one before:
+    learning from a small initialisation slows as it goes, if not at every reading), it stands
+    at a tenth of ``threshold`` or more, and at that rate it crosses ``threshold`` within three
+    more readings: a warning then.
 
     Saturated: at ``patience`` readings on the cadence in a row, ``ONE_HOT`` or more of the
-    layer's attention rows were one-hot (``attn_saturated``) while its largest logit stood at
-    half ``threshold`` or more: attention entropy collapse (Zhai et al. 2023) from logits far
+    layer's attention rows were one-hot (``attn_saturated``), and at least twice the share of
+    its first reading (a collapse is a change), while its largest logit stood at half
+    ``threshold`` or more: attention entropy collapse (Zhai et al. 2023) from logits far
     beyond what a learnt alignment needs (a one-hot row over a few dozen keys needs a gap of
     about 10; a copy task's cross-attention saturates with logits near 30, and trains on).
 
@@ -154,13 +157,14 @@ class AttentionLogitGrowth(Detector):
         self.patience = positive_int("patience", patience)
         self.smoothing = finite_float("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
         self.signal = signal
-        self._state: dict[str, list[float]] = {}  # name -> [floor, ema, rising]
+        self._state: dict[str, list[float]] = {}  # name -> [floor, ema, rising, last]
         self._readings = Readings()
         self._fired: dict[str, float] = {}  # name -> the value it fired at (re-armed below half)
         # name -> the last four readings on the cadence (step, value)
         self._cadenced: dict[str, collections.deque[tuple[int, float]]] = {}
         self._cadence = Cadence()
         self._one_hot: dict[str, _Streak] = {}  # name -> readings saturated at large logits
+        self._first_share: dict[str, float] = {}  # name -> its first reading's one-hot share
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -180,12 +184,14 @@ class AttentionLogitGrowth(Detector):
                 continue
             early = self._compounding(name, record.step, value) if on_cadence else None
             if state is None:
-                self._state[name] = [value, value, 0]
+                self._state[name] = [value, value, 0, value]
                 continue
-            floor, ema, rising = state
-            rising = rising + 1 if value > ema else 0
+            floor, ema, rising, last = state
+            # grows: above its running average and above the reading before (a jump followed by
+            # a level stays above the lagging average for a while without growing)
+            rising = rising + 1 if value > ema and value > last else 0
             floor = min(floor, value)
-            state[:] = [floor, self.smoothing * ema + (1 - self.smoothing) * value, rising]
+            state[:] = [floor, self.smoothing * ema + (1 - self.smoothing) * value, rising, value]
             if value < min(self._fired.get(name, math.inf), self.threshold) / 2:
                 self._fired.pop(name, None)
             if name in self._fired:
@@ -206,10 +212,14 @@ class AttentionLogitGrowth(Detector):
         found = []
         for name, share in record.family(ATTN_SATURATED.name).items():
             logit = logits.get(name)
+            # a collapse is a change: at least twice the one-hot rows of the layer's first
+            # reading (Gemma's unscaled q.k over normalised q and k starts with half its rows
+            # one-hot, and that is the architecture's attention)
+            start = self._first_share.setdefault(name, share)
             held = (
                 logit is not None
                 and math.isfinite(share)
-                and share >= self.ONE_HOT
+                and share >= max(self.ONE_HOT, 2 * start)
                 and logit >= self.threshold / 2
             )
             streak = self._one_hot.setdefault(name, _Streak())
@@ -234,8 +244,8 @@ class AttentionLogitGrowth(Detector):
             if not (v0 > 0 and v1 >= self.EARLY_RATIO * v0 and s1 > s0):
                 return None
             rates.append(math.log(v1 / v0) / (s1 - s0))
-        if rates[-1] < self.STEADY * rates[0]:
-            return None  # slowing down: learning, not compounding
+        if any(b < self.STEADY * a for a, b in zip(rates, rates[1:], strict=False)):
+            return None  # slowing down at some reading: learning, not compounding
         last_gap = kept[-1][0] - kept[-2][0]
         to_threshold = math.log(self.threshold / value) / rates[-1]
         if to_threshold > 3 * last_gap:
