@@ -235,3 +235,99 @@ def h145_croquet_strike_mm_shard(ctx: Context) -> None:
     ctx.check("run finite and back under 2x its pre-onset loss by the end",
               _finite(ctx.losses)
               and _mean(ctx.losses[-10:]) < 2 * _mean(ctx.losses[onset - 20 : onset]))
+
+
+# -- billiard break: a BatchNorm conv net whose first conv sits in a param group at lr 1e-8 ------
+
+
+class BilliardBreakCNN(nn.Module):
+    """Classifies 8x8 table-occupancy grids (the digits stand in for them) into 10 break types."""
+
+    def __init__(self, width=12):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.head = nn.Linear(2 * width * 16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x.reshape(-1, 1, 8, 8))))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return self.head(x.flatten(1))
+
+
+@scenario(
+    family="billiard_break_bn_cnn",
+    optimizer="Adam",
+    cause="update_ratio_out_of_range",
+    where=("conv1",),
+    diverges=None,
+    heldout=True,
+    note="Adam with per-layer param groups on a BatchNorm conv net. The stem's group was "
+    "meant to have lr 1e-3 but the config reads 1e-8 (a typo in the exponent): conv1's "
+    "updates are about 1e-8 of its weights, it stays at its random init while the rest "
+    "trains at 1e-3; the loss still falls, more slowly.",
+)
+def h145_billiard_stem_lr_typo(ctx: Context) -> None:
+    gen = seeded(14503)
+    model = BilliardBreakCNN()
+    rest = [p for n, p in model.named_parameters() if not n.startswith("conv1.")]
+    opt = torch.optim.Adam(
+        [{"params": model.conv1.parameters(), "lr": 1e-8}, {"params": rest, "lr": 1e-3}]
+    )
+    w1 = model.conv1.weight.detach().clone()
+    w2 = model.conv2.weight.detach().clone()
+    _train(ctx, model, opt, digit_batches(gen, 64), 150, F.cross_entropy, classifier=True)
+    d1 = float((model.conv1.weight - w1).norm() / w1.norm())
+    d2 = float((model.conv2.weight - w2).norm() / w2.norm())
+    ctx.check("conv1 moved less than 1e-4 of its norm over the run", d1 < 1e-4)
+    ctx.check("conv2 moved more than 1e-2 of its norm", d2 > 1e-2)
+    ctx.check("loss fell and stayed finite", _fell(ctx.losses))
+
+
+# -- tabla stroke classifier: Adagrad at lr 0.5 (a 'well-tuned' value from a linear model) ------
+
+
+class TablaStrokeMLP(nn.Module):
+    """Classifies tabla strokes (na, tin, ge, ke, ...) from 24 spectral features."""
+
+    def __init__(self, n_in=24, width=64, classes=8):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, width)
+        self.fc2 = nn.Linear(width, width)
+        self.head = nn.Linear(width, classes)
+
+    def features(self, x):
+        return F.relu(self.fc2(F.relu(self.fc1(x))))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@scenario(
+    family="tabla_stroke_relu_mlp",
+    optimizer="Adagrad",
+    cause="loss_of_plasticity",
+    where=("fc2",),
+    diverges=None,
+    heldout=True,
+    note="Adagrad with lr 0.5, copied from the logistic-regression baseline's config. "
+    "Adagrad's first steps move every parameter by about lr: fc2's biases and weights are "
+    "pushed so that most of its ReLU units go negative on every input and never come back; "
+    "the loss stalls well above what the net can reach.",
+)
+def h145_tabla_adagrad_dead_relu(ctx: Context) -> None:
+    gen = seeded(14504)
+    model = TablaStrokeMLP()
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.5)
+    batches = _clusters(gen, 24, 8, 64, spread=1.5)
+    xp, _ = next(batches)
+    with torch.no_grad():
+        dead0 = dead_fraction(model.features(xp))
+    _train(ctx, model, opt, batches, 150, F.cross_entropy, classifier=True)
+    with torch.no_grad():
+        dead1 = dead_fraction(model.features(xp))
+    ctx.check("under 10% of fc2 units dead at init", dead0 < 0.1)
+    ctx.check("over half of fc2 units dead at the end", dead1 > 0.5)
+    ctx.check("loss finite", _finite(ctx.losses))
