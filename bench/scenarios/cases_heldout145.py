@@ -331,3 +331,97 @@ def h145_tabla_adagrad_dead_relu(ctx: Context) -> None:
     ctx.check("under 10% of fc2 units dead at init", dead0 < 0.1)
     ctx.check("over half of fc2 units dead at the end", dead1 > 0.5)
     ctx.check("loss finite", _finite(ctx.losses))
+
+
+# -- stalactite growth: a hand-written L2 term added with the wrong sign ------------------------
+
+
+class StalactiteGrowth(nn.Module):
+    """Regresses a stalactite's yearly growth from drip-rate, CO2 and temperature features."""
+
+    def __init__(self, n_in=8, width=48):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, width)
+        self.fc2 = nn.Linear(width, width)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+@scenario(
+    family="stalactite_growth_regressor",
+    optimizer="AdamW",
+    cause="loss_divergence",
+    diverges=None,
+    heldout=True,
+    note="AdamW (its own weight decay off) with a hand-written L2 penalty that was added as "
+    "'loss - wd * sum(w**2)' (a sign bug; the data loss is what is logged). The optimizer "
+    "climbs the weight norm: the loss first falls, then climbs slowly and steadily for the rest of the run.",
+)
+def h145_stalactite_l2_sign_bug(ctx: Context) -> None:
+    gen = seeded(14505)
+    model = StalactiteGrowth()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    wd = 3e-2
+    w0 = float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm())
+
+    ctx_losses = ctx.losses
+
+    def penalised(out, y):
+        # the logged value is the data loss; the gradient carries the sign-flipped penalty
+        l2 = sum(p.pow(2).sum() for p in model.parameters())
+        return F.mse_loss(out, y) - wd * l2 + (wd * l2).detach()
+
+    _train(ctx, model, opt, _regression(gen, 8, 32), 300, penalised)
+    w1 = float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm())
+    low = min(ctx_losses[:100])
+    ctx.check("weight norm grew 3x", w1 > 3 * w0)
+    ctx.check("loss at the end is 3x its early minimum", _mean(ctx_losses[-20:]) > 3 * low)
+    ctx.check("loss finite", _finite(ctx_losses))
+
+
+# -- whale song call-type classifier: temperature 0.002 where a scale of 500 was meant ----------------------
+
+
+class WhaleCallNet(nn.Module):
+    """Classifies humpback song units into 6 call types from 20 acoustic features."""
+
+    def __init__(self, n_in=20, width=64, classes=6, temperature=1.0):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, width), nn.GELU(), nn.Linear(width, width))
+        self.act = nn.GELU()
+        self.head = nn.Linear(width, classes)
+        self.temperature = temperature
+
+    def forward(self, x):
+        return self.head(self.act(self.body(x))) / self.temperature
+
+
+@scenario(
+    family="whale_song_call_classifier",
+    optimizer="RMSprop",
+    cause="softmax_collapse",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="RMSprop on a call-type classifier. The config's 'logit_scale: 500' was read as a "
+    "temperature, so the forward divides the logits by 0.002: the softmax saturates, most "
+    "rows give their top class a float32 probability of exactly 1.0, and the gradient of "
+    "those rows is exactly zero while the wrong ones carry huge losses.",
+)
+def h145_whale_call_temperature_bug(ctx: Context) -> None:
+    gen = seeded(14506)
+    model = WhaleCallNet(temperature=0.002)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    batches = _clusters(gen, 20, 6, 64, spread=1.2)
+    xp, yp = next(batches)
+    _train(ctx, model, opt, batches, 150, F.cross_entropy, classifier=True)
+    with torch.no_grad():
+        logits = model(xp)
+    frac = collapsed_fraction(logits, yp)
+    top = torch.softmax(logits, -1).max(-1).values
+    ctx.check("over half the rows put exactly 1.0 on their target", frac > 0.5)
+    ctx.check("over 80% of rows have a top probability of exactly 1.0",
+              float((top == 1.0).float().mean()) > 0.8)
+    ctx.check("loss finite", _finite(ctx.losses))
