@@ -425,3 +425,104 @@ def h145_whale_call_temperature_bug(ctx: Context) -> None:
     ctx.check("over 80% of rows have a top probability of exactly 1.0",
               float((top == 1.0).float().mean()) > 0.8)
     ctx.check("loss finite", _finite(ctx.losses))
+
+
+# -- snooker cue-ball spin: a token-count normaliser of 1 instead of the batch's count ----------
+
+
+class SnookerSpin(nn.Module):
+    """Regresses the cue ball's spin rate from cue-tip contact features."""
+
+    def __init__(self, n_in=12, width=64):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, width)
+        self.fc2 = nn.Linear(width, width)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(F.silu(self.fc2(F.silu(self.fc1(x)))))
+
+
+@scenario(
+    family="snooker_cue_spin_regressor",
+    optimizer="SGD",
+    cause="gradient_spike",
+    diverges=None,
+    heldout=True,
+    onset=80,
+    note="SGD with Nesterov momentum; the summed squared error is normalised by the number of "
+    "valid shots in the batch. At the epoch boundary (step 80) the count comes from an "
+    "empty mask and falls back to 1 instead of 64: that one backward is 64x too large, the "
+    "batch itself is clean. The loss jumps after the update and recovers.",
+)
+def h145_snooker_spin_normaliser_bug(ctx: Context) -> None:
+    gen = seeded(14507)
+    model = SnookerSpin()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True)
+    onset = 80
+
+    def scale(step):
+        return 64.0 if step == onset else 1.0
+
+    _train(ctx, model, opt, _regression(gen, 12, 64), 200, F.mse_loss, scale=scale)
+    g = ctx.grad_norms
+    pre = sorted(g[onset - 20 : onset])[10]
+    ctx.check("gradient at onset is 30x the preceding median", g[onset] > 30 * pre)
+    ctx.check("loss after the step is 3x the pre-onset mean",
+              max(ctx.losses[onset + 1 : onset + 5]) > 3 * _mean(ctx.losses[onset - 20 : onset]))
+    ctx.check("run finite and recovered to 2x its pre-onset loss",
+              _finite(ctx.losses)
+              and _mean(ctx.losses[-10:]) < 2 * _mean(ctx.losses[onset - 20 : onset]))
+
+
+# -- thatch roof runoff: a gradient-check debug multiplier left in for one step ------------------
+
+
+class ThatchRunoff(nn.Module):
+    """Regresses rain runoff through a thatched roof from pitch, reed depth and rain features."""
+
+    def __init__(self, n_in=10, width=64):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, width)
+        self.fc2 = nn.Linear(width, width)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+@scenario(
+    family="thatch_roof_runoff_regressor",
+    optimizer="Adam",
+    cause="adam_second_moment_poisoned",
+    diverges=None,
+    heldout=True,
+    onset=60,
+    note="Adam (beta2 0.999). A debugging line that multiplies the loss by 1e5 to make tiny "
+    "gradients visible was left in on the first validation step (step 60), which also "
+    "trains: one gradient 1e5x the usual fills Adam's second moment, and with beta2 0.999 "
+    "the updates afterwards are orders of magnitude smaller: the loss stops falling.",
+)
+def h145_thatch_debug_multiplier(ctx: Context) -> None:
+    gen = seeded(14508)
+    model = ThatchRunoff()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    onset = 60
+    upd: list[float] = []
+    prev = {"p": torch.cat([p.detach().flatten() for p in model.parameters()])}
+
+    def after(_step):
+        cur = torch.cat([p.detach().flatten() for p in model.parameters()])
+        upd.append(float((cur - prev["p"]).norm()))
+        prev["p"] = cur
+
+    def scale(step):
+        return 1e5 if step == onset else 1.0
+
+    _train(ctx, model, opt, _regression(gen, 10, 32), 220, F.mse_loss, scale=scale, after=after)
+    before = _mean(upd[onset - 20 : onset])
+    later = _mean(upd[onset + 80 : onset + 140])
+    ctx.check("gradient at onset is 1e4x the preceding mean",
+              ctx.grad_norms[onset] > 1e4 * _mean(ctx.grad_norms[onset - 20 : onset]))
+    ctx.check("updates 80-140 steps after onset are under 1/10 of those before", later < 0.1 * before)
+    ctx.check("loss finite", _finite(ctx.losses))
