@@ -526,3 +526,62 @@ def h145_thatch_debug_multiplier(ctx: Context) -> None:
               ctx.grad_norms[onset] > 1e4 * _mean(ctx.grad_norms[onset - 20 : onset]))
     ctx.check("updates 80-140 steps after onset are under 1/10 of those before", later < 0.1 * before)
     ctx.check("loss finite", _finite(ctx.losses))
+
+
+# -- hurricane pressure drop: a warm-up that ends at 10x the intended peak learning rate --------
+
+
+class HurricaneDrop(nn.Module):
+    """Regresses a hurricane's 24-hour central-pressure drop from sea-surface and shear
+    features: a linear 'persistence' term plus a small MLP correction."""
+
+    def __init__(self, n_in=16, width=32):
+        super().__init__()
+        self.linear = nn.Linear(n_in, 1)
+        self.fc1 = nn.Linear(n_in, width)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.linear(x) + self.head(torch.tanh(self.fc1(x)))
+
+
+def _storm_batches(gen, batch, n_in=16):
+    w = torch.randn(n_in, 1, generator=gen) / math.sqrt(n_in)
+    scale = torch.ones(n_in)
+    scale[0] = 4.0  # sea-surface temperature anomaly in kelvin, left unnormalised
+    while True:
+        x = torch.randn(batch, n_in, generator=gen) * scale
+        y = x @ w * 0.5 + torch.sin(x[:, 1:2]) + 0.05 * torch.randn(batch, 1, generator=gen)
+        yield x, y
+
+
+@scenario(
+    family="hurricane_pressure_drop_regressor",
+    optimizer="SGD",
+    cause="sharpness_above_limit",
+    diverges="auto",
+    heldout=True,
+    onset=29,
+    note="Plain SGD with a linear warm-up over 100 steps. The peak learning rate was written "
+    "'peak_lr: 0.2' instead of 0.02 (the batch-size scaling was applied twice); one input "
+    "(an unnormalised temperature anomaly) makes the loss sharp along its weight. The run "
+    "trains while the rate is small; once the warm-up passes 2/sharpness the loss "
+    "oscillates with growing amplitude and blows up.",
+)
+def h145_hurricane_warmup_peak_typo(ctx: Context) -> None:
+    gen = seeded(14509)
+    model = HurricaneDrop()
+    peak, warm = 0.2, 100
+    opt = torch.optim.SGD(model.parameters(), lr=peak)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(s + 1, warm) / warm)
+    batches = _storm_batches(gen, 64)
+    # the sharpness along the linear weights: 2 * top eigenvalue of E[x x^T]
+    xs = torch.cat([next(batches)[0] for _ in range(8)])
+    sharp = float(2 * torch.linalg.eigvalsh(xs.T @ xs / len(xs))[-1])
+    cross = math.ceil(2 / sharp / (peak / warm))
+    _train(ctx, model, opt, batches, 200, F.mse_loss, sched=sched)
+    ls = ctx.losses
+    ctx.check("loss fell before the rate crossed 2/sharpness", min(ls[:cross]) < 0.5 * ls[0])
+    ctx.check("the warm-up crosses 2/sharpness before its end", cross < warm)
+    ctx.check("loss blew up after the crossing (non-finite or 100x its minimum before)",
+              not _finite(ls) or max(ls[cross:]) > 100 * min(ls[:cross]))
