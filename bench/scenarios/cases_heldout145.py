@@ -230,11 +230,14 @@ def h145_croquet_strike_mm_shard(ctx: Context) -> None:
     g = ctx.grad_norms
     before = _mean(g[onset - 20 : onset])
     ctx.check("gradient at the bad batch is 100x the preceding mean", g[onset] > 100 * before)
-    ctx.check("loss at the bad batch is 1000x the preceding mean",
-              ctx.losses[onset] > 1000 * _mean(ctx.losses[onset - 20 : onset]))
-    ctx.check("run finite and back under 2x its pre-onset loss by the end",
-              _finite(ctx.losses)
-              and _mean(ctx.losses[-10:]) < 2 * _mean(ctx.losses[onset - 20 : onset]))
+    ctx.check(
+        "loss at the bad batch is 1000x the preceding mean",
+        ctx.losses[onset] > 1000 * _mean(ctx.losses[onset - 20 : onset]),
+    )
+    ctx.check(
+        "run finite and back under 2x its pre-onset loss by the end",
+        _finite(ctx.losses) and _mean(ctx.losses[-10:]) < 2 * _mean(ctx.losses[onset - 20 : onset]),
+    )
 
 
 # -- billiard break: a BatchNorm conv net whose first conv sits in a param group at lr 1e-8 ------
@@ -422,8 +425,10 @@ def h145_whale_call_temperature_bug(ctx: Context) -> None:
     frac = collapsed_fraction(logits, yp)
     top = torch.softmax(logits, -1).max(-1).values
     ctx.check("over half the rows put exactly 1.0 on their target", frac > 0.5)
-    ctx.check("over 80% of rows have a top probability of exactly 1.0",
-              float((top == 1.0).float().mean()) > 0.8)
+    ctx.check(
+        "over 80% of rows have a top probability of exactly 1.0",
+        float((top == 1.0).float().mean()) > 0.8,
+    )
     ctx.check("loss finite", _finite(ctx.losses))
 
 
@@ -468,11 +473,14 @@ def h145_snooker_spin_normaliser_bug(ctx: Context) -> None:
     g = ctx.grad_norms
     pre = sorted(g[onset - 20 : onset])[10]
     ctx.check("gradient at onset is 30x the preceding median", g[onset] > 30 * pre)
-    ctx.check("loss after the step is 3x the pre-onset mean",
-              max(ctx.losses[onset + 1 : onset + 5]) > 3 * _mean(ctx.losses[onset - 20 : onset]))
-    ctx.check("run finite and recovered to 2x its pre-onset loss",
-              _finite(ctx.losses)
-              and _mean(ctx.losses[-10:]) < 2 * _mean(ctx.losses[onset - 20 : onset]))
+    ctx.check(
+        "loss after the step is 3x the pre-onset mean",
+        max(ctx.losses[onset + 1 : onset + 5]) > 3 * _mean(ctx.losses[onset - 20 : onset]),
+    )
+    ctx.check(
+        "run finite and recovered to 2x its pre-onset loss",
+        _finite(ctx.losses) and _mean(ctx.losses[-10:]) < 2 * _mean(ctx.losses[onset - 20 : onset]),
+    )
 
 
 # -- thatch roof runoff: a gradient-check debug multiplier left in for one step ------------------
@@ -522,9 +530,13 @@ def h145_thatch_debug_multiplier(ctx: Context) -> None:
     _train(ctx, model, opt, _regression(gen, 10, 32), 220, F.mse_loss, scale=scale, after=after)
     before = _mean(upd[onset - 20 : onset])
     later = _mean(upd[onset + 80 : onset + 140])
-    ctx.check("gradient at onset is 1e4x the preceding mean",
-              ctx.grad_norms[onset] > 1e4 * _mean(ctx.grad_norms[onset - 20 : onset]))
-    ctx.check("updates 80-140 steps after onset are under 1/10 of those before", later < 0.1 * before)
+    ctx.check(
+        "gradient at onset is 1e4x the preceding mean",
+        ctx.grad_norms[onset] > 1e4 * _mean(ctx.grad_norms[onset - 20 : onset]),
+    )
+    ctx.check(
+        "updates 80-140 steps after onset are under 1/10 of those before", later < 0.1 * before
+    )
     ctx.check("loss finite", _finite(ctx.losses))
 
 
@@ -583,5 +595,179 @@ def h145_hurricane_warmup_peak_typo(ctx: Context) -> None:
     ls = ctx.losses
     ctx.check("loss fell before the rate crossed 2/sharpness", min(ls[:cross]) < 0.5 * ls[0])
     ctx.check("the warm-up crosses 2/sharpness before its end", cross < warm)
-    ctx.check("loss blew up after the crossing (non-finite or 100x its minimum before)",
-              not _finite(ls) or max(ls[cross:]) > 100 * min(ls[:cross]))
+    ctx.check(
+        "loss blew up after the crossing (non-finite or 100x its minimum before)",
+        not _finite(ls) or max(ls[cross:]) > 100 * min(ls[:cross]),
+    )
+
+
+# -- gamelan gong decay: a hand-written standardiser whose variance is E[x^2] - E[x]^2 ----------
+
+
+class BatchStandardise(nn.Module):
+    """Standardises each feature over the batch: (x - mean) / sqrt(E[x^2] - mean^2)."""
+
+    def forward(self, x):
+        mean = x.mean(0, keepdim=True)
+        var = (x * x).mean(0, keepdim=True) - mean * mean
+        return (x - mean) / var.sqrt()
+
+
+class GamelanGongDecay(nn.Module):
+    """Regresses a gong's decay time from its partials' frequencies (Hz) and amplitudes."""
+
+    def __init__(self, n_in=8, width=48):
+        super().__init__()
+        self.norm = BatchStandardise()
+        self.fc1 = nn.Linear(n_in, width)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(F.gelu(self.fc1(self.norm(x))))
+
+
+def _gong_batches(gen, batch, n_in=8, stuck=None):
+    w = torch.randn(n_in, 1, generator=gen) / math.sqrt(n_in)
+    step = 0
+    while True:
+        z = torch.randn(batch, n_in, generator=gen)
+        x = 300.0 + 40.0 * z  # partial frequencies in Hz
+        if stuck is not None and step >= stuck:
+            x[:, 0] = 437.3  # the pickup on the first partial is stuck at one reading
+        y = torch.tanh(z @ w) + 0.05 * torch.randn(batch, 1, generator=gen)
+        step += 1
+        yield x, y
+
+
+@scenario(
+    family="gamelan_gong_decay_regressor",
+    optimizer="RAdam",
+    cause="nonfinite",
+    where=("norm",),
+    diverges=70,
+    heldout=True,
+    onset=70,
+    note="RAdam on a regressor with a hand-written batch standardiser that computes the "
+    "variance as E[x^2] - E[x]^2 with no epsilon and no clamp. From step 70 one pickup "
+    "reads a constant, the feature's variance cancels to zero or a tiny negative number in "
+    "float32 and sqrt / division produce NaN: the loss is NaN at step 70.",
+)
+def h145_gamelan_variance_no_clamp(ctx: Context) -> None:
+    gen = seeded(14510)
+    model = GamelanGongDecay()
+    opt = torch.optim.RAdam(model.parameters(), lr=3e-3)
+    _train(ctx, model, opt, _gong_batches(gen, 32, stuck=70), 150, F.mse_loss)
+    ls = ctx.losses
+    ctx.check(
+        "loss finite and falling before step 70",
+        _finite(ls[:70]) and _mean(ls[60:70]) < 0.8 * _mean(ls[:10]),
+    )
+    ctx.check("loss is NaN at step 70", len(ls) > 70 and math.isnan(ls[70]))
+
+
+# -- controls ----------------------------------------------------------------------------------
+
+
+class ViolaBowGRU(nn.Module):
+    """Classifies bow strokes (détaché, spiccato, legato, ...) from 20 frames of bow-pressure and
+    speed sensors with a GRU."""
+
+    def __init__(self, n_in=4, hidden=32, classes=5):
+        super().__init__()
+        self.gru = nn.GRU(n_in, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        out, _ = self.gru(x)
+        return self.head(out[:, -1])
+
+
+def _bow_batches(gen, batch, frames=20, classes=5):
+    freqs = torch.linspace(0.2, 1.4, classes)
+    t = torch.arange(frames, dtype=torch.float32)
+    while True:
+        y = torch.randint(0, classes, (batch,), generator=gen)
+        phase = torch.rand(batch, 1, generator=gen) * 6.28
+        base = torch.sin(freqs[y][:, None] * t + phase)
+        x = torch.stack([base, base.abs(), torch.cos(freqs[y][:, None] * t + phase), base**2], -1)
+        yield x + 0.3 * torch.randn(batch, frames, 4, generator=gen), y
+
+
+@scenario(
+    family="viola_bow_stroke_gru",
+    optimizer="Adam",
+    cause="healthy",
+    diverges=None,
+    heldout=True,
+    note="Control: Adam with OneCycleLR (max lr 1e-2) and gradient clipping at 1.0 on a GRU "
+    "over noisy bow-sensor frames.",
+)
+def h145_viola_gru_onecycle_control(ctx: Context) -> None:
+    gen = seeded(14511)
+    model = ViolaBowGRU()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=150)
+    _train(
+        ctx,
+        model,
+        opt,
+        _bow_batches(gen, 32),
+        150,
+        F.cross_entropy,
+        classifier=True,
+        clip=1.0,
+        sched=sched,
+    )
+    ctx.check("loss fell to under half its start and stayed finite", _fell(ctx.losses, 10, 0.5))
+
+
+class BiathlonTargetCNN(nn.Module):
+    """Scores 8x8 biathlon target-card images (the digits stand in for them) into 10 shot
+    patterns with a BatchNorm conv net."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.head = nn.Linear(2 * width * 16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x.reshape(-1, 1, 8, 8))))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return self.head(x.flatten(1))
+
+
+@scenario(
+    family="biathlon_target_bn_cnn",
+    optimizer="SGD",
+    cause="healthy",
+    diverges=None,
+    heldout=True,
+    note="Control: SGD with Nesterov momentum, cosine annealing and label smoothing 0.1 on a "
+    "BatchNorm conv net under fp16 autocast with a torch.amp.GradScaler.",
+)
+def h145_biathlon_amp_control(ctx: Context) -> None:
+    gen = seeded(14512)
+    model = BiathlonTargetCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=150)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+
+    def loss_fn(out, y):
+        return F.cross_entropy(out, y, label_smoothing=0.1)
+
+    _train(
+        ctx,
+        model,
+        opt,
+        digit_batches(gen, 64),
+        150,
+        loss_fn,
+        classifier=True,
+        sched=sched,
+        scaler=scaler,
+    )
+    ctx.check("loss fell to under half its start and stayed finite", _fell(ctx.losses, 10, 0.5))
+    ctx.check("the loss scale never fell below its start", min(ctx.scales) >= 1024.0)
