@@ -87,6 +87,25 @@ def test_loss_spike_heavy_tailed_near_zero_loss_trigger_and_control():
     assert len(caught) >= 18
 
 
+def test_a_loss_spike_at_a_rhythm_the_stream_kept_is_info_live():
+    # Trigger: a harder kind of batch every 40 records (2.5x the loss, absorbed at once) is
+    # flagged at 3x the recurring test's bar at its third; it had stood out alike 40 and 80
+    # records before: info, with the spacing, recomputed by hand here. Control: the same
+    # spike once, with nothing like it before, stays a warning.
+    values = _noisy_decay()
+    for t in (120, 160, 200):
+        values[t] *= 2.5
+    spike = next(f for f in _stream(LossSpikeDetector(), values) if f.step == 200)
+    by_hand = all(
+        values[t] >= 2.5**0.5 * max(*values[t - 3 : t], values[t + 1]) for t in (120, 160)
+    )
+    assert by_hand and spike.severity == "info" and spike.evidence["recurs_every"] == 40
+    once = _noisy_decay()
+    once[200] *= 2.5
+    alone = [f for f in _stream(LossSpikeDetector(), once) if f.step == 200]
+    assert [f.severity for f in alone] == ["warning"] and "recurs_every" not in alone[0].evidence
+
+
 def test_loss_spike_one_finding_per_episode():
     values = _noisy_decay()
     values[150:160] *= 3.0

@@ -62,6 +62,8 @@ from steadygrad.diagnose.detectors.training import (
     LOSS_SPIKE,
     NONFINITE,
     NONFINITE_ORIGIN,
+    RECURS_EVERY,
+    recurring_period,
 )
 from steadygrad.diagnose.detectors.transformer import (
     ATTENTION_LOGIT_GROWTH,
@@ -3436,47 +3438,16 @@ def _within_half(losses: np.ndarray, baseline: float) -> np.ndarray:
     return losses - baseline < 0.5 * abs(baseline)
 
 
-RECURS_EVERY = "recurs_every"  # evidence: the spacing of a recurring spike's batches
-# A loss spike whose kind of batch recurs: at this many other multiples of one spacing the loss
-# stood out of its neighbours alike, for one record each.
-RECURRED = 2
-# Spacings below this many records are the loss's own noise, not a stream's rhythm.
-SHORTEST_PERIOD = 5
-
-
 def _recurring(facts: RunFacts, spike: Finding) -> int | None:
-    """The spacing, in records, at which the loss stood out around ``spike`` as it did there:
-    at the multiples next to it (before and after, those in the run) and at ``RECURRED`` or
-    more of those up to two away, it rose above the three records before it and the one after
-    by the square root of the spike's ratio or more. A data stream that
-    mixes in a harder kind of batch at a fixed rate (a storm week, a code shard) makes the loss
-    jump at every one of them and the run absorbs each; a bad batch or an unstable step comes
-    once. None for a run that broke, or when no spacing fits."""
+    """The spacing at which the loss stood out around ``spike`` as it did there
+    (:func:`recurring_period`, over the whole run); None for a run that broke."""
     ratio = spike.evidence.get("ratio")
     loss = facts.series(LOSS.name)
-    if facts.broke_at is not None or loss is None or not ratio or not ratio > 1:
+    if facts.broke_at is not None or loss is None or ratio is None:
         return None
     steps, values = loss
     at = np.flatnonzero(steps == spike.step)
-    if not len(at):
-        return None
-    i, bar = int(at[0]), math.sqrt(ratio)
-
-    def stood_out(j: int) -> bool:
-        before, after = values[j - 3 : j], values[j + 1 : j + 2]
-        return (
-            j >= 3
-            and len(after) == 1
-            and bool(np.isfinite(values[j - 3 : j + 2]).all())
-            and values[j] >= bar * max(before.max(), after[0])
-        )
-
-    for period in range(SHORTEST_PERIOD, len(values) // RECURRED + 1):
-        near = {k: j for k in (-2, -1, 1, 2) if 0 <= (j := i + k * period) < len(values) - 1}
-        out = {k for k, j in near.items() if stood_out(j)}
-        if len(out) >= RECURRED and all(k in out for k in (-1, 1) if k in near):
-            return period
-    return None
+    return recurring_period(values, int(at[0]), ratio) if len(at) else None
 
 
 def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found | None:

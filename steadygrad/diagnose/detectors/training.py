@@ -8,6 +8,8 @@ import statistics
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.metrics import (
@@ -110,6 +112,53 @@ class SpikeDetector(Detector):
         return True
 
 
+RECURS_EVERY = "recurs_every"  # evidence: the spacing of a recurring spike's batches
+# A loss spike whose kind of batch recurs: at this many other multiples of one spacing the loss
+# stood out of its neighbours alike, for one record each.
+RECURRED = 2
+# Spacings below this many records are the loss's own noise, not a stream's rhythm.
+SHORTEST_PERIOD = 5
+
+
+def recurring_period(values: np.ndarray, i: int, ratio: float) -> int | None:
+    """The spacing, in records, at which the loss ``values`` stood out around record ``i`` (a
+    spike ``ratio`` times its baseline) as it did there: at the multiples next to it (before
+    and after, those in ``values``) and at ``RECURRED`` or more of those up to two away, it
+    rose above the three records before it and the one after by the square root of ``ratio``
+    or more. A data stream that mixes in a harder kind of batch at a fixed rate (a storm week,
+    a code shard) makes the loss jump at every one of them and the run absorbs each; a bad
+    batch or an unstable step comes once. Live, ``values`` ends at ``i``: only the multiples
+    before it are read. None when no spacing fits.
+
+    Example:
+        >>> loss = np.ones(100); loss[[20, 45, 70]] = 8.0
+        >>> recurring_period(loss[:71], 70, ratio=8.0)
+        25
+    """
+    if not 1 < ratio < math.inf:
+        return None  # a spike off a zero baseline has no bar to stand out by
+    bar = math.sqrt(ratio)
+
+    def stood_out(j: int) -> bool:
+        before, after = values[j - 3 : j], values[j + 1 : j + 2]
+        return (
+            j >= 3
+            and len(after) == 1
+            and bool(np.isfinite(values[j - 3 : j + 2]).all())
+            and values[j] >= bar * max(before.max(), after[0])
+        )
+
+    for period in range(SHORTEST_PERIOD, len(values) // RECURRED + 1):
+        near = {k: j for k in (-2, -1, 1, 2) if 0 <= (j := i + k * period) < len(values) - 1}
+        out = {k for k, j in near.items() if stood_out(j)}
+        if len(out) >= RECURRED and all(k in out for k in (-1, 1) if k in near):
+            return period
+    return None
+
+
+# The losses kept for the live rhythm test: spacings up to half of it.
+RHYTHM_RECORDS = 512
+
 # A loss this many times its recent median, far above the window's worst batches, that left
 # the next loss above every one of the KNOCK_BAND before it (and below itself) knocked the run:
 # a spike, however small against all the progress made since the first loss.
@@ -154,24 +203,43 @@ class LossSpikeDetector(SpikeDetector):
         self._added = 0  # values the baseline has taken in
         self._knock: dict[str, float] | None = None  # the evidence of a jump judged just now
         self._pending: Finding | None = None  # a jump waiting for the next loss
+        self._losses: collections.deque[float] = collections.deque(maxlen=RHYTHM_RECORDS)
 
     def update(self, record: Record) -> list[Finding]:
         value = record.values.get(self.signal)
         # what the baseline takes in (SpikeDetector.update): finite losses of steps not skipped
         taken = value is not None and math.isfinite(value) and not record.meta.get("skipped")
         findings = self._judge_pending(value) if value is not None else []
+        if value is None:
+            return findings + super().update(record)
+        self._losses.append(value)
         if taken:
             if math.isnan(self._start):
                 self._start = value  # the loss before any update: where progress is counted from
             if len(self.baseline) >= 3:
                 self._floor = min(self._floor, self.baseline.median())
         self._knock = None
-        findings += super().update(record)
-        if self._knock is not None and not findings and not self._quiet_needed:
+        spikes = [self._recurring(f) for f in super().update(record)]
+        if self._knock is not None and not spikes and not self._quiet_needed:
             evidence = {self.signal: value, **self._knock}
-            self._pending = Finding(self.kind, record.step, None, evidence, "warning")
+            self._pending = self._recurring(
+                Finding(self.kind, record.step, None, evidence, "warning")
+            )
         self._added += taken
-        return findings
+        return findings + spikes
+
+    def _recurring(self, spike: Finding) -> Finding:
+        """``spike`` (found at the last loss taken in) at info when the loss stood out alike at
+        the two multiples of one spacing before it (:func:`recurring_period`): a kind of batch
+        the stream mixes in, absorbed each time before, is no instability to warn of."""
+        ratio = spike.evidence.get("ratio")
+        if ratio is not None:
+            losses = np.fromiter(self._losses, dtype=float, count=len(self._losses))
+            period = recurring_period(losses, len(losses) - 1, ratio)
+            if period is not None:
+                evidence = {**spike.evidence, RECURS_EVERY: period}
+                return replace(spike, evidence=evidence, severity="info")
+        return spike
 
     def _judge_pending(self, value: float) -> list[Finding]:
         """The jump waiting for this loss: a spike when this loss stands above the band before
