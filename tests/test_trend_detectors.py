@@ -43,6 +43,31 @@ def test_loss_divergence_control_noisy_decreasing_and_plateau(seed):
     assert _stream(LossDivergence(), [{"loss": float(x)} for x in plateau]) == []
 
 
+def _noisy_batches(seed, climb):
+    """A regressor's batch losses: a fast fall from 0.77 to 0.07, then a level that climbs by
+    ``climb`` over 260 steps (a weight-decay sign bug), each batch scattered +-60% around it."""
+    t = np.arange(300)
+    level = np.where(t < 40, 0.07 + 0.7 * np.exp(-t / 5), 0.07 + climb * (t - 40) / 260)
+    return level * np.random.default_rng(seed).chisquare(6, 300) / 6
+
+
+def test_a_slow_climb_in_noisy_batches_is_read_over_a_long_median():
+    # Trigger (set 145's weight-decay sign bug): the level triples over 260 steps, but each
+    # batch scatters so much that a running median of five never leaves the scatter in four of
+    # six seeds; the median of the last 32, five times steadier, climbs out of its own. Control:
+    # the same scatter about a level that stays.
+    found = [
+        _stream(LossDivergence(), [{"loss": x} for x in _noisy_batches(s, 0.14)]) for s in range(6)
+    ]
+    assert all(found)
+    slow = [f[0] for f in found if f[0].evidence.get("window") == 32]
+    assert len(slow) >= 3 and all(
+        f.evidence["best_level"] < 0.1 < f.evidence["loss_median"] for f in slow
+    )
+    for seed in range(6):
+        assert _stream(LossDivergence(), [{"loss": x} for x in _noisy_batches(seed, 0.0)]) == []
+
+
 def _one_example_losses(seed, n=1500):
     """SGD with a batch of one near an interpolating minimum: each step's loss is one example's
     squared error, a chi-square(1) scatter around a falling level (values 100x apart)."""
