@@ -340,3 +340,49 @@ def test_a_users_hook_runs_in_a_replay_only_if_it_can_return_a_value():
         return out.relu()
 
     assert computes(guarded)
+
+
+class _Forward(nn.Module):
+    """Two Linears and an operation of the model's own forward (outside any module) that the
+    bad sample makes non-finite: ``where`` says which (see the tests below)."""
+
+    def __init__(self, where):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.head, self.where = nn.Linear(4, 8), nn.Linear(8, 3), where
+
+    def forward(self, x):
+        valid = (x[:, :1] > 0).float()  # the reading's sign: 0 for the bad sample only
+        if self.where == "before":  # a log of the raw reading, before any module
+            x = torch.cat([torch.log(x[:, :1]), x[:, 1:]], dim=1)
+        h = self.inp(x)
+        if self.where == "between":  # normalised by the valid count, between the modules
+            h = h / valid
+        out = self.head(h)
+        return out / valid if self.where == "after" else out
+
+
+@pytest.mark.parametrize(
+    ("where", "module", "taken_in_by"),
+    [("before", "<root>", "inp"), ("between", "inp", None), ("after", "head", None)],
+)
+def test_a_nan_an_operation_outside_any_module_made_is_placed_at_the_nearest_module(
+    tmp_path, where, module, taken_in_by
+):
+    # Sets 110, 113, 120 and 124: a NaN that no module's forward made (a per-clip
+    # standardisation of a silent clip, a log of a zero reading, a unit conversion after the
+    # head) was placed at "<root>", the model. Placed instead at the module that took it in (made
+    # before any module), or at the module from whose finite output the operation made it.
+    # Oracle: the bad sample's operation, by construction; each variant's NaN checked here.
+    model = _Forward(where)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        assert bool(torch.isfinite(model(_batch(gen))).all())
+        assert not bool(torch.isfinite(model(_batch(gen, bad=True))).all())
+    run = _train(tmp_path, where, model=model)
+    origin = _first_nonfinite(run).evidence["forward_origin"]
+    assert origin["module"] == module and origin.get("taken_in_by") == taken_in_by
+    if where != "before":
+        assert origin["between"] == ("head" if where == "between" else "the model's output")
+    report = steadygrad.diagnose(run)
+    assert report.top.cause == "nonfinite" and (taken_in_by or module) in report.top.where

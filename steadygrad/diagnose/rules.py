@@ -2603,7 +2603,8 @@ def _nonfinite(facts: RunFacts) -> Found | None:
     elif with_forward is not None and origin.get("taken_in_by"):
         # a NaN or Inf in the batch (or a value computed for it): placed where it came in
         where.append(origin["taken_in_by"])
-        summary += f"; the model's input was non-finite, first taken in by {where[-1]}"
+        made = origin.get("note", "the model's input was non-finite")
+        summary += f"; {made}, first taken in by {where[-1]}"
     elif with_forward is not None:
         module = origin["module"]
         where.append(module)
@@ -2612,6 +2613,11 @@ def _nonfinite(facts: RunFacts) -> Found | None:
             summary += (
                 f"; {how} the weights, and at step {with_forward.step} "
                 f"the first non-finite forward output came from {module}"
+            )
+        elif origin.get("between"):
+            summary += (
+                f"; the first non-finite value was made from {module}'s finite output by an "
+                f"operation outside any module, before {origin['between']}"
             )
         elif origin.get("in_the_loss"):
             summary += (
@@ -2643,8 +2649,10 @@ def _forward_overflow(facts: RunFacts) -> Found | None:
 
 
 def _producer(f: Finding) -> str | None:
-    """The module whose forward output was the first non-finite value, if found."""
-    return (f.evidence.get("forward_origin") or {}).get("module")
+    """The module whose forward output was the first non-finite value, if found (or, for a
+    value the batch or the model's own forward brought in, the module that took it in)."""
+    origin = f.evidence.get("forward_origin") or {}
+    return origin.get("taken_in_by") or origin.get("module")
 
 
 def _skipped_steps(facts: RunFacts) -> set[int]:

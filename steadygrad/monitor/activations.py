@@ -58,6 +58,9 @@ class Call:
     output_norm: torch.Tensor | None
     numel: int
     half: bool = False  # an output in float16 (autocast): a non-finite one may be its overflow
+    # on a replay, the module whose output the call's input was computed from (an operation
+    # outside any module may stand between them: a sum-pool, a unit conversion)
+    source: str | None = None
 
 
 @dataclass
@@ -191,15 +194,16 @@ class ActivationHooks:
     def _measure_call(self, name: str, module: nn.Module, args: tuple, output: object) -> None:
         outs = _floats(output)
         half = any(t.dtype == torch.float16 for t in outs)
+        ins = _floats(args)
+        traced = self.tracing and not self._widening
+        source = _made_from(ins[0], self.node_made_by) if traced and ins else None
         self.calls.append(
             Call(
-                name,
-                self._norm(_floats(args)),
-                self._norm(outs),
-                sum(t.numel() for t in outs),
-                half,
+                name, self._norm(ins), self._norm(outs), sum(t.numel() for t in outs), half, source
             )
         )
+        if traced and name == "<root>" and outs:
+            self.calls[-1].source = _made_from(outs[0], self.node_made_by)
         if name in self._weighted and torch.is_grad_enabled() and not self.tracing:
             self._recurrence(name, args, outs)
         if self.tracing and not self._widening:
@@ -295,19 +299,27 @@ class ActivationHooks:
             if call.module in self.leaves and call.numel:
                 sumsq[call.module] = sumsq.get(call.module, 0.0) + out_norm * out_norm
                 numel[call.module] = numel.get(call.module, 0) + call.numel
-            if not math.isfinite(out_norm):
-                seen = call.input_norm is not None
-                input_ok = not seen or math.isfinite(in_norm)
-                # a module called with keywords only (a Hugging Face layer's hidden_states) shows
-                # no input: after a non-finite output, it is presumed fed one, not its producer
-                if producer is None and input_ok and (seen or first_bad is None):
-                    producer = {"module": call.module, "output_norm": out_norm}
-                    if call.half:
-                        producer["float16_output"] = True
-                if first_bad is None:
-                    first_bad = {"module": call.module, "input_finite": input_ok}
+            if math.isfinite(out_norm) or producer is not None:
+                continue
+            seen = call.input_norm is not None
+            input_ok = not seen or math.isfinite(in_norm)
+            # a module called with keywords only (a Hugging Face layer's hidden_states) shows
+            # no input: after a non-finite output, it is presumed fed one, not its producer
+            if input_ok and (seen or first_bad is None):
+                producer = {"module": call.module, "output_norm": out_norm}
+                if call.half:
+                    producer["float16_output"] = True
+                if call.module == "<root>":
+                    # the model's own forward made it, outside its modules: say where
+                    producer.update(_made_in_forward(call.source, first_bad), made_in="<root>")
+            if first_bad is None:
+                first_bad = {"module": call.module, "source": call.source}
         rms = {ACT_RMS.key(m): math.sqrt(s / numel[m]) for m, s in sumsq.items()}
         origin = None
+        if first_bad is not None and producer is None and first_bad["source"] is not None:
+            # no call seen to make it (a forward split over top-level calls): an operation
+            # between two of them did
+            producer = _between(first_bad["source"], first_bad["module"])
         if first_bad is not None:
             origin = producer or {
                 "module": "<input>",
@@ -576,7 +588,7 @@ class ActivationSignal(Signal):
                         continue
                     _, origin = self.hooks.read(norms.tolist())
                     if origin is not None:
-                        if self.hooks.float16_overflow.get(origin["module"]):
+                        if self.hooks.float16_overflow.get(origin.get("made_in", origin["module"])):
                             origin[FLOAT16_OVERFLOW] = True  # finite in float32
                         return {**origin, "replayed": True, "weights": weights}
                 if math.isfinite(record.values.get(LOSS.name, 0.0)):
@@ -767,6 +779,8 @@ def _made_from(t: torch.Tensor, node_made_by: dict[Any, str]) -> str | None:
     back through ``t``'s autograd graph, a level at a time, to the nearest nodes that modules'
     outputs carried. None when that level holds more than one module's (a concatenation of two
     heads' outputs: which of them the loss made its NaN from cannot be told)."""
+    if t.grad_fn is None:
+        return None  # a leaf: the batch itself, or a weight
     level, seen = [t.grad_fn], set()
     while level:
         found = {node_made_by.get(node, "<root>") for node in level} - {"<root>"}
@@ -776,6 +790,32 @@ def _made_from(t: torch.Tensor, node_made_by: dict[Any, str]) -> str | None:
         level = [n for node in level for n, _ in node.next_functions if n is not None]
         level = [n for n in dict.fromkeys(level) if n not in seen]
     return None
+
+
+def _made_in_forward(source: str | None, first_bad: dict | None) -> dict[str, str]:
+    """Where in the model's own forward (outside its modules) a non-finite value was made: from
+    the finite output of the module ``source`` (the model's output was computed from it) when
+    no module was fed it first; else before the module ``first_bad`` that took it in, from the
+    output of the module its input was computed from, or from the model's finite input."""
+    if first_bad is None:
+        return _between(source, "the model's output") if source is not None else {}
+    if first_bad["source"] is not None:
+        return _between(first_bad["source"], first_bad["module"])
+    return {
+        "module": "<root>",
+        "note": "the model's forward made it from its finite input",
+        "taken_in_by": first_bad["module"],
+    }
+
+
+def _between(source: str, taker: str) -> dict[str, str]:
+    """A non-finite value made outside any module, from ``source``'s finite output, before
+    ``taker`` took it in: placed at ``source``, the nearest module."""
+    return {
+        "module": source,
+        "between": taker,
+        "note": f"made from {source}'s finite output outside any module, before {taker}",
+    }
 
 
 def _concatenated(
