@@ -5,7 +5,10 @@ attach: its fault is by construction) and a control that must not move."""
 
 from __future__ import annotations
 
-from helpers import held_out_run, induced_or_skip
+import math
+
+import pytest
+from helpers import diagnose_stored, held_out_run, induced_or_skip
 
 
 def test_a_slow_climb_in_noisy_batches_is_the_divergence_it_is(tmp_path):
@@ -50,3 +53,39 @@ def test_a_nan_the_models_own_forward_made_is_placed_where_it_was_taken_in(tmp_p
     induced_or_skip(ctx)
     assert report.top.cause == "nonfinite" and report.top.where == ["gas_in"]
     assert "the model's forward made it from its finite input" in report.top.summary
+
+
+def _thrown_rows(glitch: bool) -> list[dict]:
+    """A transformer's loss easing from 4 to 2.6 nats; attention logits read every 25 steps at
+    5-6 until step 150, at 120-130 from 175 on; with ``glitch``, the rate raised 50x for steps
+    170-172 (and the loss up 0.8 nats for a few steps after)."""
+    rows = []
+    for t in range(260):
+        loss = 2.6 + 1.4 * math.exp(-t / 50) + 0.03 * (((t * 37) % 11) / 11 - 0.5)
+        if glitch and 171 <= t <= 176:
+            loss += 0.8
+        row = {"loss": loss, "lr/0": 0.05 if glitch and 170 <= t < 173 else 1e-3}
+        if t % 25 == 0:
+            row["attn_logit_max/l.0.attn"] = 5.0 + t / 150 if t <= 150 else 120.0 + t / 25
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("glitch", [True, False])
+def test_attention_logits_a_raise_of_the_rate_threw_are_its_consequence(tmp_path, glitch):
+    # Trigger: sets 107 and 121, a warm restart and a one-step rate glitch: the logits stood
+    # at 3.7-6.7 when the rate was raised at a stroke, and at 80-170 at the next readings; the
+    # raise passed (put back, or the loss came back) and the report named attention growth
+    # first. Control: the same rise with no raise before it stays the cause.
+    spike = {"loss": 3.5, "baseline": 2.7, "z": 30.0, "ratio": 1.3}
+    growth = {"attn_logit_max": 123.0, "threshold": 100.0, "previous_reading": 150}
+    findings = [("attention_logit_growth", 175, "l.0.attn", growth, "warning")]
+    if glitch:
+        findings.insert(0, ("loss_spike", 171, None, spike, "warning"))
+    report = diagnose_stored(tmp_path, str(glitch), _thrown_rows(glitch), findings)
+    attention = next(d for d in report.diagnoses if d.cause == "attention_logit_growth")
+    if glitch:
+        assert "raised 4x or more at a stroke at step 170" in attention.consequence_of
+        assert report.top.cause != "attention_logit_growth"
+    else:
+        assert not attention.consequence_of and report.top.cause == "attention_logit_growth"

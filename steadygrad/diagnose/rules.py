@@ -502,6 +502,10 @@ def _attention_growth(facts: RunFacts) -> Found | None:
     if _grown_everywhere(found, _weight_growth(facts, found.first_step), "the attention logits"):
         return found
     warned = [f for f in facts.of(ATTENTION_LOGIT_GROWTH) if f.severity != "info"]
+    thrown = _thrown_by_a_raise(facts, warned[0]) if warned else ""
+    if thrown:
+        found.consequence_of = thrown
+        return found
     peaks = [_below_an_earlier_peak(facts, f) for f in warned]
     if warned and all(p is not None for p in peaks):
         found.severity = "info"
@@ -536,6 +540,40 @@ def _attention_growth(facts: RunFacts) -> Found | None:
         )
         found.evidence["stopped_short"] = True
     return found
+
+
+def _thrown_by_a_raise(facts: RunFacts, f: Finding) -> str:
+    """Why the attention logits of the first warning ``f`` grew, when a raise of the learning
+    rate at a stroke that passed (a glitch put back, a warm restart the loss came back from:
+    :func:`_a_passing_raise`) came at or after the reading the layer's rise to ``f`` began from
+    (each reading since above the one before): the raised steps threw them ('' otherwise)."""
+    series = _layer_logits(facts, f)
+    if series is None:
+        return ""
+    steps, values = series
+    i = int(np.searchsorted(steps, f.step, side="right")) - 1
+    if i < 1 or steps[i] != f.step:
+        return ""
+    while i > 0 and values[i] > values[i - 1]:
+        i -= 1
+    before = int(steps[i])
+    if before >= f.step:
+        return ""
+    raised = _raised_before(facts, f.step, within=f.step - before)
+    if raised is None:
+        return ""
+    # most of the rise came after it: at the last reading up to it, half the logit or less
+    at = values[: int(np.searchsorted(steps, raised, side="right"))]
+    level = float(at[-1]) if len(at) else math.nan
+    if not level <= 0.5 * float(values[steps == f.step][0]):
+        return ""
+    passed = _a_passing_raise(facts, raised, f.step)
+    if not passed:
+        return ""
+    return (
+        f"the logits stood at {level:.3g} when the learning rate was raised 4x or more at a "
+        f"stroke at step {raised}, and {passed}: its steps threw them"
+    )
 
 
 def _layer_logits(facts: RunFacts, f: Finding) -> tuple[np.ndarray, np.ndarray] | None:
@@ -4601,7 +4639,7 @@ RULES: tuple[Rule, ...] = (
             LOWER_LR,
         ),
         _attention_growth,
-        (ATTENTION_LOGIT_GROWTH,),
+        (ATTENTION_LOGIT_GROWTH, *JOLTS),
         contained=True,
     ),
     Rule(
