@@ -1,0 +1,323 @@
+"""Held-out set 147 (``h147_``): hand-written models of trades, crafts, sports, instruments and
+natural phenomena not covered before, with three small hand-written transformers (a hand softmax
+over q.k scores, ``scaled_dot_product_attention`` and ``nn.MultiheadAttention``) and a ReLU RNN.
+
+Each fault is induced the way it happens in practice and checked with ``ctx.check``; the
+controls are ordinary runs (a transformer with warm-up, AdamW and clipping, a conv net under fp16
+autocast with a GradScaler, a full-batch Rprop regressor with a Huber loss, an LSTM with gradient
+accumulation and ReduceLROnPlateau on noisy batches).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scenarios.common import (
+    Context,
+    collapsed_fraction,
+    dead_fraction,
+    grad_norm,
+    scenario,
+    seeded,
+)
+
+
+def _finite(xs: list[float]) -> bool:
+    return all(math.isfinite(v) for v in xs)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(len(xs), 1)
+
+
+def _fell(losses: list[float], k: int = 10, ratio: float = 0.8) -> bool:
+    return _finite(losses) and _mean(losses[-k:]) < ratio * _mean(losses[:k])
+
+
+def _loop(
+    ctx,
+    model,
+    opt,
+    batches,
+    steps,
+    loss_fn,
+    *,
+    classifier=False,
+    before=None,
+    alter=None,
+    clip=None,
+    sched=None,
+    scaler=None,
+    accumulate=1,
+    forward=None,
+    watch=None,
+):
+    """Train with the monitor attached: ``accumulate`` micro-batches per step, ``alter(step, x,
+    y)`` changes a batch, ``before(step)`` runs first, ``watch(step, out, x, y)`` records."""
+    ctx.attach(model, opt, scaler=scaler)
+    forward = forward or (lambda m, x: m(x))
+    for step in range(steps):
+        if before is not None:
+            before(step)
+        shown = 0.0
+        for _ in range(accumulate):
+            x, y = next(batches)
+            if alter is not None:
+                x, y = alter(step, x, y)
+            if classifier:
+                ctx.targets(y)
+            with torch.autocast("cpu", dtype=torch.float16, enabled=scaler is not None):
+                out = forward(model, x)
+            if watch is not None:
+                watch(step, out, x, y)
+            loss = loss_fn(out.float(), y) / accumulate
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            shown += float(loss.detach())
+        if scaler is not None:
+            scaler.unscale_(opt)
+        ctx.grad_norms.append(grad_norm(model))
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+            ctx.scales.append(float(scaler.get_scale()))
+        else:
+            opt.step()
+        if sched is not None:
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(shown)
+            else:
+                sched.step()
+        ctx.step(torch.tensor(shown))
+        opt.zero_grad(set_to_none=True)
+        if not math.isfinite(shown):
+            break
+
+
+# -- change ringing: a bell-order transformer whose attention lost its 1/sqrt(d) -----------------
+
+
+class RingingAttention(nn.Module):
+    """Single-head attention with a hand-written softmax over q.k scores."""
+
+    def __init__(self, dim, scaled=True):
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        for lin in (self.q, self.k):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+        self.scale = 1.0 / math.sqrt(dim) if scaled else 1.0
+        self.last_max = 0.0
+
+    def forward(self, x):
+        scores = self.q(x) @ self.k(x).transpose(1, 2) * self.scale
+        self.last_max = float(scores.detach().abs().max())
+        w = torch.exp(scores - scores.amax(-1, keepdim=True))
+        return (w / w.sum(-1, keepdim=True)) @ self.v(x)
+
+
+class ChangeRingingNet(nn.Module):
+    """Reads a row of bell strikes after a query bell and names the place the query bell struck."""
+
+    def __init__(self, bells=8, dim=32, scaled=True):
+        super().__init__()
+        self.bell = nn.Embedding(2 * bells, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(8, dim))
+        self.ln = nn.LayerNorm(dim)
+        self.attn = RingingAttention(dim, scaled)
+        self.ln2 = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, bells - 1)
+
+    def forward(self, x):
+        h = self.bell(x) + self.pos
+        h = h + self.attn(self.ln(h))
+        return self.head(self.ln2(h[:, 0]))
+
+
+def _rows(gen, batch, bells=8):
+    """A query token (which bell?) then a row of the bells in struck order; the label is the
+    place the queried bell struck in."""
+    while True:
+        rows = torch.argsort(torch.rand(batch, bells - 1, generator=gen), 1)
+        place = torch.randint(0, bells - 1, (batch,), generator=gen)
+        query = rows[torch.arange(batch), place] + bells
+        yield torch.cat([query[:, None], rows], 1), place
+
+
+@scenario(
+    family="change_ringing_bell_transformer",
+    optimizer="AdamW",
+    cause="attention_logit_growth",
+    where=("attn",),
+    diverges=None,
+    heldout=True,
+    note="A one-block transformer with a hand-written softmax over q.k scores. The attention "
+    "was rewritten by hand and the 1/sqrt(d) factor left out, and its q/k projections sit in "
+    "a param group with weight decay 0 and lr 3e-2 (typed for 3e-3; the group was meant for "
+    "biases and norms only): the raw q.k scores grow from about 0.1 to over 100.",
+)
+def h147_change_ringing_qk_scale(ctx: Context) -> None:
+    gen = seeded(14701)
+    model = ChangeRingingNet(scaled=False)
+    qk = [*model.attn.q.parameters(), *model.attn.k.parameters()]
+    ids = {id(p) for p in qk}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.AdamW(
+        [{"params": qk, "lr": 3e-2, "weight_decay": 0.0}, {"params": rest, "lr": 3e-3}],
+        weight_decay=0.05,
+    )
+    seen = []
+    _loop(
+        ctx,
+        model,
+        opt,
+        _rows(gen, 64),
+        200,
+        F.cross_entropy,
+        classifier=True,
+        watch=lambda s, o, x, y: seen.append(model.attn.last_max),
+    )
+    ctx.check("attention logits grew 20x", seen[-1] > 20 * seen[0])
+    ctx.check("attention logits above 50", seen[-1] > 50)
+
+
+# -- sitar raga recogniser: nll_loss on the raw logits (the log_softmax was dropped) -------------
+
+
+class RagaBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.ff(self.ln2(x))
+
+
+class SitarRagaNet(nn.Module):
+    """Names the raga (6 classes) of a 24-note phrase of 12 swaras."""
+
+    def __init__(self, notes=12, ragas=6, dim=32, length=24):
+        super().__init__()
+        self.note = nn.Embedding(notes, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.block = RagaBlock(dim, 2)
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, ragas)
+
+    def forward(self, x):
+        h = self.block(self.note(x) + self.pos)
+        return self.head(self.ln_f(h.mean(1)))
+
+
+def _phrases(gen, batch, notes=12, ragas=6, length=24):
+    """Each raga is a Markov chain over the swaras with its own favoured steps."""
+    trans = torch.softmax(3 * torch.randn(ragas, notes, notes, generator=gen), -1)
+    while True:
+        y = torch.randint(0, ragas, (batch,), generator=gen)
+        x = torch.empty(batch, length, dtype=torch.long)
+        x[:, 0] = torch.randint(0, notes, (batch,), generator=gen)
+        for t in range(1, length):
+            x[:, t] = torch.multinomial(trans[y, x[:, t - 1]], 1, generator=gen).squeeze(1)
+        yield x, y
+
+
+@scenario(
+    family="sitar_raga_transformer",
+    optimizer="RAdam",
+    cause="output_logit_divergence",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="A one-block transformer (scaled_dot_product_attention) classifying ragas. The loss "
+    "was switched from cross_entropy to nll_loss to add class weights, and the log_softmax "
+    "in front of it was forgotten: nll_loss on raw logits is -logit[target], unbounded below, "
+    "so RAdam pushes the head's logits up without end and the 'loss' falls below zero.",
+)
+def h147_sitar_raga_raw_nll(ctx: Context) -> None:
+    gen = seeded(14702)
+    model = SitarRagaNet()
+    opt = torch.optim.RAdam(model.parameters(), lr=1e-2)
+    seen = []
+    _loop(
+        ctx,
+        model,
+        opt,
+        _phrases(gen, 32),
+        250,
+        F.nll_loss,
+        classifier=True,
+        watch=lambda s, o, x, y: seen.append(float(o.detach().abs().max())),
+    )
+    ctx.check("head logits grew 20x", seen[-1] > 20 * seen[0])
+    ctx.check("head logits still growing at the end", seen[-1] > 1.2 * seen[-50])
+    ctx.check("the loss went below zero", ctx.losses[-1] < 0)
+
+
+# -- hammer throw distance: plain SGD at lr 0.8 (typed for 0.08) ---------------------------------
+
+
+class HammerThrowNet(nn.Module):
+    """Predicts the throw distance from the turn speeds, release angle and wire length."""
+
+    def __init__(self, n_in=12, width=64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(n_in, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh()
+        )
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _throws(gen, batch, n_in=12):
+    w = torch.randn(n_in, 1, generator=gen) / math.sqrt(n_in)
+    while True:
+        x = torch.randn(batch, n_in, generator=gen)
+        y = 2.0 * torch.tanh(x @ w) + 0.3 * (x[:, :1] * x[:, 1:2])
+        yield x, y + 0.05 * torch.randn(batch, 1, generator=gen)
+
+
+@scenario(
+    family="hammer_throw_distance_regressor",
+    optimizer="SGD",
+    cause="sharpness_above_limit",
+    where=(),
+    diverges="auto",
+    heldout=True,
+    onset=36,
+    note="Plain SGD on an MSE regressor with a linear warm-up over 80 steps to a peak learning "
+    "rate typed 0.8 for 0.08. The loss falls while the rate is small; once the warm-up takes "
+    "it past 2/sharpness (around 0.35) the loss oscillates and blows up.",
+)
+def h147_hammer_throw_lr_typo(ctx: Context) -> None:
+    gen = seeded(14703)
+    model = HammerThrowNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 80))
+    _loop(ctx, model, opt, _throws(gen, 64), 150, F.mse_loss, sched=sched)
+    ctx.check("the loss fell first (warm-up)", min(ctx.losses[:30]) < 0.3 * ctx.losses[0])
+    ctx.check(
+        "loss blew up (non-finite or 100x its start)",
+        not _finite(ctx.losses) or max(ctx.losses) > 100 * ctx.losses[0],
+    )
