@@ -321,3 +321,145 @@ def h147_hammer_throw_lr_typo(ctx: Context) -> None:
         "loss blew up (non-finite or 100x its start)",
         not _finite(ctx.losses) or max(ctx.losses) > 100 * ctx.losses[0],
     )
+
+
+# -- fiddle vibrato: an IRNN whose identity recurrent init was scaled 1.1 ------------------------
+
+
+class FiddleVibratoIRNN(nn.Module):
+    """Unrolls a ReLU RNN cell over a 40-frame pitch trace and regresses the vibrato rate."""
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.cell = nn.RNNCell(2, hidden, nonlinearity="relu")
+        self.head = nn.Linear(hidden, 1)
+        self.states: list[torch.Tensor] = []
+
+    def forward(self, x, keep=False):
+        h = torch.zeros(x.shape[0], self.cell.hidden_size)
+        self.states = []
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+            if keep:
+                h.retain_grad()
+                self.states.append(h)
+        return self.head(h)
+
+
+def _vibrato(gen, batch, frames=40):
+    t = torch.arange(frames, dtype=torch.float32)
+    while True:
+        rate = 0.1 + 0.3 * torch.rand(batch, 1, generator=gen)
+        depth = 0.5 + torch.rand(batch, 1, generator=gen)
+        pitch = depth * torch.sin(2 * math.pi * rate * t / 4)
+        x = torch.stack([pitch, 0.05 * torch.randn(batch, frames, generator=gen)], -1)
+        yield x, 10 * rate
+
+
+@scenario(
+    family="fiddle_vibrato_irnn",
+    optimizer="SGD",
+    cause="exploding_gradients",
+    where=("cell",),
+    diverges="auto",
+    heldout=True,
+    note="A ReLU RNN (IRNN) over 40 frames, SGD with momentum 0.9 and an MSE loss. The IRNN "
+    "init sets the recurrent weight to the identity times a 'gain' that was left at 1.25 from a "
+    "sweep instead of 1.0: the gradient through time grows by about 1.1 per frame, the "
+    "gradient at the first frame's state is over 20 times that at the last, and within a few "
+    "SGD steps the loss blows up.",
+)
+def h147_fiddle_vibrato_irnn_gain(ctx: Context) -> None:
+    gen = seeded(14704)
+    model = FiddleVibratoIRNN()
+    with torch.no_grad():
+        model.cell.weight_hh.copy_(1.1 * torch.eye(model.cell.hidden_size))
+        model.cell.bias_hh.zero_()
+        model.cell.bias_ih.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=3e-4, momentum=0.9)
+    batches = _vibrato(gen, 32)
+    x0, y0 = next(batches)
+    F.mse_loss(model(x0, keep=True), y0).backward()
+    first = float(model.states[0].grad.norm())
+    last = float(model.states[-1].grad.norm())
+    model.zero_grad(set_to_none=True)
+    _loop(ctx, model, opt, batches, 150, F.mse_loss)
+    ctx.check("gradient at frame 0's state is 20x that at the last frame's", first > 20 * last)
+    ctx.check(
+        "loss blew up (non-finite or 100x its start)",
+        not _finite(ctx.losses) or max(ctx.losses) > 100 * ctx.losses[0],
+    )
+
+
+# -- dressage test scorer: masked mean pooling divides by zero for a scratched entry --------------
+
+
+class MaskedMeanPool(nn.Module):
+    """Mean of the movement states over the non-padding positions (no clamp on the count)."""
+
+    def forward(self, h, mask):
+        m = mask.unsqueeze(-1).float()
+        return (h * m).sum(1) / m.sum(1)
+
+
+class DressageScorer(nn.Module):
+    """Scores a dressage test (percent / 10) from its sequence of judged movements."""
+
+    def __init__(self, movements=20, marks=11, dim=32, length=16):
+        super().__init__()
+        self.move = nn.Embedding(movements, dim, padding_idx=0)
+        self.mark = nn.Embedding(marks, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.ln = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
+        self.pool = MaskedMeanPool()
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, x):
+        moves, marks = x[..., 0], x[..., 1]
+        h = self.move(moves) + self.mark(marks) + self.pos
+        a, _ = self.attn(h, h, h, need_weights=False)
+        h = self.ln(h + a)
+        h = h + self.ff(h)
+        return self.head(self.pool(h, moves != 0))
+
+
+def _tests(gen, batch, length=16, movements=20):
+    while True:
+        n = torch.randint(8, length + 1, (batch,), generator=gen)
+        keep = torch.arange(length)[None] < n[:, None]
+        moves = torch.randint(1, movements, (batch, length), generator=gen) * keep
+        marks = torch.randint(4, 11, (batch, length), generator=gen) * keep
+        score = marks.float().sum(1, keepdim=True) / n[:, None]
+        yield torch.stack([moves, marks], -1), score
+
+
+@scenario(
+    family="dressage_test_scorer_transformer",
+    optimizer="SGD",
+    cause="nonfinite",
+    where=("pool",),
+    diverges=90,
+    onset=90,
+    heldout=True,
+    note="A transformer encoder (nn.MultiheadAttention) with masked mean pooling, SGD with "
+    "Nesterov momentum and a Huber loss. At step 90 the batch holds a scratched entry whose "
+    "test has no judged movements (all padding); the pooling divides the masked sum by the "
+    "count with no clamp, 0/0 gives NaN, and the loss is NaN.",
+)
+def h147_dressage_scratched_entry(ctx: Context) -> None:
+    gen = seeded(14705)
+    model = DressageScorer()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True)
+
+    def scratched(step, x, y):
+        if step == 90:
+            x = x.clone()
+            x[3] = 0
+        return x, y
+
+    _loop(ctx, model, opt, _tests(gen, 32), 150, F.huber_loss, alter=scratched)
+    ctx.check("finite before step 90", _finite(ctx.losses[:90]))
+    ctx.check("loss is NaN at step 90", len(ctx.losses) == 91 and math.isnan(ctx.losses[90]))
+    ctx.check("the loss fell before the fault", _mean(ctx.losses[80:90]) < 0.8 * ctx.losses[0])
