@@ -463,3 +463,108 @@ def h147_dressage_scratched_entry(ctx: Context) -> None:
     ctx.check("finite before step 90", _finite(ctx.losses[:90]))
     ctx.check("loss is NaN at step 90", len(ctx.losses) == 91 and math.isnan(ctx.losses[90]))
     ctx.check("the loss fell before the fault", _mean(ctx.losses[80:90]) < 0.8 * ctx.losses[0])
+
+
+# -- clarinet reed grader: a distillation temperature applied the wrong way round -----------------
+
+
+class ClarinetReedGrader(nn.Module):
+    """Grades a cane reed (5 strengths) from 16 flex and tip-thickness readings."""
+
+    def __init__(self, n_in=16, width=48, grades=5, temperature=1.0):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, width), nn.Tanh(), nn.Linear(width, width))
+        self.act = nn.Tanh()
+        self.head = nn.Linear(width, grades)
+        self.temperature = temperature
+
+    def forward(self, x):
+        return self.head(self.act(self.body(x))) / self.temperature
+
+
+def _clusters(gen, n_in, classes, batch, spread=1.0):
+    centres = torch.randn(classes, n_in, generator=gen)
+    while True:
+        y = torch.randint(0, classes, (batch,), generator=gen)
+        yield centres[y] + spread * torch.randn(batch, n_in, generator=gen), y
+
+
+@scenario(
+    family="clarinet_reed_grader",
+    optimizer="Adagrad",
+    cause="softmax_collapse",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="An MLP trained with Adagrad and cross-entropy. The config's temperature 0.01 was "
+    "meant for the soft targets of a later distillation run but the model divides its logits "
+    "by it from the start: the float32 softmax rounds the target's probability to exactly 1.0 "
+    "on most rows, which then give no gradient, while the misclassified rows give huge ones.",
+)
+def h147_clarinet_reed_temperature(ctx: Context) -> None:
+    gen = seeded(14706)
+    model = ClarinetReedGrader(temperature=0.01)
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
+    seen = []
+    _loop(
+        ctx,
+        model,
+        opt,
+        _clusters(gen, 16, 5, 64, spread=1.2),
+        150,
+        F.cross_entropy,
+        classifier=True,
+        watch=lambda s, o, x, y: seen.append(collapsed_fraction(o.detach(), y)),
+    )
+    ctx.check("under 10% of rows collapsed at the start", seen[0] < 0.1)
+    ctx.check("over 60% of rows' softmax exactly 1.0 at its peak", max(seen) > 0.6)
+    ctx.check("over 35% still collapsed over the last 30 steps", _mean(seen[-30:]) > 0.35)
+
+
+# -- trombone slide position: Adamax at a learning rate typed 100x too large kills the ReLUs ------
+
+
+class TromboneSlideNet(nn.Module):
+    """Names the slide position (7) from the 24 harmonic amplitudes of a note."""
+
+    def __init__(self, n_in=24, width=64, positions=7):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()
+        )
+        self.head = nn.Linear(width, positions)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@scenario(
+    family="trombone_slide_position_mlp",
+    optimizer="Adamax",
+    cause="loss_of_plasticity",
+    where=("body.2", "body.3"),
+    diverges=None,
+    heldout=True,
+    note="A ReLU MLP trained with Adamax; the learning rate was typed 0.5 for 0.005. Adamax "
+    "moves every weight and bias by about the learning rate per step, the second layer's "
+    "units are pushed negative on every input and die (two thirds of them for good), and the "
+    "loss stays high.",
+)
+def h147_trombone_slide_dead_relu(ctx: Context) -> None:
+    gen = seeded(14707)
+    model = TromboneSlideNet()
+    opt = torch.optim.Adamax(model.parameters(), lr=0.5)
+    seen = []
+    _loop(
+        ctx,
+        model,
+        opt,
+        _clusters(gen, 24, 7, 64, spread=1.5),
+        200,
+        F.cross_entropy,
+        classifier=True,
+        watch=lambda s, o, x, y: seen.append(dead_fraction(model.body[:4](x).detach())),
+    )
+    ctx.check("under 10% of units dead at the start", seen[0] < 0.1)
+    ctx.check("over half the second layer's units dead all of the last 50 steps", min(seen[-50:]) > 0.5)
+    ctx.check("loss stayed high", _mean(ctx.losses[-20:]) > 0.5)
