@@ -568,3 +568,139 @@ def h147_trombone_slide_dead_relu(ctx: Context) -> None:
     ctx.check("under 10% of units dead at the start", seen[0] < 0.1)
     ctx.check("over half the second layer's units dead all of the last 50 steps", min(seen[-50:]) > 0.5)
     ctx.check("loss stayed high", _mean(ctx.losses[-20:]) > 0.5)
+
+
+def _flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+# -- monsoon onset forecaster: the encoder's param group got lr 1e-7 for 1e-3 ---------------------
+
+
+class MonsoonOnsetNet(nn.Module):
+    """Forecasts the monsoon onset day from 30 days of sea-surface, wind and humidity anomalies."""
+
+    def __init__(self, n_in=30 * 3, width=64):
+        super().__init__()
+        self.encoder = nn.Linear(n_in, width)
+        self.act = nn.GELU()
+        self.mix = nn.Linear(width, width)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(self.act(self.mix(self.act(self.encoder(x)))))
+
+
+def _anomalies(gen, batch, n_in=90):
+    w = torch.randn(n_in, 4, generator=gen) / math.sqrt(n_in)
+    while True:
+        x = torch.randn(batch, n_in, generator=gen)
+        z = x @ w
+        y = torch.tanh(z[:, :1]) + 0.5 * z[:, 1:2] * z[:, 2:3] - 0.3 * torch.sin(2 * z[:, 3:])
+        yield x, y + 0.05 * torch.randn(batch, 1, generator=gen)
+
+
+@scenario(
+    family="monsoon_onset_forecaster",
+    optimizer="NAdam",
+    cause="update_ratio_out_of_range",
+    where=("encoder",),
+    diverges=None,
+    heldout=True,
+    note="NAdam with two param groups: a fine-tuning recipe gives the pretrained encoder its own "
+    "learning rate, typed 1e-7 for 1e-3 in the config. The encoder's weights move by about a "
+    "millionth of their size per step while the rest learn; the loss creeps down only through "
+    "the upper layers.",
+)
+def h147_monsoon_encoder_lr_typo(ctx: Context) -> None:
+    gen = seeded(14708)
+    model = MonsoonOnsetNet()
+    enc = list(model.encoder.parameters())
+    ids = {id(p) for p in enc}
+    opt = torch.optim.NAdam(
+        [
+            {"params": enc, "lr": 1e-7},
+            {"params": [p for p in model.parameters() if id(p) not in ids], "lr": 1e-3},
+        ]
+    )
+    w_enc = model.encoder.weight.detach().clone()
+    w_mix = model.mix.weight.detach().clone()
+    _loop(ctx, model, opt, _anomalies(gen, 64), 200, F.mse_loss)
+    enc_move = float((model.encoder.weight.detach() - w_enc).norm() / w_enc.norm())
+    mix_move = float((model.mix.weight.detach() - w_mix).norm() / w_mix.norm())
+    ctx.check("encoder weights moved under 1e-3 of their norm in 200 steps", enc_move < 1e-3)
+    ctx.check("the next layer moved 1000x more", mix_move > 1000 * enc_move)
+    ctx.check("finite", _finite(ctx.losses))
+
+
+# -- soap saponification: a one-step loss-weight bug poisons Adam's second moment -----------------
+
+
+class SaponificationNet(nn.Module):
+    """Regresses the cure hardness of a soap batch from its oil blend, lye ratio and water."""
+
+    def __init__(self, n_in=14, width=64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(n_in, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU()
+        )
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _soap(gen, batch, n_in=14):
+    w = torch.randn(n_in, 3, generator=gen) / math.sqrt(n_in)
+    while True:
+        x = torch.randn(batch, n_in, generator=gen)
+        z = x @ w
+        y = torch.sin(1.5 * z[:, :1]) + z[:, 1:2] * z[:, 2:3]
+        yield x, y + 0.05 * torch.randn(batch, 1, generator=gen)
+
+
+@scenario(
+    family="soap_saponification_regressor",
+    optimizer="Adam",
+    cause="adam_second_moment_poisoned",
+    where=(),
+    diverges=None,
+    onset=60,
+    heldout=True,
+    note="Adam (beta2 0.999) on an MSE regressor. A loss-weight schedule meant to bring in an "
+    "auxiliary term at step 60 multiplies the main loss by 3e4 for that one step (the weight "
+    "was read in the wrong unit): one giant gradient fills the second moment, which takes "
+    "hundreds of steps to decay, and the updates afterwards are a hundredth of their size.",
+)
+def h147_soap_one_step_weight(ctx: Context) -> None:
+    gen = seeded(14709)
+    model = SaponificationNet()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.9, 0.999))
+    weight = {"w": 1.0}
+    moves = []
+    prev = {"p": _flat(model)}
+
+    def before(step):
+        weight["w"] = 3e4 if step == 60 else 1.0
+        now = _flat(model)
+        if step > 0:
+            moves.append(float((now - prev["p"]).norm()))
+        prev["p"] = now
+
+    _loop(
+        ctx,
+        model,
+        opt,
+        _soap(gen, 64),
+        200,
+        lambda o, y: weight["w"] * F.mse_loss(o, y),
+        before=before,
+    )
+    g = ctx.grad_norms
+    ctx.check("gradient at step 60 is 1000x the median before", g[60] > 1000 * sorted(g[:60])[30])
+    # moves[k] is the update of step k
+    ctx.check(
+        "updates 30-100 steps after are under 1/20 of those before",
+        _mean(moves[90:160]) < _mean(moves[30:60]) / 20,
+    )
+    ctx.check("finite", _finite(ctx.losses))
