@@ -704,3 +704,117 @@ def h147_soap_one_step_weight(ctx: Context) -> None:
         _mean(moves[90:160]) < _mean(moves[30:60]) / 20,
     )
     ctx.check("finite", _finite(ctx.losses))
+
+
+# -- vinegar acidity: one shard logged acetic acid in mg/L instead of g/L -------------------------
+
+
+class VinegarAcidityNet(nn.Module):
+    """Predicts a vinegar's acetic acid (g/L) from fermentation-day readings."""
+
+    def __init__(self, n_in=18, width=48):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, width), nn.ELU(), nn.Linear(width, width))
+        self.act = nn.ELU()
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(self.act(self.body(x)))
+
+
+@scenario(
+    family="vinegar_acidity_regressor",
+    optimizer="RMSprop",
+    cause="data_outlier",
+    where=(),
+    diverges=None,
+    onset=80,
+    heldout=True,
+    note="RMSprop on an MSE regressor. The batch at step 80 comes from a shard whose labels "
+    "were logged in mg/L instead of g/L (1000x): that one batch's loss is a million times the "
+    "others and its gradient dwarfs the rest; the run recovers afterwards.",
+)
+def h147_vinegar_mg_shard(ctx: Context) -> None:
+    gen = seeded(14710)
+    model = VinegarAcidityNet()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.99)
+
+    def shard(step, x, y):
+        return (x, y * 1000) if step == 80 else (x, y)
+
+    w = torch.randn(18, 2, generator=gen) / math.sqrt(18)
+
+    def readings():
+        while True:
+            x = torch.randn(64, 18, generator=gen)
+            z = x @ w
+            yield x, 5 + torch.tanh(z[:, :1]) + 0.5 * z[:, 1:] ** 2
+
+    _loop(ctx, model, opt, readings(), 200, F.mse_loss, alter=shard)
+    ls = ctx.losses
+    before = sorted(ls[60:80])[10]
+    ctx.check("loss at step 80 is 1000x the median before", ls[80] > 1000 * before)
+    ctx.check(
+        "gradient at step 80 is 100x the median before",
+        ctx.grad_norms[80] > 100 * sorted(ctx.grad_norms[60:80])[10],
+    )
+    ctx.check("finite", _finite(ls))
+
+
+# -- tanning: a hide-weight regressor sums patch masses into grams inside fp16 autocast ----------
+
+
+class HideWeightNet(nn.Module):
+    """Weighs a tanned hide: a patch net gives each of 48 patches' mass in kg, converted to grams
+    and summed by a fixed all-ones linear layer."""
+
+    def __init__(self, patches=48, width=32):
+        super().__init__()
+        self.patch = nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 1))
+        self.pool = nn.Linear(patches, 1, bias=False)
+        nn.init.ones_(self.pool.weight)
+        self.pool.weight.requires_grad_(False)
+        self.last_pool = torch.zeros(1)
+
+    def forward(self, x):
+        grams = 1000.0 * self.patch(x).squeeze(-1)
+        out = self.pool(grams)
+        self.last_pool = out.detach()
+        return out
+
+
+def _hides(gen, batch, patches=48):
+    while True:
+        thick = 0.5 + torch.rand(batch, 1, generator=gen) + 0.1 * torch.rand(
+            batch, patches, generator=gen
+        )
+        area = 0.5 + torch.rand(batch, patches, generator=gen)
+        fat = torch.rand(batch, patches, generator=gen)
+        x = torch.stack([thick, area, fat], -1)
+        y = 1000.0 * (thick * area * (1.0 - 0.2 * fat)).sum(1, keepdim=True)
+        yield x, y
+
+
+@scenario(
+    family="tanned_hide_weight_regressor",
+    optimizer="AdamW",
+    cause="amp_overflow",
+    where=("pool",),
+    diverges="auto",
+    heldout=True,
+    note="AdamW under fp16 autocast with a GradScaler. The labels are hide weights in grams "
+    "(20-100 kg) and the model converts its patch masses to grams and sums them with a linear "
+    "layer inside the autocast region: once it learns the heavy hides, their sums pass fp16's "
+    "65504, the forward gives inf and the loss is inf (the GradScaler only skips the steps).",
+)
+def h147_tanned_hide_fp16_grams(ctx: Context) -> None:
+    gen = seeded(14711)
+    model = HideWeightNet()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    _loop(ctx, model, opt, _hides(gen, 32), 300, F.mse_loss, scaler=scaler)
+    ls = ctx.losses
+    ctx.check("finite for the first 20 steps", _finite(ls[:20]))
+    ctx.check("the loss went inf", not _finite(ls))
+    ctx.check("the fp16 pooled output holds inf", bool(torch.isinf(model.last_pool).any()))
+    ctx.check("it is fp16", model.last_pool.dtype == torch.float16)
