@@ -818,3 +818,135 @@ def h147_tanned_hide_fp16_grams(ctx: Context) -> None:
     ctx.check("the loss went inf", not _finite(ls))
     ctx.check("the fp16 pooled output holds inf", bool(torch.isinf(model.last_pool).any()))
     ctx.check("it is fp16", model.last_pool.dtype == torch.float16)
+
+
+# -- cello intonation: the resume picked 'ckpt_5' over 'ckpt_120' (sorted as strings) -----------
+
+
+class CelloIntonationNet(nn.Module):
+    """Regresses a note's intonation error (cents) from finger position and string features."""
+
+    def __init__(self, n_in=20, width=64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(n_in, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh()
+        )
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@scenario(
+    family="cello_intonation_regressor",
+    optimizer="Adam",
+    cause="loss_spike",
+    where=(),
+    diverges=None,
+    onset=120,
+    heldout=True,
+    note="Adam on an MSE regressor. The job is pre-empted and resumed at step 120; the resume "
+    "code picks the 'latest' checkpoint by sorting file names as strings, so 'ckpt_5' wins "
+    "over 'ckpt_120' and the weights of step 5 come back (the optimizer keeps its state). The "
+    "loss jumps back to its early level and the run recovers; no gradient burst, no bad data.",
+)
+def h147_cello_resume_sorted_names(ctx: Context) -> None:
+    gen = seeded(14712)
+    model = CelloIntonationNet()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    saved = {}
+
+    def before(step):
+        if step == 5:
+            saved["ckpt_5"] = {k: v.clone() for k, v in model.state_dict().items()}
+        if step == 120:
+            latest = sorted(["ckpt_5", "ckpt_120"])[-1]
+            model.load_state_dict(saved[latest])
+
+    _loop(ctx, model, opt, _throws(gen, 64, n_in=20), 260, F.mse_loss, before=before)
+    ls, g = ctx.losses, ctx.grad_norms
+    pre = _mean(ls[105:120])
+    ctx.check("loss at step 120 is 3x the 15 steps before", ls[120] > 3 * pre)
+    ctx.check("recovered: last 20 steps under 1.5x the level before", _mean(ls[-20:]) < 1.5 * pre)
+    ctx.check("no gradient burst: step 120 under 20x the median", g[120] < 20 * sorted(g)[130])
+
+
+# -- healthy: an ocarina fingering LM, tied embeddings, warm-up + cosine, clipping, AdamW ---------
+
+
+class OcarinaAttention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, -1)
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        causal = torch.ones(t, t, dtype=torch.bool).triu(1)
+        w = torch.softmax(scores.masked_fill(causal, float("-inf")), -1)
+        return self.proj((w @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class OcarinaFingeringLM(nn.Module):
+    """Predicts the next fingering (16 hole patterns) of an ocarina tune; tied embeddings."""
+
+    def __init__(self, vocab=16, dim=32, length=20):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        nn.init.normal_(self.emb.weight, std=0.1)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = OcarinaAttention(dim, 4)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.ln_f = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        h = self.emb(x) + self.pos[: x.shape[1]]
+        h = h + self.attn(self.ln1(h))
+        h = h + self.ff(self.ln2(h))
+        return self.ln_f(h) @ self.emb.weight.T
+
+
+def _tunes(gen, batch, vocab=16, length=21):
+    trans = torch.softmax(2.5 * torch.randn(vocab, vocab, generator=gen), -1)
+    while True:
+        x = torch.empty(batch, length, dtype=torch.long)
+        x[:, 0] = torch.randint(0, vocab, (batch,), generator=gen)
+        for t in range(1, length):
+            x[:, t] = torch.multinomial(trans[x[:, t - 1]], 1, generator=gen).squeeze(1)
+        yield x[:, :-1], x[:, 1:]
+
+
+@scenario(
+    family="ocarina_fingering_transformer",
+    optimizer="AdamW",
+    cause="healthy",
+    heldout=True,
+    note="A causal transformer (hand softmax over scaled q.k, tied embeddings) trained with "
+    "AdamW, 20 warm-up steps then cosine decay, clipping at 1.0 and label smoothing 0.05.",
+)
+def h147_ocarina_lm_healthy(ctx: Context) -> None:
+    gen = seeded(14713)
+    model = OcarinaFingeringLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+
+    def lr_at(s):
+        return (s + 1) / 20 if s < 20 else 0.5 * (1 + math.cos(math.pi * (s - 20) / 180))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    _loop(
+        ctx,
+        model,
+        opt,
+        _tunes(gen, 32),
+        200,
+        lambda o, y: F.cross_entropy(o.reshape(-1, 16), y.reshape(-1), label_smoothing=0.05),
+        clip=1.0,
+        sched=sched,
+    )
+    ctx.check("loss fell", _fell(ctx.losses))
