@@ -566,7 +566,9 @@ def h147_trombone_slide_dead_relu(ctx: Context) -> None:
         watch=lambda s, o, x, y: seen.append(dead_fraction(model.body[:4](x).detach())),
     )
     ctx.check("under 10% of units dead at the start", seen[0] < 0.1)
-    ctx.check("over half the second layer's units dead all of the last 50 steps", min(seen[-50:]) > 0.5)
+    ctx.check(
+        "over half the second layer's units dead all of the last 50 steps", min(seen[-50:]) > 0.5
+    )
     ctx.check("loss stayed high", _mean(ctx.losses[-20:]) > 0.5)
 
 
@@ -785,8 +787,10 @@ class HideWeightNet(nn.Module):
 
 def _hides(gen, batch, patches=48):
     while True:
-        thick = 0.5 + torch.rand(batch, 1, generator=gen) + 0.1 * torch.rand(
-            batch, patches, generator=gen
+        thick = (
+            0.5
+            + torch.rand(batch, 1, generator=gen)
+            + 0.1 * torch.rand(batch, patches, generator=gen)
         )
         area = 0.5 + torch.rand(batch, patches, generator=gen)
         fat = torch.rand(batch, patches, generator=gen)
@@ -950,3 +954,162 @@ def h147_ocarina_lm_healthy(ctx: Context) -> None:
         sched=sched,
     )
     ctx.check("loss fell", _fell(ctx.losses))
+
+
+# -- healthy: a snare-drum stroke tagger, fp16 autocast + GradScaler, OneCycleLR, BCE ------------
+
+
+class SnareStrokeCNN(nn.Module):
+    """Tags which drums sound in a 128-sample clip (snare, kick, hi-hat: multi-label)."""
+
+    def __init__(self, width=16, labels=3):
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, width, 7, padding=3)
+        self.conv2 = nn.Conv1d(width, width, 5, padding=2, stride=2)
+        self.norm = nn.GroupNorm(4, width)
+        self.head = nn.Linear(width, labels)
+
+    def forward(self, x):
+        h = F.relu(self.conv1(x.unsqueeze(1)))
+        h = F.relu(self.norm(self.conv2(h)))
+        return self.head(h.mean(-1))
+
+
+def _clips(gen, batch, n=128):
+    t = torch.arange(n, dtype=torch.float32)
+    env = torch.exp(-t / 20)
+    while True:
+        y = (torch.rand(batch, 3, generator=gen) < 0.5).float()
+        snare = torch.randn(batch, n, generator=gen) * env
+        kick = torch.sin(2 * math.pi * 0.03 * t) * env
+        hat = torch.sign(torch.sin(2 * math.pi * 0.4 * t)) * torch.exp(-t / 5)
+        x = y[:, :1] * snare + y[:, 1:2] * kick + y[:, 2:] * hat
+        yield x + 0.1 * torch.randn(batch, n, generator=gen), y
+
+
+@scenario(
+    family="snare_drum_stroke_cnn",
+    optimizer="SGD",
+    cause="healthy",
+    heldout=True,
+    note="A 1-d conv net with GroupNorm tagging drums (BCE with logits), SGD with Nesterov "
+    "momentum and OneCycleLR, under fp16 autocast with a GradScaler.",
+)
+def h147_snare_fp16_healthy(ctx: Context) -> None:
+    gen = seeded(14714)
+    model = SnareStrokeCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=150)
+    scaler = torch.amp.GradScaler("cpu")
+    _loop(
+        ctx,
+        model,
+        opt,
+        _clips(gen, 32),
+        150,
+        F.binary_cross_entropy_with_logits,
+        sched=sched,
+        scaler=scaler,
+    )
+    ctx.check("loss fell", _fell(ctx.losses, ratio=0.5))
+    ctx.check("the scaler kept a scale of at least 1", min(ctx.scales) >= 1.0)
+
+
+# -- healthy: a xylophone bar tuner, full-batch Rprop with a Huber loss ---------------------------
+
+
+class XylophoneBarTuner(nn.Module):
+    """Predicts how much to undercut a rosewood bar (mm) from its length, width, depth and
+    measured pitch error."""
+
+    def __init__(self, n_in=6, width=32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(n_in, width), nn.Softplus(), nn.Linear(width, width), nn.Softplus()
+        )
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@scenario(
+    family="xylophone_bar_tuning_regressor",
+    optimizer="Rprop",
+    cause="healthy",
+    heldout=True,
+    note="Full-batch Rprop (the same 256 bars every step, as Rprop needs) with a Huber loss.",
+)
+def h147_xylophone_rprop_healthy(ctx: Context) -> None:
+    gen = seeded(14715)
+    model = XylophoneBarTuner()
+    opt = torch.optim.Rprop(model.parameters(), lr=1e-3)
+    x = torch.randn(256, 6, generator=gen)
+    y = 0.8 * x[:, :1] - 0.5 * x[:, 1:2] * x[:, 2:3] + torch.sin(x[:, 3:4]) + 0.3
+    y = y + 0.05 * torch.randn(256, 1, generator=gen)
+
+    def full_batch():
+        while True:
+            yield x, y
+
+    _loop(ctx, model, opt, full_batch(), 150, F.huber_loss)
+    ctx.check("loss fell", _fell(ctx.losses, ratio=0.3))
+
+
+# -- healthy: a kazoo buzz LSTM, Gaussian NLL, accumulation, ReduceLROnPlateau, noisy batches -----
+
+
+class KazooBuzzLSTM(nn.Module):
+    """Predicts the buzz pitch (mean and variance) of a kazoo from 24 frames of lip pressure."""
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.lstm = nn.LSTM(2, hidden, batch_first=True)
+        self.mean = nn.Linear(hidden, 1)
+        self.spread = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        h = out[:, -1]
+        return torch.cat([self.mean(h), F.softplus(self.spread(h)) + 1e-3], -1)
+
+
+def _buzz(gen, batch, frames=24):
+    t = torch.arange(frames, dtype=torch.float32)
+    while True:
+        p = 0.5 + torch.rand(batch, 1, generator=gen)
+        f = 0.05 + 0.1 * torch.rand(batch, 1, generator=gen)
+        pressure = p * (1 + 0.3 * torch.sin(2 * math.pi * f * t))
+        x = torch.stack([pressure, 0.2 * torch.randn(batch, frames, generator=gen)], -1)
+        noise = (0.05 + 0.3 * torch.rand(batch, 1, generator=gen)) * torch.randn(
+            batch, 1, generator=gen
+        )
+        yield x, 3 * p + 10 * f + noise
+
+
+@scenario(
+    family="kazoo_buzz_lstm",
+    optimizer="Adam",
+    cause="healthy",
+    heldout=True,
+    note="An LSTM giving a Gaussian (mean, variance) trained on its negative log-likelihood "
+    "with Adam, two micro-batches accumulated per step, ReduceLROnPlateau, noisy labels.",
+)
+def h147_kazoo_lstm_healthy(ctx: Context) -> None:
+    gen = seeded(14716)
+    model = KazooBuzzLSTM()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=15)
+    _loop(
+        ctx,
+        model,
+        opt,
+        _buzz(gen, 32),
+        150,
+        lambda o, y: F.gaussian_nll_loss(o[:, :1], y, o[:, 1:]),
+        sched=sched,
+        accumulate=2,
+    )
+    ctx.check(
+        "loss fell", _finite(ctx.losses) and _mean(ctx.losses[-10:]) < _mean(ctx.losses[:10]) - 0.5
+    )
