@@ -549,3 +549,23 @@ def test_a_failing_probe_is_switched_off_with_a_warning_and_training_goes_on(tmp
     run = steadygrad.load(tmp_path / "run")
     assert run.status == "finished" and run.num_steps == 4
     assert "nonfinite" in steadygrad.diagnose(run).causes()
+
+
+def test_nll_loss_given_a_layers_raw_scores_reads_them_as_the_logits(tmp_path):
+    # Set 147's raga classifier: class weights added by switching cross_entropy to nll_loss,
+    # the log_softmax forgotten. nll_loss(z, y) = -z[y] is unbounded below: the scores are the
+    # logits, and their statistics and the loss's push along their common shift are read
+    # (every row's gradient is -1 at its target: all of it along the shift). Control: nll_loss
+    # on log-probabilities made otherwise than by a layer (a log of a softmax) reads nothing.
+    model = nn.Linear(6, 5)
+    records, hand, _, _ = _run(tmp_path, model, lambda z, y: F.nll_loss(z, y), steps=2)
+    for record, logits in zip(records, hand, strict=True):
+        assert record.values["logit_lse_mean"] == pytest.approx(
+            torch.logsumexp(logits, 1).mean().item(), rel=1e-5
+        )
+        assert record.values["output_logit_max"] == pytest.approx(logits.abs().max().item())
+        assert record.values["output_shift_gradient"] == pytest.approx(-1.0, rel=1e-4)
+    logged, _, _, _ = _run(
+        tmp_path / "log", nn.Linear(6, 5), lambda z, y: F.nll_loss(torch.log(z.softmax(-1)), y)
+    )
+    assert "logit_lse_mean" not in logged[0].values

@@ -407,3 +407,36 @@ def test_attention_saturation_reads_the_same_from_eager_and_sdpa_attention():
     name = "attn_saturated/transformer.h.0.attn"
     assert read["sdpa"][name] > 0.3
     assert read["eager"][name] == pytest.approx(read["sdpa"][name], abs=1e-6)
+
+
+class _ExpSoftmaxAttention(nn.Module):
+    """Set 147's bell-ringing attention: single-head, the softmax written out as an exp of the
+    scores shifted by their row's largest over the row sums; ``exp_of_scores`` False exps a
+    layer's output instead (a rate head), which is no attention."""
+
+    def __init__(self, exp_of_scores: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.exp_of_scores = exp_of_scores
+
+    def forward(self, x):
+        if not self.exp_of_scores:
+            return torch.exp(self.v(x)).mean()
+        scores = self.q(x) @ self.k(x).transpose(1, 2)
+        w = torch.exp(scores - scores.amax(-1, keepdim=True))
+        return ((w / w.sum(-1, keepdim=True)) @ self.v(x)).mean()
+
+
+def test_attention_whose_softmax_is_written_out_is_read_from_the_exp_of_its_scores():
+    x = torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1))
+    model = _ExpSoftmaxAttention(True)
+    values = run_step(AttentionLogitSignal(every=1), model, x, loss_fn=lambda out: out)
+    with torch.no_grad():
+        scores = model.q(x) @ model.k(x).transpose(1, 2)
+        spread = (scores - scores.amax(-1, keepdim=True)).abs().max()
+    # the shift by the row's largest is read as the softmax sees it: the rows' spread
+    assert values["attn_logit_max"] == pytest.approx(float(spread), rel=1e-5)
+    signal = AttentionLogitSignal(every=1)
+    assert run_step(signal, _ExpSoftmaxAttention(False), x, loss_fn=lambda out: out) == {}
+    assert signal.applies() != True  # noqa: E712 - says why it is off

@@ -89,3 +89,20 @@ def test_attention_logits_a_raise_of_the_rate_threw_are_its_consequence(tmp_path
         assert report.top.cause != "attention_logit_growth"
     else:
         assert not attention.consequence_of and report.top.cause == "attention_logit_growth"
+
+
+@pytest.mark.parametrize(
+    ("name", "cause", "where"),
+    [
+        # a softmax written out as exp(s - s.amax(-1)) / sum, the 1/sqrt(d) left out and the
+        # q/k group at 10x its rate: no softmax call, so no attention was seen
+        ("h147_change_ringing_qk_scale", "attention_logit_growth", ["attn"]),
+        # nll_loss on the head's raw scores (the log_softmax forgotten): no log-probabilities,
+        # so no logits were read, and the loss fell to -59 "healthy"
+        ("h147_sitar_raga_raw_nll", "output_logit_divergence", ["head"]),
+    ],
+)
+def test_mechanisms_written_out_by_hand_are_seen(tmp_path, name, cause, where):
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert report.top.cause == cause and report.top.where == where

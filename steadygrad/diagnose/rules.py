@@ -2476,7 +2476,8 @@ def _output_logits(facts: RunFacts) -> Found | None:
         found.summary += (
             f"; the loss's own gradient pushes every logit up from step {began} ({push:.2g} "
             "of it along their common shift, which no loss of the softmax alone moves): a "
-            "term rewards larger logits (a z-loss or logit penalty of the wrong sign)"
+            "term rewards larger logits (a z-loss or logit penalty of the wrong sign, or "
+            "nll_loss given raw scores with no log_softmax before it)"
         )
         found.evidence[OUTPUT_SHIFT_GRADIENT.name] = push
         found.evidence["pushed_from"] = began
@@ -4652,7 +4653,8 @@ RULES: tuple[Rule, ...] = (
         (
             Fix(
                 "remove the term that rewards larger logits, or flip its sign: a z-loss adds a "
-                "positive multiple of logsumexp^2",
+                "positive multiple of logsumexp^2 (and nll_loss takes log-probabilities: "
+                "F.nll_loss(F.log_softmax(logits, -1), y))",
                 "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)",
                 applies=lambda facts: _logits_pushed_up(facts, math.inf) is not None,
             ),

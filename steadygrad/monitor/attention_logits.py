@@ -208,6 +208,20 @@ def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:
     return _reading(scores, kept) if scores.numel() else None
 
 
+def _exp_logit_max(args: tuple, kwargs: dict) -> Reading | None:
+    """A softmax written out by hand (``exp(s - s.amax(-1))``, then a division by the row
+    sums): the scores fed to an ``exp`` of 3 or more dimensions that a product of two
+    activations made (``q @ k^T``, through scales, masks and the shift by the row's largest),
+    read as :func:`_softmax_logit_max` reads a softmax's. None for any other ``exp``."""
+    scores = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 3 or scores.shape[-1] < 2:
+        return None
+    if not _product_of_activations(scores):
+        return None
+    scores = scores.detach().float()
+    return _reading(scores, torch.isfinite(scores) & (scores > MASKED))
+
+
 class AttentionLogitSignal(InterceptingSignal):
     """``attn_logit_max/<module>``: the largest ``|q.k| * scale`` seen in a step, per module;
     ``attn_saturated/<module>``: the share of its attention rows that were one-hot (largest
@@ -241,12 +255,16 @@ class AttentionLogitSignal(InterceptingSignal):
         return (
             True
             if self.seen
-            else "no attention seen (SDPA, nn.MultiheadAttention, or a softmax over (L, L) scores)"
+            else "no attention seen (SDPA, nn.MultiheadAttention, a softmax over (L, L) scores, "
+            "or the exp of q @ k^T)"
         )
 
     def watched(self) -> dict[Callable, Callable]:
         by_hand = lambda a, k: self._observe(_softmax_logit_max(a, k))  # noqa: E731
+        exp = lambda a, k: self._observe(_exp_logit_max(a, k))  # noqa: E731
         return {
+            torch.exp: exp,
+            torch.Tensor.exp: exp,
             F.scaled_dot_product_attention: lambda a, k: self._observe(_sdpa_logit_max(a, k)),
             F.multi_head_attention_forward: lambda a, k: self._observe(_mha_logit_max(a, k)),
             F.softmax: by_hand,

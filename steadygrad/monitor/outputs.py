@@ -149,7 +149,13 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         target = args[1] if len(args) > 1 else kwargs.get("target")
         if not isinstance(logp, torch.Tensor) or not isinstance(target, torch.Tensor):
             return
-        if logp.dim() < 2 or target.is_floating_point() or not _made_by_log_softmax(logp):
+        if logp.dim() < 2 or target.is_floating_point():
+            return
+        if not _made_by_log_softmax(logp):
+            if _made_by_a_linear(logp):
+                # a layer's raw scores, no log-probabilities (a log_softmax left out): the
+                # loss, -score[target], is unbounded below; they are the logits, read as such
+                self._observe(args, kwargs)
             return  # other log-probabilities (StableMax's, say) have no softmax to collapse
         z = logp.detach().movedim(1, -1).reshape(-1, logp.shape[1])
         if not z.numel():
@@ -319,6 +325,26 @@ def _made_by_log_softmax(t: torch.Tensor, depth: int = 4) -> bool:
             return False
         if type(node).__name__.startswith("LogSoftmaxBackward"):
             return True
+        node = node.next_functions[0][0] if node.next_functions else None
+    return False
+
+
+# Autograd steps of a linear layer's output (``nn.Linear``, ``F.linear``, ``x @ W``).
+LINEAR_STEPS = frozenset({"AddmmBackward", "MmBackward", "LinearBackward"})
+
+
+def _made_by_a_linear(t: torch.Tensor, depth: int = 4) -> bool:
+    """Whether ``t`` is a linear layer's output, seen through up to ``depth`` views or casts in
+    its autograd graph: raw scores, which no log-probability is."""
+    node = t.grad_fn
+    for _ in range(depth):
+        if node is None:
+            return False
+        step = autograd_step(node)
+        if step in LINEAR_STEPS:
+            return True
+        if step not in SAME_VALUES:
+            return False
         node = node.next_functions[0][0] if node.next_functions else None
     return False
 
