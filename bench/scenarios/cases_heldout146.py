@@ -1,0 +1,276 @@
+"""Held-out set 146 (``h146_``): hand-written models of trades, crafts, sports, instruments and
+natural phenomena not covered before, and Hugging Face architectures built from tiny configs.
+
+Each fault is induced the way it happens in practice and checked with ``ctx.check``; the
+controls are ordinary runs of the same kinds of models (warm-up and cosine decay, fp16 autocast
+with a GradScaler, ReduceLROnPlateau on noisy batches, gradient accumulation with clipping).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scenarios.common import (
+    Context,
+    collapsed_fraction,
+    dead_fraction,
+    grad_norm,
+    scenario,
+    seeded,
+    text_batches,
+)
+
+
+def _finite(xs: list[float]) -> bool:
+    return all(math.isfinite(v) for v in xs)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(len(xs), 1)
+
+
+def _fell(losses: list[float], k: int = 10, ratio: float = 0.8) -> bool:
+    return _finite(losses) and _mean(losses[-k:]) < ratio * _mean(losses[:k])
+
+
+def _train(
+    ctx,
+    model,
+    opt,
+    batches,
+    steps,
+    loss_fn,
+    *,
+    classifier=False,
+    before=None,
+    alter=None,
+    scale=None,
+    clip=None,
+    sched=None,
+    after=None,
+    scaler=None,
+    accumulate=1,
+    forward=None,
+):
+    """A plain loop: ``accumulate`` micro-batches per optimizer step, ``scale(step)`` multiplies
+    the backpropagated loss, ``after(step)`` runs after ``opt.step()``."""
+    ctx.attach(model, opt, scaler=scaler)
+    forward = forward or (lambda m, x: m(x))
+    for step in range(steps):
+        if before is not None:
+            before(step)
+        shown = 0.0
+        for _ in range(accumulate):
+            x, y = next(batches)
+            if alter is not None:
+                x, y = alter(step, x, y)
+            if classifier:
+                ctx.targets(y)
+            with torch.autocast("cpu", dtype=torch.float16, enabled=scaler is not None):
+                out = forward(model, x)
+            loss = loss_fn(out.float(), y)
+            total = loss * scale(step) if scale is not None else loss
+            total = total / accumulate
+            if scaler is not None:
+                scaler.scale(total).backward()
+            else:
+                total.backward()
+            shown += float(loss.detach()) / accumulate
+        if scaler is not None:
+            scaler.unscale_(opt)
+        ctx.grad_norms.append(grad_norm(model))
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+            ctx.scales.append(float(scaler.get_scale()))
+        else:
+            opt.step()
+        if after is not None:
+            after(step)
+        if sched is not None:
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(shown)
+            else:
+                sched.step()
+        ctx.step(torch.tensor(shown))
+        opt.zero_grad(set_to_none=True)
+        if not math.isfinite(shown):
+            break
+
+
+def _lm_loss(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _regression(gen, n_in: int, batch: int, noise: float = 0.05):
+    w = torch.randn(n_in, 1, generator=gen)
+    v = torch.randn(n_in, 1, generator=gen)
+    while True:
+        x = torch.randn(batch, n_in, generator=gen)
+        y = torch.tanh(x @ w / math.sqrt(n_in)) + 0.5 * torch.sin(x @ v / math.sqrt(n_in))
+        yield x, y + noise * torch.randn(batch, 1, generator=gen)
+
+
+def _clusters(gen, n_in: int, classes: int, batch: int, spread: float = 1.0):
+    centres = torch.randn(classes, n_in, generator=gen)
+    while True:
+        y = torch.randint(0, classes, (batch,), generator=gen)
+        yield centres[y] + spread * torch.randn(batch, n_in, generator=gen), y
+
+
+# -- Hugging Face Kosmos-2.5 text decoder: a healthy control -------------------------------------
+
+
+def _kosmos25_text_lm(vocab=128, dim=32, layers=2, heads=2):
+    from transformers import Kosmos2_5TextConfig
+    from transformers.models.kosmos2_5.modeling_kosmos2_5 import Kosmos2_5TextForCausalLM
+
+    config = Kosmos2_5TextConfig(
+        vocab_size=vocab,
+        embed_dim=dim,
+        layers=layers,
+        attention_heads=heads,
+        ffn_dim=2 * dim,
+        max_position_embeddings=64,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        layerdrop=0.0,
+    )
+    return Kosmos2_5TextForCausalLM(config)
+
+
+def _hf_logits(m, x):
+    return m(input_ids=x).logits
+
+
+@scenario(
+    family="hf_kosmos2_5_text_decoder_lm",
+    optimizer="AdamW",
+    cause="healthy",
+    diverges=None,
+    heldout=True,
+    note="A tiny Hugging Face Kosmos-2.5 text decoder (built from a config) trained as a byte "
+    "LM with AdamW (weight decay 0.01), a 20-step linear warm-up into cosine decay and "
+    "clipping at 1.0: the ordinary recipe, the loss falls steadily.",
+)
+def h146_kosmos25_bytes_warmup_cosine(ctx: Context) -> None:
+    gen = seeded(14601)
+    model = _kosmos25_text_lm()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    steps, warm = 120, 20
+
+    def lr_at(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    batches = text_batches(gen, batch=8, length=24)
+    _train(ctx, model, opt, batches, steps, _lm_loss, clip=1.0, sched=sched, forward=_hf_logits)
+    ctx.check("loss fell by 30%", _fell(ctx.losses, ratio=0.7))
+    ctx.check("all losses finite", _finite(ctx.losses))
+
+
+# -- sitar raga phrases: the attention projection's param group typed at 100x the rate -------------
+
+
+def _raga_phrases(gen, batch=16, length=24, notes=16):
+    """Note sequences from a peaked random walk over a raga's scale (next-note prediction)."""
+    logits = 3.0 * torch.randn(notes, notes, generator=gen)
+    trans = torch.softmax(logits, dim=-1)
+    while True:
+        seq = [torch.randint(0, notes, (batch,), generator=gen)]
+        for _ in range(length):
+            seq.append(torch.multinomial(trans[seq[-1]], 1, generator=gen).squeeze(1))
+        s = torch.stack(seq, 1)
+        yield s[:, :-1], s[:, 1:]
+
+
+class RagaAttention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.last_logits = None
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+        att = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        self.last_logits = att.detach()
+        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
+        att = att.masked_fill(mask, float("-inf")).softmax(-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class RagaBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = RagaAttention(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class SitarRagaTransformer(nn.Module):
+    """Predicts the next note of a raga phrase from the notes so far."""
+
+    def __init__(self, notes=16, dim=32, heads=2, layers=2, context=32):
+        super().__init__()
+        self.tok = nn.Embedding(notes, dim)
+        self.pos = nn.Embedding(context, dim)
+        self.blocks = nn.ModuleList(RagaBlock(dim, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, notes)
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+@scenario(
+    family="sitar_raga_phrase_transformer",
+    optimizer="Adam",
+    cause="attention_logit_growth",
+    where=("blocks.0.attn", "blocks.1.attn"),
+    diverges=None,
+    heldout=True,
+    note="Adam with param groups: the config meant to give the attention projections a "
+    "smaller rate (3e-4) but the group's lr was typed 3e-1, with no weight decay and no "
+    "qk-norm. The query/key weights grow every step and the pre-softmax attention logits "
+    "q.k/sqrt(d) grow many-fold; attention saturates onto single notes.",
+)
+def h146_sitar_raga_qkv_group_typo(ctx: Context) -> None:
+    gen = seeded(14602)
+    model = SitarRagaTransformer()
+    attn = [p for b in model.blocks for p in b.attn.qkv.parameters()]
+    ids = {id(p) for p in attn}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.Adam([{"params": rest, "lr": 3e-3}, {"params": attn, "lr": 3e-1}])
+    batches = _raga_phrases(gen)
+    probe, _ = next(batches)
+
+    def attn_max():
+        with torch.no_grad():
+            model(probe)
+        return max(float(b.attn.last_logits.abs().max()) for b in model.blocks)
+
+    start = attn_max()
+    _train(ctx, model, opt, batches, 150, _lm_loss)
+    end = attn_max()
+    ctx.check(f"attention logits grew 20x ({start:.2g} -> {end:.2g})", end > 20 * start)
