@@ -274,3 +274,109 @@ def h146_sitar_raga_qkv_group_typo(ctx: Context) -> None:
     _train(ctx, model, opt, batches, 150, _lm_loss)
     end = attn_max()
     ctx.check(f"attention logits grew 20x ({start:.2g} -> {end:.2g})", end > 20 * start)
+
+
+# -- luthier soundboard taps: the head's param group typed lr=1.0 ---------------------------------
+
+
+class LuthierTapClassifier(nn.Module):
+    """Grades a guitar soundboard (5 grades) from 20 tap-tone spectrum bins."""
+
+    def __init__(self, n_in=20, width=48, grades=5):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, width), nn.Tanh(), nn.Linear(width, width))
+        self.act = nn.Tanh()
+        self.head = nn.Linear(width, grades)
+
+    def forward(self, x):
+        return self.head(self.act(self.body(x)))
+
+
+@scenario(
+    family="luthier_soundboard_tap_classifier",
+    optimizer="NAdam",
+    cause="output_logit_divergence",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="NAdam with two param groups, cross-entropy without label smoothing and no weight "
+    "decay. The fine-tuning config gave the classifier head lr=5e-2 (meant 5e-4, a "
+    "slipped exponent); the grades are nearly separable, so the head's weights keep growing along the "
+    "margin and its logits grow without bound while the loss sinks to ~0.",
+)
+def h146_luthier_head_lr_typo(ctx: Context) -> None:
+    gen = seeded(14603)
+    model = LuthierTapClassifier()
+    body = list(model.body.parameters())
+    opt = torch.optim.NAdam(
+        [{"params": body, "lr": 2e-3}, {"params": model.head.parameters(), "lr": 0.05}]
+    )
+    batches = _clusters(gen, 20, 5, 64, spread=1.0)
+    probe, _ = next(batches)
+
+    def logit_size():
+        with torch.no_grad():
+            return float(model(probe).abs().max(1).values.mean())
+
+    sizes = [logit_size()]
+    _train(
+        ctx,
+        model,
+        opt,
+        batches,
+        300,
+        F.cross_entropy,
+        classifier=True,
+        after=lambda s: sizes.append(logit_size()) if s in (49, 299) else None,
+    )
+    ctx.check(f"head logits grew 20x ({sizes[0]:.3g} -> {sizes[-1]:.3g})", sizes[-1] > 20 * sizes[0])
+    ctx.check(
+        f"still growing after step 50 ({sizes[1]:.3g} -> {sizes[-1]:.3g})", sizes[-1] > 1.5 * sizes[1]
+    )
+    ctx.check("loss finite and fell", _fell(ctx.losses))
+
+
+# -- rugby scrum push: Adam lr typed 5e-2 with no warm-up kills the ReLU units ---------------------
+
+
+class RugbyScrumNet(nn.Module):
+    """Regresses a scrum's peak push force from the 16 players' sensor readings."""
+
+    def __init__(self, n_in=16, width=64):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, width)
+        self.fc2 = nn.Linear(width, width)
+        self.head = nn.Linear(width, 1)
+
+    def features(self, x):
+        return F.relu(self.fc2(F.relu(self.fc1(x))))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@scenario(
+    family="rugby_scrum_push_regressor",
+    optimizer="Adam",
+    cause="loss_of_plasticity",
+    where=("fc2",),
+    diverges=None,
+    heldout=True,
+    note="Adam on an MSE regression with the learning rate typed 5e-2 (meant 5e-4) and no "
+    "warm-up. The first large steps push most of fc2's ReLU units negative for every "
+    "input; they never fire again and get no gradient, so the regression is left to the "
+    "handful of units that survived.",
+)
+def h146_rugby_scrum_dead_relus(ctx: Context) -> None:
+    gen = seeded(14604)
+    model = RugbyScrumNet()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-2)
+    batches = _regression(gen, 16, 64)
+    probe, _ = next(batches)
+    with torch.no_grad():
+        before = dead_fraction(model.features(probe))
+    _train(ctx, model, opt, batches, 200, F.mse_loss)
+    with torch.no_grad():
+        after = dead_fraction(model.features(probe))
+    ctx.check(f"fc2 dead fraction rose {before:.2f} -> {after:.2f} (>0.5)",
+              after > 0.5 and after > before + 0.3)
