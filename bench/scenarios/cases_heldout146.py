@@ -380,3 +380,99 @@ def h146_rugby_scrum_dead_relus(ctx: Context) -> None:
         after = dead_fraction(model.features(probe))
     ctx.check(f"fc2 dead fraction rose {before:.2f} -> {after:.2f} (>0.5)",
               after > 0.5 and after > before + 0.3)
+
+
+# -- monsoon onset: the GradScaler's growth_interval typed 1 (meant 1000) -------------------------
+
+
+class MonsoonOnsetNet(nn.Module):
+    """Forecasts the days to monsoon onset from 32 sea-surface and wind features."""
+
+    def __init__(self, n_in=32, width=128):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, width)
+        self.fc2 = nn.Linear(width, width)
+        self.fc3 = nn.Linear(width, width)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        x = F.gelu(self.fc1(x))
+        x = F.gelu(self.fc2(x))
+        return self.head(F.gelu(self.fc3(x)))
+
+
+@scenario(
+    family="monsoon_onset_forecaster",
+    optimizer="SGD",
+    cause="amp_overflow",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="SGD with momentum 0.9 and an MSE loss under fp16 autocast with a GradScaler whose "
+    "growth_interval was typed 1 (meant 1000) and init_scale 2**32. The scale doubles after "
+    "every clean step until the scaled fp16 gradients overflow to inf: the first steps all "
+    "overflow, and afterwards every other step overflows and is skipped, so training "
+    "crawls at half its steps.",
+)
+def h146_monsoon_scaler_growth_typo(ctx: Context) -> None:
+    gen = seeded(14605)
+    model = MonsoonOnsetNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**32, growth_interval=1)
+    _train(ctx, model, opt, _regression(gen, 32, 64), 160, F.mse_loss, scaler=scaler)
+    s = [2.0**32] + ctx.scales
+    drops = sum(1 for a, b in zip(s[:-1], s[1:], strict=False) if b < a)
+    ctx.check(f"scale dropped (overflow) on {drops} of {len(ctx.scales)} steps (>30%)",
+              drops > 0.3 * len(ctx.scales))
+    ctx.check("losses finite", _finite(ctx.losses))
+
+
+# -- hockey shots on goal: Poisson NLL with the rate clamp removed --------------------------------
+
+
+class HockeyShotNet(nn.Module):
+    """Predicts the expected shots on goal in a period from 12 line-up and score features."""
+
+    def __init__(self, n_in=12, width=32):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width))
+        self.act = nn.ReLU()
+        self.head = nn.Linear(width, 1)
+        nn.init.constant_(self.head.bias, 3.0)
+
+    def forward(self, x):
+        return F.relu(self.head(self.act(self.body(x))))  # the rate; the clamp was removed
+
+
+def _shot_counts(gen, batch=64, n_in=12):
+    w = torch.randn(n_in, 1, generator=gen)
+    while True:
+        x = torch.randn(batch, n_in, generator=gen)
+        rate = torch.exp(0.8 * x @ w / math.sqrt(n_in) + 0.5)
+        yield x, torch.poisson(rate, generator=gen)
+
+
+def _poisson_nll(rate, y):
+    return (rate - y * torch.log(rate)).mean()
+
+
+@scenario(
+    family="hockey_shots_on_goal_poisson",
+    optimizer="RMSprop",
+    cause="nonfinite",
+    where=("head",),
+    diverges=65,
+    heldout=True,
+    onset=65,
+    note="RMSprop on a hand-written Poisson NLL, rate - y*log(rate), with the rate taken as "
+    "relu(head(x)). The rate.clamp_min(1e-6) was dropped in a refactor; once the head "
+    "pushes one period's rate to exactly 0, log(0) = -inf and the loss is inf/NaN.",
+)
+def h146_hockey_poisson_log_zero(ctx: Context) -> None:
+    gen = seeded(14606)
+    model = HockeyShotNet()
+    opt = torch.optim.RMSprop(model.parameters(), lr=3e-4)
+    _train(ctx, model, opt, _shot_counts(gen), 200, _poisson_nll)
+    bad = next((i for i, v in enumerate(ctx.losses) if not math.isfinite(v)), None)
+    ctx.check(f"loss non-finite at step {bad}", bad is not None)
+    ctx.check("finite for the first 50 steps", bad is not None and bad > 50)
