@@ -476,3 +476,77 @@ def h146_hockey_poisson_log_zero(ctx: Context) -> None:
     bad = next((i for i, v in enumerate(ctx.losses) if not math.isfinite(v)), None)
     ctx.check(f"loss non-finite at step {bad}", bad is not None)
     ctx.check("finite for the first 50 steps", bad is not None and bad > 50)
+
+
+# -- Hugging Face Voxtral-Realtime text decoder: Adam's state dropped on a resume ----------------
+
+
+class VoxtralTextLM(nn.Module):
+    """The Voxtral-Realtime text decoder (built from a tiny config) with a fixed delay condition
+    (what the audio stream would give it) and an untied LM head, trained on bytes."""
+
+    def __init__(self, vocab=128, dim=32):
+        super().__init__()
+        from transformers.models.voxtral_realtime.configuration_voxtral_realtime import (
+            VoxtralRealtimeTextConfig,
+        )
+        from transformers.models.voxtral_realtime.modeling_voxtral_realtime import (
+            VoxtralRealtimeTextModel,
+        )
+
+        config = VoxtralRealtimeTextConfig(
+            vocab_size=vocab,
+            hidden_size=dim,
+            intermediate_size=2 * dim,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=dim // 2,
+            max_position_embeddings=64,
+            sliding_window=32,
+        )
+        self.model = VoxtralRealtimeTextModel(config)
+        self.register_buffer("t_cond", 0.1 * torch.ones(1, 1, dim))
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, idx):
+        h = self.model(input_ids=idx, t_cond=self.t_cond).last_hidden_state
+        return self.lm_head(h)
+
+
+@scenario(
+    family="hf_voxtral_realtime_text_decoder_lm",
+    optimizer="Adam",
+    cause="loss_spike",
+    where=(),
+    diverges=None,
+    heldout=True,
+    onset=100,
+    note="Adam (lr 3e-3) on a byte LM that keeps an EMA of its weights (decay 0.998) for "
+    "evaluation. The job is pre-empted and resumed at step 100, and the resume code loads "
+    "the checkpoint's 'ema' entry into the live model instead of 'model': the weights jump "
+    "back towards their early values, the loss spikes once, and the run (its optimizer "
+    "state intact) recovers within a few dozen steps.",
+)
+def h146_voxtral_resume_loads_ema(ctx: Context) -> None:
+    gen = seeded(14607)
+    model = VoxtralTextLM()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    ema = [p.detach().clone() for p in model.parameters()]
+    onset = 100
+
+    def after(step):
+        with torch.no_grad():
+            for e, p in zip(ema, model.parameters(), strict=True):
+                e.lerp_(p, 0.002)
+            if step == onset - 1:
+                for e, p in zip(ema, model.parameters(), strict=True):
+                    p.copy_(e)
+
+    batches = text_batches(gen, batch=8, length=24)
+    _train(ctx, model, opt, batches, 200, _lm_loss, after=after)
+    ls = ctx.losses
+    before = _mean(ls[onset - 20 : onset])
+    peak = max(ls[onset : onset + 5])
+    ctx.check(f"loss spiked after the resume ({before:.3g} -> {peak:.3g})", peak > 1.4 * before)
+    ctx.check("recovered by the end", _mean(ls[-20:]) < 1.05 * before)
