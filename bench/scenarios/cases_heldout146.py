@@ -682,3 +682,105 @@ def h146_tannery_micron_shard(ctx: Context) -> None:
               ls[onset] > 10 * sorted(ls[onset - 30 : onset])[15])
     ctx.check("finite, and the last 20 steps within 1.5x the pre-onset loss",
               _finite(ls) and _mean(ls[-20:]) < 1.5 * _mean(ls[onset - 20 : onset]) + 0.05)
+
+
+# -- masonry mortar cure: the unfreeze callback never fired, the encoder's group stays at lr 0 -----
+
+
+class MortarCureNet(nn.Module):
+    """Regresses a mortar joint's 28-day strength from 18 mix, humidity and temperature readings."""
+
+    def __init__(self, n_in=18, width=64):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(n_in, width), nn.SiLU())
+        self.mid = nn.Sequential(nn.Linear(width, width), nn.SiLU())
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(self.mid(self.encoder(x)))
+
+
+@scenario(
+    family="masonry_mortar_cure_regressor",
+    optimizer="AdamW",
+    cause="update_ratio_out_of_range",
+    where=("encoder.0",),
+    diverges=None,
+    heldout=True,
+    note="AdamW with param groups and a Huber loss. The recipe warms up the head with the "
+    "encoder frozen (its group at lr 0) and unfreezes it at step 20 by a callback keyed on "
+    "'epoch == 1' - but the loop counts steps, not epochs, so the callback never fires: "
+    "the encoder's updates stay exactly zero for the whole run while the rest trains.",
+)
+def h146_masonry_encoder_never_unfrozen(ctx: Context) -> None:
+    gen = seeded(14610)
+    model = MortarCureNet()
+    opt = torch.optim.AdamW(
+        [
+            {"params": model.encoder.parameters(), "lr": 0.0},
+            {"params": list(model.mid.parameters()) + list(model.head.parameters()), "lr": 3e-3},
+        ],
+        weight_decay=0.0,
+    )
+    w0 = model.encoder[0].weight.detach().clone()
+    m0 = model.mid[0].weight.detach().clone()
+
+    def before(step):
+        epoch = step // 1000  # the bug: 'epoch' never reaches 1 in this run
+        if epoch == 1:
+            opt.param_groups[0]["lr"] = 3e-3
+
+    _train(ctx, model, opt, _regression(gen, 18, 64), 200, F.huber_loss, before=before)
+    with torch.no_grad():
+        enc = float((model.encoder[0].weight - w0).norm() / w0.norm())
+        mid = float((model.mid[0].weight - m0).norm() / m0.norm())
+    ctx.check(f"encoder.0 never moved (relative change {enc:.2g})", enc < 1e-6)
+    ctx.check(f"mid layer did move (relative change {mid:.2g})", mid > 0.05)
+    ctx.check("losses finite", _finite(ctx.losses))
+
+
+# -- polo chukker outcomes: a distillation temperature applied the wrong way round ----------------
+
+
+class PoloChukkerClassifier(nn.Module):
+    """Classifies a chukker's outcome (4 classes) from 22 pony, ride-off and possession stats."""
+
+    def __init__(self, n_in=22, width=64, classes=4):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, width)
+        self.fc2 = nn.Linear(width, width)
+        self.head = nn.Linear(width, classes)
+        self.temperature = 0.01  # the bug: a divide-by-T written for T=100
+
+    def forward(self, x):
+        h = F.gelu(self.fc2(F.gelu(self.fc1(x))))
+        return self.head(h) / self.temperature
+
+
+@scenario(
+    family="polo_chukker_outcome_classifier",
+    optimizer="Adamax",
+    cause="softmax_collapse",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="Adamax with cross-entropy. The logits are divided by a temperature that the config "
+    "gives as 0.01 (the code was written for a 'sharpness' of 100 to be divided, the config "
+    "for a temperature to be divided by): the logits are 100x, the float32 softmax rounds "
+    "most rows to exactly 0/1, those rows give no gradient and the rest give huge ones.",
+)
+def h146_polo_temperature_inverted(ctx: Context) -> None:
+    gen = seeded(14611)
+    model = PoloChukkerClassifier()
+    opt = torch.optim.Adamax(model.parameters(), lr=2e-3)
+    batches = _clusters(gen, 22, 4, 64, spread=1.0)
+    probe, py = next(batches)
+    with torch.no_grad():
+        start = collapsed_fraction(model(probe), py)
+    _train(ctx, model, opt, batches, 200, F.cross_entropy, classifier=True)
+    with torch.no_grad():
+        frac = collapsed_fraction(model(probe), py)
+        top = float((torch.softmax(model(probe), -1).max(1).values == 1.0).float().mean())
+    ctx.check(f"{frac:.2f} of rows give the target p == 1.0 exactly (>0.4)", frac > 0.4)
+    ctx.check(f"collapse grew in training ({start:.2f} -> {frac:.2f})", frac > start + 0.2)
+    ctx.check(f"{top:.2f} of rows have a top probability of exactly 1.0 (>0.4)", top > 0.4)
