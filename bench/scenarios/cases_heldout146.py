@@ -784,3 +784,132 @@ def h146_polo_temperature_inverted(ctx: Context) -> None:
     ctx.check(f"{frac:.2f} of rows give the target p == 1.0 exactly (>0.4)", frac > 0.4)
     ctx.check(f"collapse grew in training ({start:.2f} -> {frac:.2f})", frac > start + 0.2)
     ctx.check(f"{top:.2f} of rows have a top probability of exactly 1.0 (>0.4)", top > 0.4)
+
+
+# -- fletcher arrow spine: the warm-up's peak learning rate typed 10x ------------------------------
+
+
+class ArrowSpineNet(nn.Module):
+    """Regresses an arrow shaft's static spine from 10 length, diameter and wood-density readings."""
+
+    def __init__(self, n_in=10, width=32):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, width)
+        self.fc2 = nn.Linear(width, width)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+def _top_hessian_eig(model, loss_fn, x, y, iters=30):
+    params = [p for p in model.parameters()]
+    loss = loss_fn(model(x), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    v = [torch.randn_like(p) for p in params]
+    eig = 0.0
+    for _ in range(iters):
+        norm = torch.sqrt(sum((u * u).sum() for u in v))
+        v = [u / norm for u in v]
+        hv = torch.autograd.grad(grads, params, v, retain_graph=True)
+        eig = float(sum((a * b).sum() for a, b in zip(hv, v, strict=True)))
+        v = [h.detach() for h in hv]
+    return eig
+
+
+@scenario(
+    family="fletcher_arrow_spine_regressor",
+    optimizer="SGD",
+    cause="sharpness_above_limit",
+    where=(),
+    diverges="auto",
+    heldout=True,
+    onset=41,
+    note="Plain SGD with an MSE loss and a linear warm-up over 200 steps to a peak lr typed "
+    "2.0 (meant 0.2). Part-way up the ramp the learning rate passes 2/sharpness of the "
+    "loss surface (the top Hessian eigenvalue, measured at the start); from there the "
+    "iterates oscillate with growing amplitude along the sharp direction and the loss "
+    "blows up before the warm-up ends.",
+)
+def h146_fletcher_warmup_peak_typo(ctx: Context) -> None:
+    gen = seeded(14612)
+    model = ArrowSpineNet()
+    peak, warm = 2.0, 200
+    opt = torch.optim.SGD(model.parameters(), lr=peak / warm)
+    batches = _regression(gen, 10, 128, noise=0.02)
+    xs, ys = next(batches)
+    sharp = _top_hessian_eig(model, F.mse_loss, xs, ys)
+    model.zero_grad(set_to_none=True)
+    lrs = []
+
+    def before(step):
+        opt.param_groups[0]["lr"] = peak * min(step + 1, warm) / warm
+        lrs.append(opt.param_groups[0]["lr"])
+
+    _train(ctx, model, opt, batches, 200, F.mse_loss, before=before)
+    ls = ctx.losses
+    ctx.check(
+        "loss blew up (non-finite or 50x its minimum)",
+        not _finite(ls) or max(ls) > 50 * min(ls),
+    )
+    worst = next((i for i, v in enumerate(ls) if not math.isfinite(v) or v > 50 * min(ls)), -1)
+    cross = next((i for i, lr in enumerate(lrs) if lr > 2 / sharp), None)
+    ctx.check(
+        f"the blow-up (step {worst}) comes after lr passed 2/sharpness={2 / sharp:.3g} "
+        f"(step {cross})",
+        cross is not None and worst > cross,
+    )
+
+
+# -- bagel boil time: a loss-weight ramp indexed off the end for one step -------------------------
+
+
+class BagelBoilNet(nn.Module):
+    """Regresses the boil time a bagel batch needs from 12 dough, proof and water readings."""
+
+    def __init__(self, n_in=12, width=48):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()
+        )
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@scenario(
+    family="bagel_boil_time_regressor",
+    optimizer="SGD",
+    cause="gradient_spike",
+    where=(),
+    diverges=None,
+    heldout=True,
+    onset=90,
+    note="SGD with momentum 0.9, an MSE loss and gradient clipping at 2. The loss is "
+    "multiplied by a per-step weight from a ramp table; at step 90 (the epoch boundary) the "
+    "index runs one past the table and wraps to the entry meant for a different "
+    "curriculum, 200: that one backward pass gives a gradient hundreds of times the usual "
+    "one. Clipping limits the damage and the run carries on.",
+)
+def h146_bagel_loss_weight_index(ctx: Context) -> None:
+    gen = seeded(14613)
+    model = BagelBoilNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    onset = 90
+    _train(
+        ctx,
+        model,
+        opt,
+        _regression(gen, 12, 64),
+        200,
+        F.mse_loss,
+        scale=lambda s: 200.0 if s == onset else 1.0,
+        clip=2.0,
+    )
+    g = ctx.grad_norms
+    base = sorted(g[onset - 30 : onset])[15]
+    ctx.check(f"gradient at step {onset} is 50x the median before ({g[onset] / base:.3g}x)",
+              g[onset] > 50 * base)
+    ctx.check("the next step's gradient is back within 5x", g[onset + 1] < 5 * base)
+    ctx.check("losses finite", _finite(ctx.losses))
