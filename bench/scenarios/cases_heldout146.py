@@ -585,11 +585,11 @@ class TrumpetIntonationRNN(nn.Module):
         return self.head(out[:, -1])
 
 
-def _valve_frames(gen, batch=32, frames=40):
+def _valve_frames(gen, batch=32, frames=40, gain=2.0):
     w = torch.randn(4, generator=gen)
     while True:
         x = torch.rand(batch, frames, 4, generator=gen) - 0.5
-        y = torch.tanh((x * w).sum(-1).mean(1, keepdim=True) * 2)
+        y = torch.tanh((x * w).sum(-1).mean(1, keepdim=True) * gain)
         yield x, y
 
 
@@ -913,3 +913,88 @@ def h146_bagel_loss_weight_index(ctx: Context) -> None:
               g[onset] > 50 * base)
     ctx.check("the next step's gradient is back within 5x", g[onset + 1] < 5 * base)
     ctx.check("losses finite", _finite(ctx.losses))
+
+
+# -- healthy controls ------------------------------------------------------------------------------
+
+
+@scenario(
+    family="sitar_raga_phrase_transformer",
+    optimizer="AdamW",
+    cause="healthy",
+    diverges=None,
+    heldout=True,
+    note="The raga transformer under fp16 autocast with a default torch.amp.GradScaler, AdamW "
+    "(weight decay 0.05) with one learning rate for all groups, label smoothing 0.1 and "
+    "clipping at 1.0 after unscaling: an ordinary mixed-precision run.",
+)
+def h146_sitar_raga_fp16_control(ctx: Context) -> None:
+    gen = seeded(14614)
+    model = SitarRagaTransformer()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+
+    def loss_fn(logits, y):
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), label_smoothing=0.1
+        )
+
+    _train(ctx, model, opt, _raga_phrases(gen), 150, loss_fn, scaler=scaler, clip=1.0)
+    ctx.check("loss fell by 20%", _fell(ctx.losses))
+    ctx.check("all losses finite", _finite(ctx.losses))
+    ctx.check("the scale never fell below its start", min(ctx.scales) >= 2.0**16)
+
+
+@scenario(
+    family="masonry_mortar_cure_regressor",
+    optimizer="Adagrad",
+    cause="healthy",
+    diverges=None,
+    heldout=True,
+    note="The mortar regressor trained end to end with Adagrad (lr 0.05), a Huber loss on "
+    "noisy targets (gauge noise 0.3) and ReduceLROnPlateau (factor 0.5, patience 10): the "
+    "loss falls to the noise floor and plateaus.",
+)
+def h146_masonry_adagrad_plateau_control(ctx: Context) -> None:
+    gen = seeded(14615)
+    model = MortarCureNet()
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=10)
+    batches = _regression(gen, 18, 32, noise=0.3)
+    _train(ctx, model, opt, batches, 200, F.huber_loss, sched=sched)
+    ctx.check("loss fell by 20%", _fell(ctx.losses))
+    ctx.check("all losses finite", _finite(ctx.losses))
+
+
+class TrumpetIntonationGRU(nn.Module):
+    """The intonation regressor with a GRU in place of the IRNN."""
+
+    def __init__(self, n_in=4, hidden=32):
+        super().__init__()
+        self.rnn = nn.GRU(n_in, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+@scenario(
+    family="trumpet_valve_intonation_gru",
+    optimizer="RAdam",
+    cause="healthy",
+    diverges=None,
+    heldout=True,
+    note="A GRU intonation regressor with RAdam (lr 1e-2), gradient accumulation over 4 "
+    "micro-batches of 16 (20-frame excerpts), clipping at 1.0 and a StepLR halving every 60 steps: ordinary "
+    "recurrent training.",
+)
+def h146_trumpet_gru_accum_control(ctx: Context) -> None:
+    gen = seeded(14616)
+    model = TrumpetIntonationGRU()
+    opt = torch.optim.RAdam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=60, gamma=0.5)
+    batches = _valve_frames(gen, batch=16, frames=20, gain=8.0)
+    _train(ctx, model, opt, batches, 150, F.mse_loss, accumulate=4, clip=1.0, sched=sched)
+    ctx.check("loss fell by 40%", _fell(ctx.losses, ratio=0.6))
+    ctx.check("all losses finite", _finite(ctx.losses))
