@@ -329,9 +329,12 @@ def h146_luthier_head_lr_typo(ctx: Context) -> None:
         classifier=True,
         after=lambda s: sizes.append(logit_size()) if s in (49, 299) else None,
     )
-    ctx.check(f"head logits grew 20x ({sizes[0]:.3g} -> {sizes[-1]:.3g})", sizes[-1] > 20 * sizes[0])
     ctx.check(
-        f"still growing after step 50 ({sizes[1]:.3g} -> {sizes[-1]:.3g})", sizes[-1] > 1.5 * sizes[1]
+        f"head logits grew 20x ({sizes[0]:.3g} -> {sizes[-1]:.3g})", sizes[-1] > 20 * sizes[0]
+    )
+    ctx.check(
+        f"still growing after step 50 ({sizes[1]:.3g} -> {sizes[-1]:.3g})",
+        sizes[-1] > 1.5 * sizes[1],
     )
     ctx.check("loss finite and fell", _fell(ctx.losses))
 
@@ -378,8 +381,10 @@ def h146_rugby_scrum_dead_relus(ctx: Context) -> None:
     _train(ctx, model, opt, batches, 200, F.mse_loss)
     with torch.no_grad():
         after = dead_fraction(model.features(probe))
-    ctx.check(f"fc2 dead fraction rose {before:.2f} -> {after:.2f} (>0.5)",
-              after > 0.5 and after > before + 0.3)
+    ctx.check(
+        f"fc2 dead fraction rose {before:.2f} -> {after:.2f} (>0.5)",
+        after > 0.5 and after > before + 0.3,
+    )
 
 
 # -- monsoon onset: the GradScaler's growth_interval typed 1 (meant 1000) -------------------------
@@ -422,8 +427,10 @@ def h146_monsoon_scaler_growth_typo(ctx: Context) -> None:
     _train(ctx, model, opt, _regression(gen, 32, 64), 160, F.mse_loss, scaler=scaler)
     s = [2.0**32] + ctx.scales
     drops = sum(1 for a, b in zip(s[:-1], s[1:], strict=False) if b < a)
-    ctx.check(f"scale dropped (overflow) on {drops} of {len(ctx.scales)} steps (>30%)",
-              drops > 0.3 * len(ctx.scales))
+    ctx.check(
+        f"scale dropped (overflow) on {drops} of {len(ctx.scales)} steps (>30%)",
+        drops > 0.3 * len(ctx.scales),
+    )
     ctx.check("losses finite", _finite(ctx.losses))
 
 
@@ -555,23 +562,6 @@ def h146_voxtral_resume_loads_ema(ctx: Context) -> None:
 # -- trumpet valve intonation: an IRNN's identity init scaled 1.3 instead of 1.0 ------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class TrumpetIntonationRNN(nn.Module):
     """Reads 40 frames of breath pressure and valve positions, regresses the cents off pitch."""
 
@@ -623,7 +613,9 @@ def h146_trumpet_irnn_gain(ctx: Context) -> None:
     first, last = float(g[0]), float(g[-1])
     model.zero_grad(set_to_none=True)
     _train(ctx, model, opt, batches, 150, F.mse_loss)
-    ctx.check(f"gradient at frame 0 is 20x frame 39's ({first:.3g} vs {last:.3g})", first > 20 * last)
+    ctx.check(
+        f"gradient at frame 0 is 20x frame 39's ({first:.3g} vs {last:.3g})", first > 20 * last
+    )
     ctx.check(
         "loss blew up (non-finite or 100x its start)",
         not _finite(ctx.losses) or max(ctx.losses) > 100 * ctx.losses[0],
@@ -678,10 +670,14 @@ def h146_tannery_micron_shard(ctx: Context) -> None:
     base = sorted(g[onset - 30 : onset])[15]
     ctx.check(f"gradient at step {onset} is 30x the median before", g[onset] > 30 * base)
     ls = ctx.losses
-    ctx.check("loss at the bad batch 10x the median before",
-              ls[onset] > 10 * sorted(ls[onset - 30 : onset])[15])
-    ctx.check("finite, and the last 20 steps within 1.5x the pre-onset loss",
-              _finite(ls) and _mean(ls[-20:]) < 1.5 * _mean(ls[onset - 20 : onset]) + 0.05)
+    ctx.check(
+        "loss at the bad batch 10x the median before",
+        ls[onset] > 10 * sorted(ls[onset - 30 : onset])[15],
+    )
+    ctx.check(
+        "finite, and the last 20 steps within 1.5x the pre-onset loss",
+        _finite(ls) and _mean(ls[-20:]) < 1.5 * _mean(ls[onset - 20 : onset]) + 0.05,
+    )
 
 
 # -- masonry mortar cure: the unfreeze callback never fired, the encoder's group stays at lr 0 -----
@@ -909,8 +905,10 @@ def h146_bagel_loss_weight_index(ctx: Context) -> None:
     )
     g = ctx.grad_norms
     base = sorted(g[onset - 30 : onset])[15]
-    ctx.check(f"gradient at step {onset} is 50x the median before ({g[onset] / base:.3g}x)",
-              g[onset] > 50 * base)
+    ctx.check(
+        f"gradient at step {onset} is 50x the median before ({g[onset] / base:.3g}x)",
+        g[onset] > 50 * base,
+    )
     ctx.check("the next step's gradient is back within 5x", g[onset + 1] < 5 * base)
     ctx.check("losses finite", _finite(ctx.losses))
 
