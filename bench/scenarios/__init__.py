@@ -150,6 +150,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout143,
     cases_heldout144,
     cases_heldout145,
+    cases_heldout146,
     cases_heldout147,
     cases_mlp,
     cases_other,
