@@ -1,0 +1,336 @@
+"""Held-out set 148 (``h148_``): hand-written models of trades, crafts, sports, instruments and
+natural phenomena not covered before, with three small hand-written transformers (a hand softmax
+over q.k scores, ``scaled_dot_product_attention`` and ``nn.MultiheadAttention``), a hand-written
+Elman RNN, a GRU, a BatchNorm conv net and a two-head multi-task net.
+
+Each fault is induced the way it happens in practice and checked with ``ctx.check``; the
+controls are ordinary runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scenarios.common import Context, collapsed_fraction, dead_fraction, grad_norm, scenario, seeded
+
+
+def _finite(xs: list[float]) -> bool:
+    return all(math.isfinite(v) for v in xs)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(len(xs), 1)
+
+
+def _fell(losses: list[float], k: int = 10, ratio: float = 0.8) -> bool:
+    return _finite(losses) and _mean(losses[-k:]) < ratio * _mean(losses[:k])
+
+
+def _loop(
+    ctx,
+    model,
+    opt,
+    batches,
+    steps,
+    loss_fn,
+    *,
+    classifier=False,
+    before=None,
+    alter=None,
+    clip=None,
+    sched=None,
+    scaler=None,
+    accumulate=1,
+    forward=None,
+    watch=None,
+    weight=None,
+    stop_nonfinite=True,
+):
+    """Train with the monitor attached: ``accumulate`` micro-batches per step, ``alter(step, x,
+    y)`` changes a batch, ``before(step)`` runs first, ``watch(step, out, x, y)`` records,
+    ``weight(step, micro)`` multiplies a micro-batch's loss."""
+    ctx.attach(model, opt, scaler=scaler)
+    forward = forward or (lambda m, x: m(x))
+    for step in range(steps):
+        if before is not None:
+            before(step)
+        shown = 0.0
+        for micro in range(accumulate):
+            x, y = next(batches)
+            if alter is not None:
+                x, y = alter(step, x, y)
+            if classifier:
+                ctx.targets(y)
+            with torch.autocast("cpu", dtype=torch.float16, enabled=scaler is not None):
+                out = forward(model, x)
+                loss = loss_fn(out, y) / accumulate
+            if watch is not None:
+                watch(step, out, x, y)
+            w = 1.0 if weight is None else weight(step, micro)
+            if scaler is not None:
+                scaler.scale(loss * w).backward()
+            else:
+                (loss * w).backward()
+            shown += float(loss.detach().float())
+        if scaler is not None:
+            scaler.unscale_(opt)
+        ctx.grad_norms.append(grad_norm(model))
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+            ctx.scales.append(float(scaler.get_scale()))
+        else:
+            opt.step()
+        if sched is not None:
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(shown)
+            else:
+                sched.step()
+        ctx.step(torch.tensor(shown))
+        opt.zero_grad(set_to_none=True)
+        if stop_nonfinite and math.isnan(shown):
+            break
+
+
+# -- curling sweep calls: a transformer whose hand-written attention lost 1/sqrt(d) -------------
+
+
+class SweepAttention(nn.Module):
+    """Single-head attention, softmax written by hand over the q.k scores."""
+
+    def __init__(self, dim, scale):
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        for lin in (self.q, self.k, self.v, self.o):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+        self.scale = scale
+        self.last_max = 0.0
+
+    def forward(self, x):
+        scores = torch.einsum("btd,bsd->bts", self.q(x), self.k(x)) * self.scale
+        self.last_max = float(scores.detach().abs().max())
+        e = torch.exp(scores - scores.amax(-1, keepdim=True))
+        return self.o((e / e.sum(-1, keepdim=True)) @ self.v(x))
+
+
+class CurlingSweepNet(nn.Module):
+    """Reads a stone's 16 speed readings along the sheet (binned to 24 levels) and calls the
+    sweep (none, light, hard, brush off) for the next split."""
+
+    def __init__(self, levels=24, dim=32, length=16, calls=4, scale=None):
+        super().__init__()
+        self.level = nn.Embedding(levels, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = SweepAttention(dim, 1.0 / math.sqrt(dim) if scale is None else scale)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, calls)
+
+    def forward(self, x):
+        h = self.level(x) + self.pos
+        h = h + self.attn(self.ln1(h))
+        h = h + self.ff(self.ln2(h))
+        return self.head(self.ln_f(h).mean(1))
+
+
+def _sweeps(gen, batch, levels=24, length=16):
+    """The call depends on where the slowest reading sits relative to the fastest."""
+    while True:
+        x = torch.randint(0, levels, (batch, length), generator=gen)
+        lo = x.argmin(1)
+        hi = x.argmax(1)
+        y = (lo > hi).long() * 2 + (x[:, -4:].float().mean(1) > levels / 2).long()
+        yield x, y
+
+
+@scenario(
+    family="curling_sweep_call_transformer",
+    optimizer="AdamW",
+    cause="attention_logit_growth",
+    where=("attn",),
+    diverges=None,
+    heldout=True,
+    note="A one-block transformer with a hand-written softmax over q.k scores. The attention "
+    "scale was read from a config field 'attn_scale: 1.0' (meant as a multiplier on "
+    "1/sqrt(d), used as the scale itself), and AdamW runs at lr 1e-2 with weight decay off "
+    "for every parameter: the raw q.k logits grow more than 20x, past 50.",
+)
+def h148_curling_sweep_qk_scale(ctx: Context) -> None:
+    gen = seeded(14801)
+    model = CurlingSweepNet(scale=1.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    seen = []
+    _loop(
+        ctx,
+        model,
+        opt,
+        _sweeps(gen, 64),
+        200,
+        F.cross_entropy,
+        classifier=True,
+        watch=lambda s, o, x, y: seen.append(model.attn.last_max),
+    )
+    ctx.check("attention logits grew 20x", seen[-1] > 20 * _mean(seen[:5]))
+    ctx.check("attention logits above 50", seen[-1] > 50)
+
+
+# -- harmonica bends: a z-loss added with the wrong sign -----------------------------------------
+
+
+class HarmonicaBendNet(nn.Module):
+    """Names the bend (none, half, whole, step and a half, overblow) from a 32-bin spectrum."""
+
+    def __init__(self, bins=32, hidden=64, bends=5):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(bins, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU()
+        )
+        self.head = nn.Linear(hidden, bends)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _spectra(gen, batch, bins=32, bends=5):
+    centres = torch.randn(bends, bins, generator=gen)
+    while True:
+        y = torch.randint(0, bends, (batch,), generator=gen)
+        yield centres[y] + 0.8 * torch.randn(batch, bins, generator=gen), y
+
+
+@scenario(
+    family="harmonica_bend_classifier",
+    optimizer="RAdam",
+    cause="output_logit_divergence",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="An MLP classifier of harmonica bends with a z-loss on the log-partition (meant as "
+    "+1e-2 * logsumexp(logits)^2 to keep the logits small). It was added with a minus sign, "
+    "so the loss rewards a large log-partition: RAdam drives the head's logits up without "
+    "bound and the total loss falls far below zero while the accuracy is unchanged.",
+)
+def h148_harmonica_zloss_sign(ctx: Context) -> None:
+    gen = seeded(14802)
+    model = HarmonicaBendNet()
+    opt = torch.optim.RAdam(model.parameters(), lr=3e-3)
+    seen = []
+
+    def loss_fn(out, y):
+        return F.cross_entropy(out, y) - 1e-2 * torch.logsumexp(out, -1).pow(2).mean()
+
+    _loop(
+        ctx,
+        model,
+        opt,
+        _spectra(gen, 64),
+        200,
+        loss_fn,
+        classifier=True,
+        watch=lambda s, o, x, y: seen.append(float(o.detach().abs().max())),
+    )
+    ctx.check("head logits grew 20x", seen[-1] > 20 * _mean(seen[:5]))
+    ctx.check("head logits above 100", seen[-1] > 100)
+    ctx.check("loss went below zero", ctx.losses[-1] < 0)
+
+
+# -- bouldering grades: a cosine classifier whose feature normalisation was dropped ---------------
+
+
+class BoulderBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.ff(self.ln2(x))
+
+
+class BoulderGradeNet(nn.Module):
+    """Grades a problem (V0..V7) from its sequence of 12 holds."""
+
+    def __init__(self, holds=40, dim=48, length=12, grades=8, scale=64.0, normalise=True):
+        super().__init__()
+        self.hold = nn.Embedding(holds, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.block = BoulderBlock(dim, 4)
+        self.ln_f = nn.LayerNorm(dim, elementwise_affine=False)
+        self.head = nn.Linear(dim, grades, bias=False)
+        self.scale = scale
+        self.normalise = normalise
+
+    def forward(self, x):
+        h = self.ln_f(self.block(self.hold(x) + self.pos).mean(1))
+        if self.normalise:
+            h = F.normalize(h, dim=-1)
+        return self.scale * F.linear(h, F.normalize(self.head.weight, dim=-1))
+
+
+def _saturated(logits):
+    """Share of rows whose float32 softmax puts exactly 1.0 on one class."""
+    return float((torch.softmax(logits.float(), -1).amax(-1) == 1.0).float().mean())
+
+
+def _problems(gen, batch, holds=40, length=12, grades=8):
+    """Holds come in 8 styles (5 ids each); a problem's grade is set by the style that makes
+    up half of its holds, the rest are random."""
+    while True:
+        y = torch.randint(0, grades, (batch,), generator=gen)
+        x = torch.randint(0, holds, (batch, length), generator=gen)
+        styled = y[:, None] * 5 + torch.randint(0, 5, (batch, length), generator=gen)
+        pick = torch.rand(batch, length, generator=gen) < 0.5
+        yield torch.where(pick, styled, x), y
+
+
+@scenario(
+    family="bouldering_grade_transformer",
+    optimizer="Adamax",
+    cause="softmax_collapse",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="A one-block transformer (scaled_dot_product_attention, 4 heads) with a cosine "
+    "classifier head, logits = 64 * cos(feature, class weight). A refactor dropped the "
+    "F.normalize on the pooled feature, so the scale 64 multiplies a LayerNorm output of norm sqrt(48), about 7: "
+    "the logit gaps are in the hundreds and the float32 softmax rounds to exactly 0 and 1 "
+    "on most rows.",
+)
+def h148_bouldering_cosine_scale(ctx: Context) -> None:
+    gen = seeded(14803)
+    model = BoulderGradeNet(normalise=False)
+    opt = torch.optim.Adamax(model.parameters(), lr=2e-3)
+    seen = []
+    _loop(
+        ctx,
+        model,
+        opt,
+        _problems(gen, 64),
+        150,
+        F.cross_entropy,
+        classifier=True,
+        watch=lambda s, o, x, y: seen.append(_saturated(o.detach())),
+    )
+    ctx.check("over half the rows softmax to exactly 0/1", _mean(seen[-10:]) > 0.5)
+    ctx.check("saturation is present from the start", _mean(seen[:10]) > 0.2)
