@@ -334,3 +334,112 @@ def h148_bouldering_cosine_scale(ctx: Context) -> None:
     )
     ctx.check("over half the rows softmax to exactly 0/1", _mean(seen[-10:]) > 0.5)
     ctx.check("saturation is present from the start", _mean(seen[:10]) > 0.2)
+
+
+# -- glassblowing: OneCycleLR with max_lr typed ten times too large ------------------------------
+
+
+def _gathers(gen, batch, feats=6):
+    """Gather weight, furnace temperature, blow pressure, turns, pipe length, reheat count
+    (standardised) -> wall thickness of the blown bubble (standardised)."""
+    w = torch.randn(feats, generator=gen)
+    while True:
+        x = torch.randn(batch, feats, generator=gen)
+        y = torch.tanh(x @ w / 2) + 0.3 * x[:, 0] * x[:, 1] + 0.05 * torch.randn(batch, generator=gen)
+        yield x, y[:, None]
+
+
+@scenario(
+    family="glassblowing_bubble_wall_regressor",
+    optimizer="SGD",
+    cause="sharpness_above_limit",
+    where=(),
+    diverges="auto",
+    heldout=True,
+    note="A tanh MLP regressing a blown bubble's wall thickness, plain SGD under OneCycleLR. "
+    "max_lr was typed as 1.0 for 0.1: the cycle's warm-up ramps the learning rate past 2 / "
+    "sharpness (near lr 0.25, step 30) and the MSE blows up by orders of magnitude.",
+    onset=30,
+)
+def h148_glassblowing_onecycle_max_lr(ctx: Context) -> None:
+    gen = seeded(14804)
+    model = nn.Sequential(
+        nn.Linear(6, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=300)
+    _loop(
+        ctx,
+        model,
+        opt,
+        _gathers(gen, 64),
+        300,
+        F.mse_loss,
+        sched=sched,
+    )
+    ls = ctx.losses
+    ctx.check("loss first fell", min(ls[:40]) < 0.7 * ls[0])
+    ctx.check("loss blew up 100x over its minimum", max(ls) > 100 * min(ls[:40]) or not _finite(ls))
+
+
+# -- bobsled curves: a deep plain MLP initialised with the wrong gain ----------------------------
+
+
+class BobsledCurveNet(nn.Sequential):
+    """Sled speed, curve radius, banking, entry angle, runner temperature, crew mass and two
+    steering readings -> peak g-force in the curve: 10 Linear+ReLU layers, no normalisation."""
+
+    def __init__(self, feats=8, width=64, depth=10, std=None):
+        layers = []
+        for i in range(depth):
+            layers += [nn.Linear(feats if i == 0 else width, width), nn.ReLU()]
+        layers.append(nn.Linear(width, 1))
+        super().__init__(*layers)
+        if std is not None:
+            for m in self:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=std)
+                    nn.init.zeros_(m.bias)
+
+
+def _curves(gen, batch, feats=8):
+    w = torch.randn(feats, generator=gen) / math.sqrt(feats)
+    while True:
+        x = torch.randn(batch, feats, generator=gen)
+        y = 1.0 + (x @ w).abs() + 0.3 * x[:, 0] ** 2 + 0.05 * torch.randn(batch, generator=gen)
+        yield x, y[:, None]
+
+
+@scenario(
+    family="bobsled_curve_g_force_regressor",
+    optimizer="SGD (Nesterov)",
+    cause="exploding_gradients",
+    where=("0",),
+    diverges="auto",
+    heldout=True,
+    note="A 10-layer plain ReLU MLP (no normalisation) regressing the peak g-force in a "
+    "bobsled curve, SGD with Nesterov momentum. The init helper was copied from a 2-layer "
+    "model and draws every weight from N(0, 0.25^2) for a width of 64 (He would be about "
+    "0.18): each layer multiplies the backward signal by about 1.4, it reaches the first "
+    "layer about 25x larger than at the last, the gradient norm starts in the thousands and "
+    "the first updates blow the loss up to NaN within 3 steps.",
+)
+def h148_bobsled_init_gain(ctx: Context) -> None:
+    gen = seeded(14805)
+    model = BobsledCurveNet(std=0.25)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    first, last = [], []
+
+    def tap(store):
+        def hook(module, inputs, output):
+            output.register_hook(lambda g: store.append(float(g.norm())))
+
+        return hook
+
+    model[1].register_forward_hook(tap(first))
+    model[-2].register_forward_hook(tap(last))
+    _loop(ctx, model, opt, _curves(gen, 64), 150, F.mse_loss)
+    ls = ctx.losses
+    ctx.check("backward signal grew 10x from the last layer to the first", first[0] > 10 * last[0])
+    ctx.check("gradient norm over 100 at the first step", ctx.grad_norms[0] > 100)
+    ctx.check("loss blew up 100x", max(ls) > 100 * ls[0] or not _finite(ls))
