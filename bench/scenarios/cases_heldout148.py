@@ -443,3 +443,106 @@ def h148_bobsled_init_gain(ctx: Context) -> None:
     ctx.check("backward signal grew 10x from the last layer to the first", first[0] > 10 * last[0])
     ctx.check("gradient norm over 100 at the first step", ctx.grad_norms[0] > 100)
     ctx.check("loss blew up 100x", max(ls) > 100 * ls[0] or not _finite(ls))
+
+
+# -- tattoo needle depth: a NAdam learning rate typed ten times too large kills the ReLUs ----------
+
+
+def _needles(gen, batch, feats=10):
+    """Needle grouping, voltage, hand speed, skin site, stretch... -> ink depth (mm)."""
+    w = torch.randn(feats, generator=gen) / math.sqrt(feats)
+    while True:
+        x = torch.randn(batch, feats, generator=gen)
+        y = F.softplus(x @ w) + 0.2 * torch.sin(2 * x[:, 1]) + 0.05 * torch.randn(batch, generator=gen)
+        yield x, y[:, None]
+
+
+@scenario(
+    family="tattoo_needle_depth_regressor",
+    optimizer="NAdam",
+    cause="loss_of_plasticity",
+    where=("2", "3"),
+    diverges=None,
+    heldout=True,
+    note="A ReLU MLP regressing ink depth from machine settings, Huber loss, NAdam at lr 0.1 "
+    "(typed for 0.01). The first large updates push the second hidden layer's pre-activations "
+    "negative: about 80% of its ReLUs stop firing within 20 steps and never come back; the "
+    "fit carries on with the few units left.",
+)
+def h148_tattoo_dead_relus(ctx: Context) -> None:
+    gen = seeded(14806)
+    model = nn.Sequential(
+        nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
+    )
+    opt = torch.optim.NAdam(model.parameters(), lr=0.1)
+    dead = []
+    model[3].register_forward_hook(lambda m, i, o: dead.append(dead_fraction(o.detach())))
+    _loop(ctx, model, opt, _needles(gen, 128), 200, F.huber_loss)
+    ctx.check("under 20% dead at the start", dead[0] < 0.2)
+    ctx.check("over 60% of the layer's units dead at the end", _mean(dead[-10:]) > 0.6)
+
+
+# -- honeycomb frames: a BatchNorm CNN whose stem sits in a param group at lr 0 -------------------
+
+
+class HoneycombNet(nn.Module):
+    """Classifies an 8x8 patch of a brood frame (capped, open, empty, chalkbrood, varroa)."""
+
+    def __init__(self, width=12, classes=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.head = nn.Linear(2 * width * 16, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return self.head(x.flatten(1))
+
+
+def _frames(gen, batch, classes=5):
+    templates = torch.randn(classes, 1, 8, 8, generator=gen)
+    while True:
+        y = torch.randint(0, classes, (batch,), generator=gen)
+        shift = torch.randint(-1, 2, (1,), generator=gen).item()
+        x = torch.roll(templates[y], shift, dims=-1)
+        yield x + 1.0 * torch.randn(batch, 1, 8, 8, generator=gen), y
+
+
+@scenario(
+    family="honeycomb_brood_frame_cnn",
+    optimizer="Adagrad",
+    cause="update_ratio_out_of_range",
+    where=("conv1",),
+    diverges=None,
+    heldout=True,
+    note="A BatchNorm CNN classifying brood-frame patches, Adagrad with param groups. The "
+    "training script came from a fine-tuning recipe whose first group freezes the stem "
+    "('lr': 0.0 for conv1); the model here is trained from scratch, so conv1 keeps its "
+    "random filters for the whole run (its update ratio is exactly 0) while the rest learns.",
+)
+def h148_honeycomb_frozen_stem(ctx: Context) -> None:
+    gen = seeded(14807)
+    model = HoneycombNet()
+    stem = list(model.conv1.parameters())
+    ids = {id(p) for p in stem}
+    opt = torch.optim.Adagrad(
+        [
+            {"params": stem, "lr": 0.0},
+            {"params": [p for p in model.parameters() if id(p) not in ids]},
+        ],
+        lr=0.03,
+    )
+    w0 = model.conv1.weight.detach().clone()
+    h0 = model.head.weight.detach().clone()
+    grads = []
+    model.conv1.weight.register_hook(lambda g: grads.append(float(g.norm())))
+    _loop(ctx, model, opt, _frames(gen, 64), 150, F.cross_entropy, classifier=True)
+    moved = float((model.conv1.weight.detach() - w0).abs().max())
+    head_moved = float((model.head.weight.detach() - h0).norm())
+    ctx.check("conv1 never moved", moved == 0.0)
+    ctx.check("conv1 had nonzero gradients all along", min(grads) > 0)
+    ctx.check("the head moved", head_moved > 0.1 * float(h0.norm()))
+    ctx.check("loss fell", _fell(ctx.losses))
