@@ -546,3 +546,158 @@ def h148_honeycomb_frozen_stem(ctx: Context) -> None:
     ctx.check("conv1 had nonzero gradients all along", min(grads) > 0)
     ctx.check("the head moved", head_moved > 0.1 * float(h0.norm()))
     ctx.check("loss fell", _fell(ctx.losses))
+
+
+# -- hot-sauce heat: one step whose loss kept a 1e4 manual loss scale poisons Adam's v -------------
+
+
+def _peppers(gen, batch, feats=8):
+    """Pepper variety mix, ripeness, seed share, vinegar, ferment days... -> log Scoville."""
+    w = torch.randn(feats, generator=gen) / math.sqrt(feats)
+    while True:
+        x = torch.randn(batch, feats, generator=gen)
+        y = x @ w + 0.5 * torch.tanh(x[:, 2] * x[:, 3]) + 0.05 * torch.randn(batch, generator=gen)
+        yield x, y[:, None]
+
+
+@scenario(
+    family="hot_sauce_scoville_regressor",
+    optimizer="Adam",
+    cause="adam_second_moment_poisoned",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="An MLP regressing log Scoville heat, Adam with betas (0.9, 0.9999). The script "
+    "once used a manual loss scale of 65536 for fp16 and divides it back out of the gradients; "
+    "on the step after the checkpoint save at step 60 the division is skipped, so one "
+    "gradient 65536 times too large enters Adam's second moment. With beta2 0.9999 it stays: "
+    "once the poisoned first moment has decayed, the updates are several times smaller than "
+    "before and the loss, knocked up by the one step, stays far above where it was.",
+    onset=60,
+)
+def h148_hot_sauce_v_poisoned(ctx: Context) -> None:
+    gen = seeded(14808)
+    model = nn.Sequential(nn.Linear(8, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.9999))
+    moves, last = [], [model[0].weight.detach().clone()]
+
+    def before(step):
+        w = model[0].weight.detach().clone()
+        moves.append(float((w - last[0]).norm()))
+        last[0] = w
+
+    _loop(
+        ctx,
+        model,
+        opt,
+        _peppers(gen, 64),
+        200,
+        F.mse_loss,
+        before=before,
+        weight=lambda s, m: 65536.0 if s == 60 else 1.0,
+    )
+    ls = ctx.losses
+    g = ctx.grad_norms
+    ctx.check("the gradient at step 60 was 1000x the step before", g[60] > 1000 * g[59])
+    ctx.check("updates after the onset 2x smaller", _mean(moves[100:]) < _mean(moves[40:60]) / 2)
+    ctx.check("loss stays 5x above its pre-onset level", min(ls[80:]) > 5 * min(ls[:60]))
+
+
+# -- surfboard rocker: one shard logged board speed in cm/s instead of m/s ------------------------
+
+
+def _boards(gen, batch, feats=7):
+    """Rocker, length, volume, fin setup, wave height, rider mass, stance -> speed (m/s)."""
+    w = torch.randn(feats, generator=gen) / math.sqrt(feats)
+    while True:
+        x = torch.randn(batch, feats, generator=gen)
+        y = 6.0 + x @ w + 0.4 * torch.sin(x[:, 0]) + 0.1 * torch.randn(batch, generator=gen)
+        yield x, y[:, None]
+
+
+@scenario(
+    family="surfboard_rocker_speed_regressor",
+    optimizer="ASGD",
+    cause="data_outlier",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="An MLP regressing a board's speed from its shape and the wave, MSE, ASGD. One "
+    "logging shard recorded the speed in km/h instead of m/s; the batch drawn from it at "
+    "step 120 has targets 3.6x too large (about 16 m/s off): the loss jumps by three orders "
+    "of magnitude for that step and the run then recovers.",
+    onset=120,
+)
+def h148_surfboard_kmh_batch(ctx: Context) -> None:
+    gen = seeded(14809)
+    model = nn.Sequential(nn.Linear(7, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    opt = torch.optim.ASGD(model.parameters(), lr=0.01)
+
+    def alter(step, x, y):
+        return (x, y * 3.6) if step == 120 else (x, y)
+
+    _loop(ctx, model, opt, _boards(gen, 64), 300, F.mse_loss, alter=alter)
+    ls, g = ctx.losses, ctx.grad_norms
+    ctx.check("loss at step 120 is 100x the steps before", ls[120] > 100 * _mean(ls[110:120]))
+    ctx.check("gradient at step 120 is 50x the steps before", g[120] > 50 * _mean(g[110:120]))
+    ctx.check("run recovered", _finite(ls) and _mean(ls[-10:]) < 3 * _mean(ls[110:120]))
+
+
+# -- horseshoe pitching: a two-head net whose auxiliary loss weight skipped its warm-up once -------
+
+
+class HorseshoeNet(nn.Module):
+    """From the throw's release (angle, spin, speed, height, stance...) predicts the landing
+    distance from the stake (regression) and ringer / leaner / miss (classification)."""
+
+    def __init__(self, feats=9, hidden=64):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(feats, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.distance = nn.Linear(hidden, 1)
+        self.outcome = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return self.distance(h), self.outcome(h)
+
+
+def _throws(gen, batch, feats=9):
+    w = torch.randn(feats, generator=gen) / math.sqrt(feats)
+    while True:
+        x = torch.randn(batch, feats, generator=gen)
+        d = (x @ w).abs() + 0.1 * torch.randn(batch, generator=gen)
+        c = torch.bucketize(d, torch.tensor([0.3, 0.9]))
+        yield x, (d[:, None], c)
+
+
+@scenario(
+    family="horseshoe_pitching_two_head_net",
+    optimizer="SGD (momentum)",
+    cause="gradient_spike",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="A two-head MLP (distance regression + ringer/leaner/miss classification), loss = "
+    "MSE + w * cross-entropy with SGD momentum and 4 micro-batches accumulated per step. The "
+    "weight w is ramped in over the first 100 steps by a hand-written schedule; at the step "
+    "where the ramp ends (step 100) an off-by-one divides by (100 - step) + 1e-3 and w is "
+    "1000 for that one step: one gradient burst not caused by the data.",
+    onset=100,
+)
+def h148_horseshoe_aux_weight_burst(ctx: Context) -> None:
+    gen = seeded(14810)
+    model = HorseshoeNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    aux = {"w": 0.0}
+
+    def before(step):
+        aux["w"] = 1.0 / (100 - step + 1e-3) if step == 100 else min(step / 100, 1.0)
+
+    def loss_fn(out, y):
+        return F.mse_loss(out[0], y[0]) + aux["w"] * F.cross_entropy(out[1], y[1])
+
+    _loop(ctx, model, opt, _throws(gen, 32), 200, loss_fn, before=before, accumulate=4)
+    ls, g = ctx.losses, ctx.grad_norms
+    ctx.check("gradient at step 100 is 100x the steps before", g[100] > 100 * _mean(g[90:100]))
+    ctx.check("loss at step 100 is 100x the steps before", ls[100] > 100 * _mean(ls[90:100]))
+    ctx.check("gradient back within 10x of before", _mean(g[-20:]) < 10 * _mean(g[90:100]))
