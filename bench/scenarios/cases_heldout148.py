@@ -1,7 +1,7 @@
 """Held-out set 148 (``h148_``): hand-written models of trades, crafts, sports, instruments and
 natural phenomena not covered before, with three small hand-written transformers (a hand softmax
-over q.k scores, ``scaled_dot_product_attention`` and ``nn.MultiheadAttention``), a hand-written
-Elman RNN, a GRU, a BatchNorm conv net and a two-head multi-task net.
+over q.k scores, ``scaled_dot_product_attention`` and ``nn.MultiheadAttention``), a GRU, two
+BatchNorm conv nets (one under fp16 autocast with a GradScaler) and a two-head multi-task net.
 
 Each fault is induced the way it happens in practice and checked with ``ctx.check``; the
 controls are ordinary runs.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scenarios.common import Context, collapsed_fraction, dead_fraction, grad_norm, scenario, seeded
+from scenarios.common import Context, dead_fraction, grad_norm, scenario, seeded
 
 
 def _finite(xs: list[float]) -> bool:
@@ -345,7 +345,11 @@ def _gathers(gen, batch, feats=6):
     w = torch.randn(feats, generator=gen)
     while True:
         x = torch.randn(batch, feats, generator=gen)
-        y = torch.tanh(x @ w / 2) + 0.3 * x[:, 0] * x[:, 1] + 0.05 * torch.randn(batch, generator=gen)
+        y = (
+            torch.tanh(x @ w / 2)
+            + 0.3 * x[:, 0] * x[:, 1]
+            + 0.05 * torch.randn(batch, generator=gen)
+        )
         yield x, y[:, None]
 
 
@@ -453,7 +457,11 @@ def _needles(gen, batch, feats=10):
     w = torch.randn(feats, generator=gen) / math.sqrt(feats)
     while True:
         x = torch.randn(batch, feats, generator=gen)
-        y = F.softplus(x @ w) + 0.2 * torch.sin(2 * x[:, 1]) + 0.05 * torch.randn(batch, generator=gen)
+        y = (
+            F.softplus(x @ w)
+            + 0.2 * torch.sin(2 * x[:, 1])
+            + 0.05 * torch.randn(batch, generator=gen)
+        )
         yield x, y[:, None]
 
 
@@ -577,7 +585,9 @@ def _peppers(gen, batch, feats=8):
 )
 def h148_hot_sauce_v_poisoned(ctx: Context) -> None:
     gen = seeded(14808)
-    model = nn.Sequential(nn.Linear(8, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1))
+    model = nn.Sequential(
+        nn.Linear(8, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.9999))
     moves, last = [], [model[0].weight.detach().clone()]
 
@@ -630,7 +640,9 @@ def _boards(gen, batch, feats=7):
 )
 def h148_surfboard_kmh_batch(ctx: Context) -> None:
     gen = seeded(14809)
-    model = nn.Sequential(nn.Linear(7, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    model = nn.Sequential(
+        nn.Linear(7, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+    )
     opt = torch.optim.ASGD(model.parameters(), lr=0.01)
 
     def alter(step, x, y):
@@ -652,7 +664,9 @@ class HorseshoeNet(nn.Module):
 
     def __init__(self, feats=9, hidden=64):
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(feats, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.trunk = nn.Sequential(
+            nn.Linear(feats, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
         self.distance = nn.Linear(hidden, 1)
         self.outcome = nn.Linear(hidden, 3)
 
@@ -701,3 +715,256 @@ def h148_horseshoe_aux_weight_burst(ctx: Context) -> None:
     ctx.check("gradient at step 100 is 100x the steps before", g[100] > 100 * _mean(g[90:100]))
     ctx.check("loss at step 100 is 100x the steps before", ls[100] > 100 * _mean(ls[90:100]))
     ctx.check("gradient back within 10x of before", _mean(g[-20:]) < 10 * _mean(g[90:100]))
+
+
+# -- waterfall mist: a Gaussian NLL whose variance head lost its clamp ---------------------------
+
+
+class WaterfallMistNet(nn.Module):
+    """Flow, drop height, wind, humidity, temperature -> mist density: a mean and a variance."""
+
+    def __init__(self, feats=5, hidden=48):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Linear(feats, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
+        )
+        self.mean_head = nn.Linear(hidden, 1)
+        self.var_head = nn.Linear(hidden, 1)
+        nn.init.constant_(self.var_head.bias, 1.0)
+        nn.init.normal_(self.var_head.weight, std=0.01)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return torch.cat([self.mean_head(h), self.var_head(h)], 1)
+
+
+def _mist(gen, batch, feats=5):
+    w = torch.randn(feats, generator=gen) / math.sqrt(feats)
+    while True:
+        x = torch.randn(batch, feats, generator=gen)
+        y = x @ w + 0.05 * (1 + x[:, 0].abs()) * torch.randn(batch, generator=gen)
+        yield x, y
+
+
+@scenario(
+    family="waterfall_mist_density_nll",
+    optimizer="RMSprop",
+    cause="nonfinite",
+    where=("var_head",),
+    diverges=75,
+    heldout=True,
+    note="An MLP with a mean head and a variance head trained with a hand-written Gaussian "
+    "NLL, 0.5 * log(var) + (y - mu)^2 / (2 var), RMSprop. The variance head's output was "
+    "meant to pass through softplus (or a clamp to 1e-6); neither is there. As the noise is "
+    "small the NLL pushes the variance down until the head outputs a negative value for some "
+    "sample: log of a negative number is NaN and the loss is NaN from then on.",
+)
+def h148_waterfall_var_unclamped(ctx: Context) -> None:
+    gen = seeded(14811)
+    model = WaterfallMistNet()
+    opt = torch.optim.RMSprop(model.parameters(), lr=2e-4)
+    low = []
+
+    def loss_fn(out, y):
+        mu, var = out[:, 0], out[:, 1]
+        return (0.5 * torch.log(var) + (y - mu) ** 2 / (2 * var)).mean()
+
+    _loop(
+        ctx,
+        model,
+        opt,
+        _mist(gen, 64),
+        200,
+        loss_fn,
+        watch=lambda s, o, x, y: low.append(float(o.detach()[:, 1].min())),
+    )
+    ls = ctx.losses
+    bad = next((i for i, v in enumerate(ls) if not math.isfinite(v)), None)
+    ctx.check("loss is NaN at the end", math.isnan(ls[-1]))
+    ctx.check("the variance head output went negative", min(low) < 0)
+    ctx.check(
+        "loss was finite and falling first", bad is not None and bad > 20 and ls[bad - 1] < ls[0]
+    )
+
+
+# -- healthy controls ---------------------------------------------------------------------------
+
+
+class FletchingBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x, mask):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.ff(self.ln2(x))
+
+
+class FletchingLM(nn.Module):
+    """Next-token model over arrow-fletching build logs (vane, cut, offset tokens), tied
+    embedding and output weights."""
+
+    def __init__(self, vocab=32, dim=32, length=24):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.blocks = nn.ModuleList(FletchingBlock(dim, 2) for _ in range(2))
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.tok.weight
+        nn.init.normal_(self.tok.weight, std=0.02)
+        mask = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        t = x.shape[1]
+        h = self.tok(x) + self.pos[:t]
+        for block in self.blocks:
+            h = block(h, self.mask[:t, :t])
+        return self.lm_head(self.ln_f(h))
+
+
+def _fletch_logs(gen, batch, vocab=32, length=24):
+    """A noisy periodic grammar: each log repeats a 3-token vane pattern with 10% typos."""
+    while True:
+        pat = torch.randint(0, vocab, (batch, 3), generator=gen)
+        seq = pat.repeat(1, (length + 1) // 3 + 1)[:, : length + 1]
+        typo = torch.rand(batch, length + 1, generator=gen) < 0.1
+        seq = torch.where(typo, torch.randint(0, vocab, seq.shape, generator=gen), seq)
+        yield seq[:, :-1], seq[:, 1:]
+
+
+@scenario(
+    family="arrow_fletching_log_lm",
+    optimizer="AdamW",
+    cause="healthy",
+    heldout=True,
+    note="Healthy: a 2-block transformer LM (nn.MultiheadAttention with a causal mask, tied "
+    "embedding/output weights) with linear warm-up then cosine decay, AdamW, clipping at "
+    "1.0 and label smoothing 0.1 on noisy sequences.",
+)
+def h148_fletching_lm_healthy(ctx: Context) -> None:
+    gen = seeded(14813)
+    model = FletchingLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / 20, 0.5 * (1 + math.cos(math.pi * min(s / 200, 1.0))))
+    )
+
+    def loss_fn(out, y):
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), label_smoothing=0.1)
+
+    _loop(ctx, model, opt, _fletch_logs(gen, 32), 200, loss_fn, clip=1.0, sched=sched)
+    ctx.check("loss fell", _fell(ctx.losses, ratio=0.7))
+
+
+class ShellWhorlNet(nn.Module):
+    """Is a seashell's 8x8 whorl patch dextral (1) or sinistral (0)? BatchNorm CNN, one logit."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.head = nn.Linear(width * 16, 1)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return self.head(x.flatten(1)).squeeze(1)
+
+
+def _whorls(gen, batch):
+    base = torch.randn(1, 1, 8, 8, generator=gen)
+    while True:
+        y = torch.randint(0, 2, (batch,), generator=gen)
+        x = torch.where(y[:, None, None, None] == 1, base, base.flip(-1))
+        yield x + 0.8 * torch.randn(batch, 1, 8, 8, generator=gen), y.float()
+
+
+@scenario(
+    family="seashell_whorl_chirality_cnn",
+    optimizer="SGD (Nesterov)",
+    cause="healthy",
+    heldout=True,
+    note="Healthy: a BatchNorm CNN with a BCE-with-logits loss under fp16 autocast with a "
+    "GradScaler, SGD Nesterov with OneCycleLR, on noisy patches.",
+)
+def h148_seashell_amp_healthy(ctx: Context) -> None:
+    gen = seeded(14814)
+    model = ShellWhorlNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=150)
+    scaler = torch.amp.GradScaler("cpu")
+    _loop(
+        ctx,
+        model,
+        opt,
+        _whorls(gen, 64),
+        150,
+        lambda o, y: F.binary_cross_entropy_with_logits(o.float(), y),
+        sched=sched,
+        scaler=scaler,
+    )
+    ctx.check("loss fell", _fell(ctx.losses, ratio=0.5))
+    ctx.check("scale never collapsed", min(ctx.scales) >= 1024)
+
+
+class TidepoolGRU(nn.Module):
+    """Water level, temperature and wave readings over 24 steps -> next starfish count
+    (log scale), as a Gaussian: a mean and a log-variance."""
+
+    def __init__(self, feats=3, hidden=32):
+        super().__init__()
+        self.rnn = nn.GRU(feats, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 2)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def _tides(gen, batch, length=24):
+    while True:
+        phase = 2 * math.pi * torch.rand(batch, 1, generator=gen)
+        t = torch.arange(length + 1) * 0.4
+        level = torch.sin(t + phase)
+        x = torch.stack(
+            [
+                level[:, :-1],
+                0.5 * torch.cos(t[:-1] + phase),
+                torch.randn(batch, length, generator=gen) * 0.3,
+            ],
+            -1,
+        )
+        y = level[:, -1] + 0.2 * torch.randn(batch, generator=gen)
+        yield x, y
+
+
+@scenario(
+    family="tidepool_starfish_gru",
+    optimizer="Adam",
+    cause="healthy",
+    heldout=True,
+    note="Healthy: a GRU forecaster with a Gaussian NLL (mean and log-variance heads), "
+    "2 micro-batches accumulated per step, ReduceLROnPlateau and clipping at 5, on noisy "
+    "readings.",
+)
+def h148_tidepool_gru_healthy(ctx: Context) -> None:
+    gen = seeded(14815)
+    model = TidepoolGRU()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=20)
+
+    def loss_fn(out, y):
+        return F.gaussian_nll_loss(out[:, 0], y, out[:, 1].exp())
+
+    _loop(ctx, model, opt, _tides(gen, 32), 150, loss_fn, sched=sched, clip=5.0, accumulate=2)
+    ctx.check(
+        "loss fell", _finite(ctx.losses) and _mean(ctx.losses[-10:]) < _mean(ctx.losses[:10]) - 0.3
+    )
