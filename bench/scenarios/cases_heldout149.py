@@ -248,3 +248,188 @@ def h149_queen_piping_nll_on_logits(ctx: Context) -> None:
     )
     ctx.check("logit norm grew 20x", norms[-1] > 20 * _mean(norms[:5]))
     ctx.check("logit norm still growing", norms[-1] > 1.3 * norms[-50])
+
+
+# -- bobbin lace: a learnt logit scale initialised with the number meant for its exp -------------
+
+
+class LearntLogitScale(nn.Module):
+    """A CLIP-style learnt logit scale: stored as a log, used as ``exp(log_scale)`` clamped to 100."""
+
+    def __init__(self, init):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, cosines):
+        return cosines * self.log_scale.exp().clamp(max=100.0)
+
+
+class LacePatternNet(nn.Module):
+    """Names the ground (torchon, rose, Brussels, Bucks point, Cluny, honeycomb) from a 6x6
+    pricking-card pattern of pin holes with a cosine classifier."""
+
+    def __init__(self, grounds=6, hidden=64, scale_init=math.log(10.0)):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(36, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+        self.head = nn.Linear(hidden, grounds, bias=False)
+        self.scale = LearntLogitScale(scale_init)
+
+    def forward(self, x):
+        h = F.normalize(self.body(x), dim=-1)
+        return self.scale(h @ F.normalize(self.head.weight, dim=-1).T)
+
+
+def _prickings(gen, batch, grounds=6):
+    protos = (torch.rand(grounds, 36, generator=torch.Generator().manual_seed(11)) < 0.4).float()
+    while True:
+        y = torch.randint(0, grounds, (batch,), generator=gen)
+        flip = (torch.rand(batch, 36, generator=gen) < 0.15).float()
+        yield (protos[y] - flip).abs(), y
+
+
+@scenario(
+    family="bobbin_lace_pattern_classifier",
+    optimizer="RMSprop",
+    cause="softmax_collapse",
+    where=("scale",),
+    diverges=None,
+    heldout=True,
+    note="A cosine classifier with a CLIP-style learnt logit scale, stored as a log and used "
+    "as exp(log_scale) clamped at 100. The config's 'logit_scale_init: 30' (meant as the "
+    "scale) was written straight into log_scale: exp(30) is clamped to 100 from the start, "
+    "where the clamp passes no gradient, so the scale can never come down; as RMSprop (lr "
+    "1e-3) separates the grounds, the float32 softmax rounds most targets' probabilities to "
+    "exactly 1.0.",
+)
+def h149_bobbin_lace_logit_scale_init(ctx: Context) -> None:
+    gen = seeded(14903)
+    model = LacePatternNet(scale_init=30.0)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    collapsed = []
+    _train(
+        ctx,
+        model,
+        opt,
+        _prickings(gen, 64),
+        250,
+        F.cross_entropy,
+        classifier=True,
+        watch=lambda s, o, x, y: collapsed.append(collapsed_fraction(o.detach(), y)),
+    )
+    ctx.check("half the targets' probabilities are exactly 1.0", _mean(collapsed[-20:]) > 0.5)
+    ctx.check("few were at the start", collapsed[0] < 0.2)
+    ctx.check("the scale is stuck at the clamp", float(model.scale.log_scale.detach()) > 20)
+
+
+# -- potter's wheel: a warm-up lambda without its cap ------------------------------------------
+
+
+class WheelCenteringNet(nn.Module):
+    """Regresses how many seconds of coning a lump of clay still needs before it runs true, from
+    eight readings (wobble amplitude, wheel speed, clay mass, water, ...)."""
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
+        )
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.out(self.net(x)).squeeze(-1)
+
+
+def _clay(gen, batch):
+    w = torch.tensor([0.8, -0.5, 0.3, 0.6, -0.2, 0.4, 0.1, -0.7])
+    while True:
+        x = torch.randn(batch, 8, generator=gen)
+        y = torch.tanh(x @ w) + 0.3 * x[:, 0] * x[:, 3] + 0.05 * torch.randn(batch, generator=gen)
+        yield x, y
+
+
+@scenario(
+    family="potters_wheel_centering_regressor",
+    optimizer="SGD",
+    cause="sharpness_above_limit",
+    where=(),
+    diverges="auto",
+    heldout=True,
+    onset=10,
+    note="Plain SGD (lr 0.1) with a linear warm-up written as LambdaLR(lambda s: s / 10), the "
+    "min(1, ...) cap forgotten: after the 10 warm-up steps the learning rate keeps climbing "
+    "(0.1 more every 10 steps) until it passes 2/sharpness of the MSE loss, which then "
+    "oscillates and blows up.",
+)
+def h149_potters_wheel_uncapped_warmup(ctx: Context) -> None:
+    gen = seeded(14904)
+    model = WheelCenteringNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / 10)
+    lrs = []
+    _train(
+        ctx,
+        model,
+        opt,
+        _clay(gen, 64),
+        300,
+        F.mse_loss,
+        sched=sched,
+        before=lambda s: lrs.append(opt.param_groups[0]["lr"]),
+    )
+    ls = ctx.losses
+    low = min(ls[:100])
+    ctx.check("the loss fell first", low < 0.5 * ls[0])
+    ctx.check("then blew up 100x", max(v if math.isfinite(v) else 1e30 for v in ls) > 100 * low)
+    ctx.check("lr passed 5x the warm-up target", max(lrs) > 0.5)
+
+
+# -- cicada chorus: a vanilla RNN whose recurrent init was scaled by the wrong gain ---------------
+
+
+class ChorusRNN(nn.Module):
+    """Reads 40 frames of a 6-band cicada chorus envelope and forecasts the next frame's loudness
+    in each band."""
+
+    def __init__(self, bands=6, hidden=48, gain=1.0):
+        super().__init__()
+        self.rnn = nn.RNN(bands, hidden, batch_first=True, nonlinearity="relu")
+        nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=gain)
+        nn.init.zeros_(self.rnn.bias_hh_l0)
+        self.head = nn.Linear(hidden, bands)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def _chorus(gen, batch, bands=6, length=40):
+    t = torch.arange(length + 1).float()
+    while True:
+        phase = 6.28 * torch.rand(batch, bands, 1, generator=gen)
+        period = 6.0 + 6.0 * torch.rand(batch, bands, 1, generator=gen)
+        sig = 0.5 + 0.4 * torch.sin(6.28 * t / period + phase)
+        sig = sig + 0.05 * torch.randn(sig.shape, generator=gen)
+        yield sig[:, :, :-1].transpose(1, 2), sig[:, :, -1]
+
+
+@scenario(
+    family="cicada_chorus_rnn",
+    optimizer="SGD momentum",
+    cause="exploding_gradients",
+    where=("rnn",),
+    diverges="auto",
+    heldout=True,
+    note="A ReLU RNN (IRNN-style) whose recurrent weights are meant to be orthogonal with gain "
+    "1.0; the run's config still carried 'recurrent_gain: 1.63' from a sweep on 10-frame "
+    "clips. Over 40 frames the forward state and the back-propagated gradient grow through "
+    "time (gradient norm in the thousands at step 0) and SGD with momentum (lr 1e-3, no "
+    "clipping) blows the loss up within a dozen steps.",
+)
+def h149_cicada_chorus_recurrent_gain(ctx: Context) -> None:
+    gen = seeded(14905)
+    model = ChorusRNN(gain=1.63)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    _train(ctx, model, opt, _chorus(gen, 32), 150, F.mse_loss)
+    g = ctx.grad_norms
+    ctx.check("gradient norm above 1e3 at the first step", g[0] > 1e3)
+    ctx.check("loss blew up 100x or went non-finite", not _finite(ctx.losses) or max(ctx.losses) > 100 * min(ctx.losses))
