@@ -433,3 +433,132 @@ def h149_cicada_chorus_recurrent_gain(ctx: Context) -> None:
     g = ctx.grad_norms
     ctx.check("gradient norm above 1e3 at the first step", g[0] > 1e3)
     ctx.check("loss blew up 100x or went non-finite", not _finite(ctx.losses) or max(ctx.losses) > 100 * min(ctx.losses))
+
+
+# -- coracle paddling: Adagrad at lr 1.0 kills the ReLUs ---------------------------------------
+
+
+class CoracleStrokeNet(nn.Module):
+    """Names the paddle stroke (figure-of-eight, pull, draw, sculling, brace) from 20 readings of
+    a paddle-shaft inertial sensor."""
+
+    def __init__(self, inputs=20, hidden=64, strokes=5):
+        super().__init__()
+        self.fc1 = nn.Linear(inputs, hidden)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.relu2 = nn.ReLU()
+        self.head = nn.Linear(hidden, strokes)
+
+    def forward(self, x):
+        return self.head(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
+
+
+def _strokes(gen, batch, inputs=20, strokes=5):
+    centres = 0.5 * torch.randn(strokes, inputs, generator=torch.Generator().manual_seed(5))
+    while True:
+        y = torch.randint(0, strokes, (batch,), generator=gen)
+        yield centres[y] + torch.randn(batch, inputs, generator=gen), y
+
+
+@scenario(
+    family="coracle_paddle_stroke_mlp",
+    optimizer="Adagrad",
+    cause="loss_of_plasticity",
+    where=("fc2", "relu2"),
+    diverges=None,
+    heldout=True,
+    note="A two-hidden-layer ReLU MLP trained with Adagrad; the config's 'lr: 1.0e-2' lost its "
+    "exponent in a YAML edit and read 1.0. Adagrad's first steps move every weight by about "
+    "the learning rate, which drives the second layer's pre-activations negative for every "
+    "input: about half of its ReLU units die within 20 steps and receive no gradient again, "
+    "and the loss stalls above 1 (the same net at lr 1e-2 reaches about 0.5).",
+)
+def h149_coracle_adagrad_lr_typo(ctx: Context) -> None:
+    gen = seeded(14906)
+    model = CoracleStrokeNet()
+    opt = torch.optim.Adagrad(model.parameters(), lr=1.0)
+    feats = {}
+    model.relu2.register_forward_hook(lambda m, i, o: feats.__setitem__("h", o.detach()))
+    dead = []
+    _train(
+        ctx,
+        model,
+        opt,
+        _strokes(gen, 64),
+        200,
+        F.cross_entropy,
+        classifier=True,
+        watch=lambda s, o, x, y: dead.append(dead_fraction(feats["h"])),
+    )
+    ctx.check("few units dead at the start", dead[0] < 0.2)
+    ctx.check("40% of the units dead at the end", _mean(dead[-10:]) > 0.4)
+    ctx.check("the loss stalled above 1.0", _mean(ctx.losses[-20:]) > 1.0)
+
+
+# -- dhol drumming: a 1-D conv net whose feature extractor sits in a param group at lr 2e-9 ------
+
+
+class DholStrokeConv(nn.Module):
+    """Names the dhol stroke (dagga, tilli, both, rim, muted) from a 64-sample envelope of the two
+    heads' contact microphones: 1-D convolutions with GroupNorm."""
+
+    def __init__(self, strokes=5, width=16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(2, width, 5, padding=2),
+            nn.GroupNorm(4, width),
+            nn.GELU(),
+            nn.Conv1d(width, width, 5, padding=2, stride=2),
+            nn.GroupNorm(4, width),
+            nn.GELU(),
+        )
+        self.head = nn.Linear(width, strokes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(-1))
+
+
+def _dhol(gen, batch, strokes=5, length=64):
+    t = torch.arange(length).float()
+    while True:
+        y = torch.randint(0, strokes, (batch,), generator=gen)
+        onset = torch.randint(5, 40, (batch, 1), generator=gen).float()
+        decay = 2.0 + 3.0 * (y % 3).float()[:, None]
+        env = torch.exp(-(t - onset).clamp(min=0) / decay) * (t >= onset)
+        bass = env * (y < 3).float()[:, None] * torch.sin(0.4 * t)
+        treble = env * ((y == 1) | (y >= 3)).float()[:, None] * torch.sin(2.0 * t + y[:, None])
+        x = torch.stack([bass, treble], 1) + 0.1 * torch.randn(batch, 2, length, generator=gen)
+        yield x, y
+
+
+@scenario(
+    family="dhol_stroke_conv1d_groupnorm",
+    optimizer="NAdam",
+    cause="update_ratio_out_of_range",
+    where=("features.0", "features.3"),
+    diverges=None,
+    heldout=True,
+    note="A 1-D conv net with GroupNorm fine-tuned with NAdam in two param groups: the head at "
+    "2e-3 and the feature extractor at 'lr * backbone_mult', where backbone_mult was typed "
+    "1e-6 instead of 1e-1 (lr 2e-9): the convolutions' updates are under 1e-7 of their weights "
+    "per step, they stay where they were initialised (moved under 1e-4 of their norm over the "
+    "run), and only the head learns.",
+)
+def h149_dhol_backbone_group_typo(ctx: Context) -> None:
+    gen = seeded(14907)
+    model = DholStrokeConv()
+    lr = 2e-3
+    opt = torch.optim.NAdam(
+        [
+            {"params": model.features.parameters(), "lr": lr * 1e-6},
+            {"params": model.head.parameters(), "lr": lr},
+        ]
+    )
+    conv0 = model.features[0].weight.detach().clone()
+    head0 = model.head.weight.detach().clone()
+    _train(ctx, model, opt, _dhol(gen, 32), 150, F.cross_entropy, classifier=True)
+    conv_moved = float((model.features[0].weight.detach() - conv0).norm() / conv0.norm())
+    head_moved = float((model.head.weight.detach() - head0).norm() / head0.norm())
+    ctx.check("the convolutions moved under 1e-4 of their norm", conv_moved < 1e-4)
+    ctx.check("the head moved over 10% of its norm", head_moved > 0.1)
