@@ -562,3 +562,122 @@ def h149_dhol_backbone_group_typo(ctx: Context) -> None:
     head_moved = float((model.head.weight.detach() - head0).norm() / head0.norm())
     ctx.check("the convolutions moved under 1e-4 of their norm", conv_moved < 1e-4)
     ctx.check("the head moved over 10% of its norm", head_moved > 0.1)
+
+
+# -- glacier calving: one shard with the ice thickness in centimetres ---------------------------
+
+
+class CalvingNet(nn.Module):
+    """Regresses the (log) ice volume a tidewater glacier front calves in a day from ten readings
+    (ice thickness, water depth, front speed, sea temperature, tide, ...)."""
+
+    def __init__(self, inputs=10, hidden=48):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Linear(inputs, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
+        )
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.out(self.trunk(x)).squeeze(-1)
+
+
+def _calving(gen, batch, inputs=10):
+    w = torch.linspace(-1.0, 1.0, inputs)
+    while True:
+        x = torch.randn(batch, inputs, generator=gen)
+        y = 0.6 * torch.sin(x @ w / 2) + 0.4 * x[:, 0] * x[:, 1]
+        yield x, y + 0.1 * torch.randn(batch, generator=gen)
+
+
+@scenario(
+    family="glacier_calving_volume_regressor",
+    optimizer="SGD momentum",
+    cause="data_outlier",
+    where=(),
+    diverges=None,
+    heldout=True,
+    onset=120,
+    note="A Huber-loss regressor trained with SGD + momentum (lr 2e-2). The shard read at step "
+    "120 came from a station that logs ice thickness in centimetres, not metres, and the "
+    "standardisation used the other stations' statistics: that one batch's first feature is "
+    "100x too large, the loss and the gradient norm jump far above every other step, and the "
+    "run recovers afterwards.",
+)
+def h149_glacier_calving_cm_shard(ctx: Context) -> None:
+    gen = seeded(14908)
+    model = CalvingNet()
+    opt = torch.optim.SGD(model.parameters(), lr=2e-2, momentum=0.9)
+
+    def alter(step, x, y):
+        if step == 120:
+            x = x.clone()
+            x[:, 0] = x[:, 0] * 100.0
+        return x, y
+
+    _train(ctx, model, opt, _calving(gen, 64), 250, F.huber_loss, alter=alter)
+    ls, g = ctx.losses, ctx.grad_norms
+    before = sorted(ls[60:120])[30]
+    ctx.check("the loss jumped 20x at the bad shard", ls[120] > 20 * before)
+    ctx.check("the gradient jumped 50x there", g[120] > 50 * _mean(g[100:120]))
+    ctx.check("the run recovered", _finite(ls) and _mean(ls[-20:]) < 3 * before)
+
+
+# -- kendo strikes: a loss weight read as 400 for one step --------------------------------------
+
+
+class KendoStrikeNet(nn.Module):
+    """Two heads over a shared trunk: the time (ms) a men/kote/do strike takes to land, and its
+    force, from 12 readings of a shinai-mounted accelerometer."""
+
+    def __init__(self, inputs=12, hidden=48):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(inputs, hidden), nn.ELU(), nn.Linear(hidden, hidden))
+        self.act = nn.ELU()
+        self.timing = nn.Linear(hidden, 1)
+        self.force = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        h = self.act(self.trunk(x))
+        return torch.cat([self.timing(h), self.force(h)], -1)
+
+
+def _strikes(gen, batch, inputs=12):
+    w1 = torch.linspace(-0.8, 0.8, inputs)
+    w2 = torch.cos(torch.arange(inputs).float())
+    while True:
+        x = torch.randn(batch, inputs, generator=gen)
+        y = torch.stack([torch.tanh(x @ w1 / 2), 0.3 * (x @ w2) / 3 + 0.2 * x[:, 2] ** 2], -1)
+        yield x, y + 0.05 * torch.randn(batch, 2, generator=gen)
+
+
+@scenario(
+    family="kendo_strike_timing_regressor",
+    optimizer="ASGD",
+    cause="gradient_spike",
+    where=(),
+    diverges=None,
+    heldout=True,
+    onset=90,
+    note="A two-head MSE regressor trained with ASGD (lr 2e-2). The force head's loss weight "
+    "comes from a per-epoch schedule dict; at step 90 (an epoch boundary) the lookup fell "
+    "through to the dict's 'max' entry, 400, for that one step: the batch is ordinary and the "
+    "loss the run reports is ordinary, but the gradient of that step is about two orders of "
+    "magnitude above its neighbours.",
+)
+def h149_kendo_loss_weight_lookup(ctx: Context) -> None:
+    gen = seeded(14909)
+    model = KendoStrikeNet()
+    opt = torch.optim.ASGD(model.parameters(), lr=2e-2)
+
+    def loss_fn(out, y):
+        return F.mse_loss(out[:, 0], y[:, 0]) + F.mse_loss(out[:, 1], y[:, 1])
+
+    def scale_loss(step, loss):
+        return loss * 400.0 if step == 90 else loss
+
+    _train(ctx, model, opt, _strikes(gen, 64), 200, loss_fn, scale_loss=scale_loss)
+    ls, g = ctx.losses, ctx.grad_norms
+    ctx.check("the gradient jumped 50x at step 90", g[90] > 50 * _mean(g[70:90]))
+    ctx.check("the loss at step 90 was ordinary", ls[90] < 2 * _mean(ls[80:90]))
+    ctx.check("the run went on finite", _finite(ls))
