@@ -681,3 +681,81 @@ def h149_kendo_loss_weight_lookup(ctx: Context) -> None:
     ctx.check("the gradient jumped 50x at step 90", g[90] > 50 * _mean(g[70:90]))
     ctx.check("the loss at step 90 was ordinary", ls[90] < 2 * _mean(ls[80:90]))
     ctx.check("the run went on finite", _finite(ls))
+
+
+# -- cheese wheel brining: one step's loss summed instead of averaged ----------------------------
+
+
+class BrineUptakeNet(nn.Module):
+    """Regresses the salt profile (32 depths) of a cheese wheel after brining from eight readings
+    (brine strength, temperature, hours, wheel diameter, curd moisture, ...)."""
+
+    def __init__(self, inputs=8, hidden=64, depths=64):
+        super().__init__()
+        self.fc1 = nn.Linear(inputs, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.profile = nn.Linear(hidden, depths)
+
+    def forward(self, x):
+        return self.profile(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
+
+
+def _brine(gen, batch, inputs=8, depths=64):
+    d = torch.linspace(0, 1, depths)
+    while True:
+        x = torch.randn(batch, inputs, generator=gen)
+        reach = torch.sigmoid(x[:, :1] + 0.5 * x[:, 1:2]) * 0.8 + 0.1
+        surface = 1.0 + 0.3 * torch.tanh(x[:, 2:3] - x[:, 3:4])
+        y = surface * torch.exp(-d / reach) + 0.02 * torch.randn(batch, depths, generator=gen)
+        yield x, y
+
+
+@scenario(
+    family="cheese_wheel_brine_uptake_regressor",
+    optimizer="Adam",
+    cause="adam_second_moment_poisoned",
+    where=(),
+    diverges=None,
+    heldout=True,
+    onset=60,
+    note="Adam (lr 3e-3) on an MSE profile regressor. A validation-style branch meant for the "
+    "last partial batch of an epoch ran once at step 60 with reduction='sum' instead of 'mean' "
+    "(128 x 64 elements): one gradient about 8000x the others enters Adam's second moment; "
+    "after the first moment's share of it has knocked the loss up 10x, the typical update "
+    "for the rest of the run (beta2 0.999) is over 10x smaller than before, and the loss "
+    "creeps back only slowly, staying well above its level before step 60.",
+)
+def h149_cheese_brine_sum_reduction(ctx: Context) -> None:
+    gen = seeded(14910)
+    model = BrineUptakeNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    moves = []
+    prev = {}
+
+    def before(step):
+        prev["w"] = model.fc2.weight.detach().clone()
+
+    def after(step):
+        moves.append(float((model.fc2.weight.detach() - prev["w"]).abs().median()))
+
+    def scale_loss(step, loss):
+        return loss * 128 * 64 if step == 60 else loss
+
+    _train(
+        ctx,
+        model,
+        opt,
+        _brine(gen, 128),
+        200,
+        F.mse_loss,
+        before=before,
+        after=after,
+        scale_loss=scale_loss,
+    )
+    g = ctx.grad_norms
+    ctx.check("the gradient jumped 500x at step 60", g[60] > 500 * _mean(g[40:60]))
+    ctx.check("the median update is 10x smaller after", _mean(moves[110:150]) < 0.1 * _mean(moves[40:60]))
+    ctx.check(
+        "the loss stays above its level before step 60",
+        _mean(ctx.losses[-10:]) > 2 * _mean(ctx.losses[50:60]),
+    )
