@@ -759,3 +759,129 @@ def h149_cheese_brine_sum_reduction(ctx: Context) -> None:
         "the loss stays above its level before step 60",
         _mean(ctx.losses[-10:]) > 2 * _mean(ctx.losses[50:60]),
     )
+
+
+# -- geyser pools: a variance head with its softplus lost ---------------------------------------
+
+
+class GeyserPoolNet(nn.Module):
+    """Predicts a Gaussian (mean and variance) for the temperature a geyser's pool reaches ten
+    minutes ahead from six readings (pool level, vent pressure, air temperature, ...)."""
+
+    def __init__(self, inputs=6, hidden=32):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh())
+        self.mean = nn.Linear(hidden, 1)
+        self.var = nn.Linear(hidden, 1)
+        nn.init.constant_(self.var.bias, 1.0)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return torch.cat([self.mean(h), self.var(h)], -1)
+
+
+def _gaussian_nll(out, y):
+    # the variance head's softplus/clamp went missing when the head was refactored
+    mu, var = out[:, 0], out[:, 1]
+    return (torch.log(torch.sqrt(var)) + (y - mu) ** 2 / (2 * var)).mean()
+
+
+def _geyser(gen, batch, inputs=6):
+    w = torch.tensor([0.9, -0.4, 0.3, 0.0, 0.5, -0.2])
+    while True:
+        x = torch.randn(batch, inputs, generator=gen)
+        noise = 0.05 + 0.1 * torch.sigmoid(2 * x[:, 3])
+        yield x, torch.tanh(x @ w) + noise * torch.randn(batch, generator=gen)
+
+
+@scenario(
+    family="geyser_pool_temperature_nll",
+    optimizer="Adam",
+    cause="nonfinite",
+    where=("var",),
+    diverges=38,
+    heldout=True,
+    note="A Gaussian NLL regressor whose variance head lost its softplus in a refactor: the "
+    "loss takes sqrt and log of the raw linear output. As Adam (lr 2e-3) fits the mean, the NLL "
+    "pushes the variance down until it crosses zero for some pool readings, sqrt of a negative "
+    "gives NaN at step 38.",
+)
+def h149_geyser_pool_variance_no_softplus(ctx: Context) -> None:
+    gen = seeded(14911)
+    model = GeyserPoolNet()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    low = []
+    _train(
+        ctx,
+        model,
+        opt,
+        _geyser(gen, 64),
+        200,
+        _gaussian_nll,
+        watch=lambda s, o, x, y: low.append(float(o[:, 1].detach().min())),
+    )
+    bad = _first_bad(ctx.losses)
+    ctx.check("the loss went NaN", bad is not None)
+    ctx.check("a variance went non-positive at that step", bad is not None and low[bad] <= 0)
+    ctx.check("the loss was finite for 20 steps first", bad is not None and bad >= 20)
+
+
+# -- aurora: a hand-written softplus that overflows under fp16 autocast --------------------------
+
+
+class AuroraKpNet(nn.Module):
+    """Forecasts the (positive) auroral Kp index three hours ahead from 16 solar-wind readings
+    (speed, density, Bz, ...), trained under fp16 autocast with a GradScaler."""
+
+    def __init__(self, inputs=16, hidden=64):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU())
+        self.rate = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        z = self.rate(self.trunk(x))
+        # a hand-written softplus: exp overflows float16 for z > ~11
+        return torch.log(1 + torch.exp(z)).squeeze(-1)
+
+
+def _solar_wind(gen, batch, inputs=16):
+    """The Kp index in the provider's 'Kp x 10' units (0 to 90)."""
+    w = torch.linspace(0.2, 1.0, inputs)
+    while True:
+        x = torch.randn(batch, inputs, generator=gen)
+        yield x, 10 * F.softplus(x @ w / 2)
+
+
+@scenario(
+    family="aurora_kp_index_forecaster",
+    optimizer="SGD momentum",
+    cause="amp_overflow",
+    where=("rate",),
+    diverges=95,
+    heldout=True,
+    onset=95,
+    note="A Kp forecaster trained under fp16 autocast with a GradScaler (SGD momentum, lr 1e-4). "
+    "Its positive output is a hand-written softplus, log(1 + exp(z)), computed on the float16 "
+    "output of the last Linear: the targets are in the provider's 'Kp x 10' units (up to "
+    "about 40 here), so z has to pass 11, where exp overflows float16 to inf (first at step "
+    "95). From then on the loss is inf on almost every batch (every one with a storm "
+    "reading), the GradScaler skips those steps and halves its scale each time, and training "
+    "stops making progress.",
+)
+def h149_aurora_kp_fp16_softplus(ctx: Context) -> None:
+    gen = seeded(14912)
+    model = AuroraKpNet()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    zmax = []
+
+    def watch(step, out, x, y):
+        with torch.no_grad():
+            zmax.append(float(model.rate(model.trunk(x)).max()))
+
+    _train(ctx, model, opt, _solar_wind(gen, 64), 150, F.mse_loss, scaler=scaler, watch=watch)
+    bad = _first_bad(ctx.losses)
+    ctx.check("the loss went inf", bad is not None)
+    ctx.check("z passed 11 at that step", bad is not None and zmax[bad] > 11.0)
+    ctx.check("the scale fell a millionfold", ctx.scales[-1] < 1e-6 * ctx.scales[0])
+    ctx.check("the loss stayed non-finite", bad is not None and not _finite(ctx.losses[-10:]))
