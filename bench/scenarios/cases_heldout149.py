@@ -885,3 +885,147 @@ def h149_aurora_kp_fp16_softplus(ctx: Context) -> None:
     ctx.check("z passed 11 at that step", bad is not None and zmax[bad] > 11.0)
     ctx.check("the scale fell a millionfold", ctx.scales[-1] < 1e-6 * ctx.scales[0])
     ctx.check("the loss stayed non-finite", bad is not None and not _finite(ctx.losses[-10:]))
+
+
+# -- controls -------------------------------------------------------------------------------------
+
+
+class MorseBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.ff(self.ln2(x))
+
+
+class MorseKeyingNet(nn.Module):
+    """Reads a hand-keyed letter as up to 8 (mark length, gap length) pairs and names it, with
+    nn.MultiheadAttention blocks over the marks."""
+
+    def __init__(self, letters=26, dim=32, heads=4, layers=2, length=8):
+        super().__init__()
+        self.embed = nn.Linear(2, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.blocks = nn.ModuleList(MorseBlock(dim, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, letters)
+
+    def forward(self, x):
+        h = self.embed(x) + self.pos
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.ln_f(h).mean(1))
+
+
+def _morse(gen, batch, letters=26, length=8):
+    table = torch.randint(0, 2, (letters, length), generator=torch.Generator().manual_seed(3))
+    sizes = torch.randint(2, 6, (letters,), generator=torch.Generator().manual_seed(4))
+    while True:
+        y = torch.randint(0, letters, (batch,), generator=gen)
+        dah = table[y].float()
+        present = (torch.arange(length)[None] < sizes[y][:, None]).float()
+        speed = 0.7 + 0.6 * torch.rand(batch, 1, generator=gen)
+        mark = present * speed * (1 + 2 * dah) * (1 + 0.15 * torch.randn(batch, length, generator=gen))
+        gap = present * speed * (1 + 0.15 * torch.randn(batch, length, generator=gen))
+        yield torch.stack([mark, gap], -1), y
+
+
+@scenario(
+    family="morse_code_keying_transformer",
+    optimizer="AdamW",
+    cause="healthy",
+    heldout=True,
+    note="A two-block transformer over nn.MultiheadAttention trained as practitioners do: AdamW "
+    "(lr 3e-3, weight decay 0.05 on matrices only), 20 warm-up steps then cosine decay, "
+    "clipping at 1.0 and label smoothing 0.1.",
+)
+def h149_morse_keying_control(ctx: Context) -> None:
+    gen = seeded(14913)
+    model = MorseKeyingNet()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and n != "pos"]
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2 or n == "pos"]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
+        lr=3e-3,
+    )
+    steps = 250
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+    )
+    _train(
+        ctx,
+        model,
+        opt,
+        _morse(gen, 64),
+        steps,
+        lambda o, y: F.cross_entropy(o, y, label_smoothing=0.1),
+        classifier=True,
+        clip=1.0,
+        sched=sched,
+    )
+    ctx.check("the loss fell by half", _fell(ctx.losses, ratio=0.5))
+
+
+class KalimbaOnsetNet(nn.Module):
+    """Says which of 8 kalimba tines sound in a 128-sample pickup frame: 1-D convolutions with
+    GroupNorm and a multi-label (BCE) head."""
+
+    def __init__(self, tines=8, width=16):
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, width, 9, padding=4)
+        self.norm1 = nn.GroupNorm(4, width)
+        self.conv2 = nn.Conv1d(width, 2 * width, 9, padding=4, stride=2)
+        self.norm2 = nn.GroupNorm(4, 2 * width)
+        self.head = nn.Linear(2 * width, tines)
+
+    def forward(self, x):
+        h = F.silu(self.norm1(self.conv1(x)))
+        h = F.silu(self.norm2(self.conv2(h)))
+        return self.head(h.amax(-1))
+
+
+def _kalimba(gen, batch, tines=8, length=128):
+    t = torch.arange(length).float()
+    freqs = torch.linspace(0.2, 1.6, tines)
+    while True:
+        y = (torch.rand(batch, tines, generator=gen) < 0.3).float()
+        amp = y * (0.5 + torch.rand(batch, tines, generator=gen))
+        wave = (amp[:, :, None] * torch.sin(freqs[None, :, None] * t)).sum(1)
+        wave = wave * torch.exp(-t / 80) + 0.05 * torch.randn(batch, length, generator=gen)
+        yield wave[:, None], y
+
+
+@scenario(
+    family="kalimba_tine_conv1d_groupnorm",
+    optimizer="SGD Nesterov",
+    cause="healthy",
+    heldout=True,
+    note="A 1-D conv net with GroupNorm trained multi-label (BCE with logits) under fp16 autocast "
+    "with a GradScaler, SGD with Nesterov momentum 0.9 and a OneCycleLR schedule up to 0.1.",
+)
+def h149_kalimba_fp16_control(ctx: Context) -> None:
+    gen = seeded(14914)
+    model = KalimbaOnsetNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    steps = 200
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    _train(
+        ctx,
+        model,
+        opt,
+        _kalimba(gen, 32),
+        steps,
+        lambda o, y: F.binary_cross_entropy_with_logits(o.float(), y),
+        sched=sched,
+        scaler=scaler,
+    )
+    ctx.check("the loss fell by half", _fell(ctx.losses, ratio=0.5))
+    ctx.check("the scale never collapsed", min(ctx.scales) >= 2.0**6)
