@@ -153,6 +153,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout146,
     cases_heldout147,
     cases_heldout148,
+    cases_heldout149,
     cases_mlp,
     cases_other,
 )
