@@ -569,3 +569,38 @@ def test_nll_loss_given_a_layers_raw_scores_reads_them_as_the_logits(tmp_path):
         tmp_path / "log", nn.Linear(6, 5), lambda z, y: F.nll_loss(torch.log(z.softmax(-1)), y)
     )
     assert "logit_lse_mean" not in logged[0].values
+
+
+class _CosineHead(nn.Module):
+    """Set 148's cosine classifier: the head's weight used by the forward itself,
+    ``scale * F.linear(h, F.normalize(head.weight))``; ``tied`` scores against part of the
+    input layer's weight instead (an output layer tied to it, written by hand); ``root``
+    against class keys the model itself holds (set 112's memory bank)."""
+
+    def __init__(self, weights: str = "head") -> None:
+        super().__init__()
+        self.embed, self.norm = nn.Linear(6, 8), nn.LayerNorm(8)
+        self.head = nn.Linear(8, 5, bias=False)
+        self.keys = nn.Parameter(torch.randn(5, 8))
+        self.weights = weights
+
+    def forward(self, x):
+        h = self.norm(self.embed(x))
+        if self.weights == "tied":
+            return h @ self.embed.weight[:, :5]
+        if self.weights == "root":
+            return h @ F.normalize(self.keys, dim=1).T / 0.1
+        return 16.0 * F.linear(h, F.normalize(self.head.weight, dim=-1))
+
+
+@pytest.mark.parametrize(
+    ("weights", "named"), [("head", "head"), ("tied", "embed"), ("root", "norm")]
+)
+def test_a_head_whose_weight_the_forward_uses_itself_is_named(tmp_path, weights, named):
+    # Trigger: set 148's softmax collapse was placed at the LayerNorm before the product (the
+    # last module whose output the logits came from); the module whose weight made them is the
+    # head. Both fail on the code before; a head that is a leaf module's output is named as
+    # before (test_output_statistics_come_from_the_loss_call). Control: a matrix the root
+    # model holds names no module, and the input's maker is named as before (set 112).
+    records, _, _, _ = _run(tmp_path, _CosineHead(weights), F.cross_entropy, steps=1)
+    assert records[0].meta["output_module"] == named

@@ -71,6 +71,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._classes = 0
         self._epsilon = 0.0  # the coarsest precision of the logits read this step
         self._scalars: dict[int, str] = {}  # the model's one-element parameters, by id
+        self._matrices: dict[int, str] = {}
         # the autograd nodes (and output) whose gradient in the logits this step reads
         self._watched: set[tuple[Any, int]] = set()
         self._node_hooks: list[Any] = []
@@ -78,7 +79,10 @@ class CrossEntropyOutputSignal(InterceptingSignal):
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
-        self._scalars = {id(p): n for n, p in monitor.model.named_parameters() if p.numel() == 1}
+        named = list(monitor.model.named_parameters())
+        self._scalars = {id(p): n for n, p in named if p.numel() == 1}
+        # weight matrices, by id, to the module that holds them (a head used functionally)
+        self._matrices = {id(p): n.rpartition(".")[0] for n, p in named if p.dim() >= 2}
 
     def watched(self) -> dict[Callable, Callable]:
         return {
@@ -240,6 +244,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         return (
             self.producer(logits)
             or _scale_parameter(logits, self._scalars)
+            or _weight_owner(logits, self._matrices)
             or self.upstream(logits)
             # a leaf as wide as the logits, in their graph within a few steps (a readout summed
             # over time steps); with no graph to follow, the latest such leaf, a guess: a width
@@ -331,6 +336,8 @@ def _made_by_log_softmax(t: torch.Tensor, depth: int = 4) -> bool:
 
 # Autograd steps of a linear layer's output (``nn.Linear``, ``F.linear``, ``x @ W``).
 LINEAR_STEPS = frozenset({"AddmmBackward", "MmBackward", "LinearBackward"})
+# Steps between such a product and the logits: views, a scale, a bias added.
+BETWEEN_LOGITS = SAME_VALUES | {"MulBackward", "DivBackward", "AddBackward"}
 
 
 def _made_by_a_linear(t: torch.Tensor, depth: int = 4) -> bool:
@@ -397,6 +404,48 @@ def _epsilon_of(logits: torch.Tensor) -> float:
     if torch.is_autocast_enabled(device):
         epsilon = max(epsilon, torch.finfo(torch.get_autocast_dtype(device)).eps)
     return epsilon
+
+
+# Autograd steps that shape a weight before a product uses it: a transpose, a view, a
+# normalisation (a cosine classifier's ``F.normalize(head.weight)``).
+WEIGHT_SHAPING = SAME_VALUES | {
+    f"{op}Backward"
+    for op in ("Div", "Mul", "ClampMin", "Clamp", "LinalgVectorNorm", "Norm", "Sqrt", "Pow")
+}
+
+
+def _weight_owner(logits: torch.Tensor, matrices: dict[int, str], depth: int = 4) -> str | None:
+    """The module whose weight matrix the product that made ``logits`` took (within ``depth``
+    autograd steps of them, through steps that keep their values), used by the forward
+    itself rather than by the module (``F.linear(h, F.normalize(self.head.weight))``): the
+    head. None when no such product or weight is found, or the weight is the root model's."""
+    node = logits.grad_fn
+    for _ in range(depth):
+        if node is None:
+            return None
+        step = autograd_step(node)
+        if step in LINEAR_STEPS:
+            break
+        if step not in BETWEEN_LOGITS:
+            return None
+        node = node.next_functions[0][0] if node.next_functions else None
+    else:
+        return None
+    frontier, seen = [n for n, _ in node.next_functions], set()
+    for _ in range(depth):
+        following = []
+        for branch in frontier:
+            if branch is None or id(branch) in seen:
+                continue
+            seen.add(id(branch))
+            variable = getattr(branch, "variable", None)  # a leaf: AccumulateGrad
+            if variable is not None:
+                # a matrix the model itself holds names no module: the input's maker does
+                return matrices.get(id(variable)) or None
+            if autograd_step(branch) in WEIGHT_SHAPING:
+                following += [n for n, _ in branch.next_functions]
+        frontier = following
+    return None
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:
