@@ -299,4 +299,18 @@ def test_attention_collapse_needs_rows_that_became_one_hot():
     assert _cadenced(born) == []
     became = {"attn_logit_max/l.1.attn": logits, "attn_saturated/l.1.attn": [0.0] + [0.88] * 5}
     found = _cadenced(became)
-    assert [(f.step, f.evidence["attn_saturated"]) for f in found] == [(75, 0.88)]
+    assert [(f.step, f.evidence["attn_saturated"]) for f in found] == [(50, 0.88)]
+
+
+def test_attention_collapse_held_at_two_readings_is_named():
+    # Trigger: set 149's SDPA ported with scale=1.0 (not 1/sqrt(d)): the largest logit 6.6 ->
+    # 99 over 175 steps, its rows one-hot 0 -> 57% and 61% at its last two readings (the run
+    # ended before a third): said healthy when three readings were wanted. Control: one
+    # reading's batch saturated, the next back under half: no state, no finding.
+    logits = [6.6, 20.6, 20.8, 24.0, 43.3, 69.4, 90.6, 99.4]
+    held = [0.0, 0.09, 0.15, 0.19, 0.28, 0.47, 0.57, 0.61]
+    key = "attn_logit_max/attn"
+    found = _cadenced({key: logits, "attn_saturated/attn": held})
+    assert [(f.step, f.where) for f in found] == [(175, "attn")]
+    once = held[:6] + [0.57, 0.45]
+    assert _cadenced({key: logits, "attn_saturated/attn": once}) == []

@@ -2317,8 +2317,10 @@ def _lr_rose(facts: RunFacts, until: int, rise: float = 1.2) -> bool:
     """Some group's learning rate rose ``rise`` times or more over the ``RUNAWAY_SPAN`` steps
     before ``until`` (weights then grow with the step size)."""
     for steps, values in facts.learning_rates:
-        span = values[(steps <= until) & (steps >= until - RUNAWAY_SPAN) & np.isfinite(values)]
-        if len(span) >= 2 and span[0] > 0 and span.max() >= rise * span[0]:
+        # positive readings: a warm-up's first rate of 0 is no level to rise from
+        kept = (steps <= until) & (steps >= until - RUNAWAY_SPAN) & (values > 0)
+        span = values[kept & np.isfinite(values)]
+        if len(span) >= 2 and span.max() >= rise * span[0]:
             return True
     return False
 
@@ -4221,7 +4223,8 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
     ``rise`` times or more over the ``window`` steps before, or rose at every step of them
     and ``rise`` times or more since it began to: a warm-up still climbing (one that never
     stopped), or a rate raised by hand on a resume. A step size raised far enough crosses
-    2/sharpness; the cause is dated to where that rise began."""
+    2/sharpness; the cause is dated to where that rise began. A rate the run had trained at for
+    ``RATE_PROVEN`` steps before it broke (a warm-up over long before) is not to blame."""
     broke = [
         f
         for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH)
@@ -4237,8 +4240,10 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
     # a climb found before the run broke is named as what it was
     what = "the run broke" if _breaks(first) else "the loss began to climb away"
     for steps, values in rates:
-        before = values[(steps <= when) & (steps >= when - window) & np.isfinite(values)]
-        if len(before) < 2 or not before[0] > 0 or not before[-1] > before[0]:
+        # positive readings: a warm-up's first rate of 0 (LambdaLR at step 0) is no base
+        kept = (steps <= when) & (steps >= when - window) & (values > 0)
+        before = values[kept & np.isfinite(values)]
+        if len(before) < 2 or not before[-1] > before[0]:
             continue
         # the cause is there from where the rise into the break began: the last step at the
         # window's lowest rate, and back from there while the rate was still rising
@@ -4253,6 +4258,8 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
             continue
         if _a_passing_raise(facts, int(steps[start]), when):
             continue
+        if _trained_at_that_rate(facts, when) >= RATE_PROVEN:
+            continue  # a warm-up over long before: the run had trained at that rate
         return Found(
             f"the learning rate was still rising when {what} at step {when} "
             f"({before[0]:.3g} -> {before[-1]:.3g} over the {window} steps before): the step "

@@ -122,8 +122,9 @@ class AttentionLogitGrowth(Detector):
     at a tenth of ``threshold`` or more, and at that rate it crosses ``threshold`` within three
     more readings: a warning then.
 
-    Saturated: at ``patience`` readings on the cadence in a row, ``ONE_HOT`` or more of the
-    layer's attention rows were one-hot (``attn_saturated``), and at least twice the share of
+    Saturated: at ``HELD`` readings on the cadence in a row (a whole cadence apart: a state,
+    not one batch's), ``ONE_HOT`` or more of the layer's attention rows were one-hot
+    (``attn_saturated``), and at least twice the share of
     its first reading (a collapse is a change), while its largest logit stood at half
     ``threshold`` or more: attention entropy collapse (Zhai et al. 2023) from logits far
     beyond what a learnt alignment needs (a one-hot row over a few dozen keys needs a gap of
@@ -141,6 +142,7 @@ class AttentionLogitGrowth(Detector):
     EARLY_RATIO = 1.3
     STEADY = 0.7
     ONE_HOT = 0.5
+    HELD = 2
 
     def __init__(
         self,
@@ -223,7 +225,7 @@ class AttentionLogitGrowth(Detector):
                 and logit >= self.threshold / 2
             )
             streak = self._one_hot.setdefault(name, _Streak())
-            if not streak.update(held, self.patience) or name in self._fired:
+            if not streak.update(held, self.HELD) or name in self._fired:
                 continue
             self._fired[name] = logit
             finding = self._finding(record.step, name, logit, self._state.get(name), "warning")

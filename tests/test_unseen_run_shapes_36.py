@@ -1,0 +1,64 @@
+"""Run shapes from the fortieth session.
+
+Each change has a trigger (a held-out scenario it was found on, run here with the one-line
+attach: its fault is by construction) and a control that must not move."""
+
+from __future__ import annotations
+
+from helpers import diagnose_stored, held_out_run, induced_or_skip
+
+
+def test_attention_saturated_at_the_runs_last_two_readings_is_named(tmp_path):
+    # Trigger: set 149's SDPA ported with scale=1.0 instead of 1/sqrt(d): the largest logit
+    # 6.6 -> 99, its rows one-hot 0 -> 61%, one-hot at half of them or more at the last two
+    # readings only (the run ended before a third): said healthy.
+    ctx, report = held_out_run(tmp_path, "h149_uilleann_regulator_sdpa_scale")
+    induced_or_skip(ctx)
+    assert report.top.cause == "attention_logit_growth" and report.top.where == ["attn"]
+
+
+def test_a_transformer_with_its_softmax_scaled_right_is_not_warned_of(tmp_path):
+    # Control: set 149's Morse keying transformer (nn.MultiheadAttention, warm-up + cosine,
+    # clipping, label smoothing): attention it learns is no collapse.
+    ctx, report = held_out_run(tmp_path, "h149_morse_keying_control")
+    induced_or_skip(ctx)
+    assert report.healthy
+    assert not any(f.kind == "attention_logit_growth" for f in ctx.monitor.findings)
+
+
+def _warm_up_rows(cap: int | None) -> list[dict]:
+    """Plain SGD with LambdaLR(lambda s: s / 10) from a rate of 0 at step 0, ``cap``ped at
+    that step or never (set 149's potter's wheel); the loss falls to 0.1, then climbs from
+    step 75 and blows up by step 93."""
+    rows = []
+    for t in range(100):
+        lr = 0.01 * (t if cap is None else min(t, cap))
+        loss = 1.0 * 0.95**t + 0.1 if t < 75 else 0.1 * 1.2 ** (t - 74)
+        rows.append({"loss": loss, "lr/0": lr})
+    return rows
+
+
+def test_a_warm_up_from_a_rate_of_0_that_never_stopped_is_the_step_size(tmp_path):
+    # Trigger: the rate rose from 0 (the scheduler's factor at step 0) and the rule wanted a
+    # positive first rate to rise from: the update ratio that crossed its bound on the way
+    # was named first. A rate of 0 is no level: the rise counts from the first positive one.
+    findings = [
+        ("update_ratio_out_of_range", 70, "out.weight", {"direction": "too_large"}, "warning"),
+        ("loss_divergence", 75, None, {"ratio": 2.1}, "warning"),
+        ("loss_divergence", 93, None, {"ratio": 8.1}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, "never", _warm_up_rows(None), findings)
+    assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 0
+    assert "still rising" in report.top.summary
+
+
+def test_a_warm_up_over_long_before_the_break_is_not_to_blame(tmp_path):
+    # Control: the same warm-up capped at step 10: the run trained 65 steps at that rate
+    # before the climb, which proves it within the limit; the rate did not rise into it.
+    findings = [
+        ("update_ratio_out_of_range", 70, "out.weight", {"direction": "too_large"}, "warning"),
+        ("loss_divergence", 75, None, {"ratio": 2.1}, "warning"),
+        ("loss_divergence", 93, None, {"ratio": 8.1}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, "capped", _warm_up_rows(10), findings)
+    assert not any("still rising" in d.summary for d in report.diagnoses)
