@@ -574,13 +574,14 @@ def test_nll_loss_given_a_layers_raw_scores_reads_them_as_the_logits(tmp_path):
 class _CosineHead(nn.Module):
     """Set 148's cosine classifier: the head's weight used by the forward itself,
     ``scale * F.linear(h, F.normalize(head.weight))``; ``tied`` scores against part of the
-    input layer's weight instead (an output layer tied to it, written by hand); ``root``
-    against class keys the model itself holds (set 112's memory bank)."""
+    input layer's weight instead (an output layer tied to it, written by hand); ``biased``
+    adds the head's bias (the product's first input is then a leaf that is no matrix);
+    ``root`` scores against class keys the model itself holds (set 112's memory bank)."""
 
     def __init__(self, weights: str = "head") -> None:
         super().__init__()
         self.embed, self.norm = nn.Linear(6, 8), nn.LayerNorm(8)
-        self.head = nn.Linear(8, 5, bias=False)
+        self.head = nn.Linear(8, 5)
         self.keys = nn.Parameter(torch.randn(5, 8))
         self.weights = weights
 
@@ -590,11 +591,13 @@ class _CosineHead(nn.Module):
             return h @ self.embed.weight[:, :5]
         if self.weights == "root":
             return h @ F.normalize(self.keys, dim=1).T / 0.1
-        return 16.0 * F.linear(h, F.normalize(self.head.weight, dim=-1))
+        bias = self.head.bias if self.weights == "biased" else None
+        return 16.0 * F.linear(h, F.normalize(self.head.weight, dim=-1), bias)
 
 
 @pytest.mark.parametrize(
-    ("weights", "named"), [("head", "head"), ("tied", "embed"), ("root", "norm")]
+    ("weights", "named"),
+    [("head", "head"), ("biased", "head"), ("tied", "embed"), ("root", "norm")],
 )
 def test_a_head_whose_weight_the_forward_uses_itself_is_named(tmp_path, weights, named):
     # Trigger: set 148's softmax collapse was placed at the LayerNorm before the product (the

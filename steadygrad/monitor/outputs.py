@@ -431,27 +431,25 @@ def _weight_owner(logits: torch.Tensor, matrices: dict[int, str], depth: int = 4
         node = node.next_functions[0][0] if node.next_functions else None
     else:
         return None
-    frontier, seen = [n for n, _ in node.next_functions], set()
-    for _ in range(depth):
-        following = []
-        for branch in frontier:
-            if branch is None or id(branch) in seen:
-                continue
-            seen.add(id(branch))
-            variable = getattr(branch, "variable", None)  # a leaf: AccumulateGrad
-            if variable is not None:
-                # a matrix the model itself holds names no module: the input's maker does
-                return matrices.get(id(variable)) or None
-            if autograd_step(branch) in WEIGHT_SHAPING:
-                following += [n for n, _ in branch.next_functions]
-        frontier = following
-    return None
+    # a matrix the model itself holds ("") names no module: the input's maker does
+    return (
+        _first_leaf_in([n for n, _ in node.next_functions], matrices, depth, WEIGHT_SHAPING) or None
+    )
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:
     """The name of a one-element parameter within ``depth`` autograd steps of ``logits``: a
     scale set on logits that no module produced (``sim / temperature``)."""
-    frontier, seen = [logits.grad_fn], set()
+    return _first_leaf_in([logits.grad_fn], scalars, depth)
+
+
+def _first_leaf_in(
+    nodes: list[Any], wanted: dict[int, str], depth: int, through: frozenset[str] | None = None
+) -> str | None:
+    """What ``wanted`` holds for the first parameter (by id) met within ``depth`` autograd
+    steps of ``nodes``, breadth first, through the steps named in ``through`` only (any, when
+    None); None when none is met."""
+    frontier, seen = list(nodes), set()
     for _ in range(depth):
         following = []
         for node in frontier:
@@ -460,9 +458,10 @@ def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int =
             seen.add(id(node))
             variable = getattr(node, "variable", None)  # a leaf: AccumulateGrad
             if variable is not None:
-                if id(variable) in scalars:
-                    return scalars[id(variable)]
+                if id(variable) in wanted:
+                    return wanted[id(variable)]
                 continue
-            following += [n for n, _ in node.next_functions]
+            if through is None or autograd_step(node) in through:
+                following += [n for n, _ in node.next_functions]
         frontier = following
     return None
