@@ -124,10 +124,11 @@ def test_logits_held_at_their_bound_while_rows_collapse_are_the_collapses(
 
 def test_a_cosine_head_scaled_far_too_high_is_named_a_softmax_collapse(tmp_path):
     # Set 117's Braille reader: its cosine head's scale is 600 (meant 16); the logits reach
-    # ~570 by step 6 and stay, while over half the rows collapse
+    # ~570 by step 6 and stay, while over half the rows collapse. Placed at the head whose
+    # normalised weight made the logits (the fortieth session; "fc", the layer before, till then)
     _, report = held_out_run(tmp_path, "h117_braille_cosine_scale_collapse")
     assert report.top.cause == "softmax_collapse"
-    assert report.top.where == ["fc"]
+    assert report.top.where == ["head"]
 
 
 def _first_gradient_rows(recurrent: float, head: float) -> list[dict]:

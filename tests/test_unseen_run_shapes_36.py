@@ -26,39 +26,45 @@ def test_a_transformer_with_its_softmax_scaled_right_is_not_warned_of(tmp_path):
     assert not any(f.kind == "attention_logit_growth" for f in ctx.monitor.findings)
 
 
-def _warm_up_rows(cap: int | None) -> list[dict]:
+def _warm_up_rows(cap: int | None, climb: int = 75) -> list[dict]:
     """Plain SGD with LambdaLR(lambda s: s / 10) from a rate of 0 at step 0, ``cap``ped at
     that step or never (set 149's potter's wheel); the loss falls to 0.1, then climbs from
-    step 75 and blows up by step 93."""
+    step ``climb``."""
     rows = []
-    for t in range(100):
+    for t in range(climb + 25):
         lr = 0.01 * (t if cap is None else min(t, cap))
-        loss = 1.0 * 0.95**t + 0.1 if t < 75 else 0.1 * 1.2 ** (t - 74)
+        loss = 1.0 * 0.95**t + 0.1 if t < climb else 0.1 * 1.2 ** (t - climb + 1)
         rows.append({"loss": loss, "lr/0": lr})
     return rows
+
+
+def _climb_findings(climb: int) -> list[tuple]:
+    """Updates too large for the head's weight five steps before the loss climbs, at ``climb``."""
+    return [
+        (
+            "update_ratio_out_of_range",
+            climb - 5,
+            "out.weight",
+            {"direction": "too_large"},
+            "warning",
+        ),
+        ("loss_divergence", climb, None, {"ratio": 2.1}, "warning"),
+        ("loss_divergence", climb + 18, None, {"ratio": 8.1}, "critical"),
+    ]
 
 
 def test_a_warm_up_from_a_rate_of_0_that_never_stopped_is_the_step_size(tmp_path):
     # Trigger: the rate rose from 0 (the scheduler's factor at step 0) and the rule wanted a
     # positive first rate to rise from: the update ratio that crossed its bound on the way
     # was named first. A rate of 0 is no level: the rise counts from the first positive one.
-    findings = [
-        ("update_ratio_out_of_range", 70, "out.weight", {"direction": "too_large"}, "warning"),
-        ("loss_divergence", 75, None, {"ratio": 2.1}, "warning"),
-        ("loss_divergence", 93, None, {"ratio": 8.1}, "critical"),
-    ]
-    report = diagnose_stored(tmp_path, "never", _warm_up_rows(None), findings)
+    report = diagnose_stored(tmp_path, "never", _warm_up_rows(None), _climb_findings(75))
     assert report.top.cause == "sharpness_above_limit" and report.top.first_step == 0
     assert "still rising" in report.top.summary
 
 
-def test_a_warm_up_over_long_before_the_break_is_not_to_blame(tmp_path):
-    # Control: the same warm-up capped at step 10: the run trained 65 steps at that rate
-    # before the climb, which proves it within the limit; the rate did not rise into it.
-    findings = [
-        ("update_ratio_out_of_range", 70, "out.weight", {"direction": "too_large"}, "warning"),
-        ("loss_divergence", 75, None, {"ratio": 2.1}, "warning"),
-        ("loss_divergence", 93, None, {"ratio": 8.1}, "critical"),
-    ]
-    report = diagnose_stored(tmp_path, "capped", _warm_up_rows(10), findings)
+def test_a_warm_up_from_0_over_long_before_the_climb_is_not_to_blame(tmp_path):
+    # Control: the same warm-up capped at step 10, the loss climbing at step 175: no rise of
+    # the rate in the 100 steps before it; the large updates are named as before.
+    report = diagnose_stored(tmp_path, "capped", _warm_up_rows(10, 175), _climb_findings(175))
+    assert report.top.cause == "update_ratio_out_of_range"
     assert not any("still rising" in d.summary for d in report.diagnoses)

@@ -4223,8 +4223,7 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
     ``rise`` times or more over the ``window`` steps before, or rose at every step of them
     and ``rise`` times or more since it began to: a warm-up still climbing (one that never
     stopped), or a rate raised by hand on a resume. A step size raised far enough crosses
-    2/sharpness; the cause is dated to where that rise began. A rate the run had trained at for
-    ``RATE_PROVEN`` steps before it broke (a warm-up over long before) is not to blame."""
+    2/sharpness; the cause is dated to where that rise began."""
     broke = [
         f
         for f in facts.of(LOSS_DIVERGENCE, GRADIENT_GROWTH)
@@ -4258,8 +4257,6 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
             continue
         if _a_passing_raise(facts, int(steps[start]), when):
             continue
-        if _trained_at_that_rate(facts, when) >= RATE_PROVEN:
-            continue  # a warm-up over long before: the run had trained at that rate
         return Found(
             f"the learning rate was still rising when {what} at step {when} "
             f"({before[0]:.3g} -> {before[-1]:.3g} over the {window} steps before): the step "
