@@ -1,0 +1,260 @@
+"""Held-out set 151 (``h151_``): hand-written models of trades, crafts, sports, instruments and
+natural phenomena not covered before: transformers written by hand (a hand softmax over q.k
+scores, ``nn.MultiheadAttention`` and ``scaled_dot_product_attention`` with a causal mask), a
+mixture-of-experts layer with a hand-written top-1 router, a sequence-to-sequence GRU, a
+contrastive two-tower model (InfoNCE with a temperature), 1-D conv nets under fp16 autocast with a
+GradScaler, and MLP regressors and classifiers.
+
+Each fault is induced the way it happens in practice and checked with ``ctx.check``; the
+controls are ordinary runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scenarios.common import Context, collapsed_fraction, dead_fraction, grad_norm, scenario, seeded
+
+
+def _finite(xs: list[float]) -> bool:
+    return all(math.isfinite(v) for v in xs)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(len(xs), 1)
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if s else 0.0
+
+
+def _fell(losses: list[float], k: int = 10, ratio: float = 0.8) -> bool:
+    return _finite(losses) and _mean(losses[-k:]) < ratio * _mean(losses[:k])
+
+
+def _first_bad(xs: list[float]) -> int | None:
+    return next((i for i, v in enumerate(xs) if not math.isfinite(v)), None)
+
+
+def _train(
+    ctx,
+    model,
+    opt,
+    batches,
+    steps,
+    loss_fn,
+    *,
+    classifier=False,
+    before=None,
+    alter=None,
+    clip=None,
+    sched=None,
+    scaler=None,
+    accumulate=1,
+    watch=None,
+    scale_loss=None,
+    after=None,
+):
+    """The training loop: ``accumulate`` micro-batches a step, ``alter(step, x, y)`` changes a
+    batch, ``before(step)`` runs first, ``watch(step, out, x, y)`` records, ``scale_loss(step,
+    loss)`` changes the loss that is back-propagated, ``after(step)`` runs after the update."""
+    ctx.attach(model, opt, scaler=scaler)
+    for step in range(steps):
+        if before is not None:
+            before(step)
+        shown = 0.0
+        for _ in range(accumulate):
+            x, y = next(batches)
+            if alter is not None:
+                x, y = alter(step, x, y)
+            if classifier:
+                ctx.targets(y)
+            with torch.autocast("cpu", dtype=torch.float16, enabled=scaler is not None):
+                out = model(x)
+            loss = loss_fn(out.float() if torch.is_tensor(out) else out, y) / accumulate
+            if watch is not None:
+                watch(step, out, x, y)
+            back = loss if scale_loss is None else scale_loss(step, loss)
+            if scaler is not None:
+                scaler.scale(back).backward()
+            else:
+                back.backward()
+            shown += float(loss.detach().float())
+        if scaler is not None:
+            scaler.unscale_(opt)
+        ctx.grad_norms.append(grad_norm(model))
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+            ctx.scales.append(float(scaler.get_scale()))
+        else:
+            opt.step()
+        if sched is not None:
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(shown)
+            else:
+                sched.step()
+        if after is not None:
+            after(step)
+        ctx.step(torch.tensor(shown))
+        opt.zero_grad(set_to_none=True)
+        if math.isnan(shown):
+            break
+
+
+# -- carpet knot motifs: a hand softmax over q.k that multiplies by sqrt(d) ---------------------
+
+
+class KnotAttention(nn.Module):
+    """Single-head self-attention written by hand: softmax over q.k scores times ``scale``;
+    records the largest score the softmax saw."""
+
+    def __init__(self, dim, scale):
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.scale = scale
+        self.last_max = 0.0
+
+    def forward(self, x):
+        scores = self.q(x) @ self.k(x).transpose(-1, -2) * self.scale
+        self.last_max = float(scores.detach().abs().amax())
+        return self.o(torch.softmax(scores, dim=-1) @ self.v(x))
+
+
+class CarpetKnotNet(nn.Module):
+    """Reads a row of 16 knot colours (12 dyes) from a hand-knotted carpet and names which of
+    five border motifs the row belongs to."""
+
+    def __init__(self, dyes=12, dim=32, length=16, motifs=5, scale=None):
+        super().__init__()
+        self.dye = nn.Embedding(dyes, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = KnotAttention(dim, 1.0 / math.sqrt(dim) if scale is None else scale)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
+        self.head = nn.Linear(dim, motifs)
+
+    def forward(self, x):
+        h = self.dye(x) + self.pos
+        h = h + self.attn(self.ln1(h))
+        h = h + self.ff(self.ln2(h))
+        return self.head(h.mean(1))
+
+
+def _carpet_rows(gen, batch, dyes=12, length=16):
+    """The motif is set by where the first dye-0 knot sits relative to the first dye-1 knot and
+    by how many knots repeat their neighbour."""
+    while True:
+        x = torch.randint(0, dyes, (batch, length), generator=gen)
+        first0 = (x == 0).float().argmax(1)
+        first1 = (x == 1).float().argmax(1)
+        repeats = (x[:, 1:] == x[:, :-1]).sum(1)
+        y = (first0 < first1).long() * 2 + (repeats > 1).long()
+        y = torch.where((x == 2).sum(1) > 3, torch.full_like(y, 4), y)
+        yield x, y
+
+
+@scenario(
+    family="carpet_knot_motif_transformer",
+    optimizer="AdamW",
+    cause="attention_logit_growth",
+    where=("attn",),
+    diverges=None,
+    heldout=True,
+    note="A one-block transformer with attention written by hand. The score scale was written "
+    "as math.sqrt(dim) where 1/math.sqrt(dim) was meant (the q.k product is multiplied by 5.7 "
+    "instead of divided by it), and AdamW runs at lr 1e-2 with weight decay 0: the q.k scores "
+    "the softmax sees grow more than 10x, past 100.",
+)
+def h151_carpet_knot_sqrt_scale(ctx: Context) -> None:
+    gen = seeded(15101)
+    model = CarpetKnotNet(scale=math.sqrt(32))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    seen = []
+    _train(
+        ctx,
+        model,
+        opt,
+        _carpet_rows(gen, 64),
+        200,
+        F.cross_entropy,
+        classifier=True,
+        watch=lambda s, o, x, y: seen.append(model.attn.last_max),
+    )
+    ctx.check("attention scores grew 10x", seen[-1] > 10 * _mean(seen[:5]))
+    ctx.check("attention scores above 100", seen[-1] > 100)
+
+
+# -- katydid songs: an energy-margin term without its hinge --------------------------------------
+
+
+class KatydidSongNet(nn.Module):
+    """Names the katydid species (8) from a 40-bin song spectrum and the air temperature."""
+
+    def __init__(self, bins=41, hidden=64, species=8):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(bins, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+        self.act = nn.ReLU()
+        self.head = nn.Linear(hidden, species)
+
+    def forward(self, x):
+        return self.head(self.act(self.trunk(x)))
+
+
+def _katydid_songs(gen, batch, bins=41, species=8):
+    """Song spectra around a per-species centre, shifted with temperature; one label in six is
+    a field misidentification."""
+    centres = torch.randn(species, bins - 1, generator=gen)
+    while True:
+        y = torch.randint(0, species, (batch,), generator=gen)
+        temp = torch.rand(batch, 1, generator=gen)
+        x = centres[y] * (0.8 + 0.4 * temp) + 0.8 * torch.randn(batch, bins - 1, generator=gen)
+        wrong = torch.rand(batch, generator=gen) < 1 / 6
+        y = torch.where(wrong, torch.randint(0, species, (batch,), generator=gen), y)
+        yield torch.cat([x, temp], 1), y
+
+
+@scenario(
+    family="katydid_song_species_classifier",
+    optimizer="Adam",
+    cause="output_logit_divergence",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="Energy-margin fine-tuning for out-of-distribution calls: the in-distribution term "
+    "relu(E - m_in)**2 (E = -logsumexp of the logits) was written as (E - m_in) without the "
+    "hinge, so it rewards a larger logsumexp for ever. Cross-entropy does not see a common shift "
+    "of the logits: the head's logits grow without bound (20x, past 100) while the class "
+    "probabilities stay unsaturated.",
+)
+def h151_katydid_energy_margin_no_hinge(ctx: Context) -> None:
+    gen = seeded(15102)
+    model = KatydidSongNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seen, probs = [], []
+
+    def loss_fn(out, y):
+        energy = -torch.logsumexp(out, dim=1)
+        return F.cross_entropy(out, y) + 0.1 * (energy - (-7.0)).mean()
+
+    def watch(step, out, x, y):
+        seen.append(float(out.detach().abs().amax()))
+        probs.append(float((torch.softmax(out.detach().float(), 1).amax(1) == 1.0).float().mean()))
+
+    _train(
+        ctx, model, opt, _katydid_songs(gen, 64), 250, loss_fn, classifier=True, watch=watch
+    )
+    ctx.check("head logits grew 20x", seen[-1] > 20 * _mean(seen[:5]))
+    ctx.check("head logits above 100", seen[-1] > 100)
+    ctx.check("no probability rounded to 1", max(probs[-20:]) == 0.0)
