@@ -258,3 +258,136 @@ def h151_katydid_energy_margin_no_hinge(ctx: Context) -> None:
     ctx.check("head logits grew 20x", seen[-1] > 20 * _mean(seen[:5]))
     ctx.check("head logits above 100", seen[-1] > 100)
     ctx.check("no probability rounded to 1", max(probs[-20:]) == 0.0)
+
+
+# -- ski wax grades: a temperature read in the wrong unit ----------------------------------------
+
+
+class WaxEncoder(nn.Module):
+    """A transformer block with ``nn.MultiheadAttention`` over 10 snow readings (temperature,
+    humidity, crystal size, ... per reading), mean-pooled into a wax-grade head."""
+
+    def __init__(self, feats=4, dim=32, heads=4, grades=6, temperature=1.0):
+        super().__init__()
+        self.embed = nn.Linear(feats, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(10, dim))
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
+        self.head = nn.Linear(dim, grades)
+        self.temperature = temperature
+
+    def forward(self, x):
+        h = self.embed(x) + self.pos
+        a = self.ln1(h)
+        h = h + self.attn(a, a, a, need_weights=False)[0]
+        h = h + self.ff(self.ln2(h))
+        return self.head(h.mean(1)) / self.temperature
+
+
+def _snow_readings(gen, batch, grades=6):
+    """The grade follows the mean snow temperature (banded) and whether humidity rises."""
+    while True:
+        x = torch.randn(batch, 10, 4, generator=gen)
+        t = x[:, :, 0].mean(1) * 3
+        band = torch.bucketize(t, torch.tensor([-2.0, -0.7, 0.0, 0.7, 2.0]))
+        y = torch.clamp(band, 0, grades - 1)
+        yield x, y
+
+
+@scenario(
+    family="ski_wax_grade_transformer",
+    optimizer="SGD (momentum 0.9)",
+    cause="softmax_collapse",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="A transformer classifier (nn.MultiheadAttention) whose logits are divided by an "
+    "annealed temperature T = decay**step, meant to sharpen slowly (decay 0.996); the config "
+    "has 0.96, so T falls below 0.01 after about 110 steps. SGD momentum with clipping at 1.0 "
+    "keeps the run finite while the softmax rounds most rows' target probability to exactly 1.0 "
+    "in float32 (and the others to 0).",
+)
+def h151_ski_wax_temperature_decay_typo(ctx: Context) -> None:
+    gen = seeded(15103)
+    model = WaxEncoder()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    seen = []
+
+    def anneal(step):
+        model.temperature = 0.96**step
+
+    _train(
+        ctx,
+        model,
+        opt,
+        _snow_readings(gen, 64),
+        200,
+        F.cross_entropy,
+        classifier=True,
+        clip=1.0,
+        before=anneal,
+        watch=lambda s, o, x, y: seen.append(collapsed_fraction(o.detach(), y)),
+    )
+    ctx.check("over half of the rows collapsed to exactly 1.0", _mean(seen[-10:]) > 0.5)
+    ctx.check("none collapsed in the first 50 steps", max(seen[:50]) == 0.0)
+    ctx.check("loss stayed finite", _finite(ctx.losses))
+
+
+# -- welding bead width: a StepLR whose gamma was typed as 10 ------------------------------------
+
+
+def _welding_runs(gen, n=256):
+    """Bead width (mm) from current, voltage, travel speed, wire feed and torch angle (all
+    standardised): one full batch, replayed each step."""
+    x = torch.randn(n, 5, generator=gen)
+    width = (
+        4.0
+        + 0.9 * x[:, 0]
+        + 0.4 * x[:, 1]
+        - 0.7 * x[:, 2]
+        + 0.3 * x[:, 3] * x[:, 0]
+        + 0.2 * torch.sin(2 * x[:, 4])
+    )
+    y = (width + 0.1 * torch.randn(n, generator=gen))[:, None]
+    while True:
+        yield x, y
+
+
+@scenario(
+    family="welding_bead_width_regressor",
+    optimizer="SGD (plain, full batch)",
+    cause="sharpness_above_limit",
+    where=(),
+    diverges="auto",
+    heldout=True,
+    onset=60,
+    note="Full-batch plain SGD on an MLP regressor at lr 0.02, with StepLR(step_size=60, "
+    "gamma=10): the decay factor was typed as 10 instead of 0.1, so at step 60 the learning rate "
+    "jumps to 0.2, past 2/sharpness of the loss surface, and the loss oscillates and blows up.",
+)
+def h151_welding_steplr_gamma_typo(ctx: Context) -> None:
+    gen = seeded(15104)
+    model = nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=60, gamma=10.0)
+    lrs = []
+    _train(
+        ctx,
+        model,
+        opt,
+        _welding_runs(gen),
+        150,
+        F.mse_loss,
+        sched=sched,
+        before=lambda s: lrs.append(opt.param_groups[0]["lr"]),
+    )
+    ls = ctx.losses
+    ctx.check("loss fell before the jump", ls[59] < 0.5 * ls[0])
+    ctx.check("lr jumped 10x at step 60", abs(lrs[60] / lrs[59] - 10) < 1e-6)
+    bad = _first_bad(ls)
+    ctx.check(
+        "loss blew up after the jump",
+        (bad is not None and bad > 60) or max(ls[60:]) > 100 * ls[59],
+    )
