@@ -391,3 +391,68 @@ def h151_welding_steplr_gamma_typo(ctx: Context) -> None:
         "loss blew up after the jump",
         (bad is not None and bad > 60) or max(ls[60:]) > 100 * ls[59],
     )
+
+
+# -- ropewalk twist: a deep ReLU net initialised with the gain applied twice --------------------
+
+
+class RopeTwistNet(nn.Module):
+    """Predicts the twist (turns per metre) a ropewalk lays into a strand from fibre, strand
+    count, tension and walk speed: ten ReLU layers, no normalisation."""
+
+    def __init__(self, feats=6, hidden=48, depth=10, gain=math.sqrt(2.0)):
+        super().__init__()
+        sizes = [feats] + [hidden] * depth
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.out = nn.Linear(hidden, 1)
+        for lin in self.layers:
+            nn.init.normal_(lin.weight, std=gain / math.sqrt(lin.in_features))
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x):
+        for lin in self.layers:
+            x = F.relu(lin(x))
+        return self.out(x)
+
+
+def _ropewalk(gen, batch):
+    while True:
+        x = torch.randn(batch, 6, generator=gen)
+        y = (1.5 + 0.6 * x[:, 0] - 0.4 * x[:, 1] * x[:, 2] + 0.3 * torch.tanh(x[:, 3]))[:, None]
+        yield x, y
+
+
+@scenario(
+    family="ropewalk_twist_regressor",
+    optimizer="SGD (Nesterov, momentum 0.9)",
+    cause="exploding_gradients",
+    where=("layers.0", "layers.1"),
+    diverges="auto",
+    heldout=True,
+    note="A ten-layer ReLU MLP with no normalisation. The init helper multiplies the He std "
+    "by calculate_gain('relu') a second time (std 2/sqrt(fan_in) instead of sqrt(2)/sqrt(fan_in)): "
+    "each layer multiplies the signal forward and the gradient backward by about 1.4, the "
+    "output starts 30x too large, and SGD with Nesterov momentum at lr 1e-4 (which trains the "
+    "correctly initialised net) sends the gradients up by orders of magnitude within a few "
+    "steps until the loss is NaN.",
+)
+def h151_ropewalk_double_gain_init(ctx: Context) -> None:
+    gen = seeded(15105)
+    model = RopeTwistNet(gain=2.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
+    with torch.no_grad():
+        h = torch.randn(256, 6)
+        rms = []
+        for lin in model.layers:
+            h = F.relu(lin(h))
+            rms.append(float(h.pow(2).mean().sqrt()))
+    grads = []
+
+    def after(step):
+        grads.append(float(model.layers[0].weight.grad.norm()))
+
+    _train(ctx, model, opt, _ropewalk(gen, 64), 120, F.mse_loss, after=after)
+    ctx.check("signal grew 20x through the ten layers at init", rms[-1] > 20 * rms[0])
+    ctx.check("first layer's gradient grew 100x", max(grads) > 100 * grads[0])
+    bad = _first_bad(ctx.losses)
+    ctx.check("loss blew up", bad is not None or max(ctx.losses) > 1000 * ctx.losses[0])
