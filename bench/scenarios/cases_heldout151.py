@@ -456,3 +456,154 @@ def h151_ropewalk_double_gain_init(ctx: Context) -> None:
     ctx.check("first layer's gradient grew 100x", max(grads) > 100 * grads[0])
     bad = _first_bad(ctx.losses)
     ctx.check("loss blew up", bad is not None or max(ctx.losses) > 1000 * ctx.losses[0])
+
+
+# -- bricklaying mortar joints: RMSprop at an Adam learning rate ---------------------------------
+
+
+class MortarJointNet(nn.Module):
+    """Predicts mortar-joint compressive strength (MPa) from mix, curing and weather readings."""
+
+    def __init__(self, feats=8, hidden=128):
+        super().__init__()
+        self.fc1 = nn.Linear(feats, hidden)
+        self.act1 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.act2 = nn.ReLU()
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.out(self.act2(self.fc2(self.act1(self.fc1(x)))))
+
+    def features(self, x):
+        return self.act2(self.fc2(self.act1(self.fc1(x))))
+
+
+def _mortar(gen, batch):
+    while True:
+        x = torch.randn(batch, 8, generator=gen)
+        y = (10 + 3 * x[:, 0] - 2 * x[:, 1] + x[:, 2] * x[:, 3] + torch.sin(x[:, 4]))[:, None]
+        yield x, y + 0.2 * torch.randn(batch, 1, generator=gen)
+
+
+@scenario(
+    family="bricklaying_mortar_joint_regressor",
+    optimizer="RMSprop",
+    cause="loss_of_plasticity",
+    where=("fc2", "act2"),
+    diverges=None,
+    heldout=True,
+    note="The optimizer was switched from Adam to RMSprop and the sweep's learning rate 1e-1 was kept; "
+    "RMSprop has no bias correction, so its first steps are sqrt(1/(1-alpha)) = 10x larger than "
+    "Adam's. The large early updates push fc2's pre-activations negative for every input: most "
+    "of its ReLU units (about half) die at once and never come back, and the loss plateaus well above a working "
+    "run's.",
+)
+def h151_bricklaying_rmsprop_dead_relus(ctx: Context) -> None:
+    gen = seeded(15106)
+    model = MortarJointNet()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-1)
+    probe = torch.randn(512, 8, generator=gen)
+    with torch.no_grad():
+        dead0 = dead_fraction(model.features(probe))
+    dead = []
+
+    def after(step):
+        with torch.no_grad():
+            dead.append(dead_fraction(model.features(probe)))
+
+    _train(ctx, model, opt, _mortar(gen, 64), 200, F.mse_loss, after=after)
+    ctx.check("under 10% dead at init", dead0 < 0.1)
+    ctx.check("over 40% of fc2's units dead at the end", dead[-1] > 0.4)
+    ctx.check("they stayed dead for the last 100 steps", min(dead[-100:]) > 0.4)
+    ctx.check("loss plateaued far above the noise floor (0.04)", _mean(ctx.losses[-50:]) > 1.0)
+
+
+# -- tea leaf grading: a mixture of experts whose expert group was left at a warm-up rate --------
+
+
+class Top1MoE(nn.Module):
+    """A mixture-of-experts layer with a hand-written top-1 router: each row goes to the expert
+    with the largest router logit, scaled by that expert's softmax gate."""
+
+    def __init__(self, dim, hidden, experts):
+        super().__init__()
+        self.router = nn.Linear(dim, experts)
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+            for _ in range(experts)
+        )
+
+    def forward(self, x):
+        gates = torch.softmax(self.router(x), dim=-1)
+        top, idx = gates.max(dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            rows = idx == e
+            if rows.any():
+                out[rows] = expert(x[rows]) * top[rows, None]
+        return out
+
+
+class TeaLeafGrader(nn.Module):
+    """Grades plucked tea leaf (orange pekoe ... dust, 6 grades) from leaf length, width,
+    colour, moisture and wither time."""
+
+    def __init__(self, feats=10, dim=32, grades=6, experts=4):
+        super().__init__()
+        self.embed = nn.Linear(feats, dim)
+        self.moe = Top1MoE(dim, 64, experts)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, grades)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.moe(h)
+        return self.head(self.norm(h))
+
+
+def _tea_leaves(gen, batch, grades=6):
+    w = torch.randn(10, grades, generator=gen)
+    while True:
+        x = torch.randn(batch, 10, generator=gen)
+        y = (x @ w + 0.8 * torch.sin(3 * x[:, :grades])).argmax(1)
+        yield x, y
+
+
+@scenario(
+    family="tea_leaf_grade_moe",
+    optimizer="Adam (param groups)",
+    cause="update_ratio_out_of_range",
+    where=("moe.experts",),
+    diverges=None,
+    heldout=True,
+    note="A classifier with a mixture-of-experts layer (hand-written top-1 router). The "
+    "training script puts the experts in their own param group at lr * 1e-5 for a 'router "
+    "warm-up' of 20 steps, and the line that restores their rate was guarded by the wrong "
+    "step variable, so it never runs: the experts' update/weight ratio stays near 1e-8 for "
+    "the whole run while the router, embedding and head train at lr 3e-3.",
+)
+def h151_tea_leaf_experts_never_warmed(ctx: Context) -> None:
+    gen = seeded(15107)
+    model = TeaLeafGrader()
+    lr = 3e-3
+    experts = list(model.moe.experts.parameters())
+    ids = {id(p) for p in experts}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.Adam([{"params": rest, "lr": lr}, {"params": experts, "lr": lr * 1e-5}])
+    w0 = [p.detach().clone() for p in experts]
+    r0 = model.moe.router.weight.detach().clone()
+    counters = {"eval_step": 0}  # advanced by the evaluation loop, which this run never calls
+
+    def warm_up(step):
+        if counters["eval_step"] == 20:  # meant: step == 20
+            opt.param_groups[1]["lr"] = lr
+
+    _train(
+        ctx, model, opt, _tea_leaves(gen, 64), 200, F.cross_entropy, classifier=True, before=warm_up
+    )
+    moved = max(float((p - q).norm() / q.norm()) for p, q in zip(experts, w0, strict=True))
+    router = float((model.moe.router.weight - r0).norm() / r0.norm())
+    ctx.check("experts moved under 1e-3 of their norm", moved < 1e-3)
+    ctx.check("router moved over 10% of its norm", router > 0.1)
+    ctx.check("loss fell through the other layers", _fell(ctx.losses))
