@@ -607,3 +607,73 @@ def h151_tea_leaf_experts_never_warmed(ctx: Context) -> None:
     ctx.check("experts moved under 1e-3 of their norm", moved < 1e-3)
     ctx.check("router moved over 10% of its norm", router > 0.1)
     ctx.check("loss fell through the other layers", _fell(ctx.losses))
+
+
+# -- violin bow rehairing: a gradient check that leaves its gradient behind -----------------------
+
+
+class BowHairNet(nn.Module):
+    """Predicts the tension (N) a rehaired bow settles at from hank weight, hair length, plug
+    fit, humidity and stick camber."""
+
+    def __init__(self, feats=7, hidden=64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(feats, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
+        )
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.out(self.body(x))
+
+
+def _bow_hair(gen, batch):
+    w = torch.randn(7, generator=gen)
+    while True:
+        x = torch.randn(batch, 7, generator=gen)
+        y = (x @ w + 0.5 * x[:, 0] * x[:, 1] - 0.4 * x[:, 2].pow(2))[:, None]
+        yield x, y + 0.05 * torch.randn(batch, 1, generator=gen)
+
+
+@scenario(
+    family="violin_bow_rehair_tension_regressor",
+    optimizer="Adamax",
+    cause="adam_second_moment_poisoned",
+    where=(),
+    diverges=None,
+    heldout=True,
+    onset=60,
+    note="At step 60 a scheduled finite-difference gradient check runs inside the training "
+    "step: it backpropagates the loss times 1/eps = 1e4 and does not zero the gradients before "
+    "optimizer.step(). Adamax's infinity-norm state u = max(0.999 u, |g|) takes the 1e4x "
+    "gradient and decays it by only 0.1% a step, so every later update is about 1e-4 of its "
+    "size before and the loss stops falling.",
+)
+def h151_violin_bow_gradcheck_left_in(ctx: Context) -> None:
+    gen = seeded(15108)
+    model = BowHairNet()
+    opt = torch.optim.Adamax(model.parameters(), lr=2e-3)
+    moves = []
+    prev = [torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()]
+
+    def after(step):
+        now = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        moves.append(float((now - prev[0]).norm()))
+        prev[0] = now.clone()
+
+    _train(
+        ctx,
+        model,
+        opt,
+        _bow_hair(gen, 64),
+        200,
+        F.mse_loss,
+        scale_loss=lambda s, loss: loss * 1e4 if s == 60 else loss,
+        after=after,
+    )
+    g = ctx.grad_norms
+    ls = ctx.losses
+    ctx.check("gradient at step 60 over 1000x the median", g[60] > 1000 * _median(g[:60]))
+    ctx.check("updates after it under 1/50 of before", _mean(moves[80:]) < _mean(moves[30:60]) / 50)
+    ctx.check("loss fell before step 60", _mean(ls[50:60]) < 0.5 * _mean(ls[:10]))
+    ctx.check("loss stopped falling after it", _mean(ls[-20:]) > 0.7 * _mean(ls[50:60]))
