@@ -677,3 +677,123 @@ def h151_violin_bow_gradcheck_left_in(ctx: Context) -> None:
     ctx.check("updates after it under 1/50 of before", _mean(moves[80:]) < _mean(moves[30:60]) / 50)
     ctx.check("loss fell before step 60", _mean(ls[50:60]) < 0.5 * _mean(ls[:10]))
     ctx.check("loss stopped falling after it", _mean(ls[-20:]) > 0.7 * _mean(ls[50:60]))
+
+
+# -- snowmaking guns: one shard logged in litres per hour instead of cubic metres ---------------
+
+
+class SnowGunNet(nn.Module):
+    """Predicts a snow gun's output (m^3 of snow an hour) from wet-bulb temperature, humidity,
+    water flow (m^3/h), air pressure and nozzle count."""
+
+    def __init__(self, feats=5, hidden=48):
+        super().__init__()
+        self.fc1 = nn.Linear(feats, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+def _snowmaking(gen, batch):
+    while True:
+        x = torch.randn(batch, 5, generator=gen)
+        y = (2.0 * x[:, 2] - 1.2 * x[:, 0] + 0.5 * x[:, 0] * x[:, 1] + 0.3 * x[:, 4])[:, None]
+        yield x, y + 0.1 * torch.randn(batch, 1, generator=gen)
+
+
+@scenario(
+    family="snowmaking_gun_output_regressor",
+    optimizer="ASGD",
+    cause="data_outlier",
+    where=(),
+    diverges=None,
+    heldout=True,
+    onset=90,
+    note="One resort's logger wrote water flow in litres per hour instead of cubic metres per "
+    "hour; its shard lands in the batch of step 90, where the flow column (standardised "
+    "against m^3/h) is 1000x too large for every row. That batch's loss and gradient spike by "
+    "orders of magnitude; the tanh layers saturate and the run recovers over the following "
+    "steps.",
+)
+def h151_snowmaking_litres_shard(ctx: Context) -> None:
+    gen = seeded(15109)
+    model = SnowGunNet()
+    opt = torch.optim.ASGD(model.parameters(), lr=0.02)
+
+    def alter(step, x, y):
+        if step == 90:
+            x = x.clone()
+            x[:, 2] = x[:, 2] * 1000.0
+        return x, y
+
+    _train(ctx, model, opt, _snowmaking(gen, 64), 200, F.mse_loss, alter=alter)
+    ls, g = ctx.losses, ctx.grad_norms
+    ctx.check("loss at step 90 over 50x the median before", ls[90] > 50 * _median(ls[60:90]))
+    ctx.check("gradient at step 90 over 50x the median before", g[90] > 50 * _median(g[60:90]))
+    ctx.check("run recovered", _finite(ls) and _mean(ls[-10:]) < 3 * _median(ls[60:90]))
+
+
+# -- knitting charts: one step's loss summed instead of averaged ---------------------------------
+
+
+class StitchSeq2Seq(nn.Module):
+    """A sequence-to-sequence GRU: the encoder reads a knitting chart row (stitch tokens), the
+    decoder writes the next row with teacher forcing."""
+
+    def __init__(self, stitches=12, dim=32, hidden=64):
+        super().__init__()
+        self.src = nn.Embedding(stitches, dim)
+        self.tgt = nn.Embedding(stitches + 1, dim)
+        self.encoder = nn.GRU(dim, hidden, batch_first=True)
+        self.decoder = nn.GRU(dim, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, stitches)
+        self.bos = stitches
+
+    def forward(self, pair):
+        src, tgt_in = pair
+        _, h = self.encoder(self.src(src))
+        out, _ = self.decoder(self.tgt(tgt_in), h)
+        return self.head(out)
+
+
+def _knitting_rows(gen, batch, stitches=12, length=10):
+    """The next row mirrors the chart row and turns knit into purl (token t -> (t + 6) % 12)."""
+    while True:
+        src = torch.randint(0, stitches, (batch, length), generator=gen)
+        tgt = (src.flip(1) + 6) % stitches
+        tgt_in = torch.cat([torch.full((batch, 1), stitches), tgt[:, :-1]], 1)
+        yield (src, tgt_in), tgt
+
+
+def _seq_ce(out, y):
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+@scenario(
+    family="knitting_chart_seq2seq_gru",
+    optimizer="SGD (momentum 0.9)",
+    cause="gradient_spike",
+    where=(),
+    diverges=None,
+    heldout=True,
+    onset=100,
+    note="A GRU encoder-decoder trained with token-mean cross-entropy and clipping at 1.0. The "
+    "step that closes the first epoch (step 100) takes the 'last partial batch' branch, whose "
+    "loss is written with reduction='sum': that one backward is 640x (64 rows x 10 tokens) the "
+    "usual gradient. The clip keeps the update bounded and the run goes on.",
+)
+def h151_knitting_last_batch_sum(ctx: Context) -> None:
+    gen = seeded(15110)
+    model = StitchSeq2Seq()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+
+    def scale(step, loss):
+        return loss * loss.new_tensor(64 * 10) if step == 100 else loss
+
+    _train(ctx, model, opt, _knitting_rows(gen, 64), 220, _seq_ce, clip=1.0, scale_loss=scale)
+    g = ctx.grad_norms
+    ctx.check("gradient at step 100 over 200x the median", g[100] > 200 * _median(g[80:100]))
+    ctx.check("no other step above 10x the median", max(g[101:]) < 10 * _median(g[80:100]))
+    ctx.check("loss fell and stayed finite", _fell(ctx.losses))
