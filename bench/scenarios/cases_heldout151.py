@@ -797,3 +797,64 @@ def h151_knitting_last_batch_sum(ctx: Context) -> None:
     ctx.check("gradient at step 100 over 200x the median", g[100] > 200 * _median(g[80:100]))
     ctx.check("no other step above 10x the median", max(g[101:]) < 10 * _median(g[80:100]))
     ctx.check("loss fell and stayed finite", _fell(ctx.losses))
+
+
+# -- sail lofts: a wave speed computed as sqrt of an unclamped tension ----------------------------
+
+
+class SailClothNet(nn.Module):
+    """Predicts the luff flutter frequency of a sail panel: a tension head (N/m) from cloth
+    weight, cut angle and wind readings, then the physics c = sqrt(T / mu), f = c / (2 L)."""
+
+    def __init__(self, feats=6, hidden=32):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(feats, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+        self.act = nn.ReLU()
+        self.tension = nn.Linear(hidden, 1)
+        nn.init.constant_(self.tension.bias, 1.0)
+        self.mu = 0.25  # cloth mass per metre (kg/m)
+        self.length = 0.5  # panel length (m)
+
+    def forward(self, x):
+        t = self.tension(self.act(self.body(x)))
+        return torch.sqrt(t / self.mu) / (2 * self.length)  # no clamp: T must be >= 0
+
+
+def _sail_panels(gen, batch):
+    """True tension ranges from 0.01 N/m (luffing in light air) to about 3 N/m."""
+    while True:
+        x = torch.randn(batch, 6, generator=gen)
+        t = 0.01 + F.softplus(1.2 * x[:, 0] - 0.8 * x[:, 1] + 0.3 * x[:, 2] - 1.0)
+        yield x, (torch.sqrt(t / 0.25) / 1.0)[:, None]
+
+
+@scenario(
+    family="sailmaker_luff_flutter_model",
+    optimizer="Adagrad",
+    cause="nonfinite",
+    where=("tension",),
+    diverges=105,
+    heldout=True,
+    note="The tension head is linear and the physics layer takes sqrt(T / mu) with no clamp "
+    "or softplus (the notebook version had T = softplus(raw) + 1e-3). Light-air panels have a "
+    "true tension near 0.01 N/m, Adagrad at lr 1e-3 overshoots one of them into negative tension at step 105, and "
+    "sqrt of a negative number makes the prediction and the loss NaN.",
+)
+def h151_sailmaker_sqrt_negative_tension(ctx: Context) -> None:
+    gen = seeded(15111)
+    model = SailClothNet()
+    opt = torch.optim.Adagrad(model.parameters(), lr=1e-3)
+    mins = []
+    _train(
+        ctx,
+        model,
+        opt,
+        _sail_panels(gen, 64),
+        250,
+        F.mse_loss,
+        watch=lambda s, o, x, y: mins.append(float(model.tension(model.act(model.body(x))).min())),
+    )
+    bad = _first_bad(ctx.losses)
+    ctx.check("loss became NaN", bad is not None)
+    ctx.check("tension was positive everywhere at first", mins[0] > 0)
+    ctx.check("a tension went negative at the NaN step", bad is not None and mins[bad] < 0)
