@@ -858,3 +858,94 @@ def h151_sailmaker_sqrt_negative_tension(ctx: Context) -> None:
     ctx.check("loss became NaN", bad is not None)
     ctx.check("tension was positive everywhere at first", mins[0] > 0)
     ctx.check("a tension went negative at the NaN step", bad is not None and mins[bad] < 0)
+
+
+# -- steelpan notes: a sum of squares taken in fp16 under autocast -------------------------------
+
+
+class PanEnergy(nn.Module):
+    """Band energies of a conv filter bank, summed over time, as log features. Under autocast
+    the conv output is fp16, so the sum of squares is fp16 too; records the largest energy it saw
+    (and whether fp16 overflowed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.last_max = 0.0
+        self.last_inf = False
+
+    def forward(self, h):
+        e = h.pow(2).sum(-1)
+        with torch.no_grad():
+            self.last_max = float(h.detach().float().pow(2).sum(-1).amax())
+            self.last_inf = bool(torch.isinf(e).any())
+        return torch.log(e + 1e-3)
+
+
+class SteelpanNoteNet(nn.Module):
+    """Names which of 12 steelpan notes was struck from 128 samples of the strike."""
+
+    def __init__(self, notes=12, bands=24):
+        super().__init__()
+        self.filters = nn.Conv1d(1, bands, 9, padding=4)
+        self.energy = PanEnergy()
+        self.mix = nn.Linear(bands, 64)
+        self.head = nn.Linear(64, notes)
+
+    def forward(self, x):
+        e = self.energy(self.filters(x[:, None, :]))
+        return self.head(F.gelu(self.mix(e.float())))
+
+
+def _steelpan_strikes(gen, batch, notes=12, n=128):
+    t = torch.arange(n) / n
+    while True:
+        y = torch.randint(0, notes, (batch,), generator=gen)
+        freq = 4.0 + 2.5 * y.float()
+        amp = 32.0 * (0.5 + torch.rand(batch, 1, generator=gen))  # sound pressure, Pa
+        x = amp * torch.sin(2 * math.pi * freq[:, None] * t) * torch.exp(-3 * t)
+        yield x + 0.05 * 32.0 * torch.randn(batch, n, generator=gen), y
+
+
+@scenario(
+    family="steelpan_note_energy_classifier",
+    optimizer="Adam",
+    cause="amp_overflow",
+    where=("energy",),
+    diverges=173,
+    heldout=True,
+    note="Training moved to fp16 autocast with a GradScaler; the strikes are recorded as sound "
+    "pressure in pascals (about 30 Pa, a pan played close to the microphone). The hand-written "
+    "band-energy "
+    "layer sums h**2 over 128 samples of the conv filter bank's output, which autocast leaves in "
+    "fp16; as Adam grows the filters the energy passes 65504, overflows to inf in the forward "
+    "pass at step 173, and log(inf) feeds inf into the head: the loss is NaN (the float32 energy "
+    "would have been finite).",
+)
+def h151_steelpan_fp16_energy_sum(ctx: Context) -> None:
+    gen = seeded(15112)
+    model = SteelpanNoteNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    peak, inf = [], []
+
+    def watch(step, out, x, y):
+        peak.append(model.energy.last_max)
+        inf.append(model.energy.last_inf)
+
+    _train(
+        ctx,
+        model,
+        opt,
+        _steelpan_strikes(gen, 64),
+        250,
+        F.cross_entropy,
+        classifier=True,
+        scaler=scaler,
+        watch=watch,
+    )
+    bad = _first_bad(ctx.losses)
+    ctx.check("loss became non-finite", bad is not None)
+    ctx.check("energy overflowed fp16 at that step", bad is not None and inf[bad])
+    ctx.check("its float32 value was finite", bad is not None and math.isfinite(peak[bad]))
+    ctx.check("no overflow in the first 10 steps", not any(inf[:10]))
+    ctx.check("loss fell before the overflow", bad is not None and bad > 20 and _fell(ctx.losses[:bad], 5, 0.9))
