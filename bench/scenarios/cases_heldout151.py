@@ -949,3 +949,276 @@ def h151_steelpan_fp16_energy_sum(ctx: Context) -> None:
     ctx.check("its float32 value was finite", bad is not None and math.isfinite(peak[bad]))
     ctx.check("no overflow in the first 10 steps", not any(inf[:10]))
     ctx.check("loss fell before the overflow", bad is not None and bad > 20 and _fell(ctx.losses[:bad], 5, 0.9))
+
+
+# -- healthy controls ----------------------------------------------------------------------------
+
+
+class StepAttention(nn.Module):
+    """Causal multi-head self-attention through ``scaled_dot_product_attention``."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class MorrisStepLM(nn.Module):
+    """A two-block causal decoder over Morris dance figure notation (20 step tokens), predicting
+    the next step of the dance."""
+
+    def __init__(self, steps=20, dim=32, heads=4, context=24, layers=2):
+        super().__init__()
+        self.tok = nn.Embedding(steps, dim)
+        self.pos = nn.Embedding(context, dim)
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "ln1": nn.LayerNorm(dim),
+                    "attn": StepAttention(dim, heads),
+                    "ln2": nn.LayerNorm(dim),
+                    "ff": nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)),
+                }
+            )
+            for _ in range(layers)
+        )
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, steps)
+
+    def forward(self, idx):
+        h = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        for blk in self.blocks:
+            h = h + blk["attn"](blk["ln1"](h))
+            h = h + blk["ff"](blk["ln2"](h))
+        return self.head(self.ln_f(h))
+
+
+def _morris_dances(gen, batch, steps=20, context=24):
+    """Dances repeat a figure of 3 to 6 steps, with one step in ten danced differently."""
+    while True:
+        period = torch.randint(3, 7, (batch,), generator=gen)
+        figure = torch.randint(0, steps, (batch, 6), generator=gen)
+        pos = torch.arange(context + 1)[None, :] % period[:, None]
+        seq = figure.gather(1, pos)
+        slip = torch.rand(batch, context + 1, generator=gen) < 0.1
+        seq = torch.where(slip, torch.randint(0, steps, seq.shape, generator=gen), seq)
+        yield seq[:, :-1], seq[:, 1:]
+
+
+@scenario(
+    family="morris_dance_step_causal_lm",
+    optimizer="AdamW (param groups)",
+    cause="healthy",
+    heldout=True,
+    note="Healthy control: a causal decoder with scaled_dot_product_attention(is_causal=True), "
+    "fp16 autocast with a GradScaler, AdamW with no decay on norms and biases, linear warm-up "
+    "then cosine (LambdaLR), clipping at 1.0, label smoothing 0.1.",
+)
+def h151_morris_causal_lm_amp_control(ctx: Context) -> None:
+    gen = seeded(15113)
+    model = MorrisStepLM()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=3e-3,
+    )
+    steps, warm = 200, 20
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (s + 1) / warm
+        if s < warm
+        else 0.5 * (1 + math.cos(math.pi * (s - warm) / (steps - warm))),
+    )
+    scaler = torch.amp.GradScaler("cpu")
+
+    def loss_fn(out, y):
+        return F.cross_entropy(
+            out.reshape(-1, out.shape[-1]), y.reshape(-1), label_smoothing=0.1
+        )
+
+    _train(
+        ctx,
+        model,
+        opt,
+        _morris_dances(gen, 32),
+        steps,
+        loss_fn,
+        clip=1.0,
+        sched=sched,
+        scaler=scaler,
+    )
+    ctx.check("loss fell by a third", _fell(ctx.losses, 10, 0.67))
+    ctx.check("loss finite", _finite(ctx.losses))
+
+
+class CallTower(nn.Module):
+    def __init__(self, feats, dim=32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(feats, 64), nn.ReLU(), nn.Linear(64, dim))
+
+    def forward(self, x):
+        return F.normalize(self.net(x), dim=-1)
+
+
+class BirdSightingPair(nn.Module):
+    """Two towers: a bird call's 30-bin spectrum and the field sighting record (habitat,
+    time, plumage notes), embedded so a call matches its sighting."""
+
+    def __init__(self):
+        super().__init__()
+        self.call = CallTower(30)
+        self.sighting = CallTower(12)
+
+    def forward(self, pair):
+        return self.call(pair[0]), self.sighting(pair[1])
+
+
+def _bird_pairs(gen, batch, species=40):
+    calls = torch.randn(species, 30, generator=gen)
+    sightings = torch.randn(species, 12, generator=gen)
+    while True:
+        s = torch.randperm(species, generator=gen)[:batch]
+        a = calls[s] + 0.5 * torch.randn(batch, 30, generator=gen)
+        b = sightings[s] + 0.5 * torch.randn(batch, 12, generator=gen)
+        yield (a, b), torch.arange(batch)
+
+
+def _info_nce(out, y, temperature=0.1):
+    a, b = out
+    logits = a @ b.T / temperature
+    return 0.5 * (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y))
+
+
+@scenario(
+    family="birdwatch_call_sighting_contrastive",
+    optimizer="RAdam",
+    cause="healthy",
+    heldout=True,
+    note="Healthy control: a two-tower contrastive model trained with a symmetric InfoNCE "
+    "loss at temperature 0.1 on in-batch negatives, RAdam with weight decay and StepLR.",
+)
+def h151_birdwatch_infonce_control(ctx: Context) -> None:
+    gen = seeded(15114)
+    model = BirdSightingPair()
+    opt = torch.optim.RAdam(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=80, gamma=0.5)
+    _train(ctx, model, opt, _bird_pairs(gen, 32), 200, _info_nce, sched=sched)
+    ctx.check("loss fell by half", _fell(ctx.losses, 10, 0.5))
+
+
+class CastNet(nn.Module):
+    """Predicts a fly cast's distance (m) from rod length, line weight, wind, haul speed and
+    loop width."""
+
+    def __init__(self, feats=6, hidden=64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(feats, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _casts(gen, batch):
+    while True:
+        x = torch.randn(batch, 6, generator=gen)
+        y = (18 + 3 * x[:, 0] + 2 * x[:, 3] - 1.5 * x[:, 2].abs() + x[:, 4] * x[:, 5])[:, None]
+        noise = torch.randn(batch, 1, generator=gen) * (0.5 + 2.0 * (torch.rand(batch, 1, generator=gen) < 0.1))
+        yield x, y + noise
+
+
+@scenario(
+    family="fly_fishing_cast_distance_regressor",
+    optimizer="Adadelta",
+    cause="healthy",
+    heldout=True,
+    note="Healthy control: an MLP regressor on noisy casts (one in ten measured badly), Huber "
+    "loss, Adadelta at lr 1.0, gradient accumulation over two micro-batches, clipping at 5 and "
+    "ReduceLROnPlateau.",
+)
+def h151_fly_fishing_adadelta_control(ctx: Context) -> None:
+    gen = seeded(15115)
+    model = CastNet()
+    opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=15)
+    _train(
+        ctx,
+        model,
+        opt,
+        _casts(gen, 32),
+        200,
+        lambda o, y: F.huber_loss(o, y, delta=2.0),
+        clip=5.0,
+        sched=sched,
+        accumulate=2,
+    )
+    ctx.check("loss fell by half", _fell(ctx.losses, 10, 0.5))
+
+
+class VeneerNet(nn.Module):
+    """Flags defects (knot, split, glue bleed, burn) in a 32-sample grain-density scan of a
+    marquetry veneer: a 1-D conv with BatchNorm and a multi-label head."""
+
+    def __init__(self, defects=4):
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, 16, 5, padding=2)
+        self.bn1 = nn.BatchNorm1d(16)
+        self.conv2 = nn.Conv1d(16, 32, 5, padding=2)
+        self.bn2 = nn.BatchNorm1d(32)
+        self.head = nn.Linear(32, defects)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x[:, None, :])))
+        h = F.relu(self.bn2(self.conv2(h)))
+        return self.head(h.amax(-1))
+
+
+def _veneers(gen, batch, n=32):
+    t = torch.arange(n).float()
+    while True:
+        x = torch.sin(t / 3 + torch.rand(batch, 1, generator=gen) * 6) + 0.2 * torch.randn(batch, n, generator=gen)
+        y = (torch.rand(batch, 4, generator=gen) < 0.3).float()
+        where = torch.randint(2, n - 2, (batch, 4), generator=gen)
+        for d, shape in enumerate((2.5, -2.5, 1.5, -1.5)):
+            idx = where[:, d]
+            rows = y[:, d] > 0
+            width = d % 2 + 1
+            for o in range(-width, width + 1):
+                x[rows, (idx[rows] + o).clamp(0, n - 1)] += shape * (1 - abs(o) / (width + 1))
+        yield x, y
+
+
+@scenario(
+    family="marquetry_veneer_defect_classifier",
+    optimizer="NAdam",
+    cause="healthy",
+    heldout=True,
+    note="Healthy control: a 1-D conv net with BatchNorm, multi-label BCE with logits, NAdam "
+    "with decoupled weight decay and OneCycleLR.",
+)
+def h151_marquetry_nadam_onecycle_control(ctx: Context) -> None:
+    gen = seeded(15116)
+    model = VeneerNet()
+    opt = torch.optim.NAdam(model.parameters(), lr=3e-3, weight_decay=1e-3, decoupled_weight_decay=True)
+    steps = 200
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=steps)
+    _train(
+        ctx,
+        model,
+        opt,
+        _veneers(gen, 64),
+        steps,
+        F.binary_cross_entropy_with_logits,
+        sched=sched,
+    )
+    ctx.check("loss fell by half", _fell(ctx.losses, 10, 0.5))
