@@ -607,3 +607,25 @@ def test_a_head_whose_weight_the_forward_uses_itself_is_named(tmp_path, weights,
     # model holds names no module, and the input's maker is named as before (set 112).
     records, _, _, _ = _run(tmp_path, _CosineHead(weights), F.cross_entropy, steps=1)
     assert records[0].meta["output_module"] == named
+
+
+@pytest.mark.parametrize("written", ["divided", "scaled", "learnt", "none"])
+def test_a_plain_number_the_logits_are_scaled_by_is_read(tmp_path, written):
+    # The loss divides the head's output by a temperature written as a number (T = 0.05: read
+    # 20, and 2 * 10 / 0.5 = 40 through a view); a learnt temperature is a parameter, no plain
+    # number (its own reading names it); a head used as it is has none to read.
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+    temperature = nn.Parameter(torch.tensor(0.05))
+    model.register_parameter("temperature", temperature)
+    loss_of = {
+        "divided": lambda z, t: F.cross_entropy(z / 0.05, t),
+        "scaled": lambda z, t: F.cross_entropy((2 * z).view(16, 5) * 10 / 0.5, t),
+        "learnt": lambda z, t: F.cross_entropy(z / temperature, t),
+        "none": lambda z, t: F.cross_entropy(z, t),
+    }[written]
+    records, _, _, _ = _run(tmp_path, model, loss_of, steps=1)
+    expected = {"divided": 20.0, "scaled": 40.0}.get(written)
+    if expected is None:
+        assert "output_scale" not in records[0].values
+    else:
+        assert records[0].values["output_scale"] == pytest.approx(expected)

@@ -68,3 +68,50 @@ def test_a_warm_up_from_0_over_long_before_the_climb_is_not_to_blame(tmp_path):
     report = diagnose_stored(tmp_path, "capped", _warm_up_rows(10, 175), _climb_findings(175))
     assert report.top.cause == "update_ratio_out_of_range"
     assert not any("still rising" in d.summary for d in report.diagnoses)
+
+
+def test_logits_grown_by_an_annealed_temperature_are_its_softmax_collapse(tmp_path):
+    # Trigger: set 151's ski-wax transformer divides its logits by T = 0.96**step (meant
+    # 0.996**step): the logits grow 60x by step 100 (named output-logit divergence there) and
+    # the softmax collapses at step 125. The temperature made them large: the collapse first.
+    ctx, report = held_out_run(tmp_path, "h151_ski_wax_temperature_decay_typo")
+    induced_or_skip(ctx)
+    assert report.top.cause == "softmax_collapse" and report.top.where == ["head"]
+    divergence = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    assert "plain number" in divergence.why
+
+
+def test_logits_a_layer_grew_itself_are_their_divergence(tmp_path):
+    # Control: set 151's katydid classifier (an energy margin missing its hinge): the head's
+    # own output grows, no number scales it: output-logit divergence, as before.
+    ctx, report = held_out_run(tmp_path, "h151_katydid_energy_margin_no_hinge")
+    induced_or_skip(ctx)
+    assert report.top.cause == "output_logit_divergence"
+
+
+def _tempered_rows(scales: bool) -> list[dict]:
+    """Logits read every 25 steps, their largest 5 * 1.04**t; with ``scales``, the number
+    they were multiplied by, 1.04**t (a temperature 0.96**t); without, a constant 2."""
+    rows = []
+    for t in range(200):
+        row = {"loss": 1.0}
+        if t % 25 == 0:
+            top = 5 * 1.04**t
+            row |= {"output_logit_max": top, "logit_lse_mean": top - 1}
+            row |= {
+                "output_scale": 1.04**t if scales else 2.0,
+                "softmax_collapse": 0.3 * (t >= 125),
+            }
+        rows.append(row)
+    return rows
+
+
+def test_the_number_that_scales_the_logits_names_whose_growth_it_is(tmp_path):
+    # By hand: the drift found at step 100, the collapse at 125. With the number grown 50x by
+    # step 100 (as much as the logits), the drift is the temperature's, and the collapse comes
+    # first; with a constant number the logits grew on their own: the drift, first.
+    drift = ("output_logit_divergence", 100, "head", {"drift": 40.0}, "warning")
+    collapse = ("softmax_collapse", 125, "head", {"softmax_collapse": 0.3}, "warning")
+    for scales, first in ((True, "softmax_collapse"), (False, "output_logit_divergence")):
+        report = diagnose_stored(tmp_path, str(scales), _tempered_rows(scales), [drift, collapse])
+        assert report.top.cause == first

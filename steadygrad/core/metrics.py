@@ -155,6 +155,13 @@ OUTPUT_SHIFT_GRADIENT = Metric(
     unit="fraction",
     panel="output_logits",
 )
+OUTPUT_SCALE = Metric(
+    "output_scale",
+    "the fixed number the output logits were multiplied by (or divided by: its inverse) after "
+    "the layer that made them, written in the forward or the loss as a plain number (an "
+    "annealed temperature, ``logits / T``); read only where there is one",
+    panel="output_logits",
+)
 SOFTMAX_COLLAPSE = Metric(
     "softmax_collapse",
     "fraction of rows whose float32 softmax rounds the target to 1",

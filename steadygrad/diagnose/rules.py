@@ -34,6 +34,7 @@ from steadygrad.core.metrics import (
     OPTIMIZER_SKIPPED,
     OUTPUT_LAYER,
     OUTPUT_LOGIT_MAX,
+    OUTPUT_SCALE,
     OUTPUT_SHIFT_GRADIENT,
     PARAM_GROUPS,
     PARAM_NORM,
@@ -2416,6 +2417,38 @@ def _pinned_by_a_collapse(facts: RunFacts, began: int) -> str | None:
     )
 
 
+# A number the logits are multiplied by after their layer, grown this many times since its first
+# reading: a temperature annealed (or a scale ramped) by a schedule set outside the model.
+SCALED = 4.0
+
+
+def _grown_by_a_fixed_scale(facts: RunFacts, began: int) -> str | None:
+    """Why a drift found at ``began`` is a softmax collapse's, when the logits are their
+    layer's output times a plain number (``output_scale``: ``logits / T``) that had grown
+    ``SCALED`` times or more by then, as much as the largest logit had at least in log terms
+    (half of it or more), while rows collapsed: the number (a temperature annealed too fast)
+    made them large, and the harm a temperature does is the collapse."""
+    scales, logits = facts.series(OUTPUT_SCALE.name), facts.series(OUTPUT_LOGIT_MAX.name)
+    collapse = [f for f in facts.of(SOFTMAX_COLLAPSE_KIND) if f.severity != "info"]
+    if scales is None or logits is None or not collapse:
+        return None
+    upto, grew = scales[0] <= began, logits[0] <= began
+    if not upto.any() or not grew.any():
+        return None
+    first, then = float(scales[1][0]), float(scales[1][upto][-1])
+    start, top = float(logits[1][0]), float(logits[1][grew][-1])
+    if not (first > 0 and then >= SCALED * first and start > 0 and top > start):
+        return None
+    if math.log(then / first) < 0.5 * math.log(top / start):
+        return None  # the layer's own output grew more than the number: its own drift
+    return (
+        f"the logits are their layer's output times a plain number, {first:.3g} at first and "
+        f"{then:.3g} by step {began} (a temperature annealed by a schedule outside the model: "
+        f"logits / T): they grew by it, and rows collapsed (softmax collapse from step "
+        f"{collapse[0].step}): the temperature is the fault"
+    )
+
+
 def _output_logits(facts: RunFacts) -> Found | None:
     """Output-logit divergence, unless every weight had grown by then (the logits then grow
     because the weights do). The output layer's weights running away (a decay or penalty of
@@ -2467,8 +2500,9 @@ def _output_logits(facts: RunFacts) -> Found | None:
         )
         return found
     pinned = _pinned_by_a_collapse(facts, found.first_step)
-    if pinned is not None:
-        found.consequence_of = pinned
+    tempered = _grown_by_a_fixed_scale(facts, found.first_step)
+    if pinned is not None or tempered is not None:
+        found.consequence_of = pinned or tempered
         return found
     steps, _ = _pushes(facts)
     if len(steps) and steps[0] <= found.first_step:

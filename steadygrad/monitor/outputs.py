@@ -29,6 +29,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
     OUTPUT_MODULE,
+    OUTPUT_SCALE,
     OUTPUT_SHIFT_GRADIENT,
     SOFTMAX_COLLAPSE,
 )
@@ -61,6 +62,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         OUTPUT_LOGIT_RMS,
         OUTPUT_LOGIT_MEAN,
         OUTPUT_SHIFT_GRADIENT,
+        OUTPUT_SCALE,
         SOFTMAX_COLLAPSE,
     )
 
@@ -99,6 +101,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
 
     def begin(self, step: int) -> None:
         self._sums, self._head, self._classes, self._epsilon = {}, None, 0, 0.0
+        self._scale: float | None = None
         self._watched = set()
         self._drop_node_hooks()
         super().begin(step)
@@ -114,6 +117,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._head = self._head or self._head_of(logits, z.shape[-1])
         self._classes = self._classes or z.shape[-1]
         self._epsilon = max(self._epsilon, _epsilon_of(logits))
+        self._scale = self._scale or _fixed_scale(logits)
         z = z.reshape(-1, z.shape[-1])
         if not z.numel():
             return
@@ -288,6 +292,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
                     del record.values[metric.name]
         if self._head:
             record.meta[OUTPUT_MODULE] = self._head
+        if self._scale is not None and LOGIT_LSE_MEAN.name in record.values:
+            record.values[OUTPUT_SCALE.name] = self._scale
         if self._classes and LOGIT_LSE_MEAN.name in record.values:
             record.meta[OUTPUT_CLASSES] = self._classes
             record.meta[OUTPUT_EPSILON] = self._epsilon
@@ -435,6 +441,35 @@ def _weight_owner(logits: torch.Tensor, matrices: dict[int, str], depth: int = 4
     return (
         _first_leaf_in([n for n, _ in node.next_functions], matrices, depth, WEIGHT_SHAPING) or None
     )
+
+
+# Autograd steps of a product or quotient with a plain number (``logits / T``: the number is
+# kept as a 0-dim tensor on the CPU, read with no device sync).
+SCALING_STEPS = {"MulBackward": 1, "DivBackward": -1}
+
+
+def _fixed_scale(logits: torch.Tensor, depth: int = 4) -> float | None:
+    """The plain number the logits were multiplied by after the step that made them (the
+    product of every ``* c`` and ``/ c`` within ``depth`` autograd steps, through views): an
+    annealed temperature written in the forward or the loss. None where there is none."""
+    node, scale, found = logits.grad_fn, 1.0, False
+    for _ in range(depth):
+        if node is None:
+            break
+        step = autograd_step(node)
+        power = SCALING_STEPS.get(step)
+        other = getattr(node, "_saved_other", None) if power else None
+        if isinstance(other, torch.Tensor):
+            if other.dim() or other.requires_grad or other.device.type != "cpu":
+                break  # a tensor of the model's (a learnt scale), not a plain number
+            other = float(other)
+        if isinstance(other, (int, float)):
+            scale *= float(other) ** power
+            found = True
+        elif step not in SAME_VALUES:
+            break
+        node = node.next_functions[0][0] if node.next_functions else None
+    return scale if found and math.isfinite(scale) and scale != 0 else None
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:
