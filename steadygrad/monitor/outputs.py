@@ -72,6 +72,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._head: str | None = None
         self._classes = 0
         self._epsilon = 0.0  # the coarsest precision of the logits read this step
+        self._scale: float | None = None  # the plain number the logits were scaled by
         self._scalars: dict[int, str] = {}  # the model's one-element parameters, by id
         self._matrices: dict[int, str] = {}
         # the autograd nodes (and output) whose gradient in the logits this step reads
@@ -101,7 +102,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
 
     def begin(self, step: int) -> None:
         self._sums, self._head, self._classes, self._epsilon = {}, None, 0, 0.0
-        self._scale: float | None = None
+        self._scale = None
         self._watched = set()
         self._drop_node_hooks()
         super().begin(step)
