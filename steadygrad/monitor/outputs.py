@@ -350,17 +350,23 @@ BETWEEN_LOGITS = SAME_VALUES | {"MulBackward", "DivBackward", "AddBackward"}
 def _made_by_a_linear(t: torch.Tensor, depth: int = 4) -> bool:
     """Whether ``t`` is a linear layer's output, seen through up to ``depth`` views or casts in
     its autograd graph: raw scores, which no log-probability is."""
+    return _linear_step(t, depth, SAME_VALUES) is not None
+
+
+def _linear_step(t: torch.Tensor, depth: int, through: frozenset[str]) -> Any:
+    """The autograd step of the product (``LINEAR_STEPS``) that made ``t``, reached within
+    ``depth`` steps through those named in ``through`` only; None when there is none."""
     node = t.grad_fn
     for _ in range(depth):
         if node is None:
-            return False
+            return None
         step = autograd_step(node)
         if step in LINEAR_STEPS:
-            return True
-        if step not in SAME_VALUES:
-            return False
+            return node
+        if step not in through:
+            return None
         node = node.next_functions[0][0] if node.next_functions else None
-    return False
+    return None
 
 
 def _mask_ignored(
@@ -426,17 +432,8 @@ def _weight_owner(logits: torch.Tensor, matrices: dict[int, str], depth: int = 4
     autograd steps of them, through steps that keep their values), used by the forward
     itself rather than by the module (``F.linear(h, F.normalize(self.head.weight))``): the
     head. None when no such product or weight is found, or the weight is the root model's."""
-    node = logits.grad_fn
-    for _ in range(depth):
-        if node is None:
-            return None
-        step = autograd_step(node)
-        if step in LINEAR_STEPS:
-            break
-        if step not in BETWEEN_LOGITS:
-            return None
-        node = node.next_functions[0][0] if node.next_functions else None
-    else:
+    node = _linear_step(logits, depth, BETWEEN_LOGITS)
+    if node is None:
         return None
     # a matrix the model itself holds ("") names no module: the input's maker does
     return (
