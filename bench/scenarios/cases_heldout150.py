@@ -686,3 +686,115 @@ def h150_kabaddi_aux_weight_burst(ctx: Context) -> None:
     ctx.check("aux weight was 500 at onset", aux_w[90] == 500.0)
     ctx.check("gradient at onset 50x the median", g[90] > 50 * _median(g[60:90]))
     ctx.check("run finite", _finite(ls))
+
+
+# -- waterspout counts: a Poisson rate clamped with relu instead of softplus ----------------------
+
+
+class WaterspoutNet(nn.Module):
+    """Predicts the daily count of waterspouts off a coast from 12 sounding readings (lapse
+    rate, sea-surface temperature, shear) as a Poisson rate."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(12, 48), nn.Tanh())
+        self.rate_head = nn.Linear(48, 1)
+        nn.init.normal_(self.rate_head.weight, std=0.01)
+        nn.init.constant_(self.rate_head.bias, 1.0)
+
+    def forward(self, x):
+        return F.relu(self.rate_head(self.body(x)))[:, 0]
+
+
+def _soundings(gen, batch):
+    w = torch.randn(12, generator=gen)
+    while True:
+        x = torch.randn(batch, 12, generator=gen)
+        yield x, torch.poisson(torch.exp(x @ w / 3 - 0.5), generator=gen)
+
+
+def _poisson_nll(rate, y):
+    return (rate - y * torch.log(rate)).mean()
+
+
+@scenario(
+    family="waterspout_count_poisson",
+    optimizer="Adam",
+    cause="nonfinite",
+    where=("rate_head",),
+    diverges=27,
+    heldout=True,
+    note="A Poisson regressor whose rate is F.relu(rate_head(h)) (the softplus was swapped for "
+    "relu 'to save an exp'), with a hand-written NLL rate - y*log(rate): at step 27 a rate is "
+    "clamped to exactly 0, log(0) = -inf (0 * -inf = NaN on a calm day) makes the loss NaN.",
+)
+def h150_waterspout_relu_rate(ctx: Context) -> None:
+    gen = seeded(15011)
+    model = WaterspoutNet()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    zeros = []
+
+    def watch(step, out, x, y):
+        zeros.append(bool((out.detach() == 0).any()))
+
+    _train(ctx, model, opt, _soundings(gen, 64), 150, _poisson_nll, watch=watch)
+    bad = _first_bad(ctx.losses)
+    ctx.check("loss non-finite", bad is not None)
+    ctx.check("a rate was exactly 0 there", bad is not None and zeros[bad])
+    ctx.check("no zero rate before", bad is not None and not any(zeros[:bad]))
+
+
+# -- pot still cuts: decoupled weight decay applied with the wrong sign --------------------------
+
+
+class StillNet(nn.Module):
+    """From 16 still readings (head temperature, reflux, ABV, time since heads) predicts the
+    ethanol fraction in the spirit run."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 64)
+        self.fc2 = nn.Linear(64, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc2(F.gelu(self.fc1(x))))
+
+
+def _still(gen, batch):
+    w = torch.randn(16, generator=gen)
+    while True:
+        x = torch.randn(batch, 16, generator=gen)
+        yield x, torch.sigmoid(x @ w / 3)[:, None]
+
+
+@scenario(
+    family="pot_still_cut_regressor",
+    optimizer="Adamax",
+    cause="loss_divergence",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="Adamax with a hand-written decoupled weight decay after each step, p *= (1 + lr*wd) "
+    "instead of (1 - lr*wd), wd 2.0: the weights grow slowly every step, the loss falls first "
+    "and then climbs back steadily with no other mechanism.",
+)
+def h150_pot_still_decay_sign(ctx: Context) -> None:
+    gen = seeded(15012)
+    model = StillNet()
+    lr, wd = 5e-3, 2.0
+    opt = torch.optim.Adamax(model.parameters(), lr=lr)
+    norms = []
+
+    def after(step):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + lr * wd)
+        norms.append(float(model.fc1.weight.norm()))
+
+    _train(ctx, model, opt, _still(gen, 64), 300, F.mse_loss, after=after)
+    ls = ctx.losses
+    low = min(range(len(ls)), key=lambda i: ls[i] if math.isfinite(ls[i]) else 1e30)
+    ctx.check("loss fell first", _mean(ls[low - 5 : low + 5]) < 0.7 * _mean(ls[:10]))
+    ctx.check("loss climbed 2x from its low", _mean(ls[-10:]) > 2 * _mean(ls[max(low - 5, 0) : low + 5]))
+    ctx.check("weights grew 3x", norms[-1] > 3 * norms[0])
+    ctx.check("run finite", _finite(ls))
