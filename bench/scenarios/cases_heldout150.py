@@ -798,3 +798,289 @@ def h150_pot_still_decay_sign(ctx: Context) -> None:
     ctx.check("loss climbed 2x from its low", _mean(ls[-10:]) > 2 * _mean(ls[max(low - 5, 0) : low + 5]))
     ctx.check("weights grew 3x", norms[-1] > 3 * norms[0])
     ctx.check("run finite", _finite(ls))
+
+
+# -- controls --------------------------------------------------------------------------------------
+
+
+class BowBlock(nn.Module):
+    """A pre-LN block around ``nn.MultiheadAttention``."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.ff(self.ln2(x))
+
+
+class KeyedFiddleNet(nn.Module):
+    """Reads 12 played key-press numbers on a nyckelharpa (16 keys) and names the tune's mode
+    (four classes)."""
+
+    def __init__(self, keys=16, dim=32, heads=4, length=12):
+        super().__init__()
+        self.key = nn.Embedding(keys, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.blocks = nn.ModuleList(BowBlock(dim, heads) for _ in range(2))
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, x):
+        h = self.key(x) + self.pos
+        for b in self.blocks:
+            h = b(h)
+        return self.head(self.ln_f(h).mean(1))
+
+
+def _tunes(gen, batch, keys=16, length=12):
+    scales = torch.stack([torch.randperm(keys, generator=gen)[:6] for _ in range(4)])
+    while True:
+        y = torch.randint(0, 4, (batch,), generator=gen)
+        pick = torch.randint(0, 6, (batch, length), generator=gen)
+        x = scales[y].gather(1, pick)
+        noise = torch.rand(batch, length, generator=gen) < 0.15
+        x = torch.where(noise, torch.randint(0, keys, (batch, length), generator=gen), x)
+        yield x, y
+
+
+@scenario(
+    family="nyckelharpa_tune_transformer",
+    optimizer="AdamW",
+    cause="healthy",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="Control: a two-block nn.MultiheadAttention transformer, AdamW with param groups (no "
+    "decay on norms, biases and embeddings), CosineAnnealingWarmRestarts (T_0 40, T_mult 2), "
+    "label smoothing 0.1 and clipping at 1.0.",
+)
+def h150_nyckelharpa_warm_restarts_control(ctx: Context) -> None:
+    gen = seeded(15013)
+    model = KeyedFiddleNet()
+    decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "key" not in n]
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=3e-3
+    )
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=40, T_mult=2)
+    _train(
+        ctx,
+        model,
+        opt,
+        _tunes(gen, 64),
+        200,
+        lambda o, y: F.cross_entropy(o, y, label_smoothing=0.1),
+        classifier=True,
+        clip=1.0,
+        sched=sched,
+    )
+    ctx.check("loss fell by half", _fell(ctx.losses, ratio=0.5))
+
+
+class SwiGLU(nn.Module):
+    """A gated MLP block: W2(silu(W1 x) * W3 x), with a residual and LayerNorm."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.w2(F.silu(self.w1(h)) * self.w3(h))
+
+
+class WallerNet(nn.Module):
+    """Predicts the batter (lean, degrees) a dry-stone wall section settles to from 14 course
+    readings (stone sizes, hearting fill, through-stones)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(14, 32)
+        self.blocks = nn.Sequential(SwiGLU(32, 64), SwiGLU(32, 64))
+        self.out = nn.Linear(32, 1)
+
+    def forward(self, x):
+        return self.out(self.blocks(self.inp(x)))
+
+
+def _walls(gen, batch):
+    w = torch.randn(14, generator=gen)
+    while True:
+        x = torch.randn(batch, 14, generator=gen)
+        noise = 0.2 * torch.randn(batch, generator=gen)
+        yield x, (torch.tanh(x @ w / 3) * 2 + 0.3 * x[:, 0] * x[:, 1] + noise)[:, None]
+
+
+@scenario(
+    family="dry_stone_wall_swiglu_regressor",
+    optimizer="NAdam",
+    cause="healthy",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="Control: residual SwiGLU blocks, Huber loss, NAdam under OneCycleLR, gradient "
+    "accumulation over 2 micro-batches of noisy readings.",
+)
+def h150_dry_stone_swiglu_control(ctx: Context) -> None:
+    gen = seeded(15014)
+    model = WallerNet()
+    opt = torch.optim.NAdam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=150)
+    _train(ctx, model, opt, _walls(gen, 32), 150, F.huber_loss, accumulate=2, sched=sched)
+    ctx.check("loss fell by half", _fell(ctx.losses, ratio=0.5))
+
+
+class StrokeAttention(nn.Module):
+    """Causal attention through ``scaled_dot_product_attention``."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class HangDrumLM(nn.Module):
+    """Next-stroke model over hang drum stroke tokens (tone field, ding, slap, ghost: 24
+    tokens), with the output head tied to the input embedding."""
+
+    def __init__(self, vocab=24, dim=32, heads=2, length=24):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = StrokeAttention(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        self.lm_head.weight = self.tok.weight
+
+    def forward(self, x):
+        h = self.tok(x) + self.pos[: x.shape[1]]
+        h = h + self.attn(self.ln1(h))
+        h = h + self.ff(self.ln2(h))
+        return self.lm_head(self.ln_f(h))
+
+
+def _grooves(gen, batch, vocab=24, length=24):
+    """Repeating grooves of period 3 to 6 with occasional ghost-note substitutions."""
+    while True:
+        period = torch.randint(3, 7, (batch,), generator=gen)
+        motif = torch.randint(0, vocab, (batch, 6), generator=gen)
+        idx = torch.arange(length + 1)[None] % period[:, None]
+        seq = motif.gather(1, idx)
+        ghost = torch.rand(batch, length + 1, generator=gen) < 0.05
+        seq = torch.where(ghost, torch.randint(0, vocab, (batch, length + 1), generator=gen), seq)
+        yield seq[:, :-1], seq[:, 1:]
+
+
+def _lm_loss(logits, y):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@scenario(
+    family="hang_drum_tied_transformer",
+    optimizer="RAdam",
+    cause="healthy",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="Control: a causal scaled_dot_product_attention language model over hang drum strokes "
+    "with tied input/output embeddings, bf16 autocast (no GradScaler), RAdam with a linear "
+    "warm-up then constant rate and clipping at 1.0.",
+)
+def h150_hang_drum_tied_bf16_control(ctx: Context) -> None:
+    gen = seeded(15015)
+    model = HangDrumLM()
+    opt = torch.optim.RAdam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
+    _train(
+        ctx,
+        model,
+        opt,
+        _grooves(gen, 32),
+        200,
+        _lm_loss,
+        autocast=torch.bfloat16,
+        clip=1.0,
+        sched=sched,
+    )
+    ctx.check("loss fell by 40%", _fell(ctx.losses, ratio=0.6))
+
+
+class KickNet(nn.Module):
+    """A 1-D conv net on 48 samples of a sepak takraw player's ankle IMU, saying whether the
+    roll spike lands in (BCE)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv1d(3, 16, 5, padding=2)
+        self.conv2 = nn.Conv1d(16, 32, 5, padding=2)
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, x):
+        h = F.relu(self.conv1(x))
+        h = F.relu(self.conv2(F.max_pool1d(h, 2)))
+        return self.head(h.mean(-1))[:, 0]
+
+
+def _kicks(gen, batch):
+    t = torch.linspace(0, 1, 48)
+    while True:
+        speed = torch.rand(batch, generator=gen) * 2 + 0.5
+        phase = torch.rand(batch, generator=gen)
+        base = torch.stack(
+            [torch.sin(6.28 * (speed[:, None] * t + phase[:, None])), torch.cos(6.28 * speed[:, None] * t), t.expand(batch, -1)], 1
+        )
+        x = base + 0.3 * torch.randn(batch, 3, 48, generator=gen)
+        yield x, ((speed > 1.4) ^ (phase > 0.8)).float()
+
+
+@scenario(
+    family="sepak_takraw_kick_conv_net",
+    optimizer="SGD Nesterov",
+    cause="healthy",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="Control: a 1-D conv net under fp16 autocast with a torch.amp.GradScaler, BCE with "
+    "logits, SGD Nesterov momentum 0.9 and ReduceLROnPlateau.",
+)
+def h150_sepak_takraw_fp16_control(ctx: Context) -> None:
+    gen = seeded(15016)
+    model = KickNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=15)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _train(
+        ctx,
+        model,
+        opt,
+        _kicks(gen, 64),
+        200,
+        F.binary_cross_entropy_with_logits,
+        autocast=torch.float16,
+        scaler=scaler,
+        sched=sched,
+    )
+    ctx.check("loss fell by 30%", _fell(ctx.losses, ratio=0.7))
+    ctx.check("scaler kept a finite scale", all(math.isfinite(s) and s > 0 for s in ctx.scales))
