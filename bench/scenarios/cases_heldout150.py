@@ -75,7 +75,9 @@ def _train(
                 x, y = alter(step, x, y)
             if classifier:
                 ctx.targets(y)
-            with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            with torch.autocast(
+                "cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None
+            ):
                 out = model(x)
             loss = loss_fn(out.float(), y) / accumulate
             if watch is not None:
@@ -138,7 +140,10 @@ class RotaryAttention(nn.Module):
 
     def forward(self, x):
         b, t, d = x.shape
-        q, k, v = (m(x).reshape(b, t, self.heads, self.hd).transpose(1, 2) for m in (self.q, self.k, self.v))
+        q, k, v = (
+            m(x).reshape(b, t, self.heads, self.hd).transpose(1, 2)
+            for m in (self.q, self.k, self.v)
+        )
         q, k = _rotate(q, self.cos[:t], self.sin[:t]), _rotate(k, self.cos[:t], self.sin[:t])
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.hd)
         self.last_max = float(scores.detach().abs().amax())
@@ -343,13 +348,13 @@ def _kiln(gen, batch):
     diverges="auto",
     heldout=True,
     note="Predicts the moisture left in a hop kiln bed from 12 unnormalised burner and airflow "
-    "readings (mean 1.5) with MSE; the lr was typed 0.3 instead of 0.03, past 2/sharpness of "
+    "readings (mean 1.5) with MSE; the lr was typed 0.15 instead of 0.015, past 2/sharpness of "
     "the loss, so plain SGD oscillates with growing amplitude and the loss blows up.",
 )
 def h150_hop_kiln_lr_typo(ctx: Context) -> None:
     gen = seeded(15004)
     model = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.15)
     _train(ctx, model, opt, _kiln(gen, 64), 120, F.mse_loss)
     ls = ctx.losses
     bad = _first_bad(ls)
@@ -365,7 +370,9 @@ class CorniceNet(nn.Module):
     def __init__(self, depth=10, width=48, gain=1.0):
         super().__init__()
         sizes = [20] + [width] * depth
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=False)
+        )
         self.head = nn.Linear(width, 3)
         for lin in self.layers:
             nn.init.normal_(lin.weight, std=gain * math.sqrt(2.0 / lin.in_features))
@@ -416,7 +423,9 @@ def h150_cornice_double_gain(ctx: Context) -> None:
     _train(ctx, model, opt, _snowpits(gen, 64), 100, F.cross_entropy, classifier=True)
     ls = ctx.losses
     ctx.check("gradient at the first layer 100x that at the last", ratio[0] > 100)
-    ctx.check("loss blew up 100x or went non-finite", _first_bad(ls) is not None or max(ls) > 100 * ls[0])
+    ctx.check(
+        "loss blew up 100x or went non-finite", _first_bad(ls) is not None or max(ls) > 100 * ls[0]
+    )
 
 
 # -- petanque boules: RMSprop at a learning rate meant for SGD ------------------------------------
@@ -470,12 +479,12 @@ def h150_petanque_rmsprop_dead_relu(ctx: Context) -> None:
     ctx.check("loss stalled above 0.8", _mean(ctx.losses[-10:]) > 0.8)
 
 
-# -- glassblower's gather: a backbone lr multiplier typed 1e-6 ------------------------------------
+# -- scythe mowing strokes: a backbone lr multiplier typed 1e-6 ------------------------------------
 
 
-class GatherNet(nn.Module):
-    """A 1-D conv net reading 64 samples of the pipe's rotation torque while gathering glass,
-    classing the gather as thin, even, lopsided or overloaded."""
+class SwathNet(nn.Module):
+    """A 1-D conv net reading 64 samples of a scythe snath's torque through one mowing stroke,
+    classing the cut as clean, shallow, ploughing or bouncing."""
 
     def __init__(self):
         super().__init__()
@@ -489,7 +498,7 @@ class GatherNet(nn.Module):
         return self.head(h.mean(-1))
 
 
-def _gathers(gen, batch):
+def _swaths(gen, batch):
     t = torch.linspace(0, 6.28, 64)
     while True:
         y = torch.randint(0, 4, (batch,), generator=gen)
@@ -499,7 +508,7 @@ def _gathers(gen, batch):
 
 
 @scenario(
-    family="glassblower_gather_cnn",
+    family="scythe_mowing_stroke_cnn",
     optimizer="Adagrad",
     cause="update_ratio_out_of_range",
     where=("conv1", "conv2"),
@@ -509,19 +518,22 @@ def _gathers(gen, batch):
     "backbone_mult typed 1e-6 instead of 1e-1: the conv layers' update-to-weight ratio is "
     "around 1e-8, they stay at their random init while the head trains.",
 )
-def h150_glassblower_backbone_mult(ctx: Context) -> None:
+def h150_scythe_backbone_mult(ctx: Context) -> None:
     gen = seeded(15007)
-    model = GatherNet()
+    model = SwathNet()
     lr = 0.05
     opt = torch.optim.Adagrad(
         [
-            {"params": list(model.conv1.parameters()) + list(model.conv2.parameters()), "lr": lr * 1e-6},
+            {
+                "params": list(model.conv1.parameters()) + list(model.conv2.parameters()),
+                "lr": lr * 1e-6,
+            },
             {"params": model.head.parameters(), "lr": lr},
         ]
     )
     w0 = model.conv2.weight.detach().clone()
     h0 = model.head.weight.detach().clone()
-    _train(ctx, model, opt, _gathers(gen, 64), 150, F.cross_entropy, classifier=True)
+    _train(ctx, model, opt, _swaths(gen, 64), 150, F.cross_entropy, classifier=True)
     conv_change = float((model.conv2.weight.detach() - w0).norm() / w0.norm())
     head_change = float((model.head.weight.detach() - h0).norm() / h0.norm())
     ctx.check("conv weights moved less than 1e-4 relative", conv_change < 1e-4)
@@ -584,7 +596,9 @@ def h150_zither_beta2_poisoned(ctx: Context) -> None:
     g = ctx.grad_norms
     ls = ctx.losses
     ctx.check("gradient at onset 1e4x the median", g[60] > 1e4 * _median(g[:60]))
-    ctx.check("fc1 updates 10x smaller after onset", _mean(moves[100:150]) < 0.1 * _mean(moves[40:60]))
+    ctx.check(
+        "fc1 updates 10x smaller after onset", _mean(moves[100:150]) < 0.1 * _mean(moves[40:60])
+    )
     ctx.check("loss was falling before onset", _mean(ls[50:60]) < 0.8 * _mean(ls[:10]))
     ctx.check("loss stalled after onset", _mean(ls[-10:]) > 0.8 * _mean(ls[50:60]))
 
@@ -613,7 +627,9 @@ def _clamps(gen, batch):
 )
 def h150_beet_clamp_kelvin_shard(ctx: Context) -> None:
     gen = seeded(15009)
-    model = nn.Sequential(nn.Linear(10, 48), nn.Tanh(), nn.Linear(48, 48), nn.Tanh(), nn.Linear(48, 1))
+    model = nn.Sequential(
+        nn.Linear(10, 48), nn.Tanh(), nn.Linear(48, 48), nn.Tanh(), nn.Linear(48, 1)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
     def alter(step, x, y):
@@ -795,7 +811,9 @@ def h150_pot_still_decay_sign(ctx: Context) -> None:
     ls = ctx.losses
     low = min(range(len(ls)), key=lambda i: ls[i] if math.isfinite(ls[i]) else 1e30)
     ctx.check("loss fell first", _mean(ls[low - 5 : low + 5]) < 0.7 * _mean(ls[:10]))
-    ctx.check("loss climbed 2x from its low", _mean(ls[-10:]) > 2 * _mean(ls[max(low - 5, 0) : low + 5]))
+    ctx.check(
+        "loss climbed 2x from its low", _mean(ls[-10:]) > 2 * _mean(ls[max(low - 5, 0) : low + 5])
+    )
     ctx.check("weights grew 3x", norms[-1] > 3 * norms[0])
     ctx.check("run finite", _finite(ls))
 
@@ -1049,7 +1067,12 @@ def _kicks(gen, batch):
         speed = torch.rand(batch, generator=gen) * 2 + 0.5
         phase = torch.rand(batch, generator=gen)
         base = torch.stack(
-            [torch.sin(6.28 * (speed[:, None] * t + phase[:, None])), torch.cos(6.28 * speed[:, None] * t), t.expand(batch, -1)], 1
+            [
+                torch.sin(6.28 * (speed[:, None] * t + phase[:, None])),
+                torch.cos(6.28 * speed[:, None] * t),
+                t.expand(batch, -1),
+            ],
+            1,
         )
         x = base + 0.3 * torch.randn(batch, 3, 48, generator=gen)
         yield x, ((speed > 1.4) ^ (phase > 0.8)).float()
