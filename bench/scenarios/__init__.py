@@ -154,6 +154,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout147,
     cases_heldout148,
     cases_heldout149,
+    cases_heldout150,
     cases_heldout151,
     cases_mlp,
     cases_other,
