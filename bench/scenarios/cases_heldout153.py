@@ -375,3 +375,171 @@ def h153_sea_shanty_recurrent_gain(ctx: Context) -> None:
             break
     ctx.check("gradient grew 100x back through time at step 0", ratios[0] > 100)
     ctx.check("loss blew up (1000x or non-finite)", _first_bad(ctx.losses) is not None or max(ctx.losses) > 1000 * ctx.losses[0])
+
+
+# -- dry-stone walling: RMSprop at a learning rate copied from a different model ---------------
+
+
+class WallBatterRegressor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 96), nn.ReLU(), nn.Linear(96, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def _wall_batches(gen: torch.Generator, batch: int = 64):
+    """Stone-course survey features (digit pixels as stand-in texture) and a batter angle."""
+    w = torch.randn(64, generator=gen) / 8
+    for x, _ in digit_batches(gen, batch):
+        yield x, x @ w + 0.05 * torch.randn(batch, generator=gen)
+
+
+@scenario(
+    family="drystone_wall_batter_regressor",
+    optimizer="RMSprop",
+    cause="loss_of_plasticity",
+    where=("net.2", "net.3"),
+    diverges=None,
+    heldout=True,
+    note="A dry-stone wall batter-angle regressor (ReLU MLP) trained with RMSprop at lr 0.05, "
+    "copied from a linear baseline's config: the first large normalised steps push most units of "
+    "the second hidden layer negative on every input and they never come back, so most of "
+    "that layer stops learning.",
+)
+def h153_drystone_wall_dead_relus(ctx: Context) -> None:
+    gen = seeded(15305)
+    model = WallBatterRegressor()
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.05)
+    dead: list[float] = []
+    model.net[3].register_forward_hook(lambda m, i, o: dead.append(dead_fraction(o.detach())))
+    _loop(ctx, model, opt, _wall_batches(gen), 150, F.mse_loss)
+    ctx.check("under 20% of units dead at the start", dead[0] < 0.2)
+    ctx.check("over 60% of units dead at the end", _mean(dead[-10:]) > 0.6)
+
+
+# -- millrace flow: an encoder param group whose lr key was misspelt ---------------------------
+
+
+class MillraceFlowNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32), nn.GELU())
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x)).squeeze(-1)
+
+
+@scenario(
+    family="millrace_flow_regressor",
+    optimizer="Adam",
+    cause="update_ratio_out_of_range",
+    where=("encoder", "encoder.0", "encoder.2"),
+    diverges=None,
+    heldout=True,
+    note="A millrace flow regressor (sluice-gate sensor features) with two Adam param groups; "
+    "the encoder's rate is read as cfg.get('enc_lr', 0.0) but the config spells it "
+    "'encoder_lr', so the encoder trains at lr 0 for the whole run and only the head learns.",
+)
+def h153_millrace_encoder_lr_key(ctx: Context) -> None:
+    gen = seeded(15306)
+    model = MillraceFlowNet()
+    cfg = {"encoder_lr": 1e-3, "head_lr": 1e-3}
+    opt = torch.optim.Adam(
+        [
+            {"params": model.encoder.parameters(), "lr": cfg.get("enc_lr", 0.0)},
+            {"params": model.head.parameters(), "lr": cfg.get("head_lr", 0.0)},
+        ]
+    )
+    enc0 = model.encoder[0].weight.detach().clone()
+    head0 = model.head.weight.detach().clone()
+    _loop(ctx, model, opt, _wall_batches(gen), 150, F.mse_loss)
+    ctx.check("encoder weights never moved", torch.equal(model.encoder[0].weight.detach(), enc0))
+    ctx.check("head weights moved", not torch.equal(model.head.weight.detach(), head0))
+
+
+# -- fog banks: one shard logged in metres instead of kilometres --------------------------------
+
+
+@scenario(
+    family="fog_bank_visibility_regressor",
+    optimizer="SGD",
+    cause="data_outlier",
+    where=(),
+    diverges="auto",
+    heldout=True,
+    onset=100,
+    note="A fog-bank visibility regressor (km) trained with plain SGD; the batch at step 100 "
+    "comes from a station shard logged in metres, so its targets are 1000x too large and its "
+    "loss and gradient jump by about a million; one SGD step from it throws the weights far off.",
+)
+def h153_fog_bank_metres_shard(ctx: Context) -> None:
+    gen = seeded(15307)
+    model = nn.Sequential(nn.Linear(64, 48), nn.Tanh(), nn.Linear(48, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def alter(step, x, y):
+        return x, (y * 1000.0 if step == 100 else y)
+
+    def loss_fn(out, y):
+        return F.mse_loss(out.squeeze(-1), y)
+
+    _loop(ctx, model, opt, _wall_batches(gen), 160, loss_fn, alter=alter)
+    before = sorted(ctx.losses[80:100])[10]
+    ctx.check("loss at step 100 is 1e4x the median before", ctx.losses[100] > 1e4 * before)
+    ctx.check("gradient at step 100 is 100x the step before", ctx.grad_norms[100] > 100 * ctx.grad_norms[99])
+
+
+# -- waterspouts: Gaussian NLL with a ReLU variance and no floor --------------------------------
+
+
+class FunnelWidthNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 48), nn.Tanh())
+        self.mean_head = nn.Linear(48, 1)
+        self.var_head = nn.Linear(48, 1)
+        nn.init.constant_(self.var_head.bias, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return torch.cat([self.mean_head(h), F.relu(self.var_head(h))], -1)
+
+
+@scenario(
+    family="waterspout_funnel_width_nll",
+    optimizer="Adagrad",
+    cause="nonfinite",
+    where=("var_head",),
+    diverges=77,
+    heldout=True,
+    onset=77,
+    note="A waterspout funnel-width model with mean and variance heads and a hand-written "
+    "Gaussian NLL, 0.5*log(var) + (y-mu)^2/(2 var); the variance is relu(raw) with no floor (the "
+    "softplus + 1e-6 of the paper was dropped), so once a sample's raw variance crosses zero "
+    "log(0) and a division by zero make the loss non-finite.",
+)
+def h153_waterspout_relu_variance(ctx: Context) -> None:
+    gen = seeded(15308)
+    model = FunnelWidthNet()
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.01)
+    mins: list[float] = []
+
+    def loss_fn(out, y):
+        mu, var = out[:, 0], out[:, 1]
+        return (0.5 * torch.log(var) + (y - mu) ** 2 / (2 * var)).mean()
+
+    def watch(step, out, x, y):
+        mins.append(float(out[:, 1].detach().min()))
+
+    def widths():
+        for x, y in _wall_batches(gen):
+            yield x, 4.0 * y + 0.2 * torch.randn(y.shape, generator=gen)
+
+    _loop(ctx, model, opt, widths(), 250, loss_fn, watch=watch)
+    bad = _first_bad(ctx.losses)
+    ctx.check("loss turns non-finite", bad is not None)
+    ctx.check("a variance reached exactly 0 there", bad is not None and mins[bad] == 0.0)
+    ctx.check("finite for 60+ steps before", bad is not None and bad >= 60)
