@@ -155,6 +155,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout148,
     cases_heldout149,
     cases_heldout151,
+    cases_heldout153,
     cases_mlp,
     cases_other,
 )

@@ -73,7 +73,9 @@ def _loop(
                 x, y = alter(step, x, y)
             if classifier:
                 ctx.targets(y)
-            with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            with torch.autocast(
+                "cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
+            ):
                 out = model(x)
             loss = loss_fn(out.float(), y) / accumulate
             if watch is not None:
@@ -152,7 +154,9 @@ class RotaryAttention(nn.Module):
 
 
 class YodelPhraseModel(nn.Module):
-    def __init__(self, vocab: int = 64, dim: int = 32, heads: int = 2, context: int = 24, scale=None):
+    def __init__(
+        self, vocab: int = 64, dim: int = 32, heads: int = 2, context: int = 24, scale=None
+    ):
         super().__init__()
         self.tok = nn.Embedding(vocab, dim)
         self.ln1 = nn.LayerNorm(dim)
@@ -193,7 +197,9 @@ def h153_yodel_phrase_rotary_attention(ctx: Context) -> None:
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
     _loop(ctx, model, opt, text_batches(gen, 16, 24, 64), 200, loss_fn, watch=watch)
-    ctx.check("attention logits grew 20x from their start", _mean(maxes[-10:]) > 20 * _mean(maxes[:5]))
+    ctx.check(
+        "attention logits grew 20x from their start", _mean(maxes[-10:]) > 20 * _mean(maxes[:5])
+    )
     ctx.check("attention logits end above 100", _mean(maxes[-10:]) > 100)
 
 
@@ -278,7 +284,9 @@ def h153_gemstone_facet_temperature(ctx: Context) -> None:
             idx = torch.randint(0, 256, (64,), generator=gen)
             yield xs[idx], ys[idx]
 
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = nn.Sequential(
+        nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
     opt = torch.optim.NAdam(model.parameters(), lr=3e-3)
     temperature = 1e-3
     frac: list[float] = []
@@ -332,7 +340,9 @@ def _shanty_batches(gen: torch.Generator, batch: int = 32, length: int = 40):
     while True:
         period = torch.randint(2, 8, (batch, 1), generator=gen).float()
         t = torch.arange(length).float()[None]
-        x = (torch.remainder(t, period) == 0).float() + 0.1 * torch.randn(batch, length, generator=gen)
+        x = (torch.remainder(t, period) == 0).float() + 0.1 * torch.randn(
+            batch, length, generator=gen
+        )
         yield x, period.squeeze(1) / 8.0
 
 
@@ -374,7 +384,10 @@ def h153_sea_shanty_recurrent_gain(ctx: Context) -> None:
         if not math.isfinite(float(loss)):
             break
     ctx.check("gradient grew 100x back through time at step 0", ratios[0] > 100)
-    ctx.check("loss blew up (1000x or non-finite)", _first_bad(ctx.losses) is not None or max(ctx.losses) > 1000 * ctx.losses[0])
+    ctx.check(
+        "loss blew up (1000x or non-finite)",
+        _first_bad(ctx.losses) is not None or max(ctx.losses) > 1000 * ctx.losses[0],
+    )
 
 
 # -- dry-stone walling: RMSprop at a learning rate copied from a different model ---------------
@@ -383,7 +396,9 @@ def h153_sea_shanty_recurrent_gain(ctx: Context) -> None:
 class WallBatterRegressor(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 96), nn.ReLU(), nn.Linear(96, 1))
+        self.net = nn.Sequential(
+            nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 96), nn.ReLU(), nn.Linear(96, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
@@ -489,7 +504,10 @@ def h153_fog_bank_metres_shard(ctx: Context) -> None:
     _loop(ctx, model, opt, _wall_batches(gen), 160, loss_fn, alter=alter)
     before = sorted(ctx.losses[80:100])[10]
     ctx.check("loss at step 100 is 1e4x the median before", ctx.losses[100] > 1e4 * before)
-    ctx.check("gradient at step 100 is 100x the step before", ctx.grad_norms[100] > 100 * ctx.grad_norms[99])
+    ctx.check(
+        "gradient at step 100 is 100x the step before",
+        ctx.grad_norms[100] > 100 * ctx.grad_norms[99],
+    )
 
 
 # -- waterspouts: Gaussian NLL with a ReLU variance and no floor --------------------------------
@@ -543,3 +561,251 @@ def h153_waterspout_relu_variance(ctx: Context) -> None:
     ctx.check("loss turns non-finite", bad is not None)
     ctx.check("a variance reached exactly 0 there", bad is not None and mins[bad] == 0.0)
     ctx.check("finite for 60+ steps before", bad is not None and bad >= 60)
+
+
+# -- handpan resonance: a band-energy sum left in fp16 under autocast ---------------------------
+
+
+class HandpanEnergyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(64, 32)
+        self.band = nn.Linear(32, 1, bias=False)
+        nn.init.constant_(self.band.weight, 1.0)
+        nn.init.constant_(self.proj.bias, 10.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)
+        energy = self.band(h * h)  # fp16 under autocast: overflows past 65504
+        return torch.log(energy.float().squeeze(-1) + 1e-3)
+
+
+def _handpan_batches(gen: torch.Generator, batch: int = 32):
+    """Strike spectra and the log of the note's resonance energy (9 to 13 nepers)."""
+    w = torch.randn(64, generator=gen) / 8
+    for x, _ in digit_batches(gen, batch):
+        yield x, 11.0 + 2.0 * torch.tanh(x @ w)
+
+
+@scenario(
+    family="handpan_resonance_energy_regressor",
+    optimizer="Adam",
+    cause="amp_overflow",
+    where=("band",),
+    diverges=147,
+    heldout=True,
+    onset=147,
+    note="A handpan resonance-energy regressor trained under fp16 autocast with a GradScaler; "
+    "the band energy sum(h^2) is computed by a Linear inside autocast instead of in float32, so "
+    "as the model learns the loud notes (log energy above ln 65504 = 11.1) the fp16 sum "
+    "overflows to inf, those steps' losses and gradients are non-finite and the scaler keeps "
+    "skipping steps and cutting its scale.",
+)
+def h153_handpan_energy_fp16(ctx: Context) -> None:
+    gen = seeded(15309)
+    model = HandpanEnergyNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    _loop(
+        ctx,
+        model,
+        opt,
+        _handpan_batches(gen),
+        200,
+        F.mse_loss,
+        scaler=scaler,
+        amp_dtype=torch.float16,
+    )
+    bad = [i for i, v in enumerate(ctx.losses) if not math.isfinite(v)]
+    ctx.check("fp16 energy overflowed on 20+ steps", len(bad) >= 20)
+    ctx.check("finite for the first 10 steps", bool(bad) and bad[0] >= 10)
+    ctx.check(
+        "scaler cut its scale 2^8-fold", bool(ctx.scales) and min(ctx.scales) <= 65536.0 / 256
+    )
+
+
+# -- taiko patterns: a tied-embedding transformer LM with warm restarts (healthy) -------------
+
+
+class TaikoBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 3 * dim), nn.GELU(), nn.Linear(3 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.ff(self.ln2(x))
+
+
+class TaikoPatternLM(nn.Module):
+    def __init__(self, vocab: int = 64, dim: int = 32, heads: int = 4, context: int = 24) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.zeros(context, dim))
+        self.blocks = nn.ModuleList(TaikoBlock(dim, heads) for _ in range(2))
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        nn.init.normal_(self.tok.weight, std=0.05)
+        self.head.weight = self.tok.weight  # tied input/output embeddings
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos[: idx.shape[1]]
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln_f(x))
+
+
+@scenario(
+    family="taiko_drum_pattern_lm",
+    optimizer="AdamW",
+    cause="healthy",
+    heldout=True,
+    note="A taiko drum-pattern language model (nn.MultiheadAttention, tied input/output "
+    "embeddings) with AdamW, weight decay, CosineAnnealingWarmRestarts, clipping at 1.0 and "
+    "label smoothing 0.1: an ordinary run.",
+)
+def h153_taiko_tied_lm_restarts(ctx: Context) -> None:
+    gen = seeded(15310)
+    model = TaikoPatternLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=50, T_mult=2)
+
+    def loss_fn(out, y):
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), label_smoothing=0.1)
+
+    _loop(ctx, model, opt, text_batches(gen, 16, 24, 64), 200, loss_fn, clip=1.0, sched=sched)
+    ctx.check("loss fell and stayed finite", _fell(ctx.losses))
+    ctx.check("head still tied to the embedding", model.head.weight is model.tok.weight)
+
+
+# -- hay bales: a SwiGLU regressor under bf16 autocast (healthy) -------------------------------
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class HayBaleDensityNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, 48)
+        self.norm = nn.LayerNorm(48)
+        self.mlp = SwiGLU(48, 96)
+        self.out = nn.Linear(48, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        h = h + self.mlp(self.norm(h))
+        return self.out(h).squeeze(-1)
+
+
+@scenario(
+    family="hay_bale_density_regressor",
+    optimizer="RAdam",
+    cause="healthy",
+    heldout=True,
+    note="A hay-bale density regressor with a SwiGLU block, trained under bf16 autocast (no "
+    "GradScaler) with RAdam, OneCycleLR and a Huber loss: an ordinary run.",
+)
+def h153_hay_bale_swiglu_bf16(ctx: Context) -> None:
+    gen = seeded(15311)
+    model = HayBaleDensityNet()
+    opt = torch.optim.RAdam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=200)
+    _loop(
+        ctx,
+        model,
+        opt,
+        _wall_batches(gen),
+        200,
+        F.huber_loss,
+        sched=sched,
+        amp_dtype=torch.bfloat16,
+    )
+    ctx.check("loss fell and stayed finite", _fell(ctx.losses, ratio=0.7))
+
+
+# -- carrom strikes: a scaled_dot_product_attention classifier (healthy) -----------------------
+
+
+class StrikeAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (
+            z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in self.qkv(x).split(d, -1)
+        )
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class CarromStrikeClassifier(nn.Module):
+    def __init__(self, vocab: int = 32, dim: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = StrikeAttention(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, dim))
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx)
+        x = x + self.attn(self.ln1(x))
+        x = x + self.ff(self.ln2(x))
+        return self.head(x.mean(1))
+
+
+def _strike_batches(gen: torch.Generator, batch: int = 32, length: int = 16, vocab: int = 32):
+    """Strike sequences: does the striker pot (token 1) more often than it fouls (token 2)?"""
+    while True:
+        x = torch.randint(3, vocab, (batch, length), generator=gen)
+        pots = torch.rand(batch, length, generator=gen) < 0.25
+        fouls = torch.rand(batch, length, generator=gen) < 0.25
+        x = torch.where(pots, 1, torch.where(fouls, 2, x))
+        yield x, ((x == 1).sum(1) > (x == 2).sum(1)).long()
+
+
+@scenario(
+    family="carrom_strike_transformer",
+    optimizer="Adamax",
+    cause="healthy",
+    heldout=True,
+    note="A carrom strike-sequence classifier (scaled_dot_product_attention, mean pool) with "
+    "Adamax, gradient accumulation over two micro-batches and ReduceLROnPlateau: an ordinary run.",
+)
+def h153_carrom_strike_sdpa(ctx: Context) -> None:
+    gen = seeded(15312)
+    model = CarromStrikeClassifier()
+    opt = torch.optim.Adamax(model.parameters(), lr=4e-3)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=20)
+    _loop(
+        ctx,
+        model,
+        opt,
+        _strike_batches(gen),
+        200,
+        F.cross_entropy,
+        classifier=True,
+        sched=sched,
+        accumulate=2,
+    )
+    ctx.check("loss fell and stayed finite", _fell(ctx.losses, ratio=0.7))
