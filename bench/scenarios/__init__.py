@@ -156,6 +156,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout149,
     cases_heldout150,
     cases_heldout151,
+    cases_heldout153,
     cases_mlp,
     cases_other,
 )
