@@ -629,3 +629,20 @@ def test_a_plain_number_the_logits_are_scaled_by_is_read(tmp_path, written):
         assert "output_scale" not in records[0].values
     else:
         assert records[0].values["output_scale"] == pytest.approx(expected)
+
+
+def test_a_loss_taken_again_after_backward_is_still_read(tmp_path):
+    # A cross-entropy logged after backward (its logits' graph freed, a number divided in):
+    # reading the number must not cost the call's statistics, which equal those by hand.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 6), torch.randint(0, 5, (16,))
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        z = model(x) / 0.05
+        (z**2).mean().backward()
+        F.cross_entropy(z, y)  # logged after backward
+        opt.step()
+        record = mon.step(torch.tensor(1.0))
+    expected = torch.logsumexp(z.detach(), 1).mean().item()
+    assert record.values["logit_lse_mean"] == pytest.approx(expected, rel=1e-5)

@@ -456,7 +456,10 @@ def _fixed_scale(logits: torch.Tensor, depth: int = 4) -> float | None:
             break
         step = autograd_step(node)
         power = SCALING_STEPS.get(step)
-        other = getattr(node, "_saved_other", None) if power else None
+        try:
+            other = getattr(node, "_saved_other", None) if power else None
+        except RuntimeError:  # the graph was freed (a loss taken again after backward)
+            return None
         if isinstance(other, torch.Tensor):
             if other.dim() or other.requires_grad or other.device.type != "cpu":
                 break  # a tensor of the model's (a learnt scale), not a plain number
