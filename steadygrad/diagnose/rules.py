@@ -864,7 +864,7 @@ def _group_rates(facts: RunFacts, members: dict[str, list[str]]) -> dict[str, fl
     for key, names in members.items():
         series = facts.series(key)
         if names and series is not None:
-            values = series[1][np.isfinite(series[1]) & (series[1] > 0)]
+            values = series[1][_positive(series[1])]
             if len(values):
                 rates[key] = float(np.median(values))
     return rates
@@ -1489,13 +1489,18 @@ def _a_passing_raise(facts: RunFacts, start: int, jolted: int) -> str:
     return ""
 
 
+def _positive(values: np.ndarray) -> np.ndarray:
+    """Which readings are finite and above 0 (learning rates to compare: a rate of 0 is none)."""
+    return np.isfinite(values) & (values > 0)
+
+
 def _raised_at_a_stroke(
     facts: RunFacts, jump: float
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Each reading ``i`` at which some group's learning rate was ``jump`` times or more the
     reading before, with that group's (steps, rates), positive and finite."""
     for steps, values in facts.learning_rates:
-        keep = np.isfinite(values) & (values > 0)
+        keep = _positive(values)
         steps, values = steps[keep], values[keep]
         for i in np.flatnonzero(values[1:] >= jump * values[:-1]) + 1:
             yield steps, values, int(i)
@@ -2319,8 +2324,7 @@ def _lr_rose(facts: RunFacts, until: int, rise: float = 1.2) -> bool:
     before ``until`` (weights then grow with the step size)."""
     for steps, values in facts.learning_rates:
         # positive readings: a warm-up's first rate of 0 is no level to rise from
-        kept = (steps <= until) & (steps >= until - RUNAWAY_SPAN) & (values > 0)
-        span = values[kept & np.isfinite(values)]
+        span = values[(steps <= until) & (steps >= until - RUNAWAY_SPAN) & _positive(values)]
         if len(span) >= 2 and span.max() >= rise * span[0]:
             return True
     return False
@@ -3411,6 +3415,11 @@ PEAK_FIRST = 4.0
 # it never came back).
 BACK_WITHIN = "back_within_steps"
 
+# Steps after a one-batch jump of the loss and gradient within which a break is that batch's:
+# one plain gradient step from a gradient hundreds of times its size throws the weights past
+# anywhere the run could step back from, and the steps after compound it.
+THROWN_INTO_BREAK = 3
+
 
 # A batch whose inputs' RMS stood this many times the median of the batches before it is unlike
 # the data the run trained on (pixels left unnormalised, millivolts for volts, power for log
@@ -4274,8 +4283,7 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
     what = "the run broke" if _breaks(first) else "the loss began to climb away"
     for steps, values in rates:
         # positive readings: a warm-up's first rate of 0 (LambdaLR at step 0) is no base
-        kept = (steps <= when) & (steps >= when - window) & (values > 0)
-        before = values[kept & np.isfinite(values)]
+        before = values[(steps <= when) & (steps >= when - window) & _positive(values)]
         if len(before) < 2 or not before[-1] > before[0]:
             continue
         # the cause is there from where the rise into the break began: the last step at the
