@@ -3494,6 +3494,22 @@ def _scale_changed_at(
     return int(steps[start])
 
 
+def _threw_into_a_break(
+    facts: RunFacts, spike: Finding, with_gradient: bool, after: np.ndarray
+) -> int | None:
+    """The steps from a one-batch loss ``spike`` (``ONE_OFF`` times its baseline or more, with
+    the gradient spike it made) to where the run broke, when that was ``THROWN_INTO_BREAK`` or
+    fewer and the loss of the step ``after`` it was ``ONE_OFF`` times below it (the next batch
+    was not like it: no change of the data from there on): the batch's update threw the
+    weights and the run never came back. None otherwise."""
+    broke, ratio = facts.broke_at, spike.evidence.get("ratio", 0.0)
+    if broke is None or not with_gradient or not ratio >= ONE_OFF:
+        return None
+    if not (len(after) and after[0] <= spike.evidence.get(LOSS.name, math.nan) / ONE_OFF):
+        return None
+    return broke - spike.step if 0 < broke - spike.step <= THROWN_INTO_BREAK else None
+
+
 def _spike_of(f: Finding) -> str:
     return "loss" if f.kind == LOSS_SPIKE.name else "gradient"
 
@@ -3549,9 +3565,10 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
     ``window``) is back under 1.5x its baseline, or every loss of those steps stays
     ``ONE_OFF`` times below the spike; with nothing that broke the run on the way, unless the
     spike, ``ONE_OFF`` times its baseline, stayed ``PEAK_FIRST`` times above all that followed
-    (the knock broke the run). One batch unlike the others (with the gradient spike it caused,
-    when there was one); an adaptive optimizer can take tens of steps to settle after the step
-    it took."""
+    (the knock broke the run), or the run broke within ``THROWN_INTO_BREAK`` steps of it, with
+    a gradient spike of its own (:func:`_threw_into_a_break`). One batch unlike the others
+    (with the gradient spike it caused, when there was one); an adaptive optimizer can take
+    tens of steps to settle after the step it took."""
     found = _input_outlier(facts, within=within)
     if found is not None:
         return found
@@ -3565,9 +3582,11 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
         baseline = spike.evidence.get("baseline")
         after = values[(steps > spike.step) & (steps <= spike.step + within)]
         before = values[steps == spike.step - 1]
-        if not baseline or len(after) < window or not np.isfinite(after).all():
-            continue
         peak = spike.evidence.get(LOSS.name, math.nan)
+        thrown = _threw_into_a_break(facts, spike, spike.step in grads, after)
+        settling = len(after) >= window and np.isfinite(after).all()  # finite steps to read
+        if not baseline or not settling and thrown is None:
+            continue
         if len(before) and not before[0] - baseline <= (peak - baseline) / ONE_OFF:
             continue  # the loss was already climbing into it: a swing, not one batch
         if spike.step not in grads and _weights_replaced(facts, spike.step):
@@ -3580,9 +3599,16 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue  # the optimizer started again from nothing: its first steps threw them
         if _raised_before(facts, spike.step) is not None:
             continue  # the learning rate was raised at a stroke: its steps threw them
-        back = _settled(after, baseline, window)  # steps after the spike until it was back
-        knocked = peak >= PEAK_FIRST * after.max() and peak >= ONE_OFF * baseline
-        if back is not None:
+        back = None if thrown is not None else _settled(after, baseline, window)
+        knocked = thrown is not None or (
+            peak >= PEAK_FIRST * after.max() and peak >= ONE_OFF * baseline
+        )
+        if thrown is not None:
+            settled = within
+            outcome = (
+                f"its update threw the weights so far that the run broke {thrown} step(s) later"
+            )
+        elif back is not None:
             settled = back
             outcome = f"was back to normal within {settled} steps"
         elif peak >= ONE_OFF * after.max():
@@ -4178,6 +4204,9 @@ def _trained_into_a_blowup(facts: RunFacts) -> Found | None:
         for f in facts.of(GRADIENT_GROWTH)
     ):
         return None  # the gradients had been growing long before: no sudden overshoot
+    outlier = _data_outlier(facts)
+    if outlier is not None and steps[0] < outlier.first_step <= broke:
+        return None  # one batch's gradient threw the weights: the growth began with it
     return Found(
         f"the loss had fallen to {before.min():.3g}, then the gradient norm grew at every step "
         f"into the break at step {broke} ({norms[0]:.3g} -> {norms[-1]:.3g} from step "
@@ -4772,6 +4801,7 @@ RULES: tuple[Rule, ...] = (
             NONFINITE,
             LOSS_SPIKE,
             GRAD_NORM_SPIKE,
+            GRADIENT_SPIKE,  # a batch's own spike, whose update threw the run (_data_outlier)
             LOSS_DIVERGENCE,
             GRADIENT_GROWTH,
             *DRIVEN,  # what a group set far above the rest drives (_fast_group)

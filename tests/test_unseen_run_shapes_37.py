@@ -1,0 +1,62 @@
+"""Run shapes from the forty-first session.
+
+Each change has a trigger (a held-out scenario it was found on, run here with the one-line
+attach: its fault is by construction) and a control that must not move."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from helpers import diagnose_stored, held_out_run, induced_or_skip
+
+
+def test_one_batch_whose_update_threw_a_sgd_run_into_a_break_is_named(tmp_path):
+    # Trigger: set 153's visibility regressor under plain SGD; the batch at step 100 is in
+    # metres for km: its loss 2.5e6x the baseline, its gradient 100x, on weights of a calm run.
+    # Its update threw the weights and the run broke two steps later. The rule for steps past
+    # 2/sharpness counted that batch's jump as the first of its growing gradients (from step
+    # 99) and was named; the outlier rule wanted finite steps after the spike to read.
+    ctx, report = held_out_run(tmp_path, "h153_fog_bank_metres_shard")
+    induced_or_skip(ctx)
+    assert report.top.cause == "data_outlier" and report.top.first_step == 100
+    assert "threw the weights" in report.top.summary
+
+
+@pytest.mark.parametrize("shape", ["one_batch", "overshoot", "late_break", "new_level"])
+def test_a_break_is_one_batchs_only_when_it_came_straight_from_it(tmp_path, shape):
+    # Trigger: a calm SGD run whose loss jumps 1e6x in one step, with the gradient spike that
+    # batch made, and breaks two steps later: the batch threw it. Controls: the same break
+    # reached by gradients growing 3-4x a step with no one-step jump (steps past 2/sharpness);
+    # a one-batch jump the run went on from for 20 steps before it broke (no straight line);
+    # a jump every batch after it shared (set 105's renderer: the data changed from there on).
+    calm = 100
+    rows = [{"loss": 0.02 + 0.5 * 0.8**t, "grad_norm": 0.15, "lr/0": 0.1} for t in range(calm)]
+    if shape == "overshoot":
+        rows += [{"loss": 0.02 * 3**k, "grad_norm": 0.15 * 4**k, "lr/0": 0.1} for k in range(1, 5)]
+        broke, findings = calm + 3, []
+    else:
+        rows.append({"loss": 5e4, "grad_norm": 15.0, "lr/0": 0.1})
+        wait = 2 if shape == "one_batch" else 20
+        level = 4e4 if shape == "new_level" else 0.5  # the steps after: like it, or not
+        rows += [{"loss": level, "grad_norm": 1.0, "lr/0": 0.1} for _ in range(wait - 1)]
+        rows += [{"loss": 1e4 * 10**k, "grad_norm": 1e3 * 10**k, "lr/0": 0.1} for k in range(3)]
+        broke = calm + wait
+        spike = {"ratio": 2.5e6, "baseline": 0.02, "loss": 5e4}
+        findings = [
+            ("loss_spike", calm, None, spike, "warning"),
+            ("gradient_spike", calm, "fc.weight", {"spike_factor": 100.0}, "warning"),
+        ]
+    rows += [{"loss": math.nan, "grad_norm": math.nan, "lr/0": 0.1} for _ in range(3)]
+    findings += [
+        ("loss_divergence", broke, None, {"ratio": 5e5, "best_level": 0.02}, "critical"),
+        ("nonfinite", len(rows) - 3, None, {}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, shape, rows, findings, config={"optimizer_family": "sgd"})
+    if shape == "one_batch":
+        assert report.top.cause == "data_outlier" and report.top.first_step == calm
+        assert "the run broke 2 step(s) later" in report.top.summary
+    else:
+        assert "data_outlier" not in report.causes()
+        if shape == "overshoot":
+            assert report.top.cause == "sharpness_above_limit"
