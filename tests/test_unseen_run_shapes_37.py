@@ -60,3 +60,42 @@ def test_a_break_is_one_batchs_only_when_it_came_straight_from_it(tmp_path, shap
         assert "data_outlier" not in report.causes()
         if shape == "overshoot":
             assert report.top.cause == "sharpness_above_limit"
+
+
+def test_weights_multiplied_by_a_decay_of_the_wrong_sign_are_the_climbs(tmp_path):
+    # Trigger: set 150's still regressor, Adamax with a hand decay p *= (1 + lr * wd): fc1's
+    # weights grew 1% a step, the loss climbed from step 72, and the gradients were seen to
+    # grow only at step 295. Exploding gradients was named, dated to step 0 by fc1's growth:
+    # the gradients followed the climb, which the growing weights explain.
+    ctx, report = held_out_run(tmp_path, "h150_pot_still_decay_sign")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_divergence" and "wrong sign" in report.top.summary
+    assert report.top.why == "a symptom: what happened; no cause found explains it"
+    explosion = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert explosion.confidence == "low" and "already climbing" in explosion.why
+
+
+@pytest.mark.parametrize("found_after", [5, 150])
+def test_a_weight_that_ran_away_is_the_explosions_only_when_gradients_grew_with_the_climb(
+    tmp_path, found_after
+):
+    # One weight grew 20x geometrically while the loss set no new best, and it climbed from
+    # step 100. Gradient growth
+    # found 5 steps into the climb: the gradients grew through that weight (exploding
+    # gradients, placed there). Found 150 steps into it: they followed the climb.
+    rows = []
+    for t in range(300):
+        # the loss best at step 40, then creeping up, and climbing from step 100
+        row = {"loss": 1.0 + 0.1 * ((t - 40) / 60) ** 2 + 0.02 * max(t - 100, 0)}
+        for tensor, factor in {"stem.weight": 1.2, "trans1.weight": 20.0}.items():
+            row[f"param_norm/{tensor}"] = factor ** (t / 299)
+        rows.append(row)
+    findings = [
+        ("loss_divergence", 100, None, {"ratio": 3.0, "best_level_step": 40}, "critical"),
+        ("gradient_growth", 100 + found_after, "stem.weight", {}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, str(found_after), rows, findings)
+    if found_after <= 10:
+        assert report.top.cause == "exploding_gradients" and report.top.where[0] == "trans1"
+    else:
+        assert report.top.cause == "loss_divergence" and "trans1" in report.top.summary

@@ -146,10 +146,13 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
             -Severity.rank(d.severity),
         )
     )
+    if found and found[0].why == SYMPTOM_WHY:  # first: no cause above it to explain it
+        found[0].why = "a symptom: what happened; no cause found explains it"
     return DiagnosisReport(run.name, found, margins(facts))
 
 
 TIER_SCORE = {MECHANISM: 30.0, EVENT: 20.0, SYMPTOM: 10.0}
+SYMPTOM_WHY = "a symptom: what happened, not why; a cause ranked above it explains it"
 
 
 # Steps into a climb after which a stalling cause first seen is no longer where it began (units
@@ -231,7 +234,7 @@ def judge(
             first, previous = later, None
     if d.tier == SYMPTOM:
         d.confidence = "high" if d.severity != "info" else "medium"
-        d.why = "a symptom: what happened, not why; a cause ranked above it explains it"
+        d.why = SYMPTOM_WHY
     elif (
         d.stalls
         and first is not None

@@ -1657,6 +1657,16 @@ def _exploding(facts: RunFacts) -> Found | None:
             found.evidence["runaway_share"] = share
             return found
         module = name.rpartition(".")[0] or name
+        climbing = facts.climbing_at(found.first_step)
+        if climbing is not None and found.first_step - climbing > CONFIRMED_SOON:
+            # the loss climbed long before any gradient grew: the weights' growth moved the
+            # fit, the gradients followed it late (see _loss_divergence)
+            found.consequence_of = (
+                f"the loss was already climbing from step {climbing}, before the gradients "
+                f"were seen to grow: they grew with it and with the weights of {module}, "
+                f"which grew geometrically from step {began}"
+            )
+            return found
         found.first_step = began
         found.where = [module] + [w for w in found.where if w != module]
         found.summary += (
@@ -4499,6 +4509,15 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             f"; the run came back below that level on its own, to {ended:.4g} over its last "
             f"{ENDED_OVER} steps: a transient, not a divergence"
         )
+    elif (runaway := facts.runaway_weights) is not None and runaway[1] < first.step:
+        name, began, factor, _ = runaway
+        found.summary += (
+            f"; before it, the weights of {name.rpartition('.')[0] or name} grew geometrically "
+            f"from step {began} ({factor:.3g}x over the last {RUNAWAY_SPAN} steps before the "
+            "climb) while the loss set no new best: something multiplies them (a decay or "
+            "penalty of the wrong sign)"
+        )
+        found.evidence["runaway_weights"] = {"parameter": name, "began": began, "factor": factor}
     return found
 
 
