@@ -99,3 +99,34 @@ def test_a_weight_that_ran_away_is_the_explosions_only_when_gradients_grew_with_
         assert report.top.cause == "exploding_gradients" and report.top.where[0] == "trans1"
     else:
         assert report.top.cause == "loss_divergence" and "trans1" in report.top.summary
+
+
+def test_a_hand_loss_with_no_floor_is_the_output_running_away(tmp_path):
+    # Trigger: set 150's in-court classifier, a logistic loss written by hand that lost its
+    # softplus, -(2y - 1) * logit: the loss fell without bound (to -986) as the head's logits
+    # grew, and no interception reads a hand loss: only dead units were named, late.
+    ctx, report = held_out_run(tmp_path, "h150_pelota_margin_no_softplus")
+    induced_or_skip(ctx)
+    assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]
+    assert "softplus" in report.top.fixes[0].code
+
+
+@pytest.mark.parametrize("shape", ["no_floor", "gaussian_floor", "head_still"])
+def test_a_loss_below_zero_is_one_with_no_minimum_only_if_it_never_slows(tmp_path, shape):
+    # Trigger: a loss falling 5 a step below zero while the head's weights grow linearly.
+    # Controls: a Gaussian likelihood that fell below zero and slows toward its floor (its
+    # head grew 3x as it fitted); the same fall with the head's weights holding still.
+    rows = []
+    for t in range(200):
+        if shape == "gaussian_floor":
+            loss, head = 1.0 - 2.5 * (1 - math.exp(-t / 40)), 1.0 + 2.0 * (1 - math.exp(-t / 40))
+        else:
+            loss, head = 0.5 - 5.0 * t, 1.0 if shape == "head_still" else 1.0 + 0.2 * t
+        rows.append({"loss": loss, "param_norm/head.weight": head, "param_norm/body.weight": 3.0})
+    config = {"output_layer": "head"}
+    report = diagnose_stored(tmp_path, shape, rows, [], config=config)
+    if shape == "no_floor":
+        assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]
+        assert "without slowing" in report.top.summary
+    else:
+        assert report.healthy

@@ -2487,7 +2487,7 @@ def _output_logits(facts: RunFacts) -> Found | None:
             found.evidence.update(evidence)
         return found
     if found is None:
-        return _logits_driven_by_the_head_rate(facts)
+        return _logits_driven_by_the_head_rate(facts) or _fell_without_bound(facts)
     if found.first_step is None:
         return found
     first = found.evidence.get("first")
@@ -2543,6 +2543,48 @@ def _output_logits(facts: RunFacts) -> Found | None:
         )
         found.evidence["output_update_ratio"] = ratio
     return found
+
+
+def _fell_without_bound(facts: RunFacts) -> Found | None:
+    """The loss fell below zero at a rate that did not slow, to ``ONE_OFF`` times its first
+    value's size below it, and ended at its lowest in a run that did not break, while the
+    output layer's weights grew ``RUNAWAY_GROWTH`` times and were still growing: an objective
+    with no minimum (a margin or a log-likelihood that lost its softplus or its normaliser, a
+    term of the wrong sign), which the output runs off to infinity to reach. Read from the
+    loss and the weights alone, for a loss no interception reads (one written by hand). A loss
+    with a floor (a Gaussian likelihood fitting its noise) slows as it nears it."""
+    layer, loss = facts.output_layer, facts.series(LOSS.name)
+    weight = facts.series(f"{PARAM_NORM.name}/{layer}.weight")
+    if layer is None or loss is None or weight is None or facts.broke_at is not None:
+        return None
+    steps, values = loss
+    if len(values) < 40 or not np.isfinite(values).all():
+        return None
+    q = [float(np.median(part)) for part in np.array_split(values, 4)]
+    falls = -np.diff(q)  # how far each quarter's median fell below the one before
+    if not (falls > 0).all() or falls[-1] < 0.5 * falls[-2] or q[-1] >= 0:
+        return None
+    if q[-1] > -ONE_OFF * abs(values[0]) or values[-1] > float(np.median(values[-5:])):
+        return None  # not far below where it began, or not at its lowest at the end
+    norms = weight[1][np.isfinite(weight[1])]
+    if len(norms) < 8:
+        return None
+    w = [float(np.median(part)) for part in np.array_split(norms, 4)]
+    if w[-1] < RUNAWAY_GROWTH * w[0] or not w[-1] > w[-2]:
+        return None
+    below = steps[values < 0]
+    began = int(below[0]) if len(below) else int(steps[0])
+    return Found(
+        f"the loss fell below zero from step {began} without slowing, to {values[-1]:.4g} "
+        f"(from {values[0]:.4g}), while the weights of the output layer {layer} grew "
+        f"{w[-1] / w[0]:.3g}x and kept growing: a loss with no minimum (a margin or "
+        "log-likelihood that lost its softplus or normaliser, a term of the wrong sign), "
+        "which the outputs grow without end to lower",
+        began,
+        [layer],
+        {"loss_end": float(values[-1]), "output_weight_growth": w[-1] / w[0]},
+        "warning",
+    )
 
 
 def _output_updates_too_large(facts: RunFacts, found: Found) -> tuple[int, float] | None:
@@ -4753,9 +4795,18 @@ RULES: tuple[Rule, ...] = (
                 applies=lambda facts: _logits_pushed_up(facts, math.inf) is not None,
             ),
             Fix(
+                "give the loss its floor back: a margin goes through softplus, a likelihood "
+                "through its normaliser",
+                "loss = F.softplus(-(2 * y - 1) * logit).mean()  # not -(2 * y - 1) * logit",
+                applies=lambda facts: _fell_without_bound(facts) is not None,
+            ),
+            Fix(
                 "add the z-loss",
                 "loss = loss + steadygrad.nn.z_loss(logits, coef=1e-4)",
-                applies=lambda facts: _logits_pushed_up(facts, math.inf) is None,
+                applies=lambda facts: (
+                    _logits_pushed_up(facts, math.inf) is None
+                    and _fell_without_bound(facts) is None
+                ),
             ),
         ),
         _output_logits,
