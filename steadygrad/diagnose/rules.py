@@ -1539,6 +1539,9 @@ RUNAWAY_SPAN, RUNAWAY_GROWTH = 80, 2.0
 # MobileBERT's weights, grown 4x after a poisoned step, a runaway).
 RUNAWAY_ANYWAY = 10.0
 EXPLOSION_LEAD = 10  # steps a gradient explosion's spikes come before the break they make
+# Steps into a climb from which gradient growth first found followed it (before, the growth
+# may have driven it, found late on the detector's patience).
+FOLLOWED_AFTER = 50
 BURST = 100.0  # a gradient norm this many times its median so far: a burst, not drift
 
 
@@ -1658,7 +1661,7 @@ def _exploding(facts: RunFacts) -> Found | None:
             return found
         module = name.rpartition(".")[0] or name
         climbing = facts.climbing_at(found.first_step)
-        if climbing is not None and found.first_step - climbing > CONFIRMED_SOON:
+        if climbing is not None and found.first_step - climbing >= FOLLOWED_AFTER:
             # the loss climbed long before any gradient grew: the weights' growth moved the
             # fit, the gradients followed it late (see _loss_divergence)
             found.consequence_of = (
@@ -4797,7 +4800,7 @@ RULES: tuple[Rule, ...] = (
             Fix(
                 "give the loss its floor back: a margin goes through softplus, a likelihood "
                 "through its normaliser",
-                "loss = F.softplus(-(2 * y - 1) * logit).mean()  # not -(2 * y - 1) * logit",
+                "loss = torch.nn.functional.softplus(-(2 * targets - 1) * logits).mean()",
                 applies=lambda facts: _fell_without_bound(facts) is not None,
             ),
             Fix(
