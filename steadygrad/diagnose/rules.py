@@ -1672,13 +1672,8 @@ def _exploding(facts: RunFacts) -> Found | None:
             return found
         found.first_step = began
         found.where = [module] + [w for w in found.where if w != module]
-        found.summary += (
-            f"; before it, the weights of {module} grew geometrically from step {began} "
-            f"({factor:.3g}x over the last {RUNAWAY_SPAN} steps before the trouble) while the "
-            "loss set no new best: something multiplies them (a decay or penalty of the wrong "
-            "sign), and every gradient through them grows with them"
-        )
-        found.evidence["runaway_weights"] = {"parameter": name, "began": began, "factor": factor}
+        said, found.evidence["runaway_weights"] = _ran_away(runaway, "the trouble")
+        found.summary += f"; before it, {said}, and every gradient through them grows with them"
         return found
     climbing = facts.climbing_at(found.first_step)
     if climbing is not None and found.first_step - climbing > CONFIRMED_SOON:
@@ -4555,15 +4550,21 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             f"{ENDED_OVER} steps: a transient, not a divergence"
         )
     elif (runaway := facts.runaway_weights) is not None and runaway[1] < first.step:
-        name, began, factor, _ = runaway
-        found.summary += (
-            f"; before it, the weights of {name.rpartition('.')[0] or name} grew geometrically "
-            f"from step {began} ({factor:.3g}x over the last {RUNAWAY_SPAN} steps before the "
-            "climb) while the loss set no new best: something multiplies them (a decay or "
-            "penalty of the wrong sign)"
-        )
-        found.evidence["runaway_weights"] = {"parameter": name, "began": began, "factor": factor}
+        said, found.evidence["runaway_weights"] = _ran_away(runaway, "the climb")
+        found.summary += f"; before it, {said}"
     return found
+
+
+def _ran_away(runaway: tuple[str, int, float, float], before: str) -> tuple[str, dict]:
+    """What a weight that ran away (see :func:`_runaway_weights`) before ``before`` did, in
+    words, and as evidence."""
+    name, began, factor, _ = runaway
+    said = (
+        f"the weights of {name.rpartition('.')[0] or name} grew geometrically from step "
+        f"{began} ({factor:.3g}x over the last {RUNAWAY_SPAN} steps before {before}) while the "
+        "loss set no new best: something multiplies them (a decay or penalty of the wrong sign)"
+    )
+    return said, {"parameter": name, "began": began, "factor": factor}
 
 
 # Steps before a climb was found within which the loss may have stepped up to its new level, and
