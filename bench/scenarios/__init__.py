@@ -157,6 +157,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout150,
     cases_heldout151,
     cases_heldout153,
+    cases_heldout154,
     cases_mlp,
     cases_other,
 )
