@@ -127,17 +127,17 @@ def _stack_run(tmp_path, name, grads):
     return [d for d in report.diagnoses if d.cause == "exploding_gradients"]
 
 
-def test_a_gradient_chain_is_five_like_layers_each_1_5x_the_next_and_100x_in_all(tmp_path):
-    # Hand-computed: body.0 .. body.5 at 2x a layer back from body.5 (0.01 .. 0.32: 32x) is
-    # too short a rise; at 3x a layer (0.01 .. 2.43: 243x) it is a chain; one layer at 1.4x
+def test_a_gradient_chain_is_five_like_layers_each_1_2x_the_next_and_30x_in_all(tmp_path):
+    # Hand-computed: body.0 .. body.5 at 1.8x a layer back from body.5 (0.01 .. 0.19: 19x) is
+    # too short a rise; at 3x a layer (0.01 .. 2.43: 243x) it is a chain; one layer at 1.1x
     # breaks it into two short ones; tensors of different stacks (blocks.N.q and blocks.N.v)
     # do not chain with each other; a bias is no layer's weight.
-    twice = {f"body.{i}.weight": 0.01 * 2 ** (5 - i) for i in range(6)}
-    assert not _stack_run(tmp_path, "twice", twice)
+    short = {f"body.{i}.weight": 0.01 * 1.8 ** (5 - i) for i in range(6)}
+    assert not _stack_run(tmp_path, "short", short)
     thrice = {f"body.{i}.weight": 0.01 * 3 ** (5 - i) for i in range(6)}
     found = _stack_run(tmp_path, "thrice", thrice)
     assert found and found[0].where == [f"body.{i}" for i in range(6)]
-    broken = dict(thrice, **{"body.2.weight": 0.01 * 3**2 * 1.4})
+    broken = dict(thrice, **{"body.2.weight": 0.01 * 3**2 * 1.1})
     assert not _stack_run(tmp_path, "broken", broken)
     mixed = {f"blocks.{i}.{'q' if i % 2 else 'v'}.weight": 0.01 * 3 ** (5 - i) for i in range(6)}
     assert not _stack_run(tmp_path, "mixed", mixed)

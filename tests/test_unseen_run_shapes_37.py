@@ -130,3 +130,23 @@ def test_a_loss_below_zero_is_one_with_no_minimum_only_if_it_never_slows(tmp_pat
         assert "without slowing" in report.top.summary
     else:
         assert report.healthy
+
+
+def test_a_hinge_without_its_clamp_still_falling_at_the_end_is_read(tmp_path):
+    # Trigger: set 154's strum classifier, a Crammer-Singer hinge that lost .clamp(min=0): the
+    # loss fell to -3034 with the head's weights 6.6x; its last loss stood above the median of
+    # the last five (noise), and the test for a loss at its lowest wanted the last one lowest.
+    ctx, report = held_out_run(tmp_path, "h154_ukulele_hinge_without_clamp")
+    induced_or_skip(ctx)
+    assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]
+
+
+def test_a_tanh_stack_past_the_edge_of_chaos_explodes_back_through_depth(tmp_path):
+    # Trigger: set 154's twelve-layer tanh MLP initialised at gain 4 (a loss weight taken as
+    # the init gain): at step 0 each layer's weight gradient stood 1.3-1.7x the next one's,
+    # net.2's 64x net.22's; the chain wanted 1.5x at every layer and 100x in all, and the
+    # saturated units were named. Hand-computed thresholds: tests/test_unseen_run_shapes_33.py.
+    ctx, report = held_out_run(tmp_path, "h154_silversmith_loss_weight_as_init_gain")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients" and report.top.where[0] == "net.2"
+    assert report.top.first_step == 0

@@ -80,6 +80,7 @@ from steadygrad.diagnose.detectors.transformer import (
     AttentionLogitGrowth,
 )
 from steadygrad.diagnose.detectors.trends import (
+    BACK_GAIN,
     BROKE_AT_ONCE,
     CHAIN_AMPLIFIED,
     GRADIENT_GROWTH,
@@ -2031,7 +2032,7 @@ def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
     where = [tensor.rsplit(".", 1)[0] for tensor, _ in reversed(chain)]
     return Found(
         f"the gradients exploded through depth from the first step: at step {first} each "
-        f"layer's weight gradient in {layer_span(where)} stood at least {STEP_GAIN:g}x the one "
+        f"layer's weight gradient in {layer_span(where)} stood at least {BACK_GAIN:g}x the one "
         f"after it, {where[0]}'s {chain[-1][1] / chain[0][1]:.3g}x {where[-1]}'s (weights "
         "initialised with too large a gain: each layer multiplies the gradient on its way back)",
         first,
@@ -2545,7 +2546,7 @@ def _output_logits(facts: RunFacts) -> Found | None:
 
 def _fell_without_bound(facts: RunFacts) -> Found | None:
     """The loss fell below zero at a rate that did not slow, to ``ONE_OFF`` times its first
-    value's size below it, and ended at its lowest in a run that did not break, while the
+    value's size below it, and was still falling at the end of a run that did not break, while the
     output layer's weights grew ``RUNAWAY_GROWTH`` times and were still growing: an objective
     with no minimum (a margin or a log-likelihood that lost its softplus or its normaliser, a
     term of the wrong sign), which the output runs off to infinity to reach. Read from the
@@ -2562,8 +2563,8 @@ def _fell_without_bound(facts: RunFacts) -> Found | None:
     falls = -np.diff(q)  # how far each quarter's median fell below the one before
     if not (falls > 0).all() or falls[-1] < 0.5 * falls[-2] or q[-1] >= 0:
         return None
-    if q[-1] > -ONE_OFF * abs(values[0]) or values[-1] > float(np.median(values[-5:])):
-        return None  # not far below where it began, or not at its lowest at the end
+    if q[-1] > -ONE_OFF * abs(values[0]) or np.median(values[-10:]) >= np.median(values[-20:-10]):
+        return None  # not far below where it began, or no longer falling at the end
     norms = weight[1][np.isfinite(weight[1])]
     if len(norms) < 8:
         return None
@@ -4799,8 +4800,8 @@ RULES: tuple[Rule, ...] = (
                 applies=lambda facts: _logits_pushed_up(facts, math.inf) is not None,
             ),
             Fix(
-                "give the loss its floor back: a margin goes through softplus, a likelihood "
-                "through its normaliser",
+                "give the loss its floor back: a margin goes through softplus (a hinge "
+                "through clamp(min=0)), a likelihood through its normaliser",
                 "loss = torch.nn.functional.softplus(-(2 * targets - 1) * logits).mean()",
                 applies=lambda facts: _fell_without_bound(facts) is not None,
             ),
