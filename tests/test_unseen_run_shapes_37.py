@@ -150,3 +150,14 @@ def test_a_tanh_stack_past_the_edge_of_chaos_explodes_back_through_depth(tmp_pat
     induced_or_skip(ctx)
     assert report.top.cause == "exploding_gradients" and report.top.where[0] == "net.2"
     assert report.top.first_step == 0
+
+
+def test_a_gradient_at_initialisation_is_placed_where_the_signal_was_amplified(tmp_path):
+    # Trigger: set 151's ten-layer ReLU MLP with the He gain applied twice: each layer's output
+    # 1.2-1.8x the one before (2.0 -> 57 at step 0), the gradient 180x the weights, NaN at step
+    # 3. The growth found at the first record named the tensor with the largest gradient for
+    # its norm, layers.6.bias (every bias at 0.001-0.016); the writer said layers.0.
+    ctx, report = held_out_run(tmp_path, "h151_ropewalk_double_gain_init")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients" and report.top.where[0] == "layers.0"
+    assert "through depth from the first step" in report.top.summary

@@ -80,7 +80,7 @@ from steadygrad.diagnose.detectors.transformer import (
     AttentionLogitGrowth,
 )
 from steadygrad.diagnose.detectors.trends import (
-    BACK_GAIN,
+    AT_INITIALISATION,
     BROKE_AT_ONCE,
     CHAIN_AMPLIFIED,
     GRADIENT_GROWTH,
@@ -1569,6 +1569,10 @@ def _exploding(facts: RunFacts) -> Found | None:
         ]
         return _runaway_into_explosion(facts) or min(late, key=lambda f: f.first_step, default=None)
     first = facts.of(GRADIENT_GROWTH)[0]
+    if first.evidence.get(AT_INITIALISATION) and (born := _exploded_from_the_start(facts)):
+        # the finding names the tensor with the largest gradient for its norm (a bias at 0);
+        # the chain through depth or time says where the signal was amplified
+        return born
     if first.evidence.get(WRECKED_WEIGHTS) and first.step == found.first_step:
         found.summary = (
             f"one gradient explosion at step {first.step}, in {first.where}: the gradient norm "
@@ -2032,7 +2036,7 @@ def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
     where = [tensor.rsplit(".", 1)[0] for tensor, _ in reversed(chain)]
     return Found(
         f"the gradients exploded through depth from the first step: at step {first} each "
-        f"layer's weight gradient in {layer_span(where)} stood at least {BACK_GAIN:g}x the one "
+        f"layer's weight gradient in {layer_span(where)} stood at least {STEP_GAIN:g}x the one "
         f"after it, {where[0]}'s {chain[-1][1] / chain[0][1]:.3g}x {where[-1]}'s (weights "
         "initialised with too large a gain: each layer multiplies the gradient on its way back)",
         first,

@@ -48,6 +48,7 @@ UNSTABLE_STEPS = FindingKind(
 WRECKED_WEIGHTS = "wrecked_weights"  # evidence of a gradient explosion: where the run broke
 BROKE_AT_ONCE = "broke_at_once"  # evidence of a divergence: the first updates broke the run
 GROWTH_BEGAN = "started_at_step"  # evidence of gradient growth: where the growth began
+AT_INITIALISATION = "at_initialisation"  # evidence of gradient growth: found at the first record
 NOISE_Z = 4.0  # how many times its own noise a level must move before it counts as moved
 LOCAL_NOISE = 16  # the last values whose scatter is also read where a level sets a new floor
 MEASURE_EVERY = 8  # values between two measurements of a sustained level's scatter
@@ -353,18 +354,15 @@ VANISHED = 1e3
 
 # Layer after layer multiplying what passes through it: CHAIN layers or more in a row, each
 # STEP_GAIN times the one before, the last CHAIN_AMPLIFIED times the first (a healthy stack
-# keeps its layers' gradients and outputs within a few times of each other).
-CHAIN, STEP_GAIN, CHAIN_AMPLIFIED = 5, 1.5, 100.0
-# Back through a stack of like layers (one shape, so their weight gradients compare as they
-# are), a gradient that grew at every layer by BACK_GAIN and compounded to BACK_AMPLIFIED: a
-# tanh stack in the chaotic regime multiplies it by 1.3-1.7 a layer, no steadier, and a healthy
-# stack holds it within a few times: of 817 kept runs, only two explosions reached 30x so.
-BACK_GAIN, BACK_AMPLIFIED = 1.2, 30.0
+# keeps its layers' gradients and outputs within a few times of each other; a stack past the
+# edge of chaos, or a He gain applied twice, multiplies them by 1.2-1.8 a layer, no steadier:
+# of 817 kept runs, only two explosions had a gradient chain reaching 30x).
+CHAIN, STEP_GAIN, CHAIN_AMPLIFIED = 5, 1.2, 30.0
 
 
-def gain_chains(values: Sequence[float], gain: float = STEP_GAIN) -> Iterator[tuple[int, int]]:
-    """The spans ``[i, j)`` of ``CHAIN`` values or more in a row, each ``gain`` times the one
-    before it.
+def gain_chains(values: Sequence[float]) -> Iterator[tuple[int, int]]:
+    """The spans ``[i, j)`` of ``CHAIN`` values or more in a row, each ``STEP_GAIN`` times the
+    one before it.
 
     Example:
         >>> list(gain_chains([1, 2, 4, 8, 16, 32, 1, 1]))
@@ -372,7 +370,7 @@ def gain_chains(values: Sequence[float], gain: float = STEP_GAIN) -> Iterator[tu
     """
     start = 0
     for k in range(1, len(values) + 1):
-        if k < len(values) and values[k - 1] > 0 and values[k] >= gain * values[k - 1]:
+        if k < len(values) and values[k - 1] > 0 and values[k] >= STEP_GAIN * values[k - 1]:
             continue
         if k - start >= CHAIN:
             yield start, k
@@ -382,9 +380,8 @@ def gain_chains(values: Sequence[float], gain: float = STEP_GAIN) -> Iterator[tu
 def stack_chains(grad_norms: Mapping[str, float]) -> list[list[tuple[str, float]]]:
     """The weight gradients of a stack of like layers (``body.0`` .. ``body.14``: one name but
     for the index; like layers share a shape, so their gradients compare) that grow from the
-    stack's last layer back to its first in a chain (:func:`gain_chains`, each ``BACK_GAIN``
-    times the one after), the first ``BACK_AMPLIFIED`` times the last: each chain's (tensor,
-    gradient norm), from the output back.
+    stack's last layer back to its first in a chain (:func:`gain_chains`), the first
+    ``CHAIN_AMPLIFIED`` times the last: each chain's (tensor, gradient norm), from the output back.
 
     Example:
         >>> norms = {f"body.{i}.weight": 2.0 ** (8 - i) for i in range(8)}
@@ -404,8 +401,8 @@ def stack_chains(grad_norms: Mapping[str, float]) -> list[list[tuple[str, float]
         norms = [norm for _, _, norm in layers]
         found += [
             [(tensor, norm) for _, tensor, norm in layers[i:j]]
-            for i, j in gain_chains(norms, BACK_GAIN)
-            if norms[j - 1] >= BACK_AMPLIFIED * norms[i]
+            for i, j in gain_chains(norms)
+            if norms[j - 1] >= CHAIN_AMPLIFIED * norms[i]
         ]
     return found
 
@@ -702,7 +699,7 @@ class GradientGrowth(Detector):
         evidence = {"grad_norm": norm, "param_norm": weights, "ratio": norm / weights}
         if where is not None:
             evidence["tensor_ratio"] = ratios[where]
-        evidence["at_initialisation"] = True
+        evidence[AT_INITIALISATION] = True
         return [Finding(self.kind, record.step, where, evidence, Severity.CRITICAL)]
 
     def _through_depth(self, record: Record, layers: int = 6) -> list[Finding]:
@@ -723,7 +720,7 @@ class GradientGrowth(Detector):
                 "last_layer_grad_norm": small,
                 "ratio": grown / small,
                 "layers": len(chain),
-                "at_initialisation": True,
+                AT_INITIALISATION: True,
                 "through_depth": True,
                 "stack": True,
             }
@@ -743,7 +740,7 @@ class GradientGrowth(Detector):
             "last_layer_grad_norm": float(norms[keep[-1]]),
             "ratio": float(math.exp(logs[0] - logs[-1])),
             "layers": len(keep),
-            "at_initialisation": True,
+            AT_INITIALISATION: True,
             "through_depth": True,
         }
         return [Finding(self.kind, record.step, names[keep[0]], evidence, Severity.WARNING)]
