@@ -158,6 +158,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout151,
     cases_heldout153,
     cases_heldout154,
+    cases_heldout155,
     cases_mlp,
     cases_other,
 )
