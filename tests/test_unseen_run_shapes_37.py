@@ -161,3 +161,44 @@ def test_a_gradient_at_initialisation_is_placed_where_the_signal_was_amplified(t
     induced_or_skip(ctx)
     assert report.top.cause == "exploding_gradients" and report.top.where[0] == "layers.0"
     assert "through depth from the first step" in report.top.summary
+
+
+def test_a_nan_after_a_harder_stage_of_the_data_is_the_nans(tmp_path):
+    # Trigger: set 155's wave-celerity layer, sqrt of a predicted depth with no clamp, fed
+    # swash-zone readings from step 60: the loss (0.02 -> 5.7) and the gradient (0.16 -> 7.1)
+    # stepped up at once and fell after, then sqrt gave NaN at step 95 in celerity. The
+    # gradient's step was named exploding gradients; the loss's, a critical climb.
+    ctx, report = held_out_run(tmp_path, "h155_shoaling_sqrt_negative_depth")
+    induced_or_skip(ctx)
+    assert report.top.cause == "nonfinite" and report.top.where == ["celerity"]
+
+
+@pytest.mark.parametrize("after", ["fell", "climbed"])
+def test_a_step_with_the_data_is_no_growth_only_if_the_run_fell_from_it(tmp_path, after):
+    # The loss and the gradient step up 200x and 45x at once at step 60, after an ordinary
+    # update; NaN at step 95 from one module. "fell": both fall from there (a harder stage of
+    # the data, learnt): the NaN is what to name. Control, "climbed": both grow on from it.
+    rows = [{"loss": 0.025 + 0.002 * math.sin(t), "grad_norm": 0.16} for t in range(60)]
+    for k in range(35):
+        if after == "fell":
+            rows.append({"loss": 5.0 - 0.12 * k, "grad_norm": 7.0 - 0.1 * k})
+        else:
+            rows.append({"loss": 5.0 * 1.05**k, "grad_norm": 7.0 * 1.05**k})
+    rows.append({"loss": math.nan, "grad_norm": math.nan})
+    origin = {"module": "celerity", "output_norm": math.nan, "replayed": True}
+    findings = [
+        (
+            "loss_divergence",
+            64,
+            None,
+            {"ratio": 232.0, "best_level": 0.024, "best_level_step": 42},
+            "critical",
+        ),
+        ("gradient_growth", 64, "depth.2.bias", {"growth": 45.0, "started_at_step": 55}, "warning"),
+        ("nonfinite", 95, "celerity", {"loss": math.nan, "forward_origin": origin}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, after, rows, findings)
+    if after == "fell":
+        assert report.top.cause == "nonfinite" and report.top.where == ["celerity"]
+    else:
+        assert report.top.cause == "exploding_gradients"

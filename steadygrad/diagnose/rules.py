@@ -1644,6 +1644,14 @@ def _exploding(facts: RunFacts) -> Found | None:
             "earlier low, not gradients growing"
         )
         return found
+    stage = _stepped_up_by_the_data(facts, found.first_step)
+    if stage is not None and stage[3] <= 0.5 and _gradient_fell_after(facts, stage[0]):
+        found.consequence_of = (
+            f"the gradient stepped up with the loss at step {stage[0]}, after an ordinary "
+            "update (what the model is asked to fit changed there), and has fallen since with "
+            "the loss: no growth"
+        )
+        return found
     shock = _shock_got_over(facts, found.first_step)
     if shock is not None:
         found.consequence_of = (
@@ -1762,6 +1770,17 @@ def _shock_got_over(facts: RunFacts, step: int) -> int | None:
         return None
     ratio = float(np.median(last)) / max(float(np.median(before)), np.finfo(float).tiny)
     return shock if 1.0 / GOT_OVER <= ratio <= GOT_OVER else None
+
+
+def _gradient_fell_after(facts: RunFacts, step: int, over: int = 10) -> bool:
+    """Whether the gradient norm's median over its last ``over`` finite readings stood below
+    that over the ``over`` readings from ``step`` on."""
+    series = facts.series(GRAD_NORM.name)
+    if series is None:
+        return False
+    steps, values = series
+    after = values[(steps >= step) & np.isfinite(values)]
+    return len(after) >= 2 * over and np.median(after[-over:]) < np.median(after[:over])
 
 
 def _fading_since_a_spike(facts: RunFacts, step: int) -> tuple[int, float, float] | None:
@@ -4537,8 +4556,10 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             "an ordinary gradient (a learning-rate glitch, optimizer state lost): the loss "
             "climbed from where the optimizer threw them"
         )
-    elif worst.severity != "critical" and (shift := _stepped_up_by_the_data(facts, first.step)):
-        step, jump, ended = shift
+    elif (shift := _stepped_up_by_the_data(facts, first.step)) is not None and (
+        worst.severity != "critical" or shift[3] <= 0.5  # a large step the loss fell far from
+    ):
+        step, jump, ended, _ = shift
         found.severity = "info"
         found.summary += (
             f"; the loss stepped up {jump:.3g}x at once at step {step}, after an ordinary "
@@ -4577,20 +4598,24 @@ def _ran_away(runaway: tuple[str, int, float, float], before: str) -> tuple[str,
 STEP_UP_WITHIN, STEPPED_UP = 15, 3.0
 
 
-def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, float] | None:
+def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, float, float] | None:
     """The loss stood ``STEPPED_UP`` times the median of the 20 losses before it at one step
     (``STEP_UP_WITHIN`` or fewer before ``step``), the loss just before that still at that
     median's level (under 1.5x it): a step up made by the batches, not by the updates, since the
     update before it was ordinary (no gradient spike, no step that threw the weights, no raised
     rate, no restart, no gradient ``ORDINARY`` times its usual size); and the loss did not climb
-    on from there (the median of its last ``ENDED_OVER`` losses, all finite, at most that of its
-    first ten at the new level). (the step, how far, where the loss ended); None otherwise. An
+    on from there (the median of its last ``ENDED_OVER`` finite losses, before any NaN, at most
+    that of its first ten at the new level). (the step, how far, where the loss ended, that
+    over the new level's first ten); None otherwise. An
     update that wrecks the weights leaves its mark before the loss it makes, a harder stage of
     the data none."""
     loss = facts.series(LOSS.name)
-    if loss is None or not np.isfinite(loss[1]).all():
+    if loss is None:
         return None
-    steps, values = loss
+    # read up to the first non-finite loss: a stage of the data is judged by what came before
+    finite = np.isfinite(loss[1])
+    end = len(finite) if finite.all() else int(np.argmin(finite))
+    steps, values = loss[0][:end], loss[1][:end]
     spiked = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE) if f.severity != "info"}
     for i in np.flatnonzero((steps >= step - STEP_UP_WITHIN) & (steps <= step)):
         if i < 20 or len(values) - i < 2 * ENDED_OVER:
@@ -4605,10 +4630,10 @@ def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, flo
             return None
         if _raised_before(facts, at) is not None or _restarted_before(facts, at) is not None:
             return None
-        ended = float(np.median(values[-ENDED_OVER:]))
-        if ended > float(np.median(values[i : i + 10])):
+        ended, stage = float(np.median(values[-ENDED_OVER:])), float(np.median(values[i : i + 10]))
+        if ended > stage:
             return None
-        return at, float(values[i] / level), ended
+        return at, float(values[i] / level), ended, ended / stage
     return None
 
 
