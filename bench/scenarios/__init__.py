@@ -159,6 +159,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout153,
     cases_heldout154,
     cases_heldout155,
+    cases_heldout156,
     cases_mlp,
     cases_other,
 )
