@@ -1645,7 +1645,7 @@ def _exploding(facts: RunFacts) -> Found | None:
         )
         return found
     stage = _stepped_up_by_the_data(facts, found.first_step)
-    if stage is not None and stage[3] <= 0.5 and _gradient_fell_after(facts, stage[0]):
+    if stage is not None and stage[3] <= FELL_FROM_STAGE and _gradient_fell_after(facts, stage[0]):
         found.consequence_of = (
             f"the gradient stepped up with the loss at step {stage[0]}, after an ordinary "
             "update (what the model is asked to fit changed there), and has fallen since with "
@@ -4557,7 +4557,7 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             "climbed from where the optimizer threw them"
         )
     elif (shift := _stepped_up_by_the_data(facts, first.step)) is not None and (
-        worst.severity != "critical" or shift[3] <= 0.5  # a large step the loss fell far from
+        worst.severity != "critical" or shift[3] <= FELL_FROM_STAGE
     ):
         step, jump, ended, _ = shift
         found.severity = "info"
@@ -4596,6 +4596,9 @@ def _ran_away(runaway: tuple[str, int, float, float], before: str) -> tuple[str,
 # Steps before a climb was found within which the loss may have stepped up to its new level, and
 # how many times the median of the 20 losses before it the step must be.
 STEP_UP_WITHIN, STEPPED_UP = 15, 3.0
+# A step that large (a critical climb), or a gradient that stepped up with it, is the data's
+# only when the loss then fell to this share of the new level's first ten losses: learnt.
+FELL_FROM_STAGE = 0.5
 
 
 def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, float, float] | None:
