@@ -55,7 +55,7 @@ def test_a_break_is_one_batchs_only_when_it_came_straight_from_it(tmp_path, shap
     report = diagnose_stored(tmp_path, shape, rows, findings, config={"optimizer_family": "sgd"})
     if shape == "one_batch":
         assert report.top.cause == "data_outlier" and report.top.first_step == calm
-        assert "the run broke 2 step(s) later" in report.top.summary
+        assert "broke 2 step(s) later" in report.top.summary
     else:
         assert "data_outlier" not in report.causes()
         if shape == "overshoot":

@@ -3572,16 +3572,30 @@ def _threw_into_a_break(
     facts: RunFacts, spike: Finding, with_gradient: bool, after: np.ndarray
 ) -> int | None:
     """The steps from a one-batch loss ``spike`` (``ONE_OFF`` times its baseline or more, with
-    the gradient spike it made) to where the run broke, when that was ``THROWN_INTO_BREAK`` or
-    fewer and the loss of the step ``after`` it was ``ONE_OFF`` times below it (the next batch
-    was not like it: no change of the data from there on): the batch's update threw the
-    weights and the run never came back. None otherwise."""
+    the gradient spike it made) to where the run broke (at the spike itself when the climb is
+    dated from there), when that was ``THROWN_INTO_BREAK`` or fewer and either the loss of the step ``after`` it was ``ONE_OFF`` times below it (the next
+    batch was not like it: no change of the data from there on) or the loss rose more times
+    over than the gradient norm did (:func:`_error_made_the_gradient`): the batch's update threw
+    the weights and the run never came back. None otherwise."""
     broke, ratio = facts.broke_at, spike.evidence.get("ratio", 0.0)
     if broke is None or not with_gradient or not ratio >= ONE_OFF:
         return None
-    if not (len(after) and after[0] <= spike.evidence.get(LOSS.name, math.nan) / ONE_OFF):
+    unlike_the_next = len(after) and after[0] <= spike.evidence.get(LOSS.name, math.nan) / ONE_OFF
+    if not unlike_the_next and not _error_made_the_gradient(facts, spike):
         return None
-    return broke - spike.step if 0 < broke - spike.step <= THROWN_INTO_BREAK else None
+    return broke - spike.step if 0 <= broke - spike.step <= THROWN_INTO_BREAK else None
+
+
+def _error_made_the_gradient(facts: RunFacts, spike: Finding) -> bool:
+    """The loss at ``spike`` rose at least as many times over its baseline as the gradient norm
+    did over its own. A batch's error drives the loss up faster than the gradient (a squared
+    error by the square of the error's growth, the gradient by the error itself); a network
+    amplifying its gradient through depth or time (a recurrence exposed by longer sequences)
+    drives the gradient up hundreds of times with the loss barely moved. A batch whose error
+    made the spike is the batch's, even when the thrown weights keep the next losses high."""
+    ratio = spike.evidence.get("ratio", 0.0)
+    grad = [g.evidence.get("ratio") for g in facts.of(GRAD_NORM_SPIKE) if g.step == spike.step]
+    return bool(grad) and grad[0] is not None and ratio >= grad[0]
 
 
 def _spike_of(f: Finding) -> str:
@@ -3679,8 +3693,8 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
         )
         if thrown is not None:
             settled = within
-            outcome = (
-                f"its update threw the weights so far that the run broke {thrown} step(s) later"
+            outcome = "its update threw the weights so far that the run never came back" + (
+                f", and broke {thrown} step(s) later" if thrown else ""
             )
         elif back is not None:
             settled = back
