@@ -60,3 +60,47 @@ def test_a_break_at_a_spike_is_the_batchs_only_when_the_loss_rose_more_than_the_
         assert report.top.cause == "data_outlier" and report.top.first_step == calm
     else:
         assert "data_outlier" not in report.causes()
+
+
+def test_first_updates_that_killed_the_units_of_a_run_stuck_where_it_started_are_the_units(
+    tmp_path,
+):
+    # Trigger: set 156's lawn-bowls classifier under RMSprop at SGD's rate (0.1) on inputs
+    # shifted to all-positive: the first update sends the loss 10,000x up, it comes back to
+    # chance (1.8 -> 2.1) and sits there, 98% of the first layer's ReLUs dead. The first
+    # updates' break was named; the dead units are what keep it from learning.
+    ctx, report = held_out_run(tmp_path, "h156_lawn_bowls_rmsprop_dead_relu")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_of_plasticity"
+    assert "body.0" in report.top.where
+
+
+@pytest.mark.parametrize("shape", ["stuck", "bouncing", "no_dead_units", "nan"])
+def test_a_run_broken_by_its_first_updates_is_its_units_only_when_it_sits_still_with_them_dead(
+    tmp_path, shape
+):
+    # A classifier's first update throws its loss 1,000x up; it comes back to where it started
+    # and sits there with its first layer's units dead ("stuck"): the dead units. Controls: the
+    # same run still thrown about, three times where it started ("bouncing"); stuck, with no
+    # unit found dead; and one that went on to a NaN: each is the step size past its limit.
+    start = 1.8
+    end = {"stuck": 2.0, "bouncing": 6.0, "no_dead_units": 2.0, "nan": 2.0}[shape]
+    rows = [{"loss": start, "grad_norm": 1.0, "lr/0": 0.1}]
+    rows += [{"loss": 2e3, "grad_norm": 1e3, "lr/0": 0.1} for _ in range(6)]
+    rows += [{"loss": end, "grad_norm": 1.0, "lr/0": 0.1} for _ in range(60)]
+    if shape == "nan":
+        rows += [{"loss": math.nan, "grad_norm": math.nan, "lr/0": 0.1} for _ in range(3)]
+    broke = {"loss_median": 2e3, "best_level": start, "best_level_step": 0, "ratio": 1.1e3}
+    findings = [("loss_divergence", 1, None, {**broke, "broke_at_once": True}, "critical")]
+    if shape != "no_dead_units":
+        dead = {"reason": "dead_units", "dead_units": 0.98, "limit": 0.5, "previous_reading": 0}
+        findings.append(("loss_of_plasticity", 10, "body.0", dead, "warning"))
+    if shape == "nan":
+        findings.append(("nonfinite", len(rows) - 3, None, {}, "critical"))
+    config = {"optimizer_family": "rmsprop"}
+    report = diagnose_stored(tmp_path, shape, rows, findings, config=config)
+    if shape == "stuck":
+        assert report.top.cause == "loss_of_plasticity"
+        assert "sharpness_above_limit" not in [d.cause for d in report.diagnoses[:1]]
+    else:
+        assert report.top.cause == "sharpness_above_limit"

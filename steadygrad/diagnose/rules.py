@@ -4365,7 +4365,16 @@ def _broke_at_once(facts: RunFacts) -> Found | None:
         dict(f.evidence),
     )
     ended = _ended_below(facts, f.evidence.get("best_level"))
-    if ended is None:
+    stuck = _stuck_with_dead_units(facts, f.evidence.get("best_level"))
+    if stuck is not None:
+        # back where it started and held there, finite, its units dead: the jolt is over and
+        # what stops the run from learning is the units it killed, named by their own rule
+        broke.consequence_of = (
+            f"the run came back to where it started (to {stuck:.4g} over its last "
+            f"{ENDED_OVER} steps) and stayed there with units dead: the first updates killed "
+            "them, and the dead units, not the step size, keep it from learning"
+        )
+    elif ended is None:
         broke.summary += " and never came back (the step size is far above the stability limit)"
     else:
         # back below where it started, at the same rates: they were within the limit of the
@@ -4681,6 +4690,22 @@ def _thrown_just_before(facts: RunFacts, step: int) -> tuple[int, float] | None:
 ENDED_OVER = 10  # the last losses of a run that say where it ended
 
 
+def _stuck_with_dead_units(facts: RunFacts, level: object) -> float | None:
+    """The median of the run's last ``ENDED_OVER`` losses when every loss of the run was finite,
+    that median stood within half of ``level``'s size of it (back where the run started, not
+    below), and units were found dead in a layer; None otherwise. A step size the run cannot
+    train at keeps throwing it; a run whose first updates killed its units sits still at the
+    level it started from, unable to learn."""
+    loss = facts.series(LOSS.name)
+    dead = [f for f in facts.of(LOSS_OF_PLASTICITY) if f.severity != "info" and f.where]
+    if loss is None or not dead or not isinstance(level, int | float) or not level > 0:
+        return None
+    if len(loss[1]) < 3 * ENDED_OVER or not np.isfinite(loss[1]).all():
+        return None
+    ended = float(np.median(loss[1][-ENDED_OVER:]))
+    return ended if level <= ended and _within_half(np.array([ended]), level)[0] else None
+
+
 def _ended_below(facts: RunFacts, level: object) -> float | None:
     """The median of the run's last ``ENDED_OVER`` losses when each was finite and that median
     under ``level``, with nothing the autopilot did on the way; None otherwise."""
@@ -4925,6 +4950,7 @@ RULES: tuple[Rule, ...] = (
             GRADIENT_SPIKE,  # a batch's own spike, whose update threw the run (_data_outlier)
             LOSS_DIVERGENCE,
             GRADIENT_GROWTH,
+            LOSS_OF_PLASTICITY,  # units the first updates killed (_stuck_with_dead_units)
             *DRIVEN,  # what a group set far above the rest drives (_fast_group)
         ),
     ),
