@@ -44,12 +44,12 @@ def _batch(gen, bad=False):
     return x
 
 
-def _train(tmp_path, name, bad_step=7, model=None, **kwargs):
+def _train(tmp_path, name, bad_step=7, model=None, every=50, **kwargs):
     model = model if model is not None else _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(1)
     with steadygrad.watch(
-        model, opt, tmp_path / name, progress=False, activation_every=50, **kwargs
+        model, opt, tmp_path / name, progress=False, activation_every=every, **kwargs
     ) as mon:
         for step in range(12):
             x = _batch(gen, bad=step == bad_step)
@@ -386,3 +386,17 @@ def test_a_nan_an_operation_outside_any_module_made_is_placed_at_the_nearest_mod
         assert origin["between"] == ("head" if where == "between" else "the model's output")
     report = steadygrad.diagnose(run)
     assert report.top.cause == "nonfinite" and (taken_in_by or module) in report.top.where
+
+
+@pytest.mark.parametrize("every", [7, 50])
+def test_a_nan_made_after_the_head_on_a_hooked_step_is_placed_at_the_head(tmp_path, every):
+    # Set 132's string-tension model takes the log of its head's output in its own forward; a
+    # zero reading made it -inf on a step the activation hooks ran (every 7: step 7 is theirs).
+    # That pass walked no graph and said "<root>"; the replay off the cadence (every 50) placed
+    # it. Both now place it at the head, from whose finite output the log made it.
+    run = _train(tmp_path, f"every{every}", model=_Forward("after"), every=every)
+    first = _first_nonfinite(run)
+    assert first.step == 7
+    origin = first.evidence["forward_origin"]
+    assert origin["module"] == "head" and origin["between"] == "the model's output"
+    assert bool(origin.get("replayed")) == (every == 50)  # the hooked pass placed it itself

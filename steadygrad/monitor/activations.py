@@ -204,6 +204,10 @@ class ActivationHooks:
         )
         if traced and name == "<root>" and outs:
             self.calls[-1].source = _made_from(outs[0], self.node_made_by)
+        elif name == "<root>" and outs and not self.tracing:
+            # the step's own pass: an operation of the model's forward after its modules (a
+            # log of a head's output) is placed from the graph its modules' outputs left
+            self.calls[-1].source = _made_after(outs[0], self._made)
         if name in self._weighted and torch.is_grad_enabled() and not self.tracing:
             self._recurrence(name, args, outs)
         if self.tracing and not self._widening:
@@ -790,6 +794,19 @@ def _made_from(t: torch.Tensor, node_made_by: dict[Any, str]) -> str | None:
         level = [n for node in level for n, _ in node.next_functions if n is not None]
         level = [n for n in dict.fromkeys(level) if n not in seen]
     return None
+
+
+def _made_after(t: torch.Tensor, made: dict[str, set]) -> str | None:
+    """The module whose output the model's output ``t`` was computed from by operations of the
+    model's own forward, from ``made`` (each weighted module's output nodes this step); None
+    when ``t`` is a module's output itself (the common case, told without a walk) or no one
+    module's. The walk (:func:`_made_from`) runs only for a forward that works on its modules'
+    outputs after them."""
+    node = t.grad_fn
+    if node is None or any(node in nodes for nodes in made.values()):
+        return None
+    by_node = {n: name for name, nodes in made.items() if name != "<root>" for n in nodes}
+    return _made_from(t, by_node)
 
 
 def _made_in_forward(source: str | None, first_bad: dict | None) -> dict[str, str]:
