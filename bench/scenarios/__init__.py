@@ -160,6 +160,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout154,
     cases_heldout155,
     cases_heldout156,
+    cases_heldout157,
     cases_mlp,
     cases_other,
 )
