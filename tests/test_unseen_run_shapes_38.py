@@ -104,3 +104,37 @@ def test_a_run_broken_by_its_first_updates_is_its_units_only_when_it_sits_still_
         assert "sharpness_above_limit" not in [d.cause for d in report.diagnoses[:1]]
     else:
         assert report.top.cause == "sharpness_above_limit"
+
+
+def test_a_spike_in_a_run_that_throws_its_loss_about_is_no_bad_batch(tmp_path):
+    # Trigger: set 157's quoits classifier under RMSprop at SGD's rate on raw inputs: its
+    # loss jumps 10-70x every few tens of steps; the one at step 105 (37x, back within 5) was
+    # named a bad batch above the dead first layer the writer induced.
+    ctx, report = held_out_run(tmp_path, "h157_quoits_rmsprop_sgd_lr")
+    induced_or_skip(ctx)
+    assert "data_outlier" not in report.causes()
+    assert report.top.cause == "loss_of_plasticity" and "fc1" in report.top.where
+
+
+@pytest.mark.parametrize("earlier_jump", [5.0, 25.0])
+def test_a_one_batch_spike_is_the_datas_only_where_the_run_was_calm_before(
+    tmp_path, earlier_jump
+):
+    # A run with a loss spike 40x its level at step 105, back at once; 20 steps before, the
+    # loss had jumped 5x (a calm run's scatter: the spike stands out of it, a bad batch) or
+    # 25x (more than half the spike's jump: a run that throws its loss about, no batch of its
+    # own). Oracle: the spike's jump against the earlier one, by construction.
+    rows = [{"loss": 1.0 + 0.01 * (t % 3), "grad_norm": 0.5, "lr/0": 0.01} for t in range(150)]
+    rows[85]["loss"] = earlier_jump
+    rows[105] = {"loss": 40.0, "grad_norm": 20.0, "lr/0": 0.01}
+    spike = {"ratio": 40.0, "baseline": 1.0, "loss": 40.0}
+    findings = [
+        ("loss_spike", 105, None, spike, "warning"),
+        ("grad_norm_spike", 105, None, {"ratio": 40.0, "grad_norm": 20.0}, "warning"),
+    ]
+    name = f"jump{earlier_jump:g}"
+    report = diagnose_stored(tmp_path, name, rows, findings, config={"optimizer_family": "adam"})
+    if earlier_jump * 2 < 40.0:
+        assert report.top.cause == "data_outlier" and report.top.first_step == 105
+    else:
+        assert "data_outlier" not in report.causes()

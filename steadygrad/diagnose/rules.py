@@ -3722,6 +3722,8 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             "outlier in the data"
         )
         period = _recurring(facts, spike)
+        if period is None and _as_rough_before(loss, spike.step):
+            continue  # the run had thrown its loss about as far before: its roughness, no batch
         if period is not None:
             ev[RECURS_EVERY] = period
             summary = (
@@ -3732,6 +3734,40 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
         summary += _batches_behind([spike], ev)
         return Found(summary, spike.step, [], ev, severity="info" if period else None)
     return None
+
+
+# A loss that jumped this share or more of a spike's jump over the median of the ROUGH_LEVEL
+# records before it, in the ROUGH_WINDOW records before that spike, makes the spike one more
+# of the run's own jumps.
+ROUGH_SHARE, ROUGH_WINDOW, ROUGH_LEVEL = 0.5, 100, 9
+
+
+def _jumps(values: np.ndarray) -> np.ndarray:
+    """Each finite loss over the median of the ``ROUGH_LEVEL`` finite losses before it (NaN
+    where there are fewer, or that median is not positive)."""
+    out = np.full(len(values), np.nan)
+    for k in range(ROUGH_LEVEL, len(values)):
+        before = values[k - ROUGH_LEVEL : k]
+        level = float(np.median(before)) if np.isfinite(before).all() else math.nan
+        if level > 0 and np.isfinite(values[k]):
+            out[k] = values[k] / level
+    return out
+
+
+def _as_rough_before(loss: tuple[np.ndarray, np.ndarray], step: int) -> bool:
+    """Whether, in the ``ROUGH_WINDOW`` records before ``step``, the loss jumped over the
+    records before it ``ROUGH_SHARE`` of as many times over as it did at ``step`` or more (each
+    over the median of the ``ROUGH_LEVEL`` before it): a run that throws its loss about (an adaptive
+    step far too large, a batch size of one) makes jumps like it of its own, where one bad
+    batch stands out of a calm run by orders of magnitude."""
+    steps, values = loss
+    at = int(np.searchsorted(steps, step))
+    if at >= len(steps) or steps[at] != step or at < ROUGH_LEVEL:
+        return False
+    jumps = _jumps(values[max(0, at - ROUGH_WINDOW - ROUGH_LEVEL) : at + 1])
+    now, before = jumps[-1], jumps[ROUGH_LEVEL:-1]
+    before = before[np.isfinite(before)]
+    return bool(now > 1 and len(before) and before.max() >= ROUGH_SHARE * now)
 
 
 # The weights' norm moved this many times its typical step-to-step change in one step, with no
