@@ -117,9 +117,7 @@ def test_a_spike_in_a_run_that_throws_its_loss_about_is_no_bad_batch(tmp_path):
 
 
 @pytest.mark.parametrize("earlier_jump", [5.0, 25.0])
-def test_a_one_batch_spike_is_the_datas_only_where_the_run_was_calm_before(
-    tmp_path, earlier_jump
-):
+def test_a_one_batch_spike_is_the_datas_only_where_the_run_was_calm_before(tmp_path, earlier_jump):
     # A run with a loss spike 40x its level at step 105, back at once; 20 steps before, the
     # loss had jumped 5x (a calm run's scatter: the spike stands out of it, a bad batch) or
     # 25x (more than half the spike's jump: a run that throws its loss about, no batch of its
