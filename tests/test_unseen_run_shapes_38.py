@@ -136,3 +136,16 @@ def test_a_one_batch_spike_is_the_datas_only_where_the_run_was_calm_before(tmp_p
         assert report.top.cause == "data_outlier" and report.top.first_step == 105
     else:
         assert "data_outlier" not in report.causes()
+
+
+def test_a_signal_amplified_a_little_at_every_layer_from_the_start_is_an_explosion(tmp_path):
+    # Trigger: set 156's ten-layer ReLU MLP with its init gain applied twice (1.3x the He
+    # scale): each layer's output 1.25-1.5x the one before through nine layers (20x in all,
+    # under the 30x asked then), the gradient 20x the weights' norm at step 0, NaN at step 3.
+    # Named a first update past the stability limit; no standard initialisation makes such a
+    # chain. The control, the same stack at the He gain, is
+    # tests/test_unseen_run_shapes_33.py::test_the_same_relu_stack_at_the_he_gain_is_no_chain.
+    ctx, report = held_out_run(tmp_path, "h156_crochet_tension_gain_twice")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients" and report.top.first_step == 0
+    assert report.top.where[0] == "net.0"

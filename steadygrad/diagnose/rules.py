@@ -82,7 +82,6 @@ from steadygrad.diagnose.detectors.transformer import (
 from steadygrad.diagnose.detectors.trends import (
     AT_INITIALISATION,
     BROKE_AT_ONCE,
-    CHAIN_AMPLIFIED,
     GRADIENT_GROWTH,
     GROWTH_BEGAN,
     LOSS_DIVERGENCE,
@@ -1967,10 +1966,11 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
 # standard initialisations keep a signal's scale through the layers (Glorot, He); four orders
 # of magnitude is layers each multiplying it, and backpropagation multiplies the gradient alike.
 AMPLIFIED = 1e4
-# Or layer after layer (``gain_chains``, in the order the model names them), the last output
-# CHAIN_AMPLIFIED times the input's RMS. One large output can be a layer's design (a
-# temperature, a logit scale); a chain of them is each layer's gain above 1 (eight layers at
-# 2.2x the He scale: about 2x a layer).
+# Or layer after layer (``gain_chains``, in the order the model names them). One large output
+# can be a layer's design (a temperature, a logit scale); a chain of them is each layer's gain
+# above 1 (eight layers at 2.2x the He scale: about 2x a layer; ten at 1.3x it). With the
+# gradient already BORN_EXPLODED times the weights, no overall size is asked of the chain: the
+# standard initialisations keep the signal's scale at every layer, so none makes a chain at all.
 
 
 def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found | None:
@@ -1998,7 +1998,7 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
     )
     chain = [max(layers)]
     if chain[0][0] < AMPLIFIED * scale:
-        chain = _amplified_layer_by_layer(weighted, scale)
+        chain = _amplified_layer_by_layer(weighted)
         if not chain:
             return None
     act, module = chain[-1]
@@ -2065,18 +2065,13 @@ def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
     )
 
 
-def _amplified_layer_by_layer(
-    layers: list[tuple[float, str]], scale: float
-) -> list[tuple[float, str]]:
+def _amplified_layer_by_layer(layers: list[tuple[float, str]]) -> list[tuple[float, str]]:
     """The first chain of ``CHAIN`` layers or more, in the order the model names them, each
-    output ``STEP_GAIN`` times the one before, whose last output is ``CHAIN_AMPLIFIED`` times
-    the input's RMS (``scale``): its (output RMS, module)s, first to last (none when there is
-    no chain)."""
+    output ``STEP_GAIN`` times the one before: its (output RMS, module)s, first to last (none
+    when there is no chain)."""
     ordered = sorted(layers, key=lambda layer: _natural(layer[1]))
     acts = [act for act, _ in ordered]
-    return next(
-        (ordered[i:j] for i, j in gain_chains(acts) if acts[j - 1] >= CHAIN_AMPLIFIED * scale), []
-    )
+    return next((ordered[i:j] for i, j in gain_chains(acts)), [])
 
 
 def _family_at(facts: RunFacts, metric: Any, step: int) -> dict[str, float]:
