@@ -3568,10 +3568,11 @@ def _threw_into_a_break(
 ) -> int | None:
     """The steps from a one-batch loss ``spike`` (``ONE_OFF`` times its baseline or more, with
     the gradient spike it made) to where the run broke (at the spike itself when the climb is
-    dated from there), when that was ``THROWN_INTO_BREAK`` or fewer and either the loss of the step ``after`` it was ``ONE_OFF`` times below it (the next
-    batch was not like it: no change of the data from there on) or the loss rose more times
-    over than the gradient norm did (:func:`_error_made_the_gradient`): the batch's update threw
-    the weights and the run never came back. None otherwise."""
+    dated from there), when that was ``THROWN_INTO_BREAK`` or fewer and either the loss of the
+    step ``after`` it was ``ONE_OFF`` times below it (the next batch was not like it: no change
+    of the data from there on) or the loss rose more times over than the gradient norm did
+    (:func:`_error_made_the_gradient`): the batch's update threw the weights and the run never
+    came back. None otherwise."""
     broke, ratio = facts.broke_at, spike.evidence.get("ratio", 0.0)
     if broke is None or not with_gradient or not ratio >= ONE_OFF:
         return None
@@ -3752,9 +3753,9 @@ def _jumps(values: np.ndarray) -> np.ndarray:
 def _as_rough_before(loss: tuple[np.ndarray, np.ndarray], step: int) -> bool:
     """Whether, in the ``ROUGH_WINDOW`` records before ``step``, the loss jumped over the
     records before it ``ROUGH_SHARE`` of as many times over as it did at ``step`` or more (each
-    over the median of the ``ROUGH_LEVEL`` before it): a run that throws its loss about (an adaptive
-    step far too large, a batch size of one) makes jumps like it of its own, where one bad
-    batch stands out of a calm run by orders of magnitude."""
+    over the median of the ``ROUGH_LEVEL`` before it): a run that throws its loss about (an
+    adaptive step far too large, a batch size of one) makes jumps like it of its own, where one
+    bad batch stands out of a calm run by orders of magnitude."""
     steps, values = loss
     at = int(np.searchsorted(steps, step))
     if at >= len(steps) or steps[at] != step or at < ROUGH_LEVEL:
