@@ -149,3 +149,72 @@ def test_a_signal_amplified_a_little_at_every_layer_from_the_start_is_an_explosi
     induced_or_skip(ctx)
     assert report.top.cause == "exploding_gradients" and report.top.first_step == 0
     assert report.top.where[0] == "net.0"
+
+
+def test_a_temperature_applied_the_wrong_way_dates_the_collapse_from_the_start(tmp_path):
+    # Trigger: set 142's nightjar classifier divides its logits by a teacher's temperature of
+    # 0.02 (times 50, read as `output_scale` from step 0); rows collapse at the first reading
+    # after (step 25), and the 50x larger steps kill ReLUs in body.2 by step 24: the dead units
+    # were named first. The number was there from step 0; the collapse is dated from it.
+    ctx, report = held_out_run(tmp_path, "h142_nightjar_temperature_bug")
+    induced_or_skip(ctx)
+    assert report.top.cause == "softmax_collapse" and report.top.first_step == 0
+    assert "times 50" in report.top.summary
+
+
+@pytest.mark.parametrize("scale", [10.0, 50.0])
+def test_only_a_number_past_the_contrastive_defaults_dates_a_collapse_from_the_start(
+    tmp_path, scale
+):
+    # A classifier's logits are its head's output times a fixed number, read at step 0 and on
+    # the output signal's cadence (every 25); rows are collapsed from step 25. Times 50 (a
+    # temperature of 0.02 applied the wrong way) dates the collapse from step 0; times 10 (an
+    # InfoNCE temperature of 0.1) leaves it where the cadence read it.
+    rows = []
+    for step in range(80):
+        row = {"loss": 1.0, "grad_norm": 1.0, "lr/0": 0.01}
+        if step % 25 == 0:
+            row |= {"softmax_collapse": 0.0 if step == 0 else 0.9, "output_scale": scale}
+        rows.append(row)
+    found = {"fraction": 0.9, "limit": 0.1}
+    findings = [("softmax_collapse", 50, "head", found, "warning")]
+    report = diagnose_stored(tmp_path, f"x{scale:g}", rows, findings)
+    collapse = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
+    assert collapse.first_step == (0 if scale >= 20 else 25)
+
+
+def test_a_gradient_the_network_multiplied_into_a_nan_the_step_after_is_an_explosion(tmp_path):
+    # Trigger: set 159's sled-trail graph network, whose message passing sums (not averages)
+    # its neighbours: denser race graphs from step 80 multiply the signal at every round; the
+    # loss rises 5e7x, the gradient 9e8x (19x more), NaN at step 81. With no step between the
+    # spike and the NaN to see the loss compound, 37 gradient spikes were named.
+    ctx, report = held_out_run(tmp_path, "h159_dog_sled_trail_sum_aggregation")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients" and report.top.first_step == 80
+
+
+@pytest.mark.parametrize("gradient_ratio", [1e3, 1e5])
+def test_a_spike_straight_into_a_nan_is_an_explosion_only_if_the_gradient_outgrew_the_loss(
+    tmp_path, gradient_ratio
+):
+    # A calm SGD run; at step 100 the loss jumps 2,500x and the next step is NaN. A gradient
+    # risen 40x more than the loss (1e5) was multiplied on its way back: an explosion. One
+    # risen less than the loss (1e3) is what a batch's error makes: the batch threw the run.
+    calm = 100
+    rows = [{"loss": 0.02 + 0.5 * 0.8**t, "grad_norm": 0.15, "lr/0": 0.1} for t in range(calm)]
+    rows.append({"loss": 50.0, "grad_norm": 0.15 * gradient_ratio, "lr/0": 0.1})
+    rows += [{"loss": math.nan, "grad_norm": math.nan, "lr/0": 0.1} for _ in range(3)]
+    spike = {"ratio": 2.5e3, "baseline": 0.02, "loss": 50.0}
+    findings = [
+        ("loss_spike", calm, None, spike, "warning"),
+        ("grad_norm_spike", calm, None, {"ratio": gradient_ratio}, "warning"),
+        ("gradient_spike", calm, "fc.weight", {"spike_factor": gradient_ratio}, "critical"),
+        ("loss_divergence", calm, None, {"ratio": 2.5e3, "best_level": 0.02}, "critical"),
+        ("nonfinite", calm + 1, None, {}, "critical"),
+    ]
+    name = f"g{gradient_ratio:g}"
+    report = diagnose_stored(tmp_path, name, rows, findings, config={"optimizer_family": "sgd"})
+    if gradient_ratio >= 10 * spike["ratio"]:
+        assert report.top.cause == "exploding_gradients" and report.top.first_step == calm
+    else:
+        assert report.top.cause == "data_outlier" and "exploding_gradients" not in report.causes()

@@ -678,6 +678,17 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
         found.evidence["rows_collapsed_since"] = int(since[0])
         found.first_step = int(since[0])
         found.summary += f" (rows collapsed at every reading since step {since[0]})"
+    scaled = _scaled_from_the_start(facts, steps, found.first_step)
+    if scaled is not None:
+        began, scale = scaled
+        found.evidence["scaled_from"] = began
+        found.first_step = began
+        found.summary += (
+            f"; the logits are their layer's output times {scale:.3g}, a fixed number from "
+            f"step {began} (a temperature applied the wrong way): rows collapsed from the "
+            "first reading after it"
+        )
+        return found
     spike = _thrown_by_a_spike(facts, found.first_step, clear.max() if len(clear) else None)
     burst = _burst_before(facts, found.first_step)
     if spike is not None:
@@ -706,6 +717,33 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
             "a fit that stopped pushing its margins, not a stall"
         )
     return found
+
+
+# A fixed number the logits are multiplied by after their layer at least this large is a
+# temperature applied the wrong way (logits / 0.02): the contrastive defaults stay under it
+# (1 / 0.07 = 14.3), a cosine head's scale of 30-64 saturates its softmax as it fits.
+FIXED_TEMPERATURE = 20.0
+
+
+def _scaled_from_the_start(
+    facts: RunFacts, steps: np.ndarray, began: int
+) -> tuple[int, float] | None:
+    """The first reading of the logits' scale (``output_scale``) and that scale, when it stood
+    ``FIXED_TEMPERATURE`` or more there, held within 1% of it at every reading up to ``began``
+    (a collapse found then), and no collapse reading (``steps``) fell between the two: the
+    number was there from the start, and rows collapsed at the first reading after it. The
+    collapse began with the number, not where the cadence first read it."""
+    scales = facts.series(OUTPUT_SCALE.name)
+    if scales is None or not len(scales[0]):
+        return None
+    first, scale = int(scales[0][0]), float(scales[1][0])
+    held = scales[1][scales[0] <= began]
+    if not scale >= FIXED_TEMPERATURE or not first < began:
+        return None
+    if not (np.abs(held - scale) <= 0.01 * scale).all():
+        return None
+    between = steps[(steps > first) & (steps < began)]
+    return (first, scale) if not len(between) else None
 
 
 # Readings at the end of a run that must all be under the detector's fraction for a collapse
@@ -1871,9 +1909,12 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
     start = min(spikes)
     steps, values = loss
     between = values[(steps >= start) & (steps < nan_at)]
-    if len(between) < 2 or not np.all(np.diff(between) > 0):
+    at_once = _amplified_at(facts, start) if len(between) == 1 else None
+    if at_once is not None:
+        pass  # non-finite the step after a gradient the network amplified: no step to compound
+    elif len(between) < 2 or not np.all(np.diff(between) > 0):
         return None  # the loss came down after the spike: the run absorbed it
-    if not between[-1] >= ONE_OFF * between[0]:
+    elif not between[-1] >= ONE_OFF * between[0]:
         return None  # a loss creeping up as before: nothing compounded
     # the tensors that spiked first, most first; before them, a recurrence's tensors that
     # spiked on the way to the NaN: the repeated product there is what compounds
@@ -1891,9 +1932,16 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
     ]
     tensors.sort(key=lambda f: (not in_recurrence(f), -f.evidence.get("spike_factor", 0.0)))
     where = [f.where for f in tensors if f.where][:3]
+    how = (
+        f"the gradient norm spiked {at_once:.3g} times as many times over its level as the "
+        f"loss did (the network multiplied it on its way back) and the run was non-finite at "
+        f"step {nan_at}"
+        if at_once is not None
+        else "the gradient norm spiked and the loss rose at every step after it until it went "
+        f"non-finite at step {nan_at}"
+    )
     return Found(
-        f"the gradients exploded at step {start}: the gradient norm spiked and the loss rose at "
-        f"every step after it until it went non-finite at step {nan_at}"
+        f"the gradients exploded at step {start}: {how}"
         + (f", starting in {', '.join(where)}" if where else ""),
         start,
         where,
@@ -3580,6 +3628,19 @@ def _threw_into_a_break(
     if not unlike_the_next and not _error_made_the_gradient(facts, spike):
         return None
     return broke - spike.step if 0 <= broke - spike.step <= THROWN_INTO_BREAK else None
+
+
+def _amplified_at(facts: RunFacts, step: int) -> float | None:
+    """How many times as many times over its baseline the gradient norm spiked at ``step`` as
+    the loss did over its own, when that was ``ONE_OFF`` or more (None otherwise): no error in
+    a batch makes that (see :func:`_error_made_the_gradient`); the network multiplied the
+    gradient on its way back."""
+    grads = [g.evidence.get("ratio") for g in facts.of(GRAD_NORM_SPIKE) if g.step == step]
+    losses = [f.evidence.get("ratio") for f in facts.of(LOSS_SPIKE) if f.step == step]
+    if not grads or not losses or grads[0] is None or losses[0] is None or not losses[0] > 0:
+        return None
+    times = grads[0] / losses[0]
+    return float(times) if times >= ONE_OFF else None
 
 
 def _error_made_the_gradient(facts: RunFacts, spike: Finding) -> bool:
