@@ -162,6 +162,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout156,
     cases_heldout157,
     cases_heldout158,
+    cases_heldout160,
     cases_mlp,
     cases_other,
 )
