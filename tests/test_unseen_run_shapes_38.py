@@ -118,11 +118,14 @@ def test_a_spike_in_a_run_that_throws_its_loss_about_is_no_bad_batch(tmp_path):
 
 @pytest.mark.parametrize("earlier_jump", [5.0, 25.0])
 def test_a_one_batch_spike_is_the_datas_only_where_the_run_was_calm_before(tmp_path, earlier_jump):
-    # A run with a loss spike 40x its level at step 105, back at once; 20 steps before, the
-    # loss had jumped 5x (a calm run's scatter: the spike stands out of it, a bad batch) or
-    # 25x (more than half the spike's jump: a run that throws its loss about, no batch of its
-    # own). Oracle: the spike's jump against the earlier one, by construction.
+    # A run with a loss spike 40x its level at step 105, back at once; before it, the loss
+    # had jumped 5x at five steps (a run's scatter the spike stands far out of: a bad batch) or
+    # 25x at one of them (more than half the spike's rise, among five of a tenth of it or
+    # more: a run that throws its loss about, no batch of its own). Oracle: the jumps against
+    # the spike's, by construction.
     rows = [{"loss": 1.0 + 0.01 * (t % 3), "grad_norm": 0.5, "lr/0": 0.01} for t in range(150)]
+    for t in (25, 40, 55, 70):
+        rows[t]["loss"] = 5.0
     rows[85]["loss"] = earlier_jump
     rows[105] = {"loss": 40.0, "grad_norm": 20.0, "lr/0": 0.01}
     spike = {"ratio": 40.0, "baseline": 1.0, "loss": 40.0}

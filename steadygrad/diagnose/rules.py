@@ -3794,9 +3794,11 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
 
 
 # A loss that jumped this share or more of a spike's jump over the median of the ROUGH_LEVEL
-# records before it, in the ROUGH_WINDOW records before that spike, makes the spike one more
-# of the run's own jumps.
+# records before it (the rise above that level, as a share of the spike's), in the
+# ROUGH_WINDOW records before that spike, among ROUGH_MANY jumps or more of ROUGH_OFTEN of it,
+# makes the spike one more of the run's own jumps.
 ROUGH_SHARE, ROUGH_WINDOW, ROUGH_LEVEL = 0.5, 100, 9
+ROUGH_OFTEN, ROUGH_MANY = 0.1, 5
 
 
 def _jumps(values: np.ndarray) -> np.ndarray:
@@ -3812,11 +3814,12 @@ def _jumps(values: np.ndarray) -> np.ndarray:
 
 
 def _as_rough_before(loss: tuple[np.ndarray, np.ndarray], step: int) -> bool:
-    """Whether, in the ``ROUGH_WINDOW`` records before ``step``, the loss jumped over the
-    records before it ``ROUGH_SHARE`` of as many times over as it did at ``step`` or more (each
-    over the median of the ``ROUGH_LEVEL`` before it): a run that throws its loss about (an
-    adaptive step far too large, a batch size of one) makes jumps like it of its own, where one
-    bad batch stands out of a calm run by orders of magnitude."""
+    """Whether, in the ``ROUGH_WINDOW`` records before ``step``, the loss rose above the
+    records before it by ``ROUGH_SHARE`` of what it rose by at ``step`` or more (each over the
+    median of the ``ROUGH_LEVEL`` before it), and by ``ROUGH_OFTEN`` of it at ``ROUGH_MANY``
+    records or more: a run that throws its loss about (an adaptive step far too large, a batch
+    size of one) makes jumps like it of its own, often, where one bad batch stands out of a calm
+    run by orders of magnitude (and a stream's occasional harder batch is one of a few)."""
     steps, values = loss
     at = int(np.searchsorted(steps, step))
     if at >= len(steps) or steps[at] != step or at < ROUGH_LEVEL:
@@ -3824,7 +3827,9 @@ def _as_rough_before(loss: tuple[np.ndarray, np.ndarray], step: int) -> bool:
     jumps = _jumps(values[max(0, at - ROUGH_WINDOW - ROUGH_LEVEL) : at + 1])
     now, before = jumps[-1], jumps[ROUGH_LEVEL:-1]
     before = before[np.isfinite(before)]
-    return bool(now > 1 and len(before) and before.max() >= ROUGH_SHARE * now)
+    if not now > 1 or not len(before) or not before.max() - 1 >= ROUGH_SHARE * (now - 1):
+        return False
+    return int((before - 1 >= ROUGH_OFTEN * (now - 1)).sum()) >= ROUGH_MANY
 
 
 # The weights' norm moved this many times its typical step-to-step change in one step, with no
