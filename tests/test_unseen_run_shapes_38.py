@@ -221,3 +221,19 @@ def test_a_spike_straight_into_a_nan_is_an_explosion_only_if_the_gradient_outgre
         assert report.top.cause == "exploding_gradients" and report.top.first_step == calm
     else:
         assert report.top.cause == "data_outlier" and "exploding_gradients" not in report.causes()
+
+
+def test_a_loss_with_no_minimum_is_read_from_the_heads_outputs_when_its_weights_barely_grow(
+    tmp_path,
+):
+    # Trigger: set 161's spore-print tagger, binary cross-entropy fed 0-255 pixel values as
+    # targets (the /255 dropped): the loss has no minimum and falls, faster and faster, to -964;
+    # every layer carries the growth a little, the head's weights only 1.3x, its outputs 25x.
+    # Named healthy. Control: set 149's Gaussian-likelihood transformer (a softplus variance
+    # with a floor), whose loss falls below zero and its outputs 5x as the variance shrinks.
+    ctx, report = held_out_run(tmp_path, "h161_spore_print_png_targets")
+    induced_or_skip(ctx)
+    assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]
+    ctx, report = held_out_run(tmp_path, "h149_cordwainer_last_control")
+    induced_or_skip(ctx)
+    assert report.healthy

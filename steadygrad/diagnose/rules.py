@@ -2631,25 +2631,41 @@ def _fell_without_bound(facts: RunFacts) -> Found | None:
         return None
     if q[-1] > -ONE_OFF * abs(values[0]) or np.median(values[-10:]) >= np.median(values[-20:-10]):
         return None  # not far below where it began, or no longer falling at the end
-    norms = weight[1][np.isfinite(weight[1])]
-    if len(norms) < 8:
-        return None
-    w = [float(np.median(part)) for part in np.array_split(norms, 4)]
-    if w[-1] < RUNAWAY_GROWTH * w[0] or not w[-1] > w[-2]:
+    # the output layer's weights, or failing them its outputs (every layer before it may
+    # carry the growth a little each: ONE_OFF times, as the loss is asked; a variance head
+    # shrinking to its floor moves its outputs a few times over), grown and still growing
+    grown, what = _grew_in_quarters(weight[1], RUNAWAY_GROWTH), "weight"
+    outputs = facts.series(f"{ACT_RMS.name}/{layer}")
+    if grown is None and outputs is not None:
+        grown, what = _grew_in_quarters(outputs[1], ONE_OFF, fewest=4), "output"
+    if grown is None:
         return None
     below = steps[values < 0]
     began = int(below[0]) if len(below) else int(steps[0])
     return Found(
         f"the loss fell below zero from step {began} without slowing, to {values[-1]:.4g} "
-        f"(from {values[0]:.4g}), while the weights of the output layer {layer} grew "
-        f"{w[-1] / w[0]:.3g}x and kept growing: a loss with no minimum (a margin or "
+        f"(from {values[0]:.4g}), while the {what}s of the output layer {layer} grew "
+        f"{grown:.3g}x and kept growing: a loss with no minimum (a margin or "
         "log-likelihood that lost its softplus or normaliser, a term of the wrong sign), "
         "which the outputs grow without end to lower",
         began,
         [layer],
-        {"loss_end": float(values[-1]), "output_weight_growth": w[-1] / w[0]},
+        {"loss_end": float(values[-1]), f"output_{what}_growth": grown},
         "warning",
     )
+
+
+def _grew_in_quarters(values: np.ndarray, times: float, fewest: int = 8) -> float | None:
+    """How many times a series' median over its last quarter stood over its first quarter's,
+    when that was ``times`` or more and the last quarter's was above the third's (still
+    growing); None otherwise, or with fewer than ``fewest`` finite readings."""
+    finite = values[np.isfinite(values)]
+    if len(finite) < fewest:
+        return None
+    q = [float(np.median(part)) for part in np.array_split(finite, 4)]
+    if not q[0] > 0 or q[-1] < times * q[0] or not q[-1] > q[-2]:
+        return None
+    return q[-1] / q[0]
 
 
 def _output_updates_too_large(facts: RunFacts, found: Found) -> tuple[int, float] | None:
