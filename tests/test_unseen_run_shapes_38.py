@@ -237,3 +237,17 @@ def test_a_loss_with_no_minimum_is_read_from_the_heads_outputs_when_its_weights_
     ctx, report = held_out_run(tmp_path, "h149_cordwainer_last_control")
     induced_or_skip(ctx)
     assert report.healthy
+
+
+def test_a_head_thrown_by_the_few_steps_an_overflowing_scaler_took_is_the_overflows(tmp_path):
+    # Trigger: set 162's power-hammer regressor fed raw newtons under fp16 autocast: the loss
+    # stands at 8e9 from step 0, the GradScaler skips the first 18 steps (past its search for a
+    # scale: the gradients overflow float16 unscaled), and the three steps it takes after throw
+    # the head's weights 75x. The head's runaway was named (a decay of the wrong sign?); the
+    # overflow from the first step is what made those steps. The controls, heads that ran away
+    # with every step taken, are tests/test_unseen_run_shapes_4.py to _6.py.
+    ctx, report = held_out_run(tmp_path, "h162_power_hammer_raw_newtons")
+    induced_or_skip(ctx)
+    assert report.top.cause == "amp_overflow"
+    head = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    assert "GradScaler skipped every one" in head.why

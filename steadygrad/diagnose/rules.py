@@ -2544,12 +2544,19 @@ def _output_logits(facts: RunFacts) -> Found | None:
         )
         evidence = {"runaway_weights": {"module": layer, "began": began, "factor": factor}}
         if found is None:
-            return Found(ran_away, began, [layer], evidence, "warning")
-        if found.first_step is None or began < found.first_step:
+            found = Found(ran_away, began, [layer], evidence, "warning")
+        elif found.first_step is None or began < found.first_step:
             found.first_step = began
             found.where = [layer] + [w for w in found.where if w != layer]
             found.summary += f"; {ran_away}"
             found.evidence.update(evidence)
+        skipped = _overflowing_from_the_start(facts, began)
+        if skipped is not None:
+            found.consequence_of = (
+                f"the GradScaler skipped every one of the {skipped} steps before the weights "
+                "grew (more than its search for a scale: the gradients overflow float16 "
+                "unscaled), and the few steps it took after threw them"
+            )
         return found
     if found is None:
         return _logits_driven_by_the_head_rate(facts) or _fell_without_bound(facts)
@@ -2906,6 +2913,21 @@ def _caught_by_scaler(facts: RunFacts) -> bool:
         and f.step not in by_autopilot
         for f in nonfinite
     )
+
+
+def _overflowing_from_the_start(facts: RunFacts, step: int) -> int | None:
+    """How many steps the optimizer skipped from the run's first record up to ``step``, when it
+    skipped every one of them and they were more than ``SCALE_SEARCH_STEPS`` (a GradScaler's
+    search for its scale ends by then: past it, the gradients overflow float16 unscaled); None
+    otherwise."""
+    loss = facts.series(LOSS.name)
+    if loss is None:
+        return None
+    before = loss[0][loss[0] < step]
+    skipped = _skipped_steps(facts)
+    if len(before) <= SCALE_SEARCH_STEPS or any(int(s) not in skipped for s in before):
+        return None
+    return len(before)
 
 
 AMP_STALL_SHARE = 0.5  # skipping at least this share of steps is not benign
