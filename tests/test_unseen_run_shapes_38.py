@@ -251,3 +251,28 @@ def test_a_head_thrown_by_the_few_steps_an_overflowing_scaler_took_is_the_overfl
     assert report.top.cause == "amp_overflow"
     head = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
     assert "GradScaler skipped every one" in head.why
+
+
+@pytest.mark.parametrize("broke", [True, False])
+def test_an_overflow_episode_before_the_run_broke_is_not_called_benign(tmp_path, broke):
+    # Set 126's hull-fouling estimator: its shaft power came in watts from step 80, the
+    # GradScaler skipped 18 steps with the loss finite (8e5), and the run broke at step 98: the
+    # overflow was called benign, "not a divergence", beside the break. Control: the same
+    # episode in a run that did not break stays benign. Oracle: the break, by construction.
+    rows = []
+    for t in range(140):
+        row = {"loss": 1.0 / (1 + t / 20), "grad_norm": 1.0, "lr/0": 0.01}
+        if 80 <= t < 98:
+            row["optimizer_skipped"] = 1.0
+        if broke and t >= 98:
+            row["loss"] = 1e4 * (t - 97)
+        rows.append(row)
+    findings = [("amp_overflow", 80, None, {"nonfinite_grads": 10.0}, "info")]
+    if broke:
+        findings.append(
+            ("loss_divergence", 98, None, {"ratio": 1e4, "best_level": 0.2}, "critical")
+        )
+    report = diagnose_stored(tmp_path, f"broke{broke}", rows, findings)
+    amp = next(d for d in report.diagnoses if d.cause == "amp_overflow")
+    assert ("benign" in amp.summary) is not broke
+    assert ("before the run broke at step 98" in amp.summary) is broke

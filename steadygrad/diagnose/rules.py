@@ -2979,12 +2979,24 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
             + (f", first in {', '.join(where)}" if where else "")
         )
         return Found(summary, first, where, evidence, "warning")
-    summary = (
-        f"benign mixed-precision overflow: the GradScaler skipped {count} step(s) in "
-        f"{len(overflow)} episode(s) ({share:.1%} of steps) and lowered its scale; the loss and "
-        "weights stayed finite, so this is not a divergence"
-        + (f" ({search} of them its start-up search for a scale)" if search else "")
+    skipped = (
+        f"the GradScaler skipped {count} step(s) in {len(overflow)} episode(s) ({share:.1%} of "
+        "steps) and lowered its scale"
     )
+    search_said = f" ({search} of them its start-up search for a scale)" if search else ""
+    broke = facts.broke_at
+    if broke is not None and broke >= _first(overflow):
+        # finite through the episode, but the run broke after it: not benign; what broke it
+        # is named by its own rule
+        summary = (
+            f"mixed-precision overflow before the run broke at step {broke}: {skipped}; the "
+            "loss and weights stayed finite through it" + search_said
+        )
+    else:
+        summary = (
+            f"benign mixed-precision overflow: {skipped}; the loss and weights stayed finite, so "
+            "this is not a divergence" + search_said
+        )
     severity = "warning" if share > 0.05 else "info"
     return Found(summary, _first(overflow), [], evidence, severity)
 
