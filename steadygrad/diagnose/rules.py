@@ -1909,12 +1909,11 @@ def _spike_into_explosion(facts: RunFacts) -> Found | None:
     start = min(spikes)
     steps, values = loss
     between = values[(steps >= start) & (steps < nan_at)]
+    # non-finite the step after a gradient the network amplified: no step to compound
     at_once = _amplified_at(facts, start) if len(between) == 1 else None
-    if at_once is not None:
-        pass  # non-finite the step after a gradient the network amplified: no step to compound
-    elif len(between) < 2 or not np.all(np.diff(between) > 0):
+    if at_once is None and (len(between) < 2 or not np.all(np.diff(between) > 0)):
         return None  # the loss came down after the spike: the run absorbed it
-    elif not between[-1] >= ONE_OFF * between[0]:
+    if at_once is None and not between[-1] >= ONE_OFF * between[0]:
         return None  # a loss creeping up as before: nothing compounded
     # the tensors that spiked first, most first; before them, a recurrence's tensors that
     # spiked on the way to the NaN: the repeated product there is what compounds
@@ -2632,7 +2631,7 @@ def _fell_without_bound(facts: RunFacts) -> Found | None:
     steps, values = loss
     if len(values) < 40 or not np.isfinite(values).all():
         return None
-    q = [float(np.median(part)) for part in np.array_split(values, 4)]
+    q = _quarter_medians(values)
     falls = -np.diff(q)  # how far each quarter's median fell below the one before
     if not (falls > 0).all() or falls[-1] < 0.5 * falls[-2] or q[-1] >= 0:
         return None
@@ -2662,6 +2661,11 @@ def _fell_without_bound(facts: RunFacts) -> Found | None:
     )
 
 
+def _quarter_medians(values: np.ndarray) -> list[float]:
+    """The median of each quarter of ``values``, in order."""
+    return [float(np.median(part)) for part in np.array_split(values, 4)]
+
+
 def _grew_in_quarters(values: np.ndarray, times: float, fewest: int = 8) -> float | None:
     """How many times a series' median over its last quarter stood over its first quarter's,
     when that was ``times`` or more and the last quarter's was above the third's (still
@@ -2669,7 +2673,7 @@ def _grew_in_quarters(values: np.ndarray, times: float, fewest: int = 8) -> floa
     finite = values[np.isfinite(values)]
     if len(finite) < fewest:
         return None
-    q = [float(np.median(part)) for part in np.array_split(finite, 4)]
+    q = _quarter_medians(finite)
     if not q[0] > 0 or q[-1] < times * q[0] or not q[-1] > q[-2]:
         return None
     return q[-1] / q[0]
@@ -3680,29 +3684,33 @@ def _threw_into_a_break(
     return broke - spike.step if 0 <= broke - spike.step <= THROWN_INTO_BREAK else None
 
 
-def _amplified_at(facts: RunFacts, step: int) -> float | None:
+def _gradient_over_loss(facts: RunFacts, step: int) -> float | None:
     """How many times as many times over its baseline the gradient norm spiked at ``step`` as
-    the loss did over its own, when that was ``ONE_OFF`` or more (None otherwise): no error in
-    a batch makes that (see :func:`_error_made_the_gradient`); the network multiplied the
-    gradient on its way back."""
+    the loss did over its own (None without both spikes there). A batch's error drives the loss
+    up faster than the gradient (a squared error by the square of the error's growth, the
+    gradient by the error itself): at most 1. A network amplifying its gradient through depth
+    or time (a recurrence exposed by longer sequences) drives it up hundreds of times with the
+    loss barely moved: ``ONE_OFF`` or more."""
     grads = [g.evidence.get("ratio") for g in facts.of(GRAD_NORM_SPIKE) if g.step == step]
     losses = [f.evidence.get("ratio") for f in facts.of(LOSS_SPIKE) if f.step == step]
     if not grads or not losses or grads[0] is None or losses[0] is None or not losses[0] > 0:
         return None
-    times = grads[0] / losses[0]
-    return float(times) if times >= ONE_OFF else None
+    return float(grads[0] / losses[0])
+
+
+def _amplified_at(facts: RunFacts, step: int) -> float | None:
+    """:func:`_gradient_over_loss` at ``step`` when ``ONE_OFF`` or more: the network multiplied
+    the gradient on its way back (None otherwise)."""
+    times = _gradient_over_loss(facts, step)
+    return times if times is not None and times >= ONE_OFF else None
 
 
 def _error_made_the_gradient(facts: RunFacts, spike: Finding) -> bool:
     """The loss at ``spike`` rose at least as many times over its baseline as the gradient norm
-    did over its own. A batch's error drives the loss up faster than the gradient (a squared
-    error by the square of the error's growth, the gradient by the error itself); a network
-    amplifying its gradient through depth or time (a recurrence exposed by longer sequences)
-    drives the gradient up hundreds of times with the loss barely moved. A batch whose error
-    made the spike is the batch's, even when the thrown weights keep the next losses high."""
-    ratio = spike.evidence.get("ratio", 0.0)
-    grad = [g.evidence.get("ratio") for g in facts.of(GRAD_NORM_SPIKE) if g.step == spike.step]
-    return bool(grad) and grad[0] is not None and ratio >= grad[0]
+    did over its own (:func:`_gradient_over_loss` at most 1): a batch whose error made the spike
+    is the batch's, even when the thrown weights keep the next losses high."""
+    times = _gradient_over_loss(facts, spike.step)
+    return times is not None and times <= 1.0
 
 
 def _spike_of(f: Finding) -> str:
@@ -3855,11 +3863,13 @@ def _jumps(values: np.ndarray) -> np.ndarray:
     """Each finite loss over the median of the ``ROUGH_LEVEL`` finite losses before it (NaN
     where there are fewer, or that median is not positive)."""
     out = np.full(len(values), np.nan)
-    for k in range(ROUGH_LEVEL, len(values)):
-        before = values[k - ROUGH_LEVEL : k]
-        level = float(np.median(before)) if np.isfinite(before).all() else math.nan
-        if level > 0 and np.isfinite(values[k]):
-            out[k] = values[k] / level
+    if len(values) <= ROUGH_LEVEL:
+        return out
+    levels = _running_medians(values[:-1], ROUGH_LEVEL)
+    finite = sliding_window_view(np.isfinite(values[:-1]), ROUGH_LEVEL).all(axis=1)
+    now = values[ROUGH_LEVEL:]
+    read = finite & (levels > 0) & np.isfinite(now)
+    out[ROUGH_LEVEL:][read] = now[read] / levels[read]
     return out
 
 
@@ -4838,32 +4848,36 @@ def _thrown_just_before(facts: RunFacts, step: int) -> tuple[int, float] | None:
 ENDED_OVER = 10  # the last losses of a run that say where it ended
 
 
-def _stuck_with_dead_units(facts: RunFacts, level: object) -> float | None:
-    """The median of the run's last ``ENDED_OVER`` losses when every loss of the run was finite,
-    that median stood within half of ``level``'s size of it (back where the run started, not
-    below), and units were found dead in a layer; None otherwise. A step size the run cannot
-    train at keeps throwing it; a run whose first updates killed its units sits still at the
-    level it started from, unable to learn."""
+def _ended_at(facts: RunFacts) -> float | None:
+    """The median of the run's last ``ENDED_OVER`` losses, when every loss of the run was finite
+    and there were ``3 * ENDED_OVER`` or more; None otherwise."""
     loss = facts.series(LOSS.name)
+    if loss is None or len(loss[1]) < 3 * ENDED_OVER or not np.isfinite(loss[1]).all():
+        return None
+    return float(np.median(loss[1][-ENDED_OVER:]))
+
+
+def _stuck_with_dead_units(facts: RunFacts, level: object) -> float | None:
+    """Where the run ended (:func:`_ended_at`) when that stood within half of ``level``'s size of
+    it (back where the run started, not below) and units were found dead in a layer; None
+    otherwise. A step size the run cannot train at keeps throwing it; a run whose first updates
+    killed its units sits still at the level it started from, unable to learn."""
     dead = [f for f in facts.of(LOSS_OF_PLASTICITY) if f.severity != "info" and f.where]
-    if loss is None or not dead or not isinstance(level, int | float) or not level > 0:
+    if not dead or not isinstance(level, int | float) or not level > 0:
         return None
-    if len(loss[1]) < 3 * ENDED_OVER or not np.isfinite(loss[1]).all():
+    ended = _ended_at(facts)
+    if ended is None or not level <= ended:
         return None
-    ended = float(np.median(loss[1][-ENDED_OVER:]))
-    return ended if level <= ended and _within_half(np.array([ended]), level)[0] else None
+    return ended if _within_half(np.array([ended]), level)[0] else None
 
 
 def _ended_below(facts: RunFacts, level: object) -> float | None:
-    """The median of the run's last ``ENDED_OVER`` losses when each was finite and that median
-    under ``level``, with nothing the autopilot did on the way; None otherwise."""
-    loss = facts.series(LOSS.name)
-    if loss is None or not isinstance(level, int | float) or _autopilot_actions(facts):
+    """Where the run ended (:func:`_ended_at`) when under ``level``, with nothing the autopilot
+    did on the way; None otherwise."""
+    if not isinstance(level, int | float) or _autopilot_actions(facts):
         return None
-    if len(loss[1]) < 3 * ENDED_OVER or not np.isfinite(loss[1]).all():
-        return None
-    ended = float(np.median(loss[1][-ENDED_OVER:]))
-    return ended if ended < level else None
+    ended = _ended_at(facts)
+    return ended if ended is not None and ended < level else None
 
 
 def _replaced_just_before(facts: RunFacts, step: int) -> int | None:
