@@ -3405,7 +3405,8 @@ def _most_spiked(spikes: list[Finding]) -> list[str]:
 
     def order(f: Finding) -> tuple:
         material = f.evidence.get("grad_norm", 0.0) > 1e-3 * largest[f.step]
-        return (f.step, not material, -f.evidence.get("spike_factor", 0.0))
+        # the name last: tensors spiked alike (an RNN's two biases) in one order every time
+        return (f.step, not material, -f.evidence.get("spike_factor", 0.0), f.where or "")
 
     return list(dict.fromkeys(f.where for f in sorted(spikes, key=order) if f.where))
 
