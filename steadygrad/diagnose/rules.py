@@ -844,6 +844,15 @@ def _update_ratio(facts: RunFacts) -> Found | None:
             f"before step {found.first_step}): the dead units of {dead[0].where}, found at step "
             f"{dead[0].step}, cut it off"
         )
+    elif dead and found.stalls and all(_died_before(f, dead) for f in ratios):
+        # or their own layer died first: what moved it had already killed most of its units
+        # (a first step far too large), and the few left alive are no layer to train
+        died = next(d for d in dead if _died_before(ratios[0], [d]))
+        found.consequence_of = (
+            f"{layer_span([f.where for f in ratios if f.where])} stood still from step "
+            f"{found.first_step}, after its own layer lost its units ({died.where}: "
+            f"{died.evidence.get('dead_units', math.nan):.0%} dead at step {died.step})"
+        )
     elif found.stalls and not dead and (starved := _starved(facts)) is not None:
         found.consequence_of = (
             f"no input reached {layer_span(starved.where)} after step {starved.first_step}: "
@@ -1542,6 +1551,14 @@ def _raised_at_a_stroke(
         steps, values = steps[keep], values[keep]
         for i in np.flatnonzero(values[1:] >= jump * values[:-1]) + 1:
             yield steps, values, int(i)
+
+
+def _died_before(frozen: Finding, dead: list[Finding]) -> bool:
+    """Whether the module holding a frozen tensor (``frozen``) was found with dead units (one of
+    ``dead``) at an earlier step."""
+    return any(
+        frozen.where and _inside(frozen.where, d.where) and d.step < frozen.step for d in dead
+    )
 
 
 def _no_gradient(facts: RunFacts, parameter: str | None, step: int, records: int = 3) -> bool:
