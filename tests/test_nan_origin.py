@@ -400,3 +400,40 @@ def test_a_nan_made_after_the_head_on_a_hooked_step_is_placed_at_the_head(tmp_pa
     origin = first.evidence["forward_origin"]
     assert origin["module"] == "head" and origin["between"] == "the model's output"
     assert bool(origin.get("replayed")) == (every == 50)  # the hooked pass placed it itself
+
+
+class _MeanAndScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.mean = nn.Linear(8, 1)
+        self.scale = nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.mean(h).squeeze(-1), nn.functional.softplus(self.scale(h)).squeeze(-1) + 0.1
+
+
+def test_a_nan_target_under_a_loss_of_two_outputs_names_neither(tmp_path):
+    # Control for reading the step's own outputs: a Gaussian NLL over a mean and a softplus
+    # scale (never out of range), one target NaN at step 7. Neither output holds a value the
+    # loss cannot take: no module is named, and the loss or its targets are.
+    torch.manual_seed(0)
+    model = _MeanAndScale()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(1)
+    with steadygrad.watch(model, opt, tmp_path / "targets", progress=False) as mon:
+        for step in range(12):
+            x = torch.randn(16, 4, generator=gen)
+            y = x.sum(1)
+            if step == 7:
+                y[3] = float("nan")
+            mu, sigma = model(x)
+            loss = (torch.log(sigma) + 0.5 * ((y - mu) / sigma) ** 2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    first = _first_nonfinite(steadygrad.load(tmp_path / "targets"))
+    assert first.step == 7 and not first.where
+    assert "in the loss or its targets" in first.evidence["forward_origin"]["note"]

@@ -167,11 +167,13 @@ def test_an_output_the_models_own_code_made_is_placed_at_the_layer_it_came_from(
     assert found.where == ["proj"]
 
 
-def test_a_loss_of_two_outputs_that_cannot_be_told_apart_names_no_place(tmp_path):
-    # Control: a mean head and a raw sigma head under a Gaussian NLL; the forward pass was
-    # finite, and which output the loss made the NaN from cannot be told: no place is named.
+def test_a_loss_of_two_outputs_is_placed_at_the_one_the_step_made_out_of_range(tmp_path):
+    # A mean head and a raw sigma head under a Gaussian NLL; the forward pass was finite. The
+    # replay, on weights the NaN step's finite update had moved, saw both outputs in range
+    # (the forty-second session named no place); the outputs the step itself made show eleven
+    # of sigma's below zero, which a log cannot take (forty-third session).
     found = _nonfinite(_report(tmp_path, "h109_heteroscedastic_raw_sigma"))
-    assert found.where == [] and "in the loss or its targets" in found.summary
+    assert found.where == ["sigma_head"] and "negative value(s)" in found.summary
 
 
 def test_a_few_negatives_among_positive_values_are_what_a_log_cannot_take():
@@ -307,10 +309,10 @@ def test_a_rule_that_fails_on_a_run_costs_its_own_diagnosis_only(tmp_path):
     assert report.causes() == [c for c in whole.causes() if c != RULES[0].cause]
 
 
-def test_an_output_concatenated_from_two_heads_names_neither(tmp_path):
-    # Control for the walk back through the replay's graph: a mean head and a raw variance head
-    # concatenated into the model's one output, a Gaussian NLL taking the log of the variance
-    # column. The nearest modules behind the output are both heads: which one the loss made its
-    # NaN from cannot be told from the graph, so no place is named (not the first one found).
+def test_an_output_concatenated_from_two_heads_is_read_part_by_part(tmp_path):
+    # A mean head and a raw variance head concatenated into the model's one output, a Gaussian
+    # NLL taking the log of the variance column. The graph alone cannot tell which head the
+    # loss made its NaN from (the first one found, the mean head, was once named); read part by
+    # part, the step's own output holds three negative variances: the variance head.
     found = _nonfinite(_report(tmp_path, "h142_fumarole_raw_variance"))
-    assert found.where == [] and "in the loss or its targets" in found.summary
+    assert found.where == ["var_head"] and "negative value(s)" in found.summary

@@ -50,3 +50,137 @@ def test_a_frozen_layer_is_its_dead_units_only_when_they_died_before_it_froze(tm
         assert "lost its units" in ratio.why
     else:
         assert report.top.cause == "update_ratio_out_of_range"
+
+
+def test_units_killed_by_a_first_update_the_run_came_back_from_are_the_harm_that_stayed(
+    tmp_path,
+):
+    # Trigger: set 164's grain-loss regressor under RMSprop at SGD's rate (0.2): the first
+    # update's gradient (6e7) sends the loss 981x up; the run comes back on its own, below where
+    # it started (2.0 -> 0.24), with fc1 and fc2 mostly dead to the end. The one explosion was
+    # named; what stayed, and what keeps the loss far above its floor, is the dead units.
+    ctx, report = held_out_run(tmp_path, "h164_threshing_rmsprop_sgd_lr")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_of_plasticity"
+    assert {"fc1", "fc2"} & set(report.top.where)
+
+
+@pytest.mark.parametrize("before", ["calm", "thrown_about"])
+def test_units_dead_after_a_break_outlive_it_only_when_it_was_the_runs_first_trouble(
+    tmp_path, before
+):
+    # A run breaks at step 5 (the loss 400x up, one gradient explosion wrecking the weights)
+    # and comes back on its own, below where it started, with its first layer's units dead from the next reading to the end. Calm before
+    # the break: the dead units are the harm that stayed. Thrown about from its first update
+    # instead (20-100x its start at steps 1-4), as a step size far past 2/sharpness throws it,
+    # the break was not its first trouble: the dead units do not outlive it.
+    start = 2.0
+    early = [2.0, 2.1, 1.9, 2.0, 1.95] if before == "calm" else [2.0, 60.0, 200.0, 40.0, 8.0]
+    losses = early + [800.0] + [1.5 - 0.002 * t for t in range(100)]
+    rows = [{"loss": v, "grad_norm": 1.0, "lr/0": 0.5} for v in losses]
+    for t, row in enumerate(rows):
+        row["dead_units/fc1"] = 0.05 if t < 5 else 0.7
+    broke = {"loss_median": 800.0, "best_level": start, "best_level_step": 0, "ratio": 400.0}
+    dead = {"reason": "dead_units", "dead_units": 0.7, "limit": 0.5, "previous_reading": 4}
+    wrecked = {"grad_norm": 6e7, "ratio": 1e4, "wrecked_weights": True}
+    findings = [
+        ("loss_divergence", 5, None, {**broke, "broke_at_once": True}, "critical"),
+        ("gradient_growth", 5, "fc1.bias", wrecked, "critical"),
+        ("loss_of_plasticity", 8, "fc1", dead, "warning"),
+    ]
+    report = diagnose_stored(tmp_path, before, rows, findings, config={"optimizer": "SGD"})
+    if before == "calm":
+        assert report.top.cause == "loss_of_plasticity"
+        assert "the dead units stayed" in report.top.summary
+    else:
+        plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+        assert "the dead units stayed" not in plasticity.summary
+
+
+def test_a_run_thrown_about_by_its_first_updates_stays_a_step_size_past_its_limit(tmp_path):
+    # Control, run live: an MLP under SGD at a rate far past 2/sharpness, its loss thrown
+    # 4-400x up over its first steps until it breaks at step 7, then back near its start with
+    # units dead. The step size was the trouble from the first update: it stays the cause.
+    _, report = held_out_run(tmp_path, "lr_fast_mlp_sgd")  # a collection scenario: no checks
+    assert report.top.cause == "sharpness_above_limit"
+
+
+@pytest.mark.parametrize(
+    "name", ["h164_plankton_deepar_elu_scale", "h160_maelstrom_variance_no_softplus"]
+)
+def test_a_nan_the_loss_made_from_an_output_that_crossed_zero_is_placed_after_a_finite_update(
+    tmp_path, name
+):
+    # Triggers: set 164's DeepAR forecaster (sigma = elu(scale(h)), its '+ 1' dropped) and set
+    # 160's current-speed regressor (a raw variance head): at the NaN step a few of the scale's
+    # outputs crossed zero and the loss took their log. The gradient stayed finite (1/sigma),
+    # so the update landed, and the replay, on the moved weights, saw every output positive:
+    # the NaN was left unplaced (set 164's was even put behind the gradient spike 1/sigma made).
+    # The outputs the step itself made are read, while the loop still holds them.
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert report.top.cause == "nonfinite"
+    truth = {
+        "h164_plankton_deepar_elu_scale": "scale",
+        "h160_maelstrom_variance_no_softplus": "var_head",
+    }
+    assert report.top.where == [truth[name]]
+
+
+@pytest.mark.parametrize("spike_at", ["nan_step", "step_before"])
+def test_a_gradient_spike_is_the_nans_own_only_at_the_step_whose_loss_was_not_finite(
+    tmp_path, spike_at
+):
+    # A calm run whose loss is NaN at step 60, its gradient there finite and 10^6x its level
+    # (the log of a value crossing zero is steep there). That spike is the NaN's own. Control:
+    # a spike the step before, the loss still finite there, came first.
+    nan_at = 60
+    spike = nan_at if spike_at == "nan_step" else nan_at - 1
+    rows = [{"loss": 1.0 - 0.005 * t, "grad_norm": 1.0, "lr/0": 0.01} for t in range(nan_at)]
+    rows.append({"loss": float("nan"), "grad_norm": 1.0, "lr/0": 0.01})
+    rows[spike]["grad_norm"] = 1e6
+    findings = [
+        ("grad_norm_spike", spike, None, {"grad_norm": 1e6, "ratio": 1e6}, "warning"),
+        ("nonfinite", nan_at, None, {"loss": float("nan")}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, spike_at, rows, findings)
+    spiked = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    own = "itself was not finite" in spiked.why
+    assert own == (spike_at == "nan_step")
+    if own:
+        assert report.top.cause == "nonfinite"
+
+
+def test_output_logits_a_gradient_spikes_update_threw_are_the_spikes(tmp_path):
+    # Trigger: set 163's alphorn classifier, accumulating four micro-batches, with a static
+    # loss scale left undivided for one step (90): the gradient is 117x its level, the loss
+    # 30x the next step, the head's log-partition 7.3 -> 11.6 at the first reading after it,
+    # over the detector's bar at 12.4 a step later, and back under its level by step 104. The
+    # reading just after the spike, still under the bar, hid that the spike had thrown them.
+    ctx, report = held_out_run(tmp_path, "h163_alphorn_unscale_skipped")
+    induced_or_skip(ctx)
+    assert report.top.cause == "gradient_spike"
+    logits = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    assert "the gradient spike at step 90" in logits.why
+
+
+@pytest.mark.parametrize("after_spike", [11.6, 7.6])
+def test_logits_read_just_after_a_spike_were_thrown_by_it_only_if_already_half_way_up(
+    tmp_path, after_spike
+):
+    # The log-partition read at 7.3 at step 75, a gradient spike at step 90, the reading at 91
+    # (``after_spike``), and the drift found at 92 (12.4). Half way up or more at 91: the
+    # spike's update threw them. Barely moved at 91: they rose after it, on their own.
+    lse = {75: 7.3, 91: after_spike, 92: 12.4}
+    rows = [{"loss": 0.1, "grad_norm": 0.3, "lr/0": 0.01} for _ in range(120)]
+    rows[90]["grad_norm"] = 35.0
+    for step, value in lse.items():
+        rows[step]["logit_lse_mean"] = value
+    drift = {"logit_lse_mean": 12.4, "initial": 1.8, "drift": 10.6, "previous_reading": 91}
+    findings = [
+        ("grad_norm_spike", 90, None, {"grad_norm": 35.0, "ratio": 117.0}, "warning"),
+        ("output_logit_divergence", 92, "head", drift, "warning"),
+    ]
+    report = diagnose_stored(tmp_path, f"lse{after_spike:g}", rows, findings)
+    logits = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    assert ("the gradient spike at step 90" in logits.why) == (after_spike > 10)

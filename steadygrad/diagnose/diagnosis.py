@@ -378,7 +378,7 @@ def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
         return
     if d.outlived:
         for other in found:  # the event it outlived ranks below the harm that stayed
-            if other.cause == d.set_off_by and other.score >= d.score:
+            if other.cause in d.set_off_by and other.score >= d.score:
                 other.score = d.score - 1.0
                 other.why = (
                     f"{d.cause} outlived it (from step {d.first_step}): the harm that stayed "

@@ -129,7 +129,7 @@ class Diagnosis:
     consequence_of: str = ""
     fault_alone: bool = False
     outlived: str = ""
-    set_off_by: str = ""
+    set_off_by: tuple[str, ...] = ()
     contained: bool = False
     drives: str = ""
 
@@ -151,9 +151,9 @@ class Found:
     consequence_of: str = ""  # what the check saw that produces this evidence by itself
     # how this instance's harm outlived the event that set it off (which then explains its
     # start, not the harm that stayed): another cause does not explain it away, and the
-    # event's cause (``set_off_by``), when named, ranks below it
+    # event's causes (``set_off_by``), when named, rank below it
     outlived: str = ""
-    set_off_by: str = ""
+    set_off_by: tuple[str, ...] = ()
     stalls: bool = False  # this instance only stalls learning (see Rule.stalls)
     # the mechanism this drives, found in the same module (a rate that makes the attention
     # logits or the output logits grow): it ranks just below it, and is told there
@@ -815,6 +815,33 @@ def _thrown_by_a_spike(facts: RunFacts, began: int, clear: int | None) -> int | 
     return None
 
 
+def _risen_at_a_spike(facts: RunFacts, began: int, before: int) -> tuple[int, int] | None:
+    """(the spike, the logits' last reading before it) when the reading before the output-logit
+    finding at ``began`` (``before``) was the first after a gradient spike (not info) within
+    ``THROWN_WITHIN`` steps before ``began``, and the log-partition stood there half or more of
+    the way up from its reading before the spike to the finding's: read just after the spike's
+    update, under the detector's bar but already up, the logits had been thrown by it."""
+    lse = facts.series(LOGIT_LSE_MEAN.name)
+    spikes = [
+        f.step
+        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
+        if f.severity != "info" and began - THROWN_WITHIN <= f.step < before
+    ]
+    if lse is None or not spikes:
+        return None
+    steps, values = lse
+    spike = min(spikes)
+    earlier = np.flatnonzero((steps <= spike) & np.isfinite(values))
+    after = np.flatnonzero((steps > spike) & (steps <= before))
+    at_found = values[steps == began]
+    if not len(earlier) or len(after) != 1 or steps[after[0]] != before or not len(at_found):
+        return None  # not the first reading after the spike, or nothing read before it
+    low, mid, high = values[earlier[-1]], values[after[0]], at_found[0]
+    if not (high > low and mid - low >= 0.5 * (high - low)):
+        return None
+    return spike, int(steps[earlier[-1]])
+
+
 def _update_ratio(facts: RunFacts) -> Found | None:
     """Updates out of range; a layer that is only frozen stalls learning, it does not make a
     loss climb. Frozen tensors whose gradient was exactly 0, after dead units were found, are
@@ -1163,6 +1190,7 @@ def _plasticity(facts: RunFacts) -> Found | None:
     found = _located((LOSS_OF_PLASTICITY,), "loss of plasticity")(facts)
     if found is not None:
         found = _killed_in_a_burst(facts, found)
+        found = _killed_in_a_break_got_over(facts, found)
         first = found.first_step
         if first is not None and not (found.consequence_of or found.outlived):
             passed = _passed_just_before(facts, first)
@@ -1384,7 +1412,46 @@ def _killed_in_a_burst(facts: RunFacts, found: Found) -> Found:
         f"killed in a burst of the learning rate ({jump:.3g}x at step {start}, back at step "
         f"{end}): the burst is over, the dead units stayed"
     )
-    found.set_off_by = "sharpness_above_limit"
+    found.set_off_by = ("sharpness_above_limit",)
+    found.summary += f"; {found.outlived}"
+    return found
+
+
+# Losses before a break within this many times the run's first: the break was its first trouble.
+CALM_BEFORE = 2.0
+
+
+def _killed_in_a_break_got_over(facts: RunFacts, found: Found) -> Found:
+    """Units first found dead at the first reading after the run broke (an update far too
+    large, one gradient explosion), the run's first trouble (every loss before it within
+    ``CALM_BEFORE`` times its first), in a run that came back from the break on its own (every
+    loss finite, ending below its best sustained level before it) while the units stayed dead:
+    the break is over, the dead units stayed: the harm that stayed is what to fix, dated to the
+    break. A run thrown about before it broke was at a step size it could not train at."""
+    broke, first = facts.broke_at, found.first_step
+    if broke is None or first is None or found.consequence_of or found.outlived:
+        return found
+    seen = found.evidence.get("first")
+    before = seen.get(PREVIOUS_READING) if isinstance(seen, dict) else None
+    loss = facts.series(LOSS.name)
+    if first < broke or not isinstance(before, int) or before > broke or loss is None:
+        return found  # not found at the first reading after the break
+    steps, values = loss
+    calm = values[steps < broke]
+    if not len(calm) or not np.isfinite(values).all() or calm.max() > CALM_BEFORE * calm[0]:
+        return found
+    # the level it broke from: its best sustained loss before the break
+    level = float(np.min(_running_medians(calm, min(5, len(calm)))))
+    ended = _ended_below(facts, level)
+    if ended is None or not any(_stayed_dead(facts, layer, first) for layer in found.where):
+        return found
+    found.first_step = broke
+    found.outlived = (
+        f"killed as the run broke at step {broke}, which it came back from on its own (to "
+        f"{ended:.4g}, below its {level:.4g} before the break): the break is over, the dead "
+        "units stayed"
+    )
+    found.set_off_by = ("exploding_gradients", "sharpness_above_limit")
     found.summary += f"; {found.outlived}"
     return found
 
@@ -2581,6 +2648,8 @@ def _output_logits(facts: RunFacts) -> Found | None:
     first = found.evidence.get("first")
     clear = first.get(PREVIOUS_READING) if isinstance(first, dict) else None
     spike = _thrown_by_a_spike(facts, found.first_step, clear if isinstance(clear, int) else None)
+    if spike is None and isinstance(clear, int):
+        spike, clear = _risen_at_a_spike(facts, found.first_step, clear) or (None, clear)
     if spike is not None and clear is not None:
         found.consequence_of = (
             f"the logits were in range at step {clear}, before the gradient spike at step "
@@ -3212,7 +3281,7 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
                 f"{OUTLIVED_AFTER} steps on they were still at {_share(lasting)}: the spike's "
                 "harm outlived it"
             )
-            found.set_off_by = "data_outlier"  # the batch behind the spike, when there was one
+            found.set_off_by = ("data_outlier",)  # the batch behind the spike, when there was one
             if lasting != drop:  # not already read that late
                 found.summary += f"; {found.outlived}"
         restarted = _jolted_by_a_restart(facts, spike.step)
@@ -3431,7 +3500,15 @@ def _most_spiked(spikes: list[Finding]) -> list[str]:
 def _spike_made_by(facts: RunFacts, step: int) -> str:
     """What made a gradient spike at ``step``, when something else did ('' when nothing):
     a climb already under way, a runaway it began, weights thrown by the step before or by an
-    optimizer started again, an explosion it rode on."""
+    optimizer started again, an explosion it rode on, a non-finite loss it came with."""
+    loss = facts.series(LOSS.name)
+    at = loss[1][loss[0] == step] if loss is not None else []
+    if len(at) and not np.isfinite(at[0]):
+        return (
+            f"the loss of step {step} itself was not finite: the gradient came back through "
+            "the values that made it (a log or a root is steep where its input crosses zero), "
+            "part of that non-finite value, not a cause before it"
+        )
     if _in_a_climb(facts, step):
         return (
             f"the loss was already climbing from step {facts.climbing_from}: the spikes came "

@@ -75,6 +75,9 @@ class TopCall:
     grad: bool  # made with gradients enabled (its output may feed the loss's gradient)
     autocast: list[tuple[str, torch.dtype]]  # the devices autocast was on for, and the dtype
     made: tuple = ()  # its outputs' autograd nodes, while the check for unused tensors waits
+    # its floating-point outputs, weakly: the values the loss was computed from, while the
+    # training loop holds them (a replay after a finite update recomputes them on moved weights)
+    outputs: tuple = ()
 
 
 def _autocast() -> list[tuple[str, torch.dtype]]:
@@ -447,9 +450,11 @@ class ActivationSignal(Signal):
         if self._replaying or torch.compiler.is_compiling():
             return
         self._depth = max(self._depth - 1, 0)
-        if not (self._depth or self._unused_checked) and self._calls:
-            if self._calls[-1].module is module:  # what the loss may be computed from
-                self._calls[-1].made = tuple(t.grad_fn for t in _floats(output))
+        if not self._depth and self._calls and self._calls[-1].module is module:
+            outputs = _floats(output)  # what the loss may be computed from
+            self._calls[-1].outputs = tuple(weakref.ref(t) for t in outputs)
+            if not self._unused_checked:
+                self._calls[-1].made = tuple(t.grad_fn for t in outputs)
 
     def before_update(self) -> None:
         """Copy the clean weights if the gradients about to be applied are not finite."""
@@ -576,6 +581,7 @@ class ActivationSignal(Signal):
         try:
             with self._rerunning(self._clean_state):
                 outputs = []  # what the loss may have been computed from
+                originals: list[torch.Tensor | None] = []  # those the step made, still held
                 self.hooks.tracing = True
                 for call in self._calls:
                     set_host_random_state(call.rng)
@@ -586,6 +592,8 @@ class ActivationSignal(Signal):
                         out = _floats(call.module(*call.args, **call.kwargs))
                     if call.grad:  # a call under no_grad made nothing the gradient came through
                         outputs += out
+                        held = [ref() for ref in call.outputs]
+                        originals += held if len(held) == len(out) else [None] * len(out)
                     self.hooks.remove()
                     norms = self.hooks.tensor()
                     if norms is None:
@@ -597,7 +605,8 @@ class ActivationSignal(Signal):
                         return {**origin, "replayed": True, "weights": weights}
                 if math.isfinite(record.values.get(LOSS.name, 0.0)):
                     return None
-                return {**self._in_the_loss(outputs), "replayed": True, "weights": weights}
+                found = self._in_the_loss(outputs, originals)
+                return {**found, "replayed": True, "weights": weights}
         except Exception:  # noqa: BLE001 - a replay never breaks training; the guard remains
             return None
         finally:
@@ -607,29 +616,34 @@ class ActivationSignal(Signal):
             self.hooks.node_shape.clear()
             self.hooks.float16_overflow.clear()
 
-    def _in_the_loss(self, outputs: list[torch.Tensor]) -> dict:
+    def _in_the_loss(
+        self, outputs: list[torch.Tensor], originals: list[torch.Tensor | None]
+    ) -> dict:
         """The forward was finite on replay, the loss was not: the NaN was made after the
         model's output, in the loss (or its targets). The output it came from, when one output
         holds values a loss cannot take: exact zeros or a few negatives in an output otherwise
         positive (a scale or a probability that underflowed, a rate that crossed zero: its log,
         square root or reciprocal is not finite), or values whose square or exp overflows.
         Failing that, the model's only output, when it had one: the loss made the NaN from it
-        (or from its targets)."""
+        (or from its targets). Each output's values are read from the step's own (``originals``,
+        when the loop still holds them) rather than the replay's: after a finite update the
+        replay runs on weights that update moved, and a value that crossed zero may not again."""
         suspects, producers = [], set()
         hooks = self.hooks
-        for t in outputs:
+        for t, original in zip(outputs, originals, strict=True):
             made = hooks.made_by.get(id(t))
             if made is None or made[1]() is not t:
                 continue
+            values = original if original is not None and original.shape == t.shape else t
             # an output the model's own code made (a squeeze, a ReLU after its last layer) is
             # placed at the module whose output it was computed from; one it concatenated from
             # several modules' outputs (a mean head and a variance head) is read part by part
             module, parts = made[0], None
             if module == "<root>":
-                parts = _concatenated(t, hooks.node_made_by, hooks.node_shape)
+                parts = _concatenated(t, hooks.node_made_by, hooks.node_shape, values)
                 module = None if parts else _made_from(t, hooks.node_made_by)
             producers.add(module)  # None: made from several modules' outputs
-            for part_module, part in parts or [(module or made[0], t)]:
+            for part_module, part in parts or [(module or made[0], values)]:
                 edge = _edge_values(part)
                 if edge:
                     suspects.append((part_module, edge))
@@ -836,12 +850,15 @@ def _between(source: str, taker: str) -> dict[str, str]:
 
 
 def _concatenated(
-    t: torch.Tensor, node_made_by: dict[Any, str], node_shape: dict[Any, tuple[int, ...]]
+    t: torch.Tensor,
+    node_made_by: dict[Any, str],
+    node_shape: dict[Any, tuple[int, ...]],
+    values: torch.Tensor | None = None,
 ) -> list[tuple[str, torch.Tensor]] | None:
-    """``t`` split into the parts a ``torch.cat`` joined, each with the module whose output it
-    was computed from (the nearest along its branch, within a few autograd steps: a clamp or a
-    softplus after a variance head), when the parts' widths, those modules' outputs', add up to
-    ``t``'s; None otherwise."""
+    """``t`` (or ``values``, of its shape, split alike) split into the parts a ``torch.cat``
+    joined, each with the module whose output it was computed from (the nearest along its
+    branch, within a few autograd steps: a clamp or a softplus after a variance head), when the
+    parts' widths, those modules' outputs', add up to ``t``'s; None otherwise."""
     node = t.grad_fn
     if node is None or autograd_step(node) != "CatBackward":
         return None
@@ -855,7 +872,8 @@ def _concatenated(
         widths.append(node_shape[found][dim])
     if sum(widths) != t.shape[dim]:
         return None
-    return list(zip(modules, torch.split(t.detach(), widths, dim), strict=True))
+    split = torch.split((t if values is None else values).detach(), widths, dim)
+    return list(zip(modules, split, strict=True))
 
 
 def _nearest_module(node: Any, node_made_by: dict[Any, str], depth: int = 4) -> Any:
