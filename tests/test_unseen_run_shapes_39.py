@@ -5,8 +5,11 @@ attach: its fault is by construction) and a control that must not move."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
-from helpers import diagnose_stored, held_out_run, induced_or_skip
+import torch
+from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
 
 
 def test_a_layer_that_stood_still_after_its_units_died_is_its_dead_units(tmp_path):
@@ -184,3 +187,74 @@ def test_logits_read_just_after_a_spike_were_thrown_by_it_only_if_already_half_w
     report = diagnose_stored(tmp_path, f"lse{after_spike:g}", rows, findings)
     logits = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
     assert ("the gradient spike at step 90" in logits.why) == (after_spike > 10)
+
+
+def test_a_loss_falling_faster_and_faster_below_zero_is_read_where_it_ended(tmp_path):
+    # Trigger: set 166's multi-class hinge whose relu was dropped (1 - margin, no floor) under
+    # SGD with Nesterov: the loss crosses zero at step 118 and falls faster and faster, to -34
+    # at the end (-20 over its last ten steps), the head's weights 2.3x and growing. Its last
+    # quarter's median (-5.8) was read as where it fell to, under the ten times its start
+    # (1.1) asked: named healthy. Where the run ended is its last losses.
+    ctx, report = held_out_run(tmp_path, "h166_tonewood_hinge_no_clamp")
+    induced_or_skip(ctx)
+    assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]
+
+
+@pytest.mark.parametrize("end", ["still_falling", "levelled_off"])
+def test_a_loss_below_zero_has_no_minimum_only_if_still_falling_where_it_ended(tmp_path, end):
+    # A loss from 1.0 that crosses zero and falls ever faster, to -25 (25x its start's size)
+    # over its last ten steps, the head's weights 3x and growing. Control: the same fall
+    # levelled off at -25 for its last 40 steps (a likelihood that reached its floor): no
+    # objective without a minimum is claimed from the loss and weights alone.
+    steps = 200
+    if end == "still_falling":
+        loss = [1.0 - 0.5 * (math.exp(t / 40.0) - 1.0) for t in range(steps)]
+        loss = [v * 25.0 / -loss[-6] if v < 0 else v for v in loss]
+    else:
+        loss = [max(1.0 - 0.5 * (math.exp(t / 32.0) - 1.0), -25.0) for t in range(steps)]
+    rows = [
+        {"loss": v, "grad_norm": 1.0, "lr/0": 0.01, "param_norm/head.weight": 1.0 + 2.0 * t / steps}
+        for t, v in enumerate(loss)
+    ]
+    report = diagnose_stored(tmp_path, end, rows, [], config={"output_layer": "head"})
+    found = [d for d in report.diagnoses if d.cause == "output_logit_divergence"]
+    assert bool(found) == (end == "still_falling")
+
+
+def test_a_chain_of_layers_each_tripling_the_signal_with_a_gradient_4x_the_weights_explodes(
+    tmp_path,
+):
+    # Trigger: set 166's Siamese change detector, ten 3x3 convolutions whose hand-written He
+    # init left the kernel out of the fan-in (each 3x too large): at step 0 each of the first
+    # five layers' outputs 2.5-3.6x the one before (1.4 -> 111), the gradient 3.9x the norm of
+    # all the weights (under the 10x a chain needed), NaN at step 5. Named a first update past
+    # the stability limit.
+    ctx, report = held_out_run(tmp_path, "h166_petroglyph_fan_in_kernel")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients" and report.top.first_step == 0
+    assert report.top.where[0] == "encoder.0"
+
+
+def test_the_same_siamese_encoder_at_the_he_scale_explodes_nothing(tmp_path):
+    # Control: the same ten convolutions with the kernel in the fan-in keep the signal's scale;
+    # the same SGD run trains, and nothing is said to explode from the start.
+    from helpers import on_bench_path
+    from torch import nn
+
+    on_bench_path()
+    from scenarios.cases_heldout166 import PetroglyphSiamese, _panels, _train
+    from scenarios.common import Context, seeded
+
+    torch.manual_seed(0)
+    model = PetroglyphSiamese()
+    for layer in model.encoder:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    ctx = Context("default", tmp_path / "he")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = _panels(seeded(16605), 32)
+    _train(ctx, model, opt, batches, 60, torch.nn.functional.binary_cross_entropy_with_logits)
+    ctx.monitor.close()
+    assert all(math.isfinite(v) for v in ctx.losses)
+    report = steadygrad.diagnose(tmp_path / "he")
+    assert not any(d.cause == "exploding_gradients" for d in report.diagnoses)

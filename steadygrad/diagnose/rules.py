@@ -2099,18 +2099,23 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
 AMPLIFIED = 1e4
 # Or layer after layer (``gain_chains``, in the order the model names them). One large output
 # can be a layer's design (a temperature, a logit scale); a chain of them is each layer's gain
-# above 1 (eight layers at 2.2x the He scale: about 2x a layer; ten at 1.3x it). With the
-# gradient already BORN_EXPLODED times the weights, no overall size is asked of the chain: the
-# standard initialisations keep the signal's scale at every layer, so none makes a chain at all.
+# above 1 (eight layers at 2.2x the He scale: about 2x a layer; ten at 1.3x it). No overall size
+# is asked of the chain: the standard initialisations keep the signal's scale at every layer, so
+# none makes a chain at all (none of 246 healthy runs of the bench's sets has one). Nor is the
+# gradient asked to stand BORN_EXPLODED times the weights, only BORN_EXPLODED_ALONE times (far
+# above a healthy start's, under 0.4x): five convolutions at 3x their gain each (a kernel left
+# out of the fan-in) start it at 3.9x.
 
 
 def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found | None:
     """At the first record, the gradient ``BORN_EXPLODED`` times the norm of all the weights
     (``ratio``) and a hidden layer's output ``AMPLIFIED`` times the input's RMS: weights
     initialised with too large a gain, so that the signal, and the gradient with it, grows
-    layer by layer (the model's output layer, whose logits may be large by design, aside)."""
+    layer by layer (the model's output layer, whose logits may be large by design, aside); or
+    the gradient ``BORN_EXPLODED_ALONE`` times the weights and a chain of layers each
+    ``STEP_GAIN`` times the one before."""
     inputs = facts.series(INPUT_RMS.name)
-    if ratio < BORN_EXPLODED or inputs is None or not (inputs[0] == first).any():
+    if ratio < BORN_EXPLODED_ALONE or inputs is None or not (inputs[0] == first).any():
         return None
     scale = float(inputs[1][inputs[0] == first][0])
     head = facts.output_layer
@@ -2128,7 +2133,7 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
         key=lambda layer: _natural(layer[1]),
     )
     chain = [max(layers)]
-    if chain[0][0] < AMPLIFIED * scale:
+    if chain[0][0] < AMPLIFIED * scale or ratio < BORN_EXPLODED:
         chain = _amplified_layer_by_layer(weighted)
         if not chain:
             return None
@@ -2704,7 +2709,8 @@ def _output_logits(facts: RunFacts) -> Found | None:
 
 def _fell_without_bound(facts: RunFacts) -> Found | None:
     """The loss fell below zero at a rate that did not slow, to ``ONE_OFF`` times its first
-    value's size below it, and was still falling at the end of a run that did not break, while the
+    value's size below it where it ended (its last ``ENDED_OVER`` losses), and was still falling
+    there, in a run that did not break, while the
     output layer's weights grew ``RUNAWAY_GROWTH`` times and were still growing: an objective
     with no minimum (a margin or a log-likelihood that lost its softplus or its normaliser, a
     term of the wrong sign), which the output runs off to infinity to reach. Read from the
@@ -2721,8 +2727,11 @@ def _fell_without_bound(facts: RunFacts) -> Found | None:
     falls = -np.diff(q)  # how far each quarter's median fell below the one before
     if not (falls > 0).all() or falls[-1] < 0.5 * falls[-2] or q[-1] >= 0:
         return None
-    if q[-1] > -ONE_OFF * abs(values[0]) or np.median(values[-10:]) >= np.median(values[-20:-10]):
-        return None  # not far below where it began, or no longer falling at the end
+    ended = float(np.median(values[-ENDED_OVER:]))
+    if ended > -ONE_OFF * abs(values[0]) or ended >= np.median(
+        values[-2 * ENDED_OVER : -ENDED_OVER]
+    ):
+        return None  # not far below where it began by the end, or no longer falling there
     # the output layer's weights, or failing them its outputs (every layer before it may
     # carry the growth a little each: ONE_OFF times, as the loss is asked; a variance head
     # shrinking to its floor moves its outputs a few times over), grown and still growing
