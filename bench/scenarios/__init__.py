@@ -168,6 +168,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout162,
     cases_heldout163,
     cases_heldout164,
+    cases_heldout165,
     cases_heldout166,
     cases_mlp,
     cases_other,
