@@ -142,6 +142,32 @@ def test_a_grad_norm_spike_is_judged_by_the_loss_after_it(felt):
     assert found[0].evidence["loss_band"] == pytest.approx(losses[139:159].max())
 
 
+@pytest.mark.parametrize("usual", [2.7, 0.3])
+def test_a_spike_clipping_hid_is_info_when_every_step_was_clipped_to_its_norm(usual):
+    # Set 165's slalom control: Student-t targets, clip_grad_norm_(1.0), the norm before
+    # clipping 2.7 at an ordinary step: every update is clipped to norm 1. A batch whose norm
+    # before clipping is 31 (the loss above its band at that step) is clipped to the same 1:
+    # its update no larger than any other's, info. Control: ordinary steps at 0.3, under the
+    # clip, unclipped: the spike's update, clipped to 1, is still 3x theirs, and the loss felt
+    # it: a warning.
+    rng = np.random.default_rng(2)
+    pre = np.exp(rng.normal(np.log(usual), 0.1, 120))
+    losses = 0.5 + 0.01 * rng.standard_normal(120)
+    pre[90], losses[90] = 31.0, 3.5
+    det = GradNormSpikeDetector()
+    found = []
+    for t in range(120):
+        values = {
+            "grad_norm_preclip": float(pre[t]),
+            "grad_norm": float(min(pre[t], 1.0)),
+            "loss": float(losses[t]),
+        }
+        found += det.update(Record(t, values))
+    assert [f.step for f in found] == [90] and found[0].evidence["hidden_by_clipping"]
+    assert found[0].severity == ("info" if usual > 1.0 else "warning")
+    assert found[0].evidence.get("clipped_like_any_step", False) == (usual > 1.0)
+
+
 def test_nonfinite_detector_trigger_and_control():
     det = NonFiniteDetector()
     assert det.update(Record(0, {"loss": 1.0, "nonfinite_grads": 0.0})) == []

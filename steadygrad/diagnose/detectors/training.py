@@ -282,6 +282,15 @@ class LossSpikeDetector(SpikeDetector):
         return max(statistics.quantiles(values, n=20)[-1] - statistics.median(values), 0.0)
 
 
+def _clipped_like_any_step(evidence: dict) -> bool:
+    """Whether a spike clipping hid was clipped to the norm its ordinary steps were clipped to
+    as well (their median norm before clipping, ``baseline``, at or above the norm it was
+    clipped to): clipping by norm sizes every such update alike, so the spike's update was no
+    larger than any other's, only pointed as its batch pointed."""
+    clipped, usual = evidence.get("clipped_to", math.nan), evidence.get("baseline", math.nan)
+    return math.isfinite(clipped) and usual >= 0.99 * clipped
+
+
 class GradNormSpikeDetector(SpikeDetector):
     """A global gradient norm far above its recent median, scored in log space (gradient norms
     are heavy-tailed) and required to be at least ``min_ratio`` times the median.
@@ -292,8 +301,9 @@ class GradNormSpikeDetector(SpikeDetector):
     A spike is judged by the loss it leaves: its finding comes with the next record and is a
     warning if the loss at the spike or just after it stood above the highest of the
     ``loss_band`` losses before; info if the loss did not feel it (healthy transformers have
-    bursts of 10x and more that training shrugs off). A spike on a run's last record is not
-    reported.
+    bursts of 10x and more that training shrugs off), or if clipping hid it in a run whose
+    ordinary steps it clipped to the same norm (its update no larger than theirs). A spike on a
+    run's last record is not reported.
     """
 
     kind = GRAD_NORM_SPIKE
@@ -337,6 +347,10 @@ class GradNormSpikeDetector(SpikeDetector):
             return []  # wait for the loss after the update
         self._pending = None
         evidence = {**spike.evidence, "loss_after": loss, "loss_band": band}
+        if spike.evidence.get("hidden_by_clipping") and _clipped_like_any_step(spike.evidence):
+            # the usual norm was over the clip's too: every step's update had the spike's size
+            evidence["clipped_like_any_step"] = True
+            felt = False
         return [replace(spike, evidence=evidence, severity="warning" if felt else "info")]
 
     def __init__(

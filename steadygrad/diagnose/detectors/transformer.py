@@ -117,10 +117,13 @@ class AttentionLogitGrowth(Detector):
     Early warning: growth that compounds, as when the q/k weights themselves grow by a factor
     each step (Wortsman et al.: the logits grow with the square of their scale). Over the last
     four readings on the signal's cadence the logit rose by at least ``EARLY_RATIO`` each time,
-    at a per-step rate that is not slowing (each at least ``STEADY`` of the one before:
-    learning from a small initialisation slows as it goes, if not at every reading), it stands
-    at a tenth of ``threshold`` or more, and at that rate it crosses ``threshold`` within three
-    more readings: a warning then.
+    at a per-step rate that is not slowing (each at least ``STEADY`` of the one before, and the
+    last at least ``STEADY`` of the fastest: learning from a small initialisation slows as it
+    goes, if not at every reading), it stands at ``EARLY_FROM`` of ``threshold`` or more (past
+    the logits of a learnt alignment: a copy task's cross-attention, one-hot, sits near 30; a
+    Hugging Face model's q and k, initialised at 0.02, start its logits near 0.1 and grow them
+    a hundredfold as it learns), and at that rate it crosses ``threshold`` within three more
+    readings: a warning then.
 
     Saturated: at ``HELD`` readings on the cadence in a row (a whole cadence apart: a state,
     not one batch's), ``ONE_HOT`` or more of the layer's attention rows were one-hot
@@ -141,6 +144,7 @@ class AttentionLogitGrowth(Detector):
 
     EARLY_RATIO = 1.3
     STEADY = 0.7
+    EARLY_FROM = 0.3
     ONE_HOT = 0.5
     HELD = 2
 
@@ -239,7 +243,7 @@ class AttentionLogitGrowth(Detector):
         its evidence when it holds."""
         kept = self._cadenced.setdefault(name, collections.deque(maxlen=4))
         kept.append((step, value))
-        if len(kept) < 4 or value < self.threshold / 10:
+        if len(kept) < 4 or value < self.EARLY_FROM * self.threshold:
             return None
         rates, readings = [], list(kept)
         for (s0, v0), (s1, v1) in zip(readings, readings[1:], strict=False):
@@ -248,6 +252,8 @@ class AttentionLogitGrowth(Detector):
             rates.append(math.log(v1 / v0) / (s1 - s0))
         if any(b < self.STEADY * a for a, b in zip(rates, rates[1:], strict=False)):
             return None  # slowing down at some reading: learning, not compounding
+        if rates[-1] < self.STEADY * max(rates):
+            return None  # slowed from its fastest over the readings: learning, not compounding
         last_gap = kept[-1][0] - kept[-2][0]
         to_threshold = math.log(self.threshold / value) / rates[-1]
         if to_threshold > 3 * last_gap:
