@@ -274,3 +274,39 @@ def test_a_bart_learning_its_attention_and_a_clipped_heavy_tailed_regression_war
     run = steadygrad.load(tmp_path / name)
     assert not [f for f in run.findings() if f.severity != "info"]
     assert all(d.severity == "info" for d in report.diagnoses)
+
+
+def test_a_climb_with_every_weight_multiplied_each_step_is_a_decay_of_the_wrong_sign(tmp_path):
+    # Trigger: set 168's fly-tying regressor, its hand-written decoupled decay of the wrong sign:
+    # the norm of all the weights grows 0.58% a step from the first step to the last (5.8x),
+    # the loss falls to 0.03, then climbs and steps up 4.5x at step 212. The step was read as
+    # the data changing; the weights grown at one steady rate all run are what climbs.
+    ctx, report = held_out_run(tmp_path, "h168_fly_tying_weight_decay_sign")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_divergence" and report.top.severity != "info"
+    assert "multiplies them every step" in report.top.summary
+
+
+@pytest.mark.parametrize("growth", ["one_rate", "learning"])
+def test_weights_multiplied_each_step_explain_a_slow_climb_no_detector_called(tmp_path, growth):
+    # The loss falls to 0.03 by step 60 and creeps back to 0.15 by step 300 (no finding: the
+    # detectors' baselines followed it up). The norm of all the weights grows 4.4x: at one rate
+    # from first step to last (a decay of the wrong sign), the climb is theirs. Control: the
+    # same 4.4x grown as learning grows weights, fast at first, then slower (the square root of
+    # the step): no cause is claimed.
+    steps = 300
+    rows = []
+    for t in range(steps):
+        loss = 0.03 + 0.5 * math.exp(-t / 15) + 0.12 * max(t - 60, 0) / 240
+        if growth == "one_rate":
+            norm = 5.0 * 4.4 ** (t / (steps - 1))
+        else:
+            norm = 5.0 * (1.0 + 3.4 * math.sqrt(t / (steps - 1)))
+        rows.append({"loss": loss, "grad_norm": 0.5, "lr/0": 0.01, "param_norm": norm})
+    report = diagnose_stored(tmp_path, growth, rows, [])
+    climbs = [d for d in report.diagnoses if d.cause == "loss_divergence"]
+    if growth == "one_rate":
+        assert report.top.cause == "loss_divergence"
+        assert "4.4x over the run at one steady rate" in report.top.summary
+    else:
+        assert not climbs

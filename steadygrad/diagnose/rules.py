@@ -4802,7 +4802,7 @@ def _sharpness_at_limit_before_divergence(
 def _loss_divergence(facts: RunFacts) -> Found | None:
     found = facts.of(LOSS_DIVERGENCE)
     if not found:
-        return None
+        return _climbed_as_the_weights_were_multiplied(facts)
     worst = max(found, key=lambda f: Severity.rank(f.severity))
     # an episode the loss came back from and then bettered is over: the climb that counts is
     # the one from the best level the worst finding climbed from
@@ -4841,6 +4841,11 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
             "an ordinary gradient (a learning-rate glitch, optimizer state lost): the loss "
             "climbed from where the optimizer threw them"
         )
+    elif (multiplied := _multiplied_every_step(facts)) is not None:
+        # weights grown by one factor a step, the gradient aside: the climb is theirs, however
+        # it looks (a step up, a climb it comes back from as the model refits)
+        found.summary += f"; {_multiplied_said(multiplied)}"
+        found.evidence["weights_multiplied"] = multiplied
     elif (shift := _stepped_up_by_the_data(facts, first.step)) is not None and (
         worst.severity != "critical" or shift[3] <= FELL_FROM_STAGE
     ):
@@ -4864,6 +4869,77 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
         said, found.evidence["runaway_weights"] = _ran_away(runaway, "the climb")
         found.summary += f"; before it, {said}"
     return found
+
+
+# The weights' norm grown this many times over a run at one exponential rate (the logarithm of the
+# norm a straight line in the step to within STEADY_FIT of its variance, the rate over the run's
+# second half within STEADY_RATE of the first half's): multiplied by a constant every step.
+STEADY_FIT, STEADY_RATE = 1e-3, 0.1
+# A loss that ended this many times its best sustained level has climbed back, not wandered.
+STEADY_CLIMB = 2.0
+
+
+def _multiplied_every_step(facts: RunFacts) -> dict[str, float] | None:
+    """How the norm of all the weights grew (``growth`` over the run, ``per_step``), when it grew
+    ``RUNAWAY_GROWTH`` times or more at one steady exponential rate from the first record to the
+    last: a weight decay or an L2 penalty of the wrong sign multiplies every weight by the same
+    factor each step, whatever the gradient does. Learning grows weights fast, then slower;
+    nothing it does keeps one rate for a whole run."""
+    norms = facts.series(PARAM_NORM.name)
+    if norms is None:
+        return None
+    steps, values = norms
+    ok = np.isfinite(values) & (values > 0)
+    steps, logs = steps[ok].astype(float), np.log(values[ok])
+    if len(logs) < 60 or logs[-1] - logs[0] < math.log(RUNAWAY_GROWTH):
+        return None
+    slope, intercept = np.polyfit(steps, logs, 1)
+    residual = logs - (slope * steps + intercept)
+    if not slope > 0 or residual.var() > STEADY_FIT * logs.var():
+        return None
+    half = len(logs) // 2
+    early = (logs[half] - logs[0]) / (steps[half] - steps[0])
+    late = (logs[-1] - logs[half]) / (steps[-1] - steps[half])
+    if not abs(late - early) <= STEADY_RATE * early:
+        return None
+    return {"growth": float(math.exp(logs[-1] - logs[0])), "per_step": float(math.expm1(slope))}
+
+
+def _multiplied_said(multiplied: dict[str, float]) -> str:
+    return (
+        f"the norm of all the weights grew {multiplied['growth']:.3g}x over the run at one "
+        f"steady rate ({multiplied['per_step']:.2%} a step from the first step to the last): "
+        "something multiplies them every step, whatever the gradient (a weight decay or L2 "
+        "penalty of the wrong sign)"
+    )
+
+
+def _climbed_as_the_weights_were_multiplied(facts: RunFacts) -> Found | None:
+    """No climb found, but the loss ended ``STEADY_CLIMB`` times its best sustained level (its
+    lowest running median of ``ENDED_OVER``) or more, every loss finite, while the weights were
+    multiplied every step (:func:`_multiplied_every_step`): a slow climb the loss-spike and
+    divergence detectors, following their baselines up, did not call, with its cause in the
+    weights."""
+    multiplied, loss = _multiplied_every_step(facts), facts.series(LOSS.name)
+    if multiplied is None or loss is None or not np.isfinite(loss[1]).all():
+        return None
+    steps, values = loss
+    if len(values) < 3 * ENDED_OVER:
+        return None
+    medians = _running_medians(values, ENDED_OVER)
+    best = int(np.argmin(medians))
+    ended = float(medians[-1])
+    if not medians[best] > 0 or ended < STEADY_CLIMB * medians[best]:
+        return None
+    began = int(steps[best + ENDED_OVER - 1])
+    return Found(
+        f"the loss climbed from its best sustained level {medians[best]:.4g} (step {began}) to "
+        f"{ended:.4g} over its last {ENDED_OVER} steps; {_multiplied_said(multiplied)}",
+        began,
+        [],
+        {"best_level": float(medians[best]), "ended": ended, "weights_multiplied": multiplied},
+        "warning",
+    )
 
 
 def _ran_away(runaway: tuple[str, int, float, float], before: str) -> tuple[str, dict]:
