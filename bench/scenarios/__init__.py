@@ -170,6 +170,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout164,
     cases_heldout165,
     cases_heldout166,
+    cases_heldout167,
     cases_heldout168,
     cases_mlp,
     cases_other,
