@@ -310,3 +310,76 @@ def test_weights_multiplied_each_step_explain_a_slow_climb_no_detector_called(tm
         assert "4.4x over the run at one steady rate" in report.top.summary
     else:
         assert not climbs
+
+
+def test_a_residual_stack_whose_every_block_multiplies_the_stream_explodes(tmp_path):
+    # Trigger: set 167's Fixup-style residual net, its branch scale's exponent flipped (depth
+    # ** 0.5 for ** -0.5) and its last convolutions left at their default init: each block's
+    # first convolution reads a stream about twice the one before (1.5, 3.0, 5.5, 10, 13, 25,
+    # ...), the gradient 988x the weights at step 0, NaN at step 1. Each block's second
+    # convolution, reading the branch alone, broke the chain read over every layer in turn:
+    # named only the NaN. Read along the stack's like layers, the chain is there.
+    ctx, report = held_out_run(tmp_path, "h167_hoodoo_fixup_sign")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients" and report.top.first_step == 0
+    assert report.top.where[0] == "blocks.0.conv1"
+
+
+def test_the_same_residual_stack_scaled_by_its_depth_explodes_nothing(tmp_path):
+    # Control: the same twelve blocks with the exponent as Fixup has it (depth ** -0.5), their
+    # last convolutions at the default init still: each block adds a little to the stream. The
+    # same SGD run trains, and nothing is said to explode from the start.
+    from helpers import on_bench_path
+
+    on_bench_path()
+    from scenarios.cases_heldout167 import HoodooErosionNet, _hoodoo, _train
+    from scenarios.common import Context, seeded
+
+    torch.manual_seed(0)
+    model = HoodooErosionNet(exponent=-0.5, zero_last=False)
+    ctx = Context("default", tmp_path / "fixup")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    _train(ctx, model, opt, _hoodoo(seeded(16755), 64), 60, torch.nn.functional.mse_loss)
+    ctx.monitor.close()
+    assert all(math.isfinite(v) for v in ctx.losses)
+    report = steadygrad.diagnose(tmp_path / "fixup")
+    assert not any(d.cause == "exploding_gradients" for d in report.diagnoses)
+
+
+@pytest.mark.parametrize(
+    "name", ["h168_wheelwright_uncertainty_weights_control", "h165_kite_smoothing_confidence_typo"]
+)
+def test_a_negative_loss_vouches_against_the_logits_only_where_it_can_be_the_softmaxs(
+    tmp_path, name
+):
+    # Control (set 168): a multi-task model whose loss weights its tasks by learnt
+    # log-variances (Kendall et al.), the total running to -1.8; its classifier's logits, read
+    # from a cross-entropy against class targets (never negative), grow 7 nats as it learns
+    # and were warned as a divergence the loss could not vouch for. Trigger kept (set 165): a
+    # hand-written label smoothing with its confidence typed 1.1, the off-class targets
+    # negative, the loss with no floor: read from its log_softmax, the negative loss is the
+    # softmax's own, and the logits' growth stays a divergence.
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / name)
+    warned = [f for f in run.findings() if f.kind == "output_logit_divergence"]
+    if name.startswith("h168"):
+        assert not warned and report.healthy
+    else:
+        assert warned and report.top.cause == "output_logit_divergence"
+
+
+@pytest.mark.parametrize("name", ["h167_astrolabe_mixup_control", "h167_esker_swa_control"])
+def test_a_mixup_loss_and_an_swa_tail_are_no_slow_climb(tmp_path, name):
+    # Controls (set 167). A CNN trained with mixup under a one-cycle schedule: each batch's
+    # loss sits near 0.15 or near 1.1 by the draw of its mixing weight, and the median of 32
+    # of them jumps between the humps (0.43 to 0.68), far past the 1.25 / sqrt(32) of one
+    # loss's scatter that a one-humped loss gives; it was warned as a slow climb, and the
+    # one-cycle rate, falling since its peak 45 steps before, as a rate still rising. An MLP
+    # whose SWA phase holds a constant rate over its last 80 steps, its loss drifting within
+    # its scatter. The median's own order statistics say how far it wanders.
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / name)
+    assert not [f for f in run.findings() if f.severity != "info"]
+    assert not [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]

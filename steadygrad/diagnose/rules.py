@@ -8,6 +8,7 @@ that looks at the run and returns what it found, or None. To add a cause, add a 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -2134,7 +2135,7 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
     )
     chain = [max(layers)]
     if chain[0][0] < AMPLIFIED * scale or ratio < BORN_EXPLODED:
-        chain = _amplified_layer_by_layer(weighted)
+        chain = _amplified_layer_by_layer(weighted) or _amplified_along_a_stack(weighted)
         if not chain:
             return None
     act, module = chain[-1]
@@ -2208,6 +2209,26 @@ def _amplified_layer_by_layer(layers: list[tuple[float, str]]) -> list[tuple[flo
     ordered = sorted(layers, key=lambda layer: _natural(layer[1]))
     acts = [act for act, _ in ordered]
     return next((ordered[i:j] for i, j in gain_chains(acts)), [])
+
+
+def _amplified_along_a_stack(layers: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """The first chain (``gain_chains``) along a stack of like layers (``blocks.0.conv1`` ..
+    ``blocks.11.conv1``: one name but for the index), in the order of the index: a residual
+    stack whose every block multiplies the stream (a residual branch scaled the wrong way) shows
+    it at each block's same layer, where the layers between (a block's second convolution,
+    reading the branch alone) break a chain read over every layer in turn."""
+    stacks: dict[str, list[tuple[int, float, str]]] = {}
+    for act, module in layers:
+        index = re.search(r"(?:^|\.)(\d+)(?:\.|$)", module)
+        if index is not None:
+            stack = module[: index.start(1)] + "#" + module[index.end(1) :]
+            stacks.setdefault(stack, []).append((int(index.group(1)), act, module))
+    for stack in sorted(stacks.values(), key=lambda s: _natural(min(s)[2])):
+        stack.sort()
+        acts = [act for _, act, _ in stack]
+        for i, j in gain_chains(acts):
+            return [(act, module) for _, act, module in stack[i:j]]
+    return []
 
 
 def _family_at(facts: RunFacts, metric: Any, step: int) -> dict[str, float]:
@@ -4649,11 +4670,16 @@ def _broke_at_once(facts: RunFacts) -> Found | None:
     return broke
 
 
+# A rate under this share of its highest over the window before a climb had passed its peak.
+PAST_PEAK = 0.9
+
+
 def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5) -> Found | None:
     """The loss climbed or blew up (not a NaN out of the blue) after the learning rate rose
     ``rise`` times or more over the ``window`` steps before, or rose at every step of them
-    and ``rise`` times or more since it began to: a warm-up still climbing (one that never
-    stopped), or a rate raised by hand on a resume. A step size raised far enough crosses
+    and ``rise`` times or more since it began to, and stood within ``PAST_PEAK`` of its highest
+    there: a warm-up still climbing (one that never stopped), or a rate raised by hand on a
+    resume. A step size raised far enough crosses
     2/sharpness; the cause is dated to where that rise began."""
     broke = [
         f
@@ -4674,6 +4700,8 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
         before = values[(steps <= when) & (steps >= when - window) & _positive(values)]
         if len(before) < 2 or not before[-1] > before[0]:
             continue
+        if before[-1] < PAST_PEAK * before.max():
+            continue  # past its peak and falling (a one-cycle schedule): not still rising
         # the cause is there from where the rise into the break began: the last step at the
         # window's lowest rate, and back from there while the rate was still rising
         upto = np.flatnonzero((steps <= when) & (steps >= when - window))

@@ -354,6 +354,7 @@ class OutputLogitDivergence(Detector):
         OUTPUT_LOGIT_RMS,
         OUTPUT_LOGIT_MEAN,
         OUTPUT_SHIFT_GRADIENT,
+        SOFTMAX_COLLAPSE,
         LOSS,
     )
     emits = (OUTPUT_LOGIT_DIVERGENCE,)
@@ -378,6 +379,7 @@ class OutputLogitDivergence(Detector):
         self._best: tuple[float, float] | None = None  # best loss median, log Z read by then
         self._lse = math.nan  # the latest log Z read
         self._rewarded = 0  # readings in a row whose loss rewards raising every logit
+        self._class_targets = False  # logits read from a cross-entropy with class targets
 
     def _accelerating(self) -> bool:
         """``log Z`` rose at every one of the last ``patience`` readings, each rise larger than
@@ -456,6 +458,8 @@ class OutputLogitDivergence(Detector):
         loss = record.values.get(LOSS.name)
         earned = False  # the loss vouches for the logits' growth
         shift = record.values.get(OUTPUT_SHIFT_GRADIENT.name)
+        if math.isfinite(record.values.get(SOFTMAX_COLLAPSE.name, math.nan)):
+            self._class_targets = True
         if shift is not None and math.isfinite(shift) and on_cadence:
             trusted = loss is None or not math.isfinite(loss) or abs(loss) >= SHIFT_TRUSTED_LOSS
             pushed = shift <= -SHIFT_REWARDED and trusted
@@ -473,8 +477,13 @@ class OutputLogitDivergence(Detector):
             first_loss = min(self._first_loss, start) if inflated else self._first_loss
             # the loss has not even halved; or it is negative, which a softmax's cross-entropy
             # never is: a term of the wrong sign rewards the logits, and the loss cannot vouch
-            # for their growth
-            unearned = loss >= 0.5 * first_loss or loss < 0 or rewarded
+            # for their growth. Unless the logits were read from a cross-entropy against class
+            # targets (the softmax-collapse share is read from those alone): that term is never
+            # negative, and a negative total is another term's (a learnt log-variance weighting
+            # the tasks of a multi-task loss). A hand-written one (soft targets against
+            # log_softmax, a smoothing weight typed above 1) can be, and say so.
+            negative = loss < 0 and not self._class_targets
+            unearned = loss >= 0.5 * first_loss or negative or rewarded
             earned = not unearned
             rise = lse - (self._lowest if inflated else start)
             far = far or (rise >= limit and unearned)

@@ -161,6 +161,19 @@ class SustainedLevel:
         return max(abs(self.floor), 0.25 * (self.start - self.floor), 1e-12)
 
 
+def _median_error(values: Sequence[float]) -> float:
+    """The standard error of the median of ``values``, read from their own order statistics:
+    half the distance between the values ranked ``sqrt(n) / 2`` either side of the middle. A
+    normal scatter gives 1.25 sigma / sqrt(n); a scatter in two humps (mixup's batches, whose
+    loss sits near 0 or near log 2 by the draw of the mixing weight) gives the gap between
+    them, which a median of a few dozen values crosses from one window to the next."""
+    ordered = sorted(values)
+    n, middle, half = len(ordered), (len(ordered) - 1) / 2, math.sqrt(len(ordered)) / 2
+    low = ordered[max(0, math.floor(middle - half))]
+    high = ordered[min(n - 1, math.ceil(middle + half))]
+    return (high - low) / 2
+
+
 class LossDivergence(Detector):
     """The loss's running median climbs above its best sustained level by more than ``rise``
     times the loss's scale (its best level, or a quarter of the progress made) and more than
@@ -268,7 +281,7 @@ class LossDivergence(Detector):
         slow = self.slow
         if len(slow.values) < SLOW_WINDOW or not slow.floor < math.inf:
             return False
-        noise = 1.25 / math.sqrt(SLOW_WINDOW) * slow.noise()
+        noise = max(1.25 / math.sqrt(SLOW_WINDOW) * slow.noise(), _median_error(slow.values))
         margin = max(self.rise * slow.scale(), self.noise_z * noise, 0.0)
         unanchored = slow.floor < 0 and slow.current <= slow.start + margin
         # a climb from a best level set before the last finding has been told (the long
