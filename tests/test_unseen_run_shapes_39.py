@@ -383,3 +383,34 @@ def test_a_mixup_loss_and_an_swa_tail_are_no_slow_climb(tmp_path, name):
     run = steadygrad.load(tmp_path / name)
     assert not [f for f in run.findings() if f.severity != "info"]
     assert not [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
+
+
+def test_one_batch_under_adagrad_moved_the_weights_through_its_own_gradient(tmp_path):
+    # Trigger: set 167's flint-knapping regressor under Adagrad, one shard in micrometres at
+    # step 90: the loss 3.75e6x, the gradient 25x its usual (clipped), and Adagrad's step,
+    # divided by a running sum the one gradient barely moves yet, moved the weights' norm 37x
+    # its usual step. Read as weights replaced between steps (the gradient under the 30x asked):
+    # named only the loss spike.
+    ctx, report = held_out_run(tmp_path, "h167_knapping_micrometre_shard")
+    induced_or_skip(ctx)
+    assert report.top.cause == "data_outlier" and report.top.first_step == 90
+
+
+@pytest.mark.parametrize("family", ["adaptive", "sgd"])
+def test_a_large_move_on_a_gradient_25x_its_usual_is_the_gradients_only_under_an_adaptive_step(
+    tmp_path, family
+):
+    # The weights' norm moves 40x its usual step at step 60 on a gradient 25x its usual. Under
+    # an adaptive step (Adagrad, RMSprop: a per-coordinate scale the one gradient barely moves)
+    # that gradient moves every weight about as far as the rate: its own doing. Under SGD it
+    # moves them 25x at most: something else replaced them between steps.
+    from steadygrad.diagnose.rules import RunFacts, _weights_replaced
+
+    rows = []
+    norm = 10.0
+    for t in range(80):
+        norm += 0.4 if t == 60 else 0.01
+        rows.append({"loss": 0.5, "grad_norm": 2.5 if t == 60 else 0.1, "param_norm": norm})
+    diagnose_stored(tmp_path, family, rows, [], config={"optimizer_family": family})
+    facts = RunFacts(steadygrad.load(tmp_path / family))
+    assert _weights_replaced(facts, 60) == (family == "sgd")

@@ -4061,8 +4061,12 @@ def _weights_replaced(facts: RunFacts, step: int) -> bool:
     if _gradient_risen_before(facts, step):
         return False  # momentum carried the grown gradients of the steps before into this one
     # and no large gradient moved them: an update from a gradient grown far above its usual
-    # size (an explosion the spike test, reading growth, did not flag) moves them as far
-    return moves[1] is None or float(moves[1].max()) < REPLACED
+    # size (an explosion the spike test, reading growth, did not flag) moves them as far. An
+    # adaptive step (RMSprop's, Adagrad's) divides by a running scale a large gradient barely
+    # moves yet: one ORDINARY times its usual size moves every weight about as far as the rate,
+    # ten times and more an ordinary step's (Adam's momentum takes a tenth of it: it does not)
+    large = ORDINARY if facts.run.config.get(OPTIMIZER_FAMILY) == "adaptive" else REPLACED
+    return moves[1] is None or float(moves[1].max()) < large
 
 
 # Records before a step whose gradient, standing ``ORDINARY`` times its level before them,
