@@ -172,6 +172,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout166,
     cases_heldout167,
     cases_heldout168,
+    cases_heldout169,
     cases_heldout170,
     cases_mlp,
     cases_other,
