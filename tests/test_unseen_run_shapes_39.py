@@ -414,3 +414,15 @@ def test_a_large_move_on_a_gradient_25x_its_usual_is_the_gradients_only_under_an
     diagnose_stored(tmp_path, family, rows, [], config={"optimizer_family": family})
     facts = RunFacts(steadygrad.load(tmp_path / family))
     assert _weights_replaced(facts, 60) == (family == "sgd")
+
+
+def test_a_nan_made_in_one_column_of_a_concatenated_output_is_placed_at_its_head(tmp_path):
+    # Trigger: set 169's vortex regressor returns cat([mean_head(h), sqrt(var_head(h))]), the
+    # variance raw (no softplus); at step 47 a variance below zero makes the second column NaN
+    # in the forward. The replay's walk back from the output, a level at a time, met the mean
+    # head's output beside the square root and placed the NaN there. Read column by column, the
+    # non-finite part is the variance head's. Control: set 142's fumarole (a NaN the loss made
+    # from such an output) stays placed at its variance head (tests/test_unseen_run_shapes_33.py).
+    ctx, report = held_out_run(tmp_path, "h169_whirlpool_sqrt_variance")
+    induced_or_skip(ctx)
+    assert report.top.cause == "nonfinite" and report.top.where == ["var_head"]

@@ -206,7 +206,9 @@ class ActivationHooks:
             )
         )
         if traced and name == "<root>" and outs:
-            self.calls[-1].source = _made_from(outs[0], self.node_made_by)
+            self.calls[-1].source = _nonfinite_part(
+                outs[0], self.node_made_by, self.node_shape
+            ) or _made_from(outs[0], self.node_made_by)
         elif name == "<root>" and outs and not self.tracing:
             # the step's own pass: an operation of the model's forward after its modules (a
             # log of a head's output) is placed from the graph its modules' outputs left
@@ -808,6 +810,21 @@ def _made_from(t: torch.Tensor, node_made_by: dict[Any, str]) -> str | None:
         level = [n for node in level for n, _ in node.next_functions if n is not None]
         level = [n for n in dict.fromkeys(level) if n not in seen]
     return None
+
+
+def _nonfinite_part(
+    t: torch.Tensor, node_made_by: dict[Any, str], node_shape: dict[Any, tuple[int, ...]]
+) -> str | None:
+    """The module behind the one part of a concatenated output ``t`` (see :func:`_concatenated`)
+    that holds its non-finite values: a mean head's output joined with a variance head's square
+    root is non-finite in the variance's column only, and the walk back a level at a time meets
+    the mean head first. None when ``t`` is finite, no concatenation, or non-finite in several
+    parts. Read on a replay only (the check synchronises the device)."""
+    if t.grad_fn is None or bool(torch.isfinite(t).all()):
+        return None
+    parts = _concatenated(t, node_made_by, node_shape)
+    bad = [module for module, part in parts or [] if not bool(torch.isfinite(part).all())]
+    return bad[0] if len(bad) == 1 else None
 
 
 def _made_after(t: torch.Tensor, made: dict[str, set]) -> str | None:
