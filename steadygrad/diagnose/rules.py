@@ -8,7 +8,6 @@ that looks at the run and returns what it found, or None. To add a cause, add a 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -90,6 +89,7 @@ from steadygrad.diagnose.detectors.trends import (
     UNSTABLE_STEPS,
     WRECKED_WEIGHTS,
     gain_chains,
+    like_layers,
     stack_chains,
 )
 from steadygrad.store.run import Run
@@ -2217,17 +2217,12 @@ def _amplified_along_a_stack(layers: list[tuple[float, str]]) -> list[tuple[floa
     stack whose every block multiplies the stream (a residual branch scaled the wrong way) shows
     it at each block's same layer, where the layers between (a block's second convolution,
     reading the branch alone) break a chain read over every layer in turn."""
-    stacks: dict[str, list[tuple[int, float, str]]] = {}
-    for act, module in layers:
-        index = re.search(r"(?:^|\.)(\d+)(?:\.|$)", module)
-        if index is not None:
-            stack = module[: index.start(1)] + "#" + module[index.end(1) :]
-            stacks.setdefault(stack, []).append((int(index.group(1)), act, module))
-    for stack in sorted(stacks.values(), key=lambda s: _natural(min(s)[2])):
+    act = {module: value for value, module in layers}
+    stacks = like_layers(act)
+    for stack in sorted(stacks.values(), key=lambda s: _natural(min(s)[1])):
         stack.sort()
-        acts = [act for _, act, _ in stack]
-        for i, j in gain_chains(acts):
-            return [(act, module) for _, act, module in stack[i:j]]
+        for i, j in gain_chains([act[module] for _, module in stack]):
+            return [(act[module], module) for _, module in stack[i:j]]
     return []
 
 

@@ -14,7 +14,7 @@ import math
 import re
 import statistics
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -390,6 +390,24 @@ def gain_chains(values: Sequence[float]) -> Iterator[tuple[int, int]]:
         start = k
 
 
+def like_layers(names: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
+    """``names`` grouped into stacks of like layers, one name but for one index (``body.0`` ..
+    ``body.14``, ``blocks.0.conv1.weight`` .. ``blocks.11.conv1.weight``): each stack's
+    (index, name)s, in the order given; names with no index are left out.
+
+    Example:
+        >>> like_layers(["body.0.weight", "body.1.weight", "head.weight"])
+        {'body.#.weight': [(0, 'body.0.weight'), (1, 'body.1.weight')]}
+    """
+    stacks: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        index = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
+        if index is not None:
+            stack = name[: index.start(1)] + "#" + name[index.end(1) :]
+            stacks.setdefault(stack, []).append((int(index.group(1)), name))
+    return stacks
+
+
 def stack_chains(grad_norms: Mapping[str, float]) -> list[list[tuple[str, float]]]:
     """The weight gradients of a stack of like layers (``body.0`` .. ``body.14``: one name but
     for the index; like layers share a shape, so their gradients compare) that grow from the
@@ -401,15 +419,10 @@ def stack_chains(grad_norms: Mapping[str, float]) -> list[list[tuple[str, float]
         >>> [len(chain) for chain in stack_chains({**norms, "head.weight": 500.0})]
         [8]
     """
-    stacks: dict[str, list[tuple[int, str, float]]] = {}
-    for tensor, norm in grad_norms.items():
-        index = re.search(r"(?:^|\.)(\d+)\.", tensor)
-        if index is None or not tensor.endswith("weight") or not norm > 0:
-            continue
-        stack = tensor[: index.start(1)] + "#" + tensor[index.end(1) :]
-        stacks.setdefault(stack, []).append((int(index.group(1)), tensor, float(norm)))
+    weights = [t for t, norm in grad_norms.items() if t.endswith("weight") and norm > 0]
     found = []
-    for layers in stacks.values():
+    for stack in like_layers(weights).values():
+        layers = [(index, t, float(grad_norms[t])) for index, t in stack]
         layers.sort(reverse=True)  # from the output back
         norms = [norm for _, _, norm in layers]
         found += [
