@@ -174,6 +174,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout168,
     cases_heldout169,
     cases_heldout170,
+    cases_heldout171,
     cases_heldout172,
     cases_mlp,
     cases_other,
