@@ -176,6 +176,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout170,
     cases_heldout171,
     cases_heldout172,
+    cases_heldout174,
     cases_mlp,
     cases_other,
 )
