@@ -87,6 +87,24 @@ def test_loss_spike_heavy_tailed_near_zero_loss_trigger_and_control():
     assert len(caught) >= 18
 
 
+@pytest.mark.parametrize("after", ["knocked", "one_batch"])
+def test_a_jump_a_still_falling_loss_stays_at_is_a_spike_one_hard_batch_is_not(after):
+    # Trigger (set 172's harp transformer resumed from a stale checkpoint at step 120): a loss
+    # falling 2.0 -> 0.015, 30% batch noise, jumps 10x at step 120 and stays there, decaying
+    # back over 30 steps. Its descent through the window reads as a tail of about 3x its level,
+    # which hid the jump; the next loss standing twice that tail above the median is the knock.
+    # Control: the same jump for one batch, the next loss back at the level: no spike.
+    rng = np.random.default_rng(7)
+    t = np.arange(200)
+    values = (0.015 + 2.0 * np.exp(-t / 20)) * (1 + 0.3 * rng.standard_normal(200)).clip(0.2)
+    if after == "knocked":
+        values[120:] = 0.27 * np.exp(-(t[120:] - 120) / 10) + 0.015
+    else:
+        values[120] = 0.27
+    steps = [f.step for f in _stream(LossSpikeDetector(), values)]
+    assert steps == ([120] if after == "knocked" else [])
+
+
 def test_a_loss_spike_at_a_rhythm_the_stream_kept_is_info_live():
     # Trigger: a harder kind of batch every 40 records (2.5x the loss, absorbed at once) is
     # flagged at 3x the recurring test's bar at its third; it had stood out alike 40 and 80

@@ -7,6 +7,7 @@ the same), where its update ratios never went out of range."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -95,11 +96,31 @@ def test_a_group_100x_below_the_rest_is_named_too(tmp_path):
     assert found.where == ["0"] and "100x below" in found.summary
 
 
+def _laddered(report):
+    return [
+        d
+        for d in report.diagnoses
+        if d.cause == "update_ratio_out_of_range" and "step_factor" in d.evidence
+    ]
+
+
 def test_rates_a_layer_wise_decay_spreads_are_not_named(tmp_path):
     # Control: a layer-wise decay of 0.5 over six groups spreads the rates 32x end to end, each
-    # group next to one at twice or half its rate: no group stands alone.
+    # group next to one at twice or half its rate: no group stands alone, and no neighbours
+    # stand further apart than a decay sets them.
     _, report = _grouped_run(tmp_path, [1e-3 * 0.5**k for k in range(5, -1, -1)])
-    assert _set_apart(report) == []
+    assert _set_apart(report) == [] and _laddered(report) == []
+
+
+def test_a_layer_wise_decay_typed_an_order_of_magnitude_off_is_named(tmp_path):
+    # Trigger (set 174's glue-cure regressor): a decay typed 0.05 for 0.95 over four groups,
+    # each 20x below the next (1.25e-7 .. 1e-3 here, 8000x end to end). No group stands alone,
+    # each has a neighbour 20x away; the two groups 400x and more below the fastest are named.
+    _, report = _grouped_run(tmp_path, [1e-3 * 0.05**k for k in range(3, -1, -1)])
+    (found,) = _laddered(report)
+    assert found.severity == "info" and found.where == ["0", "2"]
+    assert found.evidence["step_factor"] == pytest.approx(20.0)
+    assert "400x or more slower" in found.summary
 
 
 def test_a_head_at_ten_times_the_body_is_not_named(tmp_path):

@@ -786,13 +786,13 @@ def _ash_plume(gen, batch):
     family="volcanic_ash_plume_height_relu_mlp",
     optimizer="Adagrad",
     cause="loss_of_plasticity",
-    where=("body.4", "body.5"),
+    where=("4", "5"),  # a bare nn.Sequential: its modules are "0".."6"
     diverges=None,
     heldout=True,
     note="A 3-hidden-layer ReLU MLP regressing plume height with MSE. The run switched to "
     "Adagrad and kept lr 0.5 from the team's sparse-embedding recipe: Adagrad's first steps "
     "move every weight by about the lr (the loss jumps to about 1e7 in the first steps), which "
-    "drives over 90% of the third hidden layer's ReLUs (body.4/body.5) negative on every input; "
+    "drives over 90% of the third hidden layer's ReLUs (modules 4 and 5) negative on every input; "
     "they never come back and the loss plateaus about 30x above what the net reaches at lr "
     "0.01.",
 )

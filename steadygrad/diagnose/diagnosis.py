@@ -25,6 +25,7 @@ from steadygrad.diagnose.rules import (
     Rule,
     RunFacts,
     _inside,
+    learnt_after,
 )
 from steadygrad.store.run import Run, load
 
@@ -130,7 +131,9 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
     found = [d for rule in rules if (d := _applied(rule, facts)) is not None]
     broke = facts.broke_at
     for d in found:
-        progress = facts.progress_until if broke is not None else facts.best_loss_step
+        # a run that did not break learnt past a cause only if its loss fell clearly below
+        # where it was then (a flat loss sets a new lowest median now and then by noise alone)
+        progress = facts.progress_until if broke is not None else learnt_after(facts, d.first_step)
         # the climb the loss was in when the cause was first seen (one it came back from is
         # over, and says nothing of a cause that begins after it)
         climbing = facts.climbing_at(d.first_step) if d.first_step is not None else None

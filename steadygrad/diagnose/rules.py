@@ -414,7 +414,7 @@ PROGRESS_AFTER = 20
 CONFIRMED_SOON = 10
 
 
-def _learnt_after(facts: RunFacts, step: int | None) -> int | None:
+def learnt_after(facts: RunFacts, step: int | None) -> int | None:
     """The step of the run's best sustained loss, when it came ``PROGRESS_AFTER`` steps or more
     after ``step`` and a tenth or more below the loss then (a flat loss sets a new lowest
     median now and then by its noise alone); else None."""
@@ -709,6 +709,14 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
             f"{head} trains {driven.evidence['rate_times']:.3g}x faster than the rest "
             "of the model and its logits grew with that rate: rows collapse as they grow"
         )
+    pushed, _ = _pushes(facts)
+    if not found.consequence_of and len(pushed) and pushed[0] <= found.first_step:
+        # no loss of the softmax alone moves the logits' common shift: a term that does (a
+        # z-loss of the wrong sign, nll_loss on raw scores) grows the logits the rows round on
+        found.consequence_of = (
+            f"the loss's own gradient pushed every logit up from step {pushed[0]}, a push no "
+            "loss of the softmax alone makes: the logits it grew spread until rows rounded"
+        )
     receded = _collapse_receded(facts, steps, values, found.first_step)
     if receded is not None:
         found.severity = "info"
@@ -965,7 +973,7 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
     if len(alone) == len(rates):
         alone.remove(_the_body(facts, members, alone, rates))
     if not alone:
-        return None
+        return _rates_laddered(facts, members, rates)
     rest = [k for k in rates if k not in alone]
     body = float(np.median([rates[k] for k in rest]))
     key = max(alone, key=lambda k: abs(math.log(rates[k] / body)))  # the furthest from the rest
@@ -1012,6 +1020,49 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
     )
     drives = _driven_mechanism(facts, names) if faster else ""
     return Found(summary, int(steps[0]), where, evidence, "info", drives=drives)
+
+
+# Neighbouring optimizer groups a layer-wise decay sets 1.1-2x apart (0.5-0.9 a layer); a decay
+# typed an order of magnitude off (0.05 for 0.95) sets each this many times or more apart.
+LADDER_STEP = 5.0
+
+
+def _rates_laddered(
+    facts: RunFacts, members: dict[str, list[str]], rates: dict[str, float]
+) -> Found | None:
+    """Three or more optimizer groups, in their order, whose learning rates fall (or rise) from
+    each to the next by ``LADDER_STEP`` or more, ``RATES_APART`` or more from end to end: a
+    layer-wise decay typed wrong, none of whose groups stands alone. Info (see
+    :func:`_rate_set_apart`), naming the groups ``RATES_APART`` or more below the fastest: the
+    layers that barely train."""
+    keys = sorted(rates, key=_natural)
+    if len(keys) < 3:
+        return None
+    steps = [rates[b] / rates[a] for a, b in zip(keys, keys[1:], strict=False)]
+    falls = all(r <= 1 / LADDER_STEP for r in steps)
+    if not (falls or all(r >= LADDER_STEP for r in steps)):
+        return None
+    top = max(rates.values())
+    slow = [k for k in keys if top / rates[k] >= RATES_APART]
+    if not slow:
+        return None
+    names = [n for k in slow for n in members[k]]
+    where = list(dict.fromkeys(n.rpartition(".")[0] or n for n in names))
+    factor = math.exp(float(np.mean(np.abs(np.log(steps)))))
+    moved = _median_update_ratio(facts, names)
+    evidence = {"lr": {k: rates[k] for k in keys}, "step_factor": factor}
+    if moved is not None:
+        evidence["median_update_ratio"] = moved
+    summary = (
+        f"the optimizer groups {keys[0]} .. {keys[-1]} train at learning rates "
+        f"{rates[keys[0]]:.3g} .. {rates[keys[-1]]:.3g}, about {factor:.3g}x apart from each to "
+        f"the next (a layer-wise decay sets neighbours 1.1-2x apart): {layer_span(where)} "
+        f"train {top / max(rates[k] for k in slow):.3g}x or more slower than the fastest group"
+        + (f", moving a median {moved:.3g} of their weights per update" if moved else "")
+        + "; a decay typed wrong (0.05 for 0.95?). If meant, nothing is wrong"
+    )
+    first = int(facts.series(keys[0])[0][0])
+    return Found(summary, first, where, evidence, "info")
 
 
 def _too_large(f: Finding) -> bool:
@@ -1705,7 +1756,7 @@ def _exploding(facts: RunFacts) -> Found | None:
     if facts.broke_at is None:
         # a run that did not break, whose loss kept improving long after: the gradients grew
         # as the model learned (a classifier sharpening its logits), harmless so far
-        best = _learnt_after(facts, found.first_step)
+        best = learnt_after(facts, found.first_step)
         if best is not None:
             found.severity = "info"
             found.summary += (

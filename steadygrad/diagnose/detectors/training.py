@@ -164,6 +164,8 @@ RHYTHM_RECORDS = 512
 # a spike, however small against all the progress made since the first loss.
 KNOCK_RATIO = 4.0
 KNOCK_BAND = 20
+# Tails above the median the next loss must stand after a jump within the tail's reach.
+KNOCK_TAILS = 2.0
 
 
 class LossSpikeDetector(SpikeDetector):
@@ -180,7 +182,9 @@ class LossSpikeDetector(SpikeDetector):
     A fresh model's first losses can stand far above the level it finds within a few steps (an
     untrained regressor: 30, then 0.5 three steps on). The tail leaves out the first ``warmup``
     losses once 20 later ones fill the window, and a jump ``KNOCK_RATIO`` times the median that
-    is short of half that progress is still a spike when it knocked the run: the next loss
+    is short of half that progress, or of ``tail_factor`` times the tail (a loss still falling
+    through the window reads its descent as spread), but above the tail itself, is still a
+    spike when it knocked the run: the next loss
     stood above all of the ``KNOCK_BAND`` before it, and below the jump (found one record late,
     at its step). A hard batch near zero loss leaves the next one where it was; a loss that
     went on rising is a climb's first step.
@@ -255,18 +259,24 @@ class LossSpikeDetector(SpikeDetector):
         return [pending]
 
     def material(self, value: float, median: float) -> bool:
-        excess = value - median
-        if excess < self.tail_factor * self._tail():
+        excess, tail = value - median, self._tail()
+        if excess < tail:
             return False
         scale = max(0.5 * (self._start - self._floor), 0.25 * abs(median))
-        if excess >= self.min_excess * scale:
+        if excess >= self.tail_factor * tail and excess >= self.min_excess * scale:
             return True
         if median > 0 and value >= KNOCK_RATIO * median:  # judged by the next loss
+            band = max(list(self.baseline.values)[-KNOCK_BAND:])
+            if excess < self.tail_factor * tail:
+                # within the tail's reach (a loss still falling through the window reads its
+                # descent as spread): the next loss must clear the tail twice over as well, a
+                # level the run was knocked to, not a second hard batch
+                band = max(band, median + KNOCK_TAILS * tail)
             self._knock = {
                 "baseline": median,
                 "z": self.baseline.score(value, self.rel_floor),
                 "ratio": value / median,
-                "knock_band": max(list(self.baseline.values)[-KNOCK_BAND:]),
+                "knock_band": band,
             }
         return False
 
