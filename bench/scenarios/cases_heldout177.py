@@ -1,4 +1,4 @@
-"""Held-out set 176 (``h176_``): hand-written models of trades, crafts, sports, instruments and
+"""Held-out set 177 (``h177_``): hand-written models of trades, crafts, sports, instruments and
 natural phenomena not covered before: a glass-harmonica SiLU regressor fine-tuned with an L2-SP
 penalty, a deep tanh net for pingo growth, a cosine classifier for bouzouki courses, a
 talking-drum Gaussian NLL regressor with param groups, a fata-morgana profile regressor with a
@@ -201,7 +201,7 @@ HARMONICA_ALPHA = 0.036
     "The weights are pushed away from the checkpoint ever faster; the logged MSE falls for "
     "about 150 steps, then climbs slowly (3-4x) for the rest of the run, finite.",
 )
-def h176_harmonica_l2sp_sign_flipped(ctx: Context) -> None:
+def h177_harmonica_l2sp_sign_flipped(ctx: Context) -> None:
     gen = seeded(17601)
     model = Stack(12, hidden=64, act=nn.SiLU)
     anchor = [p.detach().clone() for p in model.parameters()]
@@ -264,7 +264,7 @@ class PingoNet(nn.Module):
     "backward pass multiplies the gradient by about 1.5 per layer, so the first layers' "
     "gradients are a hundred times the last layer's and stay so.",
 )
-def h176_pingo_sigmoid_gain_on_tanh(ctx: Context) -> None:
+def h177_pingo_sigmoid_gain_on_tanh(ctx: Context) -> None:
     gen = seeded(17602)
     model = PingoNet()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -329,7 +329,7 @@ class BouzoukiNet(nn.Module):
     "to exactly 0 for nearly every row from the first step; the loss is in the tens to "
     "hundreds throughout, finite.",
 )
-def h176_bouzouki_cosine_scale_typo(ctx: Context) -> None:
+def h177_bouzouki_cosine_scale_typo(ctx: Context) -> None:
     gen = seeded(17603)
     model = BouzoukiNet(scale=3e3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
@@ -386,7 +386,7 @@ DRUM_WARM = 500
     "first 500 steps, so the encoder's learning rate is exactly 0 for the whole run and only "
     "the heads learn.",
 )
-def h176_talking_drum_floor_division_warmup(ctx: Context) -> None:
+def h177_talking_drum_floor_division_warmup(ctx: Context) -> None:
     gen = seeded(17604)
     model = TalkingDrumNet()
     enc = [p for n, p in model.named_parameters() if n.startswith("enc")]
@@ -477,7 +477,7 @@ def _profiles(gen, batch, heights=16):
     "isothermal profiles of a still dawn (step 70) come out at zero or negative variance, the "
     "sqrt gives NaN (or 0/0) and the loss is NaN at that step.",
 )
-def h176_mirage_one_pass_variance(ctx: Context) -> None:
+def h177_mirage_one_pass_variance(ctx: Context) -> None:
     gen = seeded(17605)
     model = MirageNet()
     opt = torch.optim.Adamax(model.parameters(), lr=2e-3)
@@ -559,7 +559,7 @@ def _cuica_frames(gen, batch, frame=64):
     "power passes 65504 and is inf. Every step from then has a NaN loss; the scaler skips it "
     "and halves its scale again and again.",
 )
-def h176_cuica_fp16_power_spectrum(ctx: Context) -> None:
+def h177_cuica_fp16_power_spectrum(ctx: Context) -> None:
     gen = seeded(17606)
     model = CuicaNet()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
@@ -616,7 +616,7 @@ TRAIL_MIDNIGHT = 90
     "crosses midnight and comes out as about -84000 s, some 300 standard deviations below the "
     "mean. The loss and gradient spike at that step and the run recovers.",
 )
-def h176_trail_split_crosses_midnight(ctx: Context) -> None:
+def h177_trail_split_crosses_midnight(ctx: Context) -> None:
     gen = seeded(17607)
     model = Stack(12, hidden=64)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
@@ -665,7 +665,7 @@ BANDY_CLASSES = 5
     "batch, while seen_total is not: for that one step every weight is about 1000 instead of "
     "about 1 and the gradient bursts; the counts are right again from the next step.",
 )
-def h176_bandy_class_weights_reset(ctx: Context) -> None:
+def h177_bandy_class_weights_reset(ctx: Context) -> None:
     gen = seeded(17608)
     model = Stack(18, hidden=64, out=BANDY_CLASSES)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, nesterov=True)
@@ -720,7 +720,7 @@ SARANGI_STEP = 80
     "`gamma: 1e1` for `1e-1`: at step 80 the learning rate is multiplied by 10 instead of "
     "divided, lr x sharpness goes from under 2 to far above it and the loss blows up.",
 )
-def h176_sarangi_steplr_gamma_typo(ctx: Context) -> None:
+def h177_sarangi_steplr_gamma_typo(ctx: Context) -> None:
     gen = seeded(17609)
     model = Stack(10, hidden=64, act=nn.Tanh)
     opt = torch.optim.SGD(model.parameters(), lr=0.25)
@@ -764,7 +764,7 @@ def h176_sarangi_steplr_gamma_typo(ctx: Context) -> None:
     "pre-activation below zero, the ReLUs die for every input, their gradient is zero from "
     "then on and the net is stuck predicting a constant.",
 )
-def h176_mouth_harp_activity_l1_typo(ctx: Context) -> None:
+def h177_mouth_harp_activity_l1_typo(ctx: Context) -> None:
     gen = seeded(17610)
     model = Stack(14, hidden=64)
     opt = torch.optim.NAdam(model.parameters(), lr=1e-2)
@@ -814,7 +814,7 @@ class NumeralNet(nn.Module):
     "with weight decay only on the weight matrices (two param groups), 20 warm-up steps then "
     "cosine decay by LambdaLR, clip_grad_norm_ at 1.0, cross-entropy with label smoothing 0.05.",
 )
-def h176_control_milestone_warmup_cosine(ctx: Context) -> None:
+def h177_control_milestone_warmup_cosine(ctx: Context) -> None:
     gen = seeded(17611)
     model = NumeralNet()
     decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
@@ -857,7 +857,7 @@ def h176_control_milestone_warmup_cosine(ctx: Context) -> None:
     "with a torch.amp.GradScaler, RAdam, Huber loss, gradient accumulation over 2 "
     "micro-batches, clip_grad_norm_ at 5 after unscaling, ReduceLROnPlateau.",
 )
-def h176_control_gesso_fp16(ctx: Context) -> None:
+def h177_control_gesso_fp16(ctx: Context) -> None:
     gen = seeded(17612)
     model = Stack(16, hidden=64, act=nn.SiLU)
     opt = torch.optim.RAdam(model.parameters(), lr=3e-3)
@@ -902,7 +902,7 @@ class TiedAutoencoder(nn.Module):
     "compressing 8x8 paper-marbling comb patterns (digit images), binary cross-entropy on the "
     "pixel intensities from logits, ASGD under OneCycleLR (cycle_momentum off).",
 )
-def h176_control_marbling_tied_ae(ctx: Context) -> None:
+def h177_control_marbling_tied_ae(ctx: Context) -> None:
     gen = seeded(17613)
     model = TiedAutoencoder()
     opt = torch.optim.ASGD(model.parameters(), lr=0.1)
