@@ -179,6 +179,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout173,
     cases_heldout174,
     cases_heldout176,
+    cases_heldout177,
     cases_mlp,
     cases_other,
 )
