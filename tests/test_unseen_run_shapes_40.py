@@ -5,6 +5,7 @@ attach: its fault is by construction) and a control that must not move."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -101,3 +102,44 @@ def test_a_run_resumed_from_a_stale_checkpoint_is_a_loss_spike(tmp_path):
     induced_or_skip(ctx)
     assert report.top.cause == "loss_spike"
     assert report.top.first_step == 120
+
+
+def test_a_regressors_head_that_grows_as_its_loss_climbs_makes_no_logits(tmp_path):
+    # Trigger: set 177's harmonica regressor (MSE) fine-tuned with an L2-SP penalty subtracted
+    # instead of added: the weights are pushed from the checkpoint, the head's fastest, and the
+    # loss climbs 3x from step 150. The head's runaway weights were named output-logit
+    # divergence, in a run whose outputs were never logits (no cross-entropy, nll_loss or
+    # log_softmax): the loss's own climb is the cause to name.
+    ctx, report = held_out_run(tmp_path, "h177_harmonica_l2sp_sign_flipped")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_divergence"
+    assert "output_logit_divergence" not in [d.cause for d in report.diagnoses]
+
+
+@pytest.mark.parametrize("outputs", ["logits", "regression"])
+def test_a_heads_runaway_weights_are_logits_only_where_logits_were_read(tmp_path, outputs):
+    # The head's weights grow 1% a step from step 60 while the rest hold still, and the loss
+    # climbs from step 140 (a decay of the wrong sign on the head). Where a cross-entropy read
+    # the outputs as logits (log Z at each reading), that is the logits' drift; where no
+    # logits were ever read (a regressor), the head's growth names no logits.
+    rows = []
+    for t in range(200):
+        row = {
+            "loss": 1.0 - 0.003 * min(t, 140) + 0.02 * max(0, t - 140),
+            "grad_norm": 0.5,
+            "lr/0": 0.01,
+            "param_norm/head.weight": 1.0 if t < 60 else math.exp(0.01 * (t - 60)),
+            "param_norm/body.weight": 3.0,
+        }
+        if outputs == "logits" and t % 25 == 0:
+            row["logit_lse_mean"] = 2.3
+        rows.append(row)
+    climb = {"loss_median": 0.9, "best_level": 0.58, "best_level_step": 140, "ratio": 1.6}
+    findings = [("loss_divergence", 170, None, climb, "warning")]
+    config = {"optimizer": "SGD", "output_layer": "head"}
+    report = diagnose_stored(tmp_path, outputs, rows, findings, config=config)
+    causes = [d.cause for d in report.diagnoses]
+    if outputs == "logits":
+        assert report.top.cause == "output_logit_divergence"
+    else:
+        assert "output_logit_divergence" not in causes

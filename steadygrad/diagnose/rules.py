@@ -2687,9 +2687,14 @@ def _output_logits(facts: RunFacts) -> Found | None:
     """Output-logit divergence, unless every weight had grown by then (the logits then grow
     because the weights do). The output layer's weights running away (a decay or penalty of
     the wrong sign on the head) is one too, from when they began, logits read or not: the
-    logits are those weights times features that held still."""
+    logits are those weights times features that held still; in a run whose outputs were never
+    read as logits, only beside a finding of the detector."""
     found = _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence")(facts)
     head = _output_layer_ran_away(facts)
+    if found is None and facts.series(LOGIT_LSE_MEAN.name) is None:
+        # no finding and no logits ever read (no cross-entropy, nll_loss or log_softmax): a
+        # regressor's head, whose weights grow with whatever drives the loss, makes no logits
+        head = None
     if head is not None:
         layer, began, factor = head
         ran_away = (
