@@ -178,6 +178,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout172,
     cases_heldout173,
     cases_heldout174,
+    cases_heldout175,
     cases_heldout176,
     cases_heldout177,
     cases_mlp,
