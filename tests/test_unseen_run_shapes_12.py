@@ -212,7 +212,10 @@ def test_an_output_layer_applied_in_a_recurrence_explodes_through_time(tmp_path,
     for t in range(200):
         loss = 1.0 - 0.002 * min(t, 140) + (0.05 * (t - 140) if t > 140 else 0.0)
         grown = 1.04 ** max(t - 60, 0)
-        rows.append({"loss": loss, "param_norm/out.weight": grown, "param_norm/inp.weight": 1.0})
+        row = {"loss": loss, "param_norm/out.weight": grown, "param_norm/inp.weight": 1.0}
+        if t % 25 == 0:  # the outputs read as logits (a cross-entropy on them)
+            row["logit_lse_mean"] = 2.3
+        rows.append(row)
     config = {OUTPUT_LAYER: "out", RECURRENT_MODULES: ["out"] if recurrent else []}
     climb = ("loss_divergence", 150, None, {"ratio": 3.0, "best_level_step": 140}, "critical")
     report = diagnose_stored(tmp_path, str(recurrent), rows, [climb], config=config)

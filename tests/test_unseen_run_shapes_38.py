@@ -249,8 +249,9 @@ def test_a_head_thrown_by_the_few_steps_an_overflowing_scaler_took_is_the_overfl
     ctx, report = held_out_run(tmp_path, "h162_power_hammer_raw_newtons")
     induced_or_skip(ctx)
     assert report.top.cause == "amp_overflow"
-    head = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
-    assert "GradScaler skipped every one" in head.why
+    # a regressor's head makes no logits: its runaway weights are no logit drift (see
+    # tests/test_unseen_run_shapes_40.py)
+    assert "output_logit_divergence" not in report.causes()
 
 
 @pytest.mark.parametrize("broke", [True, False])
