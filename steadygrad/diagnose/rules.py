@@ -978,7 +978,7 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
     body = float(np.median([rates[k] for k in rest]))
     key = max(alone, key=lambda k: abs(math.log(rates[k] / body)))  # the furthest from the rest
     rate, names = rates[key], members[key]
-    where = list(dict.fromkeys(n.rpartition(".")[0] or n for n in names))
+    where = _modules_of(names)
     faster = rate > body
     summary = (
         f"the optimizer group {key} ({layer_span(where)}) trains at learning rate {rate:.3g}, "
@@ -1047,7 +1047,7 @@ def _rates_laddered(
     if not slow:
         return None
     names = [n for k in slow for n in members[k]]
-    where = list(dict.fromkeys(n.rpartition(".")[0] or n for n in names))
+    where = _modules_of(names)
     factor = math.exp(float(np.mean(np.abs(np.log(steps)))))
     moved = _median_update_ratio(facts, names)
     evidence = {"lr": {k: rates[k] for k in keys}, "step_factor": factor}
@@ -1172,6 +1172,11 @@ def _the_body(
     if all(v is not None and v > 0 for v in moved.values()):
         return min(groups, key=lambda k: abs(math.log(moved[k] / TYPICAL_UPDATE_RATIO)))
     return max(groups, key=lambda k: len(members[k]))
+
+
+def _modules_of(parameters: list[str]) -> list[str]:
+    """The modules holding ``parameters`` (``fc1.weight`` -> ``fc1``), once each, in order."""
+    return list(dict.fromkeys(n.rpartition(".")[0] or n for n in parameters))
 
 
 def _other_members(members: dict[str, list[str]], key: str) -> list[str]:
@@ -2690,11 +2695,10 @@ def _output_logits(facts: RunFacts) -> Found | None:
     logits are those weights times features that held still; in a run whose outputs were never
     read as logits, only beside a finding of the detector."""
     found = _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence")(facts)
-    head = _output_layer_ran_away(facts)
-    if found is None and facts.series(LOGIT_LSE_MEAN.name) is None:
-        # no finding and no logits ever read (no cross-entropy, nll_loss or log_softmax): a
-        # regressor's head, whose weights grow with whatever drives the loss, makes no logits
-        head = None
+    # no finding and no logits ever read (no cross-entropy, nll_loss or log_softmax): a
+    # regressor's head, whose weights grow with whatever drives the loss, makes no logits
+    logits = found is not None or facts.series(LOGIT_LSE_MEAN.name) is not None
+    head = _output_layer_ran_away(facts) if logits else None
     if head is not None:
         layer, began, factor = head
         ran_away = (
