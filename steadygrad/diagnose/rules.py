@@ -24,6 +24,7 @@ from steadygrad.core.metrics import (
     DIRECTIONAL_SHARPNESS_RATIO,
     FLOAT16_OVERFLOW,
     GRAD_NORM,
+    GRAD_NORM_PRECLIP,
     INPUT_RMS,
     LEARNING_RATE,
     LOGIT_LSE_MEAN,
@@ -709,6 +710,12 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
             f"{head} trains {driven.evidence['rate_times']:.3g}x faster than the rest "
             "of the model and its logits grew with that rate: rows collapse as they grow"
         )
+    amplified = _amplified_into_the_head(facts, clear)
+    if not found.consequence_of and amplified is not None:
+        found.consequence_of = (
+            f"{amplified.summary}: the head's inputs were as large, so were its logits, and "
+            "rows collapsed from the first reading"
+        )
     pushed, _ = _pushes(facts)
     if not found.consequence_of and len(pushed) and pushed[0] <= found.first_step:
         # no loss of the softmax alone moves the logits' common shift: a term that does (a
@@ -726,6 +733,19 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
             "a fit that stopped pushing its margins, not a stall"
         )
     return found
+
+
+def _amplified_into_the_head(facts: RunFacts, clear: np.ndarray) -> Found | None:
+    """The signal amplified layer by layer through depth from the first step
+    (:func:`_exploded_from_the_start`, not through time), when no collapse reading before the
+    collapse found was clear of collapsed rows: the rows collapsed on logits that were large
+    from the start, made by the layers before the head."""
+    if len(clear):
+        return None
+    born = _exploded_from_the_start(facts)
+    if born is None or any(_inside(w, m) for w in born.where for m in facts.recurrent_modules):
+        return None
+    return born
 
 
 # A fixed number the logits are multiplied by after their layer at least this large is a
@@ -1875,6 +1895,16 @@ def _exploding(facts: RunFacts) -> Found | None:
             "seen to grow: they grew with the loss"
         )
         return found
+    grew = _error_grew_the_gradient(facts, first)
+    if grew is not None:
+        began, times = grew
+        found.consequence_of = (
+            f"the loss grew {times:.3g}x from step {began} as the gradient norm grew "
+            f"{first.evidence['growth']:.3g}x, and its climb was found first: a growing error "
+            "makes a growing gradient (a squared error's grows as its square root), where a "
+            "network that amplifies its gradient grows it far faster than the loss"
+        )
+        return found
     until = max(found.first_step, facts.broke_at or 0)
     if facts.climbing_from is not None:
         # the weights as the loss began to climb: the updates of a climb's last steps, made of
@@ -1912,6 +1942,27 @@ def _exploding(facts: RunFacts) -> Found | None:
         )
         found.evidence["through_time"] = {"module": module, "factor": factor}
     return found
+
+
+def _error_grew_the_gradient(facts: RunFacts, growth: Finding) -> tuple[int, float] | None:
+    """(the step the gradient's growth rose from, how many times the loss grew since) when a
+    loss climb was found at or before ``growth`` and the loss's level (the median of its five
+    finite readings up to a step) grew at least as many times from the growth's best-level
+    step to the finding as the gradient norm did: the error grew, and the gradient with it."""
+    began, grown = growth.evidence.get("best_level_step"), growth.evidence.get("growth")
+    loss = facts.series(LOSS.name)
+    if not isinstance(began, int) or not isinstance(grown, (int, float)) or loss is None:
+        return None
+    if facts.climbing_at(growth.step) is None:
+        return None  # the gradient grew before any climb of the loss was seen
+    steps, values = loss
+    finite = np.isfinite(values)
+    then = values[finite & (steps <= began)][-5:]
+    now = values[finite & (steps <= growth.step)][-5:]
+    if len(then) < 5 or len(now) < 5 or not np.median(then) > 0:
+        return None
+    times = float(np.median(now) / np.median(then))
+    return (began, times) if times >= grown else None
 
 
 # Gradient norms read before a burst, each within this factor of their median: a steady level.
@@ -2118,12 +2169,16 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
         return None
     if np.isinf(total[1][0]):  # it overflowed at once: no tensor's share to read
         return _amplified_through_depth(facts, first, math.inf)
+    shrunk = _shrunk_by_clipping_at(facts, first)  # the gradient the model made, not the clip's
+    if shrunk > 1.0 and _settled_under_clipping(facts, float(at[0])):
+        return None
     # each recurrent module's gradient, its tensors' together (an RNN's input and recurrent
     # weights and biases share what the recurrence amplified)
     squares: dict[str, float] = {}
     tensors: dict[str, tuple[float, str]] = {}
     others = 0.0  # the largest gradient outside every recurrence
     for tensor, norm in _family_at(facts, GRAD_NORM, first).items():
+        norm *= shrunk
         module = next((m for m in facts.recurrent_modules if _inside(tensor, m)), None)
         if module is not None:
             squares[module] = squares.get(module, 0.0) + norm * norm
@@ -2132,10 +2187,11 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
             others = max(others, norm)
     largest, module = max(((math.sqrt(v), m) for m, v in squares.items()), default=(0.0, ""))
     ratio = largest / float(at[0])
-    share = (largest / float(total[1][0])) ** 2  # tensors' squared norms add up to the whole
+    whole = float(total[1][0]) * shrunk
+    share = (largest / whole) ** 2  # tensors' squared norms add up to the whole
     alone = ratio >= BORN_EXPLODED_ALONE and largest >= DOMINANT * others
     if not (ratio >= BORN_EXPLODED or alone) or not share >= 0.5:
-        return _amplified_through_depth(facts, first, float(total[1][0]) / float(at[0]))
+        return _amplified_through_depth(facts, first, whole / float(at[0]))
     tensor = tensors[module][1]
     return Found(
         f"the gradients exploded through time in the recurrent {module} from the first step: "
@@ -2148,6 +2204,35 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
         {"grad_norm": largest, "tensor": tensor, "of_weights": ratio},
         "critical" if facts.broke_at is not None else "warning",
     )
+
+
+# The first records whose gradient norms before clipping say whether a start clipping shrank
+# lasted: an identity recurrence starts large and settles within a few clipped steps.
+CLIPPED_START = 10
+
+
+def _settled_under_clipping(facts: RunFacts, weights: float) -> bool:
+    """Whether the median gradient norm before clipping over the first ``CLIPPED_START``
+    records stood under ``BORN_EXPLODED_ALONE`` times the norm of the weights: clipping held a
+    large first gradient until it settled, which is what it is for."""
+    before = facts.series(GRAD_NORM_PRECLIP.name)
+    if before is None:
+        return False
+    norms = before[1][:CLIPPED_START]
+    norms = norms[np.isfinite(norms)]
+    return len(norms) > 0 and float(np.median(norms)) < BORN_EXPLODED_ALONE * weights
+
+
+def _shrunk_by_clipping_at(facts: RunFacts, step: int) -> float:
+    """How many times clipping shrank the gradient at ``step``: the norm before clipping over
+    the one recorded (1 where not clipped or not known; every tensor shrank by the same)."""
+    before, after = facts.series(GRAD_NORM_PRECLIP.name), facts.series(GRAD_NORM.name)
+    if before is None or after is None:
+        return 1.0
+    pre, post = before[1][before[0] == step], after[1][after[0] == step]
+    if not len(pre) or not len(post) or not np.isfinite(pre[0]) or not pre[0] > post[0] > 0:
+        return 1.0
+    return float(pre[0] / post[0])
 
 
 # A hidden layer's output at the first step this many times the RMS of the model's input: the

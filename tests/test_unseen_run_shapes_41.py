@@ -1,0 +1,75 @@
+"""Run shapes from the forty-fifth session.
+
+Each change has a trigger (a held-out scenario it was found on, run here with the one-line
+attach: its fault is by construction) and a control that must not move."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import diagnose_stored, held_out_run, induced_or_skip
+
+
+def test_gradients_that_grow_with_a_climbing_error_are_the_climbs(tmp_path):
+    # Trigger: set 173's beehive scale whose tare drifts up each step faster than the model
+    # follows (NAdam, MSE): from step 42 the loss climbs 0.08 -> 17 and the gradient norm with
+    # it, as a squared error's gradient does (0.15 -> 58). The climb was found at step 54, the
+    # gradients' growth at 61, dated "since step 3" by a bias whose first reading was its
+    # lowest: exploding gradients came first.
+    ctx, report = held_out_run(tmp_path, "h173_beehive_tare_drift")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_divergence"
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert exploding.consequence_of
+
+
+@pytest.mark.parametrize("loss_grew", [20.0, 2.0])
+def test_a_gradient_is_the_errors_only_where_the_loss_grew_as_much(tmp_path, loss_grew):
+    # From step 41 the gradient norm grows 0.3 -> 4 (13x); the loss either grows 20x with it
+    # (an error growing: the gradient is its) or 2x (a network amplifying its gradient far
+    # faster than the loss: the growth is the cause). The climb is found first either way.
+    rows = []
+    for t in range(90):
+        rise = max(0, t - 41) / 20
+        rows.append(
+            {
+                "loss": 0.1 * loss_grew ** min(rise, 1.0),
+                "grad_norm": 0.3 * 13.3 ** min(rise, 1.0),
+                "grad_norm/fc1.weight": 0.3 * 13.3 ** min(rise, 1.0),
+                "lr/0": 1e-3,
+            }
+        )
+    climb = {"best_level": 0.1, "best_level_step": 41, "ratio": 5.0, "loss_median": 0.5}
+    growth = {"best_level": 0.3, "best_level_step": 41, "growth": 13.3, "grad_norm_median": 4.0}
+    findings = [
+        ("loss_divergence", 54, None, climb, "critical"),
+        ("gradient_growth", 61, "fc1.weight", growth, "warning"),
+    ]
+    report = diagnose_stored(tmp_path, str(loss_grew), rows, findings, {"optimizer": "NAdam"})
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    if loss_grew > 13.3:
+        assert "a growing error makes a growing gradient" in (exploding.consequence_of or "")
+    else:
+        assert "growing error" not in (exploding.consequence_of or "")
+
+
+def test_a_start_amplified_through_depth_is_read_before_clipping(tmp_path):
+    # Trigger: set 175's lake-ice classifier, seven ReLU convolutions initialised N(0, 0.5) by an
+    # embedding init whose isinstance tuple still lists Conv1d: each layer multiplies the signal
+    # about 3x (the last one's output 3,000x the input's), the gradient before clipping is 66x
+    # the weights' norm and stays in the hundreds, clipped to 1 at every step. The rule read
+    # the clipped norm (1), saw no explosion, and named the softmax collapse the huge logits
+    # make from step 0.
+    ctx, report = held_out_run(tmp_path, "h175_lake_ice_conv_init_normal")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients"
+    assert {"convs.0", "convs.1"} <= set(report.top.where)
+    collapse = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
+    assert "through depth" in (collapse.consequence_of or "")
+
+
+def test_a_large_first_gradient_that_clipping_settles_is_no_explosion(tmp_path):
+    # Control: set 107's IRNN (identity recurrence, clipping at 1): the gradient before clipping
+    # starts at 64 (6x the weights) and settles under 4 within six clipped steps; it trains.
+    ctx, report = held_out_run(tmp_path, "h107_irnn_pianoroll_control")
+    induced_or_skip(ctx)
+    assert report.healthy
