@@ -181,6 +181,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout175,
     cases_heldout176,
     cases_heldout177,
+    cases_heldout180,
     cases_mlp,
     cases_other,
 )
