@@ -183,6 +183,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout177,
     cases_heldout178,
     cases_heldout179,
+    cases_heldout180,
     cases_heldout181,
     cases_heldout182,
     cases_heldout183,
