@@ -51,6 +51,28 @@ def test_loss_spike_triggers_once_on_a_planted_spike():
     assert findings[0].evidence["ratio"] == pytest.approx(2.0, rel=0.1)
 
 
+@pytest.mark.parametrize(
+    ("gradient", "after", "severity"),
+    [(1.0, "back", "info"), (5.0, "back", "warning"), (1.0, "stayed", "warning")],
+)
+def test_a_loss_spike_the_update_did_not_feel_is_a_hard_batch(gradient, after, severity):
+    # The planted 2x spike of the test above, with the step's gradient norm: of its usual size
+    # (a robust loss capping a batch of outlying targets) and the next loss back at its level,
+    # the run did not feel it; a gradient 5x its usual, or a next loss that stayed up, it did.
+    values = _noisy_decay()
+    values[200] *= 2.0
+    if after == "stayed":
+        values[201:206] *= 2.0
+    detector, findings = LossSpikeDetector(), []
+    for step, v in enumerate(values):
+        grad = gradient if step == 200 else 1.0 + 0.1 * math.sin(step)
+        findings += detector.update(Record(step, {"loss": float(v), "grad_norm": grad}))
+    assert [(f.step, f.severity) for f in findings][:1] == [(200, severity)]
+    assert findings[0].evidence.get("hard_batch", False) == (severity == "info")
+    if severity == "info":
+        assert findings[0].evidence["loss_after"] == pytest.approx(values[201])
+
+
 def test_loss_spike_control_noisy_decreasing_loss():
     for seed in range(5):
         assert _stream(LossSpikeDetector(), _noisy_decay(seed=seed)) == []

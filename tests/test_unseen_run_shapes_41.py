@@ -73,3 +73,23 @@ def test_a_large_first_gradient_that_clipping_settles_is_no_explosion(tmp_path):
     ctx, report = held_out_run(tmp_path, "h107_irnn_pianoroll_control")
     induced_or_skip(ctx)
     assert report.healthy
+
+
+def test_heavy_tailed_targets_under_a_robust_loss_make_hard_batches_not_outliers(tmp_path):
+    # Control: set 181's snow-roller regressor, Student-t (2 degrees of freedom) label noise
+    # under Huber loss: at step 91 one batch's loss stood 2.6x its median (z 6.3) with the
+    # gradient norm at its usual size (Huber caps an outlying target's pull) and the next loss
+    # back below where it stood. It warned, named a data outlier.
+    ctx, report = held_out_run(tmp_path, "h181_control_snow_roller_huber")
+    induced_or_skip(ctx)
+    assert report.healthy
+    assert not [f for f in ctx.monitor.findings if f.severity == "warning"]
+
+
+def test_weights_swapped_for_their_average_still_spike_the_loss(tmp_path):
+    # Trigger that must not move: set 180's EMA weights restored in place of the training ones
+    # at step 110: the gradient there rose only 1.4x, but the loss stayed 10x up for steps.
+    ctx, report = held_out_run(tmp_path, "h180_farrier_ema_restore_swapped")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_spike"
+    assert report.top.severity == "warning"

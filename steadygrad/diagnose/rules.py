@@ -61,6 +61,7 @@ from steadygrad.diagnose.detectors.dynamics import MEMORISING
 from steadygrad.diagnose.detectors.training import (
     AMP_OVERFLOW,
     GRAD_NORM_SPIKE,
+    HARD_BATCH,
     LOSS_SPIKE,
     NONFINITE,
     NONFINITE_ORIGIN,
@@ -4111,8 +4112,15 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
                 f"records: the loss jumped {_jump(spike.evidence)} and {outcome}, as it had "
                 "at each before; absorbed each time, not an instability"
             )
+        hard = bool(spike.evidence.get(HARD_BATCH))
+        if hard:
+            summary += (
+                "; its gradient was of the usual size and the next loss was back inside the "
+                "band before it: a hard batch the update did not feel (a noisy stream, a "
+                "robust loss capping its outliers), not a corrupt one"
+            )
         summary += _batches_behind([spike], ev)
-        return Found(summary, spike.step, [], ev, severity="info" if period else None)
+        return Found(summary, spike.step, [], ev, severity="info" if period or hard else None)
     return None
 
 
@@ -4401,6 +4409,12 @@ def _loss_spike(facts: RunFacts) -> Found | None:
             "ordinary gradient: the optimizer threw them (its state lost on a resume, a "
             "learning-rate glitch), not the batch"
         )
+    if all(f.evidence.get(HARD_BATCH) for f in spikes):
+        summary += (
+            "; each came with a gradient of the usual size and the loss back inside its band "
+            "at the next step: hard batches the updates did not feel"
+        )
+        return Found(summary, first.step, where, ev, severity="info")
     periods = [_recurring(facts, f) for f in spikes]
     if all(periods):
         ev[RECURS_EVERY] = periods[0]

@@ -166,6 +166,10 @@ KNOCK_RATIO = 4.0
 KNOCK_BAND = 20
 # Tails above the median the next loss must stand after a jump within the tail's reach.
 KNOCK_TAILS = 2.0
+# A gradient norm within this many times its median over the last ORDINARY_OVER records made an
+# ordinary update: the step's loss, however high, did not reach the weights through it.
+ORDINARY_GRADIENT, ORDINARY_OVER = 2.0, 20
+HARD_BATCH = "hard_batch"  # evidence: a loss spike the update did not feel, the next loss back
 
 
 class LossSpikeDetector(SpikeDetector):
@@ -195,7 +199,7 @@ class LossSpikeDetector(SpikeDetector):
     """
 
     kind = LOSS_SPIKE
-    reads, emits = (LOSS,), (LOSS_SPIKE,)
+    reads, emits = (LOSS, GRAD_NORM, GRAD_NORM_PRECLIP), (LOSS_SPIKE,)
     signal = LOSS.name
 
     def __init__(self, *args, min_excess: float = 0.75, tail_factor: float = 4.0, **kwargs) -> None:
@@ -207,7 +211,9 @@ class LossSpikeDetector(SpikeDetector):
         self._added = 0  # values the baseline has taken in
         self._knock: dict[str, float] | None = None  # the evidence of a jump judged just now
         self._pending: Finding | None = None  # a jump waiting for the next loss
+        self._hard: tuple[Finding, float] | None = None  # a spike the update did not feel
         self._losses: collections.deque[float] = collections.deque(maxlen=RHYTHM_RECORDS)
+        self._grads: collections.deque[float] = collections.deque(maxlen=ORDINARY_OVER)
 
     def update(self, record: Record) -> list[Finding]:
         value = record.values.get(self.signal)
@@ -216,6 +222,7 @@ class LossSpikeDetector(SpikeDetector):
         findings = self._judge_pending(value) if value is not None else []
         if value is None:
             return findings + super().update(record)
+        findings += self._judge_hard(value)
         self._losses.append(value)
         if taken:
             if math.isnan(self._start):
@@ -223,7 +230,12 @@ class LossSpikeDetector(SpikeDetector):
             if len(self.baseline) >= 3:
                 self._floor = min(self._floor, self.baseline.median())
         self._knock = None
+        band = max(list(self.baseline.values)[-KNOCK_BAND:], default=math.inf)
+        grad = record.values.get(GRAD_NORM_PRECLIP.name, record.values.get(GRAD_NORM.name))
         spikes = [self._recurring(f) for f in super().update(record)]
+        spikes = [f for f in spikes if not self._held_as_hard(f, grad, band)]
+        if grad is not None and math.isfinite(grad):
+            self._grads.append(grad)
         if self._knock is not None and not spikes and not self._quiet_needed:
             evidence = {self.signal: value, **self._knock}
             self._pending = self._recurring(
@@ -244,6 +256,35 @@ class LossSpikeDetector(SpikeDetector):
                 evidence = {**spike.evidence, RECURS_EVERY: period}
                 return replace(spike, evidence=evidence, severity="info")
         return spike
+
+    def _held_as_hard(self, spike: Finding, grad: float | None, band: float) -> bool:
+        """Whether ``spike``, short of ``KNOCK_RATIO`` times its baseline, came with an ordinary
+        gradient (:data:`ORDINARY_GRADIENT`): then it waits for the next loss (with ``band``,
+        the highest of the ``KNOCK_BAND`` losses before it), which says whether the run felt
+        it at all."""
+        ratio = spike.evidence.get("ratio")
+        if spike.severity != "warning" or ratio is None or not ratio < KNOCK_RATIO:
+            return False
+        if grad is None or not math.isfinite(grad) or len(self._grads) < self._grads.maxlen // 4:
+            return False
+        if not grad <= ORDINARY_GRADIENT * statistics.median(self._grads):
+            return False
+        self._hard = (spike, band)
+        return True
+
+    def _judge_hard(self, value: float) -> list[Finding]:
+        """The spike held by :meth:`_held_as_hard`, now that the next loss is in: info when
+        that loss was back inside the band before the spike (a hard batch of a noisy stream,
+        a robust loss capping its outliers: the update was ordinary and left no trace; a
+        corrupt batch stands ``KNOCK_RATIO`` times out), a warning otherwise."""
+        if self._hard is None:
+            return []
+        (spike, band), self._hard = self._hard, None
+        evidence = {**spike.evidence, "loss_after": value}
+        if math.isfinite(value) and value <= band:
+            evidence[HARD_BATCH] = True
+            return [replace(spike, evidence=evidence, severity="info")]
+        return [replace(spike, evidence=evidence)]
 
     def _judge_pending(self, value: float) -> list[Finding]:
         """The jump waiting for this loss: a spike when this loss stands above the band before
