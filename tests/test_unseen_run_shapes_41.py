@@ -93,3 +93,23 @@ def test_weights_swapped_for_their_average_still_spike_the_loss(tmp_path):
     induced_or_skip(ctx)
     assert report.top.cause == "loss_spike"
     assert report.top.severity == "warning"
+
+
+def test_a_hand_written_cell_whose_input_projection_carries_the_explosion_is_read(tmp_path):
+    # Trigger: set 179's bungee Elman cell (inp and rec Linear layers, tanh), its recurrent
+    # weights initialised N(0, 1): the gradient before clipping is 5e9 at step 0 against
+    # weights of norm 48, clipped to 1 at every step. The input projection, applied at every
+    # time step, carries more of it than rec (0.72 against 0.39 after clipping), so rec held
+    # 15% of the squared norm, under the half asked; the head's gradient was 1e-10.
+    ctx, report = held_out_run(tmp_path, "h179_bungee_recurrent_init_std")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients"
+    assert report.top.where[0] == "rec"
+
+
+def test_a_tied_gru_language_model_with_clipping_is_no_explosion(tmp_path):
+    # Control: set 181's GRU language model, embedding tied to the head, AdamW with warm-up,
+    # cosine decay and clipping: it trains.
+    ctx, report = held_out_run(tmp_path, "h181_control_psaltery_tied_lm")
+    induced_or_skip(ctx)
+    assert report.healthy

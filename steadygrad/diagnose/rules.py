@@ -2178,6 +2178,7 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
     squares: dict[str, float] = {}
     tensors: dict[str, tuple[float, str]] = {}
     others = 0.0  # the largest gradient outside every recurrence
+    head, at_head = facts.output_layer, 0.0  # the output layer's largest tensor gradient
     for tensor, norm in _family_at(facts, GRAD_NORM, first).items():
         norm *= shrunk
         module = next((m for m in facts.recurrent_modules if _inside(tensor, m)), None)
@@ -2186,12 +2187,18 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
             tensors[module] = max(tensors.get(module, (0.0, "")), (norm, tensor))
         else:
             others = max(others, norm)
+        if head and _inside(tensor, head):
+            at_head = max(at_head, norm)
     largest, module = max(((math.sqrt(v), m) for m, v in squares.items()), default=(0.0, ""))
     ratio = largest / float(at[0])
     whole = float(total[1][0]) * shrunk
     share = (largest / whole) ** 2  # tensors' squared norms add up to the whole
     alone = ratio >= BORN_EXPLODED_ALONE and largest >= DOMINANT * others
-    if not (ratio >= BORN_EXPLODED or alone) or not share >= 0.5:
+    # or far above the output layer's, which a loss on a huge scale makes as large: the input
+    # projection a hand-written cell applies at every time step shares what the recurrence
+    # amplified, and can carry more of it than the recurrent matrix itself
+    above_head = head is not None and largest >= PAST_THE_HEAD * at_head
+    if not (ratio >= BORN_EXPLODED or alone) or not (share >= 0.5 or above_head):
         return _amplified_through_depth(facts, first, whole / float(at[0]))
     tensor = tensors[module][1]
     return Found(
@@ -2207,6 +2214,9 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
     )
 
 
+# A recurrent module's gradient at the first step this many times the output layer's: the
+# recurrence amplified it (a loss on a huge scale makes the output layer's as large).
+PAST_THE_HEAD = 30.0
 # The first records whose gradient norms before clipping say whether a start clipping shrank
 # lasted: an identity recurrence starts large and settles within a few clipped steps.
 CLIPPED_START = 10
