@@ -5,6 +5,8 @@ attach: its fault is by construction) and a control that must not move."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from helpers import diagnose_stored, held_out_run, induced_or_skip
 
@@ -113,3 +115,36 @@ def test_a_tied_gru_language_model_with_clipping_is_no_explosion(tmp_path):
     ctx, report = held_out_run(tmp_path, "h181_control_psaltery_tied_lm")
     induced_or_skip(ctx)
     assert report.healthy
+
+
+@pytest.mark.parametrize("shape", ["compounding", "at_once"])
+def test_weights_grown_everywhere_explain_a_growth_only_when_they_compound(tmp_path, shape):
+    # Every weight tensor 4x larger by step 110: scaled by one factor each step (a weight decay
+    # of the wrong sign: half the growth, in log, in the later half of the span) or grown at
+    # once and slowing (Adam's first steps far larger than a 0.02 init: set 180's attention
+    # without its q/k norms, whose logits were named the weights' consequence).
+    def norm(t):
+        return 4.0 ** (t / 110) if shape == "compounding" else 4.0 - 3.0 * math.exp(-t / 8)
+
+    rows = [
+        {
+            "loss": 1.0 if t < 100 else 1.0 + 0.2 * (t - 100),
+            **{f"param_norm/{w}.weight": norm(t) for w in ("stem", "trans1", "head")},
+        }
+        for t in range(120)
+    ]
+    grew = ("gradient_growth", 110, "stem.weight", {"started_at_step": 20}, "critical")
+    climb = ("loss_divergence", 105, None, {"ratio": 3.0, "best_level_step": 99}, "critical")
+    report = diagnose_stored(tmp_path, shape, rows, [grew, climb])
+    explosion = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert ("everywhere" in (explosion.consequence_of or "")) == (shape == "compounding")
+
+
+def test_attention_logits_of_weights_grown_at_once_are_the_attentions(tmp_path):
+    # Trigger: set 180's morin-khuur transformer, its q/k LayerNorms built but never applied,
+    # AdamW at 2e-2: the logits rose from 0.1 to 166; every weight had grown 4x from its 0.02
+    # init, most of it in the first 15 steps.
+    ctx, report = held_out_run(tmp_path, "h180_morin_khuur_qk_norm_skipped")
+    induced_or_skip(ctx)
+    assert report.top.cause == "attention_logit_growth"
+    assert not report.top.consequence_of

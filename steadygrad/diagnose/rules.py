@@ -503,7 +503,7 @@ def _attention_growth(facts: RunFacts) -> Found | None:
     found = _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth")(facts)
     if found is None or found.severity != "warning":
         return found
-    if _grown_everywhere(found, _weight_growth(facts, found.first_step), "the attention logits"):
+    if _grown_everywhere(found, facts, found.first_step, "the attention logits"):
         return found
     warned = [f for f in facts.of(ATTENTION_LOGIT_GROWTH) if f.severity != "info"]
     thrown = _thrown_by_a_raise(facts, warned[0]) if warned else ""
@@ -1918,7 +1918,7 @@ def _exploding(facts: RunFacts) -> Found | None:
     if burst is not None:
         until = burst - 1  # what a gradient burst's update grew is the explosion's own doing
     growth = _weight_growth(facts, until=until)
-    if _grown_everywhere(found, growth, "the gradients"):
+    if _grown_everywhere(found, facts, until, "the gradients"):
         # Every weight grew (a weight decay with its sign flipped, a regulariser rewarding
         # size): gradients grow with the weights they flow through, in every layer at once.
         return found
@@ -2701,15 +2701,22 @@ def _grew_by(facts: RunFacts, name: str, until: int) -> float:
     return float(values[-3:].max() / early) if early > 0 else 0.0
 
 
-def _grown_everywhere(found: Found, growth: list[tuple[float, str]], what: str) -> bool:
+def _grown_everywhere(found: Found, facts: RunFacts, until: int | None, what: str) -> bool:
     """Mark ``found`` a consequence when the median weight tensor grew ``EVERYWHERE_GROWTH``
-    times (a weight decay of the wrong sign scales every weight, and ``what`` grew with them)."""
+    times by ``until``, compounding (:func:`_later_share`: a weight decay of the wrong sign
+    scales every weight by the same factor each step, and ``what`` grew with them)."""
+    if until is None:
+        return False
+    growth = _weight_growth(facts, until)
     grown = [g for g, _ in growth]
     # the median tensor; of one or two, the one that grew least (a model with a single
     # trained layer: an echo-state net's readout)
     everywhere = float(np.median(grown) if len(grown) >= 3 else min(grown, default=1.0))
     if everywhere < EVERYWHERE_GROWTH:
         return False
+    shares = [s for _, name in growth if (s := _later_share(facts, name, until)) is not None]
+    if shares and float(np.median(shares)) < COMPOUNDING:
+        return False  # grown at once and slowing since: steps too large for a small init
     which = "the median tensor" if len(grown) >= 3 else "every trained weight"
     found.consequence_of = (
         f"the weights grew {everywhere:.3g}x everywhere ({which}): {what} grew with them; "
@@ -2867,7 +2874,7 @@ def _output_logits(facts: RunFacts) -> Found | None:
         found.evidence["pushed_from"] = began
         found.first_step = min(found.first_step, began)
         return found
-    _grown_everywhere(found, _weight_growth(facts, found.first_step), "the logits")
+    _grown_everywhere(found, facts, found.first_step, "the logits")
     rate = _output_updates_too_large(facts, found)
     if rate is not None:
         step, ratio = rate
@@ -3054,6 +3061,28 @@ def _weight_growth(facts: RunFacts, until: int) -> list[tuple[float, str]]:
         return []
     floor = 0.01 * float(np.median([low for low, _, _ in spans]))
     return [(last / low, name.split("/", 1)[1]) for low, last, name in spans if low > floor]
+
+
+# Of a weight tensor's growth (in log) over its span, the share the later half made, at least: a
+# weight scaled by the same factor each step makes half; an adaptive optimizer's steps far too
+# large for a small initialisation make most of it in the first steps, and slow as it grows.
+COMPOUNDING = 0.3
+
+
+def _later_share(facts: RunFacts, parameter: str, until: int) -> float | None:
+    """The share of ``parameter``'s growth (its norm's, in log, from its lowest in the first
+    half of its span to its last by ``until``, as :func:`_weight_growth` reads it) made after
+    the middle of that span; None when it did not grow."""
+    steps, values = facts.series(f"{PARAM_NORM.name}/{parameter}")
+    values = values[np.isfinite(values) & (steps <= until)]
+    if len(values) < 10:
+        return None
+    low = int(np.argmin(values[: len(values) // 2]))
+    middle = float(values[(low + len(values) - 1) // 2])
+    whole = math.log(float(values[-1]) / float(values[low]))
+    if not whole > 0 or not middle > 0:
+        return None
+    return math.log(float(values[-1]) / middle) / whole
 
 
 def _started_at_zero(facts: RunFacts, parameter: str) -> bool:
