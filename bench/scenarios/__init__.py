@@ -190,6 +190,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout184,
     cases_heldout185,
     cases_heldout186,
+    cases_heldout187,
     cases_mlp,
     cases_other,
 )
