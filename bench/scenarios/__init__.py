@@ -191,6 +191,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout185,
     cases_heldout186,
     cases_heldout187,
+    cases_heldout188,
     cases_mlp,
     cases_other,
 )
