@@ -192,6 +192,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout186,
     cases_heldout187,
     cases_heldout188,
+    cases_heldout189,
     cases_mlp,
     cases_other,
 )
