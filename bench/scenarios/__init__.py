@@ -193,6 +193,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout187,
     cases_heldout188,
     cases_heldout189,
+    cases_heldout190,
     cases_mlp,
     cases_other,
 )
