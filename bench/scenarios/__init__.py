@@ -188,6 +188,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout182,
     cases_heldout183,
     cases_heldout184,
+    cases_heldout191,
     cases_mlp,
     cases_other,
 )
