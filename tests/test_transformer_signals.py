@@ -440,3 +440,43 @@ def test_attention_whose_softmax_is_written_out_is_read_from_the_exp_of_its_scor
     signal = AttentionLogitSignal(every=1)
     assert run_step(signal, _ExpSoftmaxAttention(False), x, loss_fn=lambda out: out) == {}
     assert signal.applies() != True  # noqa: E712 - says why it is off
+
+
+class _PoolingAttention(nn.Module):
+    """Attention pooling with a learnt query (set 186's bocce scorer): one query vector, raw or
+    projected, against every item's key, softmax over the items, then a classifier head whose
+    softmax (a plain or a cosine head) is no attention."""
+
+    def __init__(self, query: str, head: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.query = nn.Parameter(torch.randn(16))
+        self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.head = nn.Linear(16, 5)
+        self.query_kind, self.head_kind = query, head
+
+    def scores(self, x):
+        query = self.q(self.query) if self.query_kind == "projected" else self.query
+        if self.query_kind == "column":
+            return (self.k(x) @ query[:, None]).squeeze(-1) / 4.0
+        return self.k(x) @ query / 4.0
+
+    def forward(self, x):
+        pooled = (torch.softmax(self.scores(x), -1)[..., None] * self.v(x)).sum(1)
+        if self.head_kind == "cosine":
+            w = nn.functional.normalize(self.head.weight, dim=-1)
+            return (nn.functional.normalize(pooled, dim=-1) @ w.T * 30.0).softmax(-1)
+        return self.head(pooled).softmax(-1)
+
+
+@pytest.mark.parametrize("query", ["raw", "projected", "column"])
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_attention_pooling_with_a_learnt_query_is_read_and_its_head_is_not(query, head):
+    model = _PoolingAttention(query, head)
+    x = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(1))
+    values = run_step(AttentionLogitSignal(every=1), model, x, saturation=True)
+    with torch.no_grad():
+        by_hand = model.scores(x).abs().max()
+    # one reading, the pooling's: the (batch, classes) softmax of the head is not attention
+    assert set(values) == {"attn_logit_max", "attn_saturated/<root>"}
+    assert values["attn_logit_max"] == pytest.approx(float(by_hand), rel=1e-5)

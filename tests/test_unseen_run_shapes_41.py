@@ -148,3 +148,25 @@ def test_attention_logits_of_weights_grown_at_once_are_the_attentions(tmp_path):
     induced_or_skip(ctx)
     assert report.top.cause == "attention_logit_growth"
     assert not report.top.consequence_of
+
+
+def test_attention_pooling_whose_query_grew_unbounded_is_read_and_named(tmp_path):
+    # Trigger: set 186's bocce scorer, attention pooling by hand (a learnt query against every
+    # ball's key, softmax over the 8 balls), its q/k LayerNorms dropped, Adam at 1e-2: the
+    # logits grew 2,700x to 224 by step 51. The (batch, balls) softmax was not read as
+    # attention at all; then its growth was put down to every weight's (2.5x, whose square
+    # explains 6x of it).
+    ctx, report = held_out_run(tmp_path, "h186_bocce_pointer_attention_no_qk_norm")
+    induced_or_skip(ctx)
+    assert report.top.cause == "attention_logit_growth" and report.top.where == ["attn"]
+    assert not report.top.consequence_of
+
+
+def test_a_small_language_models_sharpest_heads_learnt_fast_are_no_early_warning(tmp_path):
+    # Control: set 186's tied chess-move language model (warm-up, cosine, clipping): its second
+    # block's largest logit rose x2.3, x1.9 to 39 at step 125 and levelled near 50-55; the
+    # early warning fired at 39.
+    ctx, report = held_out_run(tmp_path, "h186_chess_tied_lm_warmup_cosine")
+    induced_or_skip(ctx)
+    assert not [f for f in ctx.monitor.findings if f.severity != "info"]
+    assert report.healthy

@@ -185,6 +185,31 @@ def _product_of_activations(scores: torch.Tensor) -> bool:
     return False
 
 
+def _pooled_by_a_query(scores: torch.Tensor) -> bool:
+    """Whether 2-D ``scores`` (one per item of a set or a sequence) came from one query vector
+    against every item's computed key (``k(h) @ q(query)``, ``k(h) @ query``: autograd's
+    ``MvBackward``, or a ``MmBackward`` against the vector made a column), through scales,
+    masks and reshapes only: attention pooling with a learnt query. A classifier's 2-D logits
+    are a product with a weight matrix, one row per example, never with a vector."""
+    frontier, seen = [scores.grad_fn], set()
+    while frontier:
+        node = frontier.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        step = autograd_step(node)
+        inputs = [n for n, _ in node.next_functions]
+        if step in ("MvBackward", "MmBackward"):
+            if len(inputs) != 2 or inputs[0] is None:
+                return False
+            keys = autograd_step(inputs[0]) != "AccumulateGrad"  # the items', computed
+            vector = step == "MvBackward" or autograd_step(inputs[1]) == "UnsqueezeBackward"
+            return keys and vector
+        if step in BETWEEN_PRODUCT_AND_SOFTMAX:
+            frontier += inputs
+    return False
+
+
 def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:
     """Attention computed by hand (``softmax(q @ k^T * scale + mask, -1)``): the largest
     ``|score|`` fed to a softmax over the last dimension of a ``(..., L, L)`` tensor, or
@@ -196,13 +221,16 @@ def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:
     for any other softmax."""
     scores = args[0] if args else kwargs.get("input", kwargs.get("self"))
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
-    if not isinstance(scores, torch.Tensor) or scores.dim() < 3 or dim is None:
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 2 or dim is None:
         return None
-    extra = scores.shape[-1] - scores.shape[-2]  # learnt sink logits, a key each (GPT-OSS)
     if dim not in (-1, scores.dim() - 1):
         return None
-    if not 0 <= extra <= SINK_KEYS and not _product_of_activations(scores):
-        return None  # (..., Lq, Lk) scores are attention only as a product of two activations
+    if scores.dim() == 2:
+        if not _pooled_by_a_query(scores):
+            return None  # (batch, classes) logits: a classifier's, not attention
+    elif not 0 <= scores.shape[-1] - scores.shape[-2] <= SINK_KEYS:  # sink logits, a key each
+        if not _product_of_activations(scores):
+            return None  # (..., Lq, Lk) scores are attention only as a product of two activations
     scores = scores.detach().float()
     kept = torch.isfinite(scores) & (scores > MASKED)
     return _reading(scores, kept) if scores.numel() else None
@@ -214,9 +242,9 @@ def _exp_logit_max(args: tuple, kwargs: dict) -> Reading | None:
     activations made (``q @ k^T``, through scales, masks and the shift by the row's largest),
     read as :func:`_softmax_logit_max` reads a softmax's. None for any other ``exp``."""
     scores = args[0] if args else kwargs.get("input", kwargs.get("self"))
-    if not isinstance(scores, torch.Tensor) or scores.dim() < 3 or scores.shape[-1] < 2:
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 2 or scores.shape[-1] < 2:
         return None
-    if not _product_of_activations(scores):
+    if not (_product_of_activations(scores) if scores.dim() > 2 else _pooled_by_a_query(scores)):
         return None
     scores = scores.detach().float()
     return _reading(scores, torch.isfinite(scores) & (scores > MASKED))

@@ -120,10 +120,11 @@ class AttentionLogitGrowth(Detector):
     at a per-step rate that is not slowing (each at least ``STEADY`` of the one before, and the
     last at least ``STEADY`` of the fastest: learning from a small initialisation slows as it
     goes, if not at every reading), it stands at ``EARLY_FROM`` of ``threshold`` or more (past
-    the logits of a learnt alignment: a copy task's cross-attention, one-hot, sits near 30; a
-    Hugging Face model's q and k, initialised at 0.02, start its logits near 0.1 and grow them
-    a hundredfold as it learns), and at that rate it crosses ``threshold`` within three more
-    readings: a warning then.
+    the logits of a learnt alignment, the bar the saturated test below sets too: a copy task's
+    cross-attention, one-hot, sits near 30, a small language model's sharpest heads near 40-55
+    as it learns, rising fast on the way; a Hugging Face model's q and k, initialised at 0.02,
+    start its logits near 0.1 and grow them a hundredfold), and at that rate it crosses
+    ``threshold`` within three more readings: a warning then.
 
     Saturated: at ``HELD`` readings on the cadence in a row (a whole cadence apart: a state,
     not one batch's), ``ONE_HOT`` or more of the layer's attention rows were one-hot
@@ -144,7 +145,7 @@ class AttentionLogitGrowth(Detector):
 
     EARLY_RATIO = 1.3
     STEADY = 0.7
-    EARLY_FROM = 0.3
+    EARLY_FROM = 0.5
     ONE_HOT = 0.5
     HELD = 2
 
