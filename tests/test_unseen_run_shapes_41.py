@@ -170,3 +170,31 @@ def test_a_small_language_models_sharpest_heads_learnt_fast_are_no_early_warning
     induced_or_skip(ctx)
     assert not [f for f in ctx.monitor.findings if f.severity != "info"]
     assert report.healthy
+
+
+def test_a_temperature_bug_from_step_zero_explains_the_first_gradient(tmp_path):
+    # Trigger: set 190's graupel cosine classifier, its CLIP-style log scale stored linear
+    # (exp(14.3) = 1.6e6 on the cosines from step 0): rows collapsed from the first reading,
+    # and the first gradient was 1.5e6 (100x the weights), found at initialisation: the two
+    # tied, the explosion first. The scale read from step 0 did not count, its collapse
+    # reading being at step 0 too.
+    ctx, report = held_out_run(tmp_path, "h190_graupel_logit_scale_linear")
+    induced_or_skip(ctx)
+    assert report.top.cause == "softmax_collapse"
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert "a temperature applied the wrong way" in (exploding.consequence_of or "")
+
+
+@pytest.mark.parametrize("scale", [1.6e6, 2.0])
+def test_a_first_gradient_is_the_scales_only_where_a_large_number_multiplied_the_logits(
+    tmp_path, scale
+):
+    rows = [
+        {"loss": 5.0, "grad_norm": 1e6 if t == 0 else 50.0, "output_scale": scale}
+        for t in range(40)
+    ]
+    born = {"grad_norm": 1e6, "param_norm": 1e4, "ratio": 100.0, "at_initialisation": True}
+    findings = [("gradient_growth", 0, "fc1.bias", born, "critical")]
+    report = diagnose_stored(tmp_path, str(scale), rows, findings)
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert bool(exploding.consequence_of) == (scale > 20)

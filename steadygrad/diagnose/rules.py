@@ -690,7 +690,7 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
         found.summary += (
             f"; the logits are their layer's output times {scale:.3g}, a fixed number from "
             f"step {began} (a temperature applied the wrong way): rows collapsed from the "
-            "first reading after it"
+            "first reading with it"
         )
         return found
     spike = _thrown_by_a_spike(facts, found.first_step, clear.max() if len(clear) else None)
@@ -769,7 +769,7 @@ def _scaled_from_the_start(
         return None
     first, scale = int(scales[0][0]), float(scales[1][0])
     held = scales[1][scales[0] <= began]
-    if not scale >= FIXED_TEMPERATURE or not first < began:
+    if not scale >= FIXED_TEMPERATURE or not first <= began:
         return None
     if not (np.abs(held - scale) <= 0.01 * scale).all():
         return None
@@ -1769,6 +1769,15 @@ def _exploding(facts: RunFacts) -> Found | None:
         ]
         return _runaway_into_explosion(facts) or min(late, key=lambda f: f.first_step, default=None)
     first = facts.of(GRADIENT_GROWTH)[0]
+    scaled = _scaled_from_the_start(facts, np.array([]), first.step)
+    if scaled is not None and first.step == scaled[0]:
+        # a number multiplying the logits multiplies every gradient that flows back through them
+        found.consequence_of = (
+            f"the logits are their layer's output times {scaled[1]:.3g}, a fixed number from "
+            f"step {scaled[0]} (a temperature applied the wrong way): every gradient back "
+            "through them is as many times larger"
+        )
+        return found
     if first.evidence.get(AT_INITIALISATION) and (born := _exploded_from_the_start(facts)):
         # the finding names the tensor with the largest gradient for its norm (a bias at 0);
         # the chain through depth or time says where the signal was amplified
