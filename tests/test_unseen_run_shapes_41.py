@@ -198,3 +198,24 @@ def test_a_first_gradient_is_the_scales_only_where_a_large_number_multiplied_the
     report = diagnose_stored(tmp_path, str(scale), rows, findings)
     exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
     assert bool(exploding.consequence_of) == (scale > 20)
+
+
+@pytest.mark.parametrize("into", ["rising", "falling"])
+def test_a_stack_exploded_from_the_start_is_placed_where_its_rise_began(tmp_path, into):
+    # Set 188's forge-weld MLP, twelve tanh layers initialised N(0, 1): at step 0 the weight
+    # gradients of layers.11 back to layers.2 stand 1.3-1.9x each the one after (a chain,
+    # 130x), then layers.1 1.14x layers.2 and layers.0 1.37x layers.1: the rise goes on to the
+    # input, under the chain's step. Named from layers.2. Control: layers.1 below layers.2.
+    chain = {f"layers.{i}.weight": 0.18 * 1.72 ** (11 - i) for i in range(2, 12)}
+    top = chain["layers.2.weight"]
+    early = 1.14 * top if into == "rising" else 0.5 * top
+    grads = {**chain, "layers.1.weight": early, "layers.0.weight": 1.37 * early}
+    rows = [
+        {"loss": 1.0, "grad_norm": 60.0, "param_norm": 100.0}
+        | {f"grad_norm/{k}": v for k, v in grads.items()}
+        for _ in range(30)
+    ]
+    report = diagnose_stored(tmp_path, into, rows, [])
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    first = "layers.0" if into == "rising" else "layers.2"
+    assert exploding.where[0] == first

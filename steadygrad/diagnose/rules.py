@@ -2347,21 +2347,40 @@ def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
     if total is None or not len(total[0]):
         return None
     first = int(total[0][0])
-    chains = stack_chains(_family_at(facts, GRAD_NORM, first))
+    norms = _family_at(facts, GRAD_NORM, first)
+    chains = stack_chains(norms)
     if not chains:
         return None
     chain = max(chains, key=lambda c: c[-1][1] / c[0][1])
     where = [tensor.rsplit(".", 1)[0] for tensor, _ in reversed(chain)]
+    rise = _rising_into(norms, chain[-1][0])
     return Found(
         f"the gradients exploded through depth from the first step: at step {first} each "
         f"layer's weight gradient in {layer_span(where)} stood at least {STEP_GAIN:g}x the one "
         f"after it, {where[0]}'s {chain[-1][1] / chain[0][1]:.3g}x {where[-1]}'s (weights "
-        "initialised with too large a gain: each layer multiplies the gradient on its way back)",
+        "initialised with too large a gain: each layer multiplies the gradient on its way back)"
+        + (f", and rising still into {layer_span(rise)} before it" if rise else ""),
         first,
-        where,
+        rise + where,
         {"grad_norm": chain[-1][1], "last_layer_grad_norm": chain[0][1], "layers": len(chain)},
         "critical" if facts.broke_at is not None else "warning",
     )
+
+
+def _rising_into(norms: dict[str, float], top: str) -> list[str]:
+    """The layers of ``top``'s stack before it (toward the input) whose weight gradients went
+    on rising into it, each no smaller than the one after it: where the rise began, when one
+    layer's gain under ``STEP_GAIN`` broke the chain there (a rise, not a chain). Modules,
+    input first."""
+    stack = next((s for s in like_layers(norms).values() if top in dict(s).values()), [])
+    index = next(i for i, t in stack if t == top)
+    rise, after = [], norms[top]
+    for _, tensor in sorted(((i, t) for i, t in stack if i < index), reverse=True):
+        if not norms[tensor] >= after:
+            break
+        rise.append(tensor.rsplit(".", 1)[0])
+        after = norms[tensor]
+    return rise[::-1]
 
 
 def _amplified_layer_by_layer(layers: list[tuple[float, str]]) -> list[tuple[float, str]]:
