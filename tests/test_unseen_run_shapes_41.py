@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import diagnose_stored, held_out_run, induced_or_skip
+from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
 
 
 def test_gradients_that_grow_with_a_climbing_error_are_the_climbs(tmp_path):
@@ -219,3 +219,32 @@ def test_a_stack_exploded_from_the_start_is_placed_where_its_rise_began(tmp_path
     exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
     first = "layers.0" if into == "rising" else "layers.2"
     assert exploding.where[0] == first
+
+
+def test_an_overflow_every_output_hid_is_placed_by_the_gradients_it_made(tmp_path):
+    # Trigger: set 185's wingsuit RBF net, squared distances by one matmul under fp16 autocast:
+    # from step 80 the long glides' |x|^2 overflows to inf inside the kernel, its clamp and
+    # exp(-inf) give finite features, and only kernel.log_width's gradient is NaN; the scaler
+    # skips every step. No output was non-finite, and the overflow was placed nowhere.
+    ctx, report = held_out_run(tmp_path, "h185_wingsuit_rbf_fp16_distances")
+    induced_or_skip(ctx)
+    overflow = next(d for d in report.diagnoses if d.cause == "amp_overflow")
+    assert overflow.where == ["kernel"]
+
+
+@pytest.mark.parametrize("every", [False, True])
+def test_non_finite_gradients_place_an_overflow_only_where_others_stayed_finite(tmp_path, every):
+    from steadygrad.diagnose.rules import RunFacts, _nonfinite_gradients_only_in
+
+    nan = float("nan")
+    rows = [
+        {
+            "loss": 1.0,
+            "grad_norm/kernel.log_width": nan if t == 5 else 0.1,
+            "grad_norm/fc1.weight": nan if t == 5 and every else 0.2,
+        }
+        for t in range(8)
+    ]
+    diagnose_stored(tmp_path, str(every), rows, [])
+    facts = RunFacts(steadygrad.load(tmp_path / str(every)))
+    assert _nonfinite_gradients_only_in(facts, 5) == ([] if every else ["kernel"])

@@ -3269,6 +3269,25 @@ AMP_STALL_SHARE = 0.5  # skipping at least this share of steps is not benign
 AMP_STALL_STEPS = 20  # nor skipping every one of the last this many steps
 
 
+def _nonfinite_gradients_only_in(facts: RunFacts, step: int) -> list[str]:
+    """The modules whose tensors' gradient norms at ``step`` were not finite, when some others'
+    were: the overflow sat in their own computation, not upstream of every layer (an overflow
+    in the loss or the head makes every gradient non-finite). Empty otherwise."""
+    bad, good = set(), 0
+    for name in facts.names:
+        if GRAD_NORM.owns(name) and "/" in name:
+            steps, norms = facts.series(name)
+            at = norms[steps == step]
+            if not len(at):
+                continue
+            if np.isfinite(at[0]):
+                good += 1
+            else:
+                tensor = name.split("/", 1)[1]
+                bad.add(tensor.rpartition(".")[0] or tensor)
+    return sorted(bad, key=_natural) if bad and good else []
+
+
 def _amp_overflow(facts: RunFacts) -> Found | None:
     # one finding per episode of skipped steps with a finite loss; a loss overflowing too is
     # a non-finite episode the scaler caught
@@ -3293,6 +3312,10 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
         evidence.update(scale_search_steps=search, share=share)
     where = sorted({m for f in facts.of(NONFINITE, NONFINITE_ORIGIN) if (m := _producer(f))})
     first = _first(facts.of(NONFINITE) if forward else overflow)
+    if not where:
+        # every output finite (an overflowed intermediate a clamp or an exp(-inf) hid): the
+        # backward pass names it, through the only tensors whose gradients went non-finite
+        where = _nonfinite_gradients_only_in(facts, first)
     if stalled or share >= AMP_STALL_SHARE:
         # the stall began at its first skipped step past the scaler's start-up search, which
         # may come well before the first forward pass that overflowed
