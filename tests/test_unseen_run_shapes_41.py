@@ -248,3 +248,34 @@ def test_non_finite_gradients_place_an_overflow_only_where_others_stayed_finite(
     diagnose_stored(tmp_path, str(every), rows, [])
     facts = RunFacts(steadygrad.load(tmp_path / str(every)))
     assert _nonfinite_gradients_only_in(facts, 5) == ([] if every else ["kernel"])
+
+
+def test_a_growth_in_the_recurrence_that_amplified_the_first_gradient_dates_from_it(tmp_path):
+    # Trigger: set 190's ice-storm field unrolled 48 Euler steps with dt in the wrong units:
+    # its first gradient was 32x the weights, 53% of it the field's; the growth detector,
+    # waiting for a loss that kept falling through its noise, confirmed a growth in field.fc1
+    # at step 19, when the loss blew up: no warning came before the divergence.
+    ctx, report = held_out_run(tmp_path, "h190_ice_storm_euler_dt_units")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients" and report.top.first_step == 0
+    assert report.top.where == ["field.fc1"]
+
+
+@pytest.mark.parametrize("grown", ["cell.weight_hh", "head.weight"])
+def test_a_later_growth_dates_from_the_start_only_inside_the_amplifying_recurrence(tmp_path, grown):
+    rows = [
+        {
+            "loss": 1.0 + (t > 40) * (t - 40),
+            "grad_norm": 320.0 if t == 0 else 5.0 * (1 + (t > 40) * (t - 40)),
+            "param_norm": 10.0,
+            "grad_norm/cell.weight_hh": 300.0 if t == 0 else 4.0,
+            "grad_norm/head.weight": 50.0 if t == 0 else 1.0,
+        }
+        for t in range(60)
+    ]
+    growth = {"best_level": 5.0, "best_level_step": 40, "growth": 12.0}
+    findings = [("gradient_growth", 50, grown, growth, "warning")]
+    config = {"recurrent_modules": ["cell"]}
+    report = diagnose_stored(tmp_path, grown, rows, findings, config)
+    exploding = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert exploding.first_step == (0 if grown.startswith("cell") else 50)

@@ -1778,9 +1778,14 @@ def _exploding(facts: RunFacts) -> Found | None:
             "through them is as many times larger"
         )
         return found
-    if first.evidence.get(AT_INITIALISATION) and (born := _exploded_from_the_start(facts)):
+    born = _exploded_from_the_start(facts)
+    if born is not None and first.evidence.get(AT_INITIALISATION):
         # the finding names the tensor with the largest gradient for its norm (a bias at 0);
         # the chain through depth or time says where the signal was amplified
+        return born
+    if born is not None and any(_inside(first.where or "", m) for m in born.where):
+        # the growth found later is in the recurrence that amplified the very first gradient:
+        # it exploded from the start, and grew on from there
         return born
     if first.evidence.get(WRECKED_WEIGHTS) and first.step == found.first_step:
         found.summary = (
