@@ -198,6 +198,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout192,
     cases_heldout195,
     cases_heldout196,
+    cases_heldout197,
     cases_heldout198,
     cases_mlp,
     cases_other,
