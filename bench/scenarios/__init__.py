@@ -195,6 +195,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout189,
     cases_heldout190,
     cases_heldout191,
+    cases_heldout194,
     cases_mlp,
     cases_other,
 )
