@@ -197,6 +197,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout191,
     cases_heldout192,
     cases_heldout193,
+    cases_heldout194,
     cases_heldout195,
     cases_heldout196,
     cases_heldout197,
