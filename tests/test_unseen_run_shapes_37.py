@@ -148,7 +148,8 @@ def test_a_tanh_stack_past_the_edge_of_chaos_explodes_back_through_depth(tmp_pat
     # saturated units were named. Hand-computed thresholds: tests/test_unseen_run_shapes_33.py.
     ctx, report = held_out_run(tmp_path, "h154_silversmith_loss_weight_as_init_gain")
     induced_or_skip(ctx)
-    assert report.top.cause == "exploding_gradients" and report.top.where[0] == "net.2"
+    # the chain from net.22 back to net.2, and net.0 before it rising still (1.04x net.2)
+    assert report.top.cause == "exploding_gradients" and report.top.where[:2] == ["net.0", "net.2"]
     assert report.top.first_step == 0
 
 

@@ -503,8 +503,7 @@ def _attention_growth(facts: RunFacts) -> Found | None:
     found = _located((ATTENTION_LOGIT_GROWTH,), "attention-logit growth")(facts)
     if found is None or found.severity != "warning":
         return found
-    grew = max(f.evidence.get("growth_factor", 0.0) for f in facts.of(ATTENTION_LOGIT_GROWTH))
-    if _grown_everywhere(found, facts, found.first_step, "the attention logits", grew or None):
+    if _grown_everywhere(found, facts, found.first_step, "the attention logits"):
         return found
     warned = [f for f in facts.of(ATTENTION_LOGIT_GROWTH) if f.severity != "info"]
     thrown = _thrown_by_a_raise(facts, warned[0]) if warned else ""
@@ -2735,14 +2734,10 @@ def _grew_by(facts: RunFacts, name: str, until: int) -> float:
     return float(values[-3:].max() / early) if early > 0 else 0.0
 
 
-def _grown_everywhere(
-    found: Found, facts: RunFacts, until: int | None, what: str, grew: float | None = None
-) -> bool:
+def _grown_everywhere(found: Found, facts: RunFacts, until: int | None, what: str) -> bool:
     """Mark ``found`` a consequence when the median weight tensor grew ``EVERYWHERE_GROWTH``
     times by ``until``, compounding (:func:`_later_share`: a weight decay of the wrong sign
-    scales every weight by the same factor each step, and ``what`` grew with them); and, where
-    ``what`` is a product of two weights' outputs (attention's q.k) that ``grew`` so many times,
-    no more than the square of that growth ``EVERYWHERE_GROWTH`` times over allows."""
+    scales every weight by the same factor each step, and ``what`` grew with them)."""
     if until is None:
         return False
     growth = _weight_growth(facts, until)
@@ -2755,8 +2750,6 @@ def _grown_everywhere(
     shares = [s for _, name in growth if (s := _later_share(facts, name, until)) is not None]
     if shares and float(np.median(shares)) < COMPOUNDING:
         return False  # grown at once and slowing since: steps too large for a small init
-    if grew is not None and grew > EVERYWHERE_GROWTH * everywhere**2:
-        return False  # it grew far beyond what the weights' growth makes of a product
     which = "the median tensor" if len(grown) >= 3 else "every trained weight"
     found.consequence_of = (
         f"the weights grew {everywhere:.3g}x everywhere ({which}): {what} grew with them; "

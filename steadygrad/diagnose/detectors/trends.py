@@ -425,12 +425,36 @@ def stack_chains(grad_norms: Mapping[str, float]) -> list[list[tuple[str, float]
         layers = [(index, t, float(grad_norms[t])) for index, t in stack]
         layers.sort(reverse=True)  # from the output back
         norms = [norm for _, _, norm in layers]
-        found += [
+        chains = [
             [(tensor, norm) for _, tensor, norm in layers[i:j]]
             for i, j in gain_chains(norms)
             if norms[j - 1] >= CHAIN_AMPLIFIED * norms[i]
         ]
+        if not chains and _grows_back_steadily(norms):
+            # no chain of steps each STEP_GAIN (a layer at 1.19x breaks it), but the whole
+            # stack rising back to its first layer as steadily: the same growth, read whole
+            chains = [[(tensor, norm) for _, tensor, norm in layers]]
+        found += chains
     return found
+
+
+# Rank correlation of a stack's weight gradients with depth, from the output back, at least
+# this, over STEADY_LAYERS layers or more: they rise back through a deep stack almost at every
+# layer (a rank order over a handful of like-named layers, a feature pyramid's parallel
+# projections, says nothing of depth).
+STEADY_RISE, STEADY_LAYERS = 0.9, 2 * CHAIN
+
+
+def _grows_back_steadily(norms: list[float]) -> bool:
+    """Whether the gradients of a stack, from its last layer back to its first (``norms``),
+    ``STEADY_LAYERS`` layers or more, rise with depth almost monotonically (rank correlation
+    ``STEADY_RISE`` or more) and ``CHAIN_AMPLIFIED`` times from the last to the largest."""
+    if len(norms) < STEADY_LAYERS or not min(norms) > 0:
+        return False
+    if max(norms) < CHAIN_AMPLIFIED * norms[0]:
+        return False
+    ranks = np.argsort(np.argsort(norms))
+    return float(np.corrcoef(ranks, np.arange(len(norms)))[0, 1]) >= STEADY_RISE
 
 
 class GradientGrowth(Detector):
