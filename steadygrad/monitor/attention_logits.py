@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -166,23 +166,27 @@ BETWEEN_PRODUCT_AND_SOFTMAX = SAME_VALUES | {
 }
 
 
-def _product_of_activations(scores: torch.Tensor) -> bool:
-    """Whether ``scores`` came from a batched product of two computed tensors (``q @ k^T``:
-    autograd's ``BmmBackward``) through scales, masks and reshapes only: attention whose
-    queries and keys differ in number (a learnt query pooling a sequence, cross-attention).
-    A layer's logits come from a product with a weight (``mm``/``addmm``), never ``bmm``."""
+def _products(scores: torch.Tensor) -> Iterator[Any]:
+    """The autograd nodes behind ``scores`` through scales, masks and reshapes only: on each
+    branch, the first operation that is none of those (the product that made the scores)."""
     frontier, seen = [scores.grad_fn], set()
     while frontier:
         node = frontier.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        step = autograd_step(node)
-        if step == "BmmBackward":
-            return True
-        if step in BETWEEN_PRODUCT_AND_SOFTMAX:
+        if autograd_step(node) in BETWEEN_PRODUCT_AND_SOFTMAX:
             frontier += [n for n, _ in node.next_functions]
-    return False
+        else:
+            yield node
+
+
+def _product_of_activations(scores: torch.Tensor) -> bool:
+    """Whether ``scores`` came from a batched product of two computed tensors (``q @ k^T``:
+    autograd's ``BmmBackward``) through scales, masks and reshapes only: attention whose
+    queries and keys differ in number (a learnt query pooling a sequence, cross-attention).
+    A layer's logits come from a product with a weight (``mm``/``addmm``), never ``bmm``."""
+    return any(autograd_step(node) == "BmmBackward" for node in _products(scores))
 
 
 def _pooled_by_a_query(scores: torch.Tensor) -> bool:
@@ -191,23 +195,17 @@ def _pooled_by_a_query(scores: torch.Tensor) -> bool:
     ``MvBackward``, or a ``MmBackward`` against the vector made a column), through scales,
     masks and reshapes only: attention pooling with a learnt query. A classifier's 2-D logits
     are a product with a weight matrix, one row per example, never with a vector."""
-    frontier, seen = [scores.grad_fn], set()
-    while frontier:
-        node = frontier.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        step = autograd_step(node)
-        inputs = [n for n, _ in node.next_functions]
-        if step in ("MvBackward", "MmBackward"):
-            if len(inputs) != 2 or inputs[0] is None:
-                return False
-            keys = autograd_step(inputs[0]) != "AccumulateGrad"  # the items', computed
-            vector = step == "MvBackward" or autograd_step(inputs[1]) == "UnsqueezeBackward"
-            return keys and vector
-        if step in BETWEEN_PRODUCT_AND_SOFTMAX:
-            frontier += inputs
-    return False
+    return any(_query_against_keys(node) for node in _products(scores))
+
+
+def _query_against_keys(node: Any) -> bool:
+    """A product node of computed keys (not a parameter) with one vector, as it is or made a
+    column."""
+    step, inputs = autograd_step(node), [n for n, _ in node.next_functions]
+    if step not in ("MvBackward", "MmBackward") or len(inputs) != 2 or inputs[0] is None:
+        return False
+    keys = autograd_step(inputs[0]) != "AccumulateGrad"  # the items', computed
+    return keys and (step == "MvBackward" or autograd_step(inputs[1]) == "UnsqueezeBackward")
 
 
 def _softmax_logit_max(args: tuple, kwargs: dict) -> Reading | None:
