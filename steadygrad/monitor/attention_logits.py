@@ -6,7 +6,8 @@ and the loss diverges. :class:`AttentionLogitSignal` measures it on any model th
 attention with ``torch.nn.functional.scaled_dot_product_attention`` or ``nn.MultiheadAttention``
 (TinyGPT, Hugging Face GPT-2 with its SDPA attention, ``nn.TransformerEncoderLayer``), or by
 hand, as a softmax over the last dimension of ``(..., L, L)`` scores (nanoGPT's slow path,
-Hugging Face's eager attention): a ``TorchFunctionMode`` sees each call, recomputes the logits
+Hugging Face's eager attention) or of a learnt query's scores against a set's keys (attention
+pooling): a ``TorchFunctionMode`` sees each call, recomputes the logits
 from q and k (or reads the scores), and credits them to the innermost module whose ``forward``
 is running, found with forward hooks.
 """
@@ -281,8 +282,8 @@ class AttentionLogitSignal(InterceptingSignal):
         return (
             True
             if self.seen
-            else "no attention seen (SDPA, nn.MultiheadAttention, a softmax over (L, L) scores, "
-            "or the exp of q @ k^T)"
+            else "no attention seen (SDPA, nn.MultiheadAttention, a softmax over (L, L) scores "
+            "or a learnt query's, or the exp of q @ k^T)"
         )
 
     def watched(self) -> dict[Callable, Callable]:
