@@ -203,6 +203,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout197,
     cases_heldout198,
     cases_heldout199,
+    cases_heldout200,
     cases_mlp,
     cases_other,
 )
