@@ -205,6 +205,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout199,
     cases_heldout200,
     cases_heldout201,
+    cases_heldout202,
     cases_mlp,
     cases_other,
 )
