@@ -207,6 +207,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout201,
     cases_heldout202,
     cases_heldout203,
+    cases_heldout204,
     cases_mlp,
     cases_other,
 )
