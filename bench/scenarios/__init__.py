@@ -202,6 +202,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout196,
     cases_heldout197,
     cases_heldout198,
+    cases_heldout205,
     cases_mlp,
     cases_other,
 )
