@@ -208,6 +208,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout202,
     cases_heldout203,
     cases_heldout204,
+    cases_heldout205,
     cases_mlp,
     cases_other,
 )
