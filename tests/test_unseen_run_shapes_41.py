@@ -310,3 +310,14 @@ def test_a_deep_stack_rising_back_under_the_chains_step_is_named_at_init(tmp_pat
     induced_or_skip(ctx)
     assert report.top.cause == "exploding_gradients"
     assert {"layers.0", "layers.1"} & set(report.top.where)
+
+
+def test_a_tenfold_loss_spike_a_huber_loss_capped_is_no_warning(tmp_path):
+    # Control: set 202's rogue-wave regressor, Huber loss on Student-t targets: one batch's
+    # loss stood 10.5x its median at step 115 with the gradient 1.5x its own, and the next loss
+    # back where it was. A spike of 4x or more was held to be a bad batch's whatever the
+    # gradient did, and warned.
+    ctx, report = held_out_run(tmp_path, "h202_rogue_wave_huber_control")
+    induced_or_skip(ctx)
+    assert report.healthy
+    assert not [f for f in ctx.monitor.findings if f.severity == "warning"]

@@ -4211,8 +4211,8 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
         if hard:
             summary += (
                 "; its gradient was of the usual size and the next loss was back inside the "
-                "band before it: a hard batch the update did not feel (a noisy stream, a "
-                "robust loss capping its outliers), not a corrupt one"
+                "band before it: a batch the update did not feel (a robust loss capped its "
+                "pull; a noisy stream's or a bad one, the run was not harmed)"
             )
         summary += _batches_behind([spike], ev)
         return Found(summary, spike.step, [], ev, severity="info" if period or hard else None)

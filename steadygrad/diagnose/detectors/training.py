@@ -258,12 +258,12 @@ class LossSpikeDetector(SpikeDetector):
         return spike
 
     def _held_as_hard(self, spike: Finding, grad: float | None, band: float) -> bool:
-        """Whether ``spike``, short of ``KNOCK_RATIO`` times its baseline, came with an ordinary
-        gradient (:data:`ORDINARY_GRADIENT`): then it waits for the next loss (with ``band``,
-        the highest of the ``KNOCK_BAND`` losses before it), which says whether the run felt
-        it at all."""
-        ratio = spike.evidence.get("ratio")
-        if spike.severity != "warning" or ratio is None or not ratio < KNOCK_RATIO:
+        """Whether ``spike`` came with an ordinary gradient (:data:`ORDINARY_GRADIENT`),
+        however far the loss stood out: then it waits for the next loss (with ``band``, the
+        highest of the ``KNOCK_BAND`` losses before it), which says whether the run felt it at
+        all. A robust loss (Huber, L1) caps the pull of an outlying target: heavy-tailed labels
+        throw its loss 10x on one batch and leave the gradient where it was."""
+        if spike.severity != "warning":
             return False
         if grad is None or not math.isfinite(grad) or len(self._grads) < self._grads.maxlen // 4:
             return False
@@ -274,9 +274,9 @@ class LossSpikeDetector(SpikeDetector):
 
     def _judge_hard(self, value: float) -> list[Finding]:
         """The spike held by :meth:`_held_as_hard`, now that the next loss is in: info when
-        that loss was back inside the band before the spike (a hard batch of a noisy stream,
-        a robust loss capping its outliers: the update was ordinary and left no trace; a
-        corrupt batch stands ``KNOCK_RATIO`` times out), a warning otherwise."""
+        that loss was back inside the band before the spike (a batch far off, a noisy stream's
+        or a bad one, whose pull a robust loss capped: the update was ordinary and left no
+        trace; the batch is still named), a warning otherwise."""
         if self._hard is None:
             return []
         (spike, band), self._hard = self._hard, None
