@@ -226,7 +226,9 @@ def test_the_mechanism_signals_look_at_the_step_after_a_finding(tmp_path, alarm)
     with steadygrad.watch(model, opt, tmp_path / str(alarm), progress=False) as mon:
         for step in range(34):
             loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
+            # the alarm's batch pulls the weights too (a spike its gradient did not feel would
+            # be a batch the update did not feel, and no alarm)
+            (loss * 20 if alarm and step == 28 else loss).backward()
             opt.step()
             record = mon.step(loss * 1000 if alarm and step == 28 else loss)
             opt.zero_grad()
