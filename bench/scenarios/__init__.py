@@ -212,6 +212,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout206,
     cases_heldout207,
     cases_heldout208,
+    cases_heldout209,
     cases_heldout210,
     cases_heldout211,
     cases_mlp,
