@@ -209,6 +209,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout203,
     cases_heldout204,
     cases_heldout205,
+    cases_heldout212,
     cases_mlp,
     cases_other,
 )
