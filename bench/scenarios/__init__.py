@@ -215,6 +215,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout209,
     cases_heldout210,
     cases_heldout211,
+    cases_heldout212,
     cases_mlp,
     cases_other,
 )
