@@ -1932,7 +1932,7 @@ def _exploding(facts: RunFacts) -> Found | None:
     if burst is not None:
         until = burst - 1  # what a gradient burst's update grew is the explosion's own doing
     growth = _weight_growth(facts, until=until)
-    if _grown_everywhere(found, facts, until, "the gradients"):
+    if _grown_everywhere(found, facts, until, "the gradients", growth):
         # Every weight grew (a weight decay with its sign flipped, a regulariser rewarding
         # size): gradients grow with the weights they flow through, in every layer at once.
         return found
@@ -2411,15 +2411,18 @@ def _amplified_along_a_stack(layers: list[tuple[float, str]]) -> list[tuple[floa
     return []
 
 
-def _family_at(facts: RunFacts, metric: Any, step: int) -> dict[str, float]:
+def _family_at(
+    facts: RunFacts, metric: Any, step: int, finite_only: bool = True
+) -> dict[str, float]:
     """Each member of a per-tensor or per-module family (``metric``: its members' series are
-    ``name/member``) with a finite reading at ``step``, by member."""
+    ``name/member``) with a finite reading at ``step`` (any reading, with ``finite_only``
+    False), by member."""
     values: dict[str, float] = {}
     for name in facts.names:
         if metric.owns(name) and "/" in name:
             steps, series = facts.series(name)
             at = series[steps == step]
-            if len(at) and np.isfinite(at[0]):
+            if len(at) and (np.isfinite(at[0]) or not finite_only):
                 values[name.split("/", 1)[1]] = float(at[0])
     return values
 
@@ -2734,13 +2737,20 @@ def _grew_by(facts: RunFacts, name: str, until: int) -> float:
     return float(values[-3:].max() / early) if early > 0 else 0.0
 
 
-def _grown_everywhere(found: Found, facts: RunFacts, until: int | None, what: str) -> bool:
+def _grown_everywhere(
+    found: Found,
+    facts: RunFacts,
+    until: int | None,
+    what: str,
+    growth: list[tuple[float, str]] | None = None,
+) -> bool:
     """Mark ``found`` a consequence when the median weight tensor grew ``EVERYWHERE_GROWTH``
-    times by ``until``, compounding (:func:`_later_share`: a weight decay of the wrong sign
-    scales every weight by the same factor each step, and ``what`` grew with them)."""
+    times by ``until`` (``growth``: :func:`_weight_growth`'s, read here when not given),
+    compounding (:func:`_later_share`: a weight decay of the wrong sign scales every weight by
+    the same factor each step, and ``what`` grew with them)."""
     if until is None:
         return False
-    growth = _weight_growth(facts, until)
+    growth = _weight_growth(facts, until) if growth is None else growth
     grown = [g for g, _ in growth]
     # the median tensor; of one or two, the one that grew least (a model with a single
     # trained layer: an echo-state net's readout)
@@ -3271,18 +3281,9 @@ def _nonfinite_gradients_only_in(facts: RunFacts, step: int) -> list[str]:
     """The modules whose tensors' gradient norms at ``step`` were not finite, when some others'
     were: the overflow sat in their own computation, not upstream of every layer (an overflow
     in the loss or the head makes every gradient non-finite). Empty otherwise."""
-    bad, good = set(), 0
-    for name in facts.names:
-        if GRAD_NORM.owns(name) and "/" in name:
-            steps, norms = facts.series(name)
-            at = norms[steps == step]
-            if not len(at):
-                continue
-            if np.isfinite(at[0]):
-                good += 1
-            else:
-                tensor = name.split("/", 1)[1]
-                bad.add(tensor.rpartition(".")[0] or tensor)
+    norms = _family_at(facts, GRAD_NORM, step, finite_only=False)
+    bad = _modules_of([t for t, norm in norms.items() if not math.isfinite(norm)])
+    good = any(math.isfinite(norm) for norm in norms.values())
     return sorted(bad, key=_natural) if bad and good else []
 
 

@@ -230,10 +230,9 @@ class LossSpikeDetector(SpikeDetector):
             if len(self.baseline) >= 3:
                 self._floor = min(self._floor, self.baseline.median())
         self._knock = None
-        band = max(list(self.baseline.values)[-KNOCK_BAND:], default=math.inf)
         grad = record.values.get(GRAD_NORM_PRECLIP.name, record.values.get(GRAD_NORM.name))
         spikes = [self._recurring(f) for f in super().update(record)]
-        spikes = [f for f in spikes if not self._held_as_hard(f, grad, band)]
+        spikes = [f for f in spikes if not self._held_as_hard(f, grad)]
         if grad is not None and math.isfinite(grad):
             self._grads.append(grad)
         if self._knock is not None and not spikes and not self._quiet_needed:
@@ -257,9 +256,9 @@ class LossSpikeDetector(SpikeDetector):
                 return replace(spike, evidence=evidence, severity="info")
         return spike
 
-    def _held_as_hard(self, spike: Finding, grad: float | None, band: float) -> bool:
+    def _held_as_hard(self, spike: Finding, grad: float | None) -> bool:
         """Whether ``spike`` came with an ordinary gradient (:data:`ORDINARY_GRADIENT`),
-        however far the loss stood out: then it waits for the next loss (with ``band``, the
+        however far the loss stood out: then it waits for the next loss (with the band, the
         highest of the ``KNOCK_BAND`` losses before it), which says whether the run felt it at
         all. A robust loss (Huber, L1) caps the pull of an outlying target: heavy-tailed labels
         throw its loss 10x on one batch and leave the gradient where it was."""
@@ -269,7 +268,8 @@ class LossSpikeDetector(SpikeDetector):
             return False
         if not grad <= ORDINARY_GRADIENT * statistics.median(self._grads):
             return False
-        self._hard = (spike, band)
+        before = list(self.baseline.values)[:-1]  # the spike, a finite loss, was taken in last
+        self._hard = (spike, max(before[-KNOCK_BAND:], default=math.inf))
         return True
 
     def _judge_hard(self, value: float) -> list[Finding]:
