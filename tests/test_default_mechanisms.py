@@ -69,6 +69,36 @@ def test_output_statistics_come_from_the_loss_call(tmp_path):
         assert record.meta["output_classes"] == logits.shape[-1]
 
 
+@pytest.mark.parametrize("as_module", [False, True])
+def test_binary_cross_entropy_reads_each_logit_as_a_two_class_softmax(tmp_path, as_module):
+    # sigmoid(z) is the softmax over the two logits [-z/2, z/2]: its log Z is log(2 cosh(z/2));
+    # labels of weight 0 are masked out; two classes' logits have no common shift to record
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
+    model.add_module("head", nn.Linear(8, 4))
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    labels = (torch.arange(16 * 4).reshape(16, 4) % 3 == 0).float()
+    if as_module:
+        loss_fn = lambda z, t: nn.BCEWithLogitsLoss(weight=mask)(z, labels)  # noqa: E731
+    else:
+        loss_fn = lambda z, t: F.binary_cross_entropy_with_logits(z, labels, mask)  # noqa: E731
+    records, hand, _, _ = _run(tmp_path, model, loss_fn, steps=2)
+    for record, z in zip(records, hand, strict=True):
+        kept = z[:, mask.bool()].double()
+        two = torch.stack([-kept / 2, kept / 2])
+        assert record.values["logit_lse_mean"] == pytest.approx(
+            torch.logsumexp(two, 0).mean().item(), rel=1e-5
+        )
+        assert record.values["output_logit_max"] == pytest.approx(kept.abs().max().item() / 2)
+        assert record.values["output_logit_rms"] == pytest.approx(
+            (kept / 2).pow(2).mean().sqrt().item(), rel=1e-5
+        )
+        assert "output_logit_mean" not in record.values
+        assert "softmax_collapse" not in record.values
+        assert record.meta["output_module"] == "head"
+        assert record.meta["output_classes"] == 2
+    assert steadygrad.load(tmp_path / "run").config["signals"]["CrossEntropyOutputSignal"] == "on"
+
+
 def test_ignored_targets_are_left_out_and_collapse_uses_the_true_targets(tmp_path):
     model = nn.Linear(6, 3)
     with torch.no_grad():

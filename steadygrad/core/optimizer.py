@@ -102,6 +102,33 @@ def second_moment_decay(optimizer: Any) -> float | None:
     return 1.0  # a per-coordinate step from eps alone: Adagrad's sum
 
 
+# The run config's key for :func:`first_moment_decay`.
+FIRST_MOMENT_DECAY = "first_moment_decay"
+
+
+def first_moment_decay(optimizer: Any) -> float | None:
+    """The share of its running average of the gradient (its momentum) an optimizer keeps at
+    each step, from its first parameter group: Adam's and Lion's ``beta1``, SGD's or RMSprop's
+    ``momentum``. None for one that keeps none (plain SGD, Adagrad, Rprop). A giant gradient
+    goes on moving the weights for about ``1 / (1 - decay)`` steps after it.
+
+    Example:
+        >>> import torch
+        >>> p = torch.nn.Parameter(torch.zeros(1))
+        >>> first_moment_decay(torch.optim.AdamW([p])), first_moment_decay(torch.optim.SGD([p]))
+        (0.9, None)
+        >>> first_moment_decay(torch.optim.SGD([p], lr=0.1, momentum=0.99))
+        0.99
+    """
+    optimizer = unwrap_optimizer(optimizer)
+    group = (getattr(optimizer, "param_groups", None) or [{}])[0]
+    betas = group.get("betas")
+    decay = betas[0] if isinstance(betas, (tuple, list)) and betas else group.get("momentum")
+    if not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        return None
+    return float(decay)
+
+
 # The run config's key for :func:`averages_iterates`.
 AVERAGES_ITERATES = "averages_iterates"
 

@@ -50,6 +50,7 @@ from steadygrad.core.metrics import (
 )
 from steadygrad.core.optimizer import (
     AVERAGES_ITERATES,
+    FIRST_MOMENT_DECAY,
     GRADIENT_SCALED,
     PER_COORDINATE,
     SECOND_MOMENT_DECAY,
@@ -387,6 +388,17 @@ class RunFacts:
         iterates (a schedule-free optimizer; see
         :func:`steadygrad.core.optimizer.averages_iterates`)."""
         return bool(self.run.config.get(AVERAGES_ITERATES))
+
+    @cached_property
+    def spike_carried(self) -> int:
+        """How many steps after a gradient spike its update still moves the weights: about
+        ``1 / (1 - decay)`` for an optimizer that keeps that share of its momentum each step
+        (recorded by the Monitor from :func:`steadygrad.core.optimizer.first_moment_decay`),
+        ``THROWN_WITHIN`` for one that keeps none or is not known."""
+        decay = self.run.config.get(FIRST_MOMENT_DECAY)
+        if not isinstance(decay, (int, float)) or not 0 < decay < 1:
+            return THROWN_WITHIN
+        return max(THROWN_WITHIN, math.ceil(1 / (1 - decay)))
 
     @cached_property
     def second_moment_decay(self) -> float | None:
@@ -843,6 +855,40 @@ def _thrown_by_a_spike(facts: RunFacts, began: int, clear: int | None) -> int | 
     if spikes and (clear is None or clear <= min(spikes)):
         return min(spikes)
     return None
+
+
+# The climb of the logits, per step, from their last reading before a spike to the finding,
+# at least this many times its pace over the readings before: it quickened at the spike.
+QUICKENED = 5.0
+
+
+def _quickened_by_a_spike(facts: RunFacts, began: int) -> tuple[int, int] | None:
+    """(the spike, the logits' last reading before it) when a gradient spike (not info) came
+    within :meth:`RunFacts.spike_carried` steps before the output-logit finding at ``began``,
+    and the log-partition climbed from its last reading before the spike to the finding's
+    ``QUICKENED`` times faster per step than over the two readings before that: an optimizer
+    with momentum goes on moving the weights along a spike's gradient for steps after it, and
+    a climb that quickened just then is that spike's throw, not the drift that was going on."""
+    lse = facts.series(LOGIT_LSE_MEAN.name)
+    reach = facts.spike_carried
+    spikes = [
+        f.step
+        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
+        if f.severity != "info" and began - reach <= f.step < began
+    ]
+    if lse is None or not spikes:
+        return None
+    steps, values = lse[0][np.isfinite(lse[1])], lse[1][np.isfinite(lse[1])]
+    spike = min(spikes)
+    before, at = np.flatnonzero(steps <= spike), np.flatnonzero(steps == began)
+    if len(before) < 2 or not len(at):
+        return None
+    (s0, s1), (v0, v1) = steps[before[-2:]], values[before[-2:]]
+    pace = max((v1 - v0) / (s1 - s0), 0.0)
+    climb = (values[at[0]] - v1) / (began - s1)
+    if not climb > 0 or climb < QUICKENED * pace:
+        return None
+    return spike, int(s1)
 
 
 def _risen_at_a_spike(facts: RunFacts, began: int, before: int) -> tuple[int, int] | None:
@@ -2876,7 +2922,11 @@ def _output_logits(facts: RunFacts) -> Found | None:
     clear = first.get(PREVIOUS_READING) if isinstance(first, dict) else None
     spike = _thrown_by_a_spike(facts, found.first_step, clear if isinstance(clear, int) else None)
     if spike is None and isinstance(clear, int):
-        spike, clear = _risen_at_a_spike(facts, found.first_step, clear) or (None, clear)
+        spike, clear = (
+            _risen_at_a_spike(facts, found.first_step, clear)
+            or _quickened_by_a_spike(facts, found.first_step)
+            or (None, clear)
+        )
     if spike is not None and clear is not None:
         found.consequence_of = (
             f"the logits were in range at step {clear}, before the gradient spike at step "
@@ -2916,6 +2966,17 @@ def _output_logits(facts: RunFacts) -> Found | None:
         found.evidence[OUTPUT_SHIFT_GRADIENT.name] = push
         found.evidence["pushed_from"] = began
         found.first_step = min(found.first_step, began)
+        return found
+    below = _below_zero_by(facts, found.first_step)
+    if below is not None:
+        # a loss below zero rewards the logits' growth itself: the weights grew to serve it
+        found.summary += (
+            f"; the loss went below zero from step {below}, which no cross-entropy of "
+            "probabilities against targets in [0, 1] does: the targets (label smoothing "
+            "typed with the wrong sign or past 1) or a term of the wrong sign reward ever "
+            "larger logits"
+        )
+        found.evidence["negative_loss_from"] = below
         return found
     _grown_everywhere(found, facts, found.first_step, "the logits")
     rate = _output_updates_too_large(facts, found)
@@ -3015,6 +3076,21 @@ def _logits_pushed_up(facts: RunFacts, until: float) -> float | None:
     steps, values = _pushes(facts)
     values = values[steps <= until]
     return float(values.min()) if len(values) else None
+
+
+def _below_zero_by(facts: RunFacts, until: int) -> int | None:
+    """The step from which the loss stayed below zero, when it did by ``until`` (its last
+    ``RECEDED_READINGS`` readings then all negative), in a run whose logits were read from no
+    cross-entropy against class targets (those record softmax collapse, and are never negative:
+    a negative total there is another term's, a learnt log-variance weighting tasks)."""
+    loss = facts.series(LOSS.name)
+    if loss is None or facts.series(SOFTMAX_COLLAPSE.name) is not None:
+        return None
+    steps, values = loss[0][loss[0] <= until], loss[1][loss[0] <= until]
+    if len(values) < RECEDED_READINGS or not (values[-RECEDED_READINGS:] < 0).all():
+        return None
+    above = np.flatnonzero(~(values < 0))
+    return int(steps[above[-1] + 1]) if len(above) else int(steps[0])
 
 
 def _pushes(facts: RunFacts) -> tuple[np.ndarray, np.ndarray]:

@@ -45,8 +45,10 @@ from steadygrad.core.metrics import (
 )
 from steadygrad.core.optimizer import (
     AVERAGES_ITERATES,
+    FIRST_MOMENT_DECAY,
     SECOND_MOMENT_DECAY,
     averages_iterates,
+    first_moment_decay,
     optimizer_family,
     second_moment_decay,
     unwrap_optimizer,
@@ -259,6 +261,7 @@ class Monitor:
             "optimizer": type(optimizer).__name__,
             OPTIMIZER_FAMILY: optimizer_family(optimizer),
             SECOND_MOMENT_DECAY: second_moment_decay(optimizer),
+            FIRST_MOMENT_DECAY: first_moment_decay(optimizer),
             AVERAGES_ITERATES: averages_iterates(optimizer),
             "add_qk_norm_applies": bool(qk_norm_targets(model)),
             RECURRENT_MODULES: builtin_recurrent(model),

@@ -1,7 +1,8 @@
 """The model's real output, found where the loss is computed: on due steps, every
 ``F.cross_entropy`` call hands over the logits AND the targets, with no user code; so does
 ``F.nll_loss`` after a ``log_softmax``, and every ``log_softmax`` hands over the logits (a
-distillation or preference loss written by hand, CTC).
+distillation or preference loss written by hand, CTC); ``F.binary_cross_entropy_with_logits``
+hands over a multi-label or binary head's logits, each a softmax over two classes.
 
 Recorded: the mean log-partition ``log sum exp(z)`` (what z-loss holds near 0), the largest
 absolute logit and the logits' RMS, and the softmax-collapse fraction with the true targets. A
@@ -92,13 +93,16 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             F.cross_entropy: self._observe,
             F.kl_div: self._observe_kl,
             F.nll_loss: self._observe_nll,
+            F.binary_cross_entropy_with_logits: self._observe_binary,
             torch.log_softmax: self._observe_log_softmax,
             F.log_softmax: self._observe_log_softmax,
             torch.Tensor.log_softmax: self._observe_log_softmax,
         }
 
     def applies(self) -> bool | str:
-        return True if self.seen else "no cross-entropy, nll_loss or log_softmax call seen"
+        if self.seen:
+            return True
+        return "no cross-entropy, nll_loss, log_softmax or binary cross-entropy call seen"
 
     def begin(self, step: int) -> None:
         self._sums, self._head, self._classes, self._epsilon = {}, None, 0, 0.0
@@ -150,6 +154,40 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self.seen = True
         self._watch_shift(logits)
         self._add(_logit_parts(z)[0])
+
+    def _observe_binary(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """``F.binary_cross_entropy_with_logits(z, target)``: each logit ``z`` scores one yes or
+        no, ``sigmoid(z)``, the softmax over the two classes ``[-z/2, z/2]``; read as those
+        logits: ``log Z = log(2 cosh(z/2))``, ``log 2`` at ``z = 0`` and ``|z|/2`` far from it,
+        however the logit runs off (to either sign: targets outside ``[0, 1]`` have no finite
+        minimiser). The two classes' logits have no common shift to read (their mean is 0),
+        and no collapse is read: a ``sigmoid`` saturated at a right answer is the loss's
+        minimum, not a stalled row. Elements of weight 0 (masked labels) are left out."""
+        logits = args[0] if args else kwargs.get("input")
+        weight = args[2] if len(args) > 2 else kwargs.get("weight")
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+            return
+        if not logits.numel():
+            return
+        self._head = self._head or self._head_of(logits, logits.shape[-1] if logits.dim() else 1)
+        self._classes = self._classes or 2
+        self._epsilon = max(self._epsilon, _epsilon_of(logits))
+        self._scale = self._scale or _fixed_scale(logits)
+        z = logits.detach().float().reshape(-1)
+        keep = torch.ones_like(z, dtype=torch.bool)
+        if isinstance(weight, torch.Tensor):
+            keep = torch.broadcast_to(weight.detach(), logits.shape).reshape(-1) != 0
+        self.seen = True
+        half = torch.where(keep, z, 0.0) / 2
+        self._add(
+            {
+                "lse": torch.where(keep, torch.logaddexp(half, -half), 0.0).sum(),
+                "rows": keep.float().sum(),
+                "max": half.abs().max(),
+                "sq": 2 * (half * half).sum(),  # both classes' logits, z/2 and -z/2
+                "count": 2 * keep.float().sum(),
+            }
+        )
 
     def _observe_nll(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """``F.nll_loss(log_probs, target)``: softmax collapse with the true targets (the
@@ -278,7 +316,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             out.put(LOGIT_LSE_MEAN.name, s["lse"] / s["rows"])
             out.put(OUTPUT_LOGIT_MAX.name, s["max"])
             out.put(OUTPUT_LOGIT_RMS.name, (s["sq"] / s["count"]).sqrt())
-            out.put(OUTPUT_LOGIT_MEAN.name, s["sum"] / s["count"])
+            if "sum" in s:  # a softmax's logits were read (two classes' always sum to 0)
+                out.put(OUTPUT_LOGIT_MEAN.name, s["sum"] / s["count"])
         if "shift" in s:  # no gradient at all reads as no shift
             size = s["shift_size"].clamp_min(torch.finfo(torch.float32).tiny)
             out.put(OUTPUT_SHIFT_GRADIENT.name, s["shift"] / size)

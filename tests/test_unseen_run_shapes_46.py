@@ -1,0 +1,113 @@
+"""Run shapes from the forty-sixth session.
+
+Each change has a trigger (a held-out scenario it was found on, run here with the one-line
+attach: its fault is by construction) and a control that must not move."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
+
+
+def test_targets_past_one_run_a_binary_heads_logits_off(tmp_path):
+    # Trigger: set 210's multi-label hatch tagger, BCE with logits on targets written
+    # y * (1 + 0.1): positives at 1.1, for which the loss has no minimum, so the head's logits
+    # grow without end and the loss goes below zero. Read as two-class softmaxes, the logits'
+    # log-partition climbs; no other finding: the run is otherwise healthy.
+    ctx, report = held_out_run(tmp_path, "h210_nymph_hatch_smoothing_above_one")
+    induced_or_skip(ctx)
+    top = report.top
+    assert top.cause == "output_logit_divergence"
+    assert top.where[0] == "head"
+    assert top.evidence["negative_loss_from"] < top.first_step
+    assert not top.consequence_of
+
+
+@pytest.mark.parametrize(
+    "name", ["h192_topiary_multilabel_control", "h166_rock_pool_pos_weight_control"]
+)
+def test_healthy_binary_heads_stay_quiet(tmp_path, name):
+    # Controls: a multi-label tagger and a pos_weight-balanced binary scorer, both trained to
+    # confidence under BCE with logits, now read by the output signal: no warning at all.
+    ctx, report = held_out_run(tmp_path, name)
+    assert len(steadygrad.load(tmp_path / name).series("logit_lse_mean")[0])  # logits read
+    assert report.top is None
+    assert not [f for f in ctx.monitor.findings if f.severity != "info"]
+
+
+@pytest.mark.parametrize("collapse_read", [False, True])
+def test_a_loss_below_zero_explains_a_drift_only_where_no_class_targets_were_read(
+    tmp_path, collapse_read
+):
+    # The logits' log-partition climbs from 0.7 to 6 while the loss falls through zero at step
+    # 40: no cross-entropy against targets in [0, 1] goes there. Where the logits came from a
+    # cross-entropy with class targets (softmax collapse read), a negative total is another
+    # term's (a learnt log-variance), and tells nothing of the logits.
+    rows = []
+    for t in range(120):
+        row = {"loss": 0.705 - t * 0.0175, "lr/0": 1e-3}
+        if t % 10 == 0:
+            row["logit_lse_mean"] = 0.7 + 0.05 * t
+            if collapse_read:
+                row["softmax_collapse"] = 0.0
+        rows.append(row)
+    drift = {"logit_lse_mean": 6.0, "initial": 0.7, "drift": 5.3, "lse_limit": 20.0}
+    findings = [("output_logit_divergence", 100, "head", drift, "warning")]
+    report = diagnose_stored(tmp_path, str(collapse_read), rows, findings, {"optimizer": "AdamW"})
+    found = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    if collapse_read:
+        assert "negative_loss_from" not in found.evidence
+    else:
+        assert found.evidence["negative_loss_from"] == 41
+        assert "went below zero from step 41" in found.summary
+
+
+def test_a_drift_thrown_by_a_spike_that_adams_momentum_carried_is_the_spikes(tmp_path):
+    # Trigger: set 80's SSD-style detector (Adam), whose loss goes unscaled for one step at
+    # 160: a gradient 10^5x its usual size. Its multi-label logits, climbing 0.004 nats a step
+    # with the confidence the loss earned, climb a hundred times faster for the steps Adam's
+    # momentum carries the spike on, and cross the output-logit bar at step 163, three steps
+    # after it: the spike's throw, and the poisoned second moment the cause.
+    ctx, report = held_out_run(tmp_path, "h80_ssd_unscaled_loss_once_adam")
+    induced_or_skip(ctx)
+    assert report.top.cause == "adam_second_moment_poisoned"
+    drift = [d for d in report.diagnoses if d.cause == "output_logit_divergence"]
+    assert all("gradient spike at step 160" in (d.consequence_of or "") for d in drift)
+
+
+def _thrown_rows(after_pace):
+    """The log-partition read every 25 steps, climbing 0.004 a step, a gradient spike at 160,
+    then read each step from 161 at ``after_pace`` a step."""
+    rows = []
+    for t in range(170):
+        row = {"loss": 0.05, "lr/0": 1e-3}
+        if t % 25 == 0 and t <= 150:
+            row["logit_lse_mean"] = 0.7 + 0.004 * t
+        if t > 160:
+            row["logit_lse_mean"] = 0.7 + 0.004 * 150 + after_pace * (t - 150)
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("momentum", "after_pace", "thrown"),
+    [(0.9, 0.1, True), (None, 0.1, False), (0.9, 0.01, False)],
+)
+def test_a_climb_is_a_spikes_throw_only_within_its_momentum_and_only_if_it_quickened(
+    tmp_path, momentum, after_pace, thrown
+):
+    # The bar is crossed at step 163, three steps after a spike: under momentum 0.9 the spike
+    # still moves the weights (about 10 steps); with none, its one update was long taken. And
+    # a climb going on at the pace it had before the spike (0.01 against 0.004 a step, less
+    # than QUICKENED times) is the drift's own.
+    spike = {"grad_norm": 5e4, "baseline": 0.5, "ratio": 1e5}
+    drift = {"logit_lse_mean": 2.0, "initial": 0.7, "previous_reading": 162}
+    findings = [
+        ("grad_norm_spike", 160, None, spike, "warning"),
+        ("output_logit_divergence", 163, "cls", {"first": drift, **drift}, "warning"),
+    ]
+    config = {"optimizer": "Adam", "first_moment_decay": momentum}
+    name = f"{momentum}-{after_pace}"
+    report = diagnose_stored(tmp_path, name, _thrown_rows(after_pace), findings, config)
+    found = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    assert ("gradient spike at step 160" in (found.consequence_of or "")) is thrown
