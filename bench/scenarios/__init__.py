@@ -218,6 +218,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout212,
     cases_heldout213,
     cases_heldout214,
+    cases_heldout215,
     cases_mlp,
     cases_other,
 )
