@@ -220,6 +220,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout214,
     cases_heldout215,
     cases_heldout216,
+    cases_heldout217,
     cases_mlp,
     cases_other,
 )
