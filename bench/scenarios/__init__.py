@@ -221,6 +221,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout215,
     cases_heldout216,
     cases_heldout217,
+    cases_heldout218,
     cases_mlp,
     cases_other,
 )
