@@ -216,6 +216,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout210,
     cases_heldout211,
     cases_heldout212,
+    cases_heldout219,
     cases_mlp,
     cases_other,
 )
