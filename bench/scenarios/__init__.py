@@ -222,6 +222,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout216,
     cases_heldout217,
     cases_heldout218,
+    cases_heldout219,
     cases_mlp,
     cases_other,
 )
