@@ -94,9 +94,20 @@ def test_binary_cross_entropy_reads_each_logit_as_a_two_class_softmax(tmp_path, 
         )
         assert "output_logit_mean" not in record.values
         assert "softmax_collapse" not in record.values
+        assert record.values["output_targets_outside"] == 0.0
         assert record.meta["output_module"] == "head"
         assert record.meta["output_classes"] == 2
     assert steadygrad.load(tmp_path / "run").config["signals"]["CrossEntropyOutputSignal"] == "on"
+
+
+def test_binary_targets_outside_zero_one_are_counted_among_the_kept_labels(tmp_path):
+    # smoothing typed with the wrong sign: 1.05 and -0.05; a label of weight 0 is not counted
+    model = nn.Linear(6, 4)
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    targets = torch.tensor([[1.05, -0.05, 0.5, 7.0]] * 8 + [[1.0, 0.0, 0.5, 7.0]] * 8)
+    loss_fn = lambda z, t: F.binary_cross_entropy_with_logits(z, targets, mask)  # noqa: E731
+    records, _, _, _ = _run(tmp_path, model, loss_fn, steps=1)
+    assert records[0].values["output_targets_outside"] == pytest.approx(16 / 48)
 
 
 def test_ignored_targets_are_left_out_and_collapse_uses_the_true_targets(tmp_path):

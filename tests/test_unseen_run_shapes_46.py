@@ -5,6 +5,8 @@ attach: its fault is by construction) and a control that must not move."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
 
@@ -13,14 +15,18 @@ def test_targets_past_one_run_a_binary_heads_logits_off(tmp_path):
     # Trigger: set 210's multi-label hatch tagger, BCE with logits on targets written
     # y * (1 + 0.1): positives at 1.1, for which the loss has no minimum, so the head's logits
     # grow without end and the loss goes below zero. Read as two-class softmaxes, the logits'
-    # log-partition climbs; no other finding: the run is otherwise healthy.
+    # log-partition climbs, pushed by targets the loss has no minimum on (a sixth of them,
+    # the positives, at 1.1), read from the first step; no other finding.
     ctx, report = held_out_run(tmp_path, "h210_nymph_hatch_smoothing_above_one")
     induced_or_skip(ctx)
     top = report.top
     assert top.cause == "output_logit_divergence"
     assert top.where[0] == "head"
-    assert top.evidence["negative_loss_from"] < top.first_step
+    assert top.evidence["targets_outside_from"] == top.first_step == 0
+    assert 0 < top.evidence["output_targets_outside"] < 1
     assert not top.consequence_of
+    found = next(f for f in ctx.monitor.findings if f.kind == "output_logit_divergence")
+    assert found.step <= 75  # three readings of the climb, the push proven at each
 
 
 @pytest.mark.parametrize(
@@ -111,3 +117,57 @@ def test_a_climb_is_a_spikes_throw_only_within_its_momentum_and_only_if_it_quick
     report = diagnose_stored(tmp_path, name, _thrown_rows(after_pace), findings, config)
     found = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
     assert ("gradient spike at step 160" in (found.consequence_of or "")) is thrown
+
+
+def test_a_gradient_a_loss_weight_multiplied_stands_out_per_unit_of_loss(tmp_path):
+    # Trigger: set 215's hay-drying regressor, whose stage weight of 40 (a percentage) is
+    # applied raw at step 100: the gradient is 44x its recent median while the loss recorded
+    # is ordinary. Its gradient norm swings tenfold from batch to batch, so the
+    # norm alone is 4.6 robust z-scores out; per unit of loss it is 12.8.
+    ctx, report = held_out_run(tmp_path, "h215_hayrick_stage_weight_pct")
+    induced_or_skip(ctx)
+    assert report.top.cause == "gradient_spike"
+    spike = next(f for f in ctx.monitor.findings if f.kind == "grad_norm_spike")
+    assert spike.step == 100
+    assert spike.evidence["z"] < 6 < 8 < spike.evidence["per_loss_z"]
+
+
+def _heavy_tailed(spiked_at=None, gradient_factor=1.0, loss_factor=1.0, seed=0):
+    """A classifier's records: batch difficulty spread tenfold (log-normal), the gradient
+    growing with the loss about as fast as it (a cross-entropy's), with at ``spiked_at`` the
+    gradient and the loss multiplied by the factors given."""
+    import random
+
+    from steadygrad.core import Record
+    from steadygrad.diagnose.detectors.training import GradNormSpikeDetector
+
+    rng = random.Random(seed)
+    det, found = GradNormSpikeDetector(), []
+    for t in range(140):
+        hard = math.exp(rng.gauss(0, 1.0))
+        loss, grad = 0.01 * hard, 0.1 * hard**0.9 * math.exp(rng.gauss(0, 0.15))
+        if t == spiked_at:
+            loss, grad = loss * loss_factor, grad * gradient_factor
+        found += det.update(Record(t, {"loss": loss, "grad_norm": grad}))
+    return found
+
+
+def test_per_unit_of_loss_a_multiplied_gradient_is_found_and_a_hard_batch_is_not():
+    # The same stream three ways, over five draws: as it is, with a gradient multiplied 40x at
+    # step 100 (the loss as usual: a loss weight typed wrong), and with a batch 400x harder
+    # there (its loss 400x, its gradient 220x). The multiplied gradient is found at step 100,
+    # by the per-loss test wherever the norm's own spread hides it (under 6 z-scores, in most
+    # draws); the hard batch is never found per unit of loss.
+    def per_loss(found):
+        return [f.step for f in found if "per_loss_z" in f.evidence]
+
+    hidden = 0
+    for seed in range(5):
+        assert per_loss(_heavy_tailed(seed=seed)) == []
+        hard = _heavy_tailed(100, loss_factor=400.0, gradient_factor=400.0**0.9, seed=seed)
+        assert per_loss(hard) == []
+        (spike,) = _heavy_tailed(100, gradient_factor=40.0, seed=seed)
+        assert spike.step == 100
+        assert ("per_loss_z" in spike.evidence) is (spike.evidence["z"] <= 6)
+        hidden += spike.evidence["z"] <= 6
+    assert hidden >= 3

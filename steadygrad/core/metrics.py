@@ -155,6 +155,14 @@ OUTPUT_SHIFT_GRADIENT = Metric(
     unit="fraction",
     panel="output_logits",
 )
+OUTPUT_TARGETS_OUTSIDE = Metric(
+    "output_targets_outside",
+    "share of a binary cross-entropy's targets outside [0, 1] (a label smoothing typed with the "
+    "wrong sign, multi-hot counts): no finite logit minimises the loss on them, whose logits "
+    "it pushes on for good",
+    unit="fraction",
+    panel="output_logits",
+)
 OUTPUT_SCALE = Metric(
     "output_scale",
     "the fixed number the output logits were multiplied by (or divided by: its inverse) after "

@@ -37,6 +37,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_MAX,
     OUTPUT_SCALE,
     OUTPUT_SHIFT_GRADIENT,
+    OUTPUT_TARGETS_OUTSIDE,
     PARAM_GROUPS,
     PARAM_NORM,
     RECURRENT_MODULES,
@@ -2965,6 +2966,21 @@ def _output_logits(facts: RunFacts) -> Found | None:
         )
         found.evidence[OUTPUT_SHIFT_GRADIENT.name] = push
         found.evidence["pushed_from"] = began
+        found.first_step = min(found.first_step, began)
+        return found
+    outside = facts.series(OUTPUT_TARGETS_OUTSIDE.name)
+    if outside is not None and (outside[1] > 0).any():
+        # targets the loss has no minimum on, from their first reading: the logits ran off
+        # to serve them
+        at = np.flatnonzero(outside[1] > 0)[0]
+        began, share = int(outside[0][at]), float(outside[1][at])
+        found.summary += (
+            f"; {share:.2%} of the binary cross-entropy's targets lie outside [0, 1] from step "
+            f"{began} (a label smoothing of the wrong sign, multi-hot counts): no finite logit "
+            "minimises the loss on them, and it pushes those logits on for good"
+        )
+        found.evidence[OUTPUT_TARGETS_OUTSIDE.name] = share
+        found.evidence["targets_outside_from"] = began
         found.first_step = min(found.first_step, began)
         return found
     below = _below_zero_by(facts, found.first_step)

@@ -32,6 +32,7 @@ from steadygrad.core.metrics import (
     OUTPUT_MODULE,
     OUTPUT_SCALE,
     OUTPUT_SHIFT_GRADIENT,
+    OUTPUT_TARGETS_OUTSIDE,
     SOFTMAX_COLLAPSE,
 )
 from steadygrad.monitor.intercept import SAME_VALUES, InterceptingSignal, autograd_step
@@ -64,6 +65,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         OUTPUT_LOGIT_MEAN,
         OUTPUT_SHIFT_GRADIENT,
         OUTPUT_SCALE,
+        OUTPUT_TARGETS_OUTSIDE,
         SOFTMAX_COLLAPSE,
     )
 
@@ -162,8 +164,10 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         however the logit runs off (to either sign: targets outside ``[0, 1]`` have no finite
         minimiser). The two classes' logits have no common shift to read (their mean is 0),
         and no collapse is read: a ``sigmoid`` saturated at a right answer is the loss's
-        minimum, not a stalled row. Elements of weight 0 (masked labels) are left out."""
+        minimum, not a stalled row. Elements of weight 0 (masked labels) are left out. The
+        share of targets outside ``[0, 1]`` is recorded too: the loss has no minimum there."""
         logits = args[0] if args else kwargs.get("input")
+        target = args[1] if len(args) > 1 else kwargs.get("target")
         weight = args[2] if len(args) > 2 else kwargs.get("weight")
         if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
             return
@@ -179,15 +183,18 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             keep = torch.broadcast_to(weight.detach(), logits.shape).reshape(-1) != 0
         self.seen = True
         half = torch.where(keep, z, 0.0) / 2
-        self._add(
-            {
-                "lse": torch.where(keep, torch.logaddexp(half, -half), 0.0).sum(),
-                "rows": keep.float().sum(),
-                "max": half.abs().max(),
-                "sq": 2 * (half * half).sum(),  # both classes' logits, z/2 and -z/2
-                "count": 2 * keep.float().sum(),
-            }
-        )
+        parts = {
+            "lse": torch.where(keep, torch.logaddexp(half, -half), 0.0).sum(),
+            "rows": keep.float().sum(),
+            "max": half.abs().max(),
+            "sq": 2 * (half * half).sum(),  # both classes' logits, z/2 and -z/2
+            "count": 2 * keep.float().sum(),
+        }
+        if isinstance(target, torch.Tensor) and target.shape == logits.shape:
+            t = target.detach().reshape(-1)
+            parts["outside"] = (((t < 0) | (t > 1)) & keep).float().sum()
+            parts["targets"] = keep.float().sum()
+        self._add(parts)
 
     def _observe_nll(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """``F.nll_loss(log_probs, target)``: softmax collapse with the true targets (the
@@ -323,6 +330,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             out.put(OUTPUT_SHIFT_GRADIENT.name, s["shift"] / size)
         if "collapsed" in s:
             out.put(SOFTMAX_COLLAPSE.name, s["collapsed"] / s["hard_rows"])
+        if "outside" in s:
+            out.put(OUTPUT_TARGETS_OUTSIDE.name, s["outside"] / s["targets"])
         self._sums = {}
 
     def finish(self, record: Record, raw: Sequence[float]) -> None:
@@ -337,6 +346,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if self._classes and LOGIT_LSE_MEAN.name in record.values:
             record.meta[OUTPUT_CLASSES] = self._classes
             record.meta[OUTPUT_EPSILON] = self._epsilon
+        if math.isnan(record.values.get(OUTPUT_TARGETS_OUTSIDE.name, 0.0)):
+            del record.values[OUTPUT_TARGETS_OUTSIDE.name]  # every label's weight was 0
         collapse = record.values.get(SOFTMAX_COLLAPSE.name)
         if collapse is not None and math.isnan(collapse):
             del record.values[SOFTMAX_COLLAPSE.name]  # soft targets only: no row to collapse

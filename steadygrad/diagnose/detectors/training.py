@@ -87,7 +87,7 @@ class SpikeDetector(Detector):
             # flow) says nothing: the z-score and the detector's own test judge alone
             ratio = value / base if base > 0 else (math.inf if base == 0 else None)
             spiking = (
-                z > self.threshold
+                (z > self.threshold or self.beyond_its_loss(record, value))
                 and (ratio is None or ratio >= self.min_ratio)
                 and self.material(value, base)
             )
@@ -110,6 +110,11 @@ class SpikeDetector(Detector):
     def material(self, value: float, median: float) -> bool:
         """Whether a value many z-scores out also matters (a subclass's test; here: always)."""
         return True
+
+    def beyond_its_loss(self, record: Record, value: float) -> bool:
+        """Whether a value not many z-scores out is one by another test (a subclass's; here:
+        none)."""
+        return False
 
 
 RECURS_EVERY = "recurs_every"  # evidence: the spacing of a recurring spike's batches
@@ -342,6 +347,21 @@ def _clipped_like_any_step(evidence: dict) -> bool:
     return math.isfinite(clipped) and usual >= 0.99 * clipped
 
 
+# The robust z-score of a gradient norm per unit of loss above which the norm is a spike
+# though its own z-score is not: a second look at every record, so a higher bar than the norm's
+# own (``threshold``) keeps the two together from warning healthy runs more often than one.
+PER_LOSS_THRESHOLD = 8.0
+PER_LOSS_Z = "per_loss_z"  # evidence: the z-score of a spike found per unit of loss
+
+
+def _per_loss(norm: float | None, loss: float | None) -> float:
+    """``log(norm / loss)``; NaN where either is missing, not finite or not positive (a
+    likelihood's negative log can be below zero)."""
+    if norm is None or loss is None or not (0 < norm < math.inf and 0 < loss < math.inf):
+        return math.nan
+    return math.log(norm) - math.log(loss)
+
+
 class GradNormSpikeDetector(SpikeDetector):
     """A global gradient norm far above its recent median, scored in log space (gradient norms
     are heavy-tailed) and required to be at least ``min_ratio`` times the median.
@@ -365,10 +385,14 @@ class GradNormSpikeDetector(SpikeDetector):
         findings = self._judge_pending(record)
         if GRAD_NORM_PRECLIP.name in record.values:
             self.signal = GRAD_NORM_PRECLIP.name
+        self._per_loss = _per_loss(record.values.get(self.signal), record.values.get(LOSS.name))
         if record.values.get(self.signal) == math.inf and not record.nonfinite:
             findings += self._overflowed(record)
         else:
             spikes = super().update(record)
+            for f in spikes:  # found per unit of loss, its own z-score under the bar: say so
+                if f.evidence["z"] <= self.threshold:
+                    f.evidence[PER_LOSS_Z] = self._per_loss_baseline.score(self._per_loss)
             if spikes and self.signal == GRAD_NORM_PRECLIP.name:
                 clipped = record.values.get(GRAD_NORM.name, math.nan)
                 for f in spikes:
@@ -376,6 +400,8 @@ class GradNormSpikeDetector(SpikeDetector):
                     f.evidence["hidden_by_clipping"] = clipped < 0.5 * record.values[self.signal]
             if spikes:
                 self._pending = (spikes[0], max(self._losses, default=math.inf))
+        if math.isfinite(self._per_loss):
+            self._per_loss_baseline.add(self._per_loss)
         loss = record.values.get(LOSS.name)
         if self._pending is not None and self._pending[0].step == record.step:
             findings += self._judge_pending(record)  # the loss at the spike already rose
@@ -419,6 +445,26 @@ class GradNormSpikeDetector(SpikeDetector):
             maxlen=positive_int("loss_band", loss_band)
         )
         self._pending: tuple[Finding, float] | None = None
+        # log(gradient norm / loss) of the records read, and of this one
+        self._per_loss_baseline = RobustBaseline(self.baseline.values.maxlen or 64)
+        self._per_loss = math.nan
+
+    def beyond_its_loss(self, record: Record, value: float) -> bool:
+        """A gradient far above its loss's (its log over the loss's at least
+        ``PER_LOSS_THRESHOLD`` robust z-scores above the last ``window`` records', and
+        ``min_ratio`` times the median of the last ``recent``): a norm the batch did not earn.
+        A hard batch raises the loss with its gradient (a squared error's gradient grows as its
+        square root, a cross-entropy's at most as fast as it), so its gradient per unit of loss
+        does not rise; one a loss weight or a reduction typed wrong for one step multiplied,
+        the loss recorded as usual, rises by all of that factor. Judged on the gradient per
+        unit of loss, whose spread is the batches' spread in difficulty taken out, such a norm
+        stands out in a run whose gradient norm alone is too heavy-tailed to tell it."""
+        per_loss, past = self._per_loss, self._per_loss_baseline
+        if not math.isfinite(per_loss) or len(past) < self.warmup:
+            return False
+        recent = statistics.median(list(past.values)[-self.recent :])
+        material = per_loss - recent >= math.log(self.min_ratio)
+        return material and past.score(per_loss) > PER_LOSS_THRESHOLD
 
     def _overflowed(self, record: Record) -> list[Finding]:
         """A norm past float32's range while every entry is finite: the largest spike there

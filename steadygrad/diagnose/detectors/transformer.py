@@ -44,6 +44,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_RMS,
     OUTPUT_MODULE,
     OUTPUT_SHIFT_GRADIENT,
+    OUTPUT_TARGETS_OUTSIDE,
     PARAM_NORM,
     RELU_ACTIVE,
     SATURATED,
@@ -329,8 +330,9 @@ class OutputLogitDivergence(Detector):
     explains, in a run whose loss had halved long before). A loss whose gradient pushes
     every logit up (``output_shift_gradient`` at or below ``-SHIFT_REWARDED`` at two readings
     in a row, or ``-SHIFT_DOMINANT`` at one: a z-loss with its sign flipped; no loss of the
-    softmax alone can) vouches for no
-    growth however far it fell: the rises above count as if it had not halved, and a rise of
+    softmax alone can), or a binary cross-entropy whose targets fall outside ``[0, 1]``
+    (``output_targets_outside`` above 0 at one reading: it has no minimum there), vouches for
+    no growth however far it fell: the rises above count as if it had not halved, and a rise of
     ``lse_limit / 8`` kept for ``patience`` readings is enough, or any rise at each of
     ``patience`` readings with the push read at as many.
     Where the first ``log Z`` stood above ``log(classes)`` (logits inflated at initialisation),
@@ -355,6 +357,7 @@ class OutputLogitDivergence(Detector):
         OUTPUT_LOGIT_RMS,
         OUTPUT_LOGIT_MEAN,
         OUTPUT_SHIFT_GRADIENT,
+        OUTPUT_TARGETS_OUTSIDE,
         SOFTMAX_COLLAPSE,
         LOSS,
     )
@@ -461,7 +464,12 @@ class OutputLogitDivergence(Detector):
         shift = record.values.get(OUTPUT_SHIFT_GRADIENT.name)
         if math.isfinite(record.values.get(SOFTMAX_COLLAPSE.name, math.nan)):
             self._class_targets = True
-        if shift is not None and math.isfinite(shift) and on_cadence:
+        outside = record.values.get(OUTPUT_TARGETS_OUTSIDE.name, 0.0)
+        if outside > 0 and on_cadence:
+            # a binary cross-entropy's targets outside [0, 1]: no finite logit minimises the
+            # loss on them, and it pushes their logits on for good; one reading proves it
+            self._rewarded += 2
+        elif shift is not None and math.isfinite(shift) and on_cadence:
             trusted = loss is None or not math.isfinite(loss) or abs(loss) >= SHIFT_TRUSTED_LOSS
             pushed = shift <= -SHIFT_REWARDED and trusted
             # a dominant push counts as two readings: no rounding makes it
@@ -516,7 +524,13 @@ class OutputLogitDivergence(Detector):
             "lse_limit": limit,
             PREVIOUS_READING: self._readings.before(self._streak.count),
         }
-        names = (OUTPUT_LOGIT_MAX, OUTPUT_LOGIT_RMS, OUTPUT_LOGIT_MEAN, OUTPUT_SHIFT_GRADIENT)
+        names = (
+            OUTPUT_LOGIT_MAX,
+            OUTPUT_LOGIT_RMS,
+            OUTPUT_LOGIT_MEAN,
+            OUTPUT_SHIFT_GRADIENT,
+            OUTPUT_TARGETS_OUTSIDE,
+        )
         for name in (metric.name for metric in names):
             if name in record.values:
                 evidence[name] = record.values[name]
