@@ -224,6 +224,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout218,
     cases_heldout219,
     cases_heldout220,
+    cases_heldout221,
     cases_mlp,
     cases_other,
 )
