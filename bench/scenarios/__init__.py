@@ -225,6 +225,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout219,
     cases_heldout220,
     cases_heldout221,
+    cases_heldout222,
     cases_mlp,
     cases_other,
 )
