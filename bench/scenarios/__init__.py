@@ -226,6 +226,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout220,
     cases_heldout221,
     cases_heldout222,
+    cases_heldout223,
     cases_mlp,
     cases_other,
 )
