@@ -223,6 +223,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout217,
     cases_heldout218,
     cases_heldout219,
+    cases_heldout226,
     cases_mlp,
     cases_other,
 )
