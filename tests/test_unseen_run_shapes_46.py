@@ -171,3 +171,42 @@ def test_per_unit_of_loss_a_multiplied_gradient_is_found_and_a_hard_batch_is_not
         assert ("per_loss_z" in spike.evidence) is (spike.evidence["z"] <= 6)
         hidden += spike.evidence["z"] <= 6
     assert hidden >= 3
+
+
+def test_a_gradient_scaled_for_one_step_that_broke_the_run_is_a_spike(tmp_path):
+    # Trigger: set 220's toe-wrestling classifier (SGD with momentum), whose loss-weight table
+    # is read one entry ahead at step 150: the gradient is 64x its usual size for that step,
+    # the loss as usual, and its update throws the run into a climb it breaks on. Per unit of
+    # loss the gradient is back to its usual level at the next step (it is large there only
+    # because the loss is): scaled once, not a step size raised for good.
+    ctx, report = held_out_run(tmp_path, "h220_toe_wrestling_loss_weight_index")
+    induced_or_skip(ctx)
+    assert report.top.cause == "gradient_spike"
+    assert report.top.first_step == 150
+    sharp = [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
+    assert not [d for d in sharp if "gradient_scaled_at" in d.evidence]
+
+
+@pytest.mark.parametrize(("momentum", "carried"), [(0.9, True), (None, False)])
+def test_a_spike_the_loss_climbed_from_within_the_momentums_reach_was_felt(
+    tmp_path, momentum, carried
+):
+    # A gradient 30x its level at step 110, the loss at the next step inside its band; the
+    # loss leaves its level from there, the climb found at step 123. Under momentum 0.9 the
+    # spike's update goes on for about 10 steps after it, and a climb is confirmed up to 10
+    # steps later: the climb is its doing (a warning); with no momentum its one update was
+    # 13 steps before: no more than a spike (info).
+    rows = [
+        {"loss": 0.05 if t <= 110 else 0.05 * 1.15 ** (t - 110), "lr/0": 0.01} for t in range(130)
+    ]
+    spike = {"grad_norm": 5.6, "baseline": 0.19, "ratio": 30.0, "loss_after": 0.06}
+    climb = {"loss_median": 0.13, "best_level": 0.034, "best_level_step": 110, "ratio": 3.8}
+    findings = [
+        ("grad_norm_spike", 110, None, spike, "info"),
+        ("loss_divergence", 123, None, climb, "warning"),
+    ]
+    config = {"optimizer": "SGD", "first_moment_decay": momentum}
+    report = diagnose_stored(tmp_path, str(momentum), rows, findings, config)
+    spiked = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert (spiked.severity == "warning") is carried
+    assert ("loss_climbed_at" in spiked.evidence) is carried

@@ -3779,15 +3779,18 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
             f"{h.get('clipped_to', math.nan):.3g} after; the logged grad norm looked normal)"
         )
     summary += _batches_behind(spikes, ev)
+    # the spike's update goes on for as long as the optimizer's momentum carries it, and what
+    # it did is confirmed up to CONFIRMED_SOON steps after that
+    reach = first.step + facts.spike_carried + CONFIRMED_SOON
     felt = [
         f.step
         for f in facts.of(LOSS_SPIKE)
-        if f.severity != "info" and first.step < f.step <= first.step + CONFIRMED_SOON
+        if f.severity != "info" and first.step < f.step <= reach
     ]
     climbed = [
         f.step
         for f in facts.of(LOSS_DIVERGENCE)
-        if f.severity != "info" and first.step < f.step <= first.step + CONFIRMED_SOON
+        if f.severity != "info" and first.step < f.step <= reach
     ]
     # a loss that jumped at the spike's own step made it (a batch, weights replaced): the
     # climb after is the jump's, not the spike's update's
@@ -4860,7 +4863,10 @@ def _gradient_scaled_at_a_stroke(
     ``SCALED_AT_A_STROKE`` times its median over the readings before and stayed up while the
     loss did not rise with it, and that factor: the gradient, and with it the step of an SGD-
     like optimizer, was scaled at a stroke (accumulated micro-batch losses summed, a loss
-    weight raised), so the learning rate the run had trained at no longer set the step."""
+    weight raised), so the learning rate the run had trained at no longer set the step. Not
+    where the gradient per unit of loss was back at its usual level at the next record: the
+    scale was one step's (a loss weight typed wrong once), and the gradient stayed up only
+    because the loss it threw did: a gradient spike, whose update broke the run."""
     grads, loss = facts.series(GRAD_NORM.name), facts.series(LOSS.name)
     if grads is None or loss is None:
         return None
@@ -4883,8 +4889,31 @@ def _gradient_scaled_at_a_stroke(
         losses = loss[1][(loss[0] < at) & (loss[0] >= at - SCALE_WINDOW) & np.isfinite(loss[1])]
         now = loss[1][loss[0] == at]
         if len(losses) and len(now) and now[0] <= 1.5 * float(np.median(losses)):
+            if _scaled_once(steps, norms, loss, i):
+                continue
             return at, float(norms[i] / usual)
     return None
+
+
+def _scaled_once(
+    steps: np.ndarray, norms: np.ndarray, loss: tuple[np.ndarray, np.ndarray], i: int
+) -> bool:
+    """Whether the gradient norm per unit of loss, up ``SCALED_AT_A_STROKE`` times at reading
+    ``i``, was under half that at the next reading (against its median over the
+    ``SCALE_WINDOW`` readings before): scaled for one step only."""
+    per_loss = dict(zip(loss[0].tolist(), loss[1].tolist(), strict=True))
+
+    def ratio(j: int) -> float:
+        value = per_loss.get(int(steps[j]), math.nan)
+        return norms[j] / value if value > 0 and math.isfinite(value) else math.nan
+
+    if i + 1 >= len(steps):
+        return False
+    usual = np.array([ratio(j) for j in range(max(0, i - SCALE_WINDOW), i)])
+    usual = usual[np.isfinite(usual)]
+    if len(usual) < SCALE_WINDOW // 2:
+        return False
+    return bool(ratio(i + 1) < SCALED_AT_A_STROKE / 2 * float(np.median(usual)))
 
 
 # Records before a break over which the gradient norm of a run that had trained grew at every
