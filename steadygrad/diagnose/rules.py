@@ -848,14 +848,19 @@ def _thrown_by_a_spike(facts: RunFacts, began: int, clear: int | None) -> int | 
     """The step of a gradient spike (not info) within ``THROWN_WITHIN`` steps before ``began``
     (where a mechanism was first read), when the reading before (``clear``: none found there)
     came before it: the spike's update made what was read next."""
-    spikes = [
-        f.step
-        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
-        if f.severity != "info" and began - THROWN_WITHIN <= f.step < began
-    ]
+    spikes = _spikes_between(facts, began - THROWN_WITHIN, began)
     if spikes and (clear is None or clear <= min(spikes)):
         return min(spikes)
     return None
+
+
+def _spikes_between(facts: RunFacts, start: int, stop: int) -> list[int]:
+    """The steps of the gradient spikes (not info) from ``start`` up to, not at, ``stop``."""
+    return [
+        f.step
+        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
+        if f.severity != "info" and start <= f.step < stop
+    ]
 
 
 # The climb of the logits, per step, from their last reading before a spike to the finding,
@@ -871,12 +876,7 @@ def _quickened_by_a_spike(facts: RunFacts, began: int) -> tuple[int, int] | None
     with momentum goes on moving the weights along a spike's gradient for steps after it, and
     a climb that quickened just then is that spike's throw, not the drift that was going on."""
     lse = facts.series(LOGIT_LSE_MEAN.name)
-    reach = facts.spike_carried
-    spikes = [
-        f.step
-        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
-        if f.severity != "info" and began - reach <= f.step < began
-    ]
+    spikes = _spikes_between(facts, began - facts.spike_carried, began)
     if lse is None or not spikes:
         return None
     steps, values = lse[0][np.isfinite(lse[1])], lse[1][np.isfinite(lse[1])]
@@ -899,11 +899,7 @@ def _risen_at_a_spike(facts: RunFacts, began: int, before: int) -> tuple[int, in
     the way up from its reading before the spike to the finding's: read just after the spike's
     update, under the detector's bar but already up, the logits had been thrown by it."""
     lse = facts.series(LOGIT_LSE_MEAN.name)
-    spikes = [
-        f.step
-        for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)
-        if f.severity != "info" and began - THROWN_WITHIN <= f.step < before
-    ]
+    spikes = _spikes_between(facts, began - THROWN_WITHIN, before)
     if lse is None or not spikes:
         return None
     steps, values = lse
