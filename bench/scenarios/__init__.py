@@ -232,6 +232,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout226,
     cases_heldout228,
     cases_heldout229,
+    cases_heldout230,
     cases_mlp,
     cases_other,
 )
