@@ -234,6 +234,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout229,
     cases_heldout230,
     cases_heldout231,
+    cases_heldout232,
     cases_mlp,
     cases_other,
 )
