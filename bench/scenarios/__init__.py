@@ -235,6 +235,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout230,
     cases_heldout231,
     cases_heldout232,
+    cases_heldout233,
     cases_mlp,
     cases_other,
 )
