@@ -230,6 +230,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout224,
     cases_heldout225,
     cases_heldout226,
+    cases_heldout227,
     cases_heldout228,
     cases_heldout229,
     cases_heldout230,
