@@ -279,14 +279,19 @@ class LossSpikeDetector(SpikeDetector):
 
     def _judge_hard(self, value: float) -> list[Finding]:
         """The spike held by :meth:`_held_as_hard`, now that the next loss is in: info when
-        that loss was back inside the band before the spike (a batch far off, a noisy stream's
+        that loss was back inside the band before the spike, or more than halfway back down
+        to the spike's baseline (a batch far off, a noisy stream's
         or a bad one, whose pull a robust loss capped: the update was ordinary and left no
         trace; the batch is still named), a warning otherwise."""
         if self._hard is None:
             return []
         (spike, band), self._hard = self._hard, None
         evidence = {**spike.evidence, "loss_after": value}
-        if math.isfinite(value) and value <= band:
+        # back inside the band, or more than halfway down from the spike to its baseline: a
+        # noisy stream's next batch may stand a little above the worst before it, but a climb
+        # the spike began would hold the loss up
+        halfway = (spike.evidence[self.signal] + spike.evidence["baseline"]) / 2
+        if math.isfinite(value) and (value <= band or value < halfway):
             evidence[HARD_BATCH] = True
             return [replace(spike, evidence=evidence, severity="info")]
         return [replace(spike, evidence=evidence)]
