@@ -240,6 +240,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout234,
     cases_heldout237,
     cases_heldout238,
+    cases_heldout239,
     cases_mlp,
     cases_other,
 )
