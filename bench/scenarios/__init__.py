@@ -242,6 +242,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout237,
     cases_heldout238,
     cases_heldout239,
+    cases_heldout240,
     cases_mlp,
     cases_other,
 )
