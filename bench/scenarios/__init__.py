@@ -237,6 +237,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout231,
     cases_heldout232,
     cases_heldout233,
+    cases_heldout235,
     cases_mlp,
     cases_other,
 )
