@@ -238,6 +238,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout232,
     cases_heldout233,
     cases_heldout234,
+    cases_heldout235,
     cases_heldout236,
     cases_heldout237,
     cases_heldout238,
