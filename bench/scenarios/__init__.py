@@ -244,6 +244,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout238,
     cases_heldout239,
     cases_heldout240,
+    cases_heldout244,
     cases_mlp,
     cases_other,
 )
