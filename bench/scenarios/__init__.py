@@ -246,6 +246,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout240,
     cases_heldout241,
     cases_heldout242,
+    cases_heldout244,
     cases_heldout245,
     cases_heldout246,
     cases_heldout247,
