@@ -220,3 +220,25 @@ def test_a_noisy_streams_hard_batch_then_a_slightly_hard_one_is_no_warning(tmp_p
     ctx, report = held_out_run(tmp_path, "h230_crepuscular_ray_adadelta_control")
     assert not [f for f in ctx.monitor.findings if f.severity != "info"]
     assert report.top is None or report.top.severity == "info"
+
+
+@pytest.mark.parametrize(("producer", "explains"), [("normalize", False), ("head", True)])
+def test_a_logit_drift_explains_no_nan_another_module_made_from_finite_inputs(
+    tmp_path, producer, explains
+):
+    # Set 62's shape: an OWL-ViT detector's BCE logits drift from step 15, and at step 70 a
+    # flat camera frame makes 0/0 in the standardiser in front of it (replayed with the step's
+    # own weights: made at once from finite inputs). A drift's harm is in the head's logits
+    # and the loss; it explains a NaN the head itself made, not the standardiser's.
+    rows = [{"loss": 0.7 if t < 70 else math.nan, "lr/0": 1e-3} for t in range(71)]
+    drift = {"logit_lse_mean": 39.0, "initial": 12.0, "drift": 27.0, "previous_reading": 0}
+    origin = {"module": producer, "output_norm": math.nan, "replayed": True}
+    nan = {"loss": math.nan, "nonfinite_params": 100.0, "forward_origin": origin}
+    findings = [
+        ("output_logit_divergence", 15, "head", drift, "warning"),
+        ("nonfinite", 70, producer, nan, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, producer, rows, findings, {"optimizer": "Adam"})
+    drifted = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    assert ("does not explain the non-finite value" in drifted.why) is not explains
+    assert (report.top.cause == "output_logit_divergence") is explains

@@ -5642,6 +5642,9 @@ RULES: tuple[Rule, ...] = (
         # an outlier batch's own logits, or the jolt it gave; logits spread so far apart that
         # the softmax rounds to exactly 0 and 1 (a temperature) are that collapse's logits
         explained_by=("data_outlier", "softmax_collapse"),
+        # its harm is in the head's logits and the loss: a NaN another module's forward makes
+        # from finite inputs (a flat frame's 0/0 in a standardiser) is not a drift's
+        contained=True,
     ),
     Rule(
         "softmax_collapse",
