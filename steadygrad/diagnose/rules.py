@@ -879,7 +879,8 @@ def _quickened_by_a_spike(facts: RunFacts, began: int) -> tuple[int, int] | None
     spikes = _spikes_between(facts, began - facts.spike_carried, began)
     if lse is None or not spikes:
         return None
-    steps, values = lse[0][np.isfinite(lse[1])], lse[1][np.isfinite(lse[1])]
+    finite = np.isfinite(lse[1])
+    steps, values = lse[0][finite], lse[1][finite]
     spike = min(spikes)
     before, at = np.flatnonzero(steps <= spike), np.flatnonzero(steps == began)
     if len(before) < 2 or not len(at):
@@ -2965,11 +2966,11 @@ def _output_logits(facts: RunFacts) -> Found | None:
         found.first_step = min(found.first_step, began)
         return found
     outside = facts.series(OUTPUT_TARGETS_OUTSIDE.name)
-    if outside is not None and (outside[1] > 0).any():
+    read = np.flatnonzero(outside[1] > 0) if outside is not None else []
+    if len(read):
         # targets the loss has no minimum on, from their first reading: the logits ran off
         # to serve them
-        at = np.flatnonzero(outside[1] > 0)[0]
-        began, share = int(outside[0][at]), float(outside[1][at])
+        began, share = int(outside[0][read[0]]), float(outside[1][read[0]])
         found.summary += (
             f"; {share:.2%} of the binary cross-entropy's targets lie outside [0, 1] from step "
             f"{began} (a label smoothing of the wrong sign, multi-hot counts): no finite logit "
@@ -4897,10 +4898,10 @@ def _scaled_once(
     """Whether the gradient norm per unit of loss, up ``SCALED_AT_A_STROKE`` times at reading
     ``i``, was under half that at the next reading (against its median over the
     ``SCALE_WINDOW`` readings before): scaled for one step only."""
-    per_loss = dict(zip(loss[0].tolist(), loss[1].tolist(), strict=True))
+    loss_at = dict(zip(loss[0].tolist(), loss[1].tolist(), strict=True))
 
     def ratio(j: int) -> float:
-        value = per_loss.get(int(steps[j]), math.nan)
+        value = loss_at.get(int(steps[j]), math.nan)
         return norms[j] / value if value > 0 and math.isfinite(value) else math.nan
 
     if i + 1 >= len(steps):

@@ -182,18 +182,18 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if isinstance(weight, torch.Tensor):
             keep = torch.broadcast_to(weight.detach(), logits.shape).reshape(-1) != 0
         self.seen = True
-        half = torch.where(keep, z, 0.0) / 2
+        half, kept = torch.where(keep, z, 0.0) / 2, keep.float().sum()
         parts = {
             "lse": torch.where(keep, torch.logaddexp(half, -half), 0.0).sum(),
-            "rows": keep.float().sum(),
+            "rows": kept,
             "max": half.abs().max(),
             "sq": 2 * (half * half).sum(),  # both classes' logits, z/2 and -z/2
-            "count": 2 * keep.float().sum(),
+            "count": 2 * kept,
         }
         if isinstance(target, torch.Tensor) and target.shape == logits.shape:
             t = target.detach().reshape(-1)
             parts["outside"] = (((t < 0) | (t > 1)) & keep).float().sum()
-            parts["targets"] = keep.float().sum()
+            parts["targets"] = kept
         self._add(parts)
 
     def _observe_nll(self, args: tuple, kwargs: dict[str, Any]) -> None:

@@ -86,9 +86,10 @@ class SpikeDetector(Detector):
             # a ratio to a baseline below zero (a likelihood's negative log: a Gaussian NLL, a
             # flow) says nothing: the z-score and the detector's own test judge alone
             ratio = value / base if base > 0 else (math.inf if base == 0 else None)
+            # the cheap ratio first: the per-loss look runs only on a norm well above its median
             spiking = (
-                (z > self.threshold or self.beyond_its_loss(record, value))
-                and (ratio is None or ratio >= self.min_ratio)
+                (ratio is None or ratio >= self.min_ratio)
+                and (z > self.threshold or self.beyond_its_loss(record, value))
                 and self.material(value, base)
             )
             if spiking and self._quiet_needed == 0:
