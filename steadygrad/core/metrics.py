@@ -314,6 +314,10 @@ OUTPUT_LAYER = "output_layer"
 # of the same module) and the built-in recurrent layers, whose repeated Jacobian product is where
 # gradients explode.
 RECURRENT_MODULES = "recurrent_modules"
+# Run config key: for a layer whose units the dead-unit signal reads, the activation module
+# (``nn.ReLU``, ``nn.Tanh``) whose forward applied the activation to its output, where one did:
+# the dead units are the layer's, seen at that module.
+ACTIVATION_MODULES = "activation_modules"
 # Run config key: the monitored parameters' names in each optimizer group, keyed as the group's
 # learning rate is stored (``lr/<name or index>``), when the optimizer has two groups or more.
 PARAM_GROUPS = "param_groups"

@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
     ACT_RMS,
+    ACTIVATION_MODULES,
     ATTN_LOGIT_MAX,
     DEAD_UNITS,
     DIRECTIONAL_SHARPNESS_RATIO,
@@ -364,6 +365,12 @@ class RunFacts:
         RMSprop, Adagrad: its family, recorded by the Monitor from
         :func:`steadygrad.core.optimizer_family`)."""
         return self.run.config.get(OPTIMIZER_FAMILY) in PER_COORDINATE
+
+    @cached_property
+    def activation_modules(self) -> dict[str, str]:
+        """For a layer whose units were read, the activation module (``nn.ReLU``) whose
+        forward read them, where one did (noted by the Monitor in the run's config)."""
+        return dict(self.run.config.get(ACTIVATION_MODULES) or {})
 
     @cached_property
     def recurrent_modules(self) -> list[str]:
@@ -1304,6 +1311,20 @@ def _back_in_range(facts: RunFacts, ratios: list[Finding], readings: int = 3) ->
 
 
 def _plasticity(facts: RunFacts) -> Found | None:
+    """Dead units or a collapsing rank (see :func:`_units_lost`), each layer named with the
+    activation module whose forward read its units where one did (``fc1`` and ``act1``)."""
+    found = _units_lost(facts)
+    if found is None:
+        return None
+    applied_in = facts.activation_modules
+    seen_at = {layer: applied_in[layer] for layer in found.where if layer in applied_in}
+    if seen_at:
+        found.where = found.where + sorted(set(seen_at.values()) - set(found.where), key=_natural)
+        found.evidence["activation_modules"] = seen_at
+    return found
+
+
+def _units_lost(facts: RunFacts) -> Found | None:
     """Dead units or a collapsing rank; units first found dead in the ``EXPLOSION_LEAD`` steps
     before a break that was a gradient explosion (a spike of the gradient norm leading into
     it), or (in a recurrence) only after a break that gradient spikes led into, are its

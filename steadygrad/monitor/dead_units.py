@@ -16,6 +16,7 @@ running.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from steadygrad.core import Measurements
-from steadygrad.core.metrics import DEAD_UNITS, RELU_ACTIVE, SATURATED, ZEROED_UNITS
+from steadygrad.core.metrics import (
+    ACTIVATION_MODULES,
+    DEAD_UNITS,
+    RELU_ACTIVE,
+    SATURATED,
+    ZEROED_UNITS,
+)
 from steadygrad.monitor.intercept import InterceptingSignal
 from steadygrad.monitor.intercept import _observe as observe_safely
 
@@ -36,6 +43,8 @@ SIGMOID_TAIL = 5.293
 # below 0; above 3 it is the identity), hardsigmoid outside [-3, 3] (saturated).
 HARDSWISH_FLOOR = -3.0
 HARDSIGMOID_TAIL = 3.0
+
+log = logging.getLogger("steadygrad")
 
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 # Built-in recurrent layers whose ReLU runs inside torch's kernel, where no intercepted call
@@ -66,6 +75,8 @@ class DeadUnitSignal(InterceptingSignal):
         self._saturated: dict[str, list[Any]] = {}  # in-the-tails count, element count
         self._channel_first: set[str] = set()
         self._relu_inside: list[tuple[str, nn.Module]] = []
+        self._applied_in: dict[str, str] = {}  # layer -> the activation module that read it
+        self._noted = 0  # how many of those the run's config holds
         self.seen = False
 
     def attach(self, monitor: Any) -> None:
@@ -107,8 +118,10 @@ class DeadUnitSignal(InterceptingSignal):
             self.producer(x) or self.composer(x) or self._fed_by(x) or self.running() or "<root>"
         )
         count = (x.detach().abs() > tail).sum(dtype=torch.float32)
+        applied_in = self.running_leaf()
 
         def add() -> None:
+            self._note_module(layer, applied_in)
             total = self._saturated.get(layer)
             if total is None:
                 self._saturated[layer] = [count, x.numel()]
@@ -193,8 +206,10 @@ class DeadUnitSignal(InterceptingSignal):
         # an output of 0 may have had any input at or below 0: take every unit as fed
         fed = torch.ones_like(alive) if given else units.ne(0).any(dim=1)
         count = positive.sum(dtype=torch.float32)
+        applied_in = None if given else self.running_leaf()
 
         def add() -> None:
+            self._note_module(layer, applied_in)
             previous = self._alive.get(layer)
             if previous is not None and previous.shape != alive.shape:
                 return  # the same layer fed ReLUs of another width: keep the first
@@ -209,7 +224,25 @@ class DeadUnitSignal(InterceptingSignal):
 
         self._if_hidden(x, add)
 
+    def _note_module(self, layer: str, module: str | None) -> None:
+        """Keep the activation module whose forward read ``layer``'s output, when it is
+        another module than the layer (``act1`` after ``fc1``)."""
+        if module is not None and module != layer:
+            self._applied_in.setdefault(layer, module)
+
+    def _note_modules(self) -> None:
+        """Add the activation modules found since the last note to the run's config, where
+        the diagnosis names them beside their layers."""
+        if len(self._applied_in) == self._noted:
+            return
+        self._noted = len(self._applied_in)
+        try:
+            self.monitor.store.update_config({ACTIVATION_MODULES: dict(self._applied_in)})
+        except Exception as exc:  # a note for the diagnosis, never worth the run
+            log.warning("steadygrad: could not note the activation modules: %r", exc)
+
     def measure(self, step: int, out: Measurements) -> None:
+        self._note_modules()
         if self._saturated:
             names = sorted(self._saturated)
             shares = torch.stack([self._saturated[n][0] / self._saturated[n][1] for n in names])

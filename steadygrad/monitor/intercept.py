@@ -64,6 +64,7 @@ class InterceptingSignal(Signal):
         super().__init__(every)
         self._names: dict[int, str] = {}
         self._leaves: set[int] = set()
+        self._leaf_names: set[str] = set()
         self._stack: list[str] = []
         # storage address -> (leaf, its output): an address is that output's only while the
         # output lives (views keep it alive); once freed, another tensor may be put there
@@ -84,6 +85,7 @@ class InterceptingSignal(Signal):
         super().attach(monitor)
         self._names = {id(m): name for name, m in monitor.model.named_modules()}
         self._leaves = {id(m) for m in monitor.model.modules() if next(m.children(), None) is None}
+        self._leaf_names = {self._names[i] for i in self._leaves}
 
     def begin(self, step: int) -> None:
         self._stop()
@@ -155,6 +157,11 @@ class InterceptingSignal(Signal):
     def running(self) -> str:
         """The innermost module whose forward is running ('' at the top level)."""
         return self._stack[-1] if self._stack else ""
+
+    def running_leaf(self) -> str | None:
+        """The running module when it is a leaf: an ``nn.ReLU`` whose forward made the call."""
+        name = self.running()
+        return name if name and name in self._leaf_names else None
 
     def in_forward(self) -> bool:
         """Whether a forward of the watched model (the root's included) is running: a call made
