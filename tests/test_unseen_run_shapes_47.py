@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import held_out_run, induced_or_skip, steadygrad
 from torch import nn
 
-import steadygrad
 from steadygrad.core.metrics import ACTIVATION_MODULES
 
 
@@ -66,3 +66,38 @@ def test_dead_units_are_named_at_their_layer_and_the_activation_module_that_read
     else:
         assert ACTIVATION_MODULES not in config
         assert top.where == ["fc1"]
+
+
+def test_a_scale_parameter_on_the_logits_is_named_with_the_layer_that_makes_them(tmp_path):
+    # Trigger: set 241's cosine classifier, logits = exp(logit_scale) x cos(features, class
+    # directions), its learnable scale initialised at 10 instead of log(10): rows collapse from
+    # the first step. The scale sets their size; the head (whose weight the class directions
+    # are, used as a function) makes them: both are named, the scale first.
+    ctx, report = held_out_run(tmp_path, "h241_silk_reel_logit_scale_not_logged")
+    induced_or_skip(ctx)
+    assert report.top.cause == "softmax_collapse"
+    assert report.top.where == ["logit_scale", "head"]
+
+
+def test_a_collapse_made_by_a_module_names_that_module_alone(tmp_path):
+    # Control: a plain head whose weights are 1e4 times too large: the head makes the logits
+    # and sets their size; nothing else is named.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 5))
+    with torch.no_grad():
+        model[2].weight.mul_(1e4)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 8, generator=g), torch.randint(0, 5, (128,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(12):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    with torch.no_grad():  # the oracle: most rows' softmax rounds to exactly one class
+        assert (F.softmax(model(x), -1).max(-1).values == 1.0).float().mean() > 0.5
+    report = steadygrad.diagnose(tmp_path / "run")
+    assert report.top.cause == "softmax_collapse"
+    assert report.top.where == ["2"]

@@ -685,12 +685,24 @@ def _stopped_short(facts: RunFacts, f: Finding) -> bool:
     return bool(len(earlier)) and values[-1] < AttentionLogitGrowth.EARLY_RATIO * earlier[-1]
 
 
+def _scaled_head(facts: RunFacts, found: Found | None) -> Found | None:
+    """``found`` with the output layer named after a parameter it names that scales the
+    logits no module produced (CLIP's ``logit_scale`` times a cosine head's output): the
+    scale is where the logits' size is set, the layer is where they are made."""
+    layer = facts.output_layer
+    if found is None or layer is None or layer in found.where:
+        return found
+    if any(PARAM_NORM.key(w) in facts.names for w in found.where):
+        found.where = found.where + [layer]
+    return found
+
+
 def _softmax_collapse(facts: RunFacts) -> Found | None:
     """Collapsed rows, found on a streak of readings, dated from the first of an unbroken run of
     readings with rows collapsed that led into it: logits inflated at initialisation (a
     temperature applied the wrong way) collapse rows from the first step, a few at first, and
     the log-partition drift they make is then the collapse's, not a cause of its own."""
-    found = _located((SOFTMAX_COLLAPSE_KIND,), "softmax collapse")(facts)
+    found = _scaled_head(facts, _located((SOFTMAX_COLLAPSE_KIND,), "softmax collapse")(facts))
     series = facts.series(SOFTMAX_COLLAPSE.name)
     if found is None or series is None or found.first_step is None:
         return found
@@ -2905,7 +2917,9 @@ def _output_logits(facts: RunFacts) -> Found | None:
     the wrong sign on the head) is one too, from when they began, logits read or not: the
     logits are those weights times features that held still; in a run whose outputs were never
     read as logits, only beside a finding of the detector."""
-    found = _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence")(facts)
+    found = _scaled_head(
+        facts, _located((OUTPUT_LOGIT_DIVERGENCE,), "output-logit divergence")(facts)
+    )
     # no finding and no logits ever read (no cross-entropy, nll_loss or log_softmax): a
     # regressor's head, whose weights grow with whatever drives the loss, makes no logits
     logits = found is not None or facts.series(LOGIT_LSE_MEAN.name) is not None
