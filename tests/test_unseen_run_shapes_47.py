@@ -101,3 +101,123 @@ def test_a_collapse_made_by_a_module_names_that_module_alone(tmp_path):
     report = steadygrad.diagnose(tmp_path / "run")
     assert report.top.cause == "softmax_collapse"
     assert report.top.where == ["2"]
+
+
+class Heading(nn.Module):
+    """The angle of a predicted direction from the x axis, with no clamp of its cosine."""
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.acos(v[:, 0] / v.norm(dim=-1))
+
+
+class AngleNet(nn.Module):
+    def __init__(self, in_module: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 16)
+        self.head = nn.Linear(16, 2)
+        self.heading = Heading() if in_module else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.head(torch.tanh(self.fc(x)))
+        return self.heading(v) if self.heading is not None else torch.acos(v[:, 0] / v.norm(dim=-1))
+
+
+def _angles(tmp_path, model: nn.Module, pruned_at: int = 5, **kwargs):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 4, generator=g), torch.rand(32, generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False, **kwargs) as mon:
+        for t in range(pruned_at + 2):
+            if t == pruned_at:
+                with torch.no_grad():  # a pruning bug zeroes the direction's second component
+                    model.head.weight[1].zero_()
+                    model.head.bias[1].zero_()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+            if not torch.isfinite(loss):
+                break
+    return loss, steadygrad.diagnose(tmp_path / "run")
+
+
+@pytest.mark.parametrize("activation_every", [25, 1])
+def test_a_gradient_made_non_finite_by_a_modules_backward_names_that_module(
+    tmp_path, activation_every
+):
+    # Trigger: the direction's second component is pruned to zero, so its cosine is exactly
+    # +-1, where acos's derivative is infinite: the loss is finite, the gradient is not. The
+    # parameter whose gradient went bad first (head.bias) is a victim; a replay of the step,
+    # differentiated, names the module whose backward made it, on a hooked step or off one.
+    u = torch.tensor([1.0, -1.0], requires_grad=True)
+    (du,) = torch.autograd.grad(torch.acos(u).sum(), u)
+    assert torch.isinf(du).all()  # the oracle: acos' is -1/sqrt(1 - u^2), infinite at +-1
+    loss, report = _angles(tmp_path, AngleNet(), activation_every=activation_every)
+    found = next(d for d in report.diagnoses if d.cause == "nonfinite")
+    assert found.first_step == 5
+    assert found.where == ["heading"]
+    assert "made in heading's backward" in found.summary
+
+
+def test_a_gradient_made_non_finite_outside_any_module_names_the_output_it_reached(tmp_path):
+    # Control: the same acos written in the model's own forward, outside any module: the
+    # first non-finite gradient reached head's output, made after it.
+    _, report = _angles(tmp_path, AngleNet(in_module=False))
+    found = next(d for d in report.diagnoses if d.cause == "nonfinite")
+    assert found.first_step == 5
+    assert found.where == ["head"]
+    assert "outside any module" in found.summary
+
+
+class GammaNet(nn.Module):
+    """Shape and rate heads of a Gamma likelihood; the rate's softplus was left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 16)
+        self.shape = nn.Linear(16, 1)
+        self.rate = nn.Linear(16, 1)
+        with torch.no_grad():
+            self.rate.bias.fill_(5.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc(x))
+        return torch.cat([F.softplus(self.shape(h)) + 1e-3, self.rate(h)], -1)
+
+
+def _gamma_nll(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    k, r = out[:, 0], out[:, 1]
+    return -(k * torch.log(r) + (k - 1) * torch.log(y) - r * y - torch.lgamma(k)).mean()
+
+
+@pytest.mark.parametrize("step", [25, 24])
+def test_a_nan_the_loss_made_on_a_hooked_step_names_the_output_it_came_from(tmp_path, step):
+    # Trigger: the rate's bias drops so that one sample's raw rate is negative at step 25, a
+    # step the activation hooks read: every module's output is finite, log(rate) is NaN. The
+    # weights were copied before the NaN update there too, and a replay names the rate head.
+    # Control: the same at step 24, off the cadence.
+    model = GammaNet()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.rand(64, generator=g) + 0.5
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for t in range(step + 1):
+            if t == step:
+                with torch.no_grad():  # the lowest raw rate goes just below zero
+                    h = torch.tanh(model.fc(x))
+                    model.rate.bias -= model.rate(h).min() + 1e-3
+            loss = _gamma_nll(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    assert torch.isnan(loss)
+    found = next(
+        d for d in steadygrad.diagnose(tmp_path / "run").diagnoses if d.cause == "nonfinite"
+    )
+    assert found.first_step == step
+    assert found.where == ["rate"]
+    assert "negative" in found.summary

@@ -3275,15 +3275,22 @@ def _nonfinite(facts: RunFacts) -> Found | None:
     backward = first.evidence.get("backward_origin")
     where: list[str] = []
     summary = f"NaN/Inf from step {first.step}"
+    origin = with_forward.evidence["forward_origin"] if with_forward is not None else {}
     if backward:  # the forward pass was finite: the backward pass made the first bad value
-        where.append(backward["parameter"])
+        if not origin.get("in_the_backward"):  # else the module that made it is named below
+            where.append(backward["parameter"])
         loss = first.evidence.get("loss", math.nan)
         summary += (
             f": the gradient of {backward['parameter']} went non-finite first in the backward "
             f"pass (the loss was still finite, {loss:.4g})"
         )
-    origin = with_forward.evidence["forward_origin"] if with_forward is not None else {}
-    if with_forward is not None and origin.get("module") is None:
+    if with_forward is not None and origin.get("in_the_backward"):
+        where.append(origin["module"])
+        summary += (
+            f"; replayed, the first non-finite gradient was made in {origin['module']}'s "
+            f"backward: {origin['in_the_backward']}"
+        )
+    elif with_forward is not None and origin.get("module") is None:
         # the weights were already corrupted when the guard looked: no producer can be named
         summary += "; " + origin.get("note", "the first non-finite producer cannot be known")
     elif with_forward is not None and origin.get("taken_in_by"):

@@ -41,6 +41,7 @@ from steadygrad.core.metrics import (
     UNUSED_PARAMETERS,
 )
 from steadygrad.core.signal import host_random_state, random_state_kept, set_host_random_state
+from steadygrad.monitor.backward_origin import GradientTrace
 from steadygrad.monitor.intercept import autograd_step
 from steadygrad.monitor.tensor_groups import wide_dtype
 
@@ -127,7 +128,7 @@ class ActivationHooks:
 
     def __init__(self, model: nn.Module) -> None:
         self.modules = [(name or "<root>", m) for name, m in model.named_modules()]
-        self._name_of = {id(m): name for name, m in self.modules}
+        self.name_of = {id(m): name for name, m in self.modules}
         self.leaves = {name for name, m in self.modules if next(m.children(), None) is None}
         self.recurrent_layers = builtin_recurrent(model)
         # a recurrence matters where weights sit (a shared dropout or activation module is none)
@@ -188,7 +189,7 @@ class ActivationHooks:
 
     @torch.compiler.disable  # see monitor.intercept
     def _observe(self, module: nn.Module, args: tuple, output: object) -> None:
-        name = self._name_of.get(id(module))
+        name = self.name_of.get(id(module))
         if name is None:
             return  # a module of another model, or the loss's
         with torch._C.DisableTorchFunction():  # measuring is no call for a signal to intercept
@@ -459,9 +460,11 @@ class ActivationSignal(Signal):
                 self._calls[-1].made = tuple(t.grad_fn for t in outputs)
 
     def before_update(self) -> None:
-        """Copy the clean weights if the gradients about to be applied are not finite."""
-        if not self._calls or self.hooks.installed and not any(c.half for c in self.hooks.calls):
-            return  # hooked steps name the producer from their own pass; a float16 one is replayed
+        """Copy the clean weights if the gradients about to be applied are not finite: a
+        replay on them finds the producer a hooked step's own pass did not (the loss made the
+        NaN from finite outputs), or one no hooks saw."""
+        if not self._calls:
+            return
         if _on_accelerator(self.monitor.model):
             return  # the check would synchronise the device every step
         _, norms = self.monitor.gradient_norms()  # reused by the step's record
@@ -514,18 +517,21 @@ class ActivationSignal(Signal):
             or v.get(NONFINITE_GRADS.name)
             or v.get(NONFINITE_PARAMS.name)
         )
+        # late, the weights moved on a step: a replay runs on the step's own only from the
+        # clean copy kept before its update; else the next steps, finished at once, trace it
+        replayable = not late or self._clean_state is not None
         if unhealthy and not self._hooked:
-            # late, the weights moved on a step: the next steps, finished at once, trace it
-            origin = None if late else self._replay(record)
+            origin = self._replay(record) if replayable else None
             if origin is not None:
                 record.meta["forward_origin"] = origin
             else:
                 self._guard_left = self.guard_steps  # localise the producer on the next steps
         elif self._hooked and "forward_origin" in record.meta:
             self._guard_left = 0
-        elif self._hooked and not math.isfinite(v.get(LOSS.name, 0.0)):
-            # every output this step's hooks read was finite: the loss made it, on any step
-            origin = None if late else self._replay(record)
+        elif self._hooked and unhealthy:
+            # every output this step's hooks read was finite: the loss made it, or the backward
+            # pass did, on any step
+            origin = self._replay(record) if replayable else None
             if origin is not None:
                 record.meta["forward_origin"] = origin
             elif late:
@@ -580,11 +586,16 @@ class ActivationSignal(Signal):
             if self._clean_state is not None or stepped_clean
             else "after a finite update"
         )
+        # a finite loss whose gradient was not: where the backward pass made it is traced too
+        loss_finite = math.isfinite(record.values.get(LOSS.name, 0.0))
+        trace = GradientTrace(self.hooks.name_of) if loss_finite and not finite_update else None
+        traced = None
         try:
             with self._rerunning(self._clean_state):
                 outputs = []  # what the loss may have been computed from
                 originals: list[torch.Tensor | None] = []  # those the step made, still held
                 self.hooks.tracing = True
+                traced = trace.install() if trace is not None else None
                 for call in self._calls:
                     set_host_random_state(call.rng)
                     self.hooks.install()
@@ -605,18 +616,33 @@ class ActivationSignal(Signal):
                         if self.hooks.float16_overflow.get(origin.get("made_in", origin["module"])):
                             origin[FLOAT16_OVERFLOW] = True  # finite in float32
                         return {**origin, "replayed": True, "weights": weights}
-                if math.isfinite(record.values.get(LOSS.name, 0.0)):
-                    return None
+                if loss_finite:
+                    return self._in_the_backward(trace, outputs, weights)
                 found = self._in_the_loss(outputs, originals)
                 return {**found, "replayed": True, "weights": weights}
         except Exception:  # noqa: BLE001 - a replay never breaks training; the guard remains
             return None
         finally:
+            if traced is not None:
+                traced.remove()
             self.hooks.tracing = False
             self.hooks.made_by.clear()
             self.hooks.node_made_by.clear()
             self.hooks.node_shape.clear()
             self.hooks.float16_overflow.clear()
+
+    def _in_the_backward(
+        self, trace: GradientTrace | None, outputs: list[torch.Tensor], weights: str
+    ) -> dict | None:
+        """The forward pass and the loss were finite on replay, the gradient was not: the
+        module whose backward made it (see :mod:`steadygrad.monitor.backward_origin`)."""
+        if trace is None:
+            return None
+        params = [p for p in self.monitor.model.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            trace.differentiate(outputs, params)
+        found = trace.producer()
+        return {**found, "replayed": True, "weights": weights} if found else None
 
     def _in_the_loss(
         self, outputs: list[torch.Tensor], originals: list[torch.Tensor | None]

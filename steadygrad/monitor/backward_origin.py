@@ -1,0 +1,107 @@
+"""Where a non-finite gradient is born when the forward pass and the loss were finite: the
+derivative of an operation is infinite where its value is not (``acos`` or ``asin`` at +-1,
+``sqrt`` or a norm at 0, a fractional power at 0), and the backward pass carries the Inf, or
+the NaN it makes, into every gradient before it.
+
+A replay of the step's forward calls, traced by :class:`GradientTrace`, is differentiated from
+its outputs back to the weights (``torch.autograd.grad``: no ``.grad`` is touched). The module
+whose outputs' gradients all arrived finite while the gradient of an input it took did not made
+the first non-finite gradient. The outputs are seeded with ones rather than the loss's own
+gradient, which is gone: an infinite derivative is infinite whatever multiplies it.
+
+Example:
+    >>> trace = GradientTrace({id(m): n for n, m in model.named_modules()})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
+from torch.utils._pytree import tree_leaves
+
+
+def _differentiable(tree: object) -> list[torch.Tensor]:
+    return [
+        t
+        for t in tree_leaves(tree)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad
+    ]
+
+
+class GradientTrace:
+    """Records, during a forward pass, which module took and returned which tensor, and, during
+    the backward pass after it, the order in which those tensors' gradients arrived and whether
+    each was finite."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self._names = names  # id of a module of the model -> its name
+        self._kept: dict[int, torch.Tensor] = {}  # alive while traced: an id stays its own
+        self._taken_by: dict[int, list[str]] = defaultdict(list)
+        self._returned: dict[str, list[int]] = defaultdict(list)
+        self._made_by: dict[int, str] = {}  # the innermost module that returned the tensor
+        self._arrived: list[tuple[int, bool]] = []  # (tensor, gradient finite), in order
+
+    def install(self) -> torch.utils.hooks.RemovableHandle:
+        return register_module_forward_hook(self._observe)
+
+    def _observe(self, module: nn.Module, args: object, output: object) -> None:
+        name = self._names.get(id(module))
+        if name is None:
+            return
+        for t in _differentiable(args):
+            self._taken_by[self._watch(t)].append(name)
+        for t in _differentiable(output):
+            key = self._watch(t)
+            self._returned[name].append(key)
+            self._made_by.setdefault(key, name)  # an inner module's hook runs first
+
+    def _watch(self, t: torch.Tensor) -> int:
+        key = id(t)
+        if key not in self._kept:
+            self._kept[key] = t
+            t.register_hook(functools.partial(self._reached, key))
+        return key
+
+    def _reached(self, key: int, grad: torch.Tensor) -> None:
+        self._arrived.append((key, bool(torch.isfinite(grad).all())))
+
+    def differentiate(self, outputs: Iterable[torch.Tensor], weights: list[torch.Tensor]) -> None:
+        """The backward pass from ``outputs`` (seeded with ones) to ``weights``, whose
+        ``.grad`` it leaves as it was."""
+        outs = [t for t in outputs if t.requires_grad]
+        if outs and weights:
+            torch.autograd.grad(
+                outs, weights, [torch.ones_like(t) for t in outs], allow_unused=True
+            )
+
+    def producer(self) -> dict[str, str] | None:
+        """The module whose backward made the first non-finite gradient: it took the tensor
+        that gradient arrived at, and every output it returned had a finite gradient before.
+        Failing that, the module that returned that tensor: an operation outside any module,
+        between it and the next, made the gradient non-finite. None when every traced gradient
+        was finite (a weight's own gradient went bad inside a module that returned it finite)."""
+        finite: set[int] = set()
+        for key, ok in self._arrived:
+            if ok:
+                finite.add(key)
+                continue
+            for module in self._taken_by.get(key, []):  # the innermost first
+                if all(k in finite for k in self._returned.get(module, [])):
+                    return {
+                        "module": module,
+                        "in_the_backward": "its outputs' gradients were finite, the gradient "
+                        "of an input it took was not",
+                    }
+            if key in self._made_by:
+                return {
+                    "module": self._made_by[key],
+                    "in_the_backward": "the gradient reaching its output was made non-finite "
+                    "by an operation outside any module, after it",
+                }
+            return None
+        return None
