@@ -251,6 +251,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout246,
     cases_heldout247,
     cases_heldout248,
+    cases_heldout249,
     cases_mlp,
     cases_other,
 )
