@@ -253,6 +253,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout248,
     cases_heldout249,
     cases_heldout251,
+    cases_heldout254,
     cases_mlp,
     cases_other,
 )
