@@ -252,6 +252,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout247,
     cases_heldout248,
     cases_heldout249,
+    cases_heldout250,
     cases_heldout251,
     cases_heldout254,
     cases_mlp,
