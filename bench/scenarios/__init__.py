@@ -250,6 +250,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout245,
     cases_heldout246,
     cases_heldout247,
+    cases_heldout253,
     cases_mlp,
     cases_other,
 )
