@@ -255,6 +255,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout250,
     cases_heldout251,
     cases_heldout252,
+    cases_heldout253,
     cases_heldout254,
     cases_mlp,
     cases_other,
