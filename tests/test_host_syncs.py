@@ -195,7 +195,8 @@ def test_a_classifier_step_with_ignored_targets_reads_only_the_transfer(tmp_path
     run = steadygrad.load(tmp_path / "run")
     steps, lse = run.series("logit_lse_mean")
     assert 25 in steps.tolist()  # the output signal read step 25
-    # at most the transfer and the CPU-only check (the activation signal's own steps skip it)
+    # at most the transfer and the CPU-only check (the activation signal's own steps make it
+    # too: a NaN the loss or the backward pass made from finite outputs is replayed on them)
     allowed = _sum(MONITOR_TRANSFER, ACTIVATION_CPU_CHECK)
     wrong = {
         i: c
@@ -203,4 +204,4 @@ def test_a_classifier_step_with_ignored_targets_reads_only_the_transfer(tmp_path
         if any(n > allowed.get(op, 0) for op, n in c.items())
     }
     assert not wrong, wrong
-    assert per_step[25] == MONITOR_TRANSFER
+    assert per_step[25] == allowed

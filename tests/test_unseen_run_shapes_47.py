@@ -5,10 +5,12 @@ control that must not move."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import held_out_run, induced_or_skip, steadygrad
+from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
 from torch import nn
 
 from steadygrad.core.metrics import ACTIVATION_MODULES
@@ -221,3 +223,30 @@ def test_a_nan_the_loss_made_on_a_hooked_step_names_the_output_it_came_from(tmp_
     assert found.first_step == step
     assert found.where == ["rate"]
     assert "negative" in found.summary
+
+
+def test_a_benign_overflow_names_the_gradients_that_overflowed_first(tmp_path):
+    # Trigger: set 236's conv classifier whose GradScaler growth_interval was typed 1 for 2000:
+    # the scale doubles after every good step, and about every other step the scaled fp16
+    # gradient overflows, the head's first in the backward pass (its bias's sum over the batch
+    # on almost every such step): the head's tensors are named, the most frequent first.
+    ctx, report = held_out_run(tmp_path, "h236_darbuka_scaler_growth_interval_typo")
+    induced_or_skip(ctx)
+    found = next(d for d in report.diagnoses if d.cause == "amp_overflow")
+    assert found.where and all(w.startswith("head.") for w in found.where)
+    assert "overflowed first: head." in found.summary
+
+
+def test_overflow_episodes_with_no_tensor_named_name_none(tmp_path):
+    # Control: episodes whose step recorded no first non-finite gradient (an older run, or a
+    # loss that overflowed itself) leave the place empty rather than guess one.
+    rows = [{"loss": 1.0 - 0.001 * t, "optimizer_skipped": float(t in (5, 9))} for t in range(60)]
+    ev = {"nonfinite_grads": 3.0, "grad_norm": math.inf}
+    report = diagnose_stored(
+        tmp_path,
+        "amp",
+        rows,
+        [("amp_overflow", 5, None, ev, "info"), ("amp_overflow", 9, None, ev, "info")],
+    )
+    found = next(d for d in report.diagnoses if d.cause == "amp_overflow")
+    assert found.where == []

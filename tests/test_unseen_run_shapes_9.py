@@ -233,7 +233,10 @@ def test_tanh_units_saturated_by_an_unscaled_input_are_lost_plasticity(tmp_path)
     report, run = _tanh_regressor_run(tmp_path, "degrees", scale=57.3)
     _, share = run.series("saturated/0")
     assert (share >= 0.9).mean() >= 0.5  # the case is the one built: mostly in the tails
-    assert report.top.cause == "loss_of_plasticity" and report.top.where == ["0"]
+    assert report.top.cause == "loss_of_plasticity" and report.top.where == [
+        "0",
+        "1",
+    ]  # and its tanh
     found = next(f for f in run.findings() if f.kind == "loss_of_plasticity")
     assert found.evidence["reason"] == "saturated_units"
     report, run = _tanh_regressor_run(tmp_path, "radians", scale=1.0)

@@ -8,6 +8,7 @@ that looks at the run and returns what it found, or None. To add a cause, add a 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -3486,7 +3487,21 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
             "this is not a divergence" + search_said
         )
     severity = "warning" if share > 0.05 else "info"
-    return Found(summary, _first(overflow), [], evidence, severity)
+    where = _overflowed_first(overflow)
+    if where:
+        summary += f"; the gradient that overflowed first: {', '.join(where)}"
+    return Found(summary, _first(overflow), where, evidence, severity)
+
+
+def _overflowed_first(overflow: list[Finding]) -> list[str]:
+    """The tensors whose float16 gradient overflowed first in the backward pass in the most
+    episodes (and those that did in at least half as many): where the scaled gradient meets
+    float16's limit."""
+    counts = Counter(f.where for f in overflow if f.where)
+    if not counts:
+        return []
+    most = max(counts.values())
+    return sorted((w for w, n in counts.items() if 2 * n >= most), key=_natural)
 
 
 # Steps after a spike during which its first moment still drives large updates (beta1 = 0.9

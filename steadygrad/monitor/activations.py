@@ -465,6 +465,8 @@ class ActivationSignal(Signal):
         NaN from finite outputs), or one no hooks saw."""
         if not self._calls:
             return
+        if self.hooks.installed and _distributed() and not any(c.half for c in self.hooks.calls):
+            return  # a collective more on every rank: hooked steps name a forward producer
         if _on_accelerator(self.monitor.model):
             return  # the check would synchronise the device every step
         _, norms = self.monitor.gradient_norms()  # reused by the step's record

@@ -33,6 +33,22 @@ def _differentiable(tree: object) -> list[torch.Tensor]:
     ]
 
 
+def _value_of(t: torch.Tensor) -> object:
+    """What identifies the value ``t`` holds in the graph: the autograd node that made it and
+    its place among that node's outputs, seen through the pass-through nodes a module's full
+    backward hook wraps its inputs in (the module took the value its producer returned);
+    a leaf (an input that requires grad), by identity."""
+    node, place = t.grad_fn, t.output_nr
+    if node is None:
+        return id(t)
+    while type(node).__name__ == "BackwardHookFunctionBackward":
+        following, place = node.next_functions[place]
+        if following is None:
+            break
+        node = following
+    return (node, place)
+
+
 class GradientTrace:
     """Records, during a forward pass, which module took and returned which tensor, and, during
     the backward pass after it, the order in which those tensors' gradients arrived and whether
@@ -40,11 +56,12 @@ class GradientTrace:
 
     def __init__(self, names: dict[int, str]) -> None:
         self._names = names  # id of a module of the model -> its name
-        self._kept: dict[int, torch.Tensor] = {}  # alive while traced: an id stays its own
-        self._taken_by: dict[int, list[str]] = defaultdict(list)
-        self._returned: dict[str, list[int]] = defaultdict(list)
-        self._made_by: dict[int, str] = {}  # the innermost module that returned the tensor
-        self._arrived: list[tuple[int, bool]] = []  # (tensor, gradient finite), in order
+        # a value (see _value_of) -> its tensor, alive while traced: an id stays its own
+        self._kept: dict[object, torch.Tensor] = {}
+        self._taken_by: dict[object, list[str]] = defaultdict(list)
+        self._returned: dict[str, list[object]] = defaultdict(list)
+        self._made_by: dict[object, str] = {}  # the innermost module that returned the value
+        self._arrived: list[tuple[object, bool]] = []  # (value, gradient finite), in order
 
     def install(self) -> torch.utils.hooks.RemovableHandle:
         return register_module_forward_hook(self._observe)
@@ -60,14 +77,14 @@ class GradientTrace:
             self._returned[name].append(key)
             self._made_by.setdefault(key, name)  # an inner module's hook runs first
 
-    def _watch(self, t: torch.Tensor) -> int:
-        key = id(t)
+    def _watch(self, t: torch.Tensor) -> object:
+        key = _value_of(t)
         if key not in self._kept:
             self._kept[key] = t
             t.register_hook(functools.partial(self._reached, key))
         return key
 
-    def _reached(self, key: int, grad: torch.Tensor) -> None:
+    def _reached(self, key: object, grad: torch.Tensor) -> None:
         self._arrived.append((key, bool(torch.isfinite(grad).all())))
 
     def differentiate(self, outputs: Iterable[torch.Tensor], weights: list[torch.Tensor]) -> None:
@@ -85,7 +102,7 @@ class GradientTrace:
         Failing that, the module that returned that tensor: an operation outside any module,
         between it and the next, made the gradient non-finite. None when every traced gradient
         was finite (a weight's own gradient went bad inside a module that returned it finite)."""
-        finite: set[int] = set()
+        finite: set[object] = set()
         for key, ok in self._arrived:
             if ok:
                 finite.add(key)

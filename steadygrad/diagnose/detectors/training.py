@@ -536,7 +536,12 @@ class NonFiniteDetector(Detector):
             evidence = {"nonfinite_grads": bad_grads, "grad_norm": v.get(GRAD_NORM.name)}
             if AMP_SCALE.name in v:
                 evidence["amp_scale"] = v[AMP_SCALE.name]
-            return [Finding(AMP_OVERFLOW, record.step, None, evidence, "info")]
+            # the loss was finite: the tensor whose float16 gradient overflowed first
+            overflowed = meta.get("backward_origin")
+            if overflowed:
+                evidence["backward_origin"] = overflowed
+            where = overflowed.get("parameter") if overflowed else None
+            return [Finding(AMP_OVERFLOW, record.step, where, evidence, "info")]
         forward = meta.get("forward_origin")
         backward = meta.get("backward_origin")
         if self._in_episode:
