@@ -250,3 +250,24 @@ def test_overflow_episodes_with_no_tensor_named_name_none(tmp_path):
     )
     found = next(d for d in report.diagnoses if d.cause == "amp_overflow")
     assert found.where == []
+
+
+def test_a_signal_amplified_into_its_largest_layer_names_the_layers_that_amplified_it(tmp_path):
+    # Trigger: set 252's conv stack whose He init left the channels out of the fan-in: each
+    # conv multiplies the signal (its output's RMS 3x to 4x the one before, from convs.0 to
+    # convs.7, 2.4e4x the input's) and the gradient on its way back: every conv of the chain
+    # is named, from the first, not only the largest.
+    ctx, report = held_out_run(tmp_path, "h252_hydrothermal_plume_conv_init")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients"
+    assert report.top.where == [f"convs.{i}" for i in range(8)]
+
+
+def test_a_stacks_input_layer_carries_the_gradient_its_chain_exploded(tmp_path):
+    # Trigger: set 250's tanh stack whose init gain was typed 4 for 1: each layer's weight
+    # gradient stands above the next one's from layers.11 back to layers.1; layers.0 takes the
+    # input, narrower, so its norm is below layers.1's yet 40x layers.11's: it is named too.
+    ctx, report = held_out_run(tmp_path, "h250_ostrich_egg_init_gain_typo")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients"
+    assert report.top.where == [f"layers.{i}" for i in range(12)]

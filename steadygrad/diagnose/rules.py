@@ -88,6 +88,7 @@ from steadygrad.diagnose.detectors.transformer import (
 from steadygrad.diagnose.detectors.trends import (
     AT_INITIALISATION,
     BROKE_AT_ONCE,
+    CHAIN_AMPLIFIED,
     GRADIENT_GROWTH,
     GROWTH_BEGAN,
     LOSS_DIVERGENCE,
@@ -2378,10 +2379,13 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
         key=lambda layer: _natural(layer[1]),
     )
     chain = [max(layers)]
+    led = _amplified_layer_by_layer(weighted) or _amplified_along_a_stack(weighted)
     if chain[0][0] < AMPLIFIED * scale or ratio < BORN_EXPLODED:
-        chain = _amplified_layer_by_layer(weighted) or _amplified_along_a_stack(weighted)
+        chain = led
         if not chain:
             return None
+    elif led and led[-1] == chain[0]:
+        chain = led  # the layers that multiplied the signal, one after another, into it
     act, module = chain[-1]
     where = [m for _, m in chain]
     if len(chain) > 1:
@@ -2436,6 +2440,7 @@ def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
     chain = max(chains, key=lambda c: c[-1][1] / c[0][1])
     where = [tensor.rsplit(".", 1)[0] for tensor, _ in reversed(chain)]
     rise = _rising_into(norms, chain[-1][0])
+    rise = _input_layer_exploded(norms, rise[0] if rise else where[0], chain[0][1]) + rise
     return Found(
         f"the gradients exploded through depth from the first step: at step {first} each "
         f"layer's weight gradient in {layer_span(where)} stood at least {STEP_GAIN:g}x the one "
@@ -2447,6 +2452,21 @@ def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
         {"grad_norm": chain[-1][1], "last_layer_grad_norm": chain[0][1], "layers": len(chain)},
         "critical" if facts.broke_at is not None else "warning",
     )
+
+
+def _input_layer_exploded(norms: dict[str, float], top: str, last: float) -> list[str]:
+    """The stack's first layer, when the rise reached the layer just after it (``top``, a
+    module) and its weight gradient stands ``CHAIN_AMPLIFIED`` times the stack's last
+    (``last``) or more: it takes the model's input, of another width, so its gradient's norm
+    does not compare with the next layer's, but it carries the gradient exploded as much."""
+    stack = next(
+        (s for s in like_layers(norms).values() if f"{top}.weight" in dict(s).values()), []
+    )
+    index = dict((t, i) for i, t in stack).get(f"{top}.weight")
+    first = min(stack, default=None)
+    if index != 1 or first is None or first[0] != 0:
+        return []
+    return [first[1].rsplit(".", 1)[0]] if norms[first[1]] >= CHAIN_AMPLIFIED * last else []
 
 
 def _rising_into(norms: dict[str, float], top: str) -> list[str]:

@@ -373,13 +373,11 @@ class Monitor:
             return landed
         if stepped and fresh is None and self.parameters.stats.has_no_gradients():
             self.parameters.zeroed_early = True  # from now on, read them before the update
-            lost = not self.parameters.stats.has_cached_grad_norms()
             self._warn_once(
                 "zero_grad",
                 "mon.step found no gradients although the optimizer stepped: call "
-                "optimizer.zero_grad() after mon.step(loss), not before it ("
-                + ("this step's gradient metrics are missing; " if lost else "")
-                + "the next steps' are read before the update)",
+                "optimizer.zero_grad() after mon.step(loss), not before it (this step's "
+                "gradient metrics are missing; the next steps' are read before the update)",
             )
         if step % self.every:
             self.step_count += 1

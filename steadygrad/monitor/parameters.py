@@ -123,8 +123,8 @@ class ParameterStats:
         return seen is None or seen[0]() is not grad or seen[1] != grad._version
 
     def has_no_gradients(self) -> bool:
-        """No parameter has a gradient (measured earlier in this step or not)."""
-        return all(p.grad is None for p in self.params)
+        """No parameter has a gradient, and none was measured earlier in this step."""
+        return self._grad_cache is None and all(p.grad is None for p in self.params)
 
     def scale_cached_grad_norms(self, factor: float | torch.Tensor) -> None:
         """The gradients were all multiplied by ``factor`` (clipping): so are their norms."""
