@@ -260,6 +260,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout255,
     cases_heldout256,
     cases_heldout257,
+    cases_heldout258,
     cases_mlp,
     cases_other,
 )
