@@ -261,6 +261,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout256,
     cases_heldout257,
     cases_heldout258,
+    cases_heldout259,
     cases_mlp,
     cases_other,
 )
