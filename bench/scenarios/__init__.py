@@ -257,6 +257,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout252,
     cases_heldout253,
     cases_heldout254,
+    cases_heldout261,
     cases_mlp,
     cases_other,
 )
