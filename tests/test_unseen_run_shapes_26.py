@@ -15,8 +15,8 @@ HIT = ("cond.weight", "block.weight", "embed.weight")  # the tensors the spike h
 
 def _spiked_rows(embed_after: float, control_after: float) -> list[dict]:
     """Set 104's WaveGrad vocoder, by hand: Adam at a constant rate, the loss at 0.2 until one
-    batch at step 120 (conditioning in raw int16 power: its loss 9e4, its gradient 1e7x the
-    usual), back the next step. Update ratios every 10 steps: the conditioning and block
+    batch at step 120 (conditioning in raw int16 power, the inputs' RMS 3e3x: its loss 9e4,
+    its gradient 1e7x the usual), back the next step. Update ratios every 10 steps: the conditioning and block
     tensors keep their pace after it; the noise-level embedding (a scalar input's, whose own
     gradient is tiny next to the spike's share of it) falls to ``embed_after`` of its size;
     the tensor the spike missed to ``control_after``."""
@@ -26,6 +26,7 @@ def _spiked_rows(embed_after: float, control_after: float) -> list[dict]:
             "loss": 9e4 if t == 120 else 0.2,
             "grad_norm": 2e5 if t == 120 else 0.02,
             "lr/0": 2e-3,
+            "input_rms": 3e3 if t == 120 else 1.0,  # the raw int16 power came in
         }
         if t % 10 == 0:
             after = t > 120

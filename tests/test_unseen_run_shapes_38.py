@@ -127,11 +127,12 @@ def test_a_one_batch_spike_is_the_datas_only_where_the_run_was_calm_before(tmp_p
     for t in (25, 40, 55, 70):
         rows[t]["loss"] = 5.0
     rows[85]["loss"] = earlier_jump
-    rows[105] = {"loss": 40.0, "grad_norm": 20.0, "lr/0": 0.01}
+    # a squared error 40x its level: the error 6.3x, the gradient with it
+    rows[105] = {"loss": 40.0, "grad_norm": 3.2, "lr/0": 0.01}
     spike = {"ratio": 40.0, "baseline": 1.0, "loss": 40.0}
     findings = [
         ("loss_spike", 105, None, spike, "warning"),
-        ("grad_norm_spike", 105, None, {"ratio": 40.0, "grad_norm": 20.0}, "warning"),
+        ("grad_norm_spike", 105, None, {"ratio": 6.4, "grad_norm": 3.2}, "warning"),
     ]
     name = f"jump{earlier_jump:g}"
     report = diagnose_stored(tmp_path, name, rows, findings, config={"optimizer_family": "adam"})

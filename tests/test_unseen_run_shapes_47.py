@@ -6,6 +6,7 @@ control that must not move."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -271,3 +272,28 @@ def test_a_stacks_input_layer_carries_the_gradient_its_chain_exploded(tmp_path):
     induced_or_skip(ctx)
     assert report.top.cause == "exploding_gradients"
     assert report.top.where == [f"layers.{i}" for i in range(12)]
+
+
+def test_a_loss_multiplied_for_one_step_is_a_gradient_spike_not_a_batch(tmp_path):
+    # Trigger: set 257's tagger whose epoch-tail batch came with an extra leading dimension,
+    # so its hand-written sum()/len(y) divided by 1 instead of 96: the loss and the gradient
+    # jumped about 100x together on an ordinary batch. A batch's error moves the loss faster
+    # than the gradient (a squared error's by the square); one number multiplying the loss
+    # moves both alike: the gradient spike is named, not a bad batch.
+    ctx, report = held_out_run(tmp_path, "h257_lapta_tail_batch_len_bug")
+    induced_or_skip(ctx)
+    losses, grads = ctx.losses, ctx.grad_norms
+    loss_jump = losses[120] / statistics.median(losses[100:120])
+    grad_jump = grads[120] / statistics.median(grads[100:120])
+    assert loss_jump >= 10 and grad_jump >= 0.5 * loss_jump  # the oracle, from the run
+    assert report.top.cause == "gradient_spike" and report.top.first_step == 120
+    assert "data_outlier" not in report.causes()
+
+
+def test_a_batch_whose_inputs_were_mis_scaled_is_still_the_datas(tmp_path):
+    # Control: set 162's weir regressor, one shard's crest head in millimetres: the loss and
+    # the gradient jumped by like factors too (a Huber loss is linear in the error), but the
+    # batch's inputs stood hundreds of times their usual RMS: the batch is named.
+    ctx, report = held_out_run(tmp_path, "h162_weir_head_millimetre_shard")
+    induced_or_skip(ctx)
+    assert report.top.cause == "data_outlier" and report.top.first_step == 120

@@ -4236,6 +4236,46 @@ def _amplified_at(facts: RunFacts, step: int) -> float | None:
     return times if times is not None and times >= ONE_OFF else None
 
 
+# A loss spike ONE_OFF times its baseline or more, with the gradient norm's spike at least this
+# share of it (and inputs within INPUT_OUTLIER of their usual size): the loss was multiplied as a
+# whole. A batch's error drives the loss faster than the gradient: a squared error by the square
+# of the error's growth (the gradient over the loss spiked 1/sqrt(ratio) as much, under 0.32 at a
+# 10x loss), a Huber, L1 or cross-entropy loss with the gradient bounded, less still; a loss
+# multiplied by a number (a weight in percent, a sum over a batch left undivided) multiplies
+# its gradient by the same number.
+SCALED_AS_A_WHOLE = 0.5
+
+
+def _loss_scaled_whole(facts: RunFacts, spike: Finding) -> bool:
+    """The loss at ``spike`` stood ``ONE_OFF`` times the median of the ``SCALED_OVER`` records
+    before it or more, the gradient norm (before clipping, where clipped) at least
+    ``SCALED_AS_A_WHOLE`` as many times its own, and the batch's inputs under ``INPUT_OUTLIER``
+    times theirs: the loss was multiplied for that step, not made by a batch's error (see
+    ``SCALED_AS_A_WHOLE``)."""
+    loss = _over_recent(facts.series(LOSS.name), spike.step)
+    grads = facts.series(GRAD_NORM_PRECLIP.name) or facts.series(GRAD_NORM.name)
+    gradient = _over_recent(grads, spike.step)
+    if not loss >= ONE_OFF or not gradient >= SCALED_AS_A_WHOLE * loss:
+        return False
+    return not _over_recent(facts.series(INPUT_RMS.name), spike.step) >= INPUT_OUTLIER
+
+
+SCALED_OVER = 20  # the records before a spike whose median it is measured against
+
+
+def _over_recent(series: tuple[np.ndarray, np.ndarray] | None, step: int) -> float:
+    """The value at ``step`` over the median of the finite values of the ``SCALED_OVER``
+    records before it (NaN without both, or with fewer than half of those before)."""
+    if series is None:
+        return math.nan
+    steps, values = series
+    at = values[steps == step]
+    before = values[(steps < step) & (steps >= step - SCALED_OVER) & np.isfinite(values)]
+    if not len(at) or len(before) < SCALED_OVER // 2 or not np.median(before) > 0:
+        return math.nan
+    return float(at[0] / np.median(before))
+
+
 def _error_made_the_gradient(facts: RunFacts, spike: Finding) -> bool:
     """The loss at ``spike`` rose at least as many times over its baseline as the gradient norm
     did over its own (:func:`_gradient_over_loss` at most 1): a batch whose error made the spike
@@ -4325,6 +4365,10 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue  # the loss was already climbing into it: a swing, not one batch
         if spike.step not in grads and _weights_replaced(facts, spike.step):
             continue  # the weights changed under it, not the batch: an EMA swap, a reload
+        if _loss_scaled_whole(facts, spike) and _recurring(facts, spike) is None:
+            # the loss itself was multiplied (a weight, a sum) once: no batch of its own; one
+            # the stream mixes in at a spacing is a kind of batch it holds (a burst week's)
+            continue
         if _overstepped_before(facts, spike.step) is not None:
             continue  # the step before threw the weights: the batch met them where they landed
         if _gradient_risen_before(facts, spike.step):
