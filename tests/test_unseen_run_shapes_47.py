@@ -297,3 +297,26 @@ def test_a_batch_whose_inputs_were_mis_scaled_is_still_the_datas(tmp_path):
     ctx, report = held_out_run(tmp_path, "h162_weir_head_millimetre_shard")
     induced_or_skip(ctx)
     assert report.top.cause == "data_outlier" and report.top.first_step == 120
+
+
+def test_a_loss_falling_without_bound_through_batch_noise_is_a_divergence(tmp_path):
+    # Trigger: set 261's multi-class hinge without its clamp: the loss falls from 3.9 to about
+    # -2.5e5 over 200 steps, the head's outputs growing 50x, each batch's loss swinging by 15%
+    # of its size: its last ten steps' median stood above the ten before by that noise alone,
+    # though far below the losses 30 steps back. Oracle: the quarters' medians, from the run.
+    ctx, report = held_out_run(tmp_path, "h261_seal_carving_hinge_no_clamp")
+    induced_or_skip(ctx)
+    quarters = [statistics.median(q) for q in (ctx.losses[i * 50 : i * 50 + 50] for i in range(4))]
+    assert all(b < a for a, b in zip(quarters, quarters[1:], strict=False)) and quarters[-1] < -1e4
+    assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]
+
+
+def test_a_likelihood_that_starts_near_zero_and_fits_its_noise_below_it_is_healthy(tmp_path):
+    # Control: set 226's Gaussian likelihood under fp16: its loss starts at 0.05 and ends near
+    # -1 nat as the variance head fits the noise, the head's outputs growing as it does: ten
+    # times the first loss's size below zero is nothing here; a fall without bound goes ten
+    # nats below at least.
+    ctx, report = held_out_run(tmp_path, "h226_ice_circle_fp16_control")
+    induced_or_skip(ctx)
+    assert min(ctx.losses) > -10
+    assert report.healthy, report.text()

@@ -3061,8 +3061,10 @@ def _output_logits(facts: RunFacts) -> Found | None:
 
 def _fell_without_bound(facts: RunFacts) -> Found | None:
     """The loss fell below zero at a rate that did not slow, to ``ONE_OFF`` times its first
-    value's size below it where it ended (its last ``ENDED_OVER`` losses), and was still falling
-    there, in a run that did not break, while the
+    value's size below it where it ended (its last ``ENDED_OVER`` losses), and at least
+    ``ONE_OFF`` nats (a log-likelihood fitting its noise goes a few below zero: a loss that
+    starts near 0 says nothing of its scale), and was still falling there, in a run that did
+    not break, while the
     output layer's weights grew ``RUNAWAY_GROWTH`` times and were still growing: an objective
     with no minimum (a margin or a log-likelihood that lost its softplus or its normaliser, a
     term of the wrong sign), which the output runs off to infinity to reach. Read from the
@@ -3080,8 +3082,10 @@ def _fell_without_bound(facts: RunFacts) -> Found | None:
     if not (falls > 0).all() or falls[-1] < 0.5 * falls[-2] or q[-1] >= 0:
         return None
     ended = float(np.median(values[-ENDED_OVER:]))
-    if ended > -ONE_OFF * abs(values[0]) or ended >= np.median(
-        values[-2 * ENDED_OVER : -ENDED_OVER]
+    # still falling at the end: below the losses a few of those spans before (a batch's loss
+    # swings by a share of its size; a fall that did not slow clears that over 30 steps)
+    if ended > -ONE_OFF * max(abs(values[0]), 1.0) or ended >= np.median(
+        values[-4 * ENDED_OVER : -2 * ENDED_OVER]
     ):
         return None  # not far below where it began by the end, or no longer falling there
     # the output layer's weights, or failing them its outputs (every layer before it may
