@@ -266,6 +266,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout261,
     cases_heldout262,
     cases_heldout263,
+    cases_heldout264,
     cases_mlp,
     cases_other,
 )
