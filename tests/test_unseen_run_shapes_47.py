@@ -320,3 +320,40 @@ def test_a_likelihood_that_starts_near_zero_and_fits_its_noise_below_it_is_healt
     induced_or_skip(ctx)
     assert min(ctx.losses) > -10
     assert report.healthy, report.text()
+
+
+@pytest.mark.parametrize("teacher", ["raw logits", "probabilities"])
+def test_soft_targets_below_zero_are_read_as_a_loss_with_no_minimum(tmp_path, teacher):
+    # Trigger: distillation whose soft targets are the teacher's raw logits (zero-mean, half of
+    # them negative): -sum_c t_c log p_c falls without end as a class of negative target goes
+    # to probability 0. The share of negative targets is read from the loss call (oracle: the
+    # count by hand). Control: the teacher's softmax, a distribution: nothing below 0.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 6))
+    teacher_net = nn.Linear(8, 6)
+    x = torch.randn(64, 8)
+    with torch.no_grad():
+        raw = teacher_net(x)
+    soft = raw if teacher == "raw logits" else raw.softmax(-1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False, activation_every=1) as mon:
+        loss = F.cross_entropy(model(x), soft)
+        loss.backward()
+        opt.step()
+        record = mon.step(loss)
+    assert record.values["output_targets_outside"] == pytest.approx(
+        (soft < 0).float().mean().item()
+    )
+    if teacher == "raw logits":
+        assert 0.3 < record.values["output_targets_outside"] < 0.7
+    else:
+        assert record.values["output_targets_outside"] == 0.0
+
+
+def test_distillation_on_a_teachers_raw_logits_is_an_output_logit_divergence(tmp_path):
+    # Trigger: set 260's distilled classifier, its soft targets the teacher's raw logits: the
+    # head's logits grow without end, rows collapsing on the way; the targets prove the push,
+    # so the divergence is the cause and the collapse its consequence.
+    ctx, report = held_out_run(tmp_path, "h260_ikebana_distill_raw_teacher_logits")
+    induced_or_skip(ctx)
+    assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]

@@ -138,6 +138,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         if hard:
             parts["collapsed"] = (softmax_collapse_mask(z, target) & keep).float().sum()
             parts["hard_rows"] = (live.sum(dim=-1) >= 2).float().sum()  # rows with a choice
+        elif target.shape == logits.shape:
+            parts.update(_negative_targets(target))
         self._add(parts)
 
     def _observe_log_softmax(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -521,6 +523,14 @@ def _fixed_scale(logits: torch.Tensor, depth: int = 4) -> float | None:
             break
         node = node.next_functions[0][0] if node.next_functions else None
     return scale if found and math.isfinite(scale) and scale != 0 else None
+
+
+def _negative_targets(target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Soft targets' entries below 0 (``outside``, of ``targets``): the cross-entropy
+    ``-sum_c t_c log p_c`` falls without end as a class of negative target is driven to
+    probability 0, so it has no minimum (a teacher's raw logits passed for its probabilities)."""
+    t = target.detach()
+    return {"outside": (t < 0).float().sum(), "targets": torch.tensor(float(t.numel()))}
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:
