@@ -268,6 +268,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout263,
     cases_heldout264,
     cases_heldout265,
+    cases_heldout266,
     cases_mlp,
     cases_other,
 )
