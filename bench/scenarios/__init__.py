@@ -264,6 +264,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout259,
     cases_heldout260,
     cases_heldout261,
+    cases_heldout268,
     cases_mlp,
     cases_other,
 )
