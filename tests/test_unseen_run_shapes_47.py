@@ -357,3 +357,76 @@ def test_distillation_on_a_teachers_raw_logits_is_an_output_logit_divergence(tmp
     ctx, report = held_out_run(tmp_path, "h260_ikebana_distill_raw_teacher_logits")
     induced_or_skip(ctx)
     assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]
+
+
+class TwoHeads(nn.Module):
+    """A regression column and five class logits, returned as one tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(8, 16)
+        self.value = nn.Linear(16, 1)
+        self.kind = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc(x))
+        return torch.cat([self.value(h), self.kind(h)], 1)
+
+
+@pytest.mark.parametrize("z_loss_sign", [0.0, -1.0])
+def test_logits_sliced_from_a_shared_output_have_their_own_shift_read(tmp_path, z_loss_sign):
+    # Trigger: the class logits are out[:, 1:] of an output whose first column an MSE trains:
+    # the whole output's gradient holds the MSE's too, which moved the logits' "common shift"
+    # though cross-entropy's rows sum to zero. Read at the slice, the shift is the logits'
+    # alone: 0 (oracle: the loss's gradient in the slice, by autograd). Control: a z-loss of the
+    # wrong sign on the same logits still reads as a push (negative), as the oracle has it.
+    model = TwoHeads()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 8, generator=g), torch.randn(32, generator=g) * 5
+    k = torch.randint(0, 5, (32,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def loss_of(out):
+        logits = out[:, 1:]
+        zl = z_loss_sign * 1e-2 * torch.logsumexp(logits, -1).pow(2).mean()
+        return F.mse_loss(out[:, 0], y) + F.cross_entropy(logits, k) + zl
+
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False, activation_every=1) as mon:
+        out = model(x)
+        loss = loss_of(out)
+        loss.backward()
+        opt.step()
+        record = mon.step(loss)
+    out = model(x).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_of(out), out)
+    expected = (grad[:, 1:].sum() / grad[:, 1:].abs().sum()).item()
+    assert record.values["output_shift_gradient"] == pytest.approx(expected, abs=1e-5)
+    if z_loss_sign == 0.0:
+        assert abs(record.values["output_shift_gradient"]) < 1e-5
+    else:
+        assert record.values["output_shift_gradient"] < -1e-3
+
+
+def test_a_gradient_leap_just_before_a_nan_at_an_edge_is_the_nans_approach(tmp_path):
+    # Trigger: set 262's Gaussian likelihood whose variance head lost its softplus: three steps
+    # before the loss's log of a negative variance is NaN, one sample's variance near zero made
+    # the gradient leap 140x (d log v / dv = 1/v) on an ordinary loss. The NaN is the cause,
+    # named at the head whose output crossed zero; the leap is its approach.
+    ctx, report = held_out_run(tmp_path, "h262_shotput_variance_without_softplus")
+    induced_or_skip(ctx)
+    assert report.top.cause == "nonfinite" and report.top.where == ["var_head"]
+    spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert "var_head's output" in spike.consequence_of
+
+
+def test_a_stream_whose_harder_batches_recur_or_go_unfelt_ends_healthy(tmp_path):
+    # Trigger: set 262's regressor whose every 40th batch carries 10x the noise: three spikes
+    # flagged, the second one's update unfelt (a hard batch) and so unlike the others in size
+    # that no spacing fits it alone; the others recur every 40. Each is a batch the stream
+    # holds: the report is healthy (the first flag, live, came before any recurrence showed).
+    ctx, report = held_out_run(tmp_path, "h262_serac_recurring_hard_batch_control")
+    induced_or_skip(ctx)
+    assert report.healthy, report.text()
+    spike = next(d for d in report.diagnoses if d.cause == "loss_spike")
+    assert spike.severity == "info" and spike.evidence["recurs_every"] == 40

@@ -3937,6 +3937,21 @@ def _most_spiked(spikes: list[Finding]) -> list[str]:
     return list(dict.fromkeys(f.where for f in sorted(spikes, key=order) if f.where))
 
 
+def _edge_reached_after(facts: RunFacts, step: int) -> tuple[int, str] | None:
+    """(the step, the module) of a NaN the loss made within ``CONFIRMED_SOON`` steps after
+    ``step`` from a module's output that held values at an edge (exact zeros, or negatives
+    among positives: see :meth:`ActivationSignal._in_the_loss`), when the loss at ``step``
+    did not spike: the gradient leapt as that output neared the edge."""
+    if any(f.step == step and f.severity != "info" for f in facts.of(LOSS_SPIKE)):
+        return None  # the batch moved the loss too: what it did is judged as a batch's
+    for f in facts.of(NONFINITE, NONFINITE_ORIGIN):
+        origin = f.evidence.get("forward_origin") or {}
+        edge = str(origin.get("in_the_loss", "")).startswith("its output held")
+        if edge and origin.get("module") and step < f.step <= step + CONFIRMED_SOON:
+            return f.step, origin["module"]
+    return None
+
+
 def _spike_made_by(facts: RunFacts, step: int) -> str:
     """What made a gradient spike at ``step``, when something else did ('' when nothing):
     a climb already under way, a runaway it began, weights thrown by the step before or by an
@@ -3948,6 +3963,15 @@ def _spike_made_by(facts: RunFacts, step: int) -> str:
             f"the loss of step {step} itself was not finite: the gradient came back through "
             "the values that made it (a log or a root is steep where its input crosses zero), "
             "part of that non-finite value, not a cause before it"
+        )
+    edge = _edge_reached_after(facts, step)
+    if edge is not None:
+        broke, module = edge
+        return (
+            f"the loss made a NaN from {module}'s output {broke - step} step(s) later, where "
+            "that output crossed the edge its log or root takes (zero): such a function is "
+            "steep near its edge, and a gradient that leaps on an ordinary loss there is the "
+            "NaN's approach, not a cause before it"
         )
     if _in_a_climb(facts, step):
         return (
@@ -4729,11 +4753,14 @@ def _loss_spike(facts: RunFacts) -> Found | None:
         )
         return Found(summary, first.step, where, ev, severity="info")
     periods = [_recurring(facts, f) for f in spikes]
-    if all(periods):
-        ev[RECURS_EVERY] = periods[0]
+    # each a batch of a kind the stream recurs with, or one the update did not feel
+    absorbed = all(p or f.evidence.get(HARD_BATCH) for p, f in zip(periods, spikes, strict=True))
+    if absorbed and any(periods):
+        ev[RECURS_EVERY] = next(p for p in periods if p)
         summary += (
-            f"; the loss stood out alike every {periods[0]} records around each: a kind of "
-            "batch that recurs in the stream, absorbed each time"
+            f"; the loss stood out alike every {ev[RECURS_EVERY]} records around each (or the "
+            "update did not feel it): a kind of batch that recurs in the stream, absorbed each "
+            "time"
         )
         return Found(summary, first.step, where, ev, severity="info")
     return Found(summary, first.step, where, ev)
@@ -5954,8 +5981,17 @@ RULES: tuple[Rule, ...] = (
             Fix("look at the batches behind it", "mon.step(loss, batch_ids=ids)"),
         ),
         _gradient_spike,
-        # a NaN: bursts' end; a loss spike or climb: whether the loss felt the spike
-        (GRAD_NORM_SPIKE, GRADIENT_SPIKE, GRADIENT_GROWTH, NONFINITE, LOSS_SPIKE, LOSS_DIVERGENCE),
+        # a NaN: bursts' end, or an edge the spike neared; a loss spike or climb: whether the
+        # loss felt the spike
+        (
+            GRAD_NORM_SPIKE,
+            GRADIENT_SPIKE,
+            GRADIENT_GROWTH,
+            NONFINITE,
+            NONFINITE_ORIGIN,
+            LOSS_SPIKE,
+            LOSS_DIVERGENCE,
+        ),
         # an outlier batch makes a gradient spike of its own; a spike that poisoned the second
         # moment is named by what it did
         explained_by=("data_outlier", "adam_second_moment_poisoned"),

@@ -371,13 +371,29 @@ def _values_made_at(logits: torch.Tensor, depth: int = 8) -> tuple[Any, int] | N
     for _ in range(depth):
         if node is None:
             return None
-        if autograd_step(node) not in SAME_VALUES:
+        if autograd_step(node) not in SAME_VALUES or _slices_classes(node):
             return node, index
         following = [(n, i) for n, i in node.next_functions if n is not None]
         if len(following) != 1:
             return node, index
         node, index = following[0]
     return node, index
+
+
+def _slices_classes(node: Any) -> bool:
+    """Whether an autograd step took part of its input's last dimension (``out[:, 1:]``: the
+    logits sliced from an output they share with another head's columns, whose loss's gradient
+    the whole output's holds too): read there, the gradient is the logits' alone."""
+    if autograd_step(node) != "SliceBackward":
+        return False
+    sizes = getattr(node, "_saved_self_sym_sizes", None)
+    dim = getattr(node, "_saved_dim", None)
+    if not sizes or dim is None:
+        return False
+    dim = dim % len(sizes)
+    start, end = node._saved_start or 0, node._saved_end
+    whole = start == 0 and (end is None or end >= sizes[dim]) and node._saved_step == 1
+    return dim == len(sizes) - 1 and not whole
 
 
 def _made_by_log_softmax(t: torch.Tensor, depth: int = 4) -> bool:
