@@ -274,6 +274,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout269,
     cases_heldout271,
     cases_heldout272,
+    cases_heldout273,
     cases_mlp,
     cases_other,
 )
