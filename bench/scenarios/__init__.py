@@ -276,6 +276,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout272,
     cases_heldout273,
     cases_heldout274,
+    cases_heldout275,
     cases_mlp,
     cases_other,
 )
