@@ -271,6 +271,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout266,
     cases_heldout267,
     cases_heldout268,
+    cases_heldout270,
     cases_mlp,
     cases_other,
 )
