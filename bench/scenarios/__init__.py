@@ -272,6 +272,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout267,
     cases_heldout268,
     cases_heldout269,
+    cases_heldout270,
     cases_heldout271,
     cases_heldout272,
     cases_heldout273,
