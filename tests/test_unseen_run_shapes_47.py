@@ -430,3 +430,59 @@ def test_a_stream_whose_harder_batches_recur_or_go_unfelt_ends_healthy(tmp_path)
     assert report.healthy, report.text()
     spike = next(d for d in report.diagnoses if d.cause == "loss_spike")
     assert spike.severity == "info" and spike.evidence["recurs_every"] == 40
+
+
+class PoolNet(nn.Module):
+    """Frames pooled by a softmax written by hand (no max subtracted): ``w * h`` takes both the
+    score's exp and the frames' features, made by two modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.frame = nn.Linear(5, 16)
+        self.act = nn.GELU()
+        self.score = nn.Linear(16, 1)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.frame(x))
+        w = torch.exp(self.score(h).squeeze(-1))
+        w = w / w.sum(1, keepdim=True)
+        return self.head((w.unsqueeze(-1) * h).sum(1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_a_nan_made_outside_any_module_names_the_operation_and_the_output_it_took(
+    tmp_path, monkeypatch, checked
+):
+    # Trigger: the score's bias set to 100 at step 3: exp(score) overflows float32 to inf, and
+    # inf / inf is NaN before the head takes it in. The product that carried it took both
+    # act's output and the exp's; a replay checked operation by operation names exp, made from
+    # score's finite output (oracle: the same forward, by hand). Control: without the check,
+    # the module hooks alone name act, the module nearest the head's input in the graph.
+    if not checked:
+        from steadygrad.monitor.activations import ActivationSignal
+
+        monkeypatch.setattr(ActivationSignal, "_operation_behind", lambda self, call: {})
+    model = PoolNet()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 12, 5, generator=g), torch.randn(8, generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for t in range(4):
+            if t == 3:
+                with torch.no_grad():
+                    model.score.bias.fill_(100.0)
+                    s = model.score(model.act(model.frame(x))).squeeze(-1)
+                    assert torch.isfinite(s).all() and torch.isinf(torch.exp(s)).any()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    found = next(
+        d for d in steadygrad.diagnose(tmp_path / "run").diagnoses if d.cause == "nonfinite"
+    )
+    assert found.first_step == 3 and found.where == (["score"] if checked else ["act"])
+    if checked:
+        assert "outside any module (exp), before head" in found.summary

@@ -3333,9 +3333,10 @@ def _nonfinite(facts: RunFacts) -> Found | None:
                 f"the first non-finite forward output came from {module}"
             )
         elif origin.get("between"):
+            operation = f" ({origin['operation']})" if origin.get("operation") else ""
             summary += (
                 f"; the first non-finite value was made from {module}'s finite output by an "
-                f"operation outside any module, before {origin['between']}"
+                f"operation outside any module{operation}, before {origin['between']}"
             )
         elif origin.get("in_the_loss"):
             summary += (

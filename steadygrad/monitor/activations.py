@@ -43,6 +43,7 @@ from steadygrad.core.metrics import (
 from steadygrad.core.signal import host_random_state, random_state_kept, set_host_random_state
 from steadygrad.monitor.backward_origin import GradientTrace
 from steadygrad.monitor.intercept import autograd_step
+from steadygrad.monitor.op_origin import FirstNonFinite
 from steadygrad.monitor.tensor_groups import wide_dtype
 
 log = logging.getLogger("steadygrad")
@@ -617,6 +618,8 @@ class ActivationSignal(Signal):
                     if origin is not None:
                         if self.hooks.float16_overflow.get(origin.get("made_in", origin["module"])):
                             origin[FLOAT16_OVERFLOW] = True  # finite in float32
+                        if origin.get("between"):  # outside any module: which operation
+                            origin.update(self._operation_behind(call))
                         return {**origin, "replayed": True, "weights": weights}
                 if loss_finite:
                     return self._in_the_backward(trace, outputs, weights)
@@ -632,6 +635,31 @@ class ActivationSignal(Signal):
             self.hooks.node_made_by.clear()
             self.hooks.node_shape.clear()
             self.hooks.float16_overflow.clear()
+
+    def _operation_behind(self, call: TopCall) -> dict[str, str]:
+        """Run ``call`` again (in the replay) under :class:`FirstNonFinite`: the operation
+        outside any module that made the first non-finite value, and the module whose output
+        its inputs were computed from (``{}`` when none is found)."""
+        found = FirstNonFinite()
+        set_host_random_state(call.rng)
+        self.hooks.install()  # the modules' outputs, to tell which one the operation took
+        try:
+            graph = torch.enable_grad() if call.grad else nullcontext()
+            with graph, _autocast_as(call.autocast), found:
+                call.module(*call.args, **call.kwargs)
+        finally:
+            self.hooks.remove()
+        if found.operation is None:
+            return {}
+        made = (_made_from(t, self.hooks.node_made_by) for t in found.inputs)
+        source = next((m for m in made if m is not None), None)
+        if source is None:
+            return {"operation": found.operation}
+        return {
+            "module": source,
+            "operation": found.operation,
+            "note": f"{found.operation} made it from {source}'s finite output, outside any module",
+        }
 
     def _in_the_backward(
         self, trace: GradientTrace | None, outputs: list[torch.Tensor], weights: str
