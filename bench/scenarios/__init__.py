@@ -280,6 +280,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout275,
     cases_heldout276,
     cases_heldout277,
+    cases_heldout278,
     cases_mlp,
     cases_other,
 )
