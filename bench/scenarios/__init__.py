@@ -282,6 +282,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout277,
     cases_heldout278,
     cases_heldout279,
+    cases_heldout280,
     cases_mlp,
     cases_other,
 )
