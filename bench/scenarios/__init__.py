@@ -278,6 +278,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout273,
     cases_heldout274,
     cases_heldout275,
+    cases_heldout281,
     cases_mlp,
     cases_other,
 )
