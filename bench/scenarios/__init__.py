@@ -283,6 +283,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout278,
     cases_heldout279,
     cases_heldout280,
+    cases_heldout281,
     cases_heldout282,
     cases_mlp,
     cases_other,
