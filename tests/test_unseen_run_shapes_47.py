@@ -486,3 +486,17 @@ def test_a_nan_made_outside_any_module_names_the_operation_and_the_output_it_too
     assert found.first_step == 3 and found.where == (["score"] if checked else ["act"])
     if checked:
         assert "outside any module (exp), before head" in found.summary
+
+
+def test_rows_collapsing_as_a_loss_without_minimum_grows_the_logits_are_its_consequence(tmp_path):
+    # Trigger: set 276's classifier trained on cross-entropy plus a multi-class hinge that lost
+    # its clamp: the loss falls below zero without end (to about -2900) as the head's logits
+    # grow a thousandfold, and rows collapse on the way. The drift is the cause, dated to the
+    # loss's fall; the collapse is what the growing logits do. (The hinge's gradient sums to
+    # zero over a row: no push on the logits' common shift is there to read.)
+    ctx, report = held_out_run(tmp_path, "h276_wayang_hinge_clamp_dropped")
+    induced_or_skip(ctx)
+    assert min(ctx.losses) < -100
+    assert report.top.cause == "output_logit_divergence" and report.top.where == ["head"]
+    collapse = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
+    assert "without bound" in collapse.consequence_of

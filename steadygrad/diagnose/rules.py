@@ -751,6 +751,12 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
             f"{amplified.summary}: the head's inputs were as large, so were its logits, and "
             "rows collapsed from the first reading"
         )
+    fell = _fell_without_bound(facts) if not found.consequence_of else None
+    if fell is not None and fell.first_step <= found.first_step:
+        found.consequence_of = (
+            f"the loss fell below zero without bound from step {fell.first_step}, the output "
+            "layer growing to lower it: rows collapse as its logits grow"
+        )
     pushed, _ = _pushes(facts)
     if not found.consequence_of and len(pushed) and pushed[0] <= found.first_step:
         # no loss of the softmax alone moves the logits' common shift: a term that does (a
@@ -3046,6 +3052,13 @@ def _output_logits(facts: RunFacts) -> Found | None:
             "larger logits"
         )
         found.evidence["negative_loss_from"] = below
+        return found
+    fell = _fell_without_bound(facts)
+    if fell is not None:
+        # a loss with no minimum, the output growing to lower it: every weight grew to serve it
+        found.summary += f"; {fell.summary}"
+        found.evidence.update(fell.evidence, fell_from=fell.first_step)
+        found.first_step = min(found.first_step, fell.first_step)
         return found
     _grown_everywhere(found, facts, found.first_step, "the logits")
     rate = _output_updates_too_large(facts, found)
