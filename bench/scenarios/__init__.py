@@ -286,6 +286,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout281,
     cases_heldout282,
     cases_heldout283,
+    cases_heldout284,
     cases_mlp,
     cases_other,
 )
