@@ -285,6 +285,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout280,
     cases_heldout281,
     cases_heldout282,
+    cases_heldout288,
     cases_mlp,
     cases_other,
 )
