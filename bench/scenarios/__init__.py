@@ -290,6 +290,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout285,
     cases_heldout286,
     cases_heldout287,
+    cases_heldout288,
     cases_heldout289,
     cases_mlp,
     cases_other,
