@@ -31,6 +31,7 @@ from steadygrad.core.checks import non_negative_int, positive_int
 from steadygrad.core.forward_hooks import observers_silenced
 from steadygrad.core.metrics import (
     ACT_RMS,
+    AMP_SCALE,
     FINISHED_LATE,
     FLOAT16_OVERFLOW,
     INPUT_RMS,
@@ -589,9 +590,15 @@ class ActivationSignal(Signal):
             if self._clean_state is not None or stepped_clean
             else "after a finite update"
         )
-        # a finite loss whose gradient was not: where the backward pass made it is traced too
+        # a finite loss whose gradient was not: where the backward pass made it is traced too,
+        # unless the step ran under float16 autocast and was skipped (a GradScaler's scaled
+        # gradient overflowed float16: the scale's doing, which the scaler handles, on as many
+        # steps as it takes, with or without the scaler handed to the Monitor)
         loss_finite = math.isfinite(record.values.get(LOSS.name, 0.0))
-        trace = GradientTrace(self.hooks.name_of) if loss_finite and not finite_update else None
+        half = any(dtype == torch.float16 for c in self._calls for _, dtype in c.autocast)
+        scaler_skipped = record.meta.get("skipped") and (half or AMP_SCALE.name in record.values)
+        traced_backward = loss_finite and not finite_update and not scaler_skipped
+        trace = GradientTrace(self.hooks.name_of) if traced_backward else None
         traced = None
         try:
             with self._rerunning(self._clean_state):
