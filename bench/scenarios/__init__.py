@@ -294,6 +294,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout289,
     cases_heldout290,
     cases_heldout291,
+    cases_heldout292,
     cases_heldout293,
     cases_heldout294,
     cases_heldout295,
