@@ -292,6 +292,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout287,
     cases_heldout288,
     cases_heldout289,
+    cases_heldout296,
     cases_mlp,
     cases_other,
 )
