@@ -298,6 +298,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout293,
     cases_heldout294,
     cases_heldout295,
+    cases_heldout296,
     cases_mlp,
     cases_other,
 )
