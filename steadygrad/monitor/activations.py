@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
-from torch.utils._pytree import tree_leaves
 
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
@@ -43,7 +42,7 @@ from steadygrad.core.metrics import (
 )
 from steadygrad.core.signal import host_random_state, random_state_kept, set_host_random_state
 from steadygrad.monitor.backward_origin import GradientTrace
-from steadygrad.monitor.intercept import autograd_step
+from steadygrad.monitor.intercept import autograd_step, float_tensors
 from steadygrad.monitor.op_origin import FirstNonFinite
 from steadygrad.monitor.tensor_groups import wide_dtype
 
@@ -101,17 +100,9 @@ def _autocast_as(state: list[tuple[str, torch.dtype]]):
         yield
 
 
-def _floats(tree: object) -> list[torch.Tensor]:
-    if isinstance(tree, torch.Tensor):  # most calls: one tensor, or a tuple of them
-        return [tree] if tree.is_floating_point() else []
-    if type(tree) is tuple and all(isinstance(t, torch.Tensor) for t in tree):
-        return [t for t in tree if t.is_floating_point()]
-    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-
-
 def _input_rms(call: TopCall) -> torch.Tensor | None:
     """The RMS of a call's floating-point inputs, on their device (no synchronisation)."""
-    inputs = _floats((call.args, call.kwargs))
+    inputs = float_tensors((call.args, call.kwargs))
     numel = sum(t.numel() for t in inputs)
     norm = _norm(inputs) if numel else None
     return None if norm is None else norm / math.sqrt(numel)
@@ -198,9 +189,9 @@ class ActivationHooks:
             self._measure_call(name, module, args, output)
 
     def _measure_call(self, name: str, module: nn.Module, args: tuple, output: object) -> None:
-        outs = _floats(output)
+        outs = float_tensors(output)
         half = any(t.dtype == torch.float16 for t in outs)
-        ins = _floats(args)
+        ins = float_tensors(args)
         traced = self.tracing and not self._widening
         source = _made_from(ins[0], self.node_made_by) if traced and ins else None
         self.calls.append(
@@ -255,7 +246,7 @@ class ActivationHooks:
             return
         if all(bool(torch.isfinite(t).all()) for t in outs):
             return
-        if not all(bool(torch.isfinite(t).all()) for t in _floats(args)):
+        if not all(bool(torch.isfinite(t).all()) for t in float_tensors(args)):
             return
         wide = [
             a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
@@ -263,7 +254,7 @@ class ActivationHooks:
         self._widening = True
         try:
             with torch.autocast(outs[0].device.type, enabled=False):
-                again = _floats(module(*wide))
+                again = float_tensors(module(*wide))
             self.float16_overflow[name] = bool(again) and all(
                 bool(torch.isfinite(t).all()) for t in again
             )
@@ -363,7 +354,7 @@ def builtin_recurrent(model: nn.Module) -> list[str]:
 def _depends_on(args: tuple, nodes: set, budget: int = RECURRENCE_SEARCH) -> bool:
     """Whether the autograd graph behind ``args`` reaches one of ``nodes`` within ``budget``
     graph nodes of them (a recurrence feeds its output back within a few operations)."""
-    frontier = deque(t.grad_fn for t in _floats(args) if t.grad_fn is not None)
+    frontier = deque(t.grad_fn for t in float_tensors(args) if t.grad_fn is not None)
     seen: set = set()
     while frontier and len(seen) < budget:
         node = frontier.popleft()
@@ -456,7 +447,7 @@ class ActivationSignal(Signal):
             return
         self._depth = max(self._depth - 1, 0)
         if not self._depth and self._calls and self._calls[-1].module is module:
-            outputs = _floats(output)  # what the loss may be computed from
+            outputs = float_tensors(output)  # what the loss may be computed from
             self._calls[-1].outputs = tuple(weakref.ref(t) for t in outputs)
             if not self._unused_checked:
                 self._calls[-1].made = tuple(t.grad_fn for t in outputs)
@@ -612,7 +603,7 @@ class ActivationSignal(Signal):
                     # with the graph the call had: it tells which module an output came from
                     graph = torch.enable_grad() if call.grad else nullcontext()
                     with graph, _autocast_as(call.autocast):  # an fp16 overflow overflows again
-                        out = _floats(call.module(*call.args, **call.kwargs))
+                        out = float_tensors(call.module(*call.args, **call.kwargs))
                     if call.grad:  # a call under no_grad made nothing the gradient came through
                         outputs += out
                         held = [ref() for ref in call.outputs]
@@ -810,7 +801,7 @@ class ActivationSignal(Signal):
         for call in self._calls:
             set_host_random_state(call.rng)
             with _autocast_as(call.autocast):  # a call fed another's fp16 output runs as it did
-                outs += _floats(call.module(*call.args, **call.kwargs))
+                outs += float_tensors(call.module(*call.args, **call.kwargs))
         if self._fed is not None and len(self._fed) == len(outs):
             outs = [t for t, fed in zip(outs, self._fed, strict=True) if fed]
         return outs

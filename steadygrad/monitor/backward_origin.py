@@ -22,15 +22,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
-from torch.utils._pytree import tree_leaves
+
+from steadygrad.monitor.intercept import float_tensors
 
 
 def _differentiable(tree: object) -> list[torch.Tensor]:
-    return [
-        t
-        for t in tree_leaves(tree)
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad
-    ]
+    return [t for t in float_tensors(tree) if t.requires_grad]
 
 
 def _value_of(t: torch.Tensor) -> object:

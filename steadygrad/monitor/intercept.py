@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from steadygrad.core import Signal
 
@@ -232,6 +233,15 @@ SAME_VALUES = frozenset(
         "Narrow", "T", "Alias",
     )
 )  # fmt: skip
+
+
+def float_tensors(tree: object) -> list[torch.Tensor]:
+    """The floating-point tensors in a call's arguments or outputs (any nesting)."""
+    if isinstance(tree, torch.Tensor):  # most calls: one tensor, or a tuple of them
+        return [tree] if tree.is_floating_point() else []
+    if type(tree) is tuple and all(isinstance(t, torch.Tensor) for t in tree):
+        return [t for t in tree if t.is_floating_point()]
+    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 def autograd_step(node: Any) -> str:

@@ -18,11 +18,8 @@ from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
 
-
-def _floats(tree: object) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+from steadygrad.monitor.intercept import float_tensors
 
 
 def _finite(tensors: list[torch.Tensor]) -> bool:
@@ -43,7 +40,7 @@ class FirstNonFinite(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         if self.operation is None:
             with torch._C.DisableTorchFunction():  # reading the values is no operation to check
-                outs, ins = _floats(out), _floats((args, kwargs))
+                outs, ins = float_tensors(out), float_tensors((args, kwargs))
                 if outs and ins and not _finite(outs) and _finite(ins):
                     self.operation = getattr(func, "__name__", str(func))
                     self.inputs = tuple(ins)

@@ -541,12 +541,12 @@ def _fixed_scale(logits: torch.Tensor, depth: int = 4) -> float | None:
     return scale if found and math.isfinite(scale) and scale != 0 else None
 
 
-def _negative_targets(target: torch.Tensor) -> dict[str, torch.Tensor]:
+def _negative_targets(target: torch.Tensor) -> dict[str, torch.Tensor | float]:
     """Soft targets' entries below 0 (``outside``, of ``targets``): the cross-entropy
     ``-sum_c t_c log p_c`` falls without end as a class of negative target is driven to
     probability 0, so it has no minimum (a teacher's raw logits passed for its probabilities)."""
     t = target.detach()
-    return {"outside": (t < 0).float().sum(), "targets": torch.tensor(float(t.numel()))}
+    return {"outside": (t < 0).float().sum(), "targets": float(t.numel())}
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:
