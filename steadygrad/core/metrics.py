@@ -310,6 +310,9 @@ OUTPUT_MODULE = "output_module"
 # Run config key: the module whose weight matrix is nearest the model's output in the autograd
 # graph (see :mod:`steadygrad.monitor.output_layer`).
 OUTPUT_LAYER = "output_layer"
+# Run config key: the first module holding weights that a hooked step's forward ran (the one
+# that reads the model's input batch), where the inputs' scale enters every later layer.
+INPUT_LAYER = "input_layer"
 # Record meta key on records whose forward was hooked, and run config key (the union over the
 # run): the modules applied in a recurrence (one call's input made from an earlier call's output
 # of the same module) and the built-in recurrent layers, whose repeated Jacobian product is where

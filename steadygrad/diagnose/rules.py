@@ -27,6 +27,7 @@ from steadygrad.core.metrics import (
     FLOAT16_OVERFLOW,
     GRAD_NORM,
     GRAD_NORM_PRECLIP,
+    INPUT_LAYER,
     INPUT_RMS,
     LEARNING_RATE,
     LOGIT_LSE_MEAN,
@@ -390,6 +391,13 @@ class RunFacts:
         """The module whose weight matrix is nearest the model's output (recorded by the
         Monitor from the autograd graph: :mod:`steadygrad.monitor.output_layer`)."""
         layer = self.run.config.get(OUTPUT_LAYER)
+        return layer if isinstance(layer, str) else None
+
+    @cached_property
+    def input_layer(self) -> str | None:
+        """The first module holding weights that the forward ran: the one that read the
+        model's input batch (noted by the Monitor in the run's config)."""
+        layer = self.run.config.get(INPUT_LAYER)
         return layer if isinstance(layer, str) else None
 
     @cached_property
@@ -3528,7 +3536,35 @@ def _amp_overflow(facts: RunFacts) -> Found | None:
     where = _overflowed_first(overflow)
     if where:
         summary += f"; the gradient that overflowed first: {', '.join(where)}"
+    unscaled = _unscaled_inputs(facts)
+    if unscaled is not None:
+        layer, rms = unscaled
+        where = [layer] + [w for w in where if not _inside(w, layer)]
+        evidence["input_rms"] = rms
+        summary += (
+            f"; the model's inputs have RMS {rms:.3g} (standardised features have about 1), "
+            f"read by {layer}: unscaled inputs multiply every gradient after them, and the "
+            "scaled ones reach float16's limit"
+        )
     return Found(summary, _first(overflow), where, evidence, severity)
+
+
+# The median RMS of the model's floating-point inputs at or above which they were not scaled:
+# standardised features and images in [0, 1] have an RMS near 1; raw readings (pressures in
+# kPa, pixel values to 255, volts) stand tens to thousands of times higher.
+UNSCALED_INPUTS = 10.0
+
+
+def _unscaled_inputs(facts: RunFacts) -> tuple[str, float] | None:
+    """The layer that read the model's input batch and the inputs' median RMS, when that is
+    ``UNSCALED_INPUTS`` or more: inputs fed raw, whose scale every gradient after them carries."""
+    layer, inputs = facts.input_layer, facts.series(INPUT_RMS.name)
+    if layer is None or inputs is None:
+        return None
+    rms = inputs[1][np.isfinite(inputs[1])]
+    if not len(rms) or not float(np.median(rms)) >= UNSCALED_INPUTS:
+        return None
+    return layer, float(np.median(rms))
 
 
 def _overflowed_first(overflow: list[Finding]) -> list[str]:

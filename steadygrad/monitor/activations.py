@@ -33,6 +33,7 @@ from steadygrad.core.metrics import (
     AMP_SCALE,
     FINISHED_LATE,
     FLOAT16_OVERFLOW,
+    INPUT_LAYER,
     INPUT_RMS,
     LOSS,
     NONFINITE_GRADS,
@@ -275,6 +276,16 @@ class ActivationHooks:
         if nodes:
             self._made.setdefault(name, set()).update(nodes)
 
+    def input_layer(self) -> str | None:
+        """The first module holding weights of its own whose forward finished this step with a
+        floating-point input: the layer that read the batch (a leaf finishes before the module
+        around it, in the order the forward ran them)."""
+        for call in self.calls:
+            weighted = call.module in self.leaves and call.module in self._weighted
+            if weighted and call.input_norm is not None:
+                return call.module
+        return None
+
     # -- after the host transfer ---------------------------------------------------------------
     def tensor(self) -> torch.Tensor | None:
         """Every norm measured this step as one vector (input, output per call), for the
@@ -407,6 +418,7 @@ class ActivationSignal(Signal):
         self._unused_checked = False
         self._fed: list[bool] | None = None  # which outputs the loss read, while checked
         self._recurrent_noted: list[str] = []  # recurrent modules listed in the run's config
+        self._input_layer_noted = False
 
     def attach(self, monitor: Any) -> None:
         super().attach(monitor)
@@ -502,6 +514,7 @@ class ActivationSignal(Signal):
             rms, origin = self.hooks.read(raw)
             record.values.update(rms)
             self._note_recurrent(record)
+            self._note_input_layer()
             if origin is not None:
                 record.meta["forward_origin"] = _unless_corrupted(
                     self._overflowed(origin, record), self._corrupted
@@ -552,6 +565,20 @@ class ActivationSignal(Signal):
                 self.monitor.store.update_config({RECURRENT_MODULES: self._recurrent_noted})
             except Exception as exc:  # a note for the diagnosis, never worth the run
                 log.warning("steadygrad: could not note the recurrent modules: %r", exc)
+
+    def _note_input_layer(self) -> None:
+        """Note in the run's config, once, the layer that read the model's input (see
+        :meth:`ActivationHooks.input_layer`): where unscaled inputs enter the model."""
+        if self._input_layer_noted:
+            return
+        layer = self.hooks.input_layer()
+        if layer is None:
+            return
+        self._input_layer_noted = True
+        try:
+            self.monitor.store.update_config({INPUT_LAYER: layer})
+        except Exception as exc:  # a note for the diagnosis, never worth the run
+            log.warning("steadygrad: could not note the input layer: %r", exc)
 
     def _overflowed(self, origin: dict, record: Record) -> dict:
         """A producer found by this step's hooks whose output was float16: replayed, to learn
