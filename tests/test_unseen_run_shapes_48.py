@@ -70,3 +70,89 @@ def test_an_overflow_of_raw_inputs_is_placed_at_the_layer_that_reads_them(tmp_pa
     assert found.evidence["input_rms"] == pytest.approx(statistics.median(inputs.tolist()))
     assert found.evidence["input_rms"] > 10
     assert "read by fc1" in found.summary
+
+
+def test_gradients_clipping_held_down_all_run_are_named_an_explosion(tmp_path):
+    # Trigger: set 292's IRNN whose identity recurrence a post-init loop multiplied by
+    # sqrt(2): the raw gradient stands hundreds of times the clip at every step, and the loss
+    # falls on clipped steps alone; nothing grows, nothing spikes, so no other rule sees it.
+    ctx, report = held_out_run(tmp_path, "h292_tourbillon_irnn_gain")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h292_tourbillon_irnn_gain")
+    pre, post, weights = (
+        run.series(n)[1] for n in ("grad_norm_preclip", "grad_norm", "param_norm")
+    )
+    top = report.top
+    assert top.cause == "exploding_gradients"
+    assert top.where == ["cell.hh"]
+    assert top.evidence["of_weights"] == pytest.approx(statistics.median((pre / weights).tolist()))
+    assert top.evidence["clipped_share"] == pytest.approx(float(((pre / post) >= 10).mean()))
+
+
+def _clipped_regression(tmp_path, max_norm: float):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    x = torch.randn(256, 8)
+    y = x[:, :1] - 0.5 * x[:, 1:2]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(150):
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.load(tmp_path / "run"), steadygrad.diagnose(tmp_path / "run")
+
+
+def test_a_clip_threshold_far_below_a_healthy_gradient_is_no_explosion(tmp_path):
+    # Control: a healthy regressor clipped at 1e-3, far below its gradient: clipping shrinks
+    # it tenfold or more at every step, but the gradient stands under the weights' norm.
+    run, report = _clipped_regression(tmp_path, 1e-3)
+    pre, post = run.series("grad_norm_preclip")[1], run.series("grad_norm")[1]
+    assert ((pre / post) >= 10).mean() >= 0.9  # held down at nearly every step, as the trigger
+    assert (pre < run.series("param_norm")[1]).all()
+    assert run.series("loss")[1][-1] < run.series("loss")[1][0]
+    assert "exploding_gradients" not in [d.cause for d in report.diagnoses]
+
+
+def _copied(tmp_path, run, name: str, change: dict):
+    """The stored run written again, each series in ``change`` replaced by a constant."""
+    from steadygrad.store import RunStore
+
+    store = RunStore(tmp_path / name, config=dict(run.config))
+    for step, values in _by_step(run):
+        store.add_scalars(step, {k: change.get(k, v) for k, v in values.items()})
+    store.add_findings(run.findings())
+    store.close()
+    return steadygrad.diagnose(tmp_path / name)
+
+
+def _by_step(run):
+    steps: dict[int, dict] = {}
+    for step, name, value, _ in run.rows():
+        steps.setdefault(step, {})[name] = value
+    return sorted(steps.items())
+
+
+def test_rows_collapsed_by_a_recurrent_state_amplified_from_the_start_are_its_consequence(
+    tmp_path,
+):
+    # Trigger: set 284's ReLU recurrence initialised at 5/3 the identity: its state stands
+    # about 100x the inputs' RMS from step 0, the head's logits as large, and rows collapse
+    # from the first reading: the explosion through time is named first, the collapse its
+    # consequence. Control: the same run with the recurrent state held at 0.9 (a bounded
+    # state, as a tanh cell's): its large gradient hands the head no large inputs, and the
+    # collapse is no longer put down to it.
+    ctx, report = held_out_run(tmp_path, "h284_lusheng_identity_times_tanh_gain")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h284_lusheng_identity_times_tanh_gain")
+    state, inputs = run.series("act_rms/cell.hh")[1][0], run.series("input_rms")[1][0]
+    assert state >= 10 * inputs
+    assert report.top.cause == "exploding_gradients"
+    collapse = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
+    assert "exploded through time" in collapse.why
+    bounded = _copied(tmp_path, run, "bounded", {"act_rms/cell.hh": 0.9})
+    collapse = next(d for d in bounded.diagnoses if d.cause == "softmax_collapse")
+    assert "exploded" not in collapse.why

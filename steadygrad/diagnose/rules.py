@@ -785,16 +785,35 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
 
 
 def _amplified_into_the_head(facts: RunFacts, clear: np.ndarray) -> Found | None:
-    """The signal amplified layer by layer through depth from the first step
-    (:func:`_exploded_from_the_start`, not through time), when no collapse reading before the
+    """The signal amplified from the first step (:func:`_exploded_from_the_start`; through
+    time only where the recurrent state itself grew large), when no collapse reading before the
     collapse found was clear of collapsed rows: the rows collapsed on logits that were large
     from the start, made by the layers before the head."""
     if len(clear):
         return None
     born = _exploded_from_the_start(facts)
-    if born is None or any(_inside(w, m) for w in born.where for m in facts.recurrent_modules):
+    if born is None or born.first_step is None:
         return None
+    through_time = [w for w in born.where if any(_inside(w, m) for m in facts.recurrent_modules)]
+    if through_time and not all(_state_amplified(facts, w, born.first_step) for w in through_time):
+        return None  # a bounded state (tanh, an LSTM's gates) hands the head no large inputs
     return born
+
+
+# A recurrent module's output at the first step this many times the RMS of the model's input:
+# a state the recurrence amplified (a ReLU recurrence with a gain above 1), not one a bounded
+# activation holds within +-1.
+STATE_AMPLIFIED = 10.0
+
+
+def _state_amplified(facts: RunFacts, module: str, step: int) -> bool:
+    """Whether the recurrent ``module``'s output RMS at ``step`` stood ``STATE_AMPLIFIED``
+    times the model input's RMS or more."""
+    inputs, state = facts.series(INPUT_RMS.name), facts.series(ACT_RMS.key(module))
+    if inputs is None or state is None:
+        return False
+    scale, act = inputs[1][inputs[0] == step], state[1][state[0] == step]
+    return bool(len(scale) and len(act) and scale[0] > 0 and act[0] >= STATE_AMPLIFIED * scale[0])
 
 
 # A fixed number the logits are multiplied by after their layer at least this large is a
@@ -1855,7 +1874,7 @@ def _exploding(facts: RunFacts) -> Found | None:
                 _spike_into_explosion(facts),
                 _bursts_through_time(facts),
                 _growing_bursts(facts),
-                _exploded_from_the_start(facts),
+                _exploded_from_the_start(facts) or _held_down_by_clipping(facts),
             )
             if f
         ]
@@ -2351,6 +2370,78 @@ def _shrunk_by_clipping_at(facts: RunFacts, step: int) -> float:
     if not len(pre) or not len(post) or not np.isfinite(pre[0]) or not pre[0] > post[0] > 0:
         return 1.0
     return float(pre[0] / post[0])
+
+
+# Clipping that shrank the gradient this many times or more, at this share of the run's steps or
+# more: the run trained on steps of the clip's length alone, whatever the gradient said.
+CLIPPED_HARD, CLIPPED_ALWAYS = 10.0, 0.9
+CLIPPED_RECORDS = 20  # fewer records with a gradient before clipping say nothing of a whole run
+
+
+def _held_down_by_clipping(facts: RunFacts) -> Found | None:
+    """Clipping that shrank the gradient ``CLIPPED_HARD`` times or more at ``CLIPPED_ALWAYS``
+    of the run's steps, the gradient before it standing ``BORN_EXPLODED`` times the norm of all
+    the weights (the median over the run): a gradient exploded through time or depth (a
+    recurrent gain above 1, an initialisation's gain too large) that clipping hid from the
+    loss, which falls on steps of the clip's length. A clip threshold set far below a healthy
+    gradient shrinks it as often, at a gradient under the weights' norm; inputs fed unscaled
+    (see :func:`_unscaled_inputs`) make gradients as large through no amplification."""
+    before, after = facts.series(GRAD_NORM_PRECLIP.name), facts.series(GRAD_NORM.name)
+    weights = facts.series(PARAM_NORM.name)
+    if before is None or after is None or weights is None or _unscaled_inputs(facts):
+        return None
+    steps = np.intersect1d(np.intersect1d(before[0], after[0]), weights[0])
+    pre = before[1][np.isin(before[0], steps)]
+    post = after[1][np.isin(after[0], steps)]
+    norm = weights[1][np.isin(weights[0], steps)]
+    ok = np.isfinite(pre) & np.isfinite(post) & (post > 0) & (norm > 0)
+    if ok.sum() < CLIPPED_RECORDS:
+        return None
+    shrunk = pre[ok] / post[ok]
+    share = float(np.mean(shrunk >= CLIPPED_HARD))
+    of_weights = float(np.median(pre[ok] / norm[ok]))
+    if share < CLIPPED_ALWAYS or of_weights < BORN_EXPLODED:
+        return None
+    first = int(steps[ok][0])
+    where, how = _carried_most(facts)
+    return Found(
+        f"the gradients exploded {how} and clipping held them down: before clipping the "
+        f"gradient norm stood {of_weights:.3g}x the norm of all the weights (the run's median), "
+        f"and clipping shrank it {float(np.median(shrunk)):.3g}x at {share:.0%} of the steps: "
+        "the run trains on steps of the clip's length, whatever its gradient says",
+        first,
+        where,
+        {"of_weights": of_weights, "clipped_share": share, "shrunk": float(np.median(shrunk))},
+        "critical" if facts.broke_at is not None else "warning",
+    )
+
+
+def _carried_most(facts: RunFacts) -> tuple[list[str], str]:
+    """Where a gradient exploded over the whole run: the recurrent module whose tensors carry
+    the most of it (their median squared norms together), or, with no recurrence, the module
+    of the tensor with the largest median gradient outside the output layer (backpropagation
+    multiplies the gradient on its way back, largest where it arrives); with how it exploded."""
+    medians = {}
+    for name in facts.names:
+        if GRAD_NORM.owns(name) and "/" in name:
+            values = facts.series(name)[1]
+            values = values[np.isfinite(values)]
+            if len(values):
+                medians[name.split("/", 1)[1]] = float(np.median(values))
+    recurrent: dict[str, float] = {}
+    for tensor, norm in medians.items():
+        module = next((m for m in facts.recurrent_modules if _inside(tensor, m)), None)
+        if module is not None:
+            recurrent[module] = recurrent.get(module, 0.0) + norm * norm
+    if recurrent:
+        module = max(recurrent, key=recurrent.get)
+        return [module], f"through time in the recurrent {module}"
+    head = facts.output_layer
+    body = {t: n for t, n in medians.items() if not (head and _inside(t, head))}
+    if not body:
+        return [], "through depth"
+    module = max(body, key=body.get).rpartition(".")[0]
+    return ([module] if module else []), "through depth"
 
 
 # A hidden layer's output at the first step this many times the RMS of the model's input: the
