@@ -300,6 +300,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout295,
     cases_heldout296,
     cases_heldout299,
+    cases_heldout301,
     cases_heldout302,
     cases_mlp,
     cases_other,
