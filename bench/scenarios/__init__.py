@@ -301,6 +301,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout296,
     cases_heldout297,
     cases_heldout299,
+    cases_heldout300,
     cases_heldout301,
     cases_heldout302,
     cases_heldout303,
