@@ -5,12 +5,13 @@ control that must not move."""
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import held_out_run, induced_or_skip, steadygrad
+from helpers import diagnose_stored, held_out_run, induced_or_skip, steadygrad
 from torch import nn
 
 from steadygrad.core.metrics import INPUT_LAYER
@@ -156,3 +157,84 @@ def test_rows_collapsed_by_a_recurrent_state_amplified_from_the_start_are_its_co
     bounded = _copied(tmp_path, run, "bounded", {"act_rms/cell.hh": 0.9})
     collapse = next(d for d in bounded.diagnoses if d.cause == "softmax_collapse")
     assert "exploded" not in collapse.why
+
+
+def _edge_run(tmp_path, name: str, spiked: list[str]):
+    """A stored run: loss and gradient spikes at step 26 in the tensors ``spiked``, then at
+    step 38 a NaN the loss made from shape_head's output, which held a negative value."""
+    rows = [{"loss": 2.5 + 0.1 * (t % 3), "grad_norm": 2.0 + 0.2 * (t % 4)} for t in range(38)] + [
+        {"loss": math.nan, "grad_norm": math.nan}
+    ]
+    rows[26] = {"loss": 9745.0, "grad_norm": 7.5e5}
+    origin = {
+        "module": "shape_head",
+        "in_the_loss": "its output held 1 negative value(s) among positive ones",
+    }
+    spike = {"spike_factor": 3000.0, "grad_norm": 6e5, "running_rms": 200.0, "theta": 5000.0}
+    findings = [("loss_spike", 26, None, {"factor": 3630.0}, "warning")]
+    findings += [("gradient_spike", 26, t, spike, "critical") for t in spiked]
+    findings += [("nonfinite", 38, "shape_head", {"forward_origin": origin}, "critical")]
+    return diagnose_stored(tmp_path, name, rows, findings)
+
+
+def test_a_spike_in_the_module_whose_output_later_crossed_an_edge_is_the_nans_approach(tmp_path):
+    # Trigger: set 303's Weibull shape left unconstrained: as one row's shape neared 0, the
+    # loss (-log k) and shape_head's gradient leapt together at step 26, and 12 steps later
+    # log k of a negative shape was NaN. The spike is the edge's approach: the NaN is named.
+    # Control: the same shape with the spike only in fc1, a module that made no NaN: a spike
+    # of its own, 12 steps before, as before this change.
+    report = _edge_run(tmp_path, "edge", ["fc1.weight", "shape_head.weight"])
+    assert report.top.cause == "nonfinite"
+    spike = next(d for d in report.diagnoses if d.cause == "gradient_spike")
+    assert "the NaN's approach" in spike.why
+    other = _edge_run(tmp_path, "elsewhere", ["fc1.weight"])
+    spike = next(d for d in other.diagnoses if d.cause == "gradient_spike")
+    assert "approach" not in spike.why
+
+
+def test_the_nans_approach_is_found_on_the_live_run(tmp_path):
+    ctx, report = held_out_run(tmp_path, "h303_sandboarding_identity_shape_link")
+    induced_or_skip(ctx)
+    assert report.top.cause == "nonfinite"
+    assert "shape_head" in report.top.where
+
+
+def test_updates_frozen_by_a_schedule_after_the_loss_settled_are_no_warning(tmp_path):
+    # Trigger: set 297's control, ReduceLROnPlateau (factor 0.5, patience 10) on a noisy Huber
+    # regression: the loss settled within the first quarter of the run, the schedule halved
+    # the rate 17 times as it should, and the updates fell under 1e-7 of the weights: the
+    # frozen reading is the schedule letting the run settle, info.
+    ctx, report = held_out_run(tmp_path, "h297_marram_huber_control")
+    run = steadygrad.load(tmp_path / "h297_marram_huber_control")
+    rates = run.series("lr/0")[1]
+    assert rates.max() / rates[-1] > 1e4
+    assert all(d.severity == "info" for d in report.diagnoses)
+    ratio = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
+    assert ratio.severity == "info" and ratio.evidence["rate_cut"] >= 100
+
+
+def test_updates_frozen_by_a_schedule_cutting_while_the_loss_still_fell_are_a_warning(tmp_path):
+    # Control: ReduceLROnPlateau in mode "max" on a loss (the mode meant for an accuracy):
+    # it cuts the rate every few steps while the loss is still falling fast, and the run
+    # freezes far above where it was going: the frozen layers stay a warning.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    x = torch.randn(256, 8)
+    y = torch.sin(x[:, :1]) + x[:, 1:2] * x[:, 2:3]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=3)
+    losses = []
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(200):
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+            sched.step(loss.item())
+            losses.append(loss.item())
+    assert opt.param_groups[0]["lr"] < 0.05 / 1e4  # cut to nothing
+    assert losses[-1] > 0.5 * losses[0]  # frozen far above a fit
+    report = steadygrad.diagnose(tmp_path / "run")
+    ratio = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
+    assert ratio.severity == "warning"

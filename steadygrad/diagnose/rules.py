@@ -985,6 +985,18 @@ def _update_ratio(facts: RunFacts) -> Found | None:
         found.drives = _driven_mechanism(facts, large)
     if ratios and all(_paused(facts, f) for f in ratios):
         return None  # experts no token was routed to for a while, then learning again
+    settled = _settled_before_the_cuts(facts, found.first_step) if found.stalls else None
+    if settled is not None:
+        cut, level, last = settled
+        found.severity = "info"
+        found.evidence["rate_cut"] = cut
+        found.summary += (
+            f": the schedule had cut the learning rate {cut:.3g}x, step by step, and the loss "
+            f"ended near where it had settled before the cuts ({last:.4g} over the last fifth, "
+            f"{level:.4g} while the rate was within 10x of its peak): a run the schedule let "
+            "settle, not a layer kept from learning"
+        )
+        return found
     back = _back_in_range(facts, ratios)
     if back is not None and found.first_step is not None:
         # updates too large for a while, then in range for good: an episode the run got over
@@ -1014,6 +1026,48 @@ def _update_ratio(facts: RunFacts) -> Found | None:
             "they stand still because nothing runs through them"
         )
     return found
+
+
+# A schedule that cut every group's learning rate this many times from its peak, in at least
+# RATE_CUTS drops, before updates read frozen; the loss over the last fifth of the run at this
+# share or more of its level while the rate stood within 10x of its peak: the cuts bought little
+# more than the quieter steps of a smaller rate, so they came because the loss had settled
+# (ReduceLROnPlateau's way), not while it was still learning.
+SCHEDULE_CUT, RATE_CUTS, KEPT_LEVEL = 100.0, 3, 0.75
+
+
+def _settled_before_the_cuts(
+    facts: RunFacts, step: int | None
+) -> tuple[float, float, float] | None:
+    """(how many times the rate was cut, the loss's level before, its level at the end) when
+    by ``step`` a schedule had cut every group's learning rate ``SCHEDULE_CUT`` times or more
+    from its peak in ``RATE_CUTS`` drops or more, and the loss over the run's last fifth stood
+    at ``KEPT_LEVEL`` of its median while every rate was within 10x of its peak (past the
+    run's first tenth) or higher: the loss had settled at the rates the run started with."""
+    loss = facts.series(LOSS.name)
+    if step is None or loss is None or not facts.learning_rates:
+        return None
+    cuts, high_until = [], step
+    for steps, rates in facts.learning_rates:
+        ok = np.isfinite(rates) & (rates > 0) & (steps <= step)
+        if ok.sum() < 2:
+            return None
+        peak, now = float(rates[ok].max()), float(rates[ok][-1])
+        drops = int(np.sum(np.diff(rates[ok]) < 0))
+        if now * SCHEDULE_CUT > peak or drops < RATE_CUTS:
+            return None
+        cuts.append(peak / now)
+        below = steps[ok][rates[ok] * 10 < peak]
+        high_until = min(high_until, int(below[0]))
+    steps, values = loss
+    finite = np.isfinite(values)
+    start = int(steps[0]) + (int(steps[-1]) - int(steps[0])) // 10
+    before = values[finite & (steps >= start) & (steps < high_until)]
+    last = values[finite][-(len(values[finite]) // 5) :]
+    if len(before) < 10 or len(last) < 10:
+        return None
+    level, end = float(np.median(before)), float(np.median(last))
+    return (min(cuts), level, end) if end >= KEPT_LEVEL * level else None
 
 
 # Updates under this share of every tensor's norm per step (its median over the run) move a
@@ -4079,18 +4133,30 @@ def _most_spiked(spikes: list[Finding]) -> list[str]:
 
 
 def _edge_reached_after(facts: RunFacts, step: int) -> tuple[int, str] | None:
-    """(the step, the module) of a NaN the loss made within ``CONFIRMED_SOON`` steps after
-    ``step`` from a module's output that held values at an edge (exact zeros, or negatives
-    among positives: see :meth:`ActivationSignal._in_the_loss`), when the loss at ``step``
-    did not spike: the gradient leapt as that output neared the edge."""
-    if any(f.step == step and f.severity != "info" for f in facts.of(LOSS_SPIKE)):
-        return None  # the batch moved the loss too: what it did is judged as a batch's
+    """(the step, the module) of a NaN the loss made after ``step`` from a module's output that
+    held values at an edge (exact zeros, or negatives among positives: see
+    :meth:`ActivationSignal._in_the_loss`): within ``CONFIRMED_SOON`` steps, when the loss at
+    ``step`` did not spike (the gradient leapt as that output neared the edge); or within
+    ``NEARING_EDGE`` steps, when the gradient spiked in that very module: a log or a root near
+    its edge makes the loss and its gradient leap together, on the module that feeds it."""
+    spiked = {f.where for f in facts.of(GRADIENT_SPIKE) if f.step == step and f.where}
+    jumped = any(f.step == step and f.severity != "info" for f in facts.of(LOSS_SPIKE))
     for f in facts.of(NONFINITE, NONFINITE_ORIGIN):
         origin = f.evidence.get("forward_origin") or {}
         edge = str(origin.get("in_the_loss", "")).startswith("its output held")
-        if edge and origin.get("module") and step < f.step <= step + CONFIRMED_SOON:
-            return f.step, origin["module"]
+        module = origin.get("module")
+        if not edge or not module or f.step <= step:
+            continue
+        if not jumped and f.step <= step + CONFIRMED_SOON:
+            return f.step, module
+        if f.step <= step + NEARING_EDGE and any(_inside(t, module) for t in spiked):
+            return f.step, module
     return None
+
+
+# Steps before a NaN made at an edge within which a gradient spike in the module whose output
+# crossed it was that output nearing the edge.
+NEARING_EDGE = 2 * CONFIRMED_SOON
 
 
 def _spike_made_by(facts: RunFacts, step: int) -> str:
@@ -4111,8 +4177,8 @@ def _spike_made_by(facts: RunFacts, step: int) -> str:
         return (
             f"the loss made a NaN from {module}'s output {broke - step} step(s) later, where "
             "that output crossed the edge its log or root takes (zero): such a function is "
-            "steep near its edge, and a gradient that leaps on an ordinary loss there is the "
-            "NaN's approach, not a cause before it"
+            "steep near its edge, and a gradient that leaps there is the NaN's approach, not a "
+            "cause before it"
         )
     if _in_a_climb(facts, step):
         return (
