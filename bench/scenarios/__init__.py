@@ -299,6 +299,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout294,
     cases_heldout295,
     cases_heldout296,
+    cases_heldout298,
     cases_mlp,
     cases_other,
 )
