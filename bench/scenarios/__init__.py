@@ -300,6 +300,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout295,
     cases_heldout296,
     cases_heldout297,
+    cases_heldout298,
     cases_heldout299,
     cases_heldout300,
     cases_heldout301,
