@@ -209,6 +209,8 @@ def test_updates_frozen_by_a_schedule_after_the_loss_settled_are_no_warning(tmp_
     rates = run.series("lr/0")[1]
     assert rates.max() / rates[-1] > 1e4
     assert all(d.severity == "info" for d in report.diagnoses)
+    frozen = [f for f in run.findings() if f.kind == "update_ratio_out_of_range"]
+    assert frozen and all(f.severity == "info" for f in frozen)  # no warning while it ran
     ratio = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
     assert ratio.severity == "info" and ratio.evidence["rate_cut"] >= 100
 
@@ -238,3 +240,57 @@ def test_updates_frozen_by_a_schedule_cutting_while_the_loss_still_fell_are_a_wa
     report = steadygrad.diagnose(tmp_path / "run")
     ratio = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
     assert ratio.severity == "warning"
+
+
+def _tanh_stack(gain: float) -> nn.Module:
+    torch.manual_seed(0)
+    layers = nn.ModuleList(nn.Linear(64, 64) for _ in range(12))
+    for layer in layers:
+        nn.init.xavier_normal_(layer.weight, gain=gain)
+        nn.init.zeros_(layer.bias)
+
+    class Stack(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.layers, self.head = nn.Linear(8, 64), layers, nn.Linear(64, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.inp(x))
+            for layer in self.layers:
+                h = torch.tanh(layer(h))
+            return self.head(h)
+
+    return Stack()
+
+
+def _first_gradients(tmp_path, name: str, gain: float):
+    model = _tanh_stack(gain)
+    x = torch.randn(128, 8)
+    y = x[:, :1] * x[:, 1:2]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False) as mon:
+        for _ in range(60):
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path / name)
+    grads = [run.series(f"grad_norm/layers.{i}.weight")[1][0] for i in range(12)]
+    return grads, steadygrad.diagnose(tmp_path / name)
+
+
+def test_gradients_rising_back_through_a_deep_stack_layer_by_layer_are_an_explosion(tmp_path):
+    # Trigger: set 300's twelve tanh layers initialised with the variance gain (5/3)^2 where
+    # xavier_normal_ takes the standard deviation's: each layer multiplies the gradient on its
+    # way back by about 1.3, under the 1.2x-every-layer chain at some layers, 10x and more over
+    # the stack, rising almost at every layer. Control: the same stack at the tanh gain 5/3
+    # keeps its layers' gradients within a few times of each other: no explosion.
+    grads, report = _first_gradients(tmp_path, "chaotic", (5 / 3) ** 2)
+    # the oracle: the stored first gradients, by hand: 10x and more, under the 30x of a chain
+    assert 10 * grads[-1] <= max(grads) < 30 * grads[-1]
+    assert report.top.cause == "exploding_gradients"
+    assert "layers.0" in report.top.where
+    grads, report = _first_gradients(tmp_path, "ordered", 5 / 3)
+    assert max(grads) < 10 * grads[-1]
+    assert "exploding_gradients" not in [d.cause for d in report.diagnoses]

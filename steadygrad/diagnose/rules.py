@@ -975,6 +975,9 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     loss climb. Frozen tensors whose gradient was exactly 0, after dead units were found, are
     the dead units' doing (no gradient reaches them), not a frozen layer's."""
     found = _located((UPDATE_RATIO_OUT_OF_RANGE,), "update-to-weight ratio out of range")(facts)
+    scheduled = _frozen_by_the_schedule(facts, found)
+    if scheduled is not None:
+        return scheduled
     if found is None or found.severity == "info":  # none, or dead code and the like
         return _rate_set_apart(facts) or _too_small_to_learn(facts) or found
     directions = {f.evidence.get("direction") for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE)}
@@ -985,18 +988,6 @@ def _update_ratio(facts: RunFacts) -> Found | None:
         found.drives = _driven_mechanism(facts, large)
     if ratios and all(_paused(facts, f) for f in ratios):
         return None  # experts no token was routed to for a while, then learning again
-    settled = _settled_before_the_cuts(facts, found.first_step) if found.stalls else None
-    if settled is not None:
-        cut, level, last = settled
-        found.severity = "info"
-        found.evidence["rate_cut"] = cut
-        found.summary += (
-            f": the schedule had cut the learning rate {cut:.3g}x, step by step, and the loss "
-            f"ended near where it had settled before the cuts ({last:.4g} over the last fifth, "
-            f"{level:.4g} while the rate was within 10x of its peak): a run the schedule let "
-            "settle, not a layer kept from learning"
-        )
-        return found
     back = _back_in_range(facts, ratios)
     if back is not None and found.first_step is not None:
         # updates too large for a while, then in range for good: an episode the run got over
@@ -1028,6 +1019,45 @@ def _update_ratio(facts: RunFacts) -> Found | None:
     return found
 
 
+def _frozen_by_the_schedule(facts: RunFacts, found: Found | None) -> Found | None:
+    """Layers frozen only once a schedule had cut every group's learning rate ``SCHEDULE_CUT``
+    times (each frozen finding the detector's ``rate_cut`` info, or a frozen reading after such
+    cuts): info when the loss had settled before the cuts (see
+    :func:`_levels_around_the_cuts`), a run the schedule let settle; a warning when it was
+    still improving, a schedule that stopped the learning early (ReduceLROnPlateau in mode
+    'max' on a loss, a decay stepped every batch). None when no schedule froze them."""
+    ratios = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.severity != "info"]
+    cut = [f for f in facts.of(UPDATE_RATIO_OUT_OF_RANGE) if f.evidence.get("rate_cut")]
+    if found is None or found.first_step is None or not (cut or ratios):
+        return None
+    if ratios and any(f.evidence.get("direction") != "frozen" for f in ratios):
+        return None
+    levels = _levels_around_the_cuts(facts, min(f.step for f in cut or ratios))
+    if levels is None:
+        return None
+    times, level, last = levels
+    found.stalls = True
+    found.evidence["rate_cut"] = times
+    found.where = sorted({f.where for f in cut or ratios if f.where}, key=_natural)
+    if last >= KEPT_LEVEL * level:
+        found.severity = "info"
+        found.summary += (
+            f": the schedule had cut the learning rate {times:.3g}x, step by step, and the loss "
+            f"ended near where it had settled before the cuts ({last:.4g} over the last fifth, "
+            f"{level:.4g} while the rate was within 10x of its peak): a run the schedule let "
+            "settle, not a layer kept from learning"
+        )
+    else:
+        found.severity = "warning"
+        found.summary += (
+            f": the schedule cut the learning rate {times:.3g}x, step by step, while the loss "
+            f"was still improving ({level:.4g} while the rate was within 10x of its peak, "
+            f"{last:.4g} over the last fifth): it froze the layers before the run had learnt "
+            "(ReduceLROnPlateau in mode 'max' on a loss, a decay stepped every batch?)"
+        )
+    return found
+
+
 # A schedule that cut every group's learning rate this many times from its peak, in at least
 # RATE_CUTS drops, before updates read frozen; the loss over the last fifth of the run at this
 # share or more of its level while the rate stood within 10x of its peak: the cuts bought little
@@ -1036,16 +1066,13 @@ def _update_ratio(facts: RunFacts) -> Found | None:
 SCHEDULE_CUT, RATE_CUTS, KEPT_LEVEL = 100.0, 3, 0.75
 
 
-def _settled_before_the_cuts(
-    facts: RunFacts, step: int | None
-) -> tuple[float, float, float] | None:
-    """(how many times the rate was cut, the loss's level before, its level at the end) when
-    by ``step`` a schedule had cut every group's learning rate ``SCHEDULE_CUT`` times or more
-    from its peak in ``RATE_CUTS`` drops or more, and the loss over the run's last fifth stood
-    at ``KEPT_LEVEL`` of its median while every rate was within 10x of its peak (past the
-    run's first tenth) or higher: the loss had settled at the rates the run started with."""
+def _levels_around_the_cuts(facts: RunFacts, step: int) -> tuple[float, float, float] | None:
+    """(how many times the rate was cut, the loss's median while every rate was within 10x of
+    its peak, past the run's first tenth; its median over the run's last fifth) when by
+    ``step`` a schedule had cut every group's learning rate ``SCHEDULE_CUT`` times or more from
+    its peak in ``RATE_CUTS`` drops or more; None otherwise."""
     loss = facts.series(LOSS.name)
-    if step is None or loss is None or not facts.learning_rates:
+    if loss is None or not facts.learning_rates:
         return None
     cuts, high_until = [], step
     for steps, rates in facts.learning_rates:
@@ -1067,7 +1094,7 @@ def _settled_before_the_cuts(
     if len(before) < 10 or len(last) < 10:
         return None
     level, end = float(np.median(before)), float(np.median(last))
-    return (min(cuts), level, end) if end >= KEPT_LEVEL * level else None
+    return min(cuts), level, end
 
 
 # Updates under this share of every tensor's norm per step (its median over the run) move a
@@ -2600,10 +2627,18 @@ def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
     where = [tensor.rsplit(".", 1)[0] for tensor, _ in reversed(chain)]
     rise = _rising_into(norms, chain[-1][0])
     rise = _input_layer_exploded(norms, rise[0] if rise else where[0], chain[0][1]) + rise
+    grads = [norm for _, norm in chain]
+    stepwise = all(b >= STEP_GAIN * a for a, b in zip(grads, grads[1:], strict=False))
+    how = (
+        f"each layer's weight gradient in {layer_span(where)} stood at least {STEP_GAIN:g}x "
+        "the one after it"
+        if stepwise
+        else f"the weight gradients of {layer_span(where)} rose back through the stack almost "
+        "layer by layer"
+    )
     return Found(
-        f"the gradients exploded through depth from the first step: at step {first} each "
-        f"layer's weight gradient in {layer_span(where)} stood at least {STEP_GAIN:g}x the one "
-        f"after it, {where[0]}'s {chain[-1][1] / chain[0][1]:.3g}x {where[-1]}'s (weights "
+        f"the gradients exploded through depth from the first step: at step {first} {how}, "
+        f"{where[0]}'s {chain[-1][1] / chain[0][1]:.3g}x {where[-1]}'s (weights "
         "initialised with too large a gain: each layer multiplies the gradient on its way back)"
         + (f", and rising still into {layer_span(rise)} before it" if rise else ""),
         first,

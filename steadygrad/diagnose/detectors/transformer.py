@@ -909,8 +909,14 @@ class UpdateRatioOutOfRange(Detector):
         self._from_zero: set[str] = set()  # tensors whose first ratio was infinite: w = 0
         # the most an SGD-like step makes of one gradient, in rates (None: not such a step)
         self._gain: float | None = None
+        # each group's learning rate: (its peak so far, its last reading, how often it fell)
+        self._rates: dict[str, tuple[float, float, int]] = {}
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
+    # A schedule that cut every group's rate this many times from its peak, in RATE_CUTS drops
+    # or more, froze the layers by design (ReduceLROnPlateau after the loss settled, a decay to
+    # zero): info here; the diagnosis judges from the loss whether the cuts came too early.
+    SCHEDULE_CUT, RATE_CUTS = 100.0, 3
     reads = (UPDATE_RATIO, GRAD_NORM, PARAM_NORM, LEARNING_RATE)
     emits = (UPDATE_RATIO_OUT_OF_RANGE,)
     # A gradient under this share of the median tensor's (each against its weights) vanishes.
@@ -928,6 +934,7 @@ class UpdateRatioOutOfRange(Detector):
             family = record.meta[OPTIMIZER_FAMILY]
             scaled = family in GRADIENT_SCALED
             self._gain = (1.0 if family == "sgd" else self.MOMENTUM_GAIN) if scaled else None
+        self._read_rates(record)
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
         findings = []
@@ -980,8 +987,31 @@ class UpdateRatioOutOfRange(Detector):
                     # the code said so: a fixed table, a fine-tuning recipe's frozen block
                     evidence["note"] = "requires_grad=False since the start: frozen on purpose?"
                     severity = "info"
+                elif (cut := self._cut_by_schedule()) is not None:
+                    evidence["rate_cut"] = cut
+                    severity = "info"
                 findings.append(Finding(self.kind, record.step, name, evidence, severity))
         return findings
+
+    def _read_rates(self, record: Record) -> None:
+        for key, rate in record.family(LEARNING_RATE.name).items():
+            if not (math.isfinite(rate) and rate > 0):
+                continue
+            peak, last, drops = self._rates.get(key, (rate, rate, 0))
+            self._rates[key] = (max(peak, rate), rate, drops + (rate < last))
+
+    def _cut_by_schedule(self) -> float | None:
+        """How many times the schedule cut the rates from their peaks (the least over the
+        groups), when it cut every group's ``SCHEDULE_CUT`` times or more in ``RATE_CUTS``
+        drops or more; None otherwise."""
+        if not self._rates:
+            return None
+        cuts = [
+            peak / last for peak, last, drops in self._rates.values() if drops >= self.RATE_CUTS
+        ]
+        if len(cuts) < len(self._rates) or min(cuts) < self.SCHEDULE_CUT:
+            return None
+        return min(cuts)
 
     def _vanishing(self, record: Record, name: str, ratio: float) -> float | None:
         """``|g|/|w|`` of tensor ``name`` over the median tensor's, when its gradient is there
