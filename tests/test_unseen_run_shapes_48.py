@@ -294,3 +294,47 @@ def test_gradients_rising_back_through_a_deep_stack_layer_by_layer_are_an_explos
     grads, report = _first_gradients(tmp_path, "ordered", 5 / 3)
     assert max(grads) < 10 * grads[-1]
     assert "exploding_gradients" not in [d.cause for d in report.diagnoses]
+
+
+def test_a_spike_in_adams_first_steps_that_stalled_its_updates_poisoned_the_second_moment(
+    tmp_path,
+):
+    # Trigger: set 303's resume path steps Adam at step 20 before dividing out a static loss
+    # scale of 4096: the updates then shrink over ten times and stay there. Its span before the
+    # spike is Adam's own first steps, whose updates shrink on their own (2-3x): the drop is
+    # read that much milder, and is still poisoning.
+    ctx, report = held_out_run(tmp_path, "h303_octobass_unscale_skipped")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h303_octobass_unscale_skipped")
+    steps, ratios = run.series("update_ratio/fc1.weight")
+    before = statistics.median(ratios[(steps > 0) & (steps < 20)].tolist())
+    after = statistics.median(ratios[(steps > 40) & (steps <= 90)].tolist())
+    assert after < 0.15 * before  # the oracle: the stored updates, by hand
+    assert report.top.cause == "adam_second_moment_poisoned"
+    assert report.top.first_step == 20
+
+
+def _adam_with_an_early_spike(tmp_path, name: str, factor: float):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 1))
+    x = torch.randn(256, 10)
+    y = x[:, :1] - x[:, 1:2] * x[:, 2:3]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False) as mon:
+        for t in range(200):
+            loss = F.mse_loss(model(x), y)
+            (loss * (factor if t == 15 else 1.0)).backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.diagnose(tmp_path / name)
+
+
+def test_a_spike_in_adams_first_steps_it_shrugged_off_is_no_poisoning(tmp_path):
+    # Control: a gradient 100x the usual at step 15 raises Adam's running square about 11x,
+    # its updates about 3x smaller: what its first steps shrink by on their own; not named a
+    # poisoned second moment (the same run with the scale of 4096 is).
+    causes = [d.cause for d in _adam_with_an_early_spike(tmp_path, "mild", 100.0).diagnoses]
+    assert "adam_second_moment_poisoned" not in causes
+    report = _adam_with_an_early_spike(tmp_path, "scaled", 4096.0)
+    assert report.top.cause == "adam_second_moment_poisoned"

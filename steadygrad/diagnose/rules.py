@@ -3780,7 +3780,9 @@ def _update_drop(facts: RunFacts, names: list[str], step: int, lag: int = 0) -> 
     momentum has passed (and ``lag`` more), against the 50 steps before it (NaN when none has
     both), over the learning rate's own change between those spans (a schedule decaying it
     shrinks every update alike). Steps the optimizer skipped (a GradScaler's overflow) are left
-    out: they moved nothing, whatever the second moment held."""
+    out: they moved nothing, whatever the second moment held. A spike within the optimizer's
+    first MOMENTUM_MEMORY steps is compared with those steps, its drop read ``EARLY_SHRINK``
+    times milder: as much as they shrink on their own."""
     skipped = np.asarray(sorted(_skipped_steps(facts)), dtype=float)
     drops = [_after_over_before(*_taken(facts.series(name), skipped), step, lag) for name in names]
     drops = [d for d in drops if math.isfinite(d)]
@@ -3788,7 +3790,9 @@ def _update_drop(facts: RunFacts, names: list[str], step: int, lag: int = 0) -> 
         return math.nan
     rates = [_after_over_before(steps, values, step, lag) for steps, values in facts.learning_rates]
     rates = [r for r in rates if math.isfinite(r) and r > 0]
-    return float(np.median(drops) / (np.median(rates) if rates else 1.0))
+    # against the optimizer's first steps, read as much milder as they shrink on their own
+    early = EARLY_SHRINK if step <= MOMENTUM_MEMORY else 1.0
+    return float(early * np.median(drops) / (np.median(rates) if rates else 1.0))
 
 
 def _taken(
@@ -3805,14 +3809,24 @@ def _after_over_before(steps: np.ndarray, values: np.ndarray, step: int, lag: in
     median in the 50 steps before ``step`` (NaN when either span is empty or the one before is
     not positive). The span before leaves out the optimizer's first MOMENTUM_MEMORY steps:
     while its first moment has not yet averaged out the gradient's noise, Adam's steps are
-    larger (its first is the gradient's sign) and shrink on their own, spike or none."""
+    larger (its first is the gradient's sign) and shrink on their own, spike or none. For a
+    spike within those steps, the span before is theirs, but for the first step."""
     start = step + MOMENTUM_MEMORY + lag
     since = max(step - 50, MOMENTUM_MEMORY)
+    early = since >= step
+    if early:
+        since = 1
     before = values[(steps < step) & (steps >= since) & np.isfinite(values)]
     after = values[(steps > start) & (steps <= start + 50) & np.isfinite(values)]
     if not len(before) or not len(after) or not np.median(before) > 0:
         return math.nan
     return float(np.median(after) / np.median(before))
+
+
+# How many times an adaptive optimizer's updates shrink on their own over its first
+# MOMENTUM_MEMORY steps, as its moments average out the gradient's noise (2-3x on the bench's
+# healthy Adam runs).
+EARLY_SHRINK = 3.0
 
 
 def _strongest_damping(facts: RunFacts, spike: Finding, lag: int = 0, grown: float = 1.0) -> float:
