@@ -4647,7 +4647,7 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue
         if len(before) and not before[0] - baseline <= (peak - baseline) / ONE_OFF:
             continue  # the loss was already climbing into it: a swing, not one batch
-        if spike.step not in grads and _weights_replaced(facts, spike.step):
+        if _replaced_at(facts, spike.step, grads):
             continue  # the weights changed under it, not the batch: an EMA swap, a reload
         if _loss_scaled_whole(facts, spike) and _recurring(facts, spike) is None:
             # the loss itself was multiplied (a weight, a sum) once: no batch of its own; one
@@ -4788,6 +4788,16 @@ def _norm_moves(
     return moved, g[-2:] / float(np.median(g[:-2]))
 
 
+def _replaced_at(facts: RunFacts, step: int, grads: set[int]) -> bool:
+    """Whether the weights were replaced between steps at ``step`` (see
+    :func:`_weights_replaced`) with no gradient spike at that step that could have moved them
+    there (``grads``: the steps of the run's gradient spikes), or one the optimizer's bounded
+    step cannot have followed that far (:func:`_beyond_a_bounded_step`)."""
+    if step in grads and not _beyond_a_bounded_step(facts, step):
+        return False
+    return _weights_replaced(facts, step)
+
+
 def _weights_replaced(facts: RunFacts, step: int) -> bool:
     """The weights' norm changed at ``step`` (or the record before it) by ``REPLACED`` times its
     median change over the records before, with no gradient that large to move it: weights
@@ -4799,6 +4809,8 @@ def _weights_replaced(facts: RunFacts, step: int) -> bool:
         return False
     if _raised_before(facts, step, within=1) is not None or _burst_before(facts, step):
         return False  # a learning rate raised at a stroke moves them that far on its own
+    if _beyond_a_bounded_step(facts, step):
+        return True  # no gradient moves an Adam or sign step's weights that far
     if _gradient_risen_before(facts, step):
         return False  # momentum carried the grown gradients of the steps before into this one
     # and no large gradient moved them: an update from a gradient grown far above its usual
@@ -4808,6 +4820,40 @@ def _weights_replaced(facts: RunFacts, step: int) -> bool:
     # ten times and more an ordinary step's (Adam's momentum takes a tenth of it: it does not)
     large = ORDINARY if facts.run.config.get(OPTIMIZER_FAMILY) == "adaptive" else REPLACED
     return moves[1] is None or float(moves[1].max()) < large
+
+
+# An Adam step moves each weight by at most about (1 - beta1) / sqrt(1 - beta2) = 3.2 times the
+# rate, whatever the gradient (a sign step by the rate itself), and a typical one by a tenth of
+# that or more: a tensor's norm changing BOUNDED_STEP times its typical update in one record
+# (a norm changes by no more than the update) was changed by something other than the step.
+BOUNDED_STEP = 30.0
+BOUNDED_FAMILIES = ("adam", "sign")
+
+
+def _beyond_a_bounded_step(facts: RunFacts, step: int) -> bool:
+    """Under an optimizer whose step does not grow with the gradient (Adam's, a sign step's),
+    whether some tensor's norm changed at ``step`` by ``BOUNDED_STEP`` times its typical update
+    (its median update ratio before ``step``, times its norm) or more: a change no gradient,
+    however large, makes in one such step."""
+    if facts.run.config.get(OPTIMIZER_FAMILY) not in BOUNDED_FAMILIES:
+        return False
+    for name in facts.names:
+        if not UPDATE_RATIO.owns(name) or "/" not in name:
+            continue
+        tensor = name.split("/", 1)[1]
+        ratios, norms = facts.series(name), facts.series(PARAM_NORM.key(tensor))
+        if norms is None:
+            continue
+        steps, values = norms
+        now, before = values[steps == step], values[steps == step - 1]
+        read = ratios[1][(ratios[0] < step) & np.isfinite(ratios[1])]
+        sizes = values[np.isin(steps, ratios[0][(ratios[0] < step) & np.isfinite(ratios[1])])]
+        if not len(now) or not len(before) or not len(read) or len(sizes) != len(read):
+            continue
+        typical = float(np.median(read * sizes))
+        if typical > 0 and abs(float(now[0] - before[0])) >= BOUNDED_STEP * typical:
+            return True
+    return False
 
 
 # Records before a step whose gradient, standing ``ORDINARY`` times its level before them,
@@ -4985,7 +5031,7 @@ def _loss_spike(facts: RunFacts) -> Found | None:
         summary += f"; {passed}"
     summary += _batches_behind(spikes, ev)
     grads = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE)}
-    replaced = [f.step for f in spikes if f.step not in grads and _weights_replaced(facts, f.step)]
+    replaced = [f.step for f in spikes if _replaced_at(facts, f.step, grads)]
     where: list[str] = []
     if replaced:
         ev["weights_replaced_at"] = replaced
@@ -5890,7 +5936,7 @@ def _put_back(facts: RunFacts, step: int, grads: set[int]) -> bool:
     them there, and their norm moved ``REPLACED`` times its usual step without growing (an
     earlier or averaged state). Weights made larger between steps are no such state (a
     constraint scaling them the wrong way multiplies every gradient through them)."""
-    if step in grads or not _weights_replaced(facts, step):  # False without the norms
+    if not _replaced_at(facts, step, grads):  # False without the norms
         return False
     steps, values = facts.series(PARAM_NORM.name)
     before, after = values[steps == step - 2], values[steps == step]
