@@ -338,3 +338,29 @@ def test_a_spike_in_adams_first_steps_it_shrugged_off_is_no_poisoning(tmp_path):
     assert "adam_second_moment_poisoned" not in causes
     report = _adam_with_an_early_spike(tmp_path, "scaled", 4096.0)
     assert report.top.cause == "adam_second_moment_poisoned"
+
+
+def test_gradients_made_large_by_targets_in_raw_units_are_no_explosion(tmp_path):
+    # Control: the trigger's shape (clipped hundreds of times at every step, the gradient far
+    # above the weights' norm) made by targets in raw units (x 1000) on a healthy regressor:
+    # the gradient stands under the loss it is the slope of, no network amplified it.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    x = torch.randn(256, 8)
+    y = 1000.0 * (x[:, :1] - 0.5 * x[:, 1:2])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(150):
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path / "run")
+    pre, post = run.series("grad_norm_preclip")[1], run.series("grad_norm")[1]
+    weights, losses = run.series("param_norm")[1], run.series("loss")[1]
+    assert ((pre / post) >= 10).mean() >= 0.9 and (pre >= 10 * weights).mean() >= 0.9
+    assert statistics.median(pre.tolist()) < statistics.median(losses.tolist())
+    report = steadygrad.diagnose(tmp_path / "run")
+    assert "exploding_gradients" not in [d.cause for d in report.diagnoses]

@@ -2457,6 +2457,11 @@ def _shrunk_by_clipping_at(facts: RunFacts, step: int) -> float:
 # more: the run trained on steps of the clip's length alone, whatever the gradient said.
 CLIPPED_HARD, CLIPPED_ALWAYS = 10.0, 0.9
 CLIPPED_RECORDS = 20  # fewer records with a gradient before clipping say nothing of a whole run
+# A gradient that explodes through depth or time stands tens to thousands of times the loss it
+# is the slope of (the network multiplies it on its way back); one made large by a loss on a
+# huge scale (targets in raw units: pascals, milligrams) stands at the loss or under it. The
+# medians over the run, this many times apart, tell them apart.
+OVER_ITS_LOSS = 3.0
 
 
 def _held_down_by_clipping(facts: RunFacts) -> Found | None:
@@ -2464,9 +2469,10 @@ def _held_down_by_clipping(facts: RunFacts) -> Found | None:
     of the run's steps, the gradient before it standing ``BORN_EXPLODED`` times the norm of all
     the weights (the median over the run): a gradient exploded through time or depth (a
     recurrent gain above 1, an initialisation's gain too large) that clipping hid from the
-    loss, which falls on steps of the clip's length. A clip threshold set far below a healthy
-    gradient shrinks it as often, at a gradient under the weights' norm; inputs fed unscaled
-    (see :func:`_unscaled_inputs`) make gradients as large through no amplification."""
+    loss, which falls on steps of the clip's length, the gradient ``OVER_ITS_LOSS`` times the
+    loss or more. A clip threshold set far below a healthy gradient shrinks it as often, at a
+    gradient under the weights' norm; inputs fed unscaled (see :func:`_unscaled_inputs`) or
+    targets on a huge scale make gradients as large through no amplification."""
     before, after = facts.series(GRAD_NORM_PRECLIP.name), facts.series(GRAD_NORM.name)
     weights = facts.series(PARAM_NORM.name)
     if before is None or after is None or weights is None or _unscaled_inputs(facts):
@@ -2483,6 +2489,10 @@ def _held_down_by_clipping(facts: RunFacts) -> Found | None:
     of_weights = float(np.median(pre[ok] / norm[ok]))
     if share < CLIPPED_ALWAYS or of_weights < BORN_EXPLODED:
         return None
+    loss = facts.series(LOSS.name)
+    losses = loss[1][np.isin(loss[0], steps[ok]) & np.isfinite(loss[1])] if loss else []
+    if not len(losses) or not float(np.median(pre[ok])) >= OVER_ITS_LOSS * float(np.median(losses)):
+        return None  # a loss on a huge scale (targets in raw units) makes a gradient as large
     first = int(steps[ok][0])
     where, how = _carried_most(facts)
     return Found(
