@@ -449,7 +449,9 @@ CONFIRMED_SOON = 10
 def learnt_after(facts: RunFacts, step: int | None) -> int | None:
     """The step of the run's best sustained loss, when it came ``PROGRESS_AFTER`` steps or more
     after ``step`` and a tenth or more below the loss then (a flat loss sets a new lowest
-    median now and then by its noise alone); else None."""
+    median now and then by its noise alone), and below where the run started: coming back
+    from a jolt (the first updates thrown far off) to where it began is no learning; else
+    None."""
     best, loss = facts.best_loss_step, facts.series(LOSS.name)
     if step is None or best is None or loss is None or best - step < PROGRESS_AFTER:
         return None
@@ -460,6 +462,9 @@ def learnt_after(facts: RunFacts, step: int | None) -> int | None:
     if not len(then) or not len(after):
         return None
     level = float(np.median(then))
+    start = values[ok][0] if ok.any() else math.inf
+    if start > 0 and start < level:
+        level = float(start)
     return best if level - float(np.median(after)) >= 0.1 * abs(level) else None
 
 
@@ -736,7 +741,18 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
         return found
     spike = _thrown_by_a_spike(facts, found.first_step, clear.max() if len(clear) else None)
     burst = _burst_before(facts, found.first_step)
-    if spike is not None:
+    climb = (
+        _transient_around(facts, found.first_step, int(clear.max()), SOFTMAX_COLLAPSE_KIND)
+        if len(clear)
+        else None
+    )
+    if climb is not None:
+        found.consequence_of = (
+            f"no row had collapsed at step {int(clear.max())}, before the climb of step {climb}, "
+            "which the run came all the way back from, and rows collapsed from the reading "
+            "after: the climb threw the logits"
+        )
+    elif spike is not None:
         found.consequence_of = (
             f"no row had collapsed until the gradient spike at step {spike}, and rows "
             f"collapsed from the step after: its update threw the logits"
@@ -880,19 +896,26 @@ def _collapse_bar(facts: RunFacts) -> float:
 THROWN_WITHIN = 2
 
 
-def _transient_around(facts: RunFacts, step: int) -> int | None:
-    """The step of a critical climb of the loss within ``THROWN_WITHIN`` steps of ``step``
-    that the run came all the way back from (see :meth:`RunFacts.came_back_from`), when every
-    output-logit warning came within ``CONFIRMED_SOON`` steps of it: what was read during a
-    transient is the transient's."""
+def _transient_around(
+    facts: RunFacts,
+    step: int,
+    clear: int | None = None,
+    kind: FindingKind = OUTPUT_LOGIT_DIVERGENCE,
+) -> int | None:
+    """The step of a critical climb of the loss within ``THROWN_WITHIN`` steps of ``step``, or
+    after ``clear`` (the reading before, where nothing was found) and by ``step``, that the run
+    came all the way back from (see :meth:`RunFacts.came_back_from`), when every warning of
+    ``kind`` came within ``CONFIRMED_SOON`` steps of it: what was read during a transient is
+    the transient's."""
     climbs = [
         f.step
         for f in facts.of(LOSS_DIVERGENCE)
-        if f.severity == "critical" and abs(f.step - step) <= THROWN_WITHIN
+        if f.severity == "critical"
+        and (abs(f.step - step) <= THROWN_WITHIN or (clear is not None and clear < f.step <= step))
     ]
     if not climbs or not facts.came_back_from(climbs[0]):
         return None
-    warned = [f.step for f in facts.of(OUTPUT_LOGIT_DIVERGENCE) if f.severity != "info"]
+    warned = [f.step for f in facts.of(kind) if f.severity != "info"]
     if any(abs(s - climbs[0]) > CONFIRMED_SOON for s in warned):
         return None
     return climbs[0]
@@ -3198,7 +3221,7 @@ def _output_logits(facts: RunFacts) -> Found | None:
             f"drifted from step {found.first_step}: the burst's updates threw them"
         )
         return found
-    climb = _transient_around(facts, found.first_step)
+    climb = _transient_around(facts, found.first_step, clear if isinstance(clear, int) else None)
     if climb is not None and clear is not None:
         found.consequence_of = (
             f"the logits were in range at step {clear} and drifted only during the climb of "
