@@ -308,6 +308,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout303,
     cases_heldout304,
     cases_heldout305,
+    cases_heldout306,
     cases_heldout307,
     cases_heldout309,
     cases_heldout310,
