@@ -306,6 +306,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout301,
     cases_heldout302,
     cases_heldout303,
+    cases_heldout308,
     cases_mlp,
     cases_other,
 )
