@@ -310,6 +310,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout305,
     cases_heldout306,
     cases_heldout307,
+    cases_heldout308,
     cases_heldout309,
     cases_heldout310,
     cases_mlp,
