@@ -364,3 +364,71 @@ def test_gradients_made_large_by_targets_in_raw_units_are_no_explosion(tmp_path)
     assert statistics.median(pre.tolist()) < statistics.median(losses.tolist())
     report = steadygrad.diagnose(tmp_path / "run")
     assert "exploding_gradients" not in [d.cause for d in report.diagnoses]
+
+
+def test_a_head_reset_on_resume_under_adam_is_weights_replaced_not_a_bad_batch(tmp_path):
+    # Trigger: set 298's resume with strict=False left the renamed head at a fresh init: the
+    # loss jumps to chance for one step, and the gradient of that step spikes with it. Under
+    # AdamW no gradient moves a weight more than a few times the rate: the head's norm fell
+    # by far more than any step moves it, so the weights were replaced, not moved by a batch.
+    ctx, report = held_out_run(tmp_path, "h298_limner_resume_head_reinit")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h298_limner_resume_head_reinit")
+    steps, norms = run.series("param_norm/head.weight")
+    ratio_steps, ratios = run.series("update_ratio/head.weight")
+    typical = statistics.median(
+        (ratios * norms[ratio_steps])[(ratio_steps < 150) & (ratio_steps > 0)].tolist()
+    )
+    assert abs(norms[150] - norms[149]) >= 30 * typical  # the oracle, from the stored norms
+    assert report.top.cause == "loss_spike"
+    assert report.top.evidence["weights_replaced_at"] == [150]
+
+
+def test_a_bad_batch_under_adam_is_still_a_bad_batch(tmp_path):
+    # Control: one batch with targets 1000x too large at step 100 under Adam: the gradient
+    # spikes, and Adam's bounded step moves the weights no further than its steps do: no
+    # replacement, a data outlier.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for t in range(200):
+            x = torch.randn(64, 8, generator=g)
+            y = x[:, :1] - 0.5 * x[:, 1:2]
+            if t == 100:
+                y = 1000.0 * y
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    report = steadygrad.diagnose(tmp_path / "run")
+    assert report.top.cause == "data_outlier"
+    assert report.top.first_step == 100
+
+
+def test_units_killed_by_the_first_updates_outrank_logits_the_same_jolt_threw(tmp_path):
+    # Trigger: set 304's RMSprop rate typed 1e-1 for 1e-3: the first updates throw the loss
+    # 250x; the logits read next drifted (from the reading before the jolt, in range), and
+    # over half of fc2's units died. The run came back to where it started and no further:
+    # the dead units are what it kept, the drift was the jolt's.
+    ctx, report = held_out_run(tmp_path, "h304_kelp_burn_rmsprop_lr_typo")
+    induced_or_skip(ctx)
+    losses = steadygrad.load(tmp_path / "h304_kelp_burn_rmsprop_lr_typo").series("loss")[1]
+    assert losses[1] > 100 * losses[0] and losses[-10:].mean() > 0.9 * losses[0]
+    assert report.top.cause == "loss_of_plasticity"
+    drift = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    assert "the climb threw them" in drift.why
+
+
+def test_units_killed_in_a_jolt_the_run_then_learnt_far_past_do_not_lead(tmp_path):
+    # Control: set 307's Adagrad at lr 1: the first updates throw the loss too and kill units,
+    # but the run then learns far below where it started (5.0 to about 0.5): the dead units
+    # did not stop it learning, and are not named first.
+    ctx, report = held_out_run(tmp_path, "h307_sugarbush_adagrad_lr_one")
+    induced_or_skip(ctx)
+    losses = steadygrad.load(tmp_path / "h307_sugarbush_adagrad_lr_one").series("loss")[1]
+    assert losses[-10:].mean() < 0.5 * losses[0]
+    dead = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert report.top is not dead and "did not stop learning" in dead.why
