@@ -6151,7 +6151,8 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _softmax_collapse,
-        (SOFTMAX_COLLAPSE_KIND, GRAD_NORM_SPIKE, GRADIENT_SPIKE),  # a spike's throw
+        # a spike's throw, a transient's
+        (SOFTMAX_COLLAPSE_KIND, GRAD_NORM_SPIKE, GRADIENT_SPIKE, LOSS_DIVERGENCE),
         explained_by=("data_outlier",),  # an outlier batch's own logits, or the jolt it gave
         # its harm is at the loss (a zero gradient) and in the head's logits: a NaN another
         # module's forward makes from finite inputs is not a collapse's
