@@ -2089,6 +2089,12 @@ def _exploding(facts: RunFacts) -> Found | None:
             "growing without bound"
         )
         return found
+    multiplied = _multiplied_every_step(facts)
+    if multiplied is not None:
+        # every weight multiplied by one factor a step: every gradient through them grows too
+        found.consequence_of = f"{_multiplied_said(multiplied)}: the gradients grew with them"
+        found.evidence["weights_multiplied"] = multiplied
+        return found
     runaway = facts.runaway_weights
     if runaway is not None and runaway[1] < found.first_step:
         name, began, factor, share = runaway
