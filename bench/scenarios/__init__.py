@@ -314,6 +314,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout309,
     cases_heldout310,
     cases_heldout311,
+    cases_heldout312,
     cases_heldout313,
     cases_heldout316,
     cases_mlp,
