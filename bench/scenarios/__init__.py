@@ -316,6 +316,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout311,
     cases_heldout312,
     cases_heldout313,
+    cases_heldout314,
     cases_heldout316,
     cases_mlp,
     cases_other,
