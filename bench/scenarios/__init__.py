@@ -313,6 +313,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout308,
     cases_heldout309,
     cases_heldout310,
+    cases_heldout315,
     cases_mlp,
     cases_other,
 )
