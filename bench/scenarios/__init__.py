@@ -317,6 +317,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout312,
     cases_heldout313,
     cases_heldout314,
+    cases_heldout315,
     cases_heldout316,
     cases_heldout317,
     cases_mlp,
