@@ -383,8 +383,13 @@ class RunFacts:
     @cached_property
     def runaway_weights(self) -> tuple[str, int, float, float] | None:
         """The weight tensor that ran away before the trouble (see :func:`_runaway_weights`),
-        read once: several rules ask."""
-        return _runaway_weights(self)
+        read once: several rules ask. A fact of the run, read whatever kinds the rule that
+        asks first declared."""
+        allowed, self.allowed = self.allowed, None
+        try:
+            return _runaway_weights(self)
+        finally:
+            self.allowed = allowed
 
     @cached_property
     def output_layer(self) -> str | None:
