@@ -432,3 +432,68 @@ def test_units_killed_in_a_jolt_the_run_then_learnt_far_past_do_not_lead(tmp_pat
     assert losses[-10:].mean() < 0.5 * losses[0]
     dead = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
     assert report.top is not dead and "did not stop learning" in dead.why
+
+
+class NormedStack(nn.Module):
+    """Ten leaky-ReLU layers at a given init gain, then a LayerNorm before the head."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            *(m for i in range(10) for m in (nn.Linear(12 if i == 0 else 48, 48), nn.LeakyReLU()))
+        )
+        for layer in self.net[::2]:
+            nn.init.normal_(layer.weight, std=gain / layer.in_features**0.5)
+        self.norm, self.head = nn.LayerNorm(48), nn.Linear(48, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.net(x)))
+
+
+def _normed_run(tmp_path, name: str, gain: float):
+    model = NormedStack(gain)
+    x = torch.randn(128, 12)
+    y = x[:, :1] * x[:, 1:2]
+    opt = torch.optim.Adagrad(model.parameters(), lr=1e-2)
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False) as mon:
+        for _ in range(80):
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path / name)
+    outputs = [run.series(f"act_rms/net.{2 * i}")[1][0] for i in range(10)]
+    return outputs, steadygrad.diagnose(tmp_path / name)
+
+
+def test_a_long_chain_of_layers_amplifying_the_signal_is_an_explosion_behind_a_norm(tmp_path):
+    # Trigger: set 317's ten leaky-ReLU layers at twice the He gain, a LayerNorm before the
+    # head: each layer doubles the signal (and the backward signal through it), the norm
+    # rescales what reaches the loss, and the weights' gradient stays small. Control: the same
+    # stack at the He gain keeps the signal's scale layer to layer: no chain, no explosion.
+    outputs, report = _normed_run(tmp_path, "doubled", 2 * 2**0.5)
+    assert all(b >= 1.2 * a for a, b in zip(outputs, outputs[1:], strict=False))  # the oracle
+    assert outputs[-1] >= 30 * outputs[0]
+    assert report.top.cause == "exploding_gradients"
+    assert "net.0" in report.top.where
+    outputs, report = _normed_run(tmp_path, "he", 2**0.5)
+    assert outputs[-1] < 30 * outputs[0]
+    assert "exploding_gradients" not in [d.cause for d in report.diagnoses]
+
+
+def test_gradients_grown_with_weights_multiplied_every_step_are_their_consequence(tmp_path):
+    # Trigger: set 316's hand-written decoupled weight decay with its sign flipped: every
+    # weight is multiplied by the same factor each step (the norm of all of them grows at one
+    # steady rate), the loss climbs, and the gradients grow with the weights they flow
+    # through: the climb and its weights are named, the gradients' growth is their consequence.
+    # (The control, gradients growing through depth with weights that do not, is above.)
+    ctx, report = held_out_run(tmp_path, "h316_salt_pan_decay_sign")
+    induced_or_skip(ctx)
+    norms = steadygrad.load(tmp_path / "h316_salt_pan_decay_sign").series("param_norm")[1]
+    assert norms[-1] > 3 * norms[0]
+    assert report.top.cause == "loss_divergence"
+    growth = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert "multiplies them every step" in growth.why

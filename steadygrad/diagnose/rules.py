@@ -2413,7 +2413,10 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
         return _amplified_through_depth(facts, first, math.inf)
     shrunk = _shrunk_by_clipping_at(facts, first)  # the gradient the model made, not the clip's
     if shrunk > 1.0 and _settled_under_clipping(facts, float(at[0])):
-        return None
+        # clipping held a large first gradient until it settled: a long chain all the same
+        return _amplified_through_depth(
+            facts, first, shrunk * float(total[1][0]) / float(at[0]), True
+        )
     # each recurrent module's gradient, its tensors' together (an RNN's input and recurrent
     # weights and biases share what the recurrence amplified)
     squares: dict[str, float] = {}
@@ -2569,6 +2572,12 @@ def _carried_most(facts: RunFacts) -> tuple[list[str], str]:
     return ([module] if module else []), "through depth"
 
 
+# A chain of this many layers or more (each output STEP_GAIN times the one before, the last
+# CHAIN_AMPLIFIED times the first) is layers past the edge of chaos whatever the gradient's size:
+# a normalisation after it (a LayerNorm before the head) rescales what reaches the loss, so the
+# gradient need not be large. Of the kept runs, every chain this long was an explosion (five
+# layers can be a design: a healthy SAM decoder's stages, a patch model's embedding).
+LONG_CHAIN = 8
 # A hidden layer's output at the first step this many times the RMS of the model's input: the
 # standard initialisations keep a signal's scale through the layers (Glorot, He); four orders
 # of magnitude is layers each multiplying it, and backpropagation multiplies the gradient alike.
@@ -2583,15 +2592,18 @@ AMPLIFIED = 1e4
 # out of the fan-in) start it at 3.9x.
 
 
-def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found | None:
+def _amplified_through_depth(
+    facts: RunFacts, first: int, ratio: float, long_only: bool = False
+) -> Found | None:
     """At the first record, the gradient ``BORN_EXPLODED`` times the norm of all the weights
     (``ratio``) and a hidden layer's output ``AMPLIFIED`` times the input's RMS: weights
     initialised with too large a gain, so that the signal, and the gradient with it, grows
     layer by layer (the model's output layer, whose logits may be large by design, aside); or
     the gradient ``BORN_EXPLODED_ALONE`` times the weights and a chain of layers each
-    ``STEP_GAIN`` times the one before."""
+    ``STEP_GAIN`` times the one before; or, whatever the gradient's size (``long_only``: that
+    alone), a chain of ``LONG_CHAIN`` layers or more amplifying ``CHAIN_AMPLIFIED`` times."""
     inputs = facts.series(INPUT_RMS.name)
-    if ratio < BORN_EXPLODED_ALONE or inputs is None or not (inputs[0] == first).any():
+    if inputs is None or not (inputs[0] == first).any():
         return None
     scale = float(inputs[1][inputs[0] == first][0])
     head = facts.output_layer
@@ -2610,6 +2622,9 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
     )
     chain = [max(layers)]
     led = _amplified_layer_by_layer(weighted) or _amplified_along_a_stack(weighted)
+    long = len(led) >= LONG_CHAIN and led[-1][0] >= CHAIN_AMPLIFIED * led[0][0]
+    if (ratio < BORN_EXPLODED_ALONE or long_only) and not long:
+        return None
     if chain[0][0] < AMPLIFIED * scale or ratio < BORN_EXPLODED:
         chain = led
         if not chain:
@@ -2626,6 +2641,8 @@ def _amplified_through_depth(facts: RunFacts, first: int, ratio: float) -> Found
             start -= 1
         where = [m for _, m in weighted[start:begins]] + where
     size = "overflowed" if math.isinf(ratio) else f"was {ratio:.3g}x the norm of all the weights"
+    if ratio < BORN_EXPLODED_ALONE:
+        size += " (a normalisation after the chain rescales what reaches the loss)"
     recurrent = any(_inside(module, m) for m in facts.recurrent_modules)
     how = (
         f"through time in the recurrent {module}" if recurrent else "through depth"
@@ -3232,7 +3249,12 @@ def _output_logits(facts: RunFacts) -> Found | None:
             f"drifted from step {found.first_step}: the burst's updates threw them"
         )
         return found
-    climb = _transient_around(facts, found.first_step, clear if isinstance(clear, int) else None)
+    # what a climb between two readings threw, unless the head's own rate made the climb
+    # through the very logits read (a head trained far faster than the rest)
+    before = (
+        clear if isinstance(clear, int) and _logits_driven_by_the_head_rate(facts) is None else None
+    )
+    climb = _transient_around(facts, found.first_step, before)
     if climb is not None and clear is not None:
         found.consequence_of = (
             f"the logits were in range at step {clear} and drifted only during the climb of "
