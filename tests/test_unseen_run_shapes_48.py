@@ -497,3 +497,39 @@ def test_gradients_grown_with_weights_multiplied_every_step_are_their_consequenc
     assert report.top.cause == "loss_divergence"
     growth = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
     assert "multiplies them every step" in growth.why
+
+
+def test_most_of_a_layer_killed_in_a_raise_that_passed_is_named_though_the_loss_came_back(
+    tmp_path,
+):
+    # Trigger: set 312's warm restart whose peak was typed 1e-1 for 1e-3: in the jolt, about
+    # 80% of fc2's units die and stay dead; the loss comes back as the schedule carries the
+    # rate down, but the layer's capacity does not: the dead units are named, set off by the
+    # raise. Control: an ordinary warm restart (SGDR at a sane peak) kills no layer.
+    ctx, report = held_out_run(tmp_path, "h312_arrowsmith_restart_peak")
+    induced_or_skip(ctx)
+    dead = steadygrad.load(tmp_path / "h312_arrowsmith_restart_peak").series("dead_units/fc2")
+    assert dead[1][dead[0] < 100].max() < 0.1 and dead[1][-1] > 0.5  # the oracle, stored
+    assert report.top.cause == "loss_of_plasticity"
+    assert "fc2" in report.top.where and "stayed dead" in report.top.summary
+
+
+def test_an_ordinary_warm_restart_kills_no_layer(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=100)
+    g = torch.Generator().manual_seed(2)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(250):
+            x = torch.randn(64, 10, generator=g)
+            loss = F.mse_loss(model(x), x[:, :1] * x[:, 1:2])
+            loss.backward()
+            opt.step()
+            sched.step()
+            mon.step(loss)
+            opt.zero_grad()
+    report = steadygrad.diagnose(tmp_path / "run")
+    assert all(d.severity == "info" for d in report.diagnoses)

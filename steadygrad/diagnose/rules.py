@@ -1494,7 +1494,18 @@ def _units_lost(facts: RunFacts) -> Found | None:
         if first is not None and not (found.consequence_of or found.outlived):
             passed = _passed_just_before(facts, first)
             came_back = not any(_stayed_dead(facts, layer, first) for layer in found.where)
-            if passed and (came_back or _ended_at_level_before(facts, first)):
+            most = [layer for layer in found.where if _most_died(facts, layer, first)]
+            if passed and not came_back and most:
+                # the raise passed, most of a layer's units died in it and stayed dead: the
+                # loss may be back, the capacity to learn what comes next is not
+                found.outlived = (
+                    f"over half of {layer_span(most)}'s units died in the jolt of a raise of the "
+                    "learning rate that passed, and stayed dead: the raise is over, the capacity "
+                    "it cost is not"
+                )
+                found.set_off_by = ("sharpness_above_limit",)
+                found.summary += f"; {found.outlived}"
+            elif passed and (came_back or _ended_at_level_before(facts, first)):
                 after = (
                     "the units came back after it"
                     if came_back
@@ -1753,6 +1764,19 @@ def _killed_in_a_break_got_over(facts: RunFacts, found: Found) -> Found:
     found.set_off_by = ("exploding_gradients", "sharpness_above_limit")
     found.summary += f"; {found.outlived}"
     return found
+
+
+def _most_died(facts: RunFacts, layer: str, since: int) -> bool:
+    """Whether half or more of the layer's units read dead (or saturated) at some reading from
+    ``since`` on."""
+    for family in (DEAD_UNITS, SATURATED):
+        series = facts.series(f"{family.name}/{layer}")
+        if series is not None:
+            steps, values = series
+            after = values[(steps >= since) & np.isfinite(values)]
+            if len(after) and after.max() >= 0.5:
+                return True
+    return False
 
 
 def _stayed_dead(facts: RunFacts, layer: str, since: int) -> bool:
