@@ -322,6 +322,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout317,
     cases_heldout318,
     cases_heldout320,
+    cases_heldout321,
     cases_heldout322,
     cases_heldout323,
     cases_mlp,
