@@ -320,6 +320,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout315,
     cases_heldout316,
     cases_heldout317,
+    cases_heldout319,
     cases_mlp,
     cases_other,
 )
