@@ -321,6 +321,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout316,
     cases_heldout317,
     cases_heldout318,
+    cases_heldout319,
     cases_heldout320,
     cases_heldout321,
     cases_heldout322,
