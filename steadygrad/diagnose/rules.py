@@ -1168,6 +1168,17 @@ RATES_APART = 30.0
 TYPO = "a rate typed with the wrong exponent, or a multiplier meant the other way round?"
 
 
+def _rates_set_apart(facts: RunFacts) -> bool:
+    """Whether two optimizer groups' median learning rates stand ``RATES_APART`` times apart or
+    more (whichever parameters they hold)."""
+    rates = [
+        float(np.median(values[np.isfinite(values) & (values > 0)]))
+        for _, values in facts.learning_rates
+        if (np.isfinite(values) & (values > 0)).any()
+    ]
+    return len(rates) > 1 and max(rates) >= RATES_APART * min(rates)
+
+
 def _group_rates(facts: RunFacts, members: dict[str, list[str]]) -> dict[str, float]:
     """Each optimizer group's median learning rate over the run (its positive, finite readings),
     by its series key, for the groups that hold parameters and were read."""
@@ -3273,11 +3284,9 @@ def _output_logits(facts: RunFacts) -> Found | None:
             f"drifted from step {found.first_step}: the burst's updates threw them"
         )
         return found
-    # what a climb between two readings threw, unless the head's own rate made the climb
-    # through the very logits read (a head trained far faster than the rest)
-    before = (
-        clear if isinstance(clear, int) and _logits_driven_by_the_head_rate(facts) is None else None
-    )
+    # what a climb between two readings threw, unless one group's own rate may have made the
+    # climb through the very logits read (a head trained far faster than the rest)
+    before = clear if isinstance(clear, int) and not _rates_set_apart(facts) else None
     climb = _transient_around(facts, found.first_step, before)
     if climb is not None and clear is not None:
         found.consequence_of = (
