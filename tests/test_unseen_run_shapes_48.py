@@ -533,3 +533,35 @@ def test_an_ordinary_warm_restart_kills_no_layer(tmp_path):
             opt.zero_grad()
     report = steadygrad.diagnose(tmp_path / "run")
     assert all(d.severity == "info" for d in report.diagnoses)
+
+
+def test_a_first_gradient_far_above_its_loss_in_a_recurrence_exploded_before_any_update(
+    tmp_path,
+):
+    # Trigger: set 324's ReLU IRNN at 1.2 times the identity: at step 0, before any update,
+    # the gradient stands 100x the loss it is the slope of, the recurrent matrix's above the
+    # output layer's (the input projection, applied at every step, shares it); the first
+    # update then throws the loss 1e12x. The explosion through time is named, the first
+    # updates' break is its consequence. (Controls: targets in raw units make a gradient no
+    # larger than its loss, above; a step size far above the limit with an ordinary first
+    # gradient stays the first updates' own, test_unseen_run_shapes_28.)
+    ctx, report = held_out_run(tmp_path, "h324_nail_violin_irnn_gain")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h324_nail_violin_irnn_gain")
+    assert run.series("grad_norm")[1][0] >= 10 * run.series("loss")[1][0]
+    assert report.top.cause == "exploding_gradients" and report.top.where == ["rec"]
+    broke = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
+    assert "before any step size could be judged" in broke.why
+
+
+def test_units_dying_as_a_decay_of_the_wrong_sign_grows_every_weight_are_its_consequence(
+    tmp_path,
+):
+    # Trigger: set 319's hand-written decay with its sign flipped grows every weight 1.8% a
+    # step; late in the run units die as their inputs grow: the climb and the multiplied
+    # weights are named, the dead units are their consequence.
+    ctx, report = held_out_run(tmp_path, "h319_tinplate_decay_sign")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_divergence"
+    dead = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert "units die as the weights grow" in dead.why

@@ -1531,6 +1531,12 @@ def _units_lost(facts: RunFacts) -> Found | None:
         found = _starved(facts)
     if found is None or found.first_step is None or found.outlived:
         return found
+    multiplied = _multiplied_every_step(facts)
+    if multiplied is not None and not found.consequence_of:
+        # every weight multiplied by one factor a step: every pre-activation grows with them,
+        # and a unit's inputs drift out of its working range
+        found.consequence_of = f"{_multiplied_said(multiplied)}: units die as the weights grow"
+        return found
     restarted = _jolted_by_a_restart(facts, found.first_step)
     if restarted is not None:
         found.consequence_of = (
@@ -2477,7 +2483,18 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
     # projection a hand-written cell applies at every time step shares what the recurrence
     # amplified, and can carry more of it than the recurrent matrix itself
     above_head = head is not None and largest >= PAST_THE_HEAD * at_head
-    if not (ratio >= BORN_EXPLODED or alone) or not (share >= 0.5 or above_head):
+    # or above the output layer's, the whole standing far above the loss it is the slope
+    # of (a loss on a huge scale makes a gradient no larger than itself)
+    loss = facts.series(LOSS.name)
+    at_loss = loss[1][loss[0] == first] if loss is not None else []
+    over_loss = (
+        len(at_loss) > 0
+        and np.isfinite(at_loss[0])
+        and at_loss[0] > 0
+        and whole >= BORN_OVER_LOSS * float(at_loss[0])
+        and largest >= at_head
+    )
+    if not (ratio >= BORN_EXPLODED or alone) or not (share >= 0.5 or above_head or over_loss):
         return _amplified_through_depth(facts, first, whole / float(at[0]))
     tensor = tensors[module][1]
     return Found(
@@ -2493,6 +2510,10 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
     )
 
 
+# A first gradient this many times the loss it is the slope of: amplified on its way back (at
+# initialisation a gradient stands near its loss; one made large by a loss on a huge scale,
+# targets in raw units, stands at or under it).
+BORN_OVER_LOSS = 10.0
 # A recurrent module's gradient at the first step this many times the output layer's: the
 # recurrence amplified it (a loss on a huge scale makes the output layer's as large).
 PAST_THE_HEAD = 30.0
@@ -5581,6 +5602,13 @@ def _broke_at_once(facts: RunFacts) -> Found | None:
             f"the run came back to where it started (to {stuck:.4g} over its last "
             f"{ENDED_OVER} steps) and stayed there with units dead: the first updates killed "
             "them, and the dead units, not the step size, keep it from learning"
+        )
+    elif (born := _exploded_from_the_start(facts)) is not None:
+        # the gradient before any update was already exploded: the first updates were thrown
+        # by it, whatever the step size
+        broke.consequence_of = (
+            f"{born.summary}: the first updates applied that gradient, before any step size "
+            "could be judged"
         )
     elif ended is None:
         broke.summary += " and never came back (the step size is far above the stability limit)"
