@@ -329,6 +329,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout324,
     cases_heldout326,
     cases_heldout327,
+    cases_heldout328,
     cases_heldout329,
     cases_heldout330,
     cases_mlp,
