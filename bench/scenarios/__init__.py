@@ -327,6 +327,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout322,
     cases_heldout323,
     cases_heldout324,
+    cases_heldout331,
     cases_mlp,
     cases_other,
 )
