@@ -333,6 +333,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout328,
     cases_heldout329,
     cases_heldout330,
+    cases_heldout331,
     cases_mlp,
     cases_other,
 )
