@@ -565,3 +565,94 @@ def test_units_dying_as_a_decay_of_the_wrong_sign_grows_every_weight_are_its_con
     assert report.top.cause == "loss_divergence"
     dead = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
     assert "units die as the weights grow" in dead.why
+
+
+class GatedCell(nn.Module):
+    """An LSTM with its gates written out (wx, wh), reading 40 steps, a head on the last state."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.wx, self.wh, self.head = nn.Linear(3, 64), nn.Linear(16, 64), nn.Linear(16, 1)
+        for block in self.wh.weight.detach().split(16):
+            nn.init.orthogonal_(block, gain=gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], 16)
+        for t in range(x.shape[1]):
+            i, f, g, o = (self.wx(x[:, t]) + self.wh(h)).chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return self.head(h)
+
+
+def _gated_run(tmp_path, name: str, gain: float):
+    model = GatedCell(gain)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(32, 40, 3, generator=g)
+    y = 0.3 * x[:, -5:, :1].mean(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False) as mon:
+        for _ in range(60):
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path / name)
+    return run, steadygrad.diagnose(tmp_path / name)
+
+
+def test_a_hand_written_lstm_at_a_recurrent_gain_typed_ten_times_exploded_at_init(tmp_path):
+    # Trigger: set 325's hand-written LSTM whose recurrent blocks were initialised orthogonal
+    # at gain 6.0 for 0.6: the recurrent gradient stands over 30x the output layer's and the
+    # whole gradient hundreds of times the loss, though under the (inflated) weights' norm.
+    # Control: the same cell at gain 0.6 keeps its gradient near its loss: no explosion.
+    run, report = _gated_run(tmp_path, "typo", 6.0)
+    grads, loss = run.series("grad_norm")[1], run.series("loss")[1]
+    wh, head = run.series("grad_norm/wh.weight")[1], run.series("grad_norm/head.weight")[1]
+    assert wh[0] >= 30 * head[0] and grads[0] >= 50 * loss[0]  # the oracle, as stored
+    assert report.top.cause == "exploding_gradients" and report.top.where == ["wh"]
+    run, report = _gated_run(tmp_path, "meant", 0.6)
+    assert run.series("grad_norm")[1][0] < 50 * run.series("loss")[1][0]
+    assert "exploding_gradients" not in [d.cause for d in report.diagnoses]
+
+
+def _layer_decay_run(tmp_path, name: str, decay: float):
+    torch.manual_seed(0)
+    blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(4))
+    head = nn.Linear(16, 1)
+    model = nn.ModuleDict({"blocks": blocks, "head": head})
+    groups = [{"params": head.parameters(), "lr": 1e-2}]  # the head's group built first
+    groups += [
+        {"params": b.parameters(), "lr": 1e-2 * decay ** (4 - i)} for i, b in enumerate(blocks)
+    ]
+    opt = torch.optim.Adam(groups)
+    x = torch.randn(128, 16)
+    y = x[:, :1] * x[:, 1:2]
+    with steadygrad.watch(model, opt, tmp_path / name, progress=False) as mon:
+        for _ in range(80):
+            h = x
+            for b in blocks:
+                h = b(h)
+            loss = F.mse_loss(head(h), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    return steadygrad.diagnose(tmp_path / name)
+
+
+def test_a_layer_wise_decay_typed_ten_times_too_steep_is_read_whatever_the_groups_order(
+    tmp_path,
+):
+    # Trigger: set 331's layer-wise decay typed 0.08 for 0.8, the head's group built first:
+    # in the groups' order the rates fall from the head's, then rise block by block; in the
+    # rates' own order each group stands 12.5x below the next: the blocks far below the head
+    # are named (info: a decay meant that steep is no fault). Control: the decay at 0.8.
+    report = _layer_decay_run(tmp_path, "typo", 0.08)
+    ladder = next(d for d in report.diagnoses if d.cause == "update_ratio_out_of_range")
+    assert "about 12.5x apart" in ladder.summary
+    assert "blocks.0.0" in ladder.where and "head" not in ladder.where
+    report = _layer_decay_run(tmp_path, "meant", 0.8)
+    assert "update_ratio_out_of_range" not in [d.cause for d in report.diagnoses]

@@ -1274,13 +1274,18 @@ def _rates_laddered(
     layer-wise decay typed wrong, none of whose groups stands alone. Info (see
     :func:`_rate_set_apart`), naming the groups ``RATES_APART`` or more below the fastest: the
     layers that barely train."""
+    # in the groups' order, or in the rates' own (a head's group built first, at the top rate,
+    # ahead of the layers its decay runs down from)
     keys = sorted(rates, key=_natural)
     if len(keys) < 3:
         return None
     steps = [rates[b] / rates[a] for a, b in zip(keys, keys[1:], strict=False)]
     falls = all(r <= 1 / LADDER_STEP for r in steps)
     if not (falls or all(r >= LADDER_STEP for r in steps)):
-        return None
+        keys = sorted(rates, key=rates.get, reverse=True)
+        steps = [rates[b] / rates[a] for a, b in zip(keys, keys[1:], strict=False)]
+        if not all(r <= 1 / LADDER_STEP for r in steps):
+            return None
     top = max(rates.values())
     slow = [k for k in keys if top / rates[k] >= RATES_APART]
     if not slow:
@@ -2494,7 +2499,17 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
         and whole >= BORN_OVER_LOSS * float(at_loss[0])
         and largest >= at_head
     )
-    if not (ratio >= BORN_EXPLODED or alone) or not (share >= 0.5 or above_head or over_loss):
+    # or, whatever the weights' norm (a recurrent init's gain inflates it too), far above the
+    # output layer's and far above the loss
+    beyond = (
+        above_head
+        and at_head > 0
+        and len(at_loss) > 0
+        and whole >= HELD_OVER_LOSS * float(at_loss[0]) > 0
+    )
+    if not (ratio >= BORN_EXPLODED or alone or beyond) or not (
+        share >= 0.5 or above_head or over_loss
+    ):
         return _amplified_through_depth(facts, first, whole / float(at[0]))
     tensor = tensors[module][1]
     return Found(
@@ -2514,6 +2529,10 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
 # initialisation a gradient stands near its loss; one made large by a loss on a huge scale,
 # targets in raw units, stands at or under it).
 BORN_OVER_LOSS = 10.0
+# With the recurrent gradient PAST_THE_HEAD times the output layer's, this many times the loss
+# needs no size against the weights (of the kept runs' recurrent nets, only explosions reach
+# both; a healthy one whose output layer gets almost nothing stands 16-31x its loss).
+HELD_OVER_LOSS = 50.0
 # A recurrent module's gradient at the first step this many times the output layer's: the
 # recurrence amplified it (a loss on a huge scale makes the output layer's as large).
 PAST_THE_HEAD = 30.0
