@@ -656,3 +656,16 @@ def test_a_layer_wise_decay_typed_ten_times_too_steep_is_read_whatever_the_group
     assert "blocks.0.0" in ladder.where and "head" not in ladder.where
     report = _layer_decay_run(tmp_path, "meant", 0.8)
     assert "update_ratio_out_of_range" not in [d.cause for d in report.diagnoses]
+
+
+def test_a_climb_the_weights_replaced_between_steps_began_is_no_rising_rates(tmp_path):
+    # Trigger: set 325's resume sorted its checkpoints as text and loaded step 50's weights at
+    # step 170, while a long warm-up was still raising the rate: the loss jumped 3x and came
+    # back. The weights' norm moved far more than a step moves it: the replacement made the
+    # climb, not the rising rate (the rate rising into a climb on weights no one replaced stays
+    # the cause: test_unseen_run_shapes_21 and others).
+    ctx, report = held_out_run(tmp_path, "h325_soap_making_lexicographic_resume")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_spike"
+    rising = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
+    assert "replaced between steps" in rising.why

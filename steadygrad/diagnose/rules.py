@@ -5687,7 +5687,7 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
             continue
         if _a_passing_raise(facts, int(steps[start]), when):
             continue
-        return Found(
+        found = Found(
             f"the learning rate was still rising when {what} at step {when} "
             f"({before[0]:.3g} -> {before[-1]:.3g} over the {window} steps before): the step "
             f"size outgrew the curvature (rising since step {int(steps[start])})",
@@ -5695,6 +5695,14 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
             [],
             {"lr_before": float(before[0]), "lr_at_break": float(before[-1]), "broke_at": when},
         )
+        replaced = _replaced_just_before(facts, when)
+        if replaced is not None:
+            found.consequence_of = (
+                f"the weights were replaced between steps at step {replaced} (a resume from "
+                "the wrong snapshot, an EMA swap), and the loss climbed from there: no step "
+                "size made it"
+            )
+        return found
     return None
 
 
