@@ -663,7 +663,7 @@ def test_a_climb_the_weights_replaced_between_steps_began_is_no_rising_rates(tmp
     # step 170, while a long warm-up was still raising the rate: the loss jumped 3x and came
     # back. The weights' norm moved far more than a step moves it: the replacement made the
     # climb, not the rising rate (the rate rising into a climb on weights no one replaced stays
-    # the cause: test_unseen_run_shapes_21 and others).
+    # the cause: test_unseen_run_shapes_8, _36, _39).
     ctx, report = held_out_run(tmp_path, "h325_soap_making_lexicographic_resume")
     induced_or_skip(ctx)
     assert report.top.cause == "loss_spike"
