@@ -335,6 +335,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout330,
     cases_heldout331,
     cases_heldout332,
+    cases_heldout333,
     cases_heldout334,
     cases_heldout338,
     cases_mlp,
