@@ -334,6 +334,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout329,
     cases_heldout330,
     cases_heldout331,
+    cases_heldout335,
     cases_mlp,
     cases_other,
 )
