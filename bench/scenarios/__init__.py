@@ -337,6 +337,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout332,
     cases_heldout333,
     cases_heldout334,
+    cases_heldout335,
     cases_heldout336,
     cases_heldout337,
     cases_heldout338,
