@@ -669,3 +669,29 @@ def test_a_climb_the_weights_replaced_between_steps_began_is_no_rising_rates(tmp
     assert report.top.cause == "loss_spike"
     rising = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
     assert "replaced between steps" in rising.why
+
+
+def test_a_sequentials_input_layer_carries_the_explosion_whatever_its_index(tmp_path):
+    # Trigger: set 314's sixteen tanh layers in an nn.Sequential (Linear at 0, 2, 4 ...): the
+    # gradient rises back to layers.2 and layers.0, reading the input at another width, carries
+    # 34x the last layer's: the input layer is named first (its index is 0, the next layer's 2).
+    ctx, report = held_out_run(tmp_path, "h314_xun_init_scale_as_gain")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h314_xun_init_scale_as_gain")
+    first, last = (run.series(f"grad_norm/layers.{i}.weight")[1][0] for i in (0, 30))
+    assert first >= 30 * last  # the oracle, as stored
+    assert report.top.cause == "exploding_gradients" and report.top.where[0] == "layers.0"
+
+
+def test_every_layer_whose_units_mostly_died_is_named(tmp_path):
+    # Trigger: set 311's dilated conv net with Adam's rate typed 1000x: conv2 and conv3 both
+    # lose over 80% of their units for good, the warning read on conv2: both are named now.
+    # (Control: one layer dying alone names that layer alone, test_unseen_run_shapes_47.)
+    ctx, report = held_out_run(tmp_path, "h311_nilometer_adam_lr_typo")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h311_nilometer_adam_lr_typo")
+    assert all(run.series(f"dead_units/{c}")[1][-1] > 0.5 for c in ("conv2", "conv3"))
+    assert run.series("dead_units/conv1")[1][-1] < 0.5
+    top = report.top
+    assert top.cause == "loss_of_plasticity"
+    assert {"conv2", "conv3"} <= set(top.where) and "conv1" not in top.where

@@ -1488,6 +1488,15 @@ def _plasticity(facts: RunFacts) -> Found | None:
     found = _units_lost(facts)
     if found is None:
         return None
+    # every other layer found losing units (at any severity) whose units mostly died too and
+    # stayed dead: the same harm, in more than one place
+    others = {f.where for f in facts.of(LOSS_OF_PLASTICITY) if f.where} - set(found.where)
+    dead = sorted(
+        (w for w in others if _most_died(facts, w, 0) and _stayed_dead(facts, w, 0)), key=_natural
+    )
+    if dead:
+        found.where = found.where + dead
+        found.summary += f"; over half of {layer_span(dead)}'s units died too, and stayed dead"
     applied_in = facts.activation_modules
     seen_at = {layer: applied_in[layer] for layer in found.where if layer in applied_in}
     if seen_at:
@@ -2792,11 +2801,12 @@ def _input_layer_exploded(norms: dict[str, float], top: str, last: float) -> lis
     stack = next(
         (s for s in like_layers(norms).values() if f"{top}.weight" in dict(s).values()), []
     )
-    index = dict((t, i) for i, t in stack).get(f"{top}.weight")
-    first = min(stack, default=None)
-    if index != 1 or first is None or first[0] != 0:
+    # the stack's layers in order (a Sequential's, with activations between, go 0, 2, 4 ...)
+    ordered = [t for _, t in sorted(stack)]
+    if len(ordered) < 2 or ordered[1] != f"{top}.weight" or min(stack)[0] != 0:
         return []
-    return [first[1].rsplit(".", 1)[0]] if norms[first[1]] >= CHAIN_AMPLIFIED * last else []
+    first = ordered[0]
+    return [first.rsplit(".", 1)[0]] if norms[first] >= CHAIN_AMPLIFIED * last else []
 
 
 def _rising_into(norms: dict[str, float], top: str) -> list[str]:
