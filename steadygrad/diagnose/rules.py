@@ -4956,8 +4956,10 @@ def _weights_replaced(facts: RunFacts, step: int) -> bool:
     moves = _norm_moves(facts, step)
     if moves is None or moves[0].max() < REPLACED:
         return False
-    if _raised_before(facts, step, within=1) is not None or _burst_before(facts, step):
-        return False  # a learning rate raised at a stroke moves them that far on its own
+    if _raised_before(facts, step) is not None or _burst_before(facts, step):
+        # a learning rate raised at a stroke moves them that far on its own, for as long as
+        # its larger steps take to settle against the moves the records before it made
+        return False
     if _beyond_a_bounded_step(facts, step):
         return True  # no gradient moves an Adam or sign step's weights that far
     if _gradient_risen_before(facts, step):
@@ -5705,8 +5707,9 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
             [],
             {"lr_before": float(before[0]), "lr_at_break": float(before[-1]), "broke_at": when},
         )
+        # weights replaced between steps, with no raise at a stroke (which moves them as far)
         replaced = _replaced_just_before(facts, when)
-        if replaced is not None:
+        if replaced is not None and _raised_before(facts, when, within=window) is None:
             found.consequence_of = (
                 f"the weights were replaced between steps at step {replaced} (a resume from "
                 "the wrong snapshot, an EMA swap), and the loss climbed from there: no step "
