@@ -344,6 +344,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout339,
     cases_heldout341,
     cases_heldout343,
+    cases_heldout344,
     cases_mlp,
     cases_other,
 )
