@@ -342,6 +342,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout337,
     cases_heldout338,
     cases_heldout339,
+    cases_heldout340,
     cases_heldout341,
     cases_heldout343,
     cases_heldout344,
