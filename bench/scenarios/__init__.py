@@ -341,6 +341,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout336,
     cases_heldout337,
     cases_heldout338,
+    cases_heldout342,
     cases_mlp,
     cases_other,
 )
