@@ -344,6 +344,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout339,
     cases_heldout340,
     cases_heldout341,
+    cases_heldout342,
     cases_heldout343,
     cases_heldout344,
     cases_heldout345,
