@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -695,3 +696,21 @@ def test_every_layer_whose_units_mostly_died_is_named(tmp_path):
     top = report.top
     assert top.cause == "loss_of_plasticity"
     assert {"conv2", "conv3"} <= set(top.where) and "conv1" not in top.where
+
+
+def test_a_loss_that_fell_without_bound_into_its_break_is_read_up_to_it(tmp_path):
+    # Trigger: set 339's nll_loss on raw logits (the log_softmax forgotten): the loss falls
+    # below zero faster every step, to -6e29, and breaks at -inf. Read up to the break, the
+    # fall is found (it was left unread in a run that broke): the gradient bursts into the
+    # break grew with the logits it drove, and no "plain steps past 2/sharpness after the loss
+    # had fallen" is claimed for a loss with no minimum. (Controls: a fall in a run that did
+    # not break, test_unseen_run_shapes_47; a positive loss that fell and then blew up under
+    # plain steps past the limit, test_unseen_run_shapes_28.)
+    ctx, report = held_out_run(tmp_path, "h339_stilt_walking_nll_on_raw_logits")
+    induced_or_skip(ctx)
+    losses = steadygrad.load(tmp_path / "h339_stilt_walking_nll_on_raw_logits").series("loss")[1]
+    finite = losses[np.isfinite(losses)]
+    assert finite[-1] == finite.min() < -1e6  # falling into the break, by hand
+    causes = {d.cause: d for d in report.diagnoses}
+    assert "without bound" in causes["exploding_gradients"].why
+    assert "output_logit_divergence" in causes and "sharpness_above_limit" not in causes

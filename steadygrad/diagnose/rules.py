@@ -2958,7 +2958,7 @@ def _growing_bursts(facts: RunFacts) -> Found | None:
     spiked = [f for f in facts.of(GRADIENT_SPIKE) if f.step == start and f.where]
     spiked.sort(key=lambda f: -f.evidence.get("spike_factor", 0.0))
     where = [f.where for f in spiked][:3]
-    return Found(
+    found = Found(
         f"the gradients exploded in {len(series)} bursts, each larger than the last (from "
         f"{series[0][1]:.3g} at step {start} to {series[-1][1]:.3g} at step {series[-1][0]}), "
         f"until they went non-finite at step {nan_at}"
@@ -2968,6 +2968,15 @@ def _growing_bursts(facts: RunFacts) -> Found | None:
         {"bursts": [list(b) for b in series], "nonfinite_step": nan_at},
         "critical",
     )
+    fell = _fell_without_bound(facts)
+    if fell is not None and fell.first_step is not None and fell.first_step <= start:
+        # a loss with no minimum (nll_loss on raw scores) drives its logits without end, and
+        # every gradient through them grows with them
+        found.consequence_of = (
+            f"the loss fell below zero without bound from step {fell.first_step}: the "
+            "gradients grew with the logits it drove"
+        )
+    return found
 
 
 def _first_cliff(facts: RunFacts, step: int) -> int:
@@ -3413,8 +3422,8 @@ def _fell_without_bound(facts: RunFacts) -> Found | None:
     """The loss fell below zero at a rate that did not slow, to ``ONE_OFF`` times its first
     value's size below it where it ended (its last ``ENDED_OVER`` losses), and at least
     ``ONE_OFF`` nats (a log-likelihood fitting its noise goes a few below zero: a loss that
-    starts near 0 says nothing of its scale), and was still falling there, in a run that did
-    not break, while the
+    starts near 0 says nothing of its scale), and was still falling there (in a run that
+    broke, read up to the break, at its lowest into it), while the
     output layer's weights grew ``RUNAWAY_GROWTH`` times and were still growing: an objective
     with no minimum (a margin or a log-likelihood that lost its softplus or its normaliser, a
     term of the wrong sign), which the output runs off to infinity to reach. Read from the
@@ -3422,9 +3431,16 @@ def _fell_without_bound(facts: RunFacts) -> Found | None:
     with a floor (a Gaussian likelihood fitting its noise) slows as it nears it."""
     layer, loss = facts.output_layer, facts.series(LOSS.name)
     weight = facts.series(f"{PARAM_NORM.name}/{layer}.weight")
-    if layer is None or loss is None or weight is None or facts.broke_at is not None:
+    if layer is None or loss is None or weight is None:
         return None
     steps, values = loss
+    broke = facts.broke_at
+    if broke is not None:
+        # a run that broke as it fell (to -inf) is read up to the break, falling into it
+        steps, values = steps[steps < broke], values[steps < broke]
+        weight = (weight[0][weight[0] < broke], weight[1][weight[0] < broke])
+        if not len(values) or values[-1] > values.min():
+            return None
     if len(values) < 40 or not np.isfinite(values).all():
         return None
     q = _quarter_medians(values)
@@ -5541,7 +5557,9 @@ def _trained_into_a_blowup(facts: RunFacts) -> Found | None:
     before = loss[1][(loss[0] <= broke) & np.isfinite(loss[1])]
     upto = (grads[0] <= broke) & np.isfinite(grads[1])
     steps, norms = grads[0][upto][-BLOWUP_RECORDS:], grads[1][upto][-BLOWUP_RECORDS:]
-    if len(before) < 5 or not (before[0] > 0 and before.min() <= 0.5 * before[0]):
+    # a loss that fell to half its first value, not below zero: one with no minimum (a
+    # likelihood on raw scores) drives its outputs, and its gradients, without end
+    if len(before) < 5 or not (before[0] > 0 and 0 < before.min() <= 0.5 * before[0]):
         return None
     if len(norms) < BLOWUP_RECORDS or not np.all(np.diff(norms) > 0):
         return None
