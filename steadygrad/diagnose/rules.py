@@ -2502,7 +2502,8 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
     loss = facts.series(LOSS.name)
     at_loss = loss[1][loss[0] == first] if loss is not None else []
     over_loss = (
-        len(at_loss) > 0
+        at_head > 0
+        and len(at_loss) > 0
         and np.isfinite(at_loss[0])
         and at_loss[0] > 0
         and whole >= BORN_OVER_LOSS * float(at_loss[0])
