@@ -21,6 +21,7 @@ from steadygrad.diagnose.rules import (
     PROGRESS_AFTER,
     RULES,
     SYMPTOM,
+    UNBOUNDED,
     Diagnosis,
     Rule,
     RunFacts,
@@ -210,8 +211,12 @@ def judge(
         )
         return
     if broke is not None and made_at_once is not None:
+        # a loss with no minimum drives every weight its gradient reaches: no harm stays put
         elsewhere = (
-            d.contained and d.where and not any(_around(w, made_at_once) for w in d.where if w)
+            d.contained
+            and d.where
+            and not d.evidence.get(UNBOUNDED)
+            and not any(_around(w, made_at_once) for w in d.where if w)
         )
         if elsewhere or d.stalls:
             reason = (

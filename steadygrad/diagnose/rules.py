@@ -3310,6 +3310,8 @@ def _output_logits(facts: RunFacts) -> Found | None:
             found.where = [layer] + [w for w in found.where if w != layer]
             found.summary += f"; {ran_away}"
             found.evidence.update(evidence)
+        if _fell_without_bound(facts) is not None:
+            found.evidence[UNBOUNDED] = True  # a loss with no minimum drove them
         skipped = _overflowing_from_the_start(facts, began)
         if skipped is not None:
             found.consequence_of = (
@@ -3398,7 +3400,7 @@ def _output_logits(facts: RunFacts) -> Found | None:
             "typed with the wrong sign or past 1) or a term of the wrong sign reward ever "
             "larger logits"
         )
-        found.evidence["negative_loss_from"] = below
+        found.evidence.update(negative_loss_from=below, **{UNBOUNDED: True})
         return found
     fell = _fell_without_bound(facts)
     if fell is not None:
@@ -3474,9 +3476,14 @@ def _fell_without_bound(facts: RunFacts) -> Found | None:
         "which the outputs grow without end to lower",
         began,
         [layer],
-        {"loss_end": float(values[-1]), f"output_{what}_growth": grown},
+        {"loss_end": float(values[-1]), f"output_{what}_growth": grown, UNBOUNDED: True},
         "warning",
     )
+
+
+# Evidence key of a loss with no minimum (see :func:`_fell_without_bound`): its gradient drives
+# every weight it reaches without end, not its output layer's alone.
+UNBOUNDED = "unbounded"
 
 
 def _quarter_medians(values: np.ndarray) -> list[float]:
@@ -4399,6 +4406,12 @@ def _spike_made_by(facts: RunFacts, step: int) -> str:
         return (
             f"the loss was already climbing from step {facts.climbing_from}: the spikes came "
             "with the divergence, not before it"
+        )
+    fell = _fell_without_bound(facts)
+    if fell is not None and fell.first_step is not None and fell.first_step < step:
+        return (
+            f"the loss was already falling below zero without bound from step "
+            f"{fell.first_step}: the spikes came with the outputs it drove, not before them"
         )
     if _never_came_back(facts, step):
         return (
