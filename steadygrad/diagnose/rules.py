@@ -1797,30 +1797,29 @@ def _killed_in_a_break_got_over(facts: RunFacts, found: Found) -> Found:
     return found
 
 
-def _most_died(facts: RunFacts, layer: str, since: int) -> bool:
-    """Whether half or more of the layer's units read dead (or saturated) at some reading from
-    ``since`` on."""
+def _dead_readings(facts: RunFacts, layer: str, since: int) -> Iterator[np.ndarray]:
+    """The layer's finite dead (then saturated) fractions read from ``since`` on, one array per
+    family the run recorded for it."""
     for family in (DEAD_UNITS, SATURATED):
         series = facts.series(f"{family.name}/{layer}")
         if series is not None:
             steps, values = series
-            after = values[(steps >= since) & np.isfinite(values)]
-            if len(after) and after.max() >= 0.5:
-                return True
-    return False
+            yield values[(steps >= since) & np.isfinite(values)]
+
+
+def _most_died(facts: RunFacts, layer: str, since: int) -> bool:
+    """Whether half or more of the layer's units read dead (or saturated) at some reading from
+    ``since`` on."""
+    return any(len(after) and after.max() >= 0.5 for after in _dead_readings(facts, layer, since))
 
 
 def _stayed_dead(facts: RunFacts, layer: str, since: int) -> bool:
     """The layer's dead (or saturated) fraction at its last reading is still at least half its
     largest since ``since``; or, with no unit dead on every example, the share of its outputs
     its ReLU passes is still at most half its first reading (dying units that stayed so)."""
-    for family in (DEAD_UNITS, SATURATED):
-        series = facts.series(f"{family.name}/{layer}")
-        if series is not None:
-            steps, values = series
-            after = values[(steps >= since) & np.isfinite(values)]
-            if len(after) and after.max() > 0:
-                return bool(after[-1] >= 0.5 * after.max())
+    for after in _dead_readings(facts, layer, since):
+        if len(after) and after.max() > 0:
+            return bool(after[-1] >= 0.5 * after.max())
     series = facts.series(f"{RELU_ACTIVE.name}/{layer}")
     if series is None:
         return False
