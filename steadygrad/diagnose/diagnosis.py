@@ -385,13 +385,18 @@ def explained(d: Diagnosis, found: list[Diagnosis]) -> None:
         d.why = d.consequence_of + ": more likely a consequence than the cause"
         return
     if d.outlived:
-        for other in found:  # the event it outlived ranks below the harm that stayed
-            if other.cause in d.set_off_by and other.score >= d.score:
-                other.score = d.score - 1.0
-                other.why = (
-                    f"{d.cause} outlived it (from step {d.first_step}): the harm that stayed "
-                    "is what to fix"
-                )
+        # the harm that stayed takes the event's place, and the event it outlived ranks just
+        # below it
+        outlived = [o for o in found if o.cause in d.set_off_by and o.score >= d.score]
+        if outlived:
+            d.score = max(o.score for o in outlived)
+            d.why += f"; its harm outlived {', '.join(o.cause for o in outlived)}, ranked below it"
+        for other in outlived:
+            other.score = d.score - 1.0
+            other.why = (
+                f"{d.cause} outlived it (from step {d.first_step}): the harm that stayed is "
+                "what to fix"
+            )
     if d.first_step is None or d.outlived:
         return
     for other in found:

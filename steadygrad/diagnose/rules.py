@@ -1560,7 +1560,7 @@ def _units_lost(facts: RunFacts) -> Found | None:
         return found
     broke = facts.broke_at
     if broke is None:
-        return found
+        return _outlived_in_a_run_that_held(facts, found)
     first = found.first_step
     went_nonfinite = [f.step for f in facts.of(NONFINITE) if f.step >= first]
     if went_nonfinite and not _caught_by_scaler(facts):
@@ -1592,6 +1592,74 @@ def _units_lost(facts: RunFacts) -> Found | None:
             "and gradients spiked around it: units driven out of range by the blow-up"
         )
     return found
+
+
+# Under this share of the rows collapsed at its last reading, a softmax collapse is the rows a
+# run fits most surely, not a run stalled on them; logits whose log-partition ended under this
+# share of its largest drift have come back, as has a learning rate that ended under this share
+# of its level when the units died: what threw them is over.
+PARTIAL_COLLAPSE, RECEDED = 0.5, 0.5
+
+
+def _outlived_in_a_run_that_held(facts: RunFacts, found: Found) -> Found:
+    """Units of which a layer lost over half, and that stayed dead, in a run that never broke:
+    the steps that killed them (a rate typed too high, a peak too high) did not break the run,
+    and the capacity they cost is what stayed. They rank above the logits the same steps threw
+    when those did not last (under ``PARTIAL_COLLAPSE`` of the rows collapsed at the end, a
+    log-partition back under ``RECEDED`` of its largest drift): a share of rows fitted surely,
+    or logits thrown and come back, cost nothing that stays; and above the step size's own
+    diagnosis once the rate came down (under ``RECEDED`` of its level then): while it stays
+    up, the rate is still what to fix."""
+    first = found.first_step
+    if first is None or found.consequence_of or found.outlived or found.severity == "info":
+        return found
+    dead = [w for w in found.where if _most_died(facts, w, first) and _stayed_dead(facts, w, first)]
+    if not dead:
+        return found
+    causes = []
+    if _rate_came_down(facts, first):
+        causes.append("sharpness_above_limit")
+    collapsed = _last_finite(facts, SOFTMAX_COLLAPSE.name)
+    if collapsed is not None and collapsed < PARTIAL_COLLAPSE:
+        causes.append("softmax_collapse")
+    if _receded(facts.series(LOGIT_LSE_MEAN.name)):
+        causes.append("output_logit_divergence")
+    if not causes:
+        return found
+    over = ", the rate that killed them has come down" if "sharpness_above_limit" in causes else ""
+    found.outlived = (
+        f"over half of {layer_span(dead)}'s units died from step {first} and stayed dead, in a "
+        f"run that did not break{over}: the capacity they cost is what stayed"
+    )
+    found.set_off_by = tuple(causes)
+    found.summary += f"; {found.outlived}"
+    return found
+
+
+def _receded(series: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """Whether the series' last finite reading drifted from its first under ``RECEDED`` of the
+    largest drift it made."""
+    if series is None:
+        return False
+    values = series[1][np.isfinite(series[1])]
+    drift = np.abs(values - values[0]) if len(values) else values
+    return bool(len(drift) and drift[-1] < RECEDED * drift.max())
+
+
+def _rate_came_down(facts: RunFacts, step: int) -> bool:
+    """Whether every optimizer group's learning rate ended under ``RECEDED`` of its largest up
+    to ``step``."""
+    rates = [(s, v) for s, v in facts.learning_rates if len(v) and (s <= step).any()]
+    return bool(rates) and all(v[-1] < RECEDED * v[s <= step].max() for s, v in rates)
+
+
+def _last_finite(facts: RunFacts, name: str) -> float | None:
+    """The series' last finite reading, if any."""
+    series = facts.series(name)
+    if series is None:
+        return None
+    finite = series[1][np.isfinite(series[1])]
+    return float(finite[-1]) if len(finite) else None
 
 
 # Steps before the run ended that a tensor's gradient, and every forward statistic of the module

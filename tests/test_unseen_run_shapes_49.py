@@ -1,0 +1,108 @@
+"""Run shapes from the forty-ninth session.
+
+Each change has a trigger (a held-out scenario it was found on) and a control that must not
+move."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import held_out_run, induced_or_skip, steadygrad
+
+
+def _causes(report) -> list[str]:
+    return [d.cause for d in report.diagnoses]
+
+
+def _dead_layer(run, layer: str) -> np.ndarray:
+    values = run.series(f"dead_units/{layer}")[1]
+    return values[np.isfinite(values)]
+
+
+def _held(run, layer: str) -> bool:
+    """The oracle for "over half died and stayed dead", read from the stored series."""
+    dead = _dead_layer(run, layer)
+    return bool(dead.max() >= 0.5 and dead[-1] >= 0.5 * dead.max())
+
+
+@pytest.mark.parametrize(
+    ("name", "above"),
+    [
+        # RMSprop at 0.1 (typed for 1e-3): a share of the rows rounds to one-hot on the way
+        ("h327_sheep_shearing_rmsprop_lr_typo", "softmax_collapse"),
+        # OneCycleLR's peak typed 24x too high: the loss climbed, the schedule brought the
+        # rate back down, the units stayed dead
+        ("h200_blacksmith_onecycle_max_lr", "sharpness_above_limit"),
+        # Adagrad at 1: the logits were thrown far out, and came back
+        ("h331_firn_adagrad_lr_typo", "output_logit_divergence"),
+    ],
+)
+def test_units_an_oversized_step_killed_outrank_what_it_threw_in_a_run_that_held(
+    tmp_path, name, above
+):
+    # Trigger: a learning rate far too high kills most of a hidden layer's ReLUs; the run
+    # never breaks and learns on with what is left. The dead units are what stayed; the step
+    # size's diagnosis, or logits it threw that did not last, rank just below them.
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / name)
+    top = report.top
+    assert top.cause == "loss_of_plasticity"
+    dead = [w for w in top.where if f"dead_units/{w}" in run.names()]
+    named = [w for w in dead if w in top.outlived]  # the layers the verdict says stayed dead
+    assert named and all(_held(run, w) for w in named)
+    assert "did not break" in top.outlived
+    causes = _causes(report)
+    assert above in causes
+    outlived = report.diagnoses[causes.index(above)]
+    assert outlived.score == top.score - 1.0
+    assert "outlived it" in outlived.why
+    assert f"outlived {above}" in top.why
+    if above == "sharpness_above_limit":  # the oracle: the rate ended far below its peak
+        rate = run.series("lr/0")[1]
+        assert rate[-1] < 0.5 * rate[: top.first_step + 1].max()
+    if above == "softmax_collapse":  # the oracle: under half the rows collapsed at the end
+        assert run.series("softmax_collapse")[1][-1] < 0.5
+    if above == "output_logit_divergence":  # the log-partition came back under half its drift
+        lse = run.series("logit_lse_mean")[1]
+        drift = np.abs(lse - lse[0])
+        assert drift[-1] < 0.5 * drift.max()
+
+
+def test_a_collapse_that_holds_most_rows_stays_first_though_units_died(tmp_path):
+    # Control: a temperature divided the logits by 0.01; most of a layer's units died too, but
+    # almost every row is collapsed at the end: the collapse is the run's trouble, not a share
+    # of rows fitted surely.
+    ctx, report = held_out_run(tmp_path, "h142_nightjar_temperature_bug")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h142_nightjar_temperature_bug")
+    assert run.series("softmax_collapse")[1][-1] >= 0.5
+    plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert any(_held(run, w) for w in plasticity.where if f"dead_units/{w}" in run.names())
+    assert report.top.cause == "softmax_collapse"
+
+
+def test_logits_still_at_their_furthest_stay_first_though_units_died(tmp_path):
+    # Control: a head trained at 50x the body's rate; its logits' drift is still at its
+    # largest at the end (not thrown and back): the drift stays first.
+    ctx, report = held_out_run(tmp_path, "h122_origami_head_lr")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h122_origami_head_lr")
+    lse = run.series("logit_lse_mean")[1]
+    drift = np.abs(lse - lse[0])
+    assert drift[-1] >= 0.5 * drift.max()
+    assert report.top.cause == "output_logit_divergence"
+
+
+def test_a_rate_raised_for_good_stays_first_though_units_died(tmp_path):
+    # Control: set 272's StepLR gamma typed 100 for 0.01 raises the rate 100x at step 60 and it
+    # stays there; most of fc2's units die, the run does not break. The rate is still what
+    # kills them: the step size's diagnosis stays first.
+    ctx, report = held_out_run(tmp_path, "h272_luge_track_gamma_typo")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h272_luge_track_gamma_typo")
+    rate = run.series("lr/0")[1]
+    assert rate[-1] == rate.max() >= 50 * rate[0]
+    plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert any(_held(run, w) for w in plasticity.where if f"dead_units/{w}" in run.names())
+    assert report.top.cause == "sharpness_above_limit"
