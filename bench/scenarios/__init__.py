@@ -349,6 +349,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout344,
     cases_heldout345,
     cases_heldout347,
+    cases_heldout348,
     cases_mlp,
     cases_other,
 )
