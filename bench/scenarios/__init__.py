@@ -350,6 +350,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout345,
     cases_heldout347,
     cases_heldout348,
+    cases_heldout350,
     cases_mlp,
     cases_other,
 )
