@@ -106,3 +106,31 @@ def test_a_rate_raised_for_good_stays_first_though_units_died(tmp_path):
     plasticity = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
     assert any(_held(run, w) for w in plasticity.where if f"dead_units/{w}" in run.names())
     assert report.top.cause == "sharpness_above_limit"
+
+
+def test_a_loop_that_stops_at_its_nan_is_no_scaler_skipping_the_step(tmp_path):
+    # Trigger: set 346's variance head under a bare sqrt goes negative at step 69; the loop
+    # records the NaN loss and stops before the backward pass, so the optimizer did not step.
+    # No GradScaler was handed to the Monitor, and every gradient of that step was finite: no
+    # scaler skipped it (one skips only steps whose gradients it finds non-finite).
+    ctx, report = held_out_run(tmp_path, "h346_rockfall_sqrt_unclamped_variance")
+    induced_or_skip(ctx)
+    nan = next(
+        d
+        for d in steadygrad.load(tmp_path / "h346_rockfall_sqrt_unclamped_variance").findings()
+        if d.kind == "nonfinite"
+    )
+    assert nan.evidence["nonfinite_grads"] == 0
+    assert report.top.cause == "nonfinite" and report.top.where == ["sigma"]
+    assert "amp_overflow" not in _causes(report)
+
+
+def test_an_fp16_overflow_a_scaler_skipped_is_one_though_the_monitor_was_not_told(tmp_path):
+    # Control: set 140's Poisson NLL overflows float16 under autocast; its GradScaler (not
+    # handed to the Monitor) found the gradients non-finite and skipped the step.
+    ctx, report = held_out_run(tmp_path, "h140_cave_drip_exp_in_fp16")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h140_cave_drip_exp_in_fp16")
+    nan = next(f for f in run.findings() if f.kind == "nonfinite")
+    assert nan.evidence["nonfinite_grads"] > 0 and "amp_scale" not in run.names()
+    assert report.top.cause == "amp_overflow"

@@ -21,6 +21,7 @@ from steadygrad.core import Finding, FindingKind, Severity
 from steadygrad.core.metrics import (
     ACT_RMS,
     ACTIVATION_MODULES,
+    AMP_SCALE,
     ATTN_LOGIT_MAX,
     DEAD_UNITS,
     DIRECTIONAL_SHARPNESS_RATIO,
@@ -32,6 +33,7 @@ from steadygrad.core.metrics import (
     LEARNING_RATE,
     LOGIT_LSE_MEAN,
     LOSS,
+    NONFINITE_GRADS,
     OPTIMIZER_FAMILY,
     OPTIMIZER_REPLACED,
     OPTIMIZER_RESTARTED,
@@ -3846,6 +3848,13 @@ def _caught_by_scaler(facts: RunFacts) -> bool:
     nonfinite = facts.of(NONFINITE)
     if not nonfinite:
         return True
+    if facts.series(AMP_SCALE.name) is None and any(
+        f.evidence.get(NONFINITE_GRADS.name) == 0 for f in nonfinite
+    ):
+        # no GradScaler handed to the Monitor, and a step not taken whose gradients were all
+        # finite: a scaler skips only the steps whose gradients it finds non-finite; this was
+        # the loop stopping at its NaN before the backward pass
+        return False
     by_optimizer = _skipped_steps(facts)
     by_autopilot = {a.step for a in _autopilot_actions(facts)}
     return all(
