@@ -351,6 +351,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout346,
     cases_heldout347,
     cases_heldout348,
+    cases_heldout349,
     cases_heldout350,
     cases_heldout351,
     cases_mlp,
