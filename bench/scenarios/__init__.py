@@ -348,6 +348,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout343,
     cases_heldout344,
     cases_heldout345,
+    cases_heldout352,
     cases_mlp,
     cases_other,
 )
