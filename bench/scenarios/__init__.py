@@ -354,6 +354,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout349,
     cases_heldout350,
     cases_heldout351,
+    cases_heldout352,
     cases_mlp,
     cases_other,
 )
