@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from helpers import held_out_run, induced_or_skip, steadygrad
+from torch import nn
 
 
 def _causes(report) -> list[str]:
@@ -134,3 +137,54 @@ def test_an_fp16_overflow_a_scaler_skipped_is_one_though_the_monitor_was_not_tol
     nan = next(f for f in run.findings() if f.kind == "nonfinite")
     assert nan.evidence["nonfinite_grads"] > 0 and "amp_scale" not in run.names()
     assert report.top.cause == "amp_overflow"
+
+
+def test_a_signal_amplified_in_an_untracked_loop_is_an_explosion_from_the_start(tmp_path):
+    # Trigger: set 350's diagonal state-space layer, scanned in a Python loop, ported with
+    # exp(A_log) for -exp(A_log): every decay above 1. No module is applied step after step, so
+    # no recurrence is known; but ssm.C's output stands hundreds of times the input's RMS, and
+    # the first gradient 1e4 times the weights and far above the loss it is the slope of.
+    ctx, report = held_out_run(tmp_path, "h350_solfatara_ssm_decay_sign_dropped")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h350_solfatara_ssm_decay_sign_dropped")
+    grad, weights, loss = (run.series(n)[1][0] for n in ("grad_norm", "param_norm", "loss"))
+    amplified = run.series("act_rms/ssm.C")[1][0] / run.series("input_rms")[1][0]
+    assert amplified >= 100 and grad >= 10 * weights and grad >= 50 * loss
+    top = report.top
+    assert top.cause == "exploding_gradients" and top.where == ["ssm.C"]
+    assert top.evidence["act_rms"] / top.evidence["input_rms"] == pytest.approx(amplified)
+
+
+def test_a_large_output_feeding_a_loss_on_a_huge_scale_is_no_explosion(tmp_path):
+    # Control: a regressor on raw targets (near 2,000) whose hidden features a fixed unit
+    # conversion multiplies by 300: the output stands hundreds of times the input's RMS and the
+    # first gradient far above the weights, but under the loss it is the slope of.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), Scale(300.0), nn.ReLU(), nn.Linear(32, 1))
+    x = torch.randn(256, 8)
+    y = 2000 + 50 * x[:, :1]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(60):
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path / "run")
+    grad, weights, first = (run.series(n)[1][0] for n in ("grad_norm", "param_norm", "loss"))
+    amplified = run.series("act_rms/1")[1][0] / run.series("input_rms")[1][0]
+    assert amplified >= 100 and grad >= 10 * weights and grad < 50 * first
+    causes = _causes(steadygrad.diagnose(tmp_path / "run"))
+    assert "exploding_gradients" not in causes
+
+
+class Scale(nn.Module):
+    """A fixed factor: a unit conversion applied to the features."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * x

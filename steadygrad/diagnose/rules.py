@@ -2736,6 +2736,12 @@ LONG_CHAIN = 8
 # standard initialisations keep a signal's scale through the layers (Glorot, He); four orders
 # of magnitude is layers each multiplying it, and backpropagation multiplies the gradient alike.
 AMPLIFIED = 1e4
+# Or this many times, with the gradient BORN_EXPLODED times the weights and HELD_OVER_LOSS
+# times the loss it is the slope of: a loss on a huge scale (raw targets) makes a large
+# gradient, never one far above itself; an output two orders above the input's, feeding such a
+# gradient, is a signal amplified on its way (a recurrence scanned in a Python loop, which no
+# module's forward is applied for step after step).
+HIDDEN_AMPLIFIED = 100.0
 # Or layer after layer (``gain_chains``, in the order the model names them). One large output
 # can be a layer's design (a temperature, a logit scale); a chain of them is each layer's gain
 # above 1 (eight layers at 2.2x the He scale: about 2x a layer; ten at 1.3x it). No overall size
@@ -2779,7 +2785,12 @@ def _amplified_through_depth(
     long = len(led) >= LONG_CHAIN and led[-1][0] >= CHAIN_AMPLIFIED * led[0][0]
     if (ratio < BORN_EXPLODED_ALONE or long_only) and not long:
         return None
-    if chain[0][0] < AMPLIFIED * scale or ratio < BORN_EXPLODED:
+    amplified = chain[0][0] >= AMPLIFIED * scale or (
+        not led  # no chain of layers to name
+        and chain[0][0] >= HIDDEN_AMPLIFIED * scale
+        and _far_over_its_loss(facts, first, ratio)
+    )
+    if not amplified or ratio < BORN_EXPLODED:
         chain = led
         if not chain:
             return None
@@ -2823,6 +2834,18 @@ def _amplified_through_depth(
         {"act_rms": act, "input_rms": scale, "of_weights": ratio},
         "critical" if facts.broke_at is not None else "warning",
     )
+
+
+def _far_over_its_loss(facts: RunFacts, first: int, ratio: float) -> bool:
+    """Whether the gradient at ``first``, ``ratio`` times the norm of all the weights (finite),
+    stood ``HELD_OVER_LOSS`` times the loss then or more."""
+    loss, weights = facts.series(LOSS.name), facts.series(PARAM_NORM.name)
+    if loss is None or weights is None or not math.isfinite(ratio):
+        return False
+    at_loss, at_weights = loss[1][loss[0] == first], weights[1][weights[0] == first]
+    if not len(at_loss) or not len(at_weights) or not np.isfinite(at_loss[0]) or at_loss[0] <= 0:
+        return False
+    return bool(ratio * at_weights[0] >= HELD_OVER_LOSS * at_loss[0])
 
 
 def _grown_back_through_a_stack(facts: RunFacts) -> Found | None:
