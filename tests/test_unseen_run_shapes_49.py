@@ -188,3 +188,44 @@ class Scale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.factor * x
+
+
+def test_logits_scaled_by_a_large_fixed_number_from_the_start_are_the_collapse(tmp_path):
+    # Trigger: set 351's temperature given in percent and divided by 100 again: the logits are
+    # the head's output times 10,000 from the first step. Their log-partition stands in the
+    # thousands at once (the drift detector fires at step 3), and rows collapse: the number is
+    # the fault, and the harm a temperature does is the collapse.
+    ctx, report = held_out_run(tmp_path, "h351_lute_rose_temperature_percent")
+    induced_or_skip(ctx)
+    scale = steadygrad.load(tmp_path / "h351_lute_rose_temperature_percent").series("output_scale")[
+        1
+    ]
+    assert (scale == scale[0]).all() and scale[0] >= 20
+    assert report.top.cause == "softmax_collapse"
+    drift = next(d for d in report.diagnoses if d.cause == "output_logit_divergence")
+    assert "from the first reading" in drift.why
+
+
+def test_logits_a_loss_pushes_up_under_a_large_fixed_scale_stay_a_drift(tmp_path):
+    # Control: a head's output times 30, fixed, fed to cross-entropy plus a z-loss typed with
+    # the wrong sign: the logits start in range (log Z near 13) and the loss pushes every one
+    # of them up; rows collapse as they grow. The drift is the loss's doing, not the number's.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4), Scale(30.0))
+    x, y = torch.randn(128, 8), torch.randint(0, 4, (128,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        for _ in range(200):
+            out = model(x)
+            loss = F.cross_entropy(out, y) - 1e-2 * (torch.logsumexp(out, -1) ** 2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+    run = steadygrad.load(tmp_path / "run")
+    assert (run.series("output_scale")[1] == 30.0).all()
+    drift = next(f for f in run.findings() if f.kind == "output_logit_divergence")
+    assert abs(run.series("logit_lse_mean")[1][0]) < drift.evidence["lse_limit"]
+    report = steadygrad.diagnose(tmp_path / "run")
+    assert report.top.cause == "output_logit_divergence"
+    assert "softmax_collapse" in _causes(report)

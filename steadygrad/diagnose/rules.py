@@ -3361,6 +3361,20 @@ def _grown_by_a_fixed_scale(facts: RunFacts, began: int) -> str | None:
     if not upto.any() or not grew.any():
         return None
     first, then = float(scales[1][0]), float(scales[1][upto][-1])
+    held = scales[1][upto]
+    if (
+        first >= FIXED_TEMPERATURE
+        and (np.abs(held - first) <= 0.01 * first).all()
+        and _out_of_range_at_once(facts)
+    ):
+        # the number was as large from the first reading on, and the logits were never in
+        # range: they were born that large, no drift made them
+        return (
+            f"the logits are their layer's output times a plain number, {first:.3g} from the "
+            f"first reading (a temperature applied the wrong way: logits / T with T typed as "
+            f"1/T): they were that large from the start, and rows collapsed (softmax collapse "
+            f"from step {collapse[0].step}): the temperature is the fault"
+        )
     start, top = float(logits[1][0]), float(logits[1][grew][-1])
     if not (first > 0 and then >= SCALED * first and start > 0 and top > start):
         return None
@@ -3372,6 +3386,16 @@ def _grown_by_a_fixed_scale(facts: RunFacts, began: int) -> str | None:
         f"logits / T): they grew by it, and rows collapsed (softmax collapse from step "
         f"{collapse[0].step}): the temperature is the fault"
     )
+
+
+def _out_of_range_at_once(facts: RunFacts) -> bool:
+    """Whether the log-partition's first reading already stood past the limit the drift
+    detector judged it by (its first finding's ``lse_limit``)."""
+    drifts, lse = facts.of(OUTPUT_LOGIT_DIVERGENCE), facts.series(LOGIT_LSE_MEAN.name)
+    limit = drifts[0].evidence.get("lse_limit") if drifts else None
+    if not isinstance(limit, int | float) or lse is None or not len(lse[1]):
+        return False
+    return bool(abs(lse[1][0]) > limit)
 
 
 def _output_logits(facts: RunFacts) -> Found | None:
