@@ -229,3 +229,32 @@ def test_logits_a_loss_pushes_up_under_a_large_fixed_scale_stay_a_drift(tmp_path
     report = steadygrad.diagnose(tmp_path / "run")
     assert report.top.cause == "output_logit_divergence"
     assert "softmax_collapse" in _causes(report)
+
+
+def test_one_tensor_replaced_between_adam_steps_is_no_batch_of_its_own(tmp_path):
+    # Trigger: set 346's resume loads a checkpoint whose head was renamed, with strict=False:
+    # the head keeps the fresh process's random init. The norm of all the weights barely
+    # moves (the head is small), but the head's own norm jumps by far more than any NAdam step
+    # moves it: replaced between steps, not moved by a batch.
+    ctx, report = held_out_run(tmp_path, "h346_sapsucker_resume_renamed_head")
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / "h346_sapsucker_resume_renamed_head")
+    steps, norms = run.series("param_norm/head.weight")
+    at = int(np.flatnonzero(steps == 120)[0])
+    ratios = run.series("update_ratio/head.weight")
+    earlier = ratios[0] < 120
+    typical = np.median(ratios[1][earlier] * norms[np.isin(steps, ratios[0][earlier])])
+    assert abs(norms[at] - norms[at - 1]) >= 30 * typical  # the oracle, by hand
+    total = run.series("param_norm")[1]
+    assert abs(total[at] - total[at - 1]) < 0.01 * total[at]  # nothing the whole norm shows
+    assert report.top.cause == "loss_spike" and report.top.where == ["head"]
+    assert "data_outlier" not in _causes(report)[:1]
+
+
+def test_a_sentinel_batch_under_adam_stays_an_outlier(tmp_path):
+    # Control: set 142's -9999 sentinel batch under Adam: a giant gradient, but each tensor
+    # moves by Adam's bounded step only: the batch, not a replacement.
+    ctx, report = held_out_run(tmp_path, "h142_crab_pot_sentinel_batch")
+    induced_or_skip(ctx)
+    assert report.top.cause == "data_outlier"
+    assert "weights_replaced_at" not in report.top.evidence

@@ -5107,14 +5107,18 @@ def _weights_replaced(facts: RunFacts, step: int) -> bool:
     between steps. A batch moves the weights only through its gradient (and an adaptive step
     not even then)."""
     moves = _norm_moves(facts, step)
-    if moves is None or moves[0].max() < REPLACED:
+    if moves is None:
         return False
     if _raised_before(facts, step) is not None or _burst_before(facts, step):
         # a learning rate raised at a stroke moves them that far on its own, for as long as
         # its larger steps take to settle against the moves the records before it made
         return False
     if _beyond_a_bounded_step(facts, step):
-        return True  # no gradient moves an Adam or sign step's weights that far
+        # no gradient moves an Adam or sign step's weights that far: one tensor replaced (a
+        # head a resume left at its fresh init) is enough, whatever the norm of them all did
+        return True
+    if moves[0].max() < REPLACED:
+        return False
     if _gradient_risen_before(facts, step):
         return False  # momentum carried the grown gradients of the steps before into this one
     # and no large gradient moved them: an update from a gradient grown far above its usual
