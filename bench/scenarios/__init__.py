@@ -359,6 +359,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout355,
     cases_heldout356,
     cases_heldout357,
+    cases_heldout358,
     cases_mlp,
     cases_other,
 )
