@@ -356,6 +356,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout351,
     cases_heldout352,
     cases_heldout353,
+    cases_heldout354,
     cases_heldout355,
     cases_heldout356,
     cases_heldout357,
