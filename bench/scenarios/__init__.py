@@ -355,6 +355,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout350,
     cases_heldout351,
     cases_heldout352,
+    cases_heldout359,
     cases_mlp,
     cases_other,
 )
