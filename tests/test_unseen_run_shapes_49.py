@@ -258,3 +258,46 @@ def test_a_sentinel_batch_under_adam_stays_an_outlier(tmp_path):
     induced_or_skip(ctx)
     assert report.top.cause == "data_outlier"
     assert "weights_replaced_at" not in report.top.evidence
+
+
+class TwoHeads(nn.Module):
+    """A mean head and a variance head joined by ``torch.stack`` or ``torch.cat`` on the last
+    dimension; the variance is read raw (its softplus left out)."""
+
+    def __init__(self, join: str) -> None:
+        super().__init__()
+        self.join = join
+        self.body = nn.Linear(4, 8)
+        self.mean_head, self.var_head = nn.Linear(8, 1), nn.Linear(4, 1)
+        with torch.no_grad():  # the variance is 1 - x[..., 0]: negative where x[..., 0] > 1
+            self.var_head.weight.copy_(torch.tensor([[-1.0, 0.0, 0.0, 0.0]]))
+            self.var_head.bias.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean_head(torch.relu(self.body(x))), self.var_head(x)
+        if self.join == "stack":
+            return torch.stack([mean.squeeze(-1), var.squeeze(-1)], -1)
+        return torch.cat([mean, var], -1)
+
+
+@pytest.mark.parametrize(("join", "shape"), [("stack", (32, 4)), ("cat", (4, 8, 4))])
+def test_a_nan_the_loss_makes_from_one_joined_head_is_placed_at_that_head(tmp_path, join, shape):
+    # Trigger: the model returns its mean and variance heads stacked (set 359's Gaussian NLL)
+    # or concatenated along the last of three dimensions (a sequence model's per-step Gaussian);
+    # one row's variance is negative, the loss takes its square root. The oracle: the variance
+    # head is the one we made negative.
+    torch.manual_seed(0)
+    model = TwoHeads(join)
+    x = torch.zeros(shape)
+    x.view(-1, 4)[3, 0] = 5.0  # one row's variance 1 - 5 < 0
+    y = torch.zeros(shape[:-1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with steadygrad.watch(model, opt, tmp_path / "run", progress=False) as mon:
+        out = model(x)
+        loss = (out[..., 0] - y).pow(2).mean() + torch.sqrt(out[..., 1]).mean()
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+    nan = next(f for f in steadygrad.load(tmp_path / "run").findings() if f.kind == "nonfinite")
+    origin = nan.evidence["forward_origin"]
+    assert origin["module"] == "var_head" and "negative" in origin["in_the_loss"]

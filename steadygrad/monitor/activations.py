@@ -956,11 +956,19 @@ def _concatenated(
     """``t`` (or ``values``, of its shape, split alike) split into the parts a ``torch.cat``
     joined, each with the module whose output it was computed from (the nearest along its
     branch, within a few autograd steps: a clamp or a softplus after a variance head), when the
-    parts' widths, those modules' outputs', add up to ``t``'s; None otherwise."""
+    parts' widths, those modules' outputs', add up to ``t``'s; or into the slices a
+    ``torch.stack`` joined, one per branch; None otherwise."""
     node = t.grad_fn
-    if node is None or autograd_step(node) != "CatBackward":
+    step = autograd_step(node) if node is not None else None
+    if step not in ("CatBackward", "StackBackward"):
         return None
-    dim = node._saved_dim % t.dim()
+    dim = _signed(node._saved_dim) % t.dim()
+    if step == "StackBackward":
+        found = [_nearest_module(branch, node_made_by) for branch, _ in node.next_functions]
+        if None in found or len(found) != t.shape[dim]:
+            return None
+        slices = (t if values is None else values).detach().unbind(dim)
+        return [(node_made_by[f], part) for f, part in zip(found, slices, strict=True)]
     modules, widths = [], []
     for branch, _ in node.next_functions:
         found = _nearest_module(branch, node_made_by)
@@ -972,6 +980,11 @@ def _concatenated(
         return None
     split = torch.split((t if values is None else values).detach(), widths, dim)
     return list(zip(modules, split, strict=True))
+
+
+def _signed(dim: int) -> int:
+    """An autograd node's saved dimension, which it keeps unsigned (-1 as 2**64 - 1)."""
+    return dim - 2**64 if dim >= 2**63 else dim
 
 
 def _nearest_module(node: Any, node_made_by: dict[Any, str], depth: int = 4) -> Any:
