@@ -2785,8 +2785,11 @@ def _amplified_through_depth(
     long = len(led) >= LONG_CHAIN and led[-1][0] >= CHAIN_AMPLIFIED * led[0][0]
     if (ratio < BORN_EXPLODED_ALONE or long_only) and not long:
         return None
+    # or far over its loss, where no chain of layers nor a known recurrence (whose own tests
+    # read it through time) is there to name
     amplified = chain[0][0] >= AMPLIFIED * scale or (
-        not led  # no chain of layers to name
+        not led
+        and not any(_inside(chain[0][1], m) for m in facts.recurrent_modules)
         and chain[0][0] >= HIDDEN_AMPLIFIED * scale
         and _far_over_its_loss(facts, first, ratio)
     )
