@@ -363,6 +363,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout358,
     cases_heldout359,
     cases_heldout360,
+    cases_heldout361,
     cases_mlp,
     cases_other,
 )
