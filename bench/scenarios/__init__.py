@@ -365,6 +365,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout360,
     cases_heldout361,
     cases_heldout362,
+    cases_heldout363,
     cases_mlp,
     cases_other,
 )
