@@ -367,6 +367,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout362,
     cases_heldout363,
     cases_heldout364,
+    cases_heldout365,
     cases_mlp,
     cases_other,
 )
