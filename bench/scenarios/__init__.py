@@ -362,6 +362,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout357,
     cases_heldout358,
     cases_heldout359,
+    cases_heldout366,
     cases_mlp,
     cases_other,
 )
