@@ -2537,10 +2537,13 @@ def _exploded_from_the_start(facts: RunFacts) -> Found | None:
         return _amplified_through_depth(facts, first, math.inf)
     shrunk = _shrunk_by_clipping_at(facts, first)  # the gradient the model made, not the clip's
     if shrunk > 1.0 and _settled_under_clipping(facts, float(at[0])):
-        # clipping held a large first gradient until it settled: a long chain all the same
-        return _amplified_through_depth(
+        # clipping held a large first gradient until it settled: a long chain all the same,
+        # or a recurrence's own when it never settled (read below)
+        chain = _amplified_through_depth(
             facts, first, shrunk * float(total[1][0]) / float(at[0]), True
         )
+        if chain is not None or not facts.recurrent_modules or not _clipped_all_run(facts):
+            return chain
     # each recurrent module's gradient, its tensors' together (an RNN's input and recurrent
     # weights and biases share what the recurrence amplified)
     squares: dict[str, float] = {}
@@ -2655,6 +2658,33 @@ CLIPPED_RECORDS = 20  # fewer records with a gradient before clipping say nothin
 OVER_ITS_LOSS = 3.0
 
 
+def _clipping(
+    facts: RunFacts,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """At the records with the gradient read before and after clipping and the weights' norm
+    (all finite): the steps, the norm before clipping, how many times clipping shrank it, the
+    weights' norm; None with fewer than ``CLIPPED_RECORDS`` of them."""
+    before, after = facts.series(GRAD_NORM_PRECLIP.name), facts.series(GRAD_NORM.name)
+    weights = facts.series(PARAM_NORM.name)
+    if before is None or after is None or weights is None:
+        return None
+    steps = np.intersect1d(np.intersect1d(before[0], after[0]), weights[0])
+    pre = before[1][np.isin(before[0], steps)]
+    post = after[1][np.isin(after[0], steps)]
+    norm = weights[1][np.isin(weights[0], steps)]
+    ok = np.isfinite(pre) & np.isfinite(post) & (post > 0) & (norm > 0)
+    if ok.sum() < CLIPPED_RECORDS:
+        return None
+    return steps[ok], pre[ok], pre[ok] / post[ok], norm[ok]
+
+
+def _clipped_all_run(facts: RunFacts) -> bool:
+    """Whether clipping shrank the gradient ``CLIPPED_HARD`` times or more at ``CLIPPED_ALWAYS``
+    of the run's steps: the gradient never settled under it."""
+    clipped = _clipping(facts)
+    return clipped is not None and float(np.mean(clipped[2] >= CLIPPED_HARD)) >= CLIPPED_ALWAYS
+
+
 def _held_down_by_clipping(facts: RunFacts) -> Found | None:
     """Clipping that shrank the gradient ``CLIPPED_HARD`` times or more at ``CLIPPED_ALWAYS``
     of the run's steps, the gradient before it standing ``BORN_EXPLODED`` times the norm of all
@@ -2664,27 +2694,19 @@ def _held_down_by_clipping(facts: RunFacts) -> Found | None:
     loss or more. A clip threshold set far below a healthy gradient shrinks it as often, at a
     gradient under the weights' norm; inputs fed unscaled (see :func:`_unscaled_inputs`) or
     targets on a huge scale make gradients as large through no amplification."""
-    before, after = facts.series(GRAD_NORM_PRECLIP.name), facts.series(GRAD_NORM.name)
-    weights = facts.series(PARAM_NORM.name)
-    if before is None or after is None or weights is None or _unscaled_inputs(facts):
+    clipped = _clipping(facts)
+    if clipped is None or _unscaled_inputs(facts):
         return None
-    steps = np.intersect1d(np.intersect1d(before[0], after[0]), weights[0])
-    pre = before[1][np.isin(before[0], steps)]
-    post = after[1][np.isin(after[0], steps)]
-    norm = weights[1][np.isin(weights[0], steps)]
-    ok = np.isfinite(pre) & np.isfinite(post) & (post > 0) & (norm > 0)
-    if ok.sum() < CLIPPED_RECORDS:
-        return None
-    shrunk = pre[ok] / post[ok]
+    steps, pre, shrunk, norm = clipped
     share = float(np.mean(shrunk >= CLIPPED_HARD))
-    of_weights = float(np.median(pre[ok] / norm[ok]))
+    of_weights = float(np.median(pre / norm))
     if share < CLIPPED_ALWAYS or of_weights < BORN_EXPLODED:
         return None
     loss = facts.series(LOSS.name)
-    losses = loss[1][np.isin(loss[0], steps[ok]) & np.isfinite(loss[1])] if loss else []
-    if not len(losses) or not float(np.median(pre[ok])) >= OVER_ITS_LOSS * float(np.median(losses)):
+    losses = loss[1][np.isin(loss[0], steps) & np.isfinite(loss[1])] if loss else []
+    if not len(losses) or not float(np.median(pre)) >= OVER_ITS_LOSS * float(np.median(losses)):
         return None  # a loss on a huge scale (targets in raw units) makes a gradient as large
-    first = int(steps[ok][0])
+    first = int(steps[0])
     where, how = _carried_most(facts)
     return Found(
         f"the gradients exploded {how} and clipping held them down: before clipping the "
