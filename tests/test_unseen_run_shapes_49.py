@@ -329,3 +329,32 @@ def test_a_recurrence_whose_gradient_settled_under_clipping_is_healthy(tmp_path)
     pre, post = run.series("grad_norm_preclip")[1], run.series("grad_norm")[1]
     assert pre[0] / post[0] >= 10 and np.mean(pre / post >= 10) < 0.9
     assert "exploding_gradients" not in _causes(report)
+
+
+@pytest.mark.parametrize(
+    "name", ["h338_pipe_smoking_lr_typo_dead_relus", "h358_kite_buggy_lr_typo_dead_relu_sgdm"]
+)
+def test_a_run_the_steps_broke_back_at_its_start_with_units_dead_names_the_units(tmp_path, name):
+    # Trigger: SGD at a rate typed ten times too high: the steps overshoot and break the run
+    # within ten steps, most of fc2's units die, and the loss comes back to where it started
+    # and sits there, finite: the network cannot learn with them dead. What keeps it from
+    # learning is the dead units (as when the first updates break a run: _broke_at_once).
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    loss = steadygrad.load(tmp_path / name).series("loss")[1]
+    ended = float(np.median(loss[-10:]))
+    assert loss[0] <= ended <= 1.5 * loss[0]  # the oracle: back at its first loss, not below
+    assert report.top.cause == "loss_of_plasticity"
+    step = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
+    assert "came back to where it started" in step.why
+
+
+def test_a_run_the_steps_broke_that_sat_far_above_its_start_keeps_the_step_size(tmp_path):
+    # Control: set 103's rate above 2/sharpness: units die as it breaks too, but the loss sits
+    # far above where it started, thrown about: the step size is what to fix.
+    ctx, report = held_out_run(tmp_path, "h103_raster_lr_above_sharpness")
+    induced_or_skip(ctx)
+    loss = steadygrad.load(tmp_path / "h103_raster_lr_above_sharpness").series("loss")[1]
+    assert float(np.median(loss[-10:])) > 1.5 * loss[0]
+    assert "loss_of_plasticity" in _causes(report)
+    assert report.top.cause == "sharpness_above_limit"

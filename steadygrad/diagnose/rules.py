@@ -5444,6 +5444,14 @@ def _sharpness(facts: RunFacts) -> Found | None:
                 f"{fast.evidence['lr'] / fast.evidence['rest_lr']:.3g}x the rest: its steps are "
                 "the ones past the limit, not the rate the rest trains at"
             )
+        elif how is not _broke_at_once and (stuck := _stuck_at_the_start(facts)) is not None:
+            # back where it started and held there, its units dead: what keeps the run from
+            # learning is the units the steps killed, named by their own rule
+            first.consequence_of = (
+                f"the run came back to where it started (to {stuck:.4g} over its last "
+                f"{ENDED_OVER} steps) and stayed there with units dead: the steps killed them, "
+                "and the dead units, not the step size, keep it from learning"
+            )
         elif exploded is not None and how in (_unstable_steps, _overshoot_before_break):
             first.consequence_of = (
                 f"the gradient of the recurrent {exploded.where} exploded at step "
@@ -6240,6 +6248,15 @@ def _ended_at(facts: RunFacts) -> float | None:
     if loss is None or len(loss[1]) < 3 * ENDED_OVER or not np.isfinite(loss[1]).all():
         return None
     return float(np.median(loss[1][-ENDED_OVER:]))
+
+
+def _stuck_at_the_start(facts: RunFacts) -> float | None:
+    """Where the run ended, when back at its first loss with units dead (see
+    :func:`_stuck_with_dead_units`)."""
+    loss = facts.series(LOSS.name)
+    if loss is None or not len(loss[1]):
+        return None
+    return _stuck_with_dead_units(facts, float(loss[1][0]))
 
 
 def _stuck_with_dead_units(facts: RunFacts, level: object) -> float | None:
