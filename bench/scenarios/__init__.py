@@ -370,6 +370,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout365,
     cases_heldout366,
     cases_heldout367,
+    cases_heldout368,
     cases_mlp,
     cases_other,
 )
