@@ -358,3 +358,18 @@ def test_a_run_the_steps_broke_that_sat_far_above_its_start_keeps_the_step_size(
     assert float(np.median(loss[-10:])) > 1.5 * loss[0]
     assert "loss_of_plasticity" in _causes(report)
     assert report.top.cause == "sharpness_above_limit"
+
+
+@pytest.mark.parametrize("name", ["h368_net_maker_radam_rate_typo", "h344_tyre_flip_sgd_lr_typo"])
+def test_units_dead_in_a_run_broken_back_to_its_start_outrank_a_passing_collapse(tmp_path, name):
+    # Trigger: a rate typed far too high kills most of fc2's units; the loss learns a while,
+    # then climbs back to where it started and sits there, finite. The share of rows that
+    # collapsed on the way did not last (under half at the end): the dead units did.
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    run = steadygrad.load(tmp_path / name)
+    loss = run.series("loss")[1]
+    assert loss[0] <= float(np.median(loss[-10:])) <= 1.5 * loss[0]
+    assert run.series("softmax_collapse")[1][-1] < 0.5
+    assert report.top.cause == "loss_of_plasticity"
+    assert "sat back at its first loss" in report.top.outlived

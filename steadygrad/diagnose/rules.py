@@ -1593,6 +1593,9 @@ def _units_lost(facts: RunFacts) -> Found | None:
             f"first found at step {first} in a recurrence, after the run broke at step {broke} "
             "and gradients spiked around it: units driven out of range by the blow-up"
         )
+    elif _stuck_at_the_start(facts) is not None:
+        # broken back to where it started, finite, and sat there: as good as a run that held
+        return _outlived_in_a_run_that_held(facts, found, "that sat back at its first loss")
     return found
 
 
@@ -1603,10 +1606,13 @@ def _units_lost(facts: RunFacts) -> Found | None:
 PARTIAL_COLLAPSE, RECEDED = 0.5, 0.5
 
 
-def _outlived_in_a_run_that_held(facts: RunFacts, found: Found) -> Found:
-    """Units of which a layer lost over half, and that stayed dead, in a run that never broke:
-    the steps that killed them (a rate typed too high, a peak too high) did not break the run,
-    and the capacity they cost is what stayed. They rank above the logits the same steps threw
+def _outlived_in_a_run_that_held(
+    facts: RunFacts, found: Found, held: str = "that did not break"
+) -> Found:
+    """Units of which a layer lost over half, and that stayed dead, in a run that never broke
+    (or that broke back to its first loss and sat there, finite: ``held`` says which): the
+    steps that killed them (a rate typed too high, a peak too high) are over, and the capacity
+    they cost is what stayed. They rank above the logits the same steps threw
     when those did not last (under ``PARTIAL_COLLAPSE`` of the rows collapsed at the end, a
     log-partition back under ``RECEDED`` of its largest drift): a share of rows fitted surely,
     or logits thrown and come back, cost nothing that stays; and above the step size's own
@@ -1631,7 +1637,7 @@ def _outlived_in_a_run_that_held(facts: RunFacts, found: Found) -> Found:
     over = ", the rate that killed them has come down" if "sharpness_above_limit" in causes else ""
     found.outlived = (
         f"over half of {layer_span(dead)}'s units died from step {first} and stayed dead, in a "
-        f"run that did not break{over}: the capacity they cost is what stayed"
+        f"run {held}{over}: the capacity they cost is what stayed"
     )
     found.set_off_by = tuple(causes)
     found.summary += f"; {found.outlived}"
