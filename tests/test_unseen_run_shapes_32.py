@@ -101,10 +101,11 @@ def test_a_run_broken_by_its_rate_and_recovered_later_keeps_its_overshoot(tmp_pa
     # Control: SGD at a rate far above the limit throws the loss to 10^2-10^4 within eight
     # steps; the run then settles (BatchNorm, weights rescaled) and reaches its best loss
     # long after the break. The overshoot came before the break: still the cause.
-    for name in ("lr_fast_cnn_momentum", "lr_fast_mlp_sgd"):  # the collection's: no checks
-        ctx, report = held_out_run(tmp_path, name)
-        assert max(ctx.losses[:10]) > 100 * ctx.losses[0]  # thrown, as written
-        assert report.top.cause == "sharpness_above_limit", name
+    # (The collection's MLP at the same rate, which sits back at its first loss with its units
+    # dead instead, is test_unseen_run_shapes_39's.)
+    ctx, report = held_out_run(tmp_path, "lr_fast_cnn_momentum")  # the collection's: no checks
+    assert max(ctx.losses[:10]) > 100 * ctx.losses[0]  # thrown, as written
+    assert report.top.cause == "sharpness_above_limit"
 
 
 def test_a_spike_on_every_tensor_that_stopped_one_of_them_poisoned_its_moment(tmp_path):

@@ -100,12 +100,17 @@ def test_units_dead_after_a_break_outlive_it_only_when_it_was_the_runs_first_tro
         assert "the dead units stayed" not in plasticity.summary
 
 
-def test_a_run_thrown_about_by_its_first_updates_stays_a_step_size_past_its_limit(tmp_path):
-    # Control, run live: an MLP under SGD at a rate far past 2/sharpness, its loss thrown
-    # 4-400x up over its first steps until it breaks at step 7, then back near its start with
-    # units dead. The step size was the trouble from the first update: it stays the cause.
+def test_a_run_thrown_about_by_its_rate_then_back_at_its_start_names_its_dead_units(tmp_path):
+    # Run live: an MLP under SGD at a rate far past 2/sharpness, its loss thrown 4-400x up over
+    # its first steps until it breaks at step 7, then back at its first loss with its units
+    # dead, finite. Session 39 kept the step size first here; session 49 names the dead units
+    # first and the step size just below: no step throws the run any more, and what keeps it
+    # from learning is the units (as when the first updates break a run), the shape four blind
+    # sets' writers named loss_of_plasticity (338, 339, 358, 360).
     _, report = held_out_run(tmp_path, "lr_fast_mlp_sgd")  # a collection scenario: no checks
-    assert report.top.cause == "sharpness_above_limit"
+    causes = [d.cause for d in report.diagnoses]
+    assert causes[:2] == ["loss_of_plasticity", "sharpness_above_limit"]
+    assert "sat back at its first loss" in report.top.outlived
 
 
 @pytest.mark.parametrize(

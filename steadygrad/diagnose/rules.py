@@ -1562,7 +1562,7 @@ def _units_lost(facts: RunFacts) -> Found | None:
         return found
     broke = facts.broke_at
     if broke is None:
-        return _outlived_in_a_run_that_held(facts, found)
+        return _outlived_in_a_run_that_held(facts, found, _stuck_at_the_start(facts) is not None)
     first = found.first_step
     went_nonfinite = [f.step for f in facts.of(NONFINITE) if f.step >= first]
     if went_nonfinite and not _caught_by_scaler(facts):
@@ -1595,7 +1595,7 @@ def _units_lost(facts: RunFacts) -> Found | None:
         )
     elif _stuck_at_the_start(facts) is not None:
         # broken back to where it started, finite, and sat there: as good as a run that held
-        return _outlived_in_a_run_that_held(facts, found, "that sat back at its first loss")
+        return _outlived_in_a_run_that_held(facts, found, stuck=True)
     return found
 
 
@@ -1606,13 +1606,11 @@ def _units_lost(facts: RunFacts) -> Found | None:
 PARTIAL_COLLAPSE, RECEDED = 0.5, 0.5
 
 
-def _outlived_in_a_run_that_held(
-    facts: RunFacts, found: Found, held: str = "that did not break"
-) -> Found:
+def _outlived_in_a_run_that_held(facts: RunFacts, found: Found, stuck: bool = False) -> Found:
     """Units of which a layer lost over half, and that stayed dead, in a run that never broke
-    (or that broke back to its first loss and sat there, finite: ``held`` says which): the
-    steps that killed them (a rate typed too high, a peak too high) are over, and the capacity
-    they cost is what stayed. They rank above the logits the same steps threw
+    (or, ``stuck``, that broke back to its first loss and sat there, finite, no step throwing
+    it any more): the steps that killed them (a rate typed too high, a peak too high) are
+    over, and the capacity they cost is what stayed. They rank above the logits the same steps threw
     when those did not last (under ``PARTIAL_COLLAPSE`` of the rows collapsed at the end, a
     log-partition back under ``RECEDED`` of its largest drift): a share of rows fitted surely,
     or logits thrown and come back, cost nothing that stays; and above the step size's own
@@ -1625,7 +1623,7 @@ def _outlived_in_a_run_that_held(
     if not dead:
         return found
     causes = []
-    if _rate_came_down(facts, first):
+    if stuck or _rate_came_down(facts, first):
         causes.append("sharpness_above_limit")
     collapsed = _last_finite(facts, SOFTMAX_COLLAPSE.name)
     if collapsed is not None and collapsed < PARTIAL_COLLAPSE:
@@ -1634,7 +1632,8 @@ def _outlived_in_a_run_that_held(
         causes.append("output_logit_divergence")
     if not causes:
         return found
-    over = ", the rate that killed them has come down" if "sharpness_above_limit" in causes else ""
+    over = ", the rate that killed them has come down" if _rate_came_down(facts, first) else ""
+    held = "that sat back at its first loss" if stuck else "that did not break"
     found.outlived = (
         f"over half of {layer_span(dead)}'s units died from step {first} and stayed dead, in a "
         f"run {held}{over}: the capacity they cost is what stayed"
@@ -5449,14 +5448,6 @@ def _sharpness(facts: RunFacts) -> Found | None:
                 f"at learning rate {fast.evidence['lr']:.3g}, "
                 f"{fast.evidence['lr'] / fast.evidence['rest_lr']:.3g}x the rest: its steps are "
                 "the ones past the limit, not the rate the rest trains at"
-            )
-        elif how is not _broke_at_once and (stuck := _stuck_at_the_start(facts)) is not None:
-            # back where it started and held there, its units dead: what keeps the run from
-            # learning is the units the steps killed, named by their own rule
-            first.consequence_of = (
-                f"the run came back to where it started (to {stuck:.4g} over its last "
-                f"{ENDED_OVER} steps) and stayed there with units dead: the steps killed them, "
-                "and the dead units, not the step size, keep it from learning"
             )
         elif exploded is not None and how in (_unstable_steps, _overshoot_before_break):
             first.consequence_of = (
