@@ -369,6 +369,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout364,
     cases_heldout365,
     cases_heldout366,
+    cases_heldout372,
     cases_mlp,
     cases_other,
 )
