@@ -373,6 +373,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout368,
     cases_heldout370,
     cases_heldout371,
+    cases_heldout372,
     cases_heldout373,
     cases_mlp,
     cases_other,
