@@ -371,6 +371,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout366,
     cases_heldout367,
     cases_heldout368,
+    cases_heldout369,
     cases_heldout370,
     cases_heldout371,
     cases_heldout372,
