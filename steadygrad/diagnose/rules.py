@@ -1622,8 +1622,9 @@ def _outlived_in_a_run_that_held(facts: RunFacts, found: Found, stuck: bool = Fa
     dead = [w for w in found.where if _most_died(facts, w, first) and _stayed_dead(facts, w, first)]
     if not dead:
         return found
+    came_down = _rate_came_down(facts, first)
     causes = []
-    if stuck or _rate_came_down(facts, first):
+    if stuck or came_down:
         causes.append("sharpness_above_limit")
     collapsed = _last_finite(facts, SOFTMAX_COLLAPSE.name)
     if collapsed is not None and collapsed < PARTIAL_COLLAPSE:
@@ -1632,7 +1633,7 @@ def _outlived_in_a_run_that_held(facts: RunFacts, found: Found, stuck: bool = Fa
         causes.append("output_logit_divergence")
     if not causes:
         return found
-    over = ", the rate that killed them has come down" if _rate_came_down(facts, first) else ""
+    over = ", the rate that killed them has come down" if came_down else ""
     held = "that sat back at its first loss" if stuck else "that did not break"
     found.outlived = (
         f"over half of {layer_span(dead)}'s units died from step {first} and stayed dead, in a "
