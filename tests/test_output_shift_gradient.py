@@ -179,3 +179,45 @@ def test_the_clvp_decoder_whose_z_loss_sign_flipped_is_named_first(tmp_path):
     assert report.top.cause == "output_logit_divergence"
     assert report.top.first_step is not None and report.top.first_step <= 50
     assert math.isfinite(report.top.evidence[OUTPUT_SHIFT_GRADIENT.name])
+
+
+class _TwoHeads(nn.Module):
+    """One linear output per token whose first column is a value head's, the rest the logits
+    (as an actor-critic's shared output): the value's loss has a gradient in that column only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(V, 32)
+        self.out = nn.Linear(32, 1 + V)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.embed(x)))
+
+
+@pytest.mark.parametrize("take", ["narrow_negative", "narrow_positive", "index"])
+def test_logits_sliced_from_a_shared_output_read_their_own_shift(tmp_path, take):
+    # Oracle: the gradient autograd left on the sliced logits. Cross-entropy alone sums to zero
+    # over each row, whichever way the classes were taken from the (batch, tokens, 1 + V)
+    # output; the value head's column, which the whole output's gradient holds, is not read.
+    # (``narrow(-1, ...)`` saves its dimension unsigned, -1 as 2**64 - 1.)
+    model = _TwoHeads()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = _batch(0)
+    with steadygrad.Monitor(model, opt, tmp_path / take) as mon:
+        out = model(x)
+        logits = {
+            "narrow_negative": lambda: out.narrow(-1, 1, V),
+            "narrow_positive": lambda: out.narrow(2, 1, V),
+            "index": lambda: out[..., 1:],
+        }[take]()
+        logits.retain_grad()
+        value_loss = (out[..., 0] - 5.0).pow(2).mean()
+        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1)) + value_loss
+        loss.backward()
+        opt.step()
+        mon.step(float(loss))
+    g = logits.grad.double()
+    _, recorded = steadygrad.load(tmp_path / take).series(OUTPUT_SHIFT_GRADIENT.name)
+    assert abs(float(g.sum() / g.abs().sum())) < 1e-6
+    assert abs(float(recorded[0])) < 1e-6

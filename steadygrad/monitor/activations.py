@@ -43,7 +43,7 @@ from steadygrad.core.metrics import (
 )
 from steadygrad.core.signal import host_random_state, random_state_kept, set_host_random_state
 from steadygrad.monitor.backward_origin import GradientTrace
-from steadygrad.monitor.intercept import autograd_step, float_tensors
+from steadygrad.monitor.intercept import autograd_step, float_tensors, saved_dim
 from steadygrad.monitor.op_origin import FirstNonFinite
 from steadygrad.monitor.tensor_groups import wide_dtype
 
@@ -962,7 +962,7 @@ def _concatenated(
     step = autograd_step(node) if node is not None else None
     if step not in ("CatBackward", "StackBackward"):
         return None
-    dim = _signed(node._saved_dim) % t.dim()
+    dim = saved_dim(node) % t.dim()
     if step == "StackBackward":
         found = [_nearest_module(branch, node_made_by) for branch, _ in node.next_functions]
         if None in found or len(found) != t.shape[dim]:
@@ -980,11 +980,6 @@ def _concatenated(
         return None
     split = torch.split((t if values is None else values).detach(), widths, dim)
     return list(zip(modules, split, strict=True))
-
-
-def _signed(dim: int) -> int:
-    """An autograd node's saved dimension, which it keeps unsigned (-1 as 2**64 - 1)."""
-    return dim - 2**64 if dim >= 2**63 else dim
 
 
 def _nearest_module(node: Any, node_made_by: dict[Any, str], depth: int = 4) -> Any:

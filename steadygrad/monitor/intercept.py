@@ -249,6 +249,15 @@ def autograd_step(node: Any) -> str:
     return type(node).__name__.rstrip("0123456789")
 
 
+def saved_dim(node: Any) -> int | None:
+    """The dimension an autograd node saved (a slice's, a cat's), signed: the node keeps it
+    unsigned, -1 as 2**64 - 1; None for a node that saved none."""
+    dim = getattr(node, "_saved_dim", None)
+    if dim is None:
+        return None
+    return dim - 2**64 if dim >= 2**63 else dim
+
+
 def _live(table: dict[int, tuple[str, weakref.ref]], tensor: torch.Tensor) -> str | None:
     """The module ``table`` holds for ``tensor``'s storage, if the output it saw there lives."""
     made = table.get(_key(tensor))

@@ -35,7 +35,12 @@ from steadygrad.core.metrics import (
     OUTPUT_TARGETS_OUTSIDE,
     SOFTMAX_COLLAPSE,
 )
-from steadygrad.monitor.intercept import SAME_VALUES, InterceptingSignal, autograd_step
+from steadygrad.monitor.intercept import (
+    SAME_VALUES,
+    InterceptingSignal,
+    autograd_step,
+    saved_dim,
+)
 from steadygrad.monitor.output_logits import choice_rows, live_logits, softmax_collapse_mask
 
 
@@ -387,7 +392,7 @@ def _slices_classes(node: Any) -> bool:
     if autograd_step(node) != "SliceBackward":
         return False
     sizes = getattr(node, "_saved_self_sym_sizes", None)
-    dim = getattr(node, "_saved_dim", None)
+    dim = saved_dim(node)
     if not sizes or dim is None:
         return False
     dim = dim % len(sizes)
