@@ -994,13 +994,18 @@ def _nearest_module(node: Any, node_made_by: dict[Any, str], depth: int = 4) -> 
 
 def _edge_values(t: torch.Tensor) -> str | None:
     """What in ``t`` a loss cannot take, if anything: a few exact zeros or negatives (a tenth of
-    the entries at most: a ReLU's output has many zeros) in a tensor otherwise positive, values
+    the entries at most: a ReLU's output has many zeros) in a tensor otherwise positive, exact
+    ones in a tensor within [0, 1] (a probability rounded to certainty), values
     whose square overflows its dtype, or values whose exp does (a log-rate or a log-variance the loss
     exponentiates in that dtype)."""
     t = t.detach()
     zeros = int((t == 0).sum())
     if zeros and zeros <= 0.1 * t.numel() and bool((t >= 0).all()):
         return f"{zeros} exact zero(s) among positive values (an underflow)"
+    ones = int((t == 1).sum())
+    if ones and bool(((t >= 0) & (t <= 1)).all()):
+        # a probability that rounded to 1: the log of its complement, log(1 - p), is -inf
+        return f"{ones} value(s) exactly 1 in a probability (log(1 - p) is -inf)"
     negatives = int((t < 0).sum())
     if negatives and negatives <= 0.1 * t.numel() and bool((t[t >= 0] > 0).all()):
         # a rate, a scale or a variance that crossed zero: its log or square root is NaN

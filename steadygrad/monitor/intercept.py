@@ -176,6 +176,13 @@ class InterceptingSignal(Signal):
         found = _live(self._made_by, tensor)
         return found if found is not None or last_dim is None else self._widths.get(last_dim)
 
+    def output_behind(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """The leaf module's output, alive, that ``tensor`` shares its storage and shape with
+        (``tensor`` a detached copy of it): None for any other tensor."""
+        made = self._made_by.get(_key(tensor))
+        output = made[1]() if made is not None else None
+        return output if output is not None and output.shape == tensor.shape else None
+
     def composer(self, tensor: torch.Tensor) -> str | None:
         """The innermost non-leaf module whose output ``tensor`` is (a layer written as a module
         with children that computes its output itself: a conditionally parameterised conv

@@ -86,6 +86,9 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         # the autograd nodes (and output) whose gradient in the logits this step reads
         self._watched: set[tuple[Any, int]] = set()
         self._node_hooks: list[Any] = []
+        self._summed_from: set[Any] = set()
+        self._regressed: set[Any] = set()
+        self._softmaxed = False  # a softmax's logits were read this step (not a logsumexp's)
         self.seen = False
 
     def attach(self, monitor: Any) -> None:
@@ -104,6 +107,12 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             torch.log_softmax: self._observe_log_softmax,
             F.log_softmax: self._observe_log_softmax,
             torch.Tensor.log_softmax: self._observe_log_softmax,
+            torch.logsumexp: self._observe_logsumexp,
+            torch.Tensor.logsumexp: self._observe_logsumexp,
+            F.mse_loss: self._observe_regression,
+            F.smooth_l1_loss: self._observe_regression,
+            F.huber_loss: self._observe_regression,
+            F.l1_loss: self._observe_regression,
         }
 
     def applies(self) -> bool | str:
@@ -115,6 +124,8 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._sums, self._head, self._classes, self._epsilon = {}, None, 0, 0.0
         self._scale = None
         self._watched = set()
+        # where this step's logsumexp reads and regression losses took their values from
+        self._summed_from, self._regressed, self._softmaxed = set(), set(), False
         self._drop_node_hooks()
         super().begin(step)
 
@@ -137,7 +148,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         keep = None
         if hard:
             z, target, keep = _mask_ignored(z, target, args, kwargs)
-        self.seen = True
+        self.seen = self._softmaxed = True
         self._watch_shift(logits)
         parts, live = _logit_parts(z, keep)
         if hard:
@@ -153,6 +164,49 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         if not isinstance(logits, torch.Tensor) or not isinstance(dim, int) or logits.dim() < 1:
             return  # no dim given (deprecated): torch guesses one, and we do not
+        self._softmaxed = True
+        self._read_logits(logits, dim)
+
+    def _observe_logsumexp(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """``logsumexp(logits, dim)`` in the loss, outside the model's forward, over a layer's
+        raw scores: a cross-entropy written by hand (``logits.logsumexp(-1) - logits[y]``),
+        read as ``log_softmax``'s input is, its log-partition detached or not. One inside a
+        forward (a router's z-loss, an energy) or over anything else (a mixture's
+        log-likelihoods, attention scores) is not the output's."""
+        logits = args[0] if args else kwargs.get("input")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        dim = dim[0] if isinstance(dim, (tuple, list)) and len(dim) == 1 else dim
+        if not isinstance(logits, torch.Tensor) or not isinstance(dim, int) or logits.dim() < 1:
+            return
+        if self.in_forward() or not (self.producer(logits) or _made_by_a_linear(logits)):
+            return
+        self._summed_from.add(self._source(logits))
+        self._read_logits(logits, dim)
+
+    def _observe_regression(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """A regression loss's input (``F.mse_loss(q.gather(1, a), target)``): values with a
+        meaning of their own, which a logsumexp over the same scores does not make logits (a
+        conservative Q-learning penalty, ``logsumexp(q) - q[a]``, beside its TD loss)."""
+        values = args[0] if args else kwargs.get("input")
+        if isinstance(values, torch.Tensor):
+            self._regressed.add(self._source(values))
+
+    def _source(self, t: torch.Tensor) -> Any:
+        """The autograd step that computed ``t``'s values, through reshapes, casts and picks of
+        some of them (``gather``, indexing); for a detached copy of a module's output, that
+        output's; else the tensor's storage."""
+        behind = self.output_behind(t) if t.grad_fn is None else None
+        t = t if behind is None else behind
+        node = t.grad_fn
+        while node is not None and autograd_step(node) in PICKS_VALUES:
+            following = [n for n, _ in node.next_functions if n is not None]
+            if len(following) != 1:
+                break
+            node = following[0]
+        return node if node is not None else t.untyped_storage().data_ptr()
+
+    def _read_logits(self, logits: torch.Tensor, dim: int) -> None:
+        """The statistics of ``logits`` whose classes lie along ``dim``."""
         z = logits.detach().movedim(dim, -1)
         if z.shape[-1] < 2 or not z.numel():
             return
@@ -185,6 +239,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._epsilon = max(self._epsilon, _epsilon_of(logits))
         self._scale = self._scale or _fixed_scale(logits)
         z = logits.detach().float().reshape(-1)
+        self._softmaxed = True
         keep = torch.ones_like(z, dtype=torch.bool)
         if isinstance(weight, torch.Tensor):
             keep = torch.broadcast_to(weight.detach(), logits.shape).reshape(-1) != 0
@@ -257,7 +312,9 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         model. The gradient is read at the operation that computed the logits' values (see
         :func:`_values_made_at`), where every use's gradient has been summed: a term computed
         beside the loss function (a z-loss on ``outputs.logits``) is in it too."""
-        made = _values_made_at(logits)
+        if logits.grad_fn is None:  # detached: its gradient is the module output's it copies
+            logits = self.output_behind(logits)
+        made = _values_made_at(logits) if logits is not None else None
         if made is None or made in self._watched:
             return
         node, index = made
@@ -325,6 +382,9 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         s = self._sums
         if not s:
             return
+        if not self._softmaxed and self._summed_from & self._regressed:
+            self._sums = {}  # a logsumexp over values regressed on: no logits were read
+            return
         if "lse" in s:
             out.stash(self, s["rows"])  # none (every target ignored): no logits were read
             out.put(LOGIT_LSE_MEAN.name, s["lse"] / s["rows"])
@@ -383,6 +443,11 @@ def _values_made_at(logits: torch.Tensor, depth: int = 8) -> tuple[Any, int] | N
             return node, index
         node, index = following[0]
     return node, index
+
+
+# Autograd steps that pass on some of their input's values unchanged (a picked action's
+# Q-value, a row's target score) as well as those that pass on all of them.
+PICKS_VALUES = SAME_VALUES | {"GatherBackward", "IndexBackward", "TakeAlongDimBackward"}
 
 
 def _slices_classes(node: Any) -> bool:

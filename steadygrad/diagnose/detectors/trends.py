@@ -363,6 +363,11 @@ START_RECORDS, START_LEFT = 10, 0.2
 # A best level this many times below the highest level sustained before it is a gradient that
 # vanished, not the level healthy training settled at (see GradientGrowth).
 VANISHED = 1e3
+# A gradient that collapsed after a large update while the loss fell to this share of the lowest
+# loss up to that update (or below) vanished with the loss: the step solved the task, it wrecked
+# nothing (over the kept runs' explosions, only such a step fell this far: one wreck's loss
+# came down 1000x from the huge loss it made, never below where it had been).
+LEARNT = 1e-3
 
 
 # Layer after layer multiplying what passes through it: CHAIN layers or more in a row, each
@@ -519,11 +524,12 @@ class GradientGrowth(Detector):
         self.init_ratio = finite_float("init_ratio", init_ratio, low=1.0)
         self.collapse = finite_float("collapse", collapse, low=1.0, low_open=True)
         # the previous record: step, gradient norm, per-tensor norms, how far its update moved
-        # the weights' norm (relative)
-        self._previous: tuple[int, float, tuple[tuple[str, ...], np.ndarray], float] | None = None
+        # the weights' norm (relative), the lowest loss up to it
+        self._previous: tuple[int, float, tuple[tuple[str, ...], np.ndarray], float, float] | None
+        self._previous = None
         self._largest = 0.0
         self._before_previous = False  # a record came before the previous one
-        self._explosion: tuple[int, float, float, str | None] | None = None
+        self._explosion: tuple[int, float, float, str | None, float] | None = None
         self._explosion_wait = 0
         self._weights = math.nan  # the weight norm at the previous record
         self.moved = finite_float("moved", moved, low=0.0)
@@ -649,7 +655,9 @@ class GradientGrowth(Detector):
             ratios = ratios[np.isfinite(ratios)]
             moved = float(ratios.max()) if len(ratios) else math.nan
         self._weights = weights
-        self._previous = (record.step, norm, record.family_array(GRAD_NORM.name), moved)
+        loss = record.values.get(LOSS.name, math.nan)
+        lowest = min(loss, previous[4]) if previous is not None else loss  # NaN: not known
+        self._previous = (record.step, norm, record.family_array(GRAD_NORM.name), moved, lowest)
         largest, self._largest = self._largest, max(self._largest, norm)
         before_previous, self._before_previous = self._before_previous, previous is not None
         if "critical" in self._fired:
@@ -667,20 +675,24 @@ class GradientGrowth(Detector):
         ):
             # A candidate: the loss has a few records to show whether the run shrugged it off.
             where = self._grew_most(previous[2], first=not before_previous)
-            self._explosion = (previous[0], previous[1], norm, where)
+            self._explosion = (previous[0], previous[1], norm, where, previous[4])
             self._explosion_wait = self.level.values.maxlen or 5
         if self._explosion is None:
             return []
         # the tensor it came through gets no gradient at all since: its units saturated (a
         # wreck, whatever the loss does next: a model that never learnt has no better level)
-        where = self._explosion[3]
+        where, lowest = self._explosion[3], self._explosion[4]
+        loss_now = record.values.get(LOSS.name, math.nan)
+        if 0.0 <= min(loss_now, self.loss.current) <= LEARNT * lowest:
+            self._explosion = None  # the loss went to its floor: the gradients vanished with it
+            return []
         cut_off = where is not None and record.values.get(GRAD_NORM.key(where)) == 0.0
         if not cut_off and not self._loss_stalled():
             self._explosion_wait -= 1
             if self._explosion_wait <= 0:
                 self._explosion = None  # shrugged off: a gradient spike, not an explosion
             return []
-        (step, before, after, where), self._explosion = self._explosion, None
+        (step, before, after, where, _), self._explosion = self._explosion, None
         self._fired.add("critical")
         evidence = {
             "grad_norm": before,

@@ -1,0 +1,261 @@
+"""Run shapes from the fiftieth session.
+
+Each change has a trigger (a held-out scenario it was found on, or a loop written here) and a
+control that must not move."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import held_out_run, induced_or_skip, steadygrad
+from torch import nn
+
+from steadygrad.core import Record
+from steadygrad.core.metrics import LOGIT_LSE_MEAN, OUTPUT_SHIFT_GRADIENT
+from steadygrad.diagnose.detectors import GradientGrowth
+
+
+def _causes(report) -> list[str]:
+    return [d.cause for d in report.diagnoses]
+
+
+class _Classifier(nn.Module):
+    def __init__(self, classes: int = 6) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(10, 32), nn.ReLU())
+        self.head = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _hand_written_ce(logits: torch.Tensor, y: torch.Tensor, lse: str) -> torch.Tensor:
+    picked = logits.gather(1, y[:, None]).squeeze(1)
+    partition = {
+        "function": lambda: torch.logsumexp(logits, dim=-1),
+        "method": lambda: logits.logsumexp(1),
+        "tuple_dim": lambda: torch.logsumexp(logits, dim=(1,)),
+        "detached_after": lambda: logits.logsumexp(-1).detach(),
+        "detached_before": lambda: torch.logsumexp(logits.detach(), -1),
+    }[lse]()
+    return (partition - picked).mean()
+
+
+def _first_step(tmp_path, lse: str) -> tuple[float, float, float, float]:
+    """(recorded log-partition, its hand computation, recorded shift gradient, the logits' own
+    gradient's shift over its size) at the first, due, step of a hand-written cross-entropy."""
+    model = _Classifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 10, generator=g) * 3, torch.randint(0, 6, (32,), generator=g)
+    with steadygrad.Monitor(model, opt, tmp_path / lse) as mon:
+        logits = model(x)
+        logits.retain_grad()
+        loss = _hand_written_ce(logits, y, lse)
+        loss.backward()
+        opt.step()
+        mon.step(float(loss))
+    run = steadygrad.load(tmp_path / lse)
+    grad = logits.grad.double()
+    return (
+        float(run.series(LOGIT_LSE_MEAN.name)[1][0]),
+        float(logits.detach().double().logsumexp(-1).mean()),
+        float(run.series(OUTPUT_SHIFT_GRADIENT.name)[1][0]),
+        float(grad.sum() / grad.abs().sum()),
+    )
+
+
+@pytest.mark.parametrize(
+    "lse", ["function", "method", "tuple_dim", "detached_after", "detached_before"]
+)
+def test_a_cross_entropy_written_with_logsumexp_reads_its_logits(tmp_path, lse):
+    # Oracle: the logits' log-partition computed here, and the gradient autograd left on the
+    # logits (cross-entropy's sums to zero over each row; with the log-partition detached only
+    # the picked logit is pushed, all along their common shift: -1), whether the logsumexp was
+    # taken of the logits or of a detached copy of them.
+    recorded, computed, shift, oracle = _first_step(tmp_path, lse)
+    assert recorded == pytest.approx(computed, rel=1e-5)
+    assert shift == pytest.approx(oracle, abs=1e-6)
+    assert shift == pytest.approx(-1.0 if lse.startswith("detached") else 0.0, abs=1e-6)
+
+
+class _Router(nn.Module):
+    """A router whose z-loss (a logsumexp of its scores) is taken inside the forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.router = nn.Linear(10, 4)
+        self.out = nn.Linear(10, 1)
+        self.z_loss = torch.zeros(())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.router(x)
+        self.z_loss = scores.logsumexp(-1).pow(2).mean()
+        return self.out(x) * scores.softmax(-1)[:, :1]
+
+
+class _Mixture(nn.Module):
+    """A mixture of three equally weighted components whose means a layer predicts: its
+    likelihood's logsumexp is over each component's log-density, no layer's raw scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.means = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.means(x)
+
+
+@pytest.mark.parametrize("model_kind", ["router", "mixture"])
+def test_a_logsumexp_that_is_no_output_is_not_read_as_logits(tmp_path, model_kind):
+    # Control: a logsumexp inside the forward (a router's z-loss) or over a mixture's
+    # log-likelihoods in the loss: no output-logit statistic is recorded at all.
+    model = _Router() if model_kind == "router" else _Mixture()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    with steadygrad.Monitor(model, opt, tmp_path / model_kind) as mon:
+        for _ in range(3):
+            x, y = torch.randn(32, 10, generator=g), torch.randn(32, 1, generator=g)
+            if model_kind == "router":
+                loss = (model(x) - y).pow(2).mean() + 1e-3 * model.z_loss
+            else:
+                log_density = -0.5 * (y - model(x)).pow(2) - math.log(3)
+                loss = -torch.logsumexp(log_density, -1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(float(loss))
+    assert LOGIT_LSE_MEAN.name not in steadygrad.load(tmp_path / model_kind).names()
+
+
+@pytest.mark.parametrize(
+    "name", ["h353_ratcatcher_detached_logsumexp", "h369_zardozi_detached_logsumexp"]
+)
+def test_a_cross_entropy_with_its_logsumexp_detached_names_the_logits(tmp_path, name):
+    # Trigger: the hand-written cross-entropy's log-partition is detached ("to save memory",
+    # "for stability"): only the picked logit is pushed, nothing pulls the others down, and
+    # the head's logits climb without bound.
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    top = report.top
+    assert top.cause == "output_logit_divergence"
+    assert top.where == ["head"]
+
+
+def test_a_cross_entropy_written_with_logsumexp_trains_quietly(tmp_path):
+    # Control: the same hand-written cross-entropy with its log-partition kept, on a
+    # classifier that learns: no warning, no diagnosis.
+    model = _Classifier()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(2)
+    centres = torch.randn(6, 10, generator=g) * 2
+    with steadygrad.Monitor(model, opt, tmp_path / "run") as mon:
+        for _ in range(200):
+            y = torch.randint(0, 6, (64,), generator=g)
+            x = centres[y] + torch.randn(64, 10, generator=g)
+            loss = _hand_written_ce(model(x), y, "method")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(float(loss))
+    run = steadygrad.load(tmp_path / "run")
+    assert LOGIT_LSE_MEAN.name in run.names()
+    assert float(loss) < 0.5
+    assert not run.findings()
+    assert not steadygrad.diagnose(tmp_path / "run").diagnoses
+
+
+def _first_step_then(losses_after: list[float], first_loss: float = 0.83) -> list:
+    """A first step under plain SGD whose update was as large as the weights (update ratio
+    1.5) with a gradient of 2, after which the gradient fell 10^4-fold, and the losses after."""
+    det = GradientGrowth()
+    first = {"grad_norm": 2.0, "grad_norm/w": 2.0, "update_ratio/w": 1.5, "param_norm": 4.0}
+    rows = [{**first, "loss": first_loss}]
+    rows += [{"grad_norm": 1e-4, "grad_norm/w": 1e-4, "param_norm": 9.0, "loss": x}
+             for x in losses_after]  # fmt: skip
+    found = []
+    for step, values in enumerate(rows):
+        meta = {"optimizer_family": "sgd"} if step == 0 else {}
+        found += det.update(Record(step, values, meta=meta))
+    return found
+
+
+def test_a_first_step_after_which_the_loss_stalls_wrecked_the_weights():
+    # Trigger: the update as large as the weights, the gradient gone, the loss stuck where it
+    # was: the weights were thrown where nothing is learnt.
+    found = _first_step_then([0.8, 0.8, 0.81, 0.8, 0.8, 0.8, 0.8])
+    assert [(f.kind, f.step, f.severity) for f in found] == [("gradient_growth", 0, "critical")]
+
+
+def test_a_first_step_that_took_the_loss_to_zero_wrecked_nothing():
+    # Control: the same step took the loss from 0.83 to under a thousandth of it (well
+    # separated classes, a sigmoid saturated at the right answers): the gradient vanished
+    # with the loss, the step solved the task.
+    assert _first_step_then([1e-5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]) == []
+
+
+def test_a_nan_the_loss_makes_from_a_probability_rounded_to_one_is_named_there(tmp_path):
+    # Trigger: a hand-written binary cross-entropy with no clamp on a Sigmoid's output; the
+    # first step saturates it at the right answers (the loss to 0) and a probability rounds
+    # to exactly 1: (1 - y) * log(1 - p) is 0 * -inf. The NaN is the loss's, made at that edge.
+    name = "h373_geyser_unclamped_bce"
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    top = report.top
+    assert top.cause == "nonfinite"
+    assert top.where == ["prob"]
+    assert "exactly 1 in a probability" in top.summary
+    assert "exploding_gradients" not in _causes(report)
+
+
+class _QNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(6, 32), nn.ReLU())
+        self.q = nn.Linear(32, 4)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.q(self.body(s))
+
+
+@pytest.mark.parametrize("penalty_first", [False, True])
+def test_a_logsumexp_over_values_a_regression_loss_fits_is_not_read_as_logits(
+    tmp_path, penalty_first
+):
+    # Control: conservative Q-learning's penalty, logsumexp(q) - q[a], beside the TD loss that
+    # fits q[a] to its targets: Q-values have a size of their own (the returns), their
+    # log-partition is no softmax's; whichever term the loop computes first, none is read.
+    model = _QNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(3)
+    with steadygrad.Monitor(model, opt, tmp_path / "cql") as mon:
+        for _ in range(3):
+            s, a = torch.randn(32, 6, generator=g), torch.randint(0, 4, (32, 1), generator=g)
+            target = 5.0 + torch.randn(32, 1, generator=g)
+            q = model(s)
+            q_taken = q.gather(1, a)
+            if penalty_first:
+                penalty = (torch.logsumexp(q, 1) - q_taken.squeeze(1)).mean()
+                loss = penalty + torch.nn.functional.mse_loss(q_taken, target)
+            else:
+                td = torch.nn.functional.mse_loss(q_taken, target)
+                loss = td + (torch.logsumexp(q, 1) - q_taken.squeeze(1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(float(loss))
+    assert LOGIT_LSE_MEAN.name not in steadygrad.load(tmp_path / "cql").names()
+
+
+@pytest.mark.parametrize("name", ["h42_cql_healthy_radam"])
+def test_a_conservative_q_learner_stays_quiet(tmp_path, name):
+    # Control: a healthy CQL run whose Q-values rise to the returns they learn.
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert not report.diagnoses
