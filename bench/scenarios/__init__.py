@@ -377,6 +377,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout372,
     cases_heldout373,
     cases_heldout374,
+    cases_heldout375,
     cases_mlp,
     cases_other,
 )
