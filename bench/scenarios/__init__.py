@@ -379,6 +379,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout374,
     cases_heldout375,
     cases_heldout376,
+    cases_heldout377,
     cases_mlp,
     cases_other,
 )
