@@ -376,6 +376,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout371,
     cases_heldout372,
     cases_heldout373,
+    cases_heldout380,
     cases_mlp,
     cases_other,
 )
