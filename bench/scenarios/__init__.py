@@ -382,6 +382,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout377,
     cases_heldout378,
     cases_heldout379,
+    cases_heldout380,
     cases_mlp,
     cases_other,
 )
