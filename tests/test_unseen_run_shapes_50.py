@@ -259,3 +259,63 @@ def test_a_conservative_q_learner_stays_quiet(tmp_path, name):
     ctx, report = held_out_run(tmp_path, name)
     induced_or_skip(ctx)
     assert not report.diagnoses
+
+
+class _VarianceNLL(nn.Module):
+    """A Gaussian NLL holding its learnt variance itself (no softplus, no clamp)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.var = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, mean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (torch.log(self.var) + (y - mean).pow(2) / self.var).mean()
+
+
+class _Regressor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 1)
+        self.nll = _VarianceNLL()  # called by the loop, outside forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def test_a_nan_a_loss_module_makes_is_placed_there_though_its_update_moved_it_back(tmp_path):
+    # Trigger: the variance crossed zero (-1e-3), log of it is NaN; its gradient, 1/var, is
+    # finite and large, and the update moves it back above zero. Replayed with the moved
+    # variance the loss would be finite: the module is replayed as it was before the update.
+    model = _Regressor()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(4)
+    crossed = {}
+    with steadygrad.Monitor(model, opt, tmp_path / "run") as mon:
+        for step in range(30):
+            x, y = torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)
+            if step == 20:
+                with torch.no_grad():
+                    model.nll.var.fill_(-1e-3)
+            loss = model.nll(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(float(loss))
+            if not torch.isfinite(loss):
+                crossed["after"] = float(model.nll.var)
+                break
+    assert crossed["after"] > 0  # the oracle: the update took it back across zero
+    nan = [f for f in steadygrad.load(tmp_path / "run").findings() if f.kind == "nonfinite"]
+    origin = nan[0].evidence["forward_origin"]
+    assert nan[0].step == 20
+    assert origin["module"] == "nll"
+    assert "nll's own as before it" in origin["weights"]
+
+
+def test_a_loss_module_whose_variance_crossed_zero_is_named(tmp_path):
+    name = "h370_tiler_raw_variance_log"
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert report.top.cause == "nonfinite"
+    assert report.top.where == ["nll"]

@@ -81,6 +81,9 @@ class TopCall:
     # its floating-point outputs, weakly: the values the loss was computed from, while the
     # training loop holds them (a replay after a finite update recomputes them on moved weights)
     outputs: tuple = ()
+    # a module the loop called itself (a loss module holding a learnt variance): its few
+    # parameters as they were before the step's update, which a replay runs it with
+    before_update: dict[str, torch.Tensor] | None = None
 
 
 def _autocast() -> list[tuple[str, torch.dtype]]:
@@ -478,6 +481,13 @@ class ActivationSignal(Signal):
         if norms.numel() and not bool(torch.isfinite(norms).all()):
             state = self.monitor.model.state_dict(keep_vars=False)
             self._clean_state = {k: v.detach().clone() for k, v in state.items()}
+            return
+        for call in self._calls:
+            # a loss the model made NaN keeps its gradients finite (log's is 1/x, whatever x's
+            # sign): the update then moves a loss module's variance back across zero, and a
+            # replay on the moved one would find the loss finite
+            if call.module is not self.monitor.model:
+                call.before_update = _few_parameters(call.module)
 
     def end(self, step: int) -> None:
         self._hooked = self.hooks.installed
@@ -629,6 +639,11 @@ class ActivationSignal(Signal):
                     self.hooks.install()
                     # with the graph the call had: it tells which module an output came from
                     graph = torch.enable_grad() if call.grad else nullcontext()
+                    if self._clean_state is None and call.before_update is not None:
+                        for name, p in call.module.named_parameters():
+                            p.copy_(call.before_update[name])  # put back when the replay ends
+                        called = self.hooks.name_of.get(id(call.module), "the module")
+                        weights += f" ({called}'s own as before it)"
                     with graph, _autocast_as(call.autocast):  # an fp16 overflow overflows again
                         out = float_tensors(call.module(*call.args, **call.kwargs))
                     if call.grad:  # a call under no_grad made nothing the gradient came through
@@ -853,6 +868,19 @@ class ActivationSignal(Signal):
             self.hooks.remove()
             if now is not None:
                 model.load_state_dict(now)
+
+
+# A module the loop calls itself is copied before each update only when it holds this many
+# parameter elements or fewer (a loss module's variance, a task weighting's log-variances).
+FEW_PARAMETERS = 4096
+
+
+def _few_parameters(module: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Copies of ``module``'s parameters, when it has some and ``FEW_PARAMETERS`` at most."""
+    named = dict(module.named_parameters())
+    if not named or sum(p.numel() for p in named.values()) > FEW_PARAMETERS:
+        return None
+    return {name: p.detach().clone() for name, p in named.items()}
 
 
 def _fed_the_loss(calls: list[TopCall], loss: object) -> list[bool] | None:
