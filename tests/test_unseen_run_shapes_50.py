@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import held_out_run, induced_or_skip, steadygrad
 from torch import nn
 
@@ -319,3 +320,63 @@ def test_a_loss_module_whose_variance_crossed_zero_is_named(tmp_path):
     induced_or_skip(ctx)
     assert report.top.cause == "nonfinite"
     assert report.top.where == ["nll"]
+
+
+class _Edge(nn.Module):
+    """``sqrt(h^2)``, its epsilon left out: its derivative at an exact zero is 0/0."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(h * h)
+
+
+class _TwoViews(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 16)
+        self.act = nn.Tanh()
+        self.edge = _Edge()
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.edge(self.act(self.fc(x))))
+
+
+def test_a_nan_gradient_one_forward_of_two_made_is_placed_at_its_module(tmp_path):
+    # Trigger: the loop runs the model twice a step (two views, both in the loss); at step 10
+    # the second view's edge meets exact zeros (a row of inputs all zero through a layer whose
+    # bias was just reset), where its backward makes 0/0; the first view's, shifted, does not.
+    # The second's backward runs first: the first's outputs, whose gradients arrive later, do
+    # not hide that the second's edge took a finite gradient and gave a NaN one.
+    model = _TwoViews()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(5)
+    with steadygrad.Monitor(model, opt, tmp_path / "run") as mon:
+        for step in range(12):
+            x, y = torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)
+            if step == 10:
+                x[0] = 0.0
+                with torch.no_grad():
+                    model.fc.bias.zero_()
+            first, second = model(x + 0.01), model(x)
+            loss = F.mse_loss(first, y) + F.mse_loss(second, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(float(loss))
+    nan = [f for f in steadygrad.load(tmp_path / "run").findings() if f.kind == "nonfinite"]
+    assert nan[0].step == 10 and math.isfinite(nan[0].evidence["loss"])
+    origin = nan[0].evidence["forward_origin"]
+    assert origin["module"] == "edge"
+    assert "its outputs' gradients were finite" in origin["in_the_backward"]
+
+
+def test_a_basis_sum_that_underflowed_in_the_second_layer_is_placed_there(tmp_path):
+    # The held-out run: a Kolmogorov-Arnold network normalises its bases by their sum with no
+    # epsilon; the loop runs the model a second time that step (its own check), and the
+    # second layer's backward is where the gradient went non-finite.
+    name = "h374_nixtamal_kan_zero_over_zero"
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert report.top.cause == "nonfinite"
+    assert report.top.where == ["layer2"]

@@ -55,8 +55,11 @@ class GradientTrace:
         self._names = names  # id of a module of the model -> its name
         # a value (see _value_of) -> its tensor, alive while traced: an id stays its own
         self._kept: dict[object, torch.Tensor] = {}
-        self._taken_by: dict[object, list[str]] = defaultdict(list)
-        self._returned: dict[str, list[object]] = defaultdict(list)
+        # each module call, (its name, its count), that took a value, and what it returned: a
+        # module called twice (a loop's second forward) answers for each call's outputs apart
+        self._taken_by: dict[object, list[tuple[str, int]]] = defaultdict(list)
+        self._returned: dict[tuple[str, int], list[object]] = defaultdict(list)
+        self._calls = 0
         self._made_by: dict[object, str] = {}  # the innermost module that returned the value
         self._arrived: list[tuple[object, bool]] = []  # (value, gradient finite), in order
 
@@ -67,11 +70,12 @@ class GradientTrace:
         name = self._names.get(id(module))
         if name is None:
             return
+        call, self._calls = (name, self._calls), self._calls + 1
         for t in _differentiable(args):
-            self._taken_by[self._watch(t)].append(name)
+            self._taken_by[self._watch(t)].append(call)
         for t in _differentiable(output):
             key = self._watch(t)
-            self._returned[name].append(key)
+            self._returned[call].append(key)
             self._made_by.setdefault(key, name)  # an inner module's hook runs first
 
     def _watch(self, t: torch.Tensor) -> object:
@@ -104,10 +108,10 @@ class GradientTrace:
             if ok:
                 finite.add(key)
                 continue
-            for module in self._taken_by.get(key, []):  # the innermost first
-                if all(k in finite for k in self._returned.get(module, [])):
+            for call in self._taken_by.get(key, []):  # the innermost first
+                if all(k in finite for k in self._returned.get(call, [])):
                     return {
-                        "module": module,
+                        "module": call[0],
                         "in_the_backward": "its outputs' gradients were finite, the gradient "
                         "of an input it took was not",
                     }
