@@ -380,3 +380,16 @@ def test_a_basis_sum_that_underflowed_in_the_second_layer_is_placed_there(tmp_pa
     induced_or_skip(ctx)
     assert report.top.cause == "nonfinite"
     assert report.top.where == ["layer2"]
+
+
+def test_logits_a_learnt_scale_multiplies_a_millionfold_are_a_collapse_not_an_explosion(tmp_path):
+    # Trigger: CLIP's logit scale initialised as 1/0.07 where its log was meant: the module
+    # that applies it (after the projection, the last layer with a weight matrix) multiplies
+    # the similarities by exp(14.3), and the softmax over them is one-hot from the first step.
+    # A module that makes the logits the loss reads is no hidden layer amplifying the signal.
+    name = "h378_rokkaku_logit_scale_init"
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert report.top.cause == "softmax_collapse"
+    assert report.top.where == ["logits"]
+    assert "exploding_gradients" not in _causes(report)

@@ -401,6 +401,14 @@ class RunFacts:
         return layer if isinstance(layer, str) else None
 
     @cached_property
+    def logit_heads(self) -> set[str]:
+        """The modules that made the logits the loss read, as the output-logit findings name
+        them (a learnt scale after the output layer: CLIP's ``logit_scale`` in a module of its
+        own)."""
+        kinds = (SOFTMAX_COLLAPSE.name, OUTPUT_LOGIT_DIVERGENCE)
+        return {f.where for f in self.findings if f.kind in kinds and f.where}
+
+    @cached_property
     def input_layer(self) -> str | None:
         """The first module holding weights that the forward ran: the one that read the
         model's input batch (noted by the Monitor in the run's config)."""
@@ -2794,11 +2802,12 @@ def _amplified_through_depth(
     if inputs is None or not (inputs[0] == first).any():
         return None
     scale = float(inputs[1][inputs[0] == first][0])
-    head = facts.output_layer
+    # the output layer, and what made the logits the loss read (a learnt scale after it)
+    heads = {facts.output_layer, *facts.logit_heads}
     layers = [
         (rms, module)
         for module, rms in _family_at(facts, ACT_RMS, first).items()
-        if not (head and _inside(module, head))
+        if not any(head and _inside(module, head) for head in heads)
     ]
     if not scale > 0 or not layers:
         return None
