@@ -384,6 +384,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout379,
     cases_heldout380,
     cases_heldout381,
+    cases_heldout382,
     cases_mlp,
     cases_other,
 )
