@@ -409,6 +409,7 @@ class ActivationSignal(Signal):
         self._guard_left = 0
         self._hooked = False
         self._calls: list[TopCall] = []  # this step's top-level forward calls
+        self._few: dict[int, bool] = {}  # a module the loop calls itself: few parameters?
         self._calls_step = -1
         self._depth = 0  # top-level calls running (one calling another is not top-level)
         self._clean_state: dict[str, torch.Tensor] | None = None
@@ -486,8 +487,15 @@ class ActivationSignal(Signal):
             # a loss the model made NaN keeps its gradients finite (log's is 1/x, whatever x's
             # sign): the update then moves a loss module's variance back across zero, and a
             # replay on the moved one would find the loss finite
-            if call.module is not self.monitor.model:
-                call.before_update = _few_parameters(call.module)
+            module = call.module
+            if module is self.monitor.model:
+                continue
+            few = self._few.get(id(module))
+            if few is None:  # counted once: a large module called this way costs nothing
+                size = sum(p.numel() for p in module.parameters())
+                few = self._few[id(module)] = 0 < size <= FEW_PARAMETERS
+            if few:
+                call.before_update = {n: p.detach().clone() for n, p in module.named_parameters()}
 
     def end(self, step: int) -> None:
         self._hooked = self.hooks.installed
@@ -873,14 +881,6 @@ class ActivationSignal(Signal):
 # A module the loop calls itself is copied before each update only when it holds this many
 # parameter elements or fewer (a loss module's variance, a task weighting's log-variances).
 FEW_PARAMETERS = 4096
-
-
-def _few_parameters(module: nn.Module) -> dict[str, torch.Tensor] | None:
-    """Copies of ``module``'s parameters, when it has some and ``FEW_PARAMETERS`` at most."""
-    named = dict(module.named_parameters())
-    if not named or sum(p.numel() for p in named.values()) > FEW_PARAMETERS:
-        return None
-    return {name: p.detach().clone() for name, p in named.items()}
 
 
 def _fed_the_loss(calls: list[TopCall], loss: object) -> list[bool] | None:
