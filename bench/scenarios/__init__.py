@@ -383,6 +383,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout378,
     cases_heldout379,
     cases_heldout380,
+    cases_heldout386,
     cases_mlp,
     cases_other,
 )
