@@ -388,6 +388,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout383,
     cases_heldout384,
     cases_heldout385,
+    cases_heldout386,
     cases_heldout387,
     cases_mlp,
     cases_other,
