@@ -15,7 +15,7 @@ from torch import nn
 
 from steadygrad.core import Record
 from steadygrad.core.metrics import LOGIT_LSE_MEAN, OUTPUT_SHIFT_GRADIENT
-from steadygrad.diagnose.detectors import GradientGrowth
+from steadygrad.diagnose.detectors import GradientGrowth, GradNormSpikeDetector
 
 
 def _causes(report) -> list[str]:
@@ -393,3 +393,150 @@ def test_logits_a_learnt_scale_multiplies_a_millionfold_are_a_collapse_not_an_ex
     assert report.top.cause == "softmax_collapse"
     assert report.top.where == ["logits"]
     assert "exploding_gradients" not in _causes(report)
+
+
+class _Distance(nn.Module):
+    """A Euclidean distance written by hand, no epsilon: sqrt's derivative at 0 is infinite."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(((a - b) ** 2).sum(-1))
+
+
+class _Siamese(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+        self.dist = _Distance()  # called by the loop, on two of the model's outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+
+def test_a_nan_gradient_a_module_makes_from_two_outputs_the_loop_fed_it_is_placed_there(tmp_path):
+    # Trigger: a triplet loss whose positive falls back to the anchor itself at step 8: the
+    # distance is exactly 0 and sqrt's backward is 0/0, while the loss stays finite. The loop
+    # called the distance module on the encoder's outputs: replayed, it takes the replay's
+    # outputs (the step's own graph is spent), and the trace finds it.
+    model = _Siamese()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(6)
+    with steadygrad.Monitor(model, opt, tmp_path / "run") as mon:
+        for step in range(10):
+            a, p, n = (torch.randn(16, 8, generator=g) for _ in range(3))
+            if step == 8:
+                p[:2] = a[:2]
+            za, zp, zn = model(a), model(p), model(n)
+            loss = F.relu(model.dist(za, zp) - model.dist(za, zn) + 1.0).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(float(loss))
+    nan = [f for f in steadygrad.load(tmp_path / "run").findings() if f.kind == "nonfinite"]
+    assert nan[0].step == 8 and math.isfinite(nan[0].evidence["loss"])
+    assert nan[0].evidence["forward_origin"]["module"] == "dist"
+
+
+def test_a_triplet_distance_at_zero_is_named_at_the_distance_module(tmp_path):
+    name = "h386_harness_racing_self_positive"
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert report.top.cause == "nonfinite"
+    assert report.top.where == ["dist"]
+
+
+def _spike_after_fitting(spike: float) -> list:
+    """Gradient norms of 1.0 over the first steps, settling to 0.05 as the loss falls from 1.5
+    to 0.01, then one step at ``spike`` whose loss rises to 0.15 (a hard batch)."""
+    det, found = GradNormSpikeDetector(), []
+    for step in range(130):
+        norm = 1.0 if step < 20 else 0.05 * (1 + 0.1 * math.sin(step))
+        loss = 1.5 * math.exp(-step / 10) + 0.01
+        if step == 124:
+            norm, loss = spike, 0.15
+        found += det.update(Record(step, {"grad_norm": norm, "loss": loss}))
+    return [(f.step, f.severity) for f in found]
+
+
+def test_a_spike_as_large_as_the_opening_gradients_is_no_warning():
+    # Control: a fitted classifier meets a hard batch: its gradient is 19x the settled level,
+    # yet no larger than those the run began with and trained through.
+    assert _spike_after_fitting(0.95) == [(124, "info")]
+
+
+def test_a_spike_past_the_opening_gradients_is_a_warning():
+    # Trigger: the same step with a gradient five times the largest the run began with.
+    assert _spike_after_fitting(5.0) == [(124, "warning")]
+
+
+def test_a_loss_thrown_up_by_its_first_steps_is_scaled_from_its_first_value():
+    # Oracle by hand: a loss at 0.7 before any update, thrown to 21 and 408 by the first
+    # steps (a rate typed high), back to a best of 0.3. Its progress is counted from 0.7:
+    # scale max(0.3, (0.7 - 0.3) / 4) = 0.3, so 0.4 is a tenth of it above its best (stalled);
+    # from the median of its thrown first values (21) the scale would be 5.2, and nothing
+    # short of 0.82 would read as stalled.
+    from steadygrad.diagnose.detectors.trends import SustainedLevel, loss_stalled
+
+    level = SustainedLevel()
+    for x in [0.7, 21.0, 408.0, 244.0, 22.0, 4.5, 0.3, 0.3, 0.3, 0.3, 0.3]:
+        level.add(x)
+    assert level.first == 0.7 and level.start == 21.0 and level.floor == pytest.approx(0.3)
+    assert level.scale() == pytest.approx(0.3)
+    for x in [0.4, 0.4, 0.4]:
+        level.add(x)
+    assert loss_stalled(level, noise_z=0.0)
+
+
+def test_a_loss_that_started_high_keeps_its_progress_as_its_scale():
+    # Control: a loss falling from 5 to 0.1 with no throw: scale (5 - 0.1) / 4 as before.
+    from steadygrad.diagnose.detectors.trends import SustainedLevel
+
+    level = SustainedLevel()
+    for x in [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.1, 0.1]:
+        level.add(x)
+    assert level.scale() == pytest.approx((4.0 - 0.1) / 4)
+
+
+def _dead_layer_readings(losses_after: list[float]) -> list:
+    """A layer 70% dead from its second reading on (10% at its first, a reading every ten
+    steps); the loss stalls above an early best as they die, then ``losses_after``."""
+    from steadygrad.diagnose.detectors import PlasticityLoss
+
+    det, found, step = PlasticityLoss(), [], 0
+    losses = [1.0, 0.5, 0.5, 0.5, 0.5] + [0.9] * 25 + losses_after
+    for i, loss in enumerate(losses):
+        values = {"loss": loss}
+        if i % 10 == 9:
+            values["dead_units/fc2"] = 0.1 if i < 10 else 0.7
+        found += det.update(Record(step, values))
+        step += 1
+    return [(f.step, f.severity) for f in found]
+
+
+def test_dead_units_are_found_again_where_the_loss_stalls_after_learning_past_them():
+    # Trigger: found as the loss stalls; the loss then learns on to a new best with them
+    # still dead, and stalls again: a second finding, where they cost it.
+    found = _dead_layer_readings([0.3] * 30 + [0.6] * 30)
+    assert found == [(29, "warning"), (69, "warning")]
+
+
+def test_dead_units_are_not_found_again_while_the_loss_keeps_improving():
+    # Control: the loss goes on improving to the end: no second finding.
+    assert _dead_layer_readings([0.3] * 30 + [0.2] * 30) == [(29, "warning")]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # the first steps threw the loss to 400 and back: its scale is counted from 0.69
+        "h382_cricket_swing_dead_relus",
+        # units killed early; the loss learnt on past them, then stalled with them dead
+        "h385_pleacher_cut_sgd_lr_typo_dead_relu",
+        "h379_pewter_rmsprop_lr_typo",
+    ],
+)
+def test_units_a_rate_typed_high_killed_are_named_where_the_loss_stalls(tmp_path, name):
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_of_plasticity"
+    assert "act2" in report.top.where or "fc2" in report.top.where

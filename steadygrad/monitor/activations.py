@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
+from torch.utils._pytree import tree_map
 
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
@@ -640,6 +641,10 @@ class ActivationSignal(Signal):
             with self._rerunning(self._clean_state):
                 outputs = []  # what the loss may have been computed from
                 originals: list[torch.Tensor | None] = []  # those the step made, still held
+                # a call's outputs as the step made them -> as the replay made them: a later
+                # call the loop fed them to (a distance module taking two embeddings) takes
+                # the replay's, through the replay's graph
+                replayed: dict[int, torch.Tensor] = {}
                 self.hooks.tracing = True
                 traced = trace.install() if trace is not None else None
                 for call in self._calls:
@@ -652,11 +657,16 @@ class ActivationSignal(Signal):
                             p.copy_(call.before_update[name])  # put back when the replay ends
                         called = self.hooks.name_of.get(id(call.module), "the module")
                         weights += f" ({called}'s own as before it)"
+                    args, kwargs = _replayed_inputs((call.args, call.kwargs), replayed)
                     with graph, _autocast_as(call.autocast):  # an fp16 overflow overflows again
-                        out = float_tensors(call.module(*call.args, **call.kwargs))
+                        out = float_tensors(call.module(*args, **kwargs))
+                    held = [ref() for ref in call.outputs]
+                    if len(held) == len(out):
+                        replayed.update(
+                            (id(h), t) for h, t in zip(held, out, strict=True) if h is not None
+                        )
                     if call.grad:  # a call under no_grad made nothing the gradient came through
                         outputs += out
-                        held = [ref() for ref in call.outputs]
                         originals += held if len(held) == len(out) else [None] * len(out)
                     self.hooks.remove()
                     norms = self.hooks.tensor()
@@ -881,6 +891,14 @@ class ActivationSignal(Signal):
 # A module the loop calls itself is copied before each update only when it holds this many
 # parameter elements or fewer (a loss module's variance, a task weighting's log-variances).
 FEW_PARAMETERS = 4096
+
+
+def _replayed_inputs(inputs: Any, replayed: dict[int, torch.Tensor]) -> Any:
+    """``inputs`` with each tensor an earlier call of the step returned replaced by the replay's
+    own (``replayed``, by the original's id)."""
+    if not replayed:
+        return inputs
+    return tree_map(lambda x: replayed.get(id(x), x) if isinstance(x, torch.Tensor) else x, inputs)
 
 
 def _fed_the_loss(calls: list[TopCall], loss: object) -> list[bool] | None:

@@ -368,6 +368,10 @@ def _per_loss(norm: float | None, loss: float | None) -> float:
     return math.log(norm) - math.log(loss)
 
 
+# The records whose gradient norms are the run's opening ones (see GradNormSpikeDetector).
+OPENING = 10
+
+
 class GradNormSpikeDetector(SpikeDetector):
     """A global gradient norm far above its recent median, scored in log space (gradient norms
     are heavy-tailed) and required to be at least ``min_ratio`` times the median.
@@ -379,7 +383,9 @@ class GradNormSpikeDetector(SpikeDetector):
     warning if the loss at the spike or just after it stood above the highest of the
     ``loss_band`` losses before; info if the loss did not feel it (healthy transformers have
     bursts of 10x and more that training shrugs off), or if clipping hid it in a run whose
-    ordinary steps it clipped to the same norm (its update no larger than theirs). A spike on a
+    ordinary steps it clipped to the same norm (its update no larger than theirs), or if it was
+    no larger than the largest of the run's first ``OPENING`` norms (a fitted model meeting a
+    hard batch: its gradient is large only against the small ones fitting left). A spike on a
     run's last record is not reported.
     """
 
@@ -408,6 +414,9 @@ class GradNormSpikeDetector(SpikeDetector):
                 self._pending = (spikes[0], max(self._losses, default=math.inf))
         if math.isfinite(self._per_loss):
             self._per_loss_baseline.add(self._per_loss)
+        norm = record.values.get(self.signal)
+        if len(self._opening) < OPENING and norm is not None and math.isfinite(norm):
+            self._opening.append(norm)
         loss = record.values.get(LOSS.name)
         if self._pending is not None and self._pending[0].step == record.step:
             findings += self._judge_pending(record)  # the loss at the spike already rose
@@ -434,6 +443,12 @@ class GradNormSpikeDetector(SpikeDetector):
             # the usual norm was over the clip's too: every step's update had the spike's size
             evidence["clipped_like_any_step"] = True
             felt = False
+        norm = spike.evidence.get(self.signal, math.inf)
+        if len(self._opening) == OPENING and norm <= max(self._opening):
+            # no larger than gradients the run began with and trained through: a spike only
+            # against the small gradients of a model that has since fitted (a hard batch)
+            evidence["opening_grad_norm"] = max(self._opening)
+            felt = False
         return [replace(spike, evidence=evidence, severity="warning" if felt else "info")]
 
     def __init__(
@@ -451,6 +466,7 @@ class GradNormSpikeDetector(SpikeDetector):
             maxlen=positive_int("loss_band", loss_band)
         )
         self._pending: tuple[Finding, float] | None = None
+        self._opening: list[float] = []  # the norms of the run's first OPENING records
         # log(gradient norm / loss) of the records read, and of this one
         self._per_loss_baseline = RobustBaseline(self.baseline.values.maxlen or 64)
         self._per_loss = math.nan

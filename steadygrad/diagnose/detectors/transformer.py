@@ -733,7 +733,8 @@ class PlasticityLoss(Detector):
     stay dead, short of ``dead_fraction``. Evidence names which of the two it was. Dead
     units found while the loss still improves (not ``NEARLY_ALL`` of them, none fed zero) are
     info: a trained network grows sparse on its own; the same layer is a warning once the loss
-    turns worse than its best with them still dead.
+    turns worse than its best with them still dead; and found again, with them still dead, when
+    the loss learnt on past them to a new best and then stalled (where they cost it).
 
     Saturated: ``NEARLY_ALL`` of a layer's tanh or sigmoid outputs in their flat tails
     (``saturated``) for ``patience`` records, the model's output module left out (a confident
@@ -766,6 +767,9 @@ class PlasticityLoss(Detector):
         self.dying = finite_float("dying", dying, low=0.0, high=1.0, high_open=True)
         self._dead: dict[str, _Streak] = {}
         self._idle: set[str] = set()  # layers found dead while the loss still improved
+        # layers found dead with the loss stalled: the loss's best level then (a new best
+        # since, and a stall again with them still dead, is found again: where they cost)
+        self._harmed: dict[str, float] = {}
         self._rank: dict[str, _Streak] = {}
         self._best_rank: dict[str, float] = {}
         self._dying: dict[str, _Streak] = {}
@@ -822,7 +826,12 @@ class PlasticityLoss(Detector):
                 del self._killed[name]  # they came back: a noisy reading, not a stroke
             holds = dead >= self.dead_fraction and died or killed
             streak = self._dead.setdefault(name, _Streak())
-            if streak.update(holds, self.patience) or (holds and harm and name in self._idle):
+            relearnt = name in self._harmed and self.loss.floor < self._harmed[name]
+            if (
+                streak.update(holds, self.patience)
+                or (holds and harm and name in self._idle)
+                or (holds and stalled and relearnt)
+            ):
                 evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
                 if killed:
                     evidence["dead_before"] = self._killed[name]  # then killed at a stroke
@@ -832,10 +841,12 @@ class PlasticityLoss(Detector):
                 findings.append(self._finding(record.step, name, evidence, streak, severity))
                 if harm:
                     self._idle.discard(name)
+                    self._harmed[name] = self.loss.floor
                 else:
                     self._idle.add(name)
             elif not holds:
                 self._idle.discard(name)
+                self._harmed.pop(name, None)
         self._output = record.meta.get(OUTPUT_MODULE, self._output)
         for name, share in record.family(SATURATED.name).items():
             # tanh/sigmoid units in their flat tails pass (almost) no gradient: dead by another

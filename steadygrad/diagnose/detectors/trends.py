@@ -157,8 +157,11 @@ class SustainedLevel:
 
     def scale(self) -> float:
         """The series' natural size: its best level, or a quarter of the progress it made from
-        where it started (a loss trained near 0 has a tiny level but a large scale)."""
-        return max(abs(self.floor), 0.25 * (self.start - self.floor), 1e-12)
+        where it started (a loss trained near 0 has a tiny level but a large scale), counted
+        from its first value where the first steps threw it far above that (a loss at 0.7
+        blown to 400 and back made no progress from 400)."""
+        start = min(self.start, self.first) if self.first > 0 else self.start
+        return max(abs(self.floor), 0.25 * (start - self.floor), 1e-12)
 
 
 def _median_error(values: Sequence[float]) -> float:
