@@ -540,3 +540,49 @@ def test_units_a_rate_typed_high_killed_are_named_where_the_loss_stalls(tmp_path
     induced_or_skip(ctx)
     assert report.top.cause == "loss_of_plasticity"
     assert "act2" in report.top.where or "fc2" in report.top.where
+
+
+def test_of_two_heads_at_zero_the_one_that_crossed_it_is_named(tmp_path):
+    # Trigger: a mean head and a variance head stacked into one output; at the NaN step the
+    # mean head holds 6 negatives in 64 (a signed quantity), the variance head 1 (it crossed
+    # zero, its log is NaN): the variance head is named.
+    name = "h382_pinch_pot_unclamped_variance"
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert report.top.cause == "nonfinite"
+    assert report.top.where == ["var_head"]
+
+
+def test_two_heads_as_near_zero_as_each_other_are_left_unplaced():
+    # Control: shares at zero's edge within 5x of each other tell nothing apart.
+    from steadygrad.monitor.activations import _fewest_crossed
+
+    close = [("mean", "3 negative", 3 / 64), ("var", "1 negative", 1 / 64)]
+    assert _fewest_crossed(close) == close
+    apart = [("mean", "6 negative", 6 / 64), ("var", "1 negative", 1 / 64)]
+    assert _fewest_crossed(apart) == [apart[1]]
+
+
+def _frozen_layer_readings(losses_after: list[float]) -> list:
+    """A tensor that never moves (update ratio 0) beside one that does; the loss stalls above
+    an early best, then ``losses_after``."""
+    from steadygrad.diagnose.detectors import UpdateRatioOutOfRange
+
+    det, found = UpdateRatioOutOfRange(), []
+    losses = [1.0, 0.5, 0.5, 0.5, 0.5] + [0.9] * 25 + losses_after
+    for step, loss in enumerate(losses):
+        values = {"loss": loss, "update_ratio/enc.weight": 0.0, "update_ratio/head.weight": 1e-3}
+        found += det.update(Record(step, values))
+    return [(f.step, f.where, f.severity) for f in found]
+
+
+def test_a_frozen_layer_is_found_again_where_the_loss_stalls_after_learning_past_it():
+    # Trigger: found frozen at once; the head learns on to a new best and the loss stalls
+    # again with the layer still frozen: a second finding, where the frozen layer costs it.
+    found = _frozen_layer_readings([0.3] * 30 + [0.6] * 30)
+    assert found == [(2, "enc.weight", "warning"), (62, "enc.weight", "warning")]
+
+
+def test_a_frozen_layer_is_not_found_again_while_the_loss_keeps_improving():
+    # Control: the loss improves to the end: the frozen layer is found once.
+    assert [s for s, _, _ in _frozen_layer_readings([0.3] * 30 + [0.2] * 30)] == [2]

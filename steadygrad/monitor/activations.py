@@ -762,9 +762,10 @@ class ActivationSignal(Signal):
             for part_module, part in parts or [(module or made[0], values)]:
                 edge = _edge_values(part)
                 if edge:
-                    suspects.append((part_module, edge))
+                    suspects.append((part_module, edge, float((part.detach() <= 0).float().mean())))
+        suspects = _fewest_crossed(suspects)
         if len(suspects) == 1:
-            module, edge = suspects[0]
+            module, edge, _ = suspects[0]
             return {"module": module, "in_the_loss": f"its output held {edge}"}
         if not suspects and len(outputs) == 1 and len(producers) == 1 and None not in producers:
             # the model's one output: whatever the loss did to make the NaN, it did to this
@@ -1036,6 +1037,22 @@ def _nearest_module(node: Any, node_made_by: dict[Any, str], depth: int = 4) -> 
         following = [n for n, _ in node.next_functions if n is not None]
         node = following[0] if following else None
     return node if node in node_made_by else None
+
+
+# Of several outputs holding values at zero's edge, one whose share there is this many times
+# smaller than any other's is the one that crossed it (a variance: one value in 64), the others
+# values of either sign (a mean head).
+CROSSED_FEWEST = 5
+
+
+def _fewest_crossed(suspects: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+    """``suspects`` (module, what it held, the share of its values at or below zero), or the one
+    whose share is ``CROSSED_FEWEST`` times smaller than every other's."""
+    if len(suspects) < 2:
+        return suspects
+    ranked = sorted(suspects, key=lambda s: s[2])
+    fewest, next_fewest = ranked[0][2], ranked[1][2]
+    return [ranked[0]] if 0 < fewest and CROSSED_FEWEST * fewest <= next_fewest else suspects
 
 
 def _edge_values(t: torch.Tensor) -> str | None:

@@ -922,13 +922,17 @@ class UpdateRatioOutOfRange(Detector):
         self._gain: float | None = None
         # each group's learning rate: (its peak so far, its last reading, how often it fell)
         self._rates: dict[str, tuple[float, float, int]] = {}
+        self.loss = SustainedLevel()
+        # tensors found frozen (a warning): the loss's best level then (a new best since, and a
+        # stall again with them still frozen, is found again: where the layer costs it)
+        self._frozen_at: dict[str, float] = {}
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
     # A schedule that cut every group's rate this many times from its peak, in RATE_CUTS drops
     # or more, froze the layers by design (ReduceLROnPlateau after the loss settled, a decay to
     # zero): info here; the diagnosis judges from the loss whether the cuts came too early.
     SCHEDULE_CUT, RATE_CUTS = 100.0, 3
-    reads = (UPDATE_RATIO, GRAD_NORM, PARAM_NORM, LEARNING_RATE)
+    reads = (UPDATE_RATIO, GRAD_NORM, PARAM_NORM, LEARNING_RATE, LOSS)
     emits = (UPDATE_RATIO_OUT_OF_RANGE,)
     # A gradient under this share of the median tensor's (each against its weights) vanishes.
     VANISHING = 1e-3
@@ -948,6 +952,9 @@ class UpdateRatioOutOfRange(Detector):
         self._read_rates(record)
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
+        loss = record.values.get(LOSS.name)
+        if loss is not None and math.isfinite(loss):
+            self.loss.add(loss, record.step)
         findings = []
         for name in record.meta.get(GRADIENTS_NOT_APPLIED, ()):
             # unfrozen after the optimizer was built without it: trained by nothing
@@ -986,7 +993,9 @@ class UpdateRatioOutOfRange(Detector):
                     evidence = {"direction": "too_large", "update_ratio": ratio, "high": self.high}
                     findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
             frozen = self._low.setdefault(name, _Streak())
-            if frozen.update(ratio < self.low, self.patience):
+            if ratio >= self.low:
+                self._frozen_at.pop(name, None)
+            if frozen.update(ratio < self.low, self.patience) or self._relearnt(name, ratio):
                 evidence = {"direction": "frozen", "update_ratio": ratio, "low": self.low}
                 severity = "warning"
                 vanishing = self._vanishing(record, name, ratio)
@@ -1001,8 +1010,18 @@ class UpdateRatioOutOfRange(Detector):
                 elif (cut := self._cut_by_schedule()) is not None:
                     evidence["rate_cut"] = cut
                     severity = "info"
+                if severity == "warning":
+                    self._frozen_at[name] = self.loss.floor
                 findings.append(Finding(self.kind, record.step, name, evidence, severity))
         return findings
+
+    def _relearnt(self, name: str, ratio: float) -> bool:
+        """A tensor found frozen, still frozen, after the loss learnt on past it to a new best
+        and stalled: found again, where the frozen layer costs the loss."""
+        if name not in self._frozen_at or not ratio < self.low:
+            return False
+        stalled = math.isfinite(self.loss.current) and loss_stalled(self.loss, noise_z=0.0)
+        return stalled and self.loss.floor < self._frozen_at[name]
 
     def _read_rates(self, record: Record) -> None:
         for key, rate in record.family(LEARNING_RATE.name).items():
