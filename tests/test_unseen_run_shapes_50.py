@@ -460,12 +460,12 @@ def _spike_after_fitting(spike: float) -> list:
 
 def test_a_spike_as_large_as_the_opening_gradients_is_no_warning():
     # Control: a fitted classifier meets a hard batch: its gradient is 19x the settled level,
-    # yet no larger than those the run began with and trained through.
+    # yet no larger than the median of those the run began with and trained through.
     assert _spike_after_fitting(0.95) == [(124, "info")]
 
 
 def test_a_spike_past_the_opening_gradients_is_a_warning():
-    # Trigger: the same step with a gradient five times the largest the run began with.
+    # Trigger: the same step with a gradient five times those the run began with.
     assert _spike_after_fitting(5.0) == [(124, "warning")]
 
 

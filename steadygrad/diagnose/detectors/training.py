@@ -384,8 +384,9 @@ class GradNormSpikeDetector(SpikeDetector):
     ``loss_band`` losses before; info if the loss did not feel it (healthy transformers have
     bursts of 10x and more that training shrugs off), or if clipping hid it in a run whose
     ordinary steps it clipped to the same norm (its update no larger than theirs), or if it was
-    no larger than the largest of the run's first ``OPENING`` norms (a fitted model meeting a
-    hard batch: its gradient is large only against the small ones fitting left). A spike on a
+    no larger than the median of the run's first ``OPENING`` norms (a fitted model meeting a
+    hard batch: its gradient is large only against the small ones fitting left; the median, as
+    a recurrence's first steps can burst). A spike on a
     run's last record is not reported.
     """
 
@@ -444,10 +445,11 @@ class GradNormSpikeDetector(SpikeDetector):
             evidence["clipped_like_any_step"] = True
             felt = False
         norm = spike.evidence.get(self.signal, math.inf)
-        if len(self._opening) == OPENING and norm <= max(self._opening):
-            # no larger than gradients the run began with and trained through: a spike only
-            # against the small gradients of a model that has since fitted (a hard batch)
-            evidence["opening_grad_norm"] = max(self._opening)
+        opening = statistics.median(self._opening) if len(self._opening) == OPENING else 0.0
+        if norm <= opening:
+            # no larger than the gradients the run began with and trained through: a spike
+            # only against the small gradients of a model that has since fitted (a hard batch)
+            evidence["opening_grad_norm"] = opening
             felt = False
         return [replace(spike, evidence=evidence, severity="warning" if felt else "info")]
 
