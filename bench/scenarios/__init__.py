@@ -391,6 +391,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout386,
     cases_heldout387,
     cases_heldout388,
+    cases_heldout389,
     cases_mlp,
     cases_other,
 )
