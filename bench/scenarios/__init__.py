@@ -392,6 +392,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout387,
     cases_heldout388,
     cases_heldout389,
+    cases_heldout390,
     cases_mlp,
     cases_other,
 )
