@@ -393,6 +393,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout388,
     cases_heldout389,
     cases_heldout390,
+    cases_heldout391,
     cases_mlp,
     cases_other,
 )
