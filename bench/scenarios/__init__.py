@@ -390,6 +390,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout385,
     cases_heldout386,
     cases_heldout387,
+    cases_heldout394,
     cases_mlp,
     cases_other,
 )
