@@ -396,6 +396,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout391,
     cases_heldout392,
     cases_heldout393,
+    cases_heldout394,
     cases_mlp,
     cases_other,
 )
