@@ -400,6 +400,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout395,
     cases_heldout396,
     cases_heldout397,
+    cases_heldout398,
     cases_heldout399,
     cases_heldout400,
     cases_mlp,
