@@ -397,6 +397,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout392,
     cases_heldout393,
     cases_heldout394,
+    cases_heldout401,
     cases_mlp,
     cases_other,
 )
