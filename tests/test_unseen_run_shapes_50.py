@@ -586,3 +586,24 @@ def test_a_frozen_layer_is_found_again_where_the_loss_stalls_after_learning_past
 def test_a_frozen_layer_is_not_found_again_while_the_loss_keeps_improving():
     # Control: the loss improves to the end: the frozen layer is found once.
     assert [s for s, _, _ in _frozen_layer_readings([0.3] * 30 + [0.2] * 30)] == [2]
+
+
+def test_a_recurrence_clipped_hard_all_run_far_over_its_loss_exploded_through_time(tmp_path):
+    # Trigger: a GRU language model with its recurrent weights at std 1 (for 1/sqrt(48)),
+    # clipped at 1 every step from gradients of 30-230: under the weights' norm (85), so the
+    # old bar (10x the weights) never saw it, but 20x its loss in a known recurrence.
+    name = "h395_flag_hoist_gru_recurrent_init"
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    top = report.top
+    assert top.cause == "exploding_gradients" and top.where == ["cell"]
+    assert top.evidence["over_loss"] >= 10 and top.evidence["clipped_share"] >= 0.9
+
+
+def test_a_recurrence_clipped_gently_near_its_loss_is_quiet(tmp_path):
+    # Control: the GRU language model with its hidden state detached between chunks and a
+    # clip at 0.5: its gradient stands near its loss; no diagnosis.
+    name = "h395_heliograph_gru_lm_control"
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert not report.diagnoses

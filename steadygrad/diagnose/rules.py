@@ -2670,6 +2670,10 @@ CLIPPED_RECORDS = 20  # fewer records with a gradient before clipping say nothin
 # huge scale (targets in raw units: pascals, milligrams) stands at the loss or under it. The
 # medians over the run, this many times apart, tell them apart.
 OVER_ITS_LOSS = 3.0
+# In a known recurrence, a gradient clipped as hard at as many steps that stands this many times
+# its loss has exploded through time, however it compares with the weights' norm (a GRU's
+# first-step gradient 20x its last, clipped 50-200x at every step, at 0.7 of the weights).
+RECURRENT_OVER_LOSS = 10.0
 
 
 def _clipping(
@@ -2714,22 +2718,30 @@ def _held_down_by_clipping(facts: RunFacts) -> Found | None:
     steps, pre, shrunk, norm = clipped
     share = float(np.mean(shrunk >= CLIPPED_HARD))
     of_weights = float(np.median(pre / norm))
-    if share < CLIPPED_ALWAYS or of_weights < BORN_EXPLODED:
-        return None
     loss = facts.series(LOSS.name)
     losses = loss[1][np.isin(loss[0], steps) & np.isfinite(loss[1])] if loss else []
-    if not len(losses) or not float(np.median(pre)) >= OVER_ITS_LOSS * float(np.median(losses)):
+    over_loss = float(np.median(pre)) / float(np.median(losses)) if len(losses) else 0.0
+    through_time = bool(facts.recurrent_modules) and over_loss >= RECURRENT_OVER_LOSS
+    if share < CLIPPED_ALWAYS or (of_weights < BORN_EXPLODED and not through_time):
+        return None
+    if not over_loss >= OVER_ITS_LOSS:
         return None  # a loss on a huge scale (targets in raw units) makes a gradient as large
     first = int(steps[0])
     where, how = _carried_most(facts)
     return Found(
         f"the gradients exploded {how} and clipping held them down: before clipping the "
-        f"gradient norm stood {of_weights:.3g}x the norm of all the weights (the run's median), "
+        f"gradient norm stood {of_weights:.3g}x the norm of all the weights and "
+        f"{over_loss:.3g}x the loss (the run's medians), "
         f"and clipping shrank it {float(np.median(shrunk)):.3g}x at {share:.0%} of the steps: "
         "the run trains on steps of the clip's length, whatever its gradient says",
         first,
         where,
-        {"of_weights": of_weights, "clipped_share": share, "shrunk": float(np.median(shrunk))},
+        {
+            "of_weights": of_weights,
+            "over_loss": over_loss,
+            "clipped_share": share,
+            "shrunk": float(np.median(shrunk)),
+        },
         "critical" if facts.broke_at is not None else "warning",
     )
 
