@@ -50,7 +50,10 @@ class CrossEntropyOutputSignal(InterceptingSignal):
     also from ``F.nll_loss`` and from ``F.kl_div`` (distillation, on the rows whose target is
     one-hot), which take log-probabilities; the logit statistics also from every
     ``log_softmax`` (``torch.``, ``F.`` or the tensor method: a preference or distillation loss
-    written by hand). Collapse needs the targets: a row exactly one-hot at its largest logit is
+    written by hand), and from a ``logsumexp`` the loss takes of a layer's raw scores outside
+    the model's forward (a cross-entropy written by hand), unless a regression loss fits those
+    same values in the step (Q-values beside a conservative Q-learning penalty). Collapse needs
+    the targets: a row exactly one-hot at its largest logit is
     a confident right answer as often as a collapse (a policy on a deterministic sequence).
 
     Rows whose target is ``ignore_index`` are left out; soft (probability) targets count for the
