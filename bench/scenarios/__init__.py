@@ -405,6 +405,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout400,
     cases_heldout401,
     cases_heldout403,
+    cases_heldout404,
     cases_mlp,
     cases_other,
 )
