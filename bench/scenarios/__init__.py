@@ -406,6 +406,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout401,
     cases_heldout403,
     cases_heldout404,
+    cases_heldout407,
     cases_mlp,
     cases_other,
 )
