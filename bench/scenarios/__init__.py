@@ -407,6 +407,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout402,
     cases_heldout403,
     cases_heldout404,
+    cases_heldout405,
     cases_heldout407,
     cases_mlp,
     cases_other,
