@@ -408,6 +408,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout403,
     cases_heldout404,
     cases_heldout405,
+    cases_heldout406,
     cases_heldout407,
     cases_mlp,
     cases_other,
