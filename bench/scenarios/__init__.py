@@ -404,6 +404,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout399,
     cases_heldout400,
     cases_heldout401,
+    cases_heldout408,
     cases_mlp,
     cases_other,
 )
