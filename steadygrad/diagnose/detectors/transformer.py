@@ -62,7 +62,7 @@ from steadygrad.diagnose.detectors.base import (
     Readings,
     shrunk_by_clipping,
 )
-from steadygrad.diagnose.detectors.trends import SustainedLevel, loss_stalled
+from steadygrad.diagnose.detectors.trends import FoundAgain, SustainedLevel, loss_stalled
 
 ATTENTION_LOGIT_GROWTH = FindingKind(
     "attention_logit_growth", "a layer's largest attention logit grows towards entropy collapse"
@@ -767,9 +767,7 @@ class PlasticityLoss(Detector):
         self.dying = finite_float("dying", dying, low=0.0, high=1.0, high_open=True)
         self._dead: dict[str, _Streak] = {}
         self._idle: set[str] = set()  # layers found dead while the loss still improved
-        # layers found dead with the loss stalled: the loss's best level then (a new best
-        # since, and a stall again with them still dead, is found again: where they cost)
-        self._harmed: dict[str, float] = {}
+        self._harmed = FoundAgain()  # layers found dead with the loss stalled
         self._rank: dict[str, _Streak] = {}
         self._best_rank: dict[str, float] = {}
         self._dying: dict[str, _Streak] = {}
@@ -826,11 +824,10 @@ class PlasticityLoss(Detector):
                 del self._killed[name]  # they came back: a noisy reading, not a stroke
             holds = dead >= self.dead_fraction and died or killed
             streak = self._dead.setdefault(name, _Streak())
-            relearnt = name in self._harmed and self.loss.floor < self._harmed[name]
             if (
                 streak.update(holds, self.patience)
                 or (holds and harm and name in self._idle)
-                or (holds and stalled and relearnt)
+                or (holds and self._harmed.due(name, self.loss, stalled))
             ):
                 evidence = {"reason": "dead_units", "dead_units": dead, "limit": self.dead_fraction}
                 if killed:
@@ -841,12 +838,12 @@ class PlasticityLoss(Detector):
                 findings.append(self._finding(record.step, name, evidence, streak, severity))
                 if harm:
                     self._idle.discard(name)
-                    self._harmed[name] = self.loss.floor
+                    self._harmed.found(name, self.loss)
                 else:
                     self._idle.add(name)
             elif not holds:
                 self._idle.discard(name)
-                self._harmed.pop(name, None)
+                self._harmed.forget(name)
         self._output = record.meta.get(OUTPUT_MODULE, self._output)
         for name, share in record.family(SATURATED.name).items():
             # tanh/sigmoid units in their flat tails pass (almost) no gradient: dead by another
@@ -923,9 +920,7 @@ class UpdateRatioOutOfRange(Detector):
         # each group's learning rate: (its peak so far, its last reading, how often it fell)
         self._rates: dict[str, tuple[float, float, int]] = {}
         self.loss = SustainedLevel()
-        # tensors found frozen (a warning): the loss's best level then (a new best since, and a
-        # stall again with them still frozen, is found again: where the layer costs it)
-        self._frozen_at: dict[str, float] = {}
+        self._frozen = FoundAgain()  # tensors found frozen (a warning)
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
     # A schedule that cut every group's rate this many times from its peak, in RATE_CUTS drops
@@ -955,6 +950,9 @@ class UpdateRatioOutOfRange(Detector):
         loss = record.values.get(LOSS.name)
         if loss is not None and math.isfinite(loss):
             self.loss.add(loss, record.step)
+        # read once a record, and only while a frozen tensor may be found again
+        stalled = bool(self._frozen) and math.isfinite(self.loss.current)
+        stalled = stalled and loss_stalled(self.loss, noise_z=0.0)
         findings = []
         for name in record.meta.get(GRADIENTS_NOT_APPLIED, ()):
             # unfrozen after the optimizer was built without it: trained by nothing
@@ -994,8 +992,9 @@ class UpdateRatioOutOfRange(Detector):
                     findings.append(Finding(self.kind, record.step, name, evidence, "warning"))
             frozen = self._low.setdefault(name, _Streak())
             if ratio >= self.low:
-                self._frozen_at.pop(name, None)
-            if frozen.update(ratio < self.low, self.patience) or self._relearnt(name, ratio):
+                self._frozen.forget(name)
+            again = ratio < self.low and self._frozen.due(name, self.loss, stalled)
+            if frozen.update(ratio < self.low, self.patience) or again:
                 evidence = {"direction": "frozen", "update_ratio": ratio, "low": self.low}
                 severity = "warning"
                 vanishing = self._vanishing(record, name, ratio)
@@ -1011,17 +1010,9 @@ class UpdateRatioOutOfRange(Detector):
                     evidence["rate_cut"] = cut
                     severity = "info"
                 if severity == "warning":
-                    self._frozen_at[name] = self.loss.floor
+                    self._frozen.found(name, self.loss)
                 findings.append(Finding(self.kind, record.step, name, evidence, severity))
         return findings
-
-    def _relearnt(self, name: str, ratio: float) -> bool:
-        """A tensor found frozen, still frozen, after the loss learnt on past it to a new best
-        and stalled: found again, where the frozen layer costs the loss."""
-        if name not in self._frozen_at or not ratio < self.low:
-            return False
-        stalled = math.isfinite(self.loss.current) and loss_stalled(self.loss, noise_z=0.0)
-        return stalled and self.loss.floor < self._frozen_at[name]
 
     def _read_rates(self, record: Record) -> None:
         for key, rate in record.family(LEARNING_RATE.name).items():

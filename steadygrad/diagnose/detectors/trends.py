@@ -913,3 +913,33 @@ def loss_stalled(loss: SustainedLevel, noise_z: float = 2.0) -> bool:
         return True  # clearly worse than before the first update: a run that broke at once
     margin = max(0.1 * loss.scale(), noise_z * loss.noise(), loss.floor_tail if noise_z else 0.0)
     return loss.current - loss.floor > margin
+
+
+class FoundAgain:
+    """For a harm found while the loss stalled (a layer's dead units, a frozen layer): the
+    loss's best level then. The same harm, still there, is found again once the loss has learnt
+    on past it to a new best and stalls anew: where it costs the loss.
+
+    Example:
+        >>> again, loss = FoundAgain(), SustainedLevel()
+        >>> for x in [1.0, 0.9, 0.9, 0.9]:
+        ...     loss.add(x)
+        >>> again.found("fc2", loss)
+        >>> again.due("fc2", loss, stalled=True)  # no new best since
+        False
+    """
+
+    def __init__(self) -> None:
+        self._floors: dict[str, float] = {}
+
+    def found(self, name: str, loss: SustainedLevel) -> None:
+        self._floors[name] = loss.floor
+
+    def forget(self, name: str) -> None:
+        self._floors.pop(name, None)
+
+    def due(self, name: str, loss: SustainedLevel, stalled: bool) -> bool:
+        return stalled and name in self._floors and loss.floor < self._floors[name]
+
+    def __bool__(self) -> bool:
+        return bool(self._floors)
