@@ -659,7 +659,8 @@ class GradientGrowth(Detector):
             moved = float(ratios.max()) if len(ratios) else math.nan
         self._weights = weights
         loss = record.values.get(LOSS.name, math.nan)
-        lowest = min(loss, previous[4]) if previous is not None else loss  # NaN: not known
+        # the lowest finite loss so far (NaN: none yet); a NaN loss does not forget it
+        lowest = float(np.fmin(loss, previous[4])) if previous is not None else loss
         self._previous = (record.step, norm, record.family_array(GRAD_NORM.name), moved, lowest)
         largest, self._largest = self._largest, max(self._largest, norm)
         before_previous, self._before_previous = self._before_previous, previous is not None
