@@ -414,6 +414,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout409,
     cases_heldout411,
     cases_heldout412,
+    cases_heldout413,
     cases_mlp,
     cases_other,
 )
