@@ -411,6 +411,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout406,
     cases_heldout407,
     cases_heldout408,
+    cases_heldout410,
     cases_mlp,
     cases_other,
 )
