@@ -412,6 +412,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout407,
     cases_heldout408,
     cases_heldout409,
+    cases_heldout410,
     cases_heldout411,
     cases_heldout412,
     cases_heldout413,
