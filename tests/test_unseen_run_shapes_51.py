@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import held_out_run, induced_or_skip, steadygrad
+from torch import nn
+
 from steadygrad.core import Record
-from steadygrad.diagnose.detectors import GradientGrowth
+from steadygrad.diagnose.detectors import GradientGrowth, UpdateRatioOutOfRange
 
 
 def _explosion_after(losses_before: list[float], after: float = 1.5e-3) -> list:
@@ -46,3 +52,167 @@ def test_an_explosion_after_which_the_loss_fell_under_a_thousandth_of_its_lowest
     # Control: a loss that fell from its lowest, 0.5, to 2e-4 (under a thousandth of it), a NaN
     # on the way, went to its floor with the gradient: the step solved the task.
     assert _explosion_after([1.0, 0.5, math.nan, 2.0, 2.0], after=2e-4) == []
+
+
+# -- a deep stack whose outputs rise steadily, one layer's noise breaking every chain ----------
+
+
+def test_a_deep_relu_stack_initialised_too_large_is_found_though_no_chain_holds(tmp_path):
+    # Trigger: twelve ReLU layers at std 2/sqrt(fan_in) (He's sqrt(2), times sqrt(2)) under
+    # Adamax, clipped: the outputs rise 24x through the stack, but one layer in four draws a gain
+    # under 1.2x, so no chain of five holds; read whole, the stack rises steadily from layers.0.
+    ctx, report = held_out_run(tmp_path, "h411_didgeridoo_deep_init_gain")
+    induced_or_skip(ctx)
+    found = [d for d in report.diagnoses if d.cause == "exploding_gradients"]
+    assert found and found[0].where[0] == "layers.0" and found[0].first_step == 0
+
+
+class _Stack(nn.Module):
+    def __init__(self, std: float, depth: int = 12) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(
+            [nn.Linear(16, 32)] + [nn.Linear(32, 32) for _ in range(depth - 1)]
+        )
+        for layer in self.layers:
+            nn.init.normal_(layer.weight, std=std / math.sqrt(layer.in_features))
+            nn.init.zeros_(layer.bias)
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return self.head(x).squeeze(-1)
+
+
+def test_a_deep_relu_stack_at_he_init_is_quiet(tmp_path):
+    # Control: the same twelve layers at He's std sqrt(2/fan_in) keep the signal's scale.
+    model = _Stack(math.sqrt(2.0))
+    opt = torch.optim.Adamax(model.parameters(), lr=3e-4)
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(16, generator=g)
+    with steadygrad.Monitor(model, opt, tmp_path / "run") as mon:
+        for _ in range(60):
+            x = torch.randn(64, 16, generator=g)
+            loss = F.mse_loss(model(x), torch.tanh(x @ w))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            mon.step(float(loss))
+    assert "exploding_gradients" not in [
+        d.cause for d in steadygrad.diagnose(tmp_path / "run").diagnoses
+    ]
+
+
+# -- a path left out on some steps is not a frozen layer -----------------------------------
+
+
+class _TwoColumns(nn.Module):
+    """Two columns joined by their mean; in training a step keeps one column alone 80% of the
+    time (drop-path, at least one column kept): the dropped column's weights get no gradient
+    that step. ``left_out``: the steps column b was dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32))
+        self.b = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32))
+        self.head = nn.Linear(32, 3)
+        self.drop = torch.Generator().manual_seed(1)
+        self.left_out: list[int] = []
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        roll, self.calls = float(torch.rand((), generator=self.drop)), self.calls + 1
+        if roll < 0.4:
+            self.left_out.append(self.calls - 1)
+            joined = self.a(x)
+        elif roll < 0.8:
+            joined = self.b(x)
+        else:
+            joined = (self.a(x) + self.b(x)) / 2
+        return self.head(F.relu(joined))
+
+
+def _drop_path_run(tmp_path, column_b_rate: float) -> tuple[list, bool]:
+    """The warnings of UpdateRatioOutOfRange, and whether three ratio readings in a row fell
+    on steps that left column b out."""
+    model = _TwoColumns()
+    groups = [
+        {"params": [*model.a.parameters(), *model.head.parameters()]},
+        {"params": list(model.b.parameters()), "lr": column_b_rate},
+    ]
+    opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True)
+    g = torch.Generator().manual_seed(4)
+    centres = torch.randn(3, 8, generator=g) * 2
+    with steadygrad.Monitor(model, opt, tmp_path / "run") as mon:
+        for _ in range(200):
+            y = torch.randint(0, 3, (64,), generator=g)
+            x = centres[y] + torch.randn(64, 8, generator=g)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            mon.step(float(loss))
+    run = steadygrad.load(tmp_path / "run")
+    readings = [int(s) for s in run.series("update_ratio/b.0.weight")[0]]
+    dropped = [s in model.left_out for s in readings]
+    three = any(all(dropped[i : i + 3]) for i in range(len(dropped) - 2))
+    kind = "update_ratio_out_of_range"
+    return [f for f in run.findings() if f.kind == kind and f.severity != "info"], three
+
+
+def test_columns_drop_path_leaves_out_on_some_steps_are_not_frozen(tmp_path):
+    # Control: a column left out of a step gets no gradient, and the optimizer skips it: an
+    # update ratio of exactly 0 there, at three readings in a row that fell on such steps.
+    found, three = _drop_path_run(tmp_path, 0.05)
+    assert three
+    assert found == []
+
+
+def test_a_column_whose_group_rate_was_typed_zero_is_frozen(tmp_path):
+    # Trigger: the same model with column b's group at lr 0: it has gradients and never moves.
+    found, _ = _drop_path_run(tmp_path, 0.0)
+    assert found and {f.where for f in found} <= {"b.0.weight", "b.2.weight"}
+
+
+@pytest.mark.parametrize("used_between", [True, False])
+def test_a_tensor_with_no_gradient_at_a_reading(used_between):
+    # A tensor with no gradient at three ratio readings: frozen when it had none between them
+    # either (requires_grad switched off after attach), a path left out at those steps when it
+    # had gradients between them.
+    det, found = UpdateRatioOutOfRange(), []
+    for step in range(40):
+        values = {"loss": 1.0, "grad_norm/head.weight": 0.1}
+        if used_between and step % 10:
+            values["grad_norm/col.weight"] = 0.1
+        if step % 10 == 0:
+            values |= {"update_ratio/col.weight": 0.0, "update_ratio/head.weight": 1e-3}
+        found += det.update(Record(step, values))
+    assert bool([f for f in found if f.where == "col.weight"]) is not used_between
+
+
+# -- an explosion from the start the run got over does not explain a break long after ----------
+
+
+def test_an_overflow_when_fp16_began_outranks_a_start_the_run_got_over(tmp_path):
+    # Trigger: a Gram-matrix feature far above the input's scale by design made a first
+    # gradient 141x the weights; by step 2 the gradient was under a tenth of that and the loss
+    # under its first value, and the run trained on in float32. Resumed under fp16 autocast at
+    # step 60, the feature overflowed there: the overflow, not the start, broke it.
+    ctx, report = held_out_run(tmp_path, "h412_cowbell_pour_fp16_resume")
+    induced_or_skip(ctx)
+    assert report.top.cause == "amp_overflow" and report.top.where == ["energy"]
+    start = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
+    assert start.first_step == 0 and "back to normal soon after" in start.why
+
+
+def test_a_recurrence_exploding_from_the_start_to_its_break_still_explains_it(tmp_path):
+    # Control: a tanh RNN whose recurrent gain is too large: its gradient 11x the weights at
+    # step 0, never down to a tenth of that, bursting from step 48 into the NaN at step 67.
+    ctx, report = held_out_run(tmp_path, "h339_clog_dancing_rnn_tanh_gain")
+    induced_or_skip(ctx)
+    top = report.top
+    assert (top.cause, top.first_step, top.where) == ("exploding_gradients", 0, ["rec"])
+    assert "explains what followed" in top.why

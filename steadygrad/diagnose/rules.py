@@ -100,6 +100,7 @@ from steadygrad.diagnose.detectors.trends import (
     WRECKED_WEIGHTS,
     gain_chains,
     like_layers,
+    rises_steadily,
     stack_chains,
 )
 from steadygrad.store.run import Run
@@ -2121,7 +2122,8 @@ def _exploding(facts: RunFacts) -> Found | None:
                 _spike_into_explosion(facts),
                 _bursts_through_time(facts),
                 _growing_bursts(facts),
-                _exploded_from_the_start(facts) or _held_down_by_clipping(facts),
+                _got_over_at_once(facts, _exploded_from_the_start(facts))
+                or _held_down_by_clipping(facts),
             )
             if f
         ]
@@ -2637,6 +2639,42 @@ PAST_THE_HEAD = 30.0
 CLIPPED_START = 10
 
 
+# A gradient norm (before any clipping) under this share of its first value, from some step
+# to the break, with the loss under its first value: an explosion from the start the run got
+# over within a few steps (a training through a bad start the gradient never leaves stays near
+# its first value, or above it).
+SETTLED_SHARE = 0.1
+
+
+def _got_over_at_once(facts: RunFacts, found: Found | None) -> Found | None:
+    """An explosion from the start (``found``) after which the gradient norm came down under
+    ``SETTLED_SHARE`` of its first value and the loss under its first, and stayed so until the
+    run broke: an episode the run got over (evidence ``BACK_WITHIN``), which does not explain
+    a break long after it."""
+    broke = facts.broke_at
+    if found is None or found.first_step is None or broke is None:
+        return found
+    grads = facts.series(GRAD_NORM_PRECLIP.name) or facts.series(GRAD_NORM.name)
+    loss = facts.series(LOSS.name)
+    if grads is None or loss is None:
+        return found
+    first = found.first_step
+    start_grad, start_loss = grads[1][grads[0] == first], loss[1][loss[0] == first]
+    if not len(start_grad) or not len(start_loss) or not np.isfinite(start_grad[0]):
+        return found
+    g_keep = (grads[0] > first) & (grads[0] < broke)
+    l_keep = (loss[0] > first) & (loss[0] < broke)
+    above = np.flatnonzero(~(grads[1][g_keep] < SETTLED_SHARE * start_grad[0]))
+    settled = grads[0][g_keep][above[-1] + 1 :] if len(above) else grads[0][g_keep]
+    if not len(settled):
+        return found
+    since = int(settled[0])
+    after = loss[1][l_keep & (loss[0] >= since)]
+    if len(after) and np.all(after < start_loss[0]):
+        found.evidence[BACK_WITHIN] = since - first
+    return found
+
+
 def _settled_under_clipping(facts: RunFacts, weights: float) -> bool:
     """Whether the median gradient norm before clipping over the first ``CLIPPED_START``
     records stood under ``BORN_EXPLODED_ALONE`` times the norm of the weights: clipping held a
@@ -2832,6 +2870,10 @@ def _amplified_through_depth(
     chain = [max(layers)]
     led = _amplified_layer_by_layer(weighted) or _amplified_along_a_stack(weighted)
     long = len(led) >= LONG_CHAIN and led[-1][0] >= CHAIN_AMPLIFIED * led[0][0]
+    risen = [] if long else _risen_along_a_stack(weighted)
+    steady = bool(risen)  # a deep stack rising steadily, one layer's noise breaking its chains
+    if steady:
+        led, long = risen, True
     if (ratio < BORN_EXPLODED_ALONE or long_only) and not long:
         return None
     # or far over its loss, where no chain of layers nor a known recurrence (whose own tests
@@ -2872,8 +2914,11 @@ def _amplified_through_depth(
         "the gradient on its way back"
     )
     layer_by_layer = (
-        f", each of {layer_span([m for _, m in chain])} at least {STEP_GAIN:g}x the output "
-        "before it"
+        f", rising {act / chain[0][0]:.3g}x almost layer by layer through "
+        f"{layer_span([m for _, m in chain])}"
+        if steady
+        else f", each of {layer_span([m for _, m in chain])} at least {STEP_GAIN:g}x the "
+        "output before it"
         + (f", rising layer by layer from {where[0]}" if where[0] != chain[0][1] else "")
         if len(chain) > 1
         else ""
@@ -2991,6 +3036,21 @@ def _amplified_along_a_stack(layers: list[tuple[float, str]]) -> list[tuple[floa
         stack.sort()
         for i, j in gain_chains([act[module] for _, module in stack]):
             return [(act[module], module) for _, module in stack[i:j]]
+    return []
+
+
+def _risen_along_a_stack(layers: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """A stack of like layers (one name but for the index) whose outputs rise steadily with
+    depth (:func:`rises_steadily`): its (output RMS, module)s from the first to the largest (none
+    when no stack does). A deep stack initialised with too large a gain multiplies the signal at
+    every layer, by a factor each random matrix draws a little differently."""
+    act = {module: value for value, module in layers}
+    for stack in sorted(like_layers(act).values(), key=lambda s: _natural(min(s)[1])):
+        stack.sort()
+        values = [act[module] for _, module in stack]
+        if rises_steadily(values):
+            top = int(np.argmax(values))
+            return [(act[module], module) for _, module in stack[: top + 1]]
     return []
 
 

@@ -921,6 +921,7 @@ class UpdateRatioOutOfRange(Detector):
         self._rates: dict[str, tuple[float, float, int]] = {}
         self.loss = SustainedLevel()
         self._frozen = FoundAgain()  # tensors found frozen (a warning)
+        self._used: set[str] = set()  # tensors with a gradient since their last ratio reading
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
     # A schedule that cut every group's rate this many times from its peak, in RATE_CUTS drops
@@ -970,7 +971,15 @@ class UpdateRatioOutOfRange(Detector):
                 "note": "no gradient, and its value changes nothing the loss reads",
             }
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
+        grads = record.family(GRAD_NORM.name)
+        self._used.update(name for name, g in grads.items() if g > 0)
         for name, ratio in record.family(UPDATE_RATIO.name).items():
+            used_since = name in self._used
+            self._used.discard(name)
+            if ratio == 0.0 and not grads.get(name) and used_since:
+                # no gradient this step, some since the last reading: a path this step left
+                # out (drop-path, an expert nothing was routed to), not a frozen layer
+                continue
             if name not in self._recent and (ratio == math.inf or math.isnan(ratio)):
                 # its first update moved weights of exactly zero (inf), or none yet (0/0: a
                 # zero-initialised scalar behind a zero-initialised layer, Fixup's biases)

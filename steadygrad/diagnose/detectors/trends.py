@@ -438,7 +438,7 @@ def stack_chains(grad_norms: Mapping[str, float]) -> list[list[tuple[str, float]
             for i, j in gain_chains(norms)
             if norms[j - 1] >= CHAIN_AMPLIFIED * norms[i]
         ]
-        if not chains and _grows_back_steadily(norms):
+        if not chains and rises_steadily(norms):
             # no chain of steps each STEP_GAIN (a layer at 1.19x breaks it), but the whole
             # stack rising back to its first layer as steadily: the same growth, read whole
             chains = [[(tensor, norm) for _, tensor, norm in layers]]
@@ -446,25 +446,32 @@ def stack_chains(grad_norms: Mapping[str, float]) -> list[list[tuple[str, float]
     return found
 
 
-# Rank correlation of a stack's weight gradients with depth, from the output back, at least
-# this, over STEADY_LAYERS layers or more: they rise back through a deep stack almost at every
-# layer (a rank order over a handful of like-named layers, a feature pyramid's parallel
-# projections, says nothing of depth). Read whole, such a rise is growth from STEADY_AMPLIFIED
-# times (twelve layers at 1.25x a layer make 12x; no stack of ten layers or more in the kept
-# runs that was not exploding rose back this steadily at all).
+# Rank correlation of a stack's readings (weight gradients from the output back, outputs from
+# the input on) with depth, at least this, over STEADY_LAYERS layers or more: they rise through a
+# deep stack almost at every layer (a rank order over a handful of like-named layers, a feature
+# pyramid's parallel projections, says nothing of depth). Read whole, such a rise is growth from
+# STEADY_AMPLIFIED times (twelve layers at 1.25x a layer make 12x; no stack of ten layers or
+# more in the kept runs that was not exploding rose this steadily at all).
 STEADY_RISE, STEADY_LAYERS, STEADY_AMPLIFIED = 0.9, 2 * CHAIN, 10.0
 
 
-def _grows_back_steadily(norms: list[float]) -> bool:
-    """Whether the gradients of a stack, from its last layer back to its first (``norms``),
-    ``STEADY_LAYERS`` layers or more, rise with depth almost monotonically (rank correlation
-    ``STEADY_RISE`` or more) and ``STEADY_AMPLIFIED`` times from the last to the largest."""
-    if len(norms) < STEADY_LAYERS or not min(norms) > 0:
+def rises_steadily(values: Sequence[float]) -> bool:
+    """Whether the readings of a stack's layers in depth order (``values``), ``STEADY_LAYERS``
+    of them or more, rise almost monotonically (rank correlation ``STEADY_RISE`` or more) and
+    ``STEADY_AMPLIFIED`` times from the first to the largest: layer after layer multiplying
+    them, a layer's noise breaking no chain of :func:`gain_chains`.
+
+    Example:
+        >>> outputs = [1.4**k * (0.7 if k % 4 == 3 else 1.0) for k in range(12)]
+        >>> rises_steadily(outputs), list(gain_chains(outputs))
+        (True, [])
+    """
+    if len(values) < STEADY_LAYERS or not min(values) > 0:
         return False
-    if max(norms) < STEADY_AMPLIFIED * norms[0]:
+    if max(values) < STEADY_AMPLIFIED * values[0]:
         return False
-    ranks = np.argsort(np.argsort(norms))
-    return float(np.corrcoef(ranks, np.arange(len(norms)))[0, 1]) >= STEADY_RISE
+    ranks = np.argsort(np.argsort(values))
+    return float(np.corrcoef(ranks, np.arange(len(values)))[0, 1]) >= STEADY_RISE
 
 
 class GradientGrowth(Detector):
