@@ -419,6 +419,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout414,
     cases_heldout415,
     cases_heldout416,
+    cases_heldout417,
     cases_mlp,
     cases_other,
 )
