@@ -421,6 +421,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout416,
     cases_heldout417,
     cases_heldout418,
+    cases_heldout419,
     cases_mlp,
     cases_other,
 )
