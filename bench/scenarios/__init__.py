@@ -423,6 +423,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout418,
     cases_heldout419,
     cases_heldout420,
+    cases_heldout421,
     cases_mlp,
     cases_other,
 )
