@@ -418,6 +418,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout413,
     cases_heldout414,
     cases_heldout415,
+    cases_heldout422,
     cases_mlp,
     cases_other,
 )
