@@ -424,6 +424,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout419,
     cases_heldout420,
     cases_heldout421,
+    cases_heldout422,
     cases_mlp,
     cases_other,
 )
