@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,9 @@ from helpers import held_out_run, induced_or_skip, steadygrad
 from torch import nn
 
 from steadygrad.core import Record
+from steadygrad.core.metrics import OUTPUT_SCALE
 from steadygrad.diagnose.detectors import GradientGrowth, UpdateRatioOutOfRange
+from steadygrad.diagnose.rules import _scaled_at_a_stroke
 
 
 def _explosion_after(losses_before: list[float], after: float = 1.5e-3) -> list:
@@ -216,3 +219,61 @@ def test_a_recurrence_exploding_from_the_start_to_its_break_still_explains_it(tm
     top = report.top
     assert (top.cause, top.first_step, top.where) == ("exploding_gradients", 0, ["rec"])
     assert "explains what followed" in top.why
+
+
+# -- a temperature that came at a stroke mid-run ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["h414_curling_curl_temperature_units", "h419_tuvan_khoomei_temperature"]
+)
+def test_a_temperature_read_in_the_wrong_unit_mid_run_collapses_the_softmax(tmp_path, name):
+    # Trigger: from step 60 the logits are divided by a temperature read as 0.01 for 1.0: the
+    # logits' scale read 1 at step 50 and 100 from the next reading on; rows collapse at once,
+    # and the gradient that grows through the logits 100x is the number's doing.
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert (report.top.cause, report.top.where) == ("softmax_collapse", ["head"])
+    grown = [d for d in report.diagnoses if d.cause == "exploding_gradients"]
+    assert all("times 100" in d.consequence_of for d in grown)
+
+
+class _Scales:
+    """A run's readings of the logits' scale, as the rules read them."""
+
+    def __init__(self, steps: list[int], scales: list[float]) -> None:
+        self.steps, self.scales = np.array(steps), np.array(scales)
+
+    def series(self, name: str):
+        return (self.steps, self.scales) if name == OUTPUT_SCALE.name else None
+
+
+@pytest.mark.parametrize(
+    ("scales", "stroke"),
+    [
+        ([1.0, 1.0, 100.0, 100.0, 100.0], (25, 50, 100.0)),  # a config's 0.01 for 1.0
+        ([1.0, 3.0, 6.0, 12.0, 25.0, 50.0, 100.0], None),  # a schedule annealing it
+        ([1.0, 1.0, 30.0, 45.0, 70.0], None),  # a learnt scale that jumped, then grew on
+        ([1.0, 1.0, 10.0, 10.0, 10.0], None),  # a temperature of 0.1: no collapse of its own
+    ],
+)
+def test_a_number_multiplying_the_logits_came_at_a_stroke(scales, stroke):
+    steps = [0, 25, 50, 75, 100, 125, 150][: len(scales)]
+    assert _scaled_at_a_stroke(_Scales(steps, scales), steps[-1]) == stroke
+
+
+# -- weights multiplied every step grow the curvature past a step size that served ------------
+
+
+def test_overshooting_steps_in_a_run_whose_weights_a_decay_sign_multiplied_are_its_consequence(
+    tmp_path,
+):
+    # Trigger: a hand-written decoupled decay with its sign flipped multiplies every weight by
+    # 1 + lr * wd a step; the loss climbs from step ~200 and the steps overshoot from ~230 at
+    # the rate that served the run from the start: the curvature grew with the weights.
+    ctx, report = held_out_run(tmp_path, "h414_sourdough_decay_sign")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_divergence"
+    assert "at one steady rate" in report.top.summary
+    sharp = [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
+    assert all("the curvature grew with the weights" in d.consequence_of for d in sharp)

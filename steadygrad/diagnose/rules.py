@@ -857,22 +857,44 @@ FIXED_TEMPERATURE = 20.0
 def _scaled_from_the_start(
     facts: RunFacts, steps: np.ndarray, began: int
 ) -> tuple[int, float] | None:
-    """The first reading of the logits' scale (``output_scale``) and that scale, when it stood
-    ``FIXED_TEMPERATURE`` or more there, held within 1% of it at every reading up to ``began``
-    (a collapse found then), and no collapse reading (``steps``) fell between the two: the
-    number was there from the start, and rows collapsed at the first reading after it. The
+    """The first reading of the logits' scale (``output_scale``) at ``FIXED_TEMPERATURE`` or
+    more, and that scale, when it held within 1% of it at every reading up to ``began`` (a
+    collapse found then), and no collapse reading (``steps``) fell between the two; and it was
+    there from the first reading, or came at a stroke (:func:`_scaled_at_a_stroke`). The
     collapse began with the number, not where the cadence first read it."""
     scales = facts.series(OUTPUT_SCALE.name)
     if scales is None or not len(scales[0]):
         return None
-    first, scale = int(scales[0][0]), float(scales[1][0])
-    held = scales[1][scales[0] <= began]
-    if not scale >= FIXED_TEMPERATURE or not first <= began:
+    at = np.flatnonzero(scales[1] >= FIXED_TEMPERATURE)
+    if not len(at) or (at[0] > 0 and _scaled_at_a_stroke(facts, began) is None):
         return None
-    if not (np.abs(held - scale) <= 0.01 * scale).all():
+    first, scale = int(scales[0][at[0]]), float(scales[1][at[0]])
+    held = scales[1][(scales[0] >= first) & (scales[0] <= began)]
+    if not first <= began or not (np.abs(held - scale) <= 0.01 * scale).all():
         return None
     between = steps[(steps > first) & (steps < began)]
     return (first, scale) if not len(between) else None
+
+
+def _scaled_at_a_stroke(facts: RunFacts, began: int) -> tuple[int, int, float] | None:
+    """A number multiplying the logits that came at a stroke, by ``began``: the logits' scale
+    read under ``FIXED_TEMPERATURE`` and under half what it read next, ``FIXED_TEMPERATURE`` or
+    more, and held within 1% at every reading since up to ``began`` (a temperature read from a
+    config in the wrong unit mid-run; a learnt scale grows, and a schedule's anneals, reading
+    by reading). The last reading without it, the first with it, and the number."""
+    scales = facts.series(OUTPUT_SCALE.name)
+    if scales is None:
+        return None
+    steps, values = scales
+    for i in range(1, len(steps)):
+        if steps[i] > began:
+            break
+        before, scale = values[i - 1], values[i]
+        if before < FIXED_TEMPERATURE <= scale and before < scale / 2:
+            held = values[i : np.searchsorted(steps, began, side="right")]
+            if (np.abs(held - scale) <= 0.01 * scale).all():
+                return int(steps[i - 1]), int(steps[i]), float(scale)
+    return None
 
 
 # Readings at the end of a run that must all be under the detector's fraction for a collapse
@@ -2130,7 +2152,11 @@ def _exploding(facts: RunFacts) -> Found | None:
         return _runaway_into_explosion(facts) or min(late, key=lambda f: f.first_step, default=None)
     first = facts.of(GRADIENT_GROWTH)[0]
     scaled = _scaled_from_the_start(facts, np.array([]), first.step)
-    if scaled is not None and first.step == scaled[0]:
+    stroke = _scaled_at_a_stroke(facts, first.step)
+    grew_from = first.evidence.get(GROWTH_BEGAN, first.step)
+    if stroke is not None and stroke[0] < grew_from <= stroke[1]:
+        scaled = stroke[1:]  # the growth began as the number came
+    if scaled is not None and (first.step == scaled[0] or scaled == (stroke or ())[1:]):
         # a number multiplying the logits multiplies every gradient that flows back through them
         found.consequence_of = (
             f"the logits are their layer's output times {scaled[1]:.3g}, a fixed number from "
@@ -6032,7 +6058,15 @@ def _unstable_steps(facts: RunFacts) -> Found | None:
         for f in facts.of(LOSS_SPIKE)
         if f.severity != "info" and first.step - EXPLOSION_LEAD <= f.step <= first.step
     ]
-    if spikes and facts.broke_at is None and found[-1].step <= first.step + EXPLOSION_LEAD:
+    multiplied = _multiplied_every_step(facts)
+    if multiplied is not None and _trained_at_that_rate(facts, first.step) >= RATE_PROVEN:
+        # the step size served the run long before: what grew past it was the curvature, with
+        # weights multiplied by one factor every step
+        overshot.consequence_of = (
+            f"{_multiplied_said(multiplied)}: the curvature grew with the weights, past a step "
+            "size that had served the run"
+        )
+    elif spikes and facts.broke_at is None and found[-1].step <= first.step + EXPLOSION_LEAD:
         # One burst of overshooting right after a loss spike, never again, in a run that did
         # not break: the spike's own update (a batch far off) threw the weights, and the steps
         # that brought them back read the wreck; a step size above 2/curvature overshoots on.
