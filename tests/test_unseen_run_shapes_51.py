@@ -277,3 +277,19 @@ def test_overshooting_steps_in_a_run_whose_weights_a_decay_sign_multiplied_are_i
     assert "at one steady rate" in report.top.summary
     sharp = [d for d in report.diagnoses if d.cause == "sharpness_above_limit"]
     assert all("the curvature grew with the weights" in d.consequence_of for d in sharp)
+
+
+# -- one batch's gradient spike, and what its update threw -------------------------------------
+
+
+def test_one_weighted_batch_gradient_spike_is_named_over_what_it_threw(tmp_path):
+    # Trigger: one step's BCE weight reloaded as a raw count (500): a gradient 400x the others
+    # (clipped), back to 0.6 the step after; SGD's momentum carried the update on, the loss and
+    # the gradients rose for a few steps and came back. Steps that overshot for a while at
+    # step ~105, after which the loss made its best at 110, were no part of it.
+    ctx, report = held_out_run(tmp_path, "h420_tightrope_pos_weight_counts")
+    induced_or_skip(ctx)
+    assert report.top.cause == "gradient_spike" and report.top.first_step == 120
+    grown = [d for d in report.diagnoses if d.cause == "exploding_gradients"]
+    assert all("one batch's, not a growth" in d.consequence_of for d in grown)
+    assert "sharpness_above_limit" not in [d.cause for d in report.diagnoses]

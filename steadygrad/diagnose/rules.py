@@ -959,6 +959,35 @@ def _transient_around(
     return climbs[0]
 
 
+# A gradient norm at the step after a spike this many times below it: the spike was one step's
+# (one batch, a loss scaled once), not a growth passing through (an explosion's gradients go on
+# rising after its first spike).
+ONE_STEP_FALL = 10.0
+
+
+def _thrown_by_a_one_step_spike(
+    facts: RunFacts, growth: Finding
+) -> tuple[int, float, float] | None:
+    """(the spike's step, its gradient norm before clipping, the next step's) when gradient
+    growth was first found (``growth``) within :meth:`RunFacts.spike_carried` steps after a
+    gradient spike (not info) whose next gradient fell ``ONE_STEP_FALL`` times or more below
+    it, and the growth's level stood that far below the spike too: the growth read is that
+    spike's update, carried on by momentum, not gradients growing."""
+    spikes = _spikes_between(facts, growth.step - facts.spike_carried, growth.step)
+    grads = facts.series(GRAD_NORM_PRECLIP.name) or facts.series(GRAD_NORM.name)
+    if not spikes or grads is None:
+        return None
+    spike = min(spikes)
+    at, after = grads[1][grads[0] == spike], grads[1][grads[0] == spike + 1]
+    level = growth.evidence.get("grad_norm_median", math.inf)
+    if not len(at) or not len(after) or not np.isfinite(at[0]):
+        return None
+    size, next_one = float(at[0]), float(after[0])
+    if not (next_one * ONE_STEP_FALL <= size and level * ONE_STEP_FALL <= size):
+        return None
+    return spike, size, next_one
+
+
 def _thrown_by_a_spike(facts: RunFacts, began: int, clear: int | None) -> int | None:
     """The step of a gradient spike (not info) within ``THROWN_WITHIN`` steps before ``began``
     (where a mechanism was first read), when the reading before (``clear``: none found there)
@@ -2156,6 +2185,15 @@ def _exploding(facts: RunFacts) -> Found | None:
     grew_from = first.evidence.get(GROWTH_BEGAN, first.step)
     if stroke is not None and stroke[0] < grew_from <= stroke[1]:
         scaled = stroke[1:]  # the growth began as the number came
+    thrown = _thrown_by_a_one_step_spike(facts, first)
+    if thrown is not None:
+        spike, size, after = thrown
+        found.consequence_of = (
+            f"the gradient spike at step {spike} ({size:.3g}, and {after:.3g} the step after: one "
+            "batch's, not a growth): its update, carried on by the optimizer's momentum, threw "
+            "the weights, and the gradients rose with the loss after it"
+        )
+        return found
     if scaled is not None and (first.step == scaled[0] or scaled == (stroke or ())[1:]):
         # a number multiplying the logits multiplies every gradient that flows back through them
         found.consequence_of = (
@@ -6042,6 +6080,11 @@ def _unstable_steps(facts: RunFacts) -> Found | None:
     """No probe ran, but the steps overshot along their own direction (the directional
     sharpness ratio, from two successive gradients, above the limit)."""
     found = facts.of(UNSTABLE_STEPS)
+    broke = facts.broke_at
+    if broke is not None:
+        # steps that overshot for a while, after which the run learnt on to its best loss
+        # before it broke: that episode was over, and no part of the break
+        found = [f for f in found if f.step > broke or not _learnt_on_from(facts, f.step, broke)]
     if not found:
         return None
     first = found[0]
