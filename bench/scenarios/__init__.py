@@ -426,6 +426,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout421,
     cases_heldout422,
     cases_heldout423,
+    cases_heldout425,
     cases_mlp,
     cases_other,
 )
