@@ -428,6 +428,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout423,
     cases_heldout425,
     cases_heldout426,
+    cases_heldout427,
     cases_mlp,
     cases_other,
 )
