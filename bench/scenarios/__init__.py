@@ -425,6 +425,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout420,
     cases_heldout421,
     cases_heldout422,
+    cases_heldout429,
     cases_mlp,
     cases_other,
 )
