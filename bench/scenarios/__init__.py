@@ -430,6 +430,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout426,
     cases_heldout427,
     cases_heldout428,
+    cases_heldout429,
     cases_mlp,
     cases_other,
 )
