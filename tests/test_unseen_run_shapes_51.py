@@ -293,3 +293,68 @@ def test_one_weighted_batch_gradient_spike_is_named_over_what_it_threw(tmp_path)
     grown = [d for d in report.diagnoses if d.cause == "exploding_gradients"]
     assert all("one batch's, not a growth" in d.consequence_of for d in grown)
     assert "sharpness_above_limit" not in [d.cause for d in report.diagnoses]
+
+
+# -- weights a loop put in place of a parameter's own --------------------------------------------
+
+
+def test_a_parameter_whose_data_the_loop_replaces_is_measured_as_it_now_is(tmp_path):
+    # Trigger: knowledge-graph code renorms its entity table by assigning `.data` a new tensor
+    # each step; the alias made at attach kept reading the old storage: a norm that never moved
+    # and an update ratio of exactly 0, a "frozen" table in a healthy run.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(16, 1))
+    table = model[0].weight
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(5)
+    norms = []
+    with steadygrad.Monitor(model, opt, tmp_path / "run") as mon:
+        for _ in range(60):
+            ids = torch.randint(0, 50, (32, 2), generator=g)
+            loss = F.mse_loss(model(ids).squeeze(-1), ids.sum(-1).float() / 50)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                table.data = torch.renorm(table.data, 2, 0, 1.0)
+            norms.append(float(table.detach().norm()))  # the oracle: the table as it is
+            mon.step(float(loss))
+    run = steadygrad.load(tmp_path / "run")
+    steps, measured = run.series("param_norm/0.weight")
+    assert np.allclose(measured, [norms[s] for s in steps], rtol=1e-5)
+    _, ratios = run.series("update_ratio/0.weight")
+    assert (ratios[1:] > 0).all()
+    frozen = [f for f in run.findings() if f.kind == "update_ratio_out_of_range"]
+    assert not [f for f in frozen if f.severity != "info"]
+
+
+# -- a frozen base's leftover gradients, rescaled by a clip over every parameter ----------------
+
+
+@pytest.mark.parametrize("unfrozen", [False, True])
+def test_a_frozen_base_whose_stale_gradients_a_clip_rescales_gets_no_gradients(tmp_path, unfrozen):
+    # Control: a base pre-trained outside the Monitor keeps its last gradients; frozen for a
+    # low-rank fine-tune, its stale gradients are rescaled in place each step by a clip over
+    # model.parameters(): they change, yet no backward pass gives a frozen tensor a gradient.
+    # Trigger: the same base unfrozen mid-run, the optimizer built without it, does get them.
+    torch.manual_seed(0)
+    base, head = nn.Linear(8, 16), nn.Linear(16, 3)
+    model = nn.Sequential(base, nn.ReLU(), head)
+    F.cross_entropy(model(torch.randn(32, 8)), torch.randint(0, 3, (32,))).backward()
+    base.requires_grad_(False)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(6)
+    with steadygrad.Monitor(model, opt, tmp_path / "run") as mon:
+        for step in range(20):
+            if unfrozen and step == 5:
+                base.requires_grad_(True)  # a scheduled unfreeze, the optimizer left as built
+            x = torch.randn(32, 8, generator=g)
+            loss = F.cross_entropy(model(x), (x[:, 0] > 0).long())
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            opt.step()
+            mon.step(float(loss))
+    found = steadygrad.load(tmp_path / "run").findings()
+    stray = {f.where for f in found if f.evidence.get("direction") == "not_in_optimizer"}
+    assert stray == ({"0.weight", "0.bias"} if unfrozen else set())

@@ -70,6 +70,7 @@ class ParameterStats:
         # combine per-shard norms and counts over the processes (see Shards).
         self.shards: Shards | None = None
         self._snapshot: Parts | None = None
+        self._snapshot_shapes: list[torch.Size] = []
         # Gradient norms measured earlier in this step (by the autopilot, before the update).
         self._grad_cache: tuple[list[int], torch.Tensor] | None = None
         self.backward_order: list[int] | None = None
@@ -143,10 +144,31 @@ class ParameterStats:
         torch._foreach_mul_([local_shard(self.params[i].grad) for i in index], factor)
         self.scale_cached_grad_norms(factor)
 
+    def follow_replaced_data(self) -> None:
+        """Measure the weights a loop put in place of a parameter's own (``p.data =
+        torch.renorm(p.data, ...)``, ``p.data = p.data.clamp(...)``): the parameter then holds
+        new storage, and the alias made of it at attach would go on reading the old, frozen
+        values. One pointer comparison a tensor; checked before each step's measurement."""
+        if self._sharded:
+            return  # FSDP2 keeps its shards' storage; their local views are taken as they are
+        params, detached = self.params, self._detached
+        moved = [i for i, p in enumerate(params) if p.data_ptr() != detached[i].data_ptr()]
+        if not moved:
+            return
+        for i in moved:
+            detached[i] = params[i].detach()
+        self.groups = TensorGroups(detached)
+        self._subset = None
+        if self._snapshot is not None and any(
+            detached[i].shape != self._snapshot_shapes[i] for i in moved
+        ):
+            self._snapshot = None  # a tensor of another shape: no update to measure this time
+
     def norms(self) -> tuple[list[int], torch.Tensor]:
         """Indices of the parameters that have a gradient, and one vector holding the L2 norm
         of each of those gradients followed by the norm of every parameter (one kernel call,
         or only the weights' when this step's gradient norms were already measured)."""
+        self.follow_replaced_data()
         every = self._every
         weights = self.groups.norms(self._detached)
         if self._grad_cache is not None:
@@ -205,8 +227,10 @@ class ParameterStats:
     # -- updates ---------------------------------------------------------------------------------
     def take_snapshot(self) -> None:
         """Copy the weights now, to measure the next optimizer update against them."""
+        self.follow_replaced_data()
         with torch.no_grad():
             self._snapshot = self.groups.copy(self._detached)
+        self._snapshot_shapes = [t.shape for t in self._detached]
 
     def discard_snapshot(self) -> None:
         """Forget the snapshot (the weights were replaced, e.g. by a rollback)."""
@@ -480,7 +504,10 @@ class StrayGradients:
         """The parameters newly found to get gradients that are never applied."""
         found = []
         for name, p in self._watched:
-            if p.grad is None or name in self._told:
+            # a parameter that requires no gradient gets none from a backward pass: a gradient
+            # left over from before the freeze, rescaled in place by a clip over every
+            # parameter, changes without being one
+            if p.grad is None or not p.requires_grad or name in self._told:
                 continue
             last = self._grads.get(name)
             self._grads[name] = (weakref.ref(p.grad), p.grad._version)
