@@ -358,3 +358,31 @@ def test_a_frozen_base_whose_stale_gradients_a_clip_rescales_gets_no_gradients(t
     found = steadygrad.load(tmp_path / "run").findings()
     stray = {f.where for f in found if f.evidence.get("direction") == "not_in_optimizer"}
     assert stray == ({"0.weight", "0.bias"} if unfrozen else set())
+
+
+# -- a deep tanh stack just past the edge of chaos ----------------------------------------------
+
+# Set 427's avalanche regressor, ten tanh layers at std 3/sqrt(fan_in): at step 0 the weight
+# gradients rise from layers.9 back to layers.1 8.4x, every layer above the one after it.
+AVALANCHE = [0.389, 0.541, 0.401, 0.25, 0.209, 0.159, 0.124, 0.087, 0.0797, 0.0646]
+
+
+@pytest.mark.parametrize(
+    ("norms", "found"),
+    [
+        (AVALANCHE, 10),
+        ([1.0 + 0.2 * i for i in range(10, 0, -1)], 0),  # a stack rising back 2.8x: no explosion
+        ([1.0 + 0.05 * (i % 3) for i in range(12)], 0),  # a healthy deep stack: level
+    ],
+)
+def test_a_stack_rising_back_steadily_five_times_or_more_explodes(norms, found):
+    from steadygrad.diagnose.detectors.trends import stack_chains
+
+    chains = stack_chains({f"layers.{i}.weight": g for i, g in enumerate(norms)})
+    assert max((len(c) for c in chains), default=0) == found
+
+
+def test_a_tanh_stack_past_the_edge_of_chaos_is_named_from_its_first_layer(tmp_path):
+    ctx, report = held_out_run(tmp_path, "h427_avalanche_init_gain")
+    induced_or_skip(ctx)
+    assert report.top.cause == "exploding_gradients" and report.top.where[0] == "layers.0"
