@@ -432,6 +432,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout428,
     cases_heldout429,
     cases_heldout430,
+    cases_heldout431,
     cases_mlp,
     cases_other,
 )
