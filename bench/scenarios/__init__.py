@@ -434,6 +434,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout430,
     cases_heldout431,
     cases_heldout433,
+    cases_heldout434,
     cases_mlp,
     cases_other,
 )
