@@ -433,6 +433,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout429,
     cases_heldout430,
     cases_heldout431,
+    cases_heldout432,
     cases_heldout433,
     cases_heldout434,
     cases_mlp,
