@@ -436,6 +436,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout432,
     cases_heldout433,
     cases_heldout434,
+    cases_heldout435,
     cases_mlp,
     cases_other,
 )
