@@ -431,6 +431,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout427,
     cases_heldout428,
     cases_heldout429,
+    cases_heldout436,
     cases_mlp,
     cases_other,
 )
