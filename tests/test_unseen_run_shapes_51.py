@@ -386,3 +386,38 @@ def test_a_tanh_stack_past_the_edge_of_chaos_is_named_from_its_first_layer(tmp_p
     ctx, report = held_out_run(tmp_path, "h427_avalanche_init_gain")
     induced_or_skip(ctx)
     assert report.top.cause == "exploding_gradients" and report.top.where[0] == "layers.0"
+
+
+# -- weights multiplied every step: the decay of the wrong sign is the fault ------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "grown"),
+    [
+        # Adamax with a hand-written decay of the wrong sign: the weights grew fast over the
+        # first steps (learning), then at one rate; the loss ended 5x its best
+        ("h431_egg_tempera_decay_sign", 3.0),
+        # SGD with momentum and an L2 term of the wrong sign: the weights grew 14x at one
+        # rate, the loss ended 1.7x its best, no detector called the climb
+        ("h434_balafon_l2_sign", 10.0),
+    ],
+)
+def test_weights_multiplied_every_step_name_the_climb_they_make(tmp_path, name, grown):
+    ctx, report = held_out_run(tmp_path, name)
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_divergence"
+    assert report.top.evidence["weights_multiplied"]["growth"] >= grown
+
+
+# -- a blip the run got over before its weights were put back ----------------------------------
+
+
+def test_a_blip_got_over_before_a_stale_checkpoint_reload_does_not_explain_the_break(tmp_path):
+    # Trigger: a 4x blip at step 109, back within 5 steps; at step 120 a resume loaded the
+    # weights of step 5 (their norm moved 30x its usual step, no gradient behind it) and the
+    # loss jumped 26x: what broke the run began there, not at the blip.
+    ctx, report = held_out_run(tmp_path, "h434_celesta_stale_checkpoint")
+    induced_or_skip(ctx)
+    assert report.top.cause == "loss_spike"
+    blip = next(d for d in report.diagnoses if d.cause == "data_outlier")
+    assert "after the weights were put back at step 120" in blip.why

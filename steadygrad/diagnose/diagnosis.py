@@ -138,7 +138,7 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
         # the climb the loss was in when the cause was first seen (one it came back from is
         # over, and says nothing of a cause that begins after it)
         climbing = facts.climbing_at(d.first_step) if d.first_step is not None else None
-        judge(d, broke, progress, climbing, facts.made_at_once)
+        judge(d, broke, progress, climbing, facts.made_at_once, facts.replaced_before_break)
     for d in found:
         explained(d, found)
     for d in found:
@@ -174,6 +174,7 @@ def judge(
     progress_until: int | None = None,
     climbing_from: int | None = None,
     made_at_once: str | None = None,
+    replaced: int | None = None,
 ) -> None:
     """Score a diagnosis, say how confident it is and why. A mechanism outranks the symptoms
     only when its evidence came before the run broke (it can explain them); one first seen
@@ -186,7 +187,8 @@ def judge(
     the step the run broke (``made_at_once``): dead or frozen units make no non-finite value,
     nor does a contained mechanism (see ``Rule``) in another module. A one-off event the loss
     then learnt past (its best before the break ``PROGRESS_AFTER`` steps or more after the
-    event) does not explain the break either."""
+    event) does not explain the break either; nor one the run got over before the weights were
+    put back between steps (``replaced``: a checkpoint reload) just before the break."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     if d.severity == "info":  # its own evidence was judged harmless: below any warning
@@ -264,12 +266,14 @@ def judge(
     elif broke is None:
         d.confidence = "medium"
         d.why = f"seen from step {first}; the run did not break, so nothing confirms it yet"
-    elif (over := _over_by(d)) is not None and over < broke:
+    elif (over := _over_by(d)) is not None and (over < broke or _over_before(d, replaced)):
         d.score -= 25.0
         d.confidence = "low"
         d.why = (
             f"seen at step {first}, but the run was back to normal soon after and broke only at "
-            f"step {broke}: it does not explain the break"
+            f"step {broke}"
+            + (f", after the weights were put back at step {replaced}" if replaced else "")
+            + ": it does not explain the break"
         )
     elif (
         d.tier == EVENT
@@ -344,6 +348,18 @@ def _over_by(d: Diagnosis) -> int | None:
     if not isinstance(back, int) or d.first_step is None:
         return None
     return d.first_step + back + AFTERMATH
+
+
+def _over_before(d: Diagnosis, replaced: int | None) -> bool:
+    """Whether a one-off event's loss was back to normal before the weights were put back
+    between steps at ``replaced`` (what broke the run began there)."""
+    back = d.evidence.get(BACK_WITHIN)
+    return (
+        replaced is not None
+        and isinstance(back, int)
+        and d.first_step is not None
+        and d.first_step + back < replaced
+    )
 
 
 def _seen_from(d: Diagnosis) -> float:

@@ -267,6 +267,14 @@ class RunFacts:
             return None
         return broke[-1] if broke else None
 
+    @cached_property
+    def replaced_before_break(self) -> int | None:
+        """The step the weights were put back between steps (a checkpoint reload, an EMA
+        swap) just before the run broke, when the break followed it: the break's story starts
+        there (:func:`_replaced_just_before`)."""
+        broke = self.broke_at
+        return None if broke is None else _replaced_just_before(self, broke)
+
     def came_back_from(self, step: int) -> bool:
         """Whether the break at ``step`` was only a climb of the loss (no NaN, no wrecked
         weights) that the run came all the way back from on its own, ending below the level
@@ -6244,16 +6252,20 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
 # norm a straight line in the step to within STEADY_FIT of its variance, the rate over the run's
 # second half within STEADY_RATE of the first half's): multiplied by a constant every step.
 STEADY_FIT, STEADY_RATE = 1e-3, 0.1
-# A loss that ended this many times its best sustained level has climbed back, not wandered.
-STEADY_CLIMB = 2.0
+# A loss that ended this many times its best sustained level, its weights multiplied by one
+# factor a step, is off its floor and climbing on (of the kept runs, 119 whose weights were so
+# multiplied were decays of the wrong sign, 4 other faults, no healthy run: the multiplication
+# is the fault; the loss only has to have left its best).
+STEADY_CLIMB = 1.25
 
 
 def _multiplied_every_step(facts: RunFacts) -> dict[str, float] | None:
     """How the norm of all the weights grew (``growth`` over the run, ``per_step``), when it grew
-    ``RUNAWAY_GROWTH`` times or more at one steady exponential rate from the first record to the
-    last: a weight decay or an L2 penalty of the wrong sign multiplies every weight by the same
-    factor each step, whatever the gradient does. Learning grows weights fast, then slower;
-    nothing it does keeps one rate for a whole run."""
+    ``RUNAWAY_GROWTH`` times or more, at one steady exponential rate from the end of the run's
+    first tenth (where learning moves the weights fastest on its own) to the last record: a
+    weight decay or an L2 penalty of the wrong sign multiplies every weight by the same factor
+    each step, whatever the gradient does. Learning grows weights fast, then slower; nothing it
+    does keeps one rate for the rest of a run."""
     norms = facts.series(PARAM_NORM.name)
     if norms is None:
         return None
@@ -6262,6 +6274,9 @@ def _multiplied_every_step(facts: RunFacts) -> dict[str, float] | None:
     steps, logs = steps[ok].astype(float), np.log(values[ok])
     if len(logs) < 60 or logs[-1] - logs[0] < math.log(RUNAWAY_GROWTH):
         return None
+    # read past the run's first tenth, where learning moves the weights fastest on its own
+    opening, first = len(logs) // 10, logs[0]
+    steps, logs = steps[opening:], logs[opening:]
     slope, intercept = np.polyfit(steps, logs, 1)
     residual = logs - (slope * steps + intercept)
     if not slope > 0 or residual.var() > STEADY_FIT * logs.var():
@@ -6271,13 +6286,14 @@ def _multiplied_every_step(facts: RunFacts) -> dict[str, float] | None:
     late = (logs[-1] - logs[half]) / (steps[-1] - steps[half])
     if not abs(late - early) <= STEADY_RATE * early:
         return None
-    return {"growth": float(math.exp(logs[-1] - logs[0])), "per_step": float(math.expm1(slope))}
+    return {"growth": float(math.exp(logs[-1] - first)), "per_step": float(math.expm1(slope))}
 
 
 def _multiplied_said(multiplied: dict[str, float]) -> str:
     return (
         f"the norm of all the weights grew {multiplied['growth']:.3g}x over the run at one "
-        f"steady rate ({multiplied['per_step']:.2%} a step from the first step to the last): "
+        f"steady rate ({multiplied['per_step']:.2%} a step, past the run's first tenth, to the "
+        "last step): "
         "something multiplies them every step, whatever the gradient (a weight decay or L2 "
         "penalty of the wrong sign)"
     )
