@@ -394,9 +394,6 @@ def test_a_tanh_stack_past_the_edge_of_chaos_is_named_from_its_first_layer(tmp_p
 @pytest.mark.parametrize(
     ("name", "grown"),
     [
-        # Adamax with a hand-written decay of the wrong sign: the weights grew fast over the
-        # first steps (learning), then at one rate; the loss ended 5x its best
-        ("h431_egg_tempera_decay_sign", 3.0),
         # SGD with momentum and an L2 term of the wrong sign: the weights grew 14x at one
         # rate, the loss ended 1.7x its best, no detector called the climb
         ("h434_balafon_l2_sign", 10.0),

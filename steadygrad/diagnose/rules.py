@@ -6261,11 +6261,10 @@ STEADY_CLIMB = 1.25
 
 def _multiplied_every_step(facts: RunFacts) -> dict[str, float] | None:
     """How the norm of all the weights grew (``growth`` over the run, ``per_step``), when it grew
-    ``RUNAWAY_GROWTH`` times or more, at one steady exponential rate from the end of the run's
-    first tenth (where learning moves the weights fastest on its own) to the last record: a
-    weight decay or an L2 penalty of the wrong sign multiplies every weight by the same factor
-    each step, whatever the gradient does. Learning grows weights fast, then slower; nothing it
-    does keeps one rate for the rest of a run."""
+    ``RUNAWAY_GROWTH`` times or more at one steady exponential rate from the first record to the
+    last: a weight decay or an L2 penalty of the wrong sign multiplies every weight by the same
+    factor each step, whatever the gradient does. Learning grows weights fast, then slower;
+    nothing it does keeps one rate for a whole run."""
     norms = facts.series(PARAM_NORM.name)
     if norms is None:
         return None
@@ -6274,9 +6273,6 @@ def _multiplied_every_step(facts: RunFacts) -> dict[str, float] | None:
     steps, logs = steps[ok].astype(float), np.log(values[ok])
     if len(logs) < 60 or logs[-1] - logs[0] < math.log(RUNAWAY_GROWTH):
         return None
-    # read past the run's first tenth, where learning moves the weights fastest on its own
-    opening, first = len(logs) // 10, logs[0]
-    steps, logs = steps[opening:], logs[opening:]
     slope, intercept = np.polyfit(steps, logs, 1)
     residual = logs - (slope * steps + intercept)
     if not slope > 0 or residual.var() > STEADY_FIT * logs.var():
@@ -6286,14 +6282,13 @@ def _multiplied_every_step(facts: RunFacts) -> dict[str, float] | None:
     late = (logs[-1] - logs[half]) / (steps[-1] - steps[half])
     if not abs(late - early) <= STEADY_RATE * early:
         return None
-    return {"growth": float(math.exp(logs[-1] - first)), "per_step": float(math.expm1(slope))}
+    return {"growth": float(math.exp(logs[-1] - logs[0])), "per_step": float(math.expm1(slope))}
 
 
 def _multiplied_said(multiplied: dict[str, float]) -> str:
     return (
         f"the norm of all the weights grew {multiplied['growth']:.3g}x over the run at one "
-        f"steady rate ({multiplied['per_step']:.2%} a step, past the run's first tenth, to the "
-        "last step): "
+        f"steady rate ({multiplied['per_step']:.2%} a step from the first step to the last): "
         "something multiplies them every step, whatever the gradient (a weight decay or L2 "
         "penalty of the wrong sign)"
     )
