@@ -921,7 +921,9 @@ class UpdateRatioOutOfRange(Detector):
         self._rates: dict[str, tuple[float, float, int]] = {}
         self.loss = SustainedLevel()
         self._frozen = FoundAgain()  # tensors found frozen (a warning)
-        self._used: set[str] = set()  # tensors with a gradient since their last ratio reading
+        # the last records' values: a tensor read at 0 with no gradient that had one in them
+        # was a path that step left out
+        self._lately: collections.deque[dict[str, float]] = collections.deque(maxlen=self.LATELY)
 
     kind = UPDATE_RATIO_OUT_OF_RANGE
     # A schedule that cut every group's rate this many times from its peak, in RATE_CUTS drops
@@ -937,6 +939,8 @@ class UpdateRatioOutOfRange(Detector):
     # A step this share of plain SGD's at the largest rate or more was taken (a momentum's
     # sum of gradients that change sign makes less than one of them; a frozen tensor, none).
     STEPPED = 0.1
+    # Records looked back at for a gradient a tensor read at 0 without one had just before.
+    LATELY = 10
 
     def update(self, record: Record) -> list[Finding]:
         # read before anything is skipped: the first record says them, and may be an overflow
@@ -971,13 +975,12 @@ class UpdateRatioOutOfRange(Detector):
                 "note": "no gradient, and its value changes nothing the loss reads",
             }
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
-        grads = record.family(GRAD_NORM.name)
-        self._used.update(name for name, g in grads.items() if g > 0)
+        values, lately = record.values, self._lately
+        lately.append(values)
         for name, ratio in record.family(UPDATE_RATIO.name).items():
-            used_since = name in self._used
-            self._used.discard(name)
-            if ratio == 0.0 and not grads.get(name) and used_since:
-                # no gradient this step, some since the last reading: a path this step left
+            key = GRAD_NORM.key(name)
+            if ratio == 0.0 and not values.get(key) and any(v.get(key) for v in lately):
+                # no gradient this step, one in the steps just before: a path this step left
                 # out (drop-path, an expert nothing was routed to), not a frozen layer
                 continue
             if name not in self._recent and (ratio == math.inf or math.isnan(ratio)):
