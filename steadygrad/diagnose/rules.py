@@ -873,10 +873,12 @@ def _scaled_from_the_start(
     scales = facts.series(OUTPUT_SCALE.name)
     if scales is None or not len(scales[0]):
         return None
-    at = np.flatnonzero(scales[1] >= FIXED_TEMPERATURE)
-    if not len(at) or (at[0] > 0 and _scaled_at_a_stroke(facts, began) is None):
+    if scales[1][0] >= FIXED_TEMPERATURE:
+        first, scale = int(scales[0][0]), float(scales[1][0])
+    elif (stroke := _scaled_at_a_stroke(facts, began)) is not None:
+        _, first, scale = stroke
+    else:
         return None
-    first, scale = int(scales[0][at[0]]), float(scales[1][at[0]])
     held = scales[1][(scales[0] >= first) & (scales[0] <= began)]
     if not first <= began or not (np.abs(held - scale) <= 0.01 * scale).all():
         return None
@@ -965,6 +967,11 @@ def _transient_around(
     if any(abs(s - climbs[0]) > CONFIRMED_SOON for s in warned):
         return None
     return climbs[0]
+
+
+# Records the growth detector asks of a growth before it finds it (``GradientGrowth``'s
+# ``patience``): one found this soon after a reading is one that began by it.
+GROWTH_PATIENCE = 3
 
 
 # A gradient norm at the step after a spike this many times below it: the spike was one step's
@@ -2189,10 +2196,13 @@ def _exploding(facts: RunFacts) -> Found | None:
         return _runaway_into_explosion(facts) or min(late, key=lambda f: f.first_step, default=None)
     first = facts.of(GRADIENT_GROWTH)[0]
     scaled = _scaled_from_the_start(facts, np.array([]), first.step)
+    came = scaled is not None and first.step == scaled[0]  # found at the number's first reading
     stroke = _scaled_at_a_stroke(facts, first.step)
     grew_from = first.evidence.get(GROWTH_BEGAN, first.step)
-    if stroke is not None and stroke[0] < grew_from <= stroke[1]:
-        scaled = stroke[1:]  # the growth began as the number came
+    if stroke is not None and (
+        stroke[0] < grew_from <= stroke[1] or stroke[0] < first.step <= stroke[1] + GROWTH_PATIENCE
+    ):
+        scaled, came = stroke[1:], True  # the growth began, or was confirmed, as the number came
     thrown = _thrown_by_a_one_step_spike(facts, first)
     if thrown is not None:
         spike, size, after = thrown
@@ -2202,7 +2212,7 @@ def _exploding(facts: RunFacts) -> Found | None:
             "the weights, and the gradients rose with the loss after it"
         )
         return found
-    if scaled is not None and (first.step == scaled[0] or scaled == (stroke or ())[1:]):
+    if scaled is not None and came:
         # a number multiplying the logits multiplies every gradient that flows back through them
         found.consequence_of = (
             f"the logits are their layer's output times {scaled[1]:.3g}, a fixed number from "
@@ -2985,16 +2995,15 @@ def _amplified_through_depth(
         else "weights initialised with too large a gain: each layer multiplies the signal, and "
         "the gradient on its way back"
     )
-    layer_by_layer = (
-        f", rising {act / chain[0][0]:.3g}x almost layer by layer through "
-        f"{layer_span([m for _, m in chain])}"
-        if steady
-        else f", each of {layer_span([m for _, m in chain])} at least {STEP_GAIN:g}x the "
-        "output before it"
-        + (f", rising layer by layer from {where[0]}" if where[0] != chain[0][1] else "")
-        if len(chain) > 1
-        else ""
-    )
+    span = layer_span([m for _, m in chain])
+    if len(chain) < 2:
+        layer_by_layer = ""
+    elif steady:
+        layer_by_layer = f", rising {act / chain[0][0]:.3g}x almost layer by layer through {span}"
+    else:
+        layer_by_layer = f", each of {span} at least {STEP_GAIN:g}x the output before it" + (
+            f", rising layer by layer from {where[0]}" if where[0] != chain[0][1] else ""
+        )
     return Found(
         f"the gradients exploded {how}: {module}'s output had RMS {act:.3g} at step {first}, "
         f"{act / scale:.3g}x the input's{layer_by_layer}, and the gradient {size} ({why})",
