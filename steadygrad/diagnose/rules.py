@@ -431,6 +431,12 @@ class RunFacts:
         :func:`steadygrad.core.optimizer.averages_iterates`)."""
         return bool(self.run.config.get(AVERAGES_ITERATES))
 
+    @property
+    def grad_norm_made(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The gradient norm as the model made it: before clipping where the loop clipped
+        (read from its ``clip_grad_norm_``), else as recorded."""
+        return self.series(GRAD_NORM_PRECLIP.name) or self.series(GRAD_NORM.name)
+
     @cached_property
     def spike_carried(self) -> int:
         """How many steps after a gradient spike its update still moves the weights: about
@@ -989,7 +995,7 @@ def _thrown_by_a_one_step_spike(
     it, and the growth's level stood that far below the spike too: the growth read is that
     spike's update, carried on by momentum, not gradients growing."""
     spikes = _spikes_between(facts, growth.step - facts.spike_carried, growth.step)
-    grads = facts.series(GRAD_NORM_PRECLIP.name) or facts.series(GRAD_NORM.name)
+    grads = facts.grad_norm_made
     if not spikes or grads is None:
         return None
     spike = min(spikes)
@@ -2736,7 +2742,7 @@ def _got_over_at_once(facts: RunFacts, found: Found | None) -> Found | None:
     broke = facts.broke_at
     if found is None or found.first_step is None or broke is None:
         return found
-    grads = facts.series(GRAD_NORM_PRECLIP.name) or facts.series(GRAD_NORM.name)
+    grads = facts.grad_norm_made
     loss = facts.series(LOSS.name)
     if grads is None or loss is None:
         return found
@@ -5032,7 +5038,7 @@ def _loss_scaled_whole(facts: RunFacts, spike: Finding) -> bool:
     times theirs: the loss was multiplied for that step, not made by a batch's error (see
     ``SCALED_AS_A_WHOLE``)."""
     loss = _over_recent(facts.series(LOSS.name), spike.step)
-    grads = facts.series(GRAD_NORM_PRECLIP.name) or facts.series(GRAD_NORM.name)
+    grads = facts.grad_norm_made
     gradient = _over_recent(grads, spike.step)
     if not loss >= ONE_OFF or not gradient >= SCALED_AS_A_WHOLE * loss:
         return False
