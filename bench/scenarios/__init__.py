@@ -438,6 +438,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout434,
     cases_heldout435,
     cases_heldout436,
+    cases_heldout443,
     cases_mlp,
     cases_other,
 )
