@@ -446,6 +446,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout442,
     cases_heldout443,
     cases_heldout444,
+    cases_heldout445,
     cases_mlp,
     cases_other,
 )
