@@ -447,6 +447,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout443,
     cases_heldout444,
     cases_heldout445,
+    cases_heldout446,
     cases_mlp,
     cases_other,
 )
