@@ -448,6 +448,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout444,
     cases_heldout445,
     cases_heldout446,
+    cases_heldout447,
     cases_mlp,
     cases_other,
 )
