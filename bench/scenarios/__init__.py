@@ -449,6 +449,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout445,
     cases_heldout446,
     cases_heldout447,
+    cases_heldout448,
     cases_mlp,
     cases_other,
 )
