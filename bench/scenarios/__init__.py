@@ -450,6 +450,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout446,
     cases_heldout447,
     cases_heldout448,
+    cases_heldout449,
     cases_mlp,
     cases_other,
 )
