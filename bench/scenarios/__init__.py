@@ -445,6 +445,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout441,
     cases_heldout442,
     cases_heldout443,
+    cases_heldout450,
     cases_mlp,
     cases_other,
 )
