@@ -220,8 +220,8 @@ DEEPSEEK = [(0, 0.0, 1), (25, 0.0, 10), (50, 0.06, 27), (75, 0.30, 52), (100, 0.
 def test_attention_one_hot_at_large_logits_is_entropy_collapse(logits):
     # Trigger: most rows one-hot while the largest logit stands at 68-79, at two readings on
     # the cadence: a warning at the second, with the share in its evidence. Control: the same
-    # shares at a third of the logits (22-28, as a copy task's cross-attention learns its
-    # alignment, and trains on): nothing
+    # shares at a third of the logits (22-28, under three times the gap of 8-10 a one-hot row
+    # over a few dozen keys needs: what a learnt alignment may hold): nothing
     detector, found = AttentionLogitGrowth(), []
     for step, share, largest in DEEPSEEK:
         values = {"attn_logit_max/layers.0.attn": largest * logits}

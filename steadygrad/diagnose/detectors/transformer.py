@@ -121,19 +121,21 @@ class AttentionLogitGrowth(Detector):
     at a per-step rate that is not slowing (each at least ``STEADY`` of the one before, and the
     last at least ``STEADY`` of the fastest: learning from a small initialisation slows as it
     goes, if not at every reading), it stands at ``EARLY_FROM`` of ``threshold`` or more (past
-    the logits of a learnt alignment, the bar the saturated test below sets too: a copy task's
-    cross-attention, one-hot, sits near 30, a small language model's sharpest heads near 40-55
-    as it learns, rising fast on the way; a Hugging Face model's q and k, initialised at 0.02,
+    the logits of a learnt alignment: a small language model's sharpest heads stop near 40-55
+    as they learn, rising fast on the way; a Hugging Face model's q and k, initialised at 0.02,
     start its logits near 0.1 and grow them a hundredfold), and at that rate it crosses
     ``threshold`` within three more readings: a warning then.
 
     Saturated: at ``HELD`` readings on the cadence in a row (a whole cadence apart: a state,
     not one batch's), ``ONE_HOT`` or more of the layer's attention rows were one-hot
     (``attn_saturated``), and at least twice the share of
-    its first reading (a collapse is a change), while its largest logit stood at half
-    ``threshold`` or more: attention entropy collapse (Zhai et al. 2023) from logits far
-    beyond what a learnt alignment needs (a one-hot row over a few dozen keys needs a gap of
-    about 10; a copy task's cross-attention saturates with logits near 30, and trains on).
+    its first reading (a collapse is a change), while its largest logit stood at ``ALIGNED``
+    of ``threshold`` or more: attention entropy collapse (Zhai et al. 2023) from logits far
+    beyond what a learnt alignment needs. A one-hot row over a few dozen keys needs a gap of
+    about 10 (weight 0.99 against 40 keys: ``log(99 * 39)``, 8.3); the healthy layers of the
+    kept collection's 180 controls with attention that held half their rows one-hot did so at
+    largest logits of 7-18, the faults that did at 29-46 and beyond: three times what the
+    alignment needs is past it.
 
     Example:
         >>> detector = AttentionLogitGrowth()
@@ -149,6 +151,7 @@ class AttentionLogitGrowth(Detector):
     EARLY_FROM = 0.5
     ONE_HOT = 0.5
     HELD = 2
+    ALIGNED = 0.3
 
     def __init__(
         self,
@@ -228,7 +231,7 @@ class AttentionLogitGrowth(Detector):
                 logit is not None
                 and math.isfinite(share)
                 and share >= max(self.ONE_HOT, 2 * start)
-                and logit >= self.threshold / 2
+                and logit >= self.ALIGNED * self.threshold
             )
             streak = self._one_hot.setdefault(name, _Streak())
             if not streak.update(held, self.HELD) or name in self._fired:

@@ -1,0 +1,50 @@
+"""Run shapes from the fifty-second session.
+
+Each change has a trigger (a held-out scenario it was found on, or a loop written here) and a
+control that must not move."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import induced_report
+
+from steadygrad.core import Record
+from steadygrad.diagnose.detectors import AttentionLogitGrowth
+
+# (step, share of rows one-hot, largest logit) of set 427's attention layer, read every 25
+# steps: its rate typed 100x, every row one-hot from step 75 and the logits on to 35-41
+COLLAPSED = [(0, 0.0, 0.0), (25, 0.0, 6.9), (50, 0.42, 9.7), (75, 0.91, 15.4), (100, 0.88, 19.2),
+             (125, 0.98, 17.3), (150, 0.92, 18.5), (175, 0.98, 34.9), (200, 1.0, 41.0),
+             (225, 1.0, 36.9)]  # fmt: skip
+# and set 215's healthy encoder (gradient clipping, a schedule): half its rows one-hot at
+# logits near 20, the sharpest a healthy layer of the collection held half its rows one-hot at
+ALIGNED = [(0, 0.0, 3.2), (25, 0.0, 3.6), (50, 0.22, 11.3), (75, 0.48, 20.8), (100, 0.51, 19.8),
+           (125, 0.5, 21.9), (150, 0.52, 18.2), (175, 0.53, 21.0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("readings", [COLLAPSED, ALIGNED])
+def test_attention_one_hot_at_three_times_an_alignments_gap_is_entropy_collapse(readings):
+    # Trigger: every row one-hot, held, while the largest logit stood at 35-41: three times and
+    # more the gap of 8-10 a one-hot row over a few dozen keys needs (the old bar, half the
+    # cap of 100, left it quiet). Control: half the rows one-hot at logits near 20: nothing
+    detector, found = AttentionLogitGrowth(), []
+    for step, share, largest in readings:
+        values = {"attn_logit_max/attn": largest, "attn_saturated/attn": share}
+        found += detector.update(Record(step, values))
+    if readings is COLLAPSED:
+        assert [(f.step, f.where, f.severity) for f in found] == [(200, "attn", "warning")]
+        assert found[0].evidence["attn_saturated"] == 1.0
+    else:
+        assert found == []
+
+
+@pytest.mark.parametrize(
+    "name", ["h435_well_dressing_sqrt_scale", "h303_launeddas_attention_no_qk_norm"]
+)
+def test_attention_scores_scaled_up_saturate_below_half_the_cap(tmp_path, name):
+    # Set 435's scores multiplied by sqrt(d) where they should be divided, set 303's encoder
+    # with its q/k norm left out: a layer holds most of its rows one-hot at logits of 30-60,
+    # never near the cap of 100; named, at the attention layer
+    report = induced_report(tmp_path, name)
+    assert report.top.cause == "attention_logit_growth"
+    assert any("attn" in where for where in report.top.where)
