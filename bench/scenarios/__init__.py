@@ -453,6 +453,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout449,
     cases_heldout450,
     cases_heldout451,
+    cases_heldout452,
     cases_mlp,
     cases_other,
 )
