@@ -455,6 +455,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout451,
     cases_heldout452,
     cases_heldout453,
+    cases_heldout454,
     cases_mlp,
     cases_other,
 )
