@@ -456,6 +456,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout452,
     cases_heldout453,
     cases_heldout454,
+    cases_heldout455,
     cases_mlp,
     cases_other,
 )
