@@ -452,6 +452,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout448,
     cases_heldout449,
     cases_heldout450,
+    cases_heldout457,
     cases_mlp,
     cases_other,
 )
