@@ -6,7 +6,7 @@ control that must not move."""
 from __future__ import annotations
 
 import pytest
-from helpers import induced_report
+from helpers import diagnose_stored, induced_report
 
 from steadygrad.core import Record
 from steadygrad.diagnose.detectors import AttentionLogitGrowth
@@ -48,3 +48,44 @@ def test_attention_scores_scaled_up_saturate_below_half_the_cap(tmp_path, name):
     report = induced_report(tmp_path, name)
     assert report.top.cause == "attention_logit_growth"
     assert any("attn" in where for where in report.top.where)
+
+
+@pytest.mark.parametrize("learnt", [False, True])
+def test_rows_collapsed_on_a_model_whose_units_died_are_its_one_answer(tmp_path, learnt):
+    # A rate typed 10x: fc2's units die at step 17, the head's bias grows until its one answer
+    # is one-hot, and a tenth of the rows (those of that class) collapse from step 18 while the
+    # loss stands at chance (1.61, where it began). Trigger: the units named, the collapse
+    # their consequence. Control: the same findings while the loss fell to a tenth of where it
+    # began: a fit, whose rows collapse on their own
+    rows = []
+    for t in range(120):
+        loss = 1.61 * (0.1 if learnt and t > 10 else 1.0) + 0.01 * (t % 3)
+        rows.append({"loss": loss, "softmax_collapse": 0.11 if t >= 18 else 0.0})
+    findings = [
+        ("loss_of_plasticity", 17, "fc2", {"reason": "dead_units", "dead_units": 0.67}, "warning"),
+        ("softmax_collapse", 20, "head", {"softmax_collapse": 0.11, "streak_began": 18}, "warning"),
+    ]
+    report = diagnose_stored(tmp_path, str(learnt), rows, findings)
+    collapse = next(d for d in report.diagnoses if d.cause == "softmax_collapse")
+    if learnt:
+        assert not collapse.consequence_of
+    else:
+        assert report.top.cause == "loss_of_plasticity"
+        assert "67% of fc2's units were dead by step 17" in collapse.consequence_of
+
+
+@pytest.mark.parametrize(
+    "name, cause",
+    [
+        ("h447_beekeeper_lr_typo_dead_units", "loss_of_plasticity"),
+        ("h450_sheep_shearing_restart", "loss_spike"),
+        ("h138_pp_formulanet_sum_reduction_spike", "gradient_spike"),
+    ],
+)
+def test_what_the_spike_and_the_collapse_came_of(tmp_path, name, cause):
+    # Set 447: a rate typed 10x killed fc2's units and the head's one answer collapsed a tenth
+    # of the rows: the units. Set 450: a restart that left the head at a fresh init; its
+    # gradient spiked with the loss at the step the weights were put in place: the loss spike.
+    # Control, set 138: one step's summed loss under Adam, no loss spike with it: the
+    # gradient spike, though the weights' norm moved further than Adam's step bound
+    assert induced_report(tmp_path, name).top.cause == cause

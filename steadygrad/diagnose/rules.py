@@ -811,6 +811,14 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
             f"the loss fell below zero without bound from step {fell.first_step}, the output "
             "layer growing to lower it: rows collapse as its logits grow"
         )
+    cut_off = _cut_off_from_its_input(facts, found.first_step) if not found.consequence_of else None
+    if cut_off is not None:
+        found.consequence_of = (
+            f"{cut_off.evidence.get('dead_units', math.nan):.0%} of {cut_off.where}'s units "
+            f"were dead by step {cut_off.step} and the loss never went below where it began: "
+            "the head's output no longer depends on its input, and the rows that round to "
+            "one-hot are those of the class its one answer names"
+        )
     pushed, _ = _pushes(facts)
     if not found.consequence_of and len(pushed) and pushed[0] <= found.first_step:
         # no loss of the softmax alone moves the logits' common shift: a term that does (a
@@ -828,6 +836,30 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
             "a fit that stopped pushing its margins, not a stall"
         )
     return found
+
+
+# A loss whose median stands at this share of its first value or above has learnt nothing (a
+# first loss is often a little above chance, ln(classes), which a constant answer reaches).
+UNLEARNT = 0.9
+
+
+def _cut_off_from_its_input(facts: RunFacts, began: int) -> Finding | None:
+    """The first dead-units warning at or before ``began`` (a collapse found then), when the
+    loss from ``began`` on stood ``UNLEARNT`` of its first value or above (the median of what
+    followed):
+    a model whose units died answers one thing whatever it is shown, and that answer, pushed to
+    one-hot by the same steps that killed them, collapses the rows of its class. A softmax
+    collapse proper comes of a fit (rows right and ever more confident): the loss falls."""
+    dead = [
+        f
+        for f in facts.of(LOSS_OF_PLASTICITY)
+        if f.severity != "info" and f.where and f.step <= began and "dead_units" in f.evidence
+    ]
+    loss = facts.series(LOSS.name)
+    if not dead or loss is None or not len(loss[1]) or not np.isfinite(loss[1][0]):
+        return None
+    after = loss[1][(loss[0] >= began) & np.isfinite(loss[1])]
+    return dead[0] if len(after) and np.median(after) >= UNLEARNT * loss[1][0] else None
 
 
 def _amplified_into_the_head(facts: RunFacts, clear: np.ndarray) -> Found | None:
@@ -4752,6 +4784,13 @@ def _spike_made_by(facts: RunFacts, step: int) -> str:
             f"the update before step {step} moved the weights {moved:.3g}x their usual step on "
             "an ordinary gradient: the gradient is that of where they landed"
         )
+    if any(f.step == step for f in facts.of(LOSS_SPIKE)) and _replaced_at(facts, step, {step}):
+        return (
+            f"the weights were replaced between steps at step {step}, further than this "
+            "optimizer's step moves them (a checkpoint reloaded, a layer initialised again), "
+            "and the loss jumped with them before any update: the gradient is that of the "
+            "weights put in their place"
+        )
     if (restarted := _restarted_before(facts, step)) is not None:
         return (
             f"the optimizer's state started again from nothing at step {restarted}: the "
@@ -6668,8 +6707,14 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         _softmax_collapse,
-        # a spike's throw, a transient's
-        (SOFTMAX_COLLAPSE_KIND, GRAD_NORM_SPIKE, GRADIENT_SPIKE, LOSS_DIVERGENCE),
+        # a spike's throw, a transient's, units dead before it
+        (
+            SOFTMAX_COLLAPSE_KIND,
+            GRAD_NORM_SPIKE,
+            GRADIENT_SPIKE,
+            LOSS_DIVERGENCE,
+            LOSS_OF_PLASTICITY,
+        ),
         explained_by=("data_outlier",),  # an outlier batch's own logits, or the jolt it gave
         # its harm is at the loss (a zero gradient) and in the head's logits: a NaN another
         # module's forward makes from finite inputs is not a collapse's
