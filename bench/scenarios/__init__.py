@@ -461,6 +461,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout457,
     cases_heldout458,
     cases_heldout459,
+    cases_heldout460,
     cases_mlp,
     cases_other,
 )
