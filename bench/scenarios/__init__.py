@@ -462,6 +462,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout458,
     cases_heldout459,
     cases_heldout460,
+    cases_heldout461,
     cases_mlp,
     cases_other,
 )
