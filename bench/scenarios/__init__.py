@@ -463,6 +463,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout459,
     cases_heldout460,
     cases_heldout461,
+    cases_heldout462,
     cases_mlp,
     cases_other,
 )
