@@ -459,6 +459,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout455,
     cases_heldout456,
     cases_heldout457,
+    cases_heldout464,
     cases_mlp,
     cases_other,
 )
