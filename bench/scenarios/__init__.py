@@ -465,6 +465,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout461,
     cases_heldout462,
     cases_heldout463,
+    cases_heldout464,
     cases_mlp,
     cases_other,
 )
