@@ -468,6 +468,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout464,
     cases_heldout465,
     cases_heldout466,
+    cases_heldout467,
     cases_mlp,
     cases_other,
 )
