@@ -471,6 +471,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout467,
     cases_heldout468,
     cases_heldout469,
+    cases_heldout470,
     cases_mlp,
     cases_other,
 )
