@@ -466,6 +466,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout462,
     cases_heldout463,
     cases_heldout464,
+    cases_heldout471,
     cases_mlp,
     cases_other,
 )
