@@ -6,7 +6,8 @@ control that must not move."""
 from __future__ import annotations
 
 import pytest
-from helpers import diagnose_stored, induced_report
+import torch
+from helpers import diagnose_stored, induced_report, steadygrad
 
 from steadygrad.core import Record
 from steadygrad.diagnose.detectors import AttentionLogitGrowth
@@ -89,3 +90,62 @@ def test_what_the_spike_and_the_collapse_came_of(tmp_path, name, cause):
     # Control, set 138: one step's summed loss under Adam, no loss spike with it: the
     # gradient spike, though the weights' norm moved further than Adam's step bound
     assert induced_report(tmp_path, name).top.cause == cause
+
+
+def _two_tasks(tmp_path, recorded: bool, broken_at: int | None = None):
+    """Digits 0-4 for 150 steps, then 5-9, under the Monitor's defaults, with or without
+    :class:`ContinualEvaluation` recording the task; the learning rate raised 1000x at
+    ``broken_at`` if given. The warning-or-worse findings of the run."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from steadygrad.continual.evaluation import ContinualEvaluation
+    from steadygrad.data.digits import load_digits
+
+    torch.manual_seed(0)
+    x_train, y_train, x_test, y_test = load_digits()
+    first, second = y_train < 5, y_train >= 5
+    tasks = {
+        "0-4": (x_test[y_test < 5], y_test[y_test < 5]),
+        "5-9": (x_test[y_test >= 5], y_test[y_test >= 5]),
+    }
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    evaluation = ContinualEvaluation(tasks, every=10, schedule={0: "0-4", 150: "5-9"})
+    signals = [evaluation] if recorded else []
+    mon = steadygrad.Monitor(model, opt, tmp_path / str(recorded), progress=False, signals=signals)
+    draw = torch.Generator().manual_seed(0)
+    for step in range(300):
+        if step == broken_at:
+            opt.param_groups[0]["lr"] = 3.0
+        x, y = (
+            (x_train[first], y_train[first]) if step < 150 else (x_train[second], y_train[second])
+        )
+        rows = torch.randint(0, len(x), (32,), generator=draw)
+        loss = F.cross_entropy(model(x[rows]), y[rows])
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+        opt.zero_grad()
+    mon.close()
+    return [f for f in mon.findings if f.severity != "info"]
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_a_new_task_starts_the_loss_and_gradient_baselines_again(tmp_path, recorded):
+    # Digits 0-4, then 5-9 from step 150: the loss steps 270x at the switch and the gradient
+    # with it, a new objective. Unrecorded, the detectors read a spike, a growth and a climb;
+    # with ContinualEvaluation recording the task they start again there: nothing to warn of
+    warned = _two_tasks(tmp_path, recorded)
+    if recorded:
+        assert warned == []
+    else:
+        assert {"loss_spike", "loss_divergence"} <= {f.kind for f in warned}
+        assert all(f.step >= 150 for f in warned)
+
+
+def test_a_divergence_within_a_task_is_still_warned(tmp_path):
+    # Control: the task recorded, and Adam's rate raised 1000x at step 220, within task 5-9:
+    # warned after the rate was raised
+    warned = _two_tasks(tmp_path, recorded=True, broken_at=220)
+    assert warned and min(f.step for f in warned) >= 220

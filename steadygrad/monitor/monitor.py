@@ -84,6 +84,7 @@ from steadygrad.monitor.step import (
     StepSignal,
     group_members,
 )
+from steadygrad.monitor.tasks import TaskRestarts
 from steadygrad.monitor.update_curvature import UpdateCurvatureSignal
 from steadygrad.nn.qk_norm import qk_norm_targets
 from steadygrad.store.writer import RunStore, remove_run, resolve_run_dir
@@ -234,6 +235,7 @@ class Monitor:
         self.detectors = (
             default_detectors() if detectors is None else _all_of("detectors", detectors, Detector)
         )
+        self._task_restarts = TaskRestarts(self.detectors)  # a new task: new baselines
         self.sinks = _all_of("sinks", sinks, Sink) if writes else []
         # always on: findings reach logging and warnings, each with what its kind means
         kinds = [k for d in self.detectors for k in d.emits]
@@ -517,6 +519,7 @@ class Monitor:
         }
 
     def _detect(self, record: Record, batch_ids: Any) -> list[Finding]:
+        self._task_restarts.follow(self.detectors, record)
         findings: list[Finding] = []
         for detector in self.detectors:
             findings.extend(detector.update(record))

@@ -50,6 +50,7 @@ class SpikeDetector(Detector):
     steps in a row look normal again. Non-finite values are left to :class:`NonFiniteDetector`.
     """
 
+    per_task = True
     signal = LOSS.name
 
     def __init__(

@@ -200,6 +200,7 @@ class LossDivergence(Detector):
         ['warning', 'critical']
     """
 
+    per_task = True
     kind = LOSS_DIVERGENCE
     reads, emits = (LOSS,), (LOSS_DIVERGENCE,)
 
@@ -518,6 +519,7 @@ class GradientGrowth(Detector):
         ('w', 'warning')
     """
 
+    per_task = True
     kind = GRADIENT_GROWTH
     reads = (GRAD_NORM, GRAD_NORM_PRECLIP, PARAM_NORM, UPDATE_RATIO, LOSS)
     emits = (GRADIENT_GROWTH,)
@@ -879,6 +881,7 @@ class UnstableSteps(Detector):
         [2]
     """
 
+    per_task = True
     kind = UNSTABLE_STEPS
     reads, emits = (DIRECTIONAL_SHARPNESS_RATIO, LOSS), (UNSTABLE_STEPS,)
 

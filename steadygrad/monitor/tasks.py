@@ -1,0 +1,66 @@
+"""Task switches: the detectors whose baselines are one task's start again at each switch.
+
+A run trained on a sequence of tasks (continual learning) changes its objective at each switch:
+the loss and the gradient norm step to the new task's level there, which a detector reading
+them against the run's past takes for a spike, a climb or a gradient growing without bound.
+The record's ``task`` (:class:`steadygrad.continual.ContinualEvaluation` records it) says when
+the task changed; detectors that declare ``per_task`` are put back to their first state then,
+so that what they judge is within one task. The stability-gap detector, which compares tasks,
+is not one of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Sequence
+
+from steadygrad.continual.metrics import TASK
+from steadygrad.core import Record
+from steadygrad.diagnose.detectors import Detector
+
+
+class TaskRestarts:
+    """Keeps a first-state copy of each ``per_task`` detector and puts it back at a task switch.
+
+    Example:
+        >>> from steadygrad.diagnose.detectors import default_detectors
+        >>> detectors = default_detectors()
+        >>> restarts = TaskRestarts(detectors)
+        >>> restarts.follow(detectors, Record(0, {"task": 0.0}))
+        False
+        >>> restarts.follow(detectors, Record(150, {"task": 1.0}))
+        True
+    """
+
+    def __init__(self, detectors: Sequence[Detector]) -> None:
+        self._first = [self._copy(d) if d.per_task else None for d in detectors]
+        self._task: float | None = None
+
+    def follow(self, detectors: list[Detector], record: Record) -> bool:
+        """Put the per-task ``detectors`` back to their first state when ``record`` starts a new
+        task; whether it did."""
+        task = record.values.get(TASK.name)
+        if task is None or not math.isfinite(task):
+            return False
+        switched = self._task is not None and task != self._task
+        self._task = task
+        if switched:
+            for i, first in enumerate(self._first):
+                if first is not None:
+                    detectors[i] = copy.deepcopy(first)
+        return switched
+
+    @staticmethod
+    def _copy(detector: Detector) -> Detector | None:
+        try:
+            return copy.deepcopy(detector)
+        except Exception as exc:  # noqa: BLE001 - a user's detector: it keeps its state instead
+            warnings.warn(
+                f"steadygrad: {type(detector).__name__} cannot be copied ({exc!r}): it will not "
+                "start again at task switches",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
