@@ -60,6 +60,7 @@ class RankSpikeDetector(Detector):
 
     kind = RANK_SPIKE
     reads, emits = (LOSS, GRAD_NORM_LOCAL), (RANK_SPIKE,)
+    per_task = True  # each rank's baselines are the current task's
 
     def __init__(self, threshold: float = 6.0, warmup: int = 20, window: int = 64) -> None:
         self.options = {
