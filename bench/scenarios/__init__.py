@@ -475,6 +475,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout471,
     cases_heldout472,
     cases_heldout473,
+    cases_heldout474,
     cases_mlp,
     cases_other,
 )
