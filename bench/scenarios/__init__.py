@@ -476,6 +476,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout472,
     cases_heldout473,
     cases_heldout474,
+    cases_heldout475,
     cases_mlp,
     cases_other,
 )
