@@ -477,6 +477,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout473,
     cases_heldout474,
     cases_heldout475,
+    cases_heldout476,
     cases_mlp,
     cases_other,
 )
