@@ -478,6 +478,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout474,
     cases_heldout475,
     cases_heldout476,
+    cases_heldout477,
     cases_mlp,
     cases_other,
 )
