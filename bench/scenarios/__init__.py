@@ -473,6 +473,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout469,
     cases_heldout470,
     cases_heldout471,
+    cases_heldout478,
     cases_mlp,
     cases_other,
 )
