@@ -92,9 +92,10 @@ def test_what_the_spike_and_the_collapse_came_of(tmp_path, name, cause):
     assert induced_report(tmp_path, name).top.cause == cause
 
 
-def _two_tasks(tmp_path, recorded: bool, broken_at: int | None = None):
+def _two_tasks(tmp_path, recorded: bool | str, broken_at: int | None = None):
     """Digits 0-4 for 150 steps, then 5-9, under the Monitor's defaults, with or without
-    :class:`ContinualEvaluation` recording the task; the learning rate raised 1000x at
+    :class:`ContinualEvaluation` recording the task (``"announced"``: the loop calls
+    ``mon.objective_changed`` at the switch instead); the learning rate raised 1000x at
     ``broken_at`` if given. The warning-or-worse findings of the run."""
     import torch.nn.functional as F
     from torch import nn
@@ -112,12 +113,14 @@ def _two_tasks(tmp_path, recorded: bool, broken_at: int | None = None):
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     evaluation = ContinualEvaluation(tasks, every=10, schedule={0: "0-4", 150: "5-9"})
-    signals = [evaluation] if recorded else []
+    signals = [evaluation] if recorded is True else []
     mon = steadygrad.Monitor(model, opt, tmp_path / str(recorded), progress=False, signals=signals)
     draw = torch.Generator().manual_seed(0)
     for step in range(300):
         if step == broken_at:
             opt.param_groups[0]["lr"] = 3.0
+        if step == 150 and recorded == "announced":
+            mon.objective_changed("digits 5-9")
         x, y = (
             (x_train[first], y_train[first]) if step < 150 else (x_train[second], y_train[second])
         )
@@ -131,11 +134,12 @@ def _two_tasks(tmp_path, recorded: bool, broken_at: int | None = None):
     return [f for f in mon.findings if f.severity != "info"]
 
 
-@pytest.mark.parametrize("recorded", [False, True])
+@pytest.mark.parametrize("recorded", [False, True, "announced"])
 def test_a_new_task_starts_the_loss_and_gradient_baselines_again(tmp_path, recorded):
     # Digits 0-4, then 5-9 from step 150: the loss steps 270x at the switch and the gradient
     # with it, a new objective. Unrecorded, the detectors read a spike, a growth and a climb;
-    # with ContinualEvaluation recording the task they start again there: nothing to warn of
+    # with ContinualEvaluation recording the task, or the loop saying so with
+    # mon.objective_changed, they start again there: nothing to warn of
     warned = _two_tasks(tmp_path, recorded)
     if recorded:
         assert warned == []
@@ -149,3 +153,19 @@ def test_a_divergence_within_a_task_is_still_warned(tmp_path):
     # warned after the rate was raised
     warned = _two_tasks(tmp_path, recorded=True, broken_at=220)
     assert warned and min(f.step for f in warned) >= 220
+
+
+def test_an_announced_objective_is_the_monitors_record_not_an_intervention(tmp_path):
+    # mon.objective_changed writes an action at the step it starts from, which the diagnosis
+    # does not take for the autopilot's; a reason that is not a string is refused by name
+    _two_tasks(tmp_path, "announced")
+    run = steadygrad.load(tmp_path / "announced")
+    assert [(a.step, a.kind, a.detail) for a in run.actions()] == [
+        (150, "objective_changed", {"why": "digits 5-9"})
+    ]
+    assert "autopilot_actions" not in steadygrad.diagnose(run).causes()
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with steadygrad.Monitor(model, opt, tmp_path / "bad", progress=False) as mon:
+        with pytest.raises(TypeError, match="why must be a string"):
+            mon.objective_changed(3)

@@ -38,9 +38,12 @@ OPTIMIZER_RESTARTED = Metric(
     events=True,
     panel="events",
 )
-# Action kind the Monitor records itself (not the autopilot): a new optimizer stepped the
-# watched parameters after the one it was given stopped, and the Monitor follows it.
+# Action kinds the Monitor records itself (not the autopilot): a new optimizer stepped the
+# watched parameters after the one it was given stopped, and the Monitor follows it; the user
+# said the loss being minimised changed (Monitor.objective_changed).
 OPTIMIZER_REPLACED = "optimizer_replaced"
+OBJECTIVE_CHANGED = "objective_changed"
+MONITOR_ACTIONS = (OPTIMIZER_REPLACED, OBJECTIVE_CHANGED)
 AMP_SCALE = Metric("amp_scale", "the GradScaler's loss scale", scale="log", panel="amp")
 
 # -- parameters --------------------------------------------------------------------------------

@@ -33,9 +33,9 @@ from steadygrad.core.metrics import (
     LEARNING_RATE,
     LOGIT_LSE_MEAN,
     LOSS,
+    MONITOR_ACTIONS,
     NONFINITE_GRADS,
     OPTIMIZER_FAMILY,
-    OPTIMIZER_REPLACED,
     OPTIMIZER_RESTARTED,
     OPTIMIZER_SKIPPED,
     OUTPUT_LAYER,
@@ -6556,9 +6556,9 @@ def _put_back_into_a_climb(facts: RunFacts) -> Found | None:
 
 
 def _autopilot_actions(facts: RunFacts) -> list:
-    """The actions the autopilot (or the user) took; the Monitor's own record of following a
-    new optimizer is none."""
-    return [a for a in facts.run.actions() if a.kind != OPTIMIZER_REPLACED]
+    """The actions the autopilot (or the user) took; the Monitor's own records (following a
+    new optimizer, an objective the user said changed) are none."""
+    return [a for a in facts.run.actions() if a.kind not in MONITOR_ACTIONS]
 
 
 def _autopilot(facts: RunFacts) -> Found | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from steadygrad.core.finding import Finding
-from steadygrad.core.metrics import OPTIMIZER_REPLACED
+from steadygrad.core.metrics import MONITOR_ACTIONS
 from steadygrad.core.record import Record
 from steadygrad.core.severity import Severity
 from steadygrad.core.sink import RunInfo, Sink
@@ -116,5 +116,5 @@ class LoggingSink(Sink):
 
     def action(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
         shown = ", ".join(f"{k}={v}" for k, v in detail.items())
-        who = "steadygrad" if kind == OPTIMIZER_REPLACED else "steadygrad autopilot"
+        who = "steadygrad" if kind in MONITOR_ACTIONS else "steadygrad autopilot"
         logger.warning("%s: step %d: %s (%s)", who, step, kind, shown)

@@ -38,6 +38,7 @@ from steadygrad.core.metrics import (
     LOSS,
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
+    OBJECTIVE_CHANGED,
     OPTIMIZER_FAMILY,
     OPTIMIZER_REPLACED,
     PARAM_GROUPS,
@@ -561,6 +562,22 @@ class Monitor:
     def scale_gradients(self, index: list[int], factor: float | torch.Tensor) -> None:
         """Multiply the gradients of ``index`` by ``factor`` before the update (clipping)."""
         self.parameters.stats.scale_gradients(index, factor)
+
+    def objective_changed(self, why: str = "") -> None:
+        """Say that the loss being minimised changes from the next step on (a curriculum's next
+        stage, a new data mix, a task head or a loss term added, a new task): the loss and the
+        gradient norm step to a new level there, so the detectors that judge them against the
+        run's past start again from that step instead of reading the step as a spike or a
+        divergence. Recorded in the run as an action (``objective_changed``). A run that
+        records its tasks with :class:`steadygrad.continual.ContinualEvaluation` needs no call.
+
+        Example:
+            >>> mon.objective_changed("curriculum stage 2")  # doctest: +SKIP
+        """
+        if not isinstance(why, str):
+            raise TypeError(f"why must be a string, got {type(why).__name__}")
+        self._task_restarts.restart_at(self.step_count)
+        self.record_action(self.step_count, OBJECTIVE_CHANGED, {"why": why} if why else {})
 
     def weights_replaced(self) -> None:
         """The weights were replaced (a rollback): the pending update measurement is void."""

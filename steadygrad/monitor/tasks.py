@@ -4,8 +4,9 @@ A run trained on a sequence of tasks (continual learning) changes its objective 
 the loss and the gradient norm step to the new task's level there, which a detector reading
 them against the run's past takes for a spike, a climb or a gradient growing without bound.
 The record's ``task`` (:class:`steadygrad.continual.ContinualEvaluation` records it) says when
-the task changed; detectors that declare ``per_task`` are put back to their first state then,
-so that what they judge is within one task. The stability-gap detector, which compares tasks,
+the task changed, or the loop says so itself (:meth:`steadygrad.Monitor.objective_changed`: a
+curriculum stage, a new loss term); detectors that declare ``per_task`` are put back to their
+first state then, so that what they judge is within one objective. The stability-gap detector, which compares tasks,
 is not one of them.
 """
 
@@ -37,15 +38,24 @@ class TaskRestarts:
     def __init__(self, detectors: Sequence[Detector]) -> None:
         self._first = [self._copy(d) if d.per_task else None for d in detectors]
         self._task: float | None = None
+        self._due: int | None = None  # the step a new objective was said to start at
+
+    def restart_at(self, step: int) -> None:
+        """Start the per-task detectors again at the first record of ``step`` or later (a new
+        objective the loop announced: :meth:`steadygrad.Monitor.objective_changed`; a record
+        finished late, on the GPU, may still be the old objective's)."""
+        self._due = step
 
     def follow(self, detectors: list[Detector], record: Record) -> bool:
         """Put the per-task ``detectors`` back to their first state when ``record`` starts a new
-        task; whether it did."""
+        task, or a restart is due; whether it did."""
         task = record.values.get(TASK.name)
-        if task is None or not math.isfinite(task):
-            return False
-        switched = self._task is not None and task != self._task
-        self._task = task
+        switched = self._due is not None and record.step >= self._due
+        if switched:
+            self._due = None
+        if task is not None and math.isfinite(task):
+            switched = switched or (self._task is not None and task != self._task)
+            self._task = task
         if switched:
             for i, first in enumerate(self._first):
                 if first is not None:
