@@ -845,11 +845,11 @@ UNLEARNT = 0.9
 
 def _cut_off_from_its_input(facts: RunFacts, began: int) -> Finding | None:
     """The first dead-units warning at or before ``began`` (a collapse found then), when the
-    loss from ``began`` on stood ``UNLEARNT`` of its first value or above (the median of what
-    followed):
-    a model whose units died answers one thing whatever it is shown, and that answer, pushed to
-    one-hot by the same steps that killed them, collapses the rows of its class. A softmax
-    collapse proper comes of a fit (rows right and ever more confident): the loss falls."""
+    loss from ``began`` on stood at ``UNLEARNT`` of its first value or above (the median of what
+    followed): a model whose units died answers one thing whatever it is shown, and that
+    answer, pushed to one-hot by the same steps that killed them, collapses the rows of its
+    class. A softmax collapse proper comes of a fit (rows right and ever more confident): the
+    loss falls."""
     dead = [
         f
         for f in facts.of(LOSS_OF_PLASTICITY)

@@ -6,8 +6,8 @@ them against the run's past takes for a spike, a climb or a gradient growing wit
 The record's ``task`` (:class:`steadygrad.continual.ContinualEvaluation` records it) says when
 the task changed, or the loop says so itself (:meth:`steadygrad.Monitor.objective_changed`: a
 curriculum stage, a new loss term); detectors that declare ``per_task`` are put back to their
-first state then, so that what they judge is within one objective. The stability-gap detector, which compares tasks,
-is not one of them.
+first state then, so that what they judge is within one objective. The stability-gap
+detector, which compares tasks, is not one of them.
 """
 
 from __future__ import annotations

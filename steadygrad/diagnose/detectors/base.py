@@ -122,7 +122,8 @@ class Detector:
     # Whether its baselines are the current task's: the loss and gradient levels of a run
     # trained on a sequence of tasks step at each switch (a new objective, not a divergence),
     # so the Monitor starts such a detector again from its first state when the record's
-    # ``task`` changes (steadygrad.continual.ContinualEvaluation records it).
+    # ``task`` changes (steadygrad.continual.ContinualEvaluation records it) or the loop calls
+    # Monitor.objective_changed.
     per_task: bool = False
 
     def update(self, record: Record) -> list[Finding]:
