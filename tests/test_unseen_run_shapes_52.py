@@ -169,3 +169,45 @@ def test_an_announced_objective_is_the_monitors_record_not_an_intervention(tmp_p
     with steadygrad.Monitor(model, opt, tmp_path / "bad", progress=False) as mon:
         with pytest.raises(TypeError, match="why must be a string"):
             mon.objective_changed(3)
+
+
+@pytest.mark.parametrize("swap", ["in_place", "add_param_group"])
+def test_a_module_assigned_after_attach_is_said_once(tmp_path, swap):
+    # Set 460's fine-tune: at step 120 the loop assigns model.head = nn.Linear(...) and puts
+    # its parameters in the optimizer's group in place of the old head's (as many tensors: the
+    # Monitor, which follows an optimizer that takes on more, goes on reading the old head,
+    # frozen and unreached). Trigger: one warning by step 200 naming the old head's tensors and
+    # the two new ones not watched. Control: the new head given with add_param_group, which
+    # the Monitor follows: no such warning
+    import warnings
+
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+    model.head = nn.Linear(16, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon = steadygrad.Monitor(model, opt, tmp_path / "run", progress=False)
+        for step in range(220):
+            if step == 120:
+                model.head = nn.Linear(16, 3)
+                if swap == "in_place":
+                    opt.param_groups[0]["params"][-2:] = list(model.head.parameters())
+                else:
+                    opt.add_param_group({"params": model.head.parameters()})
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+            opt.zero_grad()
+        mon.close()
+    said = [str(w.message) for w in caught if "changed under the Monitor" in str(w.message)]
+    if swap == "in_place":
+        assert len(said) == 1 and "by step 200" in said[0]
+        assert "head.weight, head.bias no longer the model's" in said[0]
+        assert "2 trainable tensor(s) not watched" in said[0]
+    else:
+        assert said == []

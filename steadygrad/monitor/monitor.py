@@ -124,6 +124,11 @@ ORDER_ERROR = (
 )
 
 
+# Recorded steps between checks that the model's parameters are still those attached to (one
+# pass over them: a module assigned in place of one, a layer unfrozen, after attach).
+MODEL_CHECK_EVERY = 100
+
+
 class Monitor:
     """Records a training run and watches it for instabilities.
 
@@ -386,6 +391,8 @@ class Monitor:
             self.step_count += 1
             self._prepare(self.step_count)
             return landed
+        if step and step % MODEL_CHECK_EVERY == 0:
+            self._check_the_model(step)
         preclip = (
             None if grad_norm_preclip is None else _scalar("grad_norm_preclip", grad_norm_preclip)
         )
@@ -752,6 +759,26 @@ class Monitor:
         self.findings = [f for f in self.findings if f.step < step]
         self.step_count = step
         self._prepare(step)
+
+    def _check_the_model(self, step: int) -> None:
+        """Warn once when the model's parameters are no longer those the Monitor was attached
+        to: it goes on measuring the tensors and modules it was given."""
+        left, added = self.parameters.stats.changed_in(self.model)
+        if not (left or added):
+            return
+        changes = []
+        if left:
+            more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+            changes.append(f"{', '.join(left[:3])}{more} no longer the model's")
+        if added:
+            changes.append(f"{added} trainable tensor(s) not watched")
+        self._warn_once(
+            "model_changed",
+            f"by step {step} the model's parameters changed under the Monitor ("
+            f"{'; '.join(changes)}: a module assigned in place of one, or a layer unfrozen, "
+            "after attach); the Monitor measures what it was attached to: attach it once the "
+            "model is final, or start a new Monitor",
+        )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -144,6 +144,23 @@ class ParameterStats:
         torch._foreach_mul_([local_shard(self.params[i].grad) for i in index], factor)
         self.scale_cached_grad_norms(factor)
 
+    def changed_in(self, model: nn.Module) -> tuple[list[str], int]:
+        """The watched tensors that are no longer ``model``'s parameters (a module assigned in
+        place of one after attach: ``model.head = nn.Linear(...)``), and how many of its
+        trainable parameters are not watched (such a module's, or a layer unfrozen after
+        attach). One pass over the model's parameters.
+
+        Example:
+            >>> stats = ParameterStats(nn.Linear(2, 2))
+            >>> stats.changed_in(nn.Linear(2, 2))
+            (['weight', 'bias'], 2)
+        """
+        now = {id(p): p for p in model.parameters()}
+        watched = {id(p) for p in self.params}
+        left = [n for n, p in self.named if id(p) not in now]
+        added = sum(1 for i, p in now.items() if i not in watched and p.requires_grad)
+        return left, added
+
     def follow_replaced_data(self) -> None:
         """Measure the weights a loop put in place of a parameter's own (``p.data =
         torch.renorm(p.data, ...)``, ``p.data = p.data.clamp(...)``): the parameter then holds
