@@ -481,6 +481,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout477,
     cases_heldout478,
     cases_heldout479,
+    cases_heldout480,
     cases_mlp,
     cases_other,
 )
