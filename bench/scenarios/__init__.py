@@ -482,6 +482,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout478,
     cases_heldout479,
     cases_heldout480,
+    cases_heldout481,
     cases_mlp,
     cases_other,
 )
