@@ -483,6 +483,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout479,
     cases_heldout480,
     cases_heldout481,
+    cases_heldout482,
     cases_mlp,
     cases_other,
 )
