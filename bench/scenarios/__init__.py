@@ -485,6 +485,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout481,
     cases_heldout482,
     cases_heldout483,
+    cases_heldout484,
     cases_mlp,
     cases_other,
 )
