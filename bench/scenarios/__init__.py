@@ -480,6 +480,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout476,
     cases_heldout477,
     cases_heldout478,
+    cases_heldout485,
     cases_mlp,
     cases_other,
 )
