@@ -391,13 +391,13 @@ class Monitor:
             self.step_count += 1
             self._prepare(self.step_count)
             return landed
-        if step and step % MODEL_CHECK_EVERY == 0:
-            self._check_the_model(step)
         preclip = (
             None if grad_norm_preclip is None else _scalar("grad_norm_preclip", grad_norm_preclip)
         )
         self.inputs = StepInputs(_scalar("loss", loss), preclip, stepped)
         try:
+            if step and step % MODEL_CHECK_EVERY == 0 and "model_changed" not in self._warned:
+                self._check_the_model(step)  # said once: no pass over the parameters after
             record = self._record(step, stepped, batch_ids)
             return landed if record is None else record
         except Exception as exc:
