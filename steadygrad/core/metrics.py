@@ -328,6 +328,10 @@ ACTIVATION_MODULES = "activation_modules"
 # Run config key: the monitored parameters' names in each optimizer group, keyed as the group's
 # learning rate is stored (``lr/<name or index>``), when the optimizer has two groups or more.
 PARAM_GROUPS = "param_groups"
+# Run config key: how many scalar weights the Monitor watches (the trainable parameters' total
+# number of elements): an Adam-type step moves each at most about its learning rate, all of
+# them together by about ``lr * sqrt(count)``.
+PARAMETER_COUNT = "parameters"
 # Key in a record's ``forward_origin``: the module that made the first non-finite value did so in
 # float16 from finite inputs, and computed again in float32 its output is finite (it overflowed
 # float16's range, 65504).

@@ -45,6 +45,7 @@ from steadygrad.core.metrics import (
     OUTPUT_TARGETS_OUTSIDE,
     PARAM_GROUPS,
     PARAM_NORM,
+    PARAMETER_COUNT,
     RECURRENT_MODULES,
     RELU_ACTIVE,
     SATURATED,
@@ -2359,6 +2360,13 @@ def _exploding(facts: RunFacts) -> Found | None:
         # every weight multiplied by one factor a step: every gradient through them grows too
         found.consequence_of = f"{_multiplied_said(multiplied)}: the gradients grew with them"
         found.evidence["weights_multiplied"] = multiplied
+        return found
+    pushed = _pushed_outward(facts)
+    if pushed is not None:
+        # an explosion's updates go every way (Adam bounds each): weights pushed one way at
+        # that pace were asked to grow, and every gradient through them grew with them
+        found.consequence_of = f"{_pushed_said(pushed)}: the gradients grew with them"
+        found.evidence["pushed_stride"] = pushed
         return found
     runaway = facts.runaway_weights
     if runaway is not None and runaway[1] < found.first_step:
@@ -6299,6 +6307,9 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
     elif (runaway := facts.runaway_weights) is not None and runaway[1] < first.step:
         said, found.evidence["runaway_weights"] = _ran_away(runaway, "the climb")
         found.summary += f"; before it, {said}"
+    elif (pushed := _pushed_outward(facts)) is not None:
+        found.summary += f"; {_pushed_said(pushed)}"
+        found.evidence["pushed_stride"] = pushed
     return found
 
 
@@ -6337,6 +6348,54 @@ def _multiplied_every_step(facts: RunFacts) -> dict[str, float] | None:
     if not abs(late - early) <= STEADY_RATE * early:
         return None
     return {"growth": float(math.exp(logs[-1] - logs[0])), "per_step": float(math.expm1(slope))}
+
+
+# The share of an Adam-type step's full stride (every weight moving its learning rate, the same
+# way, every step: the norm of all of them growing by ``lr * sqrt(count)`` a step) at or above
+# which the weights' norm grew over a run's second half: updates pushing the weights outward
+# step after step. Across the kept runs under Adam-type optimizers, those whose gradients
+# exploded grew at 0.011 of it or less (an explosion's updates go every way; Adam bounds them);
+# decays and penalties of the wrong sign, targets drifting away and logits pushed up at
+# 0.2 to 2 and more.
+PUSHED_STRIDE = 0.1
+
+
+def _pushed_outward(facts: RunFacts) -> float | None:
+    """The share of an Adam-type step's full stride (``PUSHED_STRIDE``) at which the norm of
+    all the weights grew over the second half of its record (a straight line fitted to it),
+    when that share is ``PUSHED_STRIDE`` or more, under an optimizer whose step does not grow
+    with the gradient: the updates pushed every weight one way, step after step."""
+    count = facts.run.config.get(PARAMETER_COUNT)
+    norms = facts.series(PARAM_NORM.name)
+    if facts.run.config.get(OPTIMIZER_FAMILY) not in BOUNDED_FAMILIES or not count or not norms:
+        return None
+    steps, values = norms
+    ok = np.isfinite(values) & (values > 0)
+    steps, values = steps[ok].astype(float), values[ok]
+    if len(values) < 60:
+        return None
+    half = len(values) // 2
+    rates = [
+        float(np.median(lr[(at >= steps[half]) & np.isfinite(lr)]))
+        for at, lr in facts.learning_rates
+        if ((at >= steps[half]) & np.isfinite(lr)).any()
+    ]
+    lr = max(rates, default=0.0)
+    if not lr > 0:
+        return None
+    slope = np.polyfit(steps[half:], values[half:], 1)[0]
+    share = float(slope / (lr * math.sqrt(count)))
+    return share if share >= PUSHED_STRIDE else None
+
+
+def _pushed_said(share: float) -> str:
+    return (
+        f"the norm of all the weights grew over the run's second half at {share:.2g} of the "
+        "optimizer's full stride (every weight moving its learning rate outward every step): "
+        "the updates pushed the weights one way step after step (what asks for ever larger "
+        "weights: a decay or penalty of the wrong sign, a target drifting away, logits pushed "
+        "up)"
+    )
 
 
 def _multiplied_said(multiplied: dict[str, float]) -> str:

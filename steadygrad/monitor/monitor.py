@@ -42,6 +42,7 @@ from steadygrad.core.metrics import (
     OPTIMIZER_FAMILY,
     OPTIMIZER_REPLACED,
     PARAM_GROUPS,
+    PARAMETER_COUNT,
     RECURRENT_MODULES,
 )
 from steadygrad.core.optimizer import (
@@ -274,7 +275,7 @@ class Monitor:
             "add_qk_norm_applies": bool(qk_norm_targets(model)),
             RECURRENT_MODULES: builtin_recurrent(model),
             PARAM_GROUPS: group_members(self.optimizer, self.parameters.stats.named),
-            "parameters": sum(p.numel() for p in self.parameters.stats.params),
+            PARAMETER_COUNT: sum(p.numel() for p in self.parameters.stats.params),
             "every": self.every,
             "activation_every": activation_every,
             "signals": {k: "on" if v is True else f"off: {v}" for k, v in switched.items()},
