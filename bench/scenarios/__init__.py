@@ -489,6 +489,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout485,
     cases_heldout486,
     cases_heldout487,
+    cases_heldout488,
     cases_mlp,
     cases_other,
 )
