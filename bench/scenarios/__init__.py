@@ -490,6 +490,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout486,
     cases_heldout487,
     cases_heldout488,
+    cases_heldout489,
     cases_mlp,
     cases_other,
 )
