@@ -491,6 +491,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout487,
     cases_heldout488,
     cases_heldout489,
+    cases_heldout490,
     cases_mlp,
     cases_other,
 )
