@@ -487,6 +487,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout483,
     cases_heldout484,
     cases_heldout485,
+    cases_heldout492,
     cases_mlp,
     cases_other,
 )
