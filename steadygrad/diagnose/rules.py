@@ -5342,7 +5342,7 @@ def _replaced_at(facts: RunFacts, step: int, grads: set[int]) -> bool:
     there (``grads``: the steps of the run's gradient spikes), or one the optimizer's bounded
     step cannot have followed that far (:func:`_beyond_a_bounded_step`)."""
     if step in grads and not _beyond_a_bounded_step(facts, step):
-        return False
+        return _beyond_any_step(facts, step)
     return _weights_replaced(facts, step)
 
 
@@ -5352,6 +5352,8 @@ def _weights_replaced(facts: RunFacts, step: int) -> bool:
     swapped for their moving average, reloaded from a checkpoint or averaged with a replica's
     between steps. A batch moves the weights only through its gradient (and an adaptive step
     not even then)."""
+    if _beyond_any_step(facts, step):
+        return True  # further than any step of this optimizer reaches, whatever the gradient
     moves = _norm_moves(facts, step)
     if moves is None:
         return False
@@ -5406,6 +5408,60 @@ def _beyond_a_bounded_step(facts: RunFacts, step: int) -> bool:
             continue
         typical = float(np.median(read * sizes))
         if typical > 0 and abs(float(now[0] - before[0])) >= BOUNDED_STEP * typical:
+            return True
+    return False
+
+
+# How far one optimizer step can move a weight, in learning rates: Adam's by (1 - beta1) /
+# sqrt(1 - beta2) at most (a giant gradient after small ones: 3.2 at the defaults), RMSprop's
+# by 1 / sqrt(1 - alpha) (10), over 1 - momentum with momentum, Adagrad's and a sign step's by
+# the rate itself; REACH_MARGIN times that, for NAdam's look-ahead term. Rprop's steps grow
+# by a factor of their own, Adadelta's rate is unit-free, an optimizer without a plain running
+# square (AdaBelief's centred one) can divide by next to nothing: no reach for those.
+REACH_MARGIN = 2.0
+SELF_SIZED = ("Rprop",)
+
+
+def _step_reach(facts: RunFacts) -> float | None:
+    """The most one step of the run's optimizer moves a weight, in learning rates, with
+    ``REACH_MARGIN``; None where the step is not bounded by the rate."""
+    config = facts.run.config
+    family, name = config.get(OPTIMIZER_FAMILY), facts.optimizer
+    kept, momentum = config.get(SECOND_MOMENT_DECAY), config.get(FIRST_MOMENT_DECAY) or 0.0
+    if family == "sign" and name not in SELF_SIZED:
+        return REACH_MARGIN
+    if family not in ("adam", "adaptive") or name in UNIT_FREE_RATE or kept is None:
+        return None
+    if kept >= 1.0:  # Adagrad's sum holds each step's own square
+        return REACH_MARGIN / (1.0 - momentum)
+    if family == "adam":
+        return REACH_MARGIN * max(1.0, (1.0 - momentum) / math.sqrt(1.0 - kept))
+    return REACH_MARGIN / (math.sqrt(1.0 - kept) * (1.0 - momentum))
+
+
+def _beyond_any_step(facts: RunFacts, step: int) -> bool:
+    """Whether the norm of all the weights changed into ``step``, or into the record before it,
+    by more than the optimizer's steps between those records can move it: ``count`` weights
+    each moved its reach (:func:`_step_reach`) at the highest learning rate of any group,
+    ``reach * lr * sqrt(count)`` a step. No gradient moves them that far: something put them
+    there (a checkpoint reloaded, noise added, a layer initialised again)."""
+    reach, count = _step_reach(facts), facts.run.config.get(PARAMETER_COUNT)
+    norms = _finite_until(facts, PARAM_NORM.name, step)
+    if reach is None or not count or norms is None or len(norms[0]) < 3:
+        return False
+    steps, values = norms
+    if steps[-1] != step:
+        return False
+    for i in (len(steps) - 1, len(steps) - 2):
+        gap = int(steps[i] - steps[i - 1])  # optimizer steps between the two records
+        within = [
+            lr[(at > steps[i - 1]) & (at <= steps[i]) & _positive(lr)]
+            for at, lr in facts.learning_rates
+        ]
+        rate = max((float(r.max()) for r in within if len(r)), default=None)
+        if rate is None:
+            return False
+        if abs(float(values[i] - values[i - 1])) > reach * rate * math.sqrt(count) * gap:
             return True
     return False
 
