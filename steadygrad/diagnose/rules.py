@@ -6420,10 +6420,12 @@ def _pushed_outward(facts: RunFacts) -> float | None:
     """The share of an Adam-type step's full stride (``PUSHED_STRIDE``) at which the norm of
     all the weights grew over the second half of its record (a straight line fitted to it),
     when that share is ``PUSHED_STRIDE`` or more, under an optimizer whose step does not grow
-    with the gradient: the updates pushed every weight one way, step after step."""
+    with the gradient (nor by a factor of its own, as Rprop's): the updates pushed every weight
+    one way, step after step."""
     count = facts.run.config.get(PARAMETER_COUNT)
     norms = facts.series(PARAM_NORM.name)
-    if facts.run.config.get(OPTIMIZER_FAMILY) not in BOUNDED_FAMILIES or not count or not norms:
+    family = facts.run.config.get(OPTIMIZER_FAMILY)
+    if family not in BOUNDED_FAMILIES or facts.optimizer in SELF_SIZED or not count or not norms:
         return None
     steps, values = norms
     ok = np.isfinite(values) & (values > 0)
