@@ -497,6 +497,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout493,
     cases_heldout494,
     cases_heldout495,
+    cases_heldout496,
     cases_mlp,
     cases_other,
 )
