@@ -499,6 +499,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout495,
     cases_heldout496,
     cases_heldout497,
+    cases_heldout498,
     cases_mlp,
     cases_other,
 )
