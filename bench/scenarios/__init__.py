@@ -494,6 +494,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout490,
     cases_heldout491,
     cases_heldout492,
+    cases_heldout499,
     cases_mlp,
     cases_other,
 )
