@@ -500,6 +500,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout496,
     cases_heldout497,
     cases_heldout498,
+    cases_heldout499,
     cases_mlp,
     cases_other,
 )
