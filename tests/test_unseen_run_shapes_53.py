@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import induced_report, steadygrad
+from helpers import diagnose_stored, induced_report, steadygrad
 
 
 def _stride_by_hand(run_dir) -> float:
@@ -87,3 +87,39 @@ def test_weights_moved_further_than_any_step_reaches_were_put_there(tmp_path, na
         assert "replaced" in report.top.summary
     else:
         assert moved < 1
+
+
+def test_a_rate_still_rising_from_a_climb_into_its_break_is_judged_by_the_whole_rise(tmp_path):
+    # Set 495's one-cycle peak typed 6.0 for 0.6: the loss began to climb at step 9, when the
+    # rate had risen 1.49x (under the 1.5x a rise into a climb needs), and the run broke at
+    # step 20 with the rate still rising, 3.3x where it began: the step size outgrew the
+    # curvature, not one batch
+    name = "h495_ironing_crease_onecycle"
+    report = induced_report(tmp_path, name)
+    assert report.top.cause == "sharpness_above_limit"
+    run = steadygrad.load(tmp_path / name)
+    climbs = [f.step for f in run.findings() if f.kind == "loss_divergence"]
+    broke = next(
+        f.step for f in run.findings() if f.kind == "loss_divergence" and f.severity == "critical"
+    )
+    at, lr = run.series("lr/0")
+    assert lr[at == climbs[0]][0] / lr[0] < 1.5 <= lr[at == broke][0] / lr[0]
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_rate_that_stopped_rising_at_the_climb_is_not_the_break(tmp_path, held):
+    # Control (hand-written run): the loss climbs from step 40 and breaks at step 60. The rate
+    # rose 1.4x by the climb; rising on to 3x by the break it is named (the trigger's shape),
+    # held from the climb on (a warm-up that ended) it is not what broke the run
+    rows = []
+    for t in range(70):
+        rate = 0.1 * (1 + 0.4 * min(t, 40) / 40 + (0 if held else 1.6 * max(t - 40, 0) / 20))
+        loss = 1.0 / (1 + t / 10) if t < 40 else 0.2 * 1.3 ** (t - 40)
+        rows.append({"loss": loss, "lr/0": rate})
+    findings = [
+        ("loss_divergence", 40, None, {"best_level": 0.2, "best_level_step": 39}, "warning"),
+        ("loss_divergence", 60, None, {"best_level": 0.2, "ratio": 190.0}, "critical"),
+    ]
+    report = diagnose_stored(tmp_path, str(held), rows, findings)
+    named = [d.cause for d in report.diagnoses]
+    assert ("sharpness_above_limit" in named) is not held

@@ -6135,12 +6135,24 @@ def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5)
     if not broke or not rates:
         return None
     first = min(broke, key=lambda f: (f.step, not _breaks(f)))
-    when = first.step
-    if any(f.step < when for f in facts.of(NONFINITE)):
+    if any(f.step < first.step for f in facts.of(NONFINITE)):
         return None
-    # a climb found before the run broke is named as what it was
-    what = "the run broke" if _breaks(first) else "the loss began to climb away"
-    for steps, values in rates:
+    # a climb found before the run broke is named as what it was; one found early in a rise
+    # that went on into the break is judged by the whole rise (a one-cycle peak typed 10x
+    # climbs at 1.5x its first rate and breaks at 3x)
+    into = [first] + [f for f in broke if _breaks(f) and f.step > first.step][:1]
+    for found in (_rate_rose_into(facts, f, window, rise) for f in into):
+        if found is not None:
+            return found
+    return None
+
+
+def _rate_rose_into(facts: RunFacts, broke: Finding, window: int, rise: float) -> Found | None:
+    """:func:`_lr_rising_into_break`'s test of the rates before ``broke`` (the first climb or
+    break, or the break that climb led into)."""
+    when = broke.step
+    what = "the run broke" if _breaks(broke) else "the loss began to climb away"
+    for steps, values in facts.learning_rates:
         # positive readings: a warm-up's first rate of 0 (LambdaLR at step 0) is no base
         before = values[(steps <= when) & (steps >= when - window) & _positive(values)]
         if len(before) < 2 or not before[-1] > before[0]:
