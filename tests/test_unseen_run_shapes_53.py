@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from helpers import diagnose_stored, induced_report, steadygrad
 
 
@@ -123,3 +124,38 @@ def test_a_rate_that_stopped_rising_at_the_climb_is_not_the_break(tmp_path, held
     report = diagnose_stored(tmp_path, str(held), rows, findings)
     named = [d.cause for d in report.diagnoses]
     assert ("sharpness_above_limit" in named) is not held
+
+
+@pytest.mark.parametrize("margin", [1000.0, 1.0])
+def test_a_multi_class_hinge_hands_over_its_scores(tmp_path, margin):
+    # nn.MultiMarginLoss's scores are the model's output as cross-entropy's logits are: their
+    # scale recorded from the loss call (the oracle: the largest score of the recorded step,
+    # computed here). Trigger: set 498's margin typed 1000 for 1, every row inside it, the head
+    # pushing the scores apart without end: output-logit divergence at the head. Control: the
+    # margin meant, met: quiet
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(4, 8, generator=g) * 2
+    largest = {}
+    with steadygrad.Monitor(model, opt, tmp_path / "run") as mon:
+        for step in range(200):
+            y = torch.randint(0, 4, (64,), generator=g)
+            scores = model(centres[y] + torch.randn(64, 8, generator=g))
+            largest[step] = float(scores.detach().abs().max())
+            loss = torch.nn.MultiMarginLoss(margin=margin)(scores, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(float(loss))
+    run = steadygrad.load(tmp_path / "run")
+    steps, recorded = run.series("output_logit_max")
+    assert recorded[-1] == pytest.approx(largest[int(steps[-1])], rel=1e-5)
+    report = steadygrad.diagnose(tmp_path / "run")
+    if margin > 1:
+        assert report.top.cause == "output_logit_divergence"
+        assert report.top.where == ["2"]
+    else:
+        assert not [f for f in run.findings() if f.severity != "info"]
+        assert report.healthy

@@ -2,7 +2,8 @@
 ``F.cross_entropy`` call hands over the logits AND the targets, with no user code; so does
 ``F.nll_loss`` after a ``log_softmax``, and every ``log_softmax`` hands over the logits (a
 distillation or preference loss written by hand, CTC); ``F.binary_cross_entropy_with_logits``
-hands over a multi-label or binary head's logits, each a softmax over two classes.
+hands over a multi-label or binary head's logits, each a softmax over two classes; and
+``F.multi_margin_loss`` (a multi-class hinge) hands over the scores it separates.
 
 Recorded: the mean log-partition ``log sum exp(z)`` (what z-loss holds near 0), the largest
 absolute logit and the logits' RMS, and the softmax-collapse fraction with the true targets. A
@@ -107,6 +108,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             F.kl_div: self._observe_kl,
             F.nll_loss: self._observe_nll,
             F.binary_cross_entropy_with_logits: self._observe_binary,
+            F.multi_margin_loss: self._observe_margin,
             torch.log_softmax: self._observe_log_softmax,
             F.log_softmax: self._observe_log_softmax,
             torch.Tensor.log_softmax: self._observe_log_softmax,
@@ -121,7 +123,10 @@ class CrossEntropyOutputSignal(InterceptingSignal):
     def applies(self) -> bool | str:
         if self.seen:
             return True
-        return "no cross-entropy, nll_loss, log_softmax or binary cross-entropy call seen"
+        return (
+            "no cross-entropy, nll_loss, log_softmax, binary cross-entropy or multi-class hinge "
+            "call seen"
+        )
 
     def begin(self, step: int) -> None:
         self._sums, self._head, self._classes, self._epsilon = {}, None, 0, 0.0
@@ -169,6 +174,15 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             return  # no dim given (deprecated): torch guesses one, and we do not
         self._softmaxed = True
         self._read_logits(logits, dim)
+
+    def _observe_margin(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """``F.multi_margin_loss(scores, target)`` (``nn.MultiMarginLoss``, a multi-class SVM's
+        hinge): the scores a margin separates, read as logits for their scale (a margin typed
+        1000 for 1 pushes them apart without end, as a loss with no minimum does); no
+        collapse, as no softmax is taken of them."""
+        scores = args[0] if args else kwargs.get("input")
+        if isinstance(scores, torch.Tensor) and scores.is_floating_point() and scores.dim():
+            self._read_logits(scores, -1)
 
     def _observe_logsumexp(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """``logsumexp(logits, dim)`` in the loss, outside the model's forward, over a layer's
