@@ -502,6 +502,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout498,
     cases_heldout499,
     cases_heldout500,
+    cases_heldout501,
     cases_mlp,
     cases_other,
 )
