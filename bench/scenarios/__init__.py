@@ -505,6 +505,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout501,
     cases_heldout502,
     cases_heldout503,
+    cases_heldout504,
     cases_mlp,
     cases_other,
 )
