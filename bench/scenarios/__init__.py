@@ -506,6 +506,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout502,
     cases_heldout503,
     cases_heldout504,
+    cases_heldout505,
     cases_mlp,
     cases_other,
 )
