@@ -501,6 +501,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout497,
     cases_heldout498,
     cases_heldout499,
+    cases_heldout506,
     cases_mlp,
     cases_other,
 )
