@@ -159,3 +159,21 @@ def test_a_multi_class_hinge_hands_over_its_scores(tmp_path, margin):
     else:
         assert not [f for f in run.findings() if f.severity != "info"]
         assert report.healthy
+
+
+def test_a_warm_up_that_meets_an_amplifying_init_names_the_init(tmp_path):
+    # Set 501's twelve ReLU layers with the ReLU gain applied twice, under a geometric warm-up
+    # from 1e-6: the run broke at a rate the standard initialisation trains at, the rate still
+    # rising. The layers amplified the signal from the first step (the oracle: each layer's
+    # output at step 0 at least 1.2x the one before, read from the stored series), so the
+    # init is named, where it starts, and the rising rate is its consequence. (Control: set
+    # 495's one-cycle peak on a standard init stays the rate, above.)
+    name = "h501_kettlebell_double_gain"
+    report = induced_report(tmp_path, name)
+    assert report.top.cause == "exploding_gradients"
+    assert report.top.where[0] == "layers.0"
+    rate = next(d for d in report.diagnoses if d.cause == "sharpness_above_limit")
+    assert "exploded from the first step" in rate.consequence_of
+    run = steadygrad.load(tmp_path / name)
+    outputs = [float(run.series(f"act_rms/layers.{i}")[1][0]) for i in range(12)]
+    assert all(b >= 1.2 * a for a, b in zip(outputs, outputs[1:], strict=False))

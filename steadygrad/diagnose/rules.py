@@ -2264,9 +2264,11 @@ def _exploding(facts: RunFacts) -> Found | None:
         # the finding names the tensor with the largest gradient for its norm (a bias at 0);
         # the chain through depth or time says where the signal was amplified
         return born
-    if born is not None and any(_inside(first.where or "", m) for m in born.where):
-        # the growth found later is in the recurrence that amplified the very first gradient:
-        # it exploded from the start, and grew on from there
+    fed = [*born.where, facts.output_layer] if born is not None else []
+    if born is not None and any(m and _inside(first.where or "", m) for m in fed):
+        # the growth found later is in the recurrence or the chain of layers that amplified
+        # the very first gradient, or in the output layer they feed: it exploded from the
+        # start, and grew on from there
         return born
     if first.evidence.get(WRECKED_WEIGHTS) and first.step == found.first_step:
         found.summary = (
@@ -6187,6 +6189,14 @@ def _rate_rose_into(facts: RunFacts, broke: Finding, window: int, rise: float) -
                 f"the weights were replaced between steps at step {replaced} (a resume from "
                 "the wrong snapshot, an EMA swap), and the loss climbed from there: no step "
                 "size made it"
+            )
+        elif (born := _exploded_from_the_start(facts)) is not None:
+            # a model whose layers amplify the signal is as sharp as they amplify: a rate that
+            # trains a standard initialisation meets that curvature on its way up
+            found.consequence_of = (
+                f"the gradients exploded from the first step ({layer_span(born.where)} "
+                "amplified the signal and the gradient at step "
+                f"{born.first_step}): the rising rate met the curvature that made"
             )
         return found
     return None
