@@ -509,6 +509,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout505,
     cases_heldout506,
     cases_heldout507,
+    cases_heldout508,
     cases_mlp,
     cases_other,
 )
