@@ -511,6 +511,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout507,
     cases_heldout508,
     cases_heldout509,
+    cases_heldout510,
     cases_mlp,
     cases_other,
 )
