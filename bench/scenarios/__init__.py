@@ -512,6 +512,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout508,
     cases_heldout509,
     cases_heldout510,
+    cases_heldout511,
     cases_mlp,
     cases_other,
 )
