@@ -513,6 +513,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout509,
     cases_heldout510,
     cases_heldout511,
+    cases_heldout512,
     cases_mlp,
     cases_other,
 )
