@@ -508,6 +508,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout504,
     cases_heldout505,
     cases_heldout506,
+    cases_heldout513,
     cases_mlp,
     cases_other,
 )
