@@ -516,6 +516,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout512,
     cases_heldout513,
     cases_heldout514,
+    cases_heldout515,
     cases_mlp,
     cases_other,
 )
