@@ -517,6 +517,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout513,
     cases_heldout514,
     cases_heldout515,
+    cases_heldout516,
     cases_mlp,
     cases_other,
 )
