@@ -519,6 +519,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout515,
     cases_heldout516,
     cases_heldout517,
+    cases_heldout518,
     cases_mlp,
     cases_other,
 )
