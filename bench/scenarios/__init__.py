@@ -520,6 +520,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout516,
     cases_heldout517,
     cases_heldout518,
+    cases_heldout519,
     cases_mlp,
     cases_other,
 )
