@@ -515,6 +515,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout511,
     cases_heldout512,
     cases_heldout513,
+    cases_heldout520,
     cases_mlp,
     cases_other,
 )
