@@ -523,6 +523,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout519,
     cases_heldout520,
     cases_heldout521,
+    cases_heldout522,
     cases_mlp,
     cases_other,
 )
