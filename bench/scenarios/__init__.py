@@ -525,6 +525,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout521,
     cases_heldout522,
     cases_heldout523,
+    cases_heldout524,
     cases_mlp,
     cases_other,
 )
