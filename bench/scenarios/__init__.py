@@ -527,6 +527,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout523,
     cases_heldout524,
     cases_heldout525,
+    cases_heldout526,
     cases_mlp,
     cases_other,
 )
