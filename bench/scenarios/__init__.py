@@ -522,6 +522,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout518,
     cases_heldout519,
     cases_heldout520,
+    cases_heldout527,
     cases_mlp,
     cases_other,
 )
