@@ -6455,12 +6455,8 @@ def _pushed_outward(facts: RunFacts) -> float | None:
     if len(values) < 60:
         return None
     half = len(values) // 2
-    rates = [
-        float(np.median(lr[(at >= steps[half]) & np.isfinite(lr)]))
-        for at, lr in facts.learning_rates
-        if ((at >= steps[half]) & np.isfinite(lr)).any()
-    ]
-    lr = max(rates, default=0.0)
+    late = [lr[(at >= steps[half]) & np.isfinite(lr)] for at, lr in facts.learning_rates]
+    lr = max((float(np.median(rates)) for rates in late if len(rates)), default=0.0)
     if not lr > 0:
         return None
     slope = np.polyfit(steps[half:], values[half:], 1)[0]
