@@ -531,6 +531,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout527,
     cases_heldout528,
     cases_heldout533,
+    cases_heldout531,
     cases_mlp,
     cases_other,
 )
