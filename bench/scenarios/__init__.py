@@ -532,6 +532,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout528,
     cases_heldout533,
     cases_heldout531,
+    cases_heldout529,
     cases_mlp,
     cases_other,
 )
