@@ -533,6 +533,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout533,
     cases_heldout531,
     cases_heldout529,
+    cases_heldout530,
     cases_mlp,
     cases_other,
 )
