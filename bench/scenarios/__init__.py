@@ -529,6 +529,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout525,
     cases_heldout526,
     cases_heldout527,
+    cases_heldout534,
     cases_mlp,
     cases_other,
 )

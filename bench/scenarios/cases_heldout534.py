@@ -1,13 +1,18 @@
-"""Held-out set 534 (``h534_``), INCOMPLETE: 4 of the planned 10 faults, no controls yet; not
-registered in ``scenarios/__init__.py`` and not in the README table.
+"""Held-out set 534 (``h534_``): 10 faults over 10 causes and 3 healthy controls, all hand-written.
 
-Faults present: a water-gilding burnish-time SiLU regressor resumed at step 120 without its Adam
-or scheduler state (a one-off loss spike it recovers from, Adam); a tufa-tower growth tanh
-regressor whose hand-written decoupled weight decay has its sign flipped (weights grow, the loss
-climbs slowly, RMSprop); a blowhole spout-height mixture-density network whose log-likelihood
-takes log of a sum of densities with no logsumexp (a storm batch underflows to log 0, AdamW); a
-moulin meltwater-discharge GELU regressor under fp16 autocast + GradScaler fed hydrostatic
-pressure in pascals after a config change (Adamax).
+Faults: water-gilding burnish-time regressor resumed without Adam/scheduler state (loss_spike);
+tufa-tower growth regressor with its decoupled weight decay sign flipped (loss_divergence,
+RMSprop); blowhole spout-height mixture-density network with log of a sum (nonfinite, AdamW);
+moulin meltwater regressor fed pascals under fp16 autocast (amp_overflow, Adamax); cordwainer
+welt-stitch regressor with a warm-up peak lr typed 10x (sharpness_above_limit, plain SGD); bandy
+glide-distance regressor whose fc2 group lr is 0 from a config key typo
+(update_ratio_out_of_range, NAdam); loess-bluff slump regressor with one core sample in raw units
+(data_outlier, SGD momentum); firn close-off depth regressor with a loss-weight table entry typed
+1000x (gradient_spike, ASGD); spinet jack IRNN with identity init scaled 1.1 (exploding_gradients,
+SGD Nesterov); sun-cup depth-class classifier with temperature 0.001 (softmax_collapse, Adam).
+Controls: ringette pass-zone classifier with FGSM examples in every batch (SGD Nesterov), fumarole
+plume-lift Huber regressor (Adagrad, warm-up, clipping), sastrugi BCE classifier (RAdam, param
+groups, accumulation, ReduceLROnPlateau).
 """
 
 from __future__ import annotations
@@ -377,3 +382,456 @@ def h534_moulin_fp16_pressure_in_pascals(ctx):
         with torch.no_grad():
             ctx.check("same batch finite in float32", bool(torch.isfinite(model(bad_x)).all()))
     ctx.check("trained before step 90", _fell(losses[:90]))
+
+
+# -- 5. sharpness above limit: learning rate typed 10x, plain SGD ---------------------------------
+
+
+def _top_hessian_eig(model, loss_fn, x, y, iters=30):
+    """Largest Hessian eigenvalue of loss_fn(model(x), y) by power iteration on HVPs."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = loss_fn(model(x), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    v = [torch.randn_like(p) for p in params]
+    eig = 0.0
+    for _ in range(iters):
+        norm = torch.sqrt(sum((u * u).sum() for u in v))
+        v = [u / norm for u in v]
+        hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+        eig = float(sum((a * b).sum() for a, b in zip(hv, v, strict=True)))
+        v = [h.detach() for h in hv]
+    return eig
+
+
+@scenario(
+    family="cordwainer_welt_stitch_tension_regressor",
+    optimizer="SGD",
+    cause="sharpness_above_limit",
+    where=(),
+    diverges="auto",
+    heldout=True,
+    onset=20,
+    note="Cordwainer welt-stitch tension regressor (ReLU MLP on awl gauge, thread ply, wax "
+    "weight, welt thickness, stitch pitch and leather moisture, MSE, plain SGD, linear warm-up "
+    "over 100 steps). The config's peak lr reads 1.5 where the recipe says 0.15: lr times the "
+    "top Hessian eigenvalue (power iteration every 10 steps) passes 2 at step 20, the loss "
+    "oscillates, then grows and blows up near step 90; the intended peak stays under 2.",
+)
+def h534_cordwainer_lr_typed_tenfold(ctx):
+    gen = seeded(5345)
+    model = _Net(6, 48, 1, nn.ReLU)
+    batches = _readings(gen, 64, 6, 53450)
+    peak = 1.5  # meant 0.15
+    opt = torch.optim.SGD(model.parameters(), lr=peak)
+    edge = []
+
+    def before(step):
+        for group in opt.param_groups:
+            group["lr"] = peak * min((step + 1) / 100, 1.0)
+        if step % 10 == 0 and step <= 60:
+            x, y = next(probe)
+            edge.append(opt.param_groups[0]["lr"] * _top_hessian_eig(model, F.mse_loss, x, y, 15))
+
+    probe = _readings(torch.Generator().manual_seed(53451), 64, 6, 53450)
+    losses, _ = _loop(ctx, model, opt, batches, 150, F.mse_loss, before=before)
+    crossed = next((10 * i for i, v in enumerate(edge) if v > 2), None)
+    ctx.check(f"lr x sharpness under 2 at step 0 ({edge[0]:.2f})", edge[0] < 2)
+    ctx.check(f"lr x sharpness first past 2 at step 20 ({crossed})", crossed == 20)
+    ctx.check("intended peak 0.15 x sharpness at step 0 under 2", 0.15 * edge[0] / 0.015 < 2)
+    big = max((v if math.isfinite(v) else float("inf")) for v in losses)
+    ctx.check("loss blows up over 100x its first value", big > 100 * losses[0])
+
+
+# -- 6. update ratio out of range: a param group frozen by a config key typo --------------------
+
+
+@scenario(
+    family="bandy_puck_glide_distance_regressor",
+    optimizer="NAdam",
+    cause="update_ratio_out_of_range",
+    where=("fc2",),
+    diverges=None,
+    heldout=True,
+    note="Bandy ball glide-distance regressor (ReLU MLP on ice temperature, strike "
+    "speed, ball wear, wind and rink grooming age, Huber loss, NAdam with two param groups). The "
+    "middle layer's group takes lr = base * cfg.get('fc2_lr_scale', 0.0), and the config spells "
+    "the key 'fc2_lr_scael': fc2's learning rate is 0 the whole run, its weights never move, "
+    "while fc1 and the head train and the loss still falls a little.",
+)
+def h534_bandy_group_lr_key_typo(ctx):
+    gen = seeded(5346)
+    model = _Net(5, 48, 1, nn.ReLU)
+    cfg = {"lr": 3e-3, "fc2_lr_scael": 1.0}
+    rest = [p for n, p in model.named_parameters() if not n.startswith("fc2.")]
+    opt = torch.optim.NAdam(
+        [
+            {"params": rest, "lr": cfg["lr"]},
+            {"params": model.fc2.parameters(), "lr": cfg["lr"] * cfg.get("fc2_lr_scale", 0.0)},
+        ]
+    )
+    fc2_0, fc1_0 = _flat(model.fc2), _flat(model.fc1)
+    losses, norms = _loop(
+        ctx, model, opt, _readings(gen, 64, 5, 53460), 200, lambda o, y: F.huber_loss(o, y)
+    )
+    ctx.check("fc2 moved under 1e-6 relative", _rel(_flat(model.fc2), fc2_0) < 1e-6)
+    ctx.check("fc1 moved over 5% relative", _rel(_flat(model.fc1), fc1_0) > 0.05)
+    ctx.check("fc2 received nonzero gradients", min(norms) > 0)
+    ctx.check("finite", _finite(losses))
+
+
+# -- 7. data outlier: one sample in raw units ---------------------------------------------------
+
+
+@scenario(
+    family="loess_bluff_slump_rate_regressor",
+    optimizer="SGD",
+    cause="data_outlier",
+    where=(),
+    diverges=None,
+    onset=100,
+    heldout=True,
+    note="Loess-bluff slump-rate regressor (tanh MLP on pore pressure, slope angle, rainfall, "
+    "clay fraction, root density and freeze-thaw count, MSE, SGD momentum 0.9, clipping at 5). "
+    "One core sample in the shard read at step 100 has its pore pressure in pascals (x 2000 "
+    "against the standardised column) and a target logged in mm instead of m: that batch's loss "
+    "jumps over 20x and its gradient over 10x; the clip bounds the step and the run recovers.",
+)
+def h534_loess_core_sample_raw_units(ctx):
+    gen = seeded(5347)
+    model = _Net(6, 48, 1, nn.Tanh)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+
+    def alter(step, x, y):
+        if step == 100:
+            x, y = x.clone(), y.clone()
+            x[7, 0] = 2000.0
+            y[7] = y[7] * 1000.0 + 40.0
+        return x, y
+
+    losses, norms = _loop(
+        ctx, model, opt, _readings(gen, 64, 6, 53470), 200, F.mse_loss, alter=alter, clip=5.0
+    )
+    pre, pre_g = _median(losses[80:100]), _median(norms[80:100])
+    ctx.check("loss at step 100 over 20x the median before", losses[100] > 20 * pre)
+    ctx.check("gradient at step 100 over 10x the median before", norms[100] > 10 * pre_g)
+    ctx.check("recovers: last 20 under 2x the median before", _mean(losses[-20:]) < 2 * pre)
+    ctx.check("finite", _finite(losses))
+
+
+# -- 8. gradient spike: a loss-weight table entry typed 1000x -------------------------------------
+
+
+@scenario(
+    family="firn_air_bubble_close_off_depth_regressor",
+    optimizer="ASGD",
+    cause="gradient_spike",
+    where=(),
+    diverges=None,
+    onset=100,
+    heldout=True,
+    note="Firn air-bubble close-off depth regressor (SiLU MLP on accumulation rate, surface "
+    "temperature, density gradient, grain size and impurity load, MSE plus a smoothness term "
+    "whose weight comes from a per-step table, ASGD, clipping at 1). The table's entry for step "
+    "100 is typed 300.0 instead of 0.30: the backpropagated loss is 1000x the term for that one "
+    "step, the gradient bursts over 50x while the logged data loss is ordinary; the clip "
+    "bounds the step.",
+)
+def h534_firn_loss_weight_table_typo(ctx):
+    gen = seeded(5348)
+    model = _Net(5, 48, 1, nn.SiLU)
+    opt = torch.optim.ASGD(model.parameters(), lr=0.05)
+    table = [0.3] * 200
+    table[100] = 300.0  # meant 0.30
+
+    def backprop(step, loss):
+        smooth = sum(p.pow(2).sum() for n, p in model.named_parameters() if "weight" in n)
+        return loss + table[step] * 0.1 * smooth
+
+    losses, norms = _loop(
+        ctx,
+        model,
+        opt,
+        _readings(gen, 64, 5, 53480),
+        200,
+        F.mse_loss,
+        backprop=backprop,
+        clip=1.0,
+    )
+    ctx.check("gradient at step 100 over 50x its median", norms[100] > 50 * _median(norms[80:100]))
+    ctx.check(
+        "logged loss at step 100 under 1.5x its median", losses[100] < 1.5 * _median(losses[80:100])
+    )
+    ctx.check("finite", _finite(losses))
+    ctx.check("trained", _fell(losses, ratio=0.9))
+
+
+# -- 9. exploding gradients: IRNN with its identity init scaled 1.25 ------------------------------
+
+
+class _IRNN(nn.Module):
+    """h_t = relu(rec(h_{t-1}) + inp(x_t)); regression from the last state."""
+
+    def __init__(self, d_in, hidden=32, gain=1.0):
+        super().__init__()
+        self.inp = nn.Linear(d_in, hidden)
+        self.rec = nn.Linear(hidden, hidden, bias=False)
+        self.head = nn.Linear(hidden, 1)
+        with torch.no_grad():
+            self.rec.weight.copy_(gain * torch.eye(hidden))
+        self.states = []
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], self.rec.in_features)
+        self.states = []
+        for t in range(x.shape[1]):
+            h = F.relu(self.rec(h) + self.inp(x[:, t]))
+            if h.requires_grad:
+                h.retain_grad()
+            self.states.append(h)
+        return self.head(h).squeeze(-1)
+
+
+def _pluck_batches(gen, batch, length):
+    while True:
+        x = 0.3 * torch.randn(batch, length, 3, generator=gen)
+        y = torch.tanh(x[:, -5:, 0].sum(1)) + 0.5 * x[:, -1, 1]
+        yield x, y
+
+
+@scenario(
+    family="spinet_jack_pluck_force_irnn",
+    optimizer="SGD",
+    cause="exploding_gradients",
+    where=("rec",),
+    diverges=None,
+    heldout=True,
+    note="Spinet jack pluck-force sequence model (an IRNN: ReLU recurrent cell with identity "
+    "init, over 50 samples of key velocity, quill bend and jack rail position, MSE, SGD "
+    "Nesterov momentum 0.9, clipping at 1). The init multiplies the identity by 1.1 (a gain "
+    "meant for the input weights): every step through time multiplies the backward signal by "
+    "about 1.1, the state gradient at the first time step is over 50x the last's and the raw "
+    "gradient norm is over 100x the clip; the clip keeps the run from blowing up, the loss "
+    "starts in the hundreds and comes down slowly.",
+)
+def h534_spinet_irnn_identity_gain(ctx):
+    gen = seeded(5349)
+    model = _IRNN(3, 32, gain=1.1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    ratio = {}
+
+    def after(step, loss):
+        if step == 0:
+            first, last = model.states[0].grad, model.states[-1].grad
+            ratio["r"] = float(first.norm() / last.norm())
+
+    losses, norms = _loop(
+        ctx, model, opt, _pluck_batches(gen, 32, 50), 150, F.mse_loss, after=after, clip=1.0
+    )
+    ctx.check(
+        f"state gradient at t=0 over 50x the one at t=49 ({ratio.get('r', 0):.0f})",
+        ratio.get("r", 0.0) > 50,
+    )
+    ctx.check("raw gradient norm at step 0 over 100x the clip", norms[0] > 100)
+    ctx.check("finite", _finite(losses))
+
+
+# -- 10. softmax collapse: temperature divided where it should multiply ---------------------------
+
+
+class _TempClassifier(nn.Module):
+    def __init__(self, d_in, classes, hidden=48, temperature=1.0):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, classes)
+        self.temperature = temperature
+
+    def features(self, x):
+        return F.relu(self.fc2(F.relu(self.fc1(x))))
+
+    def forward(self, x):
+        return self.head(self.features(x)) / self.temperature
+
+
+@scenario(
+    family="sun_cup_snow_hollow_depth_class_classifier",
+    optimizer="Adam",
+    cause="softmax_collapse",
+    where=("head",),
+    diverges=None,
+    heldout=True,
+    note="Sun-cup snow-hollow depth-class classifier (ReLU MLP on insolation, dust load, air "
+    "humidity, wind and snow density, 6 classes, cross-entropy, Adam). The head divides its "
+    "logits by a temperature read as 0.001 (the distillation setting, meant for another job) "
+    "instead of 1: the logits are 1000x, most rows' largest softmax probability rounds to "
+    "exactly 1.0 in float32 (0 for the others) and the wrong rows' losses are huge.",
+)
+def h534_sun_cup_temperature_thousandth(ctx):
+    gen = seeded(5350)
+    model = _TempClassifier(5, 6, temperature=0.001)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = _grades(gen, 64, 5, 6, 53500, spread=1.2)
+    saturated = []
+
+    def loss_fn(out, y):
+        p = torch.softmax(out.detach(), -1)
+        saturated.append(float((p.max(-1).values == 1.0).float().mean()))
+        return F.cross_entropy(out, y)
+
+    losses, _ = _loop(ctx, model, opt, batches, 150, loss_fn, classifier=True)
+    x, y = next(batches)
+    with torch.no_grad():
+        p1 = torch.softmax(model.head(model.features(x)), -1)
+    ctx.check(
+        f"rows with max probability exactly 1.0, mean over the run ({_mean(saturated):.2f})",
+        _mean(saturated) > 0.3,
+    )
+    ctx.check("at temperature 1 no row is exactly 1.0", bool((p1.max(-1).values < 1.0).all()))
+    ctx.check("finite", _finite(losses))
+
+
+# -- 11. control: FGSM adversarial training -------------------------------------------------------
+
+
+@scenario(
+    family="ringette_pass_zone_fgsm_classifier",
+    optimizer="SGD",
+    cause="healthy",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="Ringette pass-zone classifier (ReLU MLP on skater positions, stick angle, ring speed "
+    "and defender gaps, 5 zones, cross-entropy with label smoothing 0.1, SGD Nesterov momentum, "
+    "cosine schedule). Adversarial training: each batch is half clean readings, half FGSM "
+    "examples (eps 0.4) made against the current weights, so the loss stays high and noisy "
+    "and the adversarial half's loss stays well above the clean half's. Healthy control.",
+)
+def h534_ringette_fgsm_mixed_batches(ctx):
+    gen = seeded(5351)
+    model = _Net(8, 64, 5, nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=200)
+    batches = _grades(gen, 64, 8, 5, 53510, spread=1.0)
+    ctx.attach(model, opt)
+    losses, adv_gap = [], []
+    for _ in range(200):
+        x, y = next(batches)
+        xa = x[:32].clone().requires_grad_(True)
+        grad_x = torch.autograd.grad(F.cross_entropy(model(xa), y[:32]), xa)[0]
+        x_adv = (xa + 0.4 * grad_x.sign()).detach()
+        xb, yb = torch.cat([x_adv, x[32:]]), y
+        ctx.targets(yb)
+        out = model(xb)
+        loss = F.cross_entropy(out, yb, label_smoothing=0.1)
+        loss.backward()
+        ctx.grad_norms.append(grad_norm(model))
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        ctx.step(loss)
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            adv_gap.append(
+                float(F.cross_entropy(out[:32], yb[:32]) - F.cross_entropy(out[32:], yb[32:]))
+            )
+    x, y = next(batches)
+    with torch.no_grad():
+        acc = float((model(x).argmax(-1) == y).float().mean())
+    ctx.check("loss fell", _fell(losses, ratio=0.8))
+    ctx.check("adversarial half's loss above the clean half's late", _mean(adv_gap[-20:]) > 0.1)
+    ctx.check(f"clean accuracy over 0.8 ({acc:.2f})", acc > 0.8)
+    ctx.check("finite", _finite(losses))
+
+
+# -- 12. control: Huber, warm-up then decay, clipping, noisy batches ------------------------------
+
+
+@scenario(
+    family="fumarole_plume_lift_huber_regressor",
+    optimizer="Adagrad",
+    cause="healthy",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="Fumarole plume-lift regressor (SiLU MLP on vent temperature, gas flux, wind speed, "
+    "humidity, SO2 fraction and vent diameter, Huber loss, Adagrad with linear warm-up over 20 "
+    "steps then step decay, gradient clipping at 1, noisy field readings). Healthy control.",
+)
+def h534_fumarole_adagrad_warmup_clip(ctx):
+    gen = seeded(5352)
+    model = _Net(6, 64, 1, nn.SiLU)
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / 20, 1.0) * (0.5 ** (s // 80))
+    )
+    losses, _ = _loop(
+        ctx,
+        model,
+        opt,
+        _readings(gen, 64, 6, 53520, noise=0.2),
+        200,
+        lambda o, y: F.huber_loss(o, y, delta=0.5),
+        clip=1.0,
+        sched=sched,
+    )
+    ctx.check("loss fell", _fell(losses, ratio=0.6))
+    ctx.check("finite", _finite(losses))
+
+
+# -- 13. control: BCE with label smoothing, accumulation, ReduceLROnPlateau -----------------------
+
+
+class _Carve(nn.Module):
+    def __init__(self, d_in, hidden=32):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.fc2(F.gelu(self.fc1(x))))).squeeze(-1)
+
+
+@scenario(
+    family="sastrugi_wind_carve_bce_classifier",
+    optimizer="RAdam",
+    cause="healthy",
+    where=(),
+    diverges=None,
+    heldout=True,
+    note="Sastrugi wind-carve classifier (does a ridge form: GELU/tanh MLP on wind speed, snow "
+    "temperature, fetch, grain hardness and surface age, BCE with smoothed targets 0.05/0.95, "
+    "RAdam with two param groups (head without weight decay), gradient accumulation over 2 "
+    "micro-batches, ReduceLROnPlateau on the running loss). Healthy control.",
+)
+def h534_sastrugi_radam_accumulate_plateau(ctx):
+    gen = seeded(5353)
+    model = _Carve(5)
+    g = torch.Generator().manual_seed(53530)
+    w = torch.randn(5, generator=g)
+    opt = torch.optim.RAdam(
+        [
+            {"params": [*model.fc1.parameters(), *model.fc2.parameters()], "weight_decay": 1e-3},
+            {"params": model.head.parameters(), "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+    )
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=20)
+    ctx.attach(model, opt)
+    losses = []
+    for _ in range(200):
+        total = 0.0
+        for _micro in range(2):
+            x = torch.randn(32, 5, generator=gen)
+            y = ((x @ w + 0.5 * x[:, 0] * x[:, 1]) > 0).float()
+            loss = F.binary_cross_entropy_with_logits(model(x), 0.05 + 0.9 * y) / 2
+            loss.backward()
+            total = total + loss.detach()
+        ctx.grad_norms.append(grad_norm(model))
+        opt.step()
+        losses.append(float(total))
+        ctx.step(total)
+        opt.zero_grad(set_to_none=True)
+        sched.step(_mean(losses[-10:]))
+    ctx.check("loss fell", _fell(losses, ratio=0.85))
+    ctx.check("finite", _finite(losses))
