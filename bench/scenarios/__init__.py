@@ -535,6 +535,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout529,
     cases_heldout530,
     cases_heldout532,
+    cases_heldout534,
     cases_mlp,
     cases_other,
 )
