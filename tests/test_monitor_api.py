@@ -109,6 +109,29 @@ def test_calling_step_before_optimizer_step_fails_clearly(tmp_path):
     mon.close()
 
 
+def test_a_step_on_every_micro_batch_warns_and_records_the_skipped_ones(tmp_path):
+    """mon.step on each micro-batch of an accumulation over 2 (a backward pass runs between the
+    first call and the optimizer's first step, so it is no wrong order): the run carries on, the
+    calls without an optimizer step are recorded as skipped, and no layer reads as frozen."""
+    model = tiny_mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mon = steadygrad.Monitor(model, opt, tmp_path / "run", progress=False)
+    with pytest.warns(RuntimeWarning, match="every micro-batch of a gradient accumulation"):
+        for i in range(60):
+            x, y = regression_batch(i)
+            (nn.functional.mse_loss(model(x), y) / 2).backward()
+            if i % 2:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            mon.step(nn.functional.mse_loss(model(x), y))
+    mon.close()
+    run = steadygrad.load(tmp_path / "run")
+    steps, skipped = run.series("optimizer_skipped")
+    assert sorted(steps.tolist()) == list(range(0, 60, 2))  # the calls before each step
+    assert (skipped == 1).all()
+    assert not [f for f in run.findings() if f.kind == "update_ratio_out_of_range"]
+
+
 def test_a_plain_float_loss_and_a_float_every_step(tmp_path):
     model = tiny_mlp()
     opt = _opt(model)

@@ -124,6 +124,13 @@ ORDER_ERROR = (
     "be measured once the optimizer has applied it."
 )
 
+MICRO_BATCHES = (
+    "mon.step was called before the optimizer's first step, and a backward pass ran after it: "
+    "on every micro-batch of a gradient accumulation? The Monitor records each call as a step, "
+    "those without an optimizer step as skipped ones; to record optimizer steps only, call "
+    "mon.step(loss) once per optimizer step, after it."
+)
+
 
 # Recorded steps between checks that the model's parameters are still those attached to (one
 # pass over them: a module assigned in place of one, a layer unfrozen, after attach).
@@ -663,7 +670,10 @@ class Monitor:
 
     def _before_optimizer_step(self, optimizer, args, kwargs):
         if self._optimizer_steps_total == 0 and self._unstepped_calls:
-            raise RuntimeError(ORDER_ERROR)
+            if not self.parameters.stats.gradients_changed():
+                raise RuntimeError(ORDER_ERROR)  # it applies the gradients mon.step measured
+            # a backward pass since mon.step: the call was a micro-batch's, not a wrong order
+            self._warn_once("micro_batches", MICRO_BATCHES)
         # args holds the optimizer first, then step's own arguments
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:

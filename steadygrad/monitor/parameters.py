@@ -115,10 +115,16 @@ class ParameterStats:
                 return None
             self._probe = min(with_grad, key=lambda i: self.params[i].numel())
         grad = self.params[self._probe].grad
-        seen, self._probe_seen = (
-            self._probe_seen,
-            None if grad is None else (weakref.ref(grad), grad._version),
-        )
+        changed = self.gradients_changed()
+        self._probe_seen = None if grad is None else (weakref.ref(grad), grad._version)
+        return changed
+
+    def gradients_changed(self) -> bool | None:
+        """What :meth:`gradients_since_last_look` would say now, without looking (the next
+        call still compares with the previous look)."""
+        if self._probe is None:
+            return None
+        grad, seen = self.params[self._probe].grad, self._probe_seen
         if grad is None:
             return None
         return seen is None or seen[0]() is not grad or seen[1] != grad._version

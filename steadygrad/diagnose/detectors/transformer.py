@@ -37,6 +37,7 @@ from steadygrad.core.metrics import (
     LOGIT_LSE_MEAN,
     LOSS,
     OPTIMIZER_FAMILY,
+    OPTIMIZER_SKIPPED,
     OUTPUT_CLASSES,
     OUTPUT_EPSILON,
     OUTPUT_LOGIT_MAX,
@@ -896,6 +897,9 @@ class UpdateRatioOutOfRange(Detector):
     those records (a tensor growing out of a small start, as a learnt attention query vector
     does).
 
+    A step the optimizer did not take (``optimizer_skipped``: a GradScaler's overflow, a
+    micro-batch's ``mon.step``) is no reading.
+
     A parameter frozen and outside the optimizer at attach that later gets gradients no step
     applies (the record's ``gradients_not_applied``) is a warning too: a layer unfrozen after
     the optimizer was built without it.
@@ -933,7 +937,7 @@ class UpdateRatioOutOfRange(Detector):
     # or more, froze the layers by design (ReduceLROnPlateau after the loss settled, a decay to
     # zero): info here; the diagnosis judges from the loss whether the cuts came too early.
     SCHEDULE_CUT, RATE_CUTS = 100.0, 3
-    reads = (UPDATE_RATIO, GRAD_NORM, PARAM_NORM, LEARNING_RATE, LOSS)
+    reads = (UPDATE_RATIO, GRAD_NORM, PARAM_NORM, LEARNING_RATE, LOSS, OPTIMIZER_SKIPPED)
     emits = (UPDATE_RATIO_OUT_OF_RANGE,)
     # A gradient under this share of the median tensor's (each against its weights) vanishes.
     VANISHING = 1e-3
@@ -980,6 +984,8 @@ class UpdateRatioOutOfRange(Detector):
             findings.append(Finding(self.kind, record.step, name, evidence, "info"))
         values, lately = record.values, self._lately
         lately.append(values)
+        if values.get(OPTIMIZER_SKIPPED.name):
+            return findings  # no update was applied: a ratio of 0 says nothing of a layer
         for name, ratio in record.family(UPDATE_RATIO.name).items():
             key = GRAD_NORM.key(name)
             if ratio == 0.0 and not values.get(key) and any(v.get(key) for v in lately):
