@@ -21,7 +21,7 @@ from torch import nn
 # -- the registry --------------------------------------------------------------------------------
 
 CAUSES = (
-    # the cause names of steadygrad/diagnose/rules.py RULES
+    # the cause names of steadygrad/diagnose/rules/ RULES
     "attention_logit_growth",
     "output_logit_divergence",
     "softmax_collapse",
