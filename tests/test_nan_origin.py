@@ -332,6 +332,8 @@ def test_a_users_hook_runs_in_a_replay_only_if_it_can_return_a_value():
     assert computes(lambda m, a, out: out * 2)  # rewrites the output
     assert computes(lambda m, a, out: out.clamp_(-1, 1))  # a call that may return a tensor
     assert not computes(lambda m, a, out: kept.update(last=out))
+    assert not computes(lambda m, a, out: kept.__setitem__("last", out.dtype))  # set 534's
+    assert computes(lambda m, a, out: kept.setdefault("last", out))  # returns the value
     assert not computes(_Keeper()) and not computes(functools.partial(_store, []))
 
     def guarded(module, args, out):

@@ -34,6 +34,7 @@ _INSTALLED = {"site-packages", "dist-packages"}
 # methods that return None: a lambda whose body calls one of them returns nothing
 _RECORDING = frozenset(
     {"append", "extend", "insert", "add", "update", "clear", "put", "put_nowait", "write"}
+    | {"__setitem__"}
     | {"add_scalar", "add_scalars", "add_histogram", "log", "info", "debug"}
 )
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")

@@ -529,7 +529,11 @@ def _output_logits(facts: RunFacts) -> Found | None:
             )
         return found
     if found is None:
-        return _logits_driven_by_the_head_rate(facts) or _fell_without_bound(facts)
+        return (
+            _logits_driven_by_the_head_rate(facts)
+            or _fell_without_bound(facts)
+            or _grew_on_a_fit(facts)
+        )
     if found.first_step is None:
         return found
     first = found.evidence.get("first")
@@ -627,6 +631,53 @@ def _output_logits(facts: RunFacts) -> Found | None:
         )
         found.evidence["output_update_ratio"] = ratio
     return found
+
+
+# A head's largest logit this many times its first reading, where the loss fell to FIT times
+# its first value: logits grown far past any confidence the loss still asks for (six of the ten
+# blind separable fits with no weight decay, sets 489-533, grew 33-660x to losses 1.7e-4 to
+# 6.6e-4 of their first; none of the 147 healthy controls of sets 486-534 came under both bars,
+# the nearest, a progressive-resize classifier, ending at 2e-3 of its first loss).
+FIT_GROWTH, FIT = 20.0, 1e-3
+
+
+def _grew_on_a_fit(facts: RunFacts) -> Found | None:
+    """Logits growing without bound on data the model already fits, told at info: the loss
+    fell to ``FIT`` times its first value (the medians of its first and last ``ENDED_OVER``
+    values) while the head's largest logit grew ``FIT_GROWTH`` times its first reading and was
+    still growing over the run's last quarter (its median there above the quarter before's).
+    On separable data with nothing holding their scale (no weight decay or label smoothing on
+    the head), the weights' norm grows for as long as training runs (Soudry et al. 2018: like
+    log t under gradient descent; an adaptive step, which keeps its size as the gradient
+    shrinks, grows it faster). Harmless to the training loss, which is why it is no warning; it
+    costs calibration, and float16's range. Dated to the reading that first stood
+    ``FIT_GROWTH`` times the first."""
+    head, logits = facts.output_layer, facts.series(OUTPUT_LOGIT_MAX.name)
+    loss = facts.series(LOSS.name)
+    if head is None or logits is None or loss is None:
+        return None
+    steps, values = logits[0][np.isfinite(logits[1])], logits[1][np.isfinite(logits[1])]
+    losses = loss[1][np.isfinite(loss[1])]
+    quarter = len(values) // 4
+    if quarter < 2 or len(losses) < 2 * ENDED_OVER or values[0] <= 0:
+        return None
+    first, last = float(np.median(losses[:ENDED_OVER])), float(np.median(losses[-ENDED_OVER:]))
+    late, before = np.median(values[-quarter:]), np.median(values[-2 * quarter : -quarter])
+    grew = float(late / values[0])
+    if not (0 <= last <= FIT * first and grew >= FIT_GROWTH and late > before):
+        return None
+    began = int(steps[np.flatnonzero(values >= FIT_GROWTH * values[0])[0]])
+    return Found(
+        f"the largest logit of {head} grew {grew:.3g}x from its first reading and was still "
+        f"growing at the end, while the loss fell to {last:.3g} ({last / first:.2g} of where "
+        "it began): the model fits its data and nothing bounds its logits (no weight decay or "
+        "label smoothing on the head?); harmless to this loss, but confidence without limit "
+        "costs calibration and float16's range",
+        began,
+        [head],
+        {"logit_growth": grew, "loss_share": last / first, OUTPUT_LOGIT_MAX.name: float(late)},
+        "info",
+    )
 
 
 def _fell_without_bound(facts: RunFacts) -> Found | None:
