@@ -13,26 +13,24 @@ FIT_TEXT = "nothing bounds its logits"
 
 
 def _growth_by_hand(run_dir) -> tuple[float, float]:
-    """From the stored series: the head's largest logit over its last quarter (median) over
-    its first reading, and the loss's last ten (median) over its first ten."""
+    """From the stored series: the head's largest logit over the last quarter of the run's
+    steps (median) over its first reading, and the loss's last ten (median) over the loss
+    before any update."""
     run = steadygrad.load(run_dir)
-    _, logits = run.series("output_logit_max")
+    steps, logits = run.series("output_logit_max")
     _, loss = run.series("loss")
-    logits, loss = logits[np.isfinite(logits)], loss[np.isfinite(loss)]
-    quarter = len(logits) // 4
-    return (
-        float(np.median(logits[-quarter:]) / logits[0]),
-        float(np.median(loss[-10:]) / np.median(loss[:10])),
-    )
+    ok = np.isfinite(logits)
+    steps, logits, loss = steps[ok], logits[ok], loss[np.isfinite(loss)]
+    late = logits[steps > steps[-1] - (steps[-1] - steps[0]) / 4]
+    return float(np.median(late) / logits[0]), float(np.median(loss[-10:]) / loss[0])
 
 
-@pytest.mark.parametrize(
-    "name", ["h533_queen_piping_separable_no_decay", "h524_yak_polo_unbounded_logits"]
-)
+@pytest.mark.parametrize("name", ["h533_queen_piping_separable_no_decay", "h510_belay_no_decay"])
 def test_logits_growing_on_data_the_model_fits_are_told_at_info(tmp_path, name):
-    # Separable data, weight decay left at 0 (RAdam, Adam): the loss falls to a few 1e-4 of its
-    # first value and the head's largest logit keeps growing, 30-50x its first. Named output-
-    # logit divergence in the head, at info (it harms nothing this loss measures)
+    # Separable data, weight decay left at 0 (RAdam, RMSprop): the loss falls to 6e-5 to 4e-4 of
+    # its first value and the head's largest logit keeps growing, 35-55x its first (510's last
+    # readings crowded by closer looks: read by steps). Named output-logit divergence in the
+    # head, at info (it harms nothing this loss measures)
     report = induced_report(tmp_path, name)
     top = report.top
     assert (top.cause, top.severity, list(top.where)) == (
