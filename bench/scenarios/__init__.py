@@ -538,6 +538,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout534,
     cases_heldout537,
     cases_heldout538,
+    cases_heldout539,
     cases_mlp,
     cases_other,
 )
