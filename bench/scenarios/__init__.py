@@ -539,6 +539,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout537,
     cases_heldout538,
     cases_heldout539,
+    cases_heldout540,
     cases_mlp,
     cases_other,
 )
