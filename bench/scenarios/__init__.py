@@ -540,6 +540,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout538,
     cases_heldout539,
     cases_heldout540,
+    cases_heldout535,
     cases_mlp,
     cases_other,
 )
