@@ -541,6 +541,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout539,
     cases_heldout540,
     cases_heldout535,
+    cases_heldout536,
     cases_mlp,
     cases_other,
 )
