@@ -536,6 +536,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout532,
     cases_heldout533,
     cases_heldout534,
+    cases_heldout541,
     cases_mlp,
     cases_other,
 )
