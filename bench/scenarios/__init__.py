@@ -542,6 +542,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout540,
     cases_heldout535,
     cases_heldout536,
+    cases_heldout541,
     cases_mlp,
     cases_other,
 )
