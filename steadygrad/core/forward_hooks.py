@@ -162,3 +162,27 @@ def observers_silenced(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for hooks, off in zip(held, silenced, strict=True):
             hooks.update((k, h) for k, h in off.items() if k in hooks)
+
+
+@contextmanager
+def attributes_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Run a block and put each of ``model``'s modules' own attributes back as they were: what a
+    re-run forward sets on its module (``self.last_peak = ...``, a cache of the last input) is
+    the step's, not the re-run's. Shallow: an object changed in place stays changed.
+
+    Example:
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> layer.seen = "the step's"
+        >>> with attributes_kept(layer):
+        ...     layer.seen, layer.extra = "the re-run's", 1
+        >>> layer.seen, hasattr(layer, "extra")
+        ("the step's", False)
+    """
+    kept = [(m.__dict__, dict(m.__dict__)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for now, before in kept:
+            for name in [name for name in now if name not in before]:
+                del now[name]
+            now.update(before)

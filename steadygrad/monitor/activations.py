@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_map
 
 from steadygrad.core import Measurements, Record, Signal
 from steadygrad.core.checks import non_negative_int, positive_int
-from steadygrad.core.forward_hooks import observers_silenced
+from steadygrad.core.forward_hooks import attributes_kept, observers_silenced
 from steadygrad.core.metrics import (
     ACT_RMS,
     AMP_SCALE,
@@ -871,12 +871,17 @@ class ActivationSignal(Signal):
     def _rerunning(self, weights: dict[str, torch.Tensor] | None):
         """Re-run forward calls with ``weights`` (None: as they are) under no_grad, with the
         hooks that observe the model silenced (the user's never see a step training did not
-        take); the model's state (BatchNorm statistics included) and the random state are put
-        back afterwards."""
+        take); the model's state (BatchNorm statistics included), what the forward set on its
+        modules and the random state are put back afterwards."""
         model = self.monitor.model
         now = None
         try:
-            with torch.no_grad(), random_state_kept(model), observers_silenced(model):
+            with (
+                torch.no_grad(),
+                random_state_kept(model),
+                attributes_kept(model),
+                observers_silenced(model),
+            ):
                 now = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if weights is not None:
                     model.load_state_dict(weights)
