@@ -88,3 +88,33 @@ def test_what_a_forward_sets_on_its_module_is_the_steps_not_the_replays(tmp_path
     ctx, report = held_out_run(tmp_path, name)
     assert ctx.checks and all(ctx.checks.values())
     assert report.top.cause == cause
+
+
+def _flat_after(run_dir, step: int) -> int:
+    """Steps from ``step`` until the running median of five losses first stood a tenth below
+    the loss around ``step`` (or the first loss, if lower): how long the run made no progress."""
+    run = steadygrad.load(run_dir)
+    steps, loss = run.series("loss")
+    level = min(float(np.median(loss[np.abs(steps - step) <= 5])), float(loss[0]))
+    later = steps >= step
+    medians = np.array([np.median(loss[later][i : i + 5]) for i in range(later.sum() - 4)])
+    return int(steps[later][np.flatnonzero(medians <= 0.9 * level)[0] + 4]) - step
+
+
+@pytest.mark.parametrize(
+    "name, stalled",
+    [("h541_hedge_laying_bias_init_parse_bug", True), ("h529_snowshoe_adamax_lr_typo", False)],
+)
+def test_progress_that_began_only_after_a_long_stall_does_not_excuse_its_cause(
+    tmp_path, name, stalled
+):
+    # Set 541's ReLUs, all dead from a bias parsed as -3, held the loss flat for over 100 steps
+    # before a few revived and it fell: the dead units stopped learning all that while, and are
+    # named first (a later gradient spike used to outrank them, as "it did not stop learning").
+    # Control: set 529's Adamax rate typo killed most units, and the loss went on improving
+    # within 100 steps: still "did not stop learning", at low confidence
+    report = induced_report(tmp_path, name)
+    dead = next(d for d in report.diagnoses if d.cause == "loss_of_plasticity")
+    assert report.top is dead
+    assert (_flat_after(tmp_path / name, dead.first_step) >= 100) is stalled  # the oracle
+    assert ("did not stop learning" in dead.why) is not stalled

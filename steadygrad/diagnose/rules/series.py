@@ -13,10 +13,14 @@ from steadygrad.core import Finding
 from steadygrad.core.metrics import LOSS, OPTIMIZER_SKIPPED
 from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE, recurring_period
 from steadygrad.diagnose.detectors.transformer import GRADIENT_SPIKE
+from steadygrad.diagnose.rules.base import _running_medians
 from steadygrad.diagnose.rules.facts import RunFacts
 
 # Steps of progress (a new best loss) after a cause was seen that show it did not stop learning.
 PROGRESS_AFTER = 20
+# Steps after a cause was seen with no progress (the running median never a tenth below the
+# loss then) that show it stopped learning, whatever came later (units that revived at last).
+STALLED_FOR = 100
 
 
 def learnt_after(facts: RunFacts, step: int | None) -> int | None:
@@ -38,7 +42,15 @@ def learnt_after(facts: RunFacts, step: int | None) -> int | None:
     start = values[ok][0] if ok.any() else math.inf
     if start > 0 and start < level:
         level = float(start)
-    return best if level - float(np.median(after)) >= 0.1 * abs(level) else None
+    if level - float(np.median(after)) < 0.1 * abs(level):
+        return None
+    # progress that began only after a long flat stretch came after the cause, not despite it
+    since = steps[ok] >= step
+    medians = _running_medians(values[ok][since]) if since.sum() >= 5 else np.zeros(0)
+    below = np.flatnonzero(medians <= level - 0.1 * abs(level))
+    if len(below) and steps[ok][since][below[0] + 4] - step >= STALLED_FOR:
+        return None
+    return best
 
 
 def _spikes_between(facts: RunFacts, start: int, stop: int) -> list[int]:
