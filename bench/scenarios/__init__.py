@@ -544,6 +544,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout540,
     cases_heldout541,
     cases_heldout548,
+    cases_heldout543,
     cases_mlp,
     cases_other,
 )
