@@ -545,6 +545,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout541,
     cases_heldout548,
     cases_heldout543,
+    cases_heldout544,
     cases_mlp,
     cases_other,
 )
