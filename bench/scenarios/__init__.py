@@ -548,6 +548,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout544,
     cases_heldout545,
     cases_heldout546,
+    cases_heldout547,
     cases_mlp,
     cases_other,
 )
