@@ -543,6 +543,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout535,
     cases_heldout536,
     cases_heldout541,
+    cases_heldout542,
     cases_mlp,
     cases_other,
 )
