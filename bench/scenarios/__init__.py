@@ -549,6 +549,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout545,
     cases_heldout546,
     cases_heldout547,
+    cases_heldout542,
     cases_mlp,
     cases_other,
 )
