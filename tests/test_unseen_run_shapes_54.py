@@ -118,3 +118,16 @@ def test_progress_that_began_only_after_a_long_stall_does_not_excuse_its_cause(
     assert report.top is dead
     assert (_flat_after(tmp_path / name, dead.first_step) >= 100) is stalled  # the oracle
     assert ("did not stop learning" in dead.why) is not stalled
+
+
+def test_units_killed_by_a_temperature_still_in_place_rank_below_it(tmp_path):
+    # Set 548's classifier divides its logits by a temperature typed 1e-3: a third of the rows
+    # collapse at every reading, and fc2's units die from step 4. The units' harm "outlived" a
+    # collapse only if what made it is gone; the logits are still multiplied by 1,000 at the
+    # end (read by hand from the stored scale), so the temperature is what to fix: first
+    name = "h548_bell_founder_temperature_typo"
+    report = induced_report(tmp_path, name)
+    _, scale = steadygrad.load(tmp_path / name).series("output_scale")
+    assert scale[np.isfinite(scale)][-1] >= 20
+    assert [d.cause for d in report.diagnoses][:2] == ["softmax_collapse", "loss_of_plasticity"]
+    assert list(report.top.where) == ["head"]

@@ -50,6 +50,7 @@ from steadygrad.diagnose.rules.rates import (
 )
 from steadygrad.diagnose.rules.rule import _located
 from steadygrad.diagnose.rules.series import (
+    FIXED_TEMPERATURE,
     ONE_OFF,
     _grew_in_quarters,
     _quarter_medians,
@@ -227,12 +228,6 @@ def _state_amplified(facts: RunFacts, module: str, step: int) -> bool:
         return False
     scale, act = inputs[1][inputs[0] == step], state[1][state[0] == step]
     return bool(len(scale) and len(act) and scale[0] > 0 and act[0] >= STATE_AMPLIFIED * scale[0])
-
-
-# A fixed number the logits are multiplied by after their layer at least this large is a
-# temperature applied the wrong way (logits / 0.02): the contrastive defaults stay under it
-# (1 / 0.07 = 14.3), a cosine head's scale of 30-64 saturates its softmax as it fits.
-FIXED_TEMPERATURE = 20.0
 
 
 def _scaled_from_the_start(

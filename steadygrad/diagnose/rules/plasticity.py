@@ -15,6 +15,7 @@ from steadygrad.core.metrics import (
     GRAD_NORM,
     LOGIT_LSE_MEAN,
     LOSS,
+    OUTPUT_SCALE,
     RELU_ACTIVE,
     SATURATED,
     SOFTMAX_COLLAPSE,
@@ -48,7 +49,7 @@ from steadygrad.diagnose.rules.rates import (
     _passed_just_before,
 )
 from steadygrad.diagnose.rules.rule import _located
-from steadygrad.diagnose.rules.series import _within_half
+from steadygrad.diagnose.rules.series import FIXED_TEMPERATURE, _within_half
 from steadygrad.diagnose.rules.weights import _multiplied_every_step, _multiplied_said
 
 
@@ -179,7 +180,8 @@ def _outlived_in_a_run_that_held(facts: RunFacts, found: Found, stuck: bool = Fa
     (or, ``stuck``, that broke back to its first loss and sat there, finite, no step throwing
     it any more): the steps that killed them (a rate typed too high, a peak too high) are
     over, and the capacity they cost is what stayed. They rank above the logits the same steps threw
-    when those did not last (under ``PARTIAL_COLLAPSE`` of the rows collapsed at the end, a
+    when those did not last (under ``PARTIAL_COLLAPSE`` of the rows collapsed at the end, and
+    no fixed number of ``FIXED_TEMPERATURE`` or more multiplying the logits at the end, or a
     log-partition back under ``RECEDED`` of its largest drift): a share of rows fitted surely,
     or logits thrown and come back, cost nothing that stays; and above the step size's own
     diagnosis once the rate came down (under ``RECEDED`` of its level then): while it stays
@@ -195,7 +197,9 @@ def _outlived_in_a_run_that_held(facts: RunFacts, found: Found, stuck: bool = Fa
     if stuck or came_down:
         causes.append("sharpness_above_limit")
     collapsed = _last_finite(facts, SOFTMAX_COLLAPSE.name)
-    if collapsed is not None and collapsed < PARTIAL_COLLAPSE:
+    scaled = _last_finite(facts, OUTPUT_SCALE.name)  # a temperature applied the wrong way
+    lasts = scaled is not None and scaled >= FIXED_TEMPERATURE  # is still there to fix
+    if collapsed is not None and collapsed < PARTIAL_COLLAPSE and not lasts:
         causes.append("softmax_collapse")
     if _receded(facts.series(LOGIT_LSE_MEAN.name)):
         causes.append("output_logit_divergence")

@@ -16,6 +16,12 @@ from steadygrad.diagnose.detectors.transformer import GRADIENT_SPIKE
 from steadygrad.diagnose.rules.base import _running_medians
 from steadygrad.diagnose.rules.facts import RunFacts
 
+# A fixed number the logits are multiplied by after their layer at least this large is a
+# temperature applied the wrong way (logits / 0.02): the contrastive defaults stay under it
+# (1 / 0.07 = 14.3), a cosine head's scale of 30-64 saturates its softmax as it fits.
+FIXED_TEMPERATURE = 20.0
+
+
 # Steps of progress (a new best loss) after a cause was seen that show it did not stop learning.
 PROGRESS_AFTER = 20
 # Steps after a cause was seen with no progress (the running median never a tenth below the
