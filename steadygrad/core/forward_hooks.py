@@ -164,25 +164,60 @@ def observers_silenced(model: torch.nn.Module) -> Iterator[None]:
             hooks.update((k, h) for k, h in off.items() if k in hooks)
 
 
+# The attributes every module has (its parameters, buffers, children and hooks): torch's own,
+# which the re-run must leave as they are now (a hook removed inside stays removed).
+_MODULE_OWN = frozenset(vars(torch.nn.Module()))
+
+
+def _contents(value: object) -> object:
+    """What a re-run may change inside ``value`` without reassigning it: a container's items, a
+    generator's state (a drop-path's own draws); None for anything else."""
+    if isinstance(value, list | dict | set):
+        return value.copy()
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    return None
+
+
+def _put_back(value: object, contents: object) -> None:
+    if isinstance(value, list):
+        value[:] = contents
+    elif isinstance(value, dict | set):
+        value.clear()
+        value.update(contents)
+    elif isinstance(value, torch.Generator):
+        value.set_state(contents)
+
+
 @contextmanager
 def attributes_kept(model: torch.nn.Module) -> Iterator[None]:
     """Run a block and put each of ``model``'s modules' own attributes back as they were: what a
-    re-run forward sets on its module (``self.last_peak = ...``, a cache of the last input) is
-    the step's, not the re-run's. Shallow: an object changed in place stays changed.
+    re-run forward sets on its module (``self.last_peak = ...``, a count of calls, a list it
+    appends to, its own random generator's draws) is the step's, not the re-run's; the watched
+    run goes on as it would have unwatched. An object held elsewhere and changed in place (a
+    tensor attribute's values) stays changed.
 
     Example:
         >>> layer = torch.nn.Linear(2, 2)
-        >>> layer.seen = "the step's"
+        >>> layer.seen, layer.calls = ["the step's"], 1
         >>> with attributes_kept(layer):
-        ...     layer.seen, layer.extra = "the re-run's", 1
-        >>> layer.seen, hasattr(layer, "extra")
-        ("the step's", False)
+        ...     layer.seen.append("the re-run's")
+        ...     layer.calls, layer.extra = 2, 1
+        >>> layer.seen, layer.calls, hasattr(layer, "extra")
+        (["the step's"], 1, False)
     """
-    kept = [(m.__dict__, dict(m.__dict__)) for m in model.modules()]
+    kept = []
+    for m in model.modules():
+        own = {k: v for k, v in m.__dict__.items() if k not in _MODULE_OWN}
+        kept.append(
+            (m.__dict__, own, {k: c for k, v in own.items() if (c := _contents(v)) is not None})
+        )
     try:
         yield
     finally:
-        for now, before in kept:
-            for name in [name for name in now if name not in before]:
+        for now, before, contents in kept:
+            for name in [n for n in now if n not in before and n not in _MODULE_OWN]:
                 del now[name]
             now.update(before)
+            for name, saved in contents.items():
+                _put_back(before[name], saved)
