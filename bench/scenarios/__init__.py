@@ -551,6 +551,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout547,
     cases_heldout548,
     cases_heldout550,
+    cases_heldout553,
     cases_mlp,
     cases_other,
 )
