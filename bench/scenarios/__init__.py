@@ -552,6 +552,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout548,
     cases_heldout550,
     cases_heldout553,
+    cases_heldout554,
     cases_mlp,
     cases_other,
 )
