@@ -554,6 +554,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout553,
     cases_heldout554,
     cases_heldout555,
+    cases_heldout549,
     cases_mlp,
     cases_other,
 )
