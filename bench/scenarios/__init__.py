@@ -550,6 +550,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout546,
     cases_heldout547,
     cases_heldout548,
+    cases_heldout552,
     cases_mlp,
     cases_other,
 )
