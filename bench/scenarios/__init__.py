@@ -556,6 +556,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout555,
     cases_heldout549,
     cases_heldout551,
+    cases_heldout552,
     cases_mlp,
     cases_other,
 )
