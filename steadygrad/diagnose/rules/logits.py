@@ -652,20 +652,21 @@ def _grew_on_a_fit(facts: RunFacts) -> Found | None:
     loss = facts.series(LOSS.name)
     if head is None or logits is None or loss is None:
         return None
-    steps, values = logits[0][np.isfinite(logits[1])], logits[1][np.isfinite(logits[1])]
+    read = np.isfinite(logits[1])
+    steps, values = logits[0][read], logits[1][read]
     losses = loss[1][np.isfinite(loss[1])]
     if len(values) < 4 or len(losses) < 2 * ENDED_OVER or values[0] <= 0:
         return None
+    # by steps, not readings (unlike _grew_in_quarters): a closer look crowds the last readings
     quarter = (steps[-1] - steps[0]) / 4
     late = values[steps > steps[-1] - quarter]
     before = values[(steps > steps[-1] - 2 * quarter) & (steps <= steps[-1] - quarter)]
     if not (len(late) and len(before)):
         return None
     first, last = float(losses[0]), float(np.median(losses[-ENDED_OVER:]))
-    grew = float(np.median(late) / values[0])
-    if not (
-        0 <= last <= FIT * first and grew >= FIT_GROWTH and np.median(late) > np.median(before)
-    ):
+    late_level = float(np.median(late))
+    grew = late_level / values[0]
+    if not (0 <= last <= FIT * first and grew >= FIT_GROWTH and late_level > np.median(before)):
         return None
     began = int(steps[np.flatnonzero(values >= FIT_GROWTH * values[0])[0]])
     return Found(
@@ -676,11 +677,7 @@ def _grew_on_a_fit(facts: RunFacts) -> Found | None:
         "costs calibration and float16's range",
         began,
         [head],
-        {
-            "logit_growth": grew,
-            "loss_share": last / first,
-            OUTPUT_LOGIT_MAX.name: float(np.median(late)),
-        },
+        {"logit_growth": grew, "loss_share": last / first, OUTPUT_LOGIT_MAX.name: late_level},
         "info",
     )
 

@@ -48,13 +48,15 @@ def learnt_after(facts: RunFacts, step: int | None) -> int | None:
     start = values[ok][0] if ok.any() else math.inf
     if start > 0 and start < level:
         level = float(start)
-    if level - float(np.median(after)) < 0.1 * abs(level):
+    progress = level - 0.1 * abs(level)  # a tenth below the loss then
+    if float(np.median(after)) > progress:
         return None
     # progress that began only after a long flat stretch came after the cause, not despite it
-    since = steps[ok] >= step
-    medians = _running_medians(values[ok][since]) if since.sum() >= 5 else np.zeros(0)
-    below = np.flatnonzero(medians <= level - 0.1 * abs(level))
-    if len(below) and steps[ok][since][below[0] + 4] - step >= STALLED_FOR:
+    since = ok & (steps >= step)
+    later, width = values[since], 5
+    medians = _running_medians(later, width) if len(later) >= width else later[:0]
+    below = np.flatnonzero(medians <= progress)
+    if len(below) and steps[since][below[0] + width - 1] - step >= STALLED_FOR:
         return None
     return best
 
