@@ -558,6 +558,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout554,
     cases_heldout555,
     cases_heldout559,
+    cases_heldout560,
     cases_mlp,
     cases_other,
 )
