@@ -559,6 +559,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout555,
     cases_heldout559,
     cases_heldout560,
+    cases_heldout561,
     cases_mlp,
     cases_other,
 )
