@@ -557,6 +557,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout553,
     cases_heldout554,
     cases_heldout555,
+    cases_heldout558,
     cases_mlp,
     cases_other,
 )
