@@ -22,6 +22,7 @@ from steadygrad.core.metrics import (
     OPTIMIZER_SKIPPED,
 )
 from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
+from steadygrad.diagnose.detectors.stages import CLIMB, WATCHING, StageWatch
 
 if TYPE_CHECKING:
     from steadygrad.core import Record
@@ -177,6 +178,7 @@ KNOCK_TAILS = 2.0
 # ordinary update: the step's loss, however high, did not reach the weights through it.
 ORDINARY_GRADIENT, ORDINARY_OVER = 2.0, 20
 HARD_BATCH = "hard_batch"  # evidence: a loss spike the update did not feel, the next loss back
+NEW_STAGE = "new_stage"  # evidence: a loss spike that was a step up to a level the loss then held
 
 
 class LossSpikeDetector(SpikeDetector):
@@ -221,15 +223,20 @@ class LossSpikeDetector(SpikeDetector):
         self._hard: tuple[Finding, float] | None = None  # a spike the update did not feel
         self._losses: collections.deque[float] = collections.deque(maxlen=RHYTHM_RECORDS)
         self._grads: collections.deque[float] = collections.deque(maxlen=ORDINARY_OVER)
+        self._stages = StageWatch()
+        self._staged: Finding | None = None  # a step up, judged by the losses that follow it
+        self._staged_now = False  # the step up was this loss: the next one says if it came back
 
     def update(self, record: Record) -> list[Finding]:
         value = record.values.get(self.signal)
         # what the baseline takes in (SpikeDetector.update): finite losses of steps not skipped
         taken = value is not None and math.isfinite(value) and not record.meta.get("skipped")
-        findings = self._judge_pending(value) if value is not None else []
         if value is None:
-            return findings + super().update(record)
-        findings += self._judge_hard(value)
+            return super().update(record)
+        stage = None if record.meta.get("skipped") else self._stages.add(value, record.step)
+        findings = self._staged_if_stepped_up(self._judge_pending(value), stage)
+        findings += self._staged_if_stepped_up(self._judge_hard(value), stage)
+        findings += self._judge_staged(value, stage)
         self._losses.append(value)
         if taken:
             if math.isnan(self._start):
@@ -240,6 +247,7 @@ class LossSpikeDetector(SpikeDetector):
         grad = record.values.get(GRAD_NORM_PRECLIP.name, record.values.get(GRAD_NORM.name))
         spikes = [self._recurring(f) for f in super().update(record)]
         spikes = [f for f in spikes if not self._held_as_hard(f, grad)]
+        spikes = self._staged_if_stepped_up(spikes, stage)
         if grad is not None and math.isfinite(grad):
             self._grads.append(grad)
         if self._knock is not None and not spikes and not self._quiet_needed:
@@ -249,6 +257,42 @@ class LossSpikeDetector(SpikeDetector):
             )
         self._added += taken
         return findings + spikes
+
+    def _staged_if_stepped_up(self, spikes: list[Finding], stage: str | None) -> list[Finding]:
+        """``spikes`` less the warning found at the loss's step up to several times its level
+        (see :class:`StageWatch`), which waits for the losses after it: a bad batch's loss
+        comes back, a blow-up climbs on; a new stage of the data (a curriculum's next stage,
+        hard negatives switched on, a new task's loss joining the sum) holds its new level or
+        falls from it, and is no spike."""
+        if stage != WATCHING or self._staged is not None:
+            return spikes
+        jumped = self._stages.stage[0][0]
+        for spike in spikes:
+            if spike.severity == "warning" and spike.step == jumped:
+                self._staged, self._staged_now = spike, spike.step == self._stages.stage[-1][0]
+                return [f for f in spikes if f is not spike]
+        return spikes
+
+    def _judge_staged(self, value: float, stage: str | None) -> list[Finding]:
+        """The step up held by :meth:`_staged_if_stepped_up`, as this loss has it: a warning
+        when the loss just after it came back more than halfway to the baseline (one batch) or
+        the loss climbed on (``CLIMB``); info, with ``NEW_STAGE``, when it held its new level
+        or fell from it (``STAGE``, ``BACK``: learnt); nothing yet while watched."""
+        spike, just_after = self._staged, self._staged_now
+        if spike is None:
+            return []
+        self._staged_now = False
+        halfway = (spike.evidence[self.signal] + spike.evidence["baseline"]) / 2
+        one_batch = just_after and math.isfinite(value) and value < halfway
+        if not one_batch and stage in (None, WATCHING):
+            return []
+        self._staged = None
+        evidence = {**spike.evidence, "loss_after": value}
+        if not one_batch and stage != CLIMB:
+            evidence[NEW_STAGE] = True
+            return [replace(spike, evidence=evidence, severity="info")]
+        self._quiet_needed = self.cooldown
+        return [replace(spike, evidence=evidence)]
 
     def _recurring(self, spike: Finding) -> Finding:
         """``spike`` (found at the last loss taken in) at info when the loss stood out alike at

@@ -33,6 +33,7 @@ from steadygrad.core.metrics import (
 )
 from steadygrad.core.optimizer import PER_COORDINATE
 from steadygrad.diagnose.detectors.base import Detector, shrunk_by_clipping
+from steadygrad.diagnose.detectors.stages import STAGE, WATCHING, StageWatch
 
 LOSS_DIVERGENCE = FindingKind(
     "loss_divergence", "the loss climbed well above the best level it had sustained"
@@ -228,6 +229,7 @@ class LossDivergence(Detector):
         self._fired: set[str] = set()
         self._far: tuple[int, float] | None = None  # a far-out value waiting for the next one
         self._opening: list[tuple[int, float]] | None = []  # the first values, while judged
+        self._stages = StageWatch()
 
     def update(self, record: Record) -> list[Finding]:
         loss = record.values.get(LOSS.name)
@@ -235,8 +237,12 @@ class LossDivergence(Detector):
             return []
         far, self._far = self._far, None
         level = self.level
+        stage = self._stages.add(loss, record.step)
         if not math.isfinite(loss):  # a far-out value, then a non-finite one: it blew up
             return self._emit(Severity.CRITICAL, *far, "loss") if far else []
+        if stage == STAGE:  # what the model is asked to fit changed: its best level starts again
+            self._start_again(self._stages.judged)
+            return []
         level.add(loss, record.step)
         self.slow.add(loss, record.step)
         broke = self._broke_at_once(record.step, loss)
@@ -258,6 +264,8 @@ class LossDivergence(Detector):
         self._calm = self._calm + 1 if calm else 0
         if self._calm >= 2 * self.patience:
             self._fired.clear()  # back near its best for a while: a new episode can start
+        if stage == WATCHING:  # a step up: the next losses tell a new stage from a climb
+            return []
         if far and loss >= far[1] and "critical" not in self._fired:
             return self._emit(Severity.CRITICAL, *far, "loss")
         if (far is None or loss > far[1]) and self._far_out(loss, floor, scale):
@@ -274,6 +282,17 @@ class LossDivergence(Detector):
             found[0].evidence.update(window=SLOW_WINDOW, window_best_level=self.slow.floor)
             return found
         return []
+
+    def _start_again(self, stage: list[tuple[int | None, float]]) -> None:
+        """Levels that start again from ``stage``'s losses, as at the start of a run."""
+        self.level = SustainedLevel(self.level.values.maxlen or 5, local=LOCAL_NOISE)
+        self.slow = SustainedLevel(SLOW_WINDOW, local=LOCAL_NOISE)
+        for step, loss in stage:
+            self.level.add(loss, step)
+            self.slow.add(loss, step)
+        self._above = self._slow_above = self._calm = 0
+        self._fired.clear()
+        self._far = None
 
     def _slow_climb(self) -> bool:
         """The slow test: the median of the last ``SLOW_WINDOW`` losses above its own best by
@@ -361,8 +380,10 @@ class LossDivergence(Detector):
 SLOW_WINDOW = 32
 
 
-# A gradient floor set within this many records of the start, with the loss this share below
-# where it stood then, is a flat start the model left (see GradientGrowth._left_a_flat_start).
+# A gradient floor set within this many records of the start, or while the loss was still within
+# this share of where it started (a plateau a transformer can sit on for 50 steps, at chance),
+# with the loss now this share below where it stood then, is a flat start the model left (see
+# GradientGrowth._left_a_flat_start).
 START_RECORDS, START_LEFT = 10, 0.2
 # A best level this many times below the highest level sustained before it is a gradient that
 # vanished, not the level healthy training settled at (see GradientGrowth).
@@ -751,14 +772,15 @@ class GradientGrowth(Detector):
         return loss_stalled(self.loss)
 
     def _left_a_flat_start(self) -> bool:
-        """The gradient's floor is its level over the first records, and the loss stands well
-        below where it stood then (``START_LEFT``): a model leaving a flat initial region
-        (small initial gradients under batch norm, a residual branch scaled to zero) whose
-        gradients grow as it learns, not gradients exploding."""
+        """The gradient's floor is its level over the first records, or was set while the loss
+        had not yet left where it started, and the loss stands well below where it stood then
+        (``START_LEFT``): a model leaving a flat initial region (small initial gradients under
+        batch norm, a residual branch scaled to zero, an attention model's plateau at chance)
+        whose gradients grow as it learns, not gradients exploding."""
+        at_start = self.loss.start - START_LEFT * abs(self.loss.start)
         return (
-            self._floor_record <= START_RECORDS
-            and self.loss.current < self._loss_at_floor - START_LEFT * abs(self._loss_at_floor)
-        )
+            self._floor_record <= START_RECORDS or self._loss_at_floor > at_start
+        ) and self.loss.current < self._loss_at_floor - START_LEFT * abs(self._loss_at_floor)
 
     def _loss_worse(self) -> bool:
         """The loss gave back half its progress: growing gradients that hurt (under Adam, a

@@ -10,6 +10,7 @@ import numpy as np
 
 from steadygrad.core import Severity
 from steadygrad.core.metrics import GRAD_NORM, LOSS
+from steadygrad.diagnose.detectors.stages import LEVEL_BEFORE, STAGE_BEFORE, STEPPED_UP
 from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE, LOSS_SPIKE
 from steadygrad.diagnose.detectors.transformer import GRADIENT_SPIKE
 from steadygrad.diagnose.detectors.trends import LOSS_DIVERGENCE
@@ -150,18 +151,18 @@ def _climbed_as_the_weights_were_multiplied(facts: RunFacts) -> Found | None:
     )
 
 
-# Steps before a climb was found within which the loss may have stepped up to its new level, and
-# how many times the median of the 20 losses before it the step must be.
-STEP_UP_WITHIN, STEPPED_UP = 15, 3.0
+# Steps before a climb was found within which the loss may have stepped up to its new level (by
+# STEPPED_UP times the median of the STAGE_BEFORE losses before it, as StageWatch reads it live).
+STEP_UP_WITHIN = 15
 # A step that large (a critical climb), or a gradient that stepped up with it, is the data's
 # only when the loss then fell to this share of the new level's first ten losses: learnt.
 FELL_FROM_STAGE = 0.5
 
 
 def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, float, float] | None:
-    """The loss stood ``STEPPED_UP`` times the median of the 20 losses before it at one step
-    (``STEP_UP_WITHIN`` or fewer before ``step``), the loss just before that still at that
-    median's level (under 1.5x it): a step up made by the batches, not by the updates, since the
+    """The loss stood ``STEPPED_UP`` times the median of the ``STAGE_BEFORE`` losses before it at
+    one step (``STEP_UP_WITHIN`` or fewer before ``step``), the loss just before that still at
+    that median's level (under ``LEVEL_BEFORE`` times it): a step up made by the batches, not by the updates, since the
     update before it was ordinary (no gradient spike, no step that threw the weights, no raised
     rate, no restart, no gradient ``ORDINARY`` times its usual size); and the loss did not climb
     on from there (the median of its last ``ENDED_OVER`` finite losses, before any NaN, at most
@@ -178,11 +179,12 @@ def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, flo
     steps, values = loss[0][:end], loss[1][:end]
     spiked = {f.step for f in facts.of(GRAD_NORM_SPIKE, GRADIENT_SPIKE) if f.severity != "info"}
     for i in np.flatnonzero((steps >= step - STEP_UP_WITHIN) & (steps <= step)):
-        if i < 20 or len(values) - i < 2 * ENDED_OVER:
+        if i < STAGE_BEFORE or len(values) - i < 2 * ENDED_OVER:
             continue
-        level = float(np.median(values[i - 20 : i]))
+        level = float(np.median(values[i - STAGE_BEFORE : i]))
         at = int(steps[i])
-        if not (level > 0 and values[i] >= STEPPED_UP * level and values[i - 1] < 1.5 * level):
+        stepped = values[i] >= STEPPED_UP * level and values[i - 1] < LEVEL_BEFORE * level
+        if not (level > 0 and stepped):
             continue
         if spiked & set(range(at - 3, at)) or _overstepped_before(facts, at) is not None:
             return None

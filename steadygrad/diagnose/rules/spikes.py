@@ -15,6 +15,7 @@ from steadygrad.diagnose.detectors.training import (
     GRAD_NORM_SPIKE,
     HARD_BATCH,
     LOSS_SPIKE,
+    NEW_STAGE,
     NONFINITE,
     NONFINITE_ORIGIN,
     RECURS_EVERY,
@@ -428,6 +429,14 @@ def _loss_spike(facts: RunFacts) -> Found | None:
             "ordinary gradient: the optimizer threw them (its state lost on a resume, a "
             "learning-rate glitch), not the batch"
         )
+    thrown = restarted is not None or passed or replaced or "overstepped_before" in ev
+    if all(f.evidence.get(NEW_STAGE) and f.step not in grads for f in spikes) and not thrown:
+        summary += (
+            "; after an ordinary update the loss held each new level, or fell from it, over the "
+            "next records: what the model is asked to fit stepped up there (a curriculum's "
+            "next stage, hard negatives, a new task's loss joining the sum), not a spike"
+        )
+        return Found(summary, first.step, where, ev, severity="info")
     if all(f.evidence.get(HARD_BATCH) for f in spikes):
         summary += (
             "; each came with a gradient of the usual size and the loss back inside its band "
