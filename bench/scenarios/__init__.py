@@ -561,6 +561,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout560,
     cases_heldout561,
     cases_heldout562,
+    cases_heldout564,
     cases_heldout556,
     cases_heldout557,
     cases_heldout558,
