@@ -567,6 +567,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout567,
     cases_heldout568,
     cases_heldout569,
+    cases_heldout564,
     cases_heldout556,
     cases_heldout557,
     cases_heldout558,
