@@ -1,12 +1,18 @@
-"""A new stage of the data, read live from the loss: it stepped up at one step and did not climb
-on from there (a curriculum's next stage, hard negatives switched on, a new task's head joining
-the sum). A divergence climbs on; a stage is learnt, or at least held."""
+"""A new stage of the data, read live from the loss: it stepped up at one step after an ordinary
+update and did not climb on from there (a curriculum's next stage, hard negatives switched on, a
+new task's head joining the sum). A divergence climbs on; a stage is learnt, or at least held.
+A loss is the weights' and the batch's: with the weights moved as usual, a step up between two
+steps is the batch's."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from collections import deque
+
+from steadygrad.core import Record
+from steadygrad.core.metrics import GRAD_NORM, GRAD_NORM_PRECLIP, OPTIMIZER_FAMILY, PARAM_NORM
+from steadygrad.core.optimizer import PER_COORDINATE
 
 # The loss this many times the median of the STAGE_BEFORE losses before it, the loss just before
 # it still under LEVEL_BEFORE times that median: a step up between two steps.
@@ -17,6 +23,14 @@ STEPPED_UP, LEVEL_BEFORE, STAGE_BEFORE = 2.0, 1.5, 20
 # climbing after its first jump climbs by a good part of that jump again).
 STAGE_WATCH, STAGE_ENDS, CLIMBED_ON = 10, 4, 0.5
 
+# The weights' norm moved THREW times its usual step by the update before the step up (a rate
+# glitch, a spike's update), or REPLACED times between its record and the one before, beyond
+# what the step up's own gradient moves them (an adaptive optimizer's step keeps its size
+# whatever the gradient; SGD's grows with it), as the rules read weights replaced between steps
+# (a checkpoint reload, an EMA swap): the weights made the step up, not the data. (The norm's
+# change is a noisy read of a step: 7-12x its median on a shard switch under RAdam.)
+THREW, REPLACED = 10.0, 30.0
+
 WATCHING, STAGE, CLIMB, BACK = "watching", "stage", "climb", "back"
 
 
@@ -24,9 +38,10 @@ class StageWatch:
     """Watches a loss for a step up between two steps and judges it over the next
     ``STAGE_WATCH`` losses: :meth:`add` returns ``"watching"`` from the step up on, then once
     ``"stage"`` (the loss did not climb on from its first values at the new level) or
-    ``"climb"`` (it did, or blew up: ``STEPPED_UP`` times the step up again, or not finite) or
+    ``"climb"`` (it did, or blew up: ``STEPPED_UP`` times the step up's loss, or not finite) or
     ``"back"`` (a loss came back under ``LEVEL_BEFORE`` times the level before: one batch, or a
-    stage learnt at once); None while nothing is watched.
+    stage learnt at once); None while nothing is watched. Given the weights' norm and the
+    gradient norm of each record, a step up the weights made (``THREW``) is not watched.
 
     Example:
         >>> watch = StageWatch()
@@ -37,12 +52,25 @@ class StageWatch:
 
     def __init__(self) -> None:
         self._before: deque[float] = deque(maxlen=STAGE_BEFORE + 1)
+        self._moves: deque[float] = deque(maxlen=STAGE_BEFORE + 1)  # |change| of the weights' norm
+        self._grads: deque[float] = deque(maxlen=STAGE_BEFORE + 1)
+        self._weights = math.nan
+        self.per_coordinate = False  # the optimizer scales its step per coordinate (Adam)
         self._level = math.nan  # the median before the step up being watched
         self.stage: list[tuple[int | None, float]] = []  # (step, loss) at the new level
         self.judged: list[tuple[int | None, float]] = []  # those of the last stage judged
         self.jumped: tuple[float, float] | None = None  # (the step up's loss, the level before)
 
-    def add(self, loss: float, step: int | None = None) -> str | None:
+    def add(
+        self,
+        loss: float,
+        step: int | None = None,
+        weights: float | None = None,
+        grad: float | None = None,
+    ) -> str | None:
+        """``weights``, ``grad``: the norms of the weights after this record's update and of
+        its gradient."""
+        self._read_norms(weights, grad)
         if self.stage:
             return self._judge(loss, step)
         if not math.isfinite(loss):
@@ -52,15 +80,47 @@ class StageWatch:
         if len(before) <= STAGE_BEFORE:
             return None
         level = statistics.median(list(before)[:-1])
-        if level > 0 and loss >= STEPPED_UP * level and before[-2] < LEVEL_BEFORE * level:
+        stepped = loss >= STEPPED_UP * level and before[-2] < LEVEL_BEFORE * level
+        if level > 0 and stepped and not self._weights_moved():
             self.stage, self._level, self.jumped = [(step, loss)], level, (loss, level)
             return WATCHING
         return None
 
+    def add_record(self, record: Record, loss: float) -> str | None:
+        """:meth:`add` for a Monitor's record: its step, norms and optimizer family."""
+        if OPTIMIZER_FAMILY in record.meta:
+            self.per_coordinate = record.meta[OPTIMIZER_FAMILY] in PER_COORDINATE
+        values = record.values
+        grad = values.get(GRAD_NORM_PRECLIP.name, values.get(GRAD_NORM.name))
+        return self.add(loss, record.step, values.get(PARAM_NORM.name), grad)
+
+    def _read_norms(self, weights: float | None, grad: float | None) -> None:
+        if weights is None or not math.isfinite(weights):
+            self._moves.append(math.nan)
+        else:
+            self._moves.append(abs(weights - self._weights))  # NaN after a record without
+            self._weights = weights
+        self._grads.append(grad if grad is not None and math.isfinite(grad) else math.nan)
+
+    def _weights_moved(self) -> bool:
+        """Whether the update before this record threw the weights (``THREW`` times the median
+        move of the records before), or they moved ``REPLACED`` times it, and further than this
+        record's gradient moves them, between the record before and this one: replaced."""
+        moves, grads = list(self._moves), list(self._grads)
+        usual_move = _median_finite(moves[:-2])
+        if not usual_move > 0:
+            return False
+        if moves[-2] >= THREW * usual_move:
+            return True
+        usual_grad = _median_finite(grads[:-1])
+        pulled = grads[-1] / usual_grad if usual_grad > 0 else math.nan
+        explained = 1.0 if self.per_coordinate or not pulled > 1.0 else pulled
+        return moves[-1] >= REPLACED * usual_move * explained
+
     def _judge(self, loss: float, step: int | None) -> str:
         stage = self.stage
         if not (math.isfinite(loss) and loss < STEPPED_UP * stage[0][1]):
-            self._end()
+            self._end()  # blown up: stepped up again from the step up, or not finite
             return CLIMB
         if loss < LEVEL_BEFORE * self._level:
             self._end()
@@ -77,3 +137,8 @@ class StageWatch:
     def _end(self) -> None:
         self._before.extend(x for _, x in self.stage)
         self.judged, self.stage = self.stage, []
+
+
+def _median_finite(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if len(finite) >= 3 else math.nan

@@ -20,9 +20,10 @@ from steadygrad.core.metrics import (
     NONFINITE_GRADS,
     NONFINITE_PARAMS,
     OPTIMIZER_SKIPPED,
+    PARAM_NORM,
 )
 from steadygrad.diagnose.detectors.base import Detector, RobustBaseline
-from steadygrad.diagnose.detectors.stages import CLIMB, WATCHING, StageWatch
+from steadygrad.diagnose.detectors.stages import STAGE, WATCHING, StageWatch
 
 if TYPE_CHECKING:
     from steadygrad.core import Record
@@ -208,7 +209,7 @@ class LossSpikeDetector(SpikeDetector):
     """
 
     kind = LOSS_SPIKE
-    reads, emits = (LOSS, GRAD_NORM, GRAD_NORM_PRECLIP), (LOSS_SPIKE,)
+    reads, emits = (LOSS, GRAD_NORM, GRAD_NORM_PRECLIP, PARAM_NORM), (LOSS_SPIKE,)
     signal = LOSS.name
 
     def __init__(self, *args, min_excess: float = 0.75, tail_factor: float = 4.0, **kwargs) -> None:
@@ -233,7 +234,9 @@ class LossSpikeDetector(SpikeDetector):
         taken = value is not None and math.isfinite(value) and not record.meta.get("skipped")
         if value is None:
             return super().update(record)
-        stage = None if record.meta.get("skipped") else self._stages.add(value, record.step)
+        stage = None
+        if not record.meta.get("skipped"):
+            stage = self._stages.add_record(record, value)
         findings = self._staged_if_stepped_up(self._judge_pending(value), stage)
         findings += self._staged_if_stepped_up(self._judge_hard(value), stage)
         findings += self._judge_staged(value, stage)
@@ -275,9 +278,10 @@ class LossSpikeDetector(SpikeDetector):
 
     def _judge_staged(self, value: float, stage: str | None) -> list[Finding]:
         """The step up held by :meth:`_staged_if_stepped_up`, as this loss has it: a warning
-        when the loss just after it came back more than halfway to the baseline (one batch) or
-        the loss climbed on (``CLIMB``); info, with ``NEW_STAGE``, when it held its new level
-        or fell from it (``STAGE``, ``BACK``: learnt); nothing yet while watched."""
+        when the loss just after it came back more than halfway to the baseline (one batch),
+        came back within the watch (``BACK``: a knock the run got over) or climbed on
+        (``CLIMB``); info, with ``NEW_STAGE``, when it held its new level or fell from it
+        without coming back (``STAGE``); nothing yet while watched."""
         spike, just_after = self._staged, self._staged_now
         if spike is None:
             return []
@@ -288,7 +292,7 @@ class LossSpikeDetector(SpikeDetector):
             return []
         self._staged = None
         evidence = {**spike.evidence, "loss_after": value}
-        if not one_batch and stage != CLIMB:
+        if not one_batch and stage == STAGE:
             evidence[NEW_STAGE] = True
             return [replace(spike, evidence=evidence, severity="info")]
         self._quiet_needed = self.cooldown
@@ -436,11 +440,15 @@ class GradNormSpikeDetector(SpikeDetector):
     """
 
     kind = GRAD_NORM_SPIKE
-    reads, emits = (GRAD_NORM, GRAD_NORM_PRECLIP, LOSS), (GRAD_NORM_SPIKE,)
+    reads, emits = (GRAD_NORM, GRAD_NORM_PRECLIP, LOSS, PARAM_NORM), (GRAD_NORM_SPIKE,)
     signal = GRAD_NORM.name
 
     def update(self, record: Record) -> list[Finding]:
-        findings = self._judge_pending(record)
+        loss = record.values.get(LOSS.name)
+        stage = None
+        if loss is not None and not record.meta.get("skipped"):
+            stage = self._stages.add_record(record, loss)
+        findings = self._judge_staged(stage) + self._judge_pending(record)
         if GRAD_NORM_PRECLIP.name in record.values:
             self.signal = GRAD_NORM_PRECLIP.name
         self._per_loss = _per_loss(record.values.get(self.signal), record.values.get(LOSS.name))
@@ -463,7 +471,6 @@ class GradNormSpikeDetector(SpikeDetector):
         norm = record.values.get(self.signal)
         if len(self._opening) < OPENING and norm is not None and math.isfinite(norm):
             self._opening.append(norm)
-        loss = record.values.get(LOSS.name)
         if self._pending is not None and self._pending[0].step == record.step:
             findings += self._judge_pending(record)  # the loss at the spike already rose
         if loss is not None and math.isfinite(loss):
@@ -496,7 +503,14 @@ class GradNormSpikeDetector(SpikeDetector):
             # only against the small gradients of a model that has since fitted (a hard batch)
             evidence["opening_grad_norm"] = opening
             felt = False
-        return [replace(spike, evidence=evidence, severity="warning" if felt else "info")]
+        judged = replace(spike, evidence=evidence, severity="warning" if felt else "info")
+        watch = self._stages
+        if felt and watch.stage and watch.stage[0][0] == spike.step:
+            # the loss stepped up with it: the harder batches a new stage of the data brings
+            # (their loss and gradient both larger), or a bad batch, or a climb's first step
+            self._staged = judged
+            return []
+        return [judged]
 
     def __init__(
         self,
@@ -517,6 +531,20 @@ class GradNormSpikeDetector(SpikeDetector):
         # log(gradient norm / loss) of the records read, and of this one
         self._per_loss_baseline = RobustBaseline(self.baseline.values.maxlen or 64)
         self._per_loss = math.nan
+        self._stages = StageWatch()
+        self._staged: Finding | None = None  # a spike the loss stepped up with, awaiting the stage
+
+    def _judge_staged(self, stage: str | None) -> list[Finding]:
+        """The spike the loss stepped up with, once the stage is judged: info, with
+        ``NEW_STAGE``, when the loss held its new level or fell from it; as judged otherwise
+        (it climbed on, or came back: a bad batch the update felt)."""
+        spike = self._staged
+        if spike is None or stage in (None, WATCHING):
+            return []
+        self._staged = None
+        if stage == STAGE:
+            return [replace(spike, evidence={**spike.evidence, NEW_STAGE: True}, severity="info")]
+        return [spike]
 
     def beyond_its_loss(self, record: Record, value: float) -> bool:
         """A gradient far above its loss's (its log over the loss's at least

@@ -203,7 +203,7 @@ class LossDivergence(Detector):
 
     per_task = True
     kind = LOSS_DIVERGENCE
-    reads, emits = (LOSS,), (LOSS_DIVERGENCE,)
+    reads, emits = (LOSS, PARAM_NORM, GRAD_NORM, GRAD_NORM_PRECLIP), (LOSS_DIVERGENCE,)
 
     def __init__(
         self,
@@ -237,7 +237,7 @@ class LossDivergence(Detector):
             return []
         far, self._far = self._far, None
         level = self.level
-        stage = self._stages.add(loss, record.step)
+        stage = self._stages.add_record(record, loss)
         if not math.isfinite(loss):  # a far-out value, then a non-finite one: it blew up
             return self._emit(Severity.CRITICAL, *far, "loss") if far else []
         if stage == STAGE:  # what the model is asked to fit changed: its best level starts again
@@ -265,6 +265,9 @@ class LossDivergence(Detector):
         if self._calm >= 2 * self.patience:
             self._fired.clear()  # back near its best for a while: a new episode can start
         if stage == WATCHING:  # a step up: the next losses tell a new stage from a climb
+            if far is None and self._far_out(loss, floor, scale):
+                far = (record.step, loss)
+            self._far = far  # a far-out step up waits for the verdict
             return []
         if far and loss >= far[1] and "critical" not in self._fired:
             return self._emit(Severity.CRITICAL, *far, "loss")
@@ -592,6 +595,7 @@ class GradientGrowth(Detector):
         # level was last set (log, step)
         self._highest: tuple[float, int | None] = (-math.inf, None)
         self._before_floor: tuple[float, int | None] = (-math.inf, None)
+        self._stages = StageWatch()
 
     def update(self, record: Record) -> list[Finding]:
         # the first record says the optimizer's family, and may be an overflow skipped below
@@ -613,6 +617,9 @@ class GradientGrowth(Detector):
                 if through_depth:
                     return through_depth
         loss = record.values.get(LOSS.name)
+        stage = None if loss is None else self._stages.add_record(record, loss)
+        if stage == STAGE:  # a new stage of the data: the gradient's levels start again
+            self._start_again(self._stages.judged)
         if loss is not None and math.isfinite(loss):
             self.loss.add(loss, record.step)
         at_start = self._at_start_confirmed(broken=False)
@@ -649,7 +656,7 @@ class GradientGrowth(Detector):
             severity = Severity.CRITICAL
         elif self._above >= self.patience and not self._fired:
             severity = Severity.WARNING
-        if severity is None:
+        if severity is None or stage == WATCHING:  # the loss stepped up: a stage, or a climb?
             return []
         self._fired.add(severity.value)
         where, started = self._origin()
@@ -662,6 +669,17 @@ class GradientGrowth(Detector):
         if where is not None:
             evidence[GROWTH_BEGAN] = started
         return [Finding(self.kind, record.step, where, evidence, severity)]
+
+    def _start_again(self, stage: list[tuple[int | None, float]]) -> None:
+        """The gradient's and the loss's levels start again, the loss's from ``stage``'s: the
+        larger gradients of a new stage's harder batches are no growth."""
+        window = self.level.values.maxlen or 5
+        self.level, self.loss = SustainedLevel(window), SustainedLevel(window)
+        for step, loss in stage[:-1]:  # this record's loss is added next
+            self.loss.add(loss, step)
+        self._above, self._fired = 0, set()
+        self._highest = self._before_floor = (-math.inf, None)
+        self._floor_record, self._loss_at_floor = self._records, math.nan
 
     def _at_start_confirmed(self, broken: bool) -> list[Finding]:
         """The finding at initialisation, once the loss shows its updates hurt (it stalls or

@@ -35,6 +35,7 @@ from steadygrad.core.optimizer import (
     PER_COORDINATE,
     SECOND_MOMENT_DECAY,
 )
+from steadygrad.diagnose.detectors.stages import REPLACED
 from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE, LOSS_SPIKE, NONFINITE
 from steadygrad.diagnose.detectors.transformer import (
     ATTENTION_LOGIT_GROWTH,
@@ -515,9 +516,9 @@ def _pushes(facts: RunFacts) -> tuple[np.ndarray, np.ndarray]:
     return steps[proven], values[proven]
 
 
-# The weights' norm moved this many times its typical step-to-step change in one step, with no
-# gradient spike to move it: something other than the optimizer replaced the weights.
-REPLACED = 30.0
+# REPLACED (detectors.stages): the weights' norm moved this many times its typical step-to-step
+# change in one step, with no gradient spike to move it: something other than the optimizer
+# replaced the weights.
 
 
 def _norm_moves(

@@ -16,6 +16,7 @@ from steadygrad.diagnose.detectors.training import (
     GRAD_NORM_SPIKE,
     HARD_BATCH,
     LOSS_SPIKE,
+    NEW_STAGE,
     NONFINITE,
     RECURS_EVERY,
 )
@@ -258,6 +259,8 @@ def _data_outlier(facts: RunFacts, within: int = 50, window: int = 5) -> Found |
             continue
         if len(before) and not before[0] - baseline <= (peak - baseline) / ONE_OFF:
             continue  # the loss was already climbing into it: a swing, not one batch
+        if spike.evidence.get(NEW_STAGE):
+            continue  # the loss held its new level for records after: a stage, not one batch
         if _replaced_at(facts, spike.step, grads):
             continue  # the weights changed under it, not the batch: an EMA swap, a reload
         if _loss_scaled_whole(facts, spike) and _recurring(facts, spike) is None:

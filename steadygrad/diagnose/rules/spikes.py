@@ -430,7 +430,9 @@ def _loss_spike(facts: RunFacts) -> Found | None:
             "learning-rate glitch), not the batch"
         )
     thrown = restarted is not None or passed or replaced or "overstepped_before" in ev
-    if all(f.evidence.get(NEW_STAGE) and f.step not in grads for f in spikes) and not thrown:
+    # the stage's first batch has its larger gradient too: only one before it threw the weights
+    after_spikes = all(grads.isdisjoint(range(f.step - 3, f.step)) for f in spikes)
+    if all(f.evidence.get(NEW_STAGE) for f in spikes) and after_spikes and not thrown:
         summary += (
             "; after an ordinary update the loss held each new level, or fell from it, over the "
             "next records: what the model is asked to fit stepped up there (a curriculum's "
