@@ -71,9 +71,11 @@ def test_weights_multiplied_by_a_decay_of_the_wrong_sign_are_the_climbs(tmp_path
     induced_or_skip(ctx)
     assert report.top.cause == "loss_divergence" and "wrong sign" in report.top.summary
     assert report.top.why == "a symptom: what happened; no cause found explains it"
-    explosion = next(d for d in report.diagnoses if d.cause == "exploding_gradients")
-    # the gradients followed the weights the decay multiplied every step (and the climb)
-    assert explosion.confidence == "low" and "multiplies them every step" in explosion.why
+    # the gradients followed the weights the decay multiplied every step (and the climb); since
+    # the fifty-fifth session a 2x step of its noisy loss near 0.003, held, starts the gradient's
+    # levels again, and their growth may go untold: either way no explosion of their own
+    explosions = [d for d in report.diagnoses if d.cause == "exploding_gradients"]
+    assert all(e.confidence == "low" and "multiplies them every step" in e.why for e in explosions)
 
 
 @pytest.mark.parametrize("found_after", [5, 150])

@@ -19,9 +19,11 @@ from steadygrad.core.optimizer import PER_COORDINATE
 STEPPED_UP, LEVEL_BEFORE, STAGE_BEFORE = 2.0, 1.5, 20
 # Losses read at the new level, the step up's included, before it is judged: a stage when the
 # median of the last STAGE_ENDS stays under the median of the first STAGE_ENDS plus CLIMBED_ON
-# times the step up (noise on a flat new level does not read as a climb; a run that goes on
-# climbing after its first jump climbs by a good part of that jump again).
-STAGE_WATCH, STAGE_ENDS, CLIMBED_ON = 10, 4, 0.5
+# times the step up, and plus CLIMBED_ON_SHARE of itself (noise on a flat new level does not
+# read as a climb; a run that goes on climbing after its first jump climbs by a good part of
+# that jump again, or, after a step up of hundreds of times, by a good part of its new level:
+# targets that jumped and kept growing 3% a step climbed 40% over the watch).
+STAGE_WATCH, STAGE_ENDS, CLIMBED_ON, CLIMBED_ON_SHARE = 10, 4, 0.5, 0.25
 
 # The weights' norm moved THREW times its usual step by the update before the step up (a rate
 # glitch, a spike's update), or REPLACED times between its record and the one before, beyond
@@ -130,7 +132,8 @@ class StageWatch:
             return WATCHING
         first = statistics.median(x for _, x in stage[:STAGE_ENDS])
         last = statistics.median(x for _, x in stage[-STAGE_ENDS:])
-        verdict = STAGE if last <= first + CLIMBED_ON * (first - self._level) else CLIMB
+        allowed = min(CLIMBED_ON * (first - self._level), CLIMBED_ON_SHARE * first)
+        verdict = STAGE if last <= first + allowed else CLIMB
         self._end()
         return verdict
 

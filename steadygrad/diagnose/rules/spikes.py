@@ -98,6 +98,15 @@ def _gradient_spike(facts: RunFacts) -> Found | None:
         summary += (
             f"; the loss climbed away from its level {climbed[0] - first.step} step(s) after it"
         )
+    staged = {f.step for f in facts.of(LOSS_SPIKE) if f.evidence.get(NEW_STAGE)}
+    if not minor and all(f.step in staged for f in spikes):
+        # each at a step up of the loss that then held its new level after an ordinary update
+        # (see the loss-spike rule): the larger gradients of a new stage's harder batches
+        minor = True
+        summary += (
+            "; each came with the loss's step up to a new level it then held: the gradients "
+            "of a new stage of the data, as large as its batches' loss"
+        )
     where = _most_spiked(spikes)
     if not where and (where := _spiked_tensors(facts, first.step)):
         summary += f" (furthest above its usual level: {layer_span(where)})"
