@@ -17,9 +17,11 @@ from steadygrad.diagnose.detectors.stages import (
     BACK,
     CLIMB,
     LEVEL_BEFORE,
+    REPLACED,
     STAGE,
     STAGE_BEFORE,
     STEPPED_UP,
+    THREW,
     WATCHING,
     StageWatch,
 )
@@ -188,3 +190,29 @@ def test_a_blind_transformer_control_leaving_its_plateau_is_told_nothing(tmp_pat
     assert np.median(loss[-10:]) < 0.2 * loss[0]
     assert not [f for f in run.findings() if f.severity != "info"]
     assert report.healthy or all(d.severity == "info" for d in report.diagnoses)
+
+
+def test_a_step_up_the_weights_made_is_not_watched():
+    # The same step up after weights that moved as usual (1e-3 a record), after an update that
+    # moved them 20x that (a rate glitch: THREW is 10), and with the weights replaced between
+    # the records (50x on an ordinary gradient: REPLACED is 30): only the first is watched
+    losses = SETTLED + [0.9]
+    grads = [1.0] * len(losses)
+
+    def said(moves: list[float], per_coordinate: bool = True) -> str | None:
+        watch = StageWatch()
+        watch.per_coordinate = per_coordinate
+        weights = list(np.cumsum(moves))
+        return [
+            watch.add(x, t, w, g)
+            for t, (x, w, g) in enumerate(zip(losses, weights, grads, strict=True))
+        ][-1]
+
+    usual = [1e-3] * len(losses)
+    assert THREW < 20 and REPLACED < 50
+    assert said(usual) == WATCHING
+    assert said(usual[:-2] + [20e-3, 1e-3]) is None  # the update before the step up threw them
+    assert said(usual[:-1] + [50e-3]) is None  # replaced between the records
+    # under SGD a step that large is the step up's own gradient's when that was 60x its usual
+    grads[-1] = 60.0
+    assert said(usual[:-1] + [50e-3], per_coordinate=False) == WATCHING
