@@ -61,7 +61,6 @@ class StageWatch:
         self._level = math.nan  # the median before the step up being watched
         self.stage: list[tuple[int | None, float]] = []  # (step, loss) at the new level
         self.judged: list[tuple[int | None, float]] = []  # those of the last stage judged
-        self.jumped: tuple[float, float] | None = None  # (the step up's loss, the level before)
 
     def add(
         self,
@@ -79,12 +78,14 @@ class StageWatch:
             return None
         before = self._before
         before.append(loss)
-        if len(before) <= STAGE_BEFORE:
+        # a step up is STEPPED_UP / LEVEL_BEFORE times the loss before it at least: the median
+        # of the window, read on every record by each detector's watch, only for such a loss
+        if len(before) <= STAGE_BEFORE or not loss > STEPPED_UP / LEVEL_BEFORE * before[-2]:
             return None
         level = statistics.median(list(before)[:-1])
         stepped = loss >= STEPPED_UP * level and before[-2] < LEVEL_BEFORE * level
         if level > 0 and stepped and not self._weights_moved():
-            self.stage, self._level, self.jumped = [(step, loss)], level, (loss, level)
+            self.stage, self._level = [(step, loss)], level
             return WATCHING
         return None
 

@@ -678,8 +678,7 @@ class GradientGrowth(Detector):
         for step, loss in stage[:-1]:  # this record's loss is added next
             self.loss.add(loss, step)
         self._above, self._fired = 0, set()
-        self._highest = self._before_floor = (-math.inf, None)
-        self._floor_record, self._loss_at_floor = self._records, math.nan
+        self._highest = (-math.inf, None)  # the rest is set with the new level's first floor
 
     def _at_start_confirmed(self, broken: bool) -> list[Finding]:
         """The finding at initialisation, once the loss shows its updates hurt (it stalls or

@@ -162,12 +162,12 @@ FELL_FROM_STAGE = 0.5
 def _stepped_up_by_the_data(facts: RunFacts, step: int) -> tuple[int, float, float, float] | None:
     """The loss stood ``STEPPED_UP`` times the median of the ``STAGE_BEFORE`` losses before it at
     one step (``STEP_UP_WITHIN`` or fewer before ``step``), the loss just before that still at
-    that median's level (under ``LEVEL_BEFORE`` times it): a step up made by the batches, not by the updates, since the
-    update before it was ordinary (no gradient spike, no step that threw the weights, no raised
-    rate, no restart, no gradient ``ORDINARY`` times its usual size); and the loss did not climb
-    on from there (the median of its last ``ENDED_OVER`` finite losses, before any NaN, at most
-    that of its first ten at the new level). (the step, how far, where the loss ended, that
-    over the new level's first ten); None otherwise. An
+    that median's level (under ``LEVEL_BEFORE`` times it): a step up made by the batches, not
+    by the updates, since the update before it was ordinary (no gradient spike, no step that
+    threw the weights, no raised rate, no restart, no gradient ``ORDINARY`` times its usual
+    size); and the loss did not climb on from there (the median of its last ``ENDED_OVER``
+    finite losses, before any NaN, at most that of its first ten at the new level). (the step,
+    how far, where the loss ended, that over the new level's first ten); None otherwise. An
     update that wrecks the weights leaves its mark before the loss it makes, a harder stage of
     the data none."""
     loss = facts.series(LOSS.name)
