@@ -572,6 +572,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout568,
     cases_heldout569,
     cases_heldout574,
+    cases_heldout576,
     cases_mlp,
     cases_other,
 )
