@@ -573,6 +573,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout569,
     cases_heldout574,
     cases_heldout576,
+    cases_heldout570,
     cases_mlp,
     cases_other,
 )
