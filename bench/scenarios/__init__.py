@@ -574,6 +574,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout574,
     cases_heldout576,
     cases_heldout570,
+    cases_heldout571,
     cases_mlp,
     cases_other,
 )
