@@ -575,6 +575,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout576,
     cases_heldout570,
     cases_heldout571,
+    cases_heldout572,
     cases_mlp,
     cases_other,
 )
