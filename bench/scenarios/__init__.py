@@ -571,6 +571,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout567,
     cases_heldout568,
     cases_heldout569,
+    cases_heldout575,
     cases_mlp,
     cases_other,
 )
