@@ -577,6 +577,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout571,
     cases_heldout572,
     cases_heldout573,
+    cases_heldout575,
     cases_mlp,
     cases_other,
 )
