@@ -579,6 +579,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout575,
     cases_heldout576,
     cases_heldout583,
+    cases_heldout577,
     cases_mlp,
     cases_other,
 )
