@@ -581,6 +581,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout583,
     cases_heldout577,
     cases_heldout578,
+    cases_heldout579,
     cases_mlp,
     cases_other,
 )
