@@ -583,6 +583,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout578,
     cases_heldout579,
     cases_heldout580,
+    cases_heldout581,
     cases_mlp,
     cases_other,
 )
