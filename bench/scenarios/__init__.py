@@ -578,6 +578,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout574,
     cases_heldout575,
     cases_heldout576,
+    cases_heldout582,
     cases_mlp,
     cases_other,
 )
