@@ -584,6 +584,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout579,
     cases_heldout580,
     cases_heldout581,
+    cases_heldout582,
     cases_mlp,
     cases_other,
 )
