@@ -434,8 +434,9 @@ def test_dead_units_the_loss_kept_improving_past_do_not_explain_a_climb(tmp_path
 
 def test_a_spike_poisons_the_second_moment_once_its_momentum_has_passed(tmp_path):
     # Adam at a constant rate: the update ratio measured every 10 steps. After the spike at 80
-    # the first moment still carries it (large updates to step ~100), then v damps them 10x.
-    rows = [{"loss": 2.0} for _ in range(200)]
+    # the first moment still carries it (large updates to step ~100), then v damps them 10x,
+    # and the loss, falling until the spike, stalls.
+    rows = [{"loss": 2.0 - 0.005 * min(t, 80)} for t in range(200)]
     for t in range(0, 200, 10):
         ratio = 0.01 if t < 80 else 0.03 if t <= 100 else 0.001
         rows[t]["update_ratio/fc.weight"] = ratio

@@ -167,14 +167,15 @@ def test_a_rise_hidden_under_logits_inflated_at_initialisation(loss):
 @pytest.mark.parametrize("lr", ["constant", "decaying"])
 def test_updates_that_shrink_with_a_decaying_learning_rate_are_not_poisoned(tmp_path, lr):
     # a gradient spike at 160 in an AdamW run; the updates 20 to 70 steps after it are a third
-    # of those before. Under a constant learning rate that is the spike's square in Adam's
-    # second moment; under a cosine decay that cut the rate 3x over the same span it is the
-    # schedule (a healthy Qwen3-MoE's)
+    # of those before, and the loss, falling until then, stalls. Under a constant learning rate
+    # that is the spike's square in Adam's second moment; under a cosine decay that cut the rate
+    # 3x over the same span it is the schedule (a healthy Qwen3-MoE's)
     rows = []
     for t in range(260):
         rate = 1e-3 if lr == "constant" else 1e-3 * 3.0 ** (-max(min(t, 210) - 130, 0) / 80)
         ratio = (0.01 if t < 160 else 0.0033) if lr == "constant" else 10.0 * rate
-        rows.append({"loss": 2.5, "lr/0": rate, "update_ratio/w.weight": ratio})
+        loss = 2.5 - 0.005 * min(t, 160)
+        rows.append({"loss": loss, "lr/0": rate, "update_ratio/w.weight": ratio})
     spike = ("grad_norm_spike", 160, None, {"ratio": 8.6}, "warning")
     diagnose_stored(tmp_path, lr, rows, [spike])
     run = load(tmp_path / lr)

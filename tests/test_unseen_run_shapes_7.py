@@ -42,19 +42,22 @@ def test_an_outlier_whose_harm_outlives_it_in_adams_moments_names_the_poisoning(
     # Trigger: beta2 = 0.999 remembers the outlier's gradient for ~1000 steps; 100 steps after
     # it the updates are still a third of their size: the batch is gone, the harm it left in
     # the optimizer's state is what holds the run back. Control: beta2 = 0.9 forgets even a
-    # gradient 300x the usual within ~100 steps: the outlier batch is the story
+    # gradient 300x the usual within ~100 steps: the outlier batch is the story (its damping,
+    # if named, ranks below it; once the loss went on at its pace, it is not named)
     report = _outlier_under_adam(tmp_path, beta2, scale)
     causes = report.causes()
-    poisoned = next(d for d in report.diagnoses if d.cause == "adam_second_moment_poisoned")
-    assert poisoned.first_step == 100 and "data_outlier" in causes
-    assert poisoned.evidence["update_ratio_after_over_before"] < 0.5  # damped at first, both
-    later = poisoned.evidence.get("update_ratio_later_over_before")
+    assert "data_outlier" in causes
+    poisoned = next((d for d in report.diagnoses if d.cause == "adam_second_moment_poisoned"), None)
     if beta2 > 0.99:
-        assert report.top is poisoned and later < 0.5
+        assert poisoned is not None and poisoned.first_step == 100
+        assert poisoned.evidence["update_ratio_after_over_before"] < 0.5
+        assert report.top is poisoned and poisoned.evidence["update_ratio_later_over_before"] < 0.5
         assert "100 steps on they were still at" in poisoned.summary
     else:
-        assert report.top.cause == "data_outlier" and later is None
-        assert causes.index("adam_second_moment_poisoned") > causes.index("loss_spike")
+        assert report.top.cause == "data_outlier"
+        if poisoned is not None:
+            assert "update_ratio_later_over_before" not in poisoned.evidence
+            assert causes.index("adam_second_moment_poisoned") > causes.index("loss_spike")
 
 
 @pytest.mark.parametrize("came_back", [False, True])

@@ -332,6 +332,9 @@ PARAM_GROUPS = "param_groups"
 # number of elements): an Adam-type step moves each at most about its learning rate, all of
 # them together by about ``lr * sqrt(count)``.
 PARAMETER_COUNT = "parameters"
+# Run config key: the monitored parameters that hold one number each (a learnt temperature, a
+# logit scale, a gate): knobs routinely given a rate of their own, in a group of their own.
+SCALAR_PARAMETERS = "scalar_parameters"
 # Key in a record's ``forward_origin``: the module that made the first non-finite value did so in
 # float16 from finite inputs, and computed again in float32 its output is finite (it overflowed
 # float16's range, 65504).

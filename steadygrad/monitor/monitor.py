@@ -44,6 +44,7 @@ from steadygrad.core.metrics import (
     PARAM_GROUPS,
     PARAMETER_COUNT,
     RECURRENT_MODULES,
+    SCALAR_PARAMETERS,
 )
 from steadygrad.core.optimizer import (
     AVERAGES_ITERATES,
@@ -283,6 +284,7 @@ class Monitor:
             RECURRENT_MODULES: builtin_recurrent(model),
             PARAM_GROUPS: group_members(self.optimizer, self.parameters.stats.named),
             PARAMETER_COUNT: sum(p.numel() for p in self.parameters.stats.params),
+            SCALAR_PARAMETERS: [n for n, p in self.parameters.stats.named if p.numel() == 1],
             "every": self.every,
             "activation_every": activation_every,
             "signals": {k: "on" if v is True else f"off: {v}" for k, v in switched.items()},

@@ -11,7 +11,13 @@ import statistics
 from collections import deque
 
 from steadygrad.core import Record
-from steadygrad.core.metrics import GRAD_NORM, GRAD_NORM_PRECLIP, OPTIMIZER_FAMILY, PARAM_NORM
+from steadygrad.core.metrics import (
+    GRAD_NORM,
+    GRAD_NORM_PRECLIP,
+    OPTIMIZER_FAMILY,
+    OPTIMIZER_RESTARTED,
+    PARAM_NORM,
+)
 from steadygrad.core.optimizer import PER_COORDINATE
 
 # The loss this many times the median of the STAGE_BEFORE losses before it, the loss just before
@@ -30,7 +36,8 @@ STAGE_WATCH, STAGE_ENDS, CLIMBED_ON, CLIMBED_ON_SHARE = 10, 4, 0.5, 0.25
 # what the step up's own gradient moves them (an adaptive optimizer's step keeps its size
 # whatever the gradient; SGD's grows with it), as the rules read weights replaced between steps
 # (a checkpoint reload, an EMA swap): the weights made the step up, not the data. (The norm's
-# change is a noisy read of a step: 7-12x its median on a shard switch under RAdam.)
+# change is a noisy read of a step: 7-12x its median on a shard switch under RAdam.) So did an
+# optimizer whose state started again from nothing (its first steps the size of its rate).
 THREW, REPLACED = 10.0, 30.0
 
 WATCHING, STAGE, CLIMB, BACK = "watching", "stage", "climb", "back"
@@ -43,7 +50,8 @@ class StageWatch:
     ``"climb"`` (it did, or blew up: ``STEPPED_UP`` times the step up's loss, or not finite) or
     ``"back"`` (a loss came back under ``LEVEL_BEFORE`` times the level before: one batch, or a
     stage learnt at once); None while nothing is watched. Given the weights' norm and the
-    gradient norm of each record, a step up the weights made (``THREW``) is not watched.
+    gradient norm of each record, and the optimizer's restarts, a step up the weights made
+    (``THREW``, ``REPLACED``, an optimizer that started again from nothing) is not watched.
 
     Example:
         >>> watch = StageWatch()
@@ -56,6 +64,7 @@ class StageWatch:
         self._before: deque[float] = deque(maxlen=STAGE_BEFORE + 1)
         self._moves: deque[float] = deque(maxlen=STAGE_BEFORE + 1)  # |change| of the weights' norm
         self._grads: deque[float] = deque(maxlen=STAGE_BEFORE + 1)
+        self._restarts: deque[bool] = deque(maxlen=2)  # the optimizer's state started again
         self._weights = math.nan
         self.per_coordinate = False  # the optimizer scales its step per coordinate (Adam)
         self._level = math.nan  # the median before the step up being watched
@@ -68,10 +77,12 @@ class StageWatch:
         step: int | None = None,
         weights: float | None = None,
         grad: float | None = None,
+        restarted: bool = False,
     ) -> str | None:
         """``weights``, ``grad``: the norms of the weights after this record's update and of
-        its gradient."""
+        its gradient; ``restarted``: the optimizer's state started again at this record."""
         self._read_norms(weights, grad)
+        self._restarts.append(restarted)
         if self.stage:
             return self._judge(loss, step)
         if not math.isfinite(loss):
@@ -95,7 +106,8 @@ class StageWatch:
             self.per_coordinate = record.meta[OPTIMIZER_FAMILY] in PER_COORDINATE
         values = record.values
         grad = values.get(GRAD_NORM_PRECLIP.name, values.get(GRAD_NORM.name))
-        return self.add(loss, record.step, values.get(PARAM_NORM.name), grad)
+        restarted = bool(values.get(OPTIMIZER_RESTARTED.name))
+        return self.add(loss, record.step, values.get(PARAM_NORM.name), grad, restarted)
 
     def _read_norms(self, weights: float | None, grad: float | None) -> None:
         if weights is None or not math.isfinite(weights):
@@ -106,9 +118,14 @@ class StageWatch:
         self._grads.append(grad if grad is not None and math.isfinite(grad) else math.nan)
 
     def _weights_moved(self) -> bool:
-        """Whether the update before this record threw the weights (``THREW`` times the median
-        move of the records before), or they moved ``REPLACED`` times it, and further than this
-        record's gradient moves them, between the record before and this one: replaced."""
+        """Whether the weights made the step up, not the data: the optimizer's state started
+        again from nothing at this record or the one before (its first steps are the size of
+        its rate, whatever the gradient), the update before this record threw the weights
+        (``THREW`` times the median move of the records before), or they moved ``REPLACED``
+        times it, and further than this record's gradient moves them, between the record
+        before and this one: replaced."""
+        if any(self._restarts):
+            return True
         moves, grads = list(self._moves), list(self._grads)
         usual_move = _median_finite(moves[:-2])
         if not usual_move > 0:

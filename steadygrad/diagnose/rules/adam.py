@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from steadygrad.core import Finding
-from steadygrad.core.metrics import GRAD_NORM, UPDATE_RATIO
+from steadygrad.core.metrics import GRAD_NORM, LOSS, UPDATE_RATIO
 from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE, LOSS_SPIKE
 from steadygrad.diagnose.detectors.transformer import GRADIENT_SPIKE
 from steadygrad.diagnose.detectors.trends import LOSS_DIVERGENCE
@@ -216,6 +216,8 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
             # a spike the loss did not feel, whose damping had passed within OUTLIVED_AFTER
             # steps: early in training Adam's steps shrink as much on their own
             continue
+        if not lasting < 0.5 and not _held_back(facts, spike.step):
+            continue  # the loss went on at its pace: the smaller steps held nothing back
         if lasting < 0.5:
             found.evidence["update_ratio_later_over_before"] = lasting
             found.outlived = (
@@ -233,6 +235,34 @@ def _adam_poisoned(facts: RunFacts) -> Found | None:
             )
         return found
     return None
+
+
+# The loss's level and pace are read over spans of PACE_SPAN records: the two before a spike,
+# and the two after its momentum has passed (MOMENTUM_MEMORY).
+PACE_SPAN = 25
+
+
+def _held_back(facts: RunFacts, step: int) -> bool:
+    """Whether the loss, once the spike at ``step`` had passed through the first moment, was
+    held back: it stood above its level before the spike, or fell at under half the pace it
+    fell before it (each pace the log of one span's median loss over the next one's). A
+    poisoned second moment damps every step after: the run stalls, or fails to win back what
+    the spike's update cost; one that goes on at its pace took the smaller steps in its stride.
+    True where the spans are not all there and finite (the run ended, or broke, too soon)."""
+    series = facts.series(LOSS.name)
+    if series is None:
+        return True
+    steps, values = series
+    after = step + MOMENTUM_MEMORY
+    levels = []
+    for start in (step - 2 * PACE_SPAN, step - PACE_SPAN, after, after + PACE_SPAN):
+        span = values[(steps >= start) & (steps < start + PACE_SPAN)]
+        if not len(span) or not np.isfinite(span).all() or not np.median(span) > 0:
+            return True
+        levels.append(float(np.median(span)))
+    earlier, before, first_after, later = levels
+    pace_before, pace_after = math.log(earlier / before), math.log(first_after / later)
+    return later > before or pace_after < pace_before / 2
 
 
 def _share(x: float) -> str:

@@ -14,6 +14,7 @@ from steadygrad.core.metrics import (
     OPTIMIZER_FAMILY,
     OPTIMIZER_RESTARTED,
     PARAM_GROUPS,
+    SCALAR_PARAMETERS,
     UPDATE_RATIO,
 )
 from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE, LOSS_SPIKE, NONFINITE
@@ -81,7 +82,10 @@ def _rate_set_apart(facts: RunFacts) -> Found | None:
     faster than a pretrained body reads the same; a warning when the run broke with gradients
     growing in that (faster) group's tensors alone."""
     members = facts.run.config.get(PARAM_GROUPS) or {}
-    rates = _group_rates(facts, members)
+    # a group of scalar knobs (a learnt temperature or logit scale) is given a rate of its own
+    scalars = set(facts.run.config.get(SCALAR_PARAMETERS) or ())
+    weights = {k: names for k, names in members.items() if not set(names) <= scalars}
+    rates = _group_rates(facts, weights)
     if len(rates) < 2:
         return None
 
