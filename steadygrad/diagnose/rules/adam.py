@@ -248,7 +248,8 @@ def _held_back(facts: RunFacts, step: int) -> bool:
     fell before it (each pace the log of one span's median loss over the next one's). A
     poisoned second moment damps every step after: the run stalls, or fails to win back what
     the spike's update cost; one that goes on at its pace took the smaller steps in its stride.
-    True where the spans are not all there and finite (the run ended, or broke, too soon)."""
+    True where the spans are not all there, finite and positive (the run ended, or broke, too
+    soon; a loss below zero has no pace as a ratio)."""
     series = facts.series(LOSS.name)
     if series is None:
         return True
