@@ -106,7 +106,8 @@ class StageWatch:
             self.per_coordinate = record.meta[OPTIMIZER_FAMILY] in PER_COORDINATE
         values = record.values
         grad = values.get(GRAD_NORM_PRECLIP.name, values.get(GRAD_NORM.name))
-        restarted = bool(values.get(OPTIMIZER_RESTARTED.name))
+        # the step count the optimizer had before it restarted (absent, or NaN, when it did not)
+        restarted = (values.get(OPTIMIZER_RESTARTED.name) or 0.0) > 0
         return self.add(loss, record.step, values.get(PARAM_NORM.name), grad, restarted)
 
     def _read_norms(self, weights: float | None, grad: float | None) -> None:
