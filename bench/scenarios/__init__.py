@@ -587,6 +587,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout583,
     cases_heldout584,
     cases_heldout587,
+    cases_heldout588,
     cases_mlp,
     cases_other,
 )
