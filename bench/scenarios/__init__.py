@@ -585,6 +585,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout581,
     cases_heldout582,
     cases_heldout583,
+    cases_heldout586,
     cases_mlp,
     cases_other,
 )
