@@ -591,6 +591,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout589,
     cases_heldout590,
     cases_heldout585,
+    cases_heldout586,
     cases_mlp,
     cases_other,
 )
