@@ -22,7 +22,7 @@ import statistics
 
 import numpy as np
 
-from steadygrad.core import Finding, FindingKind, Record
+from steadygrad.core import Finding, FindingKind, Record, Severity
 from steadygrad.core.checks import finite_float, positive_int
 from steadygrad.core.metrics import (
     ATTN_LOGIT_MAX,
@@ -44,6 +44,7 @@ from steadygrad.core.metrics import (
     OUTPUT_LOGIT_MEAN,
     OUTPUT_LOGIT_RMS,
     OUTPUT_MODULE,
+    OUTPUT_SCALE,
     OUTPUT_SHIFT_GRADIENT,
     OUTPUT_TARGETS_OUTSIDE,
     PARAM_NORM,
@@ -550,6 +551,12 @@ def _falling(values: collections.deque[float]) -> bool:
 
 # The share of rows collapsed at which the SoftmaxCollapse detector fires, by default.
 COLLAPSED_SHARE = 0.1
+# A loss whose running median stands at this share of its first value or below fits its data:
+# rows that round to one-hot then are that fit (see SoftmaxCollapse). Over the kept runs of
+# sets 528-590, the scale typos with no fixed number read (a cosine classifier's) collapsed at
+# 19% of their first loss or above, the healthy fits at 0.7% or below.
+FITTED = 2e-2
+FITTED_AT = "fitted"  # evidence of a collapse on a fit: the loss then, a share of its first
 
 
 class SoftmaxCollapse(Detector):
@@ -561,6 +568,13 @@ class SoftmaxCollapse(Detector):
     run is deep in "naive loss minimisation" (logits growing along the weights) and the share
     keeps rising. Fix: StableMax cross-entropy, ⊥Grad, weight decay, or a float64 softmax.
 
+    Rows that collapse once the loss (its running median) has fallen to ``FITTED`` of its first
+    value are found at severity info, with evidence ``fitted``: cross-entropy drives a model that
+    fits its data to ever surer rows, and nothing is left to learn on them, unless a fixed number
+    multiplies the logits (``output_scale`` above 1: a temperature, a scale typo), which made the
+    rows round where the model's own logits would not. Whether such a fit stalls generalisation
+    (grokking delayed, Prieto et al. 2025) only a held-out loss can tell.
+
     Example:
         >>> det = SoftmaxCollapse()
         >>> found = [f for t, x in enumerate([0.0, 0.2, 0.05, 0.3, 0.25])
@@ -570,7 +584,7 @@ class SoftmaxCollapse(Detector):
     """
 
     kind = SOFTMAX_COLLAPSE_KIND
-    reads, emits = (SOFTMAX_COLLAPSE,), (SOFTMAX_COLLAPSE_KIND,)
+    reads, emits = (SOFTMAX_COLLAPSE, LOSS, OUTPUT_SCALE), (SOFTMAX_COLLAPSE_KIND,)
 
     def __init__(self, fraction: float = COLLAPSED_SHARE, patience: int = 3) -> None:
         self.fraction = finite_float("fraction", fraction, low=0.0, low_open=True, high=1.0)
@@ -580,10 +594,16 @@ class SoftmaxCollapse(Detector):
         )
         self._fired = False
         self._readings = Readings()
+        self.loss = SustainedLevel()
+        self._scaled = False  # a fixed number above 1 has multiplied the logits
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
             return []  # NaN-driven values are no evidence of this mechanism
+        loss = record.values.get(LOSS.name)
+        if loss is not None and math.isfinite(loss) and not record.meta.get("skipped"):
+            self.loss.add(loss, record.step)
+        self._scaled = self._scaled or record.values.get(OUTPUT_SCALE.name, 0.0) > 1.0
         if SOFTMAX_COLLAPSE.name not in record.values:
             return []
         value = record.values[SOFTMAX_COLLAPSE.name]
@@ -602,8 +622,11 @@ class SoftmaxCollapse(Detector):
             PREVIOUS_READING: self._readings.preceding(high[0]),
             STREAK_BEGAN: high[0],
         }
+        severity = Severity.WARNING
+        if not self._scaled and 0 < self.loss.current <= FITTED * self.loss.first:
+            severity, evidence[FITTED_AT] = Severity.INFO, self.loss.current / self.loss.first
         where = record.meta.get(OUTPUT_MODULE)  # the head that produced the logits, if known
-        return [Finding(self.kind, record.step, where, evidence, "warning")]
+        return [Finding(self.kind, record.step, where, evidence, severity)]
 
 
 # A tensor's gradient under this share of the step's whole gradient norm is below float32's

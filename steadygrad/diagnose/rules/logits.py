@@ -24,6 +24,7 @@ from steadygrad.core.metrics import (
 from steadygrad.diagnose.detectors.base import PREVIOUS_READING
 from steadygrad.diagnose.detectors.transformer import (
     COLLAPSED_SHARE,
+    FITTED_AT,
     LOSS_OF_PLASTICITY,
     OUTPUT_LOGIT_DIVERGENCE,
     SOFTMAX_COLLAPSE_KIND,
@@ -162,6 +163,14 @@ def _softmax_collapse(facts: RunFacts) -> Found | None:
         found.consequence_of = (
             f"the loss's own gradient pushed every logit up from step {pushed[0]}, a push no "
             "loss of the softmax alone makes: the logits it grew spread until rows rounded"
+        )
+    fitted = found.evidence.get("first", {}).get(FITTED_AT)
+    if fitted is not None and found.severity == "info":
+        found.summary += (
+            f"; on a fit: the loss then stood at {fitted:.2g} of its first value, and "
+            "cross-entropy drives the rows of a model that fits its data ever surer (if a "
+            "held-out loss stalls meanwhile, this is the float32 stall of grokking: StableMax "
+            "or ⊥Grad)"
         )
     receded = _collapse_receded(facts, steps, values, found.first_step)
     if receded is not None:

@@ -161,7 +161,9 @@ def _most_spiked(spikes: list[Finding]) -> list[str]:
 def _edge_reached_after(facts: RunFacts, step: int) -> tuple[int, str] | None:
     """(the step, the module) of a NaN the loss made after ``step`` from a module's output that
     held values at an edge (exact zeros, or negatives among positives: see
-    :meth:`ActivationSignal._in_the_loss`): within ``CONFIRMED_SOON`` steps, when the loss at
+    :meth:`ActivationSignal._in_the_loss`), or that an operation with an edge
+    (``EDGED_OPERATIONS``: a root, a log, a division) took past it, as the replay of the step
+    found: within ``CONFIRMED_SOON`` steps, when the loss at
     ``step`` did not spike (the gradient leapt as that output neared the edge); or within
     ``NEARING_EDGE`` steps, when the gradient spiked in that very module: a log or a root near
     its edge makes the loss and its gradient leap together, on the module that feeds it."""
@@ -170,6 +172,7 @@ def _edge_reached_after(facts: RunFacts, step: int) -> tuple[int, str] | None:
     for f in facts.of(NONFINITE, NONFINITE_ORIGIN):
         origin = f.evidence.get("forward_origin") or {}
         edge = str(origin.get("in_the_loss", "")).startswith("its output held")
+        edge = edge or origin.get("operation") in EDGED_OPERATIONS
         module = origin.get("module")
         if not edge or not module or f.step <= step:
             continue
@@ -178,6 +181,14 @@ def _edge_reached_after(facts: RunFacts, step: int) -> tuple[int, str] | None:
         if f.step <= step + NEARING_EDGE and any(_inside(t, module) for t in spiked):
             return f.step, module
     return None
+
+
+# The operations (as a replay names the one that made a NaN from finite inputs) whose slope is
+# unbounded where their input nears an edge (zero): a gradient leaps as an output nears it.
+EDGED_OPERATIONS = frozenset(
+    ("sqrt", "rsqrt", "log", "log2", "log10", "log1p", "reciprocal", "div", "true_divide")
+    + ("__truediv__", "__rtruediv__", "__div__", "__rdiv__", "pow", "__pow__", "__rpow__")
+)
 
 
 # Steps before a NaN made at an edge within which a gradient spike in the module whose output
