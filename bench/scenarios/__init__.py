@@ -593,6 +593,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout589,
     cases_heldout590,
     cases_heldout591,
+    cases_heldout592,
     cases_mlp,
     cases_other,
 )
