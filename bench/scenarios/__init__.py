@@ -595,6 +595,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout591,
     cases_heldout592,
     cases_heldout593,
+    cases_heldout594,
     cases_mlp,
     cases_other,
 )
