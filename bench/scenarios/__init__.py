@@ -596,6 +596,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout592,
     cases_heldout593,
     cases_heldout594,
+    cases_heldout595,
     cases_mlp,
     cases_other,
 )
