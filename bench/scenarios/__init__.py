@@ -597,6 +597,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout593,
     cases_heldout594,
     cases_heldout595,
+    cases_heldout596,
     cases_mlp,
     cases_other,
 )
