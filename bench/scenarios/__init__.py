@@ -592,6 +592,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout588,
     cases_heldout589,
     cases_heldout590,
+    cases_heldout597,
     cases_mlp,
     cases_other,
 )
