@@ -921,7 +921,8 @@ class UpdateRatioOutOfRange(Detector):
     does).
 
     A step the optimizer did not take (``optimizer_skipped``: a GradScaler's overflow, a
-    micro-batch's ``mon.step``) is no reading.
+    micro-batch's ``mon.step``) is no reading. A frozen reading while the loss (its running
+    median) is exactly 0 is info: nothing is left to learn.
 
     A parameter frozen and outside the optimizer at attach that later gets gradients no step
     applies (the record's ``gradients_not_applied``) is a warning too: a layer unfrozen after
@@ -1052,6 +1053,11 @@ class UpdateRatioOutOfRange(Detector):
                     severity = "info"
                 elif (cut := self._cut_by_schedule()) is not None:
                     evidence["rate_cut"] = cut
+                    severity = "info"
+                elif self.loss.current == 0.0:
+                    # a loss at exactly zero (a cross-entropy rounded to 0 in float32) has
+                    # nothing left to learn: the gradients vanished with it, no update is due
+                    evidence["note"] = "the loss is exactly 0: nothing left to learn"
                     severity = "info"
                 if severity == "warning":
                     self._frozen.found(name, self.loss)

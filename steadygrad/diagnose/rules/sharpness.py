@@ -419,18 +419,24 @@ def _trained_into_a_blowup(facts: RunFacts) -> Found | None:
 # its first loss on the way and ONE_OFF times above it before it broke, was broken by its first
 # updates (too few finite losses for the divergence detector's opening window to fill), when
 # the first of them threw the weights (their norm THROWN times where it started) from a
-# gradient under BORN_EXPLODED times that norm.
-OPENING_STEPS, THROWN = 10, 2.0
+# gradient under BORN_EXPLODED times that norm; or, under a step the gradient scales in a model
+# with no recurrence, when the loss rose at every step from the first update to the break,
+# within CLIMB_STEPS: each plain step past 2/sharpness multiplies the sharpest direction's share
+# of the error by |1 - lr x sharpness|, from the first (Cohen et al. 2021). Over the kept runs
+# of sets 528-591, every such climb from a gradient that was not exploded before any update was
+# a learning rate past the limit (16 of 16).
+OPENING_STEPS, THROWN, CLIMB_STEPS = 10, 2.0, 30
 
 
 def _blew_up_from_the_start(facts: RunFacts) -> Found | None:
-    """The first updates blew the run up within ``OPENING_STEPS`` steps (see there)."""
+    """The first updates blew the run up within ``OPENING_STEPS`` steps, or the loss climbed
+    at every step from the first update into a break within ``CLIMB_STEPS`` (see there)."""
     loss = facts.series(LOSS.name)
     if loss is None:
         return None
     steps, values = loss
     bad = steps[~np.isfinite(values)]
-    if not len(bad) or bad[0] > OPENING_STEPS or steps[0] != 0 or not values[0] > 0:
+    if not len(bad) or bad[0] > CLIMB_STEPS or steps[0] != 0 or not values[0] > 0:
         return None
     broke = int(bad[0])
     grads, weights = facts.series(GRAD_NORM.name), facts.series(PARAM_NORM.name)
@@ -438,16 +444,20 @@ def _blew_up_from_the_start(facts: RunFacts) -> Found | None:
         return None
     if not grads[1][0] < BORN_EXPLODED * weights[1][0]:
         return None  # exploded before any update: the initialisation's doing
-    first_update = weights[1][weights[0] == 1]
-    if not (len(first_update) and first_update[0] >= THROWN * weights[1][0]):
-        return None  # not thrown at once: a gradient that grew on its own threw them later
     opening = values[(steps > 0) & (steps < broke)]
     opening = opening[np.isfinite(opening)]
     if not len(opening) or opening.min() <= values[0] or opening.max() < ONE_OFF * values[0]:
         return None
+    first_update = weights[1][weights[0] == 1]
+    thrown = len(first_update) and first_update[0] >= THROWN * weights[1][0]
+    plain = facts.run.config.get(OPTIMIZER_FAMILY) in GRADIENT_SCALED
+    climbed = plain and not facts.recurrent_modules and bool(np.all(np.diff(opening) > 0))
+    if not (thrown and broke <= OPENING_STEPS or climbed):
+        return None  # not thrown at once nor climbing: a gradient that grew on its own
+    how = " at every step, each plain step overshooting further," if climbed else ""
     return Found(
         f"the first updates blew the run up: the loss rose from {values[0]:.4g} to "
-        f"{opening.max():.4g} and was non-finite by step {broke}, never back where it "
+        f"{opening.max():.4g}{how} and was non-finite by step {broke}, never back where it "
         "started (the step size is far above the stability limit)",
         0,
         [],
