@@ -423,8 +423,8 @@ def _trained_into_a_blowup(facts: RunFacts) -> Found | None:
 # with no recurrence, when the loss rose at every step from the first update to the break,
 # within CLIMB_STEPS: each plain step past 2/sharpness multiplies the sharpest direction's share
 # of the error by |1 - lr x sharpness|, from the first (Cohen et al. 2021). Over the kept runs
-# of sets 528-591, every such climb from a gradient that was not exploded before any update was
-# a learning rate past the limit (16 of 16).
+# of sets 528-597, every such climb from a gradient that was not exploded before any update was
+# a learning rate past the limit (20 of 20).
 OPENING_STEPS, THROWN, CLIMB_STEPS = 10, 2.0, 30
 
 
@@ -449,7 +449,7 @@ def _blew_up_from_the_start(facts: RunFacts) -> Found | None:
     if not len(opening) or opening.min() <= values[0] or opening.max() < ONE_OFF * values[0]:
         return None
     first_update = weights[1][weights[0] == 1]
-    thrown = len(first_update) and first_update[0] >= THROWN * weights[1][0]
+    thrown = bool(len(first_update)) and first_update[0] >= THROWN * weights[1][0]
     plain = facts.run.config.get(OPTIMIZER_FAMILY) in GRADIENT_SCALED
     climbed = plain and not facts.recurrent_modules and bool(np.all(np.diff(opening) > 0))
     if not (thrown and broke <= OPENING_STEPS or climbed):
