@@ -602,6 +602,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout601,
     cases_heldout603,
     cases_heldout604,
+    cases_heldout598,
     cases_mlp,
     cases_other,
 )
