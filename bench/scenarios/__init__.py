@@ -604,6 +604,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout604,
     cases_heldout598,
     cases_heldout599,
+    cases_heldout600,
     cases_mlp,
     cases_other,
 )
