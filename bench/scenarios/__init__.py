@@ -599,6 +599,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout595,
     cases_heldout596,
     cases_heldout597,
+    cases_heldout602,
     cases_mlp,
     cases_other,
 )
