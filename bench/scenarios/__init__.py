@@ -605,6 +605,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout598,
     cases_heldout599,
     cases_heldout600,
+    cases_heldout602,
     cases_mlp,
     cases_other,
 )
