@@ -183,11 +183,12 @@ def _edge_reached_after(facts: RunFacts, step: int) -> tuple[int, str] | None:
     return None
 
 
-# The operations (as a replay names the one that made a NaN from finite inputs) whose slope is
-# unbounded where their input nears an edge (zero): a gradient leaps as an output nears it.
+# The operations (named as the replay's FirstNonFinite names them: `a / b` is "div", `1 / x`
+# "__rdiv__", `x ** 0.5` "pow") whose slope is unbounded where their input nears an edge
+# (zero): a gradient leaps as an output nears it.
 EDGED_OPERATIONS = frozenset(
     ("sqrt", "rsqrt", "log", "log2", "log10", "log1p", "reciprocal", "div", "true_divide")
-    + ("__truediv__", "__rtruediv__", "__div__", "__rdiv__", "pow", "__pow__", "__rpow__")
+    + ("__rdiv__", "pow", "__rpow__")
 )
 
 
