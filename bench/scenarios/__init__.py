@@ -607,6 +607,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout603,
     cases_heldout604,
     cases_heldout605,
+    cases_heldout606,
     cases_mlp,
     cases_other,
 )
