@@ -608,6 +608,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout604,
     cases_heldout605,
     cases_heldout606,
+    cases_heldout607,
     cases_mlp,
     cases_other,
 )
