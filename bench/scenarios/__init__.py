@@ -611,6 +611,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout607,
     cases_heldout608,
     cases_heldout609,
+    cases_heldout610,
     cases_mlp,
     cases_other,
 )
