@@ -606,6 +606,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout602,
     cases_heldout603,
     cases_heldout604,
+    cases_heldout611,
     cases_mlp,
     cases_other,
 )
