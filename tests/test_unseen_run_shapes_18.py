@@ -17,11 +17,13 @@ def test_gradients_that_rose_with_one_shock_and_fell_back_did_not_explode(tmp_pa
     # the gradient norm 4x, and the growth detector (which measures a tensor's gradient
     # against the lowest level it ever held, here its second step's) found "growth" four
     # steps later, named first; by the end the gradient norm was back at its level before.
+    # (Since session 58 the gradient's level is measured again as the loss leaves its start,
+    # and the rise is no growth at all; where one is found, it fell back.)
     ctx, report = held_out_run(tmp_path, "h81_loss_spike_rvq_codebook_reset")
     induced_or_skip(ctx)
     assert report.top.cause == "loss_spike"
     exploding = [d for d in report.diagnoses if d.cause == "exploding_gradients"]
-    assert exploding and "fell back" in exploding[0].why
+    assert all("fell back" in d.why for d in exploding)
 
 
 @pytest.mark.parametrize("name", ["h48_deeponet_negative_decay_branch_sgd", "h27_afm_flipped_l2"])

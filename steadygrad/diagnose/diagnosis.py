@@ -138,7 +138,15 @@ def diagnose(run: Run | str | os.PathLike[str], rules: tuple[Rule, ...] = RULES)
         # the climb the loss was in when the cause was first seen (one it came back from is
         # over, and says nothing of a cause that begins after it)
         climbing = facts.climbing_at(d.first_step) if d.first_step is not None else None
-        judge(d, broke, progress, climbing, facts.made_at_once, facts.replaced_before_break)
+        judge(
+            d,
+            broke,
+            progress,
+            climbing,
+            facts.made_at_once,
+            facts.replaced_before_break,
+            facts.broke_in_one_step,
+        )
     for d in found:
         explained(d, found)
     for d in found:
@@ -175,6 +183,7 @@ def judge(
     climbing_from: int | None = None,
     made_at_once: str | None = None,
     replaced: int | None = None,
+    in_one_step: bool = False,
 ) -> None:
     """Score a diagnosis, say how confident it is and why. A mechanism outranks the symptoms
     only when its evidence came before the run broke (it can explain them); one first seen
@@ -188,7 +197,9 @@ def judge(
     nor does a contained mechanism (see ``Rule``) in another module. A one-off event the loss
     then learnt past (its best before the break ``PROGRESS_AFTER`` steps or more after the
     event) does not explain the break either; nor one the run got over before the weights were
-    put back between steps (``replaced``: a checkpoint reload) just before the break."""
+    put back between steps (``replaced``: a checkpoint reload) just before the break. Where the
+    run broke in one step (``in_one_step``), a stalling cause read first after it is no
+    candidate: dying units make no loss jump."""
     # Among causes, timing decides (severity only breaks ties); among symptoms, severity does.
     d.score = TIER_SCORE[d.tier] + (2.0 * Severity.rank(d.severity) if d.tier == SYMPTOM else 0)
     if d.severity == "info":  # its own evidence was judged harmless: below any warning
@@ -310,9 +321,11 @@ def judge(
             f"confirmed at step {first}, after the run broke at step {broke}, but growing since "
             f"step {began}: it may have come first"
         )
-    elif previous is not None and previous < broke:
+    elif previous is not None and previous < broke and not (d.stalls and in_one_step):
         # Measured on a cadence, and not read between the break and this finding: the cause
         # may have started anywhere since the reading before, the break's own step included.
+        # Not a cause that only stalls learning, where the run broke in one step: units dying
+        # make no loss jump.
         d.score += 10.0
         d.confidence = "medium"
         d.why = (

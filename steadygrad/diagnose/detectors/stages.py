@@ -2,7 +2,7 @@
 update and did not climb on from there (a curriculum's next stage, hard negatives switched on, a
 new task's head joining the sum). A divergence climbs on; a stage is learnt, or at least held.
 A loss is the weights' and the batch's: with the weights moved as usual, a step up between two
-steps is the batch's."""
+steps is the batch's. And a new stage of the schedule: a warm restart of the learning rate."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from steadygrad.core import Record
 from steadygrad.core.metrics import (
     GRAD_NORM,
     GRAD_NORM_PRECLIP,
+    LEARNING_RATE,
     OPTIMIZER_FAMILY,
     OPTIMIZER_RESTARTED,
     PARAM_NORM,
@@ -40,7 +41,48 @@ STAGE_WATCH, STAGE_ENDS, CLIMBED_ON, CLIMBED_ON_SHARE = 10, 4, 0.5, 0.25
 # optimizer whose state started again from nothing (its first steps the size of its rate).
 THREW, REPLACED = 10.0, 30.0
 
+# A warm restart: a group's learning rate raised RESTART_RAISE times or more between two records,
+# to no more than RESTART_SEEN times the highest rate that group had trained at (SGDR's restarts,
+# a cyclic schedule's next cycle, a re-warm-up for a new head). Of the kept runs' rates raised 2x
+# or more after the first records, every one back to a rate already used was a restart the
+# scenario meant (or a resume that reset its schedule); every one past the highest was a typo or
+# a deliberate new peak, which the stability limit may not allow, and is no restart.
+RESTART_RAISE, RESTART_SEEN = 2.0, 1.05
+
 WATCHING, STAGE, CLIMB, BACK = "watching", "stage", "climb", "back"
+
+
+class RateRestarts:
+    """Tells a record whose learning rate a schedule restarted (see ``RESTART_RAISE``): the
+    loss's bump and the gradient's rise that follow are the restart's known cost (Loshchilov
+    and Hutter 2017, SGDR), so a detector's levels start again from it.
+
+    Example:
+        >>> restarts = RateRestarts()
+        >>> rates = [0.3, 0.2, 0.1, 0.01, 0.3, 0.2, 0.9]
+        >>> [restarts.add(step, {"0": lr}) for step, lr in enumerate(rates)]
+        [False, False, False, False, True, False, False]
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._highest: dict[str, float] = {}
+
+    def add(self, step: int, rates: dict[str, float]) -> bool:
+        """Whether ``rates`` (each group's learning rate at ``step``) restarted the schedule."""
+        restarted = False
+        for group, rate in rates.items():
+            if not (math.isfinite(rate) and rate > 0):
+                continue
+            last, highest = self._last.get(group), self._highest.get(group, 0.0)
+            if last and rate >= RESTART_RAISE * last and rate <= RESTART_SEEN * highest:
+                restarted = True
+            self._last[group], self._highest[group] = rate, max(highest, rate)
+        return restarted
+
+    def add_record(self, record: Record) -> bool:
+        """:meth:`add` for a Monitor's record."""
+        return self.add(record.step, record.family(LEARNING_RATE.name))
 
 
 class StageWatch:
@@ -95,7 +137,7 @@ class StageWatch:
             return None
         level = statistics.median(list(before)[:-1])
         stepped = loss >= STEPPED_UP * level and before[-2] < LEVEL_BEFORE * level
-        if level > 0 and stepped and not self._weights_moved():
+        if level > 0 and stepped and not self.weights_moved():
             self.stage, self._level = [(step, loss)], level
             return WATCHING
         return None
@@ -118,7 +160,7 @@ class StageWatch:
             self._weights = weights
         self._grads.append(grad if grad is not None and math.isfinite(grad) else math.nan)
 
-    def _weights_moved(self) -> bool:
+    def weights_moved(self) -> bool:
         """Whether the weights made the step up, not the data: the optimizer's state started
         again from nothing at this record or the one before (its first steps are the size of
         its rate, whatever the gradient), the update before this record threw the weights

@@ -25,6 +25,7 @@ from steadygrad.core.metrics import (
     DIRECTIONAL_SHARPNESS_RATIO,
     GRAD_NORM,
     GRAD_NORM_PRECLIP,
+    LEARNING_RATE,
     LOSS,
     OPTIMIZER_FAMILY,
     PARAM_NORM,
@@ -33,7 +34,13 @@ from steadygrad.core.metrics import (
 )
 from steadygrad.core.optimizer import PER_COORDINATE
 from steadygrad.diagnose.detectors.base import Detector, shrunk_by_clipping
-from steadygrad.diagnose.detectors.stages import STAGE, WATCHING, StageWatch
+from steadygrad.diagnose.detectors.stages import (
+    STAGE,
+    STAGE_ENDS,
+    WATCHING,
+    RateRestarts,
+    StageWatch,
+)
 
 LOSS_DIVERGENCE = FindingKind(
     "loss_divergence", "the loss climbed well above the best level it had sustained"
@@ -192,6 +199,11 @@ class LossDivergence(Detector):
     for ``2 * patience`` records. A loss that has been below zero climbs to a divergence only
     once clear above where it started. A slow climb in noisy batches is read the same way over
     the median of the last ``SLOW_WINDOW`` losses, against that median's own noise (warning).
+    A step up of the data (one loss rising past the margin from one within it, the weights moved
+    as usual) that the loss is coming down from is a knock (a small head re-initialised, a run of
+    hard batches): critical where it put the
+    loss past the critical level, no warning otherwise; a warm restart of the learning rate (see
+    :class:`RateRestarts`) starts the best level again, as a new stage of the data does.
 
     Example:
         >>> det = LossDivergence()
@@ -203,7 +215,8 @@ class LossDivergence(Detector):
 
     per_task = True
     kind = LOSS_DIVERGENCE
-    reads, emits = (LOSS, PARAM_NORM, GRAD_NORM, GRAD_NORM_PRECLIP), (LOSS_DIVERGENCE,)
+    reads = (LOSS, PARAM_NORM, GRAD_NORM, GRAD_NORM_PRECLIP, LEARNING_RATE)
+    emits = (LOSS_DIVERGENCE,)
 
     def __init__(
         self,
@@ -230,11 +243,21 @@ class LossDivergence(Detector):
         self._far: tuple[int, float] | None = None  # a far-out value waiting for the next one
         self._opening: list[tuple[int, float]] | None = []  # the first values, while judged
         self._stages = StageWatch()
+        self._restarts = RateRestarts()
+        self._stepped: list[float] | None = None  # the first losses from a step up
+        self._step_at = 0
+        self._jumped: tuple[int, float] | None = None  # a loss that jumped, awaiting the next
+        self._within = 0  # records in a row with the level within its margin of the best
+        self._knocked_at: int | None = None  # the step of the last knock the loss came down from
+        self._rates: deque[float] = deque(maxlen=STAGE_ENDS)  # the highest group's, by record
 
     def update(self, record: Record) -> list[Finding]:
         loss = record.values.get(LOSS.name)
         if loss is None or record.meta.get("skipped"):
             return []
+        if self._restarts.add_record(record):  # a warm restart: its bump is the schedule's
+            self._start_again([])
+        self._rates.append(max(record.family(LEARNING_RATE.name).values(), default=math.nan))
         far, self._far = self._far, None
         level = self.level
         stage = self._stages.add_record(record, loss)
@@ -256,10 +279,16 @@ class LossDivergence(Detector):
         # A loss that went below zero (a policy-gradient surrogate, an energy, a critic) has no
         # zero to measure its level from: it diverges only once clear above where it started.
         unanchored = floor < 0 and now <= level.start + margin
+        self._watch_a_step(record.step, loss, floor, margin)
+        self._within = self._within + 1 if now - floor <= margin else 0
+        knocked = False  # a knock the loss is coming down from: told only where it broke the run
         if now - floor <= margin or unanchored:
             self._above = 0
-        elif not self._recovering():
-            self._above += 1
+            if self._stepped is not None and len(self._stepped) >= STAGE_ENDS:
+                self._stepped = None  # back near its best: the step is over
+        else:
+            self._above += 0 if self._recovering() else 1
+            knocked = self._held_after_a_step()
         calm = now - floor < margin / 2 and loss - floor < margin
         self._calm = self._calm + 1 if calm else 0
         if self._calm >= 2 * self.patience:
@@ -277,9 +306,9 @@ class LossDivergence(Detector):
         if sustained and now - floor > (self.critical_ratio - 1) * scale:
             if "critical" not in self._fired:
                 return self._emit(Severity.CRITICAL, record.step, now, "loss_median")
-        elif sustained and not self._fired:
+        elif sustained and not self._fired and not knocked:
             return self._emit(Severity.WARNING, record.step, now, "loss_median")
-        elif slow and not self._fired:
+        elif slow and not self._fired and not knocked:
             # the best level stays the running median's (the climb other findings chain to)
             found = self._emit(Severity.WARNING, record.step, self.slow.current, "loss_median")
             found[0].evidence.update(window=SLOW_WINDOW, window_best_level=self.slow.floor)
@@ -296,6 +325,7 @@ class LossDivergence(Detector):
         self._above = self._slow_above = self._calm = 0
         self._fired.clear()
         self._far = None
+        self._stepped = self._knocked_at = self._jumped = None
 
     def _slow_climb(self) -> bool:
         """The slow test: the median of the last ``SLOW_WINDOW`` losses above its own best by
@@ -310,9 +340,13 @@ class LossDivergence(Detector):
         noise = max(1.25 / math.sqrt(SLOW_WINDOW) * slow.noise(), _median_error(slow.values))
         margin = max(self.rise * slow.scale(), self.noise_z * noise, 0.0)
         unanchored = slow.floor < 0 and slow.current <= slow.start + margin
-        # a climb from a best level set before the last finding has been told (the long
-        # median carries a knock for a long while after the fast test has seen it pass)
-        told = self._announced is not None and (slow.floor_step or 0) <= self._announced
+        # a climb from a best level set before the last finding, or before a knock the loss
+        # came down from, has been told (the long median carries a knock for a long while
+        # after the fast test has seen it pass)
+        told = any(
+            step is not None and (slow.floor_step or 0) <= step
+            for step in (self._announced, self._knocked_at)
+        )
         if slow.current - slow.floor > margin and not unanchored and not told:
             self._slow_above += 1
         else:
@@ -345,6 +379,54 @@ class LossDivergence(Detector):
         }
         return [Finding(self.kind, opening[1][0], None, evidence, Severity.CRITICAL)]
 
+    def _watch_a_step(self, step: int, loss: float, floor: float, margin: float) -> None:
+        """A step up: one loss rose by more than ``margin`` from one near the best level to one
+        beyond it, and the next stayed beyond it, after a level that stood within the margin
+        for ``STAGE_ENDS`` records, past the first 20 (a small head re-initialised, a run of
+        hard batches; one heavy-tailed batch comes straight back, and a climb was
+        climbing before); its first ``STAGE_ENDS`` losses say where it put the loss. Not while
+        the learning rate rose over the last ``STAGE_ENDS`` records (a warm-up or a schedule's
+        step may have taken it past the stability limit), nor where the weights made it
+        (:meth:`StageWatch.weights_moved`: a reload, a thrown step, an optimizer started again,
+        whose climb the rules trace to the replacement): the step is judged as a climb."""
+        stepped, jumped, self._jumped = self._stepped, self._jumped, None
+        if stepped is not None:
+            if len(stepped) < 2 * STAGE_ENDS:
+                stepped.append(loss)
+            return
+        if jumped is not None and loss - floor > margin:  # and the next one stayed up: a step
+            self._stepped, self._step_at = [jumped[1], loss], jumped[0]
+            return
+        values = self.level.values
+        before = values[-2] if len(values) >= 2 else math.nan
+        rates = self._rates
+        rising = len(rates) > 1 and rates[-1] > min(rates)
+        # the level stood within the margin until now, where its scatter is known (as for a
+        # far-out value: 20 values)
+        steady = self._within >= STAGE_ENDS and len(self.level.recent) > 20
+        jumped = before - floor <= margin < min(loss - before, loss - floor)
+        if jumped and steady and not rising and not self._stages.weights_moved():
+            self._jumped = (step, loss)
+
+    def _held_after_a_step(self) -> bool:
+        """The loss is coming down from where a step up put it (the median of its first
+        ``STAGE_ENDS`` losses there): from ``2 * STAGE_ENDS`` losses on, the median of its last
+        ``STAGE_ENDS`` stands below that by more than ``FELL_Z`` times its noise. A run
+        recovering from a knock (a small head re-initialised, a run of hard batches), which the loss-spike
+        detector reads, not a climb; a loss that holds where the step put it (a rate raised past
+        the stability limit) or climbs on is judged as it stands from then on."""
+        stepped = self._stepped
+        if stepped is None:
+            return False
+        if len(stepped) < 2 * STAGE_ENDS:
+            return True
+        put, last = stepped[:STAGE_ENDS], list(self.level.recent)[-STAGE_ENDS:]
+        if statistics.median(last) < statistics.median(put) - FELL_Z * self.level.noise():
+            self._knocked_at = self._step_at
+            return True
+        self._stepped = None  # no knock: the loss is judged as it stands
+        return False
+
     def _recovering(self) -> bool:
         last = list(self.level.values)[-3:]
         return len(last) == 3 and last[0] > last[1] > last[2]
@@ -375,6 +457,13 @@ class LossDivergence(Detector):
         if earlier:
             return loss > self.critical_ratio**2 * max(list(level.recent)[:-1])
         return True
+
+
+# How far, in a loss's noise, the median of its last STAGE_ENDS values must stand below that of
+# the first STAGE_ENDS after a step up for the loss to be coming down from it (a median of four
+# scatters about 0.6 times one value: two of the noise is over three times the scatter of the
+# difference of two such medians).
+FELL_Z = 2.0
 
 
 # The long running median of LossDivergence's slow test: half the noise window (a median of 32
@@ -545,7 +634,7 @@ class GradientGrowth(Detector):
 
     per_task = True
     kind = GRADIENT_GROWTH
-    reads = (GRAD_NORM, GRAD_NORM_PRECLIP, PARAM_NORM, UPDATE_RATIO, LOSS)
+    reads = (GRAD_NORM, GRAD_NORM_PRECLIP, PARAM_NORM, UPDATE_RATIO, LOSS, LEARNING_RATE)
     emits = (GRADIENT_GROWTH,)
 
     def __init__(
@@ -590,12 +679,14 @@ class GradientGrowth(Detector):
         self._records = 0
         self._floor_record = 0  # the record (count from the first) the floor was set at
         self._loss_at_floor = math.nan  # the loss's level when the gradient stood at its floor
+        self._leaving = False  # the model left a flat start: its levels follow it down
         self._recurrent: tuple[str, ...] = ()  # modules applied repeatedly in the forward
         # the highest level the gradient norm has sustained, and that highest when the best
         # level was last set (log, step)
         self._highest: tuple[float, int | None] = (-math.inf, None)
         self._before_floor: tuple[float, int | None] = (-math.inf, None)
         self._stages = StageWatch()
+        self._restarts = RateRestarts()
 
     def update(self, record: Record) -> list[Finding]:
         # the first record says the optimizer's family, and may be an overflow skipped below
@@ -617,6 +708,8 @@ class GradientGrowth(Detector):
                 if through_depth:
                     return through_depth
         loss = record.values.get(LOSS.name)
+        if self._restarts.add_record(record):  # a warm restart: the gradient rises with the rate
+            self._start_again([])
         stage = None if loss is None else self._stages.add_record(record, loss)
         if stage == STAGE:  # a new stage of the data: the gradient's levels start again
             self._start_again(self._stages.judged)
@@ -636,6 +729,8 @@ class GradientGrowth(Detector):
         if level.floor_step != floor_before:
             self._floor_record, self._loss_at_floor = self._records, self.loss.current
             self._before_floor = self._highest
+        if self._left_a_flat_start():
+            level = self._leave_the_flat_start(record.step)
         if not math.isfinite(level.floor):
             return []
         if level.current > self._highest[0]:
@@ -646,7 +741,7 @@ class GradientGrowth(Detector):
             # to its usual size is no explosion; growth is measured from where it stood before.
             baseline, baseline_step = self._before_floor
         rise = level.current - baseline
-        worse = self._loss_worse() and not self._left_a_flat_start()
+        worse = self._loss_worse()
         growing = rise > max(self.growth, NOISE_Z * level.noise())  # beyond its own scatter
         self._above = self._above + 1 if growing and worse else 0
         if rise < self.growth / 2:
@@ -790,14 +885,37 @@ class GradientGrowth(Detector):
 
     def _left_a_flat_start(self) -> bool:
         """The gradient's floor is its level over the first records, or was set while the loss
-        had not yet left where it started, and the loss stands well below where it stood then
-        (``START_LEFT``): a model leaving a flat initial region (small initial gradients under
-        batch norm, a residual branch scaled to zero, an attention model's plateau at chance)
-        whose gradients grow as it learns, not gradients exploding."""
+        had not yet left where it started (or since the model left it), and the loss stands well
+        below where it stood then (``START_LEFT``): a model leaving a flat initial region (small
+        initial gradients under batch norm, a residual branch scaled to zero, an attention
+        model's plateau at chance) whose gradients grow as it learns, not gradients exploding.
+        Its last three losses stand there too (a running median lags a loss that just jumped)."""
         at_start = self.loss.start - START_LEFT * abs(self.loss.start)
-        return (
-            self._floor_record <= START_RECORDS or self._loss_at_floor > at_start
-        ) and self.loss.current < self._loss_at_floor - START_LEFT * abs(self._loss_at_floor)
+        flat = self._floor_record <= START_RECORDS or self._loss_at_floor > at_start
+        leaving = self._leaving and self._loss_at_floor > 0  # a fifth of a positive loss
+        below = self._loss_at_floor - START_LEFT * abs(self._loss_at_floor)
+        # the level and its last values: a median lags a loss that has just jumped
+        last = max(list(self.loss.values)[-3:], default=math.nan)
+        return (flat or leaving) and self.loss.current < below and last < below
+
+    def _leave_the_flat_start(self, step: int) -> SustainedLevel:
+        """The gradient's levels start again from its last values, once the model has left a
+        flat start, and again each time the loss falls ``START_LEFT`` further below where they
+        last started: the gradients of a model that is still learning its way off a plateau
+        grow with it, and are no measure of the learnt model's (a bump in the loss later would
+        otherwise bring the flat start's floor back, and with it a growth of 100x or more that
+        a Hugging Face encoder under warm-up makes as it learns)."""
+        self._leaving = True
+        last = list(self.level.values)
+        self.level = SustainedLevel(self.level.values.maxlen or 5)
+        for value in last:
+            self.level.add(value, step)
+        self._floor_record, self._loss_at_floor = self._records, self.loss.current
+        self._before_floor = self._highest  # a gradient that vanished since is still told
+        if self._ema is not None and self._first is not None:
+            self._floor = self._ema.copy()
+            self._first[:] = -1
+        return self.level
 
     def _loss_worse(self) -> bool:
         """The loss gave back half its progress: growing gradients that hurt (under Adam, a

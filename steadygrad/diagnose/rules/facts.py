@@ -139,6 +139,20 @@ class RunFacts:
         return None
 
     @cached_property
+    def broke_in_one_step(self) -> bool:
+        """Whether the loss at the break was ``JUMPED`` times the median of the ``JUMP_BEFORE``
+        finite losses before it, or not finite: a run that broke in one step, which no cause
+        that only stalls learning does (dead units, a frozen layer)."""
+        loss, broke = self.series(LOSS.name), self.broke_at
+        if loss is None or broke is None:
+            return False
+        steps, values = loss
+        at, before = values[steps == broke], values[(steps < broke) & np.isfinite(values)]
+        if not len(at) or len(before) < JUMP_BEFORE:
+            return False
+        return not math.isfinite(at[0]) or at[0] >= JUMPED * np.median(before[-JUMP_BEFORE:])
+
+    @cached_property
     def climbing_from(self) -> int | None:
         """The step of the first finding that the loss is climbing (any loss divergence)."""
         climbs = [f.step for f in self.findings if f.kind == LOSS_DIVERGENCE]
@@ -289,6 +303,10 @@ class RunFacts:
 # Steps after the break (or a climb found) within which a growth confirmed late, but begun
 # before, may be first: gradients found growing later than that grew with the climb.
 CONFIRMED_SOON = 10
+
+# A loss at the break this many times the median of the JUMP_BEFORE before it: the run broke in
+# one step (see RunFacts.broke_in_one_step).
+JUMPED, JUMP_BEFORE = 10.0, 5
 
 
 def _best_before_trouble(facts: RunFacts) -> int | None:
