@@ -614,6 +614,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout610,
     cases_heldout611,
     cases_heldout612,
+    cases_heldout613,
     cases_mlp,
     cases_other,
 )
