@@ -615,6 +615,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout611,
     cases_heldout612,
     cases_heldout613,
+    cases_heldout614,
     cases_mlp,
     cases_other,
 )
