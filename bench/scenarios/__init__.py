@@ -617,6 +617,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout613,
     cases_heldout614,
     cases_heldout615,
+    cases_heldout616,
     cases_mlp,
     cases_other,
 )
