@@ -613,6 +613,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout609,
     cases_heldout610,
     cases_heldout611,
+    cases_heldout618,
     cases_mlp,
     cases_other,
 )
