@@ -412,9 +412,9 @@ class LossDivergence(Detector):
         """The loss is coming down from where a step up put it (the median of its first
         ``STAGE_ENDS`` losses there): from ``2 * STAGE_ENDS`` losses on, the median of its last
         ``STAGE_ENDS`` stands below that by more than ``FELL_Z`` times its noise. A run
-        recovering from a knock (a small head re-initialised, a run of hard batches), which the loss-spike
-        detector reads, not a climb; a loss that holds where the step put it (a rate raised past
-        the stability limit) or climbs on is judged as it stands from then on."""
+        recovering from a knock (a small head re-initialised, a run of hard batches), which the
+        loss-spike detector reads, not a climb; a loss that holds where the step put it (a rate
+        raised past the stability limit) or climbs on is judged as it stands from then on."""
         stepped = self._stepped
         if stepped is None:
             return False
