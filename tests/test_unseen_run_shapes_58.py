@@ -61,7 +61,7 @@ def test_a_gradient_is_measured_from_where_the_model_left_its_flat_start():
 
 def test_a_rate_raised_back_to_one_already_used_is_a_restart():
     restarts = RateRestarts()
-    said = [restarts.add(t, {"0": lr}) for t, lr in enumerate([0.1, 0.01, 0.05, 0.012, 0.2])]
+    said = [restarts.add({"0": lr}) for lr in [0.1, 0.01, 0.05, 0.012, 0.2]]
     # 0.01 -> 0.05 is 5x (>= RESTART_RAISE), to half the highest used: a restart; 0.012 -> 0.2
     # is past the highest used (0.1 * RESTART_SEEN): a new peak, no restart
     assert 0.05 / 0.01 >= RESTART_RAISE and 0.2 > RESTART_SEEN * 0.1

@@ -55,21 +55,30 @@ WATCHING, STAGE, CLIMB, BACK = "watching", "stage", "climb", "back"
 class RateRestarts:
     """Tells a record whose learning rate a schedule restarted (see ``RESTART_RAISE``): the
     loss's bump and the gradient's rise that follow are the restart's known cost (Loshchilov
-    and Hutter 2017, SGDR), so a detector's levels start again from it.
+    and Hutter 2017, SGDR), so a detector's levels start again from it. ``rising``: the
+    highest group's rate rose over the last ``STAGE_ENDS`` records (a warm-up, a schedule's
+    step).
 
     Example:
         >>> restarts = RateRestarts()
-        >>> rates = [0.3, 0.2, 0.1, 0.01, 0.3, 0.2, 0.9]
-        >>> [restarts.add(step, {"0": lr}) for step, lr in enumerate(rates)]
+        >>> [restarts.add({"0": lr}) for lr in [0.3, 0.2, 0.1, 0.01, 0.3, 0.2, 0.9]]
         [False, False, False, False, True, False, False]
+        >>> restarts.rising
+        True
     """
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
         self._highest: dict[str, float] = {}
+        self._recent: deque[float] = deque(maxlen=STAGE_ENDS)  # the highest group's, by record
 
-    def add(self, step: int, rates: dict[str, float]) -> bool:
-        """Whether ``rates`` (each group's learning rate at ``step``) restarted the schedule."""
+    @property
+    def rising(self) -> bool:
+        return len(self._recent) > 1 and self._recent[-1] > min(self._recent)
+
+    def add(self, rates: dict[str, float]) -> bool:
+        """Whether ``rates`` (each group's learning rate at a record) restarted the schedule."""
+        self._recent.append(max(rates.values(), default=math.nan))
         restarted = False
         for group, rate in rates.items():
             if not (math.isfinite(rate) and rate > 0):
@@ -82,7 +91,7 @@ class RateRestarts:
 
     def add_record(self, record: Record) -> bool:
         """:meth:`add` for a Monitor's record."""
-        return self.add(record.step, record.family(LEARNING_RATE.name))
+        return self.add(record.family(LEARNING_RATE.name))
 
 
 class StageWatch:

@@ -249,7 +249,6 @@ class LossDivergence(Detector):
         self._jumped: tuple[int, float] | None = None  # a loss that jumped, awaiting the next
         self._within = 0  # records in a row with the level within its margin of the best
         self._knocked_at: int | None = None  # the step of the last knock the loss came down from
-        self._rates: deque[float] = deque(maxlen=STAGE_ENDS)  # the highest group's, by record
 
     def update(self, record: Record) -> list[Finding]:
         loss = record.values.get(LOSS.name)
@@ -257,7 +256,6 @@ class LossDivergence(Detector):
             return []
         if self._restarts.add_record(record):  # a warm restart: its bump is the schedule's
             self._start_again([])
-        self._rates.append(max(record.family(LEARNING_RATE.name).values(), default=math.nan))
         far, self._far = self._far, None
         level = self.level
         stage = self._stages.add_record(record, loss)
@@ -287,7 +285,8 @@ class LossDivergence(Detector):
             if self._stepped is not None and len(self._stepped) >= STAGE_ENDS:
                 self._stepped = None  # back near its best: the step is over
         else:
-            self._above += 0 if self._recovering() else 1
+            if not self._recovering():
+                self._above += 1
             knocked = self._held_after_a_step()
         calm = now - floor < margin / 2 and loss - floor < margin
         self._calm = self._calm + 1 if calm else 0
@@ -399,13 +398,11 @@ class LossDivergence(Detector):
             return
         values = self.level.values
         before = values[-2] if len(values) >= 2 else math.nan
-        rates = self._rates
-        rising = len(rates) > 1 and rates[-1] > min(rates)
         # the level stood within the margin until now, where its scatter is known (as for a
         # far-out value: 20 values)
         steady = self._within >= STAGE_ENDS and len(self.level.recent) > 20
         jumped = before - floor <= margin < min(loss - before, loss - floor)
-        if jumped and steady and not rising and not self._stages.weights_moved():
+        if jumped and steady and not self._restarts.rising and not self._stages.weights_moved():
             self._jumped = (step, loss)
 
     def _held_after_a_step(self) -> bool:
