@@ -43,6 +43,9 @@ OPTIMIZER_RESTARTED = Metric(
 # said the loss being minimised changed (Monitor.objective_changed).
 OPTIMIZER_REPLACED = "optimizer_replaced"
 OBJECTIVE_CHANGED = "objective_changed"
+# Evidence on a finding made while the loop said its objective was ramping (objective_changed's
+# ``over``): the reason it gave, or True.
+OBJECTIVE_RAMP = "objective_ramp"
 MONITOR_ACTIONS = (OPTIMIZER_REPLACED, OBJECTIVE_CHANGED)
 AMP_SCALE = Metric("amp_scale", "the GradScaler's loss scale", scale="log", panel="amp")
 

@@ -541,6 +541,7 @@ class Monitor:
         findings: list[Finding] = []
         for detector in self.detectors:
             findings.extend(detector.update(record))
+        findings = self._task_restarts.soften(findings, record.step)
         previous, self._previous_ids = self._previous_ids, (record.step, batch_ids)
         if findings and (batch_ids is not None or previous[1] is not None):
             # a finding judged one record late (a gradient spike, by the loss after it) keeps
@@ -580,7 +581,7 @@ class Monitor:
         """Multiply the gradients of ``index`` by ``factor`` before the update (clipping)."""
         self.parameters.stats.scale_gradients(index, factor)
 
-    def objective_changed(self, why: str = "") -> None:
+    def objective_changed(self, why: str = "", over: int = 0) -> None:
         """Say that the loss being minimised changes from the next step on (a curriculum's next
         stage, a new data mix, a task head or a loss term added, a new task): the loss and the
         gradient norm step to a new level there, so the detectors that judge them against the
@@ -588,13 +589,28 @@ class Monitor:
         divergence. Recorded in the run as an action (``objective_changed``). A run that
         records its tasks with :class:`steadygrad.continual.ContinualEvaluation` needs no call.
 
+        ``over``: the change is gradual, over that many steps from the next one (a loss term's
+        weight ramped in, a VAE's KL warm-up, sequences lengthened step by step): the loss and
+        the gradient climb along the ramp by design, so until it ends a loss above its best or
+        a gradient grown is told at info (evidence ``objective_ramp``), and the detectors start
+        again where it ends. A loss that blows up (far beyond its scatter, then higher still)
+        is warned whatever the ramp; so are spikes, non-finite values and the mechanisms.
+
         Example:
             >>> mon.objective_changed("curriculum stage 2")  # doctest: +SKIP
+            >>> mon.objective_changed("KL warm-up", over=500)  # doctest: +SKIP
         """
         if not isinstance(why, str):
             raise TypeError(f"why must be a string, got {type(why).__name__}")
-        self._task_restarts.restart_at(self.step_count)
-        self.record_action(self.step_count, OBJECTIVE_CHANGED, {"why": why} if why else {})
+        if isinstance(over, bool) or not isinstance(over, int):
+            raise TypeError(f"over must be a whole number of steps, got {type(over).__name__}")
+        if over < 0:
+            raise ValueError(f"over must be 0 or more steps, got {over}")
+        self._task_restarts.restart_at(self.step_count, over, why)
+        detail: dict[str, Any] = {"why": why} if why else {}
+        if over:
+            detail["over"] = over
+        self.record_action(self.step_count, OBJECTIVE_CHANGED, detail)
 
     def weights_replaced(self) -> None:
         """The weights were replaced (a rollback): the pending update measurement is void."""

@@ -7,7 +7,11 @@ The record's ``task`` (:class:`steadygrad.continual.ContinualEvaluation` records
 the task changed, or the loop says so itself (:meth:`steadygrad.Monitor.objective_changed`: a
 curriculum stage, a new loss term); detectors that declare ``per_task`` are put back to their
 first state then, so that what they judge is within one objective. The stability-gap
-detector, which compares tasks, is not one of them.
+detector, which compares tasks, is not one of them. An objective that changes gradually (a
+loss term's weight ramped in, a KL warm-up, a curriculum that lengthens its sequences) moves the
+loss's and the gradient's levels all along its ramp: the loop says so with ``over=``, and the
+detectors start again where the ramp ends, their findings on those levels told at info until
+then.
 """
 
 from __future__ import annotations
@@ -16,10 +20,19 @@ import copy
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 
 from steadygrad.continual.metrics import TASK
-from steadygrad.core import Record
+from steadygrad.core import Finding, Record, Severity
+from steadygrad.core.metrics import OBJECTIVE_RAMP
 from steadygrad.diagnose.detectors import Detector
+from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE
+
+# The findings on a level that a ramped objective moves on its own: a loss above its best, a
+# gradient above its best. One loss far beyond the run's scatter, then higher still (a blow-up,
+# evidence "loss" rather than a running median's "loss_median"), is no ramp's doing.
+LEVELS = (LOSS_DIVERGENCE, GRADIENT_GROWTH)
+BLOW_UP = "loss"
 
 
 class TaskRestarts:
@@ -39,12 +52,35 @@ class TaskRestarts:
         self._first = [self._copy(d) if d.per_task else None for d in detectors]
         self._task: float | None = None
         self._due: int | None = None  # the step a new objective was said to start at
+        self._ramp: tuple[int, int, str] | None = None  # (from, to, why) of a gradual change
 
-    def restart_at(self, step: int) -> None:
-        """Start the per-task detectors again at the first record of ``step`` or later (a new
-        objective the loop announced: :meth:`steadygrad.Monitor.objective_changed`; a record
-        finished late, on the GPU, may still be the old objective's)."""
-        self._due = step
+    def restart_at(self, step: int, over: int = 0, why: str = "") -> None:
+        """Start the per-task detectors again at the first record of ``step + over`` or later
+        (a new objective the loop announced: :meth:`steadygrad.Monitor.objective_changed`; a
+        record finished late, on the GPU, may still be the old objective's). With ``over``, the
+        objective changes gradually from ``step`` on: the findings on the loss's and the
+        gradient's levels at records before ``step + over`` are told at info (see
+        :meth:`soften`)."""
+        self._due = step + over
+        self._ramp = (step, step + over, why) if over else None
+
+    def soften(self, findings: list[Finding], step: int) -> list[Finding]:
+        """``findings`` of a record at ``step``, those on a level told at info while a ramp the
+        loop announced covers ``step`` (evidence ``objective_ramp``: its reason); a blow-up
+        stays as it was."""
+        ramp = self._ramp
+        if ramp is None or not ramp[0] <= step < ramp[1]:
+            return findings
+        return [
+            replace(
+                f,
+                severity=Severity.INFO,
+                evidence={**f.evidence, OBJECTIVE_RAMP: ramp[2] or True},
+            )
+            if f.kind in LEVELS and BLOW_UP not in f.evidence and f.severity != Severity.INFO
+            else f
+            for f in findings
+        ]
 
     def follow(self, detectors: list[Detector], record: Record) -> bool:
         """Put the per-task ``detectors`` back to their first state when ``record`` starts a new
@@ -52,7 +88,7 @@ class TaskRestarts:
         task = record.values.get(TASK.name)
         switched = self._due is not None and record.step >= self._due
         if switched:
-            self._due = None
+            self._due = self._ramp = None
         if task is not None and math.isfinite(task):
             switched = switched or (self._task is not None and task != self._task)
             self._task = task

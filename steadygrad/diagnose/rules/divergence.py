@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from steadygrad.core import Severity
-from steadygrad.core.metrics import GRAD_NORM, LOSS
+from steadygrad.core.metrics import GRAD_NORM, LOSS, OBJECTIVE_RAMP
 from steadygrad.diagnose.detectors.stages import LEVEL_BEFORE, STAGE_BEFORE, STEPPED_UP
 from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE, LOSS_SPIKE
 from steadygrad.diagnose.detectors.transformer import GRADIENT_SPIKE
@@ -59,6 +59,14 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
     if worst.severity == "critical":
         summary += f", to {worst.evidence.get('ratio', math.nan):.3g}x it by step {worst.step}"
     found = Found(summary, first.step, [], ev, worst.severity)
+    if ev.get(OBJECTIVE_RAMP) and worst.severity == "info":
+        ramp = ev[OBJECTIVE_RAMP]
+        said = f" ({ramp})" if isinstance(ramp, str) else ""
+        found.summary += (
+            f"; the loop said its objective was ramping then{said}: a climb by design, not a "
+            "divergence"
+        )
+        return found
     replaced = _replaced_just_before(facts, first.step)
     if (burst := _burst_before(facts, first.step)) is not None:
         found.consequence_of = (
