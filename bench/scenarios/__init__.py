@@ -621,6 +621,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout617,
     cases_heldout618,
     cases_heldout619,
+    cases_heldout620,
     cases_mlp,
     cases_other,
 )
