@@ -622,6 +622,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout618,
     cases_heldout619,
     cases_heldout620,
+    cases_heldout621,
     cases_mlp,
     cases_other,
 )
