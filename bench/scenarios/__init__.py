@@ -625,6 +625,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout621,
     cases_heldout622,
     cases_heldout623,
+    cases_heldout624,
     cases_mlp,
     cases_other,
 )
