@@ -620,6 +620,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout616,
     cases_heldout617,
     cases_heldout618,
+    cases_heldout625,
     cases_mlp,
     cases_other,
 )
