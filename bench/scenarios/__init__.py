@@ -629,6 +629,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout625,
     cases_heldout626,
     cases_heldout627,
+    cases_heldout628,
     cases_mlp,
     cases_other,
 )
