@@ -630,6 +630,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout626,
     cases_heldout627,
     cases_heldout628,
+    cases_heldout629,
     cases_mlp,
     cases_other,
 )
