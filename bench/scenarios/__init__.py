@@ -620,6 +620,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout616,
     cases_heldout617,
     cases_heldout618,
+    cases_heldout630,
     cases_heldout619,
     cases_heldout620,
     cases_heldout621,
