@@ -624,6 +624,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout620,
     cases_heldout621,
     cases_heldout622,
+    cases_heldout632,
     cases_mlp,
     cases_other,
 )
