@@ -633,6 +633,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout628,
     cases_heldout629,
     cases_heldout631,
+    cases_heldout632,
     cases_mlp,
     cases_other,
 )
