@@ -9,9 +9,9 @@ import math
 import numpy as np
 
 from steadygrad.core import Severity
-from steadygrad.core.metrics import GRAD_NORM, LOSS, OBJECTIVE_RAMP
+from steadygrad.core.metrics import GRAD_NORM, LOSS, OBJECTIVE_CHANGED, OBJECTIVE_RAMP
 from steadygrad.diagnose.detectors.stages import LEVEL_BEFORE, STAGE_BEFORE, STEPPED_UP
-from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE, LOSS_SPIKE
+from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE, LOSS_SPIKE, NEW_STAGE
 from steadygrad.diagnose.detectors.transformer import GRADIENT_SPIKE
 from steadygrad.diagnose.detectors.trends import LOSS_DIVERGENCE
 from steadygrad.diagnose.rules.base import Found, _running_medians
@@ -44,7 +44,7 @@ from steadygrad.diagnose.rules.weights import (
 def _loss_divergence(facts: RunFacts) -> Found | None:
     found = facts.of(LOSS_DIVERGENCE)
     if not found:
-        return _climbed_as_the_weights_were_multiplied(facts)
+        return _climbed_as_the_weights_grew(facts)
     worst = max(found, key=lambda f: Severity.rank(f.severity))
     # an episode the loss came back from and then bettered is over: the climb that counts is
     # the one from the best level the worst finding climbed from
@@ -127,20 +127,24 @@ def _loss_divergence(facts: RunFacts) -> Found | None:
 # A loss that ended this many times its best sustained level, its weights multiplied by one
 # factor a step, is off its floor and climbing on (of the kept runs, 119 whose weights were so
 # multiplied were decays of the wrong sign, 4 other faults, no healthy run: the multiplication
-# is the fault; the loss only has to have left its best).
+# is the fault; the loss only has to have left its best). The same holds of weights pushed
+# outward at an Adam-type step's stride (see PUSHED_STRIDE), whose norm grows by a step, not a
+# factor.
 STEADY_CLIMB = 1.25
 
 
-def _climbed_as_the_weights_were_multiplied(facts: RunFacts) -> Found | None:
+def _climbed_as_the_weights_grew(facts: RunFacts) -> Found | None:
     """No climb found, but the loss ended ``STEADY_CLIMB`` times its best sustained level (its
     lowest running median of ``ENDED_OVER``) or more, every loss finite, while the weights were
-    multiplied every step (:func:`_multiplied_every_step`): a slow climb the loss-spike and
-    divergence detectors, following their baselines up, did not call, with its cause in the
-    weights."""
-    multiplied, loss = _multiplied_every_step(facts), facts.series(LOSS.name)
-    if multiplied is None or loss is None or not np.isfinite(loss[1]).all():
+    multiplied every step (:func:`_multiplied_every_step`) or pushed outward step after step
+    (:func:`_pushed_outward`): a slow climb the loss-spike and divergence detectors, following
+    their baselines up, did not call, with its cause in the weights."""
+    loss = facts.series(LOSS.name)
+    if loss is None or not np.isfinite(loss[1]).all():
         return None
     steps, values = loss
+    since = steps >= _stage_began(facts)  # a best level of an earlier objective is not this one's
+    steps, values = steps[since], values[since]
     if len(values) < 3 * ENDED_OVER:
         return None
     medians = _running_medians(values, ENDED_OVER)
@@ -148,15 +152,34 @@ def _climbed_as_the_weights_were_multiplied(facts: RunFacts) -> Found | None:
     ended = float(medians[-1])
     if not medians[best] > 0 or ended < STEADY_CLIMB * medians[best]:
         return None
+    if (multiplied := _multiplied_every_step(facts)) is not None:
+        said, evidence = _multiplied_said(multiplied), {"weights_multiplied": multiplied}
+    elif (pushed := _pushed_outward(facts, all_along=True)) is not None:
+        said, evidence = _pushed_said(pushed), {"pushed_stride": pushed}
+    else:
+        return None
     began = int(steps[best + ENDED_OVER - 1])
     return Found(
         f"the loss climbed from its best sustained level {medians[best]:.4g} (step {began}) to "
-        f"{ended:.4g} over its last {ENDED_OVER} steps; {_multiplied_said(multiplied)}",
+        f"{ended:.4g} over its last {ENDED_OVER} steps; {said}",
         began,
         [],
-        {"best_level": float(medians[best]), "ended": ended, "weights_multiplied": multiplied},
+        {"best_level": float(medians[best]), "ended": ended, **evidence},
         "warning",
     )
+
+
+def _stage_began(facts: RunFacts) -> int:
+    """The step the loss's current stage began: the last step up read as a new stage of the
+    data (a loss spike with ``NEW_STAGE``) or a new objective the loop announced (where a ramp
+    it said ended); 0 if none."""
+    staged = [f.step for f in facts.of(LOSS_SPIKE) if f.evidence.get(NEW_STAGE)]
+    said = [
+        a.step + int(a.detail.get("over", 0))
+        for a in facts.run.actions()
+        if a.kind == OBJECTIVE_CHANGED
+    ]
+    return max(staged + said, default=0)
 
 
 # Steps before a climb was found within which the loss may have stepped up to its new level (by

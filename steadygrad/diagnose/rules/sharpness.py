@@ -424,8 +424,9 @@ def _trained_into_a_blowup(facts: RunFacts) -> Found | None:
 # within CLIMB_STEPS: each plain step past 2/sharpness multiplies the sharpest direction's share
 # of the error by |1 - lr x sharpness|, from the first (Cohen et al. 2021). Over the kept runs
 # of sets 528-597, every such climb from a gradient that was not exploded before any update was
-# a learning rate past the limit (20 of 20).
-OPENING_STEPS, THROWN, CLIMB_STEPS = 10, 2.0, 30
+# a learning rate past the limit (20 of 20). The climb may begin within the first DIP updates
+# where the first lowered the loss: descent along the directions within the limit shows first.
+OPENING_STEPS, THROWN, CLIMB_STEPS, DIP = 10, 2.0, 30, 2
 
 
 def _blew_up_from_the_start(facts: RunFacts) -> Found | None:
@@ -446,19 +447,26 @@ def _blew_up_from_the_start(facts: RunFacts) -> Found | None:
         return None  # exploded before any update: the initialisation's doing
     opening = values[(steps > 0) & (steps < broke)]
     opening = opening[np.isfinite(opening)]
-    if not len(opening) or opening.min() <= values[0] or opening.max() < ONE_OFF * values[0]:
+    if not len(opening) or opening.max() < ONE_OFF * values[0]:
         return None
+    above = bool(opening.min() > values[0])  # never back at or below where it started
     first_update = weights[1][weights[0] == 1]
-    thrown = bool(len(first_update)) and first_update[0] >= THROWN * weights[1][0]
+    thrown = above and bool(len(first_update)) and first_update[0] >= THROWN * weights[1][0]
     plain = facts.run.config.get(OPTIMIZER_FAMILY) in GRADIENT_SCALED
-    climbed = plain and not facts.recurrent_modules and bool(np.all(np.diff(opening) > 0))
+    # the climb may begin once the first updates lowered the loss below where it started
+    # (within DIP): where the sharpest direction's share of the error began small, the other
+    # directions' descent shows first
+    low = int(np.argmin(opening[:DIP])) if opening[0] < values[0] else 0
+    climbed = plain and not facts.recurrent_modules and bool(np.all(np.diff(opening[low:]) > 0))
     if not (thrown and broke <= OPENING_STEPS or climbed):
         return None  # not thrown at once nor climbing: a gradient that grew on its own
     how = " at every step, each plain step overshooting further," if climbed else ""
+    since = f"{values[0]:.4g}" if above else f"{opening[low]:.4g} (step {low + 1})"
+    where = ", never back where it started" if above else ""
     return Found(
-        f"the first updates blew the run up: the loss rose from {values[0]:.4g} to "
-        f"{opening.max():.4g}{how} and was non-finite by step {broke}, never back where it "
-        "started (the step size is far above the stability limit)",
+        f"the first updates blew the run up: the loss rose from {since} to "
+        f"{opening.max():.4g}{how} and was non-finite by step {broke}{where} (the step size "
+        "is far above the stability limit)",
         0,
         [],
         {"first_loss": float(values[0]), "peak": float(opening.max()), "broke_at": broke},

@@ -193,12 +193,13 @@ def _multiplied_every_step(facts: RunFacts) -> dict[str, float] | None:
 PUSHED_STRIDE = 0.1
 
 
-def _pushed_outward(facts: RunFacts) -> float | None:
+def _pushed_outward(facts: RunFacts, all_along: bool = False) -> float | None:
     """The share of an Adam-type step's full stride (``PUSHED_STRIDE``) at which the norm of
     all the weights grew over the second half of its record (a straight line fitted to it),
     when that share is ``PUSHED_STRIDE`` or more, under an optimizer whose step does not grow
     with the gradient (nor by a factor of its own, as Rprop's): the updates pushed every weight
-    one way, step after step."""
+    one way, step after step. ``all_along``: over the first half too (the smaller share of the
+    two), as a decay or penalty of the wrong sign pushes from the first step."""
     count = facts.run.config.get(PARAMETER_COUNT)
     norms = facts.series(PARAM_NORM.name)
     family = facts.run.config.get(OPTIMIZER_FAMILY)
@@ -210,13 +211,24 @@ def _pushed_outward(facts: RunFacts) -> float | None:
     if len(values) < 60:
         return None
     half = len(values) // 2
-    late = [lr[(at >= steps[half]) & np.isfinite(lr)] for at, lr in facts.learning_rates]
-    lr = max((float(np.median(rates)) for rates in late if len(rates)), default=0.0)
-    if not lr > 0:
-        return None
-    slope = np.polyfit(steps[half:], values[half:], 1)[0]
-    share = float(slope / (lr * math.sqrt(count)))
+    spans = [slice(0, half), slice(half, None)] if all_along else [slice(half, None)]
+    shares = [_stride_share(facts, steps[span], values[span], count) for span in spans]
+    share = min(shares)
     return share if share >= PUSHED_STRIDE else None
+
+
+def _stride_share(facts: RunFacts, steps: np.ndarray, values: np.ndarray, count: int) -> float:
+    """The slope of a straight line fitted to the weights' norm over ``steps``, as a share of
+    the full stride at the groups' highest median learning rate there (0 with no rate)."""
+    within = [
+        lr[(at >= steps[0]) & (at <= steps[-1]) & np.isfinite(lr)]
+        for at, lr in facts.learning_rates
+    ]
+    lr = max((float(np.median(rates)) for rates in within if len(rates)), default=0.0)
+    if not lr > 0:
+        return 0.0
+    slope = np.polyfit(steps, values, 1)[0]
+    return float(slope / (lr * math.sqrt(count)))
 
 
 def _pushed_said(share: float) -> str:
