@@ -637,6 +637,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout633,
     cases_heldout634,
     cases_heldout635,
+    cases_heldout636,
     cases_mlp,
     cases_other,
 )
