@@ -639,6 +639,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout635,
     cases_heldout636,
     cases_heldout637,
+    cases_heldout638,
     cases_mlp,
     cases_other,
 )
