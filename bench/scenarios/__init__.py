@@ -634,6 +634,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout630,
     cases_heldout631,
     cases_heldout632,
+    cases_heldout639,
     cases_mlp,
     cases_other,
 )
