@@ -1,6 +1,6 @@
 """Run shapes from the fifty-ninth session: a plain step past the stability limit whose first
-update still lowered the loss, and a slow climb under an Adam-type optimizer while its updates
-pushed every weight outward.
+update still lowered the loss, a slow climb under an Adam-type optimizer while its updates
+pushed every weight outward, and rows rounded to one-hot by logits the model grew itself.
 
 Each change has a trigger (a held-out fault it was found on) and a control that must still be
 told apart."""
@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 from helpers import diagnose_stored, held_out_run, induced_report, steadygrad
 
+from steadygrad.core import Record
 from steadygrad.core.metrics import OPTIMIZER_FAMILY, PARAMETER_COUNT
+from steadygrad.diagnose.detectors.transformer import FITTED, ROUNDING_MARGIN, SoftmaxCollapse
 from steadygrad.diagnose.rules.divergence import STEADY_CLIMB
 from steadygrad.diagnose.rules.sharpness import CLIMB_STEPS
 
@@ -105,3 +107,43 @@ def test_weights_pushed_outward_all_along_under_a_loss_that_climbed(tmp_path):
         ("pushed_late", _pushed_rows(120, 0.002)),
     ):
         assert diagnose_stored(tmp_path, name, rows, [], config=config).causes() == [], name
+
+
+def _collapsed(first_max: float, loss_share: float) -> list[str]:
+    """Severities SoftmaxCollapse gives 30 records of a loss falling from 2.0 to
+    ``loss_share`` of it, the last five with a fifth of the rows rounded to one-hot, the
+    largest logit ``first_max`` at the first reading (0.5 a model's own init)."""
+    detector = SoftmaxCollapse()
+    found = []
+    for t in range(30):
+        values = {"loss": 2.0 * loss_share ** (t / 29), "softmax_collapse": 0.2 * (t >= 25)}
+        if t == 0:
+            values["output_logit_max"] = first_max
+        found += detector.update(Record(t, values))
+    return [f.severity for f in found]
+
+
+def test_rows_rounded_by_logits_the_model_grew_are_a_fit_up_to_a_quarter_of_its_loss():
+    # By hand: rows rounding at a tenth of the first loss, from logits that began at 0.5 (the
+    # model grew them): a fit, info; the same from logits already ROUNDING_MARGIN (16.6) apart
+    # at the first reading (a scale inside the head, a cosine head's typo): warned; and at
+    # half the first loss, however they began: warned
+    assert 0.1 <= FITTED < 0.5 and 16.6 < ROUNDING_MARGIN < 16.7
+    assert _collapsed(first_max=0.5, loss_share=0.1) == ["info"]
+    assert _collapsed(first_max=100.0, loss_share=0.1) == ["warning"]
+    assert _collapsed(first_max=0.5, loss_share=0.5) == ["warning"]
+
+
+def test_blind_fits_whose_rows_rounded_and_a_cosine_scale_typo(tmp_path):
+    # Controls, sets 624 and 633: a warm-up bump and a batch ramp on digit classifiers whose
+    # rows rounded once they fit (4.5% and 10% of the first loss): no warning now. Set 637's
+    # data outlier is no longer ranked under the collapse of its fit. Set 620's cosine head,
+    # its scale typed 1e3 for 1e1 (max |logit| over 100 at step 0), is still the collapse
+    for name in ("h624_quoits_toss_warmup_bump", "h633_sheepdog_batch_ramp"):
+        _, report = held_out_run(tmp_path, name)
+        assert all(d.severity == "info" for d in report.diagnoses), name
+    assert induced_report(tmp_path, "h637_harmonium_bellows_adc_shard").top.cause == "data_outlier"
+    report = induced_report(tmp_path, "h620_fogbow_cosine_scale_typo")
+    widest = steadygrad.load(tmp_path / "h620_fogbow_cosine_scale_typo").series("output_logit_max")
+    assert widest[1][0] > ROUNDING_MARGIN  # the oracle: born wide
+    assert (report.top.cause, report.top.severity) == ("softmax_collapse", "warning")

@@ -552,10 +552,16 @@ def _falling(values: collections.deque[float]) -> bool:
 # The share of rows collapsed at which the SoftmaxCollapse detector fires, by default.
 COLLAPSED_SHARE = 0.1
 # A loss whose running median stands at this share of its first value or below fits its data:
-# rows that round to one-hot then are that fit (see SoftmaxCollapse). Over the kept runs of
-# sets 528-590, the scale typos with no fixed number read (a cosine classifier's) collapsed at
-# 19% of their first loss or above, the healthy fits at 0.7% or below.
-FITTED = 2e-2
+# rows that round to one-hot then are that fit (see SoftmaxCollapse), where no fixed number
+# scaled the logits. Over the kept runs of sets 480-638, every softmax-collapse fault's logits
+# were scaled by one: read between the head and the loss (a temperature), or inside the head
+# from its first reading (a cosine head's scale: max |logit| 84 to 2e6 at step 0). Rows that
+# rounded from logits a model grew itself came with fits at up to a quarter of the first loss
+# (a cyclic rate's lows at 24%, a batch ramp at 10%, a warm-up bump at 4.5%) and with the
+# growth other detectors name (output logits, attention).
+FITTED = 0.25
+# Logits this far apart round a float32 softmax to one-hot: exp(-m) under half its epsilon.
+ROUNDING_MARGIN = math.log(2.0 / FLOAT32_EPSILON)
 FITTED_AT = "fitted"  # evidence of a collapse on a fit: the loss then, a share of its first
 
 
@@ -571,8 +577,9 @@ class SoftmaxCollapse(Detector):
     Rows that collapse once the loss (its running median) has fallen to ``FITTED`` of its first
     value are found at severity info, with evidence ``fitted``: cross-entropy drives a model that
     fits its data to ever surer rows, and nothing is left to learn on them, unless a fixed number
-    multiplies the logits (``output_scale`` above 1: a temperature, a scale typo), which made the
-    rows round where the model's own logits would not. Whether such a fit stalls generalisation
+    multiplies the logits (``output_scale`` above 1: a temperature, a scale typo; or logits
+    ``ROUNDING_MARGIN`` apart at the first reading, before any learning: a scale inside the
+    head), which made the rows round where the model's own logits would not. Whether such a fit stalls generalisation
     (grokking delayed, Prieto et al. 2025) only a held-out loss can tell.
 
     Example:
@@ -584,7 +591,8 @@ class SoftmaxCollapse(Detector):
     """
 
     kind = SOFTMAX_COLLAPSE_KIND
-    reads, emits = (SOFTMAX_COLLAPSE, LOSS, OUTPUT_SCALE), (SOFTMAX_COLLAPSE_KIND,)
+    reads = (SOFTMAX_COLLAPSE, LOSS, OUTPUT_SCALE, OUTPUT_LOGIT_MAX)
+    emits = (SOFTMAX_COLLAPSE_KIND,)
 
     def __init__(self, fraction: float = COLLAPSED_SHARE, patience: int = 3) -> None:
         self.fraction = finite_float("fraction", fraction, low=0.0, low_open=True, high=1.0)
@@ -596,6 +604,7 @@ class SoftmaxCollapse(Detector):
         self._readings = Readings()
         self.loss = SustainedLevel()
         self._scaled = False  # a fixed number above 1 has multiplied the logits
+        self._born_wide: bool | None = None  # rows could round at the first reading
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -604,6 +613,9 @@ class SoftmaxCollapse(Detector):
         if loss is not None and math.isfinite(loss) and not record.meta.get("skipped"):
             self.loss.add(loss, record.step)
         self._scaled = self._scaled or record.values.get(OUTPUT_SCALE.name, 0.0) > 1.0
+        widest = record.values.get(OUTPUT_LOGIT_MAX.name)
+        if self._born_wide is None and widest is not None and math.isfinite(widest):
+            self._born_wide = widest >= ROUNDING_MARGIN
         if SOFTMAX_COLLAPSE.name not in record.values:
             return []
         value = record.values[SOFTMAX_COLLAPSE.name]
@@ -623,7 +635,8 @@ class SoftmaxCollapse(Detector):
             STREAK_BEGAN: high[0],
         }
         severity = Severity.WARNING
-        if not self._scaled and 0 < self.loss.current <= FITTED * self.loss.first:
+        fixed = self._scaled or self._born_wide  # a number, not the model, set their scale
+        if not fixed and 0 < self.loss.current <= FITTED * self.loss.first:
             severity, evidence[FITTED_AT] = Severity.INFO, self.loss.current / self.loss.first
         where = record.meta.get(OUTPUT_MODULE)  # the head that produced the logits, if known
         return [Finding(self.kind, record.step, where, evidence, severity)]
