@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from helpers import diagnose_stored, held_out_run, induced_or_skip, shape_or_skip, steadygrad
 
+from steadygrad.diagnose.detectors.transformer import ROUNDING_MARGIN
+
 
 def _report(tmp_path, name):
     ctx, report = held_out_run(tmp_path, name)
@@ -34,12 +36,15 @@ def test_a_collapse_does_not_explain_a_nan_made_upstream_of_the_head(tmp_path):
     # Trigger: a flagger fit its data to float32's floor (rows collapsed, loss ~1e-8); from
     # step 60 raw inputs 4000x larger overflow its first layer under fp16. The NaN is made in
     # `embed` from finite inputs: a collapse (a zero gradient at the loss) makes none there.
-    # The rows collapsed on that fit, with no number multiplying the logits: info since the
-    # fifty-seventh session, and outranked either way.
+    # The rows were collapsed before any update (a quarter of them at step 0: raw spectra gave
+    # logits of 38 at the first reading, past float32's rounding margin), so the fifty-ninth
+    # session no longer reads that collapse as a fit: a warning, and outranked either way.
     report = _report(tmp_path, "h127_rfi_fp16_overflow")
     assert report.top.cause == "amp_overflow"
+    widest = steadygrad.load(tmp_path / "h127_rfi_fp16_overflow").series("output_logit_max")[1]
+    assert widest[0] > ROUNDING_MARGIN  # the oracle: born wide
     collapse = _of(report, "softmax_collapse")
-    assert collapse.severity == "info" and "on a fit" in collapse.summary
+    assert collapse.severity == "warning" and "on a fit" not in collapse.summary
 
 
 def test_a_collapse_in_the_head_that_broke_stays_the_cause(tmp_path):
