@@ -18,7 +18,7 @@ from steadygrad.core.metrics import OBJECTIVE_RAMP
 from steadygrad.data.digits import load_digits
 from steadygrad.diagnose.detectors import default_detectors
 from steadygrad.diagnose.detectors.training import LOSS_SPIKE
-from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE
+from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE, WRECKED_WEIGHTS
 from steadygrad.monitor.tasks import TaskRestarts
 
 RAMP_FROM, RAMP_OVER = 100, 150
@@ -105,20 +105,22 @@ def test_the_ramp_is_recorded_and_a_bad_length_refused_by_name(tmp_path):
 def test_soften_tells_levels_at_info_within_the_ramp_only():
     # By hand: a ramp said at step 10 over 10 steps covers records 10-19. Within it, a loss
     # above its best and a grown gradient are told at info; a blow-up (one loss far out,
-    # evidence "loss"), a loss spike and anything at step 20 (the detectors start again
-    # there) are left as they were.
+    # evidence "loss"; a gradient that wrecked the weights), a loss spike and anything at step
+    # 20 (the detectors start again there) are left as they were.
     restarts = TaskRestarts(default_detectors())
     restarts.restart_at(10, over=10, why="aux ramp")
     climb = Finding(LOSS_DIVERGENCE, 15, None, {"loss_median": 2.0}, Severity.WARNING)
     grown = Finding(GRADIENT_GROWTH, 15, "fc.weight", {"ratio": 40.0}, Severity.CRITICAL)
     blow_up = Finding(LOSS_DIVERGENCE, 15, None, {"loss": 1e6}, Severity.CRITICAL)
     spike = Finding(LOSS_SPIKE, 15, None, {"z": 9.0}, Severity.WARNING)
-    softened = restarts.soften([climb, grown, blow_up, spike], 15)
+    wrecked = Finding(GRADIENT_GROWTH, 15, "fc.weight", {WRECKED_WEIGHTS: True}, Severity.CRITICAL)
+    softened = restarts.soften([climb, grown, blow_up, spike, wrecked], 15)
     assert [(f.kind, f.severity, f.evidence.get(OBJECTIVE_RAMP)) for f in softened] == [
         (LOSS_DIVERGENCE, "info", "aux ramp"),
         (GRADIENT_GROWTH, "info", "aux ramp"),
         (LOSS_DIVERGENCE, "critical", None),
         (LOSS_SPIKE, "warning", None),
+        (GRADIENT_GROWTH, "critical", None),
     ]
     assert restarts.soften([climb], 9) == [climb]
     detectors = default_detectors()

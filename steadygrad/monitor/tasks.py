@@ -26,13 +26,14 @@ from steadygrad.continual.metrics import TASK
 from steadygrad.core import Finding, Record, Severity
 from steadygrad.core.metrics import OBJECTIVE_RAMP
 from steadygrad.diagnose.detectors import Detector
-from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE
+from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE, WRECKED_WEIGHTS
 
 # The findings on a level that a ramped objective moves on its own: a loss above its best, a
-# gradient above its best. One loss far beyond the run's scatter, then higher still (a blow-up,
-# evidence "loss" rather than a running median's "loss_median"), is no ramp's doing.
+# gradient above its best. A blow-up is no ramp's doing: one loss far beyond the run's scatter,
+# then higher still (evidence "loss", where a running median's climb has "loss_median"), or a
+# gradient that wrecked the weights.
 LEVELS = (LOSS_DIVERGENCE, GRADIENT_GROWTH)
-BLOW_UP = "loss"
+BLOW_UPS = ("loss", WRECKED_WEIGHTS)
 
 
 class TaskRestarts:
@@ -77,7 +78,9 @@ class TaskRestarts:
                 severity=Severity.INFO,
                 evidence={**f.evidence, OBJECTIVE_RAMP: ramp[2] or True},
             )
-            if f.kind in LEVELS and BLOW_UP not in f.evidence and f.severity != Severity.INFO
+            if f.kind in LEVELS
+            and not any(key in f.evidence for key in BLOW_UPS)
+            and f.severity != Severity.INFO
             else f
             for f in findings
         ]

@@ -155,7 +155,7 @@ def _climbed_as_the_weights_grew(facts: RunFacts) -> Found | None:
     if (multiplied := _multiplied_every_step(facts)) is not None:
         said, evidence = _multiplied_said(multiplied), {"weights_multiplied": multiplied}
     elif (pushed := _pushed_outward(facts, all_along=True)) is not None:
-        said, evidence = _pushed_said(pushed), {"pushed_stride": pushed}
+        said, evidence = _pushed_said(pushed, all_along=True), {"pushed_stride": pushed}
     else:
         return None
     began = int(steps[best + ENDED_OVER - 1])

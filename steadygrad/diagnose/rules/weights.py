@@ -231,9 +231,12 @@ def _stride_share(facts: RunFacts, steps: np.ndarray, values: np.ndarray, count:
     return float(slope / (lr * math.sqrt(count)))
 
 
-def _pushed_said(share: float) -> str:
+def _pushed_said(share: float, all_along: bool = False) -> str:
+    span, least = (
+        ("each half of the run", " or more") if all_along else ("the run's second half", "")
+    )
     return (
-        f"the norm of all the weights grew over the run's second half at {share:.2g} of the "
+        f"the norm of all the weights grew over {span} at {share:.2g}{least} of the "
         "optimizer's full stride (every weight moving its learning rate outward every step): "
         "the updates pushed the weights one way step after step (what asks for ever larger "
         "weights: a decay or penalty of the wrong sign, a target drifting away, logits pushed "
