@@ -642,6 +642,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout638,
     cases_heldout639,
     cases_heldout641,
+    cases_heldout642,
     cases_mlp,
     cases_other,
 )
