@@ -643,6 +643,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout639,
     cases_heldout641,
     cases_heldout642,
+    cases_heldout643,
     cases_mlp,
     cases_other,
 )
