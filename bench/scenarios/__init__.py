@@ -644,6 +644,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout641,
     cases_heldout642,
     cases_heldout643,
+    cases_heldout644,
     cases_mlp,
     cases_other,
 )
