@@ -645,6 +645,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout642,
     cases_heldout643,
     cases_heldout644,
+    cases_heldout645,
     cases_mlp,
     cases_other,
 )
