@@ -641,6 +641,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout637,
     cases_heldout638,
     cases_heldout639,
+    cases_heldout640,
     cases_mlp,
     cases_other,
 )
