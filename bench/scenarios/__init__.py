@@ -647,6 +647,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout644,
     cases_heldout645,
     cases_heldout646,
+    cases_heldout640,
     cases_mlp,
     cases_other,
 )
