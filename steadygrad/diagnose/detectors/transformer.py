@@ -579,8 +579,9 @@ class SoftmaxCollapse(Detector):
     fits its data to ever surer rows, and nothing is left to learn on them, unless a fixed number
     multiplies the logits (``output_scale`` above 1: a temperature, a scale typo; or logits
     ``ROUNDING_MARGIN`` apart at the first reading, before any learning: a scale inside the
-    head), which made the rows round where the model's own logits would not. Whether such a fit stalls generalisation
-    (grokking delayed, Prieto et al. 2025) only a held-out loss can tell.
+    head), which made the rows round where the model's own logits would not. Whether such a
+    fit stalls generalisation (grokking delayed, Prieto et al. 2025) only a held-out loss can
+    tell.
 
     Example:
         >>> det = SoftmaxCollapse()
