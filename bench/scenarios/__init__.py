@@ -650,6 +650,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout646,
     cases_heldout647,
     cases_heldout648,
+    cases_heldout649,
     cases_mlp,
     cases_other,
 )
