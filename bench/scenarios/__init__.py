@@ -651,6 +651,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout647,
     cases_heldout648,
     cases_heldout649,
+    cases_heldout650,
     cases_mlp,
     cases_other,
 )
