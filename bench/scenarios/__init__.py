@@ -652,6 +652,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout648,
     cases_heldout649,
     cases_heldout650,
+    cases_heldout651,
     cases_mlp,
     cases_other,
 )
