@@ -653,6 +653,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout649,
     cases_heldout650,
     cases_heldout651,
+    cases_heldout652,
     cases_mlp,
     cases_other,
 )
