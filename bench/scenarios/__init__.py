@@ -648,6 +648,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout644,
     cases_heldout645,
     cases_heldout646,
+    cases_heldout653,
     cases_mlp,
     cases_other,
 )
