@@ -164,9 +164,10 @@ OUTPUT_SHIFT_GRADIENT = Metric(
 OUTPUT_TARGETS_OUTSIDE = Metric(
     "output_targets_outside",
     "share of a binary cross-entropy's targets outside [0, 1] (a label smoothing typed with the "
-    "wrong sign, multi-hot counts), or of a cross-entropy's soft targets below 0 (a teacher's "
-    "raw logits for its probabilities): no finite logit minimises the loss on them, whose "
-    "logits it pushes on for good",
+    "wrong sign, multi-hot counts), or of a cross-entropy's targets with an entry below 0 as "
+    "its class weights and label smoothing weigh them (a teacher's raw logits for its "
+    "probabilities, a smoothing typed below 0, a class weight that lost its minus sign): no "
+    "finite logit minimises the loss on them, whose logits it pushes on for good",
     unit="fraction",
     panel="output_logits",
 )

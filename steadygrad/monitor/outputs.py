@@ -159,11 +159,17 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self.seen = self._softmaxed = True
         self._watch_shift(logits)
         parts, live = _logit_parts(z, keep)
+        # PyTorch applies a label smoothing above 0 only: one typed below 0 is silently dropped
+        smoothing = max(_argument(args, kwargs, 7, "label_smoothing") or 0.0, 0.0)
+        weight = _weight_of(args, kwargs)
         if hard:
             parts["collapsed"] = (softmax_collapse_mask(z, target) & keep).float().sum()
             parts["hard_rows"] = (live.sum(dim=-1) >= 2).float().sum()  # rows with a choice
+            if smoothing or weight is not None:
+                reduction = _argument(args, kwargs, 6, "reduction") or "mean"
+                parts.update(_rows_outside(target, keep, z.shape[-1], weight, smoothing, reduction))
         elif target.shape == logits.shape:
-            parts.update(_negative_targets(target))
+            parts.update(_negative_targets(target, weight, smoothing))
         self._add(parts)
 
     def _observe_log_softmax(self, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -564,6 +570,17 @@ def _logit_parts(
     return parts, live
 
 
+def _argument(args: tuple, kwargs: dict[str, Any], index: int, name: str) -> Any:
+    """A call's argument, given by position or by name (None where it was not given)."""
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def _weight_of(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The class weights of a ``cross_entropy`` or ``nll_loss`` call (its 3rd argument)."""
+    weight = _argument(args, kwargs, 2, "weight")
+    return weight if isinstance(weight, torch.Tensor) and weight.dim() == 1 else None
+
+
 def _epsilon_of(logits: torch.Tensor) -> float:
     """The machine epsilon of the coarsest precision ``logits`` were computed in: their dtype's,
     or autocast's where it is on (a head run in bfloat16, its logits upcast for the loss)."""
@@ -628,12 +645,53 @@ def _fixed_scale(logits: torch.Tensor, depth: int = 4) -> float | None:
     return scale if found and math.isfinite(scale) and scale != 0 else None
 
 
-def _negative_targets(target: torch.Tensor) -> dict[str, torch.Tensor | float]:
-    """Soft targets' entries below 0 (``outside``, of ``targets``): the cross-entropy
+def _negative_targets(
+    target: torch.Tensor, weight: torch.Tensor | None = None, smoothing: float = 0.0
+) -> dict[str, torch.Tensor | float]:
+    """Soft targets' entries below 0 (``outside``, of ``targets``), as the loss weighs them
+    (a class weight, a label smoothing: ``t (1 - e) + e / C``): the cross-entropy
     ``-sum_c t_c log p_c`` falls without end as a class of negative target is driven to
     probability 0, so it has no minimum (a teacher's raw logits passed for its probabilities)."""
-    t = target.detach()
+    t = target.detach().float()
+    t = t * (1 - smoothing) + smoothing / t.shape[1 if t.dim() > 1 else 0]  # classes: dim 1
+    if weight is not None:
+        t = t * weight.detach().float().reshape(-1, *([1] * (t.dim() - 2)))
     return {"outside": (t < 0).float().sum(), "targets": float(t.numel())}
+
+
+def _rows_outside(
+    target: torch.Tensor,
+    keep: torch.Tensor,
+    classes: int,
+    weight: torch.Tensor | None,
+    smoothing: float,
+    reduction: str,
+) -> dict[str, torch.Tensor]:
+    """The kept rows (``outside``, of ``targets``) whose target, as a cross-entropy with class
+    ``weight`` and ``label_smoothing`` weighs it, has an entry below 0: the target class at
+    ``(1 - e + e / C) w_y``, every other class ``c`` at ``e w_c / C``, all over the rows' summed
+    weight under a mean reduction (whose sign then cancels theirs). The loss falls without end
+    as such a class is driven to probability 0 (a smoothing typed below 0, a weight of
+    ``log(freq)`` that lost its minus sign): it has no minimum, and pushes those logits on for
+    good. On the device: no host read.
+
+    Example:
+        >>> rows = _rows_outside(torch.tensor([0, 1]), torch.tensor([True, True]), 2,
+        ...                      torch.tensor([0.5, -1.0]), 0.0, "sum")
+        >>> rows["outside"].item(), rows["targets"].item()
+        (1.0, 2.0)
+    """
+    device = target.device
+    w = torch.ones(classes, device=device) if weight is None else weight.detach().float()
+    w_row = w.to(device)[target]
+    sign = torch.ones((), device=device)
+    if reduction == "mean":
+        sign = torch.where(keep, w_row, 0.0).sum().sign()
+    below = (smoothing * w * sign < 0).float()  # the classes whose off-target entry is below 0
+    elsewhere = below.sum() - below[target]  # below 0 at a class other than the row's own
+    own = (1 - smoothing + smoothing / classes) * w_row * sign < 0
+    outside = (own | (elsewhere > 0)) & keep
+    return {"outside": outside.float().sum(), "targets": keep.float().sum()}
 
 
 def _scale_parameter(logits: torch.Tensor, scalars: dict[int, str], depth: int = 5) -> str | None:
