@@ -657,6 +657,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout653,
     cases_heldout654,
     cases_heldout655,
+    cases_heldout656,
     cases_mlp,
     cases_other,
 )
