@@ -658,6 +658,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout654,
     cases_heldout655,
     cases_heldout656,
+    cases_heldout657,
     cases_mlp,
     cases_other,
 )
