@@ -659,6 +659,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout655,
     cases_heldout656,
     cases_heldout657,
+    cases_heldout658,
     cases_mlp,
     cases_other,
 )
