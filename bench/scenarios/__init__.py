@@ -655,6 +655,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout651,
     cases_heldout652,
     cases_heldout653,
+    cases_heldout660,
     cases_mlp,
     cases_other,
 )
