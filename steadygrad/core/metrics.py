@@ -166,8 +166,10 @@ OUTPUT_TARGETS_OUTSIDE = Metric(
     "share of a binary cross-entropy's targets outside [0, 1] (a label smoothing typed with the "
     "wrong sign, multi-hot counts), or of a cross-entropy's targets with an entry below 0 as "
     "its class weights and label smoothing weigh them (a teacher's raw logits for its "
-    "probabilities, a smoothing typed below 0, a class weight that lost its minus sign): no "
-    "finite logit minimises the loss on them, whose logits it pushes on for good",
+    "probabilities, a class weight that lost its minus sign), or of the rows whose loss, read "
+    "at a log_softmax's output, pushes a class down however improbable it is (a soft target "
+    "below 0 written by hand): no finite logit minimises the loss on them, whose logits it "
+    "pushes on for good",
     unit="fraction",
     panel="output_logits",
 )

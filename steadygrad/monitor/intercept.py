@@ -36,21 +36,26 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         # every torch call of a due step's forward passes here: the watched ones only are
-        # observed (in ``_observe``, compiler-disabled), the rest go straight on
+        # observed (in ``_observe``, compiler-disabled), the rest go straight on; an observer
+        # that returns a callable is handed the call's output too
         kwargs = kwargs or {}
         seen = self.watch.get(func)
-        if seen is not None:
-            _observe(seen, args, kwargs)
-        return func(*args, **kwargs)
+        if seen is None:
+            return func(*args, **kwargs)
+        then = _observe(seen, args, kwargs)
+        out = func(*args, **kwargs)
+        if then is not None:
+            _observe(then, (out,), {})
+        return out
 
 
 @torch.compiler.disable
-def _observe(seen: Callable, args: tuple, kwargs: dict) -> None:
+def _observe(seen: Callable, args: tuple, kwargs: dict) -> Any:
     with torch.no_grad():
         try:
-            seen(args, kwargs)
+            return seen(args, kwargs)
         except Exception:  # noqa: BLE001 - a measurement never breaks the forward pass
-            pass
+            return None
 
 
 class InterceptingSignal(Signal):

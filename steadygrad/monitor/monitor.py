@@ -602,10 +602,7 @@ class Monitor:
         """
         if not isinstance(why, str):
             raise TypeError(f"why must be a string, got {type(why).__name__}")
-        if isinstance(over, bool) or not isinstance(over, int):
-            raise TypeError(f"over must be a whole number of steps, got {type(over).__name__}")
-        if over < 0:
-            raise ValueError(f"over must be 0 or more steps, got {over}")
+        over = _checks.non_negative_int("over", over)
         self._task_restarts.restart_at(self.step_count, over, why)
         detail: dict[str, Any] = {"why": why} if why else {}
         if over:

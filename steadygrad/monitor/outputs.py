@@ -172,14 +172,48 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             parts.update(_negative_targets(target, weight, smoothing))
         self._add(parts)
 
-    def _observe_log_softmax(self, args: tuple, kwargs: dict[str, Any]) -> None:
-        """``log_softmax(logits, dim)``: the logits' statistics."""
+    def _observe_log_softmax(self, args: tuple, kwargs: dict[str, Any]) -> Callable | None:
+        """``log_softmax(logits, dim)``: the logits' statistics; and, handed the
+        log-probabilities it outputs, the loss's gradient in them (:meth:`_read_log_probs`)."""
         logits = args[0] if args else kwargs.get("input")
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         if not isinstance(logits, torch.Tensor) or not isinstance(dim, int) or logits.dim() < 1:
-            return  # no dim given (deprecated): torch guesses one, and we do not
+            return None  # no dim given (deprecated): torch guesses one, and we do not
         self._softmaxed = True
         self._read_logits(logits, dim)
+        return partial(self._watch_log_probs, dim)
+
+    def _watch_log_probs(self, dim: int, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Read, as the backward pass goes through them, the loss's gradient in the
+        log-probabilities ``args[0]`` (:meth:`_read_log_probs`)."""
+        logp = args[0]
+        if isinstance(logp, torch.Tensor) and logp.requires_grad and logp.shape[dim] >= 2:
+            read = partial(self._read_log_probs, logp.detach(), dim)
+            self._node_hooks.append(logp.register_hook(read))
+
+    @torch.compiler.disable
+    def _read_log_probs(self, logp: torch.Tensor, dim: int, grad: torch.Tensor) -> None:
+        """The rows whose loss pushes a class's log-probability down however improbable it
+        already is, while it raises another's: a target below 0 (``outside``, of ``targets``,
+        the rows the loss reads). A target ``t >= 0`` (cross-entropy, distillation, a
+        smoothing) only ever raises a log-probability. A term ``b f(p_c)`` of the probability
+        itself (an entropy, an unlikelihood term) pushes it by ``b p_c f'(p_c)``, at most about
+        ``b p_c (|log p_c| + 1)``, under ``105 b p_c`` for any float32 probability, where the
+        batch's largest push is ``b / 2`` or more once a row is sure. A target below 0 pushes by
+        ``|t_c|`` however small ``p_c`` gets (a label smoothing typed below 0 in a soft
+        cross-entropy written by hand): past ``PUSHED_PAST`` times ``p_c`` of the batch's
+        largest push, it is no term of the probability."""
+        try:
+            with torch.no_grad():
+                classes = logp.shape[dim]
+                g = grad.detach().float().movedim(dim, -1).reshape(-1, classes)
+                p = logp.float().movedim(dim, -1).reshape(-1, classes).exp()
+                down = (g > 0) & (g > PUSHED_PAST * p * g.abs().amax())
+                read = g.abs().amax(dim=-1) > 0
+                rows = down.any(dim=-1) & (g < 0).any(dim=-1) & read
+                self._add({"outside": rows.float().sum(), "targets": read.float().sum()})
+        except Exception:  # noqa: BLE001 - a measurement never breaks the backward pass
+            pass
 
     def _observe_margin(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """``F.multi_margin_loss(scores, target)`` (``nn.MultiMarginLoss``, a multi-class SVM's
@@ -467,6 +501,12 @@ def _values_made_at(logits: torch.Tensor, depth: int = 8) -> tuple[Any, int] | N
         node, index = following[0]
     return node, index
 
+
+# A term of a class's probability pushes its log-probability down by at most about
+# p (|log p| + 1) of its scale, and |log p| < 104 for any float32 probability above 0: a push
+# this many times p of the batch's largest is a target below 0's (see
+# CrossEntropyOutputSignal._read_log_probs).
+PUSHED_PAST = 1000.0
 
 # Autograd steps that pass on some of their input's values unchanged (a picked action's
 # Q-value, a row's target score) as well as those that pass on all of them.

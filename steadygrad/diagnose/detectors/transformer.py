@@ -497,8 +497,11 @@ class OutputLogitDivergence(Detector):
             # the tasks of a multi-task loss). A hand-written one (soft targets against
             # log_softmax, a smoothing weight typed above 1) can be, and say so.
             negative = loss < 0 and not self._class_targets
-            unearned = loss >= 0.5 * first_loss or negative or rewarded
-            earned = not unearned
+            # a loss that started at or below zero (a policy gradient's surrogate) has no level
+            # to halve and no sign to lose: only a term proven to reward the logits accuses them
+            anchored = first_loss > 0
+            unearned = rewarded or (anchored and (loss >= 0.5 * first_loss or negative))
+            earned = anchored and not unearned
             rise = lse - (self._lowest if inflated else start)
             far = far or (rise >= limit and unearned)
             early = early or (unearned and (rise >= limit / 2 and self._rising >= self.patience))

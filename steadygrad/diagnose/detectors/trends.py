@@ -197,7 +197,8 @@ class LossDivergence(Detector):
     at once (critical, dated to the first update; evidence ``broke_at_once``). One finding of
     each severity per episode; an episode ends once the loss has been back near the best level
     for ``2 * patience`` records. A loss that has been below zero climbs to a divergence only
-    once clear above where it started. A slow climb in noisy batches is read the same way over
+    once clear above where it started, and one that started there (a policy gradient's
+    surrogate) only by blowing up. A slow climb in noisy batches is read the same way over
     the median of the last ``SLOW_WINDOW`` losses, against that median's own noise (warning).
     A step up of the data (one loss rising past the margin from one within it, the weights moved
     as usual) that the loss is coming down from is a knock (a small head re-initialised, a run of
@@ -275,8 +276,10 @@ class LossDivergence(Detector):
         floor, now, scale = level.floor, level.current, level.scale()
         margin = max(self.rise * scale, self.noise_z * level.noise(), level.floor_tail)
         # A loss that went below zero (a policy-gradient surrogate, an energy, a critic) has no
-        # zero to measure its level from: it diverges only once clear above where it started.
-        unanchored = floor < 0 and now <= level.start + margin
+        # zero to measure its level from: it diverges only once clear above where it started;
+        # one that started there (a surrogate whose level measures no progress: a policy
+        # gradient's, its advantages centred on 0) only by blowing up.
+        unanchored = level.start <= 0 or (floor < 0 and now <= level.start + margin)
         self._watch_a_step(record.step, loss, floor, margin)
         self._within = self._within + 1 if now - floor <= margin else 0
         knocked = False  # a knock the loss is coming down from: told only where it broke the run
@@ -338,7 +341,7 @@ class LossDivergence(Detector):
             return False
         noise = max(1.25 / math.sqrt(SLOW_WINDOW) * slow.noise(), _median_error(slow.values))
         margin = max(self.rise * slow.scale(), self.noise_z * noise, 0.0)
-        unanchored = slow.floor < 0 and slow.current <= slow.start + margin
+        unanchored = slow.start <= 0 or (slow.floor < 0 and slow.current <= slow.start + margin)
         # a climb from a best level set before the last finding, or before a knock the loss
         # came down from, has been told (the long median carries a knock for a long while
         # after the fast test has seen it pass)

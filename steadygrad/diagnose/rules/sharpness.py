@@ -523,6 +523,7 @@ def _broke_at_once(facts: RunFacts) -> Found | None:
 
 # A rate under this share of its highest over the window before a climb had passed its peak.
 PAST_PEAK = 0.9
+CATAPULT = "catapult"  # evidence: the climb the rising rate made was one the run came back from
 
 
 def _lr_rising_into_break(facts: RunFacts, window: int = 100, rise: float = 1.5) -> Found | None:
@@ -557,7 +558,16 @@ def _rate_rose_into(facts: RunFacts, broke: Finding, window: int, rise: float) -
     """:func:`_lr_rising_into_break`'s test of the rates before ``broke`` (the first climb or
     break, or the break that climb led into)."""
     when = broke.step
-    what = "the run broke" if _breaks(broke) else "the loss began to climb away"
+    # a climb the run came all the way back from, to below where it climbed from, with no
+    # break after it, on a rate that rose by steps (a warm-up, not a raise at a stroke, whose
+    # jolt can kill units the loss does without): a catapult (Lewkowycz et al. 2020), thrown
+    # up as the rate crossed 2/sharpness, then down as the curvature fell to what it allows
+    catapult = (
+        facts.broke_at is None
+        and facts.came_back_from(when)
+        and _raised_before(facts, when, within=window) is None
+    )
+    what = "the run broke" if _breaks(broke) and not catapult else "the loss began to climb away"
     for steps, values in facts.learning_rates:
         # positive readings: a warm-up's first rate of 0 (LambdaLR at step 0) is no base
         before = values[(steps <= when) & (steps >= when - window) & _positive(values)]
@@ -586,6 +596,12 @@ def _rate_rose_into(facts: RunFacts, broke: Finding, window: int, rise: float) -
             [],
             {"lr_before": float(before[0]), "lr_at_break": float(before[-1]), "broke_at": when},
         )
+        if catapult:
+            found.severity, found.evidence[CATAPULT] = "info", True
+            found.summary += (
+                "; the run came all the way back on its own as the curvature fell to what the "
+                "rate allows: a catapult (Lewkowycz et al. 2020), not a divergence"
+            )
         # weights replaced between steps, with no raise at a stroke (which moves them as far)
         replaced = _replaced_just_before(facts, when)
         if replaced is not None and _raised_before(facts, when, within=window) is None:
