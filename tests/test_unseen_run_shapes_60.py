@@ -249,3 +249,34 @@ def test_logits_pushed_up_by_a_loss_below_zero_from_the_start_still_diverge(tmp_
         report = induced_report(tmp_path, name)
         assert steadygrad.load(tmp_path / name).series("loss")[1][0] <= 0  # the oracle
         assert report.top.cause == "output_logit_divergence", report.text()
+
+
+def test_a_frozen_teachers_logits_are_the_target_not_the_output(tmp_path):
+    # Distillation from a sharp teacher (its logits 8x a rule's): log_softmax of the teacher's
+    # logits, computed under no_grad, is the KL's target. Read as the model's output, their
+    # size (max |logit| 80 at step 0) made the student's rows born wide, and a collapse on its
+    # fit a warning (set 654's control). The oracle: the student's own largest logit, by hand
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(12, 32), nn.GELU(), nn.Linear(32, 5))
+    teacher = nn.Linear(12, 5)
+    with torch.no_grad():
+        teacher.weight.mul_(40.0)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 12), torch.arange(64) % 5
+    with steadygrad.watch(student, opt, tmp_path / "run", progress=False) as mon:
+        with torch.no_grad():
+            t = teacher(x)
+        s = student(x)
+        kd = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True)
+        loss = kd + F.cross_entropy(s, y)
+        loss.backward()
+        opt.step()
+        record = mon.step(loss)
+    assert t.abs().max() > 20 * s.detach().abs().max()
+    assert record.values["output_logit_max"] == pytest.approx(s.detach().abs().max().item())
+    assert record.meta["output_module"] == "2"
+
+
+def test_a_distillation_from_a_sharp_teacher_is_healthy(tmp_path):
+    report = induced_report(tmp_path, "h654_tarn_sharp_teacher_distill")
+    assert report.healthy, report.text()

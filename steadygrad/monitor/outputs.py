@@ -179,9 +179,20 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         if not isinstance(logits, torch.Tensor) or not isinstance(dim, int) or logits.dim() < 1:
             return None  # no dim given (deprecated): torch guesses one, and we do not
+        if self._a_target(logits):
+            return None
         self._softmaxed = True
         self._read_logits(logits, dim)
         return partial(self._watch_log_probs, dim)
+
+    def _a_target(self, logits: torch.Tensor) -> bool:
+        """Whether ``logits`` are what the model is fitted to, not its output: no gradient
+        flows through them and no module of the model output them (a frozen teacher's logits,
+        computed under ``no_grad``, whose ``log_softmax`` is a distillation's target). A
+        sharp teacher's would read as the model's own logits, born wide."""
+        return not logits.requires_grad and not (
+            self.producer(logits) or self.output_behind(logits) is not None
+        )
 
     def _watch_log_probs(self, dim: int, args: tuple, kwargs: dict[str, Any]) -> None:
         """Read, as the backward pass goes through them, the loss's gradient in the
