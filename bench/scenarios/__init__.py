@@ -664,6 +664,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout660,
     cases_heldout661,
     cases_heldout662,
+    cases_heldout663,
     cases_mlp,
     cases_other,
 )
