@@ -662,6 +662,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout658,
     cases_heldout659,
     cases_heldout660,
+    cases_heldout667,
     cases_mlp,
     cases_other,
 )
