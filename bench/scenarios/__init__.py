@@ -668,6 +668,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout664,
     cases_heldout665,
     cases_heldout666,
+    cases_heldout667,
     cases_mlp,
     cases_other,
 )
