@@ -722,9 +722,9 @@ def _rows_outside(
     ``weight`` and ``label_smoothing`` weighs it, has an entry below 0: the target class at
     ``(1 - e + e / C) w_y``, every other class ``c`` at ``e w_c / C``, all over the rows' summed
     weight under a mean reduction (whose sign then cancels theirs). The loss falls without end
-    as such a class is driven to probability 0 (a smoothing typed below 0, a weight of
-    ``log(freq)`` that lost its minus sign): it has no minimum, and pushes those logits on for
-    good. On the device: no host read.
+    as such a class is driven to probability 0 (a weight of ``log(freq)`` that lost its minus
+    sign): it has no minimum, and pushes those logits on for good. On the device: no host
+    read.
 
     Example:
         >>> rows = _rows_outside(torch.tensor([0, 1]), torch.tensor([True, True]), 2,
@@ -734,7 +734,8 @@ def _rows_outside(
     """
     device = target.device
     w = torch.ones(classes, device=device) if weight is None else weight.detach().float()
-    w_row = w.to(device)[target]
+    w = w.to(device)
+    w_row = w[target]
     sign = torch.ones((), device=device)
     if reduction == "mean":
         sign = torch.where(keep, w_row, 0.0).sum().sign()

@@ -600,10 +600,10 @@ def _output_logits(facts: RunFacts) -> Found | None:
         began, share = int(outside[0][read[0]]), float(outside[1][read[0]])
         found.summary += (
             f"; {share:.2%} of the loss's targets lie outside what a probability can be from "
-            f"step {began} (a binary target outside [0, 1], multi-hot counts; a cross-entropy's "
-            "label smoothing typed below 0, a class weight that lost its minus sign, a "
-            "teacher's raw logits): no finite logit minimises the loss on them, and it pushes "
-            "those logits on for good"
+            f"step {began} (a binary target outside [0, 1], multi-hot counts; a label smoothing "
+            "typed below 0 in a cross-entropy written by hand, a class weight that lost its "
+            "minus sign, a teacher's raw logits): no finite logit minimises the loss on them, "
+            "and it pushes those logits on for good"
         )
         found.evidence[OUTPUT_TARGETS_OUTSIDE.name] = share
         found.evidence["targets_outside_from"] = began
