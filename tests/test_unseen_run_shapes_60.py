@@ -280,3 +280,23 @@ def test_a_frozen_teachers_logits_are_the_target_not_the_output(tmp_path):
 def test_a_distillation_from_a_sharp_teacher_is_healthy(tmp_path):
     report = induced_report(tmp_path, "h654_tarn_sharp_teacher_distill")
     assert report.healthy, report.text()
+
+
+def test_growth_after_a_gradient_hundreds_of_times_its_steady_level_is_that_spikes(tmp_path):
+    # Set 658: a loss weight of 300 for one step. The gradient norm went from a steady 0.4 to
+    # 160 at that step (400x), 18.7 the next (under ONE_STEP_FALL's 10x fall), and the thrown
+    # weights sent the loss to 198 and the gradient on up: named exploding gradients, from step
+    # 83. No growth multiplies a gradient 100x in a step; the spike is named first now
+    report = induced_report(tmp_path, "h658_bog_snorkel_loss_weight_step")
+    grads = steadygrad.load(tmp_path / "h658_bog_snorkel_loss_weight_step").series("grad_norm")
+    spike = int(np.argmax(grads[1][:82]))
+    assert grads[1][spike] > 100 * np.median(grads[1][spike - 5 : spike])  # the oracle
+    assert report.top.cause == "gradient_spike", report.text()
+
+
+def test_gradients_grown_through_depth_are_still_an_explosion(tmp_path):
+    # Controls: a ten-layer net initialised at std 1 (661) and a 14-layer tanh stack at 3x its
+    # gain (666): their gradients grew through depth from the first step, no spike before
+    for name in ("h661_tightrope_sway_std1_init", "h666_ophicleide_tanh_gain"):
+        report = induced_report(tmp_path, name)
+        assert report.top.cause == "exploding_gradients", report.text()

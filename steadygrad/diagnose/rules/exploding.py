@@ -104,9 +104,33 @@ def _thrown_by_a_one_step_spike(
     if not len(at) or not len(after) or not np.isfinite(at[0]):
         return None
     size, next_one = float(at[0]), float(after[0])
-    if not (next_one * ONE_STEP_FALL <= size and level * ONE_STEP_FALL <= size):
+    fell = next_one * ONE_STEP_FALL <= size and level * ONE_STEP_FALL <= size
+    if not (fell or _out_of_a_steady_level(facts, grads, spike, size)):
         return None
     return spike, size, next_one
+
+
+# A gradient norm this many times the steady level of the readings before it, in one step, in
+# a model with no recurrence: nothing grows that much in a step (a loss weight typed 300 for
+# one step, one batch); what grew after it is its thrown update's aftermath.
+LONE_SPIKE = 100.0
+
+
+def _out_of_a_steady_level(
+    facts: RunFacts, grads: tuple[np.ndarray, np.ndarray], spike: int, size: float
+) -> bool:
+    """Whether the gradient norm ``size`` at ``spike`` stood ``LONE_SPIKE`` times or more above
+    the ``STEADY_BEFORE`` readings before it, which held within ``STEADY_WITHIN`` of their
+    median, in a model with no recurrent module."""
+    if facts.recurrent_modules:
+        return False
+    steps, values = grads
+    before = values[steps < spike][-STEADY_BEFORE:]
+    if len(before) < STEADY_BEFORE or not np.all(np.isfinite(before) & (before > 0)):
+        return False
+    level = float(np.median(before))
+    steady = np.all(before <= STEADY_WITHIN * level) and np.all(before >= level / STEADY_WITHIN)
+    return bool(steady and size >= LONE_SPIKE * level)
 
 
 # A recurrent module's gradient grew this many times over (the detector's own per-tensor test,
