@@ -120,17 +120,21 @@ def _out_of_a_steady_level(
     facts: RunFacts, grads: tuple[np.ndarray, np.ndarray], spike: int, size: float
 ) -> bool:
     """Whether the gradient norm ``size`` at ``spike`` stood ``LONE_SPIKE`` times or more above
-    the ``STEADY_BEFORE`` readings before it, which held within ``STEADY_WITHIN`` of their
-    median, in a model with no recurrent module."""
-    if facts.recurrent_modules:
-        return False
-    steps, values = grads
-    before = values[steps < spike][-STEADY_BEFORE:]
+    the steady level before it (:func:`_steady_level`), in a model with no recurrent module."""
+    level = None if facts.recurrent_modules else _steady_level(grads, spike)
+    return level is not None and size >= LONE_SPIKE * level
+
+
+def _steady_level(series: tuple[np.ndarray, np.ndarray], step: int) -> float | None:
+    """The median of the ``STEADY_BEFORE`` gradient norms read before ``step``, when each held
+    within ``STEADY_WITHIN`` of it (finite, above 0): a steady level; None otherwise."""
+    steps, values = series
+    before = values[steps < step][-STEADY_BEFORE:]
     if len(before) < STEADY_BEFORE or not np.all(np.isfinite(before) & (before > 0)):
-        return False
+        return None
     level = float(np.median(before))
     steady = np.all(before <= STEADY_WITHIN * level) and np.all(before >= level / STEADY_WITHIN)
-    return bool(steady and size >= LONE_SPIKE * level)
+    return level if steady else None
 
 
 # A recurrent module's gradient grew this many times over (the detector's own per-tensor test,
@@ -488,14 +492,7 @@ def _lone_burst(facts: RunFacts, step: int) -> bool:
     if not burst or not burst[0].evidence.get(WRECKED_WEIGHTS) or facts.recurrent_modules:
         return False
     series = facts.series(GRAD_NORM.name)
-    if series is None:
-        return False
-    steps, values = series
-    before = values[steps < step][-STEADY_BEFORE:]
-    if len(before) < STEADY_BEFORE or not np.all(np.isfinite(before) & (before > 0)):
-        return False
-    level = float(np.median(before))
-    return bool(np.all(before <= STEADY_WITHIN * level) and np.all(before >= level / STEADY_WITHIN))
+    return series is not None and _steady_level(series, step) is not None
 
 
 def _runaway_into_explosion(facts: RunFacts) -> Found | None:
