@@ -219,8 +219,9 @@ class CrossEntropyOutputSignal(InterceptingSignal):
                 classes = logp.shape[dim]
                 g = grad.detach().float().movedim(dim, -1).reshape(-1, classes)
                 p = logp.float().movedim(dim, -1).reshape(-1, classes).exp()
-                down = (g > 0) & (g > PUSHED_PAST * p * g.abs().amax())
-                read = g.abs().amax(dim=-1) > 0
+                size = g.abs()
+                down = (g > 0) & (g > PUSHED_PAST * p * size.amax())
+                read = size.amax(dim=-1) > 0
                 rows = down.any(dim=-1) & (g < 0).any(dim=-1) & read
                 self._add({"outside": rows.float().sum(), "targets": read.float().sum()})
         except Exception:  # noqa: BLE001 - a measurement never breaks the backward pass

@@ -562,11 +562,8 @@ def _rate_rose_into(facts: RunFacts, broke: Finding, window: int, rise: float) -
     # break after it, on a rate that rose by steps (a warm-up, not a raise at a stroke, whose
     # jolt can kill units the loss does without): a catapult (Lewkowycz et al. 2020), thrown
     # up as the rate crossed 2/sharpness, then down as the curvature fell to what it allows
-    catapult = (
-        facts.broke_at is None
-        and facts.came_back_from(when)
-        and _raised_before(facts, when, within=window) is None
-    )
+    raised = _raised_before(facts, when, within=window)
+    catapult = facts.broke_at is None and facts.came_back_from(when) and raised is None
     what = "the run broke" if _breaks(broke) and not catapult else "the loss began to climb away"
     for steps, values in facts.learning_rates:
         # positive readings: a warm-up's first rate of 0 (LambdaLR at step 0) is no base
@@ -604,7 +601,7 @@ def _rate_rose_into(facts: RunFacts, broke: Finding, window: int, rise: float) -
             )
         # weights replaced between steps, with no raise at a stroke (which moves them as far)
         replaced = _replaced_just_before(facts, when)
-        if replaced is not None and _raised_before(facts, when, within=window) is None:
+        if replaced is not None and raised is None:
             found.consequence_of = (
                 f"the weights were replaced between steps at step {replaced} (a resume from "
                 "the wrong snapshot, an EMA swap), and the loss climbed from there: no step "
