@@ -671,6 +671,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout667,
     cases_heldout668,
     cases_heldout669,
+    cases_heldout670,
     cases_mlp,
     cases_other,
 )
