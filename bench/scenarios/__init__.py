@@ -672,6 +672,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout668,
     cases_heldout669,
     cases_heldout670,
+    cases_heldout671,
     cases_mlp,
     cases_other,
 )
