@@ -673,6 +673,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout669,
     cases_heldout670,
     cases_heldout671,
+    cases_heldout672,
     cases_mlp,
     cases_other,
 )
