@@ -669,6 +669,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout665,
     cases_heldout666,
     cases_heldout667,
+    cases_heldout674,
     cases_mlp,
     cases_other,
 )
