@@ -675,6 +675,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout671,
     cases_heldout672,
     cases_heldout673,
+    cases_heldout674,
     cases_mlp,
     cases_other,
 )
