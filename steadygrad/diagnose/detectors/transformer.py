@@ -646,12 +646,6 @@ class SoftmaxCollapse(Detector):
         return [Finding(self.kind, record.step, where, evidence, severity)]
 
 
-# A tensor's gradient under this share of the step's whole gradient norm is below float32's
-# resolution of it (its machine epsilon): rounding residue (a LayerNorm weight whose gradient
-# cancels to 1e-16), whose spike, 10^4 times its level, is still nothing the optimizer feels.
-DUST = FLOAT32_EPSILON
-
-
 class GradientSpike(Detector):
     """Per parameter tensor: fires when ``grad_norm^2 > theta * v``, ``v`` being the running
     (bias-corrected, ``beta``) second moment of that tensor's gradient norm before this step.
@@ -660,8 +654,9 @@ class GradientSpike(Detector):
     about 71 times its running RMS). A spike enters ``v`` clipped to ``theta * v``, so one spike
     does not mask the next. No finding in the first ``warmup`` records of a tensor. A spiking
     tensor that carries less than ``share`` of the step's global gradient norm (a LayerNorm
-    weight in a healthy transformer) is reported at severity info: it moves its own optimizer
-    moment, not the step; so is one carrying less than ``DUST`` of it, however far it rose.
+    weight in a healthy transformer, or a tensor waking up from a level far below the step's,
+    rounding residue included) is reported at severity info, however far it rose: it moves its
+    own optimizer moment, not the step.
     Evidence: ``spike_factor = grad_norm / sqrt(v)``.
 
     Example:
@@ -730,10 +725,11 @@ class GradientSpike(Detector):
                 "theta": self.theta,
             }
             severity = "critical" if factor * factor > 100 * self.theta else "warning"
-            if severity == "warning" and norm < self.share * total:
-                severity = "info"  # a small share of the step's gradient: its own moment only
-            elif norm < DUST * total:
-                severity = "info"  # however far above its level: rounding residue, not a gradient
+            if norm < self.share * total:
+                # a small share of the step's gradient: its own moment only. Critical too: a
+                # tensor 700x its level and still under a tenth of the step was asleep (its
+                # path through the model all but shut, a zero-initialised branch), waking up
+                severity = "info"
             findings.append(Finding(self.kind, record.step, names[i], evidence, severity))
         self._in_spike = np.where(warm, spike, in_spike)
         square = np.where(warm & (v_hat > 0), np.minimum(square, self.theta * v_hat), square)
