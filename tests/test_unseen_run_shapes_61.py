@@ -10,7 +10,7 @@ import pytest
 from helpers import held_out_run
 
 from steadygrad.core import Record
-from steadygrad.diagnose.detectors.transformer import GradientSpike
+from steadygrad.diagnose.detectors.transformer import ASLEEP, GradientSpike
 from steadygrad.diagnose.detectors.trends import LossDivergence
 from steadygrad.store.run import load
 
@@ -36,15 +36,25 @@ def _spikes(rows: list[dict[str, float]]) -> list[tuple[int, str, str]]:
 def test_a_tensor_waking_from_far_below_the_step_is_no_spike(woken):
     # Trigger: set 664's HYV4 control (MLA's query down-projection): its gradient ~1e-5 of the
     # step's, then 0.05 of it at once, ~1000x its level: read as a critical spike, the run's
-    # first warning. Carrying under a tenth of the step it moves its own Adam moment only.
-    # Control: the same jump to where the tensor carries most of the step: critical.
+    # first warning. Asleep (under ASLEEP of the step) and still under a tenth of it, it is
+    # waking up. Control: the same jump to where the tensor carries most of the step.
     rows = [{"grad_norm": 1.0, "grad_norm/fc.weight": 1.0, "grad_norm/q_a.weight": 5e-5}] * 16
     total = (1.0 + woken**2) ** 0.5  # the step's norm, as the monitor sums it
     rows = rows + [{"grad_norm": total, "grad_norm/fc.weight": 1.0, "grad_norm/q_a.weight": woken}]
     factor = woken / 5e-5  # the oracle: 1000x and 40000x the tensor's steady level
-    assert factor**2 > 100 * 5000  # far above SPAM's theta: critical by the factor alone
+    assert factor**2 > 100 * 5000 and 5e-5 < ASLEEP  # critical by the factor alone; asleep
     severity = "info" if woken < 0.1 * total else "critical"
     assert _spikes(rows) == [(16, "q_a.weight", severity)]
+
+
+def test_a_small_tensor_in_a_spike_of_the_whole_step_is_critical():
+    # Control (set 104's WaveGrad: one raw batch spiked every tensor 10^6x, and the noise
+    # embedding's, 1% of the step, then had its Adam moment poisoned): a small share of the
+    # step, but awake, spiking past 100 theta is critical.
+    rows = [{"grad_norm": 1.0, "grad_norm/fc.weight": 1.0, "grad_norm/emb.weight": 0.01}] * 16
+    rows = rows + [{"grad_norm": 1e5, "grad_norm/fc.weight": 1e5, "grad_norm/emb.weight": 1e3}]
+    assert 0.01 > ASLEEP and 1e3 < 0.1 * 1e5  # the oracle: awake, and a small share
+    assert sorted(_spikes(rows)) == [(16, "emb.weight", "critical"), (16, "fc.weight", "critical")]
 
 
 def test_the_hyv4_control_whose_query_projection_wakes_up_warns_of_nothing(tmp_path):

@@ -646,6 +646,14 @@ class SoftmaxCollapse(Detector):
         return [Finding(self.kind, record.step, where, evidence, severity)]
 
 
+# A tensor whose gradient's running RMS stood under this share of the step's whole gradient's
+# was all but shut off (a branch behind a zero-initialised or near-zero gate, a path a sparse
+# selection seldom takes): its first real gradient, thousands of times that level, is the path
+# opening. (HYV4's query down-projection sat at 3e-5 of the step; a WaveGrad noise embedding
+# whose moment a raw batch poisoned, at 7e-3.)
+ASLEEP = 1e-3
+
+
 class GradientSpike(Detector):
     """Per parameter tensor: fires when ``grad_norm^2 > theta * v``, ``v`` being the running
     (bias-corrected, ``beta``) second moment of that tensor's gradient norm before this step.
@@ -654,9 +662,9 @@ class GradientSpike(Detector):
     about 71 times its running RMS). A spike enters ``v`` clipped to ``theta * v``, so one spike
     does not mask the next. No finding in the first ``warmup`` records of a tensor. A spiking
     tensor that carries less than ``share`` of the step's global gradient norm (a LayerNorm
-    weight in a healthy transformer, or a tensor waking up from a level far below the step's,
-    rounding residue included) is reported at severity info, however far it rose: it moves its
-    own optimizer moment, not the step.
+    weight in a healthy transformer) is reported at severity info, short of critical (a critical
+    spike poisons the tensor's own Adam moment, whatever its share); so is one, however far it
+    rose, whose level stood under ``ASLEEP`` of the step's (waking up; rounding residue).
     Evidence: ``spike_factor = grad_norm / sqrt(v)``.
 
     Example:
@@ -691,6 +699,7 @@ class GradientSpike(Detector):
         self._count = np.zeros(0, dtype=np.int64)
         self._in_spike = np.zeros(0, dtype=bool)
         self._parked: dict[str, tuple[float, int, bool]] = {}
+        self._total_v, self._total_count = 0.0, 0  # the same moment of the step's whole norm
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -714,6 +723,8 @@ class GradientSpike(Detector):
         # critic's output bias, its gradient's real and fake halves cancelling): its first
         # gradient that is not starts one
         spike = warm & (v_hat > 0) & (square > self.theta * v_hat)
+        steps = self._total_count
+        asleep = ASLEEP**2 * self._total_v / (1 - self.beta**steps) if steps else 0.0
         findings = []
         for i in np.flatnonzero(spike & ~in_spike).tolist():
             norm, moment = float(norms[i]), float(v_hat[i])
@@ -725,16 +736,18 @@ class GradientSpike(Detector):
                 "theta": self.theta,
             }
             severity = "critical" if factor * factor > 100 * self.theta else "warning"
-            if norm < self.share * total:
-                # a small share of the step's gradient: its own moment only. Critical too: a
-                # tensor 700x its level and still under a tenth of the step was asleep (its
-                # path through the model all but shut, a zero-initialised branch), waking up
+            if norm < self.share * total and (severity == "warning" or moment < asleep):
+                # a small share of the step's gradient: its own moment only. However far it
+                # rose, from a level all but nothing beside the step's: a tensor waking up
                 severity = "info"
             findings.append(Finding(self.kind, record.step, names[i], evidence, severity))
         self._in_spike = np.where(warm, spike, in_spike)
         square = np.where(warm & (v_hat > 0), np.minimum(square, self.theta * v_hat), square)
         self._v = np.where(finite, self.beta * v + (1 - self.beta) * square, v)
         self._count = count + finite
+        if total > 0:
+            self._total_v = self.beta * self._total_v + (1 - self.beta) * total * total
+            self._total_count += 1
         return findings
 
     def _align(self, names: tuple[str, ...]) -> None:
