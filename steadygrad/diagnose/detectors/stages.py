@@ -48,6 +48,11 @@ THREW, REPLACED = 10.0, 30.0
 # scenario meant (or a resume that reset its schedule); every one past the highest was a typo or
 # a deliberate new peak, which the stability limit may not allow, and is no restart.
 RESTART_RAISE, RESTART_SEEN = 2.0, 1.05
+# A schedule that cycles (raised a rate back, at once or record by record as CyclicLR's triangle
+# climbs, RESTART_RAISE times its lowest since its highest) makes the loss rise and fall with
+# it: a loss is compared with the others only where the rate sits in the lower half
+# (UPPER_HALF) of the range it cycles over, where a climb is not the rate's doing.
+UPPER_HALF = 0.5
 
 WATCHING, STAGE, CLIMB, BACK = "watching", "stage", "climb", "back"
 
@@ -65,16 +70,27 @@ class RateRestarts:
         [False, False, False, False, True, False, False]
         >>> restarts.rising
         True
+        >>> triangle = RateRestarts()
+        >>> [(triangle.add({"0": lr}) or triangle.raised) for lr in [0.4, 0.1, 0.15, 0.25, 0.35, 0.1]]
+        [False, False, False, False, True, False]
     """
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
         self._highest: dict[str, float] = {}
+        self._trough: dict[str, float] = {}  # the lowest rate since the group's highest
+        self._cycled: set[str] = set()  # groups whose rate was raised back (see UPPER_HALF)
+        self._upper: set[str] = set()  # of those, the ones now in the upper half of their range
         self._recent: deque[float] = deque(maxlen=STAGE_ENDS)  # the highest group's, by record
 
     @property
     def rising(self) -> bool:
         return len(self._recent) > 1 and self._recent[-1] > min(self._recent)
+
+    @property
+    def raised(self) -> bool:
+        """A cycling schedule has a group's rate in the upper half of its range now."""
+        return bool(self._upper)
 
     def add(self, rates: dict[str, float]) -> bool:
         """Whether ``rates`` (each group's learning rate at a record) restarted the schedule."""
@@ -84,9 +100,18 @@ class RateRestarts:
             if not (math.isfinite(rate) and rate > 0):
                 continue
             last, highest = self._last.get(group), self._highest.get(group, 0.0)
+            trough = rate if rate > highest else min(self._trough.get(group, rate), rate)
             if last and rate >= RESTART_RAISE * last and rate <= RESTART_SEEN * highest:
                 restarted = True
-            self._last[group], self._highest[group] = rate, max(highest, rate)
+            if RESTART_RAISE * trough <= rate <= RESTART_SEEN * highest:
+                self._cycled.add(group)
+            upper = rate > trough + UPPER_HALF * (max(highest, rate) - trough)
+            if group in self._cycled and upper:
+                self._upper.add(group)
+            else:
+                self._upper.discard(group)
+            self._last[group], self._trough[group] = rate, trough
+            self._highest[group] = max(highest, rate)
         return restarted
 
     def add_record(self, record: Record) -> bool:

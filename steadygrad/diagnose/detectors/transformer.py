@@ -646,10 +646,12 @@ class SoftmaxCollapse(Detector):
         return [Finding(self.kind, record.step, where, evidence, severity)]
 
 
-# A tensor's gradient under this share of the step's whole gradient norm is below float32's
-# resolution of it (its machine epsilon): rounding residue (a LayerNorm weight whose gradient
-# cancels to 1e-16), whose spike, 10^4 times its level, is still nothing the optimizer feels.
-DUST = FLOAT32_EPSILON
+# A tensor whose gradient's running RMS stood under this share of the step's whole gradient's
+# was all but shut off (a branch behind a zero-initialised or near-zero gate, a path a sparse
+# selection seldom takes): its first real gradient, thousands of times that level, is the path
+# opening. (HYV4's query down-projection sat at 3e-5 of the step; a WaveGrad noise embedding
+# whose moment a raw batch poisoned, at 7e-3.)
+ASLEEP = 1e-3
 
 
 class GradientSpike(Detector):
@@ -660,8 +662,9 @@ class GradientSpike(Detector):
     about 71 times its running RMS). A spike enters ``v`` clipped to ``theta * v``, so one spike
     does not mask the next. No finding in the first ``warmup`` records of a tensor. A spiking
     tensor that carries less than ``share`` of the step's global gradient norm (a LayerNorm
-    weight in a healthy transformer) is reported at severity info: it moves its own optimizer
-    moment, not the step; so is one carrying less than ``DUST`` of it, however far it rose.
+    weight in a healthy transformer) is reported at severity info, short of critical (a critical
+    spike poisons the tensor's own Adam moment, whatever its share); so is one, however far it
+    rose, whose level stood under ``ASLEEP`` of the step's (waking up; rounding residue).
     Evidence: ``spike_factor = grad_norm / sqrt(v)``.
 
     Example:
@@ -696,6 +699,7 @@ class GradientSpike(Detector):
         self._count = np.zeros(0, dtype=np.int64)
         self._in_spike = np.zeros(0, dtype=bool)
         self._parked: dict[str, tuple[float, int, bool]] = {}
+        self._total_v, self._total_count = 0.0, 0  # the same moment of the step's whole norm
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
@@ -719,6 +723,8 @@ class GradientSpike(Detector):
         # critic's output bias, its gradient's real and fake halves cancelling): its first
         # gradient that is not starts one
         spike = warm & (v_hat > 0) & (square > self.theta * v_hat)
+        steps = self._total_count
+        asleep = ASLEEP**2 * self._total_v / (1 - self.beta**steps) if steps else 0.0
         findings = []
         for i in np.flatnonzero(spike & ~in_spike).tolist():
             norm, moment = float(norms[i]), float(v_hat[i])
@@ -730,15 +736,18 @@ class GradientSpike(Detector):
                 "theta": self.theta,
             }
             severity = "critical" if factor * factor > 100 * self.theta else "warning"
-            if severity == "warning" and norm < self.share * total:
-                severity = "info"  # a small share of the step's gradient: its own moment only
-            elif norm < DUST * total:
-                severity = "info"  # however far above its level: rounding residue, not a gradient
+            if norm < self.share * total and (severity == "warning" or moment < asleep):
+                # a small share of the step's gradient: its own moment only. However far it
+                # rose, from a level all but nothing beside the step's: a tensor waking up
+                severity = "info"
             findings.append(Finding(self.kind, record.step, names[i], evidence, severity))
         self._in_spike = np.where(warm, spike, in_spike)
         square = np.where(warm & (v_hat > 0), np.minimum(square, self.theta * v_hat), square)
         self._v = np.where(finite, self.beta * v + (1 - self.beta) * square, v)
         self._count = count + finite
+        if total > 0:
+            self._total_v = self.beta * self._total_v + (1 - self.beta) * total * total
+            self._total_count += 1
         return findings
 
     def _align(self, names: tuple[str, ...]) -> None:

@@ -257,8 +257,10 @@ class LossDivergence(Detector):
             return []
         if self._restarts.add_record(record):  # a warm restart: its bump is the schedule's
             self._start_again([])
-        far, self._far = self._far, None
         level = self.level
+        if self._restarts.raised and self._held_by_the_rate(loss):
+            return []  # a cycling rate high in its range: the loss is read in its lower half
+        far, self._far = self._far, None
         stage = self._stages.add_record(record, loss)
         if not math.isfinite(loss):  # a far-out value, then a non-finite one: it blew up
             return self._emit(Severity.CRITICAL, *far, "loss") if far else []
@@ -316,6 +318,11 @@ class LossDivergence(Detector):
             found[0].evidence.update(window=SLOW_WINDOW, window_best_level=self.slow.floor)
             return found
         return []
+
+    def _held_by_the_rate(self, loss: float) -> bool:
+        """A finite loss under ``critical_ratio`` times the best level: the rate's to explain."""
+        floor = self.level.floor
+        return math.isfinite(loss) and (not floor < math.inf or loss < self.critical_ratio * floor)
 
     def _start_again(self, stage: list[tuple[int | None, float]]) -> None:
         """Levels that start again from ``stage``'s losses, as at the start of a run."""
