@@ -677,6 +677,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout673,
     cases_heldout674,
     cases_heldout675,
+    cases_heldout676,
     cases_mlp,
     cases_other,
 )
