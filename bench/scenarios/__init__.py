@@ -678,6 +678,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout674,
     cases_heldout675,
     cases_heldout676,
+    cases_heldout677,
     cases_mlp,
     cases_other,
 )
