@@ -680,6 +680,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout676,
     cases_heldout677,
     cases_heldout678,
+    cases_heldout679,
     cases_mlp,
     cases_other,
 )
