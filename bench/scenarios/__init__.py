@@ -681,6 +681,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout677,
     cases_heldout678,
     cases_heldout679,
+    cases_heldout680,
     cases_mlp,
     cases_other,
 )
