@@ -676,6 +676,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout672,
     cases_heldout673,
     cases_heldout674,
+    cases_heldout681,
     cases_mlp,
     cases_other,
 )
