@@ -95,6 +95,17 @@ def test_a_loss_that_climbs_with_a_cyclic_rate_is_read_where_the_rate_is_low(tmp
     assert warned == [], warned
 
 
+def test_a_restart_to_a_new_rate_is_read_as_a_restart_not_held(tmp_path):
+    # Control: set 676's SWA run: its rate annealed to 1e-4, then SWALR's first step to 0.03
+    # (a restart, back within the range used) and 0.12 after. The restart's record starts the
+    # levels again; holding it back as well left the next levels to a borderline few losses.
+    name = "h676_spoon_carving_swa_constant_lr"
+    ctx, _ = held_out_run(tmp_path, name)
+    assert all(ctx.checks.values()), ctx.checks
+    warned = [f for f in load(tmp_path / name).findings() if f.severity != "info"]
+    assert warned == [], warned
+
+
 @pytest.mark.parametrize("drift", [1.0, 1.01, 1.015])
 def test_a_loss_whose_floor_climbs_across_the_cycles_still_diverges(drift):
     # Control: the same kind of cycles, the floor under the loss climbing 1-1.5% a record (11-35x over

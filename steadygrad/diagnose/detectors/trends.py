@@ -255,10 +255,11 @@ class LossDivergence(Detector):
         loss = record.values.get(LOSS.name)
         if loss is None or record.meta.get("skipped"):
             return []
-        if self._restarts.add_record(record):  # a warm restart: its bump is the schedule's
+        restarted = self._restarts.add_record(record)
+        if restarted:  # a warm restart: its bump is the schedule's
             self._start_again([])
         level = self.level
-        if self._restarts.raised and self._held_by_the_rate(loss):
+        if self._restarts.raised and not restarted and self._held_by_the_rate(loss):
             return []  # a cycling rate high in its range: the loss is read in its lower half
         far, self._far = self._far, None
         stage = self._stages.add_record(record, loss)
