@@ -58,8 +58,9 @@ def test_a_real_fit_whose_collapse_receded_is_not_warned_at_the_end(tmp_path):
     _, report = held_out_run(tmp_path, "h116_stn_signnet_control")
     assert report.healthy
     # where the collapse was found at all (by the CPU's kernels, a few rows or none), it receded
+    # (or, on another machine's kernels, found at info alone: nothing warned to recede from)
     found = next((d for d in report.diagnoses if d.cause == "softmax_collapse"), None)
-    assert found is None or found.evidence["receded_from"] > 100
+    assert found is None or found.evidence.get("receded_from", math.inf) > 100
 
 
 def test_gradients_piled_up_by_a_skipped_zero_grad_neither_replaced_weights_nor_met_a_batch(

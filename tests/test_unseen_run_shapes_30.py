@@ -106,7 +106,8 @@ def test_a_warm_restart_written_at_twenty_times_its_peak_is_a_loss_spike(tmp_pat
     # Set 119's GLM-4.6V text tower: the restart's rate written as a multiplier of 20 for
     # three steps; the loss rose 1.3x and took fifteen steps to come back. No detector fired.
     _, report = held_out_run(tmp_path, "h119_glm46v_text_restart_spike")
-    assert report.top.cause == "loss_spike" and report.top.first_step == 170
+    # dated within the glitch's three steps (170 on one machine's kernels, 172 on another's)
+    assert report.top.cause == "loss_spike" and 170 <= report.top.first_step <= 172
 
 
 def _fast_head_rows(head_rate: float) -> list[dict]:

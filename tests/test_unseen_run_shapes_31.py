@@ -5,6 +5,8 @@ attach: its fault is by construction) and a control that must not move."""
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 from helpers import diagnose_stored, held_out_run, induced_or_skip, shape_or_skip, steadygrad
 
@@ -176,6 +178,11 @@ def test_logits_read_during_a_climb_the_run_came_back_from_are_the_climbs(tmp_pa
     # too) and came all the way back; its log-partition, read in range at step 125, read high
     # at 144 and fell back. The collapse that grew to the end is the cause.
     report = _report(tmp_path, "h129_loom_softmax_collapse")
+    steps, losses = steadygrad.load(tmp_path / "h129_loom_softmax_collapse").series("loss")
+    climb, before = losses[(steps >= 141) & (steps <= 146)], losses[(steps >= 121) & (steps < 141)]
+    shape_or_skip(
+        climb.max() > 10 * float(statistics.median(before)), "the climb came at steps 141-146"
+    )
     assert report.top.cause == "softmax_collapse"
     drift = _of(report, "output_logit_divergence")
     assert "the climb threw them" in drift.why
