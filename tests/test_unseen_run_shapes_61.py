@@ -15,21 +15,19 @@ from steadygrad.diagnose.detectors.trends import LossDivergence
 from steadygrad.store.run import load
 
 
-def _found(detector, losses: list[float], extra: list[dict[str, float]]):
-    return [
-        f
-        for step, (x, more) in enumerate(zip(losses, extra, strict=True))
-        for f in detector.update(Record(step, {"loss": x, **more}))
-        if f.severity != "info"
-    ]
+def _stream(detector, rows: list[dict[str, float]]) -> list:
+    return [f for step, values in enumerate(rows) for f in detector.update(Record(step, values))]
 
 
 def _spikes(rows: list[dict[str, float]]) -> list[tuple[int, str, str]]:
-    detector = GradientSpike()
-    found = []
-    for step, values in enumerate(rows):
-        found += detector.update(Record(step, values))
-    return [(f.step, f.where, f.severity) for f in found]
+    return [(f.step, f.where, f.severity) for f in _stream(GradientSpike(), rows)]
+
+
+def _warned(tmp_path, name: str) -> list:
+    """The warning-or-worse findings of a held-out run whose fault (or health) took."""
+    ctx, _ = held_out_run(tmp_path, name)
+    assert all(ctx.checks.values()), ctx.checks
+    return [f for f in load(tmp_path / name).findings() if f.severity != "info"]
 
 
 @pytest.mark.parametrize("woken", [0.05, 2.0])
@@ -88,10 +86,7 @@ def test_a_loss_that_climbs_with_a_cyclic_rate_is_read_where_the_rate_is_low(tmp
     # the median of the last 32 losses, a bump in it, read as a divergence at the third. A rate
     # raised back to one already used, record by record, cycles: the loss is compared where
     # the rate is in the lower half of its range.
-    name = "h668_barchan_dune_cyclic_lr"
-    ctx, _ = held_out_run(tmp_path, name)
-    assert all(ctx.checks.values()), ctx.checks  # its own check: the peaks' loss over 1.3x
-    warned = [f for f in load(tmp_path / name).findings() if f.severity != "info"]
+    warned = _warned(tmp_path, "h668_barchan_dune_cyclic_lr")
     assert warned == [], warned
 
 
@@ -99,20 +94,18 @@ def test_a_restart_to_a_new_rate_is_read_as_a_restart_not_held(tmp_path):
     # Control: set 676's SWA run: its rate annealed to 1e-4, then SWALR's first step to 0.03
     # (a restart, back within the range used) and 0.12 after. The restart's record starts the
     # levels again; holding it back as well left the next levels to a borderline few losses.
-    name = "h676_spoon_carving_swa_constant_lr"
-    ctx, _ = held_out_run(tmp_path, name)
-    assert all(ctx.checks.values()), ctx.checks
-    warned = [f for f in load(tmp_path / name).findings() if f.severity != "info"]
+    warned = _warned(tmp_path, "h676_spoon_carving_swa_constant_lr")
     assert warned == [], warned
 
 
 @pytest.mark.parametrize("drift", [1.0, 1.01, 1.015])
 def test_a_loss_whose_floor_climbs_across_the_cycles_still_diverges(drift):
-    # Control: the same kind of cycles, the floor under the loss climbing 1-1.5% a record (11-35x over
-    # the run): read at the troughs, a divergence; with no climb, nothing
+    # Control: the same kind of cycles, the floor under the loss climbing 1-1.5% a record
+    # (11-35x over the run): read at the troughs, a divergence; with no climb, nothing
     losses, rates = _triangles(drift)
     assert max(losses[100:]) > 2 * min(losses[100:])  # the oracle: the peaks' bumps are there
-    found = _found(LossDivergence(), losses, rates)
+    rows = [{"loss": x, **rate} for x, rate in zip(losses, rates, strict=True)]
+    found = [f for f in _stream(LossDivergence(), rows) if f.severity != "info"]
     if drift == 1.0:
         assert found == []
     else:

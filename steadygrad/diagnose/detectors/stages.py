@@ -80,7 +80,7 @@ class RateRestarts:
         self._highest: dict[str, float] = {}
         self._trough: dict[str, float] = {}  # the lowest rate since the group's highest
         self._cycled: set[str] = set()  # groups whose rate was raised back (see UPPER_HALF)
-        self._upper: set[str] = set()  # of those, the ones now in the upper half of their range
+        self._raised = False  # one of those is in the upper half of its range now
         self._recent: deque[float] = deque(maxlen=STAGE_ENDS)  # the highest group's, by record
 
     @property
@@ -90,12 +90,12 @@ class RateRestarts:
     @property
     def raised(self) -> bool:
         """A cycling schedule has a group's rate in the upper half of its range now."""
-        return bool(self._upper)
+        return self._raised
 
     def add(self, rates: dict[str, float]) -> bool:
         """Whether ``rates`` (each group's learning rate at a record) restarted the schedule."""
         self._recent.append(max(rates.values(), default=math.nan))
-        restarted = False
+        restarted = self._raised = False
         for group, rate in rates.items():
             if not (math.isfinite(rate) and rate > 0):
                 continue
@@ -106,10 +106,7 @@ class RateRestarts:
             if RESTART_RAISE * trough <= rate <= RESTART_SEEN * highest:
                 self._cycled.add(group)
             upper = rate > trough + UPPER_HALF * (max(highest, rate) - trough)
-            if group in self._cycled and upper:
-                self._upper.add(group)
-            else:
-                self._upper.discard(group)
+            self._raised = self._raised or (group in self._cycled and upper)
             self._last[group], self._trough[group] = rate, trough
             self._highest[group] = max(highest, rate)
         return restarted
