@@ -175,6 +175,11 @@ def _trained_at_that_rate(facts: RunFacts, step: int) -> int:
     return step - since
 
 
+# A learning rate this many times the reading before, from one reading to the next: a new step
+# size, not the one the readings before it measured (no warm-up ramps that fast).
+RAISED = 4.0
+
+
 def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
     """The steps just before the run broke overshot along their own direction (a directional
     sharpness ratio at or above 1 before the climb began, or most of those read near the break:
@@ -193,6 +198,10 @@ def _overshoot_before_break(facts: RunFacts, within: int = 10) -> Found | None:
         return None
     steps, ratios = series
     since = broke - within if scaled is None else scaled[0]
+    # a reading measures the step at the rate it was taken at: one from before a rate raised at
+    # a stroke says nothing of the steps the raise made (those are the raise's to explain)
+    raised = [int(s[i]) for s, _, i in _raised_at_a_stroke(facts, RAISED) if since < s[i] <= broke]
+    since = max([since, *raised])
     near = (steps <= broke) & (steps >= since) & np.isfinite(ratios)
     near &= ~np.isin(steps, _across_one_step_spikes(facts))
     if not near.any():
@@ -619,7 +628,7 @@ def _rate_rose_into(facts: RunFacts, broke: Finding, window: int, rise: float) -
     return None
 
 
-def _lr_raised_into_a_jolt(facts: RunFacts, jump: float = 4.0, within: int = 10) -> Found | None:
+def _lr_raised_into_a_jolt(facts: RunFacts, jump: float = RAISED, within: int = 10) -> Found | None:
     """Some group's learning rate raised ``jump`` times or more from one reading to the next
     (a resume with the wrong rate, a rate set by hand: no warm-up ramps that fast), and within
     ``within`` steps the run was jolted (a loss or gradient-norm spike, a climb, a NaN): a step
