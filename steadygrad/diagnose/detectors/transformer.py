@@ -290,9 +290,13 @@ SETTLED = 0.01
 FLOAT32_EPSILON = 2.0**-23
 
 
-# The loss's running median (over ``LOSS_WINDOW`` records) this many times its best: it turned
-# worse, and logits that grew meanwhile were not growing with the model's confidence.
-LOSS_WINDOW, WORSE = 5, 1.2
+# The loss's running median (over ``LOSS_WINDOW`` records) this many times its best, and
+# ``GAVE_BACK`` of what it had learnt (its first value less that best) above it: it turned
+# worse, and logits that grew meanwhile were not growing with the model's confidence. (The best
+# is the lowest of many noisy medians, so a later one reads 1.2x it by chance where the batches
+# scatter; a fitted loss at a hundredth of its first value scatters that much and gives back
+# nothing.)
+LOSS_WINDOW, WORSE, GAVE_BACK = 5, 1.2, 0.1
 
 # The loss's gradient in the logits' common shift, over its size, at or below minus this: a
 # term rewards raising every logit. A loss of the softmax alone reads 0 up to float32 rounding
@@ -331,8 +335,9 @@ class OutputLogitDivergence(Detector):
     confidence that would justify them; a classifier growing confident raises ``log Z`` as its
     loss falls) or has gone below zero (no cross-entropy does: the loss is not these logits');
     and when it rose ``lse_limit / 2`` since the loss's best running median and kept rising for
-    ``patience`` readings while the loss turned ``WORSE`` than that best (growth no confidence
-    explains, in a run whose loss had halved long before). A loss whose gradient pushes
+    ``patience`` readings while the loss turned ``WORSE`` than that best, giving back
+    ``GAVE_BACK`` of what it had learnt (growth no confidence explains, in a run whose loss
+    had halved long before). A loss whose gradient pushes
     every logit up (``output_shift_gradient`` at or below ``-SHIFT_REWARDED`` at two readings
     in a row, or ``-SHIFT_DOMINANT`` at one: a z-loss with its sign flipped; no loss of the
     softmax alone can), or a binary cross-entropy whose targets fall outside ``[0, 1]``
@@ -403,8 +408,9 @@ class OutputLogitDivergence(Detector):
 
     def _worse_since_best(self, loss: float | None) -> float:
         """How far ``log Z`` rose since the loss's best running median, when the loss is now
-        ``WORSE`` times that best (0 otherwise): logits still growing once the loss stopped
-        improving and turned back, which no growing confidence explains."""
+        ``WORSE`` times that best and has given back ``GAVE_BACK`` of what it had learnt (0
+        otherwise): logits still growing once the loss stopped improving and turned back, which
+        no growing confidence explains."""
         if loss is None or not math.isfinite(loss):
             return 0.0
         self._losses.append(loss)
@@ -415,7 +421,9 @@ class OutputLogitDivergence(Detector):
             self._best = (median, self._lse)
             return 0.0
         best, lse_then = self._best
-        return self._lse - lse_then if best > 0 and median >= WORSE * best else 0.0
+        learnt = (self._first_loss or math.inf) - best
+        worse = median >= WORSE * best and median - best >= GAVE_BACK * learnt
+        return self._lse - lse_then if best > 0 and worse else 0.0
 
     def update(self, record: Record) -> list[Finding]:
         if record.nonfinite:
