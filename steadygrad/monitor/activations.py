@@ -44,7 +44,7 @@ from steadygrad.core.metrics import (
 )
 from steadygrad.core.signal import host_random_state, random_state_kept, set_host_random_state
 from steadygrad.monitor.backward_origin import GradientTrace
-from steadygrad.monitor.intercept import autograd_step, float_tensors, saved_dim
+from steadygrad.monitor.intercept import autograd_step, float_tensors, saved_dim, uncompiled
 from steadygrad.monitor.op_origin import FirstNonFinite
 from steadygrad.monitor.tensor_groups import wide_dtype
 
@@ -173,7 +173,7 @@ class ActivationHooks:
             if id(module) in self._own_hooks:
                 self._handles.append(module.register_forward_hook(self._observe))
 
-    @torch.compiler.disable  # see monitor.intercept
+    @uncompiled  # see monitor.intercept
     def _observe_any(self, module: nn.Module, args: tuple, output: object) -> None:
         if id(module) not in self._own_hooks:
             self._observe(module, args, output)
@@ -185,7 +185,7 @@ class ActivationHooks:
         self._made, self._tries = {}, {}  # let the step's graph go
         self._measured = {}
 
-    @torch.compiler.disable  # see monitor.intercept
+    @uncompiled  # see monitor.intercept
     def _observe(self, module: nn.Module, args: tuple, output: object) -> None:
         name = self.name_of.get(id(module))
         if name is None:

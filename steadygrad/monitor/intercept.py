@@ -33,6 +33,7 @@ class _Mode(TorchFunctionMode):
     def __init__(self, watch: dict[Callable, Callable]) -> None:
         super().__init__()
         self.watch = watch
+        self._observe = _compiler_disabled(_observe)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         # every torch call of a due step's forward passes here: the watched ones only are
@@ -42,14 +43,46 @@ class _Mode(TorchFunctionMode):
         seen = self.watch.get(func)
         if seen is None:
             return func(*args, **kwargs)
-        then = _observe(seen, args, kwargs)
+        then = self._observe(seen, args, kwargs)
         out = func(*args, **kwargs)
         if then is not None:
-            _observe(then, (out,), {})
+            self._observe(then, (out,), {})
         return out
 
 
-@torch.compiler.disable
+def _compiler_disabled(fn: Callable) -> Callable:
+    """``torch.compiler.disable(fn)``, made when a due step begins: disabling loads the compiler
+    (3 s), which importing steadygrad should not (a command-line report needs none of it)."""
+    return torch.compiler.disable(fn)
+
+
+class uncompiled:  # noqa: N801 - a decorator, named as one
+    """A method ``torch.compiler.disable``'d on an instance's first look-up (a due step's hooks),
+    not where it is defined (see :func:`_compiler_disabled`); the instance keeps it.
+
+    Example:
+        >>> class Reader:
+        ...     @uncompiled
+        ...     def read(self, x):
+        ...         return x
+        >>> Reader().read(3)
+        3
+    """
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        bound = obj.__dict__[self.name] = _compiler_disabled(self.fn.__get__(obj, owner))
+        return bound
+
+
 def _observe(seen: Callable, args: tuple, kwargs: dict) -> Any:
     with torch.no_grad():
         try:
@@ -98,7 +131,7 @@ class InterceptingSignal(Signal):
         # Two process-wide module hooks that look the module up, not two hooks per module: a
         # model with thousands of modules would make (and the garbage collector then walk)
         # thousands of handles on every due step.
-        push, pop = torch.compiler.disable(self._push), torch.compiler.disable(self._pop)
+        push, pop = _compiler_disabled(self._push), _compiler_disabled(self._pop)
         self._handles.append(register_module_forward_pre_hook(push))
         self._handles.append(register_module_forward_hook(pop, always_call=True))
         self._mode = _Mode(self.watched())

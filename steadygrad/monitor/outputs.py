@@ -41,6 +41,7 @@ from steadygrad.monitor.intercept import (
     InterceptingSignal,
     autograd_step,
     saved_dim,
+    uncompiled,
 )
 from steadygrad.monitor.output_logits import choice_rows, live_logits, softmax_collapse_mask
 
@@ -202,7 +203,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
             read = partial(self._read_log_probs, logp.detach(), dim)
             self._node_hooks.append(logp.register_hook(read))
 
-    @torch.compiler.disable
+    @uncompiled  # see monitor.intercept
     def _read_log_probs(self, logp: torch.Tensor, dim: int, grad: torch.Tensor) -> None:
         """The rows whose loss pushes a class's log-probability down however improbable it
         already is, while it raises another's: a target below 0 (``outside``, of ``targets``,
@@ -390,7 +391,7 @@ class CrossEntropyOutputSignal(InterceptingSignal):
         self._watched.add(made)
         self._node_hooks.append(node.register_prehook(partial(self._read_shift, index)))
 
-    @torch.compiler.disable
+    @uncompiled  # see monitor.intercept
     def _read_shift(self, index: int, grads: tuple) -> None:
         grad = grads[index] if index < len(grads) else None
         if grad is None:
