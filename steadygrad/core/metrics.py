@@ -43,10 +43,13 @@ OPTIMIZER_RESTARTED = Metric(
 # said the loss being minimised changed (Monitor.objective_changed).
 OPTIMIZER_REPLACED = "optimizer_replaced"
 OBJECTIVE_CHANGED = "objective_changed"
+# The batch's shape changed and held (a sequence-length or batch-size schedule): detail
+# ``from``, ``to`` (elements in the model's inputs).
+INPUT_RESIZED = "input_resized"
 # Evidence on a finding made while the loop said its objective was ramping (objective_changed's
 # ``over``): the reason it gave, or True.
 OBJECTIVE_RAMP = "objective_ramp"
-MONITOR_ACTIONS = (OPTIMIZER_REPLACED, OBJECTIVE_CHANGED)
+MONITOR_ACTIONS = (OPTIMIZER_REPLACED, OBJECTIVE_CHANGED, INPUT_RESIZED)
 AMP_SCALE = Metric("amp_scale", "the GradScaler's loss scale", scale="log", panel="amp")
 
 # -- parameters --------------------------------------------------------------------------------
@@ -116,6 +119,14 @@ INPUT_RMS = Metric(
     "input_rms",
     "root mean square of the floating-point inputs of the step's first call into the model (its "
     "batch; none for token ids)",
+    scale="log",
+    panel="act_rms",
+)
+
+INPUT_SIZE = Metric(
+    "input_size",
+    "elements in the tensors passed to the model's forward, at the step's last training call "
+    "(its batch: examples times their length)",
     scale="log",
     panel="act_rms",
 )

@@ -34,6 +34,7 @@ from steadygrad.core import checks as _checks
 from steadygrad.core.metrics import (
     DEAD_UNITS,
     FINISHED_LATE,
+    INPUT_RESIZED,
     LOOK_CLOSER,
     LOSS,
     NONFINITE_GRADS,
@@ -65,6 +66,7 @@ from steadygrad.monitor.clipping import ClipWatch
 from steadygrad.monitor.dead_units import DeadUnitSignal
 from steadygrad.monitor.distributed import NullStore, Reducer
 from steadygrad.monitor.findings_log import LoggingSink
+from steadygrad.monitor.input_size import InputSizeSignal
 from steadygrad.monitor.intercept import InterceptingSignal
 from steadygrad.monitor.output_layer import OutputLayerSignal
 from steadygrad.monitor.output_logits import OutputHook
@@ -237,6 +239,7 @@ class Monitor:
             ActivationSignal(activation_every, guard_steps),
             UpdateCurvatureSignal(every=activation_every),
             OutputLayerSignal(),
+            InputSizeSignal(),
         ]
         if scaler is not None:
             builtin.append(AmpScaleSignal(scaler))
@@ -538,6 +541,9 @@ class Monitor:
 
     def _detect(self, record: Record, batch_ids: Any) -> list[Finding]:
         self._task_restarts.follow(self.detectors, record)
+        if self._task_restarts.resized is not None:
+            before, after = self._task_restarts.resized
+            self.record_action(record.step, INPUT_RESIZED, {"from": int(before), "to": int(after)})
         findings: list[Finding] = []
         for detector in self.detectors:
             findings.extend(detector.update(record))

@@ -11,7 +11,10 @@ detector, which compares tasks, is not one of them. An objective that changes gr
 loss term's weight ramped in, a KL warm-up, a curriculum that lengthens its sequences) moves the
 loss's and the gradient's levels all along its ramp: the loop says so with ``over=``, and the
 detectors start again where the ramp ends, their findings on those levels told at info until
-then.
+then. A batch whose shape changes and holds (a sequence-length or batch-size schedule, read from
+``input_size``: :class:`steadygrad.monitor.input_size.InputSizeSignal`) moves a summed loss and
+the gradient's noise to new levels at a stroke: the detectors start again there too (see
+:class:`InputShape`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import replace
 
 from steadygrad.continual.metrics import TASK
 from steadygrad.core import Finding, Record, Severity
-from steadygrad.core.metrics import OBJECTIVE_RAMP
+from steadygrad.core.metrics import INPUT_SIZE, OBJECTIVE_RAMP
 from steadygrad.diagnose.detectors import Detector
 from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENCE, WRECKED_WEIGHTS
 
@@ -34,6 +37,44 @@ from steadygrad.diagnose.detectors.trends import GRADIENT_GROWTH, LOSS_DIVERGENC
 # gradient that wrecked the weights.
 LEVELS = (LOSS_DIVERGENCE, GRADIENT_GROWTH)
 BLOW_UPS = ("loss", WRECKED_WEIGHTS)
+
+
+# A batch of one size this many records in a row (a fixed shape: no bucketing or dynamic padding,
+# whose sizes vary from batch to batch), then of another this many: the batch changed for good.
+# An epoch's last, partial batch is one record of another size, and changes nothing.
+SHAPE_SETTLED, SHAPE_HELD = 20, 3
+
+
+class InputShape:
+    """Follows the size of the batch (``input_size``) and tells when a settled size changed to
+    another that held (``SHAPE_SETTLED``, ``SHAPE_HELD``).
+
+    Example:
+        >>> shape = InputShape()
+        >>> [shape.changed(512.0) for _ in range(20)][-1] is None
+        True
+        >>> [shape.changed(1024.0) for _ in range(3)]
+        [None, None, (512.0, 1024.0)]
+    """
+
+    def __init__(self) -> None:
+        self.size: float | None = None  # the size held, and for how many records
+        self.held = 0
+        self._new: float | None = None  # another size read since, and how many times in a row
+        self._new_held = 0
+
+    def changed(self, size: float) -> tuple[float, float] | None:
+        """Read one record's size; (the settled size, the new one) when the change held."""
+        if size == self.size or self.size is None:
+            self.size, self.held, self._new = size, self.held + 1, None
+            return None
+        self._new_held = self._new_held + 1 if size == self._new else 1
+        self._new = size
+        if self._new_held < SHAPE_HELD:
+            return None
+        before, settled = self.size, self.held >= SHAPE_SETTLED
+        self.size, self.held, self._new = size, self._new_held, None
+        return (before, size) if settled else None
 
 
 class TaskRestarts:
@@ -54,6 +95,8 @@ class TaskRestarts:
         self._task: float | None = None
         self._due: int | None = None  # the step a new objective was said to start at
         self._ramp: tuple[int, int, str] | None = None  # (from, to, why) of a gradual change
+        self._shape = InputShape()
+        self.resized: tuple[float, float] | None = None  # the batch's change at this record
 
     def restart_at(self, step: int, over: int = 0, why: str = "") -> None:
         """Start the per-task detectors again at the first record of ``step + over`` or later
@@ -87,11 +130,15 @@ class TaskRestarts:
 
     def follow(self, detectors: list[Detector], record: Record) -> bool:
         """Put the per-task ``detectors`` back to their first state when ``record`` starts a new
-        task, or a restart is due; whether it did."""
+        task, a restart is due, or the batch's new shape held (``resized``: its sizes); whether
+        it did."""
         task = record.values.get(TASK.name)
         switched = self._due is not None and record.step >= self._due
         if switched:
             self._due = self._ramp = None
+        size = record.values.get(INPUT_SIZE.name)
+        self.resized = None if size is None else self._shape.changed(size)
+        switched = switched or self.resized is not None
         if task is not None and math.isfinite(task):
             switched = switched or (self._task is not None and task != self._task)
             self._task = task

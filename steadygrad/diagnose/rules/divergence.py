@@ -9,7 +9,13 @@ import math
 import numpy as np
 
 from steadygrad.core import Severity
-from steadygrad.core.metrics import GRAD_NORM, LOSS, OBJECTIVE_CHANGED, OBJECTIVE_RAMP
+from steadygrad.core.metrics import (
+    GRAD_NORM,
+    INPUT_RESIZED,
+    LOSS,
+    OBJECTIVE_CHANGED,
+    OBJECTIVE_RAMP,
+)
 from steadygrad.diagnose.detectors.stages import LEVEL_BEFORE, STAGE_BEFORE, STEPPED_UP
 from steadygrad.diagnose.detectors.training import GRAD_NORM_SPIKE, LOSS_SPIKE, NEW_STAGE
 from steadygrad.diagnose.detectors.transformer import GRADIENT_SPIKE
@@ -171,13 +177,14 @@ def _climbed_as_the_weights_grew(facts: RunFacts) -> Found | None:
 
 def _stage_began(facts: RunFacts) -> int:
     """The step the loss's current stage began: the last step up read as a new stage of the
-    data (a loss spike with ``NEW_STAGE``) or a new objective the loop announced (where a ramp
-    it said ended); 0 if none."""
+    data (a loss spike with ``NEW_STAGE``), a new objective the loop announced (where a ramp
+    it said ended), or a batch whose new shape held (the monitor's ``input_resized``); 0 if
+    none."""
     staged = [f.step for f in facts.of(LOSS_SPIKE) if f.evidence.get(NEW_STAGE)]
     said = [
         a.step + int(a.detail.get("over", 0))
         for a in facts.run.actions()
-        if a.kind == OBJECTIVE_CHANGED
+        if a.kind in (OBJECTIVE_CHANGED, INPUT_RESIZED)
     ]
     return max(staged + said, default=0)
 
