@@ -684,6 +684,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout680,
     cases_heldout681,
     cases_heldout682,
+    cases_heldout683,
     cases_mlp,
     cases_other,
 )
