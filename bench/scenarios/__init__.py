@@ -687,6 +687,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout683,
     cases_heldout684,
     cases_heldout685,
+    cases_heldout686,
     cases_mlp,
     cases_other,
 )
