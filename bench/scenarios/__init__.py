@@ -688,6 +688,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout684,
     cases_heldout685,
     cases_heldout686,
+    cases_heldout687,
     cases_mlp,
     cases_other,
 )
