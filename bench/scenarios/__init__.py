@@ -683,6 +683,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout679,
     cases_heldout680,
     cases_heldout681,
+    cases_heldout688,
     cases_mlp,
     cases_other,
 )
