@@ -689,6 +689,7 @@ from scenarios import (  # noqa: F401  (registers the scenarios)
     cases_heldout685,
     cases_heldout686,
     cases_heldout687,
+    cases_heldout688,
     cases_mlp,
     cases_other,
 )
