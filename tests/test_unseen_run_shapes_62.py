@@ -13,6 +13,7 @@ from helpers import held_out_run
 
 from steadygrad.core import Record
 from steadygrad.diagnose.detectors import OutputLogitDivergence
+from steadygrad.diagnose.detectors.training import GradNormSpikeDetector
 from steadygrad.store.run import load
 
 
@@ -52,3 +53,41 @@ def test_a_learnt_logit_scale_climbing_to_its_clamp_on_a_fit_warns_nothing(tmp_p
     assert all(ctx.checks.values()), ctx.checks
     assert [f for f in load(tmp_path / name).findings() if f.severity != "info"] == []
     assert report.top is None or report.top.severity == "info"
+
+
+def _norm_spikes(burst_every: int | None) -> list:
+    """A gradient norm that grows 10x over 80 records (0.04 to 0.4) scattering 1.5x about its
+    level, as a model learning its way out of a flat start; at record 80 one norm 10x the level
+    (27x the window's median), and the loss after it felt it. ``burst_every``: a norm of 8x the
+    level every so many records besides (a bursty recurrence's ordinary steps)."""
+    scatter = np.random.default_rng(1).lognormal(0.0, 0.4, size=81)
+    detector, found = GradNormSpikeDetector(), []
+    for t in range(82):
+        level = 0.04 * 10 ** (min(t, 80) / 80)
+        norm = level * (10.0 if t == 80 else 1.0 if t > 80 else scatter[t])
+        if burst_every and t < 80 and t % burst_every == 0:
+            norm = 8 * level
+        loss = 0.8 if t == 81 else 0.5
+        found += detector.update(Record(t, {"grad_norm": norm, "loss": loss}))
+    return [(f.step, f.severity) for f in found if f.kind == "grad_norm_spike"]
+
+
+@pytest.mark.parametrize("burst_every", [None, 6])
+def test_a_gradient_far_above_everything_its_window_saw_is_a_spike(burst_every):
+    # Trigger: sets 683 and 687: a loss weighted 100x for one step, a masked loss divided by
+    # one sequence's frames: the gradient 35-75x its median, yet only 5 robust z-scores in log
+    # space in runs whose norms scatter and climb over the window; no step of the window came
+    # within a fifth of it. Control: the same jump in a run whose ordinary steps burst to 8x
+    # (a recurrence): within reach of its window's largest, it is no spike.
+    spikes = _norm_spikes(burst_every)
+    at_the_jump = [spike for spike in spikes if spike[0] == 80]
+    assert at_the_jump == ([] if burst_every else [(80, "warning")])
+
+
+@pytest.mark.parametrize(
+    "name", ["h683_nunchaku_loss_weight_percent", "h687_tidal_bore_mask_denominator"]
+)
+def test_a_one_step_gradient_burst_in_a_scattering_run_is_named(tmp_path, name):
+    ctx, report = held_out_run(tmp_path, name)
+    assert all(ctx.checks.values()), ctx.checks
+    assert report.top.cause == "gradient_spike"

@@ -92,7 +92,7 @@ class SpikeDetector(Detector):
             # the cheap ratio first: the per-loss look runs only on a norm well above its median
             spiking = (
                 (ratio is None or ratio >= self.min_ratio)
-                and (z > self.threshold or self.beyond_its_loss(record, value))
+                and (z > self.threshold or self.stands_out(record, value))
                 and self.material(value, base)
             )
             if spiking and self._quiet_needed == 0:
@@ -115,9 +115,9 @@ class SpikeDetector(Detector):
         """Whether a value many z-scores out also matters (a subclass's test; here: always)."""
         return True
 
-    def beyond_its_loss(self, record: Record, value: float) -> bool:
-        """Whether a value not many z-scores out is one by another test (a subclass's; here:
-        none)."""
+    def stands_out(self, record: Record, value: float) -> bool:
+        """Whether a value not many z-scores out stands out by another test (a subclass's;
+        here: none)."""
         return False
 
 
@@ -407,6 +407,7 @@ def _clipped_like_any_step(evidence: dict) -> bool:
 # own (``threshold``) keeps the two together from warning healthy runs more often than one.
 PER_LOSS_THRESHOLD = 8.0
 PER_LOSS_Z = "per_loss_z"  # evidence: the z-score of a spike found per unit of loss
+ABOVE_WINDOW = "above_window"  # evidence: a spike found as that many times its window's largest
 
 
 def _per_loss(norm: float | None, loss: float | None) -> float:
@@ -419,11 +420,16 @@ def _per_loss(norm: float | None, loss: float | None) -> float:
 
 # The records whose gradient norms are the run's opening ones (see GradNormSpikeDetector).
 OPENING = 10
+# A gradient norm this many times the largest of its window stands out whatever the spread
+# (kept as its log, as the window is).
+ABOVE_ALL = math.log(5.0)
 
 
 class GradNormSpikeDetector(SpikeDetector):
     """A global gradient norm far above its recent median, scored in log space (gradient norms
-    are heavy-tailed) and required to be at least ``min_ratio`` times the median.
+    are heavy-tailed) and required to be at least ``min_ratio`` times the median; short of the
+    z-score, a norm far above its loss's or five times the largest in its window counts too
+    (:meth:`stands_out`).
 
     When the run passes ``grad_norm_preclip`` (the norm before clipping), that is the norm
     watched, so a spike that clipping hid is still caught; the finding says it was clipped.
@@ -456,9 +462,11 @@ class GradNormSpikeDetector(SpikeDetector):
             findings += self._overflowed(record)
         else:
             spikes = super().update(record)
-            for f in spikes:  # found per unit of loss, its own z-score under the bar: say so
-                if f.evidence["z"] <= self.threshold:
+            for f in spikes:  # its own z-score under the bar: say which test found it
+                if f.evidence["z"] <= self.threshold and self._by_its_loss:
                     f.evidence[PER_LOSS_Z] = self._per_loss_baseline.score(self._per_loss)
+                elif f.evidence["z"] <= self.threshold:
+                    f.evidence[ABOVE_WINDOW] = self._above_window
             if spikes and self.signal == GRAD_NORM_PRECLIP.name:
                 clipped = record.values.get(GRAD_NORM.name, math.nan)
                 for f in spikes:
@@ -531,6 +539,7 @@ class GradNormSpikeDetector(SpikeDetector):
         # log(gradient norm / loss) of the records read, and of this one
         self._per_loss_baseline = RobustBaseline(self.baseline.values.maxlen or 64)
         self._per_loss = math.nan
+        self._by_its_loss, self._above_window = False, math.nan  # how the last norm stood out
         self._stages = StageWatch()
         self._staged: Finding | None = None  # a spike the loss stepped up with, awaiting the stage
 
@@ -545,6 +554,16 @@ class GradNormSpikeDetector(SpikeDetector):
         if stage == STAGE:
             return [replace(spike, evidence={**spike.evidence, NEW_STAGE: True}, severity="info")]
         return [spike]
+
+    def stands_out(self, record: Record, value: float) -> bool:
+        """A gradient far above its loss's (:meth:`beyond_its_loss`), or ``ABOVE_ALL`` times
+        the largest of the last ``window`` records: in a run whose norms scatter 1.5x from step
+        to step (small batches), a 35x jump is only 5 robust z-scores in log space, yet no step
+        the window saw came within a fifth of it."""
+        self._by_its_loss = self.beyond_its_loss(record, value)
+        top = max(self.baseline.values, default=math.inf)
+        self._above_window = math.exp(self.transform(value) - top)
+        return self._by_its_loss or self.transform(value) >= top + ABOVE_ALL
 
     def beyond_its_loss(self, record: Record, value: float) -> bool:
         """A gradient far above its loss's (its log over the loss's at least
