@@ -128,6 +128,11 @@ def main() -> None:
             # narrow the window so that the creation kills still land during creation.
             window *= 0.7
         print(json.dumps(kill), flush=True)
+    # torch loads its compiler at its first optimizer (seconds, once a process): loaded here,
+    # as the interpreter is, so that a forked trainer is writing snapshots within the delays
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     for i in range(snapshot_kills):
         delay = rng.uniform(0.2, 0.9)
         print(json.dumps(kill_one(base / f"snapshot{i:02d}", delay, trainer)), flush=True)
