@@ -90,17 +90,11 @@ def test_sequences_doubled_at_a_stroke_are_no_climb(tmp_path):
     assert sizes[steps == DOUBLED_AT][0] == BATCH * 32
 
 
-def test_without_the_shape_the_same_doubling_reads_as_a_climb(tmp_path):
+def test_without_the_shape_the_same_doubling_reads_as_a_climb(tmp_path, monkeypatch):
     # Control: the monitor's own reading taken away (a loop that feeds the model through a
     # wrapper the hook does not see would look like this): the doubled loss is a climb again.
-    import steadygrad.monitor.input_size as input_size
-
-    original = input_size._elements
-    input_size._elements = lambda args, kwargs: 0
-    try:
-        mon, _ = _train(tmp_path, _doubling)
-    finally:
-        input_size._elements = original
+    monkeypatch.setattr("steadygrad.monitor.input_size._elements", lambda args, kwargs: 0)
+    mon, _ = _train(tmp_path, _doubling)
     assert LOSS_DIVERGENCE in [f.kind for f in _warned(mon)]
 
 

@@ -33,7 +33,7 @@ class _Mode(TorchFunctionMode):
     def __init__(self, watch: dict[Callable, Callable]) -> None:
         super().__init__()
         self.watch = watch
-        self._observe = _compiler_disabled(_observe)
+        self._observe = torch.compiler.disable(_observe)  # here, not at import (uncompiled)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         # every torch call of a due step's forward passes here: the watched ones only are
@@ -50,15 +50,10 @@ class _Mode(TorchFunctionMode):
         return out
 
 
-def _compiler_disabled(fn: Callable) -> Callable:
-    """``torch.compiler.disable(fn)``, made when a due step begins: disabling loads the compiler
-    (3 s), which importing steadygrad should not (a command-line report needs none of it)."""
-    return torch.compiler.disable(fn)
-
-
 class uncompiled:  # noqa: N801 - a decorator, named as one
     """A method ``torch.compiler.disable``'d on an instance's first look-up (a due step's hooks),
-    not where it is defined (see :func:`_compiler_disabled`); the instance keeps it.
+    not where it is defined: disabling loads the compiler (seconds), which importing steadygrad
+    should not (a command-line report needs none of it); the instance keeps it.
 
     Example:
         >>> class Reader:
@@ -79,7 +74,7 @@ class uncompiled:  # noqa: N801 - a decorator, named as one
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        bound = obj.__dict__[self.name] = _compiler_disabled(self.fn.__get__(obj, owner))
+        bound = obj.__dict__[self.name] = torch.compiler.disable(self.fn.__get__(obj, owner))
         return bound
 
 
@@ -131,7 +126,7 @@ class InterceptingSignal(Signal):
         # Two process-wide module hooks that look the module up, not two hooks per module: a
         # model with thousands of modules would make (and the garbage collector then walk)
         # thousands of handles on every due step.
-        push, pop = _compiler_disabled(self._push), _compiler_disabled(self._pop)
+        push, pop = torch.compiler.disable(self._push), torch.compiler.disable(self._pop)
         self._handles.append(register_module_forward_pre_hook(push))
         self._handles.append(register_module_forward_hook(pop, always_call=True))
         self._mode = _Mode(self.watched())

@@ -561,9 +561,9 @@ class GradNormSpikeDetector(SpikeDetector):
         to step (small batches), a 35x jump is only 5 robust z-scores in log space, yet no step
         the window saw came within a fifth of it."""
         self._by_its_loss = self.beyond_its_loss(record, value)
-        top = max(self.baseline.values, default=math.inf)
-        self._above_window = math.exp(self.transform(value) - top)
-        return self._by_its_loss or self.transform(value) >= top + ABOVE_ALL
+        above = self.transform(value) - max(self.baseline.values, default=math.inf)
+        self._above_window = math.exp(above)
+        return self._by_its_loss or above >= ABOVE_ALL
 
     def beyond_its_loss(self, record: Record, value: float) -> bool:
         """A gradient far above its loss's (its log over the loss's at least
